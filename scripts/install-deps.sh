@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package tern needs (build, tests, benchmarks, demo).
+# Idempotent: when everything is present it only runs dpkg-query and exits in
+# well under a second. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev                          # LibTorch 1.13 CPU, c10d + Gloo
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libsqlite3-dev libboost-dev libboost-system-dev
+  libgtest-dev libgmock-dev googletest
+  nlohmann-json3-dev libcli11-dev libstb-dev zlib1g-dev libyaml-cpp-dev
+  dataset-fashion-mnist                 # real data, /usr/share/datasets/fashion-mnist
+  python3-torch python3-numpy           # the PyTorch reference trainer (bench/reference)
+  prometheus                            # promtool + server for the metrics end-to-end test
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "installed" ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
