@@ -1,0 +1,307 @@
+#include "quant/ternary_model.h"
+
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+
+namespace tern::quant {
+
+struct TernaryModel::Layer {
+  std::string name;               // module path
+  at::Tensor* forward_weight;     // the member the layer's forward() reads
+  at::Tensor latent;              // registered parameter "weight" (FP)
+  bool quantized = false;
+  at::Tensor second_moment;       // LAT: EMA of g² (buffer of state_)
+  at::Tensor wp, wn;              // TTQ: learned scales (parameters of state_)
+  TernaryProjection projection;   // from the last BeforeForward()
+  at::Tensor report_codes;        // int8 codes at the previous Stats()
+  int64_t cached_version = -1;    // eval cache key: latent._version()
+  int64_t cached_moments = -1;    //   and the second-moment step
+};
+
+namespace {
+
+// "layer1.0.conv1" -> "layer1_0_conv1": names registered on state_.
+std::string StateKey(const std::string& name) {
+  std::string key = name;
+  std::replace(key.begin(), key.end(), '.', '_');
+  return key.empty() ? "root" : key;
+}
+
+std::vector<float> ToFloatVector(const at::Tensor& t) {
+  const at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+}  // namespace
+
+TernaryModel::TernaryModel(std::shared_ptr<torch::nn::Module> root,
+                           QuantOptions options)
+    : root_(std::move(root)),
+      state_(std::make_shared<torch::nn::Module>("TernaryQuantizerState")),
+      options_(options) {}
+
+TernaryModel::~TernaryModel() = default;
+
+StatusOr<std::unique_ptr<TernaryModel>> TernaryModel::Attach(
+    std::shared_ptr<torch::nn::Module> root, const QuantOptions& options) {
+  TERN_RETURN_IF_ERROR(options.Validate());
+  if (root == nullptr) return InvalidArgumentError("model: is null");
+  std::unique_ptr<TernaryModel> model(new TernaryModel(root, options));
+  for (const auto& item : root->named_modules()) {
+    at::Tensor* weight = nullptr;
+    if (auto* conv = item.value()->as<torch::nn::Conv2dImpl>()) {
+      weight = &conv->weight;
+    } else if (auto* linear = item.value()->as<torch::nn::LinearImpl>()) {
+      weight = &linear->weight;
+    }
+    if (weight == nullptr) continue;
+    auto layer = std::make_unique<Layer>();
+    layer->name = item.key();
+    layer->forward_weight = weight;
+    layer->latent = *weight;
+    model->layers_.push_back(std::move(layer));
+  }
+  if (model->layers_.empty()) {
+    return InvalidArgumentError("model: has no Conv2d or Linear layer to ternarize");
+  }
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < model->layers_.size(); ++i) {
+    Layer& layer = *model->layers_[i];
+    const bool first = i == 0;
+    const bool last = i + 1 == model->layers_.size();
+    layer.quantized = options.quantized() && !(first && options.keep_first_fp) &&
+                      !(last && options.keep_last_fp);
+    if (!layer.quantized) continue;
+    const std::string key = StateKey(layer.name);
+    if (options.projection == Projection::kLat) {
+      layer.second_moment = model->state_->register_buffer(
+          key + "_second_moment", at::zeros_like(layer.latent));
+    }
+    if (options.projection == Projection::kTtq) {
+      // Start both scales at the TWN α of the initial weights.
+      const TernaryProjection init =
+          ProjectTwn(layer.latent, options.granularity, options.twn_delta_factor);
+      layer.wp = model->state_->register_parameter(key + "_ttq_pos",
+                                                   init.pos_scale.clone());
+      layer.wn = model->state_->register_parameter(key + "_ttq_neg",
+                                                   init.neg_scale.clone());
+    }
+  }
+  model->state_->register_buffer("moment_steps", at::zeros({}, at::kLong));
+  model->SetProgress(0.0);
+  return model;
+}
+
+std::vector<at::Tensor> TernaryModel::TrainableParameters() const {
+  std::vector<at::Tensor> out;
+  for (const auto& layer : layers_) {
+    if (layer->wp.defined()) {
+      out.push_back(layer->wp);
+      out.push_back(layer->wn);
+    }
+  }
+  return out;
+}
+
+void TernaryModel::SetProgress(double progress) {
+  schedule_ = ComputeSchedule(options_, progress);
+}
+
+TernaryProjection TernaryModel::Project(Layer& layer) const {
+  const Granularity g = options_.granularity;
+  switch (options_.projection) {
+    case Projection::kTwn:
+      return ProjectTwn(layer.latent, g, options_.twn_delta_factor);
+    case Projection::kTtq:
+      return ProjectTtq(layer.latent, g, options_.ttq_threshold, layer.wp, layer.wn);
+    case Projection::kLat: {
+      const int64_t steps = state_->named_buffers(false)["moment_steps"].item<int64_t>();
+      at::Tensor importance;
+      if (steps > 0) {
+        at::NoGradGuard no_grad;
+        const double correction =
+            1.0 - std::pow(options_.second_moment_decay, static_cast<double>(steps));
+        importance = (layer.second_moment / correction).sqrt() + options_.lat_epsilon;
+      }
+      return ProjectLat(layer.latent, importance, g, options_.lat_iterations,
+                        options_.twn_delta_factor);
+    }
+  }
+  TERN_CHECK(false) << "unknown projection";
+  return {};
+}
+
+void TernaryModel::BeforeForward() {
+  const bool grad = at::GradMode::is_enabled();
+  for (auto& layer_ptr : layers_) {
+    Layer& layer = *layer_ptr;
+    if (!layer.quantized) {
+      *layer.forward_weight = layer.latent;
+      continue;
+    }
+    if (!grad && layer.cached_version == layer.latent._version() &&
+        layer.cached_moments == moment_steps_ && schedule_.ternary_forward) {
+      continue;  // evaluation: weights unchanged since the last projection
+    }
+    layer.cached_version = -1;
+    if (!schedule_.ternary_forward && !options_.use_regularizer) {
+      *layer.forward_weight = layer.latent;
+      continue;
+    }
+    layer.projection = Project(layer);
+    const TernaryProjection& p = layer.projection;
+    if (!schedule_.ternary_forward) {
+      *layer.forward_weight = layer.latent;  // phase 1: FP forward
+    } else if (!grad) {
+      *layer.forward_weight = Dequantize(p.codes, p.pos_scale, p.neg_scale);
+      layer.cached_version = layer.latent._version();
+      layer.cached_moments = moment_steps_;
+    } else if (options_.projection == Projection::kTtq) {
+      *layer.forward_weight = TtqForward(layer.latent, p.codes, layer.wp, layer.wn);
+    } else {
+      const at::Tensor w_hat = Dequantize(p.codes, p.pos_scale, p.neg_scale);
+      const at::Tensor rho = RescaleFactor(
+          layer.latent, p, options_.granularity, options_.use_rescale,
+          options_.beta, schedule_.kappa, options_.clip, options_.normalize);
+      *layer.forward_weight = StraightThrough(layer.latent, w_hat, rho);
+    }
+  }
+}
+
+at::Tensor TernaryModel::RegularizationLoss() const {
+  at::Tensor total = at::zeros({}, layers_.front()->latent.options());
+  if (!options_.use_regularizer || schedule_.lambda == 0) return total;
+  for (const auto& layer : layers_) {
+    if (!layer->quantized || !layer->projection.codes.defined()) continue;
+    total = total + HypersphericalRegularizer(layer->latent, layer->projection.codes,
+                                              options_.granularity);
+  }
+  return total * schedule_.lambda;
+}
+
+void TernaryModel::AfterBackward() {
+  if (options_.projection != Projection::kLat) return;
+  at::NoGradGuard no_grad;
+  const double decay = options_.second_moment_decay;
+  for (auto& layer : layers_) {
+    if (!layer->quantized || !layer->latent.grad().defined()) continue;
+    const at::Tensor& g = layer->latent.grad();
+    layer->second_moment.mul_(decay).addcmul_(g, g, 1.0 - decay);
+  }
+  at::Tensor steps = state_->named_buffers(false)["moment_steps"];
+  steps.add_(1);
+  moment_steps_ = steps.item<int64_t>();
+}
+
+std::vector<LayerStats> TernaryModel::Stats(bool reset_flips) {
+  at::NoGradGuard no_grad;
+  std::vector<LayerStats> out;
+  for (auto& layer : layers_) {
+    LayerStats s;
+    s.name = layer->name;
+    s.quantized = layer->quantized;
+    s.numel = layer->latent.numel();
+    if (layer->quantized) {
+      const TernaryProjection p = Project(*layer);
+      s.sparsity = (p.codes == 0).to(at::kDouble).mean().item<double>();
+      s.alpha = at::cat({p.pos_scale, p.neg_scale}).to(at::kDouble).mean().item<double>();
+      s.delta = p.delta.to(at::kDouble).mean().item<double>();
+      s.cos_wt = UnitCosine(layer->latent, p.codes, options_.granularity)
+                     .to(at::kDouble).mean().item<double>();
+      const at::Tensor codes = p.codes.to(at::kChar);
+      if (layer->report_codes.defined()) {
+        s.flips = (codes != layer->report_codes).sum().item<int64_t>();
+      }
+      if (reset_flips || !layer->report_codes.defined()) layer->report_codes = codes;
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Artifact TernaryModel::Export(const std::string& architecture_json,
+                              const std::string& metadata_json) const {
+  at::NoGradGuard no_grad;
+  Artifact artifact;
+  artifact.architecture = architecture_json;
+  artifact.metadata = metadata_json;
+  artifact.packing = options_.packing;
+  std::map<std::string, const Layer*> quantized;
+  for (const auto& layer : layers_) {
+    if (layer->quantized) quantized[layer->name + (layer->name.empty() ? "" : ".") + "weight"] = layer.get();
+  }
+  auto add = [&](const std::string& name, const at::Tensor& value) {
+    ArtifactTensor t;
+    t.name = name;
+    t.shape = value.sizes().vec();
+    auto it = quantized.find(name);
+    if (it == quantized.end()) {
+      t.kind = ArtifactTensor::Kind::kFloat32;
+      t.values = ToFloatVector(value);
+    } else {
+      const TernaryProjection p = Project(const_cast<Layer&>(*it->second));
+      t.kind = ArtifactTensor::Kind::kTernary;
+      t.granularity = options_.granularity;
+      const at::Tensor codes = p.codes.detach().to(at::kCPU, at::kChar).contiguous();
+      t.codes.assign(codes.data_ptr<int8_t>(), codes.data_ptr<int8_t>() + codes.numel());
+      t.pos_scale = ToFloatVector(p.pos_scale);
+      t.neg_scale = ToFloatVector(p.neg_scale);
+    }
+    artifact.tensors.push_back(std::move(t));
+  };
+  for (const auto& item : root_->named_parameters(true)) add(item.key(), item.value());
+  for (const auto& item : root_->named_buffers(true)) add(item.key(), item.value());
+  return artifact;
+}
+
+Status LoadArtifactInto(const Artifact& artifact, torch::nn::Module& root) {
+  at::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> targets;
+  for (const auto& item : root.named_parameters(true)) targets[item.key()] = item.value();
+  for (const auto& item : root.named_buffers(true)) targets[item.key()] = item.value();
+  size_t loaded = 0;
+  for (const ArtifactTensor& t : artifact.tensors) {
+    auto it = targets.find(t.name);
+    if (it == targets.end()) {
+      return InvalidArgumentError("artifact tensor '" + t.name +
+                                  "' has no counterpart in the model");
+    }
+    at::Tensor& target = it->second;
+    if (target.sizes().vec() != t.shape) {
+      return InvalidArgumentError("artifact tensor '" + t.name + "' has shape " +
+                                  nlohmann::json(t.shape).dump() + ", model expects " +
+                                  nlohmann::json(target.sizes().vec()).dump());
+    }
+    const auto float_opts = at::TensorOptions().dtype(at::kFloat);
+    at::Tensor value;
+    if (t.kind == ArtifactTensor::Kind::kFloat32) {
+      value = at::from_blob(const_cast<float*>(t.values.data()), t.shape, float_opts).clone();
+    } else {
+      const int64_t units = static_cast<int64_t>(t.pos_scale.size());
+      const at::Tensor codes =
+          at::from_blob(const_cast<int8_t*>(t.codes.data()), t.shape,
+                        at::TensorOptions().dtype(at::kChar)).to(at::kFloat);
+      const at::Tensor pos = at::from_blob(const_cast<float*>(t.pos_scale.data()), {units}, float_opts);
+      const at::Tensor neg = at::from_blob(const_cast<float*>(t.neg_scale.data()), {units}, float_opts);
+      value = Dequantize(codes, pos, neg);
+    }
+    target.copy_(value.to(target.device(), target.scalar_type()));
+    ++loaded;
+  }
+  if (loaded != targets.size()) {
+    for (const auto& [name, tensor] : targets) {
+      (void)tensor;
+      bool found = false;
+      for (const ArtifactTensor& t : artifact.tensors) found |= t.name == name;
+      if (!found) return InvalidArgumentError("model tensor '" + name + "' is missing from the artifact");
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace tern::quant

@@ -1,0 +1,114 @@
+// TernaryModel: ternarizes the Conv2d and Linear layers of any torch::nn
+// module tree in place, keeping the latent full-precision weights.
+//
+// How it works: each quantized layer's registered parameter "weight" stays the
+// latent FP weight (the optimizer updates it, the state dict saves it). Before
+// every forward, BeforeForward() points the layer's `weight` member, which its
+// forward() reads, at the ternary weight Ŵ = α·T wired to the latent weight by
+// the (re-scaled) straight-through gradient. So any model built from
+// torch::nn::Conv2d / Linear works unchanged.
+//
+// Per step:
+//   model.SetProgress(step / total_steps);  // phases, λ and κ schedules
+//   model.BeforeForward();                   // ternary (or FP) weights
+//   loss = task_loss + model.RegularizationLoss();
+//   loss.backward(); (all-reduce gradients)
+//   model.AfterBackward();                   // second moments for LAT
+//   optimizer.step();
+//
+// Quantizer state (second moments, TTQ scales) lives in state(), a
+// torch::nn::Module to save with the model; TTQ's scales are in
+// TrainableParameters() and must be given to the optimizer.
+// Not thread-safe: drive it from the training thread.
+#ifndef TERN_QUANT_TERNARY_MODEL_H_
+#define TERN_QUANT_TERNARY_MODEL_H_
+
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "quant/artifact.h"
+#include "quant/options.h"
+#include "quant/ternary_ops.h"
+
+namespace tern::quant {
+
+// What one report says about one layer.
+struct LayerStats {
+  std::string name;          // module path, e.g. "layer1.0.conv1"
+  bool quantized = false;    // false for layers kept FP
+  int64_t numel = 0;
+  double sparsity = 0;       // share of zero codes
+  double alpha = 0;          // mean scale over units (and signs)
+  double delta = 0;          // mean threshold over units
+  double cos_wt = 0;         // mean per-unit cos(W, T)
+  int64_t flips = 0;         // codes changed since the previous report
+};
+
+class TernaryModel {
+ public:
+  // Finds every Conv2d / Linear of `root` (in registration order; the first
+  // and last of them are the "first" and "last" layers of keep_fp). Fails if
+  // the options are invalid or the tree has no such layer.
+  static StatusOr<std::unique_ptr<TernaryModel>> Attach(
+      std::shared_ptr<torch::nn::Module> root, const QuantOptions& options);
+
+  const QuantOptions& options() const { return options_; }
+  // The quantizer's own state; save and load it with the model.
+  std::shared_ptr<torch::nn::Module> state() const { return state_; }
+  // TTQ's learned scales (empty for other methods).
+  std::vector<at::Tensor> TrainableParameters() const;
+
+  // Sets the schedules from the fraction of training done, in [0, 1].
+  void SetProgress(double progress);
+  const ScheduleState& schedule() const { return schedule_; }
+
+  // Installs the forward weights of every layer for the next forward.
+  // Under at::NoGradGuard (evaluation) no autograd graph is built and the
+  // projection is cached until a latent weight changes.
+  void BeforeForward();
+
+  // λ(t) · Σ_layers R(W_l) (a scalar; zero when the regularizer is off).
+  // Call after BeforeForward(), which computes the codes it uses.
+  at::Tensor RegularizationLoss() const;
+
+  // Updates the running second moments of the gradients (LAT's D). Call once
+  // per step after the gradients are final (after the all-reduce), so every
+  // rank holds the same state.
+  void AfterBackward();
+
+  // Per-layer statistics; `reset_flips` starts a new flip-counting window.
+  std::vector<LayerStats> Stats(bool reset_flips);
+
+  // The ternary model as a packed artifact: quantized layers as codes and
+  // scales, every other parameter and buffer of `root` as float32.
+  Artifact Export(const std::string& architecture_json,
+                  const std::string& metadata_json) const;
+
+  ~TernaryModel();
+
+ private:
+  struct Layer;
+  TernaryModel(std::shared_ptr<torch::nn::Module> root, QuantOptions options);
+  TernaryProjection Project(Layer& layer) const;
+
+  std::shared_ptr<torch::nn::Module> root_;
+  std::shared_ptr<torch::nn::Module> state_;
+  QuantOptions options_;
+  ScheduleState schedule_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  int64_t moment_steps_ = 0;
+};
+
+// Loads an artifact into a freshly built model of the same architecture:
+// ternary tensors are dequantized (bit-identical to the training forward),
+// float tensors copied. Fails naming the first missing, extra or mis-shaped
+// tensor.
+Status LoadArtifactInto(const Artifact& artifact, torch::nn::Module& root);
+
+}  // namespace tern::quant
+
+#endif  // TERN_QUANT_TERNARY_MODEL_H_
