@@ -1,0 +1,69 @@
+// MetricsHttpServer: the HTTP endpoint Prometheus scrapes, for ternd and
+// tern-agent (Boost.Beast on a thread of its own).
+//
+// Usage:
+//   metrics::MetricsHttpServer server("0.0.0.0:9090", &registry);
+//   TERN_RETURN_IF_ERROR(server.Start());  // binds, then serves in background
+//   TERN_LOG(INFO) << "metrics on port " << server.port();
+//   ...
+//   server.Stop();                         // or let the destructor do it
+//
+// Routes: GET /metrics (text format 0.0.4 from the Registry), GET /healthz
+// ("ok"), and paths added with Handle(); 404 for other paths, 405 for methods
+// other than GET. The query string is ignored. A malformed request or a
+// connection idle for 10 s is closed; the server keeps serving the others.
+//
+// Thread safety: all methods may be called from any thread. Handlers run on
+// the server's thread, one at a time, so they must be quick and not block.
+#ifndef TERN_COMMON_HTTP_SERVER_H_
+#define TERN_COMMON_HTTP_SERVER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/metrics.h"
+#include "common/status.h"
+
+namespace tern::metrics {
+
+class MetricsHttpServer {
+ public:
+  struct Response {
+    int status = 200;
+    std::string content_type = "text/plain; charset=utf-8";
+    std::string body;
+  };
+  using Handler = std::function<Response()>;
+
+  // `bind_address` is "host:port": "127.0.0.1:0" (0 = any free port),
+  // "0.0.0.0:9090", "[::1]:9090", "localhost:9090", ":9090" (all IPv4
+  // interfaces). `registry` is not owned and must outlive the server.
+  MetricsHttpServer(std::string bind_address, const Registry* registry);
+  ~MetricsHttpServer();  // Stop()s.
+  MetricsHttpServer(const MetricsHttpServer&) = delete;
+  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
+
+  // Binds, listens and starts the serving thread; returns once the port is
+  // bound. INVALID_ARGUMENT for a malformed or unresolvable address,
+  // UNAVAILABLE when the address cannot be bound (port taken, no such
+  // interface), FAILED_PRECONDITION when already started.
+  Status Start();
+  // Closes the listener and every connection and joins the thread. Blocking,
+  // idempotent; Start() may be called again afterwards.
+  void Stop();
+  // The bound port (the chosen one when started with port 0); 0 when stopped.
+  int port() const;
+
+  // Serves GET `path` (exact match, e.g. "/healthz") with `handler`, replacing
+  // a built-in route or an earlier handler. Allowed before or after Start().
+  void Handle(const std::string& path, Handler handler);
+
+ private:
+  class Impl;  // Keeps Boost out of this header.
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tern::metrics
+
+#endif  // TERN_COMMON_HTTP_SERVER_H_

@@ -1,0 +1,207 @@
+#include "common/http_server.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <string>
+
+#include "common/metrics.h"
+
+namespace tern::metrics {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+// Sends one request on a fresh connection and returns the response.
+http::response<http::string_body> Fetch(int port, http::verb method,
+                                        const std::string& target) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.expires_after(std::chrono::seconds(10));
+  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
+                               static_cast<unsigned short>(port)));
+  http::request<http::string_body> request(method, target, 11);
+  request.set(http::field::host, "127.0.0.1");
+  request.prepare_payload();
+  http::write(stream, request);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> response;
+  http::read(stream, buffer, response);
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  return response;
+}
+
+class MetricsHttpServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    registry_.AddCounter("tern_test_requests_total", "Requests.", {"code"})
+        .WithLabels({"200"})
+        ->Increment(5);
+    ASSERT_TRUE(server_.Start().ok());
+    ASSERT_GT(server_.port(), 0);
+  }
+
+  Registry registry_;
+  MetricsHttpServer server_{"127.0.0.1:0", &registry_};
+};
+
+TEST_F(MetricsHttpServerTest, ServesMetrics) {
+  const auto response = Fetch(server_.port(), http::verb::get, "/metrics");
+  EXPECT_EQ(response.result_int(), 200);
+  EXPECT_EQ(response[http::field::content_type],
+            "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_EQ(response.body(), registry_.Serialize());
+  EXPECT_NE(response.body().find("tern_test_requests_total{code=\"200\"} 5\n"),
+            std::string::npos);
+  // The query string does not matter.
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/metrics?x=1").result_int(),
+            200);
+}
+
+TEST_F(MetricsHttpServerTest, ServesHealthz) {
+  const auto response = Fetch(server_.port(), http::verb::get, "/healthz");
+  EXPECT_EQ(response.result_int(), 200);
+  EXPECT_EQ(response.body(), "ok");
+}
+
+TEST_F(MetricsHttpServerTest, UnknownPathIs404) {
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/nope").result_int(), 404);
+}
+
+TEST_F(MetricsHttpServerTest, NonGetIs405) {
+  const auto response = Fetch(server_.port(), http::verb::post, "/metrics");
+  EXPECT_EQ(response.result_int(), 405);
+  EXPECT_EQ(response[http::field::allow], "GET");
+}
+
+TEST_F(MetricsHttpServerTest, ServesSeveralRequestsOnOneConnection) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.expires_after(std::chrono::seconds(10));
+  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
+                               static_cast<unsigned short>(server_.port())));
+  beast::flat_buffer buffer;
+  for (const char* target : {"/healthz", "/metrics", "/healthz"}) {
+    http::request<http::empty_body> request(http::verb::get, target, 11);
+    request.set(http::field::host, "127.0.0.1");
+    http::write(stream, request);
+    http::response<http::string_body> response;
+    http::read(stream, buffer, response);
+    EXPECT_EQ(response.result_int(), 200) << target;
+  }
+}
+
+TEST_F(MetricsHttpServerTest, SurvivesGarbageRequest) {
+  {
+    asio::io_context io;
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
+                                 static_cast<unsigned short>(server_.port())));
+    const char kGarbage[] = "\x01\xff GARBAGE \0\0 nonsense\r\n\r\n\r\n";
+    const std::string garbage(kGarbage, sizeof(kGarbage) - 1);
+    asio::write(socket, asio::buffer(garbage));
+    // The server closes this connection: the read ends with EOF (or reset).
+    char byte;
+    beast::error_code ec;
+    asio::read(socket, asio::buffer(&byte, 1), ec);
+    EXPECT_TRUE(ec) << "expected the server to close the connection";
+  }
+  {
+    // A client that connects and leaves without a word.
+    asio::io_context io;
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
+                                 static_cast<unsigned short>(server_.port())));
+  }
+  {
+    // Oversized header.
+    asio::io_context io;
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
+                                 static_cast<unsigned short>(server_.port())));
+    const std::string huge =
+        "GET /metrics HTTP/1.1\r\nX-Big: " + std::string(100000, 'a') +
+        "\r\n\r\n";
+    beast::error_code ec;
+    asio::write(socket, asio::buffer(huge), ec);
+    char byte;
+    asio::read(socket, asio::buffer(&byte, 1), ec);
+    EXPECT_TRUE(ec);
+  }
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/metrics").result_int(),
+            200);
+}
+
+TEST_F(MetricsHttpServerTest, ExtraHandlersReplaceBuiltIns) {
+  server_.Handle("/healthz", [] {
+    return MetricsHttpServer::Response{503, "text/plain", "draining"};
+  });
+  server_.Handle("/ready", [] { return MetricsHttpServer::Response{}; });
+  const auto health = Fetch(server_.port(), http::verb::get, "/healthz");
+  EXPECT_EQ(health.result_int(), 503);
+  EXPECT_EQ(health.body(), "draining");
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/ready").result_int(), 200);
+}
+
+TEST_F(MetricsHttpServerTest, SecondStartFails) {
+  EXPECT_EQ(server_.Start().code(), StatusCode::kFailedPrecondition);
+}
+
+TEST_F(MetricsHttpServerTest, TakenPortIsUnavailable) {
+  Registry other;
+  MetricsHttpServer second("127.0.0.1:" + std::to_string(server_.port()),
+                           &other);
+  const Status status = second.Start();
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status;
+  EXPECT_NE(status.message().find("in use"), std::string::npos) << status;
+}
+
+TEST_F(MetricsHttpServerTest, StopClosesAndRestartWorks) {
+  const int old_port = server_.port();
+  server_.Stop();
+  EXPECT_EQ(server_.port(), 0);
+  server_.Stop();  // Idempotent.
+  asio::io_context io;
+  tcp::socket socket(io);
+  beast::error_code ec;
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
+                               static_cast<unsigned short>(old_port)),
+                 ec);
+  EXPECT_TRUE(ec) << "still accepting after Stop()";
+  ASSERT_TRUE(server_.Start().ok());
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/healthz").result_int(),
+            200);
+}
+
+TEST(MetricsHttpServerAddressTest, RejectsBadAddresses) {
+  Registry registry;
+  for (const char* address : {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999",
+                              "127.0.0.1:http", "::1:9090"}) {
+    MetricsHttpServer server(address, &registry);
+    const Status status = server.Start();
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument)
+        << address << ": " << status;
+  }
+}
+
+TEST(MetricsHttpServerAddressTest, AcceptsIpv6AndEmptyHost) {
+  Registry registry;
+  MetricsHttpServer any(":0", &registry);
+  EXPECT_TRUE(any.Start().ok());
+  MetricsHttpServer v6("[::1]:0", &registry);
+  const Status status = v6.Start();
+  if (!status.ok()) GTEST_SKIP() << "no IPv6 loopback here: " << status;
+  EXPECT_GT(v6.port(), 0);
+}
+
+}  // namespace
+}  // namespace tern::metrics
