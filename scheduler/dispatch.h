@@ -1,0 +1,87 @@
+// What the scheduler and the node agents (tern-agent) tell each other.
+//
+// server/ maps these one to one onto WorkerService messages. An agent
+// registers its slots, renews its lease with heartbeats, drains its AgentWork
+// (kill orders first, then assignments) and reports each rank's start, exit,
+// progress and checkpoints, always naming the rank by RankRef so that reports
+// from an attempt the scheduler has given up on are recognised and ignored.
+// Plain values, no locking.
+#ifndef TERN_SCHEDULER_DISPATCH_H_
+#define TERN_SCHEDULER_DISPATCH_H_
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "scheduler/clock.h"
+#include "scheduler/job.h"
+
+namespace tern::scheduler {
+
+// One rank of one attempt of one job, as placed on an agent.
+struct RankRef {
+  JobId job_id = 0;
+  int attempt = 0;  // Assignment::attempt
+  int rank = 0;
+  std::string agent_id;
+};
+
+struct AgentRegistration {
+  std::string agent_id;  // stable across agent restarts (e.g. the node name)
+  std::string host;      // where other ranks reach this machine
+  std::map<std::string, int> slots;  // device kind -> slots, e.g. {"cuda": 8}
+  // Ranks this agent still runs (after a ternd restart); empty when it starts
+  // fresh. Placed ranks it does not list are treated as lost.
+  std::vector<RankRef> running;
+};
+
+struct Lease {
+  std::string agent_id;
+  TimePoint expires_at;  // heartbeat before this, or the agent is lost
+};
+
+// Start rank `rank` of `world_size`. Idempotent per (job_id, attempt, rank):
+// an agent that already runs it ignores a repeat.
+struct Assignment {
+  JobId job_id = 0;
+  int attempt = 0;
+  int rank = 0;
+  int world_size = 1;
+  std::string agent_id;
+  std::string device_kind;
+  std::string rendezvous_host;  // rank 0's agent host; rank 0 hosts the store
+  int rendezvous_port = 0;      // from SchedulerOptions' rendezvous range
+  // Last checkpoint step the scheduler knows was committed; nullopt: start
+  // fresh. The trainer may find a newer committed one and use that.
+  std::optional<int64_t> resume_from_step;
+  std::string spec;  // Job::spec, opaque
+};
+
+// Stop rank `rank` of attempt `attempt` (and nothing else) on `agent_id`.
+struct KillOrder {
+  std::string agent_id;
+  JobId job_id = 0;
+  int attempt = 0;
+  int rank = 0;
+  std::string reason;  // reason::k* of the job's transition
+};
+
+struct AgentWork {
+  std::vector<KillOrder> kills;  // apply these first
+  std::vector<Assignment> assignments;
+  bool empty() const { return kills.empty() && assignments.empty(); }
+};
+
+struct RankExit {
+  RankRef rank;
+  int exit_code = 0;    // 0 success; > 0 the trainer's status; < 0 -signal
+  std::string message;  // e.g. the trainer's last error line
+  // Rank 0 on success: the packed model and the final metrics.
+  std::string artifact_path;
+  std::string metrics_json;
+};
+
+}  // namespace tern::scheduler
+
+#endif  // TERN_SCHEDULER_DISPATCH_H_

@@ -1,0 +1,1092 @@
+#include "scheduler/scheduler.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <tuple>
+#include <utility>
+
+#include "common/logging.h"
+
+namespace tern::scheduler {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr char kPageTokenPrefix[] = "after:";
+constexpr int kMaxRestartsLimit = 1000;
+constexpr size_t kMaxIdempotencyKeyBytes = 256;
+constexpr int kDefaultEventBatch = 100;
+constexpr int kMaxEventBatch = 1000;
+
+std::string SlotCount(int n, const std::string& kind) {
+  return std::to_string(n) + " " + kind + (n == 1 ? " slot" : " slots");
+}
+
+std::string Seconds(TimePoint::duration d) {
+  auto s = std::chrono::duration_cast<std::chrono::seconds>(d).count();
+  return std::to_string(s) + "s";
+}
+
+// "ranks 0-1 on a, rank 2 on b": ranks are placed in contiguous runs.
+std::string DescribePlacement(const std::vector<RankPlacement>& ranks,
+                              const std::string* only_agent = nullptr) {
+  std::string out;
+  size_t i = 0;
+  while (i < ranks.size()) {
+    size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1].agent_id == ranks[i].agent_id) {
+      ++j;
+    }
+    if (only_agent == nullptr || *only_agent == ranks[i].agent_id) {
+      if (!out.empty()) out += ", ";
+      out += i == j ? "rank " + std::to_string(ranks[i].rank)
+                    : "ranks " + std::to_string(ranks[i].rank) + "-" +
+                          std::to_string(ranks[j].rank);
+      out += " on " + ranks[i].agent_id;
+    }
+    i = j + 1;
+  }
+  return out;
+}
+
+std::string RequeueMessage(const Job& job) {
+  std::string out = "restart " + std::to_string(job.restarts_used) + " of " +
+                    std::to_string(job.max_restarts) + ", resuming from ";
+  out += job.last_checkpoint_step
+             ? "step " + std::to_string(*job.last_checkpoint_step)
+             : "the start (no committed checkpoint)";
+  return out;
+}
+
+// ADMITTED -> RUNNING once no rank waits to start; RUNNING -> SUCCEEDED once
+// every rank exited 0.
+Status AdvanceJob(Job* job, std::vector<JobEvent>* events, TimePoint now) {
+  auto all = [&](auto pred) {
+    return std::all_of(job->ranks.begin(), job->ranks.end(), pred);
+  };
+  if (job->state == JobState::kAdmitted && all([](const RankPlacement& r) {
+        return r.state != RankState::kAssigned;
+      })) {
+    TERN_RETURN_IF_ERROR(TransitionJob(
+        job, JobState::kRunning, reason::kAllRanksStarted,
+        "all " + std::to_string(job->world_size) + " ranks started", now,
+        events));
+  }
+  if (job->state == JobState::kRunning && all([](const RankPlacement& r) {
+        return r.state == RankState::kSucceeded;
+      })) {
+    std::string message =
+        "all " + std::to_string(job->world_size) + " ranks exited 0";
+    if (!job->artifact_path.empty())
+      message += "; artifact " + job->artifact_path;
+    TERN_RETURN_IF_ERROR(TransitionJob(job, JobState::kSucceeded,
+                                       reason::kAllRanksSucceeded,
+                                       std::move(message), now, events));
+  }
+  return OkStatus();
+}
+
+Status ValidateJobRequest(const JobRequest& r, int max_world_size) {
+  if (r.owner.empty()) return InvalidArgumentError("owner: required");
+  for (const auto& [key, value] : r.labels) {
+    if (key.empty() || key.find('=') != std::string::npos) {
+      return InvalidArgumentError("labels: key \"" + key +
+                                  "\" must be non-empty and without '='");
+    }
+  }
+  if (r.world_size < 1 || r.world_size > max_world_size) {
+    return InvalidArgumentError("world_size: must be in [1, " +
+                                std::to_string(max_world_size) + "], got " +
+                                std::to_string(r.world_size));
+  }
+  if (!IsKnownDeviceKind(r.device_kind)) {
+    return InvalidArgumentError(
+        "device_kind: must be \"cpu\" or \"cuda\", got \"" + r.device_kind +
+        "\"");
+  }
+  if (r.max_restarts < 0 || r.max_restarts > kMaxRestartsLimit) {
+    return InvalidArgumentError("max_restarts: must be in [0, " +
+                                std::to_string(kMaxRestartsLimit) + "], got " +
+                                std::to_string(r.max_restarts));
+  }
+  if (r.idempotency_key.size() > kMaxIdempotencyKeyBytes) {
+    return InvalidArgumentError("idempotency_key: at most " +
+                                std::to_string(kMaxIdempotencyKeyBytes) +
+                                " bytes");
+  }
+  return OkStatus();
+}
+
+StatusOr<JobId> ParsePageToken(const std::string& token) {
+  if (token.empty()) return JobId{0};
+  const std::string_view prefix(kPageTokenPrefix);
+  JobId id = 0;
+  if (token.compare(0, prefix.size(), prefix) == 0) {
+    const char* begin = token.data() + prefix.size();
+    const char* end = token.data() + token.size();
+    auto [ptr, ec] = std::from_chars(begin, end, id);
+    if (ec == std::errc() && ptr == end && begin != end && id >= 0) return id;
+  }
+  return InvalidArgumentError("page_token: not a token this server issued");
+}
+
+bool Matches(const Job& job, const ListJobsQuery& q) {
+  if (q.state && job.state != *q.state) return false;
+  if (!q.owner.empty() && job.owner != q.owner) return false;
+  for (const auto& [key, value] : q.labels) {
+    auto it = job.labels.find(key);
+    if (it == job.labels.end() || it->second != value) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+struct Scheduler::Agent {
+  std::string id;
+  std::string host;
+  std::map<std::string, int> slots;  // capacity by device kind, as registered
+  std::map<std::string, int> used;   // held by ADMITTED/RUNNING jobs
+  std::set<int> ports;  // rendezvous ports of jobs whose rank 0 is here
+  TimePoint lease_expires;
+  // Registered and not lost. false: restored from the store after a ternd
+  // restart, no capacity until the agent re-registers within its lease.
+  bool live = false;
+  AgentWork outbox;
+};
+
+struct Scheduler::Placement {
+  std::vector<std::string> agent_of_rank;
+  std::string host;
+  int port = 0;
+};
+
+Status SchedulerOptions::Validate() const {
+  if (!(aging_per_minute >= 0) || !std::isfinite(aging_per_minute)) {
+    return InvalidArgumentError("aging_per_minute: must be finite and >= 0");
+  }
+  if (backfill_window.count() < 0) {
+    return InvalidArgumentError("backfill_window: must be >= 0");
+  }
+  if (agent_lease_ttl.count() <= 0) {
+    return InvalidArgumentError("agent_lease_ttl: must be > 0");
+  }
+  if (restart_backoff.count() < 0 || max_restart_backoff < restart_backoff) {
+    return InvalidArgumentError(
+        "restart_backoff: must be >= 0 and <= max_restart_backoff");
+  }
+  if (rendezvous_port_min < 1 || rendezvous_port_max > 65535 ||
+      rendezvous_port_min > rendezvous_port_max) {
+    return InvalidArgumentError(
+        "rendezvous_port_min/max: need 1 <= min <= max <= 65535");
+  }
+  if (max_world_size < 1) {
+    return InvalidArgumentError("max_world_size: must be >= 1");
+  }
+  if (default_page_size < 1 || max_page_size < default_page_size) {
+    return InvalidArgumentError(
+        "default_page_size: need 1 <= default_page_size <= max_page_size");
+  }
+  return OkStatus();
+}
+
+Scheduler::Scheduler(SchedulerOptions options, std::unique_ptr<JobStore> store,
+                     std::shared_ptr<Clock> clock)
+    : options_(std::move(options)),
+      store_(std::move(store)),
+      clock_(std::move(clock)) {}
+
+Scheduler::~Scheduler() = default;
+
+StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
+    SchedulerOptions options, std::unique_ptr<JobStore> store,
+    std::shared_ptr<Clock> clock) {
+  TERN_RETURN_IF_ERROR(options.Validate());
+  if (store == nullptr) return InvalidArgumentError("store: required");
+  if (clock == nullptr) clock = std::make_shared<SystemClock>();
+  std::unique_ptr<Scheduler> scheduler(
+      new Scheduler(std::move(options), std::move(store), std::move(clock)));
+  {
+    std::lock_guard<std::mutex> lock(scheduler->mu_);
+    TERN_RETURN_IF_ERROR(scheduler->LoadLocked());
+  }
+  return StatusOr<std::unique_ptr<Scheduler>>(std::move(scheduler));
+}
+
+Status Scheduler::LoadLocked() {
+  TERN_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->LoadJobs());
+  const TimePoint now = clock_->Now();
+  for (Job& job : jobs) {
+    const std::string where = "job store: job " + std::to_string(job.id);
+    for (size_t i = 0; i < job.ranks.size(); ++i) {
+      if (job.ranks[i].rank != static_cast<int>(i)) {
+        return DataLossError(where + ": ranks are not 0..n-1");
+      }
+    }
+    if (HoldsSlots(job.state)) {
+      if (static_cast<int>(job.ranks.size()) != job.world_size) {
+        return DataLossError(where + ": " + JobStateName(job.state) + " with " +
+                             std::to_string(job.ranks.size()) + " of " +
+                             std::to_string(job.world_size) + " ranks placed");
+      }
+      // The agents will re-register; until then they have no capacity.
+      for (const RankPlacement& r : job.ranks) {
+        std::unique_ptr<Agent>& agent = agents_[r.agent_id];
+        if (agent == nullptr) {
+          agent = std::make_unique<Agent>();
+          agent->id = r.agent_id;
+          agent->lease_expires = now + options_.agent_lease_ttl;
+        }
+      }
+    }
+    next_id_ = std::max(next_id_, job.id + 1);
+    if (!job.idempotency_key.empty()) {
+      by_idempotency_key_[{job.owner, job.idempotency_key}] = job.id;
+    }
+    ApplyLocked(std::move(job));
+  }
+  TERN_LOG(INFO) << "scheduler: loaded " << jobs_.size() << " jobs ("
+                 << queued_.size() << " queued, " << holding_.size()
+                 << " admitted or running); waiting for " << agents_.size()
+                 << " agents to re-register";
+  return OkStatus();
+}
+
+// --- Bookkeeping -----------------------------------------------------------
+
+Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events) {
+  TERN_RETURN_IF_ERROR(store_->UpdateJob(job, events));
+  ApplyLocked(std::move(job));
+  changed_.notify_all();
+  return OkStatus();
+}
+
+void Scheduler::ApplyLocked(Job job) {
+  const JobId id = job.id;
+  auto old = jobs_.find(id);
+  if (old != jobs_.end() && HoldsSlots(old->second.state)) {
+    ReleaseSlotsLocked(old->second);
+  }
+  if (HoldsSlots(job.state)) TakeSlotsLocked(job);
+  auto set_member = [id](std::set<JobId>& set, bool member) {
+    if (member) {
+      set.insert(id);
+    } else {
+      set.erase(id);
+    }
+  };
+  set_member(queued_, job.state == JobState::kQueued);
+  set_member(restarting_, job.state == JobState::kRestarting);
+  set_member(holding_, HoldsSlots(job.state));
+  if (job.state != JobState::kQueued) {
+    wait_reasons_.erase(id);
+    head_since_.erase(id);
+  }
+  jobs_.insert_or_assign(id, std::move(job));
+}
+
+void Scheduler::TakeSlotsLocked(const Job& job) {
+  for (const RankPlacement& r : job.ranks) {
+    auto it = agents_.find(r.agent_id);
+    TERN_CHECK(it != agents_.end()) << "job " << job.id << " rank " << r.rank
+                                    << " on unknown agent " << r.agent_id;
+    ++it->second->used[job.device_kind];
+  }
+  if (!job.ranks.empty()) {
+    agents_.at(job.ranks[0].agent_id)->ports.insert(job.rendezvous_port);
+  }
+}
+
+void Scheduler::ReleaseSlotsLocked(const Job& job) {
+  for (const RankPlacement& r : job.ranks) {
+    auto it = agents_.find(r.agent_id);
+    if (it != agents_.end()) --it->second->used[job.device_kind];
+  }
+  if (!job.ranks.empty()) {
+    auto it = agents_.find(job.ranks[0].agent_id);
+    if (it != agents_.end()) it->second->ports.erase(job.rendezvous_port);
+  }
+}
+
+int Scheduler::SlotsLocked(const std::string& kind, bool free_only) const {
+  int total = 0;
+  for (const auto& [id, agent] : agents_) {
+    if (!agent->live) continue;
+    auto cap = agent->slots.find(kind);
+    if (cap == agent->slots.end()) continue;
+    int n = cap->second;
+    if (free_only) {
+      auto used = agent->used.find(kind);
+      n = std::max(0, n - (used == agent->used.end() ? 0 : used->second));
+    }
+    total += n;
+  }
+  return total;
+}
+
+void Scheduler::SendAssignmentLocked(const Job& job, int rank) {
+  const RankPlacement& r = job.ranks.at(rank);
+  auto it = agents_.find(r.agent_id);
+  if (it == agents_.end() || !it->second->live) return;
+  Assignment a;
+  a.job_id = job.id;
+  a.attempt = job.attempt;
+  a.rank = rank;
+  a.world_size = job.world_size;
+  a.agent_id = r.agent_id;
+  a.device_kind = job.device_kind;
+  a.rendezvous_host = job.rendezvous_host;
+  a.rendezvous_port = job.rendezvous_port;
+  a.resume_from_step = job.last_checkpoint_step;
+  a.spec = job.spec;
+  it->second->outbox.assignments.push_back(std::move(a));
+  changed_.notify_all();
+}
+
+std::vector<KillOrder> Scheduler::KillOrdersLocked(const Job& job,
+                                                   const char* why) const {
+  std::vector<KillOrder> kills;
+  for (const RankPlacement& r : job.ranks) {
+    if (r.state != RankState::kAssigned && r.state != RankState::kRunning) {
+      continue;
+    }
+    auto it = agents_.find(r.agent_id);
+    if (it == agents_.end() || !it->second->live) continue;
+    kills.push_back(KillOrder{r.agent_id, job.id, job.attempt, r.rank, why});
+  }
+  return kills;
+}
+
+void Scheduler::SendKillsLocked(const std::vector<KillOrder>& kills) {
+  for (const KillOrder& kill : kills) {
+    auto it = agents_.find(kill.agent_id);
+    if (it == agents_.end() || !it->second->live) continue;
+    AgentWork& outbox = it->second->outbox;
+    // An assignment not yet taken is withdrawn; the kill still goes out.
+    auto& pending = outbox.assignments;
+    pending.erase(std::remove_if(pending.begin(), pending.end(),
+                                 [&](const Assignment& a) {
+                                   return a.job_id == kill.job_id &&
+                                          a.attempt == kill.attempt &&
+                                          a.rank == kill.rank;
+                                 }),
+                  pending.end());
+    outbox.kills.push_back(kill);
+  }
+  if (!kills.empty()) changed_.notify_all();
+}
+
+// --- Admission -------------------------------------------------------------
+
+std::vector<JobId> Scheduler::QueueOrderLocked(TimePoint now) const {
+  struct Entry {
+    double priority;
+    TimePoint submit_time;
+    JobId id;
+  };
+  std::vector<Entry> entries;
+  entries.reserve(queued_.size());
+  for (JobId id : queued_) {
+    const Job& job = jobs_.at(id);
+    const double minutes = std::max(
+        0.0,
+        std::chrono::duration<double, std::ratio<60>>(now - job.submit_time)
+            .count());
+    entries.push_back({job.priority + options_.aging_per_minute * minutes,
+                       job.submit_time, id});
+  }
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    if (a.priority != b.priority) return a.priority > b.priority;
+    if (a.submit_time != b.submit_time) return a.submit_time < b.submit_time;
+    return a.id < b.id;
+  });
+  std::vector<JobId> order;
+  order.reserve(entries.size());
+  for (const Entry& e : entries) order.push_back(e.id);
+  return order;
+}
+
+std::optional<Scheduler::Placement> Scheduler::PlaceLocked(
+    const Job& job) const {
+  struct Candidate {
+    const Agent* agent;
+    int free;
+  };
+  std::vector<Candidate> candidates;
+  int free_total = 0;
+  for (const auto& [id, agent] : agents_) {
+    if (!agent->live) continue;
+    auto cap = agent->slots.find(job.device_kind);
+    if (cap == agent->slots.end()) continue;
+    auto used = agent->used.find(job.device_kind);
+    int free = cap->second - (used == agent->used.end() ? 0 : used->second);
+    if (free <= 0) continue;
+    candidates.push_back({agent.get(), free});
+    free_total += free;
+  }
+  if (free_total < job.world_size) return std::nullopt;
+  // Pack: fewest agents first (most free slots), ties by agent id.
+  std::stable_sort(
+      candidates.begin(), candidates.end(),
+      [](const Candidate& a, const Candidate& b) { return a.free > b.free; });
+  // Rank 0 goes to the first candidate with a free rendezvous port.
+  Placement placement;
+  for (size_t i = 0; i < candidates.size() && placement.port == 0; ++i) {
+    for (int port = options_.rendezvous_port_min;
+         port <= options_.rendezvous_port_max; ++port) {
+      if (candidates[i].agent->ports.count(port) == 0) {
+        placement.port = port;
+        placement.host = candidates[i].agent->host;
+        std::rotate(candidates.begin(), candidates.begin() + i,
+                    candidates.begin() + i + 1);
+        break;
+      }
+    }
+  }
+  if (placement.port == 0) return std::nullopt;
+  for (const Candidate& c : candidates) {
+    for (int k = 0;
+         k < c.free &&
+         static_cast<int>(placement.agent_of_rank.size()) < job.world_size;
+         ++k) {
+      placement.agent_of_rank.push_back(c.agent->id);
+    }
+  }
+  return placement;
+}
+
+Status Scheduler::AdmitJobLocked(JobId id, const Placement& placement,
+                                 TimePoint now) {
+  Job job = jobs_.at(id);
+  job.attempt += 1;
+  job.ranks.clear();
+  for (int rank = 0; rank < job.world_size; ++rank) {
+    job.ranks.push_back(RankPlacement{rank, placement.agent_of_rank[rank],
+                                      RankState::kAssigned, 0});
+  }
+  job.rendezvous_host = placement.host;
+  job.rendezvous_port = placement.port;
+  std::string message = "attempt " + std::to_string(job.attempt) + ": " +
+                        DescribePlacement(job.ranks) + "; rendezvous " +
+                        placement.host + ":" + std::to_string(placement.port);
+  TERN_LOG(INFO) << "job " << id << " admitted, " << message;
+  std::vector<JobEvent> events;
+  TERN_RETURN_IF_ERROR(TransitionJob(&job, JobState::kAdmitted,
+                                     reason::kAdmitted, std::move(message), now,
+                                     &events));
+  TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+  const Job& admitted = jobs_.at(id);
+  for (int rank = 0; rank < admitted.world_size; ++rank) {
+    SendAssignmentLocked(admitted, rank);
+  }
+  return OkStatus();
+}
+
+Status Scheduler::AdmitLocked(TimePoint now) {
+  std::map<JobId, std::string> reasons;
+  std::map<std::string, JobId>
+      heads;  // device kind -> first job that can't fit
+  std::map<JobId, TimePoint> head_since;
+  std::map<std::string, std::pair<int, int>> capacity;  // kind -> total, free
+  auto capacity_of = [&](const std::string& kind) -> std::pair<int, int> {
+    auto it = capacity.find(kind);
+    if (it == capacity.end()) {
+      it = capacity
+               .emplace(kind, std::make_pair(SlotsLocked(kind, false),
+                                             SlotsLocked(kind, true)))
+               .first;
+    }
+    return it->second;
+  };
+  for (JobId id : QueueOrderLocked(now)) {
+    const Job& job = jobs_.at(id);
+    const std::string kind = job.device_kind;
+    const std::string needs = "needs " + SlotCount(job.world_size, kind);
+    const auto [total, free] = capacity_of(kind);
+    if (job.world_size > total) {
+      // Can never fit as things stand: it must not hold anyone back.
+      reasons[id] = needs + ", only " + std::to_string(total) + " registered";
+      continue;
+    }
+    auto head = heads.find(kind);
+    const bool reserved =
+        head != heads.end() &&
+        now - head_since.at(head->second) >= options_.backfill_window;
+    if (job.world_size > free) {
+      reasons[id] = needs + ", " + std::to_string(free) + " free";
+      if (head == heads.end()) {
+        heads[kind] = id;
+        auto since = head_since_.find(id);
+        head_since[id] = since == head_since_.end() ? now : since->second;
+      }
+      continue;
+    }
+    if (reserved) {
+      const Job& blocker = jobs_.at(head->second);
+      reasons[id] = needs + ", " + std::to_string(free) +
+                    " free, but they are held for job " +
+                    std::to_string(blocker.id) + " (ahead in the queue, " +
+                    "needs " + SlotCount(blocker.world_size, kind) + ")";
+      continue;
+    }
+    std::optional<Placement> placement = PlaceLocked(job);
+    if (!placement) {
+      reasons[id] = needs + ", " + std::to_string(free) +
+                    " free, but no rendezvous port is free in [" +
+                    std::to_string(options_.rendezvous_port_min) + ", " +
+                    std::to_string(options_.rendezvous_port_max) + "]";
+      continue;
+    }
+    TERN_RETURN_IF_ERROR(AdmitJobLocked(id, *placement, now));
+    capacity.erase(kind);
+  }
+  wait_reasons_ = std::move(reasons);
+  head_since_ = std::move(head_since);
+  return OkStatus();
+}
+
+void Scheduler::AdmitAndLogLocked(TimePoint now) {
+  Status status = AdmitLocked(now);
+  if (!status.ok()) {
+    TERN_LOG(ERROR) << "scheduler: admission pass failed (retried on the next "
+                       "tick): "
+                    << status;
+  }
+}
+
+// --- Restarts --------------------------------------------------------------
+
+Status Scheduler::RestartLocked(Job job, const char* why, std::string message,
+                                TimePoint now) {
+  const std::vector<KillOrder> kills = KillOrdersLocked(job, why);
+  std::vector<JobEvent> events;
+  TERN_RETURN_IF_ERROR(
+      TransitionJob(&job, JobState::kRestarting, why, message, now, &events));
+  if (job.restarts_used >= job.max_restarts) {
+    TERN_RETURN_IF_ERROR(
+        TransitionJob(&job, JobState::kFailed, reason::kRestartBudgetExhausted,
+                      "max_restarts is " + std::to_string(job.max_restarts) +
+                          " and " + std::to_string(job.restarts_used) +
+                          " were used; last failure: " + message,
+                      now, &events));
+  } else {
+    ++job.restarts_used;
+    milliseconds delay = options_.restart_backoff;
+    for (int i = 1;
+         i < job.restarts_used && delay < options_.max_restart_backoff; ++i) {
+      delay *= 2;
+    }
+    delay = std::min(delay, options_.max_restart_backoff);
+    job.restart_not_before = now + delay;
+    if (delay.count() == 0) {
+      TERN_RETURN_IF_ERROR(TransitionJob(&job, JobState::kQueued,
+                                         reason::kRequeued, RequeueMessage(job),
+                                         now, &events));
+    }
+  }
+  TERN_LOG(WARNING) << "job " << job.id << " attempt " << job.attempt << " "
+                    << why << " (" << message << "), now "
+                    << JobStateName(job.state);
+  TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+  SendKillsLocked(kills);
+  return OkStatus();
+}
+
+Status Scheduler::LoseAgentLocked(const std::string& agent_id, const char* why,
+                                  const std::string& message, TimePoint now) {
+  auto it = agents_.find(agent_id);
+  if (it == agents_.end()) return OkStatus();
+  Agent& agent = *it->second;
+  agent.live = false;  // no capacity, no kill orders, no work from now on
+  agent.slots.clear();
+  agent.outbox = AgentWork();
+  // Should a store write fail below, the next Tick retries.
+  agent.lease_expires = std::min(agent.lease_expires, now);
+  changed_.notify_all();
+  std::vector<JobId> affected;
+  for (JobId id : holding_) {
+    const Job& job = jobs_.at(id);
+    if (std::any_of(
+            job.ranks.begin(), job.ranks.end(),
+            [&](const RankPlacement& r) { return r.agent_id == agent_id; })) {
+      affected.push_back(id);
+    }
+  }
+  for (JobId id : affected) {
+    const Job& job = jobs_.at(id);
+    TERN_RETURN_IF_ERROR(RestartLocked(
+        job, why,
+        message + " (" + DescribePlacement(job.ranks, &agent_id) + ")", now));
+  }
+  agents_.erase(agent_id);
+  return OkStatus();
+}
+
+// --- Clients ---------------------------------------------------------------
+
+StatusOr<SubmitResult> Scheduler::SubmitJob(const JobRequest& request) {
+  TERN_RETURN_IF_ERROR(ValidateJobRequest(request, options_.max_world_size));
+  std::lock_guard<std::mutex> lock(mu_);
+  const TimePoint now = clock_->Now();
+  if (!request.idempotency_key.empty()) {
+    auto it =
+        by_idempotency_key_.find({request.owner, request.idempotency_key});
+    if (it != by_idempotency_key_.end()) {
+      return SubmitResult{jobs_.at(it->second), /*created=*/false};
+    }
+  }
+  Job job;
+  job.id = next_id_;
+  job.owner = request.owner;
+  job.labels = request.labels;
+  job.priority = request.priority;
+  job.world_size = request.world_size;
+  job.device_kind = request.device_kind;
+  job.max_restarts = request.max_restarts;
+  job.idempotency_key = request.idempotency_key;
+  job.spec = request.spec;
+  job.submit_time = now;
+  job.state = JobState::kQueued;
+  job.restart_not_before = now;
+  std::vector<JobEvent> events;
+  JobEvent submitted;
+  submitted.time = now;
+  submitted.from = JobState::kUnspecified;
+  submitted.to = JobState::kQueued;
+  submitted.reason = reason::kSubmitted;
+  submitted.message = "submitted by " + request.owner + ": " +
+                      SlotCount(request.world_size, request.device_kind) +
+                      ", priority " + std::to_string(request.priority);
+  job.history.push_back(AppendJobEvent(&job, std::move(submitted), &events));
+  TERN_RETURN_IF_ERROR(store_->CreateJob(job, events));
+  ++next_id_;
+  const JobId id = job.id;
+  if (!job.idempotency_key.empty()) {
+    by_idempotency_key_[{job.owner, job.idempotency_key}] = id;
+  }
+  ApplyLocked(std::move(job));
+  changed_.notify_all();
+  AdmitAndLogLocked(now);
+  return SubmitResult{jobs_.at(id), /*created=*/true};
+}
+
+StatusOr<Job> Scheduler::GetJob(JobId id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) {
+    return NotFoundError("job " + std::to_string(id) + " does not exist");
+  }
+  return it->second;
+}
+
+StatusOr<ListJobsResult> Scheduler::ListJobs(const ListJobsQuery& query) const {
+  if (query.page_size < 0) {
+    return InvalidArgumentError("page_size: must be >= 0");
+  }
+  TERN_ASSIGN_OR_RETURN(JobId after, ParsePageToken(query.page_token));
+  const size_t page_size = static_cast<size_t>(
+      query.page_size == 0 ? options_.default_page_size
+                           : std::min(query.page_size, options_.max_page_size));
+  std::lock_guard<std::mutex> lock(mu_);
+  ListJobsResult result;
+  for (auto it = jobs_.upper_bound(after); it != jobs_.end(); ++it) {
+    if (!Matches(it->second, query)) continue;
+    if (result.jobs.size() == page_size) {
+      result.next_page_token =
+          kPageTokenPrefix + std::to_string(result.jobs.back().id);
+      break;
+    }
+    result.jobs.push_back(it->second);
+  }
+  return result;
+}
+
+StatusOr<std::vector<KillOrder>> Scheduler::CancelJob(
+    JobId id, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const TimePoint now = clock_->Now();
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) {
+    return NotFoundError("job " + std::to_string(id) + " does not exist");
+  }
+  if (IsTerminal(it->second.state)) {
+    return FailedPreconditionError(
+        "job " + std::to_string(id) +
+        " already ended: " + JobStateName(it->second.state));
+  }
+  Job job = it->second;
+  std::vector<KillOrder> kills;
+  if (HoldsSlots(job.state))
+    kills = KillOrdersLocked(job, reason::kCancelledByUser);
+  std::vector<JobEvent> events;
+  TERN_RETURN_IF_ERROR(
+      TransitionJob(&job, JobState::kCancelled, reason::kCancelledByUser,
+                    message.empty() ? "cancelled" : message, now, &events));
+  TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+  SendKillsLocked(kills);
+  AdmitAndLogLocked(now);
+  return kills;
+}
+
+StatusOr<std::string> Scheduler::WaitReason(JobId id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) {
+    return NotFoundError("job " + std::to_string(id) + " does not exist");
+  }
+  const Job& job = it->second;
+  if (job.state == JobState::kQueued) {
+    auto reason = wait_reasons_.find(id);
+    return reason != wait_reasons_.end() ? reason->second
+                                         : std::string("waiting for admission");
+  }
+  if (job.state == JobState::kRestarting) {
+    const TimePoint now = clock_->Now();
+    std::string when = job.restart_not_before > now
+                           ? "in " + Seconds(job.restart_not_before - now)
+                           : "at the next tick";
+    return "restarting: back in the queue " + when + " (restart " +
+           std::to_string(job.restarts_used) + " of " +
+           std::to_string(job.max_restarts) + ")";
+  }
+  return std::string();
+}
+
+std::vector<JobId> Scheduler::QueueOrder() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return QueueOrderLocked(clock_->Now());
+}
+
+StatusOr<std::vector<JobEvent>> Scheduler::ReadEvents(
+    JobId id, int64_t after_seq, int max_events, milliseconds max_wait) const {
+  if (after_seq < 0) return InvalidArgumentError("after_seq: must be >= 0");
+  if (max_events < 0) return InvalidArgumentError("max_events: must be >= 0");
+  if (max_events == 0) max_events = kDefaultEventBatch;
+  max_events = std::min(max_events, kMaxEventBatch);
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) {
+    return NotFoundError("job " + std::to_string(id) + " does not exist");
+  }
+  const Job& job = it->second;  // jobs are never erased
+  changed_.wait_for(lock, max_wait,
+                    [&] { return job.last_event_seq > after_seq; });
+  if (job.last_event_seq <= after_seq) return std::vector<JobEvent>();
+  lock.unlock();  // events are append-only: read them without the lock
+  return store_->ReadEvents(id, after_seq, max_events);
+}
+
+// --- Agents ----------------------------------------------------------------
+
+StatusOr<Lease> Scheduler::RegisterAgent(
+    const AgentRegistration& registration) {
+  const AgentRegistration& reg = registration;
+  if (reg.agent_id.empty()) return InvalidArgumentError("agent_id: required");
+  if (reg.host.empty()) return InvalidArgumentError("host: required");
+  for (const auto& [kind, count] : reg.slots) {
+    if (!IsKnownDeviceKind(kind)) {
+      return InvalidArgumentError("slots: unknown device kind \"" + kind +
+                                  "\" (want cpu or cuda)");
+    }
+    if (count < 0) {
+      return InvalidArgumentError("slots[" + kind + "]: must be >= 0");
+    }
+  }
+  for (const RankRef& ref : reg.running) {
+    if (!ref.agent_id.empty() && ref.agent_id != reg.agent_id) {
+      return InvalidArgumentError("running: job " + std::to_string(ref.job_id) +
+                                  " rank " + std::to_string(ref.rank) +
+                                  " names agent " + ref.agent_id);
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const TimePoint now = clock_->Now();
+  std::unique_ptr<Agent>& slot = agents_[reg.agent_id];
+  if (slot == nullptr) {
+    slot = std::make_unique<Agent>();
+    slot->id = reg.agent_id;
+  }
+  Agent& agent = *slot;
+  agent.host = reg.host;
+  agent.slots = reg.slots;
+  agent.live = true;
+  agent.lease_expires = now + options_.agent_lease_ttl;
+  agent.outbox = AgentWork();  // rebuilt below from the placements
+
+  using Key = std::tuple<JobId, int, int>;  // job, attempt, rank
+  std::set<Key> reported;
+  for (const RankRef& ref : reg.running) {
+    reported.insert({ref.job_id, ref.attempt, ref.rank});
+  }
+  std::set<Key> known;
+  std::vector<JobId> placed;
+  for (JobId id : holding_) {
+    const Job& job = jobs_.at(id);
+    if (std::any_of(
+            job.ranks.begin(), job.ranks.end(),
+            [&](const RankPlacement& r) { return r.agent_id == agent.id; })) {
+      placed.push_back(id);
+    }
+  }
+  for (JobId id : placed) {
+    Job job = jobs_.at(id);
+    bool started = false;
+    std::vector<int> resend;
+    std::string lost;
+    for (RankPlacement& r : job.ranks) {
+      if (r.agent_id != agent.id) continue;
+      const Key key{id, job.attempt, r.rank};
+      if (reported.count(key) != 0) {
+        known.insert(key);
+        if (r.state == RankState::kAssigned) {
+          r.state = RankState::kRunning;
+          started = true;
+        }
+      } else if (r.state == RankState::kAssigned) {
+        resend.push_back(r.rank);
+      } else if (r.state == RankState::kRunning) {
+        r.state = RankState::kFailed;
+        lost += (lost.empty() ? "" : ", ") + std::to_string(r.rank);
+      }
+    }
+    if (!lost.empty()) {
+      TERN_RETURN_IF_ERROR(RestartLocked(
+          std::move(job), reason::kRankLost,
+          "agent " + agent.id + " re-registered without rank(s) " + lost, now));
+      continue;
+    }
+    if (started) {
+      std::vector<JobEvent> events;
+      TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
+      TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+    }
+    for (int rank : resend) SendAssignmentLocked(jobs_.at(id), rank);
+  }
+  std::vector<KillOrder> kills;
+  for (const RankRef& ref : reg.running) {
+    if (known.count({ref.job_id, ref.attempt, ref.rank}) == 0) {
+      kills.push_back(KillOrder{agent.id, ref.job_id, ref.attempt, ref.rank,
+                                reason::kStaleRank});
+    }
+  }
+  SendKillsLocked(kills);
+  TERN_LOG(INFO) << "agent " << agent.id << " registered from " << agent.host
+                 << " (" << reg.running.size() << " ranks running)";
+  AdmitAndLogLocked(now);
+  return Lease{agent.id, agent.lease_expires};
+}
+
+StatusOr<Lease> Scheduler::Heartbeat(const std::string& agent_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = agents_.find(agent_id);
+  if (it == agents_.end() || !it->second->live) {
+    return NotFoundError("agent " + agent_id +
+                         " is not registered (lease expired?); register again");
+  }
+  it->second->lease_expires = clock_->Now() + options_.agent_lease_ttl;
+  return Lease{agent_id, it->second->lease_expires};
+}
+
+Status Scheduler::DeregisterAgent(const std::string& agent_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const TimePoint now = clock_->Now();
+  auto it = agents_.find(agent_id);
+  if (it == agents_.end() || !it->second->live) {
+    return NotFoundError("agent " + agent_id + " is not registered");
+  }
+  TERN_RETURN_IF_ERROR(LoseAgentLocked(agent_id, reason::kAgentDeregistered,
+                                       "agent " + agent_id + " deregistered",
+                                       now));
+  AdmitAndLogLocked(now);
+  return OkStatus();
+}
+
+StatusOr<AgentWork> Scheduler::TakeAgentWork(const std::string& agent_id,
+                                             milliseconds max_wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto live_agent = [&]() -> Agent* {
+    auto it = agents_.find(agent_id);
+    return it == agents_.end() || !it->second->live ? nullptr
+                                                    : it->second.get();
+  };
+  changed_.wait_for(lock, max_wait, [&] {
+    Agent* agent = live_agent();
+    return agent == nullptr || !agent->outbox.empty();
+  });
+  Agent* agent = live_agent();
+  if (agent == nullptr) {
+    return NotFoundError("agent " + agent_id + " is not registered");
+  }
+  return std::exchange(agent->outbox, AgentWork());
+}
+
+StatusOr<const Job*> Scheduler::CurrentRankLocked(const RankRef& ref) const {
+  auto it = jobs_.find(ref.job_id);
+  if (it == jobs_.end()) {
+    return NotFoundError("job " + std::to_string(ref.job_id) +
+                         " does not exist");
+  }
+  const Job& job = it->second;
+  if (ref.rank < 0 || ref.rank >= job.world_size) {
+    return InvalidArgumentError("rank: " + std::to_string(ref.rank) +
+                                " is outside [0, " +
+                                std::to_string(job.world_size) + ")");
+  }
+  if (ref.attempt < 1 || ref.attempt > job.attempt) {
+    return FailedPreconditionError("job " + std::to_string(job.id) +
+                                   " attempt " + std::to_string(ref.attempt) +
+                                   " was never assigned (latest is " +
+                                   std::to_string(job.attempt) + ")");
+  }
+  if (ref.attempt < job.attempt || !HoldsSlots(job.state)) {
+    return static_cast<const Job*>(nullptr);  // stale: acknowledged, ignored
+  }
+  const RankPlacement& r = job.ranks.at(ref.rank);
+  if (r.agent_id != ref.agent_id) {
+    return FailedPreconditionError(
+        "job " + std::to_string(job.id) + " rank " + std::to_string(ref.rank) +
+        " runs on agent " + r.agent_id + ", not " + ref.agent_id);
+  }
+  return &job;
+}
+
+Status Scheduler::ReportRankStarted(const RankRef& rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
+  if (current == nullptr ||
+      current->ranks[rank.rank].state != RankState::kAssigned) {
+    return OkStatus();
+  }
+  Job job = *current;
+  job.ranks[rank.rank].state = RankState::kRunning;
+  std::vector<JobEvent> events;
+  TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, clock_->Now()));
+  return CommitLocked(std::move(job), std::move(events));
+}
+
+Status Scheduler::ReportRankExit(const RankExit& exit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const TimePoint now = clock_->Now();
+  TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(exit.rank));
+  if (current == nullptr) return OkStatus();
+  const RankState before = current->ranks[exit.rank.rank].state;
+  if (before == RankState::kSucceeded || before == RankState::kFailed) {
+    return OkStatus();  // a repeated report
+  }
+  Job job = *current;
+  RankPlacement& r = job.ranks[exit.rank.rank];
+  r.exit_code = exit.exit_code;
+  if (exit.exit_code == 0) {
+    r.state = RankState::kSucceeded;
+    if (r.rank == 0) {
+      job.artifact_path = exit.artifact_path;
+      job.metrics_json = exit.metrics_json;
+    }
+    std::vector<JobEvent> events;
+    TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
+    const bool ended = IsTerminal(job.state);
+    TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+    if (ended) AdmitAndLogLocked(now);
+    return OkStatus();
+  }
+  r.state = RankState::kFailed;
+  std::string message =
+      "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
+      (exit.exit_code > 0
+           ? " exited with code " + std::to_string(exit.exit_code)
+           : " was killed by signal " + std::to_string(-exit.exit_code));
+  if (!exit.message.empty()) message += ": " + exit.message;
+  TERN_RETURN_IF_ERROR(RestartLocked(
+      std::move(job),
+      exit.exit_code > 0 ? reason::kTrainerFailed : reason::kRankLost,
+      std::move(message), now));
+  AdmitAndLogLocked(now);
+  return OkStatus();
+}
+
+Status Scheduler::ReportProgress(const RankRef& rank, std::string payload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
+  if (current == nullptr) return OkStatus();
+  Job job = *current;
+  JobEvent event;
+  event.time = clock_->Now();
+  event.type = JobEventType::kProgress;
+  event.reason = reason::kProgress;
+  event.message = "rank " + std::to_string(rank.rank);
+  event.payload = std::move(payload);
+  std::vector<JobEvent> events;
+  AppendJobEvent(&job, std::move(event), &events);
+  return CommitLocked(std::move(job), std::move(events));
+}
+
+Status Scheduler::ReportCheckpoint(const RankRef& rank, int64_t step) {
+  if (step < 0) return InvalidArgumentError("step: must be >= 0");
+  std::lock_guard<std::mutex> lock(mu_);
+  TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
+  if (current == nullptr || (current->last_checkpoint_step &&
+                             step <= *current->last_checkpoint_step)) {
+    return OkStatus();
+  }
+  Job job = *current;
+  job.last_checkpoint_step = step;
+  JobEvent event;
+  event.time = clock_->Now();
+  event.type = JobEventType::kCheckpoint;
+  event.reason = reason::kCheckpointCommitted;
+  event.message = "checkpoint at step " + std::to_string(step) +
+                  " committed (reported by rank " + std::to_string(rank.rank) +
+                  ")";
+  event.step = step;
+  std::vector<JobEvent> events;
+  AppendJobEvent(&job, std::move(event), &events);
+  return CommitLocked(std::move(job), std::move(events));
+}
+
+// --- Time ------------------------------------------------------------------
+
+Status Scheduler::Tick() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const TimePoint now = clock_->Now();
+  std::vector<std::string> expired;
+  for (const auto& [id, agent] : agents_) {
+    if (agent->lease_expires <= now) expired.push_back(id);
+  }
+  for (const std::string& id : expired) {
+    const Agent& agent = *agents_.at(id);
+    TERN_RETURN_IF_ERROR(LoseAgentLocked(
+        id, reason::kAgentLeaseExpired,
+        "agent " + id + " lease expired " + Seconds(now - agent.lease_expires) +
+            " ago" +
+            (agent.live ? "" : " (did not re-register after a ternd restart)"),
+        now));
+  }
+  std::vector<JobId> due;
+  for (JobId id : restarting_) {
+    if (jobs_.at(id).restart_not_before <= now) due.push_back(id);
+  }
+  for (JobId id : due) {
+    Job job = jobs_.at(id);
+    std::vector<JobEvent> events;
+    TERN_RETURN_IF_ERROR(TransitionJob(&job, JobState::kQueued,
+                                       reason::kRequeued, RequeueMessage(job),
+                                       now, &events));
+    TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+  }
+  return AdmitLocked(now);
+}
+
+SchedulerStats Scheduler::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SchedulerStats stats;
+  for (const auto& [id, job] : jobs_) ++stats.jobs[job.state];
+  for (const char* kind : {kDeviceCpu, kDeviceCuda}) {
+    stats.total_slots[kind] = SlotsLocked(kind, /*free_only=*/false);
+    stats.free_slots[kind] = SlotsLocked(kind, /*free_only=*/true);
+  }
+  for (const auto& [id, agent] : agents_) stats.live_agents += agent->live;
+  return stats;
+}
+
+}  // namespace tern::scheduler

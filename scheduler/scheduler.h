@@ -1,0 +1,223 @@
+// Scheduler: the job queue, gang admission and agent leases of ternd.
+//
+// Usage: Scheduler::Create(options, SqliteJobStore::Open(path), clock); then
+// SubmitJob/GetJob/ListJobs/CancelJob/ReadEvents for clients, RegisterAgent/
+// Heartbeat/TakeAgentWork/Report* for agents, and Tick() about once a second
+// (expires leases, re-queues restarting jobs, runs admission).
+//
+// Policy:
+// - Order: effective priority = priority + aging_per_minute * minutes since
+//   submission, highest first; ties by submission time, then id (FIFO). A
+//   re-queued job keeps its submission time, hence its age.
+// - Gang admission: a job of W ranks is admitted only when W free slots of
+//   its device kind exist on live agents, all at once; ranks are packed onto
+//   the agents with most free slots, rank 0 first, and rank 0's agent gets a
+//   rendezvous port from the configured range. Slots stay held until the job
+//   leaves ADMITTED/RUNNING.
+// - Backfill: a job that cannot fit (the head of its device kind) lets later
+//   jobs of that kind that do fit start ahead of it, for backfill_window;
+//   after that it reserves the kind: nothing behind it is admitted until it
+//   starts. A job larger than the kind's registered capacity never blocks.
+// - Success: a job SUCCEEDS when every rank of the attempt exits 0; the
+//   result (artifact path, metrics) is rank 0's.
+// - Failure: a rank exiting non-zero (TRAINER_FAILED, or RANK_LOST on a
+//   signal), an agent's lease expiring or a rank missing from a
+//   re-registering agent moves the job to RESTARTING: the other ranks get
+//   kill orders, the slots are freed, and after a backoff the job is QUEUED
+//   again to resume from its last committed checkpoint; beyond max_restarts
+//   it is FAILED (RESTART_BUDGET_EXHAUSTED).
+// - Durability: every acknowledged change is in the JobStore before the call
+//   returns OK; a new Scheduler over the same store resumes with it. Agents
+//   are not stored: the agents of running jobs must re-register within one
+//   lease TTL of the restart (listing the ranks they still run).
+//
+// Thread-safe: one mutex guards all state; store writes happen under it.
+// ReadEvents and TakeAgentWork may block up to their max_wait (real time);
+// destroy the Scheduler only once no call is in flight.
+#ifndef TERN_SCHEDULER_SCHEDULER_H_
+#define TERN_SCHEDULER_SCHEDULER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "scheduler/clock.h"
+#include "scheduler/dispatch.h"
+#include "scheduler/job.h"
+#include "scheduler/job_store.h"
+
+namespace tern::scheduler {
+
+struct SchedulerOptions {
+  // Effective priority a queued job gains per minute since its submission.
+  double aging_per_minute = 1.0;
+  // How long a blocked head job lets later jobs that fit pass it before it
+  // reserves its device kind; 0 = strict priority order.
+  std::chrono::milliseconds backfill_window{std::chrono::minutes(5)};
+  std::chrono::milliseconds agent_lease_ttl{std::chrono::seconds(15)};
+  // Delay before a restarted job is queued again: doubles with every restart
+  // of the job, up to max_restart_backoff. 0 = queue it at once.
+  std::chrono::milliseconds restart_backoff{std::chrono::seconds(2)};
+  std::chrono::milliseconds max_restart_backoff{std::chrono::minutes(1)};
+  int rendezvous_port_min = 29500;  // range rank 0's port is taken from,
+  int rendezvous_port_max = 29999;  // per agent, inclusive
+  int max_world_size = 1024;        // SubmitJob rejects larger jobs
+  int default_page_size = 50;       // ListJobs with page_size 0
+  int max_page_size = 500;          // larger page sizes are lowered to this
+  Status Validate() const;
+};
+
+struct JobRequest {
+  std::string owner;                          // required
+  std::map<std::string, std::string> labels;  // keys non-empty, without '='
+  int priority = 0;
+  int world_size = 1;                    // 1..max_world_size
+  std::string device_kind = kDeviceCpu;  // "cpu" or "cuda"
+  int max_restarts = 0;                  // 0..1000
+  std::string idempotency_key;           // optional; at most 256 bytes
+  std::string spec;                      // opaque payload handed to every rank
+};
+
+struct SubmitResult {
+  Job job;
+  bool created = true;  // false: an earlier job with the same idempotency key
+};
+
+struct ListJobsQuery {
+  std::optional<JobState> state;  // filters; unset/empty matches everything
+  std::string owner;
+  std::map<std::string, std::string> labels;  // every pair must match
+  int page_size = 0;                          // 0: default_page_size
+  std::string page_token;  // "" or a previous next_page_token (same filters)
+};
+
+struct ListJobsResult {
+  std::vector<Job> jobs;        // ascending id
+  std::string next_page_token;  // "" on the last page
+};
+
+struct SchedulerStats {
+  std::map<JobState, int> jobs;            // by state
+  std::map<std::string, int> total_slots;  // by device kind, live agents
+  std::map<std::string, int> free_slots;
+  int live_agents = 0;
+};
+
+class Scheduler {
+ public:
+  // Loads every job from `store` (blocks on it). Agents of ADMITTED/RUNNING
+  // jobs get one lease TTL from now to re-register. A null `clock` means
+  // SystemClock. DATA_LOSS for an inconsistent store; INVALID_ARGUMENT for
+  // bad options.
+  static StatusOr<std::unique_ptr<Scheduler>> Create(
+      SchedulerOptions options, std::unique_ptr<JobStore> store,
+      std::shared_ptr<Clock> clock);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // --- Clients ---
+  // Validates (INVALID_ARGUMENT naming the field), stores and queues the job,
+  // then runs admission. An (owner, idempotency_key) seen before returns
+  // that job with created=false, whatever the rest of the request says.
+  StatusOr<SubmitResult> SubmitJob(const JobRequest& request);
+  StatusOr<Job> GetJob(JobId id) const;  // NOT_FOUND
+  StatusOr<ListJobsResult> ListJobs(const ListJobsQuery& query) const;
+  // Moves a non-terminal job to CANCELLED and returns the kill orders sent to
+  // its ranks' agents (also queued for TakeAgentWork). FAILED_PRECONDITION
+  // when the job already ended.
+  StatusOr<std::vector<KillOrder>> CancelJob(JobId id,
+                                             const std::string& message);
+  // Why a QUEUED or RESTARTING job waits ("needs 4 cuda slots, 2 free");
+  // "" for other states.
+  StatusOr<std::string> WaitReason(JobId id) const;
+  std::vector<JobId> QueueOrder() const;  // QUEUED jobs, next admitted first
+  // Events with seq > after_seq (at most max_events, ascending). Blocks up
+  // to max_wait for the first one; returns empty when none came.
+  StatusOr<std::vector<JobEvent>> ReadEvents(
+      JobId id, int64_t after_seq, int max_events,
+      std::chrono::milliseconds max_wait = std::chrono::milliseconds(0)) const;
+
+  // --- Agents ---
+  // Registers (or re-registers) an agent and reconciles its `running` ranks
+  // with the placements: missing started ranks restart their job, unknown
+  // ones get kill orders, unstarted ones are assigned again.
+  StatusOr<Lease> RegisterAgent(const AgentRegistration& registration);
+  StatusOr<Lease> Heartbeat(
+      const std::string& agent_id);  // NOT_FOUND: re-register
+  // An agent that leaves on purpose; its jobs restart (AGENT_DEREGISTERED).
+  Status DeregisterAgent(const std::string& agent_id);
+  // Takes the agent's pending work, blocking up to max_wait while there is
+  // none. NOT_FOUND when the agent is not registered (or was lost meanwhile).
+  StatusOr<AgentWork> TakeAgentWork(
+      const std::string& agent_id,
+      std::chrono::milliseconds max_wait = std::chrono::milliseconds(0));
+  // Rank reports. A report about an attempt the scheduler has moved past is
+  // acknowledged and ignored; one about an attempt or agent it never
+  // assigned is FAILED_PRECONDITION; a rank outside [0, W) INVALID_ARGUMENT.
+  Status ReportRankStarted(const RankRef& rank);
+  Status ReportRankExit(const RankExit& exit);
+  Status ReportProgress(const RankRef& rank, std::string payload);
+  Status ReportCheckpoint(const RankRef& rank,
+                          int64_t step);  // ignores step <= last
+
+  // --- Time ---
+  // Expires leases, re-queues jobs whose restart backoff passed, runs
+  // admission. Returns the first store error (the next Tick retries).
+  Status Tick();
+  SchedulerStats Stats() const;
+
+ private:
+  struct Agent;
+  struct Placement;
+
+  Scheduler(SchedulerOptions options, std::unique_ptr<JobStore> store,
+            std::shared_ptr<Clock> clock);
+  Status LoadLocked();
+  Status CommitLocked(Job job, std::vector<JobEvent> events);
+  void ApplyLocked(Job job);
+  void TakeSlotsLocked(const Job& job);
+  void ReleaseSlotsLocked(const Job& job);
+  Status AdmitLocked(TimePoint now);
+  void AdmitAndLogLocked(TimePoint now);
+  std::optional<Placement> PlaceLocked(const Job& job) const;
+  Status AdmitJobLocked(JobId id, const Placement& placement, TimePoint now);
+  std::vector<JobId> QueueOrderLocked(TimePoint now) const;
+  int SlotsLocked(const std::string& kind, bool free_only) const;
+  Status RestartLocked(Job job, const char* why, std::string message,
+                       TimePoint now);
+  Status LoseAgentLocked(const std::string& agent_id, const char* why,
+                         const std::string& message, TimePoint now);
+  std::vector<KillOrder> KillOrdersLocked(const Job& job,
+                                          const char* why) const;
+  void SendKillsLocked(const std::vector<KillOrder>& kills);
+  void SendAssignmentLocked(const Job& job, int rank);
+  StatusOr<const Job*> CurrentRankLocked(const RankRef& ref) const;
+
+  const SchedulerOptions options_;
+  const std::unique_ptr<JobStore> store_;
+  const std::shared_ptr<Clock> clock_;
+
+  mutable std::mutex mu_;
+  mutable std::condition_variable changed_;  // events appended, work queued
+  std::map<JobId, Job> jobs_;                // every job ever, by id
+  std::map<std::pair<std::string, std::string>, JobId> by_idempotency_key_;
+  std::set<JobId> queued_;      // QUEUED
+  std::set<JobId> restarting_;  // RESTARTING
+  std::set<JobId> holding_;     // ADMITTED or RUNNING
+  std::map<std::string, std::unique_ptr<Agent>> agents_;
+  std::map<JobId, std::string> wait_reasons_;  // from the last admission pass
+  std::map<JobId, TimePoint> head_since_;      // blocked heads, per device kind
+  JobId next_id_ = 1;
+};
+
+}  // namespace tern::scheduler
+
+#endif  // TERN_SCHEDULER_SCHEDULER_H_

@@ -1,0 +1,1153 @@
+#include "scheduler/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "scheduler/sqlite_job_store.h"
+#include "tests/scheduler/test_util.h"
+
+namespace tern::scheduler {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::minutes;
+using std::chrono::seconds;
+using ::tern::scheduler::testing::FaultyJobStore;
+using ::tern::scheduler::testing::TempDir;
+
+// A scheduler over a fresh SQLite file and a FakeClock. Open() again to
+// simulate a ternd restart over the same file.
+class SchedulerTest : public ::testing::Test {
+ protected:
+  SchedulerTest() {
+    options_.aging_per_minute = 0;  // tests about aging turn it on
+    options_.backfill_window = minutes(5);
+    options_.agent_lease_ttl = seconds(10);
+    options_.restart_backoff = seconds(0);
+    options_.max_restart_backoff = seconds(60);
+  }
+
+  void SetUp() override { Open(); }
+
+  std::string DbPath() const { return (dir_.path() / "jobs.db").string(); }
+
+  void Open() {
+    scheduler_.reset();
+    StatusOr<std::unique_ptr<SqliteJobStore>> store =
+        SqliteJobStore::Open(DbPath());
+    ASSERT_TRUE(store.ok()) << store.status();
+    OpenWith(std::move(store).value());
+  }
+
+  void OpenWith(std::unique_ptr<JobStore> store) {
+    scheduler_.reset();
+    StatusOr<std::unique_ptr<Scheduler>> scheduler =
+        Scheduler::Create(options_, std::move(store), clock_);
+    ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+    scheduler_ = std::move(scheduler).value();
+  }
+
+  static JobRequest Request(int priority, int world_size = 1,
+                            const std::string& kind = kDeviceCpu,
+                            int max_restarts = 0) {
+    JobRequest r;
+    r.owner = "alice";
+    r.priority = priority;
+    r.world_size = world_size;
+    r.device_kind = kind;
+    r.max_restarts = max_restarts;
+    r.spec = "spec of a " + std::to_string(world_size) + "-rank job";
+    return r;
+  }
+
+  JobId Submit(const JobRequest& request) {
+    StatusOr<SubmitResult> result = scheduler_->SubmitJob(request);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? result->job.id : 0;
+  }
+  JobId Submit(int priority, int world_size = 1,
+               const std::string& kind = kDeviceCpu, int max_restarts = 0) {
+    return Submit(Request(priority, world_size, kind, max_restarts));
+  }
+
+  void Register(const std::string& agent, int slots,
+                const std::string& kind = kDeviceCpu,
+                std::vector<RankRef> running = {}) {
+    AgentRegistration reg;
+    reg.agent_id = agent;
+    reg.host = agent + ".example";
+    reg.slots = {{kind, slots}};
+    reg.running = std::move(running);
+    StatusOr<Lease> lease = scheduler_->RegisterAgent(reg);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+  }
+
+  Job Get(JobId id) {
+    StatusOr<Job> job = scheduler_->GetJob(id);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? *job : Job();
+  }
+  JobState State(JobId id) { return Get(id).state; }
+  std::string WaitReason(JobId id) {
+    StatusOr<std::string> reason = scheduler_->WaitReason(id);
+    EXPECT_TRUE(reason.ok()) << reason.status();
+    return reason.ok() ? *reason : "";
+  }
+  std::vector<std::string> Reasons(JobId id) {
+    std::vector<std::string> out;
+    for (const JobEvent& e : Get(id).history) out.push_back(e.reason);
+    return out;
+  }
+
+  AgentWork Work(const std::string& agent) {
+    StatusOr<AgentWork> work = scheduler_->TakeAgentWork(agent);
+    EXPECT_TRUE(work.ok()) << work.status();
+    return work.ok() ? *work : AgentWork();
+  }
+
+  RankRef Ref(JobId id, int rank) {
+    Job job = Get(id);
+    return RankRef{id, job.attempt, rank, job.ranks.at(rank).agent_id};
+  }
+  void StartAll(JobId id) {
+    for (int r = 0; r < Get(id).world_size; ++r) {
+      ASSERT_TRUE(scheduler_->ReportRankStarted(Ref(id, r)).ok());
+    }
+  }
+  void Exit(JobId id, int rank, int code) {
+    RankExit exit;
+    exit.rank = Ref(id, rank);
+    exit.exit_code = code;
+    Status status = scheduler_->ReportRankExit(exit);
+    ASSERT_TRUE(status.ok()) << status;
+  }
+  // Every rank starts and exits 0.
+  void Finish(JobId id) {
+    StartAll(id);
+    for (int r = 0; r < Get(id).world_size; ++r) Exit(id, r, 0);
+    ASSERT_EQ(State(id), JobState::kSucceeded);
+  }
+
+  std::vector<JobId> Ids(const ListJobsQuery& query) {
+    StatusOr<ListJobsResult> result = scheduler_->ListJobs(query);
+    EXPECT_TRUE(result.ok()) << result.status();
+    std::vector<JobId> ids;
+    if (result.ok()) {
+      for (const Job& job : result->jobs) ids.push_back(job.id);
+    }
+    return ids;
+  }
+  std::vector<JobId> InState(JobState state) {
+    ListJobsQuery query;
+    query.state = state;
+    query.page_size = 500;
+    return Ids(query);
+  }
+
+  TempDir dir_;
+  std::shared_ptr<FakeClock> clock_ = std::make_shared<FakeClock>();
+  SchedulerOptions options_;
+  std::unique_ptr<Scheduler> scheduler_;
+};
+
+// --- Order and aging ---------------------------------------------------------
+
+class QueueOrderTest : public SchedulerTest {};
+
+TEST_F(QueueOrderTest, HigherPriorityFirstAndFifoWithinPriority) {
+  JobId a = Submit(1);
+  JobId b = Submit(5);
+  clock_->Advance(seconds(1));
+  JobId c = Submit(5);
+  JobId d = Submit(3);
+  EXPECT_EQ(scheduler_->QueueOrder(), (std::vector<JobId>{b, c, d, a}));
+
+  Register("n1", 1);
+  std::vector<JobId> admitted;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<JobId> now = InState(JobState::kAdmitted);
+    ASSERT_EQ(now.size(), 1u);
+    admitted.push_back(now[0]);
+    Finish(now[0]);
+  }
+  EXPECT_EQ(admitted, (std::vector<JobId>{b, c, d, a}));
+}
+
+class AgingTest : public SchedulerTest {
+ protected:
+  // One slot; every minute a priority-10 job arrives and the running job ends.
+  // Returns how many minutes the priority-0 job waited (or `limit`).
+  int MinutesUntilLowPriorityRuns(int limit) {
+    Register("n1", 1);
+    JobId running = Submit(10);
+    JobId low = Submit(0);
+    int minute = 0;
+    while (State(low) == JobState::kQueued && minute < limit) {
+      clock_->Advance(minutes(1));
+      ++minute;
+      Submit(10);
+      Finish(running);
+      std::vector<JobId> admitted = InState(JobState::kAdmitted);
+      EXPECT_EQ(admitted.size(), 1u);
+      running = admitted.at(0);
+    }
+    return minute;
+  }
+};
+
+TEST_F(AgingTest, LowPriorityJobEventuallyRunsAheadOfHighPriorityStream) {
+  options_.aging_per_minute = 1.0;
+  Open();
+  // After 10 minutes it has aged to 10, ties the newest priority-10 job and
+  // wins the tie as the older one.
+  EXPECT_EQ(MinutesUntilLowPriorityRuns(60), 10);
+}
+
+TEST_F(AgingTest, WithoutAgingHighPriorityStreamStarvesLowPriority) {
+  EXPECT_EQ(MinutesUntilLowPriorityRuns(30), 30);
+}
+
+// --- Gang admission ----------------------------------------------------------
+
+class GangAdmissionTest : public SchedulerTest {};
+
+TEST_F(GangAdmissionTest, WaitsUntilAllRanksFit) {
+  Register("a", 2, kDeviceCuda);
+  Register("b", 2, kDeviceCuda);
+  JobId first = Submit(0, 2, kDeviceCuda);
+  ASSERT_EQ(State(first), JobState::kAdmitted);
+  EXPECT_EQ(Work("a").assignments.size(), 2u);  // packed onto one agent
+
+  JobId gang = Submit(0, 3, kDeviceCuda);
+  EXPECT_EQ(State(gang), JobState::kQueued);
+  // All or nothing: b's two free slots are not held, nothing went to b.
+  EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCuda), 2);
+  EXPECT_TRUE(Work("b").empty());
+
+  Finish(first);
+  ASSERT_EQ(State(gang), JobState::kAdmitted);
+  AgentWork wa = Work("a"), wb = Work("b");
+  ASSERT_EQ(wa.assignments.size(), 2u);
+  ASSERT_EQ(wb.assignments.size(), 1u);
+  EXPECT_EQ(wa.assignments[0].rank, 0);
+  EXPECT_EQ(wa.assignments[1].rank, 1);
+  EXPECT_EQ(wb.assignments[0].rank, 2);
+  for (const Assignment& a : {wa.assignments[0], wb.assignments[0]}) {
+    EXPECT_EQ(a.world_size, 3);
+    EXPECT_EQ(a.rendezvous_host, "a.example");
+  }
+  EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCuda), 1);
+}
+
+TEST_F(GangAdmissionTest, AssignmentsCarryRendezvousSpecAndAttempt) {
+  Register("a", 1);
+  Register("b", 2);
+  JobId id = Submit(0, 3);
+  ASSERT_EQ(State(id), JobState::kAdmitted);
+  Job job = Get(id);
+  // The agent with the most free slots takes rank 0 and the rendezvous.
+  EXPECT_EQ(job.ranks[0].agent_id, "b");
+  EXPECT_EQ(job.ranks[1].agent_id, "b");
+  EXPECT_EQ(job.ranks[2].agent_id, "a");
+  EXPECT_EQ(job.rendezvous_host, "b.example");
+  EXPECT_EQ(job.rendezvous_port, options_.rendezvous_port_min);
+  EXPECT_EQ(job.attempt, 1);
+
+  AgentWork wa = Work("a");
+  ASSERT_EQ(wa.assignments.size(), 1u);
+  const Assignment& a = wa.assignments[0];
+  EXPECT_EQ(a.job_id, id);
+  EXPECT_EQ(a.attempt, 1);
+  EXPECT_EQ(a.rank, 2);
+  EXPECT_EQ(a.world_size, 3);
+  EXPECT_EQ(a.agent_id, "a");
+  EXPECT_EQ(a.device_kind, "cpu");
+  EXPECT_EQ(a.rendezvous_host, "b.example");
+  EXPECT_EQ(a.rendezvous_port, options_.rendezvous_port_min);
+  EXPECT_FALSE(a.resume_from_step.has_value());
+  EXPECT_EQ(a.spec, "spec of a 3-rank job");
+
+  // Two jobs whose rank 0 shares an agent get different ports.
+  Register("c", 4);
+  JobId one = Submit(0, 1), two = Submit(0, 1);
+  EXPECT_EQ(Get(one).ranks[0].agent_id, "c");
+  EXPECT_EQ(Get(two).ranks[0].agent_id, "c");
+  EXPECT_EQ(Get(one).rendezvous_port, options_.rendezvous_port_min);
+  EXPECT_EQ(Get(two).rendezvous_port, options_.rendezvous_port_min + 1);
+}
+
+TEST_F(GangAdmissionTest, DeviceKindsDoNotMix) {
+  Register("cpu-node", 4, kDeviceCpu);
+  Register("gpu-node", 2, kDeviceCuda);
+  JobId gpu = Submit(0, 3, kDeviceCuda);
+  JobId cpu = Submit(0, 4, kDeviceCpu);
+  EXPECT_EQ(State(gpu), JobState::kQueued);
+  EXPECT_EQ(State(cpu), JobState::kAdmitted);
+  for (const RankPlacement& r : Get(cpu).ranks)
+    EXPECT_EQ(r.agent_id, "cpu-node");
+}
+
+// --- Wait reasons and backfill -----------------------------------------------
+
+class WaitReasonTest : public SchedulerTest {};
+
+TEST_F(WaitReasonTest, SaysWhatIsMissing) {
+  Register("a", 2, kDeviceCuda);
+  Register("b", 2, kDeviceCuda);
+  JobId running = Submit(0, 2, kDeviceCuda);
+  JobId waiting = Submit(0, 4, kDeviceCuda);
+  JobId huge = Submit(0, 8, kDeviceCuda);
+  EXPECT_EQ(WaitReason(waiting), "needs 4 cuda slots, 2 free");
+  EXPECT_EQ(WaitReason(huge), "needs 8 cuda slots, only 4 registered");
+  EXPECT_EQ(WaitReason(running), "");
+  EXPECT_EQ(scheduler_->WaitReason(999).status().code(), StatusCode::kNotFound);
+}
+
+class BackfillTest : public SchedulerTest {};
+
+TEST_F(BackfillTest, SmallJobRunsAheadOfBlockedHead) {
+  Register("a", 4);
+  JobId first = Submit(0, 2);
+  JobId head = Submit(10, 4);
+  JobId small = Submit(0, 2);
+  EXPECT_EQ(State(first), JobState::kAdmitted);
+  EXPECT_EQ(State(head), JobState::kQueued);
+  EXPECT_EQ(State(small), JobState::kAdmitted);
+}
+
+TEST_F(BackfillTest, HeadReservesSlotsAfterWindow) {
+  Register("a", 4);
+  JobId first = Submit(0, 2);
+  JobId head = Submit(10, 4);
+  JobId small = Submit(0, 2);  // backfilled while the window is open
+  ASSERT_EQ(State(small), JobState::kAdmitted);
+
+  clock_->Advance(options_.backfill_window);
+  JobId late = Submit(0, 2);
+  Finish(first);  // 2 slots free: enough for `late`, not for `head`
+  EXPECT_EQ(State(late), JobState::kQueued);
+  EXPECT_EQ(WaitReason(late),
+            "needs 2 cpu slots, 2 free, but they are held for job " +
+                std::to_string(head) +
+                " (ahead in the queue, needs 4 cpu slots)");
+  Finish(small);
+  EXPECT_EQ(State(head), JobState::kAdmitted);
+  EXPECT_EQ(State(late), JobState::kQueued);
+  EXPECT_EQ(WaitReason(late), "needs 2 cpu slots, 0 free");
+}
+
+TEST_F(BackfillTest, ZeroWindowMeansStrictOrder) {
+  options_.backfill_window = milliseconds(0);
+  Open();
+  Register("a", 4);
+  Submit(0, 2);
+  JobId head = Submit(10, 4);
+  JobId small = Submit(0, 2);
+  EXPECT_EQ(State(head), JobState::kQueued);
+  EXPECT_EQ(State(small), JobState::kQueued);
+}
+
+TEST_F(BackfillTest, JobThatCanNeverFitDoesNotBlock) {
+  options_.backfill_window = milliseconds(0);
+  Open();
+  Register("a", 4);
+  JobId huge = Submit(10, 8);
+  JobId small = Submit(0, 1);
+  EXPECT_EQ(State(huge), JobState::kQueued);
+  EXPECT_EQ(State(small), JobState::kAdmitted);
+}
+
+// --- Leases and restarts -----------------------------------------------------
+
+class LeaseTest : public SchedulerTest {};
+
+TEST_F(LeaseTest, ExpiryRestartsJobAndKillsSurvivingRanks) {
+  options_.restart_backoff = seconds(2);
+  Open();
+  Register("a", 2);
+  Register("b", 2);
+  JobId id = Submit(0, 4, kDeviceCpu, /*max_restarts=*/2);
+  StartAll(id);
+  ASSERT_EQ(State(id), JobState::kRunning);
+  ASSERT_TRUE(scheduler_->ReportCheckpoint(Ref(id, 0), 100).ok());
+  Work("a");
+  Work("b");
+
+  clock_->Advance(seconds(6));
+  ASSERT_TRUE(scheduler_->Heartbeat("a").ok());
+  clock_->Advance(seconds(5));  // b's lease (10s) has expired, a's has not
+  ASSERT_TRUE(scheduler_->Tick().ok());
+
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kRestarting);
+  EXPECT_EQ(job.history.back().from, JobState::kRunning);
+  EXPECT_EQ(job.history.back().reason, "AGENT_LEASE_EXPIRED");
+  EXPECT_NE(job.history.back().message.find("ranks 2-3 on b"),
+            std::string::npos)
+      << job.history.back().message;
+  EXPECT_EQ(job.restarts_used, 1);
+  EXPECT_EQ(WaitReason(id),
+            "restarting: back in the queue in 2s (restart 1 of 2)");
+  AgentWork wa = Work("a");
+  ASSERT_EQ(wa.kills.size(), 2u);
+  EXPECT_EQ(wa.kills[0].job_id, id);
+  EXPECT_EQ(wa.kills[0].attempt, 1);
+  EXPECT_EQ(wa.kills[0].rank, 0);
+  EXPECT_EQ(wa.kills[1].rank, 1);
+  EXPECT_EQ(wa.kills[0].reason, "AGENT_LEASE_EXPIRED");
+  EXPECT_EQ(scheduler_->Heartbeat("b").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(scheduler_->TakeAgentWork("b").status().code(),
+            StatusCode::kNotFound);
+
+  Register("c", 2);
+  EXPECT_EQ(State(id), JobState::kRestarting);  // still in its backoff
+  clock_->Advance(seconds(2));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  job = Get(id);
+  ASSERT_EQ(job.state, JobState::kAdmitted);
+  EXPECT_EQ(job.attempt, 2);
+  std::vector<Assignment> assignments = Work("a").assignments;
+  for (const Assignment& a : Work("c").assignments) assignments.push_back(a);
+  ASSERT_EQ(assignments.size(), 4u);
+  for (const Assignment& a : assignments) {
+    EXPECT_EQ(a.attempt, 2);
+    ASSERT_TRUE(a.resume_from_step.has_value());
+    EXPECT_EQ(*a.resume_from_step, 100);
+  }
+  EXPECT_EQ(Reasons(id), (std::vector<std::string>{
+                             "SUBMITTED", "ADMITTED", "ALL_RANKS_STARTED",
+                             "AGENT_LEASE_EXPIRED", "REQUEUED", "ADMITTED"}));
+}
+
+TEST_F(LeaseTest, HeartbeatsKeepAgentAlive) {
+  Register("a", 1);
+  JobId id = Submit(0);
+  StartAll(id);
+  for (int i = 0; i < 10; ++i) {
+    clock_->Advance(seconds(5));
+    ASSERT_TRUE(scheduler_->Heartbeat("a").ok());
+    ASSERT_TRUE(scheduler_->Tick().ok());
+  }
+  EXPECT_EQ(State(id), JobState::kRunning);
+  clock_->Advance(options_.agent_lease_ttl);
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(id), JobState::kFailed);  // max_restarts 0
+}
+
+class RestartTest : public SchedulerTest {};
+
+TEST_F(RestartTest, RankFailureKillsOtherRanksAndResumesFromCheckpoint) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  ASSERT_TRUE(scheduler_->ReportCheckpoint(Ref(id, 1), 50).ok());
+  Work("a");
+  RankExit exit;
+  exit.rank = Ref(id, 1);
+  exit.exit_code = 3;
+  exit.message = "loss is NaN";
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kAdmitted);  // backoff 0: straight back in
+  EXPECT_EQ(job.attempt, 2);
+  const JobEvent& failure = job.history[job.history.size() - 3];
+  EXPECT_EQ(failure.reason, "TRAINER_FAILED");
+  EXPECT_EQ(failure.to, JobState::kRestarting);
+  EXPECT_EQ(failure.message,
+            "rank 1 on agent a exited with code 3: loss is NaN");
+  AgentWork work = Work("a");
+  ASSERT_EQ(work.kills.size(),
+            1u);  // rank 0 of attempt 1; rank 1 already exited
+  EXPECT_EQ(work.kills[0].rank, 0);
+  EXPECT_EQ(work.kills[0].attempt, 1);
+  ASSERT_EQ(work.assignments.size(), 2u);
+  EXPECT_EQ(work.assignments[0].attempt, 2);
+  EXPECT_EQ(*work.assignments[0].resume_from_step, 50);
+}
+
+TEST_F(RestartTest, SignalIsRankLost) {
+  Register("a", 1);
+  JobId id = Submit(0, 1, kDeviceCpu, 1);
+  StartAll(id);
+  Exit(id, 0, -9);
+  Job job = Get(id);
+  const JobEvent& failure = job.history[job.history.size() - 3];
+  EXPECT_EQ(failure.reason, "RANK_LOST");
+  EXPECT_EQ(failure.message, "rank 0 on agent a was killed by signal 9");
+}
+
+TEST_F(RestartTest, BudgetExhaustedFailsJob) {
+  Register("a", 1);
+  JobId id = Submit(0, 1, kDeviceCpu, /*max_restarts=*/2);
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    ASSERT_EQ(Get(id).attempt, attempt);
+    StartAll(id);
+    Exit(id, 0, 1);
+  }
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kFailed);
+  EXPECT_EQ(job.restarts_used, 2);
+  ASSERT_GE(job.history.size(), 2u);
+  const JobEvent& restarting = job.history[job.history.size() - 2];
+  EXPECT_EQ(restarting.to, JobState::kRestarting);
+  EXPECT_EQ(restarting.reason, "TRAINER_FAILED");
+  EXPECT_EQ(job.history.back().from, JobState::kRestarting);
+  EXPECT_EQ(job.history.back().to, JobState::kFailed);
+  EXPECT_EQ(job.history.back().reason, "RESTART_BUDGET_EXHAUSTED");
+  EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCpu), 1);
+}
+
+TEST_F(RestartTest, BackoffDoublesAndIsCapped) {
+  options_.restart_backoff = seconds(2);
+  options_.max_restart_backoff = seconds(5);
+  Open();
+  Register("a", 1);
+  JobId id = Submit(0, 1, kDeviceCpu, 5);
+  for (int wait : {2, 4, 5, 5}) {
+    StartAll(id);
+    Exit(id, 0, 1);
+    ASSERT_EQ(State(id), JobState::kRestarting);
+    EXPECT_EQ(Get(id).restart_not_before - clock_->Now(), seconds(wait));
+    clock_->Advance(seconds(wait) - milliseconds(1));
+    ASSERT_TRUE(scheduler_->Heartbeat("a").ok());
+    ASSERT_TRUE(scheduler_->Tick().ok());
+    EXPECT_EQ(State(id), JobState::kRestarting);
+    clock_->Advance(milliseconds(1));
+    ASSERT_TRUE(scheduler_->Tick().ok());
+    ASSERT_EQ(State(id), JobState::kAdmitted);
+  }
+}
+
+TEST_F(RestartTest, ReportsAboutOldAttemptsAreIgnored) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, 1);
+  StartAll(id);
+  const RankRef old0 = Ref(id, 0);
+  Exit(id, 1, 1);
+  ASSERT_EQ(Get(id).attempt, 2);
+  const int64_t seq = Get(id).last_event_seq;
+
+  RankExit killed;
+  killed.rank = old0;
+  killed.exit_code = -15;  // the kill order did its job
+  EXPECT_TRUE(scheduler_->ReportRankExit(killed).ok());
+  EXPECT_TRUE(scheduler_->ReportRankStarted(old0).ok());
+  EXPECT_TRUE(scheduler_->ReportProgress(old0, "{}").ok());
+  EXPECT_TRUE(scheduler_->ReportCheckpoint(old0, 7).ok());
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kAdmitted);
+  EXPECT_EQ(job.restarts_used, 1);
+  EXPECT_EQ(job.last_event_seq, seq);
+  EXPECT_FALSE(job.last_checkpoint_step.has_value());
+
+  RankRef future = Ref(id, 0);
+  future.attempt = 3;
+  EXPECT_EQ(scheduler_->ReportRankStarted(future).code(),
+            StatusCode::kFailedPrecondition);
+  RankRef wrong_agent = Ref(id, 0);
+  wrong_agent.agent_id = "impostor";
+  EXPECT_EQ(scheduler_->ReportRankStarted(wrong_agent).code(),
+            StatusCode::kFailedPrecondition);
+  RankRef bad_rank = Ref(id, 0);
+  bad_rank.rank = 2;
+  EXPECT_EQ(scheduler_->ReportRankStarted(bad_rank).code(),
+            StatusCode::kInvalidArgument);
+  RankRef no_job = Ref(id, 0);
+  no_job.job_id = 999;
+  EXPECT_EQ(scheduler_->ReportRankStarted(no_job).code(),
+            StatusCode::kNotFound);
+}
+
+// --- State machine, cancel, success ------------------------------------------
+
+class StateMachineTest : public SchedulerTest {};
+
+TEST_F(StateMachineTest, IllegalRequestsAreRejectedAndChangeNothing) {
+  Register("a", 1);
+  JobId done = Submit(0);
+  Finish(done);
+  const int64_t seq = Get(done).last_event_seq;
+  StatusOr<std::vector<KillOrder>> cancel = scheduler_->CancelJob(done, "");
+  EXPECT_EQ(cancel.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(cancel.status().message().find("SUCCEEDED"), std::string::npos);
+  EXPECT_EQ(State(done), JobState::kSucceeded);
+  EXPECT_EQ(Get(done).last_event_seq, seq);
+
+  JobId queued = Submit(0, 2);  // cannot fit: never admitted
+  ASSERT_EQ(State(queued), JobState::kQueued);
+  EXPECT_EQ(scheduler_->ReportRankStarted(RankRef{queued, 1, 0, "a"}).code(),
+            StatusCode::kFailedPrecondition);
+  EXPECT_EQ(State(queued), JobState::kQueued);
+  EXPECT_EQ(scheduler_->CancelJob(999, "").status().code(),
+            StatusCode::kNotFound);
+}
+
+class CancelTest : public SchedulerTest {};
+
+TEST_F(CancelTest, QueuedJobIsCancelledWithoutKillOrders) {
+  JobId id = Submit(0);
+  StatusOr<std::vector<KillOrder>> kills =
+      scheduler_->CancelJob(id, "changed my mind");
+  ASSERT_TRUE(kills.ok()) << kills.status();
+  EXPECT_TRUE(kills->empty());
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  EXPECT_EQ(job.history.back().from, JobState::kQueued);
+  EXPECT_EQ(job.history.back().reason, "CANCELLED_BY_USER");
+  EXPECT_EQ(job.history.back().message, "changed my mind");
+  EXPECT_TRUE(scheduler_->QueueOrder().empty());
+}
+
+TEST_F(CancelTest, RunningJobGetsKillOrdersAndFreesSlots) {
+  Register("a", 1);
+  Register("b", 1);
+  JobId id = Submit(0, 2);
+  StartAll(id);
+  Work("a");
+  Work("b");
+  JobId next = Submit(0, 2);
+  ASSERT_EQ(State(next), JobState::kQueued);
+
+  StatusOr<std::vector<KillOrder>> kills =
+      scheduler_->CancelJob(id, "user asked");
+  ASSERT_TRUE(kills.ok()) << kills.status();
+  ASSERT_EQ(kills->size(), 2u);
+  EXPECT_EQ((*kills)[0].agent_id, "a");
+  EXPECT_EQ((*kills)[0].rank, 0);
+  EXPECT_EQ((*kills)[1].agent_id, "b");
+  EXPECT_EQ((*kills)[1].rank, 1);
+  EXPECT_EQ((*kills)[0].reason, "CANCELLED_BY_USER");
+  EXPECT_EQ((*kills)[0].attempt, 1);
+  EXPECT_EQ(State(id), JobState::kCancelled);
+  EXPECT_EQ(Get(id).history.back().from, JobState::kRunning);
+
+  AgentWork wa = Work("a");
+  ASSERT_EQ(wa.kills.size(), 1u);
+  EXPECT_EQ(wa.kills[0].job_id, id);
+  EXPECT_EQ(State(next), JobState::kAdmitted);  // the slots were freed
+  EXPECT_EQ(wa.assignments.size(), 1u);
+
+  // The killed trainers' exits arrive late and change nothing.
+  RankExit exit;
+  exit.rank = RankRef{id, 1, 0, "a"};
+  exit.exit_code = -15;
+  EXPECT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  EXPECT_EQ(State(id), JobState::kCancelled);
+}
+
+TEST_F(CancelTest, WithdrawsAssignmentsNotYetTaken) {
+  Register("a", 2);
+  JobId id = Submit(0, 2);
+  ASSERT_EQ(State(id), JobState::kAdmitted);
+  ASSERT_TRUE(scheduler_->CancelJob(id, "").ok());
+  AgentWork work = Work("a");
+  EXPECT_TRUE(work.assignments.empty());
+  EXPECT_EQ(work.kills.size(), 2u);
+}
+
+class SuccessTest : public SchedulerTest {};
+
+TEST_F(SuccessTest, JobSucceedsWhenEveryRankExitsZero) {
+  Register("a", 2);
+  JobId id = Submit(0, 2);
+  StartAll(id);
+  RankExit exit;
+  exit.rank = Ref(id, 0);
+  exit.artifact_path = "/ckpt/job-1/model.tern";
+  exit.metrics_json = R"({"top1": 0.91})";
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  EXPECT_EQ(State(id), JobState::kRunning);  // rank 1 still runs
+  Exit(id, 1, 0);
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kSucceeded);
+  EXPECT_EQ(job.artifact_path, "/ckpt/job-1/model.tern");
+  EXPECT_EQ(job.metrics_json, R"({"top1": 0.91})");
+  EXPECT_EQ(job.history.back().reason, "ALL_RANKS_SUCCEEDED");
+  EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCpu), 2);
+}
+
+TEST_F(SuccessTest, ExitBeforeStartReportStillPassesThroughRunning) {
+  Register("a", 2);
+  JobId id = Submit(0, 2);
+  Exit(id, 1, 0);  // its start report was never seen
+  EXPECT_EQ(State(id), JobState::kAdmitted);
+  ASSERT_TRUE(scheduler_->ReportRankStarted(Ref(id, 0)).ok());
+  EXPECT_EQ(State(id), JobState::kRunning);
+  Exit(id, 0, 0);
+  EXPECT_EQ(Reasons(id), (std::vector<std::string>{"SUBMITTED", "ADMITTED",
+                                                   "ALL_RANKS_STARTED",
+                                                   "ALL_RANKS_SUCCEEDED"}));
+}
+
+// --- Idempotency and persistence ---------------------------------------------
+
+class IdempotencyTest : public SchedulerTest {};
+
+TEST_F(IdempotencyTest, SameOwnerAndKeyReturnsExistingJob) {
+  JobRequest request = Request(0);
+  request.idempotency_key = "retry-me";
+  StatusOr<SubmitResult> first = scheduler_->SubmitJob(request);
+  ASSERT_TRUE(first.ok());
+  EXPECT_TRUE(first->created);
+  request.priority = 9;  // a retry is not a new job, whatever it says
+  StatusOr<SubmitResult> again = scheduler_->SubmitJob(request);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->job.id, first->job.id);
+  EXPECT_EQ(again->job.priority, 0);
+
+  request.owner = "bob";
+  StatusOr<SubmitResult> bob = scheduler_->SubmitJob(request);
+  ASSERT_TRUE(bob.ok());
+  EXPECT_TRUE(bob->created);
+  EXPECT_NE(bob->job.id, first->job.id);
+
+  Open();  // the key survives a restart
+  request.owner = "alice";
+  StatusOr<SubmitResult> after = scheduler_->SubmitJob(request);
+  ASSERT_TRUE(after.ok());
+  EXPECT_FALSE(after->created);
+  EXPECT_EQ(after->job.id, first->job.id);
+  EXPECT_EQ(InState(JobState::kQueued).size(), 2u);
+}
+
+class PersistenceTest : public SchedulerTest {};
+
+TEST_F(PersistenceTest, ReopenKeepsJobsEventsAndKeys) {
+  Register("a", 2);
+  JobRequest request = Request(0, 2);
+  request.labels = {{"team", "vision"}};
+  request.idempotency_key = "k-run";
+  request.spec = std::string("binary\0spec", 11);
+  JobId running = Submit(request);
+  StartAll(running);
+  ASSERT_TRUE(
+      scheduler_->ReportProgress(Ref(running, 0), R"({"epoch":1})").ok());
+  ASSERT_TRUE(scheduler_->ReportCheckpoint(Ref(running, 0), 10).ok());
+  JobId high = Submit(5, 4);
+  clock_->Advance(seconds(1));
+  JobId low = Submit(1, 4);
+  JobId cancelled = Submit(0, 4);
+  ASSERT_TRUE(scheduler_->CancelJob(cancelled, "no").ok());
+
+  std::vector<Job> before;
+  std::vector<std::vector<JobEvent>> events_before;
+  for (JobId id : {running, high, low, cancelled}) {
+    before.push_back(Get(id));
+    events_before.push_back(*scheduler_->ReadEvents(id, 0, 0));
+  }
+  const std::vector<JobId> order = scheduler_->QueueOrder();
+
+  Open();
+  for (size_t i = 0; i < before.size(); ++i) {
+    const Job& want = before[i];
+    Job got = Get(want.id);
+    EXPECT_EQ(got.state, want.state);
+    EXPECT_EQ(got.owner, want.owner);
+    EXPECT_EQ(got.labels, want.labels);
+    EXPECT_EQ(got.priority, want.priority);
+    EXPECT_EQ(got.spec, want.spec);
+    EXPECT_EQ(got.submit_time, want.submit_time);
+    EXPECT_EQ(got.attempt, want.attempt);
+    EXPECT_EQ(got.last_checkpoint_step, want.last_checkpoint_step);
+    EXPECT_EQ(got.last_event_seq, want.last_event_seq);
+    EXPECT_EQ(got.rendezvous_port, want.rendezvous_port);
+    ASSERT_EQ(got.ranks.size(), want.ranks.size());
+    for (size_t r = 0; r < got.ranks.size(); ++r) {
+      EXPECT_EQ(got.ranks[r].agent_id, want.ranks[r].agent_id);
+      EXPECT_EQ(got.ranks[r].state, want.ranks[r].state);
+    }
+    ASSERT_EQ(got.history.size(), want.history.size());
+    for (size_t e = 0; e < got.history.size(); ++e) {
+      EXPECT_EQ(got.history[e].seq, want.history[e].seq);
+      EXPECT_EQ(got.history[e].reason, want.history[e].reason);
+    }
+    std::vector<JobEvent> events = *scheduler_->ReadEvents(want.id, 0, 0);
+    ASSERT_EQ(events.size(), events_before[i].size());
+    for (size_t e = 0; e < events.size(); ++e) {
+      EXPECT_EQ(events[e].seq, static_cast<int64_t>(e + 1));
+      EXPECT_EQ(events[e].type, events_before[i][e].type);
+      EXPECT_EQ(events[e].reason, events_before[i][e].reason);
+      EXPECT_EQ(events[e].payload, events_before[i][e].payload);
+      EXPECT_EQ(events[e].time, events_before[i][e].time);
+    }
+  }
+  EXPECT_EQ(Get(running).state, JobState::kRunning);
+  EXPECT_EQ(scheduler_->ReadEvents(running, 0, 0)->at(3).payload,
+            R"({"epoch":1})");
+  EXPECT_EQ(scheduler_->QueueOrder(), order);
+  EXPECT_EQ(order, (std::vector<JobId>{high, low}));
+  StatusOr<SubmitResult> retry = scheduler_->SubmitJob(request);
+  ASSERT_TRUE(retry.ok());
+  EXPECT_FALSE(retry->created);
+  EXPECT_EQ(retry->job.id, running);
+  EXPECT_EQ(Submit(0), cancelled + 1);  // ids are never reused
+}
+
+TEST_F(PersistenceTest, RunningJobContinuesWhenItsAgentReregisters) {
+  Register("a", 2);
+  JobId id = Submit(0, 2);
+  StartAll(id);
+  const std::vector<RankRef> running = {Ref(id, 0), Ref(id, 1)};
+  Open();
+  EXPECT_EQ(State(id), JobState::kRunning);
+  EXPECT_EQ(scheduler_->Heartbeat("a").status().code(), StatusCode::kNotFound);
+  Register("a", 2, kDeviceCpu, running);
+  EXPECT_EQ(State(id), JobState::kRunning);
+  EXPECT_EQ(Get(id).attempt, 1);
+  EXPECT_TRUE(Work("a").empty());
+  EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCpu), 0);
+  Exit(id, 0, 0);
+  Exit(id, 1, 0);
+  EXPECT_EQ(State(id), JobState::kSucceeded);
+}
+
+TEST_F(PersistenceTest, UnstartedRanksAreAssignedAgainAfterRestart) {
+  Register("a", 2);
+  JobId id = Submit(0, 2);
+  ASSERT_TRUE(scheduler_->ReportRankStarted(Ref(id, 0)).ok());
+  const RankRef rank0 = Ref(id, 0);
+  Open();
+  Register("a", 2, kDeviceCpu, {rank0});
+  AgentWork work = Work("a");
+  EXPECT_TRUE(work.kills.empty());
+  ASSERT_EQ(work.assignments.size(), 1u);
+  EXPECT_EQ(work.assignments[0].rank, 1);
+  EXPECT_EQ(work.assignments[0].attempt, 1);
+  EXPECT_EQ(State(id), JobState::kAdmitted);
+}
+
+TEST_F(PersistenceTest, AgentThatDoesNotReturnRestartsItsJobs) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  Open();
+  clock_->Advance(options_.agent_lease_ttl);
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kQueued);
+  const JobEvent& lost = job.history[job.history.size() - 2];
+  EXPECT_EQ(lost.reason, "AGENT_LEASE_EXPIRED");
+  EXPECT_NE(lost.message.find("did not re-register"), std::string::npos)
+      << lost.message;
+}
+
+TEST_F(PersistenceTest, StartedRankMissingFromReregistrationRestartsJob) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  const RankRef rank0 = Ref(id, 0);
+  Open();
+  Register("a", 2, kDeviceCpu, {rank0});  // rank 1 died while ternd was down
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kAdmitted);
+  EXPECT_EQ(job.attempt, 2);
+  const JobEvent& lost = job.history[job.history.size() - 3];
+  EXPECT_EQ(lost.reason, "RANK_LOST");
+  EXPECT_EQ(lost.message, "agent a re-registered without rank(s) 1");
+  AgentWork work = Work("a");
+  ASSERT_EQ(work.kills.size(), 1u);
+  EXPECT_EQ(work.kills[0].rank, 0);
+  EXPECT_EQ(work.kills[0].attempt, 1);
+  EXPECT_EQ(work.assignments.size(), 2u);
+}
+
+TEST_F(PersistenceTest, GarbageDbFileIsAnError) {
+  const std::string path = (dir_.path() / "garbage.db").string();
+  {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    for (int i = 0; i < 4096; ++i) std::fputc((i * 7919) & 0xff, f);
+    std::fclose(f);
+  }
+  StatusOr<std::unique_ptr<SqliteJobStore>> store = SqliteJobStore::Open(path);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), StatusCode::kDataLoss) << store.status();
+}
+
+// --- Agents ------------------------------------------------------------------
+
+class AgentTest : public SchedulerTest {};
+
+TEST_F(AgentTest, RanksTheSchedulerDoesNotKnowAreKilled) {
+  Register("a", 1, kDeviceCpu, {RankRef{42, 1, 0, "a"}});
+  AgentWork work = Work("a");
+  ASSERT_EQ(work.kills.size(), 1u);
+  EXPECT_EQ(work.kills[0].job_id, 42);
+  EXPECT_EQ(work.kills[0].reason, "STALE_RANK");
+}
+
+TEST_F(AgentTest, DeregisterRestartsItsJobs) {
+  Register("a", 1);
+  Register("b", 1);
+  JobId id = Submit(0, 2, kDeviceCpu, 1);
+  StartAll(id);
+  Work("a");
+  ASSERT_TRUE(scheduler_->DeregisterAgent("b").ok());
+  EXPECT_EQ(State(id), JobState::kQueued);
+  EXPECT_EQ(Reasons(id)[3], "AGENT_DEREGISTERED");
+  EXPECT_EQ(WaitReason(id), "needs 2 cpu slots, only 1 registered");
+  EXPECT_EQ(Work("a").kills.size(), 1u);
+  EXPECT_EQ(scheduler_->TakeAgentWork("b").status().code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(scheduler_->DeregisterAgent("b").code(), StatusCode::kNotFound);
+}
+
+TEST_F(AgentTest, TakeAgentWorkBlocksUntilWorkArrives) {
+  Register("a", 1);
+  StatusOr<AgentWork> none = scheduler_->TakeAgentWork("a", milliseconds(10));
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  std::thread submitter([this] {
+    std::this_thread::sleep_for(milliseconds(50));
+    Submit(0);
+  });
+  StatusOr<AgentWork> work = scheduler_->TakeAgentWork("a", seconds(10));
+  submitter.join();
+  ASSERT_TRUE(work.ok()) << work.status();
+  EXPECT_EQ(work->assignments.size(), 1u);
+}
+
+TEST_F(AgentTest, RegistrationIsValidated) {
+  AgentRegistration reg;
+  reg.host = "h";
+  reg.slots = {{"cpu", 1}};
+  EXPECT_EQ(scheduler_->RegisterAgent(reg).status().code(),
+            StatusCode::kInvalidArgument);
+  reg.agent_id = "a";
+  reg.slots = {{"tpu", 1}};
+  EXPECT_EQ(scheduler_->RegisterAgent(reg).status().code(),
+            StatusCode::kInvalidArgument);
+  reg.slots = {{"cuda", -1}};
+  EXPECT_EQ(scheduler_->RegisterAgent(reg).status().code(),
+            StatusCode::kInvalidArgument);
+  reg.slots = {{"cuda", 1}};
+  reg.running = {RankRef{1, 1, 0, "someone-else"}};
+  EXPECT_EQ(scheduler_->RegisterAgent(reg).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+// --- Listing and events ------------------------------------------------------
+
+class ListJobsTest : public SchedulerTest {};
+
+TEST_F(ListJobsTest, FiltersByStateOwnerAndLabel) {
+  Register("a", 1);
+  auto submit = [&](const std::string& owner, const std::string& team) {
+    JobRequest r = Request(0);
+    r.owner = owner;
+    r.labels = {{"team", team}};
+    return Submit(r);
+  };
+  JobId j1 = submit("alice", "vision");
+  JobId j2 = submit("bob", "nlp");
+  JobId j3 = submit("alice", "nlp");
+  ASSERT_TRUE(scheduler_->CancelJob(j3, "").ok());
+
+  ListJobsQuery q;
+  q.state = JobState::kQueued;
+  EXPECT_EQ(Ids(q), (std::vector<JobId>{j2}));
+  q = ListJobsQuery();
+  q.owner = "alice";
+  EXPECT_EQ(Ids(q), (std::vector<JobId>{j1, j3}));
+  q = ListJobsQuery();
+  q.labels = {{"team", "nlp"}};
+  EXPECT_EQ(Ids(q), (std::vector<JobId>{j2, j3}));
+  q.owner = "alice";
+  EXPECT_EQ(Ids(q), (std::vector<JobId>{j3}));
+  q = ListJobsQuery();
+  q.labels = {{"project", "x"}};
+  EXPECT_TRUE(Ids(q).empty());
+}
+
+TEST_F(ListJobsTest, PagesInIdOrderWithOpaqueTokens) {
+  for (int i = 0; i < 7; ++i) Submit(0);
+  ListJobsQuery q;
+  q.page_size = 3;
+  std::vector<std::vector<JobId>> pages;
+  for (;;) {
+    StatusOr<ListJobsResult> page = scheduler_->ListJobs(q);
+    ASSERT_TRUE(page.ok()) << page.status();
+    std::vector<JobId> ids;
+    for (const Job& job : page->jobs) ids.push_back(job.id);
+    pages.push_back(ids);
+    if (pages.size() == 1) Submit(0);  // a new job lands on a later page
+    if (page->next_page_token.empty()) break;
+    q.page_token = page->next_page_token;
+  }
+  EXPECT_EQ(pages,
+            (std::vector<std::vector<JobId>>{{1, 2, 3}, {4, 5, 6}, {7, 8}}));
+
+  q.page_token = "garbage";
+  EXPECT_EQ(scheduler_->ListJobs(q).status().code(),
+            StatusCode::kInvalidArgument);
+  q.page_token = "";
+  q.page_size = -1;
+  EXPECT_EQ(scheduler_->ListJobs(q).status().code(),
+            StatusCode::kInvalidArgument);
+  q.page_size = 100000;  // lowered to max_page_size
+  StatusOr<ListJobsResult> all = scheduler_->ListJobs(q);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->jobs.size(), 8u);
+  EXPECT_TRUE(all->next_page_token.empty());
+}
+
+class EventsTest : public SchedulerTest {};
+
+TEST_F(EventsTest, ReadEventsResumesFromSequenceNumber) {
+  Register("a", 1);
+  JobId id = Submit(0);
+  StartAll(id);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(
+        scheduler_
+            ->ReportProgress(Ref(id, 0), "{\"step\":" + std::to_string(i) + "}")
+            .ok());
+  }
+  StatusOr<std::vector<JobEvent>> all = scheduler_->ReadEvents(id, 0, 0);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 6u);
+  for (size_t i = 0; i < all->size(); ++i) {
+    EXPECT_EQ((*all)[i].seq, static_cast<int64_t>(i + 1));
+  }
+  EXPECT_EQ((*all)[0].reason, "SUBMITTED");
+  EXPECT_EQ((*all)[3].type, JobEventType::kProgress);
+  StatusOr<std::vector<JobEvent>> tail = scheduler_->ReadEvents(id, 4, 1);
+  ASSERT_TRUE(tail.ok());
+  ASSERT_EQ(tail->size(), 1u);
+  EXPECT_EQ((*tail)[0].seq, 5);
+  EXPECT_EQ((*tail)[0].payload, "{\"step\":1}");
+  EXPECT_TRUE(scheduler_->ReadEvents(id, 6, 0)->empty());
+  EXPECT_EQ(scheduler_->ReadEvents(id, -1, 0).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(scheduler_->ReadEvents(999, 0, 0).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST_F(EventsTest, ReadEventsWaitsForTheNextEvent) {
+  JobId id = Submit(0);
+  const int64_t seq = Get(id).last_event_seq;
+  StatusOr<std::vector<JobEvent>> none =
+      scheduler_->ReadEvents(id, seq, 0, milliseconds(10));
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(milliseconds(50));
+    EXPECT_TRUE(scheduler_->CancelJob(id, "bye").ok());
+  });
+  StatusOr<std::vector<JobEvent>> next =
+      scheduler_->ReadEvents(id, seq, 0, seconds(10));
+  canceller.join();
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_EQ(next->size(), 1u);
+  EXPECT_EQ((*next)[0].to, JobState::kCancelled);
+  EXPECT_EQ((*next)[0].seq, seq + 1);
+}
+
+// --- Failures of the store and of requests -----------------------------------
+
+class StoreFailureTest : public SchedulerTest {
+ protected:
+  FaultyJobStore* OpenFaulty() {
+    StatusOr<std::unique_ptr<SqliteJobStore>> store =
+        SqliteJobStore::Open(DbPath());
+    EXPECT_TRUE(store.ok()) << store.status();
+    auto faulty = std::make_unique<FaultyJobStore>(std::move(store).value());
+    FaultyJobStore* raw = faulty.get();
+    OpenWith(std::move(faulty));
+    return raw;
+  }
+};
+
+TEST_F(StoreFailureTest, FailedWriteIsNotAcknowledged) {
+  FaultyJobStore* store = OpenFaulty();
+  Register("a", 1);
+  store->fail_writes = true;
+  StatusOr<SubmitResult> lost = scheduler_->SubmitJob(Request(0));
+  EXPECT_EQ(lost.status().code(), StatusCode::kUnavailable);
+  EXPECT_TRUE(Ids(ListJobsQuery()).empty());
+
+  store->fail_writes = false;
+  JobId id = Submit(0);
+  EXPECT_EQ(id, 1);
+  ASSERT_EQ(State(id), JobState::kAdmitted);
+  store->fail_writes = true;
+  EXPECT_FALSE(scheduler_->CancelJob(id, "").ok());
+  EXPECT_FALSE(scheduler_->ReportRankStarted(Ref(id, 0)).ok());
+  EXPECT_EQ(State(id), JobState::kAdmitted);
+  AgentWork work = Work("a");
+  EXPECT_TRUE(work.kills.empty());
+  EXPECT_EQ(work.assignments.size(), 1u);
+
+  store->fail_writes = false;
+  Open();  // what was acknowledged, and nothing else
+  EXPECT_EQ(Ids(ListJobsQuery()), (std::vector<JobId>{1}));
+  EXPECT_EQ(State(id), JobState::kAdmitted);
+  EXPECT_EQ(Reasons(id), (std::vector<std::string>{"SUBMITTED", "ADMITTED"}));
+}
+
+TEST_F(StoreFailureTest, LeaseExpiryIsRetriedAfterStoreRecovers) {
+  FaultyJobStore* store = OpenFaulty();
+  Register("a", 1);
+  JobId id = Submit(0, 1, kDeviceCpu, 1);
+  StartAll(id);
+  clock_->Advance(options_.agent_lease_ttl);
+  store->fail_writes = true;
+  EXPECT_FALSE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(id), JobState::kRunning);
+  store->fail_writes = false;
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(id), JobState::kQueued);
+  EXPECT_EQ(Reasons(id)[3], "AGENT_LEASE_EXPIRED");
+}
+
+class ValidationTest : public SchedulerTest {};
+
+TEST_F(ValidationTest, InvalidRequestsNameTheFieldAndStoreNothing) {
+  struct Case {
+    void (*mutate)(JobRequest*);
+    const char* field;
+  };
+  const Case cases[] = {
+      {[](JobRequest* r) { r->owner = ""; }, "owner"},
+      {[](JobRequest* r) { r->world_size = 0; }, "world_size"},
+      {[](JobRequest* r) { r->world_size = 5000; }, "world_size"},
+      {[](JobRequest* r) { r->device_kind = "tpu"; }, "device_kind"},
+      {[](JobRequest* r) { r->max_restarts = -1; }, "max_restarts"},
+      {[](JobRequest* r) {
+         r->labels = {{"a=b", "c"}};
+       },
+       "labels"},
+      {[](JobRequest* r) { r->idempotency_key = std::string(300, 'k'); },
+       "idempotency_key"},
+  };
+  for (const Case& c : cases) {
+    JobRequest request = Request(0);
+    c.mutate(&request);
+    StatusOr<SubmitResult> result = scheduler_->SubmitJob(request);
+    EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument) << c.field;
+    EXPECT_EQ(result.status().message().rfind(c.field, 0), 0u)
+        << result.status();
+  }
+  EXPECT_TRUE(Ids(ListJobsQuery()).empty());
+}
+
+TEST_F(ValidationTest, BadOptionsAreRejected) {
+  SchedulerOptions options;
+  options.agent_lease_ttl = milliseconds(0);
+  StatusOr<std::unique_ptr<SqliteJobStore>> store =
+      SqliteJobStore::Open(DbPath());
+  ASSERT_TRUE(store.ok());
+  StatusOr<std::unique_ptr<Scheduler>> scheduler =
+      Scheduler::Create(options, std::move(store).value(), clock_);
+  EXPECT_EQ(scheduler.status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tern::scheduler
