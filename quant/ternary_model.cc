@@ -173,6 +173,13 @@ void TernaryModel::BeforeForward() {
   }
 }
 
+void TernaryModel::UseLatentWeights() {
+  for (auto& layer : layers_) {
+    *layer->forward_weight = layer->latent;
+    layer->cached_version = -1;
+  }
+}
+
 at::Tensor TernaryModel::RegularizationLoss() const {
   at::Tensor total = at::zeros({}, layers_.front()->latent.options());
   if (!options_.use_regularizer || schedule_.lambda == 0) return total;

@@ -71,6 +71,10 @@ class TernaryModel {
   // projection is cached until a latent weight changes.
   void BeforeForward();
 
+  // Points every layer at its latent FP weight (the "FP twin" evaluation).
+  // The next BeforeForward() installs the scheduled weights again.
+  void UseLatentWeights();
+
   // λ(t) · Σ_layers R(W_l) (a scalar; zero when the regularizer is off).
   // Call after BeforeForward(), which computes the codes it uses.
   at::Tensor RegularizationLoss() const;

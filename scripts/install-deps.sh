@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config git
-  libtorch-dev                          # LibTorch 1.13 CPU, c10d + Gloo
+  libtorch-dev libgloo-dev              # LibTorch 1.13 CPU, c10d + Gloo headers
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libsqlite3-dev libboost-dev libboost-system-dev
   libgtest-dev libgmock-dev googletest

@@ -1,0 +1,87 @@
+#include "worker/trainer/distributed.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <thread>
+
+namespace tern::trainer {
+namespace {
+
+// Runs `body(rank)` on two Gloo ranks, one thread each, over loopback.
+void RunTwoRanks(const std::function<void(Communicator&)>& body,
+                 std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok());
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      DistributedOptions o;
+      o.rank = rank;
+      o.world_size = 2;
+      o.master_port = *port;
+      o.timeout = timeout;
+      o.bucket_bytes = 64;  // force several buckets
+      auto comm = Communicator::Connect(o);
+      ASSERT_TRUE(comm.ok()) << comm.status();
+      body(**comm);
+    });
+  }
+  for (auto& t : threads) t.join();
+}
+
+TEST(CommunicatorTest, AllReduceMeanAveragesEveryBucket) {
+  RunTwoRanks([](Communicator& comm) {
+    const float r = static_cast<float>(comm.rank());
+    std::vector<at::Tensor> tensors = {torch::full({5, 7}, r), torch::full({33}, 2 * r),
+                                       at::Tensor(), torch::full({1}, 10 + r)};
+    ASSERT_TRUE(comm.AllReduceMean(tensors).ok());
+    EXPECT_TRUE(torch::allclose(tensors[0], torch::full({5, 7}, 0.5f)));
+    EXPECT_TRUE(torch::allclose(tensors[1], torch::full({33}, 1.0f)));
+    EXPECT_TRUE(torch::allclose(tensors[3], torch::full({1}, 10.5f)));
+  });
+}
+
+TEST(CommunicatorTest, BroadcastCopiesRootValues) {
+  RunTwoRanks([](Communicator& comm) {
+    at::Tensor t = torch::full({4, 4}, static_cast<float>(comm.rank() + 1));
+    ASSERT_TRUE(comm.Broadcast({t}, 0).ok());
+    EXPECT_TRUE(torch::equal(t, torch::ones({4, 4})));
+    ASSERT_TRUE(comm.Barrier().ok());
+  });
+}
+
+TEST(CommunicatorTest, WorldSizeOneIsANoOp) {
+  auto comm = Communicator::Connect(DistributedOptions());
+  ASSERT_TRUE(comm.ok());
+  at::Tensor t = torch::ones({3});
+  EXPECT_TRUE((*comm)->AllReduceMean({t}).ok());
+  EXPECT_TRUE(torch::equal(t, torch::ones({3})));
+}
+
+TEST(CommunicatorTest, MissingPeerFailsRendezvousWithinTimeout) {
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok());
+  DistributedOptions o;
+  o.world_size = 2;
+  o.master_port = *port;
+  o.timeout = std::chrono::milliseconds(1500);
+  const auto start = std::chrono::steady_clock::now();
+  auto comm = Communicator::Connect(o);
+  ASSERT_FALSE(comm.ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+  EXPECT_NE(comm.status().message().find("rendezvous"), std::string::npos) << comm.status();
+}
+
+TEST(CommunicatorTest, RejectsBadOptions) {
+  DistributedOptions o;
+  o.rank = 2;
+  o.world_size = 2;
+  EXPECT_FALSE(Communicator::Connect(o).ok());
+  o.rank = 0;
+  o.backend = "mpi";
+  EXPECT_FALSE(Communicator::Connect(o).ok());
+}
+
+}  // namespace
+}  // namespace tern::trainer

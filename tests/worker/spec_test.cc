@@ -1,0 +1,80 @@
+#include "worker/trainer/spec.h"
+
+#include <gtest/gtest.h>
+
+namespace tern::trainer {
+namespace {
+
+TEST(TrainerSpecTest, DefaultsFromMinimalSpec) {
+  auto spec = ParseTrainerSpec(R"({"optimization": {"epochs": 2}})");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->model.arch, "resnet20");
+  EXPECT_EQ(spec->data.path, "/usr/share/datasets/fashion-mnist");
+  EXPECT_EQ(spec->quant.method, quant::Method::kHla);
+  EXPECT_DOUBLE_EQ(spec->quant.beta, 0.5);
+  EXPECT_DOUBLE_EQ(spec->optim.lr, 0.1);
+  EXPECT_EQ(spec->optim.batch_size, 128);
+  EXPECT_EQ(spec->ranks, 1);
+}
+
+TEST(TrainerSpecTest, ReadsProtoJsonForm) {
+  auto spec = ParseTrainerSpec(R"({
+    "name": "j1", "task": "TASK_CLASSIFICATION", "labels": {"team": "a"},
+    "model": {"arch": "resnet32", "width_multiplier": 0.5},
+    "dataset": {"kind": "DATASET_CIFAR10", "path": "/data/c10", "val_fraction": 0.1,
+                "max_train_examples": 100},
+    "quantization": {"method": "METHOD_TTQ", "granularity": "GRANULARITY_CHANNEL",
+                     "packing": "PACKING_BASE3", "ttq_threshold": 0.1, "keep_first_fp": false},
+    "optimization": {"optimizer": "OPTIMIZER_ADAMW", "epochs": 3, "batch_size": 64,
+                     "seed": "42", "lr_schedule": "SCHEDULE_STEP", "step_milestones": [1, 2],
+                     "micro_batches": 2},
+    "resources": {"ranks": 2, "device_kind": "DEVICE_CPU"},
+    "checkpoint": {"every_steps": 10}, "collective_timeout_seconds": 30
+  })");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->model.arch, "resnet32");
+  EXPECT_EQ(spec->data.kind, "cifar10");
+  EXPECT_EQ(spec->quant.method, quant::Method::kTtq);
+  EXPECT_EQ(spec->quant.projection, quant::Projection::kTtq);
+  EXPECT_EQ(spec->quant.granularity, quant::Granularity::kChannel);
+  EXPECT_EQ(spec->quant.packing, quant::Packing::kBase3);
+  EXPECT_FALSE(spec->quant.keep_first_fp);
+  EXPECT_EQ(spec->optim.optimizer, "adamw");
+  EXPECT_DOUBLE_EQ(spec->optim.lr, 1e-3);
+  EXPECT_EQ(spec->optim.seed, 42u);
+  EXPECT_EQ(spec->optim.step_milestones, (std::vector<int>{1, 2}));
+  EXPECT_EQ(spec->ranks, 2);
+  EXPECT_EQ(spec->collective_timeout_seconds, 30);
+}
+
+void ExpectError(const std::string& json, const std::string& needle) {
+  auto spec = ParseTrainerSpec(json);
+  ASSERT_FALSE(spec.ok()) << json;
+  EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(spec.status().message().find(needle), std::string::npos)
+      << spec.status().message() << " lacks " << needle;
+}
+
+TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
+  ExpectError("not json", "not valid JSON");
+  ExpectError("[1]", "expected a JSON object");
+  ExpectError(R"({"optimization": {"epochs": 1, "learning_rate": 1}})",
+              "optimization.learning_rate: unknown field");
+  ExpectError(R"({"optimization": {"epochs": "many"}})", "optimization.epochs: expected an integer");
+  ExpectError(R"({"optimization": {"epochs": 0}})", "optimization.epochs: must be in");
+  ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_XNOR"}})",
+              "quantization.method: unknown value 'METHOD_XNOR'");
+  ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"beta": 2}})",
+              "quantization.beta: must be in [0, 1]");
+  ExpectError(R"({"optimization": {"epochs": 1, "batch_size": 30}, "resources": {"ranks": 4}})",
+              "optimization.batch_size: must be a positive multiple");
+  ExpectError(R"({"optimization": {"epochs": 1}, "model": {"arch": "vgg16"}})",
+              "model.arch: unknown architecture 'vgg16'");
+  ExpectError(R"({"optimization": {"epochs": 1}, "model": 3})", "model: expected an object");
+  ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 0.5}})",
+              "quantization.");
+  ExpectError(R"({"optimization": {"epochs": 1, "seed": "12x"}})", "optimization.seed");
+}
+
+}  // namespace
+}  // namespace tern::trainer

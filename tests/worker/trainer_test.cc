@@ -1,0 +1,294 @@
+// End-to-end tests of tern-trainer as separate processes: 2-rank Gloo parity,
+// kill -9 and resume, bad specs, a lost peer, and a real Fashion-MNIST run.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/file_util.h"
+#include "worker/trainer/distributed.h"
+#include "worker/trainer/models.h"
+
+namespace tern::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const char* kFashion = "/usr/share/datasets/fashion-mnist";
+
+// A trainer process with stdout to a file.
+struct Process {
+  pid_t pid = -1;
+  std::string stdout_path;
+};
+
+Process Spawn(const std::vector<std::string>& args, const std::string& stdout_path) {
+  Process p;
+  p.stdout_path = stdout_path;
+  p.pid = fork();
+  if (p.pid == 0) {
+    const int fd = ::open(stdout_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    std::vector<char*> argv;
+    std::string binary = TERN_TRAINER_BINARY;
+    argv.push_back(binary.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(binary.c_str(), argv.data());
+    _exit(127);
+  }
+  return p;
+}
+
+int Wait(const Process& p) {
+  int status = 0;
+  ::waitpid(p.pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::vector<json> Events(const std::string& path) {
+  std::vector<json> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded()) out.push_back(j);
+  }
+  return out;
+}
+
+std::string TempDir(const std::string& name) {
+  const std::string dir = testing::TempDir() + "/tern_trainer_" + name + "_" + std::to_string(::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// A tiny deterministic job: ResNet-20 ×0.25 on 256 Fashion-MNIST images.
+json SmallSpec(const std::string& method, int ranks, int micro_batches) {
+  return {{"name", "t-" + method},
+          {"model", {{"arch", "resnet20"}, {"width_multiplier", 0.25}}},
+          {"dataset", {{"path", kFashion}, {"max_train_examples", 256}, {"max_eval_examples", 64},
+                       {"num_workers", 1}}},
+          {"quantization", {{"method", method}}},
+          {"optimization", {{"epochs", 1}, {"batch_size", 32}, {"lr", 0.05}, {"seed", 3},
+                            {"deterministic", true}, {"micro_batches", micro_batches}}},
+          {"resources", {{"ranks", ranks}, {"threads_per_rank", 1}}},
+          {"checkpoint", {{"every_steps", 2}}},
+          {"events", {{"progress_every_steps", 1}}}};
+}
+
+std::string WriteSpec(const std::string& dir, const json& spec) {
+  const std::string path = dir + "/spec.json";
+  EXPECT_TRUE(WriteFileAtomically(path, spec.dump()).ok());
+  return path;
+}
+
+// Runs all ranks of `spec` in `dir`; returns their exit codes.
+std::vector<int> RunJob(const std::string& dir, const json& spec) {
+  const std::string spec_path = WriteSpec(dir, spec);
+  const int ranks = spec["resources"]["ranks"];
+  const int port = PickFreePort().value();
+  std::vector<Process> procs;
+  for (int r = 0; r < ranks; ++r) {
+    procs.push_back(Spawn({"--spec", spec_path, "--rank", std::to_string(r), "--world-size",
+                           std::to_string(ranks), "--master", "127.0.0.1:" + std::to_string(port),
+                           "--workdir", dir},
+                          dir + "/rank" + std::to_string(r) + ".jsonl"));
+  }
+  std::vector<int> codes;
+  for (auto& p : procs) codes.push_back(Wait(p));
+  return codes;
+}
+
+// Parameters of the newest committed checkpoint of `dir`.
+std::vector<at::Tensor> FinalParameters(const std::string& dir) {
+  int64_t best = -1;
+  std::string best_dir;
+  for (const auto& e : fs::directory_iterator(dir + "/checkpoints")) {
+    const std::string name = e.path().filename();
+    if (fs::exists(e.path() / "COMMITTED") && std::stoll(name.substr(5)) > best) {
+      best = std::stoll(name.substr(5));
+      best_dir = e.path();
+    }
+  }
+  EXPECT_GE(best, 0);
+  auto model = BuildClassifier({"resnet20", 1, 10, 0.25}).value();
+  torch::serialize::InputArchive archive, model_archive;
+  archive.load_from(best_dir + "/rank-0.pt");
+  archive.read("model", model_archive);
+  model->load(model_archive);
+  return model->parameters();
+}
+
+double MaxDifference(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>());
+  }
+  return worst;
+}
+
+class TrainerTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(std::string(kFashion) + "/train-images-idx3-ubyte.gz")) {
+      GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion
+                   << " (Debian package dataset-fashion-mnist)";
+    }
+  }
+};
+
+TEST_F(TrainerTest, TwoRankGlooEqualsOneRankWithSameGlobalBatch) {
+  for (const std::string method : {"METHOD_FP", "METHOD_HLA"}) {
+    const std::string one = TempDir("parity1_" + method);
+    const std::string two = TempDir("parity2_" + method);
+    // One rank processes the global batch as two micro-batches, exactly the
+    // per-rank batches of the 2-rank run (BatchNorm statistics included).
+    EXPECT_EQ(RunJob(one, SmallSpec(method, 1, 2)), (std::vector<int>{0}));
+    EXPECT_EQ(RunJob(two, SmallSpec(method, 2, 1)), (std::vector<int>{0, 0}));
+    const double diff = MaxDifference(FinalParameters(one), FinalParameters(two));
+    EXPECT_LT(diff, 1e-4) << method;
+    // Not vacuous: training moved the weights.
+    const std::vector<at::Tensor> init = [] {
+      torch::manual_seed(3);
+      return BuildClassifier({"resnet20", 1, 10, 0.25}).value()->parameters();
+    }();
+    EXPECT_GT(MaxDifference(init, FinalParameters(two)), 1e-3) << method;
+  }
+}
+
+TEST_F(TrainerTest, KillNineThenResumeMatchesUninterruptedRun) {
+  json spec = SmallSpec("METHOD_HLA", 1, 1);
+  spec["dataset"]["max_train_examples"] = 512;  // 16 steps
+  const std::string straight = TempDir("straight");
+  ASSERT_EQ(RunJob(straight, spec), (std::vector<int>{0}));
+
+  const std::string killed = TempDir("killed");
+  const std::string spec_path = WriteSpec(killed, spec);
+  const std::vector<std::string> args = {"--spec", spec_path, "--workdir", killed};
+  Process p = Spawn(args, killed + "/first.jsonl");
+  // Wait for the second committed checkpoint, then kill -9 mid-training.
+  bool killed_mid_run = false;
+  for (int i = 0; i < 6000 && !killed_mid_run; ++i) {
+    int checkpoints = 0;
+    for (const auto& e : Events(p.stdout_path)) checkpoints += e["event"] == "checkpoint";
+    if (checkpoints >= 2) {
+      ::kill(p.pid, SIGKILL);
+      killed_mid_run = true;
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  ASSERT_TRUE(killed_mid_run);
+  EXPECT_EQ(Wait(p), 128 + SIGKILL);
+  for (const auto& e : Events(p.stdout_path)) EXPECT_NE(e["event"], "finished");
+
+  Process resumed = Spawn(args, killed + "/second.jsonl");
+  ASSERT_EQ(Wait(resumed), 0);
+  const auto events = Events(resumed.stdout_path);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front()["event"], "started");
+  EXPECT_GE(events.front()["resumed_from_step"].get<int>(), 4);
+  EXPECT_EQ(events.back()["event"], "finished");
+  EXPECT_EQ(MaxDifference(FinalParameters(straight), FinalParameters(killed)), 0.0);
+}
+
+TEST_F(TrainerTest, BadSpecExitsTwoNamingTheField) {
+  const std::string dir = TempDir("badspec");
+  json spec = SmallSpec("METHOD_HLA", 1, 1);
+  spec["quantization"]["kappa_start"] = -1;
+  Process p = Spawn({"--spec", WriteSpec(dir, spec), "--workdir", dir}, dir + "/out.jsonl");
+  EXPECT_EQ(Wait(p), 2);
+  const auto events = Events(p.stdout_path);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0]["event"], "failed");
+  EXPECT_NE(events[0]["reason"].get<std::string>().find("quantization.kappa_start"),
+            std::string::npos);
+
+  spec = SmallSpec("METHOD_HLA", 1, 1);
+  spec["dataset"]["path"] = dir + "/missing";
+  Process q = Spawn({"--spec", WriteSpec(dir, spec), "--workdir", dir}, dir + "/out2.jsonl");
+  EXPECT_NE(Wait(q), 0);
+  const auto failed = Events(q.stdout_path);
+  ASSERT_FALSE(failed.empty());
+  EXPECT_EQ(failed.back()["event"], "failed");
+  EXPECT_NE(failed.back()["reason"].get<std::string>().find("missing"), std::string::npos);
+}
+
+TEST_F(TrainerTest, LostPeerFailsTheSurvivorWithAClearReason) {
+  const std::string dir = TempDir("lostpeer");
+  json spec = SmallSpec("METHOD_FP", 2, 1);
+  spec["dataset"]["max_train_examples"] = 4096;
+  spec["collective_timeout_seconds"] = 10;
+  const std::string spec_path = WriteSpec(dir, spec);
+  const int port = PickFreePort().value();
+  auto args = [&](int rank) {
+    return std::vector<std::string>{"--spec", spec_path, "--rank", std::to_string(rank),
+                                    "--world-size", "2", "--master",
+                                    "127.0.0.1:" + std::to_string(port), "--workdir", dir};
+  };
+  Process r0 = Spawn(args(0), dir + "/r0.jsonl");
+  Process r1 = Spawn(args(1), dir + "/r1.jsonl");
+  bool killed = false;
+  for (int i = 0; i < 6000 && !killed; ++i) {
+    for (const auto& e : Events(r0.stdout_path)) {
+      if (e["event"] == "progress" && !killed) {
+        ::kill(r1.pid, SIGKILL);
+        killed = true;
+      }
+    }
+    if (!killed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(killed);
+  Wait(r1);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(Wait(r0), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60));
+  const auto events = Events(r0.stdout_path);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back()["event"], "failed");
+  EXPECT_NE(events.back()["reason"].get<std::string>().find("rank 0/2"), std::string::npos)
+      << events.back().dump();
+}
+
+TEST_F(TrainerTest, ShortFashionMnistRunIsFarAboveChance) {
+  const std::string dir = TempDir("fashion");
+  json spec = SmallSpec("METHOD_HLA", 1, 1);
+  spec["model"]["width_multiplier"] = 0.5;
+  spec["dataset"]["max_train_examples"] = 4096;
+  spec["dataset"]["max_eval_examples"] = 1000;
+  spec["optimization"] = {{"epochs", 2}, {"batch_size", 64}, {"lr", 0.1}, {"seed", 0}};
+  spec["resources"] = {{"ranks", 1}, {"threads_per_rank", 2}};
+  spec["checkpoint"] = {{"every_steps", 1000}};
+  spec["events"] = {{"progress_every_steps", 20}};
+  ASSERT_EQ(RunJob(dir, spec), (std::vector<int>{0}));
+  const auto events = Events(dir + "/rank0.jsonl");
+  ASSERT_FALSE(events.empty());
+  const json& done = events.back();
+  ASSERT_EQ(done["event"], "finished") << done.dump();
+  EXPECT_GT(done["artifact"]["top1"].get<double>(), 0.6);  // chance is 0.1
+  EXPECT_EQ(done["artifact"]["examples"], 1000);
+  EXPECT_NEAR(done["bits_per_weight"].get<double>(), 2.0, 0.01);
+  EXPECT_TRUE(fs::exists(done["artifact_path"].get<std::string>()));
+  int epoch_ends = 0;
+  for (const auto& e : events) {
+    if (e["event"] != "epoch_end") continue;
+    ++epoch_ends;
+    ASSERT_FALSE(e["layers"].empty());
+    EXPECT_TRUE(e["layers"][1]["quantized"].get<bool>());
+  }
+  EXPECT_EQ(epoch_ends, 2);
+}
+
+}  // namespace
+}  // namespace tern::trainer

@@ -1,0 +1,920 @@
+#include "worker/agent/agent.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+#include <grpcpp/grpcpp.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "tern/v1/worker_service.grpc.pb.h"
+#include "worker/agent/child_process.h"
+#include "worker/agent/trainer_events.h"
+
+extern char** environ;
+
+namespace tern::agent {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using google::protobuf::util::TimeUtil;
+
+constexpr const char* kAgentVersion = "tern-agent 0.1";
+constexpr size_t kMaxEventsPerReport = 1000;  // WorkerService limit per call
+constexpr size_t kMaxPendingEvents = 5000;    // held while ternd is unreachable
+constexpr size_t kMaxLineBytes = 1 << 20;     // longer stdout lines are cut
+
+bool IsLeaseError(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+         s.error_code() == grpc::StatusCode::NOT_FOUND;
+}
+
+std::string GrpcStatusString(const grpc::Status& s) {
+  return StatusCodeName(static_cast<StatusCode>(s.error_code())) + std::string(": ") +
+         s.error_message();
+}
+
+// A job id as a directory name: [A-Za-z0-9_.-] kept, everything else '_'.
+std::string PathSafe(const std::string& s) {
+  std::string out;
+  for (char c : s) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ||
+                           c == '.') ? c : '_';
+  if (out.empty() || out == "." || out == "..") out = "_" + out;
+  return out;
+}
+
+milliseconds FromDuration(const google::protobuf::Duration& d, milliseconds fallback) {
+  const int64_t ms = TimeUtil::DurationToMilliseconds(d);
+  return ms > 0 ? milliseconds(ms) : fallback;
+}
+
+using RankKey = std::tuple<std::string, int, int>;  // job, attempt, rank
+RankKey KeyOf(const v1::RankRef& r) { return {r.job_id(), r.attempt(), r.rank()}; }
+
+// Splits a non-blocking pipe's bytes into lines.
+class LineReader {
+ public:
+  // Reads what is available; appends complete lines to `lines`. Returns
+  // false at EOF (or on a read error).
+  bool Read(int fd, std::vector<std::string>* lines) {
+    char buf[65536];
+    while (true) {
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n > 0) {
+        for (ssize_t i = 0; i < n; ++i) {
+          if (buf[i] == '\n') {
+            lines->push_back(std::move(partial_));
+            partial_.clear();
+          } else if (partial_.size() < kMaxLineBytes) {
+            partial_ += buf[i];
+          }
+        }
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+      // EOF: a last line without a newline still counts.
+      if (!partial_.empty()) lines->push_back(std::move(partial_));
+      partial_.clear();
+      return false;
+    }
+  }
+
+ private:
+  std::string partial_;
+};
+
+}  // namespace
+
+Status AgentOptions::Validate() const {
+  if (agent_id.empty() || agent_id.size() > 128 ||
+      !std::all_of(agent_id.begin(), agent_id.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
+      })) {
+    return InvalidArgumentError("agent_id: must be 1..128 characters of [A-Za-z0-9_.-], got '" +
+                                agent_id + "'");
+  }
+  if (host.empty()) return InvalidArgumentError("host: must not be empty");
+  if (cpu_slots < 0 || cpu_slots > 1024) return InvalidArgumentError("cpu_slots: must be in [0, 1024]");
+  if (cuda_slots < 0 || cuda_slots > 1024) {
+    return InvalidArgumentError("cuda_slots: must be in [0, 1024]");
+  }
+  if (cpu_slots + cuda_slots == 0) {
+    return InvalidArgumentError("cpu_slots, cuda_slots: at least one slot is needed");
+  }
+  if (trainer_path.empty()) return InvalidArgumentError("trainer_path: must not be empty");
+  if (workdir.empty()) return InvalidArgumentError("workdir: must not be empty");
+  for (auto [name, d] : {std::pair{"rpc_timeout", rpc_timeout}, {"kill_grace", kill_grace},
+                         {"shutdown_grace", shutdown_grace}, {"flush_interval", flush_interval},
+                         {"backoff_min", backoff_min}, {"backoff_max", backoff_max},
+                         {"exit_report_retry", exit_report_retry}}) {
+    if (d.count() <= 0) return InvalidArgumentError(std::string(name) + ": must be > 0");
+  }
+  if (backoff_max < backoff_min) return InvalidArgumentError("backoff_max: must be >= backoff_min");
+  if (stderr_tail_lines < 0) return InvalidArgumentError("stderr_tail_lines: must be >= 0");
+  return OkStatus();
+}
+
+class Agent::Impl {
+ public:
+  Impl(AgentOptions options, std::shared_ptr<grpc::ChannelInterface> channel,
+       metrics::Registry* registry)
+      : options_(std::move(options)),
+        stub_(v1::WorkerService::NewStub(channel)),
+        registry_(registry),
+        running_(registry->AddGauge("tern_agent_trainers_running",
+                                    "Trainer processes this agent runs now.")
+                     .WithLabels({})),
+        exits_(registry->AddCounter("tern_agent_trainer_exits_total",
+                                    "Trainer processes that ended, by exit code or signal name.",
+                                    {"code"})),
+        slots_(registry->AddGauge("tern_agent_slots",
+                                  "Slots this agent offers, by device kind.", {"device_kind"})),
+        job_step_(registry->AddGauge("tern_job_step",
+                                     "Latest optimizer step a trainer reported.", {"job", "rank"})),
+        job_loss_(registry->AddGauge("tern_job_loss",
+                                     "Latest training loss a trainer reported.", {"job", "rank"})),
+        job_ips_(registry->AddGauge("tern_job_images_per_second",
+                                    "Latest training throughput a trainer reported (all ranks).",
+                                    {"job", "rank"})),
+        step_time_(registry->AddHistogram(
+            "tern_job_step_time_seconds",
+            "Mean optimizer step time between two progress events of a trainer.",
+            metrics::ExponentialBuckets(0.001, 2, 16), {"job", "rank"})),
+        checkpoint_seconds_(registry->AddGauge("tern_job_checkpoint_seconds",
+                                               "Seconds the latest checkpoint save took.",
+                                               {"job", "rank"})),
+        cuda_in_use_(std::max(0, options_.cuda_slots), false) {
+    slots_.WithLabels({"cpu"})->Set(options_.cpu_slots);
+    slots_.WithLabels({"cuda"})->Set(options_.cuda_slots);
+  }
+
+  Status Run();
+  void Shutdown() {
+    std::lock_guard<std::mutex> lock(mu_);
+    shutdown_ = true;
+    if (stream_ctx_) stream_ctx_->TryCancel();
+    cv_.notify_all();
+  }
+  std::string lease_id() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return lease_valid_ ? lease_id_ : "";
+  }
+  int registrations() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return lease_generation_;
+  }
+  int running_trainers() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int>(ranks_.size());
+  }
+
+ private:
+  // One trainer process and what the agent knows about it.
+  struct Rank {
+    v1::Assignment assignment;
+    std::string prefix;  // "[job J attempt A rank r/W] "
+    std::string job, rank_label;
+    int cuda_slot = -1;
+    int lease_generation = 0;  // the registration it was assigned under
+    std::mutex mu;             // guards the fields below
+    ChildProcess* child = nullptr;  // owned by the rank's thread
+    bool kill_requested = false;
+    bool sigkill_sent = false;
+    std::string kill_reason;
+    Clock::time_point sigkill_at = Clock::time_point::max();
+  };
+
+  void Sleep(milliseconds d);  // wakes early on Shutdown
+  bool ShuttingDown() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return shutdown_;
+  }
+  bool Register();
+  void StreamOnce(milliseconds* backoff);
+  void HeartbeatLoop();
+  void LeaseLost(int generation, const std::string& why);
+  // Makes the heartbeat loop renew the lease now (and so find out if it
+  // is lost). Non-blocking.
+  void RequestHeartbeat() {
+    std::lock_guard<std::mutex> lock(mu_);
+    heartbeat_now_ = true;
+    cv_.notify_all();
+  }
+  void StartRank(const v1::Assignment& a);
+  void Kill(Rank& rank, milliseconds grace, const std::string& reason);
+  void KillAllAndWait(milliseconds grace, const std::string& reason);
+  void RunRank(std::shared_ptr<Rank> rank);
+  Status PrepareFiles(Rank& rank, std::string* spec_path, std::string* rank_dir);
+  std::vector<std::string> TrainerEnv(const Rank& rank) const;
+  // Sends `pending` (front first). Returns false when ternd could not take
+  // them now (kept for a retry); drops them on errors a retry cannot fix.
+  bool Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending);
+  void ReportExit(Rank& rank, const ExitStatus& ended, const std::string& reason);
+  void UpdateMetrics(const Rank& rank, const ParsedLine& p, double* last_time, int* last_step);
+  void FinishRank(const std::shared_ptr<Rank>& rank);
+  bool CurrentLease(std::string* id, int* generation) const;
+  void SetDeadline(grpc::ClientContext* ctx) const {
+    ctx->set_deadline(std::chrono::system_clock::now() + options_.rpc_timeout);
+  }
+
+  const AgentOptions options_;
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  metrics::Registry* registry_;
+  std::shared_ptr<metrics::Gauge> running_;
+  metrics::Family<metrics::Counter>& exits_;
+  metrics::Family<metrics::Gauge>& slots_;
+  metrics::Family<metrics::Gauge>& job_step_;
+  metrics::Family<metrics::Gauge>& job_loss_;
+  metrics::Family<metrics::Gauge>& job_ips_;
+  metrics::Family<metrics::Histogram>& step_time_;
+  metrics::Family<metrics::Gauge>& checkpoint_seconds_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool shutdown_ = false;
+  // The lease. lease_generation_ counts registrations; a loss names the
+  // generation it saw, so a late report of an old lease changes nothing.
+  std::string lease_id_;
+  bool lease_valid_ = false;
+  int lease_generation_ = 0;
+  milliseconds lease_ttl_{15000};
+  milliseconds heartbeat_interval_{5000};
+  bool heartbeat_now_ = false;  // RequestHeartbeat() was called
+  Clock::time_point last_renewed_;
+  grpc::ClientContext* stream_ctx_ = nullptr;  // the open stream, to cancel it
+  std::map<RankKey, std::shared_ptr<Rank>> ranks_;
+  std::vector<bool> cuda_in_use_;
+  std::vector<std::thread> finished_threads_;  // rank threads that are done
+  std::map<RankKey, std::thread> rank_threads_;
+};
+
+void Agent::Impl::Sleep(milliseconds d) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, d, [&] { return shutdown_; });
+}
+
+bool Agent::Impl::CurrentLease(std::string* id, int* generation) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  *id = lease_id_;
+  *generation = lease_generation_;
+  return lease_valid_;
+}
+
+Status Agent::Impl::Run() {
+  TERN_RETURN_IF_ERROR(options_.Validate());
+  TERN_RETURN_IF_ERROR(MakeDirectories(options_.workdir + "/jobs"));
+  std::thread heartbeat([this] { HeartbeatLoop(); });
+  milliseconds backoff = options_.backoff_min;
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (shutdown_) break;
+    }
+    std::string id;
+    int generation = 0;
+    if (!CurrentLease(&id, &generation)) {
+      // No lease (first start, or lost): nothing may still run from the old one.
+      KillAllAndWait(options_.shutdown_grace, "lease lost");
+      if (!Register()) {
+        Sleep(backoff);
+        backoff = std::min(backoff * 2, options_.backoff_max);
+        continue;
+      }
+      backoff = options_.backoff_min;
+    }
+    StreamOnce(&backoff);
+  }
+  KillAllAndWait(options_.shutdown_grace, "agent shutting down");
+  heartbeat.join();
+  std::vector<std::thread> done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done.swap(finished_threads_);
+  }
+  for (std::thread& t : done) t.join();
+  TERN_LOG(INFO) << "agent " << options_.agent_id << " stopped";
+  return OkStatus();
+}
+
+bool Agent::Impl::Register() {
+  v1::RegisterRequest request;
+  request.set_agent_id(options_.agent_id);
+  request.set_host(options_.host);
+  request.set_version(kAgentVersion);
+  if (options_.cpu_slots > 0) {
+    v1::Slots* s = request.add_slots();
+    s->set_device_kind(v1::DEVICE_CPU);
+    s->set_count(options_.cpu_slots);
+  }
+  if (options_.cuda_slots > 0) {
+    v1::Slots* s = request.add_slots();
+    s->set_device_kind(v1::DEVICE_CUDA);
+    s->set_count(options_.cuda_slots);
+  }
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::RegisterResponse response;
+  const grpc::Status status = stub_->Register(&ctx, request, &response);
+  if (!status.ok()) {
+    TERN_LOG(WARNING) << "Register: " << GrpcStatusString(status);
+    return false;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  lease_id_ = response.lease_id();
+  lease_ttl_ = FromDuration(response.lease_ttl(), milliseconds(15000));
+  heartbeat_interval_ = FromDuration(response.heartbeat_interval(), lease_ttl_ / 3);
+  last_renewed_ = Clock::now();
+  lease_valid_ = true;
+  ++lease_generation_;
+  cv_.notify_all();  // the heartbeat loop starts counting from now
+  TERN_LOG(INFO) << "registered as " << options_.agent_id << " (lease " << lease_id_ << ", ttl "
+                 << lease_ttl_.count() << " ms, " << options_.cpu_slots << " cpu + "
+                 << options_.cuda_slots << " cuda slots)";
+  return true;
+}
+
+void Agent::Impl::LeaseLost(int generation, const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generation != lease_generation_ || !lease_valid_) return;
+  lease_valid_ = false;
+  TERN_LOG(WARNING) << "lease " << lease_id_ << " lost (" << why
+                    << "): stopping trainers, registering again";
+  if (stream_ctx_) stream_ctx_->TryCancel();
+  cv_.notify_all();
+}
+
+void Agent::Impl::StreamOnce(milliseconds* backoff) {
+  grpc::ClientContext ctx;  // no deadline: lives as long as the lease
+  std::string lease;
+  int generation = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutdown_ || !lease_valid_) return;
+    lease = lease_id_;
+    generation = lease_generation_;
+    stream_ctx_ = &ctx;
+  }
+  v1::StreamAssignmentsRequest request;
+  request.set_agent_id(options_.agent_id);
+  request.set_lease_id(lease);
+  std::unique_ptr<grpc::ClientReader<v1::AssignmentEvent>> reader =
+      stub_->StreamAssignments(&ctx, request);
+  v1::AssignmentEvent event;
+  while (reader->Read(&event)) {
+    *backoff = options_.backoff_min;  // the stream works
+    if (event.has_assignment()) {
+      StartRank(event.assignment());
+    } else if (event.has_kill()) {
+      const v1::KillOrder& k = event.kill();
+      const milliseconds grace = k.has_grace_period()
+                                     ? milliseconds(TimeUtil::DurationToMilliseconds(k.grace_period()))
+                                     : options_.kill_grace;
+      const std::string reason = k.reason().code().empty() ? "kill order" : k.reason().code();
+      std::vector<std::shared_ptr<Rank>> victims;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (auto& [key, rank] : ranks_) {
+          if (std::get<0>(key) == k.job_id() && (k.attempt() == 0 || std::get<1>(key) == k.attempt())) {
+            victims.push_back(rank);
+          }
+        }
+      }
+      TERN_LOG(INFO) << "kill order for job " << k.job_id() << " attempt " << k.attempt() << " ("
+                     << reason << "): " << victims.size() << " trainer(s)";
+      for (auto& r : victims) Kill(*r, grace, reason);
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  bool retry_later = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stream_ctx_ = nullptr;
+    retry_later = !shutdown_ && lease_valid_ && generation == lease_generation_;
+  }
+  if (IsLeaseError(status)) {
+    LeaseLost(generation, "StreamAssignments: " + GrpcStatusString(status));
+    return;
+  }
+  if (retry_later) {
+    TERN_LOG(WARNING) << "assignment stream ended (" << GrpcStatusString(status)
+                      << "); reconnecting in " << backoff->count() << " ms";
+    Sleep(*backoff);
+    *backoff = std::min(*backoff * 2, options_.backoff_max);
+  }
+}
+
+void Agent::Impl::HeartbeatLoop() {
+  int failures = 0;
+  int generation = 0;  // of the lease the loop renews
+  Clock::time_point next = Clock::now();
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!shutdown_) {
+    if (!lease_valid_) {
+      cv_.wait(lock, [&] { return shutdown_ || lease_valid_; });
+      continue;
+    }
+    if (generation != lease_generation_) {  // a new registration
+      generation = lease_generation_;
+      next = last_renewed_ + heartbeat_interval_;
+      failures = 0;
+    }
+    cv_.wait_until(lock, next, [&] {
+      return shutdown_ || !lease_valid_ || generation != lease_generation_ || heartbeat_now_;
+    });
+    if (shutdown_ || !lease_valid_ || generation != lease_generation_) continue;
+    if (!heartbeat_now_ && Clock::now() < next) continue;
+    heartbeat_now_ = false;
+    v1::HeartbeatRequest request;
+    request.set_agent_id(options_.agent_id);
+    request.set_lease_id(lease_id_);
+    for (const auto& [key, rank] : ranks_) {
+      if (rank->lease_generation == generation) *request.add_running() = rank->assignment.ref();
+    }
+    const Clock::time_point sent = Clock::now();
+    lock.unlock();
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::HeartbeatResponse response;
+    const grpc::Status status = stub_->Heartbeat(&ctx, request, &response);
+    if (IsLeaseError(status)) {
+      LeaseLost(generation, "Heartbeat: " + GrpcStatusString(status));
+      lock.lock();
+      continue;
+    }
+    if (status.ok()) {
+      failures = 0;
+      std::vector<std::shared_ptr<Rank>> unexpected;
+      lock.lock();
+      if (generation == lease_generation_) {
+        last_renewed_ = sent;
+        lease_ttl_ = FromDuration(response.lease_ttl(), lease_ttl_);
+        heartbeat_interval_ = FromDuration(response.heartbeat_interval(), heartbeat_interval_);
+      }
+      next = sent + heartbeat_interval_;
+      for (const v1::RankRef& ref : response.unexpected()) {
+        auto it = ranks_.find(KeyOf(ref));
+        if (it != ranks_.end()) unexpected.push_back(it->second);
+      }
+      lock.unlock();
+      for (auto& r : unexpected) Kill(*r, options_.kill_grace, "not expected by the server");
+      lock.lock();
+      continue;
+    }
+    ++failures;
+    TERN_LOG(WARNING) << "Heartbeat: " << GrpcStatusString(status);
+    lock.lock();
+    next = Clock::now() + std::min<milliseconds>(heartbeat_interval_, milliseconds(1000));
+    if (generation != lease_generation_) continue;
+    if (Clock::now() - last_renewed_ > lease_ttl_) {
+      lock.unlock();
+      LeaseLost(generation, "not renewed within the lease TTL");
+      lock.lock();
+    } else if (failures >= 2 && stream_ctx_) {
+      stream_ctx_->TryCancel();  // the connection may be dead: reconnect the stream too
+    }
+  }
+}
+
+void Agent::Impl::StartRank(const v1::Assignment& a) {
+  const RankKey key = KeyOf(a.ref());
+  auto rank = std::make_shared<Rank>();
+  rank->assignment = a;
+  rank->job = a.ref().job_id();
+  rank->rank_label = std::to_string(a.ref().rank());
+  rank->prefix = "[job " + a.ref().job_id() + " attempt " + std::to_string(a.ref().attempt()) +
+                 " rank " + std::to_string(a.ref().rank()) + "/" + std::to_string(a.world_size()) +
+                 "] ";
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shutdown_ || !lease_valid_) return;
+  if (ranks_.count(key)) {
+    TERN_LOG(DEBUG) << rank->prefix << "already running; repeat assignment ignored";
+    return;
+  }
+  rank->lease_generation = lease_generation_;
+  if (a.spec().resources().device_kind() == v1::DEVICE_CUDA) {
+    // The first free GPU; when the server over-assigns, share the first one.
+    auto free = std::find(cuda_in_use_.begin(), cuda_in_use_.end(), false);
+    if (free == cuda_in_use_.end()) {
+      TERN_LOG(WARNING) << rank->prefix << "no free cuda slot; sharing GPU 0";
+      rank->cuda_slot = 0;
+    } else {
+      rank->cuda_slot = static_cast<int>(free - cuda_in_use_.begin());
+      *free = true;
+    }
+  }
+  ranks_[key] = rank;
+  running_->Set(static_cast<double>(ranks_.size()));
+  // Join threads of trainers that ended meanwhile (they finished already).
+  for (std::thread& t : finished_threads_) t.join();
+  finished_threads_.clear();
+  rank_threads_[key] = std::thread([this, rank] { RunRank(rank); });
+}
+
+void Agent::Impl::Kill(Rank& rank, milliseconds grace, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(rank.mu);
+  if (!rank.kill_requested) {
+    rank.kill_requested = true;
+    rank.kill_reason = reason;
+    TERN_LOG(INFO) << rank.prefix << "stopping trainer (" << reason << "), SIGKILL after "
+                   << grace.count() << " ms";
+  }
+  rank.sigkill_at = std::min(rank.sigkill_at, Clock::now() + grace);
+  if (rank.child) rank.child->SignalGroup(SIGTERM);
+  // A rank whose process is not started yet sees kill_requested and stops.
+}
+
+void Agent::Impl::KillAllAndWait(milliseconds grace, const std::string& reason) {
+  std::vector<std::shared_ptr<Rank>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [key, rank] : ranks_) all.push_back(rank);
+  }
+  for (auto& r : all) Kill(*r, grace, reason);
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return ranks_.empty(); });
+}
+
+Status Agent::Impl::PrepareFiles(Rank& rank, std::string* spec_path, std::string* rank_dir) {
+  const v1::Assignment& a = rank.assignment;
+  const std::string job_dir = options_.workdir + "/jobs/" + PathSafe(a.ref().job_id());
+  *rank_dir = job_dir + "/rank-" + std::to_string(a.ref().rank());
+  TERN_RETURN_IF_ERROR(MakeDirectories(*rank_dir));
+  v1::JobSpec spec = a.spec();
+  // The trainer reads the checkpoint directory from the spec; every rank of
+  // the job must use the same one.
+  if (!a.checkpoint_dir().empty()) {
+    spec.mutable_checkpoint()->set_directory(a.checkpoint_dir());
+  } else if (spec.checkpoint().directory().empty()) {
+    spec.mutable_checkpoint()->set_directory(job_dir + "/checkpoints");
+  }
+  google::protobuf::util::JsonPrintOptions print;
+  print.preserve_proto_field_names = true;
+  std::string json;
+  const auto printed = google::protobuf::util::MessageToJsonString(spec, &json, print);
+  if (!printed.ok()) return InternalError("printing the spec as JSON: " + printed.ToString());
+  *spec_path = *rank_dir + "/spec-attempt-" + std::to_string(a.ref().attempt()) + ".json";
+  return WriteFileAtomically(*spec_path, json + "\n");
+}
+
+std::vector<std::string> Agent::Impl::TrainerEnv(const Rank& rank) const {
+  const v1::Assignment& a = rank.assignment;
+  std::map<std::string, std::string> env;
+  for (char** e = environ; e && *e; ++e) {
+    const std::string kv = *e;
+    const size_t eq = kv.find('=');
+    if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  env["TERN_JOB_ID"] = a.ref().job_id();
+  env["TERN_ATTEMPT"] = std::to_string(a.ref().attempt());
+  env["TERN_RANK"] = std::to_string(a.ref().rank());
+  env["TERN_WORLD_SIZE"] = std::to_string(a.world_size());
+  env["TERN_MASTER_ADDR"] = a.rendezvous_host();
+  env["TERN_MASTER_PORT"] = std::to_string(a.rendezvous_port());
+  env["TERN_AGENT_ID"] = options_.agent_id;
+  // A CPU rank sees no GPU; a CUDA rank sees its own as cuda:0.
+  env["CUDA_VISIBLE_DEVICES"] = rank.cuda_slot >= 0 ? std::to_string(rank.cuda_slot) : "";
+  if (rank.cuda_slot < 0 && !a.spec().resources().has_threads_per_rank() &&
+      !env.count("OMP_NUM_THREADS")) {
+    // Spread the cores over the CPU slots instead of every rank using all.
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    env["OMP_NUM_THREADS"] = std::to_string(std::max(1, cores / std::max(1, options_.cpu_slots)));
+  }
+  std::vector<std::string> out;
+  for (const auto& [k, v] : env) out.push_back(k + "=" + v);
+  return out;
+}
+
+bool Agent::Impl::Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending) {
+  while (!pending->empty()) {
+    std::string lease;
+    int generation = 0;
+    if (!CurrentLease(&lease, &generation) || generation != rank.lease_generation) {
+      pending->clear();  // the lease is lost: the server wrote this rank off
+      return true;
+    }
+    v1::ReportProgressRequest request;
+    request.set_agent_id(options_.agent_id);
+    request.set_lease_id(lease);
+    *request.mutable_ref() = rank.assignment.ref();
+    const size_t n = std::min(pending->size(), kMaxEventsPerReport);
+    for (size_t i = 0; i < n; ++i) *request.add_events() = (*pending)[i];
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::ReportProgressResponse response;
+    const grpc::Status status = stub_->ReportProgress(&ctx, request, &response);
+    if (status.ok()) {
+      pending->erase(pending->begin(), pending->begin() + static_cast<std::ptrdiff_t>(n));
+      continue;
+    }
+    if (IsLeaseError(status)) {
+      // Rejected for good (an unknown lease, or an attempt the server does
+      // not know); a heartbeat tells which.
+      TERN_LOG(WARNING) << rank.prefix << "ReportProgress: " << GrpcStatusString(status)
+                        << "; dropping " << pending->size() << " events";
+      RequestHeartbeat();
+      pending->clear();
+      return true;
+    }
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+        status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      TERN_LOG(WARNING) << rank.prefix << "ReportProgress: " << GrpcStatusString(status)
+                        << " (" << pending->size() << " events held)";
+      // Keep the newest events; log lines and progress samples go first.
+      while (pending->size() > kMaxPendingEvents) {
+        auto victim = std::find_if(pending->begin(), pending->end(), [](const auto& e) {
+          return e.has_log() || e.has_progress() || e.parsed_case() == v1::TrainerEvent::PARSED_NOT_SET;
+        });
+        pending->erase(victim == pending->end() ? pending->begin() : victim);
+      }
+      return false;
+    }
+    TERN_LOG(WARNING) << rank.prefix << "ReportProgress: " << GrpcStatusString(status)
+                      << "; dropping " << n << " events";
+    pending->erase(pending->begin(), pending->begin() + static_cast<std::ptrdiff_t>(n));
+  }
+  return true;
+}
+
+void Agent::Impl::ReportExit(Rank& rank, const ExitStatus& ended, const std::string& reason) {
+  bool killed = false;
+  {
+    std::lock_guard<std::mutex> lock(rank.mu);
+    killed = rank.kill_requested;
+  }
+  const Clock::time_point give_up = Clock::now() + options_.exit_report_retry;
+  milliseconds backoff = options_.backoff_min;
+  while (true) {
+    std::string lease;
+    int generation = 0;
+    // A lost lease wrote the rank off: the server counts it as lost already.
+    if (!CurrentLease(&lease, &generation) || generation != rank.lease_generation) return;
+    {
+      v1::ReportExitRequest request;
+      request.set_agent_id(options_.agent_id);
+      request.set_lease_id(lease);
+      *request.mutable_ref() = rank.assignment.ref();
+      request.set_exit_code(ended.exit_code);
+      request.set_signal(ended.signal);
+      request.set_reason(reason);
+      request.set_killed_by_agent(killed);
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx);
+      v1::ReportExitResponse response;
+      const grpc::Status status = stub_->ReportExit(&ctx, request, &response);
+      if (status.ok()) return;
+      if (IsLeaseError(status)) {
+        TERN_LOG(WARNING) << rank.prefix << "ReportExit: " << GrpcStatusString(status);
+        RequestHeartbeat();  // it decides whether the lease is lost
+        return;
+      }
+      TERN_LOG(WARNING) << rank.prefix << "ReportExit: " << GrpcStatusString(status);
+      if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+          status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+        return;
+      }
+    }
+    if (ShuttingDown()) return;  // one try is all a shutting-down agent waits for
+    if (Clock::now() + backoff > give_up) {
+      TERN_LOG(ERROR) << rank.prefix << "giving up reporting the exit (" << ended.ToString() << ")";
+      return;
+    }
+    Sleep(backoff);
+    backoff = std::min(backoff * 2, options_.backoff_max);
+  }
+}
+
+void Agent::Impl::UpdateMetrics(const Rank& rank, const ParsedLine& p, double* last_time,
+                                int* last_step) {
+  const std::vector<std::string> labels = {rank.job, rank.rank_label};
+  if (p.event.has_progress()) {
+    const v1::Progress& progress = p.event.progress();
+    job_step_.WithLabels(labels)->Set(progress.step());
+    job_loss_.WithLabels(labels)->Set(progress.loss());
+    job_ips_.WithLabels(labels)->Set(progress.images_per_second());
+    if (*last_step >= 0 && progress.step() > *last_step && p.trainer_time > *last_time &&
+        *last_time > 0) {
+      step_time_.WithLabels(labels)->Observe((p.trainer_time - *last_time) /
+                                             (progress.step() - *last_step));
+    }
+    *last_step = progress.step();
+    *last_time = p.trainer_time;
+  } else if (p.event.has_started()) {
+    *last_step = -1;  // a resumed run starts a new interval
+  } else if (p.checkpoint_seconds >= 0) {
+    checkpoint_seconds_.WithLabels(labels)->Set(p.checkpoint_seconds);
+  }
+}
+
+void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
+  const v1::Assignment& a = rank->assignment;
+  TERN_LOG(INFO) << rank->prefix << "starting trainer (rendezvous " << a.rendezvous_host() << ":"
+                 << a.rendezvous_port()
+                 << (rank->cuda_slot >= 0 ? ", GPU " + std::to_string(rank->cuda_slot) : "")
+                 << ")";
+  std::string spec_path, rank_dir;
+  Status prepared = PrepareFiles(*rank, &spec_path, &rank_dir);
+  std::unique_ptr<ChildProcess> child;
+  if (prepared.ok()) {
+    ChildProcess::Options o;
+    o.argv = {options_.trainer_path, "--spec", spec_path,
+              "--rank", std::to_string(a.ref().rank()),
+              "--world-size", std::to_string(a.world_size()),
+              "--master", a.rendezvous_host() + ":" + std::to_string(a.rendezvous_port()),
+              "--workdir", rank_dir};
+    if (!a.artifact_path().empty()) {
+      o.argv.push_back("--artifact");
+      o.argv.push_back(a.artifact_path());
+    }
+    o.env = TrainerEnv(*rank);
+    o.working_dir = rank_dir;
+    std::lock_guard<std::mutex> lock(rank->mu);
+    if (rank->kill_requested) {
+      prepared = CancelledError("killed before it started (" + rank->kill_reason + ")");
+    } else {
+      StatusOr<std::unique_ptr<ChildProcess>> started = ChildProcess::Start(o);
+      if (started.ok()) {
+        child = std::move(started).value();
+        rank->child = child.get();
+      } else {
+        prepared = started.status();
+      }
+    }
+  }
+  if (!prepared.ok()) {
+    TERN_LOG(ERROR) << rank->prefix << "cannot start trainer: " << prepared;
+    ExitStatus never;
+    never.exit_code = 127;  // as a shell reports a command it cannot run
+    exits_.WithLabels({"127"})->Increment();
+    ReportExit(*rank, never, "cannot start trainer: " + prepared.ToString());
+    FinishRank(rank);
+    return;
+  }
+
+  TrainerEventParser parser(a.spec(), child->pid());
+  LineReader out_reader, err_reader;
+  std::deque<v1::TrainerEvent> pending;
+  std::deque<std::string> tail;  // last stderr lines
+  std::string failed_reason;     // from the trainer's `failed` event
+  Clock::time_point flush_due = Clock::time_point::max();
+  double last_time = 0;
+  int last_step = -1;
+  std::optional<ExitStatus> ended;
+  Clock::time_point drain_until = Clock::time_point::max();
+
+  while (true) {
+    const Clock::time_point now = Clock::now();
+    // Flush batched events when due (or retry a failed flush).
+    if (!pending.empty() && now >= flush_due) {
+      flush_due = Flush(*rank, &pending) ? Clock::time_point::max()
+                                          : Clock::now() + std::chrono::seconds(1);
+    }
+    {
+      std::lock_guard<std::mutex> lock(rank->mu);
+      if (rank->kill_requested && !rank->sigkill_sent && Clock::now() >= rank->sigkill_at) {
+        TERN_LOG(WARNING) << rank->prefix << "trainer ignored SIGTERM; sending SIGKILL";
+        child->SignalGroup(SIGKILL);
+        rank->sigkill_sent = true;
+      }
+    }
+    if (!ended) {
+      ended = child->TryWait();
+      if (ended) drain_until = Clock::now() + milliseconds(1000);  // for the last lines
+    }
+    const bool open = child->stdout_fd() >= 0 || child->stderr_fd() >= 0;
+    if (ended && (!open || Clock::now() >= drain_until)) break;
+
+    std::vector<pollfd> fds;
+    if (child->stdout_fd() >= 0) fds.push_back({child->stdout_fd(), POLLIN, 0});
+    if (child->stderr_fd() >= 0) fds.push_back({child->stderr_fd(), POLLIN, 0});
+    int timeout_ms = 100;  // also how often the exit status is checked
+    if (flush_due != Clock::time_point::max()) {
+      const auto until_flush =
+          std::chrono::duration_cast<milliseconds>(flush_due - Clock::now()).count();
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(until_flush, 0, timeout_ms));
+    }
+    if (fds.empty()) {
+      std::this_thread::sleep_for(milliseconds(timeout_ms));
+    } else if (::poll(fds.data(), fds.size(), timeout_ms) <= 0) {
+      continue;
+    }
+
+    const google::protobuf::Timestamp read_time = TimeUtil::GetCurrentTime();
+    std::vector<std::string> lines;
+    if (child->stdout_fd() >= 0 && !out_reader.Read(child->stdout_fd(), &lines)) {
+      child->CloseStdout();
+    }
+    for (std::string& line : lines) {
+      ParsedLine p = parser.ParseStdoutLine(line, read_time);
+      UpdateMetrics(*rank, p, &last_time, &last_step);
+      if (p.event.has_failed()) failed_reason = p.event.failed().code() + ": " + p.event.failed().message();
+      const bool urgent = p.kind == "started" || p.kind == "finished" || p.kind == "failed";
+      pending.push_back(std::move(p.event));
+      flush_due = std::min(flush_due, urgent ? Clock::now() : Clock::now() + options_.flush_interval);
+    }
+    lines.clear();
+    if (child->stderr_fd() >= 0 && !err_reader.Read(child->stderr_fd(), &lines)) {
+      child->CloseStderr();
+    }
+    for (std::string& line : lines) {
+      if (options_.relay_logs) {
+        pending.push_back(TrainerEventParser::LogEvent(a.ref().rank(), line, read_time));
+        flush_due = std::min(flush_due, Clock::now() + options_.flush_interval);
+      }
+      tail.push_back(line.substr(0, kMaxLogLineBytes));
+      while (static_cast<int>(tail.size()) > options_.stderr_tail_lines) tail.pop_front();
+    }
+    if (pending.size() >= kMaxEventsPerReport) flush_due = Clock::now();
+  }
+  child->CloseStdout();
+  child->CloseStderr();
+
+  // Events first (the `finished` event carries the result), then the exit.
+  if (!pending.empty() && !Flush(*rank, &pending) && !ShuttingDown()) {
+    Sleep(milliseconds(1000));  // one retry; ReportExit retries longer on its own
+    if (!Flush(*rank, &pending)) {
+      TERN_LOG(WARNING) << rank->prefix << "dropping " << pending.size() << " unsent events";
+    }
+  }
+  std::string reason;
+  {
+    std::lock_guard<std::mutex> lock(rank->mu);
+    rank->child = nullptr;
+    if (rank->kill_requested) reason = "killed by the agent: " + rank->kill_reason;
+  }
+  if (reason.empty() && !ended->ok()) {
+    reason = !failed_reason.empty() ? failed_reason
+             : !tail.empty()        ? tail.back()
+                                    : "trainer ended with " + ended->ToString();
+  }
+  if (!ended->ok() && !tail.empty()) {
+    // The stderr tail helps whoever reads the job's failure reason.
+    std::string joined;
+    for (const std::string& l : tail) joined += "\n" + l;
+    reason += "\n--- last stderr lines ---" + joined.substr(0, 8192);
+  }
+  if (ended->ok()) {
+    TERN_LOG(INFO) << rank->prefix << "trainer pid " << child->pid() << " finished";
+  } else {
+    TERN_LOG(WARNING) << rank->prefix << "trainer pid " << child->pid() << " ended with "
+                      << ended->ToString();
+  }
+  exits_.WithLabels({ended->signal != 0 ? SignalName(ended->signal)
+                                        : std::to_string(ended->exit_code)})
+      ->Increment();
+  ReportExit(*rank, *ended, reason);
+  child.reset();
+  FinishRank(rank);
+}
+
+void Agent::Impl::FinishRank(const std::shared_ptr<Rank>& rank) {
+  const std::vector<std::string> labels = {rank->job, rank->rank_label};
+  job_step_.Remove(labels);
+  job_loss_.Remove(labels);
+  job_ips_.Remove(labels);
+  step_time_.Remove(labels);
+  checkpoint_seconds_.Remove(labels);
+  std::lock_guard<std::mutex> lock(mu_);
+  const RankKey key = KeyOf(rank->assignment.ref());
+  if (rank->cuda_slot >= 0 && rank->cuda_slot < static_cast<int>(cuda_in_use_.size())) {
+    bool shared = false;  // another rank may share an over-assigned GPU
+    for (const auto& [k, r] : ranks_) shared |= (r != rank && r->cuda_slot == rank->cuda_slot);
+    if (!shared) cuda_in_use_[rank->cuda_slot] = false;
+  }
+  ranks_.erase(key);
+  running_->Set(static_cast<double>(ranks_.size()));
+  auto it = rank_threads_.find(key);
+  if (it != rank_threads_.end()) {
+    finished_threads_.push_back(std::move(it->second));  // joined by Run or StartRank
+    rank_threads_.erase(it);
+  }
+  cv_.notify_all();
+}
+
+Agent::Agent(AgentOptions options, std::shared_ptr<grpc::ChannelInterface> channel,
+             metrics::Registry* registry)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(channel), registry)) {}
+Agent::~Agent() = default;
+Status Agent::Run() { return impl_->Run(); }
+void Agent::Shutdown() { impl_->Shutdown(); }
+std::string Agent::lease_id() const { return impl_->lease_id(); }
+int Agent::registrations() const { return impl_->registrations(); }
+int Agent::running_trainers() const { return impl_->running_trainers(); }
+
+}  // namespace tern::agent

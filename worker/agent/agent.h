@@ -1,0 +1,95 @@
+// Agent: the node daemon (tern-agent). Registers this machine's slots with
+// ternd's WorkerService, keeps its lease alive, starts one tern-trainer
+// process per assigned rank, relays the trainers' events and exits, and
+// kills trainers on kill orders, on a lost lease and on shutdown.
+//
+// Usage:
+//   AgentOptions o;  o.agent_id = "node-1";  o.cpu_slots = 2;  ...
+//   metrics::Registry registry;
+//   Agent agent(o, grpc::CreateChannel("ternd:7070", creds), &registry);
+//   std::thread t([&] { status = agent.Run(); });   // blocks
+//   ...  agent.Shutdown();  t.join();
+//
+// Protocol (proto/tern/v1/worker_service.proto): Register, then one
+// StreamAssignments stream (re-opened with exponential backoff when it
+// breaks) and a Heartbeat every heartbeat_interval listing the running
+// ranks. FAILED_PRECONDITION or NOT_FOUND from any call, or no successful
+// heartbeat within the lease TTL, means the lease is lost: every trainer is
+// stopped (SIGTERM, SIGKILL after shutdown_grace) and the agent registers
+// again. Every unary call has a deadline (rpc_timeout); only the stream has
+// none.
+//
+// Each trainer runs in a process group of its own with PR_SET_PDEATHSIG, so
+// none survives the agent, even a SIGKILLed one. Files per rank:
+//   <workdir>/jobs/<job>/rank-<r>/             trainer --workdir
+//   <workdir>/jobs/<job>/rank-<r>/spec-attempt-<a>.json
+//   <workdir>/jobs/<job>/checkpoints/          when the assignment names none
+//
+// Thread safety: Run() once, from one thread; Shutdown() and the accessors
+// from any thread (not from a signal handler).
+#ifndef TERN_WORKER_AGENT_AGENT_H_
+#define TERN_WORKER_AGENT_AGENT_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "common/metrics.h"
+#include "common/status.h"
+
+namespace grpc {
+class ChannelInterface;
+}
+
+namespace tern::agent {
+
+struct AgentOptions {
+  std::string agent_id;              // 1..128 of [A-Za-z0-9_.-]
+  std::string host = "127.0.0.1";    // where other ranks reach rank 0 here
+  int cpu_slots = 0;                 // CPU ranks run at once
+  int cuda_slots = 0;                // GPUs; rank i gets CUDA_VISIBLE_DEVICES=<slot>
+  std::string trainer_path;          // tern-trainer executable (absolute)
+  std::string workdir;               // per-job files (see above); created
+  std::chrono::milliseconds rpc_timeout{5000};      // deadline of unary calls
+  std::chrono::milliseconds kill_grace{10000};      // kill orders without one
+  std::chrono::milliseconds shutdown_grace{5000};   // shutdown and lost lease
+  std::chrono::milliseconds flush_interval{250};    // ReportProgress batching
+  std::chrono::milliseconds backoff_min{200};       // reconnect / re-register
+  std::chrono::milliseconds backoff_max{5000};
+  std::chrono::milliseconds exit_report_retry{60000};  // keep retrying ReportExit
+  int stderr_tail_lines = 20;        // last stderr lines in the exit report
+  bool relay_logs = true;            // stderr lines as `log` events
+  // INVALID_ARGUMENT naming the field: bad agent_id, no slots, slots out of
+  // [0, 1024], empty trainer_path or workdir, non-positive durations.
+  Status Validate() const;
+};
+
+class Agent {
+ public:
+  // `channel` leads to ternd; `registry` (not owned, outlives the Agent)
+  // gets the agent's metric families, registered here once.
+  Agent(AgentOptions options, std::shared_ptr<grpc::ChannelInterface> channel,
+        metrics::Registry* registry);
+  ~Agent();  // Requires Run() to have returned (or never been called).
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Serves until Shutdown(). Blocks. Returns INVALID_ARGUMENT for bad
+  // options (at once), else OK once every trainer it started has exited and
+  // its exit was reported (or the report given up).
+  Status Run();
+  // Makes Run() stop its trainers and return. Non-blocking, idempotent.
+  void Shutdown();
+
+  std::string lease_id() const;  // current lease; "" before registering
+  int registrations() const;     // successful Register calls so far
+  int running_trainers() const;  // trainer processes not yet reported exited
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tern::agent
+
+#endif  // TERN_WORKER_AGENT_AGENT_H_

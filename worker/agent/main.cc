@@ -1,0 +1,183 @@
+// tern-agent: the node daemon. Registers this machine's slots with ternd and
+// runs the tern-trainer processes ternd assigns to it.
+//
+//   tern-agent --server 127.0.0.1:7070 --cpu-slots 2
+//              [--agent-id ID] [--host ADDR] [--cuda-slots N]
+//              [--trainer PATH] [--workdir DIR] [--metrics-listen HOST:PORT]
+//
+// Prints "tern-agent metrics on HOST:PORT" as its first stdout line (the
+// bound port, useful with --metrics-listen :0). SIGINT/SIGTERM stop every
+// trainer (SIGTERM, then SIGKILL after --shutdown-grace) and exit 0.
+#include <CLI/CLI.hpp>
+#include <grpcpp/grpcpp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "common/http_server.h"
+#include "common/logging.h"
+#include "worker/agent/agent.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+bool IsExecutable(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec) && ::access(p.c_str(), X_OK) == 0;
+}
+
+// `name` on $PATH, or "".
+std::string SearchPath(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  if (!path) return "";
+  std::string dirs = path;
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    const size_t end = std::min(dirs.find(':', start), dirs.size());
+    const fs::path candidate = fs::path(dirs.substr(start, end - start)) / name;
+    if (end > start && IsExecutable(candidate)) return fs::absolute(candidate).string();
+    start = end + 1;
+  }
+  return "";
+}
+
+// --trainer if given (a bare name is looked up on $PATH); else tern-trainer
+// next to this binary, then ../trainer/tern-trainer (the build tree), then
+// on $PATH. "" when none exists.
+std::string FindTrainer(const std::string& flag) {
+  if (!flag.empty()) {
+    if (flag.find('/') == std::string::npos) return SearchPath(flag);
+    return IsExecutable(flag) ? fs::absolute(flag).string() : "";
+  }
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const fs::path& p : {self.parent_path() / "tern-trainer",
+                              self.parent_path() / ".." / "trainer" / "tern-trainer"}) {
+      if (IsExecutable(p)) return fs::weakly_canonical(p, ec).string();
+    }
+  }
+  return SearchPath("tern-trainer");
+}
+
+std::string DefaultAgentId() {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0') std::strcpy(host, "agent");
+  std::string id;
+  for (const char* c = host; *c; ++c) {
+    id += (std::isalnum(static_cast<unsigned char>(*c)) || *c == '-' || *c == '_' || *c == '.')
+              ? *c : '-';
+  }
+  return id.substr(0, 100) + "-" + std::to_string(::getpid());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tern::agent::AgentOptions options;
+  std::string server = "127.0.0.1:7070";
+  std::string trainer_flag;
+  std::string metrics_listen = "127.0.0.1:9465";
+  double grace_s = 5.0;
+  double rpc_timeout_s = 5.0;
+
+  CLI::App app("tern-agent: runs tern-trainer processes for ternd on this machine");
+  app.add_option("--server", server, "ternd's address, HOST:PORT")
+      ->envname("TERN_SERVER")
+      ->capture_default_str();
+  app.add_option("--agent-id", options.agent_id,
+                 "stable identity, [A-Za-z0-9_.-]{1,128} (default: hostname-pid)");
+  app.add_option("--host", options.host, "address other ranks reach this machine at")
+      ->capture_default_str();
+  app.add_option("--cpu-slots", options.cpu_slots, "CPU ranks to run at once")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  app.add_option("--cuda-slots", options.cuda_slots, "GPUs to run ranks on (one rank each)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  app.add_option("--trainer", trainer_flag,
+                 "tern-trainer executable (default: next to tern-agent, then "
+                 "../trainer/tern-trainer, then $PATH)");
+  app.add_option("--workdir", options.workdir,
+                 "directory for job files (default: $TMPDIR/tern-agent-<agent-id>)");
+  app.add_option("--metrics-listen", metrics_listen,
+                 "HOST:PORT of the /metrics endpoint (:0 picks a port; empty disables)")
+      ->capture_default_str();
+  app.add_option("--shutdown-grace", grace_s,
+                 "seconds between SIGTERM and SIGKILL on shutdown or a lost lease")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--rpc-timeout", rpc_timeout_s, "deadline of each call to ternd, seconds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  // Signals are taken by a sigwait thread; block them before any thread
+  // starts so every thread inherits the mask (trainers get a clean one).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (options.agent_id.empty()) options.agent_id = DefaultAgentId();
+  if (options.workdir.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    options.workdir = std::string(tmp && *tmp ? tmp : "/tmp") + "/tern-agent-" + options.agent_id;
+  }
+  options.workdir = fs::absolute(options.workdir).string();
+  options.trainer_path = FindTrainer(trainer_flag);
+  if (options.trainer_path.empty()) {
+    std::cerr << "tern-agent: no tern-trainer found"
+              << (trainer_flag.empty() ? " (pass --trainer PATH)" : " at " + trainer_flag) << "\n";
+    return 2;
+  }
+  options.shutdown_grace = std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
+  options.rpc_timeout = std::chrono::milliseconds(static_cast<int64_t>(rpc_timeout_s * 1000));
+  if (tern::Status s = options.Validate(); !s.ok()) {
+    std::cerr << "tern-agent: " << s << "\n";
+    return 2;
+  }
+
+  tern::metrics::Registry registry;
+  tern::agent::Agent agent(options, grpc::CreateChannel(server, grpc::InsecureChannelCredentials()),
+                           &registry);
+  std::unique_ptr<tern::metrics::MetricsHttpServer> http;
+  if (!metrics_listen.empty()) {
+    http = std::make_unique<tern::metrics::MetricsHttpServer>(metrics_listen, &registry);
+    if (tern::Status s = http->Start(); !s.ok()) {
+      std::cerr << "tern-agent: --metrics-listen " << metrics_listen << ": " << s << "\n";
+      return 2;
+    }
+    const std::string host = metrics_listen.substr(0, metrics_listen.rfind(':'));
+    std::cout << "tern-agent metrics on " << (host.empty() ? "0.0.0.0" : host) << ":"
+              << http->port() << std::endl;
+  }
+  TERN_LOG(INFO) << "agent " << options.agent_id << " for " << server << ", trainer "
+                 << options.trainer_path << ", workdir " << options.workdir;
+
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (sig != 0) {
+      TERN_LOG(INFO) << "received " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << "; stopping";
+    }
+    agent.Shutdown();
+  });
+  const tern::Status status = agent.Run();
+  if (!status.ok()) std::cerr << "tern-agent: " << status << "\n";
+  // Wake the signal thread if Run returned on its own.
+  pthread_kill(signals.native_handle(), SIGTERM);
+  signals.join();
+  if (http) http->Stop();
+  return status.ok() ? 0 : 1;
+}

@@ -1,0 +1,218 @@
+#include "worker/trainer/distributed.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/version.h>
+#include <unistd.h>
+
+#ifdef TERN_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <cstdlib>
+#include <functional>
+
+#include "common/logging.h"
+
+namespace tern::trainer {
+
+#if TORCH_VERSION_MAJOR >= 2
+using C10dGroup = c10d::Backend;        // LibTorch 2.x: a group's backend
+#else
+using C10dGroup = c10d::ProcessGroup;   // LibTorch 1.13
+#endif
+
+struct Communicator::Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<C10dGroup> pg;
+};
+
+Status DistributedOptions::Validate() const {
+  if (world_size < 1) return InvalidArgumentError("world_size: must be >= 1");
+  if (rank < 0 || rank >= world_size) {
+    return InvalidArgumentError("rank: must be in [0, world_size)");
+  }
+  if (master_port < 1 || master_port > 65535) {
+    return InvalidArgumentError("master_port: must be in [1, 65535]");
+  }
+  if (backend != "gloo" && backend != "nccl") {
+    return InvalidArgumentError("backend: must be gloo or nccl");
+  }
+#ifndef TERN_WITH_NCCL
+  if (backend == "nccl") {
+    return FailedPreconditionError("backend: this build has no NCCL (CPU LibTorch)");
+  }
+#endif
+  if (timeout.count() <= 0) return InvalidArgumentError("timeout: must be > 0");
+  return OkStatus();
+}
+
+Communicator::Communicator(DistributedOptions options) : options_(std::move(options)) {}
+Communicator::~Communicator() = default;
+
+StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
+    const DistributedOptions& options) {
+  TERN_RETURN_IF_ERROR(options.Validate());
+  std::unique_ptr<Communicator> comm(new Communicator(options));
+  if (options.world_size == 1 && !options.connect_alone) return comm;
+  auto group = std::make_unique<Group>();
+  try {
+    c10d::TCPStoreOptions store_options;
+    store_options.port = static_cast<uint16_t>(options.master_port);
+    store_options.isServer = options.rank == 0;
+    store_options.numWorkers = static_cast<size_t>(options.world_size);
+    store_options.waitWorkers = true;
+    store_options.timeout = options.timeout;
+    group->store = c10::make_intrusive<c10d::TCPStore>(options.master_addr, store_options);
+    if (options.backend == "gloo") {
+      auto gloo_options = c10d::ProcessGroupGloo::Options::create();
+      gloo_options->timeout = options.timeout;
+      const char* ifname = std::getenv("TERN_GLOO_IFNAME");
+      if (ifname != nullptr) {
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      } else if (options.master_addr.rfind("127.", 0) == 0 ||
+                 options.master_addr == "localhost") {
+        gloo_options->devices.push_back(
+            c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      } else {
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      }
+      group->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
+          group->store, options.rank, options.world_size, gloo_options);
+    } else {
+#ifdef TERN_WITH_NCCL
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = options.timeout;
+      group->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+          group->store, options.rank, options.world_size, nccl_options);
+#endif
+    }
+  } catch (const std::exception& e) {
+    return UnavailableError("rendezvous with " + options.master_addr + ":" +
+                            std::to_string(options.master_port) + " as rank " +
+                            std::to_string(options.rank) + "/" +
+                            std::to_string(options.world_size) + " failed: " + e.what());
+  }
+  comm->group_ = std::move(group);
+  return comm;
+}
+
+Status Communicator::Run(const char* what, const std::function<void()>& body) {
+  if (!group_) return OkStatus();
+  try {
+    body();
+  } catch (const std::exception& e) {
+    const std::string message = std::string(what) + " failed on rank " +
+                                std::to_string(options_.rank) + "/" +
+                                std::to_string(options_.world_size) + " (timeout " +
+                                std::to_string(options_.timeout.count() / 1000) +
+                                " s): " + e.what();
+    const std::string text = e.what();
+    if (text.find("imed out") != std::string::npos || text.find("imeout") != std::string::npos) {
+      return DeadlineExceededError(message);
+    }
+    return UnavailableError(message);
+  }
+  return OkStatus();
+}
+
+Status Communicator::AllReduceMean(const std::vector<at::Tensor>& tensors) {
+  for (const at::Tensor& t : tensors) {
+    if (t.defined() && !t.is_floating_point()) {
+      return InvalidArgumentError("AllReduceMean: integer tensor of shape " +
+                                  std::to_string(t.numel()) + " elements");
+    }
+  }
+  return Run("gradient all-reduce", [&] {
+    // Buckets of same dtype/device, flattened, all launched before waiting.
+    struct Bucket {
+      std::vector<at::Tensor> members;
+      at::Tensor flat;
+      c10::intrusive_ptr<c10d::Work> work;
+    };
+    std::vector<Bucket> buckets;
+    int64_t bytes = 0;
+    for (const at::Tensor& t : tensors) {
+      if (!t.defined()) continue;
+      const int64_t size = t.numel() * static_cast<int64_t>(t.element_size());
+      if (buckets.empty() || bytes + size > options_.bucket_bytes ||
+          buckets.back().members.front().scalar_type() != t.scalar_type() ||
+          buckets.back().members.front().device() != t.device()) {
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().members.push_back(t);
+      bytes += size;
+    }
+    for (Bucket& b : buckets) {
+      std::vector<at::Tensor> flat_views;
+      for (const at::Tensor& t : b.members) flat_views.push_back(t.reshape({-1}));
+      std::vector<at::Tensor> io = {at::cat(flat_views)};
+      b.work = group_->pg->allreduce(io);
+      b.flat = io[0];
+    }
+    for (Bucket& b : buckets) {
+      b.work->wait(options_.timeout);
+      b.flat.div_(options_.world_size);
+      int64_t offset = 0;
+      for (const at::Tensor& t : b.members) {
+        t.copy_(b.flat.narrow(0, offset, t.numel()).view(t.sizes()));
+        offset += t.numel();
+      }
+    }
+  });
+}
+
+Status Communicator::AllReduceSum(const at::Tensor& tensor) {
+  return Run("all-reduce", [&] {
+    std::vector<at::Tensor> io = {tensor};
+    group_->pg->allreduce(io)->wait(options_.timeout);
+  });
+}
+
+Status Communicator::Broadcast(const std::vector<at::Tensor>& tensors, int root) {
+  return Run("broadcast", [&] {
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    for (const at::Tensor& t : tensors) {
+      if (!t.defined()) continue;
+      // Gloo broadcasts contiguous tensors; parameters always are.
+      at::Tensor buffer = t.is_contiguous() ? t : t.contiguous();
+      std::vector<at::Tensor> io = {buffer};
+      group_->pg->broadcast(io, opts)->wait(options_.timeout);
+      if (!buffer.is_same(t)) t.copy_(buffer);
+    }
+  });
+}
+
+Status Communicator::Barrier() {
+  // An all-reduce of one element: Gloo and NCCL both honour the timeout.
+  return Run("barrier", [&] {
+    std::vector<at::Tensor> io = {at::zeros({1}, at::kFloat)};
+    if (options_.backend == "nccl") io[0] = io[0].cuda();
+    group_->pg->allreduce(io)->wait(options_.timeout);
+  });
+}
+
+StatusOr<int> PickFreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return UnavailableError("socket() failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    ::close(fd);
+    return UnavailableError("cannot bind a free port on 127.0.0.1");
+  }
+  const int port = ntohs(addr.sin_port);
+  ::close(fd);
+  return port;
+}
+
+}  // namespace tern::trainer

@@ -1,0 +1,24 @@
+#include "worker/trainer/events.h"
+
+#include <chrono>
+
+namespace tern::trainer {
+
+void EventWriter::Emit(const std::string& event, nlohmann::json fields) {
+  if (!fields.is_object()) fields = nlohmann::json::object();
+  fields["event"] = event;
+  fields["job"] = job_;
+  fields["rank"] = rank_;
+  fields["world_size"] = world_size_;
+  fields["time"] = std::chrono::duration<double>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  // Non-finite numbers (a diverged loss) become null rather than invalid JSON.
+  const std::string line =
+      fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  std::lock_guard<std::mutex> lock(mu_);
+  std::fwrite(line.data(), 1, line.size(), out_);
+  std::fflush(out_);
+}
+
+}  // namespace tern::trainer

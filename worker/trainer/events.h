@@ -1,0 +1,36 @@
+// EventWriter: the trainer's machine-readable output, one JSON object per
+// line on stdout (human logs go to stderr through TERN_LOG).
+//
+// Every line has "event" (started, progress, epoch_end, checkpoint,
+// finished, failed), "job", "rank", "world_size" and "time" (Unix seconds);
+// docs/EVENTS.md lists the fields of each kind. Thread-safe: a line is
+// written and flushed under a mutex, so lines never interleave.
+#ifndef TERN_WORKER_TRAINER_EVENTS_H_
+#define TERN_WORKER_TRAINER_EVENTS_H_
+
+#include <cstdio>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace tern::trainer {
+
+class EventWriter {
+ public:
+  EventWriter(std::string job, int rank, int world_size, std::FILE* out = stdout)
+      : job_(std::move(job)), rank_(rank), world_size_(world_size), out_(out) {}
+
+  // Adds the common fields to `fields` and writes it as one line.
+  void Emit(const std::string& event, nlohmann::json fields);
+
+ private:
+  std::mutex mu_;
+  std::string job_;
+  int rank_;
+  int world_size_;
+  std::FILE* out_;
+};
+
+}  // namespace tern::trainer
+
+#endif  // TERN_WORKER_TRAINER_EVENTS_H_

@@ -1,0 +1,86 @@
+// TrainerSpec: what one tern-trainer run does, read from the job spec.
+//
+// The source of truth is tern.v1.JobSpec (proto/tern/v1/job.proto). The agent
+// writes it as proto3 JSON with the proto field names (snake_case), and this
+// file reads that JSON with nlohmann::json, so the trainer never links
+// protobuf (ARCHITECTURE.md). Unset optional fields take the defaults
+// documented in job.proto; unknown keys and wrong types are rejected naming
+// the field ("optimization.lr: expected a number"). No LibTorch here.
+#ifndef TERN_WORKER_TRAINER_SPEC_H_
+#define TERN_WORKER_TRAINER_SPEC_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "quant/options.h"
+
+namespace tern::trainer {
+
+struct ModelConfig {
+  std::string arch = "resnet20";  // resnet20/32/56 (CIFAR), resnet18/34/50
+  double width_multiplier = 1.0;
+  std::string init_from;          // optional checkpoint or .tern to start from
+};
+
+struct DataConfig {
+  std::string kind = "idx";       // idx, cifar10, cifar100, image_folder
+  std::string path = "/usr/share/datasets/fashion-mnist";
+  double val_fraction = 0;
+  bool augment = true;
+  int num_workers = 2;
+  int input_size = 0;             // image folders: resize to this size
+  int64_t max_train_examples = 0; // 0 = all
+  int64_t max_eval_examples = 0;
+};
+
+struct OptimConfig {
+  std::string optimizer = "sgd";  // sgd, adamw
+  double lr = 0.1;
+  double momentum = 0.9;
+  bool nesterov = true;
+  double weight_decay = 5e-4;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_epsilon = 1e-8;
+  std::string lr_schedule = "cosine";  // cosine, step
+  double warmup_epochs = 0;
+  std::vector<int> step_milestones;
+  double step_gamma = 0.1;
+  int batch_size = 128;           // global, over all ranks
+  int micro_batches = 1;          // gradient accumulation per rank
+  int epochs = 0;
+  uint64_t seed = 0;
+  bool deterministic = false;
+  bool bf16 = true;               // CUDA only
+  bool channels_last = true;      // CUDA only
+};
+
+struct TrainerSpec {
+  std::string name;
+  std::string task = "classification";
+  ModelConfig model;
+  DataConfig data;
+  quant::QuantOptions quant = quant::MakePreset(quant::Method::kHla);
+  OptimConfig optim;
+  int ranks = 1;
+  std::string device = "cpu";     // cpu, cuda
+  int threads_per_rank = 0;       // 0 = LibTorch's default
+  int checkpoint_every_steps = 500;
+  std::string checkpoint_dir;     // empty: <workdir>/checkpoints
+  int progress_every_steps = 50;
+  int collective_timeout_seconds = 300;
+
+  // Cross-field rules, each naming its field.
+  Status Validate() const;
+};
+
+// Parses a JobSpec in proto3 JSON form (snake_case keys; enums as names such
+// as "METHOD_HLA"; 64-bit integers as numbers or strings).
+StatusOr<TrainerSpec> ParseTrainerSpec(const std::string& json_text);
+
+}  // namespace tern::trainer
+
+#endif  // TERN_WORKER_TRAINER_SPEC_H_

@@ -1,0 +1,55 @@
+// RunTraining: one data-parallel rank of a ternary training job, from the
+// job spec to the exported, re-loaded and evaluated `.tern` artifact.
+//
+// Every rank calls it with the same spec; rank 0 hosts the rendezvous,
+// writes the commit markers, the artifact and most events. A restart with
+// the same spec and checkpoint directory resumes from the newest committed
+// checkpoint (never a partial one). Blocking; returns the final metrics or
+// the reason it failed (it also emits a "failed" event then).
+#ifndef TERN_WORKER_TRAINER_TRAINER_H_
+#define TERN_WORKER_TRAINER_TRAINER_H_
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "quant/ternary_model.h"
+#include "worker/trainer/events.h"
+#include "worker/trainer/spec.h"
+
+namespace tern::trainer {
+
+struct RunOptions {
+  int rank = 0;
+  int world_size = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  std::string workdir = ".";      // checkpoints (unless the spec names a
+                                  // directory) and the artifact go here
+  std::string artifact_path;      // default <workdir>/model.tern
+};
+
+struct EvalMetrics {
+  double loss = 0, top1 = 0, top5 = 0;
+  int64_t examples = 0;
+};
+
+struct TrainResult {
+  EvalMetrics fp;                 // latent FP weights ("FP twin")
+  EvalMetrics ternary;            // the ternary model during training
+  EvalMetrics artifact;           // the exported `.tern`, re-loaded
+  std::string artifact_path;
+  int64_t artifact_bytes = 0;
+  double bits_per_weight = 0;
+  int64_t steps = 0;
+  double wall_seconds = 0;
+  double images_per_second = 0;
+  std::vector<quant::LayerStats> layers;
+};
+
+StatusOr<TrainResult> RunTraining(const TrainerSpec& spec, const RunOptions& options,
+                                  EventWriter& events);
+
+}  // namespace tern::trainer
+
+#endif  // TERN_WORKER_TRAINER_TRAINER_H_
