@@ -35,7 +35,7 @@ const json& ObjOrEmpty(const json& j, const char* key) {
 }
 
 // The trainer counts epochs from 0; tern.v1 from 1.
-constexpr int kTrainerEpochBase = 0;
+constexpr int kTrainerEpochBase = 1;
 int ApiEpoch(int trainer_epoch) { return trainer_epoch - kTrainerEpochBase + 1; }
 
 void FillLayers(const json& j, google::protobuf::RepeatedPtrField<v1::LayerStats>* out) {

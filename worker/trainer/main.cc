@@ -9,6 +9,7 @@
 // Exit codes: 0 finished, 1 training failed, 2 bad arguments or job spec.
 #include <CLI/CLI.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <cstdlib>
@@ -30,8 +31,8 @@ constexpr const char* kDemoSpec = R"({
   "name": "demo",
   "model": {"arch": "resnet20", "width_multiplier": 0.5},
   "dataset": {"kind": "DATASET_IDX", "path": "/usr/share/datasets/fashion-mnist",
-              "max_train_examples": 12000, "max_eval_examples": 2000},
-  "optimization": {"epochs": 3, "batch_size": 128, "lr": 0.1, "seed": 0},
+              "max_train_examples": 8000, "max_eval_examples": 2000},
+  "optimization": {"epochs": 2, "batch_size": 64, "lr": 0.05, "seed": 0},
   "events": {"progress_every_steps": 20}
 })";
 
@@ -67,71 +68,128 @@ int RunRank(const std::string& spec_path, RunOptions run) {
   return 0;
 }
 
-int Compare(const std::string& methods_csv, int epochs, int64_t max_train,
-            const std::string& workdir) {
+struct CompareOptions {
+  std::string methods = "fp,twn,hla";
+  std::string seeds = "0";
+  int epochs = 0;            // 0: the demo spec's
+  int64_t max_train = 0;     // 0: the demo spec's
+  double width = 0;          // 0: the demo spec's
+  bool all_ternary = false;  // also ternarize the first conv and classifier
+  std::string workdir = "tern-demo";
+};
+
+std::vector<std::string> SplitCsv(const std::string& csv) {
+  std::vector<std::string> out;
+  std::stringstream ss(csv);
+  for (std::string item; std::getline(ss, item, ',');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+// "mean ± std" of percentages (std over seeds; blank for one seed).
+std::string MeanStd(const std::vector<double>& values) {
+  double mean = 0, var = 0;
+  for (double v : values) mean += v / values.size();
+  for (double v : values) var += (v - mean) * (v - mean) / std::max<size_t>(1, values.size() - 1);
+  char buf[64];
+  if (values.size() > 1) {
+    std::snprintf(buf, sizeof(buf), "%.2f ± %.2f", 100 * mean, 100 * std::sqrt(var));
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.2f", 100 * mean);
+  }
+  return buf;
+}
+
+int Compare(const CompareOptions& options) {
   auto spec_or = tern::trainer::ParseTrainerSpec(kDemoSpec);
   if (!spec_or.ok()) {
     std::cerr << spec_or.status() << "\n";
     return 2;
   }
-  std::vector<std::string> methods;
-  std::stringstream ss(methods_csv);
-  for (std::string m; std::getline(ss, m, ',');) methods.push_back(m);
   struct Row {
     std::string method;
-    tern::trainer::TrainResult result;
+    std::vector<double> fp, ternary, gap;
+    double sparsity = 0, bits = 0, seconds = 0;
+    int64_t examples = 0;
   };
   std::vector<Row> rows;
-  for (const std::string& name : methods) {
+  TrainerSpec shown = *spec_or;
+  for (const std::string& name : SplitCsv(options.methods)) {
     auto method = tern::quant::ParseMethod(name);
     if (!method.ok()) {
       std::cerr << "tern-trainer compare: " << method.status() << "\n";
       return 2;
     }
-    TrainerSpec spec = *spec_or;
-    spec.name = "demo-" + name;
-    spec.quant = tern::quant::MakePreset(*method);
-    if (epochs > 0) spec.optim.epochs = epochs;
-    if (max_train > 0) spec.data.max_train_examples = max_train;
-    RunOptions run;
-    run.workdir = workdir + "/" + name;
-    std::filesystem::remove_all(run.workdir);  // a fresh run, not a resume
-    if (tern::Status s = tern::MakeDirectories(run.workdir); !s.ok()) {
-      std::cerr << s << "\n";
-      return 2;
+    Row row;
+    row.method = name;
+    for (const std::string& seed : SplitCsv(options.seeds)) {
+      TrainerSpec spec = *spec_or;
+      spec.name = "demo-" + name + "-seed" + seed;
+      spec.quant = tern::quant::MakePreset(*method);
+      if (options.all_ternary) spec.quant.keep_first_fp = spec.quant.keep_last_fp = false;
+      spec.optim.seed = std::strtoull(seed.c_str(), nullptr, 10);
+      if (options.epochs > 0) spec.optim.epochs = options.epochs;
+      if (options.max_train > 0) spec.data.max_train_examples = options.max_train;
+      if (options.width > 0) spec.model.width_multiplier = options.width;
+      if (tern::Status s = spec.Validate(); !s.ok()) {
+        std::cerr << "tern-trainer compare: " << s << "\n";
+        return 2;
+      }
+      shown = spec;
+      RunOptions run;
+      run.workdir = options.workdir + "/" + name + "-seed" + seed;
+      std::filesystem::remove_all(run.workdir);  // a fresh run, not a resume
+      if (tern::Status s = tern::MakeDirectories(run.workdir); !s.ok()) {
+        std::cerr << s << "\n";
+        return 2;
+      }
+      std::FILE* log = std::fopen((run.workdir + "/events.jsonl").c_str(), "w");
+      EventWriter events(spec.name, 0, 1, log ? log : stdout);
+      std::cerr << "== " << name << " seed " << seed << ": " << spec.model.arch << " x"
+                << spec.model.width_multiplier << ", " << spec.optim.epochs << " epochs on "
+                << spec.data.max_train_examples << " images (events: " << run.workdir
+                << "/events.jsonl)\n";
+      auto result = tern::trainer::RunTraining(spec, run, events);
+      if (log) std::fclose(log);
+      if (!result.ok()) {
+        std::cerr << "tern-trainer compare: " << name << ": " << result.status() << "\n";
+        return 1;
+      }
+      double zeros = 0, count = 0;
+      for (const auto& l : result->layers) {
+        if (!l.quantized) continue;
+        zeros += l.sparsity * l.numel;
+        count += l.numel;
+      }
+      row.fp.push_back(result->fp.top1);
+      row.ternary.push_back(result->artifact.top1);
+      row.gap.push_back(result->fp.top1 - result->artifact.top1);
+      row.sparsity = count > 0 ? zeros / count : 0;
+      row.bits = result->bits_per_weight;
+      row.seconds += result->wall_seconds;
+      row.examples = result->artifact.examples;
     }
-    std::FILE* log = std::fopen((run.workdir + "/events.jsonl").c_str(), "w");
-    EventWriter events(spec.name, 0, 1, log ? log : stdout);
-    std::cerr << "== " << name << ": " << spec.model.arch << " ×" << spec.model.width_multiplier
-              << ", " << spec.optim.epochs << " epochs on " << spec.data.max_train_examples
-              << " Fashion-MNIST images (events: " << run.workdir << "/events.jsonl)\n";
-    auto result = tern::trainer::RunTraining(spec, run, events);
-    if (log) std::fclose(log);
-    if (!result.ok()) {
-      std::cerr << "tern-trainer compare: " << name << ": " << result.status() << "\n";
-      return 1;
-    }
-    rows.push_back({name, *result});
+    rows.push_back(row);
   }
-  std::printf("\nFashion-MNIST test top-1 (%lld test images), ResNet-20 x0.5, same seed and budget\n",
-              static_cast<long long>(rows.empty() ? 0 : rows[0].result.artifact.examples));
-  std::printf("%-20s %10s %14s %10s %10s %12s %9s\n", "method", "FP twin", "ternary .tern",
-              "gap (pt)", "sparsity", "bits/weight", "time (s)");
+  std::printf("\nFashion-MNIST test top-1 in %% (%lld test images); %s x%.2g, %d epochs on %lld "
+              "training images, seeds %s%s\n",
+              static_cast<long long>(rows.empty() ? 0 : rows[0].examples), shown.model.arch.c_str(),
+              shown.model.width_multiplier, shown.optim.epochs,
+              static_cast<long long>(shown.data.max_train_examples), options.seeds.c_str(),
+              options.all_ternary ? ", every layer ternary" : ", first conv and classifier FP");
+  std::printf("| %-18s | %-14s | %-14s | %-14s | %8s | %11s | %8s |\n", "method", "FP twin",
+              "ternary .tern", "FP - ternary", "sparsity", "bits/weight", "time (s)");
+  std::printf("|%s|%s|%s|%s|%s|%s|%s|\n", std::string(20, '-').c_str(), std::string(16, '-').c_str(),
+              std::string(16, '-').c_str(), std::string(16, '-').c_str(), std::string(10, '-').c_str(),
+              std::string(13, '-').c_str(), std::string(10, '-').c_str());
   for (const Row& r : rows) {
-    double zeros = 0, count = 0;
-    for (const auto& l : r.result.layers) {
-      if (!l.quantized) continue;
-      zeros += l.sparsity * l.numel;
-      count += l.numel;
-    }
-    std::printf("%-20s %9.2f%% %13.2f%% %10.2f %9.1f%% %12.2f %9.1f\n", r.method.c_str(),
-                100 * r.result.fp.top1, 100 * r.result.artifact.top1,
-                100 * (r.result.fp.top1 - r.result.artifact.top1),
-                count > 0 ? 100 * zeros / count : 0.0, r.result.bits_per_weight,
-                r.result.wall_seconds);
+    std::printf("| %-18s | %-14s | %-14s | %-14s | %7.1f%% | %11.2f | %8.1f |\n", r.method.c_str(),
+                MeanStd(r.fp).c_str(), MeanStd(r.ternary).c_str(), MeanStd(r.gap).c_str(),
+                100 * r.sparsity, r.bits, r.seconds);
   }
-  std::printf("(FP twin: the latent full-precision weights; ternary: the exported .tern "
-              "re-loaded and evaluated; first conv and classifier stay FP)\n");
+  std::printf("FP twin: the latent full-precision weights. ternary: the exported .tern, re-loaded "
+              "and evaluated.\n");
   return 0;
 }
 
@@ -154,17 +212,18 @@ int main(int argc, char** argv) {
   app.add_option("--artifact", run.artifact_path, "where to write the .tern (default WORKDIR/model.tern)");
 
   auto* compare = app.add_subcommand("compare", "train FP and ternary models, print a table");
-  std::string methods = "fp,twn,hla";
-  int epochs = 0;
-  int64_t max_train = 0;
-  std::string compare_dir = "tern-demo";
-  compare->add_option("--methods", methods, "comma-separated: fp,twn,ttq,lat,hla_no_regularizer,hla_no_rescale,hla");
-  compare->add_option("--epochs", epochs, "epochs per method (default 3)");
-  compare->add_option("--max-train", max_train, "training images (default 12000)");
-  compare->add_option("--workdir", compare_dir, "output directory");
+  CompareOptions co;
+  compare->add_option("--methods", co.methods,
+                      "comma-separated: fp,twn,ttq,lat,hla_no_regularizer,hla_no_rescale,hla");
+  compare->add_option("--seeds", co.seeds, "comma-separated seeds; mean ± std over them");
+  compare->add_option("--epochs", co.epochs, "epochs per run (default 2)");
+  compare->add_option("--max-train", co.max_train, "training images (default 8000)");
+  compare->add_option("--width", co.width, "ResNet-20 width multiplier (default 0.5)");
+  compare->add_flag("--all-ternary", co.all_ternary, "ternarize the first conv and classifier too");
+  compare->add_option("--workdir", co.workdir, "output directory");
   CLI11_PARSE(app, argc, argv);
 
-  if (compare->parsed()) return Compare(methods, epochs, max_train, compare_dir);
+  if (compare->parsed()) return Compare(co);
   if (spec_path.empty()) {
     std::cerr << app.help() << "\n--spec is required (or use the compare subcommand)\n";
     return 2;

@@ -466,7 +466,7 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
         const double ips = images_since * s.run.world_size / std::max(1e-9, Seconds(window_start));
         if (s.run.rank == 0) {
           events.Emit("progress",
-                      {{"epoch", epoch},
+                      {{"epoch", epoch + 1},  // 1-based, as in the API
                        {"epochs", spec.optim.epochs},
                        {"step", s.global_step},
                        {"total_steps", s.total_steps},
@@ -491,7 +491,7 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
     const auto stats = s.quant->Stats(/*reset_flips=*/true);
     if (s.run.rank == 0) {
       events.Emit("epoch_end",
-                  {{"epoch", epoch},
+                  {{"epoch", epoch + 1},
                    {"eval_split", eval_split},
                    {"train_loss", epoch_steps > 0 ? epoch_loss / epoch_steps : 0.0},
                    {"fp", MetricsJson(metrics.first)},

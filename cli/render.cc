@@ -1,0 +1,264 @@
+#include "cli/render.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <sstream>
+
+namespace tern::cli {
+namespace {
+
+std::string Fixed(double v, int digits) {
+  if (!std::isfinite(v)) return "nan";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+std::string PadRight(std::string s, size_t width) {
+  if (s.size() < width) s.append(width - s.size(), ' ');
+  return s;
+}
+
+std::string Accuracies(std::optional<double> ternary, std::optional<double> fp) {
+  std::string s;
+  if (ternary) s += "ternary " + FormatPercent(ternary);
+  if (fp) s += std::string(s.empty() ? "" : ", ") + "fp " + FormatPercent(fp);
+  return s.empty() ? "-" : s;
+}
+
+std::optional<double> Opt(bool has, double v) {
+  return has ? std::optional<double>(v) : std::nullopt;
+}
+
+}  // namespace
+
+std::string StateName(v1::JobState state) {
+  std::string name = v1::JobState_Name(state);
+  const std::string prefix = "JOB_STATE_";
+  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  return name.empty() ? "STATE_" + std::to_string(static_cast<int>(state)) : name;
+}
+
+bool IsTerminal(v1::JobState state) {
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+         state == v1::JOB_STATE_CANCELLED;
+}
+
+std::string FormatDuration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "-";
+  const long long s = std::llround(seconds);
+  char buf[32];
+  if (s < 60) {
+    std::snprintf(buf, sizeof buf, "%llds", s);
+  } else if (s < 3600) {
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", s / 60, s % 60);
+  } else if (s < 86400) {
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", s / 3600, (s % 3600) / 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%lldd%02lldh", s / 86400, (s % 86400) / 3600);
+  }
+  return buf;
+}
+
+std::string FormatTime(const google::protobuf::Timestamp& t) {
+  if (t.seconds() == 0 && t.nanos() == 0) return "-";
+  const std::time_t secs = static_cast<std::time_t>(t.seconds());
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string FormatPercent(std::optional<double> fraction) {
+  if (!fraction) return "-";
+  return Fixed(*fraction * 100.0, 2) + "%";
+}
+
+std::string FormatResult(const v1::JobResult& r) {
+  std::ostringstream s;
+  s << "top-1 " << Accuracies(Opt(r.has_ternary_top1(), r.ternary_top1()),
+                              Opt(r.has_fp_top1(), r.fp_top1()));
+  if (r.has_ternary_detection() && r.ternary_detection().has_ap()) {
+    s << ", AP " << Fixed(r.ternary_detection().ap(), 4);
+  }
+  s << ", " << Fixed(r.bits_per_weight(), 2) << " bits/weight, " << r.epochs() << " epochs, "
+    << r.steps() << " steps, " << FormatDuration(r.wall_seconds());
+  if (!r.artifact_path().empty()) {
+    s << ", artifact " << r.artifact_path() << " (" << r.artifact_bytes() << " bytes)";
+  }
+  return s.str();
+}
+
+std::string FormatEvent(const v1::JobEvent& e) {
+  std::ostringstream s;
+  s << FormatTime(e.time()) << " #" << e.sequence();
+  if (e.attempt() > 1) s << " attempt " << e.attempt();
+  s << " ";
+  switch (e.kind_case()) {
+    case v1::JobEvent::kStateChange: {
+      const v1::StateChange& c = e.state_change();
+      s << "state " << StateName(c.from_state()) << " -> " << StateName(c.to_state());
+      if (!c.reason().code().empty() || !c.reason().message().empty()) {
+        s << " (" << c.reason().code();
+        if (!c.reason().message().empty()) s << ": " << c.reason().message();
+        s << ")";
+      }
+      break;
+    }
+    case v1::JobEvent::kProgress: {
+      const v1::Progress& p = e.progress();
+      s << "progress epoch " << p.epoch() << "/" << p.epochs() << " step " << p.step() << "/"
+        << p.total_steps() << " loss " << Fixed(p.loss(), 4) << " lr " << Fixed(p.lr(), 5) << " "
+        << Fixed(p.images_per_second(), 0) << " img/s ETA " << FormatDuration(p.eta_seconds());
+      break;
+    }
+    case v1::JobEvent::kEpochEnd: {
+      const v1::EpochMetrics& m = e.epoch_end().metrics();
+      s << "epoch " << m.epoch() << " done: " << (m.eval_split().empty() ? "eval" : m.eval_split())
+        << " top-1 "
+        << Accuracies(Opt(m.has_ternary_top1(), m.ternary_top1()),
+                      Opt(m.has_fp_top1(), m.fp_top1()))
+        << ", train loss " << Fixed(m.train_loss(), 4);
+      if (m.has_eval_loss()) s << ", eval loss " << Fixed(m.eval_loss(), 4);
+      s << " (" << FormatDuration(m.epoch_seconds()) << ")";
+      break;
+    }
+    case v1::JobEvent::kCheckpointCommitted: {
+      const v1::CheckpointCommitted& c = e.checkpoint_committed();
+      s << "checkpoint step " << c.step() << " (epoch " << c.epoch() << ") " << c.path();
+      break;
+    }
+    case v1::JobEvent::kFinished:
+      s << "finished: " << FormatResult(e.finished());
+      break;
+    case v1::JobEvent::kLog:
+      s << "log rank " << e.log().rank() << ": " << e.log().text();
+      break;
+    case v1::JobEvent::KIND_NOT_SET:
+      s << "(unknown event)";
+      break;
+  }
+  return s.str();
+}
+
+std::string FormatJobTable(const std::vector<v1::Job>& jobs) {
+  const std::vector<std::string> header = {"ID", "STATE", "NAME", "OWNER", "RANKS", "PROGRESS",
+                                           "TOP-1", "CREATED"};
+  std::vector<std::vector<std::string>> rows = {header};
+  for (const v1::Job& j : jobs) {
+    std::string progress = "-";
+    if (j.has_progress()) {
+      progress = "epoch " + std::to_string(j.progress().epoch()) + "/" +
+                 std::to_string(j.progress().epochs());
+    }
+    std::optional<double> top1;
+    if (j.has_result() && j.result().has_ternary_top1()) {
+      top1 = j.result().ternary_top1();
+    } else if (j.has_result() && j.result().has_fp_top1()) {
+      top1 = j.result().fp_top1();
+    } else if (j.latest_metrics().has_ternary_top1()) {
+      top1 = j.latest_metrics().ternary_top1();
+    } else if (j.latest_metrics().has_fp_top1()) {
+      top1 = j.latest_metrics().fp_top1();
+    }
+    const int ranks = j.spec().resources().has_ranks() ? j.spec().resources().ranks() : 1;
+    const std::string device =
+        j.spec().resources().device_kind() == v1::DEVICE_CUDA ? " cuda" : " cpu";
+    rows.push_back({j.id(), StateName(j.state()), j.spec().name().empty() ? "-" : j.spec().name(),
+                    j.spec().owner().empty() ? "-" : j.spec().owner(),
+                    std::to_string(ranks) + device, progress, FormatPercent(top1),
+                    FormatTime(j.create_time())});
+  }
+  std::vector<size_t> widths(header.size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += i + 1 < row.size() ? PadRight(row[i], widths[i] + 2) : row[i];
+    }
+    out += line + "\n";
+  }
+  return out;
+}
+
+std::string FormatJobDetails(const v1::Job& j) {
+  std::ostringstream s;
+  s << "id:         " << j.id() << "\n";
+  if (!j.spec().name().empty()) s << "name:       " << j.spec().name() << "\n";
+  if (!j.spec().owner().empty()) s << "owner:      " << j.spec().owner() << "\n";
+  s << "state:      " << StateName(j.state());
+  if (!j.state_reason().code().empty()) {
+    s << " (" << j.state_reason().code();
+    if (!j.state_reason().message().empty()) s << ": " << j.state_reason().message();
+    s << ")";
+  }
+  s << "\n";
+  if (!j.wait_reason().code().empty() || !j.wait_reason().message().empty()) {
+    s << "waiting:    " << j.wait_reason().code() << ": " << j.wait_reason().message() << "\n";
+  }
+  const v1::JobSpec& spec = j.spec();
+  std::string method = v1::QuantMethod_Name(spec.quantization().method() == v1::METHOD_UNSPECIFIED
+                                                 ? v1::METHOD_HLA
+                                                 : spec.quantization().method());
+  method = method.substr(method.find('_') + 1);  // METHOD_HLA -> hla
+  for (char& c : method) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  s << "method:     " << method << ", model " << (spec.model().arch().empty() ? "resnet20" : spec.model().arch()) << ", "
+    << spec.optimization().epochs() << " epochs, "
+    << (spec.resources().has_ranks() ? spec.resources().ranks() : 1) << " "
+    << (spec.resources().device_kind() == v1::DEVICE_CUDA ? "cuda" : "cpu") << " rank(s)\n";
+  if (!spec.labels().empty()) {
+    std::vector<std::string> labels;
+    for (const auto& [k, v] : spec.labels()) labels.push_back(k + "=" + v);
+    std::sort(labels.begin(), labels.end());
+    s << "labels:    ";
+    for (const std::string& l : labels) s << " " << l;
+    s << "\n";
+  }
+  s << "created:    " << FormatTime(j.create_time()) << "\n";
+  if (j.has_start_time()) s << "started:    " << FormatTime(j.start_time()) << "\n";
+  if (j.has_end_time()) s << "ended:      " << FormatTime(j.end_time()) << "\n";
+  if (j.restarts() > 0) s << "restarts:   " << j.restarts() << "\n";
+  if (j.has_progress()) {
+    const v1::Progress& p = j.progress();
+    s << "progress:   epoch " << p.epoch() << "/" << p.epochs() << ", step " << p.step() << "/"
+      << p.total_steps() << ", loss " << Fixed(p.loss(), 4) << ", ETA "
+      << FormatDuration(p.eta_seconds()) << "\n";
+  }
+  if (j.has_latest_metrics()) {
+    const v1::EpochMetrics& m = j.latest_metrics();
+    s << "epoch " << m.epoch() << ":    top-1 "
+      << Accuracies(Opt(m.has_ternary_top1(), m.ternary_top1()),
+                    Opt(m.has_fp_top1(), m.fp_top1()))
+      << "\n";
+  }
+  if (j.has_result()) s << "result:     " << FormatResult(j.result()) << "\n";
+  return s.str();
+}
+
+std::string FormatProgressBar(const v1::Progress& p, std::optional<double> top1, int width) {
+  const double fraction =
+      p.total_steps() > 0 ? std::clamp(static_cast<double>(p.step()) / p.total_steps(), 0.0, 1.0)
+                          : 0.0;
+  const int filled = static_cast<int>(fraction * width);
+  std::string bar(static_cast<size_t>(filled), '=');
+  if (filled < width) bar += '>';
+  bar.resize(static_cast<size_t>(width), ' ');
+  std::ostringstream s;
+  s << "epoch " << p.epoch() << "/" << p.epochs() << " [" << bar << "] "
+    << static_cast<int>(fraction * 100) << "% step " << p.step() << "/" << p.total_steps()
+    << " loss " << Fixed(p.loss(), 3);
+  if (top1) s << " top-1 " << Fixed(*top1 * 100.0, 1) << "%";
+  s << " ETA " << FormatDuration(p.eta_seconds());
+  return s.str();
+}
+
+}  // namespace tern::cli

@@ -1,0 +1,45 @@
+// Human-readable text for ternctl: job tables, job details, one line per job
+// event, and the progress bar of `ternctl watch`. Plain functions of their
+// arguments (no I/O, no clock except where a `now` is passed); thread-safe.
+#ifndef TERN_CLI_RENDER_H_
+#define TERN_CLI_RENDER_H_
+
+#include <google/protobuf/timestamp.pb.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tern/v1/job.pb.h"
+
+namespace tern::cli {
+
+// "RUNNING" for JOB_STATE_RUNNING.
+std::string StateName(v1::JobState state);
+bool IsTerminal(v1::JobState state);
+// "45s", "3m12s", "1h02m", "2d03h"; "-" for negative or non-finite.
+std::string FormatDuration(double seconds);
+// "2025-11-27T00:31:59Z" (UTC, whole seconds); "-" when unset.
+std::string FormatTime(const google::protobuf::Timestamp& t);
+// "87.12%"; "-" when unset.
+std::string FormatPercent(std::optional<double> fraction);
+
+// One line per event, e.g.
+//   2025-11-27T00:31:59Z #12 progress epoch 1/3 step 50/420 loss 0.8123 ...
+std::string FormatEvent(const v1::JobEvent& event);
+// `ternctl list`: a header and one row per job.
+std::string FormatJobTable(const std::vector<v1::Job>& jobs);
+// `ternctl get`: a few "key: value" lines.
+std::string FormatJobDetails(const v1::Job& job);
+// Final metrics of a SUCCEEDED job, one line.
+std::string FormatResult(const v1::JobResult& result);
+
+// The watch bar:
+//   epoch 2/3 [=========>          ] 45% step 190/420 loss 0.512 top-1 81.2% ETA 1m12s
+// `top1` is the latest epoch's accuracy, if any; `width` the bar's columns.
+std::string FormatProgressBar(const v1::Progress& progress, std::optional<double> top1,
+                              int width = 24);
+
+}  // namespace tern::cli
+
+#endif  // TERN_CLI_RENDER_H_

@@ -1,0 +1,721 @@
+#include "cli/ternctl.h"
+
+#include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include "cli/job_file.h"
+#include "cli/render.h"
+#include "cli/sha256.h"
+#include "tern/v1/job_service.grpc.pb.h"
+
+namespace tern::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr const char* kExitCodesHelp =
+    "Exit codes:\n"
+    "  0  ok\n"
+    "  1  the watched job ended FAILED or CANCELLED\n"
+    "  2  usage error, bad job file, or INVALID_ARGUMENT from the server\n"
+    "  3  NOT_FOUND (no such job)\n"
+    "  4  server unavailable or deadline exceeded (safe to retry)\n"
+    "  5  any other error (e.g. FAILED_PRECONDITION, corrupted download)\n"
+    "Environment: TERN_SERVER (--server), TERN_OWNER (--owner).";
+
+constexpr auto kFetchDeadline = std::chrono::minutes(30);
+constexpr int kMaxFetchResumes = 3;
+
+struct Globals {
+  std::string server = "127.0.0.1:7070";
+  std::string owner;
+  bool json = false;
+  double timeout_s = 10.0;
+};
+
+std::string ToJson(const google::protobuf::Message& m) {
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  std::string s;
+  (void)google::protobuf::util::MessageToJsonString(m, &s, o);
+  return s;
+}
+
+std::string RandomKey() {
+  std::random_device rd;
+  std::mt19937_64 gen((static_cast<uint64_t>(rd()) << 32) ^ rd());
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "ternctl-%016llx%016llx",
+                static_cast<unsigned long long>(gen()), static_cast<unsigned long long>(gen()));
+  return buf;
+}
+
+bool Retryable(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+// What `ternctl` commands share: the channel, deadlines, output and errors.
+class Client {
+ public:
+  Client(const Globals& g, std::ostream& out, std::ostream& err, bool tty)
+      : g_(g),
+        out_(out),
+        err_(err),
+        tty_(tty),
+        stub_(v1::JobService::NewStub(
+            grpc::CreateChannel(g.server, grpc::InsecureChannelCredentials()))) {}
+
+  int Submit(const std::string& file, const SpecOverrides& overrides, std::string key,
+             bool watch);
+  int List(const std::vector<std::string>& states, const std::vector<std::string>& labels,
+           const std::string& owner, int limit, const std::string& page_token);
+  int Get(const std::string& id);
+  int Watch(const std::string& id, uint64_t from, bool include_logs, double reconnect_for_s);
+  int Cancel(const std::string& id, const std::string& reason);
+  int Logs(const std::string& id, bool follow);
+  int Fetch(const std::string& id, const std::string& output);
+
+ private:
+  // Owner metadata, and a deadline unless `deadline` is zero.
+  void Prepare(grpc::ClientContext* ctx, milliseconds deadline) const {
+    if (!g_.owner.empty()) ctx->AddMetadata("x-tern-owner", g_.owner);
+    if (deadline.count() > 0) ctx->set_deadline(std::chrono::system_clock::now() + deadline);
+  }
+  milliseconds Timeout() const {
+    return milliseconds(static_cast<int64_t>(g_.timeout_s * 1000.0));
+  }
+  int Fail(const grpc::Status& s, const std::string& what) const {
+    err_ << "ternctl: " << what << ": "
+         << StatusCodeName(static_cast<StatusCode>(s.error_code())) << ": " << s.error_message()
+         << "\n";
+    return ExitCodeFor(static_cast<StatusCode>(s.error_code()));
+  }
+  int Fail(const Status& s, const std::string& what) const {
+    err_ << "ternctl: " << what << ": " << s.ToString() << "\n";
+    return ExitCodeFor(s.code());
+  }
+  // Streams `id`'s events from `from` through `on_event`. With `idle`, ends
+  // (returning OK) once no event came for that long. Returns the stream's
+  // status; `last_seq` is the last sequence seen.
+  grpc::Status StreamEvents(const std::string& id, uint64_t from, bool include_logs,
+                            std::optional<milliseconds> idle, uint64_t* last_seq,
+                            const std::function<void(const v1::JobEvent&)>& on_event);
+  grpc::Status GetJob(const std::string& id, v1::Job* job) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, Timeout());
+    v1::GetJobRequest request;
+    request.set_job_id(id);
+    return stub_->GetJob(&ctx, request, job);
+  }
+  int DownloadTo(const std::string& id, const std::string& output);
+
+  const Globals g_;
+  std::ostream& out_;
+  std::ostream& err_;
+  const bool tty_;
+  std::unique_ptr<v1::JobService::Stub> stub_;
+};
+
+int Client::Submit(const std::string& file, const SpecOverrides& overrides, std::string key,
+                   bool watch) {
+  // A job file that cannot be read or parsed is a usage error (exit 2).
+  StatusOr<v1::JobSpec> spec = LoadJobSpec(file);
+  if (!spec.ok()) {
+    Fail(spec.status(), "submit");
+    return kExitUsage;
+  }
+  if (Status s = ApplyOverrides(overrides, &spec.value()); !s.ok()) return Fail(s, "submit");
+  // A key makes the retries below safe: the server returns the same job.
+  if (key.empty()) key = RandomKey();
+  v1::SubmitJobRequest request;
+  *request.mutable_spec() = *spec;
+  request.set_idempotency_key(key);
+  v1::SubmitJobResponse response;
+  grpc::Status status;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(milliseconds(500 * attempt));
+    grpc::ClientContext ctx;
+    Prepare(&ctx, Timeout());
+    status = stub_->SubmitJob(&ctx, request, &response);
+    if (!Retryable(status)) break;
+  }
+  if (!status.ok()) return Fail(status, "submit");
+  if (g_.json) {
+    out_ << ToJson(response) << "\n";
+  } else {
+    out_ << response.job().id() << "\n";
+    if (!response.created()) {
+      err_ << "ternctl: idempotency key " << key << " was used before; this is the earlier job\n";
+    }
+  }
+  out_.flush();
+  return watch ? Watch(response.job().id(), 0, false, 60) : kExitOk;
+}
+
+int Client::List(const std::vector<std::string>& states, const std::vector<std::string>& labels,
+                 const std::string& owner, int limit, const std::string& page_token) {
+  v1::ListJobsRequest request;
+  for (const std::string& s : states) {
+    StatusOr<int> state = ParseEnumValue(*v1::JobState_descriptor(), s);
+    if (!state.ok()) return Fail(InvalidArgumentError("--state: " + state.status().message()), "list");
+    request.add_states(static_cast<v1::JobState>(*state));
+  }
+  for (const std::string& l : labels) {
+    const size_t eq = l.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return Fail(InvalidArgumentError("--label: expected KEY=VALUE, got '" + l + "'"), "list");
+    }
+    (*request.mutable_labels())[l.substr(0, eq)] = l.substr(eq + 1);
+  }
+  request.set_owner(owner);
+  request.set_page_token(page_token);
+  v1::ListJobsResponse all;
+  while (true) {
+    const int remaining = limit > 0 ? limit - all.jobs_size() : 500;
+    request.set_page_size(std::min(remaining, 500));
+    grpc::ClientContext ctx;
+    Prepare(&ctx, Timeout());
+    v1::ListJobsResponse page;
+    const grpc::Status status = stub_->ListJobs(&ctx, request, &page);
+    if (!status.ok()) return Fail(status, "list");
+    for (v1::Job& j : *page.mutable_jobs()) {
+      if (limit > 0 && all.jobs_size() >= limit) break;
+      *all.add_jobs() = std::move(j);
+    }
+    all.set_next_page_token(page.next_page_token());
+    if (page.next_page_token().empty() || (limit > 0 && all.jobs_size() >= limit)) break;
+    request.set_page_token(page.next_page_token());
+  }
+  if (g_.json) {
+    out_ << ToJson(all) << "\n";
+  } else {
+    out_ << FormatJobTable({all.jobs().begin(), all.jobs().end()});
+    if (!all.next_page_token().empty()) {
+      err_ << "(more jobs: --limit 0 for all, or --page-token " << all.next_page_token() << ")\n";
+    }
+  }
+  return kExitOk;
+}
+
+int Client::Get(const std::string& id) {
+  v1::Job job;
+  const grpc::Status status = GetJob(id, &job);
+  if (!status.ok()) return Fail(status, "get " + id);
+  out_ << (g_.json ? ToJson(job) + "\n" : FormatJobDetails(job));
+  return kExitOk;
+}
+
+int Client::Cancel(const std::string& id, const std::string& reason) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Timeout());
+  v1::CancelJobRequest request;
+  request.set_job_id(id);
+  request.set_reason(reason);
+  v1::Job job;
+  const grpc::Status status = stub_->CancelJob(&ctx, request, &job);
+  if (!status.ok()) return Fail(status, "cancel " + id);
+  if (g_.json) {
+    out_ << ToJson(job) << "\n";
+  } else if (job.state() == v1::JOB_STATE_CANCELLED) {
+    out_ << id << ": CANCELLED\n";
+  } else {
+    out_ << id << ": cancelling (" << StateName(job.state())
+         << "); `ternctl watch " << id << "` shows when its ranks have stopped\n";
+  }
+  return kExitOk;
+}
+
+grpc::Status Client::StreamEvents(const std::string& id, uint64_t from, bool include_logs,
+                                  std::optional<milliseconds> idle, uint64_t* last_seq,
+                                  const std::function<void(const v1::JobEvent&)>& on_event) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, milliseconds(0));  // lives as long as the job
+  v1::WatchJobRequest request;
+  request.set_job_id(id);
+  request.set_from_sequence(from);
+  request.set_include_logs(include_logs);
+  // Without --follow: a watchdog ends the stream once the history is read.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false, idled = false;
+  Clock::time_point last_event = Clock::now();
+  std::thread watchdog;
+  if (idle) {
+    watchdog = std::thread([&] {
+      std::unique_lock<std::mutex> lock(mu);
+      while (!done) {
+        if (cv.wait_until(lock, last_event + *idle, [&] { return done; })) break;
+        if (Clock::now() >= last_event + *idle) {
+          idled = true;
+          ctx.TryCancel();
+          break;
+        }
+      }
+    });
+  }
+  std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader = stub_->WatchJob(&ctx, request);
+  v1::JobEvent event;
+  while (reader->Read(&event)) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      last_event = Clock::now();
+    }
+    if (event.sequence() != 0 && event.sequence() <= *last_seq) continue;  // seen already
+    *last_seq = std::max(*last_seq, event.sequence());
+    on_event(event);
+  }
+  grpc::Status status = reader->Finish();
+  if (watchdog.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+    }
+    cv.notify_all();
+    watchdog.join();
+  }
+  if (idled && status.error_code() == grpc::StatusCode::CANCELLED) return grpc::Status::OK;
+  return status;
+}
+
+int Client::Watch(const std::string& id, uint64_t from, bool include_logs, double reconnect_for_s) {
+  uint64_t last_seq = from > 0 ? from - 1 : 0;
+  std::optional<v1::JobState> final_state;
+  std::optional<v1::Progress> progress;
+  std::optional<double> top1;
+  std::optional<v1::JobResult> result;
+  bool bar_shown = false;
+  const bool bar = tty_ && !g_.json;
+  auto clear_bar = [&] {
+    if (bar_shown) out_ << "\r\033[K";
+    bar_shown = false;
+  };
+  auto draw_bar = [&] {
+    if (!progress) return;
+    out_ << "\r\033[K" << FormatProgressBar(*progress, top1) << std::flush;
+    bar_shown = true;
+  };
+  auto on_event = [&](const v1::JobEvent& e) {
+    if (e.has_state_change() && IsTerminal(e.state_change().to_state())) {
+      final_state = e.state_change().to_state();
+    }
+    if (e.has_finished()) result = e.finished();
+    if (e.has_epoch_end()) {
+      const v1::EpochMetrics& m = e.epoch_end().metrics();
+      if (m.has_ternary_top1()) {
+        top1 = m.ternary_top1();
+      } else if (m.has_fp_top1()) {
+        top1 = m.fp_top1();
+      }
+    }
+    if (g_.json) {
+      out_ << ToJson(e) << "\n" << std::flush;
+    } else if (!bar) {
+      out_ << FormatEvent(e) << "\n" << std::flush;
+    } else if (e.has_progress()) {
+      progress = e.progress();
+      draw_bar();
+    } else {
+      clear_bar();
+      out_ << FormatEvent(e) << "\n";
+      draw_bar();
+      out_.flush();
+    }
+  };
+
+  const auto give_up_after = milliseconds(static_cast<int64_t>(reconnect_for_s * 1000));
+  Clock::time_point last_ok = Clock::now();
+  milliseconds backoff(250);
+  while (true) {
+    const uint64_t before = last_seq;
+    const grpc::Status status =
+        StreamEvents(id, last_seq + 1, include_logs, std::nullopt, &last_seq, on_event);
+    if (last_seq != before) {
+      last_ok = Clock::now();
+      backoff = milliseconds(250);
+    }
+    if (status.ok()) {
+      if (final_state) break;
+      // The stream ended without a terminal state: ask, then resume.
+      v1::Job job;
+      const grpc::Status got = GetJob(id, &job);
+      if (got.ok() && IsTerminal(job.state())) {
+        final_state = job.state();
+        if (job.has_result()) result = job.result();
+        break;
+      }
+    } else if (!Retryable(status) && status.error_code() != grpc::StatusCode::INTERNAL &&
+               status.error_code() != grpc::StatusCode::UNKNOWN) {
+      clear_bar();
+      return Fail(status, "watch " + id);
+    }
+    if (Clock::now() - last_ok > give_up_after) {
+      clear_bar();
+      return Fail(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream keeps ending")
+                              : status,
+                  "watch " + id);
+    }
+    if (!status.ok()) {
+      clear_bar();
+      err_ << "ternctl: watch " << id << ": stream broke ("
+           << StatusCodeName(static_cast<StatusCode>(status.error_code()))
+           << "); resuming from sequence " << last_seq + 1 << "\n";
+      draw_bar();
+    }
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, milliseconds(5000));
+  }
+  clear_bar();
+  if (!g_.json && bar) {
+    out_ << "job " << id << " " << StateName(*final_state);
+    if (result) out_ << ": " << FormatResult(*result);
+    out_ << "\n";
+  }
+  out_.flush();
+  return *final_state == v1::JOB_STATE_SUCCEEDED ? kExitOk : kExitJobFailed;
+}
+
+int Client::Logs(const std::string& id, bool follow) {
+  uint64_t last_seq = 0;
+  std::optional<milliseconds> idle;
+  if (!follow) {
+    // A finished job's stream ends by itself; a live one after its history.
+    v1::Job job;
+    const grpc::Status got = GetJob(id, &job);
+    if (!got.ok()) return Fail(got, "logs " + id);
+    if (!IsTerminal(job.state())) idle = milliseconds(1000);
+  }
+  const grpc::Status status =
+      StreamEvents(id, 0, /*include_logs=*/true, idle, &last_seq, [&](const v1::JobEvent& e) {
+        out_ << (g_.json ? ToJson(e) : FormatEvent(e)) << "\n" << std::flush;
+      });
+  if (!status.ok()) return Fail(status, "logs " + id);
+  return kExitOk;
+}
+
+// Writes and fsyncs a file, then renames it into place (or removes it).
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path)
+      : path_(std::move(path)), tmp_(path_ + ".part." + std::to_string(::getpid())) {}
+  ~AtomicFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(tmp_.c_str());
+  }
+  Status Open() {
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) return InternalError("cannot create " + tmp_ + ": " + std::strerror(errno));
+    return OkStatus();
+  }
+  Status Write(const std::string& data) {
+    size_t done = 0;
+    while (done < data.size()) {
+      const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return InternalError("writing " + tmp_ + ": " + std::strerror(errno));
+      done += static_cast<size_t>(n);
+    }
+    return OkStatus();
+  }
+  Status Commit() {
+    if (::fsync(fd_) != 0 || ::close(fd_) != 0) {
+      fd_ = -1;
+      return InternalError("syncing " + tmp_ + ": " + std::strerror(errno));
+    }
+    fd_ = -1;
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      return InternalError("renaming " + tmp_ + " to " + path_ + ": " + std::strerror(errno));
+    }
+    committed_ = true;
+    const std::string dir = fs::path(path_).parent_path().empty()
+                                ? "."
+                                : fs::path(path_).parent_path().string();
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+    return OkStatus();
+  }
+
+ private:
+  const std::string path_;
+  const std::string tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+int Client::Fetch(const std::string& id, const std::string& output) { return DownloadTo(id, output); }
+
+int Client::DownloadTo(const std::string& id, const std::string& output) {
+  const std::string what = "fetch " + id;
+  std::optional<v1::ArtifactHeader> header;
+  std::optional<v1::JobResult> result;
+  std::unique_ptr<AtomicFile> file;
+  std::string dest;
+  Sha256 hash;
+  int64_t written = 0;
+  for (int attempt = 0;; ++attempt) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, kFetchDeadline);
+    v1::GetArtifactRequest request;
+    request.set_job_id(id);
+    request.set_offset(written);  // resumes an interrupted download
+    std::unique_ptr<grpc::ClientReader<v1::GetArtifactResponse>> reader =
+        stub_->GetArtifact(&ctx, request);
+    v1::GetArtifactResponse msg;
+    bool first = true;
+    Status broken;
+    while (broken.ok() && reader->Read(&msg)) {
+      if (first && !msg.has_header()) {
+        broken = DataLossError("the stream did not start with a header");
+      } else if (msg.has_header()) {
+        if (!first) {
+          broken = DataLossError("a second header in the stream");
+        } else if (header && (header->sha256() != msg.header().sha256() ||
+                              header->size_bytes() != msg.header().size_bytes())) {
+          broken = DataLossError("the artifact changed while resuming the download");
+        } else if (!header) {
+          header = msg.header();
+          if (header->sha256().size() != 64) {
+            broken = DataLossError("the server sent no valid sha256 ('" + header->sha256() + "')");
+            break;
+          }
+          std::string name = fs::path(header->file_name()).filename().string();
+          if (name.empty() || name == "." || name == "..") name = id + ".tern";
+          std::error_code ec;
+          dest = output.empty() ? name
+                 : fs::is_directory(output, ec) ? (fs::path(output) / name).string()
+                                                : output;
+          file = std::make_unique<AtomicFile>(dest);
+          if (Status s = file->Open(); !s.ok()) return Fail(s, what);
+        }
+      } else if (msg.has_chunk()) {
+        const v1::ArtifactChunk& c = msg.chunk();
+        if (c.offset() != written) {
+          broken = DataLossError("chunk at offset " + std::to_string(c.offset()) + ", expected " +
+                                 std::to_string(written));
+        } else if (written + static_cast<int64_t>(c.data().size()) > header->size_bytes()) {
+          broken = DataLossError("more bytes than the announced " +
+                                 std::to_string(header->size_bytes()));
+        } else {
+          if (Status s = file->Write(c.data()); !s.ok()) return Fail(s, what);
+          hash.Update(c.data());
+          written += static_cast<int64_t>(c.data().size());
+        }
+      } else if (msg.has_result()) {
+        result = msg.result();
+      }
+      first = false;
+    }
+    if (!broken.ok()) {
+      ctx.TryCancel();
+      reader->Finish();
+      return Fail(broken, what);
+    }
+    const grpc::Status status = reader->Finish();
+    if (status.ok()) break;
+    if (Retryable(status) && header && attempt < kMaxFetchResumes) {
+      err_ << "ternctl: " << what << ": interrupted at byte " << written << " ("
+           << StatusCodeName(static_cast<StatusCode>(status.error_code())) << "); resuming\n";
+      std::this_thread::sleep_for(milliseconds(500));
+      continue;
+    }
+    return Fail(status, what);
+  }
+  if (!header) return Fail(DataLossError("empty stream"), what);
+  if (written != header->size_bytes()) {
+    return Fail(DataLossError("got " + std::to_string(written) + " of " +
+                              std::to_string(header->size_bytes()) + " bytes"),
+                what);
+  }
+  const std::string digest = hash.HexDigest();
+  if (digest != header->sha256()) {
+    return Fail(DataLossError("checksum mismatch: sha256 " + digest + ", server announced " +
+                              header->sha256() + "; nothing written"),
+                what);
+  }
+  if (Status s = file->Commit(); !s.ok()) return Fail(s, what);
+  if (g_.json) {
+    nlohmann::json j = {{"path", dest}, {"size_bytes", written}, {"sha256", digest}};
+    if (result) j["result"] = nlohmann::json::parse(ToJson(*result), nullptr, false);
+    out_ << j.dump() << "\n";
+  } else {
+    out_ << "wrote " << dest << " (" << written << " bytes, sha256 " << digest << " verified)\n";
+    if (result) out_ << "result: " << FormatResult(*result) << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int ExitCodeFor(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk:
+      return kExitOk;
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kOutOfRange:
+      return kExitUsage;
+    case StatusCode::kNotFound:
+      return kExitNotFound;
+    case StatusCode::kUnavailable:
+    case StatusCode::kDeadlineExceeded:
+      return kExitUnavailable;
+    default:
+      return kExitOther;
+  }
+}
+
+int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostream& err,
+               bool out_is_tty) {
+  Globals g;
+  CLI::App app("ternctl: submit, watch and fetch tern training jobs", "ternctl");
+  app.require_subcommand(1);
+  app.fallthrough();  // global flags after the command work too
+  app.footer(kExitCodesHelp);
+  app.add_option("--server", g.server, "ternd's address, HOST:PORT")
+      ->envname("TERN_SERVER")
+      ->capture_default_str();
+  app.add_option("--owner", g.owner, "identity sent as x-tern-owner metadata")
+      ->envname("TERN_OWNER");
+  app.add_flag("--json", g.json, "machine-readable output (proto3 JSON, one object per line)");
+  app.add_option("--timeout", g.timeout_s, "deadline of each call, seconds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+
+  std::function<int(Client&)> command;
+
+  // submit
+  std::string file, key, name, method, device;
+  int epochs = 0, ranks = 0, batch_size = 0, priority = 0;
+  double lr = 0;
+  std::vector<std::string> submit_labels;
+  bool submit_watch = false;
+  CLI::App* submit = app.add_subcommand("submit", "submit a job file (YAML or JSON); prints its id");
+  submit->add_option("FILE", file, "job file: a tern.v1.JobSpec as YAML or JSON")->required();
+  CLI::Option* o_method = submit->add_option("--method", method, "quantization method: fp, twn, ttq, lat, hla, ...");
+  CLI::Option* o_device = submit->add_option("--device", device, "device kind: cpu or cuda");
+  CLI::Option* o_epochs = submit->add_option("--epochs", epochs, "optimization.epochs");
+  CLI::Option* o_ranks = submit->add_option("--ranks", ranks, "resources.ranks");
+  CLI::Option* o_batch = submit->add_option("--batch-size", batch_size, "optimization.batch_size (global)");
+  CLI::Option* o_lr = submit->add_option("--lr", lr, "optimization.lr");
+  CLI::Option* o_name = submit->add_option("--name", name, "job name");
+  CLI::Option* o_priority = submit->add_option("--priority", priority, "priority, -1000..1000");
+  submit->add_option("--label", submit_labels, "label KEY=VALUE (repeatable)")
+      ->allow_extra_args(false);
+  submit->add_option("--idempotency-key", key,
+                     "makes resubmission return the same job (default: a random key, so "
+                     "ternctl's own retries are safe)");
+  submit->add_flag("--watch", submit_watch, "watch the job after submitting it");
+  submit->callback([&] {
+    command = [&](Client& c) {
+      SpecOverrides o;
+      if (o_method->count()) o.method = method;
+      if (o_device->count()) o.device = device;
+      if (o_epochs->count()) o.epochs = epochs;
+      if (o_ranks->count()) o.ranks = ranks;
+      if (o_batch->count()) o.batch_size = batch_size;
+      if (o_lr->count()) o.lr = lr;
+      if (o_name->count()) o.name = name;
+      if (o_priority->count()) o.priority = priority;
+      o.labels = submit_labels;
+      return c.Submit(file, o, key, submit_watch);
+    };
+  });
+
+  // list
+  std::vector<std::string> states, list_labels;
+  std::string list_owner, page_token;
+  int limit = 50;
+  CLI::App* list = app.add_subcommand("list", "list jobs, newest first");
+  list->add_option("--state", states, "only jobs in these states (queued, running, ...)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  list->add_option("--label", list_labels, "only jobs with label KEY=VALUE (repeatable)")
+      ->allow_extra_args(false);
+  list->add_option("--owner", list_owner, "only jobs of this owner");
+  list->add_option("--limit", limit, "at most this many jobs; 0 = all")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  list->add_option("--page-token", page_token, "continue an earlier listing");
+  list->callback([&] {
+    command = [&](Client& c) { return c.List(states, list_labels, list_owner, limit, page_token); };
+  });
+
+  std::string id;
+  CLI::App* get = app.add_subcommand("get", "show one job");
+  get->add_option("ID", id, "job id")->required();
+  get->callback([&] { command = [&](Client& c) { return c.Get(id); }; });
+
+  uint64_t from = 0;
+  bool with_logs = false;
+  double reconnect_for = 60;
+  CLI::App* watch = app.add_subcommand(
+      "watch", "follow a job until it ends (progress bar on a terminal); exit 1 if it FAILED or "
+               "was CANCELLED");
+  watch->add_option("ID", id, "job id")->required();
+  watch->add_option("--from", from, "first event sequence (default: the whole history)");
+  watch->add_flag("--logs", with_logs, "also print the trainers' log lines");
+  watch->add_option("--reconnect-for", reconnect_for,
+                    "seconds to keep reconnecting a broken stream")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  watch->callback([&] {
+    command = [&](Client& c) { return c.Watch(id, from, with_logs, reconnect_for); };
+  });
+
+  std::string reason;
+  CLI::App* cancel = app.add_subcommand("cancel", "cancel a job");
+  cancel->add_option("ID", id, "job id")->required();
+  cancel->add_option("--reason", reason, "recorded in the job's state reason");
+  cancel->callback([&] { command = [&](Client& c) { return c.Cancel(id, reason); }; });
+
+  bool follow = false;
+  CLI::App* logs = app.add_subcommand("logs", "print a job's events and trainer log lines");
+  logs->add_option("ID", id, "job id")->required();
+  logs->add_flag("-f,--follow", follow, "keep printing until the job ends");
+  logs->callback([&] { command = [&](Client& c) { return c.Logs(id, follow); }; });
+
+  std::string output;
+  CLI::App* fetch = app.add_subcommand(
+      "fetch", "download a SUCCEEDED job's .tern artifact, verifying its sha256");
+  fetch->add_option("ID", id, "job id")->required();
+  fetch->add_option("-o,--output", output,
+                    "file or directory to write (default: the server's file name, here)");
+  fetch->callback([&] { command = [&](Client& c) { return c.Fetch(id, output); }; });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e, out, err);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e, out, err);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e, out, err);
+    return kExitUsage;
+  }
+  if (!command) return kExitUsage;
+  Client client(g, out, err, out_is_tty);
+  return command(client);
+}
+
+}  // namespace tern::cli

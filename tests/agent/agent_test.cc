@@ -1,0 +1,829 @@
+// The agent against a fake WorkerService (a gRPC server on 127.0.0.1:0 in
+// this process) and a fake trainer (a shell script that prints JSON lines
+// and then exits or sleeps, as the spec's name tells it).
+#include "worker/agent/agent.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/file_util.h"
+#include "tern/v1/worker_service.grpc.pb.h"
+#include "worker/agent/child_process.h"
+
+namespace tern::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using google::protobuf::util::TimeUtil;
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+// The fake tern-trainer. Records its arguments, environment and pid in its
+// --workdir, then acts on the spec's "name": ok, fail, sleeper (exec sleep),
+// stubborn (ignores SIGTERM), family (a background child), progress_sleeper.
+constexpr const char* kFakeTrainer = R"SH(#!/bin/sh
+args="$*"
+spec=""; workdir=""; rank=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --spec) spec="$2"; shift 2 ;;
+    --workdir) workdir="$2"; shift 2 ;;
+    --rank) rank="$2"; shift 2 ;;
+    *) shift ;;
+  esac
+done
+mode=$(sed -n 's/.*"name":"\([a-z_]*\)".*/\1/p' "$spec")
+[ "$mode" = stubborn ] && trap '' TERM  # before the pid file tells the test we run
+echo "$args" > "$workdir/args"
+env > "$workdir/env"
+echo $$ > "$workdir/pid"
+common="\"job\":\"j\",\"rank\":$rank,\"world_size\":2"
+echo "{\"event\":\"started\",$common,\"time\":99.0,\"resumed_from_step\":-1,\"steps_per_epoch\":10,\"device\":\"cpu\"}"
+case "$mode" in
+  ok)
+    echo "loading data" >&2
+    echo "{\"event\":\"progress\",$common,\"time\":100.0,\"epoch\":0,\"epochs\":3,\"step\":10,\"total_steps\":30,\"loss\":1.5,\"lr\":0.1,\"images_per_second\":500,\"eta_seconds\":4}"
+    echo "{\"event\":\"progress\",$common,\"time\":101.0,\"epoch\":1,\"epochs\":3,\"step\":20,\"total_steps\":30,\"loss\":1.25,\"lr\":0.05,\"images_per_second\":600,\"eta_seconds\":2}"
+    echo "{\"event\":\"checkpoint\",$common,\"time\":101.5,\"step\":20,\"epoch\":2,\"path\":\"/c/step-20\",\"seconds\":0.5}"
+    echo "not a json line"
+    echo "{\"event\":\"finished\",$common,\"time\":102.0,\"fp\":{\"top1\":0.9},\"artifact\":{\"top1\":0.85},\"artifact_path\":\"/a/model.tern\",\"artifact_bytes\":100,\"bits_per_weight\":1.6,\"steps\":30}"
+    echo "done" >&2
+    exit 0 ;;
+  fail)
+    echo "boom: cannot read /data/train" >&2
+    echo "{\"event\":\"failed\",$common,\"time\":100.0,\"code\":\"BAD_DATA_FILE\",\"reason\":\"cannot read /data/train\"}"
+    exit 1 ;;
+  sleeper)
+    exec sleep 300 ;;
+  progress_sleeper)
+    echo "{\"event\":\"progress\",$common,\"time\":100.0,\"epoch\":0,\"epochs\":3,\"step\":10,\"total_steps\":30,\"loss\":1.5,\"lr\":0.1,\"images_per_second\":500}"
+    echo "{\"event\":\"progress\",$common,\"time\":102.0,\"epoch\":0,\"epochs\":3,\"step\":20,\"total_steps\":30,\"loss\":1.25,\"lr\":0.1,\"images_per_second\":640}"
+    echo "{\"event\":\"checkpoint\",$common,\"time\":102.5,\"step\":20,\"epoch\":2,\"path\":\"/c\",\"seconds\":1.5}"
+    exec sleep 300 ;;
+  stubborn)
+    while true; do sleep 0.1; done ;;
+  family)
+    sleep 300 &
+    echo $! > "$workdir/child.pid"
+    wait ;;
+esac
+exit 3
+)SH";
+
+// A WorkerService that records what the agent says and sends what the test
+// queues.
+class FakeWorkerService final : public v1::WorkerService::Service {
+ public:
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
+                        v1::RegisterResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    registrations_.push_back(*request);
+    lease_ = "lease-" + std::to_string(registrations_.size());
+    response->set_lease_id(lease_);
+    *response->mutable_lease_ttl() = TimeUtil::MillisecondsToDuration(5000);
+    *response->mutable_heartbeat_interval() = TimeUtil::MillisecondsToDuration(100);
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (request->lease_id() != lease_) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "unknown lease");
+    }
+    heartbeats_.push_back(*request);
+    *response->mutable_lease_ttl() = TimeUtil::MillisecondsToDuration(5000);
+    *response->mutable_heartbeat_interval() = TimeUtil::MillisecondsToDuration(100);
+    for (const v1::RankRef& r : unexpected_) *response->add_unexpected() = r;
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status StreamAssignments(grpc::ServerContext* ctx, const v1::StreamAssignmentsRequest* request,
+                                 grpc::ServerWriter<v1::AssignmentEvent>* writer) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (request->lease_id() != lease_) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "unknown lease");
+    }
+    ++streams_opened_;
+    cv_.notify_all();
+    while (true) {
+      cv_.wait_for(lock, milliseconds(20));
+      if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
+      if (stopping_) return grpc::Status::OK;
+      if (request->lease_id() != lease_) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "lease ended");
+      }
+      if (break_stream_) {
+        break_stream_ = false;
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection reset (test)");
+      }
+      while (!queue_.empty()) {
+        v1::AssignmentEvent e = queue_.front();
+        queue_.pop_front();
+        lock.unlock();
+        writer->Write(e);
+        lock.lock();
+      }
+    }
+  }
+
+  grpc::Status ReportProgress(grpc::ServerContext*, const v1::ReportProgressRequest* request,
+                              v1::ReportProgressResponse*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const v1::TrainerEvent& e : request->events()) {
+      events_.push_back({request->ref(), e});
+    }
+    ++progress_calls_;
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReportExit(grpc::ServerContext*, const v1::ReportExitRequest* request,
+                          v1::ReportExitResponse*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    exits_.push_back(*request);
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+  // --- Test side ---
+  void Send(const v1::AssignmentEvent& e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(e);
+    cv_.notify_all();
+  }
+  void ForgetLease() {
+    std::lock_guard<std::mutex> lock(mu_);
+    lease_ = "";
+    cv_.notify_all();
+  }
+  void BreakStream() {
+    std::lock_guard<std::mutex> lock(mu_);
+    break_stream_ = true;
+  }
+  void SetUnexpected(std::vector<v1::RankRef> refs) {
+    std::lock_guard<std::mutex> lock(mu_);
+    unexpected_ = std::move(refs);
+  }
+  void Stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    cv_.notify_all();
+  }
+  // Waits until `pred` (called under the lock) holds; false after `timeout`.
+  bool WaitFor(const std::function<bool()>& pred, milliseconds timeout = milliseconds(10000)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, pred);
+  }
+  template <typename F>
+  auto Locked(F f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return f();
+  }
+
+  struct Event {
+    v1::RankRef ref;
+    v1::TrainerEvent event;
+  };
+  // Guarded by mu_ (read them in WaitFor predicates or Locked).
+  std::vector<v1::RegisterRequest> registrations_;
+  std::vector<v1::HeartbeatRequest> heartbeats_;
+  std::vector<Event> events_;
+  std::vector<v1::ReportExitRequest> exits_;
+  int streams_opened_ = 0;
+  int progress_calls_ = 0;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string lease_;
+  std::deque<v1::AssignmentEvent> queue_;
+  std::vector<v1::RankRef> unexpected_;
+  bool break_stream_ = false;
+  bool stopping_ = false;
+};
+
+bool Alive(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  const size_t paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
+         line[paren + 2] != 'X';
+}
+
+bool WaitUntil(const std::function<bool()>& pred, milliseconds timeout = milliseconds(10000)) {
+  const auto end = Clock::now() + timeout;
+  while (Clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  return pred();
+}
+
+std::string ReadFile(const std::string& path) {
+  auto s = ReadFileToString(path);
+  return s.ok() ? *s : "";
+}
+
+pid_t ReadPid(const std::string& path) {
+  pid_t pid = 0;
+  WaitUntil([&] {
+    std::ifstream in(path);
+    return static_cast<bool>(in >> pid) && pid > 0;
+  });
+  return pid;
+}
+
+v1::AssignmentEvent MakeAssignment(const std::string& job, int rank, const std::string& mode,
+                                   int attempt = 1) {
+  v1::AssignmentEvent e;
+  v1::Assignment* a = e.mutable_assignment();
+  a->mutable_ref()->set_job_id(job);
+  a->mutable_ref()->set_attempt(attempt);
+  a->mutable_ref()->set_rank(rank);
+  a->set_world_size(2);
+  a->set_rendezvous_host("10.0.0.5");
+  a->set_rendezvous_port(29501);
+  a->mutable_spec()->set_name(mode);
+  a->mutable_spec()->mutable_optimization()->set_epochs(3);
+  return e;
+}
+
+v1::AssignmentEvent MakeKill(const std::string& job, int attempt, int grace_ms = -1) {
+  v1::AssignmentEvent e;
+  e.mutable_kill()->set_job_id(job);
+  e.mutable_kill()->set_attempt(attempt);
+  e.mutable_kill()->mutable_reason()->set_code("CANCELLED_BY_USER");
+  if (grace_ms >= 0) {
+    *e.mutable_kill()->mutable_grace_period() = TimeUtil::MillisecondsToDuration(grace_ms);
+  }
+  return e;
+}
+
+class AgentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/agent_test_" + std::to_string(::getpid()) + "_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    trainer_ = dir_ + "/fake-trainer.sh";
+    ASSERT_TRUE(WriteFileAtomically(trainer_, kFakeTrainer).ok());
+    ::chmod(trainer_.c_str(), 0755);
+
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(&fake_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    ASSERT_GT(port_, 0);
+
+    options_.agent_id = "test-agent";
+    options_.host = "127.0.0.9";
+    options_.cpu_slots = 2;
+    options_.trainer_path = trainer_;
+    options_.workdir = dir_ + "/work";
+    options_.rpc_timeout = milliseconds(2000);
+    options_.kill_grace = milliseconds(5000);
+    options_.shutdown_grace = milliseconds(2000);
+    options_.flush_interval = milliseconds(50);
+    options_.backoff_min = milliseconds(50);
+    options_.backoff_max = milliseconds(500);
+  }
+
+  void TearDown() override {
+    StopAgent();
+    fake_.Stop();
+    if (server_) server_->Shutdown(std::chrono::system_clock::now() + milliseconds(2000));
+  }
+
+  void StartAgent() {
+    agent_ = std::make_unique<Agent>(
+        options_,
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials()),
+        &registry_);
+    thread_ = std::thread([this] { run_status_ = agent_->Run(); });
+    ASSERT_TRUE(fake_.WaitFor([&] { return fake_.streams_opened_ > 0; }));
+  }
+
+  void StopAgent() {
+    if (!agent_) return;
+    agent_->Shutdown();
+    thread_.join();
+    EXPECT_TRUE(run_status_.ok()) << run_status_;
+    agent_.reset();
+  }
+
+  std::string RankDir(const std::string& job, int rank) const {
+    return options_.workdir + "/jobs/" + job + "/rank-" + std::to_string(rank);
+  }
+
+  std::vector<v1::TrainerEvent> EventsOf(const std::string& job) {
+    return fake_.Locked([&] {
+      std::vector<v1::TrainerEvent> out;
+      for (const auto& e : fake_.events_) {
+        if (e.ref.job_id() == job) out.push_back(e.event);
+      }
+      return out;
+    });
+  }
+
+  std::optional<v1::ReportExitRequest> WaitForExit(const std::string& job,
+                                                   milliseconds timeout = milliseconds(10000)) {
+    std::optional<v1::ReportExitRequest> found;
+    fake_.WaitFor(
+        [&] {
+          for (const auto& e : fake_.exits_) {
+            if (e.ref().job_id() == job) found = e;
+          }
+          return found.has_value();
+        },
+        timeout);
+    return found;
+  }
+
+  std::string dir_, trainer_;
+  int port_ = 0;
+  FakeWorkerService fake_;
+  std::unique_ptr<grpc::Server> server_;
+  AgentOptions options_;
+  metrics::Registry registry_;
+  std::unique_ptr<Agent> agent_;
+  std::thread thread_;
+  Status run_status_;
+};
+
+TEST_F(AgentTest, RegistersItsSlotsAndHost) {
+  options_.cuda_slots = 1;
+  StartAgent();
+  const v1::RegisterRequest r = fake_.Locked([&] { return fake_.registrations_.at(0); });
+  EXPECT_EQ(r.agent_id(), "test-agent");
+  EXPECT_EQ(r.host(), "127.0.0.9");
+  ASSERT_EQ(r.slots_size(), 2);
+  EXPECT_EQ(r.slots(0).device_kind(), v1::DEVICE_CPU);
+  EXPECT_EQ(r.slots(0).count(), 2);
+  EXPECT_EQ(r.slots(1).device_kind(), v1::DEVICE_CUDA);
+  EXPECT_EQ(r.slots(1).count(), 1);
+  EXPECT_EQ(agent_->lease_id(), "lease-1");
+  // Heartbeats renew the lease.
+  EXPECT_TRUE(fake_.WaitFor([&] { return fake_.heartbeats_.size() >= 2; }));
+  EXPECT_EQ(fake_.Locked([&] { return fake_.heartbeats_.at(0).lease_id(); }), "lease-1");
+}
+
+TEST_F(AgentTest, RunsTheTrainerAndRelaysItsEventsAndExit) {
+  StartAgent();
+  v1::AssignmentEvent a = MakeAssignment("job-1", 1, "ok");
+  a.mutable_assignment()->set_checkpoint_dir(dir_ + "/ckpt");
+  a.mutable_assignment()->set_artifact_path(dir_ + "/model.tern");
+  fake_.Send(a);
+  const auto exit = WaitForExit("job-1");
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code(), 0);
+  EXPECT_EQ(exit->signal(), 0);
+  EXPECT_FALSE(exit->killed_by_agent());
+  EXPECT_EQ(exit->lease_id(), "lease-1");
+  EXPECT_EQ(exit->ref().rank(), 1);
+
+  // Arguments, environment and the spec file the trainer got.
+  const std::string rank_dir = RankDir("job-1", 1);
+  const std::string args = ReadFile(rank_dir + "/args");
+  EXPECT_NE(args.find("--rank 1 --world-size 2 --master 10.0.0.5:29501"), std::string::npos) << args;
+  EXPECT_NE(args.find("--workdir " + rank_dir), std::string::npos) << args;
+  EXPECT_NE(args.find("--artifact " + dir_ + "/model.tern"), std::string::npos) << args;
+  const std::string env = ReadFile(rank_dir + "/env");
+  EXPECT_NE(env.find("TERN_RANK=1\n"), std::string::npos);
+  EXPECT_NE(env.find("TERN_JOB_ID=job-1\n"), std::string::npos);
+  EXPECT_NE(env.find("CUDA_VISIBLE_DEVICES=\n"), std::string::npos);  // a CPU rank sees no GPU
+  v1::JobSpec spec;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(
+                  ReadFile(rank_dir + "/spec-attempt-1.json"), &spec)
+                  .ok());
+  EXPECT_EQ(spec.name(), "ok");
+  EXPECT_EQ(spec.checkpoint().directory(), dir_ + "/ckpt");
+  EXPECT_EQ(spec.optimization().epochs(), 3);
+
+  // Events arrive in order, parsed, with stderr lines as logs; the exit
+  // report comes after the `finished` event.
+  const std::vector<v1::TrainerEvent> events = EventsOf("job-1");
+  std::vector<std::string> kinds;
+  for (const auto& e : events) {
+    switch (e.parsed_case()) {
+      case v1::TrainerEvent::kStarted: kinds.push_back("started"); break;
+      case v1::TrainerEvent::kProgress: kinds.push_back("progress"); break;
+      case v1::TrainerEvent::kCheckpointCommitted: kinds.push_back("checkpoint"); break;
+      case v1::TrainerEvent::kFinished: kinds.push_back("finished"); break;
+      case v1::TrainerEvent::kLog: kinds.push_back("log"); break;
+      case v1::TrainerEvent::PARSED_NOT_SET: kinds.push_back("raw"); break;
+      default: kinds.push_back("other");
+    }
+  }
+  std::vector<std::string> stdout_kinds;
+  for (const auto& k : kinds) {
+    if (k != "log") stdout_kinds.push_back(k);
+  }
+  EXPECT_EQ(stdout_kinds, (std::vector<std::string>{"started", "progress", "progress",
+                                                    "checkpoint", "raw", "finished"}));
+  EXPECT_EQ(std::count(kinds.begin(), kinds.end(), "log"), 2);
+  for (const auto& e : events) {
+    if (e.has_started()) {
+      EXPECT_GT(e.started().pid(), 0);
+    }
+    if (e.has_progress() && e.progress().step() == 10) {
+      EXPECT_EQ(e.progress().epoch(), 1);
+    }
+    if (e.has_finished()) {
+      EXPECT_EQ(e.finished().artifact_path(), "/a/model.tern");
+      EXPECT_DOUBLE_EQ(e.finished().ternary_top1(), 0.85);
+    }
+    if (e.has_log()) {
+      EXPECT_EQ(e.log().rank(), 1);
+    }
+    if (e.parsed_case() == v1::TrainerEvent::PARSED_NOT_SET) {
+      EXPECT_EQ(e.json_line(), "not a json line");
+    }
+  }
+  EXPECT_TRUE(WaitUntil([&] { return agent_->running_trainers() == 0; }));
+  EXPECT_NE(registry_.Serialize().find("tern_agent_trainer_exits_total{code=\"0\"} 1"),
+            std::string::npos);
+}
+
+TEST_F(AgentTest, ReportsAFailureWithTheTrainersReasonAndStderrTail) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-f", 0, "fail"));
+  const auto exit = WaitForExit("job-f");
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code(), 1);
+  EXPECT_EQ(exit->signal(), 0);
+  EXPECT_FALSE(exit->killed_by_agent());
+  EXPECT_NE(exit->reason().find("BAD_DATA_FILE: cannot read /data/train"), std::string::npos)
+      << exit->reason();
+  EXPECT_NE(exit->reason().find("boom: cannot read /data/train"), std::string::npos)
+      << exit->reason();
+}
+
+TEST_F(AgentTest, KillOrderStopsASleepingTrainerWithinSeconds) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-k", 0, "sleeper"));
+  const pid_t pid = ReadPid(RankDir("job-k", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  // While it runs, heartbeats list it.
+  ASSERT_TRUE(fake_.WaitFor([&] {
+    for (const auto& h : fake_.heartbeats_) {
+      for (const auto& r : h.running()) {
+        if (r.job_id() == "job-k") return true;
+      }
+    }
+    return false;
+  }));
+  const auto start = Clock::now();
+  fake_.Send(MakeKill("job-k", 0));
+  const auto exit = WaitForExit("job-k", milliseconds(5000));
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(exit->exit_code(), -1);
+  EXPECT_EQ(exit->signal(), SIGTERM);
+  EXPECT_TRUE(exit->killed_by_agent());
+  EXPECT_NE(exit->reason().find("CANCELLED_BY_USER"), std::string::npos) << exit->reason();
+  EXPECT_FALSE(Alive(pid));
+}
+
+TEST_F(AgentTest, KillOrderEscalatesToSigkillAfterTheGracePeriod) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-s", 0, "stubborn"));
+  const pid_t pid = ReadPid(RankDir("job-s", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  const auto start = Clock::now();
+  fake_.Send(MakeKill("job-s", 1, /*grace_ms=*/300));
+  const auto exit = WaitForExit("job-s", milliseconds(5000));
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_GE(Clock::now() - start, milliseconds(300));
+  EXPECT_EQ(exit->signal(), SIGKILL);
+  EXPECT_TRUE(exit->killed_by_agent());
+  EXPECT_FALSE(Alive(pid));
+}
+
+TEST_F(AgentTest, KillOrderForAnotherAttemptLeavesTheTrainerRunning) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-a", 0, "sleeper", /*attempt=*/2));
+  const pid_t pid = ReadPid(RankDir("job-a", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  fake_.Send(MakeKill("job-a", 1));
+  EXPECT_FALSE(WaitForExit("job-a", milliseconds(500)).has_value());
+  EXPECT_TRUE(Alive(pid));
+  fake_.Send(MakeKill("job-a", 2));
+  EXPECT_TRUE(WaitForExit("job-a").has_value());
+}
+
+TEST_F(AgentTest, RepeatedAssignmentStartsOneTrainer) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-d", 0, "sleeper"));
+  fake_.Send(MakeAssignment("job-d", 0, "sleeper"));
+  ASSERT_GT(ReadPid(RankDir("job-d", 0) + "/pid"), 0);
+  std::this_thread::sleep_for(milliseconds(500));
+  int started = 0;
+  for (const auto& e : EventsOf("job-d")) started += e.has_started();
+  EXPECT_EQ(started, 1);
+  EXPECT_EQ(agent_->running_trainers(), 1);
+}
+
+TEST_F(AgentTest, ShutdownLeavesNoChildProcesses) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-x", 0, "family"));
+  fake_.Send(MakeAssignment("job-x", 1, "stubborn"));
+  const pid_t p0 = ReadPid(RankDir("job-x", 0) + "/pid");
+  const pid_t grandchild = ReadPid(RankDir("job-x", 0) + "/child.pid");
+  const pid_t p1 = ReadPid(RankDir("job-x", 1) + "/pid");
+  ASSERT_GT(p0, 0);
+  ASSERT_GT(grandchild, 0);
+  ASSERT_GT(p1, 0);
+  ASSERT_TRUE(Alive(grandchild));
+  const auto start = Clock::now();
+  StopAgent();  // SIGTERM, then SIGKILL after shutdown_grace (2 s) for the stubborn one
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(6));
+  for (pid_t pid : {p0, grandchild, p1}) {
+    EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); }, milliseconds(2000))) << pid;
+  }
+  // Their exits were reported as the agent's doing.
+  fake_.Locked([&] {
+    EXPECT_EQ(fake_.exits_.size(), 2u);
+    for (const auto& e : fake_.exits_) EXPECT_TRUE(e.killed_by_agent());
+    return 0;
+  });
+}
+
+TEST_F(AgentTest, LostLeaseKillsTrainersAndRegistersAgain) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-l", 0, "sleeper"));
+  const pid_t pid = ReadPid(RankDir("job-l", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  fake_.ForgetLease();  // the next heartbeat answers FAILED_PRECONDITION
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.registrations_.size() >= 2; }));
+  EXPECT_FALSE(Alive(pid));  // killed before registering again
+  EXPECT_TRUE(WaitUntil([&] { return agent_->lease_id() == "lease-2"; }));
+  EXPECT_EQ(agent_->running_trainers(), 0);
+  // Work continues under the new lease.
+  fake_.Send(MakeAssignment("job-l2", 0, "ok"));
+  const auto exit = WaitForExit("job-l2");
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->lease_id(), "lease-2");
+  EXPECT_EQ(agent_->registrations(), 2);
+}
+
+TEST_F(AgentTest, ReconnectsWhenTheStreamBreaks) {
+  StartAgent();
+  fake_.BreakStream();
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.streams_opened_ >= 2; }));
+  fake_.Send(MakeAssignment("job-r", 0, "ok"));
+  const auto exit = WaitForExit("job-r");
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code(), 0);
+  EXPECT_EQ(fake_.Locked([&] { return fake_.registrations_.size(); }), 1u);  // same lease
+}
+
+TEST_F(AgentTest, KillsRanksTheServerDoesNotExpect) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-u", 0, "sleeper"));
+  ASSERT_GT(ReadPid(RankDir("job-u", 0) + "/pid"), 0);
+  v1::RankRef ref;
+  ref.set_job_id("job-u");
+  ref.set_attempt(1);
+  ref.set_rank(0);
+  fake_.SetUnexpected({ref});
+  const auto exit = WaitForExit("job-u");
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->signal(), SIGTERM);
+  EXPECT_TRUE(exit->killed_by_agent());
+}
+
+TEST_F(AgentTest, MissingTrainerIsReportedAsExit127) {
+  options_.trainer_path = dir_ + "/no-such-trainer";
+  StartAgent();
+  fake_.Send(MakeAssignment("job-m", 0, "ok"));
+  const auto exit = WaitForExit("job-m");
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code(), 127);
+  EXPECT_NE(exit->reason().find("cannot start trainer"), std::string::npos) << exit->reason();
+}
+
+TEST_F(AgentTest, ExportsTrainerMetrics) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-p", 0, "progress_sleeper"));
+  ASSERT_TRUE(WaitUntil([&] {
+    return registry_.Serialize().find("tern_job_checkpoint_seconds{job=\"job-p\",rank=\"0\"} 1.5") !=
+           std::string::npos;
+  })) << registry_.Serialize();
+  const std::string text = registry_.Serialize();
+  EXPECT_NE(text.find("tern_agent_trainers_running 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_agent_slots{device_kind=\"cpu\"} 2"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_job_step{job=\"job-p\",rank=\"0\"} 20"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_job_loss{job=\"job-p\",rank=\"0\"} 1.25"), std::string::npos) << text;
+  EXPECT_NE(text.find("tern_job_images_per_second{job=\"job-p\",rank=\"0\"} 640"), std::string::npos)
+      << text;
+  // Two progress events 2 s and 10 steps apart: one 0.2 s step-time sample.
+  EXPECT_NE(text.find("tern_job_step_time_seconds_count{job=\"job-p\",rank=\"0\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("tern_job_step_time_seconds_sum{job=\"job-p\",rank=\"0\"} 0.2"),
+            std::string::npos)
+      << text;
+  fake_.Send(MakeKill("job-p", 0));
+  ASSERT_TRUE(WaitForExit("job-p").has_value());
+  ASSERT_TRUE(WaitUntil([&] { return agent_->running_trainers() == 0; }));
+  const std::string after = registry_.Serialize();
+  EXPECT_EQ(after.find("job=\"job-p\""), std::string::npos) << after;  // series removed
+  EXPECT_NE(after.find("tern_agent_trainer_exits_total{code=\"SIGTERM\"} 1"), std::string::npos)
+      << after;
+  EXPECT_NE(after.find("tern_agent_trainers_running 0"), std::string::npos) << after;
+}
+
+// Two ranks of the real tern-trainer through the agent (a tiny job on
+// Fashion-MNIST): the spec file, flags and rendezvous it gets must work and
+// its real output must parse. Runs when TERN_TRAINER_BINARY names the
+// binary (or this build has the tern-trainer target); skips otherwise.
+TEST_F(AgentTest, RealTrainerTwoRanksFinish) {
+  std::string trainer;
+#ifdef TERN_TRAINER_BINARY
+  trainer = TERN_TRAINER_BINARY;
+#endif
+  if (const char* env = std::getenv("TERN_TRAINER_BINARY")) trainer = env;
+  if (trainer.empty() || ::access(trainer.c_str(), X_OK) != 0) {
+    GTEST_SKIP() << "set TERN_TRAINER_BINARY to a tern-trainer to run this test";
+  }
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  options_.trainer_path = trainer;
+  StartAgent();
+  // A free port for rank 0's store.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int store_port = ntohs(addr.sin_port);
+  ::close(fd);
+  v1::JobSpec spec;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(R"({
+      "name": "real",
+      "model": {"arch": "resnet20", "width_multiplier": 0.25},
+      "dataset": {"kind": "DATASET_IDX", "max_train_examples": 256, "max_eval_examples": 128},
+      "quantization": {"method": "METHOD_HLA"},
+      "optimization": {"epochs": 1, "batch_size": 64},
+      "resources": {"ranks": 2, "threads_per_rank": 1},
+      "events": {"progress_every_steps": 1}})", &spec).ok());
+  for (int rank : {0, 1}) {
+    v1::AssignmentEvent a = MakeAssignment("job-real", rank, "real");
+    *a.mutable_assignment()->mutable_spec() = spec;
+    a.mutable_assignment()->set_rendezvous_host("127.0.0.1");
+    a.mutable_assignment()->set_rendezvous_port(store_port);
+    a.mutable_assignment()->set_checkpoint_dir(dir_ + "/real-ckpt");
+    a.mutable_assignment()->set_artifact_path(dir_ + "/real.tern");
+    fake_.Send(a);
+  }
+  ASSERT_TRUE(fake_.WaitFor(
+      [&] {
+        int n = 0;
+        for (const auto& e : fake_.exits_) n += e.ref().job_id() == "job-real";
+        return n == 2;
+      },
+      milliseconds(240000)));
+  for (const auto& e : fake_.Locked([&] { return fake_.exits_; })) {
+    EXPECT_EQ(e.exit_code(), 0) << e.reason();
+  }
+  bool finished = false, progressed = false, started = false;
+  for (const auto& e : EventsOf("job-real")) {
+    started |= e.has_started();
+    if (e.has_progress()) {
+      progressed = true;
+      EXPECT_EQ(e.progress().epoch(), 1);
+      EXPECT_EQ(e.progress().epochs(), 1);
+    }
+    if (e.has_finished()) {
+      finished = true;
+      EXPECT_EQ(e.finished().artifact_path(), dir_ + "/real.tern");
+      EXPECT_TRUE(e.finished().has_ternary_top1());
+    }
+  }
+  EXPECT_TRUE(started);
+  EXPECT_TRUE(progressed);
+  EXPECT_TRUE(finished);
+  EXPECT_TRUE(fs::exists(dir_ + "/real.tern"));
+}
+
+TEST(AgentOptionsTest, ValidateNamesTheField) {
+  AgentOptions o;
+  o.agent_id = "bad id!";
+  o.cpu_slots = 1;
+  o.trainer_path = "/bin/true";
+  o.workdir = "/tmp";
+  EXPECT_NE(o.Validate().message().find("agent_id"), std::string::npos);
+  o.agent_id = "ok-id";
+  EXPECT_TRUE(o.Validate().ok());
+  o.cpu_slots = 0;
+  EXPECT_NE(o.Validate().message().find("slot"), std::string::npos);
+  o.cpu_slots = 1;
+  o.kill_grace = milliseconds(0);
+  EXPECT_NE(o.Validate().message().find("kill_grace"), std::string::npos);
+}
+
+// tern-agent itself, as a process: its first stdout line names the metrics
+// port, SIGTERM stops it cleanly, and SIGKILL leaves no trainer behind.
+class AgentBinaryTest : public AgentTest {
+ protected:
+  void StartBinary() {
+    ChildProcess::Options o;
+    o.argv = {TERN_AGENT_BINARY, "--server", "127.0.0.1:" + std::to_string(port_),
+              "--agent-id", "bin-agent", "--cpu-slots", "1", "--trainer", trainer_,
+              "--workdir", options_.workdir, "--metrics-listen", "127.0.0.1:0",
+              "--shutdown-grace", "2"};
+    o.env = {"PATH=/usr/bin:/bin"};
+    auto child = ChildProcess::Start(o);
+    ASSERT_TRUE(child.ok()) << child.status();
+    binary_ = std::move(child).value();
+    // First stdout line: "tern-agent metrics on 127.0.0.1:PORT".
+    std::string line;
+    ASSERT_TRUE(WaitUntil([&] {
+      char c;
+      while (::read(binary_->stdout_fd(), &c, 1) == 1) {
+        if (c == '\n') return true;
+        line += c;
+      }
+      return false;
+    })) << line;
+    EXPECT_EQ(line.rfind("tern-agent metrics on 127.0.0.1:", 0), 0u) << line;
+    EXPECT_GT(std::stoi(line.substr(line.rfind(':') + 1)), 0);
+    ASSERT_TRUE(fake_.WaitFor([&] { return fake_.streams_opened_ > 0; }));
+  }
+
+  std::optional<ExitStatus> WaitBinary(milliseconds timeout) {
+    std::optional<ExitStatus> s;
+    WaitUntil([&] { return (s = binary_->TryWait()).has_value(); }, timeout);
+    return s;
+  }
+
+  std::unique_ptr<ChildProcess> binary_;
+};
+
+TEST_F(AgentBinaryTest, SigtermStopsTrainersAndExitsZero) {
+  StartBinary();
+  fake_.Send(MakeAssignment("job-b", 0, "sleeper"));
+  const pid_t pid = ReadPid(RankDir("job-b", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  ::kill(binary_->pid(), SIGTERM);
+  const auto status = WaitBinary(milliseconds(8000));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(status->ok()) << status->ToString();
+  EXPECT_FALSE(Alive(pid));
+  const auto exit = WaitForExit("job-b", milliseconds(1000));
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_TRUE(exit->killed_by_agent());
+}
+
+TEST_F(AgentBinaryTest, TrainerDiesWhenTheAgentIsKilled) {
+  StartBinary();
+  fake_.Send(MakeAssignment("job-o", 0, "sleeper"));
+  const pid_t pid = ReadPid(RankDir("job-o", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(Alive(pid));
+  ::kill(binary_->pid(), SIGKILL);  // no chance to clean up: PR_SET_PDEATHSIG must
+  ASSERT_TRUE(WaitBinary(milliseconds(5000)).has_value());
+  EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); }, milliseconds(3000)));
+}
+
+TEST_F(AgentBinaryTest, BadFlagsExitTwo) {
+  ChildProcess::Options o;
+  o.argv = {TERN_AGENT_BINARY, "--cpu-slots", "1", "--trainer", dir_ + "/missing"};
+  auto child = ChildProcess::Start(o);
+  ASSERT_TRUE(child.ok());
+  binary_ = std::move(child).value();
+  const auto status = WaitBinary(milliseconds(5000));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(status->exit_code, 2);
+}
+
+}  // namespace
+}  // namespace tern::agent

@@ -1,0 +1,124 @@
+// ChildProcess: fork/exec with pipes, process groups and exit statuses.
+#include "worker/agent/child_process.h"
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+
+namespace tern::agent {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Reads both pipes until EOF and waits for the exit.
+ExitStatus Drain(ChildProcess& child, std::string* out, std::string* err) {
+  while (child.stdout_fd() >= 0 || child.stderr_fd() >= 0) {
+    pollfd fds[2];
+    int n = 0;
+    if (child.stdout_fd() >= 0) fds[n++] = {child.stdout_fd(), POLLIN, 0};
+    if (child.stderr_fd() >= 0) fds[n++] = {child.stderr_fd(), POLLIN, 0};
+    ::poll(fds, n, 1000);
+    for (int i = 0; i < n; ++i) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP))) continue;
+      char buf[4096];
+      const ssize_t r = ::read(fds[i].fd, buf, sizeof buf);
+      const bool is_out = fds[i].fd == child.stdout_fd();
+      if (r > 0) {
+        (is_out ? out : err)->append(buf, static_cast<size_t>(r));
+      } else if (r == 0) {
+        is_out ? child.CloseStdout() : child.CloseStderr();
+      }
+    }
+  }
+  for (int i = 0; i < 500; ++i) {
+    if (auto s = child.TryWait()) return *s;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  ADD_FAILURE() << "child did not exit";
+  return {};
+}
+
+bool Alive(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  const size_t paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
+         line[paren + 2] != 'X';
+}
+
+TEST(ChildProcessTest, CapturesOutputEnvironmentAndExitCode) {
+  ChildProcess::Options o;
+  o.argv = {"/bin/sh", "-c", "echo out:$GREETING; echo err >&2; pwd; exit 3"};
+  o.env = {"GREETING=hello"};
+  o.working_dir = "/tmp";
+  auto child = ChildProcess::Start(o);
+  ASSERT_TRUE(child.ok()) << child.status();
+  std::string out, err;
+  const ExitStatus s = Drain(**child, &out, &err);
+  EXPECT_EQ(out, "out:hello\n/tmp\n");
+  EXPECT_EQ(err, "err\n");
+  EXPECT_EQ(s.exit_code, 3);
+  EXPECT_EQ(s.signal, 0);
+  EXPECT_EQ(s.ToString(), "exit code 3");
+}
+
+TEST(ChildProcessTest, MissingExecutableIsNotFound) {
+  ChildProcess::Options o;
+  o.argv = {"/nonexistent/tern-trainer"};
+  auto child = ChildProcess::Start(o);
+  ASSERT_FALSE(child.ok());
+  EXPECT_EQ(child.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(child.status().message().find("/nonexistent/tern-trainer"), std::string::npos);
+}
+
+TEST(ChildProcessTest, SignalGroupReachesGrandchildren) {
+  const std::string pidfile =
+      ::testing::TempDir() + "/grandchild." + std::to_string(::getpid()) + ".pid";
+  std::remove(pidfile.c_str());
+  ChildProcess::Options o;
+  o.argv = {"/bin/sh", "-c", "sleep 300 & echo $! > " + pidfile + "; wait"};
+  o.env = {"PATH=/usr/bin:/bin"};
+  auto child = ChildProcess::Start(o);
+  ASSERT_TRUE(child.ok()) << child.status();
+  pid_t grandchild = 0;
+  for (int i = 0; i < 500 && grandchild == 0; ++i) {
+    std::ifstream in(pidfile);
+    in >> grandchild;
+    if (grandchild == 0) std::this_thread::sleep_for(milliseconds(10));
+  }
+  ASSERT_GT(grandchild, 0);
+  EXPECT_TRUE(Alive(grandchild));
+  EXPECT_EQ(::getpgid((*child)->pid()), (*child)->pid());  // a group of its own
+  (*child)->SignalGroup(SIGTERM);
+  std::string out, err;
+  const ExitStatus s = Drain(**child, &out, &err);
+  EXPECT_EQ(s.signal, SIGTERM);
+  EXPECT_EQ(s.exit_code, -1);
+  EXPECT_EQ(SignalName(s.signal), "SIGTERM");
+  for (int i = 0; i < 200 && Alive(grandchild); ++i) std::this_thread::sleep_for(milliseconds(10));
+  EXPECT_FALSE(Alive(grandchild));
+}
+
+TEST(ChildProcessTest, DestructorKillsARunningChild) {
+  ChildProcess::Options o;
+  o.argv = {"/bin/sleep", "300"};
+  pid_t pid = 0;
+  {
+    auto child = ChildProcess::Start(o);
+    ASSERT_TRUE(child.ok()) << child.status();
+    pid = (*child)->pid();
+    EXPECT_TRUE(Alive(pid));
+  }
+  EXPECT_FALSE(Alive(pid));
+}
+
+}  // namespace
+}  // namespace tern::agent

@@ -1,0 +1,160 @@
+// TrainerEventParser: the trainer's JSON lines (worker/trainer/trainer.cc)
+// mapped onto tern.v1.TrainerEvent.
+#include "worker/agent/trainer_events.h"
+
+#include <google/protobuf/util/time_util.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace tern::agent {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+v1::JobSpec Spec(v1::QuantMethod method = v1::METHOD_HLA, int epochs = 3) {
+  v1::JobSpec spec;
+  spec.mutable_quantization()->set_method(method);
+  spec.mutable_optimization()->set_epochs(epochs);
+  return spec;
+}
+
+TEST(TrainerEventsTest, StartedCarriesPidDeviceAndResumeStep) {
+  TrainerEventParser parser(Spec(), 4242);
+  const auto now = TimeUtil::SecondsToTimestamp(1000);
+  ParsedLine p = parser.ParseStdoutLine(
+      R"({"event":"started","job":"j","rank":0,"world_size":2,"time":1.5,)"
+      R"("resumed_from_step":-1,"steps_per_epoch":100,"device":"cpu"})",
+      now);
+  EXPECT_EQ(p.kind, "started");
+  ASSERT_TRUE(p.event.has_started());
+  EXPECT_EQ(p.event.started().pid(), 4242);
+  EXPECT_EQ(p.event.started().device(), "cpu");
+  EXPECT_EQ(p.event.started().resumed_from_step(), 0);  // -1 (fresh) becomes 0
+  EXPECT_EQ(p.event.time(), now);
+  EXPECT_DOUBLE_EQ(p.trainer_time, 1.5);
+  EXPECT_FALSE(p.event.json_line().empty());
+}
+
+TEST(TrainerEventsTest, ProgressEpochIsOneBased) {
+  TrainerEventParser parser(Spec(), 1);
+  ParsedLine p = parser.ParseStdoutLine(
+      R"({"event":"progress","time":2,"epoch":0,"epochs":3,"step":50,"total_steps":300,)"
+      R"("loss":0.75,"lr":0.1,"images_per_second":900,"eta_seconds":12,"phase":2,"reg_lambda":0.01})",
+      {});
+  ASSERT_TRUE(p.event.has_progress());
+  const v1::Progress& pr = p.event.progress();
+  EXPECT_EQ(pr.epoch(), 1);
+  EXPECT_EQ(pr.epochs(), 3);
+  EXPECT_EQ(pr.step(), 50);
+  EXPECT_EQ(pr.total_steps(), 300);
+  EXPECT_DOUBLE_EQ(pr.loss(), 0.75);
+  EXPECT_DOUBLE_EQ(pr.images_per_second(), 900);
+  EXPECT_EQ(pr.phase(), 2);
+}
+
+TEST(TrainerEventsTest, NullLossIsNan) {
+  TrainerEventParser parser(Spec(), 1);
+  ParsedLine p = parser.ParseStdoutLine(R"({"event":"progress","epoch":0,"loss":null})", {});
+  ASSERT_TRUE(p.event.has_progress());
+  EXPECT_TRUE(std::isnan(p.event.progress().loss()));
+}
+
+TEST(TrainerEventsTest, EpochEndMapsMetricsAndSkipsFullPrecisionLayers) {
+  TrainerEventParser parser(Spec(), 1);
+  ParsedLine p = parser.ParseStdoutLine(
+      R"({"event":"epoch_end","epoch":1,"eval_split":"test","train_loss":0.5,)"
+      R"("fp":{"loss":0.4,"top1":0.9,"top5":0.99},"ternary":{"loss":0.45,"top1":0.88,"top5":0.98},)"
+      R"("epoch_seconds":12.5,"layers":[{"name":"conv1","quantized":false,"numel":10},)"
+      R"({"name":"layer1.0.conv1","quantized":true,"numel":1000,"sparsity":0.4,"alpha":0.1,)"
+      R"("delta":0.05,"cos_wt":0.9,"flips":100,"flips_per_step":10}]})",
+      {});
+  ASSERT_TRUE(p.event.has_epoch_end());
+  const v1::EpochMetrics& m = p.event.epoch_end().metrics();
+  EXPECT_EQ(m.epoch(), 2);
+  EXPECT_EQ(m.eval_split(), "test");
+  EXPECT_DOUBLE_EQ(m.fp_top1(), 0.9);
+  EXPECT_DOUBLE_EQ(m.ternary_top1(), 0.88);
+  EXPECT_DOUBLE_EQ(m.ternary_top5(), 0.98);
+  EXPECT_DOUBLE_EQ(m.eval_loss(), 0.45);
+  EXPECT_DOUBLE_EQ(m.epoch_seconds(), 12.5);
+  ASSERT_EQ(p.event.epoch_end().layers_size(), 1);
+  const v1::LayerStats& l = p.event.epoch_end().layers(0);
+  EXPECT_EQ(l.name(), "layer1.0.conv1");
+  EXPECT_DOUBLE_EQ(l.flips(), 0.01);  // 10 flips per step of 1000 weights
+  EXPECT_DOUBLE_EQ(l.sparsity(), 0.4);
+}
+
+TEST(TrainerEventsTest, FullPrecisionMethodHasNoTernaryMetrics) {
+  TrainerEventParser parser(Spec(v1::METHOD_FP), 1);
+  ParsedLine p = parser.ParseStdoutLine(
+      R"({"event":"epoch_end","epoch":0,"fp":{"loss":0.4,"top1":0.9},"ternary":{"loss":0.4,"top1":0.9}})",
+      {});
+  const v1::EpochMetrics& m = p.event.epoch_end().metrics();
+  EXPECT_TRUE(m.has_fp_top1());
+  EXPECT_FALSE(m.has_ternary_top1());
+  EXPECT_DOUBLE_EQ(m.eval_loss(), 0.4);
+}
+
+TEST(TrainerEventsTest, FinishedTakesTernaryAccuracyFromTheArtifact) {
+  TrainerEventParser parser(Spec(v1::METHOD_HLA, 5), 1);
+  ParsedLine p = parser.ParseStdoutLine(
+      R"({"event":"finished","fp":{"top1":0.9,"top5":0.99},"ternary":{"top1":0.80},)"
+      R"("artifact":{"top1":0.87,"top5":0.97},"artifact_path":"/a/model.tern","artifact_bytes":1234,)"
+      R"("bits_per_weight":1.7,"steps":500,"wall_seconds":60,"images_per_second":800,"layers":[]})",
+      {});
+  ASSERT_TRUE(p.event.has_finished());
+  const v1::JobResult& r = p.event.finished();
+  EXPECT_EQ(r.artifact_path(), "/a/model.tern");
+  EXPECT_EQ(r.artifact_bytes(), 1234);
+  EXPECT_DOUBLE_EQ(r.ternary_top1(), 0.87);
+  EXPECT_DOUBLE_EQ(r.ternary_top5(), 0.97);
+  EXPECT_DOUBLE_EQ(r.fp_top1(), 0.9);
+  EXPECT_DOUBLE_EQ(r.bits_per_weight(), 1.7);
+  EXPECT_EQ(r.epochs(), 5);  // from the spec
+  EXPECT_EQ(r.steps(), 500);
+}
+
+TEST(TrainerEventsTest, CheckpointEpochFollowsStepsPerEpoch) {
+  TrainerEventParser parser(Spec(), 1);
+  parser.ParseStdoutLine(R"({"event":"started","steps_per_epoch":100})", {});
+  ParsedLine mid = parser.ParseStdoutLine(
+      R"({"event":"checkpoint","step":150,"epoch":1,"path":"/c/step-150","seconds":0.25})", {});
+  ASSERT_TRUE(mid.event.has_checkpoint_committed());
+  EXPECT_EQ(mid.event.checkpoint_committed().epoch(), 2);
+  EXPECT_EQ(mid.event.checkpoint_committed().path(), "/c/step-150");
+  EXPECT_DOUBLE_EQ(mid.checkpoint_seconds, 0.25);
+  ParsedLine end = parser.ParseStdoutLine(R"({"event":"checkpoint","step":200,"epoch":2})", {});
+  EXPECT_EQ(end.event.checkpoint_committed().epoch(), 2);
+}
+
+TEST(TrainerEventsTest, FailedBecomesStateReason) {
+  TrainerEventParser parser(Spec(), 1);
+  ParsedLine p = parser.ParseStdoutLine(
+      R"({"event":"failed","code":"COLLECTIVE_TIMEOUT","reason":"allreduce timed out"})", {});
+  ASSERT_TRUE(p.event.has_failed());
+  EXPECT_EQ(p.event.failed().code(), "COLLECTIVE_TIMEOUT");
+  EXPECT_EQ(p.event.failed().message(), "allreduce timed out");
+}
+
+TEST(TrainerEventsTest, UnrecognisedLinesKeepTheTextOnly) {
+  TrainerEventParser parser(Spec(), 1);
+  for (const char* line : {"not json at all", "[1,2]", R"({"event":"mystery"})"}) {
+    ParsedLine p = parser.ParseStdoutLine(line, {});
+    EXPECT_EQ(p.kind, "") << line;
+    EXPECT_EQ(p.event.parsed_case(), v1::TrainerEvent::PARSED_NOT_SET) << line;
+    EXPECT_EQ(p.event.json_line(), line);
+  }
+}
+
+TEST(TrainerEventsTest, LogEventsAreCut) {
+  const std::string long_line(10000, 'x');
+  v1::TrainerEvent e = TrainerEventParser::LogEvent(3, long_line, {});
+  ASSERT_TRUE(e.has_log());
+  EXPECT_EQ(e.log().rank(), 3);
+  EXPECT_EQ(e.log().text().size(), kMaxLogLineBytes);
+  EXPECT_TRUE(e.json_line().empty());
+}
+
+}  // namespace
+}  // namespace tern::agent

@@ -1,0 +1,203 @@
+// Job files (YAML/JSON to JobSpec), overrides, SHA-256 and the text output
+// of ternctl.
+#include "cli/job_file.h"
+
+#include <google/protobuf/text_format.h>
+#include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/util/time_util.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "cli/render.h"
+#include "cli/sha256.h"
+
+namespace tern::cli {
+namespace {
+
+using google::protobuf::util::MessageDifferencer;
+
+v1::JobSpec FromText(const std::string& text) {
+  v1::JobSpec spec;
+  EXPECT_TRUE(google::protobuf::TextFormat::ParseFromString(text, &spec)) << text;
+  return spec;
+}
+
+TEST(JobFileTest, YamlValuesTakeTheirFieldsTypes) {
+  auto spec = ParseJobSpec(R"(
+name: 123            # a string field keeps the text
+labels: {team: vision, run: 7}
+priority: -5
+max_restarts: 0      # explicitly set optional
+model: {arch: resnet20, width_multiplier: 0.5}
+dataset:
+  kind: idx
+  path: /usr/share/datasets/fashion-mnist
+  augment: no
+  max_train_examples: 2000
+quantization:
+  method: hla-no-rescale
+  granularity: channel
+  lambda_max: 1e-2
+optimization:
+  optimizer: adamw
+  epochs: 3
+  lr_schedule: STEP
+  step_milestones: [1, 2]
+  seed: 7
+resources: {ranks: 2, device_kind: cpu}
+checkpoint: {every_steps: 100, directory: ~}
+)",
+                           /*yaml=*/true);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const v1::JobSpec want = FromText(R"(
+    name: "123" labels { key: "team" value: "vision" } labels { key: "run" value: "7" }
+    priority: -5 max_restarts: 0
+    model { arch: "resnet20" width_multiplier: 0.5 }
+    dataset { kind: DATASET_IDX path: "/usr/share/datasets/fashion-mnist" augment: false
+              max_train_examples: 2000 }
+    quantization { method: METHOD_HLA_NO_RESCALE granularity: GRANULARITY_CHANNEL lambda_max: 0.01 }
+    optimization { optimizer: OPTIMIZER_ADAMW epochs: 3 lr_schedule: SCHEDULE_STEP
+                   step_milestones: 1 step_milestones: 2 seed: 7 }
+    resources { ranks: 2 device_kind: DEVICE_CPU }
+    checkpoint { every_steps: 100 })");
+  EXPECT_TRUE(MessageDifferencer::Equals(*spec, want)) << spec->DebugString();
+  EXPECT_TRUE(spec->has_max_restarts());  // presence survives the conversion
+  EXPECT_FALSE(spec->optimization().has_lr());
+}
+
+TEST(JobFileTest, CamelCaseKeysAndFullEnumNamesWork) {
+  auto spec = ParseJobSpec("optimization: {batchSize: 64, epochs: 1}\nquantization: {method: METHOD_TWN}\n", true);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->optimization().batch_size(), 64);
+  EXPECT_EQ(spec->quantization().method(), v1::METHOD_TWN);
+}
+
+TEST(JobFileTest, UnknownFieldNamesThePathAndLine) {
+  auto spec = ParseJobSpec("name: x\noptimization:\n  epoch: 3\n", true);
+  ASSERT_FALSE(spec.ok());
+  EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(spec.status().message().find("optimization.epoch (line 3): unknown field"),
+            std::string::npos)
+      << spec.status();
+}
+
+TEST(JobFileTest, BadValuesNameTheFieldAndTheRule) {
+  struct Case {
+    const char* yaml;
+    const char* want;
+  };
+  for (const Case& c : {Case{"optimization: {epochs: three}", "optimization.epochs (line 1): expected an integer"},
+                        Case{"priority: 99999999999", "priority (line 1): 99999999999 is out of range"},
+                        Case{"dataset: {augment: maybe}", "dataset.augment (line 1): expected true or false"},
+                        Case{"quantization: {method: best}", "unknown QuantMethod 'best'"},
+                        Case{"optimization: {lr: fast}", "optimization.lr (line 1): expected a number"},
+                        Case{"model: resnet20", "model (line 1): expected a mapping"},
+                        Case{"name: [a, b]", "name (line 1): expected a single value"},
+                        Case{"name: 'unterminated", "YAML"}}) {
+    auto spec = ParseJobSpec(c.yaml, true);
+    ASSERT_FALSE(spec.ok()) << c.yaml;
+    EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument) << c.yaml;
+    EXPECT_NE(spec.status().message().find(c.want), std::string::npos)
+        << c.yaml << " -> " << spec.status();
+  }
+}
+
+TEST(JobFileTest, JsonIsProto3Json) {
+  auto spec = ParseJobSpec(
+      R"({"name": "j", "optimization": {"epochs": 2, "batch_size": 32},
+          "quantization": {"method": "METHOD_TTQ"}})",
+      /*yaml=*/false);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->optimization().epochs(), 2);
+  EXPECT_EQ(spec->quantization().method(), v1::METHOD_TTQ);
+  auto bad = ParseJobSpec(R"({"optimisation": {}})", false);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("optimisation"), std::string::npos) << bad.status();
+}
+
+TEST(JobFileTest, MissingFileIsNotFound) {
+  auto spec = LoadJobSpec("/nonexistent/job.yaml");
+  ASSERT_FALSE(spec.ok());
+  EXPECT_EQ(spec.status().code(), StatusCode::kNotFound);
+}
+
+TEST(JobFileTest, OverridesReplaceFileValues) {
+  v1::JobSpec spec = FromText(R"(name: "a" labels { key: "k" value: "1" }
+      optimization { epochs: 10 batch_size: 128 } quantization { method: METHOD_HLA })");
+  SpecOverrides o;
+  o.name = "b";
+  o.method = "twn";
+  o.device = "cuda";
+  o.epochs = 2;
+  o.ranks = 4;
+  o.batch_size = 256;
+  o.priority = 10;
+  o.lr = 0.05;
+  o.labels = {"k=2", "empty="};
+  ASSERT_TRUE(ApplyOverrides(o, &spec).ok());
+  const v1::JobSpec want = FromText(R"(name: "b" priority: 10
+      labels { key: "k" value: "2" } labels { key: "empty" value: "" }
+      optimization { epochs: 2 batch_size: 256 lr: 0.05 }
+      quantization { method: METHOD_TWN } resources { ranks: 4 device_kind: DEVICE_CUDA })");
+  EXPECT_TRUE(MessageDifferencer::Equals(spec, want)) << spec.DebugString();
+
+  SpecOverrides bad;
+  bad.labels = {"novalue"};
+  EXPECT_NE(ApplyOverrides(bad, &spec).message().find("--label"), std::string::npos);
+  SpecOverrides bad_method;
+  bad_method.method = "quantum";
+  EXPECT_NE(ApplyOverrides(bad_method, &spec).message().find("--method"), std::string::npos);
+}
+
+TEST(JobFileTest, EnumNamesAreLenient) {
+  const auto& states = *v1::JobState_descriptor();
+  EXPECT_EQ(*ParseEnumValue(states, "running"), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(*ParseEnumValue(states, "JOB_STATE_FAILED"), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(*ParseEnumValue(states, "4"), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(*ParseEnumValue(*v1::Packing_descriptor(), "base3"), v1::PACKING_BASE3);
+  EXPECT_FALSE(ParseEnumValue(states, "sleeping").ok());
+}
+
+TEST(Sha256Test, KnownVectors) {
+  EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  Sha256 h;  // incremental == one shot
+  h.Update("ab");
+  h.Update("c");
+  EXPECT_EQ(h.HexDigest(), Sha256Hex("abc"));
+}
+
+TEST(RenderTest, DurationsAndPercentages) {
+  EXPECT_EQ(FormatDuration(45), "45s");
+  EXPECT_EQ(FormatDuration(192), "3m12s");
+  EXPECT_EQ(FormatDuration(3720), "1h02m");
+  EXPECT_EQ(FormatDuration(-1), "-");
+  EXPECT_EQ(FormatPercent(0.8712), "87.12%");
+  EXPECT_EQ(FormatPercent(std::nullopt), "-");
+}
+
+TEST(RenderTest, ProgressBarShowsEpochStepLossAccuracyAndEta) {
+  v1::Progress p;
+  p.set_epoch(2);
+  p.set_epochs(3);
+  p.set_step(50);
+  p.set_total_steps(100);
+  p.set_loss(0.5123);
+  p.set_eta_seconds(72);
+  EXPECT_EQ(FormatProgressBar(p, 0.812, 10),
+            "epoch 2/3 [=====>    ] 50% step 50/100 loss 0.512 top-1 81.2% ETA 1m12s");
+}
+
+TEST(RenderTest, EventLines) {
+  v1::JobEvent e;
+  e.set_sequence(7);
+  *e.mutable_time() = google::protobuf::util::TimeUtil::SecondsToTimestamp(1700000000);
+  e.mutable_state_change()->set_from_state(v1::JOB_STATE_QUEUED);
+  e.mutable_state_change()->set_to_state(v1::JOB_STATE_ADMITTED);
+  e.mutable_state_change()->mutable_reason()->set_code("ADMITTED");
+  EXPECT_EQ(FormatEvent(e), "2023-11-14T22:13:20Z #7 state QUEUED -> ADMITTED (ADMITTED)");
+}
+
+}  // namespace
+}  // namespace tern::cli
