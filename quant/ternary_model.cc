@@ -120,7 +120,7 @@ TernaryProjection TernaryModel::Project(Layer& layer) const {
     case Projection::kTtq:
       return ProjectTtq(layer.latent, g, options_.ttq_threshold, layer.wp, layer.wn);
     case Projection::kLat: {
-      const int64_t steps = state_->named_buffers(false)["moment_steps"].item<int64_t>();
+      const int64_t steps = moment_steps_;
       at::Tensor importance;
       if (steps > 0) {
         at::NoGradGuard no_grad;
@@ -173,6 +173,11 @@ void TernaryModel::BeforeForward() {
   }
 }
 
+void TernaryModel::StateLoaded() {
+  moment_steps_ = state_->named_buffers(false)["moment_steps"].item<int64_t>();
+  for (auto& layer : layers_) layer->cached_version = -1;
+}
+
 void TernaryModel::UseLatentWeights() {
   for (auto& layer : layers_) {
     *layer->forward_weight = layer->latent;
@@ -200,9 +205,8 @@ void TernaryModel::AfterBackward() {
     const at::Tensor& g = layer->latent.grad();
     layer->second_moment.mul_(decay).addcmul_(g, g, 1.0 - decay);
   }
-  at::Tensor steps = state_->named_buffers(false)["moment_steps"];
-  steps.add_(1);
-  moment_steps_ = steps.item<int64_t>();
+  state_->named_buffers(false)["moment_steps"].add_(1);
+  ++moment_steps_;  // mirrors the buffer without a device sync
 }
 
 std::vector<LayerStats> TernaryModel::Stats(bool reset_flips) {

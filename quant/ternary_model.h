@@ -59,6 +59,8 @@ class TernaryModel {
   const QuantOptions& options() const { return options_; }
   // The quantizer's own state; save and load it with the model.
   std::shared_ptr<torch::nn::Module> state() const { return state_; }
+  // Call after loading state() from a checkpoint.
+  void StateLoaded();
   // TTQ's learned scales (empty for other methods).
   std::vector<at::Tensor> TrainableParameters() const;
 

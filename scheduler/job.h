@@ -67,6 +67,8 @@ inline constexpr char kCancelledByUser[] = "CANCELLED_BY_USER";
 inline constexpr char kStaleRank[] = "STALE_RANK";
 inline constexpr char kProgress[] = "PROGRESS";
 inline constexpr char kCheckpointCommitted[] = "CHECKPOINT_COMMITTED";
+// The kProgress event after SUCCEEDED: payload = Job::metrics_json.
+inline constexpr char kResult[] = "RESULT";
 }  // namespace reason
 
 inline constexpr char kDeviceCpu[] = "cpu";
@@ -85,7 +87,7 @@ struct JobEvent {
   JobState to = JobState::kUnspecified;    // kStateChanged only
   std::string reason;                      // reason::k*
   std::string message;  // for people, e.g. "agent gpu-3 lease expired"
-  std::string payload;  // kProgress: the trainer's JSON line, verbatim
+  std::string payload;  // kProgress, kCheckpoint: the reporter's payload
   int64_t step = 0;     // kCheckpoint: the committed step
 };
 

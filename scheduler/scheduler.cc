@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <iterator>
 #include <tuple>
 #include <utility>
 
@@ -14,6 +15,7 @@ namespace {
 using std::chrono::milliseconds;
 
 constexpr char kPageTokenPrefix[] = "after:";
+constexpr char kNewestFirstPageTokenPrefix[] = "before:";
 constexpr int kMaxRestartsLimit = 1000;
 constexpr size_t kMaxIdempotencyKeyBytes = 256;
 constexpr int kDefaultEventBatch = 100;
@@ -118,9 +120,10 @@ Status ValidateJobRequest(const JobRequest& r, int max_world_size) {
   return OkStatus();
 }
 
-StatusOr<JobId> ParsePageToken(const std::string& token) {
+StatusOr<JobId> ParsePageToken(const std::string& token, bool newest_first) {
   if (token.empty()) return JobId{0};
-  const std::string_view prefix(kPageTokenPrefix);
+  const std::string_view prefix(newest_first ? kNewestFirstPageTokenPrefix
+                                             : kPageTokenPrefix);
   JobId id = 0;
   if (token.compare(0, prefix.size(), prefix) == 0) {
     const char* begin = token.data() + prefix.size();
@@ -684,20 +687,34 @@ StatusOr<ListJobsResult> Scheduler::ListJobs(const ListJobsQuery& query) const {
   if (query.page_size < 0) {
     return InvalidArgumentError("page_size: must be >= 0");
   }
-  TERN_ASSIGN_OR_RETURN(JobId after, ParsePageToken(query.page_token));
+  TERN_ASSIGN_OR_RETURN(JobId after,
+                        ParsePageToken(query.page_token, query.newest_first));
   const size_t page_size = static_cast<size_t>(
       query.page_size == 0 ? options_.default_page_size
                            : std::min(query.page_size, options_.max_page_size));
   std::lock_guard<std::mutex> lock(mu_);
   ListJobsResult result;
-  for (auto it = jobs_.upper_bound(after); it != jobs_.end(); ++it) {
-    if (!Matches(it->second, query)) continue;
+  // Returns false once the page is full (and sets the token).
+  auto visit = [&](const Job& job) {
+    if (!Matches(job, query)) return true;
     if (result.jobs.size() == page_size) {
-      result.next_page_token =
-          kPageTokenPrefix + std::to_string(result.jobs.back().id);
-      break;
+      result.next_page_token = (query.newest_first ? kNewestFirstPageTokenPrefix
+                                                   : kPageTokenPrefix) +
+                               std::to_string(result.jobs.back().id);
+      return false;
     }
-    result.jobs.push_back(it->second);
+    result.jobs.push_back(job);
+    return true;
+  };
+  if (query.newest_first) {
+    auto end = after == 0 ? jobs_.end() : jobs_.lower_bound(after);
+    for (auto it = std::make_reverse_iterator(end); it != jobs_.rend(); ++it) {
+      if (!visit(it->second)) break;
+    }
+  } else {
+    for (auto it = jobs_.upper_bound(after); it != jobs_.end(); ++it) {
+      if (!visit(it->second)) break;
+    }
   }
   return result;
 }
@@ -986,6 +1003,15 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
     std::vector<JobEvent> events;
     TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
     const bool ended = IsTerminal(job.state);
+    if (job.state == JobState::kSucceeded) {
+      JobEvent result;
+      result.time = now;
+      result.type = JobEventType::kProgress;
+      result.reason = reason::kResult;
+      result.message = "result of rank 0";
+      result.payload = job.metrics_json;
+      AppendJobEvent(&job, std::move(result), &events);
+    }
     TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
     if (ended) AdmitAndLogLocked(now);
     return OkStatus();
@@ -1021,7 +1047,8 @@ Status Scheduler::ReportProgress(const RankRef& rank, std::string payload) {
   return CommitLocked(std::move(job), std::move(events));
 }
 
-Status Scheduler::ReportCheckpoint(const RankRef& rank, int64_t step) {
+Status Scheduler::ReportCheckpoint(const RankRef& rank, int64_t step,
+                                   std::string payload) {
   if (step < 0) return InvalidArgumentError("step: must be >= 0");
   std::lock_guard<std::mutex> lock(mu_);
   TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
@@ -1039,6 +1066,7 @@ Status Scheduler::ReportCheckpoint(const RankRef& rank, int64_t step) {
                   " committed (reported by rank " + std::to_string(rank.rank) +
                   ")";
   event.step = step;
+  event.payload = std::move(payload);
   std::vector<JobEvent> events;
   AppendJobEvent(&job, std::move(event), &events);
   return CommitLocked(std::move(job), std::move(events));

@@ -19,7 +19,9 @@
 //   after that it reserves the kind: nothing behind it is admitted until it
 //   starts. A job larger than the kind's registered capacity never blocks.
 // - Success: a job SUCCEEDS when every rank of the attempt exits 0; the
-//   result (artifact path, metrics) is rank 0's.
+//   result (artifact path, metrics) is rank 0's, and a kProgress event with
+//   reason RESULT and payload = rank 0's metrics_json follows the
+//   SUCCEEDED state change (the job's last event).
 // - Failure: a rank exiting non-zero (TRAINER_FAILED, or RANK_LOST on a
 //   signal), an agent's lease expiring or a rank missing from a
 //   re-registering agent moves the job to RESTARTING: the other ranks get
@@ -96,10 +98,11 @@ struct ListJobsQuery {
   std::map<std::string, std::string> labels;  // every pair must match
   int page_size = 0;                          // 0: default_page_size
   std::string page_token;  // "" or a previous next_page_token (same filters)
+  bool newest_first = false;  // descending id (same on every page)
 };
 
 struct ListJobsResult {
-  std::vector<Job> jobs;        // ascending id
+  std::vector<Job> jobs;        // ascending id (descending if newest_first)
   std::string next_page_token;  // "" on the last page
 };
 
@@ -165,8 +168,9 @@ class Scheduler {
   Status ReportRankStarted(const RankRef& rank);
   Status ReportRankExit(const RankExit& exit);
   Status ReportProgress(const RankRef& rank, std::string payload);
-  Status ReportCheckpoint(const RankRef& rank,
-                          int64_t step);  // ignores step <= last
+  // Ignores step <= last; `payload` is kept in the event (opaque).
+  Status ReportCheckpoint(const RankRef& rank, int64_t step,
+                          std::string payload = {});
 
   // --- Time ---
   // Expires leases, re-queues jobs whose restart backoff passed, runs

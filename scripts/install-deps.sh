@@ -14,6 +14,7 @@ packages=(
   dataset-fashion-mnist                 # real data, /usr/share/datasets/fashion-mnist
   python3-torch python3-numpy           # the PyTorch reference trainer (bench/reference)
   prometheus                            # promtool + server for the metrics end-to-end test
+  jq                                    # bench/trainer_throughput.sh
 )
 
 missing=()

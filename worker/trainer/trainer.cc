@@ -1,5 +1,6 @@
 #include "worker/trainer/trainer.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -74,11 +75,42 @@ double LearningRate(const OptimConfig& o, int64_t step, int64_t total, int64_t s
   return o.lr * 0.5 * (1.0 + std::cos(M_PI * t));
 }
 
+// bf16 autocast on CUDA for the scope of a forward pass (no-op when off).
+class CudaAutocast {
+ public:
+  explicit CudaAutocast(bool enabled) : enabled_(enabled) {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+#else
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(true);
+#endif
+  }
+  ~CudaAutocast() {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+#else
+    at::autocast::set_enabled(false);
+#endif
+    at::autocast::clear_cache();
+  }
+  CudaAutocast(const CudaAutocast&) = delete;
+  CudaAutocast& operator=(const CudaAutocast&) = delete;
+
+ private:
+  bool enabled_;
+};
+
 // Everything one rank trains with.
 struct Session {
   TrainerSpec spec;
   RunOptions run;
   torch::Device device = torch::kCPU;
+  bool bf16 = false;           // autocast (CUDA only)
+  bool channels_last = false;  // NHWC activations and weights (CUDA only)
   std::unique_ptr<Communicator> comm;
   DatasetSplits data;
   Normalization norm;
@@ -189,6 +221,14 @@ Status Setup(Session& s) {
   torch::manual_seed(spec.optim.seed);
   TERN_ASSIGN_OR_RETURN(s.model, BuildClassifier(s.arch));
   s.model->to(s.device);
+  s.bf16 = s.device.is_cuda() && spec.optim.bf16;
+  s.channels_last = s.device.is_cuda() && spec.optim.channels_last;
+  if (s.channels_last) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : s.model->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+    }
+  }
   TERN_ASSIGN_OR_RETURN(s.quant, quant::TernaryModel::Attach(s.model, spec.quant));
   s.quant->state()->to(s.device);
   s.optimizer = MakeOptimizer(s);
@@ -296,6 +336,7 @@ StatusOr<bool> LoadNewestCheckpoint(Session& s) {
     archive.read("optimizer", opt_archive);
     s.model->load(model_archive);
     s.quant->state()->load(quant_archive);
+    s.quant->StateLoaded();
     s.optimizer->load(opt_archive);
     at::Tensor global_step, rng;
     archive.read("global_step", global_step);
@@ -383,7 +424,8 @@ StatusOr<double> TrainStep(Session& s, BatchLoader& loader) {
   const int micro = s.spec.optim.micro_batches;
   std::optional<Batch> batch = loader.Next();
   if (!batch) return InternalError("data loader ended inside an epoch");
-  const at::Tensor images = batch->images.to(s.device, /*non_blocking=*/true);  // [b, C, H, W]
+  at::Tensor images = batch->images.to(s.device, /*non_blocking=*/true);  // [b, C, H, W]
+  if (s.channels_last) images = images.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor labels = batch->labels.to(s.device, /*non_blocking=*/true);  // [b]
   const std::vector<at::Tensor> xs = images.chunk(micro);
   const std::vector<at::Tensor> ys = labels.chunk(micro);
@@ -391,7 +433,11 @@ StatusOr<double> TrainStep(Session& s, BatchLoader& loader) {
   double loss_sum = 0;
   for (int m = 0; m < micro; ++m) {
     s.quant->BeforeForward();  // per micro-batch: each graph owns its STE node
-    const at::Tensor logits = s.model->forward(xs[m]);  // [b/M, classes]
+    at::Tensor logits;
+    {
+      CudaAutocast autocast(s.bf16);
+      logits = s.model->forward(xs[m]);  // [b/M, classes]
+    }
     const at::Tensor task = at::cross_entropy_loss(logits.to(at::kFloat), ys[m]);
     const at::Tensor loss = (task + s.quant->RegularizationLoss()) / micro;
     loss.backward();

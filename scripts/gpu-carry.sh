@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run on a normal (Debian 12) machine before scripts/gpu-check.sh: gathers what
+# the GPU machine lacks into the git-ignored .carry/ (well under 64 MiB):
+# Debian's gRPC and its dependencies, header-only libraries, Fashion-MNIST.
+# Then: device run with carry [".carry"] and command "bash scripts/gpu-check.sh".
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+carry="$root/.carry"
+mkdir -p "$carry/debs" "$carry/fashion-mnist"
+packages=(libgrpc++-dev libgrpc-dev libgrpc29 libgrpc++1.51 protobuf-compiler-grpc
+  libabsl20220623 libabsl-dev libc-ares2 libc-ares-dev libre2-9 libre2-dev libprotoc32
+  libssl-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libstb-dev libstb0
+  libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libgtest-dev libgmock-dev jq libjq1 libonig5)
+(cd "$carry/debs" && apt-get download "${packages[@]}")
+cp /usr/share/datasets/fashion-mnist/*.gz "$carry/fashion-mnist/"
+du -sh "$carry"

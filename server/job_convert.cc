@@ -1,0 +1,284 @@
+#include "server/job_convert.h"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "server/trainer_events.h"
+
+namespace tern::server {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+using scheduler::JobEventType;
+using scheduler::JobState;
+
+constexpr size_t kMaxJobIdDigits = 18;
+
+bool StartsWith(const std::string& s, const char* prefix) {
+  return s.rfind(prefix, 0) == 0;
+}
+
+// A machine-readable code for the scheduler's wait sentence.
+std::string WaitCode(JobState state, const std::string& sentence) {
+  if (state == JobState::kRestarting) return "RESTART_BACKOFF";
+  if (sentence.find("held for job") != std::string::npos) {
+    return "SLOTS_RESERVED";
+  }
+  if (sentence.find("rendezvous port") != std::string::npos) {
+    return "NO_RENDEZVOUS_PORT";
+  }
+  if (StartsWith(sentence, "needs ")) return "INSUFFICIENT_SLOTS";
+  return "WAITING_FOR_ADMISSION";
+}
+
+v1::StateReason Reason(const std::string& code, const std::string& message) {
+  v1::StateReason reason;
+  reason.set_code(code);
+  reason.set_message(message);
+  return reason;
+}
+
+}  // namespace
+
+std::string JobLayout::JobDirName(const scheduler::Job& job) {
+  return "job-" + std::to_string(job.id) + "-" +
+         std::to_string(scheduler::ToUnixMicros(job.submit_time));
+}
+
+std::string JobLayout::CheckpointDir(const scheduler::Job& job,
+                                     const v1::JobSpec& spec) const {
+  if (!spec.checkpoint().directory().empty()) {
+    return spec.checkpoint().directory();
+  }
+  return checkpoint_root + "/" + JobDirName(job);
+}
+
+std::string JobLayout::ArtifactPath(const scheduler::Job& job) const {
+  return artifact_root + "/" + JobDirName(job) + ".tern";
+}
+
+std::string FormatJobId(scheduler::JobId id) { return std::to_string(id); }
+
+StatusOr<scheduler::JobId> ParseJobId(const std::string& text,
+                                      const std::string& field) {
+  if (text.empty()) return InvalidArgumentError(field + ": required");
+  scheduler::JobId id = 0;
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, id);
+  if (ec != std::errc() || ptr != end || id <= 0 ||
+      text.size() > kMaxJobIdDigits || text[0] == '+' || text[0] == '0') {
+    return NotFoundError("job \"" + text.substr(0, 64) + "\" does not exist");
+  }
+  return id;
+}
+
+v1::JobState ToProtoState(JobState state) {
+  switch (state) {
+    case JobState::kUnspecified:
+      return v1::JOB_STATE_UNSPECIFIED;
+    case JobState::kQueued:
+      return v1::JOB_STATE_QUEUED;
+    case JobState::kAdmitted:
+      return v1::JOB_STATE_ADMITTED;
+    case JobState::kRunning:
+      return v1::JOB_STATE_RUNNING;
+    case JobState::kRestarting:
+      return v1::JOB_STATE_RESTARTING;
+    case JobState::kSucceeded:
+      return v1::JOB_STATE_SUCCEEDED;
+    case JobState::kFailed:
+      return v1::JOB_STATE_FAILED;
+    case JobState::kCancelled:
+      return v1::JOB_STATE_CANCELLED;
+  }
+  return v1::JOB_STATE_UNSPECIFIED;
+}
+
+std::optional<JobState> FromProtoState(v1::JobState state) {
+  switch (state) {
+    case v1::JOB_STATE_QUEUED:
+      return JobState::kQueued;
+    case v1::JOB_STATE_ADMITTED:
+      return JobState::kAdmitted;
+    case v1::JOB_STATE_RUNNING:
+      return JobState::kRunning;
+    case v1::JOB_STATE_RESTARTING:
+      return JobState::kRestarting;
+    case v1::JOB_STATE_SUCCEEDED:
+      return JobState::kSucceeded;
+    case v1::JOB_STATE_FAILED:
+      return JobState::kFailed;
+    case v1::JOB_STATE_CANCELLED:
+      return JobState::kCancelled;
+    default:
+      return std::nullopt;
+  }
+}
+
+google::protobuf::Timestamp ToTimestamp(scheduler::TimePoint time) {
+  return TimeUtil::MicrosecondsToTimestamp(scheduler::ToUnixMicros(time));
+}
+
+StatusOr<v1::JobSpec> StoredSpec(const scheduler::Job& job) {
+  v1::JobSpec spec;
+  if (!spec.ParseFromString(job.spec)) {
+    return DataLossError("job " + FormatJobId(job.id) +
+                         ": the stored spec does not parse as tern.v1.JobSpec");
+  }
+  return spec;
+}
+
+std::string SerializeSpec(const v1::JobSpec& spec) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream raw(&bytes);
+    google::protobuf::io::CodedOutputStream out(&raw);
+    out.SetSerializationDeterministic(true);
+    spec.SerializeToCodedStream(&out);
+  }
+  return bytes;
+}
+
+int AttemptAt(const scheduler::Job& job, int64_t seq) {
+  int attempt = 1;
+  for (const scheduler::JobEvent& e : job.history) {
+    if (e.seq > seq) break;
+    if (e.from == JobState::kRestarting && e.to == JobState::kQueued) {
+      ++attempt;
+    }
+  }
+  return attempt;
+}
+
+v1::JobResult StoredResult(const scheduler::Job& job) {
+  v1::JobResult result;
+  if (!job.metrics_json.empty()) {
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = true;
+    if (!google::protobuf::util::JsonStringToMessage(job.metrics_json, &result,
+                                                     options)
+             .ok()) {
+      result.Clear();
+    }
+  }
+  if (result.artifact_path().empty()) {
+    result.set_artifact_path(job.artifact_path);
+  }
+  return result;
+}
+
+StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
+                             const JobExtras& extras) {
+  v1::Job out;
+  out.set_id(FormatJobId(job.id));
+  TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(job));
+  spec.mutable_checkpoint()->set_directory(layout.CheckpointDir(job, spec));
+  *out.mutable_spec() = std::move(spec);
+  out.set_state(ToProtoState(job.state));
+  scheduler::TimePoint updated = job.submit_time;
+  for (const scheduler::JobEvent& e : job.history) {
+    updated = std::max(updated, e.time);
+    if (e.to == JobState::kRunning && !out.has_start_time()) {
+      *out.mutable_start_time() = ToTimestamp(e.time);
+    }
+    if (e.to == job.state) {
+      *out.mutable_state_reason() = Reason(e.reason, e.message);
+    }
+    if (scheduler::IsTerminal(e.to))
+      *out.mutable_end_time() = ToTimestamp(e.time);
+  }
+  if ((job.state == JobState::kQueued || job.state == JobState::kRestarting) &&
+      !extras.wait_reason.empty()) {
+    *out.mutable_wait_reason() =
+        Reason(WaitCode(job.state, extras.wait_reason), extras.wait_reason);
+  }
+  if (extras.progress_time) updated = std::max(updated, *extras.progress_time);
+  *out.mutable_create_time() = ToTimestamp(job.submit_time);
+  *out.mutable_update_time() = ToTimestamp(updated);
+  out.set_restarts(job.restarts_used);
+  if (extras.progress) *out.mutable_progress() = *extras.progress;
+  if (extras.metrics) *out.mutable_latest_metrics() = *extras.metrics;
+  if (job.state == JobState::kSucceeded) {
+    *out.mutable_result() = StoredResult(job);
+  }
+  return out;
+}
+
+std::optional<v1::JobEvent> ToProtoEvent(const scheduler::Job& job,
+                                         const scheduler::JobEvent& event,
+                                         bool include_logs) {
+  v1::JobEvent out;
+  out.set_sequence(static_cast<uint64_t>(event.seq));
+  out.set_job_id(FormatJobId(job.id));
+  *out.mutable_time() = ToTimestamp(event.time);
+  out.set_attempt(AttemptAt(job, event.seq));
+  switch (event.type) {
+    case JobEventType::kStateChanged: {
+      v1::StateChange* change = out.mutable_state_change();
+      change->set_from_state(ToProtoState(event.from));
+      change->set_to_state(ToProtoState(event.to));
+      *change->mutable_reason() = Reason(event.reason, event.message);
+      return out;
+    }
+    case JobEventType::kCheckpoint: {
+      v1::CheckpointCommitted* ck = out.mutable_checkpoint_committed();
+      if (!event.payload.empty()) {
+        StatusOr<TrainerLine> line = ParseTrainerLine(event.payload);
+        if (line.ok() && line->kind == TrainerEventKind::kCheckpoint) {
+          *ck = line->checkpoint;
+        }
+      }
+      ck->set_step(static_cast<int32_t>(event.step));
+      return out;
+    }
+    case JobEventType::kProgress:
+      break;
+  }
+  if (event.reason == scheduler::reason::kResult) {
+    *out.mutable_finished() = StoredResult(job);
+    return out;
+  }
+  StatusOr<TrainerLine> line = ParseTrainerLine(event.payload);
+  if (!line.ok()) return std::nullopt;
+  switch (line->kind) {
+    case TrainerEventKind::kProgress:
+      *out.mutable_progress() = line->progress;
+      return out;
+    case TrainerEventKind::kEpochEnd:
+      *out.mutable_epoch_end() = line->epoch_end;
+      return out;
+    case TrainerEventKind::kLog:
+      if (!include_logs) return std::nullopt;
+      *out.mutable_log() = line->log;
+      return out;
+    default:
+      return std::nullopt;
+  }
+}
+
+StatusOr<v1::Assignment> ToProtoAssignment(const scheduler::Assignment& a,
+                                           const scheduler::Job& job,
+                                           const JobLayout& layout) {
+  v1::Assignment out;
+  v1::RankRef* ref = out.mutable_ref();
+  ref->set_job_id(FormatJobId(a.job_id));
+  ref->set_attempt(a.attempt);
+  ref->set_rank(a.rank);
+  out.set_world_size(a.world_size);
+  out.set_rendezvous_host(a.rendezvous_host);
+  out.set_rendezvous_port(a.rendezvous_port);
+  TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(job));
+  const std::string checkpoint_dir = layout.CheckpointDir(job, spec);
+  spec.mutable_checkpoint()->set_directory(checkpoint_dir);
+  *out.mutable_spec() = std::move(spec);
+  out.set_checkpoint_dir(checkpoint_dir);
+  out.set_artifact_path(layout.ArtifactPath(job));
+  return out;
+}
+
+}  // namespace tern::server

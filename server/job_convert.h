@@ -1,0 +1,101 @@
+// Mapping between the scheduler's plain C++ model (scheduler/job.h,
+// scheduler/dispatch.h) and the tern.v1 messages.
+//
+// - Job ids: scheduler JobId 42 <-> tern.v1 "42".
+// - Spec: the scheduler's opaque Job::spec holds the tern.v1.JobSpec in proto
+//   binary (deterministic serialization), owner filled in, everything else as
+//   submitted. JobLayout resolves the server's choices from it on the way out
+//   (checkpoint directory, artifact path), so a spec is never rewritten.
+// - Events (scheduler JobEvent -> tern.v1.JobEvent, same sequence numbers):
+//   STATE_CHANGED -> state_change; CHECKPOINT -> checkpoint_committed (step,
+//   plus epoch/path from the trainer's line kept as payload); PROGRESS with
+//   reason RESULT -> finished; other PROGRESS events carry a trainer JSON line:
+//   progress -> progress, epoch_end -> epoch_end, log -> log; the rest
+//   (started, finished, failed lines kept for the server's own use) are not
+//   streamed (JobEvent allows gaps).
+// Pure functions, thread-safe.
+#ifndef TERN_SERVER_JOB_CONVERT_H_
+#define TERN_SERVER_JOB_CONVERT_H_
+
+#include <google/protobuf/timestamp.pb.h>
+
+#include <optional>
+#include <string>
+
+#include "common/status.h"
+#include "scheduler/dispatch.h"
+#include "scheduler/job.h"
+#include "tern/v1/job.pb.h"
+#include "tern/v1/worker_service.pb.h"
+
+namespace tern::server {
+
+// Where the server puts what a spec leaves to it. Both roots are absolute.
+struct JobLayout {
+  std::string artifact_root;
+  std::string checkpoint_root;
+
+  // "job-<id>-<submit time in Unix microseconds>": unique even when a
+  // deleted database lets job ids start over.
+  static std::string JobDirName(const scheduler::Job& job);
+  // spec.checkpoint.directory, or <checkpoint_root>/<JobDirName>.
+  std::string CheckpointDir(const scheduler::Job& job,
+                            const v1::JobSpec& spec) const;
+  // <artifact_root>/<JobDirName>.tern
+  std::string ArtifactPath(const scheduler::Job& job) const;
+};
+
+std::string FormatJobId(scheduler::JobId id);
+// INVALID_ARGUMENT "<field>: required" when empty; NOT_FOUND when it is not
+// an id this server could have issued.
+StatusOr<scheduler::JobId> ParseJobId(const std::string& text,
+                                      const std::string& field = "job_id");
+
+v1::JobState ToProtoState(scheduler::JobState state);
+std::optional<scheduler::JobState> FromProtoState(v1::JobState state);
+google::protobuf::Timestamp ToTimestamp(scheduler::TimePoint time);
+
+// The stored spec; DATA_LOSS when the bytes do not parse.
+StatusOr<v1::JobSpec> StoredSpec(const scheduler::Job& job);
+std::string SerializeSpec(const v1::JobSpec& spec);  // deterministic
+
+// Attempt (1-based) that the event with sequence `seq` belongs to: 1 plus the
+// number of requeues (RESTARTING -> QUEUED) in job.history up to `seq`.
+int AttemptAt(const scheduler::Job& job, int64_t seq);
+
+// Job::metrics_json (a JobResult in proto3 JSON) as a JobResult;
+// artifact_path falls back to Job::artifact_path.
+v1::JobResult StoredResult(const scheduler::Job& job);
+
+// What a tern.v1.Job shows beyond the scheduler's Job.
+struct JobExtras {
+  std::string wait_reason;  // Scheduler::WaitReason (QUEUED, RESTARTING)
+  std::optional<v1::Progress> progress;               // latest sample, if any
+  std::optional<v1::EpochMetrics> metrics;            // latest epoch, if any
+  std::optional<scheduler::TimePoint> progress_time;  // when either came
+};
+
+// The tern.v1.Job: spec with owner and checkpoint.directory resolved, state
+// and reasons (wait_reason code INSUFFICIENT_SLOTS, SLOTS_RESERVED,
+// NO_RENDEZVOUS_PORT, WAITING_FOR_ADMISSION or RESTART_BACKOFF, with the
+// scheduler's sentence as message), times from the history, result once
+// SUCCEEDED. DATA_LOSS when the stored spec does not parse.
+StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
+                             const JobExtras& extras);
+
+// Converts one scheduler event; nullopt when it is not streamed (see above;
+// log lines only with `include_logs`). `job` supplies the attempt and, for
+// the RESULT event, the result.
+std::optional<v1::JobEvent> ToProtoEvent(const scheduler::Job& job,
+                                         const scheduler::JobEvent& event,
+                                         bool include_logs);
+
+// The Assignment an agent receives for `a`, with the spec, checkpoint
+// directory and artifact path resolved from `job` (a.job_id's job).
+StatusOr<v1::Assignment> ToProtoAssignment(const scheduler::Assignment& a,
+                                           const scheduler::Job& job,
+                                           const JobLayout& layout);
+
+}  // namespace tern::server
+
+#endif  // TERN_SERVER_JOB_CONVERT_H_

@@ -1,0 +1,409 @@
+#include "server/job_service.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "server/caller.h"
+#include "server/file_digest.h"
+#include "server/rpc.h"
+#include "server/spec_validation.h"
+
+namespace tern::server {
+namespace {
+
+using scheduler::JobState;
+
+constexpr size_t kMaxIdempotencyKeyLength = 128;
+constexpr size_t kMaxCancelReasonLength = 1024;
+constexpr int kDefaultPageSize = 50;
+constexpr int kMaxPageSize = 500;
+constexpr int kMaxRestartsDefault = 3;  // job.proto: JobSpec.max_restarts
+constexpr int kEventBatch = 500;
+constexpr size_t kChunkBytes = 1 << 20;
+
+Status ValidateIdempotencyKey(const std::string& key) {
+  if (key.empty()) return OkStatus();
+  const bool printable = std::all_of(
+      key.begin(), key.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+  if (key.size() > kMaxIdempotencyKeyLength || !printable) {
+    return InvalidArgumentError(
+        "idempotency_key: must be 1..128 printable ASCII characters");
+  }
+  return OkStatus();
+}
+
+// FNV-1a, stable across processes: page tokens outlive a ternd restart.
+uint64_t Fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string Hex64(uint64_t v) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) out[i] = kDigits[v & 0xf];
+  return out;
+}
+
+// Identifies the filters of a ListJobs request (not its page fields).
+std::string FilterFingerprint(
+    const std::set<JobState>& states, const std::string& owner,
+    const std::map<std::string, std::string>& labels) {
+  std::string canonical;
+  for (JobState s : states) {
+    canonical += scheduler::JobStateName(s);
+    canonical += '\x1f';
+  }
+  canonical += '\x1e' + owner + '\x1e';
+  for (const auto& [key, value] : labels) {
+    canonical += key + '\x1f' + value + '\x1f';
+  }
+  return Hex64(Fnv1a(canonical));
+}
+
+}  // namespace
+
+JobService::JobService(ServerState* state) : state_(state) {}
+
+// --- Handlers ---------------------------------------------------------------
+
+grpc::Status JobService::SubmitJob(grpc::ServerContext* context,
+                                   const v1::SubmitJobRequest* request,
+                                   v1::SubmitJobResponse* response) {
+  return RunRpc(state_, "SubmitJob",
+                [&] { return DoSubmitJob(context, *request, response); });
+}
+
+grpc::Status JobService::GetJob(grpc::ServerContext* context,
+                                const v1::GetJobRequest* request,
+                                v1::Job* response) {
+  return RunRpc(state_, "GetJob", [&]() -> Status {
+    TERN_ASSIGN_OR_RETURN(scheduler::Job job,
+                          ReadableJob(context, request->job_id()));
+    TERN_ASSIGN_OR_RETURN(*response, Describe(job));
+    return OkStatus();
+  });
+}
+
+grpc::Status JobService::ListJobs(grpc::ServerContext* context,
+                                  const v1::ListJobsRequest* request,
+                                  v1::ListJobsResponse* response) {
+  return RunRpc(state_, "ListJobs", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(CallerFromContext(*context).status());
+    return DoListJobs(*request, response);
+  });
+}
+
+grpc::Status JobService::CancelJob(grpc::ServerContext* context,
+                                   const v1::CancelJobRequest* request,
+                                   v1::Job* response) {
+  return RunRpc(state_, "CancelJob",
+                [&] { return DoCancelJob(context, *request, response); });
+}
+
+grpc::Status JobService::WatchJob(grpc::ServerContext* context,
+                                  const v1::WatchJobRequest* request,
+                                  grpc::ServerWriter<v1::JobEvent>* writer) {
+  return RunRpc(state_, "WatchJob",
+                [&] { return DoWatchJob(context, *request, writer); });
+}
+
+grpc::Status JobService::GetArtifact(
+    grpc::ServerContext* context, const v1::GetArtifactRequest* request,
+    grpc::ServerWriter<v1::GetArtifactResponse>* writer) {
+  return RunRpc(state_, "GetArtifact",
+                [&] { return DoGetArtifact(context, *request, writer); });
+}
+
+// --- Implementations --------------------------------------------------------
+
+Status JobService::DoSubmitJob(grpc::ServerContext* context,
+                               const v1::SubmitJobRequest& request,
+                               v1::SubmitJobResponse* response) {
+  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context));
+  TERN_RETURN_IF_ERROR(ValidateIdempotencyKey(request.idempotency_key()));
+  v1::JobSpec spec = request.spec();
+  spec.set_owner(caller.owner);
+  TERN_RETURN_IF_ERROR(ValidateJobSpec(spec));
+
+  scheduler::JobRequest r;
+  r.owner = caller.owner;
+  r.labels.insert(spec.labels().begin(), spec.labels().end());
+  r.priority = spec.priority();
+  r.world_size = spec.resources().has_ranks() ? spec.resources().ranks() : 1;
+  r.device_kind = spec.resources().device_kind() == v1::DEVICE_CUDA
+                      ? scheduler::kDeviceCuda
+                      : scheduler::kDeviceCpu;
+  r.max_restarts =
+      spec.has_max_restarts() ? spec.max_restarts() : kMaxRestartsDefault;
+  r.idempotency_key = request.idempotency_key();
+  r.spec = SerializeSpec(spec);
+  TERN_ASSIGN_OR_RETURN(scheduler::SubmitResult submitted,
+                        state_->scheduler->SubmitJob(r));
+  if (!submitted.created) {
+    TERN_ASSIGN_OR_RETURN(v1::JobSpec stored, StoredSpec(submitted.job));
+    if (SerializeSpec(stored) != r.spec) {
+      return AlreadyExistsError(
+          "idempotency_key \"" + request.idempotency_key() +
+          "\" was already used for job " + FormatJobId(submitted.job.id) +
+          " with a different spec");
+    }
+  }
+  TERN_ASSIGN_OR_RETURN(*response->mutable_job(), Describe(submitted.job));
+  response->set_created(submitted.created);
+  return OkStatus();
+}
+
+Status JobService::DoListJobs(const v1::ListJobsRequest& request,
+                              v1::ListJobsResponse* response) {
+  std::set<JobState> states;
+  bool any_state = false;
+  for (int i = 0; i < request.states_size(); ++i) {
+    const int value = request.states(i);
+    if (!v1::JobState_IsValid(value)) {
+      return InvalidArgumentError("states[" + std::to_string(i) +
+                                  "]: unknown JobState value " +
+                                  std::to_string(value));
+    }
+    std::optional<JobState> state =
+        FromProtoState(static_cast<v1::JobState>(value));
+    if (state) {
+      states.insert(*state);
+    } else {
+      any_state = true;  // JOB_STATE_UNSPECIFIED: "any state"
+    }
+  }
+  if (any_state) states.clear();
+  if (request.page_size() < 0) {
+    return InvalidArgumentError("page_size: must be >= 0, got " +
+                                std::to_string(request.page_size()));
+  }
+  const int page_size = request.page_size() == 0
+                            ? kDefaultPageSize
+                            : std::min(request.page_size(), kMaxPageSize);
+
+  scheduler::ListJobsQuery query;
+  query.owner = request.owner();
+  query.labels.insert(request.labels().begin(), request.labels().end());
+  query.newest_first = true;
+  if (states.size() == 1) query.state = *states.begin();
+  const std::string fingerprint =
+      FilterFingerprint(states, query.owner, query.labels);
+  if (!request.page_token().empty()) {
+    const std::string& token = request.page_token();
+    const size_t colon = token.find(':');
+    if (colon != 16 || token.size() <= 17) {
+      return InvalidArgumentError("page_token: not a token this server issued");
+    }
+    if (token.compare(0, 16, fingerprint) != 0) {
+      return InvalidArgumentError(
+          "page_token: the filters (states, owner, labels) differ from the "
+          "first page's");
+    }
+    query.page_token = token.substr(17);
+  }
+
+  std::vector<scheduler::Job> jobs;
+  std::string next;
+  for (int remaining = page_size;;) {
+    query.page_size = remaining;
+    TERN_ASSIGN_OR_RETURN(scheduler::ListJobsResult page,
+                          state_->scheduler->ListJobs(query));
+    for (scheduler::Job& job : page.jobs) {
+      if (states.empty() || states.count(job.state) != 0) {
+        jobs.push_back(std::move(job));
+        --remaining;
+      }
+    }
+    if (page.next_page_token.empty()) break;
+    if (remaining == 0) {
+      next = fingerprint + ":" + page.next_page_token;
+      break;
+    }
+    query.page_token = page.next_page_token;
+  }
+  for (const scheduler::Job& job : jobs) {
+    TERN_ASSIGN_OR_RETURN(*response->add_jobs(), Describe(job));
+  }
+  response->set_next_page_token(next);
+  return OkStatus();
+}
+
+Status JobService::DoCancelJob(grpc::ServerContext* context,
+                               const v1::CancelJobRequest& request,
+                               v1::Job* response) {
+  if (request.reason().size() > kMaxCancelReasonLength) {
+    return InvalidArgumentError("reason: at most 1024 characters, got " +
+                                std::to_string(request.reason().size()));
+  }
+  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context));
+  TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(request.job_id()));
+  TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
+  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kCancel));
+  if (job.state != JobState::kCancelled) {
+    auto kills = state_->scheduler->CancelJob(id, request.reason());
+    if (!kills.ok()) {
+      // Lost a race with another cancel: cancelling CANCELLED is a no-op.
+      TERN_ASSIGN_OR_RETURN(job, state_->scheduler->GetJob(id));
+      if (job.state != JobState::kCancelled) return kills.status();
+    }
+    TERN_ASSIGN_OR_RETURN(job, state_->scheduler->GetJob(id));
+  }
+  TERN_ASSIGN_OR_RETURN(*response, Describe(job));
+  return OkStatus();
+}
+
+Status JobService::DoWatchJob(grpc::ServerContext* context,
+                              const v1::WatchJobRequest& request,
+                              grpc::ServerWriter<v1::JobEvent>* writer) {
+  TERN_ASSIGN_OR_RETURN(scheduler::Job job,
+                        ReadableJob(context, request.job_id()));
+  int64_t after = 0;  // from_sequence 0 or 1: the whole history
+  if (request.from_sequence() > 1) {
+    after = static_cast<int64_t>(std::min<uint64_t>(
+        request.from_sequence() - 1, std::numeric_limits<int64_t>::max()));
+  }
+  for (;;) {
+    // The terminal event (and SUCCEEDED's `finished`) is the last one.
+    if (scheduler::IsTerminal(job.state) && after >= job.last_event_seq) {
+      return OkStatus();
+    }
+    TERN_RETURN_IF_ERROR(Stopping(context));
+    TERN_ASSIGN_OR_RETURN(std::vector<scheduler::JobEvent> events,
+                          state_->scheduler->ReadEvents(
+                              job.id, after, kEventBatch, state_->long_poll));
+    if (events.empty()) continue;
+    // A fresh copy: its history covers these events (attempts, result).
+    TERN_ASSIGN_OR_RETURN(job, state_->scheduler->GetJob(job.id));
+    for (const scheduler::JobEvent& event : events) {
+      after = event.seq;
+      std::optional<v1::JobEvent> out =
+          ToProtoEvent(job, event, request.include_logs());
+      if (out && !writer->Write(*out)) {
+        return CancelledError("WatchJob: the client went away");
+      }
+    }
+  }
+}
+
+Status JobService::DoGetArtifact(
+    grpc::ServerContext* context, const v1::GetArtifactRequest& request,
+    grpc::ServerWriter<v1::GetArtifactResponse>* writer) {
+  TERN_ASSIGN_OR_RETURN(scheduler::Job job,
+                        ReadableJob(context, request.job_id()));
+  const std::string id = FormatJobId(job.id);
+  if (job.state != JobState::kSucceeded) {
+    return FailedPreconditionError(
+        "job " + id + " is " + scheduler::JobStateName(job.state) +
+        ": an artifact exists only once the job SUCCEEDED");
+  }
+  v1::JobResult result = StoredResult(job);
+  if (result.artifact_path().empty()) {
+    return NotFoundError("job " + id + " reported no artifact");
+  }
+  StatusOr<FileDigest> digest = DigestFile(result.artifact_path());
+  if (!digest.ok()) {
+    if (digest.status().code() == StatusCode::kNotFound) {
+      return NotFoundError("job " + id + ": artifact " +
+                           result.artifact_path() + " no longer exists");
+    }
+    return digest.status();
+  }
+  if (!result.artifact_sha256().empty() &&
+      result.artifact_sha256() != digest->sha256) {
+    return DataLossError("job " + id + ": artifact " + result.artifact_path() +
+                         " changed since the job finished (sha256 " +
+                         digest->sha256 + ", recorded " +
+                         result.artifact_sha256() + ")");
+  }
+  if (request.offset() < 0 || request.offset() > digest->size_bytes) {
+    return InvalidArgumentError("offset: must be in [0, " +
+                                std::to_string(digest->size_bytes) + "], got " +
+                                std::to_string(request.offset()));
+  }
+  result.set_artifact_sha256(digest->sha256);
+  result.set_artifact_bytes(digest->size_bytes);
+
+  v1::GetArtifactResponse message;
+  v1::ArtifactHeader* header = message.mutable_header();
+  header->set_file_name(id + ".tern");
+  header->set_size_bytes(digest->size_bytes);
+  header->set_sha256(digest->sha256);
+  if (!writer->Write(message)) {
+    return CancelledError("GetArtifact: the client went away");
+  }
+  std::ifstream in(result.artifact_path(), std::ios::binary);
+  if (!in) {
+    return NotFoundError("job " + id + ": cannot open artifact " +
+                         result.artifact_path());
+  }
+  in.seekg(request.offset());
+  int64_t offset = request.offset();
+  std::string buffer(kChunkBytes, '\0');
+  while (offset < digest->size_bytes) {
+    TERN_RETURN_IF_ERROR(Stopping(context));
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const std::streamsize got = in.gcount();
+    if (got <= 0) {
+      return DataLossError("job " + id + ": artifact " +
+                           result.artifact_path() + " shrank while sending");
+    }
+    message.Clear();
+    v1::ArtifactChunk* chunk = message.mutable_chunk();
+    chunk->set_offset(offset);
+    chunk->set_data(buffer.data(), static_cast<size_t>(got));
+    if (!writer->Write(message)) {
+      return CancelledError("GetArtifact: the client went away");
+    }
+    offset += got;
+  }
+  message.Clear();
+  *message.mutable_result() = std::move(result);
+  if (!writer->Write(message)) {
+    return CancelledError("GetArtifact: the client went away");
+  }
+  return OkStatus();
+}
+
+// --- Helpers ----------------------------------------------------------------
+
+StatusOr<scheduler::Job> JobService::ReadableJob(grpc::ServerContext* context,
+                                                 const std::string& job_id) {
+  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context));
+  TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(job_id));
+  TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
+  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kRead));
+  return job;
+}
+
+StatusOr<v1::Job> JobService::Describe(const scheduler::Job& job) {
+  JobExtras extras;
+  if (job.state == JobState::kQueued || job.state == JobState::kRestarting) {
+    StatusOr<std::string> wait = state_->scheduler->WaitReason(job.id);
+    if (wait.ok()) extras.wait_reason = *wait;
+  }
+  ProgressCache::Entry entry = state_->progress->Get(job);
+  extras.progress = std::move(entry.progress);
+  extras.metrics = std::move(entry.metrics);
+  extras.progress_time = entry.updated;
+  return ToProtoJob(job, state_->layout, extras);
+}
+
+Status JobService::Stopping(grpc::ServerContext* context) const {
+  if (context->IsCancelled()) return CancelledError("the client cancelled");
+  if (state_->shutting_down.load()) {
+    return UnavailableError("ternd is shutting down; retry");
+  }
+  return OkStatus();
+}
+
+}  // namespace tern::server

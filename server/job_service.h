@@ -1,0 +1,73 @@
+// JobService: tern.v1.JobService (the users' API) over the scheduler.
+//
+// Each handler validates, calls the scheduler, converts (job_convert.h) and
+// returns the status one to one (rpc.h). Specs are stored as deterministic
+// proto binary with `owner` set from the caller (caller.h); idempotent
+// resubmission compares the stored spec with the new one (equal: the original
+// job, created = false; different: ALREADY_EXISTS). ListJobs pages newest
+// first with tokens that embed a fingerprint of the filters. WatchJob replays
+// the stored history from from_sequence, then long-polls the scheduler for
+// new events, and ends with OK after the terminal state change (and, on
+// success, the `finished` event that follows it), with CANCELLED when the
+// client goes away, or UNAVAILABLE when ternd shuts down. GetArtifact streams
+// the file named by the job's result in 1 MiB chunks after checking its
+// SHA-256 against the one recorded when the job succeeded.
+// Thread-safe: handlers run concurrently on gRPC's threads.
+#ifndef TERN_SERVER_JOB_SERVICE_H_
+#define TERN_SERVER_JOB_SERVICE_H_
+
+#include "server/server_state.h"
+#include "tern/v1/job_service.grpc.pb.h"
+
+namespace tern::server {
+
+class JobService final : public v1::JobService::Service {
+ public:
+  // `state` is not owned and must outlive the service.
+  explicit JobService(ServerState* state);
+
+  grpc::Status SubmitJob(grpc::ServerContext* context,
+                         const v1::SubmitJobRequest* request,
+                         v1::SubmitJobResponse* response) override;
+  grpc::Status GetJob(grpc::ServerContext* context,
+                      const v1::GetJobRequest* request,
+                      v1::Job* response) override;
+  grpc::Status ListJobs(grpc::ServerContext* context,
+                        const v1::ListJobsRequest* request,
+                        v1::ListJobsResponse* response) override;
+  grpc::Status CancelJob(grpc::ServerContext* context,
+                         const v1::CancelJobRequest* request,
+                         v1::Job* response) override;
+  grpc::Status WatchJob(grpc::ServerContext* context,
+                        const v1::WatchJobRequest* request,
+                        grpc::ServerWriter<v1::JobEvent>* writer) override;
+  grpc::Status GetArtifact(
+      grpc::ServerContext* context, const v1::GetArtifactRequest* request,
+      grpc::ServerWriter<v1::GetArtifactResponse>* writer) override;
+
+ private:
+  Status DoSubmitJob(grpc::ServerContext* context,
+                     const v1::SubmitJobRequest& request,
+                     v1::SubmitJobResponse* response);
+  Status DoListJobs(const v1::ListJobsRequest& request,
+                    v1::ListJobsResponse* response);
+  Status DoCancelJob(grpc::ServerContext* context,
+                     const v1::CancelJobRequest& request, v1::Job* response);
+  Status DoWatchJob(grpc::ServerContext* context,
+                    const v1::WatchJobRequest& request,
+                    grpc::ServerWriter<v1::JobEvent>* writer);
+  Status DoGetArtifact(grpc::ServerContext* context,
+                       const v1::GetArtifactRequest& request,
+                       grpc::ServerWriter<v1::GetArtifactResponse>* writer);
+  // The job the caller may read (NOT_FOUND, PERMISSION_DENIED).
+  StatusOr<scheduler::Job> ReadableJob(grpc::ServerContext* context,
+                                       const std::string& job_id);
+  StatusOr<v1::Job> Describe(const scheduler::Job& job);
+  Status Stopping(grpc::ServerContext* context) const;
+
+  ServerState* const state_;
+};
+
+}  // namespace tern::server
+
+#endif  // TERN_SERVER_JOB_SERVICE_H_

@@ -1,0 +1,134 @@
+// ternd: the tern scheduler daemon (tern.v1.JobService, tern.v1.WorkerService,
+// gRPC health and reflection, Prometheus /metrics).
+//
+//   ternd [--listen 127.0.0.1:7070] [--db ./ternd.db]
+//         [--metrics-listen 127.0.0.1:9464] [--artifact-root ./artifacts]
+//         [--checkpoint-root ./checkpoints] [--lease-ttl 15s] ...
+//
+// The first stdout line is "ternd listening on HOST:PORT" (the bound port,
+// also for --listen ...:0), then "ternd metrics on HOST:PORT" when enabled;
+// logs go to stderr. SIGINT or SIGTERM shuts down gracefully. Exit codes:
+// 0 after a clean shutdown, 1 when ternd cannot start, 2 for bad flags.
+#include <pthread.h>
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <iostream>
+#include <string>
+
+#include "common/logging.h"
+#include "server/ternd.h"
+
+namespace {
+
+using tern::server::ParseDuration;
+using tern::server::Ternd;
+using tern::server::TerndOptions;
+
+// Adds a duration flag "--name" (e.g. "15s") bound to `target`.
+void AddDuration(CLI::App& app, const std::string& name,
+                 std::chrono::milliseconds* target, const std::string& help,
+                 const std::string& shown_default) {
+  app.add_option_function<std::string>(
+         name,
+         [target, name](const std::string& text) {
+           auto parsed = ParseDuration(text);
+           if (!parsed.ok()) {
+             throw CLI::ValidationError(name, parsed.status().message());
+           }
+           *target = *parsed;
+         },
+         help + " (default " + shown_default + ")")
+      ->type_name("DURATION");
+}
+
+int Run(const TerndOptions& options) {
+  // Block the signals in every thread; this one waits for them below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto ternd = Ternd::Start(options);
+  if (!ternd.ok()) {
+    std::cerr << "ternd: cannot start: " << ternd.status() << std::endl;
+    return 1;
+  }
+  std::cout << "ternd listening on " << (*ternd)->address() << std::endl;
+  if (!(*ternd)->metrics_address().empty()) {
+    std::cout << "ternd metrics on " << (*ternd)->metrics_address()
+              << std::endl;
+  }
+  int signal = 0;
+  sigwait(&signals, &signal);
+  TERN_LOG(INFO) << "ternd: " << (signal == SIGINT ? "SIGINT" : "SIGTERM")
+                 << " received, shutting down";
+  (*ternd)->Shutdown();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ternd: the tern scheduler daemon"};
+  TerndOptions options;
+  app.add_option("--listen", options.listen,
+                 "gRPC address host:port (port 0: any free port)")
+      ->capture_default_str();
+  app.add_option("--db", options.db_path, "SQLite job store")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "Prometheus /metrics address host:port (\":0\": any port; "
+                 "empty: off)")
+      ->capture_default_str();
+  app.add_option("--artifact-root", options.artifact_root,
+                 "directory for artifacts of jobs (<root>/job-<id>-*.tern)")
+      ->capture_default_str();
+  app.add_option("--checkpoint-root", options.checkpoint_root,
+                 "directory for checkpoints of jobs whose spec names none")
+      ->capture_default_str();
+  AddDuration(app, "--lease-ttl", &options.lease_ttl,
+              "agent lease lifetime without a heartbeat", "15s");
+  AddDuration(app, "--tick-interval", &options.tick_interval,
+              "scheduler tick (lease expiry, re-queueing, admission)", "1s");
+  AddDuration(app, "--restart-backoff", &options.restart_backoff,
+              "delay before a lost job is queued again (doubles per restart)",
+              "2s");
+  AddDuration(app, "--max-restart-backoff", &options.max_restart_backoff,
+              "upper bound of the restart delay", "1m");
+  AddDuration(app, "--backfill-window", &options.backfill_window,
+              "how long a blocked job lets smaller ones pass", "5m");
+  app.add_option("--aging-per-minute", options.aging_per_minute,
+                 "priority a queued job gains per minute")
+      ->capture_default_str();
+  app.add_option("--rendezvous-port-min", options.rendezvous_port_min,
+                 "lowest port for rank 0's rendezvous")
+      ->capture_default_str();
+  app.add_option("--rendezvous-port-max", options.rendezvous_port_max,
+                 "highest port for rank 0's rendezvous")
+      ->capture_default_str();
+  AddDuration(app, "--job-metrics-grace", &options.job_metrics_grace,
+              "how long an ended job's tern_job_* series stay", "5m");
+  AddDuration(app, "--kill-grace", &options.kill_grace,
+              "SIGTERM to SIGKILL delay in kill orders", "10s");
+  AddDuration(app, "--shutdown-grace", &options.shutdown_grace,
+              "how long shutdown waits for in-flight requests", "5s");
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "debug, info, warning or error")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"debug", "info", "warning", "error"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // --help prints and exits 0
+  }
+  if (app.count("--log-level") != 0) {
+    tern::SetMinLogSeverity(log_level == "debug" ? tern::LogSeverity::kDebug
+                            : log_level == "warning"
+                                ? tern::LogSeverity::kWarning
+                            : log_level == "error" ? tern::LogSeverity::kError
+                                                   : tern::LogSeverity::kInfo);
+  }
+  return Run(options);
+}

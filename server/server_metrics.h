@@ -1,0 +1,97 @@
+// ServerMetrics: every Prometheus family ternd exports (docs/METRICS.md),
+// registered once at construction, and the updates the server makes to them.
+//
+// Usage: ServerMetrics metrics(&registry, /*job_series_grace=*/5min);
+//   metrics.ObserveRpc("GetJob", StatusCode::kOk, 0.002);  // every RPC
+//   metrics.OnJobEvent(job, event);      // every stored scheduler event
+//   metrics.OnProgress(42, progress, kappa);  // relayed trainer events
+//   metrics.UpdateScheduler(scheduler.Stats());  // each tick
+//   metrics.DropEndedJobs(now);          // each tick: forget ended jobs
+// Per-job series (tern_job_*) carry a `job` label; they are removed with
+// Registry::RemoveSeriesWithLabel("job", id) once the job has been terminal
+// for the grace period, so a scrape still sees a job's final values.
+// Thread-safe; OnJobEvent only takes this object's lock (it runs under the
+// scheduler's).
+#ifndef TERN_SERVER_SERVER_METRICS_H_
+#define TERN_SERVER_SERVER_METRICS_H_
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/metrics.h"
+#include "common/status.h"
+#include "scheduler/job.h"
+#include "scheduler/scheduler.h"
+#include "tern/v1/job.pb.h"
+
+namespace tern::server {
+
+class ServerMetrics {
+ public:
+  // `registry` is not owned and must outlive this object.
+  ServerMetrics(metrics::Registry* registry,
+                std::chrono::milliseconds job_series_grace);
+  ServerMetrics(const ServerMetrics&) = delete;
+  ServerMetrics& operator=(const ServerMetrics&) = delete;
+
+  // One finished RPC (for a stream: its whole life).
+  void ObserveRpc(const std::string& method, StatusCode code, double seconds);
+  // Job counts by state, queue depth, agents and slots.
+  void UpdateScheduler(const scheduler::SchedulerStats& stats);
+  // A stored scheduler event: restarts by reason, admission waits, job ends.
+  void OnJobEvent(const scheduler::Job& job, const scheduler::JobEvent& event);
+  void OnLeaseExpired();
+  // Relayed trainer events of a job's current attempt.
+  void OnProgress(scheduler::JobId id, const v1::Progress& progress,
+                  double kappa);
+  void OnEpochEnd(scheduler::JobId id, const v1::EpochEnd& epoch_end);
+  void OnResult(scheduler::JobId id, const v1::JobResult& result);
+  // Removes the tern_job_* series of jobs that ended at or before
+  // now - job_series_grace. Returns how many jobs were dropped.
+  int DropEndedJobs(scheduler::TimePoint now);
+
+ private:
+  void SetAccuracy(const std::string& job, const std::string& split,
+                   const char* weights, double value);
+  void SetLayers(const std::string& job,
+                 const google::protobuf::RepeatedPtrField<v1::LayerStats>& l,
+                 bool with_flips);
+
+  metrics::Registry* const registry_;
+  const std::chrono::milliseconds grace_;
+
+  // Scheduler.
+  metrics::Family<metrics::Gauge>& jobs_;
+  metrics::Family<metrics::Gauge>& queue_depth_;
+  metrics::Family<metrics::Histogram>& admission_wait_;
+  metrics::Family<metrics::Counter>& restarts_;
+  metrics::Family<metrics::Gauge>& agents_;
+  metrics::Family<metrics::Gauge>& slots_;
+  metrics::Family<metrics::Counter>& lease_expiries_;
+  // gRPC.
+  metrics::Family<metrics::Counter>& requests_;
+  metrics::Family<metrics::Histogram>& request_duration_;
+  // Jobs.
+  metrics::Family<metrics::Gauge>& job_epoch_;
+  metrics::Family<metrics::Gauge>& job_step_;
+  metrics::Family<metrics::Gauge>& job_loss_;
+  metrics::Family<metrics::Gauge>& job_lr_;
+  metrics::Family<metrics::Gauge>& job_images_per_second_;
+  metrics::Family<metrics::Gauge>& job_accuracy_;
+  metrics::Family<metrics::Gauge>& job_layer_sparsity_;
+  metrics::Family<metrics::Gauge>& job_layer_alpha_;
+  metrics::Family<metrics::Gauge>& job_layer_cos_wt_;
+  metrics::Family<metrics::Gauge>& job_layer_flips_;
+  metrics::Family<metrics::Gauge>& job_reg_lambda_;
+  metrics::Family<metrics::Gauge>& job_kappa_;
+
+  std::mutex mu_;
+  std::map<scheduler::JobId, scheduler::TimePoint> ended_;  // job -> end time
+};
+
+}  // namespace tern::server
+
+#endif  // TERN_SERVER_SERVER_METRICS_H_

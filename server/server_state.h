@@ -1,0 +1,36 @@
+// ServerState: what ternd's two gRPC services share. Ternd (ternd.h) owns
+// every pointee and outlives the services; the services only read the fields.
+// `shutting_down` turns true once a shutdown begins: new calls are answered
+// UNAVAILABLE and long-running streams, which check it between long-poll
+// rounds, end with UNAVAILABLE.
+#ifndef TERN_SERVER_SERVER_STATE_H_
+#define TERN_SERVER_SERVER_STATE_H_
+
+#include <atomic>
+#include <chrono>
+
+#include "scheduler/scheduler.h"
+#include "server/job_convert.h"
+#include "server/progress_cache.h"
+#include "server/server_metrics.h"
+
+namespace tern::server {
+
+struct ServerState {
+  scheduler::Scheduler* scheduler = nullptr;
+  std::shared_ptr<scheduler::Clock> clock;
+  ServerMetrics* metrics = nullptr;
+  ProgressCache* progress = nullptr;
+  JobLayout layout;
+  // Longest single wait of a stream's long-poll (ReadEvents, TakeAgentWork);
+  // bounds how late a stream notices a cancelled client or a shutdown.
+  std::chrono::milliseconds long_poll{500};
+  std::chrono::milliseconds lease_ttl{15000};   // told to agents
+  std::chrono::milliseconds kill_grace{10000};  // KillOrder.grace_period
+  std::atomic<bool> shutting_down{false};
+  std::atomic<int> in_flight{0};  // handlers inside RunRpc (rpc.h)
+};
+
+}  // namespace tern::server
+
+#endif  // TERN_SERVER_SERVER_STATE_H_

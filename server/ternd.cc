@@ -1,0 +1,284 @@
+#include "server/ternd.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <system_error>
+#include <utility>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "scheduler/sqlite_job_store.h"
+#include "server/job_service.h"
+#include "server/observed_job_store.h"
+#include "server/progress_cache.h"
+#include "server/server_metrics.h"
+#include "server/server_state.h"
+#include "server/worker_service.h"
+
+namespace tern::server {
+namespace {
+
+using std::chrono::milliseconds;
+
+StatusOr<std::string> AbsoluteDirectory(const std::string& path,
+                                        const std::string& field) {
+  if (path.empty()) return InvalidArgumentError(field + ": required");
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  if (ec) {
+    return InvalidArgumentError(field + ": " + path + ": " + ec.message());
+  }
+  std::string out = abs.lexically_normal().string();
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  TERN_RETURN_IF_ERROR(MakeDirectories(out).WithContext(field));
+  return out;
+}
+
+// "host:port" with `port` in place of the configured one.
+std::string WithPort(const std::string& address, int port) {
+  const size_t colon = address.rfind(':');
+  std::string host =
+      colon == std::string::npos ? address : address.substr(0, colon);
+  if (host.empty()) host = "0.0.0.0";
+  return host + ":" + std::to_string(port);
+}
+
+}  // namespace
+
+Status TerndOptions::Validate() const {
+  if (listen.empty()) return InvalidArgumentError("listen: required");
+  if (db_path.empty()) return InvalidArgumentError("db_path: required");
+  if (artifact_root.empty()) {
+    return InvalidArgumentError("artifact_root: required");
+  }
+  if (checkpoint_root.empty()) {
+    return InvalidArgumentError("checkpoint_root: required");
+  }
+  if (lease_ttl.count() <= 0)
+    return InvalidArgumentError("lease_ttl: must be > 0");
+  if (tick_interval.count() <= 0) {
+    return InvalidArgumentError("tick_interval: must be > 0");
+  }
+  if (restart_backoff.count() < 0 || max_restart_backoff < restart_backoff) {
+    return InvalidArgumentError(
+        "restart_backoff: must be >= 0 and <= max_restart_backoff");
+  }
+  if (backfill_window.count() < 0) {
+    return InvalidArgumentError("backfill_window: must be >= 0");
+  }
+  if (!std::isfinite(aging_per_minute) || aging_per_minute < 0) {
+    return InvalidArgumentError("aging_per_minute: must be finite and >= 0");
+  }
+  if (rendezvous_port_min < 1 || rendezvous_port_max > 65535 ||
+      rendezvous_port_min > rendezvous_port_max) {
+    return InvalidArgumentError(
+        "rendezvous ports: need 1 <= min <= max <= 65535");
+  }
+  if (job_metrics_grace.count() < 0 || kill_grace.count() < 0 ||
+      shutdown_grace.count() < 0) {
+    return InvalidArgumentError(
+        "job_metrics_grace, kill_grace, shutdown_grace: must be >= 0");
+  }
+  if (long_poll.count() <= 0)
+    return InvalidArgumentError("long_poll: must be > 0");
+  return OkStatus();
+}
+
+StatusOr<milliseconds> ParseDuration(std::string_view text) {
+  const std::string shown(text);
+  if (text == "0") return milliseconds(0);
+  int64_t value = 0;
+  auto [ptr, ec] =
+      std::from_chars(text.data(), text.data() + text.size(), value);
+  const std::string_view unit(ptr, text.data() + text.size() - ptr);
+  int64_t scale = 0;
+  if (unit == "ms") {
+    scale = 1;
+  } else if (unit == "s") {
+    scale = 1000;
+  } else if (unit == "m") {
+    scale = 60 * 1000;
+  } else if (unit == "h") {
+    scale = 3600 * 1000;
+  }
+  if (ec != std::errc() || ptr == text.data() || value < 0 || scale == 0) {
+    return InvalidArgumentError("\"" + shown +
+                                "\" is not a duration like 500ms, 15s, 5m, 1h");
+  }
+  if (value > std::numeric_limits<int64_t>::max() / scale) {
+    return InvalidArgumentError("\"" + shown + "\": duration too long");
+  }
+  return milliseconds(value * scale);
+}
+
+Ternd::Ternd(TerndOptions options) : options_(std::move(options)) {}
+
+Ternd::~Ternd() { Shutdown(); }
+
+StatusOr<std::unique_ptr<Ternd>> Ternd::Start(
+    TerndOptions options, std::shared_ptr<scheduler::Clock> clock) {
+  TERN_RETURN_IF_ERROR(options.Validate());
+  std::unique_ptr<Ternd> ternd(new Ternd(std::move(options)));
+  TERN_RETURN_IF_ERROR(ternd->Init(std::move(clock)));
+  return ternd;
+}
+
+Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
+  if (clock == nullptr) clock = std::make_shared<scheduler::SystemClock>();
+  JobLayout layout;
+  TERN_ASSIGN_OR_RETURN(
+      layout.artifact_root,
+      AbsoluteDirectory(options_.artifact_root, "artifact_root"));
+  TERN_ASSIGN_OR_RETURN(
+      layout.checkpoint_root,
+      AbsoluteDirectory(options_.checkpoint_root, "checkpoint_root"));
+
+  metrics_ =
+      std::make_unique<ServerMetrics>(&registry_, options_.job_metrics_grace);
+  TERN_ASSIGN_OR_RETURN(std::unique_ptr<scheduler::SqliteJobStore> sqlite,
+                        scheduler::SqliteJobStore::Open(options_.db_path));
+  ServerMetrics* metrics = metrics_.get();
+  auto store = std::make_unique<ObservedJobStore>(
+      std::move(sqlite),
+      [metrics](const scheduler::Job& job, const scheduler::JobEvent& event) {
+        metrics->OnJobEvent(job, event);
+      });
+  scheduler::SchedulerOptions scheduler_options;
+  scheduler_options.aging_per_minute = options_.aging_per_minute;
+  scheduler_options.backfill_window = options_.backfill_window;
+  scheduler_options.agent_lease_ttl = options_.lease_ttl;
+  scheduler_options.restart_backoff = options_.restart_backoff;
+  scheduler_options.max_restart_backoff = options_.max_restart_backoff;
+  scheduler_options.rendezvous_port_min = options_.rendezvous_port_min;
+  scheduler_options.rendezvous_port_max = options_.rendezvous_port_max;
+  TERN_ASSIGN_OR_RETURN(
+      scheduler_,
+      scheduler::Scheduler::Create(scheduler_options, std::move(store), clock));
+  progress_ = std::make_unique<ProgressCache>(scheduler_.get());
+
+  state_ = std::make_unique<ServerState>();
+  state_->scheduler = scheduler_.get();
+  state_->clock = clock;
+  state_->metrics = metrics_.get();
+  state_->progress = progress_.get();
+  state_->layout = layout;
+  state_->long_poll = options_.long_poll;
+  state_->lease_ttl = options_.lease_ttl;
+  state_->kill_grace = options_.kill_grace;
+  job_service_ = std::make_unique<JobService>(state_.get());
+  worker_service_ = std::make_unique<WorkerService>(state_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(),
+                           &port_);
+  // A second ternd on the same port must fail, not share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.RegisterService(job_service_.get());
+  builder.RegisterService(worker_service_.get());
+  // Long-lived streams: find dead peers, and let agents ping an idle stream.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr || port_ == 0) {
+    server_.reset();
+    return UnavailableError("cannot listen on " + options_.listen);
+  }
+  address_ = WithPort(options_.listen, port_);
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health != nullptr) {
+    health->SetServingStatus("", true);
+    health->SetServingStatus(v1::JobService::service_full_name(), true);
+    health->SetServingStatus(v1::WorkerService::service_full_name(), true);
+  }
+
+  if (!options_.metrics_listen.empty()) {
+    http_ = std::make_unique<metrics::MetricsHttpServer>(
+        options_.metrics_listen, &registry_);
+    TERN_RETURN_IF_ERROR(http_->Start().WithContext("metrics_listen"));
+    metrics_address_ = WithPort(options_.metrics_listen, http_->port());
+  }
+  metrics_->UpdateScheduler(scheduler_->Stats());
+  tick_thread_ = std::thread([this] { TickLoop(); });
+  TERN_LOG(INFO) << "ternd: serving on " << address_ << ", store "
+                 << options_.db_path << ", artifacts under "
+                 << layout.artifact_root << ", checkpoints under "
+                 << layout.checkpoint_root;
+  return OkStatus();
+}
+
+int Ternd::metrics_port() const { return http_ ? http_->port() : 0; }
+
+void Ternd::TickLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    stop_tick_.wait_for(lock, options_.tick_interval,
+                        [this] { return stopping_; });
+    if (stopping_) break;
+    lock.unlock();
+    TickOnce();
+    lock.lock();
+  }
+}
+
+void Ternd::TickOnce() {
+  const scheduler::TimePoint now = state_->clock->Now();
+  Status status = scheduler_->Tick();
+  if (!status.ok()) {
+    TERN_LOG(WARNING) << "ternd: tick failed (retried next tick): " << status;
+  }
+  worker_service_->ExpireLeases(now);
+  metrics_->UpdateScheduler(scheduler_->Stats());
+  metrics_->DropEndedJobs(now);
+}
+
+void Ternd::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return;
+    stopped_ = true;
+    stopping_ = true;
+  }
+  stop_tick_.notify_all();
+  if (server_) {
+    grpc::HealthCheckServiceInterface* health =
+        server_->GetHealthCheckService();
+    if (health != nullptr) health->Shutdown();  // NOT_SERVING from now on
+    // New calls get UNAVAILABLE; streams end within one long-poll round;
+    // unary calls that started finish, up to shutdown_grace.
+    state_->shutting_down = true;
+    const auto deadline =
+        std::chrono::steady_clock::now() + options_.shutdown_grace;
+    while (state_->in_flight.load() > 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    // A moment for the last responses to leave, then close the connections
+    // (gRPC would otherwise wait for idle clients, e.g. agents, to hang up).
+    server_->Shutdown(std::chrono::system_clock::now() + milliseconds(200));
+    server_->Wait();
+  }
+  if (tick_thread_.joinable()) tick_thread_.join();
+  if (http_) http_->Stop();
+  server_.reset();
+  job_service_.reset();
+  worker_service_.reset();
+  state_.reset();
+  progress_.reset();
+  if (scheduler_) {
+    scheduler_.reset();  // closes the store
+    TERN_LOG(INFO) << "ternd: stopped; job store closed";
+  }
+}
+
+}  // namespace tern::server

@@ -1,0 +1,135 @@
+// Ternd: the scheduler daemon as an object, so that main.cc stays thin and
+// tests run the real thing in-process on 127.0.0.1:0.
+//
+// Usage:
+//   TerndOptions options;                 // defaults: see the fields
+//   options.listen = "127.0.0.1:0";
+//   TERN_ASSIGN_OR_RETURN(std::unique_ptr<Ternd> ternd, Ternd::Start(options));
+//   std::cout << "ternd listening on " << ternd->address() << "\n";
+//   ...                                   // wait for a signal
+//   ternd->Shutdown();                    // or let the destructor do it
+//
+// Start() opens the SQLite store (loading every job), creates the scheduler,
+// serves tern.v1.JobService and tern.v1.WorkerService with gRPC health
+// checking and reflection, serves /metrics and /healthz over HTTP, and runs a
+// tick thread (scheduler Tick, lease expiry, gauges, dropping ended jobs'
+// series). Shutdown() marks health NOT_SERVING, answers new calls
+// UNAVAILABLE, ends the streams (they notice within one long-poll round),
+// waits up to shutdown_grace for the handlers already running, closes the
+// connections, stops the threads and closes the store; everything
+// acknowledged is already committed, so nothing is lost.
+// Thread-safe: Shutdown() may be called from any thread, more than once.
+#ifndef TERN_SERVER_TERND_H_
+#define TERN_SERVER_TERND_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "common/http_server.h"
+#include "common/metrics.h"
+#include "common/status.h"
+#include "scheduler/clock.h"
+#include "scheduler/scheduler.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace tern::server {
+
+class JobService;
+class WorkerService;
+class ProgressCache;
+class ServerMetrics;
+struct ServerState;
+
+struct TerndOptions {
+  std::string listen = "127.0.0.1:7070";  // gRPC "host:port"; port 0 = any
+  std::string db_path = "./ternd.db";     // SQLite job store
+  // /metrics and /healthz "host:port" (":0" = any port on all IPv4
+  // interfaces); empty = no HTTP endpoint.
+  std::string metrics_listen = "127.0.0.1:9464";
+  // Where jobs whose spec leaves them empty get their artifact
+  // (<root>/job-<id>-<micros>.tern) and checkpoint directory
+  // (<root>/job-<id>-<micros>/). Created if missing; made absolute. Keep them
+  // the same across restarts (running jobs resume from their directory).
+  std::string artifact_root = "./artifacts";
+  std::string checkpoint_root = "./checkpoints";
+  std::chrono::milliseconds lease_ttl{std::chrono::seconds(15)};
+  std::chrono::milliseconds tick_interval{std::chrono::seconds(1)};
+  std::chrono::milliseconds restart_backoff{std::chrono::seconds(2)};
+  std::chrono::milliseconds max_restart_backoff{std::chrono::minutes(1)};
+  std::chrono::milliseconds backfill_window{std::chrono::minutes(5)};
+  double aging_per_minute = 1.0;    // priority gained per minute queued
+  int rendezvous_port_min = 29500;  // rank 0's c10d store port range
+  int rendezvous_port_max = 29999;
+  // How long an ended job's tern_job_* series stay visible.
+  std::chrono::milliseconds job_metrics_grace{std::chrono::minutes(5)};
+  std::chrono::milliseconds kill_grace{
+      std::chrono::seconds(10)};  // SIGTERM→KILL
+  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(5)};
+  std::chrono::milliseconds long_poll{500};  // streams' poll round
+  Status Validate() const;
+};
+
+// Parses "250ms", "15s", "5m", "1h" (an integer and a unit; "0" alone is 0).
+StatusOr<std::chrono::milliseconds> ParseDuration(std::string_view text);
+
+class Ternd {
+ public:
+  // Starts everything or nothing: INVALID_ARGUMENT for bad options, the
+  // store's error (DATA_LOSS, FAILED_PRECONDITION, ...) for a bad database,
+  // UNAVAILABLE when an address cannot be bound. `clock` null = SystemClock.
+  static StatusOr<std::unique_ptr<Ternd>> Start(
+      TerndOptions options, std::shared_ptr<scheduler::Clock> clock = nullptr);
+  ~Ternd();  // Shutdown()s.
+  Ternd(const Ternd&) = delete;
+  Ternd& operator=(const Ternd&) = delete;
+
+  // "host:port" with the bound port, e.g. "127.0.0.1:41234".
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+  // "host:port" of the HTTP endpoint; empty when disabled.
+  const std::string& metrics_address() const { return metrics_address_; }
+  int metrics_port() const;
+  metrics::Registry& registry() { return registry_; }
+  scheduler::Scheduler& scheduler() { return *scheduler_; }
+
+  // Blocking, idempotent; see the header comment.
+  void Shutdown();
+
+ private:
+  explicit Ternd(TerndOptions options);
+  Status Init(std::shared_ptr<scheduler::Clock> clock);
+  void TickLoop();
+  void TickOnce();
+
+  const TerndOptions options_;
+  metrics::Registry registry_;
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<scheduler::Scheduler> scheduler_;
+  std::unique_ptr<ProgressCache> progress_;
+  std::unique_ptr<ServerState> state_;
+  std::unique_ptr<JobService> job_service_;
+  std::unique_ptr<WorkerService> worker_service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<metrics::MetricsHttpServer> http_;
+  std::string address_;
+  std::string metrics_address_;
+  int port_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable stop_tick_;
+  bool stopping_ = false;  // guarded by mu_
+  bool stopped_ = false;   // guarded by mu_
+  std::thread tick_thread_;
+};
+
+}  // namespace tern::server
+
+#endif  // TERN_SERVER_TERND_H_

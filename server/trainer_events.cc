@@ -1,0 +1,225 @@
+#include "server/trainer_events.h"
+
+#include <cmath>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+namespace tern::server {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMaxLogBytes = 4096;
+
+// Field accessors that never throw: a missing or mistyped field is absent.
+const json* Field(const json& obj, const char* key) {
+  if (!obj.is_object()) return nullptr;
+  auto it = obj.find(key);
+  return it == obj.end() ? nullptr : &*it;
+}
+
+bool Has(const json& obj, const char* key) {
+  const json* f = Field(obj, key);
+  return f != nullptr && f->is_number();
+}
+
+double Double(const json& obj, const char* key, double fallback = 0) {
+  const json* f = Field(obj, key);
+  if (f == nullptr) return fallback;
+  if (f->is_number()) return f->get<double>();
+  return fallback;
+}
+
+int64_t Int(const json& obj, const char* key, int64_t fallback = 0) {
+  const json* f = Field(obj, key);
+  if (f == nullptr || !f->is_number()) return fallback;
+  if (f->is_number_integer()) return f->get<int64_t>();
+  const double d = f->get<double>();
+  if (!std::isfinite(d) || std::fabs(d) > 9e18) return fallback;
+  return static_cast<int64_t>(d);
+}
+
+int32_t Int32(const json& obj, const char* key) {
+  const int64_t v = Int(obj, key);
+  if (v > std::numeric_limits<int32_t>::max()) {
+    return std::numeric_limits<int32_t>::max();
+  }
+  if (v < std::numeric_limits<int32_t>::min()) {
+    return std::numeric_limits<int32_t>::min();
+  }
+  return static_cast<int32_t>(v);
+}
+
+std::string String(const json& obj, const char* key) {
+  const json* f = Field(obj, key);
+  return f != nullptr && f->is_string() ? f->get<std::string>() : std::string();
+}
+
+const json& Object(const json& obj, const char* key) {
+  static const json kEmpty = json::object();
+  const json* f = Field(obj, key);
+  return f != nullptr && f->is_object() ? *f : kEmpty;
+}
+
+// A loss the trainer wrote as null (non-finite) stays visible as NaN.
+double Loss(const json& obj, const char* key) {
+  const json* f = Field(obj, key);
+  if (f != nullptr && f->is_null()) {
+    return std::numeric_limits<double>::quiet_NaN();
+  }
+  return Double(obj, key);
+}
+
+bool FillDetection(const json& m, v1::DetectionMetrics* out) {
+  if (!Has(m, "ap")) return false;
+  out->set_ap(Double(m, "ap"));
+  if (Has(m, "ap50")) out->set_ap50(Double(m, "ap50"));
+  if (Has(m, "ap75")) out->set_ap75(Double(m, "ap75"));
+  if (Has(m, "ap_small")) out->set_ap_small(Double(m, "ap_small"));
+  if (Has(m, "ap_medium")) out->set_ap_medium(Double(m, "ap_medium"));
+  if (Has(m, "ap_large")) out->set_ap_large(Double(m, "ap_large"));
+  return true;
+}
+
+void FillLayers(const json& obj,
+                google::protobuf::RepeatedPtrField<v1::LayerStats>* out) {
+  const json* layers = Field(obj, "layers");
+  if (layers == nullptr || !layers->is_array()) return;
+  for (const json& l : *layers) {
+    if (!l.is_object()) continue;
+    const json* quantized = Field(l, "quantized");
+    if (quantized != nullptr && quantized->is_boolean() &&
+        !quantized->get<bool>()) {
+      continue;
+    }
+    v1::LayerStats* s = out->Add();
+    s->set_name(String(l, "name"));
+    s->set_numel(Int(l, "numel"));
+    s->set_sparsity(Double(l, "sparsity"));
+    s->set_alpha(Double(l, "alpha"));
+    s->set_alpha_negative(Double(l, "alpha_negative"));
+    s->set_delta(Double(l, "delta"));
+    s->set_cos_wt(Double(l, "cos_wt"));
+    const double per_step = Double(l, "flips_per_step");
+    s->set_flips(s->numel() > 0 ? per_step / static_cast<double>(s->numel())
+                                : 0.0);
+  }
+}
+
+void ParseProgress(const json& j, TrainerLine* out) {
+  v1::Progress& p = out->progress;
+  p.set_epoch(Int32(j, "epoch"));
+  p.set_epochs(Int32(j, "epochs"));
+  p.set_step(Int32(j, "step"));
+  p.set_total_steps(Int32(j, "total_steps"));
+  p.set_loss(Loss(j, "loss"));
+  p.set_lr(Double(j, "lr"));
+  p.set_images_per_second(Double(j, "images_per_second"));
+  p.set_eta_seconds(Double(j, "eta_seconds"));
+  p.set_reg_lambda(Double(j, "reg_lambda"));
+  p.set_phase(Int32(j, "phase"));
+  out->kappa = Double(j, "kappa");
+}
+
+void ParseEpochEnd(const json& j, TrainerLine* out) {
+  v1::EpochMetrics* m = out->epoch_end.mutable_metrics();
+  m->set_epoch(Int32(j, "epoch"));
+  m->set_eval_split(String(j, "eval_split"));
+  m->set_train_loss(Loss(j, "train_loss"));
+  if (Has(j, "train_top1")) m->set_train_top1(Double(j, "train_top1"));
+  const json& fp = Object(j, "fp");
+  const json& ternary = Object(j, "ternary");
+  if (Field(ternary, "loss") != nullptr) {
+    m->set_eval_loss(Loss(ternary, "loss"));
+  } else if (Field(fp, "loss") != nullptr) {
+    m->set_eval_loss(Loss(fp, "loss"));
+  }
+  if (Has(fp, "top1")) m->set_fp_top1(Double(fp, "top1"));
+  if (Has(fp, "top5")) m->set_fp_top5(Double(fp, "top5"));
+  if (Has(ternary, "top1")) m->set_ternary_top1(Double(ternary, "top1"));
+  if (Has(ternary, "top5")) m->set_ternary_top5(Double(ternary, "top5"));
+  v1::DetectionMetrics det;
+  if (FillDetection(fp, &det)) *m->mutable_fp_detection() = det;
+  det.Clear();
+  if (FillDetection(ternary, &det)) *m->mutable_ternary_detection() = det;
+  m->set_epoch_seconds(Double(j, "epoch_seconds"));
+  m->set_images_per_second(Double(j, "images_per_second"));
+  FillLayers(j, out->epoch_end.mutable_layers());
+}
+
+void ParseFinished(const json& j, TrainerLine* out) {
+  v1::JobResult& r = out->result;
+  r.set_artifact_path(String(j, "artifact_path"));
+  r.set_artifact_bytes(Int(j, "artifact_bytes"));
+  r.set_bits_per_weight(Double(j, "bits_per_weight"));
+  const json& fp = Object(j, "fp");
+  // The ternary accuracy is the re-loaded artifact's when the trainer
+  // measured it (job.proto: "by re-loading the exported .tern artifact").
+  const json& artifact = Object(j, "artifact");
+  const json& ternary = Has(artifact, "top1") || Has(artifact, "ap")
+                            ? artifact
+                            : Object(j, "ternary");
+  if (Has(fp, "top1")) r.set_fp_top1(Double(fp, "top1"));
+  if (Has(fp, "top5")) r.set_fp_top5(Double(fp, "top5"));
+  if (Has(ternary, "top1")) r.set_ternary_top1(Double(ternary, "top1"));
+  if (Has(ternary, "top5")) r.set_ternary_top5(Double(ternary, "top5"));
+  v1::DetectionMetrics det;
+  if (FillDetection(fp, &det)) *r.mutable_fp_detection() = det;
+  det.Clear();
+  if (FillDetection(ternary, &det)) *r.mutable_ternary_detection() = det;
+  FillLayers(j, r.mutable_layers());
+  r.set_epochs(Int32(j, "epochs"));
+  r.set_steps(Int32(j, "steps"));
+  r.set_wall_seconds(Double(j, "wall_seconds"));
+  r.set_images_per_second(Double(j, "images_per_second"));
+  r.set_detections_path(String(j, "detections_path"));
+}
+
+}  // namespace
+
+StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
+  const json j = json::parse(line.begin(), line.end(), nullptr,
+                             /*allow_exceptions=*/false);
+  if (!j.is_object()) {
+    return InvalidArgumentError("trainer event: not a JSON object");
+  }
+  TrainerLine out;
+  out.rank = Int32(j, "rank");
+  const std::string event = String(j, "event");
+  if (event == "started") {
+    out.kind = TrainerEventKind::kStarted;
+  } else if (event == "progress") {
+    out.kind = TrainerEventKind::kProgress;
+    ParseProgress(j, &out);
+  } else if (event == "epoch_end") {
+    out.kind = TrainerEventKind::kEpochEnd;
+    ParseEpochEnd(j, &out);
+  } else if (event == "checkpoint") {
+    out.kind = TrainerEventKind::kCheckpoint;
+    out.checkpoint.set_step(Int32(j, "step"));
+    out.checkpoint.set_epoch(Int32(j, "epoch"));
+    out.checkpoint.set_path(String(j, "path"));
+  } else if (event == "finished") {
+    out.kind = TrainerEventKind::kFinished;
+    ParseFinished(j, &out);
+  } else if (event == "failed") {
+    out.kind = TrainerEventKind::kFailed;
+    const std::string code = String(j, "code");
+    out.failure.set_code(code.empty() ? "TRAINER_FAILED" : code);
+    out.failure.set_message(String(j, "reason"));
+  } else if (event == "log") {
+    out.kind = TrainerEventKind::kLog;
+    out.log.set_rank(out.rank);
+    out.log.set_text(String(j, "text"));
+  }
+  return out;
+}
+
+std::string LogPayload(int rank, std::string_view text) {
+  if (text.size() > kMaxLogBytes) text = text.substr(0, kMaxLogBytes);
+  json j = {{"event", "log"}, {"rank", rank}, {"text", std::string(text)}};
+  // A cut multi-byte character or other invalid UTF-8 becomes U+FFFD.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+}  // namespace tern::server

@@ -1,0 +1,541 @@
+#include "server/worker_service.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "common/logging.h"
+#include "server/file_digest.h"
+#include "server/rpc.h"
+#include "server/trainer_events.h"
+
+namespace tern::server {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+using scheduler::JobState;
+
+constexpr size_t kMaxAgentIdLength = 128;
+constexpr int kMaxSlotsPerKind = 1024;
+constexpr int kMaxEventsPerReport = 1000;
+constexpr int kListPageSize = 500;
+constexpr int64_t kResultScanBatch = 64;
+
+bool IsAgentId(const std::string& id) {
+  if (id.empty() || id.size() > kMaxAgentIdLength) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+  });
+}
+
+std::string NewLeaseId() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (int word = 0; word < 2; ++word) {
+    uint64_t v = rng();
+    for (int i = 0; i < 16; ++i, v >>= 4) out.push_back(kDigits[v & 0xf]);
+  }
+  return out;
+}
+
+std::string DeviceKindOf(v1::DeviceKind kind) {
+  return kind == v1::DEVICE_CUDA ? scheduler::kDeviceCuda
+                                 : scheduler::kDeviceCpu;
+}
+
+// The rank `ref` names is the current attempt's, placed on `agent_id`, and
+// has not exited.
+bool IsExpected(const scheduler::Job& job, const scheduler::RankRef& ref) {
+  if (!scheduler::HoldsSlots(job.state) || ref.attempt != job.attempt ||
+      ref.rank < 0 || ref.rank >= static_cast<int>(job.ranks.size())) {
+    return false;
+  }
+  const scheduler::RankPlacement& r = job.ranks[ref.rank];
+  return r.agent_id == ref.agent_id &&
+         (r.state == scheduler::RankState::kAssigned ||
+          r.state == scheduler::RankState::kRunning);
+}
+
+scheduler::Assignment AssignmentOf(const scheduler::Job& job, int rank) {
+  scheduler::Assignment a;
+  a.job_id = job.id;
+  a.attempt = job.attempt;
+  a.rank = rank;
+  a.world_size = job.world_size;
+  a.agent_id = job.ranks[rank].agent_id;
+  a.device_kind = job.device_kind;
+  a.rendezvous_host = job.rendezvous_host;
+  a.rendezvous_port = job.rendezvous_port;
+  a.resume_from_step = job.last_checkpoint_step;
+  a.spec = job.spec;
+  return a;
+}
+
+}  // namespace
+
+WorkerService::WorkerService(ServerState* state) : state_(state) {}
+
+// --- Handlers ---------------------------------------------------------------
+
+grpc::Status WorkerService::Register(grpc::ServerContext* /*context*/,
+                                     const v1::RegisterRequest* request,
+                                     v1::RegisterResponse* response) {
+  return RunRpc(state_, "Register",
+                [&] { return DoRegister(*request, response); });
+}
+
+grpc::Status WorkerService::Heartbeat(grpc::ServerContext* /*context*/,
+                                      const v1::HeartbeatRequest* request,
+                                      v1::HeartbeatResponse* response) {
+  return RunRpc(state_, "Heartbeat",
+                [&] { return DoHeartbeat(*request, response); });
+}
+
+grpc::Status WorkerService::StreamAssignments(
+    grpc::ServerContext* context, const v1::StreamAssignmentsRequest* request,
+    grpc::ServerWriter<v1::AssignmentEvent>* writer) {
+  return RunRpc(state_, "StreamAssignments",
+                [&] { return DoStreamAssignments(context, *request, writer); });
+}
+
+grpc::Status WorkerService::ReportProgress(
+    grpc::ServerContext* /*context*/, const v1::ReportProgressRequest* request,
+    v1::ReportProgressResponse* /*response*/) {
+  return RunRpc(state_, "ReportProgress",
+                [&] { return DoReportProgress(*request); });
+}
+
+grpc::Status WorkerService::ReportExit(grpc::ServerContext* /*context*/,
+                                       const v1::ReportExitRequest* request,
+                                       v1::ReportExitResponse* /*response*/) {
+  return RunRpc(state_, "ReportExit", [&] { return DoReportExit(*request); });
+}
+
+int WorkerService::ExpireLeases(scheduler::TimePoint now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int expired = 0;
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    if (it->second.expires_at <= now) {
+      TERN_LOG(WARNING) << "agent " << it->first << ": lease expired";
+      state_->metrics->OnLeaseExpired();
+      it = leases_.erase(it);
+      ++expired;
+    } else {
+      ++it;
+    }
+  }
+  return expired;
+}
+
+// --- Implementations --------------------------------------------------------
+
+Status WorkerService::DoRegister(const v1::RegisterRequest& request,
+                                 v1::RegisterResponse* response) {
+  if (!IsAgentId(request.agent_id())) {
+    return InvalidArgumentError(
+        "agent_id: must be 1..128 characters of [A-Za-z0-9_.-]");
+  }
+  if (request.host().empty()) return InvalidArgumentError("host: required");
+  if (request.slots_size() == 0) {
+    return InvalidArgumentError("slots: at least one entry required");
+  }
+  scheduler::AgentRegistration registration;
+  registration.agent_id = request.agent_id();
+  registration.host = request.host();
+  for (int i = 0; i < request.slots_size(); ++i) {
+    const v1::Slots& slots = request.slots(i);
+    const std::string path = "slots[" + std::to_string(i) + "]";
+    if (!v1::DeviceKind_IsValid(slots.device_kind())) {
+      return InvalidArgumentError(path + ".device_kind: unknown DeviceKind " +
+                                  std::to_string(slots.device_kind()));
+    }
+    if (slots.count() < 1 || slots.count() > kMaxSlotsPerKind) {
+      return InvalidArgumentError(path + ".count: must be in [1, 1024], got " +
+                                  std::to_string(slots.count()));
+    }
+    const std::string kind = DeviceKindOf(slots.device_kind());
+    if (!registration.slots.emplace(kind, slots.count()).second) {
+      return InvalidArgumentError(path + ": a second entry for device kind " +
+                                  kind);
+    }
+  }
+  TERN_ASSIGN_OR_RETURN(scheduler::Lease lease,
+                        state_->scheduler->RegisterAgent(registration));
+  const std::string lease_id = NewLeaseId();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    AgentLease& entry = leases_[request.agent_id()];
+    // An expired lease that the tick has not collected yet still counts.
+    if (!entry.lease_id.empty() && entry.expires_at <= state_->clock->Now()) {
+      state_->metrics->OnLeaseExpired();
+    }
+    entry = AgentLease{lease_id, lease.expires_at, /*lost=*/false};
+  }
+  TERN_LOG(INFO) << "agent " << request.agent_id() << " (" << request.host()
+                 << ", version " << request.version() << ") registered";
+  response->set_lease_id(lease_id);
+  *response->mutable_lease_ttl() =
+      TimeUtil::MillisecondsToDuration(state_->lease_ttl.count());
+  *response->mutable_heartbeat_interval() =
+      TimeUtil::MillisecondsToDuration(state_->lease_ttl.count() / 3);
+  return OkStatus();
+}
+
+Status WorkerService::DoHeartbeat(const v1::HeartbeatRequest& request,
+                                  v1::HeartbeatResponse* response) {
+  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
+  StatusOr<scheduler::Lease> lease =
+      state_->scheduler->Heartbeat(request.agent_id());
+  if (!lease.ok()) {
+    if (lease.status().code() != StatusCode::kNotFound) return lease.status();
+    MarkLost(request.agent_id(), request.lease_id());
+    return FailedPreconditionError("agent " + request.agent_id() +
+                                   ": lease expired; register again");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = leases_.find(request.agent_id());
+    if (it != leases_.end() && it->second.lease_id == request.lease_id()) {
+      it->second.expires_at = lease->expires_at;
+    }
+  }
+  // Reconcile: a rank alive on the agent has started; one the scheduler no
+  // longer expects must be killed.
+  for (const v1::RankRef& running : request.running()) {
+    StatusOr<scheduler::RankRef> ref = ToRankRef(request.agent_id(), running);
+    StatusOr<scheduler::Job> job = ref.ok()
+                                       ? state_->scheduler->GetJob(ref->job_id)
+                                       : StatusOr<scheduler::Job>(ref.status());
+    if (!job.ok() || !IsExpected(*job, *ref)) {
+      *response->add_unexpected() = running;
+      continue;
+    }
+    if (job->ranks[ref->rank].state == scheduler::RankState::kAssigned) {
+      TERN_RETURN_IF_ERROR(state_->scheduler->ReportRankStarted(*ref));
+    }
+  }
+  *response->mutable_lease_ttl() =
+      TimeUtil::MillisecondsToDuration(state_->lease_ttl.count());
+  *response->mutable_heartbeat_interval() =
+      TimeUtil::MillisecondsToDuration(state_->lease_ttl.count() / 3);
+  *response->mutable_lease_expire_time() = ToTimestamp(lease->expires_at);
+  return OkStatus();
+}
+
+Status WorkerService::DoStreamAssignments(
+    grpc::ServerContext* context, const v1::StreamAssignmentsRequest& request,
+    grpc::ServerWriter<v1::AssignmentEvent>* writer) {
+  const std::string& agent_id = request.agent_id();
+  TERN_RETURN_IF_ERROR(CheckLease(agent_id, request.lease_id()));
+  auto write = [&](const v1::AssignmentEvent& event) -> Status {
+    if (!writer->Write(event)) {
+      return CancelledError("StreamAssignments: agent " + agent_id +
+                            " went away");
+    }
+    return OkStatus();
+  };
+  // A rank is assigned once per stream: the initial snapshot and the
+  // scheduler's outbox overlap.
+  std::set<RankKey> sent;
+  auto send_assignment = [&](const scheduler::Assignment& a,
+                             const scheduler::Job& job) -> Status {
+    if (!sent.insert({a.job_id, a.attempt, a.rank}).second) return OkStatus();
+    v1::AssignmentEvent event;
+    TERN_ASSIGN_OR_RETURN(*event.mutable_assignment(),
+                          ToProtoAssignment(a, job, state_->layout));
+    return write(event);
+  };
+
+  // Everything the agent should be running now.
+  for (JobState holding : {JobState::kAdmitted, JobState::kRunning}) {
+    scheduler::ListJobsQuery query;
+    query.state = holding;
+    query.page_size = kListPageSize;
+    for (;;) {
+      TERN_ASSIGN_OR_RETURN(scheduler::ListJobsResult page,
+                            state_->scheduler->ListJobs(query));
+      for (const scheduler::Job& job : page.jobs) {
+        for (const scheduler::RankPlacement& r : job.ranks) {
+          if (IsExpected(job, {job.id, job.attempt, r.rank, agent_id})) {
+            TERN_RETURN_IF_ERROR(
+                send_assignment(AssignmentOf(job, r.rank), job));
+          }
+        }
+      }
+      if (page.next_page_token.empty()) break;
+      query.page_token = page.next_page_token;
+    }
+  }
+
+  for (;;) {
+    if (context->IsCancelled()) return CancelledError("the agent cancelled");
+    if (state_->shutting_down.load()) {
+      return UnavailableError("ternd is shutting down; reconnect");
+    }
+    TERN_RETURN_IF_ERROR(CheckLease(agent_id, request.lease_id()));
+    StatusOr<scheduler::AgentWork> work =
+        state_->scheduler->TakeAgentWork(agent_id, state_->long_poll);
+    if (!work.ok()) {
+      if (work.status().code() != StatusCode::kNotFound) return work.status();
+      MarkLost(agent_id, request.lease_id());
+      return FailedPreconditionError("agent " + agent_id +
+                                     ": lease ended; register again");
+    }
+    // One kill order per job attempt (the scheduler sends one per rank).
+    std::set<std::pair<scheduler::JobId, int>> killed;
+    for (const scheduler::KillOrder& kill : work->kills) {
+      if (!killed.insert({kill.job_id, kill.attempt}).second) continue;
+      v1::AssignmentEvent event;
+      v1::KillOrder* order = event.mutable_kill();
+      order->set_job_id(FormatJobId(kill.job_id));
+      order->set_attempt(kill.attempt);
+      order->mutable_reason()->set_code(kill.reason);
+      order->mutable_reason()->set_message(
+          "stop job " + FormatJobId(kill.job_id) + " attempt " +
+          std::to_string(kill.attempt) + " (" + kill.reason + ")");
+      *order->mutable_grace_period() =
+          TimeUtil::MillisecondsToDuration(state_->kill_grace.count());
+      TERN_RETURN_IF_ERROR(write(event));
+    }
+    for (const scheduler::Assignment& a : work->assignments) {
+      if (sent.count({a.job_id, a.attempt, a.rank}) != 0) continue;
+      TERN_ASSIGN_OR_RETURN(scheduler::Job job,
+                            state_->scheduler->GetJob(a.job_id));
+      TERN_RETURN_IF_ERROR(send_assignment(a, job));
+    }
+  }
+}
+
+Status WorkerService::DoReportProgress(
+    const v1::ReportProgressRequest& request) {
+  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
+  if (request.events_size() > kMaxEventsPerReport) {
+    return InvalidArgumentError("events: at most 1000 per call, got " +
+                                std::to_string(request.events_size()));
+  }
+  TERN_ASSIGN_OR_RETURN(scheduler::RankRef rank,
+                        ToRankRef(request.agent_id(), request.ref()));
+  // Any report shows the process runs (the trainer's `started` line comes
+  // from rank 0 only).
+  TERN_RETURN_IF_ERROR(state_->scheduler->ReportRankStarted(rank));
+  TERN_ASSIGN_OR_RETURN(scheduler::Job job,
+                        state_->scheduler->GetJob(rank.job_id));
+  if (job.attempt != rank.attempt || !scheduler::HoldsSlots(job.state)) {
+    return OkStatus();  // an attempt the scheduler has moved past
+  }
+  for (const v1::TrainerEvent& event : request.events()) {
+    TERN_RETURN_IF_ERROR(HandleTrainerEvent(rank, event));
+  }
+  return OkStatus();
+}
+
+Status WorkerService::HandleTrainerEvent(const scheduler::RankRef& rank,
+                                         const v1::TrainerEvent& event) {
+  TrainerLine line;
+  if (!event.json_line().empty()) {
+    StatusOr<TrainerLine> parsed = ParseTrainerLine(event.json_line());
+    if (!parsed.ok()) {
+      TERN_LOG(DEBUG) << "job " << rank.job_id << " rank " << rank.rank
+                      << ": ignoring a stdout line that is not an event";
+      return OkStatus();
+    }
+    line = std::move(parsed).value();
+  } else if (event.has_log()) {
+    line.kind = TrainerEventKind::kLog;
+    line.log = event.log();
+  } else if (event.has_failed()) {
+    line.kind = TrainerEventKind::kFailed;
+    line.failure = event.failed();
+  } else {
+    return OkStatus();  // started (already counted) or nothing
+  }
+  scheduler::Scheduler& scheduler = *state_->scheduler;
+  const bool rank0 = rank.rank == 0;  // metrics come from rank 0
+  const scheduler::TimePoint now = state_->clock->Now();
+  switch (line.kind) {
+    case TrainerEventKind::kProgress:
+      if (!rank0) return OkStatus();
+      TERN_RETURN_IF_ERROR(scheduler.ReportProgress(rank, event.json_line()));
+      state_->progress->RecordProgress(rank.job_id, line.progress, now);
+      state_->metrics->OnProgress(rank.job_id, line.progress, line.kappa);
+      return OkStatus();
+    case TrainerEventKind::kEpochEnd:
+      if (!rank0) return OkStatus();
+      TERN_RETURN_IF_ERROR(scheduler.ReportProgress(rank, event.json_line()));
+      state_->progress->RecordMetrics(rank.job_id, line.epoch_end.metrics(),
+                                      now);
+      state_->metrics->OnEpochEnd(rank.job_id, line.epoch_end);
+      return OkStatus();
+    case TrainerEventKind::kCheckpoint:
+      if (!rank0) return OkStatus();
+      return scheduler.ReportCheckpoint(rank, line.checkpoint.step(),
+                                        event.json_line());
+    case TrainerEventKind::kFinished: {
+      if (!rank0) return OkStatus();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        finished_[{rank.job_id, rank.attempt}] = line.result;
+      }
+      // Kept in the log too, for a ternd restarted before the exit report.
+      return scheduler.ReportProgress(rank, event.json_line());
+    }
+    case TrainerEventKind::kFailed: {
+      std::string what = line.failure.code();
+      if (!line.failure.message().empty()) {
+        what += ": " + line.failure.message();
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      failures_[{rank.job_id, rank.attempt, rank.rank}] = what;
+      return OkStatus();
+    }
+    case TrainerEventKind::kLog:
+      return scheduler.ReportProgress(rank,
+                                      LogPayload(rank.rank, line.log.text()));
+    case TrainerEventKind::kStarted:
+    case TrainerEventKind::kUnknown:
+      return OkStatus();
+  }
+  return OkStatus();
+}
+
+Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
+  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
+  TERN_ASSIGN_OR_RETURN(scheduler::RankRef rank,
+                        ToRankRef(request.agent_id(), request.ref()));
+  scheduler::RankExit exit;
+  exit.rank = rank;
+  exit.exit_code =
+      request.signal() > 0 ? -request.signal() : request.exit_code();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = failures_.find({rank.job_id, rank.attempt, rank.rank});
+    if (it != failures_.end()) {
+      exit.message = it->second;
+      failures_.erase(it);
+    }
+  }
+  if (!request.reason().empty()) {
+    exit.message += (exit.message.empty() ? "" : " (") + request.reason() +
+                    (exit.message.empty() ? "" : ")");
+  }
+  std::optional<v1::JobResult> result;
+  if (exit.exit_code == 0 && rank.rank == 0) {
+    TERN_ASSIGN_OR_RETURN(scheduler::Job job,
+                          state_->scheduler->GetJob(rank.job_id));
+    if (job.attempt == rank.attempt && scheduler::HoldsSlots(job.state)) {
+      result = BuildResult(job, rank.attempt);
+      exit.artifact_path = result->artifact_path();
+      google::protobuf::util::JsonPrintOptions options;
+      options.preserve_proto_field_names = true;
+      if (!google::protobuf::util::MessageToJsonString(
+               *result, &exit.metrics_json, options)
+               .ok()) {
+        return InternalError("job " + FormatJobId(job.id) +
+                             ": cannot print the result as JSON");
+      }
+    }
+  }
+  TERN_RETURN_IF_ERROR(state_->scheduler->ReportRankExit(exit));
+  if (result) state_->metrics->OnResult(rank.job_id, *result);
+  return OkStatus();
+}
+
+// --- Helpers ----------------------------------------------------------------
+
+v1::JobResult WorkerService::BuildResult(const scheduler::Job& job,
+                                         int attempt) {
+  std::optional<v1::JobResult> result;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = finished_.find({job.id, attempt});
+    if (it != finished_.end()) {
+      result = std::move(it->second);
+      finished_.erase(it);
+    }
+  }
+  // Not seen by this process: find rank 0's `finished` line of this attempt
+  // in the log (newest first, back to the attempt's admission).
+  for (int64_t end = job.last_event_seq; !result && end > 0;) {
+    const int64_t after = std::max<int64_t>(0, end - kResultScanBatch);
+    StatusOr<std::vector<scheduler::JobEvent>> events =
+        state_->scheduler->ReadEvents(job.id, after,
+                                      static_cast<int>(end - after));
+    if (!events.ok()) break;
+    for (auto it = events->rbegin(); it != events->rend() && !result; ++it) {
+      if (it->type == scheduler::JobEventType::kStateChanged &&
+          it->to == JobState::kAdmitted) {
+        end = 0;  // the attempt's start: nothing older belongs to it
+        break;
+      }
+      if (it->type != scheduler::JobEventType::kProgress) continue;
+      StatusOr<TrainerLine> line = ParseTrainerLine(it->payload);
+      if (line.ok() && line->kind == TrainerEventKind::kFinished) {
+        result = line->result;
+      }
+    }
+    end = std::min(end, after);
+  }
+  if (!result) result.emplace();
+  if (result->artifact_path().empty()) {
+    result->set_artifact_path(state_->layout.ArtifactPath(job));
+  }
+  StatusOr<v1::JobSpec> spec = StoredSpec(job);
+  if (spec.ok()) result->set_epochs(spec->optimization().epochs());
+  StatusOr<FileDigest> digest = DigestFile(result->artifact_path());
+  if (digest.ok()) {
+    result->set_artifact_bytes(digest->size_bytes);
+    result->set_artifact_sha256(digest->sha256);
+  } else {
+    TERN_LOG(WARNING) << "job " << job.id << ": artifact "
+                      << result->artifact_path()
+                      << " is not readable by ternd: " << digest.status();
+  }
+  return *std::move(result);
+}
+
+Status WorkerService::CheckLease(const std::string& agent_id,
+                                 const std::string& lease_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = leases_.find(agent_id);
+  if (it == leases_.end() || it->second.lease_id != lease_id ||
+      it->second.lost) {
+    return FailedPreconditionError(
+        "agent " + agent_id +
+        ": unknown or expired lease; kill its trainers and register again");
+  }
+  return OkStatus();
+}
+
+void WorkerService::MarkLost(const std::string& agent_id,
+                             const std::string& lease_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = leases_.find(agent_id);
+  if (it != leases_.end() && it->second.lease_id == lease_id) {
+    it->second.lost = true;  // ExpireLeases counts and removes it
+  }
+}
+
+StatusOr<scheduler::RankRef> WorkerService::ToRankRef(
+    const std::string& agent_id, const v1::RankRef& ref) const {
+  TERN_ASSIGN_OR_RETURN(scheduler::JobId id,
+                        ParseJobId(ref.job_id(), "ref.job_id"));
+  if (ref.attempt() < 1) {
+    return InvalidArgumentError("ref.attempt: must be >= 1, got " +
+                                std::to_string(ref.attempt()));
+  }
+  if (ref.rank() < 0) {
+    return InvalidArgumentError("ref.rank: must be >= 0, got " +
+                                std::to_string(ref.rank()));
+  }
+  return scheduler::RankRef{id, ref.attempt(), ref.rank(), agent_id};
+}
+
+}  // namespace tern::server

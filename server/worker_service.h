@@ -1,0 +1,107 @@
+// WorkerService: tern.v1.WorkerService (the agents' API) over the scheduler.
+//
+// Leases: Register creates a lease (a random lease_id kept in memory next to
+// the agent id); every later call must name the current one, else
+// FAILED_PRECONDITION (the agent kills its trainers and registers again).
+// Leases are not persisted, so after a ternd restart every agent registers
+// anew and the scheduler restarts the jobs it was running (from their last
+// checkpoint), as the protocol in worker_service.proto prescribes.
+//
+// StreamAssignments first sends an Assignment for every rank placed on the
+// agent (ADMITTED/RUNNING jobs), then long-polls TakeAgentWork: kill orders
+// (one per job and attempt) before assignments; a stream sends each
+// (job, attempt, rank) once. Work taken by a stream whose
+// client is gone is recovered by the next stream's initial assignments and by
+// Heartbeat's `unexpected` list.
+//
+// ReportProgress: any report marks the rank started; the trainer's lines are
+// parsed (trainer_events.h): rank 0's progress, epoch_end and finished lines
+// and every rank's failed and log lines are stored as scheduler progress
+// events (payload = the JSON line), checkpoint lines go to ReportCheckpoint;
+// progress and epoch_end also update ProgressCache and the tern_job_*
+// metrics. ReportExit passes the exit to the scheduler; for rank 0 exiting 0
+// it attaches the result: the finished line's metrics, epochs from the spec,
+// and the artifact's size and SHA-256 (computed here), as JobResult JSON.
+// Thread-safe.
+#ifndef TERN_SERVER_WORKER_SERVICE_H_
+#define TERN_SERVER_WORKER_SERVICE_H_
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include "server/server_state.h"
+#include "tern/v1/worker_service.grpc.pb.h"
+
+namespace tern::server {
+
+class WorkerService final : public v1::WorkerService::Service {
+ public:
+  // `state` is not owned and must outlive the service.
+  explicit WorkerService(ServerState* state);
+
+  grpc::Status Register(grpc::ServerContext* context,
+                        const v1::RegisterRequest* request,
+                        v1::RegisterResponse* response) override;
+  grpc::Status Heartbeat(grpc::ServerContext* context,
+                         const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override;
+  grpc::Status StreamAssignments(
+      grpc::ServerContext* context, const v1::StreamAssignmentsRequest* request,
+      grpc::ServerWriter<v1::AssignmentEvent>* writer) override;
+  grpc::Status ReportProgress(grpc::ServerContext* context,
+                              const v1::ReportProgressRequest* request,
+                              v1::ReportProgressResponse* response) override;
+  grpc::Status ReportExit(grpc::ServerContext* context,
+                          const v1::ReportExitRequest* request,
+                          v1::ReportExitResponse* response) override;
+
+  // Forgets leases that expired at or before `now` (the scheduler's Tick has
+  // expired them too), counting each in tern_scheduler_lease_expiries_total
+  // (as does a Register that replaces an expired lease first); returns how
+  // many. Called by ternd's tick thread after Scheduler::Tick.
+  int ExpireLeases(scheduler::TimePoint now);
+
+ private:
+  struct AgentLease {
+    std::string lease_id;
+    scheduler::TimePoint expires_at;
+    bool lost = false;  // the scheduler no longer knows the agent
+  };
+  using RankKey = std::tuple<scheduler::JobId, int, int>;  // job, attempt, rank
+
+  Status DoRegister(const v1::RegisterRequest& request,
+                    v1::RegisterResponse* response);
+  Status DoHeartbeat(const v1::HeartbeatRequest& request,
+                     v1::HeartbeatResponse* response);
+  Status DoStreamAssignments(grpc::ServerContext* context,
+                             const v1::StreamAssignmentsRequest& request,
+                             grpc::ServerWriter<v1::AssignmentEvent>* writer);
+  Status DoReportProgress(const v1::ReportProgressRequest& request);
+  Status DoReportExit(const v1::ReportExitRequest& request);
+
+  Status CheckLease(const std::string& agent_id,
+                    const std::string& lease_id) const;
+  void MarkLost(const std::string& agent_id, const std::string& lease_id);
+  StatusOr<scheduler::RankRef> ToRankRef(const std::string& agent_id,
+                                         const v1::RankRef& ref) const;
+  // Stores one relayed trainer event of a current rank.
+  Status HandleTrainerEvent(const scheduler::RankRef& rank,
+                            const v1::TrainerEvent& event);
+  // The result of rank 0's successful exit: its `finished` line, epochs
+  // from the spec, the artifact's size and SHA-256.
+  v1::JobResult BuildResult(const scheduler::Job& job, int attempt);
+
+  ServerState* const state_;
+  mutable std::mutex mu_;
+  std::map<std::string, AgentLease> leases_;  // by agent id
+  // Rank 0's `finished` line per (job, attempt), until its exit is reported.
+  std::map<std::pair<scheduler::JobId, int>, v1::JobResult> finished_;
+  // A rank's `failed` line ("CODE: reason"), until its exit is reported.
+  std::map<RankKey, std::string> failures_;
+};
+
+}  // namespace tern::server
+
+#endif  // TERN_SERVER_WORKER_SERVICE_H_

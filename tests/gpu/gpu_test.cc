@@ -1,0 +1,152 @@
+// CUDA checks: every quantizer's forward/backward on the GPU equals the CPU
+// result, NCCL at world size 1, a bf16 autocast step close to fp32, and a
+// `.tern` trained on the GPU evaluating identically on the CPU. Skipped (and
+// reported as skipped) without a CUDA device.
+#include <ATen/autocast_mode.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include "quant/ternary_model.h"
+#include "worker/trainer/distributed.h"
+#include "worker/trainer/models.h"
+
+namespace tern {
+namespace {
+
+class GpuTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  }
+};
+
+std::shared_ptr<trainer::Classifier> SmallResNet(uint64_t seed) {
+  torch::manual_seed(seed);
+  return trainer::BuildClassifier({"resnet20", 1, 10, 0.5}).value();
+}
+
+TEST_F(GpuTest, EveryQuantizerMatchesCpuForwardAndBackward) {
+  for (quant::Method m : {quant::Method::kTwn, quant::Method::kTtq, quant::Method::kLat,
+                          quant::Method::kHla}) {
+    auto cpu = SmallResNet(1);
+    auto gpu = SmallResNet(1);
+    gpu->to(torch::kCUDA);
+    quant::QuantOptions o = quant::MakePreset(m);
+    auto qc = quant::TernaryModel::Attach(cpu, o).value();
+    auto qg = quant::TernaryModel::Attach(gpu, o).value();
+    qg->state()->to(torch::kCUDA);
+    qc->SetProgress(0.6);
+    qg->SetProgress(0.6);
+    torch::manual_seed(2);
+    const at::Tensor x = torch::randn({8, 1, 28, 28});
+    const at::Tensor y = torch::randint(0, 10, {8});
+    cpu->eval();
+    gpu->eval();  // BatchNorm running statistics: same on both sides
+    qc->BeforeForward();
+    qg->BeforeForward();
+    const at::Tensor lc = torch::cross_entropy_loss(cpu->forward(x), y) + qc->RegularizationLoss();
+    const at::Tensor lg = torch::cross_entropy_loss(gpu->forward(x.cuda()), y.cuda()) +
+                          qg->RegularizationLoss();
+    EXPECT_NEAR(lc.item<double>(), lg.item<double>(), 1e-3) << quant::MethodName(m);
+    lc.backward();
+    lg.backward();
+    const auto pc = cpu->parameters();
+    const auto pg = gpu->parameters();
+    for (size_t i = 0; i < pc.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(pc[i].grad(), pg[i].grad().cpu(), 1e-3, 1e-4))
+          << quant::MethodName(m) << " parameter " << i;
+    }
+  }
+}
+
+TEST_F(GpuTest, NcclAtWorldSizeOneAllReducesAndBroadcasts) {
+#ifndef TERN_WITH_NCCL
+  GTEST_SKIP() << "this LibTorch has no NCCL";
+#else
+  trainer::DistributedOptions o;
+  o.backend = "nccl";
+  o.master_port = trainer::PickFreePort().value();
+  o.connect_alone = true;
+  auto comm = trainer::Communicator::Connect(o);
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  at::Tensor t = torch::full({1000}, 3.0f, torch::kCUDA);
+  ASSERT_TRUE((*comm)->AllReduceMean({t}).ok());
+  EXPECT_TRUE(torch::allclose(t.cpu(), torch::full({1000}, 3.0f)));
+  ASSERT_TRUE((*comm)->Broadcast({t}, 0).ok());
+  ASSERT_TRUE((*comm)->Barrier().ok());
+#endif
+}
+
+TEST_F(GpuTest, Bf16AutocastStepLossMatchesFp32) {
+  auto model = SmallResNet(3);
+  model->to(torch::kCUDA);
+  auto q = quant::TernaryModel::Attach(model, quant::MakePreset(quant::Method::kHla)).value();
+  q->state()->to(torch::kCUDA);
+  q->SetProgress(0.5);
+  torch::manual_seed(4);
+  const at::Tensor x = torch::randn({64, 1, 28, 28}, torch::kCUDA);
+  const at::Tensor y = torch::randint(0, 10, {64}, torch::kCUDA);
+  model->eval();
+  q->BeforeForward();
+  const double fp32 = torch::cross_entropy_loss(model->forward(x), y).item<double>();
+  q->BeforeForward();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  at::autocast::set_autocast_enabled(at::kCUDA, true);
+#else
+  at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+  at::autocast::set_enabled(true);
+#endif
+  const at::Tensor logits = model->forward(x);
+  const at::Tensor loss = torch::cross_entropy_loss(logits.to(torch::kFloat), y);
+  loss.backward();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  at::autocast::set_autocast_enabled(at::kCUDA, false);
+#else
+  at::autocast::set_enabled(false);
+#endif
+  at::autocast::clear_cache();
+  EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+  // bf16 has 8 mantissa bits: a 2% relative tolerance on the loss.
+  EXPECT_NEAR(loss.item<double>(), fp32, 0.02 * fp32);
+}
+
+TEST_F(GpuTest, ArtifactTrainedOnGpuEvaluatesIdenticallyOnCpu) {
+  auto model = SmallResNet(5);
+  model->to(torch::kCUDA);
+  auto q = quant::TernaryModel::Attach(model, quant::MakePreset(quant::Method::kHla)).value();
+  q->state()->to(torch::kCUDA);
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  torch::manual_seed(6);
+  const at::Tensor x = torch::randn({32, 1, 28, 28}, torch::kCUDA);
+  const at::Tensor y = torch::randint(0, 10, {32}, torch::kCUDA);
+  for (int step = 0; step < 10; ++step) {
+    q->SetProgress(0.5 + step * 0.05);
+    q->BeforeForward();
+    at::Tensor loss = torch::cross_entropy_loss(model->forward(x), y) + q->RegularizationLoss();
+    opt.zero_grad();
+    loss.backward();
+    q->AfterBackward();
+    opt.step();
+  }
+  const quant::Artifact artifact =
+      quant::ParseArtifact(quant::SerializeArtifact(q->Export("{}", "{}"))).value();
+  // The same artifact loaded on both devices: the predictions agree.
+  auto on_gpu = SmallResNet(7);
+  auto on_cpu = SmallResNet(8);
+  ASSERT_TRUE(quant::LoadArtifactInto(artifact, *on_cpu).ok());
+  on_gpu->to(torch::kCUDA);
+  ASSERT_TRUE(quant::LoadArtifactInto(artifact, *on_gpu).ok());
+  on_cpu->eval();
+  on_gpu->eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor xs = torch::randn({256, 1, 28, 28});
+  const at::Tensor a = on_cpu->forward(xs);
+  const at::Tensor b = on_gpu->forward(xs.cuda()).cpu();
+  EXPECT_TRUE(torch::equal(a.argmax(1), b.argmax(1)));
+  EXPECT_TRUE(torch::allclose(a, b, 1e-3, 1e-3));
+}
+
+}  // namespace
+}  // namespace tern

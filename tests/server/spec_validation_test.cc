@@ -1,0 +1,52 @@
+// JobSpec validation rules (the gRPC-level checks are in job_service_test).
+#include "server/spec_validation.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace tern::server {
+namespace {
+
+TEST(SpecValidationTest, AcceptsAFullValidSpec) {
+  v1::JobSpec spec;
+  spec.mutable_optimization()->set_epochs(10);
+  EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
+  spec.set_task(v1::TASK_DETECTION);
+  spec.mutable_dataset()->set_kind(v1::DATASET_COCO);
+  spec.mutable_dataset()->set_path("/data/coco");
+  spec.mutable_model()->set_arch("resnet18");
+  spec.mutable_model()->set_head("centernet");
+  spec.mutable_resources()->set_ranks(4);
+  spec.mutable_optimization()->set_batch_size(64);
+  spec.mutable_optimization()->set_micro_batches(2);
+  spec.mutable_optimization()->set_lr_schedule(v1::SCHEDULE_STEP);
+  spec.mutable_optimization()->add_step_milestones(3);
+  spec.mutable_optimization()->add_step_milestones(7);
+  spec.mutable_quantization()->set_kappa_end(5);  // == default kappa_start
+  (*spec.mutable_labels())["team/vision"] = "x";
+  EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
+}
+
+TEST(SpecValidationTest, RejectsOutOfRangeValuesWithTheirPath) {
+  v1::JobSpec spec;
+  spec.mutable_optimization()->set_epochs(2);
+  spec.mutable_optimization()->set_warmup_epochs(2);  // must be < epochs
+  spec.mutable_quantization()->set_reg_fraction(1.0);
+  spec.mutable_dataset()->set_val_fraction(std::nan(""));
+  spec.mutable_resources()->set_device_kind(static_cast<v1::DeviceKind>(5));
+  const Status status = ValidateJobSpec(spec, "");
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  for (const char* want : {
+           "optimization.warmup_epochs: must be in [0, 2), got 2",
+           "quantization.reg_fraction: must be in [0, 1), got 1",
+           "dataset.val_fraction: must be in [0, 0.5], got nan",
+           "resources.device_kind: unknown DeviceKind value 5",
+       }) {
+    EXPECT_NE(status.message().find(want), std::string::npos)
+        << want << " in " << status.message();
+  }
+}
+
+}  // namespace
+}  // namespace tern::server

@@ -1,0 +1,68 @@
+// TerndOptions and flag parsing (the daemon itself runs in the service and
+// main tests).
+#include "server/ternd.h"
+
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace tern::server {
+namespace {
+
+TEST(TerndOptionsTest, ParsesDurations) {
+  EXPECT_EQ(*ParseDuration("250ms"), std::chrono::milliseconds(250));
+  EXPECT_EQ(*ParseDuration("15s"), std::chrono::seconds(15));
+  EXPECT_EQ(*ParseDuration("5m"), std::chrono::minutes(5));
+  EXPECT_EQ(*ParseDuration("1h"), std::chrono::hours(1));
+  EXPECT_EQ(*ParseDuration("0"), std::chrono::milliseconds(0));
+  for (const char* bad : {"", "15", "s", "-1s", "1.5s", "3d", "10 s"}) {
+    EXPECT_FALSE(ParseDuration(bad).ok()) << bad;
+  }
+  TerndOptions options;
+  EXPECT_TRUE(options.Validate().ok());
+  options.lease_ttl = std::chrono::milliseconds(0);
+  EXPECT_EQ(options.Validate().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(TerndStartTest, ReportsABadDatabaseAndABusyPort) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      ("tern-ternd-start-test-" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  TerndOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.artifact_root = (dir / "artifacts").string();
+  options.checkpoint_root = (dir / "checkpoints").string();
+  options.db_path = (dir / "garbage.db").string();
+  {
+    std::ofstream out(options.db_path);
+    out << std::string(4096, 'x');
+  }
+  auto bad_db = Ternd::Start(options);
+  EXPECT_EQ(bad_db.status().code(), StatusCode::kDataLoss) << bad_db.status();
+
+  options.db_path = (dir / "first.db").string();
+  auto first = Ternd::Start(options);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ((*first)->address(),
+            "127.0.0.1:" + std::to_string((*first)->port()));
+  EXPECT_EQ((*first)->metrics_port(), 0);  // disabled
+  options.listen = (*first)->address();
+  options.db_path = (dir / "second.db").string();
+  auto second = Ternd::Start(options);
+  EXPECT_EQ(second.status().code(), StatusCode::kUnavailable)
+      << second.status();
+  (*first)->Shutdown();
+  (*first)->Shutdown();  // idempotent
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tern::server

@@ -1,0 +1,112 @@
+// Parsing of the trainer's JSON lines (as worker/trainer writes them) into
+// tern.v1 messages.
+#include "server/trainer_events.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+namespace tern::server {
+namespace {
+
+TEST(TrainerEventsTest, ParsesProgress) {
+  StatusOr<TrainerLine> line = ParseTrainerLine(
+      R"({"event":"progress","job":"j","rank":0,"world_size":2,"time":1.7e9,)"
+      R"("epoch":1,"epochs":3,"step":40,"total_steps":120,"loss":null,)"
+      R"("lr":0.05,"images_per_second":512.5,"eta_seconds":9,)"
+      R"("reg_lambda":0.002,"kappa":7.5,"phase":2})");
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_EQ(line->kind, TrainerEventKind::kProgress);
+  EXPECT_EQ(line->progress.epoch(), 1);
+  EXPECT_EQ(line->progress.epochs(), 3);
+  EXPECT_EQ(line->progress.step(), 40);
+  EXPECT_EQ(line->progress.total_steps(), 120);
+  EXPECT_TRUE(std::isnan(line->progress.loss()));  // diverged: null
+  EXPECT_DOUBLE_EQ(line->progress.lr(), 0.05);
+  EXPECT_DOUBLE_EQ(line->progress.images_per_second(), 512.5);
+  EXPECT_DOUBLE_EQ(line->progress.reg_lambda(), 0.002);
+  EXPECT_EQ(line->progress.phase(), 2);
+  EXPECT_DOUBLE_EQ(line->kappa, 7.5);
+}
+
+TEST(TrainerEventsTest, ParsesEpochEndFinishedCheckpointAndFailed) {
+  StatusOr<TrainerLine> epoch = ParseTrainerLine(
+      R"({"event":"epoch_end","rank":0,"epoch":2,"eval_split":"val",)"
+      R"("train_loss":0.7,"fp":{"loss":0.5,"top1":0.9,"top5":1,"examples":10},)"
+      R"("ternary":{"loss":0.6,"top1":0.85,"top5":0.99,"examples":10},)"
+      R"("epoch_seconds":3.5,"layers":[{"name":"a","quantized":true,)"
+      R"("numel":200,"sparsity":0.3,"alpha":0.1,"delta":0.05,"cos_wt":0.8,)"
+      R"("flips":10,"flips_per_step":2},{"name":"fc","quantized":false}]})");
+  ASSERT_TRUE(epoch.ok());
+  ASSERT_EQ(epoch->kind, TrainerEventKind::kEpochEnd);
+  const v1::EpochMetrics& m = epoch->epoch_end.metrics();
+  EXPECT_EQ(m.epoch(), 2);
+  EXPECT_EQ(m.eval_split(), "val");
+  EXPECT_DOUBLE_EQ(m.eval_loss(), 0.6);
+  EXPECT_DOUBLE_EQ(m.fp_top1(), 0.9);
+  EXPECT_DOUBLE_EQ(m.ternary_top5(), 0.99);
+  EXPECT_FALSE(m.has_train_top1());
+  ASSERT_EQ(epoch->epoch_end.layers_size(), 1);
+  EXPECT_DOUBLE_EQ(epoch->epoch_end.layers(0).flips(), 0.01);  // 2 / 200
+
+  StatusOr<TrainerLine> finished = ParseTrainerLine(
+      R"({"event":"finished","rank":0,"fp":{"top1":0.9,"top5":1},)"
+      R"("ternary":{"top1":0.8},"artifact_path":"/a/m.tern",)"
+      R"("artifact_bytes":12345,"bits_per_weight":1.7,"steps":99,)"
+      R"("wall_seconds":12.5,"images_per_second":100})");
+  ASSERT_TRUE(finished.ok());
+  ASSERT_EQ(finished->kind, TrainerEventKind::kFinished);
+  EXPECT_EQ(finished->result.artifact_path(), "/a/m.tern");
+  EXPECT_EQ(finished->result.artifact_bytes(), 12345);
+  EXPECT_DOUBLE_EQ(finished->result.ternary_top1(), 0.8);  // no "artifact"
+  EXPECT_FALSE(finished->result.has_ternary_top5());
+  EXPECT_EQ(finished->result.steps(), 99);
+
+  StatusOr<TrainerLine> checkpoint = ParseTrainerLine(
+      R"({"event":"checkpoint","rank":0,"step":50,"epoch":1,"path":"/c/s"})");
+  ASSERT_TRUE(checkpoint.ok());
+  EXPECT_EQ(checkpoint->kind, TrainerEventKind::kCheckpoint);
+  EXPECT_EQ(checkpoint->checkpoint.step(), 50);
+  EXPECT_EQ(checkpoint->checkpoint.path(), "/c/s");
+
+  StatusOr<TrainerLine> failed = ParseTrainerLine(
+      R"({"event":"failed","rank":1,"code":"COLLECTIVE_TIMEOUT","reason":"x"})");
+  ASSERT_TRUE(failed.ok());
+  EXPECT_EQ(failed->kind, TrainerEventKind::kFailed);
+  EXPECT_EQ(failed->rank, 1);
+  EXPECT_EQ(failed->failure.code(), "COLLECTIVE_TIMEOUT");
+  EXPECT_EQ(failed->failure.message(), "x");
+}
+
+TEST(TrainerEventsTest, ToleratesOddInput) {
+  EXPECT_FALSE(ParseTrainerLine("not json").ok());
+  EXPECT_FALSE(ParseTrainerLine("[1,2]").ok());
+  StatusOr<TrainerLine> unknown = ParseTrainerLine(R"({"event":"new_kind"})");
+  ASSERT_TRUE(unknown.ok());
+  EXPECT_EQ(unknown->kind, TrainerEventKind::kUnknown);
+  // Wrong types read as absent instead of throwing.
+  StatusOr<TrainerLine> odd = ParseTrainerLine(
+      R"({"event":"progress","step":"ten","loss":{},"layers":7})");
+  ASSERT_TRUE(odd.ok());
+  EXPECT_EQ(odd->progress.step(), 0);
+  EXPECT_DOUBLE_EQ(odd->progress.loss(), 0);
+}
+
+TEST(TrainerEventsTest, LogPayloadRoundTripsAndCutsLongLines) {
+  StatusOr<TrainerLine> log = ParseTrainerLine(LogPayload(3, "a \"quoted\"\n"));
+  ASSERT_TRUE(log.ok());
+  EXPECT_EQ(log->kind, TrainerEventKind::kLog);
+  EXPECT_EQ(log->log.rank(), 3);
+  EXPECT_EQ(log->log.text(), "a \"quoted\"\n");
+  // 4095 ASCII bytes and a 2-byte character cut in half: the stray byte
+  // becomes U+FFFD, the line stays valid UTF-8.
+  const std::string long_line = std::string(4095, 'x') + "\xc3\xa9" + "tail";
+  StatusOr<TrainerLine> cut = ParseTrainerLine(LogPayload(0, long_line));
+  ASSERT_TRUE(cut.ok());
+  EXPECT_EQ(cut->log.text().substr(0, 4095), std::string(4095, 'x'));
+  EXPECT_EQ(cut->log.text().substr(4095), "\xef\xbf\xbd");
+}
+
+}  // namespace
+}  // namespace tern::server

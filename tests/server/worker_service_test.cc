@@ -1,0 +1,677 @@
+// tern.v1.WorkerService over real gRPC loopback: a fake agent (the test,
+// through the WorkerService stub) registers, takes assignments, relays
+// trainer JSON lines and exits, and the job's life shows through JobService.
+#include "server/worker_service.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "server/file_digest.h"
+#include "tests/server/test_util.h"
+
+namespace tern::server {
+namespace {
+
+using testing::Eventually;
+using testing::SetDeadline;
+using testing::ValidSpec;
+
+// An agent played by the test.
+class FakeAgent {
+ public:
+  FakeAgent(v1::WorkerService::Stub* stub, std::string id, int cpu_slots)
+      : stub_(stub), id_(std::move(id)), slots_(cpu_slots) {}
+  ~FakeAgent() { StopStream(); }
+
+  grpc::Status Register() {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::RegisterRequest request;
+    request.set_agent_id(id_);
+    request.set_host("127.0.0.1");
+    request.set_version("test");
+    v1::Slots* slots = request.add_slots();
+    slots->set_device_kind(v1::DEVICE_CPU);
+    slots->set_count(slots_);
+    v1::RegisterResponse response;
+    grpc::Status status = stub_->Register(&ctx, request, &response);
+    lease_id_ = response.lease_id();
+    register_response_ = response;
+    return status;
+  }
+
+  void StartStream() {
+    stream_ = std::thread([this] {
+      v1::StreamAssignmentsRequest request;
+      request.set_agent_id(id_);
+      request.set_lease_id(lease_id_);
+      SetDeadline(&stream_ctx_, std::chrono::seconds(60));
+      auto reader = stub_->StreamAssignments(&stream_ctx_, request);
+      v1::AssignmentEvent event;
+      while (reader->Read(&event)) {
+        std::lock_guard<std::mutex> lock(mu_);
+        events_.push_back(event);
+      }
+      const grpc::Status status = reader->Finish();
+      std::lock_guard<std::mutex> lock(mu_);
+      stream_status_ = status;
+      stream_done_ = true;
+    });
+  }
+
+  void StopStream() {
+    if (!stream_.joinable()) return;
+    stream_ctx_.TryCancel();
+    stream_.join();
+  }
+
+  std::vector<v1::AssignmentEvent> Events() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return events_;
+  }
+  bool WaitForEvents(size_t n) {
+    return Eventually([&] { return Events().size() >= n; });
+  }
+  bool StreamDone(grpc::Status* status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    *status = stream_status_;
+    return stream_done_;
+  }
+
+  grpc::Status Report(const v1::RankRef& ref,
+                      const std::vector<std::string>& lines,
+                      const std::vector<std::string>& stderr_lines = {}) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::ReportProgressRequest request;
+    request.set_agent_id(id_);
+    request.set_lease_id(lease_id_);
+    *request.mutable_ref() = ref;
+    for (const std::string& line : lines) {
+      request.add_events()->set_json_line(line);
+    }
+    for (const std::string& text : stderr_lines) {
+      v1::LogLine* log = request.add_events()->mutable_log();
+      log->set_rank(ref.rank());
+      log->set_text(text);
+    }
+    v1::ReportProgressResponse response;
+    return stub_->ReportProgress(&ctx, request, &response);
+  }
+
+  grpc::Status Exit(const v1::RankRef& ref, int exit_code, int signal = 0,
+                    bool killed_by_agent = false) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::ReportExitRequest request;
+    request.set_agent_id(id_);
+    request.set_lease_id(lease_id_);
+    *request.mutable_ref() = ref;
+    request.set_exit_code(exit_code);
+    request.set_signal(signal);
+    request.set_killed_by_agent(killed_by_agent);
+    v1::ReportExitResponse response;
+    return stub_->ReportExit(&ctx, request, &response);
+  }
+
+  grpc::Status Heartbeat(const std::vector<v1::RankRef>& running,
+                         v1::HeartbeatResponse* response) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::HeartbeatRequest request;
+    request.set_agent_id(id_);
+    request.set_lease_id(lease_id_);
+    for (const v1::RankRef& ref : running) *request.add_running() = ref;
+    return stub_->Heartbeat(&ctx, request, response);
+  }
+
+  std::string lease_id_;
+  v1::RegisterResponse register_response_;
+
+ private:
+  v1::WorkerService::Stub* stub_;
+  const std::string id_;
+  const int slots_;
+  std::thread stream_;
+  grpc::ClientContext stream_ctx_;
+  std::mutex mu_;
+  std::vector<v1::AssignmentEvent> events_;
+  grpc::Status stream_status_;
+  bool stream_done_ = false;
+};
+
+// Trainer lines as worker/trainer/trainer.cc writes them.
+std::string Line(const std::string& event, int rank, const std::string& rest) {
+  return "{\"event\":\"" + event +
+         "\",\"job\":\"test-job\",\"rank\":" + std::to_string(rank) +
+         ",\"world_size\":2,\"time\":1.7e9" + (rest.empty() ? "" : "," + rest) +
+         "}";
+}
+
+const char kLayers[] =
+    "\"layers\":[{\"name\":\"conv1.weight\",\"quantized\":false,\"numel\":432,"
+    "\"sparsity\":0,\"alpha\":0,\"delta\":0,\"cos_wt\":1,\"flips\":0,"
+    "\"flips_per_step\":0},{\"name\":\"layer1.0.conv1.weight\",\"quantized\":"
+    "true,\"numel\":1000,\"sparsity\":0.4,\"alpha\":0.05,\"delta\":0.02,"
+    "\"cos_wt\":0.9,\"flips\":60,\"flips_per_step\":3}]";
+
+class WorkerServiceTest : public testing::TerndTest {
+ protected:
+  v1::JobState State(const std::string& id) { return GetJobOk(id).state(); }
+  bool WaitForState(const std::string& id, v1::JobState state) {
+    return Eventually([&] { return State(id) == state; });
+  }
+};
+
+TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
+  FakeAgent agent(workers_.get(), "agent-a", 2);
+  ASSERT_TRUE(agent.Register().ok());
+  EXPECT_FALSE(agent.lease_id_.empty());
+  EXPECT_EQ(agent.register_response_.lease_ttl().seconds(), 15);
+  EXPECT_EQ(agent.register_response_.heartbeat_interval().seconds(), 5);
+  const std::string id = SubmitOk(ValidSpec(/*ranks=*/2));
+  ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_ADMITTED));
+
+  agent.StartStream();
+  ASSERT_TRUE(agent.WaitForEvents(2));
+  std::vector<v1::Assignment> assignments;
+  for (const v1::AssignmentEvent& e : agent.Events()) {
+    ASSERT_TRUE(e.has_assignment());
+    assignments.push_back(e.assignment());
+  }
+  ASSERT_EQ(assignments.size(), 2u);
+  for (int rank = 0; rank < 2; ++rank) {
+    const v1::Assignment& a = assignments[rank];
+    EXPECT_EQ(a.ref().job_id(), id);
+    EXPECT_EQ(a.ref().attempt(), 1);
+    EXPECT_EQ(a.ref().rank(), rank);
+    EXPECT_EQ(a.world_size(), 2);
+    EXPECT_EQ(a.rendezvous_host(), "127.0.0.1");
+    EXPECT_GE(a.rendezvous_port(), 29500);
+    EXPECT_LE(a.rendezvous_port(), 29999);
+    EXPECT_EQ(a.checkpoint_dir(), a.spec().checkpoint().directory());
+    EXPECT_EQ(a.checkpoint_dir().rfind((dir_ / "checkpoints").string(), 0), 0u);
+    EXPECT_EQ(a.artifact_path().rfind((dir_ / "artifacts").string(), 0), 0u);
+    EXPECT_EQ(a.spec().owner(), "anonymous");
+    EXPECT_EQ(a.spec().resources().ranks(), 2);
+  }
+  EXPECT_EQ(assignments[0].artifact_path(), assignments[1].artifact_path());
+  // The agent hands the trainer the spec as proto3 JSON with field names.
+  std::string json;
+  google::protobuf::util::JsonPrintOptions print;
+  print.preserve_proto_field_names = true;
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(assignments[0].spec(),
+                                                          &json, print)
+                  .ok());
+  EXPECT_NE(json.find("\"max_train_examples\":64"), std::string::npos) << json;
+
+  const v1::RankRef rank0 = assignments[0].ref();
+  const v1::RankRef rank1 = assignments[1].ref();
+  // Rank 1 only logs (the trainer's `started` line comes from rank 0).
+  ASSERT_TRUE(agent.Report(rank1, {}, {"rank 1 up"}).ok());
+  ASSERT_TRUE(
+      agent
+          .Report(rank0, {Line("started", 0, "\"resumed_from_step\":-1"),
+                          Line("progress", 0,
+                               "\"epoch\":0,\"epochs\":1,\"step\":20,"
+                               "\"total_steps\":40,\"loss\":1.5,\"lr\":0.1,"
+                               "\"images_per_second\":900,\"eta_seconds\":3,"
+                               "\"reg_lambda\":0.001,\"kappa\":5,\"phase\":1")})
+          .ok());
+  ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_RUNNING));
+  v1::Job running = GetJobOk(id);
+  EXPECT_EQ(running.progress().step(), 20);
+  EXPECT_DOUBLE_EQ(running.progress().loss(), 1.5);
+  EXPECT_EQ(running.progress().total_steps(), 40);
+  EXPECT_TRUE(running.has_start_time());
+
+  ASSERT_TRUE(
+      agent
+          .Report(rank0, {Line("checkpoint", 0,
+                               "\"step\":20,\"epoch\":0,\"path\":\"/ck/"
+                               "step-20\",\"seconds\":0.1"),
+                          Line("epoch_end", 0,
+                               std::string("\"epoch\":0,\"eval_split\":"
+                                           "\"test\",\"train_loss\":1.2,"
+                                           "\"fp\":{\"loss\":0.9,\"top1\":0.8,"
+                                           "\"top5\":0.99,\"examples\":100},"
+                                           "\"ternary\":{\"loss\":1.0,"
+                                           "\"top1\":0.75,\"top5\":0.98,"
+                                           "\"examples\":100},"
+                                           "\"epoch_seconds\":4,") +
+                                   kLayers)})
+          .ok());
+  v1::Job after_epoch = GetJobOk(id);
+  EXPECT_DOUBLE_EQ(after_epoch.latest_metrics().fp_top1(), 0.8);
+  EXPECT_DOUBLE_EQ(after_epoch.latest_metrics().ternary_top1(), 0.75);
+  EXPECT_DOUBLE_EQ(after_epoch.latest_metrics().eval_loss(), 1.0);
+  EXPECT_EQ(after_epoch.latest_metrics().eval_split(), "test");
+  EXPECT_EQ(after_epoch.state(), v1::JOB_STATE_RUNNING);
+
+  // Rank 0 writes the artifact where it was told, then reports `finished`.
+  const std::string content =
+      "TERN\x01 packed ternary weights " + std::string(3000, 'w');
+  {
+    std::ofstream out(assignments[0].artifact_path(), std::ios::binary);
+    out << content;
+  }
+  ASSERT_TRUE(
+      agent
+          .Report(rank0,
+                  {Line("finished", 0,
+                        "\"fp\":{\"loss\":0.8,\"top1\":0.81,\"top5\":0.99,"
+                        "\"examples\":100},\"ternary\":{\"loss\":1,\"top1\":"
+                        "0.76,\"top5\":0.98,\"examples\":100},\"artifact\":{"
+                        "\"loss\":1,\"top1\":0.74,\"top5\":0.97,\"examples\":"
+                        "100},\"artifact_path\":\"" +
+                            assignments[0].artifact_path() +
+                            "\",\"artifact_bytes\":3031,\"bits_per_weight\":"
+                            "2.1,\"steps\":40,\"wall_seconds\":9,"
+                            "\"images_per_second\":800," +
+                            kLayers)})
+          .ok());
+  ASSERT_TRUE(agent.Exit(rank1, 0).ok());
+  EXPECT_EQ(State(id), v1::JOB_STATE_RUNNING);  // rank 0 still runs
+  ASSERT_TRUE(agent.Exit(rank0, 0).ok());
+  EXPECT_EQ(State(id), v1::JOB_STATE_SUCCEEDED);
+
+  const v1::Job done = GetJobOk(id);
+  const v1::JobResult& result = done.result();
+  EXPECT_EQ(done.state_reason().code(), "ALL_RANKS_SUCCEEDED");
+  EXPECT_EQ(result.artifact_path(), assignments[0].artifact_path());
+  EXPECT_EQ(result.artifact_sha256(), Sha256Hex(content));
+  EXPECT_EQ(result.artifact_bytes(), static_cast<int64_t>(content.size()));
+  EXPECT_DOUBLE_EQ(result.fp_top1(), 0.81);
+  EXPECT_DOUBLE_EQ(result.ternary_top1(), 0.74);  // the re-loaded artifact
+  EXPECT_DOUBLE_EQ(result.bits_per_weight(), 2.1);
+  EXPECT_EQ(result.steps(), 40);
+  EXPECT_EQ(result.epochs(), 1);
+  ASSERT_EQ(result.layers_size(), 1);  // quantized layers only
+  EXPECT_EQ(result.layers(0).name(), "layer1.0.conv1.weight");
+  EXPECT_TRUE(done.has_end_time());
+
+  // GetArtifact: header, chunks, result.
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::GetArtifactRequest request;
+    request.set_job_id(id);
+    auto reader = jobs_->GetArtifact(&ctx, request);
+    std::vector<v1::GetArtifactResponse> messages;
+    v1::GetArtifactResponse message;
+    while (reader->Read(&message)) messages.push_back(message);
+    ASSERT_TRUE(reader->Finish().ok());
+    ASSERT_GE(messages.size(), 3u);
+    ASSERT_TRUE(messages.front().has_header());
+    EXPECT_EQ(messages.front().header().file_name(), id + ".tern");
+    EXPECT_EQ(messages.front().header().size_bytes(),
+              static_cast<int64_t>(content.size()));
+    EXPECT_EQ(messages.front().header().sha256(), Sha256Hex(content));
+    std::string downloaded;
+    for (size_t i = 1; i + 1 < messages.size(); ++i) {
+      ASSERT_TRUE(messages[i].has_chunk());
+      EXPECT_EQ(messages[i].chunk().offset(),
+                static_cast<int64_t>(downloaded.size()));
+      downloaded += messages[i].chunk().data();
+    }
+    EXPECT_EQ(downloaded, content);
+    ASSERT_TRUE(messages.back().has_result());
+    EXPECT_DOUBLE_EQ(messages.back().result().ternary_top1(), 0.74);
+  }
+  {  // Resume from an offset.
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::GetArtifactRequest request;
+    request.set_job_id(id);
+    request.set_offset(100);
+    auto reader = jobs_->GetArtifact(&ctx, request);
+    std::string downloaded;
+    v1::GetArtifactResponse message;
+    while (reader->Read(&message)) {
+      if (message.has_chunk()) {
+        if (downloaded.empty()) {
+          EXPECT_EQ(message.chunk().offset(), 100);
+        }
+        downloaded += message.chunk().data();
+      }
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(downloaded, content.substr(100));
+  }
+  {  // Out of range.
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::GetArtifactRequest request;
+    request.set_job_id(id);
+    request.set_offset(static_cast<int64_t>(content.size()) + 1);
+    auto reader = jobs_->GetArtifact(&ctx, request);
+    v1::GetArtifactResponse message;
+    while (reader->Read(&message)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+
+  // The whole history, in order, ending with SUCCEEDED then `finished`.
+  std::vector<v1::JobEvent> events;
+  ASSERT_TRUE(Watch(id, 0, &events, /*include_logs=*/true).ok());
+  std::vector<std::string> kinds;
+  uint64_t last = 0;
+  for (const v1::JobEvent& e : events) {
+    EXPECT_GT(e.sequence(), last);
+    last = e.sequence();
+    EXPECT_EQ(e.attempt(), 1);
+    if (e.has_state_change()) {
+      kinds.push_back(v1::JobState_Name(e.state_change().to_state()));
+    } else if (e.has_progress()) {
+      kinds.push_back("progress");
+    } else if (e.has_epoch_end()) {
+      kinds.push_back("epoch_end");
+      EXPECT_EQ(e.epoch_end().layers_size(), 1);
+      EXPECT_NEAR(e.epoch_end().layers(0).flips(), 0.003, 1e-12);
+    } else if (e.has_checkpoint_committed()) {
+      kinds.push_back("checkpoint");
+      EXPECT_EQ(e.checkpoint_committed().step(), 20);
+      EXPECT_EQ(e.checkpoint_committed().path(), "/ck/step-20");
+    } else if (e.has_log()) {
+      kinds.push_back("log:" + e.log().text());
+      EXPECT_EQ(e.log().rank(), 1);
+    } else if (e.has_finished()) {
+      kinds.push_back("finished");
+      EXPECT_EQ(e.finished().artifact_sha256(), Sha256Hex(content));
+    }
+  }
+  EXPECT_EQ(kinds,
+            (std::vector<std::string>{"JOB_STATE_QUEUED", "JOB_STATE_ADMITTED",
+                                      "log:rank 1 up", "JOB_STATE_RUNNING",
+                                      "progress", "checkpoint", "epoch_end",
+                                      "JOB_STATE_SUCCEEDED", "finished"}));
+  std::vector<v1::JobEvent> without_logs;
+  ASSERT_TRUE(Watch(id, 0, &without_logs).ok());
+  EXPECT_EQ(without_logs.size(), events.size() - 1);
+
+  // Per-job series from the relayed events, and scheduler metrics.
+  const std::string text = Metrics();
+  for (const std::string& sample : {
+           "tern_job_step{job=\"" + id + "\"} 20",
+           "tern_job_epoch{job=\"" + id + "\"} 0",
+           "tern_job_loss{job=\"" + id + "\"} 1.5",
+           "tern_job_learning_rate{job=\"" + id + "\"} 0.1",
+           "tern_job_images_per_second{job=\"" + id + "\"} 900",
+           "tern_job_reg_lambda{job=\"" + id + "\"} 0.001",
+           "tern_job_kappa{job=\"" + id + "\"} 5",
+           "tern_job_accuracy{job=\"" + id +
+               "\",split=\"test\",weights=\"ternary\"} 0.74",
+           "tern_job_accuracy{job=\"" + id +
+               "\",split=\"test\",weights=\"fp\"} 0.81",
+           "tern_job_layer_sparsity{job=\"" + id +
+               "\",layer=\"layer1.0.conv1.weight\"} 0.4",
+           "tern_job_layer_alpha{job=\"" + id +
+               "\",layer=\"layer1.0.conv1.weight\"} 0.05",
+           "tern_job_layer_cos_wt{job=\"" + id +
+               "\",layer=\"layer1.0.conv1.weight\"} 0.9",
+           "tern_job_layer_flips_per_step{job=\"" + id +
+               "\",layer=\"layer1.0.conv1.weight\"} 0.003",
+           std::string("tern_scheduler_admission_wait_seconds_count 1"),
+       }) {
+    EXPECT_NE(text.find(sample), std::string::npos) << sample;
+  }
+  EXPECT_TRUE(Eventually([&] {
+    return Metrics().find("tern_scheduler_jobs{state=\"succeeded\"} 1") !=
+           std::string::npos;
+  }));
+  // promtool's linter accepts the whole exposition, job series included.
+  if (access("/usr/bin/promtool", X_OK) == 0) {
+    const std::string path = (dir_ / "metrics.prom").string();
+    {
+      std::ofstream out(path);
+      out << ternd_->registry().Serialize();
+    }
+    const std::string said_path = (dir_ / "promtool.out").string();
+    const int status = std::system(("/usr/bin/promtool check metrics < '" +
+                                    path + "' > '" + said_path + "' 2>&1")
+                                       .c_str());
+    std::ifstream said_file(said_path);
+    std::stringstream said;
+    said << said_file.rdbuf();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << said.str();
+  }
+}
+
+TEST_F(WorkerServiceTest, CancelSendsAKillOrderToTheAgent) {
+  FakeAgent agent(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  const std::string id = SubmitOk(ValidSpec());
+  agent.StartStream();
+  ASSERT_TRUE(agent.WaitForEvents(1));
+  const v1::RankRef ref = agent.Events()[0].assignment().ref();
+  ASSERT_TRUE(agent.Report(ref, {}, {"hello"}).ok());
+  ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_RUNNING));
+
+  v1::Job job;
+  ASSERT_TRUE(Cancel(id, &job, "stop").ok());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLED);
+  ASSERT_TRUE(agent.WaitForEvents(2));
+  const v1::AssignmentEvent kill = agent.Events()[1];
+  ASSERT_TRUE(kill.has_kill());
+  EXPECT_EQ(kill.kill().job_id(), id);
+  EXPECT_EQ(kill.kill().attempt(), 1);
+  EXPECT_EQ(kill.kill().reason().code(), "CANCELLED_BY_USER");
+  EXPECT_EQ(kill.kill().grace_period().seconds(), 10);
+  // The agent's late reports about the stopped rank are accepted, ignored.
+  EXPECT_TRUE(agent.Report(ref, {Line("progress", 0, "\"step\":30")}).ok());
+  EXPECT_TRUE(agent.Exit(ref, -1, 15, /*killed_by_agent=*/true).ok());
+  EXPECT_EQ(State(id), v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(WorkerServiceTest, LeasesAndRequestsAreChecked) {
+  v1::RegisterRequest request;
+  request.set_agent_id("bad id");
+  request.set_host("h");
+  auto register_code = [&](const v1::RegisterRequest& r) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::RegisterResponse response;
+    return workers_->Register(&ctx, r, &response);
+  };
+  v1::Slots* slots = request.add_slots();
+  slots->set_device_kind(v1::DEVICE_CPU);
+  slots->set_count(1);
+  EXPECT_EQ(register_code(request).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  request.set_agent_id("a");
+  slots->set_count(0);
+  grpc::Status status = register_code(request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("slots[0].count"), std::string::npos);
+  slots->set_count(1);
+  slots->set_device_kind(static_cast<v1::DeviceKind>(7));
+  EXPECT_EQ(register_code(request).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  slots->set_device_kind(v1::DEVICE_CPU);
+  *request.add_slots() = *slots;  // a second CPU entry
+  EXPECT_EQ(register_code(request).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  FakeAgent agent(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  const std::string first_lease = agent.lease_id_;
+  agent.lease_id_ = "not-the-lease";
+  v1::HeartbeatResponse heartbeat;
+  EXPECT_EQ(agent.Heartbeat({}, &heartbeat).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  v1::RankRef ref;
+  ref.set_job_id("1");
+  ref.set_attempt(1);
+  EXPECT_EQ(agent.Report(ref, {"{}"}).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(agent.Exit(ref, 0).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  agent.StartStream();
+  grpc::Status stream_status;
+  ASSERT_TRUE(Eventually([&] { return agent.StreamDone(&stream_status); }));
+  EXPECT_EQ(stream_status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  agent.lease_id_ = first_lease;
+  EXPECT_TRUE(agent.Heartbeat({}, &heartbeat).ok());
+  // A new registration replaces the lease.
+  ASSERT_TRUE(agent.Register().ok());
+  EXPECT_NE(agent.lease_id_, first_lease);
+  agent.lease_id_ = first_lease;
+  EXPECT_EQ(agent.Heartbeat({}, &heartbeat).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(WorkerServiceTest, HeartbeatStartsRunningRanksAndNamesUnexpectedOnes) {
+  FakeAgent agent(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  const std::string id = SubmitOk(ValidSpec());
+  agent.StartStream();
+  ASSERT_TRUE(agent.WaitForEvents(1));
+  const v1::RankRef ref = agent.Events()[0].assignment().ref();
+  v1::RankRef stale = ref;
+  stale.set_job_id("99");
+  v1::RankRef old_attempt = ref;
+  old_attempt.set_attempt(2);
+  v1::HeartbeatResponse response;
+  ASSERT_TRUE(agent.Heartbeat({ref, stale, old_attempt}, &response).ok());
+  ASSERT_EQ(response.unexpected_size(), 2);
+  EXPECT_EQ(response.unexpected(0).job_id(), "99");
+  EXPECT_EQ(response.unexpected(1).attempt(), 2);
+  EXPECT_EQ(response.heartbeat_interval().seconds(), 5);
+  EXPECT_GT(response.lease_expire_time().seconds(), 0);
+  EXPECT_EQ(State(id), v1::JOB_STATE_RUNNING);
+}
+
+TEST_F(WorkerServiceTest, AFailedRankRestartsTheJobUntilTheBudgetIsSpent) {
+  FakeAgent agent(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  v1::JobSpec spec = ValidSpec();
+  spec.set_max_restarts(1);
+  const std::string id = SubmitOk(spec);
+  agent.StartStream();
+  ASSERT_TRUE(agent.WaitForEvents(1));
+  const v1::RankRef first = agent.Events()[0].assignment().ref();
+  ASSERT_TRUE(agent
+                  .Report(first, {Line("failed", 0,
+                                       "\"code\":\"BAD_DATA_FILE\","
+                                       "\"reason\":\"no such file\","
+                                       "\"step\":0")})
+                  .ok());
+  ASSERT_TRUE(agent.Exit(first, 1).ok());
+  // No backoff in tests: re-queued and admitted again at once.
+  ASSERT_TRUE(agent.WaitForEvents(2));
+  const v1::Assignment second = agent.Events()[1].assignment();
+  EXPECT_EQ(second.ref().attempt(), 2);
+  v1::Job job = GetJobOk(id);
+  EXPECT_EQ(job.restarts(), 1);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_ADMITTED);
+  // The same checkpoint directory: the next attempt resumes from it.
+  EXPECT_EQ(second.checkpoint_dir(),
+            agent.Events()[0].assignment().checkpoint_dir());
+
+  std::vector<v1::JobEvent> events;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, std::chrono::seconds(1));
+    v1::WatchJobRequest request;
+    request.set_job_id(id);
+    auto reader = jobs_->WatchJob(&ctx, request);
+    v1::JobEvent event;
+    while (events.size() < 6 && reader->Read(&event)) events.push_back(event);
+    ctx.TryCancel();
+    reader->Finish();
+  }
+  // QUEUED, ADMITTED, RUNNING (the report started the rank), RESTARTING,
+  // QUEUED, ADMITTED.
+  ASSERT_EQ(events.size(), 6u);
+  EXPECT_EQ(events[2].state_change().to_state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(events[3].state_change().to_state(), v1::JOB_STATE_RESTARTING);
+  EXPECT_EQ(events[3].state_change().reason().code(), "TRAINER_FAILED");
+  EXPECT_NE(events[3].state_change().reason().message().find(
+                "BAD_DATA_FILE: no such file"),
+            std::string::npos)
+      << events[3].state_change().reason().message();
+  EXPECT_EQ(events[3].attempt(), 1);
+  EXPECT_EQ(events[4].state_change().to_state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(events[4].attempt(), 2);
+  EXPECT_EQ(events[5].state_change().to_state(), v1::JOB_STATE_ADMITTED);
+  EXPECT_EQ(events[5].attempt(), 2);
+
+  ASSERT_TRUE(agent.Exit(second.ref(), 1).ok());
+  EXPECT_EQ(State(id), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(GetJobOk(id).state_reason().code(), "RESTART_BUDGET_EXHAUSTED");
+  EXPECT_NE(Metrics().find(
+                "tern_scheduler_restarts_total{reason=\"TRAINER_FAILED\"} 2"),
+            std::string::npos);
+}
+
+class ShortLeaseTest : public WorkerServiceTest {
+ protected:
+  void Customize(TerndOptions* options) override {
+    options->lease_ttl = std::chrono::seconds(1);
+  }
+};
+
+TEST_F(ShortLeaseTest, AnExpiredLeaseRestartsTheJobAndEndsTheStream) {
+  FakeAgent agent(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  const std::string id = SubmitOk(ValidSpec());
+  agent.StartStream();
+  ASSERT_TRUE(agent.WaitForEvents(1));
+  // No heartbeats: the lease expires, the job goes back to the queue.
+  grpc::Status stream_status;
+  ASSERT_TRUE(Eventually([&] { return agent.StreamDone(&stream_status); }));
+  EXPECT_EQ(stream_status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_QUEUED));
+  EXPECT_EQ(GetJobOk(id).restarts(), 1);
+  v1::HeartbeatResponse heartbeat;
+  EXPECT_EQ(agent.Heartbeat({}, &heartbeat).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(Eventually([&] {
+    return Metrics().find("tern_scheduler_lease_expiries_total 1") !=
+           std::string::npos;
+  }));
+  EXPECT_NE(Metrics().find("tern_scheduler_restarts_total{reason=\"AGENT_"
+                           "LEASE_EXPIRED\"} 1"),
+            std::string::npos);
+}
+
+class NoMetricsGraceTest : public WorkerServiceTest {
+ protected:
+  void Customize(TerndOptions* options) override {
+    options->job_metrics_grace = std::chrono::milliseconds(0);
+  }
+};
+
+TEST_F(NoMetricsGraceTest, AnEndedJobsSeriesAreDroppedAfterTheGracePeriod) {
+  FakeAgent agent(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  const std::string id = SubmitOk(ValidSpec());
+  agent.StartStream();
+  ASSERT_TRUE(agent.WaitForEvents(1));
+  const v1::RankRef ref = agent.Events()[0].assignment().ref();
+  ASSERT_TRUE(
+      agent.Report(ref, {Line("progress", 0, "\"step\":7,\"loss\":2")}).ok());
+  const std::string series = "tern_job_step{job=\"" + id + "\"} 7";
+  EXPECT_NE(Metrics().find(series), std::string::npos);
+  v1::Job job;
+  ASSERT_TRUE(Cancel(id, &job).ok());
+  EXPECT_TRUE(Eventually([&] {
+    return Metrics().find("tern_job_step{job=") == std::string::npos;
+  }));
+}
+
+}  // namespace
+}  // namespace tern::server
