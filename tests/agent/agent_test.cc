@@ -63,8 +63,8 @@ echo "{\"event\":\"started\",$common,\"time\":99.0,\"resumed_from_step\":-1,\"st
 case "$mode" in
   ok)
     echo "loading data" >&2
-    echo "{\"event\":\"progress\",$common,\"time\":100.0,\"epoch\":0,\"epochs\":3,\"step\":10,\"total_steps\":30,\"loss\":1.5,\"lr\":0.1,\"images_per_second\":500,\"eta_seconds\":4}"
-    echo "{\"event\":\"progress\",$common,\"time\":101.0,\"epoch\":1,\"epochs\":3,\"step\":20,\"total_steps\":30,\"loss\":1.25,\"lr\":0.05,\"images_per_second\":600,\"eta_seconds\":2}"
+    echo "{\"event\":\"progress\",$common,\"time\":100.0,\"epoch\":1,\"epochs\":3,\"step\":10,\"total_steps\":30,\"loss\":1.5,\"lr\":0.1,\"images_per_second\":500,\"eta_seconds\":4}"
+    echo "{\"event\":\"progress\",$common,\"time\":101.0,\"epoch\":2,\"epochs\":3,\"step\":20,\"total_steps\":30,\"loss\":1.25,\"lr\":0.05,\"images_per_second\":600,\"eta_seconds\":2}"
     echo "{\"event\":\"checkpoint\",$common,\"time\":101.5,\"step\":20,\"epoch\":2,\"path\":\"/c/step-20\",\"seconds\":0.5}"
     echo "not a json line"
     echo "{\"event\":\"finished\",$common,\"time\":102.0,\"fp\":{\"top1\":0.9},\"artifact\":{\"top1\":0.85},\"artifact_path\":\"/a/model.tern\",\"artifact_bytes\":100,\"bits_per_weight\":1.6,\"steps\":30}"
@@ -77,8 +77,8 @@ case "$mode" in
   sleeper)
     exec sleep 300 ;;
   progress_sleeper)
-    echo "{\"event\":\"progress\",$common,\"time\":100.0,\"epoch\":0,\"epochs\":3,\"step\":10,\"total_steps\":30,\"loss\":1.5,\"lr\":0.1,\"images_per_second\":500}"
-    echo "{\"event\":\"progress\",$common,\"time\":102.0,\"epoch\":0,\"epochs\":3,\"step\":20,\"total_steps\":30,\"loss\":1.25,\"lr\":0.1,\"images_per_second\":640}"
+    echo "{\"event\":\"progress\",$common,\"time\":100.0,\"epoch\":1,\"epochs\":3,\"step\":10,\"total_steps\":30,\"loss\":1.5,\"lr\":0.1,\"images_per_second\":500}"
+    echo "{\"event\":\"progress\",$common,\"time\":102.0,\"epoch\":1,\"epochs\":3,\"step\":20,\"total_steps\":30,\"loss\":1.25,\"lr\":0.1,\"images_per_second\":640}"
     echo "{\"event\":\"checkpoint\",$common,\"time\":102.5,\"step\":20,\"epoch\":2,\"path\":\"/c\",\"seconds\":1.5}"
     exec sleep 300 ;;
   stubborn)

@@ -39,7 +39,7 @@ TEST(TrainerEventsTest, StartedCarriesPidDeviceAndResumeStep) {
 TEST(TrainerEventsTest, ProgressEpochIsOneBased) {
   TrainerEventParser parser(Spec(), 1);
   ParsedLine p = parser.ParseStdoutLine(
-      R"({"event":"progress","time":2,"epoch":0,"epochs":3,"step":50,"total_steps":300,)"
+      R"({"event":"progress","time":2,"epoch":1,"epochs":3,"step":50,"total_steps":300,)"
       R"("loss":0.75,"lr":0.1,"images_per_second":900,"eta_seconds":12,"phase":2,"reg_lambda":0.01})",
       {});
   ASSERT_TRUE(p.event.has_progress());
@@ -55,7 +55,7 @@ TEST(TrainerEventsTest, ProgressEpochIsOneBased) {
 
 TEST(TrainerEventsTest, NullLossIsNan) {
   TrainerEventParser parser(Spec(), 1);
-  ParsedLine p = parser.ParseStdoutLine(R"({"event":"progress","epoch":0,"loss":null})", {});
+  ParsedLine p = parser.ParseStdoutLine(R"({"event":"progress","epoch":1,"loss":null})", {});
   ASSERT_TRUE(p.event.has_progress());
   EXPECT_TRUE(std::isnan(p.event.progress().loss()));
 }
@@ -63,7 +63,7 @@ TEST(TrainerEventsTest, NullLossIsNan) {
 TEST(TrainerEventsTest, EpochEndMapsMetricsAndSkipsFullPrecisionLayers) {
   TrainerEventParser parser(Spec(), 1);
   ParsedLine p = parser.ParseStdoutLine(
-      R"({"event":"epoch_end","epoch":1,"eval_split":"test","train_loss":0.5,)"
+      R"({"event":"epoch_end","epoch":2,"eval_split":"test","train_loss":0.5,)"
       R"("fp":{"loss":0.4,"top1":0.9,"top5":0.99},"ternary":{"loss":0.45,"top1":0.88,"top5":0.98},)"
       R"("epoch_seconds":12.5,"layers":[{"name":"conv1","quantized":false,"numel":10},)"
       R"({"name":"layer1.0.conv1","quantized":true,"numel":1000,"sparsity":0.4,"alpha":0.1,)"
@@ -88,7 +88,7 @@ TEST(TrainerEventsTest, EpochEndMapsMetricsAndSkipsFullPrecisionLayers) {
 TEST(TrainerEventsTest, FullPrecisionMethodHasNoTernaryMetrics) {
   TrainerEventParser parser(Spec(v1::METHOD_FP), 1);
   ParsedLine p = parser.ParseStdoutLine(
-      R"({"event":"epoch_end","epoch":0,"fp":{"loss":0.4,"top1":0.9},"ternary":{"loss":0.4,"top1":0.9}})",
+      R"({"event":"epoch_end","epoch":1,"fp":{"loss":0.4,"top1":0.9},"ternary":{"loss":0.4,"top1":0.9}})",
       {});
   const v1::EpochMetrics& m = p.event.epoch_end().metrics();
   EXPECT_TRUE(m.has_fp_top1());
