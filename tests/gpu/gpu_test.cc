@@ -2,12 +2,12 @@
 // result, NCCL at world size 1, a bf16 autocast step close to fp32, and a
 // `.tern` trained on the GPU evaluating identically on the CPU. Skipped (and
 // reported as skipped) without a CUDA device.
-#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
 #include "quant/ternary_model.h"
+#include "worker/trainer/autocast.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/models.h"
 
@@ -91,22 +91,13 @@ TEST_F(GpuTest, Bf16AutocastStepLossMatchesFp32) {
   q->BeforeForward();
   const double fp32 = torch::cross_entropy_loss(model->forward(x), y).item<double>();
   q->BeforeForward();
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-  at::autocast::set_autocast_enabled(at::kCUDA, true);
-#else
-  at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-  at::autocast::set_enabled(true);
-#endif
-  const at::Tensor logits = model->forward(x);
-  const at::Tensor loss = torch::cross_entropy_loss(logits.to(torch::kFloat), y);
+  at::Tensor logits, loss;
+  {
+    trainer::CudaAutocast autocast(true);
+    logits = model->forward(x);
+    loss = torch::cross_entropy_loss(logits.to(torch::kFloat), y);
+  }
   loss.backward();
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  at::autocast::set_autocast_enabled(at::kCUDA, false);
-#else
-  at::autocast::set_enabled(false);
-#endif
-  at::autocast::clear_cache();
   EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
   // bf16 has 8 mantissa bits: a 2% relative tolerance on the loss.
   EXPECT_NEAR(loss.item<double>(), fp32, 0.02 * fp32);

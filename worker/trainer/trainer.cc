@@ -1,6 +1,5 @@
 #include "worker/trainer/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -11,6 +10,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "worker/trainer/autocast.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/models.h"
@@ -74,35 +74,6 @@ double LearningRate(const OptimConfig& o, int64_t step, int64_t total, int64_t s
   const double t = std::min(1.0, (static_cast<double>(step) - warmup) / span);
   return o.lr * 0.5 * (1.0 + std::cos(M_PI * t));
 }
-
-// bf16 autocast on CUDA for the scope of a forward pass (no-op when off).
-class CudaAutocast {
- public:
-  explicit CudaAutocast(bool enabled) : enabled_(enabled) {
-    if (!enabled_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-#else
-    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-    at::autocast::set_enabled(true);
-#endif
-  }
-  ~CudaAutocast() {
-    if (!enabled_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-#else
-    at::autocast::set_enabled(false);
-#endif
-    at::autocast::clear_cache();
-  }
-  CudaAutocast(const CudaAutocast&) = delete;
-  CudaAutocast& operator=(const CudaAutocast&) = delete;
-
- private:
-  bool enabled_;
-};
 
 // Everything one rank trains with.
 struct Session {

@@ -1,0 +1,207 @@
+// tern_service_load_bench: closed-loop load on a running ternd's JobService.
+//
+//   tern_service_load_bench --server 127.0.0.1:7070 [--concurrency 1,16,128]
+//       [--seconds 5] [--channels 4] [--deadline-ms 10000] [--get-per-submit 1]
+//
+// For each concurrency level N, N threads (each with its own stub; threads are
+// spread round-robin over --channels channels) loop for --seconds: one
+// SubmitJob (a small valid 1-rank CPU JobSpec, unique idempotency key, metadata
+// x-tern-owner: bench), then --get-per-submit GetJob calls on random ids this
+// thread submitted so far. Every call has a deadline. Prints one markdown row
+// per (level, RPC): calls, errors, req/s, p50/p99/max latency in ms.
+//
+// The submitted jobs stay QUEUED (run it against a ternd without agents) and
+// accumulate in the server's database across levels.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <grpcpp/grpcpp.h>
+
+#include "tern/v1/job_service.grpc.pb.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Samples {
+  std::vector<double> ms;  // latency of successful calls
+  long errors = 0;
+};
+
+struct ThreadResult {
+  Samples submit, get;
+  std::string first_error;
+};
+
+tern::v1::JobSpec SmallSpec(int level, int thread) {
+  tern::v1::JobSpec spec;
+  spec.set_name("load-bench-c" + std::to_string(level) + "-t" + std::to_string(thread));
+  spec.mutable_model()->set_arch("resnet20");
+  spec.mutable_model()->set_width_multiplier(0.25);
+  spec.mutable_dataset()->set_kind(tern::v1::DATASET_IDX);
+  spec.mutable_dataset()->set_path("/usr/share/datasets/fashion-mnist");
+  spec.mutable_dataset()->set_max_train_examples(256);
+  spec.mutable_dataset()->set_max_eval_examples(64);
+  spec.mutable_optimization()->set_epochs(1);
+  spec.mutable_optimization()->set_batch_size(32);
+  spec.mutable_resources()->set_ranks(1);
+  spec.mutable_resources()->set_device_kind(tern::v1::DEVICE_CPU);
+  return spec;
+}
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+double Pct(std::vector<double>& v, double p) {
+  if (v.empty()) return 0;
+  size_t i = static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(i), v.end());
+  return v[i];
+}
+
+void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_point end,
+            int deadline_ms, int gets_per_submit, const std::string& run_tag, ThreadResult* out) {
+  std::mt19937_64 rng(static_cast<uint64_t>(index) * 7919 + static_cast<uint64_t>(level));
+  std::vector<std::string> ids;
+  const tern::v1::JobSpec spec = SmallSpec(level, index);
+  long seq = 0;
+  auto note = [&](const grpc::Status& s, const char* what) {
+    if (out->first_error.empty())
+      out->first_error = std::string(what) + ": " + std::to_string(s.error_code()) + " " + s.error_message();
+  };
+  while (Clock::now() < end) {
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+      ctx.AddMetadata("x-tern-owner", "bench");
+      tern::v1::SubmitJobRequest req;
+      *req.mutable_spec() = spec;
+      req.set_idempotency_key(run_tag + "-c" + std::to_string(level) + "-t" + std::to_string(index) +
+                              "-" + std::to_string(seq++));
+      tern::v1::SubmitJobResponse resp;
+      auto t0 = Clock::now();
+      grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
+      auto dt = Clock::now() - t0;
+      if (s.ok()) {
+        out->submit.ms.push_back(Ms(dt));
+        ids.push_back(resp.job().id());
+      } else {
+        ++out->submit.errors;
+        note(s, "SubmitJob");
+      }
+    }
+    for (int g = 0; g < gets_per_submit && !ids.empty() && Clock::now() < end; ++g) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+      ctx.AddMetadata("x-tern-owner", "bench");
+      tern::v1::GetJobRequest req;
+      req.set_job_id(ids[std::uniform_int_distribution<size_t>(0, ids.size() - 1)(rng)]);
+      tern::v1::Job job;
+      auto t0 = Clock::now();
+      grpc::Status s = stub->GetJob(&ctx, req, &job);
+      auto dt = Clock::now() - t0;
+      if (s.ok()) {
+        out->get.ms.push_back(Ms(dt));
+      } else {
+        ++out->get.errors;
+        note(s, "GetJob");
+      }
+    }
+  }
+}
+
+std::vector<int> ParseLevels(const std::string& s) {
+  std::vector<int> levels;
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    size_t comma = s.find(',', pos);
+    std::string tok = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    if (!tok.empty()) levels.push_back(std::stoi(tok));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return levels;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"SubmitJob/GetJob load against a running ternd"};
+  std::string server;
+  std::string levels_flag = "1,16,128";
+  double seconds = 5;
+  int channels = 4;
+  int deadline_ms = 10000;
+  int gets_per_submit = 1;
+  app.add_option("--server", server, "ternd's address, HOST:PORT")->required();
+  app.add_option("--concurrency", levels_flag, "comma-separated client thread counts");
+  app.add_option("--seconds", seconds, "duration of each level");
+  app.add_option("--channels", channels, "gRPC channels shared by the threads (round-robin)");
+  app.add_option("--deadline-ms", deadline_ms, "deadline of every call");
+  app.add_option("--get-per-submit", gets_per_submit, "GetJob calls after each SubmitJob");
+  CLI11_PARSE(app, argc, argv);
+
+  const std::vector<int> levels = ParseLevels(levels_flag);
+  const std::string run_tag =
+      "bench-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
+
+  std::vector<std::shared_ptr<grpc::Channel>> chans;
+  for (int i = 0; i < std::max(1, channels); ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt("grpc.channel_id", i);  // distinct args: no subchannel sharing
+    chans.push_back(grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args));
+    if (!chans.back()->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5))) {
+      std::fprintf(stderr, "cannot connect to %s\n", server.c_str());
+      return 1;
+    }
+  }
+
+  std::printf("| clients | RPC | calls | errors | req/s | p50 ms | p99 ms | max ms |\n");
+  std::printf("|---:|---|---:|---:|---:|---:|---:|---:|\n");
+  std::fflush(stdout);
+  int rc = 0;
+  for (int level : levels) {
+    std::vector<std::unique_ptr<tern::v1::JobService::Stub>> stubs;
+    for (int i = 0; i < level; ++i)
+      stubs.push_back(tern::v1::JobService::NewStub(chans[static_cast<size_t>(i) % chans.size()]));
+    std::vector<ThreadResult> results(static_cast<size_t>(level));
+    std::vector<std::thread> threads;
+    const auto start = Clock::now();
+    const auto end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    for (int i = 0; i < level; ++i)
+      threads.emplace_back(Worker, stubs[static_cast<size_t>(i)].get(), level, i, end, deadline_ms,
+                           gets_per_submit, run_tag, &results[static_cast<size_t>(i)]);
+    for (auto& t : threads) t.join();
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+
+    Samples submit, get;
+    std::string first_error;
+    for (auto& r : results) {
+      submit.ms.insert(submit.ms.end(), r.submit.ms.begin(), r.submit.ms.end());
+      get.ms.insert(get.ms.end(), r.get.ms.begin(), r.get.ms.end());
+      submit.errors += r.submit.errors;
+      get.errors += r.get.errors;
+      if (first_error.empty()) first_error = r.first_error;
+    }
+    for (auto* p : {&submit, &get}) {
+      const char* name = p == &submit ? "SubmitJob" : "GetJob";
+      double mx = p->ms.empty() ? 0 : *std::max_element(p->ms.begin(), p->ms.end());
+      double p50 = Pct(p->ms, 0.50), p99 = Pct(p->ms, 0.99);
+      std::printf("| %d | %s | %zu | %ld | %.0f | %.2f | %.2f | %.2f |\n", level, name, p->ms.size(),
+                  p->errors, static_cast<double>(p->ms.size()) / elapsed, p50, p99, mx);
+    }
+    std::fflush(stdout);
+    if (!first_error.empty()) {
+      std::fprintf(stderr, "level %d: first error: %s\n", level, first_error.c_str());
+      rc = 2;
+    }
+  }
+  return rc;
+}
