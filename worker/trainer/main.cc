@@ -109,7 +109,7 @@ int Compare(const CompareOptions& options) {
   }
   struct Row {
     std::string method;
-    std::vector<double> fp, ternary, gap;
+    std::vector<double> fp, ternary;
     double sparsity = 0, bits = 0, seconds = 0;
     int64_t examples = 0;
   };
@@ -164,7 +164,6 @@ int Compare(const CompareOptions& options) {
       }
       row.fp.push_back(result->fp.top1);
       row.ternary.push_back(result->artifact.top1);
-      row.gap.push_back(result->fp.top1 - result->artifact.top1);
       row.sparsity = count > 0 ? zeros / count : 0;
       row.bits = result->bits_per_weight;
       row.seconds += result->wall_seconds;
@@ -178,14 +177,25 @@ int Compare(const CompareOptions& options) {
               shown.model.width_multiplier, shown.optim.epochs,
               static_cast<long long>(shown.data.max_train_examples), options.seeds.c_str(),
               options.all_ternary ? ", every layer ternary" : ", first conv and classifier FP");
+  // Gap to the full-precision row, seed by seed, when `fp` was run.
+  const Row* fp_row = nullptr;
+  for (const Row& r : rows) {
+    if (r.method == "fp") fp_row = &r;
+  }
   std::printf("| %-18s | %-14s | %-14s | %-14s | %8s | %11s | %8s |\n", "method", "FP twin",
-              "ternary .tern", "FP - ternary", "sparsity", "bits/weight", "time (s)");
+              "ternary .tern", "gap to fp (pt)", "sparsity", "bits/weight", "time (s)");
   std::printf("|%s|%s|%s|%s|%s|%s|%s|\n", std::string(20, '-').c_str(), std::string(16, '-').c_str(),
               std::string(16, '-').c_str(), std::string(16, '-').c_str(), std::string(10, '-').c_str(),
               std::string(13, '-').c_str(), std::string(10, '-').c_str());
   for (const Row& r : rows) {
+    std::string gap = "-";
+    if (fp_row != nullptr && fp_row->ternary.size() == r.ternary.size()) {
+      std::vector<double> diff;
+      for (size_t i = 0; i < r.ternary.size(); ++i) diff.push_back(fp_row->ternary[i] - r.ternary[i]);
+      gap = MeanStd(diff);
+    }
     std::printf("| %-18s | %-14s | %-14s | %-14s | %7.1f%% | %11.2f | %8.1f |\n", r.method.c_str(),
-                MeanStd(r.fp).c_str(), MeanStd(r.ternary).c_str(), MeanStd(r.gap).c_str(),
+                MeanStd(r.fp).c_str(), MeanStd(r.ternary).c_str(), gap.c_str(),
                 100 * r.sparsity, r.bits, r.seconds);
   }
   std::printf("FP twin: the latent full-precision weights. ternary: the exported .tern, re-loaded "
