@@ -74,6 +74,8 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
   ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 0.5}})",
               "quantization.");
   ExpectError(R"({"optimization": {"epochs": 1, "seed": "12x"}})", "optimization.seed");
+  ExpectError(R"({"optimization": {"epochs": 1}, "model": {"init_from": "/m.tern"}})",
+              "model.init_from: starting from a trained model is not supported");
 }
 
 }  // namespace

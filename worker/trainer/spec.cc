@@ -285,6 +285,10 @@ Status TrainerSpec::Validate() const {
   if (!(model.width_multiplier > 0 && model.width_multiplier <= 8)) {
     return FieldError("model.width_multiplier", "must be in (0, 8]");
   }
+  if (!model.init_from.empty()) {
+    return FieldError("model.init_from", "starting from a trained model is not supported by this "
+                                         "trainer yet; leave it empty");
+  }
   if (data.kind == "coco") return FieldError("dataset.kind", "DATASET_COCO needs TASK_DETECTION");
   if (data.path.empty()) return FieldError("dataset.path", "must not be empty");
   if (!(data.val_fraction >= 0 && data.val_fraction < 1)) {

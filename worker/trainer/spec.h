@@ -22,7 +22,7 @@ namespace tern::trainer {
 struct ModelConfig {
   std::string arch = "resnet20";  // resnet20/32/56 (CIFAR), resnet18/34/50
   double width_multiplier = 1.0;
-  std::string init_from;          // optional checkpoint or .tern to start from
+  std::string init_from;          // must be empty: not implemented yet
 };
 
 struct DataConfig {
