@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# End to end through the real service: ternd + one tern-agent (2 CPU slots) +
+# tern-trainer ranks on loopback. A tiny 2-rank job runs to SUCCEEDED and its
+# artifact is fetched (SHA-256 verified by ternctl) and checked; a second,
+# long job is cancelled while running and its trainers must be gone within
+# seconds.
+# usage: service_e2e.sh BUILD_DIR
+set -euo pipefail
+build="$(cd "${1:?usage: service_e2e.sh BUILD_DIR}" && pwd)"
+for bin in server/ternd worker/agent/tern-agent cli/ternctl worker/trainer/tern-trainer; do
+  [[ -x "$build/$bin" ]] || { echo "FAIL: $build/$bin is not built"; exit 1; }
+done
+work="$(mktemp -d "${TMPDIR:-/tmp}/tern-service-e2e.XXXXXX")"
+pids=()
+cleanup() {
+  local rc=$?
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ $rc -ne 0 ]]; then
+    for log in "$work"/*.log; do echo "--- tail of $log"; tail -n 30 "$log"; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+wait_for_line() {  # file pattern -> HOST:PORT on the first matching line
+  for _ in $(seq 1 600); do
+    if grep -q "$2" "$1" 2>/dev/null; then
+      grep -m1 "$2" "$1" | grep -oE '127\.0\.0\.1:[0-9]+' | head -1
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "timed out waiting for '$2' in $1"
+}
+rdv_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$build/server/ternd" --listen 127.0.0.1:0 --db "$work/ternd.db" --metrics-listen 127.0.0.1:0 \
+  --rendezvous-port-min "$rdv_port" --rendezvous-port-max "$rdv_port" \
+  --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
+  >"$work/ternd.out" 2>"$work/ternd.log" &
+pids+=($!)
+server=$(wait_for_line "$work/ternd.out" "listening on")
+"$build/worker/agent/tern-agent" --server "$server" --cpu-slots 2 \
+  --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/agent" \
+  --metrics-listen 127.0.0.1:0 >"$work/agent.out" 2>"$work/agent.log" &
+agent=$!
+pids=("$agent" "${pids[@]}")
+ternctl=("$build/cli/ternctl" --server "$server" --owner e2e)
+
+# 1. A tiny 2-rank HLA job to SUCCEEDED; fetch and check its artifact.
+cat >"$work/small.yaml" <<'YAML'
+model: {arch: resnet20, width_multiplier: 0.25}
+dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 512, max_eval_examples: 64}
+quantization: {method: hla, packing: base3}
+optimization: {epochs: 1, batch_size: 32}
+resources: {ranks: 2, device_kind: cpu}
+YAML
+small=$("${ternctl[@]}" submit "$work/small.yaml")
+"${ternctl[@]}" watch "$small" >"$work/watch.log" 2>&1 || fail "job $small did not succeed"
+"${ternctl[@]}" fetch "$small" -o "$work/small.tern" >/dev/null || fail "fetch failed"
+[[ "$(head -c 4 "$work/small.tern")" == "TERN" ]] || fail "fetched file is not a .tern artifact"
+"${ternctl[@]}" get "$small" --json >"$work/small.json"
+jq -e '.state == "JOB_STATE_SUCCEEDED" and .result.ternary_top1 > 0 and .result.bits_per_weight < 1.7' \
+  "$work/small.json" >/dev/null || fail "unexpected result: $(cat "$work/small.json")"
+echo "job $small SUCCEEDED, artifact fetched ($(stat -c %s "$work/small.tern") bytes, base-3 packing)"
+
+# 2. A long job, cancelled while its ranks train.
+sed -e 's/max_train_examples: 512/max_train_examples: 60000/' -e 's/epochs: 1/epochs: 20/' \
+  "$work/small.yaml" >"$work/long.yaml"
+long=$("${ternctl[@]}" submit "$work/long.yaml")
+for i in $(seq 1 600); do
+  step=$("${ternctl[@]}" get "$long" --json | jq -r '.progress.step // 0')
+  [[ "$step" -gt 0 ]] && break
+  [[ $i -eq 600 ]] && fail "job $long never made progress"
+  sleep 0.1
+done
+[[ $(pgrep -c -P "$agent" -f tern-trainer || true) -eq 2 ]] || fail "expected 2 running trainers"
+start=$(date +%s)
+"${ternctl[@]}" cancel "$long" >/dev/null
+for i in $(seq 1 150); do
+  state=$("${ternctl[@]}" get "$long" --json | jq -r .state)
+  running=$(pgrep -c -P "$agent" -f tern-trainer || true)
+  [[ "$state" == "JOB_STATE_CANCELLED" && "$running" -eq 0 ]] && break
+  [[ $i -eq 150 ]] && fail "after 15 s: state $state, $running trainers still running"
+  sleep 0.1
+done
+echo "job $long CANCELLED and its trainers gone after $(( $(date +%s) - start )) s"
+echo "PASS"
