@@ -7,45 +7,8 @@
 # usage: service_e2e.sh BUILD_DIR
 set -euo pipefail
 build="$(cd "${1:?usage: service_e2e.sh BUILD_DIR}" && pwd)"
-for bin in server/ternd worker/agent/tern-agent cli/ternctl worker/trainer/tern-trainer; do
-  [[ -x "$build/$bin" ]] || { echo "FAIL: $build/$bin is not built"; exit 1; }
-done
-work="$(mktemp -d "${TMPDIR:-/tmp}/tern-service-e2e.XXXXXX")"
-pids=()
-cleanup() {
-  local rc=$?
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ $rc -ne 0 ]]; then
-    for log in "$work"/*.log; do echo "--- tail of $log"; tail -n 30 "$log"; done
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-wait_for_line() {  # file pattern -> HOST:PORT on the first matching line
-  for _ in $(seq 1 600); do
-    if grep -q "$2" "$1" 2>/dev/null; then
-      grep -m1 "$2" "$1" | grep -oE '127\.0\.0\.1:[0-9]+' | head -1
-      return 0
-    fi
-    sleep 0.1
-  done
-  fail "timed out waiting for '$2' in $1"
-}
-rdv_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$build/server/ternd" --listen 127.0.0.1:0 --db "$work/ternd.db" --metrics-listen 127.0.0.1:0 \
-  --rendezvous-port-min "$rdv_port" --rendezvous-port-max "$rdv_port" \
-  --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
-  >"$work/ternd.out" 2>"$work/ternd.log" &
-pids+=($!)
-server=$(wait_for_line "$work/ternd.out" "listening on")
-"$build/worker/agent/tern-agent" --server "$server" --cpu-slots 2 \
-  --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/agent" \
-  --metrics-listen 127.0.0.1:0 >"$work/agent.out" 2>"$work/agent.log" &
-agent=$!
-pids=("$agent" "${pids[@]}")
-ternctl=("$build/cli/ternctl" --server "$server" --owner e2e)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+start_service
 
 # 1. A tiny 2-rank HLA job to SUCCEEDED; fetch and check its artifact.
 cat >"$work/small.yaml" <<'YAML'

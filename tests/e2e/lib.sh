@@ -1,0 +1,68 @@
+# Shared by the e2e scripts (source it): a temp dir, process cleanup, and
+# starting ternd + one tern-agent (2 CPU slots) on loopback with ephemeral
+# ports. Needs `build` (the build directory) set before sourcing.
+# After start_service: $server, $ternd_metrics, $agent, $agent_metrics and
+# the array ternctl=(ternctl --server ... --owner e2e) are set.
+
+for bin in server/ternd worker/agent/tern-agent cli/ternctl worker/trainer/tern-trainer; do
+  [[ -x "$build/$bin" ]] || { echo "FAIL: $build/$bin is not built"; exit 1; }
+done
+work="$(mktemp -d "${TMPDIR:-/tmp}/tern-e2e.XXXXXX")"
+pids=()
+cleanup() {
+  local rc=$?
+  # agent first (it stops its trainers), then ternd and the others
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ $rc -ne 0 && $rc -ne 77 ]]; then
+    for log in "$work"/*.log "$work"/*.out; do
+      [[ -f "$log" ]] || continue
+      echo "--- tail of $log"; tail -n 30 "$log"
+    done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
+
+fail() { echo "FAIL: $*"; exit 1; }
+
+wait_for_line() {  # file pattern -> prints HOST:PORT of the first matching line
+  for _ in $(seq 1 600); do
+    if grep -q "$2" "$1" 2>/dev/null; then
+      grep -m1 "$2" "$1" | grep -oE '127\.0\.0\.1:[0-9]+' | head -1
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "timed out waiting for '$2' in $1"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_service() {
+  # A rendezvous port of our own, not ternd's default 29500, so that other
+  # tests running at the same time cannot collide with this job's ranks.
+  local rdv_port
+  rdv_port=$(free_port)
+  "$build/server/ternd" --listen 127.0.0.1:0 --db "$work/ternd.db" --metrics-listen 127.0.0.1:0 \
+    --rendezvous-port-min "$rdv_port" --rendezvous-port-max "$rdv_port" \
+    --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
+    >"$work/ternd.out" 2>"$work/ternd.log" &
+  pids+=($!)
+  server=$(wait_for_line "$work/ternd.out" "listening on")
+  ternd_metrics=$(wait_for_line "$work/ternd.out" "metrics on")
+  echo "ternd on $server, metrics on $ternd_metrics"
+  "$build/worker/agent/tern-agent" --server "$server" --cpu-slots 2 \
+    --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/agent" \
+    --metrics-listen 127.0.0.1:0 >"$work/agent.out" 2>"$work/agent.log" &
+  agent=$!
+  pids=("$agent" "${pids[@]}")
+  agent_metrics=$(wait_for_line "$work/agent.out" "metrics on")
+  echo "tern-agent metrics on $agent_metrics"
+  ternctl=("$build/cli/ternctl" --server "$server" --owner e2e)
+}
