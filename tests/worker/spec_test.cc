@@ -15,6 +15,10 @@ TEST(TrainerSpecTest, DefaultsFromMinimalSpec) {
   EXPECT_DOUBLE_EQ(spec->optim.lr, 0.1);
   EXPECT_EQ(spec->optim.batch_size, 128);
   EXPECT_EQ(spec->ranks, 1);
+  // The API allows 0 loader threads: batches are built on the training thread.
+  auto inline_loading = ParseTrainerSpec(R"({"optimization": {"epochs": 1}, "dataset": {"num_workers": 0}})");
+  ASSERT_TRUE(inline_loading.ok()) << inline_loading.status();
+  EXPECT_EQ(inline_loading->data.num_workers, 0);
 }
 
 TEST(TrainerSpecTest, ReadsProtoJsonForm) {

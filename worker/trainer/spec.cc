@@ -294,8 +294,8 @@ Status TrainerSpec::Validate() const {
   if (!(data.val_fraction >= 0 && data.val_fraction < 1)) {
     return FieldError("dataset.val_fraction", "must be in [0, 1)");
   }
-  if (data.num_workers < 1 || data.num_workers > 64) {
-    return FieldError("dataset.num_workers", "must be in [1, 64]");
+  if (data.num_workers < 0 || data.num_workers > 64) {
+    return FieldError("dataset.num_workers", "must be in [0, 64] (0: load on the training thread)");
   }
   if (data.max_train_examples < 0) return FieldError("dataset.max_train_examples", "must be >= 0");
   if (data.max_eval_examples < 0) return FieldError("dataset.max_eval_examples", "must be >= 0");

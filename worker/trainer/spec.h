@@ -30,7 +30,7 @@ struct DataConfig {
   std::string path = "/usr/share/datasets/fashion-mnist";
   double val_fraction = 0;
   bool augment = true;
-  int num_workers = 2;
+  int num_workers = 2;            // loader threads; 0 = training thread
   int input_size = 0;             // image folders: resize to this size
   int64_t max_train_examples = 0; // 0 = all
   int64_t max_eval_examples = 0;
