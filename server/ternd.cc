@@ -51,6 +51,19 @@ std::string WithPort(const std::string& address, int port) {
 
 }  // namespace
 
+// The scheduler's share of the daemon's options.
+static scheduler::SchedulerOptions SchedulerOptionsFrom(const TerndOptions& options) {
+  scheduler::SchedulerOptions out;
+  out.aging_per_minute = options.aging_per_minute;
+  out.backfill_window = options.backfill_window;
+  out.agent_lease_ttl = options.lease_ttl;
+  out.restart_backoff = options.restart_backoff;
+  out.max_restart_backoff = options.max_restart_backoff;
+  out.rendezvous_port_min = options.rendezvous_port_min;
+  out.rendezvous_port_max = options.rendezvous_port_max;
+  return out;
+}
+
 Status TerndOptions::Validate() const {
   if (listen.empty()) return InvalidArgumentError("listen: required");
   if (db_path.empty()) return InvalidArgumentError("db_path: required");
@@ -60,26 +73,11 @@ Status TerndOptions::Validate() const {
   if (checkpoint_root.empty()) {
     return InvalidArgumentError("checkpoint_root: required");
   }
-  if (lease_ttl.count() <= 0)
-    return InvalidArgumentError("lease_ttl: must be > 0");
   if (tick_interval.count() <= 0) {
     return InvalidArgumentError("tick_interval: must be > 0");
   }
-  if (restart_backoff.count() < 0 || max_restart_backoff < restart_backoff) {
-    return InvalidArgumentError(
-        "restart_backoff: must be >= 0 and <= max_restart_backoff");
-  }
-  if (backfill_window.count() < 0) {
-    return InvalidArgumentError("backfill_window: must be >= 0");
-  }
-  if (!std::isfinite(aging_per_minute) || aging_per_minute < 0) {
-    return InvalidArgumentError("aging_per_minute: must be finite and >= 0");
-  }
-  if (rendezvous_port_min < 1 || rendezvous_port_max > 65535 ||
-      rendezvous_port_min > rendezvous_port_max) {
-    return InvalidArgumentError(
-        "rendezvous ports: need 1 <= min <= max <= 65535");
-  }
+  // Lease, backoff, backfill, aging and port rules are the scheduler's own.
+  TERN_RETURN_IF_ERROR(SchedulerOptionsFrom(*this).Validate());
   if (job_metrics_grace.count() < 0 || kill_grace.count() < 0 ||
       shutdown_grace.count() < 0) {
     return InvalidArgumentError(
@@ -149,17 +147,9 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
       [metrics](const scheduler::Job& job, const scheduler::JobEvent& event) {
         metrics->OnJobEvent(job, event);
       });
-  scheduler::SchedulerOptions scheduler_options;
-  scheduler_options.aging_per_minute = options_.aging_per_minute;
-  scheduler_options.backfill_window = options_.backfill_window;
-  scheduler_options.agent_lease_ttl = options_.lease_ttl;
-  scheduler_options.restart_backoff = options_.restart_backoff;
-  scheduler_options.max_restart_backoff = options_.max_restart_backoff;
-  scheduler_options.rendezvous_port_min = options_.rendezvous_port_min;
-  scheduler_options.rendezvous_port_max = options_.rendezvous_port_max;
-  TERN_ASSIGN_OR_RETURN(
-      scheduler_,
-      scheduler::Scheduler::Create(scheduler_options, std::move(store), clock));
+  TERN_ASSIGN_OR_RETURN(scheduler_,
+                        scheduler::Scheduler::Create(SchedulerOptionsFrom(options_),
+                                                     std::move(store), clock));
   progress_ = std::make_unique<ProgressCache>(scheduler_.get());
 
   state_ = std::make_unique<ServerState>();
