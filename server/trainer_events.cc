@@ -50,6 +50,11 @@ int32_t Int32(const json& obj, const char* key) {
   return static_cast<int32_t>(v);
 }
 
+// A duration or byte count: a number >= 0, else absent.
+bool HasNonNegative(const json& obj, const char* key) {
+  return Has(obj, key) && Double(obj, key) >= 0;
+}
+
 std::string String(const json& obj, const char* key) {
   const json* f = Field(obj, key);
   return f != nullptr && f->is_string() ? f->get<std::string>() : std::string();
@@ -118,6 +123,22 @@ void ParseProgress(const json& j, TrainerLine* out) {
   p.set_eta_seconds(Double(j, "eta_seconds"));
   p.set_reg_lambda(Double(j, "reg_lambda"));
   p.set_phase(Int32(j, "phase"));
+  // Optional: older trainers omit them, CPU runs have no GPU memory.
+  if (HasNonNegative(j, "step_seconds")) {
+    p.set_step_seconds(Double(j, "step_seconds"));
+  }
+  if (HasNonNegative(j, "allreduce_seconds")) {
+    p.set_allreduce_seconds(Double(j, "allreduce_seconds"));
+  }
+  if (HasNonNegative(j, "data_wait_seconds")) {
+    p.set_data_wait_seconds(Double(j, "data_wait_seconds"));
+  }
+  if (HasNonNegative(j, "gpu_memory_bytes")) {
+    p.set_gpu_memory_bytes(Int(j, "gpu_memory_bytes"));
+  }
+  if (HasNonNegative(j, "gpu_peak_memory_bytes")) {
+    p.set_gpu_peak_memory_bytes(Int(j, "gpu_peak_memory_bytes"));
+  }
   out->kappa = Double(j, "kappa");
 }
 
@@ -185,6 +206,7 @@ StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
   }
   TrainerLine out;
   out.rank = Int32(j, "rank");
+  out.time = Double(j, "time");
   const std::string event = String(j, "event");
   if (event == "started") {
     out.kind = TrainerEventKind::kStarted;

@@ -5,7 +5,10 @@
 // checkpoint, finished, failed), "job", "rank", "world_size" and "time".
 // Mapping (missing or null numbers stay 0/unset; a null loss becomes NaN):
 //   progress   -> Progress (epoch, epochs, step, total_steps, loss, lr,
-//                 images_per_second, eta_seconds, reg_lambda, phase) + kappa
+//                 images_per_second, eta_seconds, reg_lambda, phase; and,
+//                 only when present and >= 0, step_seconds,
+//                 allreduce_seconds, data_wait_seconds, gpu_memory_bytes,
+//                 gpu_peak_memory_bytes) + kappa
 //   epoch_end  -> EpochEnd: metrics {epoch, eval_split, train_loss,
 //                 eval_loss = ternary.loss (fp.loss if no ternary),
 //                 fp_top1/5 = fp.top1/5, ternary_top1/5 = ternary.top1/5,
@@ -45,7 +48,8 @@ enum class TrainerEventKind {
 
 struct TrainerLine {
   TrainerEventKind kind = TrainerEventKind::kUnknown;
-  int rank = 0;  // the line's "rank" (0 when absent)
+  int rank = 0;     // the line's "rank" (0 when absent)
+  double time = 0;  // the line's "time", Unix seconds (0 when absent)
   // Set according to `kind`:
   v1::Progress progress;
   double kappa = 0;  // progress: HLA's kappa (not part of tern.v1.Progress)

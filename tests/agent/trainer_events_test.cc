@@ -53,6 +53,47 @@ TEST(TrainerEventsTest, ProgressEpochIsOneBased) {
   EXPECT_EQ(pr.phase(), 2);
 }
 
+TEST(TrainerEventsTest, ProgressCarriesStepBreakdownAndGpuMemory) {
+  TrainerEventParser parser(Spec(), 1);
+  ParsedLine p = parser.ParseStdoutLine(
+      R"({"event":"progress","time":2,"epoch":1,"step":50,"loss":0.75,"step_seconds":0.125,)"
+      R"("allreduce_seconds":0.03,"data_wait_seconds":0.004,"gpu_memory_bytes":1073741824,)"
+      R"("gpu_peak_memory_bytes":6442450944})",
+      {});
+  ASSERT_TRUE(p.event.has_progress());
+  const v1::Progress& pr = p.event.progress();
+  ASSERT_TRUE(pr.has_step_seconds());
+  EXPECT_DOUBLE_EQ(pr.step_seconds(), 0.125);
+  ASSERT_TRUE(pr.has_allreduce_seconds());
+  EXPECT_DOUBLE_EQ(pr.allreduce_seconds(), 0.03);
+  ASSERT_TRUE(pr.has_data_wait_seconds());
+  EXPECT_DOUBLE_EQ(pr.data_wait_seconds(), 0.004);
+  ASSERT_TRUE(pr.has_gpu_memory_bytes());
+  EXPECT_EQ(pr.gpu_memory_bytes(), int64_t{1} << 30);
+  ASSERT_TRUE(pr.has_gpu_peak_memory_bytes());
+  EXPECT_EQ(pr.gpu_peak_memory_bytes(), int64_t{6} << 30);  // above 2^32
+}
+
+TEST(TrainerEventsTest, ProgressWithoutTheNewFieldsLeavesThemUnset) {
+  TrainerEventParser parser(Spec(), 1);
+  // An older trainer, or a CPU run without GPU memory; null (non-finite) and
+  // negative values read as absent too.
+  for (const char* line : {
+           R"({"event":"progress","epoch":1,"step":50,"loss":0.75})",
+           R"({"event":"progress","step":50,"step_seconds":null,"allreduce_seconds":-1,)"
+           R"("data_wait_seconds":"x","gpu_memory_bytes":-5,"gpu_peak_memory_bytes":null})",
+       }) {
+    ParsedLine p = parser.ParseStdoutLine(line, {});
+    ASSERT_TRUE(p.event.has_progress()) << line;
+    const v1::Progress& pr = p.event.progress();
+    EXPECT_FALSE(pr.has_step_seconds()) << line;
+    EXPECT_FALSE(pr.has_allreduce_seconds()) << line;
+    EXPECT_FALSE(pr.has_data_wait_seconds()) << line;
+    EXPECT_FALSE(pr.has_gpu_memory_bytes()) << line;
+    EXPECT_FALSE(pr.has_gpu_peak_memory_bytes()) << line;
+  }
+}
+
 TEST(TrainerEventsTest, NullLossIsNan) {
   TrainerEventParser parser(Spec(), 1);
   ParsedLine p = parser.ParseStdoutLine(R"({"event":"progress","epoch":1,"loss":null})", {});

@@ -30,6 +30,45 @@ TEST(TrainerEventsTest, ParsesProgress) {
   EXPECT_DOUBLE_EQ(line->kappa, 7.5);
 }
 
+TEST(TrainerEventsTest, ProgressStepBreakdownAndGpuMemoryAreOptional) {
+  StatusOr<TrainerLine> gpu = ParseTrainerLine(
+      R"({"event":"progress","rank":0,"time":1700000000.5,"step":40,)"
+      R"("loss":1,"step_seconds":0.125,"allreduce_seconds":0.03,)"
+      R"("data_wait_seconds":0.004,"gpu_memory_bytes":1073741824,)"
+      R"("gpu_peak_memory_bytes":6442450944})");
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const v1::Progress& p = gpu->progress;
+  EXPECT_DOUBLE_EQ(gpu->time, 1700000000.5);
+  ASSERT_TRUE(p.has_step_seconds());
+  EXPECT_DOUBLE_EQ(p.step_seconds(), 0.125);
+  ASSERT_TRUE(p.has_allreduce_seconds());
+  EXPECT_DOUBLE_EQ(p.allreduce_seconds(), 0.03);
+  ASSERT_TRUE(p.has_data_wait_seconds());
+  EXPECT_DOUBLE_EQ(p.data_wait_seconds(), 0.004);
+  ASSERT_TRUE(p.has_gpu_memory_bytes());
+  EXPECT_EQ(p.gpu_memory_bytes(), int64_t{1} << 30);
+  ASSERT_TRUE(p.has_gpu_peak_memory_bytes());
+  EXPECT_EQ(p.gpu_peak_memory_bytes(), int64_t{6} << 30);
+
+  // An older trainer or a CPU run omits them; null, negative and mistyped
+  // values read as absent too.
+  for (const char* line : {
+           R"({"event":"progress","rank":0,"step":40,"loss":1})",
+           R"({"event":"progress","step":40,"step_seconds":null,)"
+           R"("allreduce_seconds":-0.5,"data_wait_seconds":"x",)"
+           R"("gpu_memory_bytes":-1,"gpu_peak_memory_bytes":{}})",
+       }) {
+    StatusOr<TrainerLine> cpu = ParseTrainerLine(line);
+    ASSERT_TRUE(cpu.ok()) << line;
+    EXPECT_FALSE(cpu->progress.has_step_seconds()) << line;
+    EXPECT_FALSE(cpu->progress.has_allreduce_seconds()) << line;
+    EXPECT_FALSE(cpu->progress.has_data_wait_seconds()) << line;
+    EXPECT_FALSE(cpu->progress.has_gpu_memory_bytes()) << line;
+    EXPECT_FALSE(cpu->progress.has_gpu_peak_memory_bytes()) << line;
+    EXPECT_DOUBLE_EQ(cpu->time, 0);
+  }
+}
+
 TEST(TrainerEventsTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   StatusOr<TrainerLine> epoch = ParseTrainerLine(
       R"({"event":"epoch_end","rank":0,"epoch":2,"eval_split":"val",)"

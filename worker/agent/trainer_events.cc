@@ -17,6 +17,11 @@ std::optional<double> Num(const json& j, const char* key) {
   if (it == j.end() || !it->is_number()) return std::nullopt;
   return it->get<double>();
 }
+// The number at `key` when it is >= 0 (durations, byte counts), else nullopt.
+std::optional<double> NonNegative(const json& j, const char* key) {
+  auto v = Num(j, key);
+  return v && *v >= 0 ? v : std::nullopt;
+}
 double NumOr(const json& j, const char* key, double fallback) {
   return Num(j, key).value_or(fallback);
 }
@@ -33,6 +38,9 @@ const json& ObjOrEmpty(const json& j, const char* key) {
   auto it = j.find(key);
   return it != j.end() && it->is_object() ? *it : kEmpty;
 }
+
+// Byte counts at or above this do not fit an int64 (and are not real).
+constexpr double kMaxBytes = 9e18;
 
 // The trainer counts epochs from 0; tern.v1 from 1.
 constexpr int kTrainerEpochBase = 1;
@@ -104,6 +112,16 @@ ParsedLine TrainerEventParser::ParseStdoutLine(std::string_view line,
     p->set_eta_seconds(NumOr(j, "eta_seconds", 0));
     p->set_reg_lambda(NumOr(j, "reg_lambda", 0));
     p->set_phase(IntOr(j, "phase", 0));
+    // Optional: older trainers omit them, CPU runs have no GPU memory.
+    if (auto v = NonNegative(j, "step_seconds")) p->set_step_seconds(*v);
+    if (auto v = NonNegative(j, "allreduce_seconds")) p->set_allreduce_seconds(*v);
+    if (auto v = NonNegative(j, "data_wait_seconds")) p->set_data_wait_seconds(*v);
+    if (auto v = NonNegative(j, "gpu_memory_bytes"); v && *v < kMaxBytes) {
+      p->set_gpu_memory_bytes(std::llround(*v));
+    }
+    if (auto v = NonNegative(j, "gpu_peak_memory_bytes"); v && *v < kMaxBytes) {
+      p->set_gpu_peak_memory_bytes(std::llround(*v));
+    }
   } else if (kind == "epoch_end") {
     v1::EpochMetrics* m = e.mutable_epoch_end()->mutable_metrics();
     m->set_epoch(ApiEpoch(IntOr(j, "epoch", 0)));
