@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 namespace tern::server {
@@ -31,6 +32,11 @@ std::string Lower(const char* s) {
 }
 
 std::string JobLabel(scheduler::JobId id) { return std::to_string(id); }
+
+// Per-step durations: 1 ms x 2^n up to 32.8 s, as the agent's.
+std::vector<double> StepBuckets() {
+  return metrics::ExponentialBuckets(0.001, 2, 16);
+}
 
 }  // namespace
 
@@ -109,7 +115,29 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
           "Weight lambda of the hyperspherical regularizer (HLA).", {"job"})),
       job_kappa_(registry->AddGauge(
           "tern_job_kappa",
-          "Sharpness kappa of the re-scaled gradient (HLA phase 2).",
+          "Sharpness kappa of the re-scaled gradient (HLA phase 2).", {"job"})),
+      job_step_time_(registry->AddHistogram(
+          "tern_job_step_time_seconds",
+          "Mean optimizer step time between two progress samples of a job.",
+          StepBuckets(), {"job"})),
+      job_allreduce_(registry->AddHistogram(
+          "tern_job_allreduce_seconds",
+          "Mean time per optimizer step rank 0 spent in the gradient "
+          "all-reduce between two progress samples of a job.",
+          StepBuckets(), {"job"})),
+      job_data_wait_(registry->AddHistogram(
+          "tern_job_data_wait_seconds",
+          "Mean time per optimizer step rank 0 waited for the data loader "
+          "between two progress samples of a job.",
+          StepBuckets(), {"job"})),
+      job_gpu_memory_(registry->AddGauge(
+          "tern_job_gpu_memory_bytes",
+          "Bytes the CUDA caching allocator has allocated on rank 0's GPU.",
+          {"job"})),
+      job_gpu_peak_memory_(registry->AddGauge(
+          "tern_job_gpu_peak_memory_bytes",
+          "Peak bytes the CUDA caching allocator has allocated on rank 0's "
+          "GPU.",
           {"job"})) {
   for (JobState state : kStates) {
     jobs_.WithLabels({Lower(scheduler::JobStateName(state))});
@@ -178,8 +206,8 @@ void ServerMetrics::OnLeaseExpired() {
   lease_expiries_.WithLabels({})->Increment();
 }
 
-void ServerMetrics::OnProgress(scheduler::JobId id,
-                               const v1::Progress& progress, double kappa) {
+void ServerMetrics::OnProgress(scheduler::JobId id, const TrainerLine& line) {
+  const v1::Progress& progress = line.progress;
   const std::string job = JobLabel(id);
   job_epoch_.WithLabels({job})->Set(progress.epoch());
   job_step_.WithLabels({job})->Set(progress.step());
@@ -187,7 +215,41 @@ void ServerMetrics::OnProgress(scheduler::JobId id,
   job_lr_.WithLabels({job})->Set(progress.lr());
   job_images_per_second_.WithLabels({job})->Set(progress.images_per_second());
   job_reg_lambda_.WithLabels({job})->Set(progress.reg_lambda());
-  job_kappa_.WithLabels({job})->Set(kappa);
+  job_kappa_.WithLabels({job})->Set(line.kappa);
+
+  std::optional<double> step_seconds;
+  if (progress.has_step_seconds()) step_seconds = progress.step_seconds();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    StepWindow& window = windows_[id];
+    if (!step_seconds && window.step >= 0 && progress.step() > window.step &&
+        window.time > 0 && line.time > window.time) {
+      step_seconds =
+          (line.time - window.time) / (progress.step() - window.step);
+    }
+    window.step = progress.step();
+    window.time = line.time;
+  }
+  if (step_seconds) job_step_time_.WithLabels({job})->Observe(*step_seconds);
+  if (progress.has_allreduce_seconds()) {
+    job_allreduce_.WithLabels({job})->Observe(progress.allreduce_seconds());
+  }
+  if (progress.has_data_wait_seconds()) {
+    job_data_wait_.WithLabels({job})->Observe(progress.data_wait_seconds());
+  }
+  if (progress.has_gpu_memory_bytes()) {
+    job_gpu_memory_.WithLabels({job})->Set(
+        static_cast<double>(progress.gpu_memory_bytes()));
+  }
+  if (progress.has_gpu_peak_memory_bytes()) {
+    job_gpu_peak_memory_.WithLabels({job})->Set(
+        static_cast<double>(progress.gpu_peak_memory_bytes()));
+  }
+}
+
+void ServerMetrics::OnTrainerStarted(scheduler::JobId id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  windows_.erase(id);
 }
 
 void ServerMetrics::OnEpochEnd(scheduler::JobId id,
@@ -239,6 +301,7 @@ int ServerMetrics::DropEndedJobs(scheduler::TimePoint now) {
     for (auto it = ended_.begin(); it != ended_.end();) {
       if (now - it->second >= grace_) {
         due.push_back(it->first);
+        windows_.erase(it->first);
         it = ended_.erase(it);
       } else {
         ++it;

@@ -4,12 +4,14 @@
 // Usage: ServerMetrics metrics(&registry, /*job_series_grace=*/5min);
 //   metrics.ObserveRpc("GetJob", StatusCode::kOk, 0.002);  // every RPC
 //   metrics.OnJobEvent(job, event);      // every stored scheduler event
-//   metrics.OnProgress(42, progress, kappa);  // relayed trainer events
+//   metrics.OnProgress(42, line);        // relayed trainer events
 //   metrics.UpdateScheduler(scheduler.Stats());  // each tick
 //   metrics.DropEndedJobs(now);          // each tick: forget ended jobs
 // Per-job series (tern_job_*) carry a `job` label; they are removed with
 // Registry::RemoveSeriesWithLabel("job", id) once the job has been terminal
-// for the grace period, so a scrape still sees a job's final values.
+// for the grace period, so a scrape still sees a job's final values. A
+// series appears once the trainer reports its value: no GPU memory series
+// for CPU runs, no all-reduce or data-wait histogram for older trainers.
 // Thread-safe; OnJobEvent only takes this object's lock (it runs under the
 // scheduler's).
 #ifndef TERN_SERVER_SERVER_METRICS_H_
@@ -25,6 +27,7 @@
 #include "common/status.h"
 #include "scheduler/job.h"
 #include "scheduler/scheduler.h"
+#include "server/trainer_events.h"
 #include "tern/v1/job.pb.h"
 
 namespace tern::server {
@@ -44,9 +47,14 @@ class ServerMetrics {
   // A stored scheduler event: restarts by reason, admission waits, job ends.
   void OnJobEvent(const scheduler::Job& job, const scheduler::JobEvent& event);
   void OnLeaseExpired();
-  // Relayed trainer events of a job's current attempt.
-  void OnProgress(scheduler::JobId id, const v1::Progress& progress,
-                  double kappa);
+  // Relayed trainer events of a job's current attempt (rank 0's).
+  // `line.kind` is kProgress: its progress, kappa and time are used. The
+  // step time is progress.step_seconds, or, when the trainer does not report
+  // it, the time since the previous progress line per step since then.
+  void OnProgress(scheduler::JobId id, const TrainerLine& line);
+  // Rank 0's trainer (re)started: the next progress line opens a new
+  // step-time interval.
+  void OnTrainerStarted(scheduler::JobId id);
   void OnEpochEnd(scheduler::JobId id, const v1::EpochEnd& epoch_end);
   void OnResult(scheduler::JobId id, const v1::JobResult& result);
   // Removes the tern_job_* series of jobs that ended at or before
@@ -87,9 +95,21 @@ class ServerMetrics {
   metrics::Family<metrics::Gauge>& job_layer_flips_;
   metrics::Family<metrics::Gauge>& job_reg_lambda_;
   metrics::Family<metrics::Gauge>& job_kappa_;
+  metrics::Family<metrics::Histogram>& job_step_time_;
+  metrics::Family<metrics::Histogram>& job_allreduce_;
+  metrics::Family<metrics::Histogram>& job_data_wait_;
+  metrics::Family<metrics::Gauge>& job_gpu_memory_;
+  metrics::Family<metrics::Gauge>& job_gpu_peak_memory_;
+
+  // The previous progress line of a job (for trainers without step_seconds).
+  struct StepWindow {
+    int step = -1;    // -1: none since the trainer started
+    double time = 0;  // its "time", Unix seconds
+  };
 
   std::mutex mu_;
   std::map<scheduler::JobId, scheduler::TimePoint> ended_;  // job -> end time
+  std::map<scheduler::JobId, StepWindow> windows_;
 };
 
 }  // namespace tern::server

@@ -365,7 +365,7 @@ Status WorkerService::HandleTrainerEvent(const scheduler::RankRef& rank,
       if (!rank0) return OkStatus();
       TERN_RETURN_IF_ERROR(scheduler.ReportProgress(rank, event.json_line()));
       state_->progress->RecordProgress(rank.job_id, line.progress, now);
-      state_->metrics->OnProgress(rank.job_id, line.progress, line.kappa);
+      state_->metrics->OnProgress(rank.job_id, line);
       return OkStatus();
     case TrainerEventKind::kEpochEnd:
       if (!rank0) return OkStatus();
@@ -400,6 +400,8 @@ Status WorkerService::HandleTrainerEvent(const scheduler::RankRef& rank,
       return scheduler.ReportProgress(rank,
                                       LogPayload(rank.rank, line.log.text()));
     case TrainerEventKind::kStarted:
+      if (rank0) state_->metrics->OnTrainerStarted(rank.job_id);
+      return OkStatus();
     case TrainerEventKind::kUnknown:
       return OkStatus();
   }

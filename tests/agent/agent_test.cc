@@ -650,6 +650,9 @@ TEST_F(AgentTest, ExportsTrainerMetrics) {
   EXPECT_NE(text.find("tern_job_step_time_seconds_sum{job=\"job-p\",rank=\"0\"} 0.2"),
             std::string::npos)
       << text;
+  // This (older, CPU) trainer reports no step breakdown and no GPU memory.
+  EXPECT_EQ(text.find("tern_job_gpu_memory_bytes{"), std::string::npos) << text;
+  EXPECT_EQ(text.find("tern_job_allreduce_seconds_count{"), std::string::npos) << text;
   fake_.Send(MakeKill("job-p", 0));
   ASSERT_TRUE(WaitForExit("job-p").has_value());
   ASSERT_TRUE(WaitUntil([&] { return agent_->running_trainers() == 0; }));

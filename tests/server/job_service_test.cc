@@ -423,6 +423,11 @@ TEST_F(JobServiceTest, MetricsEndpointServesEveryFamily) {
            "tern_job_layer_flips_per_step gauge",
            "tern_job_reg_lambda gauge",
            "tern_job_kappa gauge",
+           "tern_job_step_time_seconds histogram",
+           "tern_job_allreduce_seconds histogram",
+           "tern_job_data_wait_seconds histogram",
+           "tern_job_gpu_memory_bytes gauge",
+           "tern_job_gpu_peak_memory_bytes gauge",
        }) {
     EXPECT_NE(text.find(std::string("# TYPE ") + family), std::string::npos)
         << family;

@@ -227,13 +227,23 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
                                "\"epoch\":0,\"epochs\":1,\"step\":20,"
                                "\"total_steps\":40,\"loss\":1.5,\"lr\":0.1,"
                                "\"images_per_second\":900,\"eta_seconds\":3,"
-                               "\"reg_lambda\":0.001,\"kappa\":5,\"phase\":1")})
+                               "\"reg_lambda\":0.001,\"kappa\":5,\"phase\":1,"
+                               "\"step_seconds\":0.25,"
+                               "\"allreduce_seconds\":0.0625,"
+                               "\"data_wait_seconds\":0.125,"
+                               "\"gpu_memory_bytes\":1073741824,"
+                               "\"gpu_peak_memory_bytes\":6442450944")})
           .ok());
   ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_RUNNING));
   v1::Job running = GetJobOk(id);
   EXPECT_EQ(running.progress().step(), 20);
   EXPECT_DOUBLE_EQ(running.progress().loss(), 1.5);
   EXPECT_EQ(running.progress().total_steps(), 40);
+  EXPECT_DOUBLE_EQ(running.progress().step_seconds(), 0.25);
+  EXPECT_DOUBLE_EQ(running.progress().allreduce_seconds(), 0.0625);
+  EXPECT_DOUBLE_EQ(running.progress().data_wait_seconds(), 0.125);
+  EXPECT_EQ(running.progress().gpu_memory_bytes(), 1073741824);
+  EXPECT_EQ(running.progress().gpu_peak_memory_bytes(), 6442450944);
   EXPECT_TRUE(running.has_start_time());
 
   ASSERT_TRUE(
@@ -411,6 +421,11 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
            "tern_job_images_per_second{job=\"" + id + "\"} 900",
            "tern_job_reg_lambda{job=\"" + id + "\"} 0.001",
            "tern_job_kappa{job=\"" + id + "\"} 5",
+           "tern_job_step_time_seconds_sum{job=\"" + id + "\"} 0.25",
+           "tern_job_allreduce_seconds_sum{job=\"" + id + "\"} 0.0625",
+           "tern_job_data_wait_seconds_count{job=\"" + id + "\"} 1",
+           "tern_job_gpu_memory_bytes{job=\"" + id + "\"} 1073741824",
+           "tern_job_gpu_peak_memory_bytes{job=\"" + id + "\"} 6442450944",
            "tern_job_accuracy{job=\"" + id +
                "\",split=\"test\",weights=\"ternary\"} 0.74",
            "tern_job_accuracy{job=\"" + id +
@@ -666,6 +681,8 @@ TEST_F(NoMetricsGraceTest, AnEndedJobsSeriesAreDroppedAfterTheGracePeriod) {
       agent.Report(ref, {Line("progress", 0, "\"step\":7,\"loss\":2")}).ok());
   const std::string series = "tern_job_step{job=\"" + id + "\"} 7";
   EXPECT_NE(Metrics().find(series), std::string::npos);
+  // A CPU trainer's progress (no GPU memory) makes no GPU series.
+  EXPECT_EQ(Metrics().find("tern_job_gpu_memory_bytes{"), std::string::npos);
   v1::Job job;
   ASSERT_TRUE(Cancel(id, &job).ok());
   EXPECT_TRUE(Eventually([&] {

@@ -24,6 +24,7 @@
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
 #include "worker/agent/trainer_events.h"
+#include "worker/agent/trainer_metrics.h"
 
 extern char** environ;
 
@@ -145,20 +146,7 @@ class Agent::Impl {
                                     {"code"})),
         slots_(registry->AddGauge("tern_agent_slots",
                                   "Slots this agent offers, by device kind.", {"device_kind"})),
-        job_step_(registry->AddGauge("tern_job_step",
-                                     "Latest optimizer step a trainer reported.", {"job", "rank"})),
-        job_loss_(registry->AddGauge("tern_job_loss",
-                                     "Latest training loss a trainer reported.", {"job", "rank"})),
-        job_ips_(registry->AddGauge("tern_job_images_per_second",
-                                    "Latest training throughput a trainer reported (all ranks).",
-                                    {"job", "rank"})),
-        step_time_(registry->AddHistogram(
-            "tern_job_step_time_seconds",
-            "Mean optimizer step time between two progress events of a trainer.",
-            metrics::ExponentialBuckets(0.001, 2, 16), {"job", "rank"})),
-        checkpoint_seconds_(registry->AddGauge("tern_job_checkpoint_seconds",
-                                               "Seconds the latest checkpoint save took.",
-                                               {"job", "rank"})),
+        trainer_metrics_(registry),
         cuda_in_use_(std::max(0, options_.cuda_slots), false) {
     slots_.WithLabels({"cpu"})->Set(options_.cpu_slots);
     slots_.WithLabels({"cuda"})->Set(options_.cuda_slots);
@@ -226,7 +214,6 @@ class Agent::Impl {
   // them now (kept for a retry); drops them on errors a retry cannot fix.
   bool Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending);
   void ReportExit(Rank& rank, const ExitStatus& ended, const std::string& reason);
-  void UpdateMetrics(const Rank& rank, const ParsedLine& p, double* last_time, int* last_step);
   void FinishRank(const std::shared_ptr<Rank>& rank);
   bool CurrentLease(std::string* id, int* generation) const;
   void SetDeadline(grpc::ClientContext* ctx) const {
@@ -239,11 +226,7 @@ class Agent::Impl {
   std::shared_ptr<metrics::Gauge> running_;
   metrics::Family<metrics::Counter>& exits_;
   metrics::Family<metrics::Gauge>& slots_;
-  metrics::Family<metrics::Gauge>& job_step_;
-  metrics::Family<metrics::Gauge>& job_loss_;
-  metrics::Family<metrics::Gauge>& job_ips_;
-  metrics::Family<metrics::Histogram>& step_time_;
-  metrics::Family<metrics::Gauge>& checkpoint_seconds_;
+  TrainerMetrics trainer_metrics_;  // the per-rank tern_job_* series
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -700,28 +683,6 @@ void Agent::Impl::ReportExit(Rank& rank, const ExitStatus& ended, const std::str
   }
 }
 
-void Agent::Impl::UpdateMetrics(const Rank& rank, const ParsedLine& p, double* last_time,
-                                int* last_step) {
-  const std::vector<std::string> labels = {rank.job, rank.rank_label};
-  if (p.event.has_progress()) {
-    const v1::Progress& progress = p.event.progress();
-    job_step_.WithLabels(labels)->Set(progress.step());
-    job_loss_.WithLabels(labels)->Set(progress.loss());
-    job_ips_.WithLabels(labels)->Set(progress.images_per_second());
-    if (*last_step >= 0 && progress.step() > *last_step && p.trainer_time > *last_time &&
-        *last_time > 0) {
-      step_time_.WithLabels(labels)->Observe((p.trainer_time - *last_time) /
-                                             (progress.step() - *last_step));
-    }
-    *last_step = progress.step();
-    *last_time = p.trainer_time;
-  } else if (p.event.has_started()) {
-    *last_step = -1;  // a resumed run starts a new interval
-  } else if (p.checkpoint_seconds >= 0) {
-    checkpoint_seconds_.WithLabels(labels)->Set(p.checkpoint_seconds);
-  }
-}
-
 void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
   const v1::Assignment& a = rank->assignment;
   TERN_LOG(INFO) << rank->prefix << "starting trainer (rendezvous " << a.rendezvous_host() << ":"
@@ -773,8 +734,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
   std::deque<std::string> tail;  // last stderr lines
   std::string failed_reason;     // from the trainer's `failed` event
   Clock::time_point flush_due = Clock::time_point::max();
-  double last_time = 0;
-  int last_step = -1;
+  TrainerMetrics::Window metrics_window;  // the step-time interval
   std::optional<ExitStatus> ended;
   Clock::time_point drain_until = Clock::time_point::max();
 
@@ -822,7 +782,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     }
     for (std::string& line : lines) {
       ParsedLine p = parser.ParseStdoutLine(line, read_time);
-      UpdateMetrics(*rank, p, &last_time, &last_step);
+      trainer_metrics_.Update(rank->job, rank->rank_label, p, &metrics_window);
       if (p.event.has_failed()) failed_reason = p.event.failed().code() + ": " + p.event.failed().message();
       const bool urgent = p.kind == "started" || p.kind == "finished" || p.kind == "failed";
       pending.push_back(std::move(p.event));
@@ -884,12 +844,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
 }
 
 void Agent::Impl::FinishRank(const std::shared_ptr<Rank>& rank) {
-  const std::vector<std::string> labels = {rank->job, rank->rank_label};
-  job_step_.Remove(labels);
-  job_loss_.Remove(labels);
-  job_ips_.Remove(labels);
-  step_time_.Remove(labels);
-  checkpoint_seconds_.Remove(labels);
+  trainer_metrics_.Remove(rank->job, rank->rank_label);
   std::lock_guard<std::mutex> lock(mu_);
   const RankKey key = KeyOf(rank->assignment.ref());
   if (rank->cuda_slot >= 0 && rank->cuda_slot < static_cast<int>(cuda_in_use_.size())) {

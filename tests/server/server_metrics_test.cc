@@ -1,0 +1,133 @@
+// ServerMetrics' per-job series from relayed trainer progress lines, read
+// back from the registry's exposition text.
+#include "server/server_metrics.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+
+#include "server/trainer_events.h"
+
+namespace tern::server {
+namespace {
+
+using std::chrono::minutes;
+using std::chrono::seconds;
+
+class ServerMetricsTest : public ::testing::Test {
+ protected:
+  void Progress(scheduler::JobId id, const std::string& line) {
+    StatusOr<TrainerLine> parsed = ParseTrainerLine(line);
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    ASSERT_EQ(parsed->kind, TrainerEventKind::kProgress);
+    metrics_.OnProgress(id, *parsed);
+  }
+  // Whether the exposition has a line starting with `sample`.
+  bool Has(const std::string& sample) const {
+    return ("\n" + registry_.Serialize()).find("\n" + sample) !=
+           std::string::npos;
+  }
+  std::string Text() const { return registry_.Serialize(); }
+  // Job `id` reaches SUCCEEDED at `at`.
+  void End(scheduler::JobId id, scheduler::TimePoint at) {
+    scheduler::Job job;
+    job.id = id;
+    job.state = scheduler::JobState::kSucceeded;
+    scheduler::JobEvent event;
+    event.seq = 5;
+    event.time = at;
+    event.from = scheduler::JobState::kRunning;
+    event.to = scheduler::JobState::kSucceeded;
+    metrics_.OnJobEvent(job, event);
+  }
+
+  metrics::Registry registry_;
+  ServerMetrics metrics_{&registry_, minutes(5)};
+};
+
+// Rank 0 of a CUDA job, 10 steps and 2 s apart.
+constexpr const char* kGpuProgress1 =
+    R"({"event":"progress","rank":0,"time":100,"step":10,"loss":1.5,)"
+    R"("step_seconds":0.25,"allreduce_seconds":0.0625,)"
+    R"("data_wait_seconds":0.015625,"gpu_memory_bytes":1073741824,)"
+    R"("gpu_peak_memory_bytes":2147483648})";
+constexpr const char* kGpuProgress2 =
+    R"({"event":"progress","rank":0,"time":102,"step":20,"loss":1.25,)"
+    R"("step_seconds":0.125,"allreduce_seconds":0.03125,)"
+    R"("data_wait_seconds":0.0078125,"gpu_memory_bytes":1610612736,)"
+    R"("gpu_peak_memory_bytes":6442450944})";
+
+TEST_F(ServerMetricsTest, ExportsTheStepBreakdownAndGpuMemory) {
+  Progress(42, kGpuProgress1);
+  Progress(42, kGpuProgress2);
+  for (const char* sample : {
+           // The trainer's step_seconds, not the 0.2 s of the line times.
+           R"(tern_job_step_time_seconds_count{job="42"} 2)",
+           R"(tern_job_step_time_seconds_sum{job="42"} 0.375)",
+           R"(tern_job_step_time_seconds_bucket{job="42",le="0.128"} 1)",
+           R"(tern_job_allreduce_seconds_count{job="42"} 2)",
+           R"(tern_job_allreduce_seconds_sum{job="42"} 0.09375)",
+           R"(tern_job_data_wait_seconds_count{job="42"} 2)",
+           R"(tern_job_data_wait_seconds_sum{job="42"} 0.0234375)",
+           R"(tern_job_gpu_memory_bytes{job="42"} 1610612736)",
+           R"(tern_job_gpu_peak_memory_bytes{job="42"} 6442450944)",
+           R"(tern_job_step{job="42"} 20)",
+       }) {
+    EXPECT_TRUE(Has(sample)) << sample << "\n" << Text();
+  }
+}
+
+TEST_F(ServerMetricsTest, CpuAndOlderTrainersGetNoGpuOrBreakdownSeries) {
+  Progress(42, R"({"event":"progress","time":100,"step":10,"loss":1.5})");
+  Progress(42, R"({"event":"progress","time":102,"step":20,"loss":1.25})");
+  // Without step_seconds: 2 s over 10 steps.
+  EXPECT_TRUE(Has(R"(tern_job_step_time_seconds_count{job="42"} 1)")) << Text();
+  EXPECT_TRUE(Has(R"(tern_job_step_time_seconds_sum{job="42"} 0.2)")) << Text();
+  EXPECT_TRUE(Has("# TYPE tern_job_gpu_memory_bytes gauge")) << Text();
+  EXPECT_TRUE(Has("# TYPE tern_job_allreduce_seconds histogram")) << Text();
+  for (const char* series :
+       {"tern_job_gpu_memory_bytes{", "tern_job_gpu_peak_memory_bytes{",
+        "tern_job_allreduce_seconds_count{",
+        "tern_job_data_wait_seconds_count{"}) {
+    EXPECT_FALSE(Has(series)) << series << "\n" << Text();
+  }
+  // A CPU run of a new trainer: the breakdown, still no GPU memory.
+  Progress(42, R"({"event":"progress","time":103,"step":30,"loss":1,)"
+               R"("step_seconds":0.5,"allreduce_seconds":0.25,)"
+               R"("data_wait_seconds":0})");
+  EXPECT_TRUE(Has(R"(tern_job_step_time_seconds_sum{job="42"} 0.7)")) << Text();
+  EXPECT_TRUE(Has(R"(tern_job_allreduce_seconds_sum{job="42"} 0.25)"))
+      << Text();
+  EXPECT_TRUE(Has(R"(tern_job_data_wait_seconds_count{job="42"} 1)")) << Text();
+  EXPECT_FALSE(Has("tern_job_gpu_memory_bytes{")) << Text();
+}
+
+TEST_F(ServerMetricsTest, ARestartedTrainerOpensANewStepTimeInterval) {
+  Progress(42, R"({"event":"progress","time":100,"step":10,"loss":1.5})");
+  // The next attempt resumes from a checkpoint minutes later.
+  metrics_.OnTrainerStarted(42);
+  Progress(42, R"({"event":"progress","time":500,"step":20,"loss":1.25})");
+  EXPECT_FALSE(Has("tern_job_step_time_seconds_count{")) << Text();
+  Progress(42, R"({"event":"progress","time":501,"step":30,"loss":1})");
+  EXPECT_TRUE(Has(R"(tern_job_step_time_seconds_sum{job="42"} 0.1)")) << Text();
+}
+
+TEST_F(ServerMetricsTest, AnEndedJobsNewSeriesGoAfterTheGracePeriod) {
+  Progress(42, kGpuProgress1);
+  Progress(42, kGpuProgress2);
+  Progress(43, kGpuProgress1);
+  const scheduler::TimePoint end = scheduler::TimePoint() + seconds(1000);
+  End(42, end);
+  EXPECT_EQ(metrics_.DropEndedJobs(end + minutes(4)), 0);
+  EXPECT_TRUE(Has(R"(tern_job_gpu_memory_bytes{job="42"} 1610612736)"))
+      << Text();
+  EXPECT_EQ(metrics_.DropEndedJobs(end + minutes(5)), 1);
+  const std::string text = Text();
+  EXPECT_EQ(text.find("job=\"42\""), std::string::npos) << text;
+  EXPECT_TRUE(Has(R"(tern_job_gpu_memory_bytes{job="43"} 1073741824)")) << text;
+  EXPECT_TRUE(Has(R"(tern_job_allreduce_seconds_count{job="43"} 1)")) << text;
+}
+
+}  // namespace
+}  // namespace tern::server
