@@ -1,0 +1,61 @@
+// model.init_from: initialises a freshly built model from the weights of an
+// earlier run (e.g. a trained FP model before ternary fine-tuning).
+//
+// The source may be
+//   - a `.tern` artifact (recognised by its "TERN" magic, whatever its name):
+//     ternary tensors are dequantized (pos/neg scale per unit), float tensors
+//     copied;
+//   - a trainer checkpoint file (`rank-N.pt`): its "model" sub-archive; an
+//     archive without one (torch::save of a module) is read from its top;
+//   - a checkpoint step directory (`step-0000000100/`, must be committed):
+//     its rank-0.pt;
+//   - a checkpoint directory: its newest committed step.
+// Every parameter and buffer of the model whose name and shape match a source
+// tensor is copied (to the model tensor's device and dtype); the rest keep
+// their initial values and are reported. Nothing else (optimizer, quantizer
+// state, step) is read.
+//
+// Usage:
+//   TERN_ASSIGN_OR_RETURN(InitReport report, InitializeFrom(path, *model));
+//   TERN_LOG(INFO) << report.Summary();
+// Thread-safe for distinct models.
+#ifndef TERN_WORKER_TRAINER_INIT_FROM_H_
+#define TERN_WORKER_TRAINER_INIT_FROM_H_
+
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace tern::trainer {
+
+struct InitReport {
+  struct Skipped {
+    std::string name;    // model tensor left at its initial value
+    std::string reason;  // "missing in source" or "shape [10, 64] in source, [100, 64] in model"
+  };
+  std::string source;                // the file read (rank-0.pt of a step, or the .tern)
+  std::string format;                // "checkpoint" or "artifact"
+  int64_t loaded = 0;                // model tensors copied from the source
+  std::vector<Skipped> skipped;      // model tensors not copied, in model order
+  std::vector<std::string> unused;   // source tensors the model has no name for, sorted
+
+  // One line for logs: source, loaded/total, the first few skipped and unused.
+  std::string Summary() const;
+};
+
+// Copies matching tensors from `path` into `model` (under NoGradGuard).
+// Fails, leaving `model` untouched, with NOT_FOUND when `path` does not
+// exist; DATA_LOSS when the file is corrupt, truncated or neither format;
+// FAILED_PRECONDITION when a directory holds no committed checkpoint (or a
+// step directory is not committed); INVALID_ARGUMENT when no parameter
+// matched (the wrong file; matching buffers alone do not count), naming
+// example names from both sides. Blocking file I/O; never throws.
+StatusOr<InitReport> InitializeFrom(const std::string& path, torch::nn::Module& model);
+
+}  // namespace tern::trainer
+
+#endif  // TERN_WORKER_TRAINER_INIT_FROM_H_
