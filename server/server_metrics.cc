@@ -94,6 +94,12 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
           "Top-1 accuracy (fraction) of a job's full-precision or ternary "
           "weights on an evaluation split.",
           {"job", "split", "weights"})),
+      job_ap_(registry->AddGauge(
+          "tern_job_ap",
+          "COCO average precision (fraction) of a detection job's "
+          "full-precision or ternary weights on an evaluation split, at an "
+          "IoU threshold (0.50, 0.75) or averaged over 0.50:0.95.",
+          {"job", "split", "weights", "iou"})),
       job_layer_sparsity_(registry->AddGauge(
           "tern_job_layer_sparsity",
           "Share of a quantized layer's ternary codes that are 0.",
@@ -260,6 +266,8 @@ void ServerMetrics::OnEpochEnd(scheduler::JobId id,
   if (m.has_fp_top1()) SetAccuracy(job, split, "fp", m.fp_top1());
   if (m.has_ternary_top1())
     SetAccuracy(job, split, "ternary", m.ternary_top1());
+  SetAp(job, split, "fp", m.fp_detection());
+  SetAp(job, split, "ternary", m.ternary_detection());
   SetLayers(job, epoch_end.layers(), /*with_flips=*/true);
 }
 
@@ -269,6 +277,10 @@ void ServerMetrics::OnResult(scheduler::JobId id, const v1::JobResult& result) {
   if (result.has_ternary_top1()) {
     SetAccuracy(job, "test", "ternary", result.ternary_top1());
   }
+  // Detection jobs evaluate the final model on the val split; the label
+  // keeps tern_job_accuracy's "test" for final results (docs/METRICS.md).
+  SetAp(job, "test", "fp", result.fp_detection());
+  SetAp(job, "test", "ternary", result.ternary_detection());
   // The final statistics carry no flip rate (no steps in their window).
   SetLayers(job, result.layers(), /*with_flips=*/false);
 }
@@ -277,6 +289,19 @@ void ServerMetrics::SetAccuracy(const std::string& job,
                                 const std::string& split, const char* weights,
                                 double value) {
   job_accuracy_.WithLabels({job, split, weights})->Set(value);
+}
+
+void ServerMetrics::SetAp(const std::string& job, const std::string& split,
+                          const char* weights, const v1::DetectionMetrics& d) {
+  if (d.has_ap()) {
+    job_ap_.WithLabels({job, split, weights, "0.50:0.95"})->Set(d.ap());
+  }
+  if (d.has_ap50()) {
+    job_ap_.WithLabels({job, split, weights, "0.50"})->Set(d.ap50());
+  }
+  if (d.has_ap75()) {
+    job_ap_.WithLabels({job, split, weights, "0.75"})->Set(d.ap75());
+  }
 }
 
 void ServerMetrics::SetLayers(

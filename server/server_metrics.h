@@ -64,6 +64,9 @@ class ServerMetrics {
  private:
   void SetAccuracy(const std::string& job, const std::string& split,
                    const char* weights, double value);
+  // tern_job_ap for each of ap, ap50 and ap75 that `d` has.
+  void SetAp(const std::string& job, const std::string& split,
+             const char* weights, const v1::DetectionMetrics& d);
   void SetLayers(const std::string& job,
                  const google::protobuf::RepeatedPtrField<v1::LayerStats>& l,
                  bool with_flips);
@@ -89,6 +92,7 @@ class ServerMetrics {
   metrics::Family<metrics::Gauge>& job_lr_;
   metrics::Family<metrics::Gauge>& job_images_per_second_;
   metrics::Family<metrics::Gauge>& job_accuracy_;
+  metrics::Family<metrics::Gauge>& job_ap_;
   metrics::Family<metrics::Gauge>& job_layer_sparsity_;
   metrics::Family<metrics::Gauge>& job_layer_alpha_;
   metrics::Family<metrics::Gauge>& job_layer_cos_wt_;

@@ -1,11 +1,14 @@
-// ServerMetrics' per-job series from relayed trainer progress lines, read
-// back from the registry's exposition text.
+// ServerMetrics' per-job series from relayed trainer progress, epoch-end and
+// result events, read back from the registry's exposition text.
 #include "server/server_metrics.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "server/trainer_events.h"
 
@@ -29,6 +32,15 @@ class ServerMetricsTest : public ::testing::Test {
            std::string::npos;
   }
   std::string Text() const { return registry_.Serialize(); }
+  // The exposition's sample lines that start with `prefix`, in order.
+  std::vector<std::string> Lines(const std::string& prefix) const {
+    std::vector<std::string> out;
+    std::istringstream in(Text());
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind(prefix, 0) == 0) out.push_back(line);
+    }
+    return out;
+  }
   // Job `id` reaches SUCCEEDED at `at`.
   void End(scheduler::JobId id, scheduler::TimePoint at) {
     scheduler::Job job;
@@ -127,6 +139,104 @@ TEST_F(ServerMetricsTest, AnEndedJobsNewSeriesGoAfterTheGracePeriod) {
   EXPECT_EQ(text.find("job=\"42\""), std::string::npos) << text;
   EXPECT_TRUE(Has(R"(tern_job_gpu_memory_bytes{job="43"} 1073741824)")) << text;
   EXPECT_TRUE(Has(R"(tern_job_allreduce_seconds_count{job="43"} 1)")) << text;
+}
+
+// A detection epoch: fp with all three AP values, ternary without ap75.
+v1::EpochEnd DetectionEpochEnd() {
+  v1::EpochEnd e;
+  v1::EpochMetrics* m = e.mutable_metrics();
+  m->set_epoch(3);
+  m->set_eval_split("val");
+  m->set_train_loss(2.5);
+  m->mutable_fp_detection()->set_ap(0.25);
+  m->mutable_fp_detection()->set_ap50(0.5);
+  m->mutable_fp_detection()->set_ap75(0.125);
+  m->mutable_fp_detection()->set_ap_small(0.0625);
+  m->mutable_ternary_detection()->set_ap(0.1875);
+  m->mutable_ternary_detection()->set_ap50(0.375);
+  return e;
+}
+
+v1::JobResult DetectionResult() {
+  v1::JobResult r;
+  r.mutable_fp_detection()->set_ap(0.3125);
+  r.mutable_fp_detection()->set_ap50(0.625);
+  r.mutable_fp_detection()->set_ap75(0.25);
+  r.mutable_ternary_detection()->set_ap(0.28125);
+  r.mutable_ternary_detection()->set_ap50(0.5625);
+  r.mutable_ternary_detection()->set_ap75(0.21875);
+  return r;
+}
+
+TEST_F(ServerMetricsTest, ADetectionEpochSetsApByWeightsAndIou) {
+  metrics_.OnEpochEnd(7, DetectionEpochEnd());
+  std::vector<std::string> want = {
+      R"(tern_job_ap{job="7",split="val",weights="fp",iou="0.50:0.95"} 0.25)",
+      R"(tern_job_ap{job="7",split="val",weights="fp",iou="0.50"} 0.5)",
+      R"(tern_job_ap{job="7",split="val",weights="fp",iou="0.75"} 0.125)",
+      R"(tern_job_ap{job="7",split="val",weights="ternary",)"
+      R"(iou="0.50:0.95"} 0.1875)",
+      R"(tern_job_ap{job="7",split="val",weights="ternary",iou="0.50"} 0.375)",
+  };
+  std::vector<std::string> lines = Lines("tern_job_ap{");
+  std::sort(lines.begin(), lines.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(lines, want) << Text();
+  // No top-1 for a detection job.
+  EXPECT_TRUE(Lines("tern_job_accuracy{").empty()) << Text();
+}
+
+TEST_F(ServerMetricsTest, AClassificationEpochCreatesNoApSeries) {
+  v1::EpochEnd e;
+  e.mutable_metrics()->set_eval_split("test");
+  e.mutable_metrics()->set_fp_top1(0.75);
+  e.mutable_metrics()->set_ternary_top1(0.5);
+  metrics_.OnEpochEnd(7, e);
+  v1::JobResult r;
+  r.set_fp_top1(0.875);
+  r.set_ternary_top1(0.625);
+  metrics_.OnResult(7, r);
+  EXPECT_TRUE(Has(R"(tern_job_accuracy{job="7",split="test",weights="fp"} )"
+                  R"(0.875)"))
+      << Text();
+  EXPECT_TRUE(Has("# TYPE tern_job_ap gauge")) << Text();
+  EXPECT_TRUE(Lines("tern_job_ap{").empty()) << Text();
+}
+
+TEST_F(ServerMetricsTest, AJobResultSetsApOnTheTestSplit) {
+  metrics_.OnEpochEnd(7, DetectionEpochEnd());
+  metrics_.OnResult(7, DetectionResult());
+  const std::string test = R"(tern_job_ap{job="7",split="test",)";
+  for (const std::string& sample : {
+           test + R"(weights="fp",iou="0.50:0.95"} 0.3125)",
+           test + R"(weights="fp",iou="0.50"} 0.625)",
+           test + R"(weights="fp",iou="0.75"} 0.25)",
+           test + R"(weights="ternary",iou="0.50:0.95"} 0.28125)",
+           test + R"(weights="ternary",iou="0.50"} 0.5625)",
+           test + R"(weights="ternary",iou="0.75"} 0.21875)",
+           // The epoch's series stay.
+           std::string(
+               R"(tern_job_ap{job="7",split="val",weights="fp",iou="0.50"} )"
+               R"(0.5)"),
+       }) {
+    EXPECT_TRUE(Has(sample)) << sample << "\n" << Text();
+  }
+  EXPECT_EQ(Lines(test).size(), 6u) << Text();
+  EXPECT_EQ(Lines("tern_job_ap{").size(), 11u) << Text();
+}
+
+TEST_F(ServerMetricsTest, AnEndedJobsApSeriesGoAfterTheGracePeriod) {
+  metrics_.OnEpochEnd(42, DetectionEpochEnd());
+  metrics_.OnResult(42, DetectionResult());
+  metrics_.OnEpochEnd(43, DetectionEpochEnd());
+  const scheduler::TimePoint end = scheduler::TimePoint() + seconds(1000);
+  End(42, end);
+  EXPECT_EQ(metrics_.DropEndedJobs(end + minutes(4)), 0);
+  EXPECT_EQ(Lines(R"(tern_job_ap{job="42",)").size(), 11u) << Text();
+  EXPECT_EQ(metrics_.DropEndedJobs(end + minutes(5)), 1);
+  EXPECT_TRUE(Lines(R"(tern_job_ap{job="42",)").empty()) << Text();
+  EXPECT_EQ(Lines(R"(tern_job_ap{job="43",)").size(), 5u) << Text();
+  EXPECT_TRUE(Has("# TYPE tern_job_ap gauge")) << Text();
 }
 
 }  // namespace
