@@ -48,7 +48,8 @@ TernaryModel::TernaryModel(std::shared_ptr<torch::nn::Module> root,
 TernaryModel::~TernaryModel() = default;
 
 StatusOr<std::unique_ptr<TernaryModel>> TernaryModel::Attach(
-    std::shared_ptr<torch::nn::Module> root, const QuantOptions& options) {
+    std::shared_ptr<torch::nn::Module> root, const QuantOptions& options,
+    const std::vector<std::string>& output_layers) {
   TERN_RETURN_IF_ERROR(options.Validate());
   if (root == nullptr) return InvalidArgumentError("model: is null");
   std::unique_ptr<TernaryModel> model(new TernaryModel(root, options));
@@ -69,11 +70,22 @@ StatusOr<std::unique_ptr<TernaryModel>> TernaryModel::Attach(
   if (model->layers_.empty()) {
     return InvalidArgumentError("model: has no Conv2d or Linear layer to ternarize");
   }
+  for (const std::string& name : output_layers) {
+    const bool found = std::any_of(model->layers_.begin(), model->layers_.end(),
+                                   [&](const auto& layer) { return layer->name == name; });
+    if (!found) {
+      return InvalidArgumentError("model: output layer '" + name +
+                                  "' is not a Conv2d or Linear layer of the model");
+    }
+  }
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < model->layers_.size(); ++i) {
     Layer& layer = *model->layers_[i];
     const bool first = i == 0;
-    const bool last = i + 1 == model->layers_.size();
+    const bool last = output_layers.empty()
+                          ? i + 1 == model->layers_.size()
+                          : std::find(output_layers.begin(), output_layers.end(), layer.name) !=
+                                output_layers.end();
     layer.quantized = options.quantized() && !(first && options.keep_first_fp) &&
                       !(last && options.keep_last_fp);
     if (!layer.quantized) continue;

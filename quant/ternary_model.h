@@ -51,10 +51,14 @@ struct LayerStats {
 class TernaryModel {
  public:
   // Finds every Conv2d / Linear of `root` (in registration order; the first
-  // and last of them are the "first" and "last" layers of keep_fp). Fails if
-  // the options are invalid or the tree has no such layer.
+  // of them is the "first" layer of keep_first_fp). keep_last_fp keeps the
+  // `output_layers` (module paths, e.g. a detector's prediction convs) FP,
+  // or the last layer found when the list is empty. Fails if the options are
+  // invalid, an output layer is not a Conv2d / Linear of `root`, or the tree
+  // has no such layer.
   static StatusOr<std::unique_ptr<TernaryModel>> Attach(
-      std::shared_ptr<torch::nn::Module> root, const QuantOptions& options);
+      std::shared_ptr<torch::nn::Module> root, const QuantOptions& options,
+      const std::vector<std::string>& output_layers = {});
 
   const QuantOptions& options() const { return options_; }
   // The quantizer's own state; save and load it with the model.

@@ -156,6 +156,40 @@ TEST(TrainerEventsTest, FinishedTakesTernaryAccuracyFromTheArtifact) {
   EXPECT_EQ(r.steps(), 500);
 }
 
+TEST(TrainerEventsTest, DetectionMetricsMapToCocoAp) {
+  TrainerEventParser parser(Spec(v1::METHOD_HLA, 2), 1);
+  ParsedLine epoch = parser.ParseStdoutLine(
+      R"({"event":"epoch_end","epoch":1,"eval_split":"val","train_loss":2.5,)"
+      R"("fp":{"ap":0.4,"ap50":0.7,"ap75":0.3,"ap_small":0.2,"ap_medium":null,"ap_large":null,"images":8},)"
+      R"("ternary":{"ap":0.35,"ap50":0.6,"ap75":0.25,"ap_small":0.1,"ap_medium":null,"ap_large":null},)"
+      R"("layers":[]})",
+      {});
+  ASSERT_TRUE(epoch.event.has_epoch_end());
+  const v1::EpochMetrics& m = epoch.event.epoch_end().metrics();
+  EXPECT_FALSE(m.has_fp_top1());
+  ASSERT_TRUE(m.has_fp_detection());
+  EXPECT_DOUBLE_EQ(m.fp_detection().ap50(), 0.7);
+  EXPECT_DOUBLE_EQ(m.ternary_detection().ap(), 0.35);
+  EXPECT_DOUBLE_EQ(m.ternary_detection().ap_small(), 0.1);
+  EXPECT_FALSE(m.ternary_detection().has_ap_medium());  // null: no such objects
+  ParsedLine done = parser.ParseStdoutLine(
+      R"({"event":"finished","fp":{"ap":0.4,"ap50":0.7},"ternary":{"ap":0.3},)"
+      R"("artifact":{"ap":0.33,"ap50":0.61},"detections_path":"/w/model.detections.json",)"
+      R"("artifact_path":"/w/model.tern","steps":10,"layers":[]})",
+      {});
+  ASSERT_TRUE(done.event.has_finished());
+  const v1::JobResult& r = done.event.finished();
+  EXPECT_DOUBLE_EQ(r.ternary_detection().ap(), 0.33);  // the re-loaded artifact's
+  EXPECT_DOUBLE_EQ(r.ternary_detection().ap50(), 0.61);
+  EXPECT_DOUBLE_EQ(r.fp_detection().ap50(), 0.7);
+  EXPECT_EQ(r.detections_path(), "/w/model.detections.json");
+  // Classification results carry no detection metrics.
+  ParsedLine cls = parser.ParseStdoutLine(
+      R"({"event":"finished","fp":{"top1":0.9},"artifact":{"top1":0.8},"layers":[]})", {});
+  EXPECT_FALSE(cls.event.finished().has_fp_detection());
+  EXPECT_FALSE(cls.event.finished().has_ternary_detection());
+}
+
 TEST(TrainerEventsTest, CheckpointEpochFollowsStepsPerEpoch) {
   TrainerEventParser parser(Spec(), 1);
   parser.ParseStdoutLine(R"({"event":"started","steps_per_epoch":100})", {});

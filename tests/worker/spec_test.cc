@@ -78,8 +78,42 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
   ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 0.5}})",
               "quantization.");
   ExpectError(R"({"optimization": {"epochs": 1, "seed": "12x"}})", "optimization.seed");
-  ExpectError(R"({"optimization": {"epochs": 1}, "model": {"init_from": "/m.tern"}})",
-              "model.init_from: starting from a trained model is not supported");
+  ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION"})",
+              "dataset.kind: TASK_DETECTION needs DATASET_COCO");
+  ExpectError(R"({"optimization": {"epochs": 1}, "dataset": {"kind": "DATASET_COCO"}})",
+              "dataset.kind: DATASET_COCO needs TASK_DETECTION");
+  ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
+                  "dataset": {"kind": "DATASET_COCO", "path": "/d", "input_size": 100}})",
+              "dataset.input_size: detection needs a multiple of 32");
+  ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
+                  "model": {"head": "yolo"}, "dataset": {"kind": "DATASET_COCO", "path": "/d"}})",
+              "model.head: unknown detection head 'yolo'");
+  ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
+                  "model": {"max_detections": 0}, "dataset": {"kind": "DATASET_COCO", "path": "/d"}})",
+              "model.max_detections: must be in [1, 1000]");
+}
+
+TEST(TrainerSpecTest, InitFromIsAccepted) {
+  auto spec = ParseTrainerSpec(R"({"optimization": {"epochs": 1}, "model": {"init_from": "/m.tern"}})");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->model.init_from, "/m.tern");
+}
+
+TEST(TrainerSpecTest, DetectionDefaultsAndCocoPaths) {
+  auto spec = ParseTrainerSpec(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
+      "dataset": {"kind": "DATASET_COCO", "path": "/data/coco", "val_images": "val2017"}})");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->task, "detection");
+  EXPECT_EQ(spec->model.arch, "resnet18");  // the API's detection default
+  EXPECT_EQ(spec->model.head, "centernet");
+  EXPECT_EQ(spec->model.max_detections, 100);
+  EXPECT_EQ(spec->data.train_annotations, "annotations/instances_train.json");
+  EXPECT_EQ(spec->data.val_annotations, "annotations/instances_val.json");
+  EXPECT_EQ(spec->data.train_images, "train");
+  EXPECT_EQ(spec->data.val_images, "val2017");
+  auto classification = ParseTrainerSpec(R"({"optimization": {"epochs": 1}, "model": {"arch": ""}})");
+  ASSERT_TRUE(classification.ok()) << classification.status();
+  EXPECT_EQ(classification->model.arch, "resnet20");
 }
 
 }  // namespace

@@ -1,18 +1,14 @@
 // End-to-end tests of tern-trainer as separate processes: 2-rank Gloo parity,
 // kill -9 and resume, bad specs, a lost peer, and a real Fashion-MNIST run.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "common/file_util.h"
+#include "tests/worker/trainer_process.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/models.h"
 
@@ -21,56 +17,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using namespace testing_util;  // NOLINT: test helpers
 
 const char* kFashion = "/usr/share/datasets/fashion-mnist";
-
-// A trainer process with stdout to a file.
-struct Process {
-  pid_t pid = -1;
-  std::string stdout_path;
-};
-
-Process Spawn(const std::vector<std::string>& args, const std::string& stdout_path) {
-  Process p;
-  p.stdout_path = stdout_path;
-  p.pid = fork();
-  if (p.pid == 0) {
-    const int fd = ::open(stdout_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, 1);
-    std::vector<char*> argv;
-    std::string binary = TERN_TRAINER_BINARY;
-    argv.push_back(binary.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(binary.c_str(), argv.data());
-    _exit(127);
-  }
-  return p;
-}
-
-int Wait(const Process& p) {
-  int status = 0;
-  ::waitpid(p.pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-std::vector<json> Events(const std::string& path) {
-  std::vector<json> out;
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) {
-    json j = json::parse(line, nullptr, false);
-    if (!j.is_discarded()) out.push_back(j);
-  }
-  return out;
-}
-
-std::string TempDir(const std::string& name) {
-  const std::string dir = testing::TempDir() + "/tern_trainer_" + name + "_" + std::to_string(::getpid());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 // A tiny deterministic job: ResNet-20 ×0.25 on 256 Fashion-MNIST images.
 json SmallSpec(const std::string& method, int ranks, int micro_batches) {
@@ -86,56 +35,11 @@ json SmallSpec(const std::string& method, int ranks, int micro_batches) {
           {"events", {{"progress_every_steps", 1}}}};
 }
 
-std::string WriteSpec(const std::string& dir, const json& spec) {
-  const std::string path = dir + "/spec.json";
-  EXPECT_TRUE(WriteFileAtomically(path, spec.dump()).ok());
-  return path;
-}
-
-// Runs all ranks of `spec` in `dir`; returns their exit codes.
-std::vector<int> RunJob(const std::string& dir, const json& spec) {
-  const std::string spec_path = WriteSpec(dir, spec);
-  const int ranks = spec["resources"]["ranks"];
-  const int port = PickFreePort().value();
-  std::vector<Process> procs;
-  for (int r = 0; r < ranks; ++r) {
-    procs.push_back(Spawn({"--spec", spec_path, "--rank", std::to_string(r), "--world-size",
-                           std::to_string(ranks), "--master", "127.0.0.1:" + std::to_string(port),
-                           "--workdir", dir},
-                          dir + "/rank" + std::to_string(r) + ".jsonl"));
-  }
-  std::vector<int> codes;
-  for (auto& p : procs) codes.push_back(Wait(p));
-  return codes;
-}
-
 // Parameters of the newest committed checkpoint of `dir`.
 std::vector<at::Tensor> FinalParameters(const std::string& dir) {
-  int64_t best = -1;
-  std::string best_dir;
-  for (const auto& e : fs::directory_iterator(dir + "/checkpoints")) {
-    const std::string name = e.path().filename();
-    if (fs::exists(e.path() / "COMMITTED") && std::stoll(name.substr(5)) > best) {
-      best = std::stoll(name.substr(5));
-      best_dir = e.path();
-    }
-  }
-  EXPECT_GE(best, 0);
   auto model = BuildClassifier({"resnet20", 1, 10, 0.25}).value();
-  torch::serialize::InputArchive archive, model_archive;
-  archive.load_from(best_dir + "/rank-0.pt");
-  archive.read("model", model_archive);
-  model->load(model_archive);
+  LoadNewestCheckpoint(dir, *model);
   return model->parameters();
-}
-
-double MaxDifference(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>());
-  }
-  return worst;
 }
 
 class TrainerTest : public testing::Test {

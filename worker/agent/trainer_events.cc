@@ -39,6 +39,19 @@ const json& ObjOrEmpty(const json& j, const char* key) {
   return it != j.end() && it->is_object() ? *it : kEmpty;
 }
 
+// COCO AP of a detection job's metrics object; false when it has none.
+bool FillDetection(const json& m, v1::DetectionMetrics* out) {
+  auto ap = Num(m, "ap");
+  if (!ap) return false;
+  out->set_ap(*ap);
+  if (auto v = Num(m, "ap50")) out->set_ap50(*v);
+  if (auto v = Num(m, "ap75")) out->set_ap75(*v);
+  if (auto v = Num(m, "ap_small")) out->set_ap_small(*v);
+  if (auto v = Num(m, "ap_medium")) out->set_ap_medium(*v);
+  if (auto v = Num(m, "ap_large")) out->set_ap_large(*v);
+  return true;
+}
+
 // Byte counts at or above this do not fit an int64 (and are not real).
 constexpr double kMaxBytes = 9e18;
 
@@ -136,6 +149,11 @@ ParsedLine TrainerEventParser::ParseStdoutLine(std::string_view line,
       if (auto v = Num(ternary, "top1")) m->set_ternary_top1(*v);
       if (auto v = Num(ternary, "top5")) m->set_ternary_top5(*v);
     }
+    FillDetection(fp, m->mutable_fp_detection());
+    if (!fp_method_ && !FillDetection(ternary, m->mutable_ternary_detection())) {
+      m->clear_ternary_detection();
+    }
+    if (!m->fp_detection().has_ap()) m->clear_fp_detection();
     // Loss of the ternary model, or of the FP model for METHOD_FP.
     if (auto v = Num(fp_method_ ? fp : ternary, "loss")) m->set_eval_loss(*v);
     m->set_epoch_seconds(NumOr(j, "epoch_seconds", 0));
@@ -166,6 +184,11 @@ ParsedLine TrainerEventParser::ParseStdoutLine(std::string_view line,
       if (auto v = Num(artifact, "top1")) r->set_ternary_top1(*v);
       if (auto v = Num(artifact, "top5")) r->set_ternary_top5(*v);
     }
+    FillDetection(fp, r->mutable_fp_detection());
+    if (!fp_method_ && !FillDetection(artifact, r->mutable_ternary_detection())) {
+      r->clear_ternary_detection();
+    }
+    if (!r->fp_detection().has_ap()) r->clear_fp_detection();
     FillLayers(j, r->mutable_layers());
     r->set_epochs(IntOr(j, "epochs", epochs_));
     r->set_steps(IntOr(j, "steps", 0));

@@ -18,6 +18,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "worker/trainer/image_decode.h"
+#include "worker/trainer/random.h"
 
 namespace tern::trainer {
 namespace {
@@ -30,39 +31,6 @@ constexpr uint64_t kAugmentSalt = 0x6175676d656e7421ULL;   // "augment!"
 // Larger images are refused before decoding (a bad header must not make the
 // decoder allocate gigabytes).
 constexpr int64_t kMaxImagePixels = int64_t{1} << 27;
-
-// SplitMix64's finalizer: a bijective, well-mixing 64-bit hash.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// SplitMix64 generator with an unbiased bounded draw: the same sequence on
-// every platform and LibTorch version.
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    state_ += 0x9e3779b97f4a7c15ULL;
-    uint64_t z = state_;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, bound), bound > 0.
-  uint64_t Below(uint64_t bound) {
-    const uint64_t threshold = (0 - bound) % bound;  // 2^64 mod bound
-    while (true) {
-      const uint64_t r = Next();
-      if (r >= threshold) return r % bound;
-    }
-  }
-
- private:
-  uint64_t state_;
-};
 
 // In-place Fisher-Yates shuffle.
 void Shuffle(std::vector<int64_t>& v, uint64_t seed) {
@@ -975,93 +943,22 @@ BatchLoader::BatchLoader(const ImageDataset& data,
       augment_(augment),
       train_(train),
       seed_(seed),
-      prefetch_(std::max(prefetch, 1)) {
+      prefetcher_([this](int64_t epoch, int64_t step) { return Build(epoch, step); },
+                  sampler.steps_per_epoch(), num_threads, prefetch) {
   TERN_CHECK(sampler.dataset_size() == data.size())
       << "sampler over " << sampler.dataset_size() << " images, data has "
       << data.size();
   TERN_CHECK(augment.pad >= 0) << augment.pad;
-  TERN_CHECK(num_threads >= 0) << num_threads;
   CheckNorm(norm_, data_.channels());
-  for (int t = 0; t < num_threads; ++t) {
-    threads_.emplace_back([this] { WorkerLoop(); });
-  }
 }
 
-BatchLoader::~BatchLoader() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  work_cv_.notify_all();
-  for (std::thread& t : threads_) t.join();
-}
+BatchLoader::~BatchLoader() = default;
 
 void BatchLoader::StartEpoch(int64_t epoch, int64_t first_step) {
-  TERN_CHECK(first_step >= 0 && first_step <= sampler_.steps_per_epoch())
-      << "first step " << first_step << " of " << sampler_.steps_per_epoch();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++generation_;
-    ready_.clear();
-    active_ = true;
-    epoch_ = epoch;
-    next_claim_ = first_step;
-    next_emit_ = first_step;
-    end_step_ = sampler_.steps_per_epoch();
-  }
-  work_cv_.notify_all();
+  prefetcher_.StartEpoch(epoch, first_step);
 }
 
-std::optional<Batch> BatchLoader::Next() {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (!active_ || next_emit_ >= end_step_) return std::nullopt;
-  if (threads_.empty()) {
-    const int64_t step = next_emit_++;
-    const int64_t epoch = epoch_;
-    lock.unlock();
-    return Build(epoch, step);
-  }
-  ready_cv_.wait(
-      lock, [&] { return ready_.count(next_emit_) > 0 || !error_.empty(); });
-  TERN_CHECK(error_.empty()) << "batch loader worker failed: " << error_;
-  auto it = ready_.find(next_emit_);
-  Batch batch = std::move(it->second);
-  ready_.erase(it);
-  ++next_emit_;
-  lock.unlock();
-  work_cv_.notify_all();
-  return batch;
-}
-
-void BatchLoader::WorkerLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (true) {
-    work_cv_.wait(lock, [&] {
-      return stop_ || (active_ && next_claim_ < end_step_ &&
-                       next_claim_ < next_emit_ + prefetch_);
-    });
-    if (stop_) return;
-    const uint64_t generation = generation_;
-    const int64_t epoch = epoch_;
-    const int64_t step = next_claim_++;
-    lock.unlock();
-    std::optional<Batch> batch;
-    std::string error;
-    try {
-      batch = Build(epoch, step);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-    lock.lock();
-    if (generation != generation_) continue;  // StartEpoch discarded it
-    if (batch.has_value()) {
-      ready_.emplace(step, std::move(*batch));
-    } else {
-      error_ = error;
-    }
-    ready_cv_.notify_all();
-  }
-}
+std::optional<Batch> BatchLoader::Next() { return prefetcher_.Next(); }
 
 Batch BatchLoader::Build(int64_t epoch, int64_t step) const {
   const std::vector<int64_t> indices = sampler_.Indices(epoch, step);

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "worker/trainer/prefetcher.h"
 
 namespace tern::trainer {
 
@@ -223,29 +224,13 @@ class BatchLoader {
   Batch Build(int64_t epoch, int64_t step) const;
 
  private:
-  void WorkerLoop();
-
   const ImageDataset data_;
   const ShardedSampler sampler_;
   const Normalization norm_;
   const AugmentOptions augment_;
   const bool train_;
   const uint64_t seed_;
-  const int64_t prefetch_;
-
-  std::mutex mu_;
-  std::condition_variable work_cv_;   // workers wait for a step to claim
-  std::condition_variable ready_cv_;  // Next() waits for its batch
-  bool stop_ = false;
-  bool active_ = false;
-  uint64_t generation_ = 0;  // bumped by StartEpoch; stale results dropped
-  int64_t epoch_ = 0;
-  int64_t next_claim_ = 0;  // next step a worker builds
-  int64_t next_emit_ = 0;   // next step Next() returns
-  int64_t end_step_ = 0;
-  std::map<int64_t, Batch> ready_;
-  std::string error_;  // an exception text from a worker (a bug)
-  std::vector<std::thread> threads_;
+  StepPrefetcher<Batch> prefetcher_;  // last: its workers call Build()
 };
 
 // Evaluation batches: this rank's contiguous share [N*r/W, N*(r+1)/W) of the

@@ -162,12 +162,12 @@ int Compare(const CompareOptions& options) {
         zeros += l.sparsity * l.numel;
         count += l.numel;
       }
-      row.fp.push_back(result->fp.top1);
-      row.ternary.push_back(result->artifact.top1);
+      row.fp.push_back(result->fp.value("top1", 0.0));
+      row.ternary.push_back(result->artifact.value("top1", 0.0));
       row.sparsity = count > 0 ? zeros / count : 0;
       row.bits = result->bits_per_weight;
       row.seconds += result->wall_seconds;
-      row.examples = result->artifact.examples;
+      row.examples = result->artifact.value("examples", int64_t{0});
     }
     rows.push_back(row);
   }

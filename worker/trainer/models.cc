@@ -10,6 +10,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "common/check.h"
+
 namespace tern::trainer {
 namespace {
 
@@ -21,6 +23,8 @@ nn::Conv2d Conv(int64_t in, int64_t out, int64_t kernel, int64_t stride) {
                         .padding(kernel / 2)
                         .bias(false));
 }
+
+}  // namespace
 
 // A residual block: BasicBlock (two 3x3) or Bottleneck (1x1, 3x3, 1x1 ×4).
 class ResidualBlock : public nn::Module {
@@ -72,6 +76,8 @@ class ResidualBlock : public nn::Module {
   nn::BatchNorm2d shortcut_bn_{nullptr};
 };
 
+namespace {
+
 struct StageLayout {
   std::vector<int64_t> planes;   // per stage
   std::vector<int64_t> blocks;   // per stage
@@ -80,53 +86,52 @@ struct StageLayout {
   int64_t stem_width = 16;
 };
 
+StatusOr<StageLayout> LayoutOf(const ModelArchitecture& arch) {
+  if (arch.in_channels < 1 || arch.in_channels > 64) {
+    return InvalidArgumentError("model: in_channels must be in [1, 64]");
+  }
+  if (!(arch.width_multiplier > 0 && arch.width_multiplier <= 8)) {
+    return InvalidArgumentError("model.width_multiplier: must be in (0, 8]");
+  }
+  StageLayout layout;
+  if (arch.arch == "resnet20" || arch.arch == "resnet32" || arch.arch == "resnet56") {
+    const int64_t depth = std::stoi(arch.arch.substr(6));
+    const int64_t n = (depth - 2) / 6;
+    layout.planes = {16, 32, 64};
+    layout.blocks = {n, n, n};
+  } else if (arch.arch == "resnet18" || arch.arch == "resnet34" || arch.arch == "resnet50") {
+    layout.planes = {64, 128, 256, 512};
+    layout.blocks = arch.arch == "resnet18" ? std::vector<int64_t>{2, 2, 2, 2}
+                                            : std::vector<int64_t>{3, 4, 6, 3};
+    layout.bottleneck = arch.arch == "resnet50";
+    layout.imagenet_stem = true;
+    layout.stem_width = 64;
+  } else {
+    return InvalidArgumentError("model.arch: unknown architecture '" + arch.arch + "'");
+  }
+  return layout;
+}
+
 class ResNet : public Classifier {
  public:
-  ResNet(const StageLayout& layout, const ModelArchitecture& arch)
-      : imagenet_stem_(layout.imagenet_stem) {
-    auto width = [&](int64_t c) {
-      return std::max<int64_t>(1, static_cast<int64_t>(std::lround(c * arch.width_multiplier)));
-    };
-    const int64_t stem = width(layout.stem_width);
-    stem_conv_ = register_module(
-        "conv1", Conv(arch.in_channels, stem, layout.imagenet_stem ? 7 : 3,
-                      layout.imagenet_stem ? 2 : 1));
-    stem_bn_ = register_module("bn1", nn::BatchNorm2d(stem));
-    blocks_ = register_module("blocks", nn::ModuleList());
-    int64_t in = stem;
-    for (size_t s = 0; s < layout.planes.size(); ++s) {
-      const int64_t planes = width(layout.planes[s]);
-      for (int64_t b = 0; b < layout.blocks[s]; ++b) {
-        const int64_t stride = (s > 0 && b == 0) ? 2 : 1;
-        auto block = std::make_shared<ResidualBlock>(in, planes, stride, layout.bottleneck);
-        blocks_->push_back(block);
-        residual_.push_back(block);
-        in = layout.bottleneck ? planes * 4 : planes;
-      }
-    }
-    fc_ = register_module("fc", nn::Linear(in, arch.num_classes));
-    for (auto& module : modules(/*include_self=*/false)) {
-      if (auto* conv = module->as<nn::Conv2dImpl>()) {
-        nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
-      }
-    }
+  // `arch` has been checked by LayoutOf.
+  explicit ResNet(const ModelArchitecture& arch) {
+    StatusOr<ResNetTrunk> trunk = ResNetTrunk::Register(*this, arch);
+    TERN_CHECK(trunk.ok()) << trunk.status().message();
+    trunk_ = std::move(*trunk);
+    fc_ = register_module("fc", nn::Linear(trunk_.stage_channels().back(), arch.num_classes));
+    trunk_.InitWeights();
   }
 
   // x: [N, C, H, W] -> logits [N, classes]
   at::Tensor forward(at::Tensor x) override {
-    x = at::relu(stem_bn_(stem_conv_(x)));
-    if (imagenet_stem_) x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
-    for (auto& block : residual_) x = block->forward(x);
+    x = trunk_.Stages(x).back();
     x = at::adaptive_avg_pool2d(x, {1, 1}).flatten(1);  // [N, C]
     return fc_(x);
   }
 
  private:
-  bool imagenet_stem_;
-  nn::Conv2d stem_conv_{nullptr};
-  nn::BatchNorm2d stem_bn_{nullptr};
-  nn::ModuleList blocks_{nullptr};
-  std::vector<std::shared_ptr<ResidualBlock>> residual_;
+  ResNetTrunk trunk_;
   nn::Linear fc_{nullptr};
 };
 
@@ -158,32 +163,73 @@ StatusOr<ModelArchitecture> ModelArchitecture::FromJson(const std::string& text)
 }
 
 StatusOr<std::shared_ptr<Classifier>> BuildClassifier(const ModelArchitecture& arch) {
-  if (arch.in_channels < 1 || arch.in_channels > 64) {
-    return InvalidArgumentError("model: in_channels must be in [1, 64]");
-  }
   if (arch.num_classes < 2 || arch.num_classes > 100000) {
     return InvalidArgumentError("model: num_classes must be in [2, 100000]");
   }
-  if (!(arch.width_multiplier > 0 && arch.width_multiplier <= 8)) {
-    return InvalidArgumentError("model.width_multiplier: must be in (0, 8]");
+  TERN_RETURN_IF_ERROR(LayoutOf(arch).status());
+  return std::shared_ptr<Classifier>(std::make_shared<ResNet>(arch));
+}
+
+StatusOr<ResNetTrunk> ResNetTrunk::Register(torch::nn::Module& owner,
+                                            const ModelArchitecture& arch) {
+  TERN_ASSIGN_OR_RETURN(const StageLayout layout, LayoutOf(arch));
+  auto width = [&](int64_t c) {
+    return std::max<int64_t>(1, static_cast<int64_t>(std::lround(c * arch.width_multiplier)));
+  };
+  ResNetTrunk trunk;
+  trunk.imagenet_stem_ = layout.imagenet_stem;
+  const int64_t stem = width(layout.stem_width);
+  trunk.stem_conv_ = owner.register_module(
+      "conv1", Conv(arch.in_channels, stem, layout.imagenet_stem ? 7 : 3,
+                    layout.imagenet_stem ? 2 : 1));
+  trunk.stem_bn_ = owner.register_module("bn1", nn::BatchNorm2d(stem));
+  auto blocks = owner.register_module("blocks", nn::ModuleList());
+  int64_t in = stem;
+  int64_t stride = layout.imagenet_stem ? 4 : 1;
+  for (size_t s = 0; s < layout.planes.size(); ++s) {
+    const int64_t planes = width(layout.planes[s]);
+    for (int64_t b = 0; b < layout.blocks[s]; ++b) {
+      const int64_t block_stride = (s > 0 && b == 0) ? 2 : 1;
+      auto block = std::make_shared<ResidualBlock>(in, planes, block_stride, layout.bottleneck);
+      blocks->push_back(block);
+      trunk.blocks_.push_back(block);
+      in = layout.bottleneck ? planes * 4 : planes;
+    }
+    if (s > 0) stride *= 2;
+    trunk.stage_ends_.push_back(trunk.blocks_.size());
+    trunk.channels_.push_back(in);
+    trunk.strides_.push_back(stride);
   }
-  StageLayout layout;
-  if (arch.arch == "resnet20" || arch.arch == "resnet32" || arch.arch == "resnet56") {
-    const int64_t depth = std::stoi(arch.arch.substr(6));
-    const int64_t n = (depth - 2) / 6;
-    layout.planes = {16, 32, 64};
-    layout.blocks = {n, n, n};
-  } else if (arch.arch == "resnet18" || arch.arch == "resnet34" || arch.arch == "resnet50") {
-    layout.planes = {64, 128, 256, 512};
-    layout.blocks = arch.arch == "resnet18" ? std::vector<int64_t>{2, 2, 2, 2}
-                                            : std::vector<int64_t>{3, 4, 6, 3};
-    layout.bottleneck = arch.arch == "resnet50";
-    layout.imagenet_stem = true;
-    layout.stem_width = 64;
-  } else {
-    return InvalidArgumentError("model.arch: unknown architecture '" + arch.arch + "'");
+  return trunk;
+}
+
+void ResNetTrunk::InitWeights() {
+  torch::NoGradGuard no_grad;
+  auto init = [](torch::nn::Module& module) {
+    for (auto& m : module.modules(/*include_self=*/true)) {
+      if (auto* conv = m->as<nn::Conv2dImpl>()) {
+        nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
+      }
+    }
+  };
+  init(*stem_conv_);
+  for (auto& block : blocks_) init(*block);
+}
+
+std::vector<at::Tensor> ResNetTrunk::Stages(at::Tensor x) const {
+  x = at::relu(stem_bn_->as<nn::BatchNorm2dImpl>()->forward(
+      stem_conv_->as<nn::Conv2dImpl>()->forward(x)));
+  if (imagenet_stem_) x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
+  std::vector<at::Tensor> out;
+  size_t stage = 0;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    x = blocks_[i]->forward(x);
+    if (i + 1 == stage_ends_[stage]) {
+      out.push_back(x);
+      ++stage;
+    }
   }
-  return std::shared_ptr<Classifier>(std::make_shared<ResNet>(layout, arch));
+  return out;
 }
 
 }  // namespace tern::trainer

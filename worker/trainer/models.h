@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -34,6 +35,37 @@ class Classifier : public torch::nn::Module {
 
 // INVALID_ARGUMENT for an unknown arch or bad sizes.
 StatusOr<std::shared_ptr<Classifier>> BuildClassifier(const ModelArchitecture& arch);
+
+class ResidualBlock;
+
+// The convolutional trunk of a ResNet (stem and residual stages, no
+// classifier head), registered into its owner under the classifier's names
+// ("conv1", "bn1", "blocks.*"): a detector's backbone and a classifier share
+// parameter names, so model.init_from can load one into the other.
+class ResNetTrunk {
+ public:
+  // Registers the trunk's modules into `owner` (arch.num_classes unused).
+  // INVALID_ARGUMENT for an unknown arch or bad sizes.
+  static StatusOr<ResNetTrunk> Register(torch::nn::Module& owner,
+                                        const ModelArchitecture& arch);
+
+  // Kaiming-normal (fan-out) initialisation of the trunk's convolutions;
+  // owners call it after registering their own layers.
+  void InitWeights();
+
+  // The output of every stage for x [N, C, H, W]: strides 1, 2, 4
+  // (CIFAR-style) or 4, 8, 16, 32 (ImageNet-style) relative to x.
+  std::vector<at::Tensor> Stages(at::Tensor x) const;
+  const std::vector<int64_t>& stage_channels() const { return channels_; }
+  const std::vector<int64_t>& stage_strides() const { return strides_; }
+
+ private:
+  std::shared_ptr<torch::nn::Module> stem_conv_, stem_bn_;
+  bool imagenet_stem_ = false;
+  std::vector<std::shared_ptr<ResidualBlock>> blocks_;
+  std::vector<size_t> stage_ends_;  // index one past each stage's last block
+  std::vector<int64_t> channels_, strides_;
+};
 
 }  // namespace tern::trainer
 

@@ -155,11 +155,16 @@ class ObjectReader {
 
 Status ReadModel(const json& root, TrainerSpec* spec) {
   TERN_ASSIGN_OR_RETURN(ObjectReader r, ObjectReader::Make(root, "model", "model"));
+  // The API's default network depends on the task.
+  const std::string default_arch = spec->task == "detection" ? "resnet18" : "resnet20";
+  spec->model.arch = default_arch;
   TERN_RETURN_IF_ERROR(r.String("arch", &spec->model.arch));
+  if (spec->model.arch.empty()) spec->model.arch = default_arch;
   TERN_RETURN_IF_ERROR(r.Double("width_multiplier", &spec->model.width_multiplier));
   TERN_RETURN_IF_ERROR(r.String("init_from", &spec->model.init_from));
-  r.Skip("head");
-  r.Skip("max_detections");
+  TERN_RETURN_IF_ERROR(r.String("head", &spec->model.head));
+  if (spec->model.head.empty()) spec->model.head = "centernet";
+  TERN_RETURN_IF_ERROR(r.Integer("max_detections", &spec->model.max_detections));
   return r.RejectUnknown();
 }
 
@@ -175,8 +180,15 @@ Status ReadData(const json& root, TrainerSpec* spec) {
   TERN_RETURN_IF_ERROR(r.Integer("input_size", &d.input_size));
   TERN_RETURN_IF_ERROR(r.Integer("max_train_examples", &d.max_train_examples));
   TERN_RETURN_IF_ERROR(r.Integer("max_eval_examples", &d.max_eval_examples));
-  for (const char* k : {"train_annotations", "val_annotations", "train_images", "val_images"}) {
-    r.Skip(k);  // detection (issue 5)
+  const std::pair<const char*, std::string*> coco[] = {
+      {"train_annotations", &d.train_annotations},
+      {"val_annotations", &d.val_annotations},
+      {"train_images", &d.train_images},
+      {"val_images", &d.val_images}};
+  for (const auto& [key, field] : coco) {
+    const std::string fallback = *field;
+    TERN_RETURN_IF_ERROR(r.String(key, field));
+    if (field->empty()) *field = fallback;
   }
   return r.RejectUnknown();
 }
@@ -274,9 +286,10 @@ Status ReadRest(const json& root, TrainerSpec* spec) {
 Status TrainerSpec::Validate() const {
   static const std::set<std::string> kArchs = {"resnet20", "resnet32", "resnet56",
                                                "resnet18", "resnet34", "resnet50"};
-  if (task != "classification") {
-    return FieldError("task", "only TASK_CLASSIFICATION is supported by this trainer");
+  if (task != "classification" && task != "detection") {
+    return FieldError("task", "unknown task '" + task + "' (classification, detection)");
   }
+  const bool detection = task == "detection";
   if (!kArchs.count(model.arch)) {
     return FieldError("model.arch", "unknown architecture '" + model.arch +
                                         "' (resnet20, resnet32, resnet56, resnet18, "
@@ -285,11 +298,22 @@ Status TrainerSpec::Validate() const {
   if (!(model.width_multiplier > 0 && model.width_multiplier <= 8)) {
     return FieldError("model.width_multiplier", "must be in (0, 8]");
   }
-  if (!model.init_from.empty()) {
-    return FieldError("model.init_from", "starting from a trained model is not supported by this "
-                                         "trainer yet; leave it empty");
+  if (detection) {
+    if (data.kind != "coco") return FieldError("dataset.kind", "TASK_DETECTION needs DATASET_COCO");
+    if (model.head != "centernet") {
+      return FieldError("model.head", "unknown detection head '" + model.head + "' (centernet)");
+    }
+    if (model.max_detections < 1 || model.max_detections > 1000) {
+      return FieldError("model.max_detections", "must be in [1, 1000]");
+    }
+    if (data.input_size != 0 &&
+        (data.input_size < 64 || data.input_size > 2048 || data.input_size % 32 != 0)) {
+      return FieldError("dataset.input_size",
+                        "detection needs a multiple of 32 in [64, 2048] (0: 512)");
+    }
+  } else if (data.kind == "coco") {
+    return FieldError("dataset.kind", "DATASET_COCO needs TASK_DETECTION");
   }
-  if (data.kind == "coco") return FieldError("dataset.kind", "DATASET_COCO needs TASK_DETECTION");
   if (data.path.empty()) return FieldError("dataset.path", "must not be empty");
   if (!(data.val_fraction >= 0 && data.val_fraction < 1)) {
     return FieldError("dataset.val_fraction", "must be in [0, 1)");

@@ -20,9 +20,12 @@
 namespace tern::trainer {
 
 struct ModelConfig {
-  std::string arch = "resnet20";  // resnet20/32/56 (CIFAR), resnet18/34/50
+  std::string arch = "resnet20";  // resnet20/32/56 (CIFAR), resnet18/34/50;
+                                  // the backbone for detection
   double width_multiplier = 1.0;
-  std::string init_from;          // must be empty: not implemented yet
+  std::string init_from;          // checkpoint or .tern to start from
+  std::string head = "centernet"; // detection head
+  int max_detections = 100;       // detection: kept per image
 };
 
 struct DataConfig {
@@ -31,7 +34,13 @@ struct DataConfig {
   double val_fraction = 0;
   bool augment = true;
   int num_workers = 2;            // loader threads; 0 = training thread
-  int input_size = 0;             // image folders: resize to this size
+  int input_size = 0;             // image folders: resize to this size;
+                                  // COCO: letterbox side (0 = 512)
+  // COCO only, relative to `path` unless absolute.
+  std::string train_annotations = "annotations/instances_train.json";
+  std::string val_annotations = "annotations/instances_val.json";
+  std::string train_images = "train";
+  std::string val_images = "val";
   int64_t max_train_examples = 0; // 0 = all
   int64_t max_eval_examples = 0;
 };

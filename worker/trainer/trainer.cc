@@ -10,10 +10,15 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
-#include "worker/trainer/autocast.h"
+#include "worker/trainer/checkpoint_layout.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
-#include "worker/trainer/models.h"
+#include "worker/trainer/init_from.h"
+#include "worker/trainer/task.h"
+
+#ifdef TERN_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace tern::trainer {
 namespace {
@@ -54,10 +59,6 @@ json LayerStatsJson(const std::vector<quant::LayerStats>& stats, int64_t steps_i
   return out;
 }
 
-json MetricsJson(const EvalMetrics& m) {
-  return {{"loss", m.loss}, {"top1", m.top1}, {"top5", m.top5}, {"examples", m.examples}};
-}
-
 // Learning rate at `step` of `total` (linear warm-up, then cosine or step).
 double LearningRate(const OptimConfig& o, int64_t step, int64_t total, int64_t steps_per_epoch) {
   const double warmup = o.warmup_epochs * static_cast<double>(steps_per_epoch);
@@ -83,10 +84,8 @@ struct Session {
   bool bf16 = false;           // autocast (CUDA only)
   bool channels_last = false;  // NHWC activations and weights (CUDA only)
   std::unique_ptr<Communicator> comm;
-  DatasetSplits data;
-  Normalization norm;
-  ModelArchitecture arch;
-  std::shared_ptr<Classifier> model;
+  std::unique_ptr<TrainingTask> task;
+  std::shared_ptr<torch::nn::Module> model;  // task->model()
   std::unique_ptr<quant::TernaryModel> quant;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<ShardedSampler> sampler;
@@ -94,6 +93,10 @@ struct Session {
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
   int64_t global_step = 0;   // optimizer steps completed
+  // Seconds spent since the last progress event (rank-local).
+  double data_wait_seconds = 0;
+  double allreduce_seconds = 0;
+  json init_from;  // what model.init_from loaded (rank 0), for "started"
 };
 
 std::vector<at::Tensor> AllParameters(Session& s) {
@@ -174,45 +177,50 @@ Status Setup(Session& s) {
   dist.timeout = std::chrono::milliseconds(int64_t{1000} * spec.collective_timeout_seconds);
   TERN_ASSIGN_OR_RETURN(s.comm, Communicator::Connect(dist));
 
-  DatasetOptions data;
-  TERN_ASSIGN_OR_RETURN(data.kind, ParseDatasetKind(spec.data.kind));
-  data.path = spec.data.path;
-  data.val_fraction = spec.data.val_fraction;
-  data.seed = spec.optim.seed;
-  data.train_limit = spec.data.max_train_examples;
-  data.test_limit = spec.data.max_eval_examples;
-  data.image_size = spec.data.input_size;
-  TERN_ASSIGN_OR_RETURN(s.data, LoadDatasets(data));
-  s.norm = ComputeMeanStd(s.data.train);
-
-  s.arch.arch = spec.model.arch;
-  s.arch.in_channels = s.data.train.images.size(1);
-  s.arch.num_classes = s.data.train.num_classes;
-  s.arch.width_multiplier = spec.model.width_multiplier;
+  TaskContext ctx;
+  ctx.spec = &s.spec;
+  ctx.comm = s.comm.get();
+  ctx.rank = s.run.rank;
+  ctx.world_size = s.run.world_size;
+  ctx.device = s.device;
+  ctx.bf16 = s.device.is_cuda() && spec.optim.bf16;
+  ctx.channels_last = s.device.is_cuda() && spec.optim.channels_last;
+  s.bf16 = ctx.bf16;
+  s.channels_last = ctx.channels_last;
+  s.task = spec.task == "detection" ? MakeDetectionTask(ctx) : MakeClassificationTask(ctx);
   torch::manual_seed(spec.optim.seed);
-  TERN_ASSIGN_OR_RETURN(s.model, BuildClassifier(s.arch));
-  s.model->to(s.device);
-  s.bf16 = s.device.is_cuda() && spec.optim.bf16;
-  s.channels_last = s.device.is_cuda() && spec.optim.channels_last;
+  TERN_RETURN_IF_ERROR(s.task->Load());
+  s.model = s.task->model();
+  // Rank 0 reads model.init_from; the start-up broadcast (or a resumed
+  // checkpoint) gives every rank the same weights.
+  if (!spec.model.init_from.empty() && s.run.rank == 0) {
+    TERN_ASSIGN_OR_RETURN(const InitReport report, InitializeFrom(spec.model.init_from, *s.model));
+    TERN_LOG(INFO) << "model.init_from: " << report.Summary();
+    s.init_from = {{"source", report.source},
+                   {"format", report.format},
+                   {"loaded", report.loaded},
+                   {"skipped", report.skipped.size()}};
+  }
   if (s.channels_last) {
     torch::NoGradGuard no_grad;
     for (auto& p : s.model->parameters()) {
       if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
     }
   }
-  TERN_ASSIGN_OR_RETURN(s.quant, quant::TernaryModel::Attach(s.model, spec.quant));
+  TERN_ASSIGN_OR_RETURN(s.quant,
+                        quant::TernaryModel::Attach(s.model, spec.quant, s.task->output_layers()));
   s.quant->state()->to(s.device);
   s.optimizer = MakeOptimizer(s);
 
   const int64_t global_batch = spec.optim.batch_size;
-  s.sampler = std::make_unique<ShardedSampler>(s.data.train.images.size(0), global_batch,
+  s.sampler = std::make_unique<ShardedSampler>(s.task->train_size(), global_batch,
                                                s.run.rank, s.run.world_size,
                                                spec.optim.seed, /*shuffle=*/true);
   s.steps_per_epoch = s.sampler->steps_per_epoch();
   if (s.steps_per_epoch < 1) {
     return InvalidArgumentError("optimization.batch_size: " + std::to_string(global_batch) +
                                 " is larger than the training set (" +
-                                std::to_string(s.data.train.images.size(0)) + " images)");
+                                std::to_string(s.task->train_size()) + " examples)");
   }
   s.total_steps = s.steps_per_epoch * spec.optim.epochs;
   s.checkpoint_dir = spec.checkpoint_dir.empty() ? s.run.workdir + "/checkpoints"
@@ -223,24 +231,7 @@ Status Setup(Session& s) {
 // ------------------------------------------------------------ checkpoints
 
 std::string StepDir(const Session& s, int64_t step) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "step-%010lld", static_cast<long long>(step));
-  return s.checkpoint_dir + "/" + name;
-}
-
-// Newest step directory holding a COMMITTED marker; -1 when none.
-int64_t NewestCommittedStep(const std::string& dir) {
-  int64_t best = -1;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("step-", 0) != 0 || !fs::exists(entry.path() / "COMMITTED")) continue;
-    try {
-      best = std::max<int64_t>(best, std::stoll(name.substr(5)));
-    } catch (const std::exception&) {
-    }
-  }
-  return best;
+  return s.checkpoint_dir + "/" + StepDirName(step);
 }
 
 // Every rank writes its own file; after a barrier rank 0 commits the step and
@@ -266,19 +257,16 @@ Status SaveCheckpoint(Session& s, EventWriter& events) {
     archive.save_to(bytes);
     return OkStatus();
   }));
-  TERN_RETURN_IF_ERROR(WriteFileAtomically(dir + "/rank-" + std::to_string(s.run.rank) + ".pt",
-                                           bytes.str()));
+  TERN_RETURN_IF_ERROR(WriteFileAtomically(dir + "/" + RankFileName(s.run.rank), bytes.str()));
   TERN_RETURN_IF_ERROR(s.comm->Barrier());
   if (s.run.rank == 0) {
-    TERN_RETURN_IF_ERROR(WriteFileAtomically(dir + "/COMMITTED",
+    TERN_RETURN_IF_ERROR(WriteFileAtomically(dir + "/" + kCommittedMarker,
                                              std::to_string(s.global_step) + "\n"));
     std::vector<int64_t> committed;
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(s.checkpoint_dir, ec)) {
-      const std::string name = entry.path().filename().string();
-      if (name.rfind("step-", 0) == 0 && fs::exists(entry.path() / "COMMITTED")) {
-        committed.push_back(std::stoll(name.substr(5)));
-      }
+      const int64_t step = ParseStepDirName(entry.path().filename().string());
+      if (step >= 0 && fs::exists(entry.path() / kCommittedMarker)) committed.push_back(step);
     }
     std::sort(committed.rbegin(), committed.rend());
     for (size_t i = 2; i < committed.size(); ++i) fs::remove_all(StepDir(s, committed[i]), ec);
@@ -295,8 +283,8 @@ StatusOr<bool> LoadNewestCheckpoint(Session& s) {
   const int64_t step = NewestCommittedStep(s.checkpoint_dir);
   if (step < 0) return false;
   const std::string dir = StepDir(s, step);
-  std::string path = dir + "/rank-" + std::to_string(s.run.rank) + ".pt";
-  if (!fs::exists(path)) path = dir + "/rank-0.pt";  // resumed at another world size
+  std::string path = dir + "/" + RankFileName(s.run.rank);
+  if (!fs::exists(path)) path = dir + "/" + RankFileName(0);  // resumed at another world size
   TERN_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(path));
   Status loaded = Guard("loading checkpoint " + path, [&] {
     std::istringstream in(bytes);
@@ -327,99 +315,70 @@ StatusOr<bool> LoadNewestCheckpoint(Session& s) {
 
 // ------------------------------------------------------------- evaluation
 
-// Top-1/top-5 over `data`: `sharded` splits it over the ranks and sums the
-// counts (a collective: every rank must call); otherwise this rank alone
-// evaluates all of it.
-StatusOr<EvalMetrics> Evaluate(Session& s, torch::nn::Module& model,
-                               const std::function<at::Tensor(const at::Tensor&)>& forward,
-                               const ImageDataset& data, bool sharded) {
-  const int rank = sharded ? s.run.rank : 0;
-  const int world = sharded ? s.run.world_size : 1;
-  torch::NoGradGuard no_grad;
-  model.eval();
-  const int64_t batch = 512;
-  // [loss sum, top-1 correct, top-5 correct, count]
-  at::Tensor totals = at::zeros({4}, at::kDouble);
-  for (const auto& [begin, end] :
-       EvalRanges(data.images.size(0), batch, rank, world)) {
-    const at::Tensor x = MakeEvalBatch(data, begin, end, s.norm).to(s.device);
-    const at::Tensor y = data.labels.slice(0, begin, end).to(s.device);
-    const at::Tensor logits = forward(x).to(at::kFloat);
-    const int64_t k = std::min<int64_t>(5, logits.size(1));
-    const at::Tensor top = std::get<1>(logits.topk(k, 1));
-    const at::Tensor hit = top.eq(y.unsqueeze(1));
-    totals[0] += at::cross_entropy_loss(logits, y, {}, at::Reduction::Sum).item<double>();
-    totals[1] += hit.select(1, 0).sum().item<double>();
-    totals[2] += hit.any(1).sum().item<double>();
-    totals[3] += static_cast<double>(end - begin);
-  }
-  if (sharded) {
-    if (s.device.is_cuda()) totals = totals.to(s.device);
-    TERN_RETURN_IF_ERROR(s.comm->AllReduceSum(totals));
-    totals = totals.cpu();
-  }
-  EvalMetrics m;
-  const double n = std::max(1.0, totals[3].item<double>());
-  m.loss = totals[0].item<double>() / n;
-  m.top1 = totals[1].item<double>() / n;
-  m.top5 = totals[2].item<double>() / n;
-  m.examples = static_cast<int64_t>(totals[3].item<double>());
-  model.train();
-  return m;
-}
-
-StatusOr<std::pair<EvalMetrics, EvalMetrics>> EvaluateFpAndTernary(Session& s,
-                                                                   const ImageDataset& data) {
-  auto forward = [&](const at::Tensor& x) { return s.model->forward(x); };
+// Metrics of the FP twin (latent weights) and of the ternary model on the
+// evaluation split, sharded over the ranks (a collective).
+StatusOr<std::pair<json, json>> EvaluateFpAndTernary(Session& s, EvalSplit split) {
   TERN_RETURN_IF_ERROR(s.comm->AllReduceMean(RunningStatistics(s)));
+  EvalRequest request;
+  request.split = split;
   s.quant->UseLatentWeights();
-  TERN_ASSIGN_OR_RETURN(EvalMetrics fp, Evaluate(s, *s.model, forward, data, /*sharded=*/true));
-  EvalMetrics ternary = fp;
+  TERN_ASSIGN_OR_RETURN(json fp, s.task->Evaluate(*s.model, request));
+  json ternary = fp;
   if (s.spec.quant.quantized()) {
     s.quant->SetProgress(1.0);  // the final, ternary forward
     {
       torch::NoGradGuard no_grad;
       s.quant->BeforeForward();
     }
-    TERN_ASSIGN_OR_RETURN(ternary, Evaluate(s, *s.model, forward, data, /*sharded=*/true));
+    TERN_ASSIGN_OR_RETURN(ternary, s.task->Evaluate(*s.model, request));
     s.quant->SetProgress(static_cast<double>(s.global_step) / s.total_steps);
   }
   return std::make_pair(fp, ternary);
+}
+
+// CUDA caching allocator: bytes allocated now and at the peak on this rank's
+// GPU; nullopt on CPU.
+std::optional<std::pair<int64_t, int64_t>> GpuMemoryBytes(const Session& s) {
+#ifdef TERN_WITH_CUDA
+  if (s.device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(s.device.index());
+    const auto& allocated =
+        stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)];
+    return std::make_pair(allocated.current, allocated.peak);
+  }
+#else
+  (void)s;
+#endif
+  return std::nullopt;
 }
 
 // ---------------------------------------------------------------- training
 
 // One optimizer step over this rank's share of the global batch, split into
 // micro-batches. Returns the mean task loss of the rank's share.
-StatusOr<double> TrainStep(Session& s, BatchLoader& loader) {
+StatusOr<double> TrainStep(Session& s) {
   const int micro = s.spec.optim.micro_batches;
-  std::optional<Batch> batch = loader.Next();
-  if (!batch) return InternalError("data loader ended inside an epoch");
-  at::Tensor images = batch->images.to(s.device, /*non_blocking=*/true);  // [b, C, H, W]
-  if (s.channels_last) images = images.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor labels = batch->labels.to(s.device, /*non_blocking=*/true);  // [b]
-  const std::vector<at::Tensor> xs = images.chunk(micro);
-  const std::vector<at::Tensor> ys = labels.chunk(micro);
+  auto waited = Clock::now();
+  TERN_RETURN_IF_ERROR(s.task->NextBatch());
+  s.data_wait_seconds += Seconds(waited);
+  TERN_RETURN_IF_ERROR(s.task->BeginStep());
   s.optimizer->zero_grad();
   double loss_sum = 0;
   for (int m = 0; m < micro; ++m) {
     s.quant->BeforeForward();  // per micro-batch: each graph owns its STE node
-    at::Tensor logits;
-    {
-      CudaAutocast autocast(s.bf16);
-      logits = s.model->forward(xs[m]);  // [b/M, classes]
-    }
-    const at::Tensor task = at::cross_entropy_loss(logits.to(at::kFloat), ys[m]);
+    const at::Tensor task = s.task->MicroBatchLoss(m, micro);
     const at::Tensor loss = (task + s.quant->RegularizationLoss()) / micro;
     loss.backward();
     loss_sum += task.item<double>();
   }
+  const auto reduce_start = Clock::now();
   TERN_RETURN_IF_ERROR(s.comm->AllReduceMean(
       [&] {
         std::vector<at::Tensor> grads;
         for (auto& p : AllParameters(s)) grads.push_back(p.grad());
         return grads;
       }()));
+  s.allreduce_seconds += Seconds(reduce_start);
   s.quant->AfterBackward();
   s.optimizer->step();
   return loss_sum / micro;
@@ -434,41 +393,38 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
   }
   const TrainerSpec& spec = s.spec;
   const int64_t local_batch = spec.optim.batch_size / s.run.world_size;
-  AugmentOptions augment;
-  augment.random_crop = spec.data.augment;
-  augment.horizontal_flip = spec.data.augment && (spec.data.kind != "idx" ||
-                                                  spec.data.path.find("fashion") != std::string::npos);
-  BatchLoader loader(s.data.train, *s.sampler, s.norm, augment, /*train=*/true, spec.optim.seed,
-                     spec.data.num_workers, /*prefetch=*/4);
+  s.task->StartTraining(*s.sampler);
   if (s.run.rank == 0) {
     events.Emit("started", {{"resumed_from_step", resumed ? s.global_step : -1},
                             {"steps_per_epoch", s.steps_per_epoch},
                             {"total_steps", s.total_steps},
                             {"epochs", spec.optim.epochs},
-                            {"train_examples", s.data.train.images.size(0)},
+                            {"train_examples", s.task->train_size()},
+                            {"task", spec.task},
+                            {"init_from", s.init_from},
                             {"method", quant::MethodName(spec.quant.method)},
-                            {"arch", s.arch.ToJson()},
+                            {"arch", json::parse(s.task->architecture_json())},
                             {"device", s.device.str()}});
   }
   TERN_LOG(INFO) << "training " << spec.model.arch << " with " << quant::MethodName(spec.quant.method)
                  << " for " << s.total_steps << " steps from step " << s.global_step;
-  const ImageDataset& eval_set = s.data.val.images.size(0) > 0 ? s.data.val : s.data.test;
-  const std::string eval_split = s.data.val.images.size(0) > 0 ? "val" : "test";
+  const std::string eval_split = s.task->eval_split_name();
   s.quant->Stats(/*reset_flips=*/true);
   int64_t images_since = 0;
+  int64_t steps_since = 0;
   auto window_start = Clock::now();
   int64_t steps_in_stats_window = 0;
   for (int64_t epoch = s.global_step / s.steps_per_epoch; epoch < spec.optim.epochs; ++epoch) {
     const auto epoch_start = Clock::now();
     const int64_t first_step = s.global_step % s.steps_per_epoch;
-    loader.StartEpoch(epoch, first_step);
+    s.task->StartEpoch(epoch, first_step);
     double epoch_loss = 0;
     int64_t epoch_steps = 0;
     for (int64_t step = first_step; step < s.steps_per_epoch; ++step) {
       const double lr = LearningRate(spec.optim, s.global_step, s.total_steps, s.steps_per_epoch);
       SetLearningRate(*s.optimizer, lr);
       s.quant->SetProgress(static_cast<double>(s.global_step) / s.total_steps);
-      TERN_ASSIGN_OR_RETURN(double loss, TrainStep(s, loader));
+      TERN_ASSIGN_OR_RETURN(double loss, TrainStep(s));
       if (!std::isfinite(loss)) {
         return AbortedError("loss is " + std::to_string(loss) + " at step " +
                             std::to_string(s.global_step) + " (diverged; lower optimization.lr)");
@@ -476,14 +432,15 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       ++s.global_step;
       ++steps_in_stats_window;
       images_since += local_batch;
+      ++steps_since;
       epoch_loss += loss;
       ++epoch_steps;
       const bool last = s.global_step == s.total_steps;
       if (s.global_step % spec.progress_every_steps == 0 || last) {
-        const double ips = images_since * s.run.world_size / std::max(1e-9, Seconds(window_start));
+        const double window_seconds = Seconds(window_start);
+        const double ips = images_since * s.run.world_size / std::max(1e-9, window_seconds);
         if (s.run.rank == 0) {
-          events.Emit("progress",
-                      {{"epoch", epoch + 1},  // 1-based, as in the API
+          json progress = {{"epoch", epoch + 1},  // 1-based, as in the API
                        {"epochs", spec.optim.epochs},
                        {"step", s.global_step},
                        {"total_steps", s.total_steps},
@@ -494,9 +451,20 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
                                            s.run.world_size / std::max(1e-9, ips)},
                        {"reg_lambda", s.quant->schedule().lambda},
                        {"kappa", s.quant->schedule().kappa},
-                       {"phase", s.quant->schedule().ternary_forward ? 2 : 1}});
+                       {"phase", s.quant->schedule().ternary_forward ? 2 : 1},
+                       {"step_seconds", window_seconds / steps_since},
+                       {"data_wait_seconds", s.data_wait_seconds / steps_since},
+                       {"allreduce_seconds", s.allreduce_seconds / steps_since}};
+          if (const auto memory = GpuMemoryBytes(s)) {
+            progress["gpu_memory_bytes"] = memory->first;
+            progress["gpu_peak_memory_bytes"] = memory->second;
+          }
+          events.Emit("progress", progress);
         }
         images_since = 0;
+        steps_since = 0;
+        s.data_wait_seconds = 0;
+        s.allreduce_seconds = 0;
         window_start = Clock::now();
       }
       if (s.global_step % spec.checkpoint_every_steps == 0 || last) {
@@ -504,15 +472,15 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       }
     }
     // Epoch end: metrics of the FP twin and the ternary model, layer stats.
-    TERN_ASSIGN_OR_RETURN(auto metrics, EvaluateFpAndTernary(s, eval_set));
+    TERN_ASSIGN_OR_RETURN(auto metrics, EvaluateFpAndTernary(s, EvalSplit::kEval));
     const auto stats = s.quant->Stats(/*reset_flips=*/true);
     if (s.run.rank == 0) {
       events.Emit("epoch_end",
                   {{"epoch", epoch + 1},
                    {"eval_split", eval_split},
                    {"train_loss", epoch_steps > 0 ? epoch_loss / epoch_steps : 0.0},
-                   {"fp", MetricsJson(metrics.first)},
-                   {"ternary", MetricsJson(metrics.second)},
+                   {"fp", metrics.first},
+                   {"ternary", metrics.second},
                    {"epoch_seconds", Seconds(epoch_start)},
                    {"layers", LayerStatsJson(stats, steps_in_stats_window)}});
     }
@@ -522,45 +490,55 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
   // Final: test metrics, export, re-load, evaluate the artifact.
   TrainResult result;
   result.steps = s.global_step;
-  TERN_ASSIGN_OR_RETURN(auto final_metrics, EvaluateFpAndTernary(s, s.data.test));
+  TERN_ASSIGN_OR_RETURN(auto final_metrics, EvaluateFpAndTernary(s, EvalSplit::kTest));
   result.fp = final_metrics.first;
   result.ternary = final_metrics.second;
   result.layers = s.quant->Stats(/*reset_flips=*/false);
   result.artifact_path = s.run.artifact_path.empty() ? s.run.workdir + "/model.tern"
                                                      : s.run.artifact_path;
   if (s.run.rank == 0) {
-    json metadata = {{"method", quant::MethodName(spec.quant.method)},
-                     {"job", spec.name},
-                     {"steps", s.global_step},
-                     {"normalization", {{"mean", s.norm.mean}, {"std", s.norm.std}}}};
-    const quant::Artifact artifact = s.quant->Export(s.arch.ToJson(), metadata.dump());
+    json metadata = s.task->artifact_metadata();
+    metadata["method"] = quant::MethodName(spec.quant.method);
+    metadata["job"] = spec.name;
+    metadata["steps"] = s.global_step;
+    const quant::Artifact artifact =
+        s.quant->Export(s.task->architecture_json(), metadata.dump());
     TERN_RETURN_IF_ERROR(quant::WriteArtifactFile(artifact, result.artifact_path));
     TERN_ASSIGN_OR_RETURN(const quant::Artifact reread, quant::ReadArtifactFile(result.artifact_path));
-    TERN_ASSIGN_OR_RETURN(const ModelArchitecture arch, ModelArchitecture::FromJson(reread.architecture));
-    TERN_ASSIGN_OR_RETURN(std::shared_ptr<Classifier> fresh, BuildClassifier(arch));
-    fresh->to(s.device);
+    TERN_ASSIGN_OR_RETURN(std::shared_ptr<torch::nn::Module> fresh,
+                          s.task->BuildFromArchitecture(reread.architecture));
     TERN_RETURN_IF_ERROR(quant::LoadArtifactInto(reread, *fresh));
     result.bits_per_weight = reread.BitsPerTernaryWeight();
     result.artifact_bytes = static_cast<int64_t>(fs::file_size(result.artifact_path));
-    // Rank 0 evaluates the re-loaded artifact on the whole test set alone.
-    auto forward = [&](const at::Tensor& x) { return fresh->forward(x); };
-    TERN_ASSIGN_OR_RETURN(result.artifact,
-                          Evaluate(s, *fresh, forward, s.data.test, /*sharded=*/false));
+    // Rank 0 evaluates the re-loaded artifact on the whole final split alone
+    // (detection also writes its detections in the COCO results format).
+    EvalRequest request;
+    request.split = EvalSplit::kTest;
+    request.sharded = false;
+    if (spec.task == "detection") {
+      request.results_path = fs::path(result.artifact_path).replace_extension("").string() +
+                             ".detections.json";
+    }
+    TERN_ASSIGN_OR_RETURN(result.artifact, s.task->Evaluate(*fresh, request));
   }
   result.wall_seconds = Seconds(start);
   result.images_per_second =
       result.wall_seconds > 0 ? static_cast<double>(s.global_step) * spec.optim.batch_size / result.wall_seconds : 0;
   if (s.run.rank == 0) {
-    events.Emit("finished", {{"fp", MetricsJson(result.fp)},
-                             {"ternary", MetricsJson(result.ternary)},
-                             {"artifact", MetricsJson(result.artifact)},
+    json finished = {{"fp", result.fp},
+                             {"ternary", result.ternary},
+                             {"artifact", result.artifact},
                              {"artifact_path", result.artifact_path},
                              {"artifact_bytes", result.artifact_bytes},
                              {"bits_per_weight", result.bits_per_weight},
                              {"steps", result.steps},
                              {"wall_seconds", result.wall_seconds},
                              {"images_per_second", result.images_per_second},
-                             {"layers", LayerStatsJson(result.layers, 0)}});
+                             {"layers", LayerStatsJson(result.layers, 0)}};
+    if (result.artifact.contains("results_path")) {
+      finished["detections_path"] = result.artifact["results_path"];
+    }
+    events.Emit("finished", finished);
   }
   return result;
 }

@@ -9,6 +9,7 @@
 #ifndef TERN_WORKER_TRAINER_TRAINER_H_
 #define TERN_WORKER_TRAINER_TRAINER_H_
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -29,15 +30,13 @@ struct RunOptions {
   std::string artifact_path;      // default <workdir>/model.tern
 };
 
-struct EvalMetrics {
-  double loss = 0, top1 = 0, top5 = 0;
-  int64_t examples = 0;
-};
-
+// Metrics are the events' JSON: classification {loss, top1, top5,
+// examples}; detection {ap, ap50, ap75, ap_small, ap_medium, ap_large,
+// images, detections} (a bucket without ground truth is null).
 struct TrainResult {
-  EvalMetrics fp;                 // latent FP weights ("FP twin")
-  EvalMetrics ternary;            // the ternary model during training
-  EvalMetrics artifact;           // the exported `.tern`, re-loaded
+  nlohmann::json fp;              // latent FP weights ("FP twin")
+  nlohmann::json ternary;         // the ternary model during training
+  nlohmann::json artifact;        // the exported `.tern`, re-loaded (rank 0)
   std::string artifact_path;
   int64_t artifact_bytes = 0;
   double bits_per_weight = 0;
