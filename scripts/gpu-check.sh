@@ -29,7 +29,7 @@ step "configuring and building (CUDA mode)"
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" -DTERN_WITH_GRPC=ON >/dev/null || exit 1
 cmake --build build-gpu -j "$(nproc)" --target tern-trainer gpu_test ternd tern-agent ternctl \
-  tern_quant_overhead_bench || exit 1
+  tern_quant_overhead_bench tern-synth-coco || exit 1
 
 step "gpu-labelled tests"
 (cd build-gpu && ctest -L gpu --output-on-failure) ; gpu_tests=$?
@@ -47,6 +47,21 @@ TERN_MASTER_PORT=29611 build-gpu/worker/trainer/tern-trainer --spec /tmp/gpu-job
   --workdir /tmp/gpu-run --rank 0 --world-size 1 > /tmp/gpu-run.jsonl; train=$?
 tail -1 /tmp/gpu-run.jsonl
 
+step "detection on CUDA: CenterNet HLA on the synthetic shapes set"
+build-gpu/worker/detection/tern-synth-coco --output /tmp/gpu-shapes --image-size 64 \
+  --train-images 1024 --val-images 128 --max-objects 3 --seed 5 >/dev/null
+cat > /tmp/gpu-det.json <<JSON
+{"name": "gpu-det", "task": "TASK_DETECTION", "model": {"arch": "resnet20", "width_multiplier": 0.5},
+ "dataset": {"kind": "DATASET_COCO", "path": "/tmp/gpu-shapes", "input_size": 64, "num_workers": 4},
+ "quantization": {"method": "METHOD_HLA"},
+ "optimization": {"epochs": 6, "batch_size": 16, "lr": 0.03, "weight_decay": 0.0001, "warmup_epochs": 0.25},
+ "resources": {"ranks": 1, "device_kind": "DEVICE_CUDA"},
+ "events": {"progress_every_steps": 50}}
+JSON
+TERN_MASTER_PORT=29612 build-gpu/worker/trainer/tern-trainer --spec /tmp/gpu-det.json \
+  --workdir /tmp/gpu-det --rank 0 --world-size 1 > /tmp/gpu-det.jsonl; det=$?
+tail -1 /tmp/gpu-det.jsonl | cut -c1-400
+
 step "throughput: tern-trainer vs PyTorch reference (bf16)"
 bash bench/trainer_throughput.sh --trainer "$root/build-gpu/worker/trainer/tern-trainer" \
   --python python3 --data "$root/.carry/fashion-mnist" --device cuda --bf16 --channels-last \
@@ -57,6 +72,8 @@ echo "| check | result |"
 echo "|---|---|"
 echo "| gpu tests | $([[ $gpu_tests == 0 ]] && echo pass || echo FAIL) |"
 echo "| trainer on CUDA | $([[ $train == 0 ]] && echo pass || echo FAIL) $(tail -1 /tmp/gpu-run.jsonl | python3 -c 'import sys,json;e=json.loads(sys.stdin.read());print("top1", e.get("artifact",{}).get("top1"), "img/s", round(e.get("images_per_second",0)))' 2>/dev/null) |"
+echo "| detection on CUDA | $([[ $det == 0 ]] && echo pass || echo FAIL) $(tail -1 /tmp/gpu-det.jsonl | python3 -c 'import sys,json;e=json.loads(sys.stdin.read());print("AP50", e.get("artifact",{}).get("ap50"))' 2>/dev/null) |"
+echo "| GPU memory (classification run) | $(grep '"progress"' /tmp/gpu-run.jsonl | tail -1 | python3 -c 'import sys,json;e=json.loads(sys.stdin.read());print("peak", e.get("gpu_peak_memory_bytes"), "bytes; all-reduce", e.get("allreduce_seconds"), "s/step")' 2>/dev/null) |"
 echo "| throughput bench | $([[ $bench == 0 ]] && echo ran || echo FAIL) |"
 cat /tmp/gpu-throughput.md
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

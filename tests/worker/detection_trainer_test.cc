@@ -125,6 +125,43 @@ TEST(DetectionTrainerTest, ShortRunReachesNonTrivialAp50) {
   EXPECT_EQ(epoch_ends, 5);
 }
 
+// model.init_from: a second job starts from the first one's checkpoint
+// (every tensor matches), and a wrong path fails naming it.
+TEST(DetectionTrainerTest, InitFromAnEarlierRunLoadsEveryTensor) {
+  const std::string first = TempDir("det_init_a");
+  ASSERT_EQ(RunJob(first, DetectionSpec("METHOD_FP", 1, 1)), (std::vector<int>{0}));
+  const std::string second = TempDir("det_init_b");
+  json spec = DetectionSpec("METHOD_HLA", 1, 1);
+  spec["model"]["init_from"] = first + "/checkpoints";
+  ASSERT_EQ(RunJob(second, spec), (std::vector<int>{0}));
+  const auto events = Events(second + "/rank0.jsonl");
+  ASSERT_FALSE(events.empty());
+  const json& started = events.front();
+  ASSERT_EQ(started["event"], "started");
+  EXPECT_EQ(started["init_from"]["format"], "checkpoint");
+  EXPECT_EQ(started["init_from"]["skipped"], 0);
+  const auto model_tensors = [] {
+    DetectorArchitecture arch;
+    arch.width_multiplier = 0.25;
+    arch.backbone = "resnet20";
+    arch.input_size = 64;
+    arch.category_ids = {1, 2};
+    arch.category_names = {"a", "b"};
+    auto model = BuildCenterNet(arch).value();
+    return static_cast<int64_t>(model->named_parameters().size() + model->named_buffers().size());
+  }();
+  EXPECT_EQ(started["init_from"]["loaded"].get<int64_t>(), model_tensors);
+
+  const std::string third = TempDir("det_init_c");
+  spec["model"]["init_from"] = first + "/no-such-dir";
+  EXPECT_NE(RunJob(third, spec), (std::vector<int>{0}));
+  const auto failed = Events(third + "/rank0.jsonl");
+  ASSERT_FALSE(failed.empty());
+  EXPECT_EQ(failed.back()["event"], "failed");
+  EXPECT_NE(failed.back()["reason"].get<std::string>().find("no-such-dir"), std::string::npos)
+      << failed.back().dump();
+}
+
 TEST(DetectionTrainerTest, MissingAnnotationsFailNamingTheFile) {
   const std::string dir = TempDir("det_missing");
   json spec = DetectionSpec("METHOD_HLA", 1, 1);

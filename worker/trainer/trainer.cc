@@ -342,8 +342,9 @@ std::optional<std::pair<int64_t, int64_t>> GpuMemoryBytes(const Session& s) {
 #ifdef TERN_WITH_CUDA
   if (s.device.is_cuda()) {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(s.device.index());
-    const auto& allocated =
-        stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)];
+    // Index 0 is StatType::AGGREGATE (all pools); the enum moved between
+    // namespaces across LibTorch versions, its value did not.
+    const auto& allocated = stats.allocated_bytes[0];
     return std::make_pair(allocated.current, allocated.peak);
   }
 #else
