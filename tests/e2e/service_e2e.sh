@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end through the real service: ternd + one tern-agent (2 CPU slots) +
 # tern-trainer ranks on loopback. A tiny 2-rank job runs to SUCCEEDED and its
-# artifact is fetched (SHA-256 verified by ternctl) and checked; a second,
-# long job is cancelled while running and its trainers must be gone within
+# artifact is fetched (SHA-256 verified by ternctl) and checked; a 2-rank
+# detection job on a synthetic COCO set succeeds with COCO AP in its result;
+# a long job is cancelled while running and its trainers must be gone within
 # seconds.
 # usage: service_e2e.sh BUILD_DIR
 set -euo pipefail
@@ -27,7 +28,27 @@ jq -e '.state == "JOB_STATE_SUCCEEDED" and .result.ternary_top1 > 0 and .result.
   "$work/small.json" >/dev/null || fail "unexpected result: $(cat "$work/small.json")"
 echo "job $small SUCCEEDED, artifact fetched ($(stat -c %s "$work/small.tern") bytes, base-3 packing)"
 
-# 2. A long job, cancelled while its ranks train.
+# 2. A tiny 2-rank detection job (CenterNet, synthetic COCO shapes) to
+# SUCCEEDED with COCO AP in its result and its detections file written.
+"$build/worker/detection/tern-synth-coco" --output "$work/shapes" --image-size 64 \
+  --train-images 32 --val-images 16 --max-objects 3 --seed 2 >/dev/null
+cat >"$work/det.yaml" <<YAML
+task: detection
+model: {arch: resnet20, width_multiplier: 0.25}
+dataset: {kind: coco, path: $work/shapes, input_size: 64}
+quantization: {method: hla}
+optimization: {epochs: 1, batch_size: 8, lr: 0.02}
+resources: {ranks: 2, device_kind: cpu}
+YAML
+det=$("${ternctl[@]}" submit "$work/det.yaml")
+"${ternctl[@]}" watch "$det" >"$work/det-watch.log" 2>&1 || fail "detection job $det did not succeed"
+"${ternctl[@]}" get "$det" --json >"$work/det.json"
+jq -e '.state == "JOB_STATE_SUCCEEDED" and (.result.ternary_detection.ap50 >= 0)
+       and (.result.detections_path | endswith(".detections.json"))' \
+  "$work/det.json" >/dev/null || fail "unexpected detection result: $(cat "$work/det.json")"
+echo "detection job $det SUCCEEDED (AP50 $(jq .result.ternary_detection.ap50 "$work/det.json"))"
+
+# 3. A long job, cancelled while its ranks train.
 sed -e 's/max_train_examples: 512/max_train_examples: 60000/' -e 's/epochs: 1/epochs: 20/' \
   "$work/small.yaml" >"$work/long.yaml"
 long=$("${ternctl[@]}" submit "$work/long.yaml")
