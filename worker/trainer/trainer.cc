@@ -191,9 +191,12 @@ Status Setup(Session& s) {
   torch::manual_seed(spec.optim.seed);
   TERN_RETURN_IF_ERROR(s.task->Load());
   s.model = s.task->model();
-  // Rank 0 reads model.init_from; the start-up broadcast (or a resumed
-  // checkpoint) gives every rank the same weights.
-  if (!spec.model.init_from.empty() && s.run.rank == 0) {
+  s.checkpoint_dir = spec.checkpoint_dir.empty() ? s.run.workdir + "/checkpoints"
+                                                 : spec.checkpoint_dir;
+  // Rank 0 reads model.init_from on a fresh start (a resumed run takes its
+  // checkpoint instead); the start-up broadcast gives every rank its weights.
+  const bool resuming = NewestCommittedStep(s.checkpoint_dir) >= 0;
+  if (!spec.model.init_from.empty() && s.run.rank == 0 && !resuming) {
     TERN_ASSIGN_OR_RETURN(const InitReport report, InitializeFrom(spec.model.init_from, *s.model));
     TERN_LOG(INFO) << "model.init_from: " << report.Summary();
     s.init_from = {{"source", report.source},
@@ -223,8 +226,6 @@ Status Setup(Session& s) {
                                 std::to_string(s.task->train_size()) + " examples)");
   }
   s.total_steps = s.steps_per_epoch * spec.optim.epochs;
-  s.checkpoint_dir = spec.checkpoint_dir.empty() ? s.run.workdir + "/checkpoints"
-                                                 : spec.checkpoint_dir;
   return MakeDirectories(s.checkpoint_dir);
 }
 
