@@ -4,11 +4,11 @@
 # and number of steps; prints a markdown table of images/s and their ratio.
 #
 #   bench/trainer_throughput.sh [--trainer build/worker/trainer/tern-trainer]
-#       [--methods "fp hla"] [--threads 2] [--batch 128] [--steps 40]
-#       [--warmup 10] [--width 1.0] [--granularity tensor]
-#       [--device cpu|cuda] [--bf16] [--channels-last] [--compile]
-#       [--python /usr/bin/python3] [--data /usr/share/datasets/fashion-mnist]
-#       [--keep DIR]
+#       [--methods "fp hla"] [--ranks "1 2"] [--repeats 3] [--threads 2]
+#       [--workers 1] [--batch 128] [--steps 40] [--warmup 10] [--width 1.0]
+#       [--granularity tensor] [--device cpu|cuda] [--bf16] [--channels-last]
+#       [--compile] [--python /usr/bin/python3]
+#       [--data /usr/share/datasets/fashion-mnist] [--keep DIR]
 #
 # How the two are made comparable:
 # - Both train ResNet-20 (x --width) on the first steps×batch Fashion-MNIST
@@ -19,8 +19,18 @@
 #   the rest are combined (total images / total time). The reference times
 #   the same steps (its --warmup-steps) and skips evaluation; tern-trainer's
 #   end-of-run evaluation and export fall outside its progress windows.
-# - tern-trainer gets dataset.num_workers = 1 (one loader thread beside the
-#   --threads compute threads); the reference prepares batches inline.
+# - tern-trainer gets dataset.num_workers = --workers (default 1: one loader
+#   thread per rank beside its compute threads); the reference prepares
+#   batches inline.
+# - --ranks: world sizes to measure. W ranks are W processes on this machine
+#   (tern-trainer --rank r --world-size W --master 127.0.0.1:PORT, Gloo; the
+#   reference with --world-size W: DDP over gloo), each with --threads / W
+#   compute threads (at least 1), each training on its B/W slice of the
+#   global batch B = --batch; both report images/s of the global batch.
+# - --repeats K: every (ranks, method) pair runs K times, tern-trainer and
+#   reference interleaved (which goes first alternates between repeats, so
+#   drifting background load hits both alike); the table gives the median and
+#   min-max of each and the ratio of the medians.
 # Needs jq. Exit status 1 when a run fails (its log is kept and shown).
 set -euo pipefail
 
@@ -28,15 +38,18 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 trainer="$root/build/worker/trainer/tern-trainer"
 python=/usr/bin/python3
 data=/usr/share/datasets/fashion-mnist
-methods="fp hla"
+methods="fp hla" ranks_list="1" repeats=1 workers=1
 threads=2 batch=128 steps=40 warmup=10 width=1.0 granularity=tensor
 device=cpu bf16=false channels_last=false compile=false keep=""
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --trainer) trainer="$2"; shift 2 ;;
     --methods) methods="$2"; shift 2 ;;
+    --ranks) ranks_list="$2"; shift 2 ;;
+    --repeats) repeats="$2"; shift 2 ;;
+    --workers) workers="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --batch) batch="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
@@ -57,6 +70,12 @@ done
 if (( steps <= warmup )); then
   echo "trainer_throughput.sh: --steps ($steps) must exceed --warmup ($warmup)" >&2; exit 2
 fi
+for w in $ranks_list; do
+  if (( w < 1 || batch % w != 0 )); then
+    echo "trainer_throughput.sh: --batch ($batch) must split evenly over $w ranks" >&2; exit 2
+  fi
+done
+(( repeats >= 1 )) || { echo "trainer_throughput.sh: --repeats must be >= 1" >&2; exit 2; }
 [[ -x "$trainer" ]] || { echo "trainer_throughput.sh: no tern-trainer at $trainer (--trainer)" >&2; exit 2; }
 command -v jq >/dev/null || { echo "trainer_throughput.sh: needs jq" >&2; exit 2; }
 
@@ -68,23 +87,26 @@ fi
 max_train=$(( steps * batch ))
 device_kind=DEVICE_CPU; [[ "$device" == cuda ]] && device_kind=DEVICE_CUDA
 
+threads_per_rank() { echo $(( threads / $1 > 0 ? threads / $1 : 1 )); }  # ranks
+
 # tern.v1.JobSpec as proto3 JSON (snake_case keys, enum names).
-write_spec() {  # method -> spec path
-  local method="$1" spec="$work/spec-$1.json"
+write_spec() {  # method ranks run_dir -> spec path
+  local method="$1" ranks="$2" dir="$3" spec="$3/spec.json"
   jq -n --arg name "throughput-$method" --arg method "METHOD_${method^^}" \
         --arg granularity "GRANULARITY_${granularity^^}" --arg data "$data" \
-        --arg device "$device_kind" --arg ckpt "$work/ckpt-$method" \
+        --arg device "$device_kind" --arg ckpt "$dir/ckpt" \
         --argjson width "$width" --argjson max_train "$max_train" --argjson batch "$batch" \
-        --argjson threads "$threads" --argjson warmup "$warmup" \
+        --argjson ranks "$ranks" --argjson threads "$(threads_per_rank "$ranks")" \
+        --argjson workers "$workers" --argjson warmup "$warmup" \
         --argjson bf16 "$bf16" --argjson channels_last "$channels_last" '{
     name: $name,
     model: {arch: "resnet20", width_multiplier: $width},
     dataset: {kind: "DATASET_IDX", path: $data, max_train_examples: $max_train,
-              max_eval_examples: 512, num_workers: 1},
+              max_eval_examples: 512, num_workers: $workers},
     quantization: {method: $method, granularity: $granularity},
     optimization: {epochs: 1, batch_size: $batch, seed: 0, bf16: $bf16,
                    channels_last: $channels_last},
-    resources: {ranks: 1, device_kind: $device, threads_per_rank: $threads},
+    resources: {ranks: $ranks, device_kind: $device, threads_per_rank: $threads},
     checkpoint: {every_steps: 1000000, directory: $ckpt},
     events: {progress_every_steps: $warmup}
   }' > "$spec"
@@ -101,20 +123,42 @@ tern_ips() {  # events.jsonl
       else (map(.images) | add) / (map(.images / .ips) | add) end' "$1"
 }
 
-run_tern() {  # method -> images/s
-  local method="$1" spec events
-  spec="$(write_spec "$method")"
-  events="$work/tern-$method.jsonl"
-  if ! "$trainer" --spec "$spec" --workdir "$work/work-$method" >"$events" 2>"$work/tern-$method.log"; then
-    echo "tern-trainer failed for $method; last lines of its log:" >&2
-    tail -n 20 "$work/tern-$method.log" >&2; tail -n 3 "$events" >&2; exit 1
-  fi
-  tern_ips "$events"
+free_port() {
+  "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-run_reference() {  # method -> images/s
-  local method="$1"
-  local out="$work/reference-$method.json"
+# Starts every rank, waits for all; a failed rank stops the others.
+run_tern() {  # method ranks run_dir -> images/s (rank 0's events)
+  local method="$1" ranks="$2" dir="$3" spec r pid failed=0
+  local -a pids=() rank_flags=()
+  spec="$(write_spec "$method" "$ranks" "$dir")"
+  local master
+  master="127.0.0.1:$(free_port)"
+  for (( r = 0; r < ranks; r++ )); do
+    (( ranks > 1 )) && rank_flags=(--rank "$r" --world-size "$ranks" --master "$master")
+    "$trainer" --spec "$spec" --workdir "$dir/work" "${rank_flags[@]}" \
+        >"$dir/tern-$r.jsonl" 2>"$dir/tern-$r.log" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do
+    if ! wait "$pid"; then
+      (( failed )) || kill "${pids[@]}" 2>/dev/null || true
+      failed=1
+    fi
+  done
+  if (( failed )); then
+    echo "tern-trainer failed for $method at $ranks rank(s); last lines of its logs:" >&2
+    for (( r = 0; r < ranks; r++ )); do
+      echo "-- rank $r" >&2; tail -n 20 "$dir/tern-$r.log" >&2; tail -n 3 "$dir/tern-$r.jsonl" >&2
+    done
+    exit 1
+  fi
+  tern_ips "$dir/tern-0.jsonl"
+}
+
+run_reference() {  # method ranks run_dir -> images/s
+  local method="$1" ranks="$2" dir="$3"
+  local out="$dir/reference.json"
   local extra=()
   [[ "$bf16" == true ]] && extra+=(--bf16)
   [[ "$channels_last" == true ]] && extra+=(--channels-last)
@@ -122,31 +166,72 @@ run_reference() {  # method -> images/s
   if ! "$python" "$root/bench/reference/reference_trainer.py" --method "$method" \
       --width-multiplier "$width" --granularity "$granularity" --data "$data" \
       --max-train "$max_train" --epochs 1 --batch-size "$batch" --steps "$steps" \
-      --warmup-steps "$warmup" --threads "$threads" --device "$device" --no-eval --json \
-      "${extra[@]}" >"$out" 2>"$work/reference-$method.log"; then
-    echo "reference trainer failed for $method; last lines of its log:" >&2
-    tail -n 20 "$work/reference-$method.log" >&2; exit 1
+      --warmup-steps "$warmup" --threads "$(threads_per_rank "$ranks")" --world-size "$ranks" \
+      --device "$device" --no-eval --json "${extra[@]}" >"$out" 2>"$dir/reference.log"; then
+    echo "reference trainer failed for $method at $ranks rank(s); last lines of its log:" >&2
+    tail -n 20 "$dir/reference.log" >&2; exit 1
   fi
   jq '.images_per_second' "$out"
 }
 
-declare -A tern ref
-for m in $methods; do
-  echo "== $m: tern-trainer" >&2; tern[$m]="$(run_tern "$m")"
-  echo "== $m: reference" >&2;    ref[$m]="$(run_reference "$m")"
+# "median min max" of the numbers given (nulls dropped); "null" if none.
+summarize() {
+  printf '%s\n' "$@" | grep -v '^null$' | sort -g | awk '
+    { v[NR] = $1 }
+    END { if (NR == 0) { print "null"; exit }
+          m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+          print m, v[1], v[NR] }'
+}
+
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+declare -A tern ref  # "method/ranks" -> space-separated images/s of every repeat
+for (( rep = 1; rep <= repeats; rep++ )); do
+  for w in $ranks_list; do
+    for m in $methods; do
+      dir="$work/$m-r$w-$rep"; mkdir -p "$dir"
+      order="tern ref"; (( rep % 2 == 0 )) && order="ref tern"
+      for side in $order; do
+        echo "== repeat $rep/$repeats, $w rank(s), $m: $side" >&2
+        if [[ "$side" == tern ]]; then
+          v="$(run_tern "$m" "$w" "$dir")"; tern[$m/$w]+="$v "
+        else
+          v="$(run_reference "$m" "$w" "$dir")"; ref[$m/$w]+="$v "
+        fi
+        echo "   $v images/s" >&2
+      done
+      [[ -n "$keep" ]] || rm -rf "$dir/ckpt" "$dir/work"
+    done
+  done
 done
 
 echo
-echo "Training throughput, ResNet-20 x$width, batch $batch, $threads threads, $device" \
-     "(bf16 $bf16); steps $((warmup + 1))-$steps of $steps timed; load average at the end:" \
-     "$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "Training throughput, ResNet-20 x$width, global batch $batch, $threads threads in all" \
+     "($workers loader thread(s) per tern-trainer rank), $device (bf16 $bf16); steps" \
+     "$((warmup + 1))-$steps of $steps timed; $repeats repeat(s); load average before:" \
+     "$load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| method | tern-trainer (img/s) | PyTorch reference (img/s) | tern / reference |"
-echo "|---|---|---|---|"
-for m in $methods; do
-  awk -v m="$m" -v t="${tern[$m]}" -v r="${ref[$m]}" 'BEGIN {
-    if (t == "null" || r == "null" || r == 0) printf "| %s | %s | %s | n/a |\n", m, t, r;
-    else printf "| %s | %.1f | %.1f | %.2f× |\n", m, t, r, t / r }'
+echo "| method | ranks × threads | tern-trainer img/s, median (min–max) | PyTorch reference img/s, median (min–max) | tern / reference (medians) |"
+echo "|---|---|---|---|---|"
+for w in $ranks_list; do
+  for m in $methods; do
+    # shellcheck disable=SC2086
+    read -r tm tlo thi <<<"$(summarize ${tern[$m/$w]})"
+    # shellcheck disable=SC2086
+    read -r rm rlo rhi <<<"$(summarize ${ref[$m/$w]})"
+    awk -v m="$m" -v w="$w" -v t="$(threads_per_rank "$w")" -v tm="$tm" -v tlo="$tlo" -v thi="$thi" \
+        -v rm="$rm" -v rlo="$rlo" -v rhi="$rhi" 'BEGIN {
+      tcell = tm == "null" ? "n/a" : sprintf("%.1f (%.1f–%.1f)", tm, tlo, thi)
+      rcell = rm == "null" ? "n/a" : sprintf("%.1f (%.1f–%.1f)", rm, rlo, rhi)
+      ratio = (tm == "null" || rm == "null" || rm == 0) ? "n/a" : sprintf("%.2f×", tm / rm)
+      printf "| %s | %s × %s | %s | %s | %s |\n", m, w, t, tcell, rcell, ratio }'
+  done
+done
+echo
+echo "Every run (images/s, in repeat order):"
+for w in $ranks_list; do
+  for m in $methods; do
+    echo "- $m, $w rank(s): tern-trainer ${tern[$m/$w]% }; reference ${ref[$m/$w]% }"
+  done
 done
 [[ -n "$keep" ]] && echo && echo "(specs, events and logs kept in $work)"
 exit 0

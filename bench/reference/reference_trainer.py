@@ -24,6 +24,13 @@ Run it with Debian's Python (torch 1.13 lives there):
       --max-train 2048 --epochs 1 --threads 2 --json
 On the GPU machine: --device cuda --bf16 [--channels-last] [--compile].
 
+--world-size N (CPU) starts N processes that train data-parallel with
+torch.distributed (gloo on 127.0.0.1) and DistributedDataParallel, in its
+default configuration, as a PyTorch user would: rank r takes the contiguous
+slice [r*B/N, (r+1)*B/N) of each global batch of B = --batch-size images (as
+tern-trainer's ShardedSampler does), --threads is per rank, and rank 0 reports
+images/s of the global batch.
+
 Output: a log on stderr; with --json one JSON line on stdout with
 images_per_second (training steps after --warmup-steps, evaluation excluded)
 and the final test top-1 (ternary forward and FP twin) when evaluated.
@@ -38,10 +45,15 @@ import struct
 import sys
 import time
 
+import socket
+
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 TINY = 1e-12  # quant/ternary_ops.cc kTiny
 
@@ -110,7 +122,10 @@ def augment(images_u8, pad, generator):
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     batch = torch.arange(b, device=dev)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [b, h, w, c]
-    return out.permute(0, 3, 1, 2).contiguous()
+    # Not .contiguous(): with one channel it keeps the permuted strides (a size-1
+    # dim counts as contiguous), and Debian's torch 1.13 conv backward corrupts
+    # the heap on such an input at width 0.25 (double free / abort).
+    return out.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 # ---------------------------------------------------------------------------- model
@@ -420,7 +435,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--method", default="hla", choices=sorted(PRESETS))
     p.add_argument("--arch", default="resnet20", choices=["resnet20", "resnet32", "resnet56"])
@@ -460,11 +475,44 @@ def main():
     p.add_argument("--kappa-start", type=float, default=5.0)
     p.add_argument("--kappa-end", type=float, default=50.0)
     p.add_argument("--clip", type=float, default=2.0)
+    p.add_argument("--world-size", type=int, default=1,
+                   help="data-parallel processes (DDP over gloo, CPU); --threads is per rank")
     args = p.parse_args()
+    if args.world_size < 1:
+        p.error("--world-size must be >= 1")
+    if args.world_size > 1:
+        if args.device != "cpu":
+            p.error("--world-size > 1 runs on the CPU (gloo) only")
+        if args.batch_size % args.world_size != 0:
+            p.error(f"--batch-size {args.batch_size} is not divisible by --world-size {args.world_size}")
+    return args
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    args = parse_args()
+    if args.world_size == 1:
+        train(0, args, 1, None)
+    else:
+        mp.spawn(train, args=(args, args.world_size, free_port()), nprocs=args.world_size, join=True)
+
+
+def train(rank, args, world_size, port):
+    """One rank (the whole run when world_size == 1); rank 0 reports."""
+    distributed = world_size > 1
+    prefix = f"[reference {args.method}" + (f" rank {rank}/{world_size}]" if distributed else "]")
 
     def log(msg):
-        print(f"[reference {args.method}] {msg}", file=sys.stderr, flush=True)
+        print(f"{prefix} {msg}", file=sys.stderr, flush=True)
 
+    if distributed:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                rank=rank, world_size=world_size)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -487,6 +535,8 @@ def main():
     quant = Quantizer(model, args)
     optimizer = make_optimizer(model, args)
     forward = model
+    if distributed:
+        forward = DistributedDataParallel(model)  # broadcasts rank 0's weights
     if args.compile:
         if not hasattr(torch, "compile"):
             sys.exit("--compile needs torch >= 2")
@@ -498,8 +548,13 @@ def main():
         sys.exit(f"--batch-size {args.batch_size} is larger than the training set ({n})")
     total_steps = steps_per_epoch * args.epochs
     run_steps = min(total_steps, args.steps) if args.steps > 0 else total_steps
+    local_batch = args.batch_size // world_size
+    # Every rank draws the same permutation from `gen`; augmentation draws
+    # from its own generator per rank (one rank: `gen` itself, as before).
+    aug_gen = gen if not distributed else torch.Generator().manual_seed(args.seed + 1 + rank)
     log(f"{args.arch} x{args.width_multiplier} on {n} images, {run_steps}/{total_steps} steps of "
-        f"{args.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} threads, {dev}")
+        f"{args.batch_size}" + (f" ({local_batch} per rank)" if distributed else "") +
+        f", torch {torch.__version__}, {torch.get_num_threads()} threads, {dev}")
 
     model.train()
     step, timed_images, t0, start = 0, 0, None, time.perf_counter()
@@ -511,11 +566,14 @@ def main():
                 break
             if step == args.warmup_steps:
                 sync(args.device)
+                if distributed:
+                    dist.barrier()
                 t0 = time.perf_counter()
-            idx = perm[s * args.batch_size:(s + 1) * args.batch_size]
+            begin = s * args.batch_size + rank * local_batch
+            idx = perm[begin:begin + local_batch]
             images = train_x[idx]
             if not args.no_augment:
-                images = augment(images, 4, gen)
+                images = augment(images, 4, aug_gen)
             x = normalize(images, mean, std)                      # [b, C, H, W]
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -542,10 +600,16 @@ def main():
                 log(f"step {step}/{run_steps} epoch {epoch} loss {loss_value:.4f} "
                     f"phase {2 if quant.ternary_forward else 1} lambda {quant.lam:.4g}")
     sync(args.device)
+    if distributed:
+        dist.barrier()
     end = time.perf_counter()
+    if rank != 0:
+        dist.destroy_process_group()
+        return
     ips = timed_images / (end - t0) if t0 is not None and timed_images > 0 else None
     result = {"method": args.method, "arch": args.arch, "width_multiplier": args.width_multiplier,
-              "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+              "batch_size": args.batch_size, "world_size": world_size,
+              "threads": torch.get_num_threads(),
               "device": args.device, "bf16": args.bf16, "torch": torch.__version__,
               "train_examples": n, "steps": step, "total_steps": total_steps,
               "warmup_steps": args.warmup_steps, "images_per_second": ips,
@@ -555,12 +619,15 @@ def main():
         quant.set_progress(1.0)  # the final, ternary forward
         with torch.no_grad():
             ternary_weights = quant.forward_weights()
-        result["top1"] = evaluate(forward, ternary_weights, test_x, test_y, mean, std, args)
-        result["fp_top1"] = evaluate(forward, None, test_x, test_y, mean, std, args)
+        evaluated = model if distributed else forward  # rank 0 alone: no collectives
+        result["top1"] = evaluate(evaluated, ternary_weights, test_x, test_y, mean, std, args)
+        result["fp_top1"] = evaluate(evaluated, None, test_x, test_y, mean, std, args)
         result["eval_examples"] = int(test_x.shape[0])
     log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     if args.json:
         print(json.dumps(result), flush=True)
+    if distributed:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
