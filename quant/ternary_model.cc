@@ -282,6 +282,20 @@ Artifact TernaryModel::Export(const std::string& architecture_json,
   return artifact;
 }
 
+at::Tensor ArtifactTensorValue(const ArtifactTensor& t) {
+  const auto float_opts = at::TensorOptions().dtype(at::kFloat);
+  if (t.kind == ArtifactTensor::Kind::kFloat32) {
+    return at::from_blob(const_cast<float*>(t.values.data()), t.shape, float_opts).clone();
+  }
+  const int64_t units = static_cast<int64_t>(t.pos_scale.size());
+  const at::Tensor codes = at::from_blob(const_cast<int8_t*>(t.codes.data()), t.shape,
+                                         at::TensorOptions().dtype(at::kChar))
+                               .to(at::kFloat);
+  const at::Tensor pos = at::from_blob(const_cast<float*>(t.pos_scale.data()), {units}, float_opts);
+  const at::Tensor neg = at::from_blob(const_cast<float*>(t.neg_scale.data()), {units}, float_opts);
+  return Dequantize(codes, pos, neg);  // a new tensor
+}
+
 Status LoadArtifactInto(const Artifact& artifact, torch::nn::Module& root) {
   at::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> targets;
@@ -300,20 +314,7 @@ Status LoadArtifactInto(const Artifact& artifact, torch::nn::Module& root) {
                                   nlohmann::json(t.shape).dump() + ", model expects " +
                                   nlohmann::json(target.sizes().vec()).dump());
     }
-    const auto float_opts = at::TensorOptions().dtype(at::kFloat);
-    at::Tensor value;
-    if (t.kind == ArtifactTensor::Kind::kFloat32) {
-      value = at::from_blob(const_cast<float*>(t.values.data()), t.shape, float_opts).clone();
-    } else {
-      const int64_t units = static_cast<int64_t>(t.pos_scale.size());
-      const at::Tensor codes =
-          at::from_blob(const_cast<int8_t*>(t.codes.data()), t.shape,
-                        at::TensorOptions().dtype(at::kChar)).to(at::kFloat);
-      const at::Tensor pos = at::from_blob(const_cast<float*>(t.pos_scale.data()), {units}, float_opts);
-      const at::Tensor neg = at::from_blob(const_cast<float*>(t.neg_scale.data()), {units}, float_opts);
-      value = Dequantize(codes, pos, neg);
-    }
-    target.copy_(value.to(target.device(), target.scalar_type()));
+    target.copy_(ArtifactTensorValue(t).to(target.device(), target.scalar_type()));
     ++loaded;
   }
   if (loaded != targets.size()) {

@@ -113,6 +113,10 @@ class TernaryModel {
   int64_t moment_steps_ = 0;
 };
 
+// The float tensor an artifact tensor stands for (ternary codes dequantized
+// with the training forward's arithmetic), as a new CPU tensor.
+at::Tensor ArtifactTensorValue(const ArtifactTensor& tensor);
+
 // Loads an artifact into a freshly built model of the same architecture:
 // ternary tensors are dequantized (bit-identical to the training forward),
 // float tensors copied. Fails naming the first missing, extra or mis-shaped

@@ -13,7 +13,7 @@
 
 #include "common/file_util.h"
 #include "quant/artifact.h"
-#include "quant/ternary_ops.h"
+#include "quant/ternary_model.h"
 #include "worker/trainer/checkpoint_layout.h"
 
 namespace tern::trainer {
@@ -120,22 +120,8 @@ StatusOr<TensorMap> ReadArtifactTensors(const std::string& path, const std::stri
   if (!artifact.ok()) return artifact.status().WithContext("init_from: " + path);
   try {
     TensorMap tensors;
-    const auto float_opts = at::TensorOptions().dtype(at::kFloat);
     for (const quant::ArtifactTensor& t : artifact->tensors) {
-      if (t.kind == quant::ArtifactTensor::Kind::kFloat32) {
-        tensors[t.name] =
-            at::from_blob(const_cast<float*>(t.values.data()), t.shape, float_opts).clone();
-        continue;
-      }
-      const int64_t units = static_cast<int64_t>(t.pos_scale.size());
-      const at::Tensor codes = at::from_blob(const_cast<int8_t*>(t.codes.data()), t.shape,
-                                             at::TensorOptions().dtype(at::kChar))
-                                   .to(at::kFloat);
-      const at::Tensor pos =
-          at::from_blob(const_cast<float*>(t.pos_scale.data()), {units}, float_opts);
-      const at::Tensor neg =
-          at::from_blob(const_cast<float*>(t.neg_scale.data()), {units}, float_opts);
-      tensors[t.name] = quant::Dequantize(codes, pos, neg);  // a new tensor
+      tensors[t.name] = quant::ArtifactTensorValue(t);
     }
     return tensors;
   } catch (const std::exception& e) {
