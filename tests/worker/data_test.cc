@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/file_util.h"
+#include "tests/worker/scoped_temp_dir.h"
 
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -25,25 +26,9 @@ namespace {
 namespace fs = std::filesystem;
 
 // A fresh directory per test, removed afterwards.
-class TempDir {
+class TempDir : public testing_util::ScopedTempDir {
  public:
-  TempDir() {
-    std::string pattern =
-        (fs::temp_directory_path() / "tern_data_test.XXXXXX").string();
-    TERN_CHECK(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string Path(const std::string& name) const {
-    return (fs::path(path_) / name).string();
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+  TempDir() : ScopedTempDir("tern_data_test") {}
 };
 
 void WriteBytes(const std::string& path, const std::string& bytes) {

@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "quant/artifact.h"
 #include "quant/ternary_model.h"
+#include "tests/worker/scoped_temp_dir.h"
 #include "worker/trainer/checkpoint_layout.h"
 #include "worker/trainer/models.h"
 
@@ -21,22 +22,9 @@ namespace {
 namespace fs = std::filesystem;
 
 // A fresh directory per test, removed afterwards.
-class TempDir {
+class TempDir : public testing_util::ScopedTempDir {
  public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "tern_init_from_test.XXXXXX").string();
-    TERN_CHECK(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string Path(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+  TempDir() : ScopedTempDir("tern_init_from_test") {}
 };
 
 std::shared_ptr<Classifier> Build(uint64_t seed, int64_t num_classes = 10) {
