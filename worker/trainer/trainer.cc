@@ -81,8 +81,6 @@ struct Session {
   TrainerSpec spec;
   RunOptions run;
   torch::Device device = torch::kCPU;
-  bool bf16 = false;           // autocast (CUDA only)
-  bool channels_last = false;  // NHWC activations and weights (CUDA only)
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<TrainingTask> task;
   std::shared_ptr<torch::nn::Module> model;  // task->model()
@@ -185,8 +183,6 @@ Status Setup(Session& s) {
   ctx.device = s.device;
   ctx.bf16 = s.device.is_cuda() && spec.optim.bf16;
   ctx.channels_last = s.device.is_cuda() && spec.optim.channels_last;
-  s.bf16 = ctx.bf16;
-  s.channels_last = ctx.channels_last;
   s.task = spec.task == "detection" ? MakeDetectionTask(ctx) : MakeClassificationTask(ctx);
   torch::manual_seed(spec.optim.seed);
   TERN_RETURN_IF_ERROR(s.task->Load());
@@ -204,7 +200,7 @@ Status Setup(Session& s) {
                    {"loaded", report.loaded},
                    {"skipped", report.skipped.size()}};
   }
-  if (s.channels_last) {
+  if (ctx.channels_last) {  // NHWC weights; the task makes its inputs NHWC
     torch::NoGradGuard no_grad;
     for (auto& p : s.model->parameters()) {
       if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
