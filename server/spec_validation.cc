@@ -135,9 +135,10 @@ void CheckModel(const v1::JobSpec& spec, Checker& c) {
 void CheckDataset(const v1::JobSpec& spec, Checker& c) {
   const v1::DatasetSpec& d = spec.dataset();
   c.Enum("dataset.kind", d.kind(), v1::DatasetKind_IsValid, "DatasetKind");
-  const bool idx =
-      d.kind() == v1::DATASET_UNSPECIFIED || d.kind() == v1::DATASET_IDX;
-  if (!idx && v1::DatasetKind_IsValid(d.kind()) && d.path().empty()) {
+  const bool needs_path = d.kind() != v1::DATASET_UNSPECIFIED &&
+                          d.kind() != v1::DATASET_IDX &&
+                          d.kind() != v1::DATASET_SYNTHETIC;
+  if (needs_path && v1::DatasetKind_IsValid(d.kind()) && d.path().empty()) {
     c.Fail("dataset.path", "required for " + v1::DatasetKind_Name(d.kind()));
   }
   const bool detection = spec.task() == v1::TASK_DETECTION;

@@ -4,7 +4,7 @@
 A peer for tern-trainer (worker/trainer/), written independently from the same
 definitions, to compare accuracy and images/s on the same budget:
 
-- model: CIFAR ResNet-20/32/56 exactly as worker/trainer/models.cc builds it
+- model: CIFAR ResNet-20/32/56 and ImageNet ResNet-18/34 exactly as worker/trainer/models.cc builds them
   (3x3 stem conv stride 1 without bias, BasicBlocks, 1x1 conv + BN shortcut when
   the shape changes, last BN of each block zero-initialized, kaiming-normal
   fan_out init of every conv, width multiplier rounded like std::lround);
@@ -96,6 +96,18 @@ def load_fashion_mnist(root, max_train, max_eval):
     return split("train", max_train), split("t10k", max_eval)
 
 
+SYNTHETIC_CLASSES = 1000
+
+
+def synthetic_data(args, gen):
+    """Random uint8 images [N, 3, S, S] and labels over 1000 classes (train, test)."""
+    def split(n):
+        x = torch.randint(0, 256, (n, 3, args.input_size, args.input_size), generator=gen,
+                          dtype=torch.uint8)
+        return x, torch.randint(0, SYNTHETIC_CLASSES, (n,), generator=gen)
+    return split(args.max_train or 2048), split(args.max_eval or 256)
+
+
 def mean_std(images):
     """Per-channel mean and population std of pixel/255 (ComputeMeanStd)."""
     x = images.to(torch.float64) / 255.0
@@ -172,19 +184,32 @@ class BasicBlock(nn.Module):
         return F.relu(y + identity)
 
 
-class CifarResNet(nn.Module):
-    def __init__(self, depth, in_channels, num_classes, width_multiplier):
+LAYOUTS = {  # arch -> (stage planes, blocks per stage, ImageNet stem); models.cc LayoutOf
+    "resnet20": ((16, 32, 64), (3, 3, 3), False),
+    "resnet32": ((16, 32, 64), (5, 5, 5), False),
+    "resnet56": ((16, 32, 64), (9, 9, 9), False),
+    "resnet18": ((64, 128, 256, 512), (2, 2, 2, 2), True),
+    "resnet34": ((64, 128, 256, 512), (3, 4, 6, 3), True),
+}
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet-20/32/56 (3x3 stem) or ImageNet-style ResNet-18/34
+    (7x7/2 stem + 3x3/2 max-pool), BasicBlocks, as models.cc builds them."""
+
+    def __init__(self, arch, in_channels, num_classes, width_multiplier):
         super().__init__()
-        n = (depth - 2) // 6
+        stage_planes, stage_blocks, imagenet_stem = LAYOUTS[arch]
 
         def width(c):  # std::lround, at least 1
             return max(1, int(math.floor(c * width_multiplier + 0.5)))
 
-        stem = width(16)
-        self.conv1 = conv(in_channels, stem, 3, 1)
+        stem = width(64 if imagenet_stem else 16)
+        self.imagenet_stem = imagenet_stem
+        self.conv1 = conv(in_channels, stem, 7 if imagenet_stem else 3, 2 if imagenet_stem else 1)
         self.bn1 = nn.BatchNorm2d(stem)
         blocks, cin = [], stem
-        for s, planes in enumerate((16, 32, 64)):
+        for s, (planes, n) in enumerate(zip(stage_planes, stage_blocks)):
             planes = width(planes)
             for b in range(n):
                 blocks.append(BasicBlock(cin, planes, 2 if (s > 0 and b == 0) else 1))
@@ -203,10 +228,38 @@ class CifarResNet(nn.Module):
 
     def forward(self, x, weights=None):
         x = F.relu(self.bn1(self.conv1(x, weights)))
+        if self.imagenet_stem:
+            x = F.max_pool2d(x, 3, 2, 1)
         for block in self.blocks:
             x = block(x, weights)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(x, weights)
+
+
+def forward_flops_per_image(model, input_shape):
+    """Multiply-adds x 2 of the Conv2d and Linear layers for one image of
+    input_shape [C, H, W] (counted from the layers' output shapes on a CPU
+    forward pass); BatchNorm, ReLU, pooling and the quantizer are left out, as
+    usual for model FLOP counts. A training step costs about 3x this (the
+    backward pass computes two products per layer)."""
+    total = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total[0] += 2 * output.numel() * (module.in_channels // module.groups) * k
+        else:
+            total[0] += 2 * output.numel() * module.in_features
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros((1,) + tuple(input_shape)))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    return total[0]
 
 
 # ------------------------------------------------------------------------ quantizer
@@ -438,7 +491,11 @@ def sync(device):
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--method", default="hla", choices=sorted(PRESETS))
-    p.add_argument("--arch", default="resnet20", choices=["resnet20", "resnet32", "resnet56"])
+    p.add_argument("--arch", default="resnet20", choices=sorted(LAYOUTS))
+    p.add_argument("--synthetic", action="store_true",
+                   help="random 3 x input-size^2 images and 1000-class labels instead of Fashion-MNIST "
+                        "(tern's DATASET_SYNTHETIC); --max-train images (default 2048), 256 test")
+    p.add_argument("--input-size", type=int, default=224, help="side of --synthetic images")
     p.add_argument("--width-multiplier", type=float, default=1.0)
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--max-train", type=int, default=0, help="first N training images (0 = all)")
@@ -523,13 +580,18 @@ def train(rank, args, world_size, port):
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    (train_x, train_y), (test_x, test_y) = load_fashion_mnist(args.data, args.max_train, args.max_eval)
+    if args.synthetic:
+        (train_x, train_y), (test_x, test_y) = synthetic_data(args, gen)
+    else:
+        (train_x, train_y), (test_x, test_y) = load_fashion_mnist(args.data, args.max_train, args.max_eval)
     mean, std = mean_std(train_x)
     train_x, train_y, test_x, test_y = (t.to(dev) for t in (train_x, train_y, test_x, test_y))
     mean, std = mean.to(dev), std.to(dev)
-    num_classes = int(train_y.max().item()) + 1
+    num_classes = SYNTHETIC_CLASSES if args.synthetic else int(train_y.max().item()) + 1
 
-    model = CifarResNet(int(args.arch[6:]), train_x.shape[1], num_classes, args.width_multiplier).to(dev)
+    model = ResNet(args.arch, train_x.shape[1], num_classes, args.width_multiplier)
+    flops = forward_flops_per_image(model, tuple(train_x.shape[1:]))
+    model = model.to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     quant = Quantizer(model, args)
@@ -613,7 +675,11 @@ def train(rank, args, world_size, port):
               "device": args.device, "bf16": args.bf16, "torch": torch.__version__,
               "train_examples": n, "steps": step, "total_steps": total_steps,
               "warmup_steps": args.warmup_steps, "images_per_second": ips,
-              "train_seconds": end - start, "final_loss": loss_value}
+              "train_seconds": end - start, "final_loss": loss_value,
+              "input_shape": list(train_x.shape[1:]), "forward_flops_per_image": flops}
+    if args.device == "cuda":
+        result["gpu_peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        result["gpu_name"] = torch.cuda.get_device_name()
     if not args.no_eval:
         model.eval()
         quant.set_progress(1.0)  # the final, ternary forward

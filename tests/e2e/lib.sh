@@ -1,6 +1,7 @@
 # Shared by the e2e scripts (source it): a temp dir, process cleanup, and
-# starting ternd + one tern-agent (2 CPU slots) on loopback with ephemeral
-# ports. Needs `build` (the build directory) set before sourcing.
+# starting ternd + one tern-agent on loopback with ephemeral ports. Needs
+# `build` (the build directory) set before sourcing; the agent's slots are
+# the array agent_slots (default: --cpu-slots 2).
 # After start_service: $server, $ternd_metrics, $agent, $agent_metrics and
 # the array ternctl=(ternctl --server ... --owner e2e) are set.
 
@@ -57,7 +58,9 @@ start_service() {
   server=$(wait_for_line "$work/ternd.out" "listening on")
   ternd_metrics=$(wait_for_line "$work/ternd.out" "metrics on")
   echo "ternd on $server, metrics on $ternd_metrics"
-  "$build/worker/agent/tern-agent" --server "$server" --cpu-slots 2 \
+  local -a slots=(--cpu-slots 2)
+  [[ -n "${agent_slots[*]:-}" ]] && slots=("${agent_slots[@]}")
+  "$build/worker/agent/tern-agent" --server "$server" "${slots[@]}" \
     --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/agent" \
     --metrics-listen 127.0.0.1:0 >"$work/agent.out" 2>"$work/agent.log" &
   agent=$!

@@ -312,7 +312,7 @@ TEST(JobSpecJsonTest, JsonKeysAreStable) {
       "model.init_from string",
       "model.max_detections int32?",
       "dataset.kind enum = DATASET_UNSPECIFIED|DATASET_IDX|DATASET_CIFAR10|"
-      "DATASET_CIFAR100|DATASET_IMAGE_FOLDER|DATASET_COCO",
+      "DATASET_CIFAR100|DATASET_IMAGE_FOLDER|DATASET_COCO|DATASET_SYNTHETIC",
       "dataset.path string",
       "dataset.val_fraction double",
       "dataset.train_annotations string",

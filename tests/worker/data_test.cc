@@ -267,6 +267,7 @@ TEST(DatasetOptionsTest, ParsesKinds) {
   EXPECT_EQ(*ParseDatasetKind("image_folder"), DatasetKind::kImageFolder);
   EXPECT_EQ(*ParseDatasetKind("DATASET_IMAGE_FOLDER"),
             DatasetKind::kImageFolder);
+  EXPECT_EQ(*ParseDatasetKind("DATASET_SYNTHETIC"), DatasetKind::kSynthetic);
   EXPECT_ERROR(ParseDatasetKind("DATASET_COCO").status(),
                StatusCode::kInvalidArgument, "dataset.kind");
 }
@@ -291,6 +292,58 @@ TEST(DatasetOptionsTest, ValidateNamesTheField) {
   o.kind = DatasetKind::kCifar10;
   EXPECT_ERROR(o.Validate(), StatusCode::kInvalidArgument,
                "dataset.path: required for cifar10");
+  o.kind = DatasetKind::kSynthetic;
+  EXPECT_TRUE(o.Validate().ok());  // no files
+  o.image_size = 2048;
+  o.train_limit = 2000;  // 2256 images of 3x2048x2048: 27 GiB
+  EXPECT_ERROR(o.Validate(), StatusCode::kInvalidArgument,
+               "a synthetic set of 2256 images of 3x2048x2048");
+}
+
+// ---------------------------------------------------------------- synthetic
+
+TEST(SyntheticDatasetTest, IsAPureFunctionOfItsArguments) {
+  const ImageDataset a = MakeSyntheticDataset(6, 16, 7);
+  EXPECT_EQ(a.images.sizes(), (at::IntArrayRef{6, 3, 16, 16}));
+  EXPECT_EQ(a.images.scalar_type(), at::kByte);
+  EXPECT_EQ(a.num_classes, kSyntheticClasses);
+  EXPECT_TRUE(at::equal(a.images, MakeSyntheticDataset(6, 16, 7).images));
+  EXPECT_TRUE(at::equal(a.labels, MakeSyntheticDataset(6, 16, 7).labels));
+  // Image i does not depend on how many images are made.
+  EXPECT_TRUE(at::equal(a.images.narrow(0, 0, 3), MakeSyntheticDataset(3, 16, 7).images));
+  EXPECT_FALSE(at::equal(a.images, MakeSyntheticDataset(6, 16, 8).images));
+  EXPECT_FALSE(at::equal(a.images[0], a.images[1]));
+}
+
+TEST(SyntheticDatasetTest, PixelsAndLabelsAreUniform) {
+  const ImageDataset d = MakeSyntheticDataset(2000, 8, 3);
+  const double mean = d.images.to(at::kDouble).mean().item<double>();
+  EXPECT_NEAR(mean, 127.5, 0.5);  // 384000 pixels: std of the mean ~0.12
+  EXPECT_GE(d.labels.min().item<int64_t>(), 0);
+  EXPECT_LT(d.labels.max().item<int64_t>(), kSyntheticClasses);
+  // 2000 draws over 1000 classes: about 865 distinct values.
+  const int64_t* labels = d.labels.data_ptr<int64_t>();
+  EXPECT_GT(std::set<int64_t>(labels, labels + d.size()).size(), 800u);
+}
+
+TEST(LoadDatasetsTest, SyntheticNeedsNoFilesAndHonoursLimitsAndSize) {
+  DatasetOptions o;
+  o.kind = DatasetKind::kSynthetic;
+  o.path = "/nonexistent";  // ignored
+  o.train_limit = 40;
+  o.test_limit = 12;
+  o.image_size = 32;
+  o.val_fraction = 0.25;
+  o.seed = 5;
+  StatusOr<DatasetSplits> s = LoadDatasets(o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->train.size(), 30);
+  EXPECT_EQ(s->val.size(), 10);
+  EXPECT_EQ(s->test.size(), 12);
+  EXPECT_EQ(s->train.images.sizes(), (at::IntArrayRef{30, 3, 32, 32}));
+  EXPECT_EQ(s->test.num_classes, kSyntheticClasses);
+  // The test images are not copies of training images.
+  EXPECT_FALSE(at::equal(s->test.images[0], MakeSyntheticDataset(1, 32, 5).images[0]));
 }
 
 // ---------------------------------------------------------------- LoadDatasets
@@ -758,6 +811,28 @@ TEST(BatchLoaderTest, SameBatchesForAnyThreadCount) {
   const std::vector<int64_t> idx = sampler.Indices(1, 3);
   for (size_t i = 0; i < idx.size(); ++i) {
     EXPECT_EQ(reference[3].labels[i].item<int64_t>(), idx[i] % 10);
+  }
+}
+
+TEST(BatchLoaderTest, RawByteBatchesNormalizeToTheFloatBatches) {
+  const ImageDataset data = MakeDataset(48, 3, 8, 8);
+  const Normalization norm = ComputeMeanStd(data);
+  ShardedSampler sampler(48, 8, 0, 1, 4, true);
+  BatchLoader floats(data, sampler, norm, {}, /*train=*/true, 4, 2, 2);
+  BatchFormat raw_format;
+  raw_format.raw_bytes = true;
+  BatchLoader raw(data, sampler, norm, {}, /*train=*/true, 4, 2, 2, raw_format);
+  const std::vector<Batch> a = RunEpoch(floats, 2);
+  const std::vector<Batch> b = RunEpoch(raw, 2);
+  ASSERT_EQ(a.size(), b.size());
+  const NormalizationTensors t = MakeNormalizationTensors(norm, 3, at::kCPU);
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(b[i].images.scalar_type(), at::kByte);
+    EXPECT_TRUE(at::equal(a[i].labels, b[i].labels));
+    const at::Tensor normalized = NormalizeBatch(b[i].images, t);
+    EXPECT_EQ(normalized.scalar_type(), at::kFloat);
+    // Augmented alike (crops pad with black, which normalizes to the bias).
+    EXPECT_LT((normalized - a[i].images).abs().max().item<float>(), 1e-5) << "batch " << i;
   }
 }
 

@@ -64,9 +64,15 @@ class ClassificationTask : public TrainingTask {
     augment.horizontal_flip = spec_.data.augment && (spec_.data.kind != "idx" ||
                                                      spec_.data.path.find("fashion") !=
                                                          std::string::npos);
+    // On a GPU, batches travel as pinned uint8 and are normalized there.
+    BatchFormat format;
+    format.raw_bytes = format.pin_memory = ctx_.device.is_cuda();
+    if (format.raw_bytes) {
+      device_norm_ = MakeNormalizationTensors(norm_, data_.train.channels(), ctx_.device);
+    }
     loader_ = std::make_unique<BatchLoader>(data_.train, sampler, norm_, augment, /*train=*/true,
                                             spec_.optim.seed, spec_.data.num_workers,
-                                            /*prefetch=*/4);
+                                            /*prefetch=*/4, format);
   }
 
   void StartEpoch(int64_t epoch, int64_t first_step) override {
@@ -77,6 +83,7 @@ class ClassificationTask : public TrainingTask {
     std::optional<Batch> batch = loader_->Next();
     if (!batch) return InternalError("data loader ended inside an epoch");
     images_ = batch->images.to(ctx_.device, /*non_blocking=*/true);  // [b, C, H, W]
+    if (images_.scalar_type() == at::kByte) images_ = NormalizeBatch(images_, device_norm_);
     if (ctx_.channels_last) images_ = images_.contiguous(at::MemoryFormat::ChannelsLast);
     labels_ = batch->labels.to(ctx_.device, /*non_blocking=*/true);  // [b]
     return OkStatus();
@@ -142,6 +149,7 @@ class ClassificationTask : public TrainingTask {
   const TrainerSpec& spec_;
   DatasetSplits data_;
   Normalization norm_;
+  NormalizationTensors device_norm_;  // raw-byte batches only
   ModelArchitecture arch_;
   std::shared_ptr<Classifier> model_;
   std::unique_ptr<BatchLoader> loader_;

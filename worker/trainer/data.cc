@@ -14,6 +14,7 @@
 #include <functional>
 #include <numeric>
 #include <system_error>
+#include <type_traits>
 
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -28,6 +29,12 @@ namespace fs = std::filesystem;
 // Salts that keep the random streams of different purposes apart.
 constexpr uint64_t kValSplitSalt = 0x76616c5f73706c74ULL;  // "val_splt"
 constexpr uint64_t kAugmentSalt = 0x6175676d656e7421ULL;   // "augment!"
+constexpr uint64_t kSyntheticSalt = 0x73796e7468657469ULL;  // "syntheti"
+// Synthetic sets: default sizes, and a cap on their memory.
+constexpr int64_t kSyntheticTrainImages = 2048;
+constexpr int64_t kSyntheticTestImages = 256;
+constexpr int64_t kSyntheticSide = 224;
+constexpr int64_t kMaxSyntheticBytes = int64_t{16} << 30;
 // Larger images are refused before decoding (a bad header must not make the
 // decoder allocate gigabytes).
 constexpr int64_t kMaxImagePixels = int64_t{1} << 27;
@@ -476,28 +483,43 @@ StatusOr<ImageDataset> ReadImageFolderImpl(const std::string& split_dir,
 // Writes one normalized [C, H, W] float image: out(c, y, x) =
 // src(c, y + dy, x' + dx) with x' = flip ? W-1-x : x, pixel 0 outside the
 // image (zero padding before normalization, as torchvision pads).
+// One sample, shifted by (dx, dy) (uncovered pixels are black) and optionally
+// flipped, into dst: float pixel * scale + bias per channel (normalized), or
+// with Out = uint8_t the pixels themselves (norm unused).
+template <typename Out>
 void FillSample(const uint8_t* src, int64_t c_count, int64_t h, int64_t w,
                 const Normalization& norm, int64_t dx, int64_t dy, bool flip,
-                float* dst) {
+                Out* dst) {
   for (int64_t c = 0; c < c_count; ++c) {
-    const float scale = 1.0f / (255.0f * norm.std[c]);
-    const float bias = -norm.mean[c] / norm.std[c];
+    float scale = 1, bias = 0;
+    if constexpr (std::is_same_v<Out, float>) {
+      scale = 1.0f / (255.0f * norm.std[c]);
+      bias = -norm.mean[c] / norm.std[c];
+    }
+    const auto convert = [scale, bias](uint8_t v) -> Out {
+      if constexpr (std::is_same_v<Out, float>) {
+        return v * scale + bias;
+      } else {
+        return v;
+      }
+    };
+    const Out black = convert(0);
     const uint8_t* plane = src + c * h * w;
     for (int64_t y = 0; y < h; ++y) {
-      float* row = dst + (c * h + y) * w;
+      Out* row = dst + (c * h + y) * w;
       const int64_t sy = y + dy;
       if (sy < 0 || sy >= h) {
-        std::fill(row, row + w, bias);
+        std::fill(row, row + w, black);
         continue;
       }
       const uint8_t* src_row = plane + sy * w;
       if (dx == 0 && !flip) {
-        for (int64_t x = 0; x < w; ++x) row[x] = src_row[x] * scale + bias;
+        for (int64_t x = 0; x < w; ++x) row[x] = convert(src_row[x]);
         continue;
       }
       for (int64_t x = 0; x < w; ++x) {
         const int64_t sx = (flip ? w - 1 - x : x) + dx;
-        row[x] = (sx < 0 || sx >= w) ? bias : src_row[sx] * scale + bias;
+        row[x] = (sx < 0 || sx >= w) ? black : convert(src_row[sx]);
       }
     }
   }
@@ -536,9 +558,10 @@ StatusOr<DatasetKind> ParseDatasetKind(const std::string& name) {
   if (s == "cifar10") return DatasetKind::kCifar10;
   if (s == "cifar100") return DatasetKind::kCifar100;
   if (s == "image_folder") return DatasetKind::kImageFolder;
+  if (s == "synthetic") return DatasetKind::kSynthetic;
   return InvalidArgumentError(
       "dataset.kind: unknown \"" + name +
-      "\" (expected idx, cifar10, cifar100 or image_folder)");
+      "\" (expected idx, cifar10, cifar100, image_folder or synthetic)");
 }
 
 const char* DatasetKindName(DatasetKind kind) {
@@ -551,12 +574,15 @@ const char* DatasetKindName(DatasetKind kind) {
       return "cifar100";
     case DatasetKind::kImageFolder:
       return "image_folder";
+    case DatasetKind::kSynthetic:
+      return "synthetic";
   }
   return "unknown";
 }
 
 Status DatasetOptions::Validate() const {
-  if (path.empty() && kind != DatasetKind::kIdx) {
+  if (path.empty() && kind != DatasetKind::kIdx &&
+      kind != DatasetKind::kSynthetic) {
     return InvalidArgumentError(std::string("dataset.path: required for ") +
                                 DatasetKindName(kind));
   }
@@ -578,7 +604,44 @@ Status DatasetOptions::Validate() const {
         "dataset.image_size: must be in [0, 8192], got " +
         std::to_string(image_size));
   }
+  if (kind == DatasetKind::kSynthetic) {
+    const int64_t side = image_size > 0 ? image_size : kSyntheticSide;
+    const int64_t images = (train_limit > 0 ? train_limit : kSyntheticTrainImages) +
+                           (test_limit > 0 ? test_limit : kSyntheticTestImages);
+    const double bytes = 3.0 * static_cast<double>(side * side) * static_cast<double>(images);
+    if (bytes > static_cast<double>(kMaxSyntheticBytes)) {
+      return InvalidArgumentError(
+          "dataset: a synthetic set of " + std::to_string(images) + " images of 3x" +
+          std::to_string(side) + "x" + std::to_string(side) + " needs " +
+          std::to_string(static_cast<int64_t>(bytes / (1 << 20))) +
+          " MiB (at most 16 GiB); lower max_train_examples, max_eval_examples or input_size");
+    }
+  }
   return OkStatus();
+}
+
+ImageDataset MakeSyntheticDataset(int64_t n, int64_t side, uint64_t seed) {
+  TERN_CHECK(n >= 0 && side > 0) << n << " images of side " << side;
+  ImageDataset out;
+  out.images = at::empty({n, 3, side, side}, at::kByte);
+  out.labels = at::empty({n}, at::kLong);
+  out.num_classes = kSyntheticClasses;
+  uint8_t* pixels = out.images.data_ptr<uint8_t>();
+  int64_t* labels = out.labels.data_ptr<int64_t>();
+  const int64_t per_image = 3 * side * side;
+  // One stream per image, so any image can be regenerated alone.
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      SplitMix64 rng(Mix(seed ^ kSyntheticSalt) + static_cast<uint64_t>(i));
+      labels[i] = static_cast<int64_t>(rng.Below(kSyntheticClasses));
+      uint8_t* p = pixels + i * per_image;
+      for (int64_t k = 0; k < per_image; k += 8) {
+        const uint64_t r = rng.Next();
+        std::memcpy(p + k, &r, static_cast<size_t>(std::min<int64_t>(8, per_image - k)));
+      }
+    }
+  });
+  return out;
 }
 
 // ---------------------------------------------------------------- readers
@@ -710,9 +773,11 @@ StatusOr<ImageDataset> ReadImageFolder(const std::string& split_dir,
 
 StatusOr<DatasetSplits> LoadDatasets(const DatasetOptions& options) {
   TERN_RETURN_IF_ERROR(options.Validate());
-  const std::string dir =
-      options.path.empty() ? std::string(kDefaultIdxPath) : options.path;
-  if (!IsDirectory(dir)) {
+  const bool synthetic = options.kind == DatasetKind::kSynthetic;
+  const std::string dir = synthetic ? std::string("(generated)")
+                          : options.path.empty() ? std::string(kDefaultIdxPath)
+                                                 : options.path;
+  if (!synthetic && !IsDirectory(dir)) {
     return NotFoundError("dataset.path: " + dir + ": no such directory");
   }
   DatasetSplits s;
@@ -757,6 +822,17 @@ StatusOr<DatasetSplits> LoadDatasets(const DatasetOptions& options) {
         }
         TERN_ASSIGN_OR_RETURN(
             s.test, ReadImageFolder(test_dir, options.image_size, s.train));
+        break;
+      }
+      case DatasetKind::kSynthetic: {
+        const int64_t side = options.image_size > 0 ? options.image_size : kSyntheticSide;
+        s.train = MakeSyntheticDataset(
+            options.train_limit > 0 ? options.train_limit : kSyntheticTrainImages, side,
+            options.seed);
+        // A different stream for the test images.
+        s.test = MakeSyntheticDataset(
+            options.test_limit > 0 ? options.test_limit : kSyntheticTestImages, side,
+            Mix(options.seed + 1));
         break;
       }
     }
@@ -936,13 +1012,14 @@ Normalization ComputeMeanStd(const ImageDataset& train) {
 BatchLoader::BatchLoader(const ImageDataset& data,
                          const ShardedSampler& sampler, Normalization norm,
                          AugmentOptions augment, bool train, uint64_t seed,
-                         int num_threads, int prefetch)
+                         int num_threads, int prefetch, BatchFormat format)
     : data_(CheckedContiguous(data)),
       sampler_(sampler),
       norm_(std::move(norm)),
       augment_(augment),
       train_(train),
       seed_(seed),
+      format_(format),
       prefetcher_([this](int64_t epoch, int64_t step) { return Build(epoch, step); },
                   sampler.steps_per_epoch(), num_threads, prefetch) {
   TERN_CHECK(sampler.dataset_size() == data.size())
@@ -967,11 +1044,13 @@ Batch BatchLoader::Build(int64_t epoch, int64_t step) const {
   Batch batch;
   batch.epoch = epoch;
   batch.step = step;
-  batch.images = at::empty({b, c, h, w}, at::kFloat);
-  batch.labels = at::empty({b}, at::kLong);
+  const at::TensorOptions options =
+      at::TensorOptions().pinned_memory(format_.pin_memory);
+  batch.images = at::empty({b, c, h, w},
+                           options.dtype(format_.raw_bytes ? at::kByte : at::kFloat));
+  batch.labels = at::empty({b}, options.dtype(at::kLong));
   const uint8_t* src = data_.images.data_ptr<uint8_t>();
   const int64_t* labels = data_.labels.data_ptr<int64_t>();
-  float* dst = batch.images.data_ptr<float>();
   int64_t* dst_labels = batch.labels.data_ptr<int64_t>();
   const int64_t pad = augment_.random_crop ? augment_.pad : 0;
   const uint64_t epoch_key =
@@ -988,8 +1067,13 @@ Batch BatchLoader::Build(int64_t epoch, int64_t step) const {
       dy = static_cast<int64_t>(((r >> 24) & 0xffffffu) % span) - pad;
       flip = augment_.horizontal_flip && ((r >> 63) & 1u) != 0;
     }
-    FillSample(src + index * c * h * w, c, h, w, norm_, dx, dy, flip,
-               dst + i * c * h * w);
+    if (format_.raw_bytes) {
+      FillSample(src + index * c * h * w, c, h, w, norm_, dx, dy, flip,
+                 batch.images.data_ptr<uint8_t>() + i * c * h * w);
+    } else {
+      FillSample(src + index * c * h * w, c, h, w, norm_, dx, dy, flip,
+                 batch.images.data_ptr<float>() + i * c * h * w);
+    }
     dst_labels[i] = labels[index];
   }
   return batch;
@@ -1010,6 +1094,29 @@ std::vector<std::pair<int64_t, int64_t>> EvalRanges(int64_t dataset_size,
     ranges.emplace_back(b, std::min(b + batch, end));
   }
   return ranges;
+}
+
+NormalizationTensors MakeNormalizationTensors(const Normalization& norm,
+                                              int64_t channels,
+                                              const c10::Device& device) {
+  CheckNorm(norm, channels);
+  at::Tensor scale = at::empty({1, channels, 1, 1}, at::kFloat);
+  at::Tensor bias = at::empty({1, channels, 1, 1}, at::kFloat);
+  for (int64_t c = 0; c < channels; ++c) {
+    // FillSample's arithmetic.
+    scale.data_ptr<float>()[c] = 1.0f / (255.0f * norm.std[c]);
+    bias.data_ptr<float>()[c] = -norm.mean[c] / norm.std[c];
+  }
+  return {scale.to(device), bias.to(device)};
+}
+
+at::Tensor NormalizeBatch(const at::Tensor& images,
+                          const NormalizationTensors& norm) {
+  TERN_CHECK(images.scalar_type() == at::kByte && images.dim() == 4 &&
+             images.size(1) == norm.scale.size(1))
+      << "NormalizeBatch: expected uint8 [b, " << norm.scale.size(1)
+      << ", H, W], got " << images.sizes() << " " << images.scalar_type();
+  return at::addcmul(norm.bias, images.to(at::kFloat), norm.scale);
 }
 
 at::Tensor MakeEvalBatch(const ImageDataset& data, int64_t begin, int64_t end,

@@ -54,9 +54,10 @@ struct ImageDataset {
   int64_t width() const { return images.defined() ? images.size(3) : 0; }
 };
 
-enum class DatasetKind { kIdx, kCifar10, kCifar100, kImageFolder };
+enum class DatasetKind { kIdx, kCifar10, kCifar100, kImageFolder, kSynthetic };
 
 // Case-insensitive; accepts "idx", "cifar10", "cifar100", "image_folder",
+// "synthetic",
 // with or without the proto's "DATASET_" prefix ("DATASET_UNSPECIFIED" and ""
 // mean kIdx). INVALID_ARGUMENT otherwise.
 StatusOr<DatasetKind> ParseDatasetKind(const std::string& name);
@@ -68,7 +69,8 @@ inline constexpr char kDefaultIdxPath[] = "/usr/share/datasets/fashion-mnist";
 struct DatasetOptions {
   DatasetKind kind = DatasetKind::kIdx;
   std::string path = kDefaultIdxPath;  // directory; empty: kDefaultIdxPath
-                                       // for kIdx, an error otherwise
+                                       // for kIdx, an error otherwise;
+                                       // ignored for kSynthetic
   double val_fraction = 0;  // [0, 1): held out of train, chosen from seed
   uint64_t seed = 0;        // validation split
   int64_t train_limit = 0;  // >0: first N training images (before val split)
@@ -94,6 +96,9 @@ struct DatasetSplits {
 //   kCifar10/100: see ReadCifar
 //   kImageFolder: path/train/<class>/*, and path/test/<class>/* (or
 //                 path/val/<class>/* when there is no test folder)
+//   kSynthetic:   no files; see MakeSyntheticDataset (train_limit or 2048
+//                 training, test_limit or 256 test images, image_size or
+//                 224 pixels square)
 // then applies the limits, carves the validation split and resizes when
 // image_size differs from the native size. Blocking.
 StatusOr<DatasetSplits> LoadDatasets(const DatasetOptions& options);
@@ -128,6 +133,13 @@ StatusOr<ImageDataset> ReadImageFolder(const std::string& split_dir,
 StatusOr<ImageDataset> ReadImageFolder(const std::string& split_dir,
                                        int64_t image_size,
                                        const ImageDataset& like);
+
+// Random images for throughput benchmarks: uint8 [n, 3, side, side] with
+// uniform pixels and uniform labels over kSyntheticClasses classes, a pure
+// function of (n, side, seed). The same seed gives the same images on every
+// rank and machine.
+inline constexpr int64_t kSyntheticClasses = 1000;
+ImageDataset MakeSyntheticDataset(int64_t n, int64_t side, uint64_t seed);
 
 // Which dataset indices each step uses. A global batch is B = global_batch
 // images: step s of epoch e uses perm_e[s*B, (s+1)*B) and rank r takes the
@@ -191,8 +203,33 @@ struct Normalization {
 // channel); mean 0, std 1 for an empty dataset.
 Normalization ComputeMeanStd(const ImageDataset& train);
 
+// How BatchLoader hands batches over.
+struct BatchFormat {
+  // false: float pixels, normalized on the loader threads (CPU training).
+  // true: uint8 pixels, augmented but not normalized, for NormalizeBatch on
+  // the device after the copy: 4x fewer bytes to move to a GPU.
+  bool raw_bytes = false;
+  // Page-locked (pinned) batch memory so that the copy to a GPU can overlap
+  // compute. Needs a CUDA build and device: LibTorch throws otherwise.
+  bool pin_memory = false;
+};
+
+// Normalization as float [1, C, 1, 1] tensors on a device: normalized =
+// pixel * scale + bias, the loader's own arithmetic.
+struct NormalizationTensors {
+  at::Tensor scale, bias;
+};
+NormalizationTensors MakeNormalizationTensors(const Normalization& norm,
+                                              int64_t channels,
+                                              const c10::Device& device);
+// uint8 [b, C, H, W] (raw_bytes batches, on any device) -> float [b, C, H, W]
+// on the same device, equal to the loader's normalized batch up to float
+// rounding (1e-6).
+at::Tensor NormalizeBatch(const at::Tensor& images,
+                          const NormalizationTensors& norm);
+
 struct Batch {
-  at::Tensor images;  // float [b, C, H, W]
+  at::Tensor images;  // float [b, C, H, W]; uint8 with BatchFormat::raw_bytes
   at::Tensor labels;  // int64 [b]
   int64_t epoch = 0;
   int64_t step = 0;
@@ -201,14 +238,16 @@ struct Batch {
 // Builds the batches of one epoch in order, on `num_threads` worker threads
 // (0: on the caller's thread inside Next()), at most `prefetch` batches ahead
 // of the consumer. Batch (epoch, step) holds data[sampler.Indices(epoch,
-// step)], normalized with `norm`; with `train`, each sample is augmented with
+// step)], normalized with `norm` (or raw, per `format`); with `train`, each
+// sample is augmented with
 // randomness drawn from (seed, epoch, its dataset index). Output is
 // bit-identical for any thread count. Driven by a single thread.
 class BatchLoader {
  public:
   BatchLoader(const ImageDataset& data, const ShardedSampler& sampler,
               Normalization norm, AugmentOptions augment, bool train,
-              uint64_t seed, int num_threads, int prefetch);
+              uint64_t seed, int num_threads, int prefetch,
+              BatchFormat format = {});
   ~BatchLoader();  // stops and joins the workers, also mid-epoch
   BatchLoader(const BatchLoader&) = delete;
   BatchLoader& operator=(const BatchLoader&) = delete;
@@ -230,6 +269,7 @@ class BatchLoader {
   const AugmentOptions augment_;
   const bool train_;
   const uint64_t seed_;
+  const BatchFormat format_;
   StepPrefetcher<Batch> prefetcher_;  // last: its workers call Build()
 };
 

@@ -43,6 +43,8 @@ class Communicator {
   int rank() const { return options_.rank; }
   int world_size() const { return options_.world_size; }
   const std::string& backend() const { return options_.backend; }
+  // Whether a process group exists (world size > 1, or connect_alone).
+  bool connected() const { return group_ != nullptr; }
 
   // Averages the tensors over ranks in place, packed into buckets of at most
   // bucket_bytes, all buckets in flight at once. Undefined tensors skipped;

@@ -213,6 +213,7 @@ int main(int argc, char** argv) {
   run.world_size = EnvInt("TERN_WORLD_SIZE", 1);
   run.master_port = EnvInt("TERN_MASTER_PORT", 29500);
   if (const char* addr = std::getenv("TERN_MASTER_ADDR")) run.master_addr = addr;
+  run.always_connect = EnvInt("TERN_ALWAYS_CONNECT", 0) != 0;
   std::string master;
   app.add_option("--spec", spec_path, "job spec (proto3 JSON of tern.v1.JobSpec), - for stdin");
   app.add_option("--rank", run.rank, "this rank, in [0, world size)");
@@ -220,6 +221,9 @@ int main(int argc, char** argv) {
   app.add_option("--master", master, "rank 0's rendezvous HOST:PORT");
   app.add_option("--workdir", run.workdir, "checkpoints and artifact directory");
   app.add_option("--artifact", run.artifact_path, "where to write the .tern (default WORKDIR/model.tern)");
+  app.add_flag("--always-connect", run.always_connect,
+               "build the process group even at world size 1 (NCCL on CUDA); also "
+               "TERN_ALWAYS_CONNECT=1");
 
   auto* compare = app.add_subcommand("compare", "train FP and ternary models, print a table");
   CompareOptions co;

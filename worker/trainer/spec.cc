@@ -172,7 +172,8 @@ Status ReadData(const json& root, TrainerSpec* spec) {
   TERN_ASSIGN_OR_RETURN(ObjectReader r, ObjectReader::Make(root, "dataset", "dataset"));
   DataConfig& d = spec->data;
   TERN_RETURN_IF_ERROR(r.Enum("kind", "DATASET_",
-                              {"idx", "cifar10", "cifar100", "image_folder", "coco"}, &d.kind));
+                              {"idx", "cifar10", "cifar100", "image_folder", "coco", "synthetic"},
+                              &d.kind));
   TERN_RETURN_IF_ERROR(r.String("path", &d.path));
   TERN_RETURN_IF_ERROR(r.Double("val_fraction", &d.val_fraction));
   TERN_RETURN_IF_ERROR(r.Bool("augment", &d.augment));
@@ -314,7 +315,9 @@ Status TrainerSpec::Validate() const {
   } else if (data.kind == "coco") {
     return FieldError("dataset.kind", "DATASET_COCO needs TASK_DETECTION");
   }
-  if (data.path.empty()) return FieldError("dataset.path", "must not be empty");
+  if (data.path.empty() && data.kind != "synthetic") {
+    return FieldError("dataset.path", "must not be empty");
+  }
   if (!(data.val_fraction >= 0 && data.val_fraction < 1)) {
     return FieldError("dataset.val_fraction", "must be in [0, 1)");
   }

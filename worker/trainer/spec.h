@@ -29,7 +29,8 @@ struct ModelConfig {
 };
 
 struct DataConfig {
-  std::string kind = "idx";       // idx, cifar10, cifar100, image_folder
+  std::string kind = "idx";       // idx, cifar10, cifar100, image_folder,
+                                  // coco, synthetic (no files)
   std::string path = "/usr/share/datasets/fashion-mnist";
   double val_fraction = 0;
   bool augment = true;

@@ -172,6 +172,7 @@ Status Setup(Session& s) {
   dist.master_addr = s.run.master_addr;
   dist.master_port = s.run.master_port;
   dist.backend = spec.device == "cuda" ? "nccl" : "gloo";
+  dist.connect_alone = s.run.always_connect;
   dist.timeout = std::chrono::milliseconds(int64_t{1000} * spec.collective_timeout_seconds);
   TERN_ASSIGN_OR_RETURN(s.comm, Communicator::Connect(dist));
 
@@ -402,7 +403,8 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
                             {"init_from", s.init_from},
                             {"method", quant::MethodName(spec.quant.method)},
                             {"arch", json::parse(s.task->architecture_json())},
-                            {"device", s.device.str()}});
+                            {"device", s.device.str()},
+                            {"process_group", s.comm->connected() ? s.comm->backend() : "none"}});
   }
   TERN_LOG(INFO) << "training " << spec.model.arch << " with " << quant::MethodName(spec.quant.method)
                  << " for " << s.total_steps << " steps from step " << s.global_step;

@@ -28,6 +28,9 @@ struct RunOptions {
   std::string workdir = ".";      // checkpoints (unless the spec names a
                                   // directory) and the artifact go here
   std::string artifact_path;      // default <workdir>/model.tern
+  bool always_connect = false;    // build the process group (NCCL on CUDA,
+                                  // Gloo on CPU) even at world size 1, so a
+                                  // one-GPU run exercises NCCL
 };
 
 // Metrics are the events' JSON: classification {loss, top1, top5,
