@@ -10,7 +10,8 @@ mkdir -p "$carry/debs" "$carry/fashion-mnist"
 packages=(libgrpc++-dev libgrpc-dev libgrpc29 libgrpc++1.51 protobuf-compiler-grpc
   libabsl20220623 libabsl-dev libc-ares2 libc-ares-dev libre2-9 libre2-dev libprotoc32
   libssl-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libstb-dev libstb0
-  libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libgtest-dev libgmock-dev jq libjq1 libonig5)
+  libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libgtest-dev libgmock-dev jq libjq1 libonig5
+  ninja-build)
 (cd "$carry/debs" && apt-get download "${packages[@]}")
 cp /usr/share/datasets/fashion-mnist/*.gz "$carry/fashion-mnist/"
 du -sh "$carry"

@@ -1,6 +1,7 @@
 // CUDA checks: every quantizer's forward/backward on the GPU equals the CPU
 // result, NCCL at world size 1, a bf16 autocast step close to fp32, and a
-// `.tern` trained on the GPU evaluating identically on the CPU. Skipped (and
+// `.tern` trained on the GPU evaluating identically on the CPU, and pinned
+// uint8 batches normalized on the GPU equal to the CPU loader's. Skipped (and
 // reported as skipped) without a CUDA device.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -8,6 +9,7 @@
 
 #include "quant/ternary_model.h"
 #include "worker/trainer/autocast.h"
+#include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/models.h"
 
@@ -137,6 +139,32 @@ TEST_F(GpuTest, ArtifactTrainedOnGpuEvaluatesIdenticallyOnCpu) {
   const at::Tensor b = on_gpu->forward(xs.cuda()).cpu();
   EXPECT_TRUE(torch::equal(a.argmax(1), b.argmax(1)));
   EXPECT_TRUE(torch::allclose(a, b, 1e-3, 1e-3));
+}
+
+TEST_F(GpuTest, PinnedByteBatchesNormalizedOnGpuEqualCpuBatches) {
+  const trainer::ImageDataset data = trainer::MakeSyntheticDataset(64, 32, 9);
+  const trainer::Normalization norm = trainer::ComputeMeanStd(data);
+  trainer::ShardedSampler sampler(64, 16, 0, 1, 9, true);
+  trainer::BatchFormat gpu_format;
+  gpu_format.raw_bytes = gpu_format.pin_memory = true;
+  trainer::BatchLoader cpu_loader(data, sampler, norm, {}, /*train=*/true, 9, 1, 2);
+  trainer::BatchLoader gpu_loader(data, sampler, norm, {}, /*train=*/true, 9, 2, 2, gpu_format);
+  const trainer::NormalizationTensors t =
+      trainer::MakeNormalizationTensors(norm, 3, torch::Device(torch::kCUDA));
+  cpu_loader.StartEpoch(1);
+  gpu_loader.StartEpoch(1);
+  int batches = 0;
+  while (std::optional<trainer::Batch> a = cpu_loader.Next()) {
+    std::optional<trainer::Batch> b = gpu_loader.Next();
+    ASSERT_TRUE(b.has_value());
+    EXPECT_TRUE(b->images.is_pinned());
+    EXPECT_EQ(b->images.scalar_type(), torch::kByte);
+    const at::Tensor on_gpu = trainer::NormalizeBatch(b->images.to(torch::kCUDA, true), t);
+    EXPECT_TRUE(on_gpu.is_cuda());
+    EXPECT_LT((on_gpu.cpu() - a->images).abs().max().item<float>(), 1e-5);
+    ++batches;
+  }
+  EXPECT_EQ(batches, 4);
 }
 
 }  // namespace

@@ -28,6 +28,19 @@ TEST(SpecValidationTest, AcceptsAFullValidSpec) {
   EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
 }
 
+TEST(SpecValidationTest, SyntheticDataNeedsNoPathUnlikeFileFormats) {
+  v1::JobSpec spec;
+  spec.mutable_optimization()->set_epochs(1);
+  spec.mutable_dataset()->set_kind(v1::DATASET_SYNTHETIC);
+  spec.mutable_dataset()->set_input_size(224);
+  EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
+  spec.mutable_dataset()->set_kind(v1::DATASET_IMAGE_FOLDER);
+  const Status s = ValidateJobSpec(spec);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("dataset.path: required for DATASET_IMAGE_FOLDER"), std::string::npos)
+      << s;
+}
+
 TEST(SpecValidationTest, RejectsOutOfRangeValuesWithTheirPath) {
   v1::JobSpec spec;
   spec.mutable_optimization()->set_epochs(2);

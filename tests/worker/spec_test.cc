@@ -93,6 +93,19 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
               "model.max_detections: must be in [1, 1000]");
 }
 
+TEST(TrainerSpecTest, SyntheticDataNeedsNoPath) {
+  auto spec = ParseTrainerSpec(
+      R"({"optimization": {"epochs": 1},
+          "dataset": {"kind": "DATASET_SYNTHETIC", "path": "", "input_size": 64}})");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->data.kind, "synthetic");
+  EXPECT_EQ(spec->data.input_size, 64);
+  auto folder = ParseTrainerSpec(
+      R"({"optimization": {"epochs": 1}, "dataset": {"kind": "DATASET_IMAGE_FOLDER", "path": ""}})");
+  ASSERT_FALSE(folder.ok());
+  EXPECT_NE(folder.status().message().find("dataset.path"), std::string::npos) << folder.status();
+}
+
 TEST(TrainerSpecTest, InitFromIsAccepted) {
   auto spec = ParseTrainerSpec(R"({"optimization": {"epochs": 1}, "model": {"init_from": "/m.tern"}})");
   ASSERT_TRUE(spec.ok()) << spec.status();

@@ -195,5 +195,37 @@ TEST_F(TrainerTest, ShortFashionMnistRunIsFarAboveChance) {
   EXPECT_EQ(epoch_ends, 2);
 }
 
+// No files and no Fashion-MNIST needed: DATASET_SYNTHETIC, and the process
+// group built at world size 1 on request (how the GPU check exercises NCCL).
+TEST(TrainerSyntheticTest, TrainsOnSyntheticDataWithAProcessGroupAtWorldSizeOne) {
+  const json spec = {
+      {"name", "t-synthetic"},
+      {"model", {{"arch", "resnet20"}, {"width_multiplier", 0.25}}},
+      {"dataset", {{"kind", "DATASET_SYNTHETIC"}, {"input_size", 32}, {"max_train_examples", 64},
+                   {"max_eval_examples", 16}, {"num_workers", 1}}},
+      {"quantization", {{"method", "METHOD_HLA"}}},
+      {"optimization", {{"epochs", 1}, {"batch_size", 16}, {"lr", 0.05}}},
+      {"resources", {{"ranks", 1}, {"threads_per_rank", 1}}},
+      {"checkpoint", {{"every_steps", 1000}}}};
+  for (const bool always_connect : {false, true}) {
+    const std::string dir = TempDir(always_connect ? "synthetic_pg" : "synthetic");
+    const std::string spec_path = WriteSpec(dir, spec);
+    std::vector<std::string> args = {"--spec", spec_path, "--workdir", dir, "--master",
+                                     "127.0.0.1:" + std::to_string(PickFreePort().value())};
+    if (always_connect) args.push_back("--always-connect");
+    ASSERT_EQ(Wait(Spawn(args, dir + "/rank0.jsonl")), 0) << "always_connect " << always_connect;
+    const auto events = Events(dir + "/rank0.jsonl");
+    ASSERT_GE(events.size(), 2u);
+    ASSERT_EQ(events.front()["event"], "started") << events.front().dump();
+    EXPECT_EQ(events.front()["process_group"], always_connect ? "gloo" : "none");
+    EXPECT_EQ(events.front()["arch"]["num_classes"], 1000);
+    EXPECT_EQ(events.front()["arch"]["in_channels"], 3);
+    EXPECT_EQ(events.front()["train_examples"], 64);
+    ASSERT_EQ(events.back()["event"], "finished") << events.back().dump();
+    EXPECT_EQ(events.back()["artifact"]["examples"], 16);
+    EXPECT_EQ(events.back()["steps"], 4);
+  }
+}
+
 }  // namespace
 }  // namespace tern::trainer

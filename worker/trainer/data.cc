@@ -1,6 +1,7 @@
 #include "worker/trainer/data.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -480,12 +481,10 @@ StatusOr<ImageDataset> ReadImageFolderImpl(const std::string& split_dir,
 
 // ---------------------------------------------------------------- batches
 
-// Writes one normalized [C, H, W] float image: out(c, y, x) =
-// src(c, y + dy, x' + dx) with x' = flip ? W-1-x : x, pixel 0 outside the
-// image (zero padding before normalization, as torchvision pads).
-// One sample, shifted by (dx, dy) (uncovered pixels are black) and optionally
-// flipped, into dst: float pixel * scale + bias per channel (normalized), or
-// with Out = uint8_t the pixels themselves (norm unused).
+// Writes one [C, H, W] image: out(c, y, x) = f(src(c, y + dy, x' + dx)) with
+// x' = flip ? W-1-x : x, pixel 0 outside the image (zero padding before
+// normalization, as torchvision pads); f normalizes (pixel * scale + bias per
+// channel) for Out = float and is the identity for Out = uint8_t (norm unused).
 template <typename Out>
 void FillSample(const uint8_t* src, int64_t c_count, int64_t h, int64_t w,
                 const Normalization& norm, int64_t dx, int64_t dy, bool flip,
@@ -632,7 +631,7 @@ ImageDataset MakeSyntheticDataset(int64_t n, int64_t side, uint64_t seed) {
   // One stream per image, so any image can be regenerated alone.
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      SplitMix64 rng(Mix(seed ^ kSyntheticSalt) + static_cast<uint64_t>(i));
+      SplitMix64 rng(Mix(Mix(seed ^ kSyntheticSalt) + static_cast<uint64_t>(i)));
       labels[i] = static_cast<int64_t>(rng.Below(kSyntheticClasses));
       uint8_t* p = pixels + i * per_image;
       for (int64_t k = 0; k < per_image; k += 8) {
