@@ -44,8 +44,8 @@ if [[ "$device" == cuda ]]; then
 fi
 # The rank built its process group with the device's backend.
 "${ternctl[@]}" logs "$job" >"$work/logs.out" 2>&1 || fail "ternctl logs failed"
-grep -q "\"process_group\":\"$backend\"" "$work/logs.out" \
-  || fail "the trainer did not report a $backend process group: $(grep -m1 started "$work/logs.out")"
+grep -q "process group $backend" "$work/logs.out" \
+  || fail "the trainer did not report a $backend process group: $(grep -m1 'process group' "$work/logs.out")"
 "${ternctl[@]}" fetch "$job" -o "$work/model.tern" >/dev/null || fail "fetch failed"
 [[ "$(head -c 4 "$work/model.tern")" == "TERN" ]] || fail "fetched file is not a .tern artifact"
 echo "job $job SUCCEEDED on $device ($backend): ternary top-1 $(jq .result.ternary_top1 "$work/job.json")," \

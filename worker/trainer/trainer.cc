@@ -175,6 +175,8 @@ Status Setup(Session& s) {
   dist.connect_alone = s.run.always_connect;
   dist.timeout = std::chrono::milliseconds(int64_t{1000} * spec.collective_timeout_seconds);
   TERN_ASSIGN_OR_RETURN(s.comm, Communicator::Connect(dist));
+  TERN_LOG(INFO) << "rank " << dist.rank << "/" << dist.world_size << " on " << s.device.str()
+                 << ", process group " << (s.comm->connected() ? dist.backend : "none");
 
   TaskContext ctx;
   ctx.spec = &s.spec;
