@@ -37,7 +37,8 @@ if [[ ! -f "$cache/unpacked" ]]; then
   for deb in "$cache"/debs/libtorch-dev_*.deb "$cache"/debs/*.deb; do dpkg -x "$deb" "$cache/root"; done
   touch "$cache/unpacked"
 fi
-version=$(grep -m1 'TORCH_VERSION ' "$headers/torch/csrc/api/include/torch/version.h" | grep -o '"[^"]*"' || echo '?')
+version=$(awk '/define TORCH_VERSION_(MAJOR|MINOR|PATCH)/ {v = v (v ? "." : "") $3} END {print v}' \
+  "$headers/torch/csrc/api/include/torch/version.h")
 echo "LibTorch headers $version (CUDA build) from $headers"
 
 logs="$build/torch2-check"
