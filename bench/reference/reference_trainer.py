@@ -577,6 +577,8 @@ def train(rank, args, world_size, port):
     if args.bf16 and args.device == "cpu":
         log("note: --bf16 on CPU autocasts to bfloat16 as asked (slow on most CPUs)")
     dev = torch.device(args.device)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # as tern-trainer does on CUDA
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 

@@ -288,12 +288,14 @@ StatusOr<DetectionBatch> DetectionLoader::Build(int64_t epoch, int64_t step) con
   DetectionBatch batch;
   batch.epoch = epoch;
   batch.step = step;
-  batch.images = at::empty({b, 3, size, size}, at::kFloat);
-  batch.heatmap = at::zeros({b, classes, cells, cells}, at::kFloat);
-  batch.index = at::zeros({b, k}, at::kLong);
-  batch.size = at::zeros({b, k, 2}, at::kFloat);
-  batch.offset = at::zeros({b, k, 2}, at::kFloat);
-  batch.mask = at::zeros({b, k}, at::kFloat);
+  const at::TensorOptions f32 =
+      at::TensorOptions().dtype(at::kFloat).pinned_memory(options_.pin_memory);
+  batch.images = at::empty({b, 3, size, size}, f32);
+  batch.heatmap = at::zeros({b, classes, cells, cells}, f32);
+  batch.index = at::zeros({b, k}, f32.dtype(at::kLong));
+  batch.size = at::zeros({b, k, 2}, f32);
+  batch.offset = at::zeros({b, k, 2}, f32);
+  batch.mask = at::zeros({b, k}, f32);
   float* images = batch.images.data_ptr<float>();
   float* heat = batch.heatmap.data_ptr<float>();
   int64_t* index = batch.index.data_ptr<int64_t>();

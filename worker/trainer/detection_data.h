@@ -98,6 +98,9 @@ struct DetectionLoaderOptions {
   bool augment = true;
   uint64_t seed = 0;
   Normalization norm;
+  // Page-locked batch tensors, so the copy to a GPU can overlap compute.
+  // Needs a CUDA build and device.
+  bool pin_memory = false;
 };
 
 // Training batches of one rank: batch (epoch, step) holds the images

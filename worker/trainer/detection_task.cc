@@ -75,6 +75,7 @@ class DetectionTask : public TrainingTask {
     options.augment = spec_.data.augment;
     options.seed = spec_.optim.seed;
     options.norm = norm_;
+    options.pin_memory = ctx_.device.is_cuda();
     loader_ = std::make_unique<DetectionLoader>(splits_.train, sampler, options,
                                                 spec_.data.num_workers, /*prefetch=*/4);
   }

@@ -165,6 +165,9 @@ Status Setup(Session& s) {
       return FailedPreconditionError("resources.device_kind: CUDA requested but no GPU is visible");
     }
     s.device = torch::Device(torch::kCUDA, 0);
+    // Shapes are fixed for a whole run: let cuDNN time its algorithms once
+    // (not when bit-exact reruns were asked for).
+    at::globalContext().setBenchmarkCuDNN(!spec.optim.deterministic);
   }
   DistributedOptions dist;
   dist.rank = s.run.rank;
