@@ -30,6 +30,7 @@ out="${OUT:-/tmp}"
 mkdir -p "$out"
 log="$out/gpu-check.log"
 exec > >(tee "$log") 2>&1
+tee_pid=$!
 cd "$root"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
@@ -150,3 +151,9 @@ grep -h "SUCCEEDED on" "$out/gpu-tests.log" | sed 's/^/service: /'
 [[ "$mode" == cuda ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "total $(elapsed)s; log $log"
 rm -rf "$det_dir"
+# Let tee write the last lines before the device run collects $OUT.
+exec >/dev/null 2>&1
+wait "$tee_pid" 2>/dev/null || true
+status=0
+for v in "${result[@]}"; do [[ "$v" == FAIL* ]] && status=1; done
+exit "$status"
