@@ -16,7 +16,7 @@
 #   5. prints a short table last.
 # Full log: $OUT/gpu-check.log (else /tmp/gpu-check.log); benchmark tables in
 # $OUT/gpu-bench-*.md. Budget: well inside 8 minutes; optional steps are
-# skipped when the clock says so.
+# skipped when the clock says so. Exit status 1 when a check failed.
 #
 #   scripts/gpu-check.sh          on the GPU machine (device run, carry .carry)
 #   scripts/gpu-check.sh --cpu    a dry run of every step on a machine without
