@@ -30,7 +30,7 @@ methods="fp twn ttq lat hla_no_regularizer hla_no_rescale hla" seeds="0 1 2"
 epochs=15 batch=256 lr=0.1 warmup_epochs=0 width=1.0 max_train=0 max_eval=0 val_fraction=0
 all_ternary=false init_from_fp=false device=cpu parallel=1 threads=2 workers=2
 data=/usr/share/datasets/fashion-mnist keep=""
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --trainer) trainer="$2"; shift 2 ;;

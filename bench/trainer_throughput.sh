@@ -53,7 +53,7 @@ threads=2 batch=128 steps=40 warmup=10 width=1.0 granularity=tensor
 arch=resnet20 synthetic=false input_size=224 flops=false
 device=cpu bf16=false channels_last=false compile=false keep=""
 
-usage() { sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --trainer) trainer="$2"; shift 2 ;;
