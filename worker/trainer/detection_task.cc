@@ -97,14 +97,18 @@ class DetectionTask : public TrainingTask {
     size_ = to(batch.size);
     offset_ = to(batch.offset);
     mask_ = to(batch.mask);
+    local_objects_ = batch.mask.sum().item<double>();  // on the CPU: no device sync
     return OkStatus();
   }
 
   // The loss is normalized by the number of objects in the whole global
   // batch, so every rank needs the total.
   Status BeginStep() override {
-    at::Tensor objects = mask_.sum().to(at::kDouble).reshape({1});
-    TERN_RETURN_IF_ERROR(ctx_.comm->AllReduceSum(objects));
+    at::Tensor objects = at::full({1}, local_objects_, at::kDouble);
+    if (ctx_.comm->connected()) {
+      if (ctx_.device.is_cuda()) objects = objects.to(ctx_.device);  // NCCL needs it there
+      TERN_RETURN_IF_ERROR(ctx_.comm->AllReduceSum(objects));
+    }
     global_objects_ = objects.item<double>();
     return OkStatus();
   }
@@ -230,7 +234,8 @@ class DetectionTask : public TrainingTask {
   std::shared_ptr<CenterNet> model_;
   std::unique_ptr<DetectionLoader> loader_;
   at::Tensor images_, heatmap_, index_, size_, offset_, mask_;
-  double global_objects_ = 0;
+  double local_objects_ = 0;   // this rank's batch
+  double global_objects_ = 0;  // the global batch
 };
 
 }  // namespace

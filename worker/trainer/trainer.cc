@@ -359,21 +359,22 @@ std::optional<std::pair<int64_t, int64_t>> GpuMemoryBytes(const Session& s) {
 // ---------------------------------------------------------------- training
 
 // One optimizer step over this rank's share of the global batch, split into
-// micro-batches. Returns the mean task loss of the rank's share.
-StatusOr<double> TrainStep(Session& s) {
+// micro-batches. Returns the mean task loss of the rank's share as a detached
+// scalar on the device: reading it (a GPU sync) is left to the caller.
+StatusOr<at::Tensor> TrainStep(Session& s) {
   const int micro = s.spec.optim.micro_batches;
   auto waited = Clock::now();
   TERN_RETURN_IF_ERROR(s.task->NextBatch());
   s.data_wait_seconds += Seconds(waited);
   TERN_RETURN_IF_ERROR(s.task->BeginStep());
   s.optimizer->zero_grad();
-  double loss_sum = 0;
+  at::Tensor loss_sum;
   for (int m = 0; m < micro; ++m) {
     s.quant->BeforeForward();  // per micro-batch: each graph owns its STE node
     const at::Tensor task = s.task->MicroBatchLoss(m, micro);
     const at::Tensor loss = (task + s.quant->RegularizationLoss()) / micro;
     loss.backward();
-    loss_sum += task.item<double>();
+    loss_sum = loss_sum.defined() ? loss_sum + task.detach() : task.detach();
   }
   const auto reduce_start = Clock::now();
   TERN_RETURN_IF_ERROR(s.comm->AllReduceMean(
@@ -423,25 +424,34 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
     const auto epoch_start = Clock::now();
     const int64_t first_step = s.global_step % s.steps_per_epoch;
     s.task->StartEpoch(epoch, first_step);
-    double epoch_loss = 0;
+    // Summed on the device; read at the epoch's end.
+    at::Tensor epoch_loss = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(s.device));
     int64_t epoch_steps = 0;
     for (int64_t step = first_step; step < s.steps_per_epoch; ++step) {
       const double lr = LearningRate(spec.optim, s.global_step, s.total_steps, s.steps_per_epoch);
       SetLearningRate(*s.optimizer, lr);
       s.quant->SetProgress(static_cast<double>(s.global_step) / s.total_steps);
-      TERN_ASSIGN_OR_RETURN(double loss, TrainStep(s));
-      if (!std::isfinite(loss)) {
-        return AbortedError("loss is " + std::to_string(loss) + " at step " +
-                            std::to_string(s.global_step) + " (diverged; lower optimization.lr)");
+      TERN_ASSIGN_OR_RETURN(const at::Tensor step_loss, TrainStep(s));
+      epoch_loss.add_(step_loss);
+      const bool last = s.global_step + 1 == s.total_steps;
+      const bool report = (s.global_step + 1) % spec.progress_every_steps == 0 || last;
+      // Reading a CUDA loss waits for the step to finish: on a GPU only when
+      // reporting (divergence is caught within progress_every_steps steps),
+      // so that the CPU queues the next steps meanwhile; on the CPU every step.
+      double loss = std::nan("");
+      if (report || !s.device.is_cuda()) {
+        loss = step_loss.item<double>();
+        if (!std::isfinite(loss)) {
+          return AbortedError("loss is " + std::to_string(loss) + " at step " +
+                              std::to_string(s.global_step) + " (diverged; lower optimization.lr)");
+        }
       }
       ++s.global_step;
       ++steps_in_stats_window;
       images_since += local_batch;
       ++steps_since;
-      epoch_loss += loss;
       ++epoch_steps;
-      const bool last = s.global_step == s.total_steps;
-      if (s.global_step % spec.progress_every_steps == 0 || last) {
+      if (report) {
         const double window_seconds = Seconds(window_start);
         const double ips = images_since * s.run.world_size / std::max(1e-9, window_seconds);
         if (s.run.rank == 0) {
@@ -483,7 +493,7 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       events.Emit("epoch_end",
                   {{"epoch", epoch + 1},
                    {"eval_split", eval_split},
-                   {"train_loss", epoch_steps > 0 ? epoch_loss / epoch_steps : 0.0},
+                   {"train_loss", epoch_steps > 0 ? epoch_loss.item<double>() / epoch_steps : 0.0},
                    {"fp", metrics.first},
                    {"ternary", metrics.second},
                    {"epoch_seconds", Seconds(epoch_start)},
