@@ -15,7 +15,8 @@
 #      matmul rate; then, if time is left, the reference under torch.compile;
 #   5. prints a short table last.
 # Full log: $OUT/gpu-check.log (else /tmp/gpu-check.log); benchmark tables in
-# $OUT/gpu-bench-*.md. Budget: well inside 8 minutes; optional steps are
+# $OUT/gpu-bench-*.md (build and test logs stay in /tmp/gpu-check-logs.*: the
+# device returns at most 8 files). Budget: well inside 8 minutes; optional steps are
 # skipped when the clock says so. Exit status 1 when a check failed.
 #
 #   scripts/gpu-check.sh          on the GPU machine (device run, carry .carry)
@@ -29,6 +30,7 @@ mode=cuda
 out="${OUT:-/tmp}"
 mkdir -p "$out"
 log="$out/gpu-check.log"
+logs=$(mktemp -d /tmp/gpu-check-logs.XXXXXX)  # detail logs: the device returns at most 8 files
 exec > >(tee "$log") 2>&1
 tee_pid=$!
 cd "$root"
@@ -63,10 +65,10 @@ if [[ "$mode" == cuda ]]; then
   # 3.5; the minimum below lets Debian's gRPC/absl configs load.
   if ! cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
-      -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" -DTERN_WITH_GRPC=ON >"$out/cmake.log" 2>&1; then
-    tail -40 "$out/cmake.log"; echo "configure FAILED"; exit 1
+      -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" -DTERN_WITH_GRPC=ON >"$logs/cmake.log" 2>&1; then
+    tail -40 "$logs/cmake.log"; echo "configure FAILED"; exit 1
   fi
-  grep -q "TERN_CUDA\|CUDA" "$out/cmake.log" && grep -i "cuda" "$out/cmake.log" | head -5
+  grep -i "cuda" "$logs/cmake.log" | head -5
 else
   step "dry run on the CPU: using build/ (scripts/build.sh)"
   python=/usr/bin/python3
@@ -76,17 +78,20 @@ else
   export TERN_E2E_DEVICE=cpu
 fi
 targets=(tern-trainer gpu_test ternd tern-agent ternctl tern-synth-coco)
-if ! cmake --build "$build" -j "$jobs" --target "${targets[@]}" >"$out/build.log" 2>&1; then
-  grep -E "error|Error" "$out/build.log" | head -40; echo "build FAILED"; exit 1
+if ! cmake --build "$build" -j "$jobs" --target "${targets[@]}" >"$logs/build.log" 2>&1; then
+  grep -E "error|Error" "$logs/build.log" | head -40; echo "build FAILED"; exit 1
 fi
 step "built"
 trainer="$build/worker/trainer/tern-trainer"
 
 step "gpu-labelled tests (quantizers, NCCL, bf16, artifact, service end to end)"
 export TERN_E2E_FASHION_MNIST="$data"
-(cd "$build" && ctest -L gpu --output-on-failure --timeout 300) >"$out/gpu-tests.log" 2>&1
+(cd "$build" && ctest -L gpu --output-on-failure --timeout 300) >"$logs/gpu-tests.log" 2>&1
 gpu_tests=$?
-grep -E "tests passed|Test +#|SKIPPED|PASS|job .* SUCCEEDED" "$out/gpu-tests.log"
+grep -E "tests passed|Test +#|SKIPPED|PASS|job .* SUCCEEDED" "$logs/gpu-tests.log"
+if [[ $gpu_tests != 0 ]]; then
+  grep -vE "^\[ +(OK|RUN) +\]" "$logs/gpu-tests.log" | grep -iE -B2 -A12 "fail|error" | head -120
+fi
 result[gpu tests]=$([[ $gpu_tests == 0 ]] && echo pass || echo FAIL)
 
 step "detection on $mode: CenterNet HLA on the synthetic shapes set"
@@ -119,10 +124,10 @@ bench() {  # name, then trainer_throughput.sh arguments
   step "benchmark $name"
   local md="$out/gpu-bench-$name.md"
   if bash bench/trainer_throughput.sh --trainer "$trainer" --python "$python" --data "$data" \
-      --device "$mode" "$@" >"$md" 2>"$out/gpu-bench-$name.log"; then
+      --device "$mode" "$@" >"$md" 2>"$logs/gpu-bench-$name.log"; then
     result[bench $name]=ran; cat "$md"
   else
-    result[bench $name]=FAIL; tail -30 "$out/gpu-bench-$name.log"
+    result[bench $name]=FAIL; tail -30 "$logs/gpu-bench-$name.log"
   fi
 }
 if [[ "$mode" == cuda ]]; then
@@ -147,7 +152,7 @@ echo "|---|---|"
 for k in "gpu tests" detection "bench resnet20" "bench resnet18-224" "bench resnet20-compile"; do
   [[ -n "${result[$k]:-}" ]] && echo "| $k | ${result[$k]} |"
 done
-grep -h "SUCCEEDED on" "$out/gpu-tests.log" | sed 's/^/service: /'
+grep -h "SUCCEEDED on" "$logs/gpu-tests.log" | sed 's/^/service: /'
 [[ "$mode" == cuda ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "total $(elapsed)s; log $log"
 rm -rf "$det_dir"
