@@ -213,7 +213,7 @@ if [[ "$flops" == true ]]; then
   dtype=fp32; [[ "$bf16" == true ]] && dtype=bf16
   echo "== matmul rate of the device ($dtype)" >&2
   peak_json="$("$python" "$root/bench/reference/matmul_peak.py" --device "$device" --dtype "$dtype" \
-      $([[ "$device" == cpu ]] && echo --size 2048 --iters 5))" \
+      $([[ "$device" == cpu ]] && echo --size 512 --iters 5))" \
     || { echo "trainer_throughput.sh: matmul_peak.py failed" >&2; exit 1; }
   peak_tflops="$(jq '.tflops' <<<"$peak_json")"
   peak_line="Dense $dtype matmul on this device (same run): $(jq -r '"\(.tflops * 10 | round / 10) TFLOP/s (\(.size)², \(.device))"' <<<"$peak_json")."
