@@ -2,40 +2,19 @@
 #ifndef TERN_TESTS_DETECTION_TEST_UTIL_H_
 #define TERN_TESTS_DETECTION_TEST_UTIL_H_
 
-#include <stdlib.h>
-
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "common/check.h"
+#include "tests/common/scoped_temp_dir.h"
 
 namespace tern::detection {
 
-// A fresh directory, removed with everything in it on destruction.
-class TempDir {
+// A fresh directory for one test, removed with everything in it afterwards.
+class TempDir : public ::tern::testing_util::ScopedTempDir {
  public:
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "tern_detection_test.XXXXXX")
-            .string();
-    TERN_CHECK(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string Path(const std::string& name) const {
-    return (std::filesystem::path(path_) / name).string();
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+  TempDir() : ScopedTempDir("tern_detection_test") {}
 };
 
 // Writes `text` to `path`, creating parent directories.

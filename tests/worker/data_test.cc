@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "common/file_util.h"
-#include "tests/worker/scoped_temp_dir.h"
+#include "tests/common/scoped_temp_dir.h"
 
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -26,7 +26,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // A fresh directory per test, removed afterwards.
-class TempDir : public testing_util::ScopedTempDir {
+class TempDir : public ::tern::testing_util::ScopedTempDir {
  public:
   TempDir() : ScopedTempDir("tern_data_test") {}
 };

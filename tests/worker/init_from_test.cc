@@ -12,7 +12,7 @@
 #include "common/file_util.h"
 #include "quant/artifact.h"
 #include "quant/ternary_model.h"
-#include "tests/worker/scoped_temp_dir.h"
+#include "tests/common/scoped_temp_dir.h"
 #include "worker/trainer/checkpoint_layout.h"
 #include "worker/trainer/models.h"
 
@@ -22,7 +22,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // A fresh directory per test, removed afterwards.
-class TempDir : public testing_util::ScopedTempDir {
+class TempDir : public ::tern::testing_util::ScopedTempDir {
  public:
   TempDir() : ScopedTempDir("tern_init_from_test") {}
 };

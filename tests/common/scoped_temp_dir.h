@@ -1,8 +1,8 @@
 // ScopedTempDir: a fresh directory (mkdtemp under the system temp dir) for
 // one test, removed with everything in it when the object goes away.
-// Test-only; header-only.
-#ifndef TERN_TESTS_WORKER_SCOPED_TEMP_DIR_H_
-#define TERN_TESTS_WORKER_SCOPED_TEMP_DIR_H_
+// Test-only; header-only, no LibTorch (shared by the torch-free tests too).
+#ifndef TERN_TESTS_COMMON_SCOPED_TEMP_DIR_H_
+#define TERN_TESTS_COMMON_SCOPED_TEMP_DIR_H_
 
 #include <stdlib.h>
 
@@ -12,7 +12,7 @@
 
 #include "common/check.h"
 
-namespace tern::trainer::testing_util {
+namespace tern::testing_util {
 
 class ScopedTempDir {
  public:
@@ -38,6 +38,6 @@ class ScopedTempDir {
   std::string path_;
 };
 
-}  // namespace tern::trainer::testing_util
+}  // namespace tern::testing_util
 
-#endif  // TERN_TESTS_WORKER_SCOPED_TEMP_DIR_H_
+#endif  // TERN_TESTS_COMMON_SCOPED_TEMP_DIR_H_
