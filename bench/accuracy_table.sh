@@ -102,7 +102,13 @@ run_one() {  # method seed
     tail -n 20 "$dir/stderr.log" >&2
     return 1
   fi
-  echo "== $1 seed $2 done" >&2
+  # One line per finished run, so a grid cut short still shows what it measured.
+  echo "== $1 seed $2 done: $(python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e.get("event") == "finished":
+        top1, wall = 100 * e["artifact"]["top1"], e["wall_seconds"]
+        print(f"top-1 {top1:.2f}, {wall:.0f} s")' "$dir/events.jsonl" 2>/dev/null)" >&2
 }
 
 start=$(date +%s)
