@@ -119,10 +119,14 @@ if [[ "$mode" == cuda ]]; then
   # 3.5; the minimum below lets Debian's gRPC/absl configs load.
   if ! cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_POLICY_VERSION_MINIMUM=3.5 -DCMAKE_CXX_STANDARD="$cxx_standard" \
-      -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" -DTERN_WITH_GRPC=ON >"$logs/cmake.log" 2>&1; then
-    tail -40 "$logs/cmake.log"; echo "configure FAILED"; exit 1
+      -DTorch_DIR="$torch_prefix/Torch" -DCMAKE_PREFIX_PATH="$prefix/usr" -DTERN_WITH_GRPC=ON \
+      >"$logs/cmake.log" 2>&1; then
+    tail -40 "$logs/cmake.log"; cp "$logs/cmake.log" "$out/gpu-cmake.log"; echo "configure FAILED"; exit 1
   fi
+  cp "$logs/cmake.log" "$out/gpu-cmake.log"
   grep -i "cuda" "$logs/cmake.log" | head -5
+  grep -E "^(Protobuf_LIBRARY|Protobuf_PROTOC_EXECUTABLE|Protobuf_INCLUDE_DIR|gRPC_DIR|Torch_DIR):" \
+    "$build/CMakeCache.txt"
 else
   step "dry run on the CPU: using build/ (scripts/build.sh)"
   python=/usr/bin/python3
