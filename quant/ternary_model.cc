@@ -150,6 +150,13 @@ TernaryProjection TernaryModel::Project(Layer& layer) const {
 
 void TernaryModel::BeforeForward() {
   const bool grad = at::GradMode::is_enabled();
+  packed_reg_grad_.clear();
+  packed_reg_value_ = at::Tensor();
+  if (grad && packed_enabled_ && options_.projection == Projection::kTwn &&
+      (schedule_.ternary_forward || options_.use_regularizer)) {
+    BeforeForwardPacked();
+    return;
+  }
   for (auto& layer_ptr : layers_) {
     Layer& layer = *layer_ptr;
     if (!layer.quantized) {
@@ -185,6 +192,48 @@ void TernaryModel::BeforeForward() {
   }
 }
 
+void TernaryModel::BeforeForwardPacked() {
+  std::vector<at::Tensor> latents;
+  for (const auto& layer : layers_) {
+    if (layer->quantized) latents.push_back(layer->latent);
+  }
+  if (latents.empty()) {
+    for (auto& layer : layers_) *layer->forward_weight = layer->latent;
+    return;
+  }
+  if (packed_ == nullptr || !packed_->Matches(latents)) {
+    packed_ = std::make_unique<PackedTwnProjection>(latents, options_.granularity);
+  }
+  PackedTwnProjection::Options o;
+  o.delta_factor = options_.twn_delta_factor;
+  o.with_rho = schedule_.ternary_forward;
+  o.rescale = options_.use_rescale;
+  o.beta = options_.beta;
+  o.kappa = schedule_.kappa;
+  o.clip = options_.clip;
+  o.normalize = options_.normalize;
+  o.with_regularizer = options_.use_regularizer && schedule_.lambda != 0;
+  PackedTwnProjection::Output out = packed_->Run(latents, o);
+  size_t k = 0;
+  for (auto& layer_ptr : layers_) {
+    Layer& layer = *layer_ptr;
+    layer.cached_version = -1;
+    if (!layer.quantized) {
+      *layer.forward_weight = layer.latent;
+      continue;
+    }
+    layer.projection = TernaryProjection();  // per-layer codes: not computed here
+    *layer.forward_weight = schedule_.ternary_forward
+                                ? StraightThrough(layer.latent, out.w_hat[k], out.rho[k])
+                                : layer.latent;
+    ++k;
+  }
+  if (o.with_regularizer) {
+    packed_reg_grad_ = std::move(out.reg_grad);
+    packed_reg_value_ = out.reg_value;
+  }
+}
+
 void TernaryModel::StateLoaded() {
   moment_steps_ = state_->named_buffers(false)["moment_steps"].item<int64_t>();
   for (auto& layer : layers_) layer->cached_version = -1;
@@ -200,6 +249,7 @@ void TernaryModel::UseLatentWeights() {
 at::Tensor TernaryModel::RegularizationLoss() const {
   at::Tensor total = at::zeros({}, layers_.front()->latent.options());
   if (!options_.use_regularizer || schedule_.lambda == 0) return total;
+  if (packed_reg_value_.defined()) return packed_reg_value_ * schedule_.lambda;
   for (const auto& layer : layers_) {
     if (!layer->quantized || !layer->projection.codes.defined()) continue;
     total = total + HypersphericalRegularizer(layer->latent, layer->projection.codes,
@@ -209,8 +259,22 @@ at::Tensor TernaryModel::RegularizationLoss() const {
 }
 
 void TernaryModel::AfterBackward() {
-  if (options_.projection != Projection::kLat) return;
   at::NoGradGuard no_grad;
+  if (!packed_reg_grad_.empty()) {
+    size_t k = 0;
+    for (auto& layer : layers_) {
+      if (!layer->quantized) continue;
+      at::Tensor grad = layer->latent.mutable_grad();
+      if (grad.defined()) {
+        grad.add_(packed_reg_grad_[k], schedule_.lambda);
+      } else {
+        layer->latent.mutable_grad() = packed_reg_grad_[k] * schedule_.lambda;
+      }
+      ++k;
+    }
+    packed_reg_grad_.clear();  // once per step, however many micro-batches
+  }
+  if (options_.projection != Projection::kLat) return;
   const double decay = options_.second_moment_decay;
   for (auto& layer : layers_) {
     if (!layer->quantized || !layer->latent.grad().defined()) continue;

@@ -32,6 +32,7 @@
 #include "common/status.h"
 #include "quant/artifact.h"
 #include "quant/options.h"
+#include "quant/packed_projection.h"
 #include "quant/ternary_ops.h"
 
 namespace tern::quant {
@@ -82,13 +83,23 @@ class TernaryModel {
   void UseLatentWeights();
 
   // λ(t) · Σ_layers R(W_l) (a scalar; zero when the regularizer is off).
-  // Call after BeforeForward(), which computes the codes it uses.
+  // Call after BeforeForward(), which computes the codes it uses. Add it to
+  // the loss: on the packed path (below) it is a constant for the loss's value
+  // and its gradient is added by AfterBackward(); otherwise autograd carries
+  // it.
   at::Tensor RegularizationLoss() const;
 
-  // Updates the running second moments of the gradients (LAT's D). Call once
-  // per step after the gradients are final (after the all-reduce), so every
-  // rank holds the same state.
+  // Adds the packed path's λ·∂R/∂W to the latent gradients, and updates the
+  // running second moments of the gradients (LAT's D). Call once per step
+  // after the gradients are final (after the all-reduce), so every rank
+  // holds the same state.
   void AfterBackward();
+
+  // Training-mode BeforeForward() of the TWN projection (TWN, HLA and its
+  // ablations) projects every layer at once with PackedTwnProjection (a fixed
+  // number of kernels per step instead of ~75 per layer). On by default;
+  // off = the layer-by-layer reference path (tests compare the two).
+  void set_packed(bool packed) { packed_enabled_ = packed; }
 
   // Per-layer statistics; `reset_flips` starts a new flip-counting window.
   std::vector<LayerStats> Stats(bool reset_flips);
@@ -104,6 +115,7 @@ class TernaryModel {
   struct Layer;
   TernaryModel(std::shared_ptr<torch::nn::Module> root, QuantOptions options);
   TernaryProjection Project(Layer& layer) const;
+  void BeforeForwardPacked();
 
   std::shared_ptr<torch::nn::Module> root_;
   std::shared_ptr<torch::nn::Module> state_;
@@ -111,6 +123,10 @@ class TernaryModel {
   ScheduleState schedule_;
   std::vector<std::unique_ptr<Layer>> layers_;
   int64_t moment_steps_ = 0;
+  bool packed_enabled_ = true;
+  std::unique_ptr<PackedTwnProjection> packed_;
+  std::vector<at::Tensor> packed_reg_grad_;  // per quantized layer, this step
+  at::Tensor packed_reg_value_;              // Σ R, this step
 };
 
 // The float tensor an artifact tensor stands for (ternary codes dequantized

@@ -45,9 +45,10 @@ class StraightThroughFunction
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w,
                             const at::Tensor& w_hat, const at::Tensor& rho) {
-    (void)w;
     ctx->save_for_backward({rho});
-    return w_hat.clone();
+    // In the latent weight's memory format (channels_last on CUDA), so the
+    // convolution gets the layout it runs fastest with.
+    return at::empty_like(w).copy_(w_hat);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     const at::Tensor rho = ctx->get_saved_variables()[0];

@@ -16,11 +16,19 @@
 #   5. if the clock allows, the full-budget Fashion-MNIST grid (FP, TWN, HLA,
 #      3 seeds, 15 epochs; bench/accuracy_table.sh, all runs at once on the GPU);
 #   6. prints a short table last.
-# Full log: $OUT/gpu-check.log (else /tmp/gpu-check.log); benchmark tables in
-# $OUT/gpu-bench-*.md (build and test logs stay in /tmp/gpu-check-logs.*: the
-# device returns at most 8 files). Budget: TERN_GPU_DEADLINE_S (default 540 s,
+# Full log: $OUT/gpu-check.log (else /tmp/gpu-check.log); test output in
+# $OUT/gpu-tests.log, benchmark tables in $OUT/gpu-bench-*.md, the grid in
+# $OUT/gpu-accuracy.md, CMake's log in $OUT/gpu-cmake.log (the build log only
+# when the build fails: the device returns at most 8 files; other detail logs
+# stay in /tmp/gpu-check-logs.*). Budget: TERN_GPU_DEADLINE_S (default 540 s,
 # the build included); optional steps are skipped or cut short when the clock
 # says so. Exit status 1 when a check failed.
+#
+# Steps (TERN_GPU_STEPS, default all, in this order): grid (started in the
+# background, stopped before the first benchmark), unit (gpu-labelled
+# GoogleTest cases), e2e (the service on NCCL), detection, bench-resnet20,
+# bench-resnet18, bench-compile. A short re-check on a nearly spent budget:
+#   TERN_GPU_DEADLINE_S=200 TERN_GPU_STEPS="unit bench-resnet20 e2e" scripts/gpu-check.sh
 #
 #   scripts/gpu-check.sh          on the GPU machine (device run, carry .carry)
 #   scripts/gpu-check.sh --cpu    a dry run of every step on a machine without
@@ -64,11 +72,11 @@ accuracy_grid_wait() {  # seconds to keep for what comes after
   while kill -0 "$grid_pid" 2>/dev/null && (( $(date +%s) < stop )); do sleep 2; done
   if kill -0 "$grid_pid" 2>/dev/null; then
     kill -- "-$grid_pid" 2>/dev/null; wait "$grid_pid" 2>/dev/null
-    result[accuracy grid]="cut short at $(elapsed)s: $(grep -c ' done: ' "$logs/accuracy.log") of 9 runs done"
+    result[grid]="cut short at $(elapsed)s: $(grep -c ' done: ' "$logs/accuracy.log") of 9 runs done"
   elif wait "$grid_pid"; then
-    result[accuracy grid]=ran; cat "$out/gpu-accuracy.md"
+    result[grid]=ran; cat "$out/gpu-accuracy.md"
   else
-    result[accuracy grid]=FAIL
+    result[grid]=FAIL
   fi
   grep -E "done:|failed|rror" "$logs/accuracy.log" | head -40
 }
@@ -151,25 +159,31 @@ fi
 step "built"
 trainer="$build/worker/trainer/tern-trainer"
 [[ -x "$trainer" ]] || { echo "no tern-trainer: stopping"; exit 1; }
-accuracy_grid_start
-
-step "gpu-labelled tests (quantizers, NCCL, bf16, artifact, service end to end)"
+# What runs, in this order (TERN_GPU_STEPS overrides, e.g. a short re-check:
+# TERN_GPU_STEPS="unit bench-resnet20 e2e detection"). Steps that would not
+# end before the deadline are skipped and say so.
+steps=${TERN_GPU_STEPS:-"grid unit e2e detection bench-resnet20 bench-resnet18 bench-compile"}
 export TERN_E2E_FASHION_MNIST="$data"
-(cd "$build" && timeout 280 ctest -L gpu --output-on-failure --timeout 200) >"$logs/gpu-tests.log" 2>&1
-gpu_tests=$?
-grep -E "tests passed|Test +#|SKIPPED|PASS|job .* SUCCEEDED" "$logs/gpu-tests.log"
-if [[ $gpu_tests != 0 ]]; then
-  grep -vE "^\[ +(OK|RUN) +\]" "$logs/gpu-tests.log" | grep -iE -B2 -A12 "fail|error" | head -120
-fi
-result[gpu tests]=$([[ $gpu_tests == 0 ]] && echo pass || echo FAIL)
+: >"$out/gpu-tests.log"
 
-step "detection on $mode: CenterNet HLA on the synthetic shapes set"
-det_dir=$(mktemp -d)
-"$build/worker/detection/tern-synth-coco" --output "$det_dir/shapes" --image-size 64 \
-  --train-images 1024 --val-images 128 --max-objects 3 --seed 5 >/dev/null
-det_epochs=6; [[ "$mode" == cpu ]] && det_epochs=1
-device_kind=DEVICE_CUDA; [[ "$mode" == cpu ]] && device_kind=DEVICE_CPU
-cat > "$det_dir/spec.json" <<JSON
+gpu_ctest() {  # name, ctest selection...
+  local name="$1"; shift
+  step "gpu tests: $name"
+  (cd "$build" && timeout 280 ctest "$@" --output-on-failure --timeout 200) \
+    >>"$out/gpu-tests.log" 2>&1
+  local rc=$?
+  grep -E "tests passed|Test +#|SKIPPED|PASS|job .* SUCCEEDED|^loss" "$out/gpu-tests.log" | tail -8
+  result[$name]=$([[ $rc == 0 ]] && echo pass || echo "FAIL (see gpu-tests.log)")
+}
+
+detection() {
+  step "detection on $mode: CenterNet HLA on the synthetic shapes set"
+  det_dir=$(mktemp -d)
+  "$build/worker/detection/tern-synth-coco" --output "$det_dir/shapes" --image-size 64 \
+    --train-images 1024 --val-images 128 --max-objects 3 --seed 5 >/dev/null
+  local det_epochs=6; [[ "$mode" == cpu ]] && det_epochs=1
+  local device_kind=DEVICE_CUDA; [[ "$mode" == cpu ]] && device_kind=DEVICE_CPU
+  cat > "$det_dir/spec.json" <<JSON
 {"name": "gpu-det", "task": "TASK_DETECTION", "model": {"arch": "resnet20", "width_multiplier": 0.5},
  "dataset": {"kind": "DATASET_COCO", "path": "$det_dir/shapes", "input_size": 64, "num_workers": 4},
  "quantization": {"method": "METHOD_HLA"},
@@ -178,56 +192,75 @@ cat > "$det_dir/spec.json" <<JSON
  "resources": {"ranks": 1, "device_kind": "$device_kind"},
  "events": {"progress_every_steps": 50}}
 JSON
-TERN_MASTER_PORT=29612 timeout 150 "$trainer" --always-connect --spec "$det_dir/spec.json" --workdir "$det_dir/run" \
-  > "$out/gpu-det.jsonl" 2>"$det_dir/stderr.log"
-det=$?
-[[ $det == 0 ]] || tail -20 "$det_dir/stderr.log"
-det_line=$(jq -r 'select(.event == "finished") | "AP50 \(.artifact.ap50 // "?") AP \(.artifact.ap // "?")"' \
-  "$out/gpu-det.jsonl" 2>/dev/null | tail -1)
-pg=$(jq -r 'select(.event == "started") | .process_group' "$out/gpu-det.jsonl" 2>/dev/null | head -1)
-result[detection]="$([[ $det == 0 ]] && echo pass || echo FAIL) ($det_line, process group $pg)"
-echo "${result[detection]}"
+  TERN_MASTER_PORT=29612 timeout 150 "$trainer" --always-connect --spec "$det_dir/spec.json" \
+    --workdir "$det_dir/run" > "$out/gpu-det.jsonl" 2>"$det_dir/stderr.log"
+  local det=$?
+  [[ $det == 0 ]] || tail -20 "$det_dir/stderr.log"
+  local line pg
+  line=$(jq -r 'select(.event == "finished") | "AP50 \(.artifact.ap50 // "?") AP \(.artifact.ap // "?")"' \
+    "$out/gpu-det.jsonl" 2>/dev/null | tail -1)
+  pg=$(jq -r 'select(.event == "started") | .process_group' "$out/gpu-det.jsonl" 2>/dev/null | head -1)
+  result[detection]="$([[ $det == 0 ]] && echo pass || echo FAIL) ($line, process group $pg)"
+  echo "${result[detection]}"
+  rm -rf "$det_dir"
+}
 
-bench() {  # name, then trainer_throughput.sh arguments
-  local name="$1"; shift
+bench() {  # step, table name, then trainer_throughput.sh arguments
+  local key="$1" name="$2"; shift 2
   step "benchmark $name"
   local md="$out/gpu-bench-$name.md"
   if bash bench/trainer_throughput.sh --trainer "$trainer" --python "$python" --data "$data" \
       --device "$mode" "$@" >"$md" 2>"$logs/gpu-bench-$name.log"; then
-    result[bench $name]=ran; cat "$md"
+    result[$key]=ran; cat "$md"
   else
-    result[bench $name]=FAIL; tail -30 "$logs/gpu-bench-$name.log"
+    result[$key]=FAIL; tail -30 "$logs/gpu-bench-$name.log"
   fi
 }
+
 if [[ "$mode" == cuda ]]; then
-  accuracy_grid_wait 200  # the two timed benchmarks
   gpu_flags=(--bf16 --channels-last --threads 8 --workers 4)
-  bench resnet20 "${gpu_flags[@]}" --batch 256 --steps 80 --warmup 20
-  bench resnet18-224 "${gpu_flags[@]}" --arch resnet18 --synthetic --input-size 224 \
-    --batch 128 --steps 40 --warmup 10 --flops
-  if (( $(left) > 100 )); then
-    bench resnet20-compile "${gpu_flags[@]}" --batch 256 --steps 80 --warmup 20 --compile
-  else
-    result[bench resnet20-compile]="skipped (time: $(elapsed)s)"
-  fi
+  r20=("${gpu_flags[@]}" --batch 256 --steps 80 --warmup 20)
+  r18=("${gpu_flags[@]}" --arch resnet18 --synthetic --input-size 224 --batch 128 --steps 40
+       --warmup 10 --flops)
 else
-  accuracy_grid_wait 120
-  bench resnet20 --threads 2 --batch 32 --steps 6 --warmup 2 --width 0.25
-  bench resnet18-224 --arch resnet18 --synthetic --input-size 64 --width 0.25 --threads 2 \
-    --batch 8 --steps 4 --warmup 1 --flops
+  r20=(--threads 2 --batch 32 --steps 6 --warmup 2 --width 0.25)
+  r18=(--arch resnet18 --synthetic --input-size 64 --width 0.25 --threads 2 --batch 8 --steps 4
+       --warmup 1 --flops)
 fi
+declare -A need=([unit]=35 [e2e]=60 [detection]=20 [bench-resnet20]=45 [bench-resnet18]=60
+                 [bench-compile]=100)  # seconds each step needs, roughly
+grid_running=false
+for s in $steps; do
+  if [[ "$s" != grid ]] && [[ "$s" == bench-* ]] && $grid_running; then
+    accuracy_grid_wait 200; grid_running=false  # the GPU to the timed benchmarks alone
+  fi
+  if [[ "$s" != grid ]] && (( $(left) < ${need[$s]:-0} )); then
+    result[$s]="skipped (time: $(elapsed)s)"; continue
+  fi
+  case "$s" in
+    grid) accuracy_grid_start; grid_running=true ;;
+    unit) gpu_ctest unit -L gpu -LE e2e ;;
+    e2e) gpu_ctest e2e -R E2eServiceTrainsOnGpuWithNccl ;;
+    detection) detection ;;
+    bench-resnet20) bench "$s" resnet20 "${r20[@]}" ;;
+    bench-resnet18) bench "$s" resnet18-224 "${r18[@]}" ;;
+    bench-compile)
+      if [[ "$mode" == cuda ]]; then bench "$s" resnet20-compile "${r20[@]}" --compile
+      else result[$s]="skipped (no torch.compile run on the CPU)"; fi ;;
+    *) echo "unknown step '$s' (TERN_GPU_STEPS)"; result[$s]=FAIL ;;
+  esac
+done
+$grid_running && accuracy_grid_wait 0
 
 step "summary"
 echo "| check | result |"
 echo "|---|---|"
-for k in build "gpu tests" detection "bench resnet20" "bench resnet18-224" "accuracy grid" \
-    "bench resnet20-compile"; do
+for k in build $steps; do
   [[ -n "${result[$k]:-}" ]] && echo "| $k | ${result[$k]} |"
 done
-grep -h "SUCCEEDED on" "$logs/gpu-tests.log" | sed 's/^/service: /'
+grep -h "SUCCEEDED on" "$out/gpu-tests.log" 2>/dev/null | sed 's/^/service: /'
 [[ "$mode" == cuda ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "total $(elapsed)s; log $log"
-rm -rf "$det_dir"
 # Let tee write the last lines before the device run collects $OUT.
 exec >/dev/null 2>&1
 wait "$tee_pid" 2>/dev/null || true

@@ -4,6 +4,7 @@
 // uint8 batches normalized on the GPU equal to the CPU loader's. Skipped (and
 // reported as skipped) without a CUDA device.
 #include <gtest/gtest.h>
+#include <iostream>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -20,7 +21,22 @@ class GpuTest : public testing::Test {
  protected:
   void SetUp() override {
     if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+    // CUDA fp32 convolutions and matmuls default to TF32 (10 mantissa bits)
+    // on Ampere and newer: comparisons with the CPU need true fp32.
+    tf32_cudnn_ = at::globalContext().allowTF32CuDNN();
+    tf32_cublas_ = at::globalContext().allowTF32CuBLAS();
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
   }
+  void TearDown() override {
+    if (!torch::cuda::is_available()) return;
+    at::globalContext().setAllowTF32CuDNN(tf32_cudnn_);
+    at::globalContext().setAllowTF32CuBLAS(tf32_cublas_);
+  }
+
+ private:
+  bool tf32_cudnn_ = true;
+  bool tf32_cublas_ = true;
 };
 
 std::shared_ptr<trainer::Classifier> SmallResNet(uint64_t seed) {
@@ -53,6 +69,8 @@ TEST_F(GpuTest, EveryQuantizerMatchesCpuForwardAndBackward) {
     EXPECT_NEAR(lc.item<double>(), lg.item<double>(), 1e-3) << quant::MethodName(m);
     lc.backward();
     lg.backward();
+    qc->AfterBackward();  // the regularizer's gradient where it is applied there
+    qg->AfterBackward();
     const auto pc = cpu->parameters();
     const auto pg = gpu->parameters();
     for (size_t i = 0; i < pc.size(); ++i) {
@@ -101,8 +119,11 @@ TEST_F(GpuTest, Bf16AutocastStepLossMatchesFp32) {
   }
   loss.backward();
   EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
-  // bf16 has 8 mantissa bits: a 2% relative tolerance on the loss.
-  EXPECT_NEAR(loss.item<double>(), fp32, 0.02 * fp32);
+  // bf16 keeps 8 significant bits (0.4% per rounding); through 20 layers the
+  // roundings add up to a few percent: a 5% relative tolerance on the loss.
+  const double bf16 = loss.item<double>();
+  std::cout << "loss fp32 " << fp32 << ", bf16 autocast " << bf16 << "\n";
+  EXPECT_NEAR(bf16, fp32, 0.05 * fp32);
 }
 
 TEST_F(GpuTest, ArtifactTrainedOnGpuEvaluatesIdenticallyOnCpu) {

@@ -51,6 +51,23 @@ TEST(CommunicatorTest, BroadcastCopiesRootValues) {
   });
 }
 
+// Model parameters are leaves that require grad, and channels_last ones (the
+// CUDA default) are not contiguous: the broadcast goes through a buffer and
+// writes back without autograd complaining about an in-place op on a leaf.
+TEST(CommunicatorTest, BroadcastWritesChannelsLastParametersThatRequireGrad) {
+  RunTwoRanks([](Communicator& comm) {
+    at::Tensor p = torch::full({4, 3, 2, 2}, static_cast<float>(comm.rank() + 1))
+                       .contiguous(at::MemoryFormat::ChannelsLast)
+                       .requires_grad_();
+    ASSERT_FALSE(p.is_contiguous());
+    const Status broadcast = comm.Broadcast({p}, 0);
+    ASSERT_TRUE(broadcast.ok()) << broadcast;
+    EXPECT_TRUE(torch::equal(p.detach(), torch::ones({4, 3, 2, 2})));
+    EXPECT_TRUE(p.requires_grad());
+    ASSERT_TRUE(comm.Barrier().ok());
+  });
+}
+
 TEST(CommunicatorTest, WorldSizeOneIsANoOp) {
   auto comm = Communicator::Connect(DistributedOptions());
   ASSERT_TRUE(comm.ok());

@@ -127,6 +127,7 @@ Status Communicator::AllReduceMean(const std::vector<at::Tensor>& tensors) {
     }
   }
   return Run("gradient all-reduce", [&] {
+    at::NoGradGuard no_grad;
     // Buckets of same dtype/device, flattened, all launched before waiting.
     struct Bucket {
       std::vector<at::Tensor> members;
@@ -175,6 +176,10 @@ Status Communicator::AllReduceSum(const at::Tensor& tensor) {
 
 Status Communicator::Broadcast(const std::vector<at::Tensor>& tensors, int root) {
   return Run("broadcast", [&] {
+    // Parameters are leaves that require grad: writing the received values
+    // back (a channels_last parameter goes through a contiguous buffer on
+    // CUDA) must not be recorded by autograd.
+    at::NoGradGuard no_grad;
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
     for (const at::Tensor& t : tensors) {

@@ -14,6 +14,7 @@
 #include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/init_from.h"
+#include "worker/trainer/multi_tensor_sgd.h"
 #include "worker/trainer/task.h"
 
 #ifdef TERN_WITH_CUDA
@@ -146,7 +147,7 @@ std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(Session& s) {
   };
   groups.emplace_back(decay, options(o.weight_decay));
   groups.emplace_back(no_decay, options(0.0));
-  return std::make_unique<torch::optim::SGD>(
+  return std::make_unique<MultiTensorSgd>(
       groups, torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.nesterov));
 }
 

@@ -1,0 +1,82 @@
+// PackedTwnProjection: the TWN projection, HLA's re-scaled gradient factor ρ
+// and the hyperspherical regularizer's gradient for ALL quantized layers of a
+// model in one pass, a fixed number of kernels per training step instead of a
+// few dozen per layer (on a GPU each kernel launch costs about as much as the
+// arithmetic of a small layer; the per-layer path launched ~75 per layer).
+//
+// Layout: every unit (a whole tensor, or one output channel) of every layer
+// is laid out end to end in one flat buffer, in the logical row-major order
+// of W.reshape(U, L). The buffer is viewed as [chunks, C] with C dividing
+// every unit's length, so a per-element pass is one kernel, a per-unit sum is
+// a chunk sum, a gather and a second sum (fixed order: deterministic), and a
+// per-unit value reaches its elements through one index_select.
+//
+// The results equal ProjectTwn, RescaleFactor and
+// HypersphericalRegularizerGrad of ternary_ops.h layer by layer, up to
+// floating-point summation order (tests/quant/packed_projection_test.cc).
+// Not thread-safe; the weights must share one device and dtype.
+#ifndef TERN_QUANT_PACKED_PROJECTION_H_
+#define TERN_QUANT_PACKED_PROJECTION_H_
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "quant/options.h"
+
+namespace tern::quant {
+
+class PackedTwnProjection {
+ public:
+  struct Options {
+    double delta_factor = 0.7;  // TWN's δ
+    bool with_rho = true;       // compute ρ (the ternary forward needs it)
+    bool rescale = true;        // ρ with HLA's re-scaling (else the clip mask)
+    double beta = 0.5, kappa = 5.0, clip = 2.0;
+    bool normalize = true;
+    bool with_regularizer = false;  // ∂R/∂W and Σ R
+  };
+  struct Output {
+    // Per layer, in the order given, each of its weight's shape (standard
+    // layout) and a view of one packed buffer.
+    std::vector<at::Tensor> w_hat;     // α·T
+    std::vector<at::Tensor> rho;       // with_rho
+    std::vector<at::Tensor> reg_grad;  // with_regularizer: ∂R_l/∂W_l
+    at::Tensor reg_value;              // with_regularizer: Σ_l R_l (scalar)
+  };
+
+  // `weights`: the latent weights of the layers to project.
+  PackedTwnProjection(const std::vector<at::Tensor>& weights, Granularity g);
+
+  // True when `weights` have the shapes, device and dtype this was built for.
+  bool Matches(const std::vector<at::Tensor>& weights) const;
+
+  // Projects the current values of `weights` (no autograd).
+  Output Run(const std::vector<at::Tensor>& weights, const Options& options);
+
+  int64_t chunk_size() const { return chunk_; }
+
+ private:
+  at::Tensor UnitSum(const at::Tensor& chunked);     // [chunks, C] -> [units]
+  at::Tensor ToChunks(const at::Tensor& per_unit);   // [units] -> [chunks, 1]
+  std::vector<at::Tensor> PerLayer(const at::Tensor& flat) const;
+
+  struct LayerSlot {
+    std::vector<int64_t> shape;
+    int64_t offset = 0;
+    int64_t numel = 0;
+  };
+  std::vector<LayerSlot> layers_;
+  at::TensorOptions tensor_options_;
+  int64_t total_ = 0, chunk_ = 1, chunks_ = 0, units_ = 0, max_chunks_per_unit_ = 1;
+  at::Tensor chunk_unit_;   // [chunks] long: unit of each chunk
+  at::Tensor unit_gather_;  // [units * max_chunks_per_unit] long, `chunks_` = padding
+  at::Tensor chunk_sums_;   // [chunks + 1], the last entry stays 0
+  at::Tensor unit_length_;  // [units] L of each unit
+  at::Tensor layer_units_;  // [units] U of the unit's layer
+  at::Tensor flat_;         // [total] the packed latent weights
+};
+
+}  // namespace tern::quant
+
+#endif  // TERN_QUANT_PACKED_PROJECTION_H_

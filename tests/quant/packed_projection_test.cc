@@ -1,0 +1,169 @@
+// The packed projection (all layers at once) against the layer-by-layer
+// functions of ternary_ops.h, and TernaryModel's packed path against its
+// reference path: same forward weights, losses and latent gradients.
+#include "quant/packed_projection.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "quant/ternary_model.h"
+#include "quant/ternary_ops.h"
+
+namespace tern::quant {
+namespace {
+
+::testing::AssertionResult Close(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return ::testing::AssertionFailure() << "shapes differ";
+  if (torch::allclose(a, b, 1e-5, 1e-6)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "max |a - b| = " << (a - b).abs().max().item<double>();
+}
+
+std::vector<at::Tensor> Weights(const std::vector<std::vector<int64_t>>& shapes,
+                                bool channels_last) {
+  torch::manual_seed(3);
+  std::vector<at::Tensor> out;
+  for (const auto& shape : shapes) {
+    at::Tensor w = torch::randn(shape);
+    if (channels_last && w.dim() == 4) w = w.contiguous(at::MemoryFormat::ChannelsLast);
+    out.push_back(w);
+  }
+  return out;
+}
+
+void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granularity g,
+                               bool rescale) {
+  PackedTwnProjection packed(weights, g);
+  PackedTwnProjection::Options o;
+  o.rescale = rescale;
+  o.kappa = 12.0;
+  o.with_regularizer = true;
+  const PackedTwnProjection::Output out = packed.Run(weights, o);
+  ASSERT_EQ(out.w_hat.size(), weights.size());
+  double reg = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const TernaryProjection p = ProjectTwn(weights[i], g, o.delta_factor);
+    EXPECT_TRUE(Close(out.w_hat[i], Dequantize(p.codes, p.pos_scale, p.neg_scale))) << "w_hat " << i;
+    EXPECT_TRUE(Close(out.rho[i], RescaleFactor(weights[i], p, g, rescale, o.beta, o.kappa,
+                                                o.clip, o.normalize)))
+        << "rho " << i;
+    EXPECT_TRUE(Close(out.reg_grad[i], HypersphericalRegularizerGrad(weights[i], p.codes, g)))
+        << "regularizer gradient " << i;
+    reg += HypersphericalRegularizer(weights[i], p.codes, g).item<double>();
+  }
+  EXPECT_NEAR(out.reg_value.item<double>(), reg, 1e-5);
+}
+
+TEST(PackedTwnProjectionTest, EqualsLayerByLayerProjectionRhoAndRegularizer) {
+  const std::vector<std::vector<int64_t>> shapes = {{8, 4, 3, 3}, {16, 8, 3, 3}, {6, 4, 1, 1}, {5, 12}};
+  for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
+    for (bool channels_last : {false, true}) {
+      for (bool rescale : {false, true}) {
+        SCOPED_TRACE(std::string(GranularityName(g)) + (channels_last ? " channels_last" : "") +
+                     (rescale ? " rescale" : " clip only"));
+        ExpectMatchesLayerByLayer(Weights(shapes, channels_last), g, rescale);
+      }
+    }
+  }
+}
+
+TEST(PackedTwnProjectionTest, ChunksDivideEveryUnitEvenWhenLengthsAreCoprime) {
+  const auto weights = Weights({{3, 7}, {2, 5}, {4, 3}}, false);
+  PackedTwnProjection per_channel(weights, Granularity::kChannel);
+  EXPECT_EQ(per_channel.chunk_size(), 1);
+  ExpectMatchesLayerByLayer(weights, Granularity::kChannel, true);
+  const auto convs = Weights({{16, 8, 3, 3}, {32, 16, 3, 3}}, false);
+  EXPECT_EQ(PackedTwnProjection(convs, Granularity::kChannel).chunk_size(), 72);
+  EXPECT_EQ(PackedTwnProjection(convs, Granularity::kTensor).chunk_size(), 1152);
+}
+
+TEST(PackedTwnProjectionTest, RejectsWeightsOfAnotherShape) {
+  const auto weights = Weights({{4, 2, 3, 3}}, false);
+  PackedTwnProjection packed(weights, Granularity::kTensor);
+  EXPECT_TRUE(packed.Matches(weights));
+  EXPECT_FALSE(packed.Matches(Weights({{4, 2, 1, 1}}, false)));
+  EXPECT_FALSE(packed.Matches({}));
+}
+
+struct NetImpl : torch::nn::Module {
+  NetImpl()
+      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 6, 3).padding(1)))),
+        bn1(register_module("bn1", torch::nn::BatchNorm2d(6))),
+        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(6, 12, 3).padding(1)))),
+        conv3(register_module("conv3", torch::nn::Conv2d(torch::nn::Conv2dOptions(12, 12, 1)))),
+        fc(register_module("fc", torch::nn::Linear(12 * 4 * 4, 3))) {}
+  torch::Tensor forward(torch::Tensor x) {
+    x = torch::relu(bn1(conv1(x)));
+    x = torch::relu(conv3(torch::relu(conv2(x))));
+    return fc(torch::adaptive_avg_pool2d(x, {4, 4}).flatten(1));
+  }
+  torch::nn::Conv2d conv1;
+  torch::nn::BatchNorm2d bn1;
+  torch::nn::Conv2d conv2, conv3;
+  torch::nn::Linear fc;
+};
+TORCH_MODULE(Net);
+
+struct Step {
+  double loss = 0;
+  std::vector<at::Tensor> grads, forward_weights;
+};
+
+Step RunStep(QuantOptions o, bool packed, double progress, bool channels_last) {
+  torch::manual_seed(11);
+  Net net;
+  auto q = TernaryModel::Attach(net.ptr(), o).value();
+  q->set_packed(packed);
+  q->SetProgress(progress);
+  torch::manual_seed(12);
+  at::Tensor x = torch::randn({4, 1, 8, 8});
+  if (channels_last) {
+    for (auto& p : net->parameters()) {
+      if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+    }
+    x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  const at::Tensor y = torch::randint(0, 3, {4});
+  q->BeforeForward();
+  Step s;
+  s.forward_weights = {net->conv1->weight.detach().clone(), net->conv2->weight.detach().clone(),
+                       net->conv3->weight.detach().clone(), net->fc->weight.detach().clone()};
+  const at::Tensor loss = torch::cross_entropy_loss(net->forward(x), y) + q->RegularizationLoss();
+  loss.backward();
+  q->AfterBackward();
+  s.loss = loss.item<double>();
+  for (const auto& p : net->parameters()) s.grads.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+  return s;
+}
+
+TEST(TernaryModelPackedTest, PackedStepEqualsLayerByLayerStep) {
+  for (Method m : {Method::kTwn, Method::kHla, Method::kHlaNoRescale, Method::kHlaNoRegularizer}) {
+    for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
+      for (double progress : {0.1, 0.6}) {  // phase 1 (FP forward + R), phase 2
+        for (bool channels_last : {false, true}) {
+          SCOPED_TRACE(std::string(MethodName(m)) + " " + GranularityName(g) + " progress " +
+                       std::to_string(progress) + (channels_last ? " channels_last" : ""));
+          QuantOptions o = MakePreset(m);
+          o.granularity = g;
+          o.keep_first_fp = o.keep_last_fp = false;
+          const Step packed = RunStep(o, true, progress, channels_last);
+          const Step reference = RunStep(o, false, progress, channels_last);
+          EXPECT_NEAR(packed.loss, reference.loss, 1e-5);
+          for (size_t i = 0; i < packed.forward_weights.size(); ++i) {
+            EXPECT_TRUE(Close(packed.forward_weights[i], reference.forward_weights[i])) << "weight " << i;
+          }
+          ASSERT_EQ(packed.grads.size(), reference.grads.size());
+          for (size_t i = 0; i < packed.grads.size(); ++i) {
+            ASSERT_EQ(packed.grads[i].defined(), reference.grads[i].defined()) << "grad " << i;
+            if (packed.grads[i].defined()) {
+              EXPECT_TRUE(Close(packed.grads[i], reference.grads[i])) << "grad " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tern::quant
