@@ -1,5 +1,7 @@
 #include "quant/packed_projection.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
 #include <numeric>
 
@@ -78,7 +80,7 @@ bool PackedTwnProjection::Matches(const std::vector<at::Tensor>& weights) const 
   for (size_t i = 0; i < weights.size(); ++i) {
     if (weights[i].sizes().vec() != layers_[i].shape ||
         weights[i].device() != tensor_options_.device() ||
-        weights[i].scalar_type() != at::typeMetaToScalarType(tensor_options_.dtype())) {
+        weights[i].dtype() != tensor_options_.dtype()) {
       return false;
     }
   }

@@ -2,21 +2,24 @@
 
 #include <ATen/ATen.h>
 
+#include <sstream>
 #include <string>
 #include <type_traits>
 
 namespace tern::trainer {
 namespace {
 
-// LibTorch 1.x keys optimizer state by the TensorImpl address as a string,
-// 2.x by the address itself.
+// LibTorch 1.x keys optimizer state by the TensorImpl address printed to a
+// string (c10::guts::to_string: an ostream <<), 2.x by the address itself.
 template <typename Key>
 Key StateKey(const at::Tensor& p) {
-  if constexpr (std::is_same_v<Key, std::string>) {
-    return c10::guts::to_string(p.unsafeGetTensorImpl());
-  } else {
-    return p.unsafeGetTensorImpl();
-  }
+  return static_cast<Key>(p.unsafeGetTensorImpl());
+}
+template <>
+std::string StateKey<std::string>(const at::Tensor& p) {
+  std::ostringstream key;
+  key << p.unsafeGetTensorImpl();
+  return key.str();
 }
 
 }  // namespace
