@@ -169,7 +169,8 @@ export TERN_E2E_FASHION_MNIST="$data"
 gpu_ctest() {  # name, ctest selection...
   local name="$1"; shift
   step "gpu tests: $name"
-  (cd "$build" && timeout 280 ctest "$@" --output-on-failure --timeout 200) \
+  local cap=$(( $(left) > 280 ? 280 : $(left) > 20 ? $(left) : 20 ))
+  (cd "$build" && timeout "$cap" ctest "$@" --output-on-failure --timeout 200) \
     >>"$out/gpu-tests.log" 2>&1
   local rc=$?
   grep -E "tests passed|Test +#|SKIPPED|PASS|job .* SUCCEEDED|^loss" "$out/gpu-tests.log" | tail -8
