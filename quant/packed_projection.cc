@@ -16,9 +16,9 @@ constexpr int64_t kMaxChunk = 4096;
 
 }  // namespace
 
-PackedTwnProjection::PackedTwnProjection(const std::vector<at::Tensor>& weights,
+PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
                                          Granularity g) {
-  TERN_CHECK(!weights.empty()) << "PackedTwnProjection needs at least one weight";
+  TERN_CHECK(!weights.empty()) << "PackedProjection needs at least one weight";
   tensor_options_ = weights.front().options().requires_grad(false);
   std::vector<int64_t> unit_lengths;
   int64_t length_gcd = 0;
@@ -27,7 +27,7 @@ PackedTwnProjection::PackedTwnProjection(const std::vector<at::Tensor>& weights,
     slot.shape = w.sizes().vec();
     slot.offset = total_;
     slot.numel = w.numel();
-    TERN_CHECK(slot.numel > 0) << "PackedTwnProjection: empty weight";
+    TERN_CHECK(slot.numel > 0) << "PackedProjection: empty weight";
     const int64_t units = NumUnits(w, g);
     const int64_t length = slot.numel / units;
     for (int64_t u = 0; u < units; ++u) unit_lengths.push_back(length);
@@ -75,7 +75,7 @@ PackedTwnProjection::PackedTwnProjection(const std::vector<at::Tensor>& weights,
   flat_ = at::empty({total_}, tensor_options_);
 }
 
-bool PackedTwnProjection::Matches(const std::vector<at::Tensor>& weights) const {
+bool PackedProjection::Matches(const std::vector<at::Tensor>& weights) const {
   if (weights.size() != layers_.size()) return false;
   for (size_t i = 0; i < weights.size(); ++i) {
     if (weights[i].sizes().vec() != layers_[i].shape ||
@@ -87,19 +87,19 @@ bool PackedTwnProjection::Matches(const std::vector<at::Tensor>& weights) const 
   return true;
 }
 
-at::Tensor PackedTwnProjection::UnitSum(const at::Tensor& chunked) {
+at::Tensor PackedProjection::UnitSum(const at::Tensor& chunked) {
   if (max_chunks_per_unit_ == 1) return chunked.sum(1);  // one chunk per unit
   at::Tensor sums = chunk_sums_.narrow(0, 0, chunks_);
   at::sum_out(sums, chunked, at::IntArrayRef{1});
   return chunk_sums_.index_select(0, unit_gather_).view({units_, max_chunks_per_unit_}).sum(1);
 }
 
-at::Tensor PackedTwnProjection::ToChunks(const at::Tensor& per_unit) {
+at::Tensor PackedProjection::ToChunks(const at::Tensor& per_unit) {
   if (max_chunks_per_unit_ == 1) return per_unit.unsqueeze(1);
   return per_unit.index_select(0, chunk_unit_).unsqueeze(1);
 }
 
-std::vector<at::Tensor> PackedTwnProjection::PerLayer(const at::Tensor& flat) const {
+std::vector<at::Tensor> PackedProjection::PerLayer(const at::Tensor& flat) const {
   std::vector<at::Tensor> out;
   out.reserve(layers_.size());
   for (const LayerSlot& slot : layers_) {
@@ -108,22 +108,47 @@ std::vector<at::Tensor> PackedTwnProjection::PerLayer(const at::Tensor& flat) co
   return out;
 }
 
-PackedTwnProjection::Output PackedTwnProjection::Run(const std::vector<at::Tensor>& weights,
-                                                     const Options& o) {
-  TERN_CHECK(Matches(weights)) << "PackedTwnProjection: weights changed shape, device or dtype";
-  at::NoGradGuard no_grad;
-  // Gather: one copy per layer (it also undoes a channels_last layout).
-  for (size_t i = 0; i < weights.size(); ++i) {
-    flat_.narrow(0, layers_[i].offset, layers_[i].numel).view(layers_[i].shape)
-        .copy_(weights[i].detach());
+void PackedProjection::Gather(const std::vector<at::Tensor>& tensors, at::Tensor& flat) const {
+  // One copy per layer (it also undoes a channels_last layout).
+  if (!flat.defined()) flat = at::empty({total_}, tensor_options_);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    flat.narrow(0, layers_[i].offset, layers_[i].numel).view(layers_[i].shape)
+        .copy_(tensors[i].detach());
   }
+}
+
+PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& weights,
+                                               const Options& o,
+                                               const std::vector<at::Tensor>& moments) {
+  TERN_CHECK(Matches(weights)) << "PackedProjection: weights changed shape, device or dtype";
+  TERN_CHECK(moments.empty() || Matches(moments)) << "PackedProjection: moments do not match";
+  at::NoGradGuard no_grad;
+  Gather(weights, flat_);
   const at::Tensor w = flat_.view({chunks_, chunk_});
   const at::Tensor a = w.abs();
   const at::Tensor mean_abs = UnitSum(a) / unit_length_;
-  const at::Tensor delta = ToChunks(mean_abs * o.delta_factor);
-  const at::Tensor mask = (a > delta).to(a.scalar_type());
-  const at::Tensor kept = UnitSum(mask);
-  const at::Tensor alpha = UnitSum(a * mask) / kept.clamp_min(kTiny);
+  at::Tensor delta = ToChunks(mean_abs * o.delta_factor);
+  at::Tensor mask = (a > delta).to(a.scalar_type());
+  at::Tensor alpha;
+  if (o.lat_iterations == 0) {  // TWN: α = Σ|W|⊙M / ΣM
+    alpha = UnitSum(a * mask) / UnitSum(mask).clamp_min(kTiny);
+  } else {  // LAT: α = Σ d|W|⊙M / Σ d⊙M, Δ = α/2, then the final mask's α
+    at::Tensor d;
+    if (!moments.empty()) {
+      Gather(moments, flat_moments_);
+      d = (flat_moments_.view({chunks_, chunk_}) / o.moment_correction).sqrt() + o.lat_epsilon;
+    }
+    const at::Tensor da = d.defined() ? d * a : a;
+    auto weighted_alpha = [&] {
+      return UnitSum(da * mask) / UnitSum(d.defined() ? d * mask : mask).clamp_min(kTiny);
+    };
+    for (int i = 0; i < o.lat_iterations; ++i) {
+      alpha = weighted_alpha();
+      delta = ToChunks(alpha / 2);
+      mask = (a > delta).to(a.scalar_type());
+    }
+    alpha = weighted_alpha();
+  }
   const at::Tensor codes = w.sign() * mask;
   const at::Tensor alpha_c = ToChunks(alpha);
   Output out;
@@ -143,7 +168,7 @@ PackedTwnProjection::Output PackedTwnProjection::Run(const std::vector<at::Tenso
   if (o.with_regularizer) {
     // R_l = 1 − mean over the layer's units of cos(W_u, T_u); T·T = |mask|.
     const at::Tensor norm_w = UnitSum(w * w).sqrt();
-    const at::Tensor norm_t = kept.sqrt();
+    const at::Tensor norm_t = UnitSum(mask).sqrt();
     const at::Tensor dot = UnitSum(w * codes);
     const at::Tensor norms = norm_w * norm_t;
     const at::Tensor valid = norms > kTiny;

@@ -1,6 +1,6 @@
-// PackedTwnProjection: the TWN projection, HLA's re-scaled gradient factor ρ
-// and the hyperspherical regularizer's gradient for ALL quantized layers of a
-// model in one pass, a fixed number of kernels per training step instead of a
+// PackedProjection: the TWN or loss-aware (LAT) projection, HLA's re-scaled
+// gradient factor ρ and the hyperspherical regularizer's gradient for ALL
+// quantized layers of a model in one pass, a fixed number of kernels per training step instead of a
 // few dozen per layer (on a GPU each kernel launch costs about as much as the
 // arithmetic of a small layer; the per-layer path launched ~75 per layer).
 //
@@ -11,7 +11,7 @@
 // a chunk sum, a gather and a second sum (fixed order: deterministic), and a
 // per-unit value reaches its elements through one index_select.
 //
-// The results equal ProjectTwn, RescaleFactor and
+// The results equal ProjectTwn / ProjectLat, RescaleFactor and
 // HypersphericalRegularizerGrad of ternary_ops.h layer by layer, up to
 // floating-point summation order (tests/quant/packed_projection_test.cc).
 // Not thread-safe; the weights must share one device and dtype.
@@ -26,10 +26,14 @@
 
 namespace tern::quant {
 
-class PackedTwnProjection {
+class PackedProjection {
  public:
   struct Options {
-    double delta_factor = 0.7;  // TWN's δ
+    double delta_factor = 0.7;  // TWN's δ (LAT's starting Δ)
+    // LAT: α/Δ alternations weighted by d = sqrt(moments / correction) + ε
+    // (`moments` per layer as in Run(); none = d of ones); 0 = TWN.
+    int lat_iterations = 0;
+    double moment_correction = 1.0, lat_epsilon = 1e-8;
     bool with_rho = true;       // compute ρ (the ternary forward needs it)
     bool rescale = true;        // ρ with HLA's re-scaling (else the clip mask)
     double beta = 0.5, kappa = 5.0, clip = 2.0;
@@ -46,13 +50,15 @@ class PackedTwnProjection {
   };
 
   // `weights`: the latent weights of the layers to project.
-  PackedTwnProjection(const std::vector<at::Tensor>& weights, Granularity g);
+  PackedProjection(const std::vector<at::Tensor>& weights, Granularity g);
 
   // True when `weights` have the shapes, device and dtype this was built for.
   bool Matches(const std::vector<at::Tensor>& weights) const;
 
-  // Projects the current values of `weights` (no autograd).
-  Output Run(const std::vector<at::Tensor>& weights, const Options& options);
+  // Projects the current values of `weights` (no autograd). `moments`: LAT's
+  // second moments, one per weight of the same shape, or empty.
+  Output Run(const std::vector<at::Tensor>& weights, const Options& options,
+             const std::vector<at::Tensor>& moments = {});
 
   int64_t chunk_size() const { return chunk_; }
 
@@ -60,6 +66,7 @@ class PackedTwnProjection {
   at::Tensor UnitSum(const at::Tensor& chunked);     // [chunks, C] -> [units]
   at::Tensor ToChunks(const at::Tensor& per_unit);   // [units] -> [chunks, 1]
   std::vector<at::Tensor> PerLayer(const at::Tensor& flat) const;
+  void Gather(const std::vector<at::Tensor>& tensors, at::Tensor& flat) const;
 
   struct LayerSlot {
     std::vector<int64_t> shape;
@@ -75,6 +82,7 @@ class PackedTwnProjection {
   at::Tensor unit_length_;  // [units] L of each unit
   at::Tensor layer_units_;  // [units] U of the unit's layer
   at::Tensor flat_;         // [total] the packed latent weights
+  at::Tensor flat_moments_; // [total] LAT's packed second moments
 };
 
 }  // namespace tern::quant

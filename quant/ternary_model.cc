@@ -152,7 +152,7 @@ void TernaryModel::BeforeForward() {
   const bool grad = at::GradMode::is_enabled();
   packed_reg_grad_.clear();
   packed_reg_value_ = at::Tensor();
-  if (grad && packed_enabled_ && options_.projection == Projection::kTwn &&
+  if (grad && packed_enabled_ && options_.projection != Projection::kTtq &&
       (schedule_.ternary_forward || options_.use_regularizer)) {
     BeforeForwardPacked();
     return;
@@ -193,19 +193,28 @@ void TernaryModel::BeforeForward() {
 }
 
 void TernaryModel::BeforeForwardPacked() {
-  std::vector<at::Tensor> latents;
+  std::vector<at::Tensor> latents, moments;
+  const bool lat = options_.projection == Projection::kLat;
   for (const auto& layer : layers_) {
-    if (layer->quantized) latents.push_back(layer->latent);
+    if (!layer->quantized) continue;
+    latents.push_back(layer->latent);
+    if (lat && moment_steps_ > 0) moments.push_back(layer->second_moment);
   }
   if (latents.empty()) {
     for (auto& layer : layers_) *layer->forward_weight = layer->latent;
     return;
   }
   if (packed_ == nullptr || !packed_->Matches(latents)) {
-    packed_ = std::make_unique<PackedTwnProjection>(latents, options_.granularity);
+    packed_ = std::make_unique<PackedProjection>(latents, options_.granularity);
   }
-  PackedTwnProjection::Options o;
+  PackedProjection::Options o;
   o.delta_factor = options_.twn_delta_factor;
+  if (lat) {
+    o.lat_iterations = options_.lat_iterations;
+    o.lat_epsilon = options_.lat_epsilon;
+    o.moment_correction =
+        1.0 - std::pow(options_.second_moment_decay, static_cast<double>(moment_steps_));
+  }
   o.with_rho = schedule_.ternary_forward;
   o.rescale = options_.use_rescale;
   o.beta = options_.beta;
@@ -213,7 +222,7 @@ void TernaryModel::BeforeForwardPacked() {
   o.clip = options_.clip;
   o.normalize = options_.normalize;
   o.with_regularizer = options_.use_regularizer && schedule_.lambda != 0;
-  PackedTwnProjection::Output out = packed_->Run(latents, o);
+  PackedProjection::Output out = packed_->Run(latents, o, moments);
   size_t k = 0;
   for (auto& layer_ptr : layers_) {
     Layer& layer = *layer_ptr;
@@ -276,10 +285,15 @@ void TernaryModel::AfterBackward() {
   }
   if (options_.projection != Projection::kLat) return;
   const double decay = options_.second_moment_decay;
+  std::vector<at::Tensor> moments, grads;  // v ← decay·v + (1 − decay)·g², multi-tensor
   for (auto& layer : layers_) {
     if (!layer->quantized || !layer->latent.grad().defined()) continue;
-    const at::Tensor& g = layer->latent.grad();
-    layer->second_moment.mul_(decay).addcmul_(g, g, 1.0 - decay);
+    moments.push_back(layer->second_moment);
+    grads.push_back(layer->latent.grad());
+  }
+  if (!moments.empty()) {
+    at::_foreach_mul_(moments, decay);
+    at::_foreach_addcmul_(moments, grads, grads, 1.0 - decay);
   }
   state_->named_buffers(false)["moment_steps"].add_(1);
   ++moment_steps_;  // mirrors the buffer without a device sync

@@ -95,10 +95,11 @@ class TernaryModel {
   // holds the same state.
   void AfterBackward();
 
-  // Training-mode BeforeForward() of the TWN projection (TWN, HLA and its
-  // ablations) projects every layer at once with PackedTwnProjection (a fixed
-  // number of kernels per step instead of ~75 per layer). On by default;
-  // off = the layer-by-layer reference path (tests compare the two).
+  // Training-mode BeforeForward() of the TWN and LAT projections (TWN, LAT,
+  // HLA and its ablations; not TTQ) projects every layer at once with
+  // PackedProjection (a fixed number of kernels per step instead of ~75 per
+  // layer). On by default; off = the layer-by-layer reference path (tests
+  // compare the two).
   void set_packed(bool packed) { packed_enabled_ = packed; }
 
   // Per-layer statistics; `reset_flips` starts a new flip-counting window.
@@ -124,7 +125,7 @@ class TernaryModel {
   std::vector<std::unique_ptr<Layer>> layers_;
   int64_t moment_steps_ = 0;
   bool packed_enabled_ = true;
-  std::unique_ptr<PackedTwnProjection> packed_;
+  std::unique_ptr<PackedProjection> packed_;
   std::vector<at::Tensor> packed_reg_grad_;  // per quantized layer, this step
   at::Tensor packed_reg_value_;              // Σ R, this step
 };

@@ -31,18 +31,28 @@ std::vector<at::Tensor> Weights(const std::vector<std::vector<int64_t>>& shapes,
   return out;
 }
 
+// `lat`: the loss-aware projection with random second moments (else TWN).
 void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granularity g,
-                               bool rescale) {
-  PackedTwnProjection packed(weights, g);
-  PackedTwnProjection::Options o;
+                               bool rescale, bool lat = false) {
+  PackedProjection packed(weights, g);
+  PackedProjection::Options o;
   o.rescale = rescale;
   o.kappa = 12.0;
   o.with_regularizer = true;
-  const PackedTwnProjection::Output out = packed.Run(weights, o);
+  std::vector<at::Tensor> moments;
+  if (lat) {
+    o.lat_iterations = 3;
+    o.moment_correction = 0.25;
+    for (const at::Tensor& w : weights) moments.push_back(torch::rand_like(w) * 1e-3);
+  }
+  const PackedProjection::Output out = packed.Run(weights, o, moments);
   ASSERT_EQ(out.w_hat.size(), weights.size());
   double reg = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
-    const TernaryProjection p = ProjectTwn(weights[i], g, o.delta_factor);
+    const TernaryProjection p =
+        lat ? ProjectLat(weights[i], (moments[i] / o.moment_correction).sqrt() + o.lat_epsilon, g,
+                         o.lat_iterations, o.delta_factor)
+            : ProjectTwn(weights[i], g, o.delta_factor);
     EXPECT_TRUE(Close(out.w_hat[i], Dequantize(p.codes, p.pos_scale, p.neg_scale))) << "w_hat " << i;
     EXPECT_TRUE(Close(out.rho[i], RescaleFactor(weights[i], p, g, rescale, o.beta, o.kappa,
                                                 o.clip, o.normalize)))
@@ -54,32 +64,35 @@ void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granulari
   EXPECT_NEAR(out.reg_value.item<double>(), reg, 1e-5);
 }
 
-TEST(PackedTwnProjectionTest, EqualsLayerByLayerProjectionRhoAndRegularizer) {
+TEST(PackedProjectionTest, EqualsLayerByLayerProjectionRhoAndRegularizer) {
   const std::vector<std::vector<int64_t>> shapes = {{8, 4, 3, 3}, {16, 8, 3, 3}, {6, 4, 1, 1}, {5, 12}};
   for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
     for (bool channels_last : {false, true}) {
       for (bool rescale : {false, true}) {
-        SCOPED_TRACE(std::string(GranularityName(g)) + (channels_last ? " channels_last" : "") +
-                     (rescale ? " rescale" : " clip only"));
-        ExpectMatchesLayerByLayer(Weights(shapes, channels_last), g, rescale);
+        for (bool lat : {false, true}) {
+          SCOPED_TRACE(std::string(GranularityName(g)) + (channels_last ? " channels_last" : "") +
+                       (rescale ? " rescale" : " clip only") + (lat ? " LAT" : " TWN"));
+          ExpectMatchesLayerByLayer(Weights(shapes, channels_last), g, rescale, lat);
+        }
       }
     }
   }
 }
 
-TEST(PackedTwnProjectionTest, ChunksDivideEveryUnitEvenWhenLengthsAreCoprime) {
+TEST(PackedProjectionTest, ChunksDivideEveryUnitEvenWhenLengthsAreCoprime) {
   const auto weights = Weights({{3, 7}, {2, 5}, {4, 3}}, false);
-  PackedTwnProjection per_channel(weights, Granularity::kChannel);
+  PackedProjection per_channel(weights, Granularity::kChannel);
   EXPECT_EQ(per_channel.chunk_size(), 1);
   ExpectMatchesLayerByLayer(weights, Granularity::kChannel, true);
+  ExpectMatchesLayerByLayer(weights, Granularity::kChannel, true, /*lat=*/true);
   const auto convs = Weights({{16, 8, 3, 3}, {32, 16, 3, 3}}, false);
-  EXPECT_EQ(PackedTwnProjection(convs, Granularity::kChannel).chunk_size(), 72);
-  EXPECT_EQ(PackedTwnProjection(convs, Granularity::kTensor).chunk_size(), 1152);
+  EXPECT_EQ(PackedProjection(convs, Granularity::kChannel).chunk_size(), 72);
+  EXPECT_EQ(PackedProjection(convs, Granularity::kTensor).chunk_size(), 1152);
 }
 
-TEST(PackedTwnProjectionTest, RejectsWeightsOfAnotherShape) {
+TEST(PackedProjectionTest, RejectsWeightsOfAnotherShape) {
   const auto weights = Weights({{4, 2, 3, 3}}, false);
-  PackedTwnProjection packed(weights, Granularity::kTensor);
+  PackedProjection packed(weights, Granularity::kTensor);
   EXPECT_TRUE(packed.Matches(weights));
   EXPECT_FALSE(packed.Matches(Weights({{4, 2, 1, 1}}, false)));
   EXPECT_FALSE(packed.Matches({}));
@@ -109,7 +122,8 @@ struct Step {
   std::vector<at::Tensor> grads, forward_weights;
 };
 
-Step RunStep(QuantOptions o, bool packed, double progress, bool channels_last) {
+// `steps` SGD steps (so LAT's second moments fill); the last one is returned.
+Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, int steps = 3) {
   torch::manual_seed(11);
   Net net;
   auto q = TernaryModel::Attach(net.ptr(), o).value();
@@ -124,20 +138,29 @@ Step RunStep(QuantOptions o, bool packed, double progress, bool channels_last) {
     x = x.contiguous(at::MemoryFormat::ChannelsLast);
   }
   const at::Tensor y = torch::randint(0, 3, {4});
-  q->BeforeForward();
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.05));
   Step s;
-  s.forward_weights = {net->conv1->weight.detach().clone(), net->conv2->weight.detach().clone(),
-                       net->conv3->weight.detach().clone(), net->fc->weight.detach().clone()};
-  const at::Tensor loss = torch::cross_entropy_loss(net->forward(x), y) + q->RegularizationLoss();
-  loss.backward();
-  q->AfterBackward();
-  s.loss = loss.item<double>();
-  for (const auto& p : net->parameters()) s.grads.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+  for (int step = 0; step < steps; ++step) {
+    opt.zero_grad();
+    q->BeforeForward();
+    s.forward_weights = {net->conv1->weight.detach().clone(), net->conv2->weight.detach().clone(),
+                         net->conv3->weight.detach().clone(), net->fc->weight.detach().clone()};
+    const at::Tensor loss = torch::cross_entropy_loss(net->forward(x), y) + q->RegularizationLoss();
+    loss.backward();
+    q->AfterBackward();
+    s.loss = loss.item<double>();
+    s.grads.clear();
+    for (const auto& p : net->parameters()) {
+      s.grads.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+    }
+    if (step + 1 < steps) opt.step();
+  }
   return s;
 }
 
 TEST(TernaryModelPackedTest, PackedStepEqualsLayerByLayerStep) {
-  for (Method m : {Method::kTwn, Method::kHla, Method::kHlaNoRescale, Method::kHlaNoRegularizer}) {
+  for (Method m : {Method::kTwn, Method::kLat, Method::kHla, Method::kHlaNoRescale,
+                   Method::kHlaNoRegularizer}) {
     for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
       for (double progress : {0.1, 0.6}) {  // phase 1 (FP forward + R), phase 2
         for (bool channels_last : {false, true}) {
@@ -146,8 +169,8 @@ TEST(TernaryModelPackedTest, PackedStepEqualsLayerByLayerStep) {
           QuantOptions o = MakePreset(m);
           o.granularity = g;
           o.keep_first_fp = o.keep_last_fp = false;
-          const Step packed = RunStep(o, true, progress, channels_last);
-          const Step reference = RunStep(o, false, progress, channels_last);
+          const Step packed = RunSteps(o, true, progress, channels_last);
+          const Step reference = RunSteps(o, false, progress, channels_last);
           EXPECT_NEAR(packed.loss, reference.loss, 1e-5);
           for (size_t i = 0; i < packed.forward_weights.size(); ++i) {
             EXPECT_TRUE(Close(packed.forward_weights[i], reference.forward_weights[i])) << "weight " << i;
