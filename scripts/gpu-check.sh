@@ -171,9 +171,10 @@ gpu_ctest() {  # name, ctest selection...
   step "gpu tests: $name"
   local cap=$(( $(left) > 280 ? 280 : $(left) > 20 ? $(left) : 20 ))
   (cd "$build" && timeout "$cap" ctest "$@" --output-on-failure --timeout 200) \
-    >>"$out/gpu-tests.log" 2>&1
+    >"$logs/ctest-$name.log" 2>&1
   local rc=$?
-  grep -E "tests passed|Test +#|SKIPPED|PASS|job .* SUCCEEDED|^loss" "$out/gpu-tests.log" | tail -8
+  cat "$logs/ctest-$name.log" >>"$out/gpu-tests.log"
+  grep -E "tests passed|Test +#|SKIPPED|job .* SUCCEEDED|^loss" "$logs/ctest-$name.log"
   result[$name]=$([[ $rc == 0 ]] && echo pass || echo "FAIL (see gpu-tests.log)")
 }
 
