@@ -153,8 +153,7 @@ void TernaryModel::BeforeForward() {
   packed_reg_grad_.clear();
   packed_reg_value_ = at::Tensor();
   if (grad && packed_enabled_ && options_.projection != Projection::kTtq &&
-      (schedule_.ternary_forward || options_.use_regularizer)) {
-    BeforeForwardPacked();
+      (schedule_.ternary_forward || options_.use_regularizer) && BeforeForwardPacked()) {
     return;
   }
   for (auto& layer_ptr : layers_) {
@@ -192,7 +191,7 @@ void TernaryModel::BeforeForward() {
   }
 }
 
-void TernaryModel::BeforeForwardPacked() {
+bool TernaryModel::BeforeForwardPacked() {
   std::vector<at::Tensor> latents, moments;
   const bool lat = options_.projection == Projection::kLat;
   for (const auto& layer : layers_) {
@@ -202,10 +201,14 @@ void TernaryModel::BeforeForwardPacked() {
   }
   if (latents.empty()) {
     for (auto& layer : layers_) *layer->forward_weight = layer->latent;
-    return;
+    return true;
   }
   if (packed_ == nullptr || !packed_->Matches(latents)) {
     packed_ = std::make_unique<PackedProjection>(latents, options_.granularity);
+    if (!packed_->Matches(latents)) {  // layers on several devices or dtypes
+      packed_.reset();
+      return false;
+    }
   }
   PackedProjection::Options o;
   o.delta_factor = options_.twn_delta_factor;
@@ -241,6 +244,7 @@ void TernaryModel::BeforeForwardPacked() {
     packed_reg_grad_ = std::move(out.reg_grad);
     packed_reg_value_ = out.reg_value;
   }
+  return true;
 }
 
 void TernaryModel::StateLoaded() {

@@ -116,7 +116,9 @@ class TernaryModel {
   struct Layer;
   TernaryModel(std::shared_ptr<torch::nn::Module> root, QuantOptions options);
   TernaryProjection Project(Layer& layer) const;
-  void BeforeForwardPacked();
+  // False (nothing done) when the quantized layers do not share one device
+  // and dtype: the per-layer path then runs.
+  bool BeforeForwardPacked();
 
   std::shared_ptr<torch::nn::Module> root_;
   std::shared_ptr<torch::nn::Module> state_;

@@ -188,5 +188,29 @@ TEST(TernaryModelPackedTest, PackedStepEqualsLayerByLayerStep) {
   }
 }
 
+// Layers of several dtypes cannot share one packed buffer: BeforeForward()
+// falls back to the per-layer path instead of failing.
+TEST(TernaryModelPackedTest, MixedDtypesFallBackToTheLayerByLayerPath) {
+  Net packed_net, reference_net;
+  torch::manual_seed(5);
+  packed_net = Net();
+  torch::manual_seed(5);
+  reference_net = Net();
+  packed_net->conv2->to(torch::kDouble);
+  reference_net->conv2->to(torch::kDouble);
+  QuantOptions o = MakePreset(Method::kHla);
+  o.keep_first_fp = o.keep_last_fp = false;
+  auto packed = TernaryModel::Attach(packed_net.ptr(), o).value();
+  auto reference = TernaryModel::Attach(reference_net.ptr(), o).value();
+  reference->set_packed(false);
+  packed->SetProgress(0.6);
+  reference->SetProgress(0.6);
+  packed->BeforeForward();
+  reference->BeforeForward();
+  EXPECT_EQ(packed_net->conv2->weight.scalar_type(), torch::kDouble);
+  EXPECT_TRUE(torch::equal(packed_net->conv2->weight, reference_net->conv2->weight));
+  EXPECT_TRUE(torch::equal(packed_net->conv3->weight, reference_net->conv3->weight));
+}
+
 }  // namespace
 }  // namespace tern::quant
