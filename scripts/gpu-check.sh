@@ -170,11 +170,11 @@ gpu_ctest() {  # name, ctest selection...
   local name="$1"; shift
   step "gpu tests: $name"
   local cap=$(( $(left) > 280 ? 280 : $(left) > 20 ? $(left) : 20 ))
-  (cd "$build" && timeout "$cap" ctest "$@" --output-on-failure --timeout 200) \
+  (cd "$build" && timeout "$cap" ctest "$@" --verbose --timeout 200) \
     >"$logs/ctest-$name.log" 2>&1
   local rc=$?
   cat "$logs/ctest-$name.log" >>"$out/gpu-tests.log"
-  grep -E "tests passed|Test +#|SKIPPED|job .* SUCCEEDED|^loss" "$logs/ctest-$name.log"
+  grep -E "tests passed|Test +#|SKIPPED|job .* SUCCEEDED|loss fp32" "$logs/ctest-$name.log"
   result[$name]=$([[ $rc == 0 ]] && echo pass || echo "FAIL (see gpu-tests.log)")
 }
 
