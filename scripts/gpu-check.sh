@@ -20,7 +20,7 @@
 # $OUT/gpu-tests.log, benchmark tables in $OUT/gpu-bench-*.md, the grid in
 # $OUT/gpu-accuracy.md, CMake's log in $OUT/gpu-cmake.log (the build log only
 # when the build fails: the device returns at most 8 files; other detail logs
-# stay in /tmp/gpu-check-logs.*). Budget: TERN_GPU_DEADLINE_S (default 540 s,
+# stay in /tmp/gpu-check-logs.*). Budget: TERN_GPU_DEADLINE_S (default 420 s,
 # the build included); optional steps are skipped or cut short when the clock
 # says so. Exit status 1 when a check failed.
 #
@@ -46,7 +46,7 @@ exec > >(tee "$log") 2>&1
 tee_pid=$!
 cd "$root"
 start=$(date +%s)
-deadline=${TERN_GPU_DEADLINE_S:-540}
+deadline=${TERN_GPU_DEADLINE_S:-420}
 elapsed() { echo $(( $(date +%s) - start )); }
 left() { echo $(( deadline - $(date +%s) + start )); }
 step() { echo "== $(elapsed)s: $*"; }
