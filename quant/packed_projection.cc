@@ -72,7 +72,6 @@ PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
   unit_length_ = at::tensor(unit_length, floats).to(tensor_options_);
   layer_units_ = at::tensor(layer_units, floats).to(tensor_options_);
   chunk_sums_ = at::zeros({chunks_ + 1}, tensor_options_);
-  flat_ = at::empty({total_}, tensor_options_);
 }
 
 bool PackedProjection::Matches(const std::vector<at::Tensor>& weights) const {

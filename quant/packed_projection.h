@@ -81,8 +81,8 @@ class PackedProjection {
   at::Tensor chunk_sums_;   // [chunks + 1], the last entry stays 0
   at::Tensor unit_length_;  // [units] L of each unit
   at::Tensor layer_units_;  // [units] U of the unit's layer
-  at::Tensor flat_;         // [total] the packed latent weights
-  at::Tensor flat_moments_; // [total] LAT's packed second moments
+  at::Tensor flat_;          // [total] the packed latent weights (first Run)
+  at::Tensor flat_moments_;  // [total] LAT's packed second moments (first Run with them)
 };
 
 }  // namespace tern::quant

@@ -260,9 +260,10 @@ void TernaryModel::UseLatentWeights() {
 }
 
 at::Tensor TernaryModel::RegularizationLoss() const {
+  const bool active = options_.use_regularizer && schedule_.lambda != 0;
+  if (active && packed_reg_value_.defined()) return packed_reg_value_ * schedule_.lambda;
   at::Tensor total = at::zeros({}, layers_.front()->latent.options());
-  if (!options_.use_regularizer || schedule_.lambda == 0) return total;
-  if (packed_reg_value_.defined()) return packed_reg_value_ * schedule_.lambda;
+  if (!active) return total;
   for (const auto& layer : layers_) {
     if (!layer->quantized || !layer->projection.codes.defined()) continue;
     total = total + HypersphericalRegularizer(layer->latent, layer->projection.codes,
