@@ -14,6 +14,25 @@ namespace {
 constexpr double kTiny = 1e-12;    // as in ternary_ops.cc
 constexpr int64_t kMaxChunk = 4096;
 
+// The strides `w` has in the flat buffer: its own when they are row-major or
+// channels_last (dense, output channel outermost), else row-major.
+std::vector<int64_t> PackedStrides(const at::Tensor& w) {
+  if (w.dim() == 4 && !w.is_contiguous() && w.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return w.strides().vec();
+  }
+  std::vector<int64_t> strides(w.dim(), 1);
+  for (int64_t d = w.dim() - 2; d >= 0; --d) strides[d] = strides[d + 1] * w.size(d + 1);
+  return strides;
+}
+
+// A plain tensor (not an autograd view) over `slot`'s part of `flat`.
+template <typename Slot>
+at::Tensor Alias(const at::Tensor& flat, const Slot& slot) {
+  at::Tensor out = at::empty({0}, flat.options());
+  out.set_(flat.storage(), flat.storage_offset() + slot.offset, slot.shape, slot.strides);
+  return out;
+}
+
 }  // namespace
 
 PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
@@ -25,6 +44,7 @@ PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
   for (const at::Tensor& w : weights) {
     LayerSlot slot;
     slot.shape = w.sizes().vec();
+    slot.strides = PackedStrides(w);
     slot.offset = total_;
     slot.numel = w.numel();
     TERN_CHECK(slot.numel > 0) << "PackedProjection: empty weight";
@@ -101,19 +121,23 @@ at::Tensor PackedProjection::ToChunks(const at::Tensor& per_unit) {
 std::vector<at::Tensor> PackedProjection::PerLayer(const at::Tensor& flat) const {
   std::vector<at::Tensor> out;
   out.reserve(layers_.size());
-  for (const LayerSlot& slot : layers_) {
-    out.push_back(flat.narrow(0, slot.offset, slot.numel).view(slot.shape));
-  }
+  for (const LayerSlot& slot : layers_) out.push_back(Alias(flat, slot));
   return out;
 }
 
-void PackedProjection::Gather(const std::vector<at::Tensor>& tensors, at::Tensor& flat) const {
-  // One copy per layer (it also undoes a channels_last layout).
-  if (!flat.defined()) flat = at::empty({total_}, tensor_options_);
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    flat.narrow(0, layers_[i].offset, layers_[i].numel).view(layers_[i].shape)
-        .copy_(tensors[i].detach());
+void PackedProjection::Gather(const std::vector<at::Tensor>& tensors, at::Tensor& flat,
+                              std::vector<at::Tensor>& slices) const {
+  if (!flat.defined()) {
+    flat = at::empty({total_}, tensor_options_);
+    slices = PerLayer(flat);
   }
+  // 0 + x is x exactly; two kernels for all layers (LibTorch 1.13 has no
+  // multi-tensor copy). Slices and tensors share strides: the fused path.
+  std::vector<at::Tensor> sources;
+  sources.reserve(tensors.size());
+  for (const at::Tensor& t : tensors) sources.push_back(t.detach());
+  flat.zero_();
+  at::_foreach_add_(slices, sources);
 }
 
 PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& weights,
@@ -122,7 +146,7 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   TERN_CHECK(Matches(weights)) << "PackedProjection: weights changed shape, device or dtype";
   TERN_CHECK(moments.empty() || Matches(moments)) << "PackedProjection: moments do not match";
   at::NoGradGuard no_grad;
-  Gather(weights, flat_);
+  Gather(weights, flat_, flat_slices_);
   const at::Tensor w = flat_.view({chunks_, chunk_});
   const at::Tensor a = w.abs();
   const at::Tensor mean_abs = UnitSum(a) / unit_length_;
@@ -134,7 +158,7 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   } else {  // LAT: α = Σ d|W|⊙M / Σ d⊙M, Δ = α/2, then the final mask's α
     at::Tensor d;
     if (!moments.empty()) {
-      Gather(moments, flat_moments_);
+      Gather(moments, flat_moments_, moment_slices_);
       d = (flat_moments_.view({chunks_, chunk_}) / o.moment_correction).sqrt() + o.lat_epsilon;
     }
     const at::Tensor da = d.defined() ? d * a : a;

@@ -5,11 +5,16 @@
 // arithmetic of a small layer; the per-layer path launched ~75 per layer).
 //
 // Layout: every unit (a whole tensor, or one output channel) of every layer
-// is laid out end to end in one flat buffer, in the logical row-major order
-// of W.reshape(U, L). The buffer is viewed as [chunks, C] with C dividing
-// every unit's length, so a per-element pass is one kernel, a per-unit sum is
-// a chunk sum, a gather and a second sum (fixed order: deterministic), and a
-// per-unit value reaches its elements through one index_select.
+// is laid out end to end in one flat buffer, each layer in its weight's own
+// memory order (row-major or channels_last: the output channel is the
+// outermost dimension of both, so a unit stays one contiguous run; any other
+// layout is packed row-major). The buffer is viewed as [chunks, C] with C
+// dividing every unit's length, so a per-element pass is one kernel, a
+// per-unit sum is a chunk sum, a gather and a second sum (fixed order:
+// deterministic), and a per-unit value reaches its elements through one
+// index_select. Packing the weights in is two kernels (a zero and one
+// multi-tensor add), and every per-layer output has its weight's strides, so
+// it feeds a channels_last convolution without a copy.
 //
 // The results equal ProjectTwn / ProjectLat, RescaleFactor and
 // HypersphericalRegularizerGrad of ternary_ops.h layer by layer, up to
@@ -41,8 +46,9 @@ class PackedProjection {
     bool with_regularizer = false;  // ∂R/∂W and Σ R
   };
   struct Output {
-    // Per layer, in the order given, each of its weight's shape (standard
-    // layout) and a view of one packed buffer.
+    // Per layer, in the order given, each of its weight's shape and (at
+    // construction) strides, aliasing one packed buffer (plain tensors, not
+    // autograd views).
     std::vector<at::Tensor> w_hat;     // α·T
     std::vector<at::Tensor> rho;       // with_rho
     std::vector<at::Tensor> reg_grad;  // with_regularizer: ∂R_l/∂W_l
@@ -52,7 +58,9 @@ class PackedProjection {
   // `weights`: the latent weights of the layers to project.
   PackedProjection(const std::vector<at::Tensor>& weights, Granularity g);
 
-  // True when `weights` have the shapes, device and dtype this was built for.
+  // True when `weights` have the shapes, device and dtype this was built for
+  // (the layout does not matter for the results: outputs keep the layout the
+  // weights had at construction).
   bool Matches(const std::vector<at::Tensor>& weights) const;
 
   // Projects the current values of `weights` (no autograd). `moments`: LAT's
@@ -66,10 +74,13 @@ class PackedProjection {
   at::Tensor UnitSum(const at::Tensor& chunked);     // [chunks, C] -> [units]
   at::Tensor ToChunks(const at::Tensor& per_unit);   // [units] -> [chunks, 1]
   std::vector<at::Tensor> PerLayer(const at::Tensor& flat) const;
-  void Gather(const std::vector<at::Tensor>& tensors, at::Tensor& flat) const;
+  // Packs `tensors` into `flat` (allocated on first use) through `slices`.
+  void Gather(const std::vector<at::Tensor>& tensors, at::Tensor& flat,
+              std::vector<at::Tensor>& slices) const;
 
   struct LayerSlot {
     std::vector<int64_t> shape;
+    std::vector<int64_t> strides;  // the layout within the flat buffer
     int64_t offset = 0;
     int64_t numel = 0;
   };
@@ -83,6 +94,7 @@ class PackedProjection {
   at::Tensor layer_units_;  // [units] U of the unit's layer
   at::Tensor flat_;          // [total] the packed latent weights (first Run)
   at::Tensor flat_moments_;  // [total] LAT's packed second moments (first Run with them)
+  std::vector<at::Tensor> flat_slices_, moment_slices_;  // per layer, aliasing the two
 };
 
 }  // namespace tern::quant

@@ -150,6 +150,7 @@ TernaryProjection TernaryModel::Project(Layer& layer) const {
 
 void TernaryModel::BeforeForward() {
   const bool grad = at::GradMode::is_enabled();
+  packed_rho_.clear();
   packed_reg_grad_.clear();
   packed_reg_value_ = at::Tensor();
   if (grad && packed_enabled_ && options_.projection != Projection::kTtq &&
@@ -235,11 +236,14 @@ bool TernaryModel::BeforeForwardPacked() {
       continue;
     }
     layer.projection = TernaryProjection();  // per-layer codes: not computed here
+    // ρ is applied to the accumulated gradients by AfterBackward(), one
+    // multi-tensor kernel for all layers instead of one per layer.
     *layer.forward_weight = schedule_.ternary_forward
-                                ? StraightThrough(layer.latent, out.w_hat[k], out.rho[k])
+                                ? StraightThroughIdentity(layer.latent, out.w_hat[k])
                                 : layer.latent;
     ++k;
   }
+  if (schedule_.ternary_forward) packed_rho_ = std::move(out.rho);
   if (o.with_regularizer) {
     packed_reg_grad_ = std::move(out.reg_grad);
     packed_reg_value_ = out.reg_value;
@@ -274,19 +278,29 @@ at::Tensor TernaryModel::RegularizationLoss() const {
 
 void TernaryModel::AfterBackward() {
   at::NoGradGuard no_grad;
-  if (!packed_reg_grad_.empty()) {
+  if (!packed_rho_.empty() || !packed_reg_grad_.empty()) {
+    // The packed path's latent gradient: ρ ⊙ ∂L/∂Ŵ + λ·∂R/∂W, for all layers
+    // in two multi-tensor kernels. ρ is the same for every micro-batch (the
+    // latents only change at the optimizer step) and on every rank, so it
+    // may scale the accumulated, all-reduced gradient.
+    std::vector<at::Tensor> grads, rhos, reg_grads;
     size_t k = 0;
     for (auto& layer : layers_) {
       if (!layer->quantized) continue;
-      at::Tensor grad = layer->latent.mutable_grad();
+      const at::Tensor& grad = layer->latent.grad();
       if (grad.defined()) {
-        grad.add_(packed_reg_grad_[k], schedule_.lambda);
-      } else {
+        grads.push_back(grad);
+        if (!packed_rho_.empty()) rhos.push_back(packed_rho_[k]);
+        if (!packed_reg_grad_.empty()) reg_grads.push_back(packed_reg_grad_[k]);
+      } else if (!packed_reg_grad_.empty()) {  // no task gradient reached it
         layer->latent.mutable_grad() = packed_reg_grad_[k] * schedule_.lambda;
       }
       ++k;
     }
-    packed_reg_grad_.clear();  // once per step, however many micro-batches
+    if (!rhos.empty()) at::_foreach_mul_(grads, rhos);
+    if (!reg_grads.empty()) at::_foreach_add_(grads, reg_grads, schedule_.lambda);
+    packed_rho_.clear();  // once per step, however many micro-batches
+    packed_reg_grad_.clear();
   }
   if (options_.projection != Projection::kLat) return;
   const double decay = options_.second_moment_decay;

@@ -13,7 +13,7 @@
 //   model.BeforeForward();                   // ternary (or FP) weights
 //   loss = task_loss + model.RegularizationLoss();
 //   loss.backward(); (all-reduce gradients)
-//   model.AfterBackward();                   // second moments for LAT
+//   model.AfterBackward();                   // completes the gradients; LAT moments
 //   optimizer.step();
 //
 // Quantizer state (second moments, TTQ scales) lives in state(), a
@@ -89,9 +89,10 @@ class TernaryModel {
   // it.
   at::Tensor RegularizationLoss() const;
 
-  // Adds the packed path's λ·∂R/∂W to the latent gradients, and updates the
-  // running second moments of the gradients (LAT's D). Call once per step
-  // after the gradients are final (after the all-reduce), so every rank
+  // Completes the packed path's latent gradients (scales them by ρ, adds
+  // λ·∂R/∂W; until then they hold ∂L/∂Ŵ), and updates the running second
+  // moments of the gradients (LAT's D). Call once per step after backward
+  // and the all-reduce, before anything reads the gradients, so every rank
   // holds the same state.
   void AfterBackward();
 
@@ -128,6 +129,7 @@ class TernaryModel {
   int64_t moment_steps_ = 0;
   bool packed_enabled_ = true;
   std::unique_ptr<PackedProjection> packed_;
+  std::vector<at::Tensor> packed_rho_;       // per quantized layer, this step
   std::vector<at::Tensor> packed_reg_grad_;  // per quantized layer, this step
   at::Tensor packed_reg_value_;              // Σ R, this step
 };

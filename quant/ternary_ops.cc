@@ -56,6 +56,20 @@ class StraightThroughFunction
   }
 };
 
+class StraightThroughIdentityFunction
+    : public torch::autograd::Function<StraightThroughIdentityFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, const at::Tensor& w_hat) {
+    (void)ctx;
+    (void)w;
+    return w_hat;  // an input returned as is: autograd makes it a view with this node
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    (void)ctx;
+    return {std::move(grad[0]), at::Tensor()};
+  }
+};
+
 class TtqFunction : public torch::autograd::Function<TtqFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w,
@@ -191,6 +205,10 @@ at::Tensor RescaleFactor(const at::Tensor& w, const TernaryProjection& p,
 at::Tensor StraightThrough(const at::Tensor& w, const at::Tensor& w_hat,
                            const at::Tensor& rho) {
   return StraightThroughFunction::apply(w, w_hat.detach(), rho.detach());
+}
+
+at::Tensor StraightThroughIdentity(const at::Tensor& w, const at::Tensor& w_hat) {
+  return StraightThroughIdentityFunction::apply(w, w_hat.detach());
 }
 
 at::Tensor TtqForward(const at::Tensor& w, const at::Tensor& codes,

@@ -72,6 +72,12 @@ at::Tensor RescaleFactor(const at::Tensor& w, const TernaryProjection& p,
 at::Tensor StraightThrough(const at::Tensor& w, const at::Tensor& w_hat,
                            const at::Tensor& rho);
 
+// Forward: returns `w_hat` itself (no copy; it should have w's shape and
+// layout and must not be modified while the graph lives). Backward:
+// ∂L/∂w = ∂L/∂ŵ unchanged, for a caller that applies ρ to the accumulated
+// gradients of all layers at once (TernaryModel's packed path).
+at::Tensor StraightThroughIdentity(const at::Tensor& w, const at::Tensor& w_hat);
+
 // TTQ forward Ŵ = Wp·1[T>0] − Wn·1[T<0] with Zhu et al.'s gradients:
 // ∂L/∂Wp = Σ_{T>0} g, ∂L/∂Wn = −Σ_{T<0} g (per unit), and the latent gradient
 // g scaled by Wp, 1, Wn on the positive, zero and negative codes.

@@ -9,9 +9,10 @@
 // minus those that launch no kernel (views, empty tensors, metadata), and
 // each multi-tensor `_foreach_` operation as one (on CUDA it is a handful of
 // fused kernels for all its tensors; on the CPU it loops over them). Output:
-// one markdown table on stdout.
+// one markdown table on stdout; with --detail, then the operations of the last
+// configuration (packed HLA) beyond FP's, by phase and name.
 //
-//   tern_op_count_bench [--width 1.0] [--batch 8]
+//   tern_op_count_bench [--width 1.0] [--batch 8] [--detail]
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
@@ -35,7 +36,7 @@ const std::set<std::string>& NoKernelOps() {
   static const std::set<std::string> ops = {
       "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::narrow", "aten::slice",
       "aten::select", "aten::unsqueeze", "aten::squeeze", "aten::as_strided", "aten::expand",
-      "aten::t", "aten::transpose", "aten::permute", "aten::detach", "aten::detach_",
+      "aten::t", "aten::transpose", "aten::permute", "aten::detach", "aten::detach_", "detach",
       "aten::alias", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::resize_",
       "aten::set_", "aten::lift_fresh", "aten::result_type", "aten::to", "aten::_unsafe_view",
       "aten::flatten", "aten::contiguous", "aten::is_nonzero", "aten::view_as", "aten::expand_as",
@@ -46,18 +47,24 @@ const std::set<std::string>& NoKernelOps() {
 struct Frame {
   bool has_child = false;
   bool foreach = false;  // a _foreach_ op: counted once, its children not
+  std::string name;
 };
 thread_local std::vector<Frame> g_stack;
 thread_local int g_inside_foreach = 0;
 bool g_counting = false;
 std::map<std::string, int64_t> g_counts;  // phase -> leaf ops
+std::map<std::string, std::map<std::string, int64_t>> g_op_counts;  // phase -> op -> count
 std::string g_phase;
 
 std::unique_ptr<at::ObserverContext> OnStart(const at::RecordFunction& fn) {
   if (!g_stack.empty()) g_stack.back().has_child = true;
   Frame frame;
   frame.foreach = std::strncmp(fn.name(), "aten::_foreach_", 15) == 0;
-  if (frame.foreach && g_inside_foreach++ == 0 && g_counting) ++g_counts[g_phase];
+  frame.name = fn.name();
+  if (frame.foreach && g_inside_foreach++ == 0 && g_counting) {
+    ++g_counts[g_phase];
+    ++g_op_counts[g_phase][fn.name()];
+  }
   g_stack.push_back(frame);
   return nullptr;
 }
@@ -73,6 +80,9 @@ void OnEnd(const at::RecordFunction& fn, at::ObserverContext*) {
   if (!g_counting || frame.has_child || g_inside_foreach > 0) return;
   if (fn.scope() != at::RecordScope::FUNCTION || NoKernelOps().count(fn.name()) != 0) return;
   ++g_counts[g_phase];
+  // Named with its outermost operation when nested ("aten::sum > aten::fill_").
+  const std::string outer = g_stack.empty() ? "" : g_stack.front().name + " > ";
+  ++g_op_counts[g_phase][outer + fn.name()];
 }
 
 struct Config {
@@ -109,6 +119,7 @@ std::map<std::string, int64_t> CountStep(const Config& c, double width, int64_t 
   // Step 1 fills optimizer and LAT state; step 2 is counted.
   for (int step = 0; step < 2; ++step) {
     g_counts.clear();
+    g_op_counts.clear();
     g_counting = step == 1;
     Phase("zero_grad");
     opt->zero_grad();
@@ -133,13 +144,20 @@ std::map<std::string, int64_t> CountStep(const Config& c, double width, int64_t 
 int main(int argc, char** argv) {
   double width = 1.0;
   int64_t batch = 8;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--width") == 0) {
+  bool detail = false;
+  for (int i = 1; i < argc; i += 2) {
+    if (std::strcmp(argv[i], "--detail") == 0) {
+      detail = true;
+      --i;
+    } else if (i + 1 >= argc) {
+      std::cerr << "usage: tern_op_count_bench [--width 1.0] [--batch 8] [--detail]\n";
+      return 2;
+    } else if (std::strcmp(argv[i], "--width") == 0) {
       width = std::stod(argv[i + 1]);
     } else if (std::strcmp(argv[i], "--batch") == 0) {
       batch = std::stoll(argv[i + 1]);
     } else {
-      std::cerr << "usage: tern_op_count_bench [--width 1.0] [--batch 8]\n";
+      std::cerr << "usage: tern_op_count_bench [--width 1.0] [--batch 8] [--detail]\n";
       return 2;
     }
   }
@@ -164,8 +182,10 @@ int main(int argc, char** argv) {
   std::cout << " total |\n|---|";
   for (size_t i = 0; i <= phases.size(); ++i) std::cout << "---|";
   std::cout << "\n";
+  std::map<std::string, std::map<std::string, int64_t>> fp_ops;
   for (const Config& c : configs) {
     const auto counts = CountStep(c, width, batch);
+    if (c.name == "FP, MultiTensorSgd") fp_ops = g_op_counts;
     int64_t total = 0;
     std::cout << "| " << c.name << " |";
     for (const auto& p : phases) {
@@ -175,6 +195,16 @@ int main(int argc, char** argv) {
       std::cout << " " << n << " |";
     }
     std::cout << " " << total << " |\n";
+  }
+  if (detail) {
+    std::cout << "\nOperations of \"" << configs.back().name << "\" beyond \"FP, MultiTensorSgd\":\n\n"
+              << "| phase | operation | extra per step |\n|---|---|---|\n";
+    for (const auto& p : phases) {
+      for (const auto& [op, n] : g_op_counts[p]) {
+        const int64_t extra = n - fp_ops[p][op];
+        if (extra != 0) std::cout << "| " << p << " | " << op << " | " << extra << " |\n";
+      }
+    }
   }
   return 0;
 }

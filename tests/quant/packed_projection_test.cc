@@ -54,6 +54,10 @@ void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granulari
                          o.lat_iterations, o.delta_factor)
             : ProjectTwn(weights[i], g, o.delta_factor);
     EXPECT_TRUE(Close(out.w_hat[i], Dequantize(p.codes, p.pos_scale, p.neg_scale))) << "w_hat " << i;
+    // Each output keeps its weight's layout (channels_last included).
+    EXPECT_EQ(out.w_hat[i].strides(), weights[i].strides()) << "w_hat " << i;
+    EXPECT_EQ(out.rho[i].strides(), weights[i].strides()) << "rho " << i;
+    EXPECT_EQ(out.reg_grad[i].strides(), weights[i].strides()) << "regularizer gradient " << i;
     EXPECT_TRUE(Close(out.rho[i], RescaleFactor(weights[i], p, g, rescale, o.beta, o.kappa,
                                                 o.clip, o.normalize)))
         << "rho " << i;

@@ -187,6 +187,21 @@ TEST(StraightThroughTest, BackwardIsGradientTimesRho) {
   EXPECT_TRUE(torch::allclose(w.grad(), upstream * rho, 0, 0));
 }
 
+TEST(StraightThroughTest, IdentityVariantSharesWHatAndPassesTheGradientThrough) {
+  const at::Tensor w0 = RandomWeight({4, 3, 2, 2}, 21).contiguous(at::MemoryFormat::ChannelsLast);
+  const TernaryProjection p = ProjectTwn(w0, Granularity::kChannel, 0.7);
+  const at::Tensor w_hat =
+      Dequantize(p.codes, p.pos_scale, p.neg_scale).contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor w = w0.clone().requires_grad_(true);
+  const at::Tensor out = StraightThroughIdentity(w, w_hat);
+  EXPECT_EQ(out.data_ptr(), w_hat.data_ptr());  // no copy
+  EXPECT_EQ(out.strides(), w_hat.strides());
+  ASSERT_TRUE(out.requires_grad());
+  const at::Tensor upstream = torch::randn_like(w0);
+  (out * upstream).sum().backward();
+  EXPECT_TRUE(torch::equal(w.grad(), upstream));
+}
+
 TEST(TtqTest, ScaleGradientsMatchFiniteDifferencesAndLatentFormula) {
   for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
     const at::Tensor w0 = RandomWeight({3, 5, 2}, 30);
