@@ -8,7 +8,7 @@
 #       [--workers 1] [--batch 128] [--steps 40] [--warmup 10] [--width 1.0]
 #       [--arch resnet20] [--synthetic [--input-size 224]]
 #       [--granularity tensor] [--device cpu|cuda] [--bf16] [--channels-last]
-#       [--compile] [--flops] [--python /usr/bin/python3]
+#       [--compile] [--cuda-graph] [--flops] [--python /usr/bin/python3]
 #       [--data /usr/share/datasets/fashion-mnist] [--keep DIR]
 #
 # How the two are made comparable:
@@ -41,6 +41,9 @@
 #   (bench/reference/matmul_peak.py; bf16 with --bf16, else fp32), then gives
 #   each side's achieved training FLOP/s, 3 × the model's forward FLOPs per
 #   image (the reference's count) × images/s, as a fraction of it.
+# - --cuda-graph: tern-trainer replays each step from a CUDA graph
+#   (optimization.cuda_graph; --device cuda only); the reference stays eager
+#   (or torch.compile with --compile).
 # Needs jq. Exit status 1 when a run fails (its log is kept and shown).
 set -euo pipefail
 
@@ -51,7 +54,7 @@ data=/usr/share/datasets/fashion-mnist
 methods="fp hla" ranks_list="1" repeats=1 workers=1
 threads=2 batch=128 steps=40 warmup=10 width=1.0 granularity=tensor
 arch=resnet20 synthetic=false input_size=224 flops=false
-device=cpu bf16=false channels_last=false compile=false keep=""
+device=cpu bf16=false channels_last=false compile=false cuda_graph=false keep=""
 
 usage() { sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -75,6 +78,7 @@ while [[ $# -gt 0 ]]; do
     --bf16) bf16=true; shift ;;
     --channels-last) channels_last=true; shift ;;
     --compile) compile=true; shift ;;
+    --cuda-graph) cuda_graph=true; shift ;;
     --python) python="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --keep) keep="$2"; shift 2 ;;
@@ -90,6 +94,9 @@ for w in $ranks_list; do
     echo "trainer_throughput.sh: --batch ($batch) must split evenly over $w ranks" >&2; exit 2
   fi
 done
+if [[ "$cuda_graph" == true && "$device" != cuda ]]; then
+  echo "trainer_throughput.sh: --cuda-graph needs --device cuda" >&2; exit 2
+fi
 (( repeats >= 1 )) || { echo "trainer_throughput.sh: --repeats must be >= 1" >&2; exit 2; }
 [[ -x "$trainer" ]] || { echo "trainer_throughput.sh: no tern-trainer at $trainer (--trainer)" >&2; exit 2; }
 command -v jq >/dev/null || { echo "trainer_throughput.sh: needs jq" >&2; exit 2; }
@@ -114,6 +121,7 @@ write_spec() {  # method ranks run_dir -> spec path
         --argjson ranks "$ranks" --argjson threads "$(threads_per_rank "$ranks")" \
         --argjson workers "$workers" --argjson warmup "$warmup" \
         --argjson bf16 "$bf16" --argjson channels_last "$channels_last" \
+        --argjson cuda_graph "$cuda_graph" \
         --arg arch "$arch" --argjson synthetic "$synthetic" --argjson input_size "$input_size" '{
     name: $name,
     model: {arch: $arch, width_multiplier: $width},
@@ -123,7 +131,7 @@ write_spec() {  # method ranks run_dir -> spec path
                                     max_eval_examples: 64} else {} end),
     quantization: {method: $method, granularity: $granularity},
     optimization: {epochs: 1, batch_size: $batch, seed: 0, bf16: $bf16,
-                   channels_last: $channels_last},
+                   channels_last: $channels_last, cuda_graph: $cuda_graph},
     resources: {ranks: $ranks, device_kind: $device, threads_per_rank: $threads},
     checkpoint: {every_steps: 1000000, directory: $ckpt},
     events: {progress_every_steps: $warmup}
@@ -249,7 +257,7 @@ input="Fashion-MNIST"; [[ "$synthetic" == true ]] && input="synthetic ${input_si
 echo
 echo "Training throughput, $arch x$width on $input, global batch $batch, $threads threads in all" \
      "($workers loader thread(s) per tern-trainer rank), $device (bf16 $bf16, channels_last" \
-     "$channels_last, reference torch.compile $compile); steps $((warmup + 1))-$steps of $steps timed;" \
+     "$channels_last, tern-trainer CUDA graph $cuda_graph, reference torch.compile $compile); steps $((warmup + 1))-$steps of $steps timed;" \
      "$repeats repeat(s); load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 [[ -n "$peak_line" ]] && echo && echo "$peak_line"
 echo

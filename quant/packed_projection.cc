@@ -159,7 +159,11 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
     at::Tensor d;
     if (!moments.empty()) {
       Gather(moments, flat_moments_, moment_slices_);
-      d = (flat_moments_.view({chunks_, chunk_}) / o.moment_correction).sqrt() + o.lat_epsilon;
+      const at::Tensor m = flat_moments_.view({chunks_, chunk_});
+      d = (o.moment_correction_tensor.defined() ? m / o.moment_correction_tensor
+                                                : m / o.moment_correction)
+              .sqrt() +
+          o.lat_epsilon;
     }
     const at::Tensor da = d.defined() ? d * a : a;
     auto weighted_alpha = [&] {
@@ -179,7 +183,9 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   if (o.with_rho) {
     at::Tensor rho = (a <= alpha_c * o.clip).to(a.scalar_type());
     if (o.rescale) {
-      const at::Tensor tau = ToChunks(o.kappa / mean_abs.clamp_min(kTiny));
+      const at::Tensor inverse_mean = mean_abs.clamp_min(kTiny).reciprocal();
+      const at::Tensor tau = ToChunks(o.kappa_tensor.defined() ? inverse_mean * o.kappa_tensor
+                                                                : inverse_mean * o.kappa);
       const at::Tensor s = at::sigmoid(tau * (a - delta));
       rho = rho * ((1.0 - o.beta) + (o.beta * 4.0) * s * (1.0 - s));
       if (o.normalize) {

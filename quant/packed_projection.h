@@ -44,6 +44,11 @@ class PackedProjection {
     double beta = 0.5, kappa = 5.0, clip = 2.0;
     bool normalize = true;
     bool with_regularizer = false;  // ∂R/∂W and Σ R
+    // When defined (0-dim tensors on the weights' device and dtype), κ and
+    // the moment correction are read from them when the kernels run rather
+    // than baked in as constants, so a CUDA graph that captured Run() replays
+    // with the values they hold at replay time.
+    at::Tensor kappa_tensor, moment_correction_tensor;
   };
   struct Output {
     // Per layer, in the order given, each of its weight's shape and (at

@@ -122,6 +122,44 @@ std::vector<at::Tensor> TernaryModel::TrainableParameters() const {
 
 void TernaryModel::SetProgress(double progress) {
   schedule_ = ComputeSchedule(options_, progress);
+  FillDeviceScalars();
+}
+
+double TernaryModel::MomentCorrection() const {
+  return 1.0 - std::pow(options_.second_moment_decay, static_cast<double>(moment_steps_));
+}
+
+void TernaryModel::set_device_scalars(bool on) {
+  kappa_scalar_ = correction_scalar_ = at::Tensor();
+  if (!on) return;
+  for (const auto& layer : layers_) {
+    if (!layer->quantized) continue;
+    const auto options = layer->latent.options().requires_grad(false);
+    kappa_scalar_ = at::zeros({}, options);
+    correction_scalar_ = at::zeros({}, options);
+    break;
+  }
+  FillDeviceScalars();
+}
+
+void TernaryModel::FillDeviceScalars() {
+  if (!kappa_scalar_.defined()) return;
+  at::NoGradGuard no_grad;
+  kappa_scalar_.fill_(schedule_.kappa);
+  correction_scalar_.fill_(moment_steps_ > 0 ? MomentCorrection() : 1.0);
+}
+
+int64_t TernaryModel::StepStructure() const {
+  const bool regularizer = options_.use_regularizer && schedule_.lambda != 0;
+  const bool moments = options_.projection == Projection::kLat && moment_steps_ > 0;
+  return (schedule_.ternary_forward ? 1 : 0) | (regularizer ? 2 : 0) | (moments ? 4 : 0) |
+         (packed_enabled_ ? 8 : 0);
+}
+
+void TernaryModel::set_step_outputs(const StepOutputs& outputs) {
+  packed_rho_ = outputs.rho;
+  packed_reg_grad_ = outputs.reg_grad;
+  packed_reg_value_ = outputs.reg_value;
 }
 
 TernaryProjection TernaryModel::Project(Layer& layer) const {
@@ -132,13 +170,10 @@ TernaryProjection TernaryModel::Project(Layer& layer) const {
     case Projection::kTtq:
       return ProjectTtq(layer.latent, g, options_.ttq_threshold, layer.wp, layer.wn);
     case Projection::kLat: {
-      const int64_t steps = moment_steps_;
       at::Tensor importance;
-      if (steps > 0) {
+      if (moment_steps_ > 0) {
         at::NoGradGuard no_grad;
-        const double correction =
-            1.0 - std::pow(options_.second_moment_decay, static_cast<double>(steps));
-        importance = (layer.second_moment / correction).sqrt() + options_.lat_epsilon;
+        importance = (layer.second_moment / MomentCorrection()).sqrt() + options_.lat_epsilon;
       }
       return ProjectLat(layer.latent, importance, g, options_.lat_iterations,
                         options_.twn_delta_factor);
@@ -153,10 +188,13 @@ void TernaryModel::BeforeForward() {
   packed_rho_.clear();
   packed_reg_grad_.clear();
   packed_reg_value_ = at::Tensor();
+  if (grad) last_forward_capturable_ = false;
   if (grad && packed_enabled_ && options_.projection != Projection::kTtq &&
       (schedule_.ternary_forward || options_.use_regularizer) && BeforeForwardPacked()) {
+    last_forward_capturable_ = true;
     return;
   }
+  bool projected = false;  // no projection: the latent weights are all there is
   for (auto& layer_ptr : layers_) {
     Layer& layer = *layer_ptr;
     if (!layer.quantized) {
@@ -173,6 +211,7 @@ void TernaryModel::BeforeForward() {
       continue;
     }
     layer.projection = Project(layer);
+    projected = true;
     const TernaryProjection& p = layer.projection;
     if (!schedule_.ternary_forward) {
       *layer.forward_weight = layer.latent;  // phase 1: FP forward
@@ -190,6 +229,7 @@ void TernaryModel::BeforeForward() {
       *layer.forward_weight = StraightThrough(layer.latent, w_hat, rho);
     }
   }
+  if (grad) last_forward_capturable_ = !projected;
 }
 
 bool TernaryModel::BeforeForwardPacked() {
@@ -216,9 +256,10 @@ bool TernaryModel::BeforeForwardPacked() {
   if (lat) {
     o.lat_iterations = options_.lat_iterations;
     o.lat_epsilon = options_.lat_epsilon;
-    o.moment_correction =
-        1.0 - std::pow(options_.second_moment_decay, static_cast<double>(moment_steps_));
+    o.moment_correction = MomentCorrection();
+    o.moment_correction_tensor = correction_scalar_;
   }
+  o.kappa_tensor = kappa_scalar_;
   o.with_rho = schedule_.ternary_forward;
   o.rescale = options_.use_rescale;
   o.beta = options_.beta;
@@ -254,6 +295,7 @@ bool TernaryModel::BeforeForwardPacked() {
 void TernaryModel::StateLoaded() {
   moment_steps_ = state_->named_buffers(false)["moment_steps"].item<int64_t>();
   for (auto& layer : layers_) layer->cached_version = -1;
+  FillDeviceScalars();
 }
 
 void TernaryModel::UseLatentWeights() {
@@ -316,6 +358,7 @@ void TernaryModel::AfterBackward() {
   }
   state_->named_buffers(false)["moment_steps"].add_(1);
   ++moment_steps_;  // mirrors the buffer without a device sync
+  FillDeviceScalars();
 }
 
 std::vector<LayerStats> TernaryModel::Stats(bool reset_flips) {

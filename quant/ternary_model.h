@@ -103,6 +103,36 @@ class TernaryModel {
   // compare the two).
   void set_packed(bool packed) { packed_enabled_ = packed; }
 
+  // ---- CUDA-graph support (worker/trainer/step_graph.h) ----
+  // A captured training step replays BeforeForward()'s kernels with the
+  // arguments they had at capture, so everything that changes from step to
+  // step must live in device memory:
+  //  - set_device_scalars(true): κ and LAT's moment bias correction are read
+  //    from 0-dim device tensors that SetProgress(), AfterBackward() and
+  //    StateLoaded() refill (eager, between replays). Off by default (one fill
+  //    kernel each per step).
+  //  - StepStructure(): changes whenever the work of a training-mode
+  //    BeforeForward() changes (phase, regularizer on/off, LAT moments
+  //    present): the graph must then be captured again.
+  //  - step_outputs(): the packed path's per-step results AfterBackward()
+  //    consumes (ρ, λ·∂R/∂W's ∂R/∂W, Σ R); it clears them, and evaluation's
+  //    BeforeForward() drops them. A replay rewrites the captured tensors in
+  //    place, so the graph's owner keeps the ones the capture made and hands
+  //    them back with set_step_outputs() before each AfterBackward().
+  //  - last_forward_capturable(): whether the last training-mode
+  //    BeforeForward() did only such work (the packed path, or latent weights
+  //    installed as they are); false for TTQ and the layer-by-layer path,
+  //    whose regularizer and ρ use host scalars inside autograd.
+  struct StepOutputs {
+    std::vector<at::Tensor> rho, reg_grad;
+    at::Tensor reg_value;
+  };
+  void set_device_scalars(bool on);
+  int64_t StepStructure() const;
+  StepOutputs step_outputs() const { return {packed_rho_, packed_reg_grad_, packed_reg_value_}; }
+  void set_step_outputs(const StepOutputs& outputs);
+  bool last_forward_capturable() const { return last_forward_capturable_; }
+
   // Per-layer statistics; `reset_flips` starts a new flip-counting window.
   std::vector<LayerStats> Stats(bool reset_flips);
 
@@ -120,6 +150,8 @@ class TernaryModel {
   // False (nothing done) when the quantized layers do not share one device
   // and dtype: the per-layer path then runs.
   bool BeforeForwardPacked();
+  double MomentCorrection() const;  // LAT: 1 − decay^steps
+  void FillDeviceScalars();         // no-op unless set_device_scalars(true)
 
   std::shared_ptr<torch::nn::Module> root_;
   std::shared_ptr<torch::nn::Module> state_;
@@ -132,6 +164,8 @@ class TernaryModel {
   std::vector<at::Tensor> packed_rho_;       // per quantized layer, this step
   std::vector<at::Tensor> packed_reg_grad_;  // per quantized layer, this step
   at::Tensor packed_reg_value_;              // Σ R, this step
+  bool last_forward_capturable_ = false;
+  at::Tensor kappa_scalar_, correction_scalar_;  // set_device_scalars(true)
 };
 
 // The float tensor an artifact tensor stands for (ternary codes dequantized

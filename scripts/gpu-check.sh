@@ -5,14 +5,16 @@
 #      header-only libraries from .carry/);
 #   2. runs the gpu-labelled tests: quantizers CUDA = CPU, NCCL at world size 1,
 #      bf16 autocast step vs fp32, GPU-trained artifact evaluated on the CPU,
-#      and the service end to end (ternd + tern-agent with one CUDA slot + a
+#      CUDA-graph step and trainer vs eager, and the service end to end (ternd + tern-agent with one CUDA slot + a
 #      trainer on NCCL);
 #   3. trains a CenterNet detector on CUDA (NCCL process group at world size 1);
 #   4. benchmarks tern-trainer against the PyTorch reference on the same card:
 #      ResNet-20 on Fashion-MNIST and ResNet-18 on synthetic 224×224 input,
 #      FP and HLA, bf16 + channels_last, with peak GPU memory and the
 #      ResNet-18 step's FLOP/s as a fraction of the card's measured bf16
-#      matmul rate; then, if time is left, the reference under torch.compile;
+#      matmul rate; tern-trainer replaying its step from a CUDA graph
+#      (optimization.cuda_graph) on ResNet-20; then, if time is left, the
+#      reference under torch.compile;
 #   5. if the clock allows, the full-budget Fashion-MNIST grid (FP, TWN, HLA,
 #      3 seeds, 15 epochs; bench/accuracy_table.sh, all runs at once on the GPU);
 #   6. prints a short table last.
@@ -27,7 +29,7 @@
 # Steps (TERN_GPU_STEPS, default all, in this order): grid (started in the
 # background, stopped before the first benchmark), unit (gpu-labelled
 # GoogleTest cases), e2e (the service on NCCL), detection, bench-resnet20,
-# bench-resnet18, bench-compile. A short re-check on a nearly spent budget:
+# bench-graph, bench-resnet18, bench-compile. A short re-check on a nearly spent budget:
 #   TERN_GPU_DEADLINE_S=200 TERN_GPU_STEPS="unit bench-resnet20 e2e" scripts/gpu-check.sh
 #
 #   scripts/gpu-check.sh          on the GPU machine (device run, carry .carry)
@@ -162,7 +164,7 @@ trainer="$build/worker/trainer/tern-trainer"
 # What runs, in this order (TERN_GPU_STEPS overrides, e.g. a short re-check:
 # TERN_GPU_STEPS="unit bench-resnet20 e2e detection"). Steps that would not
 # end before the deadline are skipped and say so.
-steps=${TERN_GPU_STEPS:-"grid unit e2e detection bench-resnet20 bench-resnet18 bench-compile"}
+steps=${TERN_GPU_STEPS:-"grid unit e2e detection bench-resnet20 bench-graph bench-resnet18 bench-compile"}
 export TERN_E2E_FASHION_MNIST="$data"
 : >"$out/gpu-tests.log"
 
@@ -229,7 +231,7 @@ else
   r18=(--arch resnet18 --synthetic --input-size 64 --width 0.25 --threads 2 --batch 8 --steps 4
        --warmup 1 --flops)
 fi
-declare -A need=([unit]=35 [e2e]=60 [detection]=20 [bench-resnet20]=45 [bench-resnet18]=60
+declare -A need=([unit]=45 [e2e]=60 [detection]=20 [bench-resnet20]=45 [bench-graph]=45 [bench-resnet18]=60
                  [bench-compile]=100)  # seconds each step needs, roughly
 grid_running=false
 for s in $steps; do
@@ -245,6 +247,9 @@ for s in $steps; do
     e2e) gpu_ctest e2e -R E2eServiceTrainsOnGpuWithNccl ;;
     detection) detection ;;
     bench-resnet20) bench "$s" resnet20 "${r20[@]}" ;;
+    bench-graph)  # tern-trainer with optimization.cuda_graph against the eager reference
+      if [[ "$mode" == cuda ]]; then bench "$s" resnet20-graph "${r20[@]}" --cuda-graph
+      else result[$s]="skipped (CUDA graphs need a GPU)"; fi ;;
     bench-resnet18) bench "$s" resnet18-224 "${r18[@]}" ;;
     bench-compile)
       if [[ "$mode" == cuda ]]; then bench "$s" resnet20-compile "${r20[@]}" --compile

@@ -278,6 +278,19 @@ void CheckOptimization(const v1::JobSpec& spec, Checker& c) {
                  std::to_string(batch));
     }
   }
+  if (o.cuda_graph()) {  // what a captured training step cannot hold
+    const char* why =
+        spec.resources().device_kind() != v1::DEVICE_CUDA
+            ? "needs resources.device_kind DEVICE_CUDA"
+        : spec.task() == v1::TASK_DETECTION
+            ? "needs TASK_CLASSIFICATION (detection batches vary in size)"
+        : o.has_micro_batches() && o.micro_batches() != 1
+            ? "needs optimization.micro_batches 1"
+        : spec.quantization().method() == v1::METHOD_TTQ
+            ? "does not support METHOD_TTQ"
+            : nullptr;
+    if (why != nullptr) c.Fail("optimization.cuda_graph", why);
+  }
 }
 
 void CheckResources(const v1::JobSpec& spec, Checker& c) {

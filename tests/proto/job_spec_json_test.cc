@@ -91,6 +91,7 @@ JobSpec FullSpec() {
   opt->set_bf16(false);
   opt->set_channels_last(true);
   opt->set_micro_batches(2);
+  opt->set_cuda_graph(true);
 
   v1::ResourceSpec* res = spec.mutable_resources();
   res->set_ranks(4);
@@ -367,6 +368,7 @@ TEST(JobSpecJsonTest, JsonKeysAreStable) {
       "optimization.bf16 bool?",
       "optimization.channels_last bool?",
       "optimization.micro_batches int32?",
+      "optimization.cuda_graph bool",
       "resources.ranks int32?",
       "resources.device_kind enum = DEVICE_UNSPECIFIED|DEVICE_CPU|DEVICE_CUDA",
       "resources.threads_per_rank int32?",

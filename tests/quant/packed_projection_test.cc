@@ -47,6 +47,18 @@ void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granulari
   }
   const PackedProjection::Output out = packed.Run(weights, o, moments);
   ASSERT_EQ(out.w_hat.size(), weights.size());
+  {  // κ and the correction from 0-dim tensors (CUDA-graph mode) win over the doubles
+    PackedProjection::Options from_tensors = o;
+    from_tensors.kappa_tensor = torch::full({}, o.kappa);
+    from_tensors.moment_correction_tensor = torch::full({}, o.moment_correction);
+    from_tensors.kappa = 1e6;
+    from_tensors.moment_correction = 1e-6;
+    const PackedProjection::Output again = packed.Run(weights, from_tensors, moments);
+    for (size_t i = 0; i < weights.size(); ++i) {
+      EXPECT_TRUE(Close(again.rho[i], out.rho[i])) << "rho from tensors " << i;
+      EXPECT_TRUE(Close(again.w_hat[i], out.w_hat[i])) << "w_hat from tensors " << i;
+    }
+  }
   double reg = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
     const TernaryProjection p =
@@ -126,13 +138,24 @@ struct Step {
   std::vector<at::Tensor> grads, forward_weights;
 };
 
+// How RunSteps drives the quantizer the way a CUDA-graph step does
+// (worker/trainer/step_graph.h): κ and LAT's correction in device tensors,
+// and the step's outputs kept aside while an evaluation forward runs between
+// BeforeForward() and AfterBackward(), then handed back.
+struct GraphLike {
+  bool device_scalars = false;
+  bool evaluate_between = false;
+};
+
 // `steps` SGD steps (so LAT's second moments fill); the last one is returned.
-Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, int steps = 3) {
+// The schedule advances by 0.02 per step (κ anneals in phase 2).
+Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, int steps = 3,
+              GraphLike graph_like = {}) {
   torch::manual_seed(11);
   Net net;
   auto q = TernaryModel::Attach(net.ptr(), o).value();
   q->set_packed(packed);
-  q->SetProgress(progress);
+  q->set_device_scalars(graph_like.device_scalars);
   torch::manual_seed(12);
   at::Tensor x = torch::randn({4, 1, 8, 8});
   if (channels_last) {
@@ -145,12 +168,22 @@ Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, 
   torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.05));
   Step s;
   for (int step = 0; step < steps; ++step) {
+    q->SetProgress(progress + 0.02 * step);
     opt.zero_grad();
     q->BeforeForward();
     s.forward_weights = {net->conv1->weight.detach().clone(), net->conv2->weight.detach().clone(),
                          net->conv3->weight.detach().clone(), net->fc->weight.detach().clone()};
     const at::Tensor loss = torch::cross_entropy_loss(net->forward(x), y) + q->RegularizationLoss();
     loss.backward();
+    if (graph_like.evaluate_between) {
+      const TernaryModel::StepOutputs outputs = q->step_outputs();
+      {
+        torch::NoGradGuard no_grad;
+        q->BeforeForward();  // evaluation: drops the step's outputs
+        net->forward(x);
+      }
+      q->set_step_outputs(outputs);
+    }
     q->AfterBackward();
     s.loss = loss.item<double>();
     s.grads.clear();
@@ -190,6 +223,57 @@ TEST(TernaryModelPackedTest, PackedStepEqualsLayerByLayerStep) {
       }
     }
   }
+}
+
+// The CUDA-graph mode of TernaryModel, checked on the CPU: reading κ and the
+// moment correction from device tensors, and handing the step's outputs back
+// after an evaluation forward, give the step the plain packed path gives.
+TEST(TernaryModelPackedTest, GraphModeStepEqualsThePlainPackedStep) {
+  for (Method m : {Method::kTwn, Method::kLat, Method::kHla, Method::kHlaNoRegularizer}) {
+    for (double progress : {0.1, 0.6}) {
+      SCOPED_TRACE(std::string(MethodName(m)) + " progress " + std::to_string(progress));
+      QuantOptions o = MakePreset(m);
+      o.granularity = Granularity::kChannel;
+      o.keep_first_fp = o.keep_last_fp = false;
+      const Step graph_like = RunSteps(o, true, progress, false, 4, {true, true});
+      const Step plain = RunSteps(o, true, progress, false, 4);
+      EXPECT_NEAR(graph_like.loss, plain.loss, 1e-5);
+      ASSERT_EQ(graph_like.grads.size(), plain.grads.size());
+      for (size_t i = 0; i < plain.grads.size(); ++i) {
+        ASSERT_EQ(graph_like.grads[i].defined(), plain.grads[i].defined()) << "grad " << i;
+        if (plain.grads[i].defined()) {
+          EXPECT_TRUE(Close(graph_like.grads[i], plain.grads[i])) << "grad " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(TernaryModelPackedTest, StepStructureAndCapturability) {
+  Net net;
+  QuantOptions o = MakePreset(Method::kLat);
+  o.keep_first_fp = o.keep_last_fp = false;
+  auto q = TernaryModel::Attach(net.ptr(), o).value();
+  q->SetProgress(0.5);
+  const int64_t before = q->StepStructure();
+  q->BeforeForward();
+  EXPECT_TRUE(q->last_forward_capturable());
+  torch::cross_entropy_loss(net->forward(torch::randn({2, 1, 8, 8})), torch::tensor({0, 1}))
+      .backward();
+  q->AfterBackward();  // the first second moments: LAT's projection changes its work
+  EXPECT_NE(q->StepStructure(), before);
+  q->set_packed(false);  // the layer-by-layer path keeps ρ inside autograd
+  q->BeforeForward();
+  EXPECT_FALSE(q->last_forward_capturable());
+
+  Net ttq_net;
+  auto ttq = TernaryModel::Attach(ttq_net.ptr(), MakePreset(Method::kTtq)).value();
+  ttq->BeforeForward();
+  EXPECT_FALSE(ttq->last_forward_capturable());
+  Net fp_net;
+  auto fp = TernaryModel::Attach(fp_net.ptr(), MakePreset(Method::kFp)).value();
+  fp->BeforeForward();
+  EXPECT_TRUE(fp->last_forward_capturable());
 }
 
 // Layers of several dtypes cannot share one packed buffer: BeforeForward()

@@ -41,6 +41,33 @@ TEST(SpecValidationTest, SyntheticDataNeedsNoPathUnlikeFileFormats) {
       << s;
 }
 
+TEST(SpecValidationTest, CudaGraphNeedsACudaClassificationStepItCanCapture) {
+  v1::JobSpec spec;
+  spec.mutable_optimization()->set_epochs(1);
+  spec.mutable_optimization()->set_cuda_graph(true);
+  spec.mutable_resources()->set_device_kind(v1::DEVICE_CUDA);
+  EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
+  auto expect_rejected = [](const v1::JobSpec& bad, const std::string& want) {
+    const Status s = ValidateJobSpec(bad, "");
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("optimization.cuda_graph: " + want), std::string::npos) << s;
+  };
+  v1::JobSpec cpu = spec;
+  cpu.mutable_resources()->set_device_kind(v1::DEVICE_CPU);
+  expect_rejected(cpu, "needs resources.device_kind DEVICE_CUDA");
+  v1::JobSpec micro = spec;
+  micro.mutable_optimization()->set_micro_batches(2);
+  expect_rejected(micro, "needs optimization.micro_batches 1");
+  v1::JobSpec ttq = spec;
+  ttq.mutable_quantization()->set_method(v1::METHOD_TTQ);
+  expect_rejected(ttq, "does not support METHOD_TTQ");
+  v1::JobSpec detection = spec;
+  detection.set_task(v1::TASK_DETECTION);
+  detection.mutable_dataset()->set_kind(v1::DATASET_COCO);
+  detection.mutable_dataset()->set_path("/data/coco");
+  expect_rejected(detection, "needs TASK_CLASSIFICATION");
+}
+
 TEST(SpecValidationTest, RejectsOutOfRangeValuesWithTheirPath) {
   v1::JobSpec spec;
   spec.mutable_optimization()->set_epochs(2);

@@ -91,6 +91,27 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
   ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
                   "model": {"max_detections": 0}, "dataset": {"kind": "DATASET_COCO", "path": "/d"}})",
               "model.max_detections: must be in [1, 1000]");
+  ExpectError(R"({"optimization": {"epochs": 1, "cuda_graph": true}})",
+              "optimization.cuda_graph: needs resources.device_kind DEVICE_CUDA");
+  ExpectError(R"({"optimization": {"epochs": 1, "cuda_graph": true, "micro_batches": 2},
+                  "resources": {"device_kind": "DEVICE_CUDA"}})",
+              "optimization.cuda_graph: needs optimization.micro_batches 1");
+  ExpectError(R"({"optimization": {"epochs": 1, "cuda_graph": true},
+                  "quantization": {"method": "METHOD_TTQ"},
+                  "resources": {"device_kind": "DEVICE_CUDA"}})",
+              "optimization.cuda_graph: does not support METHOD_TTQ");
+  ExpectError(R"({"optimization": {"epochs": 1, "cuda_graph": true}, "task": "TASK_DETECTION",
+                  "dataset": {"kind": "DATASET_COCO", "path": "/d"},
+                  "resources": {"device_kind": "DEVICE_CUDA"}})",
+              "optimization.cuda_graph: needs TASK_CLASSIFICATION");
+}
+
+TEST(TrainerSpecTest, CudaGraphIsAcceptedForCudaClassification) {
+  auto spec = ParseTrainerSpec(R"({"optimization": {"epochs": 1, "cuda_graph": true},
+                                   "resources": {"device_kind": "DEVICE_CUDA"}})");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_TRUE(spec->optim.cuda_graph);
+  EXPECT_FALSE(ParseTrainerSpec(R"({"optimization": {"epochs": 1}})")->optim.cuda_graph);
 }
 
 TEST(TrainerSpecTest, SyntheticDataNeedsNoPath) {

@@ -15,6 +15,12 @@ namespace {
 
 using json = nlohmann::json;
 
+std::string ShapeString(const at::Tensor& t) {
+  std::string out = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) out += (d ? ", " : "") + std::to_string(t.size(d));
+  return out + "]";
+}
+
 class ClassificationTask : public TrainingTask {
  public:
   explicit ClassificationTask(const TaskContext& ctx) : ctx_(ctx), spec_(*ctx.spec) {}
@@ -82,10 +88,21 @@ class ClassificationTask : public TrainingTask {
   Status NextBatch() override {
     std::optional<Batch> batch = loader_->Next();
     if (!batch) return InternalError("data loader ended inside an epoch");
-    images_ = batch->images.to(ctx_.device, /*non_blocking=*/true);  // [b, C, H, W]
-    if (images_.scalar_type() == at::kByte) images_ = NormalizeBatch(images_, device_norm_);
-    if (ctx_.channels_last) images_ = images_.contiguous(at::MemoryFormat::ChannelsLast);
-    labels_ = batch->labels.to(ctx_.device, /*non_blocking=*/true);  // [b]
+    at::Tensor images = batch->images.to(ctx_.device, /*non_blocking=*/true);  // [b, C, H, W]
+    if (images.scalar_type() == at::kByte) images = NormalizeBatch(images, device_norm_);
+    if (ctx_.channels_last) images = images.contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor labels = batch->labels.to(ctx_.device, /*non_blocking=*/true);  // [b]
+    if (ctx_.static_batches && images_.defined()) {
+      if (images.sizes() != images_.sizes() || labels.sizes() != labels_.sizes()) {
+        return InternalError("static batches: batch shape changed from " +
+                             ShapeString(images_) + " to " + ShapeString(images));
+      }
+      images_.copy_(images, /*non_blocking=*/true);
+      labels_.copy_(labels, /*non_blocking=*/true);
+    } else {
+      images_ = images;
+      labels_ = labels;
+    }
     return OkStatus();
   }
 

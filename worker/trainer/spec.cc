@@ -257,6 +257,7 @@ Status ReadOptim(const json& root, TrainerSpec* spec) {
   TERN_RETURN_IF_ERROR(r.Bool("deterministic", &o.deterministic));
   TERN_RETURN_IF_ERROR(r.Bool("bf16", &o.bf16));
   TERN_RETURN_IF_ERROR(r.Bool("channels_last", &o.channels_last));
+  TERN_RETURN_IF_ERROR(r.Bool("cuda_graph", &o.cuda_graph));
   return r.RejectUnknown();
 }
 
@@ -352,6 +353,16 @@ Status TrainerSpec::Validate() const {
                       "must be a positive multiple of resources.ranks × "
                       "optimization.micro_batches (" +
                           std::to_string(ranks * optim.micro_batches) + ")");
+  }
+  if (optim.cuda_graph) {
+    // What a captured step cannot hold (worker/trainer/step_graph.h).
+    const char* why = device != "cuda"                 ? "needs resources.device_kind DEVICE_CUDA"
+                      : task != "classification"       ? "needs TASK_CLASSIFICATION (detection "
+                                                         "batches vary in size)"
+                      : optim.micro_batches != 1       ? "needs optimization.micro_batches 1"
+                      : quant.method == quant::Method::kTtq ? "does not support METHOD_TTQ"
+                                                            : nullptr;
+    if (why != nullptr) return FieldError("optimization.cuda_graph", why);
   }
   if (threads_per_rank < 0) return FieldError("resources.threads_per_rank", "must be >= 0");
   if (checkpoint_every_steps < 1) return FieldError("checkpoint.every_steps", "must be >= 1");

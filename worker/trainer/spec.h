@@ -66,6 +66,9 @@ struct OptimConfig {
   bool deterministic = false;
   bool bf16 = true;               // CUDA only
   bool channels_last = true;      // CUDA only
+  // CUDA only: replay each step's forward and backward as a CUDA graph
+  // (classification, micro_batches 1, not TTQ; worker/trainer/step_graph.h).
+  bool cuda_graph = false;
 };
 
 struct TrainerSpec {

@@ -38,6 +38,9 @@ struct TaskContext {
   torch::Device device = torch::kCPU;
   bool bf16 = false;           // CUDA autocast
   bool channels_last = false;  // CUDA NHWC
+  // CUDA graphs (step_graph.h): NextBatch() copies every batch into the same
+  // input tensors, which a captured step reads.
+  bool static_batches = false;
 };
 
 enum class EvalSplit {

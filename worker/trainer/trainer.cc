@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
@@ -15,6 +16,7 @@
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/init_from.h"
 #include "worker/trainer/multi_tensor_sgd.h"
+#include "worker/trainer/step_graph.h"
 #include "worker/trainer/task.h"
 
 #ifdef TERN_WITH_CUDA
@@ -87,6 +89,11 @@ struct Session {
   std::shared_ptr<torch::nn::Module> model;  // task->model()
   std::unique_ptr<quant::TernaryModel> quant;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
+  // optimization.cuda_graph: the captured forward + backward, and the
+  // quantizer outputs its capture made (handed back before each replay's
+  // AfterBackward).
+  std::unique_ptr<StepGraph> step_graph;
+  quant::TernaryModel::StepOutputs graph_outputs;
   std::unique_ptr<ShardedSampler> sampler;
   std::string checkpoint_dir;
   int64_t steps_per_epoch = 0;
@@ -160,7 +167,13 @@ void SetLearningRate(torch::optim::Optimizer& opt, double lr) {
 Status Setup(Session& s) {
   const TrainerSpec& spec = s.spec;
   if (spec.threads_per_rank > 0) at::set_num_threads(spec.threads_per_rank);
-  if (spec.optim.deterministic) at::globalContext().setDeterministicAlgorithms(true, false);
+  if (spec.optim.deterministic) {
+    at::globalContext().setDeterministicAlgorithms(true, false);
+    // Deterministic cuBLAS needs a fixed workspace, which it reads from the
+    // environment when its handle is created (before the first matmul);
+    // without it LibTorch refuses every CUDA matmul in this mode.
+    if (spec.device == "cuda") setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  }
   if (spec.device == "cuda") {
     if (!torch::cuda::is_available()) {
       return FailedPreconditionError("resources.device_kind: CUDA requested but no GPU is visible");
@@ -190,6 +203,7 @@ Status Setup(Session& s) {
   ctx.device = s.device;
   ctx.bf16 = s.device.is_cuda() && spec.optim.bf16;
   ctx.channels_last = s.device.is_cuda() && spec.optim.channels_last;
+  ctx.static_batches = spec.optim.cuda_graph;
   s.task = spec.task == "detection" ? MakeDetectionTask(ctx) : MakeClassificationTask(ctx);
   torch::manual_seed(spec.optim.seed);
   TERN_RETURN_IF_ERROR(s.task->Load());
@@ -217,6 +231,10 @@ Status Setup(Session& s) {
                         quant::TernaryModel::Attach(s.model, spec.quant, s.task->output_layers()));
   s.quant->state()->to(s.device);
   s.optimizer = MakeOptimizer(s);
+  if (spec.optim.cuda_graph) {  // Validate() allowed it: CUDA classification
+    s.quant->set_device_scalars(true);
+    TERN_ASSIGN_OR_RETURN(s.step_graph, StepGraph::Create(s.device, AllParameters(s)));
+  }
 
   const int64_t global_batch = spec.optim.batch_size;
   s.sampler = std::make_unique<ShardedSampler>(s.task->train_size(), global_batch,
@@ -368,14 +386,38 @@ StatusOr<at::Tensor> TrainStep(Session& s) {
   TERN_RETURN_IF_ERROR(s.task->NextBatch());
   s.data_wait_seconds += Seconds(waited);
   TERN_RETURN_IF_ERROR(s.task->BeginStep());
-  s.optimizer->zero_grad();
   at::Tensor loss_sum;
-  for (int m = 0; m < micro; ++m) {
-    s.quant->BeforeForward();  // per micro-batch: each graph owns its STE node
-    const at::Tensor task = s.task->MicroBatchLoss(m, micro);
-    const at::Tensor loss = (task + s.quant->RegularizationLoss()) / micro;
-    loss.backward();
-    loss_sum = loss_sum.defined() ? loss_sum + task.detach() : task.detach();
+  if (s.step_graph != nullptr) {
+    // One micro-batch, replayed from a CUDA graph. The regularizer is not in
+    // the backward: on the packed path its loss is a constant and
+    // AfterBackward() adds its gradient (last_forward_capturable() below).
+    TERN_ASSIGN_OR_RETURN(const StepGraph::Result run,
+                          s.step_graph->Run(s.quant->StepStructure(), [&] {
+                            s.quant->BeforeForward();
+                            at::Tensor task = s.task->MicroBatchLoss(0, 1);
+                            task.backward();
+                            return task.detach();
+                          }));
+    if (run.kind == StepGraph::RunKind::kReplayed) {
+      s.quant->set_step_outputs(s.graph_outputs);
+    } else {
+      if (!s.quant->last_forward_capturable()) {
+        return FailedPreconditionError(
+            "optimization.cuda_graph: this quantizer's step cannot be captured (it needs the "
+            "packed projection: quantized layers on one device and dtype, not TTQ)");
+      }
+      s.graph_outputs = s.quant->step_outputs();
+    }
+    loss_sum = run.value;  // the division below copies it before the next replay
+  } else {
+    s.optimizer->zero_grad();
+    for (int m = 0; m < micro; ++m) {
+      s.quant->BeforeForward();  // per micro-batch: each graph owns its STE node
+      const at::Tensor task = s.task->MicroBatchLoss(m, micro);
+      const at::Tensor loss = (task + s.quant->RegularizationLoss()) / micro;
+      loss.backward();
+      loss_sum = loss_sum.defined() ? loss_sum + task.detach() : task.detach();
+    }
   }
   const auto reduce_start = Clock::now();
   TERN_RETURN_IF_ERROR(s.comm->AllReduceMean(
