@@ -137,6 +137,7 @@ void TernaryModel::set_device_scalars(bool on) {
     const auto options = layer->latent.options().requires_grad(false);
     kappa_scalar_ = at::zeros({}, options);
     correction_scalar_ = at::zeros({}, options);
+    filled_kappa_ = filled_correction_ = 0;
     break;
   }
   FillDeviceScalars();
@@ -145,8 +146,11 @@ void TernaryModel::set_device_scalars(bool on) {
 void TernaryModel::FillDeviceScalars() {
   if (!kappa_scalar_.defined()) return;
   at::NoGradGuard no_grad;
-  kappa_scalar_.fill_(schedule_.kappa);
-  correction_scalar_.fill_(moment_steps_ > 0 ? MomentCorrection() : 1.0);
+  const double correction = moment_steps_ > 0 ? MomentCorrection() : 1.0;
+  if (schedule_.kappa != filled_kappa_) kappa_scalar_.fill_(schedule_.kappa);  // a kernel each
+  if (correction != filled_correction_) correction_scalar_.fill_(correction);
+  filled_kappa_ = schedule_.kappa;
+  filled_correction_ = correction;
 }
 
 int64_t TernaryModel::StepStructure() const {

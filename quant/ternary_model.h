@@ -166,6 +166,7 @@ class TernaryModel {
   at::Tensor packed_reg_value_;              // Σ R, this step
   bool last_forward_capturable_ = false;
   at::Tensor kappa_scalar_, correction_scalar_;  // set_device_scalars(true)
+  double filled_kappa_ = 0, filled_correction_ = 0;  // what they hold
 };
 
 // The float tensor an artifact tensor stands for (ternary codes dequantized

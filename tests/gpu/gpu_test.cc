@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -349,6 +350,20 @@ TEST_F(GpuTest, TrainerWithCudaGraphMatchesTheEagerTrainer) {
     std::fclose(events_file);
     EXPECT_TRUE(result.ok()) << result.status();
     if (!result.ok()) return {};
+    // The graphed run really replayed: its progress events count replays.
+    int64_t replays = -1;
+    std::ifstream lines(dir + "/events.jsonl");
+    for (std::string line; std::getline(lines, line);) {
+      const nlohmann::json e = nlohmann::json::parse(line, nullptr, false);
+      if (e.is_object() && e.value("event", "") == "progress") {
+        replays = e.value("cuda_graph_replays", int64_t{-1});
+      }
+    }
+    if (cuda_graph) {
+      EXPECT_GT(replays, 50) << "of 64 steps";
+    } else {
+      EXPECT_EQ(replays, -1) << "an eager run reports no CUDA graph";
+    }
     std::cout << (cuda_graph ? "graphed" : "eager") << ": " << result->artifact.dump() << ", "
               << result->images_per_second << " img/s\n";
     return result->artifact;

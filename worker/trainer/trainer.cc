@@ -513,6 +513,10 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
                        {"step_seconds", window_seconds / steps_since},
                        {"data_wait_seconds", s.data_wait_seconds / steps_since},
                        {"allreduce_seconds", s.allreduce_seconds / steps_since}};
+          if (s.step_graph != nullptr) {
+            progress["cuda_graph_captures"] = s.step_graph->captures();
+            progress["cuda_graph_replays"] = s.step_graph->replays();
+          }
           if (const auto memory = GpuMemoryBytes(s)) {
             progress["gpu_memory_bytes"] = memory->first;
             progress["gpu_peak_memory_bytes"] = memory->second;
