@@ -6,6 +6,9 @@
 #include <string>
 #include <utility>
 
+#include "quant/ternary_model.h"
+#include "worker/trainer/task.h"
+
 #ifdef TERN_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -15,6 +18,13 @@
 #endif
 
 namespace tern::trainer {
+
+at::Tensor CapturableStepBody(quant::TernaryModel& quant, TrainingTask& task) {
+  quant.BeforeForward();
+  at::Tensor loss = task.MicroBatchLoss(0, 1);
+  loss.backward();
+  return loss.detach();
+}
 
 #ifdef TERN_WITH_CUDA
 

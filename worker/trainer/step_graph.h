@@ -43,7 +43,24 @@
 
 #include "common/status.h"
 
+namespace tern::quant {
+class TernaryModel;
+}  // namespace tern::quant
+
 namespace tern::trainer {
+
+class TrainingTask;
+
+// The work optimization.cuda_graph captures for one step (micro_batches 1):
+// the quantizer's forward weights, the task loss of the batch NextBatch()
+// loaded, and its backward; returns that loss, detached. The regularizer is
+// not in the differentiated loss: on the packed path, the only capturable one
+// (TernaryModel::last_forward_capturable()), its loss is a constant and
+// AfterBackward() adds its gradient, as in the eager step.
+// tests/worker/step_graph_safety_test.cc checks on the CPU that it reads no
+// value back to the host and that two steps of one structure issue the same
+// operations with the same host arguments.
+at::Tensor CapturableStepBody(quant::TernaryModel& quant, TrainingTask& task);
 
 class StepGraph {
  public:

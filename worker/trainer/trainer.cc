@@ -388,15 +388,11 @@ StatusOr<at::Tensor> TrainStep(Session& s) {
   TERN_RETURN_IF_ERROR(s.task->BeginStep());
   at::Tensor loss_sum;
   if (s.step_graph != nullptr) {
-    // One micro-batch, replayed from a CUDA graph. The regularizer is not in
-    // the backward: on the packed path its loss is a constant and
-    // AfterBackward() adds its gradient (last_forward_capturable() below).
+    // One micro-batch, replayed from a CUDA graph (the regularizer's
+    // gradient comes from AfterBackward(): last_forward_capturable() below).
     TERN_ASSIGN_OR_RETURN(const StepGraph::Result run,
                           s.step_graph->Run(s.quant->StepStructure(), [&] {
-                            s.quant->BeforeForward();
-                            at::Tensor task = s.task->MicroBatchLoss(0, 1);
-                            task.backward();
-                            return task.detach();
+                            return CapturableStepBody(*s.quant, *s.task);
                           }));
     if (run.kind == StepGraph::RunKind::kReplayed) {
       s.quant->set_step_outputs(s.graph_outputs);
