@@ -8,7 +8,8 @@
 #       [--workers 1] [--batch 128] [--steps 40] [--warmup 10] [--width 1.0]
 #       [--arch resnet20] [--synthetic [--input-size 224]]
 #       [--granularity tensor] [--device cpu|cuda] [--bf16] [--channels-last]
-#       [--compile] [--cuda-graph] [--flops] [--python /usr/bin/python3]
+#       [--compile] [--compile-mode default|reduce-overhead|max-autotune]
+#       [--cuda-graph] [--flops] [--python /usr/bin/python3]
 #       [--data /usr/share/datasets/fashion-mnist] [--keep DIR]
 #
 # How the two are made comparable:
@@ -43,7 +44,9 @@
 #   image (the reference's count) × images/s, as a fraction of it.
 # - --cuda-graph: tern-trainer replays each step from a CUDA graph
 #   (optimization.cuda_graph; --device cuda only); the reference stays eager
-#   (or torch.compile with --compile).
+#   (or torch.compile with --compile; --compile-mode reduce-overhead, which
+#   implies --compile, makes torch.compile replay CUDA graphs too: the peer
+#   that is graphed like tern-trainer).
 # Needs jq. Exit status 1 when a run fails (its log is kept and shown).
 set -euo pipefail
 
@@ -54,7 +57,7 @@ data=/usr/share/datasets/fashion-mnist
 methods="fp hla" ranks_list="1" repeats=1 workers=1
 threads=2 batch=128 steps=40 warmup=10 width=1.0 granularity=tensor
 arch=resnet20 synthetic=false input_size=224 flops=false
-device=cpu bf16=false channels_last=false compile=false cuda_graph=false keep=""
+device=cpu bf16=false channels_last=false compile=false compile_mode=default cuda_graph=false keep=""
 
 usage() { sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -78,6 +81,7 @@ while [[ $# -gt 0 ]]; do
     --bf16) bf16=true; shift ;;
     --channels-last) channels_last=true; shift ;;
     --compile) compile=true; shift ;;
+    --compile-mode) compile=true; compile_mode="$2"; shift 2 ;;
     --cuda-graph) cuda_graph=true; shift ;;
     --python) python="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
@@ -193,7 +197,7 @@ run_reference() {  # method ranks run_dir -> "images/s peak_gpu_bytes forward_fl
   local extra=()
   [[ "$bf16" == true ]] && extra+=(--bf16)
   [[ "$channels_last" == true ]] && extra+=(--channels-last)
-  [[ "$compile" == true ]] && extra+=(--compile)
+  [[ "$compile" == true ]] && extra+=(--compile --compile-mode "$compile_mode")
   [[ "$synthetic" == true ]] && extra+=(--synthetic --input-size "$input_size")
   if ! "$python" "$root/bench/reference/reference_trainer.py" --method "$method" --arch "$arch" \
       --width-multiplier "$width" --granularity "$granularity" --data "$data" \
@@ -257,7 +261,7 @@ input="Fashion-MNIST"; [[ "$synthetic" == true ]] && input="synthetic ${input_si
 echo
 echo "Training throughput, $arch x$width on $input, global batch $batch, $threads threads in all" \
      "($workers loader thread(s) per tern-trainer rank), $device (bf16 $bf16, channels_last" \
-     "$channels_last, tern-trainer CUDA graph $cuda_graph, reference torch.compile $compile); steps $((warmup + 1))-$steps of $steps timed;" \
+     "$channels_last, tern-trainer CUDA graph $cuda_graph, reference torch.compile $compile ($compile_mode)); steps $((warmup + 1))-$steps of $steps timed;" \
      "$repeats repeat(s); load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 [[ -n "$peak_line" ]] && echo && echo "$peak_line"
 echo

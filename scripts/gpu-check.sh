@@ -19,7 +19,8 @@
 #      3 seeds, 15 epochs; bench/accuracy_table.sh, all runs at once on the GPU);
 #   6. prints a short table last.
 # Full log: $OUT/gpu-check.log (else /tmp/gpu-check.log); test output in
-# $OUT/gpu-tests.log, benchmark tables in $OUT/gpu-bench-*.md, the grid in
+# $OUT/gpu-tests.log, benchmark tables in $OUT/gpu-bench.md (one section per
+# benchmark), the grid in
 # $OUT/gpu-accuracy.md, CMake's log in $OUT/gpu-cmake.log (the build log only
 # when the build fails: the device returns at most 8 files; other detail logs
 # stay in /tmp/gpu-check-logs.*). Budget: TERN_GPU_DEADLINE_S (default 420 s,
@@ -29,7 +30,8 @@
 # Steps (TERN_GPU_STEPS, default all, in this order): grid (started in the
 # background, stopped before the first benchmark), unit (gpu-labelled
 # GoogleTest cases), e2e (the service on NCCL), detection, bench-resnet20,
-# bench-graph, bench-resnet18, bench-compile. A short re-check on a nearly spent budget:
+# bench-graph, bench-resnet18, bench-compile, bench-graph-compiled (the CUDA-graph
+# step against the reference under torch.compile mode reduce-overhead). A short re-check on a nearly spent budget:
 #   TERN_GPU_DEADLINE_S=200 TERN_GPU_STEPS="unit bench-resnet20 e2e" scripts/gpu-check.sh
 #
 #   scripts/gpu-check.sh          on the GPU machine (device run, carry .carry)
@@ -164,9 +166,10 @@ trainer="$build/worker/trainer/tern-trainer"
 # What runs, in this order (TERN_GPU_STEPS overrides, e.g. a short re-check:
 # TERN_GPU_STEPS="unit bench-resnet20 e2e detection"). Steps that would not
 # end before the deadline are skipped and say so.
-steps=${TERN_GPU_STEPS:-"grid unit e2e detection bench-resnet20 bench-graph bench-resnet18 bench-compile"}
+steps=${TERN_GPU_STEPS:-"grid unit e2e detection bench-resnet20 bench-graph bench-resnet18 bench-compile bench-graph-compiled"}
 export TERN_E2E_FASHION_MNIST="$data"
 : >"$out/gpu-tests.log"
+: >"$out/gpu-bench.md"
 
 gpu_ctest() {  # name, ctest selection...
   local name="$1"; shift
@@ -212,10 +215,12 @@ JSON
 bench() {  # step, table name, then trainer_throughput.sh arguments
   local key="$1" name="$2"; shift 2
   step "benchmark $name"
-  local md="$out/gpu-bench-$name.md"
+  local md="$logs/gpu-bench-$name.md"
   if bash bench/trainer_throughput.sh --trainer "$trainer" --python "$python" --data "$data" \
       --device "$mode" "$@" >"$md" 2>"$logs/gpu-bench-$name.log"; then
     result[$key]=ran; cat "$md"
+    # One file for all tables: the device returns at most 8 files.
+    { echo "## $name"; cat "$md"; echo; } >>"$out/gpu-bench.md"
   else
     result[$key]=FAIL; tail -30 "$logs/gpu-bench-$name.log"
   fi
@@ -232,7 +237,7 @@ else
        --warmup 1 --flops)
 fi
 declare -A need=([unit]=45 [e2e]=60 [detection]=20 [bench-resnet20]=45 [bench-graph]=45 [bench-resnet18]=60
-                 [bench-compile]=100)  # seconds each step needs, roughly
+                 [bench-compile]=100 [bench-graph-compiled]=110)  # seconds each step needs, roughly
 grid_running=false
 for s in $steps; do
   if [[ "$s" == bench-* ]] && $grid_running; then
@@ -254,6 +259,10 @@ for s in $steps; do
     bench-compile)
       if [[ "$mode" == cuda ]]; then bench "$s" resnet20-compile "${r20[@]}" --compile
       else result[$s]="skipped (no torch.compile run on the CPU)"; fi ;;
+    bench-graph-compiled)  # both sides graphed: ours against torch.compile's CUDA graphs
+      if [[ "$mode" == cuda ]]; then
+        bench "$s" resnet20-graph-vs-reduce-overhead "${r20[@]}" --cuda-graph --compile-mode reduce-overhead
+      else result[$s]="skipped (CUDA graphs need a GPU)"; fi ;;
     *) echo "unknown step '$s' (TERN_GPU_STEPS)"; result[$s]=FAIL ;;
   esac
 done

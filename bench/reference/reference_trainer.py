@@ -517,6 +517,9 @@ def parse_args():
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (CUDA)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (torch >= 2)")
+    p.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode (reduce-overhead: CUDA graphs)")
     # Quantizer knobs (defaults of quant/options.h and HLA.md).
     p.add_argument("--granularity", default="tensor", choices=["tensor", "channel"])
     p.add_argument("--all-ternary", action="store_true", help="also ternarize first conv and fc")
@@ -604,7 +607,7 @@ def train(rank, args, world_size, port):
     if args.compile:
         if not hasattr(torch, "compile"):
             sys.exit("--compile needs torch >= 2")
-        forward = torch.compile(model)
+        forward = torch.compile(model, mode=args.compile_mode)
 
     n = train_x.shape[0]
     steps_per_epoch = n // args.batch_size
