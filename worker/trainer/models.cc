@@ -126,7 +126,10 @@ class ResNet : public Classifier {
   // x: [N, C, H, W] -> logits [N, classes]
   at::Tensor forward(at::Tensor x) override {
     x = trunk_.Stages(x).back();
-    x = at::adaptive_avg_pool2d(x, {1, 1}).flatten(1);  // [N, C]
+    // Global average pool as a mean: the same value as adaptive_avg_pool2d
+    // to 1×1, whose CUDA backward has no deterministic kernel (LibTorch
+    // refuses it under optimization.deterministic).
+    x = x.mean({2, 3});  // [N, C]
     return fc_(x);
   }
 

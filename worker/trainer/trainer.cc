@@ -168,11 +168,15 @@ Status Setup(Session& s) {
   const TrainerSpec& spec = s.spec;
   if (spec.threads_per_rank > 0) at::set_num_threads(spec.threads_per_rank);
   if (spec.optim.deterministic) {
-    at::globalContext().setDeterministicAlgorithms(true, false);
+    const bool cuda = spec.device == "cuda";
+    // On CUDA a few kernels have no deterministic version (the max-pool
+    // backward of the ImageNet stem, the detector's upsampling backward):
+    // LibTorch warns for those instead of failing the job.
+    at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/cuda);
     // Deterministic cuBLAS needs a fixed workspace, which it reads from the
     // environment when its handle is created (before the first matmul);
     // without it LibTorch refuses every CUDA matmul in this mode.
-    if (spec.device == "cuda") setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+    if (cuda) setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
   }
   if (spec.device == "cuda") {
     if (!torch::cuda::is_available()) {
