@@ -109,8 +109,8 @@ class TernaryModel {
   // step must live in device memory:
   //  - set_device_scalars(true): κ and LAT's moment bias correction are read
   //    from 0-dim device tensors that SetProgress(), AfterBackward() and
-  //    StateLoaded() refill (eager, between replays). Off by default (one fill
-  //    kernel each per step).
+  //    StateLoaded() refill (eager, between replays) when their values
+  //    change. Off by default (up to two fill kernels per step).
   //  - StepStructure(): changes whenever the work of a training-mode
   //    BeforeForward() changes (phase, regularizer on/off, LAT moments
   //    present): the graph must then be captured again.

@@ -5,8 +5,8 @@
 #      header-only libraries from .carry/);
 #   2. runs the gpu-labelled tests: quantizers CUDA = CPU, NCCL at world size 1,
 #      bf16 autocast step vs fp32, GPU-trained artifact evaluated on the CPU,
-#      CUDA-graph step and trainer vs eager, and the service end to end (ternd + tern-agent with one CUDA slot + a
-#      trainer on NCCL);
+#      CUDA-graph step and trainer vs eager, and the service end to end
+#      (ternd + tern-agent with one CUDA slot + a trainer on NCCL);
 #   3. trains a CenterNet detector on CUDA (NCCL process group at world size 1);
 #   4. benchmarks tern-trainer against the PyTorch reference on the same card:
 #      ResNet-20 on Fashion-MNIST and ResNet-18 on synthetic 224×224 input,
@@ -30,8 +30,9 @@
 # Steps (TERN_GPU_STEPS, default all, in this order): grid (started in the
 # background, stopped before the first benchmark), unit (gpu-labelled
 # GoogleTest cases), e2e (the service on NCCL), detection, bench-resnet20,
-# bench-graph, bench-resnet18, bench-compile, bench-graph-compiled (the CUDA-graph
-# step against the reference under torch.compile mode reduce-overhead). A short re-check on a nearly spent budget:
+# bench-graph, bench-resnet18, bench-compile, bench-graph-compiled (the
+# CUDA-graph step against the reference under torch.compile mode
+# reduce-overhead). A short re-check on a nearly spent budget:
 #   TERN_GPU_DEADLINE_S=200 TERN_GPU_STEPS="unit bench-resnet20 e2e" scripts/gpu-check.sh
 #
 #   scripts/gpu-check.sh          on the GPU machine (device run, carry .carry)

@@ -195,6 +195,17 @@ Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, 
   return s;
 }
 
+// Every parameter's gradient: defined in both or neither, and close.
+void ExpectSameGradients(const Step& a, const Step& b) {
+  ASSERT_EQ(a.grads.size(), b.grads.size());
+  for (size_t i = 0; i < a.grads.size(); ++i) {
+    ASSERT_EQ(a.grads[i].defined(), b.grads[i].defined()) << "grad " << i;
+    if (a.grads[i].defined()) {
+      EXPECT_TRUE(Close(a.grads[i], b.grads[i])) << "grad " << i;
+    }
+  }
+}
+
 TEST(TernaryModelPackedTest, PackedStepEqualsLayerByLayerStep) {
   for (Method m : {Method::kTwn, Method::kLat, Method::kHla, Method::kHlaNoRescale,
                    Method::kHlaNoRegularizer}) {
@@ -212,13 +223,7 @@ TEST(TernaryModelPackedTest, PackedStepEqualsLayerByLayerStep) {
           for (size_t i = 0; i < packed.forward_weights.size(); ++i) {
             EXPECT_TRUE(Close(packed.forward_weights[i], reference.forward_weights[i])) << "weight " << i;
           }
-          ASSERT_EQ(packed.grads.size(), reference.grads.size());
-          for (size_t i = 0; i < packed.grads.size(); ++i) {
-            ASSERT_EQ(packed.grads[i].defined(), reference.grads[i].defined()) << "grad " << i;
-            if (packed.grads[i].defined()) {
-              EXPECT_TRUE(Close(packed.grads[i], reference.grads[i])) << "grad " << i;
-            }
-          }
+          ExpectSameGradients(packed, reference);
         }
       }
     }
@@ -238,13 +243,7 @@ TEST(TernaryModelPackedTest, GraphModeStepEqualsThePlainPackedStep) {
       const Step graph_like = RunSteps(o, true, progress, false, 4, {true, true});
       const Step plain = RunSteps(o, true, progress, false, 4);
       EXPECT_NEAR(graph_like.loss, plain.loss, 1e-5);
-      ASSERT_EQ(graph_like.grads.size(), plain.grads.size());
-      for (size_t i = 0; i < plain.grads.size(); ++i) {
-        ASSERT_EQ(graph_like.grads[i].defined(), plain.grads[i].defined()) << "grad " << i;
-        if (plain.grads[i].defined()) {
-          EXPECT_TRUE(Close(graph_like.grads[i], plain.grads[i])) << "grad " << i;
-        }
-      }
+      ExpectSameGradients(graph_like, plain);
     }
   }
 }
