@@ -3,6 +3,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
 #include <thread>
 
 namespace tern::trainer {
@@ -88,6 +95,30 @@ TEST(CommunicatorTest, MissingPeerFailsRendezvousWithinTimeout) {
   ASSERT_FALSE(comm.ok());
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
   EXPECT_NE(comm.status().message().find("rendezvous"), std::string::npos) << comm.status();
+}
+
+// Ports from the kernel's ephemeral range can be taken by any port-0 listener or outgoing connection (other
+// tests' Gloo pairs) between the pick and the store's bind; picked ports stay below it.
+TEST(PickFreePortTest, PicksBindablePortsBelowTheEphemeralRange) {
+  int first_ephemeral = 32768;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> first_ephemeral;
+  std::set<int> ports;
+  for (int i = 0; i < 20; ++i) {
+    auto port = PickFreePort();
+    ASSERT_TRUE(port.ok()) << port.status();
+    EXPECT_GE(*port, 1024);
+    EXPECT_LT(*port, first_ephemeral);
+    ports.insert(*port);
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(*port));
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << *port;
+    ::close(fd);
+  }
+  EXPECT_GT(ports.size(), 10u) << "picks should be spread out so that concurrent tests do not collide";
 }
 
 TEST(CommunicatorTest, RejectsBadOptions) {

@@ -13,7 +13,9 @@
 #endif
 
 #include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <random>
 
 #include "common/logging.h"
 
@@ -202,21 +204,54 @@ Status Communicator::Barrier() {
   });
 }
 
-StatusOr<int> PickFreePort() {
+namespace {
+
+// Binds 127.0.0.1:`port` (0: any) without listening; the bound port, or -1.
+int BindLoopback(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return UnavailableError("socket() failed");
+  if (fd < 0) return -1;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
   socklen_t len = sizeof(addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    ::close(fd);
-    return UnavailableError("cannot bind a free port on 127.0.0.1");
+  int bound = -1;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    bound = ntohs(addr.sin_port);
   }
-  const int port = ntohs(addr.sin_port);
   ::close(fd);
+  return bound;
+}
+
+// The first port of the kernel's ephemeral range (Linux default 32768).
+int FirstEphemeralPort() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int first = 0;
+  int last = 0;
+  if (in >> first >> last && first > 1024 && first <= last) return first;
+  return 32768;
+}
+
+}  // namespace
+
+StatusOr<int> PickFreePort() {
+  // The port is free now but only bound later by the caller. Ports the kernel hands out by itself
+  // (listeners on port 0, the local end of every outgoing connection; Gloo opens many) come from the
+  // ephemeral range, so a port below it cannot be taken by them in between. A random start keeps
+  // concurrent test processes apart.
+  constexpr int kLowest = 20000;
+  const int end = FirstEphemeralPort();
+  if (end - kLowest >= 1000) {
+    std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
+    std::uniform_int_distribution<int> pick(kLowest, end - 1);
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      const int port = BindLoopback(pick(rng));
+      if (port > 0) return port;
+    }
+  }
+  const int port = BindLoopback(0);
+  if (port <= 0) return UnavailableError("cannot bind a free port on 127.0.0.1");
   return port;
 }
 

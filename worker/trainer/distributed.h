@@ -65,7 +65,8 @@ class Communicator {
   std::unique_ptr<Group> group_;
 };
 
-// A free TCP port on 127.0.0.1 (for tests and local launches).
+// A TCP port on 127.0.0.1 that is free now (for tests and local launches), picked below the kernel's
+// ephemeral range so that no port-0 listener or outgoing connection can take it before the caller binds.
 StatusOr<int> PickFreePort();
 
 }  // namespace tern::trainer
