@@ -13,6 +13,7 @@ namespace {
 
 constexpr double kTiny = 1e-12;    // as in ternary_ops.cc
 constexpr int64_t kMaxChunk = 4096;
+constexpr int64_t kMaxStackedSums = 3;  // rows of one UnitSums() call
 
 // The strides `w` has in the flat buffer: its own when they are row-major or
 // channels_last (dense, output channel outermost), else row-major.
@@ -30,6 +31,24 @@ template <typename Slot>
 at::Tensor Alias(const at::Tensor& flat, const Slot& slot) {
   at::Tensor out = at::empty({0}, flat.options());
   out.set_(flat.storage(), flat.storage_offset() + slot.offset, slot.shape, slot.strides);
+  return out;
+}
+
+// 1 where a > b (or a <= b), else 0, in a's dtype: one comparison kernel
+// writing a's dtype directly, instead of a bool result and a cast.
+at::Tensor GreaterAsMask(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty_like(a);
+  at::gt_out(out, a, b);
+  return out;
+}
+at::Tensor GreaterAsMask(const at::Tensor& a, double b) {
+  at::Tensor out = at::empty_like(a);
+  at::gt_out(out, a, b);
+  return out;
+}
+at::Tensor LessEqualAsMask(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty_like(a);
+  at::le_out(out, a, b);
   return out;
 }
 
@@ -91,7 +110,7 @@ PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
   unit_gather_ = at::tensor(gather, longs).to(device);
   unit_length_ = at::tensor(unit_length, floats).to(tensor_options_);
   layer_units_ = at::tensor(layer_units, floats).to(tensor_options_);
-  chunk_sums_ = at::zeros({chunks_ + 1}, tensor_options_);
+  chunk_sums_ = at::zeros({kMaxStackedSums, chunks_ + 1}, tensor_options_);
 }
 
 bool PackedProjection::Matches(const std::vector<at::Tensor>& weights) const {
@@ -106,16 +125,24 @@ bool PackedProjection::Matches(const std::vector<at::Tensor>& weights) const {
   return true;
 }
 
+at::Tensor PackedProjection::UnitSums(const at::Tensor& stacked) {
+  const int64_t rows = stacked.size(0);
+  if (max_chunks_per_unit_ == 1) return stacked.sum(2);  // one chunk per unit
+  TERN_CHECK(rows <= chunk_sums_.size(0)) << "PackedProjection: too many stacked sums";
+  const at::Tensor padded = chunk_sums_.narrow(0, 0, rows);
+  at::Tensor sums = padded.narrow(1, 0, chunks_);
+  at::sum_out(sums, stacked, at::IntArrayRef{2});
+  return padded.index_select(1, unit_gather_).view({rows, units_, max_chunks_per_unit_}).sum(2);
+}
+
 at::Tensor PackedProjection::UnitSum(const at::Tensor& chunked) {
-  if (max_chunks_per_unit_ == 1) return chunked.sum(1);  // one chunk per unit
-  at::Tensor sums = chunk_sums_.narrow(0, 0, chunks_);
-  at::sum_out(sums, chunked, at::IntArrayRef{1});
-  return chunk_sums_.index_select(0, unit_gather_).view({units_, max_chunks_per_unit_}).sum(1);
+  return UnitSums(chunked.unsqueeze(0)).squeeze(0);
 }
 
 at::Tensor PackedProjection::ToChunks(const at::Tensor& per_unit) {
-  if (max_chunks_per_unit_ == 1) return per_unit.unsqueeze(1);
-  return per_unit.index_select(0, chunk_unit_).unsqueeze(1);
+  const int64_t last = per_unit.dim() - 1;
+  if (max_chunks_per_unit_ == 1) return per_unit.unsqueeze(last + 1);
+  return per_unit.index_select(last, chunk_unit_).unsqueeze(last + 1);
 }
 
 std::vector<at::Tensor> PackedProjection::PerLayer(const at::Tensor& flat) const {
@@ -151,37 +178,48 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   const at::Tensor a = w.abs();
   const at::Tensor mean_abs = UnitSum(a) / unit_length_;
   at::Tensor delta = ToChunks(mean_abs * o.delta_factor);
-  at::Tensor mask = (a > delta).to(a.scalar_type());
+  // LAT's weights d = sqrt(v̂) + ε; none (d = 1) for TWN and LAT without moments.
+  at::Tensor d;
+  if (o.lat_iterations > 0 && !moments.empty()) {
+    Gather(moments, flat_moments_, moment_slices_);
+    const at::Tensor m = flat_moments_.view({chunks_, chunk_});
+    d = (o.moment_correction_tensor.defined() ? m / o.moment_correction_tensor
+                                              : m / o.moment_correction)
+            .sqrt() +
+        o.lat_epsilon;
+  }
+  const at::Tensor da = d.defined() ? d * a : a;
+  // M = [|W| > Δ], then α = Σ d|W|⊙M / Σ d⊙M per unit; both sums in one
+  // UnitSums() pass over [d|W|⊙M ; d⊙M] (M itself is the second row when d = 1).
+  at::Tensor mask;
   at::Tensor alpha;
-  if (o.lat_iterations == 0) {  // TWN: α = Σ|W|⊙M / ΣM
-    alpha = UnitSum(a * mask) / UnitSum(mask).clamp_min(kTiny);
-  } else {  // LAT: α = Σ d|W|⊙M / Σ d⊙M, Δ = α/2, then the final mask's α
-    at::Tensor d;
-    if (!moments.empty()) {
-      Gather(moments, flat_moments_, moment_slices_);
-      const at::Tensor m = flat_moments_.view({chunks_, chunk_});
-      d = (o.moment_correction_tensor.defined() ? m / o.moment_correction_tensor
-                                                : m / o.moment_correction)
-              .sqrt() +
-          o.lat_epsilon;
+  auto threshold_and_alpha = [&] {
+    const at::Tensor stacked = at::empty({2, chunks_, chunk_}, a.options());
+    at::Tensor numerator = stacked.select(0, 0);
+    at::Tensor denominator = stacked.select(0, 1);
+    if (d.defined()) {
+      mask = GreaterAsMask(a, delta);
+      at::mul_out(denominator, d, mask);
+    } else {
+      at::gt_out(denominator, a, delta);
+      mask = denominator;
     }
-    const at::Tensor da = d.defined() ? d * a : a;
-    auto weighted_alpha = [&] {
-      return UnitSum(da * mask) / UnitSum(d.defined() ? d * mask : mask).clamp_min(kTiny);
-    };
-    for (int i = 0; i < o.lat_iterations; ++i) {
-      alpha = weighted_alpha();
-      delta = ToChunks(alpha / 2);
-      mask = (a > delta).to(a.scalar_type());
-    }
-    alpha = weighted_alpha();
+    at::mul_out(numerator, da, mask);
+    const at::Tensor sums = UnitSums(stacked);
+    alpha = sums.select(0, 0) / sums.select(0, 1).clamp_min(kTiny);
+  };
+  // TWN: one threshold. LAT: alternate α and Δ = α/2, then the final mask's α.
+  threshold_and_alpha();
+  for (int i = 0; i < o.lat_iterations; ++i) {
+    delta = ToChunks(alpha / 2);
+    threshold_and_alpha();
   }
   const at::Tensor codes = w.sign() * mask;
   const at::Tensor alpha_c = ToChunks(alpha);
   Output out;
   out.w_hat = PerLayer((codes * alpha_c).view({total_}));
   if (o.with_rho) {
-    at::Tensor rho = (a <= alpha_c * o.clip).to(a.scalar_type());
+    at::Tensor rho = LessEqualAsMask(a, alpha_c * o.clip);
     if (o.rescale) {
       const at::Tensor inverse_mean = mean_abs.clamp_min(kTiny).reciprocal();
       const at::Tensor tau = ToChunks(o.kappa_tensor.defined() ? inverse_mean * o.kappa_tensor
@@ -196,19 +234,33 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   }
   if (o.with_regularizer) {
     // R_l = 1 − mean over the layer's units of cos(W_u, T_u); T·T = |mask|.
-    const at::Tensor norm_w = UnitSum(w * w).sqrt();
-    const at::Tensor norm_t = UnitSum(mask).sqrt();
-    const at::Tensor dot = UnitSum(w * codes);
-    const at::Tensor norms = norm_w * norm_t;
-    const at::Tensor valid = norms > kTiny;
-    const at::Tensor zero = at::zeros_like(norms);
-    const at::Tensor coef_t =
-        at::where(valid, -1.0 / norms.clamp_min(kTiny), zero) / layer_units_;
-    const at::Tensor coef_w =
-        at::where(valid, dot / (norm_w.pow(3) * norm_t).clamp_min(kTiny), zero) / layer_units_;
-    out.reg_grad = PerLayer((codes * ToChunks(coef_t) + w * ToChunks(coef_w)).view({total_}));
-    const at::Tensor cosine = at::where(valid, dot / norms.clamp_min(kTiny), zero);
-    out.reg_value = static_cast<double>(layers_.size()) - (cosine / layer_units_).sum();
+    // ‖W_u‖², T·T and W·T in one UnitSums() pass over [W⊙W ; M ; |W|⊙M]
+    // (W·T = Σ W·sign(W)·M = Σ |W|·M exactly).
+    const at::Tensor stacked = at::empty({3, chunks_, chunk_}, w.options());
+    at::Tensor squares = stacked.select(0, 0);
+    at::Tensor masked_abs = stacked.select(0, 2);
+    at::mul_out(squares, w, w);
+    stacked.select(0, 1).copy_(mask);
+    at::mul_out(masked_abs, a, mask);
+    const at::Tensor sums = UnitSums(stacked);
+    const at::Tensor squared_norm_w = sums.select(0, 0);
+    const at::Tensor dot = sums.select(0, 2);
+    // 1/(‖W_u‖‖T_u‖) where the cosine is defined, else 0 (a unit of zeros,
+    // or one without a nonzero code): every term below is then 0.
+    const at::Tensor norms = (squared_norm_w * sums.select(0, 1)).sqrt();
+    const at::Tensor inverse = GreaterAsMask(norms, kTiny) / norms.clamp_min(kTiny);
+    const at::Tensor cosine_per_unit = dot * inverse / layer_units_;  // cos(W_u,T_u)/U
+    // ∂R_l/∂W_u = (cos/‖W_u‖²·W_u − T_u/(‖W_u‖‖T_u‖)) / U: both per-unit
+    // coefficients reach the elements through one index_select.
+    const at::Tensor coefficients = at::empty({2, units_}, w.options());
+    at::Tensor coef_w = coefficients.select(0, 0);
+    at::Tensor coef_t = coefficients.select(0, 1);
+    at::div_out(coef_w, cosine_per_unit, squared_norm_w.clamp_min(kTiny));
+    at::div_out(coef_t, inverse, layer_units_);
+    const at::Tensor chunked = ToChunks(coefficients);
+    out.reg_grad =
+        PerLayer((w * chunked.select(0, 0) - codes * chunked.select(0, 1)).view({total_}));
+    out.reg_value = static_cast<double>(layers_.size()) - cosine_per_unit.sum();
   }
   return out;
 }

@@ -11,8 +11,8 @@
 // layout is packed row-major). The buffer is viewed as [chunks, C] with C
 // dividing every unit's length, so a per-element pass is one kernel, a
 // per-unit sum is a chunk sum, a gather and a second sum (fixed order:
-// deterministic), and a per-unit value reaches its elements through one
-// index_select. Packing the weights in is two kernels (a zero and one
+// deterministic; up to 3 sums stacked as [K, chunks, C] share one pass), and
+// per-unit values reach their elements through one index_select. Packing the weights in is two kernels (a zero and one
 // multi-tensor add), and every per-layer output has its weight's strides, so
 // it feeds a channels_last convolution without a copy.
 //
@@ -77,7 +77,8 @@ class PackedProjection {
 
  private:
   at::Tensor UnitSum(const at::Tensor& chunked);     // [chunks, C] -> [units]
-  at::Tensor ToChunks(const at::Tensor& per_unit);   // [units] -> [chunks, 1]
+  at::Tensor UnitSums(const at::Tensor& stacked);    // [K ≤ 3, chunks, C] -> [K, units]
+  at::Tensor ToChunks(const at::Tensor& per_unit);   // [..., units] -> [..., chunks, 1]
   std::vector<at::Tensor> PerLayer(const at::Tensor& flat) const;
   // Packs `tensors` into `flat` (allocated on first use) through `slices`.
   void Gather(const std::vector<at::Tensor>& tensors, at::Tensor& flat,
@@ -94,7 +95,7 @@ class PackedProjection {
   int64_t total_ = 0, chunk_ = 1, chunks_ = 0, units_ = 0, max_chunks_per_unit_ = 1;
   at::Tensor chunk_unit_;   // [chunks] long: unit of each chunk
   at::Tensor unit_gather_;  // [units * max_chunks_per_unit] long, `chunks_` = padding
-  at::Tensor chunk_sums_;   // [chunks + 1], the last entry stays 0
+  at::Tensor chunk_sums_;   // [3, chunks + 1], the last column stays 0
   at::Tensor unit_length_;  // [units] L of each unit
   at::Tensor layer_units_;  // [units] U of the unit's layer
   at::Tensor flat_;          // [total] the packed latent weights (first Run)

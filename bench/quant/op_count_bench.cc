@@ -5,8 +5,10 @@
 // (docs/BENCHMARKS.md), so the count predicts where GPU time goes; it is
 // measured here on the CPU, where the same code issues the same ops.
 //
-// Counted: "leaf" operations (RecordFunction events with no nested event),
-// minus those that launch no kernel (views, empty tensors, metadata), and
+// Counted: operations that launch a kernel themselves: those not in
+// NoKernelOps() (views, empty tensors, metadata) with no nested operation that
+// launches one (index_select, whose only nested operation is a resize_, counts;
+// sum, whose nested fill_ is counted, does not), and
 // each multi-tensor `_foreach_` operation as one (on CUDA it is a handful of
 // fused kernels for all its tensors; on the CPU it loops over them). Output:
 // one markdown table on stdout; with --detail, then the operations of the last
@@ -45,7 +47,7 @@ const std::set<std::string>& NoKernelOps() {
 }
 
 struct Frame {
-  bool has_child = false;
+  bool has_child = false;  // a nested operation launches a kernel
   bool foreach = false;  // a _foreach_ op: counted once, its children not
   std::string name;
 };
@@ -57,7 +59,6 @@ std::map<std::string, std::map<std::string, int64_t>> g_op_counts;  // phase -> 
 std::string g_phase;
 
 std::unique_ptr<at::ObserverContext> OnStart(const at::RecordFunction& fn) {
-  if (!g_stack.empty()) g_stack.back().has_child = true;
   Frame frame;
   frame.foreach = std::strncmp(fn.name(), "aten::_foreach_", 15) == 0;
   frame.name = fn.name();
@@ -73,12 +74,18 @@ void OnEnd(const at::RecordFunction& fn, at::ObserverContext*) {
   if (g_stack.empty()) return;
   const Frame frame = g_stack.back();
   g_stack.pop_back();
+  // Autograd's per-node frames only wrap the node's operations.
+  const bool launches_itself = !frame.has_child && fn.scope() == at::RecordScope::FUNCTION &&
+                               NoKernelOps().count(frame.name) == 0 &&
+                               frame.name.rfind("autograd::", 0) != 0;
+  if (!g_stack.empty() && (frame.foreach || frame.has_child || launches_itself)) {
+    g_stack.back().has_child = true;
+  }
   if (frame.foreach) {
     --g_inside_foreach;
     return;
   }
-  if (!g_counting || frame.has_child || g_inside_foreach > 0) return;
-  if (fn.scope() != at::RecordScope::FUNCTION || NoKernelOps().count(fn.name()) != 0) return;
+  if (!g_counting || !launches_itself || g_inside_foreach > 0) return;
   ++g_counts[g_phase];
   // Named with its outermost operation when nested ("aten::sum > aten::fill_").
   const std::string outer = g_stack.empty() ? "" : g_stack.front().name + " > ";

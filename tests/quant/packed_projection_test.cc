@@ -106,6 +106,26 @@ TEST(PackedProjectionTest, ChunksDivideEveryUnitEvenWhenLengthsAreCoprime) {
   EXPECT_EQ(PackedProjection(convs, Granularity::kTensor).chunk_size(), 1152);
 }
 
+// A unit of zeros has no cosine with its (all-zero) codes: its regularizer
+// gradient and term are 0, as in the layer-by-layer path, and nothing is NaN.
+TEST(PackedProjectionTest, ZeroUnitsHaveZeroRegularizerGradient) {
+  for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
+    for (bool lat : {false, true}) {
+      SCOPED_TRACE(std::string(GranularityName(g)) + (lat ? " LAT" : " TWN"));
+      std::vector<at::Tensor> weights = Weights({{8, 4, 3, 3}, {6, 4, 1, 1}, {5, 12}}, false);
+      weights[0][2].zero_();  // one zero output channel
+      weights[2].zero_();     // a zero layer
+      ExpectMatchesLayerByLayer(weights, g, /*rescale=*/true, lat);
+      PackedProjection::Options o;
+      o.with_regularizer = true;
+      const PackedProjection::Output out = PackedProjection(weights, g).Run(weights, o);
+      EXPECT_EQ(out.reg_grad[2].abs().max().item<double>(), 0.0);
+      for (const at::Tensor& grad : out.reg_grad) EXPECT_TRUE(grad.isfinite().all().item<bool>());
+      if (g == Granularity::kChannel) EXPECT_EQ(out.reg_grad[0][2].abs().max().item<double>(), 0.0);
+    }
+  }
+}
+
 TEST(PackedProjectionTest, RejectsWeightsOfAnotherShape) {
   const auto weights = Weights({{4, 2, 3, 3}}, false);
   PackedProjection packed(weights, Granularity::kTensor);
