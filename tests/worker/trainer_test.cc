@@ -4,12 +4,16 @@
 #include <signal.h>
 #include <torch/torch.h>
 
+#include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "tests/worker/trainer_process.h"
 #include "worker/trainer/distributed.h"
+#include "worker/trainer/events.h"
 #include "worker/trainer/models.h"
 
 namespace tern::trainer {
@@ -33,6 +37,18 @@ json SmallSpec(const std::string& method, int ranks, int micro_batches) {
           {"resources", {{"ranks", ranks}, {"threads_per_rank", 1}}},
           {"checkpoint", {{"every_steps", 2}}},
           {"events", {{"progress_every_steps", 1}}}};
+}
+
+// Whether process `pid` ignores SIGPIPE (the SigIgn mask of /proc/PID/status).
+bool IgnoresSigpipe(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("SigIgn:", 0) != 0) continue;
+    const unsigned long long mask = std::stoull(line.substr(7), nullptr, 16);
+    return (mask >> (SIGPIPE - 1)) & 1ULL;
+  }
+  return false;
 }
 
 // Parameters of the newest committed checkpoint of `dir`.
@@ -147,6 +163,9 @@ TEST_F(TrainerTest, LostPeerFailsTheSurvivorWithAClearReason) {
   for (int i = 0; i < 6000 && !killed; ++i) {
     for (const auto& e : Events(r0.stdout_path)) {
       if (e["event"] == "progress" && !killed) {
+        // Else a send to the dead peer's socket can end the survivor by
+        // SIGPIPE (exit 141) before it reports anything.
+        EXPECT_TRUE(IgnoresSigpipe(r0.pid));
         ::kill(r1.pid, SIGKILL);
         killed = true;
       }
@@ -163,6 +182,45 @@ TEST_F(TrainerTest, LostPeerFailsTheSurvivorWithAClearReason) {
   EXPECT_EQ(events.back()["event"], "failed");
   EXPECT_NE(events.back()["reason"].get<std::string>().find("rank 0/2"), std::string::npos)
       << events.back().dump();
+}
+
+TEST(EventWriterTest, WritesOneJsonLineWithTheCommonFields) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  std::FILE* out = ::fdopen(fds[1], "w");
+  ASSERT_NE(out, nullptr);
+  EventWriter(std::string("job-1"), 1, 2, out).Emit("progress", {{"step", 7}});
+  std::fclose(out);
+  std::string text;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fds[0], buffer, sizeof(buffer))) > 0;) text.append(buffer, n);
+  ::close(fds[0]);
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(text.back(), '\n');
+  EXPECT_EQ(text.find('\n'), text.size() - 1) << text;
+  const json e = json::parse(text);
+  EXPECT_EQ(e["event"], "progress");
+  EXPECT_EQ(e["job"], "job-1");
+  EXPECT_EQ(e["rank"], 1);
+  EXPECT_EQ(e["world_size"], 2);
+  EXPECT_EQ(e["step"], 7);
+  EXPECT_GT(e["time"].get<double>(), 1.7e9);
+}
+
+// The trainer ignores SIGPIPE for its sockets; events written to a pipe
+// nobody reads still end it.
+TEST(EventWriterDeathTest, ClosedPipeEndsTheProcessBySigpipeEvenWhenIgnored) {
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  EXPECT_EXIT(
+      {
+        std::signal(SIGPIPE, SIG_IGN);
+        int fds[2];
+        if (::pipe(fds) != 0) std::exit(3);
+        ::close(fds[0]);
+        EventWriter(std::string("job"), 0, 1, ::fdopen(fds[1], "w")).Emit("progress", {});
+        std::exit(0);
+      },
+      ::testing::KilledBySignal(SIGPIPE), "");
 }
 
 TEST_F(TrainerTest, ShortFashionMnistRunIsFarAboveChance) {

@@ -1,6 +1,8 @@
 #include "worker/trainer/events.h"
 
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 
 namespace tern::trainer {
 
@@ -17,8 +19,16 @@ void EventWriter::Emit(const std::string& event, nlohmann::json fields) {
   const std::string line =
       fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   std::lock_guard<std::mutex> lock(mu_);
-  std::fwrite(line.data(), 1, line.size(), out_);
-  std::fflush(out_);
+  errno = 0;
+  const bool written = std::fwrite(line.data(), 1, line.size(), out_) == line.size() &&
+                       std::fflush(out_) == 0;
+  if (!written && errno == EPIPE) {
+    // Nobody reads the events any more (the agent or the pipe's reader is
+    // gone): end as SIGPIPE's default action would, though main() ignores it
+    // for sockets.
+    std::signal(SIGPIPE, SIG_DFL);
+    std::raise(SIGPIPE);
+  }
 }
 
 }  // namespace tern::trainer

@@ -4,7 +4,9 @@
 // Every line has "event" (started, progress, epoch_end, checkpoint,
 // finished, failed), "job", "rank", "world_size" and "time" (Unix seconds);
 // docs/EVENTS.md lists the fields of each kind. Thread-safe: a line is
-// written and flushed under a mutex, so lines never interleave.
+// written and flushed under a mutex, so lines never interleave. A write to a
+// closed pipe (EPIPE) ends the process by SIGPIPE, even where SIGPIPE is
+// ignored: nobody can learn of the rank's progress any more.
 #ifndef TERN_WORKER_TRAINER_EVENTS_H_
 #define TERN_WORKER_TRAINER_EVENTS_H_
 

@@ -9,6 +9,7 @@
 // Exit codes: 0 finished, 1 training failed, 2 bad arguments or job spec.
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -206,6 +207,12 @@ int Compare(const CompareOptions& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A peer rank that dies mid-collective must fail this rank with a clear
+  // reason ("failed" event, exit 1), not kill it: with SIGPIPE's default action
+  // a send to the dead peer's socket (Gloo, the TCPStore) ends the process
+  // before anything is reported. Writes then fail with EPIPE instead, and the
+  // collective throws. A closed stdout still ends the process (EventWriter).
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"tern-trainer: one data-parallel rank of a ternary training job"};
   std::string spec_path;
   RunOptions run;
