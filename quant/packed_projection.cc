@@ -217,7 +217,13 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   const at::Tensor codes = w.sign() * mask;
   const at::Tensor alpha_c = ToChunks(alpha);
   Output out;
-  out.w_hat = PerLayer((codes * alpha_c).view({total_}));
+  if (o.w_hat_dtype == at::ScalarType::Undefined || o.w_hat_dtype == w.scalar_type()) {
+    out.w_hat = PerLayer((codes * alpha_c).view({total_}));
+  } else {
+    at::Tensor w_hat = at::empty({chunks_, chunk_}, w.options().dtype(o.w_hat_dtype));
+    at::mul_out(w_hat, codes, alpha_c);
+    out.w_hat = PerLayer(w_hat.view({total_}));
+  }
   if (o.with_rho) {
     at::Tensor rho = LessEqualAsMask(a, alpha_c * o.clip);
     if (o.rescale) {

@@ -49,6 +49,11 @@ class PackedProjection {
     // than baked in as constants, so a CUDA graph that captured Run() replays
     // with the values they hold at replay time.
     at::Tensor kappa_tensor, moment_correction_tensor;
+    // The dtype Ŵ is written in (Undefined: the weights'). bf16 when the
+    // forward runs under bf16 autocast: the projection's multiply rounds to
+    // bf16 as it stores, exactly as autocast's cast would, and autocast then
+    // has no per-layer cast to launch.
+    at::ScalarType w_hat_dtype = at::ScalarType::Undefined;
   };
   struct Output {
     // Per layer, in the order given, each of its weight's shape and (at

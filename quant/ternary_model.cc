@@ -271,6 +271,7 @@ bool TernaryModel::BeforeForwardPacked() {
   o.clip = options_.clip;
   o.normalize = options_.normalize;
   o.with_regularizer = options_.use_regularizer && schedule_.lambda != 0;
+  o.w_hat_dtype = forward_dtype_;
   PackedProjection::Output out = packed_->Run(latents, o, moments);
   size_t k = 0;
   for (auto& layer_ptr : layers_) {

@@ -103,6 +103,14 @@ class TernaryModel {
   // compare the two).
   void set_packed(bool packed) { packed_enabled_ = packed; }
 
+  // The dtype the training forward consumes the quantized layers' weights in:
+  // bf16 when it runs under bf16 autocast (and only then: the forward then
+  // gets bf16 weights). The packed path writes Ŵ in it, which saves
+  // autocast's cast of each quantized weight (one kernel per layer per step);
+  // the gradient reaching the latent weights is the same. Default: the
+  // weights' own dtype.
+  void set_forward_dtype(at::ScalarType dtype) { forward_dtype_ = dtype; }
+
   // ---- CUDA-graph support (worker/trainer/step_graph.h) ----
   // A captured training step replays BeforeForward()'s kernels with the
   // arguments they had at capture, so everything that changes from step to
@@ -160,6 +168,7 @@ class TernaryModel {
   std::vector<std::unique_ptr<Layer>> layers_;
   int64_t moment_steps_ = 0;
   bool packed_enabled_ = true;
+  at::ScalarType forward_dtype_ = at::ScalarType::Undefined;
   std::unique_ptr<PackedProjection> packed_;
   std::vector<at::Tensor> packed_rho_;       // per quantized layer, this step
   std::vector<at::Tensor> packed_reg_grad_;  // per quantized layer, this step

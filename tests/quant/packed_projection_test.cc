@@ -3,8 +3,10 @@
 // reference path: same forward weights, losses and latent gradients.
 #include "quant/packed_projection.h"
 
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "quant/ternary_model.h"
 #include "quant/ternary_ops.h"
@@ -165,6 +167,38 @@ struct Step {
 struct GraphLike {
   bool device_scalars = false;
   bool evaluate_between = false;
+  // The forward under (CPU) bf16 autocast, as the trainer runs it on CUDA; with
+  // bf16_w_hat the quantizer is told so (set_forward_dtype) and hands the
+  // forward bf16 weights.
+  bool bf16_autocast = false;
+  bool bf16_w_hat = false;
+};
+
+// bf16 autocast on the CPU for a scope, over the 1.13 and 2.x APIs.
+class CpuBf16Autocast {
+ public:
+  explicit CpuBf16Autocast(bool on) : on_(on) {
+    if (!on_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+#else
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(true);
+#endif
+  }
+  ~CpuBf16Autocast() {
+    if (!on_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+#else
+    at::autocast::set_cpu_enabled(false);
+#endif
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool on_;
 };
 
 // `steps` SGD steps (so LAT's second moments fill); the last one is returned.
@@ -176,6 +210,7 @@ Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, 
   auto q = TernaryModel::Attach(net.ptr(), o).value();
   q->set_packed(packed);
   q->set_device_scalars(graph_like.device_scalars);
+  if (graph_like.bf16_w_hat) q->set_forward_dtype(at::kBFloat16);
   torch::manual_seed(12);
   at::Tensor x = torch::randn({4, 1, 8, 8});
   if (channels_last) {
@@ -193,7 +228,13 @@ Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, 
     q->BeforeForward();
     s.forward_weights = {net->conv1->weight.detach().clone(), net->conv2->weight.detach().clone(),
                          net->conv3->weight.detach().clone(), net->fc->weight.detach().clone()};
-    const at::Tensor loss = torch::cross_entropy_loss(net->forward(x), y) + q->RegularizationLoss();
+    at::Tensor logits;
+    {
+      CpuBf16Autocast autocast(graph_like.bf16_autocast);
+      logits = net->forward(x);
+    }
+    const at::Tensor loss =
+        torch::cross_entropy_loss(logits.to(at::kFloat), y) + q->RegularizationLoss();
     loss.backward();
     if (graph_like.evaluate_between) {
       const TernaryModel::StepOutputs outputs = q->step_outputs();
@@ -264,6 +305,45 @@ TEST(TernaryModelPackedTest, GraphModeStepEqualsThePlainPackedStep) {
       const Step plain = RunSteps(o, true, progress, false, 4);
       EXPECT_NEAR(graph_like.loss, plain.loss, 1e-5);
       ExpectSameGradients(graph_like, plain);
+    }
+  }
+}
+
+// Under bf16 autocast, Ŵ written in bf16 by the projection gives the step
+// autocast's own cast of a float Ŵ gives, to the bit: same rounding of α·T,
+// same bf16 gradient cast back to float for the latent weights.
+TEST(TernaryModelPackedTest, Bf16WeightsFromTheProjectionEqualAutocastsCast) {
+  for (Method m : {Method::kTwn, Method::kHla}) {
+    for (double progress : {0.1, 0.6}) {
+      for (bool channels_last : {false, true}) {
+        SCOPED_TRACE(std::string(MethodName(m)) + " progress " + std::to_string(progress) +
+                     (channels_last ? " channels_last" : ""));
+        QuantOptions o = MakePreset(m);
+        o.granularity = Granularity::kChannel;
+        o.keep_first_fp = o.keep_last_fp = false;
+        GraphLike autocast_only;
+        autocast_only.bf16_autocast = true;
+        GraphLike bf16_w_hat = autocast_only;
+        bf16_w_hat.bf16_w_hat = true;
+        const Step reference = RunSteps(o, true, progress, channels_last, 3, autocast_only);
+        const Step step = RunSteps(o, true, progress, channels_last, 3, bf16_w_hat);
+        EXPECT_EQ(step.loss, reference.loss);
+        const bool ternary_forward = m == Method::kTwn || progress > 0.5;  // HLA: phase 2
+        for (size_t i = 0; i < step.forward_weights.size(); ++i) {
+          const at::Tensor& w = step.forward_weights[i];
+          EXPECT_EQ(w.scalar_type(), ternary_forward ? at::kBFloat16 : at::kFloat) << i;
+          EXPECT_EQ(w.strides(), reference.forward_weights[i].strides()) << i;
+          EXPECT_TRUE(torch::equal(w, reference.forward_weights[i].to(w.scalar_type())))
+              << "weight " << i;
+        }
+        ASSERT_EQ(step.grads.size(), reference.grads.size());
+        for (size_t i = 0; i < step.grads.size(); ++i) {
+          ASSERT_EQ(step.grads[i].defined(), reference.grads[i].defined()) << i;
+          if (!step.grads[i].defined()) continue;
+          EXPECT_EQ(step.grads[i].scalar_type(), at::kFloat) << i;
+          EXPECT_TRUE(torch::equal(step.grads[i], reference.grads[i])) << "grad " << i;
+        }
+      }
     }
   }
 }

@@ -234,6 +234,8 @@ Status Setup(Session& s) {
   TERN_ASSIGN_OR_RETURN(s.quant,
                         quant::TernaryModel::Attach(s.model, spec.quant, s.task->output_layers()));
   s.quant->state()->to(s.device);
+  // The tasks run every training forward under bf16 autocast when ctx.bf16.
+  if (ctx.bf16) s.quant->set_forward_dtype(at::kBFloat16);
   s.optimizer = MakeOptimizer(s);
   if (spec.optim.cuda_graph) {  // Validate() allowed it: CUDA classification
     s.quant->set_device_scalars(true);
