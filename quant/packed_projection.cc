@@ -1,6 +1,7 @@
 #include "quant/packed_projection.h"
 
 #include <ATen/core/grad_mode.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <numeric>
@@ -158,13 +159,17 @@ void PackedProjection::Gather(const std::vector<at::Tensor>& tensors, at::Tensor
     flat = at::empty({total_}, tensor_options_);
     slices = PerLayer(flat);
   }
-  // 0 + x is x exactly; two kernels for all layers (LibTorch 1.13 has no
-  // multi-tensor copy). Slices and tensors share strides: the fused path.
+  // Slices and tensors share strides: the fused multi-tensor path.
   std::vector<at::Tensor> sources;
   sources.reserve(tensors.size());
   for (const at::Tensor& t : tensors) sources.push_back(t.detach());
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
+  at::_foreach_copy_(slices, sources);  // one kernel for all layers
+#else
+  // LibTorch 1.13 has no multi-tensor copy: 0 + x is x exactly, two kernels.
   flat.zero_();
   at::_foreach_add_(slices, sources);
+#endif
 }
 
 PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& weights,

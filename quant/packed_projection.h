@@ -12,9 +12,10 @@
 // dividing every unit's length, so a per-element pass is one kernel, a
 // per-unit sum is a chunk sum, a gather and a second sum (fixed order:
 // deterministic; up to 3 sums stacked as [K, chunks, C] share one pass), and
-// per-unit values reach their elements through one index_select. Packing the weights in is two kernels (a zero and one
-// multi-tensor add), and every per-layer output has its weight's strides, so
-// it feeds a channels_last convolution without a copy.
+// per-unit values reach their elements through one index_select. Packing
+// the weights in is one multi-tensor copy (LibTorch 2.6 and later; a zero and
+// a multi-tensor add on 1.13), and every per-layer output has its weight's
+// strides, so it feeds a channels_last convolution without a copy.
 //
 // The results equal ProjectTwn / ProjectLat, RescaleFactor and
 // HypersphericalRegularizerGrad of ternary_ops.h layer by layer, up to
