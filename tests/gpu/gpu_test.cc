@@ -6,6 +6,7 @@
 // RunTraining). Skipped (and reported as skipped) without a CUDA device.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -147,6 +148,88 @@ TEST_F(GpuTest, Bf16AutocastStepLossMatchesFp32) {
   const double bf16 = loss.item<double>();
   std::cout << "loss fp32 " << fp32 << ", bf16 autocast " << bf16 << "\n";
   EXPECT_NEAR(bf16, fp32, 0.05 * fp32);
+}
+
+// The trainer's bf16 path: the packed projection writes Ŵ in bf16
+// (set_forward_dtype) instead of autocast casting a float Ŵ per layer. The
+// bf16 weights are the cast's to the bit; the loss and latent gradients are
+// too, unless the reference itself differs between two runs (then within that
+// run-to-run difference).
+TEST_F(GpuTest, Bf16WeightsFromTheProjectionMatchAutocastsCast) {
+  const bool benchmark = at::globalContext().benchmarkCuDNN();
+  const bool deterministic = at::globalContext().deterministicCuDNN();
+  at::globalContext().setBenchmarkCuDNN(false);
+  at::globalContext().setDeterministicCuDNN(true);
+  struct Result {
+    double loss = 0;
+    std::vector<at::Tensor> grads, bf16_weights;
+  };
+  auto run = [](bool bf16_w_hat) {
+    auto model = SmallResNet(5);
+    model->to(torch::kCUDA);
+    auto q = quant::TernaryModel::Attach(model, quant::MakePreset(quant::Method::kHla)).value();
+    q->state()->to(torch::kCUDA);
+    if (bf16_w_hat) q->set_forward_dtype(torch::kBFloat16);
+    q->SetProgress(0.6);  // phase 2: the ternary forward
+    model->train();
+    torch::manual_seed(6);
+    const at::Tensor x = torch::randn({32, 1, 28, 28}, torch::kCUDA);
+    const at::Tensor y =
+        torch::randint(0, 10, {32}, torch::dtype(torch::kLong).device(torch::kCUDA));
+    q->BeforeForward();
+    Result r;
+    for (const auto& m : model->modules(/*include_self=*/false)) {
+      if (auto* conv = m->as<torch::nn::Conv2dImpl>()) {
+        if (conv->weight.scalar_type() == torch::kBFloat16) {
+          r.bf16_weights.push_back(conv->weight.detach().cpu());
+        }
+      }
+    }
+    at::Tensor loss;
+    {
+      trainer::CudaAutocast autocast(true);
+      loss = torch::cross_entropy_loss(model->forward(x).to(torch::kFloat), y);
+    }
+    loss.backward();
+    q->AfterBackward();
+    r.loss = loss.item<double>();
+    for (const auto& p : model->parameters()) {
+      r.grads.push_back(p.grad().defined() ? p.grad().cpu() : at::Tensor());
+    }
+    return r;
+  };
+  const Result reference = run(false);
+  const Result again = run(false);
+  const Result step = run(true);
+  EXPECT_TRUE(reference.bf16_weights.empty());
+  EXPECT_GE(step.bf16_weights.size(), 18u) << "every quantized convolution gets bf16 weights";
+  ASSERT_EQ(step.grads.size(), reference.grads.size());
+  bool reproducible = reference.loss == again.loss;
+  for (size_t i = 0; i < reference.grads.size(); ++i) {
+    if (reference.grads[i].defined()) {
+      reproducible = reproducible && torch::equal(reference.grads[i], again.grads[i]);
+    }
+  }
+  std::cout << "reference reproducible to the bit: " << (reproducible ? "yes" : "no") << "\n";
+  if (reproducible) {
+    EXPECT_EQ(step.loss, reference.loss);
+  } else {
+    EXPECT_LE(std::abs(step.loss - reference.loss), 2 * std::abs(again.loss - reference.loss) + 1e-6);
+  }
+  for (size_t i = 0; i < step.grads.size(); ++i) {
+    ASSERT_EQ(step.grads[i].defined(), reference.grads[i].defined()) << i;
+    if (!step.grads[i].defined()) continue;
+    EXPECT_EQ(step.grads[i].scalar_type(), torch::kFloat) << i;
+    if (reproducible) {
+      EXPECT_TRUE(torch::equal(step.grads[i], reference.grads[i])) << "grad " << i;
+    } else {
+      const double noise = (again.grads[i] - reference.grads[i]).abs().max().item<double>();
+      const double diff = (step.grads[i] - reference.grads[i]).abs().max().item<double>();
+      EXPECT_LE(diff, 2 * noise + 1e-6) << "grad " << i;
+    }
+  }
+  at::globalContext().setBenchmarkCuDNN(benchmark);
+  at::globalContext().setDeterministicCuDNN(deterministic);
 }
 
 TEST_F(GpuTest, ArtifactTrainedOnGpuEvaluatesIdenticallyOnCpu) {
