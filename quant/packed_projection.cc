@@ -183,33 +183,37 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   const at::Tensor a = w.abs();
   const at::Tensor mean_abs = UnitSum(a) / unit_length_;
   at::Tensor delta = ToChunks(mean_abs * o.delta_factor);
-  // LAT's weights d = sqrt(v̂) + ε; none (d = 1) for TWN and LAT without moments.
-  at::Tensor d;
+  // LAT's weights d = sqrt(v̂) + ε, stacked under d|W| as [d|W| ; d]: each
+  // alternation below multiplies both rows by the mask in one kernel. None
+  // (d = 1) for TWN and LAT without moments.
+  at::Tensor weighted;
   if (o.lat_iterations > 0 && !moments.empty()) {
     Gather(moments, flat_moments_, moment_slices_);
     const at::Tensor m = flat_moments_.view({chunks_, chunk_});
-    d = (o.moment_correction_tensor.defined() ? m / o.moment_correction_tensor
-                                              : m / o.moment_correction)
-            .sqrt() +
-        o.lat_epsilon;
+    weighted = at::empty({2, chunks_, chunk_}, a.options());
+    at::Tensor weighted_abs = weighted.select(0, 0);
+    at::Tensor d = weighted.select(0, 1);
+    at::sqrt_out(d, o.moment_correction_tensor.defined() ? m / o.moment_correction_tensor
+                                                          : m / o.moment_correction);
+    d.add_(o.lat_epsilon);
+    at::mul_out(weighted_abs, d, a);
   }
-  const at::Tensor da = d.defined() ? d * a : a;
   // M = [|W| > Δ], then α = Σ d|W|⊙M / Σ d⊙M per unit; both sums in one
-  // UnitSums() pass over [d|W|⊙M ; d⊙M] (M itself is the second row when d = 1).
+  // UnitSums() pass over [d|W|⊙M ; d⊙M] (over [|W|⊙M ; M] when d = 1).
   at::Tensor mask;
   at::Tensor alpha;
   auto threshold_and_alpha = [&] {
-    const at::Tensor stacked = at::empty({2, chunks_, chunk_}, a.options());
-    at::Tensor numerator = stacked.select(0, 0);
-    at::Tensor denominator = stacked.select(0, 1);
-    if (d.defined()) {
+    at::Tensor stacked = at::empty({2, chunks_, chunk_}, a.options());
+    if (weighted.defined()) {
       mask = GreaterAsMask(a, delta);
-      at::mul_out(denominator, d, mask);
+      at::mul_out(stacked, weighted, mask.unsqueeze(0));
     } else {
+      at::Tensor masked_abs = stacked.select(0, 0);
+      at::Tensor denominator = stacked.select(0, 1);
       at::gt_out(denominator, a, delta);
       mask = denominator;
+      at::mul_out(masked_abs, a, mask);
     }
-    at::mul_out(numerator, da, mask);
     const at::Tensor sums = UnitSums(stacked);
     alpha = sums.select(0, 0) / sums.select(0, 1).clamp_min(kTiny);
   };
@@ -236,7 +240,9 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
       const at::Tensor tau = ToChunks(o.kappa_tensor.defined() ? inverse_mean * o.kappa_tensor
                                                                 : inverse_mean * o.kappa);
       const at::Tensor s = at::sigmoid(tau * (a - delta));
-      rho = rho * ((1.0 - o.beta) + (o.beta * 4.0) * s * (1.0 - s));
+      // ρ·((1−β) + 4β·s(1−s)) in three kernels: s − s², ρ(1−β), + 4β·ρ·(s − s²).
+      const at::Tensor bump = at::addcmul(s, s, s, /*value=*/-1.0);
+      rho = at::addcmul(rho * (1.0 - o.beta), rho, bump, /*value=*/o.beta * 4.0);
       if (o.normalize) {
         rho = rho / ToChunks((UnitSum(rho) / unit_length_).clamp_min(kTiny));
       }
