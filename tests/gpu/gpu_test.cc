@@ -214,7 +214,8 @@ TEST_F(GpuTest, Bf16WeightsFromTheProjectionMatchAutocastsCast) {
   if (reproducible) {
     EXPECT_EQ(step.loss, reference.loss);
   } else {
-    EXPECT_LE(std::abs(step.loss - reference.loss), 2 * std::abs(again.loss - reference.loss) + 1e-6);
+    EXPECT_LE(std::abs(step.loss - reference.loss),
+              2 * std::abs(again.loss - reference.loss) + 1e-6);
   }
   for (size_t i = 0; i < step.grads.size(); ++i) {
     ASSERT_EQ(step.grads[i].defined(), reference.grads[i].defined()) << i;

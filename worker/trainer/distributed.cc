@@ -236,9 +236,10 @@ int FirstEphemeralPort() {
 }  // namespace
 
 StatusOr<int> PickFreePort() {
-  // The port is free now but only bound later by the caller. Ports the kernel hands out by itself
-  // (listeners on port 0, the local end of every outgoing connection; Gloo opens many) come from the
-  // ephemeral range, so a port below it cannot be taken by them in between. A random start keeps
+  // The port is free now but only bound later by the caller. Ports the kernel
+  // hands out by itself (listeners on port 0, the local end of every outgoing
+  // connection; Gloo opens many) come from the ephemeral range, so a port
+  // below it cannot be taken by them in between. A random start keeps
   // concurrent test processes apart.
   constexpr int kLowest = 20000;
   const int end = FirstEphemeralPort();
