@@ -49,6 +49,10 @@ int Run(const TerndOptions& options) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A peer or log reader that goes away mid-write must not end the daemon:
+  // the write fails with EPIPE instead (gRPC and Asio already send with
+  // MSG_NOSIGNAL; this covers every other descriptor, stdout and stderr too).
+  std::signal(SIGPIPE, SIG_IGN);
 
   auto ternd = Ternd::Start(options);
   if (!ternd.ok()) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "tests/common/signal_disposition.h"
 #include "tests/server/test_util.h"
 
 namespace tern::server {
@@ -124,6 +125,8 @@ TEST_F(TerndMainTest, PrintsItsPortsServesAndShutsDownOnSigterm) {
         AddressFrom(ternd.ReadLine(), "ternd listening on ");
     ASSERT_FALSE(address.empty());
     EXPECT_EQ(address.rfind("127.0.0.1:", 0), 0u);
+    // A client or log reader that goes away mid-write must not end it.
+    EXPECT_TRUE(testing_util::IgnoresSignal(ternd.pid(), SIGPIPE));
     const std::string metrics =
         AddressFrom(ternd.ReadLine(), "ternd metrics on ");
     ASSERT_FALSE(metrics.empty());

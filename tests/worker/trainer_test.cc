@@ -6,11 +6,10 @@
 
 #include <csignal>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 
+#include "tests/common/signal_disposition.h"
 #include "tests/worker/trainer_process.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/events.h"
@@ -37,18 +36,6 @@ json SmallSpec(const std::string& method, int ranks, int micro_batches) {
           {"resources", {{"ranks", ranks}, {"threads_per_rank", 1}}},
           {"checkpoint", {{"every_steps", 2}}},
           {"events", {{"progress_every_steps", 1}}}};
-}
-
-// Whether process `pid` ignores SIGPIPE (the SigIgn mask of /proc/PID/status).
-bool IgnoresSigpipe(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("SigIgn:", 0) != 0) continue;
-    const unsigned long long mask = std::stoull(line.substr(7), nullptr, 16);
-    return (mask >> (SIGPIPE - 1)) & 1ULL;
-  }
-  return false;
 }
 
 // Parameters of the newest committed checkpoint of `dir`.
@@ -165,7 +152,7 @@ TEST_F(TrainerTest, LostPeerFailsTheSurvivorWithAClearReason) {
       if (e["event"] == "progress" && !killed) {
         // Else a send to the dead peer's socket can end the survivor by
         // SIGPIPE (exit 141) before it reports anything.
-        EXPECT_TRUE(IgnoresSigpipe(r0.pid));
+        EXPECT_TRUE(tern::testing_util::IgnoresSignal(r0.pid, SIGPIPE));
         ::kill(r1.pid, SIGKILL);
         killed = true;
       }
