@@ -16,7 +16,7 @@
 #include <torch/version.h>
 
 #include "quant/ternary_model.h"
-#include "worker/trainer/autocast.h"
+#include "quant/autocast.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/models.h"
@@ -137,7 +137,7 @@ TEST_F(GpuTest, Bf16AutocastStepLossMatchesFp32) {
   q->BeforeForward();
   at::Tensor logits, loss;
   {
-    trainer::CudaAutocast autocast(true);
+    quant::Bf16Autocast autocast(at::kCUDA, true);
     logits = model->forward(x);
     loss = torch::cross_entropy_loss(logits.to(torch::kFloat), y);
   }
@@ -187,7 +187,7 @@ TEST_F(GpuTest, Bf16WeightsFromTheProjectionMatchAutocastsCast) {
     }
     at::Tensor loss;
     {
-      trainer::CudaAutocast autocast(true);
+      quant::Bf16Autocast autocast(at::kCUDA, true);
       loss = torch::cross_entropy_loss(model->forward(x).to(torch::kFloat), y);
     }
     loss.backward();

@@ -3,11 +3,10 @@
 // reference path: same forward weights, losses and latent gradients.
 #include "quant/packed_projection.h"
 
-#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <torch/version.h>
 
+#include "quant/autocast.h"
 #include "quant/ternary_model.h"
 #include "quant/ternary_ops.h"
 
@@ -174,33 +173,6 @@ struct GraphLike {
   bool bf16_w_hat = false;
 };
 
-// bf16 autocast on the CPU for a scope, over the 1.13 and 2.x APIs.
-class CpuBf16Autocast {
- public:
-  explicit CpuBf16Autocast(bool on) : on_(on) {
-    if (!on_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCPU, true);
-#else
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::set_cpu_enabled(true);
-#endif
-  }
-  ~CpuBf16Autocast() {
-    if (!on_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(at::kCPU, false);
-#else
-    at::autocast::set_cpu_enabled(false);
-#endif
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool on_;
-};
-
 // `steps` SGD steps (so LAT's second moments fill); the last one is returned.
 // The schedule advances by 0.02 per step (κ anneals in phase 2).
 Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, int steps = 3,
@@ -230,7 +202,7 @@ Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, 
                          net->conv3->weight.detach().clone(), net->fc->weight.detach().clone()};
     at::Tensor logits;
     {
-      CpuBf16Autocast autocast(graph_like.bf16_autocast);
+      Bf16Autocast autocast(at::kCPU, graph_like.bf16_autocast);
       logits = net->forward(x);
     }
     const at::Tensor loss =

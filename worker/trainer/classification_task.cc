@@ -4,7 +4,7 @@
 
 #include <optional>
 
-#include "worker/trainer/autocast.h"
+#include "quant/autocast.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/models.h"
@@ -113,7 +113,7 @@ class ClassificationTask : public TrainingTask {
     const at::Tensor y = labels_.chunk(micro)[m];
     at::Tensor logits;
     {
-      CudaAutocast autocast(ctx_.bf16);
+      quant::Bf16Autocast autocast(at::kCUDA, ctx_.bf16);
       logits = model_->forward(x);  // [b/M, classes]
     }
     return at::cross_entropy_loss(logits.to(at::kFloat), y);

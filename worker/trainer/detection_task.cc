@@ -6,7 +6,7 @@
 
 #include "common/logging.h"
 #include "worker/detection/eval.h"
-#include "worker/trainer/autocast.h"
+#include "quant/autocast.h"
 #include "worker/trainer/detection_data.h"
 #include "worker/trainer/detection_model.h"
 #include "worker/trainer/distributed.h"
@@ -117,7 +117,7 @@ class DetectionTask : public TrainingTask {
     const auto part = [&](const at::Tensor& t) { return t.chunk(micro)[m]; };
     CenterNetOutput out;
     {
-      CudaAutocast autocast(ctx_.bf16);
+      quant::Bf16Autocast autocast(at::kCUDA, ctx_.bf16);
       out = model_->forward(part(images_));
     }
     const CenterNetLossSums sums =
@@ -163,7 +163,7 @@ class DetectionTask : public TrainingTask {
       if (ctx_.channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
       CenterNetOutput out;
       {
-        CudaAutocast autocast(ctx_.bf16);
+        quant::Bf16Autocast autocast(at::kCUDA, ctx_.bf16);
         out = model->forward(x);
       }
       const auto decoded = DecodeCenterNet(out, max_det);
