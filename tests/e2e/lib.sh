@@ -11,13 +11,24 @@ done
 work="$(mktemp -d "${TMPDIR:-/tmp}/tern-e2e.XXXXXX")"
 pids=()
 cleanup() {
-  local rc=$?
-  # agent first (it stops its trainers), then ternd and the others
+  local rc=$? pid status
+  # agent first (it stops its trainers), then ternd and the others. Each must
+  # shut down cleanly on SIGTERM: exit 0 within 10 s (a sanitizer report at
+  # exit, a hang or a crash in shutdown fails the test that passed so far).
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      echo "FAIL: process $pid ($(process_name "$pid")) did not exit within 10 s of SIGTERM"
+      [[ $rc -eq 0 ]] && rc=1
+    fi
+    status=0
+    wait "$pid" 2>/dev/null || status=$?
+    if [[ $status -ne 0 && $rc -eq 0 ]]; then
+      echo "FAIL: process $pid ($(process_name "$pid")) exited with status $status after SIGTERM"
+      rc=1
+    fi
   done
   if [[ $rc -ne 0 && $rc -ne 77 ]]; then
     for log in "$work"/*.log "$work"/*.out; do
@@ -26,7 +37,10 @@ cleanup() {
     done
   fi
   rm -rf "$work"
+  exit "$rc"
 }
+declare -A process_names=()
+process_name() { echo "${process_names[$1]:-?}"; }
 trap cleanup EXIT
 trap 'exit 143' TERM INT
 
@@ -55,6 +69,7 @@ start_service() {
     --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
     >"$work/ternd.out" 2>"$work/ternd.log" &
   pids+=($!)
+  process_names[$!]=ternd
   server=$(wait_for_line "$work/ternd.out" "listening on")
   ternd_metrics=$(wait_for_line "$work/ternd.out" "metrics on")
   echo "ternd on $server, metrics on $ternd_metrics"
@@ -64,6 +79,7 @@ start_service() {
     --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/agent" \
     --metrics-listen 127.0.0.1:0 >"$work/agent.out" 2>"$work/agent.log" &
   agent=$!
+  process_names[$agent]=tern-agent
   pids=("$agent" "${pids[@]}")
   agent_metrics=$(wait_for_line "$work/agent.out" "metrics on")
   echo "tern-agent metrics on $agent_metrics"

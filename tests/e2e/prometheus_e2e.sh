@@ -48,6 +48,7 @@ YAML
 "$prometheus" --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
   --web.listen-address="127.0.0.1:$prom_port" >"$work/prometheus.out" 2>"$work/prometheus.log" &
 pids+=($!)
+process_names[$!]=prometheus
 prom="http://127.0.0.1:$prom_port"
 for i in $(seq 1 600); do
   curl -fsS --max-time 2 "$prom/-/ready" >/dev/null 2>&1 && break
