@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
+#include "common/utf8.h"
 
 namespace tern::cli {
 namespace {
@@ -72,6 +73,7 @@ StatusOr<json> ConvertValue(const YAML::Node& node, const pb::FieldDescriptor& f
   const std::string& s = node.Scalar();
   switch (field.cpp_type()) {
     case pb::FieldDescriptor::CPPTYPE_STRING:
+      if (!IsValidUtf8(s)) return InvalidArgumentError(Where(path, node) + ": not valid UTF-8 text");
       return json(s);
     case pb::FieldDescriptor::CPPTYPE_BOOL: {
       const std::string u = Upper(s);
@@ -142,6 +144,9 @@ StatusOr<json> ConvertMessage(const YAML::Node& node, const pb::Descriptor& type
       json m = json::object();
       for (const auto& entry : value) {
         const std::string k = entry.first.as<std::string>();
+        if (!IsValidUtf8(k)) {
+          return InvalidArgumentError(Where(field_path, entry.first) + ": a key is not valid UTF-8 text");
+        }
         TERN_ASSIGN_OR_RETURN(json v, ConvertValue(entry.second, *value_field, field_path + "." + k));
         m[k] = std::move(v);
       }

@@ -4,6 +4,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "common/utf8.h"
+
 namespace tern::server {
 namespace {
 
@@ -238,10 +240,8 @@ StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
 }
 
 std::string LogPayload(int rank, std::string_view text) {
-  if (text.size() > kMaxLogBytes) text = text.substr(0, kMaxLogBytes);
-  json j = {{"event", "log"}, {"rank", rank}, {"text", std::string(text)}};
-  // A cut multi-byte character or other invalid UTF-8 becomes U+FFFD.
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  const json j = {{"event", "log"}, {"rank", rank}, {"text", ToValidUtf8(text, kMaxLogBytes)}};
+  return j.dump();
 }
 
 }  // namespace tern::server

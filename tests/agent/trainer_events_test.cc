@@ -231,5 +231,28 @@ TEST(TrainerEventsTest, LogEventsAreCut) {
   EXPECT_TRUE(e.json_line().empty());
 }
 
+// proto3 strings must be valid UTF-8, or ternd fails to parse the whole
+// ReportProgress request (and the agent drops the batch): stray bytes from a
+// trainer's output become U+FFFD, cuts keep characters whole.
+TEST(TrainerEventsTest, TrainerOutputBecomesValidUtf8) {
+  auto round_trips = [](const v1::TrainerEvent& e) {
+    v1::TrainerEvent back;
+    return back.ParseFromString(e.SerializeAsString());
+  };
+  const std::string cut_char = std::string(kMaxLogLineBytes - 1, 'x') + "\xc3\xa9";
+  v1::TrainerEvent log = TrainerEventParser::LogEvent(0, cut_char, {});
+  EXPECT_EQ(log.log().text(), std::string(kMaxLogLineBytes - 1, 'x'));
+  EXPECT_TRUE(round_trips(log));
+  log = TrainerEventParser::LogEvent(0, "latin-1 caf\xe9", {});
+  EXPECT_EQ(log.log().text(), "latin-1 caf\xef\xbf\xbd");
+  EXPECT_TRUE(round_trips(log));
+
+  v1::JobSpec spec;
+  TrainerEventParser parser(spec, 1);
+  ParsedLine line = parser.ParseStdoutLine("NCCL INFO \xff\xfe", {});
+  EXPECT_EQ(line.event.json_line(), "NCCL INFO \xef\xbf\xbd\xef\xbf\xbd");
+  EXPECT_TRUE(round_trips(line.event));
+}
+
 }  // namespace
 }  // namespace tern::agent

@@ -94,7 +94,10 @@ TEST(JobFileTest, BadValuesNameTheFieldAndTheRule) {
                         Case{"optimization: {lr: fast}", "optimization.lr (line 1): expected a number"},
                         Case{"model: resnet20", "model (line 1): expected a mapping"},
                         Case{"name: [a, b]", "name (line 1): expected a single value"},
-                        Case{"name: 'unterminated", "YAML"}}) {
+                        Case{"name: 'unterminated", "YAML"},
+                        Case{"name: caf\xe9", "name (line 1): not valid UTF-8 text"},
+                        Case{"labels: {team: \"x\xff\"}", "labels.team (line 1): not valid UTF-8 text"},
+                        Case{"labels: {\"\xc3\": x}", "labels (line 1): a key is not valid UTF-8 text"}}) {
     auto spec = ParseJobSpec(c.yaml, true);
     ASSERT_FALSE(spec.ok()) << c.yaml;
     EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument) << c.yaml;

@@ -138,13 +138,16 @@ TEST(TrainerEventsTest, LogPayloadRoundTripsAndCutsLongLines) {
   EXPECT_EQ(log->kind, TrainerEventKind::kLog);
   EXPECT_EQ(log->log.rank(), 3);
   EXPECT_EQ(log->log.text(), "a \"quoted\"\n");
-  // 4095 ASCII bytes and a 2-byte character cut in half: the stray byte
-  // becomes U+FFFD, the line stays valid UTF-8.
+  // 4095 ASCII bytes and a 2-byte character that does not fit: the cut
+  // leaves it out whole, the line stays valid UTF-8.
   const std::string long_line = std::string(4095, 'x') + "\xc3\xa9" + "tail";
   StatusOr<TrainerLine> cut = ParseTrainerLine(LogPayload(0, long_line));
   ASSERT_TRUE(cut.ok());
-  EXPECT_EQ(cut->log.text().substr(0, 4095), std::string(4095, 'x'));
-  EXPECT_EQ(cut->log.text().substr(4095), "\xef\xbf\xbd");
+  EXPECT_EQ(cut->log.text(), std::string(4095, 'x'));
+  // A stray byte becomes U+FFFD.
+  StatusOr<TrainerLine> stray = ParseTrainerLine(LogPayload(0, "bad \xff byte"));
+  ASSERT_TRUE(stray.ok());
+  EXPECT_EQ(stray->log.text(), "bad \xef\xbf\xbd byte");
 }
 
 }  // namespace

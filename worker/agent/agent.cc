@@ -21,6 +21,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/utf8.h"
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
 #include "worker/agent/trainer_events.h"
@@ -797,7 +798,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
         pending.push_back(TrainerEventParser::LogEvent(a.ref().rank(), line, read_time));
         flush_due = std::min(flush_due, Clock::now() + options_.flush_interval);
       }
-      tail.push_back(line.substr(0, kMaxLogLineBytes));
+      tail.push_back(ToValidUtf8(line, kMaxLogLineBytes));
       while (static_cast<int>(tail.size()) > options_.stderr_tail_lines) tail.pop_front();
     }
     if (pending.size() >= kMaxEventsPerReport) flush_due = Clock::now();
@@ -827,7 +828,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     // The stderr tail helps whoever reads the job's failure reason.
     std::string joined;
     for (const std::string& l : tail) joined += "\n" + l;
-    reason += "\n--- last stderr lines ---" + joined.substr(0, 8192);
+    reason += "\n--- last stderr lines ---" + ToValidUtf8(joined, 8192);
   }
   if (ended->ok()) {
     TERN_LOG(INFO) << rank->prefix << "trainer pid " << child->pid() << " finished";

@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "common/utf8.h"
+
 namespace tern::agent {
 namespace {
 
@@ -92,14 +94,14 @@ v1::TrainerEvent TrainerEventParser::LogEvent(int rank, std::string_view line,
   v1::TrainerEvent event;
   *event.mutable_time() = now;
   event.mutable_log()->set_rank(rank);
-  event.mutable_log()->set_text(std::string(line.substr(0, kMaxLogLineBytes)));
+  event.mutable_log()->set_text(ToValidUtf8(line, kMaxLogLineBytes));
   return event;
 }
 
 ParsedLine TrainerEventParser::ParseStdoutLine(std::string_view line,
                                                const google::protobuf::Timestamp& now) {
   ParsedLine out;
-  out.event.set_json_line(std::string(line));
+  out.event.set_json_line(ToValidUtf8(line));  // proto3 strings must be UTF-8
   *out.event.mutable_time() = now;
   const json j = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return out;

@@ -41,10 +41,12 @@ class TrainerEventParser {
   // epoch count; `pid` is reported in the `started` event.
   TrainerEventParser(const v1::JobSpec& spec, int pid);
 
+  // The event's json_line is `line` made valid UTF-8 (ToValidUtf8): a proto3
+  // string with a stray byte would fail the whole ReportProgress call.
   ParsedLine ParseStdoutLine(std::string_view line,
                              const google::protobuf::Timestamp& now);
-  // A `log` event for one stderr line of rank `rank` (cut to
-  // kMaxLogLineBytes).
+  // A `log` event for one stderr line of rank `rank`, made valid UTF-8 and
+  // cut to kMaxLogLineBytes at a character boundary.
   static v1::TrainerEvent LogEvent(int rank, std::string_view line,
                                    const google::protobuf::Timestamp& now);
 
