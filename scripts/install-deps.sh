@@ -2,6 +2,7 @@
 # Installs every Debian 12 package tern needs (build, tests, benchmarks, demo).
 # Idempotent: when everything is present it only runs dpkg-query and exits in
 # well under a second. Needs root (or sudo) only when something is missing.
+# Arguments name extra packages for optional tools (scripts/fuzz.sh: clang).
 set -euo pipefail
 
 packages=(
@@ -11,10 +12,12 @@ packages=(
   libsqlite3-dev libboost-dev libboost-system-dev
   libgtest-dev libgmock-dev googletest
   nlohmann-json3-dev libcli11-dev libstb-dev zlib1g-dev libyaml-cpp-dev
+  libjpeg62-turbo-dev libpng-dev       # JPEG and PNG decoding (worker/trainer/image_decode.cc)
   dataset-fashion-mnist                 # real data, /usr/share/datasets/fashion-mnist
   python3-torch python3-numpy           # the PyTorch reference trainer (bench/reference)
   prometheus                            # promtool + server for the metrics end-to-end test
   jq                                    # bench/trainer_throughput.sh
+  "$@"
 )
 
 missing=()

@@ -36,9 +36,6 @@ constexpr int64_t kSyntheticTrainImages = 2048;
 constexpr int64_t kSyntheticTestImages = 256;
 constexpr int64_t kSyntheticSide = 224;
 constexpr int64_t kMaxSyntheticBytes = int64_t{16} << 30;
-// Larger images are refused before decoding (a bad header must not make the
-// decoder allocate gigabytes).
-constexpr int64_t kMaxImagePixels = int64_t{1} << 27;
 
 // In-place Fisher-Yates shuffle.
 void Shuffle(std::vector<int64_t>& v, uint64_t seed) {
@@ -412,12 +409,6 @@ StatusOr<ImageDataset> ReadImageFolderImpl(const std::string& split_dir,
   std::vector<ImageHeader> headers(files.size());
   TERN_RETURN_IF_ERROR(ParallelFor(n, [&](int64_t i) -> Status {
     TERN_ASSIGN_OR_RETURN(headers[i], ReadImageHeader(files[i]));
-    if (int64_t{headers[i].width} * headers[i].height > kMaxImagePixels) {
-      return InvalidArgumentError(files[i] + ": image of " +
-                                  Dims(headers[i].height, headers[i].width) +
-                                  " pixels is too large (at most " +
-                                  std::to_string(kMaxImagePixels) + " pixels)");
-    }
     return OkStatus();
   }));
   int64_t channels = 0;

@@ -1,19 +1,35 @@
 #include "worker/trainer/image_decode.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 
+// libjpeg and libpng are C libraries; jpeglib.h needs <cstdio> first.
+#include <csetjmp>
+#include <jerror.h>
+#include <jpeglib.h>
+#include <png.h>
+
 #include "common/file_util.h"
 
+// JPEG and PNG, the formats of real data sets, go to libjpeg-turbo and
+// libpng (fuzzed upstream, patched by Debian): stb_image 2.27, the version
+// Debian 12 ships, writes out of bounds on a JPEG with a bad Huffman table
+// (found by fuzz/image_fuzz). stb keeps the rarer BMP, GIF, TGA and binary
+// PNM, with the PNM header checked here first.
 // The one definition of stb's decoders and resizer in the program; static, so
 // they cannot clash with another copy linked in by a dependency.
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
-#define STBI_NO_HDR
+#define STBI_ONLY_BMP
+#define STBI_ONLY_GIF
+#define STBI_ONLY_TGA
+#define STBI_ONLY_PNM
 #define STBI_NO_LINEAR
 #define STBI_FAILURE_USERMSG
 #include <stb/stb_image.h>
@@ -37,6 +53,235 @@ Status CannotDecode(const std::string& path) {
                        (reason != nullptr ? reason : "unknown error"));
 }
 
+Status CheckHeader(const std::string& source, const ImageHeader& header) {
+  if (header.width <= 0 || header.height <= 0 || header.channels < 1 ||
+      header.channels > 4) {
+    return DataLossError("cannot decode " + source + ": bad image header");
+  }
+  if (int64_t{header.width} * header.height > kMaxImagePixels) {
+    return DataLossError("cannot decode " + source + ": " +
+                         std::to_string(header.width) + "x" +
+                         std::to_string(header.height) +
+                         " pixels is more than the " +
+                         std::to_string(kMaxImagePixels) + " this reader accepts");
+  }
+  return OkStatus();
+}
+
+bool IsPnm(std::string_view bytes) {  // what stb takes for binary PGM or PPM
+  return bytes.size() >= 2 && bytes[0] == 'P' && (bytes[1] == '5' || bytes[1] == '6');
+}
+
+// Binary PGM and PPM headers are checked here before stb sees them: stb
+// 2.27 overflows an int on a long number in one, and decodes a file that is
+// cut short with zeros for the missing pixels. Sets the size it reads.
+Status CheckPnm(std::string_view bytes, const std::string& source, ImageHeader* header) {
+  const auto bad = [&](const std::string& why) {
+    return DataLossError("cannot decode " + source + ": " + why);
+  };
+  size_t pos = 2;
+  int64_t fields[3] = {0, 0, 0};  // width, height, maxval
+  for (int64_t& field : fields) {
+    while (pos < bytes.size()) {  // whitespace and # comments, as stb skips them
+      if (std::isspace(static_cast<unsigned char>(bytes[pos]))) {
+        ++pos;
+      } else if (bytes[pos] == '#') {
+        while (pos < bytes.size() && bytes[pos] != '\n' && bytes[pos] != '\r') ++pos;
+      } else {
+        break;
+      }
+    }
+    if (pos == bytes.size() || !std::isdigit(static_cast<unsigned char>(bytes[pos]))) {
+      return bad("bad PNM header");
+    }
+    while (pos < bytes.size() && std::isdigit(static_cast<unsigned char>(bytes[pos]))) {
+      field = field * 10 + (bytes[pos++] - '0');
+      if (field > (int64_t{1} << 24)) return bad("bad PNM header: a number above 16777216");
+    }
+  }
+  if (fields[0] == 0 || fields[1] == 0 || fields[2] == 0 || fields[2] > 65535) {
+    return bad("bad PNM header");
+  }
+  ++pos;  // the one whitespace byte before the pixels
+  header->width = static_cast<int>(fields[0]);
+  header->height = static_cast<int>(fields[1]);
+  header->channels = bytes[1] == '6' ? 3 : 1;
+  TERN_RETURN_IF_ERROR(CheckHeader(source, *header));
+  const int64_t need = fields[0] * fields[1] * header->channels * (fields[2] > 255 ? 2 : 1);
+  const int64_t have = pos < bytes.size() ? static_cast<int64_t>(bytes.size() - pos) : 0;
+  if (have < need) {
+    return bad("truncated PNM image, " + std::to_string(have) + " of its " +
+               std::to_string(need) + " pixel bytes present");
+  }
+  return OkStatus();
+}
+
+bool IsPng(std::string_view bytes) {
+  return bytes.size() >= 8 && bytes.substr(0, 8) == std::string_view("\x89PNG\r\n\x1a\n", 8);
+}
+
+bool IsJpeg(std::string_view bytes) {
+  return bytes.size() >= 3 && bytes.substr(0, 3) == "\xff\xd8\xff";
+}
+
+// Interleaved [h][w][n] bytes to planar [c][h][w] with `channels` (1 or 3)
+// out of n (1 to 4: grey, grey+alpha, RGB, RGBA): alpha is dropped, grey is
+// repeated, and colour becomes grey with stb's weights (77 R + 150 G + 29 B)
+// / 256.
+std::vector<uint8_t> ToPlanar(const uint8_t* src, int w, int h, int n, int channels) {
+  const size_t plane = static_cast<size_t>(w) * static_cast<size_t>(h);
+  std::vector<uint8_t> out(plane * static_cast<size_t>(channels));
+  for (size_t i = 0; i < plane; ++i) {
+    const uint8_t* p = src + i * static_cast<size_t>(n);
+    if (channels == 3 && n >= 3) {
+      for (int c = 0; c < 3; ++c) out[c * plane + i] = p[c];
+    } else if (channels == 3) {
+      for (int c = 0; c < 3; ++c) out[c * plane + i] = p[0];
+    } else if (n >= 3) {
+      out[i] = static_cast<uint8_t>((p[0] * 77 + p[1] * 150 + p[2] * 29) >> 8);
+    } else {
+      out[i] = p[0];
+    }
+  }
+  return out;
+}
+
+// --- PNG (libpng's simplified API) ---
+
+struct PngImage {
+  png_image image;
+  PngImage() {
+    std::memset(&image, 0, sizeof(image));
+    image.version = PNG_IMAGE_VERSION;
+  }
+  ~PngImage() { png_image_free(&image); }
+};
+
+void PngHeader(const png_image& image, ImageHeader* header) {
+  header->width = static_cast<int>(std::min<png_uint_32>(image.width, INT_MAX));
+  header->height = static_cast<int>(std::min<png_uint_32>(image.height, INT_MAX));
+  header->channels = static_cast<int>(PNG_IMAGE_SAMPLE_CHANNELS(image.format));
+}
+
+StatusOr<std::vector<uint8_t>> DecodePng(std::string_view bytes, const std::string& source,
+                                         int channels, ImageHeader* header) {
+  PngImage png;
+  if (!png_image_begin_read_from_memory(&png.image, bytes.data(), bytes.size())) {
+    return DataLossError("cannot decode " + source + ": " + png.image.message);
+  }
+  PngHeader(png.image, header);
+  TERN_RETURN_IF_ERROR(CheckHeader(source, *header));
+  // RGBA, not premultiplied (8-bit sRGB), so dropping alpha keeps the colour.
+  png.image.format = PNG_FORMAT_RGBA;
+  std::vector<uint8_t> rgba(PNG_IMAGE_SIZE(png.image));
+  if (!png_image_finish_read(&png.image, nullptr, rgba.data(), 0, nullptr)) {
+    return DataLossError("cannot decode " + source + ": " + png.image.message);
+  }
+  return ToPlanar(rgba.data(), header->width, header->height, 4, channels);
+}
+
+// --- JPEG (libjpeg-turbo) ---
+
+// libjpeg reports errors through a callback that must not return: it jumps
+// back to the setjmp in the function that called into the library. Those
+// functions hold no C++ objects with destructors (RunJpeg below).
+struct JpegErrors {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+  bool truncated;  // "Premature end of JPEG file": a cut file is an error
+};
+
+void JpegErrorExit(j_common_ptr cinfo) {
+  auto* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, errors->message);
+  std::longjmp(errors->jump, 1);
+}
+
+void JpegEmitMessage(j_common_ptr cinfo, int level) {
+  auto* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
+  // Other warnings ("extraneous bytes before marker") are common in real
+  // photos and harmless, as in PIL.
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF && !errors->truncated) {
+    errors->truncated = true;
+    (*cinfo->err->format_message)(cinfo, errors->message);
+  }
+}
+
+// Reads the header of the source set on `cinfo`; with `out`, also the
+// pixels (unless there are more than kMaxImagePixels), as interleaved bytes
+// of out_color_space: grey, RGB, or CMYK for a CMYK file (the caller
+// converts it). False on a libjpeg error.
+bool RunJpeg(jpeg_decompress_struct* cinfo, JpegErrors* errors, int channels,
+             std::vector<uint8_t>* out) {
+  if (setjmp(errors->jump) != 0) return false;
+  jpeg_read_header(cinfo, TRUE);
+  if (out == nullptr) return true;
+  if (int64_t{cinfo->image_width} * cinfo->image_height > kMaxImagePixels) return true;
+  const bool cmyk = cinfo->jpeg_color_space == JCS_CMYK || cinfo->jpeg_color_space == JCS_YCCK;
+  cinfo->out_color_space = cmyk ? JCS_CMYK : channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(cinfo);
+  const size_t row = static_cast<size_t>(cinfo->output_width) * cinfo->output_components;
+  out->resize(row * cinfo->output_height);
+  while (cinfo->output_scanline < cinfo->output_height) {
+    JSAMPROW rows[1] = {out->data() + row * cinfo->output_scanline};
+    jpeg_read_scanlines(cinfo, rows, 1);
+  }
+  jpeg_finish_decompress(cinfo);
+  return true;
+}
+
+struct JpegDecompress {
+  jpeg_decompress_struct cinfo;
+  JpegErrors errors;
+  JpegDecompress() {
+    std::memset(&errors, 0, sizeof(errors));
+    cinfo.err = jpeg_std_error(&errors.mgr);
+    errors.mgr.error_exit = JpegErrorExit;
+    errors.mgr.emit_message = JpegEmitMessage;
+    jpeg_create_decompress(&cinfo);
+  }
+  ~JpegDecompress() { jpeg_destroy_decompress(&cinfo); }
+
+  void Header(ImageHeader* header) const {
+    header->width = static_cast<int>(std::min<JDIMENSION>(cinfo.image_width, INT_MAX));
+    header->height = static_cast<int>(std::min<JDIMENSION>(cinfo.image_height, INT_MAX));
+    header->channels = cinfo.num_components;
+  }
+  Status Error(const std::string& source) const {
+    return DataLossError("cannot decode " + source + ": " + errors.message);
+  }
+};
+
+StatusOr<std::vector<uint8_t>> DecodeJpeg(std::string_view bytes, const std::string& source,
+                                          int channels, ImageHeader* header) {
+  JpegDecompress jpeg;
+  jpeg_mem_src(&jpeg.cinfo, reinterpret_cast<const unsigned char*>(bytes.data()),
+               static_cast<unsigned long>(bytes.size()));
+  std::vector<uint8_t> pixels;
+  const bool ok = RunJpeg(&jpeg.cinfo, &jpeg.errors, channels, &pixels);
+  jpeg.Header(header);
+  if (!ok) return jpeg.Error(source);
+  TERN_RETURN_IF_ERROR(CheckHeader(source, *header));
+  if (jpeg.errors.truncated) return jpeg.Error(source);
+  const int w = header->width, h = header->height;
+  if (jpeg.cinfo.out_color_space != JCS_CMYK) {
+    return ToPlanar(pixels.data(), w, h, jpeg.cinfo.output_components, channels);
+  }
+  // CMYK to RGB; Adobe's files store the inks inverted.
+  const bool inverted = jpeg.cinfo.saw_Adobe_marker;
+  std::vector<uint8_t> rgb(static_cast<size_t>(w) * h * 3);
+  for (size_t i = 0; i < rgb.size() / 3; ++i) {
+    const uint8_t* p = pixels.data() + 4 * i;
+    const int k = inverted ? p[3] : 255 - p[3];
+    for (int c = 0; c < 3; ++c) {
+      const int ink = inverted ? p[c] : 255 - p[c];
+      rgb[3 * i + c] = static_cast<uint8_t>(ink * k / 255);
+    }
+  }
+  return ToPlanar(rgb.data(), w, h, 3, channels);
+}
+
 }  // namespace
 
 StatusOr<ImageHeader> ReadImageHeader(const std::string& path) {
@@ -48,84 +293,145 @@ StatusOr<ImageHeader> ReadImageHeader(const std::string& path) {
     return UnavailableError(msg);
   }
   ImageHeader header;
+  char magic_bytes[8] = {0};
+  const std::string_view magic(magic_bytes, std::fread(magic_bytes, 1, 8, file.get()));
+  std::rewind(file.get());
+  if (IsPnm(magic)) {
+    file.reset();  // the whole file: the header is checked with the pixels
+    TERN_ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(path));
+    TERN_RETURN_IF_ERROR(CheckPnm(bytes, path, &header));
+    return header;
+  }
+  if (IsPng(magic)) {
+    PngImage png;
+    if (!png_image_begin_read_from_stdio(&png.image, file.get())) {
+      return DataLossError("cannot decode " + path + ": " + png.image.message);
+    }
+    PngHeader(png.image, &header);
+    TERN_RETURN_IF_ERROR(CheckHeader(path, header));
+    return header;
+  }
+  if (IsJpeg(magic)) {
+    JpegDecompress jpeg;
+    jpeg_stdio_src(&jpeg.cinfo, file.get());
+    if (!RunJpeg(&jpeg.cinfo, &jpeg.errors, 3, nullptr)) return jpeg.Error(path);
+    jpeg.Header(&header);
+    TERN_RETURN_IF_ERROR(CheckHeader(path, header));
+    return header;
+  }
   if (!stbi_info_from_file(file.get(), &header.width, &header.height,
                            &header.channels)) {
     return CannotDecode(path);
   }
-  if (header.width <= 0 || header.height <= 0 || header.channels < 1 ||
-      header.channels > 4) {
-    return DataLossError("cannot decode " + path + ": bad image header");
-  }
+  TERN_RETURN_IF_ERROR(CheckHeader(path, header));
   return header;
 }
 
 StatusOr<std::vector<uint8_t>> DecodeImage(const std::string& path,
                                            int channels, ImageHeader* header) {
-  TERN_CHECK(channels == 1 || channels == 3) << "channels=" << channels;
   TERN_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(path));
-  if (bytes.size() > static_cast<size_t>(INT_MAX)) {
-    return DataLossError("cannot decode " + path + ": file larger than 2 GiB");
-  }
-  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
-  const int len = static_cast<int>(bytes.size());
-  int w = 0, h = 0, stored = 0;
-  std::unique_ptr<unsigned char, StbiFree> pixels(
-      stbi_load_from_memory(data, len, &w, &h, &stored, channels));
-  if (pixels == nullptr) return CannotDecode(path);
-  if (w <= 0 || h <= 0) {
-    return DataLossError("cannot decode " + path + ": empty image");
-  }
-  if (header != nullptr) *header = ImageHeader{w, h, stored};
-  // Interleaved [h][w][c] -> planar [c][h][w].
-  const size_t plane = static_cast<size_t>(w) * static_cast<size_t>(h);
-  std::vector<uint8_t> out(plane * static_cast<size_t>(channels));
-  const unsigned char* src = pixels.get();
-  for (size_t i = 0; i < plane; ++i) {
-    for (int c = 0; c < channels; ++c) {
-      out[static_cast<size_t>(c) * plane + i] = src[i * channels + c];
-    }
-  }
-  return out;
+  return DecodeImageBytes(bytes, path, channels, header);
 }
 
-void ResizePlanes(const uint8_t* src, int channels, int w, int h, uint8_t* dst,
-                  int dw, int dh) {
-  const size_t src_plane = static_cast<size_t>(w) * h;
-  const size_t dst_plane = static_cast<size_t>(dw) * dh;
-  for (int c = 0; c < channels; ++c) {
-    if (w == dw && h == dh) {
-      std::memcpy(dst + c * dst_plane, src + c * src_plane, src_plane);
-      continue;
-    }
-    const int ok = stbir_resize_uint8(src + c * src_plane, w, h, 0,
-                                      dst + c * dst_plane, dw, dh, 0, 1);
-    TERN_CHECK(ok) << "stbir_resize_uint8 " << w << "x" << h << " -> " << dw
-                   << "x" << dh;
+StatusOr<std::vector<uint8_t>> DecodeImageBytes(std::string_view bytes,
+                                                const std::string& source,
+                                                int channels,
+                                                ImageHeader* header) {
+  TERN_CHECK(channels == 1 || channels == 3) << "channels=" << channels;
+  if (bytes.size() > static_cast<size_t>(INT_MAX)) {
+    return DataLossError("cannot decode " + source + ": file larger than 2 GiB");
   }
+  ImageHeader ignored;
+  if (header == nullptr) header = &ignored;
+  if (IsPng(bytes)) return DecodePng(bytes, source, channels, header);
+  if (IsJpeg(bytes)) return DecodeJpeg(bytes, source, channels, header);
+  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int len = static_cast<int>(bytes.size());
+  ImageHeader stored;
+  if (IsPnm(bytes)) {
+    TERN_RETURN_IF_ERROR(CheckPnm(bytes, source, &stored));
+  } else if (!stbi_info_from_memory(data, len, &stored.width, &stored.height,
+                                    &stored.channels)) {
+    return CannotDecode(source);
+  }
+  TERN_RETURN_IF_ERROR(CheckHeader(source, stored));
+  int w = 0, h = 0, n = 0;
+  std::unique_ptr<unsigned char, StbiFree> pixels(
+      stbi_load_from_memory(data, len, &w, &h, &n, channels));
+  if (pixels == nullptr) return CannotDecode(source);
+  if (w != stored.width || h != stored.height) {
+    return DataLossError("cannot decode " + source + ": header says " +
+                         std::to_string(stored.width) + "x" +
+                         std::to_string(stored.height) + ", pixels are " +
+                         std::to_string(w) + "x" + std::to_string(h));
+  }
+  *header = ImageHeader{w, h, n};
+  return ToPlanar(pixels.get(), w, h, channels, channels);
 }
+
+namespace {
+
+// Along one axis: the scaled image has `n_scaled` pixels for the source's
+// `n_src`, and the crop takes scaled pixels [off, off + size). Sets the
+// source pixels [*lo, *hi) the resampling filter reads for them (the crop
+// plus a margin wider than the filter's reach, clamped to the image) and
+// the crop's position within that span as fractions [*t0, *t1].
+void SourceSpan(int64_t n_src, int64_t n_scaled, int64_t off, int size,
+                int64_t* lo, int64_t* hi, float* t0, float* t1) {
+  const double src_per_scaled = static_cast<double>(n_src) / n_scaled;
+  const double a = off * src_per_scaled, b = (off + size) * src_per_scaled;
+  // Mitchell and Catmull-Rom reach 2 pixels of the coarser grid.
+  const int64_t margin = static_cast<int64_t>(std::ceil(3 * std::max(1.0, src_per_scaled))) + 1;
+  *lo = std::max<int64_t>(0, static_cast<int64_t>(std::floor(a)) - margin);
+  *hi = std::min<int64_t>(n_src, static_cast<int64_t>(std::ceil(b)) + margin);
+  *t0 = static_cast<float>((a - *lo) / (*hi - *lo));
+  *t1 = static_cast<float>((b - *lo) / (*hi - *lo));
+}
+
+}  // namespace
 
 void ResizeAndCenterCrop(const uint8_t* src, int channels, int w, int h,
                          int size, uint8_t* dst) {
   TERN_CHECK(size > 0 && w > 0 && h > 0);
-  int nw = size, nh = size;
+  // The scaled image (shorter side `size`) is nw x nh, and the crop is its
+  // centre square [x0, x0 + size) x [y0, y0 + size).
+  int64_t nw = size, nh = size;
   if (w < h) {
-    nh = static_cast<int>((static_cast<int64_t>(h) * size + w / 2) / w);
+    nh = (int64_t{h} * size + w / 2) / w;
   } else if (h < w) {
-    nw = static_cast<int>((static_cast<int64_t>(w) * size + h / 2) / h);
+    nw = (int64_t{w} * size + h / 2) / h;
   }
-  nw = std::max(nw, size);
-  nh = std::max(nh, size);
-  std::vector<uint8_t> scaled(static_cast<size_t>(channels) * nw * nh);
-  ResizePlanes(src, channels, w, h, scaled.data(), nw, nh);
-  const int x0 = (nw - size) / 2;
-  const int y0 = (nh - size) / 2;
-  for (int c = 0; c < channels; ++c) {
-    for (int y = 0; y < size; ++y) {
-      const uint8_t* row =
-          scaled.data() + (static_cast<size_t>(c) * nh + y0 + y) * nw + x0;
-      std::memcpy(dst + (static_cast<size_t>(c) * size + y) * size, row,
-                  static_cast<size_t>(size));
+  nw = std::max<int64_t>(nw, size);
+  nh = std::max<int64_t>(nh, size);
+  const int64_t x0 = (nw - size) / 2;
+  const int64_t y0 = (nh - size) / 2;
+  const size_t src_plane = static_cast<size_t>(w) * h;
+  const size_t dst_plane = static_cast<size_t>(size) * size;
+  if (nw == w && nh == h) {  // the shorter side is `size` already: crop only
+    for (int c = 0; c < channels; ++c) {
+      for (int64_t y = 0; y < size; ++y) {
+        std::memcpy(dst + c * dst_plane + y * size,
+                    src + c * src_plane + (y0 + y) * w + x0,
+                    static_cast<size_t>(size));
+      }
     }
+    return;
+  }
+  // Resample only the part of the source the crop needs: the same pixels as
+  // scaling the whole image and cropping (to float rounding), in time and
+  // memory that do not grow with the longer side.
+  int64_t x_lo, x_hi, y_lo, y_hi;
+  float s0, s1, t0, t1;
+  SourceSpan(w, nw, x0, size, &x_lo, &x_hi, &s0, &s1);
+  SourceSpan(h, nh, y0, size, &y_lo, &y_hi, &t0, &t1);
+  for (int c = 0; c < channels; ++c) {
+    const int ok = stbir_resize_region(
+        src + c * src_plane + y_lo * w + x_lo, static_cast<int>(x_hi - x_lo),
+        static_cast<int>(y_hi - y_lo), w, dst + c * dst_plane, size, size, 0,
+        STBIR_TYPE_UINT8, 1, STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP,
+        STBIR_EDGE_CLAMP, STBIR_FILTER_DEFAULT, STBIR_FILTER_DEFAULT,
+        STBIR_COLORSPACE_LINEAR, nullptr, s0, t0, s1, t1);
+    TERN_CHECK(ok) << "stbir_resize_region " << w << "x" << h << " -> " << size;
   }
 }
 

@@ -1,5 +1,9 @@
-// Image decoding and resizing for the image-folder reader (stb_image and
-// stb_image_resize; plain C++, no LibTorch).
+// Image decoding and resizing for the image-folder and COCO readers; plain
+// C++, no LibTorch. JPEG through libjpeg-turbo, PNG through libpng, BMP, GIF,
+// TGA and binary PGM/PPM through stb_image; resizing through
+// stb_image_resize. Bad bytes are a DATA_LOSS status, never a crash
+// (fuzz/image_fuzz checks this under ASan and UBSan); a truncated JPEG, PNG
+// or PNM is an error, not an image padded with zeros.
 //
 // Pixels are planar, [channels][height][width] uint8, as the dataset tensors
 // store them. Every function is thread-safe; failures name the file.
@@ -8,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -17,25 +22,37 @@ namespace tern::trainer {
 struct ImageHeader {
   int width = 0;
   int height = 0;
-  int channels = 0;  // as stored: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+  int channels = 0;  // as stored: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA (or CMYK)
 };
 
-// Reads only the header of `path`. NOT_FOUND for a missing file, DATA_LOSS
-// "cannot decode <path>: <reason>" for an unknown or broken format.
+// Reads only the header of `path` (a binary PGM or PPM is read whole, to
+// check that it holds all its pixels). NOT_FOUND for a missing file,
+// DATA_LOSS "cannot decode <path>: <reason>" for an unknown or broken format
+// or an image above kMaxImagePixels.
 StatusOr<ImageHeader> ReadImageHeader(const std::string& path);
 
-// Decodes `path` to `channels` (1: luminance, 3: RGB; alpha is dropped)
-// planar pixels; `header` receives the stored size and channel count.
+// Largest image the decoders accept (width x height); a bigger one is
+// DATA_LOSS before any pixel memory is allocated, so a small crafted file
+// cannot make a reader allocate gigabytes.
+inline constexpr int64_t kMaxImagePixels = int64_t{1} << 27;
+
+// Decodes `path` to `channels` (1: luminance, 3: RGB; alpha is dropped, CMYK
+// JPEGs are converted) planar pixels; `header` receives the stored size and
+// channel count.
 StatusOr<std::vector<uint8_t>> DecodeImage(const std::string& path,
                                            int channels, ImageHeader* header);
-
-// Resizes each of `channels` planes from w x h to dw x dh (stb's default
-// filters: Mitchell down, Catmull-Rom up; clamped edges).
-void ResizePlanes(const uint8_t* src, int channels, int w, int h, uint8_t* dst,
-                  int dw, int dh);
+// The same for the bytes of an image file; `source` (usually its path)
+// prefixes the errors: DATA_LOSS "cannot decode <source>: <reason>".
+StatusOr<std::vector<uint8_t>> DecodeImageBytes(std::string_view bytes,
+                                                const std::string& source,
+                                                int channels,
+                                                ImageHeader* header);
 
 // Scales the shorter side to `size` (keeping the aspect ratio), then crops
 // the centre size x size square into `dst` (channels * size * size bytes).
+// Only the source pixels the square needs are resampled (stb's default filters:
+// Mitchell down, Catmull-Rom up; clamped edges), so memory and time do not
+// grow with the aspect ratio: a 1 x 16M-pixel image is fine.
 void ResizeAndCenterCrop(const uint8_t* src, int channels, int w, int h,
                          int size, uint8_t* dst);
 
