@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the LibTorch-free targets (common, scheduler, proto, server, agent,
+# cli, detection data, the fuzz targets) with AddressSanitizer and
+# UndefinedBehaviorSanitizer into build-asan/ and runs their tests there,
+# the end-to-end scripts included: ternd, tern-agent and ternctl run
+# instrumented, and each must exit 0 after SIGTERM, so a leak or an error
+# found at exit fails the test. The trainer they start is the normal
+# build's (LibTorch is not instrumented; run scripts/build.sh first), found
+# at $TERN_BUILD_DIR/worker/trainer/tern-trainer; without it the tests that
+# need it are left out, and the script says so.
+# Environment: TERN_SANITIZE_BUILD_DIR (default build-asan), TERN_BUILD_DIR
+# (default build), TERN_JOBS, TERN_TEST_JOBS; extra arguments go to ctest.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+"$root/scripts/install-deps.sh"
+build_dir="${TERN_SANITIZE_BUILD_DIR:-$root/build-asan}"
+main_build="${TERN_BUILD_DIR:-$root/build}"
+export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1 CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-8G}"
+
+flags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+generator=()
+if command -v ninja >/dev/null 2>&1 && [[ ! -f "$build_dir/Makefile" ]]; then
+  generator=(-G Ninja)
+fi
+cmake -S "$root" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Debug -DTERN_WITH_TORCH=OFF \
+  -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
+  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+  -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
+cmake --build "$build_dir" -j "${TERN_JOBS:-$(nproc)}"
+
+ctest_args=()
+trainer="$main_build/worker/trainer/tern-trainer"
+if [[ -x "$trainer" ]]; then
+  # The e2e scripts look for every binary in the build they are given.
+  mkdir -p "$build_dir/worker/trainer"
+  ln -sfn "$trainer" "$build_dir/worker/trainer/tern-trainer"
+  export TERN_TRAINER_BINARY="$trainer"
+else
+  echo "sanitize.sh: no tern-trainer at $trainer (run scripts/build.sh first):" \
+       "leaving out the end-to-end tests that need it" >&2
+  ctest_args+=(-E '^E2e')
+fi
+
+# Leaks are errors; UBSan stops at the first report (-fno-sanitize-recover).
+export ASAN_OPTIONS="detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+cd "$build_dir"
+ctest --output-on-failure -j "${TERN_TEST_JOBS:-2}" "${ctest_args[@]}" "$@"
