@@ -274,6 +274,8 @@ int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   const size_t given = pool.size();
   std::string input;
+  double slowest = 0;
+  uint64_t slowest_run = 0;
   for (uint64_t run = 0; run < given + runs; ++run) {
     if (run < given) {
       input = pool[run];
@@ -287,8 +289,15 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(run));
     g_current = &input;
     ::alarm(static_cast<unsigned>(timeout));
+    const auto input_start = std::chrono::steady_clock::now();
     LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(input.data()), input.size());
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - input_start).count();
     ::alarm(0);
+    if (took > slowest) {
+      slowest = took;
+      slowest_run = run;
+    }
     g_current = nullptr;
     // Keep some mutants as bases, so that mutations can stack further.
     if (run >= given && mutator.Below(16) == 0 && pool.size() < 4096) pool.push_back(input);
@@ -296,6 +305,7 @@ int main(int argc, char** argv) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << target << ": " << given << " given inputs and " << runs
-            << " mutations (seed " << seed << ") ran cleanly in " << seconds << " s\n";
+            << " mutations (seed " << seed << ") ran cleanly in " << seconds
+            << " s; the slowest input (run " << slowest_run << ") took " << slowest << " s\n";
   return 0;
 }

@@ -7,7 +7,8 @@
 // checked with TERN_CHECK (an abort is a finding). It also defines
 //   std::vector<std::string> TernFuzzSeeds();
 // a few valid inputs built in code (no binary files in the tree) that the
-// mutations start from.
+// mutations start from. Inputs that once failed are kept, named after what
+// they found, in fuzz/regressions/<target>/; ctest runs them too.
 //
 // Built by default, a target links fuzz_main.cc: a deterministic mutation
 // driver that ctest runs (label `fuzz`), under scripts/sanitize.sh with

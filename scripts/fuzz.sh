@@ -36,7 +36,9 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "$findings"
   "$build_dir/fuzz/${t}_seeds" --write-seeds "$corpus" >/dev/null
   echo "== $t: ${seconds} s"
-  if ! "$build_dir/fuzz/$t" "$corpus" -max_total_time="$seconds" -rss_limit_mb=4096 \
+  regressions=()
+  [[ -d "$root/fuzz/regressions/$t" ]] && regressions=("$root/fuzz/regressions/$t")
+  if ! "$build_dir/fuzz/$t" "$corpus" "${regressions[@]}" -max_total_time="$seconds" -rss_limit_mb=4096 \
        -artifact_prefix="$findings/" -print_final_stats=1 2>"$build_dir/$t.log"; then
     failed+=("$t")
   fi

@@ -43,6 +43,6 @@ fi
 
 # Leaks are errors; UBSan stops at the first report (-fno-sanitize-recover).
 export ASAN_OPTIONS="detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 cd "$build_dir"
 ctest --output-on-failure -j "${TERN_TEST_JOBS:-2}" "${ctest_args[@]}" "$@"

@@ -49,10 +49,12 @@ StatusOr<std::vector<uint8_t>> DecodeImageBytes(std::string_view bytes,
                                                 ImageHeader* header);
 
 // Scales the shorter side to `size` (keeping the aspect ratio), then crops
-// the centre size x size square into `dst` (channels * size * size bytes).
-// Only the source pixels the square needs are resampled (stb's default filters:
-// Mitchell down, Catmull-Rom up; clamped edges), so memory and time do not
-// grow with the aspect ratio: a 1 x 16M-pixel image is fine.
+// the centre size x size square into `dst` (channels * size * size bytes),
+// with stb_image_resize's default filters (Mitchell down, Catmull-Rom up;
+// clamped edges). Beyond a 4:1 aspect ratio it crops the source's centre
+// square first and scales that (the same pixels but for the filter's reach
+// at the crop's edges), so time and memory stay bounded: a 1 x 16M-pixel
+// image is fine.
 void ResizeAndCenterCrop(const uint8_t* src, int channels, int w, int h,
                          int size, uint8_t* dst);
 
