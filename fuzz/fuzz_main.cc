@@ -226,7 +226,11 @@ int main(int argc, char** argv) {
       if ((v = value()) == nullptr) return Usage(argv[0]);
       const unsigned long long n = std::strtoull(v, &end, 10);
       if (*v == '\0' || *end != '\0') return Usage(argv[0]);
-      (arg == "--runs" ? runs : arg == "--seed" ? seed : arg == "--timeout" ? timeout : max_len) = n;
+      uint64_t& target = arg == "--runs"      ? runs
+                         : arg == "--seed"    ? seed
+                         : arg == "--timeout" ? timeout
+                                              : max_len;
+      target = n;
     } else if (arg == "--write-seeds") {
       if ((v = value()) == nullptr) return Usage(argv[0]);
       write_seeds = v;

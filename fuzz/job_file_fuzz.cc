@@ -46,7 +46,8 @@ std::vector<std::string> TernFuzzSeeds() {
       "quantization:\n"
       "  method: hla\n"
       "  granularity: channel\n"
-      "optimization: {epochs: 15, batch_size: 256, lr: 0.1, lr_schedule: cosine, bf16: false, step_milestones: [5, 10]}\n"
+      "optimization: {epochs: 15, batch_size: 256, lr: 0.1, lr_schedule: cosine, bf16: false,\n"
+      "               step_milestones: [5, 10]}\n"
       "resources: {ranks: 2, device_kind: cpu}\n",
       "\x01"
       "name: 123\n"

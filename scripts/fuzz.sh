@@ -38,7 +38,8 @@ for t in "${targets[@]}"; do
   echo "== $t: ${seconds} s"
   regressions=()
   [[ -d "$root/fuzz/regressions/$t" ]] && regressions=("$root/fuzz/regressions/$t")
-  if ! "$build_dir/fuzz/$t" "$corpus" "${regressions[@]}" -max_total_time="$seconds" -rss_limit_mb=4096 \
+  if ! "$build_dir/fuzz/$t" "$corpus" "${regressions[@]}" -max_total_time="$seconds" \
+       -rss_limit_mb=4096 \
        -artifact_prefix="$findings/" -print_final_stats=1 2>"$build_dir/$t.log"; then
     failed+=("$t")
   fi

@@ -42,7 +42,9 @@ else
 fi
 
 # Leaks are errors; UBSan stops at the first report (-fno-sanitize-recover).
-export ASAN_OPTIONS="detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+# UBSan aborts (not exits) so that the fuzz driver's SIGABRT handler saves the input.
+asan="detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1"
+export ASAN_OPTIONS="$asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 cd "$build_dir"
 ctest --output-on-failure -j "${TERN_TEST_JOBS:-2}" "${ctest_args[@]}" "$@"

@@ -22,7 +22,8 @@ TEST(ImageDecodeTest, RefusesAnImageAboveThePixelLimitBeforeDecodingIt) {
 }
 
 TEST(ImageDecodeTest, DecodesPgmBytesAndNamesTheSourceOfBadOnes) {
-  const std::string pgm = std::string("P5\n3 2\n255\n") + std::string("\x01\x02\x03\x04\x05\x06", 6);
+  const std::string pgm =
+      std::string("P5\n3 2\n255\n") + std::string("\x01\x02\x03\x04\x05\x06", 6);
   ImageHeader header;
   StatusOr<std::vector<uint8_t>> grey = DecodeImageBytes(pgm, "a.pgm", 1, &header);
   ASSERT_TRUE(grey.ok()) << grey.status();

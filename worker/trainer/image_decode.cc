@@ -58,17 +58,18 @@ Status CannotDecode(const std::string& path) {
                        (reason != nullptr ? reason : "unknown error"));
 }
 
-Status CheckHeader(const std::string& source, const ImageHeader& header) {
+Status CheckHeader(const std::string& source, const ImageHeader& header,
+                   int64_t max_pixels = kMaxImagePixels) {
   if (header.width <= 0 || header.height <= 0 || header.channels < 1 ||
       header.channels > 4) {
     return DataLossError("cannot decode " + source + ": bad image header");
   }
-  if (int64_t{header.width} * header.height > kMaxImagePixels) {
+  if (int64_t{header.width} * header.height > max_pixels) {
     return DataLossError("cannot decode " + source + ": " +
                          std::to_string(header.width) + "x" +
                          std::to_string(header.height) +
                          " pixels is more than the " +
-                         std::to_string(kMaxImagePixels) + " this reader accepts");
+                         std::to_string(max_pixels) + " this reader accepts");
   }
   return OkStatus();
 }
@@ -80,7 +81,8 @@ bool IsPnm(std::string_view bytes) {  // what stb takes for binary PGM or PPM
 // Binary PGM and PPM headers are checked here before stb sees them: stb
 // 2.27 overflows an int on a long number in one, and decodes a file that is
 // cut short with zeros for the missing pixels. Sets the size it reads.
-Status CheckPnm(std::string_view bytes, const std::string& source, ImageHeader* header) {
+Status CheckPnm(std::string_view bytes, const std::string& source, int64_t max_pixels,
+                ImageHeader* header) {
   const auto bad = [&](const std::string& why) {
     return DataLossError("cannot decode " + source + ": " + why);
   };
@@ -111,7 +113,7 @@ Status CheckPnm(std::string_view bytes, const std::string& source, ImageHeader* 
   header->width = static_cast<int>(fields[0]);
   header->height = static_cast<int>(fields[1]);
   header->channels = bytes[1] == '6' ? 3 : 1;
-  TERN_RETURN_IF_ERROR(CheckHeader(source, *header));
+  TERN_RETURN_IF_ERROR(CheckHeader(source, *header, max_pixels));
   const int64_t need = fields[0] * fields[1] * header->channels * (fields[2] > 255 ? 2 : 1);
   const int64_t have = pos < bytes.size() ? static_cast<int64_t>(bytes.size() - pos) : 0;
   if (have < need) {
@@ -169,13 +171,14 @@ void PngHeader(const png_image& image, ImageHeader* header) {
 }
 
 StatusOr<std::vector<uint8_t>> DecodePng(std::string_view bytes, const std::string& source,
-                                         int channels, ImageHeader* header) {
+                                         int channels, int64_t max_pixels,
+                                         ImageHeader* header) {
   PngImage png;
   if (!png_image_begin_read_from_memory(&png.image, bytes.data(), bytes.size())) {
     return DataLossError("cannot decode " + source + ": " + png.image.message);
   }
   PngHeader(png.image, header);
-  TERN_RETURN_IF_ERROR(CheckHeader(source, *header));
+  TERN_RETURN_IF_ERROR(CheckHeader(source, *header, max_pixels));
   // RGBA, not premultiplied (8-bit sRGB), so dropping alpha keeps the colour.
   png.image.format = PNG_FORMAT_RGBA;
   std::vector<uint8_t> rgba(PNG_IMAGE_SIZE(png.image));
@@ -214,15 +217,15 @@ void JpegEmitMessage(j_common_ptr cinfo, int level) {
 }
 
 // Reads the header of the source set on `cinfo`; with `out`, also the
-// pixels (unless there are more than kMaxImagePixels), as interleaved bytes
+// pixels (unless there are more than max_pixels), as interleaved bytes
 // of out_color_space: grey, RGB, or CMYK for a CMYK file (the caller
 // converts it). False on a libjpeg error.
 bool RunJpeg(jpeg_decompress_struct* cinfo, JpegErrors* errors, int channels,
-             std::vector<uint8_t>* out) {
+             int64_t max_pixels, std::vector<uint8_t>* out) {
   if (setjmp(errors->jump) != 0) return false;
   jpeg_read_header(cinfo, TRUE);
   if (out == nullptr) return true;
-  if (int64_t{cinfo->image_width} * cinfo->image_height > kMaxImagePixels) return true;
+  if (int64_t{cinfo->image_width} * cinfo->image_height > max_pixels) return true;
   const bool cmyk = cinfo->jpeg_color_space == JCS_CMYK || cinfo->jpeg_color_space == JCS_YCCK;
   cinfo->out_color_space = cmyk ? JCS_CMYK : channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(cinfo);
@@ -259,15 +262,16 @@ struct JpegDecompress {
 };
 
 StatusOr<std::vector<uint8_t>> DecodeJpeg(std::string_view bytes, const std::string& source,
-                                          int channels, ImageHeader* header) {
+                                          int channels, int64_t max_pixels,
+                                          ImageHeader* header) {
   JpegDecompress jpeg;
   jpeg_mem_src(&jpeg.cinfo, reinterpret_cast<const unsigned char*>(bytes.data()),
                static_cast<unsigned long>(bytes.size()));
   std::vector<uint8_t> pixels;
-  const bool ok = RunJpeg(&jpeg.cinfo, &jpeg.errors, channels, &pixels);
+  const bool ok = RunJpeg(&jpeg.cinfo, &jpeg.errors, channels, max_pixels, &pixels);
   jpeg.Header(header);
   if (!ok) return jpeg.Error(source);
-  TERN_RETURN_IF_ERROR(CheckHeader(source, *header));
+  TERN_RETURN_IF_ERROR(CheckHeader(source, *header, max_pixels));
   if (jpeg.errors.truncated) return jpeg.Error(source);
   const int w = header->width, h = header->height;
   if (jpeg.cinfo.out_color_space != JCS_CMYK) {
@@ -304,7 +308,7 @@ StatusOr<ImageHeader> ReadImageHeader(const std::string& path) {
   if (IsPnm(magic)) {
     file.reset();  // the whole file: the header is checked with the pixels
     TERN_ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(path));
-    TERN_RETURN_IF_ERROR(CheckPnm(bytes, path, &header));
+    TERN_RETURN_IF_ERROR(CheckPnm(bytes, path, kMaxImagePixels, &header));
     return header;
   }
   if (IsPng(magic)) {
@@ -319,7 +323,9 @@ StatusOr<ImageHeader> ReadImageHeader(const std::string& path) {
   if (IsJpeg(magic)) {
     JpegDecompress jpeg;
     jpeg_stdio_src(&jpeg.cinfo, file.get());
-    if (!RunJpeg(&jpeg.cinfo, &jpeg.errors, 3, nullptr)) return jpeg.Error(path);
+    if (!RunJpeg(&jpeg.cinfo, &jpeg.errors, 3, kMaxImagePixels, nullptr)) {
+      return jpeg.Error(path);
+    }
     jpeg.Header(&header);
     TERN_RETURN_IF_ERROR(CheckHeader(path, header));
     return header;
@@ -341,25 +347,26 @@ StatusOr<std::vector<uint8_t>> DecodeImage(const std::string& path,
 StatusOr<std::vector<uint8_t>> DecodeImageBytes(std::string_view bytes,
                                                 const std::string& source,
                                                 int channels,
-                                                ImageHeader* header) {
+                                                ImageHeader* header,
+                                                int64_t max_pixels) {
   TERN_CHECK(channels == 1 || channels == 3) << "channels=" << channels;
   if (bytes.size() > static_cast<size_t>(INT_MAX)) {
     return DataLossError("cannot decode " + source + ": file larger than 2 GiB");
   }
   ImageHeader ignored;
   if (header == nullptr) header = &ignored;
-  if (IsPng(bytes)) return DecodePng(bytes, source, channels, header);
-  if (IsJpeg(bytes)) return DecodeJpeg(bytes, source, channels, header);
+  if (IsPng(bytes)) return DecodePng(bytes, source, channels, max_pixels, header);
+  if (IsJpeg(bytes)) return DecodeJpeg(bytes, source, channels, max_pixels, header);
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int len = static_cast<int>(bytes.size());
   ImageHeader stored;
   if (IsPnm(bytes)) {
-    TERN_RETURN_IF_ERROR(CheckPnm(bytes, source, &stored));
+    TERN_RETURN_IF_ERROR(CheckPnm(bytes, source, max_pixels, &stored));
   } else if (!stbi_info_from_memory(data, len, &stored.width, &stored.height,
                                     &stored.channels)) {
     return CannotDecode(source);
   }
-  TERN_RETURN_IF_ERROR(CheckHeader(source, stored));
+  TERN_RETURN_IF_ERROR(CheckHeader(source, stored, max_pixels));
   int w = 0, h = 0, n = 0;
   std::unique_ptr<unsigned char, StbiFree> pixels(
       stbi_load_from_memory(data, len, &w, &h, &n, channels));

@@ -43,10 +43,12 @@ StatusOr<std::vector<uint8_t>> DecodeImage(const std::string& path,
                                            int channels, ImageHeader* header);
 // The same for the bytes of an image file; `source` (usually its path)
 // prefixes the errors: DATA_LOSS "cannot decode <source>: <reason>".
+// `max_pixels` may lower the limit (the fuzz target keeps images small).
 StatusOr<std::vector<uint8_t>> DecodeImageBytes(std::string_view bytes,
                                                 const std::string& source,
                                                 int channels,
-                                                ImageHeader* header);
+                                                ImageHeader* header,
+                                                int64_t max_pixels = kMaxImagePixels);
 
 // Scales the shorter side to `size` (keeping the aspect ratio), then crops
 // the centre size x size square into `dst` (channels * size * size bytes),
