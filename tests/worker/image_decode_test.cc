@@ -43,6 +43,13 @@ TEST(ImageDecodeTest, DecodesPgmBytesAndNamesTheSourceOfBadOnes) {
             std::string::npos)
       << cut.status();
 
+  // stb 2.27 writes out of bounds converting 16-bit PNM (found by libFuzzer).
+  StatusOr<std::vector<uint8_t>> deep =
+      DecodeImageBytes("P5\n1 1\n65535\n\x01\x02", "deep.pgm", 1, nullptr);
+  ASSERT_FALSE(deep.ok());
+  EXPECT_NE(deep.status().message().find("cannot decode deep.pgm: 16-bit PNM"), std::string::npos)
+      << deep.status();
+
   // stb 2.27 would overflow an int on this width (found by fuzz/image_fuzz).
   StatusOr<std::vector<uint8_t>> wide =
       DecodeImageBytes("P5\n99999999999 1\n255\nxyz", "wide.pgm", 1, nullptr);

@@ -79,8 +79,10 @@ bool IsPnm(std::string_view bytes) {  // what stb takes for binary PGM or PPM
 }
 
 // Binary PGM and PPM headers are checked here before stb sees them: stb
-// 2.27 overflows an int on a long number in one, and decodes a file that is
-// cut short with zeros for the missing pixels. Sets the size it reads.
+// 2.27 overflows an int on a long number in one, writes out of bounds when
+// it converts a 16-bit one to 8 bits, and decodes a file that is cut short
+// with zeros for the missing pixels (all found by fuzz/image_fuzz). Only
+// 8-bit files (maxval <= 255) are accepted. Sets the size it reads.
 Status CheckPnm(std::string_view bytes, const std::string& source, int64_t max_pixels,
                 ImageHeader* header) {
   const auto bad = [&](const std::string& why) {
@@ -106,15 +108,14 @@ Status CheckPnm(std::string_view bytes, const std::string& source, int64_t max_p
       if (field > (int64_t{1} << 24)) return bad("bad PNM header: a number above 16777216");
     }
   }
-  if (fields[0] == 0 || fields[1] == 0 || fields[2] == 0 || fields[2] > 65535) {
-    return bad("bad PNM header");
-  }
+  if (fields[0] == 0 || fields[1] == 0 || fields[2] == 0) return bad("bad PNM header");
+  if (fields[2] > 255) return bad("16-bit PNM (maxval above 255) is not supported");
   ++pos;  // the one whitespace byte before the pixels
   header->width = static_cast<int>(fields[0]);
   header->height = static_cast<int>(fields[1]);
   header->channels = bytes[1] == '6' ? 3 : 1;
   TERN_RETURN_IF_ERROR(CheckHeader(source, *header, max_pixels));
-  const int64_t need = fields[0] * fields[1] * header->channels * (fields[2] > 255 ? 2 : 1);
+  const int64_t need = fields[0] * fields[1] * header->channels;
   const int64_t have = pos < bytes.size() ? static_cast<int64_t>(bytes.size() - pos) : 0;
   if (have < need) {
     return bad("truncated PNM image, " + std::to_string(have) + " of its " +

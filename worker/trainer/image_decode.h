@@ -1,6 +1,6 @@
 // Image decoding and resizing for the image-folder and COCO readers; plain
 // C++, no LibTorch. JPEG through libjpeg-turbo, PNG through libpng, BMP, GIF,
-// TGA and binary PGM/PPM through stb_image; resizing through
+// TGA and 8-bit binary PGM/PPM through stb_image; resizing through
 // stb_image_resize. Bad bytes are a DATA_LOSS status, never a crash
 // (fuzz/image_fuzz checks this under ASan and UBSan); a truncated JPEG, PNG
 // or PNM is an error, not an image padded with zeros.
