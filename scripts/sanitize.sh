@@ -12,21 +12,14 @@
 # (default build), TERN_JOBS, TERN_TEST_JOBS; extra arguments go to ctest.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-"$root/scripts/install-deps.sh"
 build_dir="${TERN_SANITIZE_BUILD_DIR:-$root/build-asan}"
 main_build="${TERN_BUILD_DIR:-$root/build}"
-export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1 CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-8G}"
 
 flags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
-generator=()
-if command -v ninja >/dev/null 2>&1 && [[ ! -f "$build_dir/Makefile" ]]; then
-  generator=(-G Ninja)
-fi
-cmake -S "$root" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Debug -DTERN_WITH_TORCH=OFF \
+TERN_BUILD_DIR="$build_dir" TERN_BUILD_TYPE=Debug "$root/scripts/build.sh" -DTERN_WITH_TORCH=OFF \
   -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
   -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
-  -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
-cmake --build "$build_dir" -j "${TERN_JOBS:-$(nproc)}"
+  -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined"
 
 ctest_args=()
 trainer="$main_build/worker/trainer/tern-trainer"
