@@ -1,7 +1,8 @@
 // Fuzz target: the image decoders of the image-folder and COCO readers
-// (trainer::DecodeImageBytes: stb_image's PNG, JPEG, BMP, GIF, TGA, PNM and
-// PSD decoders) and the resize-and-crop that follows. The first byte picks
-// grey or RGB and the crop size (1 to 64).
+// (trainer::DecodeImageBytes: libjpeg-turbo, libpng, libwebp, and stb_image's
+// BMP, GIF, TGA and PNM decoders behind tern's header and length checks) and
+// the resize-and-crop that follows. The first byte picks grey or RGB and the
+// crop size (1 to 64).
 // Properties: nothing crashes or reads out of bounds; a decoded image has
 // width x height x channels bytes and at most the pixels asked for.
 #include <cstdint>
@@ -13,12 +14,12 @@
 #include "worker/trainer/image_decode.h"
 
 namespace tern::fuzz {
-// image_seeds.cc: small PNG, BMP, TGA and JPEG files made by stb_image_write.
+// image_seeds.cc: small PNG, BMP, TGA, JPEG and WebP files.
 std::vector<std::string> EncodedSeedImages();
 }  // namespace tern::fuzz
 
 // Images up to 1M pixels: larger ones exercise no other code, only take
-// seconds each (a 100-byte BMP may claim 2^27 pixels, which stb fills in).
+// seconds each (a 50-byte GIF may claim 2^27 pixels, which stb fills in).
 constexpr int64_t kMaxFuzzPixels = int64_t{1} << 20;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

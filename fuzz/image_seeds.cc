@@ -1,9 +1,12 @@
-// Seed images for image_fuzz, written with stb_image_write. Compiled without
-// UBSan (fuzz/CMakeLists.txt): its JPEG encoder left-shifts negative DCT
-// coefficients, which the sanitizer reports, in this test-only code.
+// Seed images for image_fuzz, written with stb_image_write and libwebp.
+// Compiled without UBSan (fuzz/CMakeLists.txt): stb's JPEG encoder
+// left-shifts negative DCT coefficients, which the sanitizer reports, in this
+// test-only code.
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include <webp/encode.h>
 
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -31,6 +34,13 @@ std::vector<std::string> EncodedSeedImages() {
     stbi_write_tga_to_func(Append, &tga, w, h, comp, rgba.data());
     stbi_write_jpg_to_func(Append, &jpg, w, h, comp, rgba.data(), 90);
     images.insert(images.end(), {png, bmp, tga, jpg});
+  }
+  for (const bool lossless : {false, true}) {
+    uint8_t* webp = nullptr;
+    const size_t size = lossless ? WebPEncodeLosslessRGBA(rgba.data(), w, h, w * 4, &webp)
+                                 : WebPEncodeRGB(rgba.data(), w, h, w * 3, 80.0f, &webp);
+    images.emplace_back(reinterpret_cast<const char*>(webp), size);
+    WebPFree(webp);
   }
   return images;
 }

@@ -5,7 +5,7 @@
 # with: the image's headers and library do not form a linkable set), Gloo's
 # headers (the torch wheel's ProcessGroupGloo.hpp includes them but the wheel
 # does not ship them; its Gloo is linked into libtorch_cpu), header-only
-# libraries, libjpeg-turbo and libpng, Fashion-MNIST.
+# libraries, libjpeg-turbo, libpng and libwebp, Fashion-MNIST.
 # Then: device run with carry [".carry"] and command "bash scripts/gpu-check.sh".
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,7 +16,7 @@ packages=(libgrpc++-dev libgrpc-dev libgrpc29 libgrpc++1.51 protobuf-compiler-gr
   libprotobuf-dev libprotobuf32 libprotobuf-lite32 protobuf-compiler libgloo-dev
   libssl-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libstb-dev libstb0
   libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libgtest-dev libgmock-dev jq libjq1 libonig5
-  libjpeg62-turbo-dev libjpeg62-turbo libpng-dev libpng16-16
+  libjpeg62-turbo-dev libjpeg62-turbo libpng-dev libpng16-16 libwebp-dev libwebp7
   ninja-build)
 (cd "$carry/debs" && apt-get download "${packages[@]}")
 cp /usr/share/datasets/fashion-mnist/*.gz "$carry/fashion-mnist/"

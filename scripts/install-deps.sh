@@ -12,7 +12,7 @@ packages=(
   libsqlite3-dev libboost-dev libboost-system-dev
   libgtest-dev libgmock-dev googletest
   nlohmann-json3-dev libcli11-dev libstb-dev zlib1g-dev libyaml-cpp-dev
-  libjpeg62-turbo-dev libpng-dev       # JPEG and PNG decoding (worker/trainer/image_decode.cc)
+  libjpeg62-turbo-dev libpng-dev libwebp-dev  # image decoding (worker/trainer/image_decode.cc)
   dataset-fashion-mnist                 # real data, /usr/share/datasets/fashion-mnist
   python3-torch python3-numpy           # the PyTorch reference trainer (bench/reference)
   prometheus                            # promtool + server for the metrics end-to-end test

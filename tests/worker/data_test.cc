@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <webp/encode.h>
 #include <stdlib.h>
 #include <zlib.h>
 
@@ -568,6 +569,29 @@ TEST(ImageFolderTest, ReadsClassesInSortedOrder) {
   EXPECT_EQ(d->images[0][0][0][0].item<uint8_t>(), 30);
   EXPECT_EQ(d->images[1][0][2][3].item<uint8_t>(), 20 + 3 + 6);
   EXPECT_EQ(d->images[2][0][4][5].item<uint8_t>(), 10 + 5 + 12);
+}
+
+TEST(ImageFolderTest, ReadsWebpAndSaysWhatItSkipped) {
+  TempDir dir;
+  WritePng(dir.Path("train/a/1.png"), 4, 4, 3, 5);
+  std::vector<uint8_t> rgb(4 * 4 * 3, 200);
+  uint8_t* webp = nullptr;
+  const size_t webp_size = WebPEncodeLosslessRGB(rgb.data(), 4, 4, 4 * 3, &webp);
+  WriteBytes(dir.Path("train/a/2.webp"),
+             std::string(reinterpret_cast<const char*>(webp), webp_size));
+  WebPFree(webp);
+  WriteBytes(dir.Path("train/a/3.tif"), "not read");
+  WriteBytes(dir.Path("train/a/README"), "not read");
+  testing::internal::CaptureStderr();
+  StatusOr<ImageDataset> d = ReadImageFolder(dir.Path("train"), 0);
+  const std::string log = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->images.sizes(), (at::IntArrayRef{2, 3, 4, 4}));
+  EXPECT_EQ(d->images[1][2][3][3].item<uint8_t>(), 200);
+  EXPECT_NE(log.find("skipped 2 files that are not images of a supported format "
+                     "((no extension), .tif)"),
+            std::string::npos)
+      << log;
 }
 
 TEST(ImageFolderTest, MixedGreyAndColourBecomeRgb) {

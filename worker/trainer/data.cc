@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <functional>
 #include <numeric>
+#include <set>
 #include <system_error>
 #include <type_traits>
 
@@ -327,8 +328,8 @@ Status ParallelFor(int64_t n, const std::function<Status(int64_t)>& fn) {
 bool IsImageFile(const fs::path& p) {
   std::string ext = p.extension().string();
   for (char& ch : ext) ch = static_cast<char>(std::tolower(ch));
-  for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".pgm",
-                        ".ppm", ".pnm"}) {
+  for (const char* e : {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tga",
+                        ".pgm", ".ppm", ".pnm"}) {
     if (ext == e) return true;
   }
   return false;
@@ -372,9 +373,13 @@ StatusOr<ImageDataset> ReadImageFolderImpl(const std::string& split_dir,
     return InvalidArgumentError(
         split_dir + ": no class folders (expected <class>/<image>)");
   }
-  // Files and labels, in class order then file-name order.
+  // Files and labels, in class order then file-name order. Other files are
+  // skipped, and said so: a data set of .tif files must not train on nothing
+  // but its few .png ones without a word.
   std::vector<std::string> files;
   std::vector<int64_t> labels;
+  int64_t skipped = 0;
+  std::set<std::string> skipped_kinds;
   for (size_t k = 0; k < classes.size(); ++k) {
     int64_t label = static_cast<int64_t>(k);
     const std::string class_dir = JoinPath(split_dir, classes[k]);
@@ -388,20 +393,32 @@ StatusOr<ImageDataset> ReadImageFolderImpl(const std::string& split_dir,
       label = it - names.begin();
     }
     TERN_ASSIGN_OR_RETURN(std::vector<std::string> names,
-                          ListDir(class_dir, [](const fs::path& p) {
+                          ListDir(class_dir, [&](const fs::path& p) {
                             std::error_code ec;
-                            return fs::is_regular_file(p, ec) && IsImageFile(p);
+                            if (!fs::is_regular_file(p, ec)) return false;
+                            if (IsImageFile(p)) return true;
+                            ++skipped;
+                            skipped_kinds.insert(p.has_extension()
+                                                     ? p.extension().string()
+                                                     : "(no extension)");
+                            return false;
                           }));
     if (names.empty()) {
       return InvalidArgumentError(
           class_dir +
-          ": class folder is empty (no .png, .jpg, .jpeg, .bmp, "
+          ": class folder is empty (no .png, .jpg, .jpeg, .webp, .bmp, "
           ".gif, .tga or .pnm images)");
     }
     for (const std::string& name : names) {
       files.push_back(JoinPath(class_dir, name));
       labels.push_back(label);
     }
+  }
+  if (skipped > 0) {
+    std::string kinds;
+    for (const std::string& kind : skipped_kinds) kinds += (kinds.empty() ? "" : ", ") + kind;
+    TERN_LOG(WARNING) << split_dir << ": skipped " << skipped
+                      << " files that are not images of a supported format (" << kinds << ")";
   }
   const int64_t n = static_cast<int64_t>(files.size());
 

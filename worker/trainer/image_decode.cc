@@ -6,19 +6,21 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
-// libjpeg and libpng are C libraries; jpeglib.h needs <cstdio> first.
+// libjpeg, libpng and libwebp are C libraries; jpeglib.h needs <cstdio> first.
 #include <csetjmp>
 #include <jerror.h>
 #include <jpeglib.h>
 #include <png.h>
+#include <webp/decode.h>
 
 #include "common/file_util.h"
 
-// JPEG and PNG, the formats of real data sets, go to libjpeg-turbo and
-// libpng (fuzzed upstream, patched by Debian): stb_image 2.27, the version
+// JPEG, PNG and WebP, the formats of real data sets, go to libjpeg-turbo,
+// libpng and libwebp (fuzzed upstream, patched by Debian): stb_image 2.27, the version
 // Debian 12 ships, writes out of bounds on a JPEG with a bad Huffman table
 // (found by fuzz/image_fuzz). stb keeps the rarer BMP, GIF, TGA and binary
 // PNM, with the PNM header checked here first.
@@ -122,6 +124,161 @@ Status CheckPnm(std::string_view bytes, const std::string& source, int64_t max_p
                std::to_string(need) + " pixel bytes present");
   }
   return OkStatus();
+}
+
+// Little-endian fields; the caller has checked that they are in `bytes`.
+uint32_t Le16(std::string_view bytes, size_t pos) {
+  return static_cast<uint32_t>(static_cast<uint8_t>(bytes[pos])) |
+         static_cast<uint32_t>(static_cast<uint8_t>(bytes[pos + 1])) << 8;
+}
+uint32_t Le32(std::string_view bytes, size_t pos) {
+  return Le16(bytes, pos) | Le16(bytes, pos + 2) << 16;
+}
+
+std::string Truncated(const char* format, int64_t have, int64_t need) {
+  return "truncated " + std::string(format) + " image, " +
+         std::to_string(std::max<int64_t>(have, 0)) + " of its " + std::to_string(need) +
+         " pixel bytes present";
+}
+
+bool IsBmp(std::string_view bytes) { return bytes.size() >= 2 && bytes.substr(0, 2) == "BM"; }
+bool IsGif(std::string_view bytes) { return bytes.size() >= 4 && bytes.substr(0, 4) == "GIF8"; }
+
+// The BMP header, read here because stb 2.27 returns a top-down file's
+// height negative from its header reader, takes abs() of INT_MIN, and
+// decodes a file that is cut short (or a 54-byte file claiming 2^27 pixels)
+// with zeros. Uncompressed and bit-field BMPs only, as stb. The last row
+// may lack its padding. Sets the size.
+Status CheckBmp(std::string_view bytes, const std::string& source, int64_t max_pixels,
+                ImageHeader* header) {
+  const auto bad = [&](const std::string& why) {
+    return DataLossError("cannot decode " + source + ": " + why);
+  };
+  if (bytes.size() < 18) return bad("truncated BMP header");
+  const uint32_t offset = Le32(bytes, 10), header_size = Le32(bytes, 14);
+  if (header_size != 12 && header_size != 40 && header_size != 56 && header_size != 108 &&
+      header_size != 124) {
+    return bad("BMP header of " + std::to_string(header_size) + " bytes is not supported");
+  }
+  if (bytes.size() < 14 + size_t{header_size}) return bad("truncated BMP header");
+  int64_t width = 0, height = 0;
+  uint32_t planes = 0, bits = 0, compression = 0;
+  if (header_size == 12) {
+    width = Le16(bytes, 18);
+    height = Le16(bytes, 20);
+    planes = Le16(bytes, 22);
+    bits = Le16(bytes, 24);
+  } else {
+    width = static_cast<int32_t>(Le32(bytes, 18));
+    height = static_cast<int32_t>(Le32(bytes, 22));  // negative: rows stored top-down
+    planes = Le16(bytes, 26);
+    bits = Le16(bytes, 28);
+    compression = Le32(bytes, 30);
+  }
+  if (planes != 1) return bad("bad BMP header (" + std::to_string(planes) + " planes)");
+  if (bits != 1 && bits != 4 && bits != 8 && bits != 16 && bits != 24 && bits != 32) {
+    return bad("BMP of " + std::to_string(bits) + " bits per pixel is not supported");
+  }
+  if (compression == 1 || compression == 2) return bad("run-length encoded BMP is not supported");
+  if (compression != 0 && compression != 3) {
+    return bad("BMP compression " + std::to_string(compression) + " is not supported");
+  }
+  if (width <= 0 || height == 0 || height == INT32_MIN) {
+    return bad("bad BMP size " + std::to_string(width) + "x" + std::to_string(height));
+  }
+  header->width = static_cast<int>(width);
+  header->height = static_cast<int>(std::abs(height));
+  TERN_RETURN_IF_ERROR(CheckHeader(source, *header, max_pixels));
+  if (offset < 14 + header_size) return bad("bad BMP pixel data offset " + std::to_string(offset));
+  const int64_t stride = (width * bits + 31) / 32 * 4;
+  const int64_t need = stride * (header->height - 1) + (width * bits + 7) / 8;
+  const int64_t have = static_cast<int64_t>(bytes.size()) - offset;
+  if (have < need) return bad(Truncated("BMP", have, need));
+  return OkStatus();
+}
+
+// TGA has no magic number: stb's header reader has accepted the file. Stb
+// decodes a file that is cut short with zeros; this walks the pixel data
+// (run-length packets included) to check that every pixel is there.
+Status CheckTga(std::string_view bytes, const std::string& source, const ImageHeader& header) {
+  const auto bad = [&](const std::string& why) {
+    return DataLossError("cannot decode " + source + ": " + why);
+  };
+  if (bytes.size() < 18) return bad("truncated TGA header");
+  const int id_length = static_cast<uint8_t>(bytes[0]);
+  const bool indexed = bytes[1] == 1;
+  const int type = static_cast<uint8_t>(bytes[2]);
+  const int64_t palette_first = Le16(bytes, 3), palette_entries = Le16(bytes, 5);
+  const int palette_bits = static_cast<uint8_t>(bytes[7]);
+  const int pixel_bytes = (static_cast<uint8_t>(bytes[16]) + 7) / 8;
+  // stb skips `palette_first` bytes before the palette (an stb quirk; the
+  // first entry's index is 0 in the files seen in practice).
+  int64_t pos = 18 + id_length;
+  if (indexed) pos += palette_first + palette_entries * ((palette_bits + 7) / 8);
+  const int64_t pixels = int64_t{header.width} * header.height;
+  const int64_t size = static_cast<int64_t>(bytes.size());
+  if (type < 8) {  // uncompressed
+    const int64_t need = pixels * pixel_bytes;
+    if (size - pos < need) return bad(Truncated("TGA", size - pos, need));
+    return OkStatus();
+  }
+  for (int64_t covered = 0; covered < pixels;) {  // packets: a count byte, then pixels
+    if (pos >= size) {
+      return bad("truncated TGA image, run-length data ends after " + std::to_string(covered) +
+                 " of its " + std::to_string(pixels) + " pixels");
+    }
+    const uint8_t packet = static_cast<uint8_t>(bytes[pos++]);
+    const int count = (packet & 0x7f) + 1;
+    pos += int64_t{(packet & 0x80) != 0 ? 1 : count} * pixel_bytes;
+    covered += count;
+    if (pos > size) {
+      return bad("truncated TGA image, run-length data ends inside a packet");
+    }
+  }
+  return OkStatus();
+}
+
+// stb decodes the first image of a GIF and fills whatever its data does not
+// reach with zeros; this walks the blocks up to the end of that image's
+// data to check that the file is not cut short.
+Status CheckGif(std::string_view bytes, const std::string& source) {
+  const auto bad = [&](const std::string& why) {
+    return DataLossError("cannot decode " + source + ": " + why);
+  };
+  const size_t size = bytes.size();
+  const auto truncated = [&] { return bad("truncated GIF image"); };
+  if (size < 13) return truncated();
+  size_t pos = 13;
+  const auto skip_palette = [&](uint8_t flags) {
+    if ((flags & 0x80) != 0) pos += size_t{3} << ((flags & 7) + 1);
+  };
+  const auto skip_sub_blocks = [&]() -> bool {  // false if the file ends first
+    while (pos < size) {
+      const size_t length = static_cast<uint8_t>(bytes[pos++]);
+      if (length == 0) return true;
+      pos += length;
+    }
+    return false;
+  };
+  skip_palette(static_cast<uint8_t>(bytes[10]));
+  while (true) {
+    if (pos >= size) return truncated();
+    const uint8_t block = static_cast<uint8_t>(bytes[pos++]);
+    if (block == 0x21) {  // extension: a label, then sub-blocks
+      ++pos;
+      if (!skip_sub_blocks()) return truncated();
+    } else if (block == 0x2c) {  // image: descriptor, palette, code size, data
+      if (pos + 9 > size) return truncated();
+      skip_palette(static_cast<uint8_t>(bytes[pos + 8]));
+      pos += 9 + 1;
+      if (pos > size || !skip_sub_blocks()) return truncated();
+      return OkStatus();
+    } else if (block == 0x3b) {
+      return bad("GIF holds no image");
+    } else {
+      return bad("bad GIF block type " + std::to_string(block));
+    }
+  }
 }
 
 bool IsPng(std::string_view bytes) {
@@ -292,6 +449,93 @@ StatusOr<std::vector<uint8_t>> DecodeJpeg(std::string_view bytes, const std::str
   return ToPlanar(rgb.data(), w, h, 3, channels);
 }
 
+// --- WebP (libwebp; the first frame's decoder, no animation) ---
+
+bool IsWebp(std::string_view bytes) {
+  return bytes.size() >= 12 && bytes.substr(0, 4) == "RIFF" && bytes.substr(8, 4) == "WEBP";
+}
+
+std::string WebpStatusText(VP8StatusCode status) {
+  switch (status) {
+    case VP8_STATUS_OUT_OF_MEMORY: return "out of memory";
+    case VP8_STATUS_INVALID_PARAM: return "invalid parameter";
+    case VP8_STATUS_BITSTREAM_ERROR: return "bad WebP data";
+    case VP8_STATUS_UNSUPPORTED_FEATURE: return "WebP feature not supported";
+    case VP8_STATUS_NOT_ENOUGH_DATA: return "truncated WebP image";
+    default: return "WebP decoder status " + std::to_string(static_cast<int>(status));
+  }
+}
+
+// The header from the bitstream's features; an animation is refused (its
+// frames need the demuxer, and a data set of stills has no use for them).
+Status WebpHeader(std::string_view bytes, const std::string& source, int64_t max_pixels,
+                  WebPBitstreamFeatures* features, ImageHeader* header) {
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
+  const VP8StatusCode status = WebPGetFeatures(data, bytes.size(), features);
+  if (status != VP8_STATUS_OK) {
+    return DataLossError("cannot decode " + source + ": " + WebpStatusText(status));
+  }
+  if (features->has_animation) {
+    return DataLossError("cannot decode " + source + ": animated WebP is not supported");
+  }
+  *header = ImageHeader{features->width, features->height, features->has_alpha ? 4 : 3};
+  return CheckHeader(source, *header, max_pixels);
+}
+
+StatusOr<std::vector<uint8_t>> DecodeWebp(std::string_view bytes, const std::string& source,
+                                          int channels, int64_t max_pixels,
+                                          ImageHeader* header) {
+  WebPDecoderConfig config;
+  if (!WebPInitDecoderConfig(&config)) {
+    return InternalError("cannot decode " + source + ": libwebp version mismatch");
+  }
+  TERN_RETURN_IF_ERROR(WebpHeader(bytes, source, max_pixels, &config.input, header));
+  // RGB into memory owned here (alpha is dropped, as for PNG).
+  std::vector<uint8_t> rgb(static_cast<size_t>(header->width) * header->height * 3);
+  config.output.colorspace = MODE_RGB;
+  config.output.is_external_memory = 1;
+  config.output.u.RGBA.rgba = rgb.data();
+  config.output.u.RGBA.stride = header->width * 3;
+  config.output.u.RGBA.size = rgb.size();
+  const VP8StatusCode status =
+      WebPDecode(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &config);
+  WebPFreeDecBuffer(&config.output);  // frees nothing of `rgb`; required by the API
+  if (status != VP8_STATUS_OK) {
+    return DataLossError("cannot decode " + source + ": " + WebpStatusText(status));
+  }
+  return ToPlanar(rgb.data(), header->width, header->height, 3, channels);
+}
+
+// The header of a BMP, GIF, TGA or binary PNM (the formats left to stb),
+// after checking that the file holds all of its first image.
+StatusOr<ImageHeader> CheckStbImage(std::string_view bytes, const std::string& source,
+                                    int64_t max_pixels) {
+  ImageHeader header;
+  if (bytes.size() > static_cast<size_t>(INT_MAX)) {
+    return DataLossError("cannot decode " + source + ": file larger than 2 GiB");
+  }
+  if (IsPnm(bytes)) {
+    TERN_RETURN_IF_ERROR(CheckPnm(bytes, source, max_pixels, &header));
+    return header;
+  }
+  if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
+                             static_cast<int>(bytes.size()), &header.width, &header.height,
+                             &header.channels)) {
+    return CannotDecode(source);
+  }
+  if (IsBmp(bytes)) {  // channels from stb (alpha or not), the size from here
+    TERN_RETURN_IF_ERROR(CheckBmp(bytes, source, max_pixels, &header));
+    return header;
+  }
+  TERN_RETURN_IF_ERROR(CheckHeader(source, header, max_pixels));
+  if (IsGif(bytes)) {
+    TERN_RETURN_IF_ERROR(CheckGif(bytes, source));
+  } else {
+    TERN_RETURN_IF_ERROR(CheckTga(bytes, source, header));
+  }
+  return header;
+}
+
 }  // namespace
 
 StatusOr<ImageHeader> ReadImageHeader(const std::string& path) {
@@ -303,15 +547,10 @@ StatusOr<ImageHeader> ReadImageHeader(const std::string& path) {
     return UnavailableError(msg);
   }
   ImageHeader header;
-  char magic_bytes[8] = {0};
-  const std::string_view magic(magic_bytes, std::fread(magic_bytes, 1, 8, file.get()));
+  char magic_bytes[12] = {0};  // enough for PNG, JPEG and WebP ("RIFF" size "WEBP")
+  const std::string_view magic(magic_bytes,
+                               std::fread(magic_bytes, 1, sizeof(magic_bytes), file.get()));
   std::rewind(file.get());
-  if (IsPnm(magic)) {
-    file.reset();  // the whole file: the header is checked with the pixels
-    TERN_ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(path));
-    TERN_RETURN_IF_ERROR(CheckPnm(bytes, path, kMaxImagePixels, &header));
-    return header;
-  }
   if (IsPng(magic)) {
     PngImage png;
     if (!png_image_begin_read_from_stdio(&png.image, file.get())) {
@@ -319,6 +558,13 @@ StatusOr<ImageHeader> ReadImageHeader(const std::string& path) {
     }
     PngHeader(png.image, &header);
     TERN_RETURN_IF_ERROR(CheckHeader(path, header));
+    return header;
+  }
+  if (IsWebp(magic)) {
+    file.reset();  // the features may sit after other chunks: the whole file
+    TERN_ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(path));
+    WebPBitstreamFeatures features;
+    TERN_RETURN_IF_ERROR(WebpHeader(bytes, path, kMaxImagePixels, &features, &header));
     return header;
   }
   if (IsJpeg(magic)) {
@@ -331,12 +577,12 @@ StatusOr<ImageHeader> ReadImageHeader(const std::string& path) {
     TERN_RETURN_IF_ERROR(CheckHeader(path, header));
     return header;
   }
-  if (!stbi_info_from_file(file.get(), &header.width, &header.height,
-                           &header.channels)) {
-    return CannotDecode(path);
-  }
-  TERN_RETURN_IF_ERROR(CheckHeader(path, header));
-  return header;
+  // BMP, GIF, TGA, PNM: the whole file, to check that it holds all its
+  // pixels (these formats are rare in data sets, and the bytes are read to
+  // decode them anyway).
+  file.reset();
+  TERN_ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(path));
+  return CheckStbImage(bytes, path, kMaxImagePixels);
 }
 
 StatusOr<std::vector<uint8_t>> DecodeImage(const std::string& path,
@@ -351,26 +597,16 @@ StatusOr<std::vector<uint8_t>> DecodeImageBytes(std::string_view bytes,
                                                 ImageHeader* header,
                                                 int64_t max_pixels) {
   TERN_CHECK(channels == 1 || channels == 3) << "channels=" << channels;
-  if (bytes.size() > static_cast<size_t>(INT_MAX)) {
-    return DataLossError("cannot decode " + source + ": file larger than 2 GiB");
-  }
   ImageHeader ignored;
   if (header == nullptr) header = &ignored;
   if (IsPng(bytes)) return DecodePng(bytes, source, channels, max_pixels, header);
   if (IsJpeg(bytes)) return DecodeJpeg(bytes, source, channels, max_pixels, header);
-  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
-  const int len = static_cast<int>(bytes.size());
-  ImageHeader stored;
-  if (IsPnm(bytes)) {
-    TERN_RETURN_IF_ERROR(CheckPnm(bytes, source, max_pixels, &stored));
-  } else if (!stbi_info_from_memory(data, len, &stored.width, &stored.height,
-                                    &stored.channels)) {
-    return CannotDecode(source);
-  }
-  TERN_RETURN_IF_ERROR(CheckHeader(source, stored, max_pixels));
+  if (IsWebp(bytes)) return DecodeWebp(bytes, source, channels, max_pixels, header);
+  TERN_ASSIGN_OR_RETURN(const ImageHeader stored, CheckStbImage(bytes, source, max_pixels));
   int w = 0, h = 0, n = 0;
   std::unique_ptr<unsigned char, StbiFree> pixels(
-      stbi_load_from_memory(data, len, &w, &h, &n, channels));
+      stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
+                            static_cast<int>(bytes.size()), &w, &h, &n, channels));
   if (pixels == nullptr) return CannotDecode(source);
   if (w != stored.width || h != stored.height) {
     return DataLossError("cannot decode " + source + ": header says " +

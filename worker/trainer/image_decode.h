@@ -2,8 +2,10 @@
 // C++, no LibTorch. JPEG through libjpeg-turbo, PNG through libpng, BMP, GIF,
 // TGA and 8-bit binary PGM/PPM through stb_image; resizing through
 // stb_image_resize. Bad bytes are a DATA_LOSS status, never a crash
-// (fuzz/image_fuzz checks this under ASan and UBSan); a truncated JPEG, PNG
-// or PNM is an error, not an image padded with zeros.
+// (fuzz/image_fuzz checks this under ASan and UBSan); a file cut short is an
+// error in every format, not an image padded with zeros, and a small file
+// cannot claim a big image (BMP, TGA and PNM sizes are checked against the
+// bytes present before stb allocates).
 //
 // Pixels are planar, [channels][height][width] uint8, as the dataset tensors
 // store them. Every function is thread-safe; failures name the file.
@@ -25,8 +27,8 @@ struct ImageHeader {
   int channels = 0;  // as stored: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA (or CMYK)
 };
 
-// Reads only the header of `path` (a binary PGM or PPM is read whole, to
-// check that it holds all its pixels). NOT_FOUND for a missing file,
+// Reads only the header of `path` (a BMP, GIF, TGA or binary PGM/PPM is read
+// whole, to check that it holds all its pixels). NOT_FOUND for a missing file,
 // DATA_LOSS "cannot decode <path>: <reason>" for an unknown or broken format
 // or an image above kMaxImagePixels.
 StatusOr<ImageHeader> ReadImageHeader(const std::string& path);
