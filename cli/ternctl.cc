@@ -24,6 +24,7 @@
 #include "cli/render.h"
 #include "cli/sha256.h"
 #include "tern/v1/job_service.grpc.pb.h"
+#include "tls/tls_credentials.h"
 
 namespace tern::cli {
 namespace {
@@ -40,13 +41,15 @@ constexpr const char* kExitCodesHelp =
     "  3  NOT_FOUND (no such job)\n"
     "  4  server unavailable or deadline exceeded (safe to retry)\n"
     "  5  any other error (e.g. FAILED_PRECONDITION, corrupted download)\n"
-    "Environment: TERN_SERVER (--server), TERN_OWNER (--owner).";
+    "Environment: TERN_SERVER (--server), TERN_OWNER (--owner), TERN_TLS (--tls),\n"
+    "TERN_TLS_CA, TERN_TLS_CERT, TERN_TLS_KEY (--tls-ca, --tls-cert, --tls-key).";
 
 constexpr auto kFetchDeadline = std::chrono::minutes(30);
 constexpr int kMaxFetchResumes = 3;
 
 struct Globals {
   std::string server = "127.0.0.1:7070";
+  tls::ClientTlsOptions tls;
   std::string owner;
   bool json = false;
   double timeout_s = 10.0;
@@ -77,13 +80,9 @@ bool Retryable(const grpc::Status& s) {
 // What `ternctl` commands share: the channel, deadlines, output and errors.
 class Client {
  public:
-  Client(const Globals& g, std::ostream& out, std::ostream& err, bool tty)
-      : g_(g),
-        out_(out),
-        err_(err),
-        tty_(tty),
-        stub_(v1::JobService::NewStub(
-            grpc::CreateChannel(g.server, grpc::InsecureChannelCredentials()))) {}
+  Client(const Globals& g, std::shared_ptr<grpc::Channel> channel, std::ostream& out,
+         std::ostream& err, bool tty)
+      : g_(g), out_(out), err_(err), tty_(tty), stub_(v1::JobService::NewStub(channel)) {}
 
   int Submit(const std::string& file, const SpecOverrides& overrides, std::string key,
              bool watch);
@@ -601,6 +600,16 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   app.add_option("--timeout", g.timeout_s, "deadline of each call, seconds")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_flag("--tls", g.tls.tls, "connect with TLS, trusting the system's CAs")
+      ->envname("TERN_TLS");
+  app.add_option("--tls-ca", g.tls.ca_file, "PEM CA bundle ternd's certificate must chain to")
+      ->envname("TERN_TLS_CA");
+  app.add_option("--tls-cert", g.tls.cert_file, "PEM client certificate (mutual TLS)")
+      ->envname("TERN_TLS_CERT");
+  app.add_option("--tls-key", g.tls.key_file, "PEM private key of --tls-cert")
+      ->envname("TERN_TLS_KEY");
+  app.add_option("--tls-server-name", g.tls.server_name,
+                 "name to check ternd's certificate against (default: the --server host)");
 
   std::function<int(Client&)> command;
 
@@ -714,7 +723,12 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
     return kExitUsage;
   }
   if (!command) return kExitUsage;
-  Client client(g, out, err, out_is_tty);
+  StatusOr<std::shared_ptr<grpc::Channel>> channel = tls::MakeChannel(g.server, g.tls);
+  if (!channel.ok()) {
+    err << "ternctl: " << channel.status().message() << "\n";
+    return kExitUsage;
+  }
+  Client client(g, *channel, out, err, out_is_tty);
   return command(client);
 }
 

@@ -1,6 +1,8 @@
 // ternctl: the command-line client of ternd's JobService.
 //
-//   ternctl [--server HOST:PORT] [--owner NAME] [--json] [--timeout S] COMMAND
+//   ternctl [--server HOST:PORT] [--owner NAME] [--json] [--timeout S]
+//           [--tls | --tls-ca F] [--tls-cert F --tls-key F] [--tls-server-name N]
+//           COMMAND
 //     submit FILE [--method M --epochs N --ranks N --batch-size N --lr X
 //                  --name S --label K=V --priority N --device cpu|cuda
 //                  --idempotency-key K --watch]
@@ -10,7 +12,8 @@
 // RunTernctl is main() without the process: tests call it with their own
 // streams against a fake server. Every unary call has a deadline
 // (--timeout); `watch` and `logs -f` streams have none, and `fetch` has 30
-// minutes. Owner identity travels as metadata "x-tern-owner".
+// minutes. Owner identity travels as metadata "x-tern-owner". TLS: see
+// tls/tls_credentials.h; a bad --tls-* file is a usage error (exit 2).
 //
 // Exit codes (also in `ternctl --help` and cli/README.md):
 //   0 ok; 1 the watched job ended FAILED or CANCELLED; 2 usage error or

@@ -17,6 +17,7 @@ packages=(
   python3-torch python3-numpy           # the PyTorch reference trainer (bench/reference)
   prometheus                            # promtool + server for the metrics end-to-end test
   jq                                    # bench/trainer_throughput.sh
+  openssl                               # test certificates (tests/tls, tests/e2e/tls_e2e.sh)
   "$@"
 )
 

@@ -3,7 +3,8 @@
 //
 //   ternd [--listen 127.0.0.1:7070] [--db ./ternd.db]
 //         [--metrics-listen 127.0.0.1:9464] [--artifact-root ./artifacts]
-//         [--checkpoint-root ./checkpoints] [--lease-ttl 15s] ...
+//         [--checkpoint-root ./checkpoints] [--lease-ttl 15s]
+//         [--tls-cert F --tls-key F [--tls-client-ca F]] ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
 // also for --listen ...:0), then "ternd metrics on HOST:PORT" when enabled;
@@ -92,6 +93,11 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint-root", options.checkpoint_root,
                  "directory for checkpoints of jobs whose spec names none")
       ->capture_default_str();
+  app.add_option("--tls-cert", options.tls.cert_file,
+                 "PEM certificate (chain) of the gRPC port: serve TLS (with --tls-key)");
+  app.add_option("--tls-key", options.tls.key_file, "PEM private key of --tls-cert");
+  app.add_option("--tls-client-ca", options.tls.client_ca_file,
+                 "PEM CA bundle: require client certificates signed by it (mutual TLS)");
   AddDuration(app, "--lease-ttl", &options.lease_ttl,
               "agent lease lifetime without a heartbeat", "15s");
   AddDuration(app, "--tick-interval", &options.tick_interval,

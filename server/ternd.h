@@ -33,6 +33,7 @@
 #include "common/http_server.h"
 #include "common/metrics.h"
 #include "common/status.h"
+#include "tls/tls_credentials.h"
 #include "scheduler/clock.h"
 #include "scheduler/scheduler.h"
 
@@ -74,6 +75,8 @@ struct TerndOptions {
       std::chrono::seconds(10)};  // SIGTERM→KILL
   std::chrono::milliseconds shutdown_grace{std::chrono::seconds(5)};
   std::chrono::milliseconds long_poll{500};  // streams' poll round
+  // TLS for the gRPC port (none: plaintext); see tls/tls_credentials.h.
+  tls::ServerTlsOptions tls;
   Status Validate() const;
 };
 

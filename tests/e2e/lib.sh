@@ -59,6 +59,10 @@ wait_for_line() {  # file pattern -> prints HOST:PORT of the first matching line
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Extra flags: ternd_flags for ternd, client_flags for tern-agent and ternctl
+# (tls_e2e.sh sets both).
+ternd_flags=()
+client_flags=()
 start_service() {
   # A rendezvous port of our own, not ternd's default 29500, so that other
   # tests running at the same time cannot collide with this job's ranks.
@@ -67,7 +71,7 @@ start_service() {
   "$build/server/ternd" --listen 127.0.0.1:0 --db "$work/ternd.db" --metrics-listen 127.0.0.1:0 \
     --rendezvous-port-min "$rdv_port" --rendezvous-port-max "$rdv_port" \
     --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
-    >"$work/ternd.out" 2>"$work/ternd.log" &
+    "${ternd_flags[@]}" >"$work/ternd.out" 2>"$work/ternd.log" &
   pids+=($!)
   process_names[$!]=ternd
   server=$(wait_for_line "$work/ternd.out" "listening on")
@@ -77,11 +81,11 @@ start_service() {
   [[ -n "${agent_slots[*]:-}" ]] && slots=("${agent_slots[@]}")
   "$build/worker/agent/tern-agent" --server "$server" "${slots[@]}" \
     --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/agent" \
-    --metrics-listen 127.0.0.1:0 >"$work/agent.out" 2>"$work/agent.log" &
+    --metrics-listen 127.0.0.1:0 "${client_flags[@]}" >"$work/agent.out" 2>"$work/agent.log" &
   agent=$!
   process_names[$agent]=tern-agent
   pids=("$agent" "${pids[@]}")
   agent_metrics=$(wait_for_line "$work/agent.out" "metrics on")
   echo "tern-agent metrics on $agent_metrics"
-  ternctl=("$build/cli/ternctl" --server "$server" --owner e2e)
+  ternctl=("$build/cli/ternctl" --server "$server" --owner e2e "${client_flags[@]}")
 }

@@ -4,6 +4,7 @@
 //   tern-agent --server 127.0.0.1:7070 --cpu-slots 2
 //              [--agent-id ID] [--host ADDR] [--cuda-slots N]
 //              [--trainer PATH] [--workdir DIR] [--metrics-listen HOST:PORT]
+//              [--tls | --tls-ca F] [--tls-cert F --tls-key F]  (tls/tls_credentials.h)
 //
 // Prints "tern-agent metrics on HOST:PORT" as its first stdout line (the
 // bound port, useful with --metrics-listen :0). SIGINT/SIGTERM stop every
@@ -23,6 +24,7 @@
 
 #include "common/http_server.h"
 #include "common/logging.h"
+#include "tls/tls_credentials.h"
 #include "worker/agent/agent.h"
 
 namespace {
@@ -88,6 +90,7 @@ int main(int argc, char** argv) {
   std::string metrics_listen = "127.0.0.1:9465";
   double grace_s = 5.0;
   double rpc_timeout_s = 5.0;
+  tern::tls::ClientTlsOptions tls;
 
   CLI::App app("tern-agent: runs tern-trainer processes for ternd on this machine");
   app.add_option("--server", server, "ternd's address, HOST:PORT")
@@ -118,6 +121,16 @@ int main(int argc, char** argv) {
   app.add_option("--rpc-timeout", rpc_timeout_s, "deadline of each call to ternd, seconds")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_flag("--tls", tls.tls, "connect to ternd with TLS, trusting the system's CAs")
+      ->envname("TERN_TLS");
+  app.add_option("--tls-ca", tls.ca_file, "PEM CA bundle ternd's certificate must chain to")
+      ->envname("TERN_TLS_CA");
+  app.add_option("--tls-cert", tls.cert_file, "PEM certificate of this agent (mutual TLS)")
+      ->envname("TERN_TLS_CERT");
+  app.add_option("--tls-key", tls.key_file, "PEM private key of --tls-cert")
+      ->envname("TERN_TLS_KEY");
+  app.add_option("--tls-server-name", tls.server_name,
+                 "name to check ternd's certificate against (default: the --server host)");
   CLI11_PARSE(app, argc, argv);
 
   // Signals are taken by a sigwait thread; block them before any thread
@@ -148,9 +161,13 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  auto channel = tern::tls::MakeChannel(server, tls);
+  if (!channel.ok()) {
+    std::cerr << "tern-agent: " << channel.status().message() << "\n";
+    return 2;
+  }
   tern::metrics::Registry registry;
-  tern::agent::Agent agent(options, grpc::CreateChannel(server, grpc::InsecureChannelCredentials()),
-                           &registry);
+  tern::agent::Agent agent(options, *channel, &registry);
   std::unique_ptr<tern::metrics::MetricsHttpServer> http;
   if (!metrics_listen.empty()) {
     http = std::make_unique<tern::metrics::MetricsHttpServer>(metrics_listen, &registry);

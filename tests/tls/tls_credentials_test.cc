@@ -1,0 +1,146 @@
+#include "tls/tls_credentials.h"
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace tern::tls {
+namespace {
+
+// Certificates made once by tests/tls/make_test_certs.sh (openssl): a CA, a
+// server certificate for "localhost" and 127.0.0.1 signed by it, a client
+// certificate signed by it, and a second, unrelated CA.
+class TlsTest : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(testing::TempDir() + "tern-tls-" + std::to_string(::getpid()));
+    ok_ = std::system(("bash " TERN_MAKE_TEST_CERTS " " + *dir_).c_str()) == 0;
+  }
+  static void TearDownTestSuite() {
+    std::error_code ignored;
+    std::filesystem::remove_all(*dir_, ignored);
+    delete dir_;
+  }
+  void SetUp() override { ASSERT_TRUE(ok_) << "openssl could not make the test certificates"; }
+
+  static std::string File(const std::string& name) { return *dir_ + "/" + name; }
+
+  // Always SERVING.
+  class Health final : public grpc::health::v1::Health::Service {
+    grpc::Status Check(grpc::ServerContext*, const grpc::health::v1::HealthCheckRequest*,
+                       grpc::health::v1::HealthCheckResponse* response) override {
+      response->set_status(grpc::health::v1::HealthCheckResponse::SERVING);
+      return grpc::Status::OK;
+    }
+  };
+
+  // Starts a server with the health service above on 127.0.0.1:<any>.
+  void StartServer(const ServerTlsOptions& options) {
+    StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds = MakeServerCredentials(options);
+    ASSERT_TRUE(creds.ok()) << creds.status();
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", *creds, &port_);
+    builder.RegisterService(&health_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    ASSERT_GT(port_, 0);
+  }
+  // The health check's gRPC status code through a channel with `options`.
+  grpc::StatusCode Check(const ClientTlsOptions& options, const std::string& host = "localhost") {
+    StatusOr<std::shared_ptr<grpc::Channel>> channel =
+        MakeChannel(host + ":" + std::to_string(port_), options);
+    EXPECT_TRUE(channel.ok()) << channel.status();
+    if (!channel.ok()) return grpc::StatusCode::UNKNOWN;
+    auto stub = grpc::health::v1::Health::NewStub(*channel);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status status = stub->Check(&context, request, &response);
+    if (status.ok()) {
+      EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+    }
+    return status.error_code();
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+  }
+
+  static std::string* dir_;
+  static bool ok_;
+  Health health_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+std::string* TlsTest::dir_ = nullptr;
+bool TlsTest::ok_ = false;
+
+TEST_F(TlsTest, ClientThatTrustsTheCaConnectsOthersDoNot) {
+  StartServer({File("server.pem"), File("server.key"), ""});
+  EXPECT_EQ(Check({false, File("ca.pem"), "", "", ""}), grpc::StatusCode::OK);
+  // By IP address, the certificate's other name.
+  EXPECT_EQ(Check({false, File("ca.pem"), "", "", ""}, "127.0.0.1"), grpc::StatusCode::OK);
+  // Plaintext to a TLS server, and TLS trusting another CA: no connection.
+  EXPECT_EQ(Check({}), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(Check({false, File("other-ca.pem"), "", "", ""}), grpc::StatusCode::UNAVAILABLE);
+  // A name the certificate does not carry.
+  EXPECT_EQ(Check({false, File("ca.pem"), "", "", "ternd.example"}),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(TlsTest, MutualTlsNeedsAClientCertificateFromTheClientCa) {
+  StartServer({File("server.pem"), File("server.key"), File("ca.pem")});
+  EXPECT_EQ(Check({false, File("ca.pem"), File("client.pem"), File("client.key"), ""}),
+            grpc::StatusCode::OK);
+  EXPECT_EQ(Check({false, File("ca.pem"), "", "", ""}), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(TlsTest, MutualTlsRefusesACertificateFromAnotherCa) {
+  StartServer({File("server.pem"), File("server.key"), File("other-ca.pem")});
+  EXPECT_EQ(Check({false, File("ca.pem"), File("client.pem"), File("client.key"), ""}),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(TlsTest, PlaintextWithoutFlags) {
+  StartServer({});
+  EXPECT_EQ(Check({}), grpc::StatusCode::OK);
+}
+
+void ExpectError(const Status& status, StatusCode code, const std::string& message) {
+  EXPECT_EQ(status.code(), code) << status;
+  EXPECT_NE(status.message().find(message), std::string::npos) << status;
+}
+
+TEST_F(TlsTest, BadFilesAreClearErrorsNamingTheFlag) {
+  const std::string garbage = File("garbage.pem");
+  std::ofstream(garbage) << "not a certificate\n";
+  ExpectError(MakeServerCredentials({File("missing.pem"), File("server.key"), ""}).status(),
+              StatusCode::kNotFound, "--tls-cert: ");
+  ExpectError(MakeServerCredentials({garbage, File("server.key"), ""}).status(),
+              StatusCode::kInvalidArgument, "--tls-cert: " + garbage + " holds no PEM certificate");
+  ExpectError(MakeServerCredentials({File("server.pem"), garbage, ""}).status(),
+              StatusCode::kInvalidArgument, "holds no unencrypted PEM private key");
+  ExpectError(MakeServerCredentials({File("server.pem"), File("client.key"), ""}).status(),
+              StatusCode::kInvalidArgument,
+              "--tls-key: " + File("client.key") + " is not the private key of --tls-cert");
+  ExpectError(MakeServerCredentials({File("server.pem"), "", ""}).status(),
+              StatusCode::kInvalidArgument, "--tls-cert and --tls-key go together");
+  ExpectError(MakeServerCredentials({"", "", File("ca.pem")}).status(),
+              StatusCode::kInvalidArgument, "--tls-cert and --tls-key are needed for TLS");
+  ExpectError(MakeChannel("localhost:1", {false, garbage, "", "", ""}).status(),
+              StatusCode::kInvalidArgument, "--tls-ca: " + garbage + " holds no PEM certificate");
+  ExpectError(MakeChannel("localhost:1", {false, "", File("client.pem"), "", ""}).status(),
+              StatusCode::kInvalidArgument, "--tls-cert and --tls-key go together");
+}
+
+}  // namespace
+}  // namespace tern::tls

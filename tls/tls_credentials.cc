@@ -1,0 +1,147 @@
+#include "tls/tls_credentials.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/support/channel_arguments.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <cerrno>
+
+#include "common/file_util.h"
+
+namespace tern::tls {
+namespace {
+
+struct BioFree {
+  void operator()(BIO* bio) const { BIO_free(bio); }
+};
+struct X509Free {
+  void operator()(X509* cert) const { X509_free(cert); }
+};
+struct KeyFree {
+  void operator()(EVP_PKEY* key) const { EVP_PKEY_free(key); }
+};
+
+std::unique_ptr<BIO, BioFree> MemoryBio(const std::string& pem) {
+  return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+}
+
+// The file named by `flag`; NOT_FOUND / UNAVAILABLE name both.
+StatusOr<std::string> ReadPemFile(const std::string& flag, const std::string& path) {
+  StatusOr<std::string> pem = ReadFileToString(path);
+  if (!pem.ok()) return Status(pem.status().code(), flag + ": " + pem.status().message());
+  if (pem->size() > (1 << 20)) {
+    return InvalidArgumentError(flag + ": " + path + " is over 1 MiB, not a PEM file");
+  }
+  return pem;
+}
+
+// One or more PEM certificates, every one parsed; the first is returned.
+StatusOr<std::unique_ptr<X509, X509Free>> ParseCertificates(const std::string& flag,
+                                                             const std::string& path,
+                                                             const std::string& pem) {
+  auto bio = MemoryBio(pem);
+  std::unique_ptr<X509, X509Free> first;
+  int count = 0;
+  while (true) {
+    std::unique_ptr<X509, X509Free> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    if (cert == nullptr) break;
+    if (first == nullptr) first = std::move(cert);
+    ++count;
+  }
+  ERR_clear_error();  // the loop ends on "no start line"
+  if (count == 0) {
+    return InvalidArgumentError(flag + ": " + path + " holds no PEM certificate");
+  }
+  return first;
+}
+
+StatusOr<std::unique_ptr<EVP_PKEY, KeyFree>> ParseKey(const std::string& flag,
+                                                      const std::string& path,
+                                                      const std::string& pem) {
+  auto bio = MemoryBio(pem);
+  // A null password callback that fails: an encrypted key is an error, not a
+  // prompt on the terminal.
+  std::unique_ptr<EVP_PKEY, KeyFree> key(PEM_read_bio_PrivateKey(
+      bio.get(), nullptr, [](char*, int, int, void*) { return -1; }, nullptr));
+  ERR_clear_error();
+  if (key == nullptr) {
+    return InvalidArgumentError(flag + ": " + path +
+                                " holds no unencrypted PEM private key");
+  }
+  return key;
+}
+
+// A certificate and its key, checked to belong together.
+Status LoadPair(const std::string& cert_flag, const std::string& cert_file,
+                const std::string& key_flag, const std::string& key_file,
+                grpc::SslServerCredentialsOptions::PemKeyCertPair* pair) {
+  if (cert_file.empty() != key_file.empty()) {
+    return InvalidArgumentError(cert_flag + " and " + key_flag + " go together: give both");
+  }
+  TERN_ASSIGN_OR_RETURN(pair->cert_chain, ReadPemFile(cert_flag, cert_file));
+  TERN_ASSIGN_OR_RETURN(pair->private_key, ReadPemFile(key_flag, key_file));
+  TERN_ASSIGN_OR_RETURN(auto cert, ParseCertificates(cert_flag, cert_file, pair->cert_chain));
+  TERN_ASSIGN_OR_RETURN(auto key, ParseKey(key_flag, key_file, pair->private_key));
+  if (X509_check_private_key(cert.get(), key.get()) != 1) {
+    ERR_clear_error();
+    return InvalidArgumentError(key_flag + ": " + key_file + " is not the private key of " +
+                                cert_flag + " " + cert_file);
+  }
+  return OkStatus();
+}
+
+StatusOr<std::string> LoadCaBundle(const std::string& flag, const std::string& path) {
+  TERN_ASSIGN_OR_RETURN(std::string pem, ReadPemFile(flag, path));
+  TERN_RETURN_IF_ERROR(ParseCertificates(flag, path, pem).status());
+  return pem;
+}
+
+}  // namespace
+
+StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const ServerTlsOptions& options) {
+  if (!options.enabled()) return grpc::InsecureServerCredentials();
+  if (options.cert_file.empty()) {
+    return InvalidArgumentError("--tls-cert and --tls-key are needed for TLS" +
+                                std::string(options.client_ca_file.empty()
+                                                ? ""
+                                                : " (--tls-client-ca only adds client checks)"));
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  TERN_RETURN_IF_ERROR(
+      LoadPair("--tls-cert", options.cert_file, "--tls-key", options.key_file, &pair));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!options.client_ca_file.empty()) {
+    TERN_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                          LoadCaBundle("--tls-client-ca", options.client_ca_file));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
+                                                     const ClientTlsOptions& options) {
+  grpc::ChannelArguments args;
+  if (!options.enabled()) {
+    return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!options.ca_file.empty()) {
+    TERN_ASSIGN_OR_RETURN(ssl.pem_root_certs, LoadCaBundle("--tls-ca", options.ca_file));
+  }
+  if (!options.cert_file.empty() || !options.key_file.empty()) {
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    TERN_RETURN_IF_ERROR(
+        LoadPair("--tls-cert", options.cert_file, "--tls-key", options.key_file, &pair));
+    ssl.pem_cert_chain = std::move(pair.cert_chain);
+    ssl.pem_private_key = std::move(pair.private_key);
+  }
+  if (!options.server_name.empty()) args.SetSslTargetNameOverride(options.server_name);
+  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+}
+
+}  // namespace tern::tls
