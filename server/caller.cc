@@ -1,28 +1,72 @@
 #include "server/caller.h"
 
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/auth_context.h>
+
 #include <algorithm>
+#include <memory>
+#include <utility>
+#include <vector>
 
 namespace tern::server {
+namespace {
 
 constexpr size_t kMaxOwnerLength = 128;
 
+Status PermissionDenied(std::string message) {
+  return Status(StatusCode::kPermissionDenied, std::move(message));
+}
+
+bool ValidOwner(const std::string& owner) {
+  return !owner.empty() && owner.size() <= kMaxOwnerLength &&
+         std::all_of(owner.begin(), owner.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+// The verified client certificate's common name, "" without mutual TLS.
+StatusOr<std::string> CertificateName(const grpc::ServerContext& context) {
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return std::string();
+  const std::vector<grpc::string_ref> names =
+      auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+  const std::string name = names.empty() ? "" : std::string(names[0].data(), names[0].size());
+  if (!ValidOwner(name)) {
+    return PermissionDenied(
+        "the client certificate's common name must be 1..128 printable ASCII characters "
+        "without spaces: it is the caller's identity");
+  }
+  return name;
+}
+
+}  // namespace
+
 StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context) {
+  TERN_ASSIGN_OR_RETURN(const std::string certificate_name, CertificateName(context));
   const auto& metadata = context.client_metadata();
   auto it = metadata.find(kOwnerMetadataKey);
-  if (it == metadata.end()) return Caller{kAnonymousOwner};
+  if (it == metadata.end()) {
+    if (!certificate_name.empty()) return Caller{certificate_name, true};
+    return Caller{kAnonymousOwner, false};
+  }
   const std::string owner(it->second.data(), it->second.size());
-  const bool printable = std::all_of(
-      owner.begin(), owner.end(), [](char c) { return c > 0x20 && c < 0x7f; });
-  if (owner.empty() || owner.size() > kMaxOwnerLength || !printable) {
+  if (!ValidOwner(owner)) {
     return InvalidArgumentError(
         std::string("metadata ") + kOwnerMetadataKey +
         ": must be 1..128 printable ASCII characters without spaces");
   }
-  return Caller{owner};
+  if (certificate_name.empty()) return Caller{owner, false};
+  if (owner != certificate_name) {
+    return PermissionDenied(std::string("metadata ") + kOwnerMetadataKey + " \"" + owner +
+                                 "\" differs from the client certificate's name \"" +
+                                 certificate_name + "\"");
+  }
+  return Caller{owner, true};
 }
 
-Status Authorize(const Caller& /*caller*/, const scheduler::Job& /*job*/,
-                 Action /*action*/) {
+Status Authorize(const Caller& caller, const scheduler::Job& job, Action action) {
+  if (action == Action::kCancel && caller.authenticated && caller.owner != job.owner) {
+    return PermissionDenied("job " + std::to_string(job.id) + " belongs to \"" +
+                                 job.owner + "\": only its owner can cancel it");
+  }
   return OkStatus();
 }
 

@@ -1,10 +1,14 @@
 // Who is calling: the identity a request acts as, and the access check.
 //
-// Today the identity is the request metadata `x-tern-owner` (default
-// "anonymous"), which any client can set: it scopes idempotency keys and
-// becomes JobSpec.owner, but it is not authentication. Authorize() is the
-// single hook where a real check (mTLS peer, token) goes later; it allows
-// everything now. Plain functions, thread-safe.
+// Over mutual TLS (ternd --tls-client-ca) the identity is the client
+// certificate's common name: authenticated. The request metadata
+// `x-tern-owner` may then only repeat it (a different name is
+// PERMISSION_DENIED). Without a client certificate the identity is
+// `x-tern-owner` (default "anonymous"), which any client can set: it scopes
+// idempotency keys and becomes JobSpec.owner, but it is not authentication.
+// Authorize(): an authenticated caller cancels only its own jobs; reads are
+// open to every caller, and an unauthenticated caller may do everything (no
+// TLS: a trusted network). Plain functions, thread-safe.
 #ifndef TERN_SERVER_CALLER_H_
 #define TERN_SERVER_CALLER_H_
 
@@ -22,16 +26,19 @@ inline constexpr char kAnonymousOwner[] = "anonymous";
 
 struct Caller {
   std::string owner;  // 1..128 printable ASCII characters, no spaces
+  bool authenticated = false;  // owner is a verified client certificate's name
 };
 
-// Reads the caller from the request metadata. INVALID_ARGUMENT when
-// x-tern-owner is present but empty, too long or not printable ASCII.
+// Reads the caller from the peer's certificate or the request metadata.
+// INVALID_ARGUMENT when x-tern-owner is present but empty, too long or not
+// printable ASCII; PERMISSION_DENIED when it differs from the certificate's
+// name, or when a verified certificate has no usable common name.
 StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context);
 
 enum class Action { kRead, kCancel };
 
-// OK when `caller` may perform `action` on `job` (always, for now; the
-// future answer for a refusal is PERMISSION_DENIED).
+// OK when `caller` may perform `action` on `job`, else PERMISSION_DENIED
+// (see the top of this file).
 Status Authorize(const Caller& caller, const scheduler::Job& job,
                  Action action);
 

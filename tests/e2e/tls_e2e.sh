@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # End to end over mutual TLS: ternd serves gRPC with a certificate and
 # requires client certificates from a test CA; tern-agent and ternctl present
-# theirs, and a tiny 1-rank job runs to SUCCEEDED and its artifact is fetched.
-# A plaintext ternctl and one without a client certificate are refused
-# (exit 4, unavailable), and ternd refuses to start with a key that is not
-# its certificate's (exit 1, naming the flag).
+# theirs, and a tiny 1-rank job runs to SUCCEEDED, owned by the client
+# certificate's name, and its artifact is fetched. A plaintext ternctl and
+# one without a client certificate are refused (exit 4, unavailable); an
+# --owner other than the certificate's name and a cancel by another
+# certificate are PERMISSION_DENIED (exit 5); ternd refuses to start with a
+# key that is not its certificate's (exit 1, naming the flag).
 # usage: tls_e2e.sh BUILD_DIR
 set -euo pipefail
 build="$(cd "${1:?usage: tls_e2e.sh BUILD_DIR}" && pwd)"
@@ -26,6 +28,8 @@ echo "ternd refuses a key that is not its certificate's"
 ternd_flags=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --tls-client-ca "$c/ca.pem")
 client_flags=(--tls-ca "$c/ca.pem" --tls-cert "$c/client.pem" --tls-key "$c/client.key")
 start_service
+# The certificate names the caller: no --owner.
+ternctl=("$build/cli/ternctl" --server "$server" "${client_flags[@]}")
 
 cat >"$work/small.yaml" <<'YAML'
 model: {arch: resnet20, width_multiplier: 0.25}
@@ -38,7 +42,22 @@ job=$("${ternctl[@]}" submit "$work/small.yaml")
 "${ternctl[@]}" watch "$job" >"$work/watch.log" 2>&1 || fail "job $job did not succeed over TLS"
 "${ternctl[@]}" fetch "$job" -o "$work/small.tern" >/dev/null || fail "fetch over TLS failed"
 [[ "$(head -c 4 "$work/small.tern")" == "TERN" ]] || fail "fetched file is not a .tern artifact"
-echo "job $job SUCCEEDED over mutual TLS, artifact fetched"
+owner=$("${ternctl[@]}" get "$job" --json | jq -r .spec.owner)
+[[ "$owner" == client ]] || fail "job owner is '$owner', want the certificate's name 'client'"
+echo "job $job SUCCEEDED over mutual TLS, owned by 'client', artifact fetched"
+
+expect_denied() {  # what, then a ternctl command line; it must exit 5 saying why
+  local what="$1" status=0; shift
+  "$@" >"$work/denied.out" 2>&1 || status=$?
+  [[ $status -eq 5 ]] && grep -q "$what" "$work/denied.out" ||
+    fail "want exit 5 and '$what', got $status: $(cat "$work/denied.out")"
+}
+expect_denied "differs from the client certificate's name" "${ternctl[@]}" --owner mallory list
+other=("$build/cli/ternctl" --server "$server" --tls-ca "$c/ca.pem"
+  --tls-cert "$c/other-client.pem" --tls-key "$c/other-client.key")
+expect_denied "only its owner can cancel it" "${other[@]}" cancel "$job"
+"${other[@]}" get "$job" >/dev/null || fail "reads are open to every authenticated caller"
+echo "a foreign --owner and another certificate's cancel are PERMISSION_DENIED"
 
 for variant in plaintext no-client-cert; do
   flags=()

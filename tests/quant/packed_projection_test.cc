@@ -122,7 +122,9 @@ TEST(PackedProjectionTest, ZeroUnitsHaveZeroRegularizerGradient) {
       const PackedProjection::Output out = PackedProjection(weights, g).Run(weights, o);
       EXPECT_EQ(out.reg_grad[2].abs().max().item<double>(), 0.0);
       for (const at::Tensor& grad : out.reg_grad) EXPECT_TRUE(grad.isfinite().all().item<bool>());
-      if (g == Granularity::kChannel) EXPECT_EQ(out.reg_grad[0][2].abs().max().item<double>(), 0.0);
+      if (g == Granularity::kChannel) {
+        EXPECT_EQ(out.reg_grad[0][2].abs().max().item<double>(), 0.0);
+      }
     }
   }
 }

@@ -55,7 +55,11 @@ class TlsTest : public testing::Test {
     ASSERT_GT(port_, 0);
   }
   // The health check's gRPC status code through a channel with `options`.
-  grpc::StatusCode Check(const ClientTlsOptions& options, const std::string& host = "localhost") {
+  // The address is 127.0.0.1, not "localhost": gRPC 1.51's c-ares resolver
+  // leaks 10 bytes per process on a name lookup, which fails the ASan build;
+  // server_name "localhost" checks the certificate's DNS name.
+  grpc::StatusCode Check(const ClientTlsOptions& options) {
+    const std::string host = "127.0.0.1";
     StatusOr<std::shared_ptr<grpc::Channel>> channel =
         MakeChannel(host + ":" + std::to_string(port_), options);
     EXPECT_TRUE(channel.ok()) << channel.status();
@@ -86,9 +90,9 @@ bool TlsTest::ok_ = false;
 
 TEST_F(TlsTest, ClientThatTrustsTheCaConnectsOthersDoNot) {
   StartServer({File("server.pem"), File("server.key"), ""});
+  // By IP address, and by the certificate's DNS name.
   EXPECT_EQ(Check({false, File("ca.pem"), "", "", ""}), grpc::StatusCode::OK);
-  // By IP address, the certificate's other name.
-  EXPECT_EQ(Check({false, File("ca.pem"), "", "", ""}, "127.0.0.1"), grpc::StatusCode::OK);
+  EXPECT_EQ(Check({false, File("ca.pem"), "", "", "localhost"}), grpc::StatusCode::OK);
   // Plaintext to a TLS server, and TLS trusting another CA: no connection.
   EXPECT_EQ(Check({}), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(Check({false, File("other-ca.pem"), "", "", ""}), grpc::StatusCode::UNAVAILABLE);
