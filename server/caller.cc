@@ -1,5 +1,6 @@
 #include "server/caller.h"
 
+#include <fnmatch.h>
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
 
@@ -60,6 +61,14 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context) {
                                  certificate_name + "\"");
   }
   return Caller{owner, true};
+}
+
+Status AuthorizeAgent(const grpc::ServerContext& context, const std::string& agent_names) {
+  TERN_ASSIGN_OR_RETURN(const std::string name, CertificateName(context));
+  if (name.empty() || fnmatch(agent_names.c_str(), name.c_str(), 0) == 0) return OkStatus();
+  return PermissionDenied("the client certificate \"" + name +
+                          "\" may not act as an agent (ternd --tls-agent-names " +
+                          agent_names + ")");
 }
 
 Status Authorize(const Caller& caller, const scheduler::Job& job, Action action) {

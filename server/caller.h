@@ -8,7 +8,8 @@
 // idempotency keys and becomes JobSpec.owner, but it is not authentication.
 // Authorize(): an authenticated caller cancels only its own jobs; reads are
 // open to every caller, and an unauthenticated caller may do everything (no
-// TLS: a trusted network). Plain functions, thread-safe.
+// TLS: a trusted network). AuthorizeAgent(): which certificates may act as
+// agents (WorkerService). Plain functions, thread-safe.
 #ifndef TERN_SERVER_CALLER_H_
 #define TERN_SERVER_CALLER_H_
 
@@ -34,6 +35,12 @@ struct Caller {
 // printable ASCII; PERMISSION_DENIED when it differs from the certificate's
 // name, or when a verified certificate has no usable common name.
 StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context);
+
+// OK when the peer may call WorkerService (act as a tern-agent): always
+// without a client certificate; over mutual TLS when the certificate's
+// common name matches the glob `agent_names` (ternd --tls-agent-names, e.g.
+// "tern-agent-*"), else PERMISSION_DENIED.
+Status AuthorizeAgent(const grpc::ServerContext& context, const std::string& agent_names);
 
 enum class Action { kRead, kCancel };
 

@@ -4,7 +4,8 @@
 //   ternd [--listen 127.0.0.1:7070] [--db ./ternd.db]
 //         [--metrics-listen 127.0.0.1:9464] [--artifact-root ./artifacts]
 //         [--checkpoint-root ./checkpoints] [--lease-ttl 15s]
-//         [--tls-cert F --tls-key F [--tls-client-ca F]] ...
+//         [--tls-cert F --tls-key F [--tls-client-ca F [--tls-agent-names GLOB]]]
+//         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
 // also for --listen ...:0), then "ternd metrics on HOST:PORT" when enabled;
@@ -98,6 +99,9 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", options.tls.key_file, "PEM private key of --tls-cert");
   app.add_option("--tls-client-ca", options.tls.client_ca_file,
                  "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+  app.add_option("--tls-agent-names", options.tls_agent_names,
+                 "with --tls-client-ca: glob of the certificate names that may act as agents")
+      ->capture_default_str();
   AddDuration(app, "--lease-ttl", &options.lease_ttl,
               "agent lease lifetime without a heartbeat", "15s");
   AddDuration(app, "--tick-interval", &options.tick_interval,

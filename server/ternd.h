@@ -77,6 +77,9 @@ struct TerndOptions {
   std::chrono::milliseconds long_poll{500};  // streams' poll round
   // TLS for the gRPC port (none: plaintext); see tls/tls_credentials.h.
   tls::ServerTlsOptions tls;
+  // Over mutual TLS, the client certificate names (a glob) that may act as
+  // agents (WorkerService); "*": any certificate from the client CA.
+  std::string tls_agent_names = "*";
   Status Validate() const;
 };
 

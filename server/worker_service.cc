@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/logging.h"
+#include "server/caller.h"
 #include "server/file_digest.h"
 #include "server/rpc.h"
 #include "server/trainer_events.h"
@@ -84,39 +85,51 @@ scheduler::Assignment AssignmentOf(const scheduler::Job& job, int rank) {
 WorkerService::WorkerService(ServerState* state) : state_(state) {}
 
 // --- Handlers ---------------------------------------------------------------
+// Every handler first checks that the peer may act as an agent (caller.h).
 
-grpc::Status WorkerService::Register(grpc::ServerContext* /*context*/,
+grpc::Status WorkerService::Register(grpc::ServerContext* context,
                                      const v1::RegisterRequest* request,
                                      v1::RegisterResponse* response) {
-  return RunRpc(state_, "Register",
-                [&] { return DoRegister(*request, response); });
+  return RunRpc(state_, "Register", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    return DoRegister(*request, response);
+  });
 }
 
-grpc::Status WorkerService::Heartbeat(grpc::ServerContext* /*context*/,
+grpc::Status WorkerService::Heartbeat(grpc::ServerContext* context,
                                       const v1::HeartbeatRequest* request,
                                       v1::HeartbeatResponse* response) {
-  return RunRpc(state_, "Heartbeat",
-                [&] { return DoHeartbeat(*request, response); });
+  return RunRpc(state_, "Heartbeat", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    return DoHeartbeat(*request, response);
+  });
 }
 
 grpc::Status WorkerService::StreamAssignments(
     grpc::ServerContext* context, const v1::StreamAssignmentsRequest* request,
     grpc::ServerWriter<v1::AssignmentEvent>* writer) {
-  return RunRpc(state_, "StreamAssignments",
-                [&] { return DoStreamAssignments(context, *request, writer); });
+  return RunRpc(state_, "StreamAssignments", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    return DoStreamAssignments(context, *request, writer);
+  });
 }
 
 grpc::Status WorkerService::ReportProgress(
-    grpc::ServerContext* /*context*/, const v1::ReportProgressRequest* request,
+    grpc::ServerContext* context, const v1::ReportProgressRequest* request,
     v1::ReportProgressResponse* /*response*/) {
-  return RunRpc(state_, "ReportProgress",
-                [&] { return DoReportProgress(*request); });
+  return RunRpc(state_, "ReportProgress", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    return DoReportProgress(*request);
+  });
 }
 
-grpc::Status WorkerService::ReportExit(grpc::ServerContext* /*context*/,
+grpc::Status WorkerService::ReportExit(grpc::ServerContext* context,
                                        const v1::ReportExitRequest* request,
                                        v1::ReportExitResponse* /*response*/) {
-  return RunRpc(state_, "ReportExit", [&] { return DoReportExit(*request); });
+  return RunRpc(state_, "ReportExit", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    return DoReportExit(*request);
+  });
 }
 
 int WorkerService::ExpireLeases(scheduler::TimePoint now) {

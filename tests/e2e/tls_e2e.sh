@@ -5,7 +5,8 @@
 # certificate's name, and its artifact is fetched. A plaintext ternctl and
 # one without a client certificate are refused (exit 4, unavailable); an
 # --owner other than the certificate's name and a cancel by another
-# certificate are PERMISSION_DENIED (exit 5); ternd refuses to start with a
+# certificate are PERMISSION_DENIED (exit 5), as is an agent whose
+# certificate is outside --tls-agent-names; ternd refuses to start with a
 # key that is not its certificate's (exit 1, naming the flag).
 # usage: tls_e2e.sh BUILD_DIR
 set -euo pipefail
@@ -25,7 +26,8 @@ grep -q -- "--tls-key: .*client.key is not the private key of --tls-cert" "$work
   fail "unexpected error: $(cat "$work/bad.log")"
 echo "ternd refuses a key that is not its certificate's"
 
-ternd_flags=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --tls-client-ca "$c/ca.pem")
+ternd_flags=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --tls-client-ca "$c/ca.pem"
+  --tls-agent-names 'cl?ent')
 client_flags=(--tls-ca "$c/ca.pem" --tls-cert "$c/client.pem" --tls-key "$c/client.key")
 start_service
 # The certificate names the caller: no --owner.
@@ -58,6 +60,21 @@ other=("$build/cli/ternctl" --server "$server" --tls-ca "$c/ca.pem"
 expect_denied "only its owner can cancel it" "${other[@]}" cancel "$job"
 "${other[@]}" get "$job" >/dev/null || fail "reads are open to every authenticated caller"
 echo "a foreign --owner and another certificate's cancel are PERMISSION_DENIED"
+
+# A certificate outside --tls-agent-names cannot register as an agent.
+"$build/worker/agent/tern-agent" --server "$server" --cpu-slots 1 --agent-id intruder \
+  --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/intruder" --metrics-listen "" \
+  --tls-ca "$c/ca.pem" --tls-cert "$c/other-client.pem" --tls-key "$c/other-client.key" \
+  >"$work/intruder.out" 2>"$work/intruder.log" &
+pids=("$!" "${pids[@]}")
+process_names[$!]=intruder-agent
+refused='Register: PERMISSION_DENIED: the client certificate "other-client" may not act as an agent'
+for i in $(seq 1 100); do
+  grep -q "$refused" "$work/intruder.log" && break
+  [[ $i -eq 100 ]] && fail "the intruder agent was not refused: $(cat "$work/intruder.log")"
+  sleep 0.1
+done
+echo "a certificate outside --tls-agent-names is refused as an agent"
 
 for variant in plaintext no-client-cert; do
   flags=()
