@@ -723,6 +723,7 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
     return kExitUsage;
   }
   if (!command) return kExitUsage;
+  g.tls.reload_interval_s = 0;  // one command: read the files once
   StatusOr<std::shared_ptr<grpc::Channel>> channel = tls::MakeChannel(g.server, g.tls);
   if (!channel.ok()) {
     err << "ternctl: " << channel.status().message() << "\n";

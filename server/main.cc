@@ -99,6 +99,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", options.tls.key_file, "PEM private key of --tls-cert");
   app.add_option("--tls-client-ca", options.tls.client_ca_file,
                  "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+  app.add_option("--tls-reload-interval", options.tls.reload_interval_s,
+                 "seconds between re-reads of the --tls-* files (renewed certificates are "
+                 "served without a restart; 0: read once)")
+      ->capture_default_str();
   app.add_option("--tls-agent-names", options.tls_agent_names,
                  "with --tls-client-ca: glob of the certificate names that may act as agents")
       ->capture_default_str();

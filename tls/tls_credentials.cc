@@ -1,6 +1,9 @@
 #include "tls/tls_credentials.h"
 
 #include <grpcpp/create_channel.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/support/channel_arguments.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -115,12 +118,27 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   TERN_RETURN_IF_ERROR(
       LoadPair("--tls-cert", options.cert_file, "--tls-key", options.key_file, &pair));
   ssl.pem_key_cert_pairs.push_back(std::move(pair));
-  if (!options.client_ca_file.empty()) {
+  const bool mutual = !options.client_ca_file.empty();
+  if (mutual) {
     TERN_ASSIGN_OR_RETURN(ssl.pem_root_certs,
                           LoadCaBundle("--tls-client-ca", options.client_ca_file));
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
-  return grpc::SslServerCredentials(ssl);
+  if (options.reload_interval_s == 0) return grpc::SslServerCredentials(ssl);
+  // The same files, watched: gRPC re-reads them every interval and serves
+  // what it last read successfully.
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      options.key_file, options.cert_file, mutual ? options.client_ca_file : "",
+      options.reload_interval_s);
+  grpc::experimental::TlsServerCredentialsOptions tls(provider);
+  tls.watch_identity_key_cert_pairs();
+  if (mutual) {
+    tls.watch_root_certs();
+    tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return grpc::experimental::TlsServerCredentials(tls);
 }
 
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
@@ -141,7 +159,23 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
     ssl.pem_private_key = std::move(pair.private_key);
   }
   if (!options.server_name.empty()) args.SetSslTargetNameOverride(options.server_name);
-  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+  if (options.reload_interval_s == 0 || options.ca_file.empty()) {
+    return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+  }
+  // Watched files; ternd's certificate is checked against the CA bundle and
+  // its name (the address's host, or server_name), as SslCredentials does.
+  const bool mutual = !options.cert_file.empty();
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      mutual ? options.key_file : "", mutual ? options.cert_file : "", options.ca_file,
+      options.reload_interval_s);
+  grpc::experimental::TlsChannelCredentialsOptions tls;
+  tls.set_certificate_provider(provider);
+  tls.watch_root_certs();
+  if (mutual) tls.watch_identity_key_cert_pairs();
+  tls.set_verify_server_certs(true);
+  tls.set_certificate_verifier(
+      std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
+  return grpc::CreateCustomChannel(target, grpc::experimental::TlsCredentials(tls), args);
 }
 
 }  // namespace tern::tls

@@ -31,6 +31,11 @@ namespace tern::tls {
 // must chain to (mutual TLS); needs cert_file.
 struct ServerTlsOptions {
   std::string cert_file, key_file, client_ca_file;
+  // The files are read again every this many seconds (gRPC's file watcher),
+  // so a renewed certificate (cert-manager, certbot) is served without a
+  // restart; they are checked as above once, at start-up. Replace a file
+  // by renaming a complete new one over it. 0: read once.
+  unsigned int reload_interval_s = 60;
   bool enabled() const { return !cert_file.empty() || !key_file.empty() || !client_ca_file.empty(); }
 };
 
@@ -42,6 +47,10 @@ struct ServerTlsOptions {
 struct ClientTlsOptions {
   bool tls = false;
   std::string ca_file, cert_file, key_file, server_name;
+  // With ca_file: the files are re-read every this many seconds, as on the
+  // server (a long-running tern-agent keeps working across a renewal of its
+  // certificate or of the CA bundle); 0: read once (ternctl).
+  unsigned int reload_interval_s = 60;
   bool enabled() const {
     return tls || !ca_file.empty() || !cert_file.empty() || !key_file.empty() ||
            !server_name.empty();

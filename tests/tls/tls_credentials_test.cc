@@ -10,6 +10,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -54,17 +55,9 @@ class TlsTest : public testing::Test {
     ASSERT_NE(server_, nullptr);
     ASSERT_GT(port_, 0);
   }
-  // The health check's gRPC status code through a channel with `options`.
-  // The address is 127.0.0.1, not "localhost": gRPC 1.51's c-ares resolver
-  // leaks 10 bytes per process on a name lookup, which fails the ASan build;
-  // server_name "localhost" checks the certificate's DNS name.
-  grpc::StatusCode Check(const ClientTlsOptions& options) {
-    const std::string host = "127.0.0.1";
-    StatusOr<std::shared_ptr<grpc::Channel>> channel =
-        MakeChannel(host + ":" + std::to_string(port_), options);
-    EXPECT_TRUE(channel.ok()) << channel.status();
-    if (!channel.ok()) return grpc::StatusCode::UNKNOWN;
-    auto stub = grpc::health::v1::Health::NewStub(*channel);
+  // The health check's gRPC status code on `channel`.
+  static grpc::StatusCode CheckOn(const std::shared_ptr<grpc::Channel>& channel) {
+    auto stub = grpc::health::v1::Health::NewStub(channel);
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     grpc::health::v1::HealthCheckRequest request;
@@ -74,6 +67,19 @@ class TlsTest : public testing::Test {
       EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
     }
     return status.error_code();
+  }
+  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // The health check's gRPC status code through a new channel with `options`.
+  // The address is 127.0.0.1, not "localhost": gRPC 1.51's c-ares resolver
+  // leaks 10 bytes per process on a name lookup, which fails the ASan build;
+  // server_name "localhost" checks the certificate's DNS name.
+  grpc::StatusCode Check(const ClientTlsOptions& options) {
+    const std::string host = "127.0.0.1";
+    StatusOr<std::shared_ptr<grpc::Channel>> channel =
+        MakeChannel(host + ":" + std::to_string(port_), options);
+    EXPECT_TRUE(channel.ok()) << channel.status();
+    if (!channel.ok()) return grpc::StatusCode::UNKNOWN;
+    return CheckOn(*channel);
   }
   void TearDown() override {
     if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
@@ -90,15 +96,23 @@ bool TlsTest::ok_ = false;
 
 TEST_F(TlsTest, ClientThatTrustsTheCaConnectsOthersDoNot) {
   StartServer({File("server.pem"), File("server.key"), ""});
-  // By IP address, and by the certificate's DNS name.
-  EXPECT_EQ(Check({false, File("ca.pem"), "", "", ""}), grpc::StatusCode::OK);
-  EXPECT_EQ(Check({false, File("ca.pem"), "", "", "localhost"}), grpc::StatusCode::OK);
-  // Plaintext to a TLS server, and TLS trusting another CA: no connection.
+  // Files read once (ternctl) and watched (tern-agent): the same checks.
+  for (const unsigned int reload : {0u, 60u}) {
+    SCOPED_TRACE("reload_interval_s " + std::to_string(reload));
+    const auto with = [&](const std::string& ca, const std::string& server_name) {
+      ClientTlsOptions options{false, ca, "", "", server_name};
+      options.reload_interval_s = reload;
+      return Check(options);
+    };
+    // By IP address, and by the certificate's DNS name.
+    EXPECT_EQ(with(File("ca.pem"), ""), grpc::StatusCode::OK);
+    EXPECT_EQ(with(File("ca.pem"), "localhost"), grpc::StatusCode::OK);
+    // TLS trusting another CA, and a name the certificate does not carry.
+    EXPECT_EQ(with(File("other-ca.pem"), ""), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_EQ(with(File("ca.pem"), "ternd.example"), grpc::StatusCode::UNAVAILABLE);
+  }
+  // Plaintext to a TLS server: no connection.
   EXPECT_EQ(Check({}), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_EQ(Check({false, File("other-ca.pem"), "", "", ""}), grpc::StatusCode::UNAVAILABLE);
-  // A name the certificate does not carry.
-  EXPECT_EQ(Check({false, File("ca.pem"), "", "", "ternd.example"}),
-            grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(TlsTest, MutualTlsNeedsAClientCertificateFromTheClientCa) {
@@ -112,6 +126,63 @@ TEST_F(TlsTest, MutualTlsRefusesACertificateFromAnotherCa) {
   StartServer({File("server.pem"), File("server.key"), File("other-ca.pem")});
   EXPECT_EQ(Check({false, File("ca.pem"), File("client.pem"), File("client.key"), ""}),
             grpc::StatusCode::UNAVAILABLE);
+}
+
+// ternd's certificate renewed on disk is served without a restart.
+TEST_F(TlsTest, ServerPicksUpARenewedCertificate) {
+  const std::string cert = File("rotating.pem"), key = File("rotating.key");
+  std::filesystem::copy_file(File("server.pem"), cert,
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(File("server.key"), key,
+                             std::filesystem::copy_options::overwrite_existing);
+  ServerTlsOptions options{cert, key, ""};
+  options.reload_interval_s = 1;
+  StartServer(options);
+  const ClientTlsOptions trusts_ca{false, File("ca.pem"), "", "", ""};
+  const ClientTlsOptions trusts_other_ca{false, File("other-ca.pem"), "", "", ""};
+  ASSERT_EQ(Check(trusts_ca), grpc::StatusCode::OK);
+  ASSERT_EQ(Check(trusts_other_ca), grpc::StatusCode::UNAVAILABLE);
+  // Renew: the key, then the certificate, each renamed into place whole.
+  std::filesystem::copy_file(File("other-server.key"), key + ".new");
+  std::filesystem::rename(key + ".new", key);
+  std::filesystem::copy_file(File("other-server.pem"), cert + ".new");
+  std::filesystem::rename(cert + ".new", cert);
+  grpc::StatusCode now = grpc::StatusCode::UNAVAILABLE;
+  for (int i = 0; i < 100 && now != grpc::StatusCode::OK; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    now = Check(trusts_other_ca);
+  }
+  EXPECT_EQ(now, grpc::StatusCode::OK) << "the renewed certificate was not served within 10 s";
+  EXPECT_EQ(Check(trusts_ca), grpc::StatusCode::UNAVAILABLE);
+}
+
+// A long-lived channel (tern-agent's) presents its renewed client
+// certificate without being rebuilt.
+TEST_F(TlsTest, ClientPicksUpARenewedCertificateOnItsChannel) {
+  StartServer({File("server.pem"), File("server.key"), File("ca.pem")});
+  // First a certificate from another CA, which the server refuses.
+  const std::string cert = File("agent.pem"), key = File("agent.key");
+  std::filesystem::copy_file(File("other-server.pem"), cert,
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(File("other-server.key"), key,
+                             std::filesystem::copy_options::overwrite_existing);
+  ClientTlsOptions options{false, File("ca.pem"), cert, key, ""};
+  options.reload_interval_s = 1;
+  StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(Address(), options);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  ASSERT_EQ(CheckOn(*channel), grpc::StatusCode::UNAVAILABLE);
+  std::filesystem::copy_file(File("client.key"), key + ".new");
+  std::filesystem::rename(key + ".new", key);
+  std::filesystem::copy_file(File("client.pem"), cert + ".new");
+  std::filesystem::rename(cert + ".new", cert);
+  // Reconnection backs off (1 s, then 1.6 times longer each time).
+  grpc::StatusCode now = grpc::StatusCode::UNAVAILABLE;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (now != grpc::StatusCode::OK && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    now = CheckOn(*channel);
+  }
+  EXPECT_EQ(now, grpc::StatusCode::OK) << "the renewed client certificate was not used";
 }
 
 TEST_F(TlsTest, PlaintextWithoutFlags) {

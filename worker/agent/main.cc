@@ -131,6 +131,9 @@ int main(int argc, char** argv) {
       ->envname("TERN_TLS_KEY");
   app.add_option("--tls-server-name", tls.server_name,
                  "name to check ternd's certificate against (default: the --server host)");
+  app.add_option("--tls-reload-interval", tls.reload_interval_s,
+                 "seconds between re-reads of the --tls-* files (with --tls-ca; 0: read once)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   // Signals are taken by a sigwait thread; block them before any thread
