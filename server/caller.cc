@@ -63,9 +63,10 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context) {
   return Caller{owner, true};
 }
 
-Status AuthorizeAgent(const grpc::ServerContext& context, const std::string& agent_names) {
-  TERN_ASSIGN_OR_RETURN(const std::string name, CertificateName(context));
-  if (name.empty() || fnmatch(agent_names.c_str(), name.c_str(), 0) == 0) return OkStatus();
+StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
+                                     const std::string& agent_names) {
+  TERN_ASSIGN_OR_RETURN(std::string name, CertificateName(context));
+  if (name.empty() || fnmatch(agent_names.c_str(), name.c_str(), 0) == 0) return name;
   return PermissionDenied("the client certificate \"" + name +
                           "\" may not act as an agent (ternd --tls-agent-names " +
                           agent_names + ")");

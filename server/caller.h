@@ -36,11 +36,13 @@ struct Caller {
 // name, or when a verified certificate has no usable common name.
 StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context);
 
-// OK when the peer may call WorkerService (act as a tern-agent): always
-// without a client certificate; over mutual TLS when the certificate's
-// common name matches the glob `agent_names` (ternd --tls-agent-names, e.g.
-// "tern-agent-*"), else PERMISSION_DENIED.
-Status AuthorizeAgent(const grpc::ServerContext& context, const std::string& agent_names);
+// Whether the peer may call WorkerService (act as a tern-agent): always
+// without a client certificate (returns ""); over mutual TLS when the
+// certificate's common name matches the glob `agent_names` (ternd
+// --tls-agent-names, e.g. "tern-agent-*"; returns the name, which must then
+// be the agent_id it registers as), else PERMISSION_DENIED.
+StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
+                                     const std::string& agent_names);
 
 enum class Action { kRead, kCancel };
 

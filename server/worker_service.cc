@@ -91,7 +91,14 @@ grpc::Status WorkerService::Register(grpc::ServerContext* context,
                                      const v1::RegisterRequest* request,
                                      v1::RegisterResponse* response) {
   return RunRpc(state_, "Register", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    TERN_ASSIGN_OR_RETURN(const std::string certificate_name,
+                          AuthorizeAgent(*context, state_->agent_names));
+    if (!certificate_name.empty() && request->agent_id() != certificate_name) {
+      return Status(StatusCode::kPermissionDenied,
+                    "agent_id \"" + request->agent_id() +
+                        "\" differs from the client certificate's name \"" + certificate_name +
+                        "\" (over mutual TLS an agent registers as its certificate's name)");
+    }
     return DoRegister(*request, response);
   });
 }
@@ -100,7 +107,7 @@ grpc::Status WorkerService::Heartbeat(grpc::ServerContext* context,
                                       const v1::HeartbeatRequest* request,
                                       v1::HeartbeatResponse* response) {
   return RunRpc(state_, "Heartbeat", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names).status());
     return DoHeartbeat(*request, response);
   });
 }
@@ -109,7 +116,7 @@ grpc::Status WorkerService::StreamAssignments(
     grpc::ServerContext* context, const v1::StreamAssignmentsRequest* request,
     grpc::ServerWriter<v1::AssignmentEvent>* writer) {
   return RunRpc(state_, "StreamAssignments", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names).status());
     return DoStreamAssignments(context, *request, writer);
   });
 }
@@ -118,7 +125,7 @@ grpc::Status WorkerService::ReportProgress(
     grpc::ServerContext* context, const v1::ReportProgressRequest* request,
     v1::ReportProgressResponse* /*response*/) {
   return RunRpc(state_, "ReportProgress", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names).status());
     return DoReportProgress(*request);
   });
 }
@@ -127,7 +134,7 @@ grpc::Status WorkerService::ReportExit(grpc::ServerContext* context,
                                        const v1::ReportExitRequest* request,
                                        v1::ReportExitResponse* /*response*/) {
   return RunRpc(state_, "ReportExit", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names));
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names).status());
     return DoReportExit(*request);
   });
 }

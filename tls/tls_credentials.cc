@@ -8,6 +8,7 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/objects.h>
 #include <openssl/x509.h>
 
 #include <cerrno>
@@ -103,6 +104,18 @@ StatusOr<std::string> LoadCaBundle(const std::string& flag, const std::string& p
 }
 
 }  // namespace
+
+StatusOr<std::string> CertificateCommonName(const std::string& flag,
+                                            const std::string& cert_file) {
+  TERN_ASSIGN_OR_RETURN(const std::string pem, ReadPemFile(flag, cert_file));
+  TERN_ASSIGN_OR_RETURN(auto cert, ParseCertificates(flag, cert_file, pem));
+  X509_NAME* subject = X509_get_subject_name(cert.get());
+  const int index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (index < 0) return std::string();
+  const ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index));
+  return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
+                     static_cast<size_t>(ASN1_STRING_length(data)));
+}
 
 StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const ServerTlsOptions& options) {

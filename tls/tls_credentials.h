@@ -57,6 +57,11 @@ struct ClientTlsOptions {
   }
 };
 
+// The common name of the first certificate in the PEM file `cert_file`
+// (`flag` words the errors); "" when it has none.
+StatusOr<std::string> CertificateCommonName(const std::string& flag,
+                                            const std::string& cert_file);
+
 // Insecure credentials when !options.enabled().
 StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const ServerTlsOptions& options);

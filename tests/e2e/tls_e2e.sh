@@ -61,20 +61,29 @@ expect_denied "only its owner can cancel it" "${other[@]}" cancel "$job"
 "${other[@]}" get "$job" >/dev/null || fail "reads are open to every authenticated caller"
 echo "a foreign --owner and another certificate's cancel are PERMISSION_DENIED"
 
-# A certificate outside --tls-agent-names cannot register as an agent.
-"$build/worker/agent/tern-agent" --server "$server" --cpu-slots 1 --agent-id intruder \
-  --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/intruder" --metrics-listen "" \
-  --tls-ca "$c/ca.pem" --tls-cert "$c/other-client.pem" --tls-key "$c/other-client.key" \
-  >"$work/intruder.out" 2>"$work/intruder.log" &
-pids=("$!" "${pids[@]}")
-process_names[$!]=intruder-agent
-refused='Register: PERMISSION_DENIED: the client certificate "other-client" may not act as an agent'
-for i in $(seq 1 100); do
-  grep -q "$refused" "$work/intruder.log" && break
-  [[ $i -eq 100 ]] && fail "the intruder agent was not refused: $(cat "$work/intruder.log")"
-  sleep 0.1
-done
-echo "a certificate outside --tls-agent-names is refused as an agent"
+# The agent registered under its certificate's name. A certificate outside
+# --tls-agent-names cannot register as an agent, nor can an agent register
+# under another name than its certificate's.
+grep -q "agent client (127.0.0.1, version" "$work/ternd.log" ||
+  fail "the agent did not register as its certificate's name 'client'"
+intruder() {  # name, certificate, expected refusal, extra flags...
+  local name="$1" cert="$2" refused="$3"; shift 3
+  "$build/worker/agent/tern-agent" --server "$server" --cpu-slots 1 "$@" \
+    --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/$name" --metrics-listen "" \
+    --tls-ca "$c/ca.pem" --tls-cert "$c/$cert.pem" --tls-key "$c/$cert.key" \
+    >"$work/$name.out" 2>"$work/$name.log" &
+  pids=("$!" "${pids[@]}")
+  process_names[$!]=$name
+  for i in $(seq 1 100); do
+    grep -q "Register: PERMISSION_DENIED: $refused" "$work/$name.log" && return 0
+    sleep 0.1
+  done
+  fail "$name was not refused: $(cat "$work/$name.log")"
+}
+intruder outsider other-client 'the client certificate "other-client" may not act as an agent'
+intruder impostor client 'agent_id "someone-else" differs from the client certificate' \
+  --agent-id someone-else
+echo "an outside certificate and a name other than the certificate's are refused as agents"
 
 for variant in plaintext no-client-cert; do
   flags=()

@@ -195,6 +195,14 @@ void ExpectError(const Status& status, StatusCode code, const std::string& messa
   EXPECT_NE(status.message().find(message), std::string::npos) << status;
 }
 
+TEST_F(TlsTest, CertificateCommonNameNamesTheAgent) {
+  StatusOr<std::string> name = CertificateCommonName("--tls-cert", File("client.pem"));
+  ASSERT_TRUE(name.ok()) << name.status();
+  EXPECT_EQ(*name, "client");
+  EXPECT_EQ(CertificateCommonName("--tls-cert", File("client.key")).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST_F(TlsTest, BadFilesAreClearErrorsNamingTheFlag) {
   const std::string garbage = File("garbage.pem");
   std::ofstream(garbage) << "not a certificate\n";

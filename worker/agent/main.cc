@@ -97,7 +97,8 @@ int main(int argc, char** argv) {
       ->envname("TERN_SERVER")
       ->capture_default_str();
   app.add_option("--agent-id", options.agent_id,
-                 "stable identity, [A-Za-z0-9_.-]{1,128} (default: hostname-pid)");
+                 "stable identity, [A-Za-z0-9_.-]{1,128} (default: the --tls-cert "
+                 "certificate's common name, else hostname-pid)");
   app.add_option("--host", options.host, "address other ranks reach this machine at")
       ->capture_default_str();
   app.add_option("--cpu-slots", options.cpu_slots, "CPU ranks to run at once")
@@ -145,6 +146,15 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  if (options.agent_id.empty() && !tls.cert_file.empty()) {
+    // Over mutual TLS ternd accepts only the certificate's name as agent_id.
+    auto name = tern::tls::CertificateCommonName("--tls-cert", tls.cert_file);
+    if (!name.ok()) {
+      std::cerr << "tern-agent: " << name.status().message() << "\n";
+      return 2;
+    }
+    options.agent_id = *name;
+  }
   if (options.agent_id.empty()) options.agent_id = DefaultAgentId();
   if (options.workdir.empty()) {
     const char* tmp = std::getenv("TMPDIR");
