@@ -25,6 +25,7 @@
 #include "cli/sha256.h"
 #include "tern/v1/job_service.grpc.pb.h"
 #include "tls/tls_credentials.h"
+#include "tls/tls_flags.h"
 
 namespace tern::cli {
 namespace {
@@ -600,16 +601,7 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   app.add_option("--timeout", g.timeout_s, "deadline of each call, seconds")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_flag("--tls", g.tls.tls, "connect with TLS, trusting the system's CAs")
-      ->envname("TERN_TLS");
-  app.add_option("--tls-ca", g.tls.ca_file, "PEM CA bundle ternd's certificate must chain to")
-      ->envname("TERN_TLS_CA");
-  app.add_option("--tls-cert", g.tls.cert_file, "PEM client certificate (mutual TLS)")
-      ->envname("TERN_TLS_CERT");
-  app.add_option("--tls-key", g.tls.key_file, "PEM private key of --tls-cert")
-      ->envname("TERN_TLS_KEY");
-  app.add_option("--tls-server-name", g.tls.server_name,
-                 "name to check ternd's certificate against (default: the --server host)");
+  tls::AddClientTlsFlags(app, &g.tls);
 
   std::function<int(Client&)> command;
 

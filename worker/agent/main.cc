@@ -25,6 +25,7 @@
 #include "common/http_server.h"
 #include "common/logging.h"
 #include "tls/tls_credentials.h"
+#include "tls/tls_flags.h"
 #include "worker/agent/agent.h"
 
 namespace {
@@ -122,16 +123,7 @@ int main(int argc, char** argv) {
   app.add_option("--rpc-timeout", rpc_timeout_s, "deadline of each call to ternd, seconds")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_flag("--tls", tls.tls, "connect to ternd with TLS, trusting the system's CAs")
-      ->envname("TERN_TLS");
-  app.add_option("--tls-ca", tls.ca_file, "PEM CA bundle ternd's certificate must chain to")
-      ->envname("TERN_TLS_CA");
-  app.add_option("--tls-cert", tls.cert_file, "PEM certificate of this agent (mutual TLS)")
-      ->envname("TERN_TLS_CERT");
-  app.add_option("--tls-key", tls.key_file, "PEM private key of --tls-cert")
-      ->envname("TERN_TLS_KEY");
-  app.add_option("--tls-server-name", tls.server_name,
-                 "name to check ternd's certificate against (default: the --server host)");
+  tern::tls::AddClientTlsFlags(app, &tls);
   app.add_option("--tls-reload-interval", tls.reload_interval_s,
                  "seconds between re-reads of the --tls-* files (with --tls-ca; 0: read once)")
       ->capture_default_str();

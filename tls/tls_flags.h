@@ -1,0 +1,29 @@
+// The client-side --tls-* flags, the same in ternctl and tern-agent (CLI11).
+#ifndef TERN_TLS_TLS_FLAGS_H_
+#define TERN_TLS_TLS_FLAGS_H_
+
+#include <CLI/CLI.hpp>
+
+#include "tls/tls_credentials.h"
+
+namespace tern::tls {
+
+// --tls, --tls-ca, --tls-cert, --tls-key (also from $TERN_TLS, $TERN_TLS_CA,
+// $TERN_TLS_CERT, $TERN_TLS_KEY) and --tls-server-name, bound to `options`.
+inline void AddClientTlsFlags(CLI::App& app, ClientTlsOptions* options) {
+  app.add_flag("--tls", options->tls, "connect to ternd with TLS, trusting the system's CAs")
+      ->envname("TERN_TLS");
+  app.add_option("--tls-ca", options->ca_file, "PEM CA bundle ternd's certificate must chain to")
+      ->envname("TERN_TLS_CA");
+  app.add_option("--tls-cert", options->cert_file,
+                 "PEM client certificate, for a ternd that requires one (mutual TLS)")
+      ->envname("TERN_TLS_CERT");
+  app.add_option("--tls-key", options->key_file, "PEM private key of --tls-cert")
+      ->envname("TERN_TLS_KEY");
+  app.add_option("--tls-server-name", options->server_name,
+                 "name to check ternd's certificate against (default: the --server host)");
+}
+
+}  // namespace tern::tls
+
+#endif  // TERN_TLS_TLS_FLAGS_H_
