@@ -7,11 +7,13 @@
 #include <grpcpp/support/channel_arguments.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/objects.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include <cerrno>
+#include <memory>
+#include <string>
+#include <utility>
 
 #include "common/file_util.h"
 
