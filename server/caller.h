@@ -6,10 +6,11 @@
 // PERMISSION_DENIED). Without a client certificate the identity is
 // `x-tern-owner` (default "anonymous"), which any client can set: it scopes
 // idempotency keys and becomes JobSpec.owner, but it is not authentication.
-// Authorize(): an authenticated caller cancels only its own jobs; reads are
-// open to every caller, and an unauthenticated caller may do everything (no
-// TLS: a trusted network). AuthorizeAgent(): which certificates may act as
-// agents (WorkerService). Plain functions, thread-safe.
+// Authorize() / ListableOwner(): an authenticated caller reads, lists and
+// cancels only its own jobs, unless its name matches the admin glob (ternd
+// --tls-admin-names); an unauthenticated caller may do everything (no TLS: a
+// trusted network). AuthorizeAgent(): which certificates may act as agents
+// (WorkerService). Plain functions, thread-safe.
 #ifndef TERN_SERVER_CALLER_H_
 #define TERN_SERVER_CALLER_H_
 
@@ -47,9 +48,15 @@ StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
 enum class Action { kRead, kCancel };
 
 // OK when `caller` may perform `action` on `job`, else PERMISSION_DENIED
-// (see the top of this file).
-Status Authorize(const Caller& caller, const scheduler::Job& job,
-                 Action action);
+// (see the top of this file). `admin_names`: a glob, "" for none.
+Status Authorize(const Caller& caller, const scheduler::Job& job, Action action,
+                 const std::string& admin_names);
+
+// The owner filter a ListJobs request from `caller` runs with: the one asked
+// for, or for an authenticated non-admin caller its own name (asking for
+// another owner's jobs is PERMISSION_DENIED).
+StatusOr<std::string> ListableOwner(const Caller& caller, const std::string& requested_owner,
+                                    const std::string& admin_names);
 
 }  // namespace tern::server
 

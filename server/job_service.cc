@@ -98,8 +98,8 @@ grpc::Status JobService::ListJobs(grpc::ServerContext* context,
                                   const v1::ListJobsRequest* request,
                                   v1::ListJobsResponse* response) {
   return RunRpc(state_, "ListJobs", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(CallerFromContext(*context).status());
-    return DoListJobs(*request, response);
+    TERN_ASSIGN_OR_RETURN(const Caller caller, CallerFromContext(*context));
+    return DoListJobs(caller, *request, response);
   });
 }
 
@@ -163,7 +163,7 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
   return OkStatus();
 }
 
-Status JobService::DoListJobs(const v1::ListJobsRequest& request,
+Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& request,
                               v1::ListJobsResponse* response) {
   std::set<JobState> states;
   bool any_state = false;
@@ -192,7 +192,8 @@ Status JobService::DoListJobs(const v1::ListJobsRequest& request,
                             : std::min(request.page_size(), kMaxPageSize);
 
   scheduler::ListJobsQuery query;
-  query.owner = request.owner();
+  TERN_ASSIGN_OR_RETURN(query.owner,
+                        ListableOwner(caller, request.owner(), state_->admin_names));
   query.labels.insert(request.labels().begin(), request.labels().end());
   query.newest_first = true;
   if (states.size() == 1) query.state = *states.begin();
@@ -248,7 +249,7 @@ Status JobService::DoCancelJob(grpc::ServerContext* context,
   TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context));
   TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(request.job_id()));
   TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
-  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kCancel));
+  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kCancel, state_->admin_names));
   if (job.state != JobState::kCancelled) {
     auto kills = state_->scheduler->CancelJob(id, request.reason());
     if (!kills.ok()) {
@@ -381,7 +382,7 @@ StatusOr<scheduler::Job> JobService::ReadableJob(grpc::ServerContext* context,
   TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context));
   TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(job_id));
   TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
-  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kRead));
+  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kRead, state_->admin_names));
   return job;
 }
 

@@ -16,6 +16,7 @@
 #ifndef TERN_SERVER_JOB_SERVICE_H_
 #define TERN_SERVER_JOB_SERVICE_H_
 
+#include "server/caller.h"
 #include "server/server_state.h"
 #include "tern/v1/job_service.grpc.pb.h"
 
@@ -49,7 +50,7 @@ class JobService final : public v1::JobService::Service {
   Status DoSubmitJob(grpc::ServerContext* context,
                      const v1::SubmitJobRequest& request,
                      v1::SubmitJobResponse* response);
-  Status DoListJobs(const v1::ListJobsRequest& request,
+  Status DoListJobs(const Caller& caller, const v1::ListJobsRequest& request,
                     v1::ListJobsResponse* response);
   Status DoCancelJob(grpc::ServerContext* context,
                      const v1::CancelJobRequest& request, v1::Job* response);

@@ -103,6 +103,9 @@ int main(int argc, char** argv) {
                  "seconds between re-reads of the --tls-* files (renewed certificates are "
                  "served without a restart; 0: read once)")
       ->capture_default_str();
+  app.add_option("--tls-admin-names", options.tls_admin_names,
+                 "with --tls-client-ca: glob of the certificate names that may read, list and "
+                 "cancel every owner's jobs (default: none; each sees its own)");
   app.add_option("--tls-agent-names", options.tls_agent_names,
                  "with --tls-client-ca: glob of the certificate names that may act as agents")
       ->capture_default_str();

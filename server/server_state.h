@@ -28,6 +28,7 @@ struct ServerState {
   std::chrono::milliseconds lease_ttl{15000};   // told to agents
   std::chrono::milliseconds kill_grace{10000};  // KillOrder.grace_period
   std::string agent_names = "*";  // AuthorizeAgent's glob (caller.h)
+  std::string admin_names;        // Authorize's admin glob ("" none)
   std::atomic<bool> shutting_down{false};
   std::atomic<int> in_flight{0};  // handlers inside RunRpc (rpc.h)
 };

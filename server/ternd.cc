@@ -162,6 +162,7 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   state_->lease_ttl = options_.lease_ttl;
   state_->kill_grace = options_.kill_grace;
   state_->agent_names = options_.tls_agent_names;
+  state_->admin_names = options_.tls_admin_names;
   job_service_ = std::make_unique<JobService>(state_.get());
   worker_service_ = std::make_unique<WorkerService>(state_.get());
 

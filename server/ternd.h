@@ -80,6 +80,9 @@ struct TerndOptions {
   // Over mutual TLS, the client certificate names (a glob) that may act as
   // agents (WorkerService); "*": any certificate from the client CA.
   std::string tls_agent_names = "*";
+  // Over mutual TLS, the certificate names (a glob) that may read, list and
+  // cancel every owner's jobs; "": none (each caller sees its own jobs).
+  std::string tls_admin_names;
   Status Validate() const;
 };
 

@@ -3,11 +3,12 @@
 # requires client certificates from a test CA; tern-agent and ternctl present
 # theirs, and a tiny 1-rank job runs to SUCCEEDED, owned by the client
 # certificate's name, and its artifact is fetched. A plaintext ternctl and
-# one without a client certificate are refused (exit 4, unavailable); an
-# --owner other than the certificate's name and a cancel by another
-# certificate are PERMISSION_DENIED (exit 5), as is an agent whose
-# certificate is outside --tls-agent-names; ternd refuses to start with a
-# key that is not its certificate's (exit 1, naming the flag).
+# one without a client certificate are refused (exit 4, unavailable). These
+# are PERMISSION_DENIED (exit 5): an --owner other than the certificate's
+# name; another certificate's cancel, get and list of the job (an admin's,
+# --tls-admin-names, sees it); an agent whose certificate is outside
+# --tls-agent-names or that registers under another name. ternd refuses to
+# start with a key that is not its certificate's (exit 1, naming the flag).
 # usage: tls_e2e.sh BUILD_DIR
 set -euo pipefail
 build="$(cd "${1:?usage: tls_e2e.sh BUILD_DIR}" && pwd)"
@@ -27,7 +28,7 @@ grep -q -- "--tls-key: .*client.key is not the private key of --tls-cert" "$work
 echo "ternd refuses a key that is not its certificate's"
 
 ternd_flags=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --tls-client-ca "$c/ca.pem"
-  --tls-agent-names 'cl?ent')
+  --tls-agent-names 'cl?ent' --tls-admin-names 'serv*')
 client_flags=(--tls-ca "$c/ca.pem" --tls-cert "$c/client.pem" --tls-key "$c/client.key")
 start_service
 # The certificate names the caller: no --owner.
@@ -57,9 +58,20 @@ expect_denied() {  # what, then a ternctl command line; it must exit 5 saying wh
 expect_denied "differs from the client certificate's name" "${ternctl[@]}" --owner mallory list
 other=("$build/cli/ternctl" --server "$server" --tls-ca "$c/ca.pem"
   --tls-cert "$c/other-client.pem" --tls-key "$c/other-client.key")
-expect_denied "only its owner can cancel it" "${other[@]}" cancel "$job"
-"${other[@]}" get "$job" >/dev/null || fail "reads are open to every authenticated caller"
-echo "a foreign --owner and another certificate's cancel are PERMISSION_DENIED"
+expect_denied "only its owner (or an admin, ternd --tls-admin-names) can cancel it" \
+  "${other[@]}" cancel "$job"
+expect_denied "can read it" "${other[@]}" get "$job"
+expect_denied 'may list only its own jobs' "${other[@]}" list --owner client
+[[ $("${other[@]}" list --json | jq '.jobs | length') -eq 0 ]] ||
+  fail "other-client's list shows others' jobs"
+# An admin certificate (--tls-admin-names) sees every owner's jobs.
+admin=("$build/cli/ternctl" --server "$server" --tls-ca "$c/ca.pem"
+  --tls-cert "$c/server.pem" --tls-key "$c/server.key")
+[[ $("${admin[@]}" list --json | jq -r '.jobs[].id') == "$job" ]] ||
+  fail "the admin does not see job $job"
+"${admin[@]}" get "$job" >/dev/null || fail "the admin cannot read job $job"
+echo "a foreign --owner, and another certificate's cancel, get and list are PERMISSION_DENIED;" \
+  "an admin sees every job"
 
 # The agent registered under its certificate's name. A certificate outside
 # --tls-agent-names cannot register as an agent, nor can an agent register
