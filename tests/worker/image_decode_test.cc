@@ -129,22 +129,22 @@ TEST(ImageDecodeTest, DecodesBottomUpAndTopDownBmp) {
   }
 }
 
+// Writes `bytes` to a file of the test's temporary directory; its path.
+std::string WriteTempFile(const std::string& name, const std::string& bytes) {
+  const std::string path = testing::TempDir() + name;
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  return path;
+}
+
 TEST(ImageDecodeTest, ReadImageHeaderOfATopDownBmpFile) {
-  const std::string path = testing::TempDir() + "top_down.bmp";
-  {
-    std::ofstream out(path, std::ios::binary);
-    out << MakeBmp(4, 2, true);
-  }
+  const std::string path = WriteTempFile("top_down.bmp", MakeBmp(4, 2, true));
   StatusOr<ImageHeader> header = ReadImageHeader(path);
   ASSERT_TRUE(header.ok()) << header.status();
   EXPECT_EQ(header->width, 4);
   EXPECT_EQ(header->height, 2);
   // A file cut short is found from its header too (the data set check).
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << MakeBmp(4, 2, true).substr(0, 60);
-  }
-  StatusOr<ImageHeader> cut = ReadImageHeader(path);
+  StatusOr<ImageHeader> cut =
+      ReadImageHeader(WriteTempFile("top_down.bmp", MakeBmp(4, 2, true).substr(0, 60)));
   ASSERT_FALSE(cut.ok());
   EXPECT_NE(cut.status().message().find("truncated BMP image, 6 of its 24 pixel bytes present"),
             std::string::npos)
@@ -311,12 +311,7 @@ TEST(ImageDecodeTest, DecodesLosslessWebpAndRefusesACutOne) {
     ExpectDataLoss(DecodeImageBytes(webp.substr(0, 16), "head.webp", 3, nullptr),
                    "cannot decode head.webp: ");
   }
-  const std::string path = testing::TempDir() + "a.webp";
-  {
-    std::ofstream out(path, std::ios::binary);
-    out << MakeWebp(4, 2, true);
-  }
-  StatusOr<ImageHeader> header = ReadImageHeader(path);
+  StatusOr<ImageHeader> header = ReadImageHeader(WriteTempFile("a.webp", MakeWebp(4, 2, true)));
   ASSERT_TRUE(header.ok()) << header.status();
   EXPECT_EQ(header->width, 4);
   EXPECT_EQ(header->height, 2);

@@ -76,6 +76,13 @@ Status CheckHeader(const std::string& source, const ImageHeader& header,
   return OkStatus();
 }
 
+// "truncated <format> image, <have> of its <need> pixel bytes present".
+std::string Truncated(const char* format, int64_t have, int64_t need) {
+  return "truncated " + std::string(format) + " image, " +
+         std::to_string(std::max<int64_t>(have, 0)) + " of its " + std::to_string(need) +
+         " pixel bytes present";
+}
+
 bool IsPnm(std::string_view bytes) {  // what stb takes for binary PGM or PPM
   return bytes.size() >= 2 && bytes[0] == 'P' && (bytes[1] == '5' || bytes[1] == '6');
 }
@@ -120,8 +127,7 @@ Status CheckPnm(std::string_view bytes, const std::string& source, int64_t max_p
   const int64_t need = fields[0] * fields[1] * header->channels;
   const int64_t have = pos < bytes.size() ? static_cast<int64_t>(bytes.size() - pos) : 0;
   if (have < need) {
-    return bad("truncated PNM image, " + std::to_string(have) + " of its " +
-               std::to_string(need) + " pixel bytes present");
+    return bad(Truncated("PNM", have, need));
   }
   return OkStatus();
 }
@@ -133,12 +139,6 @@ uint32_t Le16(std::string_view bytes, size_t pos) {
 }
 uint32_t Le32(std::string_view bytes, size_t pos) {
   return Le16(bytes, pos) | Le16(bytes, pos + 2) << 16;
-}
-
-std::string Truncated(const char* format, int64_t have, int64_t need) {
-  return "truncated " + std::string(format) + " image, " +
-         std::to_string(std::max<int64_t>(have, 0)) + " of its " + std::to_string(need) +
-         " pixel bytes present";
 }
 
 bool IsBmp(std::string_view bytes) { return bytes.size() >= 2 && bytes.substr(0, 2) == "BM"; }
