@@ -5,11 +5,13 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <vector>
 
 #include "server/caller.h"
 #include "server/file_digest.h"
+#include "server/path_access.h"
 #include "server/rpc.h"
 #include "server/spec_validation.h"
 
@@ -134,6 +136,15 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
   v1::JobSpec spec = request.spec();
   spec.set_owner(caller.owner);
   TERN_RETURN_IF_ERROR(ValidateJobSpec(spec));
+  TERN_RETURN_IF_ERROR(CheckSpecPaths(
+      spec, state_->path_policy, state_->layout,
+      [this](const std::string& dir_name) -> std::optional<std::string> {
+        const std::optional<scheduler::JobId> id = JobIdOfDirName(dir_name);
+        if (!id) return std::nullopt;
+        StatusOr<scheduler::Job> job = state_->scheduler->GetJob(*id);
+        if (!job.ok() || JobLayout::JobDirName(*job) != dir_name) return std::nullopt;
+        return job->owner;
+      }));
 
   scheduler::JobRequest r;
   r.owner = caller.owner;

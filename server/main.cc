@@ -5,6 +5,7 @@
 //         [--metrics-listen 127.0.0.1:9464] [--artifact-root ./artifacts]
 //         [--checkpoint-root ./checkpoints] [--lease-ttl 15s]
 //         [--tls-cert F --tls-key F [--tls-client-ca F [--tls-agent-names GLOB]]]
+//         [--read-roots DIRS] [--write-roots DIRS]
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
@@ -109,6 +110,12 @@ int main(int argc, char** argv) {
   app.add_option("--tls-agent-names", options.tls_agent_names,
                  "with --tls-client-ca: glob of the certificate names that may act as agents")
       ->capture_default_str();
+  app.add_option("--read-roots", options.read_roots,
+                 "comma-separated directories (\"{owner}\": the job's owner) a job may read "
+                 "data and init_from files under (default: anywhere)");
+  app.add_option("--write-roots", options.write_roots,
+                 "comma-separated directories (\"{owner}\": the job's owner) a job may put "
+                 "its checkpoint.directory under (default: anywhere)");
   AddDuration(app, "--lease-ttl", &options.lease_ttl,
               "agent lease lifetime without a heartbeat", "15s");
   AddDuration(app, "--tick-interval", &options.tick_interval,

@@ -11,6 +11,7 @@
 
 #include "scheduler/scheduler.h"
 #include "server/job_convert.h"
+#include "server/path_access.h"
 #include "server/progress_cache.h"
 #include "server/server_metrics.h"
 
@@ -22,6 +23,7 @@ struct ServerState {
   ServerMetrics* metrics = nullptr;
   ProgressCache* progress = nullptr;
   JobLayout layout;
+  PathPolicy path_policy;  // ternd --read-roots / --write-roots
   // Longest single wait of a stream's long-poll (ReadEvents, TakeAgentWork);
   // bounds how late a stream notices a cancelled client or a shutdown.
   std::chrono::milliseconds long_poll{500};

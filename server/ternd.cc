@@ -13,6 +13,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "paths/path_rules.h"
 #include "scheduler/sqlite_job_store.h"
 #include "server/job_service.h"
 #include "server/observed_job_store.h"
@@ -76,6 +77,8 @@ Status TerndOptions::Validate() const {
   if (tick_interval.count() <= 0) {
     return InvalidArgumentError("tick_interval: must be > 0");
   }
+  TERN_RETURN_IF_ERROR(paths::ParseRoots("read_roots", read_roots).status());
+  TERN_RETURN_IF_ERROR(paths::ParseRoots("write_roots", write_roots).status());
   // Lease, backoff, backfill, aging and port rules are the scheduler's own.
   TERN_RETURN_IF_ERROR(SchedulerOptionsFrom(*this).Validate());
   if (job_metrics_grace.count() < 0 || kill_grace.count() < 0 ||
@@ -158,6 +161,10 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   state_->metrics = metrics_.get();
   state_->progress = progress_.get();
   state_->layout = layout;
+  TERN_ASSIGN_OR_RETURN(state_->path_policy.read_roots,
+                        paths::ParseRoots("read_roots", options_.read_roots));
+  TERN_ASSIGN_OR_RETURN(state_->path_policy.write_roots,
+                        paths::ParseRoots("write_roots", options_.write_roots));
   state_->long_poll = options_.long_poll;
   state_->lease_ttl = options_.lease_ttl;
   state_->kill_grace = options_.kill_grace;
@@ -207,6 +214,11 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
                  << options_.db_path << ", artifacts under "
                  << layout.artifact_root << ", checkpoints under "
                  << layout.checkpoint_root;
+  if (state_->path_policy.Restricts()) {
+    TERN_LOG(INFO) << "ternd: specs may read under --read-roots \"" << options_.read_roots
+                   << "\" and write checkpoints under --write-roots \"" << options_.write_roots
+                   << "\"";
+  }
   return OkStatus();
 }
 

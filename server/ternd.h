@@ -83,6 +83,12 @@ struct TerndOptions {
   // Over mutual TLS, the certificate names (a glob) that may read, list and
   // cancel every owner's jobs; "": none (each caller sees its own jobs).
   std::string tls_admin_names;
+  // Comma-separated directories ("{owner}" = the job's owner) under which a
+  // spec may name data to read (dataset.path, model.init_from) and
+  // checkpoint directories to write; both empty: any path (see
+  // server/path_access.h for the rules that hold either way).
+  std::string read_roots;
+  std::string write_roots;
   Status Validate() const;
 };
 

@@ -4,12 +4,14 @@
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
+#include <optional>
 #include <random>
 #include <set>
 #include <vector>
 
 #include "common/logging.h"
 #include "server/caller.h"
+#include "server/path_access.h"
 #include "server/file_digest.h"
 #include "server/rpc.h"
 #include "server/trainer_events.h"
@@ -269,8 +271,11 @@ Status WorkerService::DoStreamAssignments(
                              const scheduler::Job& job) -> Status {
     if (!sent.insert({a.job_id, a.attempt, a.rank}).second) return OkStatus();
     v1::AssignmentEvent event;
-    TERN_ASSIGN_OR_RETURN(*event.mutable_assignment(),
-                          ToProtoAssignment(a, job, state_->layout));
+    v1::Assignment* assignment = event.mutable_assignment();
+    TERN_ASSIGN_OR_RETURN(*assignment, ToProtoAssignment(a, job, state_->layout));
+    std::optional<v1::PathGrant> grant = PathGrantFor(
+        assignment->spec(), assignment->checkpoint_dir(), state_->path_policy, state_->layout);
+    if (grant) *assignment->mutable_path_grant() = std::move(*grant);
     return write(event);
   };
 

@@ -629,6 +629,38 @@ TEST_F(AgentTest, MissingTrainerIsReportedAsExit127) {
   EXPECT_NE(exit->reason().find("cannot start trainer"), std::string::npos) << exit->reason();
 }
 
+TEST_F(AgentTest, APathGrantIsCheckedWithSymlinksResolvedBeforeTheTrainerStarts) {
+  StartAgent();
+  const std::string root = fs::canonical(dir_).string();  // TempDir() may end in '/'
+  fs::create_directories(root + "/alice");
+  fs::create_directories(root + "/bob/ckpt");
+  fs::create_directory_symlink(root + "/bob/ckpt", root + "/alice/ckpt");
+  auto assignment = [&](const std::string& job, const std::string& checkpoint_dir) {
+    v1::AssignmentEvent a = MakeAssignment(job, 0, "ok");
+    a.mutable_assignment()->mutable_spec()->mutable_dataset()->set_kind(v1::DATASET_SYNTHETIC);
+    a.mutable_assignment()->set_checkpoint_dir(checkpoint_dir);
+    a.mutable_assignment()->mutable_path_grant()->add_write_roots(root + "/alice");
+    return a;
+  };
+  fake_.Send(assignment("job-in", root + "/alice/run"));
+  const auto ok = WaitForExit("job-in");
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->exit_code(), 0) << ok->reason();
+
+  // ternd sees a path under the root; on this node it leads to bob's files.
+  fake_.Send(assignment("job-link", root + "/alice/ckpt/run"));
+  const auto refused = WaitForExit("job-link");
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->exit_code(), 127);
+  EXPECT_NE(refused->reason().find("cannot start trainer: PERMISSION_DENIED: "
+                                   "spec.checkpoint.directory: " +
+                                   root + "/alice/ckpt/run (which resolves to"),
+            std::string::npos)
+      << refused->reason();
+  EXPECT_TRUE(EventsOf("job-link").empty());  // no trainer ran
+  EXPECT_FALSE(fs::exists(root + "/bob/ckpt/run"));
+}
+
 TEST_F(AgentTest, ExportsTrainerMetrics) {
   StartAgent();
   fake_.Send(MakeAssignment("job-p", 0, "progress_sleeper"));

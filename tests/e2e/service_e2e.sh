@@ -4,11 +4,13 @@
 # artifact is fetched (SHA-256 verified by ternctl) and checked; a 2-rank
 # detection job on a synthetic COCO set succeeds with COCO AP in its result;
 # a long job is cancelled while running and its trainers must be gone within
-# seconds.
+# seconds; paths outside the owner's roots (ternd --read-roots) are refused.
 # usage: service_e2e.sh BUILD_DIR
 set -euo pipefail
 build="$(cd "${1:?usage: service_e2e.sh BUILD_DIR}" && pwd)"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# Every job below runs under path roots (the owner is "e2e").
+ternd_flags=(--read-roots "/usr/share/datasets,$work/data/{owner}" --write-roots "$work/scratch/{owner}")
 start_service
 
 # 1. A tiny 2-rank HLA job to SUCCEEDED; fetch and check its artifact.
@@ -30,12 +32,12 @@ echo "job $small SUCCEEDED, artifact fetched ($(stat -c %s "$work/small.tern") b
 
 # 2. A tiny 2-rank detection job (CenterNet, synthetic COCO shapes) to
 # SUCCEEDED with COCO AP in its result and its detections file written.
-"$build/worker/detection/tern-synth-coco" --output "$work/shapes" --image-size 64 \
+"$build/worker/detection/tern-synth-coco" --output "$work/data/e2e/shapes" --image-size 64 \
   --train-images 32 --val-images 16 --max-objects 3 --seed 2 >/dev/null
 cat >"$work/det.yaml" <<YAML
 task: detection
 model: {arch: resnet20, width_multiplier: 0.25}
-dataset: {kind: coco, path: $work/shapes, input_size: 64}
+dataset: {kind: coco, path: $work/data/e2e/shapes, input_size: 64}
 quantization: {method: hla}
 optimization: {epochs: 1, batch_size: 8, lr: 0.02}
 resources: {ranks: 2, device_kind: cpu}
@@ -69,4 +71,22 @@ for i in $(seq 1 150); do
   sleep 0.1
 done
 echo "job $long CANCELLED and its trainers gone after $(( $(date +%s) - start )) s"
+
+# 4. Paths outside the owner's roots: refused by ternd at submission, and, when
+# a symbolic link inside a root leads outside, by the agent before a trainer runs.
+sed -e "s|path: $work/data/e2e/shapes|path: $work/shapes-outside|" "$work/det.yaml" >"$work/outside.yaml"
+if "${ternctl[@]}" submit "$work/outside.yaml" >"$work/outside.out" 2>&1; then
+  fail "a data set outside the read roots was accepted"
+fi
+grep -q "PERMISSION_DENIED.*dataset.path: $work/shapes-outside is outside" "$work/outside.out" ||
+  fail "unexpected refusal: $(cat "$work/outside.out")"
+mv "$work/data/e2e/shapes" "$work/shapes-outside"
+ln -s "$work/shapes-outside" "$work/data/e2e/shapes"
+printf 'max_restarts: 0\n' >>"$work/det.yaml"
+linked=$("${ternctl[@]}" submit "$work/det.yaml")
+"${ternctl[@]}" watch "$linked" >"$work/linked-watch.log" 2>&1 && fail "job $linked through a link succeeded"
+"${ternctl[@]}" get "$linked" --json >"$work/linked.json"
+jq -e '.state == "JOB_STATE_FAILED" and (.state_reason.message | test("PERMISSION_DENIED: spec.dataset.path: .* resolves to"))' \
+  "$work/linked.json" >/dev/null || fail "unexpected state: $(cat "$work/linked.json")"
+echo "paths outside the roots refused by ternd (submit) and by the agent (job $linked, a link)"
 echo "PASS"

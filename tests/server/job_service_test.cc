@@ -135,6 +135,10 @@ TEST_F(JobServiceTest, InvalidSpecsNameTheFieldAndStoreNothing) {
          s->mutable_checkpoint()->set_directory("rel/dir");
        },
        "spec.checkpoint.directory: must be an absolute path"},
+      {[](v1::JobSpec* s) { s->mutable_dataset()->set_path("fashion-mnist"); },
+       "spec.dataset.path: must be an absolute path, got \"fashion-mnist\""},
+      {[](v1::JobSpec* s) { s->mutable_model()->set_init_from("/runs/../fp.tern"); },
+       "spec.model.init_from: must not contain \"..\""},
       {[](v1::JobSpec* s) { s->set_collective_timeout_seconds(1); },
        "spec.collective_timeout_seconds: must be in [10, 86400], got 1"},
   };
@@ -442,6 +446,71 @@ TEST_F(JobServiceTest, MetricsEndpointServesEveryFamily) {
   EXPECT_NE(text.find("tern_scheduler_slots{device_kind=\"cpu\","
                       "state=\"free\"} 0"),
             std::string::npos);
+}
+
+// ternd --read-roots / --write-roots: each owner's spec names paths only
+// under its own roots, and ternd's roots hold only the owner's own jobs.
+class PathPolicyTest : public JobServiceTest {
+ protected:
+  void Customize(TerndOptions* options) override {
+    options->read_roots = "/usr/share/datasets," + (dir_ / "home/{owner}").string();
+    options->write_roots = (dir_ / "scratch/{owner}").string();
+  }
+  grpc::Status SubmitAs(const std::string& owner, const v1::JobSpec& spec,
+                        v1::SubmitJobResponse* response) {
+    return Submit(spec, response, "", owner);
+  }
+};
+
+TEST_F(PathPolicyTest, SpecsNameOnlyTheirOwnersPaths) {
+  v1::SubmitJobResponse alice_job;
+  ASSERT_TRUE(SubmitAs("alice", ValidSpec(), &alice_job).ok());  // the default data set
+  const std::string alice_checkpoints = alice_job.job().spec().checkpoint().directory();
+
+  v1::JobSpec spec = ValidSpec();
+  spec.mutable_dataset()->set_kind(v1::DATASET_IMAGE_FOLDER);
+  spec.mutable_dataset()->set_path((dir_ / "home/alice/pets").string());
+  spec.mutable_checkpoint()->set_directory((dir_ / "scratch/alice/pets").string());
+  v1::SubmitJobResponse response;
+  EXPECT_TRUE(SubmitAs("alice", spec, &response).ok());
+  grpc::Status bob = SubmitAs("bob", spec, &response);
+  EXPECT_EQ(bob.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(bob.error_message(), "spec.dataset.path: " + (dir_ / "home/alice/pets").string() +
+                                      " is outside the directories this job may read "
+                                      "(/usr/share/datasets, " +
+                                      (dir_ / "home/bob").string() + ", " +
+                                      (dir_ / "scratch/bob").string() + ")");
+
+  // Resuming from, or starting from, a job of ternd's checkpoint root: only
+  // its owner may.
+  v1::JobSpec resume = ValidSpec();
+  resume.mutable_checkpoint()->set_directory(alice_checkpoints);
+  EXPECT_EQ(SubmitAs("bob", resume, &response).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  v1::JobSpec init = ValidSpec();
+  init.mutable_model()->set_init_from(alice_checkpoints);
+  bob = SubmitAs("bob", init, &response);
+  EXPECT_EQ(bob.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(bob.error_message().find("belongs to a job of another owner"), std::string::npos)
+      << bob.error_message();
+  EXPECT_TRUE(SubmitAs("alice", resume, &response).ok());
+  EXPECT_TRUE(SubmitAs("alice", init, &response).ok());
+
+  // Refused specs were not stored.
+  v1::ListJobsRequest bobs;
+  bobs.set_owner("bob");
+  EXPECT_TRUE(ListIds(bobs).empty());
+  EXPECT_EQ(ListIds(v1::ListJobsRequest()).size(), 4u);
+}
+
+TEST(TerndOptionsTest, BadRootsAreRefusedAtStart) {
+  TerndOptions options;
+  options.read_roots = "/datasets,relative";
+  EXPECT_EQ(options.Validate().message(),
+            "read_roots entry 2: must be an absolute path, got \"relative\"");
+  options.read_roots.clear();
+  options.write_roots = "/scratch/x{owner}";
+  EXPECT_EQ(options.Validate().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

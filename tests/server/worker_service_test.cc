@@ -205,6 +205,7 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
     EXPECT_EQ(a.artifact_path().rfind((dir_ / "artifacts").string(), 0), 0u);
     EXPECT_EQ(a.spec().owner(), "anonymous");
     EXPECT_EQ(a.spec().resources().ranks(), 2);
+    EXPECT_FALSE(a.has_path_grant());  // no --read-roots / --write-roots
   }
   EXPECT_EQ(assignments[0].artifact_path(), assignments[1].artifact_path());
   // The agent hands the trainer the spec as proto3 JSON with field names.
@@ -462,6 +463,32 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
     said << said_file.rdbuf();
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << said.str();
   }
+}
+
+class PathGrantTest : public WorkerServiceTest {
+ protected:
+  void Customize(TerndOptions* options) override {
+    options->read_roots = "/usr/share/datasets";
+    options->write_roots = "/scratch/{owner}";
+  }
+};
+
+TEST_F(PathGrantTest, AssignmentsCarryTheOwnersRootsForTheAgentToCheck) {
+  FakeAgent agent(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  v1::SubmitJobResponse submitted;
+  ASSERT_TRUE(Submit(ValidSpec(), &submitted, "", "alice").ok());
+  agent.StartStream();
+  ASSERT_TRUE(agent.WaitForEvents(1));
+  const v1::Assignment a = agent.Events()[0].assignment();
+  ASSERT_TRUE(a.has_path_grant());
+  EXPECT_EQ(std::vector<std::string>(a.path_grant().read_roots().begin(),
+                                     a.path_grant().read_roots().end()),
+            (std::vector<std::string>{"/usr/share/datasets"}));
+  // Her roots, and the checkpoint directory ternd chose for the job.
+  EXPECT_EQ(std::vector<std::string>(a.path_grant().write_roots().begin(),
+                                     a.path_grant().write_roots().end()),
+            (std::vector<std::string>{"/scratch/alice", a.checkpoint_dir()}));
 }
 
 TEST_F(WorkerServiceTest, CancelSendsAKillOrderToTheAgent) {

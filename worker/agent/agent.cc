@@ -22,6 +22,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/utf8.h"
+#include "paths/spec_paths.h"
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
 #include "worker/agent/trainer_events.h"
@@ -546,6 +547,11 @@ Status Agent::Impl::PrepareFiles(Rank& rank, std::string* spec_path, std::string
     spec.mutable_checkpoint()->set_directory(a.checkpoint_dir());
   } else if (spec.checkpoint().directory().empty()) {
     spec.mutable_checkpoint()->set_directory(job_dir + "/checkpoints");
+  }
+  if (a.has_path_grant()) {
+    // ternd checked the names; here links are followed, on this node's files.
+    TERN_ASSIGN_OR_RETURN(std::vector<paths::NamedPath> named, paths::PathsNamedBy(spec));
+    TERN_RETURN_IF_ERROR(paths::CheckResolvedPaths(named, a.path_grant()));
   }
   google::protobuf::util::JsonPrintOptions print;
   print.preserve_proto_field_names = true;
