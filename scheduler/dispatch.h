@@ -77,6 +77,9 @@ struct RankExit {
   RankRef rank;
   int exit_code = 0;    // 0 success; > 0 the trainer's status; < 0 -signal
   std::string message;  // e.g. the trainer's last error line
+  // False when the failure would recur on every attempt (the job's spec, data
+  // or paths are at fault): the job FAILS at once, keeping its restarts.
+  bool retryable = true;
   // Rank 0 on success: the packed model and the final metrics.
   std::string artifact_path;
   std::string metrics_json;

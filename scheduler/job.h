@@ -62,6 +62,8 @@ inline constexpr char kAgentLeaseExpired[] = "AGENT_LEASE_EXPIRED";
 inline constexpr char kAgentDeregistered[] = "AGENT_DEREGISTERED";
 inline constexpr char kRequeued[] = "REQUEUED";  // RESTARTING -> QUEUED
 inline constexpr char kRestartBudgetExhausted[] = "RESTART_BUDGET_EXHAUSTED";
+// RESTARTING -> FAILED for a rank failure that a restart would repeat.
+inline constexpr char kNotRetryable[] = "FAILURE_NOT_RETRYABLE";
 inline constexpr char kCancelledByUser[] = "CANCELLED_BY_USER";
 // Kill orders only: an agent runs a rank the scheduler no longer assigns.
 inline constexpr char kStaleRank[] = "STALE_RANK";

@@ -561,12 +561,19 @@ void Scheduler::AdmitAndLogLocked(TimePoint now) {
 // --- Restarts --------------------------------------------------------------
 
 Status Scheduler::RestartLocked(Job job, const char* why, std::string message,
-                                TimePoint now) {
+                                TimePoint now, bool retryable) {
   const std::vector<KillOrder> kills = KillOrdersLocked(job, why);
   std::vector<JobEvent> events;
   TERN_RETURN_IF_ERROR(
       TransitionJob(&job, JobState::kRestarting, why, message, now, &events));
-  if (job.restarts_used >= job.max_restarts) {
+  if (!retryable) {
+    TERN_RETURN_IF_ERROR(TransitionJob(
+        &job, JobState::kFailed, reason::kNotRetryable,
+        "not restarted: the failure would recur on every attempt (" +
+            std::to_string(job.max_restarts - job.restarts_used) +
+            " restarts left unused); failure: " + message,
+        now, &events));
+  } else if (job.restarts_used >= job.max_restarts) {
     TERN_RETURN_IF_ERROR(
         TransitionJob(&job, JobState::kFailed, reason::kRestartBudgetExhausted,
                       "max_restarts is " + std::to_string(job.max_restarts) +
@@ -1026,7 +1033,7 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
   TERN_RETURN_IF_ERROR(RestartLocked(
       std::move(job),
       exit.exit_code > 0 ? reason::kTrainerFailed : reason::kRankLost,
-      std::move(message), now));
+      std::move(message), now, exit.retryable));
   AdmitAndLogLocked(now);
   return OkStatus();
 }

@@ -27,7 +27,9 @@
 //   re-registering agent moves the job to RESTARTING: the other ranks get
 //   kill orders, the slots are freed, and after a backoff the job is QUEUED
 //   again to resume from its last committed checkpoint; beyond max_restarts
-//   it is FAILED (RESTART_BUDGET_EXHAUSTED).
+//   it is FAILED (RESTART_BUDGET_EXHAUSTED). A rank exit marked not
+//   retryable (RankExit::retryable: the spec, data or paths are at fault)
+//   goes on from RESTARTING to FAILED at once (FAILURE_NOT_RETRYABLE).
 // - Durability: every acknowledged change is in the JobStore before the call
 //   returns OK; a new Scheduler over the same store resumes with it. Agents
 //   are not stored: the agents of running jobs must re-register within one
@@ -195,8 +197,9 @@ class Scheduler {
   Status AdmitJobLocked(JobId id, const Placement& placement, TimePoint now);
   std::vector<JobId> QueueOrderLocked(TimePoint now) const;
   int SlotsLocked(const std::string& kind, bool free_only) const;
+  // `retryable` false: FAILED at once (reason::kNotRetryable).
   Status RestartLocked(Job job, const char* why, std::string message,
-                       TimePoint now);
+                       TimePoint now, bool retryable = true);
   Status LoseAgentLocked(const std::string& agent_id, const char* why,
                          const std::string& message, TimePoint now);
   std::vector<KillOrder> KillOrdersLocked(const Job& job,

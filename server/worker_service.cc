@@ -19,6 +19,19 @@
 namespace tern::server {
 namespace {
 
+// tern-trainer's exit code for bad arguments or a bad spec (docs/EVENTS.md).
+constexpr int kTrainerBadSpecExitCode = 2;
+
+// Failure codes that a restart would meet again (job.proto: max_restarts):
+// the spec, its data or its paths are at fault. FAILED_PRECONDITION and
+// UNIMPLEMENTED are left out: the trainer uses them for what a node lacks
+// (no visible GPU, a build without NCCL), which another node may have.
+bool IsNotRetryableFailureCode(const std::string& code) {
+  static const char* const kCodes[] = {"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED",
+                                       "DATA_LOSS", "OUT_OF_RANGE"};
+  return std::find(std::begin(kCodes), std::end(kCodes), code) != std::end(kCodes);
+}
+
 using google::protobuf::util::TimeUtil;
 using scheduler::JobState;
 
@@ -418,7 +431,7 @@ Status WorkerService::HandleTrainerEvent(const scheduler::RankRef& rank,
         what += ": " + line.failure.message();
       }
       std::lock_guard<std::mutex> lock(mu_);
-      failures_[{rank.job_id, rank.attempt, rank.rank}] = what;
+      failures_[{rank.job_id, rank.attempt, rank.rank}] = {line.failure.code(), what};
       return OkStatus();
     }
     case TrainerEventKind::kLog:
@@ -441,14 +454,19 @@ Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
   exit.rank = rank;
   exit.exit_code =
       request.signal() > 0 ? -request.signal() : request.exit_code();
+  std::string failure_code = request.failure_code();
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = failures_.find({rank.job_id, rank.attempt, rank.rank});
     if (it != failures_.end()) {
-      exit.message = it->second;
+      exit.message = it->second.text;
+      if (failure_code.empty()) failure_code = it->second.code;
       failures_.erase(it);
     }
   }
+  exit.retryable = !(request.signal() == 0 && exit.exit_code > 0 &&
+                     (exit.exit_code == kTrainerBadSpecExitCode ||
+                      IsNotRetryableFailureCode(failure_code)));
   if (!request.reason().empty()) {
     exit.message += (exit.message.empty() ? "" : " (") + request.reason() +
                     (exit.message.empty() ? "" : ")");

@@ -98,8 +98,12 @@ class WorkerService final : public v1::WorkerService::Service {
   std::map<std::string, AgentLease> leases_;  // by agent id
   // Rank 0's `finished` line per (job, attempt), until its exit is reported.
   std::map<std::pair<scheduler::JobId, int>, v1::JobResult> finished_;
-  // A rank's `failed` line ("CODE: reason"), until its exit is reported.
-  std::map<RankKey, std::string> failures_;
+  // A rank's `failed` line, until its exit is reported.
+  struct TrainerFailure {
+    std::string code;  // a status code name, e.g. "DATA_LOSS"
+    std::string text;  // "CODE: reason"
+  };
+  std::map<RankKey, TrainerFailure> failures_;
 };
 
 }  // namespace tern::server

@@ -82,11 +82,11 @@ grep -q "PERMISSION_DENIED.*dataset.path: $work/shapes-outside is outside" "$wor
   fail "unexpected refusal: $(cat "$work/outside.out")"
 mv "$work/data/e2e/shapes" "$work/shapes-outside"
 ln -s "$work/shapes-outside" "$work/data/e2e/shapes"
-printf 'max_restarts: 0\n' >>"$work/det.yaml"
 linked=$("${ternctl[@]}" submit "$work/det.yaml")
 "${ternctl[@]}" watch "$linked" >"$work/linked-watch.log" 2>&1 && fail "job $linked through a link succeeded"
 "${ternctl[@]}" get "$linked" --json >"$work/linked.json"
-jq -e '.state == "JOB_STATE_FAILED" and (.state_reason.message | test("PERMISSION_DENIED: spec.dataset.path: .* resolves to"))' \
+jq -e '.state == "JOB_STATE_FAILED" and (.restarts // 0) == 0 and .state_reason.code == "FAILURE_NOT_RETRYABLE"
+       and (.state_reason.message | test("PERMISSION_DENIED: spec.dataset.path: .* resolves to"))' \
   "$work/linked.json" >/dev/null || fail "unexpected state: $(cat "$work/linked.json")"
 echo "paths outside the roots refused by ternd (submit) and by the agent (job $linked, a link)"
 echo "PASS"

@@ -503,6 +503,27 @@ TEST_F(RestartTest, BudgetExhaustedFailsJob) {
   EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCpu), 1);
 }
 
+TEST_F(RestartTest, AFailureThatWouldRecurFailsTheJobAtOnce) {
+  Register("a", 1);
+  JobId id = Submit(0, 1, kDeviceCpu, /*max_restarts=*/3);
+  StartAll(id);
+  RankExit exit;
+  exit.rank = Ref(id, 0);
+  exit.exit_code = 1;
+  exit.message = "INVALID_ARGUMENT: bad data";
+  exit.retryable = false;
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kFailed);
+  EXPECT_EQ(job.restarts_used, 0);
+  EXPECT_EQ(job.history[job.history.size() - 2].reason, "TRAINER_FAILED");
+  EXPECT_EQ(job.history.back().reason, "FAILURE_NOT_RETRYABLE");
+  EXPECT_EQ(job.history.back().message,
+            "not restarted: the failure would recur on every attempt (3 restarts left unused); "
+            "failure: rank 0 on agent a exited with code 1: INVALID_ARGUMENT: bad data");
+  EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCpu), 1);
+}
+
 TEST_F(RestartTest, BackoffDoublesAndIsCapped) {
   options_.restart_backoff = seconds(2);
   options_.max_restart_backoff = seconds(5);

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -111,7 +112,7 @@ class FakeAgent {
   }
 
   grpc::Status Exit(const v1::RankRef& ref, int exit_code, int signal = 0,
-                    bool killed_by_agent = false) {
+                    bool killed_by_agent = false, const std::string& failure_code = "") {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     v1::ReportExitRequest request;
@@ -121,6 +122,7 @@ class FakeAgent {
     request.set_exit_code(exit_code);
     request.set_signal(signal);
     request.set_killed_by_agent(killed_by_agent);
+    request.set_failure_code(failure_code);
     v1::ReportExitResponse response;
     return stub_->ReportExit(&ctx, request, &response);
   }
@@ -594,6 +596,79 @@ TEST_F(WorkerServiceTest, HeartbeatStartsRunningRanksAndNamesUnexpectedOnes) {
   EXPECT_EQ(response.heartbeat_interval().seconds(), 5);
   EXPECT_GT(response.lease_expire_time().seconds(), 0);
   EXPECT_EQ(State(id), v1::JOB_STATE_RUNNING);
+}
+
+// A failure a restart would repeat (bad data, a bad spec, a path outside the
+// owner's roots) fails the job at once; others are retried.
+TEST_F(WorkerServiceTest, FailuresThatWouldRecurAreNotRetried) {
+  FakeAgent agent(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  agent.StartStream();
+  struct Case {
+    std::string failed_code;  // of the trainer's `failed` line, "" for none
+    int exit_code;
+    std::string agent_code;  // ReportExitRequest.failure_code
+    bool retried;
+  };
+  const std::vector<Case> cases = {
+      {"DATA_LOSS", 1, "", false},         {"NOT_FOUND", 1, "", false},
+      {"", 2, "", false},                  {"", 127, "PERMISSION_DENIED", false},
+      {"UNAVAILABLE", 1, "", true},        {"DEADLINE_EXCEEDED", 1, "", true},
+      {"FAILED_PRECONDITION", 1, "", true},  // e.g. no GPU visible on that node
+      {"", 1, "", true},                   {"INVALID_ARGUMENT", 0, "", true},  // signal below
+  };
+  // The assignment of `id`'s attempt `attempt`, once the stream brought it.
+  auto assignment_of = [&](const std::string& id, int attempt) {
+    std::optional<v1::RankRef> found;
+    Eventually([&] {
+      for (const v1::AssignmentEvent& e : agent.Events()) {
+        if (e.has_assignment() && e.assignment().ref().job_id() == id &&
+            e.assignment().ref().attempt() == attempt) {
+          found = e.assignment().ref();
+        }
+      }
+      return found.has_value();
+    });
+    return found;
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.failed_code + " exit " + std::to_string(c.exit_code) + " " + c.agent_code);
+    v1::JobSpec spec = ValidSpec();
+    spec.set_max_restarts(2);
+    const std::string id = SubmitOk(spec);
+    const std::optional<v1::RankRef> ref = assignment_of(id, 1);
+    ASSERT_TRUE(ref.has_value());
+    if (!c.failed_code.empty()) {
+      ASSERT_TRUE(agent
+                      .Report(*ref, {Line("failed", 0,
+                                          "\"code\":\"" + c.failed_code +
+                                              "\",\"reason\":\"boom\",\"step\":0")})
+                      .ok());
+    }
+    const bool signalled = c.exit_code == 0;
+    ASSERT_TRUE(agent.Exit(*ref, signalled ? -1 : c.exit_code, signalled ? 9 : 0, false,
+                           c.agent_code)
+                    .ok());
+    const v1::Job job = GetJobOk(id);
+    if (c.retried) {
+      EXPECT_EQ(job.restarts(), 1);
+      EXPECT_NE(job.state(), v1::JOB_STATE_FAILED);
+      EXPECT_TRUE(assignment_of(id, 2).has_value());
+      v1::Job cancelled;
+      ASSERT_TRUE(Cancel(id, &cancelled).ok());
+      ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_CANCELLED));
+    } else {
+      EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED);
+      EXPECT_EQ(job.restarts(), 0);
+      EXPECT_EQ(job.state_reason().code(), "FAILURE_NOT_RETRYABLE");
+      EXPECT_EQ(job.state_reason().message().rfind(
+                    "not restarted: the failure would recur on every attempt (2 restarts left "
+                    "unused); failure: rank 0 on agent agent-a exited with code ",
+                    0),
+                0u)
+          << job.state_reason().message();
+    }
+  }
 }
 
 TEST_F(WorkerServiceTest, AFailedRankRestartsTheJobUntilTheBudgetIsSpent) {

@@ -182,6 +182,9 @@ class Agent::Impl {
     std::string job, rank_label;
     int cuda_slot = -1;
     int lease_generation = 0;  // the registration it was assigned under
+    // Set by the rank's thread before ReportExit when the job's own spec kept
+    // the trainer from starting (ReportExitRequest.failure_code).
+    std::string failure_code;
     std::mutex mu;             // guards the fields below
     ChildProcess* child = nullptr;  // owned by the rank's thread
     bool kill_requested = false;
@@ -550,8 +553,13 @@ Status Agent::Impl::PrepareFiles(Rank& rank, std::string* spec_path, std::string
   }
   if (a.has_path_grant()) {
     // ternd checked the names; here links are followed, on this node's files.
-    TERN_ASSIGN_OR_RETURN(std::vector<paths::NamedPath> named, paths::PathsNamedBy(spec));
-    TERN_RETURN_IF_ERROR(paths::CheckResolvedPaths(named, a.path_grant()));
+    StatusOr<std::vector<paths::NamedPath>> named = paths::PathsNamedBy(spec);
+    const Status allowed =
+        named.ok() ? paths::CheckResolvedPaths(*named, a.path_grant()) : named.status();
+    if (!allowed.ok()) {
+      rank.failure_code = StatusCodeName(allowed.code());  // the job's fault: not retried
+      return allowed;
+    }
   }
   google::protobuf::util::JsonPrintOptions print;
   print.preserve_proto_field_names = true;
@@ -664,6 +672,7 @@ void Agent::Impl::ReportExit(Rank& rank, const ExitStatus& ended, const std::str
       request.set_signal(ended.signal);
       request.set_reason(reason);
       request.set_killed_by_agent(killed);
+      request.set_failure_code(rank.failure_code);
       grpc::ClientContext ctx;
       SetDeadline(&ctx);
       v1::ReportExitResponse response;
