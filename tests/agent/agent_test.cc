@@ -30,6 +30,7 @@
 #include "common/file_util.h"
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
+#include "worker/agent/write_confinement.h"
 
 namespace tern::agent {
 namespace {
@@ -41,7 +42,9 @@ using Clock = std::chrono::steady_clock;
 
 // The fake tern-trainer. Records its arguments, environment and pid in its
 // --workdir, then acts on the spec's "name": ok, fail, sleeper (exec sleep),
-// stubborn (ignores SIGTERM), family (a background child), progress_sleeper.
+// stubborn (ignores SIGTERM), family (a background child), progress_sleeper,
+// writer (writes into its checkpoint directory, its workdir and
+// $TERN_TEST_OUTSIDE, exit 0).
 constexpr const char* kFakeTrainer = R"SH(#!/bin/sh
 args="$*"
 spec=""; workdir=""; rank=0
@@ -83,6 +86,12 @@ case "$mode" in
     exec sleep 300 ;;
   stubborn)
     while true; do sleep 0.1; done ;;
+  writer)
+    ckpt=$(sed -n 's/.*"directory":"\([^"]*\)".*/\1/p' "$spec")
+    echo ck > "$ckpt/written"
+    echo wd > "$workdir/written"
+    echo out > "$TERN_TEST_OUTSIDE/escaped"
+    exit 0 ;;
   family)
     sleep 300 &
     echo $! > "$workdir/child.pid"
@@ -659,6 +668,33 @@ TEST_F(AgentTest, APathGrantIsCheckedWithSymlinksResolvedBeforeTheTrainerStarts)
       << refused->reason();
   EXPECT_TRUE(EventsOf("job-link").empty());  // no trainer ran
   EXPECT_FALSE(fs::exists(root + "/bob/ckpt/run"));
+}
+
+TEST_F(AgentTest, ATrainerWithAPathGrantWritesOnlyWhereItMay) {
+  if (WriteConfinement::AbiVersion() == 0) {
+    GTEST_SKIP() << "this kernel offers no Landlock: the agent runs trainers unconfined here";
+  }
+  const std::string root = fs::canonical(dir_).string();
+  fs::create_directories(root + "/scratch/alice");
+  fs::create_directories(root + "/bob");
+  ::setenv("TERN_TEST_OUTSIDE", (root + "/bob").c_str(), 1);
+  StartAgent();
+  v1::AssignmentEvent a = MakeAssignment("job-w", 0, "writer");
+  a.mutable_assignment()->mutable_spec()->mutable_dataset()->set_kind(v1::DATASET_SYNTHETIC);
+  a.mutable_assignment()->set_checkpoint_dir(root + "/scratch/alice/run");
+  a.mutable_assignment()->mutable_path_grant()->add_write_roots(root + "/scratch/alice");
+  fake_.Send(a);
+  const auto exit = WaitForExit("job-w");
+  ::unsetenv("TERN_TEST_OUTSIDE");
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code(), 0) << exit->reason();
+  EXPECT_TRUE(fs::exists(root + "/scratch/alice/run/written"));  // created by the agent
+  EXPECT_TRUE(fs::exists(RankDir("job-w", 0) + "/written"));
+  EXPECT_FALSE(fs::exists(root + "/bob/escaped"));
+  // Its own temp directory: a shared /tmp is not writable.
+  const StatusOr<std::string> env = ReadFileToString(RankDir("job-w", 0) + "/env");
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_NE(env->find("TMPDIR=" + RankDir("job-w", 0) + "/tmp\n"), std::string::npos) << *env;
 }
 
 TEST_F(AgentTest, ExportsTrainerMetrics) {

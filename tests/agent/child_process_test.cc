@@ -8,9 +8,13 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
+
+#include "tests/common/scoped_temp_dir.h"
+#include "worker/agent/write_confinement.h"
 
 namespace tern::agent {
 namespace {
@@ -118,6 +122,49 @@ TEST(ChildProcessTest, DestructorKillsARunningChild) {
     EXPECT_TRUE(Alive(pid));
   }
   EXPECT_FALSE(Alive(pid));
+}
+
+// The child (and what it starts) writes only beneath the allowed
+// directories, by any path; it still reads and executes everywhere.
+TEST(WriteConfinementTest, TheChildWritesOnlyBeneathTheAllowedDirectories) {
+  if (WriteConfinement::AbiVersion() == 0) {
+    GTEST_SKIP() << "this kernel offers no Landlock: write confinement cannot be tested here";
+  }
+  namespace fs = std::filesystem;
+  testing_util::ScopedTempDir dir("tern_write_confinement_test");
+  const std::string root = fs::canonical(dir.path()).string();
+  fs::create_directories(root + "/allowed");
+  fs::create_directories(root + "/outside");
+  { std::ofstream(root + "/outside/readable") << "still readable\n"; }
+  fs::create_directory_symlink(root + "/outside", root + "/allowed/link");
+
+  StatusOr<WriteConfinement> confinement =
+      WriteConfinement::Create({root + "/allowed", root + "/missing"});
+  ASSERT_TRUE(confinement.ok()) << confinement.status();
+  EXPECT_EQ(confinement->allowed(), std::vector<std::string>{root + "/allowed"});
+
+  ChildProcess::Options o;
+  o.argv = {"/bin/sh", "-c",
+            "cd " + root + " && echo a > allowed/f && mkdir allowed/d && echo b > allowed/d/g; "
+            "echo c > outside/h; echo d > allowed/link/i; mkdir outside/e; "
+            "mv allowed/f outside/f; rm outside/readable; cat outside/readable"};
+  o.landlock_ruleset_fd = confinement->fd();
+  auto child = ChildProcess::Start(o);
+  ASSERT_TRUE(child.ok()) << child.status();
+  std::string out, err;
+  Drain(**child, &out, &err);
+  EXPECT_EQ(out, "still readable\n");
+  EXPECT_TRUE(fs::exists(root + "/allowed/d/g"));
+  EXPECT_TRUE(fs::exists(root + "/allowed/f"));  // not moved out
+  for (const char* name : {"h", "i", "e", "f"}) {
+    EXPECT_FALSE(fs::exists(root + "/outside/" + name)) << name;
+  }
+  EXPECT_TRUE(fs::exists(root + "/outside/readable"));  // not removed
+  EXPECT_NE(err.find("Permission denied"), std::string::npos) << err;
+
+  // The agent itself is not confined.
+  { std::ofstream(root + "/outside/by-the-parent") << "x"; }
+  EXPECT_TRUE(fs::exists(root + "/outside/by-the-parent"));
 }
 
 }  // namespace

@@ -89,4 +89,9 @@ jq -e '.state == "JOB_STATE_FAILED" and (.restarts // 0) == 0 and .state_reason.
        and (.state_reason.message | test("PERMISSION_DENIED: spec.dataset.path: .* resolves to"))' \
   "$work/linked.json" >/dev/null || fail "unexpected state: $(cat "$work/linked.json")"
 echo "paths outside the roots refused by ternd (submit) and by the agent (job $linked, a link)"
+if grep -q "trainer writes confined (Landlock" "$work/agent.log"; then
+  echo "the trainers ran with their writes confined by Landlock"
+else
+  echo "NOTE: this kernel offers no Landlock: the trainers ran unconfined ($(grep -m1 'not confined' "$work/agent.log"))"
+fi
 echo "PASS"

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <condition_variable>
@@ -27,6 +28,7 @@
 #include "worker/agent/child_process.h"
 #include "worker/agent/trainer_events.h"
 #include "worker/agent/trainer_metrics.h"
+#include "worker/agent/write_confinement.h"
 
 extern char** environ;
 
@@ -130,6 +132,11 @@ Status AgentOptions::Validate() const {
   }
   if (backoff_max < backoff_min) return InvalidArgumentError("backoff_max: must be >= backoff_min");
   if (stderr_tail_lines < 0) return InvalidArgumentError("stderr_tail_lines: must be >= 0");
+  for (const std::string& dir : trainer_writable) {
+    if (dir.empty() || dir[0] != '/') {
+      return InvalidArgumentError("trainer_writable: must be absolute paths, got '" + dir + "'");
+    }
+  }
   return OkStatus();
 }
 
@@ -214,7 +221,13 @@ class Agent::Impl {
   void KillAllAndWait(milliseconds grace, const std::string& reason);
   void RunRank(std::shared_ptr<Rank> rank);
   Status PrepareFiles(Rank& rank, std::string* spec_path, std::string* rank_dir);
-  std::vector<std::string> TrainerEnv(const Rank& rank) const;
+  // The Landlock ruleset for a rank whose assignment has a PathGrant;
+  // nullopt without a grant, with confine_writes kOff, or (kAuto) on a
+  // kernel without Landlock.
+  StatusOr<std::optional<WriteConfinement>> ConfineWrites(const Rank& rank,
+                                                          const std::string& rank_dir);
+  // `tmpdir` non-empty: the trainer's TMPDIR.
+  std::vector<std::string> TrainerEnv(const Rank& rank, const std::string& tmpdir) const;
   // Sends `pending` (front first). Returns false when ternd could not take
   // them now (kept for a retry); drops them on errors a retry cannot fix.
   bool Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending);
@@ -232,6 +245,7 @@ class Agent::Impl {
   metrics::Family<metrics::Counter>& exits_;
   metrics::Family<metrics::Gauge>& slots_;
   TrainerMetrics trainer_metrics_;  // the per-rank tern_job_* series
+  std::atomic<bool> warned_no_landlock_{false};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -570,7 +584,42 @@ Status Agent::Impl::PrepareFiles(Rank& rank, std::string* spec_path, std::string
   return WriteFileAtomically(*spec_path, json + "\n");
 }
 
-std::vector<std::string> Agent::Impl::TrainerEnv(const Rank& rank) const {
+StatusOr<std::optional<WriteConfinement>> Agent::Impl::ConfineWrites(
+    const Rank& rank, const std::string& rank_dir) {
+  const v1::Assignment& a = rank.assignment;
+  if (!a.has_path_grant() || options_.confine_writes == AgentOptions::ConfineWrites::kOff) {
+    return std::optional<WriteConfinement>();
+  }
+  // Directories the trainer creates must exist for a rule to name them.
+  std::vector<std::string> dirs(a.path_grant().write_roots().begin(),
+                                a.path_grant().write_roots().end());
+  for (const std::string& dir :
+       {a.checkpoint_dir(), a.artifact_path().empty()
+                                ? std::string()
+                                : a.artifact_path().substr(0, a.artifact_path().rfind('/'))}) {
+    if (dir.empty()) continue;
+    TERN_RETURN_IF_ERROR(MakeDirectories(dir));
+    dirs.push_back(dir);
+  }
+  dirs.push_back("/dev");  // /dev/null, /dev/shm (NCCL), GPU device nodes
+  dirs.push_back(rank_dir);  // holds the trainer's TMPDIR too (a shared /tmp is not writable)
+  TERN_RETURN_IF_ERROR(MakeDirectories(rank_dir + "/tmp"));
+  dirs.insert(dirs.end(), options_.trainer_writable.begin(), options_.trainer_writable.end());
+  StatusOr<WriteConfinement> confinement = WriteConfinement::Create(dirs);
+  if (confinement.ok()) return std::optional<WriteConfinement>(std::move(confinement).value());
+  if (confinement.status().code() == StatusCode::kUnavailable &&
+      options_.confine_writes == AgentOptions::ConfineWrites::kAuto) {
+    if (!warned_no_landlock_.exchange(true)) {
+      TERN_LOG(WARNING) << "trainers' writes are not confined: " << confinement.status()
+                        << " (their paths are still checked by name)";
+    }
+    return std::optional<WriteConfinement>();
+  }
+  return confinement.status();
+}
+
+std::vector<std::string> Agent::Impl::TrainerEnv(const Rank& rank,
+                                                 const std::string& tmpdir) const {
   const v1::Assignment& a = rank.assignment;
   std::map<std::string, std::string> env;
   for (char** e = environ; e && *e; ++e) {
@@ -585,6 +634,7 @@ std::vector<std::string> Agent::Impl::TrainerEnv(const Rank& rank) const {
   env["TERN_MASTER_ADDR"] = a.rendezvous_host();
   env["TERN_MASTER_PORT"] = std::to_string(a.rendezvous_port());
   env["TERN_AGENT_ID"] = options_.agent_id;
+  if (!tmpdir.empty()) env["TMPDIR"] = tmpdir;
   // A CPU rank sees no GPU; a CUDA rank sees its own as cuda:0.
   env["CUDA_VISIBLE_DEVICES"] = rank.cuda_slot >= 0 ? std::to_string(rank.cuda_slot) : "";
   if (rank.cuda_slot < 0 && !a.spec().resources().has_threads_per_rank() &&
@@ -707,6 +757,21 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
                  << ")";
   std::string spec_path, rank_dir;
   Status prepared = PrepareFiles(*rank, &spec_path, &rank_dir);
+  std::optional<WriteConfinement> confinement;
+  if (prepared.ok()) {
+    StatusOr<std::optional<WriteConfinement>> confined = ConfineWrites(*rank, rank_dir);
+    if (confined.ok()) {
+      confinement = std::move(confined).value();
+      if (confinement) {
+        std::string dirs;
+        for (const std::string& d : confinement->allowed()) dirs += (dirs.empty() ? "" : ", ") + d;
+        TERN_LOG(INFO) << rank->prefix << "trainer writes confined (Landlock ABI "
+                       << WriteConfinement::AbiVersion() << ") to " << dirs;
+      }
+    } else {
+      prepared = confined.status().WithContext("confining the trainer's writes");
+    }
+  }
   std::unique_ptr<ChildProcess> child;
   if (prepared.ok()) {
     ChildProcess::Options o;
@@ -719,8 +784,9 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
       o.argv.push_back("--artifact");
       o.argv.push_back(a.artifact_path());
     }
-    o.env = TrainerEnv(*rank);
+    o.env = TrainerEnv(*rank, confinement ? rank_dir + "/tmp" : "");
     o.working_dir = rank_dir;
+    if (confinement) o.landlock_ruleset_fd = confinement->fd();
     std::lock_guard<std::mutex> lock(rank->mu);
     if (rank->kill_requested) {
       prepared = CancelledError("killed before it started (" + rank->kill_reason + ")");

@@ -25,6 +25,15 @@
 //   <workdir>/jobs/<job>/rank-<r>/spec-attempt-<a>.json
 //   <workdir>/jobs/<job>/checkpoints/          when the assignment names none
 //
+// Paths: an assignment with a tern.v1.PathGrant (ternd --read-roots /
+// --write-roots) starts its trainer only when every path its spec names lies
+// under the grant with symlinks resolved (PERMISSION_DENIED otherwise, a
+// failure ternd does not retry), and, where the kernel offers Landlock
+// (confine_writes), the trainer may then write only beneath the grant's
+// write roots, its checkpoint directory, its rank directory (with its own
+// TMPDIR, <rank dir>/tmp), its artifact's directory, /dev and
+// trainer_writable (write_confinement.h).
+//
 // Thread safety: Run() once, from one thread; Shutdown() and the accessors
 // from any thread (not from a signal handler).
 #ifndef TERN_WORKER_AGENT_AGENT_H_
@@ -33,6 +42,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/metrics.h"
 #include "common/status.h"
@@ -59,6 +69,14 @@ struct AgentOptions {
   std::chrono::milliseconds exit_report_retry{60000};  // keep retrying ReportExit
   int stderr_tail_lines = 20;        // last stderr lines in the exit report
   bool relay_logs = true;            // stderr lines as `log` events
+  // Landlock write confinement of trainers whose assignment carries a
+  // PathGrant: kAuto applies it where the kernel offers Landlock (a warning
+  // once where not), kOn fails such ranks on a kernel without it, kOff never.
+  enum class ConfineWrites { kAuto, kOn, kOff };
+  ConfineWrites confine_writes = ConfineWrites::kAuto;
+  // Further directories confined trainers may write beneath (e.g. a CUDA
+  // cache, ~/.nv); absolute.
+  std::vector<std::string> trainer_writable;
   // INVALID_ARGUMENT naming the field: bad agent_id, no slots, slots out of
   // [0, 1024], empty trainer_path or workdir, non-positive durations.
   Status Validate() const;

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,7 +17,7 @@ namespace {
 
 // Where the child reports a failed setup step before execve succeeds.
 struct ChildError {
-  int step;  // 0 chdir, 1 execve, 2 other
+  int step;  // 0 chdir, 1 execve, 2 other, 3 Landlock
   int error;
 };
 
@@ -54,6 +55,12 @@ void CloseIfOpen(int* fd) {
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
 
+  if (options.landlock_ruleset_fd >= 0) {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        ::syscall(SYS_landlock_restrict_self, options.landlock_ruleset_fd, 0) != 0) {
+      fail(3);
+    }
+  }
   const int devnull = ::open("/dev/null", O_RDONLY);
   if (devnull < 0) fail(2);
   if (::dup2(devnull, 0) < 0 || ::dup2(stdout_w, 1) < 0 || ::dup2(stderr_w, 2) < 0) {
@@ -154,6 +161,7 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(const Options& optio
     close_all();
     const std::string what = child_error.step == 0   ? "chdir " + options.working_dir
                              : child_error.step == 1 ? "exec " + options.argv[0]
+                             : child_error.step == 3 ? "confining the writes of " + options.argv[0]
                                                      : "starting " + options.argv[0];
     const std::string message = what + ": " + std::strerror(child_error.error);
     if (child_error.error == ENOENT) return NotFoundError(message);

@@ -123,11 +123,25 @@ int main(int argc, char** argv) {
   app.add_option("--rpc-timeout", rpc_timeout_s, "deadline of each call to ternd, seconds")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  std::string confine_writes = "auto";
+  app.add_option("--confine-writes", confine_writes,
+                 "Landlock-confine the writes of trainers whose job has path roots (ternd "
+                 "--write-roots): auto (where the kernel offers it), on (refuse such ranks "
+                 "where not), off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  app.add_option("--trainer-writable", options.trainer_writable,
+                 "further directories confined trainers may write beneath (repeatable or "
+                 "comma-separated; e.g. a CUDA cache)")
+      ->delimiter(',');
   tern::tls::AddClientTlsFlags(app, &tls);
   app.add_option("--tls-reload-interval", tls.reload_interval_s,
                  "seconds between re-reads of the --tls-* files (with --tls-ca; 0: read once)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  options.confine_writes = confine_writes == "on"    ? tern::agent::AgentOptions::ConfineWrites::kOn
+                           : confine_writes == "off" ? tern::agent::AgentOptions::ConfineWrites::kOff
+                                                     : tern::agent::AgentOptions::ConfineWrites::kAuto;
 
   // Signals are taken by a sigwait thread; block them before any thread
   // starts so every thread inherits the mask (trainers get a clean one).
