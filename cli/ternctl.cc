@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -24,6 +25,7 @@
 #include "cli/render.h"
 #include "cli/sha256.h"
 #include "tern/v1/job_service.grpc.pb.h"
+#include "tls/bearer_token.h"
 #include "tls/tls_credentials.h"
 #include "tls/tls_flags.h"
 
@@ -566,6 +568,42 @@ int Client::DownloadTo(const std::string& id, const std::string& output) {
   return kExitOk;
 }
 
+// `ternctl token new NAME`: a new bearer token, written to `output` (mode
+// 0600, never over an existing file) or printed, and its --token-file line.
+int NewTokenCommand(const std::string& name, bool admin, bool agent, const std::string& output,
+                    std::ostream& out, std::ostream& err) {
+  const bool name_ok = !name.empty() && name.size() <= 128 &&
+                       std::all_of(name.begin(), name.end(),
+                                   [](char c) { return c > 0x20 && c < 0x7f; });
+  if (!name_ok) {
+    err << "ternctl: NAME: must be 1..128 printable characters without spaces\n";
+    return kExitUsage;
+  }
+  StatusOr<std::string> token = tls::NewToken();
+  if (!token.ok()) {
+    err << "ternctl: " << token.status().message() << "\n";
+    return kExitOther;
+  }
+  const std::string line = tls::TokenHash(*token) + " " + name + (admin ? " admin" : "") +
+                           (agent ? " agent" : "");
+  if (output.empty()) {
+    out << *token << "\n" << line << "\n";
+    return kExitOk;
+  }
+  const int fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  const std::string content = *token + "\n";
+  if (fd < 0 || ::write(fd, content.data(), content.size()) !=
+                    static_cast<ssize_t>(content.size()) || ::fsync(fd) != 0) {
+    err << "ternctl: " << output << ": " << std::strerror(errno)
+        << (errno == EEXIST ? " (a token file is never overwritten)" : "") << "\n";
+    if (fd >= 0) ::close(fd);
+    return kExitOther;
+  }
+  ::close(fd);
+  out << line << "\n";
+  return kExitOk;
+}
+
 }  // namespace
 
 int ExitCodeFor(StatusCode code) {
@@ -704,6 +742,26 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
                     "file or directory to write (default: the server's file name, here)");
   fetch->callback([&] { command = [&](Client& c) { return c.Fetch(id, output); }; });
 
+  // token new
+  std::string token_name, token_output;
+  bool token_admin = false, token_agent = false;
+  std::function<int()> local_command;  // needs no server
+  CLI::App* token = app.add_subcommand("token", "bearer tokens for ternd --token-file");
+  token->require_subcommand(1);
+  CLI::App* token_new = token->add_subcommand(
+      "new", "make a token for NAME: prints its ternd --token-file line (and the token itself "
+             "first, without -o)");
+  token_new->add_option("NAME", token_name, "the identity the token proves")->required();
+  token_new->add_flag("--admin", token_admin, "may read, list and cancel every owner's jobs");
+  token_new->add_flag("--agent", token_agent, "may act as a tern-agent (agent_id = NAME)");
+  token_new->add_option("-o,--output", token_output,
+                        "write the token to this new file (mode 0600) instead of stdout");
+  token_new->callback([&] {
+    local_command = [&] {
+      return NewTokenCommand(token_name, token_admin, token_agent, token_output, out, err);
+    };
+  });
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -714,6 +772,7 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
     app.exit(e, out, err);
     return kExitUsage;
   }
+  if (local_command) return local_command();
   if (!command) return kExitUsage;
   g.tls.reload_interval_s = 0;  // one command: read the files once
   StatusOr<std::shared_ptr<grpc::Channel>> channel = tls::MakeChannel(g.server, g.tls);

@@ -5,7 +5,9 @@
 #include <grpcpp/security/auth_context.h>
 
 #include <algorithm>
+#include <cctype>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -38,15 +40,62 @@ StatusOr<std::string> CertificateName(const grpc::ServerContext& context) {
   return name;
 }
 
+Status Unauthenticated(std::string message) {
+  return Status(StatusCode::kUnauthenticated, std::move(message));
+}
+
+// Who the peer proved to be: a client certificate or a bearer token.
+struct Identity {
+  std::string name;  // "" when neither
+  bool from_token = false;
+  TokenEntry token;  // from_token only
+};
+
+StatusOr<Identity> IdentityOf(const grpc::ServerContext& context, TokenTable* tokens) {
+  Identity id;
+  TERN_ASSIGN_OR_RETURN(id.name, CertificateName(context));
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    if (tokens != nullptr && id.name.empty()) {
+      return Unauthenticated(
+          "ternd requires a bearer token (ternctl --token-file) or a client certificate");
+    }
+    return id;
+  }
+  if (tokens == nullptr) {
+    return Unauthenticated("ternd takes no bearer tokens (it was started without --token-file)");
+  }
+  const std::string value(it->second.data(), it->second.size());
+  const std::string scheme = "bearer ";
+  std::string lowered = value.substr(0, scheme.size());
+  std::transform(lowered.begin(), lowered.end(), lowered.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (lowered != scheme) return Unauthenticated("authorization: expected \"Bearer <token>\"");
+  const std::optional<TokenEntry> entry = tokens->Find(value.substr(scheme.size()));
+  if (!entry) return Unauthenticated("unknown or revoked bearer token");
+  if (!id.name.empty() && id.name != entry->name) {
+    return PermissionDenied("the bearer token's name \"" + entry->name +
+                            "\" differs from the client certificate's name \"" + id.name +
+                            "\"");
+  }
+  id.name = entry->name;
+  id.from_token = true;
+  id.token = *entry;
+  return id;
+}
+
 }  // namespace
 
-StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context) {
-  TERN_ASSIGN_OR_RETURN(const std::string certificate_name, CertificateName(context));
+StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTable* tokens) {
+  TERN_ASSIGN_OR_RETURN(const Identity id, IdentityOf(context, tokens));
+  const std::string what = id.from_token ? "bearer token's" : "client certificate's";
+  const bool admin = id.from_token && id.token.admin;
   const auto& metadata = context.client_metadata();
   auto it = metadata.find(kOwnerMetadataKey);
   if (it == metadata.end()) {
-    if (!certificate_name.empty()) return Caller{certificate_name, true};
-    return Caller{kAnonymousOwner, false};
+    if (!id.name.empty()) return Caller{id.name, true, admin};
+    return Caller{kAnonymousOwner, false, false};
   }
   const std::string owner(it->second.data(), it->second.size());
   if (!ValidOwner(owner)) {
@@ -54,20 +103,25 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context) {
         std::string("metadata ") + kOwnerMetadataKey +
         ": must be 1..128 printable ASCII characters without spaces");
   }
-  if (certificate_name.empty()) return Caller{owner, false};
-  if (owner != certificate_name) {
+  if (id.name.empty()) return Caller{owner, false, false};
+  if (owner != id.name) {
     return PermissionDenied(std::string("metadata ") + kOwnerMetadataKey + " \"" + owner +
-                                 "\" differs from the client certificate's name \"" +
-                                 certificate_name + "\"");
+                            "\" differs from the " + what + " name \"" + id.name + "\"");
   }
-  return Caller{owner, true};
+  return Caller{owner, true, admin};
 }
 
 StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
-                                     const std::string& agent_names) {
-  TERN_ASSIGN_OR_RETURN(std::string name, CertificateName(context));
-  if (name.empty() || fnmatch(agent_names.c_str(), name.c_str(), 0) == 0) return name;
-  return PermissionDenied("the client certificate \"" + name +
+                                     const std::string& agent_names, TokenTable* tokens) {
+  TERN_ASSIGN_OR_RETURN(const Identity id, IdentityOf(context, tokens));
+  if (id.from_token) {
+    if (id.token.agent) return id.name;
+    return PermissionDenied("the bearer token of \"" + id.name +
+                            "\" may not act as an agent (its line in ternd's --token-file has "
+                            "no `agent` role)");
+  }
+  if (id.name.empty() || fnmatch(agent_names.c_str(), id.name.c_str(), 0) == 0) return id.name;
+  return PermissionDenied("the client certificate \"" + id.name +
                           "\" may not act as an agent (ternd --tls-agent-names " +
                           agent_names + ")");
 }
@@ -76,7 +130,7 @@ namespace {
 
 // Whether `caller` may act on every owner's jobs.
 bool Unrestricted(const Caller& caller, const std::string& admin_names) {
-  return !caller.authenticated ||
+  return !caller.authenticated || caller.admin ||
          (!admin_names.empty() && fnmatch(admin_names.c_str(), caller.owner.c_str(), 0) == 0);
 }
 

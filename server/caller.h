@@ -1,16 +1,20 @@
 // Who is calling: the identity a request acts as, and the access check.
 //
 // Over mutual TLS (ternd --tls-client-ca) the identity is the client
-// certificate's common name: authenticated. The request metadata
-// `x-tern-owner` may then only repeat it (a different name is
-// PERMISSION_DENIED). Without a client certificate the identity is
+// certificate's common name: authenticated. With ternd --token-file, a
+// bearer token ("authorization: Bearer <token>", token_table.h) names the
+// caller instead (and a call with neither is UNAUTHENTICATED; an unknown
+// token always is). The request metadata `x-tern-owner` may then only repeat
+// the name (a different name is PERMISSION_DENIED). Without either the
+// identity is
 // `x-tern-owner` (default "anonymous"), which any client can set: it scopes
 // idempotency keys and becomes JobSpec.owner, but it is not authentication.
 // Authorize() / ListableOwner(): an authenticated caller reads, lists and
 // cancels only its own jobs, unless its name matches the admin glob (ternd
-// --tls-admin-names); an unauthenticated caller may do everything (no TLS: a
-// trusted network). AuthorizeAgent(): which certificates may act as agents
-// (WorkerService). Plain functions, thread-safe.
+// --tls-admin-names) or its token has the admin role; an unauthenticated
+// caller may do everything (no TLS: a trusted network). AuthorizeAgent():
+// which certificates and tokens may act as agents (WorkerService). Plain
+// functions, thread-safe.
 #ifndef TERN_SERVER_CALLER_H_
 #define TERN_SERVER_CALLER_H_
 
@@ -20,6 +24,7 @@
 
 #include "common/status.h"
 #include "scheduler/job.h"
+#include "server/token_table.h"
 
 namespace tern::server {
 
@@ -28,22 +33,28 @@ inline constexpr char kAnonymousOwner[] = "anonymous";
 
 struct Caller {
   std::string owner;  // 1..128 printable ASCII characters, no spaces
-  bool authenticated = false;  // owner is a verified client certificate's name
+  // owner is a verified client certificate's name or a known token's.
+  bool authenticated = false;
+  bool admin = false;  // a token with the admin role
 };
 
-// Reads the caller from the peer's certificate or the request metadata.
+// Reads the caller from the peer's certificate, bearer token or request
+// metadata; `tokens` is ternd's --token-file table, null without one.
 // INVALID_ARGUMENT when x-tern-owner is present but empty, too long or not
-// printable ASCII; PERMISSION_DENIED when it differs from the certificate's
-// name, or when a verified certificate has no usable common name.
-StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context);
+// printable ASCII; PERMISSION_DENIED when it differs from the authenticated
+// name, or when a verified certificate has no usable common name;
+// UNAUTHENTICATED for an unknown token, a token ternd does not take, or no
+// credential where tokens are required.
+StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTable* tokens);
 
 // Whether the peer may call WorkerService (act as a tern-agent): always
-// without a client certificate (returns ""); over mutual TLS when the
-// certificate's common name matches the glob `agent_names` (ternd
-// --tls-agent-names, e.g. "tern-agent-*"; returns the name, which must then
-// be the agent_id it registers as), else PERMISSION_DENIED.
+// without a client certificate or token (returns ""); over mutual TLS when
+// the certificate's common name matches the glob `agent_names` (ternd
+// --tls-agent-names, e.g. "tern-agent-*"), with a token when its line has the
+// agent role; returns the name, which must then be the agent_id it
+// registers as. PERMISSION_DENIED or UNAUTHENTICATED otherwise.
 StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
-                                     const std::string& agent_names);
+                                     const std::string& agent_names, TokenTable* tokens);
 
 enum class Action { kRead, kCancel };
 

@@ -59,7 +59,8 @@ std::string JobLayout::CheckpointDir(const scheduler::Job& job,
 }
 
 std::string JobLayout::ArtifactPath(const scheduler::Job& job) const {
-  return artifact_root + "/" + JobDirName(job) + ".tern";
+  const std::string name = JobDirName(job);
+  return artifact_root + "/" + name + "/" + name + ".tern";
 }
 
 std::string FormatJobId(scheduler::JobId id) { return std::to_string(id); }

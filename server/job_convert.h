@@ -41,7 +41,10 @@ struct JobLayout {
   // spec.checkpoint.directory, or <checkpoint_root>/<JobDirName>.
   std::string CheckpointDir(const scheduler::Job& job,
                             const v1::JobSpec& spec) const;
-  // <artifact_root>/<JobDirName>.tern
+  // <artifact_root>/<JobDirName>/<JobDirName>.tern: a directory per job, so
+  // that a trainer confined to it (tern-agent's Landlock rules) can write its
+  // artifact and detections but not another job's. (Jobs of older versions
+  // keep their recorded <artifact_root>/<JobDirName>.tern.)
   std::string ArtifactPath(const scheduler::Job& job) const;
 };
 

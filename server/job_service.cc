@@ -100,7 +100,7 @@ grpc::Status JobService::ListJobs(grpc::ServerContext* context,
                                   const v1::ListJobsRequest* request,
                                   v1::ListJobsResponse* response) {
   return RunRpc(state_, "ListJobs", [&]() -> Status {
-    TERN_ASSIGN_OR_RETURN(const Caller caller, CallerFromContext(*context));
+    TERN_ASSIGN_OR_RETURN(const Caller caller, CallerFromContext(*context, state_->tokens));
     return DoListJobs(caller, *request, response);
   });
 }
@@ -131,7 +131,7 @@ grpc::Status JobService::GetArtifact(
 Status JobService::DoSubmitJob(grpc::ServerContext* context,
                                const v1::SubmitJobRequest& request,
                                v1::SubmitJobResponse* response) {
-  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context));
+  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context, state_->tokens));
   TERN_RETURN_IF_ERROR(ValidateIdempotencyKey(request.idempotency_key()));
   v1::JobSpec spec = request.spec();
   spec.set_owner(caller.owner);
@@ -257,7 +257,7 @@ Status JobService::DoCancelJob(grpc::ServerContext* context,
     return InvalidArgumentError("reason: at most 1024 characters, got " +
                                 std::to_string(request.reason().size()));
   }
-  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context));
+  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context, state_->tokens));
   TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(request.job_id()));
   TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
   TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kCancel, state_->admin_names));
@@ -390,7 +390,7 @@ Status JobService::DoGetArtifact(
 
 StatusOr<scheduler::Job> JobService::ReadableJob(grpc::ServerContext* context,
                                                  const std::string& job_id) {
-  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context));
+  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context, state_->tokens));
   TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(job_id));
   TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
   TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kRead, state_->admin_names));

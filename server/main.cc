@@ -5,7 +5,7 @@
 //         [--metrics-listen 127.0.0.1:9464] [--artifact-root ./artifacts]
 //         [--checkpoint-root ./checkpoints] [--lease-ttl 15s]
 //         [--tls-cert F --tls-key F [--tls-client-ca F [--tls-agent-names GLOB]]]
-//         [--read-roots DIRS] [--write-roots DIRS]
+//         [--token-file F] [--read-roots DIRS] [--write-roots DIRS]
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
@@ -110,6 +110,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-agent-names", options.tls_agent_names,
                  "with --tls-client-ca: glob of the certificate names that may act as agents")
       ->capture_default_str();
+  app.add_option("--token-file", options.token_file,
+                 "bearer tokens callers may present instead of client certificates "
+                 "(\"sha256:<hash> <name> [admin] [agent]\" lines, from ternctl token new); "
+                 "needs --tls-cert; re-read when it changes");
   app.add_option("--read-roots", options.read_roots,
                  "comma-separated directories (\"{owner}\": the job's owner) a job may read "
                  "data and init_from files under (default: anywhere)");

@@ -14,6 +14,7 @@
 #include "server/path_access.h"
 #include "server/progress_cache.h"
 #include "server/server_metrics.h"
+#include "server/token_table.h"
 
 namespace tern::server {
 
@@ -31,6 +32,7 @@ struct ServerState {
   std::chrono::milliseconds kill_grace{10000};  // KillOrder.grace_period
   std::string agent_names = "*";  // AuthorizeAgent's glob (caller.h)
   std::string admin_names;        // Authorize's admin glob ("" none)
+  TokenTable* tokens = nullptr;   // ternd --token-file; null: no tokens
   std::atomic<bool> shutting_down{false};
   std::atomic<int> in_flight{0};  // handlers inside RunRpc (rpc.h)
 };

@@ -20,6 +20,7 @@
 #include "server/progress_cache.h"
 #include "server/server_metrics.h"
 #include "server/server_state.h"
+#include "server/token_table.h"
 #include "server/worker_service.h"
 
 namespace tern::server {
@@ -76,6 +77,11 @@ Status TerndOptions::Validate() const {
   }
   if (tick_interval.count() <= 0) {
     return InvalidArgumentError("tick_interval: must be > 0");
+  }
+  if (!token_file.empty() && tls.cert_file.empty()) {
+    return InvalidArgumentError(
+        "token_file: needs TLS (--tls-cert, --tls-key): bearer tokens must not cross the "
+        "network in plaintext");
   }
   TERN_RETURN_IF_ERROR(paths::ParseRoots("read_roots", read_roots).status());
   TERN_RETURN_IF_ERROR(paths::ParseRoots("write_roots", write_roots).status());
@@ -170,6 +176,12 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   state_->kill_grace = options_.kill_grace;
   state_->agent_names = options_.tls_agent_names;
   state_->admin_names = options_.tls_admin_names;
+  if (!options_.token_file.empty()) {
+    StatusOr<std::unique_ptr<TokenTable>> tokens = TokenTable::Load(options_.token_file);
+    if (!tokens.ok()) return tokens.status().WithContext("token_file");
+    tokens_ = std::move(tokens).value();
+    state_->tokens = tokens_.get();
+  }
   job_service_ = std::make_unique<JobService>(state_.get());
   worker_service_ = std::make_unique<WorkerService>(state_.get());
 

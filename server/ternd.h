@@ -48,6 +48,7 @@ class WorkerService;
 class ProgressCache;
 class ServerMetrics;
 struct ServerState;
+class TokenTable;
 
 struct TerndOptions {
   std::string listen = "127.0.0.1:7070";  // gRPC "host:port"; port 0 = any
@@ -56,7 +57,7 @@ struct TerndOptions {
   // interfaces); empty = no HTTP endpoint.
   std::string metrics_listen = "127.0.0.1:9464";
   // Where jobs whose spec leaves them empty get their artifact
-  // (<root>/job-<id>-<micros>.tern) and checkpoint directory
+  // (<root>/job-<id>-<micros>/job-<id>-<micros>.tern) and checkpoint directory
   // (<root>/job-<id>-<micros>/). Created if missing; made absolute. Keep them
   // the same across restarts (running jobs resume from their directory).
   std::string artifact_root = "./artifacts";
@@ -83,6 +84,8 @@ struct TerndOptions {
   // Over mutual TLS, the certificate names (a glob) that may read, list and
   // cancel every owner's jobs; "": none (each caller sees its own jobs).
   std::string tls_admin_names;
+  // Bearer tokens (server/token_table.h); needs tls.cert_file. Empty: none.
+  std::string token_file;
   // Comma-separated directories ("{owner}" = the job's owner) under which a
   // spec may name data to read (dataset.path, model.init_from) and
   // checkpoint directories to write; both empty: any path (see
@@ -129,6 +132,7 @@ class Ternd {
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<ProgressCache> progress_;
+  std::unique_ptr<TokenTable> tokens_;
   std::unique_ptr<ServerState> state_;
   std::unique_ptr<JobService> job_service_;
   std::unique_ptr<WorkerService> worker_service_;

@@ -107,7 +107,7 @@ grpc::Status WorkerService::Register(grpc::ServerContext* context,
                                      v1::RegisterResponse* response) {
   return RunRpc(state_, "Register", [&]() -> Status {
     TERN_ASSIGN_OR_RETURN(const std::string certificate_name,
-                          AuthorizeAgent(*context, state_->agent_names));
+                          AuthorizeAgent(*context, state_->agent_names, state_->tokens));
     if (!certificate_name.empty() && request->agent_id() != certificate_name) {
       return Status(StatusCode::kPermissionDenied,
                     "agent_id \"" + request->agent_id() +
@@ -122,7 +122,7 @@ grpc::Status WorkerService::Heartbeat(grpc::ServerContext* context,
                                       const v1::HeartbeatRequest* request,
                                       v1::HeartbeatResponse* response) {
   return RunRpc(state_, "Heartbeat", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names).status());
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
     return DoHeartbeat(*request, response);
   });
 }
@@ -131,7 +131,7 @@ grpc::Status WorkerService::StreamAssignments(
     grpc::ServerContext* context, const v1::StreamAssignmentsRequest* request,
     grpc::ServerWriter<v1::AssignmentEvent>* writer) {
   return RunRpc(state_, "StreamAssignments", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names).status());
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
     return DoStreamAssignments(context, *request, writer);
   });
 }
@@ -140,7 +140,7 @@ grpc::Status WorkerService::ReportProgress(
     grpc::ServerContext* context, const v1::ReportProgressRequest* request,
     v1::ReportProgressResponse* /*response*/) {
   return RunRpc(state_, "ReportProgress", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names).status());
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
     return DoReportProgress(*request);
   });
 }
@@ -149,7 +149,7 @@ grpc::Status WorkerService::ReportExit(grpc::ServerContext* context,
                                        const v1::ReportExitRequest* request,
                                        v1::ReportExitResponse* /*response*/) {
   return RunRpc(state_, "ReportExit", [&]() -> Status {
-    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names).status());
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
     return DoReportExit(*request);
   });
 }

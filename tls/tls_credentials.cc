@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "common/file_util.h"
+#include "tls/bearer_token.h"
 
 namespace tern::tls {
 namespace {
@@ -156,12 +157,12 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   return grpc::experimental::TlsServerCredentials(tls);
 }
 
-StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
-                                                     const ClientTlsOptions& options) {
-  grpc::ChannelArguments args;
-  if (!options.enabled()) {
-    return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  }
+namespace {
+
+// The channel credentials of MakeChannel, before a bearer token is added.
+StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const ClientTlsOptions& options, grpc::ChannelArguments* args) {
+  if (!options.enabled()) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
   if (!options.ca_file.empty()) {
     TERN_ASSIGN_OR_RETURN(ssl.pem_root_certs, LoadCaBundle("--tls-ca", options.ca_file));
@@ -173,10 +174,8 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
     ssl.pem_cert_chain = std::move(pair.cert_chain);
     ssl.pem_private_key = std::move(pair.private_key);
   }
-  if (!options.server_name.empty()) args.SetSslTargetNameOverride(options.server_name);
-  if (options.reload_interval_s == 0 || options.ca_file.empty()) {
-    return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
-  }
+  if (!options.server_name.empty()) args->SetSslTargetNameOverride(options.server_name);
+  if (options.reload_interval_s == 0 || options.ca_file.empty()) return grpc::SslCredentials(ssl);
   // Watched files; ternd's certificate is checked against the CA bundle and
   // its name (the address's host, or server_name), as SslCredentials does.
   const bool mutual = !options.cert_file.empty();
@@ -190,7 +189,27 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
   tls.set_verify_server_certs(true);
   tls.set_certificate_verifier(
       std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
-  return grpc::CreateCustomChannel(target, grpc::experimental::TlsCredentials(tls), args);
+  return grpc::experimental::TlsCredentials(tls);
+}
+
+}  // namespace
+
+StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
+                                                     const ClientTlsOptions& options) {
+  grpc::ChannelArguments args;
+  TERN_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                        ChannelCredentials(options, &args));
+  if (!options.token_file.empty()) {
+    if (!options.enabled()) {
+      return InvalidArgumentError(
+          "--token-file needs TLS (--tls or --tls-ca): a bearer token must not cross the "
+          "network in plaintext");
+    }
+    TERN_ASSIGN_OR_RETURN(std::shared_ptr<grpc::CallCredentials> token,
+                          BearerTokenCredentials("--token-file", options.token_file));
+    credentials = grpc::CompositeChannelCredentials(credentials, token);
+  }
+  return grpc::CreateCustomChannel(target, credentials, args);
 }
 
 }  // namespace tern::tls

@@ -47,6 +47,8 @@ struct ServerTlsOptions {
 struct ClientTlsOptions {
   bool tls = false;
   std::string ca_file, cert_file, key_file, server_name;
+  // A bearer token file (bearer_token.h) sent with every call; needs TLS.
+  std::string token_file = "";
   // With ca_file: the files are re-read every this many seconds, as on the
   // server (a long-running tern-agent keeps working across a renewal of its
   // certificate or of the CA bundle); 0: read once (ternctl).
@@ -66,7 +68,9 @@ StatusOr<std::string> CertificateCommonName(const std::string& flag,
 StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const ServerTlsOptions& options);
 
-// A channel to `target` ("host:port") with the options' credentials.
+// A channel to `target` ("host:port") with the options' credentials, and
+// the bearer token of token_file on every call (INVALID_ARGUMENT without TLS:
+// a token must not cross the network in plaintext).
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
                                                      const ClientTlsOptions& options);
 

@@ -22,6 +22,9 @@ inline void AddClientTlsFlags(CLI::App& app, ClientTlsOptions* options) {
       ->envname("TERN_TLS_KEY");
   app.add_option("--tls-server-name", options->server_name,
                  "name to check ternd's certificate against (default: the --server host)");
+  app.add_option("--token-file", options->token_file,
+                 "file holding a bearer token (ternctl token new) sent with every call; needs TLS")
+      ->envname("TERN_TOKEN_FILE");
 }
 
 }  // namespace tern::tls

@@ -60,9 +60,10 @@ wait_for_line() {  # file pattern -> prints HOST:PORT of the first matching line
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Extra flags: ternd_flags for ternd, client_flags for tern-agent and ternctl
-# (tls_e2e.sh sets both).
+# (tls_e2e.sh sets both), agent_flags for tern-agent alone.
 ternd_flags=()
 client_flags=()
+agent_flags=()
 start_service() {
   # A rendezvous port of our own, not ternd's default 29500, so that other
   # tests running at the same time cannot collide with this job's ranks.
@@ -81,7 +82,8 @@ start_service() {
   [[ -n "${agent_slots[*]:-}" ]] && slots=("${agent_slots[@]}")
   "$build/worker/agent/tern-agent" --server "$server" "${slots[@]}" \
     --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/agent" \
-    --metrics-listen 127.0.0.1:0 "${client_flags[@]}" >"$work/agent.out" 2>"$work/agent.log" &
+    --metrics-listen 127.0.0.1:0 "${client_flags[@]}" "${agent_flags[@]}" \
+    >"$work/agent.out" 2>"$work/agent.log" &
   agent=$!
   process_names[$agent]=tern-agent
   pids=("$agent" "${pids[@]}")

@@ -204,7 +204,10 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
     EXPECT_LE(a.rendezvous_port(), 29999);
     EXPECT_EQ(a.checkpoint_dir(), a.spec().checkpoint().directory());
     EXPECT_EQ(a.checkpoint_dir().rfind((dir_ / "checkpoints").string(), 0), 0u);
-    EXPECT_EQ(a.artifact_path().rfind((dir_ / "artifacts").string(), 0), 0u);
+    // <artifact root>/<job dir>/<job dir>.tern: a directory per job.
+    const std::filesystem::path artifact(a.artifact_path());
+    EXPECT_EQ(artifact.parent_path().parent_path(), dir_ / "artifacts");
+    EXPECT_EQ(artifact.parent_path().filename().string() + ".tern", artifact.filename().string());
     EXPECT_EQ(a.spec().owner(), "anonymous");
     EXPECT_EQ(a.spec().resources().ranks(), 2);
     EXPECT_FALSE(a.has_path_grant());  // no --read-roots / --write-roots
@@ -276,6 +279,9 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
   const std::string content =
       "TERN\x01 packed ternary weights " + std::string(3000, 'w');
   {
+    // A directory per job, which tern-agent creates.
+    std::filesystem::create_directories(
+        std::filesystem::path(assignments[0].artifact_path()).parent_path());
     std::ofstream out(assignments[0].artifact_path(), std::ios::binary);
     out << content;
   }

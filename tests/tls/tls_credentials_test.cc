@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -35,13 +36,27 @@ class TlsTest : public testing::Test {
 
   static std::string File(const std::string& name) { return *dir_ + "/" + name; }
 
-  // Always SERVING.
+  // Always SERVING; remembers the last call's "authorization" metadata.
   class Health final : public grpc::health::v1::Health::Service {
-    grpc::Status Check(grpc::ServerContext*, const grpc::health::v1::HealthCheckRequest*,
+   public:
+    std::string last_authorization() {
+      std::lock_guard<std::mutex> lock(mu_);
+      return last_authorization_;
+    }
+
+   private:
+    grpc::Status Check(grpc::ServerContext* context, const grpc::health::v1::HealthCheckRequest*,
                        grpc::health::v1::HealthCheckResponse* response) override {
+      auto it = context->client_metadata().find("authorization");
+      std::lock_guard<std::mutex> lock(mu_);
+      last_authorization_ = it == context->client_metadata().end()
+                                ? ""
+                                : std::string(it->second.data(), it->second.size());
       response->set_status(grpc::health::v1::HealthCheckResponse::SERVING);
       return grpc::Status::OK;
     }
+    std::mutex mu_;
+    std::string last_authorization_;
   };
 
   // Starts a server with the health service above on 127.0.0.1:<any>.
@@ -223,6 +238,35 @@ TEST_F(TlsTest, BadFilesAreClearErrorsNamingTheFlag) {
               StatusCode::kInvalidArgument, "--tls-ca: " + garbage + " holds no PEM certificate");
   ExpectError(MakeChannel("localhost:1", {false, "", File("client.pem"), "", ""}).status(),
               StatusCode::kInvalidArgument, "--tls-cert and --tls-key go together");
+}
+
+TEST_F(TlsTest, ATokenFileRidesOnEveryCallOverTlsOnly) {
+  StartServer({File("server.pem"), File("server.key"), ""});
+  const std::string token_file = File("client.token");
+  { std::ofstream(token_file) << "tern_first-token-0123456789\n"; }
+  ClientTlsOptions options{false, File("ca.pem"), "", "", "localhost"};
+  options.token_file = token_file;
+  options.reload_interval_s = 0;
+  StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      MakeChannel("127.0.0.1:" + std::to_string(port_), options);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  EXPECT_EQ(CheckOn(*channel), grpc::StatusCode::OK);
+  EXPECT_EQ(health_.last_authorization(), "Bearer tern_first-token-0123456789");
+
+  // A rotated token (a new file renamed over the old one) is sent from the
+  // next call on, on the same channel.
+  { std::ofstream(token_file + ".new") << "tern_second-token-0123456789\n"; }
+  std::filesystem::rename(token_file + ".new", token_file);
+  EXPECT_EQ(CheckOn(*channel), grpc::StatusCode::OK);
+  EXPECT_EQ(health_.last_authorization(), "Bearer tern_second-token-0123456789");
+
+  // Never over plaintext.
+  ClientTlsOptions plaintext;
+  plaintext.token_file = token_file;
+  const Status refused = MakeChannel("127.0.0.1:1", plaintext).status();
+  EXPECT_EQ(refused.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("--token-file needs TLS"), std::string::npos)
+      << refused.message();
 }
 
 }  // namespace

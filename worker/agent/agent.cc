@@ -557,6 +557,12 @@ Status Agent::Impl::PrepareFiles(Rank& rank, std::string* spec_path, std::string
   const std::string job_dir = options_.workdir + "/jobs/" + PathSafe(a.ref().job_id());
   *rank_dir = job_dir + "/rank-" + std::to_string(a.ref().rank());
   TERN_RETURN_IF_ERROR(MakeDirectories(*rank_dir));
+  const size_t slash = a.artifact_path().rfind('/');
+  if (slash != std::string::npos && slash > 0) {
+    // ternd gives each job an artifact directory of its own; the trainer
+    // writes the file (and, for detection, its detections) into it.
+    TERN_RETURN_IF_ERROR(MakeDirectories(a.artifact_path().substr(0, slash)));
+  }
   v1::JobSpec spec = a.spec();
   // The trainer reads the checkpoint directory from the spec; every rank of
   // the job must use the same one.
@@ -593,13 +599,13 @@ StatusOr<std::optional<WriteConfinement>> Agent::Impl::ConfineWrites(
   // Directories the trainer creates must exist for a rule to name them.
   std::vector<std::string> dirs(a.path_grant().write_roots().begin(),
                                 a.path_grant().write_roots().end());
-  for (const std::string& dir :
-       {a.checkpoint_dir(), a.artifact_path().empty()
-                                ? std::string()
-                                : a.artifact_path().substr(0, a.artifact_path().rfind('/'))}) {
-    if (dir.empty()) continue;
-    TERN_RETURN_IF_ERROR(MakeDirectories(dir));
-    dirs.push_back(dir);
+  if (!a.checkpoint_dir().empty()) {
+    TERN_RETURN_IF_ERROR(MakeDirectories(a.checkpoint_dir()));
+    dirs.push_back(a.checkpoint_dir());
+  }
+  const size_t slash = a.artifact_path().rfind('/');
+  if (slash != std::string::npos && slash > 0) {
+    dirs.push_back(a.artifact_path().substr(0, slash));  // PrepareFiles created it
   }
   dirs.push_back("/dev");  // /dev/null, /dev/shm (NCCL), GPU device nodes
   dirs.push_back(rank_dir);  // holds the trainer's TMPDIR too (a shared /tmp is not writable)

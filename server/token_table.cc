@@ -1,0 +1,149 @@
+#include "server/token_table.h"
+
+#include <sys/stat.h>
+
+#include <utility>
+#include <vector>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "tls/bearer_token.h"
+
+namespace tern::server {
+namespace {
+
+constexpr size_t kMaxNameLength = 128;
+constexpr auto kCheckInterval = std::chrono::seconds(1);
+
+std::string StampOf(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "/" +
+         std::to_string(st.st_size) + "/" + std::to_string(st.st_ino);
+}
+
+std::vector<std::string> Words(std::string_view line) {
+  std::vector<std::string> words;
+  size_t i = 0;
+  while (i < line.size()) {
+    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+    const size_t start = i;
+    while (i < line.size() && line[i] != ' ' && line[i] != '\t') ++i;
+    if (i > start) words.emplace_back(line.substr(start, i - start));
+  }
+  return words;
+}
+
+bool IsHash(const std::string& word) {
+  const std::string prefix = "sha256:";
+  if (word.size() != prefix.size() + 64 || word.compare(0, prefix.size(), prefix) != 0) {
+    return false;
+  }
+  for (size_t i = prefix.size(); i < word.size(); ++i) {
+    const char c = word[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+bool IsName(const std::string& word) {
+  if (word.empty() || word.size() > kMaxNameLength) return false;
+  for (const char c : word) {
+    if (c <= 0x20 || c >= 0x7f) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+StatusOr<std::map<std::string, TokenEntry>> TokenTable::Parse(std::string_view text,
+                                                              const std::string& path) {
+  std::map<std::string, TokenEntry> entries;
+  size_t line_number = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(start, end - start);
+    start = end + 1;
+    ++line_number;
+    const size_t hash_mark = line.find('#');
+    if (hash_mark != std::string_view::npos) line = line.substr(0, hash_mark);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    const std::vector<std::string> words = Words(line);
+    if (words.empty()) continue;
+    const std::string where = path + ":" + std::to_string(line_number) + ": ";
+    if (!IsHash(words[0])) {
+      return InvalidArgumentError(where + "must start with sha256:<64 lowercase hex digits> "
+                                  "(the hash `ternctl token new` prints, not the token)");
+    }
+    if (words.size() < 2 || !IsName(words[1])) {
+      return InvalidArgumentError(where + "needs a name after the hash: 1..128 printable "
+                                  "characters without spaces");
+    }
+    TokenEntry entry{words[1], false, false};
+    for (size_t i = 2; i < words.size(); ++i) {
+      if (words[i] == "admin") {
+        entry.admin = true;
+      } else if (words[i] == "agent") {
+        entry.agent = true;
+      } else {
+        return InvalidArgumentError(where + "unknown role \"" + words[i] +
+                                    "\" (roles: admin, agent)");
+      }
+    }
+    if (!entries.emplace(words[0], std::move(entry)).second) {
+      return InvalidArgumentError(where + "this hash is listed twice");
+    }
+  }
+  return entries;
+}
+
+StatusOr<std::unique_ptr<TokenTable>> TokenTable::Load(const std::string& path) {
+  const std::string stamp = StampOf(path);
+  TERN_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  TERN_ASSIGN_OR_RETURN(auto entries, Parse(text, path));
+  std::unique_ptr<TokenTable> table(new TokenTable(path, std::move(entries)));
+  table->stamp_ = stamp;
+  return table;
+}
+
+TokenTable::TokenTable(std::string path, std::map<std::string, TokenEntry> entries)
+    : path_(std::move(path)),
+      entries_(std::move(entries)),
+      next_check_(std::chrono::steady_clock::now() + kCheckInterval) {}
+
+void TokenTable::ReloadIfChangedLocked() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_check_) return;
+  next_check_ = now + kCheckInterval;
+  const std::string stamp = StampOf(path_);
+  if (stamp == stamp_) return;
+  stamp_ = stamp;
+  StatusOr<std::string> text = ReadFileToString(path_);
+  StatusOr<std::map<std::string, TokenEntry>> entries =
+      text.ok() ? Parse(*text, path_) : StatusOr<std::map<std::string, TokenEntry>>(text.status());
+  if (!entries.ok()) {
+    TERN_LOG(ERROR) << "token file changed but cannot be used, keeping the previous "
+                    << entries_.size() << " tokens: " << entries.status();
+    return;
+  }
+  entries_ = *std::move(entries);
+  TERN_LOG(INFO) << "token file " << path_ << " re-read: " << entries_.size() << " tokens";
+}
+
+std::optional<TokenEntry> TokenTable::Find(std::string_view token) {
+  const std::string hash = tls::TokenHash(token);
+  std::lock_guard<std::mutex> lock(mu_);
+  ReloadIfChangedLocked();
+  auto it = entries_.find(hash);
+  if (it == entries_.end()) return std::nullopt;
+  return it->second;
+}
+
+size_t TokenTable::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return entries_.size();
+}
+
+}  // namespace tern::server

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# End to end with bearer tokens: ternd serves TLS (no client certificates)
+# and takes the tokens of a --token-file that `ternctl token new` made; the
+# agent proves itself with a token of the agent role, and a user's tiny job
+# runs to SUCCEEDED owned by the token's name. Refused: a call without a
+# token or with an unknown one (UNAUTHENTICATED, exit 5), another user's
+# cancel and get (PERMISSION_DENIED), a user's token acting as an agent, a
+# token over plaintext (exit 2), and ternd with tokens but no TLS (exit 1).
+# An admin token sees every job; deleting a token's line revokes it without
+# a restart.
+# usage: token_e2e.sh BUILD_DIR
+set -euo pipefail
+build="$(cd "${1:?usage: token_e2e.sh BUILD_DIR}" && pwd)"
+here="$(dirname "${BASH_SOURCE[0]}")"
+source "$here/lib.sh"
+command -v openssl >/dev/null || { echo "SKIP: no openssl command"; exit 77; }
+bash "$here/../tls/make_test_certs.sh" "$work/certs"
+c="$work/certs"
+tc=("$build/cli/ternctl")
+
+# Tokens: the token to its holder, the hash line to ternd.
+for who in alice:"" bob:"" ops:--admin node-1:--agent; do
+  name="${who%%:*}" role="${who#*:}"
+  "${tc[@]}" token new "$name" $role -o "$work/$name.token" >>"$work/tokens"
+done
+[[ $(stat -c %a "$work/alice.token") == 600 ]] || fail "token file is not mode 0600"
+grep -q "^sha256:[0-9a-f]\{64\} node-1 agent$" "$work/tokens" || fail "bad token line: $(cat "$work/tokens")"
+grep -q "$(cat "$work/alice.token")" "$work/tokens" && fail "the token file of ternd holds a token"
+
+status=0
+"$build/server/ternd" --listen 127.0.0.1:0 --db "$work/bad.db" --metrics-listen "" \
+  --token-file "$work/tokens" >"$work/bad.out" 2>"$work/bad.log" || status=$?
+[[ $status -eq 1 ]] && grep -q "token_file: needs TLS" "$work/bad.log" ||
+  fail "ternd with tokens and no TLS: exit $status: $(cat "$work/bad.log")"
+
+ternd_flags=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --token-file "$work/tokens")
+client_flags=(--tls-ca "$c/ca.pem")
+agent_flags=(--token-file "$work/node-1.token" --agent-id node-1)
+start_service
+as() { local who="$1"; shift; "${tc[@]}" --server "$server" --tls-ca "$c/ca.pem" --token-file "$work/$who.token" "$@"; }
+
+cat >"$work/small.yaml" <<'YAML'
+model: {arch: resnet20, width_multiplier: 0.25}
+dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 256, max_eval_examples: 64}
+quantization: {method: hla}
+optimization: {epochs: 1, batch_size: 32}
+resources: {ranks: 1, device_kind: cpu}
+YAML
+job=$(as alice submit "$work/small.yaml")
+as alice watch "$job" >"$work/watch.log" 2>&1 || fail "alice's job $job did not succeed"
+[[ $(as alice get "$job" --json | jq -r .spec.owner) == alice ]] || fail "job $job is not alice's"
+grep -q "agent node-1 (127.0.0.1, version" "$work/ternd.log" || fail "the agent did not register as node-1"
+echo "job $job SUCCEEDED, owned by the token's name 'alice', run by agent 'node-1' (agent token)"
+
+expect_exit() {  # code, text, then a command line
+  local want="$1" what="$2" status=0; shift 2
+  "$@" >"$work/refused.out" 2>&1 || status=$?
+  [[ $status -eq $want ]] && grep -q "$what" "$work/refused.out" ||
+    fail "want exit $want and '$what', got $status: $(cat "$work/refused.out")"
+}
+expect_exit 5 "requires a bearer token" "${tc[@]}" --server "$server" --tls-ca "$c/ca.pem" list
+"${tc[@]}" token new mallory -o "$work/mallory.token" >/dev/null
+expect_exit 5 "unknown or revoked bearer token" as mallory list
+expect_exit 5 "only its owner (or an admin" as bob cancel "$job"
+expect_exit 5 "can read it" as bob get "$job"
+[[ $(as bob list --json | jq '.jobs | length') -eq 0 ]] || fail "bob sees alice's jobs"
+[[ $(as ops list --json | jq -r '.jobs[].id') == "$job" ]] || fail "the admin token does not see job $job"
+expect_exit 2 "needs TLS" "${tc[@]}" --server "$server" --token-file "$work/alice.token" list
+echo "no token, an unknown one, bob's cancel and get, and a plaintext token are refused; ops (admin) sees every job"
+
+# A user's token cannot act as an agent.
+"$build/worker/agent/tern-agent" --server "$server" --cpu-slots 1 --agent-id alice \
+  --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/intruder" --metrics-listen "" \
+  --tls-ca "$c/ca.pem" --token-file "$work/alice.token" >"$work/intruder.out" 2>"$work/intruder.log" &
+pids=("$!" "${pids[@]}")
+process_names[$!]=intruder
+for i in $(seq 1 100); do
+  grep -q 'the bearer token of "alice" may not act as an agent' "$work/intruder.log" && break
+  [[ $i -eq 100 ]] && fail "alice's token was not refused as an agent: $(cat "$work/intruder.log")"
+  sleep 0.1
+done
+echo "a user's token is refused as an agent"
+
+# Revoking: delete the line; ternd notices within seconds, without a restart.
+grep -v " bob$" "$work/tokens" >"$work/tokens.new" && mv "$work/tokens.new" "$work/tokens"
+for i in $(seq 1 50); do
+  as bob list >/dev/null 2>&1 || break
+  [[ $i -eq 50 ]] && fail "bob's token still works 5 s after its line was deleted"
+  sleep 0.1
+done
+expect_exit 5 "unknown or revoked bearer token" as bob list
+as alice list >/dev/null || fail "alice's token stopped working"
+echo "bob's token revoked by deleting its line"
+echo "PASS"
