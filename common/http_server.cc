@@ -78,6 +78,11 @@ class Router {
     handlers_[path] = std::move(handler);
   }
 
+  void RequireBearerToken(MetricsHttpServer::TokenCheck check) {
+    std::lock_guard<std::mutex> lock(mu_);
+    token_check_ = std::move(check);
+  }
+
   http::response<http::string_body> Route(
       const http::request<http::string_body>& request) const {
     if (request.method() != http::verb::get) {
@@ -89,10 +94,18 @@ class Router {
     const beast::string_view target = request.target();
     const std::string path(target.substr(0, target.find('?')));
     MetricsHttpServer::Handler handler;
+    MetricsHttpServer::TokenCheck token_check;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = handlers_.find(path);
       if (it != handlers_.end()) handler = it->second;
+      token_check = token_check_;
+    }
+    if (token_check && path != "/healthz" && !Authorized(request, token_check)) {
+      auto response = MakeResponse(401, "text/plain; charset=utf-8",
+                                   "a bearer token is required\n");
+      response.set(http::field::www_authenticate, "Bearer realm=\"tern\"");
+      return response;
     }
     if (handler) {
       try {
@@ -115,9 +128,24 @@ class Router {
   }
 
  private:
+  static bool Authorized(const http::request<http::string_body>& request,
+                         const MetricsHttpServer::TokenCheck& check) {
+    auto it = request.find(http::field::authorization);
+    if (it == request.end()) return false;
+    const beast::string_view value = it->value();
+    constexpr beast::string_view kScheme = "Bearer ";
+    if (value.size() <= kScheme.size() ||
+        !beast::iequals(value.substr(0, kScheme.size()), kScheme)) {
+      return false;
+    }
+    const beast::string_view token = value.substr(kScheme.size());
+    return check(std::string_view(token.data(), token.size()));
+  }
+
   const Registry* const registry_;
   mutable std::mutex mu_;
   std::map<std::string, MetricsHttpServer::Handler> handlers_;
+  MetricsHttpServer::TokenCheck token_check_;  // empty: no token needed
 };
 
 // One connection: read a request, write the response, repeat while the
@@ -191,6 +219,7 @@ class MetricsHttpServer::Impl {
   void Handle(const std::string& path, Handler handler) {
     router_.Handle(path, std::move(handler));
   }
+  void RequireBearerToken(TokenCheck check) { router_.RequireBearerToken(std::move(check)); }
 
  private:
   void Accept();
@@ -312,6 +341,9 @@ void MetricsHttpServer::Stop() { impl_->Stop(); }
 int MetricsHttpServer::port() const { return impl_->port(); }
 void MetricsHttpServer::Handle(const std::string& path, Handler handler) {
   impl_->Handle(path, std::move(handler));
+}
+void MetricsHttpServer::RequireBearerToken(TokenCheck check) {
+  impl_->RequireBearerToken(std::move(check));
 }
 
 }  // namespace tern::metrics

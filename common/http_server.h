@@ -10,7 +10,9 @@
 //
 // Routes: GET /metrics (text format 0.0.4 from the Registry), GET /healthz
 // ("ok"), and paths added with Handle(); 404 for other paths, 405 for methods
-// other than GET. The query string is ignored. A malformed request or a
+// other than GET. With RequireBearerToken(), every path but /healthz (which
+// liveness probes call bare, and which tells nothing) answers 401 unless the
+// request carries "Authorization: Bearer <token>" with an accepted token. The query string is ignored. A malformed request or a
 // connection idle for 10 s is closed; the server keeps serving the others.
 //
 // Thread safety: all methods may be called from any thread. Handlers run on
@@ -21,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "common/metrics.h"
 #include "common/status.h"
@@ -35,6 +38,8 @@ class MetricsHttpServer {
     std::string body;
   };
   using Handler = std::function<Response()>;
+  // Whether a bearer token is accepted; called on the server's thread.
+  using TokenCheck = std::function<bool(std::string_view token)>;
 
   // `bind_address` is "host:port": "127.0.0.1:0" (0 = any free port),
   // "0.0.0.0:9090", "[::1]:9090", "localhost:9090", ":9090" (all IPv4
@@ -58,6 +63,10 @@ class MetricsHttpServer {
   // Serves GET `path` (exact match, e.g. "/healthz") with `handler`, replacing
   // a built-in route or an earlier handler. Allowed before or after Start().
   void Handle(const std::string& path, Handler handler);
+
+  // Requires a bearer token accepted by `check` (see above). Allowed before
+  // or after Start().
+  void RequireBearerToken(TokenCheck check);
 
  private:
   class Impl;  // Keeps Boost out of this header.

@@ -5,7 +5,8 @@
 //         [--metrics-listen 127.0.0.1:9464] [--artifact-root ./artifacts]
 //         [--checkpoint-root ./checkpoints] [--lease-ttl 15s]
 //         [--tls-cert F --tls-key F [--tls-client-ca F [--tls-agent-names GLOB]]]
-//         [--token-file F] [--read-roots DIRS] [--write-roots DIRS]
+//         [--token-file F] [--metrics-token-file F]
+//         [--read-roots DIRS] [--write-roots DIRS]
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
@@ -114,6 +115,9 @@ int main(int argc, char** argv) {
                  "bearer tokens callers may present instead of client certificates "
                  "(\"sha256:<hash> <name> [admin] [agent]\" lines, from ternctl token new); "
                  "needs --tls-cert; re-read when it changes");
+  app.add_option("--metrics-token-file", options.metrics_token_file,
+                 "file holding the bearer token /metrics requires (Prometheus: authorization "
+                 "credentials_file); re-read when it changes; /healthz stays open");
   app.add_option("--read-roots", options.read_roots,
                  "comma-separated directories (\"{owner}\": the job's owner) a job may read "
                  "data and init_from files under (default: anywhere)");

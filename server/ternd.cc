@@ -21,6 +21,7 @@
 #include "server/server_metrics.h"
 #include "server/server_state.h"
 #include "server/token_table.h"
+#include "tls/bearer_token.h"
 #include "server/worker_service.h"
 
 namespace tern::server {
@@ -217,6 +218,13 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   if (!options_.metrics_listen.empty()) {
     http_ = std::make_unique<metrics::MetricsHttpServer>(
         options_.metrics_listen, &registry_);
+    if (!options_.metrics_token_file.empty()) {
+      TERN_ASSIGN_OR_RETURN(
+          std::shared_ptr<tls::TokenFileMatcher> token,
+          tls::TokenFileMatcher::Open("metrics_token_file", options_.metrics_token_file));
+      http_->RequireBearerToken(
+          [token](std::string_view presented) { return token->Matches(presented); });
+    }
     TERN_RETURN_IF_ERROR(http_->Start().WithContext("metrics_listen"));
     metrics_address_ = WithPort(options_.metrics_listen, http_->port());
   }

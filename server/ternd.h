@@ -86,6 +86,9 @@ struct TerndOptions {
   std::string tls_admin_names;
   // Bearer tokens (server/token_table.h); needs tls.cert_file. Empty: none.
   std::string token_file;
+  // A file holding the token /metrics requires (tls/bearer_token.h,
+  // TokenFileMatcher); empty: /metrics is open.
+  std::string metrics_token_file;
   // Comma-separated directories ("{owner}" = the job's owner) under which a
   // spec may name data to read (dataset.path, model.init_from) and
   // checkpoint directories to write; both empty: any path (see

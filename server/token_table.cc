@@ -1,7 +1,5 @@
 #include "server/token_table.h"
 
-#include <sys/stat.h>
-
 #include <utility>
 #include <vector>
 
@@ -14,13 +12,6 @@ namespace {
 
 constexpr size_t kMaxNameLength = 128;
 constexpr auto kCheckInterval = std::chrono::seconds(1);
-
-std::string StampOf(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return "";
-  return std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "/" +
-         std::to_string(st.st_size) + "/" + std::to_string(st.st_ino);
-}
 
 std::vector<std::string> Words(std::string_view line) {
   std::vector<std::string> words;
@@ -100,7 +91,7 @@ StatusOr<std::map<std::string, TokenEntry>> TokenTable::Parse(std::string_view t
 }
 
 StatusOr<std::unique_ptr<TokenTable>> TokenTable::Load(const std::string& path) {
-  const std::string stamp = StampOf(path);
+  const std::string stamp = tls::FileChangeStamp(path);
   TERN_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
   TERN_ASSIGN_OR_RETURN(auto entries, Parse(text, path));
   std::unique_ptr<TokenTable> table(new TokenTable(path, std::move(entries)));
@@ -117,7 +108,7 @@ void TokenTable::ReloadIfChangedLocked() {
   const auto now = std::chrono::steady_clock::now();
   if (now < next_check_) return;
   next_check_ = now + kCheckInterval;
-  const std::string stamp = StampOf(path_);
+  const std::string stamp = tls::FileChangeStamp(path_);
   if (stamp == stamp_) return;
   stamp_ = stamp;
   StatusOr<std::string> text = ReadFileToString(path_);

@@ -1,5 +1,6 @@
 #include "tls/bearer_token.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <sys/stat.h>
@@ -43,35 +44,18 @@ std::string Trim(const std::string& text) {
   return text.substr(begin, text.find_last_not_of(space) - begin + 1);
 }
 
-// When the file last changed, to notice a rotated token.
-struct FileStamp {
-  int64_t mtime_ns = -1;
-  int64_t size = -1;
-  int64_t inode = -1;
-  bool operator==(const FileStamp& o) const {
-    return mtime_ns == o.mtime_ns && size == o.size && inode == o.inode;
-  }
-};
-
-FileStamp StampOf(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return {};
-  return {static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
-          static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino)};
-}
-
 class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
  public:
   TokenFilePlugin(std::string flag, std::string path, std::string token)
       : flag_(std::move(flag)), path_(std::move(path)), token_(std::move(token)),
-        stamp_(StampOf(path_)) {}
+        stamp_(FileChangeStamp(path_)) {}
 
   grpc::Status GetMetadata(grpc::string_ref /*service_url*/, grpc::string_ref /*method_name*/,
                            const grpc::AuthContext& /*channel_auth_context*/,
                            std::multimap<grpc::string, grpc::string>* metadata) override {
     std::lock_guard<std::mutex> lock(mu_);
-    const FileStamp now = StampOf(path_);
-    if (!(now == stamp_)) {
+    const std::string now = FileChangeStamp(path_);
+    if (now != stamp_) {
       StatusOr<std::string> token = ReadTokenFile(flag_, path_);
       if (token.ok()) {
         token_ = *std::move(token);
@@ -91,10 +75,17 @@ class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
   const std::string flag_, path_;
   std::mutex mu_;
   std::string token_;  // guarded by mu_
-  FileStamp stamp_;    // guarded by mu_
+  std::string stamp_;  // guarded by mu_
 };
 
 }  // namespace
+
+std::string FileChangeStamp(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "/" +
+         std::to_string(st.st_size) + "/" + std::to_string(st.st_ino);
+}
 
 StatusOr<std::string> NewToken() {
   unsigned char bytes[kTokenBytes];
@@ -142,6 +133,32 @@ StatusOr<std::shared_ptr<grpc::CallCredentials>> BearerTokenCredentials(const st
   TERN_ASSIGN_OR_RETURN(std::string token, ReadTokenFile(flag, path));
   return grpc::MetadataCredentialsFromPlugin(
       std::make_unique<TokenFilePlugin>(flag, path, std::move(token)));
+}
+
+StatusOr<std::shared_ptr<TokenFileMatcher>> TokenFileMatcher::Open(const std::string& flag,
+                                                                   const std::string& path) {
+  TERN_ASSIGN_OR_RETURN(std::string token, ReadTokenFile(flag, path));
+  return std::shared_ptr<TokenFileMatcher>(new TokenFileMatcher(flag, path, std::move(token)));
+}
+
+TokenFileMatcher::TokenFileMatcher(std::string flag, std::string path, std::string token)
+    : flag_(std::move(flag)), path_(std::move(path)), token_(std::move(token)),
+      stamp_(FileChangeStamp(path_)) {}
+
+bool TokenFileMatcher::Matches(std::string_view token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string now = FileChangeStamp(path_);
+  if (now != stamp_) {
+    stamp_ = now;
+    StatusOr<std::string> reread = ReadTokenFile(flag_, path_);
+    if (reread.ok()) {
+      token_ = *std::move(reread);
+    } else {
+      TERN_LOG(ERROR) << "keeping the previous token: " << reread.status();
+    }
+  }
+  return token.size() == token_.size() &&
+         CRYPTO_memcmp(token.data(), token_.data(), token_.size()) == 0;
 }
 
 }  // namespace tern::tls

@@ -14,6 +14,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -22,6 +23,10 @@
 namespace tern::tls {
 
 inline constexpr char kTokenPrefix[] = "tern_";
+
+// What changes when a file is replaced or rewritten (its mtime, size and
+// inode), "" when it cannot be examined: how token files are followed.
+std::string FileChangeStamp(const std::string& path);
 
 // A new token: "tern_" and 43 base64url characters (32 bytes from the
 // system's CSPRNG). INTERNAL when the CSPRNG fails.
@@ -45,6 +50,26 @@ StatusOr<std::string> ReadTokenFile(const std::string& flag, const std::string& 
 // TLS channels.
 StatusOr<std::shared_ptr<grpc::CallCredentials>> BearerTokenCredentials(const std::string& flag,
                                                                          const std::string& path);
+
+// The token of a token file, to check what a peer presents (the /metrics
+// endpoints' --metrics-token-file; Prometheus reads the same file through
+// `authorization: {credentials_file: ...}`). Re-read when the file changes;
+// a file that turns bad keeps the last good token (logged). Constant-time
+// comparison. Thread-safe.
+class TokenFileMatcher {
+ public:
+  // The file's errors as ReadTokenFile words them.
+  static StatusOr<std::shared_ptr<TokenFileMatcher>> Open(const std::string& flag,
+                                                          const std::string& path);
+  bool Matches(std::string_view token);
+
+ private:
+  TokenFileMatcher(std::string flag, std::string path, std::string token);
+  const std::string flag_, path_;
+  std::mutex mu_;
+  std::string token_;  // guarded by mu_
+  std::string stamp_;  // guarded by mu_: the file's mtime, size and inode
+};
 
 }  // namespace tern::tls
 

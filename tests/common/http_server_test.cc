@@ -22,7 +22,8 @@ using tcp = asio::ip::tcp;
 
 // Sends one request on a fresh connection and returns the response.
 http::response<http::string_body> Fetch(int port, http::verb method,
-                                        const std::string& target) {
+                                        const std::string& target,
+                                        const std::string& authorization = "") {
   asio::io_context io;
   beast::tcp_stream stream(io);
   stream.expires_after(std::chrono::seconds(10));
@@ -30,6 +31,7 @@ http::response<http::string_body> Fetch(int port, http::verb method,
                                static_cast<unsigned short>(port)));
   http::request<http::string_body> request(method, target, 11);
   request.set(http::field::host, "127.0.0.1");
+  if (!authorization.empty()) request.set(http::field::authorization, authorization);
   request.prepare_payload();
   http::write(stream, request);
   beast::flat_buffer buffer;
@@ -71,6 +73,28 @@ TEST_F(MetricsHttpServerTest, ServesHealthz) {
   const auto response = Fetch(server_.port(), http::verb::get, "/healthz");
   EXPECT_EQ(response.result_int(), 200);
   EXPECT_EQ(response.body(), "ok");
+}
+
+TEST_F(MetricsHttpServerTest, ABearerTokenGuardsEveryPathButHealthz) {
+  server_.RequireBearerToken([](std::string_view token) { return token == "tern_secret"; });
+  server_.Handle("/extra", [] { return MetricsHttpServer::Response{200, "text/plain", "x"}; });
+  for (const char* path : {"/metrics", "/extra", "/nope"}) {
+    for (const char* authorization : {"", "Bearer tern_wrong", "Basic dGVybjpzZWNyZXQ=",
+                                      "Bearer", "tern_secret"}) {
+      const auto response = Fetch(server_.port(), http::verb::get, path, authorization);
+      EXPECT_EQ(response.result_int(), 401) << path << " with '" << authorization << "'";
+      EXPECT_EQ(response[http::field::www_authenticate], "Bearer realm=\"tern\"");
+      EXPECT_EQ(response.body().find("tern_test_requests_total"), std::string::npos);
+    }
+  }
+  const auto ok = Fetch(server_.port(), http::verb::get, "/metrics", "Bearer tern_secret");
+  EXPECT_EQ(ok.result_int(), 200);
+  EXPECT_EQ(ok.body(), registry_.Serialize());
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/metrics", "bearer tern_secret").result_int(),
+            200);  // the scheme is case-insensitive (RFC 7235)
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/nope", "Bearer tern_secret").result_int(),
+            404);
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/healthz").result_int(), 200);
 }
 
 TEST_F(MetricsHttpServerTest, UnknownPathIs404) {

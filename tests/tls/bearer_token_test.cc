@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 
@@ -44,6 +45,28 @@ TEST(BearerTokenTest, ReadTokenFileTrimsAndNamesTheFlag) {
   EXPECT_EQ(two.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(two.message().find("--token-file: "), std::string::npos) << two.message();
   EXPECT_EQ(ReadTokenFile("--token-file", dir.Path("missing")).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST(BearerTokenTest, TokenFileMatcherFollowsTheFile) {
+  testing_util::ScopedTempDir dir("tern_token_matcher_test");
+  const std::string path = dir.Path("metrics.token");
+  auto write = [&](const std::string& text) {
+    { std::ofstream(path + ".new") << text; }
+    std::filesystem::rename(path + ".new", path);
+  };
+  write("tern_scrape-token-0123456789\n");
+  StatusOr<std::shared_ptr<TokenFileMatcher>> matcher = TokenFileMatcher::Open("--f", path);
+  ASSERT_TRUE(matcher.ok()) << matcher.status();
+  EXPECT_TRUE((*matcher)->Matches("tern_scrape-token-0123456789"));
+  EXPECT_FALSE((*matcher)->Matches("tern_scrape-token-012345678"));
+  EXPECT_FALSE((*matcher)->Matches(""));
+  write("tern_rotated-token-0123456789\n");
+  EXPECT_FALSE((*matcher)->Matches("tern_scrape-token-0123456789"));
+  EXPECT_TRUE((*matcher)->Matches("tern_rotated-token-0123456789"));
+  write("\n");  // broken: the last good token stays
+  EXPECT_TRUE((*matcher)->Matches("tern_rotated-token-0123456789"));
+  EXPECT_EQ(TokenFileMatcher::Open("--f", dir.Path("missing")).status().code(),
             StatusCode::kNotFound);
 }
 

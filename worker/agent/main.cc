@@ -24,6 +24,7 @@
 
 #include "common/http_server.h"
 #include "common/logging.h"
+#include "tls/bearer_token.h"
 #include "tls/tls_credentials.h"
 #include "tls/tls_flags.h"
 #include "worker/agent/agent.h"
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   std::string server = "127.0.0.1:7070";
   std::string trainer_flag;
   std::string metrics_listen = "127.0.0.1:9465";
+  std::string metrics_token_file;
   double grace_s = 5.0;
   double rpc_timeout_s = 5.0;
   tern::tls::ClientTlsOptions tls;
@@ -116,6 +118,9 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-listen", metrics_listen,
                  "HOST:PORT of the /metrics endpoint (:0 picks a port; empty disables)")
       ->capture_default_str();
+  app.add_option("--metrics-token-file", metrics_token_file,
+                 "file holding the bearer token /metrics requires (Prometheus: authorization "
+                 "credentials_file); re-read when it changes");
   app.add_option("--shutdown-grace", grace_s,
                  "seconds between SIGTERM and SIGKILL on shutdown or a lost lease")
       ->check(CLI::PositiveNumber)
@@ -190,6 +195,16 @@ int main(int argc, char** argv) {
   std::unique_ptr<tern::metrics::MetricsHttpServer> http;
   if (!metrics_listen.empty()) {
     http = std::make_unique<tern::metrics::MetricsHttpServer>(metrics_listen, &registry);
+    if (!metrics_token_file.empty()) {
+      auto token = tern::tls::TokenFileMatcher::Open("--metrics-token-file", metrics_token_file);
+      if (!token.ok()) {
+        std::cerr << "tern-agent: " << token.status().message() << "\n";
+        return 2;
+      }
+      http->RequireBearerToken([token = *token](std::string_view presented) {
+        return token->Matches(presented);
+      });
+    }
     if (tern::Status s = http->Start(); !s.ok()) {
       std::cerr << "tern-agent: --metrics-listen " << metrics_listen << ": " << s << "\n";
       return 2;
