@@ -1,4 +1,4 @@
-// Fuzz target: the IDX reader's parsers (trainer::Gunzip and
+// Fuzz target: the IDX reader's parsers (trainer::GunzipIdx and
 // trainer::ParseIdx, the path of every Fashion-MNIST / MNIST file). The first
 // byte picks images (3 dimensions) or labels (1); the rest is the file, which
 // is gunzipped first when it starts with the gzip magic, as ReadIdx does.
@@ -21,7 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string bytes(tern::fuzz::AsText(data + 1, size - 1));
   if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == 0x1f &&
       static_cast<uint8_t>(bytes[1]) == 0x8b) {
-    tern::StatusOr<std::string> inflated = tern::trainer::Gunzip(bytes, "fuzz.gz");
+    tern::StatusOr<std::string> inflated = tern::trainer::GunzipIdx(bytes, "fuzz.gz");
     if (!inflated.ok()) return 0;
     bytes = *std::move(inflated);
   }

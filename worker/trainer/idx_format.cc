@@ -25,9 +25,49 @@ std::string Hex32(uint32_t v) {
 
 std::string Dims(int64_t h, int64_t w) { return std::to_string(h) + "x" + std::to_string(w); }
 
+// Inflates up to `limit` bytes; past it, DATA_LOSS, or (`quiet`) the first
+// `limit` bytes.
+StatusOr<std::string> Inflate(std::string_view raw, const std::string& path, size_t limit,
+                              bool quiet);
+
+// The size the IDX header at the start of `head` declares (header plus data),
+// or SIZE_MAX when `head` does not hold a whole header or the size overflows
+// (ParseIdx then words the error).
+// Not inlined: GCC 12 then warns that a short string's bytes "may be used
+// uninitialized" (a false positive of -Wmaybe-uninitialized).
+[[gnu::noinline]] size_t IdxDeclaredSize(const std::string& head) {
+  if (head.size() < 4) return SIZE_MAX;
+  const size_t ndims = static_cast<unsigned char>(head.at(3));
+  const size_t header = 4 + 4 * ndims;
+  if (head.size() < header) return SIZE_MAX;
+  uint64_t size = header;
+  uint64_t data = 1;
+  for (size_t d = 0; d < ndims; ++d) {
+    if (__builtin_mul_overflow(data, uint64_t{BigEndian32(head.data() + 4 + 4 * d)}, &data)) {
+      return SIZE_MAX;
+    }
+  }
+  if (__builtin_add_overflow(size, data, &size) || size >= SIZE_MAX) return SIZE_MAX;
+  return static_cast<size_t>(size);
+}
+
 }  // namespace
 
-StatusOr<std::string> Gunzip(std::string_view raw, const std::string& path) {
+StatusOr<std::string> Gunzip(std::string_view raw, const std::string& path, size_t max_output) {
+  return Inflate(raw, path, max_output, /*quiet=*/false);
+}
+
+StatusOr<std::string> GunzipIdx(std::string_view raw, const std::string& path) {
+  constexpr size_t kLongestIdxHeader = 4 + 4 * 255;
+  TERN_ASSIGN_OR_RETURN(const std::string head,
+                        Inflate(raw, path, kLongestIdxHeader, /*quiet=*/true));
+  return Gunzip(raw, path, IdxDeclaredSize(head));
+}
+
+namespace {
+
+StatusOr<std::string> Inflate(std::string_view raw, const std::string& path, size_t limit,
+                              bool quiet) {
   std::string out;
   if (raw.size() >= 18) {  // ISIZE trailer: uncompressed size mod 2^32
     const auto* t =
@@ -37,7 +77,7 @@ StatusOr<std::string> Gunzip(std::string_view raw, const std::string& path) {
         static_cast<uint32_t>(t[2]) << 16 | static_cast<uint32_t>(t[3]) << 24;
     // Only a hint: a corrupt trailer must not reserve gigabytes. Deflate
     // expands at most ~1032:1.
-    out.reserve(std::min<size_t>({isize, raw.size() * 1032, size_t{1} << 31}));
+    out.reserve(std::min<size_t>({isize, raw.size() * 1032, size_t{1} << 31, limit}));
   }
   z_stream zs{};
   if (inflateInit2(&zs, 15 + 16) != Z_OK) {
@@ -60,7 +100,17 @@ StatusOr<std::string> Gunzip(std::string_view raw, const std::string& path) {
     zs.next_out = reinterpret_cast<Bytef*>(buf);
     zs.avail_out = sizeof(buf);
     const int ret = inflate(&zs, Z_NO_FLUSH);
-    out.append(buf, sizeof(buf) - zs.avail_out);
+    const size_t produced = sizeof(buf) - zs.avail_out;
+    if (produced > limit - out.size()) {
+      if (quiet) {
+        out.append(buf, limit - out.size());
+        return out;
+      }
+      return DataLossError(path + ": inflates to more than " + std::to_string(limit) +
+                           " bytes" +
+                           (limit == SIZE_MAX ? "" : " (the size its IDX header declares)"));
+    }
+    out.append(buf, produced);
     if (ret == Z_STREAM_END) {
       const size_t rest = zs.avail_in + (raw.size() - in_pos);
       const size_t at = raw.size() - rest;
@@ -74,6 +124,7 @@ StatusOr<std::string> Gunzip(std::string_view raw, const std::string& path) {
     }
     if (ret == Z_OK) continue;
     if (ret == Z_BUF_ERROR && zs.avail_in == 0 && in_pos == raw.size()) {
+      if (quiet) return out;
       return DataLossError(path + ": truncated gzip stream (ends after " +
                            std::to_string(out.size()) + " uncompressed bytes)");
     }
@@ -83,15 +134,16 @@ StatusOr<std::string> Gunzip(std::string_view raw, const std::string& path) {
   }
 }
 
+}  // namespace
+
 StatusOr<std::string> ReadMaybeGzip(const std::string& path) {
   StatusOr<std::string> raw = ReadFileToString(path);
   if (raw.ok() && raw->size() >= 2 && static_cast<unsigned char>((*raw)[0]) == 0x1f &&
       static_cast<unsigned char>((*raw)[1]) == 0x8b) {
-    return Gunzip(*raw, path);
+    return GunzipIdx(*raw, path);
   }
   return raw;
 }
-
 
 StatusOr<IdxArray> ParseIdx(std::string_view bytes, const std::string& path, int want_dims,
                             const char* what) {

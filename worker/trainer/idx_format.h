@@ -6,6 +6,7 @@
 #define TERN_WORKER_TRAINER_IDX_FORMAT_H_
 
 #include <cstdint>
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,10 +17,17 @@ namespace tern::trainer {
 
 // Inflates every member of the gzip stream `raw` (concatenated .gz files are
 // one stream; bytes after the last member are ignored, as gzip -d does).
-// DATA_LOSS naming `source` when the stream is corrupt or ends early.
-StatusOr<std::string> Gunzip(std::string_view raw, const std::string& source);
+// DATA_LOSS naming `source` when the stream is corrupt or ends early, or
+// inflates to more than `max_output` bytes (it stops there).
+StatusOr<std::string> Gunzip(std::string_view raw, const std::string& source,
+                             size_t max_output = SIZE_MAX);
 
-// The bytes of `path`, gunzipped when they start with the gzip magic.
+// Gunzip for an IDX file: the output may not grow past the size that the IDX
+// header at its start declares (header and data), so a small crafted .gz
+// cannot make the reader allocate more than its header owns up to.
+StatusOr<std::string> GunzipIdx(std::string_view raw, const std::string& source);
+
+// The bytes of `path`, GunzipIdx-ed when they start with the gzip magic.
 StatusOr<std::string> ReadMaybeGzip(const std::string& path);
 
 struct IdxArray {
