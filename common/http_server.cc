@@ -1,10 +1,17 @@
 #include "common/http_server.h"
 
 #include <atomic>
+#include <sys/stat.h>
+
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+#include <type_traits>
 #include <chrono>
 #include <exception>
 #include <map>
@@ -148,25 +155,47 @@ class Router {
   MetricsHttpServer::TokenCheck token_check_;  // empty: no token needed
 };
 
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+
 // One connection: read a request, write the response, repeat while the
 // client keeps the connection alive. Owned by its pending async operation.
-class Session : public std::enable_shared_from_this<Session> {
+// Stream: beast::tcp_stream (HTTP) or TlsStream (HTTPS, handshake first).
+template <class Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
  public:
   Session(tcp::socket socket, const Router* router)
       : stream_(std::move(socket)), router_(router) {}
+  Session(tcp::socket socket, asio::ssl::context& tls, const Router* router)
+      : stream_(std::move(socket), tls), router_(router) {}
 
+  void Start() {
+    if constexpr (std::is_same_v<Stream, TlsStream>) {
+      beast::get_lowest_layer(stream_).expires_after(kIoTimeout);
+      stream_.async_handshake(asio::ssl::stream_base::server,
+                              [self = this->shared_from_this()](beast::error_code ec) {
+                                if (ec) {
+                                  TERN_LOG(DEBUG) << "metrics https: handshake: " << ec.message();
+                                  return self->Close();
+                                }
+                                self->Read();
+                              });
+    } else {
+      Read();
+    }
+  }
+
+ private:
   void Read() {
     parser_.emplace();
     parser_->header_limit(kMaxHeaderBytes);
     parser_->body_limit(kMaxBodyBytes);
-    stream_.expires_after(kIoTimeout);
+    beast::get_lowest_layer(stream_).expires_after(kIoTimeout);
     http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) {
+                     [self = this->shared_from_this()](beast::error_code ec, size_t) {
                        self->OnRead(ec);
                      });
   }
 
- private:
   void OnRead(beast::error_code ec) {
     if (ec == http::error::end_of_stream) return Close();
     if (ec) {
@@ -182,10 +211,11 @@ class Session : public std::enable_shared_from_this<Session> {
     response_.version(request.version());
     response_.keep_alive(request.keep_alive());
     response_.prepare_payload();
-    stream_.expires_after(kIoTimeout);
+    beast::get_lowest_layer(stream_).expires_after(kIoTimeout);
     http::async_write(stream_, response_,
-                      [self = shared_from_this()](
-                          beast::error_code ec, size_t) { self->OnWrite(ec); });
+                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                        self->OnWrite(ec);
+                      });
   }
 
   void OnWrite(beast::error_code ec) {
@@ -193,18 +223,53 @@ class Session : public std::enable_shared_from_this<Session> {
     Read();
   }
 
+  // Closes the socket (over TLS without close_notify: every response is
+  // length-delimited, so a client cannot mistake a cut for an end).
   void Close() {
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    stream_.socket().close(ignored);
+    tcp::socket& socket = beast::get_lowest_layer(stream_).socket();
+    socket.shutdown(tcp::socket::shutdown_send, ignored);
+    socket.close(ignored);
   }
 
-  beast::tcp_stream stream_;
+  Stream stream_;
   const Router* const router_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
 };
+
+// What changes when a file is replaced or rewritten; "" when it cannot be
+// examined.
+std::string FileStamp(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "/" +
+         std::to_string(st.st_size) + "/" + std::to_string(st.st_ino);
+}
+
+// A server TLS context from PEM files; INVALID_ARGUMENT naming the file.
+StatusOr<std::shared_ptr<asio::ssl::context>> MakeTlsContext(const std::string& cert_file,
+                                                             const std::string& key_file) {
+  auto tls = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  beast::error_code ec;
+  tls->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                       asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use,
+                   ec);
+  if (tls->use_certificate_chain_file(cert_file, ec)) {
+    return InvalidArgumentError("metrics TLS certificate " + cert_file + ": " + ec.message());
+  }
+  if (tls->use_private_key_file(key_file, asio::ssl::context::pem, ec) &&
+      ERR_GET_REASON(static_cast<unsigned long>(ec.value())) != X509_R_KEY_VALUES_MISMATCH) {
+    return InvalidArgumentError("metrics TLS key " + key_file + ": " + ec.message());
+  }
+  if (ec || SSL_CTX_check_private_key(tls->native_handle()) != 1) {
+    return InvalidArgumentError("metrics TLS key " + key_file + " is not the private key of " +
+                                cert_file);
+  }
+  return tls;
+}
 
 }  // namespace
 
@@ -221,11 +286,47 @@ class MetricsHttpServer::Impl {
   }
   void RequireBearerToken(TokenCheck check) { router_.RequireBearerToken(std::move(check)); }
 
+  Status UseTls(const std::string& cert_file, const std::string& key_file) {
+    std::lock_guard<std::mutex> lock(lifecycle_mu_);
+    if (io_) return FailedPreconditionError("metrics http: UseTls() after Start()");
+    TERN_ASSIGN_OR_RETURN(tls_, MakeTlsContext(cert_file, key_file));
+    cert_file_ = cert_file;
+    key_file_ = key_file;
+    tls_stamp_ = FileStamp(cert_file) + "|" + FileStamp(key_file);
+    next_tls_check_ = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    return OkStatus();
+  }
+
  private:
   void Accept();
 
+  // The TLS context for a new connection (null: plain HTTP), reloaded when
+  // the files changed. On the server's thread only.
+  std::shared_ptr<asio::ssl::context> CurrentTls() {
+    if (tls_ == nullptr) return nullptr;
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_tls_check_) return tls_;
+    next_tls_check_ = now + std::chrono::seconds(1);
+    const std::string stamp = FileStamp(cert_file_) + "|" + FileStamp(key_file_);
+    if (stamp == tls_stamp_) return tls_;
+    tls_stamp_ = stamp;
+    StatusOr<std::shared_ptr<asio::ssl::context>> reloaded = MakeTlsContext(cert_file_, key_file_);
+    if (reloaded.ok()) {
+      tls_ = *std::move(reloaded);
+      TERN_LOG(INFO) << "metrics https: certificate " << cert_file_ << " re-read";
+    } else {
+      TERN_LOG(ERROR) << "metrics https: keeping the previous certificate: "
+                      << reloaded.status();
+    }
+    return tls_;
+  }
+
   const std::string bind_address_;
   Router router_;
+  // Set by UseTls() before Start(); then the server thread's.
+  std::shared_ptr<asio::ssl::context> tls_;
+  std::string cert_file_, key_file_, tls_stamp_;
+  std::chrono::steady_clock::time_point next_tls_check_;
   std::atomic<int> port_{0};
 
   std::mutex lifecycle_mu_;  // Serializes Start() and Stop().
@@ -311,7 +412,12 @@ void MetricsHttpServer::Impl::Accept() {
       });
       return;
     }
-    std::make_shared<Session>(std::move(socket), &router_)->Read();
+    std::shared_ptr<asio::ssl::context> tls = CurrentTls();
+    if (tls != nullptr) {
+      std::make_shared<Session<TlsStream>>(std::move(socket), *tls, &router_)->Start();
+    } else {
+      std::make_shared<Session<beast::tcp_stream>>(std::move(socket), &router_)->Start();
+    }
     Accept();
   });
 }
@@ -344,6 +450,9 @@ void MetricsHttpServer::Handle(const std::string& path, Handler handler) {
 }
 void MetricsHttpServer::RequireBearerToken(TokenCheck check) {
   impl_->RequireBearerToken(std::move(check));
+}
+Status MetricsHttpServer::UseTls(const std::string& cert_file, const std::string& key_file) {
+  return impl_->UseTls(cert_file, key_file);
 }
 
 }  // namespace tern::metrics

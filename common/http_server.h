@@ -68,6 +68,14 @@ class MetricsHttpServer {
   // or after Start().
   void RequireBearerToken(TokenCheck check);
 
+  // Serves HTTPS (TLS 1.2+) with the PEM certificate (chain) and private
+  // key in these files instead of plain HTTP. The files are checked now
+  // (INVALID_ARGUMENT naming the file) and re-read when they change (checked
+  // at most once a second, when a connection arrives; a pair that does not
+  // load is logged and the last good one kept), so a renewed certificate
+  // needs no restart. Call before Start().
+  Status UseTls(const std::string& cert_file, const std::string& key_file);
+
  private:
   class Impl;  // Keeps Boost out of this header.
   std::unique_ptr<Impl> impl_;

@@ -13,6 +13,7 @@
 
 #include "common/check.h"
 #include "fuzz/fuzz_target.h"
+#include "tests/common/gzip.h"
 #include "worker/trainer/idx_format.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -37,23 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   return 0;
 }
 
-namespace {
-
-std::string Gzip(const std::string& plain) {
-  z_stream zs{};
-  TERN_CHECK(deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  std::string out(deflateBound(&zs, plain.size()) + 32, '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(plain.data()));
-  zs.avail_in = static_cast<uInt>(plain.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  TERN_CHECK(deflate(&zs, Z_FINISH) == Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
-
-}  // namespace
+using tern::testing_util::Gzip;
 
 std::vector<std::string> TernFuzzSeeds() {
   // 3 images of 2 x 4 and their 3 labels, plain and gzipped; a labels file

@@ -6,6 +6,7 @@
 //         [--checkpoint-root ./checkpoints] [--lease-ttl 15s]
 //         [--tls-cert F --tls-key F [--tls-client-ca F [--tls-agent-names GLOB]]]
 //         [--token-file F] [--metrics-token-file F]
+//         [--metrics-tls-cert F --metrics-tls-key F]
 //         [--read-roots DIRS] [--write-roots DIRS]
 //         ...
 //
@@ -118,6 +119,11 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-token-file", options.metrics_token_file,
                  "file holding the bearer token /metrics requires (Prometheus: authorization "
                  "credentials_file); re-read when it changes; /healthz stays open");
+  app.add_option("--metrics-tls-cert", options.metrics_tls_cert,
+                 "PEM certificate (chain): serve /metrics over HTTPS (with --metrics-tls-key); "
+                 "re-read when it changes");
+  app.add_option("--metrics-tls-key", options.metrics_tls_key,
+                 "PEM private key of --metrics-tls-cert");
   app.add_option("--read-roots", options.read_roots,
                  "comma-separated directories (\"{owner}\": the job's owner) a job may read "
                  "data and init_from files under (default: anywhere)");

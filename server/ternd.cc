@@ -79,6 +79,9 @@ Status TerndOptions::Validate() const {
   if (tick_interval.count() <= 0) {
     return InvalidArgumentError("tick_interval: must be > 0");
   }
+  if (metrics_tls_cert.empty() != metrics_tls_key.empty()) {
+    return InvalidArgumentError("metrics_tls_cert, metrics_tls_key: both or neither");
+  }
   if (!token_file.empty() && tls.cert_file.empty()) {
     return InvalidArgumentError(
         "token_file: needs TLS (--tls-cert, --tls-key): bearer tokens must not cross the "
@@ -218,6 +221,10 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   if (!options_.metrics_listen.empty()) {
     http_ = std::make_unique<metrics::MetricsHttpServer>(
         options_.metrics_listen, &registry_);
+    if (!options_.metrics_tls_cert.empty() || !options_.metrics_tls_key.empty()) {
+      TERN_RETURN_IF_ERROR(http_->UseTls(options_.metrics_tls_cert, options_.metrics_tls_key)
+                               .WithContext("metrics_tls_cert, metrics_tls_key"));
+    }
     if (!options_.metrics_token_file.empty()) {
       TERN_ASSIGN_OR_RETURN(
           std::shared_ptr<tls::TokenFileMatcher> token,
@@ -234,6 +241,10 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
                  << options_.db_path << ", artifacts under "
                  << layout.artifact_root << ", checkpoints under "
                  << layout.checkpoint_root;
+  if (tokens_ != nullptr) {
+    TERN_LOG(INFO) << "ternd: " << tokens_->size() << " bearer tokens from "
+                   << options_.token_file;
+  }
   if (state_->path_policy.Restricts()) {
     TERN_LOG(INFO) << "ternd: specs may read under --read-roots \"" << options_.read_roots
                    << "\" and write checkpoints under --write-roots \"" << options_.write_roots

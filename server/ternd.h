@@ -89,6 +89,8 @@ struct TerndOptions {
   // A file holding the token /metrics requires (tls/bearer_token.h,
   // TokenFileMatcher); empty: /metrics is open.
   std::string metrics_token_file;
+  // HTTPS for /metrics and /healthz (both or neither; re-read on change).
+  std::string metrics_tls_cert, metrics_tls_key;
   // Comma-separated directories ("{owner}" = the job's owner) under which a
   // spec may name data to read (dataset.path, model.init_from) and
   // checkpoint directories to write; both empty: any path (see

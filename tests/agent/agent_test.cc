@@ -655,12 +655,14 @@ TEST_F(AgentTest, APathGrantIsCheckedWithSymlinksResolvedBeforeTheTrainerStarts)
   const auto ok = WaitForExit("job-in");
   ASSERT_TRUE(ok.has_value());
   EXPECT_EQ(ok->exit_code(), 0) << ok->reason();
+  EXPECT_EQ(ok->failure_code(), "");
 
   // ternd sees a path under the root; on this node it leads to bob's files.
   fake_.Send(assignment("job-link", root + "/alice/ckpt/run"));
   const auto refused = WaitForExit("job-link");
   ASSERT_TRUE(refused.has_value());
   EXPECT_EQ(refused->exit_code(), 127);
+  EXPECT_EQ(refused->failure_code(), "PERMISSION_DENIED");  // the job's fault: not retried
   EXPECT_NE(refused->reason().find("cannot start trainer: PERMISSION_DENIED: "
                                    "spec.checkpoint.directory: " +
                                    root + "/alice/ckpt/run (which resolves to"),

@@ -2,12 +2,18 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "common/metrics.h"
@@ -225,6 +231,74 @@ TEST(MetricsHttpServerAddressTest, AcceptsIpv6AndEmptyHost) {
   const Status status = v6.Start();
   if (!status.ok()) GTEST_SKIP() << "no IPv6 loopback here: " << status;
   EXPECT_GT(v6.port(), 0);
+}
+
+// GET `target` over HTTPS, trusting `ca_file`; the error of the handshake
+// or the exchange in `error` (empty on success).
+http::response<http::string_body> FetchTls(int port, const std::string& target,
+                                           const std::string& ca_file, std::string* error) {
+  asio::io_context io;
+  asio::ssl::context tls(asio::ssl::context::tls_client);
+  tls.load_verify_file(ca_file);
+  tls.set_verify_mode(asio::ssl::verify_peer);
+  beast::ssl_stream<beast::tcp_stream> stream(io, tls);
+  http::response<http::string_body> response;
+  try {
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(10));
+    beast::get_lowest_layer(stream).connect(tcp::endpoint(
+        asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    stream.handshake(asio::ssl::stream_base::client);
+    http::request<http::string_body> request(http::verb::get, target, 11);
+    request.set(http::field::host, "127.0.0.1");
+    http::write(stream, request);
+    beast::flat_buffer buffer;
+    http::read(stream, buffer, response);
+  } catch (const std::exception& e) {
+    *error = e.what();
+  }
+  return response;
+}
+
+TEST(MetricsHttpsTest, ServesOverTlsOnlyWithAUsableCertificate) {
+  const std::string dir = ::testing::TempDir() + "tern-https-" + std::to_string(::getpid());
+  ASSERT_EQ(std::system(("bash " TERN_MAKE_TEST_CERTS " " + dir).c_str()), 0)
+      << "openssl could not make the test certificates";
+  Registry registry;
+  registry.AddCounter("tern_test_total", "Test.", {}).WithLabels({})->Increment(3);
+  MetricsHttpServer server("127.0.0.1:0", &registry);
+  // A key that is not the certificate's, and a missing file: refused, named.
+  const Status mismatched = server.UseTls(dir + "/server.pem", dir + "/client.key");
+  EXPECT_EQ(mismatched.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(mismatched.message().find("is not the private key of"), std::string::npos)
+      << mismatched.message();
+  EXPECT_EQ(server.UseTls(dir + "/missing.pem", dir + "/server.key").code(),
+            StatusCode::kInvalidArgument);
+  ASSERT_TRUE(server.UseTls(dir + "/server.pem", dir + "/server.key").ok());
+  ASSERT_TRUE(server.Start().ok());
+  EXPECT_EQ(server.UseTls(dir + "/server.pem", dir + "/server.key").code(),
+            StatusCode::kFailedPrecondition);
+
+  std::string error;
+  const auto response = FetchTls(server.port(), "/metrics", dir + "/ca.pem", &error);
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(response.result_int(), 200);
+  EXPECT_EQ(response.body(), registry.Serialize());
+  // A client that trusts another CA does not get through the handshake.
+  FetchTls(server.port(), "/metrics", dir + "/other-ca.pem", &error);
+  EXPECT_NE(error, "");
+  // Plain HTTP on the HTTPS port gets no response.
+  bool plain_failed = false;
+  try {
+    Fetch(server.port(), http::verb::get, "/metrics");
+  } catch (const std::exception&) {
+    plain_failed = true;
+  }
+  EXPECT_TRUE(plain_failed);
+  // Still serving.
+  EXPECT_EQ(FetchTls(server.port(), "/healthz", dir + "/ca.pem", &error).result_int(), 200);
+  server.Stop();
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
 }
 
 }  // namespace

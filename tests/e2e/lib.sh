@@ -57,6 +57,14 @@ wait_for_line() {  # file pattern -> prints HOST:PORT of the first matching line
   fail "timed out waiting for '$2' in $1"
 }
 
+# Test certificates (tests/tls/make_test_certs.sh) in $c; skips (77) without
+# an openssl command.
+make_test_certs() {
+  command -v openssl >/dev/null || { echo "SKIP: no openssl command"; exit 77; }
+  bash "$(dirname "${BASH_SOURCE[0]}")/../tls/make_test_certs.sh" "$work/certs"
+  c="$work/certs"
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Extra flags: ternd_flags for ternd, client_flags for tern-agent and ternctl

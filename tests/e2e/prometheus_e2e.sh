@@ -5,9 +5,11 @@
 # Prometheus scraping both every second (honor_labels, as in
 # deploy/prometheus/prometheus.yml), runs a tiny 2-rank job through ternctl,
 # and reads the job's tern_job_step and ternd's tern_grpc_requests_total back
-# through Prometheus's HTTP query API. Both /metrics endpoints require a
-# bearer token (--metrics-token-file), which Prometheus sends from the same
-# file (authorization: credentials_file); without it they answer 401.
+# through Prometheus's HTTP query API. Both /metrics endpoints serve HTTPS
+# (--metrics-tls-cert, a test CA that Prometheus trusts through tls_config)
+# and require a bearer token (--metrics-token-file), which Prometheus sends
+# from the same file (authorization: credentials_file); without it they
+# answer 401.
 # usage: prometheus_e2e.sh BUILD_DIR   (exit 77 = skipped: no prometheus/promtool)
 set -euo pipefail
 build="$(cd "${1:?usage: prometheus_e2e.sh BUILD_DIR}" && pwd)"
@@ -20,22 +22,28 @@ for tool in "$prometheus" "$promtool"; do
   fi
 done
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+make_test_certs
 "$build/cli/ternctl" token new prometheus -o "$work/metrics.token" >/dev/null
-ternd_flags=(--metrics-token-file "$work/metrics.token")
-agent_flags=(--metrics-token-file "$work/metrics.token")
+https=(--metrics-tls-cert "$c/server.pem" --metrics-tls-key "$c/server.key")
+ternd_flags=(--metrics-token-file "$work/metrics.token" "${https[@]}")
+agent_flags=(--metrics-token-file "$work/metrics.token" "${https[@]}")
 start_service
 scrape_auth="Authorization: Bearer $(cat "$work/metrics.token")"
+get() { curl -sS --max-time 10 --cacert "$c/ca.pem" "$@"; }
 for endpoint in "$ternd_metrics" "$agent_metrics"; do
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$endpoint/metrics")
-  [[ "$code" == 401 ]] || fail "http://$endpoint/metrics without a token answered $code, want 401"
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$endpoint/healthz")
-  [[ "$code" == 200 ]] || fail "http://$endpoint/healthz answered $code, want 200"
+  code=$(get -o /dev/null -w '%{http_code}' "https://$endpoint/metrics")
+  [[ "$code" == 401 ]] || fail "https://$endpoint/metrics without a token answered $code, want 401"
+  code=$(get -o /dev/null -w '%{http_code}' "https://$endpoint/healthz")
+  [[ "$code" == 200 ]] || fail "https://$endpoint/healthz answered $code, want 200"
+  curl -s --max-time 5 "http://$endpoint/healthz" >/dev/null 2>&1 &&
+    fail "http://$endpoint answered plain HTTP"
 done
-echo "both /metrics endpoints refuse a scrape without the token (401); /healthz stays open"
+echo "both /metrics endpoints serve HTTPS only and refuse a scrape without the token (401);" \
+  "/healthz stays open"
 
 lint() {  # name address
-  curl -fsS --max-time 10 -H "$scrape_auth" "http://$2/metrics" >"$work/$1.metrics" ||
-    fail "cannot GET http://$2/metrics"
+  get -f -H "$scrape_auth" "https://$2/metrics" >"$work/$1.metrics" ||
+    fail "cannot GET https://$2/metrics"
   if ! "$promtool" check metrics <"$work/$1.metrics" >"$work/$1.promtool" 2>&1; then
     cat "$work/$1.promtool"
     fail "promtool check metrics rejects $1's /metrics"
@@ -53,10 +61,14 @@ global:
 scrape_configs:
   - job_name: ternd
     honor_labels: true
+    scheme: https
+    tls_config: {ca_file: "$c/ca.pem"}
     authorization: {credentials_file: "$work/metrics.token"}
     static_configs: [{targets: ["$ternd_metrics"]}]
   - job_name: tern-agent
     honor_labels: true
+    scheme: https
+    tls_config: {ca_file: "$c/ca.pem"}
     authorization: {credentials_file: "$work/metrics.token"}
     static_configs: [{targets: ["$agent_metrics"]}]
 YAML
@@ -86,7 +98,7 @@ echo "submitted job $id"
 
 # While it runs, check promtool again on the agent's output with live per-rank series.
 for _ in $(seq 1 1200); do
-  if curl -fsS --max-time 5 -H "$scrape_auth" "http://$agent_metrics/metrics" 2>/dev/null | grep -q "^tern_job_step{job=\"$id\""; then
+  if get -f -H "$scrape_auth" "https://$agent_metrics/metrics" 2>/dev/null | grep -q "^tern_job_step{job=\"$id\""; then
     lint agent-during-job "$agent_metrics"
     break
   fi

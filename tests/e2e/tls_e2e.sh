@@ -14,9 +14,7 @@ set -euo pipefail
 build="$(cd "${1:?usage: tls_e2e.sh BUILD_DIR}" && pwd)"
 here="$(dirname "${BASH_SOURCE[0]}")"
 source "$here/lib.sh"
-command -v openssl >/dev/null || { echo "SKIP: no openssl command"; exit 77; }
-bash "$here/../tls/make_test_certs.sh" "$work/certs"
-c="$work/certs"
+make_test_certs
 
 # A key that does not match: ternd must not start.
 status=0

@@ -13,9 +13,7 @@ set -euo pipefail
 build="$(cd "${1:?usage: token_e2e.sh BUILD_DIR}" && pwd)"
 here="$(dirname "${BASH_SOURCE[0]}")"
 source "$here/lib.sh"
-command -v openssl >/dev/null || { echo "SKIP: no openssl command"; exit 77; }
-bash "$here/../tls/make_test_certs.sh" "$work/certs"
-c="$work/certs"
+make_test_certs
 tc=("$build/cli/ternctl")
 
 # Tokens: the token to its holder, the hash line to ternd.

@@ -42,9 +42,14 @@ TEST(CheckSpecPathsTest, TernsRootsHoldOnlyTheOwnersOwnJobs) {
   const JobDirOwner owners = Owners({{"job-1-100", "alice"}, {"job-2-200", "bob"}});
   v1::JobSpec spec = SpecOf("alice");
   // Her own artifact and checkpoints: to start from, and to resume into.
-  spec.mutable_model()->set_init_from("/srv/tern/artifacts/job-1-100.tern");
+  spec.mutable_model()->set_init_from("/srv/tern/artifacts/job-1-100.tern");  // older layout
   spec.mutable_checkpoint()->set_directory("/srv/tern/checkpoints/job-1-100");
   EXPECT_TRUE(CheckSpecPaths(spec, PathPolicy{}, Layout(), owners).ok());
+  spec.mutable_model()->set_init_from("/srv/tern/artifacts/job-1-100/job-1-100.tern");
+  EXPECT_TRUE(CheckSpecPaths(spec, PathPolicy{}, Layout(), owners).ok());
+  spec.mutable_model()->set_init_from("/srv/tern/artifacts/job-2-200/job-2-200.tern");
+  EXPECT_EQ(CheckSpecPaths(spec, PathPolicy{}, Layout(), owners).code(),
+            StatusCode::kPermissionDenied);
 
   spec.mutable_model()->set_init_from("/srv/tern/checkpoints/job-2-200/step-500");
   Status denied = CheckSpecPaths(spec, PathPolicy{}, Layout(), owners);

@@ -7,24 +7,12 @@
 
 #include <string>
 
-#include "common/check.h"
+#include "tests/common/gzip.h"
 
 namespace tern::trainer {
 namespace {
 
-std::string Gzip(const std::string& plain) {
-  z_stream zs{};
-  TERN_CHECK(deflateInit2(&zs, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  std::string out(deflateBound(&zs, plain.size()) + 32, '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(plain.data()));
-  zs.avail_in = static_cast<uInt>(plain.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  TERN_CHECK(deflate(&zs, Z_FINISH) == Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
+using testing_util::Gzip;
 
 // A labels file header (magic 0x00000801) declaring `count` labels.
 std::string LabelsHeader(uint32_t count) {

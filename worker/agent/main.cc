@@ -5,6 +5,9 @@
 //              [--agent-id ID] [--host ADDR] [--cuda-slots N]
 //              [--trainer PATH] [--workdir DIR] [--metrics-listen HOST:PORT]
 //              [--tls | --tls-ca F] [--tls-cert F --tls-key F]  (tls/tls_credentials.h)
+//              [--token-file F] [--metrics-token-file F]         (tls/bearer_token.h)
+//              [--metrics-tls-cert F --metrics-tls-key F]
+//              [--confine-writes auto|on|off] [--trainer-writable DIRS]  (write_confinement.h)
 //
 // Prints "tern-agent metrics on HOST:PORT" as its first stdout line (the
 // bound port, useful with --metrics-listen :0). SIGINT/SIGTERM stop every
@@ -91,6 +94,7 @@ int main(int argc, char** argv) {
   std::string trainer_flag;
   std::string metrics_listen = "127.0.0.1:9465";
   std::string metrics_token_file;
+  std::string metrics_tls_cert, metrics_tls_key;
   double grace_s = 5.0;
   double rpc_timeout_s = 5.0;
   tern::tls::ClientTlsOptions tls;
@@ -121,6 +125,9 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-token-file", metrics_token_file,
                  "file holding the bearer token /metrics requires (Prometheus: authorization "
                  "credentials_file); re-read when it changes");
+  app.add_option("--metrics-tls-cert", metrics_tls_cert,
+                 "PEM certificate (chain): serve /metrics over HTTPS (with --metrics-tls-key)");
+  app.add_option("--metrics-tls-key", metrics_tls_key, "PEM private key of --metrics-tls-cert");
   app.add_option("--shutdown-grace", grace_s,
                  "seconds between SIGTERM and SIGKILL on shutdown or a lost lease")
       ->check(CLI::PositiveNumber)
@@ -195,6 +202,16 @@ int main(int argc, char** argv) {
   std::unique_ptr<tern::metrics::MetricsHttpServer> http;
   if (!metrics_listen.empty()) {
     http = std::make_unique<tern::metrics::MetricsHttpServer>(metrics_listen, &registry);
+    if (!metrics_tls_cert.empty() || !metrics_tls_key.empty()) {
+      if (metrics_tls_cert.empty() || metrics_tls_key.empty()) {
+        std::cerr << "tern-agent: --metrics-tls-cert and --metrics-tls-key go together\n";
+        return 2;
+      }
+      if (tern::Status s = http->UseTls(metrics_tls_cert, metrics_tls_key); !s.ok()) {
+        std::cerr << "tern-agent: " << s.message() << "\n";
+        return 2;
+      }
+    }
     if (!metrics_token_file.empty()) {
       auto token = tern::tls::TokenFileMatcher::Open("--metrics-token-file", metrics_token_file);
       if (!token.ok()) {
