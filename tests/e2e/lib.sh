@@ -65,6 +65,17 @@ make_test_certs() {
   c="$work/certs"
 }
 
+# A tiny 1-rank CPU job (HLA, 256 Fashion-MNIST images, 1 epoch) in file $1.
+write_small_job() {
+  cat >"$1" <<'YAML'
+model: {arch: resnet20, width_multiplier: 0.25}
+dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 256, max_eval_examples: 64}
+quantization: {method: hla}
+optimization: {epochs: 1, batch_size: 32}
+resources: {ranks: 1, device_kind: cpu}
+YAML
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Extra flags: ternd_flags for ternd, client_flags for tern-agent and ternctl

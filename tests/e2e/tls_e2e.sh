@@ -32,13 +32,7 @@ start_service
 # The certificate names the caller: no --owner.
 ternctl=("$build/cli/ternctl" --server "$server" "${client_flags[@]}")
 
-cat >"$work/small.yaml" <<'YAML'
-model: {arch: resnet20, width_multiplier: 0.25}
-dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 256, max_eval_examples: 64}
-quantization: {method: hla}
-optimization: {epochs: 1, batch_size: 32}
-resources: {ranks: 1, device_kind: cpu}
-YAML
+write_small_job "$work/small.yaml"
 job=$("${ternctl[@]}" submit "$work/small.yaml")
 "${ternctl[@]}" watch "$job" >"$work/watch.log" 2>&1 || fail "job $job did not succeed over TLS"
 "${ternctl[@]}" fetch "$job" -o "$work/small.tern" >/dev/null || fail "fetch over TLS failed"

@@ -37,13 +37,7 @@ agent_flags=(--token-file "$work/node-1.token" --agent-id node-1)
 start_service
 as() { local who="$1"; shift; "${tc[@]}" --server "$server" --tls-ca "$c/ca.pem" --token-file "$work/$who.token" "$@"; }
 
-cat >"$work/small.yaml" <<'YAML'
-model: {arch: resnet20, width_multiplier: 0.25}
-dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 256, max_eval_examples: 64}
-quantization: {method: hla}
-optimization: {epochs: 1, batch_size: 32}
-resources: {ranks: 1, device_kind: cpu}
-YAML
+write_small_job "$work/small.yaml"
 job=$(as alice submit "$work/small.yaml")
 as alice watch "$job" >"$work/watch.log" 2>&1 || fail "alice's job $job did not succeed"
 [[ $(as alice get "$job" --json | jq -r .spec.owner) == alice ]] || fail "job $job is not alice's"
