@@ -2,7 +2,9 @@
 
 #include <CLI/CLI.hpp>
 #include <fcntl.h>
+#include <google/protobuf/timestamp.pb.h>
 #include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -570,13 +572,41 @@ int Client::DownloadTo(const std::string& id, const std::string& output) {
 
 // `ternctl token new NAME`: a new bearer token, written to `output` (mode
 // 0600, never over an existing file) or printed, and its --token-file line.
-int NewTokenCommand(const std::string& name, bool admin, bool agent, const std::string& output,
-                    std::ostream& out, std::ostream& err) {
+// "90d", "12h", "30m", "45s" from now, or an RFC 3339 time or a date
+// ("2027-01-31", midnight UTC), as the `expires=` word of a token line; ""
+// when `text` is empty; INVALID_ARGUMENT otherwise.
+StatusOr<std::string> TokenExpiry(const std::string& text) {
+  if (text.empty()) return std::string();
+  google::protobuf::Timestamp when;
+  const size_t digits = text.find_first_not_of("0123456789");
+  if (digits > 0 && digits != std::string::npos && digits + 1 == text.size() &&
+      std::string("smhd").find(text.back()) != std::string::npos && digits <= 9) {
+    const int64_t unit = text.back() == 's' ? 1 : text.back() == 'm' ? 60
+                         : text.back() == 'h' ? 3600 : 86400;
+    const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    when.set_seconds(now + std::stoll(text.substr(0, digits)) * unit);
+  } else if (!google::protobuf::util::TimeUtil::FromString(
+                 text.size() == 10 ? text + "T00:00:00Z" : text, &when)) {
+    return InvalidArgumentError("--expires: expected a duration (90d, 12h, 30m, 45s), a date "
+                                "(2027-01-31) or an RFC 3339 time, got \"" + text + "\"");
+  }
+  return "expires=" + google::protobuf::util::TimeUtil::ToString(when);
+}
+
+int NewTokenCommand(const std::string& name, bool admin, bool agent, const std::string& expires,
+                    const std::string& output, std::ostream& out, std::ostream& err) {
   const bool name_ok = !name.empty() && name.size() <= 128 &&
                        std::all_of(name.begin(), name.end(),
                                    [](char c) { return c > 0x20 && c < 0x7f; });
   if (!name_ok) {
     err << "ternctl: NAME: must be 1..128 printable characters without spaces\n";
+    return kExitUsage;
+  }
+  const StatusOr<std::string> expiry = TokenExpiry(expires);
+  if (!expiry.ok()) {
+    err << "ternctl: " << expiry.status().message() << "\n";
     return kExitUsage;
   }
   StatusOr<std::string> token = tls::NewToken();
@@ -585,7 +615,7 @@ int NewTokenCommand(const std::string& name, bool admin, bool agent, const std::
     return kExitOther;
   }
   const std::string line = tls::TokenHash(*token) + " " + name + (admin ? " admin" : "") +
-                           (agent ? " agent" : "");
+                           (agent ? " agent" : "") + (expiry->empty() ? "" : " " + *expiry);
   if (output.empty()) {
     out << *token << "\n" << line << "\n";
     return kExitOk;
@@ -743,7 +773,7 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   fetch->callback([&] { command = [&](Client& c) { return c.Fetch(id, output); }; });
 
   // token new
-  std::string token_name, token_output;
+  std::string token_name, token_output, token_expires;
   bool token_admin = false, token_agent = false;
   std::function<int()> local_command;  // needs no server
   CLI::App* token = app.add_subcommand("token", "bearer tokens for ternd --token-file");
@@ -754,11 +784,15 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   token_new->add_option("NAME", token_name, "the identity the token proves")->required();
   token_new->add_flag("--admin", token_admin, "may read, list and cancel every owner's jobs");
   token_new->add_flag("--agent", token_agent, "may act as a tern-agent (agent_id = NAME)");
+  token_new->add_option("--expires", token_expires,
+                        "when ternd stops taking it: a duration (90d, 12h), a date (2027-01-31) "
+                        "or an RFC 3339 time (default: never)");
   token_new->add_option("-o,--output", token_output,
                         "write the token to this new file (mode 0600) instead of stdout");
   token_new->callback([&] {
     local_command = [&] {
-      return NewTokenCommand(token_name, token_admin, token_agent, token_output, out, err);
+      return NewTokenCommand(token_name, token_admin, token_agent, token_expires, token_output,
+                             out, err);
     };
   });
 

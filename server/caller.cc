@@ -2,10 +2,12 @@
 
 #include <fnmatch.h>
 #include <grpc/grpc_security_constants.h>
+#include <google/protobuf/util/time_util.h>
 #include <grpcpp/security/auth_context.h>
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -74,6 +76,15 @@ StatusOr<Identity> IdentityOf(const grpc::ServerContext& context, TokenTable* to
   if (lowered != scheme) return Unauthenticated("authorization: expected \"Bearer <token>\"");
   const std::optional<TokenEntry> entry = tokens->Find(value.substr(scheme.size()));
   if (!entry) return Unauthenticated("unknown or revoked bearer token");
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  if (entry->expires_unix_s != 0 && now >= entry->expires_unix_s) {
+    return Unauthenticated("the bearer token of \"" + entry->name + "\" expired at " +
+                           google::protobuf::util::TimeUtil::ToString(
+                               google::protobuf::util::TimeUtil::SecondsToTimestamp(
+                                   entry->expires_unix_s)));
+  }
   if (!id.name.empty() && id.name != entry->name) {
     return PermissionDenied("the bearer token's name \"" + entry->name +
                             "\" differs from the client certificate's name \"" + id.name +

@@ -1,5 +1,10 @@
 #include "server/token_table.h"
 
+#include <google/protobuf/timestamp.pb.h>
+#include <google/protobuf/util/time_util.h>
+
+#include <sys/stat.h>
+
 #include <utility>
 #include <vector>
 
@@ -45,6 +50,17 @@ bool IsName(const std::string& word) {
   return true;
 }
 
+// The file's text, refused when others than its owner may write it.
+StatusOr<std::string> ReadTokenTableFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return Status(StatusCode::kPermissionDenied,
+                  path + " is writable by its group or others (chmod go-w " + path +
+                      "): whoever can write it can add a token");
+  }
+  return ReadFileToString(path);
+}
+
 }  // namespace
 
 StatusOr<std::map<std::string, TokenEntry>> TokenTable::Parse(std::string_view text,
@@ -72,15 +88,26 @@ StatusOr<std::map<std::string, TokenEntry>> TokenTable::Parse(std::string_view t
       return InvalidArgumentError(where + "needs a name after the hash: 1..128 printable "
                                   "characters without spaces");
     }
-    TokenEntry entry{words[1], false, false};
+    TokenEntry entry{words[1], false, false, 0};
+    const std::string expires = "expires=";
     for (size_t i = 2; i < words.size(); ++i) {
       if (words[i] == "admin") {
         entry.admin = true;
       } else if (words[i] == "agent") {
         entry.agent = true;
+      } else if (words[i].compare(0, expires.size(), expires) == 0) {
+        google::protobuf::Timestamp when;
+        if (!google::protobuf::util::TimeUtil::FromString(words[i].substr(expires.size()),
+                                                          &when) ||
+            when.seconds() <= 0) {
+          return InvalidArgumentError(where + "\"" + words[i] +
+                                      "\": expected expires=<RFC 3339 time>, e.g. "
+                                      "expires=2027-01-31T00:00:00Z");
+        }
+        entry.expires_unix_s = when.seconds();
       } else {
-        return InvalidArgumentError(where + "unknown role \"" + words[i] +
-                                    "\" (roles: admin, agent)");
+        return InvalidArgumentError(where + "unknown word \"" + words[i] +
+                                    "\" (roles: admin, agent; expires=<time>)");
       }
     }
     if (!entries.emplace(words[0], std::move(entry)).second) {
@@ -92,7 +119,7 @@ StatusOr<std::map<std::string, TokenEntry>> TokenTable::Parse(std::string_view t
 
 StatusOr<std::unique_ptr<TokenTable>> TokenTable::Load(const std::string& path) {
   const std::string stamp = tls::FileChangeStamp(path);
-  TERN_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  TERN_ASSIGN_OR_RETURN(const std::string text, ReadTokenTableFile(path));
   TERN_ASSIGN_OR_RETURN(auto entries, Parse(text, path));
   std::unique_ptr<TokenTable> table(new TokenTable(path, std::move(entries)));
   table->stamp_ = stamp;
@@ -111,7 +138,7 @@ void TokenTable::ReloadIfChangedLocked() {
   const std::string stamp = tls::FileChangeStamp(path_);
   if (stamp == stamp_) return;
   stamp_ = stamp;
-  StatusOr<std::string> text = ReadFileToString(path_);
+  StatusOr<std::string> text = ReadTokenTableFile(path_);
   StatusOr<std::map<std::string, TokenEntry>> entries =
       text.ok() ? Parse(*text, path_) : StatusOr<std::map<std::string, TokenEntry>>(text.status());
   if (!entries.ok()) {

@@ -2,15 +2,18 @@
 //
 // File format, one token per line ("#" starts a comment, blank lines are
 // skipped):
-//   sha256:<64 hex digits> <name> [admin] [agent]
+//   sha256:<64 hex digits> <name> [admin] [agent] [expires=<RFC 3339 time>]
 // `name` is the caller's identity (as a client certificate's common name
 // is: it owns the jobs it submits), 1..128 printable characters without
 // spaces; `admin` may read, list and cancel every owner's jobs; `agent` may
-// call WorkerService, registering as agent_id = name. `ternctl token new
-// NAME` prints a new token and its line. Only hashes are stored, so the file
+// call WorkerService, registering as agent_id = name; past `expires`
+// (e.g. expires=2027-01-31T00:00:00Z) the token is refused as expired.
+// `ternctl token new NAME [--expires 90d]` prints a new token and its line. Only hashes are stored, so the file
 // grants nothing to whoever reads it.
 //
-// The file is read at start-up (every error names the line) and again when
+// The file must not be writable by its group or others (PERMISSION_DENIED:
+// whoever writes it can add a token). It is read at start-up (every error
+// names the line) and again when
 // it changes (checked at most once a second, on use): a bad new version is
 // logged and the last good table kept, so a token is revoked by deleting its
 // line. Thread-safe.
@@ -18,6 +21,7 @@
 #define TERN_SERVER_TOKEN_TABLE_H_
 
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +37,7 @@ struct TokenEntry {
   std::string name;
   bool admin = false;
   bool agent = false;
+  int64_t expires_unix_s = 0;  // 0: never
 };
 
 class TokenTable {

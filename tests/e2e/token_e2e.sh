@@ -7,9 +7,10 @@
 # cancel and get (PERMISSION_DENIED), a user's token acting as an agent, a
 # token over plaintext (exit 2), and ternd with tokens but no TLS (exit 1).
 # An admin token sees every job; deleting a token's line revokes it without
-# a restart.
+# a restart, and an expiring token (--expires) is refused once expired.
 # usage: token_e2e.sh BUILD_DIR
 set -euo pipefail
+umask 077  # ternd refuses a token file that its group or others may write
 build="$(cd "${1:?usage: token_e2e.sh BUILD_DIR}" && pwd)"
 here="$(dirname "${BASH_SOURCE[0]}")"
 source "$here/lib.sh"
@@ -17,6 +18,14 @@ make_test_certs
 tc=("$build/cli/ternctl")
 
 # Tokens: the token to its holder, the hash line to ternd.
+touch "$work/tokens" && chmod g+w "$work/tokens"
+status=0
+"$build/server/ternd" --listen 127.0.0.1:0 --db "$work/bad.db" --metrics-listen "" \
+  --tls-cert "$c/server.pem" --tls-key "$c/server.key" --token-file "$work/tokens" \
+  >"$work/bad.out" 2>"$work/bad.log" || status=$?
+[[ $status -eq 1 ]] && grep -q "is writable by its group or others" "$work/bad.log" ||
+  fail "ternd with a group-writable token file: exit $status: $(cat "$work/bad.log")"
+chmod go-w "$work/tokens"
 for who in alice:"" bob:"" ops:--admin node-1:--agent; do
   name="${who%%:*}" role="${who#*:}"
   "${tc[@]}" token new "$name" $role -o "$work/$name.token" >>"$work/tokens"
@@ -83,4 +92,17 @@ done
 expect_exit 5 "unknown or revoked bearer token" as bob list
 as alice list >/dev/null || fail "alice's token stopped working"
 echo "bob's token revoked by deleting its line"
+
+# An expiring token works until its time, then is refused as expired.
+"${tc[@]}" token new carol --expires 3s -o "$work/carol.token" >>"$work/tokens"
+grep -q " carol expires=20[0-9-]*T[0-9:]*Z$" "$work/tokens" || fail "no expiry in: $(tail -1 "$work/tokens")"
+for i in $(seq 1 50); do
+  as carol list >/dev/null 2>&1 && break
+  [[ $i -eq 50 ]] && fail "carol's new token was not taken within 5 s"
+  sleep 0.1
+done
+sleep 3
+expect_exit 5 'the bearer token of "carol" expired at' as carol list
+expect_exit 2 "expected a duration" "${tc[@]}" token new dave --expires soon
+echo "carol's token expired on time"
 echo "PASS"

@@ -30,6 +30,12 @@ TEST(TokenTableTest, ParsesHashesNamesAndRoles) {
   EXPECT_EQ(ops.name, "ops-1");
   EXPECT_TRUE(ops.admin);
   EXPECT_TRUE(ops.agent);
+  EXPECT_EQ(alice.expires_unix_s, 0);
+
+  const std::string expiring = tls::TokenHash(kAliceToken) + " alice expires=2027-01-31T00:00:00Z";
+  StatusOr<std::map<std::string, TokenEntry>> with_expiry = TokenTable::Parse(expiring, "t");
+  ASSERT_TRUE(with_expiry.ok()) << with_expiry.status();
+  EXPECT_EQ(with_expiry->begin()->second.expires_unix_s, 1801353600);
 }
 
 TEST(TokenTableTest, BadLinesAreErrorsNamingTheLine) {
@@ -37,7 +43,9 @@ TEST(TokenTableTest, BadLinesAreErrorsNamingTheLine) {
   const std::pair<std::string, std::string> cases[] = {
       {kAliceToken + " alice\n", "tokens:1: must start with sha256:"},
       {"\n" + hash + "\n", "tokens:2: needs a name after the hash"},
-      {hash + " alice root\n", "tokens:1: unknown role \"root\" (roles: admin, agent)"},
+      {hash + " alice root\n",
+       "tokens:1: unknown word \"root\" (roles: admin, agent; expires=<time>)"},
+      {hash + " alice expires=tomorrow\n", "tokens:1: \"expires=tomorrow\": expected expires="},
       {hash + " alice\n" + hash + " bob\n", "tokens:2: this hash is listed twice"},
       {"sha256:ABCD alice\n", "tokens:1: must start with sha256:"},
   };
@@ -80,6 +88,17 @@ TEST(TokenTableTest, FindsTokensAndFollowsTheFileKeepingTheLastGoodTable) {
   EXPECT_EQ((*table)->size(), 1u);
 
   EXPECT_EQ(TokenTable::Load(dir.Path("missing")).status().code(), StatusCode::kNotFound);
+
+  // A file others may write is refused, at start-up and on a change.
+  write(tls::TokenHash(kAliceToken) + " alice\n");
+  std::filesystem::permissions(path, std::filesystem::perms::group_write,
+                               std::filesystem::perm_options::add);
+  const Status open = TokenTable::Load(path).status();
+  EXPECT_EQ(open.code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(open.message().find("is writable by its group or others"), std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  EXPECT_FALSE((*table)->Find(kAliceToken).has_value());  // the last good table stays
+  EXPECT_TRUE((*table)->Find(kOpsToken).has_value());
 }
 
 }  // namespace
