@@ -98,6 +98,7 @@ class Client {
   int Cancel(const std::string& id, const std::string& reason);
   int Logs(const std::string& id, bool follow);
   int Fetch(const std::string& id, const std::string& output);
+  int WhoAmI();
 
  private:
   // Owner metadata, and a deadline unless `deadline` is zero.
@@ -226,6 +227,23 @@ int Client::Get(const std::string& id) {
   const grpc::Status status = GetJob(id, &job);
   if (!status.ok()) return Fail(status, "get " + id);
   out_ << (g_.json ? ToJson(job) + "\n" : FormatJobDetails(job));
+  return kExitOk;
+}
+
+int Client::WhoAmI() {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Timeout());
+  v1::WhoAmIResponse response;
+  const grpc::Status status = stub_->WhoAmI(&ctx, v1::WhoAmIRequest(), &response);
+  if (!status.ok()) return Fail(status, "whoami");
+  if (g_.json) {
+    out_ << ToJson(response) << "\n";
+  } else {
+    out_ << response.name() << " (" << response.proven_by()
+         << (response.authenticated() ? "" : ", not authenticated") << "; "
+         << (response.sees_every_job() ? "sees every owner's jobs" : "sees its own jobs")
+         << ")\n";
+  }
   return kExitOk;
 }
 
@@ -731,6 +749,10 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   });
 
   std::string id;
+  CLI::App* whoami = app.add_subcommand(
+      "whoami", "show the identity ternd takes this client to be (certificate, token or --owner)");
+  whoami->callback([&] { command = [&](Client& c) { return c.WhoAmI(); }; });
+
   CLI::App* get = app.add_subcommand("get", "show one job");
   get->add_option("ID", id, "job id")->required();
   get->callback([&] { command = [&](Client& c) { return c.Get(id); }; });

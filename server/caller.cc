@@ -101,12 +101,13 @@ StatusOr<Identity> IdentityOf(const grpc::ServerContext& context, TokenTable* to
 StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTable* tokens) {
   TERN_ASSIGN_OR_RETURN(const Identity id, IdentityOf(context, tokens));
   const std::string what = id.from_token ? "bearer token's" : "client certificate's";
+  const std::string proven_by = id.from_token ? "bearer token" : "client certificate";
   const bool admin = id.from_token && id.token.admin;
   const auto& metadata = context.client_metadata();
   auto it = metadata.find(kOwnerMetadataKey);
   if (it == metadata.end()) {
-    if (!id.name.empty()) return Caller{id.name, true, admin};
-    return Caller{kAnonymousOwner, false, false};
+    if (!id.name.empty()) return Caller{id.name, true, admin, proven_by};
+    return Caller{kAnonymousOwner, false, false, "anonymous"};
   }
   const std::string owner(it->second.data(), it->second.size());
   if (!ValidOwner(owner)) {
@@ -114,12 +115,12 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTabl
         std::string("metadata ") + kOwnerMetadataKey +
         ": must be 1..128 printable ASCII characters without spaces");
   }
-  if (id.name.empty()) return Caller{owner, false, false};
+  if (id.name.empty()) return Caller{owner, false, false, "x-tern-owner claim"};
   if (owner != id.name) {
     return PermissionDenied(std::string("metadata ") + kOwnerMetadataKey + " \"" + owner +
                             "\" differs from the " + what + " name \"" + id.name + "\"");
   }
-  return Caller{owner, true, admin};
+  return Caller{owner, true, admin, proven_by};
 }
 
 StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
@@ -153,6 +154,10 @@ Status Authorize(const Caller& caller, const scheduler::Job& job, Action action,
   return PermissionDenied("job " + std::to_string(job.id) + " belongs to \"" + job.owner +
                           "\": only its owner (or an admin, ternd --tls-admin-names) can " +
                           (action == Action::kCancel ? "cancel" : "read") + " it");
+}
+
+bool SeesEveryJob(const Caller& caller, const std::string& admin_names) {
+  return Unrestricted(caller, admin_names);
 }
 
 StatusOr<std::string> ListableOwner(const Caller& caller, const std::string& requested_owner,

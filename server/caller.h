@@ -36,6 +36,8 @@ struct Caller {
   // owner is a verified client certificate's name or a known token's.
   bool authenticated = false;
   bool admin = false;  // a token with the admin role
+  // "client certificate", "bearer token", "x-tern-owner claim", "anonymous".
+  std::string proven_by = "";
 };
 
 // Reads the caller from the peer's certificate, bearer token or request
@@ -68,6 +70,9 @@ Status Authorize(const Caller& caller, const scheduler::Job& job, Action action,
 // another owner's jobs is PERMISSION_DENIED).
 StatusOr<std::string> ListableOwner(const Caller& caller, const std::string& requested_owner,
                                     const std::string& admin_names);
+
+// Whether `caller` may read, list and cancel every owner's jobs.
+bool SeesEveryJob(const Caller& caller, const std::string& admin_names);
 
 }  // namespace tern::server
 

@@ -126,6 +126,19 @@ grpc::Status JobService::GetArtifact(
                 [&] { return DoGetArtifact(context, *request, writer); });
 }
 
+grpc::Status JobService::WhoAmI(grpc::ServerContext* context,
+                                const v1::WhoAmIRequest* /*request*/,
+                                v1::WhoAmIResponse* response) {
+  return RunRpc(state_, "WhoAmI", [&]() -> Status {
+    TERN_ASSIGN_OR_RETURN(const Caller caller, CallerFromContext(*context, state_->tokens));
+    response->set_name(caller.owner);
+    response->set_proven_by(caller.proven_by);
+    response->set_authenticated(caller.authenticated);
+    response->set_sees_every_job(SeesEveryJob(caller, state_->admin_names));
+    return OkStatus();
+  });
+}
+
 // --- Implementations --------------------------------------------------------
 
 Status JobService::DoSubmitJob(grpc::ServerContext* context,

@@ -45,6 +45,8 @@ class JobService final : public v1::JobService::Service {
   grpc::Status GetArtifact(
       grpc::ServerContext* context, const v1::GetArtifactRequest* request,
       grpc::ServerWriter<v1::GetArtifactResponse>* writer) override;
+  grpc::Status WhoAmI(grpc::ServerContext* context, const v1::WhoAmIRequest* request,
+                      v1::WhoAmIResponse* response) override;
 
  private:
   Status DoSubmitJob(grpc::ServerContext* context,

@@ -12,6 +12,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Every job below runs under path roots (the owner is "e2e").
 ternd_flags=(--read-roots "/usr/share/datasets,$work/data/{owner}" --write-roots "$work/scratch/{owner}")
 start_service
+[[ $("${ternctl[@]}" whoami) == "e2e (x-tern-owner claim, not authenticated; sees every owner's jobs)" ]] ||
+  fail "whoami without TLS: $("${ternctl[@]}" whoami)"
 
 # 1. A tiny 2-rank HLA job to SUCCEEDED; fetch and check its artifact.
 cat >"$work/small.yaml" <<'YAML'

@@ -52,6 +52,10 @@ as alice watch "$job" >"$work/watch.log" 2>&1 || fail "alice's job $job did not 
 [[ $(as alice get "$job" --json | jq -r .spec.owner) == alice ]] || fail "job $job is not alice's"
 grep -q "agent node-1 (127.0.0.1, version" "$work/ternd.log" || fail "the agent did not register as node-1"
 echo "job $job SUCCEEDED, owned by the token's name 'alice', run by agent 'node-1' (agent token)"
+[[ $(as alice whoami) == "alice (bearer token; sees its own jobs)" ]] ||
+  fail "alice's whoami: $(as alice whoami)"
+[[ $(as ops whoami --json | jq -r '.name + " " + (.sees_every_job|tostring)') == "ops true" ]] ||
+  fail "ops's whoami: $(as ops whoami --json)"
 
 expect_exit() {  # code, text, then a command line
   local want="$1" what="$2" status=0; shift 2

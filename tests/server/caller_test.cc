@@ -41,5 +41,20 @@ TEST(AuthorizeTest, ListingIsScopedToTheCallerUnlessAdmin) {
   EXPECT_EQ(*ListableOwner(claims_bob, "alice", ""), "alice");
 }
 
+TEST(AuthorizeTest, AnAdminTokenSeesEveryJobWithoutTheGlob) {
+  scheduler::Job job;
+  job.id = 9;
+  job.owner = "alice";
+  const Caller token_admin{"ops-2", true, /*admin=*/true, "bearer token"};
+  const Caller token_user{"bob", true, false, "bearer token"};
+  EXPECT_TRUE(Authorize(token_admin, job, Action::kCancel, "").ok());
+  EXPECT_EQ(Authorize(token_user, job, Action::kRead, "").code(), StatusCode::kPermissionDenied);
+  EXPECT_TRUE(SeesEveryJob(token_admin, ""));
+  EXPECT_FALSE(SeesEveryJob(token_user, ""));
+  EXPECT_TRUE(SeesEveryJob(token_user, "b*"));
+  EXPECT_TRUE(SeesEveryJob(Caller{"anyone", false}, ""));  // nothing is scoped without auth
+  EXPECT_EQ(*ListableOwner(token_admin, "", ""), "");
+}
+
 }  // namespace
 }  // namespace tern::server
