@@ -38,6 +38,8 @@ fi
 # UBSan aborts (not exits) so that the fuzz driver's SIGABRT handler saves the input.
 asan="detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1"
 export ASAN_OPTIONS="$asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+# Third-party leaks at thread exit (scripts/lsan.supp says which, and why).
+export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 cd "$build_dir"
 ctest --output-on-failure -j "${TERN_TEST_JOBS:-2}" "${ctest_args[@]}" "$@"

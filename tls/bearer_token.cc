@@ -69,6 +69,10 @@ class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
     return grpc::Status::OK;
   }
 
+  // A stat (and, after a rotation, a read) of a small local file: quick
+  // enough to run on the calling thread, with no thread pool of its own.
+  bool IsBlocking() const override { return false; }
+
   grpc::string DebugString() override { return "tern bearer token from " + path_; }
 
  private:
