@@ -290,6 +290,31 @@ TEST_F(CocoReaderTest, LoadCocoSplitResolvesPathsAndGroupsBoxes) {
   EXPECT_EQ(split->dataset.annotations.size(), 3u);
 }
 
+TEST_F(CocoReaderTest, ConfinedFileNamesStayBeneathTheImageDirectory) {
+  WriteText(dir_.Path("imgs/a.png"), "x");
+  WriteText(dir_.Path("imgs/sub/b.png"), "x");
+  WriteText(dir_.Path("imgs/c.png"), "x");
+  WriteText(dir_.Path("secret.png"), "x");
+  CocoReadOptions confined;
+  confined.file_names_inside_image_dir = true;
+  WriteText(dir_.Path("ann.json"), ValidDoc());
+  EXPECT_TRUE(LoadCocoSplit(dir_.Path("ann.json"), dir_.Path("imgs"), confined).ok());
+  for (const std::string& escape : {std::string("../secret.png"), std::string("sub/../../secret.png"),
+                                    dir_.Path("secret.png")}) {
+    std::string doc = ValidDoc();
+    doc.replace(doc.find("\"c.png\""), 7, "\"" + escape + "\"");
+    WriteText(dir_.Path("ann.json"), doc);
+    EXPECT_TRUE(LoadCocoSplit(dir_.Path("ann.json"), dir_.Path("imgs")).ok()) << escape;
+    const auto split = LoadCocoSplit(dir_.Path("ann.json"), dir_.Path("imgs"), confined);
+    ASSERT_FALSE(split.ok()) << escape;
+    EXPECT_EQ(split.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(split.status().message().find("images[2].file_name: \"" + escape +
+                                            "\" leads out of the image directory"),
+              std::string::npos)
+        << split.status();
+  }
+}
+
 TEST_F(CocoReaderTest, LoadCocoSplitReportsAMissingImage) {
   WriteText(dir_.Path("imgs/a.png"), "x");
   WriteText(dir_.Path("ann.json"), ValidDoc());

@@ -82,6 +82,19 @@ if "${ternctl[@]}" submit "$work/outside.yaml" >"$work/outside.out" 2>&1; then
 fi
 grep -q "PERMISSION_DENIED.*dataset.path: $work/shapes-outside is outside" "$work/outside.out" ||
   fail "unexpected refusal: $(cat "$work/outside.out")"
+# A COCO file_name that leads out of its image directory: the trainer refuses
+# it (under path roots), and the job fails at once.
+cp -r "$work/data/e2e/shapes" "$work/data/e2e/escape"
+jq '.images[0].file_name = "../../../shapes-outside.png"' \
+  "$work/data/e2e/escape/annotations/instances_train.json" >"$work/escape.json"
+mv "$work/escape.json" "$work/data/e2e/escape/annotations/instances_train.json"
+sed -e "s|path: $work/data/e2e/shapes|path: $work/data/e2e/escape|" "$work/det.yaml" >"$work/escape.yaml"
+escape=$("${ternctl[@]}" submit "$work/escape.yaml")
+"${ternctl[@]}" watch "$escape" >"$work/escape-watch.log" 2>&1 && fail "job $escape with an escaping file_name succeeded"
+"${ternctl[@]}" get "$escape" --json >"$work/escape.json"
+jq -e '.state == "JOB_STATE_FAILED" and .state_reason.code == "FAILURE_NOT_RETRYABLE"
+       and (.state_reason.message | test("images\\[0\\].file_name: .* leads out of the image directory"))' \
+  "$work/escape.json" >/dev/null || fail "unexpected state: $(cat "$work/escape.json")"
 mv "$work/data/e2e/shapes" "$work/shapes-outside"
 ln -s "$work/shapes-outside" "$work/data/e2e/shapes"
 linked=$("${ternctl[@]}" submit "$work/det.yaml")
@@ -90,7 +103,8 @@ linked=$("${ternctl[@]}" submit "$work/det.yaml")
 jq -e '.state == "JOB_STATE_FAILED" and (.restarts // 0) == 0 and .state_reason.code == "FAILURE_NOT_RETRYABLE"
        and (.state_reason.message | test("PERMISSION_DENIED: spec.dataset.path: .* resolves to"))' \
   "$work/linked.json" >/dev/null || fail "unexpected state: $(cat "$work/linked.json")"
-echo "paths outside the roots refused by ternd (submit) and by the agent (job $linked, a link)"
+echo "paths outside the roots refused by ternd (submit), by the trainer (job $escape, a COCO" \
+  "file_name) and by the agent (job $linked, a link)"
 if grep -q "trainer writes confined (Landlock" "$work/agent.log"; then
   echo "the trainers ran with their writes confined by Landlock"
 else

@@ -641,6 +641,9 @@ std::vector<std::string> Agent::Impl::TrainerEnv(const Rank& rank,
   env["TERN_MASTER_PORT"] = std::to_string(a.rendezvous_port());
   env["TERN_AGENT_ID"] = options_.agent_id;
   if (!tmpdir.empty()) env["TMPDIR"] = tmpdir;
+  // Under path roots the trainer reads only beneath what the spec names
+  // (detection::CocoReadOptions::file_names_inside_image_dir).
+  if (a.has_path_grant()) env["TERN_CONFINE_DATA"] = "1";
   // A CPU rank sees no GPU; a CUDA rank sees its own as cuda:0.
   env["CUDA_VISIBLE_DEVICES"] = rank.cuda_slot >= 0 ? std::to_string(rank.cuda_slot) : "";
   if (rank.cuda_slot < 0 && !a.spec().resources().has_threads_per_rank() &&

@@ -247,6 +247,16 @@ StatusOr<CocoSplit> LoadCocoSplit(const std::string& annotations_path,
     ImageRecord rec;
     rec.image_id = img.id;
     const fs::path name(img.file_name);
+    if (options.file_names_inside_image_dir) {
+      bool escapes = name.is_absolute();
+      for (const fs::path& part : name) escapes = escapes || part == "..";
+      if (escapes) {
+        return InvalidArgumentError(annotations_path + ": " + Checker::Index("images", i) +
+                                    ".file_name: \"" + img.file_name +
+                                    "\" leads out of the image directory (this job may read "
+                                    "only beneath the paths its spec names)");
+      }
+    }
     rec.path = name.is_absolute() ? name.string()
                                   : (fs::path(image_dir) / name).string();
     std::error_code ec;

@@ -67,6 +67,11 @@ enum class BoxPolicy {
 
 struct CocoReadOptions {
   BoxPolicy out_of_image = BoxPolicy::kClip;  // real COCO has a few such boxes
+  // LoadCocoSplit: every file_name must name a file beneath the image
+  // directory (relative, no ".." component); INVALID_ARGUMENT otherwise.
+  // Set for jobs with path roots (ternd --read-roots), whose trainers may
+  // read only what their spec names (tern-agent sets TERN_CONFINE_DATA=1).
+  bool file_names_inside_image_dir = false;
 };
 
 // Parses COCO JSON text; `source` (usually the path) prefixes every error.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <utility>
@@ -109,12 +110,15 @@ std::vector<InputBox> PlaceBoxes(const ImageRecord& record, const Placement& p, 
 
 StatusOr<DetectionSplits> LoadDetectionSplits(const DataConfig& data) {
   DetectionSplits splits;
+  detection::CocoReadOptions options;
+  const char* confine = std::getenv("TERN_CONFINE_DATA");  // tern-agent, under path roots
+  options.file_names_inside_image_dir = confine != nullptr && std::string(confine) == "1";
   TERN_ASSIGN_OR_RETURN(splits.train,
                         detection::LoadCocoSplit(Resolve(data.path, data.train_annotations),
-                                                 Resolve(data.path, data.train_images)));
+                                                 Resolve(data.path, data.train_images), options));
   TERN_ASSIGN_OR_RETURN(splits.val,
                         detection::LoadCocoSplit(Resolve(data.path, data.val_annotations),
-                                                 Resolve(data.path, data.val_images)));
+                                                 Resolve(data.path, data.val_images), options));
   LimitImages(splits.train, data.max_train_examples);
   LimitImages(splits.val, data.max_eval_examples);
   if (splits.train.records.empty()) {
