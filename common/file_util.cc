@@ -116,4 +116,11 @@ Status MakeDirectories(const std::string& path) {
   return OkStatus();
 }
 
+std::string FileChangeStamp(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "/" +
+         std::to_string(st.st_size) + "/" + std::to_string(st.st_ino);
+}
+
 }  // namespace tern

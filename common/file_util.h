@@ -18,6 +18,10 @@ StatusOr<std::string> ReadFileToString(const std::string& path);
 Status WriteFileAtomically(const std::string& path, std::string_view content);
 // Creates `path` and missing parents (like mkdir -p).
 Status MakeDirectories(const std::string& path);
+// What changes when a file is replaced or rewritten (its mtime, size and
+// inode), "" when it cannot be examined: how files that are re-read on change
+// (tokens, certificates) are followed.
+std::string FileChangeStamp(const std::string& path);
 
 }  // namespace tern
 

@@ -1,8 +1,6 @@
 #include "common/http_server.h"
 
 #include <atomic>
-#include <sys/stat.h>
-
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -20,6 +18,7 @@
 #include <thread>
 #include <utility>
 
+#include "common/file_util.h"
 #include "common/logging.h"
 
 namespace tern::metrics {
@@ -239,15 +238,6 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   http::response<http::string_body> response_;
 };
 
-// What changes when a file is replaced or rewritten; "" when it cannot be
-// examined.
-std::string FileStamp(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return "";
-  return std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "/" +
-         std::to_string(st.st_size) + "/" + std::to_string(st.st_ino);
-}
-
 // A server TLS context from PEM files; INVALID_ARGUMENT naming the file.
 StatusOr<std::shared_ptr<asio::ssl::context>> MakeTlsContext(const std::string& cert_file,
                                                              const std::string& key_file) {
@@ -292,7 +282,7 @@ class MetricsHttpServer::Impl {
     TERN_ASSIGN_OR_RETURN(tls_, MakeTlsContext(cert_file, key_file));
     cert_file_ = cert_file;
     key_file_ = key_file;
-    tls_stamp_ = FileStamp(cert_file) + "|" + FileStamp(key_file);
+    tls_stamp_ = FileChangeStamp(cert_file) + "|" + FileChangeStamp(key_file);
     next_tls_check_ = std::chrono::steady_clock::now() + std::chrono::seconds(1);
     return OkStatus();
   }
@@ -307,7 +297,7 @@ class MetricsHttpServer::Impl {
     const auto now = std::chrono::steady_clock::now();
     if (now < next_tls_check_) return tls_;
     next_tls_check_ = now + std::chrono::seconds(1);
-    const std::string stamp = FileStamp(cert_file_) + "|" + FileStamp(key_file_);
+    const std::string stamp = FileChangeStamp(cert_file_) + "|" + FileChangeStamp(key_file_);
     if (stamp == tls_stamp_) return tls_;
     tls_stamp_ = stamp;
     StatusOr<std::shared_ptr<asio::ssl::context>> reloaded = MakeTlsContext(cert_file_, key_file_);

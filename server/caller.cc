@@ -138,31 +138,22 @@ StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
                           agent_names + ")");
 }
 
-namespace {
-
-// Whether `caller` may act on every owner's jobs.
-bool Unrestricted(const Caller& caller, const std::string& admin_names) {
+bool SeesEveryJob(const Caller& caller, const std::string& admin_names) {
   return !caller.authenticated || caller.admin ||
          (!admin_names.empty() && fnmatch(admin_names.c_str(), caller.owner.c_str(), 0) == 0);
 }
 
-}  // namespace
-
 Status Authorize(const Caller& caller, const scheduler::Job& job, Action action,
                  const std::string& admin_names) {
-  if (caller.owner == job.owner || Unrestricted(caller, admin_names)) return OkStatus();
+  if (caller.owner == job.owner || SeesEveryJob(caller, admin_names)) return OkStatus();
   return PermissionDenied("job " + std::to_string(job.id) + " belongs to \"" + job.owner +
                           "\": only its owner (or an admin, ternd --tls-admin-names) can " +
                           (action == Action::kCancel ? "cancel" : "read") + " it");
 }
 
-bool SeesEveryJob(const Caller& caller, const std::string& admin_names) {
-  return Unrestricted(caller, admin_names);
-}
-
 StatusOr<std::string> ListableOwner(const Caller& caller, const std::string& requested_owner,
                                     const std::string& admin_names) {
-  if (Unrestricted(caller, admin_names)) return requested_owner;
+  if (SeesEveryJob(caller, admin_names)) return requested_owner;
   if (!requested_owner.empty() && requested_owner != caller.owner) {
     return PermissionDenied("\"" + caller.owner + "\" may list only its own jobs, not \"" +
                             requested_owner + "\"'s (or be an admin, ternd --tls-admin-names)");

@@ -48,6 +48,18 @@ std::optional<ManagedPath> InManagedRoot(const std::string& path, const JobLayou
   return std::nullopt;
 }
 
+// The policy's roots with "{owner}" replaced.
+v1::PathGrant OwnersRoots(const PathPolicy& policy, const std::string& owner) {
+  v1::PathGrant grant;
+  for (std::string& r : paths::ExpandRoots(policy.read_roots, owner)) {
+    grant.add_read_roots(std::move(r));
+  }
+  for (std::string& r : paths::ExpandRoots(policy.write_roots, owner)) {
+    grant.add_write_roots(std::move(r));
+  }
+  return grant;
+}
+
 void AddOnce(google::protobuf::RepeatedPtrField<std::string>* roots, const std::string& root) {
   if (std::find(roots->begin(), roots->end(), root) == roots->end()) *roots->Add() = root;
 }
@@ -97,27 +109,14 @@ Status CheckSpecPaths(const v1::JobSpec& spec, const PathPolicy& policy, const J
     }
   }
   if (!policy.Restricts()) return OkStatus();
-  v1::PathGrant grant;
-  for (std::string& r : paths::ExpandRoots(policy.read_roots, spec.owner())) {
-    grant.add_read_roots(std::move(r));
-  }
-  for (std::string& r : paths::ExpandRoots(policy.write_roots, spec.owner())) {
-    grant.add_write_roots(std::move(r));
-  }
-  return paths::CheckLexicalPaths(outside_managed, grant);
+  return paths::CheckLexicalPaths(outside_managed, OwnersRoots(policy, spec.owner()));
 }
 
 std::optional<v1::PathGrant> PathGrantFor(const v1::JobSpec& spec,
                                           const std::string& checkpoint_dir,
                                           const PathPolicy& policy, const JobLayout& layout) {
   if (!policy.Restricts()) return std::nullopt;
-  v1::PathGrant grant;
-  for (std::string& r : paths::ExpandRoots(policy.read_roots, spec.owner())) {
-    grant.add_read_roots(std::move(r));
-  }
-  for (std::string& r : paths::ExpandRoots(policy.write_roots, spec.owner())) {
-    grant.add_write_roots(std::move(r));
-  }
+  v1::PathGrant grant = OwnersRoots(policy, spec.owner());
   // Admitted at submission (ownership of a job never changes).
   StatusOr<std::vector<paths::NamedPath>> named = paths::PathsNamedBy(spec);
   if (named.ok()) {

@@ -227,8 +227,8 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
     }
     if (!options_.metrics_token_file.empty()) {
       TERN_ASSIGN_OR_RETURN(
-          std::shared_ptr<tls::TokenFileMatcher> token,
-          tls::TokenFileMatcher::Open("metrics_token_file", options_.metrics_token_file));
+          std::shared_ptr<tls::TokenFile> token,
+          tls::TokenFile::Open("metrics_token_file", options_.metrics_token_file));
       http_->RequireBearerToken(
           [token](std::string_view presented) { return token->Matches(presented); });
     }

@@ -87,7 +87,7 @@ struct TerndOptions {
   // Bearer tokens (server/token_table.h); needs tls.cert_file. Empty: none.
   std::string token_file;
   // A file holding the token /metrics requires (tls/bearer_token.h,
-  // TokenFileMatcher); empty: /metrics is open.
+  // TokenFile); empty: /metrics is open.
   std::string metrics_token_file;
   // HTTPS for /metrics and /healthz (both or neither; re-read on change).
   std::string metrics_tls_cert, metrics_tls_key;

@@ -118,7 +118,7 @@ StatusOr<std::map<std::string, TokenEntry>> TokenTable::Parse(std::string_view t
 }
 
 StatusOr<std::unique_ptr<TokenTable>> TokenTable::Load(const std::string& path) {
-  const std::string stamp = tls::FileChangeStamp(path);
+  const std::string stamp = FileChangeStamp(path);
   TERN_ASSIGN_OR_RETURN(const std::string text, ReadTokenTableFile(path));
   TERN_ASSIGN_OR_RETURN(auto entries, Parse(text, path));
   std::unique_ptr<TokenTable> table(new TokenTable(path, std::move(entries)));
@@ -135,7 +135,7 @@ void TokenTable::ReloadIfChangedLocked() {
   const auto now = std::chrono::steady_clock::now();
   if (now < next_check_) return;
   next_check_ = now + kCheckInterval;
-  const std::string stamp = tls::FileChangeStamp(path_);
+  const std::string stamp = FileChangeStamp(path_);
   if (stamp == stamp_) return;
   stamp_ = stamp;
   StatusOr<std::string> text = ReadTokenTableFile(path_);

@@ -3,7 +3,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <sys/stat.h>
 
 #include <cstdint>
 #include <mutex>
@@ -44,28 +43,15 @@ std::string Trim(const std::string& text) {
   return text.substr(begin, text.find_last_not_of(space) - begin + 1);
 }
 
+// Sends the current token of a TokenFile.
 class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
  public:
-  TokenFilePlugin(std::string flag, std::string path, std::string token)
-      : flag_(std::move(flag)), path_(std::move(path)), token_(std::move(token)),
-        stamp_(FileChangeStamp(path_)) {}
+  explicit TokenFilePlugin(std::shared_ptr<TokenFile> file) : file_(std::move(file)) {}
 
   grpc::Status GetMetadata(grpc::string_ref /*service_url*/, grpc::string_ref /*method_name*/,
                            const grpc::AuthContext& /*channel_auth_context*/,
                            std::multimap<grpc::string, grpc::string>* metadata) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    const std::string now = FileChangeStamp(path_);
-    if (now != stamp_) {
-      StatusOr<std::string> token = ReadTokenFile(flag_, path_);
-      if (token.ok()) {
-        token_ = *std::move(token);
-        stamp_ = now;
-      } else {
-        // Keep sending the last good token; ternd decides.
-        TERN_LOG(WARNING) << "re-reading the bearer token: " << token.status();
-      }
-    }
-    metadata->insert({"authorization", "Bearer " + token_});
+    metadata->insert({"authorization", "Bearer " + file_->Current()});
     return grpc::Status::OK;
   }
 
@@ -73,23 +59,13 @@ class TokenFilePlugin final : public grpc::MetadataCredentialsPlugin {
   // enough to run on the calling thread, with no thread pool of its own.
   bool IsBlocking() const override { return false; }
 
-  grpc::string DebugString() override { return "tern bearer token from " + path_; }
+  grpc::string DebugString() override { return "tern bearer token"; }
 
  private:
-  const std::string flag_, path_;
-  std::mutex mu_;
-  std::string token_;  // guarded by mu_
-  std::string stamp_;  // guarded by mu_
+  const std::shared_ptr<TokenFile> file_;
 };
 
 }  // namespace
-
-std::string FileChangeStamp(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return "";
-  return std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "/" +
-         std::to_string(st.st_size) + "/" + std::to_string(st.st_ino);
-}
 
 StatusOr<std::string> NewToken() {
   unsigned char bytes[kTokenBytes];
@@ -134,22 +110,21 @@ StatusOr<std::string> ReadTokenFile(const std::string& flag, const std::string& 
 
 StatusOr<std::shared_ptr<grpc::CallCredentials>> BearerTokenCredentials(const std::string& flag,
                                                                          const std::string& path) {
-  TERN_ASSIGN_OR_RETURN(std::string token, ReadTokenFile(flag, path));
-  return grpc::MetadataCredentialsFromPlugin(
-      std::make_unique<TokenFilePlugin>(flag, path, std::move(token)));
+  TERN_ASSIGN_OR_RETURN(std::shared_ptr<TokenFile> file, TokenFile::Open(flag, path));
+  return grpc::MetadataCredentialsFromPlugin(std::make_unique<TokenFilePlugin>(std::move(file)));
 }
 
-StatusOr<std::shared_ptr<TokenFileMatcher>> TokenFileMatcher::Open(const std::string& flag,
-                                                                   const std::string& path) {
+StatusOr<std::shared_ptr<TokenFile>> TokenFile::Open(const std::string& flag,
+                                                     const std::string& path) {
   TERN_ASSIGN_OR_RETURN(std::string token, ReadTokenFile(flag, path));
-  return std::shared_ptr<TokenFileMatcher>(new TokenFileMatcher(flag, path, std::move(token)));
+  return std::shared_ptr<TokenFile>(new TokenFile(flag, path, std::move(token)));
 }
 
-TokenFileMatcher::TokenFileMatcher(std::string flag, std::string path, std::string token)
+TokenFile::TokenFile(std::string flag, std::string path, std::string token)
     : flag_(std::move(flag)), path_(std::move(path)), token_(std::move(token)),
       stamp_(FileChangeStamp(path_)) {}
 
-bool TokenFileMatcher::Matches(std::string_view token) {
+std::string TokenFile::Current() {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string now = FileChangeStamp(path_);
   if (now != stamp_) {
@@ -161,8 +136,13 @@ bool TokenFileMatcher::Matches(std::string_view token) {
       TERN_LOG(ERROR) << "keeping the previous token: " << reread.status();
     }
   }
-  return token.size() == token_.size() &&
-         CRYPTO_memcmp(token.data(), token_.data(), token_.size()) == 0;
+  return token_;
+}
+
+bool TokenFile::Matches(std::string_view token) {
+  const std::string current = Current();
+  return token.size() == current.size() &&
+         CRYPTO_memcmp(token.data(), current.data(), current.size()) == 0;
 }
 
 }  // namespace tern::tls

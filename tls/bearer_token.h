@@ -24,10 +24,6 @@ namespace tern::tls {
 
 inline constexpr char kTokenPrefix[] = "tern_";
 
-// What changes when a file is replaced or rewritten (its mtime, size and
-// inode), "" when it cannot be examined: how token files are followed.
-std::string FileChangeStamp(const std::string& path);
-
 // A new token: "tern_" and 43 base64url characters (32 bytes from the
 // system's CSPRNG). INTERNAL when the CSPRNG fails.
 StatusOr<std::string> NewToken();
@@ -51,24 +47,27 @@ StatusOr<std::string> ReadTokenFile(const std::string& flag, const std::string& 
 StatusOr<std::shared_ptr<grpc::CallCredentials>> BearerTokenCredentials(const std::string& flag,
                                                                          const std::string& path);
 
-// The token of a token file, to check what a peer presents (the /metrics
-// endpoints' --metrics-token-file; Prometheus reads the same file through
-// `authorization: {credentials_file: ...}`). Re-read when the file changes;
-// a file that turns bad keeps the last good token (logged). Constant-time
-// comparison. Thread-safe.
-class TokenFileMatcher {
+// A token file followed as it changes: what a client sends (the call
+// credentials above) and what a server checks a peer's token against (the
+// /metrics endpoints' --metrics-token-file; Prometheus reads the same file
+// through `authorization: {credentials_file: ...}`). Re-read when the file
+// changes; a file that turns bad keeps the last good token (logged).
+// Thread-safe.
+class TokenFile {
  public:
   // The file's errors as ReadTokenFile words them.
-  static StatusOr<std::shared_ptr<TokenFileMatcher>> Open(const std::string& flag,
-                                                          const std::string& path);
+  static StatusOr<std::shared_ptr<TokenFile>> Open(const std::string& flag,
+                                                   const std::string& path);
+  std::string Current();
+  // Constant-time comparison with Current().
   bool Matches(std::string_view token);
 
  private:
-  TokenFileMatcher(std::string flag, std::string path, std::string token);
+  TokenFile(std::string flag, std::string path, std::string token);
   const std::string flag_, path_;
   std::mutex mu_;
   std::string token_;  // guarded by mu_
-  std::string stamp_;  // guarded by mu_: the file's mtime, size and inode
+  std::string stamp_;  // guarded by mu_: FileChangeStamp of the file
 };
 
 }  // namespace tern::tls

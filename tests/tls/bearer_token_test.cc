@@ -48,7 +48,7 @@ TEST(BearerTokenTest, ReadTokenFileTrimsAndNamesTheFlag) {
             StatusCode::kNotFound);
 }
 
-TEST(BearerTokenTest, TokenFileMatcherFollowsTheFile) {
+TEST(BearerTokenTest, TokenFileFollowsTheFile) {
   testing_util::ScopedTempDir dir("tern_token_matcher_test");
   const std::string path = dir.Path("metrics.token");
   auto write = [&](const std::string& text) {
@@ -56,7 +56,7 @@ TEST(BearerTokenTest, TokenFileMatcherFollowsTheFile) {
     std::filesystem::rename(path + ".new", path);
   };
   write("tern_scrape-token-0123456789\n");
-  StatusOr<std::shared_ptr<TokenFileMatcher>> matcher = TokenFileMatcher::Open("--f", path);
+  StatusOr<std::shared_ptr<TokenFile>> matcher = TokenFile::Open("--f", path);
   ASSERT_TRUE(matcher.ok()) << matcher.status();
   EXPECT_TRUE((*matcher)->Matches("tern_scrape-token-0123456789"));
   EXPECT_FALSE((*matcher)->Matches("tern_scrape-token-012345678"));
@@ -66,7 +66,7 @@ TEST(BearerTokenTest, TokenFileMatcherFollowsTheFile) {
   EXPECT_TRUE((*matcher)->Matches("tern_rotated-token-0123456789"));
   write("\n");  // broken: the last good token stays
   EXPECT_TRUE((*matcher)->Matches("tern_rotated-token-0123456789"));
-  EXPECT_EQ(TokenFileMatcher::Open("--f", dir.Path("missing")).status().code(),
+  EXPECT_EQ(TokenFile::Open("--f", dir.Path("missing")).status().code(),
             StatusCode::kNotFound);
 }
 

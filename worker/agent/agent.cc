@@ -104,6 +104,12 @@ class LineReader {
   std::string partial_;
 };
 
+// The directory of the assignment's artifact; "" when it names none.
+std::string ArtifactDir(const v1::Assignment& a) {
+  const size_t slash = a.artifact_path().rfind('/');
+  return slash == std::string::npos || slash == 0 ? "" : a.artifact_path().substr(0, slash);
+}
+
 }  // namespace
 
 Status AgentOptions::Validate() const {
@@ -557,11 +563,10 @@ Status Agent::Impl::PrepareFiles(Rank& rank, std::string* spec_path, std::string
   const std::string job_dir = options_.workdir + "/jobs/" + PathSafe(a.ref().job_id());
   *rank_dir = job_dir + "/rank-" + std::to_string(a.ref().rank());
   TERN_RETURN_IF_ERROR(MakeDirectories(*rank_dir));
-  const size_t slash = a.artifact_path().rfind('/');
-  if (slash != std::string::npos && slash > 0) {
+  if (const std::string dir = ArtifactDir(a); !dir.empty()) {
     // ternd gives each job an artifact directory of its own; the trainer
     // writes the file (and, for detection, its detections) into it.
-    TERN_RETURN_IF_ERROR(MakeDirectories(a.artifact_path().substr(0, slash)));
+    TERN_RETURN_IF_ERROR(MakeDirectories(dir));
   }
   v1::JobSpec spec = a.spec();
   // The trainer reads the checkpoint directory from the spec; every rank of
@@ -603,9 +608,8 @@ StatusOr<std::optional<WriteConfinement>> Agent::Impl::ConfineWrites(
     TERN_RETURN_IF_ERROR(MakeDirectories(a.checkpoint_dir()));
     dirs.push_back(a.checkpoint_dir());
   }
-  const size_t slash = a.artifact_path().rfind('/');
-  if (slash != std::string::npos && slash > 0) {
-    dirs.push_back(a.artifact_path().substr(0, slash));  // PrepareFiles created it
+  if (const std::string dir = ArtifactDir(a); !dir.empty()) {
+    dirs.push_back(dir);  // PrepareFiles created it
   }
   dirs.push_back("/dev");  // /dev/null, /dev/shm (NCCL), GPU device nodes
   dirs.push_back(rank_dir);  // holds the trainer's TMPDIR too (a shared /tmp is not writable)

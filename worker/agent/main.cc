@@ -213,7 +213,7 @@ int main(int argc, char** argv) {
       }
     }
     if (!metrics_token_file.empty()) {
-      auto token = tern::tls::TokenFileMatcher::Open("--metrics-token-file", metrics_token_file);
+      auto token = tern::tls::TokenFile::Open("--metrics-token-file", metrics_token_file);
       if (!token.ok()) {
         std::cerr << "tern-agent: " << token.status().message() << "\n";
         return 2;
