@@ -152,6 +152,20 @@ std::string FormatEvent(const v1::JobEvent& e) {
     case v1::JobEvent::kFinished:
       s << "finished: " << FormatResult(e.finished());
       break;
+    case v1::JobEvent::kAttemptStarted: {
+      const v1::AttemptStarted& a = e.attempt_started();
+      s << "started on " << (a.device().empty() ? "?" : a.device());
+      if (!a.process_group().empty() && a.process_group() != "none") {
+        s << " (" << a.process_group() << ")";
+      }
+      if (a.resumed_from_step() > 0) {
+        s << ", resumed from the checkpoint at step " << a.resumed_from_step() << "/"
+          << a.total_steps();
+      } else {
+        s << ", fresh start, " << a.total_steps() << " steps";
+      }
+      break;
+    }
     case v1::JobEvent::kLog:
       s << "log rank " << e.log().rank() << ": " << e.log().text();
       break;

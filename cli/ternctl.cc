@@ -12,12 +12,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -119,11 +117,11 @@ class Client {
     err_ << "ternctl: " << what << ": " << s.ToString() << "\n";
     return ExitCodeFor(s.code());
   }
-  // Streams `id`'s events from `from` through `on_event`. With `idle`, ends
-  // (returning OK) once no event came for that long. Returns the stream's
-  // status; `last_seq` is the last sequence seen.
+  // Streams `id`'s events from `from` through `on_event`; `history_only`:
+  // only those recorded before the call (WatchJobRequest.history_only).
+  // Returns the stream's status; `last_seq` is the last sequence seen.
   grpc::Status StreamEvents(const std::string& id, uint64_t from, bool include_logs,
-                            std::optional<milliseconds> idle, uint64_t* last_seq,
+                            bool history_only, uint64_t* last_seq,
                             const std::function<void(const v1::JobEvent&)>& on_event);
   grpc::Status GetJob(const std::string& id, v1::Job* job) {
     grpc::ClientContext ctx;
@@ -268,7 +266,7 @@ int Client::Cancel(const std::string& id, const std::string& reason) {
 }
 
 grpc::Status Client::StreamEvents(const std::string& id, uint64_t from, bool include_logs,
-                                  std::optional<milliseconds> idle, uint64_t* last_seq,
+                                  bool history_only, uint64_t* last_seq,
                                   const std::function<void(const v1::JobEvent&)>& on_event) {
   grpc::ClientContext ctx;
   Prepare(&ctx, milliseconds(0));  // lives as long as the job
@@ -276,47 +274,15 @@ grpc::Status Client::StreamEvents(const std::string& id, uint64_t from, bool inc
   request.set_job_id(id);
   request.set_from_sequence(from);
   request.set_include_logs(include_logs);
-  // Without --follow: a watchdog ends the stream once the history is read.
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false, idled = false;
-  Clock::time_point last_event = Clock::now();
-  std::thread watchdog;
-  if (idle) {
-    watchdog = std::thread([&] {
-      std::unique_lock<std::mutex> lock(mu);
-      while (!done) {
-        if (cv.wait_until(lock, last_event + *idle, [&] { return done; })) break;
-        if (Clock::now() >= last_event + *idle) {
-          idled = true;
-          ctx.TryCancel();
-          break;
-        }
-      }
-    });
-  }
+  request.set_history_only(history_only);
   std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader = stub_->WatchJob(&ctx, request);
   v1::JobEvent event;
   while (reader->Read(&event)) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      last_event = Clock::now();
-    }
     if (event.sequence() != 0 && event.sequence() <= *last_seq) continue;  // seen already
     *last_seq = std::max(*last_seq, event.sequence());
     on_event(event);
   }
-  grpc::Status status = reader->Finish();
-  if (watchdog.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      done = true;
-    }
-    cv.notify_all();
-    watchdog.join();
-  }
-  if (idled && status.error_code() == grpc::StatusCode::CANCELLED) return grpc::Status::OK;
-  return status;
+  return reader->Finish();
 }
 
 int Client::Watch(const std::string& id, uint64_t from, bool include_logs, double reconnect_for_s) {
@@ -370,7 +336,7 @@ int Client::Watch(const std::string& id, uint64_t from, bool include_logs, doubl
   while (true) {
     const uint64_t before = last_seq;
     const grpc::Status status =
-        StreamEvents(id, last_seq + 1, include_logs, std::nullopt, &last_seq, on_event);
+        StreamEvents(id, last_seq + 1, include_logs, /*history_only=*/false, &last_seq, on_event);
     if (last_seq != before) {
       last_ok = Clock::now();
       backoff = milliseconds(250);
@@ -418,16 +384,9 @@ int Client::Watch(const std::string& id, uint64_t from, bool include_logs, doubl
 
 int Client::Logs(const std::string& id, bool follow) {
   uint64_t last_seq = 0;
-  std::optional<milliseconds> idle;
-  if (!follow) {
-    // A finished job's stream ends by itself; a live one after its history.
-    v1::Job job;
-    const grpc::Status got = GetJob(id, &job);
-    if (!got.ok()) return Fail(got, "logs " + id);
-    if (!IsTerminal(job.state())) idle = milliseconds(1000);
-  }
-  const grpc::Status status =
-      StreamEvents(id, 0, /*include_logs=*/true, idle, &last_seq, [&](const v1::JobEvent& e) {
+  const grpc::Status status = StreamEvents(
+      id, 0, /*include_logs=*/true, /*history_only=*/!follow, &last_seq,
+      [&](const v1::JobEvent& e) {
         out_ << (g_.json ? ToJson(e) : FormatEvent(e)) << "\n" << std::flush;
       });
   if (!status.ok()) return Fail(status, "logs " + id);

@@ -253,6 +253,9 @@ std::optional<v1::JobEvent> ToProtoEvent(const scheduler::Job& job,
     case TrainerEventKind::kEpochEnd:
       *out.mutable_epoch_end() = line->epoch_end;
       return out;
+    case TrainerEventKind::kStarted:
+      *out.mutable_attempt_started() = line->started;
+      return out;
     case TrainerEventKind::kLog:
       if (!include_logs) return std::nullopt;
       *out.mutable_log() = line->log;

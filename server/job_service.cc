@@ -297,19 +297,29 @@ Status JobService::DoWatchJob(grpc::ServerContext* context,
     after = static_cast<int64_t>(std::min<uint64_t>(
         request.from_sequence() - 1, std::numeric_limits<int64_t>::max()));
   }
+  // history_only: the events recorded before this call, then the end.
+  const int64_t history_end = job.last_event_seq;
   for (;;) {
     // The terminal event (and SUCCEEDED's `finished`) is the last one.
     if (scheduler::IsTerminal(job.state) && after >= job.last_event_seq) {
       return OkStatus();
     }
+    if (request.history_only() && after >= history_end) return OkStatus();
     TERN_RETURN_IF_ERROR(Stopping(context));
-    TERN_ASSIGN_OR_RETURN(std::vector<scheduler::JobEvent> events,
-                          state_->scheduler->ReadEvents(
-                              job.id, after, kEventBatch, state_->long_poll));
-    if (events.empty()) continue;
+    TERN_ASSIGN_OR_RETURN(
+        std::vector<scheduler::JobEvent> events,
+        state_->scheduler->ReadEvents(
+            job.id, after, kEventBatch,
+            request.history_only() ? std::chrono::milliseconds(0)
+                                   : state_->long_poll));
+    if (events.empty()) {
+      if (request.history_only()) return OkStatus();  // compacted away
+      continue;
+    }
     // A fresh copy: its history covers these events (attempts, result).
     TERN_ASSIGN_OR_RETURN(job, state_->scheduler->GetJob(job.id));
     for (const scheduler::JobEvent& event : events) {
+      if (request.history_only() && event.seq > history_end) return OkStatus();
       after = event.seq;
       std::optional<v1::JobEvent> out =
           ToProtoEvent(job, event, request.include_logs());

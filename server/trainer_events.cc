@@ -1,5 +1,6 @@
 #include "server/trainer_events.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -212,6 +213,10 @@ StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
   const std::string event = String(j, "event");
   if (event == "started") {
     out.kind = TrainerEventKind::kStarted;
+    out.started.set_resumed_from_step(std::max(0, Int32(j, "resumed_from_step")));
+    out.started.set_total_steps(Int32(j, "total_steps"));
+    out.started.set_device(String(j, "device"));
+    out.started.set_process_group(String(j, "process_group"));
   } else if (event == "progress") {
     out.kind = TrainerEventKind::kProgress;
     ParseProgress(j, &out);

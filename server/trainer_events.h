@@ -58,6 +58,7 @@ struct TrainerLine {
   v1::JobResult result;  // artifact_sha256 and epochs are left to the server
   v1::StateReason failure;
   v1::LogLine log;
+  v1::AttemptStarted started;
 };
 
 // INVALID_ARGUMENT when `line` is not a JSON object.

@@ -37,6 +37,7 @@ using scheduler::JobState;
 
 constexpr size_t kMaxAgentIdLength = 128;
 constexpr int kMaxSlotsPerKind = 1024;
+constexpr int kMaxRunningPerRegistration = 4096;
 constexpr int kMaxEventsPerReport = 1000;
 constexpr int kListPageSize = 500;
 constexpr int64_t kResultScanBatch = 64;
@@ -201,6 +202,22 @@ Status WorkerService::DoRegister(const v1::RegisterRequest& request,
       return InvalidArgumentError(path + ": a second entry for device kind " +
                                   kind);
     }
+  }
+  if (request.running_size() > kMaxRunningPerRegistration) {
+    return InvalidArgumentError("running: at most 4096 entries, got " +
+                                std::to_string(request.running_size()));
+  }
+  for (const v1::RankRef& running : request.running()) {
+    StatusOr<scheduler::RankRef> ref = ToRankRef(request.agent_id(), running);
+    if (!ref.ok()) {
+      // Not one of ours; the first heartbeat names it unexpected.
+      TERN_LOG(WARNING) << "agent " << request.agent_id()
+                        << " registered with a rank it runs that is not a "
+                           "job of this server: "
+                        << ref.status().message();
+      continue;
+    }
+    registration.running.push_back(*ref);
   }
   TERN_ASSIGN_OR_RETURN(scheduler::Lease lease,
                         state_->scheduler->RegisterAgent(registration));
@@ -438,8 +455,10 @@ Status WorkerService::HandleTrainerEvent(const scheduler::RankRef& rank,
       return scheduler.ReportProgress(rank,
                                       LogPayload(rank.rank, line.log.text()));
     case TrainerEventKind::kStarted:
-      if (rank0) state_->metrics->OnTrainerStarted(rank.job_id);
-      return OkStatus();
+      if (!rank0) return OkStatus();
+      state_->metrics->OnTrainerStarted(rank.job_id);
+      // Kept as the attempt's AttemptStarted event (fresh or resumed).
+      return scheduler.ReportProgress(rank, event.json_line());
     case TrainerEventKind::kUnknown:
       return OkStatus();
   }
@@ -554,7 +573,7 @@ Status WorkerService::CheckLease(const std::string& agent_id,
       it->second.lost) {
     return FailedPreconditionError(
         "agent " + agent_id +
-        ": unknown or expired lease; kill its trainers and register again");
+        ": unknown or expired lease; register again, listing the ranks still running");
   }
   return OkStatus();
 }

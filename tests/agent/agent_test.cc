@@ -107,10 +107,13 @@ class FakeWorkerService final : public v1::WorkerService::Service {
   grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
                         v1::RegisterResponse* response) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_ || registrations_unavailable_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down (test)");
+    }
     registrations_.push_back(*request);
     lease_ = "lease-" + std::to_string(registrations_.size());
     response->set_lease_id(lease_);
-    *response->mutable_lease_ttl() = TimeUtil::MillisecondsToDuration(5000);
+    *response->mutable_lease_ttl() = TimeUtil::MillisecondsToDuration(ttl_ms_);
     *response->mutable_heartbeat_interval() = TimeUtil::MillisecondsToDuration(100);
     cv_.notify_all();
     return grpc::Status::OK;
@@ -119,11 +122,12 @@ class FakeWorkerService final : public v1::WorkerService::Service {
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
                          v1::HeartbeatResponse* response) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down (test)");
     if (request->lease_id() != lease_) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "unknown lease");
     }
     heartbeats_.push_back(*request);
-    *response->mutable_lease_ttl() = TimeUtil::MillisecondsToDuration(5000);
+    *response->mutable_lease_ttl() = TimeUtil::MillisecondsToDuration(ttl_ms_);
     *response->mutable_heartbeat_interval() = TimeUtil::MillisecondsToDuration(100);
     for (const v1::RankRef& r : unexpected_) *response->add_unexpected() = r;
     cv_.notify_all();
@@ -133,6 +137,7 @@ class FakeWorkerService final : public v1::WorkerService::Service {
   grpc::Status StreamAssignments(grpc::ServerContext* ctx, const v1::StreamAssignmentsRequest* request,
                                  grpc::ServerWriter<v1::AssignmentEvent>* writer) override {
     std::unique_lock<std::mutex> lock(mu_);
+    if (unavailable_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down (test)");
     if (request->lease_id() != lease_) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "unknown lease");
     }
@@ -142,6 +147,7 @@ class FakeWorkerService final : public v1::WorkerService::Service {
       cv_.wait_for(lock, milliseconds(20));
       if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
       if (stopping_) return grpc::Status::OK;
+      if (unavailable_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down (test)");
       if (request->lease_id() != lease_) {
         return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "lease ended");
       }
@@ -189,6 +195,20 @@ class FakeWorkerService final : public v1::WorkerService::Service {
     lease_ = "";
     cv_.notify_all();
   }
+  // Every call answers UNAVAILABLE (ternd down), or only Register does.
+  void SetUnavailable(bool down) {
+    std::lock_guard<std::mutex> lock(mu_);
+    unavailable_ = down;
+    cv_.notify_all();
+  }
+  void SetRegistrationsUnavailable(bool down) {
+    std::lock_guard<std::mutex> lock(mu_);
+    registrations_unavailable_ = down;
+  }
+  void SetLeaseTtl(int ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ttl_ms_ = ms;
+  }
   void BreakStream() {
     std::lock_guard<std::mutex> lock(mu_);
     break_stream_ = true;
@@ -233,6 +253,9 @@ class FakeWorkerService final : public v1::WorkerService::Service {
   std::vector<v1::RankRef> unexpected_;
   bool break_stream_ = false;
   bool stopping_ = false;
+  bool unavailable_ = false;
+  bool registrations_unavailable_ = false;
+  int ttl_ms_ = 5000;
 };
 
 bool Alive(pid_t pid) {
@@ -584,22 +607,69 @@ TEST_F(AgentTest, ShutdownLeavesNoChildProcesses) {
   });
 }
 
-TEST_F(AgentTest, LostLeaseKillsTrainersAndRegistersAgain) {
+TEST_F(AgentTest, AServerThatForgotTheLeaseGetsTheRunningTrainersListed) {
   StartAgent();
   fake_.Send(MakeAssignment("job-l", 0, "sleeper"));
   const pid_t pid = ReadPid(RankDir("job-l", 0) + "/pid");
   ASSERT_GT(pid, 0);
-  fake_.ForgetLease();  // the next heartbeat answers FAILED_PRECONDITION
+  // A restarted ternd: the next heartbeat answers FAILED_PRECONDITION.
+  fake_.ForgetLease();
   ASSERT_TRUE(fake_.WaitFor([&] { return fake_.registrations_.size() >= 2; }));
-  EXPECT_FALSE(Alive(pid));  // killed before registering again
+  EXPECT_TRUE(Alive(pid));  // kept, and listed for ternd to reconcile
+  fake_.Locked([&] {
+    EXPECT_EQ(fake_.registrations_[0].running_size(), 0);  // a fresh start
+    const v1::RegisterRequest& again = fake_.registrations_[1];
+    EXPECT_EQ(again.running_size(), 1);
+    if (again.running_size() == 1) {
+      EXPECT_EQ(again.running(0).job_id(), "job-l");
+      EXPECT_EQ(again.running(0).attempt(), 1);
+      EXPECT_EQ(again.running(0).rank(), 0);
+    }
+    return 0;
+  });
   EXPECT_TRUE(WaitUntil([&] { return agent_->lease_id() == "lease-2"; }));
-  EXPECT_EQ(agent_->running_trainers(), 0);
-  // Work continues under the new lease.
-  fake_.Send(MakeAssignment("job-l2", 0, "ok"));
-  const auto exit = WaitForExit("job-l2");
+  EXPECT_EQ(agent_->running_trainers(), 1);
+  // Heartbeats under the new lease list it, and its exit is reported there.
+  ASSERT_TRUE(fake_.WaitFor([&] {
+    return !fake_.heartbeats_.empty() && fake_.heartbeats_.back().lease_id() == "lease-2" &&
+           fake_.heartbeats_.back().running_size() == 1;
+  }));
+  fake_.Send(MakeKill("job-l", 1));
+  const auto exit = WaitForExit("job-l");
   ASSERT_TRUE(exit.has_value());
   EXPECT_EQ(exit->lease_id(), "lease-2");
+  EXPECT_TRUE(exit->killed_by_agent());
   EXPECT_EQ(agent_->registrations(), 2);
+}
+
+TEST_F(AgentTest, TrainersAreStoppedWhenNoNewLeaseComesWithinTheTtl) {
+  fake_.SetLeaseTtl(1000);
+  StartAgent();
+  fake_.Send(MakeAssignment("job-f", 0, "sleeper"));
+  const pid_t pid = ReadPid(RankDir("job-f", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  // ternd forgot the lease and then cannot register the agent: after the
+  // TTL it has written the rank off, so the trainer must go.
+  fake_.SetRegistrationsUnavailable(true);
+  fake_.ForgetLease();
+  EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); }, milliseconds(8000)));
+  EXPECT_TRUE(WaitUntil([&] { return agent_->running_trainers() == 0; }));
+  fake_.SetRegistrationsUnavailable(false);
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.registrations_.size() >= 2; }));
+  EXPECT_EQ(fake_.Locked([&] { return fake_.registrations_[1].running_size(); }), 0);
+}
+
+TEST_F(AgentTest, AnUnreachableServerGetsTheTrainersStoppedAfterTheTtl) {
+  fake_.SetLeaseTtl(1000);
+  StartAgent();
+  fake_.Send(MakeAssignment("job-d", 0, "sleeper"));
+  const pid_t pid = ReadPid(RankDir("job-d", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  fake_.SetUnavailable(true);  // no heartbeat gets through
+  EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); }, milliseconds(8000)));
+  fake_.SetUnavailable(false);
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.registrations_.size() >= 2; }));
+  EXPECT_EQ(fake_.Locked([&] { return fake_.registrations_[1].running_size(); }), 0);
 }
 
 TEST_F(AgentTest, ReconnectsWhenTheStreamBreaks) {

@@ -200,6 +200,22 @@ TEST(RenderTest, EventLines) {
   e.mutable_state_change()->set_to_state(v1::JOB_STATE_ADMITTED);
   e.mutable_state_change()->mutable_reason()->set_code("ADMITTED");
   EXPECT_EQ(FormatEvent(e), "2023-11-14T22:13:20Z #7 state QUEUED -> ADMITTED (ADMITTED)");
+
+  v1::JobEvent started;
+  started.set_sequence(9);
+  started.set_attempt(2);
+  *started.mutable_time() = e.time();
+  v1::AttemptStarted* a = started.mutable_attempt_started();
+  a->set_total_steps(400);
+  a->set_device("cuda:0");
+  a->set_process_group("nccl");
+  EXPECT_EQ(FormatEvent(started),
+            "2023-11-14T22:13:20Z #9 attempt 2 started on cuda:0 (nccl), fresh start, 400 steps");
+  a->set_resumed_from_step(120);
+  a->set_process_group("none");
+  EXPECT_EQ(FormatEvent(started),
+            "2023-11-14T22:13:20Z #9 attempt 2 started on cuda:0, resumed from the checkpoint at "
+            "step 120/400");
 }
 
 TEST(RenderTest, ResultsShowTop1OrCocoAp) {

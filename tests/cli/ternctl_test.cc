@@ -462,6 +462,12 @@ TEST_F(TernctlTest, LogsPrintsTheHistoryWithLogLines) {
   Result live = Run({"logs", "job-1"});
   EXPECT_EQ(live.code, kExitOk) << live.err;
   EXPECT_EQ(std::count(live.out.begin(), live.out.end(), '\n'), 4);
+  // Without -f the server ends the stream after the history; with -f not.
+  Result follow = Run({"logs", "job-1", "-f"});
+  ASSERT_EQ(fake_.watch_requests.size(), 3u);
+  EXPECT_TRUE(fake_.watch_requests[0].history_only());
+  EXPECT_TRUE(fake_.watch_requests[1].history_only());
+  EXPECT_FALSE(fake_.watch_requests[2].history_only());
 }
 
 TEST_F(TernctlTest, FetchVerifiesTheChecksumAndWritesAtomically) {

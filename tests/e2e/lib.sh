@@ -79,34 +79,62 @@ YAML
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Extra flags: ternd_flags for ternd, client_flags for tern-agent and ternctl
-# (tls_e2e.sh sets both), agent_flags for tern-agent alone.
+# (tls_e2e.sh sets both), agent_flags for tern-agent alone. ternd_listen is
+# ternd's gRPC address (default: an ephemeral port; chaos_e2e.sh fixes one so
+# that a restarted ternd is found again).
 ternd_flags=()
 client_flags=()
 agent_flags=()
-start_service() {
+ternd_listen=127.0.0.1:0
+rdv_port=
+starts=0
+start_ternd() {
   # A rendezvous port of our own, not ternd's default 29500, so that other
   # tests running at the same time cannot collide with this job's ranks.
-  local rdv_port
-  rdv_port=$(free_port)
-  "$build/server/ternd" --listen 127.0.0.1:0 --db "$work/ternd.db" --metrics-listen 127.0.0.1:0 \
+  [[ -n "$rdv_port" ]] || rdv_port=$(free_port)
+  starts=$((starts + 1))
+  local out="$work/ternd.out" log="$work/ternd.log"
+  [[ $starts -gt 1 ]] && out="$work/ternd-$starts.out" log="$work/ternd-$starts.log"
+  "$build/server/ternd" --listen "$ternd_listen" --db "$work/ternd.db" --metrics-listen 127.0.0.1:0 \
     --rendezvous-port-min "$rdv_port" --rendezvous-port-max "$rdv_port" \
     --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
-    "${ternd_flags[@]}" >"$work/ternd.out" 2>"$work/ternd.log" &
-  pids+=($!)
-  process_names[$!]=ternd
-  server=$(wait_for_line "$work/ternd.out" "listening on")
-  ternd_metrics=$(wait_for_line "$work/ternd.out" "metrics on")
+    "${ternd_flags[@]}" >"$out" 2>"$log" &
+  ternd=$!
+  pids+=("$ternd")
+  process_names[$ternd]=ternd
+  server=$(wait_for_line "$out" "listening on")
+  ternd_metrics=$(wait_for_line "$out" "metrics on")
   echo "ternd on $server, metrics on $ternd_metrics"
+}
+start_agent() {
+  starts=$((starts + 1))
+  local out="$work/agent.out" log="$work/agent.log"
+  [[ -f "$out" ]] && out="$work/agent-$starts.out" log="$work/agent-$starts.log"
   local -a slots=(--cpu-slots 2)
   [[ -n "${agent_slots[*]:-}" ]] && slots=("${agent_slots[@]}")
   "$build/worker/agent/tern-agent" --server "$server" "${slots[@]}" \
     --trainer "$build/worker/trainer/tern-trainer" --workdir "$work/agent" \
     --metrics-listen 127.0.0.1:0 "${client_flags[@]}" "${agent_flags[@]}" \
-    >"$work/agent.out" 2>"$work/agent.log" &
+    >"$out" 2>"$log" &
   agent=$!
   process_names[$agent]=tern-agent
-  pids=("$agent" "${pids[@]}")
-  agent_metrics=$(wait_for_line "$work/agent.out" "metrics on")
+  pids=("$agent" "${pids[@]}")  # stopped first: it stops its trainers
+  agent_metrics=$(wait_for_line "$out" "metrics on")
   echo "tern-agent metrics on $agent_metrics"
+}
+start_service() {
+  start_ternd
+  start_agent
   ternctl=("$build/cli/ternctl" --server "$server" --owner e2e "${client_flags[@]}")
+}
+
+# Fault injection: SIGKILL process $1 (no chance to clean up), reap it, and
+# leave it out of the clean-shutdown check at exit.
+crash() {
+  kill -KILL "$1"
+  wait "$1" 2>/dev/null || true
+  local -a kept=()
+  local pid
+  for pid in "${pids[@]}"; do [[ "$pid" == "$1" ]] || kept+=("$pid"); done
+  pids=("${kept[@]}")
 }

@@ -309,6 +309,25 @@ TEST_F(JobServiceTest, WatchJobStreamsStateChangesAndResumes) {
   EXPECT_EQ(Watch("77", 0, &missing).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+TEST_F(JobServiceTest, WatchJobHistoryOnlyEndsAfterTheRecordedEvents) {
+  const std::string id = SubmitOk(ValidSpec());  // QUEUED, no agent: it stays
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::WatchJobRequest request;
+  request.set_job_id(id);
+  request.set_history_only(true);
+  auto reader = jobs_->WatchJob(&ctx, request);
+  std::vector<v1::JobEvent> events;
+  v1::JobEvent event;
+  const auto start = std::chrono::steady_clock::now();
+  while (reader->Read(&event)) events.push_back(event);
+  ASSERT_TRUE(reader->Finish().ok());
+  // The job is live, yet the stream ended without waiting for more.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].state_change().to_state(), v1::JOB_STATE_QUEUED);
+}
+
 TEST_F(JobServiceTest, WatchJobEndsWhenTheClientCancels) {
   const std::string id = SubmitOk(ValidSpec());
   grpc::ClientContext ctx;

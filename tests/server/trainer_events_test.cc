@@ -102,6 +102,20 @@ TEST(TrainerEventsTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   EXPECT_FALSE(finished->result.has_ternary_top5());
   EXPECT_EQ(finished->result.steps(), 99);
 
+  StatusOr<TrainerLine> resumed = ParseTrainerLine(
+      R"({"event":"started","rank":0,"resumed_from_step":120,"total_steps":400,)"
+      R"("device":"cuda:0","process_group":"nccl","epochs":4})");
+  ASSERT_TRUE(resumed.ok());
+  ASSERT_EQ(resumed->kind, TrainerEventKind::kStarted);
+  EXPECT_EQ(resumed->started.resumed_from_step(), 120);
+  EXPECT_EQ(resumed->started.total_steps(), 400);
+  EXPECT_EQ(resumed->started.device(), "cuda:0");
+  EXPECT_EQ(resumed->started.process_group(), "nccl");
+  StatusOr<TrainerLine> fresh =
+      ParseTrainerLine(R"({"event":"started","rank":0,"resumed_from_step":-1})");
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_EQ(fresh->started.resumed_from_step(), 0);
+
   StatusOr<TrainerLine> checkpoint = ParseTrainerLine(
       R"({"event":"checkpoint","rank":0,"step":50,"epoch":1,"path":"/c/s"})");
   ASSERT_TRUE(checkpoint.ok());

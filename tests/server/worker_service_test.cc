@@ -228,7 +228,9 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
   ASSERT_TRUE(agent.Report(rank1, {}, {"rank 1 up"}).ok());
   ASSERT_TRUE(
       agent
-          .Report(rank0, {Line("started", 0, "\"resumed_from_step\":-1"),
+          .Report(rank0, {Line("started", 0,
+                               "\"resumed_from_step\":-1,\"total_steps\":40,"
+                               "\"device\":\"cpu\",\"process_group\":\"gloo\""),
                           Line("progress", 0,
                                "\"epoch\":0,\"epochs\":1,\"step\":20,"
                                "\"total_steps\":40,\"loss\":1.5,\"lr\":0.1,"
@@ -403,6 +405,12 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
       kinds.push_back("checkpoint");
       EXPECT_EQ(e.checkpoint_committed().step(), 20);
       EXPECT_EQ(e.checkpoint_committed().path(), "/ck/step-20");
+    } else if (e.has_attempt_started()) {
+      kinds.push_back("started");
+      EXPECT_EQ(e.attempt_started().resumed_from_step(), 0);  // fresh: -1 -> 0
+      EXPECT_EQ(e.attempt_started().total_steps(), 40);
+      EXPECT_EQ(e.attempt_started().device(), "cpu");
+      EXPECT_EQ(e.attempt_started().process_group(), "gloo");
     } else if (e.has_log()) {
       kinds.push_back("log:" + e.log().text());
       EXPECT_EQ(e.log().rank(), 1);
@@ -414,7 +422,7 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
   EXPECT_EQ(kinds,
             (std::vector<std::string>{"JOB_STATE_QUEUED", "JOB_STATE_ADMITTED",
                                       "log:rank 1 up", "JOB_STATE_RUNNING",
-                                      "progress", "checkpoint", "epoch_end",
+                                      "started", "progress", "checkpoint", "epoch_end",
                                       "JOB_STATE_SUCCEEDED", "finished"}));
   std::vector<v1::JobEvent> without_logs;
   ASSERT_TRUE(Watch(id, 0, &without_logs).ok());

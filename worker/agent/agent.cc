@@ -194,7 +194,9 @@ class Agent::Impl {
     std::string prefix;  // "[job J attempt A rank r/W] "
     std::string job, rank_label;
     int cuda_slot = -1;
-    int lease_generation = 0;  // the registration it was assigned under
+    // The registration it runs under: the one it was assigned under, or a
+    // later one that the agent re-registered with it listed as running.
+    std::atomic<int> lease_generation{0};
     // Set by the rank's thread before ReportExit when the job's own spec kept
     // the trainer from starting (ReportExitRequest.failure_code).
     std::string failure_code;
@@ -214,7 +216,13 @@ class Agent::Impl {
   bool Register();
   void StreamOnce(milliseconds* backoff);
   void HeartbeatLoop();
-  void LeaseLost(int generation, const std::string& why);
+  // `keep_trainers`: ternd answered but no longer knows the lease (it
+  // restarted): the trainers go on and the next Register lists them.
+  // Otherwise (the lease was not renewed in time) they are stopped.
+  void LeaseLost(int generation, const std::string& why, bool keep_trainers);
+  // Rejoining without a new lease for longer than the lease TTL: stop
+  // pretending, the server has written the trainers off by now.
+  bool RejoinExpired();
   // Makes the heartbeat loop renew the lease now (and so find out if it
   // is lost). Non-blocking.
   void RequestHeartbeat() {
@@ -239,7 +247,9 @@ class Agent::Impl {
   bool Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending);
   void ReportExit(Rank& rank, const ExitStatus& ended, const std::string& reason);
   void FinishRank(const std::shared_ptr<Rank>& rank);
-  bool CurrentLease(std::string* id, int* generation) const;
+  // False without a valid lease; *rejoining then tells whether the agent
+  // is re-registering with its trainers kept (reports should wait for it).
+  bool CurrentLease(std::string* id, int* generation, bool* rejoining = nullptr) const;
   void SetDeadline(grpc::ClientContext* ctx) const {
     ctx->set_deadline(std::chrono::system_clock::now() + options_.rpc_timeout);
   }
@@ -260,6 +270,7 @@ class Agent::Impl {
   // generation it saw, so a late report of an old lease changes nothing.
   std::string lease_id_;
   bool lease_valid_ = false;
+  bool rejoining_ = false;  // lease lost, trainers kept (LeaseLost)
   int lease_generation_ = 0;
   milliseconds lease_ttl_{15000};
   milliseconds heartbeat_interval_{5000};
@@ -277,11 +288,23 @@ void Agent::Impl::Sleep(milliseconds d) {
   cv_.wait_for(lock, d, [&] { return shutdown_; });
 }
 
-bool Agent::Impl::CurrentLease(std::string* id, int* generation) const {
+bool Agent::Impl::CurrentLease(std::string* id, int* generation, bool* rejoining) const {
   std::lock_guard<std::mutex> lock(mu_);
   *id = lease_id_;
   *generation = lease_generation_;
+  if (rejoining != nullptr) *rejoining = !lease_valid_ && rejoining_;
   return lease_valid_;
+}
+
+bool Agent::Impl::RejoinExpired() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!rejoining_) return true;
+  if (Clock::now() - last_renewed_ <= lease_ttl_) return false;
+  rejoining_ = false;
+  TERN_LOG(WARNING) << "no new lease within the lease TTL (" << lease_ttl_.count()
+                    << " ms): stopping " << ranks_.size() << " trainer(s)";
+  cv_.notify_all();
+  return true;
 }
 
 Status Agent::Impl::Run() {
@@ -297,8 +320,9 @@ Status Agent::Impl::Run() {
     std::string id;
     int generation = 0;
     if (!CurrentLease(&id, &generation)) {
-      // No lease (first start, or lost): nothing may still run from the old one.
-      KillAllAndWait(options_.shutdown_grace, "lease lost");
+      // No lease (first start, or lost): nothing may still run from the old
+      // one, unless the agent rejoins a restarted ternd with its trainers.
+      if (RejoinExpired()) KillAllAndWait(options_.shutdown_grace, "lease lost");
       if (!Register()) {
         Sleep(backoff);
         backoff = std::min(backoff * 2, options_.backoff_max);
@@ -335,6 +359,12 @@ bool Agent::Impl::Register() {
     s->set_device_kind(v1::DEVICE_CUDA);
     s->set_count(options_.cuda_slots);
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (rejoining_) {
+      for (const auto& [key, rank] : ranks_) *request.add_running() = rank->assignment.ref();
+    }
+  }
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   v1::RegisterResponse response;
@@ -350,6 +380,14 @@ bool Agent::Impl::Register() {
   last_renewed_ = Clock::now();
   lease_valid_ = true;
   ++lease_generation_;
+  if (rejoining_) {
+    // The kept trainers run under the new lease; those the server does not
+    // expect get kill orders on the stream. A rank that started after the
+    // request was built cannot exist (no lease, no assignments).
+    for (auto& [key, rank] : ranks_) rank->lease_generation = lease_generation_;
+    TERN_LOG(INFO) << "rejoined with " << request.running_size() << " running trainer(s)";
+    rejoining_ = false;
+  }
   cv_.notify_all();  // the heartbeat loop starts counting from now
   TERN_LOG(INFO) << "registered as " << options_.agent_id << " (lease " << lease_id_ << ", ttl "
                  << lease_ttl_.count() << " ms, " << options_.cpu_slots << " cpu + "
@@ -357,12 +395,18 @@ bool Agent::Impl::Register() {
   return true;
 }
 
-void Agent::Impl::LeaseLost(int generation, const std::string& why) {
+void Agent::Impl::LeaseLost(int generation, const std::string& why, bool keep_trainers) {
   std::lock_guard<std::mutex> lock(mu_);
   if (generation != lease_generation_ || !lease_valid_) return;
   lease_valid_ = false;
-  TERN_LOG(WARNING) << "lease " << lease_id_ << " lost (" << why
-                    << "): stopping trainers, registering again";
+  rejoining_ = keep_trainers;
+  if (keep_trainers) {
+    TERN_LOG(WARNING) << "lease " << lease_id_ << " lost (" << why << "): registering again with "
+                      << ranks_.size() << " running trainer(s)";
+  } else {
+    TERN_LOG(WARNING) << "lease " << lease_id_ << " lost (" << why
+                      << "): stopping trainers, registering again";
+  }
   if (stream_ctx_) stream_ctx_->TryCancel();
   cv_.notify_all();
 }
@@ -416,7 +460,7 @@ void Agent::Impl::StreamOnce(milliseconds* backoff) {
     retry_later = !shutdown_ && lease_valid_ && generation == lease_generation_;
   }
   if (IsLeaseError(status)) {
-    LeaseLost(generation, "StreamAssignments: " + GrpcStatusString(status));
+    LeaseLost(generation, "StreamAssignments: " + GrpcStatusString(status), true);
     return;
   }
   if (retry_later) {
@@ -461,7 +505,7 @@ void Agent::Impl::HeartbeatLoop() {
     v1::HeartbeatResponse response;
     const grpc::Status status = stub_->Heartbeat(&ctx, request, &response);
     if (IsLeaseError(status)) {
-      LeaseLost(generation, "Heartbeat: " + GrpcStatusString(status));
+      LeaseLost(generation, "Heartbeat: " + GrpcStatusString(status), true);
       lock.lock();
       continue;
     }
@@ -491,7 +535,7 @@ void Agent::Impl::HeartbeatLoop() {
     if (generation != lease_generation_) continue;
     if (Clock::now() - last_renewed_ > lease_ttl_) {
       lock.unlock();
-      LeaseLost(generation, "not renewed within the lease TTL");
+      LeaseLost(generation, "not renewed within the lease TTL", false);
       lock.lock();
     } else if (failures >= 2 && stream_ctx_) {
       stream_ctx_->TryCancel();  // the connection may be dead: reconnect the stream too
@@ -665,7 +709,10 @@ bool Agent::Impl::Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending) {
   while (!pending->empty()) {
     std::string lease;
     int generation = 0;
-    if (!CurrentLease(&lease, &generation) || generation != rank.lease_generation) {
+    bool rejoining = false;
+    const bool valid = CurrentLease(&lease, &generation, &rejoining);
+    if (!valid && rejoining) return false;  // held until the agent rejoins
+    if (!valid || generation != rank.lease_generation) {
       pending->clear();  // the lease is lost: the server wrote this rank off
       return true;
     }
@@ -724,9 +771,14 @@ void Agent::Impl::ReportExit(Rank& rank, const ExitStatus& ended, const std::str
   while (true) {
     std::string lease;
     int generation = 0;
+    bool rejoining = false;
+    const bool valid = CurrentLease(&lease, &generation, &rejoining);
     // A lost lease wrote the rank off: the server counts it as lost already.
-    if (!CurrentLease(&lease, &generation) || generation != rank.lease_generation) return;
-    {
+    // While the agent rejoins with its trainers, the exit waits for the new
+    // lease.
+    if (!valid && !rejoining) return;
+    if (valid && generation != rank.lease_generation) return;
+    if (valid) {
       v1::ReportExitRequest request;
       request.set_agent_id(options_.agent_id);
       request.set_lease_id(lease);
@@ -900,12 +952,15 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
   child->CloseStdout();
   child->CloseStderr();
 
-  // Events first (the `finished` event carries the result), then the exit.
-  if (!pending.empty() && !Flush(*rank, &pending) && !ShuttingDown()) {
-    Sleep(milliseconds(1000));  // one retry; ReportExit retries longer on its own
-    if (!Flush(*rank, &pending)) {
+  // Events first (the `finished` event carries the result), then the exit;
+  // both wait as long for ternd (restarting, or the agent rejoining it).
+  const Clock::time_point give_up = Clock::now() + options_.exit_report_retry;
+  while (!pending.empty() && !Flush(*rank, &pending)) {
+    if (ShuttingDown() || Clock::now() >= give_up) {
       TERN_LOG(WARNING) << rank->prefix << "dropping " << pending.size() << " unsent events";
+      break;
     }
+    Sleep(milliseconds(500));
   }
   std::string reason;
   {

@@ -13,11 +13,17 @@
 // Protocol (proto/tern/v1/worker_service.proto): Register, then one
 // StreamAssignments stream (re-opened with exponential backoff when it
 // breaks) and a Heartbeat every heartbeat_interval listing the running
-// ranks. FAILED_PRECONDITION or NOT_FOUND from any call, or no successful
-// heartbeat within the lease TTL, means the lease is lost: every trainer is
-// stopped (SIGTERM, SIGKILL after shutdown_grace) and the agent registers
-// again. Every unary call has a deadline (rpc_timeout); only the stream has
-// none.
+// ranks. Losing the lease:
+// - FAILED_PRECONDITION or NOT_FOUND from the heartbeat or the stream (ternd
+//   answers but no longer knows the lease: it restarted, or let the lease
+//   expire): the trainers go on, their reports wait, and the agent registers
+//   again listing them (RegisterRequest.running); ternd keeps the ranks it
+//   still expects and sends kill orders for the others. Without a new lease
+//   within the lease TTL of the last renewal they are stopped after all.
+// - No successful heartbeat within the lease TTL (ternd unreachable): ternd
+//   has written the ranks off, so every trainer is stopped (SIGTERM, SIGKILL
+//   after shutdown_grace) before the agent registers again.
+// Every unary call has a deadline (rpc_timeout); only the stream has none.
 //
 // Each trainer runs in a process group of its own with PR_SET_PDEATHSIG, so
 // none survives the agent, even a SIGKILLed one. Files per rank:

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Fault injection end to end: one 2-rank CPU job through the real service
+# while its processes are killed with SIGKILL (no chance to clean up), each
+# at a moment of the test's choosing:
+#   0. ternd right after acknowledging a submission: the job is there after
+#      the restart, and the same idempotency key returns it, not a second job;
+#   1. one trainer rank: the job restarts (RANK_LOST) and resumes from its
+#      newest committed checkpoint, not from step 0;
+#   2. ternd while the job trains: the trainers keep running, the agent
+#      re-registers with the restarted ternd (same database and port), and
+#      the job goes on without a restart;
+#   3. the agent: its trainers die with it, the lease expires, the job
+#      restarts and, once an agent is back, resumes from its checkpoint.
+# The job must then SUCCEED with 2 restarts, a `ternctl watch` started before
+# the first fault must follow it to the end, the event history must be in
+# order, and the artifact must download.
+# usage: chaos_e2e.sh BUILD_DIR
+set -euo pipefail
+build="$(cd "${1:?usage: chaos_e2e.sh BUILD_DIR}" && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ternd_listen="127.0.0.1:$(free_port)"  # a restarted ternd listens here again
+ternd_flags=(--lease-ttl 5s --restart-backoff 200ms --max-restart-backoff 1s)
+agent_flags=(--agent-id chaos-node)  # a node name: the same after a restart
+start_service
+
+# Steps of a 2-rank job: 2048 images / (2 ranks x 16) = 64 steps per epoch.
+cat >"$work/job.yaml" <<'YAML'
+name: chaos
+model: {arch: resnet20, width_multiplier: 0.25}
+dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 2048, max_eval_examples: 128}
+quantization: {method: hla}
+optimization: {epochs: 4, batch_size: 16}
+checkpoint: {every_steps: 8}
+events: {progress_every_steps: 2}
+resources: {ranks: 2, device_kind: cpu}
+max_restarts: 4
+YAML
+
+job_json() { "${ternctl[@]}" get "$job" --json >"$work/job.json" 2>"$work/get.err"; }
+# Waits (up to 120 s) until the job's JSON satisfies the jq filter $2.
+wait_job() {
+  for _ in $(seq 1 1200); do
+    if job_json && jq -e "$2" "$work/job.json" >/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  fail "timed out waiting for $1: $(cat "$work/job.json" "$work/get.err" 2>/dev/null)"
+}
+events() { "${ternctl[@]}" logs "$job" --json >"$work/events.jsonl"; }
+# Newest step checkpointed in attempt $1 (-1: none yet).
+committed_step() {
+  events
+  jq -s --argjson a "$1" '[.[] | select(.attempt == $a and .checkpoint_committed)
+                           | .checkpoint_committed.step] | max // -1' "$work/events.jsonl"
+}
+wait_checkpoint() {  # attempt, minimum step
+  for _ in $(seq 1 1200); do
+    [[ $(committed_step "$1") -ge $2 ]] && return 0
+    sleep 0.1
+  done
+  fail "attempt $1 committed no checkpoint at step >= $2"
+}
+# The step attempt $1 resumed from (its AttemptStarted event; 0: a fresh
+# start), waiting up to 60 s for the event.
+resumed_step() {
+  for _ in $(seq 1 600); do
+    events
+    local step
+    step=$(jq -s --argjson a "$1" '[.[] | select(.attempt == $a and .attempt_started)
+                                   | .attempt_started.resumed_from_step // 0] | first // empty' \
+           "$work/events.jsonl")
+    [[ -n "$step" ]] && { echo "$step"; return 0; }
+    sleep 0.1
+  done
+  fail "attempt $1 has no attempt_started event"
+}
+trainers() { pgrep -P "$agent" -f tern-trainer | sort || true; }
+
+# 0. ternd killed right after it acknowledged a submission.
+job=$("${ternctl[@]}" submit "$work/job.yaml" --idempotency-key chaos-1)
+crash "$ternd"
+start_ternd
+again=$("${ternctl[@]}" submit "$work/job.yaml" --idempotency-key chaos-1)
+[[ "$again" == "$job" ]] || fail "the same idempotency key after a crash gave job $again, not $job"
+[[ $("${ternctl[@]}" list --json | jq -s 'length') -eq 1 ]] || fail "expected one job after the crash"
+echo "0. ternd SIGKILLed after acknowledging job $job: still there after the restart, no duplicate"
+
+"${ternctl[@]}" watch "$job" >"$work/watch.out" 2>"$work/watch.log" &
+watcher=$!
+
+# 1. One trainer rank killed after the first checkpoint.
+wait_job "RUNNING" '.state == "JOB_STATE_RUNNING"'
+wait_checkpoint 1 8
+victim=$(trainers | tail -n 1)
+[[ -n "$victim" ]] || fail "no trainer to kill"
+kill -KILL "$victim"
+wait_job "restart 1" '.restarts == 1 and .state == "JOB_STATE_RUNNING"'
+checkpoint=$(committed_step 1)
+wait_checkpoint 2 $((checkpoint + 8))
+resumed=$(resumed_step 2)
+[[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
+  fail "attempt 2 resumed from step $resumed, not from attempt 1's checkpoint at step $checkpoint"
+jq -s -e 'any(.[]; .state_change.to_state == "JOB_STATE_RESTARTING"
+                   and .state_change.reason.code == "RANK_LOST")' "$work/events.jsonl" >/dev/null ||
+  fail "no RESTARTING (RANK_LOST) state change in the history"
+echo "1. trainer $victim SIGKILLed: job restarted, resumed from step $resumed (newest checkpoint event: $checkpoint)"
+
+# 2. ternd killed while the job trains; restarted on the same database and port.
+before=$(trainers)
+[[ $(wc -l <<<"$before") -eq 2 ]] || fail "expected 2 trainers, got: $before"
+step=$(jq -r '.progress.step' "$work/job.json")
+crash "$ternd"
+sleep 1
+start_ternd
+wait_job "progress after ternd's restart" ".progress.step > $((step + 8)) and .state == \"JOB_STATE_RUNNING\""
+[[ $(jq -r .restarts "$work/job.json") -eq 1 ]] || fail "ternd's restart restarted the job: $(cat "$work/job.json")"
+[[ "$(trainers)" == "$before" ]] || fail "the trainers changed across ternd's restart: $before -> $(trainers)"
+echo "2. ternd SIGKILLed at step $step and restarted: same trainers, job at step $(jq .progress.step "$work/job.json"), no restart"
+
+# 3. The agent killed: its trainers must die with it (PR_SET_PDEATHSIG), the
+# lease expire, and the job resume once an agent is back.
+attempt2=$(trainers)
+crash "$agent"
+for i in $(seq 1 50); do
+  alive=0
+  for pid in $attempt2; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  [[ $alive -eq 0 ]] && break
+  [[ $i -eq 50 ]] && fail "trainers $attempt2 outlived their SIGKILLed agent by 5 s"
+  sleep 0.1
+done
+wait_job "lease expiry" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
+checkpoint=$(committed_step 2)
+start_agent
+wait_job "restart 2" '.restarts == 2 and .state == "JOB_STATE_RUNNING"'
+resumed=$(resumed_step 3)
+[[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
+  fail "attempt 3 resumed from step $resumed, not from attempt 2's checkpoint at step $checkpoint"
+jq -s -e 'any(.[]; .state_change.to_state == "JOB_STATE_RESTARTING"
+                   and .state_change.reason.code == "AGENT_LEASE_EXPIRED")' "$work/events.jsonl" >/dev/null ||
+  fail "no RESTARTING (AGENT_LEASE_EXPIRED) state change in the history"
+echo "3. agent SIGKILLed: trainers gone, lease expired, job resumed from step $resumed (newest checkpoint event: $checkpoint)"
+
+# 4. The job ends well, the watcher followed it, the history is in order.
+status=0
+wait "$watcher" || status=$?
+[[ $status -eq 0 ]] || fail "ternctl watch exited $status: $(tail -n 5 "$work/watch.log")"
+job_json
+jq -e '.state == "JOB_STATE_SUCCEEDED" and .restarts == 2 and .result.ternary_top1 > 0' \
+  "$work/job.json" >/dev/null || fail "unexpected end: $(cat "$work/job.json")"
+events
+jq -s -e '[.[].sequence | tonumber] as $s | $s == ($s | sort) and ($s | unique | length) == ($s | length)' \
+  "$work/events.jsonl" >/dev/null || fail "event sequence numbers out of order or repeated"
+jq -s -e '[.[].attempt] as $a | $a == ($a | sort)' "$work/events.jsonl" >/dev/null ||
+  fail "events of an earlier attempt after a later one"
+"${ternctl[@]}" fetch "$job" -o "$work/chaos.tern" >/dev/null || fail "fetch failed"
+echo "4. job $job SUCCEEDED after 2 restarts (top-1 $(jq .result.ternary_top1 "$work/job.json")), watch followed it, artifact fetched"
