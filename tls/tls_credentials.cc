@@ -1,5 +1,6 @@
 #include "tls/tls_credentials.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_certificate_verifier.h>
@@ -197,6 +198,12 @@ StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
                                                      const ClientTlsOptions& options) {
   grpc::ChannelArguments args;
+  // gRPC's default reconnect backoff grows to 2 minutes, so a client would
+  // notice a restarted ternd long after it is back (an agent: after its
+  // lease has run out). Retry the connection at least every 2 s instead.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   TERN_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
                         ChannelCredentials(options, &args));
   if (!options.token_file.empty()) {

@@ -70,7 +70,8 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 
 // A channel to `target` ("host:port") with the options' credentials, and
 // the bearer token of token_file on every call (INVALID_ARGUMENT without TLS:
-// a token must not cross the network in plaintext).
+// a token must not cross the network in plaintext). A lost connection is
+// retried at least every 2 s (not gRPC's default, up to 2 minutes).
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
                                                      const ClientTlsOptions& options);
 

@@ -107,14 +107,20 @@ echo "1. trainer $victim SIGKILLed: job restarted, resumed from step $resumed (n
 # 2. ternd killed while the job trains; restarted on the same database and port.
 before=$(trainers)
 [[ $(wc -l <<<"$before") -eq 2 ]] || fail "expected 2 trainers, got: $before"
-step=$(jq -r '.progress.step' "$work/job.json")
+job_json
+step=$(jq -r '.progress.step // 0' "$work/job.json")
 crash "$ternd"
 sleep 1
 start_ternd
+for i in $(seq 1 100); do
+  grep -q "agent chaos-node registered from .* (2 ranks running)" "$ternd_log" && break
+  [[ $i -eq 100 ]] && fail "the agent did not rejoin the restarted ternd with its 2 trainers"
+  sleep 0.1
+done
 wait_job "progress after ternd's restart" ".progress.step > $((step + 8)) and .state == \"JOB_STATE_RUNNING\""
 [[ $(jq -r .restarts "$work/job.json") -eq 1 ]] || fail "ternd's restart restarted the job: $(cat "$work/job.json")"
 [[ "$(trainers)" == "$before" ]] || fail "the trainers changed across ternd's restart: $before -> $(trainers)"
-echo "2. ternd SIGKILLed at step $step and restarted: same trainers, job at step $(jq .progress.step "$work/job.json"), no restart"
+echo "2. ternd SIGKILLed at step $step and restarted: the agent rejoined with the same trainers, job at step $(jq .progress.step "$work/job.json"), no restart"
 
 # 3. The agent killed: its trainers must die with it (PR_SET_PDEATHSIG), the
 # lease expire, and the job resume once an agent is back.

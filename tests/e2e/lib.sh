@@ -2,8 +2,9 @@
 # starting ternd + one tern-agent on loopback with ephemeral ports. Needs
 # `build` (the build directory) set before sourcing; the agent's slots are
 # the array agent_slots (default: --cpu-slots 2).
-# After start_service: $server, $ternd_metrics, $agent, $agent_metrics and
-# the array ternctl=(ternctl --server ... --owner e2e) are set.
+# After start_service: $server, $ternd_metrics, $ternd_log, $agent,
+# $agent_metrics and the array ternctl=(ternctl --server ... --owner e2e) are
+# set.
 
 for bin in server/ternd worker/agent/tern-agent cli/ternctl worker/trainer/tern-trainer; do
   [[ -x "$build/$bin" ]] || { echo "FAIL: $build/$bin is not built"; exit 1; }
@@ -100,6 +101,7 @@ start_ternd() {
     --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
     "${ternd_flags[@]}" >"$out" 2>"$log" &
   ternd=$!
+  ternd_log="$log"
   pids+=("$ternd")
   process_names[$ternd]=ternd
   server=$(wait_for_line "$out" "listening on")

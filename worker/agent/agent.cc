@@ -466,7 +466,12 @@ void Agent::Impl::StreamOnce(milliseconds* backoff) {
   if (retry_later) {
     TERN_LOG(WARNING) << "assignment stream ended (" << GrpcStatusString(status)
                       << "); reconnecting in " << backoff->count() << " ms";
-    Sleep(*backoff);
+    // A lost lease (a heartbeat found ternd restarted) ends the wait: the
+    // agent must register again before its lease TTL runs out.
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, *backoff, [&] {
+      return shutdown_ || !lease_valid_ || generation != lease_generation_;
+    });
     *backoff = std::min(*backoff * 2, options_.backoff_max);
   }
 }
