@@ -672,6 +672,28 @@ TEST_F(AgentTest, AnUnreachableServerGetsTheTrainersStoppedAfterTheTtl) {
   EXPECT_EQ(fake_.Locked([&] { return fake_.registrations_[1].running_size(); }), 0);
 }
 
+TEST_F(AgentTest, ALaterAttemptStopsTheEarlierOneBeforeItStarts) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-s", 0, "sleeper", 1));
+  const pid_t pid = ReadPid(RankDir("job-s", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  // ternd moved on to attempt 2 (say, while this agent was frozen).
+  fake_.Send(MakeAssignment("job-s", 0, "ok", 2));
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.exits_.size() >= 2; }));
+  EXPECT_FALSE(Alive(pid));
+  fake_.Locked([&] {
+    // Attempt 1 was stopped and gone before attempt 2's trainer started.
+    const v1::ReportExitRequest& first = fake_.exits_[0];
+    EXPECT_EQ(first.ref().attempt(), 1);
+    EXPECT_TRUE(first.killed_by_agent());
+    EXPECT_NE(first.reason().find("superseded by attempt 2"), std::string::npos) << first.reason();
+    const v1::ReportExitRequest& second = fake_.exits_[1];
+    EXPECT_EQ(second.ref().attempt(), 2);
+    EXPECT_EQ(second.exit_code(), 0);
+    return 0;
+  });
+}
+
 TEST_F(AgentTest, ReconnectsWhenTheStreamBreaks) {
   StartAgent();
   fake_.BreakStream();

@@ -9,9 +9,12 @@
 #   2. ternd while the job trains: the trainers keep running, the agent
 #      re-registers with the restarted ternd (same database and port), and
 #      the job goes on without a restart;
-#   3. the agent: its trainers die with it, the lease expires, the job
+#   3. the agent frozen (SIGSTOP) past its lease, then thawed: ternd restarts
+#      the job, the agent's old trainers are stopped and the new attempt,
+#      on the same agent, resumes from the checkpoint;
+#   4. the agent: its trainers die with it, the lease expires, the job
 #      restarts and, once an agent is back, resumes from its checkpoint.
-# The job must then SUCCEED with 2 restarts, a `ternctl watch` started before
+# The job must then SUCCEED with 3 restarts, a `ternctl watch` started before
 # the first fault must follow it to the end, the event history must be in
 # order, and the artifact must download.
 # usage: chaos_e2e.sh BUILD_DIR
@@ -23,17 +26,18 @@ ternd_flags=(--lease-ttl 5s --restart-backoff 200ms --max-restart-backoff 1s)
 agent_flags=(--agent-id chaos-node)  # a node name: the same after a restart
 start_service
 
-# Steps of a 2-rank job: 2048 images / (2 ranks x 16) = 64 steps per epoch.
+# Steps of a 2-rank job: 2048 images / (2 ranks x 16) = 64 steps per epoch,
+# 1024 in all: long enough to outlast the faults below.
 cat >"$work/job.yaml" <<'YAML'
 name: chaos
 model: {arch: resnet20, width_multiplier: 0.25}
 dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 2048, max_eval_examples: 128}
 quantization: {method: hla}
-optimization: {epochs: 4, batch_size: 16}
+optimization: {epochs: 16, batch_size: 16}
 checkpoint: {every_steps: 8}
 events: {progress_every_steps: 2}
 resources: {ranks: 2, device_kind: cpu}
-max_restarts: 4
+max_restarts: 5
 YAML
 
 job_json() { "${ternctl[@]}" get "$job" --json >"$work/job.json" 2>"$work/get.err"; }
@@ -73,6 +77,13 @@ resumed_step() {
   done
   fail "attempt $1 has no attempt_started event"
 }
+# Reason code of attempt $1's move to RESTARTING.
+restart_reason() {
+  events
+  jq -r -s --argjson a "$1" '[.[] | select(.attempt == $a
+                                        and .state_change.to_state == "JOB_STATE_RESTARTING")
+                             | .state_change.reason.code] | first // "none"' "$work/events.jsonl"
+}
 trainers() { pgrep -P "$agent" -f tern-trainer | sort || true; }
 
 # 0. ternd killed right after it acknowledged a submission.
@@ -99,9 +110,7 @@ wait_checkpoint 2 $((checkpoint + 8))
 resumed=$(resumed_step 2)
 [[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
   fail "attempt 2 resumed from step $resumed, not from attempt 1's checkpoint at step $checkpoint"
-jq -s -e 'any(.[]; .state_change.to_state == "JOB_STATE_RESTARTING"
-                   and .state_change.reason.code == "RANK_LOST")' "$work/events.jsonl" >/dev/null ||
-  fail "no RESTARTING (RANK_LOST) state change in the history"
+[[ $(restart_reason 1) == RANK_LOST ]] || fail "attempt 1 ended with $(restart_reason 1), not RANK_LOST"
 echo "1. trainer $victim SIGKILLed: job restarted, resumed from step $resumed (newest checkpoint event: $checkpoint)"
 
 # 2. ternd killed while the job trains; restarted on the same database and port.
@@ -122,35 +131,56 @@ wait_job "progress after ternd's restart" ".progress.step > $((step + 8)) and .s
 [[ "$(trainers)" == "$before" ]] || fail "the trainers changed across ternd's restart: $before -> $(trainers)"
 echo "2. ternd SIGKILLed at step $step and restarted: the agent rejoined with the same trainers, job at step $(jq .progress.step "$work/job.json"), no restart"
 
-# 3. The agent killed: its trainers must die with it (PR_SET_PDEATHSIG), the
-# lease expire, and the job resume once an agent is back.
-attempt2=$(trainers)
-crash "$agent"
-for i in $(seq 1 50); do
-  alive=0
-  for pid in $attempt2; do kill -0 "$pid" 2>/dev/null && alive=1; done
-  [[ $alive -eq 0 ]] && break
-  [[ $i -eq 50 ]] && fail "trainers $attempt2 outlived their SIGKILLed agent by 5 s"
-  sleep 0.1
-done
-wait_job "lease expiry" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
+# 3. The agent frozen past its lease, then thawed.
+frozen=$(trainers)
 checkpoint=$(committed_step 2)
-start_agent
+kill -STOP "$agent"
+wait_job "lease expiry of the frozen agent" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
+kill -CONT "$agent"
 wait_job "restart 2" '.restarts == 2 and .state == "JOB_STATE_RUNNING"'
+for pid in $frozen; do
+  for i in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    [[ $i -eq 100 ]] && fail "attempt 2's trainer $pid still runs 10 s after the thaw"
+    sleep 0.1
+  done
+done
 resumed=$(resumed_step 3)
 [[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
   fail "attempt 3 resumed from step $resumed, not from attempt 2's checkpoint at step $checkpoint"
-jq -s -e 'any(.[]; .state_change.to_state == "JOB_STATE_RESTARTING"
-                   and .state_change.reason.code == "AGENT_LEASE_EXPIRED")' "$work/events.jsonl" >/dev/null ||
-  fail "no RESTARTING (AGENT_LEASE_EXPIRED) state change in the history"
-echo "3. agent SIGKILLed: trainers gone, lease expired, job resumed from step $resumed (newest checkpoint event: $checkpoint)"
+[[ $(restart_reason 2) == AGENT_LEASE_EXPIRED ]] ||
+  fail "attempt 2 ended with $(restart_reason 2), not AGENT_LEASE_EXPIRED"
+echo "3. agent frozen past its lease and thawed: old trainers stopped, job resumed from step $resumed"
 
-# 4. The job ends well, the watcher followed it, the history is in order.
+# 4. The agent killed: its trainers must die with it (PR_SET_PDEATHSIG), the
+# lease expire, and the job resume once an agent is back.
+wait_checkpoint 3 $((resumed + 8))
+attempt3=$(trainers)
+crash "$agent"
+for i in $(seq 1 50); do
+  alive=0
+  for pid in $attempt3; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  [[ $alive -eq 0 ]] && break
+  [[ $i -eq 50 ]] && fail "trainers $attempt3 outlived their SIGKILLed agent by 5 s"
+  sleep 0.1
+done
+wait_job "lease expiry" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
+checkpoint=$(committed_step 3)
+start_agent
+wait_job "restart 3" '.restarts == 3 and .state == "JOB_STATE_RUNNING"'
+resumed=$(resumed_step 4)
+[[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
+  fail "attempt 4 resumed from step $resumed, not from attempt 3's checkpoint at step $checkpoint"
+[[ $(restart_reason 3) == AGENT_LEASE_EXPIRED ]] ||
+  fail "attempt 3 ended with $(restart_reason 3), not AGENT_LEASE_EXPIRED"
+echo "4. agent SIGKILLed: trainers gone, lease expired, job resumed from step $resumed (newest checkpoint event: $checkpoint)"
+
+# 5. The job ends well, the watcher followed it, the history is in order.
 status=0
 wait "$watcher" || status=$?
 [[ $status -eq 0 ]] || fail "ternctl watch exited $status: $(tail -n 5 "$work/watch.log")"
 job_json
-jq -e '.state == "JOB_STATE_SUCCEEDED" and .restarts == 2 and .result.ternary_top1 > 0' \
+jq -e '.state == "JOB_STATE_SUCCEEDED" and .restarts == 3 and .result.ternary_top1 > 0' \
   "$work/job.json" >/dev/null || fail "unexpected end: $(cat "$work/job.json")"
 events
 jq -s -e '[.[].sequence | tonumber] as $s | $s == ($s | sort) and ($s | unique | length) == ($s | length)' \
@@ -158,4 +188,4 @@ jq -s -e '[.[].sequence | tonumber] as $s | $s == ($s | sort) and ($s | unique |
 jq -s -e '[.[].attempt] as $a | $a == ($a | sort)' "$work/events.jsonl" >/dev/null ||
   fail "events of an earlier attempt after a later one"
 "${ternctl[@]}" fetch "$job" -o "$work/chaos.tern" >/dev/null || fail "fetch failed"
-echo "4. job $job SUCCEEDED after 2 restarts (top-1 $(jq .result.ternary_top1 "$work/job.json")), watch followed it, artifact fetched"
+echo "5. job $job SUCCEEDED after 3 restarts (top-1 $(jq .result.ternary_top1 "$work/job.json")), watch followed it, artifact fetched"

@@ -35,13 +35,15 @@ class FakeAgent {
       : stub_(stub), id_(std::move(id)), slots_(cpu_slots) {}
   ~FakeAgent() { StopStream(); }
 
-  grpc::Status Register() {
+  // `running`: the trainers a rejoining agent still runs.
+  grpc::Status Register(const std::vector<v1::RankRef>& running = {}) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     v1::RegisterRequest request;
     request.set_agent_id(id_);
     request.set_host("127.0.0.1");
     request.set_version("test");
+    for (const v1::RankRef& ref : running) *request.add_running() = ref;
     v1::Slots* slots = request.add_slots();
     slots->set_device_kind(v1::DEVICE_CPU);
     slots->set_count(slots_);
@@ -746,6 +748,55 @@ TEST_F(WorkerServiceTest, AFailedRankRestartsTheJobUntilTheBudgetIsSpent) {
   EXPECT_NE(Metrics().find(
                 "tern_scheduler_restarts_total{reason=\"TRAINER_FAILED\"} 2"),
             std::string::npos);
+}
+
+TEST_F(WorkerServiceTest, AnAgentRejoinsARestartedTerndWithItsRunningRanks) {
+  const std::string id = SubmitOk(ValidSpec());
+  v1::RankRef ref;
+  {
+    FakeAgent agent(workers_.get(), "agent-r", 2);
+    ASSERT_TRUE(agent.Register().ok());
+    agent.StartStream();
+    ASSERT_TRUE(agent.WaitForEvents(1));
+    ref = agent.Events()[0].assignment().ref();
+    ASSERT_TRUE(agent.Report(ref, {}, {"up"}).ok());
+    ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_RUNNING));
+    agent.StopStream();
+  }
+  RestartTernd();  // same database; leases are gone
+
+  // The agent lists its trainer, and one of a job this ternd never ran.
+  FakeAgent agent(workers_.get(), "agent-r", 2);
+  v1::RankRef foreign;
+  foreign.set_job_id("999");
+  foreign.set_attempt(1);
+  foreign.set_rank(0);
+  ASSERT_TRUE(agent.Register({ref, foreign}).ok());
+  agent.StartStream();
+  ASSERT_TRUE(Eventually([&] {
+    for (const v1::AssignmentEvent& e : agent.Events()) {
+      if (e.has_kill() && e.kill().job_id() == "999") return true;
+    }
+    return false;
+  }));
+  for (const v1::AssignmentEvent& e : agent.Events()) {
+    EXPECT_FALSE(e.has_kill() && e.kill().job_id() == id) << e.DebugString();
+  }
+  // The job goes on: still RUNNING, no restart, and its reports count.
+  v1::HeartbeatResponse beat;
+  ASSERT_TRUE(agent.Heartbeat({ref, foreign}, &beat).ok());
+  ASSERT_EQ(beat.unexpected_size(), 1);
+  EXPECT_EQ(beat.unexpected(0).job_id(), "999");
+  ASSERT_TRUE(agent.Report(ref, {Line("progress", 0, "\"step\":7,\"total_steps\":9")}).ok());
+  EXPECT_TRUE(Eventually([&] { return GetJobOk(id).progress().step() == 7; }));
+  v1::Job job = GetJobOk(id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(job.restarts(), 0);
+
+  // Registering again without the rank: it is lost, and the job restarts.
+  agent.StopStream();
+  ASSERT_TRUE(agent.Register().ok());
+  EXPECT_TRUE(Eventually([&] { return GetJobOk(id).restarts() == 1; }));
 }
 
 class ShortLeaseTest : public WorkerServiceTest {

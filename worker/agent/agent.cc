@@ -549,6 +549,7 @@ void Agent::Impl::HeartbeatLoop() {
 }
 
 void Agent::Impl::StartRank(const v1::Assignment& a) {
+  std::vector<std::shared_ptr<Rank>> superseded;
   const RankKey key = KeyOf(a.ref());
   auto rank = std::make_shared<Rank>();
   rank->assignment = a;
@@ -557,7 +558,7 @@ void Agent::Impl::StartRank(const v1::Assignment& a) {
   rank->prefix = "[job " + a.ref().job_id() + " attempt " + std::to_string(a.ref().attempt()) +
                  " rank " + std::to_string(a.ref().rank()) + "/" + std::to_string(a.world_size()) +
                  "] ";
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (shutdown_ || !lease_valid_) return;
   if (ranks_.count(key)) {
     TERN_LOG(DEBUG) << rank->prefix << "already running; repeat assignment ignored";
@@ -577,10 +578,23 @@ void Agent::Impl::StartRank(const v1::Assignment& a) {
   }
   ranks_[key] = rank;
   running_->Set(static_cast<double>(ranks_.size()));
+  // ternd never runs two attempts of a job at once: a later attempt's
+  // assignment supersedes whatever this agent still runs of earlier ones
+  // (e.g. after the agent was frozen past its lease), and RunRank waits for
+  // them to exit before the new trainer shares their rank directory and port.
+  for (auto& [k, other] : ranks_) {
+    if (std::get<0>(k) == std::get<0>(key) && std::get<1>(k) < std::get<1>(key)) {
+      superseded.push_back(other);
+    }
+  }
   // Join threads of trainers that ended meanwhile (they finished already).
   for (std::thread& t : finished_threads_) t.join();
   finished_threads_.clear();
   rank_threads_[key] = std::thread([this, rank] { RunRank(rank); });
+  lock.unlock();
+  for (auto& old : superseded) {
+    Kill(*old, options_.kill_grace, "superseded by attempt " + std::to_string(a.ref().attempt()));
+  }
 }
 
 void Agent::Impl::Kill(Rank& rank, milliseconds grace, const std::string& reason) {
@@ -825,6 +839,20 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
                  << a.rendezvous_port()
                  << (rank->cuda_slot >= 0 ? ", GPU " + std::to_string(rank->cuda_slot) : "")
                  << ")";
+  {
+    // Earlier attempts of the job still here were told to stop (StartRank).
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool gone = cv_.wait_for(lock, options_.kill_grace + options_.shutdown_grace, [&] {
+      if (shutdown_) return true;
+      for (const auto& [k, other] : ranks_) {
+        if (std::get<0>(k) == rank->job && std::get<1>(k) < a.ref().attempt()) return false;
+      }
+      return true;
+    });
+    if (!gone) {
+      TERN_LOG(WARNING) << rank->prefix << "an earlier attempt's trainer is still running";
+    }
+  }
   std::string spec_path, rank_dir;
   Status prepared = PrepareFiles(*rank, &spec_path, &rank_dir);
   std::optional<WriteConfinement> confinement;
