@@ -640,6 +640,11 @@ TEST_F(AgentTest, AServerThatForgotTheLeaseGetsTheRunningTrainersListed) {
   EXPECT_EQ(exit->lease_id(), "lease-2");
   EXPECT_TRUE(exit->killed_by_agent());
   EXPECT_EQ(agent_->registrations(), 2);
+  const std::string text = registry_.Serialize();
+  EXPECT_NE(text.find("tern_agent_lease_losses_total{cause=\"unknown_to_server\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("tern_agent_rejoins_total{result=\"kept\"} 1"), std::string::npos) << text;
 }
 
 TEST_F(AgentTest, TrainersAreStoppedWhenNoNewLeaseComesWithinTheTtl) {
@@ -657,6 +662,9 @@ TEST_F(AgentTest, TrainersAreStoppedWhenNoNewLeaseComesWithinTheTtl) {
   fake_.SetRegistrationsUnavailable(false);
   ASSERT_TRUE(fake_.WaitFor([&] { return fake_.registrations_.size() >= 2; }));
   EXPECT_EQ(fake_.Locked([&] { return fake_.registrations_[1].running_size(); }), 0);
+  EXPECT_NE(registry_.Serialize().find("tern_agent_rejoins_total{result=\"timed_out\"} 1"),
+            std::string::npos)
+      << registry_.Serialize();
 }
 
 TEST_F(AgentTest, AnUnreachableServerGetsTheTrainersStoppedAfterTheTtl) {
@@ -670,6 +678,9 @@ TEST_F(AgentTest, AnUnreachableServerGetsTheTrainersStoppedAfterTheTtl) {
   fake_.SetUnavailable(false);
   ASSERT_TRUE(fake_.WaitFor([&] { return fake_.registrations_.size() >= 2; }));
   EXPECT_EQ(fake_.Locked([&] { return fake_.registrations_[1].running_size(); }), 0);
+  EXPECT_NE(registry_.Serialize().find("tern_agent_lease_losses_total{cause=\"not_renewed\"} 1"),
+            std::string::npos)
+      << registry_.Serialize();
 }
 
 TEST_F(AgentTest, ALaterAttemptStopsTheEarlierOneBeforeItStarts) {

@@ -161,6 +161,16 @@ class Agent::Impl {
                                     {"code"})),
         slots_(registry->AddGauge("tern_agent_slots",
                                   "Slots this agent offers, by device kind.", {"device_kind"})),
+        lease_losses_(registry->AddCounter(
+            "tern_agent_lease_losses_total",
+            "Leases lost: unknown_to_server (ternd restarted or expired it; trainers kept for a "
+            "rejoin) or not_renewed (no heartbeat got through for a lease TTL; trainers stopped).",
+            {"cause"})),
+        rejoins_(registry->AddCounter(
+            "tern_agent_rejoins_total",
+            "Re-registrations with the trainers kept: kept (a new lease in time) or timed_out "
+            "(none within the lease TTL; trainers stopped).",
+            {"result"})),
         trainer_metrics_(registry),
         cuda_in_use_(std::max(0, options_.cuda_slots), false) {
     slots_.WithLabels({"cpu"})->Set(options_.cpu_slots);
@@ -260,6 +270,8 @@ class Agent::Impl {
   std::shared_ptr<metrics::Gauge> running_;
   metrics::Family<metrics::Counter>& exits_;
   metrics::Family<metrics::Gauge>& slots_;
+  metrics::Family<metrics::Counter>& lease_losses_;
+  metrics::Family<metrics::Counter>& rejoins_;
   TrainerMetrics trainer_metrics_;  // the per-rank tern_job_* series
   std::atomic<bool> warned_no_landlock_{false};
 
@@ -301,6 +313,7 @@ bool Agent::Impl::RejoinExpired() {
   if (!rejoining_) return true;
   if (Clock::now() - last_renewed_ <= lease_ttl_) return false;
   rejoining_ = false;
+  rejoins_.WithLabels({"timed_out"})->Increment();
   TERN_LOG(WARNING) << "no new lease within the lease TTL (" << lease_ttl_.count()
                     << " ms): stopping " << ranks_.size() << " trainer(s)";
   cv_.notify_all();
@@ -386,6 +399,7 @@ bool Agent::Impl::Register() {
     // request was built cannot exist (no lease, no assignments).
     for (auto& [key, rank] : ranks_) rank->lease_generation = lease_generation_;
     TERN_LOG(INFO) << "rejoined with " << request.running_size() << " running trainer(s)";
+    rejoins_.WithLabels({"kept"})->Increment();
     rejoining_ = false;
   }
   cv_.notify_all();  // the heartbeat loop starts counting from now
@@ -400,6 +414,7 @@ void Agent::Impl::LeaseLost(int generation, const std::string& why, bool keep_tr
   if (generation != lease_generation_ || !lease_valid_) return;
   lease_valid_ = false;
   rejoining_ = keep_trainers;
+  lease_losses_.WithLabels({keep_trainers ? "unknown_to_server" : "not_renewed"})->Increment();
   if (keep_trainers) {
     TERN_LOG(WARNING) << "lease " << lease_id_ << " lost (" << why << "): registering again with "
                       << ranks_.size() << " running trainer(s)";

@@ -24,6 +24,8 @@
 //   has written the ranks off, so every trainer is stopped (SIGTERM, SIGKILL
 //   after shutdown_grace) before the agent registers again.
 // Every unary call has a deadline (rpc_timeout); only the stream has none.
+// An assignment of a later attempt of a job stops the trainers of earlier
+// attempts still running here and starts once they have exited.
 //
 // Each trainer runs in a process group of its own with PR_SET_PDEATHSIG, so
 // none survives the agent, even a SIGKILLed one. Files per rank:
