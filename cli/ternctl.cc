@@ -333,6 +333,7 @@ int Client::Watch(const std::string& id, uint64_t from, bool include_logs, doubl
   const auto give_up_after = milliseconds(static_cast<int64_t>(reconnect_for_s * 1000));
   Clock::time_point last_ok = Clock::now();
   milliseconds backoff(250);
+  bool outage_reported = false;  // one message per outage, not per retry
   while (true) {
     const uint64_t before = last_seq;
     const grpc::Status status =
@@ -340,6 +341,12 @@ int Client::Watch(const std::string& id, uint64_t from, bool include_logs, doubl
     if (last_seq != before) {
       last_ok = Clock::now();
       backoff = milliseconds(250);
+    }
+    if (outage_reported && (status.ok() || last_seq != before)) {
+      clear_bar();
+      err_ << "ternctl: watch " << id << ": stream back\n";
+      draw_bar();
+      outage_reported = false;
     }
     if (status.ok()) {
       if (final_state) break;
@@ -362,12 +369,13 @@ int Client::Watch(const std::string& id, uint64_t from, bool include_logs, doubl
                               : status,
                   "watch " + id);
     }
-    if (!status.ok()) {
+    if (!status.ok() && !outage_reported) {
       clear_bar();
       err_ << "ternctl: watch " << id << ": stream broke ("
            << StatusCodeName(static_cast<StatusCode>(status.error_code()))
-           << "); resuming from sequence " << last_seq + 1 << "\n";
+           << "); retrying, to resume from sequence " << last_seq + 1 << "\n";
       draw_bar();
+      outage_reported = true;
     }
     std::this_thread::sleep_for(backoff);
     backoff = std::min(backoff * 2, milliseconds(5000));

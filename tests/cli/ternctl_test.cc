@@ -123,6 +123,10 @@ class FakeJobService final : public v1::JobService::Service {
       std::lock_guard<std::mutex> lock(mu_);
       watch_requests.push_back(*request);
       if (!jobs.count(request->job_id())) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job");
+      if (watch_requests.size() > 1 && unavailable_watches > 0) {
+        --unavailable_watches;
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "restarting (test)");
+      }
       for (const v1::JobEvent& e : events) {
         if (e.sequence() >= request->from_sequence()) to_send.push_back(e);
       }
@@ -184,6 +188,7 @@ class FakeJobService final : public v1::JobService::Service {
   std::vector<v1::JobEvent> events;
   int break_after = 0;
   std::vector<v1::WatchJobRequest> watch_requests;
+  int unavailable_watches = 0;  // WatchJob calls after the first answering UNAVAILABLE
   std::string artifact;
   bool corrupt = false;
   int artifact_break_after_chunks = 0;
@@ -422,6 +427,23 @@ TEST_F(TernctlTest, WatchExitCodeFollowsTheFinalState) {
   EXPECT_EQ(Run({"watch", "job-1"}).code, kExitJobFailed);
 }
 
+TEST_F(TernctlTest, WatchReportsAnOutageOnceWhateverTheRetries) {
+  SetHistory(v1::JOB_STATE_SUCCEEDED);
+  fake_.break_after = 2;         // the stream breaks after two events,
+  fake_.unavailable_watches = 3;  // then ternd is away for three tries
+  Result r = Run({"watch", "job-1"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  ASSERT_EQ(fake_.watch_requests.size(), 5u);
+  EXPECT_EQ(fake_.watch_requests[4].from_sequence(), 3u);
+  size_t broke = 0;
+  for (size_t at = r.err.find("stream broke"); at != std::string::npos;
+       at = r.err.find("stream broke", at + 1)) {
+    ++broke;
+  }
+  EXPECT_EQ(broke, 1u) << r.err;
+  EXPECT_NE(r.err.find("stream back"), std::string::npos) << r.err;
+}
+
 TEST_F(TernctlTest, WatchResumesAfterTheStreamBreaks) {
   SetHistory(v1::JOB_STATE_SUCCEEDED);
   fake_.break_after = 3;
@@ -430,7 +452,7 @@ TEST_F(TernctlTest, WatchResumesAfterTheStreamBreaks) {
   ASSERT_EQ(fake_.watch_requests.size(), 2u);
   EXPECT_EQ(fake_.watch_requests[0].from_sequence(), 1u);
   EXPECT_EQ(fake_.watch_requests[1].from_sequence(), 4u);
-  EXPECT_NE(r.err.find("resuming from sequence 4"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("to resume from sequence 4"), std::string::npos) << r.err;
   // Every event printed exactly once.
   for (const char* seq : {"#1 ", "#2 ", "#3 ", "#4 ", "#5 "}) {
     const size_t first = r.out.find(seq);
