@@ -121,15 +121,17 @@ step=$(jq -r '.progress.step // 0' "$work/job.json")
 crash "$ternd"
 sleep 1
 start_ternd
+up=$(date +%s%N)
 for i in $(seq 1 100); do
   grep -q "agent chaos-node registered from .* (2 ranks running)" "$ternd_log" && break
   [[ $i -eq 100 ]] && fail "the agent did not rejoin the restarted ternd with its 2 trainers"
   sleep 0.1
 done
+rejoined_ms=$(( ($(date +%s%N) - up) / 1000000 ))
 wait_job "progress after ternd's restart" ".progress.step > $((step + 8)) and .state == \"JOB_STATE_RUNNING\""
 [[ $(jq -r .restarts "$work/job.json") -eq 1 ]] || fail "ternd's restart restarted the job: $(cat "$work/job.json")"
 [[ "$(trainers)" == "$before" ]] || fail "the trainers changed across ternd's restart: $before -> $(trainers)"
-echo "2. ternd SIGKILLed at step $step and restarted: the agent rejoined with the same trainers, job at step $(jq .progress.step "$work/job.json"), no restart"
+echo "2. ternd SIGKILLed at step $step and restarted: the agent rejoined within ${rejoined_ms} ms with the same trainers, job at step $(jq .progress.step "$work/job.json"), no restart"
 
 # 3. The agent frozen past its lease, then thawed.
 frozen=$(trainers)
