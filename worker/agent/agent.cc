@@ -110,6 +110,17 @@ std::string ArtifactDir(const v1::Assignment& a) {
   return slash == std::string::npos || slash == 0 ? "" : a.artifact_path().substr(0, slash);
 }
 
+// Events held for ternd stay within kMaxPendingEvents: log lines and
+// progress samples go first, the oldest of them first.
+void TrimPending(std::deque<v1::TrainerEvent>* pending) {
+  while (pending->size() > kMaxPendingEvents) {
+    auto victim = std::find_if(pending->begin(), pending->end(), [](const auto& e) {
+      return e.has_log() || e.has_progress() || e.parsed_case() == v1::TrainerEvent::PARSED_NOT_SET;
+    });
+    pending->erase(victim == pending->end() ? pending->begin() : victim);
+  }
+}
+
 }  // namespace
 
 Status AgentOptions::Validate() const {
@@ -745,7 +756,10 @@ bool Agent::Impl::Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending) {
     int generation = 0;
     bool rejoining = false;
     const bool valid = CurrentLease(&lease, &generation, &rejoining);
-    if (!valid && rejoining) return false;  // held until the agent rejoins
+    if (!valid && rejoining) {  // held until the agent rejoins
+      TrimPending(pending);
+      return false;
+    }
     if (!valid || generation != rank.lease_generation) {
       pending->clear();  // the lease is lost: the server wrote this rank off
       return true;
@@ -778,13 +792,7 @@ bool Agent::Impl::Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending) {
         status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
       TERN_LOG(WARNING) << rank.prefix << "ReportProgress: " << GrpcStatusString(status)
                         << " (" << pending->size() << " events held)";
-      // Keep the newest events; log lines and progress samples go first.
-      while (pending->size() > kMaxPendingEvents) {
-        auto victim = std::find_if(pending->begin(), pending->end(), [](const auto& e) {
-          return e.has_log() || e.has_progress() || e.parsed_case() == v1::TrainerEvent::PARSED_NOT_SET;
-        });
-        pending->erase(victim == pending->end() ? pending->begin() : victim);
-      }
+      TrimPending(pending);
       return false;
     }
     TERN_LOG(WARNING) << rank.prefix << "ReportProgress: " << GrpcStatusString(status)
