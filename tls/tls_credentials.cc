@@ -201,8 +201,10 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
   // gRPC's default reconnect backoff grows to 2 minutes, so a client would
   // notice a restarted ternd long after it is back (an agent: after its
   // lease has run out). Retry the connection at least every 2 s instead.
+  // (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays at its default: it is also the
+  // shortest time a connection attempt may take, and a loaded server needs
+  // more than a few hundred ms for the handshake.)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   TERN_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
                         ChannelCredentials(options, &args));

@@ -22,7 +22,9 @@ set -euo pipefail
 build="$(cd "${1:?usage: chaos_e2e.sh BUILD_DIR}" && pwd)"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ternd_listen="127.0.0.1:$(free_port)"  # a restarted ternd listens here again
-ternd_flags=(--lease-ttl 5s --restart-backoff 200ms --max-restart-backoff 1s)
+# A lease TTL short enough for a quick test, long enough for an instrumented
+# (scripts/sanitize.sh) ternd to restart and the agent to reconnect within it.
+ternd_flags=(--lease-ttl 8s --restart-backoff 200ms --max-restart-backoff 1s)
 agent_flags=(--agent-id chaos-node)  # a node name: the same after a restart
 start_service
 
@@ -119,7 +121,7 @@ before=$(trainers)
 job_json
 step=$(jq -r '.progress.step // 0' "$work/job.json")
 crash "$ternd"
-sleep 1
+sleep 0.5
 start_ternd
 up=$(date +%s%N)
 for i in $(seq 1 100); do

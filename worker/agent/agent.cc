@@ -271,8 +271,21 @@ class Agent::Impl {
   // False without a valid lease; *rejoining then tells whether the agent
   // is re-registering with its trainers kept (reports should wait for it).
   bool CurrentLease(std::string* id, int* generation, bool* rejoining = nullptr) const;
-  void SetDeadline(grpc::ClientContext* ctx) const {
-    ctx->set_deadline(std::chrono::system_clock::now() + options_.rpc_timeout);
+  // Every call waits for a connection (up to its deadline) instead of
+  // failing at once while the channel reconnects: a restarted ternd is then
+  // reached as soon as it listens, not after the next retry.
+  // `limit`: a shorter deadline still (the lease's time left, so that a
+  // call waiting for ternd cannot delay stopping the trainers).
+  void SetDeadline(grpc::ClientContext* ctx,
+                   std::optional<milliseconds> limit = std::nullopt) const {
+    milliseconds timeout = options_.rpc_timeout;
+    if (limit) timeout = std::clamp(*limit, milliseconds(100), timeout);
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+    ctx->set_wait_for_ready(true);
+  }
+  // Time left until last_renewed_ + lease_ttl_. Call with mu_ held.
+  milliseconds LeaseTimeLeftLocked() const {
+    return std::chrono::duration_cast<milliseconds>(last_renewed_ + lease_ttl_ - Clock::now());
   }
 
   const AgentOptions options_;
@@ -383,14 +396,16 @@ bool Agent::Impl::Register() {
     s->set_device_kind(v1::DEVICE_CUDA);
     s->set_count(options_.cuda_slots);
   }
+  std::optional<milliseconds> limit;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (rejoining_) {
       for (const auto& [key, rank] : ranks_) *request.add_running() = rank->assignment.ref();
+      limit = LeaseTimeLeftLocked();
     }
   }
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  SetDeadline(&ctx, limit);
   v1::RegisterResponse response;
   const grpc::Status status = stub_->Register(&ctx, request, &response);
   if (!status.ok()) {
@@ -439,6 +454,7 @@ void Agent::Impl::LeaseLost(int generation, const std::string& why, bool keep_tr
 
 void Agent::Impl::StreamOnce(milliseconds* backoff) {
   grpc::ClientContext ctx;  // no deadline: lives as long as the lease
+  ctx.set_wait_for_ready(true);
   std::string lease;
   int generation = 0;
   {
@@ -530,9 +546,10 @@ void Agent::Impl::HeartbeatLoop() {
       if (rank->lease_generation == generation) *request.add_running() = rank->assignment.ref();
     }
     const Clock::time_point sent = Clock::now();
+    const milliseconds left = LeaseTimeLeftLocked();
     lock.unlock();
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    SetDeadline(&ctx, left);
     v1::HeartbeatResponse response;
     const grpc::Status status = stub_->Heartbeat(&ctx, request, &response);
     if (IsLeaseError(status)) {
