@@ -23,7 +23,10 @@
 // - No successful heartbeat within the lease TTL (ternd unreachable): ternd
 //   has written the ranks off, so every trainer is stopped (SIGTERM, SIGKILL
 //   after shutdown_grace) before the agent registers again.
-// Every unary call has a deadline (rpc_timeout); only the stream has none.
+// Every unary call has a deadline (rpc_timeout, or the lease's time left
+// where that is shorter); only the stream has none. Calls wait for a
+// connection rather than fail while the channel reconnects, so a restarted
+// ternd is reached as soon as it listens.
 // An assignment of a later attempt of a job stops the trainers of earlier
 // attempts still running here and starts once they have exited.
 //
