@@ -9,12 +9,15 @@
 #   2. ternd while the job trains: the trainers keep running, the agent
 #      re-registers with the restarted ternd (same database and port), and
 #      the job goes on without a restart;
-#   3. the agent frozen (SIGSTOP) past its lease, then thawed: ternd restarts
-#      the job, the agent's old trainers are stopped and the new attempt,
-#      on the same agent, resumes from the checkpoint;
-#   4. the agent: its trainers die with it, the lease expires, the job
+#   3. ternd frozen (SIGSTOP) past the lease TTL, as a network partition
+#      looks to the agent: the agent stops its trainers (fencing), and once
+#      ternd runs again the job restarts and resumes from its checkpoint;
+#   4. the agent frozen past its lease, then thawed: ternd restarts the job,
+#      the agent's old trainers are stopped and the new attempt, on the same
+#      agent, resumes from the checkpoint;
+#   5. the agent: its trainers die with it, the lease expires, the job
 #      restarts and, once an agent is back, resumes from its checkpoint.
-# The job must then SUCCEED with 3 restarts, a `ternctl watch` started before
+# The job must then SUCCEED with 4 restarts, a `ternctl watch` started before
 # the first fault must follow it to the end, the event history must be in
 # order, and the artifact must download.
 # usage: chaos_e2e.sh BUILD_DIR
@@ -39,7 +42,7 @@ optimization: {epochs: 16, batch_size: 16}
 checkpoint: {every_steps: 8}
 events: {progress_every_steps: 2}
 resources: {ranks: 2, device_kind: cpu}
-max_restarts: 5
+max_restarts: 6
 YAML
 
 job_json() { "${ternctl[@]}" get "$job" --json >"$work/job.json" 2>"$work/get.err"; }
@@ -135,56 +138,81 @@ wait_job "progress after ternd's restart" ".progress.step > $((step + 8)) and .s
 [[ "$(trainers)" == "$before" ]] || fail "the trainers changed across ternd's restart: $before -> $(trainers)"
 echo "2. ternd SIGKILLed at step $step and restarted: the agent rejoined within ${rejoined_ms} ms with the same trainers, job at step $(jq .progress.step "$work/job.json"), no restart"
 
-# 3. The agent frozen past its lease, then thawed.
-frozen=$(trainers)
+# 3. ternd frozen past the lease TTL: the agent must stop its trainers by
+# itself, and the job go on once ternd runs again.
+wait_checkpoint 2 $((resumed + 8))
 checkpoint=$(committed_step 2)
-kill -STOP "$agent"
-wait_job "lease expiry of the frozen agent" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
-kill -CONT "$agent"
-wait_job "restart 2" '.restarts == 2 and .state == "JOB_STATE_RUNNING"'
-for pid in $frozen; do
-  for i in $(seq 1 100); do
+fenced=$(trainers)
+kill -STOP "$ternd"
+start=$(date +%s)
+for pid in $fenced; do
+  for i in $(seq 1 150); do
     kill -0 "$pid" 2>/dev/null || break
-    [[ $i -eq 100 ]] && fail "attempt 2's trainer $pid still runs 10 s after the thaw"
+    [[ $i -eq 150 ]] && { kill -CONT "$ternd"; fail "trainer $pid ran on 15 s after ternd froze (lease TTL 8 s)"; }
     sleep 0.1
   done
 done
+fenced_after=$(( $(date +%s) - start ))
+kill -CONT "$ternd"
+wait_job "restart 2" '.restarts == 2 and .state == "JOB_STATE_RUNNING"'
 resumed=$(resumed_step 3)
 [[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
   fail "attempt 3 resumed from step $resumed, not from attempt 2's checkpoint at step $checkpoint"
-[[ $(restart_reason 2) == AGENT_LEASE_EXPIRED ]] ||
-  fail "attempt 2 ended with $(restart_reason 2), not AGENT_LEASE_EXPIRED"
-echo "3. agent frozen past its lease and thawed: old trainers stopped, job resumed from step $resumed"
+reason=$(restart_reason 2)
+[[ "$reason" == AGENT_LEASE_EXPIRED || "$reason" == RANK_LOST ]] ||
+  fail "attempt 2 ended with $reason, not AGENT_LEASE_EXPIRED or RANK_LOST"
+echo "3. ternd frozen: the agent stopped its trainers after ${fenced_after} s; after the thaw ($reason) the job resumed from step $resumed"
 
-# 4. The agent killed: its trainers must die with it (PR_SET_PDEATHSIG), the
-# lease expire, and the job resume once an agent is back.
-wait_checkpoint 3 $((resumed + 8))
-attempt3=$(trainers)
-crash "$agent"
-for i in $(seq 1 50); do
-  alive=0
-  for pid in $attempt3; do kill -0 "$pid" 2>/dev/null && alive=1; done
-  [[ $alive -eq 0 ]] && break
-  [[ $i -eq 50 ]] && fail "trainers $attempt3 outlived their SIGKILLed agent by 5 s"
-  sleep 0.1
-done
-wait_job "lease expiry" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
+# 4. The agent frozen past its lease, then thawed.
+frozen=$(trainers)
 checkpoint=$(committed_step 3)
-start_agent
+kill -STOP "$agent"
+wait_job "lease expiry of the frozen agent" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
+kill -CONT "$agent"
 wait_job "restart 3" '.restarts == 3 and .state == "JOB_STATE_RUNNING"'
+for pid in $frozen; do
+  for i in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    [[ $i -eq 100 ]] && fail "attempt 3's trainer $pid still runs 10 s after the thaw"
+    sleep 0.1
+  done
+done
 resumed=$(resumed_step 4)
 [[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
   fail "attempt 4 resumed from step $resumed, not from attempt 3's checkpoint at step $checkpoint"
 [[ $(restart_reason 3) == AGENT_LEASE_EXPIRED ]] ||
   fail "attempt 3 ended with $(restart_reason 3), not AGENT_LEASE_EXPIRED"
-echo "4. agent SIGKILLed: trainers gone, lease expired, job resumed from step $resumed (newest checkpoint event: $checkpoint)"
+echo "4. agent frozen past its lease and thawed: old trainers stopped, job resumed from step $resumed"
 
-# 5. The job ends well, the watcher followed it, the history is in order.
+# 5. The agent killed: its trainers must die with it (PR_SET_PDEATHSIG), the
+# lease expire, and the job resume once an agent is back.
+wait_checkpoint 4 $((resumed + 8))
+attempt4=$(trainers)
+crash "$agent"
+for i in $(seq 1 50); do
+  alive=0
+  for pid in $attempt4; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  [[ $alive -eq 0 ]] && break
+  [[ $i -eq 50 ]] && fail "trainers $attempt4 outlived their SIGKILLed agent by 5 s"
+  sleep 0.1
+done
+wait_job "lease expiry" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
+checkpoint=$(committed_step 4)
+start_agent
+wait_job "restart 4" '.restarts == 4 and .state == "JOB_STATE_RUNNING"'
+resumed=$(resumed_step 5)
+[[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
+  fail "attempt 5 resumed from step $resumed, not from attempt 4's checkpoint at step $checkpoint"
+[[ $(restart_reason 4) == AGENT_LEASE_EXPIRED ]] ||
+  fail "attempt 4 ended with $(restart_reason 4), not AGENT_LEASE_EXPIRED"
+echo "5. agent SIGKILLed: trainers gone, lease expired, job resumed from step $resumed (newest checkpoint event: $checkpoint)"
+
+# 6. The job ends well, the watcher followed it, the history is in order.
 status=0
 wait "$watcher" || status=$?
 [[ $status -eq 0 ]] || fail "ternctl watch exited $status: $(tail -n 5 "$work/watch.log")"
 job_json
-jq -e '.state == "JOB_STATE_SUCCEEDED" and .restarts == 3 and .result.ternary_top1 > 0' \
+jq -e '.state == "JOB_STATE_SUCCEEDED" and .restarts == 4 and .result.ternary_top1 > 0' \
   "$work/job.json" >/dev/null || fail "unexpected end: $(cat "$work/job.json")"
 events
 jq -s -e '[.[].sequence | tonumber] as $s | $s == ($s | sort) and ($s | unique | length) == ($s | length)' \
@@ -192,4 +220,4 @@ jq -s -e '[.[].sequence | tonumber] as $s | $s == ($s | sort) and ($s | unique |
 jq -s -e '[.[].attempt] as $a | $a == ($a | sort)' "$work/events.jsonl" >/dev/null ||
   fail "events of an earlier attempt after a later one"
 "${ternctl[@]}" fetch "$job" -o "$work/chaos.tern" >/dev/null || fail "fetch failed"
-echo "5. job $job SUCCEEDED after 3 restarts (top-1 $(jq .result.ternary_top1 "$work/job.json")), watch followed it, artifact fetched"
+echo "6. job $job SUCCEEDED after 4 restarts (top-1 $(jq .result.ternary_top1 "$work/job.json")), watch followed it, artifact fetched"
