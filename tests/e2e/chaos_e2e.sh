@@ -89,6 +89,25 @@ restart_reason() {
                                         and .state_change.to_state == "JOB_STATE_RESTARTING")
                              | .state_change.reason.code] | first // "none"' "$work/events.jsonl"
 }
+# Fails unless attempt $1 resumed from a checkpoint no older than step $2.
+check_resumed() {
+  resumed=$(resumed_step "$1")
+  [[ "$resumed" -ge "$2" && "$resumed" -gt 0 ]] ||
+    fail "attempt $1 resumed from step $resumed, not from the checkpoint at step $2 or later"
+}
+# Waits up to $1 seconds until none of the processes $3... runs; else fails
+# with "$2".
+wait_gone() {
+  local seconds=$1 what=$2 pid i
+  shift 2
+  for pid in "$@"; do
+    for i in $(seq 1 $((seconds * 10))); do
+      kill -0 "$pid" 2>/dev/null || break
+      [[ $i -eq $((seconds * 10)) ]] && fail "$what (pid $pid)"
+      sleep 0.1
+    done
+  done
+}
 trainers() { pgrep -P "$agent" -f tern-trainer | sort || true; }
 
 # 0. ternd killed right after it acknowledged a submission.
@@ -112,9 +131,7 @@ kill -KILL "$victim"
 wait_job "restart 1" '.restarts == 1 and .state == "JOB_STATE_RUNNING"'
 checkpoint=$(committed_step 1)
 wait_checkpoint 2 $((checkpoint + 8))
-resumed=$(resumed_step 2)
-[[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
-  fail "attempt 2 resumed from step $resumed, not from attempt 1's checkpoint at step $checkpoint"
+check_resumed 2 "$checkpoint"
 [[ $(restart_reason 1) == RANK_LOST ]] || fail "attempt 1 ended with $(restart_reason 1), not RANK_LOST"
 echo "1. trainer $victim SIGKILLed: job restarted, resumed from step $resumed (newest checkpoint event: $checkpoint)"
 
@@ -145,19 +162,12 @@ checkpoint=$(committed_step 2)
 fenced=$(trainers)
 kill -STOP "$ternd"
 start=$(date +%s)
-for pid in $fenced; do
-  for i in $(seq 1 150); do
-    kill -0 "$pid" 2>/dev/null || break
-    [[ $i -eq 150 ]] && { kill -CONT "$ternd"; fail "trainer $pid ran on 15 s after ternd froze (lease TTL 8 s)"; }
-    sleep 0.1
-  done
-done
+( wait_gone 15 "a trainer ran on 15 s after ternd froze (lease TTL 8 s)" $fenced ) ||
+  { kill -CONT "$ternd"; exit 1; }
 fenced_after=$(( $(date +%s) - start ))
 kill -CONT "$ternd"
 wait_job "restart 2" '.restarts == 2 and .state == "JOB_STATE_RUNNING"'
-resumed=$(resumed_step 3)
-[[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
-  fail "attempt 3 resumed from step $resumed, not from attempt 2's checkpoint at step $checkpoint"
+check_resumed 3 "$checkpoint"
 reason=$(restart_reason 2)
 [[ "$reason" == AGENT_LEASE_EXPIRED || "$reason" == RANK_LOST ]] ||
   fail "attempt 2 ended with $reason, not AGENT_LEASE_EXPIRED or RANK_LOST"
@@ -170,16 +180,8 @@ kill -STOP "$agent"
 wait_job "lease expiry of the frozen agent" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
 kill -CONT "$agent"
 wait_job "restart 3" '.restarts == 3 and .state == "JOB_STATE_RUNNING"'
-for pid in $frozen; do
-  for i in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    [[ $i -eq 100 ]] && fail "attempt 3's trainer $pid still runs 10 s after the thaw"
-    sleep 0.1
-  done
-done
-resumed=$(resumed_step 4)
-[[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
-  fail "attempt 4 resumed from step $resumed, not from attempt 3's checkpoint at step $checkpoint"
+wait_gone 10 "attempt 3's trainer still runs 10 s after the thaw" $frozen
+check_resumed 4 "$checkpoint"
 [[ $(restart_reason 3) == AGENT_LEASE_EXPIRED ]] ||
   fail "attempt 3 ended with $(restart_reason 3), not AGENT_LEASE_EXPIRED"
 echo "4. agent frozen past its lease and thawed: old trainers stopped, job resumed from step $resumed"
@@ -189,20 +191,12 @@ echo "4. agent frozen past its lease and thawed: old trainers stopped, job resum
 wait_checkpoint 4 $((resumed + 8))
 attempt4=$(trainers)
 crash "$agent"
-for i in $(seq 1 50); do
-  alive=0
-  for pid in $attempt4; do kill -0 "$pid" 2>/dev/null && alive=1; done
-  [[ $alive -eq 0 ]] && break
-  [[ $i -eq 50 ]] && fail "trainers $attempt4 outlived their SIGKILLed agent by 5 s"
-  sleep 0.1
-done
+wait_gone 5 "a trainer outlived its SIGKILLed agent by 5 s" $attempt4
 wait_job "lease expiry" '.state == "JOB_STATE_RESTARTING" or .state == "JOB_STATE_QUEUED"'
 checkpoint=$(committed_step 4)
 start_agent
 wait_job "restart 4" '.restarts == 4 and .state == "JOB_STATE_RUNNING"'
-resumed=$(resumed_step 5)
-[[ "$resumed" -ge "$checkpoint" && "$resumed" -gt 0 ]] ||
-  fail "attempt 5 resumed from step $resumed, not from attempt 4's checkpoint at step $checkpoint"
+check_resumed 5 "$checkpoint"
 [[ $(restart_reason 4) == AGENT_LEASE_EXPIRED ]] ||
   fail "attempt 4 ended with $(restart_reason 4), not AGENT_LEASE_EXPIRED"
 echo "5. agent SIGKILLed: trainers gone, lease expired, job resumed from step $resumed (newest checkpoint event: $checkpoint)"
