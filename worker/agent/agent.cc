@@ -241,9 +241,20 @@ class Agent::Impl {
   // restarted): the trainers go on and the next Register lists them.
   // Otherwise (the lease was not renewed in time) they are stopped.
   void LeaseLost(int generation, const std::string& why, bool keep_trainers);
-  // Rejoining without a new lease for longer than the lease TTL: stop
-  // pretending, the server has written the trainers off by now.
-  bool RejoinExpired();
+  // Whether the trainers must be stopped before registering again: always,
+  // unless the agent rejoins with them and the lease TTL has not run out
+  // since the last renewal (after that ternd has written them off).
+  bool MustStopTrainersBeforeRegistering();
+  // The trainers this agent runs of attempts of `job` before `attempt`.
+  // Call with mu_ held.
+  std::vector<std::shared_ptr<Rank>> EarlierAttemptsLocked(const std::string& job,
+                                                           int attempt) const {
+    std::vector<std::shared_ptr<Rank>> earlier;
+    for (const auto& [key, rank] : ranks_) {
+      if (std::get<0>(key) == job && std::get<1>(key) < attempt) earlier.push_back(rank);
+    }
+    return earlier;
+  }
   // Makes the heartbeat loop renew the lease now (and so find out if it
   // is lost). Non-blocking.
   void RequestHeartbeat() {
@@ -332,7 +343,7 @@ bool Agent::Impl::CurrentLease(std::string* id, int* generation, bool* rejoining
   return lease_valid_;
 }
 
-bool Agent::Impl::RejoinExpired() {
+bool Agent::Impl::MustStopTrainersBeforeRegistering() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!rejoining_) return true;
   if (Clock::now() - last_renewed_ <= lease_ttl_) return false;
@@ -359,7 +370,7 @@ Status Agent::Impl::Run() {
     if (!CurrentLease(&id, &generation)) {
       // No lease (first start, or lost): nothing may still run from the old
       // one, unless the agent rejoins a restarted ternd with its trainers.
-      if (RejoinExpired()) KillAllAndWait(options_.shutdown_grace, "lease lost");
+      if (MustStopTrainersBeforeRegistering()) KillAllAndWait(options_.shutdown_grace, "lease lost");
       if (!Register()) {
         Sleep(backoff);
         backoff = std::min(backoff * 2, options_.backoff_max);
@@ -592,7 +603,6 @@ void Agent::Impl::HeartbeatLoop() {
 }
 
 void Agent::Impl::StartRank(const v1::Assignment& a) {
-  std::vector<std::shared_ptr<Rank>> superseded;
   const RankKey key = KeyOf(a.ref());
   auto rank = std::make_shared<Rank>();
   rank->assignment = a;
@@ -625,11 +635,8 @@ void Agent::Impl::StartRank(const v1::Assignment& a) {
   // assignment supersedes whatever this agent still runs of earlier ones
   // (e.g. after the agent was frozen past its lease), and RunRank waits for
   // them to exit before the new trainer shares their rank directory and port.
-  for (auto& [k, other] : ranks_) {
-    if (std::get<0>(k) == std::get<0>(key) && std::get<1>(k) < std::get<1>(key)) {
-      superseded.push_back(other);
-    }
-  }
+  const std::vector<std::shared_ptr<Rank>> superseded =
+      EarlierAttemptsLocked(a.ref().job_id(), a.ref().attempt());
   // Join threads of trainers that ended meanwhile (they finished already).
   for (std::thread& t : finished_threads_) t.join();
   finished_threads_.clear();
@@ -883,11 +890,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     // Earlier attempts of the job still here were told to stop (StartRank).
     std::unique_lock<std::mutex> lock(mu_);
     const bool gone = cv_.wait_for(lock, options_.kill_grace + options_.shutdown_grace, [&] {
-      if (shutdown_) return true;
-      for (const auto& [k, other] : ranks_) {
-        if (std::get<0>(k) == rank->job && std::get<1>(k) < a.ref().attempt()) return false;
-      }
-      return true;
+      return shutdown_ || EarlierAttemptsLocked(rank->job, a.ref().attempt()).empty();
     });
     if (!gone) {
       TERN_LOG(WARNING) << rank->prefix << "an earlier attempt's trainer is still running";
