@@ -80,6 +80,9 @@ struct RankExit {
   // False when the failure would recur on every attempt (the job's spec, data
   // or paths are at fault): the job FAILS at once, keeping its restarts.
   bool retryable = true;
+  // The trainer stopped on request at a committed checkpoint (exit code 3):
+  // the job restarts from it without using one of its max_restarts.
+  bool preempted = false;
   // Rank 0 on success: the packed model and the final metrics.
   std::string artifact_path;
   std::string metrics_json;

@@ -60,6 +60,9 @@ inline constexpr char kRankLost[] =
     "RANK_LOST";  // signal, or gone from its agent
 inline constexpr char kAgentLeaseExpired[] = "AGENT_LEASE_EXPIRED";
 inline constexpr char kAgentDeregistered[] = "AGENT_DEREGISTERED";
+// A rank stopped on request after committing a checkpoint (its agent shut
+// down, or the trainer got SIGUSR1). Not charged to max_restarts.
+inline constexpr char kRankPreempted[] = "RANK_PREEMPTED";
 inline constexpr char kRequeued[] = "REQUEUED";  // RESTARTING -> QUEUED
 inline constexpr char kRestartBudgetExhausted[] = "RESTART_BUDGET_EXHAUSTED";
 // RESTARTING -> FAILED for a rank failure that a restart would repeat.

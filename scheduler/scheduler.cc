@@ -156,6 +156,8 @@ struct Scheduler::Agent {
   // Registered and not lost. false: restored from the store after a ternd
   // restart, no capacity until the agent re-registers within its lease.
   bool live = false;
+  // Shutting down (DrainAgent): live, but no capacity for new work.
+  bool draining = false;
   AgentWork outbox;
 };
 
@@ -315,7 +317,7 @@ void Scheduler::ReleaseSlotsLocked(const Job& job) {
 int Scheduler::SlotsLocked(const std::string& kind, bool free_only) const {
   int total = 0;
   for (const auto& [id, agent] : agents_) {
-    if (!agent->live) continue;
+    if (!agent->live || agent->draining) continue;
     auto cap = agent->slots.find(kind);
     if (cap == agent->slots.end()) continue;
     int n = cap->second;
@@ -419,7 +421,7 @@ std::optional<Scheduler::Placement> Scheduler::PlaceLocked(
   std::vector<Candidate> candidates;
   int free_total = 0;
   for (const auto& [id, agent] : agents_) {
-    if (!agent->live) continue;
+    if (!agent->live || agent->draining) continue;
     auto cap = agent->slots.find(job.device_kind);
     if (cap == agent->slots.end()) continue;
     auto used = agent->used.find(job.device_kind);
@@ -561,7 +563,8 @@ void Scheduler::AdmitAndLogLocked(TimePoint now) {
 // --- Restarts --------------------------------------------------------------
 
 Status Scheduler::RestartLocked(Job job, const char* why, std::string message,
-                                TimePoint now, bool retryable) {
+                                TimePoint now, bool retryable,
+                                RestartCharge charge) {
   const std::vector<KillOrder> kills = KillOrdersLocked(job, why);
   std::vector<JobEvent> events;
   TERN_RETURN_IF_ERROR(
@@ -573,6 +576,11 @@ Status Scheduler::RestartLocked(Job job, const char* why, std::string message,
             std::to_string(job.max_restarts - job.restarts_used) +
             " restarts left unused); failure: " + message,
         now, &events));
+  } else if (charge == RestartCharge::kFree) {
+    job.restart_not_before = now;
+    TERN_RETURN_IF_ERROR(TransitionJob(
+        &job, JobState::kQueued, reason::kRequeued,
+        RequeueMessage(job) + " (not charged: " + why + ")", now, &events));
   } else if (job.restarts_used >= job.max_restarts) {
     TERN_RETURN_IF_ERROR(
         TransitionJob(&job, JobState::kFailed, reason::kRestartBudgetExhausted,
@@ -623,11 +631,16 @@ Status Scheduler::LoseAgentLocked(const std::string& agent_id, const char* why,
       affected.push_back(id);
     }
   }
+  // An agent that deregistered left on purpose: not the jobs' failure.
+  const RestartCharge charge = std::string_view(why) == reason::kAgentDeregistered
+                                   ? RestartCharge::kFree
+                                   : RestartCharge::kCounted;
   for (JobId id : affected) {
     const Job& job = jobs_.at(id);
     TERN_RETURN_IF_ERROR(RestartLocked(
         job, why,
-        message + " (" + DescribePlacement(job.ranks, &agent_id) + ")", now));
+        message + " (" + DescribePlacement(job.ranks, &agent_id) + ")", now,
+        /*retryable=*/true, charge));
   }
   agents_.erase(agent_id);
   return OkStatus();
@@ -835,6 +848,7 @@ StatusOr<Lease> Scheduler::RegisterAgent(
   agent.host = reg.host;
   agent.slots = reg.slots;
   agent.live = true;
+  agent.draining = false;
   agent.lease_expires = now + options_.agent_lease_ttl;
   agent.outbox = AgentWork();  // rebuilt below from the placements
 
@@ -910,6 +924,20 @@ StatusOr<Lease> Scheduler::Heartbeat(const std::string& agent_id) {
   }
   it->second->lease_expires = clock_->Now() + options_.agent_lease_ttl;
   return Lease{agent_id, it->second->lease_expires};
+}
+
+Status Scheduler::DrainAgent(const std::string& agent_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = agents_.find(agent_id);
+  if (it == agents_.end() || !it->second->live) {
+    return NotFoundError("agent " + agent_id + " is not registered");
+  }
+  if (!it->second->draining) {
+    TERN_LOG(INFO) << "agent " << agent_id
+                   << " is draining: no new work is placed on it";
+  }
+  it->second->draining = true;
+  return OkStatus();
 }
 
 Status Scheduler::DeregisterAgent(const std::string& agent_id) {
@@ -1029,11 +1057,18 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
       (exit.exit_code > 0
            ? " exited with code " + std::to_string(exit.exit_code)
            : " was killed by signal " + std::to_string(-exit.exit_code));
+  if (exit.preempted) {
+    message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
+              " stopped on request at a committed checkpoint";
+  }
   if (!exit.message.empty()) message += ": " + exit.message;
+  const char* why = exit.preempted         ? reason::kRankPreempted
+                    : exit.exit_code > 0   ? reason::kTrainerFailed
+                                           : reason::kRankLost;
   TERN_RETURN_IF_ERROR(RestartLocked(
-      std::move(job),
-      exit.exit_code > 0 ? reason::kTrainerFailed : reason::kRankLost,
-      std::move(message), now, exit.retryable));
+      std::move(job), why, std::move(message), now,
+      exit.retryable || exit.preempted,
+      exit.preempted ? RestartCharge::kFree : RestartCharge::kCounted));
   AdmitAndLogLocked(now);
   return OkStatus();
 }

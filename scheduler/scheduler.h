@@ -157,7 +157,13 @@ class Scheduler {
   StatusOr<Lease> RegisterAgent(const AgentRegistration& registration);
   StatusOr<Lease> Heartbeat(
       const std::string& agent_id);  // NOT_FOUND: re-register
-  // An agent that leaves on purpose; its jobs restart (AGENT_DEREGISTERED).
+  // An agent that shuts down: nothing more is placed on it (its slots leave
+  // the free and total counts) until it registers again. Its trainers are
+  // being stopped at a checkpoint; their exits follow. NOT_FOUND when the
+  // agent is not registered.
+  Status DrainAgent(const std::string& agent_id);
+  // An agent that leaves on purpose: its lease ends now and jobs still
+  // placed on it restart (AGENT_DEREGISTERED) without using a restart.
   Status DeregisterAgent(const std::string& agent_id);
   // Takes the agent's pending work, blocking up to max_wait while there is
   // none. NOT_FOUND when the agent is not registered (or was lost meanwhile).
@@ -197,9 +203,14 @@ class Scheduler {
   Status AdmitJobLocked(JobId id, const Placement& placement, TimePoint now);
   std::vector<JobId> QueueOrderLocked(TimePoint now) const;
   int SlotsLocked(const std::string& kind, bool free_only) const;
+  // How a restart is charged: kCounted uses one of the job's max_restarts
+  // and grows its back-off; kFree (a preempted rank, an agent that left on
+  // purpose: not the job's failure) uses none and requeues at once.
+  enum class RestartCharge { kCounted, kFree };
   // `retryable` false: FAILED at once (reason::kNotRetryable).
   Status RestartLocked(Job job, const char* why, std::string message,
-                       TimePoint now, bool retryable = true);
+                       TimePoint now, bool retryable = true,
+                       RestartCharge charge = RestartCharge::kCounted);
   Status LoseAgentLocked(const std::string& agent_id, const char* why,
                          const std::string& message, TimePoint now);
   std::vector<KillOrder> KillOrdersLocked(const Job& job,

@@ -23,7 +23,7 @@ constexpr const char* kDeviceKinds[] = {scheduler::kDeviceCpu,
 constexpr const char* kRestartReasons[] = {
     scheduler::reason::kTrainerFailed, scheduler::reason::kRankLost,
     scheduler::reason::kAgentLeaseExpired,
-    scheduler::reason::kAgentDeregistered};
+    scheduler::reason::kAgentDeregistered, scheduler::reason::kRankPreempted};
 
 std::string Lower(const char* s) {
   std::string out(s);

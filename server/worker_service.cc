@@ -15,12 +15,10 @@
 #include "server/file_digest.h"
 #include "server/rpc.h"
 #include "server/trainer_events.h"
+#include "worker/trainer/exit_codes.h"
 
 namespace tern::server {
 namespace {
-
-// tern-trainer's exit code for bad arguments or a bad spec (docs/EVENTS.md).
-constexpr int kTrainerBadSpecExitCode = 2;
 
 // Failure codes that a restart would meet again (job.proto: max_restarts):
 // the spec, its data or its paths are at fault. FAILED_PRECONDITION and
@@ -152,6 +150,23 @@ grpc::Status WorkerService::ReportExit(grpc::ServerContext* context,
   return RunRpc(state_, "ReportExit", [&]() -> Status {
     TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
     return DoReportExit(*request);
+  });
+}
+
+grpc::Status WorkerService::Drain(grpc::ServerContext* context, const v1::DrainRequest* request,
+                                  v1::DrainResponse* /*response*/) {
+  return RunRpc(state_, "Drain", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
+    return DoDrain(*request);
+  });
+}
+
+grpc::Status WorkerService::Deregister(grpc::ServerContext* context,
+                                       const v1::DeregisterRequest* request,
+                                       v1::DeregisterResponse* /*response*/) {
+  return RunRpc(state_, "Deregister", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
+    return DoDeregister(*request);
   });
 }
 
@@ -483,8 +498,9 @@ Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
       failures_.erase(it);
     }
   }
+  exit.preempted = request.preempted();
   exit.retryable = !(request.signal() == 0 && exit.exit_code > 0 &&
-                     (exit.exit_code == kTrainerBadSpecExitCode ||
+                     (exit.exit_code == trainer::kExitBadSpec ||
                       IsNotRetryableFailureCode(failure_code)));
   if (!request.reason().empty()) {
     exit.message += (exit.message.empty() ? "" : " (") + request.reason() +
@@ -509,6 +525,33 @@ Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
   }
   TERN_RETURN_IF_ERROR(state_->scheduler->ReportRankExit(exit));
   if (result) state_->metrics->OnResult(rank.job_id, *result);
+  return OkStatus();
+}
+
+Status WorkerService::DoDrain(const v1::DrainRequest& request) {
+  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
+  const Status drained = state_->scheduler->DrainAgent(request.agent_id());
+  if (drained.code() == StatusCode::kNotFound) {
+    MarkLost(request.agent_id(), request.lease_id());
+    return FailedPreconditionError("agent " + request.agent_id() +
+                                   ": lease expired; register again");
+  }
+  return drained;
+}
+
+Status WorkerService::DoDeregister(const v1::DeregisterRequest& request) {
+  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
+  const Status left = state_->scheduler->DeregisterAgent(request.agent_id());
+  if (!left.ok() && left.code() != StatusCode::kNotFound) return left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    leases_.erase(request.agent_id());  // ended, not expired: not counted
+  }
+  TERN_LOG(INFO) << "agent " << request.agent_id() << " deregistered";
+  if (!left.ok()) {
+    return FailedPreconditionError("agent " + request.agent_id() +
+                                   ": lease expired before it deregistered");
+  }
   return OkStatus();
 }
 

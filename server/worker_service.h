@@ -22,6 +22,9 @@
 // metrics. ReportExit passes the exit to the scheduler; for rank 0 exiting 0
 // it attaches the result: the finished line's metrics, epochs from the spec,
 // and the artifact's size and SHA-256 (computed here), as JobResult JSON.
+// Drain marks the agent draining in the scheduler (no new work); Deregister
+// ends its lease at once (Scheduler::DeregisterAgent). A scheduler that no
+// longer knows the agent answers FAILED_PRECONDITION, as Heartbeat does.
 // Thread-safe.
 #ifndef TERN_SERVER_WORKER_SERVICE_H_
 #define TERN_SERVER_WORKER_SERVICE_H_
@@ -56,6 +59,10 @@ class WorkerService final : public v1::WorkerService::Service {
   grpc::Status ReportExit(grpc::ServerContext* context,
                           const v1::ReportExitRequest* request,
                           v1::ReportExitResponse* response) override;
+  grpc::Status Drain(grpc::ServerContext* context, const v1::DrainRequest* request,
+                     v1::DrainResponse* response) override;
+  grpc::Status Deregister(grpc::ServerContext* context, const v1::DeregisterRequest* request,
+                          v1::DeregisterResponse* response) override;
 
   // Forgets leases that expired at or before `now` (the scheduler's Tick has
   // expired them too), counting each in tern_scheduler_lease_expiries_total
@@ -80,6 +87,8 @@ class WorkerService final : public v1::WorkerService::Service {
                              grpc::ServerWriter<v1::AssignmentEvent>* writer);
   Status DoReportProgress(const v1::ReportProgressRequest& request);
   Status DoReportExit(const v1::ReportExitRequest& request);
+  Status DoDrain(const v1::DrainRequest& request);
+  Status DoDeregister(const v1::DeregisterRequest& request);
 
   Status CheckLease(const std::string& agent_id,
                     const std::string& lease_id) const;

@@ -42,9 +42,10 @@ using Clock = std::chrono::steady_clock;
 
 // The fake tern-trainer. Records its arguments, environment and pid in its
 // --workdir, then acts on the spec's "name": ok, fail, sleeper (exec sleep),
-// stubborn (ignores SIGTERM), family (a background child), progress_sleeper,
-// writer (writes into its checkpoint directory, its workdir and
-// $TERN_TEST_OUTSIDE, exit 0).
+// stubborn (ignores SIGTERM and SIGUSR1), family (a background child),
+// progress_sleeper, writer (writes into its checkpoint directory, its workdir
+// and $TERN_TEST_OUTSIDE, exit 0), checkpointer (on SIGUSR1 prints a
+// checkpoint event and exits 3, as tern-trainer stops on request).
 constexpr const char* kFakeTrainer = R"SH(#!/bin/sh
 args="$*"
 spec=""; workdir=""; rank=0
@@ -57,11 +58,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 mode=$(sed -n 's/.*"name":"\([a-z_]*\)".*/\1/p' "$spec")
-[ "$mode" = stubborn ] && trap '' TERM  # before the pid file tells the test we run
+# Traps before the pid file tells the test we run.
+[ "$mode" = stubborn ] && trap '' TERM USR1
+common="\"job\":\"j\",\"rank\":$rank,\"world_size\":2"
+[ "$mode" = checkpointer ] && trap 'echo "{\"event\":\"checkpoint\",$common,\"time\":103.0,\"step\":17,\"epoch\":2,\"path\":\"/c/step-17\",\"seconds\":0.1}"; exit 3' USR1
 echo "$args" > "$workdir/args"
 env > "$workdir/env"
 echo $$ > "$workdir/pid"
-common="\"job\":\"j\",\"rank\":$rank,\"world_size\":2"
 echo "{\"event\":\"started\",$common,\"time\":99.0,\"resumed_from_step\":-1,\"steps_per_epoch\":10,\"device\":\"cpu\"}"
 case "$mode" in
   ok)
@@ -84,7 +87,7 @@ case "$mode" in
     echo "{\"event\":\"progress\",$common,\"time\":102.0,\"epoch\":1,\"epochs\":3,\"step\":20,\"total_steps\":30,\"loss\":1.25,\"lr\":0.1,\"images_per_second\":640}"
     echo "{\"event\":\"checkpoint\",$common,\"time\":102.5,\"step\":20,\"epoch\":2,\"path\":\"/c\",\"seconds\":1.5}"
     exec sleep 300 ;;
-  stubborn)
+  stubborn|checkpointer)
     while true; do sleep 0.1; done ;;
   writer)
     ckpt=$(sed -n 's/.*"directory":"\([^"]*\)".*/\1/p' "$spec")
@@ -180,6 +183,32 @@ class FakeWorkerService final : public v1::WorkerService::Service {
                           v1::ReportExitResponse*) override {
     std::lock_guard<std::mutex> lock(mu_);
     exits_.push_back(*request);
+    calls_.push_back("ReportExit " + request->ref().job_id());
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest* request,
+                     v1::DrainResponse*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down (test)");
+    if (request->lease_id() != lease_) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "unknown lease");
+    }
+    calls_.push_back("Drain " + request->lease_id());
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Deregister(grpc::ServerContext*, const v1::DeregisterRequest* request,
+                          v1::DeregisterResponse*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unavailable_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down (test)");
+    if (request->lease_id() != lease_) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "unknown lease");
+    }
+    calls_.push_back("Deregister " + request->lease_id());
+    lease_ = "";
     cv_.notify_all();
     return grpc::Status::OK;
   }
@@ -242,6 +271,7 @@ class FakeWorkerService final : public v1::WorkerService::Service {
   std::vector<v1::HeartbeatRequest> heartbeats_;
   std::vector<Event> events_;
   std::vector<v1::ReportExitRequest> exits_;
+  std::vector<std::string> calls_;  // Drain, ReportExit, Deregister in order
   int streams_opened_ = 0;
   int progress_calls_ = 0;
 
@@ -594,7 +624,7 @@ TEST_F(AgentTest, ShutdownLeavesNoChildProcesses) {
   ASSERT_GT(p1, 0);
   ASSERT_TRUE(Alive(grandchild));
   const auto start = Clock::now();
-  StopAgent();  // SIGTERM, then SIGKILL after shutdown_grace (2 s) for the stubborn one
+  StopAgent();  // SIGUSR1, then SIGKILL after shutdown_grace (2 s) for the stubborn one
   EXPECT_LT(Clock::now() - start, std::chrono::seconds(6));
   for (pid_t pid : {p0, grandchild, p1}) {
     EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); }, milliseconds(2000))) << pid;
@@ -605,6 +635,52 @@ TEST_F(AgentTest, ShutdownLeavesNoChildProcesses) {
     for (const auto& e : fake_.exits_) EXPECT_TRUE(e.killed_by_agent());
     return 0;
   });
+}
+
+TEST_F(AgentTest, ShutdownDrainsTrainersAtACheckpointAndDeregistersLast) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-c", 0, "checkpointer"));
+  fake_.Send(MakeAssignment("job-s", 0, "sleeper"));  // no handler: SIGUSR1 ends it
+  ASSERT_GT(ReadPid(RankDir("job-c", 0) + "/pid"), 0);
+  ASSERT_GT(ReadPid(RankDir("job-s", 0) + "/pid"), 0);
+  StopAgent();
+  const auto exit = WaitForExit("job-c", milliseconds(1));
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code(), 3);
+  EXPECT_EQ(exit->signal(), 0);
+  EXPECT_TRUE(exit->preempted());
+  EXPECT_TRUE(exit->killed_by_agent());
+  EXPECT_NE(exit->reason().find("agent shutting down"), std::string::npos) << exit->reason();
+  const auto killed = WaitForExit("job-s", milliseconds(1));
+  ASSERT_TRUE(killed.has_value());
+  EXPECT_EQ(killed->signal(), SIGUSR1);
+  EXPECT_FALSE(killed->preempted());
+  // The checkpoint it committed on the way out was relayed before its exit.
+  bool checkpoint = false;
+  for (const auto& e : EventsOf("job-c")) {
+    checkpoint |= e.has_checkpoint_committed() && e.checkpoint_committed().step() == 17;
+  }
+  EXPECT_TRUE(checkpoint);
+  // Drain before the trainers were signalled, Deregister after both exits.
+  const std::vector<std::string> calls = fake_.Locked([&] { return fake_.calls_; });
+  ASSERT_EQ(calls.size(), 4u);
+  EXPECT_EQ(calls[0], "Drain lease-1");
+  EXPECT_EQ(calls[3], "Deregister lease-1");
+}
+
+TEST_F(AgentTest, ShutdownStillStopsTrainersWhenTernIsUnreachable) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-c", 0, "checkpointer"));
+  const pid_t pid = ReadPid(RankDir("job-c", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  fake_.SetUnavailable(true);
+  const auto start = Clock::now();
+  StopAgent();  // Drain and Deregister fail within their 2 s limit each
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(8));
+  EXPECT_FALSE(Alive(pid));
+  for (const std::string& call : fake_.Locked([&] { return fake_.calls_; })) {
+    EXPECT_EQ(call.rfind("ReportExit", 0), 0u) << call;  // no Drain or Deregister got through
+  }
 }
 
 TEST_F(AgentTest, AServerThatForgotTheLeaseGetsTheRunningTrainersListed) {

@@ -16,7 +16,11 @@
 #      the agent's old trainers are stopped and the new attempt, on the same
 #      agent, resumes from the checkpoint;
 #   5. the agent: its trainers die with it, the lease expires, the job
-#      restarts and, once an agent is back, resumes from its checkpoint.
+#      restarts and, once an agent is back, resumes from its checkpoint;
+#   6. the agent drained (SIGTERM, as Kubernetes stops a pod; not a fault):
+#      its trainers commit a checkpoint at the step they reached, the job
+#      restarts without using a restart (RANK_PREEMPTED) and, once an agent
+#      is back, resumes from exactly that step.
 # The job must then SUCCEED with 4 restarts, a `ternctl watch` started before
 # the first fault must follow it to the end, the event history must be in
 # order, and the artifact must download.
@@ -81,6 +85,12 @@ resumed_step() {
     sleep 0.1
   done
   fail "attempt $1 has no attempt_started event"
+}
+# Newest step attempt $1 reported progress at (-1: none yet).
+progress_step() {
+  events
+  jq -s --argjson a "$1" '[.[] | select(.attempt == $a and .progress) | .progress.step]
+                          | max // -1' "$work/events.jsonl"
 }
 # Reason code of attempt $1's move to RESTARTING.
 restart_reason() {
@@ -201,7 +211,24 @@ check_resumed 5 "$checkpoint"
   fail "attempt 4 ended with $(restart_reason 4), not AGENT_LEASE_EXPIRED"
 echo "5. agent SIGKILLed: trainers gone, lease expired, job resumed from step $resumed (newest checkpoint event: $checkpoint)"
 
-# 6. The job ends well, the watcher followed it, the history is in order.
+# 6. The agent drained: SIGTERM, exit 0 once its trainers have stopped at a
+# checkpoint of the step they reached (not the last periodic one).
+wait_checkpoint 5 $((resumed + 8))
+shut_down "$agent" 20
+drained=$(committed_step 5)
+reported=$(progress_step 5)
+[[ $drained -ge $reported ]] ||
+  fail "the drain committed step $drained, older than step $reported that attempt 5 reported"
+[[ $(restart_reason 5) == RANK_PREEMPTED ]] ||
+  fail "attempt 5 ended with $(restart_reason 5), not RANK_PREEMPTED"
+start_agent
+resumed=$(resumed_step 6)
+[[ $resumed -eq $drained ]] || fail "attempt 6 resumed from step $resumed, not $drained"
+job_json
+[[ $(jq -r .restarts "$work/job.json") -eq 4 ]] || fail "the drain used a restart: $(cat "$work/job.json")"
+echo "6. agent drained (SIGTERM): trainers stopped at a checkpoint of step $drained (last reported: $reported), resumed from it without using a restart"
+
+# 7. The job ends well, the watcher followed it, the history is in order.
 status=0
 wait "$watcher" || status=$?
 [[ $status -eq 0 ]] || fail "ternctl watch exited $status: $(tail -n 5 "$work/watch.log")"
@@ -214,4 +241,4 @@ jq -s -e '[.[].sequence | tonumber] as $s | $s == ($s | sort) and ($s | unique |
 jq -s -e '[.[].attempt] as $a | $a == ($a | sort)' "$work/events.jsonl" >/dev/null ||
   fail "events of an earlier attempt after a later one"
 "${ternctl[@]}" fetch "$job" -o "$work/chaos.tern" >/dev/null || fail "fetch failed"
-echo "6. job $job SUCCEEDED after 4 restarts (top-1 $(jq .result.ternary_top1 "$work/job.json")), watch followed it, artifact fetched"
+echo "7. job $job SUCCEEDED after 4 restarts (top-1 $(jq .result.ternary_top1 "$work/job.json")), watch followed it, artifact fetched"

@@ -130,13 +130,27 @@ start_service() {
   ternctl=("$build/cli/ternctl" --server "$server" --owner e2e "${client_flags[@]}")
 }
 
-# Fault injection: SIGKILL process $1 (no chance to clean up), reap it, and
-# leave it out of the clean-shutdown check at exit.
-crash() {
-  kill -KILL "$1"
-  wait "$1" 2>/dev/null || true
+# Leaves process $1 out of the clean-shutdown check at exit.
+forget() {
   local -a kept=()
   local pid
   for pid in "${pids[@]}"; do [[ "$pid" == "$1" ]] || kept+=("$pid"); done
   pids=("${kept[@]}")
+}
+# Fault injection: SIGKILL process $1 (no chance to clean up) and reap it.
+crash() {
+  kill -KILL "$1"
+  wait "$1" 2>/dev/null || true
+  forget "$1"
+}
+# A graceful stop (as Kubernetes stops a pod): SIGTERM process $1, which must
+# exit 0 within $2 seconds.
+shut_down() {
+  local status=0
+  kill -TERM "$1"
+  for _ in $(seq 1 $(($2 * 10))); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$1" 2>/dev/null && fail "process $1 ($(process_name "$1")) still runs $2 s after SIGTERM"
+  wait "$1" 2>/dev/null || status=$?
+  forget "$1"
+  [[ $status -eq 0 ]] || fail "process $1 ($(process_name "$1")) exited $status after SIGTERM"
 }

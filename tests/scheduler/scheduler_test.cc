@@ -503,6 +503,36 @@ TEST_F(RestartTest, BudgetExhaustedFailsJob) {
   EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCpu), 1);
 }
 
+TEST_F(RestartTest, APreemptedRankRestartsTheJobAtOnceWithoutUsingARestart) {
+  options_.restart_backoff = seconds(2);  // a charged restart would wait
+  Open();
+  Register("a", 1);
+  JobId id = Submit(0, 1, kDeviceCpu, /*max_restarts=*/0);
+  StartAll(id);
+  RankExit exit;
+  exit.rank = Ref(id, 0);
+  exit.exit_code = 3;
+  exit.preempted = true;
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  Job job = Get(id);
+  EXPECT_EQ(job.restarts_used, 0);
+  EXPECT_EQ(job.attempt, 2);  // admitted again at once, on the same free slot
+  EXPECT_EQ(job.state, JobState::kAdmitted);
+  std::vector<std::string> reasons = Reasons(id);
+  ASSERT_GE(reasons.size(), 3u);
+  EXPECT_EQ(reasons[reasons.size() - 3], "RANK_PREEMPTED");
+  EXPECT_EQ(reasons[reasons.size() - 2], "REQUEUED");
+  const JobEvent& preempted = job.history[job.history.size() - 3];
+  EXPECT_EQ(preempted.message, "rank 0 on agent a stopped on request at a committed checkpoint");
+  EXPECT_NE(job.history[job.history.size() - 2].message.find("not charged: RANK_PREEMPTED"),
+            std::string::npos)
+      << job.history[job.history.size() - 2].message;
+  // The same exit without the flag is a failure that spends the budget.
+  StartAll(id);
+  Exit(id, 0, 3);
+  EXPECT_EQ(State(id), JobState::kFailed);
+}
+
 TEST_F(RestartTest, AFailureThatWouldRecurFailsTheJobAtOnce) {
   Register("a", 1);
   JobId id = Submit(0, 1, kDeviceCpu, /*max_restarts=*/3);
@@ -913,11 +943,28 @@ TEST_F(AgentTest, DeregisterRestartsItsJobs) {
   ASSERT_TRUE(scheduler_->DeregisterAgent("b").ok());
   EXPECT_EQ(State(id), JobState::kQueued);
   EXPECT_EQ(Reasons(id)[3], "AGENT_DEREGISTERED");
+  EXPECT_EQ(Get(id).restarts_used, 0);  // it left on purpose: not the job's failure
   EXPECT_EQ(WaitReason(id), "needs 2 cpu slots, only 1 registered");
   EXPECT_EQ(Work("a").kills.size(), 1u);
   EXPECT_EQ(scheduler_->TakeAgentWork("b").status().code(),
             StatusCode::kNotFound);
   EXPECT_EQ(scheduler_->DeregisterAgent("b").code(), StatusCode::kNotFound);
+}
+
+TEST_F(AgentTest, ADrainingAgentGetsNoNewWorkUntilItRegistersAgain) {
+  Register("a", 1);
+  Register("b", 2);
+  ASSERT_TRUE(scheduler_->DrainAgent("b").ok());
+  ASSERT_TRUE(scheduler_->DrainAgent("b").ok());  // idempotent
+  EXPECT_EQ(scheduler_->Stats().total_slots.at(kDeviceCpu), 1);
+  JobId first = Submit(0, 1);
+  EXPECT_EQ(Get(first).ranks[0].agent_id, "a");
+  JobId second = Submit(0, 1);
+  EXPECT_EQ(State(second), JobState::kQueued);  // b has room but is draining
+  Register("b", 2);                              // a new agent process on that node
+  EXPECT_EQ(State(second), JobState::kAdmitted);
+  EXPECT_EQ(Get(second).ranks[0].agent_id, "b");
+  EXPECT_EQ(scheduler_->DrainAgent("nobody").code(), StatusCode::kNotFound);
 }
 
 TEST_F(AgentTest, TakeAgentWorkBlocksUntilWorkArrives) {

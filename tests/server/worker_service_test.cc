@@ -114,7 +114,8 @@ class FakeAgent {
   }
 
   grpc::Status Exit(const v1::RankRef& ref, int exit_code, int signal = 0,
-                    bool killed_by_agent = false, const std::string& failure_code = "") {
+                    bool killed_by_agent = false, const std::string& failure_code = "",
+                    bool preempted = false) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     v1::ReportExitRequest request;
@@ -125,8 +126,29 @@ class FakeAgent {
     request.set_signal(signal);
     request.set_killed_by_agent(killed_by_agent);
     request.set_failure_code(failure_code);
+    request.set_preempted(preempted);
     v1::ReportExitResponse response;
     return stub_->ReportExit(&ctx, request, &response);
+  }
+
+  grpc::Status Drain() {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::DrainRequest request;
+    request.set_agent_id(id_);
+    request.set_lease_id(lease_id_);
+    v1::DrainResponse response;
+    return stub_->Drain(&ctx, request, &response);
+  }
+
+  grpc::Status Deregister() {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::DeregisterRequest request;
+    request.set_agent_id(id_);
+    request.set_lease_id(lease_id_);
+    v1::DeregisterResponse response;
+    return stub_->Deregister(&ctx, request, &response);
   }
 
   grpc::Status Heartbeat(const std::vector<v1::RankRef>& running,
@@ -748,6 +770,46 @@ TEST_F(WorkerServiceTest, AFailedRankRestartsTheJobUntilTheBudgetIsSpent) {
   EXPECT_NE(Metrics().find(
                 "tern_scheduler_restarts_total{reason=\"TRAINER_FAILED\"} 2"),
             std::string::npos);
+}
+
+TEST_F(WorkerServiceTest, ADrainedAgentsPreemptedRankResumesElsewhereWithoutUsingARestart) {
+  FakeAgent a(workers_.get(), "agent-a", 1);
+  ASSERT_TRUE(a.Register().ok());
+  v1::JobSpec spec = ValidSpec();
+  spec.set_max_restarts(0);
+  const std::string id = SubmitOk(spec);
+  a.StartStream();
+  ASSERT_TRUE(a.WaitForEvents(1));
+  const v1::RankRef first = a.Events()[0].assignment().ref();
+  FakeAgent b(workers_.get(), "agent-b", 1);
+  ASSERT_TRUE(b.Register().ok());
+  b.StartStream();
+
+  // agent-a shuts down: drained first, then its trainer stops at a
+  // checkpoint (exit 3, preempted).
+  ASSERT_TRUE(a.Drain().ok());
+  ASSERT_TRUE(a.Report(first, {Line("checkpoint", 0, "\"step\":7,\"epoch\":1,\"path\":\"/c\","
+                                                     "\"seconds\":0.1")})
+                  .ok());
+  ASSERT_TRUE(a.Exit(first, 3, 0, /*killed_by_agent=*/true, "", /*preempted=*/true).ok());
+  // The next attempt goes to agent-b (agent-a has a free slot but drains).
+  ASSERT_TRUE(b.WaitForEvents(1));
+  const v1::Assignment second = b.Events()[0].assignment();
+  EXPECT_EQ(second.ref().attempt(), 2);
+  const v1::Job job = GetJobOk(id);
+  EXPECT_EQ(job.restarts(), 0);  // max_restarts 0, and not FAILED
+  EXPECT_EQ(job.state(), v1::JOB_STATE_ADMITTED);
+  EXPECT_NE(Metrics().find("tern_scheduler_restarts_total{reason=\"RANK_PREEMPTED\"} 1"),
+            std::string::npos);
+
+  // Deregister ends agent-a's lease at once.
+  ASSERT_TRUE(a.Deregister().ok());
+  v1::HeartbeatResponse response;
+  EXPECT_EQ(a.Heartbeat({}, &response).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(a.Drain().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(a.Deregister().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  a.StopStream();
+  b.StopStream();
 }
 
 TEST_F(WorkerServiceTest, AnAgentRejoinsARestartedTerndWithItsRunningRanks) {

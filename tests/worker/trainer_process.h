@@ -79,9 +79,10 @@ inline std::string WriteSpec(const std::string& dir, const json& spec) {
   return path;
 }
 
-// Runs all ranks (spec.resources.ranks) of `spec` in `dir`, each rank's
-// stdout in <dir>/rank<r>.jsonl; returns their exit codes.
-inline std::vector<int> RunJob(const std::string& dir, const json& spec) {
+// Starts all ranks (spec.resources.ranks) of `spec` in `dir`, each rank's
+// stdout in <dir>/rank<r><tag>.jsonl.
+inline std::vector<Process> SpawnJob(const std::string& dir, const json& spec,
+                                     const std::string& tag = "") {
   const std::string spec_path = WriteSpec(dir, spec);
   const int ranks = spec["resources"]["ranks"];
   const int port = PickFreePort().value();
@@ -90,10 +91,15 @@ inline std::vector<int> RunJob(const std::string& dir, const json& spec) {
     procs.push_back(Spawn({"--spec", spec_path, "--rank", std::to_string(r), "--world-size",
                            std::to_string(ranks), "--master", "127.0.0.1:" + std::to_string(port),
                            "--workdir", dir},
-                          dir + "/rank" + std::to_string(r) + ".jsonl"));
+                          dir + "/rank" + std::to_string(r) + tag + ".jsonl"));
   }
+  return procs;
+}
+
+// SpawnJob, then the ranks' exit codes.
+inline std::vector<int> RunJob(const std::string& dir, const json& spec) {
   std::vector<int> codes;
-  for (auto& p : procs) codes.push_back(Wait(p));
+  for (auto& p : SpawnJob(dir, spec)) codes.push_back(Wait(p));
   return codes;
 }
 

@@ -1,5 +1,6 @@
 // End-to-end tests of tern-trainer as separate processes: 2-rank Gloo parity,
-// kill -9 and resume, bad specs, a lost peer, and a real Fashion-MNIST run.
+// kill -9 and resume, a stop on request (SIGUSR1) and resume, bad specs, a
+// lost peer, and a real Fashion-MNIST run.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <torch/torch.h>
@@ -13,6 +14,7 @@
 #include "tests/worker/trainer_process.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/events.h"
+#include "worker/trainer/exit_codes.h"
 #include "worker/trainer/models.h"
 
 namespace tern::trainer {
@@ -108,6 +110,51 @@ TEST_F(TrainerTest, KillNineThenResumeMatchesUninterruptedRun) {
   EXPECT_GE(events.front()["resumed_from_step"].get<int>(), 4);
   EXPECT_EQ(events.back()["event"], "finished");
   EXPECT_EQ(MaxDifference(FinalParameters(straight), FinalParameters(killed)), 0.0);
+}
+
+TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLosesNoStep) {
+  json spec = SmallSpec("METHOD_HLA", 2, 1);
+  spec["dataset"]["max_train_examples"] = 2048;  // 64 steps
+  spec["checkpoint"]["every_steps"] = 1000;      // only the last step commits one by itself
+  const std::string straight = TempDir("stop_straight");
+  ASSERT_EQ(RunJob(straight, spec), (std::vector<int>{0, 0}));
+
+  const std::string dir = TempDir("stopped");
+  std::vector<Process> first = SpawnJob(dir, spec, "_first");
+  // What tern-agent does on a drain, here to rank 1 only: rank 0 learns of
+  // it through the vote in the gradient all-reduce.
+  bool signalled = false;
+  for (int i = 0; i < 6000 && !signalled; ++i) {
+    for (const auto& e : Events(first[0].stdout_path)) {
+      if (!signalled && e["event"] == "progress" && e["step"].get<int>() >= 3) {
+        ::kill(first[1].pid, SIGUSR1);
+        signalled = true;
+      }
+    }
+    if (!signalled) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(signalled);
+  EXPECT_EQ(Wait(first[0]), kExitStopped);
+  EXPECT_EQ(Wait(first[1]), kExitStopped);
+  const auto events = Events(first[0].stdout_path);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back()["event"], "stopped") << events.back().dump();
+  const int stopped_at = events.back().value("step", -1);
+  EXPECT_GE(stopped_at, 3);
+  EXPECT_LT(stopped_at, 64);  // stopped, not finished
+  EXPECT_EQ(NewestCommittedStep(dir + "/checkpoints"), stopped_at);
+  for (const auto& e : events) EXPECT_NE(e["event"], "failed") << e.dump();
+
+  std::vector<Process> second = SpawnJob(dir, spec, "_second");
+  EXPECT_EQ(Wait(second[0]), 0);
+  EXPECT_EQ(Wait(second[1]), 0);
+  const auto resumed = Events(second[0].stdout_path);
+  ASSERT_FALSE(resumed.empty());
+  EXPECT_EQ(resumed.front()["event"], "started");
+  EXPECT_EQ(resumed.front()["resumed_from_step"].get<int>(), stopped_at);
+  EXPECT_EQ(resumed.back()["event"], "finished");
+  // Not a step lost or repeated: the same weights as the uninterrupted run.
+  EXPECT_EQ(MaxDifference(FinalParameters(straight), FinalParameters(dir)), 0.0);
 }
 
 TEST_F(TrainerTest, BadSpecExitsTwoNamingTheField) {

@@ -29,6 +29,7 @@
 #include "worker/agent/trainer_events.h"
 #include "worker/agent/trainer_metrics.h"
 #include "worker/agent/write_confinement.h"
+#include "worker/trainer/exit_codes.h"
 
 extern char** environ;
 
@@ -43,6 +44,8 @@ constexpr const char* kAgentVersion = "tern-agent 0.1";
 constexpr size_t kMaxEventsPerReport = 1000;  // WorkerService limit per call
 constexpr size_t kMaxPendingEvents = 5000;    // held while ternd is unreachable
 constexpr size_t kMaxLineBytes = 1 << 20;     // longer stdout lines are cut
+// Deadline of Drain and Deregister: shutdown must not wait long for ternd.
+constexpr std::chrono::milliseconds kShutdownCallLimit{2000};
 
 bool IsLeaseError(const grpc::Status& s) {
   return s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
@@ -225,6 +228,7 @@ class Agent::Impl {
     ChildProcess* child = nullptr;  // owned by the rank's thread
     bool kill_requested = false;
     bool sigkill_sent = false;
+    int stop_signal = SIGTERM;  // the first signal sent, before SIGKILL
     std::string kill_reason;
     Clock::time_point sigkill_at = Clock::time_point::max();
   };
@@ -263,8 +267,15 @@ class Agent::Impl {
     cv_.notify_all();
   }
   void StartRank(const v1::Assignment& a);
-  void Kill(Rank& rank, milliseconds grace, const std::string& reason);
-  void KillAllAndWait(milliseconds grace, const std::string& reason);
+  // Sends `signal` to the trainer's process group now and SIGKILL `grace`
+  // later: SIGTERM stops it at once, SIGUSR1 at a checkpoint (a drain).
+  void Kill(Rank& rank, milliseconds grace, const std::string& reason, int signal = SIGTERM);
+  void KillAllAndWait(milliseconds grace, const std::string& reason, int signal = SIGTERM);
+  // Shutdown's calls to ternd, best effort (a failure is logged): Drain
+  // before the trainers are asked to stop, so that no job they leave is
+  // placed here again; Deregister once their exits are reported.
+  void Drain();
+  void Deregister();
   void RunRank(std::shared_ptr<Rank> rank);
   Status PrepareFiles(Rank& rank, std::string* spec_path, std::string* rank_dir);
   // The Landlock ruleset for a rank whose assignment has a PathGrant;
@@ -313,6 +324,9 @@ class Agent::Impl {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool shutdown_ = false;
+  // Heartbeats go on after Shutdown() until the trainers have stopped and
+  // their exits are reported, so the lease outlives a drain.
+  bool stop_heartbeats_ = false;
   // The lease. lease_generation_ counts registrations; a loss names the
   // generation it saw, so a late report of an old lease changes nothing.
   std::string lease_id_;
@@ -380,8 +394,18 @@ Status Agent::Impl::Run() {
     }
     StreamOnce(&backoff);
   }
-  KillAllAndWait(options_.shutdown_grace, "agent shutting down");
+  // A drain: trainers commit a checkpoint at their current step and exit
+  // (tern-trainer's SIGUSR1), so the jobs resume elsewhere without losing
+  // steps or using a restart.
+  Drain();
+  KillAllAndWait(options_.shutdown_grace, "agent shutting down", SIGUSR1);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_heartbeats_ = true;
+    cv_.notify_all();
+  }
   heartbeat.join();
+  Deregister();
   std::vector<std::thread> done;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -444,6 +468,40 @@ bool Agent::Impl::Register() {
                  << lease_ttl_.count() << " ms, " << options_.cpu_slots << " cpu + "
                  << options_.cuda_slots << " cuda slots)";
   return true;
+}
+
+void Agent::Impl::Drain() {
+  std::string lease;
+  int generation = 0;
+  if (!CurrentLease(&lease, &generation)) return;
+  v1::DrainRequest request;
+  request.set_agent_id(options_.agent_id);
+  request.set_lease_id(lease);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, kShutdownCallLimit);  // an unreachable ternd must not delay the drain
+  v1::DrainResponse response;
+  const grpc::Status status = stub_->Drain(&ctx, request, &response);
+  if (!status.ok()) TERN_LOG(WARNING) << "Drain: " << GrpcStatusString(status);
+}
+
+void Agent::Impl::Deregister() {
+  std::string lease;
+  int generation = 0;
+  if (!CurrentLease(&lease, &generation)) return;
+  v1::DeregisterRequest request;
+  request.set_agent_id(options_.agent_id);
+  request.set_lease_id(lease);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, kShutdownCallLimit);
+  v1::DeregisterResponse response;
+  const grpc::Status status = stub_->Deregister(&ctx, request, &response);
+  if (!status.ok()) {
+    TERN_LOG(WARNING) << "Deregister: " << GrpcStatusString(status);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  lease_valid_ = false;
+  TERN_LOG(INFO) << "deregistered (lease " << lease_id_ << " ended)";
 }
 
 void Agent::Impl::LeaseLost(int generation, const std::string& why, bool keep_trainers) {
@@ -534,9 +592,9 @@ void Agent::Impl::HeartbeatLoop() {
   int generation = 0;  // of the lease the loop renews
   Clock::time_point next = Clock::now();
   std::unique_lock<std::mutex> lock(mu_);
-  while (!shutdown_) {
+  while (!stop_heartbeats_) {
     if (!lease_valid_) {
-      cv_.wait(lock, [&] { return shutdown_ || lease_valid_; });
+      cv_.wait(lock, [&] { return stop_heartbeats_ || lease_valid_; });
       continue;
     }
     if (generation != lease_generation_) {  // a new registration
@@ -545,9 +603,9 @@ void Agent::Impl::HeartbeatLoop() {
       failures = 0;
     }
     cv_.wait_until(lock, next, [&] {
-      return shutdown_ || !lease_valid_ || generation != lease_generation_ || heartbeat_now_;
+      return stop_heartbeats_ || !lease_valid_ || generation != lease_generation_ || heartbeat_now_;
     });
-    if (shutdown_ || !lease_valid_ || generation != lease_generation_) continue;
+    if (stop_heartbeats_ || !lease_valid_ || generation != lease_generation_) continue;
     if (!heartbeat_now_ && Clock::now() < next) continue;
     heartbeat_now_ = false;
     v1::HeartbeatRequest request;
@@ -647,26 +705,27 @@ void Agent::Impl::StartRank(const v1::Assignment& a) {
   }
 }
 
-void Agent::Impl::Kill(Rank& rank, milliseconds grace, const std::string& reason) {
+void Agent::Impl::Kill(Rank& rank, milliseconds grace, const std::string& reason, int signal) {
   std::lock_guard<std::mutex> lock(rank.mu);
   if (!rank.kill_requested) {
     rank.kill_requested = true;
     rank.kill_reason = reason;
-    TERN_LOG(INFO) << rank.prefix << "stopping trainer (" << reason << "), SIGKILL after "
-                   << grace.count() << " ms";
+    rank.stop_signal = signal;
+    TERN_LOG(INFO) << rank.prefix << "stopping trainer (" << reason << ") with "
+                   << SignalName(signal) << ", SIGKILL after " << grace.count() << " ms";
   }
   rank.sigkill_at = std::min(rank.sigkill_at, Clock::now() + grace);
-  if (rank.child) rank.child->SignalGroup(SIGTERM);
+  if (rank.child) rank.child->SignalGroup(signal);
   // A rank whose process is not started yet sees kill_requested and stops.
 }
 
-void Agent::Impl::KillAllAndWait(milliseconds grace, const std::string& reason) {
+void Agent::Impl::KillAllAndWait(milliseconds grace, const std::string& reason, int signal) {
   std::vector<std::shared_ptr<Rank>> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [key, rank] : ranks_) all.push_back(rank);
   }
-  for (auto& r : all) Kill(*r, grace, reason);
+  for (auto& r : all) Kill(*r, grace, reason, signal);
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return ranks_.empty(); });
 }
@@ -854,6 +913,7 @@ void Agent::Impl::ReportExit(Rank& rank, const ExitStatus& ended, const std::str
       request.set_reason(reason);
       request.set_killed_by_agent(killed);
       request.set_failure_code(rank.failure_code);
+      request.set_preempted(ended.signal == 0 && ended.exit_code == trainer::kExitStopped);
       grpc::ClientContext ctx;
       SetDeadline(&ctx);
       v1::ReportExitResponse response;
@@ -971,7 +1031,8 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     {
       std::lock_guard<std::mutex> lock(rank->mu);
       if (rank->kill_requested && !rank->sigkill_sent && Clock::now() >= rank->sigkill_at) {
-        TERN_LOG(WARNING) << rank->prefix << "trainer ignored SIGTERM; sending SIGKILL";
+        TERN_LOG(WARNING) << rank->prefix << "trainer still runs after "
+                          << SignalName(rank->stop_signal) << "; sending SIGKILL";
         child->SignalGroup(SIGKILL);
         rank->sigkill_sent = true;
       }

@@ -30,6 +30,14 @@
 // An assignment of a later attempt of a job stops the trainers of earlier
 // attempts still running here and starts once they have exited.
 //
+// Shutdown is a drain: Drain (ternd places nothing more here), SIGUSR1 to
+// every trainer (tern-trainer commits a checkpoint at its current step on
+// every rank of the job and exits 3; SIGKILL after shutdown_grace), the
+// exits reported (preempted: restarts not charged to the job), heartbeats
+// until then, Deregister last. Kill orders and a lost lease use SIGTERM:
+// the trainer stops at once, writing nothing more (ternd has restarted or
+// cancelled its job).
+//
 // Each trainer runs in a process group of its own with PR_SET_PDEATHSIG, so
 // none survives the agent, even a SIGKILLed one. Files per rank:
 //   <workdir>/jobs/<job>/rank-<r>/             trainer --workdir
@@ -73,7 +81,7 @@ struct AgentOptions {
   std::string workdir;               // per-job files (see above); created
   std::chrono::milliseconds rpc_timeout{5000};      // deadline of unary calls
   std::chrono::milliseconds kill_grace{10000};      // kill orders without one
-  std::chrono::milliseconds shutdown_grace{5000};   // shutdown and lost lease
+  std::chrono::milliseconds shutdown_grace{20000};  // shutdown (a drain), lost lease
   std::chrono::milliseconds flush_interval{250};    // ReportProgress batching
   std::chrono::milliseconds backoff_min{200};       // reconnect / re-register
   std::chrono::milliseconds backoff_max{5000};

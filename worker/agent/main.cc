@@ -10,8 +10,9 @@
 //              [--confine-writes auto|on|off] [--trainer-writable DIRS]  (write_confinement.h)
 //
 // Prints "tern-agent metrics on HOST:PORT" as its first stdout line (the
-// bound port, useful with --metrics-listen :0). SIGINT/SIGTERM stop every
-// trainer (SIGTERM, then SIGKILL after --shutdown-grace) and exit 0.
+// bound port, useful with --metrics-listen :0). SIGINT/SIGTERM drain the
+// agent (agent.h): every trainer stops at a checkpoint (SIGUSR1, SIGKILL
+// after --shutdown-grace), the lease ends, exit 0.
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 #include <pthread.h>
@@ -95,7 +96,7 @@ int main(int argc, char** argv) {
   std::string metrics_listen = "127.0.0.1:9465";
   std::string metrics_token_file;
   std::string metrics_tls_cert, metrics_tls_key;
-  double grace_s = 5.0;
+  double grace_s = 20.0;
   double rpc_timeout_s = 5.0;
   tern::tls::ClientTlsOptions tls;
 
@@ -129,7 +130,8 @@ int main(int argc, char** argv) {
                  "PEM certificate (chain): serve /metrics over HTTPS (with --metrics-tls-key)");
   app.add_option("--metrics-tls-key", metrics_tls_key, "PEM private key of --metrics-tls-cert");
   app.add_option("--shutdown-grace", grace_s,
-                 "seconds between SIGTERM and SIGKILL on shutdown or a lost lease")
+                 "seconds trainers get to checkpoint and exit on shutdown (keep it below the "
+                 "pod's terminationGracePeriodSeconds), or to exit on a lost lease, before SIGKILL")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--rpc-timeout", rpc_timeout_s, "deadline of each call to ternd, seconds")

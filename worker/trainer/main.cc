@@ -6,7 +6,9 @@
 //
 // Rank settings fall back to TERN_RANK, TERN_WORLD_SIZE, TERN_MASTER_ADDR and
 // TERN_MASTER_PORT. Events: JSON lines on stdout; logs on stderr.
-// Exit codes: 0 finished, 1 training failed, 2 bad arguments or job spec.
+// Exit codes (exit_codes.h): 0 finished, 1 training failed, 2 bad arguments
+// or job spec, 3 stopped on request (SIGUSR1 or SIGINT) after every rank
+// committed a checkpoint of the step it stopped at (stop_request.h).
 #include <CLI/CLI.hpp>
 
 #include <csignal>
@@ -19,6 +21,8 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "worker/trainer/exit_codes.h"
+#include "worker/trainer/stop_request.h"
 #include "worker/trainer/trainer.h"
 
 namespace {
@@ -62,11 +66,17 @@ int RunRank(const std::string& spec_path, RunOptions run) {
     return 2;
   }
   auto result = tern::trainer::RunTraining(*spec, run, events);
+  if (tern::trainer::IsStoppedOnRequest(result.status())) {
+    TERN_LOG(INFO) << result.status().message();
+    return tern::trainer::kExitStopped;
+  }
   if (!result.ok()) {
     TERN_LOG(ERROR) << result.status();
-    return result.status().code() == tern::StatusCode::kInvalidArgument ? 2 : 1;
+    return result.status().code() == tern::StatusCode::kInvalidArgument
+               ? tern::trainer::kExitBadSpec
+               : tern::trainer::kExitFailed;
   }
-  return 0;
+  return tern::trainer::kExitFinished;
 }
 
 struct CompareOptions {
@@ -249,6 +259,7 @@ int main(int argc, char** argv) {
     std::cerr << app.help() << "\n--spec is required (or use the compare subcommand)\n";
     return 2;
   }
+  tern::trainer::InstallStopHandlers();
   if (!master.empty()) {
     const size_t colon = master.rfind(':');
     if (colon == std::string::npos) {

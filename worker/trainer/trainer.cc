@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 
 #include "common/file_util.h"
@@ -17,6 +18,7 @@
 #include "worker/trainer/init_from.h"
 #include "worker/trainer/multi_tensor_sgd.h"
 #include "worker/trainer/step_graph.h"
+#include "worker/trainer/stop_request.h"
 #include "worker/trainer/task.h"
 
 #ifdef TERN_WITH_CUDA
@@ -95,6 +97,9 @@ struct Session {
   std::unique_ptr<StepGraph> step_graph;
   quant::TernaryModel::StepOutputs graph_outputs;
   std::unique_ptr<ShardedSampler> sampler;
+  // This rank's stop vote, averaged over the ranks with the gradients: > 0
+  // once any rank was asked to stop (stop_request.h).
+  at::Tensor stop_vote;
   std::string checkpoint_dir;
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
@@ -422,10 +427,12 @@ StatusOr<at::Tensor> TrainStep(Session& s) {
     }
   }
   const auto reduce_start = Clock::now();
+  s.stop_vote.fill_(StopRequested() ? 1.0 : 0.0);
   TERN_RETURN_IF_ERROR(s.comm->AllReduceMean(
       [&] {
         std::vector<at::Tensor> grads;
         for (auto& p : AllParameters(s)) grads.push_back(p.grad());
+        grads.push_back(s.stop_vote);  // rides in the last bucket: no extra collective
         return grads;
       }()));
   s.allreduce_seconds += Seconds(reduce_start);
@@ -461,6 +468,8 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
                  << " for " << s.total_steps << " steps from step " << s.global_step;
   const std::string eval_split = s.task->eval_split_name();
   s.quant->Stats(/*reset_flips=*/true);
+  s.stop_vote = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(s.device));
+  std::optional<TrainingLoopScope> loop_scope(std::in_place);
   int64_t images_since = 0;
   int64_t steps_since = 0;
   auto window_start = Clock::now();
@@ -531,8 +540,23 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
         s.allreduce_seconds = 0;
         window_start = Clock::now();
       }
-      if (s.global_step % spec.checkpoint_every_steps == 0 || last) {
-        TERN_RETURN_IF_ERROR(SaveCheckpoint(s, events));
+      const bool checkpointed = s.global_step % spec.checkpoint_every_steps == 0 || last;
+      if (checkpointed) TERN_RETURN_IF_ERROR(SaveCheckpoint(s, events));
+      // Every rank reads the vote at the same steps (the conditions are
+      // rank-independent); on a GPU where the loss was read or cheaply.
+      const bool read_vote = !s.device.is_cuda() || report ||
+                             s.global_step % kStopCheckEverySteps == 0;
+      if (read_vote && s.stop_vote.item<float>() > 0) {
+        if (!checkpointed) TERN_RETURN_IF_ERROR(SaveCheckpoint(s, events));
+        // No rank exits before rank 0 has written the commit marker: an
+        // exit report may make the scheduler kill the others at once.
+        TERN_RETURN_IF_ERROR(s.comm->Barrier());
+        if (s.run.rank == 0) {
+          events.Emit("stopped", {{"step", s.global_step},
+                                  {"total_steps", s.total_steps},
+                                  {"checkpoint", StepDir(s, s.global_step)}});
+        }
+        return StoppedOnRequest(s.global_step);
       }
     }
     // Epoch end: metrics of the FP twin and the ternary model, layer stats.
@@ -551,7 +575,10 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
     steps_in_stats_window = 0;
   }
 
-  // Final: test metrics, export, re-load, evaluate the artifact.
+  // Final: test metrics, export, re-load, evaluate the artifact. A stop
+  // request from here on exits at once: the last step's checkpoint is
+  // committed, and a restart redoes only this part.
+  loop_scope.reset();
   TrainResult result;
   result.steps = s.global_step;
   TERN_ASSIGN_OR_RETURN(auto final_metrics, EvaluateFpAndTernary(s, EvalSplit::kTest));
@@ -630,7 +657,7 @@ StatusOr<TrainResult> RunTraining(const TrainerSpec& spec, const RunOptions& opt
     }));
     return trained;
   }();
-  if (!result.ok()) {
+  if (!result.ok() && !IsStoppedOnRequest(result.status())) {
     events.Emit("failed", {{"code", StatusCodeName(result.status().code())},
                            {"reason", result.status().message()},
                            {"step", s.global_step}});

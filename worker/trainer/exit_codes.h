@@ -1,0 +1,18 @@
+// Exit codes of tern-trainer. Header-only: tern-agent and ternd read them
+// without linking the trainer (or LibTorch).
+#ifndef TERN_WORKER_TRAINER_EXIT_CODES_H_
+#define TERN_WORKER_TRAINER_EXIT_CODES_H_
+
+namespace tern::trainer {
+
+inline constexpr int kExitFinished = 0;  // trained, artifact written
+inline constexpr int kExitFailed = 1;    // training failed ("failed" event)
+inline constexpr int kExitBadSpec = 2;   // bad arguments or job spec: a retry fails again
+// Stopped on request (SIGUSR1, SIGINT) after every rank committed a
+// checkpoint at the step it stopped at, or before training began (nothing
+// to save): a restart resumes without losing a step.
+inline constexpr int kExitStopped = 3;
+
+}  // namespace tern::trainer
+
+#endif  // TERN_WORKER_TRAINER_EXIT_CODES_H_

@@ -1,0 +1,74 @@
+#include "worker/trainer/stop_request.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <string>
+
+#include "worker/trainer/exit_codes.h"
+
+namespace tern::trainer {
+namespace {
+
+// Lock-free atomics: read and written from the signal handler.
+std::atomic<bool> g_requested{false};
+std::atomic<bool> g_in_loop{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
+constexpr char kStopMessage[] = "stopped on request";
+
+void WriteStderr(const char* text) {
+  // write(2) is async-signal-safe; a short write only shortens the message.
+  const ssize_t ignored = ::write(STDERR_FILENO, text, std::strlen(text));
+  (void)ignored;
+}
+
+void OnStopSignal(int signal) {
+  if (!g_in_loop.load()) {
+    WriteStderr("tern-trainer: stop requested outside the training loop; nothing to save, "
+                "exiting 3\n");
+    ::_exit(kExitStopped);
+  }
+  if (g_requested.exchange(true)) {
+    // A second request: stop now, as the signal's default action does.
+    ::signal(signal, SIG_DFL);
+    ::raise(signal);
+    return;
+  }
+  WriteStderr("tern-trainer: stop requested; committing a checkpoint at the next step, then "
+              "exiting 3 (signal again to stop at once)\n");
+}
+
+}  // namespace
+
+void InstallStopHandlers() {
+  struct sigaction action;
+  std::memset(&action, 0, sizeof(action));
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // reads and writes go on; the loop polls
+  ::sigaction(SIGUSR1, &action, nullptr);
+  ::sigaction(SIGINT, &action, nullptr);
+}
+
+bool StopRequested() { return g_requested.load(); }
+void RequestStop() { g_requested.store(true); }
+void ClearStopRequest() { g_requested.store(false); }
+
+TrainingLoopScope::TrainingLoopScope() { g_in_loop.store(true); }
+TrainingLoopScope::~TrainingLoopScope() { g_in_loop.store(false); }
+
+Status StoppedOnRequest(int64_t step) {
+  return Status(StatusCode::kCancelled,
+                std::string(kStopMessage) + " at step " +
+                    std::to_string(step) + " after every rank committed its checkpoint");
+}
+
+bool IsStoppedOnRequest(const Status& status) {
+  return status.code() == StatusCode::kCancelled &&
+         status.message().rfind(kStopMessage, 0) == 0;
+}
+
+}  // namespace tern::trainer

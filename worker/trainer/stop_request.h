@@ -1,0 +1,56 @@
+// Stopping a trainer on request without losing a step: what tern-agent does
+// when it drains (SIGUSR1), and what Ctrl-C (SIGINT) does by hand.
+//
+// During the training loop a request is a vote: every rank adds its vote to
+// the gradient all-reduce, and the ranks read the result at the same steps
+// (every step on the CPU; on a GPU at progress reports and every
+// kStopCheckEverySteps steps, where the loop syncs anyway or cheaply). Once
+// any rank voted, every rank commits a checkpoint of the current step (unless
+// one was just committed), waits at a barrier until rank 0 has written the
+// commit marker, and RunTraining returns StoppedOnRequest: tern-trainer emits
+// "stopped" and exits kExitStopped (exit_codes.h). Outside the loop (set-up,
+// rendezvous, data loading before it; final evaluation and export after it,
+// whose checkpoint is committed) nothing would be lost, so the handler exits
+// kExitStopped at once. A second signal while a stop is pending ends the
+// process at once (the signal's default action).
+//
+// Usage: tern-trainer's main() calls InstallStopHandlers(); RunTraining holds
+// a TrainingLoopScope around its loop and polls StopRequested(). Without the
+// handlers (tests, `compare`) only RequestStop() sets the flag.
+#ifndef TERN_WORKER_TRAINER_STOP_REQUEST_H_
+#define TERN_WORKER_TRAINER_STOP_REQUEST_H_
+
+#include <cstdint>
+
+#include "common/status.h"
+
+namespace tern::trainer {
+
+// On a GPU the vote is read at least this often (a host sync per read).
+inline constexpr int64_t kStopCheckEverySteps = 10;
+
+// SIGUSR1 and SIGINT handlers; once, from main(), before any thread starts.
+void InstallStopHandlers();
+// Whether a stop was requested (a signal, or RequestStop()).
+bool StopRequested();
+// As if a signal came inside the loop; ClearStopRequest() undoes it (tests).
+void RequestStop();
+void ClearStopRequest();
+
+// While one exists, a signal sets the request instead of exiting at once.
+class TrainingLoopScope {
+ public:
+  TrainingLoopScope();
+  ~TrainingLoopScope();
+  TrainingLoopScope(const TrainingLoopScope&) = delete;
+  TrainingLoopScope& operator=(const TrainingLoopScope&) = delete;
+};
+
+// The status RunTraining returns after a stop at `step` (CANCELLED), and the
+// test for it.
+Status StoppedOnRequest(int64_t step);
+bool IsStoppedOnRequest(const Status& status);
+
+}  // namespace tern::trainer
+
+#endif  // TERN_WORKER_TRAINER_STOP_REQUEST_H_
