@@ -31,6 +31,7 @@
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
 #include "worker/agent/write_confinement.h"
+#include "worker/trainer/lease_file.h"
 
 namespace tern::agent {
 namespace {
@@ -681,6 +682,33 @@ TEST_F(AgentTest, ShutdownStillStopsTrainersWhenTernIsUnreachable) {
   for (const std::string& call : fake_.Locked([&] { return fake_.calls_; })) {
     EXPECT_EQ(call.rfind("ReportExit", 0), 0u) << call;  // no Drain or Deregister got through
   }
+}
+
+TEST_F(AgentTest, EachRenewalMovesTheTrainersLeaseFileForward) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-f", 0, "sleeper"));
+  ASSERT_GT(ReadPid(RankDir("job-f", 0) + "/pid"), 0);
+  const std::string file = RankDir("job-f", 0) + "/agent-lease-attempt-1";
+  EXPECT_NE(ReadFile(RankDir("job-f", 0) + "/env").find("TERN_LEASE_FILE=" + file + "\n"),
+            std::string::npos);
+  const auto deadline = [&] { return trainer::ParseLeaseDeadline(ReadFile(file)); };
+  const auto first = deadline();
+  ASSERT_TRUE(first.has_value()) << ReadFile(file);
+  // A renewal's send time plus the 5 s TTL.
+  EXPECT_GT(*first, Clock::now());
+  EXPECT_LE(*first, Clock::now() + milliseconds(5000));
+  // Heartbeats every 100 ms move it.
+  EXPECT_TRUE(WaitUntil([&] { return deadline().value_or(*first) > *first + milliseconds(300); }));
+  // Frozen renewals (ternd unreachable) leave it where it was.
+  fake_.SetUnavailable(true);
+  std::this_thread::sleep_for(milliseconds(300));
+  const auto held = deadline();
+  std::this_thread::sleep_for(milliseconds(500));
+  EXPECT_EQ(deadline(), held);
+  fake_.SetUnavailable(false);
+  fake_.Send(MakeKill("job-f", 0));
+  ASSERT_TRUE(WaitForExit("job-f").has_value());
+  EXPECT_TRUE(WaitUntil([&] { return !fs::exists(file); }));  // removed with the rank
 }
 
 TEST_F(AgentTest, AServerThatForgotTheLeaseGetsTheRunningTrainersListed) {

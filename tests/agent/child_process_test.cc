@@ -1,11 +1,13 @@
 // ChildProcess: fork/exec with pipes, process groups and exit statuses.
 #include "worker/agent/child_process.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -72,6 +74,20 @@ TEST(ChildProcessTest, CapturesOutputEnvironmentAndExitCode) {
   EXPECT_EQ(s.exit_code, 3);
   EXPECT_EQ(s.signal, 0);
   EXPECT_EQ(s.ToString(), "exit code 3");
+}
+
+TEST(ChildProcessTest, PipesHoldAMegabyteSoAStalledReaderBlocksTheChildLate) {
+  ChildProcess::Options o;
+  o.argv = {"/bin/sh", "-c", "exit 0"};
+  auto child = ChildProcess::Start(o);
+  ASSERT_TRUE(child.ok()) << child.status();
+  int max_bytes = 1 << 20;  // the kernel's cap for unprivileged processes
+  std::ifstream("/proc/sys/fs/pipe-max-size") >> max_bytes;
+  const int expected = std::min(1 << 20, max_bytes);
+  EXPECT_GE(::fcntl((*child)->stdout_fd(), F_GETPIPE_SZ), expected);
+  EXPECT_GE(::fcntl((*child)->stderr_fd(), F_GETPIPE_SZ), expected);
+  std::string out, err;
+  Drain(**child, &out, &err);
 }
 
 TEST(ChildProcessTest, MissingExecutableIsNotFound) {

@@ -1,6 +1,6 @@
 // End-to-end tests of tern-trainer as separate processes: 2-rank Gloo parity,
-// kill -9 and resume, a stop on request (SIGUSR1) and resume, bad specs, a
-// lost peer, and a real Fashion-MNIST run.
+// kill -9 and resume, a stop on request (SIGUSR1) and resume, an expired
+// agent lease, bad specs, a lost peer, and a real Fashion-MNIST run.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <torch/torch.h>
@@ -15,6 +15,7 @@
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/events.h"
 #include "worker/trainer/exit_codes.h"
+#include "worker/trainer/lease_file.h"
 #include "worker/trainer/models.h"
 
 namespace tern::trainer {
@@ -155,6 +156,48 @@ TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLos
   EXPECT_EQ(resumed.back()["event"], "finished");
   // Not a step lost or repeated: the same weights as the uninterrupted run.
   EXPECT_EQ(MaxDifference(FinalParameters(straight), FinalParameters(dir)), 0.0);
+}
+
+TEST_F(TrainerTest, PastTheAgentsLeaseDeadlineTheTrainerCommitsNothingMoreAndExitsFour) {
+  json spec = SmallSpec("METHOD_HLA", 1, 1);
+  spec["dataset"]["max_train_examples"] = 4096;  // 128 steps
+  const std::string dir = TempDir("fenced");
+  const std::string lease = dir + "/agent-lease";
+  const auto set_deadline = [&](std::chrono::steady_clock::duration from_now) {
+    ASSERT_TRUE(
+        WriteFileAtomically(lease, FormatLeaseDeadline(std::chrono::steady_clock::now() + from_now))
+            .ok());
+  };
+  set_deadline(std::chrono::minutes(10));
+  ::setenv(kLeaseFileEnv, lease.c_str(), 1);
+  Process p = Spawn({"--spec", WriteSpec(dir, spec), "--workdir", dir}, dir + "/out.jsonl");
+  ::unsetenv(kLeaseFileEnv);
+  // Renewals stop (a frozen agent) once the first checkpoint is committed.
+  bool committed = false;
+  for (int i = 0; i < 6000 && !committed; ++i) {
+    for (const auto& e : Events(p.stdout_path)) committed |= e["event"] == "checkpoint";
+    if (!committed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(committed);
+  set_deadline(std::chrono::milliseconds(300));
+  const double deadline_unix =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() +
+      0.3;
+  EXPECT_EQ(Wait(p), kExitFenced);
+  const auto events = Events(p.stdout_path);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back()["event"], "failed");
+  EXPECT_EQ(events.back()["code"], "ABORTED");
+  EXPECT_NE(events.back()["reason"].get<std::string>().find("lease"), std::string::npos);
+  EXPECT_LT(events.back()["step"].get<int>(), 128);
+  for (const auto& e : events) {
+    // None committed after the deadline (a line follows its commit by
+    // milliseconds).
+    if (e["event"] == "checkpoint") {
+      EXPECT_LE(e["time"].get<double>(), deadline_unix + 0.25) << e.dump();
+    }
+    EXPECT_NE(e["event"], "finished");
+  }
 }
 
 TEST_F(TrainerTest, BadSpecExitsTwoNamingTheField) {

@@ -12,6 +12,7 @@
 #include <cctype>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -30,6 +31,7 @@
 #include "worker/agent/trainer_metrics.h"
 #include "worker/agent/write_confinement.h"
 #include "worker/trainer/exit_codes.h"
+#include "worker/trainer/lease_file.h"
 
 extern char** environ;
 
@@ -221,6 +223,14 @@ class Agent::Impl {
     // The registration it runs under: the one it was assigned under, or a
     // later one that the agent re-registered with it listed as running.
     std::atomic<int> lease_generation{0};
+    // The trainer's agent-lease file (worker/trainer/lease_file.h), one per
+    // attempt: an earlier attempt's trainer in the same rank directory must
+    // not see this attempt's renewals.
+    std::string lease_file;
+    // Guarded by lease_files_mu_: whether the rank directory exists (the
+    // file can be written), and the newest deadline written.
+    bool lease_file_ready = false;
+    Clock::time_point lease_deadline;
     // Set by the rank's thread before ReportExit when the job's own spec kept
     // the trainer from starting (ReportExitRequest.failure_code).
     std::string failure_code;
@@ -267,6 +277,17 @@ class Agent::Impl {
     cv_.notify_all();
   }
   void StartRank(const v1::Assignment& a);
+  // Writes `deadline` into the ranks' agent-lease files where it is later
+  // than what they hold (a renewal; failures are logged).
+  void RenewLeaseFiles(const std::vector<std::shared_ptr<Rank>>& ranks, Clock::time_point deadline);
+  // The ranks under lease `generation`. Call with mu_ held.
+  std::vector<std::shared_ptr<Rank>> RanksOfLeaseLocked(int generation) const {
+    std::vector<std::shared_ptr<Rank>> out;
+    for (const auto& [key, rank] : ranks_) {
+      if (rank->lease_generation == generation) out.push_back(rank);
+    }
+    return out;
+  }
   // Sends `signal` to the trainer's process group now and SIGKILL `grace`
   // later: SIGTERM stops it at once, SIGUSR1 at a checkpoint (a drain).
   void Kill(Rank& rank, milliseconds grace, const std::string& reason, int signal = SIGTERM);
@@ -321,6 +342,7 @@ class Agent::Impl {
   TrainerMetrics trainer_metrics_;  // the per-rank tern_job_* series
   std::atomic<bool> warned_no_landlock_{false};
 
+  std::mutex lease_files_mu_;  // serializes the agent-lease file writes
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool shutdown_ = false;
@@ -447,7 +469,7 @@ bool Agent::Impl::Register() {
     TERN_LOG(WARNING) << "Register: " << GrpcStatusString(status);
     return false;
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   lease_id_ = response.lease_id();
   lease_ttl_ = FromDuration(response.lease_ttl(), milliseconds(15000));
   heartbeat_interval_ = FromDuration(response.heartbeat_interval(), lease_ttl_ / 3);
@@ -467,6 +489,10 @@ bool Agent::Impl::Register() {
   TERN_LOG(INFO) << "registered as " << options_.agent_id << " (lease " << lease_id_ << ", ttl "
                  << lease_ttl_.count() << " ms, " << options_.cpu_slots << " cpu + "
                  << options_.cuda_slots << " cuda slots)";
+  const std::vector<std::shared_ptr<Rank>> kept = RanksOfLeaseLocked(lease_generation_);
+  const Clock::time_point deadline = last_renewed_ + lease_ttl_;
+  lock.unlock();
+  RenewLeaseFiles(kept, deadline);  // the kept trainers' new lease
   return true;
 }
 
@@ -502,6 +528,21 @@ void Agent::Impl::Deregister() {
   std::lock_guard<std::mutex> lock(mu_);
   lease_valid_ = false;
   TERN_LOG(INFO) << "deregistered (lease " << lease_id_ << " ended)";
+}
+
+void Agent::Impl::RenewLeaseFiles(const std::vector<std::shared_ptr<Rank>>& ranks,
+                                  Clock::time_point deadline) {
+  std::lock_guard<std::mutex> lock(lease_files_mu_);
+  for (const auto& rank : ranks) {
+    if (!rank->lease_file_ready || deadline <= rank->lease_deadline) continue;
+    const Status written =
+        WriteFileAtomically(rank->lease_file, trainer::FormatLeaseDeadline(deadline));
+    if (written.ok()) {
+      rank->lease_deadline = deadline;
+    } else {
+      TERN_LOG(WARNING) << rank->prefix << "cannot renew the trainer's lease file: " << written;
+    }
+  }
 }
 
 void Agent::Impl::LeaseLost(int generation, const std::string& why, bool keep_trainers) {
@@ -630,17 +671,21 @@ void Agent::Impl::HeartbeatLoop() {
       failures = 0;
       std::vector<std::shared_ptr<Rank>> unexpected;
       lock.lock();
+      std::vector<std::shared_ptr<Rank>> renewed;
       if (generation == lease_generation_) {
         last_renewed_ = sent;
         lease_ttl_ = FromDuration(response.lease_ttl(), lease_ttl_);
         heartbeat_interval_ = FromDuration(response.heartbeat_interval(), heartbeat_interval_);
+        renewed = RanksOfLeaseLocked(generation);
       }
+      const Clock::time_point deadline = sent + lease_ttl_;
       next = sent + heartbeat_interval_;
       for (const v1::RankRef& ref : response.unexpected()) {
         auto it = ranks_.find(KeyOf(ref));
         if (it != ranks_.end()) unexpected.push_back(it->second);
       }
       lock.unlock();
+      RenewLeaseFiles(renewed, deadline);
       for (auto& r : unexpected) Kill(*r, options_.kill_grace, "not expected by the server");
       lock.lock();
       continue;
@@ -669,6 +714,9 @@ void Agent::Impl::StartRank(const v1::Assignment& a) {
   rank->prefix = "[job " + a.ref().job_id() + " attempt " + std::to_string(a.ref().attempt()) +
                  " rank " + std::to_string(a.ref().rank()) + "/" + std::to_string(a.world_size()) +
                  "] ";
+  rank->lease_file = options_.workdir + "/jobs/" + PathSafe(a.ref().job_id()) + "/rank-" +
+                     std::to_string(a.ref().rank()) + "/agent-lease-attempt-" +
+                     std::to_string(a.ref().attempt());
   std::unique_lock<std::mutex> lock(mu_);
   if (shutdown_ || !lease_valid_) return;
   if (ranks_.count(key)) {
@@ -816,6 +864,7 @@ std::vector<std::string> Agent::Impl::TrainerEnv(const Rank& rank,
   env["TERN_MASTER_ADDR"] = a.rendezvous_host();
   env["TERN_MASTER_PORT"] = std::to_string(a.rendezvous_port());
   env["TERN_AGENT_ID"] = options_.agent_id;
+  env[trainer::kLeaseFileEnv] = rank.lease_file;
   if (!tmpdir.empty()) env["TMPDIR"] = tmpdir;
   // Under path roots the trainer reads only beneath what the spec names
   // (detection::CocoReadOptions::file_names_inside_image_dir).
@@ -958,6 +1007,18 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
   }
   std::string spec_path, rank_dir;
   Status prepared = PrepareFiles(*rank, &spec_path, &rank_dir);
+  if (prepared.ok()) {
+    // The trainer stops by itself past this deadline unless renewals move it.
+    Clock::time_point deadline;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      deadline = last_renewed_ + lease_ttl_;
+    }
+    std::lock_guard<std::mutex> files(lease_files_mu_);
+    prepared = WriteFileAtomically(rank->lease_file, trainer::FormatLeaseDeadline(deadline));
+    rank->lease_file_ready = prepared.ok();
+    rank->lease_deadline = deadline;
+  }
   std::optional<WriteConfinement> confinement;
   if (prepared.ok()) {
     StatusOr<std::optional<WriteConfinement>> confined = ConfineWrites(*rank, rank_dir);
@@ -1132,6 +1193,11 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
 
 void Agent::Impl::FinishRank(const std::shared_ptr<Rank>& rank) {
   trainer_metrics_.Remove(rank->job, rank->rank_label);
+  {
+    std::lock_guard<std::mutex> files(lease_files_mu_);
+    if (rank->lease_file_ready) std::remove(rank->lease_file.c_str());
+    rank->lease_file_ready = false;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   const RankKey key = KeyOf(rank->assignment.ref());
   if (rank->cuda_slot >= 0 && rank->cuda_slot < static_cast<int>(cuda_in_use_.size())) {

@@ -39,9 +39,14 @@
 // cancelled its job).
 //
 // Each trainer runs in a process group of its own with PR_SET_PDEATHSIG, so
-// none survives the agent, even a SIGKILLed one. Files per rank:
+// none survives the agent, even a SIGKILLed one. Nor does one outlive the
+// lease, even of a frozen agent: each renewal rewrites the trainer's
+// agent-lease file (worker/trainer/lease_file.h) with the renewal's send
+// time plus the TTL, and past that deadline the trainer commits nothing more
+// and exits (kExitFenced). Files per rank:
 //   <workdir>/jobs/<job>/rank-<r>/             trainer --workdir
 //   <workdir>/jobs/<job>/rank-<r>/spec-attempt-<a>.json
+//   <workdir>/jobs/<job>/rank-<r>/agent-lease-attempt-<a>  (TERN_LEASE_FILE)
 //   <workdir>/jobs/<job>/checkpoints/          when the assignment names none
 //
 // Paths: an assignment with a tern.v1.PathGrant (ternd --read-roots /

@@ -15,6 +15,8 @@
 namespace tern::agent {
 namespace {
 
+constexpr int kPipeBytes = 1 << 20;  // stdout and stderr pipe capacity
+
 // Where the child reports a failed setup step before execve succeeds.
 struct ChildError {
   int step;  // 0 chdir, 1 execve, 2 other, 3 Landlock
@@ -132,6 +134,10 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(const Options& optio
     close_all();
     return InternalError(std::string("pipe: ") + std::strerror(e));
   }
+  // Room for ~2000 event lines: a trainer whose agent stalls (a slow ternd
+  // call, a frozen agent) blocks on stdout much later. Best effort: the
+  // kernel caps it at /proc/sys/fs/pipe-max-size for unprivileged users.
+  for (int fd : {out[0], err[0]}) ::fcntl(fd, F_SETPIPE_SZ, kPipeBytes);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {

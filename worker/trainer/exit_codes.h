@@ -12,6 +12,9 @@ inline constexpr int kExitBadSpec = 2;   // bad arguments or job spec: a retry f
 // checkpoint at the step it stopped at, or before training began (nothing
 // to save): a restart resumes without losing a step.
 inline constexpr int kExitStopped = 3;
+// The agent's lease ran out (lease_file.h): ternd has restarted the job
+// elsewhere, so the trainer stopped without committing anything more.
+inline constexpr int kExitFenced = 4;
 
 }  // namespace tern::trainer
 

@@ -8,7 +8,8 @@
 // TERN_MASTER_PORT. Events: JSON lines on stdout; logs on stderr.
 // Exit codes (exit_codes.h): 0 finished, 1 training failed, 2 bad arguments
 // or job spec, 3 stopped on request (SIGUSR1 or SIGINT) after every rank
-// committed a checkpoint of the step it stopped at (stop_request.h).
+// committed a checkpoint of the step it stopped at, 4 fenced: the agent's
+// lease (TERN_LEASE_FILE, lease_file.h) ran out (stop_request.h).
 #include <CLI/CLI.hpp>
 
 #include <csignal>
@@ -22,6 +23,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "worker/trainer/exit_codes.h"
+#include "worker/trainer/lease_file.h"
 #include "worker/trainer/stop_request.h"
 #include "worker/trainer/trainer.h"
 
@@ -69,6 +71,10 @@ int RunRank(const std::string& spec_path, RunOptions run) {
   if (tern::trainer::IsStoppedOnRequest(result.status())) {
     TERN_LOG(INFO) << result.status().message();
     return tern::trainer::kExitStopped;
+  }
+  if (tern::trainer::IsFenced(result.status())) {
+    TERN_LOG(WARNING) << result.status().message();
+    return tern::trainer::kExitFenced;
   }
   if (!result.ok()) {
     TERN_LOG(ERROR) << result.status();
@@ -230,6 +236,7 @@ int main(int argc, char** argv) {
   run.world_size = EnvInt("TERN_WORLD_SIZE", 1);
   run.master_port = EnvInt("TERN_MASTER_PORT", 29500);
   if (const char* addr = std::getenv("TERN_MASTER_ADDR")) run.master_addr = addr;
+  if (const char* lease = std::getenv(tern::trainer::kLeaseFileEnv)) run.lease_file = lease;
   run.always_connect = EnvInt("TERN_ALWAYS_CONNECT", 0) != 0;
   std::string master;
   app.add_option("--spec", spec_path, "job spec (proto3 JSON of tern.v1.JobSpec), - for stdin");

@@ -4,10 +4,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <string>
 
+#include "common/file_util.h"
+#include "common/logging.h"
 #include "worker/trainer/exit_codes.h"
+#include "worker/trainer/lease_file.h"
 
 namespace tern::trainer {
 namespace {
@@ -18,6 +22,7 @@ std::atomic<bool> g_in_loop{false};
 static_assert(std::atomic<bool>::is_always_lock_free);
 
 constexpr char kStopMessage[] = "stopped on request";
+constexpr char kFencedMessage[] = "fenced: ";
 
 void WriteStderr(const char* text) {
   // write(2) is async-signal-safe; a short write only shortens the message.
@@ -69,6 +74,35 @@ Status StoppedOnRequest(int64_t step) {
 bool IsStoppedOnRequest(const Status& status) {
   return status.code() == StatusCode::kCancelled &&
          status.message().rfind(kStopMessage, 0) == 0;
+}
+
+AgentLeaseWatch::AgentLeaseWatch(std::string path) : path_(std::move(path)) {}
+
+bool AgentLeaseWatch::Expired() {
+  if (path_.empty()) return false;
+  const StatusOr<std::string> text = ReadFileToString(path_);
+  const auto deadline = text.ok() ? ParseLeaseDeadline(*text) : std::nullopt;
+  if (!deadline) {
+    if (!warned_) {
+      TERN_LOG(WARNING) << "agent lease file " << path_ << ": "
+                        << (text.ok() ? "not a deadline" : text.status().ToString())
+                        << "; going on as if the lease were valid";
+      warned_ = true;
+    }
+    return false;
+  }
+  return std::chrono::steady_clock::now() > *deadline;
+}
+
+Status Fenced(const std::string& lease_file) {
+  return Status(StatusCode::kAborted,
+                std::string(kFencedMessage) + "the agent's lease (" + lease_file +
+                    ") ran out, so ternd has restarted the job; stopped without writing more");
+}
+
+bool IsFenced(const Status& status) {
+  return status.code() == StatusCode::kAborted &&
+         status.message().rfind(kFencedMessage, 0) == 0;
 }
 
 }  // namespace tern::trainer

@@ -14,6 +14,9 @@
 // kExitStopped at once. A second signal while a stop is pending ends the
 // process at once (the signal's default action).
 //
+// A trainer also stops when the lease of the agent that runs it runs out
+// (AgentLeaseWatch below), without committing anything more.
+//
 // Usage: tern-trainer's main() calls InstallStopHandlers(); RunTraining holds
 // a TrainingLoopScope around its loop and polls StopRequested(). Without the
 // handlers (tests, `compare`) only RequestStop() sets the flag.
@@ -21,6 +24,7 @@
 #define TERN_WORKER_TRAINER_STOP_REQUEST_H_
 
 #include <cstdint>
+#include <string>
 
 #include "common/status.h"
 
@@ -50,6 +54,28 @@ class TrainingLoopScope {
 // test for it.
 Status StoppedOnRequest(int64_t step);
 bool IsStoppedOnRequest(const Status& status);
+
+// The agent's lease as the trainer sees it (lease_file.h). RunTraining checks
+// it where it reads the stop vote and before writing a checkpoint or its
+// commit marker; past the deadline it returns Fenced() and tern-trainer exits
+// kExitFenced.
+class AgentLeaseWatch {
+ public:
+  // "": no lease (run by hand, or by an older agent): never expired.
+  explicit AgentLeaseWatch(std::string path = "");
+  // Reads the file. One that cannot be read or parsed counts as not expired
+  // (the agent rewrites it every renewal); the first such read is logged.
+  bool Expired();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool warned_ = false;
+};
+
+// ABORTED, naming the lease file; and the test for it.
+Status Fenced(const std::string& lease_file);
+bool IsFenced(const Status& status);
 
 }  // namespace tern::trainer
 

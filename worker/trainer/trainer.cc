@@ -100,6 +100,7 @@ struct Session {
   // This rank's stop vote, averaged over the ranks with the gradients: > 0
   // once any rank was asked to stop (stop_request.h).
   at::Tensor stop_vote;
+  AgentLeaseWatch lease;
   std::string checkpoint_dir;
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
@@ -271,6 +272,7 @@ std::string StepDir(const Session& s, int64_t step) {
 // drops all but the two newest committed checkpoints.
 Status SaveCheckpoint(Session& s, EventWriter& events) {
   const auto start = Clock::now();
+  if (s.lease.Expired()) return Fenced(s.lease.path());
   TERN_RETURN_IF_ERROR(s.comm->AllReduceMean(RunningStatistics(s)));
   const std::string dir = StepDir(s, s.global_step);
   TERN_RETURN_IF_ERROR(MakeDirectories(dir));
@@ -293,6 +295,8 @@ Status SaveCheckpoint(Session& s, EventWriter& events) {
   TERN_RETURN_IF_ERROR(WriteFileAtomically(dir + "/" + RankFileName(s.run.rank), bytes.str()));
   TERN_RETURN_IF_ERROR(s.comm->Barrier());
   if (s.run.rank == 0) {
+    // The commit is what a resume trusts: never after the lease ran out.
+    if (s.lease.Expired()) return Fenced(s.lease.path());
     TERN_RETURN_IF_ERROR(WriteFileAtomically(dir + "/" + kCommittedMarker,
                                              std::to_string(s.global_step) + "\n"));
     std::vector<int64_t> committed;
@@ -546,6 +550,7 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       // rank-independent); on a GPU where the loss was read or cheaply.
       const bool read_vote = !s.device.is_cuda() || report ||
                              s.global_step % kStopCheckEverySteps == 0;
+      if (read_vote && s.lease.Expired()) return Fenced(s.lease.path());
       if (read_vote && s.stop_vote.item<float>() > 0) {
         if (!checkpointed) TERN_RETURN_IF_ERROR(SaveCheckpoint(s, events));
         // No rank exits before rank 0 has written the commit marker: an
@@ -641,6 +646,7 @@ StatusOr<TrainResult> RunTraining(const TrainerSpec& spec, const RunOptions& opt
   Session s;
   s.spec = spec;
   s.run = options;
+  s.lease = AgentLeaseWatch(options.lease_file);
   SetLogPrefix("[job " + spec.name + " rank " + std::to_string(options.rank) + "/" +
                std::to_string(options.world_size) + "] ");
   StatusOr<TrainResult> result = [&]() -> StatusOr<TrainResult> {
