@@ -297,6 +297,13 @@ class Agent::Impl {
   // placed here again; Deregister once their exits are reported.
   void Drain();
   void Deregister();
+  template <typename Request, typename Response>
+  using ShutdownRpc = grpc::Status (v1::WorkerService::Stub::*)(grpc::ClientContext*,
+                                                                 const Request&, Response*);
+  // Calls `rpc` with the current lease within kShutdownCallLimit; false
+  // without a lease or when the call failed (logged).
+  template <typename Request, typename Response>
+  bool ShutdownCall(const char* name, ShutdownRpc<Request, Response> rpc);
   void RunRank(std::shared_ptr<Rank> rank);
   Status PrepareFiles(Rank& rank, std::string* spec_path, std::string* rank_dir);
   // The Landlock ruleset for a rank whose assignment has a PathGrant;
@@ -496,33 +503,31 @@ bool Agent::Impl::Register() {
   return true;
 }
 
-void Agent::Impl::Drain() {
+template <typename Request, typename Response>
+bool Agent::Impl::ShutdownCall(const char* name, ShutdownRpc<Request, Response> rpc) {
   std::string lease;
   int generation = 0;
-  if (!CurrentLease(&lease, &generation)) return;
-  v1::DrainRequest request;
+  if (!CurrentLease(&lease, &generation)) return false;
+  Request request;
   request.set_agent_id(options_.agent_id);
   request.set_lease_id(lease);
   grpc::ClientContext ctx;
   SetDeadline(&ctx, kShutdownCallLimit);  // an unreachable ternd must not delay the drain
-  v1::DrainResponse response;
-  const grpc::Status status = stub_->Drain(&ctx, request, &response);
-  if (!status.ok()) TERN_LOG(WARNING) << "Drain: " << GrpcStatusString(status);
+  Response response;
+  const grpc::Status status = (stub_.get()->*rpc)(&ctx, request, &response);
+  if (!status.ok()) {
+    TERN_LOG(WARNING) << name << ": " << GrpcStatusString(status);
+  }
+  return status.ok();
+}
+
+void Agent::Impl::Drain() {
+  ShutdownCall<v1::DrainRequest, v1::DrainResponse>("Drain", &v1::WorkerService::Stub::Drain);
 }
 
 void Agent::Impl::Deregister() {
-  std::string lease;
-  int generation = 0;
-  if (!CurrentLease(&lease, &generation)) return;
-  v1::DeregisterRequest request;
-  request.set_agent_id(options_.agent_id);
-  request.set_lease_id(lease);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, kShutdownCallLimit);
-  v1::DeregisterResponse response;
-  const grpc::Status status = stub_->Deregister(&ctx, request, &response);
-  if (!status.ok()) {
-    TERN_LOG(WARNING) << "Deregister: " << GrpcStatusString(status);
+  if (!ShutdownCall<v1::DeregisterRequest, v1::DeregisterResponse>(
+          "Deregister", &v1::WorkerService::Stub::Deregister)) {
     return;
   }
   std::lock_guard<std::mutex> lock(mu_);
