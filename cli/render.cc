@@ -24,10 +24,13 @@ std::string PadRight(std::string s, size_t width) {
   return s;
 }
 
+// Next to a ternary number the FP one is of the latent weights the ternary
+// ones are projected from, not a model of its own (with HLA it can be near
+// chance): labelled "latent fp" then. Alone (method fp) it is the model's.
 std::string Accuracies(std::optional<double> ternary, std::optional<double> fp) {
   std::string s;
   if (ternary) s += "ternary " + FormatPercent(ternary);
-  if (fp) s += std::string(s.empty() ? "" : ", ") + "fp " + FormatPercent(fp);
+  if (fp) s += std::string(s.empty() ? "fp " : ", latent fp ") + FormatPercent(fp);
   return s.empty() ? "-" : s;
 }
 
@@ -35,8 +38,8 @@ std::optional<double> Opt(bool has, double v) {
   return has ? std::optional<double>(v) : std::nullopt;
 }
 
-// "top-1 ternary 91.20%, fp 92.00%" for classification, "AP50 ternary
-// 45.10%, fp 47.00% (AP 20.10%, 21.00%)" for detection.
+// "top-1 ternary 91.20%, latent fp 92.00%" for classification, "AP50
+// ternary 45.10%, latent fp 47.00% (AP ...)" for detection.
 std::string Quality(std::optional<double> ternary_top1, std::optional<double> fp_top1,
                     const v1::DetectionMetrics* ternary_det, const v1::DetectionMetrics* fp_det) {
   const bool detection = (ternary_det != nullptr && ternary_det->has_ap()) ||

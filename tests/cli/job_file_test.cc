@@ -222,14 +222,14 @@ TEST(RenderTest, ResultsShowTop1OrCocoAp) {
   v1::JobResult classification;
   classification.set_ternary_top1(0.912);
   classification.set_fp_top1(0.92);
-  EXPECT_EQ(FormatResult(classification).substr(0, 32), "top-1 ternary 91.20%, fp 92.00%,");
+  EXPECT_EQ(FormatResult(classification).substr(0, 39), "top-1 ternary 91.20%, latent fp 92.00%,");
   v1::JobResult detection;
   detection.mutable_ternary_detection()->set_ap(0.201);
   detection.mutable_ternary_detection()->set_ap50(0.451);
   detection.mutable_fp_detection()->set_ap(0.21);
   detection.mutable_fp_detection()->set_ap50(0.47);
-  EXPECT_EQ(FormatResult(detection).substr(0, 62),
-            "AP50 ternary 45.10%, fp 47.00% (AP ternary 20.10%, fp 21.00%),");
+  EXPECT_EQ(FormatResult(detection).substr(0, 76),
+            "AP50 ternary 45.10%, latent fp 47.00% (AP ternary 20.10%, latent fp 21.00%),");
   v1::JobEvent e;
   *e.mutable_epoch_end()->mutable_metrics()->mutable_fp_detection() = detection.fp_detection();
   e.mutable_epoch_end()->mutable_metrics()->set_eval_split("val");
