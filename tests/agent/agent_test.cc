@@ -669,6 +669,28 @@ TEST_F(AgentTest, ShutdownDrainsTrainersAtACheckpointAndDeregistersLast) {
   EXPECT_EQ(calls[3], "Deregister lease-1");
 }
 
+TEST_F(AgentTest, ARankDrainedBeforeItsTrainerStartedIsReportedPreempted) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-w", 0, "stubborn", /*attempt=*/1));
+  ASSERT_GT(ReadPid(RankDir("job-w", 0) + "/pid"), 0);
+  // Attempt 2 waits for attempt 1's trainer, which ignores SIGTERM.
+  fake_.Send(MakeAssignment("job-w", 0, "ok", /*attempt=*/2));
+  std::this_thread::sleep_for(milliseconds(300));
+  StopAgent();
+  const auto second = fake_.Locked([&] {
+    std::optional<v1::ReportExitRequest> found;
+    for (const auto& e : fake_.exits_) {
+      if (e.ref().attempt() == 2) found = e;
+    }
+    return found;
+  });
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->exit_code(), 3);
+  EXPECT_TRUE(second->preempted());  // as a trainer stopped before its loop: nothing lost
+  EXPECT_FALSE(fs::exists(RankDir("job-w", 0) + "/args") &&
+               ReadFile(RankDir("job-w", 0) + "/args").find("attempt-2") != std::string::npos);
+}
+
 TEST_F(AgentTest, ShutdownStillStopsTrainersWhenTernIsUnreachable) {
   StartAgent();
   fake_.Send(MakeAssignment("job-c", 0, "checkpointer"));
@@ -1034,12 +1056,12 @@ TEST(AgentOptionsTest, ValidateNamesTheField) {
 // port, SIGTERM stops it cleanly, and SIGKILL leaves no trainer behind.
 class AgentBinaryTest : public AgentTest {
  protected:
-  void StartBinary() {
+  void StartBinary(const std::string& shutdown_grace_s = "2") {
     ChildProcess::Options o;
     o.argv = {TERN_AGENT_BINARY, "--server", "127.0.0.1:" + std::to_string(port_),
               "--agent-id", "bin-agent", "--cpu-slots", "1", "--trainer", trainer_,
               "--workdir", options_.workdir, "--metrics-listen", "127.0.0.1:0",
-              "--shutdown-grace", "2"};
+              "--shutdown-grace", shutdown_grace_s};
     o.env = {"PATH=/usr/bin:/bin"};
     auto child = ChildProcess::Start(o);
     ASSERT_TRUE(child.ok()) << child.status();
@@ -1081,6 +1103,25 @@ TEST_F(AgentBinaryTest, SigtermStopsTrainersAndExitsZero) {
   const auto exit = WaitForExit("job-b", milliseconds(1000));
   ASSERT_TRUE(exit.has_value());
   EXPECT_TRUE(exit->killed_by_agent());
+}
+
+TEST_F(AgentBinaryTest, ASecondSigtermStopsTrainersWithoutWaitingForTheGrace) {
+  StartBinary(/*shutdown_grace_s=*/"60");
+  fake_.Send(MakeAssignment("job-i", 0, "stubborn"));  // ignores SIGUSR1 and SIGTERM
+  const pid_t pid = ReadPid(RankDir("job-i", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  ::kill(binary_->pid(), SIGTERM);  // a drain: it would wait 60 s for this trainer
+  ASSERT_TRUE(fake_.WaitFor([&] { return !fake_.calls_.empty(); }));  // Drain
+  std::this_thread::sleep_for(milliseconds(300));
+  EXPECT_TRUE(Alive(pid));
+  ::kill(binary_->pid(), SIGTERM);  // SIGTERM to the trainer, SIGKILL a second later
+  const auto status = WaitBinary(milliseconds(10000));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(status->ok()) << status->ToString();
+  EXPECT_FALSE(Alive(pid));
+  const auto exit = WaitForExit("job-i", milliseconds(1000));
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->signal(), SIGKILL);
 }
 
 TEST_F(AgentBinaryTest, TrainerDiesWhenTheAgentIsKilled) {

@@ -158,6 +158,40 @@ TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLos
   EXPECT_EQ(MaxDifference(FinalParameters(straight), FinalParameters(dir)), 0.0);
 }
 
+TEST_F(TrainerTest, AStopDuringTheLastEvaluationIsTakenAtTheLastCheckpoint) {
+  json spec = SmallSpec("METHOD_HLA", 1, 1);
+  spec["dataset"]["max_train_examples"] = 128;   // 4 steps
+  spec["dataset"]["max_eval_examples"] = 5000;  // an epoch-end evaluation of a second or more
+  const std::string dir = TempDir("stop_at_end");
+  const std::string spec_path = WriteSpec(dir, spec);
+  const std::vector<std::string> args = {"--spec", spec_path, "--workdir", dir};
+  Process p = Spawn(args, dir + "/first.jsonl");
+  // The last step's checkpoint line comes right before the evaluation.
+  bool signalled = false;
+  for (int i = 0; i < 6000 && !signalled; ++i) {
+    for (const auto& e : Events(p.stdout_path)) {
+      if (!signalled && e["event"] == "checkpoint" && e["step"].get<int>() == 4) {
+        ::kill(p.pid, SIGUSR1);
+        signalled = true;
+      }
+    }
+    if (!signalled) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(signalled);
+  EXPECT_EQ(Wait(p), kExitStopped);
+  const auto events = Events(p.stdout_path);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back()["event"], "stopped") << events.back().dump();
+  EXPECT_EQ(events.back().value("step", -1), 4);
+
+  Process resumed = Spawn(args, dir + "/second.jsonl");
+  ASSERT_EQ(Wait(resumed), 0);
+  const auto second = Events(resumed.stdout_path);
+  ASSERT_FALSE(second.empty());
+  EXPECT_EQ(second.front()["resumed_from_step"].get<int>(), 4);
+  EXPECT_EQ(second.back()["event"], "finished");
+}
+
 TEST_F(TrainerTest, PastTheAgentsLeaseDeadlineTheTrainerCommitsNothingMoreAndExitsFour) {
   json spec = SmallSpec("METHOD_HLA", 1, 1);
   spec["dataset"]["max_train_examples"] = 4096;  // 128 steps

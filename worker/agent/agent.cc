@@ -200,6 +200,7 @@ class Agent::Impl {
     if (stream_ctx_) stream_ctx_->TryCancel();
     cv_.notify_all();
   }
+  void StopTrainersNow() { KillAll(milliseconds(1000), "stop now", SIGTERM); }
   std::string lease_id() const {
     std::lock_guard<std::mutex> lock(mu_);
     return lease_valid_ ? lease_id_ : "";
@@ -291,6 +292,7 @@ class Agent::Impl {
   // Sends `signal` to the trainer's process group now and SIGKILL `grace`
   // later: SIGTERM stops it at once, SIGUSR1 at a checkpoint (a drain).
   void Kill(Rank& rank, milliseconds grace, const std::string& reason, int signal = SIGTERM);
+  void KillAll(milliseconds grace, const std::string& reason, int signal);
   void KillAllAndWait(milliseconds grace, const std::string& reason, int signal = SIGTERM);
   // Shutdown's calls to ternd, best effort (a failure is logged): Drain
   // before the trainers are asked to stop, so that no job they leave is
@@ -772,13 +774,17 @@ void Agent::Impl::Kill(Rank& rank, milliseconds grace, const std::string& reason
   // A rank whose process is not started yet sees kill_requested and stops.
 }
 
-void Agent::Impl::KillAllAndWait(milliseconds grace, const std::string& reason, int signal) {
+void Agent::Impl::KillAll(milliseconds grace, const std::string& reason, int signal) {
   std::vector<std::shared_ptr<Rank>> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [key, rank] : ranks_) all.push_back(rank);
   }
   for (auto& r : all) Kill(*r, grace, reason, signal);
+}
+
+void Agent::Impl::KillAllAndWait(milliseconds grace, const std::string& reason, int signal) {
+  KillAll(grace, reason, signal);
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return ranks_.empty(); });
 }
@@ -1040,6 +1046,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     }
   }
   std::unique_ptr<ChildProcess> child;
+  bool drained_before_start = false;
   if (prepared.ok()) {
     ChildProcess::Options o;
     o.argv = {options_.trainer_path, "--spec", spec_path,
@@ -1054,9 +1061,15 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     o.env = TrainerEnv(*rank, confinement ? rank_dir + "/tmp" : "");
     o.working_dir = rank_dir;
     if (confinement) o.landlock_ruleset_fd = confinement->fd();
+    // No trainer starts once the agent shuts down (ternd was told to place
+    // nothing more here).
+    const bool shutting_down = ShuttingDown();
     std::lock_guard<std::mutex> lock(rank->mu);
-    if (rank->kill_requested) {
-      prepared = CancelledError("killed before it started (" + rank->kill_reason + ")");
+    if (rank->kill_requested || shutting_down) {
+      drained_before_start = !rank->kill_requested || rank->stop_signal == SIGUSR1;
+      prepared = CancelledError("killed before it started (" +
+                                (rank->kill_requested ? rank->kill_reason : "agent shutting down") +
+                                ")");
     } else {
       StatusOr<std::unique_ptr<ChildProcess>> started = ChildProcess::Start(o);
       if (started.ok()) {
@@ -1068,10 +1081,16 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     }
   }
   if (!prepared.ok()) {
-    TERN_LOG(ERROR) << rank->prefix << "cannot start trainer: " << prepared;
     ExitStatus never;
-    never.exit_code = 127;  // as a shell reports a command it cannot run
-    exits_.WithLabels({"127"})->Increment();
+    if (drained_before_start) {
+      // As tern-trainer stops before its training loop: nothing to save.
+      TERN_LOG(INFO) << rank->prefix << "drained before the trainer started";
+      never.exit_code = trainer::kExitStopped;
+    } else {
+      TERN_LOG(ERROR) << rank->prefix << "cannot start trainer: " << prepared;
+      never.exit_code = 127;  // as a shell reports a command it cannot run
+    }
+    exits_.WithLabels({std::to_string(never.exit_code)})->Increment();
     ReportExit(*rank, never, "cannot start trainer: " + prepared.ToString());
     FinishRank(rank);
     return;
@@ -1226,6 +1245,7 @@ Agent::Agent(AgentOptions options, std::shared_ptr<grpc::ChannelInterface> chann
 Agent::~Agent() = default;
 Status Agent::Run() { return impl_->Run(); }
 void Agent::Shutdown() { impl_->Shutdown(); }
+void Agent::StopTrainersNow() { impl_->StopTrainersNow(); }
 std::string Agent::lease_id() const { return impl_->lease_id(); }
 int Agent::registrations() const { return impl_->registrations(); }
 int Agent::running_trainers() const { return impl_->running_trainers(); }

@@ -122,6 +122,10 @@ class Agent {
   Status Run();
   // Makes Run() stop its trainers and return. Non-blocking, idempotent.
   void Shutdown();
+  // Stops every trainer at once (SIGTERM, SIGKILL a second later) instead of
+  // waiting for its checkpoint: an impatient second SIGINT/SIGTERM.
+  // Non-blocking; meant after Shutdown().
+  void StopTrainersNow();
 
   std::string lease_id() const;  // current lease; "" before registering
   int registrations() const;     // successful Register calls so far

@@ -12,13 +12,15 @@
 // Prints "tern-agent metrics on HOST:PORT" as its first stdout line (the
 // bound port, useful with --metrics-listen :0). SIGINT/SIGTERM drain the
 // agent (agent.h): every trainer stops at a checkpoint (SIGUSR1, SIGKILL
-// after --shutdown-grace), the lease ends, exit 0.
+// after --shutdown-grace), the lease ends, exit 0. A second SIGINT/SIGTERM
+// stops the trainers at once.
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
@@ -235,17 +237,27 @@ int main(int argc, char** argv) {
   TERN_LOG(INFO) << "agent " << options.agent_id << " for " << server << ", trainer "
                  << options.trainer_path << ", workdir " << options.workdir;
 
+  std::atomic<bool> ran{false};
   std::thread signals([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    if (sig != 0) {
-      TERN_LOG(INFO) << "received " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << "; stopping";
+    // The first signal drains; a second stops the trainers at once.
+    for (int received = 0; !ran.load();) {
+      int sig = 0;
+      sigwait(&stop_signals, &sig);
+      if (ran.load()) break;
+      const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+      if (++received == 1) {
+        TERN_LOG(INFO) << "received " << name << "; draining (again to stop trainers at once)";
+        agent.Shutdown();
+      } else {
+        TERN_LOG(WARNING) << "received " << name << " again; stopping trainers at once";
+        agent.StopTrainersNow();
+      }
     }
-    agent.Shutdown();
   });
   const tern::Status status = agent.Run();
   if (!status.ok()) std::cerr << "tern-agent: " << status << "\n";
-  // Wake the signal thread if Run returned on its own.
+  // Wake the signal thread: Run returned (on a signal or on its own).
+  ran.store(true);
   pthread_kill(signals.native_handle(), SIGTERM);
   signals.join();
   if (http) http->Stop();

@@ -8,11 +8,12 @@
 // any rank voted, every rank commits a checkpoint of the current step (unless
 // one was just committed), waits at a barrier until rank 0 has written the
 // commit marker, and RunTraining returns StoppedOnRequest: tern-trainer emits
-// "stopped" and exits kExitStopped (exit_codes.h). Outside the loop (set-up,
-// rendezvous, data loading before it; final evaluation and export after it,
-// whose checkpoint is committed) nothing would be lost, so the handler exits
-// kExitStopped at once. A second signal while a stop is pending ends the
-// process at once (the signal's default action).
+// "stopped" and exits kExitStopped (exit_codes.h); a request during the last
+// epoch's evaluation is taken by one more vote after the loop. Outside the
+// loop (set-up, rendezvous, data loading before it; final evaluation and
+// export after it, whose checkpoint is committed) nothing would be lost, so
+// the handler exits kExitStopped at once. A second signal while a stop is
+// pending ends the process at once (the signal's default action).
 //
 // A trainer also stops when the lease of the agent that runs it runs out
 // (AgentLeaseWatch below), without committing anything more.

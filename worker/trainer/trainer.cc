@@ -350,6 +350,19 @@ StatusOr<bool> LoadNewestCheckpoint(Session& s) {
   return true;
 }
 
+// After every rank voted to stop and the current step's checkpoint is
+// committed: waits until rank 0 has written the commit marker (an exit report
+// may make the scheduler kill the other ranks at once), then StoppedOnRequest.
+Status StopAtCommittedCheckpoint(Session& s, EventWriter& events) {
+  TERN_RETURN_IF_ERROR(s.comm->Barrier());
+  if (s.run.rank == 0) {
+    events.Emit("stopped", {{"step", s.global_step},
+                            {"total_steps", s.total_steps},
+                            {"checkpoint", StepDir(s, s.global_step)}});
+  }
+  return StoppedOnRequest(s.global_step);
+}
+
 // ------------------------------------------------------------- evaluation
 
 // Metrics of the FP twin (latent weights) and of the ternary model on the
@@ -553,15 +566,7 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       if (read_vote && s.lease.Expired()) return Fenced(s.lease.path());
       if (read_vote && s.stop_vote.item<float>() > 0) {
         if (!checkpointed) TERN_RETURN_IF_ERROR(SaveCheckpoint(s, events));
-        // No rank exits before rank 0 has written the commit marker: an
-        // exit report may make the scheduler kill the others at once.
-        TERN_RETURN_IF_ERROR(s.comm->Barrier());
-        if (s.run.rank == 0) {
-          events.Emit("stopped", {{"step", s.global_step},
-                                  {"total_steps", s.total_steps},
-                                  {"checkpoint", StepDir(s, s.global_step)}});
-        }
-        return StoppedOnRequest(s.global_step);
+        return StopAtCommittedCheckpoint(s, events);
       }
     }
     // Epoch end: metrics of the FP twin and the ternary model, layer stats.
@@ -582,8 +587,12 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
 
   // Final: test metrics, export, re-load, evaluate the artifact. A stop
   // request from here on exits at once: the last step's checkpoint is
-  // committed, and a restart redoes only this part.
+  // committed, and a restart redoes only this part. One that came during the
+  // last epoch's evaluation is agreed on with one more vote.
   loop_scope.reset();
+  s.stop_vote.fill_(StopRequested() ? 1.0 : 0.0);
+  TERN_RETURN_IF_ERROR(s.comm->AllReduceMean({s.stop_vote}));
+  if (s.stop_vote.item<float>() > 0) return StopAtCommittedCheckpoint(s, events);
   TrainResult result;
   result.steps = s.global_step;
   TERN_ASSIGN_OR_RETURN(auto final_metrics, EvaluateFpAndTernary(s, EvalSplit::kTest));
