@@ -12,6 +12,8 @@
 namespace tern::cli {
 namespace {
 
+using google::protobuf::util::TimeUtil;
+
 std::string Fixed(double v, int digits) {
   if (!std::isfinite(v)) return "nan";
   char buf[64];
@@ -52,6 +54,24 @@ std::string Quality(std::optional<double> ternary_top1, std::optional<double> fp
   };
   return "AP50 " + Accuracies(field(ternary_det, true), field(fp_det, true)) + " (AP " +
          Accuracies(field(ternary_det, false), field(fp_det, false)) + ")";
+}
+
+// Left-aligned columns two spaces apart; the first row is the header.
+std::string AlignColumns(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    widths.resize(std::max(widths.size(), row.size()), 0);
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += i + 1 < row.size() ? PadRight(row[i], widths[i] + 2) : row[i];
+    }
+    out += line + "\n";
+  }
+  return out;
 }
 
 }  // namespace
@@ -207,19 +227,29 @@ std::string FormatJobTable(const std::vector<v1::Job>& jobs) {
                     std::to_string(ranks) + device, progress, FormatPercent(top1),
                     FormatTime(j.create_time())});
   }
-  std::vector<size_t> widths(header.size(), 0);
-  for (const auto& row : rows) {
-    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
-  }
-  std::string out;
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t i = 0; i < row.size(); ++i) {
-      line += i + 1 < row.size() ? PadRight(row[i], widths[i] + 2) : row[i];
+  return AlignColumns(rows);
+}
+
+std::string FormatAgentTable(const std::vector<v1::AgentInfo>& agents,
+                             const google::protobuf::Timestamp& now) {
+  std::vector<std::vector<std::string>> rows = {
+      {"AGENT", "HOST", "STATE", "CPU USED", "CUDA USED", "LEASE"}};
+  for (const v1::AgentInfo& a : agents) {
+    std::string cpu = "-", cuda = "-";
+    for (const v1::AgentSlotUsage& slots : a.slots()) {
+      (slots.device_kind() == v1::DEVICE_CUDA ? cuda : cpu) =
+          std::to_string(slots.used()) + "/" + std::to_string(slots.total());
     }
-    out += line + "\n";
+    std::string state = v1::AgentState_Name(a.state());
+    const std::string prefix = "AGENT_STATE_";
+    if (state.rfind(prefix, 0) == 0) state = state.substr(prefix.size());
+    const double left = static_cast<double>(TimeUtil::TimestampToMilliseconds(a.lease_expire_time()) -
+                                            TimeUtil::TimestampToMilliseconds(now)) / 1000;
+    rows.push_back({a.agent_id(), a.host().empty() ? "-" : a.host(), state, cpu, cuda,
+                    left >= 0 ? "ends in " + FormatDuration(left)
+                              : "ended " + FormatDuration(-left) + " ago"});
   }
-  return out;
+  return AlignColumns(rows);
 }
 
 std::string FormatJobDetails(const v1::Job& j) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tern/v1/job.pb.h"
+#include "tern/v1/job_service.pb.h"
 
 namespace tern::cli {
 
@@ -29,6 +30,9 @@ std::string FormatPercent(std::optional<double> fraction);
 std::string FormatEvent(const v1::JobEvent& event);
 // `ternctl list`: a header and one row per job.
 std::string FormatJobTable(const std::vector<v1::Job>& jobs);
+// `ternctl agents`: a header and one row per agent; LEASE relative to `now`.
+std::string FormatAgentTable(const std::vector<v1::AgentInfo>& agents,
+                             const google::protobuf::Timestamp& now);
 // `ternctl get`: a few "key: value" lines.
 std::string FormatJobDetails(const v1::Job& job);
 // Final metrics of a SUCCEEDED job, one line.

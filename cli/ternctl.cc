@@ -97,6 +97,7 @@ class Client {
   int Logs(const std::string& id, bool follow);
   int Fetch(const std::string& id, const std::string& output);
   int WhoAmI();
+  int Agents();
 
  private:
   // Owner metadata, and a deadline unless `deadline` is zero.
@@ -241,6 +242,21 @@ int Client::WhoAmI() {
          << (response.authenticated() ? "" : ", not authenticated") << "; "
          << (response.sees_every_job() ? "sees every owner's jobs" : "sees its own jobs")
          << ")\n";
+  }
+  return kExitOk;
+}
+
+int Client::Agents() {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Timeout());
+  v1::ListAgentsResponse response;
+  const grpc::Status status = stub_->ListAgents(&ctx, v1::ListAgentsRequest(), &response);
+  if (!status.ok()) return Fail(status, "agents");
+  if (g_.json) {
+    out_ << ToJson(response) << "\n";
+  } else {
+    out_ << FormatAgentTable({response.agents().begin(), response.agents().end()},
+                             google::protobuf::util::TimeUtil::GetCurrentTime());
   }
   return kExitOk;
 }
@@ -719,6 +735,10 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   CLI::App* whoami = app.add_subcommand(
       "whoami", "show the identity ternd takes this client to be (certificate, token or --owner)");
   whoami->callback([&] { command = [&](Client& c) { return c.WhoAmI(); }; });
+
+  CLI::App* agents = app.add_subcommand(
+      "agents", "list the node agents: state (ready, draining), slots in use, lease");
+  agents->callback([&] { command = [&](Client& c) { return c.Agents(); }; });
 
   CLI::App* get = app.add_subcommand("get", "show one job");
   get->add_option("ID", id, "job id")->required();

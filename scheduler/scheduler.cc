@@ -1147,6 +1147,23 @@ Status Scheduler::Tick() {
   return AdmitLocked(now);
 }
 
+std::vector<AgentSummary> Scheduler::ListAgents() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<AgentSummary> out;
+  for (const auto& [id, agent] : agents_) {  // a std::map: sorted by id
+    AgentSummary a;
+    a.id = agent->id;
+    a.host = agent->host;
+    a.slots = agent->slots;
+    a.used = agent->used;
+    a.live = agent->live;
+    a.draining = agent->draining;
+    a.lease_expires = agent->lease_expires;
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
 SchedulerStats Scheduler::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   SchedulerStats stats;

@@ -108,6 +108,17 @@ struct ListJobsResult {
   std::string next_page_token;  // "" on the last page
 };
 
+// One agent as ListAgents reports it.
+struct AgentSummary {
+  std::string id;
+  std::string host;
+  std::map<std::string, int> slots;  // by device kind, as registered
+  std::map<std::string, int> used;   // held by ADMITTED/RUNNING jobs
+  bool live = false;      // registered (false: restored, awaiting registration)
+  bool draining = false;  // DrainAgent: no new work
+  TimePoint lease_expires;
+};
+
 struct SchedulerStats {
   std::map<JobState, int> jobs;            // by state
   std::map<std::string, int> total_slots;  // by device kind, live agents
@@ -185,6 +196,8 @@ class Scheduler {
   // admission. Returns the first store error (the next Tick retries).
   Status Tick();
   SchedulerStats Stats() const;
+  // Every agent known, sorted by id.
+  std::vector<AgentSummary> ListAgents() const;
 
  private:
   struct Agent;

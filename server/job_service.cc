@@ -139,6 +139,31 @@ grpc::Status JobService::WhoAmI(grpc::ServerContext* context,
   });
 }
 
+grpc::Status JobService::ListAgents(grpc::ServerContext* context,
+                                    const v1::ListAgentsRequest* /*request*/,
+                                    v1::ListAgentsResponse* response) {
+  return RunRpc(state_, "ListAgents", [&]() -> Status {
+    TERN_RETURN_IF_ERROR(CallerFromContext(*context, state_->tokens).status());
+    for (const scheduler::AgentSummary& a : state_->scheduler->ListAgents()) {
+      v1::AgentInfo* info = response->add_agents();
+      info->set_agent_id(a.id);
+      info->set_host(a.host);
+      info->set_state(!a.live      ? v1::AGENT_STATE_AWAITING_REGISTRATION
+                      : a.draining ? v1::AGENT_STATE_DRAINING
+                                   : v1::AGENT_STATE_READY);
+      for (const auto& [kind, total] : a.slots) {
+        v1::AgentSlotUsage* slots = info->add_slots();
+        slots->set_device_kind(kind == scheduler::kDeviceCuda ? v1::DEVICE_CUDA : v1::DEVICE_CPU);
+        slots->set_total(total);
+        const auto used = a.used.find(kind);
+        slots->set_used(used == a.used.end() ? 0 : used->second);
+      }
+      *info->mutable_lease_expire_time() = ToTimestamp(a.lease_expires);
+    }
+    return OkStatus();
+  });
+}
+
 // --- Implementations --------------------------------------------------------
 
 Status JobService::DoSubmitJob(grpc::ServerContext* context,

@@ -11,7 +11,8 @@
 // success, the `finished` event that follows it), with CANCELLED when the
 // client goes away, or UNAVAILABLE when ternd shuts down. GetArtifact streams
 // the file named by the job's result in 1 MiB chunks after checking its
-// SHA-256 against the one recorded when the job succeeded.
+// SHA-256 against the one recorded when the job succeeded. ListAgents is open
+// to every caller that may list jobs: it names no job.
 // Thread-safe: handlers run concurrently on gRPC's threads.
 #ifndef TERN_SERVER_JOB_SERVICE_H_
 #define TERN_SERVER_JOB_SERVICE_H_
@@ -47,6 +48,8 @@ class JobService final : public v1::JobService::Service {
       grpc::ServerWriter<v1::GetArtifactResponse>* writer) override;
   grpc::Status WhoAmI(grpc::ServerContext* context, const v1::WhoAmIRequest* request,
                       v1::WhoAmIResponse* response) override;
+  grpc::Status ListAgents(grpc::ServerContext* context, const v1::ListAgentsRequest* request,
+                          v1::ListAgentsResponse* response) override;
 
  private:
   Status DoSubmitJob(grpc::ServerContext* context,

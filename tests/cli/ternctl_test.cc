@@ -4,6 +4,7 @@
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -29,6 +30,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using google::protobuf::util::MessageDifferencer;
+using google::protobuf::util::TimeUtil;
 
 v1::JobEvent StateEvent(uint64_t seq, v1::JobState from, v1::JobState to) {
   v1::JobEvent e;
@@ -175,6 +177,20 @@ class FakeJobService final : public v1::JobService::Service {
     result.mutable_result()->set_ternary_top1(0.87);
     result.mutable_result()->set_bits_per_weight(1.6);
     writer->Write(result);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListAgents(grpc::ServerContext*, const v1::ListAgentsRequest*,
+                          v1::ListAgentsResponse* response) override {
+    v1::AgentInfo* a = response->add_agents();
+    a->set_agent_id("node-a");
+    a->set_host("10.0.0.7");
+    a->set_state(v1::AGENT_STATE_DRAINING);
+    v1::AgentSlotUsage* cpu = a->add_slots();
+    cpu->set_device_kind(v1::DEVICE_CPU);
+    cpu->set_total(4);
+    cpu->set_used(3);
+    *a->mutable_lease_expire_time() = TimeUtil::GetCurrentTime() + TimeUtil::SecondsToDuration(12);
     return grpc::Status::OK;
   }
 
@@ -366,6 +382,19 @@ TEST_F(TernctlTest, HumanOutputs) {
   Result get = Run({"get", "job-1"});
   ASSERT_EQ(get.code, 0);
   EXPECT_NE(get.out.find("state:      SUCCEEDED"), std::string::npos) << get.out;
+}
+
+TEST_F(TernctlTest, AgentsListsStateSlotsAndLease) {
+  Result agents = Run({"agents"});
+  ASSERT_EQ(agents.code, 0) << agents.err;
+  EXPECT_EQ(agents.out.rfind("AGENT", 0), 0u) << agents.out;
+  EXPECT_NE(agents.out.find("node-a  10.0.0.7  DRAINING  3/4       -          ends in 1"),
+            std::string::npos)
+      << agents.out;
+  Result json = Run({"--json", "agents"});
+  ASSERT_EQ(json.code, 0) << json.err;
+  EXPECT_EQ(ParseJson<v1::ListAgentsResponse>(json.out).agents(0).state(),
+            v1::AGENT_STATE_DRAINING);
 }
 
 TEST_F(TernctlTest, ExitCodes) {

@@ -14,6 +14,10 @@ ternd_flags=(--read-roots "/usr/share/datasets,$work/data/{owner}" --write-roots
 start_service
 [[ $("${ternctl[@]}" whoami) == "e2e (x-tern-owner claim, not authenticated; sees every owner's jobs)" ]] ||
   fail "whoami without TLS: $("${ternctl[@]}" whoami)"
+"${ternctl[@]}" agents --json >"$work/agents.json"
+jq -e '.agents | length == 1 and .[0].state == "AGENT_STATE_READY"
+       and .[0].slots[0].total == 2' "$work/agents.json" >/dev/null ||
+  fail "ternctl agents: $(cat "$work/agents.json")"
 
 # 1. A tiny 2-rank HLA job to SUCCEEDED; fetch and check its artifact.
 cat >"$work/small.yaml" <<'YAML'

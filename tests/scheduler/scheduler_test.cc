@@ -959,6 +959,14 @@ TEST_F(AgentTest, ADrainingAgentGetsNoNewWorkUntilItRegistersAgain) {
   EXPECT_EQ(scheduler_->Stats().total_slots.at(kDeviceCpu), 1);
   JobId first = Submit(0, 1);
   EXPECT_EQ(Get(first).ranks[0].agent_id, "a");
+  const std::vector<AgentSummary> agents = scheduler_->ListAgents();
+  ASSERT_EQ(agents.size(), 2u);
+  EXPECT_EQ(agents[0].id, "a");
+  EXPECT_FALSE(agents[0].draining);
+  EXPECT_EQ(agents[0].used.at(kDeviceCpu), 1);
+  EXPECT_TRUE(agents[1].draining);
+  EXPECT_TRUE(agents[1].live);
+  EXPECT_EQ(agents[1].slots.at(kDeviceCpu), 2);
   JobId second = Submit(0, 1);
   EXPECT_EQ(State(second), JobState::kQueued);  // b has room but is draining
   Register("b", 2);                              // a new agent process on that node

@@ -802,8 +802,29 @@ TEST_F(WorkerServiceTest, ADrainedAgentsPreemptedRankResumesElsewhereWithoutUsin
   EXPECT_NE(Metrics().find("tern_scheduler_restarts_total{reason=\"RANK_PREEMPTED\"} 1"),
             std::string::npos);
 
+  // `ternctl agents` sees the drain.
+  const auto list_agents = [&] {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::ListAgentsResponse response;
+    EXPECT_TRUE(jobs_->ListAgents(&ctx, v1::ListAgentsRequest(), &response).ok());
+    return response;
+  };
+  v1::ListAgentsResponse agents = list_agents();
+  ASSERT_EQ(agents.agents_size(), 2);
+  EXPECT_EQ(agents.agents(0).agent_id(), "agent-a");
+  EXPECT_EQ(agents.agents(0).state(), v1::AGENT_STATE_DRAINING);
+  EXPECT_EQ(agents.agents(1).state(), v1::AGENT_STATE_READY);
+  ASSERT_EQ(agents.agents(1).slots_size(), 1);
+  EXPECT_EQ(agents.agents(1).slots(0).total(), 1);
+  EXPECT_EQ(agents.agents(1).slots(0).used(), 1);  // the job's second attempt
+  EXPECT_GT(agents.agents(1).lease_expire_time().seconds(), 0);
+
   // Deregister ends agent-a's lease at once.
   ASSERT_TRUE(a.Deregister().ok());
+  agents = list_agents();
+  ASSERT_EQ(agents.agents_size(), 1);
+  EXPECT_EQ(agents.agents(0).agent_id(), "agent-b");
   v1::HeartbeatResponse response;
   EXPECT_EQ(a.Heartbeat({}, &response).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(a.Drain().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
