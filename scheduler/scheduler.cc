@@ -1172,7 +1172,10 @@ SchedulerStats Scheduler::Stats() const {
     stats.total_slots[kind] = SlotsLocked(kind, /*free_only=*/false);
     stats.free_slots[kind] = SlotsLocked(kind, /*free_only=*/true);
   }
-  for (const auto& [id, agent] : agents_) stats.live_agents += agent->live;
+  for (const auto& [id, agent] : agents_) {
+    stats.live_agents += agent->live;
+    stats.draining_agents += agent->live && agent->draining;
+  }
   return stats;
 }
 

@@ -121,9 +121,10 @@ struct AgentSummary {
 
 struct SchedulerStats {
   std::map<JobState, int> jobs;            // by state
-  std::map<std::string, int> total_slots;  // by device kind, live agents
+  std::map<std::string, int> total_slots;  // by device kind, agents taking work
   std::map<std::string, int> free_slots;
   int live_agents = 0;
+  int draining_agents = 0;  // live, but taking no work (DrainAgent)
 };
 
 class Scheduler {

@@ -62,9 +62,13 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
           {"reason"})),
       agents_(registry->AddGauge("tern_scheduler_agents",
                                  "Agents with a live lease.")),
+      draining_agents_(registry->AddGauge(
+          "tern_scheduler_agents_draining",
+          "Agents with a live lease that are shutting down (no new work).")),
       slots_(registry->AddGauge(
           "tern_scheduler_slots",
-          "Slots of live agents by device kind, free or held by jobs.",
+          "Slots of live agents that take work (not draining) by device kind, "
+          "free or held by jobs.",
           {"device_kind", "state"})),
       lease_expiries_(registry->AddCounter(
           "tern_scheduler_lease_expiries_total",
@@ -152,6 +156,7 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
   admission_wait_.WithLabels({});
   for (const char* reason : kRestartReasons) restarts_.WithLabels({reason});
   agents_.WithLabels({});
+  draining_agents_.WithLabels({});
   for (const char* kind : kDeviceKinds) {
     slots_.WithLabels({kind, "free"});
     slots_.WithLabels({kind, "busy"});
@@ -175,6 +180,7 @@ void ServerMetrics::UpdateScheduler(const scheduler::SchedulerStats& stats) {
   queue_depth_.WithLabels({})->Set(queued == stats.jobs.end() ? 0
                                                               : queued->second);
   agents_.WithLabels({})->Set(stats.live_agents);
+  draining_agents_.WithLabels({})->Set(stats.draining_agents);
   for (const char* kind : kDeviceKinds) {
     auto total = stats.total_slots.find(kind);
     auto free = stats.free_slots.find(kind);

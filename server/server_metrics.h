@@ -80,6 +80,7 @@ class ServerMetrics {
   metrics::Family<metrics::Histogram>& admission_wait_;
   metrics::Family<metrics::Counter>& restarts_;
   metrics::Family<metrics::Gauge>& agents_;
+  metrics::Family<metrics::Gauge>& draining_agents_;
   metrics::Family<metrics::Gauge>& slots_;
   metrics::Family<metrics::Counter>& lease_expiries_;
   // gRPC.

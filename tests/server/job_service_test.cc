@@ -432,6 +432,7 @@ TEST_F(JobServiceTest, MetricsEndpointServesEveryFamily) {
            "tern_grpc_requests_total counter",
            "tern_grpc_request_duration_seconds histogram",
            "tern_scheduler_agents gauge",
+           "tern_scheduler_agents_draining gauge",
            "tern_scheduler_slots gauge",
            "tern_scheduler_lease_expiries_total counter",
            "tern_job_epoch gauge",

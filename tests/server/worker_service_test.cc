@@ -819,6 +819,9 @@ TEST_F(WorkerServiceTest, ADrainedAgentsPreemptedRankResumesElsewhereWithoutUsin
   EXPECT_EQ(agents.agents(1).slots(0).total(), 1);
   EXPECT_EQ(agents.agents(1).slots(0).used(), 1);  // the job's second attempt
   EXPECT_GT(agents.agents(1).lease_expire_time().seconds(), 0);
+  EXPECT_TRUE(Eventually([&] {  // the tick refreshes the gauges
+    return Metrics().find("tern_scheduler_agents_draining 1") != std::string::npos;
+  }));
 
   // Deregister ends agent-a's lease at once.
   ASSERT_TRUE(a.Deregister().ok());
