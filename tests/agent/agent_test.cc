@@ -675,7 +675,7 @@ TEST_F(AgentTest, ARankDrainedBeforeItsTrainerStartedIsReportedPreempted) {
   ASSERT_GT(ReadPid(RankDir("job-w", 0) + "/pid"), 0);
   // Attempt 2 waits for attempt 1's trainer, which ignores SIGTERM.
   fake_.Send(MakeAssignment("job-w", 0, "ok", /*attempt=*/2));
-  std::this_thread::sleep_for(milliseconds(300));
+  ASSERT_TRUE(WaitUntil([&] { return agent_->running_trainers() == 2; }));
   StopAgent();
   const auto second = fake_.Locked([&] {
     std::optional<v1::ReportExitRequest> found;
