@@ -10,10 +10,13 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/file_util.h"
@@ -64,6 +67,18 @@ inline std::vector<json> Events(const std::string& path) {
     if (!j.is_discarded()) out.push_back(j);
   }
   return out;
+}
+
+// Polls the events at `path` (every 5 ms, up to 60 s) until one satisfies
+// `pred`; false if none did.
+inline bool WaitForEvent(const std::string& path, const std::function<bool(const json&)>& pred) {
+  for (int i = 0; i < 12000; ++i) {
+    for (const auto& e : Events(path)) {
+      if (pred(e)) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
 }
 
 inline std::string TempDir(const std::string& name) {

@@ -88,18 +88,10 @@ TEST_F(TrainerTest, KillNineThenResumeMatchesUninterruptedRun) {
   const std::vector<std::string> args = {"--spec", spec_path, "--workdir", killed};
   Process p = Spawn(args, killed + "/first.jsonl");
   // Wait for the second committed checkpoint, then kill -9 mid-training.
-  bool killed_mid_run = false;
-  for (int i = 0; i < 6000 && !killed_mid_run; ++i) {
-    int checkpoints = 0;
-    for (const auto& e : Events(p.stdout_path)) checkpoints += e["event"] == "checkpoint";
-    if (checkpoints >= 2) {
-      ::kill(p.pid, SIGKILL);
-      killed_mid_run = true;
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  }
-  ASSERT_TRUE(killed_mid_run);
+  ASSERT_TRUE(WaitForEvent(p.stdout_path, [](const json& e) {
+    return e["event"] == "checkpoint" && e["step"].get<int>() >= 4;  // every 2 steps
+  }));
+  ::kill(p.pid, SIGKILL);
   EXPECT_EQ(Wait(p), 128 + SIGKILL);
   for (const auto& e : Events(p.stdout_path)) EXPECT_NE(e["event"], "finished");
 
@@ -124,17 +116,10 @@ TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLos
   std::vector<Process> first = SpawnJob(dir, spec, "_first");
   // What tern-agent does on a drain, here to rank 1 only: rank 0 learns of
   // it through the vote in the gradient all-reduce.
-  bool signalled = false;
-  for (int i = 0; i < 6000 && !signalled; ++i) {
-    for (const auto& e : Events(first[0].stdout_path)) {
-      if (!signalled && e["event"] == "progress" && e["step"].get<int>() >= 3) {
-        ::kill(first[1].pid, SIGUSR1);
-        signalled = true;
-      }
-    }
-    if (!signalled) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(signalled);
+  ASSERT_TRUE(WaitForEvent(first[0].stdout_path, [](const json& e) {
+    return e["event"] == "progress" && e["step"].get<int>() >= 3;
+  }));
+  ::kill(first[1].pid, SIGUSR1);
   EXPECT_EQ(Wait(first[0]), kExitStopped);
   EXPECT_EQ(Wait(first[1]), kExitStopped);
   const auto events = Events(first[0].stdout_path);
@@ -167,17 +152,10 @@ TEST_F(TrainerTest, AStopDuringTheLastEvaluationIsTakenAtTheLastCheckpoint) {
   const std::vector<std::string> args = {"--spec", spec_path, "--workdir", dir};
   Process p = Spawn(args, dir + "/first.jsonl");
   // The last step's checkpoint line comes right before the evaluation.
-  bool signalled = false;
-  for (int i = 0; i < 6000 && !signalled; ++i) {
-    for (const auto& e : Events(p.stdout_path)) {
-      if (!signalled && e["event"] == "checkpoint" && e["step"].get<int>() == 4) {
-        ::kill(p.pid, SIGUSR1);
-        signalled = true;
-      }
-    }
-    if (!signalled) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_TRUE(signalled);
+  ASSERT_TRUE(WaitForEvent(p.stdout_path, [](const json& e) {
+    return e["event"] == "checkpoint" && e["step"].get<int>() == 4;
+  }));
+  ::kill(p.pid, SIGUSR1);
   EXPECT_EQ(Wait(p), kExitStopped);
   const auto events = Events(p.stdout_path);
   ASSERT_FALSE(events.empty());
@@ -207,12 +185,7 @@ TEST_F(TrainerTest, PastTheAgentsLeaseDeadlineTheTrainerCommitsNothingMoreAndExi
   Process p = Spawn({"--spec", WriteSpec(dir, spec), "--workdir", dir}, dir + "/out.jsonl");
   ::unsetenv(kLeaseFileEnv);
   // Renewals stop (a frozen agent) once the first checkpoint is committed.
-  bool committed = false;
-  for (int i = 0; i < 6000 && !committed; ++i) {
-    for (const auto& e : Events(p.stdout_path)) committed |= e["event"] == "checkpoint";
-    if (!committed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(committed);
+  ASSERT_TRUE(WaitForEvent(p.stdout_path, [](const json& e) { return e["event"] == "checkpoint"; }));
   set_deadline(std::chrono::milliseconds(300));
   const double deadline_unix =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() +
@@ -270,20 +243,11 @@ TEST_F(TrainerTest, LostPeerFailsTheSurvivorWithAClearReason) {
   };
   Process r0 = Spawn(args(0), dir + "/r0.jsonl");
   Process r1 = Spawn(args(1), dir + "/r1.jsonl");
-  bool killed = false;
-  for (int i = 0; i < 6000 && !killed; ++i) {
-    for (const auto& e : Events(r0.stdout_path)) {
-      if (e["event"] == "progress" && !killed) {
-        // Else a send to the dead peer's socket can end the survivor by
-        // SIGPIPE (exit 141) before it reports anything.
-        EXPECT_TRUE(tern::testing_util::IgnoresSignal(r0.pid, SIGPIPE));
-        ::kill(r1.pid, SIGKILL);
-        killed = true;
-      }
-    }
-    if (!killed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(killed);
+  ASSERT_TRUE(WaitForEvent(r0.stdout_path, [](const json& e) { return e["event"] == "progress"; }));
+  // Else a send to the dead peer's socket can end the survivor by SIGPIPE
+  // (exit 141) before it reports anything.
+  EXPECT_TRUE(tern::testing_util::IgnoresSignal(r0.pid, SIGPIPE));
+  ::kill(r1.pid, SIGKILL);
   Wait(r1);
   const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(Wait(r0), 1);
