@@ -227,7 +227,9 @@ echo "5. agent SIGKILLed: trainers gone, lease expired, job resumed from step $r
 # 6. The agent drained: SIGTERM, exit 0 once its trainers have stopped at a
 # checkpoint of the step they reached (not the last periodic one).
 wait_checkpoint 5 $((resumed + 8))
+drain_start=$(date +%s%N)
 shut_down "$agent" 20
+drain_ms=$(( ($(date +%s%N) - drain_start) / 1000000 ))
 drained=$(committed_step 5)
 reported=$(progress_step 5)
 [[ $drained -ge $reported ]] ||
@@ -239,7 +241,7 @@ resumed=$(resumed_step 6)
 [[ $resumed -eq $drained ]] || fail "attempt 6 resumed from step $resumed, not $drained"
 job_json
 [[ $(jq -r .restarts "$work/job.json") -eq 4 ]] || fail "the drain used a restart: $(cat "$work/job.json")"
-echo "6. agent drained (SIGTERM): trainers stopped at a checkpoint of step $drained (last reported: $reported), resumed from it without using a restart"
+echo "6. agent drained (SIGTERM, exited after ${drain_ms} ms): trainers stopped at a checkpoint of step $drained (last reported: $reported), resumed from it without using a restart"
 
 # 7. The job ends well, the watcher followed it, the history is in order.
 status=0
