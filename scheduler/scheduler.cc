@@ -52,9 +52,15 @@ std::string DescribePlacement(const std::vector<RankPlacement>& ranks,
   return out;
 }
 
-std::string RequeueMessage(const Job& job) {
-  std::string out = "restart " + std::to_string(job.restarts_used) + " of " +
-                    std::to_string(job.max_restarts) + ", resuming from ";
+// `free_of`: the reason of a restart that uses none of the budget, or null.
+std::string RequeueMessage(const Job& job, const char* free_of = nullptr) {
+  std::string out =
+      free_of != nullptr
+          ? std::string("no restart used (") + free_of + "; " +
+                std::to_string(job.restarts_used) + " of " + std::to_string(job.max_restarts) +
+                " used so far), resuming from "
+          : "restart " + std::to_string(job.restarts_used) + " of " +
+                std::to_string(job.max_restarts) + ", resuming from ";
   out += job.last_checkpoint_step
              ? "step " + std::to_string(*job.last_checkpoint_step)
              : "the start (no committed checkpoint)";
@@ -580,7 +586,7 @@ Status Scheduler::RestartLocked(Job job, const char* why, std::string message,
     job.restart_not_before = now;
     TERN_RETURN_IF_ERROR(TransitionJob(
         &job, JobState::kQueued, reason::kRequeued,
-        RequeueMessage(job) + " (not charged: " + why + ")", now, &events));
+        RequeueMessage(job, why), now, &events));
   } else if (job.restarts_used >= job.max_restarts) {
     TERN_RETURN_IF_ERROR(
         TransitionJob(&job, JobState::kFailed, reason::kRestartBudgetExhausted,
