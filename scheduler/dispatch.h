@@ -83,6 +83,9 @@ struct RankExit {
   // The trainer stopped on request at a committed checkpoint (exit code 3):
   // the job restarts from it without using one of its max_restarts.
   bool preempted = false;
+  // The trainer stopped itself because its agent's lease ran out (exit code
+  // 4): RANK_LOST, not TRAINER_FAILED.
+  bool lease_lost = false;
   // Rank 0 on success: the packed model and the final metrics.
   std::string artifact_path;
   std::string metrics_json;

@@ -1066,11 +1066,14 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
   if (exit.preempted) {
     message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
               " stopped on request at a committed checkpoint";
+  } else if (exit.lease_lost) {
+    message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
+              " stopped itself: its agent's lease ran out";
   }
   if (!exit.message.empty()) message += ": " + exit.message;
-  const char* why = exit.preempted         ? reason::kRankPreempted
-                    : exit.exit_code > 0   ? reason::kTrainerFailed
-                                           : reason::kRankLost;
+  const char* why = exit.preempted ? reason::kRankPreempted
+                    : exit.exit_code > 0 && !exit.lease_lost ? reason::kTrainerFailed
+                                                             : reason::kRankLost;
   TERN_RETURN_IF_ERROR(RestartLocked(
       std::move(job), why, std::move(message), now,
       exit.retryable || exit.preempted,

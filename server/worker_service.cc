@@ -499,6 +499,9 @@ Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
     }
   }
   exit.preempted = request.preempted();
+  // The trainer stopped itself at its agent's lease deadline: the rank was
+  // lost with the lease, not failed.
+  exit.lease_lost = request.signal() == 0 && exit.exit_code == trainer::kExitFenced;
   exit.retryable = !(request.signal() == 0 && exit.exit_code > 0 &&
                      (exit.exit_code == trainer::kExitBadSpec ||
                       IsNotRetryableFailureCode(failure_code)));
@@ -612,8 +615,11 @@ Status WorkerService::CheckLease(const std::string& agent_id,
                                  const std::string& lease_id) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = leases_.find(agent_id);
+  // Expired is expired even before the tick collects it: the agent's
+  // trainers stop at that deadline (worker/trainer/lease_file.h), so a late
+  // renewal must not bring their ranks back.
   if (it == leases_.end() || it->second.lease_id != lease_id ||
-      it->second.lost) {
+      it->second.lost || it->second.expires_at <= state_->clock->Now()) {
     return FailedPreconditionError(
         "agent " + agent_id +
         ": unknown or expired lease; register again, listing the ranks still running");

@@ -227,21 +227,23 @@ echo "5. agent SIGKILLed: trainers gone, lease expired, job resumed from step $r
 # 6. The agent drained: SIGTERM, exit 0 once its trainers have stopped at a
 # checkpoint of the step they reached (not the last periodic one).
 wait_checkpoint 5 $((resumed + 8))
+before=$(committed_step 5)
 drain_start=$(date +%s%N)
 shut_down "$agent" 20
 drain_ms=$(( ($(date +%s%N) - drain_start) / 1000000 ))
-drained=$(committed_step 5)
 reported=$(progress_step 5)
-[[ $drained -ge $reported ]] ||
-  fail "the drain committed step $drained, older than step $reported that attempt 5 reported"
 [[ $(restart_reason 5) == RANK_PREEMPTED ]] ||
   fail "attempt 5 ended with $(restart_reason 5), not RANK_PREEMPTED"
 start_agent
-resumed=$(resumed_step 6)
-[[ $resumed -eq $drained ]] || fail "attempt 6 resumed from step $resumed, not $drained"
+# The stop's checkpoint is what the next attempt finds on disk. (ternd may
+# have missed its event: the first rank's exit restarts the job, and a late
+# report of attempt 5 is then ignored.)
+drained=$(resumed_step 6)
+[[ $drained -ge $reported && $drained -gt $before ]] ||
+  fail "attempt 6 resumed from step $drained: not a checkpoint taken by the drain (attempt 5 reported step $reported, its newest checkpoint before the drain was $before)"
 job_json
 [[ $(jq -r .restarts "$work/job.json") -eq 4 ]] || fail "the drain used a restart: $(cat "$work/job.json")"
-echo "6. agent drained (SIGTERM, exited after ${drain_ms} ms): trainers stopped at a checkpoint of step $drained (last reported: $reported), resumed from it without using a restart"
+echo "6. agent drained (SIGTERM, exited after ${drain_ms} ms): attempt 6 resumed from step $drained (attempt 5 last reported $reported) without using a restart"
 
 # 7. The job ends well, the watcher followed it, the history is in order.
 status=0

@@ -533,6 +533,22 @@ TEST_F(RestartTest, APreemptedRankRestartsTheJobAtOnceWithoutUsingARestart) {
   EXPECT_EQ(State(id), JobState::kFailed);
 }
 
+TEST_F(RestartTest, ATrainerThatFencedItselfWasLostNotFailed) {
+  Register("a", 1);
+  JobId id = Submit(0, 1, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  RankExit fenced;
+  fenced.rank = Ref(id, 0);
+  fenced.exit_code = 4;
+  fenced.lease_lost = true;
+  ASSERT_TRUE(scheduler_->ReportRankExit(fenced).ok());
+  const Job job = Get(id);
+  EXPECT_EQ(job.restarts_used, 1);  // a lost lease is charged, as before
+  const JobEvent& lost = job.history[job.history.size() - 3];
+  EXPECT_EQ(lost.reason, "RANK_LOST");
+  EXPECT_EQ(lost.message, "rank 0 on agent a stopped itself: its agent's lease ran out");
+}
+
 TEST_F(RestartTest, AFailureThatWouldRecurFailsTheJobAtOnce) {
   Register("a", 1);
   JobId id = Submit(0, 1, kDeviceCpu, /*max_restarts=*/3);

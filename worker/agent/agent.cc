@@ -1153,7 +1153,10 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
       ParsedLine p = parser.ParseStdoutLine(line, read_time);
       trainer_metrics_.Update(rank->job, rank->rank_label, p, &metrics_window);
       if (p.event.has_failed()) failed_reason = p.event.failed().code() + ": " + p.event.failed().message();
-      const bool urgent = p.kind == "started" || p.kind == "finished" || p.kind == "failed";
+      // A checkpoint is sent at once too: ternd ignores reports of an attempt it
+      // has moved past, and a drained job restarts as soon as any rank exits.
+      const bool urgent = p.kind == "started" || p.kind == "finished" || p.kind == "failed" ||
+                          p.kind == "checkpoint";
       pending.push_back(std::move(p.event));
       flush_due = std::min(flush_due, urgent ? Clock::now() : Clock::now() + options_.flush_interval);
     }
