@@ -99,6 +99,15 @@ restart_reason() {
                                         and .state_change.to_state == "JOB_STATE_RESTARTING")
                              | .state_change.reason.code] | first // "none"' "$work/events.jsonl"
 }
+# Fails unless attempt $1 moved to RESTARTING for one of the reasons $2...;
+# sets `reason`.
+check_reason() {
+  local attempt=$1 want
+  shift
+  reason=$(restart_reason "$attempt")
+  for want in "$@"; do [[ "$reason" == "$want" ]] && return 0; done
+  fail "attempt $attempt ended with $reason, not $*"
+}
 # Fails unless attempt $1 resumed from a checkpoint no older than step $2.
 check_resumed() {
   resumed=$(resumed_step "$1")
@@ -149,7 +158,7 @@ wait_job "restart 1" '.restarts == 1 and .state == "JOB_STATE_RUNNING"'
 checkpoint=$(committed_step 1)
 wait_checkpoint 2 $((checkpoint + 8))
 check_resumed 2 "$checkpoint"
-[[ $(restart_reason 1) == RANK_LOST ]] || fail "attempt 1 ended with $(restart_reason 1), not RANK_LOST"
+check_reason 1 RANK_LOST
 echo "1. trainer $victim SIGKILLed: job restarted, resumed from step $resumed (newest checkpoint event: $checkpoint)"
 
 # 2. ternd killed while the job trains; restarted on the same database and port.
@@ -186,9 +195,7 @@ fenced_after=$(( $(date +%s) - start ))
 kill -CONT "$ternd"
 wait_job "restart 2" '.restarts == 2 and .state == "JOB_STATE_RUNNING"'
 check_resumed 3 "$checkpoint"
-reason=$(restart_reason 2)
-[[ "$reason" == AGENT_LEASE_EXPIRED || "$reason" == RANK_LOST ]] ||
-  fail "attempt 2 ended with $reason, not AGENT_LEASE_EXPIRED or RANK_LOST"
+check_reason 2 AGENT_LEASE_EXPIRED RANK_LOST
 echo "3. ternd frozen: the trainers stopped after ${fenced_after} s (lease TTL 8 s); after the thaw ($reason) the job resumed from step $resumed"
 
 # 4. The agent frozen past its lease, then thawed. Its trainers must stop by
@@ -205,8 +212,7 @@ wait_job "lease expiry of the frozen agent" '.state == "JOB_STATE_RESTARTING" or
 kill -CONT "$agent"
 wait_job "restart 3" '.restarts == 3 and .state == "JOB_STATE_RUNNING"'
 check_resumed 4 "$checkpoint"
-[[ $(restart_reason 3) == AGENT_LEASE_EXPIRED ]] ||
-  fail "attempt 3 ended with $(restart_reason 3), not AGENT_LEASE_EXPIRED"
+check_reason 3 AGENT_LEASE_EXPIRED
 echo "4. agent frozen past its lease: its trainers stopped by themselves after ${fenced_after} s; after the thaw the job resumed from step $resumed"
 
 # 5. The agent killed: its trainers must die with it (PR_SET_PDEATHSIG), the
@@ -220,8 +226,7 @@ checkpoint=$(committed_step 4)
 start_agent
 wait_job "restart 4" '.restarts == 4 and .state == "JOB_STATE_RUNNING"'
 check_resumed 5 "$checkpoint"
-[[ $(restart_reason 4) == AGENT_LEASE_EXPIRED ]] ||
-  fail "attempt 4 ended with $(restart_reason 4), not AGENT_LEASE_EXPIRED"
+check_reason 4 AGENT_LEASE_EXPIRED
 echo "5. agent SIGKILLed: trainers gone, lease expired, job resumed from step $resumed (newest checkpoint event: $checkpoint)"
 
 # 6. The agent drained: SIGTERM, exit 0 once its trainers have stopped at a
@@ -232,8 +237,7 @@ drain_start=$(date +%s%N)
 shut_down "$agent" 20
 drain_ms=$(( ($(date +%s%N) - drain_start) / 1000000 ))
 reported=$(progress_step 5)
-[[ $(restart_reason 5) == RANK_PREEMPTED ]] ||
-  fail "attempt 5 ended with $(restart_reason 5), not RANK_PREEMPTED"
+check_reason 5 RANK_PREEMPTED
 start_agent
 # The stop's checkpoint is what the next attempt finds on disk. (ternd may
 # have missed its event: the first rank's exit restarts the job, and a late

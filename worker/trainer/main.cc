@@ -54,18 +54,18 @@ int RunRank(const std::string& spec_path, RunOptions run) {
                                : tern::ReadFileToString(spec_path);
   if (!text.ok()) {
     std::cerr << "tern-trainer: " << text.status() << "\n";
-    return 2;
+    return tern::trainer::kExitBadSpec;
   }
   auto spec = tern::trainer::ParseTrainerSpec(*text);
   EventWriter events(spec.ok() ? spec->name : "", run.rank, run.world_size);
   if (!spec.ok()) {
     events.Emit("failed", {{"code", "INVALID_ARGUMENT"}, {"reason", spec.status().message()}});
     std::cerr << "tern-trainer: " << spec_path << ": " << spec.status() << "\n";
-    return 2;
+    return tern::trainer::kExitBadSpec;
   }
   if (tern::Status s = tern::MakeDirectories(run.workdir); !s.ok()) {
     std::cerr << "tern-trainer: " << s << "\n";
-    return 2;
+    return tern::trainer::kExitBadSpec;
   }
   auto result = tern::trainer::RunTraining(*spec, run, events);
   if (tern::trainer::IsStoppedOnRequest(result.status())) {
