@@ -25,6 +25,12 @@ std::string SlotCount(int n, const std::string& kind) {
   return std::to_string(n) + " " + kind + (n == 1 ? " slot" : " slots");
 }
 
+// "alice's quota" or "the default quota (*)", for wait reasons and errors.
+std::string QuotaName(const OwnerQuota& quota) {
+  return quota.line_owner == kDefaultQuotaOwner ? "the default quota (*)"
+                                                : quota.line_owner + "'s quota";
+}
+
 std::string Seconds(TimePoint::duration d) {
   auto s = std::chrono::duration_cast<std::chrono::seconds>(d).count();
   return std::to_string(s) + "s";
@@ -293,6 +299,7 @@ void Scheduler::ApplyLocked(Job job) {
   if (job.state != JobState::kQueued) {
     wait_reasons_.erase(id);
     head_since_.erase(id);
+    waiting_on_quota_.erase(id);
   }
   jobs_.insert_or_assign(id, std::move(job));
 }
@@ -510,10 +517,34 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     }
     return it->second;
   };
+  // (owner, kind) -> slots held, for owners with a slot quota.
+  std::map<std::pair<std::string, std::string>, int> held;
+  if (quotas_.size() > 0) {
+    for (JobId id : holding_) {
+      const Job& job = jobs_.at(id);
+      held[{job.owner, job.device_kind}] += job.world_size;
+    }
+  }
+  std::set<JobId> waiting_on_quota;
   for (JobId id : QueueOrderLocked(now)) {
     const Job& job = jobs_.at(id);
     const std::string kind = job.device_kind;
     const std::string needs = "needs " + SlotCount(job.world_size, kind);
+    const OwnerQuota* quota = quotas_.For(job.owner);
+    const std::optional<int> limit =
+        quota != nullptr ? quota->SlotLimit(kind) : std::nullopt;
+    if (limit) {
+      const int owner_holds = held[{job.owner, kind}];
+      if (owner_holds + job.world_size > *limit) {
+        // Waits for its owner's own jobs: it must not hold anyone back.
+        reasons[id] = needs + ", but owner " + job.owner + " holds " +
+                      std::to_string(owner_holds) + " of the " +
+                      SlotCount(*limit, kind) + " " + QuotaName(*quota) +
+                      " allows";
+        waiting_on_quota.insert(id);
+        continue;
+      }
+    }
     const auto [total, free] = capacity_of(kind);
     if (job.world_size > total) {
       // Can never fit as things stand: it must not hold anyone back.
@@ -551,9 +582,11 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     }
     TERN_RETURN_IF_ERROR(AdmitJobLocked(id, *placement, now));
     capacity.erase(kind);
+    if (limit) held[{job.owner, kind}] += job.world_size;
   }
   wait_reasons_ = std::move(reasons);
   head_since_ = std::move(head_since);
+  waiting_on_quota_ = std::move(waiting_on_quota);
   return OkStatus();
 }
 
@@ -665,6 +698,7 @@ StatusOr<SubmitResult> Scheduler::SubmitJob(const JobRequest& request) {
       return SubmitResult{jobs_.at(it->second), /*created=*/false};
     }
   }
+  TERN_RETURN_IF_ERROR(CheckSubmitQuotaLocked(request));
   Job job;
   job.id = next_id_;
   job.owner = request.owner;
@@ -1185,7 +1219,59 @@ SchedulerStats Scheduler::Stats() const {
     stats.live_agents += agent->live;
     stats.draining_agents += agent->live && agent->draining;
   }
+  stats.jobs_waiting_on_quota = static_cast<int>(waiting_on_quota_.size());
   return stats;
+}
+
+// --- Quotas ----------------------------------------------------------------
+
+void Scheduler::SetQuotas(QuotaTable quotas) {
+  std::lock_guard<std::mutex> lock(mu_);
+  quotas_ = std::move(quotas);
+  AdmitAndLogLocked(clock_->Now());
+}
+
+OwnerUsage Scheduler::UsageOf(const std::string& owner) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return UsageOfLocked(owner);
+}
+
+OwnerUsage Scheduler::UsageOfLocked(const std::string& owner) const {
+  OwnerUsage usage;
+  for (const std::set<JobId>* set : {&queued_, &restarting_, &holding_}) {
+    for (JobId id : *set) {
+      const Job& job = jobs_.at(id);
+      if (job.owner != owner) continue;
+      ++usage.unfinished_jobs;
+      if (set == &holding_) usage.slots[job.device_kind] += job.world_size;
+    }
+  }
+  if (const OwnerQuota* quota = quotas_.For(owner)) usage.quota = *quota;
+  return usage;
+}
+
+Status Scheduler::CheckSubmitQuotaLocked(const JobRequest& request) const {
+  const OwnerQuota* quota = quotas_.For(request.owner);
+  if (quota == nullptr) return OkStatus();
+  const std::optional<int> limit = quota->SlotLimit(request.device_kind);
+  if (limit && request.world_size > *limit) {
+    return FailedPreconditionError(
+        "the job needs " + SlotCount(request.world_size, request.device_kind) +
+        " at once, and " + QuotaName(*quota) + " lets owner " + request.owner +
+        " hold at most " + std::to_string(*limit) +
+        ": it could never start (ask for fewer ranks, or for a larger quota)");
+  }
+  if (quota->max_jobs) {
+    const int unfinished = UsageOfLocked(request.owner).unfinished_jobs;
+    if (unfinished >= *quota->max_jobs) {
+      return Status(StatusCode::kResourceExhausted,
+                    "owner " + request.owner + " has " + std::to_string(unfinished) +
+                        " unfinished jobs, the most " + QuotaName(*quota) +
+                        " allows (jobs=" + std::to_string(*quota->max_jobs) +
+                        "); submit again when one ends, or cancel one");
+    }
+  }
+  return OkStatus();
 }
 
 }  // namespace tern::scheduler

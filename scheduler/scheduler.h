@@ -18,6 +18,12 @@
 //   jobs of that kind that do fit start ahead of it, for backfill_window;
 //   after that it reserves the kind: nothing behind it is admitted until it
 //   starts. A job larger than the kind's registered capacity never blocks.
+// - Quotas (SetQuotas, scheduler/quota.h): a queued job whose ranks would
+//   take its owner past the owner's slot quota of its kind is skipped (it
+//   waits, saying so) and neither becomes a kind's head nor reserves slots,
+//   so one owner at its quota holds back no other owner. SubmitJob refuses a
+//   job that could never fit its owner's quota (FAILED_PRECONDITION) and one
+//   beyond the owner's unfinished-jobs limit (RESOURCE_EXHAUSTED).
 // - Success: a job SUCCEEDS when every rank of the attempt exits 0; the
 //   result (artifact path, metrics) is rank 0's, and a kProgress event with
 //   reason RESULT and payload = rank 0's metrics_json follows the
@@ -56,6 +62,7 @@
 #include "scheduler/dispatch.h"
 #include "scheduler/job.h"
 #include "scheduler/job_store.h"
+#include "scheduler/quota.h"
 
 namespace tern::scheduler {
 
@@ -125,6 +132,14 @@ struct SchedulerStats {
   std::map<std::string, int> free_slots;
   int live_agents = 0;
   int draining_agents = 0;  // live, but taking no work (DrainAgent)
+  int jobs_waiting_on_quota = 0;  // QUEUED, held back by their owner's quota
+};
+
+// One owner's share of the cluster, as quotas count it.
+struct OwnerUsage {
+  std::map<std::string, int> slots;  // by device kind: held by ADMITTED/RUNNING jobs
+  int unfinished_jobs = 0;           // QUEUED, ADMITTED, RUNNING, RESTARTING
+  std::optional<OwnerQuota> quota;   // nullopt: no limits
 };
 
 class Scheduler {
@@ -141,7 +156,8 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // --- Clients ---
-  // Validates (INVALID_ARGUMENT naming the field), stores and queues the job,
+  // Validates (INVALID_ARGUMENT naming the field), checks the owner's quota
+  // (FAILED_PRECONDITION, RESOURCE_EXHAUSTED), stores and queues the job,
   // then runs admission. An (owner, idempotency_key) seen before returns
   // that job with created=false, whatever the rest of the request says.
   StatusOr<SubmitResult> SubmitJob(const JobRequest& request);
@@ -156,6 +172,10 @@ class Scheduler {
   // "" for other states.
   StatusOr<std::string> WaitReason(JobId id) const;
   std::vector<JobId> QueueOrder() const;  // QUEUED jobs, next admitted first
+  // Replaces the quotas (initially none) and runs admission: a raised
+  // quota admits waiting jobs at once; a lowered one stops nothing.
+  void SetQuotas(QuotaTable quotas);
+  OwnerUsage UsageOf(const std::string& owner) const;
   // Events with seq > after_seq (at most max_events, ascending). Blocks up
   // to max_wait for the first one; returns empty when none came.
   StatusOr<std::vector<JobEvent>> ReadEvents(
@@ -217,6 +237,9 @@ class Scheduler {
   Status AdmitJobLocked(JobId id, const Placement& placement, TimePoint now);
   std::vector<JobId> QueueOrderLocked(TimePoint now) const;
   int SlotsLocked(const std::string& kind, bool free_only) const;
+  OwnerUsage UsageOfLocked(const std::string& owner) const;
+  // FAILED_PRECONDITION / RESOURCE_EXHAUSTED: see the header comment.
+  Status CheckSubmitQuotaLocked(const JobRequest& request) const;
   // How a restart is charged: kCounted uses one of the job's max_restarts
   // and grows its back-off; kFree (a preempted rank, an agent that left on
   // purpose: not the job's failure) uses none and requeues at once.
@@ -247,6 +270,8 @@ class Scheduler {
   std::map<std::string, std::unique_ptr<Agent>> agents_;
   std::map<JobId, std::string> wait_reasons_;  // from the last admission pass
   std::map<JobId, TimePoint> head_since_;      // blocked heads, per device kind
+  std::set<JobId> waiting_on_quota_;           // from the last admission pass
+  QuotaTable quotas_;
   JobId next_id_ = 1;
 };
 

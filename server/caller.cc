@@ -13,18 +13,13 @@
 #include <utility>
 #include <vector>
 
+#include "common/config_text.h"
+
 namespace tern::server {
 namespace {
 
-constexpr size_t kMaxOwnerLength = 128;
-
 Status PermissionDenied(std::string message) {
   return Status(StatusCode::kPermissionDenied, std::move(message));
-}
-
-bool ValidOwner(const std::string& owner) {
-  return !owner.empty() && owner.size() <= kMaxOwnerLength &&
-         std::all_of(owner.begin(), owner.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
 
 // The verified client certificate's common name, "" without mutual TLS.
@@ -34,7 +29,7 @@ StatusOr<std::string> CertificateName(const grpc::ServerContext& context) {
   const std::vector<grpc::string_ref> names =
       auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
   const std::string name = names.empty() ? "" : std::string(names[0].data(), names[0].size());
-  if (!ValidOwner(name)) {
+  if (!IsIdentityName(name)) {
     return PermissionDenied(
         "the client certificate's common name must be 1..128 printable ASCII characters "
         "without spaces: it is the caller's identity");
@@ -110,7 +105,7 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTabl
     return Caller{kAnonymousOwner, false, false, "anonymous"};
   }
   const std::string owner(it->second.data(), it->second.size());
-  if (!ValidOwner(owner)) {
+  if (!IsIdentityName(owner)) {
     return InvalidArgumentError(
         std::string("metadata ") + kOwnerMetadataKey +
         ": must be 1..128 printable ASCII characters without spaces");

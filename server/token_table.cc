@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/config_text.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "tls/bearer_token.h"
@@ -15,20 +16,7 @@
 namespace tern::server {
 namespace {
 
-constexpr size_t kMaxNameLength = 128;
 constexpr auto kCheckInterval = std::chrono::seconds(1);
-
-std::vector<std::string> Words(std::string_view line) {
-  std::vector<std::string> words;
-  size_t i = 0;
-  while (i < line.size()) {
-    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-    const size_t start = i;
-    while (i < line.size() && line[i] != ' ' && line[i] != '\t') ++i;
-    if (i > start) words.emplace_back(line.substr(start, i - start));
-  }
-  return words;
-}
 
 bool IsHash(const std::string& word) {
   const std::string prefix = "sha256:";
@@ -38,14 +26,6 @@ bool IsHash(const std::string& word) {
   for (size_t i = prefix.size(); i < word.size(); ++i) {
     const char c = word[i];
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
-bool IsName(const std::string& word) {
-  if (word.empty() || word.size() > kMaxNameLength) return false;
-  for (const char c : word) {
-    if (c <= 0x20 || c >= 0x7f) return false;
   }
   return true;
 }
@@ -66,25 +46,14 @@ StatusOr<std::string> ReadTokenTableFile(const std::string& path) {
 StatusOr<std::map<std::string, TokenEntry>> TokenTable::Parse(std::string_view text,
                                                               const std::string& path) {
   std::map<std::string, TokenEntry> entries;
-  size_t line_number = 0;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    std::string_view line = text.substr(start, end - start);
-    start = end + 1;
-    ++line_number;
-    const size_t hash_mark = line.find('#');
-    if (hash_mark != std::string_view::npos) line = line.substr(0, hash_mark);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    const std::vector<std::string> words = Words(line);
-    if (words.empty()) continue;
-    const std::string where = path + ":" + std::to_string(line_number) + ": ";
+  for (const ConfigLine& line : SplitConfigLines(text)) {
+    const std::vector<std::string>& words = line.words;
+    const std::string where = path + ":" + std::to_string(line.number) + ": ";
     if (!IsHash(words[0])) {
       return InvalidArgumentError(where + "must start with sha256:<64 lowercase hex digits> "
                                   "(the hash `ternctl token new` prints, not the token)");
     }
-    if (words.size() < 2 || !IsName(words[1])) {
+    if (words.size() < 2 || !IsIdentityName(words[1])) {
       return InvalidArgumentError(where + "needs a name after the hash: 1..128 printable "
                                   "characters without spaces");
     }

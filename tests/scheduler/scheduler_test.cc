@@ -1241,5 +1241,137 @@ TEST_F(ValidationTest, BadOptionsAreRejected) {
   EXPECT_EQ(scheduler.status().code(), StatusCode::kInvalidArgument);
 }
 
+// --- Quotas ------------------------------------------------------------------
+
+class QuotaTest : public SchedulerTest {
+ protected:
+  void SetQuotas(const std::string& text) {
+    StatusOr<QuotaTable> table = QuotaTable::Parse(text, "quotas");
+    ASSERT_TRUE(table.ok()) << table.status();
+    scheduler_->SetQuotas(*std::move(table));
+  }
+  JobId SubmitAs(const std::string& owner, int world_size, const std::string& kind = kDeviceCpu,
+                 int priority = 0) {
+    JobRequest r = Request(priority, world_size, kind);
+    r.owner = owner;
+    return Submit(r);
+  }
+  Status TrySubmitAs(const std::string& owner, int world_size,
+                     const std::string& kind = kDeviceCpu, const std::string& key = "") {
+    JobRequest r = Request(0, world_size, kind);
+    r.owner = owner;
+    r.idempotency_key = key;
+    return scheduler_->SubmitJob(r).status();
+  }
+};
+
+TEST_F(QuotaTest, AnOwnerAtItsSlotQuotaWaitsWithoutHoldingBackOthers) {
+  // Strict priority order: a head job that cannot fit would reserve the kind.
+  options_.backfill_window = seconds(0);
+  Open();
+  SetQuotas("alice cpu=2\n");
+  Register("n1", 4);
+  const JobId a1 = SubmitAs("alice", 2, kDeviceCpu, /*priority=*/9);
+  const JobId a2 = SubmitAs("alice", 2, kDeviceCpu, /*priority=*/9);
+  const JobId b1 = SubmitAs("bob", 2);
+  EXPECT_EQ(State(a1), JobState::kAdmitted);
+  EXPECT_EQ(State(a2), JobState::kQueued);
+  EXPECT_EQ(WaitReason(a2),
+            "needs 2 cpu slots, but owner alice holds 2 of the 2 cpu slots alice's quota allows");
+  EXPECT_EQ(State(b1), JobState::kAdmitted) << WaitReason(b1);
+  EXPECT_EQ(scheduler_->Stats().jobs_waiting_on_quota, 1);
+
+  Finish(a1);  // alice's slots come back: her next job starts
+  EXPECT_EQ(State(a2), JobState::kAdmitted) << WaitReason(a2);
+  EXPECT_EQ(scheduler_->Stats().jobs_waiting_on_quota, 0);
+}
+
+TEST_F(QuotaTest, TheDefaultLineAppliesToOwnersWithoutTheirOwn) {
+  SetQuotas("* cpu=1\nalice cpu=3\n");
+  Register("n1", 8);
+  const JobId b1 = SubmitAs("bob", 1);
+  const JobId b2 = SubmitAs("bob", 1);
+  const JobId a1 = SubmitAs("alice", 3);
+  EXPECT_EQ(State(b1), JobState::kAdmitted);
+  EXPECT_EQ(State(b2), JobState::kQueued);
+  EXPECT_NE(WaitReason(b2).find("the 1 cpu slot the default quota (*) allows"),
+            std::string::npos)
+      << WaitReason(b2);
+  EXPECT_EQ(State(a1), JobState::kAdmitted);
+  // A kind without a limit is unlimited.
+  Register("g1", 4, kDeviceCuda);
+  EXPECT_EQ(State(SubmitAs("bob", 4, kDeviceCuda)), JobState::kAdmitted);
+}
+
+TEST_F(QuotaTest, SubmitRefusesJobsTheQuotaCanNeverAdmitOrThatExceedTheJobLimit) {
+  SetQuotas("alice cuda=4 jobs=2\ncarol cuda=0\n");
+  Status too_wide = TrySubmitAs("alice", 8, kDeviceCuda);
+  EXPECT_EQ(too_wide.code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(too_wide.message(),
+            "the job needs 8 cuda slots at once, and alice's quota lets owner alice hold at most "
+            "4: it could never start (ask for fewer ranks, or for a larger quota)");
+  EXPECT_EQ(TrySubmitAs("carol", 1, kDeviceCuda).code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(TrySubmitAs("carol", 1, kDeviceCpu).ok());
+
+  ASSERT_TRUE(TrySubmitAs("alice", 1, kDeviceCpu, "key-1").ok());
+  ASSERT_TRUE(TrySubmitAs("alice", 4, kDeviceCuda).ok());
+  Status third = TrySubmitAs("alice", 1);
+  EXPECT_EQ(third.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(third.message(),
+            "owner alice has 2 unfinished jobs, the most alice's quota allows (jobs=2); submit "
+            "again when one ends, or cancel one");
+  // A retry of a job that was accepted is answered, not refused.
+  EXPECT_TRUE(TrySubmitAs("alice", 1, kDeviceCpu, "key-1").ok());
+  // Refused submissions stored nothing.
+  ListJobsQuery mine;
+  mine.owner = "alice";
+  EXPECT_EQ(Ids(mine).size(), 2u);
+  // Another owner is not counted against alice.
+  EXPECT_TRUE(TrySubmitAs("bob", 1).ok());
+  // A cancelled job no longer counts.
+  ASSERT_TRUE(scheduler_->CancelJob(Ids(mine).at(0), "test").ok());
+  EXPECT_TRUE(TrySubmitAs("alice", 1).ok());
+}
+
+TEST_F(QuotaTest, RaisingAQuotaAdmitsAtOnceAndLoweringOneStopsNothing) {
+  SetQuotas("alice cpu=1\n");
+  Register("n1", 4);
+  const JobId a1 = SubmitAs("alice", 1);
+  const JobId a2 = SubmitAs("alice", 1);
+  ASSERT_EQ(State(a2), JobState::kQueued);
+  SetQuotas("alice cpu=2\n");
+  EXPECT_EQ(State(a2), JobState::kAdmitted);
+
+  SetQuotas("alice cpu=1\n");
+  EXPECT_EQ(State(a1), JobState::kAdmitted);
+  EXPECT_EQ(State(a2), JobState::kAdmitted);
+  const JobId a3 = SubmitAs("alice", 1);
+  EXPECT_EQ(State(a3), JobState::kQueued);
+  EXPECT_NE(WaitReason(a3).find("holds 2 of the 1 cpu slot"), std::string::npos)
+      << WaitReason(a3);
+
+  SetQuotas("");  // no quotas at all
+  EXPECT_EQ(State(a3), JobState::kAdmitted);
+}
+
+TEST_F(QuotaTest, UsageCountsHeldSlotsAndUnfinishedJobs) {
+  SetQuotas("alice cpu=3 jobs=10\n");
+  Register("n1", 2);
+  const JobId a1 = SubmitAs("alice", 2);
+  SubmitAs("alice", 1);  // waits: no free slot
+  SubmitAs("bob", 1);
+  OwnerUsage usage = scheduler_->UsageOf("alice");
+  EXPECT_EQ(usage.unfinished_jobs, 2);
+  EXPECT_EQ(usage.slots, (std::map<std::string, int>{{kDeviceCpu, 2}}));
+  ASSERT_TRUE(usage.quota.has_value());
+  EXPECT_EQ(usage.quota->line_owner, "alice");
+  EXPECT_EQ(usage.quota->max_jobs, 10);
+  Finish(a1);
+  usage = scheduler_->UsageOf("alice");
+  EXPECT_EQ(usage.unfinished_jobs, 1);
+  EXPECT_EQ(usage.slots, (std::map<std::string, int>{{kDeviceCpu, 1}}));
+  EXPECT_FALSE(scheduler_->UsageOf("bob").quota.has_value());
+}
+
 }  // namespace
 }  // namespace tern::scheduler
