@@ -252,6 +252,34 @@ std::string FormatAgentTable(const std::vector<v1::AgentInfo>& agents,
   return AlignColumns(rows);
 }
 
+std::string FormatWhoAmI(const v1::WhoAmIResponse& who) {
+  std::ostringstream s;
+  s << who.name() << " (" << who.proven_by() << (who.authenticated() ? "" : ", not authenticated")
+    << "; " << (who.sees_every_job() ? "sees every owner's jobs" : "sees its own jobs") << ")\n";
+  const v1::OwnerQuota& quota = who.quota();
+  s << "quota:";
+  if (quota.line().empty()) {
+    s << " none;";
+  } else if (quota.line() == "*") {
+    s << " the default (*);";
+  }
+  bool first = true;
+  for (const v1::SlotQuota& slots : quota.slots()) {
+    s << (first ? " " : ", ") << (slots.device_kind() == v1::DEVICE_CUDA ? "cuda " : "cpu ")
+      << slots.used();
+    if (slots.has_limit()) s << " of " << slots.limit();
+    s << (slots.used() == 1 && !slots.has_limit() ? " slot" : " slots");
+    first = false;
+  }
+  s << (first ? " " : ", ") << quota.unfinished_jobs();
+  if (quota.has_max_unfinished_jobs()) s << " of " << quota.max_unfinished_jobs();
+  s << " unfinished " << (quota.unfinished_jobs() == 1 && !quota.has_max_unfinished_jobs()
+                              ? "job"
+                              : "jobs")
+    << "\n";
+  return s.str();
+}
+
 std::string FormatJobDetails(const v1::Job& j) {
   std::ostringstream s;
   s << "id:         " << j.id() << "\n";

@@ -33,6 +33,11 @@ std::string FormatJobTable(const std::vector<v1::Job>& jobs);
 // `ternctl agents`: a header and one row per agent; LEASE relative to `now`.
 std::string FormatAgentTable(const std::vector<v1::AgentInfo>& agents,
                              const google::protobuf::Timestamp& now);
+// `ternctl whoami`: the caller's name and how it was proven, then what its
+// jobs use against its quota, e.g.
+//   alice (bearer token; sees its own jobs)
+//   quota: cpu 0 of 32 slots, cuda 6 of 8 slots, 3 of 20 unfinished jobs
+std::string FormatWhoAmI(const v1::WhoAmIResponse& who);
 // `ternctl get`: a few "key: value" lines.
 std::string FormatJobDetails(const v1::Job& job);
 // Final metrics of a SUCCEEDED job, one line.

@@ -238,10 +238,7 @@ int Client::WhoAmI() {
   if (g_.json) {
     out_ << ToJson(response) << "\n";
   } else {
-    out_ << response.name() << " (" << response.proven_by()
-         << (response.authenticated() ? "" : ", not authenticated") << "; "
-         << (response.sees_every_job() ? "sees every owner's jobs" : "sees its own jobs")
-         << ")\n";
+    out_ << FormatWhoAmI(response);
   }
   return kExitOk;
 }

@@ -26,6 +26,7 @@ bool StartsWith(const std::string& s, const char* prefix) {
 // A machine-readable code for the scheduler's wait sentence.
 std::string WaitCode(JobState state, const std::string& sentence) {
   if (state == JobState::kRestarting) return "RESTART_BACKOFF";
+  if (sentence.find("quota allows") != std::string::npos) return "OWNER_QUOTA";
   if (sentence.find("held for job") != std::string::npos) {
     return "SLOTS_RESERVED";
   }
@@ -76,6 +77,14 @@ StatusOr<scheduler::JobId> ParseJobId(const std::string& text,
     return NotFoundError("job \"" + text.substr(0, 64) + "\" does not exist");
   }
   return id;
+}
+
+v1::DeviceKind ToProtoDeviceKind(const std::string& kind) {
+  return kind == scheduler::kDeviceCuda ? v1::DEVICE_CUDA : v1::DEVICE_CPU;
+}
+
+std::string FromProtoDeviceKind(v1::DeviceKind kind) {
+  return kind == v1::DEVICE_CUDA ? scheduler::kDeviceCuda : scheduler::kDeviceCpu;
 }
 
 v1::JobState ToProtoState(JobState state) {

@@ -54,6 +54,11 @@ std::string FormatJobId(scheduler::JobId id);
 StatusOr<scheduler::JobId> ParseJobId(const std::string& text,
                                       const std::string& field = "job_id");
 
+// scheduler::kDeviceCuda <-> DEVICE_CUDA; everything else is the CPU
+// (DEVICE_UNSPECIFIED included).
+v1::DeviceKind ToProtoDeviceKind(const std::string& kind);
+std::string FromProtoDeviceKind(v1::DeviceKind kind);
+
 v1::JobState ToProtoState(scheduler::JobState state);
 std::optional<scheduler::JobState> FromProtoState(v1::JobState state);
 google::protobuf::Timestamp ToTimestamp(scheduler::TimePoint time);

@@ -135,6 +135,24 @@ grpc::Status JobService::WhoAmI(grpc::ServerContext* context,
     response->set_proven_by(caller.proven_by);
     response->set_authenticated(caller.authenticated);
     response->set_sees_every_job(SeesEveryJob(caller, state_->admin_names));
+    const scheduler::OwnerUsage usage = state_->scheduler->UsageOf(caller.owner);
+    v1::OwnerQuota* quota = response->mutable_quota();
+    quota->set_unfinished_jobs(usage.unfinished_jobs);
+    if (usage.quota) {
+      quota->set_line(usage.quota->line_owner);
+      if (usage.quota->max_jobs) quota->set_max_unfinished_jobs(*usage.quota->max_jobs);
+    }
+    for (const char* kind : {scheduler::kDeviceCpu, scheduler::kDeviceCuda}) {
+      v1::SlotQuota* slots = quota->add_slots();
+      slots->set_device_kind(ToProtoDeviceKind(kind));
+      const auto used = usage.slots.find(kind);
+      slots->set_used(used == usage.slots.end() ? 0 : used->second);
+      if (usage.quota) {
+        if (const std::optional<int> limit = usage.quota->SlotLimit(kind)) {
+          slots->set_limit(*limit);
+        }
+      }
+    }
     return OkStatus();
   });
 }
@@ -153,7 +171,7 @@ grpc::Status JobService::ListAgents(grpc::ServerContext* context,
                                    : v1::AGENT_STATE_READY);
       for (const auto& [kind, total] : a.slots) {
         v1::AgentSlotUsage* slots = info->add_slots();
-        slots->set_device_kind(kind == scheduler::kDeviceCuda ? v1::DEVICE_CUDA : v1::DEVICE_CPU);
+        slots->set_device_kind(ToProtoDeviceKind(kind));
         slots->set_total(total);
         const auto used = a.used.find(kind);
         slots->set_used(used == a.used.end() ? 0 : used->second);
@@ -189,9 +207,7 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
   r.labels.insert(spec.labels().begin(), spec.labels().end());
   r.priority = spec.priority();
   r.world_size = spec.resources().has_ranks() ? spec.resources().ranks() : 1;
-  r.device_kind = spec.resources().device_kind() == v1::DEVICE_CUDA
-                      ? scheduler::kDeviceCuda
-                      : scheduler::kDeviceCpu;
+  r.device_kind = FromProtoDeviceKind(spec.resources().device_kind());
   r.max_restarts =
       spec.has_max_restarts() ? spec.max_restarts() : kMaxRestartsDefault;
   r.idempotency_key = request.idempotency_key();

@@ -7,7 +7,7 @@
 //         [--tls-cert F --tls-key F [--tls-client-ca F [--tls-agent-names GLOB]]]
 //         [--token-file F] [--metrics-token-file F]
 //         [--metrics-tls-cert F --metrics-tls-key F]
-//         [--read-roots DIRS] [--write-roots DIRS]
+//         [--read-roots DIRS] [--write-roots DIRS] [--quota-file F]
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
@@ -130,6 +130,10 @@ int main(int argc, char** argv) {
   app.add_option("--write-roots", options.write_roots,
                  "comma-separated directories (\"{owner}\": the job's owner) a job may put "
                  "its checkpoint.directory under (default: anywhere)");
+  app.add_option("--quota-file", options.quota_file,
+                 "per-owner limits, one \"OWNER|* [cpu=N] [cuda=N] [jobs=N]\" line each: slots "
+                 "an owner's running jobs may hold, unfinished jobs it may have (default: none); "
+                 "re-read when it changes");
   AddDuration(app, "--lease-ttl", &options.lease_ttl,
               "agent lease lifetime without a heartbeat", "15s");
   AddDuration(app, "--tick-interval", &options.tick_interval,

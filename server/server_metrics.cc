@@ -65,6 +65,13 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
       draining_agents_(registry->AddGauge(
           "tern_scheduler_agents_draining",
           "Agents with a live lease that are shutting down (no new work).")),
+      quota_waiting_(registry->AddGauge(
+          "tern_scheduler_jobs_waiting_on_quota",
+          "Queued jobs held back by their owner's slot quota (--quota-file).")),
+      quota_file_stale_(registry->AddGauge(
+          "tern_scheduler_quota_file_stale",
+          "1 when the quota file changed but could not be used (the last good "
+          "quotas apply; see ternd's log), else 0.")),
       slots_(registry->AddGauge(
           "tern_scheduler_slots",
           "Slots of live agents that take work (not draining) by device kind, "
@@ -157,6 +164,8 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
   for (const char* reason : kRestartReasons) restarts_.WithLabels({reason});
   agents_.WithLabels({});
   draining_agents_.WithLabels({});
+  quota_waiting_.WithLabels({});
+  quota_file_stale_.WithLabels({});
   for (const char* kind : kDeviceKinds) {
     slots_.WithLabels({kind, "free"});
     slots_.WithLabels({kind, "busy"});
@@ -181,6 +190,7 @@ void ServerMetrics::UpdateScheduler(const scheduler::SchedulerStats& stats) {
                                                               : queued->second);
   agents_.WithLabels({})->Set(stats.live_agents);
   draining_agents_.WithLabels({})->Set(stats.draining_agents);
+  quota_waiting_.WithLabels({})->Set(stats.jobs_waiting_on_quota);
   for (const char* kind : kDeviceKinds) {
     auto total = stats.total_slots.find(kind);
     auto free = stats.free_slots.find(kind);
@@ -189,6 +199,10 @@ void ServerMetrics::UpdateScheduler(const scheduler::SchedulerStats& stats) {
     slots_.WithLabels({kind, "free"})->Set(f);
     slots_.WithLabels({kind, "busy"})->Set(t - f);
   }
+}
+
+void ServerMetrics::SetQuotaFileStale(bool stale) {
+  quota_file_stale_.WithLabels({})->Set(stale ? 1 : 0);
 }
 
 void ServerMetrics::OnJobEvent(const scheduler::Job& job,

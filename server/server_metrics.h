@@ -44,6 +44,7 @@ class ServerMetrics {
   void ObserveRpc(const std::string& method, StatusCode code, double seconds);
   // Job counts by state, queue depth, agents and slots.
   void UpdateScheduler(const scheduler::SchedulerStats& stats);
+  void SetQuotaFileStale(bool stale);
   // A stored scheduler event: restarts by reason, admission waits, job ends.
   void OnJobEvent(const scheduler::Job& job, const scheduler::JobEvent& event);
   void OnLeaseExpired();
@@ -81,6 +82,8 @@ class ServerMetrics {
   metrics::Family<metrics::Counter>& restarts_;
   metrics::Family<metrics::Gauge>& agents_;
   metrics::Family<metrics::Gauge>& draining_agents_;
+  metrics::Family<metrics::Gauge>& quota_waiting_;
+  metrics::Family<metrics::Gauge>& quota_file_stale_;
   metrics::Family<metrics::Gauge>& slots_;
   metrics::Family<metrics::Counter>& lease_expiries_;
   // gRPC.

@@ -186,6 +186,7 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
     tokens_ = std::move(tokens).value();
     state_->tokens = tokens_.get();
   }
+  TERN_RETURN_IF_ERROR(LoadQuotasIfChanged(/*initial=*/true));
   job_service_ = std::make_unique<JobService>(state_.get());
   worker_service_ = std::make_unique<WorkerService>(state_.get());
 
@@ -267,7 +268,30 @@ void Ternd::TickLoop() {
   }
 }
 
+Status Ternd::LoadQuotasIfChanged(bool initial) {
+  if (options_.quota_file.empty()) return OkStatus();
+  const std::string stamp = FileChangeStamp(options_.quota_file);
+  if (!initial && stamp == quota_stamp_) return OkStatus();
+  quota_stamp_ = stamp;
+  StatusOr<std::string> text = ReadFileToString(options_.quota_file);
+  StatusOr<scheduler::QuotaTable> quotas =
+      text.ok() ? scheduler::QuotaTable::Parse(*text, options_.quota_file)
+                : StatusOr<scheduler::QuotaTable>(text.status());
+  metrics_->SetQuotaFileStale(!quotas.ok());
+  if (!quotas.ok()) {
+    if (initial) return quotas.status().WithContext("quota_file");
+    TERN_LOG(ERROR) << "ternd: quota file changed but cannot be used, keeping the previous "
+                       "quotas: "
+                    << quotas.status();
+    return OkStatus();
+  }
+  TERN_LOG(INFO) << "ternd: " << quotas->size() << " quota lines from " << options_.quota_file;
+  scheduler_->SetQuotas(*std::move(quotas));
+  return OkStatus();
+}
+
 void Ternd::TickOnce() {
+  (void)LoadQuotasIfChanged(/*initial=*/false);  // logs its own errors
   const scheduler::TimePoint now = state_->clock->Now();
   Status status = scheduler_->Tick();
   if (!status.ok()) {

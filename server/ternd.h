@@ -97,6 +97,10 @@ struct TerndOptions {
   // server/path_access.h for the rules that hold either way).
   std::string read_roots;
   std::string write_roots;
+  // Per-owner slot and job limits (scheduler/quota.h); re-read within a tick
+  // of a change (a bad new version is logged and the last good one kept).
+  // Empty: no quotas.
+  std::string quota_file;
   Status Validate() const;
 };
 
@@ -131,6 +135,10 @@ class Ternd {
   Status Init(std::shared_ptr<scheduler::Clock> clock);
   void TickLoop();
   void TickOnce();
+  // Reads --quota-file into the scheduler when its stamp changed. `initial`:
+  // errors are returned (start-up); later they are logged and the last good
+  // quotas kept.
+  Status LoadQuotasIfChanged(bool initial);
 
   const TerndOptions options_;
   metrics::Registry registry_;
@@ -138,6 +146,7 @@ class Ternd {
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<ProgressCache> progress_;
   std::unique_ptr<TokenTable> tokens_;
+  std::string quota_stamp_;  // tick thread only (after Init)
   std::unique_ptr<ServerState> state_;
   std::unique_ptr<JobService> job_service_;
   std::unique_ptr<WorkerService> worker_service_;

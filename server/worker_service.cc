@@ -61,11 +61,6 @@ std::string NewLeaseId() {
   return out;
 }
 
-std::string DeviceKindOf(v1::DeviceKind kind) {
-  return kind == v1::DEVICE_CUDA ? scheduler::kDeviceCuda
-                                 : scheduler::kDeviceCpu;
-}
-
 // The rank `ref` names is the current attempt's, placed on `agent_id`, and
 // has not exited.
 bool IsExpected(const scheduler::Job& job, const scheduler::RankRef& ref) {
@@ -212,7 +207,7 @@ Status WorkerService::DoRegister(const v1::RegisterRequest& request,
       return InvalidArgumentError(path + ".count: must be in [1, 1024], got " +
                                   std::to_string(slots.count()));
     }
-    const std::string kind = DeviceKindOf(slots.device_kind());
+    const std::string kind = FromProtoDeviceKind(slots.device_kind());
     if (!registration.slots.emplace(kind, slots.count()).second) {
       return InvalidArgumentError(path + ": a second entry for device kind " +
                                   kind);

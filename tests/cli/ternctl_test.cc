@@ -194,6 +194,25 @@ class FakeJobService final : public v1::JobService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status WhoAmI(grpc::ServerContext*, const v1::WhoAmIRequest*,
+                      v1::WhoAmIResponse* response) override {
+    response->set_name("alice");
+    response->set_proven_by("bearer token");
+    response->set_authenticated(true);
+    v1::OwnerQuota* quota = response->mutable_quota();
+    quota->set_line("alice");
+    quota->set_unfinished_jobs(3);
+    quota->set_max_unfinished_jobs(20);
+    v1::SlotQuota* cpu = quota->add_slots();
+    cpu->set_device_kind(v1::DEVICE_CPU);
+    cpu->set_used(1);
+    v1::SlotQuota* cuda = quota->add_slots();
+    cuda->set_device_kind(v1::DEVICE_CUDA);
+    cuda->set_used(6);
+    cuda->set_limit(8);
+    return grpc::Status::OK;
+  }
+
   std::mutex mu_;
   std::vector<v1::SubmitJobRequest> submits;
   std::string last_owner;
@@ -395,6 +414,17 @@ TEST_F(TernctlTest, AgentsListsStateSlotsAndLease) {
   ASSERT_EQ(json.code, 0) << json.err;
   EXPECT_EQ(ParseJson<v1::ListAgentsResponse>(json.out).agents(0).state(),
             v1::AGENT_STATE_DRAINING);
+}
+
+TEST_F(TernctlTest, WhoAmIShowsTheNameAndTheQuota) {
+  Result who = Run({"whoami"});
+  ASSERT_EQ(who.code, 0) << who.err;
+  EXPECT_EQ(who.out,
+            "alice (bearer token; sees its own jobs)\n"
+            "quota: cpu 1 slot, cuda 6 of 8 slots, 3 of 20 unfinished jobs\n");
+  Result json = Run({"--json", "whoami"});
+  ASSERT_EQ(json.code, 0) << json.err;
+  EXPECT_EQ(ParseJson<v1::WhoAmIResponse>(json.out).quota().slots(1).limit(), 8);
 }
 
 TEST_F(TernctlTest, ExitCodes) {

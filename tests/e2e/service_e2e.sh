@@ -12,7 +12,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Every job below runs under path roots (the owner is "e2e").
 ternd_flags=(--read-roots "/usr/share/datasets,$work/data/{owner}" --write-roots "$work/scratch/{owner}")
 start_service
-[[ $("${ternctl[@]}" whoami) == "e2e (x-tern-owner claim, not authenticated; sees every owner's jobs)" ]] ||
+[[ $("${ternctl[@]}" whoami) == "e2e (x-tern-owner claim, not authenticated; sees every owner's jobs)
+quota: none; cpu 0 slots, cuda 0 slots, 0 unfinished jobs" ]] ||
   fail "whoami without TLS: $("${ternctl[@]}" whoami)"
 "${ternctl[@]}" agents --json >"$work/agents.json"
 jq -e '.agents | length == 1 and .[0].state == "AGENT_STATE_READY"

@@ -40,7 +40,7 @@ job=$("${ternctl[@]}" submit "$work/small.yaml")
 owner=$("${ternctl[@]}" get "$job" --json | jq -r .spec.owner)
 [[ "$owner" == client ]] || fail "job owner is '$owner', want the certificate's name 'client'"
 echo "job $job SUCCEEDED over mutual TLS, owned by 'client', artifact fetched"
-[[ $("${ternctl[@]}" whoami) == "client (client certificate; sees its own jobs)" ]] ||
+[[ $("${ternctl[@]}" whoami | head -1) == "client (client certificate; sees its own jobs)" ]] ||
   fail "whoami over mutual TLS: $("${ternctl[@]}" whoami)"
 
 expect_denied() {  # what, then a ternctl command line; it must exit 5 saying why

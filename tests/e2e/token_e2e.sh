@@ -8,6 +8,8 @@
 # token over plaintext (exit 2), and ternd with tokens but no TLS (exit 1).
 # An admin token sees every job; deleting a token's line revokes it without
 # a restart, and an expiring token (--expires) is refused once expired.
+# Quotas (--quota-file) apply to the token's name: whoami shows them, and a
+# job beyond them is refused.
 # usage: token_e2e.sh BUILD_DIR
 set -euo pipefail
 umask 077  # ternd refuses a token file that its group or others may write
@@ -40,7 +42,9 @@ status=0
 [[ $status -eq 1 ]] && grep -q "token_file: needs TLS" "$work/bad.log" ||
   fail "ternd with tokens and no TLS: exit $status: $(cat "$work/bad.log")"
 
-ternd_flags=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --token-file "$work/tokens")
+printf 'alice cpu=2 jobs=3\n* cuda=0\n' >"$work/quotas"
+ternd_flags=(--tls-cert "$c/server.pem" --tls-key "$c/server.key" --token-file "$work/tokens"
+  --quota-file "$work/quotas")
 client_flags=(--tls-ca "$c/ca.pem")
 agent_flags=(--token-file "$work/node-1.token" --agent-id node-1)
 start_service
@@ -52,7 +56,8 @@ as alice watch "$job" >"$work/watch.log" 2>&1 || fail "alice's job $job did not 
 [[ $(as alice get "$job" --json | jq -r .spec.owner) == alice ]] || fail "job $job is not alice's"
 grep -q "agent node-1 (127.0.0.1, version" "$work/ternd.log" || fail "the agent did not register as node-1"
 echo "job $job SUCCEEDED, owned by the token's name 'alice', run by agent 'node-1' (agent token)"
-[[ $(as alice whoami) == "alice (bearer token; sees its own jobs)" ]] ||
+[[ $(as alice whoami) == "alice (bearer token; sees its own jobs)
+quota: cpu 0 of 2 slots, cuda 0 slots, 0 of 3 unfinished jobs" ]] ||
   fail "alice's whoami: $(as alice whoami)"
 [[ $(as ops whoami --json | jq -r '.name + " " + (.sees_every_job|tostring)') == "ops true" ]] ||
   fail "ops's whoami: $(as ops whoami --json)"
@@ -72,6 +77,10 @@ expect_exit 5 "can read it" as bob get "$job"
 [[ $(as ops list --json | jq -r '.jobs[].id') == "$job" ]] || fail "the admin token does not see job $job"
 expect_exit 2 "needs TLS" "${tc[@]}" --server "$server" --token-file "$work/alice.token" list
 echo "no token, an unknown one, bob's cancel and get, and a plaintext token are refused; ops (admin) sees every job"
+expect_exit 5 "alice's quota lets owner alice hold at most 2" as alice submit "$work/small.yaml" --ranks 4
+expect_exit 5 "the default quota (\*) lets owner bob hold at most 0" \
+  as bob submit "$work/small.yaml" --device cuda
+echo "quotas: alice's 4-rank job and bob's CUDA job are refused"
 
 # A user's token cannot act as an agent.
 "$build/worker/agent/tern-agent" --server "$server" --cpu-slots 1 --agent-id alice \

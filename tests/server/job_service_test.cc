@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <fstream>
 #include <set>
 #include <string>
 #include <thread>
@@ -531,6 +532,128 @@ TEST(TerndOptionsTest, BadRootsAreRefusedAtStart) {
   options.read_roots.clear();
   options.write_roots = "/scratch/x{owner}";
   EXPECT_EQ(options.Validate().code(), StatusCode::kInvalidArgument);
+}
+
+// --- Quotas (--quota-file) ----------------------------------------------------
+
+class QuotaFileTest : public JobServiceTest {
+ protected:
+  std::string QuotaPath() const { return (dir_ / "quotas").string(); }
+  void WriteQuotas(const std::string& text) {
+    // Through a rename, as an editor or a ConfigMap update replaces it.
+    const std::string tmp = QuotaPath() + ".tmp";
+    std::ofstream(tmp) << text;
+    std::filesystem::rename(tmp, QuotaPath());
+  }
+  void Customize(TerndOptions* options) override {
+    WriteQuotas("alice cpu=1 jobs=2\n* cuda=0\n");
+    options->quota_file = QuotaPath();
+  }
+  v1::WhoAmIResponse WhoAmI(const std::string& owner) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    ctx.AddMetadata("x-tern-owner", owner);
+    v1::WhoAmIResponse response;
+    const grpc::Status status = jobs_->WhoAmI(&ctx, v1::WhoAmIRequest(), &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  }
+};
+
+TEST_F(QuotaFileTest, SubmissionsAdmissionAndWhoAmIFollowTheQuotaFile) {
+  scheduler::AgentRegistration agent;
+  agent.agent_id = "n1";
+  agent.host = "127.0.0.1";
+  agent.slots = {{scheduler::kDeviceCpu, 4}};
+  ASSERT_TRUE(ternd_->scheduler().RegisterAgent(agent).ok());
+
+  v1::SubmitJobResponse first, second;
+  ASSERT_TRUE(Submit(ValidSpec(), &first, "", "alice").ok());
+  ASSERT_TRUE(Submit(ValidSpec(), &second, "", "alice").ok());
+  EXPECT_EQ(first.job().state(), v1::JOB_STATE_ADMITTED);
+  EXPECT_EQ(second.job().state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(second.job().wait_reason().code(), "OWNER_QUOTA");
+  EXPECT_EQ(second.job().wait_reason().message(),
+            "needs 1 cpu slot, but owner alice holds 1 of the 1 cpu slot alice's quota allows");
+
+  v1::SubmitJobResponse refused;
+  const grpc::Status third = Submit(ValidSpec(), &refused, "", "alice");
+  EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(third.error_message().find("owner alice has 2 unfinished jobs"), std::string::npos)
+      << third.error_message();
+  v1::JobSpec gpu = ValidSpec();
+  gpu.mutable_resources()->set_device_kind(v1::DEVICE_CUDA);
+  const grpc::Status closed = Submit(gpu, &refused, "", "bob");  // "* cuda=0"
+  EXPECT_EQ(closed.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(closed.error_message().find("the default quota (*) lets owner bob hold at most 0"),
+            std::string::npos)
+      << closed.error_message();
+
+  const v1::WhoAmIResponse alice = WhoAmI("alice");
+  EXPECT_EQ(alice.name(), "alice");
+  EXPECT_EQ(alice.quota().line(), "alice");
+  EXPECT_EQ(alice.quota().unfinished_jobs(), 2);
+  EXPECT_EQ(alice.quota().max_unfinished_jobs(), 2);
+  ASSERT_EQ(alice.quota().slots_size(), 2);
+  EXPECT_EQ(alice.quota().slots(0).device_kind(), v1::DEVICE_CPU);
+  EXPECT_EQ(alice.quota().slots(0).used(), 1);
+  EXPECT_EQ(alice.quota().slots(0).limit(), 1);
+  EXPECT_EQ(alice.quota().slots(1).device_kind(), v1::DEVICE_CUDA);
+  EXPECT_FALSE(alice.quota().slots(1).has_limit());  // alice's own line has no cuda limit
+  const v1::WhoAmIResponse bob = WhoAmI("bob");
+  EXPECT_EQ(bob.quota().line(), "*");
+  EXPECT_FALSE(bob.quota().has_max_unfinished_jobs());
+  EXPECT_EQ(bob.quota().slots(1).limit(), 0);
+  EXPECT_TRUE(testing::Eventually(
+      [&] { return Metrics().find("\ntern_scheduler_jobs_waiting_on_quota 1\n") !=
+                   std::string::npos; }));
+}
+
+TEST_F(QuotaFileTest, AChangedFileAppliesWithinATickAndABadOneKeepsTheLastGoodQuotas) {
+  scheduler::AgentRegistration agent;
+  agent.agent_id = "n1";
+  agent.host = "127.0.0.1";
+  agent.slots = {{scheduler::kDeviceCpu, 4}};
+  ASSERT_TRUE(ternd_->scheduler().RegisterAgent(agent).ok());
+  v1::SubmitJobResponse first, second;
+  ASSERT_TRUE(Submit(ValidSpec(), &first, "", "alice").ok());
+  ASSERT_TRUE(Submit(ValidSpec(), &second, "", "alice").ok());
+  ASSERT_EQ(second.job().state(), v1::JOB_STATE_QUEUED);
+
+  WriteQuotas("alice cpu=2 jobs=3\n");
+  EXPECT_TRUE(testing::Eventually(
+      [&] { return GetJobOk(second.job().id()).state() == v1::JOB_STATE_ADMITTED; }));
+  EXPECT_EQ(WhoAmI("alice").quota().max_unfinished_jobs(), 3);
+  EXPECT_EQ(WhoAmI("bob").quota().line(), "");  // no "*" line any more: unlimited
+
+  WriteQuotas("alice cpu=two\n");  // refused: the last good quotas stay
+  EXPECT_TRUE(testing::Eventually(
+      [&] { return Metrics().find("\ntern_scheduler_quota_file_stale 1\n") !=
+                   std::string::npos; }));
+  EXPECT_EQ(WhoAmI("alice").quota().max_unfinished_jobs(), 3);
+  WriteQuotas("alice cpu=2 jobs=4\n");
+  EXPECT_TRUE(testing::Eventually(
+      [&] { return Metrics().find("\ntern_scheduler_quota_file_stale 0\n") !=
+                   std::string::npos; }));
+  EXPECT_EQ(WhoAmI("alice").quota().max_unfinished_jobs(), 4);
+}
+
+TEST_F(QuotaFileTest, ABadQuotaFileStopsTheStartNamingTheLine) {
+  StopTernd();
+  WriteQuotas("alice cpu=1\nalice cuda=2\n");
+  TerndOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.db_path = (dir_ / "ternd.db").string();
+  options.artifact_root = (dir_ / "artifacts").string();
+  options.checkpoint_root = (dir_ / "checkpoints").string();
+  options.quota_file = QuotaPath();
+  StatusOr<std::unique_ptr<Ternd>> ternd = Ternd::Start(options);
+  ASSERT_FALSE(ternd.ok());
+  EXPECT_EQ(ternd.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ternd.status().message(), "quota_file: " + QuotaPath() + ":2: alice has a line already");
+  options.quota_file = (dir_ / "missing").string();
+  EXPECT_FALSE(Ternd::Start(options).ok());
 }
 
 }  // namespace
