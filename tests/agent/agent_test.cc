@@ -30,7 +30,7 @@
 #include "common/file_util.h"
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
-#include "worker/agent/write_confinement.h"
+#include "worker/agent/fs_confinement.h"
 #include "worker/trainer/lease_file.h"
 
 namespace tern::agent {
@@ -45,8 +45,10 @@ using Clock = std::chrono::steady_clock;
 // --workdir, then acts on the spec's "name": ok, fail, sleeper (exec sleep),
 // stubborn (ignores SIGTERM and SIGUSR1), family (a background child),
 // progress_sleeper, writer (writes into its checkpoint directory, its workdir
-// and $TERN_TEST_OUTSIDE, exit 0), checkpointer (on SIGUSR1 prints a
-// checkpoint event and exits 3, as tern-trainer stops on request).
+// and $TERN_TEST_OUTSIDE, exit 0), reader (copies $TERN_TEST_DATA and
+// $TERN_TEST_SECRET into its workdir, stderr too, exit 0), checkpointer (on
+// SIGUSR1 prints a checkpoint event and exits 3, as tern-trainer stops on
+// request).
 constexpr const char* kFakeTrainer = R"SH(#!/bin/sh
 args="$*"
 spec=""; workdir=""; rank=0
@@ -95,6 +97,10 @@ case "$mode" in
     echo ck > "$ckpt/written"
     echo wd > "$workdir/written"
     echo out > "$TERN_TEST_OUTSIDE/escaped"
+    exit 0 ;;
+  reader)
+    cat "$TERN_TEST_DATA" > "$workdir/read-data" 2>> "$workdir/read-errors"
+    cat "$TERN_TEST_SECRET" > "$workdir/read-secret" 2>> "$workdir/read-errors"
     exit 0 ;;
   family)
     sleep 300 &
@@ -902,7 +908,7 @@ TEST_F(AgentTest, APathGrantIsCheckedWithSymlinksResolvedBeforeTheTrainerStarts)
 }
 
 TEST_F(AgentTest, ATrainerWithAPathGrantWritesOnlyWhereItMay) {
-  if (WriteConfinement::AbiVersion() == 0) {
+  if (FsConfinement::AbiVersion() == 0) {
     GTEST_SKIP() << "this kernel offers no Landlock: the agent runs trainers unconfined here";
   }
   const std::string root = fs::canonical(dir_).string();
@@ -926,6 +932,56 @@ TEST_F(AgentTest, ATrainerWithAPathGrantWritesOnlyWhereItMay) {
   const StatusOr<std::string> env = ReadFileToString(RankDir("job-w", 0) + "/env");
   ASSERT_TRUE(env.ok()) << env.status();
   EXPECT_NE(env->find("TMPDIR=" + RankDir("job-w", 0) + "/tmp\n"), std::string::npos) << *env;
+}
+
+TEST_F(AgentTest, WithConfineReadsATrainerReadsOnlyItsDataAndTheSystem) {
+  if (FsConfinement::AbiVersion() == 0) {
+    GTEST_SKIP() << "this kernel offers no Landlock: the agent runs trainers unconfined here";
+  }
+  const std::string root = fs::canonical(dir_).string();
+  // The trainer's own directory is readable: keep it apart from the data.
+  fs::create_directories(root + "/bin");
+  fs::copy_file(trainer_, root + "/bin/fake-trainer.sh");
+  options_.trainer_path = root + "/bin/fake-trainer.sh";
+  options_.confine_reads = AgentOptions::ConfineReads::kOn;
+  for (const char* d : {"/data/alice", "/data/bob", "/scratch/alice"}) {
+    fs::create_directories(root + d);
+  }
+  ASSERT_TRUE(WriteFileAtomically(root + "/data/alice/train", "alice's data\n").ok());
+  ASSERT_TRUE(WriteFileAtomically(root + "/data/bob/train", "bob's data\n").ok());
+  ::setenv("TERN_TEST_DATA", (root + "/data/alice/train").c_str(), 1);
+  ::setenv("TERN_TEST_SECRET", (root + "/data/bob/train").c_str(), 1);
+  StartAgent();
+  v1::AssignmentEvent a = MakeAssignment("job-r", 0, "reader");
+  a.mutable_assignment()->mutable_spec()->mutable_dataset()->set_kind(v1::DATASET_SYNTHETIC);
+  a.mutable_assignment()->set_checkpoint_dir(root + "/scratch/alice/run");
+  a.mutable_assignment()->mutable_path_grant()->add_read_roots(root + "/data/alice");
+  a.mutable_assignment()->mutable_path_grant()->add_write_roots(root + "/scratch/alice");
+  fake_.Send(a);
+  const auto exit = WaitForExit("job-r");
+  ::unsetenv("TERN_TEST_DATA");
+  ::unsetenv("TERN_TEST_SECRET");
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code(), 0) << exit->reason();
+  auto read = [](const std::string& path) {
+    StatusOr<std::string> text = ReadFileToString(path);
+    return text.ok() ? *text : "(" + text.status().ToString() + ")";
+  };
+  const std::string rank_dir = RankDir("job-r", 0);
+  EXPECT_EQ(read(rank_dir + "/read-data"), "alice's data\n");
+  EXPECT_EQ(read(rank_dir + "/read-secret"), "");
+  EXPECT_NE(read(rank_dir + "/read-errors").find("Permission denied"), std::string::npos)
+      << read(rank_dir + "/read-errors");
+  // Without a grant nothing is confined: the same trainer reads bob's file.
+  ::setenv("TERN_TEST_DATA", (root + "/data/alice/train").c_str(), 1);
+  ::setenv("TERN_TEST_SECRET", (root + "/data/bob/train").c_str(), 1);
+  v1::AssignmentEvent free = MakeAssignment("job-f", 0, "reader");
+  free.mutable_assignment()->mutable_spec()->mutable_dataset()->set_kind(v1::DATASET_SYNTHETIC);
+  fake_.Send(free);
+  ASSERT_TRUE(WaitForExit("job-f").has_value());
+  ::unsetenv("TERN_TEST_DATA");
+  ::unsetenv("TERN_TEST_SECRET");
+  EXPECT_EQ(read(RankDir("job-f", 0) + "/read-secret"), "bob's data\n");
 }
 
 TEST_F(AgentTest, ExportsTrainerMetrics) {
@@ -1050,6 +1106,31 @@ TEST(AgentOptionsTest, ValidateNamesTheField) {
   o.cpu_slots = 1;
   o.kill_grace = milliseconds(0);
   EXPECT_NE(o.Validate().message().find("kill_grace"), std::string::npos);
+}
+
+TEST(AgentOptionsTest, ConfineReadsRefusesSecretsTrainersCouldRead) {
+  AgentOptions o;
+  o.agent_id = "a";
+  o.cpu_slots = 1;
+  o.trainer_path = "/opt/tern/bin/tern-trainer";
+  o.workdir = "/tmp";
+  o.confine_reads = AgentOptions::ConfineReads::kOn;
+  o.trainer_readable = {"/srv/python"};
+  o.secret_files = {{"--tls-key", "/etc/tern/agent.key"}, {"--token-file", ""}};
+  EXPECT_TRUE(o.Validate().ok()) << o.Validate();  // /etc itself is not readable
+  o.secret_files.push_back({"--token-file", "/srv/python/../python/token"});
+  EXPECT_EQ(o.Validate().message(),
+            "confine_reads: --token-file /srv/python/../python/token would be readable by every "
+            "trainer (it lies beneath /srv/python); move it out of the trainers' readable paths");
+  o.secret_files = {{"--tls-key", "/opt/tern/bin/agent.key"}};  // beside the trainer
+  EXPECT_NE(o.Validate().message().find("beneath /opt"), std::string::npos) << o.Validate();
+  o.secret_files = {{"--tls-key", "/srv/python-keys/agent.key"}};  // a sibling, not beneath
+  EXPECT_TRUE(o.Validate().ok()) << o.Validate();
+  o.confine_writes = AgentOptions::ConfineWrites::kOff;
+  EXPECT_EQ(o.Validate().message(), "confine_reads: on needs confine_writes auto or on");
+  o.confine_writes = AgentOptions::ConfineWrites::kAuto;
+  o.trainer_readable = {"relative/dir"};
+  EXPECT_NE(o.Validate().message().find("trainer_readable: must be absolute"), std::string::npos);
 }
 
 // tern-agent itself, as a process: its first stdout line names the metrics

@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "tests/common/scoped_temp_dir.h"
-#include "worker/agent/write_confinement.h"
+#include "worker/agent/fs_confinement.h"
 
 namespace tern::agent {
 namespace {
@@ -142,8 +142,8 @@ TEST(ChildProcessTest, DestructorKillsARunningChild) {
 
 // The child (and what it starts) writes only beneath the allowed
 // directories, by any path; it still reads and executes everywhere.
-TEST(WriteConfinementTest, TheChildWritesOnlyBeneathTheAllowedDirectories) {
-  if (WriteConfinement::AbiVersion() == 0) {
+TEST(FsConfinementTest, TheChildWritesOnlyBeneathTheAllowedDirectories) {
+  if (FsConfinement::AbiVersion() == 0) {
     GTEST_SKIP() << "this kernel offers no Landlock: write confinement cannot be tested here";
   }
   namespace fs = std::filesystem;
@@ -154,10 +154,12 @@ TEST(WriteConfinementTest, TheChildWritesOnlyBeneathTheAllowedDirectories) {
   { std::ofstream(root + "/outside/readable") << "still readable\n"; }
   fs::create_directory_symlink(root + "/outside", root + "/allowed/link");
 
-  StatusOr<WriteConfinement> confinement =
-      WriteConfinement::Create({root + "/allowed", root + "/missing"});
+  FsRules rules;
+  rules.writable = {root + "/allowed", root + "/missing"};
+  StatusOr<FsConfinement> confinement = FsConfinement::Create(rules);
   ASSERT_TRUE(confinement.ok()) << confinement.status();
   EXPECT_EQ(confinement->allowed(), std::vector<std::string>{root + "/allowed"});
+  EXPECT_FALSE(confinement->confines_reads());
 
   ChildProcess::Options o;
   o.argv = {"/bin/sh", "-c",
@@ -181,6 +183,57 @@ TEST(WriteConfinementTest, TheChildWritesOnlyBeneathTheAllowedDirectories) {
   // The agent itself is not confined.
   { std::ofstream(root + "/outside/by-the-parent") << "x"; }
   EXPECT_TRUE(fs::exists(root + "/outside/by-the-parent"));
+}
+
+// With readable paths, the child reads and executes only beneath them (and
+// the writable directories), by any path; the system's programs still run.
+TEST(FsConfinementTest, TheChildReadsOnlyBeneathTheReadablePaths) {
+  if (FsConfinement::AbiVersion() == 0) {
+    GTEST_SKIP() << "this kernel offers no Landlock: read confinement cannot be tested here";
+  }
+  namespace fs = std::filesystem;
+  testing_util::ScopedTempDir dir("tern_read_confinement_test");
+  const std::string root = fs::canonical(dir.path()).string();
+  for (const char* d : {"/data", "/scratch", "/secret"}) fs::create_directories(root + d);
+  { std::ofstream(root + "/data/x") << "data\n"; }
+  { std::ofstream(root + "/scratch/y") << "scratch\n"; }
+  { std::ofstream(root + "/secret/key") << "secret\n"; }
+  { std::ofstream(root + "/single-file") << "one file\n"; }
+  fs::create_symlink(root + "/secret/key", root + "/data/link-to-key");
+
+  FsRules rules;
+  rules.writable = {root + "/scratch"};
+  rules.readable = SystemReadablePaths();
+  rules.readable->push_back(root + "/data");
+  rules.readable->push_back(root + "/single-file");
+  StatusOr<FsConfinement> confinement = FsConfinement::Create(rules);
+  ASSERT_TRUE(confinement.ok()) << confinement.status();
+  EXPECT_TRUE(confinement->confines_reads());
+  EXPECT_NE(std::find(confinement->readable().begin(), confinement->readable().end(),
+                      root + "/single-file"),
+            confinement->readable().end());
+
+  ChildProcess::Options o;
+  o.argv = {"/bin/sh", "-c",
+            "cd " + root + " && cat data/x scratch/y single-file; ls data | wc -l; "
+            "echo w > scratch/w && cat scratch/w; "
+            "cat secret/key; cat data/link-to-key; ls secret; cat /etc/shadow; "
+            "echo end"};
+  o.env = {"PATH=/usr/bin:/bin"};
+  o.landlock_ruleset_fd = confinement->fd();
+  auto child = ChildProcess::Start(o);
+  ASSERT_TRUE(child.ok()) << child.status();
+  std::string out, err;
+  Drain(**child, &out, &err);
+  EXPECT_EQ(out, "data\nscratch\none file\n2\nw\nend\n");
+  EXPECT_EQ(out.find("secret"), std::string::npos) << out;
+  // Each of the four refused reads says so.
+  size_t denied = 0;
+  for (size_t at = err.find("Permission denied"); at != std::string::npos;
+       at = err.find("Permission denied", at + 1)) {
+    ++denied;
+  }
+  EXPECT_EQ(denied, 4u) << err;
 }
 
 }  // namespace

@@ -5,12 +5,18 @@
 # detection job on a synthetic COCO set succeeds with COCO AP in its result;
 # a long job is cancelled while running and its trainers must be gone within
 # seconds; paths outside the owner's roots (ternd --read-roots) are refused.
+# The trainers run with their writes and (tern-agent --confine-reads on)
+# reads confined by Landlock where the kernel offers it.
 # usage: service_e2e.sh BUILD_DIR
 set -euo pipefail
 build="$(cd "${1:?usage: service_e2e.sh BUILD_DIR}" && pwd)"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Every job below runs under path roots (the owner is "e2e").
 ternd_flags=(--read-roots "/usr/share/datasets,$work/data/{owner}" --write-roots "$work/scratch/{owner}")
+# Where the kernel offers Landlock, the trainers' reads are confined too.
+landlock_abi=$(python3 -c 'import ctypes; print(ctypes.CDLL(None).syscall(444, None, 0, 1))' \
+  2>/dev/null || echo 0)
+(( landlock_abi > 0 )) && agent_flags=(--confine-reads on)
 start_service
 [[ $("${ternctl[@]}" whoami) == "e2e (x-tern-owner claim, not authenticated; sees every owner's jobs)
 quota: none; cpu 0 slots, cuda 0 slots, 0 unfinished jobs" ]] ||
@@ -110,8 +116,10 @@ jq -e '.state == "JOB_STATE_FAILED" and (.restarts // 0) == 0 and .state_reason.
   "$work/linked.json" >/dev/null || fail "unexpected state: $(cat "$work/linked.json")"
 echo "paths outside the roots refused by ternd (submit), by the trainer (job $escape, a COCO" \
   "file_name) and by the agent (job $linked, a link)"
-if grep -q "trainer writes confined (Landlock" "$work/agent.log"; then
-  echo "the trainers ran with their writes confined by Landlock"
+if (( landlock_abi > 0 )); then
+  grep -q "trainer writes confined (Landlock ABI [0-9]*) to .*; its reads to those and /usr" \
+    "$work/agent.log" || fail "the trainers' reads were not confined: $(grep -m1 confined "$work/agent.log")"
+  echo "the trainers ran with their writes and reads confined by Landlock (ABI $landlock_abi)"
 else
   echo "NOTE: this kernel offers no Landlock: the trainers ran unconfined ($(grep -m1 'not confined' "$work/agent.log"))"
 fi

@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -27,9 +28,9 @@
 #include "paths/spec_paths.h"
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
+#include "worker/agent/fs_confinement.h"
 #include "worker/agent/trainer_events.h"
 #include "worker/agent/trainer_metrics.h"
-#include "worker/agent/write_confinement.h"
 #include "worker/trainer/exit_codes.h"
 #include "worker/trainer/lease_file.h"
 
@@ -38,6 +39,7 @@ extern char** environ;
 namespace tern::agent {
 namespace {
 
+namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using google::protobuf::util::TimeUtil;
@@ -128,6 +130,41 @@ void TrimPending(std::deque<v1::TrainerEvent>* pending) {
 
 }  // namespace
 
+namespace {
+
+// `path` with symlinks resolved as far as it exists.
+std::string Resolved(const std::string& path) {
+  std::error_code ec;
+  const fs::path resolved = fs::weakly_canonical(path, ec);
+  return ec ? path : resolved.string();
+}
+
+// The first of `roots` that `path` lies beneath (or is), symlinks resolved.
+std::optional<std::string> ReadableRootOf(const std::string& path,
+                                          const std::vector<std::string>& roots) {
+  const std::string target = Resolved(path);
+  for (const std::string& root : roots) {
+    const std::string r = Resolved(root);
+    if (target == r || (target.size() > r.size() && target.compare(0, r.size(), r) == 0 &&
+                        (r == "/" || target[r.size()] == '/'))) {
+      return root;
+    }
+  }
+  return std::nullopt;
+}
+
+// What every confined trainer of this agent may read, whatever its job.
+std::vector<std::string> TrainerReadable(const AgentOptions& options) {
+  std::vector<std::string> paths = SystemReadablePaths();
+  const std::string trainer_dir = fs::path(Resolved(options.trainer_path)).parent_path().string();
+  if (!trainer_dir.empty()) paths.push_back(trainer_dir);
+  paths.insert(paths.end(), options.trainer_readable.begin(), options.trainer_readable.end());
+  paths.insert(paths.end(), options.trainer_writable.begin(), options.trainer_writable.end());
+  return paths;
+}
+
+}  // namespace
+
 Status AgentOptions::Validate() const {
   if (agent_id.empty() || agent_id.size() > 128 ||
       !std::all_of(agent_id.begin(), agent_id.end(), [](char c) {
@@ -154,9 +191,26 @@ Status AgentOptions::Validate() const {
   }
   if (backoff_max < backoff_min) return InvalidArgumentError("backoff_max: must be >= backoff_min");
   if (stderr_tail_lines < 0) return InvalidArgumentError("stderr_tail_lines: must be >= 0");
-  for (const std::string& dir : trainer_writable) {
-    if (dir.empty() || dir[0] != '/') {
-      return InvalidArgumentError("trainer_writable: must be absolute paths, got '" + dir + "'");
+  for (const auto& [field, dirs] : {std::pair{"trainer_writable", &trainer_writable},
+                                     {"trainer_readable", &trainer_readable}}) {
+    for (const std::string& dir : *dirs) {
+      if (dir.empty() || dir[0] != '/') {
+        return InvalidArgumentError(std::string(field) + ": must be absolute paths, got '" + dir +
+                                    "'");
+      }
+    }
+  }
+  if (confine_reads == ConfineReads::kOn) {
+    if (confine_writes == ConfineWrites::kOff) {
+      return InvalidArgumentError("confine_reads: on needs confine_writes auto or on");
+    }
+    for (const auto& [flag, path] : secret_files) {
+      if (path.empty()) continue;
+      if (const std::optional<std::string> root = ReadableRootOf(path, TrainerReadable(*this))) {
+        return InvalidArgumentError("confine_reads: " + flag + " " + path +
+                                    " would be readable by every trainer (it lies beneath " +
+                                    *root + "); move it out of the trainers' readable paths");
+      }
     }
   }
   return OkStatus();
@@ -308,11 +362,11 @@ class Agent::Impl {
   bool ShutdownCall(const char* name, ShutdownRpc<Request, Response> rpc);
   void RunRank(std::shared_ptr<Rank> rank);
   Status PrepareFiles(Rank& rank, std::string* spec_path, std::string* rank_dir);
-  // The Landlock ruleset for a rank whose assignment has a PathGrant;
-  // nullopt without a grant, with confine_writes kOff, or (kAuto) on a
-  // kernel without Landlock.
-  StatusOr<std::optional<WriteConfinement>> ConfineWrites(const Rank& rank,
-                                                          const std::string& rank_dir);
+  // The Landlock ruleset for a rank whose assignment has a PathGrant
+  // (writes, and reads with confine_reads kOn); nullopt without a grant,
+  // with confine_writes kOff, or (kAuto, reads not confined) on a kernel
+  // without Landlock.
+  StatusOr<std::optional<FsConfinement>> Confine(const Rank& rank, const std::string& rank_dir);
   // `tmpdir` non-empty: the trainer's TMPDIR.
   std::vector<std::string> TrainerEnv(const Rank& rank, const std::string& tmpdir) const;
   // Sends `pending` (front first). Returns false when ternd could not take
@@ -826,11 +880,11 @@ Status Agent::Impl::PrepareFiles(Rank& rank, std::string* spec_path, std::string
   return WriteFileAtomically(*spec_path, json + "\n");
 }
 
-StatusOr<std::optional<WriteConfinement>> Agent::Impl::ConfineWrites(
+StatusOr<std::optional<FsConfinement>> Agent::Impl::Confine(
     const Rank& rank, const std::string& rank_dir) {
   const v1::Assignment& a = rank.assignment;
   if (!a.has_path_grant() || options_.confine_writes == AgentOptions::ConfineWrites::kOff) {
-    return std::optional<WriteConfinement>();
+    return std::optional<FsConfinement>();
   }
   // Directories the trainer creates must exist for a rule to name them.
   std::vector<std::string> dirs(a.path_grant().write_roots().begin(),
@@ -846,15 +900,27 @@ StatusOr<std::optional<WriteConfinement>> Agent::Impl::ConfineWrites(
   dirs.push_back(rank_dir);  // holds the trainer's TMPDIR too (a shared /tmp is not writable)
   TERN_RETURN_IF_ERROR(MakeDirectories(rank_dir + "/tmp"));
   dirs.insert(dirs.end(), options_.trainer_writable.begin(), options_.trainer_writable.end());
-  StatusOr<WriteConfinement> confinement = WriteConfinement::Create(dirs);
-  if (confinement.ok()) return std::optional<WriteConfinement>(std::move(confinement).value());
+  FsRules rules;
+  rules.writable = std::move(dirs);
+  if (options_.confine_reads == AgentOptions::ConfineReads::kOn) {
+    // The job's data (ternd checked its names against these roots, and this
+    // agent again with links resolved) and what every trainer needs.
+    std::vector<std::string> readable(a.path_grant().read_roots().begin(),
+                                      a.path_grant().read_roots().end());
+    const std::vector<std::string> base = TrainerReadable(options_);
+    readable.insert(readable.end(), base.begin(), base.end());
+    rules.readable = std::move(readable);
+  }
+  StatusOr<FsConfinement> confinement = FsConfinement::Create(rules);
+  if (confinement.ok()) return std::optional<FsConfinement>(std::move(confinement).value());
   if (confinement.status().code() == StatusCode::kUnavailable &&
-      options_.confine_writes == AgentOptions::ConfineWrites::kAuto) {
+      options_.confine_writes == AgentOptions::ConfineWrites::kAuto &&
+      options_.confine_reads == AgentOptions::ConfineReads::kOff) {
     if (!warned_no_landlock_.exchange(true)) {
       TERN_LOG(WARNING) << "trainers' writes are not confined: " << confinement.status()
                         << " (their paths are still checked by name)";
     }
-    return std::optional<WriteConfinement>();
+    return std::optional<FsConfinement>();
   }
   return confinement.status();
 }
@@ -1030,19 +1096,25 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     rank->lease_file_ready = prepared.ok();
     rank->lease_deadline = deadline;
   }
-  std::optional<WriteConfinement> confinement;
+  std::optional<FsConfinement> confinement;
   if (prepared.ok()) {
-    StatusOr<std::optional<WriteConfinement>> confined = ConfineWrites(*rank, rank_dir);
+    StatusOr<std::optional<FsConfinement>> confined = Confine(*rank, rank_dir);
     if (confined.ok()) {
       confinement = std::move(confined).value();
       if (confinement) {
-        std::string dirs;
-        for (const std::string& d : confinement->allowed()) dirs += (dirs.empty() ? "" : ", ") + d;
+        auto join = [](const std::vector<std::string>& paths) {
+          std::string joined;
+          for (const std::string& p : paths) joined += (joined.empty() ? "" : ", ") + p;
+          return joined;
+        };
         TERN_LOG(INFO) << rank->prefix << "trainer writes confined (Landlock ABI "
-                       << WriteConfinement::AbiVersion() << ") to " << dirs;
+                       << FsConfinement::AbiVersion() << ") to " << join(confinement->allowed())
+                       << (confinement->confines_reads()
+                               ? "; its reads to those and " + join(confinement->readable())
+                               : std::string());
       }
     } else {
-      prepared = confined.status().WithContext("confining the trainer's writes");
+      prepared = confined.status().WithContext("confining the trainer's file access");
     }
   }
   std::unique_ptr<ChildProcess> child;

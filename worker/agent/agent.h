@@ -56,7 +56,11 @@
 // (confine_writes), the trainer may then write only beneath the grant's
 // write roots, its checkpoint directory, its rank directory (with its own
 // TMPDIR, <rank dir>/tmp), its artifact's directory, /dev and
-// trainer_writable (write_confinement.h).
+// trainer_writable (fs_confinement.h). With confine_reads on, it may also
+// read and execute only beneath those, the grant's read roots, the system's
+// directories (SystemReadablePaths: not /etc as a whole), the trainer's own
+// directory and trainer_readable; the agent's secret_files must lie outside
+// all of them (Validate).
 //
 // Thread safety: Run() once, from one thread; Shutdown() and the accessors
 // from any thread (not from a signal handler).
@@ -66,6 +70,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/metrics.h"
@@ -101,8 +106,21 @@ struct AgentOptions {
   // Further directories confined trainers may write beneath (e.g. a CUDA
   // cache, ~/.nv); absolute.
   std::vector<std::string> trainer_writable;
+  // Landlock read confinement of the same trainers (needs confine_writes
+  // kAuto or kOn): kOn confines reads where writes are confined, and fails
+  // such ranks on a kernel without Landlock; kOff (the default) leaves reads
+  // unrestricted. Opt-in: a LibTorch, CUDA or Python install outside the
+  // system directories must be named in trainer_readable.
+  enum class ConfineReads { kOff, kOn };
+  ConfineReads confine_reads = ConfineReads::kOff;
+  // Further paths confined trainers may read beneath; absolute.
+  std::vector<std::string> trainer_readable;
+  // The agent's own credentials ({flag, path}, e.g. {"--tls-key", ...}):
+  // with confine_reads kOn, Validate refuses one that a trainer could read.
+  std::vector<std::pair<std::string, std::string>> secret_files;
   // INVALID_ARGUMENT naming the field: bad agent_id, no slots, slots out of
-  // [0, 1024], empty trainer_path or workdir, non-positive durations.
+  // [0, 1024], empty trainer_path or workdir, non-positive durations,
+  // confine_reads without confine_writes, a secret file trainers could read.
   Status Validate() const;
 };
 

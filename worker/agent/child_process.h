@@ -51,7 +51,7 @@ class ChildProcess {
     std::vector<std::string> env;   // "NAME=value" entries, the whole environment
     std::string working_dir;        // chdir here first; empty: the agent's cwd
     bool kill_on_parent_death = true;  // PR_SET_PDEATHSIG = SIGKILL
-    // A Landlock ruleset (WriteConfinement::fd()) the child restricts itself
+    // A Landlock ruleset (FsConfinement::fd()) the child restricts itself
     // to before execve, with PR_SET_NO_NEW_PRIVS; -1: none.
     int landlock_ruleset_fd = -1;
   };

@@ -7,7 +7,8 @@
 //              [--tls | --tls-ca F] [--tls-cert F --tls-key F]  (tls/tls_credentials.h)
 //              [--token-file F] [--metrics-token-file F]         (tls/bearer_token.h)
 //              [--metrics-tls-cert F --metrics-tls-key F]
-//              [--confine-writes auto|on|off] [--trainer-writable DIRS]  (write_confinement.h)
+//              [--confine-writes auto|on|off] [--trainer-writable DIRS]  (fs_confinement.h)
+//              [--confine-reads off|on] [--trainer-readable DIRS]
 //
 // Prints "tern-agent metrics on HOST:PORT" as its first stdout line (the
 // bound port, useful with --metrics-listen :0). SIGINT/SIGTERM drain the
@@ -150,6 +151,19 @@ int main(int argc, char** argv) {
                  "further directories confined trainers may write beneath (repeatable or "
                  "comma-separated; e.g. a CUDA cache)")
       ->delimiter(',');
+  std::string confine_reads = "off";
+  app.add_option("--confine-reads", confine_reads,
+                 "Landlock-confine the reads of those trainers too: on (to their data roots, "
+                 "rank, checkpoint and artifact directories, the system's directories, the "
+                 "trainer's own directory and --trainer-readable; refuse such ranks without "
+                 "Landlock), off")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  app.add_option("--trainer-readable", options.trainer_readable,
+                 "with --confine-reads on: further paths confined trainers may read beneath "
+                 "(repeatable or comma-separated; e.g. a LibTorch or CUDA install outside /usr "
+                 "and /opt)")
+      ->delimiter(',');
   tern::tls::AddClientTlsFlags(app, &tls);
   app.add_option("--tls-reload-interval", tls.reload_interval_s,
                  "seconds between re-reads of the --tls-* files (with --tls-ca; 0: read once)")
@@ -158,6 +172,12 @@ int main(int argc, char** argv) {
   options.confine_writes = confine_writes == "on"    ? tern::agent::AgentOptions::ConfineWrites::kOn
                            : confine_writes == "off" ? tern::agent::AgentOptions::ConfineWrites::kOff
                                                      : tern::agent::AgentOptions::ConfineWrites::kAuto;
+  options.confine_reads = confine_reads == "on" ? tern::agent::AgentOptions::ConfineReads::kOn
+                                                : tern::agent::AgentOptions::ConfineReads::kOff;
+  options.secret_files = {{"--tls-key", tls.key_file},
+                          {"--token-file", tls.token_file},
+                          {"--metrics-tls-key", metrics_tls_key},
+                          {"--metrics-token-file", metrics_token_file}};
 
   // Signals are taken by a sigwait thread; block them before any thread
   // starts so every thread inherits the mask (trainers get a clean one).
