@@ -1171,6 +1171,32 @@ class AgentBinaryTest : public AgentTest {
   std::unique_ptr<ChildProcess> binary_;
 };
 
+TEST_F(AgentBinaryTest, ConfineReadsRefusesToStartWithASecretBesideTheTrainer) {
+  // dir_ holds the fake trainer, so every confined trainer could read it.
+  const std::string token = dir_ + "/metrics.token";
+  ASSERT_TRUE(WriteFileAtomically(token, "not-a-real-token-0123456789abcdef\n").ok());
+  ChildProcess::Options o;
+  o.argv = {TERN_AGENT_BINARY, "--server", "127.0.0.1:" + std::to_string(port_),
+            "--agent-id", "bin-agent", "--cpu-slots", "1", "--trainer", trainer_,
+            "--workdir", options_.workdir, "--metrics-listen", "127.0.0.1:0",
+            "--metrics-token-file", token, "--confine-reads", "on"};
+  o.env = {"PATH=/usr/bin:/bin"};
+  auto child = ChildProcess::Start(o);
+  ASSERT_TRUE(child.ok()) << child.status();
+  std::optional<ExitStatus> status;
+  WaitUntil([&] { return (status = (*child)->TryWait()).has_value(); }, milliseconds(10000));
+  std::string err;
+  char buf[4096];
+  for (ssize_t n; (n = ::read((*child)->stderr_fd(), buf, sizeof buf)) > 0;) err.append(buf, n);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(status->exit_code, 2) << err;
+  EXPECT_NE(err.find("confine_reads: --metrics-token-file " + token +
+                     " would be readable by every trainer"),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(fake_.Locked([&] { return fake_.registrations_.size(); }), 0u);
+}
+
 TEST_F(AgentBinaryTest, SigtermStopsTrainersAndExitsZero) {
   StartBinary();
   fake_.Send(MakeAssignment("job-b", 0, "sleeper"));
