@@ -275,8 +275,9 @@ std::string FormatWhoAmI(const v1::WhoAmIResponse& who) {
   if (quota.has_max_unfinished_jobs()) s << " of " << quota.max_unfinished_jobs();
   s << " unfinished " << (quota.unfinished_jobs() == 1 && !quota.has_max_unfinished_jobs()
                               ? "job"
-                              : "jobs")
-    << "\n";
+                              : "jobs");
+  if (quota.has_max_priority()) s << ", priority at most " << quota.max_priority();
+  s << "\n";
   return s.str();
 }
 

@@ -1,6 +1,6 @@
 // Fuzz target: ternd's --quota-file (scheduler::QuotaTable::Parse).
 // Property: nothing throws or crashes; a table that parses gives every limit
-// in [0, kMaxQuotaValue], and the "*" line, when there is one, applies to an
+// in [0, kMaxQuotaValue] (priorities in [-1000, 1000]), and the "*" line, when there is one, applies to an
 // owner without a line of its own.
 #include <string>
 #include <vector>
@@ -23,6 +23,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (quota->max_jobs) {
       TERN_CHECK(*quota->max_jobs >= 0 && *quota->max_jobs <= tern::scheduler::kMaxQuotaValue);
     }
+    if (quota->max_priority) {
+      TERN_CHECK(*quota->max_priority >= -tern::scheduler::kQuotaPriorityBound &&
+                 *quota->max_priority <= tern::scheduler::kQuotaPriorityBound);
+    }
   }
   const tern::scheduler::OwnerQuota* unlisted = table->For("no-such-owner-\x7e");
   const tern::scheduler::OwnerQuota* fallback = table->For("*");
@@ -34,6 +38,6 @@ std::vector<std::string> TernFuzzSeeds() {
   return {
       "# team quotas\nalice cuda=8 cpu=32 jobs=20\n* cuda=2 jobs=5\n",
       "bob\r\n\r\ncarol\tcpu=0\t# closed\n",
-      "alice cuda=1000000 jobs=0\n",
+      "alice cuda=1000000 jobs=0 priority=-1000\n",
   };
 }

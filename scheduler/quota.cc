@@ -47,9 +47,22 @@ StatusOr<QuotaTable> QuotaTable::Parse(std::string_view text, const std::string&
       const std::string& word = line.words[i];
       const size_t equals = word.find('=');
       const std::string key = word.substr(0, equals);
-      if (equals == std::string::npos || (key != "jobs" && !IsKnownDeviceKind(key))) {
+      if (equals == std::string::npos ||
+          (key != "jobs" && key != "priority" && !IsKnownDeviceKind(key))) {
         return InvalidArgumentError(where + "\"" + word +
-                                    "\": expected cpu=N, cuda=N or jobs=N");
+                                    "\": expected cpu=N, cuda=N, jobs=N or priority=P");
+      }
+      if (key == "priority") {
+        const std::string text = word.substr(equals + 1);
+        const bool negative = !text.empty() && text[0] == '-';
+        const std::optional<int> magnitude = ParseQuotaValue(negative ? text.substr(1) : text);
+        if (!magnitude || *magnitude > kQuotaPriorityBound) {
+          return InvalidArgumentError(where + "\"" + word + "\": the priority must be a whole "
+                                      "number in [-1000, 1000]");
+        }
+        if (quota.max_priority) return InvalidArgumentError(where + "priority is given twice");
+        quota.max_priority = negative ? -*magnitude : *magnitude;
+        continue;
       }
       const std::optional<int> value = ParseQuotaValue(word.substr(equals + 1));
       if (!value) {

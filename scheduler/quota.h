@@ -5,20 +5,23 @@
 //
 // File format, one owner per line ("#" starts a comment, blank lines are
 // skipped):
-//   <owner> [cpu=N] [cuda=N] [jobs=N]
-//   *       [cpu=N] [cuda=N] [jobs=N]
+//   <owner> [cpu=N] [cuda=N] [jobs=N] [priority=P]
+//   *       [cpu=N] [cuda=N] [jobs=N] [priority=P]
 // `owner` is a job owner's name (a client certificate's or token's name, or
 // the x-tern-owner claim); `*` is every owner without a line of its own. A
 // limit left out is unlimited, and an owner with neither a line nor a `*`
 // line has no limits. cpu/cuda: slots of that kind held by the owner's
 // ADMITTED and RUNNING jobs (0: the kind is closed to the owner); jobs:
 // QUEUED, ADMITTED, RUNNING and RESTARTING jobs together. N is 0..1000000.
+// priority: the highest JobSpec.priority the owner may submit with, P in
+// [-1000, 1000] (without it, priority is open to everyone: its range).
 //
 // What a quota does (scheduler/scheduler.h has the details):
 // - SubmitJob refuses a job with more ranks than the owner's slot quota of
 //   its kind (FAILED_PRECONDITION: it could never start) and a job beyond the
-//   owner's `jobs` limit (RESOURCE_EXHAUSTED). A retry with a known
-//   idempotency key still returns its job.
+//   owner's `jobs` limit (RESOURCE_EXHAUSTED), and one above the owner's
+//   `priority` (PERMISSION_DENIED). A retry with a known idempotency key
+//   still returns its job.
 // - Admission skips a queued job whose ranks would take its owner past the
 //   slot quota; it waits ("... owner alice holds 6 of the 8 cuda slots her
 //   quota allows") without holding back other owners' jobs.
@@ -36,12 +39,14 @@
 namespace tern::scheduler {
 
 inline constexpr int kMaxQuotaValue = 1000000;
+inline constexpr int kQuotaPriorityBound = 1000;  // priority=P: |P| <= this
 inline constexpr char kDefaultQuotaOwner[] = "*";
 
 struct OwnerQuota {
   std::string line_owner;                // the line it came from: a name or "*"
   std::map<std::string, int> max_slots;  // by device kind; a kind absent: unlimited
   std::optional<int> max_jobs;           // unfinished jobs; nullopt: unlimited
+  std::optional<int> max_priority;       // highest priority; nullopt: any
 
   // The limit on `kind` slots, nullopt when unlimited.
   std::optional<int> SlotLimit(const std::string& kind) const;

@@ -1261,6 +1261,12 @@ Status Scheduler::CheckSubmitQuotaLocked(const JobRequest& request) const {
         " hold at most " + std::to_string(*limit) +
         ": it could never start (ask for fewer ranks, or for a larger quota)");
   }
+  if (quota->max_priority && request.priority > *quota->max_priority) {
+    return Status(StatusCode::kPermissionDenied,
+                  "priority " + std::to_string(request.priority) + " is above the " +
+                      std::to_string(*quota->max_priority) + " that " + QuotaName(*quota) +
+                      " allows owner " + request.owner);
+  }
   if (quota->max_jobs) {
     const int unfinished = UsageOfLocked(request.owner).unfinished_jobs;
     if (unfinished >= *quota->max_jobs) {

@@ -22,8 +22,9 @@
 //   take its owner past the owner's slot quota of its kind is skipped (it
 //   waits, saying so) and neither becomes a kind's head nor reserves slots,
 //   so one owner at its quota holds back no other owner. SubmitJob refuses a
-//   job that could never fit its owner's quota (FAILED_PRECONDITION) and one
-//   beyond the owner's unfinished-jobs limit (RESOURCE_EXHAUSTED).
+//   job that could never fit its owner's quota (FAILED_PRECONDITION), one
+//   beyond the owner's unfinished-jobs limit (RESOURCE_EXHAUSTED) and one
+//   above the owner's highest priority (PERMISSION_DENIED).
 // - Success: a job SUCCEEDS when every rank of the attempt exits 0; the
 //   result (artifact path, metrics) is rank 0's, and a kProgress event with
 //   reason RESULT and payload = rank 0's metrics_json follows the
@@ -157,8 +158,8 @@ class Scheduler {
 
   // --- Clients ---
   // Validates (INVALID_ARGUMENT naming the field), checks the owner's quota
-  // (FAILED_PRECONDITION, RESOURCE_EXHAUSTED), stores and queues the job,
-  // then runs admission. An (owner, idempotency_key) seen before returns
+  // (FAILED_PRECONDITION, RESOURCE_EXHAUSTED, PERMISSION_DENIED), stores and
+  // queues the job, then runs admission. An (owner, idempotency_key) seen before returns
   // that job with created=false, whatever the rest of the request says.
   StatusOr<SubmitResult> SubmitJob(const JobRequest& request);
   StatusOr<Job> GetJob(JobId id) const;  // NOT_FOUND

@@ -141,6 +141,7 @@ grpc::Status JobService::WhoAmI(grpc::ServerContext* context,
     if (usage.quota) {
       quota->set_line(usage.quota->line_owner);
       if (usage.quota->max_jobs) quota->set_max_unfinished_jobs(*usage.quota->max_jobs);
+      if (usage.quota->max_priority) quota->set_max_priority(*usage.quota->max_priority);
     }
     for (const char* kind : {scheduler::kDeviceCpu, scheduler::kDeviceCuda}) {
       v1::SlotQuota* slots = quota->add_slots();

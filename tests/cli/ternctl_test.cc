@@ -203,6 +203,7 @@ class FakeJobService final : public v1::JobService::Service {
     quota->set_line("alice");
     quota->set_unfinished_jobs(3);
     quota->set_max_unfinished_jobs(20);
+    quota->set_max_priority(-5);
     v1::SlotQuota* cpu = quota->add_slots();
     cpu->set_device_kind(v1::DEVICE_CPU);
     cpu->set_used(1);
@@ -421,7 +422,7 @@ TEST_F(TernctlTest, WhoAmIShowsTheNameAndTheQuota) {
   ASSERT_EQ(who.code, 0) << who.err;
   EXPECT_EQ(who.out,
             "alice (bearer token; sees its own jobs)\n"
-            "quota: cpu 1 slot, cuda 6 of 8 slots, 3 of 20 unfinished jobs\n");
+            "quota: cpu 1 slot, cuda 6 of 8 slots, 3 of 20 unfinished jobs, priority at most -5\n");
   Result json = Run({"--json", "whoami"});
   ASSERT_EQ(json.code, 0) << json.err;
   EXPECT_EQ(ParseJson<v1::WhoAmIResponse>(json.out).quota().slots(1).limit(), 8);

@@ -77,7 +77,28 @@ resources: {ranks: 1, device_kind: cpu}
 YAML
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range (ip_local_port_range), so that
+# no process binding port 0 meanwhile (an agent's --metrics-listen :0, a
+# client's outgoing connection) can take it before it is used.
+free_port() {
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(1000):
+    port = random.randrange(20000, max(20001, low))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port in [20000, %d)" % low)
+PY
+}
 
 # Extra flags: ternd_flags for ternd, client_flags for tern-agent and ternctl
 # (tls_e2e.sh sets both), agent_flags for tern-agent alone. ternd_listen is

@@ -11,7 +11,7 @@ TEST(QuotaTableTest, ParsesOwnersTheDefaultLineCommentsAndBlankLines) {
   StatusOr<QuotaTable> table = QuotaTable::Parse(
       "# team quotas\r\n"
       "\n"
-      "alice  cuda=8 cpu=32\tjobs=20   # the research team\n"
+      "alice  cuda=8 cpu=32\tjobs=20 priority=10  # the research team\n"
       "*      cuda=2 jobs=5\n"
       "bob\n",
       "quotas.txt");
@@ -24,6 +24,7 @@ TEST(QuotaTableTest, ParsesOwnersTheDefaultLineCommentsAndBlankLines) {
   EXPECT_EQ(alice->SlotLimit("cuda"), 8);
   EXPECT_EQ(alice->SlotLimit("cpu"), 32);
   EXPECT_EQ(alice->max_jobs, 20);
+  EXPECT_EQ(alice->max_priority, 10);
 
   const OwnerQuota* carol = table->For("carol");  // no line: the "*" line
   ASSERT_NE(carol, nullptr);
@@ -35,6 +36,10 @@ TEST(QuotaTableTest, ParsesOwnersTheDefaultLineCommentsAndBlankLines) {
   ASSERT_NE(bob, nullptr);
   EXPECT_EQ(bob->SlotLimit("cuda"), std::nullopt);
   EXPECT_EQ(bob->max_jobs, std::nullopt);
+  EXPECT_EQ(bob->max_priority, std::nullopt);
+  StatusOr<QuotaTable> negative = QuotaTable::Parse("guest priority=-1000\n", "q");
+  ASSERT_TRUE(negative.ok()) << negative.status();
+  EXPECT_EQ(negative->For("guest")->max_priority, -1000);
 }
 
 TEST(QuotaTableTest, WithoutADefaultLineUnlistedOwnersAreUnlimited) {
@@ -51,8 +56,15 @@ TEST(QuotaTableTest, BadLinesAreRefusedNamingFileAndLine) {
     const char* message;
   };
   const Case cases[] = {
-      {"alice gpu=4\n", "q:1: \"gpu=4\": expected cpu=N, cuda=N or jobs=N"},
-      {"alice cuda\n", "q:1: \"cuda\": expected cpu=N, cuda=N or jobs=N"},
+      {"alice gpu=4\n", "q:1: \"gpu=4\": expected cpu=N, cuda=N, jobs=N or priority=P"},
+      {"alice cuda\n", "q:1: \"cuda\": expected cpu=N, cuda=N, jobs=N or priority=P"},
+      {"alice priority=1001\n",
+       "q:1: \"priority=1001\": the priority must be a whole number in [-1000, 1000]"},
+      {"alice priority=--1\n",
+       "q:1: \"priority=--1\": the priority must be a whole number in [-1000, 1000]"},
+      {"alice priority=-\n",
+       "q:1: \"priority=-\": the priority must be a whole number in [-1000, 1000]"},
+      {"alice priority=1 priority=2\n", "q:1: priority is given twice"},
       {"\nalice cuda=-1\n", "q:2: \"cuda=-1\": the limit must be a whole number in [0, 1000000]"},
       {"alice cuda=1000001\n",
        "q:1: \"cuda=1000001\": the limit must be a whole number in [0, 1000000]"},

@@ -1333,6 +1333,23 @@ TEST_F(QuotaTest, SubmitRefusesJobsTheQuotaCanNeverAdmitOrThatExceedTheJobLimit)
   EXPECT_TRUE(TrySubmitAs("alice", 1).ok());
 }
 
+TEST_F(QuotaTest, SubmitRefusesAPriorityAboveTheOwnersHighest) {
+  SetQuotas("* priority=0\nops priority=100\n");
+  JobRequest r = Request(/*priority=*/5);
+  r.owner = "bob";
+  const Status refused = scheduler_->SubmitJob(r).status();
+  EXPECT_EQ(refused.code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(refused.message(),
+            "priority 5 is above the 0 that the default quota (*) allows owner bob");
+  r.priority = 0;
+  EXPECT_TRUE(scheduler_->SubmitJob(r).ok());
+  r.priority = -7;
+  EXPECT_TRUE(scheduler_->SubmitJob(r).ok());
+  r.owner = "ops";
+  r.priority = 100;
+  EXPECT_TRUE(scheduler_->SubmitJob(r).ok());
+}
+
 TEST_F(QuotaTest, RaisingAQuotaAdmitsAtOnceAndLoweringOneStopsNothing) {
   SetQuotas("alice cpu=1\n");
   Register("n1", 4);

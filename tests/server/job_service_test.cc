@@ -546,7 +546,7 @@ class QuotaFileTest : public JobServiceTest {
     std::filesystem::rename(tmp, QuotaPath());
   }
   void Customize(TerndOptions* options) override {
-    WriteQuotas("alice cpu=1 jobs=2\n* cuda=0\n");
+    WriteQuotas("alice cpu=1 jobs=2 priority=5\n* cuda=0\n");
     options->quota_file = QuotaPath();
   }
   v1::WhoAmIResponse WhoAmI(const std::string& owner) {
@@ -581,6 +581,10 @@ TEST_F(QuotaFileTest, SubmissionsAdmissionAndWhoAmIFollowTheQuotaFile) {
   EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(third.error_message().find("owner alice has 2 unfinished jobs"), std::string::npos)
       << third.error_message();
+  v1::JobSpec urgent = ValidSpec();
+  urgent.set_priority(6);
+  EXPECT_EQ(Submit(urgent, &refused, "", "alice").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
   v1::JobSpec gpu = ValidSpec();
   gpu.mutable_resources()->set_device_kind(v1::DEVICE_CUDA);
   const grpc::Status closed = Submit(gpu, &refused, "", "bob");  // "* cuda=0"
@@ -594,6 +598,7 @@ TEST_F(QuotaFileTest, SubmissionsAdmissionAndWhoAmIFollowTheQuotaFile) {
   EXPECT_EQ(alice.quota().line(), "alice");
   EXPECT_EQ(alice.quota().unfinished_jobs(), 2);
   EXPECT_EQ(alice.quota().max_unfinished_jobs(), 2);
+  EXPECT_EQ(alice.quota().max_priority(), 5);
   ASSERT_EQ(alice.quota().slots_size(), 2);
   EXPECT_EQ(alice.quota().slots(0).device_kind(), v1::DEVICE_CPU);
   EXPECT_EQ(alice.quota().slots(0).used(), 1);
@@ -603,6 +608,7 @@ TEST_F(QuotaFileTest, SubmissionsAdmissionAndWhoAmIFollowTheQuotaFile) {
   const v1::WhoAmIResponse bob = WhoAmI("bob");
   EXPECT_EQ(bob.quota().line(), "*");
   EXPECT_FALSE(bob.quota().has_max_unfinished_jobs());
+  EXPECT_FALSE(bob.quota().has_max_priority());
   EXPECT_EQ(bob.quota().slots(1).limit(), 0);
   EXPECT_TRUE(testing::Eventually(
       [&] { return Metrics().find("\ntern_scheduler_jobs_waiting_on_quota 1\n") !=
