@@ -549,6 +549,17 @@ class QuotaFileTest : public JobServiceTest {
     WriteQuotas("alice cpu=1 jobs=2 priority=5\n* cuda=0\n");
     options->quota_file = QuotaPath();
   }
+  // An agent with 4 CPU slots registers; alice submits two 1-rank jobs.
+  void SubmitTwoJobsOfAliceOnFourSlots(v1::SubmitJobResponse* first,
+                                       v1::SubmitJobResponse* second) {
+    scheduler::AgentRegistration agent;
+    agent.agent_id = "n1";
+    agent.host = "127.0.0.1";
+    agent.slots = {{scheduler::kDeviceCpu, 4}};
+    ASSERT_TRUE(ternd_->scheduler().RegisterAgent(agent).ok());
+    ASSERT_TRUE(Submit(ValidSpec(), first, "", "alice").ok());
+    ASSERT_TRUE(Submit(ValidSpec(), second, "", "alice").ok());
+  }
   v1::WhoAmIResponse WhoAmI(const std::string& owner) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
@@ -561,15 +572,8 @@ class QuotaFileTest : public JobServiceTest {
 };
 
 TEST_F(QuotaFileTest, SubmissionsAdmissionAndWhoAmIFollowTheQuotaFile) {
-  scheduler::AgentRegistration agent;
-  agent.agent_id = "n1";
-  agent.host = "127.0.0.1";
-  agent.slots = {{scheduler::kDeviceCpu, 4}};
-  ASSERT_TRUE(ternd_->scheduler().RegisterAgent(agent).ok());
-
   v1::SubmitJobResponse first, second;
-  ASSERT_TRUE(Submit(ValidSpec(), &first, "", "alice").ok());
-  ASSERT_TRUE(Submit(ValidSpec(), &second, "", "alice").ok());
+  ASSERT_NO_FATAL_FAILURE(SubmitTwoJobsOfAliceOnFourSlots(&first, &second));
   EXPECT_EQ(first.job().state(), v1::JOB_STATE_ADMITTED);
   EXPECT_EQ(second.job().state(), v1::JOB_STATE_QUEUED);
   EXPECT_EQ(second.job().wait_reason().code(), "OWNER_QUOTA");
@@ -616,14 +620,8 @@ TEST_F(QuotaFileTest, SubmissionsAdmissionAndWhoAmIFollowTheQuotaFile) {
 }
 
 TEST_F(QuotaFileTest, AChangedFileAppliesWithinATickAndABadOneKeepsTheLastGoodQuotas) {
-  scheduler::AgentRegistration agent;
-  agent.agent_id = "n1";
-  agent.host = "127.0.0.1";
-  agent.slots = {{scheduler::kDeviceCpu, 4}};
-  ASSERT_TRUE(ternd_->scheduler().RegisterAgent(agent).ok());
   v1::SubmitJobResponse first, second;
-  ASSERT_TRUE(Submit(ValidSpec(), &first, "", "alice").ok());
-  ASSERT_TRUE(Submit(ValidSpec(), &second, "", "alice").ok());
+  ASSERT_NO_FATAL_FAILURE(SubmitTwoJobsOfAliceOnFourSlots(&first, &second));
   ASSERT_EQ(second.job().state(), v1::JOB_STATE_QUEUED);
 
   WriteQuotas("alice cpu=2 jobs=3\n");
@@ -647,12 +645,7 @@ TEST_F(QuotaFileTest, AChangedFileAppliesWithinATickAndABadOneKeepsTheLastGoodQu
 TEST_F(QuotaFileTest, ABadQuotaFileStopsTheStartNamingTheLine) {
   StopTernd();
   WriteQuotas("alice cpu=1\nalice cuda=2\n");
-  TerndOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_listen = "";
-  options.db_path = (dir_ / "ternd.db").string();
-  options.artifact_root = (dir_ / "artifacts").string();
-  options.checkpoint_root = (dir_ / "checkpoints").string();
+  TerndOptions options = TestOptions();
   options.quota_file = QuotaPath();
   StatusOr<std::unique_ptr<Ternd>> ternd = Ternd::Start(options);
   ASSERT_FALSE(ternd.ok());

@@ -106,7 +106,8 @@ class TerndTest : public ::testing::Test {
 
   virtual void Customize(TerndOptions* /*options*/) {}
 
-  void StartTernd() {
+  // Loopback on any ports, files in dir_, fast ticks; before Customize().
+  TerndOptions TestOptions() const {
     TerndOptions options;
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "127.0.0.1:0";
@@ -117,6 +118,11 @@ class TerndTest : public ::testing::Test {
     options.long_poll = std::chrono::milliseconds(100);
     options.restart_backoff = std::chrono::milliseconds(0);
     options.shutdown_grace = std::chrono::seconds(2);
+    return options;
+  }
+
+  void StartTernd() {
+    TerndOptions options = TestOptions();
     Customize(&options);
     auto ternd = Ternd::Start(options);
     ASSERT_TRUE(ternd.ok()) << ternd.status();
