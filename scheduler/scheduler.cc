@@ -1220,6 +1220,7 @@ SchedulerStats Scheduler::Stats() const {
     stats.draining_agents += agent->live && agent->draining;
   }
   stats.jobs_waiting_on_quota = static_cast<int>(waiting_on_quota_.size());
+  AddUsageLocked(&stats.owners);
   return stats;
 }
 
@@ -1236,16 +1237,23 @@ OwnerUsage Scheduler::UsageOf(const std::string& owner) const {
   return UsageOfLocked(owner);
 }
 
-OwnerUsage Scheduler::UsageOfLocked(const std::string& owner) const {
-  OwnerUsage usage;
+void Scheduler::AddUsageLocked(std::map<std::string, OwnerUsage>* owners,
+                               const std::string* only_owner) const {
   for (const std::set<JobId>* set : {&queued_, &restarting_, &holding_}) {
     for (JobId id : *set) {
       const Job& job = jobs_.at(id);
-      if (job.owner != owner) continue;
+      if (only_owner != nullptr && job.owner != *only_owner) continue;
+      OwnerUsage& usage = (*owners)[job.owner];
       ++usage.unfinished_jobs;
       if (set == &holding_) usage.slots[job.device_kind] += job.world_size;
     }
   }
+}
+
+OwnerUsage Scheduler::UsageOfLocked(const std::string& owner) const {
+  std::map<std::string, OwnerUsage> owners;
+  AddUsageLocked(&owners, &owner);
+  OwnerUsage usage = std::move(owners[owner]);
   if (const OwnerQuota* quota = quotas_.For(owner)) usage.quota = *quota;
   return usage;
 }

@@ -127,6 +127,13 @@ struct AgentSummary {
   TimePoint lease_expires;
 };
 
+// One owner's share of the cluster, as quotas count it.
+struct OwnerUsage {
+  std::map<std::string, int> slots;  // by device kind: held by ADMITTED/RUNNING jobs
+  int unfinished_jobs = 0;           // QUEUED, ADMITTED, RUNNING, RESTARTING
+  std::optional<OwnerQuota> quota;   // nullopt: no limits
+};
+
 struct SchedulerStats {
   std::map<JobState, int> jobs;            // by state
   std::map<std::string, int> total_slots;  // by device kind, agents taking work
@@ -134,13 +141,8 @@ struct SchedulerStats {
   int live_agents = 0;
   int draining_agents = 0;  // live, but taking no work (DrainAgent)
   int jobs_waiting_on_quota = 0;  // QUEUED, held back by their owner's quota
-};
-
-// One owner's share of the cluster, as quotas count it.
-struct OwnerUsage {
-  std::map<std::string, int> slots;  // by device kind: held by ADMITTED/RUNNING jobs
-  int unfinished_jobs = 0;           // QUEUED, ADMITTED, RUNNING, RESTARTING
-  std::optional<OwnerQuota> quota;   // nullopt: no limits
+  // Every owner with unfinished jobs (quota left unset).
+  std::map<std::string, OwnerUsage> owners;
 };
 
 class Scheduler {
@@ -239,6 +241,9 @@ class Scheduler {
   std::vector<JobId> QueueOrderLocked(TimePoint now) const;
   int SlotsLocked(const std::string& kind, bool free_only) const;
   OwnerUsage UsageOfLocked(const std::string& owner) const;
+  // Counts the unfinished jobs (of `only_owner`, when given) into `owners`.
+  void AddUsageLocked(std::map<std::string, OwnerUsage>* owners,
+                      const std::string* only_owner = nullptr) const;
   // FAILED_PRECONDITION / RESOURCE_EXHAUSTED: see the header comment.
   Status CheckSubmitQuotaLocked(const JobRequest& request) const;
   // How a restart is charged: kCounted uses one of the job's max_restarts

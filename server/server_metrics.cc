@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <iterator>
 #include <optional>
 #include <vector>
 
@@ -72,6 +73,16 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
           "tern_scheduler_quota_file_stale",
           "1 when the quota file changed but could not be used (the last good "
           "quotas apply; see ternd's log), else 0.")),
+      owner_slots_(registry->AddGauge(
+          "tern_scheduler_owner_slots",
+          "Slots held by an owner's ADMITTED and RUNNING jobs, by device kind "
+          "(owners with unfinished jobs only).",
+          {"owner", "device_kind"})),
+      owner_jobs_(registry->AddGauge(
+          "tern_scheduler_owner_unfinished_jobs",
+          "An owner's QUEUED, ADMITTED, RUNNING and RESTARTING jobs (owners "
+          "with unfinished jobs only).",
+          {"owner"})),
       slots_(registry->AddGauge(
           "tern_scheduler_slots",
           "Slots of live agents that take work (not draining) by device kind, "
@@ -191,6 +202,27 @@ void ServerMetrics::UpdateScheduler(const scheduler::SchedulerStats& stats) {
   agents_.WithLabels({})->Set(stats.live_agents);
   draining_agents_.WithLabels({})->Set(stats.draining_agents);
   quota_waiting_.WithLabels({})->Set(stats.jobs_waiting_on_quota);
+  // Owners come and go: their series leave with their last unfinished job.
+  std::set<std::string> owners;
+  for (const auto& [owner, usage] : stats.owners) {
+    owners.insert(owner);
+    owner_jobs_.WithLabels({owner})->Set(usage.unfinished_jobs);
+    for (const char* kind : kDeviceKinds) {
+      auto held = usage.slots.find(kind);
+      owner_slots_.WithLabels({owner, kind})->Set(held == usage.slots.end() ? 0 : held->second);
+    }
+  }
+  std::set<std::string> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::set_difference(owners_shown_.begin(), owners_shown_.end(), owners.begin(), owners.end(),
+                        std::inserter(gone, gone.end()));
+    owners_shown_ = std::move(owners);
+  }
+  for (const std::string& owner : gone) {
+    owner_jobs_.Remove({owner});
+    for (const char* kind : kDeviceKinds) owner_slots_.Remove({owner, kind});
+  }
   for (const char* kind : kDeviceKinds) {
     auto total = stats.total_slots.find(kind);
     auto free = stats.free_slots.find(kind);

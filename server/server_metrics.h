@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "common/metrics.h"
@@ -84,6 +85,8 @@ class ServerMetrics {
   metrics::Family<metrics::Gauge>& draining_agents_;
   metrics::Family<metrics::Gauge>& quota_waiting_;
   metrics::Family<metrics::Gauge>& quota_file_stale_;
+  metrics::Family<metrics::Gauge>& owner_slots_;
+  metrics::Family<metrics::Gauge>& owner_jobs_;
   metrics::Family<metrics::Gauge>& slots_;
   metrics::Family<metrics::Counter>& lease_expiries_;
   // gRPC.
@@ -117,6 +120,7 @@ class ServerMetrics {
 
   std::mutex mu_;
   std::map<scheduler::JobId, scheduler::TimePoint> ended_;  // job -> end time
+  std::set<std::string> owners_shown_;  // owners with tern_scheduler_owner_* series
   std::map<scheduler::JobId, StepWindow> windows_;
 };
 

@@ -1383,11 +1383,17 @@ TEST_F(QuotaTest, UsageCountsHeldSlotsAndUnfinishedJobs) {
   ASSERT_TRUE(usage.quota.has_value());
   EXPECT_EQ(usage.quota->line_owner, "alice");
   EXPECT_EQ(usage.quota->max_jobs, 10);
+  const SchedulerStats stats = scheduler_->Stats();
+  ASSERT_EQ(stats.owners.size(), 2u);
+  EXPECT_EQ(stats.owners.at("alice").unfinished_jobs, 2);
+  EXPECT_EQ(stats.owners.at("bob").unfinished_jobs, 1);
+  EXPECT_TRUE(stats.owners.at("bob").slots.empty());  // waits: no free slot
   Finish(a1);
   usage = scheduler_->UsageOf("alice");
   EXPECT_EQ(usage.unfinished_jobs, 1);
   EXPECT_EQ(usage.slots, (std::map<std::string, int>{{kDeviceCpu, 1}}));
   EXPECT_FALSE(scheduler_->UsageOf("bob").quota.has_value());
+  EXPECT_EQ(scheduler_->UsageOf("carol").unfinished_jobs, 0);
 }
 
 }  // namespace

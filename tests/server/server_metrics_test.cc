@@ -239,5 +239,27 @@ TEST_F(ServerMetricsTest, AnEndedJobsApSeriesGoAfterTheGracePeriod) {
   EXPECT_TRUE(Has("# TYPE tern_job_ap gauge")) << Text();
 }
 
+TEST_F(ServerMetricsTest, OwnerSeriesFollowTheOwnersWithUnfinishedJobs) {
+  scheduler::SchedulerStats stats;
+  stats.owners["alice"].unfinished_jobs = 3;
+  stats.owners["alice"].slots = {{"cuda", 6}};
+  stats.owners["bob"].unfinished_jobs = 1;
+  stats.jobs_waiting_on_quota = 2;
+  metrics_.UpdateScheduler(stats);
+  EXPECT_TRUE(Has("tern_scheduler_owner_unfinished_jobs{owner=\"alice\"} 3")) << Text();
+  EXPECT_TRUE(Has("tern_scheduler_owner_slots{owner=\"alice\",device_kind=\"cuda\"} 6"));
+  EXPECT_TRUE(Has("tern_scheduler_owner_slots{owner=\"alice\",device_kind=\"cpu\"} 0"));
+  EXPECT_TRUE(Has("tern_scheduler_owner_unfinished_jobs{owner=\"bob\"} 1"));
+  EXPECT_TRUE(Has("tern_scheduler_jobs_waiting_on_quota 2"));
+
+  stats.owners.erase("alice");  // her last job ended
+  stats.jobs_waiting_on_quota = 0;
+  metrics_.UpdateScheduler(stats);
+  EXPECT_TRUE(Lines("tern_scheduler_owner_slots{owner=\"alice\"").empty()) << Text();
+  EXPECT_TRUE(Lines("tern_scheduler_owner_unfinished_jobs{owner=\"alice\"").empty()) << Text();
+  EXPECT_TRUE(Has("tern_scheduler_owner_unfinished_jobs{owner=\"bob\"} 1"));
+  EXPECT_TRUE(Has("tern_scheduler_jobs_waiting_on_quota 0"));
+}
+
 }  // namespace
 }  // namespace tern::server
