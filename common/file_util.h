@@ -15,7 +15,10 @@
 namespace tern {
 
 StatusOr<std::string> ReadFileToString(const std::string& path);
-Status WriteFileAtomically(const std::string& path, std::string_view content);
+// Writes a temporary file (created with `mode`, e.g. 0600 for a secret, so
+// that it is never readable by more), fsyncs it and renames it onto `path`.
+Status WriteFileAtomically(const std::string& path, std::string_view content,
+                           unsigned mode = 0644);
 // Creates `path` and missing parents (like mkdir -p).
 Status MakeDirectories(const std::string& path);
 // What changes when a file is replaced or rewritten (its mtime, size and

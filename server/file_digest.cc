@@ -56,6 +56,11 @@ StatusOr<std::string> Sha256Of(Next&& next) {
 
 }  // namespace
 
+std::string LowerHex(const std::string& bytes) {
+  return Hex(reinterpret_cast<const unsigned char*>(bytes.data()),
+             static_cast<unsigned int>(bytes.size()));
+}
+
 StatusOr<FileDigest> DigestFile(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {

@@ -22,6 +22,9 @@ StatusOr<FileDigest> DigestFile(const std::string& path);
 // SHA-256 of `bytes` as lowercase hex (tests, small inputs).
 std::string Sha256Hex(const std::string& bytes);
 
+// `bytes` as lowercase hex, two characters per byte.
+std::string LowerHex(const std::string& bytes);
+
 }  // namespace tern::server
 
 #endif  // TERN_SERVER_FILE_DIGEST_H_

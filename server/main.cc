@@ -130,6 +130,9 @@ int main(int argc, char** argv) {
   app.add_option("--write-roots", options.write_roots,
                  "comma-separated directories (\"{owner}\": the job's owner) a job may put "
                  "its checkpoint.directory under (default: anywhere)");
+  app.add_option("--rendezvous-key-file", options.rendezvous_key_file,
+                 "ternd's secret for the jobs' rendezvous keys (mode 0600; created when missing; "
+                 "default: <db>.rendezvous-key)");
   app.add_option("--quota-file", options.quota_file,
                  "per-owner limits, one \"OWNER|* [cpu=N] [cuda=N] [jobs=N]\" line each: slots "
                  "an owner's running jobs may hold, unfinished jobs it may have (default: none); "

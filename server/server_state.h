@@ -13,6 +13,7 @@
 #include "server/job_convert.h"
 #include "server/path_access.h"
 #include "server/progress_cache.h"
+#include "server/rendezvous_key.h"
 #include "server/server_metrics.h"
 #include "server/token_table.h"
 
@@ -33,6 +34,7 @@ struct ServerState {
   std::string agent_names = "*";  // AuthorizeAgent's glob (caller.h)
   std::string admin_names;        // Authorize's admin glob ("" none)
   TokenTable* tokens = nullptr;   // ternd --token-file; null: no tokens
+  const RendezvousKeys* rendezvous_keys = nullptr;  // never null once ternd serves
   std::atomic<bool> shutting_down{false};
   std::atomic<int> in_flight{0};  // handlers inside RunRpc (rpc.h)
 };

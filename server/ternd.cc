@@ -18,6 +18,7 @@
 #include "server/job_service.h"
 #include "server/observed_job_store.h"
 #include "server/progress_cache.h"
+#include "server/rendezvous_key.h"
 #include "server/server_metrics.h"
 #include "server/server_state.h"
 #include "server/token_table.h"
@@ -187,6 +188,15 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
     state_->tokens = tokens_.get();
   }
   TERN_RETURN_IF_ERROR(LoadQuotasIfChanged(/*initial=*/true));
+  {
+    const std::string path = options_.rendezvous_key_file.empty()
+                                 ? options_.db_path + ".rendezvous-key"
+                                 : options_.rendezvous_key_file;
+    StatusOr<RendezvousKeys> keys = RendezvousKeys::LoadOrCreate(path);
+    if (!keys.ok()) return keys.status().WithContext("rendezvous_key_file");
+    rendezvous_keys_ = std::make_unique<RendezvousKeys>(*std::move(keys));
+    state_->rendezvous_keys = rendezvous_keys_.get();
+  }
   job_service_ = std::make_unique<JobService>(state_.get());
   worker_service_ = std::make_unique<WorkerService>(state_.get());
 

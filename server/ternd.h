@@ -46,6 +46,7 @@ namespace tern::server {
 class JobService;
 class WorkerService;
 class ProgressCache;
+class RendezvousKeys;
 class ServerMetrics;
 struct ServerState;
 class TokenTable;
@@ -101,6 +102,9 @@ struct TerndOptions {
   // of a change (a bad new version is logged and the last good one kept).
   // Empty: no quotas.
   std::string quota_file;
+  // ternd's secret for the jobs' rendezvous keys (server/rendezvous_key.h);
+  // created when missing. Empty: "<db_path>.rendezvous-key".
+  std::string rendezvous_key_file;
   Status Validate() const;
 };
 
@@ -146,6 +150,7 @@ class Ternd {
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<ProgressCache> progress_;
   std::unique_ptr<TokenTable> tokens_;
+  std::unique_ptr<RendezvousKeys> rendezvous_keys_;
   std::string quota_stamp_;  // tick thread only (after Init)
   std::unique_ptr<ServerState> state_;
   std::unique_ptr<JobService> job_service_;

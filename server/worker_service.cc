@@ -313,6 +313,10 @@ Status WorkerService::DoStreamAssignments(
     v1::AssignmentEvent event;
     v1::Assignment* assignment = event.mutable_assignment();
     TERN_ASSIGN_OR_RETURN(*assignment, ToProtoAssignment(a, job, state_->layout));
+    if (state_->rendezvous_keys != nullptr) {
+      assignment->set_rendezvous_key(state_->rendezvous_keys->ForAttempt(
+          job.id, a.attempt, scheduler::ToUnixMicros(job.submit_time)));
+    }
     std::optional<v1::PathGrant> grant = PathGrantFor(
         assignment->spec(), assignment->checkpoint_dir(), state_->path_policy, state_->layout);
     if (grant) *assignment->mutable_path_grant() = std::move(*grant);

@@ -468,6 +468,7 @@ TEST_F(AgentTest, RunsTheTrainerAndRelaysItsEventsAndExit) {
   v1::AssignmentEvent a = MakeAssignment("job-1", 1, "ok");
   a.mutable_assignment()->set_checkpoint_dir(dir_ + "/ckpt");
   a.mutable_assignment()->set_artifact_path(dir_ + "/model.tern");
+  a.mutable_assignment()->set_rendezvous_key("00112233445566778899aabbccddeeff");
   fake_.Send(a);
   const auto exit = WaitForExit("job-1");
   ASSERT_TRUE(exit.has_value());
@@ -487,6 +488,12 @@ TEST_F(AgentTest, RunsTheTrainerAndRelaysItsEventsAndExit) {
   EXPECT_NE(env.find("TERN_RANK=1\n"), std::string::npos);
   EXPECT_NE(env.find("TERN_JOB_ID=job-1\n"), std::string::npos);
   EXPECT_NE(env.find("CUDA_VISIBLE_DEVICES=\n"), std::string::npos);  // a CPU rank sees no GPU
+  // The rendezvous secret travels in the environment, never in the arguments
+  // (anyone on the machine may read a process's command line).
+  EXPECT_NE(env.find("TERN_RENDEZVOUS_KEY=00112233445566778899aabbccddeeff\n"), std::string::npos);
+  EXPECT_EQ(args.find("00112233445566778899aabbccddeeff"), std::string::npos) << args;
+  EXPECT_EQ(ReadFile(rank_dir + "/spec-attempt-1.json").find("00112233445566778899aabbccddeeff"),
+            std::string::npos);
   v1::JobSpec spec;
   ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(
                   ReadFile(rank_dir + "/spec-attempt-1.json"), &spec)

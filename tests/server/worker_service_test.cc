@@ -237,6 +237,13 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
     EXPECT_FALSE(a.has_path_grant());  // no --read-roots / --write-roots
   }
   EXPECT_EQ(assignments[0].artifact_path(), assignments[1].artifact_path());
+  // One rendezvous secret per attempt, the same for all its ranks.
+  EXPECT_EQ(assignments[0].rendezvous_key().size(), 32u);
+  EXPECT_EQ(assignments[0].rendezvous_key().find_first_not_of("0123456789abcdef"),
+            std::string::npos);
+  EXPECT_EQ(assignments[0].rendezvous_key(), assignments[1].rendezvous_key());
+  EXPECT_EQ(assignments[0].spec().DebugString().find(assignments[0].rendezvous_key()),
+            std::string::npos);
   // The agent hands the trainer the spec as proto3 JSON with field names.
   std::string json;
   google::protobuf::util::JsonPrintOptions print;
@@ -729,6 +736,10 @@ TEST_F(WorkerServiceTest, AFailedRankRestartsTheJobUntilTheBudgetIsSpent) {
   ASSERT_TRUE(agent.WaitForEvents(2));
   const v1::Assignment second = agent.Events()[1].assignment();
   EXPECT_EQ(second.ref().attempt(), 2);
+  // A new attempt, a new rendezvous secret: a stray rank of the first
+  // attempt cannot meet the second's.
+  EXPECT_NE(second.rendezvous_key(), agent.Events()[0].assignment().rendezvous_key());
+  EXPECT_EQ(second.rendezvous_key().size(), 32u);
   v1::Job job = GetJobOk(id);
   EXPECT_EQ(job.restarts(), 1);
   EXPECT_EQ(job.state(), v1::JOB_STATE_ADMITTED);

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -15,9 +16,11 @@
 namespace tern::trainer {
 namespace {
 
-// Runs `body(rank)` on two Gloo ranks, one thread each, over loopback.
+// Runs `body(rank)` on two Gloo ranks, one thread each, over loopback
+// (rendezvous_keys: each rank's DistributedOptions::rendezvous_key).
 void RunTwoRanks(const std::function<void(Communicator&)>& body,
-                 std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+                 std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                 std::array<std::string, 2> rendezvous_keys = {}) {
   auto port = PickFreePort();
   ASSERT_TRUE(port.ok());
   std::vector<std::thread> threads;
@@ -29,6 +32,7 @@ void RunTwoRanks(const std::function<void(Communicator&)>& body,
       o.master_port = *port;
       o.timeout = timeout;
       o.bucket_bytes = 64;  // force several buckets
+      o.rendezvous_key = rendezvous_keys[rank];
       auto comm = Communicator::Connect(o);
       ASSERT_TRUE(comm.ok()) << comm.status();
       body(**comm);
@@ -73,6 +77,41 @@ TEST(CommunicatorTest, BroadcastWritesChannelsLastParametersThatRequireGrad) {
     EXPECT_TRUE(p.requires_grad());
     ASSERT_TRUE(comm.Barrier().ok());
   });
+}
+
+// Ranks that share a rendezvous key meet in the keys it prefixes; ranks
+// with different keys (a stray or foreign process on the port) never do.
+TEST(CommunicatorTest, OnlyRanksWithTheSameRendezvousKeyMeet) {
+  RunTwoRanks(
+      [](Communicator& comm) {
+        at::Tensor t = torch::full({3}, static_cast<float>(comm.rank()));
+        ASSERT_TRUE(comm.AllReduceMean({t}).ok());
+        EXPECT_TRUE(torch::allclose(t, torch::full({3}, 0.5f)));
+      },
+      std::chrono::seconds(30), {"0123456789abcdef", "0123456789abcdef"});
+
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok());
+  std::vector<Status> results(2);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      DistributedOptions o;
+      o.rank = rank;
+      o.world_size = 2;
+      o.master_port = *port;
+      o.timeout = std::chrono::seconds(3);
+      o.rendezvous_key = rank == 0 ? "key-of-the-job" : "another-key";
+      results[rank] = Communicator::Connect(o).status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_FALSE(results[0].ok());
+  EXPECT_FALSE(results[1].ok());
+
+  DistributedOptions bad;
+  bad.rendezvous_key = "has space";
+  EXPECT_EQ(bad.Validate().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(CommunicatorTest, WorldSizeOneIsANoOp) {

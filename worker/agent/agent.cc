@@ -128,10 +128,6 @@ void TrimPending(std::deque<v1::TrainerEvent>* pending) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 // `path` with symlinks resolved as far as it exists.
 std::string Resolved(const std::string& path) {
   std::error_code ec;
@@ -943,6 +939,8 @@ std::vector<std::string> Agent::Impl::TrainerEnv(const Rank& rank,
   env["TERN_AGENT_ID"] = options_.agent_id;
   env[trainer::kLeaseFileEnv] = rank.lease_file;
   if (!tmpdir.empty()) env["TMPDIR"] = tmpdir;
+  // A secret: in the environment (readable by this user only), not argv.
+  if (!a.rendezvous_key().empty()) env["TERN_RENDEZVOUS_KEY"] = a.rendezvous_key();
   // Under path roots the trainer reads only beneath what the spec names
   // (detection::CocoReadOptions::file_names_inside_image_dir).
   if (a.has_path_grant()) env["TERN_CONFINE_DATA"] = "1";

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/version.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -49,6 +51,12 @@ Status DistributedOptions::Validate() const {
   }
 #endif
   if (timeout.count() <= 0) return InvalidArgumentError("timeout: must be > 0");
+  if (rendezvous_key.size() > 128 ||
+      !std::all_of(rendezvous_key.begin(), rendezvous_key.end(),
+                   [](char c) { return c > 0x20 && c < 0x7f; })) {
+    return InvalidArgumentError(
+        "rendezvous_key: at most 128 printable ASCII characters without spaces");
+  }
   return OkStatus();
 }
 
@@ -69,6 +77,10 @@ StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
     store_options.waitWorkers = true;
     store_options.timeout = options.timeout;
     group->store = c10::make_intrusive<c10d::TCPStore>(options.master_addr, store_options);
+    if (!options.rendezvous_key.empty()) {
+      group->store = c10::make_intrusive<c10d::PrefixStore>("tern/" + options.rendezvous_key,
+                                                            group->store);
+    }
     if (options.backend == "gloo") {
       auto gloo_options = c10d::ProcessGroupGloo::Options::create();
       gloo_options->timeout = options.timeout;

@@ -30,6 +30,12 @@ struct DistributedOptions {
   std::chrono::milliseconds timeout{300000};  // rendezvous and collectives
   int64_t bucket_bytes = 25 << 20;         // gradient all-reduce bucket size
   bool connect_alone = false;              // build a group even at size 1
+  // Shared secret of the job's ranks ("" none): every key of the rendezvous
+  // store is prefixed with it (c10d PrefixStore), so a process without it
+  // can neither read the peers' addresses or NCCL's unique id from rank 0's
+  // store nor write into the job's keys; ranks with different keys never
+  // meet (the rendezvous times out). Printable ASCII, at most 128 bytes.
+  std::string rendezvous_key;
 
   Status Validate() const;
 };

@@ -5,7 +5,9 @@
 //   tern-trainer compare [--methods fp,twn,hla] [--epochs N] [--max-train N]
 //
 // Rank settings fall back to TERN_RANK, TERN_WORLD_SIZE, TERN_MASTER_ADDR and
-// TERN_MASTER_PORT. Events: JSON lines on stdout; logs on stderr.
+// TERN_MASTER_PORT; TERN_RENDEZVOUS_KEY (from tern-agent) is the job's
+// rendezvous secret (distributed.h), read once and removed from the
+// environment. Events: JSON lines on stdout; logs on stderr.
 // Exit codes (exit_codes.h): 0 finished, 1 training failed, 2 bad arguments
 // or job spec, 3 stopped on request (SIGUSR1 or SIGINT) after every rank
 // committed a checkpoint of the step it stopped at, 4 fenced: the agent's
@@ -237,6 +239,10 @@ int main(int argc, char** argv) {
   run.master_port = EnvInt("TERN_MASTER_PORT", 29500);
   if (const char* addr = std::getenv("TERN_MASTER_ADDR")) run.master_addr = addr;
   if (const char* lease = std::getenv(tern::trainer::kLeaseFileEnv)) run.lease_file = lease;
+  if (const char* key = std::getenv("TERN_RENDEZVOUS_KEY")) {
+    run.rendezvous_key = key;
+    ::unsetenv("TERN_RENDEZVOUS_KEY");  // a secret: nothing this process starts needs it
+  }
   run.always_connect = EnvInt("TERN_ALWAYS_CONNECT", 0) != 0;
   std::string master;
   app.add_option("--spec", spec_path, "job spec (proto3 JSON of tern.v1.JobSpec), - for stdin");

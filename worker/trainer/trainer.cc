@@ -200,10 +200,14 @@ Status Setup(Session& s) {
   dist.master_port = s.run.master_port;
   dist.backend = spec.device == "cuda" ? "nccl" : "gloo";
   dist.connect_alone = s.run.always_connect;
+  dist.rendezvous_key = s.run.rendezvous_key;
   dist.timeout = std::chrono::milliseconds(int64_t{1000} * spec.collective_timeout_seconds);
   TERN_ASSIGN_OR_RETURN(s.comm, Communicator::Connect(dist));
   TERN_LOG(INFO) << "rank " << dist.rank << "/" << dist.world_size << " on " << s.device.str()
-                 << ", process group " << (s.comm->connected() ? dist.backend : "none");
+                 << ", process group " << (s.comm->connected() ? dist.backend : "none")
+                 << (s.comm->connected() && !dist.rendezvous_key.empty()
+                         ? " (rendezvous keys prefixed with the job's secret)"
+                         : "");
 
   TaskContext ctx;
   ctx.spec = &s.spec;

@@ -29,6 +29,7 @@ struct RunOptions {
                                   // directory) and the artifact go here
   std::string artifact_path;      // default <workdir>/model.tern
   std::string lease_file;         // the agent's lease (lease_file.h); "": none
+  std::string rendezvous_key;     // DistributedOptions::rendezvous_key
   bool always_connect = false;    // build the process group (NCCL on CUDA,
                                   // Gloo on CPU) even at world size 1, so a
                                   // one-GPU run exercises NCCL
