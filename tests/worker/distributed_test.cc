@@ -16,13 +16,16 @@
 namespace tern::trainer {
 namespace {
 
-// Runs `body(rank)` on two Gloo ranks, one thread each, over loopback
-// (rendezvous_keys: each rank's DistributedOptions::rendezvous_key).
-void RunTwoRanks(const std::function<void(Communicator&)>& body,
-                 std::chrono::milliseconds timeout = std::chrono::seconds(30),
-                 std::array<std::string, 2> rendezvous_keys = {}) {
+// Connects two Gloo ranks, one thread each, over loopback
+// (rendezvous_keys: each rank's DistributedOptions::rendezvous_key) and runs
+// `body` on each that connected. Returns each rank's Connect status.
+std::array<Status, 2> ConnectTwoRanks(const std::function<void(Communicator&)>& body,
+                                      std::chrono::milliseconds timeout,
+                                      const std::array<std::string, 2>& rendezvous_keys) {
+  std::array<Status, 2> connected;
   auto port = PickFreePort();
-  ASSERT_TRUE(port.ok());
+  EXPECT_TRUE(port.ok());
+  if (!port.ok()) return {port.status(), port.status()};
   std::vector<std::thread> threads;
   for (int rank = 0; rank < 2; ++rank) {
     threads.emplace_back([&, rank] {
@@ -34,11 +37,21 @@ void RunTwoRanks(const std::function<void(Communicator&)>& body,
       o.bucket_bytes = 64;  // force several buckets
       o.rendezvous_key = rendezvous_keys[rank];
       auto comm = Communicator::Connect(o);
-      ASSERT_TRUE(comm.ok()) << comm.status();
-      body(**comm);
+      connected[rank] = comm.status();
+      if (comm.ok()) body(**comm);
     });
   }
   for (auto& t : threads) t.join();
+  return connected;
+}
+
+// Runs `body(rank)` on two connected Gloo ranks.
+void RunTwoRanks(const std::function<void(Communicator&)>& body,
+                 std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                 const std::array<std::string, 2>& rendezvous_keys = {}) {
+  for (const Status& status : ConnectTwoRanks(body, timeout, rendezvous_keys)) {
+    EXPECT_TRUE(status.ok()) << status;
+  }
 }
 
 TEST(CommunicatorTest, AllReduceMeanAveragesEveryBucket) {
@@ -90,24 +103,11 @@ TEST(CommunicatorTest, OnlyRanksWithTheSameRendezvousKeyMeet) {
       },
       std::chrono::seconds(30), {"0123456789abcdef", "0123456789abcdef"});
 
-  auto port = PickFreePort();
-  ASSERT_TRUE(port.ok());
-  std::vector<Status> results(2);
-  std::vector<std::thread> threads;
-  for (int rank = 0; rank < 2; ++rank) {
-    threads.emplace_back([&, rank] {
-      DistributedOptions o;
-      o.rank = rank;
-      o.world_size = 2;
-      o.master_port = *port;
-      o.timeout = std::chrono::seconds(3);
-      o.rendezvous_key = rank == 0 ? "key-of-the-job" : "another-key";
-      results[rank] = Communicator::Connect(o).status();
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_FALSE(results[0].ok());
-  EXPECT_FALSE(results[1].ok());
+  const std::array<Status, 2> strangers = ConnectTwoRanks(
+      [](Communicator&) { ADD_FAILURE() << "ranks with different keys met"; },
+      std::chrono::seconds(3), {"key-of-the-job", "another-key"});
+  EXPECT_FALSE(strangers[0].ok());
+  EXPECT_FALSE(strangers[1].ok());
 
   DistributedOptions bad;
   bad.rendezvous_key = "has space";
