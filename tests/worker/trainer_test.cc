@@ -143,6 +143,29 @@ TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLos
   EXPECT_EQ(MaxDifference(FinalParameters(straight), FinalParameters(dir)), 0.0);
 }
 
+// tern-agent hands the ranks the job's rendezvous secret in the environment:
+// both use it (they meet and finish), and neither leaves it readable in
+// /proc/<pid>/environ for this user's other processes.
+TEST_F(TrainerTest, RanksWithTheRendezvousKeyFinishAndScrubItFromTheirEnvironment) {
+  json spec = SmallSpec("METHOD_HLA", 2, 1);
+  const std::string key = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+  const std::string dir = TempDir("rendezvous_key");
+  ::setenv("TERN_RENDEZVOUS_KEY", key.c_str(), 1);
+  std::vector<Process> ranks = SpawnJob(dir, spec);
+  ::unsetenv("TERN_RENDEZVOUS_KEY");
+  ASSERT_TRUE(WaitForEvent(ranks[0].stdout_path,
+                           [](const json& e) { return e["event"] == "started"; }));
+  for (const Process& p : ranks) {
+    const StatusOr<std::string> environ =
+        ReadFileToString("/proc/" + std::to_string(p.pid) + "/environ");
+    if (!environ.ok()) continue;  // already gone
+    EXPECT_EQ(environ->find(key), std::string::npos) << "rank pid " << p.pid;
+  }
+  EXPECT_EQ(Wait(ranks[0]), 0);
+  EXPECT_EQ(Wait(ranks[1]), 0);
+  EXPECT_EQ(Events(ranks[0].stdout_path).back()["event"], "finished");
+}
+
 TEST_F(TrainerTest, AStopDuringTheLastEvaluationIsTakenAtTheLastCheckpoint) {
   json spec = SmallSpec("METHOD_HLA", 1, 1);
   spec["dataset"]["max_train_examples"] = 128;   // 4 steps

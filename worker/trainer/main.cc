@@ -14,11 +14,13 @@
 // lease (TERN_LEASE_FILE, lease_file.h) ran out (stop_request.h).
 #include <CLI/CLI.hpp>
 
-#include <csignal>
+#include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
-#include <filesystem>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 
@@ -239,9 +241,13 @@ int main(int argc, char** argv) {
   run.master_port = EnvInt("TERN_MASTER_PORT", 29500);
   if (const char* addr = std::getenv("TERN_MASTER_ADDR")) run.master_addr = addr;
   if (const char* lease = std::getenv(tern::trainer::kLeaseFileEnv)) run.lease_file = lease;
-  if (const char* key = std::getenv("TERN_RENDEZVOUS_KEY")) {
+  if (char* key = std::getenv("TERN_RENDEZVOUS_KEY")) {
+    // A secret: nothing this process starts needs it, and /proc/<pid>/environ
+    // (readable by this user's other processes) shows the initial block,
+    // which unsetenv leaves as it was: overwrite it there first.
     run.rendezvous_key = key;
-    ::unsetenv("TERN_RENDEZVOUS_KEY");  // a secret: nothing this process starts needs it
+    std::fill(key, key + std::strlen(key), 'x');
+    ::unsetenv("TERN_RENDEZVOUS_KEY");
   }
   run.always_connect = EnvInt("TERN_ALWAYS_CONNECT", 0) != 0;
   std::string master;
