@@ -8,6 +8,7 @@
 //         [--token-file F] [--metrics-token-file F]
 //         [--metrics-tls-cert F --metrics-tls-key F]
 //         [--read-roots DIRS] [--write-roots DIRS] [--quota-file F]
+//         [--rendezvous-key-file F]   (default <db>.rendezvous-key, mode 0600)
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
