@@ -286,6 +286,8 @@ void Scheduler::ApplyLocked(Job job) {
     ReleaseSlotsLocked(old->second);
   }
   if (HoldsSlots(job.state)) TakeSlotsLocked(job);
+  if (old != jobs_.end()) CountOwnerLocked(old->second, -1);
+  CountOwnerLocked(job, +1);
   auto set_member = [id](std::set<JobId>& set, bool member) {
     if (member) {
       set.insert(id);
@@ -302,6 +304,19 @@ void Scheduler::ApplyLocked(Job job) {
     waiting_on_quota_.erase(id);
   }
   jobs_.insert_or_assign(id, std::move(job));
+}
+
+void Scheduler::CountOwnerLocked(const Job& job, int sign) {
+  if (!IsTerminal(job.state)) {
+    auto it = unfinished_by_owner_.try_emplace(job.owner, 0).first;
+    if ((it->second += sign) == 0) unfinished_by_owner_.erase(it);
+  }
+  if (HoldsSlots(job.state)) {
+    auto owner = held_by_owner_.try_emplace(job.owner).first;
+    auto kind = owner->second.try_emplace(job.device_kind, 0).first;
+    if ((kind->second += sign * job.world_size) == 0) owner->second.erase(kind);
+    if (owner->second.empty()) held_by_owner_.erase(owner);
+  }
 }
 
 void Scheduler::TakeSlotsLocked(const Job& job) {
@@ -517,14 +532,6 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     }
     return it->second;
   };
-  // (owner, kind) -> slots held, for owners with a slot quota.
-  std::map<std::pair<std::string, std::string>, int> held;
-  if (quotas_.size() > 0) {
-    for (JobId id : holding_) {
-      const Job& job = jobs_.at(id);
-      held[{job.owner, job.device_kind}] += job.world_size;
-    }
-  }
   std::set<JobId> waiting_on_quota;
   for (JobId id : QueueOrderLocked(now)) {
     const Job& job = jobs_.at(id);
@@ -534,7 +541,7 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     const std::optional<int> limit =
         quota != nullptr ? quota->SlotLimit(kind) : std::nullopt;
     if (limit) {
-      const int owner_holds = held[{job.owner, kind}];
+      const int owner_holds = HeldByOwnerLocked(job.owner, kind);
       if (owner_holds + job.world_size > *limit) {
         // Waits for its owner's own jobs: it must not hold anyone back.
         reasons[id] = needs + ", but owner " + job.owner + " holds " +
@@ -580,9 +587,8 @@ Status Scheduler::AdmitLocked(TimePoint now) {
                     std::to_string(options_.rendezvous_port_max) + "]";
       continue;
     }
-    TERN_RETURN_IF_ERROR(AdmitJobLocked(id, *placement, now));
+    TERN_RETURN_IF_ERROR(AdmitJobLocked(id, *placement, now));  // counts its slots
     capacity.erase(kind);
-    if (limit) held[{job.owner, kind}] += job.world_size;
   }
   wait_reasons_ = std::move(reasons);
   head_since_ = std::move(head_since);
@@ -1220,7 +1226,10 @@ SchedulerStats Scheduler::Stats() const {
     stats.draining_agents += agent->live && agent->draining;
   }
   stats.jobs_waiting_on_quota = static_cast<int>(waiting_on_quota_.size());
-  AddUsageLocked(&stats.owners);
+  for (const auto& [owner, count] : unfinished_by_owner_) {
+    stats.owners[owner].unfinished_jobs = count;
+  }
+  for (const auto& [owner, slots] : held_by_owner_) stats.owners[owner].slots = slots;
   return stats;
 }
 
@@ -1237,23 +1246,19 @@ OwnerUsage Scheduler::UsageOf(const std::string& owner) const {
   return UsageOfLocked(owner);
 }
 
-void Scheduler::AddUsageLocked(std::map<std::string, OwnerUsage>* owners,
-                               const std::string* only_owner) const {
-  for (const std::set<JobId>* set : {&queued_, &restarting_, &holding_}) {
-    for (JobId id : *set) {
-      const Job& job = jobs_.at(id);
-      if (only_owner != nullptr && job.owner != *only_owner) continue;
-      OwnerUsage& usage = (*owners)[job.owner];
-      ++usage.unfinished_jobs;
-      if (set == &holding_) usage.slots[job.device_kind] += job.world_size;
-    }
-  }
+int Scheduler::HeldByOwnerLocked(const std::string& owner, const std::string& kind) const {
+  auto it = held_by_owner_.find(owner);
+  if (it == held_by_owner_.end()) return 0;
+  auto held = it->second.find(kind);
+  return held == it->second.end() ? 0 : held->second;
 }
 
 OwnerUsage Scheduler::UsageOfLocked(const std::string& owner) const {
-  std::map<std::string, OwnerUsage> owners;
-  AddUsageLocked(&owners, &owner);
-  OwnerUsage usage = std::move(owners[owner]);
+  OwnerUsage usage;
+  auto unfinished = unfinished_by_owner_.find(owner);
+  if (unfinished != unfinished_by_owner_.end()) usage.unfinished_jobs = unfinished->second;
+  auto held = held_by_owner_.find(owner);
+  if (held != held_by_owner_.end()) usage.slots = held->second;
   if (const OwnerQuota* quota = quotas_.For(owner)) usage.quota = *quota;
   return usage;
 }

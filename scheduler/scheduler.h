@@ -241,9 +241,9 @@ class Scheduler {
   std::vector<JobId> QueueOrderLocked(TimePoint now) const;
   int SlotsLocked(const std::string& kind, bool free_only) const;
   OwnerUsage UsageOfLocked(const std::string& owner) const;
-  // Counts the unfinished jobs (of `only_owner`, when given) into `owners`.
-  void AddUsageLocked(std::map<std::string, OwnerUsage>* owners,
-                      const std::string* only_owner = nullptr) const;
+  // Adds (sign +1) or removes (-1) `job` from the per-owner counts.
+  void CountOwnerLocked(const Job& job, int sign);
+  int HeldByOwnerLocked(const std::string& owner, const std::string& kind) const;
   // FAILED_PRECONDITION / RESOURCE_EXHAUSTED: see the header comment.
   Status CheckSubmitQuotaLocked(const JobRequest& request) const;
   // How a restart is charged: kCounted uses one of the job's max_restarts
@@ -278,6 +278,9 @@ class Scheduler {
   std::map<JobId, TimePoint> head_since_;      // blocked heads, per device kind
   std::set<JobId> waiting_on_quota_;           // from the last admission pass
   QuotaTable quotas_;
+  // Kept by ApplyLocked, so that quota checks need no scan of the jobs:
+  std::map<std::string, int> unfinished_by_owner_;  // owner -> non-terminal jobs
+  std::map<std::string, std::map<std::string, int>> held_by_owner_;  // owner -> kind -> slots
   JobId next_id_ = 1;
 };
 

@@ -1394,6 +1394,12 @@ TEST_F(QuotaTest, UsageCountsHeldSlotsAndUnfinishedJobs) {
   EXPECT_EQ(usage.slots, (std::map<std::string, int>{{kDeviceCpu, 1}}));
   EXPECT_FALSE(scheduler_->UsageOf("bob").quota.has_value());
   EXPECT_EQ(scheduler_->UsageOf("carol").unfinished_jobs, 0);
+  // A restarted scheduler counts the same from the store.
+  Open();
+  usage = scheduler_->UsageOf("alice");
+  EXPECT_EQ(usage.unfinished_jobs, 1);
+  EXPECT_EQ(usage.slots, (std::map<std::string, int>{{kDeviceCpu, 1}}));
+  EXPECT_EQ(scheduler_->UsageOf("bob").unfinished_jobs, 1);
 }
 
 }  // namespace
