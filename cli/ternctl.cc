@@ -118,6 +118,17 @@ class Client {
     err_ << "ternctl: " << what << ": " << s.ToString() << "\n";
     return ExitCodeFor(s.code());
   }
+  // A unary call whose response is printed as JSON (--json) or by `format`.
+  template <typename Response, typename Call, typename Format>
+  int Show(const std::string& what, Call call, Format format) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, Timeout());
+    Response response;
+    const grpc::Status status = call(&ctx, &response);
+    if (!status.ok()) return Fail(status, what);
+    out_ << (g_.json ? ToJson(response) + "\n" : format(response));
+    return kExitOk;
+  }
   // Streams `id`'s events from `from` through `on_event`; `history_only`:
   // only those recorded before the call (WatchJobRequest.history_only).
   // Returns the stream's status; `last_seq` is the last sequence seen.
@@ -230,32 +241,24 @@ int Client::Get(const std::string& id) {
 }
 
 int Client::WhoAmI() {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, Timeout());
-  v1::WhoAmIResponse response;
-  const grpc::Status status = stub_->WhoAmI(&ctx, v1::WhoAmIRequest(), &response);
-  if (!status.ok()) return Fail(status, "whoami");
-  if (g_.json) {
-    out_ << ToJson(response) << "\n";
-  } else {
-    out_ << FormatWhoAmI(response);
-  }
-  return kExitOk;
+  return Show<v1::WhoAmIResponse>(
+      "whoami",
+      [&](grpc::ClientContext* ctx, v1::WhoAmIResponse* response) {
+        return stub_->WhoAmI(ctx, v1::WhoAmIRequest(), response);
+      },
+      [](const v1::WhoAmIResponse& response) { return FormatWhoAmI(response); });
 }
 
 int Client::Agents() {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, Timeout());
-  v1::ListAgentsResponse response;
-  const grpc::Status status = stub_->ListAgents(&ctx, v1::ListAgentsRequest(), &response);
-  if (!status.ok()) return Fail(status, "agents");
-  if (g_.json) {
-    out_ << ToJson(response) << "\n";
-  } else {
-    out_ << FormatAgentTable({response.agents().begin(), response.agents().end()},
-                             google::protobuf::util::TimeUtil::GetCurrentTime());
-  }
-  return kExitOk;
+  return Show<v1::ListAgentsResponse>(
+      "agents",
+      [&](grpc::ClientContext* ctx, v1::ListAgentsResponse* response) {
+        return stub_->ListAgents(ctx, v1::ListAgentsRequest(), response);
+      },
+      [](const v1::ListAgentsResponse& response) {
+        return FormatAgentTable({response.agents().begin(), response.agents().end()},
+                                google::protobuf::util::TimeUtil::GetCurrentTime());
+      });
 }
 
 int Client::Cancel(const std::string& id, const std::string& reason) {

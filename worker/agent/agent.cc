@@ -200,9 +200,10 @@ Status AgentOptions::Validate() const {
     if (confine_writes == ConfineWrites::kOff) {
       return InvalidArgumentError("confine_reads: on needs confine_writes auto or on");
     }
+    const std::vector<std::string> readable = TrainerReadable(*this);
     for (const auto& [flag, path] : secret_files) {
       if (path.empty()) continue;
-      if (const std::optional<std::string> root = ReadableRootOf(path, TrainerReadable(*this))) {
+      if (const std::optional<std::string> root = ReadableRootOf(path, readable)) {
         return InvalidArgumentError("confine_reads: " + flag + " " + path +
                                     " would be readable by every trainer (it lies beneath " +
                                     *root + "); move it out of the trainers' readable paths");
