@@ -34,6 +34,9 @@
 # CUDA-graph step against the reference under torch.compile mode
 # reduce-overhead). A short re-check on a nearly spent budget:
 #   TERN_GPU_DEADLINE_S=200 TERN_GPU_STEPS="unit bench-resnet20 e2e" scripts/gpu-check.sh
+# Step `quant` runs only the CPU = GPU quantizer comparison (and its CPU-side
+# set-up check). TERN_GPU_REPEATS=K (default 1) runs each benchmark K times,
+# tern-trainer and the reference interleaved, and reports medians and ranges.
 #
 #   scripts/gpu-check.sh          on the GPU machine (device run, carry .carry)
 #   scripts/gpu-check.sh --cpu    a dry run of every step on a machine without
@@ -227,29 +230,33 @@ bench() {  # step, table name, then trainer_throughput.sh arguments
   fi
 }
 
+repeats=${TERN_GPU_REPEATS:-1}
 if [[ "$mode" == cuda ]]; then
-  gpu_flags=(--bf16 --channels-last --threads 8 --workers 4)
+  gpu_flags=(--bf16 --channels-last --threads 8 --workers 4 --repeats "$repeats")
   r20=("${gpu_flags[@]}" --batch 256 --steps 80 --warmup 20)
   r18=("${gpu_flags[@]}" --arch resnet18 --synthetic --input-size 224 --batch 128 --steps 40
        --warmup 10 --flops)
 else
-  r20=(--threads 2 --batch 32 --steps 6 --warmup 2 --width 0.25)
+  r20=(--threads 2 --batch 32 --steps 6 --warmup 2 --width 0.25 --repeats "$repeats")
   r18=(--arch resnet18 --synthetic --input-size 64 --width 0.25 --threads 2 --batch 8 --steps 4
        --warmup 1 --flops)
 fi
-declare -A need=([unit]=45 [e2e]=60 [detection]=20 [bench-resnet20]=45 [bench-graph]=45 [bench-resnet18]=60
+declare -A need=([unit]=45 [quant]=25 [e2e]=60 [detection]=20 [bench-resnet20]=45 [bench-graph]=45 [bench-resnet18]=60
                  [bench-compile]=100 [bench-graph-compiled]=110)  # seconds each step needs, roughly
 grid_running=false
 for s in $steps; do
   if [[ "$s" == bench-* ]] && $grid_running; then
     accuracy_grid_wait 200; grid_running=false  # the GPU to the timed benchmarks alone
   fi
-  if [[ "$s" != grid ]] && (( $(left) < ${need[$s]:-0} )); then
+  s_need=${need[$s]:-0}
+  [[ "$s" == bench-* ]] && s_need=$(( s_need * repeats ))
+  if [[ "$s" != grid ]] && (( $(left) < s_need )); then
     result[$s]="skipped (time: $(elapsed)s)"; continue
   fi
   case "$s" in
     grid) accuracy_grid_start; grid_running=true ;;
     unit) gpu_ctest unit -L gpu -LE e2e ;;
+    quant) gpu_ctest quant -R "QuantizerComparisonSetUp|EveryQuantizerMatchesCpu" ;;
     e2e) gpu_ctest e2e -R E2eServiceTrainsOnGpuWithNccl ;;
     detection) detection ;;
     bench-resnet20) bench "$s" resnet20 "${r20[@]}" ;;
