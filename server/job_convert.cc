@@ -239,7 +239,8 @@ std::optional<v1::JobEvent> ToProtoEvent(const scheduler::Job& job,
       v1::CheckpointCommitted* ck = out.mutable_checkpoint_committed();
       if (!event.payload.empty()) {
         StatusOr<TrainerLine> line = ParseTrainerLine(event.payload);
-        if (line.ok() && line->kind == TrainerEventKind::kCheckpoint) {
+        if (line.ok() && (line->kind == TrainerEventKind::kCheckpoint ||
+                          line->kind == TrainerEventKind::kStopped)) {
           *ck = line->checkpoint;
         }
       }

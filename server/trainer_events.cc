@@ -228,6 +228,11 @@ StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
     out.checkpoint.set_step(Int32(j, "step"));
     out.checkpoint.set_epoch(Int32(j, "epoch"));
     out.checkpoint.set_path(String(j, "path"));
+  } else if (event == "stopped") {
+    out.kind = TrainerEventKind::kStopped;
+    out.checkpoint.set_step(Int32(j, "step"));
+    out.checkpoint.set_epoch(Int32(j, "epoch"));
+    out.checkpoint.set_path(String(j, "checkpoint"));
   } else if (event == "finished") {
     out.kind = TrainerEventKind::kFinished;
     ParseFinished(j, &out);

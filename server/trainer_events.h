@@ -41,6 +41,7 @@ enum class TrainerEventKind {
   kProgress,
   kEpochEnd,
   kCheckpoint,
+  kStopped,  // stopped on request at a committed checkpoint (every rank)
   kFinished,
   kFailed,
   kLog,

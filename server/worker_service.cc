@@ -447,6 +447,13 @@ Status WorkerService::HandleTrainerEvent(const scheduler::RankRef& rank,
       if (!rank0) return OkStatus();
       return scheduler.ReportCheckpoint(rank, line.checkpoint.step(),
                                         event.json_line());
+    case TrainerEventKind::kStopped:
+      // Any rank: it stopped after rank 0 committed this step's checkpoint,
+      // and its agent sends this line before the rank's exit, which may be
+      // the first exit ternd hears of and requeue the job (rank 0's own
+      // `checkpoint` line can then arrive too late to count).
+      return scheduler.ReportCheckpoint(rank, line.checkpoint.step(),
+                                        event.json_line());
     case TrainerEventKind::kFinished: {
       if (!rank0) return OkStatus();
       {

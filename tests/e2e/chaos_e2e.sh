@@ -20,7 +20,7 @@
 #   6. the agent drained (SIGTERM, as Kubernetes stops a pod; not a fault):
 #      its trainers commit a checkpoint at the step they reached, the job
 #      restarts without using a restart (RANK_PREEMPTED) and, once an agent
-#      is back, resumes from exactly that step.
+#      is back, resumes from exactly that step (the requeue already names it).
 # The job must then SUCCEED with 4 restarts, a `ternctl watch` started before
 # the first fault must follow it to the end, the event history must be in
 # order, and the artifact must download.
@@ -239,12 +239,16 @@ drain_ms=$(( ($(date +%s%N) - drain_start) / 1000000 ))
 reported=$(progress_step 5)
 check_reason 5 RANK_PREEMPTED
 start_agent
-# The stop's checkpoint is what the next attempt finds on disk. (ternd may
-# have missed its event: the first rank's exit restarts the job, and a late
-# report of attempt 5 is then ignored.)
+# The stop's checkpoint is what the next attempt finds on disk.
 drained=$(resumed_step 6)
 [[ $drained -ge $reported && $drained -gt $before ]] ||
   fail "attempt 6 resumed from step $drained: not a checkpoint taken by the drain (attempt 5 reported step $reported, its newest checkpoint before the drain was $before)"
+# And ternd knew that step when it requeued the job: every rank's `stopped`
+# line reaches it before that rank's exit, the first of which requeues.
+requeue=$(jq -r -s '[.[] | select(.attempt == 6 and .state_change.reason.code == "REQUEUED")
+                     | .state_change.reason.message] | first // ""' "$work/events.jsonl")
+[[ "$requeue" == *"resuming from step $drained" ]] ||
+  fail "attempt 6's requeue says '$requeue', not that it resumes from step $drained"
 job_json
 [[ $(jq -r .restarts "$work/job.json") -eq 4 ]] || fail "the drain used a restart: $(cat "$work/job.json")"
 echo "6. agent drained (SIGTERM, exited after ${drain_ms} ms): attempt 6 resumed from step $drained (attempt 5 last reported $reported) without using a restart"

@@ -123,6 +123,16 @@ TEST(TrainerEventsTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   EXPECT_EQ(checkpoint->checkpoint.step(), 50);
   EXPECT_EQ(checkpoint->checkpoint.path(), "/c/s");
 
+  // Every rank's `stopped` names the committed checkpoint it stopped at.
+  StatusOr<TrainerLine> stopped = ParseTrainerLine(
+      R"({"event":"stopped","rank":1,"step":60,"epoch":2,"total_steps":90,"checkpoint":"/c/60"})");
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ(stopped->kind, TrainerEventKind::kStopped);
+  EXPECT_EQ(stopped->rank, 1);
+  EXPECT_EQ(stopped->checkpoint.step(), 60);
+  EXPECT_EQ(stopped->checkpoint.epoch(), 2);
+  EXPECT_EQ(stopped->checkpoint.path(), "/c/60");
+
   StatusOr<TrainerLine> failed = ParseTrainerLine(
       R"({"event":"failed","rank":1,"code":"COLLECTIVE_TIMEOUT","reason":"x"})");
   ASSERT_TRUE(failed.ok());

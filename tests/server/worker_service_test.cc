@@ -847,6 +847,74 @@ TEST_F(WorkerServiceTest, ADrainedAgentsPreemptedRankResumesElsewhereWithoutUsin
   b.StopStream();
 }
 
+// A drain stops both ranks at the checkpoint of step 9. Rank 1's exit reaches
+// ternd first and requeues the job; rank 0's `checkpoint` line comes after
+// that and is ignored (an attempt ternd has moved past). Rank 1's own
+// `stopped` line, relayed before its exit, has already recorded the step, so
+// the requeue says where the next attempt resumes.
+TEST_F(WorkerServiceTest, AnyRanksStoppedLineRecordsTheCommittedStepBeforeTheRequeue) {
+  FakeAgent a(workers_.get(), "agent-a", 1);
+  FakeAgent b(workers_.get(), "agent-b", 1);
+  ASSERT_TRUE(a.Register().ok());
+  ASSERT_TRUE(b.Register().ok());
+  v1::JobSpec spec = ValidSpec(2);
+  spec.set_max_restarts(2);
+  const std::string id = SubmitOk(spec);
+  a.StartStream();
+  b.StartStream();
+  ASSERT_TRUE(a.WaitForEvents(1));
+  ASSERT_TRUE(b.WaitForEvents(1));
+  const bool a_has_rank0 = a.Events()[0].assignment().ref().rank() == 0;
+  FakeAgent& agent0 = a_has_rank0 ? a : b;
+  FakeAgent& agent1 = a_has_rank0 ? b : a;
+  const v1::RankRef rank0 = agent0.Events()[0].assignment().ref();
+  const v1::RankRef rank1 = agent1.Events()[0].assignment().ref();
+  ASSERT_EQ(rank1.rank(), 1);
+
+  ASSERT_TRUE(agent1
+                  .Report(rank1, {Line("stopped", 1,
+                                       "\"step\":9,\"epoch\":2,\"total_steps\":20,"
+                                       "\"checkpoint\":\"/c/step-9\"")})
+                  .ok());
+  ASSERT_TRUE(agent1.Exit(rank1, 3, 0, /*killed_by_agent=*/false, "", /*preempted=*/true).ok());
+  ASSERT_TRUE(agent0
+                  .Report(rank0, {Line("checkpoint", 0,
+                                       "\"step\":9,\"epoch\":2,\"path\":\"/c/step-9\","
+                                       "\"seconds\":0.1")})
+                  .ok());
+
+  std::vector<v1::JobEvent> events;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, std::chrono::seconds(2));
+    v1::WatchJobRequest request;
+    request.set_job_id(id);
+    auto reader = jobs_->WatchJob(&ctx, request);
+    v1::JobEvent event;
+    while (reader->Read(&event)) {
+      events.push_back(event);
+      if (event.state_change().reason().code() == "REQUEUED") break;
+    }
+    ctx.TryCancel();
+    reader->Finish();
+  }
+  std::vector<v1::CheckpointCommitted> checkpoints;
+  const v1::JobEvent* requeued = nullptr;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_checkpoint_committed()) checkpoints.push_back(e.checkpoint_committed());
+    if (e.state_change().reason().code() == "REQUEUED") requeued = &e;
+  }
+  ASSERT_NE(requeued, nullptr);
+  EXPECT_EQ(requeued->state_change().reason().message(),
+            "no restart used (RANK_PREEMPTED; 0 of 2 used so far), resuming from step 9");
+  ASSERT_EQ(checkpoints.size(), 1u);  // rank 0's late line added none
+  EXPECT_EQ(checkpoints[0].step(), 9);
+  EXPECT_EQ(checkpoints[0].epoch(), 2);
+  EXPECT_EQ(checkpoints[0].path(), "/c/step-9");
+  a.StopStream();
+  b.StopStream();
+}
+
 TEST_F(WorkerServiceTest, AnAgentRejoinsARestartedTerndWithItsRunningRanks) {
   const std::string id = SubmitOk(ValidSpec());
   v1::RankRef ref;

@@ -130,6 +130,13 @@ TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLos
   EXPECT_LT(stopped_at, 64);  // stopped, not finished
   EXPECT_EQ(NewestCommittedStep(dir + "/checkpoints"), stopped_at);
   for (const auto& e : events) EXPECT_NE(e["event"], "failed") << e.dump();
+  // Rank 1 says so too: its exit may be the first ternd hears of.
+  const auto rank1_events = Events(first[1].stdout_path);
+  ASSERT_FALSE(rank1_events.empty());
+  EXPECT_EQ(rank1_events.back()["event"], "stopped") << rank1_events.back().dump();
+  EXPECT_EQ(rank1_events.back().value("step", -1), stopped_at);
+  EXPECT_EQ(rank1_events.back().value("rank", -1), 1);
+  EXPECT_EQ(rank1_events.back()["checkpoint"], events.back()["checkpoint"]);
 
   std::vector<Process> second = SpawnJob(dir, spec, "_second");
   EXPECT_EQ(Wait(second[0]), 0);

@@ -357,13 +357,16 @@ StatusOr<bool> LoadNewestCheckpoint(Session& s) {
 // After every rank voted to stop and the current step's checkpoint is
 // committed: waits until rank 0 has written the commit marker (an exit report
 // may make the scheduler kill the other ranks at once), then StoppedOnRequest.
+// Every rank writes `stopped`: the first exit ternd hears of may be any rank's,
+// and an agent relays a rank's lines before its exit, so ternd learns of the
+// committed step before it requeues the job, even if rank 0's `checkpoint`
+// line is still on its way.
 Status StopAtCommittedCheckpoint(Session& s, EventWriter& events) {
   TERN_RETURN_IF_ERROR(s.comm->Barrier());
-  if (s.run.rank == 0) {
-    events.Emit("stopped", {{"step", s.global_step},
-                            {"total_steps", s.total_steps},
-                            {"checkpoint", StepDir(s, s.global_step)}});
-  }
+  events.Emit("stopped", {{"step", s.global_step},
+                          {"epoch", s.global_step / s.steps_per_epoch},
+                          {"total_steps", s.total_steps},
+                          {"checkpoint", StepDir(s, s.global_step)}});
   return StoppedOnRequest(s.global_step);
 }
 
