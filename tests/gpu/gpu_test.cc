@@ -451,7 +451,10 @@ TEST_F(GpuTest, CudaGraphStepTrainsLikeTheEagerStep) {
 // the first 4096 Fashion-MNIST images, same seed, deterministic kernels,
 // fp32; the re-loaded artifacts' test metrics agree closely (not exactly: the
 // graphed step reads κ from device memory and differentiates the task loss
-// alone, adding the regularizer's gradient afterwards).
+// alone, adding the regularizer's gradient afterwards). The graphed trainer
+// runs twice: alone, and with an NCCL process group at world size 1 and a
+// rendezvous key, as the service runs a job (the gradient all-reduce between
+// replays; first on a GPU after 2026-11-28).
 TEST_F(GpuTest, TrainerWithCudaGraphMatchesTheEagerTrainer) {
   const char* env = std::getenv("TERN_E2E_FASHION_MNIST");
   const std::string data = env != nullptr ? env : "/usr/share/datasets/fashion-mnist";
@@ -459,8 +462,12 @@ TEST_F(GpuTest, TrainerWithCudaGraphMatchesTheEagerTrainer) {
       !std::filesystem::exists(data + "/train-images-idx3-ubyte")) {
     GTEST_SKIP() << "no Fashion-MNIST at " << data << " (TERN_E2E_FASHION_MNIST): skipped";
   }
-  auto train = [&](bool cuda_graph) -> nlohmann::json {
-    const std::string dir = testing::TempDir() + "/cuda_graph_" + (cuda_graph ? "on" : "off");
+  // `nccl`: with an NCCL process group at world size 1 (its gradient
+  // all-reduce runs eagerly between replays) and a rendezvous key (the
+  // service's PrefixStore), as a job of the service runs.
+  auto train = [&](bool cuda_graph, bool nccl) -> nlohmann::json {
+    const std::string dir = testing::TempDir() + "/cuda_graph_" + (cuda_graph ? "on" : "off") +
+                            (nccl ? "_nccl" : "");
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
     auto spec = trainer::ParseTrainerSpec(nlohmann::json{
@@ -476,6 +483,11 @@ TEST_F(GpuTest, TrainerWithCudaGraphMatchesTheEagerTrainer) {
     if (!spec.ok()) return {};
     trainer::RunOptions options;
     options.workdir = dir;
+    if (nccl) {
+      options.always_connect = true;
+      options.master_port = trainer::PickFreePort().value();
+      options.rendezvous_key = "00112233445566778899aabbccddeeff";
+    }
     std::FILE* events_file = std::fopen((dir + "/events.jsonl").c_str(), "w");
     trainer::EventWriter events("graph", 0, 1, events_file);
     auto result = trainer::RunTraining(*spec, options, events);
@@ -484,28 +496,42 @@ TEST_F(GpuTest, TrainerWithCudaGraphMatchesTheEagerTrainer) {
     if (!result.ok()) return {};
     // The graphed run really replayed: its progress events count replays.
     int64_t replays = -1;
+    std::string process_group;
     std::ifstream lines(dir + "/events.jsonl");
     for (std::string line; std::getline(lines, line);) {
       const nlohmann::json e = nlohmann::json::parse(line, nullptr, false);
       if (e.is_object() && e.value("event", "") == "progress") {
         replays = e.value("cuda_graph_replays", int64_t{-1});
       }
+      if (e.is_object() && e.value("event", "") == "started") {
+        process_group = e.value("process_group", "");
+      }
     }
+    EXPECT_EQ(process_group, nccl ? "nccl" : "none");
     if (cuda_graph) {
       EXPECT_GT(replays, 50) << "of 64 steps";
     } else {
       EXPECT_EQ(replays, -1) << "an eager run reports no CUDA graph";
     }
-    std::cout << (cuda_graph ? "graphed" : "eager") << ": " << result->artifact.dump() << ", "
+    std::cout << (cuda_graph ? "graphed" : "eager") << (nccl ? " with NCCL" : "") << ": "
+              << result->artifact.dump() << ", "
               << result->images_per_second << " img/s\n";
     return result->artifact;
   };
-  const nlohmann::json eager = train(false);
-  const nlohmann::json graphed = train(true);
-  ASSERT_TRUE(eager.contains("loss") && graphed.contains("loss"));
-  EXPECT_NEAR(graphed["loss"].get<double>(), eager["loss"].get<double>(),
-              0.02 * eager["loss"].get<double>());
-  EXPECT_NEAR(graphed["top1"].get<double>(), eager["top1"].get<double>(), 0.03);
+  const nlohmann::json eager = train(false, false);
+  std::vector<bool> with_nccl = {false};
+#ifdef TERN_WITH_NCCL
+  with_nccl.push_back(true);
+#endif
+  for (bool nccl : with_nccl) {
+    const nlohmann::json graphed = train(true, nccl);
+    ASSERT_TRUE(eager.contains("loss") && graphed.contains("loss")) << "nccl " << nccl;
+    EXPECT_NEAR(graphed["loss"].get<double>(), eager["loss"].get<double>(),
+                0.02 * eager["loss"].get<double>())
+        << "nccl " << nccl;
+    EXPECT_NEAR(graphed["top1"].get<double>(), eager["top1"].get<double>(), 0.03)
+        << "nccl " << nccl;
+  }
 }
 
 }  // namespace
