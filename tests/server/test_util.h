@@ -206,6 +206,24 @@ class TerndTest : public ::testing::Test {
     return reader->Finish();
   }
 
+  // A job's events from its first, for a stream that stays open: reads until
+  // `enough(events so far)` or the deadline, then cancels the stream.
+  std::vector<v1::JobEvent> WatchUntil(
+      const std::string& id, const std::function<bool(const std::vector<v1::JobEvent>&)>& enough,
+      std::chrono::milliseconds deadline = std::chrono::seconds(2)) {
+    std::vector<v1::JobEvent> events;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, deadline);
+    v1::WatchJobRequest request;
+    request.set_job_id(id);
+    auto reader = jobs_->WatchJob(&ctx, request);
+    v1::JobEvent event;
+    while (!enough(events) && reader->Read(&event)) events.push_back(event);
+    ctx.TryCancel();
+    reader->Finish();
+    return events;
+  }
+
   std::string Metrics() { return HttpGet(ternd_->metrics_port(), "/metrics"); }
 
   std::filesystem::path dir_;

@@ -747,18 +747,8 @@ TEST_F(WorkerServiceTest, AFailedRankRestartsTheJobUntilTheBudgetIsSpent) {
   EXPECT_EQ(second.checkpoint_dir(),
             agent.Events()[0].assignment().checkpoint_dir());
 
-  std::vector<v1::JobEvent> events;
-  {
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, std::chrono::seconds(1));
-    v1::WatchJobRequest request;
-    request.set_job_id(id);
-    auto reader = jobs_->WatchJob(&ctx, request);
-    v1::JobEvent event;
-    while (events.size() < 6 && reader->Read(&event)) events.push_back(event);
-    ctx.TryCancel();
-    reader->Finish();
-  }
+  const std::vector<v1::JobEvent> events =
+      WatchUntil(id, [](const auto& so_far) { return so_far.size() >= 6; });
   // QUEUED, ADMITTED, RUNNING (the report started the rank), RESTARTING,
   // QUEUED, ADMITTED.
   ASSERT_EQ(events.size(), 6u);
@@ -883,21 +873,9 @@ TEST_F(WorkerServiceTest, AnyRanksStoppedLineRecordsTheCommittedStepBeforeTheReq
                                        "\"seconds\":0.1")})
                   .ok());
 
-  std::vector<v1::JobEvent> events;
-  {
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, std::chrono::seconds(2));
-    v1::WatchJobRequest request;
-    request.set_job_id(id);
-    auto reader = jobs_->WatchJob(&ctx, request);
-    v1::JobEvent event;
-    while (reader->Read(&event)) {
-      events.push_back(event);
-      if (event.state_change().reason().code() == "REQUEUED") break;
-    }
-    ctx.TryCancel();
-    reader->Finish();
-  }
+  const std::vector<v1::JobEvent> events = WatchUntil(id, [](const auto& so_far) {
+    return !so_far.empty() && so_far.back().state_change().reason().code() == "REQUEUED";
+  });
   std::vector<v1::CheckpointCommitted> checkpoints;
   const v1::JobEvent* requeued = nullptr;
   for (const v1::JobEvent& e : events) {
