@@ -30,7 +30,8 @@
 # Steps (TERN_GPU_STEPS, default all, in this order): grid (started in the
 # background, stopped before the first benchmark), unit (gpu-labelled
 # GoogleTest cases), e2e (the service on NCCL), detection, bench-resnet20,
-# bench-graph, bench-resnet18, bench-compile, bench-graph-compiled (the
+# bench-graph, bench-resnet18, bench-projection (the packed quantizer's own
+# cost per step: tern_projection_bench), bench-compile, bench-graph-compiled (the
 # CUDA-graph step against the reference under torch.compile mode
 # reduce-overhead). A short re-check on a nearly spent budget:
 #   TERN_GPU_DEADLINE_S=200 TERN_GPU_STEPS="unit bench-resnet20 e2e" scripts/gpu-check.sh
@@ -154,7 +155,7 @@ else
   jobs=2
   export TERN_E2E_DEVICE=cpu
 fi
-targets=(tern-trainer gpu_test ternd tern-agent ternctl tern-synth-coco)
+targets=(tern-trainer gpu_test ternd tern-agent ternctl tern-synth-coco tern_projection_bench)
 keep_going=(-k); [[ -f "$build/build.ninja" ]] && keep_going=(-k 0)
 # Keep going past a failed file, so one run shows every error, and go on with
 # whatever did build (the benchmarks only need tern-trainer).
@@ -173,7 +174,7 @@ trainer="$build/worker/trainer/tern-trainer"
 # What runs, in this order (TERN_GPU_STEPS overrides, e.g. a short re-check:
 # TERN_GPU_STEPS="unit bench-resnet20 e2e detection"). Steps that would not
 # end before the deadline are skipped and say so.
-steps=${TERN_GPU_STEPS:-"grid unit e2e detection bench-resnet20 bench-graph bench-resnet18 bench-compile bench-graph-compiled"}
+steps=${TERN_GPU_STEPS:-"grid unit e2e detection bench-resnet20 bench-graph bench-resnet18 bench-projection bench-compile bench-graph-compiled"}
 export TERN_E2E_FASHION_MNIST="$data"
 : >"$out/gpu-tests.log"
 : >"$out/gpu-bench.md"
@@ -234,6 +235,22 @@ bench() {  # step, table name, then trainer_throughput.sh arguments
 }
 
 repeats=${TERN_GPU_REPEATS:-1}
+# The packed quantizer's BeforeForward/AfterBackward alone, in ms and in
+# element-wise passes over the weights, with BeforeForward's time by operation.
+projection_bench() {
+  step "benchmark: the packed quantizer per step (tern_projection_bench)"
+  local md="$logs/gpu-bench-projection.md" args=(--device cuda --bf16 --threads 8 --reps 20 --by-op)
+  [[ "$mode" == cpu ]] && args=(--device cpu --threads 2 --reps 3 --width 0.25)
+  if { "$build/bench/quant/tern_projection_bench" --arch resnet18 --methods "twn hla" "${args[@]}" &&
+       echo && "$build/bench/quant/tern_projection_bench" --arch resnet20 --classes 10 \
+         --methods "twn hla" "${args[@]}"; } >"$md" 2>&1; then
+    result[bench-projection]=ran; cat "$md"
+    { echo "## packed quantizer"; cat "$md"; echo; } >>"$out/gpu-bench.md"
+  else
+    result[bench-projection]=FAIL; tail -30 "$md"
+  fi
+}
+
 if [[ "$mode" == cuda ]]; then
   gpu_flags=(--bf16 --channels-last --threads 8 --workers 4 --repeats "$repeats")
   # The timed steps (after the first --warmup) lie past HLA's phase 1 (the
@@ -250,7 +267,7 @@ else
   r18=(--arch resnet18 --synthetic --input-size 64 --width 0.25 --threads 2 --batch 8 --steps 4
        --warmup 1 --flops)
 fi
-declare -A need=([unit]=45 [quant]=25 [e2e]=110 [detection]=20 [bench-resnet20]=50 [bench-graph]=50 [bench-resnet18]=80
+declare -A need=([unit]=45 [quant]=25 [e2e]=110 [detection]=20 [bench-resnet20]=50 [bench-graph]=50 [bench-resnet18]=80 [bench-projection]=20
                  [bench-compile]=100 [bench-graph-compiled]=110)  # seconds each step needs, roughly
 grid_running=false
 for s in $steps; do
@@ -273,6 +290,7 @@ for s in $steps; do
       if [[ "$mode" == cuda ]]; then bench "$s" resnet20-graph "${r20[@]}" --cuda-graph
       else result[$s]="skipped (CUDA graphs need a GPU)"; fi ;;
     bench-resnet18) bench "$s" resnet18-224 "${r18[@]}" ;;
+    bench-projection) projection_bench ;;
     bench-compile)
       if [[ "$mode" == cuda ]]; then bench "$s" resnet20-compile "${r20[@]}" --compile
       else result[$s]="skipped (no torch.compile run on the CPU)"; fi ;;
