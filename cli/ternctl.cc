@@ -21,6 +21,7 @@
 #include <random>
 #include <thread>
 
+#include "cli/inspect.h"
 #include "cli/job_file.h"
 #include "cli/render.h"
 #include "cli/sha256.h"
@@ -803,6 +804,15 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
       return NewTokenCommand(token_name, token_admin, token_agent, token_expires, token_output,
                              out, err);
     };
+  });
+
+  std::string inspect_path;
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "what a .tern artifact holds: model, training, tensors, bits per weight, size "
+                 "(read here: no server)");
+  inspect->add_option("FILE", inspect_path, "the .tern file")->required();
+  inspect->callback([&] {
+    local_command = [&] { return InspectArtifactCommand(inspect_path, g.json, out, err); };
   });
 
   try {

@@ -8,6 +8,7 @@
 //                  --idempotency-key K --watch]
 //     list [--state S --label K=V --owner NAME --limit N]
 //     get ID | watch ID | cancel ID | logs ID [-f] | fetch ID [-o PATH]
+//     inspect FILE.tern        (local: no server)
 //
 // RunTernctl is main() without the process: tests call it with their own
 // streams against a fake server. Every unary call has a deadline

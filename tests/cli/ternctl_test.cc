@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 
 #include "cli/sha256.h"
 #include "common/file_util.h"
+#include "quant/artifact.h"
 #include "tern/v1/job_service.grpc.pb.h"
 
 namespace tern::cli {
@@ -596,6 +598,93 @@ TEST_F(TernctlTest, FetchResumesAnInterruptedDownload) {
   ASSERT_EQ(fake_.artifact_requests.size(), 2u);
   EXPECT_EQ(fake_.artifact_requests[1].offset(), 2000);
   EXPECT_EQ(*ReadFileToString(path), fake_.artifact);
+}
+
+// A small artifact: an FP first convolution, one ternary layer with scales
+// per channel (half its codes zero), one BatchNorm bias.
+quant::Artifact SmallArtifact() {
+  quant::Artifact a;
+  a.architecture = R"({"arch":"resnet20","width_multiplier":0.5})";
+  a.metadata = R"({"task":"classification","method":"hla","job":"j","steps":40})";
+  quant::ArtifactTensor conv;
+  conv.name = "conv1.weight";
+  conv.shape = {2, 1, 3, 3};
+  conv.values.assign(18, 0.5f);
+  quant::ArtifactTensor ternary;
+  ternary.name = "blocks.0.conv1.weight";
+  ternary.shape = {2, 2, 1, 1};
+  ternary.kind = quant::ArtifactTensor::Kind::kTernary;
+  ternary.granularity = quant::Granularity::kChannel;
+  ternary.codes = {1, 0, -1, 0};
+  ternary.pos_scale = {0.5f, 0.25f};
+  ternary.neg_scale = {0.5f, 0.75f};
+  quant::ArtifactTensor bias;
+  bias.name = "bn1.bias";
+  bias.shape = {2};
+  bias.values = {0.f, 0.f};
+  a.tensors = {conv, ternary, bias};
+  return a;
+}
+
+TEST_F(TernctlTest, InspectSummarizesAnArtifactWithoutTheServer) {
+  const std::string path = dir_ + "/small.tern";
+  ASSERT_TRUE(quant::WriteArtifactFile(SmallArtifact(), path).ok());
+  Result r = Run({"inspect", path}, false, "127.0.0.1:1");  // nothing listens there
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const std::string& want : {
+           std::string("model: {\"arch\":\"resnet20\",\"width_multiplier\":0.5}\n"),
+           std::string("trained: task classification, method hla, job j, steps 40\n"),
+           std::string("ternary: 4 weights in 1 tensors, 2.00 bits each (codes; scales per "
+                       "channel), 50.0% zeros\n"),
+           std::string("float32: 20 values in 2 tensors\n"),
+           std::string("and 1 float32 tensors of at most one dimension (BatchNorm, biases): 2 "
+                       "values\n")}) {
+    EXPECT_NE(r.out.find(want), std::string::npos) << "missing: " << want << "in:\n" << r.out;
+  }
+  // The ternary layer's row: its zeros and mean scales; the FP layer's row.
+  EXPECT_TRUE(std::regex_search(
+      r.out, std::regex(R"(\nblocks\.0\.conv1\.weight +ternary +2x2x1x1 +50\.0% +0\.375 +0\.625\n)")))
+      << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(\nconv1\.weight +float32 +2x1x3x3 +- +- +-\n)")))
+      << r.out;
+  EXPECT_EQ(r.out.find("bn1.bias"), std::string::npos) << "summarized, not listed";
+
+  r = Run({"--json", "inspect", path}, false, "127.0.0.1:1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["bytes"].get<int64_t>(), static_cast<int64_t>(fs::file_size(path)));
+  EXPECT_EQ(j["ternary_weights"], 4);
+  EXPECT_EQ(j["float_values"], 20);
+  EXPECT_EQ(j["float32_bytes"], 4 * 24);
+  EXPECT_DOUBLE_EQ(j["ternary_sparsity"].get<double>(), 0.5);
+  EXPECT_EQ(j["architecture"]["arch"], "resnet20");
+  EXPECT_EQ(j["metadata"]["method"], "hla");
+  ASSERT_EQ(j["tensors"].size(), 3u);
+  EXPECT_EQ(j["tensors"][1]["kind"], "ternary");
+  EXPECT_EQ(j["tensors"][1]["granularity"], "channel");
+  EXPECT_DOUBLE_EQ(j["tensors"][1]["positive_scale_mean"].get<double>(), 0.375);
+  EXPECT_DOUBLE_EQ(j["tensors"][1]["negative_scale_mean"].get<double>(), 0.625);
+  EXPECT_EQ(j["tensors"][2]["kind"], "float32");
+}
+
+TEST_F(TernctlTest, InspectNamesWhatIsWrongWithAMissingOrDamagedFile) {
+  Result r = Run({"inspect", dir_ + "/none.tern"});
+  EXPECT_EQ(r.code, kExitNotFound);
+  EXPECT_NE(r.err.find("cannot open"), std::string::npos) << r.err;
+
+  const std::string path = dir_ + "/damaged.tern";
+  ASSERT_TRUE(quant::WriteArtifactFile(SmallArtifact(), path).ok());
+  std::string bytes = *ReadFileToString(path);
+  bytes[bytes.size() / 2] ^= 0x5a;  // caught by the checksum if nothing else
+  ASSERT_TRUE(WriteFileAtomically(path, bytes).ok());
+  r = Run({"inspect", path});
+  EXPECT_EQ(r.code, kExitOther);
+  EXPECT_NE(r.err.find("corrupt .tern artifact"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+
+  r = Run({"inspect", Write("text.tern", "not an artifact")});
+  EXPECT_EQ(r.code, kExitOther);
+  EXPECT_NE(r.err.find(".tern"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -41,7 +41,15 @@ small=$("${ternctl[@]}" submit "$work/small.yaml")
 "${ternctl[@]}" get "$small" --json >"$work/small.json"
 jq -e '.state == "JOB_STATE_SUCCEEDED" and .result.ternary_top1 > 0 and .result.bits_per_weight < 1.7' \
   "$work/small.json" >/dev/null || fail "unexpected result: $(cat "$work/small.json")"
-echo "job $small SUCCEEDED, artifact fetched ($(stat -c %s "$work/small.tern") bytes, base-3 packing)"
+# `ternctl inspect` reads it here: the method, the packing, its code bits (the
+# result's bits per weight also count the scales and the header).
+"${ternctl[@]}" --json inspect "$work/small.tern" >"$work/inspect.json" || fail "inspect failed"
+jq -e --argjson bits "$(jq .result.bits_per_weight "$work/small.json")" \
+  '.metadata.method == "hla" and .packing == "base3" and .ternary_weights > 0
+   and .bits_per_ternary_weight < 1.62 and .bits_per_ternary_weight <= $bits
+   and .architecture.arch == "resnet20"' \
+  "$work/inspect.json" >/dev/null || fail "unexpected inspect output: $(head -c 600 "$work/inspect.json")"
+echo "job $small SUCCEEDED, artifact fetched ($(stat -c %s "$work/small.tern") bytes, base-3 packing, $(jq .bits_per_ternary_weight "$work/inspect.json") bits per ternary weight)"
 
 # 2. A tiny 2-rank detection job (CenterNet, synthetic COCO shapes) to
 # SUCCEEDED with COCO AP in its result and its detections file written.
