@@ -237,6 +237,57 @@ TEST_F(TrainerTest, PastTheAgentsLeaseDeadlineTheTrainerCommitsNothingMoreAndExi
   }
 }
 
+// `tern-trainer --evaluate` on a finished job's .tern gives the metrics the
+// job reported for its re-loaded artifact, also from a spec whose training
+// subset differs (the normalization comes from the artifact, not from the
+// data), and refuses data the model cannot take.
+TEST_F(TrainerTest, EvaluateGivesTheFinishedJobsArtifactMetrics) {
+  const std::string dir = TempDir("evaluate");
+  json spec = SmallSpec("METHOD_HLA", 1, 1);
+  ASSERT_EQ(RunJob(dir, spec), (std::vector<int>{0}));
+  const json finished = Events(dir + "/rank0.jsonl").back();
+  ASSERT_EQ(finished["event"], "finished") << finished.dump();
+  const std::string artifact = dir + "/model.tern";
+
+  spec["dataset"]["max_train_examples"] = 64;  // another mean and std, were they recomputed
+  Process p = Spawn({"--spec", WriteSpec(dir, spec), "--evaluate", artifact},
+                    dir + "/evaluate.jsonl");
+  ASSERT_EQ(Wait(p), 0);
+  const auto events = Events(p.stdout_path);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0]["event"], "evaluated") << events[0].dump();
+  EXPECT_EQ(events[0]["metrics"], finished["artifact"]) << events[0].dump();
+  EXPECT_EQ(events[0]["method"], "hla");
+  EXPECT_EQ(events[0]["metrics"]["examples"], 64);
+  EXPECT_FALSE(fs::exists(dir + "/checkpoints/evaluate")) << "evaluation writes nothing";
+
+  // Three-channel images for a model trained on one channel.
+  json synthetic = spec;
+  synthetic["dataset"] = {{"kind", "DATASET_SYNTHETIC"}, {"input_size", 28},
+                          {"max_train_examples", 64}, {"max_eval_examples", 16}};
+  Process q = Spawn({"--spec", WriteSpec(dir, synthetic), "--evaluate", artifact},
+                    dir + "/mismatch.jsonl");
+  EXPECT_EQ(Wait(q), 1);
+  const auto refused = Events(q.stdout_path);
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0]["code"], "FAILED_PRECONDITION") << refused[0].dump();
+  EXPECT_NE(refused[0]["reason"].get<std::string>().find(
+                "was trained on 1-channel images; the spec's dataset has 3 channels"),
+            std::string::npos)
+      << refused[0].dump();
+
+  // A damaged file: named, DATA_LOSS.
+  std::string bytes = *ReadFileToString(artifact);
+  bytes.resize(bytes.size() / 2);
+  ASSERT_TRUE(WriteFileAtomically(dir + "/half.tern", bytes).ok());
+  Process r = Spawn({"--spec", WriteSpec(dir, spec), "--evaluate", dir + "/half.tern"},
+                    dir + "/damaged.jsonl");
+  EXPECT_EQ(Wait(r), 1);
+  const auto damaged = Events(r.stdout_path);
+  ASSERT_EQ(damaged.size(), 1u);
+  EXPECT_EQ(damaged[0]["code"], "DATA_LOSS") << damaged[0].dump();
+}
+
 TEST_F(TrainerTest, BadSpecExitsTwoNamingTheField) {
   const std::string dir = TempDir("badspec");
   json spec = SmallSpec("METHOD_HLA", 1, 1);

@@ -58,6 +58,9 @@ class ClassificationTask : public TrainingTask {
     return std::shared_ptr<torch::nn::Module>(fresh);
   }
 
+  const Normalization& normalization() const override { return norm_; }
+  void set_normalization(const Normalization& norm) override { norm_ = norm; }
+
   json artifact_metadata() const override {
     return {{"task", "classification"},
             {"normalization", {{"mean", norm_.mean}, {"std", norm_.std}}}};

@@ -62,6 +62,9 @@ class DetectionTask : public TrainingTask {
     return std::shared_ptr<torch::nn::Module>(fresh);
   }
 
+  const Normalization& normalization() const override { return norm_; }
+  void set_normalization(const Normalization& norm) override { norm_ = norm; }
+
   json artifact_metadata() const override {
     return {{"task", "detection"},
             {"output_stride", kDetectionStride},

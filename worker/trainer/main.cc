@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "common/file_util.h"
@@ -52,21 +53,47 @@ int EnvInt(const char* name, int fallback) {
   return v ? std::atoi(v) : fallback;
 }
 
-int RunRank(const std::string& spec_path, RunOptions run) {
+// Reads and parses the spec at `spec_path` ("-": stdin); on failure reports
+// it (a `failed` event when the file was read) and returns nullopt.
+std::optional<tern::trainer::TrainerSpec> ReadSpec(const std::string& spec_path,
+                                                   const RunOptions& run) {
   auto text = spec_path == "-" ? tern::StatusOr<std::string>(std::string(
                                      std::istreambuf_iterator<char>(std::cin), {}))
                                : tern::ReadFileToString(spec_path);
   if (!text.ok()) {
     std::cerr << "tern-trainer: " << text.status() << "\n";
-    return tern::trainer::kExitBadSpec;
+    return std::nullopt;
   }
   auto spec = tern::trainer::ParseTrainerSpec(*text);
-  EventWriter events(spec.ok() ? spec->name : "", run.rank, run.world_size);
   if (!spec.ok()) {
+    EventWriter events("", run.rank, run.world_size);
     events.Emit("failed", {{"code", "INVALID_ARGUMENT"}, {"reason", spec.status().message()}});
     std::cerr << "tern-trainer: " << spec_path << ": " << spec.status() << "\n";
-    return tern::trainer::kExitBadSpec;
+    return std::nullopt;
   }
+  return std::move(spec).value();
+}
+
+// tern-trainer --evaluate FILE --spec SPEC: exit 0 with an `evaluated`
+// event, 2 for a bad spec, 1 for anything else (a `failed` event says what).
+int RunEvaluate(const std::string& spec_path, const std::string& artifact_path) {
+  const std::optional<tern::trainer::TrainerSpec> spec = ReadSpec(spec_path, RunOptions());
+  if (!spec) return tern::trainer::kExitBadSpec;
+  EventWriter events(spec->name, 0, 1);
+  auto result = tern::trainer::EvaluateArtifact(*spec, artifact_path, events);
+  if (!result.ok()) {
+    TERN_LOG(ERROR) << result.status();
+    return result.status().code() == tern::StatusCode::kInvalidArgument
+               ? tern::trainer::kExitBadSpec
+               : tern::trainer::kExitFailed;
+  }
+  return tern::trainer::kExitFinished;
+}
+
+int RunRank(const std::string& spec_path, RunOptions run) {
+  std::optional<tern::trainer::TrainerSpec> spec = ReadSpec(spec_path, run);
+  if (!spec) return tern::trainer::kExitBadSpec;
+  EventWriter events(spec->name, run.rank, run.world_size);
   if (tern::Status s = tern::MakeDirectories(run.workdir); !s.ok()) {
     std::cerr << "tern-trainer: " << s << "\n";
     return tern::trainer::kExitBadSpec;
@@ -257,6 +284,10 @@ int main(int argc, char** argv) {
   app.add_option("--master", master, "rank 0's rendezvous HOST:PORT");
   app.add_option("--workdir", run.workdir, "checkpoints and artifact directory");
   app.add_option("--artifact", run.artifact_path, "where to write the .tern (default WORKDIR/model.tern)");
+  std::string evaluate_path;
+  app.add_option("--evaluate", evaluate_path,
+                 "instead of training, evaluate this .tern on the spec's dataset (test split; val "
+                 "for detection) and device: prints an \"evaluated\" event");
   app.add_flag("--always-connect", run.always_connect,
                "build the process group even at world size 1 (NCCL on CUDA); also "
                "TERN_ALWAYS_CONNECT=1");
@@ -278,6 +309,7 @@ int main(int argc, char** argv) {
     std::cerr << app.help() << "\n--spec is required (or use the compare subcommand)\n";
     return 2;
   }
+  if (!evaluate_path.empty()) return RunEvaluate(spec_path, evaluate_path);
   tern::trainer::InstallStopHandlers();
   if (!master.empty()) {
     const size_t colon = master.rfind(':');

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "worker/trainer/data.h"
 #include "worker/trainer/spec.h"
 
 namespace tern::trainer {
@@ -78,6 +79,10 @@ class TrainingTask {
       const std::string& json) const = 0;
   // Extra artifact metadata (normalization, class names, ...).
   virtual nlohmann::json artifact_metadata() const = 0;
+  // The per-channel input normalization (from the training data after
+  // Load()). Evaluating an exported model sets the one it was trained with.
+  virtual const Normalization& normalization() const = 0;
+  virtual void set_normalization(const Normalization& norm) = 0;
 
   // Training batches follow `sampler` (which the caller built over
   // train_size() examples).

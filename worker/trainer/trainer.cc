@@ -170,8 +170,8 @@ void SetLearningRate(torch::optim::Optimizer& opt, double lr) {
 
 // ---------------------------------------------------------------- set-up
 
-Status Setup(Session& s) {
-  const TrainerSpec& spec = s.spec;
+// Threads, determinism and the device of `spec` (training and --evaluate).
+StatusOr<torch::Device> PrepareDevice(const TrainerSpec& spec) {
   if (spec.threads_per_rank > 0) at::set_num_threads(spec.threads_per_rank);
   if (spec.optim.deterministic) {
     const bool cuda = spec.device == "cuda";
@@ -188,11 +188,37 @@ Status Setup(Session& s) {
     if (!torch::cuda::is_available()) {
       return FailedPreconditionError("resources.device_kind: CUDA requested but no GPU is visible");
     }
-    s.device = torch::Device(torch::kCUDA, 0);
     // Shapes are fixed for a whole run: let cuDNN time its algorithms once
     // (not when bit-exact reruns were asked for).
     at::globalContext().setBenchmarkCuDNN(!spec.optim.deterministic);
+    return torch::Device(torch::kCUDA, 0);
   }
+  return torch::Device(torch::kCPU);
+}
+
+// Where one rank's task runs.
+TaskContext TaskContextFor(const TrainerSpec& spec, Communicator* comm, int rank, int world_size,
+                           torch::Device device) {
+  TaskContext ctx;
+  ctx.spec = &spec;
+  ctx.comm = comm;
+  ctx.rank = rank;
+  ctx.world_size = world_size;
+  ctx.device = device;
+  ctx.bf16 = device.is_cuda() && spec.optim.bf16;
+  ctx.channels_last = device.is_cuda() && spec.optim.channels_last;
+  ctx.static_batches = spec.optim.cuda_graph;
+  return ctx;
+}
+
+// The spec's task: classification or detection.
+std::unique_ptr<TrainingTask> MakeTask(const TaskContext& ctx) {
+  return ctx.spec->task == "detection" ? MakeDetectionTask(ctx) : MakeClassificationTask(ctx);
+}
+
+Status Setup(Session& s) {
+  const TrainerSpec& spec = s.spec;
+  TERN_ASSIGN_OR_RETURN(s.device, PrepareDevice(spec));
   DistributedOptions dist;
   dist.rank = s.run.rank;
   dist.world_size = s.run.world_size;
@@ -209,16 +235,9 @@ Status Setup(Session& s) {
                          ? " (rendezvous keys prefixed with the job's secret)"
                          : "");
 
-  TaskContext ctx;
-  ctx.spec = &s.spec;
-  ctx.comm = s.comm.get();
-  ctx.rank = s.run.rank;
-  ctx.world_size = s.run.world_size;
-  ctx.device = s.device;
-  ctx.bf16 = s.device.is_cuda() && spec.optim.bf16;
-  ctx.channels_last = s.device.is_cuda() && spec.optim.channels_last;
-  ctx.static_batches = spec.optim.cuda_graph;
-  s.task = spec.task == "detection" ? MakeDetectionTask(ctx) : MakeClassificationTask(ctx);
+  const TaskContext ctx =
+      TaskContextFor(s.spec, s.comm.get(), s.run.rank, s.run.world_size, s.device);
+  s.task = MakeTask(ctx);
   torch::manual_seed(spec.optim.seed);
   TERN_RETURN_IF_ERROR(s.task->Load());
   s.model = s.task->model();
@@ -683,6 +702,95 @@ StatusOr<TrainResult> RunTraining(const TrainerSpec& spec, const RunOptions& opt
     events.Emit("failed", {{"code", StatusCodeName(result.status().code())},
                            {"reason", result.status().message()},
                            {"step", s.global_step}});
+  }
+  return result;
+}
+
+namespace {
+
+// The artifact's input normalization, which must have the dataset's channels.
+StatusOr<Normalization> ArtifactNormalization(const json& metadata, size_t channels,
+                                              const std::string& path) {
+  const json* norm = metadata.is_object() && metadata.contains("normalization")
+                         ? &metadata.at("normalization")
+                         : nullptr;
+  Normalization out;
+  const auto read = [&](const char* key, std::vector<float>* values) {
+    if (norm == nullptr || !norm->is_object() || !norm->contains(key)) return false;
+    const json& v = norm->at(key);
+    if (!v.is_array()) return false;
+    for (const json& x : v) {
+      if (!x.is_number()) return false;
+      values->push_back(x.get<float>());
+    }
+    return true;
+  };
+  if (!read("mean", &out.mean) || !read("std", &out.std)) {
+    return DataLossError(path + ": its metadata has no normalization {mean: [...], std: [...]}");
+  }
+  if (out.mean.size() != channels || out.std.size() != channels) {
+    return FailedPreconditionError(
+        path + " was trained on " + std::to_string(out.mean.size()) +
+        "-channel images; the spec's dataset has " + std::to_string(channels) + " channels");
+  }
+  for (float v : out.std) {
+    if (!(v > 0)) return DataLossError(path + ": its normalization has a std that is not > 0");
+  }
+  return out;
+}
+
+}  // namespace
+
+StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& artifact_path,
+                                EventWriter& events) {
+  SetLogPrefix("[evaluate " + artifact_path + "] ");
+  const Clock::time_point start = Clock::now();
+  StatusOr<json> result = [&]() -> StatusOr<json> {
+    TERN_RETURN_IF_ERROR(spec.Validate());
+    TERN_ASSIGN_OR_RETURN(const quant::Artifact artifact, quant::ReadArtifactFile(artifact_path));
+    const json metadata = json::parse(artifact.metadata, nullptr, /*allow_exceptions=*/false);
+    const std::string task = metadata.is_object() && metadata.contains("task") &&
+                                     metadata.at("task").is_string()
+                                 ? metadata.at("task").get<std::string>()
+                                 : "classification";  // artifacts before the field
+    if (task != spec.task) {
+      return FailedPreconditionError(artifact_path + " holds a " + task +
+                                     " model; the spec's task is " + spec.task);
+    }
+    json metrics;
+    TERN_RETURN_IF_ERROR(Guard("evaluation", [&]() -> Status {
+      TERN_ASSIGN_OR_RETURN(const torch::Device device, PrepareDevice(spec));
+      DistributedOptions alone;  // one process: no process group
+      TERN_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, Communicator::Connect(alone));
+      std::unique_ptr<TrainingTask> evaluator =
+          MakeTask(TaskContextFor(spec, comm.get(), 0, 1, device));
+      torch::manual_seed(spec.optim.seed);
+      TERN_RETURN_IF_ERROR(evaluator->Load());
+      TERN_ASSIGN_OR_RETURN(
+          const Normalization norm,
+          ArtifactNormalization(metadata, evaluator->normalization().mean.size(), artifact_path));
+      evaluator->set_normalization(norm);
+      TERN_ASSIGN_OR_RETURN(std::shared_ptr<torch::nn::Module> model,
+                            evaluator->BuildFromArchitecture(artifact.architecture));
+      TERN_RETURN_IF_ERROR(quant::LoadArtifactInto(artifact, *model));
+      EvalRequest request;
+      request.split = EvalSplit::kTest;
+      request.sharded = false;
+      TERN_ASSIGN_OR_RETURN(metrics, evaluator->Evaluate(*model, request));
+      return OkStatus();
+    }));
+    json evaluated = {{"artifact_path", artifact_path},
+                      {"task", task},
+                      {"method", metadata.is_object() ? metadata.value("method", "") : ""},
+                      {"metrics", metrics},
+                      {"bits_per_weight", artifact.BitsPerTernaryWeight()},
+                      {"seconds", Seconds(start)}};
+    events.Emit("evaluated", evaluated);
+    return evaluated;
+  }();
+  if (!result.ok()) {
+    events.Emit("failed", {{"code", StatusCodeName(result.status().code())},
+                           {"reason", result.status().message()}});
   }
   return result;
 }

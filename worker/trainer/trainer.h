@@ -54,6 +54,17 @@ struct TrainResult {
 StatusOr<TrainResult> RunTraining(const TrainerSpec& spec, const RunOptions& options,
                                   EventWriter& events);
 
+// tern-trainer --evaluate: evaluates the `.tern` at `artifact_path` on the
+// spec's dataset (its final split: test for classification, val for
+// detection; max_eval_examples applies) on the spec's device, one process,
+// with the input normalization the artifact was trained with. Emits an
+// `evaluated` event with the metrics (or `failed`) and returns them. Fails
+// with FAILED_PRECONDITION when the artifact's task or input channels do not
+// fit the spec's dataset, DATA_LOSS for a damaged file.
+StatusOr<nlohmann::json> EvaluateArtifact(const TrainerSpec& spec,
+                                          const std::string& artifact_path,
+                                          EventWriter& events);
+
 }  // namespace tern::trainer
 
 #endif  // TERN_WORKER_TRAINER_TRAINER_H_
