@@ -74,6 +74,13 @@ std::optional<tern::trainer::TrainerSpec> ReadSpec(const std::string& spec_path,
   return std::move(spec).value();
 }
 
+// The exit code of a run that failed with `status` (logged here).
+int FailureExitCode(const tern::Status& status) {
+  TERN_LOG(ERROR) << status;
+  return status.code() == tern::StatusCode::kInvalidArgument ? tern::trainer::kExitBadSpec
+                                                             : tern::trainer::kExitFailed;
+}
+
 // tern-trainer --evaluate FILE --spec SPEC: exit 0 with an `evaluated`
 // event, 2 for a bad spec, 1 for anything else (a `failed` event says what).
 int RunEvaluate(const std::string& spec_path, const std::string& artifact_path) {
@@ -81,13 +88,7 @@ int RunEvaluate(const std::string& spec_path, const std::string& artifact_path) 
   if (!spec) return tern::trainer::kExitBadSpec;
   EventWriter events(spec->name, 0, 1);
   auto result = tern::trainer::EvaluateArtifact(*spec, artifact_path, events);
-  if (!result.ok()) {
-    TERN_LOG(ERROR) << result.status();
-    return result.status().code() == tern::StatusCode::kInvalidArgument
-               ? tern::trainer::kExitBadSpec
-               : tern::trainer::kExitFailed;
-  }
-  return tern::trainer::kExitFinished;
+  return result.ok() ? tern::trainer::kExitFinished : FailureExitCode(result.status());
 }
 
 int RunRank(const std::string& spec_path, RunOptions run) {
@@ -107,13 +108,7 @@ int RunRank(const std::string& spec_path, RunOptions run) {
     TERN_LOG(WARNING) << result.status().message();
     return tern::trainer::kExitFenced;
   }
-  if (!result.ok()) {
-    TERN_LOG(ERROR) << result.status();
-    return result.status().code() == tern::StatusCode::kInvalidArgument
-               ? tern::trainer::kExitBadSpec
-               : tern::trainer::kExitFailed;
-  }
-  return tern::trainer::kExitFinished;
+  return result.ok() ? tern::trainer::kExitFinished : FailureExitCode(result.status());
 }
 
 struct CompareOptions {
