@@ -70,6 +70,9 @@ if [[ "$variant" == confined-graphed ]]; then
 fi
 "${ternctl[@]}" fetch "$job" -o "$work/model.tern" >/dev/null || fail "fetch failed"
 [[ "$(head -c 4 "$work/model.tern")" == "TERN" ]] || fail "fetched file is not a .tern artifact"
+"${ternctl[@]}" --json inspect "$work/model.tern" >"$work/inspect.json" || fail "inspect failed"
+jq -e '.metadata.method == "hla" and .ternary_weights > 0 and .bits_per_ternary_weight == 2' \
+  "$work/inspect.json" >/dev/null || fail "unexpected inspect output: $(head -c 600 "$work/inspect.json")"
 echo "job $job SUCCEEDED on $device ($backend, $variant, cuda_graph $graph): ternary top-1 $(jq .result.ternary_top1 "$work/job.json")," \
   "GPU peak $(jq '.progress.gpu_peak_memory_bytes // 0' "$work/job.json") bytes," \
   "$(jq '.progress.images_per_second // 0 | floor' "$work/job.json") images/s"
