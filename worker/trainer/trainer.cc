@@ -749,10 +749,14 @@ StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& arti
     TERN_RETURN_IF_ERROR(spec.Validate());
     TERN_ASSIGN_OR_RETURN(const quant::Artifact artifact, quant::ReadArtifactFile(artifact_path));
     const json metadata = json::parse(artifact.metadata, nullptr, /*allow_exceptions=*/false);
-    const std::string task = metadata.is_object() && metadata.contains("task") &&
-                                     metadata.at("task").is_string()
-                                 ? metadata.at("task").get<std::string>()
-                                 : "classification";  // artifacts before the field
+    // Metadata strings, "" when absent or not strings (no exception on odd files).
+    const auto text = [&](const char* key) -> std::string {
+      return metadata.is_object() && metadata.contains(key) && metadata.at(key).is_string()
+                 ? metadata.at(key).get<std::string>()
+                 : "";
+    };
+    const std::string task =
+        text("task").empty() ? "classification" : text("task");  // artifacts before the field
     if (task != spec.task) {
       return FailedPreconditionError(artifact_path + " holds a " + task +
                                      " model; the spec's task is " + spec.task);
@@ -781,7 +785,7 @@ StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& arti
     }));
     json evaluated = {{"artifact_path", artifact_path},
                       {"task", task},
-                      {"method", metadata.is_object() ? metadata.value("method", "") : ""},
+                      {"method", text("method")},
                       {"metrics", metrics},
                       {"bits_per_weight", artifact.BitsPerTernaryWeight()},
                       {"seconds", Seconds(start)}};
