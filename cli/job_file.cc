@@ -269,6 +269,7 @@ Status ApplyOverrides(const SpecOverrides& o, v1::JobSpec* spec) {
   if (o.batch_size) spec->mutable_optimization()->set_batch_size(*o.batch_size);
   if (o.priority) spec->set_priority(*o.priority);
   if (o.lr) spec->mutable_optimization()->set_lr(*o.lr);
+  if (o.cuda_graph) spec->mutable_optimization()->set_cuda_graph(*o.cuda_graph);
   for (const std::string& label : o.labels) {
     const size_t eq = label.find('=');
     if (eq == std::string::npos || eq == 0) {

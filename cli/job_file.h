@@ -47,6 +47,7 @@ struct SpecOverrides {
   std::optional<int> batch_size;
   std::optional<int> priority;
   std::optional<double> lr;
+  std::optional<bool> cuda_graph;     // optimization.cuda_graph
   std::vector<std::string> labels;    // "key=value"; the value may be empty
 };
 

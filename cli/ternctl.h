@@ -5,6 +5,7 @@
 //           COMMAND
 //     submit FILE [--method M --epochs N --ranks N --batch-size N --lr X
 //                  --name S --label K=V --priority N --device cpu|cuda
+//                  --cuda-graph on|off
 //                  --idempotency-key K --watch]
 //     list [--state S --label K=V --owner NAME --limit N]
 //     get ID | watch ID | cancel ID | logs ID [-f] | fetch ID [-o PATH]

@@ -137,11 +137,12 @@ TEST(JobFileTest, OverridesReplaceFileValues) {
   o.batch_size = 256;
   o.priority = 10;
   o.lr = 0.05;
+  o.cuda_graph = true;
   o.labels = {"k=2", "empty="};
   ASSERT_TRUE(ApplyOverrides(o, &spec).ok());
   const v1::JobSpec want = FromText(R"(name: "b" priority: 10
       labels { key: "k" value: "2" } labels { key: "empty" value: "" }
-      optimization { epochs: 2 batch_size: 256 lr: 0.05 }
+      optimization { epochs: 2 batch_size: 256 lr: 0.05 cuda_graph: true }
       quantization { method: METHOD_TWN } resources { ranks: 4 device_kind: DEVICE_CUDA })");
   EXPECT_TRUE(MessageDifferencer::Equals(spec, want)) << spec.DebugString();
 

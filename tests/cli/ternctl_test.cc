@@ -311,7 +311,8 @@ optimization: {epochs: 10, batch_size: 128}
 )");
   Result r = Run({"--owner", "alice", "submit", file, "--method", "twn", "--epochs", "2",
                   "--ranks", "2", "--batch-size", "64", "--lr", "0.05", "--name", "demo",
-                  "--label", "run=7", "--priority", "5", "--idempotency-key", "key-1"});
+                  "--label", "run=7", "--priority", "5", "--cuda-graph", "on",
+                  "--idempotency-key", "key-1"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "job-1\n");
   ASSERT_EQ(fake_.submits.size(), 1u);
@@ -324,7 +325,7 @@ optimization: {epochs: 10, batch_size: 128}
       model { arch: "resnet20" width_multiplier: 0.5 }
       dataset { kind: DATASET_IDX max_train_examples: 2000 }
       quantization { method: METHOD_TWN lambda_max: 0.02 }
-      optimization { epochs: 2 batch_size: 64 lr: 0.05 }
+      optimization { epochs: 2 batch_size: 64 lr: 0.05 cuda_graph: true }
       resources { ranks: 2 })",
                                                             &want));
   EXPECT_TRUE(MessageDifferencer::Equals(fake_.submits[0].spec(), want))
