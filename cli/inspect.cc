@@ -76,13 +76,13 @@ int InspectArtifactCommand(const std::string& path, bool as_json, std::ostream& 
   const json metadata = json::parse(artifact.metadata, nullptr, false);
 
   std::vector<TensorSummary> tensors;
-  int64_t ternary_weights = 0, ternary_zeros = 0, float_values = 0, ternary_tensors = 0;
+  const int64_t ternary_weights = artifact.TernaryWeights();
+  int64_t ternary_zeros = 0, float_values = 0, ternary_tensors = 0;
   std::set<std::string> granularities;
   for (const quant::ArtifactTensor& t : artifact.tensors) {
     TensorSummary s{&t};
     if (t.kind == quant::ArtifactTensor::Kind::kTernary) {
       s.zeros = std::count(t.codes.begin(), t.codes.end(), int8_t{0});
-      ternary_weights += t.numel();
       ternary_zeros += s.zeros;
       ++ternary_tensors;
       granularities.insert(quant::GranularityName(t.granularity));
