@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package tern needs (build, tests, benchmarks, demo).
-# Idempotent: when everything is present it only runs dpkg-query and exits in
-# well under a second. Needs root (or sudo) only when something is missing.
+# Installs every Debian 12 package tern needs (build, tests, benchmarks, demo):
+# the libraries below, and the packages of every program the scripts and
+# tests run (scripts/tools.list). Idempotent: when everything is present it
+# only runs dpkg-query and exits in well under a second. Needs root (or sudo) only when something is missing.
 # Arguments name extra packages for optional tools (scripts/fuzz.sh: clang).
 set -euo pipefail
 
+root="$(cd "$(dirname "$0")/.." && pwd)"
+# Packages of the programs the scripts and tests run (curl, jq, openssl,
+# promtool, ...): one list, scripts/tools.list.
+mapfile -t tool_packages < <(awk '!/^[[:space:]]*(#|$)/ && $3 == "required" { print $2 }' \
+  "$root/scripts/tools.list" | sort -u)
+
 packages=(
-  build-essential cmake ninja-build ccache pkg-config git
+  build-essential
   libtorch-dev libgloo-dev              # LibTorch 1.13 CPU, c10d + Gloo headers
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libsqlite3-dev libboost-dev libboost-system-dev
@@ -14,10 +21,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libstb-dev zlib1g-dev libyaml-cpp-dev
   libjpeg62-turbo-dev libpng-dev libwebp-dev  # image decoding (worker/trainer/image_decode.cc)
   dataset-fashion-mnist                 # real data, /usr/share/datasets/fashion-mnist
-  python3-torch python3-numpy           # the PyTorch reference trainer (bench/reference)
-  prometheus                            # promtool + server for the metrics end-to-end test
-  jq                                    # bench/trainer_throughput.sh
-  openssl                               # test certificates (tests/tls, tests/e2e/tls_e2e.sh)
+  "${tool_packages[@]}"
   "$@"
 )
 
@@ -37,3 +41,6 @@ if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq
 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+# A package that no longer brings its program (or a wrong line in
+# tools.list) shows here, at install time, rather than in a test.
+"$root/scripts/check-tools.sh"

@@ -41,5 +41,7 @@ export ASAN_OPTIONS="$asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 # Third-party leaks at thread exit (scripts/lsan.supp says which, and why).
 export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+# Only the programs of scripts/tools.list, as in scripts/test.sh.
+"$root/scripts/check-tools.sh" --link "$build_dir/tool-path"
 cd "$build_dir"
-ctest --output-on-failure -j "${TERN_TEST_JOBS:-2}" "${ctest_args[@]}" "$@"
+PATH="$build_dir/tool-path" ctest --output-on-failure -j "${TERN_TEST_JOBS:-2}" "${ctest_args[@]}" "$@"

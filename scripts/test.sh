@@ -5,5 +5,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/build.sh"
 build_dir="${TERN_BUILD_DIR:-$root/build}"
+# Tests see only the programs of scripts/tools.list: one that calls anything
+# else fails here, not on a user's fresh machine (which gets exactly the list).
+"$root/scripts/check-tools.sh" --link "$build_dir/tool-path"
 cd "$build_dir"
-ctest --output-on-failure -j "${TERN_TEST_JOBS:-2}" "$@"
+PATH="$build_dir/tool-path" ctest --output-on-failure -j "${TERN_TEST_JOBS:-2}" "$@"
