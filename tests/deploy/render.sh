@@ -15,7 +15,7 @@ k8s="$(cd "${1:?usage: render.sh K8S_DIR OUT}" && pwd)"
 out="${2:?usage: render.sh K8S_DIR OUT}"
 
 if ! command -v kubectl >/dev/null 2>&1; then
-  echo "SKIP: kubectl is not installed (it brings kustomize; the Kubernetes apt repository's package kubectl, not Debian's kubernetes-client), so the manifests cannot be rendered"
+  echo "SKIP: kubectl is not installed (it brings kustomize: package kubectl from Kubernetes' or Google Cloud's apt repository, not Debian's kubernetes-client), so the manifests cannot be rendered"
   exit 77
 fi
 
