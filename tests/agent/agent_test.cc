@@ -547,6 +547,25 @@ TEST_F(AgentTest, RunsTheTrainerAndRelaysItsEventsAndExit) {
             std::string::npos);
 }
 
+// Every rank, not only rank 0, listens for its peers on the address the
+// agent advertises (--host), not on the hostname's (often loopback) one;
+// TERN_GLOO_IFNAME from the agent's environment still reaches it.
+TEST_F(AgentTest, EveryRankGetsTheAdvertisedHostAsItsBindAddress) {
+  ASSERT_EQ(::setenv("TERN_GLOO_IFNAME", "eth7", 1), 0);
+  StartAgent();
+  fake_.Send(MakeAssignment("job-b", 0, "ok"));
+  fake_.Send(MakeAssignment("job-b", 1, "ok"));
+  ASSERT_TRUE(WaitForExit("job-b").has_value());
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.exits_.size() >= 2; }));
+  ::unsetenv("TERN_GLOO_IFNAME");
+  for (int rank : {0, 1}) {
+    const std::string env = ReadFile(RankDir("job-b", rank) + "/env");
+    EXPECT_NE(env.find("TERN_BIND_ADDR=127.0.0.9\n"), std::string::npos) << env;
+    EXPECT_NE(env.find("TERN_MASTER_ADDR=10.0.0.5\n"), std::string::npos) << env;
+    EXPECT_NE(env.find("TERN_GLOO_IFNAME=eth7\n"), std::string::npos) << env;
+  }
+}
+
 TEST_F(AgentTest, ReportsAFailureWithTheTrainersReasonAndStderrTail) {
   StartAgent();
   fake_.Send(MakeAssignment("job-f", 0, "fail"));

@@ -9,8 +9,10 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdio>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <thread>
 
 namespace tern::trainer {
@@ -120,6 +122,110 @@ TEST(CommunicatorTest, WorldSizeOneIsANoOp) {
   at::Tensor t = torch::ones({3});
   EXPECT_TRUE((*comm)->AllReduceMean({t}).ok());
   EXPECT_TRUE(torch::equal(t, torch::ones({3})));
+}
+
+// Whether a TCP socket of this network namespace in state `state` (hex, as
+// in /proc/net/tcp: 01 established) has local address `ip`.
+bool HasTcpSocket(const std::string& ip, const char* state) {
+  in_addr addr{};
+  if (::inet_pton(AF_INET, ip.c_str(), &addr) != 1) return false;
+  char local[16];
+  std::snprintf(local, sizeof local, "%08X:", addr.s_addr);  // the kernel's byte order
+  std::ifstream in("/proc/self/net/tcp");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string slot, local_address, remote_address, st;
+    fields >> slot >> local_address >> remote_address >> st;
+    if (local_address.rfind(local, 0) == 0 && st == state) return true;
+  }
+  return false;
+}
+
+// Two ranks whose agents advertise 127.0.0.2 and 127.0.0.3 (every 127/8
+// address is this machine's): Gloo's connection between them runs to one of
+// those addresses, not to the hostname's (Gloo's pairs stop listening once
+// connected).
+TEST(CommunicatorTest, EachRankIsDialedOnItsBindAddress) {
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok());
+  const std::array<std::string, 2> addresses = {"127.0.0.2", "127.0.0.3"};
+  std::array<Status, 2> result;
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      DistributedOptions o;
+      o.rank = rank;
+      o.world_size = 2;
+      o.master_port = *port;
+      o.bind_addr = addresses[rank];
+      o.timeout = std::chrono::seconds(30);
+      auto comm = Communicator::Connect(o);
+      result[rank] = comm.status();
+      if (!comm.ok()) return;
+      at::Tensor t = torch::full({4}, static_cast<float>(rank + 1));
+      result[rank] = (*comm)->AllReduceSum(t);
+      if (result[rank].ok() && t[0].item<float>() != 3.0f) result[rank] = InternalError("sum");
+      // Gloo's pair is connected (the barrier below keeps both ends open):
+      // one rank dialed the other's bind address, and that end of the
+      // connection is there.
+      if (result[rank].ok() && !HasTcpSocket("127.0.0.2", "01") &&
+          !HasTcpSocket("127.0.0.3", "01")) {
+        result[rank] = InternalError("no connection on 127.0.0.2 or 127.0.0.3");
+      }
+      const Status barrier = (*comm)->Barrier();
+      if (result[rank].ok()) result[rank] = barrier;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const Status& s : result) EXPECT_TRUE(s.ok()) << s;
+}
+
+// tern-agent passes its advertised host in TERN_BIND_ADDR.
+TEST(CommunicatorTest, TheBindAddressComesFromTernBindAddr) {
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok());
+  ASSERT_EQ(::setenv("TERN_BIND_ADDR", "127.0.0.4", 1), 0);
+  std::array<Status, 2> result;
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      DistributedOptions o;
+      o.rank = rank;
+      o.world_size = 2;
+      o.master_port = *port;
+      o.timeout = std::chrono::seconds(30);
+      auto comm = Communicator::Connect(o);
+      result[rank] = comm.status();
+      if (!comm.ok()) return;
+      if (!HasTcpSocket("127.0.0.4", "01")) result[rank] = InternalError("no connection on 127.0.0.4");
+      const Status barrier = (*comm)->Barrier();
+      if (result[rank].ok()) result[rank] = barrier;
+    });
+  }
+  for (auto& t : threads) t.join();
+  ::unsetenv("TERN_BIND_ADDR");
+  for (const Status& s : result) EXPECT_TRUE(s.ok()) << s;
+}
+
+// An address this machine does not have (the agent advertises the wrong
+// one) fails at once, naming it, not after the rendezvous timeout.
+TEST(CommunicatorTest, ABindAddressNotOnThisMachineFailsAtOnceNamingIt) {
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok());
+  for (int rank : {0, 1}) {
+    DistributedOptions o;
+    o.rank = rank;
+    o.world_size = 2;
+    o.master_port = *port;
+    o.bind_addr = "192.0.2.1";  // TEST-NET-1: nobody's
+    o.timeout = std::chrono::seconds(30);
+    const auto start = std::chrono::steady_clock::now();
+    auto comm = Communicator::Connect(o);
+    ASSERT_FALSE(comm.ok());
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+    EXPECT_NE(comm.status().message().find("192.0.2.1"), std::string::npos) << comm.status();
+  }
 }
 
 TEST(CommunicatorTest, MissingPeerFailsRendezvousWithinTimeout) {

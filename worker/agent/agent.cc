@@ -937,6 +937,10 @@ std::vector<std::string> Agent::Impl::TrainerEnv(const Rank& rank,
   env["TERN_WORLD_SIZE"] = std::to_string(a.world_size());
   env["TERN_MASTER_ADDR"] = a.rendezvous_host();
   env["TERN_MASTER_PORT"] = std::to_string(a.rendezvous_port());
+  // Every rank listens for its peers (Gloo) on the address this agent
+  // advertises, the one ternd gives the other ranks when rank 0 runs here;
+  // not the hostname's address, which resolves to loopback on many hosts.
+  env["TERN_BIND_ADDR"] = options_.host;
   env["TERN_AGENT_ID"] = options_.agent_id;
   env[trainer::kLeaseFileEnv] = rank.lease_file;
   if (!tmpdir.empty()) env["TMPDIR"] = tmpdir;

@@ -84,7 +84,8 @@ namespace tern::agent {
 
 struct AgentOptions {
   std::string agent_id;              // 1..128 of [A-Za-z0-9_.-]
-  std::string host = "127.0.0.1";    // where other ranks reach rank 0 here
+  std::string host = "127.0.0.1";    // where other ranks reach this machine's ranks
+                                     // (TERN_BIND_ADDR of every trainer)
   int cpu_slots = 0;                 // CPU ranks run at once
   int cuda_slots = 0;                // GPUs; rank i gets CUDA_VISIBLE_DEVICES=<slot>
   std::string trainer_path;          // tern-trainer executable (absolute)

@@ -17,12 +17,15 @@
 // stops the trainers at once.
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -90,6 +93,28 @@ std::string DefaultAgentId() {
   return id.substr(0, 100) + "-" + std::to_string(::getpid());
 }
 
+// Empty when `host` resolves to an address this machine can bind (a TCP
+// socket on port 0), else why not: the trainers' Gloo listens there.
+std::string CannotBind(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(host.c_str(), "0", &hints, &found); rc != 0) {
+    return gai_strerror(rc);
+  }
+  std::string why = "no address";
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    const bool bound = ::bind(fd, a->ai_addr, a->ai_addrlen) == 0;
+    why = bound ? "" : std::strerror(errno);
+    ::close(fd);
+    if (bound) break;
+  }
+  ::freeaddrinfo(found);
+  return why;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -110,7 +135,11 @@ int main(int argc, char** argv) {
   app.add_option("--agent-id", options.agent_id,
                  "stable identity, [A-Za-z0-9_.-]{1,128} (default: the --tls-cert "
                  "certificate's common name, else hostname-pid)");
-  app.add_option("--host", options.host, "address other ranks reach this machine at")
+  app.add_option("--host", options.host,
+                 "address of this machine that other machines reach it at: ternd gives it to "
+                 "the other ranks of a job whose rank 0 runs here, and every trainer here "
+                 "listens for its peers on it (TERN_BIND_ADDR); on several machines, not a "
+                 "loopback address")
       ->capture_default_str();
   app.add_option("--cpu-slots", options.cpu_slots, "CPU ranks to run at once")
       ->check(CLI::Range(0, 1024))
@@ -254,8 +283,15 @@ int main(int argc, char** argv) {
     std::cout << "tern-agent metrics on " << (host.empty() ? "0.0.0.0" : host) << ":"
               << http->port() << std::endl;
   }
-  TERN_LOG(INFO) << "agent " << options.agent_id << " for " << server << ", trainer "
-                 << options.trainer_path << ", workdir " << options.workdir;
+  TERN_LOG(INFO) << "agent " << options.agent_id << " for " << server << ", advertising "
+                 << options.host << ", trainer " << options.trainer_path << ", workdir "
+                 << options.workdir;
+  if (const std::string why = CannotBind(options.host); !why.empty()) {
+    TERN_LOG(WARNING) << "--host " << options.host << " is not an address of this machine ("
+                      << why << "): its trainers cannot listen for their peers there and "
+                      << "every job with ranks here will fail; advertise this machine's own "
+                      << "address";
+  }
 
   std::atomic<bool> ran{false};
   std::thread signals([&] {

@@ -60,6 +60,19 @@ Status DistributedOptions::Validate() const {
   return OkStatus();
 }
 
+namespace {
+
+// An exception's message without the C++ backtrace that c10::Error::what()
+// appends (dozens of frames that would fill a job's restart reason).
+std::string MessageOf(const std::exception& e) {
+  if (const auto* error = dynamic_cast<const c10::Error*>(&e)) {
+    return error->what_without_backtrace();
+  }
+  return e.what();
+}
+
+}  // namespace
+
 Communicator::Communicator(DistributedOptions options) : options_(std::move(options)) {}
 Communicator::~Communicator() = default;
 
@@ -69,6 +82,35 @@ StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
   std::unique_ptr<Communicator> comm(new Communicator(options));
   if (options.world_size == 1 && !options.connect_alone) return comm;
   auto group = std::make_unique<Group>();
+  // Gloo's device first: an address this machine cannot bind fails at once,
+  // naming it, instead of after rank 0's store waited for every worker.
+  std::shared_ptr<::gloo::transport::Device> gloo_device;
+  if (options.backend == "gloo") {
+    const char* ifname = std::getenv("TERN_GLOO_IFNAME");
+    const char* env_bind = std::getenv("TERN_BIND_ADDR");
+    const std::string bind_addr =
+        !options.bind_addr.empty() ? options.bind_addr : env_bind != nullptr ? env_bind : "";
+    std::string what;
+    try {
+      if (ifname != nullptr && *ifname != '\0') {
+        what = std::string("interface ") + ifname + " (TERN_GLOO_IFNAME)";
+        gloo_device = c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+      } else if (!bind_addr.empty()) {
+        what = "this host's advertised address " + bind_addr;
+        gloo_device = c10d::ProcessGroupGloo::createDeviceForHostname(bind_addr);
+      } else if (options.master_addr.rfind("127.", 0) == 0 || options.master_addr == "localhost") {
+        what = "127.0.0.1";
+        gloo_device = c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+      } else {
+        what = "the address of this machine's hostname";
+        gloo_device = c10d::ProcessGroupGloo::createDefaultDevice();
+      }
+    } catch (const std::exception& e) {
+      return UnavailableError("rank " + std::to_string(options.rank) + "/" +
+                              std::to_string(options.world_size) + " cannot listen for its peers on " +
+                              what + ": " + MessageOf(e));
+    }
+  }
   try {
     c10d::TCPStoreOptions store_options;
     store_options.port = static_cast<uint16_t>(options.master_port);
@@ -84,16 +126,7 @@ StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
     if (options.backend == "gloo") {
       auto gloo_options = c10d::ProcessGroupGloo::Options::create();
       gloo_options->timeout = options.timeout;
-      const char* ifname = std::getenv("TERN_GLOO_IFNAME");
-      if (ifname != nullptr) {
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-      } else if (options.master_addr.rfind("127.", 0) == 0 ||
-                 options.master_addr == "localhost") {
-        gloo_options->devices.push_back(
-            c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-      } else {
-        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-      }
+      gloo_options->devices.push_back(gloo_device);
       group->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
           group->store, options.rank, options.world_size, gloo_options);
     } else {
@@ -123,8 +156,8 @@ Status Communicator::Run(const char* what, const std::function<void()>& body) {
                                 std::to_string(options_.rank) + "/" +
                                 std::to_string(options_.world_size) + " (timeout " +
                                 std::to_string(options_.timeout.count() / 1000) +
-                                " s): " + e.what();
-    const std::string text = e.what();
+                                " s): " + MessageOf(e);
+    const std::string text = MessageOf(e);
     if (text.find("imed out") != std::string::npos || text.find("imeout") != std::string::npos) {
       return DeadlineExceededError(message);
     }

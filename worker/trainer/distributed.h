@@ -36,6 +36,16 @@ struct DistributedOptions {
   // store nor write into the job's keys; ranks with different keys never
   // meet (the rendezvous times out). Printable ASCII, at most 128 bytes.
   std::string rendezvous_key;
+  // This host's address as its agent advertises it to the other ranks
+  // (tern-agent --host): Gloo listens there and tells the peers to dial it.
+  // Empty: TERN_BIND_ADDR from the environment (tern-agent sets it for every
+  // rank), else 127.0.0.1 when master_addr is a loopback address, else the
+  // address of this machine's hostname (Gloo's default, which resolves to a
+  // loopback address on many machines). TERN_GLOO_IFNAME=<interface>
+  // overrides all of these. Rank 0's TCPStore listens on every interface
+  // whatever this says: LibTorch 1.13's TCPStore has no listen address
+  // (docs/SECURITY.md).
+  std::string bind_addr;
 
   Status Validate() const;
 };

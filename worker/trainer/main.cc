@@ -5,7 +5,9 @@
 //   tern-trainer compare [--methods fp,twn,hla] [--epochs N] [--max-train N]
 //
 // Rank settings fall back to TERN_RANK, TERN_WORLD_SIZE, TERN_MASTER_ADDR and
-// TERN_MASTER_PORT; TERN_RENDEZVOUS_KEY (from tern-agent) is the job's
+// TERN_MASTER_PORT; --bind-addr (this host's address for the peers; Gloo
+// listens there) to TERN_BIND_ADDR, which tern-agent sets for every rank to
+// its advertised --host (distributed.h); TERN_RENDEZVOUS_KEY (from tern-agent) is the job's
 // rendezvous secret (distributed.h), read once and removed from the
 // environment. Events: JSON lines on stdout; logs on stderr.
 // Exit codes (exit_codes.h): 0 finished, 1 training failed, 2 bad arguments
@@ -277,6 +279,10 @@ int main(int argc, char** argv) {
   app.add_option("--rank", run.rank, "this rank, in [0, world size)");
   app.add_option("--world-size", run.world_size, "number of ranks");
   app.add_option("--master", master, "rank 0's rendezvous HOST:PORT");
+  std::string bind_addr;
+  app.add_option("--bind-addr", bind_addr,
+                 "this host's address the other ranks reach it at (Gloo listens there; default "
+                 "TERN_BIND_ADDR, else 127.0.0.1 with a loopback --master, else the hostname's)");
   app.add_option("--workdir", run.workdir, "checkpoints and artifact directory");
   app.add_option("--artifact", run.artifact_path, "where to write the .tern (default WORKDIR/model.tern)");
   std::string evaluate_path;
@@ -306,6 +312,8 @@ int main(int argc, char** argv) {
   }
   if (!evaluate_path.empty()) return RunEvaluate(spec_path, evaluate_path);
   tern::trainer::InstallStopHandlers();
+  // Read where the process group is built (DistributedOptions::bind_addr).
+  if (!bind_addr.empty()) ::setenv("TERN_BIND_ADDR", bind_addr.c_str(), 1);
   if (!master.empty()) {
     const size_t colon = master.rfind(':');
     if (colon == std::string::npos) {
