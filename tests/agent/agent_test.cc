@@ -124,7 +124,7 @@ class FakeWorkerService final : public v1::WorkerService::Service {
     lease_ = "lease-" + std::to_string(registrations_.size());
     response->set_lease_id(lease_);
     *response->mutable_lease_ttl() = TimeUtil::MillisecondsToDuration(ttl_ms_);
-    *response->mutable_heartbeat_interval() = TimeUtil::MillisecondsToDuration(100);
+    *response->mutable_heartbeat_interval() = TimeUtil::MillisecondsToDuration(interval_ms_);
     cv_.notify_all();
     return grpc::Status::OK;
   }
@@ -138,7 +138,7 @@ class FakeWorkerService final : public v1::WorkerService::Service {
     }
     heartbeats_.push_back(*request);
     *response->mutable_lease_ttl() = TimeUtil::MillisecondsToDuration(ttl_ms_);
-    *response->mutable_heartbeat_interval() = TimeUtil::MillisecondsToDuration(100);
+    *response->mutable_heartbeat_interval() = TimeUtil::MillisecondsToDuration(interval_ms_);
     for (const v1::RankRef& r : unexpected_) *response->add_unexpected() = r;
     cv_.notify_all();
     return grpc::Status::OK;
@@ -245,6 +245,10 @@ class FakeWorkerService final : public v1::WorkerService::Service {
     std::lock_guard<std::mutex> lock(mu_);
     ttl_ms_ = ms;
   }
+  void SetHeartbeatInterval(int ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    interval_ms_ = ms;
+  }
   void BreakStream() {
     std::lock_guard<std::mutex> lock(mu_);
     break_stream_ = true;
@@ -293,6 +297,7 @@ class FakeWorkerService final : public v1::WorkerService::Service {
   bool unavailable_ = false;
   bool registrations_unavailable_ = false;
   int ttl_ms_ = 5000;
+  int interval_ms_ = 100;
 };
 
 bool Alive(pid_t pid) {
@@ -839,6 +844,33 @@ TEST_F(AgentTest, AnUnreachableServerGetsTheTrainersStoppedAfterTheTtl) {
   EXPECT_NE(registry_.Serialize().find("tern_agent_lease_losses_total{cause=\"not_renewed\"} 1"),
             std::string::npos)
       << registry_.Serialize();
+}
+
+// Without a renewal the trainers stop at the deadline their lease files name
+// (which ternd's expiry never precedes), not up to a heartbeat interval later
+// at the next failed heartbeat, by when ternd may have started their ranks
+// elsewhere: a rank must never run twice at once.
+TEST_F(AgentTest, AnUnreachableServerGetsTheTrainersStoppedAtTheLeaseDeadline) {
+  fake_.SetLeaseTtl(2000);
+  fake_.SetHeartbeatInterval(900);
+  StartAgent();
+  fake_.Send(MakeAssignment("job-t", 0, "sleeper"));
+  const pid_t pid = ReadPid(RankDir("job-t", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  fake_.SetUnavailable(true);  // heartbeats fail at once from now on
+  std::this_thread::sleep_for(milliseconds(200));  // a renewal in flight lands
+  const auto deadline =
+      trainer::ParseLeaseDeadline(ReadFile(RankDir("job-t", 0) + "/agent-lease-attempt-1"));
+  ASSERT_TRUE(deadline.has_value());
+  ASSERT_TRUE(WaitUntil([&] { return !Alive(pid) || Clock::now() > *deadline + milliseconds(3000); },
+                        milliseconds(8000)));
+  const auto stopped = Clock::now();
+  EXPECT_FALSE(Alive(pid));
+  EXPECT_GT(stopped, *deadline - milliseconds(50)) << "stopped before its lease ran out";
+  EXPECT_LT(stopped, *deadline + milliseconds(400))
+      << "stopped " << std::chrono::duration_cast<milliseconds>(stopped - *deadline).count()
+      << " ms after the lease deadline";
+  fake_.SetUnavailable(false);
 }
 
 TEST_F(AgentTest, ALaterAttemptStopsTheEarlierOneBeforeItStarts) {

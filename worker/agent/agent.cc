@@ -701,10 +701,22 @@ void Agent::Impl::HeartbeatLoop() {
       next = last_renewed_ + heartbeat_interval_;
       failures = 0;
     }
-    cv_.wait_until(lock, next, [&] {
+    // Awake at the lease deadline too: without a renewal by then the
+    // trainers are stopped at once, at the deadline their lease files name
+    // (which ternd's expiry never precedes), not at the end of the next
+    // failed heartbeat (up to a second later, after ternd may have started
+    // their ranks elsewhere).
+    const Clock::time_point expiry = last_renewed_ + lease_ttl_;
+    cv_.wait_until(lock, std::min(next, expiry), [&] {
       return stop_heartbeats_ || !lease_valid_ || generation != lease_generation_ || heartbeat_now_;
     });
     if (stop_heartbeats_ || !lease_valid_ || generation != lease_generation_) continue;
+    if (Clock::now() >= last_renewed_ + lease_ttl_) {
+      lock.unlock();
+      LeaseLost(generation, "not renewed within the lease TTL", false);
+      lock.lock();
+      continue;
+    }
     if (!heartbeat_now_ && Clock::now() < next) continue;
     heartbeat_now_ = false;
     v1::HeartbeatRequest request;
