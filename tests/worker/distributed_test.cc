@@ -94,6 +94,33 @@ TEST(CommunicatorTest, BroadcastWritesChannelsLastParametersThatRequireGrad) {
   });
 }
 
+// Many tensors go in a few packed broadcasts (buckets of one dtype, at most
+// bucket_bytes each: 64 here): each lands whole and in place, whatever its
+// dtype, shape or memory format, from any root.
+TEST(CommunicatorTest, BroadcastPacksTensorsOfEveryDtypeAndLayout) {
+  RunTwoRanks([](Communicator& comm) {
+    const int root = 1;
+    const bool sender = comm.rank() == root;
+    auto values = [&](at::Tensor t, int64_t base) {
+      return sender ? t.copy_(torch::arange(base, base + t.numel()).view(t.sizes())) : t.zero_();
+    };
+    at::Tensor a = values(torch::empty({3, 5}), 0);
+    at::Tensor b = values(torch::empty({7}, at::kLong), 100);  // e.g. num_batches_tracked
+    at::Tensor c = values(torch::empty({2, 3, 2, 2}), 200).contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor d = values(torch::empty({40}, at::kDouble), 300);
+    at::Tensor e = values(torch::empty({1}), 400);
+    const Status broadcast = comm.Broadcast({a, b, at::Tensor(), c, d, e}, root);
+    ASSERT_TRUE(broadcast.ok()) << broadcast;
+    EXPECT_TRUE(torch::equal(a, torch::arange(0, 15).view({3, 5}).to(at::kFloat)));
+    EXPECT_TRUE(torch::equal(b, torch::arange(100, 107)));
+    EXPECT_FALSE(c.is_contiguous());
+    EXPECT_TRUE(torch::equal(c.contiguous(), torch::arange(200, 224).view({2, 3, 2, 2}).to(at::kFloat)));
+    EXPECT_TRUE(torch::equal(d, torch::arange(300, 340).to(at::kDouble)));
+    EXPECT_TRUE(torch::equal(e, torch::full({1}, 400.0f)));
+    ASSERT_TRUE(comm.Barrier().ok());
+  });
+}
+
 // Ranks that share a rendezvous key meet in the keys it prefixes; ranks
 // with different keys (a stray or foreign process on the port) never do.
 TEST(CommunicatorTest, OnlyRanksWithTheSameRendezvousKeyMeet) {

@@ -224,18 +224,49 @@ Status Communicator::AllReduceSum(const at::Tensor& tensor) {
 Status Communicator::Broadcast(const std::vector<at::Tensor>& tensors, int root) {
   return Run("broadcast", [&] {
     // Parameters are leaves that require grad: writing the received values
-    // back (a channels_last parameter goes through a contiguous buffer on
-    // CUDA) must not be recorded by autograd.
+    // back must not be recorded by autograd.
     at::NoGradGuard no_grad;
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
+    // Packed like the all-reduce: one broadcast per bucket of same-dtype
+    // tensors, all in flight at once, not one per tensor (a model's hundred
+    // tensors cost a hundred round trips, seconds each on a lossy link).
+    struct Bucket {
+      std::vector<at::Tensor> members;
+      at::Tensor flat;
+      c10::intrusive_ptr<c10d::Work> work;
+    };
+    std::vector<Bucket> buckets;
+    int64_t bytes = 0;
     for (const at::Tensor& t : tensors) {
       if (!t.defined()) continue;
-      // Gloo broadcasts contiguous tensors; parameters always are.
-      at::Tensor buffer = t.is_contiguous() ? t : t.contiguous();
-      std::vector<at::Tensor> io = {buffer};
-      group_->pg->broadcast(io, opts)->wait(options_.timeout);
-      if (!buffer.is_same(t)) t.copy_(buffer);
+      const int64_t size = t.numel() * static_cast<int64_t>(t.element_size());
+      if (buckets.empty() || bytes + size > options_.bucket_bytes ||
+          buckets.back().members.front().scalar_type() != t.scalar_type() ||
+          buckets.back().members.front().device() != t.device()) {
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().members.push_back(t);
+      bytes += size;
+    }
+    for (Bucket& b : buckets) {
+      // reshape(-1) reads a channels_last tensor in logical order; the
+      // copy back below writes it the same way.
+      std::vector<at::Tensor> flat_views;
+      for (const at::Tensor& t : b.members) flat_views.push_back(t.reshape({-1}));
+      std::vector<at::Tensor> io = {at::cat(flat_views)};
+      b.work = group_->pg->broadcast(io, opts);
+      b.flat = io[0];
+    }
+    for (Bucket& b : buckets) {
+      b.work->wait(options_.timeout);
+      if (options_.rank == root) continue;
+      int64_t offset = 0;
+      for (const at::Tensor& t : b.members) {
+        t.copy_(b.flat.narrow(0, offset, t.numel()).view(t.sizes()));
+        offset += t.numel();
+      }
     }
   });
 }
