@@ -79,7 +79,7 @@ StatusOr<json> ConvertValue(const YAML::Node& node, const pb::FieldDescriptor& f
       const std::string u = Upper(s);
       if (u == "TRUE" || u == "YES" || u == "ON") return json(true);
       if (u == "FALSE" || u == "NO" || u == "OFF") return json(false);
-      return InvalidArgumentError(Where(path, node) + ": expected true or false, got '" + s + "'");
+      return InvalidArgumentError(Where(path, node) + ": expected true or false, got " + Quoted(s));
     }
     case pb::FieldDescriptor::CPPTYPE_INT32:
     case pb::FieldDescriptor::CPPTYPE_UINT32:
@@ -87,7 +87,7 @@ StatusOr<json> ConvertValue(const YAML::Node& node, const pb::FieldDescriptor& f
     case pb::FieldDescriptor::CPPTYPE_UINT64: {
       long long v = 0;
       if (!ParseInt(s, &v)) {
-        return InvalidArgumentError(Where(path, node) + ": expected an integer, got '" + s + "'");
+        return InvalidArgumentError(Where(path, node) + ": expected an integer, got " + Quoted(s));
       }
       const bool is32 = field.cpp_type() == pb::FieldDescriptor::CPPTYPE_INT32 ||
                         field.cpp_type() == pb::FieldDescriptor::CPPTYPE_UINT32;
@@ -105,7 +105,7 @@ StatusOr<json> ConvertValue(const YAML::Node& node, const pb::FieldDescriptor& f
     case pb::FieldDescriptor::CPPTYPE_DOUBLE: {
       double v = 0;
       if (!ParseDouble(s, &v)) {
-        return InvalidArgumentError(Where(path, node) + ": expected a number, got '" + s + "'");
+        return InvalidArgumentError(Where(path, node) + ": expected a number, got " + Quoted(s));
       }
       if (std::isinf(v)) return json(v > 0 ? "Infinity" : "-Infinity");
       return json(v);
@@ -273,7 +273,7 @@ Status ApplyOverrides(const SpecOverrides& o, v1::JobSpec* spec) {
   for (const std::string& label : o.labels) {
     const size_t eq = label.find('=');
     if (eq == std::string::npos || eq == 0) {
-      return InvalidArgumentError("--label: expected KEY=VALUE, got '" + label + "'");
+      return InvalidArgumentError("--label: expected KEY=VALUE, got " + Quoted(label));
     }
     (*spec->mutable_labels())[label.substr(0, eq)] = label.substr(eq + 1);
   }

@@ -175,6 +175,9 @@ std::string FormatEvent(const v1::JobEvent& e) {
     case v1::JobEvent::kFinished:
       s << "finished: " << FormatResult(e.finished());
       break;
+    case v1::JobEvent::kTrainerFinished:
+      s << "trainer finished (rank 0): " << FormatResult(e.trainer_finished());
+      break;
     case v1::JobEvent::kAttemptStarted: {
       const v1::AttemptStarted& a = e.attempt_started();
       s << "started on " << (a.device().empty() ? "?" : a.device());

@@ -25,6 +25,7 @@
 #include "cli/job_file.h"
 #include "cli/render.h"
 #include "cli/sha256.h"
+#include "common/utf8.h"
 #include "tern/v1/job_service.grpc.pb.h"
 #include "tls/bearer_token.h"
 #include "tls/tls_credentials.h"
@@ -199,7 +200,7 @@ int Client::List(const std::vector<std::string>& states, const std::vector<std::
   for (const std::string& l : labels) {
     const size_t eq = l.find('=');
     if (eq == std::string::npos || eq == 0) {
-      return Fail(InvalidArgumentError("--label: expected KEY=VALUE, got '" + l + "'"), "list");
+      return Fail(InvalidArgumentError("--label: expected KEY=VALUE, got " + Quoted(l)), "list");
     }
     (*request.mutable_labels())[l.substr(0, eq)] = l.substr(eq + 1);
   }
@@ -592,7 +593,7 @@ StatusOr<std::string> TokenExpiry(const std::string& text) {
   } else if (!google::protobuf::util::TimeUtil::FromString(
                  text.size() == 10 ? text + "T00:00:00Z" : text, &when)) {
     return InvalidArgumentError("--expires: expected a duration (90d, 12h, 30m, 45s), a date "
-                                "(2027-01-31) or an RFC 3339 time, got \"" + text + "\"");
+                                "(2027-01-31) or an RFC 3339 time, got " + Quoted(text));
   }
   return "expires=" + google::protobuf::util::TimeUtil::ToString(when);
 }

@@ -59,4 +59,37 @@ std::string ToValidUtf8(std::string_view text, size_t max_bytes) {
   return out;
 }
 
+std::string Quoted(std::string_view value, size_t max_bytes) {
+  const std::string shown = ToValidUtf8(value, max_bytes);
+  std::string out = "\"";
+  for (unsigned char c : shown) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  // Cut when the whole value (repaired) is longer than what is shown.
+  const bool cut = shown.size() < value.size() && ToValidUtf8(value).size() > shown.size();
+  out += cut ? "\xe2\x80\xa6\"" : "\"";  // U+2026 HORIZONTAL ELLIPSIS
+  if (cut) out += " (" + std::to_string(value.size()) + " bytes)";
+  return out;
+}
+
+std::string CapMessage(std::string_view message, size_t max_bytes) {
+  if (message.size() <= max_bytes && IsValidUtf8(message)) return std::string(message);
+  const std::string note =
+      "… (message cut: " + std::to_string(message.size()) + " bytes in all)";
+  if (max_bytes <= note.size()) return ToValidUtf8(message, max_bytes);
+  std::string out = ToValidUtf8(message, max_bytes - note.size());
+  if (out.size() == ToValidUtf8(message).size()) return out;  // only repaired
+  return out + note;
+}
+
 }  // namespace tern

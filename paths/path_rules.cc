@@ -8,6 +8,8 @@
 #include <cstring>
 #include <memory>
 
+#include "common/utf8.h"
+
 namespace tern::paths {
 namespace {
 
@@ -37,7 +39,7 @@ std::string JoinComponents(const std::vector<std::string>& components) {
 
 StatusOr<std::string> NormalizeAbsolutePath(const std::string& field, const std::string& path) {
   if (path.empty() || path[0] != '/') {
-    return InvalidArgumentError(field + ": must be an absolute path, got \"" + path + "\"");
+    return InvalidArgumentError(field + ": must be an absolute path, got " + Quoted(path));
   }
   if (path.size() > kMaxPathLength) {
     return InvalidArgumentError(field + ": longer than " + std::to_string(kMaxPathLength) +
@@ -52,7 +54,7 @@ StatusOr<std::string> NormalizeAbsolutePath(const std::string& field, const std:
   for (std::string& c : SplitComponents(path)) {
     if (c == ".") continue;
     if (c == "..") {
-      return InvalidArgumentError(field + ": must not contain \"..\", got \"" + path + "\"");
+      return InvalidArgumentError(field + ": must not contain \"..\", got " + Quoted(path));
     }
     kept.push_back(std::move(c));
   }
@@ -97,7 +99,7 @@ StatusOr<std::vector<std::string>> ParseRoots(const std::string& flag, const std
     for (const std::string& c : SplitComponents(root)) {
       if (c != kOwnerPlaceholder && c.find(kOwnerPlaceholder) != std::string::npos) {
         return InvalidArgumentError(field + ": " + kOwnerPlaceholder +
-                                    " must be a whole path component, got \"" + entry + "\"");
+                                    " must be a whole path component, got " + Quoted(entry));
       }
     }
     roots.push_back(std::move(root));

@@ -86,6 +86,9 @@ struct RankExit {
   // The trainer stopped itself because its agent's lease ran out (exit code
   // 4): RANK_LOST, not TRAINER_FAILED.
   bool lease_lost = false;
+  // Rank 0 found its rendezvous port taken by another process (exit code 5):
+  // RENDEZVOUS_PORT_IN_USE, free of charge, another port next time.
+  bool rendezvous_port_in_use = false;
   // Rank 0 on success: the packed model and the final metrics.
   std::string artifact_path;
   std::string metrics_json;

@@ -63,6 +63,10 @@ inline constexpr char kAgentDeregistered[] = "AGENT_DEREGISTERED";
 // A rank stopped on request after committing a checkpoint (its agent shut
 // down, or the trainer got SIGUSR1). Not charged to max_restarts.
 inline constexpr char kRankPreempted[] = "RANK_PREEMPTED";
+// Rank 0 could not listen on its rendezvous port: another process holds it
+// on that host. Not the job's fault: not charged to max_restarts, and the
+// next attempt gets another port (the taken one is quarantined).
+inline constexpr char kRendezvousPortInUse[] = "RENDEZVOUS_PORT_IN_USE";
 inline constexpr char kRequeued[] = "REQUEUED";  // RESTARTING -> QUEUED
 inline constexpr char kRestartBudgetExhausted[] = "RESTART_BUDGET_EXHAUSTED";
 // RESTARTING -> FAILED for a rank failure that a restart would repeat.

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/logging.h"
+#include "common/utf8.h"
 
 namespace tern::scheduler {
 namespace {
@@ -105,8 +106,8 @@ Status ValidateJobRequest(const JobRequest& r, int max_world_size) {
   if (r.owner.empty()) return InvalidArgumentError("owner: required");
   for (const auto& [key, value] : r.labels) {
     if (key.empty() || key.find('=') != std::string::npos) {
-      return InvalidArgumentError("labels: key \"" + key +
-                                  "\" must be non-empty and without '='");
+      return InvalidArgumentError("labels: key " + Quoted(key) +
+                                  " must be non-empty and without '='");
     }
   }
   if (r.world_size < 1 || r.world_size > max_world_size) {
@@ -116,8 +117,7 @@ Status ValidateJobRequest(const JobRequest& r, int max_world_size) {
   }
   if (!IsKnownDeviceKind(r.device_kind)) {
     return InvalidArgumentError(
-        "device_kind: must be \"cpu\" or \"cuda\", got \"" + r.device_kind +
-        "\"");
+        "device_kind: must be \"cpu\" or \"cuda\", got " + Quoted(r.device_kind));
   }
   if (r.max_restarts < 0 || r.max_restarts > kMaxRestartsLimit) {
     return InvalidArgumentError("max_restarts: must be in [0, " +
@@ -164,6 +164,10 @@ struct Scheduler::Agent {
   std::map<std::string, int> slots;  // capacity by device kind, as registered
   std::map<std::string, int> used;   // held by ADMITTED/RUNNING jobs
   std::set<int> ports;  // rendezvous ports of jobs whose rank 0 is here
+  // Ports found taken by another process here, and until when they are not
+  // handed out (SchedulerOptions::port_quarantine).
+  std::map<int, TimePoint> quarantined_ports;
+  int next_port = 0;  // where the search for a free port starts (0: min)
   TimePoint lease_expires;
   // Registered and not lost. false: restored from the store after a ternd
   // restart, no capacity until the agent re-registers within its lease.
@@ -197,6 +201,9 @@ Status SchedulerOptions::Validate() const {
       rendezvous_port_min > rendezvous_port_max) {
     return InvalidArgumentError(
         "rendezvous_port_min/max: need 1 <= min <= max <= 65535");
+  }
+  if (port_quarantine.count() < 0) {
+    return InvalidArgumentError("port_quarantine: must be >= 0");
   }
   if (max_world_size < 1) {
     return InvalidArgumentError("max_world_size: must be >= 1");
@@ -275,6 +282,7 @@ Status Scheduler::LoadLocked() {
 Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events) {
   TERN_RETURN_IF_ERROR(store_->UpdateJob(job, events));
   ApplyLocked(std::move(job));
+  if (!events.empty()) ++events_version_;
   changed_.notify_all();
   return OkStatus();
 }
@@ -327,8 +335,24 @@ void Scheduler::TakeSlotsLocked(const Job& job) {
     ++it->second->used[job.device_kind];
   }
   if (!job.ranks.empty()) {
-    agents_.at(job.ranks[0].agent_id)->ports.insert(job.rendezvous_port);
+    Agent& rank0 = *agents_.at(job.ranks[0].agent_id);
+    rank0.ports.insert(job.rendezvous_port);
+    rank0.next_port = job.rendezvous_port + 1;  // the next job gets the next one
   }
+}
+
+int Scheduler::FreePortLocked(const Agent& agent, TimePoint now) const {
+  const int lo = options_.rendezvous_port_min, hi = options_.rendezvous_port_max;
+  const int start = agent.next_port >= lo && agent.next_port <= hi ? agent.next_port : lo;
+  const int count = hi - lo + 1;
+  for (int i = 0; i < count; ++i) {
+    const int port = lo + (start - lo + i) % count;
+    if (agent.ports.count(port) != 0) continue;
+    auto q = agent.quarantined_ports.find(port);
+    if (q != agent.quarantined_ports.end() && q->second > now) continue;
+    return port;
+  }
+  return 0;
 }
 
 void Scheduler::ReleaseSlotsLocked(const Job& job) {
@@ -441,7 +465,7 @@ std::vector<JobId> Scheduler::QueueOrderLocked(TimePoint now) const {
 }
 
 std::optional<Scheduler::Placement> Scheduler::PlaceLocked(
-    const Job& job) const {
+    const Job& job, TimePoint now) const {
   struct Candidate {
     const Agent* agent;
     int free;
@@ -466,16 +490,12 @@ std::optional<Scheduler::Placement> Scheduler::PlaceLocked(
   // Rank 0 goes to the first candidate with a free rendezvous port.
   Placement placement;
   for (size_t i = 0; i < candidates.size() && placement.port == 0; ++i) {
-    for (int port = options_.rendezvous_port_min;
-         port <= options_.rendezvous_port_max; ++port) {
-      if (candidates[i].agent->ports.count(port) == 0) {
-        placement.port = port;
-        placement.host = candidates[i].agent->host;
-        std::rotate(candidates.begin(), candidates.begin() + i,
-                    candidates.begin() + i + 1);
-        break;
-      }
-    }
+    const int port = FreePortLocked(*candidates[i].agent, now);
+    if (port == 0) continue;
+    placement.port = port;
+    placement.host = candidates[i].agent->host;
+    std::rotate(candidates.begin(), candidates.begin() + i,
+                candidates.begin() + i + 1);
   }
   if (placement.port == 0) return std::nullopt;
   for (const Candidate& c : candidates) {
@@ -579,12 +599,13 @@ Status Scheduler::AdmitLocked(TimePoint now) {
                     "needs " + SlotCount(blocker.world_size, kind) + ")";
       continue;
     }
-    std::optional<Placement> placement = PlaceLocked(job);
+    std::optional<Placement> placement = PlaceLocked(job, now);
     if (!placement) {
       reasons[id] = needs + ", " + std::to_string(free) +
                     " free, but no rendezvous port is free in [" +
                     std::to_string(options_.rendezvous_port_min) + ", " +
-                    std::to_string(options_.rendezvous_port_max) + "]";
+                    std::to_string(options_.rendezvous_port_max) +
+                    "] (in use by jobs, or found taken by other processes)";
       continue;
     }
     TERN_RETURN_IF_ERROR(AdmitJobLocked(id, *placement, now));  // counts its slots
@@ -735,6 +756,7 @@ StatusOr<SubmitResult> Scheduler::SubmitJob(const JobRequest& request) {
     by_idempotency_key_[{job.owner, job.idempotency_key}] = id;
   }
   ApplyLocked(std::move(job));
+  ++events_version_;
   changed_.notify_all();
   AdmitAndLogLocked(now);
   return SubmitResult{jobs_.at(id), /*created=*/true};
@@ -860,6 +882,21 @@ StatusOr<std::vector<JobEvent>> Scheduler::ReadEvents(
   return store_->ReadEvents(id, after_seq, max_events);
 }
 
+uint64_t Scheduler::WaitForEvents(uint64_t seen, milliseconds max_wait) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait_for(lock, max_wait, [&] { return events_version_ != seen; });
+  return events_version_;
+}
+
+StatusOr<Scheduler::EventHead> Scheduler::EventHeadOf(JobId id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) {
+    return NotFoundError("job " + std::to_string(id) + " does not exist");
+  }
+  return EventHead{it->second.last_event_seq, it->second.state};
+}
+
 // --- Agents ----------------------------------------------------------------
 
 StatusOr<Lease> Scheduler::RegisterAgent(
@@ -869,8 +906,8 @@ StatusOr<Lease> Scheduler::RegisterAgent(
   if (reg.host.empty()) return InvalidArgumentError("host: required");
   for (const auto& [kind, count] : reg.slots) {
     if (!IsKnownDeviceKind(kind)) {
-      return InvalidArgumentError("slots: unknown device kind \"" + kind +
-                                  "\" (want cpu or cuda)");
+      return InvalidArgumentError("slots: unknown device kind " + Quoted(kind) +
+                                  " (want cpu or cuda)");
     }
     if (count < 0) {
       return InvalidArgumentError("slots[" + kind + "]: must be >= 0");
@@ -1110,14 +1147,31 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
     message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
               " stopped itself: its agent's lease ran out";
   }
+  const bool port_in_use = exit.rendezvous_port_in_use && r.rank == 0;
+  if (port_in_use) {
+    message = "rank 0 on agent " + r.agent_id + " could not listen on rendezvous port " +
+              std::to_string(job.rendezvous_port) +
+              ": another process holds it; the port is not used there for " +
+              Seconds(options_.port_quarantine) + ", the next attempt gets another";
+    auto agent = agents_.find(r.agent_id);
+    if (agent != agents_.end()) {
+      agent->second->quarantined_ports[job.rendezvous_port] = now + options_.port_quarantine;
+      // Drop expired entries, so the map stays as small as the range.
+      for (auto it = agent->second->quarantined_ports.begin();
+           it != agent->second->quarantined_ports.end();) {
+        it = it->second <= now ? agent->second->quarantined_ports.erase(it) : std::next(it);
+      }
+    }
+  }
   if (!exit.message.empty()) message += ": " + exit.message;
   const char* why = exit.preempted ? reason::kRankPreempted
+                    : port_in_use  ? reason::kRendezvousPortInUse
                     : exit.exit_code > 0 && !exit.lease_lost ? reason::kTrainerFailed
                                                              : reason::kRankLost;
-  TERN_RETURN_IF_ERROR(RestartLocked(
-      std::move(job), why, std::move(message), now,
-      exit.retryable || exit.preempted,
-      exit.preempted ? RestartCharge::kFree : RestartCharge::kCounted));
+  const bool free = exit.preempted || port_in_use;
+  TERN_RETURN_IF_ERROR(RestartLocked(std::move(job), why, std::move(message), now,
+                                     exit.retryable || free,
+                                     free ? RestartCharge::kFree : RestartCharge::kCounted));
   AdmitAndLogLocked(now);
   return OkStatus();
 }

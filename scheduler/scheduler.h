@@ -58,6 +58,7 @@
 #include <string>
 #include <vector>
 
+#include "common/ports.h"
 #include "common/status.h"
 #include "scheduler/clock.h"
 #include "scheduler/dispatch.h"
@@ -78,8 +79,15 @@ struct SchedulerOptions {
   // of the job, up to max_restart_backoff. 0 = queue it at once.
   std::chrono::milliseconds restart_backoff{std::chrono::seconds(2)};
   std::chrono::milliseconds max_restart_backoff{std::chrono::minutes(1)};
-  int rendezvous_port_min = 29500;  // range rank 0's port is taken from,
-  int rendezvous_port_max = 29999;  // per agent, inclusive
+  // Range rank 0's rendezvous port is taken from, per agent, inclusive.
+  // Each agent hands its ports out in turn (the next attempt of a job gets
+  // another port), and a port that rank 0 found taken by another process
+  // (RENDEZVOUS_PORT_IN_USE) is not handed out on that agent again for
+  // port_quarantine. The default range avoids PyTorch's 29500 (torchrun),
+  // Kubernetes' NodePorts (30000-32767) and the kernel's ephemeral ports.
+  int rendezvous_port_min = kDefaultRendezvousPortMin;
+  int rendezvous_port_max = kDefaultRendezvousPortMax;
+  std::chrono::milliseconds port_quarantine{std::chrono::minutes(10)};
   int max_world_size = 1024;        // SubmitJob rejects larger jobs
   int default_page_size = 50;       // ListJobs with page_size 0
   int max_page_size = 500;          // larger page sizes are lowered to this
@@ -179,6 +187,16 @@ class Scheduler {
   // quota admits waiting jobs at once; a lowered one stops nothing.
   void SetQuotas(QuotaTable quotas);
   OwnerUsage UsageOf(const std::string& owner) const;
+  // A number that changes whenever events are appended to any job. Blocks
+  // up to max_wait (real time) until it differs from `seen`; returns it.
+  // Lets one thread serve many event streams (server/watch_hub.h).
+  uint64_t WaitForEvents(uint64_t seen, std::chrono::milliseconds max_wait) const;
+  // A job's newest event and state, without copying the job (NOT_FOUND).
+  struct EventHead {
+    int64_t last_event_seq = 0;
+    JobState state = JobState::kUnspecified;
+  };
+  StatusOr<EventHead> EventHeadOf(JobId id) const;
   // Events with seq > after_seq (at most max_events, ascending). Blocks up
   // to max_wait for the first one; returns empty when none came.
   StatusOr<std::vector<JobEvent>> ReadEvents(
@@ -236,7 +254,10 @@ class Scheduler {
   void ReleaseSlotsLocked(const Job& job);
   Status AdmitLocked(TimePoint now);
   void AdmitAndLogLocked(TimePoint now);
-  std::optional<Placement> PlaceLocked(const Job& job) const;
+  std::optional<Placement> PlaceLocked(const Job& job, TimePoint now) const;
+  // A rendezvous port of `agent` that no job holds and that is not
+  // quarantined, searched from the agent's cursor; 0 when none.
+  int FreePortLocked(const Agent& agent, TimePoint now) const;
   Status AdmitJobLocked(JobId id, const Placement& placement, TimePoint now);
   std::vector<JobId> QueueOrderLocked(TimePoint now) const;
   int SlotsLocked(const std::string& kind, bool free_only) const;
@@ -268,6 +289,7 @@ class Scheduler {
 
   mutable std::mutex mu_;
   mutable std::condition_variable changed_;  // events appended, work queued
+  uint64_t events_version_ = 0;  // WaitForEvents
   std::map<JobId, Job> jobs_;                // every job ever, by id
   std::map<std::pair<std::string, std::string>, JobId> by_idempotency_key_;
   std::set<JobId> queued_;      // QUEUED

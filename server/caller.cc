@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/config_text.h"
+#include "common/utf8.h"
 
 namespace tern::server {
 namespace {
@@ -23,7 +24,7 @@ Status PermissionDenied(std::string message) {
 }
 
 // The verified client certificate's common name, "" without mutual TLS.
-StatusOr<std::string> CertificateName(const grpc::ServerContext& context) {
+StatusOr<std::string> CertificateName(const grpc::ServerContextBase& context) {
   const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr || !auth->IsPeerAuthenticated()) return std::string();
   const std::vector<grpc::string_ref> names =
@@ -48,7 +49,7 @@ struct Identity {
   TokenEntry token;  // from_token only
 };
 
-StatusOr<Identity> IdentityOf(const grpc::ServerContext& context, TokenTable* tokens) {
+StatusOr<Identity> IdentityOf(const grpc::ServerContextBase& context, TokenTable* tokens) {
   Identity id;
   TERN_ASSIGN_OR_RETURN(id.name, CertificateName(context));
   const auto& metadata = context.client_metadata();
@@ -93,7 +94,7 @@ StatusOr<Identity> IdentityOf(const grpc::ServerContext& context, TokenTable* to
 
 }  // namespace
 
-StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTable* tokens) {
+StatusOr<Caller> CallerFromContext(const grpc::ServerContextBase& context, TokenTable* tokens) {
   TERN_ASSIGN_OR_RETURN(const Identity id, IdentityOf(context, tokens));
   const std::string what = id.from_token ? "bearer token's" : "client certificate's";
   const std::string proven_by = id.from_token ? "bearer token" : "client certificate";
@@ -112,24 +113,24 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTabl
   }
   if (id.name.empty()) return Caller{owner, false, false, "x-tern-owner claim"};
   if (owner != id.name) {
-    return PermissionDenied(std::string("metadata ") + kOwnerMetadataKey + " \"" + owner +
-                            "\" differs from the " + what + " name \"" + id.name + "\"");
+    return PermissionDenied(std::string("metadata ") + kOwnerMetadataKey + " " + Quoted(owner) +
+                            " differs from the " + what + " name " + Quoted(id.name));
   }
   return Caller{owner, true, admin, proven_by};
 }
 
-StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
+StatusOr<std::string> AuthorizeAgent(const grpc::ServerContextBase& context,
                                      const std::string& agent_names, TokenTable* tokens) {
   TERN_ASSIGN_OR_RETURN(const Identity id, IdentityOf(context, tokens));
   if (id.from_token) {
     if (id.token.agent) return id.name;
-    return PermissionDenied("the bearer token of \"" + id.name +
-                            "\" may not act as an agent (its line in ternd's --token-file has "
+    return PermissionDenied("the bearer token of " + Quoted(id.name) +
+                            " may not act as an agent (its line in ternd's --token-file has "
                             "no `agent` role)");
   }
   if (id.name.empty() || fnmatch(agent_names.c_str(), id.name.c_str(), 0) == 0) return id.name;
-  return PermissionDenied("the client certificate \"" + id.name +
-                          "\" may not act as an agent (ternd --tls-agent-names " +
+  return PermissionDenied("the client certificate " + Quoted(id.name) +
+                          " may not act as an agent (ternd --tls-agent-names " +
                           agent_names + ")");
 }
 
@@ -141,8 +142,8 @@ bool SeesEveryJob(const Caller& caller, const std::string& admin_names) {
 Status Authorize(const Caller& caller, const scheduler::Job& job, Action action,
                  const std::string& admin_names) {
   if (caller.owner == job.owner || SeesEveryJob(caller, admin_names)) return OkStatus();
-  return PermissionDenied("job " + std::to_string(job.id) + " belongs to \"" + job.owner +
-                          "\": only its owner (or an admin, ternd --tls-admin-names) can " +
+  return PermissionDenied("job " + std::to_string(job.id) + " belongs to " + Quoted(job.owner) +
+                          ": only its owner (or an admin, ternd --tls-admin-names) can " +
                           (action == Action::kCancel ? "cancel" : "read") + " it");
 }
 
@@ -150,8 +151,8 @@ StatusOr<std::string> ListableOwner(const Caller& caller, const std::string& req
                                     const std::string& admin_names) {
   if (SeesEveryJob(caller, admin_names)) return requested_owner;
   if (!requested_owner.empty() && requested_owner != caller.owner) {
-    return PermissionDenied("\"" + caller.owner + "\" may list only its own jobs, not \"" +
-                            requested_owner + "\"'s (or be an admin, ternd --tls-admin-names)");
+    return PermissionDenied(Quoted(caller.owner) + " may list only its own jobs, not " +
+                            Quoted(requested_owner) + "'s (or be an admin, ternd --tls-admin-names)");
   }
   return caller.owner;
 }

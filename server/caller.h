@@ -47,7 +47,7 @@ struct Caller {
 // name, or when a verified certificate has no usable common name;
 // UNAUTHENTICATED for an unknown token, a token ternd does not take, or no
 // credential where tokens are required.
-StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTable* tokens);
+StatusOr<Caller> CallerFromContext(const grpc::ServerContextBase& context, TokenTable* tokens);
 
 // Whether the peer may call WorkerService (act as a tern-agent): always
 // without a client certificate or token (returns ""); over mutual TLS when
@@ -55,7 +55,7 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContext& context, TokenTabl
 // --tls-agent-names, e.g. "tern-agent-*"), with a token when its line has the
 // agent role; returns the name, which must then be the agent_id it
 // registers as. PERMISSION_DENIED or UNAUTHENTICATED otherwise.
-StatusOr<std::string> AuthorizeAgent(const grpc::ServerContext& context,
+StatusOr<std::string> AuthorizeAgent(const grpc::ServerContextBase& context,
                                      const std::string& agent_names, TokenTable* tokens);
 
 enum class Action { kRead, kCancel };

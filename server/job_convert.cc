@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <charconv>
 
+#include "common/utf8.h"
 #include "server/trainer_events.h"
 
 namespace tern::server {
@@ -74,7 +75,7 @@ StatusOr<scheduler::JobId> ParseJobId(const std::string& text,
   auto [ptr, ec] = std::from_chars(text.data(), end, id);
   if (ec != std::errc() || ptr != end || id <= 0 ||
       text.size() > kMaxJobIdDigits || text[0] == '+' || text[0] == '0') {
-    return NotFoundError("job \"" + text.substr(0, 64) + "\" does not exist");
+    return NotFoundError("job " + Quoted(text) + " does not exist");
   }
   return id;
 }
@@ -265,6 +266,9 @@ std::optional<v1::JobEvent> ToProtoEvent(const scheduler::Job& job,
       return out;
     case TrainerEventKind::kStarted:
       *out.mutable_attempt_started() = line->started;
+      return out;
+    case TrainerEventKind::kFinished:
+      *out.mutable_trainer_finished() = line->result;
       return out;
     case TrainerEventKind::kLog:
       if (!include_logs) return std::nullopt;

@@ -9,6 +9,7 @@
 #include <set>
 #include <vector>
 
+#include "common/utf8.h"
 #include "server/caller.h"
 #include "server/file_digest.h"
 #include "server/path_access.h"
@@ -25,7 +26,6 @@ constexpr size_t kMaxCancelReasonLength = 1024;
 constexpr int kDefaultPageSize = 50;
 constexpr int kMaxPageSize = 500;
 constexpr int kMaxRestartsDefault = 3;  // job.proto: JobSpec.max_restarts
-constexpr int kEventBatch = 500;
 constexpr size_t kChunkBytes = 1 << 20;
 
 Status ValidateIdempotencyKey(const std::string& key) {
@@ -74,7 +74,8 @@ std::string FilterFingerprint(
 
 }  // namespace
 
-JobService::JobService(ServerState* state) : state_(state) {}
+JobService::JobService(ServerState* state)
+    : state_(state), watch_hub_(state, state->max_watch_streams_per_caller) {}
 
 // --- Handlers ---------------------------------------------------------------
 
@@ -112,12 +113,18 @@ grpc::Status JobService::CancelJob(grpc::ServerContext* context,
                 [&] { return DoCancelJob(context, *request, response); });
 }
 
-grpc::Status JobService::WatchJob(grpc::ServerContext* context,
-                                  const v1::WatchJobRequest* request,
-                                  grpc::ServerWriter<v1::JobEvent>* writer) {
-  return RunRpc(state_, "WatchJob",
-                [&] { return DoWatchJob(context, *request, writer); });
+grpc::ServerWriteReactor<v1::JobEvent>* JobService::WatchJob(
+    grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
+  if (state_->shutting_down.load()) {
+    return watch_hub_.Refuse(UnavailableError("ternd is shutting down; retry"));
+  }
+  Caller caller;
+  StatusOr<scheduler::Job> job = ReadableJob(context, request->job_id(), &caller);
+  if (!job.ok()) return watch_hub_.Refuse(job.status());
+  return watch_hub_.Open(*request, *job, caller.owner);
 }
+
+void JobService::StopStreams() { watch_hub_.Stop(); }
 
 grpc::Status JobService::GetArtifact(
     grpc::ServerContext* context, const v1::GetArtifactRequest* request,
@@ -219,8 +226,8 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
     TERN_ASSIGN_OR_RETURN(v1::JobSpec stored, StoredSpec(submitted.job));
     if (SerializeSpec(stored) != r.spec) {
       return AlreadyExistsError(
-          "idempotency_key \"" + request.idempotency_key() +
-          "\" was already used for job " + FormatJobId(submitted.job.id) +
+          "idempotency_key " + Quoted(request.idempotency_key()) +
+          " was already used for job " + FormatJobId(submitted.job.id) +
           " with a different spec");
     }
   }
@@ -329,49 +336,6 @@ Status JobService::DoCancelJob(grpc::ServerContext* context,
   return OkStatus();
 }
 
-Status JobService::DoWatchJob(grpc::ServerContext* context,
-                              const v1::WatchJobRequest& request,
-                              grpc::ServerWriter<v1::JobEvent>* writer) {
-  TERN_ASSIGN_OR_RETURN(scheduler::Job job,
-                        ReadableJob(context, request.job_id()));
-  int64_t after = 0;  // from_sequence 0 or 1: the whole history
-  if (request.from_sequence() > 1) {
-    after = static_cast<int64_t>(std::min<uint64_t>(
-        request.from_sequence() - 1, std::numeric_limits<int64_t>::max()));
-  }
-  // history_only: the events recorded before this call, then the end.
-  const int64_t history_end = job.last_event_seq;
-  for (;;) {
-    // The terminal event (and SUCCEEDED's `finished`) is the last one.
-    if (scheduler::IsTerminal(job.state) && after >= job.last_event_seq) {
-      return OkStatus();
-    }
-    if (request.history_only() && after >= history_end) return OkStatus();
-    TERN_RETURN_IF_ERROR(Stopping(context));
-    TERN_ASSIGN_OR_RETURN(
-        std::vector<scheduler::JobEvent> events,
-        state_->scheduler->ReadEvents(
-            job.id, after, kEventBatch,
-            request.history_only() ? std::chrono::milliseconds(0)
-                                   : state_->long_poll));
-    if (events.empty()) {
-      if (request.history_only()) return OkStatus();  // compacted away
-      continue;
-    }
-    // A fresh copy: its history covers these events (attempts, result).
-    TERN_ASSIGN_OR_RETURN(job, state_->scheduler->GetJob(job.id));
-    for (const scheduler::JobEvent& event : events) {
-      if (request.history_only() && event.seq > history_end) return OkStatus();
-      after = event.seq;
-      std::optional<v1::JobEvent> out =
-          ToProtoEvent(job, event, request.include_logs());
-      if (out && !writer->Write(*out)) {
-        return CancelledError("WatchJob: the client went away");
-      }
-    }
-  }
-}
-
 Status JobService::DoGetArtifact(
     grpc::ServerContext* context, const v1::GetArtifactRequest& request,
     grpc::ServerWriter<v1::GetArtifactResponse>* writer) {
@@ -453,9 +417,11 @@ Status JobService::DoGetArtifact(
 
 // --- Helpers ----------------------------------------------------------------
 
-StatusOr<scheduler::Job> JobService::ReadableJob(grpc::ServerContext* context,
-                                                 const std::string& job_id) {
+StatusOr<scheduler::Job> JobService::ReadableJob(grpc::ServerContextBase* context,
+                                                 const std::string& job_id,
+                                                 Caller* caller_out) {
   TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context, state_->tokens));
+  if (caller_out != nullptr) *caller_out = caller;
   TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(job_id));
   TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
   TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kRead, state_->admin_names));

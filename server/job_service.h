@@ -5,11 +5,10 @@
 // proto binary with `owner` set from the caller (caller.h); idempotent
 // resubmission compares the stored spec with the new one (equal: the original
 // job, created = false; different: ALREADY_EXISTS). ListJobs pages newest
-// first with tokens that embed a fingerprint of the filters. WatchJob replays
-// the stored history from from_sequence, then long-polls the scheduler for
-// new events, and ends with OK after the terminal state change (and, on
-// success, the `finished` event that follows it), with CANCELLED when the
-// client goes away, or UNAVAILABLE when ternd shuts down. GetArtifact streams
+// first with tokens that embed a fingerprint of the filters. WatchJob streams
+// are served by a WatchHub (watch_hub.h): the stored history from
+// from_sequence, then new events, ending after the terminal state change.
+// GetArtifact streams
 // the file named by the job's result in 1 MiB chunks after checking its
 // SHA-256 against the one recorded when the job succeeded. ListAgents is open
 // to every caller that may list jobs: it names no job.
@@ -19,11 +18,14 @@
 
 #include "server/caller.h"
 #include "server/server_state.h"
+#include "server/watch_hub.h"
 #include "tern/v1/job_service.grpc.pb.h"
 
 namespace tern::server {
 
-class JobService final : public v1::JobService::Service {
+// WatchJob uses gRPC's callback API (server/watch_hub.h): no thread per
+// open stream; the other methods are synchronous.
+class JobService final : public v1::JobService::WithCallbackMethod_WatchJob<v1::JobService::Service> {
  public:
   // `state` is not owned and must outlive the service.
   explicit JobService(ServerState* state);
@@ -40,9 +42,10 @@ class JobService final : public v1::JobService::Service {
   grpc::Status CancelJob(grpc::ServerContext* context,
                          const v1::CancelJobRequest* request,
                          v1::Job* response) override;
-  grpc::Status WatchJob(grpc::ServerContext* context,
-                        const v1::WatchJobRequest* request,
-                        grpc::ServerWriter<v1::JobEvent>* writer) override;
+  grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* context,
+                                                   const v1::WatchJobRequest* request) override;
+  // Ends the open WatchJob streams (UNAVAILABLE); call when ternd stops.
+  void StopStreams();
   grpc::Status GetArtifact(
       grpc::ServerContext* context, const v1::GetArtifactRequest* request,
       grpc::ServerWriter<v1::GetArtifactResponse>* writer) override;
@@ -59,19 +62,18 @@ class JobService final : public v1::JobService::Service {
                     v1::ListJobsResponse* response);
   Status DoCancelJob(grpc::ServerContext* context,
                      const v1::CancelJobRequest& request, v1::Job* response);
-  Status DoWatchJob(grpc::ServerContext* context,
-                    const v1::WatchJobRequest& request,
-                    grpc::ServerWriter<v1::JobEvent>* writer);
   Status DoGetArtifact(grpc::ServerContext* context,
                        const v1::GetArtifactRequest& request,
                        grpc::ServerWriter<v1::GetArtifactResponse>* writer);
   // The job the caller may read (NOT_FOUND, PERMISSION_DENIED).
-  StatusOr<scheduler::Job> ReadableJob(grpc::ServerContext* context,
-                                       const std::string& job_id);
+  StatusOr<scheduler::Job> ReadableJob(grpc::ServerContextBase* context,
+                                       const std::string& job_id,
+                                       Caller* caller = nullptr);
   StatusOr<v1::Job> Describe(const scheduler::Job& job);
   Status Stopping(grpc::ServerContext* context) const;
 
   ServerState* const state_;
+  WatchHub watch_hub_;
 };
 
 }  // namespace tern::server

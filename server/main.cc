@@ -158,6 +158,13 @@ int main(int argc, char** argv) {
   app.add_option("--rendezvous-port-max", options.rendezvous_port_max,
                  "highest port for rank 0's rendezvous")
       ->capture_default_str();
+  app.add_option("--max-watch-streams-per-caller", options.max_watch_streams_per_caller,
+                 "open WatchJob streams one caller may hold (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  AddDuration(app, "--port-quarantine", &options.port_quarantine,
+              "how long a rendezvous port found taken by another process is not "
+              "handed out again on that agent", "10m");
   AddDuration(app, "--job-metrics-grace", &options.job_metrics_grace,
               "how long an ended job's tern_job_* series stay", "5m");
   AddDuration(app, "--kill-grace", &options.kill_grace,

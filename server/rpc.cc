@@ -1,6 +1,7 @@
 #include "server/rpc.h"
 
 #include "common/logging.h"
+#include "common/utf8.h"
 
 namespace tern::server {
 namespace {
@@ -31,9 +32,12 @@ TERN_SAME_CODE(kUnauthenticated, UNAUTHENTICATED);
 
 grpc::Status ToGrpcStatus(const Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  // The enumerators have the same values by construction (status.h).
+  // The enumerators have the same values by construction (status.h). The
+  // message travels in a trailer: capped so that no message, however many
+  // violations it lists, exceeds a client's metadata limit (8 KiB by
+  // default) and turns into RESOURCE_EXHAUSTED there.
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      status.message());
+                      CapMessage(status.message(), kMaxStatusMessageBytes));
 }
 
 namespace internal {

@@ -28,6 +28,8 @@
 
 namespace tern::server {
 
+// At most kMaxStatusMessageBytes of the message (common/utf8.h CapMessage).
+inline constexpr size_t kMaxStatusMessageBytes = 4096;
 grpc::Status ToGrpcStatus(const Status& status);
 
 namespace internal {

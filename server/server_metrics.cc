@@ -24,7 +24,8 @@ constexpr const char* kDeviceKinds[] = {scheduler::kDeviceCpu,
 constexpr const char* kRestartReasons[] = {
     scheduler::reason::kTrainerFailed, scheduler::reason::kRankLost,
     scheduler::reason::kAgentLeaseExpired,
-    scheduler::reason::kAgentDeregistered, scheduler::reason::kRankPreempted};
+    scheduler::reason::kAgentDeregistered, scheduler::reason::kRankPreempted,
+    scheduler::reason::kRendezvousPortInUse};
 
 std::string Lower(const char* s) {
   std::string out(s);

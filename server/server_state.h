@@ -35,6 +35,8 @@ struct ServerState {
   std::string admin_names;        // Authorize's admin glob ("" none)
   TokenTable* tokens = nullptr;   // ternd --token-file; null: no tokens
   const RendezvousKeys* rendezvous_keys = nullptr;  // never null once ternd serves
+  // Open WatchJob streams one caller may hold (0: no limit).
+  int max_watch_streams_per_caller = 1000;
   std::atomic<bool> shutting_down{false};
   std::atomic<int> in_flight{0};  // handlers inside RunRpc (rpc.h)
 };

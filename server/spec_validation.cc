@@ -6,6 +6,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/utf8.h"
+
 namespace tern::server {
 namespace {
 
@@ -96,7 +98,7 @@ void CheckLabels(const v1::JobSpec& spec, Checker& c) {
                          " entries, got " + std::to_string(spec.labels_size()));
   }
   for (const auto& [key, value] : spec.labels()) {
-    const std::string path = "labels[\"" + key + "\"]";
+    const std::string path = "labels[" + Quoted(key) + "]";
     if (!IsLabelKey(key)) {
       c.Fail(path,
              "key must be 1..63 characters of [a-z0-9_.-/] starting with a "
@@ -116,13 +118,13 @@ void CheckModel(const v1::JobSpec& spec, Checker& c) {
     if (!known) {
       c.Fail("model.arch",
              "must be one of resnet20, resnet32, resnet56, resnet18, "
-             "resnet34, resnet50 (or empty), got \"" +
-                 m.arch() + "\"");
+             "resnet34, resnet50 (or empty), got " +
+                 Quoted(m.arch()));
     }
   }
   if (!m.head().empty() && m.head() != "centernet") {
     c.Fail("model.head",
-           "must be \"centernet\" (or empty), got \"" + m.head() + "\"");
+           "must be \"centernet\" (or empty), got " + Quoted(m.head()));
   }
   if (m.has_width_multiplier()) {
     c.Real("model.width_multiplier", m.width_multiplier(), 0, true, 4, false);
@@ -328,7 +330,7 @@ Status ValidateJobSpec(const v1::JobSpec& spec, const std::string& prefix) {
   }
   if (!ck.directory().empty() && ck.directory()[0] != '/') {
     c.Fail("checkpoint.directory",
-           "must be an absolute path, got \"" + ck.directory() + "\"");
+           "must be an absolute path, got " + Quoted(ck.directory()));
   }
   if (spec.events().has_progress_every_steps()) {
     c.Int("events.progress_every_steps", spec.events().progress_every_steps(),

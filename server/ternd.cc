@@ -65,6 +65,7 @@ static scheduler::SchedulerOptions SchedulerOptionsFrom(const TerndOptions& opti
   out.max_restart_backoff = options.max_restart_backoff;
   out.rendezvous_port_min = options.rendezvous_port_min;
   out.rendezvous_port_max = options.rendezvous_port_max;
+  out.port_quarantine = options.port_quarantine;
   return out;
 }
 
@@ -99,6 +100,9 @@ Status TerndOptions::Validate() const {
   }
   if (long_poll.count() <= 0)
     return InvalidArgumentError("long_poll: must be > 0");
+  if (max_watch_streams_per_caller < 0) {
+    return InvalidArgumentError("max_watch_streams_per_caller: must be >= 0");
+  }
   return OkStatus();
 }
 
@@ -177,6 +181,7 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   TERN_ASSIGN_OR_RETURN(state_->path_policy.write_roots,
                         paths::ParseRoots("write_roots", options_.write_roots));
   state_->long_poll = options_.long_poll;
+  state_->max_watch_streams_per_caller = options_.max_watch_streams_per_caller;
   state_->lease_ttl = options_.lease_ttl;
   state_->kill_grace = options_.kill_grace;
   state_->agent_names = options_.tls_agent_names;
@@ -327,6 +332,7 @@ void Ternd::Shutdown() {
     // New calls get UNAVAILABLE; streams end within one long-poll round;
     // unary calls that started finish, up to shutdown_grace.
     state_->shutting_down = true;
+    job_service_->StopStreams();  // open WatchJob streams end UNAVAILABLE
     const auto deadline =
         std::chrono::steady_clock::now() + options_.shutdown_grace;
     while (state_->in_flight.load() > 0 &&

@@ -69,14 +69,19 @@ struct TerndOptions {
   std::chrono::milliseconds max_restart_backoff{std::chrono::minutes(1)};
   std::chrono::milliseconds backfill_window{std::chrono::minutes(5)};
   double aging_per_minute = 1.0;    // priority gained per minute queued
-  int rendezvous_port_min = 29500;  // rank 0's c10d store port range
-  int rendezvous_port_max = 29999;
+  // Rank 0's c10d store port range (scheduler.h: SchedulerOptions).
+  int rendezvous_port_min = kDefaultRendezvousPortMin;
+  int rendezvous_port_max = kDefaultRendezvousPortMax;
+  std::chrono::milliseconds port_quarantine{std::chrono::minutes(10)};
   // How long an ended job's tern_job_* series stay visible.
   std::chrono::milliseconds job_metrics_grace{std::chrono::minutes(5)};
   std::chrono::milliseconds kill_grace{
       std::chrono::seconds(10)};  // SIGTERM→KILL
   std::chrono::milliseconds shutdown_grace{std::chrono::seconds(5)};
   std::chrono::milliseconds long_poll{500};  // streams' poll round
+  // Open WatchJob streams one caller may hold; more are RESOURCE_EXHAUSTED.
+  // 0: no limit. (Streams cost no thread: server/watch_hub.h.)
+  int max_watch_streams_per_caller = 1000;
   // TLS for the gRPC port (none: plaintext); see tls/tls_credentials.h.
   tls::ServerTlsOptions tls;
   // Over mutual TLS, the client certificate names (a glob) that may act as

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/logging.h"
+#include "common/utf8.h"
 #include "server/caller.h"
 #include "server/path_access.h"
 #include "server/file_digest.h"
@@ -104,9 +105,9 @@ grpc::Status WorkerService::Register(grpc::ServerContext* context,
                           AuthorizeAgent(*context, state_->agent_names, state_->tokens));
     if (!certificate_name.empty() && request->agent_id() != certificate_name) {
       return Status(StatusCode::kPermissionDenied,
-                    "agent_id \"" + request->agent_id() +
-                        "\" differs from the client certificate's name \"" + certificate_name +
-                        "\" (over mutual TLS an agent registers as its certificate's name)");
+                    "agent_id " + Quoted(request->agent_id()) +
+                        " differs from the client certificate's name " + Quoted(certificate_name) +
+                        " (over mutual TLS an agent registers as its certificate's name)");
     }
     return DoRegister(*request, response);
   });
@@ -508,6 +509,8 @@ Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
   // The trainer stopped itself at its agent's lease deadline: the rank was
   // lost with the lease, not failed.
   exit.lease_lost = request.signal() == 0 && exit.exit_code == trainer::kExitFenced;
+  exit.rendezvous_port_in_use =
+      request.signal() == 0 && exit.exit_code == trainer::kExitRendezvousPortInUse;
   exit.retryable = !(request.signal() == 0 && exit.exit_code > 0 &&
                      (exit.exit_code == trainer::kExitBadSpec ||
                       IsNotRetryableFailureCode(failure_code)));

@@ -41,5 +41,30 @@ TEST(Utf8Test, CutsAtACharacterBoundary) {
   EXPECT_EQ(ToValidUtf8("abc", 0), "");
 }
 
+TEST(QuotedTest, ShortValuesWholeLongOnesCutWithTheirLength) {
+  EXPECT_EQ(Quoted("resnet20"), "\"resnet20\"");
+  EXPECT_EQ(Quoted(""), "\"\"");
+  EXPECT_EQ(Quoted(std::string(64, 'a')), "\"" + std::string(64, 'a') + "\"");
+  EXPECT_EQ(Quoted(std::string(65, 'a')),
+            "\"" + std::string(64, 'a') + "\xe2\x80\xa6\" (65 bytes)");
+  EXPECT_EQ(Quoted("abcdef", 3), "\"abc\xe2\x80\xa6\" (6 bytes)");
+  // Escapes: quotes, backslashes, control characters; invalid UTF-8 replaced.
+  EXPECT_EQ(Quoted("a\"b\\c\n\x7f"), "\"a\\\"b\\\\c\\x0a\\x7f\"");
+  EXPECT_EQ(Quoted("\xff"), "\"\xef\xbf\xbd\"");
+  EXPECT_TRUE(IsValidUtf8(Quoted("\xc0\xaf/etc\xe2\x82")));
+  // A multi-byte character is never split.
+  EXPECT_EQ(Quoted("\xc3\xa9\xc3\xa9", 3), "\"\xc3\xa9\xe2\x80\xa6\" (4 bytes)");
+}
+
+TEST(CapMessageTest, CutsLongMessagesSayingSo) {
+  EXPECT_EQ(CapMessage("short", 100), "short");
+  const std::string cut = CapMessage(std::string(10000, 'm'), 200);
+  EXPECT_LE(cut.size(), 200u);
+  EXPECT_NE(cut.find("(message cut: 10000 bytes in all)"), std::string::npos) << cut;
+  EXPECT_EQ(cut.rfind(std::string(100, 'm'), 0), 0u);
+  EXPECT_EQ(CapMessage("ab\xff", 100), "ab\xef\xbf\xbd");  // repaired, not cut
+  EXPECT_TRUE(IsValidUtf8(CapMessage(std::string(300, '\xff'), 100)));
+}
+
 }  // namespace
 }  // namespace tern

@@ -111,14 +111,15 @@ ternd_listen=127.0.0.1:0
 rdv_port=
 starts=0
 start_ternd() {
-  # A rendezvous port of our own, not ternd's default 29500, so that other
-  # tests running at the same time cannot collide with this job's ranks.
+  # A rendezvous port of our own (rdv_port_max: a range), not ternd's
+  # default range, so that other tests running at the same time cannot
+  # collide with this job's ranks.
   [[ -n "$rdv_port" ]] || rdv_port=$(free_port)
   starts=$((starts + 1))
   local out="$work/ternd.out" log="$work/ternd.log"
   [[ $starts -gt 1 ]] && out="$work/ternd-$starts.out" log="$work/ternd-$starts.log"
   "$build/server/ternd" --listen "$ternd_listen" --db "$work/ternd.db" --metrics-listen 127.0.0.1:0 \
-    --rendezvous-port-min "$rdv_port" --rendezvous-port-max "$rdv_port" \
+    --rendezvous-port-min "$rdv_port" --rendezvous-port-max "${rdv_port_max:-$rdv_port}" \
     --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
     "${ternd_flags[@]}" >"$out" 2>"$log" &
   ternd=$!

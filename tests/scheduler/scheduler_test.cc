@@ -503,6 +503,81 @@ TEST_F(RestartTest, BudgetExhaustedFailsJob) {
   EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCpu), 1);
 }
 
+TEST_F(RestartTest, EachAttemptGetsTheAgentsNextPort) {
+  options_.rendezvous_port_min = 26400;
+  options_.rendezvous_port_max = 26402;
+  Open();
+  Register("a", 1);
+  JobId id = Submit(0, 1, kDeviceCpu, /*max_restarts=*/5);
+  std::vector<int> ports;
+  for (int attempt = 1; attempt <= 4; ++attempt) {
+    ASSERT_EQ(Get(id).attempt, attempt);
+    ports.push_back(Get(id).rendezvous_port);
+    StartAll(id);
+    Exit(id, 0, 1);  // a failed rank: restarted at once (no back-off here)
+  }
+  // Round the range, not the same port again: a port some other process
+  // took cannot fail every attempt.
+  EXPECT_EQ(ports, (std::vector<int>{26400, 26401, 26402, 26400}));
+}
+
+TEST_F(RestartTest, ARendezvousPortInUseIsQuarantinedAndCostsNoRestart) {
+  options_.rendezvous_port_min = 26400;
+  options_.rendezvous_port_max = 26401;
+  options_.port_quarantine = seconds(5);  // shorter than the agent's lease TTL
+  options_.restart_backoff = seconds(2);  // a charged restart would wait
+  Open();
+  Register("a", 2);
+  JobId id = Submit(0, 1, kDeviceCpu, /*max_restarts=*/0);
+  ASSERT_EQ(Get(id).rendezvous_port, 26400);
+  StartAll(id);
+  RankExit exit;
+  exit.rank = Ref(id, 0);
+  exit.exit_code = 5;
+  exit.rendezvous_port_in_use = true;
+  exit.message = "failed to bind to [::]:26400 (errno: 98 - Address already in use)";
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  Job job = Get(id);
+  EXPECT_EQ(job.restarts_used, 0);
+  EXPECT_EQ(job.state, JobState::kAdmitted);  // at once, with max_restarts 0
+  EXPECT_EQ(job.attempt, 2);
+  EXPECT_EQ(job.rendezvous_port, 26401);
+  const JobEvent& lost = job.history[job.history.size() - 3];
+  EXPECT_EQ(lost.reason, "RENDEZVOUS_PORT_IN_USE");
+  EXPECT_EQ(lost.message,
+            "rank 0 on agent a could not listen on rendezvous port 26400: another process holds "
+            "it; the port is not used there for 5s, the next attempt gets another: "
+            "failed to bind to [::]:26400 (errno: 98 - Address already in use)");
+  EXPECT_EQ(job.history[job.history.size() - 2].message,
+            "no restart used (RENDEZVOUS_PORT_IN_USE; 0 of 0 used so far), resuming from the "
+            "start (no committed checkpoint)");
+
+  // While 26400 is quarantined (and 26401 held) a second job finds no port.
+  JobId other = Submit(0, 1);
+  EXPECT_EQ(State(other), JobState::kQueued);
+  EXPECT_NE(WaitReason(other).find("no rendezvous port is free in [26400, 26401]"),
+            std::string::npos)
+      << WaitReason(other);
+  // After the quarantine the port is handed out again.
+  clock_->Advance(seconds(6));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(other), JobState::kAdmitted);
+  EXPECT_EQ(Get(other).rendezvous_port, 26400);
+}
+
+TEST_F(RestartTest, OnlyRankZerosPortInUseIsFree) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/0);
+  StartAll(id);
+  RankExit exit;
+  exit.rank = Ref(id, 1);  // rank 1 listens on no rendezvous port
+  exit.exit_code = 5;
+  exit.rendezvous_port_in_use = true;
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  EXPECT_EQ(State(id), JobState::kFailed);
+  EXPECT_EQ(Reasons(id)[Reasons(id).size() - 2], "TRAINER_FAILED");
+}
+
 TEST_F(RestartTest, APreemptedRankRestartsTheJobAtOnceWithoutUsingARestart) {
   options_.restart_backoff = seconds(2);  // a charged restart would wait
   Open();

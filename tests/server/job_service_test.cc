@@ -175,6 +175,68 @@ TEST_F(JobServiceTest, InvalidSpecsNameTheFieldAndStoreNothing) {
   EXPECT_EQ(SubmitOk(ValidSpec()), "1");
 }
 
+// Values of any size come back as INVALID_ARGUMENT with a short quote of
+// each, not as a message larger than the client's metadata limit (which the
+// client would report as RESOURCE_EXHAUSTED).
+TEST_F(JobServiceTest, HugeValuesAreQuotedShortInErrors) {
+  const std::string huge(1 << 20, 'x');
+  const std::vector<std::function<void(v1::JobSpec*)>> mutations = {
+      [&](v1::JobSpec* s) { s->mutable_model()->set_arch(huge); },
+      [&](v1::JobSpec* s) { s->mutable_model()->set_head(huge); },
+      [&](v1::JobSpec* s) { (*s->mutable_labels())["K" + huge] = "v"; },
+      [&](v1::JobSpec* s) { s->mutable_dataset()->set_path(huge); },
+      [&](v1::JobSpec* s) { s->mutable_checkpoint()->set_directory(huge); },
+      [&](v1::JobSpec* s) {  // many violations at once (under gRPC's 4 MB request limit)
+        const std::string big(64 << 10, 'x');
+        s->mutable_model()->set_arch(big);
+        s->mutable_model()->set_head(big);
+        for (int i = 0; i < 20; ++i) (*s->mutable_labels())["K" + std::to_string(i) + big] = big;
+      },
+  };
+  for (size_t i = 0; i < mutations.size(); ++i) {
+    v1::JobSpec spec = ValidSpec();
+    mutations[i](&spec);
+    v1::SubmitJobResponse response;
+    const grpc::Status status = Submit(spec, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << "case " << i << ": " << status.error_message().substr(0, 300);
+    EXPECT_LE(status.error_message().size(), 4096u) << "case " << i;
+    EXPECT_EQ(status.error_message().find(std::string(100, 'x')), std::string::npos)
+        << "case " << i;
+  }
+  v1::JobSpec spec = ValidSpec();
+  spec.mutable_model()->set_arch(huge);
+  v1::SubmitJobResponse response;
+  const std::string message = Submit(spec, &response).error_message();
+  EXPECT_NE(message.find("got \"" + std::string(64, 'x') + "\xe2\x80\xa6\" (1048576 bytes)"),
+            std::string::npos)
+      << message;
+  // A job id of any length is quoted short too.
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::GetJobRequest get;
+  get.set_job_id(huge);
+  v1::Job job;
+  const grpc::Status missing = jobs_->GetJob(&ctx, get, &job);
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_LT(missing.error_message().size(), 200u);
+}
+
+// Documented in job_service.proto: gRPC's parser rejects a request with
+// invalid UTF-8 in a string field before ternd's code runs (INTERNAL, empty
+// message); nothing is stored and the server goes on serving.
+TEST_F(JobServiceTest, InvalidUtf8IsRejectedBeforeTerndAndStoresNothing) {
+  for (const std::string bad : {std::string("\xff"), std::string("\xc0\xaf")}) {
+    v1::JobSpec spec = ValidSpec();
+    spec.set_name("job-" + bad);
+    v1::SubmitJobResponse response;
+    const grpc::Status status = Submit(spec, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << status.error_message();
+  }
+  EXPECT_TRUE(ListIds(v1::ListJobsRequest()).empty());
+  EXPECT_EQ(SubmitOk(ValidSpec()), "1");
+}
+
 TEST_F(JobServiceTest, IdempotencyKeyReturnsTheOriginalJob) {
   v1::SubmitJobResponse first;
   ASSERT_TRUE(Submit(ValidSpec(), &first, "key-1", "alice").ok());

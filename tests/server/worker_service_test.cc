@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "server/file_digest.h"
+#include "common/ports.h"
 #include "tests/server/test_util.h"
 
 namespace tern::server {
@@ -224,8 +225,8 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
     EXPECT_EQ(a.ref().rank(), rank);
     EXPECT_EQ(a.world_size(), 2);
     EXPECT_EQ(a.rendezvous_host(), "127.0.0.1");
-    EXPECT_GE(a.rendezvous_port(), 29500);
-    EXPECT_LE(a.rendezvous_port(), 29999);
+    EXPECT_GE(a.rendezvous_port(), kDefaultRendezvousPortMin);
+    EXPECT_LE(a.rendezvous_port(), kDefaultRendezvousPortMax);
     EXPECT_EQ(a.checkpoint_dir(), a.spec().checkpoint().directory());
     EXPECT_EQ(a.checkpoint_dir().rfind((dir_ / "checkpoints").string(), 0), 0u);
     // <artifact root>/<job dir>/<job dir>.tern: a directory per job.
@@ -421,7 +422,7 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
   std::vector<std::string> kinds;
   uint64_t last = 0;
   for (const v1::JobEvent& e : events) {
-    EXPECT_GT(e.sequence(), last);
+    EXPECT_EQ(e.sequence(), last + 1);  // with logs: every recorded event, no gap
     last = e.sequence();
     EXPECT_EQ(e.attempt(), 1);
     if (e.has_state_change()) {
@@ -448,13 +449,19 @@ TEST_F(WorkerServiceTest, FakeAgentRunsAJobToSuccessAndServesTheArtifact) {
     } else if (e.has_finished()) {
       kinds.push_back("finished");
       EXPECT_EQ(e.finished().artifact_sha256(), Sha256Hex(content));
+    } else if (e.has_trainer_finished()) {
+      kinds.push_back("trainer_finished");
+      EXPECT_DOUBLE_EQ(e.trainer_finished().ternary_top1(), 0.74);
+      EXPECT_EQ(e.trainer_finished().steps(), 40);
+    } else {
+      kinds.push_back("?");
     }
   }
   EXPECT_EQ(kinds,
             (std::vector<std::string>{"JOB_STATE_QUEUED", "JOB_STATE_ADMITTED",
                                       "log:rank 1 up", "JOB_STATE_RUNNING",
                                       "started", "progress", "checkpoint", "epoch_end",
-                                      "JOB_STATE_SUCCEEDED", "finished"}));
+                                      "trainer_finished", "JOB_STATE_SUCCEEDED", "finished"}));
   std::vector<v1::JobEvent> without_logs;
   ASSERT_TRUE(Watch(id, 0, &without_logs).ok());
   EXPECT_EQ(without_logs.size(), events.size() - 1);

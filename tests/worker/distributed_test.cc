@@ -15,6 +15,8 @@
 #include <sstream>
 #include <thread>
 
+#include "common/ports.h"
+
 namespace tern::trainer {
 namespace {
 
@@ -267,6 +269,44 @@ TEST(CommunicatorTest, MissingPeerFailsRendezvousWithinTimeout) {
   ASSERT_FALSE(comm.ok());
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
   EXPECT_NE(comm.status().message().find("rendezvous"), std::string::npos) << comm.status();
+}
+
+// Rank 0 whose port another process holds says so (tern-trainer exits
+// kExitRendezvousPortInUse and ternd picks another port), at once.
+TEST(CommunicatorTest, RankZeroOnAHeldPortIsRendezvousPortInUse) {
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok());
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  addr.sin_port = htons(static_cast<uint16_t>(*port));
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  DistributedOptions o;
+  o.world_size = 2;
+  o.master_port = *port;
+  o.timeout = std::chrono::milliseconds(30000);
+  const auto start = std::chrono::steady_clock::now();
+  auto comm = Communicator::Connect(o);
+  ::close(fd);
+  ASSERT_FALSE(comm.ok());
+  EXPECT_TRUE(IsRendezvousPortInUse(comm.status())) << comm.status();
+  EXPECT_NE(comm.status().message().find(std::to_string(*port)), std::string::npos);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  // Any other failure is not mistaken for it.
+  EXPECT_FALSE(IsRendezvousPortInUse(UnavailableError("rendezvous failed")));
+  EXPECT_FALSE(IsRendezvousPortInUse(AlreadyExistsError("something else")));
+}
+
+// ternd's default rendezvous range (common/ports.h) is never picked.
+TEST(PickFreePortTest, AvoidsTheServicesRendezvousRange) {
+  for (int i = 0; i < 200; ++i) {
+    auto port = PickFreePort();
+    ASSERT_TRUE(port.ok()) << port.status();
+    EXPECT_FALSE(*port >= kDefaultRendezvousPortMin && *port <= kDefaultRendezvousPortMax) << *port;
+  }
 }
 
 // Ports from the kernel's ephemeral range can be taken by any port-0 listener or outgoing connection (other

@@ -67,13 +67,13 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
   ExpectError(R"({"optimization": {"epochs": "many"}})", "optimization.epochs: expected an integer");
   ExpectError(R"({"optimization": {"epochs": 0}})", "optimization.epochs: must be in");
   ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_XNOR"}})",
-              "quantization.method: unknown value 'METHOD_XNOR'");
+              "quantization.method: unknown value \"METHOD_XNOR\"");
   ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"beta": 2}})",
               "quantization.beta: must be in [0, 1]");
   ExpectError(R"({"optimization": {"epochs": 1, "batch_size": 30}, "resources": {"ranks": 4}})",
               "optimization.batch_size: must be a positive multiple");
   ExpectError(R"({"optimization": {"epochs": 1}, "model": {"arch": "vgg16"}})",
-              "model.arch: unknown architecture 'vgg16'");
+              "model.arch: unknown architecture \"vgg16\"");
   ExpectError(R"({"optimization": {"epochs": 1}, "model": 3})", "model: expected an object");
   ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 0.5}})",
               "quantization.");
@@ -87,7 +87,7 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
               "dataset.input_size: detection needs a multiple of 32");
   ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
                   "model": {"head": "yolo"}, "dataset": {"kind": "DATASET_COCO", "path": "/d"}})",
-              "model.head: unknown detection head 'yolo'");
+              "model.head: unknown detection head \"yolo\"");
   ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
                   "model": {"max_detections": 0}, "dataset": {"kind": "DATASET_COCO", "path": "/d"}})",
               "model.max_detections: must be in [1, 1000]");

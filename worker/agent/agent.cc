@@ -166,8 +166,8 @@ Status AgentOptions::Validate() const {
       !std::all_of(agent_id.begin(), agent_id.end(), [](char c) {
         return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
       })) {
-    return InvalidArgumentError("agent_id: must be 1..128 characters of [A-Za-z0-9_.-], got '" +
-                                agent_id + "'");
+    return InvalidArgumentError("agent_id: must be 1..128 characters of [A-Za-z0-9_.-], got " +
+                                Quoted(agent_id));
   }
   if (host.empty()) return InvalidArgumentError("host: must not be empty");
   if (cpu_slots < 0 || cpu_slots > 1024) return InvalidArgumentError("cpu_slots: must be in [0, 1024]");

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/file_util.h"
+#include "common/utf8.h"
 #include "worker/detection/json_checks.h"
 
 namespace tern::detection {
@@ -252,8 +253,8 @@ StatusOr<CocoSplit> LoadCocoSplit(const std::string& annotations_path,
       for (const fs::path& part : name) escapes = escapes || part == "..";
       if (escapes) {
         return InvalidArgumentError(annotations_path + ": " + Checker::Index("images", i) +
-                                    ".file_name: \"" + img.file_name +
-                                    "\" leads out of the image directory (this job may read "
+                                    ".file_name: " + Quoted(img.file_name) +
+                                    " leads out of the image directory (this job may read "
                                     "only beneath the paths its spec names)");
       }
     }

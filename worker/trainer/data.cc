@@ -19,6 +19,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/utf8.h"
 #include "worker/trainer/idx_format.h"
 #include "worker/trainer/image_decode.h"
 #include "worker/trainer/random.h"
@@ -408,8 +409,8 @@ StatusOr<DatasetKind> ParseDatasetKind(const std::string& name) {
   if (s == "image_folder") return DatasetKind::kImageFolder;
   if (s == "synthetic") return DatasetKind::kSynthetic;
   return InvalidArgumentError(
-      "dataset.kind: unknown \"" + name +
-      "\" (expected idx, cifar10, cifar100, image_folder or synthetic)");
+      "dataset.kind: unknown " + Quoted(name) +
+      " (expected idx, cifar10, cifar100, image_folder or synthetic)");
 }
 
 const char* DatasetKindName(DatasetKind kind) {

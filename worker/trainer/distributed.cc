@@ -20,6 +20,7 @@
 #include <random>
 
 #include "common/logging.h"
+#include "common/ports.h"
 
 namespace tern::trainer {
 
@@ -58,6 +59,15 @@ Status DistributedOptions::Validate() const {
         "rendezvous_key: at most 128 printable ASCII characters without spaces");
   }
   return OkStatus();
+}
+
+namespace {
+constexpr char kPortInUseMessage[] = "rank 0 cannot listen on rendezvous port ";
+}  // namespace
+
+bool IsRendezvousPortInUse(const Status& status) {
+  return status.code() == StatusCode::kAlreadyExists &&
+         status.message().rfind(kPortInUseMessage, 0) == 0;
 }
 
 namespace {
@@ -138,10 +148,18 @@ StatusOr<std::unique_ptr<Communicator>> Communicator::Connect(
 #endif
     }
   } catch (const std::exception& e) {
+    const std::string what = e.what();
+    if (options.rank == 0 && group->store == nullptr &&
+        (what.find("errno: 98") != std::string::npos ||
+         what.find("Address already in use") != std::string::npos)) {
+      return AlreadyExistsError(std::string(kPortInUseMessage) +
+                                std::to_string(options.master_port) +
+                                ": another process on this host holds it (" + what + ")");
+    }
     return UnavailableError("rendezvous with " + options.master_addr + ":" +
                             std::to_string(options.master_port) + " as rank " +
                             std::to_string(options.rank) + "/" +
-                            std::to_string(options.world_size) + " failed: " + e.what());
+                            std::to_string(options.world_size) + " failed: " + what);
   }
   comm->group_ = std::move(group);
   return comm;
@@ -323,7 +341,11 @@ StatusOr<int> PickFreePort() {
     std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
     std::uniform_int_distribution<int> pick(kLowest, end - 1);
     for (int attempt = 0; attempt < 100; ++attempt) {
-      const int port = BindLoopback(pick(rng));
+      const int candidate = pick(rng);
+      if (candidate >= kDefaultRendezvousPortMin && candidate <= kDefaultRendezvousPortMax) {
+        continue;  // ternd's: a test must not hold the service's ports
+      }
+      const int port = BindLoopback(candidate);
       if (port > 0) return port;
     }
   }

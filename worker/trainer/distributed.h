@@ -81,8 +81,14 @@ class Communicator {
   std::unique_ptr<Group> group_;
 };
 
+// Connect's ALREADY_EXISTS when rank 0 could not listen on master_port
+// because another process holds it (tern-trainer exits
+// kExitRendezvousPortInUse; ternd retries on another port).
+bool IsRendezvousPortInUse(const Status& status);
+
 // A TCP port on 127.0.0.1 that is free now (for tests and local launches), picked below the kernel's
-// ephemeral range so that no port-0 listener or outgoing connection can take it before the caller binds.
+// ephemeral range so that no port-0 listener or outgoing connection can take it before the caller binds,
+// and outside ternd's default rendezvous range (common/ports.h).
 StatusOr<int> PickFreePort();
 
 }  // namespace tern::trainer

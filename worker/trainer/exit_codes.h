@@ -15,6 +15,9 @@ inline constexpr int kExitStopped = 3;
 // The agent's lease ran out (lease_file.h): ternd has restarted the job
 // elsewhere, so the trainer stopped without committing anything more.
 inline constexpr int kExitFenced = 4;
+// Rank 0 could not listen on its rendezvous port: another process on this
+// host holds it. ternd gives the next attempt another port, free of charge.
+inline constexpr int kExitRendezvousPortInUse = 5;
 
 }  // namespace tern::trainer
 

@@ -29,6 +29,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "worker/trainer/distributed.h"
 #include "worker/trainer/exit_codes.h"
 #include "worker/trainer/lease_file.h"
 #include "worker/trainer/stop_request.h"
@@ -109,6 +110,10 @@ int RunRank(const std::string& spec_path, RunOptions run) {
   if (tern::trainer::IsFenced(result.status())) {
     TERN_LOG(WARNING) << result.status().message();
     return tern::trainer::kExitFenced;
+  }
+  if (tern::trainer::IsRendezvousPortInUse(result.status())) {
+    TERN_LOG(ERROR) << result.status().message();
+    return tern::trainer::kExitRendezvousPortInUse;
   }
   return result.ok() ? tern::trainer::kExitFinished : FailureExitCode(result.status());
 }

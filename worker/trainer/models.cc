@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/utf8.h"
 
 namespace tern::trainer {
 namespace {
@@ -107,7 +108,7 @@ StatusOr<StageLayout> LayoutOf(const ModelArchitecture& arch) {
     layout.imagenet_stem = true;
     layout.stem_width = 64;
   } else {
-    return InvalidArgumentError("model.arch: unknown architecture '" + arch.arch + "'");
+    return InvalidArgumentError("model.arch: unknown architecture " + Quoted(arch.arch));
   }
   return layout;
 }

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "common/utf8.h"
+
 namespace tern::trainer {
 namespace {
 
@@ -70,7 +72,7 @@ class ObjectReader {
       const std::string s = v->get<std::string>();
       if (s.empty() || s.size() > 20 ||
           !std::all_of(s.begin() + (s[0] == '-' ? 1 : 0), s.end(), ::isdigit)) {
-        return FieldError(Path(key), "expected an integer, got '" + s + "'");
+        return FieldError(Path(key), "expected an integer, got " + Quoted(s));
       }
       try {
         *out = static_cast<Int>(std::stoll(s));
@@ -112,8 +114,8 @@ class ObjectReader {
     if (std::find(allowed.begin(), allowed.end(), s) == allowed.end()) {
       std::string list;
       for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      return FieldError(Path(key), "unknown value '" + v->get<std::string>() +
-                                       "' (one of " + list + ")");
+      return FieldError(Path(key), "unknown value " + Quoted(v->get<std::string>()) +
+                                       " (one of " + list + ")");
     }
     *out = s;
     return OkStatus();
@@ -289,12 +291,12 @@ Status TrainerSpec::Validate() const {
   static const std::set<std::string> kArchs = {"resnet20", "resnet32", "resnet56",
                                                "resnet18", "resnet34", "resnet50"};
   if (task != "classification" && task != "detection") {
-    return FieldError("task", "unknown task '" + task + "' (classification, detection)");
+    return FieldError("task", "unknown task " + Quoted(task) + " (classification, detection)");
   }
   const bool detection = task == "detection";
   if (!kArchs.count(model.arch)) {
-    return FieldError("model.arch", "unknown architecture '" + model.arch +
-                                        "' (resnet20, resnet32, resnet56, resnet18, "
+    return FieldError("model.arch", "unknown architecture " + Quoted(model.arch) +
+                                        " (resnet20, resnet32, resnet56, resnet18, "
                                         "resnet34, resnet50)");
   }
   if (!(model.width_multiplier > 0 && model.width_multiplier <= 8)) {
@@ -303,7 +305,7 @@ Status TrainerSpec::Validate() const {
   if (detection) {
     if (data.kind != "coco") return FieldError("dataset.kind", "TASK_DETECTION needs DATASET_COCO");
     if (model.head != "centernet") {
-      return FieldError("model.head", "unknown detection head '" + model.head + "' (centernet)");
+      return FieldError("model.head", "unknown detection head " + Quoted(model.head) + " (centernet)");
     }
     if (model.max_detections < 1 || model.max_detections > 1000) {
       return FieldError("model.max_detections", "must be in [1, 1000]");
