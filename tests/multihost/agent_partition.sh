@@ -41,7 +41,11 @@ for i in $(seq 1 $(( (ttl + 4) * 10 ))); do
   sleep 0.1
 done
 fenced=$(awk -v p="$victim_pid" -v f="$fault" '$1 == "end" && $7 == p { printf "%.1f", $2 - f / 1000 }' "$ledger")
-echo "the trainer on $victim fenced itself ${fenced} s after the cable was pulled"
+stop_line=$(grep -m1 "attempt 1 rank 0/2\] stopping trainer (lease lost)" "${agent_log[$victim]}" || true)
+[[ -n "$stop_line" ]] || fail "agent $victim did not stop its trainer for the lost lease"
+stop_at=$(date -u -d "$(date -u +%F) $(cut -c2-13 <<<"$stop_line")" +%s%3N)
+stopped=$(awk -v s="$stop_at" -v f="$fault" 'BEGIN { printf "%.1f", (s - f) / 1000 }')
+echo "the agent on $victim stopped its trainer ${stopped} s after the cable was pulled (lease TTL ${ttl} s), gone after ${fenced} s"
 
 wait_job "$job" '.restarts == 1 and .state == "JOB_STATE_RUNNING"' 60
 for i in $(seq 1 300); do
@@ -92,5 +96,5 @@ jq -e '.state == "JOB_STATE_SUCCEEDED" and .restarts == 1' "$work/job.json" >/de
 mh_check_history "$job"
 mh_check_jobs_kept
 mh_check_no_split_brain
-mh_report "$job" "$fault" 1 "agent host cut off (lease TTL ${ttl} s; trainer fenced after ${fenced} s; rejoined ${rejoined} ms after the link returned)"
+mh_report "$job" "$fault" 1 "agent host cut off (lease TTL ${ttl} s; its agent stopped its trainer ${stopped} s after the cut, gone at ${fenced} s; rejoined ${rejoined} ms after the link returned)"
 echo "PASS: job $job survived its rank 0 host being cut off"

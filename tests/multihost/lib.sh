@@ -362,17 +362,45 @@ placement() {
 
 # No split brain: no two processes of one rank of a job, and no processes of
 # two attempts of a job, ran at the same time (ledger intervals; a process
-# without an end record runs still, until now).
+# without an end record runs still, until now). A process runs until it is
+# gone, or until its agent sent it SIGTERM or SIGKILL (agent log "stopping
+# trainer ... with SIGTERM"): the trainer has no handler for those, so it runs
+# no more of its own code after one, though the kernel may take a while to
+# tear it down (printed as the exit lag). SIGUSR1, a drain, is not a stop: the
+# trainer goes on to a checkpoint.
 mh_check_no_split_brain() {
-  python3 - "$ledger" <<'PY' || fail "split brain (see above)"
-import sys, time
+  python3 - "$ledger" "$work" <<'PY' || fail "split brain (see above)"
+import datetime, glob, os, re, sys, time
 starts, ends = {}, {}
 for line in open(sys.argv[1]):
     kind, t, job, attempt, rank, agent, pid = line.split()
     key = (job, int(attempt), int(rank), agent, pid)
     (starts if kind == "start" else ends)[key] = float(t)
+first = min(starts.values()) if starts else time.time()
+day = datetime.datetime.fromtimestamp(first, datetime.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+stops = {}  # (job, attempt, rank, agent) -> first SIGTERM/SIGKILL
+pattern = re.compile(r"^[IWE](\d\d):(\d\d):(\d\d\.\d+) .*\[job (\S+) attempt (\d+) rank (\d+)/\d+\] "
+                     r"stopping trainer \((.*)\) with (SIGTERM|SIGKILL)")
+for log in glob.glob(os.path.join(sys.argv[2], "agent-*-*.log")):
+    agent = os.path.basename(log).split("-")[1]
+    for line in open(log, errors="replace"):
+        m = pattern.match(line)
+        if not m:
+            continue
+        t = day.timestamp() + int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+        if t < first - 43200:
+            t += 86400  # past midnight
+        key = (m.group(4), int(m.group(5)), int(m.group(6)), agent)
+        stops[key] = min(stops.get(key, t), t)
 now = time.time()
-spans = [(k, s, ends.get(k, now)) for k, s in starts.items()]
+spans, lag = [], 0.0
+for k, s in starts.items():
+    gone = ends.get(k, now)
+    stop = stops.get(k[:4])
+    end = min(gone, stop) if stop is not None and stop >= s else gone
+    if stop is not None and stop >= s:
+        lag = max(lag, gone - stop)
+    spans.append((k, s, end))
 bad = 0
 for i, (a, s1, e1) in enumerate(spans):
     for b, s2, e2 in spans[i + 1:]:
@@ -384,8 +412,9 @@ for i, (a, s1, e1) in enumerate(spans):
                   "rank %d on %s [%.2f, %.2f]" % (a[0], what, a[1], a[2], a[3], s1, e1,
                                                   b[1], b[2], b[3], s2, e2))
             bad += 1
-print("ledger: %d trainer processes, none overlapping another of its rank or an earlier attempt"
-      % len(spans) if not bad else "")
+if not bad:
+    print("ledger: %d trainer processes, none running while another of its rank or of another attempt"
+          " of its job ran (longest exit after a stop signal: %.2f s)" % (len(spans), lag))
 sys.exit(1 if bad else 0)
 PY
 }

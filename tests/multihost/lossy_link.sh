@@ -38,14 +38,14 @@ run_job() {
   mh_check_history "$job"
   echo "$job $(jq -r ".restarts // 0" "$work/job.json")"
 }
-mh_write_job clean 128 1   # 8 steps
+mh_write_job clean 256 1   # 16 steps
 read -r clean_job _ <<<"$(run_job clean 120)"
 read -r clean_train clean_total steps <<<"$(timing "$clean_job")"
 echo "clean link: $steps steps in $clean_train s, submit to SUCCEEDED $clean_total s"
 
 mh_impair n1 n2 50 0.2
 echo "link n1 <-> n2: 50 ms delay and 20% loss each way ($mh_impair_method)"
-mh_write_job lossy 128 1 60   # the same job; a collective may take longer over this link
+mh_write_job lossy 256 1 60   # the same job; a collective may take longer over this link
 read -r lossy_job restarts <<<"$(run_job lossy 240)"
 read -r lossy_train lossy_total steps <<<"$(timing "$lossy_job")"
 mh_check_jobs_kept
