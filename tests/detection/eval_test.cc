@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -448,6 +449,173 @@ TEST_F(ResultsJsonTest, RejectsMalformedResults) {
   const auto empty = ParseDetectionsJson("[]", "res.json");
   ASSERT_TRUE(empty.ok());
   EXPECT_TRUE(empty->empty());
+}
+
+// The 12 numbers of pycocotools' summary for tests/detection/testdata/
+// coco_eval_{annotations,results}.json (also what tern-coco-eval prints for
+// them, tests/detection/coco_eval_command_test.cc), worked by hand.
+//
+// Ground truth (all images 200 x 200; area as written):
+//   category 1: g1 image 1 [0,0,10,10] area 100 (small)
+//               g2 image 1 [50,50,40,40] area 1600 (medium)
+//               g3 image 2 [0,0,100,100] area 10000 (large)
+//   category 2: g4 image 2 [150,150,60,60] area 3600 (medium; crosses the
+//               image edge: the reader's clip would make it [150,150,50,50])
+//               g5 image 3 [100,100,50,50] crowd
+//               g6 image 3 [20,20,20,20] area 400 (small)
+//   category 3: none, so it is left out of every mean (pycocotools: -1)
+// Detections (score): category 1: d1 image 1 = g1 (.9), d2 image 1
+// [50,50,40,35] (.6; IoU with g2 1400/1600 = .875, area 1400), d3 image 1
+// = g1 again (.5), d4 image 2 = g3 (.8); category 2: d5 image 2
+// [150,150,50,50] (.7; IoU with raw g4 2500/3600 = .694, area 2500), d6
+// image 3 [110,110,20,20] inside the crowd (.95), d7 image 3 [60,60,20,20]
+// overlapping nothing (.6); category 3: one detection (.99).
+//
+// T = the 10 IoU thresholds .50:.05:.95. d2 matches g2 at the 8 thresholds
+// .50-.85, d5 matches g4 at the 4 thresholds .50-.65, d1 and d4 at all,
+// d3 never (g1 is taken); d6 matches the crowd (ignored), d7 is a FP.
+//
+// Category 1, area all (3 ground truth), score order d1 d4 d2 d3:
+//   t <= .85: TP TP TP FP: recall reaches 1 at precision 1: AP 1, recall 1.
+//   t >= .90: TP TP FP FP: recall 1/3, 2/3, 2/3, 2/3 at precision 1 up to
+//     2/3: recall points 0 .. .66 (67 of 101) read 1: AP 67/101, recall 2/3.
+//   maxDets 1 keeps d1 (image 1) and d4 (image 2): recall 2/3 at every t.
+// Category 2, area all (g4 and g6; the crowd is ignored), order d6 d5 d7:
+//   d6 ignored; t <= .65: TP FP: recall 1/2 at precision 1: points 0 .. .50
+//   (51) read 1: AP 51/101, recall 1/2; t >= .70: FP FP: AP 0, recall 0.
+//   maxDets 1 keeps d5 (image 2) and d6 (image 3): the same recall.
+// Small [0, 32^2]: category 1 has g1 only (d1 TP; d4, d2 matched or too
+//   large, ignored; d3 a small FP after full recall): AP 1, recall 1.
+//   Category 2 has g6 only, never matched (d7 a small FP): AP 0, recall 0.
+// Medium [32^2, 96^2]: category 1 has g2 only: d2 TP at t <= .85 (AP 1,
+//   recall 1), an in-range FP above (AP 0, recall 0): mean .8 over T;
+//   d1, d3, d4 are ignored (matched to out-of-range ground truth or out of
+//   range). Category 2 has g4 only: d5 TP at t <= .65, FP above: .4.
+// Large [96^2, 1e10]: category 1 has g3 (d4 TP, the rest ignored): AP 1,
+//   recall 1; category 2 has no large ground truth: left out.
+//
+// Means over (category, t):
+//   AP     = (8 + 2 * 67/101 + 4 * 51/101) / 20 = 1146/2020 = 0.5673
+//   AP50   = (1 + 51/101) / 2 = 76/101 = 0.7525
+//   AP75   = (1 + 0) / 2 = 0.5
+//   APs    = (1 + 0) / 2 = 0.5;  APm = (.8 + .4) / 2 = 0.6;  APl = 1
+//   AR@1   = (10 * 2/3 + 4 * 1/2) / 20 = 26/60 = 0.4333
+//   AR@10  = AR@100 = (8 + 2 * 2/3 + 4 * 1/2) / 20 = 34/60 = 0.5667
+//   ARs    = (1 + 0) / 2 = 0.5;  ARm = (.8 + .4) / 2 = 0.6;  ARl = 1
+TEST(EvaluateTest, PinnedCocoSummary) {
+  CocoReadOptions keep;
+  keep.out_of_image = BoxPolicy::kKeep;
+  const auto gt = ReadCocoFile(
+      TERN_DETECTION_TESTDATA "/coco_eval_annotations.json", keep);
+  ASSERT_TRUE(gt.ok()) << gt.status();
+  const auto dets =
+      ReadDetectionsJson(TERN_DETECTION_TESTDATA "/coco_eval_results.json");
+  ASSERT_TRUE(dets.ok()) << dets.status();
+  const auto m = EvaluateDetections(*gt, *dets);
+  ASSERT_TRUE(m.ok()) << m.status();
+  constexpr double kEps = 1e-12;
+  EXPECT_NEAR(*m->ap, 1146.0 / 2020.0, kEps);
+  EXPECT_NEAR(*m->ap50, 76.0 / 101.0, kEps);
+  EXPECT_NEAR(*m->ap75, 0.5, kEps);
+  EXPECT_NEAR(*m->ap_small, 0.5, kEps);
+  EXPECT_NEAR(*m->ap_medium, 0.6, kEps);
+  EXPECT_NEAR(*m->ap_large, 1.0, kEps);
+  EXPECT_NEAR(*m->ar1, 26.0 / 60.0, kEps);
+  EXPECT_NEAR(*m->ar10, 34.0 / 60.0, kEps);
+  EXPECT_NEAR(*m->ar100, 34.0 / 60.0, kEps);
+  EXPECT_NEAR(*m->ar_small, 0.5, kEps);
+  EXPECT_NEAR(*m->ar_medium, 0.6, kEps);
+  EXPECT_NEAR(*m->ar_large, 1.0, kEps);
+  ASSERT_EQ(m->class_ap.size(), 3u);
+  EXPECT_NEAR(*m->class_ap[0], (8 + 2 * 67.0 / 101) / 10, kEps);
+  EXPECT_NEAR(*m->class_ap[1], 4 * 51.0 / 101 / 10, kEps);
+  EXPECT_FALSE(m->class_ap[2].has_value());
+
+  // The training reader (BoxPolicy::kClip) clips g4 to [150,150,50,50] but
+  // keeps the file's box for evaluation: the same numbers. Scored against
+  // the clipped box, d5 matches at every t: category 2's AP is 51/101 at
+  // all 10 thresholds, AP = (8 + 2 * 67/101 + 10 * 51/101) / 20.
+  const auto clipped = ReadCocoFile(
+      TERN_DETECTION_TESTDATA "/coco_eval_annotations.json");
+  ASSERT_TRUE(clipped.ok()) << clipped.status();
+  ASSERT_TRUE(clipped->annotations[3].file_bbox.has_value());
+  EXPECT_DOUBLE_EQ(clipped->annotations[3].bbox.w, 50);
+  const auto same = EvaluateDetections(*clipped, *dets);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(*same->ap, *m->ap);
+  EXPECT_EQ(*same->ar100, *m->ar100);
+  EvalOptions clip;
+  clip.clipped_ground_truth = true;
+  const auto other = EvaluateDetections(*clipped, *dets, clip);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_NEAR(*other->ap, 1452.0 / 2020.0, kEps);
+
+  EXPECT_EQ(FormatCocoSummary(*m, 100),
+            " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.567\n"
+            " Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ] = 0.752\n"
+            " Average Precision  (AP) @[ IoU=0.75      | area=   all | maxDets=100 ] = 0.500\n"
+            " Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ] = 0.500\n"
+            " Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ] = 0.600\n"
+            " Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = 1.000\n"
+            " Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ] = 0.433\n"
+            " Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ] = 0.567\n"
+            " Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.567\n"
+            " Average Recall     (AR) @[ IoU=0.50:0.95 | area= small | maxDets=100 ] = 0.500\n"
+            " Average Recall     (AR) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ] = 0.600\n"
+            " Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = 1.000\n");
+}
+
+TEST(EvaluateTest, RecallCountsTheFirstOneTenAndMaxDetectionsPerImage) {
+  // 12 objects in one image, each found exactly; scores fall with the index.
+  // maxDets 1, 10, 100 keep 1, 10, 12 of them: AR 1/12, 10/12, 1 at every
+  // IoU threshold; AP (maxDets 100) 1. With max_detections 5: AR@10 and
+  // AR@5 are 5/12, AP 5/12 at precision 1 reads 1 at recall points 0 .. .41
+  // (42 of 101).
+  std::vector<CocoAnnotation> anns;
+  std::vector<Detection> dets;
+  for (int i = 0; i < 12; ++i) {
+    const BoxXywh box{static_cast<double>(15 * i), 0, 10, 10};
+    anns.push_back(Ann(1, 1, box));
+    dets.push_back(Det(1, 1, box, 1.0 - 0.01 * i));
+  }
+  const CocoDataset gt = Gt(1, 1, anns);
+  const CocoMetrics m = Evaluate(gt, dets);
+  EXPECT_DOUBLE_EQ(*m.ar1, 1.0 / 12);
+  EXPECT_DOUBLE_EQ(*m.ar10, 10.0 / 12);
+  EXPECT_DOUBLE_EQ(*m.ar100, 1.0);
+  EXPECT_DOUBLE_EQ(*m.ar_small, 1.0);
+  EXPECT_FALSE(m.ar_medium.has_value());
+  EXPECT_FALSE(m.ar_large.has_value());
+  EXPECT_DOUBLE_EQ(*m.ap, 1.0);
+  const CocoMetrics five = Evaluate(gt, dets, 5);
+  EXPECT_DOUBLE_EQ(*five.ar1, 1.0 / 12);
+  EXPECT_DOUBLE_EQ(*five.ar10, 5.0 / 12);
+  EXPECT_DOUBLE_EQ(*five.ar100, 5.0 / 12);
+  EXPECT_DOUBLE_EQ(*five.ap, 42.0 / 101);
+  const std::string summary = FormatCocoSummary(five, 5);
+  EXPECT_NE(summary.find("area=   all | maxDets=  5 ] = 0.416\n"),
+            std::string::npos)
+      << summary;
+  EXPECT_NE(summary.find("(AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ]"),
+            std::string::npos);
+}
+
+TEST(EvaluateTest, SummaryPrintsMinusOneAndJsonNullForUnsetValues) {
+  const CocoMetrics none;
+  const std::string summary = FormatCocoSummary(none, 100);
+  EXPECT_EQ(std::count(summary.begin(), summary.end(), '\n'), 12);
+  EXPECT_NE(summary.find(
+                " Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | "
+                "maxDets=100 ] = -1.000\n"),
+            std::string::npos)
+      << summary;
+  CocoMetrics some;
+  some.ap = 0.5;
+  some.ar_large = 0.25;
+  EXPECT_EQ(CocoMetricsToJson(some),
+            R"({"ap":0.5,"ap50":null,"ap75":null,"ap_large":null,)"
+            R"("ap_medium":null,"ap_small":null,"ar1":null,"ar10":null,)"
+            R"("ar100":null,"ar_large":0.25,"ar_medium":null,"ar_small":null})");
 }
 
 }  // namespace

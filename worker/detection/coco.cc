@@ -99,6 +99,7 @@ Status FitBox(const Checker& c, const std::string& path, const CocoImage& image,
     }
     return OkStatus();
   }
+  if (policy == BoxPolicy::kKeep) return OkStatus();
   if (box->x >= w_img || box->y >= h_img || x1 <= 0 || y1 <= 0) {
     return c.Invalid(path, "box " + where + " lies outside the image");
   }
@@ -146,8 +147,13 @@ Status ParseAnnotations(const Json& root, const Checker& c,
       return c.Invalid(bbox_path, "width and height must be >= 0, got " +
                                       FormatBox(v[0], v[1], v[2], v[3]));
     }
+    const BoxXywh file_bbox = ann.bbox;
     TERN_RETURN_IF_ERROR(FitBox(c, bbox_path, out->images[img->second],
                                 options.out_of_image, &ann.bbox));
+    if (ann.bbox.x != file_bbox.x || ann.bbox.y != file_bbox.y ||
+        ann.bbox.w != file_bbox.w || ann.bbox.h != file_bbox.h) {
+      ann.file_bbox = file_bbox;
+    }
 
     if (const auto it = a.find("area"); it != a.end()) {
       TERN_ASSIGN_OR_RETURN(ann.area, c.Number(*it, path + ".area"));
@@ -218,10 +224,11 @@ std::string ToCocoJson(const CocoDataset& dataset,
   }
   Json annotations = Json::array();
   for (const CocoAnnotation& a : dataset.annotations) {
+    const BoxXywh& b = a.file_bbox.value_or(a.bbox);
     annotations.push_back({{"id", a.id},
                            {"image_id", a.image_id},
                            {"category_id", a.category_id},
-                           {"bbox", {a.bbox.x, a.bbox.y, a.bbox.w, a.bbox.h}},
+                           {"bbox", {b.x, b.y, b.w, b.h}},
                            {"area", a.area},
                            {"iscrowd", a.iscrowd ? 1 : 0}});
   }

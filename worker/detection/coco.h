@@ -12,6 +12,7 @@
 #define TERN_WORKER_DETECTION_COCO_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,6 +47,10 @@ struct CocoAnnotation {
   int64_t image_id = 0;
   int64_t category_id = 0;
   BoxXywh bbox;     // within the image (see BoxPolicy)
+  // The box as the file wrote it, where BoxPolicy::kClip changed it (nullopt
+  // otherwise): training targets use `bbox`, COCO evaluation this, as
+  // pycocotools scores the file's boxes.
+  std::optional<BoxXywh> file_bbox;
   double area = 0;  // the file's "area" (COCO: segment area), else w * h
   bool iscrowd = false;
 };
@@ -63,6 +68,7 @@ struct CocoDataset {
 enum class BoxPolicy {
   kClip,    // clip it to the image (a box with nothing inside is an error)
   kReject,  // INVALID_ARGUMENT for any coordinate outside [0, w] x [0, h]
+  kKeep,    // keep it as written (pycocotools does; tern-coco-eval)
 };
 
 struct CocoReadOptions {
@@ -88,7 +94,8 @@ StatusOr<CocoDataset> ReadCocoFile(const std::string& path,
                                    const CocoReadOptions& options = {});
 
 // The dataset as COCO JSON (keys sorted, compact, one trailing newline, plus
-// "info": {"description": description} and empty "licenses");
+// "info": {"description": description} and empty "licenses"); an
+// annotation's box is its file_bbox where set;
 // ParseCocoJson(ToCocoJson(d)) == d for a valid d.
 std::string ToCocoJson(const CocoDataset& dataset,
                        const std::string& description = "");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -59,7 +60,8 @@ struct Accumulator {
   std::vector<double> scores;                    // per detection
   std::array<std::vector<uint8_t>, kNumIou> tp;  // matched, per threshold
   std::array<std::vector<uint8_t>, kNumIou> ig;  // ignored, per threshold
-  int64_t num_gt = 0;                            // non-ignored ground truth
+  std::vector<int> rank;  // per detection: its position in its cell, 0-based
+  int64_t num_gt = 0;     // non-ignored ground truth
 };
 
 // pycocotools' evaluateImg() for one cell and area range; appends to `acc`.
@@ -83,7 +85,10 @@ void MatchCell(const Cell& cell, const std::vector<std::vector<double>>& ious,
     return gt_ignore[a] < gt_ignore[b];
   });
 
-  for (size_t d = 0; d < num_dt; ++d) acc->scores.push_back(cell.dt[d]->score);
+  for (size_t d = 0; d < num_dt; ++d) {
+    acc->scores.push_back(cell.dt[d]->score);
+    acc->rank.push_back(static_cast<int>(d));
+  }
   for (int t = 0; t < kNumIou; ++t) {
     std::vector<uint8_t> gt_matched(num_gt, 0);
     for (size_t d = 0; d < num_dt; ++d) {
@@ -140,6 +145,16 @@ double AveragePrecision(const Accumulator& acc,
     sum += precision[i];
   }
   return sum / kNumRecall;
+}
+
+// pycocotools' recall[t, k, a, m]: the share of the non-ignored ground truth
+// matched by the first `max_det` detections of each cell.
+double Recall(const Accumulator& acc, int t, int max_det) {
+  int64_t tp = 0;
+  for (size_t d = 0; d < acc.scores.size(); ++d) {
+    if (acc.rank[d] < max_det && acc.tp[t][d] && !acc.ig[t][d]) ++tp;
+  }
+  return static_cast<double>(tp) / static_cast<double>(acc.num_gt);
 }
 
 std::optional<double> MeanOf(double sum, int count) {
@@ -238,8 +253,11 @@ StatusOr<CocoMetrics> EvaluateDetections(
                                           std::vector<double>(cell.gt.size()));
     for (size_t d = 0; d < cell.dt.size(); ++d) {
       for (size_t g = 0; g < cell.gt.size(); ++g) {
-        ious[d][g] =
-            Iou(cell.dt[d]->bbox, cell.gt[g]->bbox, cell.gt[g]->iscrowd);
+        const CocoAnnotation& a = *cell.gt[g];
+        const BoxXywh& box = options.clipped_ground_truth || !a.file_bbox
+                                 ? a.bbox
+                                 : *a.file_bbox;
+        ious[d][g] = Iou(cell.dt[d]->bbox, box, a.iscrowd);
       }
     }
     for (int a = 0; a < kNumAreas; ++a) {
@@ -248,9 +266,15 @@ StatusOr<CocoMetrics> EvaluateDetections(
     }
   }
 
-  // ap[k][a][t], or nullopt where class k has no ground truth in range a.
-  std::vector<std::array<std::optional<std::array<double, kNumIou>>, kNumAreas>>
-      ap(num_classes);
+  // ap[k][a][t], or nullopt where class k has no ground truth in range a;
+  // ar[k][a][m][t] likewise, for maxDets 1, 10 and max_detections.
+  using PerIou = std::array<double, kNumIou>;
+  const std::array<int, 3> max_dets = {
+      std::min(1, options.max_detections), std::min(10, options.max_detections),
+      options.max_detections};
+  std::vector<std::array<std::optional<PerIou>, kNumAreas>> ap(num_classes);
+  std::vector<std::array<std::optional<std::array<PerIou, 3>>, kNumAreas>> ar(
+      num_classes);
   for (size_t k = 0; k < num_classes; ++k) {
     for (int a = 0; a < kNumAreas; ++a) {
       const Accumulator& ac = acc[k * kNumAreas + a];
@@ -265,6 +289,13 @@ StatusOr<CocoMetrics> EvaluateDetections(
         per_t[t] = AveragePrecision(ac, order, t, recall_points);
       }
       ap[k][a] = per_t;
+      std::array<PerIou, 3> recall{};
+      for (int m = 0; m < 3; ++m) {
+        for (int t = 0; t < kNumIou; ++t) {
+          recall[m][t] = Recall(ac, t, max_dets[m]);
+        }
+      }
+      ar[k][a] = recall;
     }
   }
 
@@ -279,6 +310,16 @@ StatusOr<CocoMetrics> EvaluateDetections(
     }
     return MeanOf(sum, count);
   };
+  auto summarize_recall = [&](int area, int m) {
+    double sum = 0;
+    int count = 0;
+    for (size_t k = 0; k < num_classes; ++k) {
+      if (!ar[k][area]) continue;
+      for (double v : (*ar[k][area])[m]) sum += v;
+      count += kNumIou;
+    }
+    return MeanOf(sum, count);
+  };
   CocoMetrics m;
   m.ap = summarize(0, 0, kNumIou - 1);
   m.ap50 = summarize(0, kIou50, kIou50);
@@ -286,6 +327,12 @@ StatusOr<CocoMetrics> EvaluateDetections(
   m.ap_small = summarize(1, 0, kNumIou - 1);
   m.ap_medium = summarize(2, 0, kNumIou - 1);
   m.ap_large = summarize(3, 0, kNumIou - 1);
+  m.ar1 = summarize_recall(0, 0);
+  m.ar10 = summarize_recall(0, 1);
+  m.ar100 = summarize_recall(0, 2);
+  m.ar_small = summarize_recall(1, 2);
+  m.ar_medium = summarize_recall(2, 2);
+  m.ar_large = summarize_recall(3, 2);
   m.class_ap.resize(num_classes);
   for (size_t k = 0; k < num_classes; ++k) {
     if (!ap[k][0]) continue;
@@ -294,6 +341,63 @@ StatusOr<CocoMetrics> EvaluateDetections(
     m.class_ap[k] = sum / kNumIou;
   }
   return m;
+}
+
+std::string FormatCocoSummary(const CocoMetrics& m, int max_detections) {
+  struct Line {
+    bool ap;
+    const char* iou;
+    const char* area;
+    int max_dets;
+    const std::optional<double>* value;
+  };
+  const int n = max_detections;
+  const Line lines[] = {
+      {true, "0.50:0.95", "all", n, &m.ap},
+      {true, "0.50", "all", n, &m.ap50},
+      {true, "0.75", "all", n, &m.ap75},
+      {true, "0.50:0.95", "small", n, &m.ap_small},
+      {true, "0.50:0.95", "medium", n, &m.ap_medium},
+      {true, "0.50:0.95", "large", n, &m.ap_large},
+      {false, "0.50:0.95", "all", std::min(1, n), &m.ar1},
+      {false, "0.50:0.95", "all", std::min(10, n), &m.ar10},
+      {false, "0.50:0.95", "all", n, &m.ar100},
+      {false, "0.50:0.95", "small", n, &m.ar_small},
+      {false, "0.50:0.95", "medium", n, &m.ar_medium},
+      {false, "0.50:0.95", "large", n, &m.ar_large},
+  };
+  std::string out;
+  for (const Line& l : lines) {
+    // pycocotools: ' {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ]
+    // = {:0.3f}'
+    char buf[160];
+    std::snprintf(buf, sizeof(buf),
+                  " %-18s %s @[ IoU=%-9s | area=%6s | maxDets=%3d ] = %0.3f\n",
+                  l.ap ? "Average Precision" : "Average Recall",
+                  l.ap ? "(AP)" : "(AR)", l.iou, l.area, l.max_dets,
+                  l.value->value_or(-1.0));
+    out += buf;
+  }
+  return out;
+}
+
+std::string CocoMetricsToJson(const CocoMetrics& m) {
+  auto value = [](const std::optional<double>& v) {
+    return v ? Json(*v) : Json(nullptr);
+  };
+  const Json out = {{"ap", value(m.ap)},
+                    {"ap50", value(m.ap50)},
+                    {"ap75", value(m.ap75)},
+                    {"ap_small", value(m.ap_small)},
+                    {"ap_medium", value(m.ap_medium)},
+                    {"ap_large", value(m.ap_large)},
+                    {"ar1", value(m.ar1)},
+                    {"ar10", value(m.ar10)},
+                    {"ar100", value(m.ar100)},
+                    {"ar_small", value(m.ar_small)},
+                    {"ar_medium", value(m.ar_medium)},
+                    {"ar_large", value(m.ar_large)}};
+  return out.dump();
 }
 
 std::string DetectionsToJson(const std::vector<Detection>& detections) {

@@ -6,8 +6,13 @@
 // truth is matched like pycocotools does (IoU over the detection's area, any
 // number of matches, such matches ignored); precision made monotone and read
 // at 101 recall points; categories without (non-crowd, in-range) ground
-// truth left out of every mean. Results agree with pycocotools up to
-// rounding: precision is tp / (tp + fp) with no epsilon in the denominator.
+// truth left out of every mean; average recall (AR) as pycocotools'
+// recall[-1] per IoU threshold and category, for maxDets 1, 10 and
+// max_detections. Results agree with pycocotools up to rounding: precision
+// is tp / (tp + fp) with no epsilon in the denominator. Ground truth is
+// scored with the boxes as the annotation file wrote them (as pycocotools
+// does), also where the reader clipped them for training (see
+// EvalOptions::clipped_ground_truth).
 //
 // Usage:
 //   TERN_ASSIGN_OR_RETURN(CocoDataset gt, ReadCocoFile(path));
@@ -40,13 +45,20 @@ struct Detection {
 struct EvalOptions {
   // COCO's maxDets: the highest-scoring detections kept per image and
   // category (as pycocotools applies it). >= 1.
+  // The AP and AR@100 of the COCO summary use 100; other values give a
+  // different, non-standard metric (AR@1 and AR@10 then use min(1 or 10,
+  // max_detections), as pycocotools would with maxDets [1, 10, N]).
   int max_detections = 100;
+  // Score against CocoAnnotation::bbox (clipped to the image under
+  // BoxPolicy::kClip) instead of the file's boxes (file_bbox where set).
+  bool clipped_ground_truth = false;
 
   Status Validate() const;
 };
 
-// Average precision in [0, 1]; nullopt where no category has ground truth in
-// that object-size bucket (pycocotools prints -1).
+// Average precision and recall in [0, 1]; nullopt where no category has
+// ground truth in that object-size bucket (pycocotools prints -1). The
+// fields are the 12 numbers of pycocotools' summary, in its order.
 struct CocoMetrics {
   std::optional<double> ap;    // mean over IoU 0.50:0.05:0.95
   std::optional<double> ap50;  // IoU 0.50
@@ -56,6 +68,17 @@ struct CocoMetrics {
   std::optional<double> ap_small;
   std::optional<double> ap_medium;
   std::optional<double> ap_large;
+  // Average recall over IoU 0.50:0.05:0.95 and the categories with ground
+  // truth: the share of (non-crowd, in-range) ground truth matched by the
+  // 1, 10 or max_detections highest-scoring detections per image and
+  // category.
+  std::optional<double> ar1;
+  std::optional<double> ar10;
+  std::optional<double> ar100;  // at max_detections (COCO: 100)
+  // AR at max_detections by object size, the ranges of ap_small etc.
+  std::optional<double> ar_small;
+  std::optional<double> ar_medium;
+  std::optional<double> ar_large;
   // AP@[.50:.95] per class index (CocoDataset::categories order).
   std::vector<std::optional<double>> class_ap;
 };
@@ -71,6 +94,17 @@ double BoxIou(const BoxXywh& a, const BoxXywh& b);
 StatusOr<CocoMetrics> EvaluateDetections(
     const CocoDataset& ground_truth, const std::vector<Detection>& detections,
     const EvalOptions& options = {});
+
+// pycocotools' COCOeval.summarize() printout: 12 lines such as
+// " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.512",
+// -1.000 for a value that is nullopt. maxDets reads 1, 10 and
+// max_detections, as pycocotools prints them with maxDets [1, 10, N] (its
+// first line, though, always asks for maxDets 100; here it is N).
+std::string FormatCocoSummary(const CocoMetrics& metrics, int max_detections);
+
+// The 12 numbers as a JSON object, keys as CocoMetrics' fields ("ap", ...,
+// "ar_large"), null for nullopt; compact, no trailing newline.
+std::string CocoMetricsToJson(const CocoMetrics& metrics);
 
 // The COCO results format: [{"image_id", "category_id", "bbox", "score"}],
 // doubles written so that they read back exactly.
