@@ -60,7 +60,7 @@ echo "attempt 2 runs on $(echo $placed | tr '\n' ' ')"
 # Nothing committed by the fenced attempt after its lease deadline.
 ckdir=$(jq -r '.spec.checkpoint.directory' "$work/job.json")
 a2_start=$(awk -v j="$job" '$1 == "start" && $3 == j && $4 == 2 { print $2; exit }' "$ledger")
-late=$(find "$ckdir" -name COMMITTED -newermt "@$(( fault / 1000 + ttl ))" ! -newermt "@${a2_start%.*}" 2>/dev/null || true)
+late=$(find "$ckdir" -name COMMITTED -newermt "@$(( (fault + 999) / 1000 + ttl ))" ! -newermt "@${a2_start%.*}" 2>/dev/null || true)
 [[ -z "$late" ]] || fail "checkpoints committed after the lease deadline, before attempt 2 started: $late"
 
 before=$(grep -c "agent $victim registered from" "$ternd_log" || true)

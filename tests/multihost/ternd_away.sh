@@ -48,6 +48,12 @@ jq -e '.state == "JOB_STATE_SUCCEEDED"' "$work/job.json" >/dev/null || fail "job
 restarts=$(jq -r ".restarts // 0" "$work/job.json")
 wait_job "$late" '.state == "JOB_STATE_SUCCEEDED" or .state == "JOB_STATE_FAILED"' 120
 jq -e '.state == "JOB_STATE_SUCCEEDED"' "$work/job.json" >/dev/null || fail "job $late ended $(cat "$work/job.json")"
+# Nothing committed by attempt 1 after its lease deadline (at most a TTL
+# after the cut), before attempt 2 started.
+ckdir=$(mh_ctl get "$job" --json | jq -r '.spec.checkpoint.directory')
+a2_start=$(awk -v j="$job" '$1 == "start" && $3 == j && $4 == 2 { print $2; exit }' "$ledger")
+late_commits=$(find "$ckdir" -name COMMITTED -newermt "@$(( (fault + 999) / 1000 + ttl ))" ! -newermt "@${a2_start%.*}" 2>/dev/null || true)
+[[ -z "$late_commits" ]] || fail "checkpoints committed after the lease deadline, before attempt 2 started: $late_commits"
 mh_check_history "$job"
 mh_check_history "$late"
 mh_check_jobs_kept
