@@ -220,6 +220,12 @@ class DetectionTask : public TrainingTask {
     metrics["ap_small"] = OptionalJson(m.ap_small);
     metrics["ap_medium"] = OptionalJson(m.ap_medium);
     metrics["ap_large"] = OptionalJson(m.ap_large);
+    metrics["ar1"] = OptionalJson(m.ar1);
+    metrics["ar10"] = OptionalJson(m.ar10);
+    metrics["ar100"] = OptionalJson(m.ar100);
+    metrics["ar_small"] = OptionalJson(m.ar_small);
+    metrics["ar_medium"] = OptionalJson(m.ar_medium);
+    metrics["ar_large"] = OptionalJson(m.ar_large);
     metrics["detections"] = detections.size();
     if (!request.results_path.empty()) {
       TERN_RETURN_IF_ERROR(detection::WriteDetectionsJson(request.results_path, detections));

@@ -36,8 +36,9 @@ struct RunOptions {
 };
 
 // Metrics are the events' JSON: classification {loss, top1, top5,
-// examples}; detection {ap, ap50, ap75, ap_small, ap_medium, ap_large,
-// images, detections} (a bucket without ground truth is null).
+// examples}; detection {ap, ap50, ap75, ap_small, ap_medium, ap_large, ar1,
+// ar10, ar100, ar_small, ar_medium, ar_large, images, detections} (a bucket
+// without ground truth is null).
 struct TrainResult {
   nlohmann::json fp;              // latent FP weights ("FP twin")
   nlohmann::json ternary;         // the ternary model during training
