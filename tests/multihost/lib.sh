@@ -13,7 +13,8 @@
 #   mh_link HOST down|up     pulls / plugs the host's cable (its bridge port)
 #   mh_block A B / mh_unblock A B   cuts A and B off from each other
 #   mh_tcp HOST              the host's TCP connections
-#   mh_impair A B MS LOSS    delay and loss on A<->B (tc netem, else NFQUEUE + netimpair.py)
+#   mh_impair A B MS LOSS    delay and loss on A<->B (tc netem, else NFQUEUE + netimpair.py);
+#                            mh_impair_check HOST first skips (77) where neither works
 #
 # Every trainer runs under a wrapper that writes its start and end (one
 # clock for all hosts: they share the machine) to $ledger, so that
@@ -174,6 +175,19 @@ for line in sys.stdin.read().splitlines():
 # tc netem (under an htb class, selected by a u32 filter on the peer's
 # address) where the kernel has sch_netem, else an NFQUEUE rule and
 # netimpair.py in each host; sets mh_impair_method.
+# How mh_impair will work between the hosts (sets mh_impair_method), or a
+# skip (77) saying why it cannot: call before spending time on a baseline.
+mh_impair_check() {
+  if mh_exec "$1" tc qdisc add dev eth0 root handle 9: netem delay 1ms 2>/dev/null; then
+    mh_exec "$1" tc qdisc del dev eth0 root
+    mh_impair_method="tc netem"
+  elif command -v iptables >/dev/null; then
+    mh_impair_method="NFQUEUE + netimpair.py (this kernel has no sch_netem)"
+  else
+    mh_skip "this kernel has no sch_netem and there is no iptables command for the NFQUEUE stand-in (Debian package iptables; scripts/tools.list)"
+  fi
+}
+
 mh_impair() {
   local a=$1 b=$2 ms=$3 loss=$4 pair from to queue=7 out
   mh_impair_method="tc netem"

@@ -9,6 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mh_host srv 10
 mh_host n1 11
 mh_host n2 12
+mh_impair_check n1
 ternd_flags=(--lease-ttl 4s --tick-interval 250ms --restart-backoff 200ms --max-restart-backoff 1s)
 agent_flags=(--shutdown-grace 5 --rpc-timeout 2)
 mh_start_ternd srv
