@@ -41,7 +41,9 @@ std::optional<double> Opt(bool has, double v) {
 }
 
 // "top-1 ternary 91.20%, latent fp 92.00%" for classification, "AP50
-// ternary 45.10%, latent fp 47.00% (AP ...)" for detection.
+// ternary 45.10%, latent fp 47.00% (AP ...)" for detection, "(AP ...; AR@100
+// ...)" where the trainer reported AR (at model.max_detections, 100 unless
+// the spec says otherwise).
 std::string Quality(std::optional<double> ternary_top1, std::optional<double> fp_top1,
                     const v1::DetectionMetrics* ternary_det, const v1::DetectionMetrics* fp_det) {
   const bool detection = (ternary_det != nullptr && ternary_det->has_ap()) ||
@@ -52,8 +54,14 @@ std::string Quality(std::optional<double> ternary_top1, std::optional<double> fp
     if (!ap50) return m->ap();
     return m->has_ap50() ? std::optional<double>(m->ap50()) : std::nullopt;
   };
-  return "AP50 " + Accuracies(field(ternary_det, true), field(fp_det, true)) + " (AP " +
-         Accuracies(field(ternary_det, false), field(fp_det, false)) + ")";
+  auto ar = [](const v1::DetectionMetrics* m) -> std::optional<double> {
+    if (m == nullptr || !m->has_ap() || !m->has_ar100()) return std::nullopt;
+    return m->ar100();
+  };
+  std::string out = "AP50 " + Accuracies(field(ternary_det, true), field(fp_det, true)) +
+                    " (AP " + Accuracies(field(ternary_det, false), field(fp_det, false));
+  if (ar(ternary_det) || ar(fp_det)) out += "; AR@100 " + Accuracies(ar(ternary_det), ar(fp_det));
+  return out + ")";
 }
 
 // Left-aligned columns two spaces apart; the first row is the header.
@@ -334,7 +342,15 @@ std::string FormatJobDetails(const v1::Job& j) {
                     Opt(m.has_fp_top1(), m.fp_top1()))
       << "\n";
   }
-  if (j.has_result()) s << "result:     " << FormatResult(j.result()) << "\n";
+  if (j.has_result()) {
+    s << "result:     " << FormatResult(j.result()) << "\n";
+    const v1::JobResult& r = j.result();
+    const int max_dets = spec.model().has_max_detections() ? spec.model().max_detections() : 100;
+    if ((r.has_ternary_detection() || r.has_fp_detection()) && max_dets != 100) {
+      s << "            (model.max_detections " << max_dets
+        << ": AP and AR@100 are at maxDets " << max_dets << ", not the standard COCO numbers)\n";
+    }
+  }
   return s.str();
 }
 

@@ -123,6 +123,13 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
           "full-precision or ternary weights on an evaluation split, at an "
           "IoU threshold (0.50, 0.75) or averaged over 0.50:0.95.",
           {"job", "split", "weights", "iou"})),
+      job_ar_(registry->AddGauge(
+          "tern_job_ar",
+          "COCO average recall (fraction, IoU 0.50:0.95) of a detection "
+          "job's full-precision or ternary weights on an evaluation split, "
+          "with at most max_dets detections per image and category (1, 10, "
+          "or 100: the job's model.max_detections).",
+          {"job", "split", "weights", "max_dets"})),
       job_layer_sparsity_(registry->AddGauge(
           "tern_job_layer_sparsity",
           "Share of a quantized layer's ternary codes that are 0.",
@@ -354,6 +361,13 @@ void ServerMetrics::SetAp(const std::string& job, const std::string& split,
   }
   if (d.has_ap75()) {
     job_ap_.WithLabels({job, split, weights, "0.75"})->Set(d.ap75());
+  }
+  if (d.has_ar1()) job_ar_.WithLabels({job, split, weights, "1"})->Set(d.ar1());
+  if (d.has_ar10()) {
+    job_ar_.WithLabels({job, split, weights, "10"})->Set(d.ar10());
+  }
+  if (d.has_ar100()) {
+    job_ar_.WithLabels({job, split, weights, "100"})->Set(d.ar100());
   }
 }
 

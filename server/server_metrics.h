@@ -66,7 +66,8 @@ class ServerMetrics {
  private:
   void SetAccuracy(const std::string& job, const std::string& split,
                    const char* weights, double value);
-  // tern_job_ap for each of ap, ap50 and ap75 that `d` has.
+  // tern_job_ap for each of ap, ap50 and ap75 that `d` has, tern_job_ar for
+  // each of ar1, ar10 and ar100.
   void SetAp(const std::string& job, const std::string& split,
              const char* weights, const v1::DetectionMetrics& d);
   void SetLayers(const std::string& job,
@@ -100,6 +101,7 @@ class ServerMetrics {
   metrics::Family<metrics::Gauge>& job_images_per_second_;
   metrics::Family<metrics::Gauge>& job_accuracy_;
   metrics::Family<metrics::Gauge>& job_ap_;
+  metrics::Family<metrics::Gauge>& job_ar_;
   metrics::Family<metrics::Gauge>& job_layer_sparsity_;
   metrics::Family<metrics::Gauge>& job_layer_alpha_;
   metrics::Family<metrics::Gauge>& job_layer_cos_wt_;

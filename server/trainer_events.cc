@@ -86,6 +86,12 @@ bool FillDetection(const json& m, v1::DetectionMetrics* out) {
   if (Has(m, "ap_small")) out->set_ap_small(Double(m, "ap_small"));
   if (Has(m, "ap_medium")) out->set_ap_medium(Double(m, "ap_medium"));
   if (Has(m, "ap_large")) out->set_ap_large(Double(m, "ap_large"));
+  if (Has(m, "ar1")) out->set_ar1(Double(m, "ar1"));
+  if (Has(m, "ar10")) out->set_ar10(Double(m, "ar10"));
+  if (Has(m, "ar100")) out->set_ar100(Double(m, "ar100"));
+  if (Has(m, "ar_small")) out->set_ar_small(Double(m, "ar_small"));
+  if (Has(m, "ar_medium")) out->set_ar_medium(Double(m, "ar_medium"));
+  if (Has(m, "ar_large")) out->set_ar_large(Double(m, "ar_large"));
   return true;
 }
 

@@ -14,6 +14,9 @@
 //                 fp_top1/5 = fp.top1/5, ternary_top1/5 = ternary.top1/5,
 //                 epoch_seconds, images_per_second}; layers with
 //                 quantized = true, LayerStats.flips = flips_per_step / numel
+//                 detection jobs: fp_detection/ternary_detection = the
+//                 COCO numbers of fp/ternary (ap ... ap_large, ar1, ar10,
+//                 ar100, ar_small ... ar_large; a null one stays unset)
 //   checkpoint -> CheckpointCommitted {step, epoch, path}
 //   finished   -> JobResult {artifact_path, artifact_bytes, bits_per_weight,
 //                 fp_top1/5 = fp.*, ternary_top1/5 = artifact.* (the

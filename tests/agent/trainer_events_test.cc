@@ -160,7 +160,8 @@ TEST(TrainerEventsTest, DetectionMetricsMapToCocoAp) {
   TrainerEventParser parser(Spec(v1::METHOD_HLA, 2), 1);
   ParsedLine epoch = parser.ParseStdoutLine(
       R"({"event":"epoch_end","epoch":1,"eval_split":"val","train_loss":2.5,)"
-      R"("fp":{"ap":0.4,"ap50":0.7,"ap75":0.3,"ap_small":0.2,"ap_medium":null,"ap_large":null,"images":8},)"
+      R"("fp":{"ap":0.4,"ap50":0.7,"ap75":0.3,"ap_small":0.2,"ap_medium":null,"ap_large":null,)"
+      R"("ar1":0.25,"ar10":0.45,"ar100":0.5,"ar_small":0.3,"ar_medium":null,"ar_large":null,"images":8},)"
       R"("ternary":{"ap":0.35,"ap50":0.6,"ap75":0.25,"ap_small":0.1,"ap_medium":null,"ap_large":null},)"
       R"("layers":[]})",
       {});
@@ -172,6 +173,12 @@ TEST(TrainerEventsTest, DetectionMetricsMapToCocoAp) {
   EXPECT_DOUBLE_EQ(m.ternary_detection().ap(), 0.35);
   EXPECT_DOUBLE_EQ(m.ternary_detection().ap_small(), 0.1);
   EXPECT_FALSE(m.ternary_detection().has_ap_medium());  // null: no such objects
+  EXPECT_DOUBLE_EQ(m.fp_detection().ar1(), 0.25);
+  EXPECT_DOUBLE_EQ(m.fp_detection().ar10(), 0.45);
+  EXPECT_DOUBLE_EQ(m.fp_detection().ar100(), 0.5);
+  EXPECT_DOUBLE_EQ(m.fp_detection().ar_small(), 0.3);
+  EXPECT_FALSE(m.fp_detection().has_ar_medium());
+  EXPECT_FALSE(m.ternary_detection().has_ar100());  // not in the line
   ParsedLine done = parser.ParseStdoutLine(
       R"({"event":"finished","fp":{"ap":0.4,"ap50":0.7},"ternary":{"ap":0.3},)"
       R"("artifact":{"ap":0.33,"ap50":0.61},"detections_path":"/w/model.detections.json",)"

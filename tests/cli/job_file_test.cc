@@ -239,5 +239,27 @@ TEST(RenderTest, ResultsShowTop1OrCocoAp) {
       << FormatEvent(e);
 }
 
+TEST(RenderTest, DetectionResultsShowArAndNonStandardMaxDetections) {
+  v1::JobResult detection;
+  detection.mutable_ternary_detection()->set_ap(0.201);
+  detection.mutable_ternary_detection()->set_ap50(0.451);
+  detection.mutable_ternary_detection()->set_ar100(0.3);
+  detection.mutable_fp_detection()->set_ap(0.21);
+  detection.mutable_fp_detection()->set_ap50(0.47);
+  detection.mutable_fp_detection()->set_ar100(0.32);
+  EXPECT_EQ(FormatResult(detection).substr(0, 117),
+            "AP50 ternary 45.10%, latent fp 47.00% (AP ternary 20.10%, latent fp 21.00%; "
+            "AR@100 ternary 30.00%, latent fp 32.00%),");
+  v1::Job job;
+  job.set_id("j1");
+  *job.mutable_result() = detection;
+  EXPECT_EQ(FormatJobDetails(job).find("not the standard COCO"), std::string::npos);
+  job.mutable_spec()->mutable_model()->set_max_detections(20);
+  EXPECT_NE(FormatJobDetails(job).find("(model.max_detections 20: AP and AR@100 are at maxDets "
+                                       "20, not the standard COCO numbers)"),
+            std::string::npos)
+      << FormatJobDetails(job);
+}
+
 }  // namespace
 }  // namespace tern::cli

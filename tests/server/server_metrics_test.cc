@@ -154,6 +154,8 @@ v1::EpochEnd DetectionEpochEnd() {
   m->mutable_fp_detection()->set_ap_small(0.0625);
   m->mutable_ternary_detection()->set_ap(0.1875);
   m->mutable_ternary_detection()->set_ap50(0.375);
+  m->mutable_ternary_detection()->set_ar1(0.125);
+  m->mutable_ternary_detection()->set_ar100(0.5);
   return e;
 }
 
@@ -182,6 +184,13 @@ TEST_F(ServerMetricsTest, ADetectionEpochSetsApByWeightsAndIou) {
   std::sort(lines.begin(), lines.end());
   std::sort(want.begin(), want.end());
   EXPECT_EQ(lines, want) << Text();
+  // AR by maxDets, only the values the trainer reported.
+  std::vector<std::string> ar = Lines("tern_job_ar{");
+  std::sort(ar.begin(), ar.end());
+  EXPECT_EQ(ar, (std::vector<std::string>{
+                    R"(tern_job_ar{job="7",split="val",weights="ternary",max_dets="1"} 0.125)",
+                    R"(tern_job_ar{job="7",split="val",weights="ternary",max_dets="100"} 0.5)"}))
+      << Text();
   // No top-1 for a detection job.
   EXPECT_TRUE(Lines("tern_job_accuracy{").empty()) << Text();
 }

@@ -142,6 +142,31 @@ TEST(TrainerEventsTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   EXPECT_EQ(failed->failure.message(), "x");
 }
 
+TEST(TrainerEventsTest, DetectionMetricsCarryTheTwelveCocoNumbers) {
+  StatusOr<TrainerLine> epoch = ParseTrainerLine(
+      R"({"event":"epoch_end","rank":0,"epoch":1,"eval_split":"val",)"
+      R"("train_loss":2.5,"fp":{"ap":0.4,"ap50":0.7,"ap75":0.3,)"
+      R"("ap_small":0.2,"ap_medium":0.5,"ap_large":null,"ar1":0.25,)"
+      R"("ar10":0.45,"ar100":0.5,"ar_small":0.3,"ar_medium":0.6,)"
+      R"("ar_large":null,"images":8},"ternary":{"ap":0.35},"layers":[]})");
+  ASSERT_TRUE(epoch.ok());
+  const v1::EpochMetrics& m = epoch->epoch_end.metrics();
+  ASSERT_TRUE(m.has_fp_detection());
+  const v1::DetectionMetrics& d = m.fp_detection();
+  EXPECT_DOUBLE_EQ(d.ap(), 0.4);
+  EXPECT_DOUBLE_EQ(d.ap_medium(), 0.5);
+  EXPECT_FALSE(d.has_ap_large());
+  EXPECT_DOUBLE_EQ(d.ar1(), 0.25);
+  EXPECT_DOUBLE_EQ(d.ar10(), 0.45);
+  EXPECT_DOUBLE_EQ(d.ar100(), 0.5);
+  EXPECT_DOUBLE_EQ(d.ar_small(), 0.3);
+  EXPECT_DOUBLE_EQ(d.ar_medium(), 0.6);
+  EXPECT_FALSE(d.has_ar_large());  // null: no large objects
+  // An older trainer's line without AR leaves it unset.
+  EXPECT_DOUBLE_EQ(m.ternary_detection().ap(), 0.35);
+  EXPECT_FALSE(m.ternary_detection().has_ar100());
+}
+
 TEST(TrainerEventsTest, ToleratesOddInput) {
   EXPECT_FALSE(ParseTrainerLine("not json").ok());
   EXPECT_FALSE(ParseTrainerLine("[1,2]").ok());

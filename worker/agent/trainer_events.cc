@@ -41,7 +41,7 @@ const json& ObjOrEmpty(const json& j, const char* key) {
   return it != j.end() && it->is_object() ? *it : kEmpty;
 }
 
-// COCO AP of a detection job's metrics object; false when it has none.
+// COCO AP and AR of a detection job's metrics object; false when it has none.
 bool FillDetection(const json& m, v1::DetectionMetrics* out) {
   auto ap = Num(m, "ap");
   if (!ap) return false;
@@ -51,6 +51,12 @@ bool FillDetection(const json& m, v1::DetectionMetrics* out) {
   if (auto v = Num(m, "ap_small")) out->set_ap_small(*v);
   if (auto v = Num(m, "ap_medium")) out->set_ap_medium(*v);
   if (auto v = Num(m, "ap_large")) out->set_ap_large(*v);
+  if (auto v = Num(m, "ar1")) out->set_ar1(*v);
+  if (auto v = Num(m, "ar10")) out->set_ar10(*v);
+  if (auto v = Num(m, "ar100")) out->set_ar100(*v);
+  if (auto v = Num(m, "ar_small")) out->set_ar_small(*v);
+  if (auto v = Num(m, "ar_medium")) out->set_ar_medium(*v);
+  if (auto v = Num(m, "ar_large")) out->set_ar_large(*v);
   return true;
 }
 
