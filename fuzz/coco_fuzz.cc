@@ -1,5 +1,5 @@
 // Fuzz target: COCO annotation files (detection::ParseCocoJson), with boxes
-// outside their image clipped or rejected (the first byte picks).
+// outside their image clipped, rejected or kept (the first byte picks).
 // Properties: nothing throws or crashes; what parses writes back
 // (ToCocoJson) to text that parses to the same data set.
 #include <string>
@@ -12,7 +12,8 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   tern::detection::CocoReadOptions options;
-  options.out_of_image = (data[0] & 1) != 0 ? tern::detection::BoxPolicy::kReject
+  options.out_of_image = data[0] % 3 == 1   ? tern::detection::BoxPolicy::kReject
+                         : data[0] % 3 == 2 ? tern::detection::BoxPolicy::kKeep
                                             : tern::detection::BoxPolicy::kClip;
   const std::string_view text = tern::fuzz::AsText(data + 1, size - 1);
   tern::StatusOr<tern::detection::CocoDataset> d =
@@ -36,5 +37,6 @@ std::vector<std::string> TernFuzzSeeds() {
       R"("area":180.5,"iscrowd":0,"segmentation":[[4.5,6,24.5,6,24.5,16.25]]},)"
       R"({"id":11,"image_id":7,"category_id":1,"bbox":[30,30,8,8],"iscrowd":1},)"
       R"({"id":12,"image_id":1,"category_id":1,"bbox":[0,0,64,48]}]})";
-  return {std::string(1, '\0') + coco, std::string(1, '\x01') + coco};
+  return {std::string(1, '\0') + coco, std::string(1, '\x01') + coco,
+          std::string(1, '\x02') + coco};
 }

@@ -242,12 +242,40 @@ TEST_F(CocoReaderTest, ClipsBoxesOutsideTheImageByDefault) {
   EXPECT_DOUBLE_EQ(b.w, 15);
   EXPECT_DOUBLE_EQ(b.h, 8);
   EXPECT_DOUBLE_EQ(d->annotations[0].area, 15 * 8);
-  // A box with nothing inside the image is an error under either policy.
+  // The file's box stays for evaluation (pycocotools scores it), and is
+  // what ToCocoJson writes back.
+  ASSERT_TRUE(d->annotations[0].file_bbox.has_value());
+  EXPECT_DOUBLE_EQ(d->annotations[0].file_bbox->x, -5);
+  EXPECT_DOUBLE_EQ(d->annotations[0].file_bbox->h, 20);
+  EXPECT_NE(ToCocoJson(*d).find("\"bbox\":[-5.0,40.0,20.0,20.0]"), std::string::npos)
+      << ToCocoJson(*d);
+  const auto inside = ReadText(DocWithAnnotation(R"("bbox":[1,2,3,4])"));
+  ASSERT_TRUE(inside.ok()) << inside.status();
+  EXPECT_FALSE(inside->annotations[0].file_bbox.has_value());
+  // A box with nothing inside the image is an error under kClip and kReject.
   ExpectInvalid(DocWithAnnotation(R"("bbox":[64,0,5,5])"),
                 "annotations[0].bbox: box [64, 0, 5, 5] of image 7 (64x48) "
                 "lies outside the image");
   ExpectInvalid(DocWithAnnotation(R"("bbox":[-10,0,10,5])"),
                 "lies outside the image");
+}
+
+TEST_F(CocoReaderTest, KeepPolicyKeepsEveryBoxAsWritten) {
+  CocoReadOptions keep;
+  keep.out_of_image = BoxPolicy::kKeep;
+  const auto d = ReadText(DocWithAnnotation(R"("bbox":[64,-3,5,5])"), keep);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_DOUBLE_EQ(d->annotations[0].bbox.x, 64);
+  EXPECT_DOUBLE_EQ(d->annotations[0].bbox.y, -3);
+  EXPECT_FALSE(d->annotations[0].file_bbox.has_value());
+  EXPECT_DOUBLE_EQ(d->annotations[0].area, 25);
+  // Everything else is checked as under the other policies.
+  const auto negative = ReadText(DocWithAnnotation(R"("bbox":[1,2,-3,4])"), keep);
+  ASSERT_FALSE(negative.ok());
+  EXPECT_NE(negative.status().message().find(
+                "annotations[0].bbox: width and height must be >= 0"),
+            std::string::npos)
+      << negative.status();
 }
 
 TEST_F(CocoReaderTest, RejectPolicyRefusesBoxesBeyondTheImage) {
