@@ -17,6 +17,7 @@
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/init_from.h"
 #include "worker/trainer/multi_tensor_sgd.h"
+#include "worker/trainer/running_statistics.h"
 #include "worker/trainer/step_graph.h"
 #include "worker/trainer/stop_request.h"
 #include "worker/trainer/task.h"
@@ -91,6 +92,9 @@ struct Session {
   std::shared_ptr<torch::nn::Module> model;  // task->model()
   std::unique_ptr<quant::TernaryModel> quant;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
+  // The BatchNorm running statistics: updated once per step, averaged over
+  // the micro-batches and, in the gradient all-reduce, over the ranks.
+  std::unique_ptr<RunningStatistics> running_stats;
   // optimization.cuda_graph: the captured forward + backward, and the
   // quantizer outputs its capture made (handed back before each replay's
   // AfterBackward).
@@ -123,16 +127,6 @@ std::vector<at::Tensor> ReplicatedState(Session& s) {
   for (const auto& b : s.model->buffers()) out.push_back(b);
   for (const auto& p : s.quant->state()->parameters()) out.push_back(p);
   for (const auto& b : s.quant->state()->buffers()) out.push_back(b);
-  return out;
-}
-
-// BatchNorm running statistics (the floating-point buffers): per rank, so
-// they are averaged before evaluation and checkpoints.
-std::vector<at::Tensor> RunningStatistics(Session& s) {
-  std::vector<at::Tensor> out;
-  for (const auto& b : s.model->buffers()) {
-    if (b.is_floating_point()) out.push_back(b);
-  }
   return out;
 }
 
@@ -266,6 +260,7 @@ Status Setup(Session& s) {
   // The tasks run every training forward under bf16 autocast when ctx.bf16.
   if (ctx.bf16) s.quant->set_forward_dtype(at::kBFloat16);
   s.optimizer = MakeOptimizer(s);
+  s.running_stats = std::make_unique<RunningStatistics>(*s.model);
   if (spec.optim.cuda_graph) {  // Validate() allowed it: CUDA classification
     s.quant->set_device_scalars(true);
     TERN_ASSIGN_OR_RETURN(s.step_graph, StepGraph::Create(s.device, AllParameters(s)));
@@ -296,7 +291,8 @@ std::string StepDir(const Session& s, int64_t step) {
 Status SaveCheckpoint(Session& s, EventWriter& events) {
   const auto start = Clock::now();
   if (s.lease.Expired()) return Fenced(s.lease.path());
-  TERN_RETURN_IF_ERROR(s.comm->AllReduceMean(RunningStatistics(s)));
+  // Every rank holds the same BatchNorm statistics (averaged in each step's
+  // all-reduce), so every rank's file holds the model of the whole job.
   const std::string dir = StepDir(s, s.global_step);
   TERN_RETURN_IF_ERROR(MakeDirectories(dir));
   std::ostringstream bytes;
@@ -394,7 +390,7 @@ Status StopAtCommittedCheckpoint(Session& s, EventWriter& events) {
 // Metrics of the FP twin (latent weights) and of the ternary model on the
 // evaluation split, sharded over the ranks (a collective).
 StatusOr<std::pair<json, json>> EvaluateFpAndTernary(Session& s, EvalSplit split) {
-  TERN_RETURN_IF_ERROR(s.comm->AllReduceMean(RunningStatistics(s)));
+  // The BatchNorm statistics are already the same on every rank (TrainStep).
   EvalRequest request;
   request.split = split;
   s.quant->UseLatentWeights();
@@ -461,11 +457,15 @@ StatusOr<at::Tensor> TrainStep(Session& s) {
     loss_sum = run.value;  // the division below copies it before the next replay
   } else {
     s.optimizer->zero_grad();
+    // Each micro-batch's forward moves the BatchNorm statistics from the
+    // step's values; after the last they are the mean of the M results.
+    s.running_stats->BeginMicroBatches(micro);
     for (int m = 0; m < micro; ++m) {
       s.quant->BeforeForward();  // per micro-batch: each graph owns its STE node
       const at::Tensor task = s.task->MicroBatchLoss(m, micro);
       const at::Tensor loss = (task + s.quant->RegularizationLoss()) / micro;
       loss.backward();
+      s.running_stats->EndMicroBatch(m);
       loss_sum = loss_sum.defined() ? loss_sum + task.detach() : task.detach();
     }
   }
@@ -475,6 +475,10 @@ StatusOr<at::Tensor> TrainStep(Session& s) {
       [&] {
         std::vector<at::Tensor> grads;
         for (auto& p : AllParameters(s)) grads.push_back(p.grad());
+        // The BatchNorm running statistics ride along (in place; a CUDA
+        // graph's replays read the same buffers): every rank then holds the
+        // mean over all ranks and micro-batches (running_statistics.h).
+        for (const auto& b : s.running_stats->averaged()) grads.push_back(b);
         grads.push_back(s.stop_vote);  // rides in the last bucket: no extra collective
         return grads;
       }()));
