@@ -14,12 +14,14 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "common/file_util.h"
+#include "quant/artifact.h"
 #include "worker/trainer/checkpoint_layout.h"
 #include "worker/trainer/distributed.h"
 
@@ -127,6 +129,85 @@ inline void LoadNewestCheckpoint(const std::string& dir, torch::nn::Module& mode
   archive.load_from(dir + "/checkpoints/" + StepDirName(step) + "/" + RankFileName(0));
   archive.read("model", model_archive);
   model.load(model_archive);
+}
+
+// Every tensor of the model and of the quantizer state in rank `rank`'s file
+// of the newest committed checkpoint under <dir>/checkpoints, by dotted name
+// ("model.bn1.running_var", "quant...."): parameters and buffers alike. The
+// optimizer's state is left out: libtorch keys it by the writing process's
+// tensor addresses (its momentum follows from equal gradients).
+inline std::map<std::string, at::Tensor> CheckpointState(const std::string& dir, int rank = 0) {
+  std::map<std::string, at::Tensor> out;
+  const int64_t step = NewestCommittedStep(dir + "/checkpoints");
+  EXPECT_GE(step, 0) << "no committed checkpoint in " << dir;
+  if (step < 0) return out;
+  torch::serialize::InputArchive archive;
+  archive.load_from(dir + "/checkpoints/" + StepDirName(step) + "/" + RankFileName(rank));
+  std::function<void(torch::serialize::InputArchive&, const std::string&)> collect =
+      [&](torch::serialize::InputArchive& a, const std::string& prefix) {
+        for (const std::string& key : a.keys()) {
+          at::Tensor t;
+          torch::serialize::InputArchive sub;
+          if (a.try_read(key, t)) {
+            out[prefix + key] = t;
+          } else if (a.try_read(key, sub)) {
+            collect(sub, prefix + key + ".");
+          }
+        }
+      };
+  for (const char* part : {"model", "quant"}) {
+    torch::serialize::InputArchive sub;
+    EXPECT_TRUE(archive.try_read(part, sub)) << part;
+    collect(sub, std::string(part) + ".");
+  }
+  return out;
+}
+
+// Expects the same names and bit-identical tensors (dtype, shape, values);
+// each difference is named with its largest absolute size.
+inline void ExpectIdenticalState(const std::map<std::string, at::Tensor>& a,
+                                 const std::map<std::string, at::Tensor>& b,
+                                 const std::string& what) {
+  std::vector<std::string> names_a, names_b;
+  for (const auto& [name, t] : a) names_a.push_back(name);
+  for (const auto& [name, t] : b) names_b.push_back(name);
+  ASSERT_EQ(names_a, names_b) << what;
+  ASSERT_FALSE(a.empty()) << what;
+  int differing = 0;
+  for (const auto& [name, x] : a) {
+    const at::Tensor& y = b.at(name);
+    if (x.scalar_type() == y.scalar_type() && x.sizes() == y.sizes() && torch::equal(x, y)) continue;
+    ++differing;
+    const double diff = x.sizes() == y.sizes()
+                            ? (x.to(at::kDouble) - y.to(at::kDouble)).abs().max().item<double>()
+                            : -1;
+    ADD_FAILURE() << what << ": " << name << " differs (max |a - b| " << diff << ")";
+  }
+  EXPECT_EQ(differing, 0) << what << ": " << differing << " of " << a.size() << " tensors differ";
+}
+
+// Expects two .tern files to hold the same tensors bit for bit (codes,
+// scales, float32 values) and the same architecture.
+inline void ExpectIdenticalArtifacts(const std::string& path_a, const std::string& path_b) {
+  const auto a = quant::ReadArtifactFile(path_a);
+  const auto b = quant::ReadArtifactFile(path_b);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->architecture, b->architecture);
+  EXPECT_EQ(a->packing, b->packing);
+  ASSERT_EQ(a->tensors.size(), b->tensors.size());
+  ASSERT_FALSE(a->tensors.empty());
+  for (size_t i = 0; i < a->tensors.size(); ++i) {
+    const quant::ArtifactTensor& x = a->tensors[i];
+    const quant::ArtifactTensor& y = b->tensors[i];
+    EXPECT_EQ(x.name, y.name);
+    EXPECT_EQ(x.shape, y.shape) << x.name;
+    EXPECT_EQ(x.kind, y.kind) << x.name;
+    EXPECT_EQ(x.values, y.values) << x.name;
+    EXPECT_EQ(x.codes, y.codes) << x.name;
+    EXPECT_EQ(x.pos_scale, y.pos_scale) << x.name;
+    EXPECT_EQ(x.neg_scale, y.neg_scale) << x.name;
+  }
 }
 
 inline double MaxDifference(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {

@@ -58,22 +58,62 @@ class TrainerTest : public testing::Test {
   }
 };
 
+// The finished event of the run in `dir` (rank 0).
+json Finished(const std::string& dir) {
+  const auto events = Events(dir + "/rank0.jsonl");
+  EXPECT_FALSE(events.empty()) << dir;
+  if (events.empty()) return json::object();
+  EXPECT_EQ(events.back()["event"], "finished") << events.back().dump();
+  return events.back();
+}
+
+// 1 rank with the global batch as 2 micro-batches and 2 ranks with one each
+// are the same computation: every parameter and buffer (the BatchNorm
+// running statistics and num_batches_tracked included) and the quantizer's
+// state are bit-identical on both ranks, and so are the exported artifact
+// and its evaluation. Exact because the 2 micro-batches' gradients are
+// accumulated as g0/2 + g1/2, which is (g0 + g1)/2, the 2-rank mean, in
+// floating point too, and the BatchNorm statistics are averaged as (a + b)/2
+// on both paths (running_statistics.h); 2 is the one world size for which
+// Gloo's sum order cannot matter.
 TEST_F(TrainerTest, TwoRankGlooEqualsOneRankWithSameGlobalBatch) {
   for (const std::string method : {"METHOD_FP", "METHOD_HLA"}) {
     const std::string one = TempDir("parity1_" + method);
     const std::string two = TempDir("parity2_" + method);
-    // One rank processes the global batch as two micro-batches, exactly the
-    // per-rank batches of the 2-rank run (BatchNorm statistics included).
     EXPECT_EQ(RunJob(one, SmallSpec(method, 1, 2)), (std::vector<int>{0}));
     EXPECT_EQ(RunJob(two, SmallSpec(method, 2, 1)), (std::vector<int>{0, 0}));
-    const double diff = MaxDifference(FinalParameters(one), FinalParameters(two));
-    EXPECT_LT(diff, 1e-4) << method;
-    // Not vacuous: training moved the weights.
-    const std::vector<at::Tensor> init = [] {
-      torch::manual_seed(3);
-      return BuildClassifier({"resnet20", 1, 10, 0.25}).value()->parameters();
-    }();
-    EXPECT_GT(MaxDifference(init, FinalParameters(two)), 1e-3) << method;
+    const auto state = CheckpointState(one);
+    ExpectIdenticalState(state, CheckpointState(two, 0), method + ": 1 rank x 2 vs rank 0 of 2");
+    ExpectIdenticalState(state, CheckpointState(two, 1), method + ": 1 rank x 2 vs rank 1 of 2");
+    // Counted once per optimizer step (256 / 32 = 8), not per micro-batch.
+    int counters = 0;
+    for (const auto& [name, t] : state) {
+      if (name.find("num_batches_tracked") == std::string::npos) continue;
+      ++counters;
+      EXPECT_EQ(t.item<int64_t>(), 8) << method << " " << name;
+    }
+    EXPECT_GE(counters, 19) << method;  // ResNet-20: stem, 9 blocks x 2, shortcuts
+    ExpectIdenticalArtifacts(one + "/model.tern", two + "/model.tern");
+    const json a = Finished(one);
+    const json b = Finished(two);
+    // The artifact is evaluated by rank 0 alone: the same numbers.
+    EXPECT_EQ(a["artifact"], b["artifact"]) << method;
+    EXPECT_EQ(a["artifact"]["examples"], 64);
+    // The FP-twin and ternary evaluations are sharded over the ranks: the
+    // same counts, the loss summed in another order (per rank, then across).
+    for (const char* which : {"fp", "ternary"}) {
+      EXPECT_EQ(a[which]["top1"], b[which]["top1"]) << method << " " << which;
+      EXPECT_EQ(a[which]["top5"], b[which]["top5"]) << method << " " << which;
+      EXPECT_NEAR(a[which]["loss"].get<double>(), b[which]["loss"].get<double>(), 1e-5)
+          << method << " " << which;
+    }
+    // Not vacuous: training moved the weights and the statistics.
+    torch::manual_seed(3);
+    const auto init = BuildClassifier({"resnet20", 1, 10, 0.25}).value();
+    EXPECT_GT(MaxDifference(init->parameters(), FinalParameters(two)), 1e-3) << method;
+    const at::Tensor var = state.at("model.bn1.running_var");
+    EXPECT_GT((var - init->named_buffers()["bn1.running_var"]).abs().max().item<double>(), 1e-3)
+        << method;
   }
 }
 
@@ -102,7 +142,9 @@ TEST_F(TrainerTest, KillNineThenResumeMatchesUninterruptedRun) {
   EXPECT_EQ(events.front()["event"], "started");
   EXPECT_GE(events.front()["resumed_from_step"].get<int>(), 4);
   EXPECT_EQ(events.back()["event"], "finished");
-  EXPECT_EQ(MaxDifference(FinalParameters(straight), FinalParameters(killed)), 0.0);
+  // Every parameter and buffer (BatchNorm statistics and counters) and the
+  // quantizer's state, bit for bit.
+  ExpectIdenticalState(CheckpointState(straight), CheckpointState(killed), "kill -9 and resume");
 }
 
 TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLosesNoStep) {
@@ -146,8 +188,12 @@ TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLos
   EXPECT_EQ(resumed.front()["event"], "started");
   EXPECT_EQ(resumed.front()["resumed_from_step"].get<int>(), stopped_at);
   EXPECT_EQ(resumed.back()["event"], "finished");
-  // Not a step lost or repeated: the same weights as the uninterrupted run.
-  EXPECT_EQ(MaxDifference(FinalParameters(straight), FinalParameters(dir)), 0.0);
+  // Not a step lost or repeated: the same weights, BatchNorm statistics and
+  // counters and quantizer state as the uninterrupted run, on both ranks.
+  for (int rank : {0, 1}) {
+    ExpectIdenticalState(CheckpointState(straight, rank), CheckpointState(dir, rank),
+                         "stopped and resumed, rank " + std::to_string(rank));
+  }
 }
 
 // tern-agent hands the ranks the job's rendezvous secret in the environment:
@@ -155,17 +201,28 @@ TEST_F(TrainerTest, SigusrOneToOneRankStopsEveryRankAtACheckpointAndTheResumeLos
 // /proc/<pid>/environ for this user's other processes.
 TEST_F(TrainerTest, RanksWithTheRendezvousKeyFinishAndScrubItFromTheirEnvironment) {
   json spec = SmallSpec("METHOD_HLA", 2, 1);
+  spec["dataset"]["max_train_examples"] = 1024;  // 32 steps: both ranks still run when read
   const std::string key = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+  // Another variable the ranks inherit: finding it proves that the live
+  // environment was read (a rank already gone, or a zombie's empty file,
+  // would otherwise pass for a scrubbed one).
+  const std::string marker = "TERN_TEST_ENVIRON_MARKER=scrub-test";
   const std::string dir = TempDir("rendezvous_key");
   ::setenv("TERN_RENDEZVOUS_KEY", key.c_str(), 1);
+  ::setenv("TERN_TEST_ENVIRON_MARKER", "scrub-test", 1);
   std::vector<Process> ranks = SpawnJob(dir, spec);
   ::unsetenv("TERN_RENDEZVOUS_KEY");
+  ::unsetenv("TERN_TEST_ENVIRON_MARKER");
+  // Rank 0's first progress line: both ranks read the key, met and stepped.
   ASSERT_TRUE(WaitForEvent(ranks[0].stdout_path,
-                           [](const json& e) { return e["event"] == "started"; }));
+                           [](const json& e) { return e["event"] == "progress"; }));
   for (const Process& p : ranks) {
     const StatusOr<std::string> environ =
         ReadFileToString("/proc/" + std::to_string(p.pid) + "/environ");
-    if (!environ.ok()) continue;  // already gone
+    ASSERT_TRUE(environ.ok()) << "rank pid " << p.pid << " exited before it was read: "
+                              << environ.status();
+    EXPECT_NE(environ->find(marker), std::string::npos)
+        << "rank pid " << p.pid << ": not its live environment";
     EXPECT_EQ(environ->find(key), std::string::npos) << "rank pid " << p.pid;
   }
   EXPECT_EQ(Wait(ranks[0]), 0);
