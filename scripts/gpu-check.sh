@@ -36,8 +36,10 @@
 # reduce-overhead). A short re-check on a nearly spent budget:
 #   TERN_GPU_DEADLINE_S=200 TERN_GPU_STEPS="unit bench-resnet20 e2e" scripts/gpu-check.sh
 # Step `quant` runs only the CPU = GPU quantizer comparison (and its CPU-side
-# set-up check). TERN_GPU_REPEATS=K (default 1) runs each benchmark K times,
-# tern-trainer and the reference interleaved, and reports medians and ranges.
+# set-up check). TERN_GPU_STEPS=none only builds (no GPU needed; what
+# docker/Dockerfile.cuda runs). TERN_GPU_REPEATS=K (default 1) runs each
+# benchmark K times, tern-trainer and the reference interleaved, and reports
+# medians and ranges.
 #
 #   scripts/gpu-check.sh          on the GPU machine (device run, carry .carry)
 #   scripts/gpu-check.sh --cpu    a dry run of every step on a machine without
@@ -298,6 +300,7 @@ for s in $steps; do
       if [[ "$mode" == cuda ]]; then
         bench "$s" resnet20-graph-vs-reduce-overhead "${r20[@]}" --cuda-graph --compile-mode reduce-overhead
       else result[$s]="skipped (CUDA graphs need a GPU)"; fi ;;
+    none) ;;  # build only (docker/Dockerfile.cuda)
     *) echo "unknown step '$s' (TERN_GPU_STEPS)"; result[$s]=FAIL ;;
   esac
 done
