@@ -5,7 +5,9 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -313,6 +315,88 @@ TEST(CenterNetTest, LossIsSmallForThePerfectPredictionAndDecodesIt) {
   EXPECT_NEAR(top.x2, 4 * (7.25 + 1.5), 1e-5);
   EXPECT_NEAR(top.y2, 4 * (5.5 + 1.0), 1e-5);
   for (size_t k = 1; k < decoded[0].size(); ++k) EXPECT_LT(decoded[0][k].score, 1e-6);
+}
+
+// The penalty-reduced focal loss on a Gaussian target, against the formula
+// evaluated cell by cell in double precision: -(1 - p)^2 log p at the peak,
+// -(1 - y)^4 p^2 log(1 - p) elsewhere (alpha 2, beta 4). Cells near the
+// peak (0 < y < 1) are where the (1 - y)^beta factor matters: a loss that
+// dropped it, or used another beta, is off by far more than rounding.
+TEST(CenterNetTest, FocalLossOnAGaussianTargetFollowsTheFormula) {
+  const int64_t cells = 12;
+  at::Tensor heat = at::zeros({1, 2, cells, cells});
+  for (int64_t yy = 0; yy < cells; ++yy) {
+    for (int64_t xx = 0; xx < cells; ++xx) {
+      const double d2 = static_cast<double>((xx - 6) * (xx - 6) + (yy - 4) * (yy - 4));
+      heat[0][0][yy][xx] = std::exp(-d2 / (2 * 1.5 * 1.5));  // 1 at (6, 4)
+    }
+  }
+  heat[0][1][2][9] = 1;  // a second class: a single-cell peak
+  torch::manual_seed(3);
+  CenterNetOutput out;
+  out.heatmap = (torch::randn({1, 2, cells, cells}) * 2).requires_grad_();
+  out.size = torch::zeros({1, 2, cells, cells});
+  out.offset = torch::zeros({1, 2, cells, cells});
+  const at::Tensor index = torch::tensor({{4 * cells + 6, 2 * cells + 9}}, at::kLong);
+  const at::Tensor zeros = torch::zeros({1, 2, 2});
+  const CenterNetLossSums sums =
+      CenterNetLoss(out, heat, index, zeros, zeros, torch::ones({1, 2}));
+
+  const at::Tensor detached = out.heatmap.detach();
+  const auto logits = detached.accessor<float, 4>();
+  const auto target = heat.accessor<float, 4>();
+  double expected = 0, near_peak = 0;
+  int soft_cells = 0;
+  for (int64_t c = 0; c < 2; ++c) {
+    for (int64_t yy = 0; yy < cells; ++yy) {
+      for (int64_t xx = 0; xx < cells; ++xx) {
+        const double p =
+            std::clamp(1 / (1 + std::exp(-static_cast<double>(logits[0][c][yy][xx]))), 1e-4,
+                       1 - 1e-4);
+        const double y = target[0][c][yy][xx];
+        if (y == 1) {
+          expected -= std::pow(1 - p, 2) * std::log(p);
+        } else {
+          const double term = -std::pow(1 - y, 4) * std::pow(p, 2) * std::log(1 - p);
+          expected += term;
+          if (y > 0.1) {
+            near_peak += term;
+            ++soft_cells;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(soft_cells, 10);
+  EXPECT_NEAR(sums.focal.item<double>(), expected, 1e-5 * expected);
+  // Not vacuous: without the (1 - y)^4 reduction the near-peak cells would
+  // add a visible amount (their unreduced penalty is many times larger).
+  double unreduced = 0;
+  for (int64_t yy = 0; yy < cells; ++yy) {
+    for (int64_t xx = 0; xx < cells; ++xx) {
+      const double y = target[0][0][yy][xx];
+      if (y <= 0.1 || y == 1) continue;
+      const double p = std::clamp(
+          1 / (1 + std::exp(-static_cast<double>(logits[0][0][yy][xx]))), 1e-4, 1 - 1e-4);
+      unreduced -= std::pow(p, 2) * std::log(1 - p);
+    }
+  }
+  EXPECT_GT(unreduced - near_peak, 1e-3 * expected);
+
+  // The gradient at a near-peak cell follows the same formula:
+  // d/dz [-(1 - y)^4 p^2 log(1 - p)] = (1 - y)^4 (p^3 - 2 p^2 (1 - p) log(1 - p))
+  // with p = sigmoid(z) inside the clamp.
+  sums.focal.backward();
+  const int64_t gx = 7, gy = 4;  // next to the peak
+  const double y = target[0][0][gy][gx];
+  ASSERT_GT(y, 0.5);
+  ASSERT_LT(y, 1);
+  const double p = 1 / (1 + std::exp(-static_cast<double>(logits[0][0][gy][gx])));
+  ASSERT_GT(p, 1e-4);
+  ASSERT_LT(p, 1 - 1e-4);
+  const double grad =
+      std::pow(1 - y, 4) * (std::pow(p, 3) - 2 * p * p * (1 - p) * std::log(1 - p));
+  EXPECT_NEAR(out.heatmap.grad()[0][0][gy][gx].item<double>(), grad, 1e-6 + 1e-4 * std::abs(grad));
 }
 
 TEST(CenterNetTest, LetterboxInverseMapsBack) {
