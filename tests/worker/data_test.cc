@@ -681,9 +681,26 @@ TEST(ImageFolderTest, RejectsTestClassMissingFromTrain) {
                dir.Path("test/c") + ": class not present");
 }
 
+// What a reader accepted, even from a damaged file, is a well-formed data
+// set: [N, C, H, W] uint8 images, N labels within the classes.
+void ExpectWellFormed(const StatusOr<ImageDataset>& read, const std::string& what) {
+  if (!read.ok()) return;
+  ASSERT_EQ(read->images.dim(), 4) << what;
+  EXPECT_EQ(read->images.scalar_type(), at::kByte) << what;
+  ASSERT_EQ(read->labels.dim(), 1) << what;
+  EXPECT_EQ(read->labels.size(0), read->images.size(0)) << what;
+  EXPECT_GT(read->num_classes, 0) << what;
+  if (read->labels.numel() > 0) {
+    EXPECT_GE(read->labels.min().item<int64_t>(), 0) << what;
+    EXPECT_LT(read->labels.max().item<int64_t>(), read->num_classes) << what;
+  }
+}
+
 TEST(ReaderRobustnessTest, SurvivesRandomCorruption) {
-  // Mutated and cut files must give a status (or, by luck, data), never a
-  // crash; run under ASan/UBSan to make this meaningful.
+  // Mutated and cut files must give a status or, by luck, well-formed data,
+  // never a crash; scripts/sanitize.sh runs this under ASan/UBSan, and the
+  // fuzz targets (fuzz/idx_fuzz.cc, cifar_fuzz.cc, image_fuzz.cc) search
+  // further with exact properties.
   TempDir dir;
   std::mt19937 rng(17);
   const IdxSet set = MakeIdxSet(20, 6, 6, 10);
@@ -701,15 +718,19 @@ TEST(ReaderRobustnessTest, SurvivesRandomCorruption) {
     return bytes;
   };
   int failures = 0;
+  const auto count = [&](const StatusOr<ImageDataset>& read, const std::string& what) {
+    ExpectWellFormed(read, what);
+    failures += !read.ok();
+  };
   for (int iter = 0; iter < 150; ++iter) {
     WriteBytes(dir.Path("idx"), mutate(set.images));
-    failures += !ReadIdx(dir.Path("idx"), dir.Path("labels")).ok();
+    count(ReadIdx(dir.Path("idx"), dir.Path("labels")), "idx " + std::to_string(iter));
     WriteBytes(dir.Path("idx.gz"), mutate(gz));
-    failures += !ReadIdx(dir.Path("idx.gz"), dir.Path("labels")).ok();
+    count(ReadIdx(dir.Path("idx.gz"), dir.Path("labels")), "idx.gz " + std::to_string(iter));
     WriteBytes(dir.Path("c100/train.bin"), mutate(cifar));
-    failures += !ReadCifar(dir.Path("c100"), true, true).ok();
+    count(ReadCifar(dir.Path("c100"), true, true), "cifar " + std::to_string(iter));
     WriteBytes(dir.Path("folder/a/x.png"), mutate(png));
-    failures += !ReadImageFolder(dir.Path("folder"), 0).ok();
+    count(ReadImageFolder(dir.Path("folder"), 0), "png " + std::to_string(iter));
   }
   EXPECT_GT(failures, 150);
 }
