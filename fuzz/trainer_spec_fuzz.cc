@@ -1,15 +1,50 @@
 // Fuzz target: the job spec a tern-trainer reads (trainer::ParseTrainerSpec,
 // the proto3 JSON of tern.v1.JobSpec parsed with nlohmann::json).
-// Property: nothing throws or crashes; bad specs are a Status naming the
-// field.
+// Properties: nothing throws or crashes; a bad spec is INVALID_ARGUMENT
+// whose message starts with what it is about: "job spec: " when the text is
+// not a JSON object, else the field's path and ": " ("optimization.lr: must
+// be in (0, 100)"), the path starting with a top-level field of JobSpec or
+// with a key of the input (an unknown field); an accepted spec passes
+// Validate().
+#include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "common/check.h"
 #include "fuzz/fuzz_target.h"
 #include "worker/trainer/spec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  (void)tern::trainer::ParseTrainerSpec(std::string(tern::fuzz::AsText(data, size)));
+  const std::string text(tern::fuzz::AsText(data, size));
+  const tern::StatusOr<tern::trainer::TrainerSpec> spec = tern::trainer::ParseTrainerSpec(text);
+  if (spec.ok()) {
+    TERN_CHECK(spec->Validate().ok()) << spec->Validate();
+    return 0;
+  }
+  const tern::Status& status = spec.status();
+  TERN_CHECK(status.code() == tern::StatusCode::kInvalidArgument) << status;
+  const std::string& message = status.message();
+  const nlohmann::json root = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    TERN_CHECK(message.rfind("job spec: ", 0) == 0) << message;
+    return 0;
+  }
+  // The field: top-level names (both JSON spellings where they differ) and
+  // the input's own keys.
+  static const std::set<std::string> kTopLevel = {
+      "name",         "task",      "collective_timeout_seconds", "collectiveTimeoutSeconds",
+      "owner",        "labels",    "priority",                   "max_restarts",
+      "maxRestarts",  "model",     "dataset",                    "quantization",
+      "optimization", "resources", "checkpoint",                 "events"};
+  bool named = false;
+  const auto names = [&](const std::string& first) {
+    return message.size() > first.size() && message.compare(0, first.size(), first) == 0 &&
+           (message[first.size()] == '.' || message.compare(first.size(), 2, ": ") == 0);
+  };
+  for (const std::string& field : kTopLevel) named = named || names(field);
+  for (const auto& item : root.items()) named = named || names(item.key());
+  TERN_CHECK(named) << "no field named: " << message;
   return 0;
 }
 
