@@ -6,6 +6,7 @@
 // RunTraining). Skipped (and reported as skipped) without a CUDA device.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -161,11 +162,34 @@ TEST_F(GpuTest, NcclAtWorldSizeOneAllReducesAndBroadcasts) {
   o.connect_alone = true;
   auto comm = trainer::Communicator::Connect(o);
   ASSERT_TRUE(comm.ok()) << comm.status();
-  at::Tensor t = torch::full({1000}, 3.0f, torch::kCUDA);
-  ASSERT_TRUE((*comm)->AllReduceMean({t}).ok());
-  EXPECT_TRUE(torch::allclose(t.cpu(), torch::full({1000}, 3.0f)));
-  ASSERT_TRUE((*comm)->Broadcast({t}, 0).ok());
+  ASSERT_TRUE((*comm)->connected()) << "connect_alone builds a process group at world size 1";
+  // At world size 1 a mean and a broadcast are identities, so values alone
+  // cannot tell a real collective from a skipped one: distinct values per
+  // element (a wrong bucket offset would move them) must come back bit for
+  // bit, and the collectives must reach NCCL, which refuses CPU tensors (a
+  // call that skipped the process group would return OK).
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA);
+  std::vector<at::Tensor> tensors = {torch::arange(1000, cuda.dtype(torch::kFloat)) * 0.37f,
+                                     torch::arange(12, cuda.dtype(torch::kFloat)).reshape({3, 4}),
+                                     torch::full({5}, 3.0f, cuda)};
+  std::vector<at::Tensor> expected;
+  for (const auto& t : tensors) expected.push_back(t.cpu().clone());
+  ASSERT_TRUE((*comm)->AllReduceMean(tensors).ok());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    EXPECT_TRUE(tensors[i].is_cuda());
+    EXPECT_TRUE(torch::equal(tensors[i].cpu(), expected[i])) << "tensor " << i;
+  }
+  ASSERT_TRUE((*comm)->Broadcast(tensors, 0).ok());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    EXPECT_TRUE(torch::equal(tensors[i].cpu(), expected[i])) << "broadcast, tensor " << i;
+  }
+  at::Tensor sum = torch::full({7}, 2.5f, cuda);
+  ASSERT_TRUE((*comm)->AllReduceSum(sum).ok());
+  EXPECT_TRUE(torch::equal(sum.cpu(), torch::full({7}, 2.5f)));
   ASSERT_TRUE((*comm)->Barrier().ok());
+  at::Tensor on_cpu = torch::ones({4});
+  EXPECT_FALSE((*comm)->AllReduceMean({on_cpu}).ok()) << "the all-reduce never reached NCCL";
+  EXPECT_FALSE((*comm)->Broadcast({on_cpu}, 0).ok()) << "the broadcast never reached NCCL";
 #endif
 }
 
@@ -314,7 +338,13 @@ TEST_F(GpuTest, ArtifactTrainedOnGpuEvaluatesIdenticallyOnCpu) {
   const at::Tensor a = on_cpu->forward(xs);
   const at::Tensor b = on_gpu->forward(xs.cuda()).cpu();
   EXPECT_TRUE(torch::equal(a.argmax(1), b.argmax(1)));
-  EXPECT_TRUE(torch::allclose(a, b, 1e-3, 1e-3));
+  // The same weights; only the devices' fp32 kernels differ. The tolerance
+  // is far above what they should give: the measured difference is printed
+  // so that a GPU run can tighten it (issue 34).
+  const double worst = (a - b).abs().max().item<double>();
+  std::cout << "CPU vs GPU logits of one artifact: max |difference| " << worst << " (of max |logit| "
+            << a.abs().max().item<double>() << ")\n";
+  EXPECT_TRUE(torch::allclose(a, b, 1e-3, 1e-3)) << "max |difference| " << worst;
 }
 
 TEST_F(GpuTest, PinnedByteBatchesNormalizedOnGpuEqualCpuBatches) {
@@ -436,6 +466,13 @@ TEST_F(GpuTest, CudaGraphStepTrainsLikeTheEagerStep) {
         << "step " << i;
   }
   ASSERT_EQ(graphed.state.size(), eager.state.size());
+  double worst = 0;
+  for (size_t i = 0; i < eager.state.size(); ++i) {
+    if (eager.state[i].is_floating_point()) {
+      worst = std::max(worst, (graphed.state[i] - eager.state[i]).abs().max().item<double>());
+    }
+  }
+  std::cout << "graphed vs eager state after 12 steps: max |difference| " << worst << "\n";
   for (size_t i = 0; i < eager.state.size(); ++i) {
     if (!eager.state[i].is_floating_point()) {
       EXPECT_TRUE(torch::equal(graphed.state[i], eager.state[i])) << "buffer " << i;
