@@ -9,6 +9,10 @@
 // a positive whole number of records and every image and label is the bytes
 // of its record (labels within the classes, CIFAR-100's coarse labels below
 // 20); a refused one is DATA_LOSS naming the file.
+// ReadCifar returns tensors, so this target links LibTorch and is not built
+// by scripts/sanitize.sh (a LibTorch-free build); ctest runs it in the
+// normal build. A torch-free record parser, as idx_format.h is for IDX,
+// would put it under the sanitizers.
 #include <unistd.h>
 
 #include <cstring>

@@ -698,9 +698,10 @@ void ExpectWellFormed(const StatusOr<ImageDataset>& read, const std::string& wha
 
 TEST(ReaderRobustnessTest, SurvivesRandomCorruption) {
   // Mutated and cut files must give a status or, by luck, well-formed data,
-  // never a crash; scripts/sanitize.sh runs this under ASan/UBSan, and the
-  // fuzz targets (fuzz/idx_fuzz.cc, cifar_fuzz.cc, image_fuzz.cc) search
-  // further with exact properties.
+  // never a crash. This binary links LibTorch, which scripts/sanitize.sh
+  // leaves out: the parsers' fuzz targets search further with exact
+  // properties, idx_fuzz and image_fuzz under ASan/UBSan there, cifar_fuzz
+  // (LibTorch too) in the normal build.
   TempDir dir;
   std::mt19937 rng(17);
   const IdxSet set = MakeIdxSet(20, 6, 6, 10);
