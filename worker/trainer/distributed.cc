@@ -184,6 +184,52 @@ Status Communicator::Run(const char* what, const std::function<void()>& body) {
   return OkStatus();
 }
 
+namespace {
+
+// Tensors packed for one collective each: same dtype and device, at most
+// `bucket_bytes` (a larger tensor gets a bucket of its own), flattened in
+// logical order (reshape(-1) reads a channels_last tensor the way the copy
+// back writes it).
+struct Bucket {
+  std::vector<at::Tensor> members;
+  at::Tensor flat;
+  c10::intrusive_ptr<c10d::Work> work;
+};
+
+std::vector<Bucket> PackBuckets(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes) {
+  std::vector<Bucket> buckets;
+  int64_t bytes = 0;
+  for (const at::Tensor& t : tensors) {
+    if (!t.defined()) continue;
+    const int64_t size = t.numel() * static_cast<int64_t>(t.element_size());
+    if (buckets.empty() || bytes + size > bucket_bytes ||
+        buckets.back().members.front().scalar_type() != t.scalar_type() ||
+        buckets.back().members.front().device() != t.device()) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    buckets.back().members.push_back(t);
+    bytes += size;
+  }
+  for (Bucket& b : buckets) {
+    std::vector<at::Tensor> flat_views;
+    for (const at::Tensor& t : b.members) flat_views.push_back(t.reshape({-1}));
+    b.flat = at::cat(flat_views);
+  }
+  return buckets;
+}
+
+// Writes a bucket's flat values back into its member tensors.
+void Unpack(const Bucket& b) {
+  int64_t offset = 0;
+  for (const at::Tensor& t : b.members) {
+    t.copy_(b.flat.narrow(0, offset, t.numel()).view(t.sizes()));
+    offset += t.numel();
+  }
+}
+
+}  // namespace
+
 Status Communicator::AllReduceMean(const std::vector<at::Tensor>& tensors) {
   for (const at::Tensor& t : tensors) {
     if (t.defined() && !t.is_floating_point()) {
@@ -193,41 +239,17 @@ Status Communicator::AllReduceMean(const std::vector<at::Tensor>& tensors) {
   }
   return Run("gradient all-reduce", [&] {
     at::NoGradGuard no_grad;
-    // Buckets of same dtype/device, flattened, all launched before waiting.
-    struct Bucket {
-      std::vector<at::Tensor> members;
-      at::Tensor flat;
-      c10::intrusive_ptr<c10d::Work> work;
-    };
-    std::vector<Bucket> buckets;
-    int64_t bytes = 0;
-    for (const at::Tensor& t : tensors) {
-      if (!t.defined()) continue;
-      const int64_t size = t.numel() * static_cast<int64_t>(t.element_size());
-      if (buckets.empty() || bytes + size > options_.bucket_bytes ||
-          buckets.back().members.front().scalar_type() != t.scalar_type() ||
-          buckets.back().members.front().device() != t.device()) {
-        buckets.emplace_back();
-        bytes = 0;
-      }
-      buckets.back().members.push_back(t);
-      bytes += size;
-    }
+    // Every bucket launched before the first wait.
+    std::vector<Bucket> buckets = PackBuckets(tensors, options_.bucket_bytes);
     for (Bucket& b : buckets) {
-      std::vector<at::Tensor> flat_views;
-      for (const at::Tensor& t : b.members) flat_views.push_back(t.reshape({-1}));
-      std::vector<at::Tensor> io = {at::cat(flat_views)};
+      std::vector<at::Tensor> io = {b.flat};
       b.work = group_->pg->allreduce(io);
       b.flat = io[0];
     }
     for (Bucket& b : buckets) {
       b.work->wait(options_.timeout);
       b.flat.div_(options_.world_size);
-      int64_t offset = 0;
-      for (const at::Tensor& t : b.members) {
-        t.copy_(b.flat.narrow(0, offset, t.numel()).view(t.sizes()));
-        offset += t.numel();
-      }
+      Unpack(b);
     }
   });
 }
@@ -246,45 +268,18 @@ Status Communicator::Broadcast(const std::vector<at::Tensor>& tensors, int root)
     at::NoGradGuard no_grad;
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
-    // Packed like the all-reduce: one broadcast per bucket of same-dtype
-    // tensors, all in flight at once, not one per tensor (a model's hundred
-    // tensors cost a hundred round trips, seconds each on a lossy link).
-    struct Bucket {
-      std::vector<at::Tensor> members;
-      at::Tensor flat;
-      c10::intrusive_ptr<c10d::Work> work;
-    };
-    std::vector<Bucket> buckets;
-    int64_t bytes = 0;
-    for (const at::Tensor& t : tensors) {
-      if (!t.defined()) continue;
-      const int64_t size = t.numel() * static_cast<int64_t>(t.element_size());
-      if (buckets.empty() || bytes + size > options_.bucket_bytes ||
-          buckets.back().members.front().scalar_type() != t.scalar_type() ||
-          buckets.back().members.front().device() != t.device()) {
-        buckets.emplace_back();
-        bytes = 0;
-      }
-      buckets.back().members.push_back(t);
-      bytes += size;
-    }
+    // Packed like the all-reduce: one broadcast per bucket, all in flight at
+    // once, not one per tensor (a model's hundred tensors cost a hundred
+    // round trips, seconds each on a lossy link).
+    std::vector<Bucket> buckets = PackBuckets(tensors, options_.bucket_bytes);
     for (Bucket& b : buckets) {
-      // reshape(-1) reads a channels_last tensor in logical order; the
-      // copy back below writes it the same way.
-      std::vector<at::Tensor> flat_views;
-      for (const at::Tensor& t : b.members) flat_views.push_back(t.reshape({-1}));
-      std::vector<at::Tensor> io = {at::cat(flat_views)};
+      std::vector<at::Tensor> io = {b.flat};
       b.work = group_->pg->broadcast(io, opts);
       b.flat = io[0];
     }
     for (Bucket& b : buckets) {
       b.work->wait(options_.timeout);
-      if (options_.rank == root) continue;
-      int64_t offset = 0;
-      for (const at::Tensor& t : b.members) {
-        t.copy_(b.flat.narrow(0, offset, t.numel()).view(t.sizes()));
-        offset += t.numel();
-      }
+      if (options_.rank != root) Unpack(b);
     }
   });
 }
