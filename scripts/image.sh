@@ -163,6 +163,14 @@ version=$(git describe --tags --always 2>/dev/null || echo "$sha")
 source_url=${TERN_IMAGE_SOURCE:-$(git remote get-url origin 2>/dev/null || echo https://github.com/tern/tern)}
 ccache_dir=${CCACHE_DIR:-$(ccache -k cache_dir 2>/dev/null || echo "$HOME/.cache/ccache")}
 mkdir -p "$ccache_dir"
+# The host's compilers (mtime and SHA-256), which docker/with-ccache.sh
+# matches in the build so that the host's ccache results are hits there.
+host_compilers=""
+for compiler in c++ cc; do
+  path=$(readlink -f "$(command -v "$compiler" 2>/dev/null)" 2>/dev/null) || continue
+  [[ -f "$path" ]] || continue
+  host_compilers+="$path=$(stat -c %Y "$path"):$(sha256sum "$path" | cut -d' ' -f1) "
+done
 case "$target" in
   runtime) names=(-t "localhost/tern:$tag" -t localhost/tern:dev) ;;
   test) names=(-t localhost/tern-test:dev) ;;
@@ -177,6 +185,7 @@ podman build --pull=never --layers --file "$context/docker/Dockerfile" \
   --build-arg REVISION="$revision" --build-arg SOURCE="$source_url" \
   --build-arg CREATED="$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)" \
   --build-arg TERN_CCACHE_DIR=/host-ccache --volume "$ccache_dir:/host-ccache" \
+  --build-arg TERN_HOST_COMPILERS="$host_compilers" \
   "${names[@]}" "${extra[@]}" "$context"
 echo "image.sh: target $target built in $(( $(date +%s) - start )) s" >&2
 if [[ "$target" == runtime ]]; then
@@ -189,6 +198,7 @@ fi
 podman build --pull=never --layers --file "$context/docker/Dockerfile" \
   --ignorefile "$context/docker/Dockerfile.dockerignore" --target build --timestamp "$SOURCE_DATE_EPOCH" \
   --build-arg TERN_CCACHE_DIR=/host-ccache --volume "$ccache_dir:/host-ccache" \
+  --build-arg TERN_HOST_COMPILERS="$host_compilers" \
   -t localhost/tern-build:cache -q "$context" >/dev/null
 podman image prune -f >/dev/null
 if $prometheus; then
