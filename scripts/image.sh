@@ -200,6 +200,10 @@ podman build --pull=never --layers --file "$context/docker/Dockerfile" \
   --build-arg TERN_CCACHE_DIR=/host-ccache --volume "$ccache_dir:/host-ccache" \
   --build-arg TERN_HOST_COMPILERS="$host_compilers" \
   -t localhost/tern-build:cache -q "$context" >/dev/null
+# Earlier commits' images (localhost/tern:<sha>) go too.
+for old in $(podman images --format '{{.Repository}}:{{.Tag}}' localhost/tern); do
+  [[ "$old" == "localhost/tern:dev" || "$old" == "localhost/tern:$tag" ]] || podman rmi "$old" >/dev/null || true
+done
 podman image prune -f >/dev/null
 if $prometheus; then
   podman build --pull=never --layers --file "$context/deploy/compose/prometheus.Dockerfile" \
@@ -207,3 +211,4 @@ if $prometheus; then
   podman image prune -f >/dev/null
 fi
 tern_podman_host_cleanup
+exit 0

@@ -53,7 +53,8 @@ unset tern_podman_nofile
 # empty libpod_parent cgroups (rmdir fails, harmlessly, while any container
 # runs in them) and, when no podman bridge exists any more (no network of any
 # podman user on this host is up), netavark's iptables chains and the rules
-# jumping to them. Safe to call at any time; tests call it when they end.
+# jumping to them. Safe to call at any time (also under set -euo pipefail);
+# tests call it when they end.
 tern_podman_host_cleanup() {
   local dir table rule chain
   for dir in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
@@ -61,12 +62,14 @@ tern_podman_host_cleanup() {
     find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   command -v iptables >/dev/null || return 0
-  ip -o link show 2>/dev/null | grep -qE '^[0-9]+: (podman|cni-podman)[0-9]+[:@]' && return 0
+  if ip -o link show 2>/dev/null | grep -qE '^[0-9]+: (podman|cni-podman)[0-9]+[:@]'; then
+    return 0
+  fi
   for table in filter nat mangle; do
     iptables -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j NETAVARK' | while read -r rule; do
       # The rule as iptables -S prints it, quotes included (comments).
       eval "iptables -t $table -D ${rule#-A }" 2>/dev/null || true
-    done
+    done || true
     for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^NETAVARK/ {print $2}'); do
       iptables -t "$table" -F "$chain" 2>/dev/null || true
     done
@@ -74,4 +77,5 @@ tern_podman_host_cleanup() {
       iptables -t "$table" -X "$chain" 2>/dev/null || true
     done
   done
+  return 0
 }
