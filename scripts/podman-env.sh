@@ -59,7 +59,7 @@ tern_podman_host_cleanup() {
   local dir table rule chain
   for dir in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
     [[ -d "$dir" ]] || continue
-    find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    find "$dir" -depth -type d -delete 2>/dev/null || true
   done
   command -v iptables >/dev/null || return 0
   if ip -o link show 2>/dev/null | grep -qE '^[0-9]+: (podman|cni-podman)[0-9]+[:@]'; then
