@@ -88,9 +88,9 @@ cleanup() {
   # Whatever podman-compose left behind (it keys everything by the project).
   local leftover
   leftover=$(podman ps -aq --filter "label=io.podman.compose.project=$project")
-  [[ -n "$leftover" ]] && podman rm -f $leftover >/dev/null 2>&1
+  [[ -n "$leftover" ]] && { podman rm -f $leftover >/dev/null 2>&1 || true; }
   leftover=$(podman volume ls -q --filter "label=io.podman.compose.project=$project")
-  [[ -n "$leftover" ]] && podman volume rm -f $leftover >/dev/null 2>&1
+  [[ -n "$leftover" ]] && { podman volume rm -f $leftover >/dev/null 2>&1 || true; }
   podman network rm -f "${project}_default" >/dev/null 2>&1 || true
   podman pod rm -f "pod_$project" >/dev/null 2>&1 || true
   tern_podman_host_cleanup
