@@ -12,6 +12,9 @@
 #   scripts/image.sh --base          only make the base image
 #   scripts/image.sh --prometheus    also build deploy/compose's Prometheus image
 #                                    (localhost/tern-prometheus:dev)
+#   scripts/image.sh --cuda-carry    also build docker/Dockerfile.cuda's Debian stage
+#                                    (scripts/gpu-carry.sh in a minimal root: the
+#                                    part of that image the build machines can build)
 #   scripts/image.sh --worktree      build the working tree as it is (tag
 #                                    <short sha>-dirty when it differs from
 #                                    HEAD) instead of the commit
@@ -39,6 +42,7 @@ cd "$root"
 target=runtime
 base_only=false
 prometheus=false
+cuda_carry=false
 worktree=false
 extra=()
 while (($#)); do
@@ -47,6 +51,7 @@ while (($#)); do
     --base) base_only=true; shift ;;
     --prometheus) prometheus=true; shift ;;
     --worktree) worktree=true; shift ;;
+    --cuda-carry) cuda_carry=true; shift ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -209,6 +214,15 @@ if $prometheus; then
   podman build --pull=never --layers --file "$context/deploy/compose/prometheus.Dockerfile" \
     --timestamp "$SOURCE_DATE_EPOCH" -t localhost/tern-prometheus:dev "$context/deploy/compose"
   podman image prune -f >/dev/null
+fi
+if $cuda_carry; then
+  podman build --pull=never --layers --file "$context/docker/Dockerfile.cuda" \
+    --ignorefile "$context/docker/Dockerfile.cuda.dockerignore" --target carry \
+    --timestamp "$SOURCE_DATE_EPOCH" -t localhost/tern-cuda-carry:dev "$context"
+  podman run --rm localhost/tern-cuda-carry:dev sh -c \
+    'ls /src/.carry/debs/*.deb >/dev/null && ls /src/.carry/fashion-mnist/*.gz >/dev/null' ||
+    { echo "image.sh: the CUDA image's carry stage holds no packages or data" >&2; exit 1; }
+  echo "image.sh: docker/Dockerfile.cuda's carry stage built" >&2
 fi
 tern_podman_host_cleanup
 exit 0
