@@ -9,7 +9,7 @@ definitions, to compare accuracy and images/s on the same budget:
   the shape changes, last BN of each block zero-initialized, kaiming-normal
   fan_out init of every conv, width multiplier rounded like std::lround);
 - quantizers: FP, TWN, LAT and HLA (and HLA's two ablations) ported from
-  quant/ternary_ops.cc and quant/ternary_model.cc (../../shared/HLA.md): LAT
+  quant/ternary_ops.cc and quant/ternary_model.cc (docs/METHOD.md): LAT
   projection with EMA second moments, re-scaled STE rho with beta, tau = kappa /
   mean|W|, geometric kappa annealing, clip and normalize, hyperspherical
   regularizer with a linear lambda ramp, FP forward during phase 1; the first
