@@ -1,4 +1,4 @@
-// QuantOptions: every knob of the ternary quantizers (../shared/HLA.md).
+// QuantOptions: every knob of the ternary quantizers (docs/METHOD.md).
 //
 // A plain struct with the defaults of HLA.md; Validate() checks it once and
 // names the offending field. MakePreset() gives the ablation grid's methods

@@ -1,5 +1,5 @@
 // Ternary projection, the hyperspherical regularizer and the straight-through
-// gradients of ../shared/HLA.md, as free functions on tensors.
+// gradients of docs/METHOD.md, as free functions on tensors.
 //
 // A "unit" is what one (Δ, α) pair covers: the whole tensor, or one output
 // channel (dim 0) with Granularity::kChannel. Every per-unit tensor below has

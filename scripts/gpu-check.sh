@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU proof, run on the GPU machine (Ubuntu 24.04, PyTorch 2.x wheel with
-# CUDA and NCCL; see ../shared/GPU.md) after scripts/gpu-carry.sh:
+# CUDA and NCCL; see docs/GPU.md) after scripts/gpu-carry.sh:
 #   1. builds in CUDA mode against the image's LibTorch (gRPC and the
 #      header-only libraries from .carry/);
 #   2. runs the gpu-labelled tests: quantizers CUDA = CPU, NCCL at world size 1,
