@@ -27,9 +27,9 @@
 #include "cli/sha256.h"
 #include "common/utf8.h"
 #include "tern/v1/job_service.grpc.pb.h"
-#include "tls/bearer_token.h"
-#include "tls/tls_credentials.h"
-#include "tls/tls_flags.h"
+#include "auth/bearer_token.h"
+#include "auth/tls_credentials.h"
+#include "auth/tls_flags.h"
 
 namespace tern::cli {
 namespace {

@@ -15,7 +15,7 @@
 // streams against a fake server. Every unary call has a deadline
 // (--timeout); `watch` and `logs -f` streams have none, and `fetch` has 30
 // minutes. Owner identity travels as metadata "x-tern-owner". TLS: see
-// tls/tls_credentials.h; a bad --tls-* file is a usage error (exit 2).
+// auth/tls_credentials.h; a bad --tls-* file is a usage error (exit 2).
 //
 // Exit codes (also in `ternctl --help` and cli/README.md):
 //   0 ok; 1 the watched job ended FAILED or CANCELLED; 2 usage error or

@@ -24,7 +24,7 @@
 
 #include "common/status.h"
 #include "scheduler/job.h"
-#include "server/token_table.h"
+#include "auth/token_table.h"
 
 namespace tern::server {
 

@@ -4,8 +4,8 @@
 #include <cctype>
 #include <utility>
 
-#include "paths/path_rules.h"
-#include "paths/spec_paths.h"
+#include "path_policy/path_rules.h"
+#include "path_policy/spec_paths.h"
 
 namespace tern::server {
 namespace {

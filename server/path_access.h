@@ -1,6 +1,6 @@
 // Which file-system paths a job may name (tenant isolation; docs/SECURITY.md).
 //
-// At submission ternd checks every path a spec names (paths/spec_paths.h):
+// At submission ternd checks every path a spec names (path_policy/spec_paths.h):
 // - ternd's own artifact and checkpoint roots hold one directory or file per
 //   job ("job-<id>-<micros>"); a spec may name one there (model.init_from,
 //   or checkpoint.directory to resume) only when that job has the same

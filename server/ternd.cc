@@ -13,7 +13,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
-#include "paths/path_rules.h"
+#include "path_policy/path_rules.h"
 #include "scheduler/sqlite_job_store.h"
 #include "server/job_service.h"
 #include "server/observed_job_store.h"
@@ -21,8 +21,8 @@
 #include "server/rendezvous_key.h"
 #include "server/server_metrics.h"
 #include "server/server_state.h"
-#include "server/token_table.h"
-#include "tls/bearer_token.h"
+#include "auth/token_table.h"
+#include "auth/bearer_token.h"
 #include "server/worker_service.h"
 
 namespace tern::server {

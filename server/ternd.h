@@ -33,7 +33,7 @@
 #include "common/http_server.h"
 #include "common/metrics.h"
 #include "common/status.h"
-#include "tls/tls_credentials.h"
+#include "auth/tls_credentials.h"
 #include "scheduler/clock.h"
 #include "scheduler/scheduler.h"
 
@@ -82,7 +82,7 @@ struct TerndOptions {
   // Open WatchJob streams one caller may hold; more are RESOURCE_EXHAUSTED.
   // 0: no limit. (Streams cost no thread: server/watch_hub.h.)
   int max_watch_streams_per_caller = 1000;
-  // TLS for the gRPC port (none: plaintext); see tls/tls_credentials.h.
+  // TLS for the gRPC port (none: plaintext); see auth/tls_credentials.h.
   tls::ServerTlsOptions tls;
   // Over mutual TLS, the client certificate names (a glob) that may act as
   // agents (WorkerService); "*": any certificate from the client CA.
@@ -92,7 +92,7 @@ struct TerndOptions {
   std::string tls_admin_names;
   // Bearer tokens (server/token_table.h); needs tls.cert_file. Empty: none.
   std::string token_file;
-  // A file holding the token /metrics requires (tls/bearer_token.h,
+  // A file holding the token /metrics requires (auth/bearer_token.h,
   // TokenFile); empty: /metrics is open.
   std::string metrics_token_file;
   // HTTPS for /metrics and /healthz (both or neither; re-read on change).

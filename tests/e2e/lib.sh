@@ -58,11 +58,11 @@ wait_for_line() {  # file pattern -> prints HOST:PORT of the first matching line
   fail "timed out waiting for '$2' in $1"
 }
 
-# Test certificates (tests/tls/make_test_certs.sh) in $c; skips (77) without
+# Test certificates (tests/auth/make_test_certs.sh) in $c; skips (77) without
 # an openssl command.
 make_test_certs() {
   command -v openssl >/dev/null || { echo "SKIP: no openssl command"; exit 77; }
-  bash "$(dirname "${BASH_SOURCE[0]}")/../tls/make_test_certs.sh" "$work/certs"
+  bash "$(dirname "${BASH_SOURCE[0]}")/../auth/make_test_certs.sh" "$work/certs"
   c="$work/certs"
 }
 

@@ -25,7 +25,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/utf8.h"
-#include "paths/spec_paths.h"
+#include "path_policy/spec_paths.h"
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
 #include "worker/agent/fs_confinement.h"

@@ -4,7 +4,7 @@
 // those files themselves). The kernel enforces the rules for the trainer and
 // every process it starts, whatever path, symlink or ".." it uses. Without
 // read rules, reads, execution and device ioctls stay unrestricted (what a job
-// may read is then checked by name only, paths/spec_paths.h); device ioctls
+// may read is then checked by name only, path_policy/spec_paths.h); device ioctls
 // always do (CUDA and NCCL need them).
 //
 // Usage (tern-agent, when an assignment carries a PathGrant):

@@ -4,8 +4,8 @@
 //   tern-agent --server 127.0.0.1:7070 --cpu-slots 2
 //              [--agent-id ID] [--host ADDR] [--cuda-slots N]
 //              [--trainer PATH] [--workdir DIR] [--metrics-listen HOST:PORT]
-//              [--tls | --tls-ca F] [--tls-cert F --tls-key F]  (tls/tls_credentials.h)
-//              [--token-file F] [--metrics-token-file F]         (tls/bearer_token.h)
+//              [--tls | --tls-ca F] [--tls-cert F --tls-key F]  (auth/tls_credentials.h)
+//              [--token-file F] [--metrics-token-file F]         (auth/bearer_token.h)
 //              [--metrics-tls-cert F --metrics-tls-key F]
 //              [--confine-writes auto|on|off] [--trainer-writable DIRS]  (fs_confinement.h)
 //              [--confine-reads off|on] [--trainer-readable DIRS]
@@ -34,9 +34,9 @@
 
 #include "common/http_server.h"
 #include "common/logging.h"
-#include "tls/bearer_token.h"
-#include "tls/tls_credentials.h"
-#include "tls/tls_flags.h"
+#include "auth/bearer_token.h"
+#include "auth/tls_credentials.h"
+#include "auth/tls_flags.h"
 #include "worker/agent/agent.h"
 
 namespace {

@@ -57,7 +57,7 @@ class TrainingTask;
 // not in the differentiated loss: on the packed path, the only capturable one
 // (TernaryModel::last_forward_capturable()), its loss is a constant and
 // AfterBackward() adds its gradient, as in the eager step.
-// tests/worker/step_graph_safety_test.cc checks on the CPU that it reads no
+// tests/worker/trainer/step_graph_safety_test.cc checks on the CPU that it reads no
 // value back to the host and that two steps of one structure issue the same
 // operations with the same host arguments.
 at::Tensor CapturableStepBody(quant::TernaryModel& quant, TrainingTask& task);
