@@ -1,8 +1,9 @@
 // JobStore: where the scheduler persists jobs and their event log.
 //
-// The Scheduler writes through: a change is stored (one call, one transaction)
-// before the scheduler applies it in memory and acknowledges it, so a new
-// Scheduler over the same store resumes with everything acknowledged. Events
+// The Scheduler acknowledges a change only once it is stored, so a new
+// Scheduler over the same store resumes with everything acknowledged. It
+// stores either one change per call (CreateJob, UpdateJob) or the changes of
+// many calls in one transaction (Commit: group commit). Events
 // are append-only; (job id, seq) is unique. Implementations: SqliteJobStore
 // (sqlite_job_store.h); tests wrap it to inject failures. Implementations are
 // thread-safe.
@@ -16,6 +17,15 @@
 #include "scheduler/job.h"
 
 namespace tern::scheduler {
+
+// One change of a Commit batch: a new job (as CreateJob) or a change of an
+// existing one (as UpdateJob).
+struct JobWrite {
+  enum class Kind { kCreate, kUpdate };
+  Kind kind = Kind::kUpdate;
+  Job job;
+  std::vector<JobEvent> events;
+};
 
 class JobStore {
  public:
@@ -32,6 +42,11 @@ class JobStore {
   // job does not exist. The fields set at submission are not rewritten.
   virtual Status UpdateJob(const Job& job,
                            const std::vector<JobEvent>& events) = 0;
+
+  // Applies `writes` in order in one transaction, durably: all of them or,
+  // on error, none. The error is the first failing write's, as CreateJob or
+  // UpdateJob would return it. An empty batch is OK and writes nothing.
+  virtual Status Commit(const std::vector<JobWrite>& writes) = 0;
 
   // Every job, by ascending id, with `history` holding its state-change events.
   virtual StatusOr<std::vector<Job>> LoadJobs() = 0;

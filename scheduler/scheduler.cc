@@ -21,6 +21,9 @@ constexpr int kMaxRestartsLimit = 1000;
 constexpr size_t kMaxIdempotencyKeyBytes = 256;
 constexpr int kDefaultEventBatch = 100;
 constexpr int kMaxEventBatch = 1000;
+// Queue keys count aging from here (FakeClock's default start, so that tests'
+// whole minutes stay exact in a double).
+const TimePoint kAgingEpoch{std::chrono::seconds(1704067200)};
 
 std::string SlotCount(int n, const std::string& kind) {
   return std::to_string(n) + " " + kind + (n == 1 ? " slot" : " slots");
@@ -177,6 +180,31 @@ struct Scheduler::Agent {
   AgentWork outbox;
 };
 
+struct Scheduler::Batch {
+  std::vector<JobWrite> writes;
+  std::vector<std::function<void()>> effects;  // run under mu_ once committed
+  bool events = false;  // some write appends events (WaitForEvents)
+  bool done = false;    // committed or failed; `status` says which
+  Status status;
+};
+
+bool Scheduler::QueueKey::operator<(const QueueKey& other) const {
+  if (rank != other.rank) return rank > other.rank;
+  if (submit_time != other.submit_time) return submit_time < other.submit_time;
+  return id < other.id;
+}
+
+const char* CommitModeName(CommitMode mode) {
+  return mode == CommitMode::kGroup ? "group" : "per-call";
+}
+
+StatusOr<CommitMode> ParseCommitMode(std::string_view name) {
+  if (name == "group") return CommitMode::kGroup;
+  if (name == "per-call") return CommitMode::kPerCall;
+  return InvalidArgumentError("commit mode: want \"group\" or \"per-call\", got " +
+                              Quoted(std::string(name)));
+}
+
 struct Scheduler::Placement {
   std::vector<std::string> agent_of_rank;
   std::string host;
@@ -221,7 +249,16 @@ Scheduler::Scheduler(SchedulerOptions options, std::unique_ptr<JobStore> store,
       store_(std::move(store)),
       clock_(std::move(clock)) {}
 
-Scheduler::~Scheduler() = default;
+Scheduler::~Scheduler() {
+  if (writer_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    writer_wake_.notify_all();
+    writer_.join();  // commits what is queued first
+  }
+}
 
 StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
     SchedulerOptions options, std::unique_ptr<JobStore> store,
@@ -235,12 +272,28 @@ StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
     std::lock_guard<std::mutex> lock(scheduler->mu_);
     TERN_RETURN_IF_ERROR(scheduler->LoadLocked());
   }
+  if (scheduler->options_.commit_mode == CommitMode::kGroup) {
+    Scheduler* raw = scheduler.get();
+    raw->open_ = std::make_shared<Batch>();
+    raw->writer_ = std::thread([raw] { raw->WriterLoop(); });
+  }
   return StatusOr<std::unique_ptr<Scheduler>>(std::move(scheduler));
 }
 
 Status Scheduler::LoadLocked() {
   TERN_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->LoadJobs());
   const TimePoint now = clock_->Now();
+  TERN_RETURN_IF_ERROR(
+      ApplyLoadedLocked(std::move(jobs), now + options_.agent_lease_ttl));
+  TERN_LOG(INFO) << "scheduler: loaded " << jobs_.size() << " jobs ("
+                 << queued_.size() << " queued, " << holding_.size()
+                 << " admitted or running); waiting for " << agents_.size()
+                 << " agents to re-register";
+  return OkStatus();
+}
+
+Status Scheduler::ApplyLoadedLocked(std::vector<Job> jobs,
+                                    TimePoint lease_until) {
   for (Job& job : jobs) {
     const std::string where = "job store: job " + std::to_string(job.id);
     for (size_t i = 0; i < job.ranks.size(); ++i) {
@@ -260,7 +313,7 @@ Status Scheduler::LoadLocked() {
         if (agent == nullptr) {
           agent = std::make_unique<Agent>();
           agent->id = r.agent_id;
-          agent->lease_expires = now + options_.agent_lease_ttl;
+          agent->lease_expires = lease_until;
         }
       }
     }
@@ -270,21 +323,147 @@ Status Scheduler::LoadLocked() {
     }
     ApplyLocked(std::move(job));
   }
-  TERN_LOG(INFO) << "scheduler: loaded " << jobs_.size() << " jobs ("
-                 << queued_.size() << " queued, " << holding_.size()
-                 << " admitted or running); waiting for " << agents_.size()
-                 << " agents to re-register";
   return OkStatus();
 }
 
 // --- Bookkeeping -----------------------------------------------------------
 
-Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events) {
-  TERN_RETURN_IF_ERROR(store_->UpdateJob(job, events));
+Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events,
+                               bool create) {
+  if (open_ == nullptr) {  // per-call
+    TERN_RETURN_IF_ERROR(create ? store_->CreateJob(job, events)
+                                : store_->UpdateJob(job, events));
+    if (!events.empty()) ++events_version_;
+  } else {
+    open_->events = open_->events || !events.empty();
+    Unflushed& pending = unflushed_[job.id];
+    pending.batch = open_;
+    pending.created = pending.created || create;
+    JobWrite write;
+    write.kind = create ? JobWrite::Kind::kCreate : JobWrite::Kind::kUpdate;
+    write.job = job;
+    write.job.history.clear();  // not stored from here
+    write.events = std::move(events);
+    open_->writes.push_back(std::move(write));
+    writer_wake_.notify_one();
+  }
   ApplyLocked(std::move(job));
-  if (!events.empty()) ++events_version_;
   changed_.notify_all();
   return OkStatus();
+}
+
+// --- Group commit ----------------------------------------------------------
+
+void Scheduler::WriterLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    writer_wake_.wait(lock, [&] { return stopping_ || !open_->writes.empty(); });
+    if (open_->writes.empty()) return;  // stopping, nothing left to write
+    in_flight_ = std::exchange(open_, std::make_shared<Batch>());
+    const std::shared_ptr<Batch> batch = in_flight_;
+    lock.unlock();
+    Status status = store_->Commit(batch->writes);
+    lock.lock();
+    ResolveLocked(batch, std::move(status));
+    in_flight_.reset();
+  }
+}
+
+void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch,
+                              Status status) {
+  batch->done = true;
+  if (status.ok()) {
+    for (const JobWrite& w : batch->writes) {
+      auto it = unflushed_.find(w.job.id);
+      if (it != unflushed_.end() && it->second.batch == batch) {
+        unflushed_.erase(it);
+      }
+    }
+    if (batch->events) ++events_version_;
+    for (std::function<void()>& effect : batch->effects) effect();
+  } else {
+    batch->status = status;
+    // The open batch was built on the failed one: it fails too, and memory
+    // goes back to what the store holds.
+    const size_t behind = open_->writes.size();
+    if (behind != 0) {
+      open_->done = true;
+      open_->status = status;
+    }
+    open_ = std::make_shared<Batch>();
+    unflushed_.clear();
+    TERN_LOG(ERROR) << "scheduler: job store commit of " << batch->writes.size()
+                    << " changes failed (" << behind
+                    << " queued behind it fail too); reloading the jobs from "
+                       "the store: "
+                    << status;
+    jobs_.clear();
+    by_idempotency_key_.clear();
+    queued_.clear();
+    queue_order_.clear();
+    restarting_.clear();
+    holding_.clear();
+    state_counts_.clear();
+    wait_reasons_.clear();
+    waiting_on_quota_.clear();
+    unfinished_by_owner_.clear();
+    held_by_owner_.clear();
+    for (auto& [id, agent] : agents_) {
+      agent->used.clear();
+      agent->ports.clear();
+    }
+    next_id_ = 1;
+    StatusOr<std::vector<Job>> jobs = store_->LoadJobs();
+    Status reloaded = jobs.ok() ? ApplyLoadedLocked(std::move(jobs).value(),
+                                                    clock_->Now())
+                                : jobs.status();
+    // Memory that matches no store would hand out wrong work: stop, and let
+    // a restart load the store.
+    TERN_CHECK(reloaded.ok())
+        << "scheduler: cannot reload the job store after a failed commit: "
+        << reloaded;
+    for (auto it = head_since_.begin(); it != head_since_.end();) {
+      auto job = jobs_.find(it->first);
+      const bool queued = job != jobs_.end() && job->second.state == JobState::kQueued;
+      it = queued ? std::next(it) : head_since_.erase(it);
+    }
+  }
+  committed_.notify_all();
+  changed_.notify_all();
+}
+
+std::shared_ptr<Scheduler::Batch> Scheduler::UnresolvedLocked() const {
+  if (open_ == nullptr) return nullptr;
+  if (!open_->writes.empty()) return open_;
+  return in_flight_;
+}
+
+void Scheduler::DeferLocked(std::function<void()> effect) {
+  std::shared_ptr<Batch> batch = UnresolvedLocked();
+  if (batch != nullptr) {
+    batch->effects.push_back(std::move(effect));
+  } else {
+    effect();
+  }
+}
+
+Status Scheduler::FinishLocked(std::unique_lock<std::mutex>& lock,
+                               Status status) {
+  if (!status.ok()) return status;
+  const std::shared_ptr<Batch> batch = UnresolvedLocked();
+  if (batch == nullptr) return OkStatus();
+  committed_.wait(lock, [&] { return batch->done; });
+  return batch->status;
+}
+
+void Scheduler::AwaitJobLocked(std::unique_lock<std::mutex>& lock,
+                               JobId id) const {
+  for (;;) {
+    auto it = unflushed_.find(id);
+    if (it == unflushed_.end()) return;
+    const std::shared_ptr<Batch> batch = it->second.batch;
+    committed_.wait(lock, [&] { return batch->done; });
+  }
 }
 
 void Scheduler::ApplyLocked(Job job) {
@@ -294,8 +473,16 @@ void Scheduler::ApplyLocked(Job job) {
     ReleaseSlotsLocked(old->second);
   }
   if (HoldsSlots(job.state)) TakeSlotsLocked(job);
-  if (old != jobs_.end()) CountOwnerLocked(old->second, -1);
+  if (old != jobs_.end()) {
+    CountOwnerLocked(old->second, -1);
+    --state_counts_[old->second.state];
+    if (old->second.state == JobState::kQueued && job.state != JobState::kQueued) {
+      queue_order_.erase(QueueKeyOf(old->second));
+    }
+  }
   CountOwnerLocked(job, +1);
+  ++state_counts_[job.state];
+  if (job.state == JobState::kQueued) queue_order_.insert(QueueKeyOf(job));
   auto set_member = [id](std::set<JobId>& set, bool member) {
     if (member) {
       set.insert(id);
@@ -312,6 +499,14 @@ void Scheduler::ApplyLocked(Job job) {
     waiting_on_quota_.erase(id);
   }
   jobs_.insert_or_assign(id, std::move(job));
+}
+
+Scheduler::QueueKey Scheduler::QueueKeyOf(const Job& job) const {
+  const double minutes =
+      std::chrono::duration<double, std::ratio<60>>(job.submit_time - kAgingEpoch)
+          .count();
+  return QueueKey{job.priority - options_.aging_per_minute * minutes,
+                  job.submit_time, job.id};
 }
 
 void Scheduler::CountOwnerLocked(const Job& job, int sign) {
@@ -397,8 +592,12 @@ void Scheduler::SendAssignmentLocked(const Job& job, int rank) {
   a.rendezvous_port = job.rendezvous_port;
   a.resume_from_step = job.last_checkpoint_step;
   a.spec = job.spec;
-  it->second->outbox.assignments.push_back(std::move(a));
-  changed_.notify_all();
+  DeferLocked([this, a = std::move(a)]() mutable {
+    auto agent = agents_.find(a.agent_id);
+    if (agent == agents_.end() || !agent->second->live) return;
+    agent->second->outbox.assignments.push_back(std::move(a));
+    changed_.notify_all();
+  });
 }
 
 std::vector<KillOrder> Scheduler::KillOrdersLocked(const Job& job,
@@ -416,6 +615,8 @@ std::vector<KillOrder> Scheduler::KillOrdersLocked(const Job& job,
 }
 
 void Scheduler::SendKillsLocked(const std::vector<KillOrder>& kills) {
+  if (kills.empty()) return;
+  DeferLocked([this, kills] {
   for (const KillOrder& kill : kills) {
     auto it = agents_.find(kill.agent_id);
     if (it == agents_.end() || !it->second->live) continue;
@@ -431,36 +632,16 @@ void Scheduler::SendKillsLocked(const std::vector<KillOrder>& kills) {
                   pending.end());
     outbox.kills.push_back(kill);
   }
-  if (!kills.empty()) changed_.notify_all();
+  changed_.notify_all();
+  });
 }
 
 // --- Admission -------------------------------------------------------------
 
-std::vector<JobId> Scheduler::QueueOrderLocked(TimePoint now) const {
-  struct Entry {
-    double priority;
-    TimePoint submit_time;
-    JobId id;
-  };
-  std::vector<Entry> entries;
-  entries.reserve(queued_.size());
-  for (JobId id : queued_) {
-    const Job& job = jobs_.at(id);
-    const double minutes = std::max(
-        0.0,
-        std::chrono::duration<double, std::ratio<60>>(now - job.submit_time)
-            .count());
-    entries.push_back({job.priority + options_.aging_per_minute * minutes,
-                       job.submit_time, id});
-  }
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
-    if (a.priority != b.priority) return a.priority > b.priority;
-    if (a.submit_time != b.submit_time) return a.submit_time < b.submit_time;
-    return a.id < b.id;
-  });
+std::vector<JobId> Scheduler::QueueOrderLocked(TimePoint /*now*/) const {
   std::vector<JobId> order;
-  order.reserve(entries.size());
-  for (const Entry& e : entries) order.push_back(e.id);
+  order.reserve(queue_order_.size());
+  for (const QueueKey& key : queue_order_) order.push_back(key.id);
   return order;
 }
 
@@ -536,80 +717,95 @@ Status Scheduler::AdmitJobLocked(JobId id, const Placement& placement,
   return OkStatus();
 }
 
+std::optional<std::string> Scheduler::QuotaWaitLocked(const Job& job) const {
+  const OwnerQuota* quota = quotas_.For(job.owner);
+  if (quota == nullptr) return std::nullopt;
+  const std::optional<int> limit = quota->SlotLimit(job.device_kind);
+  if (!limit) return std::nullopt;
+  const int owner_holds = HeldByOwnerLocked(job.owner, job.device_kind);
+  if (owner_holds + job.world_size <= *limit) return std::nullopt;
+  return "needs " + SlotCount(job.world_size, job.device_kind) + ", but owner " +
+         job.owner + " holds " + std::to_string(owner_holds) + " of the " +
+         SlotCount(*limit, job.device_kind) + " " + QuotaName(*quota) + " allows";
+}
+
 Status Scheduler::AdmitLocked(TimePoint now) {
-  std::map<JobId, std::string> reasons;
-  std::map<std::string, JobId>
-      heads;  // device kind -> first job that can't fit
-  std::map<JobId, TimePoint> head_since;
-  std::map<std::string, std::pair<int, int>> capacity;  // kind -> total, free
-  auto capacity_of = [&](const std::string& kind) -> std::pair<int, int> {
-    auto it = capacity.find(kind);
-    if (it == capacity.end()) {
-      it = capacity
-               .emplace(kind, std::make_pair(SlotsLocked(kind, false),
-                                             SlotsLocked(kind, true)))
-               .first;
+  // Per device kind, as the pass goes down the queue.
+  struct Kind {
+    int total = 0;
+    int free = 0;
+    JobId head = 0;         // the first job that can't fit (0: none yet)
+    bool reserved = false;  // the head's backfill window is over
+    // Nothing more of this kind can be admitted in this pass, and its head
+    // (if one can exist) is known: the rest of its jobs need no visit.
+    bool Settled() const {
+      return head != 0 ? free == 0 || reserved : total == 0;
     }
-    return it->second;
   };
+  std::map<std::string, Kind> kinds;
+  auto refresh = [&](const std::string& kind) -> Kind& {
+    Kind& k = kinds[kind];
+    k.total = SlotsLocked(kind, /*free_only=*/false);
+    k.free = SlotsLocked(kind, /*free_only=*/true);
+    return k;
+  };
+  for (const char* kind : {kDeviceCpu, kDeviceCuda}) refresh(kind);
+  auto all_settled = [&] {
+    return std::all_of(kinds.begin(), kinds.end(),
+                       [](const auto& k) { return k.second.Settled(); });
+  };
+  std::map<JobId, std::string> reasons;
+  std::map<JobId, TimePoint> head_since;
   std::set<JobId> waiting_on_quota;
-  for (JobId id : QueueOrderLocked(now)) {
+  for (auto it = queue_order_.begin();
+       it != queue_order_.end() && !all_settled();) {
+    const JobId id = it->id;
+    ++it;  // admitting `id` erases its key
     const Job& job = jobs_.at(id);
-    const std::string kind = job.device_kind;
-    const std::string needs = "needs " + SlotCount(job.world_size, kind);
-    const OwnerQuota* quota = quotas_.For(job.owner);
-    const std::optional<int> limit =
-        quota != nullptr ? quota->SlotLimit(kind) : std::nullopt;
-    if (limit) {
-      const int owner_holds = HeldByOwnerLocked(job.owner, kind);
-      if (owner_holds + job.world_size > *limit) {
-        // Waits for its owner's own jobs: it must not hold anyone back.
-        reasons[id] = needs + ", but owner " + job.owner + " holds " +
-                      std::to_string(owner_holds) + " of the " +
-                      SlotCount(*limit, kind) + " " + QuotaName(*quota) +
-                      " allows";
-        waiting_on_quota.insert(id);
-        continue;
-      }
-    }
-    const auto [total, free] = capacity_of(kind);
-    if (job.world_size > total) {
-      // Can never fit as things stand: it must not hold anyone back.
-      reasons[id] = needs + ", only " + std::to_string(total) + " registered";
+    auto found = kinds.find(job.device_kind);
+    Kind& kind = found != kinds.end() ? found->second : refresh(job.device_kind);
+    const std::string needs = "needs " + SlotCount(job.world_size, job.device_kind);
+    if (std::optional<std::string> wait = QuotaWaitLocked(job)) {
+      // Waits for its owner's own jobs: it must not hold anyone back.
+      reasons[id] = std::move(*wait);
+      waiting_on_quota.insert(id);
       continue;
     }
-    auto head = heads.find(kind);
-    const bool reserved =
-        head != heads.end() &&
-        now - head_since.at(head->second) >= options_.backfill_window;
-    if (job.world_size > free) {
-      reasons[id] = needs + ", " + std::to_string(free) + " free";
-      if (head == heads.end()) {
-        heads[kind] = id;
+    if (job.world_size > kind.total) {
+      // Can never fit as things stand: it must not hold anyone back.
+      reasons[id] = needs + ", only " + std::to_string(kind.total) + " registered";
+      continue;
+    }
+    if (job.world_size > kind.free) {
+      reasons[id] = needs + ", " + std::to_string(kind.free) + " free";
+      if (kind.head == 0) {
+        kind.head = id;
         auto since = head_since_.find(id);
         head_since[id] = since == head_since_.end() ? now : since->second;
+        kind.reserved = now - head_since[id] >= options_.backfill_window;
       }
       continue;
     }
-    if (reserved) {
-      const Job& blocker = jobs_.at(head->second);
-      reasons[id] = needs + ", " + std::to_string(free) +
+    if (kind.reserved) {
+      const Job& blocker = jobs_.at(kind.head);
+      reasons[id] = needs + ", " + std::to_string(kind.free) +
                     " free, but they are held for job " +
                     std::to_string(blocker.id) + " (ahead in the queue, " +
-                    "needs " + SlotCount(blocker.world_size, kind) + ")";
+                    "needs " + SlotCount(blocker.world_size, job.device_kind) + ")";
       continue;
     }
     std::optional<Placement> placement = PlaceLocked(job, now);
     if (!placement) {
-      reasons[id] = needs + ", " + std::to_string(free) +
+      reasons[id] = needs + ", " + std::to_string(kind.free) +
                     " free, but no rendezvous port is free in [" +
                     std::to_string(options_.rendezvous_port_min) + ", " +
                     std::to_string(options_.rendezvous_port_max) +
                     "] (in use by jobs, or found taken by other processes)";
       continue;
     }
+    const std::string kind_name = job.device_kind;
     TERN_RETURN_IF_ERROR(AdmitJobLocked(id, *placement, now));  // counts its slots
-    capacity.erase(kind);
+    refresh(kind_name);
   }
   wait_reasons_ = std::move(reasons);
   head_since_ = std::move(head_since);
@@ -716,13 +912,23 @@ Status Scheduler::LoseAgentLocked(const std::string& agent_id, const char* why,
 
 StatusOr<SubmitResult> Scheduler::SubmitJob(const JobRequest& request) {
   TERN_RETURN_IF_ERROR(ValidateJobRequest(request, options_.max_world_size));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   const TimePoint now = clock_->Now();
   if (!request.idempotency_key.empty()) {
     auto it =
         by_idempotency_key_.find({request.owner, request.idempotency_key});
     if (it != by_idempotency_key_.end()) {
-      return SubmitResult{jobs_.at(it->second), /*created=*/false};
+      // Answered once the earlier submission is committed (it may be in a
+      // batch being written; if that fails, so does this call).
+      const JobId id = it->second;
+      TERN_RETURN_IF_ERROR(FinishLocked(lock, OkStatus()));
+      auto job = jobs_.find(id);
+      if (job == jobs_.end()) {
+        return UnavailableError("the submission with idempotency key " +
+                                Quoted(request.idempotency_key) +
+                                " was not stored; submit again");
+      }
+      return SubmitResult{job->second, /*created=*/false};
     }
   }
   TERN_RETURN_IF_ERROR(CheckSubmitQuotaLocked(request));
@@ -749,21 +955,21 @@ StatusOr<SubmitResult> Scheduler::SubmitJob(const JobRequest& request) {
                       SlotCount(request.world_size, request.device_kind) +
                       ", priority " + std::to_string(request.priority);
   job.history.push_back(AppendJobEvent(&job, std::move(submitted), &events));
-  TERN_RETURN_IF_ERROR(store_->CreateJob(job, events));
-  ++next_id_;
   const JobId id = job.id;
-  if (!job.idempotency_key.empty()) {
-    by_idempotency_key_[{job.owner, job.idempotency_key}] = id;
-  }
-  ApplyLocked(std::move(job));
-  ++events_version_;
-  changed_.notify_all();
+  const std::pair<std::string, std::string> key{job.owner, job.idempotency_key};
+  TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events),
+                                    /*create=*/true));
+  ++next_id_;
+  if (!key.second.empty()) by_idempotency_key_[key] = id;
   AdmitAndLogLocked(now);
-  return SubmitResult{jobs_.at(id), /*created=*/true};
+  SubmitResult result{jobs_.at(id), /*created=*/true};
+  TERN_RETURN_IF_ERROR(FinishLocked(lock, OkStatus()));
+  return result;
 }
 
 StatusOr<Job> Scheduler::GetJob(JobId id) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  AwaitJobLocked(lock, id);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) {
     return NotFoundError("job " + std::to_string(id) + " does not exist");
@@ -780,11 +986,16 @@ StatusOr<ListJobsResult> Scheduler::ListJobs(const ListJobsQuery& query) const {
   const size_t page_size = static_cast<size_t>(
       query.page_size == 0 ? options_.default_page_size
                            : std::min(query.page_size, options_.max_page_size));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   ListJobsResult result;
-  // Returns false once the page is full (and sets the token).
+  // Returns false once the page is full (and sets the token). Jobs whose
+  // submission is not committed yet are left out (a later page has them).
   auto visit = [&](const Job& job) {
     if (!Matches(job, query)) return true;
+    if (!unflushed_.empty()) {
+      auto pending = unflushed_.find(job.id);
+      if (pending != unflushed_.end() && pending->second.created) return true;
+    }
     if (result.jobs.size() == page_size) {
       result.next_page_token = (query.newest_first ? kNewestFirstPageTokenPrefix
                                                    : kPageTokenPrefix) +
@@ -794,22 +1005,42 @@ StatusOr<ListJobsResult> Scheduler::ListJobs(const ListJobsQuery& query) const {
     result.jobs.push_back(job);
     return true;
   };
-  if (query.newest_first) {
-    auto end = after == 0 ? jobs_.end() : jobs_.lower_bound(after);
-    for (auto it = std::make_reverse_iterator(end); it != jobs_.rend(); ++it) {
-      if (!visit(it->second)) break;
+  auto fill = [&] {
+    result = ListJobsResult();
+    if (query.newest_first) {
+      auto end = after == 0 ? jobs_.end() : jobs_.lower_bound(after);
+      for (auto it = std::make_reverse_iterator(end); it != jobs_.rend(); ++it) {
+        if (!visit(it->second)) break;
+      }
+    } else {
+      for (auto it = jobs_.upper_bound(after); it != jobs_.end(); ++it) {
+        if (!visit(it->second)) break;
+      }
     }
-  } else {
-    for (auto it = jobs_.upper_bound(after); it != jobs_.end(); ++it) {
-      if (!visit(it->second)) break;
-    }
+  };
+  fill();
+  // A listed job with a change not committed yet: wait for what is queued
+  // now to be committed, once, and list again.
+  if (std::any_of(result.jobs.begin(), result.jobs.end(), [&](const Job& job) {
+        return unflushed_.count(job.id) != 0;
+      })) {
+    const std::shared_ptr<Batch> batch = UnresolvedLocked();
+    if (batch != nullptr) committed_.wait(lock, [&] { return batch->done; });
+    fill();
   }
   return result;
 }
 
 StatusOr<std::vector<KillOrder>> Scheduler::CancelJob(
     JobId id, const std::string& message) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  StatusOr<std::vector<KillOrder>> kills = CancelJobLocked(id, message);
+  TERN_RETURN_IF_ERROR(FinishLocked(lock, kills.status()));
+  return kills;
+}
+
+StatusOr<std::vector<KillOrder>> Scheduler::CancelJobLocked(
+    JobId id, const std::string& message) {
   const TimePoint now = clock_->Now();
   auto it = jobs_.find(id);
   if (it == jobs_.end()) {
@@ -843,8 +1074,28 @@ StatusOr<std::string> Scheduler::WaitReason(JobId id) const {
   const Job& job = it->second;
   if (job.state == JobState::kQueued) {
     auto reason = wait_reasons_.find(id);
-    return reason != wait_reasons_.end() ? reason->second
-                                         : std::string("waiting for admission");
+    if (reason != wait_reasons_.end()) return reason->second;
+    // The last admission pass stopped before this job: say it from now.
+    if (std::optional<std::string> wait = QuotaWaitLocked(job)) return *wait;
+    const std::string needs = "needs " + SlotCount(job.world_size, job.device_kind);
+    const int total = SlotsLocked(job.device_kind, /*free_only=*/false);
+    const int free = SlotsLocked(job.device_kind, /*free_only=*/true);
+    if (job.world_size > total) {
+      return needs + ", only " + std::to_string(total) + " registered";
+    }
+    if (job.world_size > free) return needs + ", " + std::to_string(free) + " free";
+    const TimePoint now = clock_->Now();
+    for (const auto& [head, since] : head_since_) {
+      const Job& blocker = jobs_.at(head);
+      if (head != id && blocker.device_kind == job.device_kind &&
+          now - since >= options_.backfill_window) {
+        return needs + ", " + std::to_string(free) +
+               " free, but they are held for job " + std::to_string(head) +
+               " (ahead in the queue, needs " +
+               SlotCount(blocker.world_size, job.device_kind) + ")";
+      }
+    }
+    return std::string("waiting for admission");
   }
   if (job.state == JobState::kRestarting) {
     const TimePoint now = clock_->Now();
@@ -870,14 +1121,23 @@ StatusOr<std::vector<JobEvent>> Scheduler::ReadEvents(
   if (max_events == 0) max_events = kDefaultEventBatch;
   max_events = std::min(max_events, kMaxEventBatch);
   std::unique_lock<std::mutex> lock(mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) {
+  auto newest = [&]() -> std::optional<int64_t> {
+    // Looked up each time: a failed commit reloads the jobs.
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return std::nullopt;
+    return it->second.last_event_seq;
+  };
+  if (!newest()) {
     return NotFoundError("job " + std::to_string(id) + " does not exist");
   }
-  const Job& job = it->second;  // jobs are never erased
-  changed_.wait_for(lock, max_wait,
-                    [&] { return job.last_event_seq > after_seq; });
-  if (job.last_event_seq <= after_seq) return std::vector<JobEvent>();
+  changed_.wait_for(lock, max_wait, [&] {
+    std::optional<int64_t> seq = newest();
+    return !seq || *seq > after_seq;
+  });
+  AwaitJobLocked(lock, id);  // the store has what memory has
+  std::optional<int64_t> seq = newest();
+  if (!seq) return NotFoundError("job " + std::to_string(id) + " does not exist");
+  if (*seq <= after_seq) return std::vector<JobEvent>();
   lock.unlock();  // events are append-only: read them without the lock
   return store_->ReadEvents(id, after_seq, max_events);
 }
@@ -920,82 +1180,86 @@ StatusOr<Lease> Scheduler::RegisterAgent(
                                   " names agent " + ref.agent_id);
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  const TimePoint now = clock_->Now();
-  std::unique_ptr<Agent>& slot = agents_[reg.agent_id];
-  if (slot == nullptr) {
-    slot = std::make_unique<Agent>();
-    slot->id = reg.agent_id;
-  }
-  Agent& agent = *slot;
-  agent.host = reg.host;
-  agent.slots = reg.slots;
-  agent.live = true;
-  agent.draining = false;
-  agent.lease_expires = now + options_.agent_lease_ttl;
-  agent.outbox = AgentWork();  // rebuilt below from the placements
-
-  using Key = std::tuple<JobId, int, int>;  // job, attempt, rank
-  std::set<Key> reported;
-  for (const RankRef& ref : reg.running) {
-    reported.insert({ref.job_id, ref.attempt, ref.rank});
-  }
-  std::set<Key> known;
-  std::vector<JobId> placed;
-  for (JobId id : holding_) {
-    const Job& job = jobs_.at(id);
-    if (std::any_of(
-            job.ranks.begin(), job.ranks.end(),
-            [&](const RankPlacement& r) { return r.agent_id == agent.id; })) {
-      placed.push_back(id);
+  std::unique_lock<std::mutex> lock(mu_);
+  StatusOr<Lease> result = [&]() -> StatusOr<Lease> {
+    const TimePoint now = clock_->Now();
+    std::unique_ptr<Agent>& slot = agents_[reg.agent_id];
+    if (slot == nullptr) {
+      slot = std::make_unique<Agent>();
+      slot->id = reg.agent_id;
     }
-  }
-  for (JobId id : placed) {
-    Job job = jobs_.at(id);
-    bool started = false;
-    std::vector<int> resend;
-    std::string lost;
-    for (RankPlacement& r : job.ranks) {
-      if (r.agent_id != agent.id) continue;
-      const Key key{id, job.attempt, r.rank};
-      if (reported.count(key) != 0) {
-        known.insert(key);
-        if (r.state == RankState::kAssigned) {
-          r.state = RankState::kRunning;
-          started = true;
-        }
-      } else if (r.state == RankState::kAssigned) {
-        resend.push_back(r.rank);
-      } else if (r.state == RankState::kRunning) {
-        r.state = RankState::kFailed;
-        lost += (lost.empty() ? "" : ", ") + std::to_string(r.rank);
+    Agent& agent = *slot;
+    agent.host = reg.host;
+    agent.slots = reg.slots;
+    agent.live = true;
+    agent.draining = false;
+    agent.lease_expires = now + options_.agent_lease_ttl;
+    agent.outbox = AgentWork();  // rebuilt below from the placements
+
+    using Key = std::tuple<JobId, int, int>;  // job, attempt, rank
+    std::set<Key> reported;
+    for (const RankRef& ref : reg.running) {
+      reported.insert({ref.job_id, ref.attempt, ref.rank});
+    }
+    std::set<Key> known;
+    std::vector<JobId> placed;
+    for (JobId id : holding_) {
+      const Job& job = jobs_.at(id);
+      if (std::any_of(
+              job.ranks.begin(), job.ranks.end(),
+              [&](const RankPlacement& r) { return r.agent_id == agent.id; })) {
+        placed.push_back(id);
       }
     }
-    if (!lost.empty()) {
-      TERN_RETURN_IF_ERROR(RestartLocked(
-          std::move(job), reason::kRankLost,
-          "agent " + agent.id + " re-registered without rank(s) " + lost, now));
-      continue;
+    for (JobId id : placed) {
+      Job job = jobs_.at(id);
+      bool started = false;
+      std::vector<int> resend;
+      std::string lost;
+      for (RankPlacement& r : job.ranks) {
+        if (r.agent_id != agent.id) continue;
+        const Key key{id, job.attempt, r.rank};
+        if (reported.count(key) != 0) {
+          known.insert(key);
+          if (r.state == RankState::kAssigned) {
+            r.state = RankState::kRunning;
+            started = true;
+          }
+        } else if (r.state == RankState::kAssigned) {
+          resend.push_back(r.rank);
+        } else if (r.state == RankState::kRunning) {
+          r.state = RankState::kFailed;
+          lost += (lost.empty() ? "" : ", ") + std::to_string(r.rank);
+        }
+      }
+      if (!lost.empty()) {
+        TERN_RETURN_IF_ERROR(RestartLocked(
+            std::move(job), reason::kRankLost,
+            "agent " + agent.id + " re-registered without rank(s) " + lost, now));
+        continue;
+      }
+      if (started) {
+        std::vector<JobEvent> events;
+        TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
+        TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+      }
+      for (int rank : resend) SendAssignmentLocked(jobs_.at(id), rank);
     }
-    if (started) {
-      std::vector<JobEvent> events;
-      TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
-      TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+    std::vector<KillOrder> kills;
+    for (const RankRef& ref : reg.running) {
+      if (known.count({ref.job_id, ref.attempt, ref.rank}) == 0) {
+        kills.push_back(KillOrder{agent.id, ref.job_id, ref.attempt, ref.rank,
+                                  reason::kStaleRank});
+      }
     }
-    for (int rank : resend) SendAssignmentLocked(jobs_.at(id), rank);
-  }
-  std::vector<KillOrder> kills;
-  for (const RankRef& ref : reg.running) {
-    if (known.count({ref.job_id, ref.attempt, ref.rank}) == 0) {
-      kills.push_back(KillOrder{agent.id, ref.job_id, ref.attempt, ref.rank,
-                                reason::kStaleRank});
-    }
-  }
-  SendKillsLocked(kills);
-  TERN_LOG(INFO) << "agent " << agent.id << " registered from " << agent.host
-                 << " (" << reg.running.size() << " ranks running)";
-  AdmitAndLogLocked(now);
-  return Lease{agent.id, agent.lease_expires};
+    SendKillsLocked(kills);
+    TERN_LOG(INFO) << "agent " << agent.id << " registered from " << agent.host
+                   << " (" << reg.running.size() << " ranks running)";
+    AdmitAndLogLocked(now);
+    return Lease{agent.id, agent.lease_expires};
+  }();
+  TERN_RETURN_IF_ERROR(FinishLocked(lock, result.status()));
+  return result;
 }
 
 StatusOr<Lease> Scheduler::Heartbeat(const std::string& agent_id) {
@@ -1024,17 +1288,20 @@ Status Scheduler::DrainAgent(const std::string& agent_id) {
 }
 
 Status Scheduler::DeregisterAgent(const std::string& agent_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const TimePoint now = clock_->Now();
-  auto it = agents_.find(agent_id);
-  if (it == agents_.end() || !it->second->live) {
-    return NotFoundError("agent " + agent_id + " is not registered");
-  }
-  TERN_RETURN_IF_ERROR(LoseAgentLocked(agent_id, reason::kAgentDeregistered,
-                                       "agent " + agent_id + " deregistered",
-                                       now));
-  AdmitAndLogLocked(now);
-  return OkStatus();
+  std::unique_lock<std::mutex> lock(mu_);
+  Status status = [&]() -> Status {
+    const TimePoint now = clock_->Now();
+    auto it = agents_.find(agent_id);
+    if (it == agents_.end() || !it->second->live) {
+      return NotFoundError("agent " + agent_id + " is not registered");
+    }
+    TERN_RETURN_IF_ERROR(LoseAgentLocked(agent_id, reason::kAgentDeregistered,
+                                         "agent " + agent_id + " deregistered",
+                                         now));
+    AdmitAndLogLocked(now);
+    return OkStatus();
+  }();
+  return FinishLocked(lock, std::move(status));
 }
 
 StatusOr<AgentWork> Scheduler::TakeAgentWork(const std::string& agent_id,
@@ -1087,167 +1354,182 @@ StatusOr<const Job*> Scheduler::CurrentRankLocked(const RankRef& ref) const {
 }
 
 Status Scheduler::ReportRankStarted(const RankRef& rank) {
-  std::lock_guard<std::mutex> lock(mu_);
-  TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
-  if (current == nullptr ||
-      current->ranks[rank.rank].state != RankState::kAssigned) {
-    return OkStatus();
-  }
-  Job job = *current;
-  job.ranks[rank.rank].state = RankState::kRunning;
-  std::vector<JobEvent> events;
-  TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, clock_->Now()));
-  return CommitLocked(std::move(job), std::move(events));
+  std::unique_lock<std::mutex> lock(mu_);
+  Status status = [&]() -> Status {
+    TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
+    if (current == nullptr ||
+        current->ranks[rank.rank].state != RankState::kAssigned) {
+      return OkStatus();
+    }
+    Job job = *current;
+    job.ranks[rank.rank].state = RankState::kRunning;
+    std::vector<JobEvent> events;
+    TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, clock_->Now()));
+    return CommitLocked(std::move(job), std::move(events));
+  }();
+  return FinishLocked(lock, std::move(status));
 }
 
 Status Scheduler::ReportRankExit(const RankExit& exit) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const TimePoint now = clock_->Now();
-  TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(exit.rank));
-  if (current == nullptr) return OkStatus();
-  const RankState before = current->ranks[exit.rank.rank].state;
-  if (before == RankState::kSucceeded || before == RankState::kFailed) {
-    return OkStatus();  // a repeated report
-  }
-  Job job = *current;
-  RankPlacement& r = job.ranks[exit.rank.rank];
-  r.exit_code = exit.exit_code;
-  if (exit.exit_code == 0) {
-    r.state = RankState::kSucceeded;
-    if (r.rank == 0) {
-      job.artifact_path = exit.artifact_path;
-      job.metrics_json = exit.metrics_json;
+  std::unique_lock<std::mutex> lock(mu_);
+  Status status = [&]() -> Status {
+    const TimePoint now = clock_->Now();
+    TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(exit.rank));
+    if (current == nullptr) return OkStatus();
+    const RankState before = current->ranks[exit.rank.rank].state;
+    if (before == RankState::kSucceeded || before == RankState::kFailed) {
+      return OkStatus();  // a repeated report
     }
-    std::vector<JobEvent> events;
-    TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
-    const bool ended = IsTerminal(job.state);
-    if (job.state == JobState::kSucceeded) {
-      JobEvent result;
-      result.time = now;
-      result.type = JobEventType::kProgress;
-      result.reason = reason::kResult;
-      result.message = "result of rank 0";
-      result.payload = job.metrics_json;
-      AppendJobEvent(&job, std::move(result), &events);
+    Job job = *current;
+    RankPlacement& r = job.ranks[exit.rank.rank];
+    r.exit_code = exit.exit_code;
+    if (exit.exit_code == 0) {
+      r.state = RankState::kSucceeded;
+      if (r.rank == 0) {
+        job.artifact_path = exit.artifact_path;
+        job.metrics_json = exit.metrics_json;
+      }
+      std::vector<JobEvent> events;
+      TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
+      const bool ended = IsTerminal(job.state);
+      if (job.state == JobState::kSucceeded) {
+        JobEvent result;
+        result.time = now;
+        result.type = JobEventType::kProgress;
+        result.reason = reason::kResult;
+        result.message = "result of rank 0";
+        result.payload = job.metrics_json;
+        AppendJobEvent(&job, std::move(result), &events);
+      }
+      TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+      if (ended) AdmitAndLogLocked(now);
+      return OkStatus();
     }
-    TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
-    if (ended) AdmitAndLogLocked(now);
-    return OkStatus();
-  }
-  r.state = RankState::kFailed;
-  std::string message =
-      "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
-      (exit.exit_code > 0
-           ? " exited with code " + std::to_string(exit.exit_code)
-           : " was killed by signal " + std::to_string(-exit.exit_code));
-  if (exit.preempted) {
-    message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
-              " stopped on request at a committed checkpoint";
-  } else if (exit.lease_lost) {
-    message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
-              " stopped itself: its agent's lease ran out";
-  }
-  const bool port_in_use = exit.rendezvous_port_in_use && r.rank == 0;
-  if (port_in_use) {
-    message = "rank 0 on agent " + r.agent_id + " could not listen on rendezvous port " +
-              std::to_string(job.rendezvous_port) +
-              ": another process holds it; the port is not used there for " +
-              Seconds(options_.port_quarantine) + ", the next attempt gets another";
-    auto agent = agents_.find(r.agent_id);
-    if (agent != agents_.end()) {
-      agent->second->quarantined_ports[job.rendezvous_port] = now + options_.port_quarantine;
-      // Drop expired entries, so the map stays as small as the range.
-      for (auto it = agent->second->quarantined_ports.begin();
-           it != agent->second->quarantined_ports.end();) {
-        it = it->second <= now ? agent->second->quarantined_ports.erase(it) : std::next(it);
+    r.state = RankState::kFailed;
+    std::string message =
+        "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
+        (exit.exit_code > 0
+             ? " exited with code " + std::to_string(exit.exit_code)
+             : " was killed by signal " + std::to_string(-exit.exit_code));
+    if (exit.preempted) {
+      message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
+                " stopped on request at a committed checkpoint";
+    } else if (exit.lease_lost) {
+      message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
+                " stopped itself: its agent's lease ran out";
+    }
+    const bool port_in_use = exit.rendezvous_port_in_use && r.rank == 0;
+    if (port_in_use) {
+      message = "rank 0 on agent " + r.agent_id + " could not listen on rendezvous port " +
+                std::to_string(job.rendezvous_port) +
+                ": another process holds it; the port is not used there for " +
+                Seconds(options_.port_quarantine) + ", the next attempt gets another";
+      auto agent = agents_.find(r.agent_id);
+      if (agent != agents_.end()) {
+        agent->second->quarantined_ports[job.rendezvous_port] = now + options_.port_quarantine;
+        // Drop expired entries, so the map stays as small as the range.
+        for (auto it = agent->second->quarantined_ports.begin();
+             it != agent->second->quarantined_ports.end();) {
+          it = it->second <= now ? agent->second->quarantined_ports.erase(it) : std::next(it);
+        }
       }
     }
-  }
-  if (!exit.message.empty()) message += ": " + exit.message;
-  const char* why = exit.preempted ? reason::kRankPreempted
-                    : port_in_use  ? reason::kRendezvousPortInUse
-                    : exit.exit_code > 0 && !exit.lease_lost ? reason::kTrainerFailed
-                                                             : reason::kRankLost;
-  const bool free = exit.preempted || port_in_use;
-  TERN_RETURN_IF_ERROR(RestartLocked(std::move(job), why, std::move(message), now,
-                                     exit.retryable || free,
-                                     free ? RestartCharge::kFree : RestartCharge::kCounted));
-  AdmitAndLogLocked(now);
-  return OkStatus();
+    if (!exit.message.empty()) message += ": " + exit.message;
+    const char* why = exit.preempted ? reason::kRankPreempted
+                      : port_in_use  ? reason::kRendezvousPortInUse
+                      : exit.exit_code > 0 && !exit.lease_lost ? reason::kTrainerFailed
+                                                               : reason::kRankLost;
+    const bool free = exit.preempted || port_in_use;
+    TERN_RETURN_IF_ERROR(RestartLocked(std::move(job), why, std::move(message), now,
+                                       exit.retryable || free,
+                                       free ? RestartCharge::kFree : RestartCharge::kCounted));
+    AdmitAndLogLocked(now);
+    return OkStatus();
+  }();
+  return FinishLocked(lock, std::move(status));
 }
 
 Status Scheduler::ReportProgress(const RankRef& rank, std::string payload) {
-  std::lock_guard<std::mutex> lock(mu_);
-  TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
-  if (current == nullptr) return OkStatus();
-  Job job = *current;
-  JobEvent event;
-  event.time = clock_->Now();
-  event.type = JobEventType::kProgress;
-  event.reason = reason::kProgress;
-  event.message = "rank " + std::to_string(rank.rank);
-  event.payload = std::move(payload);
-  std::vector<JobEvent> events;
-  AppendJobEvent(&job, std::move(event), &events);
-  return CommitLocked(std::move(job), std::move(events));
+  std::unique_lock<std::mutex> lock(mu_);
+  Status status = [&]() -> Status {
+    TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
+    if (current == nullptr) return OkStatus();
+    Job job = *current;
+    JobEvent event;
+    event.time = clock_->Now();
+    event.type = JobEventType::kProgress;
+    event.reason = reason::kProgress;
+    event.message = "rank " + std::to_string(rank.rank);
+    event.payload = std::move(payload);
+    std::vector<JobEvent> events;
+    AppendJobEvent(&job, std::move(event), &events);
+    return CommitLocked(std::move(job), std::move(events));
+  }();
+  return FinishLocked(lock, std::move(status));
 }
 
 Status Scheduler::ReportCheckpoint(const RankRef& rank, int64_t step,
                                    std::string payload) {
   if (step < 0) return InvalidArgumentError("step: must be >= 0");
-  std::lock_guard<std::mutex> lock(mu_);
-  TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
-  if (current == nullptr || (current->last_checkpoint_step &&
-                             step <= *current->last_checkpoint_step)) {
-    return OkStatus();
-  }
-  Job job = *current;
-  job.last_checkpoint_step = step;
-  JobEvent event;
-  event.time = clock_->Now();
-  event.type = JobEventType::kCheckpoint;
-  event.reason = reason::kCheckpointCommitted;
-  event.message = "checkpoint at step " + std::to_string(step) +
-                  " committed (reported by rank " + std::to_string(rank.rank) +
-                  ")";
-  event.step = step;
-  event.payload = std::move(payload);
-  std::vector<JobEvent> events;
-  AppendJobEvent(&job, std::move(event), &events);
-  return CommitLocked(std::move(job), std::move(events));
+  std::unique_lock<std::mutex> lock(mu_);
+  Status status = [&]() -> Status {
+    TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
+    if (current == nullptr || (current->last_checkpoint_step &&
+                               step <= *current->last_checkpoint_step)) {
+      return OkStatus();
+    }
+    Job job = *current;
+    job.last_checkpoint_step = step;
+    JobEvent event;
+    event.time = clock_->Now();
+    event.type = JobEventType::kCheckpoint;
+    event.reason = reason::kCheckpointCommitted;
+    event.message = "checkpoint at step " + std::to_string(step) +
+                    " committed (reported by rank " + std::to_string(rank.rank) +
+                    ")";
+    event.step = step;
+    event.payload = std::move(payload);
+    std::vector<JobEvent> events;
+    AppendJobEvent(&job, std::move(event), &events);
+    return CommitLocked(std::move(job), std::move(events));
+  }();
+  return FinishLocked(lock, std::move(status));
 }
 
 // --- Time ------------------------------------------------------------------
 
 Status Scheduler::Tick() {
-  std::lock_guard<std::mutex> lock(mu_);
-  const TimePoint now = clock_->Now();
-  std::vector<std::string> expired;
-  for (const auto& [id, agent] : agents_) {
-    if (agent->lease_expires <= now) expired.push_back(id);
-  }
-  for (const std::string& id : expired) {
-    const Agent& agent = *agents_.at(id);
-    TERN_RETURN_IF_ERROR(LoseAgentLocked(
-        id, reason::kAgentLeaseExpired,
-        "agent " + id + " lease expired " + Seconds(now - agent.lease_expires) +
-            " ago" +
-            (agent.live ? "" : " (did not re-register after a ternd restart)"),
-        now));
-  }
-  std::vector<JobId> due;
-  for (JobId id : restarting_) {
-    if (jobs_.at(id).restart_not_before <= now) due.push_back(id);
-  }
-  for (JobId id : due) {
-    Job job = jobs_.at(id);
-    std::vector<JobEvent> events;
-    TERN_RETURN_IF_ERROR(TransitionJob(&job, JobState::kQueued,
-                                       reason::kRequeued, RequeueMessage(job),
-                                       now, &events));
-    TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
-  }
-  return AdmitLocked(now);
+  std::unique_lock<std::mutex> lock(mu_);
+  Status status = [&]() -> Status {
+    const TimePoint now = clock_->Now();
+    std::vector<std::string> expired;
+    for (const auto& [id, agent] : agents_) {
+      if (agent->lease_expires <= now) expired.push_back(id);
+    }
+    for (const std::string& id : expired) {
+      const Agent& agent = *agents_.at(id);
+      TERN_RETURN_IF_ERROR(LoseAgentLocked(
+          id, reason::kAgentLeaseExpired,
+          "agent " + id + " lease expired " + Seconds(now - agent.lease_expires) +
+              " ago" +
+              (agent.live ? "" : " (did not re-register after a ternd restart)"),
+          now));
+    }
+    std::vector<JobId> due;
+    for (JobId id : restarting_) {
+      if (jobs_.at(id).restart_not_before <= now) due.push_back(id);
+    }
+    for (JobId id : due) {
+      Job job = jobs_.at(id);
+      std::vector<JobEvent> events;
+      TERN_RETURN_IF_ERROR(TransitionJob(&job, JobState::kQueued,
+                                         reason::kRequeued, RequeueMessage(job),
+                                         now, &events));
+      TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+    }
+    return AdmitLocked(now);
+  }();
+  return FinishLocked(lock, std::move(status));
 }
 
 std::vector<AgentSummary> Scheduler::ListAgents() const {
@@ -1270,7 +1552,9 @@ std::vector<AgentSummary> Scheduler::ListAgents() const {
 SchedulerStats Scheduler::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   SchedulerStats stats;
-  for (const auto& [id, job] : jobs_) ++stats.jobs[job.state];
+  for (const auto& [state, count] : state_counts_) {
+    if (count != 0) stats.jobs[state] = count;
+  }
   for (const char* kind : {kDeviceCpu, kDeviceCuda}) {
     stats.total_slots[kind] = SlotsLocked(kind, /*free_only=*/false);
     stats.free_slots[kind] = SlotsLocked(kind, /*free_only=*/true);
@@ -1280,6 +1564,13 @@ SchedulerStats Scheduler::Stats() const {
     stats.draining_agents += agent->live && agent->draining;
   }
   stats.jobs_waiting_on_quota = static_cast<int>(waiting_on_quota_.size());
+  if (quotas_.size() != 0) {  // and the queued jobs the last pass did not reach
+    for (JobId id : queued_) {
+      if (wait_reasons_.count(id) == 0 && QuotaWaitLocked(jobs_.at(id))) {
+        ++stats.jobs_waiting_on_quota;
+      }
+    }
+  }
   for (const auto& [owner, count] : unfinished_by_owner_) {
     stats.owners[owner].unfinished_jobs = count;
   }
@@ -1290,9 +1581,12 @@ SchedulerStats Scheduler::Stats() const {
 // --- Quotas ----------------------------------------------------------------
 
 void Scheduler::SetQuotas(QuotaTable quotas) {
-  std::lock_guard<std::mutex> lock(mu_);
-  quotas_ = std::move(quotas);
-  AdmitAndLogLocked(clock_->Now());
+  std::unique_lock<std::mutex> lock(mu_);
+  [&] {
+    quotas_ = std::move(quotas);
+    AdmitAndLogLocked(clock_->Now());
+  }();
+  (void)FinishLocked(lock, OkStatus());  // a failed commit is logged
 }
 
 OwnerUsage Scheduler::UsageOf(const std::string& owner) const {

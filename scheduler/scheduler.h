@@ -37,25 +37,44 @@
 //   it is FAILED (RESTART_BUDGET_EXHAUSTED). A rank exit marked not
 //   retryable (RankExit::retryable: the spec, data or paths are at fault)
 //   goes on from RESTARTING to FAILED at once (FAILURE_NOT_RETRYABLE).
+// - Order is kept in a sorted set (aging adds the same amount to every job,
+//   so it never reorders two jobs), and an admission pass stops as soon as
+//   no device kind can admit anything more: a submission into a queue that
+//   cannot move costs the same at 10 or 100,000 queued jobs. Wait reasons
+//   of the jobs a pass did not reach are worked out when asked for.
 // - Durability: every acknowledged change is in the JobStore before the call
 //   returns OK; a new Scheduler over the same store resumes with it. Agents
 //   are not stored: the agents of running jobs must re-register within one
 //   lease TTL of the restart (listing the ranks they still run).
+// - Group commit (CommitMode::kGroup, the default): a call changes memory
+//   under the lock and queues its store writes; one writer thread commits
+//   everything queued in one transaction (one fsync) and then answers every
+//   call of that batch. What a change sends out (assignments, kill orders,
+//   event notifications) waits for its commit. GetJob, ListJobs and
+//   ReadEvents show no change that is not committed yet (they wait for it, or
+//   leave out jobs whose submission is not committed). A failed commit fails
+//   every call of the batch and of the batch queued behind it, and the
+//   scheduler reloads its jobs from the store, so memory again matches it.
+//   CommitMode::kPerCall commits each change in its own transaction under
+//   the lock, as before group commit (kept to compare the two).
 //
-// Thread-safe: one mutex guards all state; store writes happen under it.
-// ReadEvents and TakeAgentWork may block up to their max_wait (real time);
-// destroy the Scheduler only once no call is in flight.
+// Thread-safe: one mutex guards all state. ReadEvents and TakeAgentWork may
+// block up to their max_wait (real time); a changing call blocks until its
+// batch is committed. Destroy the Scheduler only once no call is in flight.
 #ifndef TERN_SCHEDULER_SCHEDULER_H_
 #define TERN_SCHEDULER_SCHEDULER_H_
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <vector>
 
 #include "common/ports.h"
@@ -67,6 +86,14 @@
 #include "scheduler/quota.h"
 
 namespace tern::scheduler {
+
+enum class CommitMode {
+  kGroup,    // many calls' changes share one transaction (one writer thread)
+  kPerCall,  // each change its own transaction, under the scheduler's lock
+};
+const char* CommitModeName(CommitMode mode);  // "group", "per-call"
+// INVALID_ARGUMENT naming the accepted values.
+StatusOr<CommitMode> ParseCommitMode(std::string_view name);
 
 struct SchedulerOptions {
   // Effective priority a queued job gains per minute since its submission.
@@ -91,6 +118,7 @@ struct SchedulerOptions {
   int max_world_size = 1024;        // SubmitJob rejects larger jobs
   int default_page_size = 50;       // ListJobs with page_size 0
   int max_page_size = 500;          // larger page sizes are lowered to this
+  CommitMode commit_mode = CommitMode::kGroup;  // see the header comment
   Status Validate() const;
 };
 
@@ -244,12 +272,47 @@ class Scheduler {
  private:
   struct Agent;
   struct Placement;
+  struct Batch;  // group commit: writes committed together, and their effects
+  // Queue order that does not depend on the time (see the header comment).
+  struct QueueKey {
+    double rank;  // priority - aging_per_minute * minutes since kAgingEpoch
+    TimePoint submit_time;
+    JobId id;
+    bool operator<(const QueueKey& other) const;
+  };
+  // A job whose latest change is not committed yet.
+  struct Unflushed {
+    std::shared_ptr<Batch> batch;  // holds its latest write
+    bool created = false;          // its submission is not committed either
+  };
 
   Scheduler(SchedulerOptions options, std::unique_ptr<JobStore> store,
             std::shared_ptr<Clock> clock);
   Status LoadLocked();
-  Status CommitLocked(Job job, std::vector<JobEvent> events);
+  // Applies jobs read from the store; agents their ranks name that are not
+  // known get a lease until `lease_until`.
+  Status ApplyLoadedLocked(std::vector<Job> jobs, TimePoint lease_until);
+  // Stores (per-call) or queues (group) the change, then applies it.
+  Status CommitLocked(Job job, std::vector<JobEvent> events,
+                      bool create = false);
   void ApplyLocked(Job job);
+  QueueKey QueueKeyOf(const Job& job) const;
+  // --- Group commit ---
+  void WriterLoop();
+  // Answers `batch`'s calls; on error fails the open batch and reloads.
+  void ResolveLocked(const std::shared_ptr<Batch>& batch, Status status);
+  // The newest batch not committed yet (open or being written); null when
+  // none (always null per-call).
+  std::shared_ptr<Batch> UnresolvedLocked() const;
+  // Runs `effect` once everything queued so far is committed (now if so).
+  void DeferLocked(std::function<void()> effect);
+  // `status` if not OK; else waits until everything queued so far is
+  // committed and returns that commit's status.
+  Status FinishLocked(std::unique_lock<std::mutex>& lock, Status status);
+  // Waits until job `id` has no uncommitted change.
+  void AwaitJobLocked(std::unique_lock<std::mutex>& lock, JobId id) const;
+  // Why `job` waits on its owner's slot quota; nullopt when it does not.
+  std::optional<std::string> QuotaWaitLocked(const Job& job) const;
   void TakeSlotsLocked(const Job& job);
   void ReleaseSlotsLocked(const Job& job);
   Status AdmitLocked(TimePoint now);
@@ -282,6 +345,8 @@ class Scheduler {
   void SendKillsLocked(const std::vector<KillOrder>& kills);
   void SendAssignmentLocked(const Job& job, int rank);
   StatusOr<const Job*> CurrentRankLocked(const RankRef& ref) const;
+  StatusOr<std::vector<KillOrder>> CancelJobLocked(JobId id,
+                                                   const std::string& message);
 
   const SchedulerOptions options_;
   const std::unique_ptr<JobStore> store_;
@@ -289,10 +354,20 @@ class Scheduler {
 
   mutable std::mutex mu_;
   mutable std::condition_variable changed_;  // events appended, work queued
+  // Group commit (null / idle per-call):
+  std::shared_ptr<Batch> open_;       // collecting the calls' writes
+  std::shared_ptr<Batch> in_flight_;  // being committed by the writer
+  std::map<JobId, Unflushed> unflushed_;
+  mutable std::condition_variable committed_;  // a batch was resolved
+  std::condition_variable writer_wake_;        // writes queued, or stopping
+  bool stopping_ = false;
+  std::thread writer_;
   uint64_t events_version_ = 0;  // WaitForEvents
   std::map<JobId, Job> jobs_;                // every job ever, by id
   std::map<std::pair<std::string, std::string>, JobId> by_idempotency_key_;
   std::set<JobId> queued_;      // QUEUED
+  std::set<QueueKey> queue_order_;  // QUEUED, next admitted first
+  std::map<JobState, int> state_counts_;
   std::set<JobId> restarting_;  // RESTARTING
   std::set<JobId> holding_;     // ADMITTED or RUNNING
   std::map<std::string, std::unique_ptr<Agent>> agents_;

@@ -265,6 +265,68 @@ Status AppendEvents(sqlite3* db, JobId id,
   return OkStatus();
 }
 
+// The rows of a new job (CreateJob's contract), inside a transaction.
+Status InsertJobRows(sqlite3* db, const Job& job,
+                     const std::vector<JobEvent>& events) {
+  TERN_ASSIGN_OR_RETURN(
+      Statement ins,
+      Statement::Prepare(
+          db,
+          "INSERT INTO jobs (id, owner, priority, world_size, device_kind, "
+          "max_restarts, idempotency_key, spec, submit_time_us, state, "
+          "restarts_used, attempt, last_checkpoint_step, artifact_path, "
+          "metrics_json, last_event_seq, rendezvous_host, rendezvous_port, "
+          "restart_not_before_us) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+          "?)"));
+  TERN_RETURN_IF_ERROR(
+      ins.BindAll(job.id, job.owner, job.priority, job.world_size,
+                  job.device_kind, job.max_restarts, job.idempotency_key,
+                  Blob{job.spec}, ToUnixMicros(job.submit_time),
+                  JobStateName(job.state), job.restarts_used, job.attempt,
+                  job.last_checkpoint_step, job.artifact_path,
+                  job.metrics_json, job.last_event_seq, job.rendezvous_host,
+                  job.rendezvous_port, ToUnixMicros(job.restart_not_before)));
+  TERN_RETURN_IF_ERROR(ins.Run());
+  for (const auto& [key, value] : job.labels) {
+    TERN_ASSIGN_OR_RETURN(
+        Statement label,
+        Statement::Prepare(db,
+                           "INSERT INTO job_labels (job_id, key, value) "
+                           "VALUES (?, ?, ?)"));
+    TERN_RETURN_IF_ERROR(label.BindAll(job.id, key, value));
+    TERN_RETURN_IF_ERROR(label.Run());
+  }
+  TERN_RETURN_IF_ERROR(WriteRanks(db, job));
+  return AppendEvents(db, job.id, events);
+}
+
+// An existing job's mutable fields (UpdateJob's contract), inside a
+// transaction.
+Status UpdateJobRows(sqlite3* db, const Job& job,
+                     const std::vector<JobEvent>& events) {
+  TERN_ASSIGN_OR_RETURN(
+      Statement upd,
+      Statement::Prepare(
+          db,
+          "UPDATE jobs SET state = ?, restarts_used = ?, attempt = ?, "
+          "last_checkpoint_step = ?, artifact_path = ?, metrics_json = ?, "
+          "last_event_seq = ?, rendezvous_host = ?, rendezvous_port = ?, "
+          "restart_not_before_us = ? WHERE id = ?"));
+  TERN_RETURN_IF_ERROR(upd.BindAll(
+      JobStateName(job.state), job.restarts_used, job.attempt,
+      job.last_checkpoint_step, job.artifact_path, job.metrics_json,
+      job.last_event_seq, job.rendezvous_host, job.rendezvous_port,
+      ToUnixMicros(job.restart_not_before), job.id));
+  TERN_RETURN_IF_ERROR(upd.Run());
+  if (sqlite3_changes(db) != 1) {
+    return NotFoundError("job " + std::to_string(job.id) +
+                         " is not in the job store");
+  }
+  TERN_RETURN_IF_ERROR(WriteRanks(db, job));
+  return AppendEvents(db, job.id, events);
+}
+
 constexpr char kEventColumns[] =
     "seq, time_us, type, from_state, to_state, reason, message, payload, step";
 
@@ -389,66 +451,27 @@ Status SqliteJobStore::CreateJob(const Job& job,
                                  const std::vector<JobEvent>& events) {
   std::lock_guard<std::mutex> lock(mu_);
   sqlite3* db = db_.get();
-  return InTransaction(db, [&]() -> Status {
-    TERN_ASSIGN_OR_RETURN(
-        Statement ins,
-        Statement::Prepare(
-            db,
-            "INSERT INTO jobs (id, owner, priority, world_size, device_kind, "
-            "max_restarts, idempotency_key, spec, submit_time_us, state, "
-            "restarts_used, attempt, last_checkpoint_step, artifact_path, "
-            "metrics_json, last_event_seq, rendezvous_host, rendezvous_port, "
-            "restart_not_before_us) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?)"));
-    TERN_RETURN_IF_ERROR(
-        ins.BindAll(job.id, job.owner, job.priority, job.world_size,
-                    job.device_kind, job.max_restarts, job.idempotency_key,
-                    Blob{job.spec}, ToUnixMicros(job.submit_time),
-                    JobStateName(job.state), job.restarts_used, job.attempt,
-                    job.last_checkpoint_step, job.artifact_path,
-                    job.metrics_json, job.last_event_seq, job.rendezvous_host,
-                    job.rendezvous_port, ToUnixMicros(job.restart_not_before)));
-    TERN_RETURN_IF_ERROR(ins.Run());
-    for (const auto& [key, value] : job.labels) {
-      TERN_ASSIGN_OR_RETURN(
-          Statement label,
-          Statement::Prepare(db,
-                             "INSERT INTO job_labels (job_id, key, value) "
-                             "VALUES (?, ?, ?)"));
-      TERN_RETURN_IF_ERROR(label.BindAll(job.id, key, value));
-      TERN_RETURN_IF_ERROR(label.Run());
-    }
-    TERN_RETURN_IF_ERROR(WriteRanks(db, job));
-    return AppendEvents(db, job.id, events);
-  });
+  return InTransaction(db, [&] { return InsertJobRows(db, job, events); });
 }
 
 Status SqliteJobStore::UpdateJob(const Job& job,
                                  const std::vector<JobEvent>& events) {
   std::lock_guard<std::mutex> lock(mu_);
   sqlite3* db = db_.get();
+  return InTransaction(db, [&] { return UpdateJobRows(db, job, events); });
+}
+
+Status SqliteJobStore::Commit(const std::vector<JobWrite>& writes) {
+  if (writes.empty()) return OkStatus();
+  std::lock_guard<std::mutex> lock(mu_);
+  sqlite3* db = db_.get();
   return InTransaction(db, [&]() -> Status {
-    TERN_ASSIGN_OR_RETURN(
-        Statement upd,
-        Statement::Prepare(
-            db,
-            "UPDATE jobs SET state = ?, restarts_used = ?, attempt = ?, "
-            "last_checkpoint_step = ?, artifact_path = ?, metrics_json = ?, "
-            "last_event_seq = ?, rendezvous_host = ?, rendezvous_port = ?, "
-            "restart_not_before_us = ? WHERE id = ?"));
-    TERN_RETURN_IF_ERROR(upd.BindAll(
-        JobStateName(job.state), job.restarts_used, job.attempt,
-        job.last_checkpoint_step, job.artifact_path, job.metrics_json,
-        job.last_event_seq, job.rendezvous_host, job.rendezvous_port,
-        ToUnixMicros(job.restart_not_before), job.id));
-    TERN_RETURN_IF_ERROR(upd.Run());
-    if (sqlite3_changes(db) != 1) {
-      return NotFoundError("job " + std::to_string(job.id) +
-                           " is not in the job store");
+    for (const JobWrite& w : writes) {
+      TERN_RETURN_IF_ERROR(w.kind == JobWrite::Kind::kCreate
+                               ? InsertJobRows(db, w.job, w.events)
+                               : UpdateJobRows(db, w.job, w.events));
     }
-    TERN_RETURN_IF_ERROR(WriteRanks(db, job));
-    return AppendEvents(db, job.id, events);
+    return OkStatus();
   });
 }
 

@@ -3,7 +3,7 @@
 // Durability: journal_mode=WAL and synchronous=FULL, so a transaction that
 // returned OK survives a process crash and a power loss (WAL with NORMAL
 // would only survive the former). Every JobStore call is one BEGIN IMMEDIATE
-// ... COMMIT transaction. The schema version lives in PRAGMA user_version: an
+// ... COMMIT transaction (Commit: one for the whole batch, one fsync). The schema version lives in PRAGMA user_version: an
 // empty file gets the current schema; a newer version, or a database that is
 // not a tern job store, is FAILED_PRECONDITION; a file that is not SQLite at
 // all is DATA_LOSS. Every sqlite3 result code is checked through one helper
@@ -46,6 +46,7 @@ class SqliteJobStore final : public JobStore {
                    const std::vector<JobEvent>& events) override;
   Status UpdateJob(const Job& job,
                    const std::vector<JobEvent>& events) override;
+  Status Commit(const std::vector<JobWrite>& writes) override;
   StatusOr<std::vector<Job>> LoadJobs() override;
   StatusOr<std::vector<JobEvent>> ReadEvents(JobId job, int64_t after_seq,
                                              int limit) override;

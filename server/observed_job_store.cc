@@ -22,6 +22,12 @@ Status ObservedJobStore::UpdateJob(
   return OkStatus();
 }
 
+Status ObservedJobStore::Commit(const std::vector<scheduler::JobWrite>& writes) {
+  TERN_RETURN_IF_ERROR(inner_->Commit(writes));
+  for (const scheduler::JobWrite& w : writes) Notify(w.job, w.events);
+  return OkStatus();
+}
+
 StatusOr<std::vector<scheduler::Job>> ObservedJobStore::LoadJobs() {
   return inner_->LoadJobs();
 }

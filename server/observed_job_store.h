@@ -4,9 +4,9 @@
 // restarts by reason, admission waits, ended jobs) from it without the
 // scheduler knowing about metrics.
 //
-// The observer runs on the scheduler's thread with the scheduler's lock held
-// (stores are written under it): it must be quick and must never call the
-// Scheduler. Thread-safe as far as the inner store and the observer are.
+// The observer runs on the thread that writes the store (the scheduler's,
+// under its lock, or its group-commit writer), one call at a time: it must be
+// quick and must never call the Scheduler. Thread-safe as far as the inner store and the observer are.
 #ifndef TERN_SERVER_OBSERVED_JOB_STORE_H_
 #define TERN_SERVER_OBSERVED_JOB_STORE_H_
 
@@ -30,6 +30,7 @@ class ObservedJobStore final : public scheduler::JobStore {
                    const std::vector<scheduler::JobEvent>& events) override;
   Status UpdateJob(const scheduler::Job& job,
                    const std::vector<scheduler::JobEvent>& events) override;
+  Status Commit(const std::vector<scheduler::JobWrite>& writes) override;
   StatusOr<std::vector<scheduler::Job>> LoadJobs() override;
   StatusOr<std::vector<scheduler::JobEvent>> ReadEvents(scheduler::JobId job,
                                                         int64_t after_seq,

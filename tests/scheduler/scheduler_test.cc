@@ -2,8 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+
+#include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +23,7 @@ using std::chrono::milliseconds;
 using std::chrono::minutes;
 using std::chrono::seconds;
 using ::tern::scheduler::testing::FaultyJobStore;
+using ::tern::scheduler::testing::GatedJobStore;
 using ::tern::scheduler::testing::TempDir;
 
 // A scheduler over a fresh SQLite file and a FakeClock. Open() again to
@@ -30,6 +36,17 @@ class SchedulerTest : public ::testing::Test {
     options_.agent_lease_ttl = seconds(10);
     options_.restart_backoff = seconds(0);
     options_.max_restart_backoff = seconds(60);
+    // ctest runs this binary twice: group commit (the default) and, with
+    // TERN_TEST_COMMIT_MODE=per-call, one transaction per change.
+    if (const char* mode = getenv("TERN_TEST_COMMIT_MODE")) {
+      StatusOr<CommitMode> parsed = ParseCommitMode(mode);
+      EXPECT_TRUE(parsed.ok()) << parsed.status();
+      if (parsed.ok()) options_.commit_mode = *parsed;
+    }
+  }
+
+  bool GroupCommit() const {
+    return options_.commit_mode == CommitMode::kGroup;
   }
 
   void SetUp() override { Open(); }
@@ -1475,6 +1492,260 @@ TEST_F(QuotaTest, UsageCountsHeldSlotsAndUnfinishedJobs) {
   EXPECT_EQ(usage.unfinished_jobs, 1);
   EXPECT_EQ(usage.slots, (std::map<std::string, int>{{kDeviceCpu, 1}}));
   EXPECT_EQ(scheduler_->UsageOf("bob").unfinished_jobs, 1);
+}
+
+// --- Group commit --------------------------------------------------------------
+
+class GroupCommitTest : public SchedulerTest {
+ protected:
+  GatedJobStore* OpenGated() {
+    StatusOr<std::unique_ptr<SqliteJobStore>> store =
+        SqliteJobStore::Open(DbPath());
+    EXPECT_TRUE(store.ok()) << store.status();
+    auto gated = std::make_unique<GatedJobStore>(std::move(store).value());
+    GatedJobStore* raw = gated.get();
+    OpenWith(std::move(gated));
+    return raw;
+  }
+
+  // `threads` threads each run `body(thread index)` at once.
+  template <typename F>
+  static void RunConcurrently(int threads, F body) {
+    std::atomic<int> ready{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        ++ready;
+        while (ready.load() < threads) std::this_thread::yield();
+        body(t);
+      });
+    }
+    for (std::thread& thread : pool) thread.join();
+  }
+};
+
+TEST_F(GroupCommitTest, ParsesCommitModes) {
+  EXPECT_EQ(*ParseCommitMode("group"), CommitMode::kGroup);
+  EXPECT_EQ(*ParseCommitMode("per-call"), CommitMode::kPerCall);
+  EXPECT_STREQ(CommitModeName(CommitMode::kPerCall), "per-call");
+  StatusOr<CommitMode> bad = ParseCommitMode("batch");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("\"batch\""), std::string::npos)
+      << bad.status();
+}
+
+// Submissions of concurrent callers share commits, and every acknowledged
+// one is stored once, with gap-free ids and its SUBMITTED event.
+TEST_F(GroupCommitTest, ConcurrentSubmissionsShareCommits) {
+  GatedJobStore* store = OpenGated();
+  store->delay = milliseconds(5);  // a slow disk: callers pile up meanwhile
+  constexpr int kThreads = 16, kPerThread = 10;
+  std::vector<std::vector<JobId>> ids(kThreads);
+  std::atomic<int> errors{0};
+  RunConcurrently(kThreads, [&](int t) {
+    for (int i = 0; i < kPerThread; ++i) {
+      StatusOr<SubmitResult> r = scheduler_->SubmitJob(Request(0));
+      if (!r.ok() || !r->created) {
+        ++errors;
+        continue;
+      }
+      ids[t].push_back(r->job.id);
+    }
+  });
+  EXPECT_EQ(errors.load(), 0);
+  std::set<JobId> all;
+  for (const auto& mine : ids) {
+    for (size_t i = 1; i < mine.size(); ++i) EXPECT_LT(mine[i - 1], mine[i]);
+    all.insert(mine.begin(), mine.end());
+  }
+  ASSERT_EQ(all.size(), size_t{kThreads * kPerThread});
+  EXPECT_EQ(*all.begin(), 1);
+  EXPECT_EQ(*all.rbegin(), kThreads * kPerThread);  // no gaps
+  if (GroupCommit()) {
+    EXPECT_EQ(store->committed.load(), kThreads * kPerThread);
+    EXPECT_LE(store->commits.load(), kThreads * kPerThread / 2)
+        << "submissions were not grouped";
+  } else {
+    EXPECT_EQ(store->commits.load(), 0);  // one CreateJob per submission
+  }
+  Open();  // what was acknowledged is in the store
+  for (JobId id : all) {
+    StatusOr<std::vector<JobEvent>> events = scheduler_->ReadEvents(id, 0, 0);
+    ASSERT_TRUE(events.ok()) << events.status();
+    ASSERT_EQ(events->size(), 1u) << "job " << id;
+    EXPECT_EQ((*events)[0].seq, 1);
+    EXPECT_EQ((*events)[0].reason, "SUBMITTED");
+  }
+}
+
+TEST_F(GroupCommitTest, ConcurrentSubmittersWithOneIdempotencyKeyGetOneJob) {
+  OpenGated()->delay = milliseconds(2);
+  constexpr int kThreads = 16, kKeys = 5;
+  std::vector<std::map<std::string, JobId>> seen(kThreads);
+  std::atomic<int> created{0}, errors{0};
+  RunConcurrently(kThreads, [&](int t) {
+    for (int k = 0; k < kKeys; ++k) {
+      JobRequest request = Request(0);
+      request.idempotency_key = "sweep-" + std::to_string(k);
+      StatusOr<SubmitResult> r = scheduler_->SubmitJob(request);
+      if (!r.ok()) {
+        ++errors;
+        continue;
+      }
+      created += r->created;
+      seen[t][request.idempotency_key] = r->job.id;
+    }
+  });
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(created.load(), kKeys) << "one job per key";
+  for (int t = 1; t < kThreads; ++t) EXPECT_EQ(seen[t], seen[0]);
+  ListJobsQuery query;
+  query.page_size = 100;
+  EXPECT_EQ(Ids(query).size(), size_t{kKeys});
+  Open();
+  EXPECT_EQ(Ids(query).size(), size_t{kKeys});
+  JobRequest again = Request(0);
+  again.idempotency_key = "sweep-3";
+  StatusOr<SubmitResult> r = scheduler_->SubmitJob(again);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->created);
+  EXPECT_EQ(r->job.id, seen[0]["sweep-3"]);
+}
+
+// Concurrent reports on one job: the event log stays gap-free and in order,
+// in memory and in the store.
+TEST_F(GroupCommitTest, ConcurrentReportsKeepSequenceNumbersInOrder) {
+  OpenGated()->delay = milliseconds(1);
+  Register("a", 1);
+  JobId id = Submit(0);
+  StartAll(id);
+  const RankRef rank = Ref(id, 0);
+  constexpr int kThreads = 8, kPerThread = 25;
+  std::atomic<int> errors{0};
+  RunConcurrently(kThreads, [&](int t) {
+    for (int i = 0; i < kPerThread; ++i) {
+      const std::string payload =
+          "{\"t\":" + std::to_string(t) + ",\"i\":" + std::to_string(i) + "}";
+      if (!scheduler_->ReportProgress(rank, payload).ok()) ++errors;
+    }
+  });
+  EXPECT_EQ(errors.load(), 0);
+  const int64_t want = 3 + kThreads * kPerThread;  // SUBMITTED, ADMITTED, RUNNING
+  EXPECT_EQ(Get(id).last_event_seq, want);
+  for (int reopen = 0; reopen < 2; ++reopen) {
+    StatusOr<std::vector<JobEvent>> events = scheduler_->ReadEvents(id, 0, 1000);
+    ASSERT_TRUE(events.ok()) << events.status();
+    ASSERT_EQ(static_cast<int64_t>(events->size()), want);
+    std::map<int, int> next_of_thread;  // each thread's reports in its order
+    for (int64_t e = 0; e < want; ++e) {
+      EXPECT_EQ((*events)[e].seq, e + 1);
+      if (e < 3) continue;
+      const std::string& p = (*events)[e].payload;
+      const int t = std::stoi(p.substr(p.find(':') + 1));
+      const int i = std::stoi(p.substr(p.rfind(':') + 1));
+      EXPECT_EQ(i, next_of_thread[t]++) << p;
+    }
+    Open();
+  }
+}
+
+// A commit that fails answers every caller in its batch (and in the batch
+// queued behind it) with the error, sends nothing out, and leaves memory as
+// the store is: the next calls work as if the failed ones never happened.
+TEST_F(GroupCommitTest, FailedCommitFailsItsWholeBatchAndMemoryMatchesTheStore) {
+  if (!GroupCommit()) GTEST_SKIP() << "per-call commits have no batches";
+  GatedJobStore* store = OpenGated();
+  Register("a", 1);
+  JobId running = Submit(0);
+  ASSERT_EQ(State(running), JobState::kAdmitted);
+  EXPECT_EQ(Work("a").assignments.size(), 1u);
+
+  store->Hold();
+  std::vector<Status> results(6);
+  std::vector<std::thread> callers;
+  callers.emplace_back([&] {
+    results[0] = scheduler_->SubmitJob(Request(0)).status();
+  });
+  ASSERT_EQ(store->AwaitHeldCommit(), 1u);  // the writer holds [submit]
+  for (int i = 1; i <= 4; ++i) {
+    callers.emplace_back([&, i] {
+      JobRequest request = Request(0);
+      request.idempotency_key = "k" + std::to_string(i);
+      results[i] = scheduler_->SubmitJob(request).status();
+    });
+  }
+  callers.emplace_back([&] {  // queued behind as well: kills wait for it
+    results[5] = scheduler_->CancelJob(running, "").status();
+  });
+  // All of them applied in memory, waiting for their commit (the cancel
+  // freed the slot: one of the new jobs is admitted meanwhile).
+  auto in_memory = [&] {
+    SchedulerStats stats = scheduler_->Stats();
+    return std::make_pair(stats.jobs[JobState::kQueued] + stats.jobs[JobState::kAdmitted],
+                          stats.jobs[JobState::kCancelled]);
+  };
+  for (int spin = 0; spin < 5000 && in_memory() != std::make_pair(5, 1); ++spin) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  // (No ASSERT: the callers must be joined.)
+  EXPECT_EQ(in_memory(), std::make_pair(5, 1));
+  EXPECT_EQ(scheduler_->Stats().jobs[JobState::kAdmitted], 1);
+  store->fail_writes = true;
+  store->Release();
+  for (std::thread& caller : callers) caller.join();
+  for (const Status& status : results) {
+    EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status;
+  }
+
+  // Memory is the store again: one job, admitted, holding the slot.
+  store->fail_writes = false;
+  EXPECT_EQ(Ids(ListJobsQuery()), (std::vector<JobId>{running}));
+  EXPECT_EQ(State(running), JobState::kAdmitted);
+  SchedulerStats stats = scheduler_->Stats();
+  EXPECT_EQ(stats.jobs, (std::map<JobState, int>{{JobState::kAdmitted, 1}}));
+  EXPECT_EQ(stats.free_slots.at(kDeviceCpu), 0);
+  EXPECT_TRUE(scheduler_->QueueOrder().empty());
+  EXPECT_TRUE(Work("a").empty()) << "the cancel's kill order was not sent";
+  // Ids, keys and slots carry on from the store.
+  JobRequest retry = Request(0);
+  retry.idempotency_key = "k1";
+  StatusOr<SubmitResult> again = scheduler_->SubmitJob(retry);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->created);
+  EXPECT_EQ(again->job.id, running + 1);
+  EXPECT_EQ(again->job.state, JobState::kQueued);
+  Finish(running);
+  EXPECT_EQ(State(again->job.id), JobState::kAdmitted);
+  Open();
+  EXPECT_EQ(Ids(ListJobsQuery()), (std::vector<JobId>{running, running + 1}));
+}
+
+// The admission pass does not visit the queue when nothing can move, and
+// the wait reasons and order of jobs it did not visit are still right.
+TEST_F(GroupCommitTest, DeepQueueKeepsOrderAndWaitReasons) {
+  options_.aging_per_minute = 1;
+  Open();
+  Register("a", 2);
+  JobId big = Submit(0, 2);  // takes both slots
+  ASSERT_EQ(State(big), JobState::kAdmitted);
+  std::vector<JobId> low;
+  for (int i = 0; i < 300; ++i) low.push_back(Submit(0, 1));
+  clock_->Advance(minutes(2));
+  JobId high = Submit(3, 1);  // ahead of the older ones by one point
+  JobId cuda = Submit(0, 1, kDeviceCuda);
+  const std::vector<JobId> order = scheduler_->QueueOrder();
+  ASSERT_EQ(order.size(), 302u);
+  EXPECT_EQ(order[0], high);
+  EXPECT_EQ(order[1], low[0]);
+  EXPECT_EQ(order.back(), cuda);
+  EXPECT_EQ(WaitReason(low[0]), "needs 1 cpu slot, 0 free");
+  EXPECT_EQ(WaitReason(low.back()), "needs 1 cpu slot, 0 free");
+  EXPECT_EQ(WaitReason(cuda), "needs 1 cuda slot, only 0 registered");
+  Finish(big);
+  EXPECT_EQ(State(high), JobState::kAdmitted);
+  EXPECT_EQ(State(low[0]), JobState::kAdmitted);
+  EXPECT_EQ(State(low[1]), JobState::kQueued);
 }
 
 }  // namespace
