@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <optional>
-#include <random>
 #include <set>
 #include <vector>
 
@@ -38,7 +37,6 @@ constexpr size_t kMaxAgentIdLength = 128;
 constexpr int kMaxSlotsPerKind = 1024;
 constexpr int kMaxRunningPerRegistration = 4096;
 constexpr int kMaxEventsPerReport = 1000;
-constexpr int kListPageSize = 500;
 constexpr int64_t kResultScanBatch = 64;
 
 bool IsAgentId(const std::string& id) {
@@ -49,50 +47,10 @@ bool IsAgentId(const std::string& id) {
   });
 }
 
-std::string NewLeaseId() {
-  static std::mutex mu;
-  static std::mt19937_64 rng{std::random_device{}()};
-  std::lock_guard<std::mutex> lock(mu);
-  static const char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (int word = 0; word < 2; ++word) {
-    uint64_t v = rng();
-    for (int i = 0; i < 16; ++i, v >>= 4) out.push_back(kDigits[v & 0xf]);
-  }
-  return out;
-}
-
-// The rank `ref` names is the current attempt's, placed on `agent_id`, and
-// has not exited.
-bool IsExpected(const scheduler::Job& job, const scheduler::RankRef& ref) {
-  if (!scheduler::HoldsSlots(job.state) || ref.attempt != job.attempt ||
-      ref.rank < 0 || ref.rank >= static_cast<int>(job.ranks.size())) {
-    return false;
-  }
-  const scheduler::RankPlacement& r = job.ranks[ref.rank];
-  return r.agent_id == ref.agent_id &&
-         (r.state == scheduler::RankState::kAssigned ||
-          r.state == scheduler::RankState::kRunning);
-}
-
-scheduler::Assignment AssignmentOf(const scheduler::Job& job, int rank) {
-  scheduler::Assignment a;
-  a.job_id = job.id;
-  a.attempt = job.attempt;
-  a.rank = rank;
-  a.world_size = job.world_size;
-  a.agent_id = job.ranks[rank].agent_id;
-  a.device_kind = job.device_kind;
-  a.rendezvous_host = job.rendezvous_host;
-  a.rendezvous_port = job.rendezvous_port;
-  a.resume_from_step = job.last_checkpoint_step;
-  a.spec = job.spec;
-  return a;
-}
-
 }  // namespace
 
-WorkerService::WorkerService(ServerState* state) : state_(state) {}
+WorkerService::WorkerService(ServerState* state)
+    : state_(state), leases_(state->scheduler, state->clock.get()) {}
 
 // --- Handlers ---------------------------------------------------------------
 // Every handler first checks that the peer may act as an agent (caller.h).
@@ -167,18 +125,8 @@ grpc::Status WorkerService::Deregister(grpc::ServerContext* context,
 }
 
 int WorkerService::ExpireLeases(scheduler::TimePoint now) {
-  std::lock_guard<std::mutex> lock(mu_);
-  int expired = 0;
-  for (auto it = leases_.begin(); it != leases_.end();) {
-    if (it->second.expires_at <= now) {
-      TERN_LOG(WARNING) << "agent " << it->first << ": lease expired";
-      state_->metrics->OnLeaseExpired();
-      it = leases_.erase(it);
-      ++expired;
-    } else {
-      ++it;
-    }
-  }
+  const int expired = leases_.Expire(now);
+  for (int i = 0; i < expired; ++i) state_->metrics->OnLeaseExpired();
   return expired;
 }
 
@@ -230,21 +178,12 @@ Status WorkerService::DoRegister(const v1::RegisterRequest& request,
     }
     registration.running.push_back(*ref);
   }
-  TERN_ASSIGN_OR_RETURN(scheduler::Lease lease,
-                        state_->scheduler->RegisterAgent(registration));
-  const std::string lease_id = NewLeaseId();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    AgentLease& entry = leases_[request.agent_id()];
-    // An expired lease that the tick has not collected yet still counts.
-    if (!entry.lease_id.empty() && entry.expires_at <= state_->clock->Now()) {
-      state_->metrics->OnLeaseExpired();
-    }
-    entry = AgentLease{lease_id, lease.expires_at, /*lost=*/false};
-  }
+  TERN_ASSIGN_OR_RETURN(scheduler::AgentLeases::Grant grant,
+                        leases_.Register(registration));
+  if (grant.replaced_expired) state_->metrics->OnLeaseExpired();
   TERN_LOG(INFO) << "agent " << request.agent_id() << " (" << request.host()
                  << ", version " << request.version() << ") registered";
-  response->set_lease_id(lease_id);
+  response->set_lease_id(grant.lease_id);
   *response->mutable_lease_ttl() =
       TimeUtil::MillisecondsToDuration(state_->lease_ttl.count());
   *response->mutable_heartbeat_interval() =
@@ -254,42 +193,30 @@ Status WorkerService::DoRegister(const v1::RegisterRequest& request,
 
 Status WorkerService::DoHeartbeat(const v1::HeartbeatRequest& request,
                                   v1::HeartbeatResponse* response) {
-  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
-  StatusOr<scheduler::Lease> lease =
-      state_->scheduler->Heartbeat(request.agent_id());
-  if (!lease.ok()) {
-    if (lease.status().code() != StatusCode::kNotFound) return lease.status();
-    MarkLost(request.agent_id(), request.lease_id());
-    return FailedPreconditionError("agent " + request.agent_id() +
-                                   ": lease expired; register again");
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = leases_.find(request.agent_id());
-    if (it != leases_.end() && it->second.lease_id == request.lease_id()) {
-      it->second.expires_at = lease->expires_at;
-    }
-  }
-  // Reconcile: a rank alive on the agent has started; one the scheduler no
-  // longer expects must be killed.
+  // Refs that are not a job of this server are unexpected without asking.
+  std::vector<scheduler::RankRef> refs;
   for (const v1::RankRef& running : request.running()) {
     StatusOr<scheduler::RankRef> ref = ToRankRef(request.agent_id(), running);
-    StatusOr<scheduler::Job> job = ref.ok()
-                                       ? state_->scheduler->GetJob(ref->job_id)
-                                       : StatusOr<scheduler::Job>(ref.status());
-    if (!job.ok() || !IsExpected(*job, *ref)) {
+    if (ref.ok()) refs.push_back(*std::move(ref));
+  }
+  TERN_ASSIGN_OR_RETURN(
+      scheduler::AgentLeases::Renewal renewal,
+      leases_.Heartbeat(request.agent_id(), request.lease_id(), refs));
+  std::set<RankKey> unexpected;
+  for (const scheduler::RankRef& ref : renewal.unexpected) {
+    unexpected.insert({ref.job_id, ref.attempt, ref.rank});
+  }
+  for (const v1::RankRef& running : request.running()) {
+    StatusOr<scheduler::RankRef> ref = ToRankRef(request.agent_id(), running);
+    if (!ref.ok() || unexpected.count({ref->job_id, ref->attempt, ref->rank}) != 0) {
       *response->add_unexpected() = running;
-      continue;
-    }
-    if (job->ranks[ref->rank].state == scheduler::RankState::kAssigned) {
-      TERN_RETURN_IF_ERROR(state_->scheduler->ReportRankStarted(*ref));
     }
   }
   *response->mutable_lease_ttl() =
       TimeUtil::MillisecondsToDuration(state_->lease_ttl.count());
   *response->mutable_heartbeat_interval() =
       TimeUtil::MillisecondsToDuration(state_->lease_ttl.count() / 3);
-  *response->mutable_lease_expire_time() = ToTimestamp(lease->expires_at);
+  *response->mutable_lease_expire_time() = ToTimestamp(renewal.expires_at);
   return OkStatus();
 }
 
@@ -297,7 +224,7 @@ Status WorkerService::DoStreamAssignments(
     grpc::ServerContext* context, const v1::StreamAssignmentsRequest& request,
     grpc::ServerWriter<v1::AssignmentEvent>* writer) {
   const std::string& agent_id = request.agent_id();
-  TERN_RETURN_IF_ERROR(CheckLease(agent_id, request.lease_id()));
+  TERN_RETURN_IF_ERROR(leases_.Check(agent_id, request.lease_id()));
   auto write = [&](const v1::AssignmentEvent& event) -> Status {
     if (!writer->Write(event)) {
       return CancelledError("StreamAssignments: agent " + agent_id +
@@ -325,24 +252,10 @@ Status WorkerService::DoStreamAssignments(
   };
 
   // Everything the agent should be running now.
-  for (JobState holding : {JobState::kAdmitted, JobState::kRunning}) {
-    scheduler::ListJobsQuery query;
-    query.state = holding;
-    query.page_size = kListPageSize;
-    for (;;) {
-      TERN_ASSIGN_OR_RETURN(scheduler::ListJobsResult page,
-                            state_->scheduler->ListJobs(query));
-      for (const scheduler::Job& job : page.jobs) {
-        for (const scheduler::RankPlacement& r : job.ranks) {
-          if (IsExpected(job, {job.id, job.attempt, r.rank, agent_id})) {
-            TERN_RETURN_IF_ERROR(
-                send_assignment(AssignmentOf(job, r.rank), job));
-          }
-        }
-      }
-      if (page.next_page_token.empty()) break;
-      query.page_token = page.next_page_token;
-    }
+  TERN_ASSIGN_OR_RETURN(std::vector<scheduler::AgentLeases::PlacedRank> placed,
+                        leases_.PlacedRanks(agent_id));
+  for (const scheduler::AgentLeases::PlacedRank& p : placed) {
+    TERN_RETURN_IF_ERROR(send_assignment(p.assignment, p.job));
   }
 
   for (;;) {
@@ -350,18 +263,12 @@ Status WorkerService::DoStreamAssignments(
     if (state_->shutting_down.load()) {
       return UnavailableError("ternd is shutting down; reconnect");
     }
-    TERN_RETURN_IF_ERROR(CheckLease(agent_id, request.lease_id()));
-    StatusOr<scheduler::AgentWork> work =
-        state_->scheduler->TakeAgentWork(agent_id, state_->long_poll);
-    if (!work.ok()) {
-      if (work.status().code() != StatusCode::kNotFound) return work.status();
-      MarkLost(agent_id, request.lease_id());
-      return FailedPreconditionError("agent " + agent_id +
-                                     ": lease ended; register again");
-    }
+    TERN_ASSIGN_OR_RETURN(
+        scheduler::AgentWork work,
+        leases_.TakeWork(agent_id, request.lease_id(), state_->long_poll));
     // One kill order per job attempt (the scheduler sends one per rank).
     std::set<std::pair<scheduler::JobId, int>> killed;
-    for (const scheduler::KillOrder& kill : work->kills) {
+    for (const scheduler::KillOrder& kill : work.kills) {
       if (!killed.insert({kill.job_id, kill.attempt}).second) continue;
       v1::AssignmentEvent event;
       v1::KillOrder* order = event.mutable_kill();
@@ -375,7 +282,7 @@ Status WorkerService::DoStreamAssignments(
           TimeUtil::MillisecondsToDuration(state_->kill_grace.count());
       TERN_RETURN_IF_ERROR(write(event));
     }
-    for (const scheduler::Assignment& a : work->assignments) {
+    for (const scheduler::Assignment& a : work.assignments) {
       if (sent.count({a.job_id, a.attempt, a.rank}) != 0) continue;
       TERN_ASSIGN_OR_RETURN(scheduler::Job job,
                             state_->scheduler->GetJob(a.job_id));
@@ -386,7 +293,7 @@ Status WorkerService::DoStreamAssignments(
 
 Status WorkerService::DoReportProgress(
     const v1::ReportProgressRequest& request) {
-  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
+  TERN_RETURN_IF_ERROR(leases_.Check(request.agent_id(), request.lease_id()));
   if (request.events_size() > kMaxEventsPerReport) {
     return InvalidArgumentError("events: at most 1000 per call, got " +
                                 std::to_string(request.events_size()));
@@ -488,7 +395,7 @@ Status WorkerService::HandleTrainerEvent(const scheduler::RankRef& rank,
 }
 
 Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
-  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
+  TERN_RETURN_IF_ERROR(leases_.Check(request.agent_id(), request.lease_id()));
   TERN_ASSIGN_OR_RETURN(scheduler::RankRef rank,
                         ToRankRef(request.agent_id(), request.ref()));
   scheduler::RankExit exit;
@@ -541,30 +448,11 @@ Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
 }
 
 Status WorkerService::DoDrain(const v1::DrainRequest& request) {
-  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
-  const Status drained = state_->scheduler->DrainAgent(request.agent_id());
-  if (drained.code() == StatusCode::kNotFound) {
-    MarkLost(request.agent_id(), request.lease_id());
-    return FailedPreconditionError("agent " + request.agent_id() +
-                                   ": lease expired; register again");
-  }
-  return drained;
+  return leases_.Drain(request.agent_id(), request.lease_id());
 }
 
 Status WorkerService::DoDeregister(const v1::DeregisterRequest& request) {
-  TERN_RETURN_IF_ERROR(CheckLease(request.agent_id(), request.lease_id()));
-  const Status left = state_->scheduler->DeregisterAgent(request.agent_id());
-  if (!left.ok() && left.code() != StatusCode::kNotFound) return left;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    leases_.erase(request.agent_id());  // ended, not expired: not counted
-  }
-  TERN_LOG(INFO) << "agent " << request.agent_id() << " deregistered";
-  if (!left.ok()) {
-    return FailedPreconditionError("agent " + request.agent_id() +
-                                   ": lease expired before it deregistered");
-  }
-  return OkStatus();
+  return leases_.Deregister(request.agent_id(), request.lease_id());
 }
 
 // --- Helpers ----------------------------------------------------------------
@@ -618,31 +506,6 @@ v1::JobResult WorkerService::BuildResult(const scheduler::Job& job,
                       << " is not readable by ternd: " << digest.status();
   }
   return *std::move(result);
-}
-
-Status WorkerService::CheckLease(const std::string& agent_id,
-                                 const std::string& lease_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = leases_.find(agent_id);
-  // Expired is expired even before the tick collects it: the agent's
-  // trainers stop at that deadline (worker/trainer/lease_file.h), so a late
-  // renewal must not bring their ranks back.
-  if (it == leases_.end() || it->second.lease_id != lease_id ||
-      it->second.lost || it->second.expires_at <= state_->clock->Now()) {
-    return FailedPreconditionError(
-        "agent " + agent_id +
-        ": unknown or expired lease; register again, listing the ranks still running");
-  }
-  return OkStatus();
-}
-
-void WorkerService::MarkLost(const std::string& agent_id,
-                             const std::string& lease_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = leases_.find(agent_id);
-  if (it != leases_.end() && it->second.lease_id == lease_id) {
-    it->second.lost = true;  // ExpireLeases counts and removes it
-  }
 }
 
 StatusOr<scheduler::RankRef> WorkerService::ToRankRef(

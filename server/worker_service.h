@@ -1,11 +1,12 @@
 // WorkerService: tern.v1.WorkerService (the agents' API) over the scheduler.
 //
-// Leases: Register creates a lease (a random lease_id kept in memory next to
-// the agent id); every later call must name the current one, else
-// FAILED_PRECONDITION (the agent kills its trainers and registers again).
-// Leases are not persisted, so after a ternd restart every agent registers
-// anew and the scheduler restarts the jobs it was running (from their last
-// checkpoint), as the protocol in worker_service.proto prescribes.
+// Leases (scheduler/agent_leases.h): Register grants a lease id; every later
+// call must name the current one, else FAILED_PRECONDITION (the agent kills
+// its trainers and registers again). Leases are not persisted, so after a
+// ternd restart every agent registers anew and the scheduler restarts the
+// jobs it was running (from their last checkpoint), as the protocol in
+// worker_service.proto prescribes. Heartbeat's `unexpected` lists the ranks
+// AgentLeases::Heartbeat does not expect and those naming no job of ours.
 //
 // StreamAssignments first sends an Assignment for every rank placed on the
 // agent (ADMITTED/RUNNING jobs), then long-polls TakeAgentWork: kill orders
@@ -34,6 +35,7 @@
 #include <string>
 #include <tuple>
 
+#include "scheduler/agent_leases.h"
 #include "server/server_state.h"
 #include "tern/v1/worker_service.grpc.pb.h"
 
@@ -64,18 +66,12 @@ class WorkerService final : public v1::WorkerService::Service {
   grpc::Status Deregister(grpc::ServerContext* context, const v1::DeregisterRequest* request,
                           v1::DeregisterResponse* response) override;
 
-  // Forgets leases that expired at or before `now` (the scheduler's Tick has
-  // expired them too), counting each in tern_scheduler_lease_expiries_total
+  // AgentLeases::Expire, counting each in tern_scheduler_lease_expiries_total
   // (as does a Register that replaces an expired lease first); returns how
   // many. Called by ternd's tick thread after Scheduler::Tick.
   int ExpireLeases(scheduler::TimePoint now);
 
  private:
-  struct AgentLease {
-    std::string lease_id;
-    scheduler::TimePoint expires_at;
-    bool lost = false;  // the scheduler no longer knows the agent
-  };
   using RankKey = std::tuple<scheduler::JobId, int, int>;  // job, attempt, rank
 
   Status DoRegister(const v1::RegisterRequest& request,
@@ -90,9 +86,6 @@ class WorkerService final : public v1::WorkerService::Service {
   Status DoDrain(const v1::DrainRequest& request);
   Status DoDeregister(const v1::DeregisterRequest& request);
 
-  Status CheckLease(const std::string& agent_id,
-                    const std::string& lease_id) const;
-  void MarkLost(const std::string& agent_id, const std::string& lease_id);
   StatusOr<scheduler::RankRef> ToRankRef(const std::string& agent_id,
                                          const v1::RankRef& ref) const;
   // Stores one relayed trainer event of a current rank.
@@ -103,8 +96,8 @@ class WorkerService final : public v1::WorkerService::Service {
   v1::JobResult BuildResult(const scheduler::Job& job, int attempt);
 
   ServerState* const state_;
-  mutable std::mutex mu_;
-  std::map<std::string, AgentLease> leases_;  // by agent id
+  scheduler::AgentLeases leases_;
+  mutable std::mutex mu_;  // guards finished_ and failures_
   // Rank 0's `finished` line per (job, attempt), until its exit is reported.
   std::map<std::pair<scheduler::JobId, int>, v1::JobResult> finished_;
   // A rank's `failed` line, until its exit is reported.

@@ -1,0 +1,208 @@
+#include "scheduler/agent_leases.h"
+
+#include <cstdint>
+#include <random>
+
+#include "common/logging.h"
+
+namespace tern::scheduler {
+namespace {
+
+constexpr int kListPageSize = 500;
+
+std::string NewLeaseId() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (int word = 0; word < 2; ++word) {
+    uint64_t v = rng();
+    for (int i = 0; i < 16; ++i, v >>= 4) out.push_back(kDigits[v & 0xf]);
+  }
+  return out;
+}
+
+// The rank `ref` names is the current attempt's, placed on `ref.agent_id`,
+// and has not exited.
+bool IsExpected(const Job& job, const RankRef& ref) {
+  if (!HoldsSlots(job.state) || ref.attempt != job.attempt || ref.rank < 0 ||
+      ref.rank >= static_cast<int>(job.ranks.size())) {
+    return false;
+  }
+  const RankPlacement& r = job.ranks[ref.rank];
+  return r.agent_id == ref.agent_id &&
+         (r.state == RankState::kAssigned || r.state == RankState::kRunning);
+}
+
+}  // namespace
+
+Assignment AssignmentOf(const Job& job, int rank) {
+  Assignment a;
+  a.job_id = job.id;
+  a.attempt = job.attempt;
+  a.rank = rank;
+  a.world_size = job.world_size;
+  a.agent_id = job.ranks.at(rank).agent_id;
+  a.device_kind = job.device_kind;
+  a.rendezvous_host = job.rendezvous_host;
+  a.rendezvous_port = job.rendezvous_port;
+  a.resume_from_step = job.last_checkpoint_step;
+  a.spec = job.spec;
+  return a;
+}
+
+AgentLeases::AgentLeases(Scheduler* scheduler, const Clock* clock)
+    : scheduler_(scheduler), clock_(clock) {}
+
+StatusOr<AgentLeases::Grant> AgentLeases::Register(
+    const AgentRegistration& registration) {
+  TERN_ASSIGN_OR_RETURN(Lease lease, scheduler_->RegisterAgent(registration));
+  Grant grant;
+  grant.lease_id = NewLeaseId();
+  grant.expires_at = lease.expires_at;
+  std::lock_guard<std::mutex> lock(mu_);
+  Entry& entry = leases_[registration.agent_id];
+  // An expired lease that Expire has not collected yet still counts.
+  grant.replaced_expired =
+      !entry.lease_id.empty() && entry.expires_at <= clock_->Now();
+  entry = Entry{grant.lease_id, grant.expires_at, /*lost=*/false};
+  return grant;
+}
+
+Status AgentLeases::Check(const std::string& agent_id,
+                          const std::string& lease_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = leases_.find(agent_id);
+  if (it == leases_.end() || it->second.lease_id != lease_id ||
+      it->second.lost || it->second.expires_at <= clock_->Now()) {
+    return FailedPreconditionError(
+        "agent " + agent_id +
+        ": unknown or expired lease; register again, listing the ranks still running");
+  }
+  return OkStatus();
+}
+
+Status AgentLeases::Lost(const std::string& agent_id,
+                         const std::string& lease_id, const std::string& what) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = leases_.find(agent_id);
+    if (it != leases_.end() && it->second.lease_id == lease_id) {
+      it->second.lost = true;  // Expire counts and removes it
+    }
+  }
+  return FailedPreconditionError("agent " + agent_id + ": " + what +
+                                 "; register again");
+}
+
+StatusOr<AgentLeases::Renewal> AgentLeases::Heartbeat(
+    const std::string& agent_id, const std::string& lease_id,
+    const std::vector<RankRef>& running) {
+  TERN_RETURN_IF_ERROR(Check(agent_id, lease_id));
+  StatusOr<Lease> lease = scheduler_->Heartbeat(agent_id);
+  if (!lease.ok()) {
+    if (lease.status().code() != StatusCode::kNotFound) return lease.status();
+    return Lost(agent_id, lease_id, "lease expired");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = leases_.find(agent_id);
+    if (it != leases_.end() && it->second.lease_id == lease_id) {
+      it->second.expires_at = lease->expires_at;
+    }
+  }
+  Renewal renewal;
+  renewal.expires_at = lease->expires_at;
+  // Reconcile: a rank alive on the agent has started; one the scheduler no
+  // longer expects must be killed.
+  for (const RankRef& ref : running) {
+    StatusOr<Job> job = scheduler_->GetJob(ref.job_id);
+    if (!job.ok() || !IsExpected(*job, ref)) {
+      renewal.unexpected.push_back(ref);
+      continue;
+    }
+    if (job->ranks[ref.rank].state == RankState::kAssigned) {
+      TERN_RETURN_IF_ERROR(scheduler_->ReportRankStarted(ref));
+    }
+  }
+  return renewal;
+}
+
+StatusOr<std::vector<AgentLeases::PlacedRank>> AgentLeases::PlacedRanks(
+    const std::string& agent_id) const {
+  std::vector<PlacedRank> placed;
+  for (JobState holding : {JobState::kAdmitted, JobState::kRunning}) {
+    ListJobsQuery query;
+    query.state = holding;
+    query.page_size = kListPageSize;
+    for (;;) {
+      TERN_ASSIGN_OR_RETURN(ListJobsResult page, scheduler_->ListJobs(query));
+      for (const Job& job : page.jobs) {
+        for (const RankPlacement& r : job.ranks) {
+          if (IsExpected(job, {job.id, job.attempt, r.rank, agent_id})) {
+            placed.push_back({AssignmentOf(job, r.rank), job});
+          }
+        }
+      }
+      if (page.next_page_token.empty()) break;
+      query.page_token = page.next_page_token;
+    }
+  }
+  return placed;
+}
+
+StatusOr<AgentWork> AgentLeases::TakeWork(const std::string& agent_id,
+                                          const std::string& lease_id,
+                                          std::chrono::milliseconds max_wait) {
+  TERN_RETURN_IF_ERROR(Check(agent_id, lease_id));
+  StatusOr<AgentWork> work = scheduler_->TakeAgentWork(agent_id, max_wait);
+  if (!work.ok() && work.status().code() == StatusCode::kNotFound) {
+    return Lost(agent_id, lease_id, "lease ended");
+  }
+  return work;
+}
+
+Status AgentLeases::Drain(const std::string& agent_id,
+                          const std::string& lease_id) {
+  TERN_RETURN_IF_ERROR(Check(agent_id, lease_id));
+  const Status drained = scheduler_->DrainAgent(agent_id);
+  if (drained.code() == StatusCode::kNotFound) {
+    return Lost(agent_id, lease_id, "lease expired");
+  }
+  return drained;
+}
+
+Status AgentLeases::Deregister(const std::string& agent_id,
+                               const std::string& lease_id) {
+  TERN_RETURN_IF_ERROR(Check(agent_id, lease_id));
+  const Status left = scheduler_->DeregisterAgent(agent_id);
+  if (!left.ok() && left.code() != StatusCode::kNotFound) return left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    leases_.erase(agent_id);  // ended, not expired: not counted
+  }
+  TERN_LOG(INFO) << "agent " << agent_id << " deregistered";
+  if (!left.ok()) {
+    return FailedPreconditionError("agent " + agent_id +
+                                   ": lease expired before it deregistered");
+  }
+  return OkStatus();
+}
+
+int AgentLeases::Expire(TimePoint now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int expired = 0;
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    if (it->second.expires_at <= now) {
+      TERN_LOG(WARNING) << "agent " << it->first << ": lease expired";
+      it = leases_.erase(it);
+      ++expired;
+    } else {
+      ++it;
+    }
+  }
+  return expired;
+}
+
+}  // namespace tern::scheduler
