@@ -134,7 +134,7 @@ StatusOr<std::vector<AgentLeases::PlacedRank>> AgentLeases::PlacedRanks(
   std::vector<PlacedRank> placed;
   for (JobState holding : {JobState::kAdmitted, JobState::kRunning}) {
     ListJobsQuery query;
-    query.state = holding;
+    query.states = {holding};
     query.page_size = kListPageSize;
     for (;;) {
       TERN_ASSIGN_OR_RETURN(ListJobsResult page, scheduler_->ListJobs(query));

@@ -18,7 +18,6 @@ using std::chrono::milliseconds;
 constexpr char kPageTokenPrefix[] = "after:";
 constexpr char kNewestFirstPageTokenPrefix[] = "before:";
 constexpr int kMaxRestartsLimit = 1000;
-constexpr size_t kMaxIdempotencyKeyBytes = 256;
 constexpr int kDefaultEventBatch = 100;
 constexpr int kMaxEventBatch = 1000;
 // Queue keys count aging from here (FakeClock's default start, so that tests'
@@ -127,12 +126,7 @@ Status ValidateJobRequest(const JobRequest& r, int max_world_size) {
                                 std::to_string(kMaxRestartsLimit) + "], got " +
                                 std::to_string(r.max_restarts));
   }
-  if (r.idempotency_key.size() > kMaxIdempotencyKeyBytes) {
-    return InvalidArgumentError("idempotency_key: at most " +
-                                std::to_string(kMaxIdempotencyKeyBytes) +
-                                " bytes");
-  }
-  return OkStatus();
+  return ValidateIdempotencyKey(r.idempotency_key);
 }
 
 StatusOr<JobId> ParsePageToken(const std::string& token, bool newest_first) {
@@ -150,7 +144,7 @@ StatusOr<JobId> ParsePageToken(const std::string& token, bool newest_first) {
 }
 
 bool Matches(const Job& job, const ListJobsQuery& q) {
-  if (q.state && job.state != *q.state) return false;
+  if (!q.states.empty() && q.states.count(job.state) == 0) return false;
   if (!q.owner.empty() && job.owner != q.owner) return false;
   for (const auto& [key, value] : q.labels) {
     auto it = job.labels.find(key);
@@ -160,6 +154,18 @@ bool Matches(const Job& job, const ListJobsQuery& q) {
 }
 
 }  // namespace
+
+Status ValidateIdempotencyKey(std::string_view key) {
+  if (key.empty()) return OkStatus();
+  const bool printable = std::all_of(
+      key.begin(), key.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+  if (key.size() > kMaxIdempotencyKeyLength || !printable) {
+    return InvalidArgumentError("idempotency_key: must be 1.." +
+                                std::to_string(kMaxIdempotencyKeyLength) +
+                                " printable ASCII characters");
+  }
+  return OkStatus();
+}
 
 struct Scheduler::Agent {
   std::string id;

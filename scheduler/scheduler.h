@@ -122,6 +122,13 @@ struct SchedulerOptions {
   Status Validate() const;
 };
 
+// SubmitJobRequest.idempotency_key (job_service.proto): at most this many
+// characters, printable ASCII.
+constexpr size_t kMaxIdempotencyKeyLength = 128;
+// OK for "" (no deduplication) and for 1..kMaxIdempotencyKeyLength printable
+// ASCII characters; INVALID_ARGUMENT naming the field otherwise.
+Status ValidateIdempotencyKey(std::string_view key);
+
 struct JobRequest {
   std::string owner;                          // required
   std::map<std::string, std::string> labels;  // keys non-empty, without '='
@@ -129,7 +136,7 @@ struct JobRequest {
   int world_size = 1;                    // 1..max_world_size
   std::string device_kind = kDeviceCpu;  // "cpu" or "cuda"
   int max_restarts = 0;                  // 0..1000
-  std::string idempotency_key;           // optional; at most 256 bytes
+  std::string idempotency_key;           // optional; ValidateIdempotencyKey
   std::string spec;                      // opaque payload handed to every rank
 };
 
@@ -139,7 +146,7 @@ struct SubmitResult {
 };
 
 struct ListJobsQuery {
-  std::optional<JobState> state;  // filters; unset/empty matches everything
+  std::set<JobState> states;  // filters (any of these states); empty matches everything
   std::string owner;
   std::map<std::string, std::string> labels;  // every pair must match
   int page_size = 0;                          // 0: default_page_size

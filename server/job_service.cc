@@ -21,23 +21,9 @@ namespace {
 
 using scheduler::JobState;
 
-constexpr size_t kMaxIdempotencyKeyLength = 128;
 constexpr size_t kMaxCancelReasonLength = 1024;
-constexpr int kDefaultPageSize = 50;
-constexpr int kMaxPageSize = 500;
 constexpr int kMaxRestartsDefault = 3;  // job.proto: JobSpec.max_restarts
 constexpr size_t kChunkBytes = 1 << 20;
-
-Status ValidateIdempotencyKey(const std::string& key) {
-  if (key.empty()) return OkStatus();
-  const bool printable = std::all_of(
-      key.begin(), key.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
-  if (key.size() > kMaxIdempotencyKeyLength || !printable) {
-    return InvalidArgumentError(
-        "idempotency_key: must be 1..128 printable ASCII characters");
-  }
-  return OkStatus();
-}
 
 // FNV-1a, stable across processes: page tokens outlive a ternd restart.
 uint64_t Fnv1a(const std::string& s) {
@@ -196,7 +182,7 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
                                const v1::SubmitJobRequest& request,
                                v1::SubmitJobResponse* response) {
   TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context, state_->tokens));
-  TERN_RETURN_IF_ERROR(ValidateIdempotencyKey(request.idempotency_key()));
+  TERN_RETURN_IF_ERROR(scheduler::ValidateIdempotencyKey(request.idempotency_key()));
   v1::JobSpec spec = request.spec();
   spec.set_owner(caller.owner);
   TERN_RETURN_IF_ERROR(ValidateJobSpec(spec));
@@ -260,16 +246,14 @@ Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& r
     return InvalidArgumentError("page_size: must be >= 0, got " +
                                 std::to_string(request.page_size()));
   }
-  const int page_size = request.page_size() == 0
-                            ? kDefaultPageSize
-                            : std::min(request.page_size(), kMaxPageSize);
 
   scheduler::ListJobsQuery query;
+  query.states = states;
+  query.page_size = request.page_size();  // the scheduler's default and cap
   TERN_ASSIGN_OR_RETURN(query.owner,
                         ListableOwner(caller, request.owner(), state_->admin_names));
   query.labels.insert(request.labels().begin(), request.labels().end());
   query.newest_first = true;
-  if (states.size() == 1) query.state = *states.begin();
   const std::string fingerprint =
       FilterFingerprint(states, query.owner, query.labels);
   if (!request.page_token().empty()) {
@@ -286,29 +270,14 @@ Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& r
     query.page_token = token.substr(17);
   }
 
-  std::vector<scheduler::Job> jobs;
-  std::string next;
-  for (int remaining = page_size;;) {
-    query.page_size = remaining;
-    TERN_ASSIGN_OR_RETURN(scheduler::ListJobsResult page,
-                          state_->scheduler->ListJobs(query));
-    for (scheduler::Job& job : page.jobs) {
-      if (states.empty() || states.count(job.state) != 0) {
-        jobs.push_back(std::move(job));
-        --remaining;
-      }
-    }
-    if (page.next_page_token.empty()) break;
-    if (remaining == 0) {
-      next = fingerprint + ":" + page.next_page_token;
-      break;
-    }
-    query.page_token = page.next_page_token;
-  }
-  for (const scheduler::Job& job : jobs) {
+  TERN_ASSIGN_OR_RETURN(scheduler::ListJobsResult page,
+                        state_->scheduler->ListJobs(query));
+  for (const scheduler::Job& job : page.jobs) {
     TERN_ASSIGN_OR_RETURN(*response->add_jobs(), Describe(job));
   }
-  response->set_next_page_token(next);
+  if (!page.next_page_token.empty()) {
+    response->set_next_page_token(fingerprint + ":" + page.next_page_token);
+  }
   return OkStatus();
 }
 

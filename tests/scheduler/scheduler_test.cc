@@ -161,7 +161,7 @@ class SchedulerTest : public ::testing::Test {
   }
   std::vector<JobId> InState(JobState state) {
     ListJobsQuery query;
-    query.state = state;
+    query.states = {state};
     query.page_size = 500;
     return Ids(query);
   }
@@ -1135,7 +1135,7 @@ TEST_F(ListJobsTest, FiltersByStateOwnerAndLabel) {
   ASSERT_TRUE(scheduler_->CancelJob(j3, "").ok());
 
   ListJobsQuery q;
-  q.state = JobState::kQueued;
+  q.states = {JobState::kQueued};
   EXPECT_EQ(Ids(q), (std::vector<JobId>{j2}));
   q = ListJobsQuery();
   q.owner = "alice";
