@@ -192,6 +192,9 @@ struct Scheduler::Batch {
   bool events = false;  // some write appends events (WaitForEvents)
   bool done = false;    // committed or failed; `status` says which
   Status status;
+  // Its callers wait here (not on one shared variable: a commit wakes only
+  // the calls it answers).
+  std::condition_variable resolved;
 };
 
 bool Scheduler::QueueKey::operator<(const QueueKey& other) const {
@@ -354,7 +357,7 @@ Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events,
     writer_wake_.notify_one();
   }
   ApplyLocked(std::move(job));
-  changed_.notify_all();
+  if (open_ == nullptr) changed_.notify_all();  // group: once committed
   return OkStatus();
 }
 
@@ -395,6 +398,7 @@ void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch,
     if (behind != 0) {
       open_->done = true;
       open_->status = status;
+      open_->resolved.notify_all();
     }
     open_ = std::make_shared<Batch>();
     unflushed_.clear();
@@ -434,7 +438,7 @@ void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch,
       it = queued ? std::next(it) : head_since_.erase(it);
     }
   }
-  committed_.notify_all();
+  batch->resolved.notify_all();
   changed_.notify_all();
 }
 
@@ -458,7 +462,7 @@ Status Scheduler::FinishLocked(std::unique_lock<std::mutex>& lock,
   if (!status.ok()) return status;
   const std::shared_ptr<Batch> batch = UnresolvedLocked();
   if (batch == nullptr) return OkStatus();
-  committed_.wait(lock, [&] { return batch->done; });
+  batch->resolved.wait(lock, [&] { return batch->done; });
   return batch->status;
 }
 
@@ -468,7 +472,7 @@ void Scheduler::AwaitJobLocked(std::unique_lock<std::mutex>& lock,
     auto it = unflushed_.find(id);
     if (it == unflushed_.end()) return;
     const std::shared_ptr<Batch> batch = it->second.batch;
-    committed_.wait(lock, [&] { return batch->done; });
+    batch->resolved.wait(lock, [&] { return batch->done; });
   }
 }
 
@@ -1031,7 +1035,7 @@ StatusOr<ListJobsResult> Scheduler::ListJobs(const ListJobsQuery& query) const {
         return unflushed_.count(job.id) != 0;
       })) {
     const std::shared_ptr<Batch> batch = UnresolvedLocked();
-    if (batch != nullptr) committed_.wait(lock, [&] { return batch->done; });
+    if (batch != nullptr) batch->resolved.wait(lock, [&] { return batch->done; });
     fill();
   }
   return result;

@@ -365,7 +365,6 @@ class Scheduler {
   std::shared_ptr<Batch> open_;       // collecting the calls' writes
   std::shared_ptr<Batch> in_flight_;  // being committed by the writer
   std::map<JobId, Unflushed> unflushed_;
-  mutable std::condition_variable committed_;  // a batch was resolved
   std::condition_variable writer_wake_;        // writes queued, or stopping
   bool stopping_ = false;
   std::thread writer_;

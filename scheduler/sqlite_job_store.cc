@@ -58,7 +58,15 @@ Status SqliteStatus(sqlite3* db, int rc, const char* call, const char* file,
   TERN_RETURN_IF_ERROR(SqliteStatus((db), (call), #call, __FILE__, __LINE__))
 
 struct StmtFinalizer {
-  void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
+  bool cached = false;  // owned by a StatementCache: reset, not finalized
+  void operator()(sqlite3_stmt* stmt) const {
+    if (!cached) {
+      sqlite3_finalize(stmt);
+      return;
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+  }
 };
 using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
 
@@ -77,6 +85,10 @@ class Statement {
         SqliteStatus(db, rc, "sqlite3_prepare_v2", __FILE__, __LINE__)
             .WithContext(sql));
     return Statement(db, std::move(stmt));
+  }
+  // Uses a statement a cache keeps prepared; resets it when done.
+  static Statement Reuse(sqlite3* db, sqlite3_stmt* cached) {
+    return Statement(db, StmtPtr(cached, StmtFinalizer{true}));
   }
 
   Status Bind(int i, int64_t v) {
@@ -164,6 +176,63 @@ Status Exec(sqlite3* db, const char* sql) {
   }
 }
 
+}  // namespace
+
+// The write path's statements, prepared once per connection (a batch of
+// hundreds of writes would otherwise prepare each of them hundreds of
+// times). Keyed by the SQL literal's address.
+class SqliteStatementCache {
+ public:
+  explicit SqliteStatementCache(sqlite3* db) : db_(db) {}
+  ~SqliteStatementCache() {
+    for (auto& [sql, stmt] : stmts_) sqlite3_finalize(stmt);
+  }
+  sqlite3* db() const { return db_; }
+  StatusOr<Statement> Get(const char* sql) {
+    auto it = stmts_.find(sql);
+    if (it == stmts_.end()) {
+      sqlite3_stmt* raw = nullptr;
+      const int rc = sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT,
+                                        &raw, nullptr);
+      if (rc != SQLITE_OK) sqlite3_finalize(raw);
+      TERN_RETURN_IF_ERROR(
+          SqliteStatus(db_, rc, "sqlite3_prepare_v3", __FILE__, __LINE__)
+              .WithContext(sql));
+      it = stmts_.emplace(sql, raw).first;
+    }
+    return Statement::Reuse(db_, it->second);
+  }
+  Status Exec(const char* sql) {
+    TERN_ASSIGN_OR_RETURN(Statement stmt, Get(sql));
+    for (;;) {
+      TERN_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) return OkStatus();
+    }
+  }
+
+ private:
+  sqlite3* const db_;
+  std::map<const char*, sqlite3_stmt*> stmts_;
+};
+
+namespace {
+
+// Runs `body` inside BEGIN IMMEDIATE ... COMMIT with cached statements;
+// rolls back on any error.
+Status InTransaction(SqliteStatementCache& c,
+                     const std::function<Status()>& body) {
+  TERN_RETURN_IF_ERROR(c.Exec("BEGIN IMMEDIATE"));
+  Status status = body();
+  if (status.ok()) status = c.Exec("COMMIT");
+  if (!status.ok() && !sqlite3_get_autocommit(c.db())) {
+    Status rollback = c.Exec("ROLLBACK");
+    if (!rollback.ok()) {
+      TERN_LOG(ERROR) << "job store: " << rollback;
+    }
+  }
+  return status;
+}
+
 // Runs `body` inside BEGIN IMMEDIATE ... COMMIT; rolls back on any error.
 Status InTransaction(sqlite3* db, const std::function<Status()>& body) {
   TERN_RETURN_IF_ERROR(Exec(db, "BEGIN IMMEDIATE"));
@@ -227,18 +296,16 @@ constexpr const char* kSchemaV1[] = {
       PRIMARY KEY (job_id, seq)) WITHOUT ROWID)sql",
 };
 
-Status WriteRanks(sqlite3* db, const Job& job) {
-  TERN_ASSIGN_OR_RETURN(
-      Statement del,
-      Statement::Prepare(db, "DELETE FROM job_ranks WHERE job_id = ?"));
+Status WriteRanks(SqliteStatementCache& c, const Job& job) {
+  TERN_ASSIGN_OR_RETURN(Statement del,
+                        c.Get("DELETE FROM job_ranks WHERE job_id = ?"));
   TERN_RETURN_IF_ERROR(del.BindAll(job.id));
   TERN_RETURN_IF_ERROR(del.Run());
   for (const RankPlacement& r : job.ranks) {
     TERN_ASSIGN_OR_RETURN(
         Statement ins,
-        Statement::Prepare(db,
-                           "INSERT INTO job_ranks (job_id, rank, agent_id, "
-                           "state, exit_code) VALUES (?, ?, ?, ?, ?)"));
+        c.Get("INSERT INTO job_ranks (job_id, rank, agent_id, "
+              "state, exit_code) VALUES (?, ?, ?, ?, ?)"));
     TERN_RETURN_IF_ERROR(ins.BindAll(job.id, r.rank, r.agent_id,
                                      RankStateName(r.state), r.exit_code));
     TERN_RETURN_IF_ERROR(ins.Run());
@@ -246,13 +313,12 @@ Status WriteRanks(sqlite3* db, const Job& job) {
   return OkStatus();
 }
 
-Status AppendEvents(sqlite3* db, JobId id,
+Status AppendEvents(SqliteStatementCache& c, JobId id,
                     const std::vector<JobEvent>& events) {
   for (const JobEvent& e : events) {
     TERN_ASSIGN_OR_RETURN(
         Statement ins,
-        Statement::Prepare(
-            db,
+        c.Get(
             "INSERT INTO job_events (job_id, seq, time_us, type, from_state, "
             "to_state, reason, message, payload, step) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
@@ -266,12 +332,11 @@ Status AppendEvents(sqlite3* db, JobId id,
 }
 
 // The rows of a new job (CreateJob's contract), inside a transaction.
-Status InsertJobRows(sqlite3* db, const Job& job,
+Status InsertJobRows(SqliteStatementCache& c, const Job& job,
                      const std::vector<JobEvent>& events) {
   TERN_ASSIGN_OR_RETURN(
       Statement ins,
-      Statement::Prepare(
-          db,
+      c.Get(
           "INSERT INTO jobs (id, owner, priority, world_size, device_kind, "
           "max_restarts, idempotency_key, spec, submit_time_us, state, "
           "restarts_used, attempt, last_checkpoint_step, artifact_path, "
@@ -289,26 +354,23 @@ Status InsertJobRows(sqlite3* db, const Job& job,
                   job.rendezvous_port, ToUnixMicros(job.restart_not_before)));
   TERN_RETURN_IF_ERROR(ins.Run());
   for (const auto& [key, value] : job.labels) {
-    TERN_ASSIGN_OR_RETURN(
-        Statement label,
-        Statement::Prepare(db,
-                           "INSERT INTO job_labels (job_id, key, value) "
-                           "VALUES (?, ?, ?)"));
+    TERN_ASSIGN_OR_RETURN(Statement label,
+                          c.Get("INSERT INTO job_labels (job_id, key, value) "
+                                "VALUES (?, ?, ?)"));
     TERN_RETURN_IF_ERROR(label.BindAll(job.id, key, value));
     TERN_RETURN_IF_ERROR(label.Run());
   }
-  TERN_RETURN_IF_ERROR(WriteRanks(db, job));
-  return AppendEvents(db, job.id, events);
+  TERN_RETURN_IF_ERROR(WriteRanks(c, job));
+  return AppendEvents(c, job.id, events);
 }
 
 // An existing job's mutable fields (UpdateJob's contract), inside a
 // transaction.
-Status UpdateJobRows(sqlite3* db, const Job& job,
+Status UpdateJobRows(SqliteStatementCache& c, const Job& job,
                      const std::vector<JobEvent>& events) {
   TERN_ASSIGN_OR_RETURN(
       Statement upd,
-      Statement::Prepare(
-          db,
+      c.Get(
           "UPDATE jobs SET state = ?, restarts_used = ?, attempt = ?, "
           "last_checkpoint_step = ?, artifact_path = ?, metrics_json = ?, "
           "last_event_seq = ?, rendezvous_host = ?, rendezvous_port = ?, "
@@ -319,12 +381,12 @@ Status UpdateJobRows(sqlite3* db, const Job& job,
       job.last_event_seq, job.rendezvous_host, job.rendezvous_port,
       ToUnixMicros(job.restart_not_before), job.id));
   TERN_RETURN_IF_ERROR(upd.Run());
-  if (sqlite3_changes(db) != 1) {
+  if (sqlite3_changes(c.db()) != 1) {
     return NotFoundError("job " + std::to_string(job.id) +
                          " is not in the job store");
   }
-  TERN_RETURN_IF_ERROR(WriteRanks(db, job));
-  return AppendEvents(db, job.id, events);
+  TERN_RETURN_IF_ERROR(WriteRanks(c, job));
+  return AppendEvents(c, job.id, events);
 }
 
 constexpr char kEventColumns[] =
@@ -364,7 +426,11 @@ void SqliteJobStore::DbCloser::operator()(sqlite3* db) const {
 }
 
 SqliteJobStore::SqliteJobStore(std::string path, DbPtr db)
-    : path_(std::move(path)), db_(std::move(db)) {}
+    : path_(std::move(path)),
+      db_(std::move(db)),
+      statements_(std::make_unique<SqliteStatementCache>(db_.get())) {}
+
+SqliteJobStore::~SqliteJobStore() = default;
 
 StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(
     const std::string& path, SqliteJobStoreOptions options) {
@@ -450,26 +516,26 @@ Status SqliteJobStore::EnsureSchema() {
 Status SqliteJobStore::CreateJob(const Job& job,
                                  const std::vector<JobEvent>& events) {
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite3* db = db_.get();
-  return InTransaction(db, [&] { return InsertJobRows(db, job, events); });
+  SqliteStatementCache& c = *statements_;
+  return InTransaction(c, [&] { return InsertJobRows(c, job, events); });
 }
 
 Status SqliteJobStore::UpdateJob(const Job& job,
                                  const std::vector<JobEvent>& events) {
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite3* db = db_.get();
-  return InTransaction(db, [&] { return UpdateJobRows(db, job, events); });
+  SqliteStatementCache& c = *statements_;
+  return InTransaction(c, [&] { return UpdateJobRows(c, job, events); });
 }
 
 Status SqliteJobStore::Commit(const std::vector<JobWrite>& writes) {
   if (writes.empty()) return OkStatus();
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite3* db = db_.get();
-  return InTransaction(db, [&]() -> Status {
+  SqliteStatementCache& c = *statements_;
+  return InTransaction(c, [&]() -> Status {
     for (const JobWrite& w : writes) {
       TERN_RETURN_IF_ERROR(w.kind == JobWrite::Kind::kCreate
-                               ? InsertJobRows(db, w.job, w.events)
-                               : UpdateJobRows(db, w.job, w.events));
+                               ? InsertJobRows(c, w.job, w.events)
+                               : UpdateJobRows(c, w.job, w.events));
     }
     return OkStatus();
   });

@@ -25,6 +25,8 @@ struct sqlite3;
 
 namespace tern::scheduler {
 
+class SqliteStatementCache;  // sqlite_job_store.cc
+
 struct SqliteJobStoreOptions {
   std::chrono::milliseconds busy_timeout{
       5000};  // wait for another writer's lock
@@ -41,6 +43,7 @@ class SqliteJobStore final : public JobStore {
   // SQLite reports them; the message names the path.
   static StatusOr<std::unique_ptr<SqliteJobStore>> Open(
       const std::string& path, SqliteJobStoreOptions options = {});
+  ~SqliteJobStore() override;
 
   Status CreateJob(const Job& job,
                    const std::vector<JobEvent>& events) override;
@@ -63,6 +66,8 @@ class SqliteJobStore final : public JobStore {
   const std::string path_;
   std::mutex mu_;
   DbPtr db_;  // guarded by mu_
+  // The write path's prepared statements (finalized before db_ closes).
+  std::unique_ptr<SqliteStatementCache> statements_;  // guarded by mu_
 };
 
 }  // namespace tern::scheduler
