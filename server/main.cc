@@ -171,6 +171,12 @@ int main(int argc, char** argv) {
               "SIGTERM to SIGKILL delay in kill orders", "10s");
   AddDuration(app, "--shutdown-grace", &options.shutdown_grace,
               "how long shutdown waits for in-flight requests", "5s");
+  std::string commit_mode = "group";
+  app.add_option("--commit-mode", commit_mode,
+                 "how acknowledged changes reach the job store: group (concurrent calls share "
+                 "one transaction and fsync) or per-call (one each, as before group commit)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"group", "per-call"}));
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "debug, info, warning or error")
       ->capture_default_str()
@@ -187,5 +193,6 @@ int main(int argc, char** argv) {
                             : log_level == "error" ? tern::LogSeverity::kError
                                                    : tern::LogSeverity::kInfo);
   }
+  options.commit_mode = *tern::scheduler::ParseCommitMode(commit_mode);  // checked above
   return Run(options);
 }

@@ -66,6 +66,7 @@ static scheduler::SchedulerOptions SchedulerOptionsFrom(const TerndOptions& opti
   out.rendezvous_port_min = options.rendezvous_port_min;
   out.rendezvous_port_max = options.rendezvous_port_max;
   out.port_quarantine = options.port_quarantine;
+  out.commit_mode = options.commit_mode;
   return out;
 }
 

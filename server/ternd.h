@@ -69,6 +69,8 @@ struct TerndOptions {
   std::chrono::milliseconds max_restart_backoff{std::chrono::minutes(1)};
   std::chrono::milliseconds backfill_window{std::chrono::minutes(5)};
   double aging_per_minute = 1.0;    // priority gained per minute queued
+  // Group commit (default) or one transaction per change: scheduler.h.
+  scheduler::CommitMode commit_mode = scheduler::CommitMode::kGroup;
   // Rank 0's c10d store port range (scheduler.h: SchedulerOptions).
   int rendezvous_port_min = kDefaultRendezvousPortMin;
   int rendezvous_port_max = kDefaultRendezvousPortMax;

@@ -2,6 +2,7 @@
 //
 //   tern_service_load_bench --server 127.0.0.1:7070 [--concurrency 1,16,128]
 //       [--seconds 5] [--channels 4] [--deadline-ms 10000] [--get-per-submit 1]
+//       [--queued-depths 0,10000,100000 [--depth-samples 300]]
 //
 // For each concurrency level N, N threads (each with its own stub; threads are
 // spread round-robin over --channels channels) loop for --seconds: one
@@ -12,11 +13,19 @@
 //
 // The submitted jobs stay QUEUED (run it against a ternd without agents) and
 // accumulate in the server's database across levels.
+//
+// --queued-depths (after the levels; "--concurrency ''" skips those): for
+// each depth D, ascending, fills the queue with 64 concurrent submitters until
+// this run has submitted D jobs in all (start from an empty ternd: D is then
+// the queue length), then times --depth-samples SubmitJob calls from one
+// client, one at a time, each followed by one GetJob of that job and one
+// ListJobs (first page of 10). Prints one row per depth.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -130,6 +139,109 @@ std::vector<int> ParseLevels(const std::string& s) {
   return levels;
 }
 
+struct Call {
+  grpc::ClientContext ctx;
+  explicit Call(int deadline_ms) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+    ctx.AddMetadata("x-tern-owner", "bench");
+  }
+};
+
+// Submits `count` jobs from `threads` threads; returns the errors.
+long Fill(const std::vector<std::shared_ptr<grpc::Channel>>& chans, long count, int threads,
+          int deadline_ms, const std::string& tag, std::string* first_error) {
+  std::atomic<long> next{0}, errors{0};
+  std::mutex mu;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      auto stub = tern::v1::JobService::NewStub(chans[static_cast<size_t>(t) % chans.size()]);
+      const tern::v1::JobSpec spec = SmallSpec(0, t);
+      for (long i = next++; i < count; i = next++) {
+        Call call(deadline_ms);
+        tern::v1::SubmitJobRequest req;
+        *req.mutable_spec() = spec;
+        req.set_idempotency_key(tag + "-" + std::to_string(i));
+        tern::v1::SubmitJobResponse resp;
+        grpc::Status s = stub->SubmitJob(&call.ctx, req, &resp);
+        if (!s.ok()) {
+          ++errors;
+          std::lock_guard<std::mutex> lock(mu);
+          if (first_error->empty()) *first_error = s.error_message();
+        }
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  return errors.load();
+}
+
+// The --queued-depths rows; returns 2 on errors.
+int RunDepths(const std::vector<std::shared_ptr<grpc::Channel>>& chans,
+              const std::vector<int>& depths, int samples, int deadline_ms,
+              const std::string& run_tag) {
+  std::printf("\n| queued | SubmitJob p50 ms | SubmitJob p99 ms | GetJob p50 ms | ListJobs p50 ms "
+              "| fill s | errors |\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::fflush(stdout);
+  auto stub = tern::v1::JobService::NewStub(chans[0]);
+  const tern::v1::JobSpec spec = SmallSpec(0, 0);
+  long submitted = 0;  // by this run
+  int rc = 0;
+  for (int depth : depths) {
+    std::string first_error;
+    const auto fill_start = Clock::now();
+    long errors = 0;
+    if (depth > submitted) {
+      errors += Fill(chans, depth - submitted, 64, deadline_ms,
+                     run_tag + "-fill" + std::to_string(depth), &first_error);
+      submitted = depth;
+    }
+    const double fill_s = std::chrono::duration<double>(Clock::now() - fill_start).count();
+    std::vector<double> submit_ms, get_ms, list_ms;
+    for (int i = 0; i < samples; ++i) {
+      tern::v1::SubmitJobRequest req;
+      *req.mutable_spec() = spec;
+      req.set_idempotency_key(run_tag + "-depth" + std::to_string(depth) + "-" + std::to_string(i));
+      tern::v1::SubmitJobResponse resp;
+      Call submit(deadline_ms);
+      auto t0 = Clock::now();
+      grpc::Status s = stub->SubmitJob(&submit.ctx, req, &resp);
+      submit_ms.push_back(Ms(Clock::now() - t0));
+      if (!s.ok()) {
+        ++errors;
+        if (first_error.empty()) first_error = s.error_message();
+        continue;
+      }
+      Call get(deadline_ms);
+      tern::v1::GetJobRequest get_req;
+      get_req.set_job_id(resp.job().id());
+      tern::v1::Job job;
+      t0 = Clock::now();
+      s = stub->GetJob(&get.ctx, get_req, &job);
+      get_ms.push_back(Ms(Clock::now() - t0));
+      errors += !s.ok();
+      Call list(deadline_ms);
+      tern::v1::ListJobsRequest list_req;
+      list_req.set_page_size(10);
+      tern::v1::ListJobsResponse list_resp;
+      t0 = Clock::now();
+      s = stub->ListJobs(&list.ctx, list_req, &list_resp);
+      list_ms.push_back(Ms(Clock::now() - t0));
+      errors += !s.ok();
+    }
+    submitted += samples;
+    std::printf("| %d | %.2f | %.2f | %.2f | %.2f | %.1f | %ld |\n", depth, Pct(submit_ms, 0.5),
+                Pct(submit_ms, 0.99), Pct(get_ms, 0.5), Pct(list_ms, 0.5), fill_s, errors);
+    std::fflush(stdout);
+    if (errors != 0) {
+      std::fprintf(stderr, "depth %d: %ld errors, first: %s\n", depth, errors, first_error.c_str());
+      rc = 2;
+    }
+  }
+  return rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -140,15 +252,27 @@ int main(int argc, char** argv) {
   int channels = 4;
   int deadline_ms = 10000;
   int gets_per_submit = 1;
+  std::string depths_flag;
+  int depth_samples = 300;
   app.add_option("--server", server, "ternd's address, HOST:PORT")->required();
   app.add_option("--concurrency", levels_flag, "comma-separated client thread counts");
   app.add_option("--seconds", seconds, "duration of each level");
   app.add_option("--channels", channels, "gRPC channels shared by the threads (round-robin)");
   app.add_option("--deadline-ms", deadline_ms, "deadline of every call");
   app.add_option("--get-per-submit", gets_per_submit, "GetJob calls after each SubmitJob");
+  app.add_option("--queued-depths", depths_flag,
+                 "comma-separated queue lengths to time one client's SubmitJob at (ascending)");
+  app.add_option("--depth-samples", depth_samples, "SubmitJob calls timed per depth")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
   const std::vector<int> levels = ParseLevels(levels_flag);
+  const std::vector<int> depths = ParseLevels(depths_flag);
+  if (!std::is_sorted(depths.begin(), depths.end()) ||
+      std::any_of(depths.begin(), depths.end(), [](int d) { return d < 0; })) {
+    std::fprintf(stderr, "--queued-depths: want ascending numbers >= 0\n");
+    return 2;
+  }
   const std::string run_tag =
       "bench-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
 
@@ -163,10 +287,12 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("| clients | RPC | calls | errors | req/s | p50 ms | p99 ms | max ms |\n");
-  std::printf("|---:|---|---:|---:|---:|---:|---:|---:|\n");
-  std::fflush(stdout);
   int rc = 0;
+  if (!levels.empty()) {
+    std::printf("| clients | RPC | calls | errors | req/s | p50 ms | p99 ms | max ms |\n");
+    std::printf("|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    std::fflush(stdout);
+  }
   for (int level : levels) {
     std::vector<std::unique_ptr<tern::v1::JobService::Stub>> stubs;
     for (int i = 0; i < level; ++i)
@@ -202,6 +328,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "level %d: first error: %s\n", level, first_error.c_str());
       rc = 2;
     }
+  }
+  if (!depths.empty()) {
+    rc = std::max(rc, RunDepths(chans, depths, depth_samples, deadline_ms, run_tag));
   }
   return rc;
 }
