@@ -1,7 +1,6 @@
 #include "auth/bearer_token.h"
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <cstdint>
@@ -9,6 +8,7 @@
 #include <utility>
 
 #include "common/file_util.h"
+#include "common/sha256.h"
 #include "common/logging.h"
 
 namespace tern::tls {
@@ -75,18 +75,7 @@ StatusOr<std::string> NewToken() {
   return std::string(kTokenPrefix) + Base64Url(bytes, sizeof bytes);
 }
 
-std::string TokenHash(std::string_view token) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int size = 0;
-  EVP_Digest(token.data(), token.size(), digest, &size, EVP_sha256(), nullptr);
-  static const char kHex[] = "0123456789abcdef";
-  std::string out = "sha256:";
-  for (unsigned int i = 0; i < size; ++i) {
-    out += kHex[digest[i] >> 4];
-    out += kHex[digest[i] & 0xf];
-  }
-  return out;
-}
+std::string TokenHash(std::string_view token) { return "sha256:" + Sha256Hex(token); }
 
 bool IsWellFormedToken(std::string_view token) {
   if (token.size() < kMinTokenLength || token.size() > kMaxTokenLength) return false;

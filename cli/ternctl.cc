@@ -24,7 +24,7 @@
 #include "cli/inspect.h"
 #include "cli/job_file.h"
 #include "cli/render.h"
-#include "cli/sha256.h"
+#include "common/sha256.h"
 #include "common/utf8.h"
 #include "tern/v1/job_service.grpc.pb.h"
 #include "auth/bearer_token.h"

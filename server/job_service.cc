@@ -9,9 +9,9 @@
 #include <set>
 #include <vector>
 
+#include "common/sha256.h"
 #include "common/utf8.h"
 #include "server/caller.h"
-#include "server/file_digest.h"
 #include "server/path_access.h"
 #include "server/rpc.h"
 #include "server/spec_validation.h"

@@ -11,7 +11,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
-#include "server/file_digest.h"
+#include "common/sha256.h"
 
 namespace tern::server {
 namespace {

@@ -9,10 +9,10 @@
 #include <vector>
 
 #include "common/logging.h"
+#include "common/sha256.h"
 #include "common/utf8.h"
 #include "server/caller.h"
 #include "server/path_access.h"
-#include "server/file_digest.h"
 #include "server/rpc.h"
 #include "server/trainer_events.h"
 #include "worker/trainer/exit_codes.h"

@@ -10,7 +10,6 @@
 #include <string>
 
 #include "cli/render.h"
-#include "cli/sha256.h"
 
 namespace tern::cli {
 namespace {
@@ -161,15 +160,6 @@ TEST(JobFileTest, EnumNamesAreLenient) {
   EXPECT_EQ(*ParseEnumValue(states, "4"), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(*ParseEnumValue(*v1::Packing_descriptor(), "base3"), v1::PACKING_BASE3);
   EXPECT_FALSE(ParseEnumValue(states, "sleeping").ok());
-}
-
-TEST(Sha256Test, KnownVectors) {
-  EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  Sha256 h;  // incremental == one shot
-  h.Update("ab");
-  h.Update("c");
-  EXPECT_EQ(h.HexDigest(), Sha256Hex("abc"));
 }
 
 TEST(RenderTest, DurationsAndPercentages) {

@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "cli/sha256.h"
+#include "common/sha256.h"
 #include "common/file_util.h"
 #include "quant/artifact.h"
 #include "tern/v1/job_service.grpc.pb.h"

@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "server/file_digest.h"
+#include "common/sha256.h"
 #include "common/ports.h"
 #include "tests/server/test_util.h"
 
