@@ -21,6 +21,7 @@
 #include <random>
 #include <thread>
 
+#include "cli/export.h"
 #include "cli/inspect.h"
 #include "cli/job_file.h"
 #include "cli/render.h"
@@ -820,6 +821,24 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   inspect->add_option("FILE", inspect_path, "the .tern file")->required();
   inspect->callback([&] {
     local_command = [&] { return InspectArtifactCommand(inspect_path, g.json, out, err); };
+  });
+
+  std::string export_path;
+  ExportOptions export_options;
+  CLI::App* export_cmd = app.add_subcommand(
+      "export", "a .tern artifact as ONNX (runs in ONNX Runtime) or safetensors (PyTorch "
+                "state-dict names), converted here: no server");
+  export_cmd->add_option("FILE", export_path, "the .tern file")->required();
+  export_cmd->add_option("--format", export_options.format, "onnx or safetensors")->required();
+  export_cmd->add_option("-o,--output", export_options.output, "the file to write")->required();
+  export_cmd->add_flag("--float", export_options.float_weights,
+                       "onnx: float32 weights instead of int8 codes + DequantizeLinear");
+  export_cmd->add_flag("--codes", export_options.codes,
+                       "safetensors: int8 codes + scales instead of dequantized float32");
+  export_cmd->callback([&] {
+    local_command = [&] {
+      return ExportArtifactCommand(export_path, export_options, out, err);
+    };
   });
 
   try {
