@@ -27,14 +27,16 @@
 
 namespace {
 
+using tern::server::FormatDuration;
 using tern::server::ParseDuration;
 using tern::server::Ternd;
 using tern::server::TerndOptions;
 
-// Adds a duration flag "--name" (e.g. "15s") bound to `target`.
+// Adds a duration flag "--name" (e.g. "15s") bound to `target`; the help
+// shows the default, `target`'s value now.
 void AddDuration(CLI::App& app, const std::string& name,
-                 std::chrono::milliseconds* target, const std::string& help,
-                 const std::string& shown_default) {
+                 std::chrono::milliseconds* target, const std::string& help) {
+  const std::string shown_default = FormatDuration(*target);
   app.add_option_function<std::string>(
          name,
          [target, name](const std::string& text) {
@@ -138,40 +140,39 @@ int main(int argc, char** argv) {
                  "per-owner limits, one \"OWNER|* [cpu=N] [cuda=N] [jobs=N]\" line each: slots "
                  "an owner's running jobs may hold, unfinished jobs it may have (default: none); "
                  "re-read when it changes");
-  AddDuration(app, "--lease-ttl", &options.lease_ttl,
-              "agent lease lifetime without a heartbeat", "15s");
+  AddDuration(app, "--lease-ttl", &options.scheduler.agent_lease_ttl,
+              "agent lease lifetime without a heartbeat");
   AddDuration(app, "--tick-interval", &options.tick_interval,
-              "scheduler tick (lease expiry, re-queueing, admission)", "1s");
-  AddDuration(app, "--restart-backoff", &options.restart_backoff,
-              "delay before a lost job is queued again (doubles per restart)",
-              "2s");
-  AddDuration(app, "--max-restart-backoff", &options.max_restart_backoff,
-              "upper bound of the restart delay", "1m");
-  AddDuration(app, "--backfill-window", &options.backfill_window,
-              "how long a blocked job lets smaller ones pass", "5m");
-  app.add_option("--aging-per-minute", options.aging_per_minute,
+              "scheduler tick (lease expiry, re-queueing, admission)");
+  AddDuration(app, "--restart-backoff", &options.scheduler.restart_backoff,
+              "delay before a lost job is queued again (doubles per restart)");
+  AddDuration(app, "--max-restart-backoff", &options.scheduler.max_restart_backoff,
+              "upper bound of the restart delay");
+  AddDuration(app, "--backfill-window", &options.scheduler.backfill_window,
+              "how long a blocked job lets smaller ones pass");
+  app.add_option("--aging-per-minute", options.scheduler.aging_per_minute,
                  "priority a queued job gains per minute")
       ->capture_default_str();
-  app.add_option("--rendezvous-port-min", options.rendezvous_port_min,
+  app.add_option("--rendezvous-port-min", options.scheduler.rendezvous_port_min,
                  "lowest port for rank 0's rendezvous")
       ->capture_default_str();
-  app.add_option("--rendezvous-port-max", options.rendezvous_port_max,
+  app.add_option("--rendezvous-port-max", options.scheduler.rendezvous_port_max,
                  "highest port for rank 0's rendezvous")
       ->capture_default_str();
   app.add_option("--max-watch-streams-per-caller", options.max_watch_streams_per_caller,
                  "open WatchJob streams one caller may hold (0: no limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  AddDuration(app, "--port-quarantine", &options.port_quarantine,
+  AddDuration(app, "--port-quarantine", &options.scheduler.port_quarantine,
               "how long a rendezvous port found taken by another process is not "
-              "handed out again on that agent", "10m");
+              "handed out again on that agent");
   AddDuration(app, "--job-metrics-grace", &options.job_metrics_grace,
-              "how long an ended job's tern_job_* series stay", "5m");
+              "how long an ended job's tern_job_* series stay");
   AddDuration(app, "--kill-grace", &options.kill_grace,
-              "SIGTERM to SIGKILL delay in kill orders", "10s");
+              "SIGTERM to SIGKILL delay in kill orders");
   AddDuration(app, "--shutdown-grace", &options.shutdown_grace,
-              "how long shutdown waits for in-flight requests", "5s");
-  std::string commit_mode = "group";
+              "how long shutdown waits for in-flight requests");
+  std::string commit_mode = tern::scheduler::CommitModeName(options.scheduler.commit_mode);
   app.add_option("--commit-mode", commit_mode,
                  "how acknowledged changes reach the job store: group (concurrent calls share "
                  "one transaction and fsync) or per-call (one each, as before group commit)")
@@ -193,6 +194,6 @@ int main(int argc, char** argv) {
                             : log_level == "error" ? tern::LogSeverity::kError
                                                    : tern::LogSeverity::kInfo);
   }
-  options.commit_mode = *tern::scheduler::ParseCommitMode(commit_mode);  // checked above
+  options.scheduler.commit_mode = *tern::scheduler::ParseCommitMode(commit_mode);  // checked above
   return Run(options);
 }

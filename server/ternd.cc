@@ -55,21 +55,6 @@ std::string WithPort(const std::string& address, int port) {
 
 }  // namespace
 
-// The scheduler's share of the daemon's options.
-static scheduler::SchedulerOptions SchedulerOptionsFrom(const TerndOptions& options) {
-  scheduler::SchedulerOptions out;
-  out.aging_per_minute = options.aging_per_minute;
-  out.backfill_window = options.backfill_window;
-  out.agent_lease_ttl = options.lease_ttl;
-  out.restart_backoff = options.restart_backoff;
-  out.max_restart_backoff = options.max_restart_backoff;
-  out.rendezvous_port_min = options.rendezvous_port_min;
-  out.rendezvous_port_max = options.rendezvous_port_max;
-  out.port_quarantine = options.port_quarantine;
-  out.commit_mode = options.commit_mode;
-  return out;
-}
-
 Status TerndOptions::Validate() const {
   if (listen.empty()) return InvalidArgumentError("listen: required");
   if (db_path.empty()) return InvalidArgumentError("db_path: required");
@@ -93,7 +78,7 @@ Status TerndOptions::Validate() const {
   TERN_RETURN_IF_ERROR(paths::ParseRoots("read_roots", read_roots).status());
   TERN_RETURN_IF_ERROR(paths::ParseRoots("write_roots", write_roots).status());
   // Lease, backoff, backfill, aging and port rules are the scheduler's own.
-  TERN_RETURN_IF_ERROR(SchedulerOptionsFrom(*this).Validate());
+  TERN_RETURN_IF_ERROR(scheduler.Validate());
   if (job_metrics_grace.count() < 0 || kill_grace.count() < 0 ||
       shutdown_grace.count() < 0) {
     return InvalidArgumentError(
@@ -134,6 +119,17 @@ StatusOr<milliseconds> ParseDuration(std::string_view text) {
   return milliseconds(value * scale);
 }
 
+std::string FormatDuration(milliseconds duration) {
+  const int64_t ms = duration.count();
+  if (ms == 0) return "0";
+  for (const auto& [scale, unit] : {std::pair<int64_t, const char*>{3600 * 1000, "h"},
+                                    {60 * 1000, "m"},
+                                    {1000, "s"}}) {
+    if (ms % scale == 0) return std::to_string(ms / scale) + unit;
+  }
+  return std::to_string(ms) + "ms";
+}
+
 Ternd::Ternd(TerndOptions options) : options_(std::move(options)) {}
 
 Ternd::~Ternd() { Shutdown(); }
@@ -167,7 +163,7 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
         metrics->OnJobEvent(job, event);
       });
   TERN_ASSIGN_OR_RETURN(scheduler_,
-                        scheduler::Scheduler::Create(SchedulerOptionsFrom(options_),
+                        scheduler::Scheduler::Create(options_.scheduler,
                                                      std::move(store), clock));
   progress_ = std::make_unique<ProgressCache>(scheduler_.get());
 
@@ -183,7 +179,7 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
                         paths::ParseRoots("write_roots", options_.write_roots));
   state_->long_poll = options_.long_poll;
   state_->max_watch_streams_per_caller = options_.max_watch_streams_per_caller;
-  state_->lease_ttl = options_.lease_ttl;
+  state_->lease_ttl = options_.scheduler.agent_lease_ttl;
   state_->kill_grace = options_.kill_grace;
   state_->agent_names = options_.tls_agent_names;
   state_->admin_names = options_.tls_admin_names;

@@ -63,18 +63,11 @@ struct TerndOptions {
   // the same across restarts (running jobs resume from their directory).
   std::string artifact_root = "./artifacts";
   std::string checkpoint_root = "./checkpoints";
-  std::chrono::milliseconds lease_ttl{std::chrono::seconds(15)};
+  // Aging, backfill, the agents' lease TTL (also told to them), restart
+  // back-off, rendezvous ports, page sizes and commit mode: the scheduler's
+  // own options, defaults and checks (scheduler.h).
+  scheduler::SchedulerOptions scheduler;
   std::chrono::milliseconds tick_interval{std::chrono::seconds(1)};
-  std::chrono::milliseconds restart_backoff{std::chrono::seconds(2)};
-  std::chrono::milliseconds max_restart_backoff{std::chrono::minutes(1)};
-  std::chrono::milliseconds backfill_window{std::chrono::minutes(5)};
-  double aging_per_minute = 1.0;    // priority gained per minute queued
-  // Group commit (default) or one transaction per change: scheduler.h.
-  scheduler::CommitMode commit_mode = scheduler::CommitMode::kGroup;
-  // Rank 0's c10d store port range (scheduler.h: SchedulerOptions).
-  int rendezvous_port_min = kDefaultRendezvousPortMin;
-  int rendezvous_port_max = kDefaultRendezvousPortMax;
-  std::chrono::milliseconds port_quarantine{std::chrono::minutes(10)};
   // How long an ended job's tern_job_* series stay visible.
   std::chrono::milliseconds job_metrics_grace{std::chrono::minutes(5)};
   std::chrono::milliseconds kill_grace{
@@ -117,6 +110,9 @@ struct TerndOptions {
 
 // Parses "250ms", "15s", "5m", "1h" (an integer and a unit; "0" alone is 0).
 StatusOr<std::chrono::milliseconds> ParseDuration(std::string_view text);
+// The form ParseDuration reads, in the largest unit that is exact: "15s",
+// "5m", "250ms", "0".
+std::string FormatDuration(std::chrono::milliseconds duration);
 
 class Ternd {
  public:

@@ -25,7 +25,28 @@ TEST(TerndOptionsTest, ParsesDurations) {
   }
   TerndOptions options;
   EXPECT_TRUE(options.Validate().ok());
-  options.lease_ttl = std::chrono::milliseconds(0);
+  options.scheduler.agent_lease_ttl = std::chrono::milliseconds(0);
+  EXPECT_EQ(options.Validate().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(TerndOptionsTest, FormatsDurationsAsParsed) {
+  EXPECT_EQ(FormatDuration(std::chrono::seconds(15)), "15s");
+  EXPECT_EQ(FormatDuration(std::chrono::minutes(5)), "5m");
+  EXPECT_EQ(FormatDuration(std::chrono::hours(2)), "2h");
+  EXPECT_EQ(FormatDuration(std::chrono::milliseconds(1500)), "1500ms");
+  EXPECT_EQ(FormatDuration(std::chrono::milliseconds(0)), "0");
+  for (std::chrono::milliseconds d : {std::chrono::milliseconds(250), std::chrono::milliseconds(90000)}) {
+    EXPECT_EQ(*ParseDuration(FormatDuration(d)), d);
+  }
+}
+
+// The scheduler's options are embedded, with its defaults and its checks.
+TEST(TerndOptionsTest, EmbedsTheSchedulersOptions) {
+  TerndOptions options;
+  const scheduler::SchedulerOptions defaults;
+  EXPECT_EQ(options.scheduler.agent_lease_ttl, defaults.agent_lease_ttl);
+  EXPECT_EQ(options.scheduler.rendezvous_port_min, defaults.rendezvous_port_min);
+  options.scheduler.rendezvous_port_min = options.scheduler.rendezvous_port_max + 1;
   EXPECT_EQ(options.Validate().code(), StatusCode::kInvalidArgument);
 }
 

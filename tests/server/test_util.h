@@ -116,7 +116,7 @@ class TerndTest : public ::testing::Test {
     options.checkpoint_root = (dir_ / "checkpoints").string();
     options.tick_interval = std::chrono::milliseconds(50);
     options.long_poll = std::chrono::milliseconds(100);
-    options.restart_backoff = std::chrono::milliseconds(0);
+    options.scheduler.restart_backoff = std::chrono::milliseconds(0);
     options.shutdown_grace = std::chrono::seconds(2);
     return options;
   }

@@ -952,7 +952,7 @@ TEST_F(WorkerServiceTest, AnAgentRejoinsARestartedTerndWithItsRunningRanks) {
 class ShortLeaseTest : public WorkerServiceTest {
  protected:
   void Customize(TerndOptions* options) override {
-    options->lease_ttl = std::chrono::seconds(1);
+    options->scheduler.agent_lease_ttl = std::chrono::seconds(1);
   }
 };
 
