@@ -3,9 +3,9 @@
 // Properties: nothing throws or crashes; a bad spec is INVALID_ARGUMENT
 // whose message starts with what it is about: "job spec: " when the text is
 // not a JSON object, else the field's path and ": " ("optimization.lr: must
-// be in (0, 100)"), the path starting with a top-level field of JobSpec or
-// with a key of the input (an unknown field); an accepted spec passes
-// Validate().
+// be in (0, 10], got 20"), the path starting with a top-level field of
+// JobSpec or with a key of the input (an unknown field); an accepted spec
+// passes Validate() (spec/'s rules, the ones ternd applies).
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -40,7 +40,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   bool named = false;
   const auto names = [&](const std::string& first) {
     return message.size() > first.size() && message.compare(0, first.size(), first) == 0 &&
-           (message[first.size()] == '.' || message.compare(first.size(), 2, ": ") == 0);
+           (message[first.size()] == '.' || message[first.size()] == '[' ||
+            message.compare(first.size(), 2, ": ") == 0);
   };
   for (const std::string& field : kTopLevel) named = named || names(field);
   for (const auto& item : root.items()) named = named || names(item.key());

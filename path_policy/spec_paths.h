@@ -10,18 +10,19 @@
 #include <vector>
 
 #include "common/status.h"
+#include "spec/rules.h"
 #include "tern/v1/job.pb.h"
 #include "tern/v1/worker_service.pb.h"
 
 namespace tern::paths {
 
-// The trainer's defaults for fields a spec leaves empty (worker/trainer/spec.h;
-// tests/path_policy checks that the two agree).
-inline constexpr char kDefaultIdxPath[] = "/usr/share/datasets/fashion-mnist";
-inline constexpr char kDefaultTrainAnnotations[] = "annotations/instances_train.json";
-inline constexpr char kDefaultValAnnotations[] = "annotations/instances_val.json";
-inline constexpr char kDefaultTrainImages[] = "train";
-inline constexpr char kDefaultValImages[] = "val";
+// The defaults of fields a spec leaves empty (spec/rules.h, which the
+// trainer applies too).
+using spec::kDefaultIdxPath;
+using spec::kDefaultTrainAnnotations;
+using spec::kDefaultTrainImages;
+using spec::kDefaultValAnnotations;
+using spec::kDefaultValImages;
 
 enum class Access { kRead, kWrite };
 

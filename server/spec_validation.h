@@ -1,12 +1,13 @@
-// Validation of a submitted tern.v1.JobSpec against the rules documented on
-// its fields in proto/tern/v1/job.proto (ranges, required fields, enum values,
-// label syntax, cross-field rules such as batch_size being a multiple of
-// ranks × micro_batches).
+// Validation of a submitted tern.v1.JobSpec: the rules of spec/ (every
+// field's range, enum values and defaults, and the cross-field rules), the
+// same ones tern-trainer applies to the spec it reads, so a spec accepted
+// here does not fail later in the trainer.
 //
-// Enum fields are checked with *_IsValid: protobuf's parsers (binary and
-// JSON) accept numbers that name no enumerator. Optional fields that are
-// unset are valid (their documented default applies); a field set explicitly
-// to a value outside its range is not. Pure function, thread-safe.
+// The message is printed as proto3 JSON (as tern-agent prints it for the
+// trainer) and checked by spec::CheckJobSpec. Enum numbers that name no
+// enumerator are violations (protobuf's parsers accept them). Optional fields
+// that are unset are valid (their documented default applies); a field set
+// explicitly to a value outside its range is not. Pure function, thread-safe.
 #ifndef TERN_SERVER_SPEC_VALIDATION_H_
 #define TERN_SERVER_SPEC_VALIDATION_H_
 
@@ -19,8 +20,8 @@ namespace tern::server {
 
 // OK, or INVALID_ARGUMENT listing every violation as
 // "<prefix><field path>: <rule>" (e.g. "spec.optimization.epochs: must be > 0
-// (required)"), joined by "; ". The `owner` field is not checked (the server
-// sets it).
+// (required), got 0"), joined by "; ". The `owner` field is not checked (the
+// server sets it).
 Status ValidateJobSpec(const v1::JobSpec& spec,
                        const std::string& prefix = "spec.");
 

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "spec/rules.h"
 #include "worker/trainer/prefetcher.h"
 
 namespace tern::trainer {
@@ -63,8 +64,8 @@ enum class DatasetKind { kIdx, kCifar10, kCifar100, kImageFolder, kSynthetic };
 StatusOr<DatasetKind> ParseDatasetKind(const std::string& name);
 const char* DatasetKindName(DatasetKind kind);  // "idx", "cifar10", ...
 
-// Debian's dataset-fashion-mnist.
-inline constexpr char kDefaultIdxPath[] = "/usr/share/datasets/fashion-mnist";
+// Debian's dataset-fashion-mnist (job.proto's default dataset.path).
+using spec::kDefaultIdxPath;
 
 struct DatasetOptions {
   DatasetKind kind = DatasetKind::kIdx;

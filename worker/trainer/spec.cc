@@ -2,398 +2,262 @@
 
 #include <algorithm>
 #include <cctype>
-#include <functional>
-#include <nlohmann/json.hpp>
-#include <set>
 
-#include "common/utf8.h"
+#include "spec/validate.h"
 
 namespace tern::trainer {
 namespace {
 
 using json = nlohmann::json;
 
-Status FieldError(const std::string& path, const std::string& rule) {
-  return InvalidArgumentError(path + ": " + rule);
+// `object[key]` when present (the spec is checked: types are right).
+template <typename T>
+void Read(const json& object, const char* key, T* out) {
+  if (object.contains(key)) *out = object.at(key).get<T>();
 }
 
-// Reads one JSON object, field by field, remembering which keys were used so
-// that unknown keys can be reported.
-class ObjectReader {
- public:
-  ObjectReader(const json& object, std::string path)
-      : object_(object), path_(std::move(path)) {}
+// A string whose empty value means `fallback`.
+void ReadString(const json& object, const char* key, std::string* out,
+                const std::string& fallback) {
+  *out = fallback;
+  Read(object, key, out);
+  if (out->empty()) *out = fallback;
+}
 
-  static StatusOr<ObjectReader> Make(const json& parent, const std::string& key,
-                                     const std::string& path) {
-    static const json kEmpty = json::object();
-    if (!parent.contains(key) || parent[key].is_null()) return ObjectReader(kEmpty, path);
-    if (!parent[key].is_object()) return FieldError(path, "expected an object");
-    return ObjectReader(parent[key], path);
+const json& Sub(const json& root, const char* key) {
+  static const json kEmpty = json::object();
+  return root.contains(key) ? root.at(key) : kEmpty;
+}
+
+// The enum's suffix in lower case ("DATASET_IMAGE_FOLDER" -> "image_folder"),
+// `fallback` when unset or *_UNSPECIFIED.
+std::string ReadEnum(const json& object, const char* key, const std::string& path,
+                     const std::string& fallback) {
+  if (!object.contains(key)) return fallback;
+  const std::string s = spec::EnumSuffix(*spec::FindField(path)->enum_type,
+                                         object.at(key).get<std::string>());
+  return s == "unspecified" ? fallback : s;
+}
+
+std::string EnumName(const std::string& path, std::string suffix) {
+  std::transform(suffix.begin(), suffix.end(), suffix.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  return spec::FindField(path)->enum_type->prefix + suffix;
+}
+
+// Sets the number at `path` in `root` unless it is an optional field's
+// documented default.
+template <typename T>
+void PutNumber(json* root, const std::string& path, T value) {
+  const spec::Field* field = spec::FindField(path);
+  if (field->presence && field->default_number &&
+      *field->default_number == static_cast<double>(value)) {
+    return;
   }
-
-  const json& object() const { return object_; }
-  std::string Path(const std::string& key) const {
-    return path_.empty() ? key : path_ + "." + key;
+  const size_t dot = path.find('.');
+  if (dot == std::string::npos) {
+    (*root)[path] = value;
+  } else {
+    (*root)[path.substr(0, dot)][path.substr(dot + 1)] = value;
   }
+}
 
-  Status Double(const std::string& key, double* out) {
-    const json* v = Find(key);
-    if (v == nullptr) return OkStatus();
-    if (v->is_number()) {
-      *out = v->get<double>();
-      return OkStatus();
-    }
-    return FieldError(Path(key), "expected a number");
-  }
-
-  template <typename Int>
-  Status Integer(const std::string& key, Int* out) {
-    const json* v = Find(key);
-    if (v == nullptr) return OkStatus();
-    if (v->is_number_integer()) {
-      const auto value = v->get<int64_t>();
-      if (value < static_cast<int64_t>(std::numeric_limits<Int>::min()) ||
-          (value > 0 && static_cast<uint64_t>(value) > static_cast<uint64_t>(std::numeric_limits<Int>::max()))) {
-        return FieldError(Path(key), "out of range");
-      }
-      *out = static_cast<Int>(value);
-      return OkStatus();
-    }
-    if (v->is_number_unsigned()) {
-      const auto value = v->get<uint64_t>();
-      if (value > static_cast<uint64_t>(std::numeric_limits<Int>::max())) {
-        return FieldError(Path(key), "out of range");
-      }
-      *out = static_cast<Int>(value);
-      return OkStatus();
-    }
-    if (v->is_string()) {  // proto3 JSON writes 64-bit integers as strings
-      const std::string s = v->get<std::string>();
-      if (s.empty() || s.size() > 20 ||
-          !std::all_of(s.begin() + (s[0] == '-' ? 1 : 0), s.end(), ::isdigit)) {
-        return FieldError(Path(key), "expected an integer, got " + Quoted(s));
-      }
-      try {
-        *out = static_cast<Int>(std::stoll(s));
-      } catch (const std::exception&) {
-        return FieldError(Path(key), "out of range");
-      }
-      return OkStatus();
-    }
-    return FieldError(Path(key), "expected an integer");
-  }
-
-  Status Bool(const std::string& key, bool* out) {
-    const json* v = Find(key);
-    if (v == nullptr) return OkStatus();
-    if (!v->is_boolean()) return FieldError(Path(key), "expected true or false");
-    *out = v->get<bool>();
-    return OkStatus();
-  }
-
-  Status String(const std::string& key, std::string* out) {
-    const json* v = Find(key);
-    if (v == nullptr) return OkStatus();
-    if (!v->is_string()) return FieldError(Path(key), "expected a string");
-    *out = v->get<std::string>();
-    return OkStatus();
-  }
-
-  // Enum given by name: strips `prefix` ("METHOD_"), lower-cases, and leaves
-  // `out` alone for the *_UNSPECIFIED value.
-  Status Enum(const std::string& key, const std::string& prefix,
-              const std::vector<std::string>& allowed, std::string* out) {
-    const json* v = Find(key);
-    if (v == nullptr) return OkStatus();
-    if (!v->is_string()) return FieldError(Path(key), "expected an enum name");
-    std::string s = v->get<std::string>();
-    if (s.rfind(prefix, 0) == 0) s = s.substr(prefix.size());
-    std::transform(s.begin(), s.end(), s.begin(), ::tolower);
-    if (s == "unspecified") return OkStatus();
-    if (std::find(allowed.begin(), allowed.end(), s) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      return FieldError(Path(key), "unknown value " + Quoted(v->get<std::string>()) +
-                                       " (one of " + list + ")");
-    }
-    *out = s;
-    return OkStatus();
-  }
-
-  Status IntList(const std::string& key, std::vector<int>* out) {
-    const json* v = Find(key);
-    if (v == nullptr) return OkStatus();
-    if (!v->is_array()) return FieldError(Path(key), "expected a list of integers");
-    out->clear();
-    for (const json& e : *v) {
-      if (!e.is_number_integer()) return FieldError(Path(key), "expected a list of integers");
-      out->push_back(e.get<int>());
-    }
-    return OkStatus();
-  }
-
-  void Skip(const std::string& key) { used_.insert(key); }
-
-  // Fails on the first key that no reader asked for.
-  Status RejectUnknown() const {
-    for (const auto& item : object_.items()) {
-      if (!used_.count(item.key())) return FieldError(Path(item.key()), "unknown field");
-    }
-    return OkStatus();
-  }
-
- private:
-  const json* Find(const std::string& key) {
-    used_.insert(key);
-    if (!object_.contains(key) || object_[key].is_null()) return nullptr;
-    return &object_[key];
-  }
-
-  const json& object_;
-  std::string path_;
-  std::set<std::string> used_;
-};
-
-Status ReadModel(const json& root, TrainerSpec* spec) {
-  TERN_ASSIGN_OR_RETURN(ObjectReader r, ObjectReader::Make(root, "model", "model"));
+void ReadModel(const json& root, TrainerSpec* spec) {
+  const json& m = Sub(root, "model");
   // The API's default network depends on the task.
-  const std::string default_arch = spec->task == "detection" ? "resnet18" : "resnet20";
-  spec->model.arch = default_arch;
-  TERN_RETURN_IF_ERROR(r.String("arch", &spec->model.arch));
-  if (spec->model.arch.empty()) spec->model.arch = default_arch;
-  TERN_RETURN_IF_ERROR(r.Double("width_multiplier", &spec->model.width_multiplier));
-  TERN_RETURN_IF_ERROR(r.String("init_from", &spec->model.init_from));
-  TERN_RETURN_IF_ERROR(r.String("head", &spec->model.head));
-  if (spec->model.head.empty()) spec->model.head = "centernet";
-  TERN_RETURN_IF_ERROR(r.Integer("max_detections", &spec->model.max_detections));
-  return r.RejectUnknown();
+  ReadString(m, "arch", &spec->model.arch, spec->task == "detection" ? "resnet18" : "resnet20");
+  Read(m, "width_multiplier", &spec->model.width_multiplier);
+  Read(m, "init_from", &spec->model.init_from);
+  ReadString(m, "head", &spec->model.head, "centernet");
+  Read(m, "max_detections", &spec->model.max_detections);
 }
 
-Status ReadData(const json& root, TrainerSpec* spec) {
-  TERN_ASSIGN_OR_RETURN(ObjectReader r, ObjectReader::Make(root, "dataset", "dataset"));
-  DataConfig& d = spec->data;
-  TERN_RETURN_IF_ERROR(r.Enum("kind", "DATASET_",
-                              {"idx", "cifar10", "cifar100", "image_folder", "coco", "synthetic"},
-                              &d.kind));
-  TERN_RETURN_IF_ERROR(r.String("path", &d.path));
-  TERN_RETURN_IF_ERROR(r.Double("val_fraction", &d.val_fraction));
-  TERN_RETURN_IF_ERROR(r.Bool("augment", &d.augment));
-  TERN_RETURN_IF_ERROR(r.Integer("num_workers", &d.num_workers));
-  TERN_RETURN_IF_ERROR(r.Integer("input_size", &d.input_size));
-  TERN_RETURN_IF_ERROR(r.Integer("max_train_examples", &d.max_train_examples));
-  TERN_RETURN_IF_ERROR(r.Integer("max_eval_examples", &d.max_eval_examples));
-  const std::pair<const char*, std::string*> coco[] = {
-      {"train_annotations", &d.train_annotations},
-      {"val_annotations", &d.val_annotations},
-      {"train_images", &d.train_images},
-      {"val_images", &d.val_images}};
-  for (const auto& [key, field] : coco) {
-    const std::string fallback = *field;
-    TERN_RETURN_IF_ERROR(r.String(key, field));
-    if (field->empty()) *field = fallback;
-  }
-  return r.RejectUnknown();
+void ReadData(const json& root, TrainerSpec* spec) {
+  const json& d = Sub(root, "dataset");
+  DataConfig& data = spec->data;
+  data.kind = ReadEnum(d, "kind", "dataset.kind", "idx");
+  Read(d, "path", &data.path);
+  if (data.path.empty() && data.kind == "idx") data.path = spec::kDefaultIdxPath;
+  Read(d, "val_fraction", &data.val_fraction);
+  Read(d, "augment", &data.augment);
+  Read(d, "num_workers", &data.num_workers);
+  Read(d, "input_size", &data.input_size);
+  Read(d, "max_train_examples", &data.max_train_examples);
+  Read(d, "max_eval_examples", &data.max_eval_examples);
+  ReadString(d, "train_annotations", &data.train_annotations, spec::kDefaultTrainAnnotations);
+  ReadString(d, "val_annotations", &data.val_annotations, spec::kDefaultValAnnotations);
+  ReadString(d, "train_images", &data.train_images, spec::kDefaultTrainImages);
+  ReadString(d, "val_images", &data.val_images, spec::kDefaultValImages);
 }
 
 Status ReadQuant(const json& root, TrainerSpec* spec) {
-  TERN_ASSIGN_OR_RETURN(ObjectReader r,
-                        ObjectReader::Make(root, "quantization", "quantization"));
-  std::string method = "hla";
-  TERN_RETURN_IF_ERROR(r.Enum("method", "METHOD_",
-                              {"fp", "twn", "ttq", "lat", "hla", "hla_no_regularizer",
-                               "hla_no_rescale"},
-                              &method));
-  TERN_ASSIGN_OR_RETURN(quant::Method m, quant::ParseMethod(method));
+  const json& j = Sub(root, "quantization");
+  TERN_ASSIGN_OR_RETURN(quant::Method method,
+                        quant::ParseMethod(ReadEnum(j, "method", "quantization.method", "hla")));
   quant::QuantOptions& q = spec->quant;
-  q = quant::MakePreset(m);
-  std::string granularity = "tensor";
-  TERN_RETURN_IF_ERROR(r.Enum("granularity", "GRANULARITY_", {"tensor", "channel"}, &granularity));
-  TERN_ASSIGN_OR_RETURN(q.granularity, quant::ParseGranularity(granularity));
-  std::string packing = "2bit";
-  TERN_RETURN_IF_ERROR(r.Enum("packing", "PACKING_", {"2bit", "base3"}, &packing));
-  TERN_ASSIGN_OR_RETURN(q.packing, quant::ParsePacking(packing));
-  TERN_RETURN_IF_ERROR(r.Bool("keep_first_fp", &q.keep_first_fp));
-  TERN_RETURN_IF_ERROR(r.Bool("keep_last_fp", &q.keep_last_fp));
-  TERN_RETURN_IF_ERROR(r.Double("twn_delta_factor", &q.twn_delta_factor));
-  TERN_RETURN_IF_ERROR(r.Integer("lat_iterations", &q.lat_iterations));
-  TERN_RETURN_IF_ERROR(r.Double("lat_epsilon", &q.lat_epsilon));
-  TERN_RETURN_IF_ERROR(r.Double("second_moment_decay", &q.second_moment_decay));
-  TERN_RETURN_IF_ERROR(r.Double("ttq_threshold", &q.ttq_threshold));
-  TERN_RETURN_IF_ERROR(r.Double("lambda_max", &q.lambda_max));
-  TERN_RETURN_IF_ERROR(r.Double("reg_warmup_fraction", &q.reg_warmup_fraction));
-  TERN_RETURN_IF_ERROR(r.Double("reg_fraction", &q.reg_fraction));
-  TERN_RETURN_IF_ERROR(r.Double("beta", &q.beta));
-  TERN_RETURN_IF_ERROR(r.Bool("normalize", &q.normalize));
-  TERN_RETURN_IF_ERROR(r.Double("kappa_start", &q.kappa_start));
-  TERN_RETURN_IF_ERROR(r.Double("kappa_end", &q.kappa_end));
-  TERN_RETURN_IF_ERROR(r.Double("clip", &q.clip));
-  TERN_RETURN_IF_ERROR(r.RejectUnknown());
-  return q.Validate();
+  q = quant::MakePreset(method);
+  TERN_ASSIGN_OR_RETURN(q.granularity, quant::ParseGranularity(ReadEnum(
+                                           j, "granularity", "quantization.granularity", "tensor")));
+  TERN_ASSIGN_OR_RETURN(q.packing,
+                        quant::ParsePacking(ReadEnum(j, "packing", "quantization.packing", "2bit")));
+  Read(j, "keep_first_fp", &q.keep_first_fp);
+  Read(j, "keep_last_fp", &q.keep_last_fp);
+  Read(j, "twn_delta_factor", &q.twn_delta_factor);
+  Read(j, "lat_iterations", &q.lat_iterations);
+  Read(j, "lat_epsilon", &q.lat_epsilon);
+  Read(j, "second_moment_decay", &q.second_moment_decay);
+  Read(j, "ttq_threshold", &q.ttq_threshold);
+  Read(j, "lambda_max", &q.lambda_max);
+  Read(j, "reg_warmup_fraction", &q.reg_warmup_fraction);
+  // job.proto: knobs a method does not use are ignored (FP phase 1 exists
+  // only with the regularizer).
+  if (q.use_regularizer) Read(j, "reg_fraction", &q.reg_fraction);
+  Read(j, "beta", &q.beta);
+  Read(j, "normalize", &q.normalize);
+  Read(j, "kappa_start", &q.kappa_start);
+  Read(j, "kappa_end", &q.kappa_end);
+  Read(j, "clip", &q.clip);
+  return OkStatus();
 }
 
-Status ReadOptim(const json& root, TrainerSpec* spec) {
-  TERN_ASSIGN_OR_RETURN(ObjectReader r,
-                        ObjectReader::Make(root, "optimization", "optimization"));
+void ReadOptim(const json& root, TrainerSpec* spec) {
+  const json& j = Sub(root, "optimization");
   OptimConfig& o = spec->optim;
-  TERN_RETURN_IF_ERROR(r.Enum("optimizer", "OPTIMIZER_", {"sgd", "adamw"}, &o.optimizer));
+  o.optimizer = ReadEnum(j, "optimizer", "optimization.optimizer", "sgd");
   if (o.optimizer == "adamw") {  // AdamW's usual defaults unless given
     o.lr = 1e-3;
     o.weight_decay = 1e-2;
   }
-  TERN_RETURN_IF_ERROR(r.Double("lr", &o.lr));
-  TERN_RETURN_IF_ERROR(r.Double("momentum", &o.momentum));
-  TERN_RETURN_IF_ERROR(r.Bool("nesterov", &o.nesterov));
-  TERN_RETURN_IF_ERROR(r.Double("weight_decay", &o.weight_decay));
-  TERN_RETURN_IF_ERROR(r.Double("adam_beta1", &o.adam_beta1));
-  TERN_RETURN_IF_ERROR(r.Double("adam_beta2", &o.adam_beta2));
-  TERN_RETURN_IF_ERROR(r.Double("adam_epsilon", &o.adam_epsilon));
-  TERN_RETURN_IF_ERROR(r.Enum("lr_schedule", "SCHEDULE_", {"cosine", "step"}, &o.lr_schedule));
-  TERN_RETURN_IF_ERROR(r.Double("warmup_epochs", &o.warmup_epochs));
-  TERN_RETURN_IF_ERROR(r.IntList("step_milestones", &o.step_milestones));
-  TERN_RETURN_IF_ERROR(r.Double("step_gamma", &o.step_gamma));
-  TERN_RETURN_IF_ERROR(r.Integer("batch_size", &o.batch_size));
-  TERN_RETURN_IF_ERROR(r.Integer("micro_batches", &o.micro_batches));
-  TERN_RETURN_IF_ERROR(r.Integer("epochs", &o.epochs));
-  TERN_RETURN_IF_ERROR(r.Integer("seed", &o.seed));
-  TERN_RETURN_IF_ERROR(r.Bool("deterministic", &o.deterministic));
-  TERN_RETURN_IF_ERROR(r.Bool("bf16", &o.bf16));
-  TERN_RETURN_IF_ERROR(r.Bool("channels_last", &o.channels_last));
-  TERN_RETURN_IF_ERROR(r.Bool("cuda_graph", &o.cuda_graph));
-  return r.RejectUnknown();
+  Read(j, "lr", &o.lr);
+  Read(j, "momentum", &o.momentum);
+  Read(j, "nesterov", &o.nesterov);
+  Read(j, "weight_decay", &o.weight_decay);
+  Read(j, "adam_beta1", &o.adam_beta1);
+  Read(j, "adam_beta2", &o.adam_beta2);
+  Read(j, "adam_epsilon", &o.adam_epsilon);
+  o.lr_schedule = ReadEnum(j, "lr_schedule", "optimization.lr_schedule", "cosine");
+  Read(j, "warmup_epochs", &o.warmup_epochs);
+  Read(j, "step_milestones", &o.step_milestones);
+  Read(j, "step_gamma", &o.step_gamma);
+  Read(j, "batch_size", &o.batch_size);
+  Read(j, "micro_batches", &o.micro_batches);
+  Read(j, "epochs", &o.epochs);
+  Read(j, "seed", &o.seed);
+  Read(j, "deterministic", &o.deterministic);
+  Read(j, "bf16", &o.bf16);
+  Read(j, "channels_last", &o.channels_last);
+  Read(j, "cuda_graph", &o.cuda_graph);
 }
 
-Status ReadRest(const json& root, TrainerSpec* spec) {
-  {
-    TERN_ASSIGN_OR_RETURN(ObjectReader r, ObjectReader::Make(root, "resources", "resources"));
-    TERN_RETURN_IF_ERROR(r.Integer("ranks", &spec->ranks));
-    TERN_RETURN_IF_ERROR(r.Enum("device_kind", "DEVICE_", {"cpu", "cuda"}, &spec->device));
-    TERN_RETURN_IF_ERROR(r.Integer("threads_per_rank", &spec->threads_per_rank));
-    TERN_RETURN_IF_ERROR(r.RejectUnknown());
-  }
-  {
-    TERN_ASSIGN_OR_RETURN(ObjectReader r, ObjectReader::Make(root, "checkpoint", "checkpoint"));
-    TERN_RETURN_IF_ERROR(r.Integer("every_steps", &spec->checkpoint_every_steps));
-    TERN_RETURN_IF_ERROR(r.String("directory", &spec->checkpoint_dir));
-    TERN_RETURN_IF_ERROR(r.RejectUnknown());
-  }
-  {
-    TERN_ASSIGN_OR_RETURN(ObjectReader r, ObjectReader::Make(root, "events", "events"));
-    TERN_RETURN_IF_ERROR(r.Integer("progress_every_steps", &spec->progress_every_steps));
-    TERN_RETURN_IF_ERROR(r.RejectUnknown());
-  }
-  return OkStatus();
+void ReadRest(const json& root, TrainerSpec* spec) {
+  const json& r = Sub(root, "resources");
+  Read(r, "ranks", &spec->ranks);
+  spec->device = ReadEnum(r, "device_kind", "resources.device_kind", "cpu");
+  Read(r, "threads_per_rank", &spec->threads_per_rank);
+  Read(Sub(root, "checkpoint"), "every_steps", &spec->checkpoint_every_steps);
+  Read(Sub(root, "checkpoint"), "directory", &spec->checkpoint_dir);
+  Read(Sub(root, "events"), "progress_every_steps", &spec->progress_every_steps);
 }
 
 }  // namespace
 
+json ToJobSpecJson(const TrainerSpec& s) {
+  json j = json::object();
+  if (!s.name.empty()) j["name"] = s.name;
+  j["task"] = EnumName("task", s.task);
+  PutNumber(&j, "collective_timeout_seconds", s.collective_timeout_seconds);
+
+  j["model"] = {{"arch", s.model.arch}, {"head", s.model.head}};
+  PutNumber(&j, "model.width_multiplier", s.model.width_multiplier);
+  if (!s.model.init_from.empty()) j["model"]["init_from"] = s.model.init_from;
+  PutNumber(&j, "model.max_detections", s.model.max_detections);
+
+  const DataConfig& d = s.data;
+  j["dataset"] = {{"kind", EnumName("dataset.kind", d.kind)},
+                  {"augment", d.augment},
+                  {"train_annotations", d.train_annotations},
+                  {"val_annotations", d.val_annotations},
+                  {"train_images", d.train_images},
+                  {"val_images", d.val_images}};
+  if (!d.path.empty()) j["dataset"]["path"] = d.path;
+  PutNumber(&j, "dataset.val_fraction", d.val_fraction);
+  PutNumber(&j, "dataset.num_workers", d.num_workers);
+  if (d.input_size != 0) PutNumber(&j, "dataset.input_size", d.input_size);
+  PutNumber(&j, "dataset.max_train_examples", d.max_train_examples);
+  PutNumber(&j, "dataset.max_eval_examples", d.max_eval_examples);
+
+  const quant::QuantOptions& q = s.quant;
+  j["quantization"] = {
+      {"method", EnumName("quantization.method", quant::MethodName(q.method))},
+      {"granularity", EnumName("quantization.granularity", quant::GranularityName(q.granularity))},
+      {"packing", EnumName("quantization.packing", quant::PackingName(q.packing))},
+      {"keep_first_fp", q.keep_first_fp},
+      {"keep_last_fp", q.keep_last_fp},
+      {"normalize", q.normalize}};
+  PutNumber(&j, "quantization.twn_delta_factor", q.twn_delta_factor);
+  PutNumber(&j, "quantization.lat_iterations", q.lat_iterations);
+  PutNumber(&j, "quantization.lat_epsilon", q.lat_epsilon);
+  PutNumber(&j, "quantization.second_moment_decay", q.second_moment_decay);
+  PutNumber(&j, "quantization.ttq_threshold", q.ttq_threshold);
+  PutNumber(&j, "quantization.lambda_max", q.lambda_max);
+  PutNumber(&j, "quantization.reg_warmup_fraction", q.reg_warmup_fraction);
+  PutNumber(&j, "quantization.reg_fraction", q.reg_fraction);
+  PutNumber(&j, "quantization.beta", q.beta);
+  PutNumber(&j, "quantization.kappa_start", q.kappa_start);
+  PutNumber(&j, "quantization.kappa_end", q.kappa_end);
+  PutNumber(&j, "quantization.clip", q.clip);
+
+  const OptimConfig& o = s.optim;
+  j["optimization"] = {{"optimizer", EnumName("optimization.optimizer", o.optimizer)},
+                       {"lr_schedule", EnumName("optimization.lr_schedule", o.lr_schedule)},
+                       {"nesterov", o.nesterov},
+                       {"step_milestones", o.step_milestones},
+                       {"deterministic", o.deterministic},
+                       {"bf16", o.bf16},
+                       {"channels_last", o.channels_last},
+                       {"cuda_graph", o.cuda_graph}};
+  PutNumber(&j, "optimization.lr", o.lr);
+  PutNumber(&j, "optimization.momentum", o.momentum);
+  PutNumber(&j, "optimization.weight_decay", o.weight_decay);
+  PutNumber(&j, "optimization.adam_beta1", o.adam_beta1);
+  PutNumber(&j, "optimization.adam_beta2", o.adam_beta2);
+  PutNumber(&j, "optimization.adam_epsilon", o.adam_epsilon);
+  PutNumber(&j, "optimization.warmup_epochs", o.warmup_epochs);
+  PutNumber(&j, "optimization.step_gamma", o.step_gamma);
+  PutNumber(&j, "optimization.batch_size", o.batch_size);
+  PutNumber(&j, "optimization.micro_batches", o.micro_batches);
+  PutNumber(&j, "optimization.epochs", o.epochs);
+  PutNumber(&j, "optimization.seed", o.seed);
+
+  j["resources"] = {{"device_kind", EnumName("resources.device_kind", s.device)}};
+  PutNumber(&j, "resources.ranks", s.ranks);
+  if (s.threads_per_rank != 0) PutNumber(&j, "resources.threads_per_rank", s.threads_per_rank);
+  PutNumber(&j, "checkpoint.every_steps", s.checkpoint_every_steps);
+  if (!s.checkpoint_dir.empty()) j["checkpoint"]["directory"] = s.checkpoint_dir;
+  PutNumber(&j, "events.progress_every_steps", s.progress_every_steps);
+  return j;
+}
+
 Status TrainerSpec::Validate() const {
-  static const std::set<std::string> kArchs = {"resnet20", "resnet32", "resnet56",
-                                               "resnet18", "resnet34", "resnet50"};
-  if (task != "classification" && task != "detection") {
-    return FieldError("task", "unknown task " + Quoted(task) + " (classification, detection)");
-  }
-  const bool detection = task == "detection";
-  if (!kArchs.count(model.arch)) {
-    return FieldError("model.arch", "unknown architecture " + Quoted(model.arch) +
-                                        " (resnet20, resnet32, resnet56, resnet18, "
-                                        "resnet34, resnet50)");
-  }
-  if (!(model.width_multiplier > 0 && model.width_multiplier <= 8)) {
-    return FieldError("model.width_multiplier", "must be in (0, 8]");
-  }
-  if (detection) {
-    if (data.kind != "coco") return FieldError("dataset.kind", "TASK_DETECTION needs DATASET_COCO");
-    if (model.head != "centernet") {
-      return FieldError("model.head", "unknown detection head " + Quoted(model.head) + " (centernet)");
-    }
-    if (model.max_detections < 1 || model.max_detections > 1000) {
-      return FieldError("model.max_detections", "must be in [1, 1000]");
-    }
-    if (data.input_size != 0 &&
-        (data.input_size < 64 || data.input_size > 2048 || data.input_size % 32 != 0)) {
-      return FieldError("dataset.input_size",
-                        "detection needs a multiple of 32 in [64, 2048] (0: 512)");
-    }
-  } else if (data.kind == "coco") {
-    return FieldError("dataset.kind", "DATASET_COCO needs TASK_DETECTION");
-  }
-  if (data.path.empty() && data.kind != "synthetic") {
-    return FieldError("dataset.path", "must not be empty");
-  }
-  if (!(data.val_fraction >= 0 && data.val_fraction < 1)) {
-    return FieldError("dataset.val_fraction", "must be in [0, 1)");
-  }
-  if (data.num_workers < 0 || data.num_workers > 64) {
-    return FieldError("dataset.num_workers", "must be in [0, 64] (0: load on the training thread)");
-  }
-  if (data.max_train_examples < 0) return FieldError("dataset.max_train_examples", "must be >= 0");
-  if (data.max_eval_examples < 0) return FieldError("dataset.max_eval_examples", "must be >= 0");
-  if (optim.epochs < 1 || optim.epochs > 100000) {
-    return FieldError("optimization.epochs", "must be in [1, 100000]");
-  }
-  if (!(optim.lr > 0 && optim.lr < 100)) return FieldError("optimization.lr", "must be in (0, 100)");
-  if (!(optim.momentum >= 0 && optim.momentum < 1)) {
-    return FieldError("optimization.momentum", "must be in [0, 1)");
-  }
-  if (!(optim.weight_decay >= 0 && optim.weight_decay < 1)) {
-    return FieldError("optimization.weight_decay", "must be in [0, 1)");
-  }
-  if (!(optim.warmup_epochs >= 0 && optim.warmup_epochs <= optim.epochs)) {
-    return FieldError("optimization.warmup_epochs", "must be in [0, epochs]");
-  }
-  if (!(optim.step_gamma > 0 && optim.step_gamma <= 1)) {
-    return FieldError("optimization.step_gamma", "must be in (0, 1]");
-  }
-  if (!std::is_sorted(optim.step_milestones.begin(), optim.step_milestones.end())) {
-    return FieldError("optimization.step_milestones", "must be increasing");
-  }
-  if (ranks < 1 || ranks > 4096) return FieldError("resources.ranks", "must be in [1, 4096]");
-  if (optim.micro_batches < 1) return FieldError("optimization.micro_batches", "must be >= 1");
-  if (optim.batch_size < 1 || optim.batch_size % (ranks * optim.micro_batches) != 0) {
-    return FieldError("optimization.batch_size",
-                      "must be a positive multiple of resources.ranks × "
-                      "optimization.micro_batches (" +
-                          std::to_string(ranks * optim.micro_batches) + ")");
-  }
-  if (optim.cuda_graph) {
-    // What a captured step cannot hold (worker/trainer/step_graph.h).
-    const char* why = device != "cuda"                 ? "needs resources.device_kind DEVICE_CUDA"
-                      : task != "classification"       ? "needs TASK_CLASSIFICATION (detection "
-                                                         "batches vary in size)"
-                      : optim.micro_batches != 1       ? "needs optimization.micro_batches 1"
-                      : quant.method == quant::Method::kTtq ? "does not support METHOD_TTQ"
-                                                            : nullptr;
-    if (why != nullptr) return FieldError("optimization.cuda_graph", why);
-  }
-  if (threads_per_rank < 0) return FieldError("resources.threads_per_rank", "must be >= 0");
-  if (checkpoint_every_steps < 1) return FieldError("checkpoint.every_steps", "must be >= 1");
-  if (progress_every_steps < 1) return FieldError("events.progress_every_steps", "must be >= 1");
-  if (collective_timeout_seconds < 1) {
-    return FieldError("collective_timeout_seconds", "must be >= 1");
-  }
+  TERN_RETURN_IF_ERROR(spec::ViolationsToStatus(spec::CheckJobSpec(ToJobSpecJson(*this))));
   return quant.Validate();
 }
 
 StatusOr<TrainerSpec> ParseTrainerSpec(const std::string& json_text) {
-  json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  const json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded()) return InvalidArgumentError("job spec: not valid JSON");
   if (!root.is_object()) return InvalidArgumentError("job spec: expected a JSON object");
+  json checked;
+  TERN_RETURN_IF_ERROR(spec::ViolationsToStatus(spec::CheckJobSpec(root, &checked)));
   TrainerSpec spec;
-  ObjectReader top(root, "");
-  TERN_RETURN_IF_ERROR(top.String("name", &spec.name));
-  TERN_RETURN_IF_ERROR(top.Enum("task", "TASK_", {"classification", "detection"}, &spec.task));
-  TERN_RETURN_IF_ERROR(top.Integer("collective_timeout_seconds", &spec.collective_timeout_seconds));
-  for (const char* k : {"owner", "labels", "priority", "max_restarts", "model", "dataset",
-                        "quantization", "optimization", "resources", "checkpoint", "events"}) {
-    top.Skip(k);
-  }
-  TERN_RETURN_IF_ERROR(top.RejectUnknown());
-  TERN_RETURN_IF_ERROR(ReadModel(root, &spec));
-  TERN_RETURN_IF_ERROR(ReadData(root, &spec));
-  TERN_RETURN_IF_ERROR(ReadQuant(root, &spec));
-  TERN_RETURN_IF_ERROR(ReadOptim(root, &spec));
-  TERN_RETURN_IF_ERROR(ReadRest(root, &spec));
+  Read(checked, "name", &spec.name);
+  spec.task = ReadEnum(checked, "task", "task", "classification");
+  Read(checked, "collective_timeout_seconds", &spec.collective_timeout_seconds);
+  ReadModel(checked, &spec);
+  ReadData(checked, &spec);
+  TERN_RETURN_IF_ERROR(ReadQuant(checked, &spec));
+  ReadOptim(checked, &spec);
+  ReadRest(checked, &spec);
   TERN_RETURN_IF_ERROR(spec.Validate());
   return spec;
 }

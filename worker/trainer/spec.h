@@ -3,19 +3,23 @@
 // The source of truth is tern.v1.JobSpec (proto/tern/v1/job.proto). The agent
 // writes it as proto3 JSON with the proto field names (snake_case), and this
 // file reads that JSON with nlohmann::json, so the trainer never links
-// protobuf (ARCHITECTURE.md). Unset optional fields take the defaults
-// documented in job.proto; unknown keys and wrong types are rejected naming
-// the field ("optimization.lr: expected a number"). No LibTorch here.
+// protobuf (ARCHITECTURE.md). What a valid spec is (ranges, enum values,
+// defaults, cross-field rules) is spec/'s, the rules ternd applies at
+// submission: ParseTrainerSpec and Validate() check with them, naming each
+// field ("optimization.lr: must be in (0, 10], got 20"). Unset optional
+// fields take the defaults documented in job.proto. No LibTorch here.
 #ifndef TERN_WORKER_TRAINER_SPEC_H_
 #define TERN_WORKER_TRAINER_SPEC_H_
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "common/status.h"
 #include "quant/options.h"
+#include "spec/rules.h"
 
 namespace tern::trainer {
 
@@ -31,17 +35,17 @@ struct ModelConfig {
 struct DataConfig {
   std::string kind = "idx";       // idx, cifar10, cifar100, image_folder,
                                   // coco, synthetic (no files)
-  std::string path = "/usr/share/datasets/fashion-mnist";
+  std::string path = spec::kDefaultIdxPath;
   double val_fraction = 0;
   bool augment = true;
   int num_workers = 2;            // loader threads; 0 = training thread
   int input_size = 0;             // image folders: resize to this size;
                                   // COCO: letterbox side (0 = 512)
   // COCO only, relative to `path` unless absolute.
-  std::string train_annotations = "annotations/instances_train.json";
-  std::string val_annotations = "annotations/instances_val.json";
-  std::string train_images = "train";
-  std::string val_images = "val";
+  std::string train_annotations = spec::kDefaultTrainAnnotations;
+  std::string val_annotations = spec::kDefaultValAnnotations;
+  std::string train_images = spec::kDefaultTrainImages;
+  std::string val_images = spec::kDefaultValImages;
   int64_t max_train_examples = 0; // 0 = all
   int64_t max_eval_examples = 0;
 };
@@ -86,13 +90,21 @@ struct TrainerSpec {
   int progress_every_steps = 50;
   int collective_timeout_seconds = 300;
 
-  // Cross-field rules, each naming its field.
+  // spec/'s rules applied to ToJobSpecJson(*this), then quant.Validate():
+  // OK or INVALID_ARGUMENT naming every violated field.
   Status Validate() const;
 };
 
 // Parses a JobSpec in proto3 JSON form (snake_case keys; enums as names such
 // as "METHOD_HLA"; 64-bit integers as numbers or strings).
+// INVALID_ARGUMENT lists every violation of spec/'s rules ("; "-joined).
+// Knobs the quantization method does not use are read but not applied.
 StatusOr<TrainerSpec> ParseTrainerSpec(const std::string& json_text);
+
+// The JobSpec JSON that ParseTrainerSpec reads back as `spec`. Optional
+// numbers equal to their documented default, and the "unset" markers
+// (threads_per_rank 0, input_size 0, empty strings), are left out.
+nlohmann::json ToJobSpecJson(const TrainerSpec& spec);
 
 }  // namespace tern::trainer
 

@@ -65,18 +65,16 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
   ExpectError(R"({"optimization": {"epochs": 1, "learning_rate": 1}})",
               "optimization.learning_rate: unknown field");
   ExpectError(R"({"optimization": {"epochs": "many"}})", "optimization.epochs: expected an integer");
-  ExpectError(R"({"optimization": {"epochs": 0}})", "optimization.epochs: must be in");
+  ExpectError(R"({"optimization": {"epochs": 0}})", "optimization.epochs: must be > 0");
   ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_XNOR"}})",
               "quantization.method: unknown value \"METHOD_XNOR\"");
   ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"beta": 2}})",
               "quantization.beta: must be in [0, 1]");
   ExpectError(R"({"optimization": {"epochs": 1, "batch_size": 30}, "resources": {"ranks": 4}})",
-              "optimization.batch_size: must be a positive multiple");
+              "optimization.batch_size: must be a multiple of resources.ranks");
   ExpectError(R"({"optimization": {"epochs": 1}, "model": {"arch": "vgg16"}})",
-              "model.arch: unknown architecture \"vgg16\"");
+              "model.arch: must be one of");
   ExpectError(R"({"optimization": {"epochs": 1}, "model": 3})", "model: expected an object");
-  ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 0.5}})",
-              "quantization.");
   ExpectError(R"({"optimization": {"epochs": 1, "seed": "12x"}})", "optimization.seed");
   ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION"})",
               "dataset.kind: TASK_DETECTION needs DATASET_COCO");
@@ -87,7 +85,7 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
               "dataset.input_size: detection needs a multiple of 32");
   ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
                   "model": {"head": "yolo"}, "dataset": {"kind": "DATASET_COCO", "path": "/d"}})",
-              "model.head: unknown detection head \"yolo\"");
+              "model.head: must be one of");
   ExpectError(R"({"optimization": {"epochs": 1}, "task": "TASK_DETECTION",
                   "model": {"max_detections": 0}, "dataset": {"kind": "DATASET_COCO", "path": "/d"}})",
               "model.max_detections: must be in [1, 1000]");
@@ -104,6 +102,18 @@ TEST(TrainerSpecTest, RejectsBadInputNamingTheField) {
                   "dataset": {"kind": "DATASET_COCO", "path": "/d"},
                   "resources": {"device_kind": "DEVICE_CUDA"}})",
               "optimization.cuda_graph: needs TASK_CLASSIFICATION");
+}
+
+// job.proto: knobs a method does not use are ignored, not an error, so a
+// spec can be re-submitted with only the method changed (ternd accepts it).
+TEST(TrainerSpecTest, KnobsTheMethodDoesNotUseAreIgnored) {
+  auto spec = ParseTrainerSpec(
+      R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 0.5}})");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->quant.method, quant::Method::kTtq);
+  EXPECT_EQ(spec->quant.reg_fraction, 0);
+  ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 1.5}})",
+              "quantization.reg_fraction: must be in [0, 1)");
 }
 
 TEST(TrainerSpecTest, CudaGraphIsAcceptedForCudaClassification) {
