@@ -1,0 +1,382 @@
+"""Client: ternd's tern.v1.JobService for Python programs and notebooks.
+
+    client = Client("127.0.0.1:7070")                      # or $TERN_SERVER
+    job = client.submit("job.yaml")                        # retried submits make one job
+    for event in client.watch(job.id):                     # resumes after a dropped stream
+        print(event)
+    job = client.wait(job.id, timeout=3600)                # raises JobFailed unless SUCCEEDED
+    client.fetch(job.id, "model.tern")                     # SHA-256 checked, atomic
+
+Security as ternctl's flags: `tls=True` trusts the system's CAs, `tls_ca` a PEM
+bundle, `tls_cert`/`tls_key` a client certificate, `token`/`token_file` a bearer token
+(needs TLS), `owner` the x-tern-owner claim of a ternd without authentication. Unset
+arguments come from the environment ternctl reads: TERN_SERVER, TERN_OWNER, TERN_TLS,
+TERN_TLS_CA, TERN_TLS_CERT, TERN_TLS_KEY, TERN_TOKEN_FILE.
+
+Every unary call has a deadline (`timeout`, default 10 s); UNAVAILABLE is retried
+(3 tries) where that is safe: reads, cancel, and submit, which always carries an
+idempotency key. Failures raise tern.errors exceptions. A Client is thread-safe
+(one gRPC channel); close() or a `with` block releases it.
+"""
+
+import hashlib
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+import grpc
+
+from tern import errors, spec as spec_module
+from tern._pb import job_pb2, job_service_pb2 as service_pb2, job_service_pb2_grpc as service_grpc
+from tern.events import TERMINAL_STATES, Job, StateChanged, event_from_proto
+
+DEFAULT_ADDRESS = "127.0.0.1:7070"
+_RETRIES = 3
+_FETCH_TIMEOUT = 30 * 60  # seconds, as ternctl's fetch
+# Codes on which a broken WatchJob stream is resumed (as ternctl watch does).
+_STREAM_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").lower() not in ("", "0", "false", "no", "off")
+
+
+def _read(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{what}: cannot read {path}: {e.strerror}") from None
+
+
+def _token_from_file(path):
+    token = _read(path, "token_file").decode("utf-8", "replace").strip()
+    if not 16 <= len(token) <= 512 or any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError(f"token_file: {path} must hold one token of 16..512 printable "
+                         "characters without spaces")
+    return token
+
+
+def _check_idempotency_key(key):
+    if not 1 <= len(key) <= 128 or any(not (32 <= ord(c) < 127) for c in key):
+        raise ValueError(f"idempotency_key: 1..128 printable ASCII characters, got {key!r}")
+
+
+class Client:
+    """A connection to ternd's JobService (see the module's documentation)."""
+
+    def __init__(self, address=None, *, token=None, token_file=None, tls=None, tls_ca=None,
+                 tls_cert=None, tls_key=None, tls_server_name=None, owner=None, timeout=10.0):
+        self.address = address or os.environ.get("TERN_SERVER") or DEFAULT_ADDRESS
+        self.timeout = timeout
+        tls_ca = tls_ca or os.environ.get("TERN_TLS_CA")
+        tls_cert = tls_cert or os.environ.get("TERN_TLS_CERT")
+        tls_key = tls_key or os.environ.get("TERN_TLS_KEY")
+        token_file = token_file or (None if token else os.environ.get("TERN_TOKEN_FILE"))
+        if tls is None:
+            tls = _env_flag("TERN_TLS") or bool(tls_ca or tls_cert)
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("tls_cert and tls_key: give both or neither")
+        if token is not None and token_file is not None:
+            raise ValueError("token and token_file: give one")
+        if token_file is not None:
+            token = _token_from_file(token_file)
+        if token is not None and not tls:
+            raise ValueError("a bearer token needs TLS (tls=True or tls_ca=...): it would travel "
+                             "in plain text")
+        owner = owner if owner is not None else os.environ.get("TERN_OWNER", "")
+        self._metadata = (("x-tern-owner", owner),) if owner else ()
+        options = [("grpc.max_receive_message_length", 16 << 20)]
+        if tls:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls_ca, "tls_ca") if tls_ca else None,
+                private_key=_read(tls_key, "tls_key") if tls_key else None,
+                certificate_chain=_read(tls_cert, "tls_cert") if tls_cert else None)
+            if token is not None:
+                creds = grpc.composite_channel_credentials(
+                    creds, grpc.access_token_call_credentials(token))
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._channel = grpc.secure_channel(self.address, creds, options)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options)
+        self._stub = service_grpc.JobServiceStub(self._channel)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ calls
+
+    def _call(self, method, request, retry=True, timeout=None):
+        """A unary call with a deadline; UNAVAILABLE retried when `retry`."""
+        tries = _RETRIES if retry else 1
+        for attempt in range(tries):
+            try:
+                return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < tries:
+                    time.sleep(0.2 * 2 ** attempt)
+                    continue
+                raise errors.from_rpc_error(e) from None
+
+    def submit(self, spec, idempotency_key=None, *, timeout=None):
+        """Submits a job and returns it (a Job; `.created` is False when an earlier call with
+        the same key made it, `.idempotency_key` the key sent).
+
+        `spec`: a dict, a tern.v1.JobSpec, or the path of a YAML/JSON job file (tern.spec).
+        Without `idempotency_key` a random one is made, so the retries of this call never
+        start a second job; pass your own to make retries across processes safe. Raises
+        SpecError naming the field for a spec refused here, InvalidArgument naming it for
+        one ternd refuses (`.field`: "spec.optimization.epochs"), AlreadyExists when the key
+        was used with another spec."""
+        job_spec = spec_module.load(spec)
+        key = idempotency_key if idempotency_key is not None else f"py-{uuid.uuid4()}"
+        _check_idempotency_key(key)
+        request = service_pb2.SubmitJobRequest(spec=job_spec, idempotency_key=key)
+        response = self._call(self._stub.SubmitJob, request, timeout=timeout)
+        return Job(response.job, created=response.created, idempotency_key=key)
+
+    def get(self, job_id, *, timeout=None):
+        """The job (a Job). NotFound when ternd has no such job."""
+        return Job(self._call(self._stub.GetJob, service_pb2.GetJobRequest(job_id=job_id),
+                              timeout=timeout))
+
+    def list(self, states=(), owner="", labels=None, *, page_size=0, limit=None, timeout=None):
+        """Jobs newest first, following pages as it is iterated (a generator of Job).
+
+        `states`: names as ternctl takes them ("running", "JOB_STATE_QUEUED", ...);
+        `labels`: {key: value} every listed job carries; `limit`: at most this many."""
+        if isinstance(states, str):
+            states = [states]
+        try:
+            numbers = [spec_module.parse_enum(job_pb2.JobState.DESCRIPTOR, s) for s in states]
+        except ValueError as e:
+            raise ValueError(f"states: {e}") from None
+        request = service_pb2.ListJobsRequest(states=numbers, owner=owner, labels=labels or {},
+                                              page_size=page_size)
+        count = 0
+        while True:
+            response = self._call(self._stub.ListJobs, request, timeout=timeout)
+            for proto in response.jobs:
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield Job(proto)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def cancel(self, job_id, reason="", *, timeout=None):
+        """Requests cancellation; returns the job. FailedPrecondition for a finished job."""
+        request = service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        return Job(self._call(self._stub.CancelJob, request, timeout=timeout))
+
+    def watch(self, job_id, from_seq=1, *, include_logs=False, reconnect_for=60.0, timeout=None):
+        """The job's events (typed tern.events), from sequence `from_seq` on, until the job
+        ends. A broken stream is resumed after the last event seen, so no event is missed
+        or repeated; it gives up (raising the stream's error) after `reconnect_for` seconds
+        without an event. `timeout`: overall seconds (DeadlineExceeded after). Stopping the
+        iteration early closes the stream."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_seq = max(int(from_seq), 1)
+        last_progress = time.monotonic()
+        backoff = 0.25
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise errors.DeadlineExceeded(f"watch {job_id}: no end within {timeout} s")
+            request = service_pb2.WatchJobRequest(job_id=job_id, from_sequence=next_seq,
+                                                  include_logs=include_logs)
+            stream = self._stub.WatchJob(request, timeout=remaining, metadata=self._metadata)
+            ended = False
+            error = None
+            try:
+                for proto in stream:
+                    if proto.sequence < next_seq:
+                        continue  # already delivered before the stream broke
+                    next_seq = proto.sequence + 1
+                    last_progress = time.monotonic()
+                    backoff = 0.25
+                    event = event_from_proto(proto)
+                    yield event
+                    if isinstance(event, StateChanged) and event.terminal:
+                        ended = True
+                    if ended and event.kind == "finished":
+                        return
+                if ended:
+                    return
+            except grpc.RpcError as e:
+                error = e
+            finally:
+                stream.cancel()
+            if error is None:
+                # Ended without a terminal state (ternd shutting down): ask, then resume.
+                if self.get(job_id).terminal:
+                    return
+            elif error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None \
+                    and time.monotonic() >= deadline:
+                raise errors.DeadlineExceeded(f"watch {job_id}: no end within {timeout} s")
+            elif error.code() not in _STREAM_RETRY:
+                raise errors.from_rpc_error(error) from None
+            if time.monotonic() - last_progress > reconnect_for:
+                if error is None:
+                    raise errors.Unavailable(f"watch {job_id}: the stream keeps ending")
+                raise errors.from_rpc_error(error) from None
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def wait(self, job_id, timeout=None, *, check=True, progress=None):
+        """Blocks until the job ends and returns it (a Job). Raises JobFailed when it ended
+        FAILED or CANCELLED (unless check=False), DeadlineExceeded (a TimeoutError) after
+        `timeout` seconds. `progress`: a bar (tqdm when installed, else a line per epoch on
+        stderr); None shows one when stderr is a terminal."""
+        show = sys.stderr.isatty() if progress is None else progress
+        display = _Progress(job_id) if show else None
+        try:
+            for event in self.watch(job_id, timeout=timeout):
+                if display:
+                    display.update(event)
+        finally:
+            if display:
+                display.close()
+        job = self.get(job_id)
+        if check and job.state in TERMINAL_STATES and not job.succeeded:
+            raise errors.JobFailed(job)
+        return job
+
+    def fetch(self, job_id, path=None, *, progress=None, timeout=_FETCH_TIMEOUT):
+        """Downloads a SUCCEEDED job's .tern artifact and returns the path written.
+
+        `path`: a file, a directory (the server's file name inside it) or None (that name
+        here). The bytes are checked against the SHA-256 and size ternd announces and the
+        file appears atomically (a temporary file in the same directory, fsynced, renamed):
+        DigestMismatch leaves nothing behind. An interrupted download resumes at its offset.
+        FailedPrecondition unless the job SUCCEEDED."""
+        show = sys.stderr.isatty() if progress is None else progress
+        header, dest, tmp, bar = None, None, None, None
+        digest, written, tries = hashlib.sha256(), 0, 0
+        try:
+            while True:
+                request = service_pb2.GetArtifactRequest(job_id=job_id, offset=written)
+                try:
+                    for message in self._stub.GetArtifact(request, timeout=timeout,
+                                                          metadata=self._metadata):
+                        kind = message.WhichOneof("kind")
+                        if kind == "header":
+                            if header is None:
+                                header = message.header
+                                dest = _destination(path, header.file_name, job_id)
+                                tmp = tempfile.NamedTemporaryFile(
+                                    dir=os.path.dirname(dest) or ".", delete=False,
+                                    prefix=os.path.basename(dest) + ".", suffix=".part")
+                                bar = _bar(header.size_bytes, dest) if show else None
+                            elif (message.header.sha256, message.header.size_bytes) != \
+                                    (header.sha256, header.size_bytes):
+                                raise errors.DigestMismatch(
+                                    f"fetch {job_id}: the artifact changed during the download")
+                        elif kind == "chunk":
+                            chunk = message.chunk
+                            if tmp is None or chunk.offset != written:
+                                raise errors.DigestMismatch(
+                                    f"fetch {job_id}: a chunk at offset {chunk.offset}, "
+                                    f"expected {written}")
+                            tmp.write(chunk.data)
+                            digest.update(chunk.data)
+                            written += len(chunk.data)
+                            if bar:
+                                bar.update(len(chunk.data))
+                    break
+                except grpc.RpcError as e:
+                    tries += 1
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or tries >= _RETRIES \
+                            or header is None:
+                        raise errors.from_rpc_error(e) from None
+                    time.sleep(0.2 * 2 ** tries)
+            if header is None:
+                raise errors.TernError(f"fetch {job_id}: the stream sent no header")
+            if written != header.size_bytes or digest.hexdigest() != header.sha256:
+                raise errors.DigestMismatch(
+                    f"fetch {job_id}: got {written} bytes with SHA-256 {digest.hexdigest()}, "
+                    f"ternd announced {header.size_bytes} bytes with SHA-256 {header.sha256}")
+            tmp.flush()
+            os.fsync(tmp.fileno())
+            tmp.close()
+            os.chmod(tmp.name, 0o644)
+            os.replace(tmp.name, dest)
+            tmp = None
+            _fsync_dir(os.path.dirname(dest) or ".")
+            return dest
+        finally:
+            if bar:
+                bar.close()
+            if tmp is not None:
+                tmp.close()
+                os.unlink(tmp.name)
+
+
+def _destination(path, file_name, job_id):
+    name = os.path.basename(file_name) or f"{job_id}.tern"
+    if path is None:
+        return name
+    path = os.fspath(path)
+    return os.path.join(path, name) if os.path.isdir(path) else path
+
+
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _bar(total, desc):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(desc))
+
+
+class _Progress:
+    """Client.wait's display: a tqdm bar over optimizer steps, or lines on stderr."""
+
+    def __init__(self, job_id):
+        self.job_id = job_id
+        self.bar = None
+        try:
+            from tqdm.auto import tqdm
+            self.tqdm = tqdm
+        except ImportError:
+            self.tqdm = None
+
+    def update(self, event):
+        if event.kind == "progress":
+            p = event.data
+            if self.tqdm is None:
+                return
+            if self.bar is None:
+                self.bar = self.tqdm(total=p.total_steps, desc=f"job {self.job_id}", unit="step")
+            self.bar.n = p.step
+            self.bar.set_postfix(epoch=f"{p.epoch}/{p.epochs}", loss=f"{p.loss:.4f}", refresh=True)
+        elif event.kind in ("epoch_end", "state_change", "finished"):
+            line = f"job {self.job_id}: {event._describe()}"
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

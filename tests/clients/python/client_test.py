@@ -1,0 +1,212 @@
+"""tern.Client against a real ternd + tern-agent + tern-trainer (conftest.py)."""
+
+import hashlib
+import os
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+import tern
+from tern import errors
+from conftest import BASE3_JOB, FASHION_MNIST, load_reference_trainer
+
+
+def test_watch_resumes_after_the_stream_drops(client, jobs, dropped_watch):
+    seen, connections = dropped_watch
+    assert not isinstance(seen[2], tern.Finished), "the job ended before the drop"
+    assert connections >= 2, "the stream was not broken and resumed"
+    direct = list(client.watch(jobs["base3"].id))
+    assert [e.sequence for e in seen] == [e.sequence for e in direct]
+    assert isinstance(seen[-1], tern.Finished)
+
+
+def test_watch_follows_the_job_to_success(finished):
+    for name, (job, events) in finished.items():
+        assert job.state == "SUCCEEDED", f"{name}: {job.state_reason}"
+        sequences = [e.sequence for e in events]
+        assert sequences[0] == 1 and sequences == sorted(set(sequences))
+        kinds = [e.kind for e in events]
+        assert kinds[-2:] == ["state_change", "finished"]
+        assert "progress" in kinds and "epoch_end" in kinds and "attempt_started" in kinds
+        assert [(e.from_state, e.to_state) for e in events if isinstance(e, tern.StateChanged)][-1] \
+            == ("RUNNING", "SUCCEEDED")
+        assert events[-1].data.artifact_sha256 == job.result.artifact_sha256
+
+
+def test_watch_from_a_sequence_gives_the_rest(client, finished):
+    job, events = finished["hla"]
+    middle = events[len(events) // 2].sequence
+    rest = list(client.watch(job.id, from_seq=middle))
+    assert [e.sequence for e in rest] == [e.sequence for e in events if e.sequence >= middle]
+    assert list(client.watch(job.id, from_seq=events[-1].sequence + 1)) == []
+
+
+def test_fetch_verifies_the_digest_and_writes_the_file(client, finished, fetched, tmp_path):
+    for name, path in fetched.items():
+        job = finished[name][0]
+        with open(path, "rb") as f:
+            data = f.read()
+        assert hashlib.sha256(data).hexdigest() == job.result.artifact_sha256
+        assert len(data) == job.result.artifact_bytes
+        assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".part")]
+    target = tmp_path / "named.tern"
+    assert client.fetch(finished["hla"][0].id, target, progress=False) == str(target)
+    assert target.read_bytes() == open(fetched["hla"], "rb").read()
+
+
+def load_test_split(limit):
+    reference = load_reference_trainer()
+    images = reference.read_idx(reference.idx_file(FASHION_MNIST, "t10k-images-idx3-ubyte"))
+    labels = reference.read_idx(reference.idx_file(FASHION_MNIST, "t10k-labels-idx1-ubyte"))
+    return images[:limit, None], labels[:limit].astype(np.int64)
+
+
+def test_artifact_reproduces_terns_accuracy_in_pytorch(finished, fetched):
+    torch = pytest.importorskip("torch", reason="python3-torch is needed to load the model")
+    reference = load_reference_trainer()
+    images, labels = load_test_split(1000)
+    for name, path in fetched.items():
+        job = finished[name][0]
+        art = tern.artifact.read(path)
+        a = art.architecture
+        model = reference.ResNet(a["arch"], a["in_channels"], a["num_classes"],
+                                 a["width_multiplier"])
+        model.load_state_dict(art.to_torch_state_dict(), strict=True)
+        model.eval()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(art.normalize(images)))
+        top1 = (logits.argmax(1).numpy() == labels).mean()
+        print(f"{name}: PyTorch top-1 {100 * top1:.2f}%, tern {100 * job.result.ternary_top1:.2f}%")
+        assert abs(top1 - job.result.ternary_top1) <= 0.001
+        assert art.packing == {"hla": "2bit", "base3": "base3"}[name]
+        assert art.bits_per_ternary_weight == pytest.approx(job.result.bits_per_weight, abs=0.1)
+
+
+# ----------------------------------------------------------------- errors (secure ternd)
+
+def test_bad_spec_names_the_field(alice):
+    with pytest.raises(tern.InvalidArgument) as refused:
+        alice.submit({"optimization": {"epochs": 0}})
+    assert refused.value.field == "spec.optimization.epochs"
+    assert refused.value.code == "INVALID_ARGUMENT"
+    assert "must be > 0" in refused.value.message
+    with pytest.raises(tern.SpecError) as local:
+        alice.submit({"optimization": {"epoch": 3}})
+    assert local.value.field == "optimization.epoch"
+
+
+def test_unknown_job_is_not_found(alice):
+    for call in (alice.get, alice.cancel, lambda i: list(alice.watch(i)),
+                 lambda i: alice.fetch(i, os.devnull)):
+        with pytest.raises(tern.NotFound):
+            call("no-such-job")
+
+
+def test_calls_without_a_valid_token_are_unauthenticated(secure_service, tmp_path):
+    address, ca, _ = secure_service
+    with tern.Client(address, tls_ca=ca) as anonymous:
+        with pytest.raises(tern.Unauthenticated) as refused:
+            list(anonymous.list())
+    assert "bearer token" in refused.value.message
+    with tern.Client(address, tls_ca=ca, token="x" * 40) as stranger:
+        with pytest.raises(tern.Unauthenticated):
+            stranger.get("1")
+    with pytest.raises(ValueError, match="needs TLS"):
+        tern.Client(address, token="x" * 40)
+
+
+def test_fetch_of_an_unfinished_job_is_a_failed_precondition(alice, tmp_path):
+    job = alice.submit(dict(BASE3_JOB, name="queued"))
+    with pytest.raises(tern.FailedPrecondition):
+        alice.fetch(job.id, tmp_path)
+    assert os.listdir(tmp_path) == []
+    alice.cancel(job.id)
+
+
+def test_same_idempotency_key_makes_one_job(alice):
+    first = alice.submit(dict(BASE3_JOB, labels={"case": "idempotent"}), idempotency_key="same-key")
+    again = alice.submit(dict(BASE3_JOB, labels={"case": "idempotent"}), idempotency_key="same-key")
+    assert first.created and not again.created and first.id == again.id
+    assert [j.id for j in alice.list(labels={"case": "idempotent"})] == [first.id]
+    with pytest.raises(tern.AlreadyExists):
+        alice.submit(dict(BASE3_JOB, name="other"), idempotency_key="same-key")
+    alice.cancel(first.id)
+
+
+class _LostResponse(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "connection lost after the request was sent"
+
+
+def test_a_retried_submit_never_starts_a_second_job(alice, monkeypatch):
+    # The first SubmitJob reaches ternd but its answer is lost: the client retries with the
+    # idempotency key it made, and ternd returns the job of the first call.
+    real = alice._stub.SubmitJob
+    calls = []
+
+    def lossy(request, **kwargs):
+        calls.append(request.idempotency_key)
+        response = real(request, **kwargs)
+        if len(calls) == 1:
+            raise _LostResponse()
+        return response
+
+    monkeypatch.setattr(alice._stub, "SubmitJob", lossy)
+    job = alice.submit(dict(BASE3_JOB, labels={"case": "retried"}))
+    assert len(calls) == 2 and calls[0] == calls[1] == job.idempotency_key
+    assert not job.created
+    assert [j.id for j in alice.list(labels={"case": "retried"})] == [job.id]
+    alice.cancel(job.id)
+
+
+def test_list_follows_pages_and_cancel_wait(alice):
+    ids = [alice.submit(dict(BASE3_JOB, labels={"case": "pages"})).id for _ in range(5)]
+    listed = [j.id for j in alice.list(labels={"case": "pages"}, page_size=2)]
+    assert listed == ids[::-1]  # newest first, across three pages
+    assert len(list(alice.list(labels={"case": "pages"}, page_size=2, limit=3))) == 3
+    assert {j.state for j in alice.list(states=["queued"], labels={"case": "pages"})} == {"QUEUED"}
+    with pytest.raises(tern.DeadlineExceeded):
+        alice.wait(ids[0], timeout=1, progress=False)
+    for job_id in ids:
+        assert alice.cancel(job_id, reason="test").state == "CANCELLED"
+    assert alice.cancel(ids[0]).state == "CANCELLED"  # again: a no-op
+    with pytest.raises(tern.JobFailed) as failed:
+        alice.wait(ids[0], timeout=30, progress=False)
+    assert failed.value.job.state == "CANCELLED"
+    assert alice.wait(ids[0], check=False, progress=False).state == "CANCELLED"
+
+
+def test_digest_mismatch_leaves_no_file(alice, tmp_path, monkeypatch):
+    from tern._pb import job_pb2, job_service_pb2 as pb
+
+    def stream(request, **kwargs):
+        yield pb.GetArtifactResponse(header=pb.ArtifactHeader(
+            file_name="x.tern", size_bytes=4, sha256=hashlib.sha256(b"good").hexdigest()))
+        yield pb.GetArtifactResponse(chunk=pb.ArtifactChunk(offset=0, data=b"evil"))
+        yield pb.GetArtifactResponse(result=job_pb2.JobResult())
+
+    monkeypatch.setattr(alice._stub, "GetArtifact", stream)
+    with pytest.raises(errors.DigestMismatch, match="SHA-256"):
+        alice.fetch("1", tmp_path, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_wait_times_out_with_a_timeout_error(alice):
+    job = alice.submit(dict(BASE3_JOB, name="waits"))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        alice.wait(job.id, timeout=0.5, progress=False)
+    assert time.monotonic() - started < 5
+    alice.cancel(job.id)
+
+
+def test_wait_returns_the_finished_job_and_shows_progress(client, finished, capsys):
+    job = finished["hla"][0]
+    assert client.wait(job.id, timeout=60, progress=True).state == "SUCCEEDED"
+    shown = capsys.readouterr().err
+    assert f"job {job.id}: RUNNING -> SUCCEEDED" in shown and "top-1" in shown

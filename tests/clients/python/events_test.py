@@ -1,0 +1,34 @@
+"""tern.events: typed events and jobs, and what a newer ternd may send that this client
+does not know (enum values, event kinds): read as UNKNOWN, never an error."""
+
+from tern import events
+from tern._pb import job_pb2
+
+
+def test_events_are_typed():
+    e = events.event_from_proto(job_pb2.JobEvent(
+        sequence=7, job_id="3", attempt=1,
+        state_change=job_pb2.StateChange(from_state=job_pb2.JOB_STATE_RUNNING,
+                                         to_state=job_pb2.JOB_STATE_SUCCEEDED)))
+    assert isinstance(e, events.StateChanged) and e.terminal
+    assert (e.sequence, e.job_id, e.from_state, e.to_state) == (7, "3", "RUNNING", "SUCCEEDED")
+    p = events.event_from_proto(job_pb2.JobEvent(sequence=8, progress=job_pb2.Progress(step=5)))
+    assert isinstance(p, events.ProgressEvent) and p.data.step == 5 and "step 5/0" in repr(p)
+    log = events.event_from_proto(job_pb2.JobEvent(log=job_pb2.LogLine(rank=1, text="hi")))
+    assert (log.rank, log.text) == (1, "hi")
+
+
+def test_unknown_values_from_a_newer_server_do_not_crash():
+    # A JobEvent whose oneof holds field 99 (a kind this client lacks), a state 42.
+    unknown_kind = job_pb2.JobEvent(sequence=9, job_id="1").SerializeToString() + \
+        bytes([0x9A, 0x06, 0])  # field 99, length-delimited, empty (varint tag 99 << 3 | 2)
+    e = events.event_from_proto(job_pb2.JobEvent.FromString(unknown_kind))
+    assert isinstance(e, events.UnknownEvent) and e.sequence == 9 and e.data is None
+    assert "unknown kind" in repr(e)
+    change = events.event_from_proto(job_pb2.JobEvent.FromString(job_pb2.JobEvent(
+        state_change=job_pb2.StateChange(to_state=job_pb2.JOB_STATE_RUNNING)).SerializeToString()
+        .replace(bytes([0x10, job_pb2.JOB_STATE_RUNNING]), bytes([0x10, 42]))))
+    assert change.to_state == "UNKNOWN_42" and not change.terminal
+    job = events.Job(job_pb2.Job.FromString(bytes([0x18, 42]) + b"\x0a\x01x"))
+    assert (job.id, job.state, job.terminal) == ("x", "UNKNOWN_42", False)
+    assert "UNKNOWN_42" in repr(job) and job.to_dict()["id"] == "x"
