@@ -27,6 +27,7 @@ import time
 import uuid
 
 import grpc
+from google.protobuf import json_format
 
 from tern import errors, spec as spec_module
 from tern._pb import job_pb2, job_service_pb2 as service_pb2, job_service_pb2_grpc as service_grpc
@@ -181,6 +182,20 @@ class Client:
         """Requests cancellation; returns the job. FailedPrecondition for a finished job."""
         request = service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
         return Job(self._call(self._stub.CancelJob, request, timeout=timeout))
+
+    def whoami(self, *, timeout=None):
+        """Who ternd takes this client to be: {"name", "proven_by", "authenticated",
+        "sees_every_job", "quota"} (WhoAmIResponse as a dict)."""
+        response = self._call(self._stub.WhoAmI, service_pb2.WhoAmIRequest(), timeout=timeout)
+        return json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                         including_default_value_fields=True)
+
+    def agents(self, *, timeout=None):
+        """The node agents ternd knows (ListAgentsResponse.agents as dicts)."""
+        response = self._call(self._stub.ListAgents, service_pb2.ListAgentsRequest(),
+                              timeout=timeout)
+        return [json_format.MessageToDict(a, preserving_proto_field_name=True)
+                for a in response.agents]
 
     def watch(self, job_id, from_seq=1, *, include_logs=False, reconnect_for=60.0, timeout=None):
         """The job's events (typed tern.events), from sequence `from_seq` on, until the job

@@ -104,8 +104,9 @@ def test_unknown_job_is_not_found(alice):
             call("no-such-job")
 
 
-def test_calls_without_a_valid_token_are_unauthenticated(secure_service, tmp_path):
-    address, ca, _ = secure_service
+def test_calls_without_a_valid_token_are_unauthenticated(secure_service):
+    address, certs, _, _ = secure_service
+    ca = os.path.join(certs, "ca.pem")
     with tern.Client(address, tls_ca=ca) as anonymous:
         with pytest.raises(tern.Unauthenticated) as refused:
             list(anonymous.list())
@@ -115,6 +116,33 @@ def test_calls_without_a_valid_token_are_unauthenticated(secure_service, tmp_pat
             stranger.get("1")
     with pytest.raises(ValueError, match="needs TLS"):
         tern.Client(address, token="x" * 40)
+
+
+def test_another_users_job_is_permission_denied(secure_service, alice):
+    address, certs, tokens, _ = secure_service
+    job = alice.submit(dict(BASE3_JOB, name="alices"))
+    with tern.Client(address, tls_ca=os.path.join(certs, "ca.pem"),
+                     token_file=tokens["bob"]) as bob:
+        assert bob.whoami()["name"] == "bob"
+        with pytest.raises(tern.PermissionDenied):
+            bob.cancel(job.id)
+        assert [j.id for j in bob.list()] == []
+    alice.cancel(job.id)
+
+
+def test_client_certificate_identifies_the_caller(secure_service):
+    _, certs, _, mtls_address = secure_service
+    with tern.Client(mtls_address, tls_ca=os.path.join(certs, "ca.pem"),
+                     tls_cert=os.path.join(certs, "client.pem"),
+                     tls_key=os.path.join(certs, "client.key")) as client:
+        me = client.whoami()
+        assert (me["name"], me["proven_by"], me["authenticated"]) == \
+            ("client", "client certificate", True)
+        job = client.submit(dict(BASE3_JOB, name="by-certificate"))
+        assert client.get(job.id).spec.owner == "client"
+        client.cancel(job.id)
+    with pytest.raises(ValueError, match="give both"):
+        tern.Client(mtls_address, tls_cert=os.path.join(certs, "client.pem"))
 
 
 def test_fetch_of_an_unfinished_job_is_a_failed_precondition(alice, tmp_path):

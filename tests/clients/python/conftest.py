@@ -131,8 +131,10 @@ def service(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def secure_service(tmp_path_factory):
-    """ternd over TLS with bearer tokens and no agent: (address, CA file, {name: token file}).
-    Tokens come from `ternctl token new`; alice is a user, ops an admin."""
+    """Two ternds without agents: one over TLS with bearer tokens, one requiring client
+    certificates (mutual TLS; tests/auth/make_test_certs.sh): (token ternd's address,
+    certificate directory, {name: token file}, mutual-TLS ternd's address). Tokens come
+    from `ternctl token new`; alice and bob are users, ops an admin."""
     work = str(tmp_path_factory.mktemp("secure"))
     certs = os.path.join(work, "certs")
     subprocess.run(["bash", os.path.join(ROOT, "tests/auth/make_test_certs.sh"), certs],
@@ -141,7 +143,7 @@ def secure_service(tmp_path_factory):
     tokens = {}
     fd = os.open(tokens_path, os.O_WRONLY | os.O_CREAT, 0o600)  # ternd refuses g/o-writable
     with os.fdopen(fd, "w") as lines:
-        for name, role in (("alice", []), ("ops", ["--admin"])):
+        for name, role in (("alice", []), ("bob", []), ("ops", ["--admin"])):
             tokens[name] = os.path.join(work, name + ".token")
             run = subprocess.run([binary("ternctl"), "token", "new", name, *role,
                                   "-o", tokens[name]], check=True, capture_output=True, text=True)
@@ -149,23 +151,28 @@ def secure_service(tmp_path_factory):
     ternd, address = start_ternd(work, "secure-ternd", [
         "--tls-cert", os.path.join(certs, "server.pem"),
         "--tls-key", os.path.join(certs, "server.key"), "--token-file", tokens_path])
-    yield address, os.path.join(certs, "ca.pem"), tokens
-    stop_all([ternd])
+    mtls, mtls_address = start_ternd(work, "mtls-ternd", [
+        "--tls-cert", os.path.join(certs, "server.pem"),
+        "--tls-key", os.path.join(certs, "server.key"),
+        "--tls-client-ca", os.path.join(certs, "ca.pem")])
+    yield address, certs, tokens, mtls_address
+    stop_all([ternd, mtls])
 
 
 @pytest.fixture(scope="session")
 def alice(secure_service):
     """A Client of the secure ternd holding alice's token."""
     from tern import Client
-    address, ca, tokens = secure_service
-    with Client(address, tls_ca=ca, token_file=tokens["alice"]) as client:
-        yield client
+    address, certs, tokens, _ = secure_service
+    with Client(address, tls_ca=os.path.join(certs, "ca.pem"), token_file=tokens["alice"]) as c:
+        yield c
 
 
 def ternctl_secure(secure_service, who, *args):
     """ternctl against the secure ternd as `who`: the CompletedProcess (text)."""
-    address, ca, tokens = secure_service
-    return subprocess.run([binary("ternctl"), "--server", address, "--tls-ca", ca,
+    address, certs, tokens, _ = secure_service
+    return subprocess.run([binary("ternctl"), "--server", address,
+                           "--tls-ca", os.path.join(certs, "ca.pem"),
                            "--token-file", tokens[who], *args], capture_output=True, text=True)
 
 
