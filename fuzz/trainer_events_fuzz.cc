@@ -1,7 +1,7 @@
-// Fuzz target: the trainer's JSON event lines, as the agent parses them from
-// the trainer's stdout (agent::TrainerEventParser) and as ternd parses the
-// stored lines again (server::ParseTrainerLine), plus the stderr-line
-// wrappers of both (agent::TrainerEventParser::LogEvent, server::LogPayload).
+// Fuzz target: the trainer's JSON event lines (trainer_protocol/), as the
+// agent relays them from the trainer's stdout (trainer::TrainerEventParser)
+// and as ternd parses the stored lines again (trainer::ParseTrainerLine), plus
+// the stderr-line wrappers of both (TrainerEventParser::LogEvent, LogPayload).
 // Properties: nothing throws or crashes; every message made from a line
 // survives the protobuf wire format (proto3 strings must be valid UTF-8, or
 // the gRPC call that carries them fails); a stderr line of any bytes becomes
@@ -13,8 +13,7 @@
 
 #include "common/check.h"
 #include "fuzz/fuzz_target.h"
-#include "server/trainer_events.h"
-#include "worker/agent/trainer_events.h"
+#include "trainer_protocol/trainer_events.h"
 
 namespace {
 
@@ -35,17 +34,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   tern::v1::JobSpec spec;
   spec.mutable_optimization()->set_epochs(3);
-  tern::agent::TrainerEventParser parser(spec, 4242);
-  const tern::agent::ParsedLine parsed = parser.ParseStdoutLine(line, now);
+  tern::trainer::TrainerEventParser parser(spec, 4242);
+  const tern::trainer::ParsedLine parsed = parser.ParseStdoutLine(line, now);
   CheckWireRoundTrip(parsed.event);
   // A second line after the first (the parser keeps steps_per_epoch).
   CheckWireRoundTrip(parser.ParseStdoutLine(line, now).event);
 
-  const tern::v1::TrainerEvent log = tern::agent::TrainerEventParser::LogEvent(1, line, now);
+  const tern::v1::TrainerEvent log = tern::trainer::TrainerEventParser::LogEvent(1, line, now);
   CheckWireRoundTrip(log);
 
-  tern::StatusOr<tern::server::TrainerLine> stored = tern::server::ParseTrainerLine(line);
-  if (stored.ok()) {
+  // As ternd reads it, and as the agent does for a METHOD_FP job.
+  for (const tern::trainer::ParseOptions& options :
+       {tern::trainer::ParseOptions{}, tern::trainer::ParseOptions{true, 3}}) {
+    tern::StatusOr<tern::trainer::TrainerLine> stored =
+        tern::trainer::ParseTrainerLine(line, options);
+    if (!stored.ok()) continue;
+    CheckWireRoundTrip(stored->started);
     CheckWireRoundTrip(stored->progress);
     CheckWireRoundTrip(stored->epoch_end);
     CheckWireRoundTrip(stored->checkpoint);
@@ -54,10 +58,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     CheckWireRoundTrip(stored->log);
   }
 
-  const std::string payload = tern::server::LogPayload(3, line);
-  tern::StatusOr<tern::server::TrainerLine> wrapped = tern::server::ParseTrainerLine(payload);
+  const std::string payload = tern::trainer::LogPayload(3, line);
+  tern::StatusOr<tern::trainer::TrainerLine> wrapped = tern::trainer::ParseTrainerLine(payload);
   TERN_CHECK(wrapped.ok()) << wrapped.status() << ": " << payload;
-  TERN_CHECK(wrapped->kind == tern::server::TrainerEventKind::kLog) << payload;
+  TERN_CHECK(wrapped->kind == tern::trainer::TrainerEventKind::kLog) << payload;
   TERN_CHECK(wrapped->log.rank() == 3) << payload;
   CheckWireRoundTrip(wrapped->log);
   return 0;

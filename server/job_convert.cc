@@ -9,7 +9,7 @@
 #include <charconv>
 
 #include "common/utf8.h"
-#include "server/trainer_events.h"
+#include "trainer_protocol/trainer_events.h"
 
 namespace tern::server {
 namespace {
@@ -17,6 +17,9 @@ namespace {
 using google::protobuf::util::TimeUtil;
 using scheduler::JobEventType;
 using scheduler::JobState;
+using trainer::ParseTrainerLine;
+using trainer::TrainerEventKind;
+using trainer::TrainerLine;
 
 constexpr size_t kMaxJobIdDigits = 18;
 

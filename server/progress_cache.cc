@@ -4,10 +4,14 @@
 #include <vector>
 
 #include "common/logging.h"
-#include "server/trainer_events.h"
+#include "trainer_protocol/trainer_events.h"
 
 namespace tern::server {
 namespace {
+
+using trainer::ParseTrainerLine;
+using trainer::TrainerEventKind;
+using trainer::TrainerLine;
 
 constexpr int64_t kBatch = 64;
 

@@ -272,7 +272,7 @@ void ServerMetrics::OnLeaseExpired() {
   lease_expiries_.WithLabels({})->Increment();
 }
 
-void ServerMetrics::OnProgress(scheduler::JobId id, const TrainerLine& line) {
+void ServerMetrics::OnProgress(scheduler::JobId id, const trainer::TrainerLine& line) {
   const v1::Progress& progress = line.progress;
   const std::string job = JobLabel(id);
   job_epoch_.WithLabels({job})->Set(progress.epoch());

@@ -28,8 +28,8 @@
 #include "common/status.h"
 #include "scheduler/job.h"
 #include "scheduler/scheduler.h"
-#include "server/trainer_events.h"
 #include "tern/v1/job.pb.h"
+#include "trainer_protocol/trainer_events.h"
 
 namespace tern::server {
 
@@ -53,7 +53,7 @@ class ServerMetrics {
   // `line.kind` is kProgress: its progress, kappa and time are used. The
   // step time is progress.step_seconds, or, when the trainer does not report
   // it, the time since the previous progress line per step since then.
-  void OnProgress(scheduler::JobId id, const TrainerLine& line);
+  void OnProgress(scheduler::JobId id, const trainer::TrainerLine& line);
   // Rank 0's trainer (re)started: the next progress line opens a new
   // step-time interval.
   void OnTrainerStarted(scheduler::JobId id);

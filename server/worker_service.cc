@@ -14,8 +14,8 @@
 #include "server/caller.h"
 #include "server/path_access.h"
 #include "server/rpc.h"
-#include "server/trainer_events.h"
-#include "worker/trainer/exit_codes.h"
+#include "trainer_protocol/exit_codes.h"
+#include "trainer_protocol/trainer_events.h"
 
 namespace tern::server {
 namespace {
@@ -32,6 +32,10 @@ bool IsNotRetryableFailureCode(const std::string& code) {
 
 using google::protobuf::util::TimeUtil;
 using scheduler::JobState;
+using trainer::LogPayload;
+using trainer::ParseTrainerLine;
+using trainer::TrainerEventKind;
+using trainer::TrainerLine;
 
 constexpr size_t kMaxAgentIdLength = 128;
 constexpr int kMaxSlotsPerKind = 1024;

@@ -16,7 +16,7 @@
 // Heartbeat's `unexpected` list.
 //
 // ReportProgress: any report marks the rank started; the trainer's lines are
-// parsed (trainer_events.h): rank 0's progress, epoch_end and finished lines
+// parsed (trainer_protocol/): rank 0's progress, epoch_end and finished lines
 // and every rank's failed and log lines are stored as scheduler progress
 // events (payload = the JSON line), checkpoint lines go to ReportCheckpoint;
 // progress and epoch_end also update ProgressCache and the tern_job_*

@@ -10,13 +10,16 @@
 #include <string>
 #include <vector>
 
-#include "server/trainer_events.h"
+#include "trainer_protocol/trainer_events.h"
 
 namespace tern::server {
 namespace {
 
 using std::chrono::minutes;
 using std::chrono::seconds;
+using trainer::ParseTrainerLine;
+using trainer::TrainerEventKind;
+using trainer::TrainerLine;
 
 class ServerMetricsTest : public ::testing::Test {
  protected:

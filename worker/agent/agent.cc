@@ -27,12 +27,12 @@
 #include "common/utf8.h"
 #include "path_policy/spec_paths.h"
 #include "tern/v1/worker_service.grpc.pb.h"
+#include "trainer_protocol/exit_codes.h"
+#include "trainer_protocol/lease_file.h"
+#include "trainer_protocol/trainer_events.h"
 #include "worker/agent/child_process.h"
 #include "worker/agent/fs_confinement.h"
-#include "worker/agent/trainer_events.h"
 #include "worker/agent/trainer_metrics.h"
-#include "worker/trainer/exit_codes.h"
-#include "worker/trainer/lease_file.h"
 
 extern char** environ;
 
@@ -275,7 +275,7 @@ class Agent::Impl {
     // The registration it runs under: the one it was assigned under, or a
     // later one that the agent re-registered with it listed as running.
     std::atomic<int> lease_generation{0};
-    // The trainer's agent-lease file (worker/trainer/lease_file.h), one per
+    // The trainer's agent-lease file (trainer_protocol/lease_file.h), one per
     // attempt: an earlier attempt's trainer in the same rank directory must
     // not see this attempt's renewals.
     std::string lease_file;
@@ -1183,7 +1183,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     return;
   }
 
-  TrainerEventParser parser(a.spec(), child->pid());
+  trainer::TrainerEventParser parser(a.spec(), child->pid());
   LineReader out_reader, err_reader;
   std::deque<v1::TrainerEvent> pending;
   std::deque<std::string> tail;  // last stderr lines
@@ -1237,7 +1237,7 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
       child->CloseStdout();
     }
     for (std::string& line : lines) {
-      ParsedLine p = parser.ParseStdoutLine(line, read_time);
+      trainer::ParsedLine p = parser.ParseStdoutLine(line, read_time);
       trainer_metrics_.Update(rank->job, rank->rank_label, p, &metrics_window);
       if (p.event.has_failed()) failed_reason = p.event.failed().code() + ": " + p.event.failed().message();
       // A checkpoint is sent at once too: ternd ignores reports of an attempt it
@@ -1253,10 +1253,10 @@ void Agent::Impl::RunRank(std::shared_ptr<Rank> rank) {
     }
     for (std::string& line : lines) {
       if (options_.relay_logs) {
-        pending.push_back(TrainerEventParser::LogEvent(a.ref().rank(), line, read_time));
+        pending.push_back(trainer::TrainerEventParser::LogEvent(a.ref().rank(), line, read_time));
         flush_due = std::min(flush_due, Clock::now() + options_.flush_interval);
       }
-      tail.push_back(ToValidUtf8(line, kMaxLogLineBytes));
+      tail.push_back(ToValidUtf8(line, trainer::kMaxLogLineBytes));
       while (static_cast<int>(tail.size()) > options_.stderr_tail_lines) tail.pop_front();
     }
     if (pending.size() >= kMaxEventsPerReport) flush_due = Clock::now();

@@ -41,7 +41,7 @@
 // Each trainer runs in a process group of its own with PR_SET_PDEATHSIG, so
 // none survives the agent, even a SIGKILLed one. Nor does one outlive the
 // lease, even of a frozen agent: each renewal rewrites the trainer's
-// agent-lease file (worker/trainer/lease_file.h) with the renewal's send
+// agent-lease file (trainer_protocol/lease_file.h) with the renewal's send
 // time plus the TTL, and past that deadline the trainer commits nothing more
 // and exits (kExitFenced). Files per rank:
 //   <workdir>/jobs/<job>/rank-<r>/             trainer --workdir

@@ -21,7 +21,7 @@
 #include <string>
 
 #include "common/metrics.h"
-#include "worker/agent/trainer_events.h"
+#include "trainer_protocol/trainer_events.h"
 
 namespace tern::agent {
 
@@ -40,7 +40,7 @@ class TrainerMetrics {
 
   // Updates the series labelled {job, rank} from one parsed line (progress,
   // started and checkpoint lines count; others change nothing).
-  void Update(const std::string& job, const std::string& rank, const ParsedLine& line,
+  void Update(const std::string& job, const std::string& rank, const trainer::ParsedLine& line,
               Window* window);
   // Drops every series labelled {job, rank}.
   void Remove(const std::string& job, const std::string& rank);

@@ -29,9 +29,9 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "trainer_protocol/exit_codes.h"
+#include "trainer_protocol/lease_file.h"
 #include "worker/trainer/distributed.h"
-#include "worker/trainer/exit_codes.h"
-#include "worker/trainer/lease_file.h"
 #include "worker/trainer/stop_request.h"
 #include "worker/trainer/trainer.h"
 

@@ -10,8 +10,8 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
-#include "worker/trainer/exit_codes.h"
-#include "worker/trainer/lease_file.h"
+#include "trainer_protocol/exit_codes.h"
+#include "trainer_protocol/lease_file.h"
 
 namespace tern::trainer {
 namespace {

@@ -15,7 +15,7 @@
 
 #include "common/status.h"
 #include "quant/ternary_model.h"
-#include "worker/trainer/events.h"
+#include "trainer_protocol/event_writer.h"
 #include "worker/trainer/spec.h"
 
 namespace tern::trainer {

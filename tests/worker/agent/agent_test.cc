@@ -29,9 +29,9 @@
 
 #include "common/file_util.h"
 #include "tern/v1/worker_service.grpc.pb.h"
+#include "trainer_protocol/lease_file.h"
 #include "worker/agent/child_process.h"
 #include "worker/agent/fs_confinement.h"
-#include "worker/trainer/lease_file.h"
 
 namespace tern::agent {
 namespace {

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "worker/agent/trainer_events.h"
+#include "trainer_protocol/trainer_events.h"
 
 namespace tern::agent {
 namespace {
@@ -34,7 +34,7 @@ class TrainerMetricsTest : public ::testing::Test {
 
   metrics::Registry registry_;
   TrainerMetrics metrics_{&registry_};
-  TrainerEventParser parser_{Spec(), 1};
+  trainer::TrainerEventParser parser_{Spec(), 1};
   TrainerMetrics::Window window_;
 };
 

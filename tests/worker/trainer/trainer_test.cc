@@ -12,10 +12,10 @@
 
 #include "tests/common/signal_disposition.h"
 #include "tests/worker/trainer/trainer_process.h"
+#include "trainer_protocol/event_writer.h"
+#include "trainer_protocol/exit_codes.h"
+#include "trainer_protocol/lease_file.h"
 #include "worker/trainer/distributed.h"
-#include "worker/trainer/events.h"
-#include "worker/trainer/exit_codes.h"
-#include "worker/trainer/lease_file.h"
 #include "worker/trainer/models.h"
 
 namespace tern::trainer {

@@ -12,8 +12,8 @@
 // exits kExitFenced (exit_codes.h).
 //
 // Header-only: the agent writes what the trainer reads without linking it.
-#ifndef TERN_WORKER_TRAINER_LEASE_FILE_H_
-#define TERN_WORKER_TRAINER_LEASE_FILE_H_
+#ifndef TERN_TRAINER_PROTOCOL_LEASE_FILE_H_
+#define TERN_TRAINER_PROTOCOL_LEASE_FILE_H_
 
 #include <charconv>
 #include <chrono>
@@ -49,4 +49,4 @@ inline std::optional<std::chrono::steady_clock::time_point> ParseLeaseDeadline(
 
 }  // namespace tern::trainer
 
-#endif  // TERN_WORKER_TRAINER_LEASE_FILE_H_
+#endif  // TERN_TRAINER_PROTOCOL_LEASE_FILE_H_

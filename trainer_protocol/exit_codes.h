@@ -1,7 +1,7 @@
 // Exit codes of tern-trainer. Header-only: tern-agent and ternd read them
 // without linking the trainer (or LibTorch).
-#ifndef TERN_WORKER_TRAINER_EXIT_CODES_H_
-#define TERN_WORKER_TRAINER_EXIT_CODES_H_
+#ifndef TERN_TRAINER_PROTOCOL_EXIT_CODES_H_
+#define TERN_TRAINER_PROTOCOL_EXIT_CODES_H_
 
 namespace tern::trainer {
 
@@ -21,4 +21,4 @@ inline constexpr int kExitRendezvousPortInUse = 5;
 
 }  // namespace tern::trainer
 
-#endif  // TERN_WORKER_TRAINER_EXIT_CODES_H_
+#endif  // TERN_TRAINER_PROTOCOL_EXIT_CODES_H_

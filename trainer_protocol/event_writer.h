@@ -1,14 +1,16 @@
 // EventWriter: the trainer's machine-readable output, one JSON object per
 // line on stdout (human logs go to stderr through TERN_LOG).
 //
-// Every line has "event" (started, progress, epoch_end, checkpoint,
-// finished, failed), "job", "rank", "world_size" and "time" (Unix seconds);
-// docs/EVENTS.md lists the fields of each kind. Thread-safe: a line is
-// written and flushed under a mutex, so lines never interleave. A write to a
-// closed pipe (EPIPE) ends the process by SIGPIPE, even where SIGPIPE is
-// ignored: nobody can learn of the rank's progress any more.
-#ifndef TERN_WORKER_TRAINER_EVENTS_H_
-#define TERN_WORKER_TRAINER_EVENTS_H_
+// Every line has "event" (started, progress, epoch_end, checkpoint, stopped,
+// finished, failed, evaluated), "job", "rank", "world_size" and "time" (Unix
+// seconds); docs/EVENTS.md lists the fields of each kind, and
+// trainer_events.h is their one reader (tern-agent and ternd).
+// Thread-safe: a line is written and flushed under a mutex, so lines never
+// interleave. A write to a closed pipe (EPIPE) ends the process by SIGPIPE,
+// even where SIGPIPE is ignored: nobody can learn of the rank's progress any
+// more.
+#ifndef TERN_TRAINER_PROTOCOL_EVENT_WRITER_H_
+#define TERN_TRAINER_PROTOCOL_EVENT_WRITER_H_
 
 #include <cstdio>
 #include <mutex>
@@ -35,4 +37,4 @@ class EventWriter {
 
 }  // namespace tern::trainer
 
-#endif  // TERN_WORKER_TRAINER_EVENTS_H_
+#endif  // TERN_TRAINER_PROTOCOL_EVENT_WRITER_H_

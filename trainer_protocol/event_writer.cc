@@ -1,4 +1,4 @@
-#include "worker/trainer/events.h"
+#include "trainer_protocol/event_writer.h"
 
 #include <cerrno>
 #include <chrono>

@@ -1,4 +1,4 @@
-#include "server/trainer_events.h"
+#include "trainer_protocol/trainer_events.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,12 +7,10 @@
 
 #include "common/utf8.h"
 
-namespace tern::server {
+namespace tern::trainer {
 namespace {
 
 using nlohmann::json;
-
-constexpr size_t kMaxLogBytes = 4096;
 
 // Field accessors that never throw: a missing or mistyped field is absent.
 const json* Field(const json& obj, const char* key) {
@@ -63,10 +61,14 @@ std::string String(const json& obj, const char* key) {
   return f != nullptr && f->is_string() ? f->get<std::string>() : std::string();
 }
 
-const json& Object(const json& obj, const char* key) {
+const json& EmptyObject() {
   static const json kEmpty = json::object();
+  return kEmpty;
+}
+
+const json& Object(const json& obj, const char* key) {
   const json* f = Field(obj, key);
-  return f != nullptr && f->is_object() ? *f : kEmpty;
+  return f != nullptr && f->is_object() ? *f : EmptyObject();
 }
 
 // A loss the trainer wrote as null (non-finite) stays visible as NaN.
@@ -120,10 +122,10 @@ void FillLayers(const json& obj,
   }
 }
 
-void ParseProgress(const json& j, TrainerLine* out) {
+void ParseProgress(const json& j, const ParseOptions& options, TrainerLine* out) {
   v1::Progress& p = out->progress;
   p.set_epoch(Int32(j, "epoch"));
-  p.set_epochs(Int32(j, "epochs"));
+  p.set_epochs(Has(j, "epochs") ? Int32(j, "epochs") : options.epochs);
   p.set_step(Int32(j, "step"));
   p.set_total_steps(Int32(j, "total_steps"));
   p.set_loss(Loss(j, "loss"));
@@ -151,14 +153,15 @@ void ParseProgress(const json& j, TrainerLine* out) {
   out->kappa = Double(j, "kappa");
 }
 
-void ParseEpochEnd(const json& j, TrainerLine* out) {
+void ParseEpochEnd(const json& j, const ParseOptions& options, TrainerLine* out) {
   v1::EpochMetrics* m = out->epoch_end.mutable_metrics();
   m->set_epoch(Int32(j, "epoch"));
   m->set_eval_split(String(j, "eval_split"));
   m->set_train_loss(Loss(j, "train_loss"));
   if (Has(j, "train_top1")) m->set_train_top1(Double(j, "train_top1"));
   const json& fp = Object(j, "fp");
-  const json& ternary = Object(j, "ternary");
+  // METHOD_FP trains no ternary model: whatever "ternary" holds is not one.
+  const json& ternary = options.full_precision ? EmptyObject() : Object(j, "ternary");
   if (Field(ternary, "loss") != nullptr) {
     m->set_eval_loss(Loss(ternary, "loss"));
   } else if (Field(fp, "loss") != nullptr) {
@@ -177,18 +180,18 @@ void ParseEpochEnd(const json& j, TrainerLine* out) {
   FillLayers(j, out->epoch_end.mutable_layers());
 }
 
-void ParseFinished(const json& j, TrainerLine* out) {
+void ParseFinished(const json& j, const ParseOptions& options, TrainerLine* out) {
   v1::JobResult& r = out->result;
   r.set_artifact_path(String(j, "artifact_path"));
   r.set_artifact_bytes(Int(j, "artifact_bytes"));
-  r.set_bits_per_weight(Double(j, "bits_per_weight"));
+  r.set_bits_per_weight(Double(j, "bits_per_weight", options.full_precision ? 32.0 : 0.0));
   const json& fp = Object(j, "fp");
   // The ternary accuracy is the re-loaded artifact's when the trainer
   // measured it (job.proto: "by re-loading the exported .tern artifact").
   const json& artifact = Object(j, "artifact");
-  const json& ternary = Has(artifact, "top1") || Has(artifact, "ap")
-                            ? artifact
-                            : Object(j, "ternary");
+  const json& ternary = options.full_precision                      ? EmptyObject()
+                        : Has(artifact, "top1") || Has(artifact, "ap") ? artifact
+                                                                       : Object(j, "ternary");
   if (Has(fp, "top1")) r.set_fp_top1(Double(fp, "top1"));
   if (Has(fp, "top5")) r.set_fp_top5(Double(fp, "top5"));
   if (Has(ternary, "top1")) r.set_ternary_top1(Double(ternary, "top1"));
@@ -198,7 +201,7 @@ void ParseFinished(const json& j, TrainerLine* out) {
   det.Clear();
   if (FillDetection(ternary, &det)) *r.mutable_ternary_detection() = det;
   FillLayers(j, r.mutable_layers());
-  r.set_epochs(Int32(j, "epochs"));
+  r.set_epochs(Has(j, "epochs") ? Int32(j, "epochs") : options.epochs);
   r.set_steps(Int32(j, "steps"));
   r.set_wall_seconds(Double(j, "wall_seconds"));
   r.set_images_per_second(Double(j, "images_per_second"));
@@ -207,7 +210,7 @@ void ParseFinished(const json& j, TrainerLine* out) {
 
 }  // namespace
 
-StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
+StatusOr<TrainerLine> ParseTrainerLine(std::string_view line, const ParseOptions& options) {
   const json j = json::parse(line.begin(), line.end(), nullptr,
                              /*allow_exceptions=*/false);
   if (!j.is_object()) {
@@ -223,17 +226,19 @@ StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
     out.started.set_total_steps(Int32(j, "total_steps"));
     out.started.set_device(String(j, "device"));
     out.started.set_process_group(String(j, "process_group"));
+    out.steps_per_epoch = Int32(j, "steps_per_epoch");
   } else if (event == "progress") {
     out.kind = TrainerEventKind::kProgress;
-    ParseProgress(j, &out);
+    ParseProgress(j, options, &out);
   } else if (event == "epoch_end") {
     out.kind = TrainerEventKind::kEpochEnd;
-    ParseEpochEnd(j, &out);
+    ParseEpochEnd(j, options, &out);
   } else if (event == "checkpoint") {
     out.kind = TrainerEventKind::kCheckpoint;
     out.checkpoint.set_step(Int32(j, "step"));
     out.checkpoint.set_epoch(Int32(j, "epoch"));
     out.checkpoint.set_path(String(j, "path"));
+    out.checkpoint_seconds = Double(j, "seconds", -1);
   } else if (event == "stopped") {
     out.kind = TrainerEventKind::kStopped;
     out.checkpoint.set_step(Int32(j, "step"));
@@ -241,7 +246,7 @@ StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
     out.checkpoint.set_path(String(j, "checkpoint"));
   } else if (event == "finished") {
     out.kind = TrainerEventKind::kFinished;
-    ParseFinished(j, &out);
+    ParseFinished(j, options, &out);
   } else if (event == "failed") {
     out.kind = TrainerEventKind::kFailed;
     const std::string code = String(j, "code");
@@ -256,8 +261,83 @@ StatusOr<TrainerLine> ParseTrainerLine(std::string_view line) {
 }
 
 std::string LogPayload(int rank, std::string_view text) {
-  const json j = {{"event", "log"}, {"rank", rank}, {"text", ToValidUtf8(text, kMaxLogBytes)}};
+  const json j = {{"event", "log"}, {"rank", rank}, {"text", ToValidUtf8(text, kMaxLogLineBytes)}};
   return j.dump();
 }
 
-}  // namespace tern::server
+TrainerEventParser::TrainerEventParser(const v1::JobSpec& spec, int pid)
+    : options_{spec.quantization().method() == v1::METHOD_FP, spec.optimization().epochs()},
+      pid_(pid) {}
+
+v1::TrainerEvent TrainerEventParser::LogEvent(int rank, std::string_view line,
+                                              const google::protobuf::Timestamp& now) {
+  v1::TrainerEvent event;
+  *event.mutable_time() = now;
+  event.mutable_log()->set_rank(rank);
+  event.mutable_log()->set_text(ToValidUtf8(line, kMaxLogLineBytes));
+  return event;
+}
+
+ParsedLine TrainerEventParser::ParseStdoutLine(std::string_view line,
+                                               const google::protobuf::Timestamp& now) {
+  ParsedLine out;
+  out.event.set_json_line(ToValidUtf8(line));  // proto3 strings must be UTF-8
+  *out.event.mutable_time() = now;
+  StatusOr<TrainerLine> parsed = ParseTrainerLine(line, options_);
+  if (!parsed.ok()) return out;
+  TrainerLine& l = *parsed;
+  out.trainer_time = l.time;
+  v1::TrainerEvent& e = out.event;
+  switch (l.kind) {
+    case TrainerEventKind::kStarted: {
+      steps_per_epoch_ = l.steps_per_epoch;
+      v1::TrainerStarted* s = e.mutable_started();
+      s->set_pid(pid_);
+      s->set_device(l.started.device().empty() ? "cpu" : l.started.device());
+      s->set_resumed_from_step(l.started.resumed_from_step());
+      out.kind = "started";
+      break;
+    }
+    case TrainerEventKind::kProgress:
+      *e.mutable_progress() = std::move(l.progress);
+      out.kind = "progress";
+      break;
+    case TrainerEventKind::kEpochEnd:
+      if (l.epoch_end.metrics().eval_split().empty()) {
+        l.epoch_end.mutable_metrics()->set_eval_split("test");
+      }
+      *e.mutable_epoch_end() = std::move(l.epoch_end);
+      out.kind = "epoch_end";
+      break;
+    case TrainerEventKind::kCheckpoint: {
+      v1::CheckpointCommitted* c = e.mutable_checkpoint_committed();
+      *c = std::move(l.checkpoint);
+      // The epoch the step belongs to, 1-based (step counts completed steps;
+      // the line's epoch counts completed epochs).
+      const int64_t step = c->step();
+      c->set_epoch(steps_per_epoch_ > 0
+                       ? static_cast<int32_t>(std::clamp<int64_t>(
+                             (step + steps_per_epoch_ - 1) / steps_per_epoch_, 1,
+                             std::numeric_limits<int32_t>::max()))
+                       : std::max(1, c->epoch()));
+      out.checkpoint_seconds = l.checkpoint_seconds;
+      out.kind = "checkpoint";
+      break;
+    }
+    case TrainerEventKind::kFinished:
+      *e.mutable_finished() = std::move(l.result);
+      out.kind = "finished";
+      break;
+    case TrainerEventKind::kFailed:
+      *e.mutable_failed() = std::move(l.failure);
+      out.kind = "failed";
+      break;
+    case TrainerEventKind::kStopped:  // tern.v1.TrainerEvent has no parsed form:
+    case TrainerEventKind::kLog:      // ternd reads the json_line
+    case TrainerEventKind::kUnknown:
+      break;
+  }
+  return out;
+}
+
+}  // namespace tern::trainer
