@@ -15,7 +15,7 @@
 #include "server/progress_cache.h"
 #include "server/rendezvous_key.h"
 #include "server/server_metrics.h"
-#include "server/token_table.h"
+#include "auth/token_table.h"
 
 namespace tern::server {
 
