@@ -279,65 +279,90 @@ class Client:
         DigestMismatch leaves nothing behind. An interrupted download resumes at its offset.
         FailedPrecondition unless the job SUCCEEDED."""
         show = sys.stderr.isatty() if progress is None else progress
-        header, dest, tmp, bar = None, None, None, None
-        digest, written, tries = hashlib.sha256(), 0, 0
+        download = _Download(job_id, path, show)
+        tries = 0
         try:
             while True:
-                request = service_pb2.GetArtifactRequest(job_id=job_id, offset=written)
+                request = service_pb2.GetArtifactRequest(job_id=job_id, offset=download.written)
                 try:
                     for message in self._stub.GetArtifact(request, timeout=timeout,
                                                           metadata=self._metadata):
-                        kind = message.WhichOneof("kind")
-                        if kind == "header":
-                            if header is None:
-                                header = message.header
-                                dest = _destination(path, header.file_name, job_id)
-                                tmp = tempfile.NamedTemporaryFile(
-                                    dir=os.path.dirname(dest) or ".", delete=False,
-                                    prefix=os.path.basename(dest) + ".", suffix=".part")
-                                bar = _bar(header.size_bytes, dest) if show else None
-                            elif (message.header.sha256, message.header.size_bytes) != \
-                                    (header.sha256, header.size_bytes):
-                                raise errors.DigestMismatch(
-                                    f"fetch {job_id}: the artifact changed during the download")
-                        elif kind == "chunk":
-                            chunk = message.chunk
-                            if tmp is None or chunk.offset != written:
-                                raise errors.DigestMismatch(
-                                    f"fetch {job_id}: a chunk at offset {chunk.offset}, "
-                                    f"expected {written}")
-                            tmp.write(chunk.data)
-                            digest.update(chunk.data)
-                            written += len(chunk.data)
-                            if bar:
-                                bar.update(len(chunk.data))
-                    break
+                        download.receive(message)
+                    return download.finish()
                 except grpc.RpcError as e:
                     tries += 1
                     if e.code() != grpc.StatusCode.UNAVAILABLE or tries >= _RETRIES \
-                            or header is None:
+                            or download.header is None:
                         raise errors.from_rpc_error(e) from None
-                    time.sleep(0.2 * 2 ** tries)
-            if header is None:
-                raise errors.TernError(f"fetch {job_id}: the stream sent no header")
-            if written != header.size_bytes or digest.hexdigest() != header.sha256:
-                raise errors.DigestMismatch(
-                    f"fetch {job_id}: got {written} bytes with SHA-256 {digest.hexdigest()}, "
-                    f"ternd announced {header.size_bytes} bytes with SHA-256 {header.sha256}")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-            tmp.close()
-            os.chmod(tmp.name, 0o644)
-            os.replace(tmp.name, dest)
-            tmp = None
-            _fsync_dir(os.path.dirname(dest) or ".")
-            return dest
+                    time.sleep(0.2 * 2 ** tries)  # then resume at download.written
         finally:
-            if bar:
-                bar.close()
-            if tmp is not None:
-                tmp.close()
-                os.unlink(tmp.name)
+            download.close()
+
+
+class _Download:
+    """One artifact download: a temporary file beside the destination, the running
+    SHA-256, and the checks of Client.fetch. close() removes what finish() did not keep."""
+
+    def __init__(self, job_id, path, show_progress):
+        self.job_id, self.path, self.show_progress = job_id, path, show_progress
+        self.header, self.dest, self.tmp, self.bar = None, None, None, None
+        self.digest, self.written = hashlib.sha256(), 0
+
+    def receive(self, message):
+        kind = message.WhichOneof("kind")
+        if kind == "header":
+            self._header(message.header)
+        elif kind == "chunk":
+            self._chunk(message.chunk)
+
+    def _header(self, header):
+        if self.header is not None:  # a resumed stream announces the same artifact
+            if (header.sha256, header.size_bytes) != (self.header.sha256, self.header.size_bytes):
+                raise errors.DigestMismatch(
+                    f"fetch {self.job_id}: the artifact changed during the download")
+            return
+        self.header = header
+        self.dest = _destination(self.path, header.file_name, self.job_id)
+        self.tmp = tempfile.NamedTemporaryFile(
+            dir=os.path.dirname(self.dest) or ".", delete=False,
+            prefix=os.path.basename(self.dest) + ".", suffix=".part")
+        self.bar = _bar(header.size_bytes, self.dest) if self.show_progress else None
+
+    def _chunk(self, chunk):
+        if self.tmp is None or chunk.offset != self.written:
+            raise errors.DigestMismatch(f"fetch {self.job_id}: a chunk at offset {chunk.offset}, "
+                                        f"expected {self.written}")
+        self.tmp.write(chunk.data)
+        self.digest.update(chunk.data)
+        self.written += len(chunk.data)
+        if self.bar:
+            self.bar.update(len(chunk.data))
+
+    def finish(self):
+        """Checks size and digest, then fsyncs and renames into place; returns the path."""
+        if self.header is None:
+            raise errors.TernError(f"fetch {self.job_id}: the stream sent no header")
+        got = self.digest.hexdigest()
+        if self.written != self.header.size_bytes or got != self.header.sha256:
+            raise errors.DigestMismatch(
+                f"fetch {self.job_id}: got {self.written} bytes with SHA-256 {got}, ternd "
+                f"announced {self.header.size_bytes} bytes with SHA-256 {self.header.sha256}")
+        self.tmp.flush()
+        os.fsync(self.tmp.fileno())
+        self.tmp.close()
+        os.chmod(self.tmp.name, 0o644)
+        os.replace(self.tmp.name, self.dest)
+        self.tmp = None
+        _fsync_dir(os.path.dirname(self.dest) or ".")
+        return self.dest
+
+    def close(self):
+        if self.bar:
+            self.bar.close()
+        if self.tmp is not None:
+            self.tmp.close()
+            os.unlink(self.tmp.name)
+            self.tmp = None
 
 
 def _destination(path, file_name, job_id):

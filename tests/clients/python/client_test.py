@@ -224,6 +224,30 @@ def test_digest_mismatch_leaves_no_file(alice, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_interrupted_download_resumes_at_its_offset(alice, tmp_path, monkeypatch):
+    from tern._pb import job_pb2, job_service_pb2 as pb
+    data = bytes(range(256)) * 40
+    header = pb.ArtifactHeader(file_name="7.tern", size_bytes=len(data),
+                               sha256=hashlib.sha256(data).hexdigest())
+    offsets = []
+
+    def stream(request, **kwargs):
+        offsets.append(request.offset)
+        yield pb.GetArtifactResponse(header=header)
+        yield pb.GetArtifactResponse(chunk=pb.ArtifactChunk(
+            offset=request.offset, data=data[request.offset:request.offset + 4000]))
+        if len(offsets) == 1:
+            raise _LostResponse()
+        yield pb.GetArtifactResponse(chunk=pb.ArtifactChunk(
+            offset=request.offset + 4000, data=data[request.offset + 4000:]))
+        yield pb.GetArtifactResponse(result=job_pb2.JobResult())
+
+    monkeypatch.setattr(alice._stub, "GetArtifact", stream)
+    path = alice.fetch("7", tmp_path, progress=False)
+    assert offsets == [0, 4000] and path == str(tmp_path / "7.tern")
+    assert open(path, "rb").read() == data and os.listdir(tmp_path) == ["7.tern"]
+
+
 def test_wait_times_out_with_a_timeout_error(alice):
     job = alice.submit(dict(BASE3_JOB, name="waits"))
     started = time.monotonic()
