@@ -15,6 +15,7 @@ $PROTOC and $GRPC_PYTHON_PLUGIN override the programs looked up on PATH.
 """
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -36,15 +37,13 @@ def _protoc_command():
     protoc = os.environ.get("PROTOC") or shutil.which("protoc")
     plugin = os.environ.get("GRPC_PYTHON_PLUGIN") or shutil.which("grpc_python_plugin")
     if protoc and plugin:
-        return [protoc, "--plugin=protoc-gen-grpc_python=" + plugin], "--grpc_python_out"
-    try:
-        from grpc_tools import protoc as _  # noqa: F401
-    except ImportError:
+        return [protoc, "--plugin=protoc-gen-grpc_python=" + plugin]
+    if importlib.util.find_spec("grpc_tools") is None:
         raise StubError(
             "generating the tern.v1 stubs needs protoc and grpc_python_plugin (Debian: apt-get "
             "install protobuf-compiler protobuf-compiler-grpc) or pip's grpcio-tools; found "
             f"protoc={protoc or 'none'}, grpc_python_plugin={plugin or 'none'}")
-    return [sys.executable, "-m", "grpc_tools.protoc"], "--grpc_python_out"
+    return [sys.executable, "-m", "grpc_tools.protoc"]
 
 
 def _include_dirs():
@@ -64,11 +63,11 @@ def generate(proto_dir, out_dir):
     for f in PROTO_FILES:
         if not os.path.isfile(os.path.join(proto_dir, f)):
             raise StubError(f"{os.path.join(proto_dir, f)}: not found (--proto-dir must be tern's proto/)")
-    prefix, grpc_flag = _protoc_command()
+    prefix = _protoc_command()
     with tempfile.TemporaryDirectory() as tmp:
         cmd = prefix + ["--proto_path=" + proto_dir]
         cmd += ["--proto_path=" + d for d in _include_dirs()]
-        cmd += ["--python_out=" + tmp, grpc_flag + "=" + tmp] + list(PROTO_FILES)
+        cmd += ["--python_out=" + tmp, "--grpc_python_out=" + tmp] + list(PROTO_FILES)
         run = subprocess.run(cmd, cwd=proto_dir, capture_output=True, text=True)
         if run.returncode != 0:
             hint = ""

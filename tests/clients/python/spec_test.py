@@ -4,7 +4,6 @@ the same spec; refusals name the same field and line."""
 
 import json
 import os
-import subprocess
 
 import pytest
 
