@@ -1,18 +1,14 @@
 #include "cli/ternctl.h"
 
 #include <CLI/CLI.hpp>
-#include <fcntl.h>
 #include <google/protobuf/timestamp.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -25,6 +21,7 @@
 #include "cli/inspect.h"
 #include "cli/job_file.h"
 #include "cli/render.h"
+#include "common/atomic_file.h"
 #include "common/sha256.h"
 #include "common/utf8.h"
 #include "tern/v1/job_service.grpc.pb.h"
@@ -420,57 +417,9 @@ int Client::Logs(const std::string& id, bool follow) {
   return kExitOk;
 }
 
-// Writes and fsyncs a file, then renames it into place (or removes it).
-class AtomicFile {
- public:
-  explicit AtomicFile(std::string path)
-      : path_(std::move(path)), tmp_(path_ + ".part." + std::to_string(::getpid())) {}
-  ~AtomicFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_.c_str());
-  }
-  Status Open() {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) return InternalError("cannot create " + tmp_ + ": " + std::strerror(errno));
-    return OkStatus();
-  }
-  Status Write(const std::string& data) {
-    size_t done = 0;
-    while (done < data.size()) {
-      const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return InternalError("writing " + tmp_ + ": " + std::strerror(errno));
-      done += static_cast<size_t>(n);
-    }
-    return OkStatus();
-  }
-  Status Commit() {
-    if (::fsync(fd_) != 0 || ::close(fd_) != 0) {
-      fd_ = -1;
-      return InternalError("syncing " + tmp_ + ": " + std::strerror(errno));
-    }
-    fd_ = -1;
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
-      return InternalError("renaming " + tmp_ + " to " + path_ + ": " + std::strerror(errno));
-    }
-    committed_ = true;
-    const std::string dir = fs::path(path_).parent_path().empty()
-                                ? "."
-                                : fs::path(path_).parent_path().string();
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
-    return OkStatus();
-  }
-
- private:
-  const std::string path_;
-  const std::string tmp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
+// A local file's error: kExitOther whatever its code (ternctl's NOT_FOUND
+// and UNAVAILABLE exit codes speak of the server).
+Status LocalFileError(const Status& status) { return InternalError(status.message()); }
 
 int Client::Fetch(const std::string& id, const std::string& output) { return DownloadTo(id, output); }
 
@@ -515,7 +464,7 @@ int Client::DownloadTo(const std::string& id, const std::string& output) {
                  : fs::is_directory(output, ec) ? (fs::path(output) / name).string()
                                                 : output;
           file = std::make_unique<AtomicFile>(dest);
-          if (Status s = file->Open(); !s.ok()) return Fail(s, what);
+          if (Status s = file->Open(); !s.ok()) return Fail(LocalFileError(s), what);
         }
       } else if (msg.has_chunk()) {
         const v1::ArtifactChunk& c = msg.chunk();
@@ -526,7 +475,7 @@ int Client::DownloadTo(const std::string& id, const std::string& output) {
           broken = DataLossError("more bytes than the announced " +
                                  std::to_string(header->size_bytes()));
         } else {
-          if (Status s = file->Write(c.data()); !s.ok()) return Fail(s, what);
+          if (Status s = file->Append(c.data()); !s.ok()) return Fail(LocalFileError(s), what);
           hash.Update(c.data());
           written += static_cast<int64_t>(c.data().size());
         }
@@ -562,7 +511,7 @@ int Client::DownloadTo(const std::string& id, const std::string& output) {
                               header->sha256() + "; nothing written"),
                 what);
   }
-  if (Status s = file->Commit(); !s.ok()) return Fail(s, what);
+  if (Status s = file->Commit(); !s.ok()) return Fail(LocalFileError(s), what);
   if (g_.json) {
     nlohmann::json j = {{"path", dest}, {"size_bytes", written}, {"sha256", digest}};
     if (result) j["result"] = nlohmann::json::parse(ToJson(*result), nullptr, false);
@@ -624,16 +573,17 @@ int NewTokenCommand(const std::string& name, bool admin, bool agent, const std::
     out << *token << "\n" << line << "\n";
     return kExitOk;
   }
-  const int fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  const std::string content = *token + "\n";
-  if (fd < 0 || ::write(fd, content.data(), content.size()) !=
-                    static_cast<ssize_t>(content.size()) || ::fsync(fd) != 0) {
-    err << "ternctl: " << output << ": " << std::strerror(errno)
-        << (errno == EEXIST ? " (a token file is never overwritten)" : "") << "\n";
-    if (fd >= 0) ::close(fd);
+  AtomicFile file(output, 0600, AtomicFile::Replace::kNo);
+  Status written = file.Open();
+  if (written.ok()) written = file.Append(*token + "\n");
+  if (written.ok()) written = file.Commit();
+  if (!written.ok()) {
+    err << "ternctl: " << written.message()
+        << (written.code() == StatusCode::kAlreadyExists ? " (a token file is never overwritten)"
+                                                         : "")
+        << "\n";
     return kExitOther;
   }
-  ::close(fd);
   out << line << "\n";
   return kExitOk;
 }

@@ -7,9 +7,13 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
+#include <utility>
+
+#include "common/atomic_file.h"
 
 namespace tern {
 namespace {
@@ -69,49 +73,75 @@ StatusOr<std::string> ReadFileToString(const std::string& path) {
   return out;
 }
 
-Status WriteFileAtomically(const std::string& path, std::string_view content, unsigned mode) {
-  // Unique per call, so that concurrent writers of one path never share it.
-  static std::atomic<uint64_t> calls{0};
-  const std::string tmp =
-      path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(calls.fetch_add(1));
-  ::unlink(tmp.c_str());  // a leftover of a crash: its mode or an open descriptor could leak
-  {
-    FileDescriptor fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                             static_cast<mode_t>(mode)));
-    if (fd.get() < 0) return Errno("cannot create", tmp);
-    size_t done = 0;
-    while (done < content.size()) {
-      const ssize_t n =
-          ::write(fd.get(), content.data() + done, content.size() - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        Status s = Errno("cannot write", tmp);
-        ::unlink(tmp.c_str());
-        return s;
-      }
-      done += static_cast<size_t>(n);
+namespace {
+
+// Unique per object, so that concurrent writers of one path never share it.
+std::string TempPathFor(const std::string& path) {
+  static std::atomic<uint64_t> files{0};
+  return path + ".tmp." + std::to_string(::getpid()) + "." +
+         std::to_string(files.fetch_add(1));
+}
+
+}  // namespace
+
+AtomicFile::AtomicFile(std::string path, unsigned mode, Replace replace)
+    : path_(std::move(path)), tmp_(TempPathFor(path_)), mode_(mode), replace_(replace) {}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);  // abandoned: its error does not matter
+  if (!committed_) ::unlink(tmp_.c_str());
+}
+
+Status AtomicFile::Open() {
+  ::unlink(tmp_.c_str());  // a leftover of a crash: its mode or an open descriptor could leak
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+               static_cast<mode_t>(mode_));
+  if (fd_ < 0) return Errno("cannot create", tmp_);
+  return OkStatus();
+}
+
+Status AtomicFile::Append(std::string_view data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("cannot write", tmp_);
     }
-    if (::fsync(fd.get()) != 0) {
-      Status s = Errno("cannot fsync", tmp);
-      ::unlink(tmp.c_str());
-      return s;
-    }
-    if (::close(fd.release()) != 0) {
-      Status s = Errno("cannot close", tmp);
-      ::unlink(tmp.c_str());
-      return s;
-    }
+    done += static_cast<size_t>(n);
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    Status s = Errno("cannot rename onto", path);
-    ::unlink(tmp.c_str());
-    return s;
+  return OkStatus();
+}
+
+Status AtomicFile::Commit() {
+  if (::fsync(fd_) != 0) return Errno("cannot fsync", tmp_);
+  const int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) return Errno("cannot close", tmp_);
+  if (replace_ == Replace::kYes) {
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      return Errno("cannot rename onto", path_);
+    }
+  } else if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, path_.c_str(),
+                         RENAME_NOREPLACE) != 0) {
+    if (errno == EEXIST) return AlreadyExistsError("cannot create " + path_ + ": it exists");
+    return Errno("cannot rename onto", path_);
   }
-  std::string dir = std::filesystem::path(path).parent_path().string();
+  committed_ = true;
+  std::string dir = std::filesystem::path(path_).parent_path().string();
   if (dir.empty()) dir = ".";
   FileDescriptor dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() >= 0) ::fsync(dfd.get());
+  if (dfd.get() < 0) return Errno("cannot open directory", dir);
+  // EINVAL: a file system that cannot sync directories (nothing to wait for).
+  if (::fsync(dfd.get()) != 0 && errno != EINVAL) return Errno("cannot fsync directory", dir);
+  if (::close(dfd.release()) != 0) return Errno("cannot close directory", dir);
   return OkStatus();
+}
+
+Status WriteFileAtomically(const std::string& path, std::string_view content, unsigned mode) {
+  AtomicFile file(path, mode);
+  TERN_RETURN_IF_ERROR(file.Open());
+  TERN_RETURN_IF_ERROR(file.Append(content));
+  return file.Commit();
 }
 
 Status MakeDirectories(const std::string& path) {
