@@ -5,6 +5,7 @@ and no agent (its jobs stay queued), and the small jobs both use.
 $TERN_BUILD_DIR names the build directory (ctest sets it; tests/clients/CMakeLists.txt).
 """
 
+import contextlib
 import os
 import random
 import signal
@@ -98,7 +99,8 @@ class Process:
         return None if rc == 0 else f"{self.name} exited {rc} after SIGTERM: {self.tail()}"
 
 
-def start_ternd(work, name, extra=()):
+def start_ternd(work, name, started, extra=()):
+    """Starts a ternd (appended to `started`) and returns its gRPC address."""
     rdv = free_port()
     ternd = Process(name, [binary("ternd"), "--listen", "127.0.0.1:0",
                            "--db", os.path.join(work, name + ".db"), "--metrics-listen", "",
@@ -106,10 +108,21 @@ def start_ternd(work, name, extra=()):
                            "--artifact-root", os.path.join(work, name + "-artifacts"),
                            "--checkpoint-root", os.path.join(work, name + "-checkpoints"),
                            *extra], work)
-    return ternd, ternd.wait_for_address("listening on")
+    started.append(ternd)
+    return ternd.wait_for_address("listening on")
 
 
-def stop_all(processes):
+@contextlib.contextmanager
+def running():
+    """A list for the processes a fixture starts; all are stopped when the block ends, in
+    list order. A clean end fails unless each exited 0 on SIGTERM (as lib.sh checks)."""
+    processes = []
+    try:
+        yield processes
+    except BaseException:
+        for p in processes:
+            p.stop()
+        raise
     complaints = [c for c in (p.stop() for p in processes) if c]
     if complaints:
         pytest.fail("; ".join(complaints))
@@ -119,14 +132,15 @@ def stop_all(processes):
 def service(tmp_path_factory):
     """ternd and one tern-agent with 2 CPU slots: the address of ternd."""
     work = str(tmp_path_factory.mktemp("service"))
-    ternd, address = start_ternd(work, "ternd")
-    agent = Process("agent", [binary("agent"), "--server", address, "--cpu-slots", "2",
-                              "--trainer", binary("trainer"),
-                              "--workdir", os.path.join(work, "agent"),
-                              "--metrics-listen", "127.0.0.1:0"], work)
-    agent.wait_for_address("metrics on")
-    yield address
-    stop_all([agent, ternd])  # the agent first: it stops its trainers
+    with running() as started:
+        address = start_ternd(work, "ternd", started)
+        agent = Process("agent", [binary("agent"), "--server", address, "--cpu-slots", "2",
+                                  "--trainer", binary("trainer"),
+                                  "--workdir", os.path.join(work, "agent"),
+                                  "--metrics-listen", "127.0.0.1:0"], work)
+        started.insert(0, agent)  # stopped first: it stops its trainers
+        agent.wait_for_address("metrics on")
+        yield address
 
 
 @pytest.fixture(scope="session")
@@ -148,15 +162,13 @@ def secure_service(tmp_path_factory):
             run = subprocess.run([binary("ternctl"), "token", "new", name, *role,
                                   "-o", tokens[name]], check=True, capture_output=True, text=True)
             lines.write(run.stdout)
-    ternd, address = start_ternd(work, "secure-ternd", [
-        "--tls-cert", os.path.join(certs, "server.pem"),
-        "--tls-key", os.path.join(certs, "server.key"), "--token-file", tokens_path])
-    mtls, mtls_address = start_ternd(work, "mtls-ternd", [
-        "--tls-cert", os.path.join(certs, "server.pem"),
-        "--tls-key", os.path.join(certs, "server.key"),
-        "--tls-client-ca", os.path.join(certs, "ca.pem")])
-    yield address, certs, tokens, mtls_address
-    stop_all([ternd, mtls])
+    tls = ["--tls-cert", os.path.join(certs, "server.pem"),
+           "--tls-key", os.path.join(certs, "server.key")]
+    with running() as started:
+        address = start_ternd(work, "secure-ternd", started, tls + ["--token-file", tokens_path])
+        mtls_address = start_ternd(work, "mtls-ternd", started,
+                                   tls + ["--tls-client-ca", os.path.join(certs, "ca.pem")])
+        yield address, certs, tokens, mtls_address
 
 
 @pytest.fixture(scope="session")
