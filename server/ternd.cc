@@ -22,7 +22,7 @@
 #include "server/server_metrics.h"
 #include "server/server_state.h"
 #include "auth/token_table.h"
-#include "auth/bearer_token.h"
+#include "auth/metrics_endpoint.h"
 #include "server/worker_service.h"
 
 namespace tern::server {
@@ -231,23 +231,11 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
     health->SetServingStatus(v1::WorkerService::service_full_name(), true);
   }
 
-  if (!options_.metrics_listen.empty()) {
-    http_ = std::make_unique<metrics::MetricsHttpServer>(
-        options_.metrics_listen, &registry_);
-    if (!options_.metrics_tls_cert.empty() || !options_.metrics_tls_key.empty()) {
-      TERN_RETURN_IF_ERROR(http_->UseTls(options_.metrics_tls_cert, options_.metrics_tls_key)
-                               .WithContext("metrics_tls_cert, metrics_tls_key"));
-    }
-    if (!options_.metrics_token_file.empty()) {
-      TERN_ASSIGN_OR_RETURN(
-          std::shared_ptr<tls::TokenFile> token,
-          tls::TokenFile::Open("metrics_token_file", options_.metrics_token_file));
-      http_->RequireBearerToken(
-          [token](std::string_view presented) { return token->Matches(presented); });
-    }
-    TERN_RETURN_IF_ERROR(http_->Start().WithContext("metrics_listen"));
-    metrics_address_ = WithPort(options_.metrics_listen, http_->port());
-  }
+  TERN_ASSIGN_OR_RETURN(
+      http_, tls::StartMetricsEndpoint({options_.metrics_listen, options_.metrics_token_file,
+                                        options_.metrics_tls_cert, options_.metrics_tls_key},
+                                       &registry_));
+  if (http_ != nullptr) metrics_address_ = WithPort(options_.metrics_listen, http_->port());
   metrics_->UpdateScheduler(scheduler_->Stats());
   tick_thread_ = std::thread([this] { TickLoop(); });
   TERN_LOG(INFO) << "ternd: serving on " << address_ << ", store "
