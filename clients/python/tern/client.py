@@ -257,15 +257,17 @@ class Client:
         `timeout` seconds. `progress`: a bar (tqdm when installed, else a line per epoch on
         stderr); None shows one when stderr is a terminal."""
         show = sys.stderr.isatty() if progress is None else progress
-        display = _Progress(job_id) if show else None
-        try:
-            for event in self.watch(job_id, timeout=timeout):
-                if display:
-                    display.update(event)
-        finally:
-            if display:
-                display.close()
         job = self.get(job_id)
+        if not job.terminal:
+            display = _Progress(job_id) if show else None
+            try:
+                for event in self.watch(job_id, timeout=timeout):
+                    if display:
+                        display.update(event)
+            finally:
+                if display:
+                    display.close()
+            job = self.get(job_id)
         if check and job.state in TERMINAL_STATES and not job.succeeded:
             raise errors.JobFailed(job)
         return job

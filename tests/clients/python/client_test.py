@@ -257,8 +257,9 @@ def test_wait_times_out_with_a_timeout_error(alice):
     alice.cancel(job.id)
 
 
-def test_wait_returns_the_finished_job_and_shows_progress(client, finished, capsys):
-    job = finished["hla"][0]
-    assert client.wait(job.id, timeout=60, progress=True).state == "SUCCEEDED"
+def test_wait_returns_the_finished_job_and_shows_progress(client, jobs, capsys):
+    job = client.submit(dict(BASE3_JOB, name="waited", events={"progress_every_steps": 8}))
+    assert client.wait(job.id, timeout=240, progress=True).state == "SUCCEEDED"
     shown = capsys.readouterr().err
     assert f"job {job.id}: RUNNING -> SUCCEEDED" in shown and "top-1" in shown
+    assert client.wait(job.id, timeout=1, progress=False).state == "SUCCEEDED"  # at once
