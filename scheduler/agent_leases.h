@@ -108,9 +108,6 @@ class AgentLeases {
   std::map<std::string, Entry> leases_;  // by agent id
 };
 
-// The assignment that starts rank `rank` of `job`'s current attempt.
-Assignment AssignmentOf(const Job& job, int rank);
-
 }  // namespace tern::scheduler
 
 #endif  // TERN_SCHEDULER_AGENT_LEASES_H_

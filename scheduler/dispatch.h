@@ -5,7 +5,7 @@
 // (kill orders first, then assignments) and reports each rank's start, exit,
 // progress and checkpoints, always naming the rank by RankRef so that reports
 // from an attempt the scheduler has given up on are recognised and ignored.
-// Plain values, no locking.
+// Plain values (and AssignmentOf, dispatch.cc), no locking.
 #ifndef TERN_SCHEDULER_DISPATCH_H_
 #define TERN_SCHEDULER_DISPATCH_H_
 
@@ -57,6 +57,9 @@ struct Assignment {
   std::optional<int64_t> resume_from_step;
   std::string spec;  // Job::spec, opaque
 };
+
+// The assignment that starts rank `rank` (placed) of `job`'s current attempt.
+Assignment AssignmentOf(const Job& job, int rank);
 
 // Stop rank `rank` of attempt `attempt` (and nothing else) on `agent_id`.
 struct KillOrder {

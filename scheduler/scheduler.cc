@@ -591,17 +591,7 @@ void Scheduler::SendAssignmentLocked(const Job& job, int rank) {
   const RankPlacement& r = job.ranks.at(rank);
   auto it = agents_.find(r.agent_id);
   if (it == agents_.end() || !it->second->live) return;
-  Assignment a;
-  a.job_id = job.id;
-  a.attempt = job.attempt;
-  a.rank = rank;
-  a.world_size = job.world_size;
-  a.agent_id = r.agent_id;
-  a.device_kind = job.device_kind;
-  a.rendezvous_host = job.rendezvous_host;
-  a.rendezvous_port = job.rendezvous_port;
-  a.resume_from_step = job.last_checkpoint_step;
-  a.spec = job.spec;
+  Assignment a = AssignmentOf(job, rank);
   DeferLocked([this, a = std::move(a)]() mutable {
     auto agent = agents_.find(a.agent_id);
     if (agent == agents_.end() || !agent->second->live) return;
