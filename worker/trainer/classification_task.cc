@@ -4,6 +4,7 @@
 
 #include <optional>
 
+#include "common/file_util.h"
 #include "quant/autocast.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
@@ -14,6 +15,18 @@ namespace tern::trainer {
 namespace {
 
 using json = nlohmann::json;
+
+// Appends a batch's labels and logits (float [b, classes]) to the
+// predictions file's {"labels": [...], "logits": [[...], ...]}, in split order.
+void AppendPredictions(const at::Tensor& logits, const at::Tensor& labels, json& out) {
+  const at::Tensor l = logits.cpu().contiguous();
+  const at::Tensor y = labels.cpu().contiguous();
+  for (int64_t i = 0; i < l.size(0); ++i) {
+    out["labels"].push_back(y[i].item<int64_t>());
+    const float* row = l.data_ptr<float>() + i * l.size(1);
+    out["logits"].push_back(std::vector<float>(row, row + l.size(1)));
+  }
+}
 
 std::string ShapeString(const at::Tensor& t) {
   std::string out = "[";
@@ -139,6 +152,7 @@ class ClassificationTask : public TrainingTask {
     model->eval();
     // [loss sum, top-1 correct, top-5 correct, count]
     at::Tensor totals = at::zeros({4}, at::kDouble);
+    json predictions = {{"labels", json::array()}, {"logits", json::array()}};  // results_path
     for (const auto& [begin, end] : EvalRanges(data.images.size(0), /*batch=*/512, rank, world)) {
       const at::Tensor x = MakeEvalBatch(data, begin, end, norm_).to(ctx_.device);
       const at::Tensor y = data.labels.slice(0, begin, end).to(ctx_.device);
@@ -150,6 +164,7 @@ class ClassificationTask : public TrainingTask {
       totals[1] += hit.select(1, 0).sum().item<double>();
       totals[2] += hit.any(1).sum().item<double>();
       totals[3] += static_cast<double>(end - begin);
+      if (!request.results_path.empty()) AppendPredictions(logits, y, predictions);
     }
     model->train();
     if (request.sharded) {
@@ -158,10 +173,15 @@ class ClassificationTask : public TrainingTask {
       totals = totals.cpu();
     }
     const double n = std::max(1.0, totals[3].item<double>());
-    return json{{"loss", totals[0].item<double>() / n},
-                {"top1", totals[1].item<double>() / n},
-                {"top5", totals[2].item<double>() / n},
-                {"examples", static_cast<int64_t>(totals[3].item<double>())}};
+    json metrics = {{"loss", totals[0].item<double>() / n},
+                    {"top1", totals[1].item<double>() / n},
+                    {"top5", totals[2].item<double>() / n},
+                    {"examples", static_cast<int64_t>(totals[3].item<double>())}};
+    if (!request.results_path.empty()) {
+      TERN_RETURN_IF_ERROR(WriteFileAtomically(request.results_path, predictions.dump()));
+      metrics["results_path"] = request.results_path;
+    }
+    return metrics;
   }
 
  private:

@@ -4,14 +4,17 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <regex>
 #include <set>
 #include <system_error>
 #include <utility>
 
 #include "common/file_util.h"
+#include "model_io/safetensors.h"
 #include "quant/artifact.h"
 #include "quant/ternary_model.h"
 #include "worker/trainer/checkpoint_layout.h"
@@ -129,6 +132,83 @@ StatusOr<TensorMap> ReadArtifactTensors(const std::string& path, const std::stri
   }
 }
 
+at::ScalarType ScalarTypeOf(model_io::Dtype dtype) {
+  switch (dtype) {
+    case model_io::Dtype::kF64: return at::kDouble;
+    case model_io::Dtype::kF32: return at::kFloat;
+    case model_io::Dtype::kF16: return at::kHalf;
+    case model_io::Dtype::kBF16: return at::kBFloat16;
+    case model_io::Dtype::kI64: return at::kLong;
+    case model_io::Dtype::kI32: return at::kInt;
+    case model_io::Dtype::kI16: return at::kShort;
+    case model_io::Dtype::kI8: return at::kChar;
+    case model_io::Dtype::kU8: return at::kByte;
+    case model_io::Dtype::kBool: return at::kBool;
+  }
+  return at::kFloat;
+}
+
+// A safetensors file's tensors (copied into aligned CPU tensors).
+StatusOr<TensorMap> ReadSafetensorsTensors(const std::string& path, const std::string& bytes) {
+  auto file = model_io::ParseSafetensors(bytes);
+  if (!file.ok()) return file.status().WithContext("init_from: " + path);
+  try {
+    TensorMap tensors;
+    for (const model_io::SafetensorsTensor& t : file->tensors) {
+      at::Tensor value = at::empty(t.shape, at::TensorOptions().dtype(ScalarTypeOf(t.dtype)));
+      if (!t.data.empty()) std::memcpy(value.data_ptr(), t.data.data(), t.data.size());
+      tensors[t.name] = value;
+    }
+    return tensors;
+  } catch (const std::exception& e) {
+    return DataLossError("init_from: " + path + ": " + ExceptionMessage(e));
+  }
+}
+
+// torchvision ResNet keys: "layer<S>.<B>.<rest>", optionally after "module.".
+const std::regex& TorchvisionBlockKey() {
+  static const std::regex re(R"(^(?:module\.)?layer(\d{1,6})\.(\d{1,6})\.(.*)$)");
+  return re;
+}
+
+bool HasTorchvisionNames(const TensorMap& source) {
+  return std::any_of(source.begin(), source.end(), [](const auto& item) {
+    return std::regex_match(item.first, TorchvisionBlockKey());
+  });
+}
+
+// The source with torchvision ResNet names renamed to tern's (init_from.h).
+TensorMap MapTorchvisionNames(const TensorMap& source) {
+  std::map<int64_t, int64_t> blocks;  // stage -> blocks in it
+  std::smatch m;
+  for (const auto& [name, tensor] : source) {
+    (void)tensor;
+    if (std::regex_match(name, m, TorchvisionBlockKey())) {
+      int64_t& count = blocks[std::stoll(m[1])];
+      count = std::max<int64_t>(count, std::stoll(m[2]) + 1);
+    }
+  }
+  std::map<int64_t, int64_t> first_block;  // stage -> index of its first block
+  int64_t next = 0;
+  for (const auto& [stage, count] : blocks) {
+    first_block[stage] = next;
+    next += count;
+  }
+  TensorMap out;
+  for (const auto& [name, tensor] : source) {
+    std::string mapped = name.rfind("module.", 0) == 0 ? name.substr(7) : name;
+    if (std::regex_match(name, m, TorchvisionBlockKey())) {
+      std::string rest = m[3];
+      if (rest.rfind("downsample.0.", 0) == 0) rest = "shortcut_conv." + rest.substr(13);
+      if (rest.rfind("downsample.1.", 0) == 0) rest = "shortcut_bn." + rest.substr(13);
+      mapped = "blocks." +
+               std::to_string(first_block[std::stoll(m[1])] + std::stoll(m[2])) + "." + rest;
+    }
+    out[mapped] = tensor;
+  }
+  return out;
+}
+
 // Lists at most `limit` items, then "(+N more)".
 template <typename T, typename F>
 std::string Abbreviated(const std::vector<T>& items, size_t limit, F&& format) {
@@ -158,16 +238,41 @@ std::string InitReport::Summary() const {
   return out;
 }
 
-StatusOr<InitReport> InitializeFrom(const std::string& path, torch::nn::Module& model) {
+nlohmann::json InitReport::ToJson(size_t limit) const {
+  nlohmann::json skipped_json = nlohmann::json::array();
+  for (size_t i = 0; i < skipped.size() && i < limit; ++i) {
+    skipped_json.push_back({{"name", skipped[i].name}, {"reason", skipped[i].reason}});
+  }
+  const std::vector<std::string> unused_shown(unused.begin(),
+                                              unused.begin() + std::min(limit, unused.size()));
+  return {{"source", source},
+          {"format", format},
+          {"names", names},
+          {"loaded", loaded},
+          {"skipped", skipped.size()},
+          {"skipped_tensors", skipped_json},
+          {"unused", unused.size()},
+          {"unused_tensors", unused_shown}};
+}
+
+StatusOr<InitReport> InitializeFrom(const std::string& path, torch::nn::Module& model,
+                                    SourceNames names) {
   InitReport report;
   TERN_ASSIGN_OR_RETURN(report.source, ResolveSourceFile(path));
   TERN_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(report.source));
   const bool is_artifact = bytes.size() >= 4 && bytes.compare(0, 4, "TERN") == 0;
-  report.format = is_artifact ? "artifact" : "checkpoint";
-  TERN_ASSIGN_OR_RETURN(TensorMap source, is_artifact
-                                              ? ReadArtifactTensors(report.source, bytes)
-                                              : ReadArchiveTensors(report.source, bytes));
+  const bool is_safetensors = !is_artifact && model_io::LooksLikeSafetensors(bytes);
+  report.format = is_artifact ? "artifact" : is_safetensors ? "safetensors" : "checkpoint";
+  TERN_ASSIGN_OR_RETURN(TensorMap source,
+                        is_artifact      ? ReadArtifactTensors(report.source, bytes)
+                        : is_safetensors ? ReadSafetensorsTensors(report.source, bytes)
+                                         : ReadArchiveTensors(report.source, bytes));
   bytes.clear();
+  if (names == SourceNames::kTorchvision ||
+      (names == SourceNames::kAuto && is_safetensors && HasTorchvisionNames(source))) {
+    source = MapTorchvisionNames(source);
+    report.names = "torchvision";
+  }
 
   try {
     // Plan every copy first, so a failure leaves the model untouched.

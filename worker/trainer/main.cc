@@ -86,11 +86,13 @@ int FailureExitCode(const tern::Status& status) {
 
 // tern-trainer --evaluate FILE --spec SPEC: exit 0 with an `evaluated`
 // event, 2 for a bad spec, 1 for anything else (a `failed` event says what).
-int RunEvaluate(const std::string& spec_path, const std::string& artifact_path) {
+// --logits-out FILE also writes the predictions (trainer.h).
+int RunEvaluate(const std::string& spec_path, const std::string& artifact_path,
+                const std::string& logits_path) {
   const std::optional<tern::trainer::TrainerSpec> spec = ReadSpec(spec_path, RunOptions());
   if (!spec) return tern::trainer::kExitBadSpec;
   EventWriter events(spec->name, 0, 1);
-  auto result = tern::trainer::EvaluateArtifact(*spec, artifact_path, events);
+  auto result = tern::trainer::EvaluateArtifact(*spec, artifact_path, events, logits_path);
   return result.ok() ? tern::trainer::kExitFinished : FailureExitCode(result.status());
 }
 
@@ -291,6 +293,10 @@ int main(int argc, char** argv) {
   app.add_option("--workdir", run.workdir, "checkpoints and artifact directory");
   app.add_option("--artifact", run.artifact_path, "where to write the .tern (default WORKDIR/model.tern)");
   std::string evaluate_path;
+  std::string logits_path;
+  app.add_option("--logits-out", logits_path,
+                 "with --evaluate: also write the predictions there (classification: JSON "
+                 "{labels, logits} in test-split order; detection: COCO results)");
   app.add_option("--evaluate", evaluate_path,
                  "instead of training, evaluate this .tern on the spec's dataset (test split; val "
                  "for detection) and device: prints an \"evaluated\" event");
@@ -315,7 +321,7 @@ int main(int argc, char** argv) {
     std::cerr << app.help() << "\n--spec is required (or use the compare subcommand)\n";
     return 2;
   }
-  if (!evaluate_path.empty()) return RunEvaluate(spec_path, evaluate_path);
+  if (!evaluate_path.empty()) return RunEvaluate(spec_path, evaluate_path, logits_path);
   tern::trainer::InstallStopHandlers();
   // Read where the process group is built (DistributedOptions::bind_addr).
   if (!bind_addr.empty()) ::setenv("TERN_BIND_ADDR", bind_addr.c_str(), 1);

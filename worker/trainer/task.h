@@ -55,7 +55,8 @@ struct EvalRequest {
   // collective: all ranks call); false: this rank evaluates all of it.
   bool sharded = true;
   // Non-empty: also write the predictions there (detection: COCO results
-  // JSON), and name the file in the metrics as "results_path".
+  // JSON; classification: {"labels": [...], "logits": [[...], ...]} in split
+  // order), and name the file in the metrics as "results_path".
   std::string results_path;
 };
 

@@ -12,6 +12,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "model_io/safetensors.h"
 #include "worker/trainer/checkpoint_layout.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
@@ -243,10 +244,7 @@ Status Setup(Session& s) {
   if (!spec.model.init_from.empty() && s.run.rank == 0 && !resuming) {
     TERN_ASSIGN_OR_RETURN(const InitReport report, InitializeFrom(spec.model.init_from, *s.model));
     TERN_LOG(INFO) << "model.init_from: " << report.Summary();
-    s.init_from = {{"source", report.source},
-                   {"format", report.format},
-                   {"loaded", report.loaded},
-                   {"skipped", report.skipped.size()}};
+    s.init_from = report.ToJson();
   }
   if (ctx.channels_last) {  // NHWC weights; the task makes its inputs NHWC
     torch::NoGradGuard no_grad;
@@ -743,15 +741,37 @@ StatusOr<Normalization> ArtifactNormalization(const json& metadata, size_t chann
   return out;
 }
 
+// The number of classes an architecture JSON names: a classifier's
+// num_classes, a detector's category_ids; -1 when it names none.
+int64_t ClassCount(const std::string& architecture) {
+  const json j = json::parse(architecture, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return -1;
+  if (j.contains("num_classes") && j["num_classes"].is_number_integer()) {
+    return j["num_classes"].get<int64_t>();
+  }
+  if (j.contains("category_ids") && j["category_ids"].is_array()) {
+    return static_cast<int64_t>(j["category_ids"].size());
+  }
+  return -1;
+}
+
 }  // namespace
 
 StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& artifact_path,
-                                EventWriter& events) {
+                                EventWriter& events, const std::string& logits_path) {
   SetLogPrefix("[evaluate " + artifact_path + "] ");
   const Clock::time_point start = Clock::now();
   StatusOr<json> result = [&]() -> StatusOr<json> {
     TERN_RETURN_IF_ERROR(spec.Validate());
-    TERN_ASSIGN_OR_RETURN(const quant::Artifact artifact, quant::ReadArtifactFile(artifact_path));
+    TERN_ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(artifact_path));
+    // A safetensors state dict holds weights only: the spec's model takes them.
+    const bool weights_only = model_io::LooksLikeSafetensors(bytes);
+    quant::Artifact artifact;
+    if (!weights_only) {
+      StatusOr<quant::Artifact> parsed = quant::ParseArtifact(bytes);
+      if (!parsed.ok()) return parsed.status().WithContext(artifact_path);
+      artifact = std::move(parsed).value();
+    }
     const json metadata = json::parse(artifact.metadata, nullptr, /*allow_exceptions=*/false);
     // Metadata strings, "" when absent or not strings (no exception on odd files).
     const auto text = [&](const char* key) -> std::string {
@@ -759,13 +779,13 @@ StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& arti
                  ? metadata.at(key).get<std::string>()
                  : "";
     };
-    const std::string task =
-        text("task").empty() ? "classification" : text("task");  // artifacts before the field
+    std::string task = weights_only ? spec.task : text("task");
+    if (task.empty()) task = "classification";  // artifacts before the field
     if (task != spec.task) {
       return FailedPreconditionError(artifact_path + " holds a " + task +
                                      " model; the spec's task is " + spec.task);
     }
-    json metrics;
+    json metrics, init_from;
     TERN_RETURN_IF_ERROR(Guard("evaluation", [&]() -> Status {
       TERN_ASSIGN_OR_RETURN(const torch::Device device, PrepareDevice(spec));
       DistributedOptions alone;  // one process: no process group
@@ -774,16 +794,38 @@ StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& arti
           MakeTask(TaskContextFor(spec, comm.get(), 0, 1, device));
       torch::manual_seed(spec.optim.seed);
       TERN_RETURN_IF_ERROR(evaluator->Load());
+      EvalRequest request;
+      request.split = EvalSplit::kTest;
+      request.sharded = false;
+      request.results_path = logits_path;
+      if (weights_only) {  // the dataset's normalization, as training computes it
+        std::shared_ptr<torch::nn::Module> model = evaluator->model();
+        TERN_ASSIGN_OR_RETURN(const InitReport report, InitializeFrom(artifact_path, *model));
+        for (const InitReport::Skipped& skipped : report.skipped) {
+          if (skipped.name.size() < 20 ||
+              skipped.name.compare(skipped.name.size() - 20, 20, ".num_batches_tracked") != 0) {
+            return FailedPreconditionError(artifact_path + " does not fill the spec's model: " +
+                                           report.Summary());
+          }
+        }
+        init_from = report.ToJson();
+        TERN_ASSIGN_OR_RETURN(metrics, evaluator->Evaluate(*model, request));
+        return OkStatus();
+      }
       TERN_ASSIGN_OR_RETURN(
           const Normalization norm,
           ArtifactNormalization(metadata, evaluator->normalization().mean.size(), artifact_path));
       evaluator->set_normalization(norm);
+      const int64_t model_classes = ClassCount(artifact.architecture);
+      const int64_t data_classes = ClassCount(evaluator->architecture_json());
+      if (model_classes != data_classes) {
+        return FailedPreconditionError(
+            artifact_path + " has " + std::to_string(model_classes) +
+            " classes; the spec's dataset has " + std::to_string(data_classes));
+      }
       TERN_ASSIGN_OR_RETURN(std::shared_ptr<torch::nn::Module> model,
                             evaluator->BuildFromArchitecture(artifact.architecture));
       TERN_RETURN_IF_ERROR(quant::LoadArtifactInto(artifact, *model));
-      EvalRequest request;
-      request.split = EvalSplit::kTest;
-      request.sharded = false;
       TERN_ASSIGN_OR_RETURN(metrics, evaluator->Evaluate(*model, request));
       return OkStatus();
     }));
@@ -793,6 +835,7 @@ StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& arti
                       {"metrics", metrics},
                       {"bits_per_weight", artifact.BitsPerTernaryWeight()},
                       {"seconds", Seconds(start)}};
+    if (weights_only) evaluated["init_from"] = init_from;
     events.Emit("evaluated", evaluated);
     return evaluated;
   }();

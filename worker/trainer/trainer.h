@@ -60,11 +60,17 @@ StatusOr<TrainResult> RunTraining(const TrainerSpec& spec, const RunOptions& opt
 // detection; max_eval_examples applies) on the spec's device, one process,
 // with the input normalization the artifact was trained with. Emits an
 // `evaluated` event with the metrics (or `failed`) and returns them. Fails
-// with FAILED_PRECONDITION when the artifact's task or input channels do not
-// fit the spec's dataset, DATA_LOSS for a damaged file.
+// with FAILED_PRECONDITION when the artifact's task, class count or input
+// channels do not fit the spec's dataset, DATA_LOSS for a damaged file.
+// A non-empty `logits_path` also receives the predictions (classification:
+// the logits, see EvalRequest::results_path). A `.safetensors` state dict
+// instead of a `.tern` is loaded into the spec's model (model.init_from's
+// rules and name mapping; FAILED_PRECONDITION unless it fills every tensor)
+// and evaluated with the dataset's normalization.
 StatusOr<nlohmann::json> EvaluateArtifact(const TrainerSpec& spec,
                                           const std::string& artifact_path,
-                                          EventWriter& events);
+                                          EventWriter& events,
+                                          const std::string& logits_path = "");
 
 }  // namespace tern::trainer
 

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/file_util.h"
+#include "model_io/safetensors.h"
 #include "quant/artifact.h"
 #include "quant/ternary_model.h"
 #include "tests/common/scoped_temp_dir.h"
@@ -336,6 +337,109 @@ TEST(CheckpointLayoutTest, NamesAndNewestCommittedStep) {
     }
   }
   EXPECT_EQ(NewestCommittedStep(dir.path()), 7);
+}
+
+// `model`'s state dict as a safetensors file (as PyTorch's save_file writes
+// one): float32 tensors, the BN step counters as int64, names via `rename`.
+template <typename Rename>
+std::string SafetensorsBytes(torch::nn::Module& model, Rename rename) {
+  model_io::SafetensorsFile file;
+  file.metadata["format"] = "pt";
+  for (const auto& [name, tensor] : StateDict(model)) {
+    const at::Tensor t = tensor.contiguous();
+    std::vector<int64_t> shape = t.sizes().vec();
+    if (t.scalar_type() == at::kLong) {
+      model_io::SafetensorsTensor counter{rename(name), model_io::Dtype::kI64, shape, {}};
+      counter.data.assign(static_cast<const char*>(t.data_ptr()), t.numel() * 8);
+      file.tensors.push_back(counter);
+    } else {
+      const float* v = t.data_ptr<float>();
+      file.tensors.push_back(
+          model_io::FloatTensor(rename(name), shape, std::vector<float>(v, v + t.numel())));
+    }
+  }
+  return model_io::SerializeSafetensors(file);
+}
+
+// tern's ResNet-20 names as torchvision's ResNet names them (3 blocks a
+// stage), behind DataParallel's "module." prefix.
+std::string TorchvisionName(const std::string& name) {
+  if (name.rfind("blocks.", 0) != 0) return "module." + name;
+  const size_t dot = name.find('.', 7);
+  const int64_t block = std::stoll(name.substr(7, dot - 7));
+  std::string rest = name.substr(dot + 1);
+  if (rest.rfind("shortcut_conv.", 0) == 0) rest = "downsample.0." + rest.substr(14);
+  if (rest.rfind("shortcut_bn.", 0) == 0) rest = "downsample.1." + rest.substr(12);
+  return "module.layer" + std::to_string(block / 3 + 1) + "." + std::to_string(block % 3) + "." +
+         rest;
+}
+
+TEST(InitFromTest, SafetensorsStateDictLoadsEverything) {
+  TempDir dir;
+  auto source = Build(1);
+  auto target = Build(2);
+  ASSERT_TRUE(AnyDiffers(*source, *target));
+  const std::string file = dir.Path("weights.bin");  // recognised by content, not name
+  ASSERT_TRUE(WriteFileAtomically(file, SafetensorsBytes(*source, [](auto n) { return n; })).ok());
+  auto report = InitializeFrom(file, *target);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->format, "safetensors");
+  EXPECT_EQ(report->names, "as stored");
+  EXPECT_TRUE(report->skipped.empty());
+  ExpectSameState(*target, *source);
+}
+
+TEST(InitFromTest, TorchvisionNamesAreMapped) {
+  TempDir dir;
+  auto source = Build(1);
+  const std::string file = dir.Path("torchvision.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(file, SafetensorsBytes(*source, TorchvisionName)).ok());
+  auto target = Build(2);
+  auto report = InitializeFrom(file, *target);  // kAuto: recognised by the names
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->names, "torchvision");
+  EXPECT_TRUE(report->skipped.empty()) << report->Summary();
+  EXPECT_TRUE(report->unused.empty()) << report->Summary();
+  ExpectSameState(*target, *source);
+  const nlohmann::json json = report->ToJson();
+  EXPECT_EQ(json["names"], "torchvision");
+  EXPECT_EQ(json["skipped"], 0);
+
+  // As stored, no block matches: refused, naming examples from both sides.
+  auto fresh = Build(3);
+  auto as_stored = InitializeFrom(file, *fresh, SourceNames::kAsStored);
+  ASSERT_FALSE(as_stored.ok());
+  EXPECT_EQ(as_stored.status().code(), StatusCode::kInvalidArgument) << as_stored.status();
+}
+
+TEST(InitFromTest, SafetensorsWithOtherClassCountReportsWhySkipped) {
+  TempDir dir;
+  auto source = Build(1, /*num_classes=*/100);
+  const std::string file = dir.Path("cifar100.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(file, SafetensorsBytes(*source, [](auto n) { return n; })).ok());
+  auto target = Build(2, /*num_classes=*/10);
+  auto report = InitializeFrom(file, *target);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const nlohmann::json json = report->ToJson();
+  EXPECT_EQ(json["skipped"], 2);
+  EXPECT_EQ(json["skipped_tensors"][0]["name"], "fc.weight");
+  EXPECT_EQ(json["skipped_tensors"][0]["reason"], "shape [100, 64] in source, [10, 64] in model");
+}
+
+TEST(InitFromTest, TruncatedSafetensorsIsDataLoss) {
+  TempDir dir;
+  auto source = Build(1);
+  const std::string bytes = SafetensorsBytes(*source, [](auto n) { return n; });
+  auto target = Build(2);
+  const auto before = StateDict(*target);
+  const std::string file = dir.Path("truncated.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(file, bytes.substr(0, bytes.size() - 100)).ok());
+  auto report = InitializeFrom(file, *target);
+  EXPECT_EQ(report.status().code(), StatusCode::kDataLoss) << report.status();
+  EXPECT_NE(report.status().message().find("safetensors"), std::string::npos) << report.status();
+  for (const auto& [name, tensor] : StateDict(*target)) {
+    EXPECT_TRUE(torch::equal(tensor, before.at(name))) << name;
+  }
 }
 
 }  // namespace
