@@ -354,7 +354,8 @@ Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events,
     write.job.history.clear();  // not stored from here
     write.events = std::move(events);
     open_->writes.push_back(std::move(write));
-    writer_wake_.notify_one();
+    // No wake-up of the writer here: the call commits it in FinishLocked,
+    // or the commit under way hands it to the writer when done.
   }
   ApplyLocked(std::move(job));
   if (open_ == nullptr) changed_.notify_all();  // group: once committed
@@ -366,16 +367,24 @@ Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events,
 void Scheduler::WriterLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    writer_wake_.wait(lock, [&] { return stopping_ || !open_->writes.empty(); });
+    writer_wake_.wait(lock, [&] {
+      return (stopping_ && in_flight_ == nullptr) ||
+             (!open_->writes.empty() && in_flight_ == nullptr);
+    });
     if (open_->writes.empty()) return;  // stopping, nothing left to write
-    in_flight_ = std::exchange(open_, std::make_shared<Batch>());
-    const std::shared_ptr<Batch> batch = in_flight_;
-    lock.unlock();
-    Status status = store_->Commit(batch->writes);
-    lock.lock();
-    ResolveLocked(batch, std::move(status));
-    in_flight_.reset();
+    CommitOpenBatchLocked(lock);
   }
+}
+
+void Scheduler::CommitOpenBatchLocked(std::unique_lock<std::mutex>& lock) {
+  in_flight_ = std::exchange(open_, std::make_shared<Batch>());
+  const std::shared_ptr<Batch> batch = in_flight_;
+  lock.unlock();
+  Status status = store_->Commit(batch->writes);
+  lock.lock();
+  ResolveLocked(batch, std::move(status));
+  in_flight_.reset();
+  if (!open_->writes.empty() || stopping_) writer_wake_.notify_one();
 }
 
 void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch,
@@ -459,9 +468,21 @@ void Scheduler::DeferLocked(std::function<void()> effect) {
 
 Status Scheduler::FinishLocked(std::unique_lock<std::mutex>& lock,
                                Status status) {
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    // Writes this call queued before failing still get committed.
+    if (open_ != nullptr && !open_->writes.empty() && in_flight_ == nullptr) {
+      writer_wake_.notify_one();
+    }
+    return status;
+  }
   const std::shared_ptr<Batch> batch = UnresolvedLocked();
   if (batch == nullptr) return OkStatus();
+  if (batch == open_ && in_flight_ == nullptr) {
+    // No commit under way: commit here, sparing a lone caller the hand-off
+    // to the writer thread and back (two wake-ups). Calls arriving
+    // meanwhile queue behind it; the writer takes those.
+    CommitOpenBatchLocked(lock);
+  }
   batch->resolved.wait(lock, [&] { return batch->done; });
   return batch->status;
 }
@@ -914,22 +935,18 @@ StatusOr<SubmitResult> Scheduler::SubmitJob(const JobRequest& request) {
   TERN_RETURN_IF_ERROR(ValidateJobRequest(request, options_.max_world_size));
   std::unique_lock<std::mutex> lock(mu_);
   const TimePoint now = clock_->Now();
-  if (!request.idempotency_key.empty()) {
+  while (!request.idempotency_key.empty()) {
     auto it =
         by_idempotency_key_.find({request.owner, request.idempotency_key});
-    if (it != by_idempotency_key_.end()) {
-      // Answered once the earlier submission is committed (it may be in a
-      // batch being written; if that fails, so does this call).
-      const JobId id = it->second;
-      TERN_RETURN_IF_ERROR(FinishLocked(lock, OkStatus()));
-      auto job = jobs_.find(id);
-      if (job == jobs_.end()) {
-        return UnavailableError("the submission with idempotency key " +
-                                Quoted(request.idempotency_key) +
-                                " was not stored; submit again");
-      }
-      return SubmitResult{job->second, /*created=*/false};
+    if (it == by_idempotency_key_.end()) break;
+    const JobId id = it->second;
+    if (unflushed_.count(id) == 0) {
+      return SubmitResult{jobs_.at(id), /*created=*/false};
     }
+    // The earlier submission (or a change of its job) is being committed:
+    // answer once it is. Should that commit fail, the key is free again
+    // and this call submits the job itself.
+    AwaitJobLocked(lock, id);
   }
   TERN_RETURN_IF_ERROR(CheckSubmitQuotaLocked(request));
   Job job;

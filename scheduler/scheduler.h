@@ -47,9 +47,10 @@
 //   are not stored: the agents of running jobs must re-register within one
 //   lease TTL of the restart (listing the ranks they still run).
 // - Group commit (CommitMode::kGroup, the default): a call changes memory
-//   under the lock and queues its store writes; one writer thread commits
-//   everything queued in one transaction (one fsync) and then answers every
-//   call of that batch. What a change sends out (assignments, kill orders,
+//   under the lock and queues its store writes; one committer at a time (the
+//   calling thread when no commit is under way, else the writer thread once
+//   it is) commits everything queued in one transaction (one fsync) and then
+//   answers every call of that batch. What a change sends out (assignments, kill orders,
 //   event notifications) waits for its commit. GetJob, ListJobs and
 //   ReadEvents show no change that is not committed yet (they wait for it, or
 //   leave out jobs whose submission is not committed). A failed commit fails
@@ -306,6 +307,8 @@ class Scheduler {
   QueueKey QueueKeyOf(const Job& job) const;
   // --- Group commit ---
   void WriterLoop();
+  // Takes the open batch, commits it without the lock, answers its calls.
+  void CommitOpenBatchLocked(std::unique_lock<std::mutex>& lock);
   // Answers `batch`'s calls; on error fails the open batch and reloads.
   void ResolveLocked(const std::shared_ptr<Batch>& batch, Status status);
   // The newest batch not committed yet (open or being written); null when
