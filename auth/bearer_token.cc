@@ -8,8 +8,8 @@
 #include <utility>
 
 #include "common/file_util.h"
-#include "common/sha256.h"
 #include "common/logging.h"
+#include "common/sha256.h"
 
 namespace tern::tls {
 namespace {
@@ -98,7 +98,7 @@ StatusOr<std::string> ReadTokenFile(const std::string& flag, const std::string& 
 }
 
 StatusOr<std::shared_ptr<grpc::CallCredentials>> BearerTokenCredentials(const std::string& flag,
-                                                                         const std::string& path) {
+                                                                        const std::string& path) {
   TERN_ASSIGN_OR_RETURN(std::shared_ptr<TokenFile> file, TokenFile::Open(flag, path));
   return grpc::MetadataCredentialsFromPlugin(std::make_unique<TokenFilePlugin>(std::move(file)));
 }
@@ -110,7 +110,9 @@ StatusOr<std::shared_ptr<TokenFile>> TokenFile::Open(const std::string& flag,
 }
 
 TokenFile::TokenFile(std::string flag, std::string path, std::string token)
-    : flag_(std::move(flag)), path_(std::move(path)), token_(std::move(token)),
+    : flag_(std::move(flag)),
+      path_(std::move(path)),
+      token_(std::move(token)),
       stamp_(FileChangeStamp(path_)) {}
 
 std::string TokenFile::Current() {

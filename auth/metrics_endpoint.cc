@@ -16,8 +16,7 @@ StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> StartMetricsEndpoint(
   }
   auto http = std::make_unique<metrics::MetricsHttpServer>(options.listen, registry);
   if (!options.tls_cert.empty()) {
-    TERN_RETURN_IF_ERROR(
-        http->UseTls(options.tls_cert, options.tls_key).WithContext(names.tls));
+    TERN_RETURN_IF_ERROR(http->UseTls(options.tls_cert, options.tls_key).WithContext(names.tls));
   }
   if (!options.token_file.empty()) {
     TERN_ASSIGN_OR_RETURN(std::shared_ptr<TokenFile> token,

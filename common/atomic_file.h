@@ -26,8 +26,7 @@ class AtomicFile {
     kNo,   // Commit fails with ALREADY_EXISTS when `path` exists
   };
   // `mode`: e.g. 0600 for a secret, so that it is never readable by more.
-  explicit AtomicFile(std::string path, unsigned mode = 0644,
-                      Replace replace = Replace::kYes);
+  explicit AtomicFile(std::string path, unsigned mode = 0644, Replace replace = Replace::kYes);
   ~AtomicFile();  // removes the temporary file unless committed
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;

@@ -78,8 +78,7 @@ namespace {
 // Unique per object, so that concurrent writers of one path never share it.
 std::string TempPathFor(const std::string& path) {
   static std::atomic<uint64_t> files{0};
-  return path + ".tmp." + std::to_string(::getpid()) + "." +
-         std::to_string(files.fetch_add(1));
+  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(files.fetch_add(1));
 }
 
 }  // namespace
@@ -94,8 +93,7 @@ AtomicFile::~AtomicFile() {
 
 Status AtomicFile::Open() {
   ::unlink(tmp_.c_str());  // a leftover of a crash: its mode or an open descriptor could leak
-  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-               static_cast<mode_t>(mode_));
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode_));
   if (fd_ < 0) return Errno("cannot create", tmp_);
   return OkStatus();
 }
@@ -121,8 +119,7 @@ Status AtomicFile::Commit() {
     if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
       return Errno("cannot rename onto", path_);
     }
-  } else if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, path_.c_str(),
-                         RENAME_NOREPLACE) != 0) {
+  } else if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, path_.c_str(), RENAME_NOREPLACE) != 0) {
     if (errno == EEXIST) return AlreadyExistsError("cannot create " + path_ + ": it exists");
     return Errno("cannot rename onto", path_);
   }

@@ -35,8 +35,7 @@ void Sha256::Update(std::string_view data) {
 std::string Sha256::HexDigest() {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
-  TERN_CHECK(EVP_DigestFinal_ex(ctx_->md, digest, &size) == 1)
-      << "EVP_DigestFinal_ex failed";
+  TERN_CHECK(EVP_DigestFinal_ex(ctx_->md, digest, &size) == 1) << "EVP_DigestFinal_ex failed";
   return LowerHex(std::string_view(reinterpret_cast<const char*>(digest), size));
 }
 

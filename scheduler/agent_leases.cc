@@ -40,8 +40,7 @@ bool IsExpected(const Job& job, const RankRef& ref) {
 AgentLeases::AgentLeases(Scheduler* scheduler, const Clock* clock)
     : scheduler_(scheduler), clock_(clock) {}
 
-StatusOr<AgentLeases::Grant> AgentLeases::Register(
-    const AgentRegistration& registration) {
+StatusOr<AgentLeases::Grant> AgentLeases::Register(const AgentRegistration& registration) {
   TERN_ASSIGN_OR_RETURN(Lease lease, scheduler_->RegisterAgent(registration));
   Grant grant;
   grant.lease_id = NewLeaseId();
@@ -49,18 +48,16 @@ StatusOr<AgentLeases::Grant> AgentLeases::Register(
   std::lock_guard<std::mutex> lock(mu_);
   Entry& entry = leases_[registration.agent_id];
   // An expired lease that Expire has not collected yet still counts.
-  grant.replaced_expired =
-      !entry.lease_id.empty() && entry.expires_at <= clock_->Now();
+  grant.replaced_expired = !entry.lease_id.empty() && entry.expires_at <= clock_->Now();
   entry = Entry{grant.lease_id, grant.expires_at, /*lost=*/false};
   return grant;
 }
 
-Status AgentLeases::Check(const std::string& agent_id,
-                          const std::string& lease_id) const {
+Status AgentLeases::Check(const std::string& agent_id, const std::string& lease_id) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = leases_.find(agent_id);
-  if (it == leases_.end() || it->second.lease_id != lease_id ||
-      it->second.lost || it->second.expires_at <= clock_->Now()) {
+  if (it == leases_.end() || it->second.lease_id != lease_id || it->second.lost ||
+      it->second.expires_at <= clock_->Now()) {
     return FailedPreconditionError(
         "agent " + agent_id +
         ": unknown or expired lease; register again, listing the ranks still running");
@@ -68,8 +65,8 @@ Status AgentLeases::Check(const std::string& agent_id,
   return OkStatus();
 }
 
-Status AgentLeases::Lost(const std::string& agent_id,
-                         const std::string& lease_id, const std::string& what) {
+Status AgentLeases::Lost(const std::string& agent_id, const std::string& lease_id,
+                         const std::string& what) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = leases_.find(agent_id);
@@ -77,13 +74,12 @@ Status AgentLeases::Lost(const std::string& agent_id,
       it->second.lost = true;  // Expire counts and removes it
     }
   }
-  return FailedPreconditionError("agent " + agent_id + ": " + what +
-                                 "; register again");
+  return FailedPreconditionError("agent " + agent_id + ": " + what + "; register again");
 }
 
-StatusOr<AgentLeases::Renewal> AgentLeases::Heartbeat(
-    const std::string& agent_id, const std::string& lease_id,
-    const std::vector<RankRef>& running) {
+StatusOr<AgentLeases::Renewal> AgentLeases::Heartbeat(const std::string& agent_id,
+                                                      const std::string& lease_id,
+                                                      const std::vector<RankRef>& running) {
   TERN_RETURN_IF_ERROR(Check(agent_id, lease_id));
   StatusOr<Lease> lease = scheduler_->Heartbeat(agent_id);
   if (!lease.ok()) {
@@ -137,8 +133,7 @@ StatusOr<std::vector<AgentLeases::PlacedRank>> AgentLeases::PlacedRanks(
   return placed;
 }
 
-StatusOr<AgentWork> AgentLeases::TakeWork(const std::string& agent_id,
-                                          const std::string& lease_id,
+StatusOr<AgentWork> AgentLeases::TakeWork(const std::string& agent_id, const std::string& lease_id,
                                           std::chrono::milliseconds max_wait) {
   TERN_RETURN_IF_ERROR(Check(agent_id, lease_id));
   StatusOr<AgentWork> work = scheduler_->TakeAgentWork(agent_id, max_wait);
@@ -148,8 +143,7 @@ StatusOr<AgentWork> AgentLeases::TakeWork(const std::string& agent_id,
   return work;
 }
 
-Status AgentLeases::Drain(const std::string& agent_id,
-                          const std::string& lease_id) {
+Status AgentLeases::Drain(const std::string& agent_id, const std::string& lease_id) {
   TERN_RETURN_IF_ERROR(Check(agent_id, lease_id));
   const Status drained = scheduler_->DrainAgent(agent_id);
   if (drained.code() == StatusCode::kNotFound) {
@@ -158,8 +152,7 @@ Status AgentLeases::Drain(const std::string& agent_id,
   return drained;
 }
 
-Status AgentLeases::Deregister(const std::string& agent_id,
-                               const std::string& lease_id) {
+Status AgentLeases::Deregister(const std::string& agent_id, const std::string& lease_id) {
   TERN_RETURN_IF_ERROR(Check(agent_id, lease_id));
   const Status left = scheduler_->DeregisterAgent(agent_id);
   if (!left.ok() && left.code() != StatusCode::kNotFound) return left;
@@ -169,8 +162,7 @@ Status AgentLeases::Deregister(const std::string& agent_id,
   }
   TERN_LOG(INFO) << "agent " << agent_id << " deregistered";
   if (!left.ok()) {
-    return FailedPreconditionError("agent " + agent_id +
-                                   ": lease expired before it deregistered");
+    return FailedPreconditionError("agent " + agent_id + ": lease expired before it deregistered");
   }
   return OkStatus();
 }

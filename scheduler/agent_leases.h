@@ -62,8 +62,7 @@ class AgentLeases {
   // (its current attempt, placed on this agent, not exited) is marked
   // started; any other is returned as unexpected. FAILED_PRECONDITION once
   // the scheduler no longer knows the agent.
-  StatusOr<Renewal> Heartbeat(const std::string& agent_id,
-                              const std::string& lease_id,
+  StatusOr<Renewal> Heartbeat(const std::string& agent_id, const std::string& lease_id,
                               const std::vector<RankRef>& running);
 
   // A rank the agent should be running now, and its job as listed.
@@ -77,8 +76,7 @@ class AgentLeases {
 
   // Check, then Scheduler::TakeAgentWork (blocks up to max_wait).
   // FAILED_PRECONDITION once the scheduler no longer knows the agent.
-  StatusOr<AgentWork> TakeWork(const std::string& agent_id,
-                               const std::string& lease_id,
+  StatusOr<AgentWork> TakeWork(const std::string& agent_id, const std::string& lease_id,
                                std::chrono::milliseconds max_wait);
   // Check, then Scheduler::DrainAgent; FAILED_PRECONDITION as TakeWork.
   Status Drain(const std::string& agent_id, const std::string& lease_id);
@@ -99,8 +97,7 @@ class AgentLeases {
   };
   // Marks the lease lost (Expire collects it) and returns the
   // FAILED_PRECONDITION that tells the agent so.
-  Status Lost(const std::string& agent_id, const std::string& lease_id,
-              const std::string& what);
+  Status Lost(const std::string& agent_id, const std::string& lease_id, const std::string& what);
 
   Scheduler* const scheduler_;
   const Clock* const clock_;

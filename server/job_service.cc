@@ -270,8 +270,7 @@ Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& r
     query.page_token = token.substr(17);
   }
 
-  TERN_ASSIGN_OR_RETURN(scheduler::ListJobsResult page,
-                        state_->scheduler->ListJobs(query));
+  TERN_ASSIGN_OR_RETURN(scheduler::ListJobsResult page, state_->scheduler->ListJobs(query));
   for (const scheduler::Job& job : page.jobs) {
     TERN_ASSIGN_OR_RETURN(*response->add_jobs(), Describe(job));
   }

@@ -34,8 +34,8 @@ using tern::server::TerndOptions;
 
 // Adds a duration flag "--name" (e.g. "15s") bound to `target`; the help
 // shows the default, `target`'s value now.
-void AddDuration(CLI::App& app, const std::string& name,
-                 std::chrono::milliseconds* target, const std::string& help) {
+void AddDuration(CLI::App& app, const std::string& name, std::chrono::milliseconds* target,
+                 const std::string& help) {
   const std::string shown_default = FormatDuration(*target);
   app.add_option_function<std::string>(
          name,
@@ -168,8 +168,7 @@ int main(int argc, char** argv) {
               "handed out again on that agent");
   AddDuration(app, "--job-metrics-grace", &options.job_metrics_grace,
               "how long an ended job's tern_job_* series stay");
-  AddDuration(app, "--kill-grace", &options.kill_grace,
-              "SIGTERM to SIGKILL delay in kill orders");
+  AddDuration(app, "--kill-grace", &options.kill_grace, "SIGTERM to SIGKILL delay in kill orders");
   AddDuration(app, "--shutdown-grace", &options.shutdown_grace,
               "how long shutdown waits for in-flight requests");
   std::string commit_mode = tern::scheduler::CommitModeName(options.scheduler.commit_mode);

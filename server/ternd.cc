@@ -11,6 +11,8 @@
 #include <system_error>
 #include <utility>
 
+#include "auth/metrics_endpoint.h"
+#include "auth/token_table.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "path_policy/path_rules.h"
@@ -21,8 +23,6 @@
 #include "server/rendezvous_key.h"
 #include "server/server_metrics.h"
 #include "server/server_state.h"
-#include "auth/token_table.h"
-#include "auth/metrics_endpoint.h"
 #include "server/worker_service.h"
 
 namespace tern::server {
@@ -122,9 +122,8 @@ StatusOr<milliseconds> ParseDuration(std::string_view text) {
 std::string FormatDuration(milliseconds duration) {
   const int64_t ms = duration.count();
   if (ms == 0) return "0";
-  for (const auto& [scale, unit] : {std::pair<int64_t, const char*>{3600 * 1000, "h"},
-                                    {60 * 1000, "m"},
-                                    {1000, "s"}}) {
+  for (const auto& [scale, unit] :
+       {std::pair<int64_t, const char*>{3600 * 1000, "h"}, {60 * 1000, "m"}, {1000, "s"}}) {
     if (ms % scale == 0) return std::to_string(ms / scale) + unit;
   }
   return std::to_string(ms) + "ms";
@@ -163,8 +162,7 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
         metrics->OnJobEvent(job, event);
       });
   TERN_ASSIGN_OR_RETURN(scheduler_,
-                        scheduler::Scheduler::Create(options_.scheduler,
-                                                     std::move(store), clock));
+                        scheduler::Scheduler::Create(options_.scheduler, std::move(store), clock));
   progress_ = std::make_unique<ProgressCache>(scheduler_.get());
 
   state_ = std::make_unique<ServerState>();

@@ -30,10 +30,10 @@
 #include <string_view>
 #include <thread>
 
+#include "auth/tls_credentials.h"
 #include "common/http_server.h"
 #include "common/metrics.h"
 #include "common/status.h"
-#include "auth/tls_credentials.h"
 #include "scheduler/clock.h"
 #include "scheduler/scheduler.h"
 

@@ -182,8 +182,7 @@ Status WorkerService::DoRegister(const v1::RegisterRequest& request,
     }
     registration.running.push_back(*ref);
   }
-  TERN_ASSIGN_OR_RETURN(scheduler::AgentLeases::Grant grant,
-                        leases_.Register(registration));
+  TERN_ASSIGN_OR_RETURN(scheduler::AgentLeases::Grant grant, leases_.Register(registration));
   if (grant.replaced_expired) state_->metrics->OnLeaseExpired();
   TERN_LOG(INFO) << "agent " << request.agent_id() << " (" << request.host()
                  << ", version " << request.version() << ") registered";
@@ -203,9 +202,8 @@ Status WorkerService::DoHeartbeat(const v1::HeartbeatRequest& request,
     StatusOr<scheduler::RankRef> ref = ToRankRef(request.agent_id(), running);
     if (ref.ok()) refs.push_back(*std::move(ref));
   }
-  TERN_ASSIGN_OR_RETURN(
-      scheduler::AgentLeases::Renewal renewal,
-      leases_.Heartbeat(request.agent_id(), request.lease_id(), refs));
+  TERN_ASSIGN_OR_RETURN(scheduler::AgentLeases::Renewal renewal,
+                        leases_.Heartbeat(request.agent_id(), request.lease_id(), refs));
   std::set<RankKey> unexpected;
   for (const scheduler::RankRef& ref : renewal.unexpected) {
     unexpected.insert({ref.job_id, ref.attempt, ref.rank});
@@ -267,9 +265,8 @@ Status WorkerService::DoStreamAssignments(
     if (state_->shutting_down.load()) {
       return UnavailableError("ternd is shutting down; reconnect");
     }
-    TERN_ASSIGN_OR_RETURN(
-        scheduler::AgentWork work,
-        leases_.TakeWork(agent_id, request.lease_id(), state_->long_poll));
+    TERN_ASSIGN_OR_RETURN(scheduler::AgentWork work,
+                          leases_.TakeWork(agent_id, request.lease_id(), state_->long_poll));
     // One kill order per job attempt (the scheduler sends one per rank).
     std::set<std::pair<scheduler::JobId, int>> killed;
     for (const scheduler::KillOrder& kill : work.kills) {

@@ -25,8 +25,8 @@ TEST(Sha256Test, LowerHex) {
 }
 
 TEST(Sha256Test, DigestFileReadsSizeAndDigest) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                                    ("tern-sha256-test-" + std::to_string(::getpid()));
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("tern-sha256-test-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const std::string content(3 << 20, 'x');  // more than one 1 MiB block
   const std::string path = (dir / "artifact.tern").string();

@@ -34,8 +34,7 @@ class AgentLeasesTest : public ::testing::Test {
     leases_ = std::make_unique<AgentLeases>(scheduler_.get(), clock_.get());
   }
 
-  AgentLeases::Grant Register(const std::string& agent_id,
-                              std::vector<RankRef> running = {}) {
+  AgentLeases::Grant Register(const std::string& agent_id, std::vector<RankRef> running = {}) {
     AgentRegistration reg;
     reg.agent_id = agent_id;
     reg.host = agent_id + ".local";
@@ -147,8 +146,7 @@ TEST_F(AgentLeasesTest, HeartbeatStartsExpectedRanksAndNamesTheOthers) {
 
 TEST_F(AgentLeasesTest, CallsWithAStaleLeaseReachNoScheduler) {
   const AgentLeases::Grant grant = Register("a1");
-  EXPECT_EQ(leases_->Heartbeat("a1", "stale", {}).status().code(),
-            StatusCode::kFailedPrecondition);
+  EXPECT_EQ(leases_->Heartbeat("a1", "stale", {}).status().code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(leases_->TakeWork("a1", "stale", milliseconds(0)).status().code(),
             StatusCode::kFailedPrecondition);
   EXPECT_EQ(leases_->Drain("a1", "stale").code(), StatusCode::kFailedPrecondition);
@@ -176,8 +174,7 @@ TEST_F(AgentLeasesTest, DrainAndHeartbeatOfALostAgentSayRegisterAgain) {
   ASSERT_TRUE(scheduler_->DeregisterAgent("a1").ok());
   Status drained = leases_->Drain("a1", grant.lease_id);
   EXPECT_EQ(drained.code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(drained.message().find("lease expired; register again"), std::string::npos)
-      << drained;
+  EXPECT_NE(drained.message().find("lease expired; register again"), std::string::npos) << drained;
 
   const AgentLeases::Grant again = Register("a1");
   ASSERT_TRUE(scheduler_->DeregisterAgent("a1").ok());

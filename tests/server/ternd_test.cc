@@ -35,7 +35,8 @@ TEST(TerndOptionsTest, FormatsDurationsAsParsed) {
   EXPECT_EQ(FormatDuration(std::chrono::hours(2)), "2h");
   EXPECT_EQ(FormatDuration(std::chrono::milliseconds(1500)), "1500ms");
   EXPECT_EQ(FormatDuration(std::chrono::milliseconds(0)), "0");
-  for (std::chrono::milliseconds d : {std::chrono::milliseconds(250), std::chrono::milliseconds(90000)}) {
+  for (std::chrono::milliseconds d :
+       {std::chrono::milliseconds(250), std::chrono::milliseconds(90000)}) {
     EXPECT_EQ(*ParseDuration(FormatDuration(d)), d);
   }
 }
