@@ -10,7 +10,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "auth/bearer_token.h"
+#include "auth/metrics_endpoint.h"
 #include "common/logging.h"
 
 namespace tern::agent {
@@ -117,25 +117,14 @@ StatusOr<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(AgentDaemonOptions opt
   std::unique_ptr<AgentDaemon> daemon(new AgentDaemon(std::move(options)));
   const AgentDaemonOptions& o = daemon->options_;
   daemon->agent_ = std::make_unique<Agent>(o.agent, std::move(channel), &daemon->registry_);
-  if (!o.metrics_listen.empty()) {
-    daemon->http_ = std::make_unique<metrics::MetricsHttpServer>(o.metrics_listen,
-                                                                 &daemon->registry_);
-    if (!o.metrics_tls_cert.empty() || !o.metrics_tls_key.empty()) {
-      if (o.metrics_tls_cert.empty() || o.metrics_tls_key.empty()) {
-        return InvalidArgumentError("--metrics-tls-cert and --metrics-tls-key go together");
-      }
-      TERN_RETURN_IF_ERROR(daemon->http_->UseTls(o.metrics_tls_cert, o.metrics_tls_key));
-    }
-    if (!o.metrics_token_file.empty()) {
-      TERN_ASSIGN_OR_RETURN(auto token,
-                            tls::TokenFile::Open("--metrics-token-file", o.metrics_token_file));
-      daemon->http_->RequireBearerToken(
-          [token](std::string_view presented) { return token->Matches(presented); });
-    }
-    if (Status s = daemon->http_->Start(); !s.ok()) {
-      return s.WithContext("--metrics-listen " + o.metrics_listen);
-    }
-  }
+  tls::MetricsEndpointNames names;
+  names.listen = "--metrics-listen " + o.metrics_listen;
+  names.token_file = "--metrics-token-file";
+  names.tls = "--metrics-tls-cert and --metrics-tls-key";
+  TERN_ASSIGN_OR_RETURN(daemon->http_,
+                        tls::StartMetricsEndpoint({o.metrics_listen, o.metrics_token_file,
+                                                   o.metrics_tls_cert, o.metrics_tls_key},
+                                                  &daemon->registry_, names));
   TERN_LOG(INFO) << "agent " << o.agent.agent_id << " for " << o.server << ", advertising "
                  << o.agent.host << ", trainer " << o.agent.trainer_path << ", workdir "
                  << o.agent.workdir;
