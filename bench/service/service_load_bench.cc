@@ -3,6 +3,8 @@
 //   tern_service_load_bench --server 127.0.0.1:7070 [--concurrency 1,16,128]
 //       [--seconds 5] [--channels 4] [--deadline-ms 10000] [--get-per-submit 1]
 //       [--queued-depths 0,10000,100000 [--depth-samples 300]]
+//   tern_service_load_bench --server ADDR --submit-jobs N --concurrency C
+//       --ack-file PATH [--owner bench]
 //
 // For each concurrency level N, N threads (each with its own stub; threads are
 // spread round-robin over --channels channels) loop for --seconds: one
@@ -20,6 +22,12 @@
 // the queue length), then times --depth-samples SubmitJob calls from one
 // client, one at a time, each followed by one GetJob of that job and one
 // ListJobs (first page of 10). Prints one row per depth.
+//
+// --submit-jobs N (a load test, tests/e2e/submit_load_e2e.sh): C threads
+// submit N jobs in all, each with its own idempotency key, and retry a
+// failed call with the same key (waiting for the server to come back) until
+// it is acknowledged, for up to --retry-seconds; each acknowledgement appends
+// "ID KEY" to --ack-file. Exit status 0 once all N are acknowledged.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -176,6 +184,74 @@ long Fill(const std::vector<std::shared_ptr<grpc::Channel>>& chans, long count, 
   return errors.load();
 }
 
+// --submit-jobs: returns 0 when every submission was acknowledged.
+int RunSubmitJobs(const std::string& server, long jobs, int threads, int deadline_ms,
+                  double retry_seconds, const std::string& owner, const std::string& ack_path,
+                  const std::string& run_tag) {
+  std::FILE* acks = std::fopen(ack_path.c_str(), "a");
+  if (acks == nullptr) {
+    std::fprintf(stderr, "cannot open --ack-file %s\n", ack_path.c_str());
+    return 2;
+  }
+  std::atomic<long> next{0}, acked{0}, retries{0}, gave_up{0};
+  std::mutex mu;
+  std::string last_error;
+  std::vector<std::thread> pool;
+  const auto start = Clock::now();
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      grpc::ChannelArguments args;
+      args.SetInt("grpc.channel_id", t % 8);
+      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+      auto stub = tern::v1::JobService::NewStub(
+          grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args));
+      const tern::v1::JobSpec spec = SmallSpec(0, t);
+      for (long i = next++; i < jobs; i = next++) {
+        const std::string key = run_tag + "-" + std::to_string(i);
+        const auto give_up = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                std::chrono::duration<double>(retry_seconds));
+        for (;;) {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+          ctx.set_wait_for_ready(true);  // across a restart of the server
+          ctx.AddMetadata("x-tern-owner", owner);
+          tern::v1::SubmitJobRequest req;
+          *req.mutable_spec() = spec;
+          req.set_idempotency_key(key);
+          tern::v1::SubmitJobResponse resp;
+          grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
+          if (s.ok()) {
+            std::lock_guard<std::mutex> lock(mu);
+            std::fprintf(acks, "%s %s\n", resp.job().id().c_str(), key.c_str());
+            std::fflush(acks);
+            ++acked;
+            break;
+          }
+          {
+            std::lock_guard<std::mutex> lock(mu);
+            last_error = std::to_string(s.error_code()) + " " + s.error_message();
+          }
+          if (Clock::now() > give_up) {
+            ++gave_up;
+            break;
+          }
+          ++retries;
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  std::fclose(acks);
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  std::printf("submitted %ld of %ld in %.1f s (%.0f/s), %ld retried calls, %ld given up%s%s\n",
+              acked.load(), jobs, elapsed, static_cast<double>(acked.load()) / elapsed,
+              retries.load(), gave_up.load(), last_error.empty() ? "" : "; last error: ",
+              last_error.c_str());
+  return acked.load() == jobs ? 0 : 2;
+}
+
 // The --queued-depths rows; returns 2 on errors.
 int RunDepths(const std::vector<std::shared_ptr<grpc::Channel>>& chans,
               const std::vector<int>& depths, int samples, int deadline_ms,
@@ -254,6 +330,10 @@ int main(int argc, char** argv) {
   int gets_per_submit = 1;
   std::string depths_flag;
   int depth_samples = 300;
+  long submit_jobs = 0;
+  std::string ack_file;
+  std::string owner = "bench";
+  double retry_seconds = 60;
   app.add_option("--server", server, "ternd's address, HOST:PORT")->required();
   app.add_option("--concurrency", levels_flag, "comma-separated client thread counts");
   app.add_option("--seconds", seconds, "duration of each level");
@@ -264,6 +344,14 @@ int main(int argc, char** argv) {
                  "comma-separated queue lengths to time one client's SubmitJob at (ascending)");
   app.add_option("--depth-samples", depth_samples, "SubmitJob calls timed per depth")
       ->check(CLI::PositiveNumber);
+  app.add_option("--submit-jobs", submit_jobs,
+                 "load test: submit this many jobs in all (threads: the first --concurrency), "
+                 "retrying each until acknowledged")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--ack-file", ack_file, "--submit-jobs: append \"ID KEY\" per acknowledged job");
+  app.add_option("--owner", owner, "--submit-jobs: the x-tern-owner of the calls");
+  app.add_option("--retry-seconds", retry_seconds,
+                 "--submit-jobs: how long one submission is retried before giving up");
   CLI11_PARSE(app, argc, argv);
 
   const std::vector<int> levels = ParseLevels(levels_flag);
@@ -275,6 +363,15 @@ int main(int argc, char** argv) {
   }
   const std::string run_tag =
       "bench-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
+
+  if (submit_jobs > 0) {
+    if (ack_file.empty() || levels.size() != 1) {
+      std::fprintf(stderr, "--submit-jobs needs --ack-file and one --concurrency value\n");
+      return 2;
+    }
+    return RunSubmitJobs(server, submit_jobs, levels[0], deadline_ms, retry_seconds, owner,
+                         ack_file, run_tag);
+  }
 
   std::vector<std::shared_ptr<grpc::Channel>> chans;
   for (int i = 0; i < std::max(1, channels); ++i) {
