@@ -3,7 +3,8 @@
 # on Fashion-MNIST (label model_io_e2e; one mode per ctest test):
 #   model_io_e2e.sh train         TRAINER TERNCTL WORK
 #       trains small ResNet-20s (HLA per-channel, TTQ per-tensor: its
-#       positive and negative scales differ, FP) on 2,048 images and writes each
+#       positive and negative scales differ, FP; and a quarter-width HLA
+#       ResNet-18 for the ImageNet-style stem) on 2,048 images and writes each
 #       one's logits on the first 1,000 test images (tern-trainer --evaluate
 #       --logits-out) and its ONNX / safetensors exports (the fixture)
 #   model_io_e2e.sh onnx-checker  TRAINER TERNCTL WORK   onnx.checker.check_model (full check)
@@ -27,9 +28,9 @@ py=/usr/bin/python3  # Debian's python3-onnx (scripts/tools.list)
 fail() { echo "FAIL: $*"; exit 1; }
 [[ -x "$trainer" && -x "$ternctl" ]] || fail "tern-trainer or ternctl not built"
 
-spec() {  # spec NAME METHOD GRANULARITY [DATA]
+spec() {  # spec NAME METHOD GRANULARITY [DATA [ARCH [WIDTH]]]
   cat <<JSON
-{"name": "$1", "model": {"arch": "resnet20"},
+{"name": "$1", "model": {"arch": "${5:-resnet20}", "width_multiplier": ${6:-1}},
  "dataset": {"kind": "DATASET_IDX", "path": "${4:-$data}", "max_train_examples": 2048,
              "max_eval_examples": $count, "augment": false},
  "quantization": {"method": "$2", "granularity": "$3"},
@@ -37,7 +38,7 @@ spec() {  # spec NAME METHOD GRANULARITY [DATA]
 JSON
 }
 
-models=(hla ttq fp)
+models=(hla ttq fp r18)
 case "$mode" in
   train)
     [[ -f "$data/t10k-images-idx3-ubyte.gz" ]] || fail "$data is missing (Debian: dataset-fashion-mnist)"
@@ -45,6 +46,7 @@ case "$mode" in
     spec hla METHOD_HLA GRANULARITY_CHANNEL > "$work/hla.json"
     spec ttq METHOD_TTQ GRANULARITY_TENSOR > "$work/ttq.json"
     spec fp METHOD_FP GRANULARITY_TENSOR > "$work/fp.json"
+    spec r18 METHOD_HLA GRANULARITY_CHANNEL "$data" resnet18 0.25 > "$work/r18.json"
     for m in "${models[@]}"; do
       "$trainer" --spec "$work/$m.json" --workdir "$work/$m" > "$work/$m.train.out" 2> "$work/$m.train.log" ||
         { tail -5 "$work/$m.train.log"; fail "training $m"; }
@@ -56,7 +58,7 @@ case "$mode" in
       "$ternctl" export "$work/$m/model.tern" --format safetensors -o "$work/$m.safetensors"
       "$ternctl" export "$work/$m/model.tern" --format safetensors --codes -o "$work/$m.codes.safetensors"
     done
-    echo "size on disk (bytes), resnet20 on Fashion-MNIST:"
+    echo "size on disk (bytes), resnet20 (r18: resnet18 x0.25) on Fashion-MNIST:"
     for m in "${models[@]}"; do
       printf '  %-4s .tern %8d | onnx int8 %8d | onnx float %8d | safetensors %8d | safetensors codes %8d\n' \
         "$m" "$(stat -c %s "$work/$m/model.tern")" "$(stat -c %s "$work/$m.onnx")" \
@@ -66,7 +68,7 @@ case "$mode" in
     ;;
 
   onnx-checker)
-    for m in hla ttq; do
+    for m in hla ttq r18; do
       for f in "$work/$m.onnx" "$work/$m.float.onnx"; do
         "$py" -c 'import onnx, sys; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print(sys.argv[1].rsplit("/", 1)[1] + ": ONNX checker passed, opset", m.opset_import[0].version)' "$f"
       done
@@ -91,7 +93,7 @@ PY
     command -v node >/dev/null || { echo "SKIP: node is not installed"; exit 77; }
     [[ -d "$npm_dir/node_modules/onnxruntime-node" ]] ||
       { echo "SKIP: onnxruntime-node is not installed in $npm_dir (ModelIoNpmInstall)"; exit 77; }
-    for f in hla.onnx hla.float.onnx ttq.onnx ttq.float.onnx fp.onnx; do
+    for f in hla.onnx hla.float.onnx ttq.onnx ttq.float.onnx fp.onnx r18.onnx; do
       m="${f%%.*}"
       node "$here/onnx_runtime_check.mjs" "$npm_dir" "$work/$f" "$work/$m.logits.json" \
         "$data/t10k-images-idx3-ubyte.gz" "$count" || fail "$f disagrees with tern-trainer"

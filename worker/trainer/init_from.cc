@@ -134,16 +134,26 @@ StatusOr<TensorMap> ReadArtifactTensors(const std::string& path, const std::stri
 
 at::ScalarType ScalarTypeOf(model_io::Dtype dtype) {
   switch (dtype) {
-    case model_io::Dtype::kF64: return at::kDouble;
-    case model_io::Dtype::kF32: return at::kFloat;
-    case model_io::Dtype::kF16: return at::kHalf;
-    case model_io::Dtype::kBF16: return at::kBFloat16;
-    case model_io::Dtype::kI64: return at::kLong;
-    case model_io::Dtype::kI32: return at::kInt;
-    case model_io::Dtype::kI16: return at::kShort;
-    case model_io::Dtype::kI8: return at::kChar;
-    case model_io::Dtype::kU8: return at::kByte;
-    case model_io::Dtype::kBool: return at::kBool;
+    case model_io::Dtype::kF64:
+      return at::kDouble;
+    case model_io::Dtype::kF32:
+      return at::kFloat;
+    case model_io::Dtype::kF16:
+      return at::kHalf;
+    case model_io::Dtype::kBF16:
+      return at::kBFloat16;
+    case model_io::Dtype::kI64:
+      return at::kLong;
+    case model_io::Dtype::kI32:
+      return at::kInt;
+    case model_io::Dtype::kI16:
+      return at::kShort;
+    case model_io::Dtype::kI8:
+      return at::kChar;
+    case model_io::Dtype::kU8:
+      return at::kByte;
+    case model_io::Dtype::kBool:
+      return at::kBool;
   }
   return at::kFloat;
 }
@@ -201,8 +211,8 @@ TensorMap MapTorchvisionNames(const TensorMap& source) {
       std::string rest = m[3];
       if (rest.rfind("downsample.0.", 0) == 0) rest = "shortcut_conv." + rest.substr(13);
       if (rest.rfind("downsample.1.", 0) == 0) rest = "shortcut_bn." + rest.substr(13);
-      mapped = "blocks." +
-               std::to_string(first_block[std::stoll(m[1])] + std::stoll(m[2])) + "." + rest;
+      mapped =
+          "blocks." + std::to_string(first_block[std::stoll(m[1])] + std::stoll(m[2])) + "." + rest;
     }
     out[mapped] = tensor;
   }
@@ -263,10 +273,10 @@ StatusOr<InitReport> InitializeFrom(const std::string& path, torch::nn::Module& 
   const bool is_artifact = bytes.size() >= 4 && bytes.compare(0, 4, "TERN") == 0;
   const bool is_safetensors = !is_artifact && model_io::LooksLikeSafetensors(bytes);
   report.format = is_artifact ? "artifact" : is_safetensors ? "safetensors" : "checkpoint";
-  TERN_ASSIGN_OR_RETURN(TensorMap source,
-                        is_artifact      ? ReadArtifactTensors(report.source, bytes)
-                        : is_safetensors ? ReadSafetensorsTensors(report.source, bytes)
-                                         : ReadArchiveTensors(report.source, bytes));
+  TERN_ASSIGN_OR_RETURN(TensorMap source, is_artifact ? ReadArtifactTensors(report.source, bytes)
+                                          : is_safetensors
+                                              ? ReadSafetensorsTensors(report.source, bytes)
+                                              : ReadArchiveTensors(report.source, bytes));
   bytes.clear();
   if (names == SourceNames::kTorchvision ||
       (names == SourceNames::kAuto && is_safetensors && HasTorchvisionNames(source))) {

@@ -804,8 +804,8 @@ StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& arti
         for (const InitReport::Skipped& skipped : report.skipped) {
           if (skipped.name.size() < 20 ||
               skipped.name.compare(skipped.name.size() - 20, 20, ".num_batches_tracked") != 0) {
-            return FailedPreconditionError(artifact_path + " does not fill the spec's model: " +
-                                           report.Summary());
+            return FailedPreconditionError(artifact_path +
+                                           " does not fill the spec's model: " + report.Summary());
           }
         }
         init_from = report.ToJson();
@@ -819,9 +819,9 @@ StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& arti
       const int64_t model_classes = ClassCount(artifact.architecture);
       const int64_t data_classes = ClassCount(evaluator->architecture_json());
       if (model_classes != data_classes) {
-        return FailedPreconditionError(
-            artifact_path + " has " + std::to_string(model_classes) +
-            " classes; the spec's dataset has " + std::to_string(data_classes));
+        return FailedPreconditionError(artifact_path + " has " + std::to_string(model_classes) +
+                                       " classes; the spec's dataset has " +
+                                       std::to_string(data_classes));
       }
       TERN_ASSIGN_OR_RETURN(std::shared_ptr<torch::nn::Module> model,
                             evaluator->BuildFromArchitecture(artifact.architecture));

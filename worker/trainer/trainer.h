@@ -67,10 +67,8 @@ StatusOr<TrainResult> RunTraining(const TrainerSpec& spec, const RunOptions& opt
 // instead of a `.tern` is loaded into the spec's model (model.init_from's
 // rules and name mapping; FAILED_PRECONDITION unless it fills every tensor)
 // and evaluated with the dataset's normalization.
-StatusOr<nlohmann::json> EvaluateArtifact(const TrainerSpec& spec,
-                                          const std::string& artifact_path,
-                                          EventWriter& events,
-                                          const std::string& logits_path = "");
+StatusOr<nlohmann::json> EvaluateArtifact(const TrainerSpec& spec, const std::string& artifact_path,
+                                          EventWriter& events, const std::string& logits_path = "");
 
 }  // namespace tern::trainer
 
