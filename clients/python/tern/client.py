@@ -14,7 +14,7 @@ arguments come from the environment ternctl reads: TERN_SERVER, TERN_OWNER, TERN
 TERN_TLS_CA, TERN_TLS_CERT, TERN_TLS_KEY, TERN_TOKEN_FILE.
 
 Every unary call has a deadline (`timeout`, default 10 s); UNAVAILABLE is retried
-(3 tries) where that is safe: reads, cancel, and submit, which always carries an
+(4 tries over about 2 s) where that is safe: reads, cancel, and submit, which always carries an
 idempotency key. Failures raise tern.errors exceptions. A Client is thread-safe
 (one gRPC channel); close() or a `with` block releases it.
 """
@@ -34,7 +34,7 @@ from tern._pb import job_pb2, job_service_pb2 as service_pb2, job_service_pb2_gr
 from tern.events import TERMINAL_STATES, Job, StateChanged, event_from_proto
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
-_RETRIES = 3
+_RETRIES = 4
 _FETCH_TIMEOUT = 30 * 60  # seconds, as ternctl's fetch
 # Codes on which a broken WatchJob stream is resumed (as ternctl watch does).
 _STREAM_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -90,7 +90,10 @@ class Client:
                              "in plain text")
         owner = owner if owner is not None else os.environ.get("TERN_OWNER", "")
         self._metadata = (("x-tern-owner", owner),) if owner else ()
-        options = [("grpc.max_receive_message_length", 16 << 20)]
+        # Reconnect soon after ternd restarts (gRPC's default first backoff is 1 s).
+        options = [("grpc.max_receive_message_length", 16 << 20),
+                   ("grpc.initial_reconnect_backoff_ms", 250),
+                   ("grpc.max_reconnect_backoff_ms", 5000)]
         if tls:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(tls_ca, "tls_ca") if tls_ca else None,
@@ -127,7 +130,7 @@ class Client:
                 return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < tries:
-                    time.sleep(0.2 * 2 ** attempt)
+                    time.sleep(0.25 * 2 ** attempt)  # 0.25, 0.5, 1 s
                     continue
                 raise errors.from_rpc_error(e) from None
 
