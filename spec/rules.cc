@@ -86,6 +86,9 @@ std::vector<Field> BuildTable() {
   t.push_back(head);
   t.push_back(WithDefault(Number("model.width_multiplier", kD, true, 0, 4, true), 1.0));
   t.push_back(Make("model.init_from", Type::kString));
+  Field init_from_names = Make("model.init_from_names", Type::kString);
+  init_from_names.choices = {"auto", "as_stored", "torchvision"};
+  t.push_back(init_from_names);
   t.push_back(WithDefault(Number("model.max_detections", kI, true, 1, 1000), 100));
 
   t.push_back(Make("dataset", Type::kMessage));

@@ -143,6 +143,18 @@ PY
       echo "$f: top-1 $got as the .tern's, same logits on $count images; init_from report: $(
         jq -c 'select(.event == "evaluated") | .init_from | {format, names, loaded, skipped, unused}' "$work/$f.out")"
     done
+    # The name mapping as the spec says: model.init_from_names "as_stored" finds no
+    # torchvision name in the model (refused), "torchvision" maps them.
+    jq '.model.init_from_names = "as_stored"' "$work/fp.json" > "$work/fp-as-stored.json"
+    jq '.model.init_from_names = "torchvision"' "$work/fp.json" > "$work/fp-torchvision.json"
+    if "$trainer" --spec "$work/fp-as-stored.json" --evaluate "$work/fp.torchvision.safetensors" \
+        > "$work/as-stored.out" 2> "$work/as-stored.log"; then
+      fail "torchvision names loaded with model.init_from_names as_stored"
+    fi
+    echo "init_from_names as_stored: $(jq -r 'select(.event == "failed") | .reason' "$work/as-stored.out" | cut -c1-160)"
+    "$trainer" --spec "$work/fp-torchvision.json" --evaluate "$work/fp.torchvision.safetensors" \
+      > "$work/torchvision.out" 2> "$work/torchvision.log" || fail "init_from_names torchvision"
+    [[ "$(top1 "$work/torchvision.out")" == "$want" ]] || fail "init_from_names torchvision: other top-1"
     # A HLA model's codes file does not fill the FP model: refused, naming what is missing.
     if "$trainer" --spec "$work/fp.json" --evaluate "$work/hla.codes.safetensors" > "$work/codes.out" 2> "$work/codes.log"; then
       fail "a codes-only safetensors file was evaluated as if it held the weights"

@@ -205,6 +205,7 @@ v1::JobSpec FullValidSpec() {
   model->set_head("centernet");
   model->set_width_multiplier(0.5);
   model->set_init_from("/ckpt/fp.tern");
+  model->set_init_from_names("torchvision");
   model->set_max_detections(50);
   v1::DatasetSpec* data = spec.mutable_dataset();
   data->set_kind(v1::DATASET_IMAGE_FOLDER);

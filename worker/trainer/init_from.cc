@@ -248,6 +248,12 @@ std::string InitReport::Summary() const {
   return out;
 }
 
+SourceNames ParseSourceNames(const std::string& name) {
+  if (name == "as_stored") return SourceNames::kAsStored;
+  if (name == "torchvision") return SourceNames::kTorchvision;
+  return SourceNames::kAuto;
+}
+
 nlohmann::json InitReport::ToJson(size_t limit) const {
   nlohmann::json skipped_json = nlohmann::json::array();
   for (size_t i = 0; i < skipped.size() && i < limit; ++i) {

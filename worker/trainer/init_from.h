@@ -48,6 +48,10 @@ enum class SourceNames {
   kTorchvision,  // torchvision ResNet names (safetensors files)
 };
 
+// model.init_from_names: "as_stored", "torchvision", anything else (the
+// spec allows "auto" and empty) kAuto.
+SourceNames ParseSourceNames(const std::string& name);
+
 struct InitReport {
   struct Skipped {
     std::string name;    // model tensor left at its initial value

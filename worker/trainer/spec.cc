@@ -68,6 +68,7 @@ void ReadModel(const json& root, TrainerSpec* spec) {
   ReadString(m, "arch", &spec->model.arch, spec->task == "detection" ? "resnet18" : "resnet20");
   Read(m, "width_multiplier", &spec->model.width_multiplier);
   Read(m, "init_from", &spec->model.init_from);
+  ReadString(m, "init_from_names", &spec->model.init_from_names, "auto");
   ReadString(m, "head", &spec->model.head, "centernet");
   Read(m, "max_detections", &spec->model.max_detections);
 }
@@ -170,6 +171,7 @@ json ToJobSpecJson(const TrainerSpec& s) {
   j["model"] = {{"arch", s.model.arch}, {"head", s.model.head}};
   PutNumber(&j, "model.width_multiplier", s.model.width_multiplier);
   if (!s.model.init_from.empty()) j["model"]["init_from"] = s.model.init_from;
+  j["model"]["init_from_names"] = s.model.init_from_names;
   PutNumber(&j, "model.max_detections", s.model.max_detections);
 
   const DataConfig& d = s.data;

@@ -27,7 +27,8 @@ struct ModelConfig {
   std::string arch = "resnet20";  // resnet20/32/56 (CIFAR), resnet18/34/50;
                                   // the backbone for detection
   double width_multiplier = 1.0;
-  std::string init_from;          // checkpoint or .tern to start from
+  std::string init_from;                 // checkpoint, .tern or .safetensors to start from
+  std::string init_from_names = "auto";  // auto, as_stored, torchvision (init_from.h)
   std::string head = "centernet"; // detection head
   int max_detections = 100;       // detection: kept per image
 };

@@ -242,7 +242,9 @@ Status Setup(Session& s) {
   // checkpoint instead); the start-up broadcast gives every rank its weights.
   const bool resuming = NewestCommittedStep(s.checkpoint_dir) >= 0;
   if (!spec.model.init_from.empty() && s.run.rank == 0 && !resuming) {
-    TERN_ASSIGN_OR_RETURN(const InitReport report, InitializeFrom(spec.model.init_from, *s.model));
+    TERN_ASSIGN_OR_RETURN(const InitReport report,
+                          InitializeFrom(spec.model.init_from, *s.model,
+                                         ParseSourceNames(spec.model.init_from_names)));
     TERN_LOG(INFO) << "model.init_from: " << report.Summary();
     s.init_from = report.ToJson();
   }
@@ -800,7 +802,9 @@ StatusOr<json> EvaluateArtifact(const TrainerSpec& spec, const std::string& arti
       request.results_path = logits_path;
       if (weights_only) {  // the dataset's normalization, as training computes it
         std::shared_ptr<torch::nn::Module> model = evaluator->model();
-        TERN_ASSIGN_OR_RETURN(const InitReport report, InitializeFrom(artifact_path, *model));
+        TERN_ASSIGN_OR_RETURN(
+            const InitReport report,
+            InitializeFrom(artifact_path, *model, ParseSourceNames(spec.model.init_from_names)));
         for (const InitReport::Skipped& skipped : report.skipped) {
           if (skipped.name.size() < 20 ||
               skipped.name.compare(skipped.name.size() - 20, 20, ".num_batches_tracked") != 0) {

@@ -65,7 +65,7 @@ StatusOr<TrainResult> RunTraining(const TrainerSpec& spec, const RunOptions& opt
 // A non-empty `logits_path` also receives the predictions (classification:
 // the logits, see EvalRequest::results_path). A `.safetensors` state dict
 // instead of a `.tern` is loaded into the spec's model (model.init_from's
-// rules and name mapping; FAILED_PRECONDITION unless it fills every tensor)
+// rules, model.init_from_names; FAILED_PRECONDITION unless it fills every tensor)
 // and evaluated with the dataset's normalization.
 StatusOr<nlohmann::json> EvaluateArtifact(const TrainerSpec& spec, const std::string& artifact_path,
                                           EventWriter& events, const std::string& logits_path = "");
