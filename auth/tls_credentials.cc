@@ -16,8 +16,8 @@
 #include <string>
 #include <utility>
 
-#include "common/file_util.h"
 #include "auth/bearer_token.h"
+#include "common/file_util.h"
 
 namespace tern::tls {
 namespace {

@@ -2,16 +2,15 @@
 
 #include <google/protobuf/timestamp.pb.h>
 #include <google/protobuf/util/time_util.h>
-
 #include <sys/stat.h>
 
 #include <utility>
 #include <vector>
 
+#include "auth/bearer_token.h"
 #include "common/config_text.h"
 #include "common/file_util.h"
 #include "common/logging.h"
-#include "auth/bearer_token.h"
 
 namespace tern::server {
 namespace {

@@ -1,12 +1,12 @@
 #include "cli/ternctl.h"
 
-#include <CLI/CLI.hpp>
 #include <google/protobuf/timestamp.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/stat.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -17,6 +17,9 @@
 #include <random>
 #include <thread>
 
+#include "auth/bearer_token.h"
+#include "auth/tls_credentials.h"
+#include "auth/tls_flags.h"
 #include "cli/export.h"
 #include "cli/inspect.h"
 #include "cli/job_file.h"
@@ -25,9 +28,6 @@
 #include "common/sha256.h"
 #include "common/utf8.h"
 #include "tern/v1/job_service.grpc.pb.h"
-#include "auth/bearer_token.h"
-#include "auth/tls_credentials.h"
-#include "auth/tls_flags.h"
 
 namespace tern::cli {
 namespace {
@@ -775,9 +775,10 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
 
   std::string export_path;
   ExportOptions export_options;
-  CLI::App* export_cmd = app.add_subcommand(
-      "export", "a .tern artifact as ONNX (runs in ONNX Runtime) or safetensors (PyTorch "
-                "state-dict names), converted here: no server");
+  CLI::App* export_cmd =
+      app.add_subcommand("export",
+                         "a .tern artifact as ONNX (runs in ONNX Runtime) or safetensors (PyTorch "
+                         "state-dict names), converted here: no server");
   export_cmd->add_option("FILE", export_path, "the .tern file")->required();
   export_cmd->add_option("--format", export_options.format, "onnx or safetensors")->required();
   export_cmd->add_option("-o,--output", export_options.output, "the file to write")->required();
@@ -786,9 +787,7 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   export_cmd->add_flag("--codes", export_options.codes,
                        "safetensors: int8 codes + scales instead of dequantized float32");
   export_cmd->callback([&] {
-    local_command = [&] {
-      return ExportArtifactCommand(export_path, export_options, out, err);
-    };
+    local_command = [&] { return ExportArtifactCommand(export_path, export_options, out, err); };
   });
 
   try {

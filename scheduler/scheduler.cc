@@ -157,8 +157,8 @@ bool Matches(const Job& job, const ListJobsQuery& q) {
 
 Status ValidateIdempotencyKey(std::string_view key) {
   if (key.empty()) return OkStatus();
-  const bool printable = std::all_of(
-      key.begin(), key.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+  const bool printable =
+      std::all_of(key.begin(), key.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
   if (key.size() > kMaxIdempotencyKeyLength || !printable) {
     return InvalidArgumentError("idempotency_key: must be 1.." +
                                 std::to_string(kMaxIdempotencyKeyLength) +
@@ -189,8 +189,8 @@ struct Scheduler::Agent {
 struct Scheduler::Batch {
   std::vector<JobWrite> writes;
   std::vector<std::function<void()>> effects;  // run under mu_ once committed
-  bool events = false;  // some write appends events (WaitForEvents)
-  bool done = false;    // committed or failed; `status` says which
+  bool events = false;                         // some write appends events (WaitForEvents)
+  bool done = false;                           // committed or failed; `status` says which
   Status status;
   // Its callers wait here (not on one shared variable: a commit wakes only
   // the calls it answers).
@@ -292,17 +292,14 @@ StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
 Status Scheduler::LoadLocked() {
   TERN_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->LoadJobs());
   const TimePoint now = clock_->Now();
-  TERN_RETURN_IF_ERROR(
-      ApplyLoadedLocked(std::move(jobs), now + options_.agent_lease_ttl));
-  TERN_LOG(INFO) << "scheduler: loaded " << jobs_.size() << " jobs ("
-                 << queued_.size() << " queued, " << holding_.size()
-                 << " admitted or running); waiting for " << agents_.size()
-                 << " agents to re-register";
+  TERN_RETURN_IF_ERROR(ApplyLoadedLocked(std::move(jobs), now + options_.agent_lease_ttl));
+  TERN_LOG(INFO) << "scheduler: loaded " << jobs_.size() << " jobs (" << queued_.size()
+                 << " queued, " << holding_.size() << " admitted or running); waiting for "
+                 << agents_.size() << " agents to re-register";
   return OkStatus();
 }
 
-Status Scheduler::ApplyLoadedLocked(std::vector<Job> jobs,
-                                    TimePoint lease_until) {
+Status Scheduler::ApplyLoadedLocked(std::vector<Job> jobs, TimePoint lease_until) {
   for (Job& job : jobs) {
     const std::string where = "job store: job " + std::to_string(job.id);
     for (size_t i = 0; i < job.ranks.size(); ++i) {
@@ -337,11 +334,9 @@ Status Scheduler::ApplyLoadedLocked(std::vector<Job> jobs,
 
 // --- Bookkeeping -----------------------------------------------------------
 
-Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events,
-                               bool create) {
+Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events, bool create) {
   if (open_ == nullptr) {  // per-call
-    TERN_RETURN_IF_ERROR(create ? store_->CreateJob(job, events)
-                                : store_->UpdateJob(job, events));
+    TERN_RETURN_IF_ERROR(create ? store_->CreateJob(job, events) : store_->UpdateJob(job, events));
     if (!events.empty()) ++events_version_;
   } else {
     open_->events = open_->events || !events.empty();
@@ -387,8 +382,7 @@ void Scheduler::CommitOpenBatchLocked(std::unique_lock<std::mutex>& lock) {
   if (!open_->writes.empty() || stopping_) writer_wake_.notify_one();
 }
 
-void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch,
-                              Status status) {
+void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch, Status status) {
   batch->done = true;
   if (status.ok()) {
     for (const JobWrite& w : batch->writes) {
@@ -433,14 +427,12 @@ void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch,
     }
     next_id_ = 1;
     StatusOr<std::vector<Job>> jobs = store_->LoadJobs();
-    Status reloaded = jobs.ok() ? ApplyLoadedLocked(std::move(jobs).value(),
-                                                    clock_->Now())
-                                : jobs.status();
+    Status reloaded =
+        jobs.ok() ? ApplyLoadedLocked(std::move(jobs).value(), clock_->Now()) : jobs.status();
     // Memory that matches no store would hand out wrong work: stop, and let
     // a restart load the store.
-    TERN_CHECK(reloaded.ok())
-        << "scheduler: cannot reload the job store after a failed commit: "
-        << reloaded;
+    TERN_CHECK(reloaded.ok()) << "scheduler: cannot reload the job store after a failed commit: "
+                              << reloaded;
     for (auto it = head_since_.begin(); it != head_since_.end();) {
       auto job = jobs_.find(it->first);
       const bool queued = job != jobs_.end() && job->second.state == JobState::kQueued;
@@ -466,8 +458,7 @@ void Scheduler::DeferLocked(std::function<void()> effect) {
   }
 }
 
-Status Scheduler::FinishLocked(std::unique_lock<std::mutex>& lock,
-                               Status status) {
+Status Scheduler::FinishLocked(std::unique_lock<std::mutex>& lock, Status status) {
   if (!status.ok()) {
     // Writes this call queued before failing still get committed.
     if (open_ != nullptr && !open_->writes.empty() && in_flight_ == nullptr) {
@@ -487,8 +478,7 @@ Status Scheduler::FinishLocked(std::unique_lock<std::mutex>& lock,
   return batch->status;
 }
 
-void Scheduler::AwaitJobLocked(std::unique_lock<std::mutex>& lock,
-                               JobId id) const {
+void Scheduler::AwaitJobLocked(std::unique_lock<std::mutex>& lock, JobId id) const {
   for (;;) {
     auto it = unflushed_.find(id);
     if (it == unflushed_.end()) return;
@@ -534,10 +524,8 @@ void Scheduler::ApplyLocked(Job job) {
 
 Scheduler::QueueKey Scheduler::QueueKeyOf(const Job& job) const {
   const double minutes =
-      std::chrono::duration<double, std::ratio<60>>(job.submit_time - kAgingEpoch)
-          .count();
-  return QueueKey{job.priority - options_.aging_per_minute * minutes,
-                  job.submit_time, job.id};
+      std::chrono::duration<double, std::ratio<60>>(job.submit_time - kAgingEpoch).count();
+  return QueueKey{job.priority - options_.aging_per_minute * minutes, job.submit_time, job.id};
 }
 
 void Scheduler::CountOwnerLocked(const Job& job, int sign) {
@@ -638,22 +626,21 @@ std::vector<KillOrder> Scheduler::KillOrdersLocked(const Job& job,
 void Scheduler::SendKillsLocked(const std::vector<KillOrder>& kills) {
   if (kills.empty()) return;
   DeferLocked([this, kills] {
-  for (const KillOrder& kill : kills) {
-    auto it = agents_.find(kill.agent_id);
-    if (it == agents_.end() || !it->second->live) continue;
-    AgentWork& outbox = it->second->outbox;
-    // An assignment not yet taken is withdrawn; the kill still goes out.
-    auto& pending = outbox.assignments;
-    pending.erase(std::remove_if(pending.begin(), pending.end(),
-                                 [&](const Assignment& a) {
-                                   return a.job_id == kill.job_id &&
-                                          a.attempt == kill.attempt &&
-                                          a.rank == kill.rank;
-                                 }),
-                  pending.end());
-    outbox.kills.push_back(kill);
-  }
-  changed_.notify_all();
+    for (const KillOrder& kill : kills) {
+      auto it = agents_.find(kill.agent_id);
+      if (it == agents_.end() || !it->second->live) continue;
+      AgentWork& outbox = it->second->outbox;
+      // An assignment not yet taken is withdrawn; the kill still goes out.
+      auto& pending = outbox.assignments;
+      pending.erase(std::remove_if(pending.begin(), pending.end(),
+                                   [&](const Assignment& a) {
+                                     return a.job_id == kill.job_id && a.attempt == kill.attempt &&
+                                            a.rank == kill.rank;
+                                   }),
+                    pending.end());
+      outbox.kills.push_back(kill);
+    }
+    changed_.notify_all();
   });
 }
 
@@ -745,9 +732,9 @@ std::optional<std::string> Scheduler::QuotaWaitLocked(const Job& job) const {
   if (!limit) return std::nullopt;
   const int owner_holds = HeldByOwnerLocked(job.owner, job.device_kind);
   if (owner_holds + job.world_size <= *limit) return std::nullopt;
-  return "needs " + SlotCount(job.world_size, job.device_kind) + ", but owner " +
-         job.owner + " holds " + std::to_string(owner_holds) + " of the " +
-         SlotCount(*limit, job.device_kind) + " " + QuotaName(*quota) + " allows";
+  return "needs " + SlotCount(job.world_size, job.device_kind) + ", but owner " + job.owner +
+         " holds " + std::to_string(owner_holds) + " of the " + SlotCount(*limit, job.device_kind) +
+         " " + QuotaName(*quota) + " allows";
 }
 
 Status Scheduler::AdmitLocked(TimePoint now) {
@@ -759,9 +746,7 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     bool reserved = false;  // the head's backfill window is over
     // Nothing more of this kind can be admitted in this pass, and its head
     // (if one can exist) is known: the rest of its jobs need no visit.
-    bool Settled() const {
-      return head != 0 ? free == 0 || reserved : total == 0;
-    }
+    bool Settled() const { return head != 0 ? free == 0 || reserved : total == 0; }
   };
   std::map<std::string, Kind> kinds;
   auto refresh = [&](const std::string& kind) -> Kind& {
@@ -778,8 +763,7 @@ Status Scheduler::AdmitLocked(TimePoint now) {
   std::map<JobId, std::string> reasons;
   std::map<JobId, TimePoint> head_since;
   std::set<JobId> waiting_on_quota;
-  for (auto it = queue_order_.begin();
-       it != queue_order_.end() && !all_settled();) {
+  for (auto it = queue_order_.begin(); it != queue_order_.end() && !all_settled();) {
     const JobId id = it->id;
     ++it;  // admitting `id` erases its key
     const Job& job = jobs_.at(id);
@@ -809,10 +793,9 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     }
     if (kind.reserved) {
       const Job& blocker = jobs_.at(kind.head);
-      reasons[id] = needs + ", " + std::to_string(kind.free) +
-                    " free, but they are held for job " +
-                    std::to_string(blocker.id) + " (ahead in the queue, " +
-                    "needs " + SlotCount(blocker.world_size, job.device_kind) + ")";
+      reasons[id] = needs + ", " + std::to_string(kind.free) + " free, but they are held for job " +
+                    std::to_string(blocker.id) + " (ahead in the queue, " + "needs " +
+                    SlotCount(blocker.world_size, job.device_kind) + ")";
       continue;
     }
     std::optional<Placement> placement = PlaceLocked(job, now);
@@ -1038,9 +1021,8 @@ StatusOr<ListJobsResult> Scheduler::ListJobs(const ListJobsQuery& query) const {
   fill();
   // A listed job with a change not committed yet: wait for what is queued
   // now to be committed, once, and list again.
-  if (std::any_of(result.jobs.begin(), result.jobs.end(), [&](const Job& job) {
-        return unflushed_.count(job.id) != 0;
-      })) {
+  if (std::any_of(result.jobs.begin(), result.jobs.end(),
+                  [&](const Job& job) { return unflushed_.count(job.id) != 0; })) {
     const std::shared_ptr<Batch> batch = UnresolvedLocked();
     if (batch != nullptr) batch->resolved.wait(lock, [&] { return batch->done; });
     fill();
@@ -1056,8 +1038,7 @@ StatusOr<std::vector<KillOrder>> Scheduler::CancelJob(
   return kills;
 }
 
-StatusOr<std::vector<KillOrder>> Scheduler::CancelJobLocked(
-    JobId id, const std::string& message) {
+StatusOr<std::vector<KillOrder>> Scheduler::CancelJobLocked(JobId id, const std::string& message) {
   const TimePoint now = clock_->Now();
   auto it = jobs_.find(id);
   if (it == jobs_.end()) {
@@ -1106,9 +1087,8 @@ StatusOr<std::string> Scheduler::WaitReason(JobId id) const {
       const Job& blocker = jobs_.at(head);
       if (head != id && blocker.device_kind == job.device_kind &&
           now - since >= options_.backfill_window) {
-        return needs + ", " + std::to_string(free) +
-               " free, but they are held for job " + std::to_string(head) +
-               " (ahead in the queue, needs " +
+        return needs + ", " + std::to_string(free) + " free, but they are held for job " +
+               std::to_string(head) + " (ahead in the queue, needs " +
                SlotCount(blocker.world_size, job.device_kind) + ")";
       }
     }
@@ -1222,9 +1202,8 @@ StatusOr<Lease> Scheduler::RegisterAgent(
     std::vector<JobId> placed;
     for (JobId id : holding_) {
       const Job& job = jobs_.at(id);
-      if (std::any_of(
-              job.ranks.begin(), job.ranks.end(),
-              [&](const RankPlacement& r) { return r.agent_id == agent.id; })) {
+      if (std::any_of(job.ranks.begin(), job.ranks.end(),
+                      [&](const RankPlacement& r) { return r.agent_id == agent.id; })) {
         placed.push_back(id);
       }
     }
@@ -1250,9 +1229,9 @@ StatusOr<Lease> Scheduler::RegisterAgent(
         }
       }
       if (!lost.empty()) {
-        TERN_RETURN_IF_ERROR(RestartLocked(
-            std::move(job), reason::kRankLost,
-            "agent " + agent.id + " re-registered without rank(s) " + lost, now));
+        TERN_RETURN_IF_ERROR(
+            RestartLocked(std::move(job), reason::kRankLost,
+                          "agent " + agent.id + " re-registered without rank(s) " + lost, now));
         continue;
       }
       if (started) {
@@ -1265,13 +1244,12 @@ StatusOr<Lease> Scheduler::RegisterAgent(
     std::vector<KillOrder> kills;
     for (const RankRef& ref : reg.running) {
       if (known.count({ref.job_id, ref.attempt, ref.rank}) == 0) {
-        kills.push_back(KillOrder{agent.id, ref.job_id, ref.attempt, ref.rank,
-                                  reason::kStaleRank});
+        kills.push_back(KillOrder{agent.id, ref.job_id, ref.attempt, ref.rank, reason::kStaleRank});
       }
     }
     SendKillsLocked(kills);
-    TERN_LOG(INFO) << "agent " << agent.id << " registered from " << agent.host
-                   << " (" << reg.running.size() << " ranks running)";
+    TERN_LOG(INFO) << "agent " << agent.id << " registered from " << agent.host << " ("
+                   << reg.running.size() << " ranks running)";
     AdmitAndLogLocked(now);
     return Lease{agent.id, agent.lease_expires};
   }();
@@ -1313,8 +1291,7 @@ Status Scheduler::DeregisterAgent(const std::string& agent_id) {
       return NotFoundError("agent " + agent_id + " is not registered");
     }
     TERN_RETURN_IF_ERROR(LoseAgentLocked(agent_id, reason::kAgentDeregistered,
-                                         "agent " + agent_id + " deregistered",
-                                         now));
+                                         "agent " + agent_id + " deregistered", now));
     AdmitAndLogLocked(now);
     return OkStatus();
   }();
@@ -1374,8 +1351,7 @@ Status Scheduler::ReportRankStarted(const RankRef& rank) {
   std::unique_lock<std::mutex> lock(mu_);
   Status status = [&]() -> Status {
     TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
-    if (current == nullptr ||
-        current->ranks[rank.rank].state != RankState::kAssigned) {
+    if (current == nullptr || current->ranks[rank.rank].state != RankState::kAssigned) {
       return OkStatus();
     }
     Job job = *current;
@@ -1425,9 +1401,8 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
     r.state = RankState::kFailed;
     std::string message =
         "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
-        (exit.exit_code > 0
-             ? " exited with code " + std::to_string(exit.exit_code)
-             : " was killed by signal " + std::to_string(-exit.exit_code));
+        (exit.exit_code > 0 ? " exited with code " + std::to_string(exit.exit_code)
+                            : " was killed by signal " + std::to_string(-exit.exit_code));
     if (exit.preempted) {
       message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
                 " stopped on request at a committed checkpoint";
@@ -1452,8 +1427,8 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
       }
     }
     if (!exit.message.empty()) message += ": " + exit.message;
-    const char* why = exit.preempted ? reason::kRankPreempted
-                      : port_in_use  ? reason::kRendezvousPortInUse
+    const char* why = exit.preempted                           ? reason::kRankPreempted
+                      : port_in_use                            ? reason::kRendezvousPortInUse
                       : exit.exit_code > 0 && !exit.lease_lost ? reason::kTrainerFailed
                                                                : reason::kRankLost;
     const bool free = exit.preempted || port_in_use;
@@ -1491,8 +1466,8 @@ Status Scheduler::ReportCheckpoint(const RankRef& rank, int64_t step,
   std::unique_lock<std::mutex> lock(mu_);
   Status status = [&]() -> Status {
     TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
-    if (current == nullptr || (current->last_checkpoint_step &&
-                               step <= *current->last_checkpoint_step)) {
+    if (current == nullptr ||
+        (current->last_checkpoint_step && step <= *current->last_checkpoint_step)) {
       return OkStatus();
     }
     Job job = *current;
@@ -1501,9 +1476,8 @@ Status Scheduler::ReportCheckpoint(const RankRef& rank, int64_t step,
     event.time = clock_->Now();
     event.type = JobEventType::kCheckpoint;
     event.reason = reason::kCheckpointCommitted;
-    event.message = "checkpoint at step " + std::to_string(step) +
-                    " committed (reported by rank " + std::to_string(rank.rank) +
-                    ")";
+    event.message = "checkpoint at step " + std::to_string(step) + " committed (reported by rank " +
+                    std::to_string(rank.rank) + ")";
     event.step = step;
     event.payload = std::move(payload);
     std::vector<JobEvent> events;
@@ -1527,8 +1501,7 @@ Status Scheduler::Tick() {
       const Agent& agent = *agents_.at(id);
       TERN_RETURN_IF_ERROR(LoseAgentLocked(
           id, reason::kAgentLeaseExpired,
-          "agent " + id + " lease expired " + Seconds(now - agent.lease_expires) +
-              " ago" +
+          "agent " + id + " lease expired " + Seconds(now - agent.lease_expires) + " ago" +
               (agent.live ? "" : " (did not re-register after a ternd restart)"),
           now));
     }
@@ -1539,9 +1512,8 @@ Status Scheduler::Tick() {
     for (JobId id : due) {
       Job job = jobs_.at(id);
       std::vector<JobEvent> events;
-      TERN_RETURN_IF_ERROR(TransitionJob(&job, JobState::kQueued,
-                                         reason::kRequeued, RequeueMessage(job),
-                                         now, &events));
+      TERN_RETURN_IF_ERROR(TransitionJob(&job, JobState::kQueued, reason::kRequeued,
+                                         RequeueMessage(job), now, &events));
       TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
     }
     return AdmitLocked(now);

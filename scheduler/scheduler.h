@@ -301,8 +301,7 @@ class Scheduler {
   // known get a lease until `lease_until`.
   Status ApplyLoadedLocked(std::vector<Job> jobs, TimePoint lease_until);
   // Stores (per-call) or queues (group) the change, then applies it.
-  Status CommitLocked(Job job, std::vector<JobEvent> events,
-                      bool create = false);
+  Status CommitLocked(Job job, std::vector<JobEvent> events, bool create = false);
   void ApplyLocked(Job job);
   QueueKey QueueKeyOf(const Job& job) const;
   // --- Group commit ---
@@ -355,8 +354,7 @@ class Scheduler {
   void SendKillsLocked(const std::vector<KillOrder>& kills);
   void SendAssignmentLocked(const Job& job, int rank);
   StatusOr<const Job*> CurrentRankLocked(const RankRef& ref) const;
-  StatusOr<std::vector<KillOrder>> CancelJobLocked(JobId id,
-                                                   const std::string& message);
+  StatusOr<std::vector<KillOrder>> CancelJobLocked(JobId id, const std::string& message);
 
   const SchedulerOptions options_;
   const std::unique_ptr<JobStore> store_;
@@ -368,7 +366,7 @@ class Scheduler {
   std::shared_ptr<Batch> open_;       // collecting the calls' writes
   std::shared_ptr<Batch> in_flight_;  // being committed by the writer
   std::map<JobId, Unflushed> unflushed_;
-  std::condition_variable writer_wake_;        // writes queued, or stopping
+  std::condition_variable writer_wake_;  // writes queued, or stopping
   bool stopping_ = false;
   std::thread writer_;
   uint64_t events_version_ = 0;  // WaitForEvents

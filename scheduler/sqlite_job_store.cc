@@ -192,12 +192,10 @@ class SqliteStatementCache {
     auto it = stmts_.find(sql);
     if (it == stmts_.end()) {
       sqlite3_stmt* raw = nullptr;
-      const int rc = sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT,
-                                        &raw, nullptr);
+      const int rc = sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
       if (rc != SQLITE_OK) sqlite3_finalize(raw);
       TERN_RETURN_IF_ERROR(
-          SqliteStatus(db_, rc, "sqlite3_prepare_v3", __FILE__, __LINE__)
-              .WithContext(sql));
+          SqliteStatus(db_, rc, "sqlite3_prepare_v3", __FILE__, __LINE__).WithContext(sql));
       it = stmts_.emplace(sql, raw).first;
     }
     return Statement::Reuse(db_, it->second);
@@ -219,8 +217,7 @@ namespace {
 
 // Runs `body` inside BEGIN IMMEDIATE ... COMMIT with cached statements;
 // rolls back on any error.
-Status InTransaction(SqliteStatementCache& c,
-                     const std::function<Status()>& body) {
+Status InTransaction(SqliteStatementCache& c, const std::function<Status()>& body) {
   TERN_RETURN_IF_ERROR(c.Exec("BEGIN IMMEDIATE"));
   Status status = body();
   if (status.ok()) status = c.Exec("COMMIT");
@@ -297,15 +294,12 @@ constexpr const char* kSchemaV1[] = {
 };
 
 Status WriteRanks(SqliteStatementCache& c, const Job& job) {
-  TERN_ASSIGN_OR_RETURN(Statement del,
-                        c.Get("DELETE FROM job_ranks WHERE job_id = ?"));
+  TERN_ASSIGN_OR_RETURN(Statement del, c.Get("DELETE FROM job_ranks WHERE job_id = ?"));
   TERN_RETURN_IF_ERROR(del.BindAll(job.id));
   TERN_RETURN_IF_ERROR(del.Run());
   for (const RankPlacement& r : job.ranks) {
-    TERN_ASSIGN_OR_RETURN(
-        Statement ins,
-        c.Get("INSERT INTO job_ranks (job_id, rank, agent_id, "
-              "state, exit_code) VALUES (?, ?, ?, ?, ?)"));
+    TERN_ASSIGN_OR_RETURN(Statement ins, c.Get("INSERT INTO job_ranks (job_id, rank, agent_id, "
+                                               "state, exit_code) VALUES (?, ?, ?, ?, ?)"));
     TERN_RETURN_IF_ERROR(ins.BindAll(job.id, r.rank, r.agent_id,
                                      RankStateName(r.state), r.exit_code));
     TERN_RETURN_IF_ERROR(ins.Run());
@@ -313,15 +307,12 @@ Status WriteRanks(SqliteStatementCache& c, const Job& job) {
   return OkStatus();
 }
 
-Status AppendEvents(SqliteStatementCache& c, JobId id,
-                    const std::vector<JobEvent>& events) {
+Status AppendEvents(SqliteStatementCache& c, JobId id, const std::vector<JobEvent>& events) {
   for (const JobEvent& e : events) {
-    TERN_ASSIGN_OR_RETURN(
-        Statement ins,
-        c.Get(
-            "INSERT INTO job_events (job_id, seq, time_us, type, from_state, "
-            "to_state, reason, message, payload, step) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+    TERN_ASSIGN_OR_RETURN(Statement ins,
+                          c.Get("INSERT INTO job_events (job_id, seq, time_us, type, from_state, "
+                                "to_state, reason, message, payload, step) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     TERN_RETURN_IF_ERROR(ins.BindAll(id, e.seq, ToUnixMicros(e.time),
                                      JobEventTypeName(e.type),
                                      JobStateName(e.from), JobStateName(e.to),
@@ -332,31 +323,25 @@ Status AppendEvents(SqliteStatementCache& c, JobId id,
 }
 
 // The rows of a new job (CreateJob's contract), inside a transaction.
-Status InsertJobRows(SqliteStatementCache& c, const Job& job,
-                     const std::vector<JobEvent>& events) {
-  TERN_ASSIGN_OR_RETURN(
-      Statement ins,
-      c.Get(
-          "INSERT INTO jobs (id, owner, priority, world_size, device_kind, "
-          "max_restarts, idempotency_key, spec, submit_time_us, state, "
-          "restarts_used, attempt, last_checkpoint_step, artifact_path, "
-          "metrics_json, last_event_seq, rendezvous_host, rendezvous_port, "
-          "restart_not_before_us) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-          "?)"));
-  TERN_RETURN_IF_ERROR(
-      ins.BindAll(job.id, job.owner, job.priority, job.world_size,
-                  job.device_kind, job.max_restarts, job.idempotency_key,
-                  Blob{job.spec}, ToUnixMicros(job.submit_time),
-                  JobStateName(job.state), job.restarts_used, job.attempt,
-                  job.last_checkpoint_step, job.artifact_path,
-                  job.metrics_json, job.last_event_seq, job.rendezvous_host,
-                  job.rendezvous_port, ToUnixMicros(job.restart_not_before)));
+Status InsertJobRows(SqliteStatementCache& c, const Job& job, const std::vector<JobEvent>& events) {
+  TERN_ASSIGN_OR_RETURN(Statement ins,
+                        c.Get("INSERT INTO jobs (id, owner, priority, world_size, device_kind, "
+                              "max_restarts, idempotency_key, spec, submit_time_us, state, "
+                              "restarts_used, attempt, last_checkpoint_step, artifact_path, "
+                              "metrics_json, last_event_seq, rendezvous_host, rendezvous_port, "
+                              "restart_not_before_us) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                              "?)"));
+  TERN_RETURN_IF_ERROR(ins.BindAll(
+      job.id, job.owner, job.priority, job.world_size, job.device_kind, job.max_restarts,
+      job.idempotency_key, Blob{job.spec}, ToUnixMicros(job.submit_time), JobStateName(job.state),
+      job.restarts_used, job.attempt, job.last_checkpoint_step, job.artifact_path, job.metrics_json,
+      job.last_event_seq, job.rendezvous_host, job.rendezvous_port,
+      ToUnixMicros(job.restart_not_before)));
   TERN_RETURN_IF_ERROR(ins.Run());
   for (const auto& [key, value] : job.labels) {
-    TERN_ASSIGN_OR_RETURN(Statement label,
-                          c.Get("INSERT INTO job_labels (job_id, key, value) "
-                                "VALUES (?, ?, ?)"));
+    TERN_ASSIGN_OR_RETURN(Statement label, c.Get("INSERT INTO job_labels (job_id, key, value) "
+                                                 "VALUES (?, ?, ?)"));
     TERN_RETURN_IF_ERROR(label.BindAll(job.id, key, value));
     TERN_RETURN_IF_ERROR(label.Run());
   }
@@ -366,24 +351,19 @@ Status InsertJobRows(SqliteStatementCache& c, const Job& job,
 
 // An existing job's mutable fields (UpdateJob's contract), inside a
 // transaction.
-Status UpdateJobRows(SqliteStatementCache& c, const Job& job,
-                     const std::vector<JobEvent>& events) {
-  TERN_ASSIGN_OR_RETURN(
-      Statement upd,
-      c.Get(
-          "UPDATE jobs SET state = ?, restarts_used = ?, attempt = ?, "
-          "last_checkpoint_step = ?, artifact_path = ?, metrics_json = ?, "
-          "last_event_seq = ?, rendezvous_host = ?, rendezvous_port = ?, "
-          "restart_not_before_us = ? WHERE id = ?"));
-  TERN_RETURN_IF_ERROR(upd.BindAll(
-      JobStateName(job.state), job.restarts_used, job.attempt,
-      job.last_checkpoint_step, job.artifact_path, job.metrics_json,
-      job.last_event_seq, job.rendezvous_host, job.rendezvous_port,
-      ToUnixMicros(job.restart_not_before), job.id));
+Status UpdateJobRows(SqliteStatementCache& c, const Job& job, const std::vector<JobEvent>& events) {
+  TERN_ASSIGN_OR_RETURN(Statement upd,
+                        c.Get("UPDATE jobs SET state = ?, restarts_used = ?, attempt = ?, "
+                              "last_checkpoint_step = ?, artifact_path = ?, metrics_json = ?, "
+                              "last_event_seq = ?, rendezvous_host = ?, rendezvous_port = ?, "
+                              "restart_not_before_us = ? WHERE id = ?"));
+  TERN_RETURN_IF_ERROR(upd.BindAll(JobStateName(job.state), job.restarts_used, job.attempt,
+                                   job.last_checkpoint_step, job.artifact_path, job.metrics_json,
+                                   job.last_event_seq, job.rendezvous_host, job.rendezvous_port,
+                                   ToUnixMicros(job.restart_not_before), job.id));
   TERN_RETURN_IF_ERROR(upd.Run());
   if (sqlite3_changes(c.db()) != 1) {
-    return NotFoundError("job " + std::to_string(job.id) +
-                         " is not in the job store");
+    return NotFoundError("job " + std::to_string(job.id) + " is not in the job store");
   }
   TERN_RETURN_IF_ERROR(WriteRanks(c, job));
   return AppendEvents(c, job.id, events);
@@ -533,9 +513,8 @@ Status SqliteJobStore::Commit(const std::vector<JobWrite>& writes) {
   SqliteStatementCache& c = *statements_;
   return InTransaction(c, [&]() -> Status {
     for (const JobWrite& w : writes) {
-      TERN_RETURN_IF_ERROR(w.kind == JobWrite::Kind::kCreate
-                               ? InsertJobRows(c, w.job, w.events)
-                               : UpdateJobRows(c, w.job, w.events));
+      TERN_RETURN_IF_ERROR(w.kind == JobWrite::Kind::kCreate ? InsertJobRows(c, w.job, w.events)
+                                                             : UpdateJobRows(c, w.job, w.events));
     }
     return OkStatus();
   });

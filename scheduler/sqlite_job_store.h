@@ -3,12 +3,11 @@
 // Durability: journal_mode=WAL and synchronous=FULL, so a transaction that
 // returned OK survives a process crash and a power loss (WAL with NORMAL
 // would only survive the former). Every JobStore call is one BEGIN IMMEDIATE
-// ... COMMIT transaction (Commit: one for the whole batch, one fsync). The schema version lives in PRAGMA user_version: an
-// empty file gets the current schema; a newer version, or a database that is
-// not a tern job store, is FAILED_PRECONDITION; a file that is not SQLite at
-// all is DATA_LOSS. Every sqlite3 result code is checked through one helper
-// that records the call, file:line and sqlite3_errmsg.
-// Thread-safe: one mutex serializes the calls on the single connection.
+// ... COMMIT transaction (Commit: one for the whole batch, one fsync). The schema version lives in
+// PRAGMA user_version: an empty file gets the current schema; a newer version, or a database that
+// is not a tern job store, is FAILED_PRECONDITION; a file that is not SQLite at all is DATA_LOSS.
+// Every sqlite3 result code is checked through one helper that records the call, file:line and
+// sqlite3_errmsg. Thread-safe: one mutex serializes the calls on the single connection.
 #ifndef TERN_SCHEDULER_SQLITE_JOB_STORE_H_
 #define TERN_SCHEDULER_SQLITE_JOB_STORE_H_
 

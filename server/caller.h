@@ -22,9 +22,9 @@
 
 #include <string>
 
+#include "auth/token_table.h"
 #include "common/status.h"
 #include "scheduler/job.h"
-#include "auth/token_table.h"
 
 namespace tern::server {
 

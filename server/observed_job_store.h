@@ -6,7 +6,8 @@
 //
 // The observer runs on the thread that writes the store (the scheduler's,
 // under its lock, or its group-commit writer), one call at a time: it must be
-// quick and must never call the Scheduler. Thread-safe as far as the inner store and the observer are.
+// quick and must never call the Scheduler. Thread-safe as far as the inner store and the observer
+// are.
 #ifndef TERN_SERVER_OBSERVED_JOB_STORE_H_
 #define TERN_SERVER_OBSERVED_JOB_STORE_H_
 

@@ -9,13 +9,13 @@
 #include <atomic>
 #include <chrono>
 
+#include "auth/token_table.h"
 #include "scheduler/scheduler.h"
 #include "server/job_convert.h"
 #include "server/path_access.h"
 #include "server/progress_cache.h"
 #include "server/rendezvous_key.h"
 #include "server/server_metrics.h"
-#include "auth/token_table.h"
 
 namespace tern::server {
 

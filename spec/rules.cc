@@ -9,28 +9,30 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-const EnumType kTask{"Task", "TASK_", {"TASK_UNSPECIFIED", "TASK_CLASSIFICATION", "TASK_DETECTION"}};
-const EnumType kDatasetKind{"DatasetKind",
-                            "DATASET_",
-                            {"DATASET_UNSPECIFIED", "DATASET_IDX", "DATASET_CIFAR10",
-                             "DATASET_CIFAR100", "DATASET_IMAGE_FOLDER", "DATASET_COCO",
-                             "DATASET_SYNTHETIC"}};
-const EnumType kQuantMethod{"QuantMethod",
-                            "METHOD_",
-                            {"METHOD_UNSPECIFIED", "METHOD_FP", "METHOD_TWN", "METHOD_TTQ",
-                             "METHOD_LAT", "METHOD_HLA", "METHOD_HLA_NO_REGULARIZER",
-                             "METHOD_HLA_NO_RESCALE"}};
+const EnumType kTask{
+    "Task", "TASK_", {"TASK_UNSPECIFIED", "TASK_CLASSIFICATION", "TASK_DETECTION"}};
+const EnumType kDatasetKind{
+    "DatasetKind",
+    "DATASET_",
+    {"DATASET_UNSPECIFIED", "DATASET_IDX", "DATASET_CIFAR10", "DATASET_CIFAR100",
+     "DATASET_IMAGE_FOLDER", "DATASET_COCO", "DATASET_SYNTHETIC"}};
+const EnumType kQuantMethod{
+    "QuantMethod",
+    "METHOD_",
+    {"METHOD_UNSPECIFIED", "METHOD_FP", "METHOD_TWN", "METHOD_TTQ", "METHOD_LAT", "METHOD_HLA",
+     "METHOD_HLA_NO_REGULARIZER", "METHOD_HLA_NO_RESCALE"}};
 const EnumType kGranularity{
-    "Granularity", "GRANULARITY_",
+    "Granularity",
+    "GRANULARITY_",
     {"GRANULARITY_UNSPECIFIED", "GRANULARITY_TENSOR", "GRANULARITY_CHANNEL"}};
-const EnumType kPacking{"Packing", "PACKING_",
-                        {"PACKING_UNSPECIFIED", "PACKING_2BIT", "PACKING_BASE3"}};
-const EnumType kOptimizer{"Optimizer", "OPTIMIZER_",
-                          {"OPTIMIZER_UNSPECIFIED", "OPTIMIZER_SGD", "OPTIMIZER_ADAMW"}};
-const EnumType kLrSchedule{"LrSchedule", "SCHEDULE_",
-                           {"SCHEDULE_UNSPECIFIED", "SCHEDULE_COSINE", "SCHEDULE_STEP"}};
-const EnumType kDeviceKind{"DeviceKind", "DEVICE_",
-                           {"DEVICE_UNSPECIFIED", "DEVICE_CPU", "DEVICE_CUDA"}};
+const EnumType kPacking{
+    "Packing", "PACKING_", {"PACKING_UNSPECIFIED", "PACKING_2BIT", "PACKING_BASE3"}};
+const EnumType kOptimizer{
+    "Optimizer", "OPTIMIZER_", {"OPTIMIZER_UNSPECIFIED", "OPTIMIZER_SGD", "OPTIMIZER_ADAMW"}};
+const EnumType kLrSchedule{
+    "LrSchedule", "SCHEDULE_", {"SCHEDULE_UNSPECIFIED", "SCHEDULE_COSINE", "SCHEDULE_STEP"}};
+const EnumType kDeviceKind{
+    "DeviceKind", "DEVICE_", {"DEVICE_UNSPECIFIED", "DEVICE_CPU", "DEVICE_CUDA"}};
 
 Field Make(std::string path, Type type) {
   Field f;
@@ -40,8 +42,8 @@ Field Make(std::string path, Type type) {
 }
 
 // A number in [lo, hi] (an end open where asked), `presence` as in job.proto.
-Field Number(std::string path, Type type, bool presence, double lo, double hi,
-             bool lo_open = false, bool hi_open = false) {
+Field Number(std::string path, Type type, bool presence, double lo, double hi, bool lo_open = false,
+             bool hi_open = false) {
   Field f = Make(std::move(path), type);
   f.presence = presence;
   f.bounds = Bounds{lo, hi, lo_open, hi_open, "", ""};
@@ -110,7 +112,8 @@ std::vector<Field> BuildTable() {
   t.push_back(Enum("quantization.granularity", kGranularity));
   t.push_back(Flag("quantization.keep_first_fp"));
   t.push_back(Flag("quantization.keep_last_fp"));
-  t.push_back(WithDefault(Number("quantization.twn_delta_factor", kD, true, 0, 2, true, true), 0.7));
+  t.push_back(
+      WithDefault(Number("quantization.twn_delta_factor", kD, true, 0, 2, true, true), 0.7));
   t.push_back(WithDefault(Number("quantization.lat_iterations", kI, true, 1, 20), 3));
   t.push_back(WithDefault(Number("quantization.lat_epsilon", kD, true, 0, 1, true), 1e-8));
   t.push_back(
@@ -141,8 +144,8 @@ std::vector<Field> BuildTable() {
   Field warmup = WithDefault(Number("optimization.warmup_epochs", kD, false, 0, 0, false, true), 0);
   warmup.bounds->hi_field = "optimization.epochs";
   t.push_back(warmup);
-  Field milestones = Number("optimization.step_milestones", Type::kRepeatedInt32, false, 1, 0,
-                            false, true);
+  Field milestones =
+      Number("optimization.step_milestones", Type::kRepeatedInt32, false, 1, 0, false, true);
   milestones.bounds->hi_field = "optimization.epochs";
   t.push_back(milestones);
   t.push_back(WithDefault(Number("optimization.step_gamma", kD, true, 0, 1, true), 0.1));

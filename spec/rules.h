@@ -23,7 +23,17 @@ inline constexpr char kDefaultValAnnotations[] = "annotations/instances_val.json
 inline constexpr char kDefaultTrainImages[] = "train";
 inline constexpr char kDefaultValImages[] = "val";
 
-enum class Type { kString, kBool, kInt32, kUint32, kDouble, kEnum, kRepeatedInt32, kStringMap, kMessage };
+enum class Type {
+  kString,
+  kBool,
+  kInt32,
+  kUint32,
+  kDouble,
+  kEnum,
+  kRepeatedInt32,
+  kStringMap,
+  kMessage
+};
 
 // A proto enum: its value names, indexed by number (tern's enums are dense).
 struct EnumType {
@@ -44,11 +54,11 @@ struct Bounds {
 };
 
 struct Field {
-  std::string path;              // JSON key path: "optimization.lr"
+  std::string path;  // JSON key path: "optimization.lr"
   Type type = Type::kString;
-  bool presence = false;         // proto3 `optional`: unset means the default
-  bool required = false;         // must be set (and > 0 for numbers)
-  std::optional<Bounds> bounds;  // numbers (each element of a repeated field)
+  bool presence = false;                 // proto3 `optional`: unset means the default
+  bool required = false;                 // must be set (and > 0 for numbers)
+  std::optional<Bounds> bounds;          // numbers (each element of a repeated field)
   std::optional<double> default_number;  // where the default is one number
   const EnumType* enum_type = nullptr;   // kEnum
   std::vector<std::string> choices;      // kString: allowed values ("" too)

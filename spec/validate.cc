@@ -233,8 +233,8 @@ class Checker {
                     (b.hi_open || std::isinf(*hi) ? v < *hi : v <= *hi);
     if (ok) return;
     if (std::isinf(*hi)) {
-      Fail(path, std::string("must be ") + (b.lo_open ? "> " : ">= ") + Num(*lo) + ", got " +
-                     Num(v));
+      Fail(path,
+           std::string("must be ") + (b.lo_open ? "> " : ">= ") + Num(*lo) + ", got " + Num(v));
       return;
     }
     Fail(path, std::string("must be in ") + (b.lo_open ? "(" : "[") + Num(*lo) + ", " + Num(*hi) +
@@ -266,7 +266,8 @@ class Checker {
           list += (list.empty() ? "" : ", ") + c;
         }
         if (!known) {
-          Fail(f.path, "must be one of " + list + " (or empty), got " + Quoted(v->get<std::string>()));
+          Fail(f.path,
+               "must be one of " + list + " (or empty), got " + Quoted(v->get<std::string>()));
         }
       }
       if (!f.bounds) return;
@@ -289,8 +290,8 @@ class Checker {
 
   void CheckCrossFields() {
     if (const size_t n = String("name").size(); n > kMaxNameLength) {
-      Fail("name", "at most " + std::to_string(kMaxNameLength) + " characters, got " +
-                       std::to_string(n));
+      Fail("name",
+           "at most " + std::to_string(kMaxNameLength) + " characters, got " + std::to_string(n));
     }
     if (const json* labels = Get("labels")) {
       if (labels->size() > kMaxLabels) {
@@ -300,7 +301,8 @@ class Checker {
       for (const auto& item : labels->items()) {
         const std::string path = "labels[" + Quoted(item.key()) + "]";
         if (!IsLabelKey(item.key())) {
-          Fail(path, "key must be 1..63 characters of [a-z0-9_.-/] starting with a lowercase letter");
+          Fail(path,
+               "key must be 1..63 characters of [a-z0-9_.-/] starting with a lowercase letter");
         }
         if (item.value().get<std::string>().size() > kMaxLabelValueLength) {
           Fail(path, "value must be at most 256 characters");
@@ -308,8 +310,8 @@ class Checker {
       }
     }
     const std::string kind = EnumValue("dataset.kind");
-    const bool needs_path = kind != "DATASET_UNSPECIFIED" && kind != "DATASET_IDX" &&
-                            kind != "DATASET_SYNTHETIC";
+    const bool needs_path =
+        kind != "DATASET_UNSPECIFIED" && kind != "DATASET_IDX" && kind != "DATASET_SYNTHETIC";
     if (!bad_.count("dataset.kind") && needs_path && String("dataset.path").empty()) {
       Fail("dataset.path", "required for " + kind);
     }
@@ -350,13 +352,13 @@ class Checker {
       }
     }
     if (Bool("optimization.cuda_graph")) {  // what a captured training step cannot hold
-      const char* why =
-          EnumValue("resources.device_kind") != "DEVICE_CUDA"
-              ? "needs resources.device_kind DEVICE_CUDA"
-          : detection ? "needs TASK_CLASSIFICATION (detection batches vary in size)"
-          : micro && *micro != 1 ? "needs optimization.micro_batches 1"
-          : EnumValue("quantization.method") == "METHOD_TTQ" ? "does not support METHOD_TTQ"
-                                                              : nullptr;
+      const char* why = EnumValue("resources.device_kind") != "DEVICE_CUDA"
+                            ? "needs resources.device_kind DEVICE_CUDA"
+                        : detection ? "needs TASK_CLASSIFICATION (detection batches vary in size)"
+                        : micro && *micro != 1 ? "needs optimization.micro_batches 1"
+                        : EnumValue("quantization.method") == "METHOD_TTQ"
+                            ? "does not support METHOD_TTQ"
+                            : nullptr;
       if (why != nullptr) Fail("optimization.cuda_graph", why);
     }
     const std::string directory = String("checkpoint.directory");
@@ -366,7 +368,7 @@ class Checker {
   }
 
   std::vector<Violation> violations_;
-  std::set<std::string> bad_;          // paths with a violation
+  std::set<std::string> bad_;           // paths with a violation
   std::map<std::string, json> values_;  // path -> valid value
 };
 

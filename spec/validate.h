@@ -34,8 +34,7 @@ std::vector<Violation> CheckJobSpec(const nlohmann::json& spec,
 
 // OK when `violations` is empty, else INVALID_ARGUMENT listing each as
 // "<prefix><path>: <rule>", joined by "; ".
-Status ViolationsToStatus(const std::vector<Violation>& violations,
-                          const std::string& prefix = "");
+Status ViolationsToStatus(const std::vector<Violation>& violations, const std::string& prefix = "");
 
 }  // namespace tern::spec
 

@@ -189,7 +189,7 @@ void ParseFinished(const json& j, const ParseOptions& options, TrainerLine* out)
   // The ternary accuracy is the re-loaded artifact's when the trainer
   // measured it (job.proto: "by re-loading the exported .tern artifact").
   const json& artifact = Object(j, "artifact");
-  const json& ternary = options.full_precision                      ? EmptyObject()
+  const json& ternary = options.full_precision                         ? EmptyObject()
                         : Has(artifact, "top1") || Has(artifact, "ap") ? artifact
                                                                        : Object(j, "ternary");
   if (Has(fp, "top1")) r.set_fp_top1(Double(fp, "top1"));
@@ -315,11 +315,10 @@ ParsedLine TrainerEventParser::ParseStdoutLine(std::string_view line,
       // The epoch the step belongs to, 1-based (step counts completed steps;
       // the line's epoch counts completed epochs).
       const int64_t step = c->step();
-      c->set_epoch(steps_per_epoch_ > 0
-                       ? static_cast<int32_t>(std::clamp<int64_t>(
-                             (step + steps_per_epoch_ - 1) / steps_per_epoch_, 1,
-                             std::numeric_limits<int32_t>::max()))
-                       : std::max(1, c->epoch()));
+      c->set_epoch(steps_per_epoch_ > 0 ? static_cast<int32_t>(std::clamp<int64_t>(
+                                              (step + steps_per_epoch_ - 1) / steps_per_epoch_, 1,
+                                              std::numeric_limits<int32_t>::max()))
+                                        : std::max(1, c->epoch()));
       out.checkpoint_seconds = l.checkpoint_seconds;
       out.kind = "checkpoint";
       break;

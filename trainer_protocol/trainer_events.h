@@ -85,14 +85,13 @@ struct TrainerLine {
   v1::EpochEnd epoch_end;
   v1::CheckpointCommitted checkpoint;  // checkpoint, stopped
   double checkpoint_seconds = -1;      // checkpoint: "seconds" the save took
-  v1::JobResult result;  // finished; artifact_sha256 is left to ternd
+  v1::JobResult result;                // finished; artifact_sha256 is left to ternd
   v1::StateReason failure;
   v1::LogLine log;
 };
 
 // INVALID_ARGUMENT when `line` is not a JSON object.
-StatusOr<TrainerLine> ParseTrainerLine(std::string_view line,
-                                       const ParseOptions& options = {});
+StatusOr<TrainerLine> ParseTrainerLine(std::string_view line, const ParseOptions& options = {});
 
 // A stderr line as a JSON event line: {"event":"log","rank":R,"text":T}, with
 // `text` cut to kMaxLogLineBytes and invalid UTF-8 replaced.
@@ -121,8 +120,7 @@ class TrainerEventParser {
   // fill `parsed`; a `started` device defaults to "cpu", an epoch_end
   // eval_split to "test", and a checkpoint's epoch is the 1-based epoch its
   // step belongs to (steps_per_epoch of the `started` line).
-  ParsedLine ParseStdoutLine(std::string_view line,
-                             const google::protobuf::Timestamp& now);
+  ParsedLine ParseStdoutLine(std::string_view line, const google::protobuf::Timestamp& now);
   // A `log` event for one stderr line of rank `rank`, made valid UTF-8 and
   // cut to kMaxLogLineBytes at a character boundary.
   static v1::TrainerEvent LogEvent(int rank, std::string_view line,

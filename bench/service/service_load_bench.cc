@@ -28,6 +28,9 @@
 // failed call with the same key (waiting for the server to come back) until
 // it is acknowledged, for up to --retry-seconds; each acknowledgement appends
 // "ID KEY" to --ack-file. Exit status 0 once all N are acknowledged.
+#include <grpcpp/grpcpp.h>
+
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -38,9 +41,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <grpcpp/grpcpp.h>
 
 #include "tern/v1/job_service.grpc.pb.h"
 
@@ -213,7 +213,8 @@ int RunSubmitJobs(const std::string& server, long jobs, int threads, int deadlin
                                                 std::chrono::duration<double>(retry_seconds));
         for (;;) {
           grpc::ClientContext ctx;
-          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+          ctx.set_deadline(std::chrono::system_clock::now() +
+                           std::chrono::milliseconds(deadline_ms));
           ctx.set_wait_for_ready(true);  // across a restart of the server
           ctx.AddMetadata("x-tern-owner", owner);
           tern::v1::SubmitJobRequest req;
@@ -247,8 +248,8 @@ int RunSubmitJobs(const std::string& server, long jobs, int threads, int deadlin
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   std::printf("submitted %ld of %ld in %.1f s (%.0f/s), %ld retried calls, %ld given up%s%s\n",
               acked.load(), jobs, elapsed, static_cast<double>(acked.load()) / elapsed,
-              retries.load(), gave_up.load(), last_error.empty() ? "" : "; last error: ",
-              last_error.c_str());
+              retries.load(), gave_up.load(),
+              last_error.empty() ? "" : "; last error: ", last_error.c_str());
   return acked.load() == jobs ? 0 : 2;
 }
 
@@ -256,8 +257,9 @@ int RunSubmitJobs(const std::string& server, long jobs, int threads, int deadlin
 int RunDepths(const std::vector<std::shared_ptr<grpc::Channel>>& chans,
               const std::vector<int>& depths, int samples, int deadline_ms,
               const std::string& run_tag) {
-  std::printf("\n| queued | SubmitJob p50 ms | SubmitJob p99 ms | GetJob p50 ms | ListJobs p50 ms "
-              "| fill s | errors |\n");
+  std::printf(
+      "\n| queued | SubmitJob p50 ms | SubmitJob p99 ms | GetJob p50 ms | ListJobs p50 ms "
+      "| fill s | errors |\n");
   std::printf("|---:|---:|---:|---:|---:|---:|---:|\n");
   std::fflush(stdout);
   auto stub = tern::v1::JobService::NewStub(chans[0]);

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <thread>
 
-#include "tests/common/scoped_temp_dir.h"
 #include "auth/bearer_token.h"
+#include "tests/common/scoped_temp_dir.h"
 
 namespace tern::server {
 namespace {

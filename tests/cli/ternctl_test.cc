@@ -22,8 +22,8 @@
 #include <thread>
 #include <vector>
 
-#include "common/sha256.h"
 #include "common/file_util.h"
+#include "common/sha256.h"
 #include "quant/artifact.h"
 #include "tern/v1/job_service.grpc.pb.h"
 

@@ -1,7 +1,6 @@
 #include "scheduler/scheduler.h"
 
 #include <gtest/gtest.h>
-
 #include <stdlib.h>
 
 #include <atomic>
@@ -45,9 +44,7 @@ class SchedulerTest : public ::testing::Test {
     }
   }
 
-  bool GroupCommit() const {
-    return options_.commit_mode == CommitMode::kGroup;
-  }
+  bool GroupCommit() const { return options_.commit_mode == CommitMode::kGroup; }
 
   void SetUp() override { Open(); }
 
@@ -1499,8 +1496,7 @@ TEST_F(QuotaTest, UsageCountsHeldSlotsAndUnfinishedJobs) {
 class GroupCommitTest : public SchedulerTest {
  protected:
   GatedJobStore* OpenGated() {
-    StatusOr<std::unique_ptr<SqliteJobStore>> store =
-        SqliteJobStore::Open(DbPath());
+    StatusOr<std::unique_ptr<SqliteJobStore>> store = SqliteJobStore::Open(DbPath());
     EXPECT_TRUE(store.ok()) << store.status();
     auto gated = std::make_unique<GatedJobStore>(std::move(store).value());
     GatedJobStore* raw = gated.get();
@@ -1531,8 +1527,7 @@ TEST_F(GroupCommitTest, ParsesCommitModes) {
   StatusOr<CommitMode> bad = ParseCommitMode("batch");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.status().message().find("\"batch\""), std::string::npos)
-      << bad.status();
+  EXPECT_NE(bad.status().message().find("\"batch\""), std::string::npos) << bad.status();
 }
 
 // Submissions of concurrent callers share commits, and every acknowledged
@@ -1564,8 +1559,7 @@ TEST_F(GroupCommitTest, ConcurrentSubmissionsShareCommits) {
   EXPECT_EQ(*all.rbegin(), kThreads * kPerThread);  // no gaps
   if (GroupCommit()) {
     EXPECT_EQ(store->committed.load(), kThreads * kPerThread);
-    EXPECT_LE(store->commits.load(), kThreads * kPerThread / 2)
-        << "submissions were not grouped";
+    EXPECT_LE(store->commits.load(), kThreads * kPerThread / 2) << "submissions were not grouped";
   } else {
     EXPECT_EQ(store->commits.load(), 0);  // one CreateJob per submission
   }
@@ -1664,9 +1658,7 @@ TEST_F(GroupCommitTest, FailedCommitFailsItsWholeBatchAndMemoryMatchesTheStore) 
   store->Hold();
   std::vector<Status> results(6);
   std::vector<std::thread> callers;
-  callers.emplace_back([&] {
-    results[0] = scheduler_->SubmitJob(Request(0)).status();
-  });
+  callers.emplace_back([&] { results[0] = scheduler_->SubmitJob(Request(0)).status(); });
   ASSERT_EQ(store->AwaitHeldCommit(), 1u);  // the writer holds [submit]
   for (int i = 1; i <= 4; ++i) {
     callers.emplace_back([&, i] {

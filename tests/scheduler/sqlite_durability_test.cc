@@ -231,8 +231,7 @@ TEST_F(SqliteDurabilityTest, KilledMidBatchLosesOnlyUnacknowledgedSubmissions) {
           request.spec = "spec";
           StatusOr<SubmitResult> r = (*scheduler)->SubmitJob(request);
           if (!r.ok()) _exit(5);
-          const std::string line =
-              std::to_string(r->job.id) + " " + request.idempotency_key + "\n";
+          const std::string line = std::to_string(r->job.id) + " " + request.idempotency_key + "\n";
           if (::write(acks, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
             _exit(6);
           }
@@ -282,8 +281,7 @@ TEST_F(SqliteDurabilityTest, KilledMidBatchLosesOnlyUnacknowledgedSubmissions) {
   // Ids are handed out in order: the stored ones are 1..N without gaps.
   EXPECT_EQ(stored.begin()->first, 1);
   EXPECT_EQ(stored.rbegin()->first, static_cast<JobId>(stored.size()));
-  std::cout << acked.size() << " acknowledged, " << stored.size()
-            << " stored when killed\n";
+  std::cout << acked.size() << " acknowledged, " << stored.size() << " stored when killed\n";
 }
 
 }  // namespace

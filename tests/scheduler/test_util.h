@@ -10,8 +10,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <ostream>
 #include <string>
 #include <thread>
@@ -83,8 +83,7 @@ class FaultyJobStore final : public JobStore {
     return inner_->Commit(writes);
   }
   StatusOr<std::vector<Job>> LoadJobs() override { return inner_->LoadJobs(); }
-  StatusOr<std::vector<JobEvent>> ReadEvents(JobId job, int64_t after_seq,
-                                             int limit) override {
+  StatusOr<std::vector<JobEvent>> ReadEvents(JobId job, int64_t after_seq, int limit) override {
     return inner_->ReadEvents(job, after_seq, limit);
   }
 
@@ -97,8 +96,7 @@ class FaultyJobStore final : public JobStore {
 // UNAVAILABLE if fail_writes was set meanwhile. `delay` slows every Commit.
 class GatedJobStore final : public JobStore {
  public:
-  explicit GatedJobStore(std::unique_ptr<JobStore> inner)
-      : inner_(std::move(inner)) {}
+  explicit GatedJobStore(std::unique_ptr<JobStore> inner) : inner_(std::move(inner)) {}
   std::atomic<bool> fail_writes{false};
   std::atomic<int> commits{0};    // successful Commit calls
   std::atomic<int> committed{0};  // writes they carried
@@ -120,13 +118,11 @@ class GatedJobStore final : public JobStore {
     cv_.notify_all();
   }
 
-  Status CreateJob(const Job& job,
-                   const std::vector<JobEvent>& events) override {
+  Status CreateJob(const Job& job, const std::vector<JobEvent>& events) override {
     if (fail_writes) return UnavailableError("injected: disk full");
     return inner_->CreateJob(job, events);
   }
-  Status UpdateJob(const Job& job,
-                   const std::vector<JobEvent>& events) override {
+  Status UpdateJob(const Job& job, const std::vector<JobEvent>& events) override {
     if (fail_writes) return UnavailableError("injected: disk full");
     return inner_->UpdateJob(job, events);
   }

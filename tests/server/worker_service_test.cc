@@ -18,8 +18,8 @@
 #include <thread>
 #include <vector>
 
-#include "common/sha256.h"
 #include "common/ports.h"
+#include "common/sha256.h"
 #include "tests/server/test_util.h"
 
 namespace tern::server {

@@ -4,6 +4,8 @@
 // spec with every field set survives the trainer's JSON mapping, and at the
 // edge of every range ternd (server/spec_validation.h) and tern-trainer
 // (worker/trainer/spec.h) agree.
+#include "spec/rules.h"
+
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
@@ -17,7 +19,6 @@
 #include <sstream>
 
 #include "server/spec_validation.h"
-#include "spec/rules.h"
 #include "tern/v1/job.pb.h"
 #include "worker/trainer/spec.h"
 
@@ -39,14 +40,22 @@ std::optional<Type> RuleType(const FieldDescriptor* f) {
                                                     : std::nullopt;
   }
   switch (f->type()) {
-    case FieldDescriptor::TYPE_STRING: return Type::kString;
-    case FieldDescriptor::TYPE_BOOL: return Type::kBool;
-    case FieldDescriptor::TYPE_INT32: return Type::kInt32;
-    case FieldDescriptor::TYPE_UINT32: return Type::kUint32;
-    case FieldDescriptor::TYPE_DOUBLE: return Type::kDouble;
-    case FieldDescriptor::TYPE_ENUM: return Type::kEnum;
-    case FieldDescriptor::TYPE_MESSAGE: return Type::kMessage;
-    default: return std::nullopt;
+    case FieldDescriptor::TYPE_STRING:
+      return Type::kString;
+    case FieldDescriptor::TYPE_BOOL:
+      return Type::kBool;
+    case FieldDescriptor::TYPE_INT32:
+      return Type::kInt32;
+    case FieldDescriptor::TYPE_UINT32:
+      return Type::kUint32;
+    case FieldDescriptor::TYPE_DOUBLE:
+      return Type::kDouble;
+    case FieldDescriptor::TYPE_ENUM:
+      return Type::kEnum;
+    case FieldDescriptor::TYPE_MESSAGE:
+      return Type::kMessage;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -64,28 +73,28 @@ void ForEachField(const pb::Descriptor* d, const std::string& prefix, Visit visi
 
 TEST(RulesTest, EveryFieldOfJobSpecHasARuleOfItsType) {
   std::set<std::string> proto_paths;
-  ForEachField(v1::JobSpec::descriptor(), "", [&](const std::string& path,
-                                                   const FieldDescriptor* f) {
-    proto_paths.insert(path);
-    const Field* rule = FindField(path);
-    ASSERT_NE(rule, nullptr) << path << " has no rule in spec/rules.cc";
-    const std::optional<Type> type = RuleType(f);
-    ASSERT_TRUE(type.has_value()) << path << ": the rules have no type for " << f->type_name();
-    EXPECT_EQ(rule->type, *type) << path;
-    EXPECT_EQ(rule->presence, f->has_optional_keyword()) << path;
-    if (f->type() == FieldDescriptor::TYPE_ENUM) {
-      const pb::EnumDescriptor* e = f->enum_type();
-      ASSERT_NE(rule->enum_type, nullptr) << path;
-      EXPECT_EQ(rule->enum_type->name, e->name()) << path;
-      ASSERT_EQ(rule->enum_type->values.size(), static_cast<size_t>(e->value_count())) << path;
-      for (int i = 0; i < e->value_count(); ++i) {
-        const pb::EnumValueDescriptor* value = e->FindValueByNumber(i);
-        ASSERT_NE(value, nullptr) << path << ": numbers must be dense";
-        EXPECT_EQ(rule->enum_type->values[i], value->name()) << path;
-        EXPECT_EQ(value->name().rfind(rule->enum_type->prefix, 0), 0u) << value->name();
-      }
-    }
-  });
+  ForEachField(
+      v1::JobSpec::descriptor(), "", [&](const std::string& path, const FieldDescriptor* f) {
+        proto_paths.insert(path);
+        const Field* rule = FindField(path);
+        ASSERT_NE(rule, nullptr) << path << " has no rule in spec/rules.cc";
+        const std::optional<Type> type = RuleType(f);
+        ASSERT_TRUE(type.has_value()) << path << ": the rules have no type for " << f->type_name();
+        EXPECT_EQ(rule->type, *type) << path;
+        EXPECT_EQ(rule->presence, f->has_optional_keyword()) << path;
+        if (f->type() == FieldDescriptor::TYPE_ENUM) {
+          const pb::EnumDescriptor* e = f->enum_type();
+          ASSERT_NE(rule->enum_type, nullptr) << path;
+          EXPECT_EQ(rule->enum_type->name, e->name()) << path;
+          ASSERT_EQ(rule->enum_type->values.size(), static_cast<size_t>(e->value_count())) << path;
+          for (int i = 0; i < e->value_count(); ++i) {
+            const pb::EnumValueDescriptor* value = e->FindValueByNumber(i);
+            ASSERT_NE(value, nullptr) << path << ": numbers must be dense";
+            EXPECT_EQ(rule->enum_type->values[i], value->name()) << path;
+            EXPECT_EQ(value->name().rfind(rule->enum_type->prefix, 0), 0u) << value->name();
+          }
+        }
+      });
   for (const Field& f : JobSpecFields()) {
     EXPECT_TRUE(proto_paths.count(f.path)) << f.path << " is in spec/rules.cc but not in JobSpec";
   }
@@ -96,12 +105,12 @@ std::map<std::string, std::string> FieldComments() {
   std::ifstream in(TERN_JOB_PROTO);
   EXPECT_TRUE(in.good()) << TERN_JOB_PROTO;
   std::map<std::string, std::string> prefix_of = {{"JobSpec", ""}};
-  ForEachField(v1::JobSpec::descriptor(), "", [&](const std::string& path,
-                                                   const FieldDescriptor* f) {
-    if (f->type() == FieldDescriptor::TYPE_MESSAGE && !f->is_map()) {
-      prefix_of[f->message_type()->name()] = path + ".";
-    }
-  });
+  ForEachField(v1::JobSpec::descriptor(), "",
+               [&](const std::string& path, const FieldDescriptor* f) {
+                 if (f->type() == FieldDescriptor::TYPE_MESSAGE && !f->is_map()) {
+                   prefix_of[f->message_type()->name()] = path + ".";
+                 }
+               });
   const std::regex message_line(R"(^message (\w+) \{)");
   const std::regex field_line(R"(^\s+(optional |repeated )?[\w<>, .]+ (\w+) = \d+;)");
   const std::regex comment_line(R"(^\s*// ?(.*)$)");
@@ -277,19 +286,19 @@ const std::set<std::string> kServerOnly = {"owner", "labels", "priority", "max_r
 TEST(RulesTest, TheTrainerKeepsEveryFieldItReads) {
   const v1::JobSpec full = FullValidSpec();
   std::vector<std::string> unset;
-  ForEachField(v1::JobSpec::descriptor(), "", [&](const std::string& path,
-                                                   const FieldDescriptor* f) {
-    // Walk `full` along the path to see that the field is set.
-    const pb::Message* msg = &full;
-    std::string rest = path;
-    for (size_t dot; (dot = rest.find('.')) != std::string::npos; rest = rest.substr(dot + 1)) {
-      msg = &msg->GetReflection()->GetMessage(
-          *msg, msg->GetDescriptor()->FindFieldByName(rest.substr(0, dot)));
-    }
-    const bool set = f->is_repeated() ? msg->GetReflection()->FieldSize(*msg, f) > 0
-                                      : msg->GetReflection()->HasField(*msg, f);
-    if (!set) unset.push_back(path);
-  });
+  ForEachField(
+      v1::JobSpec::descriptor(), "", [&](const std::string& path, const FieldDescriptor* f) {
+        // Walk `full` along the path to see that the field is set.
+        const pb::Message* msg = &full;
+        std::string rest = path;
+        for (size_t dot; (dot = rest.find('.')) != std::string::npos; rest = rest.substr(dot + 1)) {
+          msg = &msg->GetReflection()->GetMessage(
+              *msg, msg->GetDescriptor()->FindFieldByName(rest.substr(0, dot)));
+        }
+        const bool set = f->is_repeated() ? msg->GetReflection()->FieldSize(*msg, f) > 0
+                                          : msg->GetReflection()->HasField(*msg, f);
+        if (!set) unset.push_back(path);
+      });
   EXPECT_EQ(unset, std::vector<std::string>{}) << "FullValidSpec must set every field";
   ASSERT_TRUE(server::ValidateJobSpec(full).ok()) << server::ValidateJobSpec(full);
   const StatusOr<trainer::TrainerSpec> parsed = trainer::ParseTrainerSpec(AgentJson(full));
@@ -297,9 +306,8 @@ TEST(RulesTest, TheTrainerKeepsEveryFieldItReads) {
   // Back to a JobSpec: what the trainer understood is what was sent.
   v1::JobSpec back;
   pb::util::JsonParseOptions options;
-  ASSERT_TRUE(pb::util::JsonStringToMessage(trainer::ToJobSpecJson(*parsed).dump(), &back,
-                                            options)
-                  .ok());
+  ASSERT_TRUE(
+      pb::util::JsonStringToMessage(trainer::ToJobSpecJson(*parsed).dump(), &back, options).ok());
   v1::JobSpec want = full;
   for (const std::string& field : kServerOnly) {
     want.GetReflection()->ClearField(&want, want.GetDescriptor()->FindFieldByName(field));
@@ -347,9 +355,9 @@ TEST(RulesTest, TernAndTheTrainerAgreeAtTheEdgeOfEveryRange) {
     const auto step = [&](double v, double toward) {
       return integral ? v + (toward > v ? 1 : -1) : std::nextafter(v, toward);
     };
-    std::vector<std::pair<double, bool>> cases = {  // value, inside the range
-        {b.lo_open ? step(lo, hi) : lo, true},
-        {b.lo_open ? lo : step(lo, -HUGE_VAL), false}};
+    std::vector<std::pair<double, bool>> cases = {// value, inside the range
+                                                  {b.lo_open ? step(lo, hi) : lo, true},
+                                                  {b.lo_open ? lo : step(lo, -HUGE_VAL), false}};
     if (std::isfinite(hi)) {
       cases.push_back({b.hi_open ? step(hi, lo) : hi, true});
       cases.push_back({b.hi_open ? hi : step(hi, HUGE_VAL), false});

@@ -37,28 +37,27 @@ TEST(CheckJobSpecTest, ReportsEveryViolationWithItsPath) {
       {"checkpoint", {{"directory", "rel"}}},
       {"collective_timeout_seconds", 1},
       {"extra", true}};
-  EXPECT_EQ(
-      Messages(spec),
-      (std::vector<std::string>{
-          "extra: unknown field",
-          "optimization.lr: expected a number",
-          "quantization.method: unknown QuantMethod value 99",
-          "priority: must be in [-1000, 1000], got 5000",
-          "collective_timeout_seconds: must be in [10, 86400], got 1",
-          "model.arch: must be one of resnet20, resnet32, resnet56, resnet18, resnet34, "
-          "resnet50 (or empty), got \"vgg\"",
-          "model.width_multiplier: must be in (0, 4], got 5",
-          "dataset.val_fraction: must be in [0, 0.5], got nan",
-          "quantization.kappa_end: must be in [10, 10000], got 5",
-          "optimization.warmup_epochs: must be in [0, 3), got 3",
-          "labels[\"Team\"]: key must be 1..63 characters of [a-z0-9_.-/] starting with a "
-          "lowercase letter",
-          "dataset.path: required for DATASET_CIFAR10",
-          "optimization.step_milestones[1]: must be strictly increasing",
-          "optimization.batch_size: must be a multiple of resources.ranks × "
-          "optimization.micro_batches = 3, got 128",
-          "checkpoint.directory: must be an absolute path, got \"rel\"",
-      }));
+  EXPECT_EQ(Messages(spec),
+            (std::vector<std::string>{
+                "extra: unknown field",
+                "optimization.lr: expected a number",
+                "quantization.method: unknown QuantMethod value 99",
+                "priority: must be in [-1000, 1000], got 5000",
+                "collective_timeout_seconds: must be in [10, 86400], got 1",
+                "model.arch: must be one of resnet20, resnet32, resnet56, resnet18, resnet34, "
+                "resnet50 (or empty), got \"vgg\"",
+                "model.width_multiplier: must be in (0, 4], got 5",
+                "dataset.val_fraction: must be in [0, 0.5], got nan",
+                "quantization.kappa_end: must be in [10, 10000], got 5",
+                "optimization.warmup_epochs: must be in [0, 3), got 3",
+                "labels[\"Team\"]: key must be 1..63 characters of [a-z0-9_.-/] starting with a "
+                "lowercase letter",
+                "dataset.path: required for DATASET_CIFAR10",
+                "optimization.step_milestones[1]: must be strictly increasing",
+                "optimization.batch_size: must be a multiple of resources.ranks × "
+                "optimization.micro_batches = 3, got 128",
+                "checkpoint.directory: must be an absolute path, got \"rel\"",
+            }));
 }
 
 TEST(CheckJobSpecTest, EpochsAreRequired) {
@@ -102,9 +101,10 @@ TEST(CheckJobSpecTest, ReadsProto3JsonSpellingsAndNormalizes) {
                      {"dataset", {{"kind", "DATASET_COCO"}, {"path", "/d"}}},
                      {"optimization", {{"epochs", "4"}, {"seed", "4294967295"}, {"lr", 1}}}};
   ASSERT_TRUE(CheckJobSpec(spec, &normalized).empty());
-  EXPECT_EQ(normalized, json({{"task", "TASK_DETECTION"},
-                              {"dataset", {{"kind", "DATASET_COCO"}, {"path", "/d"}}},
-                              {"optimization", {{"epochs", 4}, {"seed", 4294967295u}, {"lr", 1.0}}}}));
+  EXPECT_EQ(normalized,
+            json({{"task", "TASK_DETECTION"},
+                  {"dataset", {{"kind", "DATASET_COCO"}, {"path", "/d"}}},
+                  {"optimization", {{"epochs", 4}, {"seed", 4294967295u}, {"lr", 1.0}}}}));
   EXPECT_EQ(Messages({{"optimization", {{"epochs", 1}, {"seed", -1}}}}),
             std::vector<std::string>{"optimization.seed: out of range"});
   EXPECT_EQ(Messages({{"optimization", {{"epochs", 1.5}}}}),
@@ -128,10 +128,10 @@ TEST(RulesTest, DefaultsLieInsideTheirRanges) {
     json spec = {{"optimization", {{"epochs", 1}}}};
     const json value = f.type == Type::kDouble ? json(*f.default_number)
                                                : json(static_cast<int64_t>(*f.default_number));
-    spec[json::json_pointer("/" + f.path.substr(0, f.path.find('.')) +
-                            (f.path.find('.') == std::string::npos
-                                 ? ""
-                                 : "/" + f.path.substr(f.path.find('.') + 1)))] = value;
+    spec[json::json_pointer(
+        "/" + f.path.substr(0, f.path.find('.')) +
+        (f.path.find('.') == std::string::npos ? "" : "/" + f.path.substr(f.path.find('.') + 1)))] =
+        value;
     EXPECT_EQ(Messages(spec), std::vector<std::string>{}) << f.path;
   }
 }

@@ -17,11 +17,11 @@ using google::protobuf::util::TimeUtil;
 // --- ParseTrainerLine (ternd) ------------------------------------------------
 
 TEST(ParseTrainerLineTest, ParsesProgress) {
-  StatusOr<TrainerLine> line = ParseTrainerLine(
-      R"({"event":"progress","job":"j","rank":0,"world_size":2,"time":1.7e9,)"
-      R"("epoch":1,"epochs":3,"step":40,"total_steps":120,"loss":null,)"
-      R"("lr":0.05,"images_per_second":512.5,"eta_seconds":9,)"
-      R"("reg_lambda":0.002,"kappa":7.5,"phase":2})");
+  StatusOr<TrainerLine> line =
+      ParseTrainerLine(R"({"event":"progress","job":"j","rank":0,"world_size":2,"time":1.7e9,)"
+                       R"("epoch":1,"epochs":3,"step":40,"total_steps":120,"loss":null,)"
+                       R"("lr":0.05,"images_per_second":512.5,"eta_seconds":9,)"
+                       R"("reg_lambda":0.002,"kappa":7.5,"phase":2})");
   ASSERT_TRUE(line.ok()) << line.status();
   EXPECT_EQ(line->kind, TrainerEventKind::kProgress);
   EXPECT_EQ(line->progress.epoch(), 1);
@@ -37,11 +37,11 @@ TEST(ParseTrainerLineTest, ParsesProgress) {
 }
 
 TEST(ParseTrainerLineTest, ProgressStepBreakdownAndGpuMemoryAreOptional) {
-  StatusOr<TrainerLine> gpu = ParseTrainerLine(
-      R"({"event":"progress","rank":0,"time":1700000000.5,"step":40,)"
-      R"("loss":1,"step_seconds":0.125,"allreduce_seconds":0.03,)"
-      R"("data_wait_seconds":0.004,"gpu_memory_bytes":1073741824,)"
-      R"("gpu_peak_memory_bytes":6442450944})");
+  StatusOr<TrainerLine> gpu =
+      ParseTrainerLine(R"({"event":"progress","rank":0,"time":1700000000.5,"step":40,)"
+                       R"("loss":1,"step_seconds":0.125,"allreduce_seconds":0.03,)"
+                       R"("data_wait_seconds":0.004,"gpu_memory_bytes":1073741824,)"
+                       R"("gpu_peak_memory_bytes":6442450944})");
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   const v1::Progress& p = gpu->progress;
   EXPECT_DOUBLE_EQ(gpu->time, 1700000000.5);
@@ -76,13 +76,13 @@ TEST(ParseTrainerLineTest, ProgressStepBreakdownAndGpuMemoryAreOptional) {
 }
 
 TEST(ParseTrainerLineTest, ParsesEpochEndFinishedCheckpointAndFailed) {
-  StatusOr<TrainerLine> epoch = ParseTrainerLine(
-      R"({"event":"epoch_end","rank":0,"epoch":2,"eval_split":"val",)"
-      R"("train_loss":0.7,"fp":{"loss":0.5,"top1":0.9,"top5":1,"examples":10},)"
-      R"("ternary":{"loss":0.6,"top1":0.85,"top5":0.99,"examples":10},)"
-      R"("epoch_seconds":3.5,"layers":[{"name":"a","quantized":true,)"
-      R"("numel":200,"sparsity":0.3,"alpha":0.1,"delta":0.05,"cos_wt":0.8,)"
-      R"("flips":10,"flips_per_step":2},{"name":"fc","quantized":false}]})");
+  StatusOr<TrainerLine> epoch =
+      ParseTrainerLine(R"({"event":"epoch_end","rank":0,"epoch":2,"eval_split":"val",)"
+                       R"("train_loss":0.7,"fp":{"loss":0.5,"top1":0.9,"top5":1,"examples":10},)"
+                       R"("ternary":{"loss":0.6,"top1":0.85,"top5":0.99,"examples":10},)"
+                       R"("epoch_seconds":3.5,"layers":[{"name":"a","quantized":true,)"
+                       R"("numel":200,"sparsity":0.3,"alpha":0.1,"delta":0.05,"cos_wt":0.8,)"
+                       R"("flips":10,"flips_per_step":2},{"name":"fc","quantized":false}]})");
   ASSERT_TRUE(epoch.ok());
   ASSERT_EQ(epoch->kind, TrainerEventKind::kEpochEnd);
   const v1::EpochMetrics& m = epoch->epoch_end.metrics();
@@ -95,11 +95,11 @@ TEST(ParseTrainerLineTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   ASSERT_EQ(epoch->epoch_end.layers_size(), 1);
   EXPECT_DOUBLE_EQ(epoch->epoch_end.layers(0).flips(), 0.01);  // 2 / 200
 
-  StatusOr<TrainerLine> finished = ParseTrainerLine(
-      R"({"event":"finished","rank":0,"fp":{"top1":0.9,"top5":1},)"
-      R"("ternary":{"top1":0.8},"artifact_path":"/a/m.tern",)"
-      R"("artifact_bytes":12345,"bits_per_weight":1.7,"steps":99,)"
-      R"("wall_seconds":12.5,"images_per_second":100})");
+  StatusOr<TrainerLine> finished =
+      ParseTrainerLine(R"({"event":"finished","rank":0,"fp":{"top1":0.9,"top5":1},)"
+                       R"("ternary":{"top1":0.8},"artifact_path":"/a/m.tern",)"
+                       R"("artifact_bytes":12345,"bits_per_weight":1.7,"steps":99,)"
+                       R"("wall_seconds":12.5,"images_per_second":100})");
   ASSERT_TRUE(finished.ok());
   ASSERT_EQ(finished->kind, TrainerEventKind::kFinished);
   EXPECT_EQ(finished->result.artifact_path(), "/a/m.tern");
@@ -108,9 +108,9 @@ TEST(ParseTrainerLineTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   EXPECT_FALSE(finished->result.has_ternary_top5());
   EXPECT_EQ(finished->result.steps(), 99);
 
-  StatusOr<TrainerLine> resumed = ParseTrainerLine(
-      R"({"event":"started","rank":0,"resumed_from_step":120,"total_steps":400,)"
-      R"("device":"cuda:0","process_group":"nccl","epochs":4})");
+  StatusOr<TrainerLine> resumed =
+      ParseTrainerLine(R"({"event":"started","rank":0,"resumed_from_step":120,"total_steps":400,)"
+                       R"("device":"cuda:0","process_group":"nccl","epochs":4})");
   ASSERT_TRUE(resumed.ok());
   ASSERT_EQ(resumed->kind, TrainerEventKind::kStarted);
   EXPECT_EQ(resumed->started.resumed_from_step(), 120);
@@ -122,8 +122,8 @@ TEST(ParseTrainerLineTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   ASSERT_TRUE(fresh.ok());
   EXPECT_EQ(fresh->started.resumed_from_step(), 0);
 
-  StatusOr<TrainerLine> checkpoint = ParseTrainerLine(
-      R"({"event":"checkpoint","rank":0,"step":50,"epoch":1,"path":"/c/s"})");
+  StatusOr<TrainerLine> checkpoint =
+      ParseTrainerLine(R"({"event":"checkpoint","rank":0,"step":50,"epoch":1,"path":"/c/s"})");
   ASSERT_TRUE(checkpoint.ok());
   EXPECT_EQ(checkpoint->kind, TrainerEventKind::kCheckpoint);
   EXPECT_EQ(checkpoint->checkpoint.step(), 50);
@@ -139,8 +139,8 @@ TEST(ParseTrainerLineTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   EXPECT_EQ(stopped->checkpoint.epoch(), 2);
   EXPECT_EQ(stopped->checkpoint.path(), "/c/60");
 
-  StatusOr<TrainerLine> failed = ParseTrainerLine(
-      R"({"event":"failed","rank":1,"code":"COLLECTIVE_TIMEOUT","reason":"x"})");
+  StatusOr<TrainerLine> failed =
+      ParseTrainerLine(R"({"event":"failed","rank":1,"code":"COLLECTIVE_TIMEOUT","reason":"x"})");
   ASSERT_TRUE(failed.ok());
   EXPECT_EQ(failed->kind, TrainerEventKind::kFailed);
   EXPECT_EQ(failed->rank, 1);
@@ -149,12 +149,12 @@ TEST(ParseTrainerLineTest, ParsesEpochEndFinishedCheckpointAndFailed) {
 }
 
 TEST(ParseTrainerLineTest, DetectionMetricsCarryTheTwelveCocoNumbers) {
-  StatusOr<TrainerLine> epoch = ParseTrainerLine(
-      R"({"event":"epoch_end","rank":0,"epoch":1,"eval_split":"val",)"
-      R"("train_loss":2.5,"fp":{"ap":0.4,"ap50":0.7,"ap75":0.3,)"
-      R"("ap_small":0.2,"ap_medium":0.5,"ap_large":null,"ar1":0.25,)"
-      R"("ar10":0.45,"ar100":0.5,"ar_small":0.3,"ar_medium":0.6,)"
-      R"("ar_large":null,"images":8},"ternary":{"ap":0.35},"layers":[]})");
+  StatusOr<TrainerLine> epoch =
+      ParseTrainerLine(R"({"event":"epoch_end","rank":0,"epoch":1,"eval_split":"val",)"
+                       R"("train_loss":2.5,"fp":{"ap":0.4,"ap50":0.7,"ap75":0.3,)"
+                       R"("ap_small":0.2,"ap_medium":0.5,"ap_large":null,"ar1":0.25,)"
+                       R"("ar10":0.45,"ar100":0.5,"ar_small":0.3,"ar_medium":0.6,)"
+                       R"("ar_large":null,"images":8},"ternary":{"ap":0.35},"layers":[]})");
   ASSERT_TRUE(epoch.ok());
   const v1::EpochMetrics& m = epoch->epoch_end.metrics();
   ASSERT_TRUE(m.has_fp_detection());
@@ -180,8 +180,8 @@ TEST(ParseTrainerLineTest, ToleratesOddInput) {
   ASSERT_TRUE(unknown.ok());
   EXPECT_EQ(unknown->kind, TrainerEventKind::kUnknown);
   // Wrong types read as absent instead of throwing.
-  StatusOr<TrainerLine> odd = ParseTrainerLine(
-      R"({"event":"progress","step":"ten","loss":{},"layers":7})");
+  StatusOr<TrainerLine> odd =
+      ParseTrainerLine(R"({"event":"progress","step":"ten","loss":{},"layers":7})");
   ASSERT_TRUE(odd.ok());
   EXPECT_EQ(odd->progress.step(), 0);
   EXPECT_DOUBLE_EQ(odd->progress.loss(), 0);

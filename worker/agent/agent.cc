@@ -508,9 +508,8 @@ void Agent::Impl::StreamOnce(milliseconds* backoff) {
     // A lost lease (a heartbeat found ternd restarted) ends the wait: the
     // agent must register again before its lease TTL runs out.
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, *backoff, [&] {
-      return shutdown_ || !lease_.valid() || generation != lease_.generation();
-    });
+    cv_.wait_for(lock, *backoff,
+                 [&] { return shutdown_ || !lease_.valid() || generation != lease_.generation(); });
     *backoff = std::min(*backoff * 2, options_.backoff_max);
   }
 }
@@ -823,9 +822,8 @@ void Agent::Impl::WaitForEarlierAttempts(const Rank& rank) {
 }
 
 StatusOr<std::unique_ptr<ChildProcess>> Agent::Impl::Launch(Rank& rank, bool* drained) {
-  TERN_ASSIGN_OR_RETURN(
-      const LaunchPlan plan,
-      launcher_.Plan(rank.assignment, rank.cuda_slot, rank.prefix, &rank.failure_code));
+  TERN_ASSIGN_OR_RETURN(const LaunchPlan plan, launcher_.Plan(rank.assignment, rank.cuda_slot,
+                                                              rank.prefix, &rank.failure_code));
   TERN_RETURN_IF_ERROR(WriteFirstLeaseFile(rank));
   // No trainer starts once the agent shuts down (ternd was told to place
   // nothing more here).
@@ -848,10 +846,10 @@ Status Agent::Impl::WriteFirstLeaseFile(Rank& rank) {
 
 void Agent::Impl::Supervise(Rank& rank, ChildProcess& child) {
   const v1::Assignment& a = rank.assignment;
-  TrainerOutput output(a.spec(), child.pid(),
-                       {a.ref().rank(), options_.relay_logs, options_.stderr_tail_lines,
-                        options_.flush_interval},
-                       &trainer_metrics_, rank.job, rank.rank_label);
+  TrainerOutput output(
+      a.spec(), child.pid(),
+      {a.ref().rank(), options_.relay_logs, options_.stderr_tail_lines, options_.flush_interval},
+      &trainer_metrics_, rank.job, rank.rank_label);
   std::deque<v1::TrainerEvent> pending;
   Clock::time_point flush_due = Clock::time_point::max();
   std::optional<ExitStatus> ended;
@@ -859,8 +857,8 @@ void Agent::Impl::Supervise(Rank& rank, ChildProcess& child) {
   while (true) {
     // Flush batched events when due (or retry a failed flush).
     if (!pending.empty() && Clock::now() >= flush_due) {
-      flush_due = Flush(rank, &pending) ? Clock::time_point::max()
-                                        : Clock::now() + std::chrono::seconds(1);
+      flush_due =
+          Flush(rank, &pending) ? Clock::time_point::max() : Clock::now() + std::chrono::seconds(1);
     }
     rank.stopper.EscalateIfDue();
     if (!ended) {
@@ -930,8 +928,8 @@ void Agent::Impl::ReportEnded(Rank& rank, const ChildProcess& child, const ExitS
     TERN_LOG(WARNING) << rank.prefix << "trainer pid " << child.pid() << " ended with "
                       << ended.ToString();
   }
-  exits_.WithLabels({ended.signal != 0 ? SignalName(ended.signal)
-                                       : std::to_string(ended.exit_code)})
+  exits_
+      .WithLabels({ended.signal != 0 ? SignalName(ended.signal) : std::to_string(ended.exit_code)})
       ->Increment();
   ReportExit(rank, ended, reason);
 }

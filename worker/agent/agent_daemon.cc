@@ -63,7 +63,8 @@ std::string DefaultAgentId() {
   std::string id;
   for (const char* c = host; *c; ++c) {
     id += (std::isalnum(static_cast<unsigned char>(*c)) || *c == '-' || *c == '_' || *c == '.')
-              ? *c : '-';
+              ? *c
+              : '-';
   }
   return id.substr(0, 100) + "-" + std::to_string(::getpid());
 }
@@ -107,9 +108,9 @@ StatusOr<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(AgentDaemonOptions opt
   agent.workdir = fs::absolute(agent.workdir).string();
   agent.trainer_path = FindTrainer(options.trainer);
   if (agent.trainer_path.empty()) {
-    return InvalidArgumentError(
-        "no tern-trainer found" +
-        (options.trainer.empty() ? " (pass --trainer PATH)" : " at " + options.trainer));
+    return InvalidArgumentError("no tern-trainer found" + (options.trainer.empty()
+                                                               ? " (pass --trainer PATH)"
+                                                               : " at " + options.trainer));
   }
   TERN_RETURN_IF_ERROR(agent.Validate());
   TERN_ASSIGN_OR_RETURN(auto channel, tls::MakeChannel(options.server, options.tls));
@@ -129,8 +130,8 @@ StatusOr<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(AgentDaemonOptions opt
                  << o.agent.host << ", trainer " << o.agent.trainer_path << ", workdir "
                  << o.agent.workdir;
   if (const std::string why = CannotBind(o.agent.host); !why.empty()) {
-    TERN_LOG(WARNING) << "--host " << o.agent.host << " is not an address of this machine ("
-                      << why << "): its trainers cannot listen for their peers there and "
+    TERN_LOG(WARNING) << "--host " << o.agent.host << " is not an address of this machine (" << why
+                      << "): its trainers cannot listen for their peers there and "
                       << "every job with ranks here will fail; advertise this machine's own "
                       << "address";
   }

@@ -31,14 +31,14 @@
 namespace tern::agent {
 
 struct AgentDaemonOptions {
-  AgentOptions agent;                  // trainer_path, agent_id, workdir: filled in
+  AgentOptions agent;                     // trainer_path, agent_id, workdir: filled in
   std::string server = "127.0.0.1:7070";  // ternd, "host:port"
-  tls::ClientTlsOptions tls;           // credentials of the channel to ternd
+  tls::ClientTlsOptions tls;              // credentials of the channel to ternd
   // tern-trainer: a path, or a name looked up on $PATH; "": next to this
   // binary, then ../trainer/tern-trainer (the build tree), then $PATH.
   std::string trainer;
   std::string metrics_listen = "127.0.0.1:9465";  // "host:port" of /metrics; "": none
-  std::string metrics_token_file;      // the bearer token /metrics requires; "": open
+  std::string metrics_token_file;                 // the bearer token /metrics requires; "": open
   std::string metrics_tls_cert, metrics_tls_key;  // HTTPS for /metrics (both or neither)
 };
 

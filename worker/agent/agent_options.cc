@@ -54,7 +54,8 @@ Status AgentOptions::Validate() const {
                                 Quoted(agent_id));
   }
   if (host.empty()) return InvalidArgumentError("host: must not be empty");
-  if (cpu_slots < 0 || cpu_slots > 1024) return InvalidArgumentError("cpu_slots: must be in [0, 1024]");
+  if (cpu_slots < 0 || cpu_slots > 1024)
+    return InvalidArgumentError("cpu_slots: must be in [0, 1024]");
   if (cuda_slots < 0 || cuda_slots > 1024) {
     return InvalidArgumentError("cuda_slots: must be in [0, 1024]");
   }
@@ -63,16 +64,19 @@ Status AgentOptions::Validate() const {
   }
   if (trainer_path.empty()) return InvalidArgumentError("trainer_path: must not be empty");
   if (workdir.empty()) return InvalidArgumentError("workdir: must not be empty");
-  for (auto [name, d] : {std::pair{"rpc_timeout", rpc_timeout}, {"kill_grace", kill_grace},
-                         {"shutdown_grace", shutdown_grace}, {"flush_interval", flush_interval},
-                         {"backoff_min", backoff_min}, {"backoff_max", backoff_max},
+  for (auto [name, d] : {std::pair{"rpc_timeout", rpc_timeout},
+                         {"kill_grace", kill_grace},
+                         {"shutdown_grace", shutdown_grace},
+                         {"flush_interval", flush_interval},
+                         {"backoff_min", backoff_min},
+                         {"backoff_max", backoff_max},
                          {"exit_report_retry", exit_report_retry}}) {
     if (d.count() <= 0) return InvalidArgumentError(std::string(name) + ": must be > 0");
   }
   if (backoff_max < backoff_min) return InvalidArgumentError("backoff_max: must be >= backoff_min");
   if (stderr_tail_lines < 0) return InvalidArgumentError("stderr_tail_lines: must be >= 0");
   for (const auto& [field, dirs] : {std::pair{"trainer_writable", &trainer_writable},
-                                     {"trainer_readable", &trainer_readable}}) {
+                                    {"trainer_readable", &trainer_readable}}) {
     for (const std::string& dir : *dirs) {
       if (dir.empty() || dir[0] != '/') {
         return InvalidArgumentError(std::string(field) + ": must be absolute paths, got '" + dir +

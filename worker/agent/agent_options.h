@@ -17,13 +17,13 @@
 namespace tern::agent {
 
 struct AgentOptions {
-  std::string agent_id;              // 1..128 of [A-Za-z0-9_.-]
-  std::string host = "127.0.0.1";    // where other ranks reach this machine's ranks
-                                     // (TERN_BIND_ADDR of every trainer)
-  int cpu_slots = 0;                 // CPU ranks run at once
-  int cuda_slots = 0;                // GPUs; rank i gets CUDA_VISIBLE_DEVICES=<slot>
-  std::string trainer_path;          // tern-trainer executable (absolute)
-  std::string workdir;               // per-job files (see above); created
+  std::string agent_id;                             // 1..128 of [A-Za-z0-9_.-]
+  std::string host = "127.0.0.1";                   // where other ranks reach this machine's ranks
+                                                    // (TERN_BIND_ADDR of every trainer)
+  int cpu_slots = 0;                                // CPU ranks run at once
+  int cuda_slots = 0;                               // GPUs; rank i gets CUDA_VISIBLE_DEVICES=<slot>
+  std::string trainer_path;                         // tern-trainer executable (absolute)
+  std::string workdir;                              // per-job files (see above); created
   std::chrono::milliseconds rpc_timeout{5000};      // deadline of unary calls
   std::chrono::milliseconds kill_grace{10000};      // kill orders without one
   std::chrono::milliseconds shutdown_grace{20000};  // shutdown (a drain), lost lease
@@ -31,8 +31,8 @@ struct AgentOptions {
   std::chrono::milliseconds backoff_min{200};       // reconnect / re-register
   std::chrono::milliseconds backoff_max{5000};
   std::chrono::milliseconds exit_report_retry{60000};  // keep retrying ReportExit
-  int stderr_tail_lines = 20;        // last stderr lines in the exit report
-  bool relay_logs = true;            // stderr lines as `log` events
+  int stderr_tail_lines = 20;                          // last stderr lines in the exit report
+  bool relay_logs = true;                              // stderr lines as `log` events
   // Landlock write confinement of trainers whose assignment carries a
   // PathGrant: kAuto applies it where the kernel offers Landlock (a warning
   // once where not), kOn fails such ranks on a kernel without it, kOff never.

@@ -15,10 +15,10 @@
 // agent (agent.h): every trainer stops at a checkpoint (SIGUSR1, SIGKILL
 // after --shutdown-grace), the lease ends, exit 0. A second SIGINT/SIGTERM
 // stops the trainers at once.
-#include <CLI/CLI.hpp>
 #include <pthread.h>
 #include <signal.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
 #include <iostream>
 #include <thread>

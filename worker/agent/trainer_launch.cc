@@ -21,8 +21,9 @@ namespace {
 // A job id as a directory name: [A-Za-z0-9_.-] kept, everything else '_'.
 std::string PathSafe(const std::string& s) {
   std::string out;
-  for (char c : s) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ||
-                           c == '.') ? c : '_';
+  for (char c : s)
+    out +=
+        (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.') ? c : '_';
   if (out.empty() || out == "." || out == "..") out = "_" + out;
   return out;
 }
@@ -69,11 +70,17 @@ StatusOr<LaunchPlan> TrainerLauncher::Plan(const v1::Assignment& a, int cuda_slo
                            : std::string());
   }
   ChildProcess::Options& o = plan.process;
-  o.argv = {options_.trainer_path, "--spec", spec_path,
-            "--rank", std::to_string(a.ref().rank()),
-            "--world-size", std::to_string(a.world_size()),
-            "--master", a.rendezvous_host() + ":" + std::to_string(a.rendezvous_port()),
-            "--workdir", rank_dir};
+  o.argv = {options_.trainer_path,
+            "--spec",
+            spec_path,
+            "--rank",
+            std::to_string(a.ref().rank()),
+            "--world-size",
+            std::to_string(a.world_size()),
+            "--master",
+            a.rendezvous_host() + ":" + std::to_string(a.rendezvous_port()),
+            "--workdir",
+            rank_dir};
   if (!a.artifact_path().empty()) {
     o.argv.push_back("--artifact");
     o.argv.push_back(a.artifact_path());
@@ -137,7 +144,7 @@ StatusOr<std::optional<FsConfinement>> TrainerLauncher::Confine(const v1::Assign
   if (const std::string dir = ArtifactDir(a); !dir.empty()) {
     dirs.push_back(dir);  // PrepareFiles created it
   }
-  dirs.push_back("/dev");  // /dev/null, /dev/shm (NCCL), GPU device nodes
+  dirs.push_back("/dev");    // /dev/null, /dev/shm (NCCL), GPU device nodes
   dirs.push_back(rank_dir);  // holds the trainer's TMPDIR too (a shared /tmp is not writable)
   TERN_RETURN_IF_ERROR(MakeDirectories(rank_dir + "/tmp"));
   dirs.insert(dirs.end(), options_.trainer_writable.begin(), options_.trainer_writable.end());

@@ -43,8 +43,8 @@ TrainerMetrics::TrainerMetrics(metrics::Registry* registry)
                                              "Seconds the latest checkpoint save took.",
                                              {"job", "rank"})) {}
 
-void TrainerMetrics::Update(const std::string& job, const std::string& rank, const trainer::ParsedLine& line,
-                            Window* window) {
+void TrainerMetrics::Update(const std::string& job, const std::string& rank,
+                            const trainer::ParsedLine& line, Window* window) {
   const std::vector<std::string> labels = {job, rank};
   if (line.event.has_progress()) {
     const v1::Progress& p = line.event.progress();

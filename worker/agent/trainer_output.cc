@@ -14,8 +14,8 @@ namespace tern::agent {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr size_t kMaxLineBytes = 1 << 20;        // longer stdout lines are cut
-constexpr size_t kMaxEventsPerReport = 1000;     // WorkerService limit per call
+constexpr size_t kMaxLineBytes = 1 << 20;     // longer stdout lines are cut
+constexpr size_t kMaxEventsPerReport = 1000;  // WorkerService limit per call
 
 }  // namespace
 
@@ -77,8 +77,8 @@ Clock::time_point TrainerOutput::Read(ChildProcess& child, std::deque<v1::Traine
     }
     // A checkpoint is sent at once too: ternd ignores reports of an attempt it
     // has moved past, and a drained job restarts as soon as any rank exits.
-    const bool urgent = p.kind == "started" || p.kind == "finished" || p.kind == "failed" ||
-                        p.kind == "checkpoint";
+    const bool urgent =
+        p.kind == "started" || p.kind == "finished" || p.kind == "failed" || p.kind == "checkpoint";
     pending->push_back(std::move(p.event));
     due = std::min(due, urgent ? Clock::now() : Clock::now() + options_.flush_interval);
   }

@@ -42,9 +42,9 @@ class LineReader {
 class TrainerOutput {
  public:
   struct Options {
-    int rank = 0;                // the rank's number, in `log` events
-    bool relay_logs = true;      // stderr lines as `log` events
-    int stderr_tail_lines = 20;  // kept for stderr_tail()
+    int rank = 0;                                   // the rank's number, in `log` events
+    bool relay_logs = true;                         // stderr lines as `log` events
+    int stderr_tail_lines = 20;                     // kept for stderr_tail()
     std::chrono::milliseconds flush_interval{250};  // how long events may wait
   };
   // `metrics` is not owned and must outlive this object; `job` and

@@ -8,8 +8,8 @@
 
 namespace tern::agent {
 
-StatusOr<std::unique_ptr<ChildProcess>> TrainerStopper::Start(
-    const ChildProcess::Options& options, bool shutting_down, bool* drained) {
+StatusOr<std::unique_ptr<ChildProcess>> TrainerStopper::Start(const ChildProcess::Options& options,
+                                                              bool shutting_down, bool* drained) {
   std::lock_guard<std::mutex> lock(mu_);
   if (requested_ || shutting_down) {
     *drained = !requested_ || signal_ == SIGUSR1;

@@ -15,7 +15,6 @@
 // committed a checkpoint of the step it stopped at, 4 fenced: the agent's
 // lease (TERN_LEASE_FILE, lease_file.h) ran out (stop_request.h).
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <csignal>

@@ -34,8 +34,8 @@ const json& Sub(const json& root, const char* key) {
 std::string ReadEnum(const json& object, const char* key, const std::string& path,
                      const std::string& fallback) {
   if (!object.contains(key)) return fallback;
-  const std::string s = spec::EnumSuffix(*spec::FindField(path)->enum_type,
-                                         object.at(key).get<std::string>());
+  const std::string s =
+      spec::EnumSuffix(*spec::FindField(path)->enum_type, object.at(key).get<std::string>());
   return s == "unspecified" ? fallback : s;
 }
 
@@ -97,10 +97,11 @@ Status ReadQuant(const json& root, TrainerSpec* spec) {
                         quant::ParseMethod(ReadEnum(j, "method", "quantization.method", "hla")));
   quant::QuantOptions& q = spec->quant;
   q = quant::MakePreset(method);
-  TERN_ASSIGN_OR_RETURN(q.granularity, quant::ParseGranularity(ReadEnum(
-                                           j, "granularity", "quantization.granularity", "tensor")));
-  TERN_ASSIGN_OR_RETURN(q.packing,
-                        quant::ParsePacking(ReadEnum(j, "packing", "quantization.packing", "2bit")));
+  TERN_ASSIGN_OR_RETURN(
+      q.granularity,
+      quant::ParseGranularity(ReadEnum(j, "granularity", "quantization.granularity", "tensor")));
+  TERN_ASSIGN_OR_RETURN(
+      q.packing, quant::ParsePacking(ReadEnum(j, "packing", "quantization.packing", "2bit")));
   Read(j, "keep_first_fp", &q.keep_first_fp);
   Read(j, "keep_last_fp", &q.keep_last_fp);
   Read(j, "twn_delta_factor", &q.twn_delta_factor);
@@ -175,12 +176,10 @@ json ToJobSpecJson(const TrainerSpec& s) {
   PutNumber(&j, "model.max_detections", s.model.max_detections);
 
   const DataConfig& d = s.data;
-  j["dataset"] = {{"kind", EnumName("dataset.kind", d.kind)},
-                  {"augment", d.augment},
-                  {"train_annotations", d.train_annotations},
-                  {"val_annotations", d.val_annotations},
-                  {"train_images", d.train_images},
-                  {"val_images", d.val_images}};
+  j["dataset"] = {
+      {"kind", EnumName("dataset.kind", d.kind)}, {"augment", d.augment},
+      {"train_annotations", d.train_annotations}, {"val_annotations", d.val_annotations},
+      {"train_images", d.train_images},           {"val_images", d.val_images}};
   if (!d.path.empty()) j["dataset"]["path"] = d.path;
   PutNumber(&j, "dataset.val_fraction", d.val_fraction);
   PutNumber(&j, "dataset.num_workers", d.num_workers);

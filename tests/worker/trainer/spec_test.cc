@@ -112,8 +112,9 @@ TEST(TrainerSpecTest, KnobsTheMethodDoesNotUseAreIgnored) {
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->quant.method, quant::Method::kTtq);
   EXPECT_EQ(spec->quant.reg_fraction, 0);
-  ExpectError(R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 1.5}})",
-              "quantization.reg_fraction: must be in [0, 1)");
+  ExpectError(
+      R"({"optimization": {"epochs": 1}, "quantization": {"method": "METHOD_TTQ", "reg_fraction": 1.5}})",
+      "quantization.reg_fraction: must be in [0, 1)");
 }
 
 TEST(TrainerSpecTest, CudaGraphIsAcceptedForCudaClassification) {
