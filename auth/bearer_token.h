@@ -1,7 +1,7 @@
 // Bearer tokens: the other way, beside a client certificate, for a caller to
 // prove who it is to ternd. A client sends "authorization: Bearer <token>"
 // on every call over TLS; ternd keeps only the tokens' SHA-256 hashes, in a
-// token file (server/token_table.h), so a copy of that file lets no one in.
+// token file (auth/token_table.h), so a copy of that file lets no one in.
 //
 //   ternctl token new alice          # prints the token and its file line
 //   ternd ... --tls-cert c --tls-key k --token-file tokens

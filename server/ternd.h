@@ -85,7 +85,7 @@ struct TerndOptions {
   // Over mutual TLS, the certificate names (a glob) that may read, list and
   // cancel every owner's jobs; "": none (each caller sees its own jobs).
   std::string tls_admin_names;
-  // Bearer tokens (server/token_table.h); needs tls.cert_file. Empty: none.
+  // Bearer tokens (auth/token_table.h); needs tls.cert_file. Empty: none.
   std::string token_file;
   // A file holding the token /metrics requires (auth/bearer_token.h,
   // TokenFile); empty: /metrics is open.
