@@ -35,6 +35,7 @@ JobSpec FullSpec() {
   model->set_width_multiplier(0.5);
   model->set_init_from("/ckpt/fp/model.tern");
   model->set_max_detections(50);
+  model->set_init_from_names("torchvision");
 
   v1::DatasetSpec* data = spec.mutable_dataset();
   data->set_kind(v1::DATASET_COCO);
@@ -312,6 +313,7 @@ TEST(JobSpecJsonTest, JsonKeysAreStable) {
       "model.width_multiplier double?",
       "model.init_from string",
       "model.max_detections int32?",
+      "model.init_from_names string",
       "dataset.kind enum = DATASET_UNSPECIFIED|DATASET_IDX|DATASET_CIFAR10|"
       "DATASET_CIFAR100|DATASET_IMAGE_FOLDER|DATASET_COCO|DATASET_SYNTHETIC",
       "dataset.path string",
