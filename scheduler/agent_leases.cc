@@ -23,18 +23,6 @@ std::string NewLeaseId() {
   return out;
 }
 
-// The rank `ref` names is the current attempt's, placed on `ref.agent_id`,
-// and has not exited.
-bool IsExpected(const Job& job, const RankRef& ref) {
-  if (!HoldsSlots(job.state) || ref.attempt != job.attempt || ref.rank < 0 ||
-      ref.rank >= static_cast<int>(job.ranks.size())) {
-    return false;
-  }
-  const RankPlacement& r = job.ranks[ref.rank];
-  return r.agent_id == ref.agent_id &&
-         (r.state == RankState::kAssigned || r.state == RankState::kRunning);
-}
-
 }  // namespace
 
 AgentLeases::AgentLeases(Scheduler* scheduler, const Clock* clock)
@@ -97,16 +85,7 @@ StatusOr<AgentLeases::Renewal> AgentLeases::Heartbeat(const std::string& agent_i
   renewal.expires_at = lease->expires_at;
   // Reconcile: a rank alive on the agent has started; one the scheduler no
   // longer expects must be killed.
-  for (const RankRef& ref : running) {
-    StatusOr<Job> job = scheduler_->GetJob(ref.job_id);
-    if (!job.ok() || !IsExpected(*job, ref)) {
-      renewal.unexpected.push_back(ref);
-      continue;
-    }
-    if (job->ranks[ref.rank].state == RankState::kAssigned) {
-      TERN_RETURN_IF_ERROR(scheduler_->ReportRankStarted(ref));
-    }
-  }
+  TERN_ASSIGN_OR_RETURN(renewal.unexpected, scheduler_->ReconcileRunningRanks(running));
   return renewal;
 }
 
@@ -121,7 +100,7 @@ StatusOr<std::vector<AgentLeases::PlacedRank>> AgentLeases::PlacedRanks(
       TERN_ASSIGN_OR_RETURN(ListJobsResult page, scheduler_->ListJobs(query));
       for (const Job& job : page.jobs) {
         for (const RankPlacement& r : job.ranks) {
-          if (IsExpected(job, {job.id, job.attempt, r.rank, agent_id})) {
+          if (IsExpectedRank(job, {job.id, job.attempt, r.rank, agent_id})) {
             placed.push_back({AssignmentOf(job, r.rank), job});
           }
         }

@@ -2,6 +2,16 @@
 
 namespace tern::scheduler {
 
+bool IsExpectedRank(const Job& job, const RankRef& ref) {
+  if (!HoldsSlots(job.state) || ref.attempt != job.attempt || ref.rank < 0 ||
+      ref.rank >= static_cast<int>(job.ranks.size())) {
+    return false;
+  }
+  const RankPlacement& r = job.ranks[ref.rank];
+  return r.agent_id == ref.agent_id &&
+         (r.state == RankState::kAssigned || r.state == RankState::kRunning);
+}
+
 Assignment AssignmentOf(const Job& job, int rank) {
   Assignment a;
   a.job_id = job.id;

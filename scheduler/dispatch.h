@@ -41,6 +41,11 @@ struct Lease {
   TimePoint expires_at;  // heartbeat before this, or the agent is lost
 };
 
+// Whether `ref` is a rank the scheduler expects alive: the current attempt's,
+// placed on `ref.agent_id`, assigned or running (not exited), of a job that
+// holds slots.
+bool IsExpectedRank(const Job& job, const RankRef& ref);
+
 // Start rank `rank` of `world_size`. Idempotent per (job_id, attempt, rank):
 // an agent that already runs it ignores a repeat.
 struct Assignment {

@@ -1363,6 +1363,33 @@ Status Scheduler::ReportRankStarted(const RankRef& rank) {
   return FinishLocked(lock, std::move(status));
 }
 
+StatusOr<std::vector<RankRef>> Scheduler::ReconcileRunningRanks(
+    const std::vector<RankRef>& running) {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::vector<RankRef> unexpected;
+  Status status = [&]() -> Status {
+    const TimePoint now = clock_->Now();
+    for (const RankRef& ref : running) {
+      auto it = jobs_.find(ref.job_id);
+      if (it == jobs_.end() || !IsExpectedRank(it->second, ref)) {
+        unexpected.push_back(ref);
+        continue;
+      }
+      if (it->second.ranks[ref.rank].state != RankState::kAssigned) continue;
+      Job job = it->second;
+      job.ranks[ref.rank].state = RankState::kRunning;
+      std::vector<JobEvent> events;
+      TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
+      TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+    }
+    return OkStatus();
+  }();
+  // Waits for the commit of these and of any earlier write the verdicts
+  // rest on, so that no kill order follows from a state that did not last.
+  TERN_RETURN_IF_ERROR(FinishLocked(lock, std::move(status)));
+  return unexpected;
+}
+
 Status Scheduler::ReportRankExit(const RankExit& exit) {
   std::unique_lock<std::mutex> lock(mu_);
   Status status = [&]() -> Status {

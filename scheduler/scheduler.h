@@ -263,6 +263,12 @@ class Scheduler {
   // acknowledged and ignored; one about an attempt or agent it never
   // assigned is FAILED_PRECONDITION; a rank outside [0, W) INVALID_ARGUMENT.
   Status ReportRankStarted(const RankRef& rank);
+  // An agent's heartbeat: of the ranks alive on it (`running`), one the
+  // scheduler still expects (IsExpectedRank) and has only assigned is marked
+  // started; the others are returned, to be killed. One lock and one commit
+  // for all of them, so that a heartbeat listing many ranks is answered as
+  // fast as one listing a single rank, however busy the store is.
+  StatusOr<std::vector<RankRef>> ReconcileRunningRanks(const std::vector<RankRef>& running);
   Status ReportRankExit(const RankExit& exit);
   Status ReportProgress(const RankRef& rank, std::string payload);
   // Ignores step <= last; `payload` is kept in the event (opaque).

@@ -25,6 +25,10 @@ TERN_BUILD_DIR="$build_dir" TERN_BUILD_TYPE=Debug "$root/scripts/build.sh" -DTER
 # network tests run once, in scripts/test.sh: under the sanitizers they would
 # repeat minutes of the same work without instrumenting anything new.
 ctest_args=(-LE 'deploy|container|multihost')
+# The submission load test at a third of its size: the same code paths under
+# the sanitizers, without minutes of instrumented throughput.
+export TERN_SUBMIT_LOAD_CLIENTS="${TERN_SUBMIT_LOAD_CLIENTS:-32}"
+export TERN_SUBMIT_LOAD_JOBS="${TERN_SUBMIT_LOAD_JOBS:-500}"
 trainer="$main_build/worker/trainer/tern-trainer"
 if [[ -x "$trainer" ]]; then
   # The e2e scripts look for every binary in the build they are given.

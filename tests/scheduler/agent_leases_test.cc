@@ -144,6 +144,37 @@ TEST_F(AgentLeasesTest, HeartbeatStartsExpectedRanksAndNamesTheOthers) {
   EXPECT_TRUE(placed->empty());
 }
 
+TEST_F(AgentLeasesTest, OneHeartbeatStartsEveryExpectedRankItLists) {
+  const AgentLeases::Grant grant = Register("a1");
+  const JobId first = Submit();
+  const JobId second = Submit();
+  StatusOr<std::vector<AgentLeases::PlacedRank>> placed = leases_->PlacedRanks("a1");
+  ASSERT_TRUE(placed.ok()) << placed.status();
+  ASSERT_EQ(placed->size(), 2u);
+  const int attempt = placed->front().assignment.attempt;
+  // The second job's rank listed as if on another agent: not this agent's.
+  const RankRef elsewhere{second, attempt, 0, "a2"};
+  StatusOr<AgentLeases::Renewal> renewal = leases_->Heartbeat(
+      "a1", grant.lease_id, {{first, attempt, 0, "a1"}, elsewhere, {second, attempt, 0, "a1"}});
+  ASSERT_TRUE(renewal.ok()) << renewal.status();
+  ASSERT_EQ(renewal->unexpected.size(), 1u);
+  EXPECT_EQ(renewal->unexpected[0].agent_id, "a2");
+  for (JobId id : {first, second}) {
+    StatusOr<Job> job = scheduler_->GetJob(id);
+    ASSERT_TRUE(job.ok()) << job.status();
+    EXPECT_EQ(job->state, JobState::kRunning) << "job " << id;
+  }
+  // A repeat changes nothing and records no second start.
+  StatusOr<std::vector<JobEvent>> before = scheduler_->ReadEvents(first, 0, 100);
+  ASSERT_TRUE(before.ok()) << before.status();
+  renewal = leases_->Heartbeat("a1", grant.lease_id, {{first, attempt, 0, "a1"}});
+  ASSERT_TRUE(renewal.ok()) << renewal.status();
+  EXPECT_TRUE(renewal->unexpected.empty());
+  StatusOr<std::vector<JobEvent>> after = scheduler_->ReadEvents(first, 0, 100);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->size(), before->size());
+}
+
 TEST_F(AgentLeasesTest, CallsWithAStaleLeaseReachNoScheduler) {
   const AgentLeases::Grant grant = Register("a1");
   EXPECT_EQ(leases_->Heartbeat("a1", "stale", {}).status().code(), StatusCode::kFailedPrecondition);
