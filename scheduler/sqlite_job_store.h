@@ -9,7 +9,9 @@
 // see kMigrations in sqlite_job_store.cc); a newer version, or a database that is not a tern job
 // store, is FAILED_PRECONDITION; a file that is not SQLite at all is DATA_LOSS.
 // Versions: 1 the jobs, labels, ranks and events; 2 adds Job::last_failure (columns failure_*,
-// "no failure" in the rows of version 1).
+// "no failure" in the rows of version 1). The spec column needs no conversion: it has always held
+// the spec as submitted (owner filled in); the server resolves the rest (checkpoint directory,
+// defaults) on the way out, for rows of either version alike.
 // Every sqlite3 result code is checked through one helper that records the call, file:line and
 // sqlite3_errmsg. Thread-safe: one mutex serializes the calls on the single connection.
 #ifndef TERN_SCHEDULER_SQLITE_JOB_STORE_H_
