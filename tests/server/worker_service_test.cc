@@ -945,6 +945,49 @@ TEST_F(WorkerServiceTest, AnyRanksStoppedLineRecordsTheCommittedStepBeforeTheReq
   b.StopStream();
 }
 
+TEST_F(WorkerServiceTest, ARestartedTerndResumesACancellation) {
+  const std::string id = SubmitOk(ValidSpec());
+  v1::RankRef ref;
+  {
+    FakeAgent agent(workers_.get(), "agent-c", 1);
+    ASSERT_TRUE(agent.Register().ok());
+    agent.StartStream();
+    ASSERT_TRUE(agent.WaitForEvents(1));
+    ref = agent.Events()[0].assignment().ref();
+    ASSERT_TRUE(agent.Report(ref, {}, {"up"}).ok());
+    ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_RUNNING));
+    v1::Job job;
+    ASSERT_TRUE(Cancel(id, &job, "stop it").ok());
+    ASSERT_EQ(job.state(), v1::JOB_STATE_CANCELLING);
+    agent.StopStream();
+  }
+  RestartTernd();  // before the rank has exited
+  EXPECT_EQ(GetJobOk(id).state(), v1::JOB_STATE_CANCELLING);
+
+  // The agent rejoins still running the rank: it is told again to stop it,
+  // and its slot stays held until the rank's exit.
+  FakeAgent agent(workers_.get(), "agent-c", 1);
+  ASSERT_TRUE(agent.Register({ref}).ok());
+  agent.StartStream();
+  ASSERT_TRUE(Eventually([&] {
+    for (const v1::AssignmentEvent& e : agent.Events()) {
+      if (e.has_kill() && e.kill().job_id() == id &&
+          e.kill().reason().code() == "CANCELLED_BY_USER") {
+        return true;
+      }
+    }
+    return false;
+  }));
+  const std::string next = SubmitOk(ValidSpec());
+  EXPECT_EQ(GetJobOk(next).state(), v1::JOB_STATE_QUEUED);
+  ASSERT_TRUE(agent.Exit(ref, -1, 15, /*killed_by_agent=*/true).ok());
+  const v1::Job job = GetJobOk(id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(job.state_reason().message(), "stop it");
+  EXPECT_EQ(job.restarts(), 0);
+  EXPECT_TRUE(WaitForState(next, v1::JOB_STATE_ADMITTED));
+}
+
 TEST_F(WorkerServiceTest, AnAgentRejoinsARestartedTerndWithItsRunningRanks) {
   const std::string id = SubmitOk(ValidSpec());
   v1::RankRef ref;
