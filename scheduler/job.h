@@ -55,7 +55,6 @@ bool HoldsSlots(JobState state);  // ADMITTED, RUNNING, CANCELLING
 // FAILED_PRECONDITION.
 Status CheckTransition(JobState from, JobState to);
 
-
 inline constexpr char kDeviceCpu[] = "cpu";
 inline constexpr char kDeviceCuda[] = "cuda";
 bool IsKnownDeviceKind(std::string_view kind);
