@@ -88,7 +88,8 @@ std::string StateName(v1::JobState state) {
   std::string name = v1::JobState_Name(state);
   const std::string prefix = "JOB_STATE_";
   if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
-  return name.empty() ? "STATE_" + std::to_string(static_cast<int>(state)) : name;
+  // A state this ternctl does not know (a newer ternd's): shown, never fatal.
+  return name.empty() ? "UNKNOWN_" + std::to_string(static_cast<int>(state)) : name;
 }
 
 bool IsTerminal(v1::JobState state) {
@@ -329,6 +330,22 @@ std::string FormatJobDetails(const v1::Job& j) {
   if (j.has_start_time()) s << "started:    " << FormatTime(j.start_time()) << "\n";
   if (j.has_end_time()) s << "ended:      " << FormatTime(j.end_time()) << "\n";
   if (j.restarts() > 0) s << "restarts:   " << j.restarts() << "\n";
+  if (j.has_last_failure()) {
+    const v1::JobFailure& f = j.last_failure();
+    s << "failure:    attempt " << f.attempt() << ", rank " << f.rank() << " on "
+      << (f.agent_id().empty() ? "-" : f.agent_id()) << ": " << f.reason();
+    if (f.signal() != 0) {
+      s << ", signal " << f.signal();
+    } else if (f.exit_code() != 0) {
+      s << ", exit code " << f.exit_code();
+    }
+    if (!f.trainer_code().empty()) s << ", " << f.trainer_code();
+    if (!f.message().empty()) s << " (" << f.message() << ")";
+    s << "\n";
+  }
+  if (!j.checkpoint_directory().empty()) {
+    s << "checkpoints: " << j.checkpoint_directory() << "\n";
+  }
   if (j.has_progress()) {
     const v1::Progress& p = j.progress();
     s << "progress:   epoch " << p.epoch() << "/" << p.epochs() << ", step " << p.step() << "/"

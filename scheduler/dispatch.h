@@ -88,6 +88,10 @@ struct RankExit {
   // False when the failure would recur on every attempt (the job's spec, data
   // or paths are at fault): the job FAILS at once, keeping its restarts.
   bool retryable = true;
+  // The trainer's error code, e.g. "INVALID_ARGUMENT" (its `failed` event,
+  // or the agent's refusal to start it); "" when none. Kept in
+  // Job::last_failure.
+  std::string failure_code;
   // The trainer stopped on request at a committed checkpoint (exit code 3):
   // the job restarts from it without using one of its max_restarts.
   bool preempted = false;

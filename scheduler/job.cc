@@ -8,7 +8,7 @@ namespace {
 constexpr JobState kAllStates[] = {
     JobState::kUnspecified, JobState::kQueued,     JobState::kAdmitted,
     JobState::kRunning,     JobState::kRestarting, JobState::kSucceeded,
-    JobState::kFailed,      JobState::kCancelled,
+    JobState::kFailed,      JobState::kCancelled,  JobState::kCancelling,
 };
 
 }  // namespace
@@ -31,6 +31,8 @@ const char* JobStateName(JobState state) {
       return "FAILED";
     case JobState::kCancelled:
       return "CANCELLED";
+    case JobState::kCancelling:
+      return "CANCELLING";
   }
   return "?";
 }
@@ -49,7 +51,8 @@ bool IsTerminal(JobState state) {
 }
 
 bool HoldsSlots(JobState state) {
-  return state == JobState::kAdmitted || state == JobState::kRunning;
+  return state == JobState::kAdmitted || state == JobState::kRunning ||
+         state == JobState::kCancelling;
 }
 
 Status CheckTransition(JobState from, JobState to) {
@@ -60,11 +63,14 @@ Status CheckTransition(JobState from, JobState to) {
       break;
     case JobState::kAdmitted:
       legal = to == JobState::kRunning || to == JobState::kRestarting ||
-              to == JobState::kCancelled;
+              to == JobState::kCancelled || to == JobState::kCancelling;
       break;
     case JobState::kRunning:
       legal = to == JobState::kSucceeded || to == JobState::kRestarting ||
-              to == JobState::kCancelled;
+              to == JobState::kCancelled || to == JobState::kCancelling;
+      break;
+    case JobState::kCancelling:
+      legal = to == JobState::kCancelled;
       break;
     case JobState::kRestarting:
       legal = to == JobState::kQueued || to == JobState::kFailed ||

@@ -6,8 +6,10 @@
 //     └────── RESTARTING ◀─────┘
 //                 │
 //                 ▼
-//               FAILED     (restart budget exhausted)
-//   QUEUED | ADMITTED | RUNNING | RESTARTING ──▶ CANCELLED
+//               FAILED     (restart budget exhausted, or not retryable)
+//   ADMITTED | RUNNING ──▶ CANCELLING ──▶ CANCELLED   (cancelled with running ranks:
+//                                                      slots held until they exit)
+//   QUEUED | ADMITTED | RUNNING | RESTARTING ──▶ CANCELLED   (no rank running)
 //
 // Every change of state goes through CheckTransition(); an illegal one is a
 // FAILED_PRECONDITION, never applied. Each change is a JobEvent carrying a
@@ -25,6 +27,7 @@
 
 #include "common/status.h"
 #include "scheduler/clock.h"
+#include "scheduler/reason_codes.h"  // reason::k*
 
 namespace tern::scheduler {
 
@@ -39,46 +42,18 @@ enum class JobState {
   kSucceeded,
   kFailed,
   kCancelled,
+  // Cancelled while ranks ran: they were told to stop; the job keeps its
+  // slots until each has exited (or its agent is lost), then CANCELLED.
+  kCancelling,
 };
 
 const char* JobStateName(JobState state);  // "QUEUED", ...
 StatusOr<JobState> ParseJobState(std::string_view name);
 bool IsTerminal(JobState state);  // SUCCEEDED, FAILED, CANCELLED
-bool HoldsSlots(JobState state);  // ADMITTED, RUNNING
+bool HoldsSlots(JobState state);  // ADMITTED, RUNNING, CANCELLING
 // OK when `from -> to` is an edge of the diagram above, else
 // FAILED_PRECONDITION.
 Status CheckTransition(JobState from, JobState to);
-
-// Machine-readable reasons carried by JobEvent::reason.
-namespace reason {
-inline constexpr char kSubmitted[] = "SUBMITTED";
-inline constexpr char kAdmitted[] = "ADMITTED";
-inline constexpr char kAllRanksStarted[] = "ALL_RANKS_STARTED";
-inline constexpr char kAllRanksSucceeded[] = "ALL_RANKS_SUCCEEDED";
-inline constexpr char kTrainerFailed[] = "TRAINER_FAILED";  // exit code > 0
-inline constexpr char kRankLost[] =
-    "RANK_LOST";  // signal, or gone from its agent
-inline constexpr char kAgentLeaseExpired[] = "AGENT_LEASE_EXPIRED";
-inline constexpr char kAgentDeregistered[] = "AGENT_DEREGISTERED";
-// A rank stopped on request after committing a checkpoint (its agent shut
-// down, or the trainer got SIGUSR1). Not charged to max_restarts.
-inline constexpr char kRankPreempted[] = "RANK_PREEMPTED";
-// Rank 0 could not listen on its rendezvous port: another process holds it
-// on that host. Not the job's fault: not charged to max_restarts, and the
-// next attempt gets another port (the taken one is quarantined).
-inline constexpr char kRendezvousPortInUse[] = "RENDEZVOUS_PORT_IN_USE";
-inline constexpr char kRequeued[] = "REQUEUED";  // RESTARTING -> QUEUED
-inline constexpr char kRestartBudgetExhausted[] = "RESTART_BUDGET_EXHAUSTED";
-// RESTARTING -> FAILED for a rank failure that a restart would repeat.
-inline constexpr char kNotRetryable[] = "FAILURE_NOT_RETRYABLE";
-inline constexpr char kCancelledByUser[] = "CANCELLED_BY_USER";
-// Kill orders only: an agent runs a rank the scheduler no longer assigns.
-inline constexpr char kStaleRank[] = "STALE_RANK";
-inline constexpr char kProgress[] = "PROGRESS";
-inline constexpr char kCheckpointCommitted[] = "CHECKPOINT_COMMITTED";
-// The kProgress event after SUCCEEDED: payload = Job::metrics_json.
-inline constexpr char kResult[] = "RESULT";
-}  // namespace reason
 
 inline constexpr char kDeviceCpu[] = "cpu";
 inline constexpr char kDeviceCuda[] = "cuda";
@@ -111,6 +86,22 @@ struct RankPlacement {
   int exit_code = 0;  // meaningful once kSucceeded / kFailed
 };
 
+// Why a rank of an attempt failed (Job::last_failure): what tern.v1.JobFailure
+// shows.
+struct RankFailure {
+  int attempt = 0;
+  int rank = 0;
+  std::string agent_id;
+  int exit_code = 0;  // the process's exit status; 0 when a signal ended it
+  int signal = 0;     // the signal that ended it; 0 if none
+  // The trainer's error code (its `failed` event, or the agent's refusal to
+  // start it), e.g. "INVALID_ARGUMENT"; "" when none was reported.
+  std::string trainer_code;
+  std::string reason;   // reason::k* of the transition it caused
+  std::string message;  // for people
+  TimePoint time;
+};
+
 struct Job {
   // Set at submission, never changed.
   JobId id = 0;
@@ -137,6 +128,9 @@ struct Job {
   std::string rendezvous_host;
   int rendezvous_port = 0;
   TimePoint restart_not_before;  // RESTARTING: when it re-enters the queue
+  // The latest rank failure or loss (also one that led to a restart); nullopt
+  // until one happens. Ranks stopped by a cancellation are not failures.
+  std::optional<RankFailure> last_failure;
 
   std::vector<JobEvent> history;  // the kStateChanged events, oldest first
 };

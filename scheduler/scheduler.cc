@@ -76,6 +76,57 @@ std::string RequeueMessage(const Job& job, const char* free_of = nullptr) {
   return out;
 }
 
+bool AnyRankRunning(const Job& job) {
+  return std::any_of(job.ranks.begin(), job.ranks.end(),
+                     [](const RankPlacement& r) { return r.state == RankState::kRunning; });
+}
+
+// Whether `r`'s slot is held: every rank's while ADMITTED or RUNNING, only the
+// running ranks' while CANCELLING (those it waits for).
+bool RankHoldsSlot(const Job& job, const RankPlacement& r) {
+  return HoldsSlots(job.state) &&
+         (job.state != JobState::kCancelling || r.state == RankState::kRunning);
+}
+
+int SlotsHeldBy(const Job& job) {
+  return static_cast<int>(
+      std::count_if(job.ranks.begin(), job.ranks.end(),
+                    [&](const RankPlacement& r) { return RankHoldsSlot(job, r); }));
+}
+
+// CANCELLING -> CANCELLED once no rank runs, with the caller's message of the
+// change to CANCELLING.
+Status FinishCancelIfStopped(Job* job, std::vector<JobEvent>* events, TimePoint now) {
+  if (job->state != JobState::kCancelling || AnyRankRunning(*job)) return OkStatus();
+  std::string message = "cancelled";
+  for (auto it = job->history.rbegin(); it != job->history.rend(); ++it) {
+    if (it->to == JobState::kCancelling) {
+      message = it->message;
+      break;
+    }
+  }
+  return TransitionJob(job, JobState::kCancelled, reason::kCancelledByUser, std::move(message), now,
+                       events);
+}
+
+// Job::last_failure for rank `r` of `job`'s current attempt; `exit_code` as
+// RankExit::exit_code (< 0: -signal).
+RankFailure FailureOf(const Job& job, const RankPlacement& r, int exit_code,
+                      std::string trainer_code, const char* why, std::string message,
+                      TimePoint now) {
+  RankFailure f;
+  f.attempt = job.attempt;
+  f.rank = r.rank;
+  f.agent_id = r.agent_id;
+  f.exit_code = exit_code > 0 ? exit_code : 0;
+  f.signal = exit_code < 0 ? -exit_code : 0;
+  f.trainer_code = std::move(trainer_code);
+  f.reason = why;
+  f.message = std::move(message);
+  f.time = now;
+  return f;
+}
+
 // ADMITTED -> RUNNING once no rank waits to start; RUNNING -> SUCCEEDED once
 // every rank exited 0.
 Status AdvanceJob(Job* job, std::vector<JobEvent>* events, TimePoint now) {
@@ -536,19 +587,20 @@ void Scheduler::CountOwnerLocked(const Job& job, int sign) {
   if (HoldsSlots(job.state)) {
     auto owner = held_by_owner_.try_emplace(job.owner).first;
     auto kind = owner->second.try_emplace(job.device_kind, 0).first;
-    if ((kind->second += sign * job.world_size) == 0) owner->second.erase(kind);
+    if ((kind->second += sign * SlotsHeldBy(job)) == 0) owner->second.erase(kind);
     if (owner->second.empty()) held_by_owner_.erase(owner);
   }
 }
 
 void Scheduler::TakeSlotsLocked(const Job& job) {
   for (const RankPlacement& r : job.ranks) {
+    if (!RankHoldsSlot(job, r)) continue;
     auto it = agents_.find(r.agent_id);
     TERN_CHECK(it != agents_.end()) << "job " << job.id << " rank " << r.rank
                                     << " on unknown agent " << r.agent_id;
     ++it->second->used[job.device_kind];
   }
-  if (!job.ranks.empty()) {
+  if (!job.ranks.empty() && RankHoldsSlot(job, job.ranks[0])) {
     Agent& rank0 = *agents_.at(job.ranks[0].agent_id);
     rank0.ports.insert(job.rendezvous_port);
     rank0.next_port = job.rendezvous_port + 1;  // the next job gets the next one
@@ -571,10 +623,11 @@ int Scheduler::FreePortLocked(const Agent& agent, TimePoint now) const {
 
 void Scheduler::ReleaseSlotsLocked(const Job& job) {
   for (const RankPlacement& r : job.ranks) {
+    if (!RankHoldsSlot(job, r)) continue;
     auto it = agents_.find(r.agent_id);
     if (it != agents_.end()) --it->second->used[job.device_kind];
   }
-  if (!job.ranks.empty()) {
+  if (!job.ranks.empty() && RankHoldsSlot(job, job.ranks[0])) {
     auto it = agents_.find(job.ranks[0].agent_id);
     if (it != agents_.end()) it->second->ports.erase(job.rendezvous_port);
   }
@@ -760,7 +813,7 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     return std::all_of(kinds.begin(), kinds.end(),
                        [](const auto& k) { return k.second.Settled(); });
   };
-  std::map<JobId, std::string> reasons;
+  std::map<JobId, WaitReasonInfo> reasons;
   std::map<JobId, TimePoint> head_since;
   std::set<JobId> waiting_on_quota;
   for (auto it = queue_order_.begin(); it != queue_order_.end() && !all_settled();) {
@@ -772,17 +825,19 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     const std::string needs = "needs " + SlotCount(job.world_size, job.device_kind);
     if (std::optional<std::string> wait = QuotaWaitLocked(job)) {
       // Waits for its owner's own jobs: it must not hold anyone back.
-      reasons[id] = std::move(*wait);
+      reasons[id] = {reason::kOwnerQuota, std::move(*wait)};
       waiting_on_quota.insert(id);
       continue;
     }
     if (job.world_size > kind.total) {
       // Can never fit as things stand: it must not hold anyone back.
-      reasons[id] = needs + ", only " + std::to_string(kind.total) + " registered";
+      reasons[id] = {reason::kInsufficientSlots,
+                     needs + ", only " + std::to_string(kind.total) + " registered"};
       continue;
     }
     if (job.world_size > kind.free) {
-      reasons[id] = needs + ", " + std::to_string(kind.free) + " free";
+      reasons[id] = {reason::kInsufficientSlots,
+                     needs + ", " + std::to_string(kind.free) + " free"};
       if (kind.head == 0) {
         kind.head = id;
         auto since = head_since_.find(id);
@@ -793,18 +848,21 @@ Status Scheduler::AdmitLocked(TimePoint now) {
     }
     if (kind.reserved) {
       const Job& blocker = jobs_.at(kind.head);
-      reasons[id] = needs + ", " + std::to_string(kind.free) + " free, but they are held for job " +
-                    std::to_string(blocker.id) + " (ahead in the queue, " + "needs " +
-                    SlotCount(blocker.world_size, job.device_kind) + ")";
+      reasons[id] = {reason::kSlotsReserved,
+                     needs + ", " + std::to_string(kind.free) +
+                         " free, but they are held for job " + std::to_string(blocker.id) +
+                         " (ahead in the queue, " + "needs " +
+                         SlotCount(blocker.world_size, job.device_kind) + ")"};
       continue;
     }
     std::optional<Placement> placement = PlaceLocked(job, now);
     if (!placement) {
-      reasons[id] = needs + ", " + std::to_string(kind.free) +
-                    " free, but no rendezvous port is free in [" +
-                    std::to_string(options_.rendezvous_port_min) + ", " +
-                    std::to_string(options_.rendezvous_port_max) +
-                    "] (in use by jobs, or found taken by other processes)";
+      reasons[id] = {reason::kNoRendezvousPort,
+                     needs + ", " + std::to_string(kind.free) +
+                         " free, but no rendezvous port is free in [" +
+                         std::to_string(options_.rendezvous_port_min) + ", " +
+                         std::to_string(options_.rendezvous_port_max) +
+                         "] (in use by jobs, or found taken by other processes)"};
       continue;
     }
     const std::string kind_name = job.device_kind;
@@ -903,13 +961,41 @@ Status Scheduler::LoseAgentLocked(const std::string& agent_id, const char* why,
                                    : RestartCharge::kCounted;
   for (JobId id : affected) {
     const Job& job = jobs_.at(id);
+    if (job.state == JobState::kCancelling) {
+      TERN_RETURN_IF_ERROR(LoseCancellingRanksLocked(job, agent_id, now));
+      continue;
+    }
+    Job failed = job;
+    const RankPlacement* first = nullptr;
+    for (const RankPlacement& r : failed.ranks) {
+      if (r.agent_id == agent_id) {
+        first = &r;
+        break;
+      }
+    }
+    failed.last_failure =
+        FailureOf(failed, *first, 0, "", why,
+                  message + " (" + DescribePlacement(job.ranks, &agent_id) + ")", now);
     TERN_RETURN_IF_ERROR(RestartLocked(
-        job, why,
-        message + " (" + DescribePlacement(job.ranks, &agent_id) + ")", now,
+        std::move(failed), why, message + " (" + DescribePlacement(job.ranks, &agent_id) + ")", now,
         /*retryable=*/true, charge));
   }
   agents_.erase(agent_id);
   return OkStatus();
+}
+
+Status Scheduler::LoseCancellingRanksLocked(Job job, const std::string& agent_id, TimePoint now) {
+  bool changed = false;
+  for (RankPlacement& r : job.ranks) {
+    if (r.agent_id == agent_id && r.state == RankState::kRunning) {
+      r.state = RankState::kFailed;  // gone with its agent
+      changed = true;
+    }
+  }
+  if (!changed) return OkStatus();
+  std::vector<JobEvent> events;
+  TERN_RETURN_IF_ERROR(FinishCancelIfStopped(&job, &events, now));
+  return CommitLocked(std::move(job), std::move(events));
 }
 
 // --- Clients ---------------------------------------------------------------
@@ -1049,14 +1135,17 @@ StatusOr<std::vector<KillOrder>> Scheduler::CancelJobLocked(JobId id, const std:
         "job " + std::to_string(id) +
         " already ended: " + JobStateName(it->second.state));
   }
+  if (it->second.state == JobState::kCancelling) return std::vector<KillOrder>();
   Job job = it->second;
   std::vector<KillOrder> kills;
   if (HoldsSlots(job.state))
     kills = KillOrdersLocked(job, reason::kCancelledByUser);
+  // Ranks that run keep their slots until they have exited.
+  const JobState to =
+      HoldsSlots(job.state) && AnyRankRunning(job) ? JobState::kCancelling : JobState::kCancelled;
   std::vector<JobEvent> events;
-  TERN_RETURN_IF_ERROR(
-      TransitionJob(&job, JobState::kCancelled, reason::kCancelledByUser,
-                    message.empty() ? "cancelled" : message, now, &events));
+  TERN_RETURN_IF_ERROR(TransitionJob(&job, to, reason::kCancelledByUser,
+                                     message.empty() ? "cancelled" : message, now, &events));
   TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
   SendKillsLocked(kills);
   AdmitAndLogLocked(now);
@@ -1064,6 +1153,11 @@ StatusOr<std::vector<KillOrder>> Scheduler::CancelJobLocked(JobId id, const std:
 }
 
 StatusOr<std::string> Scheduler::WaitReason(JobId id) const {
+  TERN_ASSIGN_OR_RETURN(WaitReasonInfo wait, WaitReasonOf(id));
+  return std::move(wait.message);
+}
+
+StatusOr<WaitReasonInfo> Scheduler::WaitReasonOf(JobId id) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) {
@@ -1071,39 +1165,48 @@ StatusOr<std::string> Scheduler::WaitReason(JobId id) const {
   }
   const Job& job = it->second;
   if (job.state == JobState::kQueued) {
-    auto reason = wait_reasons_.find(id);
-    if (reason != wait_reasons_.end()) return reason->second;
+    auto found = wait_reasons_.find(id);
+    if (found != wait_reasons_.end()) return found->second;
     // The last admission pass stopped before this job: say it from now.
-    if (std::optional<std::string> wait = QuotaWaitLocked(job)) return *wait;
+    if (std::optional<std::string> wait = QuotaWaitLocked(job)) {
+      return WaitReasonInfo{reason::kOwnerQuota, *wait};
+    }
     const std::string needs = "needs " + SlotCount(job.world_size, job.device_kind);
     const int total = SlotsLocked(job.device_kind, /*free_only=*/false);
     const int free = SlotsLocked(job.device_kind, /*free_only=*/true);
     if (job.world_size > total) {
-      return needs + ", only " + std::to_string(total) + " registered";
+      return WaitReasonInfo{reason::kInsufficientSlots,
+                            needs + ", only " + std::to_string(total) + " registered"};
     }
-    if (job.world_size > free) return needs + ", " + std::to_string(free) + " free";
+    if (job.world_size > free) {
+      return WaitReasonInfo{reason::kInsufficientSlots,
+                            needs + ", " + std::to_string(free) + " free"};
+    }
     const TimePoint now = clock_->Now();
     for (const auto& [head, since] : head_since_) {
       const Job& blocker = jobs_.at(head);
       if (head != id && blocker.device_kind == job.device_kind &&
           now - since >= options_.backfill_window) {
-        return needs + ", " + std::to_string(free) + " free, but they are held for job " +
-               std::to_string(head) + " (ahead in the queue, needs " +
-               SlotCount(blocker.world_size, job.device_kind) + ")";
+        return WaitReasonInfo{reason::kSlotsReserved,
+                              needs + ", " + std::to_string(free) +
+                                  " free, but they are held for job " + std::to_string(head) +
+                                  " (ahead in the queue, needs " +
+                                  SlotCount(blocker.world_size, job.device_kind) + ")"};
       }
     }
-    return std::string("waiting for admission");
+    return WaitReasonInfo{reason::kWaitingForAdmission, "waiting for admission"};
   }
   if (job.state == JobState::kRestarting) {
     const TimePoint now = clock_->Now();
     std::string when = job.restart_not_before > now
                            ? "in " + Seconds(job.restart_not_before - now)
                            : "at the next tick";
-    return "restarting: back in the queue " + when + " (restart " +
-           std::to_string(job.restarts_used) + " of " +
-           std::to_string(job.max_restarts) + ")";
+    return WaitReasonInfo{reason::kRestartBackoff, "restarting: back in the queue " + when +
+                                                       " (restart " +
+                                                       std::to_string(job.restarts_used) + " of " +
+                                                       std::to_string(job.max_restarts) + ")"};
   }
-  return std::string();
+  return WaitReasonInfo{};
 }
 
 std::vector<JobId> Scheduler::QueueOrder() const {
@@ -1207,11 +1310,31 @@ StatusOr<Lease> Scheduler::RegisterAgent(
         placed.push_back(id);
       }
     }
+    std::vector<KillOrder> cancel_kills;  // a CANCELLING job's ranks: told again
     for (JobId id : placed) {
       Job job = jobs_.at(id);
+      if (job.state == JobState::kCancelling) {
+        for (RankPlacement& r : job.ranks) {
+          if (r.agent_id != agent.id) continue;
+          const Key key{id, job.attempt, r.rank};
+          if (reported.count(key) != 0) {
+            known.insert(key);
+            r.state = RankState::kRunning;
+            cancel_kills.push_back(
+                KillOrder{agent.id, id, job.attempt, r.rank, reason::kCancelledByUser});
+          } else if (r.state == RankState::kRunning) {
+            r.state = RankState::kFailed;  // gone from its agent
+          }
+        }
+        std::vector<JobEvent> events;
+        TERN_RETURN_IF_ERROR(FinishCancelIfStopped(&job, &events, now));
+        TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+        continue;
+      }
       bool started = false;
       std::vector<int> resend;
       std::string lost;
+      int first_lost = -1;
       for (RankPlacement& r : job.ranks) {
         if (r.agent_id != agent.id) continue;
         const Key key{id, job.attempt, r.rank};
@@ -1226,12 +1349,15 @@ StatusOr<Lease> Scheduler::RegisterAgent(
         } else if (r.state == RankState::kRunning) {
           r.state = RankState::kFailed;
           lost += (lost.empty() ? "" : ", ") + std::to_string(r.rank);
+          if (first_lost < 0) first_lost = r.rank;
         }
       }
       if (!lost.empty()) {
+        std::string message = "agent " + agent.id + " re-registered without rank(s) " + lost;
+        job.last_failure =
+            FailureOf(job, job.ranks[first_lost], 0, "", reason::kRankLost, message, now);
         TERN_RETURN_IF_ERROR(
-            RestartLocked(std::move(job), reason::kRankLost,
-                          "agent " + agent.id + " re-registered without rank(s) " + lost, now));
+            RestartLocked(std::move(job), reason::kRankLost, std::move(message), now));
         continue;
       }
       if (started) {
@@ -1241,7 +1367,7 @@ StatusOr<Lease> Scheduler::RegisterAgent(
       }
       for (int rank : resend) SendAssignmentLocked(jobs_.at(id), rank);
     }
-    std::vector<KillOrder> kills;
+    std::vector<KillOrder> kills = std::move(cancel_kills);
     for (const RankRef& ref : reg.running) {
       if (known.count({ref.job_id, ref.attempt, ref.rank}) == 0) {
         kills.push_back(KillOrder{agent.id, ref.job_id, ref.attempt, ref.rank, reason::kStaleRank});
@@ -1358,7 +1484,13 @@ Status Scheduler::ReportRankStarted(const RankRef& rank) {
     job.ranks[rank.rank].state = RankState::kRunning;
     std::vector<JobEvent> events;
     TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, clock_->Now()));
-    return CommitLocked(std::move(job), std::move(events));
+    const bool cancelling = job.state == JobState::kCancelling;
+    TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+    if (cancelling) {  // it started after the kill order went out: say it again
+      SendKillsLocked({KillOrder{rank.agent_id, rank.job_id, rank.attempt, rank.rank,
+                                 reason::kCancelledByUser}});
+    }
+    return OkStatus();
   }();
   return FinishLocked(lock, std::move(status));
 }
@@ -1403,6 +1535,15 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
     Job job = *current;
     RankPlacement& r = job.ranks[exit.rank.rank];
     r.exit_code = exit.exit_code;
+    if (job.state == JobState::kCancelling) {  // stopped on the cancellation's order
+      r.state = exit.exit_code == 0 ? RankState::kSucceeded : RankState::kFailed;
+      std::vector<JobEvent> events;
+      TERN_RETURN_IF_ERROR(FinishCancelIfStopped(&job, &events, now));
+      const bool ended = IsTerminal(job.state);
+      TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+      if (ended) AdmitAndLogLocked(now);
+      return OkStatus();
+    }
     if (exit.exit_code == 0) {
       r.state = RankState::kSucceeded;
       if (r.rank == 0) {
@@ -1459,6 +1600,7 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
                       : exit.exit_code > 0 && !exit.lease_lost ? reason::kTrainerFailed
                                                                : reason::kRankLost;
     const bool free = exit.preempted || port_in_use;
+    job.last_failure = FailureOf(job, r, exit.exit_code, exit.failure_code, why, message, now);
     TERN_RETURN_IF_ERROR(RestartLocked(std::move(job), why, std::move(message), now,
                                        exit.retryable || free,
                                        free ? RestartCharge::kFree : RestartCharge::kCounted));

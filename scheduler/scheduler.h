@@ -37,6 +37,15 @@
 //   it is FAILED (RESTART_BUDGET_EXHAUSTED). A rank exit marked not
 //   retryable (RankExit::retryable: the spec, data or paths are at fault)
 //   goes on from RESTARTING to FAILED at once (FAILURE_NOT_RETRYABLE).
+//   Job::last_failure records each rank failure or loss.
+// - Cancellation: a job with a rank that reported its start (ADMITTED or
+//   RUNNING) becomes CANCELLING: its ranks get kill orders and it keeps its
+//   slots until every such rank has reported its exit, or its agent's lease
+//   ended (expired, deregistered, or re-registered without the rank); then
+//   CANCELLED. Kill orders go out again when its agent re-registers (after a
+//   ternd restart too). A job with no started rank (QUEUED, RESTARTING, or
+//   ADMITTED before any start) is CANCELLED at once; a rank that had not
+//   reported its start still gets its kill order, but is not waited for.
 // - Order is kept in a sorted set (aging adds the same amount to every job,
 //   so it never reorders two jobs), and an admission pass stops as soon as
 //   no device kind can admit anything more: a submission into a queue that
@@ -141,6 +150,12 @@ struct JobRequest {
   std::string spec;                      // opaque payload handed to every rank
 };
 
+// Why a QUEUED or RESTARTING job waits.
+struct WaitReasonInfo {
+  std::string code;     // reason::k* wait reason (reason_codes.h)
+  std::string message;  // e.g. "needs 4 cuda slots, 2 free"
+};
+
 struct SubmitResult {
   Job job;
   bool created = true;  // false: an earlier job with the same idempotency key
@@ -210,13 +225,16 @@ class Scheduler {
   StatusOr<SubmitResult> SubmitJob(const JobRequest& request);
   StatusOr<Job> GetJob(JobId id) const;  // NOT_FOUND
   StatusOr<ListJobsResult> ListJobs(const ListJobsQuery& query) const;
-  // Moves a non-terminal job to CANCELLED and returns the kill orders sent to
-  // its ranks' agents (also queued for TakeAgentWork). FAILED_PRECONDITION
+  // Moves a non-terminal job to CANCELLING or CANCELLED (see Cancellation
+  // above) and returns the kill orders sent to its ranks' agents (also queued
+  // for TakeAgentWork). A CANCELLING job: no-op, no orders. FAILED_PRECONDITION
   // when the job already ended.
   StatusOr<std::vector<KillOrder>> CancelJob(JobId id,
                                              const std::string& message);
-  // Why a QUEUED or RESTARTING job waits ("needs 4 cuda slots, 2 free");
-  // "" for other states.
+  // Why a QUEUED or RESTARTING job waits; code and message "" for other
+  // states. NOT_FOUND.
+  StatusOr<WaitReasonInfo> WaitReasonOf(JobId id) const;
+  // WaitReasonOf's message ("needs 4 cuda slots, 2 free").
   StatusOr<std::string> WaitReason(JobId id) const;
   std::vector<JobId> QueueOrder() const;  // QUEUED jobs, next admitted first
   // Replaces the quotas (initially none) and runs admission: a raised
@@ -361,6 +379,10 @@ class Scheduler {
   void SendAssignmentLocked(const Job& job, int rank);
   StatusOr<const Job*> CurrentRankLocked(const RankRef& ref) const;
   StatusOr<std::vector<KillOrder>> CancelJobLocked(JobId id, const std::string& message);
+  // A CANCELLING job's rank on a lost agent: marks `job`'s running ranks on
+  // `agent_id` exited (all of them when empty) and commits, finishing the
+  // cancellation when none runs any more.
+  Status LoseCancellingRanksLocked(Job job, const std::string& agent_id, TimePoint now);
 
   const SchedulerOptions options_;
   const std::unique_ptr<JobStore> store_;
@@ -384,7 +406,7 @@ class Scheduler {
   std::set<JobId> restarting_;  // RESTARTING
   std::set<JobId> holding_;     // ADMITTED or RUNNING
   std::map<std::string, std::unique_ptr<Agent>> agents_;
-  std::map<JobId, std::string> wait_reasons_;  // from the last admission pass
+  std::map<JobId, WaitReasonInfo> wait_reasons_;  // from the last admission pass
   std::map<JobId, TimePoint> head_since_;      // blocked heads, per device kind
   std::set<JobId> waiting_on_quota_;           // from the last admission pass
   QuotaTable quotas_;

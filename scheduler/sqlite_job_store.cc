@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <string_view>
@@ -293,6 +294,57 @@ constexpr const char* kSchemaV1[] = {
       PRIMARY KEY (job_id, seq)) WITHOUT ROWID)sql",
 };
 
+// kMigrations[i] takes a database from version i + 1 to i + 2 (run inside
+// the opening transaction, with PRAGMA user_version set after each).
+constexpr const char* kMigrationV1ToV2[] = {
+    // Job::last_failure; failure_attempt 0: none (every failure has attempt >= 1).
+    "ALTER TABLE jobs ADD COLUMN failure_attempt INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN failure_rank INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN failure_agent_id TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN failure_exit_code INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN failure_signal INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN failure_trainer_code TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN failure_reason TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN failure_message TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN failure_time_us INTEGER NOT NULL DEFAULT 0",
+};
+
+struct Migration {
+  const char* const* statements;
+  size_t count;
+};
+constexpr Migration kMigrations[] = {
+    {kMigrationV1ToV2, std::size(kMigrationV1ToV2)},
+};
+static_assert(std::size(kMigrations) + 1 == SqliteJobStore::kSchemaVersion,
+              "one migration per schema version after 1");
+
+// Job::last_failure as the failure_* columns' values.
+struct FailureColumns {
+  int64_t attempt = 0;
+  int64_t rank = 0;
+  std::string agent_id;
+  int64_t exit_code = 0;
+  int64_t signal = 0;
+  std::string trainer_code;
+  std::string reason;
+  std::string message;
+  int64_t time_us = 0;
+
+  explicit FailureColumns(const std::optional<RankFailure>& f) {
+    if (!f) return;
+    attempt = f->attempt;
+    rank = f->rank;
+    agent_id = f->agent_id;
+    exit_code = f->exit_code;
+    signal = f->signal;
+    trainer_code = f->trainer_code;
+    reason = f->reason;
+    message = f->message;
+    time_us = ToUnixMicros(f->time);
+  }
+};
+
 Status WriteRanks(SqliteStatementCache& c, const Job& job) {
   TERN_ASSIGN_OR_RETURN(Statement del, c.Get("DELETE FROM job_ranks WHERE job_id = ?"));
   TERN_RETURN_IF_ERROR(del.BindAll(job.id));
@@ -329,15 +381,20 @@ Status InsertJobRows(SqliteStatementCache& c, const Job& job, const std::vector<
                               "max_restarts, idempotency_key, spec, submit_time_us, state, "
                               "restarts_used, attempt, last_checkpoint_step, artifact_path, "
                               "metrics_json, last_event_seq, rendezvous_host, rendezvous_port, "
-                              "restart_not_before_us) "
+                              "restart_not_before_us, failure_attempt, failure_rank, "
+                              "failure_agent_id, failure_exit_code, failure_signal, "
+                              "failure_trainer_code, failure_reason, failure_message, "
+                              "failure_time_us) "
                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                              "?)"));
+                              "?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+  const FailureColumns f(job.last_failure);
   TERN_RETURN_IF_ERROR(ins.BindAll(
       job.id, job.owner, job.priority, job.world_size, job.device_kind, job.max_restarts,
       job.idempotency_key, Blob{job.spec}, ToUnixMicros(job.submit_time), JobStateName(job.state),
       job.restarts_used, job.attempt, job.last_checkpoint_step, job.artifact_path, job.metrics_json,
       job.last_event_seq, job.rendezvous_host, job.rendezvous_port,
-      ToUnixMicros(job.restart_not_before)));
+      ToUnixMicros(job.restart_not_before), f.attempt, f.rank, f.agent_id, f.exit_code, f.signal,
+      f.trainer_code, f.reason, f.message, f.time_us));
   TERN_RETURN_IF_ERROR(ins.Run());
   for (const auto& [key, value] : job.labels) {
     TERN_ASSIGN_OR_RETURN(Statement label, c.Get("INSERT INTO job_labels (job_id, key, value) "
@@ -356,11 +413,16 @@ Status UpdateJobRows(SqliteStatementCache& c, const Job& job, const std::vector<
                         c.Get("UPDATE jobs SET state = ?, restarts_used = ?, attempt = ?, "
                               "last_checkpoint_step = ?, artifact_path = ?, metrics_json = ?, "
                               "last_event_seq = ?, rendezvous_host = ?, rendezvous_port = ?, "
-                              "restart_not_before_us = ? WHERE id = ?"));
-  TERN_RETURN_IF_ERROR(upd.BindAll(JobStateName(job.state), job.restarts_used, job.attempt,
-                                   job.last_checkpoint_step, job.artifact_path, job.metrics_json,
-                                   job.last_event_seq, job.rendezvous_host, job.rendezvous_port,
-                                   ToUnixMicros(job.restart_not_before), job.id));
+                              "restart_not_before_us = ?, failure_attempt = ?, failure_rank = ?, "
+                              "failure_agent_id = ?, failure_exit_code = ?, failure_signal = ?, "
+                              "failure_trainer_code = ?, failure_reason = ?, "
+                              "failure_message = ?, failure_time_us = ? WHERE id = ?"));
+  const FailureColumns f(job.last_failure);
+  TERN_RETURN_IF_ERROR(upd.BindAll(
+      JobStateName(job.state), job.restarts_used, job.attempt, job.last_checkpoint_step,
+      job.artifact_path, job.metrics_json, job.last_event_seq, job.rendezvous_host,
+      job.rendezvous_port, ToUnixMicros(job.restart_not_before), f.attempt, f.rank, f.agent_id,
+      f.exit_code, f.signal, f.trainer_code, f.reason, f.message, f.time_us, job.id));
   TERN_RETURN_IF_ERROR(upd.Run());
   if (sqlite3_changes(c.db()) != 1) {
     return NotFoundError("job " + std::to_string(job.id) + " is not in the job store");
@@ -461,35 +523,48 @@ Status SqliteJobStore::EnsureSchema() {
   TERN_ASSIGN_OR_RETURN(bool has_version, version_stmt.Step());
   const int64_t version = has_version ? version_stmt.Int(0) : 0;
   if (version == kSchemaVersion) return OkStatus();
-  if (version > kSchemaVersion) {
-    return FailedPreconditionError("schema version " + std::to_string(version) +
+  auto newer = [](int64_t v) {
+    return FailedPreconditionError("schema version " + std::to_string(v) +
                                    " is newer than this binary's " +
-                                   std::to_string(kSchemaVersion) +
-                                   "; run a newer ternd");
-  }
-  if (version != 0) {
+                                   std::to_string(kSchemaVersion) + "; run a newer ternd");
+  };
+  if (version > kSchemaVersion) return newer(version);
+  if (version < 0) {
     return FailedPreconditionError("schema version " + std::to_string(version) +
-                                   " has no migration to " +
-                                   std::to_string(kSchemaVersion));
+                                   ": not a tern job store");
   }
   return InTransaction(db, [&]() -> Status {
-    // Another process may have created the schema while we waited.
+    // Another process may have created or migrated the schema while we waited.
     TERN_ASSIGN_OR_RETURN(Statement again,
                           Statement::Prepare(db, "PRAGMA user_version"));
     TERN_ASSIGN_OR_RETURN(bool has_row, again.Step());
-    if (has_row && again.Int(0) == kSchemaVersion) return OkStatus();
-    TERN_ASSIGN_OR_RETURN(
-        Statement count,
-        Statement::Prepare(db, "SELECT count(*) FROM sqlite_master"));
-    TERN_ASSIGN_OR_RETURN(bool row, count.Step());
-    if (row && count.Int(0) != 0) {
-      return FailedPreconditionError(
-          "an SQLite database with user_version 0 and " +
-          std::to_string(count.Int(0)) +
-          " schema objects: not a tern job store");
+    int64_t current = has_row ? again.Int(0) : 0;
+    if (current == kSchemaVersion) return OkStatus();
+    if (current > kSchemaVersion) return newer(current);
+    if (current == 0) {
+      TERN_ASSIGN_OR_RETURN(Statement count,
+                            Statement::Prepare(db, "SELECT count(*) FROM sqlite_master"));
+      TERN_ASSIGN_OR_RETURN(bool row, count.Step());
+      if (row && count.Int(0) != 0) {
+        return FailedPreconditionError("an SQLite database with user_version 0 and " +
+                                       std::to_string(count.Int(0)) +
+                                       " schema objects: not a tern job store");
+      }
+      for (const char* sql : kSchemaV1) TERN_RETURN_IF_ERROR(Exec(db, sql));
+      current = 1;
+    } else {
+      TERN_LOG(INFO) << "job store: migrating schema version " << current << " to "
+                     << kSchemaVersion;
     }
-    for (const char* sql : kSchemaV1) TERN_RETURN_IF_ERROR(Exec(db, sql));
-    return Exec(db, "PRAGMA user_version = 1");
+    for (; current < kSchemaVersion; ++current) {
+      const Migration& m = kMigrations[current - 1];
+      for (size_t i = 0; i < m.count; ++i) {
+        TERN_RETURN_IF_ERROR(
+            Exec(db, m.statements[i])
+                .WithContext("migration to schema version " + std::to_string(current + 1)));
+      }
+    }
+    return Exec(db, ("PRAGMA user_version = " + std::to_string(kSchemaVersion)).c_str());
   });
 }
 
@@ -527,13 +602,14 @@ StatusOr<std::vector<Job>> SqliteJobStore::LoadJobs() {
   std::map<JobId, size_t> index;
   TERN_ASSIGN_OR_RETURN(
       Statement sel,
-      Statement::Prepare(
-          db,
-          "SELECT id, owner, priority, world_size, device_kind, max_restarts, "
-          "idempotency_key, spec, submit_time_us, state, restarts_used, "
-          "attempt, last_checkpoint_step, artifact_path, metrics_json, "
-          "last_event_seq, rendezvous_host, rendezvous_port, "
-          "restart_not_before_us FROM jobs ORDER BY id"));
+      Statement::Prepare(db,
+                         "SELECT id, owner, priority, world_size, device_kind, max_restarts, "
+                         "idempotency_key, spec, submit_time_us, state, restarts_used, "
+                         "attempt, last_checkpoint_step, artifact_path, metrics_json, "
+                         "last_event_seq, rendezvous_host, rendezvous_port, "
+                         "restart_not_before_us, failure_attempt, failure_rank, failure_agent_id, "
+                         "failure_exit_code, failure_signal, failure_trainer_code, failure_reason, "
+                         "failure_message, failure_time_us FROM jobs ORDER BY id"));
   for (;;) {
     TERN_ASSIGN_OR_RETURN(bool row, sel.Step());
     if (!row) break;
@@ -559,6 +635,19 @@ StatusOr<std::vector<Job>> SqliteJobStore::LoadJobs() {
     job.rendezvous_host = sel.Text(16);
     job.rendezvous_port = static_cast<int>(sel.Int(17));
     job.restart_not_before = FromUnixMicros(sel.Int(18));
+    if (sel.Int(19) > 0) {
+      RankFailure f;
+      f.attempt = static_cast<int>(sel.Int(19));
+      f.rank = static_cast<int>(sel.Int(20));
+      f.agent_id = sel.Text(21);
+      f.exit_code = static_cast<int>(sel.Int(22));
+      f.signal = static_cast<int>(sel.Int(23));
+      f.trainer_code = sel.Text(24);
+      f.reason = sel.Text(25);
+      f.message = sel.Text(26);
+      f.time = FromUnixMicros(sel.Int(27));
+      job.last_failure = std::move(f);
+    }
     index[job.id] = jobs.size();
     jobs.push_back(std::move(job));
   }

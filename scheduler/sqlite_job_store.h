@@ -4,8 +4,14 @@
 // returned OK survives a process crash and a power loss (WAL with NORMAL
 // would only survive the former). Every JobStore call is one BEGIN IMMEDIATE
 // ... COMMIT transaction (Commit: one for the whole batch, one fsync). The schema version lives in
-// PRAGMA user_version: an empty file gets the current schema; a newer version, or a database that
-// is not a tern job store, is FAILED_PRECONDITION; a file that is not SQLite at all is DATA_LOSS.
+// PRAGMA user_version: an empty file gets the current schema (version 1's tables, then every
+// migration); an older version is migrated in one transaction when opened (all of it or nothing;
+// see kMigrations in sqlite_job_store.cc); a newer version, or a database that is not a tern job
+// store, is FAILED_PRECONDITION; a file that is not SQLite at all is DATA_LOSS.
+// Versions: 1 the jobs, labels, ranks and events; 2 adds Job::last_failure (columns failure_*,
+// "no failure" in the rows of version 1). The spec column needs no conversion: it has always held
+// the spec as submitted (owner filled in); the server resolves the rest (checkpoint directory,
+// defaults) on the way out, for rows of either version alike.
 // Every sqlite3 result code is checked through one helper that records the call, file:line and
 // sqlite3_errmsg. Thread-safe: one mutex serializes the calls on the single connection.
 #ifndef TERN_SCHEDULER_SQLITE_JOB_STORE_H_
@@ -34,7 +40,7 @@ struct SqliteJobStoreOptions {
 
 class SqliteJobStore final : public JobStore {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens `path`, creating the file and the schema when absent. Blocks on
   // disk I/O. Errors: DATA_LOSS (not an SQLite file, corrupt),

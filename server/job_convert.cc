@@ -9,6 +9,7 @@
 #include <charconv>
 
 #include "common/utf8.h"
+#include "spec/rules.h"
 #include "trainer_protocol/trainer_events.h"
 
 namespace tern::server {
@@ -23,22 +24,42 @@ using trainer::TrainerLine;
 
 constexpr size_t kMaxJobIdDigits = 18;
 
-bool StartsWith(const std::string& s, const char* prefix) {
-  return s.rfind(prefix, 0) == 0;
-}
-
-// A machine-readable code for the scheduler's wait sentence.
-std::string WaitCode(JobState state, const std::string& sentence) {
-  if (state == JobState::kRestarting) return "RESTART_BACKOFF";
-  if (sentence.find("quota allows") != std::string::npos) return "OWNER_QUOTA";
-  if (sentence.find("held for job") != std::string::npos) {
-    return "SLOTS_RESERVED";
+// Sets the field at `path` ("optimization.lr") of `spec` to `value` when it
+// is unset; the path names an optional int32, uint32 or double field.
+void FillDefault(v1::JobSpec* spec, const std::string& path, double value) {
+  google::protobuf::Message* message = spec;
+  size_t start = 0;
+  for (;;) {
+    const size_t dot = path.find('.', start);
+    const std::string name = path.substr(start, dot == std::string::npos ? dot : dot - start);
+    const google::protobuf::FieldDescriptor* field =
+        message->GetDescriptor()->FindFieldByName(name);
+    if (field == nullptr) return;  // tests/spec keeps the table and the proto in step
+    const google::protobuf::Reflection* reflection = message->GetReflection();
+    if (dot != std::string::npos) {
+      if (field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) return;
+      message = reflection->MutableMessage(message, field);
+      start = dot + 1;
+      continue;
+    }
+    if (!field->has_presence() || field->is_repeated() || reflection->HasField(*message, field)) {
+      return;
+    }
+    switch (field->cpp_type()) {
+      case google::protobuf::FieldDescriptor::CPPTYPE_INT32:
+        reflection->SetInt32(message, field, static_cast<int32_t>(value));
+        break;
+      case google::protobuf::FieldDescriptor::CPPTYPE_UINT32:
+        reflection->SetUInt32(message, field, static_cast<uint32_t>(value));
+        break;
+      case google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE:
+        reflection->SetDouble(message, field, value);
+        break;
+      default:
+        break;
+    }
+    return;
   }
-  if (sentence.find("rendezvous port") != std::string::npos) {
-    return "NO_RENDEZVOUS_PORT";
-  }
-  if (StartsWith(sentence, "needs ")) return "INSUFFICIENT_SLOTS";
-  return "WAITING_FOR_ADMISSION";
 }
 
 v1::StateReason Reason(const std::string& code, const std::string& message) {
@@ -109,6 +130,8 @@ v1::JobState ToProtoState(JobState state) {
       return v1::JOB_STATE_FAILED;
     case JobState::kCancelled:
       return v1::JOB_STATE_CANCELLED;
+    case JobState::kCancelling:
+      return v1::JOB_STATE_CANCELLING;
   }
   return v1::JOB_STATE_UNSPECIFIED;
 }
@@ -129,6 +152,8 @@ std::optional<JobState> FromProtoState(v1::JobState state) {
       return JobState::kFailed;
     case v1::JOB_STATE_CANCELLED:
       return JobState::kCancelled;
+    case v1::JOB_STATE_CANCELLING:
+      return JobState::kCancelling;
     default:
       return std::nullopt;
   }
@@ -186,13 +211,41 @@ v1::JobResult StoredResult(const scheduler::Job& job) {
   return result;
 }
 
+v1::JobSpec EffectiveSpec(const v1::JobSpec& spec, const std::string& checkpoint_directory) {
+  v1::JobSpec effective = spec;
+  for (const spec::Field& field : spec::JobSpecFields()) {
+    if (field.presence && field.default_number) {
+      FillDefault(&effective, field.path, *field.default_number);
+    }
+  }
+  effective.mutable_checkpoint()->set_directory(checkpoint_directory);
+  return effective;
+}
+
+v1::JobFailure ToProtoFailure(const scheduler::RankFailure& f) {
+  v1::JobFailure out;
+  out.set_attempt(f.attempt);
+  out.set_rank(f.rank);
+  out.set_agent_id(f.agent_id);
+  out.set_exit_code(f.exit_code);
+  out.set_signal(f.signal);
+  out.set_trainer_code(f.trainer_code);
+  out.set_reason(f.reason);
+  out.set_message(f.message);
+  *out.mutable_time() = ToTimestamp(f.time);
+  return out;
+}
+
 StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
                              const JobExtras& extras) {
   v1::Job out;
   out.set_id(FormatJobId(job.id));
   TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(job));
-  spec.mutable_checkpoint()->set_directory(layout.CheckpointDir(job, spec));
+  const std::string checkpoint_directory = layout.CheckpointDir(job, spec);
+  *out.mutable_effective_spec() = EffectiveSpec(spec, checkpoint_directory);
+  out.set_checkpoint_directory(checkpoint_directory);
   *out.mutable_spec() = std::move(spec);
+  if (job.last_failure) *out.mutable_last_failure() = ToProtoFailure(*job.last_failure);
   out.set_state(ToProtoState(job.state));
   scheduler::TimePoint updated = job.submit_time;
   for (const scheduler::JobEvent& e : job.history) {
@@ -207,9 +260,8 @@ StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
       *out.mutable_end_time() = ToTimestamp(e.time);
   }
   if ((job.state == JobState::kQueued || job.state == JobState::kRestarting) &&
-      !extras.wait_reason.empty()) {
-    *out.mutable_wait_reason() =
-        Reason(WaitCode(job.state, extras.wait_reason), extras.wait_reason);
+      !extras.wait_reason.code.empty()) {
+    *out.mutable_wait_reason() = Reason(extras.wait_reason.code, extras.wait_reason.message);
   }
   if (extras.progress_time) updated = std::max(updated, *extras.progress_time);
   *out.mutable_create_time() = ToTimestamp(job.submit_time);

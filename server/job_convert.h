@@ -4,8 +4,10 @@
 // - Job ids: scheduler JobId 42 <-> tern.v1 "42".
 // - Spec: the scheduler's opaque Job::spec holds the tern.v1.JobSpec in proto
 //   binary (deterministic serialization), owner filled in, everything else as
-//   submitted. JobLayout resolves the server's choices from it on the way out
-//   (checkpoint directory, artifact path), so a spec is never rewritten.
+//   submitted; Job.spec shows exactly that. JobLayout resolves the server's
+//   choices from it on the way out (checkpoint directory, artifact path) into
+//   Job.effective_spec, Job.checkpoint_directory and the assignments, so a
+//   stored spec is never rewritten.
 // - Events (scheduler JobEvent -> tern.v1.JobEvent, same sequence numbers):
 //   STATE_CHANGED -> state_change; CHECKPOINT -> checkpoint_committed (step,
 //   plus epoch/path from the trainer's line kept as payload); PROGRESS with
@@ -25,6 +27,7 @@
 #include "common/status.h"
 #include "scheduler/dispatch.h"
 #include "scheduler/job.h"
+#include "scheduler/scheduler.h"
 #include "tern/v1/job.pb.h"
 #include "tern/v1/worker_service.pb.h"
 
@@ -77,16 +80,19 @@ v1::JobResult StoredResult(const scheduler::Job& job);
 
 // What a tern.v1.Job shows beyond the scheduler's Job.
 struct JobExtras {
-  std::string wait_reason;  // Scheduler::WaitReason (QUEUED, RESTARTING)
+  scheduler::WaitReasonInfo wait_reason;  // Scheduler::WaitReasonOf (QUEUED, RESTARTING)
   std::optional<v1::Progress> progress;               // latest sample, if any
   std::optional<v1::EpochMetrics> metrics;            // latest epoch, if any
   std::optional<scheduler::TimePoint> progress_time;  // when either came
 };
 
-// The tern.v1.Job: spec with owner and checkpoint.directory resolved, state
-// and reasons (wait_reason code INSUFFICIENT_SLOTS, SLOTS_RESERVED,
-// NO_RENDEZVOUS_PORT, WAITING_FOR_ADMISSION or RESTART_BACKOFF, with the
-// scheduler's sentence as message), times from the history, result once
+// `spec` with the defaults of spec/rules.h's table that are one number filled
+// in where unset, and checkpoint.directory set to `checkpoint_directory`.
+v1::JobSpec EffectiveSpec(const v1::JobSpec& spec, const std::string& checkpoint_directory);
+
+// The tern.v1.Job: spec as stored, effective_spec and checkpoint_directory
+// resolved, state and reasons (the wait reason's code and sentence as the
+// scheduler gives them), last_failure, times from the history, result once
 // SUCCEEDED. DATA_LOSS when the stored spec does not parse.
 StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
                              const JobExtras& extras);

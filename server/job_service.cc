@@ -399,7 +399,7 @@ StatusOr<scheduler::Job> JobService::ReadableJob(grpc::ServerContextBase* contex
 StatusOr<v1::Job> JobService::Describe(const scheduler::Job& job) {
   JobExtras extras;
   if (job.state == JobState::kQueued || job.state == JobState::kRestarting) {
-    StatusOr<std::string> wait = state_->scheduler->WaitReason(job.id);
+    StatusOr<scheduler::WaitReasonInfo> wait = state_->scheduler->WaitReasonOf(job.id);
     if (wait.ok()) extras.wait_reason = *wait;
   }
   ProgressCache::Entry entry = state_->progress->Get(job);

@@ -13,9 +13,8 @@ namespace {
 using scheduler::JobState;
 
 constexpr JobState kStates[] = {
-    JobState::kQueued,     JobState::kAdmitted,  JobState::kRunning,
-    JobState::kRestarting, JobState::kSucceeded, JobState::kFailed,
-    JobState::kCancelled,
+    JobState::kQueued,    JobState::kAdmitted, JobState::kRunning,   JobState::kRestarting,
+    JobState::kSucceeded, JobState::kFailed,   JobState::kCancelled, JobState::kCancelling,
 };
 constexpr const char* kDeviceKinds[] = {scheduler::kDeviceCpu,
                                         scheduler::kDeviceCuda};

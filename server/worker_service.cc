@@ -414,6 +414,7 @@ Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
     }
   }
   exit.preempted = request.preempted();
+  exit.failure_code = failure_code;
   // The trainer stopped itself at its agent's lease deadline: the rank was
   // lost with the lease, not failed.
   exit.lease_lost = request.signal() == 0 && exit.exit_code == trainer::kExitFenced;

@@ -209,6 +209,43 @@ TEST(RenderTest, EventLines) {
             "step 120/400");
 }
 
+TEST(RenderTest, UnknownAndCancellingStatesShowWithoutEndingAWatch) {
+  EXPECT_EQ(StateName(v1::JOB_STATE_CANCELLING), "CANCELLING");
+  EXPECT_FALSE(IsTerminal(v1::JOB_STATE_CANCELLING));
+  EXPECT_TRUE(IsTerminal(v1::JOB_STATE_CANCELLED));
+  // A state a newer ternd may send: named by its number, not terminal.
+  const auto unknown = static_cast<v1::JobState>(9);
+  EXPECT_EQ(StateName(unknown), "UNKNOWN_9");
+  EXPECT_FALSE(IsTerminal(unknown));
+  v1::JobEvent e;
+  e.set_sequence(3);
+  *e.mutable_time() = google::protobuf::util::TimeUtil::SecondsToTimestamp(1700000000);
+  e.mutable_state_change()->set_from_state(v1::JOB_STATE_RUNNING);
+  e.mutable_state_change()->set_to_state(unknown);
+  EXPECT_EQ(FormatEvent(e), "2023-11-14T22:13:20Z #3 state RUNNING -> UNKNOWN_9");
+}
+
+TEST(RenderTest, JobDetailsShowTheLastFailureAndTheCheckpointDirectory) {
+  v1::Job job;
+  job.set_id("4");
+  job.set_state(v1::JOB_STATE_RESTARTING);
+  job.set_checkpoint_directory("/ckpt/job-4");
+  v1::JobFailure* f = job.mutable_last_failure();
+  f->set_attempt(2);
+  f->set_rank(1);
+  f->set_agent_id("gpu-3");
+  f->set_exit_code(1);
+  f->set_trainer_code("DATA_LOSS");
+  f->set_reason("TRAINER_FAILED");
+  f->set_message("corrupt shard");
+  const std::string details = FormatJobDetails(job);
+  EXPECT_NE(details.find("failure:    attempt 2, rank 1 on gpu-3: TRAINER_FAILED, exit code 1, "
+                         "DATA_LOSS (corrupt shard)\n"),
+            std::string::npos)
+      << details;
+  EXPECT_NE(details.find("checkpoints: /ckpt/job-4\n"), std::string::npos) << details;
+}
+
 TEST(RenderTest, ResultsShowTop1OrCocoAp) {
   v1::JobResult classification;
   classification.set_ternary_top1(0.912);

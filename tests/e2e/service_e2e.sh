@@ -83,10 +83,15 @@ for i in $(seq 1 600); do
 done
 [[ $(pgrep -c -P "$agent" -f tern-trainer || true) -eq 2 ]] || fail "expected 2 running trainers"
 start=$(date +%s)
-"${ternctl[@]}" cancel "$long" >/dev/null
+"${ternctl[@]}" cancel "$long" >"$work/cancel.out"
+grep -q "cancelling (CANCELLING)" "$work/cancel.out" ||
+  fail "a job with running ranks was not CANCELLING: $(cat "$work/cancel.out")"
 for i in $(seq 1 150); do
   state=$("${ternctl[@]}" get "$long" --json | jq -r .state)
   running=$(pgrep -c -P "$agent" -f tern-trainer || true)
+  # CANCELLED follows the trainers' exits: never while one still runs.
+  [[ "$state" == "JOB_STATE_CANCELLED" && "$running" -ne 0 ]] &&
+    fail "job $long CANCELLED while $running trainers still run"
   [[ "$state" == "JOB_STATE_CANCELLED" && "$running" -eq 0 ]] && break
   [[ $i -eq 150 ]] && fail "after 15 s: state $state, $running trainers still running"
   sleep 0.1

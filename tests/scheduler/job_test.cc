@@ -14,21 +14,17 @@ namespace {
 const JobState kStates[] = {
     JobState::kUnspecified, JobState::kQueued,     JobState::kAdmitted,
     JobState::kRunning,     JobState::kRestarting, JobState::kSucceeded,
-    JobState::kFailed,      JobState::kCancelled,
+    JobState::kFailed,      JobState::kCancelled,  JobState::kCancelling,
 };
 
 const std::set<std::pair<JobState, JobState>> kLegal = {
-    {JobState::kQueued, JobState::kAdmitted},
-    {JobState::kQueued, JobState::kCancelled},
-    {JobState::kAdmitted, JobState::kRunning},
-    {JobState::kAdmitted, JobState::kRestarting},
-    {JobState::kAdmitted, JobState::kCancelled},
-    {JobState::kRunning, JobState::kSucceeded},
-    {JobState::kRunning, JobState::kRestarting},
-    {JobState::kRunning, JobState::kCancelled},
-    {JobState::kRestarting, JobState::kQueued},
-    {JobState::kRestarting, JobState::kFailed},
-    {JobState::kRestarting, JobState::kCancelled},
+    {JobState::kQueued, JobState::kAdmitted},      {JobState::kQueued, JobState::kCancelled},
+    {JobState::kAdmitted, JobState::kRunning},     {JobState::kAdmitted, JobState::kRestarting},
+    {JobState::kAdmitted, JobState::kCancelled},   {JobState::kRunning, JobState::kSucceeded},
+    {JobState::kRunning, JobState::kRestarting},   {JobState::kRunning, JobState::kCancelled},
+    {JobState::kRestarting, JobState::kQueued},    {JobState::kRestarting, JobState::kFailed},
+    {JobState::kRestarting, JobState::kCancelled}, {JobState::kAdmitted, JobState::kCancelling},
+    {JobState::kRunning, JobState::kCancelling},   {JobState::kCancelling, JobState::kCancelled},
 };
 
 TEST(JobStateTest, LegalTransitionsAreAccepted) {
@@ -49,7 +45,7 @@ TEST(JobStateTest, EveryOtherTransitionIsFailedPrecondition) {
       ++illegal;
     }
   }
-  EXPECT_EQ(illegal, 64 - 11);
+  EXPECT_EQ(illegal, 81 - 14);
 }
 
 TEST(JobStateTest, TerminalStatesHaveNoWayOut) {

@@ -760,7 +760,7 @@ TEST_F(CancelTest, QueuedJobIsCancelledWithoutKillOrders) {
   EXPECT_TRUE(scheduler_->QueueOrder().empty());
 }
 
-TEST_F(CancelTest, RunningJobGetsKillOrdersAndFreesSlots) {
+TEST_F(CancelTest, RunningJobIsCancellingAndHoldsItsSlotsUntilEveryRankExited) {
   Register("a", 1);
   Register("b", 1);
   JobId id = Submit(0, 2);
@@ -780,20 +780,141 @@ TEST_F(CancelTest, RunningJobGetsKillOrdersAndFreesSlots) {
   EXPECT_EQ((*kills)[1].rank, 1);
   EXPECT_EQ((*kills)[0].reason, "CANCELLED_BY_USER");
   EXPECT_EQ((*kills)[0].attempt, 1);
-  EXPECT_EQ(State(id), JobState::kCancelled);
+  EXPECT_EQ(State(id), JobState::kCancelling);
   EXPECT_EQ(Get(id).history.back().from, JobState::kRunning);
+  EXPECT_EQ(Get(id).history.back().reason, "CANCELLED_BY_USER");
+  EXPECT_EQ(Get(id).history.back().message, "user asked");
 
   AgentWork wa = Work("a");
   ASSERT_EQ(wa.kills.size(), 1u);
   EXPECT_EQ(wa.kills[0].job_id, id);
-  EXPECT_EQ(State(next), JobState::kAdmitted);  // the slots were freed
-  EXPECT_EQ(wa.assignments.size(), 1u);
+  EXPECT_TRUE(wa.assignments.empty());
+  // The ranks are in their grace period: their slots are not handed out.
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(next), JobState::kQueued);
+  EXPECT_EQ(scheduler_->Stats().free_slots[kDeviceCpu], 0);
+  EXPECT_EQ(scheduler_->WaitReasonOf(next)->code, reason::kInsufficientSlots);
 
-  // The killed trainers' exits arrive late and change nothing.
+  // Cancelling again changes nothing and sends nothing.
+  const int64_t seq = Get(id).last_event_seq;
+  StatusOr<std::vector<KillOrder>> again = scheduler_->CancelJob(id, "twice");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->empty());
+  EXPECT_EQ(Get(id).last_event_seq, seq);
+
   RankExit exit;
   exit.rank = RankRef{id, 1, 0, "a"};
   exit.exit_code = -15;
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  EXPECT_EQ(State(id), JobState::kCancelling);  // rank 1 still runs
+  EXPECT_EQ(State(next), JobState::kQueued);
+  exit.rank = RankRef{id, 1, 1, "b"};
+  exit.exit_code = 1;
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  EXPECT_EQ(job.history.back().from, JobState::kCancelling);
+  EXPECT_EQ(job.history.back().reason, "CANCELLED_BY_USER");
+  EXPECT_EQ(job.history.back().message, "user asked");
+  EXPECT_FALSE(job.last_failure.has_value()) << "a cancelled rank is not a failure";
+  EXPECT_EQ(State(next), JobState::kAdmitted);  // now the slots are free
+  // A late repeat changes nothing.
   EXPECT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  EXPECT_EQ(State(id), JobState::kCancelled);
+}
+
+TEST_F(CancelTest, CancellingEndsWhenTheRanksAgentLeaseExpires) {
+  Register("a", 1);
+  Register("b", 1);
+  JobId id = Submit(0, 2);
+  StartAll(id);
+  ASSERT_TRUE(scheduler_->CancelJob(id, "stop").ok());
+  ASSERT_EQ(State(id), JobState::kCancelling);
+  // Rank 0 exits; rank 1's agent goes silent while a keeps its lease.
+  Exit(id, 0, -15);
+  clock_->Advance(seconds(6));
+  ASSERT_TRUE(scheduler_->Heartbeat("a").ok());
+  clock_->Advance(seconds(6));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  EXPECT_EQ(job.history.back().message, "stop");
+  EXPECT_EQ(job.restarts_used, 0);
+}
+
+TEST_F(CancelTest, CancellingKeepsOnlyItsRunningRanksSlotsWhenOneAgentIsLost) {
+  Register("a", 1);
+  Register("b", 1);
+  JobId id = Submit(0, 2);
+  StartAll(id);
+  ASSERT_TRUE(scheduler_->CancelJob(id, "").ok());
+  // b's lease ends while its rank runs; a's rank is still in its grace.
+  clock_->Advance(seconds(6));
+  ASSERT_TRUE(scheduler_->Heartbeat("a").ok());
+  clock_->Advance(seconds(6));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(id), JobState::kCancelling);
+  EXPECT_EQ(scheduler_->Stats().free_slots[kDeviceCpu], 0);  // a's slot is held
+  JobId next = Submit(0, 1);
+  EXPECT_EQ(State(next), JobState::kQueued);
+  Register("b", 1);
+  EXPECT_EQ(State(next), JobState::kAdmitted);  // on b, free again
+  Exit(id, 0, -15);
+  EXPECT_EQ(State(id), JobState::kCancelled);
+  EXPECT_EQ(scheduler_->Stats().free_slots[kDeviceCpu], 1);
+}
+
+TEST_F(CancelTest, RecoveredCancellingJobStopsItsRanksAfterARestart) {
+  Register("a", 2);
+  JobId id = Submit(0, 2);
+  StartAll(id);
+  ASSERT_TRUE(scheduler_->CancelJob(id, "restart me").ok());
+  Open();  // ternd restarts before the ranks have exited
+  ASSERT_EQ(State(id), JobState::kCancelling);
+  // The agent comes back still running rank 1 only: it is told to stop it
+  // again, rank 0 is gone.
+  Register("a", 2, kDeviceCpu, {RankRef{id, 1, 1, "a"}});
+  EXPECT_EQ(State(id), JobState::kCancelling);
+  AgentWork work = Work("a");
+  ASSERT_EQ(work.kills.size(), 1u);
+  EXPECT_EQ(work.kills[0].rank, 1);
+  EXPECT_EQ(work.kills[0].reason, "CANCELLED_BY_USER");
+  EXPECT_TRUE(work.assignments.empty());
+  EXPECT_EQ(scheduler_->Stats().free_slots[kDeviceCpu], 1);
+  Exit(id, 1, -15);
+  EXPECT_EQ(State(id), JobState::kCancelled);
+  EXPECT_EQ(Get(id).history.back().message, "restart me");
+}
+
+TEST_F(CancelTest, RecoveredCancellingJobEndsWhenItsAgentNeverReturns) {
+  Register("a", 1);
+  JobId id = Submit(0, 1);
+  StartAll(id);
+  ASSERT_TRUE(scheduler_->CancelJob(id, "").ok());
+  Open();
+  ASSERT_EQ(State(id), JobState::kCancelling);
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(id), JobState::kCancelling);
+  clock_->Advance(seconds(11));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(id), JobState::kCancelled);
+}
+
+TEST_F(CancelTest, RankThatStartsWhileCancellingIsWaitedForAndToldToStop) {
+  Register("a", 2);
+  JobId id = Submit(0, 2);
+  ASSERT_TRUE(scheduler_->ReportRankStarted(Ref(id, 0)).ok());
+  Work("a");
+  ASSERT_TRUE(scheduler_->CancelJob(id, "").ok());
+  ASSERT_EQ(State(id), JobState::kCancelling);
+  EXPECT_EQ(Work("a").kills.size(), 2u);
+  ASSERT_TRUE(scheduler_->ReportRankStarted(Ref(id, 1)).ok());  // raced the kill
+  AgentWork work = Work("a");
+  ASSERT_EQ(work.kills.size(), 1u);
+  EXPECT_EQ(work.kills[0].rank, 1);
+  Exit(id, 0, -15);
+  EXPECT_EQ(State(id), JobState::kCancelling);
+  Exit(id, 1, -15);
   EXPECT_EQ(State(id), JobState::kCancelled);
 }
 
@@ -802,9 +923,94 @@ TEST_F(CancelTest, WithdrawsAssignmentsNotYetTaken) {
   JobId id = Submit(0, 2);
   ASSERT_EQ(State(id), JobState::kAdmitted);
   ASSERT_TRUE(scheduler_->CancelJob(id, "").ok());
+  EXPECT_EQ(State(id), JobState::kCancelled);  // no rank had started
   AgentWork work = Work("a");
   EXPECT_TRUE(work.assignments.empty());
   EXPECT_EQ(work.kills.size(), 2u);
+}
+
+// --- Failures as data ----------------------------------------------------------
+
+class LastFailureTest : public SchedulerTest {};
+
+TEST_F(LastFailureTest, EveryRankFailureIsRecordedAndStored) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  EXPECT_FALSE(Get(id).last_failure.has_value());
+  RankExit exit;
+  exit.rank = Ref(id, 1);
+  exit.exit_code = 1;
+  exit.failure_code = "RESOURCE_EXHAUSTED";
+  exit.message = "out of memory";
+  ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
+  Job job = Get(id);
+  ASSERT_NE(job.state, JobState::kFailed);  // restarted
+  ASSERT_TRUE(job.last_failure.has_value());
+  EXPECT_EQ(job.last_failure->attempt, 1);
+  EXPECT_EQ(job.last_failure->rank, 1);
+  EXPECT_EQ(job.last_failure->agent_id, "a");
+  EXPECT_EQ(job.last_failure->exit_code, 1);
+  EXPECT_EQ(job.last_failure->signal, 0);
+  EXPECT_EQ(job.last_failure->trainer_code, "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(job.last_failure->reason, reason::kTrainerFailed);
+  EXPECT_NE(job.last_failure->message.find("out of memory"), std::string::npos);
+  EXPECT_EQ(job.last_failure->time, clock_->Now());
+
+  // Attempt 2: rank 0 is killed by a signal; the budget is spent: FAILED.
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  ASSERT_EQ(State(id), JobState::kAdmitted);
+  StartAll(id);
+  Exit(id, 0, -9);
+  job = Get(id);
+  ASSERT_EQ(job.state, JobState::kFailed);
+  EXPECT_EQ(job.history.back().reason, reason::kRestartBudgetExhausted);
+  ASSERT_TRUE(job.last_failure.has_value());
+  EXPECT_EQ(job.last_failure->attempt, 2);
+  EXPECT_EQ(job.last_failure->rank, 0);
+  EXPECT_EQ(job.last_failure->exit_code, 0);
+  EXPECT_EQ(job.last_failure->signal, 9);
+  EXPECT_EQ(job.last_failure->trainer_code, "");
+  EXPECT_EQ(job.last_failure->reason, reason::kRankLost);
+
+  Open();  // stored
+  Job reloaded = Get(id);
+  ASSERT_TRUE(reloaded.last_failure.has_value());
+  EXPECT_EQ(reloaded.last_failure->attempt, 2);
+  EXPECT_EQ(reloaded.last_failure->signal, 9);
+  EXPECT_EQ(reloaded.last_failure->reason, reason::kRankLost);
+  EXPECT_EQ(reloaded.last_failure->message, job.last_failure->message);
+  EXPECT_EQ(reloaded.last_failure->time, job.last_failure->time);
+}
+
+TEST_F(LastFailureTest, AnExpiredLeaseIsRecordedAgainstTheAgentsFirstRank) {
+  Register("a", 1);
+  Register("b", 1);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/3);
+  StartAll(id);
+  clock_->Advance(seconds(6));
+  ASSERT_TRUE(scheduler_->Heartbeat("a").ok());
+  clock_->Advance(seconds(6));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  Job job = Get(id);
+  ASSERT_TRUE(job.last_failure.has_value());
+  EXPECT_EQ(job.last_failure->agent_id, "b");
+  EXPECT_EQ(job.last_failure->rank, 1);
+  EXPECT_EQ(job.last_failure->reason, reason::kAgentLeaseExpired);
+  EXPECT_EQ(job.restarts_used, 1);
+}
+
+TEST_F(LastFailureTest, WaitReasonsCarryTheirCode) {
+  Register("a", 2);
+  JobId big = Submit(0, 4);
+  StatusOr<WaitReasonInfo> wait = scheduler_->WaitReasonOf(big);
+  ASSERT_TRUE(wait.ok()) << wait.status();
+  EXPECT_EQ(wait->code, reason::kInsufficientSlots);
+  EXPECT_EQ(wait->message, "needs 4 cpu slots, only 2 registered");
+  JobId running = Submit(0, 2);
+  ASSERT_EQ(State(running), JobState::kAdmitted);
+  EXPECT_EQ(scheduler_->WaitReasonOf(running)->code, "");
+  EXPECT_EQ(scheduler_->WaitReasonOf(999).status().code(), StatusCode::kNotFound);
 }
 
 class SuccessTest : public SchedulerTest {};

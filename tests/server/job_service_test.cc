@@ -59,10 +59,8 @@ TEST_F(JobServiceTest, SubmitGetListAndCancel) {
       << job.wait_reason().message();
   EXPECT_EQ(job.spec().owner(), "anonymous");
   EXPECT_EQ(job.spec().name(), "test-job");
-  EXPECT_EQ(job.spec().checkpoint().directory().rfind(
-                (dir_ / "checkpoints" / "job-1-").string(), 0),
-            0u)
-      << job.spec().checkpoint().directory();
+  EXPECT_EQ(job.checkpoint_directory().rfind((dir_ / "checkpoints" / "job-1-").string(), 0), 0u)
+      << job.checkpoint_directory();
   EXPECT_TRUE(job.has_create_time());
   EXPECT_FALSE(job.has_end_time());
 
@@ -267,6 +265,78 @@ TEST_F(JobServiceTest, IdempotencyKeyReturnsTheOriginalJob) {
   ASSERT_TRUE(Submit(ValidSpec(), &after_restart, "key-1", "alice").ok());
   EXPECT_FALSE(after_restart.created());
   EXPECT_EQ(after_restart.job().id(), first.job().id());
+}
+
+TEST_F(JobServiceTest, SpecIsAsSubmittedAndEffectiveSpecIsWhatRuns) {
+  const v1::JobSpec submitted = ValidSpec();
+  v1::SubmitJobResponse first;
+  ASSERT_TRUE(Submit(submitted, &first, "", "alice").ok());
+  // `spec`: exactly what was sent, plus the owner.
+  v1::JobSpec expected = submitted;
+  expected.set_owner("alice");
+  for (const v1::Job& job : {first.job(), GetJobOk(first.job().id())}) {
+    EXPECT_EQ(job.spec().SerializeAsString(), expected.SerializeAsString())
+        << job.spec().DebugString();
+    EXPECT_TRUE(job.spec().checkpoint().directory().empty());
+    EXPECT_FALSE(job.spec().has_max_restarts());
+    // `effective_spec`: defaults filled in, the server's choices resolved.
+    const v1::JobSpec& effective = job.effective_spec();
+    EXPECT_EQ(job.checkpoint_directory().rfind((dir_ / "checkpoints" / "job-1-").string(), 0), 0u)
+        << job.checkpoint_directory();
+    EXPECT_EQ(effective.checkpoint().directory(), job.checkpoint_directory());
+    ASSERT_TRUE(effective.has_max_restarts());
+    EXPECT_EQ(effective.max_restarts(), 3);
+    ASSERT_TRUE(effective.checkpoint().has_every_steps());
+    EXPECT_EQ(effective.checkpoint().every_steps(), 500);
+    ASSERT_TRUE(effective.quantization().has_twn_delta_factor());
+    EXPECT_DOUBLE_EQ(effective.quantization().twn_delta_factor(), 0.7);
+    EXPECT_EQ(effective.optimization().batch_size(), 32);  // as submitted, not the default
+    EXPECT_EQ(effective.name(), "test-job");
+    EXPECT_EQ(effective.owner(), "alice");
+  }
+  // Re-running the returned spec is a new job with its own checkpoints,
+  // not a resume of the first one's.
+  v1::SubmitJobResponse rerun;
+  ASSERT_TRUE(Submit(first.job().spec(), &rerun, "", "alice").ok());
+  EXPECT_TRUE(rerun.created());
+  EXPECT_NE(rerun.job().checkpoint_directory(), first.job().checkpoint_directory());
+  // A spec that names its checkpoint directory keeps it in all three.
+  v1::JobSpec named = ValidSpec();
+  named.mutable_checkpoint()->set_directory((dir_ / "my-checkpoints").string());
+  v1::SubmitJobResponse own;
+  const grpc::Status named_status = Submit(named, &own, "", "alice");
+  ASSERT_TRUE(named_status.ok()) << named_status.error_message();
+  EXPECT_EQ(own.job().spec().checkpoint().directory(), named.checkpoint().directory());
+  EXPECT_EQ(own.job().checkpoint_directory(), named.checkpoint().directory());
+  EXPECT_EQ(own.job().effective_spec().checkpoint().directory(), named.checkpoint().directory());
+}
+
+TEST_F(JobServiceTest, IdempotentRepeatComparesTheSpecAsSubmitted) {
+  v1::SubmitJobResponse first;
+  ASSERT_TRUE(Submit(ValidSpec(), &first, "key-rerun", "alice").ok());
+  ASSERT_TRUE(first.created());
+  // The spec the job returns is the one submitted (owner aside): sending it
+  // back with the same key is the same request, not a conflict.
+  v1::SubmitJobResponse repeat;
+  const grpc::Status status = Submit(first.job().spec(), &repeat, "key-rerun", "alice");
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(repeat.created());
+  EXPECT_EQ(repeat.job().id(), first.job().id());
+  // The effective spec differs from what was submitted (defaults, the
+  // checkpoint directory): with the same key it is a different spec.
+  v1::SubmitJobResponse conflict;
+  EXPECT_EQ(Submit(first.job().effective_spec(), &conflict, "key-rerun", "alice").error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  // A client-set owner is ignored, as on the first submission.
+  v1::JobSpec other_owner = ValidSpec();
+  other_owner.set_owner("mallory");
+  v1::SubmitJobResponse same;
+  ASSERT_TRUE(Submit(other_owner, &same, "key-rerun", "alice").ok());
+  EXPECT_EQ(same.job().id(), first.job().id());
+  RestartTernd();
+  ASSERT_TRUE(Submit(ValidSpec(), &same, "key-rerun", "alice").ok());
+  EXPECT_FALSE(same.created());
+  EXPECT_EQ(same.job().id(), first.job().id());
 }
 
 TEST_F(JobServiceTest, ListJobsFiltersAndPagesNewestFirst) {
@@ -548,7 +618,7 @@ class PathPolicyTest : public JobServiceTest {
 TEST_F(PathPolicyTest, SpecsNameOnlyTheirOwnersPaths) {
   v1::SubmitJobResponse alice_job;
   ASSERT_TRUE(SubmitAs("alice", ValidSpec(), &alice_job).ok());  // the default data set
-  const std::string alice_checkpoints = alice_job.job().spec().checkpoint().directory();
+  const std::string alice_checkpoints = alice_job.job().checkpoint_directory();
 
   v1::JobSpec spec = ValidSpec();
   spec.mutable_dataset()->set_kind(v1::DATASET_IMAGE_FOLDER);

@@ -555,9 +555,17 @@ TEST_F(WorkerServiceTest, CancelSendsAKillOrderToTheAgent) {
   ASSERT_TRUE(agent.Report(ref, {}, {"hello"}).ok());
   ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_RUNNING));
 
+  // A watcher follows the job through both changes.
+  std::vector<v1::JobEvent> watched;
+  grpc::Status watch_status;
+  std::thread watcher([&] { watch_status = Watch(id, 0, &watched); });
+
   v1::Job job;
   ASSERT_TRUE(Cancel(id, &job, "stop").ok());
-  EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLING);
+  EXPECT_EQ(job.state_reason().code(), "CANCELLED_BY_USER");
+  EXPECT_EQ(job.state_reason().message(), "stop");
+  EXPECT_FALSE(job.has_end_time());
   ASSERT_TRUE(agent.WaitForEvents(2));
   const v1::AssignmentEvent kill = agent.Events()[1];
   ASSERT_TRUE(kill.has_kill());
@@ -565,10 +573,36 @@ TEST_F(WorkerServiceTest, CancelSendsAKillOrderToTheAgent) {
   EXPECT_EQ(kill.kill().attempt(), 1);
   EXPECT_EQ(kill.kill().reason().code(), "CANCELLED_BY_USER");
   EXPECT_EQ(kill.kill().grace_period().seconds(), 10);
-  // The agent's late reports about the stopped rank are accepted, ignored.
+  // While the rank is in its grace period its slot is held: a new job waits.
+  const std::string next = SubmitOk(ValidSpec());
+  EXPECT_EQ(State(next), v1::JOB_STATE_QUEUED);
+  // Cancelling again is a no-op that returns the job.
+  v1::Job again;
+  ASSERT_TRUE(Cancel(id, &again, "again").ok());
+  EXPECT_EQ(again.state(), v1::JOB_STATE_CANCELLING);
+  EXPECT_EQ(again.state_reason().message(), "stop");
+  // Reports about the stopping rank are accepted; its exit ends the job.
   EXPECT_TRUE(agent.Report(ref, {Line("progress", 0, "\"step\":30")}).ok());
   EXPECT_TRUE(agent.Exit(ref, -1, 15, /*killed_by_agent=*/true).ok());
-  EXPECT_EQ(State(id), v1::JOB_STATE_CANCELLED);
+  job = GetJobOk(id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(job.state_reason().code(), "CANCELLED_BY_USER");
+  EXPECT_EQ(job.state_reason().message(), "stop");
+  EXPECT_TRUE(job.has_end_time());
+  EXPECT_FALSE(job.has_last_failure());
+  ASSERT_TRUE(WaitForState(next, v1::JOB_STATE_ADMITTED));  // the slot is free now
+  watcher.join();
+  EXPECT_TRUE(watch_status.ok()) << watch_status.error_message();
+  std::vector<std::pair<v1::JobState, v1::JobState>> changes;
+  for (const v1::JobEvent& e : watched) {
+    if (e.has_state_change()) {
+      changes.emplace_back(e.state_change().from_state(), e.state_change().to_state());
+    }
+  }
+  ASSERT_GE(changes.size(), 2u);
+  EXPECT_EQ(changes[changes.size() - 2],
+            std::make_pair(v1::JOB_STATE_RUNNING, v1::JOB_STATE_CANCELLING));
+  EXPECT_EQ(changes.back(), std::make_pair(v1::JOB_STATE_CANCELLING, v1::JOB_STATE_CANCELLED));
 }
 
 TEST_F(WorkerServiceTest, LeasesAndRequestsAreChecked) {
@@ -702,6 +736,17 @@ TEST_F(WorkerServiceTest, FailuresThatWouldRecurAreNotRetried) {
                            c.agent_code)
                     .ok());
     const v1::Job job = GetJobOk(id);
+    // Why, as data: the rank, its agent, how it ended, the trainer's code.
+    ASSERT_TRUE(job.has_last_failure());
+    const v1::JobFailure& f = job.last_failure();
+    EXPECT_EQ(f.attempt(), 1);
+    EXPECT_EQ(f.rank(), 0);
+    EXPECT_EQ(f.agent_id(), "agent-a");
+    EXPECT_EQ(f.exit_code(), signalled ? 0 : c.exit_code);
+    EXPECT_EQ(f.signal(), signalled ? 9 : 0);
+    EXPECT_EQ(f.trainer_code(), c.agent_code.empty() ? c.failed_code : c.agent_code);
+    EXPECT_EQ(f.reason(), signalled ? "RANK_LOST" : "TRAINER_FAILED");
+    EXPECT_TRUE(f.has_time());
     if (c.retried) {
       EXPECT_EQ(job.restarts(), 1);
       EXPECT_NE(job.state(), v1::JOB_STATE_FAILED);
@@ -900,6 +945,49 @@ TEST_F(WorkerServiceTest, AnyRanksStoppedLineRecordsTheCommittedStepBeforeTheReq
   b.StopStream();
 }
 
+TEST_F(WorkerServiceTest, ARestartedTerndResumesACancellation) {
+  const std::string id = SubmitOk(ValidSpec());
+  v1::RankRef ref;
+  {
+    FakeAgent agent(workers_.get(), "agent-c", 1);
+    ASSERT_TRUE(agent.Register().ok());
+    agent.StartStream();
+    ASSERT_TRUE(agent.WaitForEvents(1));
+    ref = agent.Events()[0].assignment().ref();
+    ASSERT_TRUE(agent.Report(ref, {}, {"up"}).ok());
+    ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_RUNNING));
+    v1::Job job;
+    ASSERT_TRUE(Cancel(id, &job, "stop it").ok());
+    ASSERT_EQ(job.state(), v1::JOB_STATE_CANCELLING);
+    agent.StopStream();
+  }
+  RestartTernd();  // before the rank has exited
+  EXPECT_EQ(GetJobOk(id).state(), v1::JOB_STATE_CANCELLING);
+
+  // The agent rejoins still running the rank: it is told again to stop it,
+  // and its slot stays held until the rank's exit.
+  FakeAgent agent(workers_.get(), "agent-c", 1);
+  ASSERT_TRUE(agent.Register({ref}).ok());
+  agent.StartStream();
+  ASSERT_TRUE(Eventually([&] {
+    for (const v1::AssignmentEvent& e : agent.Events()) {
+      if (e.has_kill() && e.kill().job_id() == id &&
+          e.kill().reason().code() == "CANCELLED_BY_USER") {
+        return true;
+      }
+    }
+    return false;
+  }));
+  const std::string next = SubmitOk(ValidSpec());
+  EXPECT_EQ(GetJobOk(next).state(), v1::JOB_STATE_QUEUED);
+  ASSERT_TRUE(agent.Exit(ref, -1, 15, /*killed_by_agent=*/true).ok());
+  const v1::Job job = GetJobOk(id);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(job.state_reason().message(), "stop it");
+  EXPECT_EQ(job.restarts(), 0);
+  EXPECT_TRUE(WaitForState(next, v1::JOB_STATE_ADMITTED));
+}
+
 TEST_F(WorkerServiceTest, AnAgentRejoinsARestartedTerndWithItsRunningRanks) {
   const std::string id = SubmitOk(ValidSpec());
   v1::RankRef ref;
@@ -1002,6 +1090,7 @@ TEST_F(NoMetricsGraceTest, AnEndedJobsSeriesAreDroppedAfterTheGracePeriod) {
   EXPECT_EQ(Metrics().find("tern_job_gpu_memory_bytes{"), std::string::npos);
   v1::Job job;
   ASSERT_TRUE(Cancel(id, &job).ok());
+  ASSERT_TRUE(agent.Exit(ref, -1, 15, /*killed_by_agent=*/true).ok());  // CANCELLING -> CANCELLED
   EXPECT_TRUE(Eventually([&] {
     return Metrics().find("tern_job_step{job=") == std::string::npos;
   }));

@@ -12,6 +12,8 @@ from google.protobuf import json_format
 
 from tern._pb import enum_name, job_pb2
 
+# Every other state (QUEUED, ADMITTED, RUNNING, RESTARTING, CANCELLING: ranks still
+# stopping) and any state this client does not know is not terminal: keep watching.
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
@@ -38,7 +40,13 @@ class Job:
     state = property(lambda self: state_name(self.proto.state))
     state_reason = property(lambda self: self.proto.state_reason)
     wait_reason = property(lambda self: self.proto.wait_reason)
-    spec = property(lambda self: self.proto.spec)
+    spec = property(lambda self: self.proto.spec)  # as submitted (owner filled in)
+    # The spec the trainers run with: defaults filled in, checkpoint directory resolved.
+    effective_spec = property(lambda self: self.proto.effective_spec)
+    checkpoint_directory = property(lambda self: self.proto.checkpoint_directory)
+    # The latest rank failure (a tern.v1.JobFailure), or None.
+    last_failure = property(
+        lambda self: self.proto.last_failure if self.proto.HasField("last_failure") else None)
     restarts = property(lambda self: self.proto.restarts)
     progress = property(lambda self: self.proto.progress if self.proto.HasField("progress") else None)
     latest_metrics = property(

@@ -32,3 +32,19 @@ def test_unknown_values_from_a_newer_server_do_not_crash():
     job = events.Job(job_pb2.Job.FromString(bytes([0x18, 42]) + b"\x0a\x01x"))
     assert (job.id, job.state, job.terminal) == ("x", "UNKNOWN_42", False)
     assert "UNKNOWN_42" in repr(job) and job.to_dict()["id"] == "x"
+
+
+def test_cancelling_is_not_terminal_and_failures_are_data():
+    job = events.Job(job_pb2.Job(id="5", state=job_pb2.JOB_STATE_CANCELLING))
+    assert (job.state, job.terminal, job.last_failure) == ("CANCELLING", False, None)
+    change = events.event_from_proto(job_pb2.JobEvent(state_change=job_pb2.StateChange(
+        from_state=job_pb2.JOB_STATE_RUNNING, to_state=job_pb2.JOB_STATE_CANCELLING)))
+    assert change.to_state == "CANCELLING" and not change.terminal
+    done = events.event_from_proto(job_pb2.JobEvent(state_change=job_pb2.StateChange(
+        from_state=job_pb2.JOB_STATE_CANCELLING, to_state=job_pb2.JOB_STATE_CANCELLED)))
+    assert done.terminal
+    failed = events.Job(job_pb2.Job(
+        id="6", state=job_pb2.JOB_STATE_RESTARTING, checkpoint_directory="/ckpt/job-6",
+        last_failure=job_pb2.JobFailure(attempt=1, rank=1, signal=9, reason="RANK_LOST")))
+    assert failed.last_failure.signal == 9 and failed.last_failure.reason == "RANK_LOST"
+    assert failed.checkpoint_directory == "/ckpt/job-6" and not failed.terminal
