@@ -1477,22 +1477,25 @@ Status Scheduler::ReportRankStarted(const RankRef& rank) {
   std::unique_lock<std::mutex> lock(mu_);
   Status status = [&]() -> Status {
     TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(rank));
-    if (current == nullptr || current->ranks[rank.rank].state != RankState::kAssigned) {
-      return OkStatus();
-    }
-    Job job = *current;
-    job.ranks[rank.rank].state = RankState::kRunning;
-    std::vector<JobEvent> events;
-    TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, clock_->Now()));
-    const bool cancelling = job.state == JobState::kCancelling;
-    TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
-    if (cancelling) {  // it started after the kill order went out: say it again
-      SendKillsLocked({KillOrder{rank.agent_id, rank.job_id, rank.attempt, rank.rank,
-                                 reason::kCancelledByUser}});
-    }
-    return OkStatus();
+    if (current == nullptr) return OkStatus();
+    return MarkRankStartedLocked(*current, rank);
   }();
   return FinishLocked(lock, std::move(status));
+}
+
+Status Scheduler::MarkRankStartedLocked(const Job& current, const RankRef& rank) {
+  if (current.ranks[rank.rank].state != RankState::kAssigned) return OkStatus();
+  Job job = current;
+  job.ranks[rank.rank].state = RankState::kRunning;
+  std::vector<JobEvent> events;
+  TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, clock_->Now()));
+  const bool cancelling = job.state == JobState::kCancelling;
+  TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+  if (cancelling) {  // it started after the kill order went out: say it again
+    SendKillsLocked({KillOrder{rank.agent_id, rank.job_id, rank.attempt, rank.rank,
+                               reason::kCancelledByUser}});
+  }
+  return OkStatus();
 }
 
 StatusOr<std::vector<RankRef>> Scheduler::ReconcileRunningRanks(
@@ -1500,19 +1503,13 @@ StatusOr<std::vector<RankRef>> Scheduler::ReconcileRunningRanks(
   std::unique_lock<std::mutex> lock(mu_);
   std::vector<RankRef> unexpected;
   Status status = [&]() -> Status {
-    const TimePoint now = clock_->Now();
     for (const RankRef& ref : running) {
       auto it = jobs_.find(ref.job_id);
       if (it == jobs_.end() || !IsExpectedRank(it->second, ref)) {
         unexpected.push_back(ref);
         continue;
       }
-      if (it->second.ranks[ref.rank].state != RankState::kAssigned) continue;
-      Job job = it->second;
-      job.ranks[ref.rank].state = RankState::kRunning;
-      std::vector<JobEvent> events;
-      TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
-      TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
+      TERN_RETURN_IF_ERROR(MarkRankStartedLocked(it->second, ref));
     }
     return OkStatus();
   }();

@@ -325,6 +325,10 @@ class Scheduler {
   // known get a lease until `lease_until`.
   Status ApplyLoadedLocked(std::vector<Job> jobs, TimePoint lease_until);
   // Stores (per-call) or queues (group) the change, then applies it.
+  // A rank of `current` (its current attempt) reported alive: ASSIGNED
+  // becomes RUNNING (committed); in a CANCELLING job it is told to stop
+  // again. Anything else is a repeat and changes nothing.
+  Status MarkRankStartedLocked(const Job& current, const RankRef& rank);
   Status CommitLocked(Job job, std::vector<JobEvent> events, bool create = false);
   void ApplyLocked(Job job);
   QueueKey QueueKeyOf(const Job& job) const;
