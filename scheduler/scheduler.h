@@ -215,6 +215,17 @@ class Scheduler {
   // when the job already ended.
   StatusOr<std::vector<KillOrder>> CancelJob(JobId id,
                                              const std::string& message);
+  // Replaces a job's spec payload and labels, in any state, and stores them
+  // (UpdateJob: the display name lives in the spec). The caller validates
+  // them (as for SubmitJob). Records no event. Returns the job; NOT_FOUND.
+  StatusOr<Job> RelabelJob(JobId id, std::map<std::string, std::string> labels, std::string spec);
+  // Removes a SUCCEEDED, FAILED or CANCELLED job and every stored row of it
+  // (FAILED_PRECONDITION for another state, NOT_FOUND) and returns it as it
+  // was; its (owner, idempotency key) is free afterwards. Files are the
+  // caller's business. A deleted job's id is not handed out again while this
+  // scheduler runs; after a restart, the id of the newest job can be, when
+  // that job was deleted (the store keeps no high-water mark).
+  StatusOr<Job> DeleteJob(JobId id);
   // Why a QUEUED or RESTARTING job waits ("needs 4 cuda slots, 2 free");
   // "" for other states.
   StatusOr<std::string> WaitReason(JobId id) const;
@@ -302,6 +313,11 @@ class Scheduler {
   Status ApplyLoadedLocked(std::vector<Job> jobs, TimePoint lease_until);
   // Stores (per-call) or queues (group) the change, then applies it.
   Status CommitLocked(Job job, std::vector<JobEvent> events, bool create = false);
+  // Stores (per-call: its own transaction) or queues (group) a kRelabel or
+  // kDelete write; memory is the caller's to change once this is OK.
+  Status CommitWriteLocked(JobWrite write);
+  // Drops a deleted job from memory.
+  void ForgetLocked(const Job& job);
   void ApplyLocked(Job job);
   QueueKey QueueKeyOf(const Job& job) const;
   // --- Group commit ---
