@@ -290,6 +290,7 @@ std::string FormatWhoAmI(const v1::WhoAmIResponse& who) {
                               : "jobs");
   if (quota.has_max_priority()) s << ", priority at most " << quota.max_priority();
   s << "\n";
+  if (!who.server_version().empty()) s << "server: ternd " << who.server_version() << "\n";
   return s.str();
 }
 

@@ -37,6 +37,7 @@ std::string FormatAgentTable(const std::vector<v1::AgentInfo>& agents,
 // jobs use against its quota, e.g.
 //   alice (bearer token; sees its own jobs)
 //   quota: cpu 0 of 32 slots, cuda 6 of 8 slots, 3 of 20 unfinished jobs, priority at most 10
+//   server: ternd 0.1.0 (v0.1.0-3-gabc1234)   (when the server reports its version)
 std::string FormatWhoAmI(const v1::WhoAmIResponse& who);
 // `ternctl get`: a few "key: value" lines.
 std::string FormatJobDetails(const v1::Job& job);

@@ -16,6 +16,7 @@
 #include <optional>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "auth/bearer_token.h"
 #include "auth/tls_credentials.h"
@@ -75,6 +76,16 @@ std::string RandomKey() {
   return buf;
 }
 
+// "KEY=VALUE" (the value may hold '=' and be empty); INVALID_ARGUMENT
+// naming --label otherwise.
+StatusOr<std::pair<std::string, std::string>> ParseLabel(const std::string& text) {
+  const size_t eq = text.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return InvalidArgumentError("--label: expected KEY=VALUE, got " + Quoted(text));
+  }
+  return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
+}
+
 bool Retryable(const grpc::Status& s) {
   return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
          s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
@@ -98,6 +109,12 @@ class Client {
   int Fetch(const std::string& id, const std::string& output);
   int WhoAmI();
   int Agents();
+  // Sets the job's name (when `name` is set) and merges `set_labels`
+  // (KEY=VALUE) into its labels after dropping `remove_labels` (keys).
+  int Update(const std::string& id, const std::optional<std::string>& name,
+             const std::vector<std::string>& set_labels,
+             const std::vector<std::string>& remove_labels);
+  int Delete(const std::string& id);
 
  private:
   // Owner metadata, and a deadline unless `deadline` is zero.
@@ -140,6 +157,7 @@ class Client {
     Prepare(&ctx, Timeout());
     v1::GetJobRequest request;
     request.set_job_id(id);
+    request.set_view(v1::JOB_VIEW_FULL);  // `get` shows the per-layer statistics
     return stub_->GetJob(&ctx, request, job);
   }
   int DownloadTo(const std::string& id, const std::string& output);
@@ -196,11 +214,9 @@ int Client::List(const std::vector<std::string>& states, const std::vector<std::
     request.add_states(static_cast<v1::JobState>(*state));
   }
   for (const std::string& l : labels) {
-    const size_t eq = l.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      return Fail(InvalidArgumentError("--label: expected KEY=VALUE, got " + Quoted(l)), "list");
-    }
-    (*request.mutable_labels())[l.substr(0, eq)] = l.substr(eq + 1);
+    StatusOr<std::pair<std::string, std::string>> label = ParseLabel(l);
+    if (!label.ok()) return Fail(label.status(), "list");
+    (*request.mutable_labels())[label->first] = label->second;
   }
   request.set_owner(owner);
   request.set_page_token(page_token);
@@ -250,15 +266,73 @@ int Client::WhoAmI() {
 }
 
 int Client::Agents() {
-  return Show<v1::ListAgentsResponse>(
-      "agents",
-      [&](grpc::ClientContext* ctx, v1::ListAgentsResponse* response) {
-        return stub_->ListAgents(ctx, v1::ListAgentsRequest(), response);
-      },
-      [](const v1::ListAgentsResponse& response) {
-        return FormatAgentTable({response.agents().begin(), response.agents().end()},
-                                google::protobuf::util::TimeUtil::GetCurrentTime());
-      });
+  // Every page, shown as one list.
+  v1::ListAgentsRequest request;
+  request.set_page_size(500);
+  v1::ListAgentsResponse all;
+  do {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, Timeout());
+    v1::ListAgentsResponse page;
+    const grpc::Status status = stub_->ListAgents(&ctx, request, &page);
+    if (!status.ok()) return Fail(status, "agents");
+    for (v1::AgentInfo& agent : *page.mutable_agents()) *all.add_agents() = std::move(agent);
+    request.set_page_token(page.next_page_token());
+  } while (!request.page_token().empty());
+  out_ << (g_.json ? ToJson(all) + "\n"
+                   : FormatAgentTable({all.agents().begin(), all.agents().end()},
+                                      google::protobuf::util::TimeUtil::GetCurrentTime()));
+  return kExitOk;
+}
+
+int Client::Update(const std::string& id, const std::optional<std::string>& name,
+                   const std::vector<std::string>& set_labels,
+                   const std::vector<std::string>& remove_labels) {
+  v1::UpdateJobRequest request;
+  request.mutable_job()->set_id(id);
+  if (name) {
+    request.mutable_job()->mutable_spec()->set_name(*name);
+    request.mutable_update_mask()->add_paths("spec.name");
+  }
+  if (!set_labels.empty() || !remove_labels.empty()) {
+    // The server replaces the whole map: start from the job's labels.
+    v1::Job job;
+    const grpc::Status got = GetJob(id, &job);
+    if (!got.ok()) return Fail(got, "update " + id);
+    auto* labels = request.mutable_job()->mutable_spec()->mutable_labels();
+    *labels = job.spec().labels();
+    for (const std::string& key : remove_labels) labels->erase(key);
+    for (const std::string& l : set_labels) {
+      StatusOr<std::pair<std::string, std::string>> label = ParseLabel(l);
+      if (!label.ok()) return Fail(label.status(), "update " + id);
+      (*labels)[label->first] = label->second;
+    }
+    request.mutable_update_mask()->add_paths("spec.labels");
+  }
+  if (request.update_mask().paths().empty()) {
+    Fail(InvalidArgumentError("nothing to change: give --name, --label or --remove-label"),
+         "update " + id);
+    return kExitUsage;
+  }
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Timeout());
+  v1::Job job;
+  const grpc::Status status = stub_->UpdateJob(&ctx, request, &job);
+  if (!status.ok()) return Fail(status, "update " + id);
+  out_ << (g_.json ? ToJson(job) + "\n" : FormatJobDetails(job));
+  return kExitOk;
+}
+
+int Client::Delete(const std::string& id) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Timeout());
+  v1::DeleteJobRequest request;
+  request.set_job_id(id);
+  google::protobuf::Empty empty;
+  const grpc::Status status = stub_->DeleteJob(&ctx, request, &empty);
+  if (!status.ok()) return Fail(status, "delete " + id);
+  out_ << (g_.json ? "{}\n" : id + ": deleted\n");
+  return kExitOk;
 }
 
 int Client::Cancel(const std::string& id, const std::string& reason) {
@@ -725,6 +799,28 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   cancel->add_option("ID", id, "job id")->required();
   cancel->add_option("--reason", reason, "recorded in the job's state reason");
   cancel->callback([&] { command = [&](Client& c) { return c.Cancel(id, reason); }; });
+
+  std::string new_name;
+  std::vector<std::string> set_labels, remove_labels;
+  CLI::App* update = app.add_subcommand(
+      "update", "change a job's name or labels (the only fields that change after submission)");
+  update->add_option("ID", id, "job id")->required();
+  CLI::Option* o_new_name = update->add_option("--name", new_name, "the job's new name");
+  update->add_option("--label", set_labels, "set label KEY=VALUE (repeatable)")
+      ->allow_extra_args(false);
+  update->add_option("--remove-label", remove_labels, "remove label KEY (repeatable)")
+      ->allow_extra_args(false);
+  update->callback([&] {
+    command = [&](Client& c) {
+      return c.Update(id, o_new_name->count() ? std::optional<std::string>(new_name) : std::nullopt,
+                      set_labels, remove_labels);
+    };
+  });
+
+  CLI::App* del = app.add_subcommand(
+      "delete", "delete a finished job: its record, history, artifact and checkpoints");
+  del->add_option("ID", id, "job id")->required();
+  del->callback([&] { command = [&](Client& c) { return c.Delete(id); }; });
 
   bool follow = false;
   CLI::App* logs = app.add_subcommand("logs", "print a job's events and trainer log lines");

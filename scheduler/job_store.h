@@ -18,10 +18,16 @@
 
 namespace tern::scheduler {
 
-// One change of a Commit batch: a new job (as CreateJob) or a change of an
-// existing one (as UpdateJob).
+// One change of a Commit batch: a new job (as CreateJob), a change of an
+// existing one (as UpdateJob), a new spec and labels of an existing job
+// (kRelabel: job.spec and job.labels replace the stored ones; nothing else
+// is written, `events` must be empty), or the removal of an existing job
+// with every row of it (kDelete: job, labels, ranks, events; only job.id is
+// read). kRelabel and kDelete of a job the store lacks are NOT_FOUND. They
+// exist only in batches: the per-call methods below are the scheduler's
+// CommitMode::kPerCall path for creating and updating.
 struct JobWrite {
-  enum class Kind { kCreate, kUpdate };
+  enum class Kind { kCreate, kUpdate, kRelabel, kDelete };
   Kind kind = Kind::kUpdate;
   Job job;
   std::vector<JobEvent> events;

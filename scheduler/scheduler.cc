@@ -408,6 +408,24 @@ Status Scheduler::CommitLocked(Job job, std::vector<JobEvent> events, bool creat
   return OkStatus();
 }
 
+Status Scheduler::CommitWriteLocked(JobWrite write) {
+  write.job.history.clear();                             // not stored from here
+  if (open_ == nullptr) return store_->Commit({write});  // per-call
+  unflushed_[write.job.id].batch = open_;
+  open_->writes.push_back(std::move(write));
+  return OkStatus();
+}
+
+void Scheduler::ForgetLocked(const Job& job) {
+  CountOwnerLocked(job, -1);
+  --state_counts_[job.state];
+  if (!job.idempotency_key.empty()) by_idempotency_key_.erase({job.owner, job.idempotency_key});
+  wait_reasons_.erase(job.id);
+  head_since_.erase(job.id);
+  waiting_on_quota_.erase(job.id);
+  jobs_.erase(job.id);
+}
+
 // --- Group commit ----------------------------------------------------------
 
 void Scheduler::WriterLoop() {
@@ -1122,6 +1140,43 @@ StatusOr<std::vector<KillOrder>> Scheduler::CancelJob(
   StatusOr<std::vector<KillOrder>> kills = CancelJobLocked(id, message);
   TERN_RETURN_IF_ERROR(FinishLocked(lock, kills.status()));
   return kills;
+}
+
+StatusOr<Job> Scheduler::RelabelJob(JobId id, std::map<std::string, std::string> labels,
+                                    std::string spec) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return NotFoundError("job " + std::to_string(id) + " does not exist");
+  Job job = it->second;
+  job.labels = std::move(labels);
+  job.spec = std::move(spec);
+  JobWrite write;
+  write.kind = JobWrite::Kind::kRelabel;
+  write.job = job;
+  Status status = CommitWriteLocked(std::move(write));
+  if (status.ok()) ApplyLocked(job);
+  TERN_RETURN_IF_ERROR(FinishLocked(lock, std::move(status)));
+  return job;
+}
+
+StatusOr<Job> Scheduler::DeleteJob(JobId id) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return NotFoundError("job " + std::to_string(id) + " does not exist");
+  if (!IsTerminal(it->second.state)) {
+    return FailedPreconditionError("job " + std::to_string(id) + " is " +
+                                   JobStateName(it->second.state) +
+                                   ": only a SUCCEEDED, FAILED or CANCELLED job can be deleted "
+                                   "(cancel it first)");
+  }
+  const Job job = it->second;
+  JobWrite write;
+  write.kind = JobWrite::Kind::kDelete;
+  write.job = job;
+  Status status = CommitWriteLocked(std::move(write));
+  if (status.ok()) ForgetLocked(job);
+  TERN_RETURN_IF_ERROR(FinishLocked(lock, std::move(status)));
+  return job;
 }
 
 StatusOr<std::vector<KillOrder>> Scheduler::CancelJobLocked(JobId id, const std::string& message) {

@@ -234,6 +234,16 @@ class Scheduler {
   // Why a QUEUED or RESTARTING job waits; code and message "" for other
   // states. NOT_FOUND.
   StatusOr<WaitReasonInfo> WaitReasonOf(JobId id) const;
+  // Replaces a job's spec payload and labels, in any state, and stores them
+  // (UpdateJob: the display name lives in the spec). The caller validates
+  // them (as for SubmitJob). Records no event. Returns the job; NOT_FOUND.
+  StatusOr<Job> RelabelJob(JobId id, std::map<std::string, std::string> labels, std::string spec);
+  // Removes a SUCCEEDED, FAILED or CANCELLED job and every stored row of it
+  // (FAILED_PRECONDITION for another state, NOT_FOUND) and returns it as it
+  // was; its (owner, idempotency key) is free afterwards. Files are the
+  // caller's business. A deleted job's id is never handed out again (the
+  // store keeps the highest id issued).
+  StatusOr<Job> DeleteJob(JobId id);
   // WaitReasonOf's message ("needs 4 cuda slots, 2 free").
   StatusOr<std::string> WaitReason(JobId id) const;
   std::vector<JobId> QueueOrder() const;  // QUEUED jobs, next admitted first
@@ -324,12 +334,17 @@ class Scheduler {
   // Applies jobs read from the store; agents their ranks name that are not
   // known get a lease until `lease_until`.
   Status ApplyLoadedLocked(std::vector<Job> jobs, TimePoint lease_until);
-  // Stores (per-call) or queues (group) the change, then applies it.
   // A rank of `current` (its current attempt) reported alive: ASSIGNED
   // becomes RUNNING (committed); in a CANCELLING job it is told to stop
   // again. Anything else is a repeat and changes nothing.
   Status MarkRankStartedLocked(const Job& current, const RankRef& rank);
+  // Stores (per-call) or queues (group) the change, then applies it.
   Status CommitLocked(Job job, std::vector<JobEvent> events, bool create = false);
+  // Stores (per-call: its own transaction) or queues (group) a kRelabel or
+  // kDelete write; memory is the caller's to change once this is OK.
+  Status CommitWriteLocked(JobWrite write);
+  // Drops a deleted job from memory.
+  void ForgetLocked(const Job& job);
   void ApplyLocked(Job job);
   QueueKey QueueKeyOf(const Job& job) const;
   // --- Group commit ---

@@ -431,6 +431,58 @@ Status UpdateJobRows(SqliteStatementCache& c, const Job& job, const std::vector<
   return AppendEvents(c, job.id, events);
 }
 
+// A new spec and labels of an existing job (JobWrite::Kind::kRelabel).
+Status RelabelJobRows(SqliteStatementCache& c, const Job& job) {
+  TERN_ASSIGN_OR_RETURN(Statement upd, c.Get("UPDATE jobs SET spec = ? WHERE id = ?"));
+  TERN_RETURN_IF_ERROR(upd.BindAll(Blob{job.spec}, job.id));
+  TERN_RETURN_IF_ERROR(upd.Run());
+  if (sqlite3_changes(c.db()) != 1) {
+    return NotFoundError("job " + std::to_string(job.id) + " is not in the job store");
+  }
+  TERN_ASSIGN_OR_RETURN(Statement del, c.Get("DELETE FROM job_labels WHERE job_id = ?"));
+  TERN_RETURN_IF_ERROR(del.BindAll(job.id));
+  TERN_RETURN_IF_ERROR(del.Run());
+  for (const auto& [key, value] : job.labels) {
+    TERN_ASSIGN_OR_RETURN(Statement label, c.Get("INSERT INTO job_labels (job_id, key, value) "
+                                                 "VALUES (?, ?, ?)"));
+    TERN_RETURN_IF_ERROR(label.BindAll(job.id, key, value));
+    TERN_RETURN_IF_ERROR(label.Run());
+  }
+  return OkStatus();
+}
+
+// Every row of a job (JobWrite::Kind::kDelete).
+Status DeleteJobRows(SqliteStatementCache& c, JobId id) {
+  for (const char* sql :
+       {"DELETE FROM job_events WHERE job_id = ?", "DELETE FROM job_ranks WHERE job_id = ?",
+        "DELETE FROM job_labels WHERE job_id = ?"}) {
+    TERN_ASSIGN_OR_RETURN(Statement del, c.Get(sql));
+    TERN_RETURN_IF_ERROR(del.BindAll(id));
+    TERN_RETURN_IF_ERROR(del.Run());
+  }
+  TERN_ASSIGN_OR_RETURN(Statement del, c.Get("DELETE FROM jobs WHERE id = ?"));
+  TERN_RETURN_IF_ERROR(del.BindAll(id));
+  TERN_RETURN_IF_ERROR(del.Run());
+  if (sqlite3_changes(c.db()) != 1) {
+    return NotFoundError("job " + std::to_string(id) + " is not in the job store");
+  }
+  return OkStatus();
+}
+
+Status WriteJobRows(SqliteStatementCache& c, const JobWrite& w) {
+  switch (w.kind) {
+    case JobWrite::Kind::kCreate:
+      return InsertJobRows(c, w.job, w.events);
+    case JobWrite::Kind::kUpdate:
+      return UpdateJobRows(c, w.job, w.events);
+    case JobWrite::Kind::kRelabel:
+      return RelabelJobRows(c, w.job);
+    case JobWrite::Kind::kDelete:
+      return DeleteJobRows(c, w.job.id);
+  }
+  return InternalError("unknown JobWrite kind");
+}
+
 constexpr char kEventColumns[] =
     "seq, time_us, type, from_state, to_state, reason, message, payload, step";
 
@@ -588,8 +640,7 @@ Status SqliteJobStore::Commit(const std::vector<JobWrite>& writes) {
   SqliteStatementCache& c = *statements_;
   return InTransaction(c, [&]() -> Status {
     for (const JobWrite& w : writes) {
-      TERN_RETURN_IF_ERROR(w.kind == JobWrite::Kind::kCreate ? InsertJobRows(c, w.job, w.events)
-                                                             : UpdateJobRows(c, w.job, w.events));
+      TERN_RETURN_IF_ERROR(WriteJobRows(c, w));
     }
     return OkStatus();
   });

@@ -139,12 +139,30 @@ bool SeesEveryJob(const Caller& caller, const std::string& admin_names) {
          (!admin_names.empty() && fnmatch(admin_names.c_str(), caller.owner.c_str(), 0) == 0);
 }
 
+namespace {
+
+const char* ActionVerb(Action action) {
+  switch (action) {
+    case Action::kRead:
+      return "read";
+    case Action::kCancel:
+      return "cancel";
+    case Action::kUpdate:
+      return "update";
+    case Action::kDelete:
+      return "delete";
+  }
+  return "access";
+}
+
+}  // namespace
+
 Status Authorize(const Caller& caller, const scheduler::Job& job, Action action,
                  const std::string& admin_names) {
   if (caller.owner == job.owner || SeesEveryJob(caller, admin_names)) return OkStatus();
   return PermissionDenied("job " + std::to_string(job.id) + " belongs to " + Quoted(job.owner) +
                           ": only its owner (or an admin, ternd --tls-admin-names) can " +
-                          (action == Action::kCancel ? "cancel" : "read") + " it");
+                          ActionVerb(action) + " it");
 }
 
 StatusOr<std::string> ListableOwner(const Caller& caller, const std::string& requested_owner,

@@ -58,7 +58,7 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContextBase& context, Token
 StatusOr<std::string> AuthorizeAgent(const grpc::ServerContextBase& context,
                                      const std::string& agent_names, TokenTable* tokens);
 
-enum class Action { kRead, kCancel };
+enum class Action { kRead, kCancel, kUpdate, kDelete };
 
 // OK when `caller` may perform `action` on `job`, else PERMISSION_DENIED
 // (see the top of this file). `admin_names`: a glob, "" for none.

@@ -240,6 +240,7 @@ StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
                              const JobExtras& extras) {
   v1::Job out;
   out.set_id(FormatJobId(job.id));
+  out.set_name(JobResourceName(job.id));
   TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(job));
   const std::string checkpoint_directory = layout.CheckpointDir(job, spec);
   *out.mutable_effective_spec() = EffectiveSpec(spec, checkpoint_directory);
@@ -273,6 +274,22 @@ StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
     *out.mutable_result() = StoredResult(job);
   }
   return out;
+}
+
+std::string JobResourceName(scheduler::JobId id) { return "jobs/" + FormatJobId(id); }
+
+StatusOr<v1::JobView> ResolveJobView(int requested, v1::JobView method_default,
+                                     const std::string& field) {
+  if (!v1::JobView_IsValid(requested)) {
+    return InvalidArgumentError(field + ": unknown JobView value " + std::to_string(requested));
+  }
+  if (requested == v1::JOB_VIEW_UNSPECIFIED) return method_default;
+  return static_cast<v1::JobView>(requested);
+}
+
+void ApplyJobView(v1::JobView view, v1::Job* job) {
+  if (view == v1::JOB_VIEW_FULL) return;
+  if (job->has_result()) job->mutable_result()->clear_layers();
 }
 
 std::optional<v1::JobEvent> ToProtoEvent(const scheduler::Job& job,

@@ -29,6 +29,7 @@
 #include "scheduler/job.h"
 #include "scheduler/scheduler.h"
 #include "tern/v1/job.pb.h"
+#include "tern/v1/job_service.pb.h"
 #include "tern/v1/worker_service.pb.h"
 
 namespace tern::server {
@@ -96,6 +97,19 @@ v1::JobSpec EffectiveSpec(const v1::JobSpec& spec, const std::string& checkpoint
 // SUCCEEDED. DATA_LOSS when the stored spec does not parse.
 StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
                              const JobExtras& extras);
+
+// The job's resource name (AIP-122): "jobs/<id>".
+std::string JobResourceName(scheduler::JobId id);
+
+// A request's JobView: `requested`, or `method_default` when unspecified.
+// INVALID_ARGUMENT naming `field` for a value JobView does not define.
+StatusOr<v1::JobView> ResolveJobView(int requested, v1::JobView method_default,
+                                     const std::string& field = "view");
+
+// Cuts `job` down to `view` (job_service.proto, JobView): JOB_VIEW_BASIC
+// clears the per-layer statistics (result.layers), the only field that grows
+// with the model; JOB_VIEW_FULL leaves the job as it is.
+void ApplyJobView(v1::JobView view, v1::Job* job);
 
 // Converts one scheduler event; nullopt when it is not streamed (see above;
 // log lines only with `include_logs`). `job` supplies the attempt and, for

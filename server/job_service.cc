@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -9,11 +10,13 @@
 #include <set>
 #include <vector>
 
+#include "common/logging.h"
 #include "common/sha256.h"
 #include "common/utf8.h"
 #include "server/caller.h"
 #include "server/path_access.h"
 #include "server/rpc.h"
+#include "server/server_version.h"
 #include "server/spec_validation.h"
 
 namespace tern::server {
@@ -24,6 +27,12 @@ using scheduler::JobState;
 constexpr size_t kMaxCancelReasonLength = 1024;
 constexpr int kMaxRestartsDefault = 3;  // job.proto: JobSpec.max_restarts
 constexpr size_t kChunkBytes = 1 << 20;
+// ListAgentsRequest.page_size (job_service.proto): the default for 0 and the
+// cap, ListJobs' (SchedulerOptions' defaults).
+constexpr int kDefaultAgentPageSize = 50;
+constexpr int kMaxAgentPageSize = 500;
+// ListAgents page tokens: this prefix, then the last agent id sent, in hex.
+constexpr char kAgentPageTokenPrefix[] = "agents-after:";
 
 // FNV-1a, stable across processes: page tokens outlive a ternd restart.
 uint64_t Fnv1a(const std::string& s) {
@@ -39,6 +48,34 @@ std::string Hex64(uint64_t v) {
   static const char kDigits[] = "0123456789abcdef";
   std::string out(16, '0');
   for (int i = 15; i >= 0; --i, v >>= 4) out[i] = kDigits[v & 0xf];
+  return out;
+}
+
+std::string HexEncode(const std::string& bytes) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 0xf];
+  }
+  return out;
+}
+
+std::optional<std::string> HexDecode(const std::string& hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = nibble(hex[i]);
+    const int lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+  }
   return out;
 }
 
@@ -76,9 +113,12 @@ grpc::Status JobService::GetJob(grpc::ServerContext* context,
                                 const v1::GetJobRequest* request,
                                 v1::Job* response) {
   return RunRpc(state_, "GetJob", [&]() -> Status {
+    TERN_ASSIGN_OR_RETURN(const v1::JobView view,
+                          ResolveJobView(request->view(), v1::JOB_VIEW_FULL));
     TERN_ASSIGN_OR_RETURN(scheduler::Job job,
                           ReadableJob(context, request->job_id()));
     TERN_ASSIGN_OR_RETURN(*response, Describe(job));
+    ApplyJobView(view, response);
     return OkStatus();
   });
 }
@@ -97,6 +137,17 @@ grpc::Status JobService::CancelJob(grpc::ServerContext* context,
                                    v1::Job* response) {
   return RunRpc(state_, "CancelJob",
                 [&] { return DoCancelJob(context, *request, response); });
+}
+
+grpc::Status JobService::UpdateJob(grpc::ServerContext* context,
+                                   const v1::UpdateJobRequest* request, v1::Job* response) {
+  return RunRpc(state_, "UpdateJob", [&] { return DoUpdateJob(context, *request, response); });
+}
+
+grpc::Status JobService::DeleteJob(grpc::ServerContext* context,
+                                   const v1::DeleteJobRequest* request,
+                                   google::protobuf::Empty* /*response*/) {
+  return RunRpc(state_, "DeleteJob", [&] { return DoDeleteJob(context, *request); });
 }
 
 grpc::ServerWriteReactor<v1::JobEvent>* JobService::WatchJob(
@@ -128,6 +179,7 @@ grpc::Status JobService::WhoAmI(grpc::ServerContext* context,
     response->set_proven_by(caller.proven_by);
     response->set_authenticated(caller.authenticated);
     response->set_sees_every_job(SeesEveryJob(caller, state_->admin_names));
+    response->set_server_version(ServerVersion());
     const scheduler::OwnerUsage usage = state_->scheduler->UsageOf(caller.owner);
     v1::OwnerQuota* quota = response->mutable_quota();
     quota->set_unfinished_jobs(usage.unfinished_jobs);
@@ -152,11 +204,42 @@ grpc::Status JobService::WhoAmI(grpc::ServerContext* context,
 }
 
 grpc::Status JobService::ListAgents(grpc::ServerContext* context,
-                                    const v1::ListAgentsRequest* /*request*/,
+                                    const v1::ListAgentsRequest* request,
                                     v1::ListAgentsResponse* response) {
   return RunRpc(state_, "ListAgents", [&]() -> Status {
     TERN_RETURN_IF_ERROR(CallerFromContext(*context, state_->tokens).status());
-    for (const scheduler::AgentSummary& a : state_->scheduler->ListAgents()) {
+    if (request->page_size() < 0) {
+      return InvalidArgumentError("page_size: must be >= 0, got " +
+                                  std::to_string(request->page_size()));
+    }
+    const size_t page_size = static_cast<size_t>(
+        request->page_size() == 0 ? kDefaultAgentPageSize
+                                  : std::min(request->page_size(), kMaxAgentPageSize));
+    std::optional<std::string> after;  // keyset: agents with a greater id
+    if (!request->page_token().empty()) {
+      const std::string& token = request->page_token();
+      const size_t prefix = sizeof(kAgentPageTokenPrefix) - 1;
+      if (token.compare(0, prefix, kAgentPageTokenPrefix) == 0) {
+        after = HexDecode(token.substr(prefix));
+      }
+      if (!after || after->empty()) {
+        return InvalidArgumentError("page_token: not a ListAgents token this server issued");
+      }
+    }
+    std::vector<scheduler::AgentSummary> agents = state_->scheduler->ListAgents();  // by id
+    auto first = agents.begin();
+    if (after) {
+      first = std::upper_bound(
+          agents.begin(), agents.end(), *after,
+          [](const std::string& id, const scheduler::AgentSummary& a) { return id < a.id; });
+    }
+    const size_t left = static_cast<size_t>(agents.end() - first);
+    const auto last = first + static_cast<std::ptrdiff_t>(std::min(left, page_size));
+    if (last != agents.end()) {
+      response->set_next_page_token(kAgentPageTokenPrefix + HexEncode((last - 1)->id));
+    }
+    for (auto it = first; it != last; ++it) {
+      const scheduler::AgentSummary& a = *it;
       v1::AgentInfo* info = response->add_agents();
       info->set_agent_id(a.id);
       info->set_host(a.host);
@@ -246,6 +329,7 @@ Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& r
     return InvalidArgumentError("page_size: must be >= 0, got " +
                                 std::to_string(request.page_size()));
   }
+  TERN_ASSIGN_OR_RETURN(const v1::JobView view, ResolveJobView(request.view(), v1::JOB_VIEW_BASIC));
 
   scheduler::ListJobsQuery query;
   query.states = states;
@@ -272,7 +356,9 @@ Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& r
 
   TERN_ASSIGN_OR_RETURN(scheduler::ListJobsResult page, state_->scheduler->ListJobs(query));
   for (const scheduler::Job& job : page.jobs) {
-    TERN_ASSIGN_OR_RETURN(*response->add_jobs(), Describe(job));
+    v1::Job* out = response->add_jobs();
+    TERN_ASSIGN_OR_RETURN(*out, Describe(job));
+    ApplyJobView(view, out);
   }
   if (!page.next_page_token.empty()) {
     response->set_next_page_token(fingerprint + ":" + page.next_page_token);
@@ -302,6 +388,88 @@ Status JobService::DoCancelJob(grpc::ServerContext* context,
   }
   TERN_ASSIGN_OR_RETURN(*response, Describe(job));
   return OkStatus();
+}
+
+Status JobService::DoUpdateJob(grpc::ServerContext* context, const v1::UpdateJobRequest& request,
+                               v1::Job* response) {
+  const v1::Job& patch = request.job();
+  std::string job_id = patch.id();
+  if (!patch.name().empty()) {
+    constexpr char kPrefix[] = "jobs/";
+    if (patch.name().rfind(kPrefix, 0) != 0) {
+      return InvalidArgumentError("job.name: must be \"jobs/<id>\", got " + Quoted(patch.name()));
+    }
+    const std::string named = patch.name().substr(sizeof(kPrefix) - 1);
+    if (job_id.empty()) {
+      job_id = named;
+    } else if (job_id != named) {
+      return InvalidArgumentError("job.name: " + Quoted(patch.name()) +
+                                  " names another job than job.id " + Quoted(job_id));
+    }
+  }
+  if (job_id.empty()) return InvalidArgumentError("job.id: required (or job.name)");
+  if (request.update_mask().paths_size() == 0) {
+    return InvalidArgumentError(
+        "update_mask: required; the paths that can be updated are spec.name and spec.labels");
+  }
+  bool update_name = false;
+  bool update_labels = false;
+  for (int i = 0; i < request.update_mask().paths_size(); ++i) {
+    const std::string& path = request.update_mask().paths(i);
+    if (path == "spec.name") {
+      update_name = true;
+    } else if (path == "spec.labels") {
+      update_labels = true;
+    } else {
+      return InvalidArgumentError("update_mask.paths[" + std::to_string(i) + "]: " + Quoted(path) +
+                                  " cannot be updated (only spec.name and spec.labels can)");
+    }
+  }
+  TERN_ASSIGN_OR_RETURN(const Caller caller, CallerFromContext(*context, state_->tokens));
+  TERN_ASSIGN_OR_RETURN(const scheduler::JobId id, ParseJobId(job_id, "job.id"));
+  TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
+  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kUpdate, state_->admin_names));
+  TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(job));
+  if (update_name) spec.set_name(patch.spec().name());
+  if (update_labels) *spec.mutable_labels() = patch.spec().labels();
+  TERN_RETURN_IF_ERROR(ValidateJobSpec(spec, "job.spec."));
+  std::map<std::string, std::string> labels(spec.labels().begin(), spec.labels().end());
+  TERN_ASSIGN_OR_RETURN(job,
+                        state_->scheduler->RelabelJob(id, std::move(labels), SerializeSpec(spec)));
+  TERN_ASSIGN_OR_RETURN(*response, Describe(job));
+  return OkStatus();
+}
+
+Status JobService::DoDeleteJob(grpc::ServerContext* context, const v1::DeleteJobRequest& request) {
+  TERN_ASSIGN_OR_RETURN(const Caller caller, CallerFromContext(*context, state_->tokens));
+  TERN_ASSIGN_OR_RETURN(const scheduler::JobId id, ParseJobId(request.job_id()));
+  TERN_ASSIGN_OR_RETURN(const scheduler::Job job, state_->scheduler->GetJob(id));
+  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kDelete, state_->admin_names));
+  TERN_ASSIGN_OR_RETURN(const scheduler::Job deleted, state_->scheduler->DeleteJob(id));
+  state_->progress->Forget(id);
+  RemoveJobFiles(deleted);
+  return OkStatus();
+}
+
+void JobService::RemoveJobFiles(const scheduler::Job& job) const {
+  const std::string dir_name = JobLayout::JobDirName(job);
+  std::vector<std::filesystem::path> paths = {
+      // <artifact_root>/<dir>/: the artifact and the detections.
+      std::filesystem::path(state_->layout.ArtifactPath(job)).parent_path(),
+      // Older versions' <artifact_root>/<dir>.tern.
+      std::filesystem::path(state_->layout.artifact_root) / (dir_name + ".tern")};
+  StatusOr<v1::JobSpec> spec = StoredSpec(job);
+  if (spec.ok() && spec->checkpoint().directory().empty()) {
+    paths.push_back(state_->layout.CheckpointDir(job, *spec));
+  }
+  for (const std::filesystem::path& path : paths) {
+    std::error_code error;
+    std::filesystem::remove_all(path, error);
+    if (error) {
+      TERN_LOG(WARNING) << "DeleteJob: job " << job.id << " is deleted, but " << path.string()
+                        << " could not be removed: " << error.message();
+    }
+  }
 }
 
 Status JobService::DoGetArtifact(

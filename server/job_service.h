@@ -8,6 +8,9 @@
 // first with tokens that embed a fingerprint of the filters. WatchJob streams
 // are served by a WatchHub (watch_hub.h): the stored history from
 // from_sequence, then new events, ending after the terminal state change.
+// UpdateJob changes spec.name and spec.labels only (stored in the spec blob
+// and the label rows, no event). DeleteJob removes a terminal job's rows in
+// one transaction, then its files (RemoveJobFiles).
 // GetArtifact streams
 // the file named by the job's result in 1 MiB chunks after checking its
 // SHA-256 against the one recorded when the job succeeded. ListAgents is open
@@ -42,6 +45,10 @@ class JobService final : public v1::JobService::WithCallbackMethod_WatchJob<v1::
   grpc::Status CancelJob(grpc::ServerContext* context,
                          const v1::CancelJobRequest* request,
                          v1::Job* response) override;
+  grpc::Status UpdateJob(grpc::ServerContext* context, const v1::UpdateJobRequest* request,
+                         v1::Job* response) override;
+  grpc::Status DeleteJob(grpc::ServerContext* context, const v1::DeleteJobRequest* request,
+                         google::protobuf::Empty* response) override;
   grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* context,
                                                    const v1::WatchJobRequest* request) override;
   // Ends the open WatchJob streams (UNAVAILABLE); call when ternd stops.
@@ -62,6 +69,14 @@ class JobService final : public v1::JobService::WithCallbackMethod_WatchJob<v1::
                     v1::ListJobsResponse* response);
   Status DoCancelJob(grpc::ServerContext* context,
                      const v1::CancelJobRequest& request, v1::Job* response);
+  Status DoUpdateJob(grpc::ServerContext* context, const v1::UpdateJobRequest& request,
+                     v1::Job* response);
+  Status DoDeleteJob(grpc::ServerContext* context, const v1::DeleteJobRequest& request);
+  // Removes what ternd wrote to disk for a deleted job: its artifact directory
+  // and its server-chosen checkpoint directory (never a spec's own
+  // checkpoint.directory). Failures are logged, not returned: the job's rows
+  // are gone already.
+  void RemoveJobFiles(const scheduler::Job& job) const;
   Status DoGetArtifact(grpc::ServerContext* context,
                        const v1::GetArtifactRequest& request,
                        grpc::ServerWriter<v1::GetArtifactResponse>* writer);

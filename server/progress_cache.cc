@@ -96,4 +96,9 @@ ProgressCache::Entry ProgressCache::ReadLog(const scheduler::Job& job) const {
   return entry;
 }
 
+void ProgressCache::Forget(scheduler::JobId id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  slots_.erase(id);
+}
+
 }  // namespace tern::server

@@ -39,6 +39,8 @@ class ProgressCache {
   // The job's entry (fields unset when no sample exists). A store error while
   // filling is logged and leaves the fields unset.
   Entry Get(const scheduler::Job& job);
+  // Drops a deleted job's entry.
+  void Forget(scheduler::JobId id);
 
  private:
   struct Slot {

@@ -4,8 +4,11 @@
     generate_stubs.py --proto-dir PROTO --out DIR
 
 writes DIR/tern/v1/{job_pb2,job_service_pb2,job_service_pb2_grpc}.py, the
-package `tern.v1` that `tern` (clients/python/tern) imports. Used by CMake
-(into the build tree) and by setup.py (into the wheel).
+package `tern.v1` that `tern` (clients/python/tern) imports, and
+DIR/google/api/field_behavior_pb2.py, which they import (tern's copy of
+googleapis' annotation; the same module googleapis-common-protos ships, which
+takes its place where it is installed first on the path). Used by CMake (into
+the build tree) and by setup.py (into the wheel).
 
 Compilers, in this order: `protoc` with `grpc_python_plugin` (Debian's
 protobuf-compiler and protobuf-compiler-grpc), or grpcio-tools' bundled protoc
@@ -24,8 +27,10 @@ import tempfile
 
 # The public API: the job model and JobService (WorkerService is ternd's and
 # the agents' business).
-PROTO_FILES = ("tern/v1/job.proto", "tern/v1/job_service.proto")
-OUTPUTS = ("job_pb2.py", "job_service_pb2.py", "job_service_pb2_grpc.py")
+PROTO_FILES = ("google/api/field_behavior.proto", "tern/v1/job.proto",
+               "tern/v1/job_service.proto")
+OUTPUTS = ("tern/v1/job_pb2.py", "tern/v1/job_service_pb2.py", "tern/v1/job_service_pb2_grpc.py",
+           "google/api/field_behavior_pb2.py")
 
 
 class StubError(RuntimeError):
@@ -75,14 +80,13 @@ def generate(proto_dir, out_dir):
                 hint = (" (this protoc predates proto3 `optional`: use Debian's protoc 3.21 with "
                         "grpc_python_plugin, or a newer grpcio-tools)")
             raise StubError(f"{' '.join(cmd)} failed: {run.stderr.strip()}{hint}")
-        target = os.path.join(out_dir, "tern", "v1")
-        os.makedirs(target, exist_ok=True)
         for name in OUTPUTS:
-            src = os.path.join(tmp, "tern", "v1", name)
+            src = os.path.join(tmp, name)
             if not os.path.isfile(src):
-                raise StubError(f"protoc did not write tern/v1/{name}")
-            shutil.copyfile(src, os.path.join(target, name))
-    return [os.path.join(out_dir, "tern", "v1", n) for n in OUTPUTS]
+                raise StubError(f"protoc did not write {name}")
+            os.makedirs(os.path.dirname(os.path.join(out_dir, name)), exist_ok=True)
+            shutil.copyfile(src, os.path.join(out_dir, name))
+    return [os.path.join(out_dir, n) for n in OUTPUTS]
 
 
 def main(argv=None):

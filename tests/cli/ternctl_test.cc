@@ -82,6 +82,7 @@ class FakeJobService final : public v1::JobService::Service {
                       v1::Job* job) override {
     if (request->job_id() == "slow") std::this_thread::sleep_for(std::chrono::seconds(2));
     std::lock_guard<std::mutex> lock(mu_);
+    get_views.push_back(request->view());
     auto it = jobs.find(request->job_id());
     if (it == jobs.end()) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND, "job " + request->job_id() + " not found");
@@ -182,8 +183,20 @@ class FakeJobService final : public v1::JobService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListAgents(grpc::ServerContext*, const v1::ListAgentsRequest*,
+  // Two pages: node-a, then node-b.
+  grpc::Status ListAgents(grpc::ServerContext*, const v1::ListAgentsRequest* request,
                           v1::ListAgentsResponse* response) override {
+    if (request->page_token() == "after-node-a") {
+      v1::AgentInfo* b = response->add_agents();
+      b->set_agent_id("node-b");
+      b->set_host("10.0.0.8");
+      b->set_state(v1::AGENT_STATE_READY);
+      return grpc::Status::OK;
+    }
+    if (!request->page_token().empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_token: unknown");
+    }
+    response->set_next_page_token("after-node-a");
     v1::AgentInfo* a = response->add_agents();
     a->set_agent_id("node-a");
     a->set_host("10.0.0.7");
@@ -199,6 +212,7 @@ class FakeJobService final : public v1::JobService::Service {
   grpc::Status WhoAmI(grpc::ServerContext*, const v1::WhoAmIRequest*,
                       v1::WhoAmIResponse* response) override {
     response->set_name("alice");
+    response->set_server_version("0.1.0 (v0.1.0-3-gabc1234)");
     response->set_proven_by("bearer token");
     response->set_authenticated(true);
     v1::OwnerQuota* quota = response->mutable_quota();
@@ -221,6 +235,7 @@ class FakeJobService final : public v1::JobService::Service {
   std::string last_owner;
   grpc::Status submit_error = grpc::Status::OK;
   std::map<std::string, v1::Job> jobs;
+  std::vector<int> get_views;  // GetJobRequest.view of each call
   int list_total = 7;
   std::vector<v1::ListJobsRequest> list_requests;
   std::vector<v1::JobEvent> events;
@@ -405,6 +420,9 @@ TEST_F(TernctlTest, HumanOutputs) {
   Result get = Run({"get", "job-1"});
   ASSERT_EQ(get.code, 0);
   EXPECT_NE(get.out.find("state:      SUCCEEDED"), std::string::npos) << get.out;
+  std::lock_guard<std::mutex> lock(fake_.mu_);
+  ASSERT_FALSE(fake_.get_views.empty());
+  EXPECT_EQ(fake_.get_views.back(), v1::JOB_VIEW_FULL);  // `get` shows every field
 }
 
 TEST_F(TernctlTest, AgentsListsStateSlotsAndLease) {
@@ -414,10 +432,15 @@ TEST_F(TernctlTest, AgentsListsStateSlotsAndLease) {
   EXPECT_NE(agents.out.find("node-a  10.0.0.7  DRAINING  3/4       -          ends in 1"),
             std::string::npos)
       << agents.out;
+  EXPECT_NE(agents.out.find("node-b  10.0.0.8"), std::string::npos)  // the second page
+      << agents.out;
   Result json = Run({"--json", "agents"});
   ASSERT_EQ(json.code, 0) << json.err;
-  EXPECT_EQ(ParseJson<v1::ListAgentsResponse>(json.out).agents(0).state(),
-            v1::AGENT_STATE_DRAINING);
+  const auto listed = ParseJson<v1::ListAgentsResponse>(json.out);
+  ASSERT_EQ(listed.agents_size(), 2);
+  EXPECT_EQ(listed.agents(0).state(), v1::AGENT_STATE_DRAINING);
+  EXPECT_EQ(listed.agents(1).agent_id(), "node-b");
+  EXPECT_TRUE(listed.next_page_token().empty());
 }
 
 TEST_F(TernctlTest, WhoAmIShowsTheNameAndTheQuota) {
@@ -425,7 +448,8 @@ TEST_F(TernctlTest, WhoAmIShowsTheNameAndTheQuota) {
   ASSERT_EQ(who.code, 0) << who.err;
   EXPECT_EQ(who.out,
             "alice (bearer token; sees its own jobs)\n"
-            "quota: cpu 1 slot, cuda 6 of 8 slots, 3 of 20 unfinished jobs, priority at most -5\n");
+            "quota: cpu 1 slot, cuda 6 of 8 slots, 3 of 20 unfinished jobs, priority at most -5\n"
+            "server: ternd 0.1.0 (v0.1.0-3-gabc1234)\n");
   Result json = Run({"--json", "whoami"});
   ASSERT_EQ(json.code, 0) << json.err;
   EXPECT_EQ(ParseJson<v1::WhoAmIResponse>(json.out).quota().slots(1).limit(), 8);

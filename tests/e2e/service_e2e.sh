@@ -19,7 +19,8 @@ landlock_abi=$(python3 -c 'import ctypes; print(ctypes.CDLL(None).syscall(444, N
 (( landlock_abi > 0 )) && agent_flags=(--confine-reads on)
 start_service
 [[ $("${ternctl[@]}" whoami) == "e2e (x-tern-owner claim, not authenticated; sees every owner's jobs)
-quota: none; cpu 0 slots, cuda 0 slots, 0 unfinished jobs" ]] ||
+quota: none; cpu 0 slots, cuda 0 slots, 0 unfinished jobs
+server: ternd "[0-9]* ]] ||
   fail "whoami without TLS: $("${ternctl[@]}" whoami)"
 "${ternctl[@]}" agents --json >"$work/agents.json"
 jq -e '.agents | length == 1 and .[0].state == "AGENT_STATE_READY"

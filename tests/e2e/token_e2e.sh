@@ -57,7 +57,8 @@ as alice watch "$job" >"$work/watch.log" 2>&1 || fail "alice's job $job did not 
 grep -q "agent node-1 (127.0.0.1, version" "$work/ternd.log" || fail "the agent did not register as node-1"
 echo "job $job SUCCEEDED, owned by the token's name 'alice', run by agent 'node-1' (agent token)"
 [[ $(as alice whoami) == "alice (bearer token; sees its own jobs)
-quota: cpu 0 of 2 slots, cuda 0 slots, 0 of 3 unfinished jobs" ]] ||
+quota: cpu 0 of 2 slots, cuda 0 slots, 0 of 3 unfinished jobs
+server: ternd "[0-9]* ]] ||
   fail "alice's whoami: $(as alice whoami)"
 [[ $(as ops whoami --json | jq -r '.name + " " + (.sees_every_job|tostring)') == "ops true" ]] ||
   fail "ops's whoami: $(as ops whoami --json)"

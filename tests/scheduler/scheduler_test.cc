@@ -1494,6 +1494,76 @@ TEST_F(StoreFailureTest, LeaseExpiryIsRetriedAfterStoreRecovers) {
   EXPECT_EQ(Reasons(id)[3], "AGENT_LEASE_EXPIRED");
 }
 
+// --- Relabel and delete (UpdateJob, DeleteJob) ---------------------------------
+
+class RelabelAndDeleteTest : public StoreFailureTest {};
+
+TEST_F(RelabelAndDeleteTest, RelabelReplacesSpecAndLabelsDurablyWithoutAnEvent) {
+  JobRequest request = Request(0);
+  request.labels = {{"team", "red"}};
+  const JobId id = Submit(request);
+  const size_t events = Get(id).history.size();
+  StatusOr<Job> relabeled = scheduler_->RelabelJob(id, {{"team", "blue"}}, "new spec");
+  ASSERT_TRUE(relabeled.ok()) << relabeled.status();
+  EXPECT_EQ(relabeled->labels.at("team"), "blue");
+  for (int restart = 0; restart < 2; ++restart) {
+    ListJobsQuery query;
+    query.labels = {{"team", "blue"}};
+    EXPECT_EQ(Ids(query), std::vector<JobId>{id});
+    query.labels = {{"team", "red"}};
+    EXPECT_TRUE(Ids(query).empty());
+    EXPECT_EQ(Get(id).spec, "new spec");
+    EXPECT_EQ(Get(id).history.size(), events);
+    EXPECT_EQ(State(id), JobState::kQueued);
+    Open();
+  }
+  EXPECT_EQ(scheduler_->RelabelJob(99, {}, "x").status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(RelabelAndDeleteTest, DeleteRemovesOnlyEndedJobsAndFreesTheIdempotencyKey) {
+  JobRequest request = Request(0);
+  request.idempotency_key = "k";
+  request.labels = {{"team", "red"}};
+  const JobId id = Submit(request);
+  EXPECT_EQ(scheduler_->DeleteJob(id).status().code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(scheduler_->CancelJob(id, "").ok());
+  const int cancelled_before = scheduler_->Stats().jobs[JobState::kCancelled];
+  StatusOr<Job> deleted = scheduler_->DeleteJob(id);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->id, id);
+  EXPECT_EQ(scheduler_->GetJob(id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(scheduler_->DeleteJob(id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(scheduler_->Stats().jobs[JobState::kCancelled], cancelled_before - 1);
+  StatusOr<std::vector<JobEvent>> events = scheduler_->ReadEvents(id, 0, 100);
+  EXPECT_TRUE(!events.ok() || events->empty());
+  // The key makes a new job now, and the new id is not the deleted one's.
+  StatusOr<SubmitResult> again = scheduler_->SubmitJob(request);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->created);
+  EXPECT_NE(again->job.id, id);
+  Open();  // the store agrees
+  EXPECT_EQ(scheduler_->GetJob(id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(Ids(ListJobsQuery()), std::vector<JobId>{again->job.id});
+}
+
+TEST_F(RelabelAndDeleteTest, AFailedWriteChangesNothing) {
+  FaultyJobStore* store = OpenFaulty();
+  JobRequest request = Request(0);
+  request.labels = {{"team", "red"}};
+  const JobId id = Submit(request);
+  ASSERT_TRUE(scheduler_->CancelJob(id, "").ok());
+  store->fail_writes = true;
+  EXPECT_EQ(scheduler_->RelabelJob(id, {{"team", "blue"}}, "x").status().code(),
+            StatusCode::kUnavailable);
+  EXPECT_EQ(scheduler_->DeleteJob(id).status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(Get(id).labels.at("team"), "red");
+  EXPECT_EQ(State(id), JobState::kCancelled);
+  store->fail_writes = false;
+  Open();
+  EXPECT_EQ(Get(id).labels.at("team"), "red");
+  EXPECT_EQ(Get(id).spec, request.spec);
+}
+
 class ValidationTest : public SchedulerTest {};
 
 TEST_F(ValidationTest, InvalidRequestsNameTheFieldAndStoreNothing) {

@@ -27,7 +27,7 @@ import time
 import uuid
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 
 from tern import errors, spec as spec_module
 from tern._pb import job_pb2, job_service_pb2 as service_pb2, job_service_pb2_grpc as service_grpc
@@ -59,6 +59,14 @@ def _token_from_file(path):
         raise ValueError(f"token_file: {path} must hold one token of 16..512 printable "
                          "characters without spaces")
     return token
+
+
+def _job_view(view):
+    """JobView's number for "basic" / "full" (or JOB_VIEW_* names)."""
+    try:
+        return spec_module.parse_enum(service_pb2.JobView.DESCRIPTOR, view)
+    except ValueError as e:
+        raise ValueError(f"view: {e}") from None
 
 
 def _check_idempotency_key(key):
@@ -151,16 +159,21 @@ class Client:
         response = self._call(self._stub.SubmitJob, request, timeout=timeout)
         return Job(response.job, created=response.created, idempotency_key=key)
 
-    def get(self, job_id, *, timeout=None):
-        """The job (a Job). NotFound when ternd has no such job."""
-        return Job(self._call(self._stub.GetJob, service_pb2.GetJobRequest(job_id=job_id),
-                              timeout=timeout))
+    def get(self, job_id, *, view="full", timeout=None):
+        """The job (a Job). NotFound when ternd has no such job.
 
-    def list(self, states=(), owner="", labels=None, *, page_size=0, limit=None, timeout=None):
+        `view`: "full" (every field) or "basic" (without result.layers; JobView)."""
+        request = service_pb2.GetJobRequest(job_id=job_id, view=_job_view(view))
+        return Job(self._call(self._stub.GetJob, request, timeout=timeout))
+
+    def list(self, states=(), owner="", labels=None, *, page_size=0, limit=None, view="basic",
+             timeout=None):
         """Jobs newest first, following pages as it is iterated (a generator of Job).
 
         `states`: names as ternctl takes them ("running", "JOB_STATE_QUEUED", ...);
-        `labels`: {key: value} every listed job carries; `limit`: at most this many."""
+        `labels`: {key: value} every listed job carries; `limit`: at most this many;
+        `view`: "basic" (ternd's default for lists: no per-layer statistics, result.layers)
+        or "full"."""
         if isinstance(states, str):
             states = [states]
         try:
@@ -168,7 +181,7 @@ class Client:
         except ValueError as e:
             raise ValueError(f"states: {e}") from None
         request = service_pb2.ListJobsRequest(states=numbers, owner=owner, labels=labels or {},
-                                              page_size=page_size)
+                                              page_size=page_size, view=_job_view(view))
         count = 0
         while True:
             response = self._call(self._stub.ListJobs, request, timeout=timeout)
@@ -186,19 +199,50 @@ class Client:
         request = service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
         return Job(self._call(self._stub.CancelJob, request, timeout=timeout))
 
+    def update(self, job_id, *, name=None, labels=None, timeout=None):
+        """Changes a job's name and/or replaces its labels (the only fields that change after
+        submission; UpdateJob) and returns the job. `labels`: the whole new {key: value} map
+        ({} removes every label). InvalidArgument naming the field for a bad name or label."""
+        job = job_pb2.Job(id=job_id)
+        paths = []
+        if name is not None:
+            job.spec.name = name
+            paths.append("spec.name")
+        if labels is not None:
+            job.spec.labels.update(labels)
+            paths.append("spec.labels")
+        if not paths:
+            raise ValueError("update: give name= or labels=")
+        request = service_pb2.UpdateJobRequest(
+            job=job, update_mask=field_mask_pb2.FieldMask(paths=paths))
+        return Job(self._call(self._stub.UpdateJob, request, timeout=timeout))
+
+    def delete(self, job_id, *, timeout=None):
+        """Deletes a SUCCEEDED, FAILED or CANCELLED job with its history, artifact and
+        checkpoints (DeleteJob). FailedPrecondition for a job that has not ended, NotFound
+        afterwards. Not retried (a retry after a lost answer would say NotFound)."""
+        self._call(self._stub.DeleteJob, service_pb2.DeleteJobRequest(job_id=job_id),
+                   retry=False, timeout=timeout)
+
     def whoami(self, *, timeout=None):
         """Who ternd takes this client to be: {"name", "proven_by", "authenticated",
-        "sees_every_job", "quota"} (WhoAmIResponse as a dict)."""
+        "sees_every_job", "quota", "server_version"} (WhoAmIResponse as a dict)."""
         response = self._call(self._stub.WhoAmI, service_pb2.WhoAmIRequest(), timeout=timeout)
         return json_format.MessageToDict(response, preserving_proto_field_name=True,
                                          including_default_value_fields=True)
 
-    def agents(self, *, timeout=None):
-        """The node agents ternd knows (ListAgentsResponse.agents as dicts)."""
-        response = self._call(self._stub.ListAgents, service_pb2.ListAgentsRequest(),
-                              timeout=timeout)
-        return [json_format.MessageToDict(a, preserving_proto_field_name=True)
-                for a in response.agents]
+    def agents(self, *, page_size=0, timeout=None):
+        """The node agents ternd knows, by agent_id, every page (ListAgentsResponse.agents
+        as dicts). `page_size`: agents per call (0: ternd's default)."""
+        request = service_pb2.ListAgentsRequest(page_size=page_size)
+        agents = []
+        while True:
+            response = self._call(self._stub.ListAgents, request, timeout=timeout)
+            agents += [json_format.MessageToDict(a, preserving_proto_field_name=True)
+                       for a in response.agents]
+            if not response.next_page_token:
+                return agents
+            request.page_token = response.next_page_token
 
     def watch(self, job_id, from_seq=1, *, include_logs=False, reconnect_for=60.0, timeout=None):
         """The job's events (typed tern.events), from sequence `from_seq` on, until the job

@@ -263,3 +263,49 @@ def test_wait_returns_the_finished_job_and_shows_progress(client, jobs, capsys):
     shown = capsys.readouterr().err
     assert f"job {job.id}: RUNNING -> SUCCEEDED" in shown and "top-1" in shown
     assert client.wait(job.id, timeout=1, progress=False).state == "SUCCEEDED"  # at once
+
+
+def test_update_delete_views_and_the_server_version(secure_service, alice):
+    from conftest import ternctl_secure
+    address, certs, tokens, _ = secure_service
+    assert alice.whoami()["server_version"].startswith("0.1.0")
+    job = alice.submit(dict(BASE3_JOB, labels={"case": "update"}))
+    assert alice.get(job.id).proto.name == f"jobs/{job.id}"
+    updated = alice.update(job.id, name="renamed", labels={"case": "updated", "stage": "two"})
+    assert updated.spec.name == "renamed" and dict(updated.spec.labels)["stage"] == "two"
+    assert [j.id for j in alice.list(labels={"case": "updated"})] == [job.id]
+    assert list(alice.list(labels={"case": "update"})) == []
+    with pytest.raises(ValueError, match="view"):
+        list(alice.list(view="everything"))
+    assert [j.id for j in alice.list(labels={"case": "updated"}, view="full")] == [job.id]
+    with tern.Client(address, tls_ca=os.path.join(certs, "ca.pem"),
+                     token_file=tokens["bob"]) as bob:
+        with pytest.raises(tern.PermissionDenied):
+            bob.update(job.id, name="bobs")
+        with pytest.raises(tern.PermissionDenied):
+            bob.delete(job.id)
+    # ternctl: update keeps the other labels, delete needs a finished job.
+    run = ternctl_secure(secure_service, "alice", "update", job.id, "--label", "stage=three",
+                         "--remove-label", "case", "--name", "cli")
+    assert run.returncode == 0, run.stderr
+    got = alice.get(job.id)
+    assert got.spec.name == "cli" and dict(got.spec.labels) == {"stage": "three"}
+    with pytest.raises(tern.FailedPrecondition):
+        alice.delete(job.id)
+    alice.cancel(job.id)
+    run = ternctl_secure(secure_service, "alice", "delete", job.id)
+    assert run.returncode == 0 and run.stdout == f"{job.id}: deleted\n", run.stderr
+    with pytest.raises(tern.NotFound):
+        alice.get(job.id)
+    with pytest.raises(tern.NotFound):
+        alice.delete(job.id)
+
+
+def test_agents_follows_pages(client):
+    deadline = time.monotonic() + 30
+    while not client.agents() and time.monotonic() < deadline:  # the agent registers
+        time.sleep(0.2)
+    agents = client.agents(page_size=1)
+    assert len(agents) >= 1
+    assert [a["agent_id"] for a in agents] == [a["agent_id"] for a in client.agents()]
+    assert [a["agent_id"] for a in agents] == sorted(a["agent_id"] for a in agents)
