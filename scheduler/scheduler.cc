@@ -1547,8 +1547,8 @@ Status Scheduler::MarkRankStartedLocked(const Job& current, const RankRef& rank)
   const bool cancelling = job.state == JobState::kCancelling;
   TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
   if (cancelling) {  // it started after the kill order went out: say it again
-    SendKillsLocked({KillOrder{rank.agent_id, rank.job_id, rank.attempt, rank.rank,
-                               reason::kCancelledByUser}});
+    SendKillsLocked(
+        {KillOrder{rank.agent_id, rank.job_id, rank.attempt, rank.rank, reason::kCancelledByUser}});
   }
   return OkStatus();
 }

@@ -342,7 +342,7 @@ TEST_P(ApiWritesTest, DeleteJobRemovesAFinishedJobItsFilesAndFreesItsKey) {
   const v1::Job done = RunToSuccess(spec, "key-1");
   const std::string id = done.id();
   const fs::path artifact_dir = fs::path(done.result().artifact_path()).parent_path();
-  const fs::path checkpoint_dir = done.spec().checkpoint().directory();
+  const fs::path checkpoint_dir = done.checkpoint_directory();
   ASSERT_TRUE(fs::exists(done.result().artifact_path()));
   ASSERT_TRUE(fs::exists(checkpoint_dir / "step-1.ckpt"));
 

@@ -112,7 +112,8 @@ std::map<std::string, std::string> FieldComments() {
                  }
                });
   const std::regex message_line(R"(^message (\w+) \{)");
-  const std::regex field_line(R"(^\s+(optional |repeated )?[\w<>, .]+ (\w+) = \d+;)");
+  // A field, with or without options ("[(google.api.field_behavior) = ...]").
+  const std::regex field_line(R"(^\s+(optional |repeated )?[\w<>, .]+ (\w+) = \d+( \[.*\])?;)");
   const std::regex comment_line(R"(^\s*// ?(.*)$)");
   std::map<std::string, std::string> out;
   std::string message, comment, line;
