@@ -49,12 +49,12 @@ inline constexpr char kArtifactChanged[] = "ARTIFACT_CHANGED";
 
 // Every reason above, for the documentation test.
 inline constexpr const char* kAllErrorReasons[] = {
-    kSpecInvalid,        kSpecUnknownField,   kRequestInvalid,      kIdempotencyKeyInvalid,
-    kPageTokenInvalid,   kOwnerInvalid,       kIdempotencyKeyReused, kJobNotFound,
-    kArtifactNotFound,   kJobStateConflict,   kQuotaNeverFits,      kPriorityNotAllowed,
-    kPathNotAllowed,     kOwnerMismatch,      kListOtherOwner,      kNotAnAgent,
-    kCredentialMissing,  kCredentialInvalid,  kQuotaExceeded,       kWatchStreamLimit,
-    kShuttingDown,       kArtifactChanged,
+    kSpecInvalid,       kSpecUnknownField,  kRequestInvalid,       kIdempotencyKeyInvalid,
+    kPageTokenInvalid,  kOwnerInvalid,      kIdempotencyKeyReused, kJobNotFound,
+    kArtifactNotFound,  kJobStateConflict,  kQuotaNeverFits,       kPriorityNotAllowed,
+    kPathNotAllowed,    kOwnerMismatch,     kListOtherOwner,       kNotAnAgent,
+    kCredentialMissing, kCredentialInvalid, kQuotaExceeded,        kWatchStreamLimit,
+    kShuttingDown,      kArtifactChanged,
 };
 
 }  // namespace tern::error_reason

@@ -48,7 +48,8 @@ Decoded Decode(const grpc::Status& status) {
     if (any.Is<google::rpc::ErrorInfo>() && any.UnpackTo(&d.info)) {
       d.has_info = true;
     } else if (any.Is<google::rpc::BadRequest>() && any.UnpackTo(&bad)) {
-      for (const auto& v : bad.field_violations()) d.fields.emplace_back(v.field(), v.description());
+      for (const auto& v : bad.field_violations())
+        d.fields.emplace_back(v.field(), v.description());
     } else if (any.Is<google::rpc::QuotaFailure>() && any.UnpackTo(&quota)) {
       for (const auto& v : quota.violations()) d.quota.emplace_back(v.subject(), v.description());
     } else if (any.Is<google::rpc::RetryInfo>() && any.UnpackTo(&d.retry)) {
@@ -141,8 +142,7 @@ TEST_F(ErrorDetailsTest, ManyViolationsStayUnderTheMetadataLimit) {
   EXPECT_EQ(d.info.reason(), error_reason::kSpecInvalid);
   EXPECT_FALSE(d.fields.empty());
   ASSERT_EQ(d.info.metadata().count("field_violations_omitted"), 1u);
-  EXPECT_GE(d.fields.size() + std::stoul(d.info.metadata().at("field_violations_omitted")),
-            201u);
+  EXPECT_GE(d.fields.size() + std::stoul(d.info.metadata().at("field_violations_omitted")), 201u);
   for (const auto& [field, description] : d.fields) EXPECT_LE(field.size(), 256u);
 }
 
@@ -151,7 +151,9 @@ TEST_F(ErrorDetailsTest, ManyViolationsStayUnderTheMetadataLimit) {
 TEST_F(ErrorDetailsTest, UnknownSpecFieldsAreRefusedWithTheirPath) {
   v1::SubmitJobRequest request;
   *request.mutable_spec() = ValidSpec();
-  request.mutable_spec()->GetReflection()->MutableUnknownFields(request.mutable_spec())
+  request.mutable_spec()
+      ->GetReflection()
+      ->MutableUnknownFields(request.mutable_spec())
       ->AddVarint(998, 1);
   v1::OptimizationSpec* optimization = request.mutable_spec()->mutable_optimization();
   optimization->GetReflection()->MutableUnknownFields(optimization)->AddVarint(99, 7);
@@ -163,7 +165,9 @@ TEST_F(ErrorDetailsTest, UnknownSpecFieldsAreRefusedWithTheirPath) {
   // really on the wire.
   v1::SubmitJobRequest reparsed;
   ASSERT_TRUE(reparsed.ParseFromString(request.SerializeAsString()));
-  ASSERT_EQ(reparsed.spec().optimization().GetReflection()
+  ASSERT_EQ(reparsed.spec()
+                .optimization()
+                .GetReflection()
                 ->GetUnknownFields(reparsed.spec().optimization())
                 .field_count(),
             3);
@@ -291,8 +295,8 @@ TEST_F(QuotaDetailsTest, QuotaRefusalsCarryQuotaFailure) {
 class ExistenceTest : public testing::TerndTest {
  protected:
   static void SetUpTestSuite() {
-    certs_ = new std::string(::testing::TempDir() + "tern-error-certs-" +
-                             std::to_string(::getpid()));
+    certs_ =
+        new std::string(::testing::TempDir() + "tern-error-certs-" + std::to_string(::getpid()));
     certs_ok_ = std::system(("bash " TERN_MAKE_TEST_CERTS " " + *certs_).c_str()) == 0;
   }
   static void TearDownTestSuite() {
@@ -418,9 +422,9 @@ TEST_F(ExistenceTest, AnotherOwnersJobLooksExactlyLikeAnAbsentOne) {
     EXPECT_EQ(f.status.details_size(), m.status.details_size());
   }
   // The owner sees its job; the admin sees every job.
-  for (const auto& [stub, id] : {std::make_pair(other.get(), others_job),
-                                 std::make_pair(admin.get(), others_job),
-                                 std::make_pair(admin.get(), admins_job)}) {
+  for (const auto& [stub, id] :
+       {std::make_pair(other.get(), others_job), std::make_pair(admin.get(), others_job),
+        std::make_pair(admin.get(), admins_job)}) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     v1::GetJobRequest request;
