@@ -4,8 +4,12 @@
     generate_stubs.py --proto-dir PROTO --out DIR
 
 writes DIR/tern/v1/{job_pb2,job_service_pb2,job_service_pb2_grpc}.py, the
-package `tern.v1` that `tern` (clients/python/tern) imports. Used by CMake
-(into the build tree) and by setup.py (into the wheel).
+package `tern.v1` that `tern` (clients/python/tern) imports, plus
+google_rpc_status_pb2.py and google_rpc_error_details_pb2.py (google.rpc's
+Status and error details from proto/google/rpc, which Debian does not package
+for Python; kept inside tern.v1 so they never clash with googleapis-common-protos'
+`google.rpc`) and service_config.json (the channel's retry policy). Used by
+CMake (into the build tree) and by setup.py (into the wheel).
 
 Compilers, in this order: `protoc` with `grpc_python_plugin` (Debian's
 protobuf-compiler and protobuf-compiler-grpc), or grpcio-tools' bundled protoc
@@ -26,6 +30,11 @@ import tempfile
 # the agents' business).
 PROTO_FILES = ("tern/v1/job.proto", "tern/v1/job_service.proto")
 OUTPUTS = ("job_pb2.py", "job_service_pb2.py", "job_service_pb2_grpc.py")
+# google.rpc messages (no services): generated module -> its name inside tern/v1.
+RPC_PROTO_FILES = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+RPC_OUTPUTS = {"google/rpc/status_pb2.py": "google_rpc_status_pb2.py",
+               "google/rpc/error_details_pb2.py": "google_rpc_error_details_pb2.py"}
+SERVICE_CONFIG = "tern/v1/service_config.json"
 
 
 class StubError(RuntimeError):
@@ -60,14 +69,15 @@ def _include_dirs():
 def generate(proto_dir, out_dir):
     """Writes the modules into out_dir/tern/v1 and returns their paths. Raises StubError."""
     proto_dir = os.path.abspath(proto_dir)
-    for f in PROTO_FILES:
+    for f in PROTO_FILES + RPC_PROTO_FILES + (SERVICE_CONFIG,):
         if not os.path.isfile(os.path.join(proto_dir, f)):
             raise StubError(f"{os.path.join(proto_dir, f)}: not found (--proto-dir must be tern's proto/)")
     prefix = _protoc_command()
     with tempfile.TemporaryDirectory() as tmp:
         cmd = prefix + ["--proto_path=" + proto_dir]
         cmd += ["--proto_path=" + d for d in _include_dirs()]
-        cmd += ["--python_out=" + tmp, "--grpc_python_out=" + tmp] + list(PROTO_FILES)
+        cmd += ["--python_out=" + tmp, "--grpc_python_out=" + tmp]
+        cmd += list(PROTO_FILES + RPC_PROTO_FILES)
         run = subprocess.run(cmd, cwd=proto_dir, capture_output=True, text=True)
         if run.returncode != 0:
             hint = ""
@@ -82,7 +92,15 @@ def generate(proto_dir, out_dir):
             if not os.path.isfile(src):
                 raise StubError(f"protoc did not write tern/v1/{name}")
             shutil.copyfile(src, os.path.join(target, name))
-    return [os.path.join(out_dir, "tern", "v1", n) for n in OUTPUTS]
+        for generated, name in RPC_OUTPUTS.items():
+            src = os.path.join(tmp, generated)
+            if not os.path.isfile(src):
+                raise StubError(f"protoc did not write {generated}")
+            shutil.copyfile(src, os.path.join(target, name))
+        shutil.copyfile(os.path.join(proto_dir, SERVICE_CONFIG),
+                        os.path.join(target, "service_config.json"))
+    names = OUTPUTS + tuple(RPC_OUTPUTS.values()) + ("service_config.json",)
+    return [os.path.join(out_dir, "tern", "v1", n) for n in names]
 
 
 def main(argv=None):

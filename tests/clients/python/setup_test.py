@@ -29,7 +29,8 @@ def test_wheel_carries_generated_stubs(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("tern_client-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("tern/v1/job_pb2.py", "tern/v1/job_service_pb2_grpc.py", "tern/client.py",
-                   "tern/artifact.py"):
+                   "tern/artifact.py", "tern/v1/google_rpc_status_pb2.py",
+                   "tern/v1/google_rpc_error_details_pb2.py", "tern/v1/service_config.json"):
         assert module in names
     env["TERN_PROTO_DIR"] = str(tmp_path / "nowhere")
     shutil.rmtree(source / "build", ignore_errors=True)
