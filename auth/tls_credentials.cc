@@ -196,8 +196,10 @@ StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
 }  // namespace
 
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
-                                                     const ClientTlsOptions& options) {
+                                                     const ClientTlsOptions& options,
+                                                     const std::string& service_config_json) {
   grpc::ChannelArguments args;
+  if (!service_config_json.empty()) args.SetServiceConfigJSON(service_config_json);
   // gRPC's default reconnect backoff grows to 2 minutes, so a client would
   // notice a restarted ternd long after it is back (an agent: after its
   // lease has run out). Retry the connection at least every 2 s instead.

@@ -72,8 +72,11 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 // the bearer token of token_file on every call (INVALID_ARGUMENT without TLS:
 // a token must not cross the network in plaintext). A lost connection is
 // retried at least every 2 s (not gRPC's default, up to 2 minutes).
+// `service_config_json`: a gRPC service config for the channel (e.g. the
+// retry policy tern/v1/service_config.h), "" for none.
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
-                                                     const ClientTlsOptions& options);
+                                                     const ClientTlsOptions& options,
+                                                     const std::string& service_config_json = "");
 
 }  // namespace tern::tls
 

@@ -1,5 +1,6 @@
 #include "cli/render.h"
 
+#include <google/protobuf/any.pb.h>
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
@@ -8,6 +9,9 @@
 #include <cstdio>
 #include <ctime>
 #include <sstream>
+
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 
 namespace tern::cli {
 namespace {
@@ -387,6 +391,40 @@ std::string FormatProgressBar(const v1::Progress& p, std::optional<double> top1,
   if (top1) s << " top-1 " << Fixed(*top1 * 100.0, 1) << "%";
   s << " ETA " << FormatDuration(p.eta_seconds());
   return s.str();
+}
+
+std::string FormatErrorDetails(const std::string& serialized) {
+  google::rpc::Status status;
+  if (serialized.empty() || !status.ParseFromString(serialized)) return "";
+  std::string fields, quota, reason, retry;
+  for (const google::protobuf::Any& any : status.details()) {
+    google::rpc::BadRequest bad;
+    google::rpc::QuotaFailure failure;
+    google::rpc::ErrorInfo info;
+    google::rpc::RetryInfo delay;
+    if (any.Is<google::rpc::BadRequest>() && any.UnpackTo(&bad)) {
+      for (const auto& v : bad.field_violations()) {
+        fields += "    " + v.field() + ": " + v.description() + "\n";
+      }
+    } else if (any.Is<google::rpc::QuotaFailure>() && any.UnpackTo(&failure)) {
+      for (const auto& v : failure.violations()) {
+        quota += "    quota " + v.subject() + ": " + v.description() + "\n";
+      }
+    } else if (any.Is<google::rpc::ErrorInfo>() && any.UnpackTo(&info)) {
+      reason = "    reason: " + info.reason() + "\n";
+      if (info.metadata().count("field_violations_omitted") > 0) {
+        fields += "    (" + info.metadata().at("field_violations_omitted") +
+                  " more violations not listed)\n";
+      }
+    } else if (any.Is<google::rpc::RetryInfo>() && any.UnpackTo(&delay)) {
+      const double seconds =
+          static_cast<double>(delay.retry_delay().seconds()) + delay.retry_delay().nanos() / 1e9;
+      char text[32];
+      std::snprintf(text, sizeof text, "%gs", seconds);
+      retry = std::string("    retry after: ") + text + "\n";
+    }
+  }
+  return fields + quota + reason + retry;
 }
 
 }  // namespace tern::cli

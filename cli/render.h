@@ -44,6 +44,16 @@ std::string FormatJobDetails(const v1::Job& job);
 // Final metrics of a SUCCEEDED job, one line.
 std::string FormatResult(const v1::JobResult& result);
 
+// The details of a failed call (its grpc-status-details-bin trailer, a
+// serialized google.rpc.Status), one indented line each: every BadRequest
+// field violation, every QuotaFailure violation, then the ErrorInfo reason
+// and the RetryInfo delay, e.g.
+//     spec.optimization.epochs: must be > 0 (required), got 0
+//     reason: SPEC_INVALID
+//     retry after: 1s
+// "" when `serialized` is empty or no google.rpc.Status.
+std::string FormatErrorDetails(const std::string& serialized);
+
 // The watch bar:
 //   epoch 2/3 [=========>          ] 45% step 190/420 loss 0.512 top-1 81.2% ETA 1m12s
 // `top1` is the latest epoch's accuracy, if any; `width` the bar's columns.

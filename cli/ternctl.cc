@@ -29,6 +29,7 @@
 #include "common/sha256.h"
 #include "common/utf8.h"
 #include "tern/v1/job_service.grpc.pb.h"
+#include "tern/v1/service_config.h"
 
 namespace tern::cli {
 namespace {
@@ -126,9 +127,9 @@ class Client {
     return milliseconds(static_cast<int64_t>(g_.timeout_s * 1000.0));
   }
   int Fail(const grpc::Status& s, const std::string& what) const {
-    err_ << "ternctl: " << what << ": "
-         << StatusCodeName(static_cast<StatusCode>(s.error_code())) << ": " << s.error_message()
-         << "\n";
+    err_ << "ternctl: " << what << ": " << StatusCodeName(static_cast<StatusCode>(s.error_code()))
+         << ": " << s.error_message() << "\n"
+         << FormatErrorDetails(s.error_details());
     return ExitCodeFor(static_cast<StatusCode>(s.error_code()));
   }
   int Fail(const Status& s, const std::string& what) const {
@@ -178,8 +179,12 @@ int Client::Submit(const std::string& file, const SpecOverrides& overrides, std:
     return kExitUsage;
   }
   if (Status s = ApplyOverrides(overrides, &spec.value()); !s.ok()) return Fail(s, "submit");
-  // A key makes the retries below safe: the server returns the same job.
-  if (key.empty()) key = RandomKey();
+  // A key makes retries safe (the channel's retry policy and the loop below):
+  // the server returns the same job.
+  if (key.empty()) {
+    key = RandomKey();
+    err_ << "ternctl: idempotency key " << key << "\n";
+  }
   v1::SubmitJobRequest request;
   *request.mutable_spec() = *spec;
   request.set_idempotency_key(key);
@@ -899,7 +904,8 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   if (local_command) return local_command();
   if (!command) return kExitUsage;
   g.tls.reload_interval_s = 0;  // one command: read the files once
-  StatusOr<std::shared_ptr<grpc::Channel>> channel = tls::MakeChannel(g.server, g.tls);
+  StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      tls::MakeChannel(g.server, g.tls, v1::kJobServiceConfigJson);
   if (!channel.ok()) {
     err << "ternctl: " << channel.status().message() << "\n";
     return kExitUsage;

@@ -36,7 +36,70 @@ std::string Status::ToString() const {
 
 Status Status::WithContext(const std::string& context) const {
   if (ok()) return *this;
-  return Status(code_, context + ": " + message_);
+  Status copy(code_, context + ": " + message_);
+  copy.details_ = details_;
+  return copy;
+}
+
+const std::string& Status::reason() const {
+  static const std::string kNone;
+  return details_ == nullptr ? kNone : details_->reason;
+}
+
+Status Status::CopyWithDetails(ErrorDetails** details) const {
+  auto fresh = details_ == nullptr ? std::make_shared<ErrorDetails>()
+                                   : std::make_shared<ErrorDetails>(*details_);
+  *details = fresh.get();
+  Status copy(code_, message_);
+  copy.details_ = std::move(fresh);
+  return copy;
+}
+
+Status Status::WithReason(std::string reason) const {
+  if (ok()) return *this;
+  ErrorDetails* details = nullptr;
+  Status copy = CopyWithDetails(&details);
+  details->reason = std::move(reason);
+  return copy;
+}
+
+Status Status::WithMetadata(std::string key, std::string value) const {
+  if (ok()) return *this;
+  ErrorDetails* details = nullptr;
+  Status copy = CopyWithDetails(&details);
+  details->metadata[std::move(key)] = std::move(value);
+  return copy;
+}
+
+Status Status::WithFieldViolation(std::string field, std::string description) const {
+  if (ok()) return *this;
+  ErrorDetails* details = nullptr;
+  Status copy = CopyWithDetails(&details);
+  details->field_violations.push_back({std::move(field), std::move(description)});
+  return copy;
+}
+
+Status Status::WithQuotaViolation(std::string subject, std::string description) const {
+  if (ok()) return *this;
+  ErrorDetails* details = nullptr;
+  Status copy = CopyWithDetails(&details);
+  details->quota_violations.push_back({std::move(subject), std::move(description)});
+  return copy;
+}
+
+Status Status::WithDetails(ErrorDetails details) const {
+  if (ok()) return *this;
+  Status copy(code_, message_);
+  copy.details_ = std::make_shared<const ErrorDetails>(std::move(details));
+  return copy;
+}
+
+Status Status::WithRetryDelay(std::chrono::milliseconds delay) const {
+  if (ok()) return *this;
+  ErrorDetails* details = nullptr;
+  Status copy = CopyWithDetails(&details);
+  details->retry_delay = delay;
+  return copy;
 }
 
 std::ostream& operator<<(std::ostream& os, const Status& status) {

@@ -4,13 +4,23 @@
 // peer can cause (bad request, missing file, lost rank) is a Status. The codes
 // mirror gRPC's so server/ converts them one to one. Status is a plain value:
 // copy it freely, no thread-safety concerns.
+//
+// A Status may carry ErrorDetails: the error as data (a stable reason from
+// common/error_reasons.h, metadata, the violated fields, quota violations, a
+// retry delay) besides the human message. server/rpc.h sends them to gRPC
+// clients as google.rpc error details; here they are plain C++ (common/ links
+// no protobuf: the LibTorch trainer uses it).
 #ifndef TERN_COMMON_STATUS_H_
 #define TERN_COMMON_STATUS_H_
 
+#include <chrono>
+#include <map>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common/check.h"
 
@@ -39,6 +49,28 @@ enum class StatusCode : int {
 // "INVALID_ARGUMENT" etc., as gRPC spells them.
 const char* StatusCodeName(StatusCode code);
 
+// One violated field of a request: `field` is its path in the request
+// ("spec.optimization.epochs"), `description` the rule it breaks.
+struct FieldViolation {
+  std::string field;
+  std::string description;
+};
+
+// One quota check that failed: `subject` is whose quota ("owner:alice").
+struct QuotaViolation {
+  std::string subject;
+  std::string description;
+};
+
+// What an error is, as data. Every member is optional.
+struct ErrorDetails {
+  std::string reason;  // UPPER_SNAKE, one of common/error_reasons.h; "" for none
+  std::map<std::string, std::string> metadata;  // e.g. {"job_id": "42"}
+  std::vector<FieldViolation> field_violations;
+  std::vector<QuotaViolation> quota_violations;
+  std::optional<std::chrono::milliseconds> retry_delay;  // wait at least this long
+};
+
 class [[nodiscard]] Status {
  public:
   Status() = default;  // OK
@@ -50,12 +82,30 @@ class [[nodiscard]] Status {
   const std::string& message() const { return message_; }
   // "INVALID_ARGUMENT: batch_size: must be > 0"; "OK" when ok().
   std::string ToString() const;
-  // Returns a copy whose message is "<context>: <message>".
+  // Returns a copy whose message is "<context>: <message>" (same details).
   Status WithContext(const std::string& context) const;
 
+  // The details; nullptr when none were attached (always for OK).
+  const ErrorDetails* details() const { return details_.get(); }
+  // The reason, "" when none.
+  const std::string& reason() const;
+  // Copies with one more piece of data attached. On an OK status they return
+  // it unchanged (an OK status carries no details).
+  Status WithReason(std::string reason) const;
+  Status WithMetadata(std::string key, std::string value) const;
+  Status WithFieldViolation(std::string field, std::string description) const;
+  Status WithQuotaViolation(std::string subject, std::string description) const;
+  Status WithRetryDelay(std::chrono::milliseconds delay) const;
+  // A copy carrying `details` instead of the ones it had.
+  Status WithDetails(ErrorDetails details) const;
+
  private:
+  // A copy whose details are a fresh copy of ours, to modify.
+  Status CopyWithDetails(ErrorDetails** details) const;
+
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  std::shared_ptr<const ErrorDetails> details_;  // immutable, shared by copies
 };
 
 inline Status OkStatus() { return Status(); }

@@ -7,6 +7,7 @@
 #include <tuple>
 #include <utility>
 
+#include "common/error_reasons.h"
 #include "common/logging.h"
 #include "common/utf8.h"
 
@@ -191,7 +192,9 @@ StatusOr<JobId> ParsePageToken(const std::string& token, bool newest_first) {
     auto [ptr, ec] = std::from_chars(begin, end, id);
     if (ec == std::errc() && ptr == end && begin != end && id >= 0) return id;
   }
-  return InvalidArgumentError("page_token: not a token this server issued");
+  return InvalidArgumentError("page_token: not a token this server issued")
+      .WithReason(error_reason::kPageTokenInvalid)
+      .WithFieldViolation("page_token", "not a token this server issued");
 }
 
 bool Matches(const Job& job, const ListJobsQuery& q) {
@@ -211,9 +214,11 @@ Status ValidateIdempotencyKey(std::string_view key) {
   const bool printable =
       std::all_of(key.begin(), key.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
   if (key.size() > kMaxIdempotencyKeyLength || !printable) {
-    return InvalidArgumentError("idempotency_key: must be 1.." +
-                                std::to_string(kMaxIdempotencyKeyLength) +
-                                " printable ASCII characters");
+    const std::string rule =
+        "must be 1.." + std::to_string(kMaxIdempotencyKeyLength) + " printable ASCII characters";
+    return InvalidArgumentError("idempotency_key: " + rule)
+        .WithReason(error_reason::kIdempotencyKeyInvalid)
+        .WithFieldViolation("idempotency_key", rule);
   }
   return OkStatus();
 }
@@ -1827,16 +1832,29 @@ Status Scheduler::CheckSubmitQuotaLocked(const JobRequest& request) const {
   const std::optional<int> limit = quota->SlotLimit(request.device_kind);
   if (limit && request.world_size > *limit) {
     return FailedPreconditionError(
-        "the job needs " + SlotCount(request.world_size, request.device_kind) +
-        " at once, and " + QuotaName(*quota) + " lets owner " + request.owner +
-        " hold at most " + std::to_string(*limit) +
-        ": it could never start (ask for fewer ranks, or for a larger quota)");
+               "the job needs " + SlotCount(request.world_size, request.device_kind) +
+               " at once, and " + QuotaName(*quota) + " lets owner " + request.owner +
+               " hold at most " + std::to_string(*limit) +
+               ": it could never start (ask for fewer ranks, or for a larger quota)")
+        .WithReason(error_reason::kQuotaNeverFits)
+        .WithMetadata("owner", request.owner)
+        .WithMetadata("device_kind", request.device_kind)
+        .WithMetadata("slot_limit", std::to_string(*limit))
+        .WithQuotaViolation("owner:" + request.owner, "at most " + std::to_string(*limit) + " " +
+                                                          request.device_kind + " slots at once (" +
+                                                          QuotaName(*quota) + ")");
   }
   if (quota->max_priority && request.priority > *quota->max_priority) {
     return Status(StatusCode::kPermissionDenied,
                   "priority " + std::to_string(request.priority) + " is above the " +
                       std::to_string(*quota->max_priority) + " that " + QuotaName(*quota) +
-                      " allows owner " + request.owner);
+                      " allows owner " + request.owner)
+        .WithReason(error_reason::kPriorityNotAllowed)
+        .WithMetadata("owner", request.owner)
+        .WithMetadata("max_priority", std::to_string(*quota->max_priority))
+        .WithFieldViolation("spec.priority", "at most " + std::to_string(*quota->max_priority) +
+                                                 " for owner " + request.owner + " (" +
+                                                 QuotaName(*quota) + ")");
   }
   if (quota->max_jobs) {
     const int unfinished = UsageOfLocked(request.owner).unfinished_jobs;
@@ -1845,7 +1863,13 @@ Status Scheduler::CheckSubmitQuotaLocked(const JobRequest& request) const {
                     "owner " + request.owner + " has " + std::to_string(unfinished) +
                         " unfinished jobs, the most " + QuotaName(*quota) +
                         " allows (jobs=" + std::to_string(*quota->max_jobs) +
-                        "); submit again when one ends, or cancel one");
+                        "); submit again when one ends, or cancel one")
+          .WithReason(error_reason::kQuotaExceeded)
+          .WithMetadata("owner", request.owner)
+          .WithMetadata("max_unfinished_jobs", std::to_string(*quota->max_jobs))
+          .WithQuotaViolation("owner:" + request.owner,
+                              "at most " + std::to_string(*quota->max_jobs) + " unfinished jobs (" +
+                                  QuotaName(*quota) + ")");
     }
   }
   return OkStatus();

@@ -1,8 +1,8 @@
 #include "server/caller.h"
 
 #include <fnmatch.h>
-#include <grpc/grpc_security_constants.h>
 #include <google/protobuf/util/time_util.h>
+#include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
 
 #include <algorithm>
@@ -14,13 +14,14 @@
 #include <vector>
 
 #include "common/config_text.h"
+#include "common/error_reasons.h"
 #include "common/utf8.h"
 
 namespace tern::server {
 namespace {
 
-Status PermissionDenied(std::string message) {
-  return Status(StatusCode::kPermissionDenied, std::move(message));
+Status PermissionDenied(std::string message, const char* reason) {
+  return Status(StatusCode::kPermissionDenied, std::move(message)).WithReason(reason);
 }
 
 // The verified client certificate's common name, "" without mutual TLS.
@@ -33,13 +34,14 @@ StatusOr<std::string> CertificateName(const grpc::ServerContextBase& context) {
   if (!IsIdentityName(name)) {
     return PermissionDenied(
         "the client certificate's common name must be 1..128 printable ASCII characters "
-        "without spaces: it is the caller's identity");
+        "without spaces: it is the caller's identity",
+        error_reason::kCredentialInvalid);
   }
   return name;
 }
 
-Status Unauthenticated(std::string message) {
-  return Status(StatusCode::kUnauthenticated, std::move(message));
+Status Unauthenticated(std::string message, const char* reason = error_reason::kCredentialInvalid) {
+  return Status(StatusCode::kUnauthenticated, std::move(message)).WithReason(reason);
 }
 
 // Who the peer proved to be: a client certificate or a bearer token.
@@ -57,7 +59,8 @@ StatusOr<Identity> IdentityOf(const grpc::ServerContextBase& context, TokenTable
   if (it == metadata.end()) {
     if (tokens != nullptr && id.name.empty()) {
       return Unauthenticated(
-          "ternd requires a bearer token (ternctl --token-file) or a client certificate");
+          "ternd requires a bearer token (ternctl --token-file) or a client certificate",
+          error_reason::kCredentialMissing);
     }
     return id;
   }
@@ -83,8 +86,8 @@ StatusOr<Identity> IdentityOf(const grpc::ServerContextBase& context, TokenTable
   }
   if (!id.name.empty() && id.name != entry->name) {
     return PermissionDenied("the bearer token's name \"" + entry->name +
-                            "\" differs from the client certificate's name \"" + id.name +
-                            "\"");
+                                "\" differs from the client certificate's name \"" + id.name + "\"",
+                            error_reason::kCredentialInvalid);
   }
   id.name = entry->name;
   id.from_token = true;
@@ -107,14 +110,16 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContextBase& context, Token
   }
   const std::string owner(it->second.data(), it->second.size());
   if (!IsIdentityName(owner)) {
-    return InvalidArgumentError(
-        std::string("metadata ") + kOwnerMetadataKey +
-        ": must be 1..128 printable ASCII characters without spaces");
+    return InvalidArgumentError(std::string("metadata ") + kOwnerMetadataKey +
+                                ": must be 1..128 printable ASCII characters without spaces")
+        .WithReason(error_reason::kOwnerInvalid)
+        .WithMetadata("metadata_key", kOwnerMetadataKey);
   }
   if (id.name.empty()) return Caller{owner, false, false, "x-tern-owner claim"};
   if (owner != id.name) {
     return PermissionDenied(std::string("metadata ") + kOwnerMetadataKey + " " + Quoted(owner) +
-                            " differs from the " + what + " name " + Quoted(id.name));
+                                " differs from the " + what + " name " + Quoted(id.name),
+                            error_reason::kOwnerMismatch);
   }
   return Caller{owner, true, admin, proven_by};
 }
@@ -125,13 +130,15 @@ StatusOr<std::string> AuthorizeAgent(const grpc::ServerContextBase& context,
   if (id.from_token) {
     if (id.token.agent) return id.name;
     return PermissionDenied("the bearer token of " + Quoted(id.name) +
-                            " may not act as an agent (its line in ternd's --token-file has "
-                            "no `agent` role)");
+                                " may not act as an agent (its line in ternd's --token-file has "
+                                "no `agent` role)",
+                            error_reason::kNotAnAgent);
   }
   if (id.name.empty() || fnmatch(agent_names.c_str(), id.name.c_str(), 0) == 0) return id.name;
   return PermissionDenied("the client certificate " + Quoted(id.name) +
-                          " may not act as an agent (ternd --tls-agent-names " +
-                          agent_names + ")");
+                              " may not act as an agent (ternd --tls-agent-names " + agent_names +
+                              ")",
+                          error_reason::kNotAnAgent);
 }
 
 bool SeesEveryJob(const Caller& caller, const std::string& admin_names) {
@@ -139,30 +146,8 @@ bool SeesEveryJob(const Caller& caller, const std::string& admin_names) {
          (!admin_names.empty() && fnmatch(admin_names.c_str(), caller.owner.c_str(), 0) == 0);
 }
 
-namespace {
-
-const char* ActionVerb(Action action) {
-  switch (action) {
-    case Action::kRead:
-      return "read";
-    case Action::kCancel:
-      return "cancel";
-    case Action::kUpdate:
-      return "update";
-    case Action::kDelete:
-      return "delete";
-  }
-  return "access";
-}
-
-}  // namespace
-
-Status Authorize(const Caller& caller, const scheduler::Job& job, Action action,
-                 const std::string& admin_names) {
-  if (caller.owner == job.owner || SeesEveryJob(caller, admin_names)) return OkStatus();
-  return PermissionDenied("job " + std::to_string(job.id) + " belongs to " + Quoted(job.owner) +
-                          ": only its owner (or an admin, ternd --tls-admin-names) can " +
-                          ActionVerb(action) + " it");
+bool MayAccess(const Caller& caller, const scheduler::Job& job, const std::string& admin_names) {
+  return caller.owner == job.owner || SeesEveryJob(caller, admin_names);
 }
 
 StatusOr<std::string> ListableOwner(const Caller& caller, const std::string& requested_owner,
@@ -170,7 +155,9 @@ StatusOr<std::string> ListableOwner(const Caller& caller, const std::string& req
   if (SeesEveryJob(caller, admin_names)) return requested_owner;
   if (!requested_owner.empty() && requested_owner != caller.owner) {
     return PermissionDenied(Quoted(caller.owner) + " may list only its own jobs, not " +
-                            Quoted(requested_owner) + "'s (or be an admin, ternd --tls-admin-names)");
+                                Quoted(requested_owner) +
+                                "'s (or be an admin, ternd --tls-admin-names)",
+                            error_reason::kListOtherOwner);
   }
   return caller.owner;
 }

@@ -9,7 +9,7 @@
 // identity is
 // `x-tern-owner` (default "anonymous"), which any client can set: it scopes
 // idempotency keys and becomes JobSpec.owner, but it is not authentication.
-// Authorize() / ListableOwner(): an authenticated caller reads, lists and
+// MayAccess() / ListableOwner(): an authenticated caller reads, lists and
 // cancels only its own jobs, unless its name matches the admin glob (ternd
 // --tls-admin-names) or its token has the admin role; an unauthenticated
 // caller may do everything (no TLS: a trusted network). AuthorizeAgent():
@@ -58,12 +58,10 @@ StatusOr<Caller> CallerFromContext(const grpc::ServerContextBase& context, Token
 StatusOr<std::string> AuthorizeAgent(const grpc::ServerContextBase& context,
                                      const std::string& agent_names, TokenTable* tokens);
 
-enum class Action { kRead, kCancel, kUpdate, kDelete };
-
-// OK when `caller` may perform `action` on `job`, else PERMISSION_DENIED
-// (see the top of this file). `admin_names`: a glob, "" for none.
-Status Authorize(const Caller& caller, const scheduler::Job& job, Action action,
-                 const std::string& admin_names);
+// Whether `caller` may read, cancel, update and delete `job` (see the top of
+// this file). `admin_names`: a glob, "" for none. JobService answers a job the
+// caller may not access exactly like an absent one (NOT_FOUND, job_service.h).
+bool MayAccess(const Caller& caller, const scheduler::Job& job, const std::string& admin_names);
 
 // The owner filter a ListJobs request from `caller` runs with: the one asked
 // for, or for an authenticated non-admin caller its own name (asking for

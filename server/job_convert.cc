@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <charconv>
 
+#include "common/error_reasons.h"
 #include "common/utf8.h"
 #include "spec/rules.h"
 #include "trainer_protocol/trainer_events.h"
@@ -93,7 +94,11 @@ std::string FormatJobId(scheduler::JobId id) { return std::to_string(id); }
 
 StatusOr<scheduler::JobId> ParseJobId(const std::string& text,
                                       const std::string& field) {
-  if (text.empty()) return InvalidArgumentError(field + ": required");
+  if (text.empty()) {
+    return InvalidArgumentError(field + ": required")
+        .WithReason(error_reason::kRequestInvalid)
+        .WithFieldViolation(field, "required");
+  }
   scheduler::JobId id = 0;
   const char* end = text.data() + text.size();
   auto [ptr, ec] = std::from_chars(text.data(), end, id);

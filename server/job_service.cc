@@ -10,6 +10,7 @@
 #include <set>
 #include <vector>
 
+#include "common/error_reasons.h"
 #include "common/logging.h"
 #include "common/sha256.h"
 #include "common/utf8.h"
@@ -95,6 +96,34 @@ std::string FilterFingerprint(
   return Hex64(Fnv1a(canonical));
 }
 
+// INVALID_ARGUMENT about one request field, as text and as data.
+Status FieldError(const std::string& field, const std::string& rule,
+                  const char* reason = error_reason::kRequestInvalid) {
+  return InvalidArgumentError(field + ": " + rule)
+      .WithReason(reason)
+      .WithFieldViolation(field, rule);
+}
+
+// The one answer for a job the caller may not see, whether it does not exist
+// or belongs to another owner (AIP-211): nothing tells the two apart, so job
+// ids cannot be used to enumerate owners.
+Status JobNotFound(const std::string& job_id) {
+  const bool plain =
+      !job_id.empty() && job_id.size() <= 20 &&
+      std::all_of(job_id.begin(), job_id.end(), [](char c) { return c >= '0' && c <= '9'; });
+  return NotFoundError("job " + (plain ? job_id : Quoted(job_id)) + " not found")
+      .WithReason(error_reason::kJobNotFound)
+      .WithMetadata("job_id", plain ? job_id : Quoted(job_id));
+}
+
+// FAILED_PRECONDITION: `job` is in a state the operation does not apply to.
+Status JobStateConflict(const scheduler::Job& job, const std::string& message) {
+  return FailedPreconditionError(message)
+      .WithReason(error_reason::kJobStateConflict)
+      .WithMetadata("job_id", FormatJobId(job.id))
+      .WithMetadata("state", scheduler::JobStateName(job.state));
+}
+
 }  // namespace
 
 JobService::JobService(ServerState* state)
@@ -153,7 +182,7 @@ grpc::Status JobService::DeleteJob(grpc::ServerContext* context,
 grpc::ServerWriteReactor<v1::JobEvent>* JobService::WatchJob(
     grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
   if (state_->shutting_down.load()) {
-    return watch_hub_.Refuse(UnavailableError("ternd is shutting down; retry"));
+    return watch_hub_.Refuse(ShuttingDownError());
   }
   Caller caller;
   StatusOr<scheduler::Job> job = ReadableJob(context, request->job_id(), &caller);
@@ -266,18 +295,26 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
                                v1::SubmitJobResponse* response) {
   TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context, state_->tokens));
   TERN_RETURN_IF_ERROR(scheduler::ValidateIdempotencyKey(request.idempotency_key()));
+  TERN_RETURN_IF_ERROR(RefuseUnknownFields(request.spec(), "spec"));
   v1::JobSpec spec = request.spec();
   spec.set_owner(caller.owner);
   TERN_RETURN_IF_ERROR(ValidateJobSpec(spec));
-  TERN_RETURN_IF_ERROR(CheckSpecPaths(
-      spec, state_->path_policy, state_->layout,
-      [this](const std::string& dir_name) -> std::optional<std::string> {
-        const std::optional<scheduler::JobId> id = JobIdOfDirName(dir_name);
-        if (!id) return std::nullopt;
-        StatusOr<scheduler::Job> job = state_->scheduler->GetJob(*id);
-        if (!job.ok() || JobLayout::JobDirName(*job) != dir_name) return std::nullopt;
-        return job->owner;
-      }));
+  Status paths = CheckSpecPaths(spec, state_->path_policy, state_->layout,
+                                [this](const std::string& dir_name) -> std::optional<std::string> {
+                                  const std::optional<scheduler::JobId> id =
+                                      JobIdOfDirName(dir_name);
+                                  if (!id) return std::nullopt;
+                                  StatusOr<scheduler::Job> job = state_->scheduler->GetJob(*id);
+                                  if (!job.ok() || JobLayout::JobDirName(*job) != dir_name)
+                                    return std::nullopt;
+                                  return job->owner;
+                                });
+  if (!paths.ok() && paths.reason().empty()) {
+    paths = paths.WithReason(paths.code() == StatusCode::kPermissionDenied
+                                 ? error_reason::kPathNotAllowed
+                                 : error_reason::kSpecInvalid);
+  }
+  TERN_RETURN_IF_ERROR(paths);
 
   scheduler::JobRequest r;
   r.owner = caller.owner;
@@ -294,10 +331,14 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
   if (!submitted.created) {
     TERN_ASSIGN_OR_RETURN(v1::JobSpec stored, StoredSpec(submitted.job));
     if (SerializeSpec(stored) != r.spec) {
-      return AlreadyExistsError(
-          "idempotency_key " + Quoted(request.idempotency_key()) +
-          " was already used for job " + FormatJobId(submitted.job.id) +
-          " with a different spec");
+      return AlreadyExistsError("idempotency_key " + Quoted(request.idempotency_key()) +
+                                " was already used for job " + FormatJobId(submitted.job.id) +
+                                " with a different spec")
+          .WithReason(error_reason::kIdempotencyKeyReused)
+          .WithMetadata("job_id", FormatJobId(submitted.job.id))
+          .WithFieldViolation(
+              "idempotency_key",
+              "already used for job " + FormatJobId(submitted.job.id) + " with a different spec");
     }
   }
   TERN_ASSIGN_OR_RETURN(*response->mutable_job(), Describe(submitted.job));
@@ -312,9 +353,8 @@ Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& r
   for (int i = 0; i < request.states_size(); ++i) {
     const int value = request.states(i);
     if (!v1::JobState_IsValid(value)) {
-      return InvalidArgumentError("states[" + std::to_string(i) +
-                                  "]: unknown JobState value " +
-                                  std::to_string(value));
+      return FieldError("states[" + std::to_string(i) + "]",
+                        "unknown JobState value " + std::to_string(value));
     }
     std::optional<JobState> state =
         FromProtoState(static_cast<v1::JobState>(value));
@@ -326,8 +366,7 @@ Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& r
   }
   if (any_state) states.clear();
   if (request.page_size() < 0) {
-    return InvalidArgumentError("page_size: must be >= 0, got " +
-                                std::to_string(request.page_size()));
+    return FieldError("page_size", "must be >= 0, got " + std::to_string(request.page_size()));
   }
   TERN_ASSIGN_OR_RETURN(const v1::JobView view, ResolveJobView(request.view(), v1::JOB_VIEW_BASIC));
 
@@ -344,12 +383,13 @@ Status JobService::DoListJobs(const Caller& caller, const v1::ListJobsRequest& r
     const std::string& token = request.page_token();
     const size_t colon = token.find(':');
     if (colon != 16 || token.size() <= 17) {
-      return InvalidArgumentError("page_token: not a token this server issued");
+      return FieldError("page_token", "not a token this server issued",
+                        error_reason::kPageTokenInvalid);
     }
     if (token.compare(0, 16, fingerprint) != 0) {
-      return InvalidArgumentError(
-          "page_token: the filters (states, owner, labels) differ from the "
-          "first page's");
+      return FieldError("page_token",
+                        "the filters (states, owner, labels) differ from the first page's",
+                        error_reason::kPageTokenInvalid);
     }
     query.page_token = token.substr(17);
   }
@@ -370,19 +410,20 @@ Status JobService::DoCancelJob(grpc::ServerContext* context,
                                const v1::CancelJobRequest& request,
                                v1::Job* response) {
   if (request.reason().size() > kMaxCancelReasonLength) {
-    return InvalidArgumentError("reason: at most 1024 characters, got " +
-                                std::to_string(request.reason().size()));
+    return FieldError("reason",
+                      "at most 1024 characters, got " + std::to_string(request.reason().size()));
   }
-  TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context, state_->tokens));
-  TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(request.job_id()));
-  TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
-  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kCancel, state_->admin_names));
+  TERN_ASSIGN_OR_RETURN(scheduler::Job job, ReadableJob(context, request.job_id()));
+  const scheduler::JobId id = job.id;
   if (job.state != JobState::kCancelled) {
     auto kills = state_->scheduler->CancelJob(id, request.reason());
     if (!kills.ok()) {
       // Lost a race with another cancel: cancelling CANCELLED is a no-op.
       TERN_ASSIGN_OR_RETURN(job, state_->scheduler->GetJob(id));
-      if (job.state != JobState::kCancelled) return kills.status();
+      if (job.state != JobState::kCancelled) {
+        if (kills.status().code() != StatusCode::kFailedPrecondition) return kills.status();
+        return JobStateConflict(job, kills.status().message());  // e.g. SUCCEEDED
+      }
     }
     TERN_ASSIGN_OR_RETURN(job, state_->scheduler->GetJob(id));
   }
@@ -421,14 +462,14 @@ Status JobService::DoUpdateJob(grpc::ServerContext* context, const v1::UpdateJob
     } else if (path == "spec.labels") {
       update_labels = true;
     } else {
-      return InvalidArgumentError("update_mask.paths[" + std::to_string(i) + "]: " + Quoted(path) +
-                                  " cannot be updated (only spec.name and spec.labels can)");
+      return FieldError("update_mask.paths[" + std::to_string(i) + "]",
+                        Quoted(path) + " cannot be updated (only spec.name and spec.labels can)");
     }
   }
-  TERN_ASSIGN_OR_RETURN(const Caller caller, CallerFromContext(*context, state_->tokens));
-  TERN_ASSIGN_OR_RETURN(const scheduler::JobId id, ParseJobId(job_id, "job.id"));
-  TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
-  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kUpdate, state_->admin_names));
+  TERN_RETURN_IF_ERROR(ParseJobId(job_id, "job.id").status());  // "job.id: required"
+  // Another owner's job answers like an absent one (NOT_FOUND).
+  TERN_ASSIGN_OR_RETURN(scheduler::Job job, ReadableJob(context, job_id));
+  const scheduler::JobId id = job.id;
   TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(job));
   if (update_name) spec.set_name(patch.spec().name());
   if (update_labels) *spec.mutable_labels() = patch.spec().labels();
@@ -441,12 +482,10 @@ Status JobService::DoUpdateJob(grpc::ServerContext* context, const v1::UpdateJob
 }
 
 Status JobService::DoDeleteJob(grpc::ServerContext* context, const v1::DeleteJobRequest& request) {
-  TERN_ASSIGN_OR_RETURN(const Caller caller, CallerFromContext(*context, state_->tokens));
-  TERN_ASSIGN_OR_RETURN(const scheduler::JobId id, ParseJobId(request.job_id()));
-  TERN_ASSIGN_OR_RETURN(const scheduler::Job job, state_->scheduler->GetJob(id));
-  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kDelete, state_->admin_names));
-  TERN_ASSIGN_OR_RETURN(const scheduler::Job deleted, state_->scheduler->DeleteJob(id));
-  state_->progress->Forget(id);
+  // Another owner's job answers like an absent one (NOT_FOUND).
+  TERN_ASSIGN_OR_RETURN(const scheduler::Job job, ReadableJob(context, request.job_id()));
+  TERN_ASSIGN_OR_RETURN(const scheduler::Job deleted, state_->scheduler->DeleteJob(job.id));
+  state_->progress->Forget(job.id);
   RemoveJobFiles(deleted);
   return OkStatus();
 }
@@ -479,33 +518,36 @@ Status JobService::DoGetArtifact(
                         ReadableJob(context, request.job_id()));
   const std::string id = FormatJobId(job.id);
   if (job.state != JobState::kSucceeded) {
-    return FailedPreconditionError(
-        "job " + id + " is " + scheduler::JobStateName(job.state) +
-        ": an artifact exists only once the job SUCCEEDED");
+    return JobStateConflict(job, "job " + id + " is " + scheduler::JobStateName(job.state) +
+                                     ": an artifact exists only once the job SUCCEEDED");
   }
   v1::JobResult result = StoredResult(job);
   if (result.artifact_path().empty()) {
-    return NotFoundError("job " + id + " reported no artifact");
+    return NotFoundError("job " + id + " reported no artifact")
+        .WithReason(error_reason::kArtifactNotFound)
+        .WithMetadata("job_id", id);
   }
   StatusOr<FileDigest> digest = DigestFile(result.artifact_path());
   if (!digest.ok()) {
     if (digest.status().code() == StatusCode::kNotFound) {
-      return NotFoundError("job " + id + ": artifact " +
-                           result.artifact_path() + " no longer exists");
+      return NotFoundError("job " + id + ": artifact " + result.artifact_path() +
+                           " no longer exists")
+          .WithReason(error_reason::kArtifactNotFound)
+          .WithMetadata("job_id", id);
     }
     return digest.status();
   }
   if (!result.artifact_sha256().empty() &&
       result.artifact_sha256() != digest->sha256) {
     return DataLossError("job " + id + ": artifact " + result.artifact_path() +
-                         " changed since the job finished (sha256 " +
-                         digest->sha256 + ", recorded " +
-                         result.artifact_sha256() + ")");
+                         " changed since the job finished (sha256 " + digest->sha256 +
+                         ", recorded " + result.artifact_sha256() + ")")
+        .WithReason(error_reason::kArtifactChanged)
+        .WithMetadata("job_id", id);
   }
   if (request.offset() < 0 || request.offset() > digest->size_bytes) {
-    return InvalidArgumentError("offset: must be in [0, " +
-                                std::to_string(digest->size_bytes) + "], got " +
-                                std::to_string(request.offset()));
+    return FieldError("offset", "must be in [0, " + std::to_string(digest->size_bytes) + "], got " +
+                                    std::to_string(request.offset()));
   }
   result.set_artifact_sha256(digest->sha256);
   result.set_artifact_bytes(digest->size_bytes);
@@ -520,8 +562,9 @@ Status JobService::DoGetArtifact(
   }
   std::ifstream in(result.artifact_path(), std::ios::binary);
   if (!in) {
-    return NotFoundError("job " + id + ": cannot open artifact " +
-                         result.artifact_path());
+    return NotFoundError("job " + id + ": cannot open artifact " + result.artifact_path())
+        .WithReason(error_reason::kArtifactNotFound)
+        .WithMetadata("job_id", id);
   }
   in.seekg(request.offset());
   int64_t offset = request.offset();
@@ -558,9 +601,18 @@ StatusOr<scheduler::Job> JobService::ReadableJob(grpc::ServerContextBase* contex
                                                  Caller* caller_out) {
   TERN_ASSIGN_OR_RETURN(Caller caller, CallerFromContext(*context, state_->tokens));
   if (caller_out != nullptr) *caller_out = caller;
-  TERN_ASSIGN_OR_RETURN(scheduler::JobId id, ParseJobId(job_id));
-  TERN_ASSIGN_OR_RETURN(scheduler::Job job, state_->scheduler->GetJob(id));
-  TERN_RETURN_IF_ERROR(Authorize(caller, job, Action::kRead, state_->admin_names));
+  StatusOr<scheduler::JobId> id = ParseJobId(job_id);
+  if (!id.ok()) {
+    if (id.status().code() == StatusCode::kNotFound) return JobNotFound(job_id);
+    return id.status();  // an empty job_id
+  }
+  StatusOr<scheduler::Job> job = state_->scheduler->GetJob(*id);
+  if (!job.ok()) {
+    if (job.status().code() == StatusCode::kNotFound) return JobNotFound(job_id);
+    return job.status();
+  }
+  // Another owner's job answers exactly like an absent one.
+  if (!MayAccess(caller, *job, state_->admin_names)) return JobNotFound(job_id);
   return job;
 }
 
@@ -580,7 +632,7 @@ StatusOr<v1::Job> JobService::Describe(const scheduler::Job& job) {
 Status JobService::Stopping(grpc::ServerContext* context) const {
   if (context->IsCancelled()) return CancelledError("the client cancelled");
   if (state_->shutting_down.load()) {
-    return UnavailableError("ternd is shutting down; retry");
+    return ShuttingDownError();
   }
   return OkStatus();
 }

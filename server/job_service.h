@@ -80,7 +80,9 @@ class JobService final : public v1::JobService::WithCallbackMethod_WatchJob<v1::
   Status DoGetArtifact(grpc::ServerContext* context,
                        const v1::GetArtifactRequest& request,
                        grpc::ServerWriter<v1::GetArtifactResponse>* writer);
-  // The job the caller may read (NOT_FOUND, PERMISSION_DENIED).
+  // The job the caller may read and cancel. An absent job and another
+  // owner's job (for a caller that may not see it) are the same NOT_FOUND
+  // "job 42 not found", reason JOB_NOT_FOUND, naming no owner (AIP-211).
   StatusOr<scheduler::Job> ReadableJob(grpc::ServerContextBase* context,
                                        const std::string& job_id,
                                        Caller* caller = nullptr);

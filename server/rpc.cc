@@ -1,7 +1,14 @@
 #include "server/rpc.h"
 
+#include <google/protobuf/any.pb.h>
+
+#include <string>
+
+#include "common/error_reasons.h"
 #include "common/logging.h"
 #include "common/utf8.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 
 namespace tern::server {
 namespace {
@@ -28,16 +35,83 @@ TERN_SAME_CODE(kDataLoss, DATA_LOSS);
 TERN_SAME_CODE(kUnauthenticated, UNAUTHENTICATED);
 #undef TERN_SAME_CODE
 
+// Each string of a detail (a field path, a description, a metadata value).
+constexpr size_t kMaxDetailStringBytes = 256;
+
+std::string Cap(const std::string& text) { return CapMessage(text, kMaxDetailStringBytes); }
+
+size_t DetailsBytes(const google::rpc::Status& details) {
+  size_t total = 0;
+  for (const google::protobuf::Any& any : details.details()) total += any.ByteSizeLong();
+  return total;
+}
+
 }  // namespace
+
+google::rpc::Status ToRpcStatus(const Status& status) {
+  google::rpc::Status out;
+  if (status.ok()) return out;
+  out.set_code(static_cast<int>(status.code()));
+  out.set_message(CapMessage(status.message(), kMaxStatusMessageBytes));
+  static const ErrorDetails kNoDetails;
+  const ErrorDetails& details = status.details() ? *status.details() : kNoDetails;
+
+  google::rpc::ErrorInfo info;
+  info.set_reason(details.reason.empty() ? StatusCodeName(status.code()) : details.reason);
+  info.set_domain(error_reason::kErrorDomain);
+  for (const auto& [key, value] : details.metadata) (*info.mutable_metadata())[key] = Cap(value);
+  if (details.retry_delay) {
+    google::rpc::RetryInfo retry;
+    const int64_t ms = details.retry_delay->count();
+    retry.mutable_retry_delay()->set_seconds(ms / 1000);
+    retry.mutable_retry_delay()->set_nanos(static_cast<int32_t>(ms % 1000) * 1000000);
+    out.add_details()->PackFrom(retry);
+  }
+  if (!details.quota_violations.empty()) {
+    google::rpc::QuotaFailure quota;
+    for (const QuotaViolation& v : details.quota_violations) {
+      google::rpc::QuotaFailure::Violation* violation = quota.add_violations();
+      violation->set_subject(Cap(v.subject));
+      violation->set_description(Cap(v.description));
+    }
+    out.add_details()->PackFrom(quota);
+  }
+  // Field violations while they fit the budget; the ErrorInfo says how many
+  // did not (the message lists them, as far as it is not cut).
+  if (!details.field_violations.empty()) {
+    google::rpc::BadRequest bad;
+    // 200: the two Any wrappers (type URLs) and the omitted count.
+    const size_t fixed = DetailsBytes(out) + info.ByteSizeLong() + 200;
+    size_t omitted = 0;
+    for (const FieldViolation& v : details.field_violations) {
+      google::rpc::BadRequest::FieldViolation candidate;
+      candidate.set_field(Cap(v.field));
+      candidate.set_description(Cap(v.description));
+      if (omitted > 0 ||
+          fixed + bad.ByteSizeLong() + candidate.ByteSizeLong() + 8 > kMaxStatusDetailsBytes) {
+        ++omitted;
+        continue;
+      }
+      *bad.add_field_violations() = std::move(candidate);
+    }
+    if (omitted > 0) {
+      (*info.mutable_metadata())["field_violations_omitted"] = std::to_string(omitted);
+    }
+    out.add_details()->PackFrom(bad);
+  }
+  out.add_details()->PackFrom(info);
+  return out;
+}
 
 grpc::Status ToGrpcStatus(const Status& status) {
   if (status.ok()) return grpc::Status::OK;
   // The enumerators have the same values by construction (status.h). The
-  // message travels in a trailer: capped so that no message, however many
-  // violations it lists, exceeds a client's metadata limit (8 KiB by
+  // message and the details travel in trailers: capped so that neither, however
+  // many violations there are, exceeds a client's metadata limit (8 KiB by
   // default) and turns into RESOURCE_EXHAUSTED there.
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      CapMessage(status.message(), kMaxStatusMessageBytes));
+  const google::rpc::Status details = ToRpcStatus(status);
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), details.message(),
+                      details.SerializeAsString());
 }
 
 namespace internal {

@@ -6,8 +6,9 @@
 //     return RunRpc(state_, "GetJob", [&] { return DoGetJob(ctx, ...); });
 //   }
 // RunRpc converts the body's tern::Status one to one (tern::StatusCode mirrors
-// grpc::StatusCode), turns any exception into INTERNAL so none reaches gRPC
-// (which would answer UNKNOWN), logs server-side failures, and records
+// grpc::StatusCode) with its ErrorDetails as google.rpc error details in the
+// grpc-status-details-bin trailer (ToGrpcStatus), turns any exception into INTERNAL so none reaches
+// gRPC (which would answer UNKNOWN), logs server-side failures, and records
 // tern_grpc_requests_total / tern_grpc_request_duration_seconds. It counts
 // running handlers in ServerState::in_flight and answers UNAVAILABLE without
 // running the body once ServerState::shutting_down is set, so a shutdown can
@@ -23,14 +24,40 @@
 #include <string>
 #include <utility>
 
+#include "common/error_reasons.h"
 #include "common/status.h"
+#include "google/rpc/status.pb.h"
 #include "server/server_state.h"
 
 namespace tern::server {
 
-// At most kMaxStatusMessageBytes of the message (common/utf8.h CapMessage).
-inline constexpr size_t kMaxStatusMessageBytes = 4096;
+// At most kMaxStatusMessageBytes of the message (common/utf8.h CapMessage),
+// and at most kMaxStatusDetailsBytes of details besides it: both trailers
+// together stay under a client's default 8 KiB metadata limit.
+inline constexpr size_t kMaxStatusMessageBytes = 2048;
+inline constexpr size_t kMaxStatusDetailsBytes = 2048;
+
+// The google.rpc.Status of a non-OK status: its code and (capped) message,
+// and as details, in this order: RetryInfo (ErrorDetails::retry_delay),
+// QuotaFailure (quota_violations), BadRequest (field_violations, as many as
+// fit kMaxStatusDetailsBytes; ErrorInfo.metadata "field_violations_omitted"
+// counts the rest) and always last an ErrorInfo: domain "tern.v1", the
+// reason (the code's name, e.g. "INTERNAL", when the status names none) and
+// the metadata. Strings in details are capped at 256 bytes each. An empty
+// message for OK.
+google::rpc::Status ToRpcStatus(const Status& status);
+// The grpc::Status: same code and message, the serialized ToRpcStatus as
+// error_details (grpc-status-details-bin).
 grpc::Status ToGrpcStatus(const Status& status);
+
+// UNAVAILABLE, reason SHUTTING_DOWN, with a RetryInfo: what every call
+// gets once ternd stops (another replica, or this one restarted, answers a
+// retry).
+inline Status ShuttingDownError() {
+  return UnavailableError("ternd is shutting down; retry")
+      .WithReason(error_reason::kShuttingDown)
+      .WithRetryDelay(std::chrono::seconds(1));
+}
 
 namespace internal {
 // Logs failures that are the server's fault (INTERNAL, DATA_LOSS, UNKNOWN) at
@@ -45,7 +72,7 @@ grpc::Status RunRpc(ServerState* state, const char* method, Body&& body) {
   Status status;
   ++state->in_flight;  // seq_cst, paired with Ternd::Shutdown's order
   if (state->shutting_down.load()) {
-    status = UnavailableError("ternd is shutting down; retry");
+    status = ShuttingDownError();
   } else {
     try {
       status = std::forward<Body>(body)();

@@ -11,6 +11,8 @@
 #ifndef TERN_SERVER_SPEC_VALIDATION_H_
 #define TERN_SERVER_SPEC_VALIDATION_H_
 
+#include <google/protobuf/message.h>
+
 #include <string>
 
 #include "common/status.h"
@@ -24,6 +26,17 @@ namespace tern::server {
 // server sets it).
 Status ValidateJobSpec(const v1::JobSpec& spec,
                        const std::string& prefix = "spec.");
+
+// OK, or INVALID_ARGUMENT (reason SPEC_UNKNOWN_FIELD) when `message` or any
+// message inside it (set singular fields, repeated and map entries) holds
+// fields this build does not know: protobuf keeps them as unknown fields, so
+// a newer client's field would be stored, echoed back and then silently
+// dropped on the way to the trainer. One FieldViolation per unknown field:
+// field = the path of the message holding it ("spec.optimization",
+// "spec.schedule.milestones[2]", "spec.labels[\"k\"]"), description =
+// "unknown field number 99"; the message lists them as "<path>: <description>".
+Status RefuseUnknownFields(const google::protobuf::Message& message,
+                           const std::string& path = "spec");
 
 }  // namespace tern::server
 

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/error_reasons.h"
 #include "common/logging.h"
 #include "common/utf8.h"
 #include "server/job_convert.h"
@@ -76,7 +77,7 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::JobEvent> {
       end = CancelledError("WatchJob: the client went away");
       finish = true;
     } else if (hub_->state_->shutting_down.load() || hub_->stop_streams_.load()) {
-      end = UnavailableError("ternd is shutting down; retry");
+      end = ShuttingDownError();
       finish = true;
     } else {
       if (pending_.empty() && !ended_) {
@@ -197,14 +198,18 @@ grpc::ServerWriteReactor<v1::JobEvent>* WatchHub::Open(const v1::WatchJobRequest
   auto stream = std::make_shared<WatchStream>(this, request, job, owner);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return Refuse(UnavailableError("ternd is shutting down; retry"));
+    if (stopping_) return Refuse(ShuttingDownError());
     int& count = per_owner_[owner];
     if (max_streams_per_caller_ > 0 && count >= max_streams_per_caller_) {
-      return Refuse(Status(
-          StatusCode::kResourceExhausted,
-          "caller " + Quoted(owner) + " already has " + std::to_string(count) +
-          " open WatchJob streams, the most ternd allows one caller "
-          "(--max-watch-streams-per-caller); close some"));
+      return Refuse(Status(StatusCode::kResourceExhausted,
+                           "caller " + Quoted(owner) + " already has " + std::to_string(count) +
+                               " open WatchJob streams, the most ternd allows one caller "
+                               "(--max-watch-streams-per-caller); close some")
+                        .WithReason(error_reason::kWatchStreamLimit)
+                        .WithQuotaViolation("owner:" + owner,
+                                            "at most " + std::to_string(max_streams_per_caller_) +
+                                                " open WatchJob streams per caller")
+                        .WithRetryDelay(std::chrono::seconds(5)));
     }
     ++count;
     streams_[stream.get()] = stream;

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <utility>
 
+#include "common/error_reasons.h"
 #include "common/utf8.h"
 #include "spec/rules.h"
 
@@ -382,11 +383,14 @@ std::vector<Violation> CheckJobSpec(const json& spec, json* normalized) {
 Status ViolationsToStatus(const std::vector<Violation>& violations, const std::string& prefix) {
   if (violations.empty()) return OkStatus();
   std::string message;
+  ErrorDetails details;
+  details.reason = error_reason::kSpecInvalid;
   for (const Violation& v : violations) {
     if (!message.empty()) message += "; ";
     message += prefix + v.path + ": " + v.rule;
+    details.field_violations.push_back({prefix + v.path, v.rule});
   }
-  return InvalidArgumentError(std::move(message));
+  return InvalidArgumentError(std::move(message)).WithDetails(std::move(details));
 }
 
 }  // namespace tern::spec

@@ -33,7 +33,8 @@ std::vector<Violation> CheckJobSpec(const nlohmann::json& spec,
                                     nlohmann::json* normalized = nullptr);
 
 // OK when `violations` is empty, else INVALID_ARGUMENT listing each as
-// "<prefix><path>: <rule>", joined by "; ".
+// "<prefix><path>: <rule>", joined by "; ", and carrying them as data too:
+// reason SPEC_INVALID and one FieldViolation {"<prefix><path>", rule} each.
 Status ViolationsToStatus(const std::vector<Violation>& violations, const std::string& prefix = "");
 
 }  // namespace tern::spec

@@ -4,8 +4,12 @@
     generate_stubs.py --proto-dir PROTO --out DIR
 
 writes DIR/tern/v1/{job_pb2,job_service_pb2,job_service_pb2_grpc}.py, the
-package `tern.v1` that `tern` (clients/python/tern) imports, and
-DIR/google/api/field_behavior_pb2.py, which they import (tern's copy of
+package `tern.v1` that `tern` (clients/python/tern) imports, plus
+google_rpc_status_pb2.py and google_rpc_error_details_pb2.py (google.rpc's
+Status and error details from proto/google/rpc, which Debian does not package
+for Python; kept inside tern.v1 so they never clash with googleapis-common-protos'
+`google.rpc`) and service_config.json (the channel's retry policy), and
+DIR/google/api/field_behavior_pb2.py, which job_pb2 imports (tern's copy of
 googleapis' annotation; the same module googleapis-common-protos ships, which
 takes its place where it is installed first on the path). Used by CMake (into
 the build tree) and by setup.py (into the wheel).
@@ -29,8 +33,16 @@ import tempfile
 # the agents' business).
 PROTO_FILES = ("google/api/field_behavior.proto", "tern/v1/job.proto",
                "tern/v1/job_service.proto")
-OUTPUTS = ("tern/v1/job_pb2.py", "tern/v1/job_service_pb2.py", "tern/v1/job_service_pb2_grpc.py",
-           "google/api/field_behavior_pb2.py")
+# Generated module -> where it goes under the output directory.
+OUTPUTS = {"tern/v1/job_pb2.py": "tern/v1/job_pb2.py",
+           "tern/v1/job_service_pb2.py": "tern/v1/job_service_pb2.py",
+           "tern/v1/job_service_pb2_grpc.py": "tern/v1/job_service_pb2_grpc.py",
+           "google/api/field_behavior_pb2.py": "google/api/field_behavior_pb2.py"}
+# google.rpc messages (no services), renamed into tern/v1.
+RPC_PROTO_FILES = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+RPC_OUTPUTS = {"google/rpc/status_pb2.py": "tern/v1/google_rpc_status_pb2.py",
+               "google/rpc/error_details_pb2.py": "tern/v1/google_rpc_error_details_pb2.py"}
+SERVICE_CONFIG = "tern/v1/service_config.json"
 
 
 class StubError(RuntimeError):
@@ -65,14 +77,15 @@ def _include_dirs():
 def generate(proto_dir, out_dir):
     """Writes the modules into out_dir/tern/v1 and returns their paths. Raises StubError."""
     proto_dir = os.path.abspath(proto_dir)
-    for f in PROTO_FILES:
+    for f in PROTO_FILES + RPC_PROTO_FILES + (SERVICE_CONFIG,):
         if not os.path.isfile(os.path.join(proto_dir, f)):
             raise StubError(f"{os.path.join(proto_dir, f)}: not found (--proto-dir must be tern's proto/)")
     prefix = _protoc_command()
     with tempfile.TemporaryDirectory() as tmp:
         cmd = prefix + ["--proto_path=" + proto_dir]
         cmd += ["--proto_path=" + d for d in _include_dirs()]
-        cmd += ["--python_out=" + tmp, "--grpc_python_out=" + tmp] + list(PROTO_FILES)
+        cmd += ["--python_out=" + tmp, "--grpc_python_out=" + tmp]
+        cmd += list(PROTO_FILES + RPC_PROTO_FILES)
         run = subprocess.run(cmd, cwd=proto_dir, capture_output=True, text=True)
         if run.returncode != 0:
             hint = ""
@@ -80,13 +93,16 @@ def generate(proto_dir, out_dir):
                 hint = (" (this protoc predates proto3 `optional`: use Debian's protoc 3.21 with "
                         "grpc_python_plugin, or a newer grpcio-tools)")
             raise StubError(f"{' '.join(cmd)} failed: {run.stderr.strip()}{hint}")
-        for name in OUTPUTS:
-            src = os.path.join(tmp, name)
+        for generated, name in {**OUTPUTS, **RPC_OUTPUTS}.items():
+            src = os.path.join(tmp, generated)
             if not os.path.isfile(src):
-                raise StubError(f"protoc did not write {name}")
+                raise StubError(f"protoc did not write {generated}")
             os.makedirs(os.path.dirname(os.path.join(out_dir, name)), exist_ok=True)
             shutil.copyfile(src, os.path.join(out_dir, name))
-    return [os.path.join(out_dir, n) for n in OUTPUTS]
+        shutil.copyfile(os.path.join(proto_dir, SERVICE_CONFIG),
+                        os.path.join(out_dir, SERVICE_CONFIG))
+    names = list(OUTPUTS.values()) + list(RPC_OUTPUTS.values()) + [SERVICE_CONFIG]
+    return [os.path.join(out_dir, n) for n in names]
 
 
 def main(argv=None):

@@ -24,6 +24,8 @@
 
 #include "common/file_util.h"
 #include "common/sha256.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "quant/artifact.h"
 #include "tern/v1/job_service.grpc.pb.h"
 
@@ -480,6 +482,43 @@ TEST_F(TernctlTest, ExitCodes) {
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("Exit codes"), std::string::npos) << help.out;
   EXPECT_NE(help.out.find("4  server unavailable"), std::string::npos) << help.out;
+}
+
+TEST_F(TernctlTest, ErrorDetailsArePrintedOnePerLine) {
+  google::rpc::Status details;
+  details.set_code(grpc::StatusCode::INVALID_ARGUMENT);
+  details.set_message("spec.optimization.epochs: must be > 0; spec.model.arch: unknown");
+  google::rpc::BadRequest bad;
+  auto* epochs = bad.add_field_violations();
+  epochs->set_field("spec.optimization.epochs");
+  epochs->set_description("must be > 0");
+  auto* arch = bad.add_field_violations();
+  arch->set_field("spec.model.arch");
+  arch->set_description("unknown");
+  details.add_details()->PackFrom(bad);
+  google::rpc::RetryInfo retry;
+  retry.mutable_retry_delay()->set_seconds(1);
+  retry.mutable_retry_delay()->set_nanos(500000000);
+  details.add_details()->PackFrom(retry);
+  google::rpc::ErrorInfo info;
+  info.set_reason("SPEC_INVALID");
+  info.set_domain("tern.v1");
+  details.add_details()->PackFrom(info);
+  fake_.submit_error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, details.message(),
+                                    details.SerializeAsString());
+  Result r = Run({"submit", Write("zero.yaml", "optimization: {epochs: 0}\n")});
+  EXPECT_EQ(r.code, kExitUsage);  // exit codes are unchanged
+  EXPECT_NE(r.err.find("INVALID_ARGUMENT: spec.optimization.epochs: must be > 0; "),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("\n    spec.optimization.epochs: must be > 0\n"
+                       "    spec.model.arch: unknown\n"
+                       "    reason: SPEC_INVALID\n"
+                       "    retry after: 1.5s\n"),
+            std::string::npos)
+      << r.err;
+  // The generated idempotency key is printed, so the user can repeat it.
+  EXPECT_NE(r.err.find("ternctl: idempotency key ternctl-"), std::string::npos) << r.err;
 }
 
 TEST_F(TernctlTest, UnreachableOrSlowServerExitsFour) {

@@ -24,6 +24,29 @@ TEST(StatusTest, ToStringNamesCodeAndMessage) {
             "loading a.tern: x");
 }
 
+TEST(StatusTest, DetailsAreCopiedOnWriteAndKeptByContext) {
+  EXPECT_EQ(OkStatus().details(), nullptr);
+  EXPECT_EQ(OkStatus().WithReason("X").details(), nullptr);  // OK carries no details
+  const Status plain = NotFoundError("job 4 not found");
+  EXPECT_EQ(plain.details(), nullptr);
+  EXPECT_EQ(plain.reason(), "");
+  const Status with = plain.WithReason("JOB_NOT_FOUND").WithMetadata("job_id", "4");
+  EXPECT_EQ(plain.details(), nullptr);  // the original is unchanged
+  const Status more = with.WithFieldViolation("job_id", "no such job")
+                          .WithQuotaViolation("owner:a", "q")
+                          .WithRetryDelay(std::chrono::milliseconds(1500));
+  EXPECT_TRUE(with.details()->field_violations.empty());
+  ASSERT_NE(more.details(), nullptr);
+  EXPECT_EQ(more.reason(), "JOB_NOT_FOUND");
+  EXPECT_EQ(more.details()->metadata.at("job_id"), "4");
+  EXPECT_EQ(more.details()->field_violations.at(0).field, "job_id");
+  EXPECT_EQ(more.details()->quota_violations.at(0).subject, "owner:a");
+  EXPECT_EQ(more.details()->retry_delay, std::chrono::milliseconds(1500));
+  const Status context = more.WithContext("GetJob");
+  EXPECT_EQ(context.message(), "GetJob: job 4 not found");
+  EXPECT_EQ(context.details(), more.details());
+}
+
 TEST(StatusTest, AssignOrReturnPropagates) {
   int out = 0;
   EXPECT_TRUE(UsesMacros(3, &out).ok());

@@ -5,8 +5,9 @@
 # certificate's name, and its artifact is fetched. A plaintext ternctl and
 # one without a client certificate are refused (exit 4, unavailable). These
 # are PERMISSION_DENIED (exit 5): an --owner other than the certificate's
-# name; another certificate's cancel, get and list of the job (an admin's,
-# --tls-admin-names, sees it); an agent whose certificate is outside
+# name; another certificate's list of the job's owner (an admin's,
+# --tls-admin-names, sees it); its cancel and get are NOT_FOUND (exit 3)
+# exactly as for an absent job; an agent whose certificate is outside
 # --tls-agent-names or that registers under another name. ternd refuses to
 # start with a key that is not its certificate's (exit 1, naming the flag).
 # usage: tls_e2e.sh BUILD_DIR
@@ -52,9 +53,16 @@ expect_denied() {  # what, then a ternctl command line; it must exit 5 saying wh
 expect_denied "differs from the client certificate's name" "${ternctl[@]}" --owner mallory list
 other=("$build/cli/ternctl" --server "$server" --tls-ca "$c/ca.pem"
   --tls-cert "$c/other-client.pem" --tls-key "$c/other-client.key")
-expect_denied "only its owner (or an admin, ternd --tls-admin-names) can cancel it" \
-  "${other[@]}" cancel "$job"
-expect_denied "can read it" "${other[@]}" get "$job"
+# Another owner's job answers exactly like an absent one (NOT_FOUND, exit 3).
+expect_not_found() {  # a ternctl command line on job $job; it must say what an absent job says
+  local status=0
+  "$@" >"$work/hidden.out" 2>&1 || status=$?
+  [[ $status -eq 3 ]] && grep -q "NOT_FOUND: job $job not found" "$work/hidden.out" &&
+    grep -q "reason: JOB_NOT_FOUND" "$work/hidden.out" && ! grep -q "client" "$work/hidden.out" ||
+    fail "want exit 3 and 'job $job not found' naming no owner, got $status: $(cat "$work/hidden.out")"
+}
+expect_not_found "${other[@]}" cancel "$job"
+expect_not_found "${other[@]}" get "$job"
 expect_denied 'may list only its own jobs' "${other[@]}" list --owner client
 [[ $("${other[@]}" list --json | jq '.jobs | length') -eq 0 ]] ||
   fail "other-client's list shows others' jobs"
@@ -64,8 +72,8 @@ admin=("$build/cli/ternctl" --server "$server" --tls-ca "$c/ca.pem"
 [[ $("${admin[@]}" list --json | jq -r '.jobs[].id') == "$job" ]] ||
   fail "the admin does not see job $job"
 "${admin[@]}" get "$job" >/dev/null || fail "the admin cannot read job $job"
-echo "a foreign --owner, and another certificate's cancel, get and list are PERMISSION_DENIED;" \
-  "an admin sees every job"
+echo "a foreign --owner and another certificate's list are PERMISSION_DENIED, its cancel and get" \
+  "NOT_FOUND; an admin sees every job"
 
 # The agent registered under its certificate's name. A certificate outside
 # --tls-agent-names cannot register as an agent, nor can an agent register

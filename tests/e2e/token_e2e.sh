@@ -4,7 +4,7 @@
 # agent proves itself with a token of the agent role, and a user's tiny job
 # runs to SUCCEEDED owned by the token's name. Refused: a call without a
 # token or with an unknown one (UNAUTHENTICATED, exit 5), another user's
-# cancel and get (PERMISSION_DENIED), a user's token acting as an agent, a
+# cancel and get (NOT_FOUND, as for an absent job), a user's token acting as an agent, a
 # token over plaintext (exit 2), and ternd with tokens but no TLS (exit 1).
 # An admin token sees every job; deleting a token's line revokes it without
 # a restart, and an expiring token (--expires) is refused once expired.
@@ -72,8 +72,11 @@ expect_exit() {  # code, text, then a command line
 expect_exit 5 "requires a bearer token" "${tc[@]}" --server "$server" --tls-ca "$c/ca.pem" list
 "${tc[@]}" token new mallory -o "$work/mallory.token" >/dev/null
 expect_exit 5 "unknown or revoked bearer token" as mallory list
-expect_exit 5 "only its owner (or an admin" as bob cancel "$job"
-expect_exit 5 "can read it" as bob get "$job"
+# alice's job answers bob exactly as an absent job does (NOT_FOUND, exit 3), naming no owner.
+expect_exit 3 "NOT_FOUND: job $job not found" as bob cancel "$job"
+expect_exit 3 "NOT_FOUND: job $job not found" as bob get "$job"
+grep -q alice "$work/refused.out" && fail "bob's get names the owner: $(cat "$work/refused.out")"
+expect_exit 3 "NOT_FOUND: job 99999 not found" as bob get 99999
 [[ $(as bob list --json | jq '.jobs | length') -eq 0 ]] || fail "bob sees alice's jobs"
 [[ $(as ops list --json | jq -r '.jobs[].id') == "$job" ]] || fail "the admin token does not see job $job"
 expect_exit 2 "needs TLS" "${tc[@]}" --server "$server" --token-file "$work/alice.token" list

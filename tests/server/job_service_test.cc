@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "server/rpc.h"
 #include "tests/server/test_util.h"
 
 namespace tern::server {
@@ -198,7 +199,7 @@ TEST_F(JobServiceTest, HugeValuesAreQuotedShortInErrors) {
     const grpc::Status status = Submit(spec, &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << "case " << i << ": " << status.error_message().substr(0, 300);
-    EXPECT_LE(status.error_message().size(), 4096u) << "case " << i;
+    EXPECT_LE(status.error_message().size(), kMaxStatusMessageBytes) << "case " << i;
     EXPECT_EQ(status.error_message().find(std::string(100, 'x')), std::string::npos)
         << "case " << i;
   }

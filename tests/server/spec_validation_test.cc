@@ -88,5 +88,22 @@ TEST(SpecValidationTest, RejectsOutOfRangeValuesWithTheirPath) {
   }
 }
 
+// The walk of RefuseUnknownFields reaches repeated message fields too (JobSpec
+// has none yet, so an EpochEnd with its repeated LayerStats stands in).
+TEST(RefuseUnknownFieldsTest, NamesEachUnknownFieldByItsParentsPath) {
+  v1::EpochEnd epoch;
+  epoch.add_layers();
+  v1::LayerStats* second = epoch.add_layers();
+  EXPECT_TRUE(RefuseUnknownFields(epoch, "epoch").ok());
+  second->GetReflection()->MutableUnknownFields(second)->AddVarint(77, 1);
+  const Status refused = RefuseUnknownFields(epoch, "epoch");
+  ASSERT_EQ(refused.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.reason(), "SPEC_UNKNOWN_FIELD");
+  ASSERT_EQ(refused.details()->field_violations.size(), 1u);
+  EXPECT_EQ(refused.details()->field_violations[0].field, "epoch.layers[1]");
+  EXPECT_EQ(refused.details()->field_violations[0].description, "unknown field number 77");
+  EXPECT_EQ(refused.message().rfind("epoch.layers[1]: unknown field number 77", 0), 0u);
+}
+
 }  // namespace
 }  // namespace tern::server

@@ -120,6 +120,12 @@ TEST(CheckJobSpecTest, ViolationsToStatusPrefixesAndJoins) {
   const Status s = ViolationsToStatus({{"a", "x"}, {"b.c", "y"}}, "spec.");
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(s.message(), "spec.a: x; spec.b.c: y");
+  // The same violations as data, for google.rpc.BadRequest (server/rpc.h).
+  ASSERT_NE(s.details(), nullptr);
+  EXPECT_EQ(s.reason(), "SPEC_INVALID");
+  ASSERT_EQ(s.details()->field_violations.size(), 2u);
+  EXPECT_EQ(s.details()->field_violations[1].field, "spec.b.c");
+  EXPECT_EQ(s.details()->field_violations[1].description, "y");
 }
 
 TEST(RulesTest, DefaultsLieInsideTheirRanges) {

@@ -14,8 +14,11 @@ arguments come from the environment ternctl reads: TERN_SERVER, TERN_OWNER, TERN
 TERN_TLS_CA, TERN_TLS_CERT, TERN_TLS_KEY, TERN_TOKEN_FILE.
 
 Every unary call has a deadline (`timeout`, default 10 s); UNAVAILABLE is retried
-(4 tries over about 2 s) where that is safe: reads, cancel, and submit, which always carries an
-idempotency key. Failures raise tern.errors exceptions. A Client is thread-safe
+where that is safe: reads, cancel, and submit, which always carries an idempotency key (a
+random one unless given; Job.idempotency_key returns it). The channel retries it first, by
+the service config of proto/tern/v1/service_config.json (job_service.proto, "Retries"),
+then this client up to 4 times over about 2 s. Failures raise tern.errors exceptions,
+which carry the error as data (reason, metadata, field_violations, retry_delay). A Client is thread-safe
 (one gRPC channel); close() or a `with` block releases it.
 """
 
@@ -31,6 +34,7 @@ from google.protobuf import field_mask_pb2, json_format
 
 from tern import errors, spec as spec_module
 from tern._pb import job_pb2, job_service_pb2 as service_pb2, job_service_pb2_grpc as service_grpc
+from tern._pb import service_config_json
 from tern.events import TERMINAL_STATES, Job, StateChanged, event_from_proto
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
@@ -101,7 +105,9 @@ class Client:
         # Reconnect soon after ternd restarts (gRPC's default first backoff is 1 s).
         options = [("grpc.max_receive_message_length", 16 << 20),
                    ("grpc.initial_reconnect_backoff_ms", 250),
-                   ("grpc.max_reconnect_backoff_ms", 5000)]
+                   ("grpc.max_reconnect_backoff_ms", 5000),
+                   ("grpc.enable_retries", 1),
+                   ("grpc.service_config", service_config_json())]
         if tls:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(tls_ca, "tls_ca") if tls_ca else None,

@@ -10,7 +10,7 @@ import pytest
 
 import tern
 from tern import errors
-from conftest import BASE3_JOB, FASHION_MNIST, load_reference_trainer
+from conftest import BASE3_JOB, FASHION_MNIST, ROOT, load_reference_trainer
 
 
 def test_watch_resumes_after_the_stream_drops(client, jobs, dropped_watch):
@@ -92,6 +92,15 @@ def test_bad_spec_names_the_field(alice):
     assert refused.value.field == "spec.optimization.epochs"
     assert refused.value.code == "INVALID_ARGUMENT"
     assert "must be > 0" in refused.value.message
+    # The error as data, from grpc-status-details-bin: one violation per field.
+    assert refused.value.reason == "SPEC_INVALID"
+    assert [v.field for v in refused.value.field_violations] == ["spec.optimization.epochs"]
+    assert "must be > 0" in refused.value.field_violations[0].description
+    assert refused.value.retry_delay is None
+    with pytest.raises(tern.InvalidArgument) as two:
+        alice.submit({"optimization": {"epochs": 0}, "model": {"arch": "resnet9000"}})
+    fields = {v.field for v in two.value.field_violations}
+    assert fields == {"spec.optimization.epochs", "spec.model.arch"}, fields
     with pytest.raises(tern.SpecError) as local:
         alice.submit({"optimization": {"epoch": 3}})
     assert local.value.field == "optimization.epoch"
@@ -100,8 +109,11 @@ def test_bad_spec_names_the_field(alice):
 def test_unknown_job_is_not_found(alice):
     for call in (alice.get, alice.cancel, lambda i: list(alice.watch(i)),
                  lambda i: alice.fetch(i, os.devnull)):
-        with pytest.raises(tern.NotFound):
-            call("no-such-job")
+        with pytest.raises(tern.NotFound) as missing:
+            call("987654")
+        assert missing.value.reason == "JOB_NOT_FOUND"
+        assert missing.value.metadata == {"job_id": "987654"}
+        assert missing.value.message == "job 987654 not found"
 
 
 def test_calls_without_a_valid_token_are_unauthenticated(secure_service):
@@ -118,14 +130,24 @@ def test_calls_without_a_valid_token_are_unauthenticated(secure_service):
         tern.Client(address, token="x" * 40)
 
 
-def test_another_users_job_is_permission_denied(secure_service, alice):
+def test_another_users_job_is_not_found_like_an_absent_one(secure_service, alice):
     address, certs, tokens, _ = secure_service
     job = alice.submit(dict(BASE3_JOB, name="alices"))
     with tern.Client(address, tls_ca=os.path.join(certs, "ca.pem"),
                      token_file=tokens["bob"]) as bob:
         assert bob.whoami()["name"] == "bob"
-        with pytest.raises(tern.PermissionDenied):
-            bob.cancel(job.id)
+        for call in (bob.get, bob.cancel):
+            with pytest.raises(tern.NotFound) as foreign:
+                call(job.id)
+            with pytest.raises(tern.NotFound) as absent:
+                call("987654")
+            assert foreign.value.message == f"job {job.id} not found"
+            assert "alice" not in foreign.value.message
+            assert (foreign.value.reason, absent.value.reason) == ("JOB_NOT_FOUND",) * 2
+            assert foreign.value.metadata == {"job_id": job.id}
+        with pytest.raises(tern.PermissionDenied) as listing:
+            list(bob.list(owner="alice"))
+        assert listing.value.reason == "LIST_OTHER_OWNER"
         assert [j.id for j in bob.list()] == []
     alice.cancel(job.id)
 
@@ -158,8 +180,11 @@ def test_same_idempotency_key_makes_one_job(alice):
     again = alice.submit(dict(BASE3_JOB, labels={"case": "idempotent"}), idempotency_key="same-key")
     assert first.created and not again.created and first.id == again.id
     assert [j.id for j in alice.list(labels={"case": "idempotent"})] == [first.id]
-    with pytest.raises(tern.AlreadyExists):
+    with pytest.raises(tern.AlreadyExists) as reused:
         alice.submit(dict(BASE3_JOB, name="other"), idempotency_key="same-key")
+    assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert reused.value.metadata["job_id"] == first.id
+    assert [v.field for v in reused.value.field_violations] == ["idempotency_key"]
     alice.cancel(first.id)
 
 
@@ -190,6 +215,57 @@ def test_a_retried_submit_never_starts_a_second_job(alice, monkeypatch):
     assert not job.created
     assert [j.id for j in alice.list(labels={"case": "retried"})] == [job.id]
     alice.cancel(job.id)
+
+
+def test_submit_without_a_key_sends_and_returns_a_random_one(alice):
+    job = alice.submit(dict(BASE3_JOB, labels={"case": "random-key"}))
+    assert job.idempotency_key.startswith("py-") and len(job.idempotency_key) > 10
+    again = alice.submit(dict(BASE3_JOB, labels={"case": "random-key"}))
+    assert again.idempotency_key != job.idempotency_key and again.id != job.id
+    alice.cancel(job.id)
+    alice.cancel(again.id)
+
+
+def test_channel_carries_the_published_retry_policy():
+    import json
+    from tern._pb import service_config_json
+    with open(os.path.join(ROOT, "proto", "tern", "v1", "service_config.json")) as f:
+        published = json.load(f)
+    assert json.loads(service_config_json()) == published
+    (policy,) = published["methodConfig"]
+    assert policy["name"] == [{"service": "tern.v1.JobService"}]
+    assert policy["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+def test_details_decode_every_kind():
+    from tern._pb import rpc_error_details_pb2 as details_pb2, rpc_status_pb2
+    status = rpc_status_pb2.Status(code=8, message="too many streams")
+    info = details_pb2.ErrorInfo(reason="WATCH_STREAM_LIMIT", domain="tern.v1",
+                                 metadata={"owner": "alice"})
+    retry = details_pb2.RetryInfo()
+    retry.retry_delay.seconds, retry.retry_delay.nanos = 2, 500000000
+    quota = details_pb2.QuotaFailure(violations=[details_pb2.QuotaFailure.Violation(
+        subject="owner:alice", description="at most 1 open WatchJob streams per caller")])
+    for message in (retry, quota, info):
+        status.details.add().Pack(message)
+
+    class _Refused(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self):
+            return "too many streams"
+
+        def trailing_metadata(self):
+            return (("grpc-status-details-bin", status.SerializeToString()),)
+
+    error = tern.errors.from_rpc_error(_Refused())
+    assert isinstance(error, tern.ResourceExhausted)
+    assert (error.reason, error.metadata, error.retry_delay) == \
+        ("WATCH_STREAM_LIMIT", {"owner": "alice"}, 2.5)
+    assert error.quota_violations == [tern.errors.QuotaViolation(
+        "owner:alice", "at most 1 open WatchJob streams per caller")]
+    assert tern.errors.from_rpc_error(_LostResponse()).reason is None  # no details: no data
 
 
 def test_list_follows_pages_and_cancel_wait(alice):
@@ -280,9 +356,10 @@ def test_update_delete_views_and_the_server_version(secure_service, alice):
     assert [j.id for j in alice.list(labels={"case": "updated"}, view="full")] == [job.id]
     with tern.Client(address, tls_ca=os.path.join(certs, "ca.pem"),
                      token_file=tokens["bob"]) as bob:
-        with pytest.raises(tern.PermissionDenied):
+        # Another owner's job looks absent (NOT_FOUND), for writes too.
+        with pytest.raises(tern.NotFound):
             bob.update(job.id, name="bobs")
-        with pytest.raises(tern.PermissionDenied):
+        with pytest.raises(tern.NotFound):
             bob.delete(job.id)
     # ternctl: update keeps the other labels, delete needs a finished job.
     run = ternctl_secure(secure_service, "alice", "update", job.id, "--label", "stage=three",

@@ -30,7 +30,8 @@ def test_wheel_carries_generated_stubs(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("tern/v1/job_pb2.py", "tern/v1/job_service_pb2_grpc.py", "tern/client.py",
                    "google/api/field_behavior_pb2.py",  # job_pb2 imports it
-                   "tern/artifact.py"):
+                   "tern/artifact.py", "tern/v1/google_rpc_status_pb2.py",
+                   "tern/v1/google_rpc_error_details_pb2.py", "tern/v1/service_config.json"):
         assert module in names
     env["TERN_PROTO_DIR"] = str(tmp_path / "nowhere")
     shutil.rmtree(source / "build", ignore_errors=True)
