@@ -83,7 +83,7 @@ TEST_F(MetricsHttpServerTest, ServesHealthz) {
 
 TEST_F(MetricsHttpServerTest, ABearerTokenGuardsEveryPathButHealthz) {
   server_.RequireBearerToken([](std::string_view token) { return token == "tern_secret"; });
-  server_.Handle("/extra", [] { return MetricsHttpServer::Response{200, "text/plain", "x"}; });
+  server_.Handle("/extra", [] { return MetricsHttpServer::Response{200, "text/plain", "x", {}}; });
   for (const char* path : {"/metrics", "/extra", "/nope"}) {
     for (const char* authorization : {"", "Bearer tern_wrong", "Basic dGVybjpzZWNyZXQ=",
                                       "Bearer", "tern_secret"}) {
@@ -173,7 +173,7 @@ TEST_F(MetricsHttpServerTest, SurvivesGarbageRequest) {
 
 TEST_F(MetricsHttpServerTest, ExtraHandlersReplaceBuiltIns) {
   server_.Handle("/healthz", [] {
-    return MetricsHttpServer::Response{503, "text/plain", "draining"};
+    return MetricsHttpServer::Response{503, "text/plain", "draining", {}};
   });
   server_.Handle("/ready", [] { return MetricsHttpServer::Response{}; });
   const auto health = Fetch(server_.port(), http::verb::get, "/healthz");
