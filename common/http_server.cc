@@ -112,7 +112,7 @@ class Router {
       auto it = handlers_.find(path);
       if (it != handlers_.end()) {
         handler = it->second;
-      } else {
+      } else if (path != "/metrics" && path != "/healthz") {  // built-ins win
         // The longest prefix first: std::map orders "/" before "/api/".
         for (auto p = prefix_handlers_.rbegin(); p != prefix_handlers_.rend(); ++p) {
           if (path.compare(0, p->first.size(), p->first) == 0) {

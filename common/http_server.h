@@ -77,7 +77,8 @@ class MetricsHttpServer {
   // a built-in route or an earlier handler. Allowed before or after Start().
   void Handle(const std::string& path, Handler handler);
   // Serves GET of every path that starts with `prefix` (e.g. "/api/", "/")
-  // and has no exact-match route; the longest matching prefix wins.
+  // and has no exact route (built-in or Handle()); the longest matching
+  // prefix wins. Allowed before or after Start().
   void HandlePrefix(const std::string& prefix, RequestHandler handler);
 
   // Requires a bearer token accepted by `check` (see above). Allowed before
