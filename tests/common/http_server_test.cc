@@ -1,6 +1,7 @@
 #include "common/http_server.h"
 
 #include <gtest/gtest.h>
+
 #include <unistd.h>
 
 #include <boost/asio/connect.hpp>
@@ -26,13 +27,14 @@ namespace http = boost::beast::http;
 using tcp = asio::ip::tcp;
 
 // Sends one request on a fresh connection and returns the response.
-http::response<http::string_body> Fetch(int port, http::verb method, const std::string& target,
+http::response<http::string_body> Fetch(int port, http::verb method,
+                                        const std::string& target,
                                         const std::string& authorization = "") {
   asio::io_context io;
   beast::tcp_stream stream(io);
   stream.expires_after(std::chrono::seconds(10));
-  stream.connect(
-      tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
+                               static_cast<unsigned short>(port)));
   http::request<http::string_body> request(method, target, 11);
   request.set(http::field::host, "127.0.0.1");
   if (!authorization.empty()) request.set(http::field::authorization, authorization);
@@ -63,11 +65,14 @@ class MetricsHttpServerTest : public ::testing::Test {
 TEST_F(MetricsHttpServerTest, ServesMetrics) {
   const auto response = Fetch(server_.port(), http::verb::get, "/metrics");
   EXPECT_EQ(response.result_int(), 200);
-  EXPECT_EQ(response[http::field::content_type], "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_EQ(response[http::field::content_type],
+            "text/plain; version=0.0.4; charset=utf-8");
   EXPECT_EQ(response.body(), registry_.Serialize());
-  EXPECT_NE(response.body().find("tern_test_requests_total{code=\"200\"} 5\n"), std::string::npos);
+  EXPECT_NE(response.body().find("tern_test_requests_total{code=\"200\"} 5\n"),
+            std::string::npos);
   // The query string does not matter.
-  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/metrics?x=1").result_int(), 200);
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/metrics?x=1").result_int(),
+            200);
 }
 
 TEST_F(MetricsHttpServerTest, ServesHealthz) {
@@ -103,8 +108,8 @@ TEST_F(MetricsHttpServerTest, ABearerTokenGuardsEveryPathButHealthz) {
   server_.RequireBearerToken([](std::string_view token) { return token == "tern_secret"; });
   server_.Handle("/extra", [] { return MetricsHttpServer::Response{200, "text/plain", "x", {}}; });
   for (const char* path : {"/metrics", "/extra", "/nope"}) {
-    for (const char* authorization :
-         {"", "Bearer tern_wrong", "Basic dGVybjpzZWNyZXQ=", "Bearer", "tern_secret"}) {
+    for (const char* authorization : {"", "Bearer tern_wrong", "Basic dGVybjpzZWNyZXQ=",
+                                      "Bearer", "tern_secret"}) {
       const auto response = Fetch(server_.port(), http::verb::get, path, authorization);
       EXPECT_EQ(response.result_int(), 401) << path << " with '" << authorization << "'";
       EXPECT_EQ(response[http::field::www_authenticate], "Bearer realm=\"tern\"");
@@ -177,14 +182,16 @@ TEST_F(MetricsHttpServerTest, SurvivesGarbageRequest) {
     socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
                                  static_cast<unsigned short>(server_.port())));
     const std::string huge =
-        "GET /metrics HTTP/1.1\r\nX-Big: " + std::string(100000, 'a') + "\r\n\r\n";
+        "GET /metrics HTTP/1.1\r\nX-Big: " + std::string(100000, 'a') +
+        "\r\n\r\n";
     beast::error_code ec;
     asio::write(socket, asio::buffer(huge), ec);
     char byte;
     asio::read(socket, asio::buffer(&byte, 1), ec);
     EXPECT_TRUE(ec);
   }
-  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/metrics").result_int(), 200);
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/metrics").result_int(),
+            200);
 }
 
 TEST_F(MetricsHttpServerTest, ExtraHandlersReplaceBuiltIns) {
@@ -204,7 +211,8 @@ TEST_F(MetricsHttpServerTest, SecondStartFails) {
 
 TEST_F(MetricsHttpServerTest, TakenPortIsUnavailable) {
   Registry other;
-  MetricsHttpServer second("127.0.0.1:" + std::to_string(server_.port()), &other);
+  MetricsHttpServer second("127.0.0.1:" + std::to_string(server_.port()),
+                           &other);
   const Status status = second.Start();
   EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status;
   EXPECT_NE(status.message().find("in use"), std::string::npos) << status;
@@ -218,21 +226,23 @@ TEST_F(MetricsHttpServerTest, StopClosesAndRestartWorks) {
   asio::io_context io;
   tcp::socket socket(io);
   beast::error_code ec;
-  socket.connect(
-      tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(old_port)),
-      ec);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
+                               static_cast<unsigned short>(old_port)),
+                 ec);
   EXPECT_TRUE(ec) << "still accepting after Stop()";
   ASSERT_TRUE(server_.Start().ok());
-  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/healthz").result_int(), 200);
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/healthz").result_int(),
+            200);
 }
 
 TEST(MetricsHttpServerAddressTest, RejectsBadAddresses) {
   Registry registry;
-  for (const char* address :
-       {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999", "127.0.0.1:http", "::1:9090"}) {
+  for (const char* address : {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999",
+                              "127.0.0.1:http", "::1:9090"}) {
     MetricsHttpServer server(address, &registry);
     const Status status = server.Start();
-    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << address << ": " << status;
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument)
+        << address << ": " << status;
   }
 }
 
@@ -258,8 +268,8 @@ http::response<http::string_body> FetchTls(int port, const std::string& target,
   http::response<http::string_body> response;
   try {
     beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(10));
-    beast::get_lowest_layer(stream).connect(
-        tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    beast::get_lowest_layer(stream).connect(tcp::endpoint(
+        asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
     stream.handshake(asio::ssl::stream_base::client);
     http::request<http::string_body> request(http::verb::get, target, 11);
     request.set(http::field::host, "127.0.0.1");
