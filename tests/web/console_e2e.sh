@@ -38,12 +38,12 @@ web=$(wait_for_line "$work/ternd.out" "web console on")
 echo "web console on http://$web/"
 as() { "${tc[@]}" --server "$server" --tls-ca "$c/ca.pem" --token-file "$work/alice.token" "$@"; }
 
-# Long enough (3 epochs of 1024 images, a progress event every step) for the
+# Long enough (3 epochs of 2048 images, a progress event every step) for the
 # browser to see the curve grow while the job runs.
 cat >"$work/job.yaml" <<'YAML'
 name: web-console-e2e
 model: {arch: resnet20, width_multiplier: 0.25}
-dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 1024, max_eval_examples: 64}
+dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 2048, max_eval_examples: 64}
 quantization: {method: hla}
 optimization: {epochs: 3, batch_size: 32}
 resources: {ranks: 1, device_kind: cpu}
