@@ -2,14 +2,20 @@
 
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/client_context.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "cli/inspect.h"
 #include "web/web_assets.h"
 
 namespace tern::server {
@@ -206,11 +212,48 @@ void PrepareContext(const Request& request, grpc::ClientContext* context) {
   if (!request.authorization.empty()) context->AddMetadata("authorization", request.authorization);
 }
 
+bool WriteAll(int fd, const std::string& data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = write(fd, data.data() + done, data.size() - done);
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 bool PrintableAscii(const std::string& text) {
   for (const unsigned char c : text) {
     if (c < 0x20 || c > 0x7e) return false;
   }
   return true;
+}
+
+// `ternctl inspect` of an artifact's bytes: {"fileName", "text" (the
+// command's output), "summary" (its --json output)}.
+Response Inspect(const std::string& file_name, const std::string& data) {
+  std::error_code ec;
+  std::string pattern =
+      (std::filesystem::temp_directory_path(ec) / "ternd-inspect-XXXXXX").string();
+  const int fd = mkstemp(pattern.data());
+  if (fd < 0) return ErrorResponse(500, "INTERNAL", "cannot create a temporary file to inspect");
+  const bool written = WriteAll(fd, data);
+  close(fd);
+  std::ostringstream text, summary, err;
+  const int text_rc = written ? cli::InspectArtifactCommand(pattern, false, text, err) : 1;
+  const int json_rc = written ? cli::InspectArtifactCommand(pattern, true, summary, err) : 1;
+  std::filesystem::remove(pattern, ec);
+  if (!written || text_rc != 0 || json_rc != 0) {
+    return ErrorResponse(500, "INTERNAL", "the artifact cannot be inspected: " + err.str());
+  }
+  std::string shown = text.str();
+  for (size_t at = shown.find(pattern); at != std::string::npos; at = shown.find(pattern, at)) {
+    shown.replace(at, pattern.size(), file_name);
+  }
+  nlohmann::json parsed = nlohmann::json::parse(summary.str(), nullptr, false);
+  if (parsed.is_object()) parsed["path"] = file_name;
+  nlohmann::json body = {{"fileName", file_name}, {"text", shown}, {"summary", parsed}};
+  return JsonResponse(200, body.dump() + "\n");
 }
 
 }  // namespace
@@ -372,7 +415,7 @@ Response WebApi::ServeApi(const Request& request) const {
       if (!more && !status.ok()) return FromGrpcStatus(status, &job_id);
       return JsonResponse(200, body + "],\"more\":" + (more ? "true" : "false") + "}\n");
     }
-    if (parts[2] == "artifact") {
+    if (parts[2] == "artifact" || parts[2] == "inspect") {
       if (!OnlyKnown(query, {}, &error)) return error;
       v1::GetArtifactRequest get;
       get.set_job_id(job_id);
@@ -387,16 +430,17 @@ Response WebApi::ServeApi(const Request& request) const {
       }
       const grpc::Status status = reader->Finish();
       if (!status.ok()) return FromGrpcStatus(status, &job_id);
-      Response response;
-      response.content_type = "application/octet-stream";
-      response.body = std::move(data);
-      AddCommonHeaders(&response);
       std::string safe_name;
       for (const char c : file_name) {
         safe_name +=
             (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') ? c
                                                                                               : '_';
       }
+      if (parts[2] == "inspect") return Inspect(safe_name, data);
+      Response response;
+      response.content_type = "application/octet-stream";
+      response.body = std::move(data);
+      AddCommonHeaders(&response);
       response.headers.emplace_back("Content-Disposition",
                                     "attachment; filename=\"" + safe_name + "\"");
       return response;

@@ -17,6 +17,9 @@
 //                                            kMaxEventsPerPage: {"events": [...],
 //                                            "more": bool}
 //   GET /api/v1/jobs/{id}/artifact           GetArtifact, as one download
+//   GET /api/v1/jobs/{id}/inspect            `ternctl inspect` of that artifact
+//                                            (cli/inspect.h): {"fileName", "text",
+//                                            "summary": its --json object}
 //   GET /api/v1/agents                       ListAgents
 // Status mapping: INVALID_ARGUMENT 400 (an unknown or malformed query
 // parameter is 400 naming it), UNAUTHENTICATED 401 (nothing but the error),

@@ -91,6 +91,11 @@ try {
   await page.waitForFunction(() => Number(document.querySelector('#loss-chart').dataset.points) > 1);
   await page.waitForSelector('#download', { timeout: 15000 });
   check((await page.textContent('#job-result')).includes('SHA-256'), 'no result summary');
+  // The artifact's summary is ternctl inspect's.
+  await page.waitForSelector('#inspect:has-text("bits each")', { timeout: 15000 });
+  const inspectText = await page.textContent('#inspect');
+  check(inspectText.includes('.tern: ') && inspectText.includes('zeros'),
+        `the inspect summary is not ternctl inspect's: ${inspectText.slice(0, 200)}`);
   check((await page.$$('#events tr[data-kind="state"]')).length >= 3, 'too few state events listed');
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
   check(download.suggestedFilename().endsWith('.tern'), `download named ${download.suggestedFilename()}`);

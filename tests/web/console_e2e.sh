@@ -38,12 +38,12 @@ web=$(wait_for_line "$work/ternd.out" "web console on")
 echo "web console on http://$web/"
 as() { "${tc[@]}" --server "$server" --tls-ca "$c/ca.pem" --token-file "$work/alice.token" "$@"; }
 
-# Long enough (3 epochs of 2048 images, a progress event every step) for the
+# Long enough (3 epochs of 4096 images, a progress event every step) for the
 # browser to see the curve grow while the job runs.
 cat >"$work/job.yaml" <<'YAML'
 name: web-console-e2e
 model: {arch: resnet20, width_multiplier: 0.25}
-dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 2048, max_eval_examples: 64}
+dataset: {kind: idx, path: /usr/share/datasets/fashion-mnist, max_train_examples: 4096, max_eval_examples: 64}
 quantization: {method: hla}
 optimization: {epochs: 3, batch_size: 32}
 resources: {ranks: 1, device_kind: cpu}
@@ -62,4 +62,7 @@ WEB_URL="http://$web/" TOKEN="$(cat "$work/alice.token")" JOB="$job" CANCELLED_J
   node "$here/console_check.mjs" || fail "the browser checks failed"
 [[ $(as get "$job" --json | jq -r .state) == JOB_STATE_SUCCEEDED ]] || fail "job $job did not succeed"
 [[ -s "$shots/job.png" && -s "$shots/jobs.png" ]] || fail "no screenshots in $shots"
+# The console's download is the artifact itself, and its summary ternctl's.
+"${tc[@]}" inspect "$shots/artifact.tern" >"$work/inspect.txt" || fail "ternctl inspect of the download failed"
+grep -q "bits each" "$work/inspect.txt" || fail "ternctl inspect: $(cat "$work/inspect.txt")"
 echo "PASS: the web console showed the job live, its success, the cancelled job and the agent; screenshots in $shots"

@@ -244,7 +244,7 @@ TEST_F(WebApiTest, OwnersSeeOnlyTheirJobsAndAdminsAll) {
 TEST_F(WebApiTest, AnotherOwnersJobAnswersExactlyLikeAnAbsentOne) {
   const std::string bob_job = Submit(kBobToken, "bob-job");
   const std::string absent = "987654";
-  for (const std::string suffix : {"", "/events", "/artifact"}) {
+  for (const std::string suffix : {"", "/events", "/artifact", "/inspect"}) {
     const HttpReply other =
         Get(port(), "/api/v1/jobs/" + bob_job + suffix, "Bearer " + kAliceToken);
     const HttpReply missing =

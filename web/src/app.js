@@ -129,6 +129,8 @@ function jobPage(jobId) {
 
   const progress = [], epochs = [];
   let after = 0;
+  const inspect = el('pre', { id: 'inspect' }, 'reading the artifact…');
+  let inspected = false;
   const eventRow = (ev) => {
     let kind = 'other', details = '';
     if (ev.stateChange) {
@@ -209,7 +211,14 @@ function jobPage(jobId) {
           ['wall time', `${num(r.wallSeconds, 3)} s`], ['images/s', num(r.imagesPerSecond, 4)],
           ['layers', (r.layers || []).map(l => `${l.name}: sparsity ${percent(l.sparsity)}, α ${num(l.alpha, 3)}`).join('; ')],
         ].map(([k, v]) => el('tr', {}, el('th', {}, k), el('td', {}, v))))),
-        el('button', { id: 'download', onclick: () => download(jobId).catch(handleError) }, 'Download artifact'));
+        el('button', { id: 'download', onclick: () => download(jobId).catch(handleError) }, 'Download artifact'),
+        el('h4', {}, 'ternctl inspect'), inspect);
+      if (!inspected) {
+        inspected = true;
+        get(`jobs/${encodeURIComponent(jobId)}/inspect`)
+          .then((r) => { inspect.textContent = r.text; })
+          .catch((e) => { inspect.textContent = `cannot inspect the artifact: ${e.message}`; });
+      }
     } else {
       result.replaceChildren(el('p', { class: 'muted' }, 'no artifact yet'));
     }
