@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cli/inspect.h"
+#include "common/utf8.h"
 #include "web/web_assets.h"
 
 namespace tern::server {
@@ -173,6 +174,14 @@ bool ParseQuery(const std::string& text, Query* query, Response* error) {
       }
       if (!PercentDecode(eq == std::string::npos ? "" : part.substr(eq + 1), &value)) {
         *error = BadParameter(name, "malformed percent-encoding");
+        return false;
+      }
+      if (!IsValidUtf8(name)) {
+        *error = BadParameter(ToValidUtf8(name), "the name is not valid UTF-8");
+        return false;
+      }
+      if (!IsValidUtf8(value)) {
+        *error = BadParameter(name, "the value is not valid UTF-8");
         return false;
       }
       query->emplace_back(std::move(name), std::move(value));

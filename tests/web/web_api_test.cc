@@ -275,6 +275,8 @@ TEST_F(WebApiTest, BadQueryParametersAre400NamingTheParameter) {
                                    {"/api/v1/jobs?label=novalue", "label"},
                                    {"/api/v1/jobs?colour=red", "colour"},
                                    {"/api/v1/jobs?owner=%zz", "owner"},
+           {"/api/v1/jobs?owner=%ff", "owner"},
+           {"/api/v1/jobs?label=k%3D%c0%af", "label"},
                                    {"/api/v1/jobs/" + id + "/events?after=x", "after"},
                                    {"/api/v1/jobs/" + id + "/events?after=-3", "after"},
                                    {"/api/v1/jobs/" + id + "?verbose=1", "verbose"},
