@@ -291,6 +291,51 @@ TEST_F(WebApiTest, BadQueryParametersAre400NamingTheParameter) {
   EXPECT_EQ(Get(port(), "/api/v2/jobs", alice).status, 404);
 }
 
+// Without --token-file the console is open, like the gRPC API then.
+TEST(WebOpenTest, WithoutTokensEveryCallerSeesEveryJob) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("tern-web-open-" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  TerndOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.web_listen = "127.0.0.1:0";
+  options.db_path = (dir / "ternd.db").string();
+  options.artifact_root = (dir / "artifacts").string();
+  options.checkpoint_root = (dir / "checkpoints").string();
+  options.shutdown_grace = std::chrono::seconds(2);
+  auto ternd = Ternd::Start(options);
+  ASSERT_TRUE(ternd.ok()) << ternd.status();
+  auto stub = v1::JobService::NewStub(
+      grpc::CreateChannel((*ternd)->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  context.AddMetadata("x-tern-owner", "carol");
+  v1::SubmitJobRequest request;
+  request.mutable_spec()->set_name("carols-job");
+  request.mutable_spec()->mutable_model()->set_arch("resnet20");
+  request.mutable_spec()->mutable_resources()->set_ranks(1);
+  request.mutable_spec()->mutable_optimization()->set_epochs(1);
+  request.mutable_spec()->mutable_optimization()->set_batch_size(32);
+  request.mutable_spec()->mutable_dataset()->set_max_train_examples(64);
+  v1::SubmitJobResponse response;
+  const grpc::Status status = stub->SubmitJob(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  const int port = (*ternd)->web_port();
+  const HttpReply whoami = Get(port, "/api/v1/whoami");
+  EXPECT_EQ(whoami.status, 200) << whoami.body;
+  EXPECT_NE(whoami.body.find("\"seesEveryJob\":true"), std::string::npos) << whoami.body;
+  const HttpReply jobs = Get(port, "/api/v1/jobs");
+  EXPECT_EQ(jobs.status, 200) << jobs.body;
+  EXPECT_NE(jobs.body.find("carols-job"), std::string::npos) << jobs.body;
+  EXPECT_EQ(Get(port, "/api/v1/jobs/" + response.job().id()).status, 200);
+  // A token where ternd takes none is refused, as over gRPC.
+  EXPECT_EQ(Get(port, "/api/v1/jobs", "Bearer something").status, 401);
+  ternd->reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
 TEST(WebOptionsTest, TokensOverPlainHttpOnlyOnLoopback) {
   TerndOptions options;
   options.tls.cert_file = "cert.pem";
