@@ -79,6 +79,12 @@ Status TerndOptions::Validate() const {
   if (web_tls_cert.empty() != web_tls_key.empty()) {
     return InvalidArgumentError("web_tls_cert, web_tls_key: both or neither");
   }
+  if (!web_listen.empty() && !tls.client_ca_file.empty() && token_file.empty()) {
+    return InvalidArgumentError(
+        "web_listen: with tls_client_ca (mutual TLS) the web console needs token_file: "
+        "browsers present no client certificate, and without tokens the console would show "
+        "every job to anyone who reaches it");
+  }
   if (!token_file.empty() && !web_listen.empty() && web_tls_cert.empty()) {
     const std::string host = web_listen.substr(0, web_listen.rfind(':'));
     if (host != "127.0.0.1" && host != "localhost" && host != "[::1]") {

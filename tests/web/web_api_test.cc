@@ -346,6 +346,12 @@ TEST(WebOptionsTest, TokensOverPlainHttpOnlyOnLoopback) {
   EXPECT_NE(status.message().find("web_listen"), std::string::npos) << status;
   options.web_listen = "127.0.0.1:8080";
   EXPECT_TRUE(options.Validate().ok());
+  options.token_file.clear();
+  options.tls.client_ca_file = "ca.pem";
+  EXPECT_NE(options.Validate().message().find("web_listen: with tls_client_ca"), std::string::npos)
+      << options.Validate();
+  options.token_file = "tokens";
+  EXPECT_TRUE(options.Validate().ok()) << options.Validate();
   options.web_tls_cert = "web.pem";
   EXPECT_NE(options.Validate().message().find("web_tls_cert, web_tls_key"), std::string::npos);
 }
