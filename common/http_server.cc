@@ -84,6 +84,11 @@ class Router {
     handlers_[path] = std::move(handler);
   }
 
+  void HandlePrefix(const std::string& prefix, MetricsHttpServer::RequestHandler handler) {
+    std::lock_guard<std::mutex> lock(mu_);
+    prefix_handlers_[prefix] = std::move(handler);
+  }
+
   void RequireBearerToken(MetricsHttpServer::TokenCheck check) {
     std::lock_guard<std::mutex> lock(mu_);
     token_check_ = std::move(check);
@@ -100,11 +105,22 @@ class Router {
     const beast::string_view target = request.target();
     const std::string path(target.substr(0, target.find('?')));
     MetricsHttpServer::Handler handler;
+    MetricsHttpServer::RequestHandler prefix_handler;
     MetricsHttpServer::TokenCheck token_check;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = handlers_.find(path);
-      if (it != handlers_.end()) handler = it->second;
+      if (it != handlers_.end()) {
+        handler = it->second;
+      } else if (path != "/metrics" && path != "/healthz") {  // built-ins win
+        // The longest prefix first: std::map orders "/" before "/api/".
+        for (auto p = prefix_handlers_.rbegin(); p != prefix_handlers_.rend(); ++p) {
+          if (path.compare(0, p->first.size(), p->first) == 0) {
+            prefix_handler = p->second;
+            break;
+          }
+        }
+      }
       token_check = token_check_;
     }
     if (token_check && path != "/healthz" && !Authorized(request, token_check)) {
@@ -113,10 +129,25 @@ class Router {
       response.set(http::field::www_authenticate, "Bearer realm=\"tern\"");
       return response;
     }
-    if (handler) {
+    if (handler || prefix_handler) {
       try {
-        MetricsHttpServer::Response r = handler();
-        return MakeResponse(r.status, r.content_type, std::move(r.body));
+        MetricsHttpServer::Response r;
+        if (handler) {
+          r = handler();
+        } else {
+          MetricsHttpServer::Request parsed;
+          parsed.path = path;
+          const size_t question = target.find('?');
+          if (question != beast::string_view::npos) {
+            parsed.query = std::string(target.substr(question + 1));
+          }
+          auto auth = request.find(http::field::authorization);
+          if (auth != request.end()) parsed.authorization = std::string(auth->value());
+          r = prefix_handler(parsed);
+        }
+        auto response = MakeResponse(r.status, r.content_type, std::move(r.body));
+        for (const auto& [name, value] : r.headers) response.set(name, value);
+        return response;
       } catch (const std::exception& e) {
         TERN_LOG(ERROR) << "metrics http: handler for " << path
                         << " threw: " << e.what();
@@ -151,6 +182,7 @@ class Router {
   const Registry* const registry_;
   mutable std::mutex mu_;
   std::map<std::string, MetricsHttpServer::Handler> handlers_;
+  std::map<std::string, MetricsHttpServer::RequestHandler> prefix_handlers_;
   MetricsHttpServer::TokenCheck token_check_;  // empty: no token needed
 };
 
@@ -273,6 +305,9 @@ class MetricsHttpServer::Impl {
   int port() const { return port_.load(); }
   void Handle(const std::string& path, Handler handler) {
     router_.Handle(path, std::move(handler));
+  }
+  void HandlePrefix(const std::string& prefix, RequestHandler handler) {
+    router_.HandlePrefix(prefix, std::move(handler));
   }
   void RequireBearerToken(TokenCheck check) { router_.RequireBearerToken(std::move(check)); }
 
@@ -437,6 +472,10 @@ void MetricsHttpServer::Stop() { impl_->Stop(); }
 int MetricsHttpServer::port() const { return impl_->port(); }
 void MetricsHttpServer::Handle(const std::string& path, Handler handler) {
   impl_->Handle(path, std::move(handler));
+}
+
+void MetricsHttpServer::HandlePrefix(const std::string& prefix, RequestHandler handler) {
+  impl_->HandlePrefix(prefix, std::move(handler));
 }
 void MetricsHttpServer::RequireBearerToken(TokenCheck check) {
   impl_->RequireBearerToken(std::move(check));

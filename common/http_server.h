@@ -10,10 +10,12 @@
 //
 // Routes: GET /metrics (text format 0.0.4 from the Registry), GET /healthz
 // ("ok"), and paths added with Handle(); 404 for other paths, 405 for methods
-// other than GET. With RequireBearerToken(), every path but /healthz (which
-// liveness probes call bare, and which tells nothing) answers 401 unless the
-// request carries "Authorization: Bearer <token>" with an accepted token. The query string is ignored. A malformed request or a
-// connection idle for 10 s is closed; the server keeps serving the others.
+// other than GET. HandlePrefix() routes every path under a prefix to a handler
+// that sees the request (path, query, Authorization header). With RequireBearerToken(), every path
+// but /healthz (which liveness probes call bare, and which tells nothing) answers 401 unless the
+// request carries "Authorization: Bearer <token>" with an accepted token. The query string is
+// ignored. A malformed request or a connection idle for 10 s is closed; the server keeps serving
+// the others.
 //
 // Thread safety: all methods may be called from any thread. Handlers run on
 // the server's thread, one at a time, so they must be quick and not block.
@@ -24,6 +26,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/metrics.h"
 #include "common/status.h"
@@ -36,8 +40,17 @@ class MetricsHttpServer {
     int status = 200;
     std::string content_type = "text/plain; charset=utf-8";
     std::string body;
+    // Extra response headers (name, value), e.g. Cache-Control.
+    std::vector<std::pair<std::string, std::string>> headers;
+  };
+  // What a prefix handler sees of a GET request.
+  struct Request {
+    std::string path;           // without the query, e.g. "/api/v1/jobs/7"
+    std::string query;          // after '?', undecoded; "" when none
+    std::string authorization;  // the Authorization header; "" when absent
   };
   using Handler = std::function<Response()>;
+  using RequestHandler = std::function<Response(const Request&)>;
   // Whether a bearer token is accepted; called on the server's thread.
   using TokenCheck = std::function<bool(std::string_view token)>;
 
@@ -63,6 +76,10 @@ class MetricsHttpServer {
   // Serves GET `path` (exact match, e.g. "/healthz") with `handler`, replacing
   // a built-in route or an earlier handler. Allowed before or after Start().
   void Handle(const std::string& path, Handler handler);
+  // Serves GET of every path that starts with `prefix` (e.g. "/api/", "/")
+  // and has no exact route (built-in or Handle()); the longest matching
+  // prefix wins. Allowed before or after Start().
+  void HandlePrefix(const std::string& prefix, RequestHandler handler);
 
   // Requires a bearer token accepted by `check` (see above). Allowed before
   // or after Start().

@@ -7,12 +7,14 @@
 //         [--tls-cert F --tls-key F [--tls-client-ca F [--tls-agent-names GLOB]]]
 //         [--token-file F] [--metrics-token-file F]
 //         [--metrics-tls-cert F --metrics-tls-key F]
+//         [--web-listen 127.0.0.1:8080 [--web-tls-cert F --web-tls-key F]]
 //         [--read-roots DIRS] [--write-roots DIRS] [--quota-file F]
 //         [--rendezvous-key-file F]   (default <db>.rendezvous-key, mode 0600)
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
-// also for --listen ...:0), then "ternd metrics on HOST:PORT" when enabled;
+// also for --listen ...:0), then "ternd metrics on HOST:PORT" and "ternd web
+// console on HOST:PORT" when enabled;
 // logs go to stderr. SIGINT or SIGTERM shuts down gracefully. Exit codes:
 // 0 after a clean shutdown, 1 when ternd cannot start, 2 for bad flags.
 #include <pthread.h>
@@ -72,6 +74,9 @@ int Run(const TerndOptions& options) {
     std::cout << "ternd metrics on " << (*ternd)->metrics_address()
               << std::endl;
   }
+  if (!(*ternd)->web_address().empty()) {
+    std::cout << "ternd web console on " << (*ternd)->web_address() << std::endl;
+  }
   int signal = 0;
   sigwait(&signals, &signal);
   TERN_LOG(INFO) << "ternd: " << (signal == SIGINT ? "SIGINT" : "SIGTERM")
@@ -127,6 +132,13 @@ int main(int argc, char** argv) {
                  "re-read when it changes");
   app.add_option("--metrics-tls-key", options.metrics_tls_key,
                  "PEM private key of --metrics-tls-cert");
+  app.add_option("--web-listen", options.web_listen,
+                 "web console and its JSON API host:port (\":0\": any port; empty: off); the "
+                 "API takes the same bearer tokens as gRPC (--token-file)");
+  app.add_option("--web-tls-cert", options.web_tls_cert,
+                 "PEM certificate (chain): serve the web console over HTTPS (with "
+                 "--web-tls-key); re-read when it changes");
+  app.add_option("--web-tls-key", options.web_tls_key, "PEM private key of --web-tls-cert");
   app.add_option("--read-roots", options.read_roots,
                  "comma-separated directories (\"{owner}\": the job's owner) a job may read "
                  "data and init_from files under (default: anywhere)");

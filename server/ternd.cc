@@ -23,6 +23,7 @@
 #include "server/rendezvous_key.h"
 #include "server/server_metrics.h"
 #include "server/server_state.h"
+#include "server/web_api.h"
 #include "server/worker_service.h"
 
 namespace tern::server {
@@ -74,6 +75,24 @@ Status TerndOptions::Validate() const {
     return InvalidArgumentError(
         "token_file: needs TLS (--tls-cert, --tls-key): bearer tokens must not cross the "
         "network in plaintext");
+  }
+  if (web_tls_cert.empty() != web_tls_key.empty()) {
+    return InvalidArgumentError("web_tls_cert, web_tls_key: both or neither");
+  }
+  if (!web_listen.empty() && !tls.client_ca_file.empty() && token_file.empty()) {
+    return InvalidArgumentError(
+        "web_listen: with tls_client_ca (mutual TLS) the web console needs token_file: "
+        "browsers present no client certificate, and without tokens the console would show "
+        "every job to anyone who reaches it");
+  }
+  if (!token_file.empty() && !web_listen.empty() && web_tls_cert.empty()) {
+    const std::string host = web_listen.substr(0, web_listen.rfind(':'));
+    if (host != "127.0.0.1" && host != "localhost" && host != "[::1]") {
+      return InvalidArgumentError(
+          "web_listen: with token_file the web console needs HTTPS (--web-tls-cert, "
+          "--web-tls-key) unless it listens on loopback (127.0.0.1, localhost, [::1]): bearer "
+          "tokens must not cross the network in plaintext");
+    }
   }
   TERN_RETURN_IF_ERROR(paths::ParseRoots("read_roots", read_roots).status());
   TERN_RETURN_IF_ERROR(paths::ParseRoots("write_roots", write_roots).status());
@@ -234,6 +253,20 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
                                         options_.metrics_tls_cert, options_.metrics_tls_key},
                                        &registry_));
   if (http_ != nullptr) metrics_address_ = WithPort(options_.metrics_listen, http_->port());
+  if (!options_.web_listen.empty()) {
+    web_api_ = std::make_unique<WebApi>(server_->InProcessChannel(grpc::ChannelArguments()));
+    web_http_ = std::make_unique<metrics::MetricsHttpServer>(options_.web_listen, &registry_);
+    if (!options_.web_tls_cert.empty()) {
+      const Status tls = web_http_->UseTls(options_.web_tls_cert, options_.web_tls_key);
+      if (!tls.ok()) return tls.WithContext("web_tls_cert, web_tls_key");
+    }
+    web_api_->InstallOn(web_http_.get());
+    const Status started = web_http_->Start();
+    if (!started.ok()) return started.WithContext("web_listen");
+    web_address_ = WithPort(options_.web_listen, web_http_->port());
+    TERN_LOG(INFO) << "ternd: web console on " << (options_.web_tls_cert.empty() ? "http" : "https")
+                   << "://" << web_address_ << "/";
+  }
   metrics_->UpdateScheduler(scheduler_->Stats());
   tick_thread_ = std::thread([this] { TickLoop(); });
   TERN_LOG(INFO) << "ternd: serving on " << address_ << ", store "
@@ -253,6 +286,8 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
 }
 
 int Ternd::metrics_port() const { return http_ ? http_->port() : 0; }
+
+int Ternd::web_port() const { return web_http_ ? web_http_->port() : 0; }
 
 void Ternd::TickLoop() {
   std::unique_lock<std::mutex> lock(mu_);
@@ -308,6 +343,10 @@ void Ternd::Shutdown() {
     stopping_ = true;
   }
   stop_tick_.notify_all();
+  // The console's handlers call the gRPC server in-process: stop them first.
+  if (web_http_) web_http_->Stop();
+  web_http_.reset();
+  web_api_.reset();
   if (server_) {
     grpc::HealthCheckServiceInterface* health =
         server_->GetHealthCheckService();

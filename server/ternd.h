@@ -11,7 +11,8 @@
 //
 // Start() opens the SQLite store (loading every job), creates the scheduler,
 // serves tern.v1.JobService and tern.v1.WorkerService with gRPC health
-// checking and reflection, serves /metrics and /healthz over HTTP, and runs a
+// checking and reflection, serves /metrics and /healthz over HTTP, the web console on web_listen
+// (server/web_api.h), and runs a
 // tick thread (scheduler Tick, lease expiry, gauges, dropping ended jobs'
 // series). Shutdown() marks health NOT_SERVING, answers new calls
 // UNAVAILABLE, ends the streams (they notice within one long-poll round),
@@ -50,6 +51,7 @@ class RendezvousKeys;
 class ServerMetrics;
 struct ServerState;
 class TokenTable;
+class WebApi;
 
 struct TerndOptions {
   std::string listen = "127.0.0.1:7070";  // gRPC "host:port"; port 0 = any
@@ -92,6 +94,11 @@ struct TerndOptions {
   std::string metrics_token_file;
   // HTTPS for /metrics and /healthz (both or neither; re-read on change).
   std::string metrics_tls_cert, metrics_tls_key;
+  // The web console and its JSON API (server/web_api.h) "host:port"; empty
+  // = off. Its /api/v1 calls authenticate like gRPC calls (token_file).
+  std::string web_listen;
+  // HTTPS for the web console (both or neither; re-read on change).
+  std::string web_tls_cert, web_tls_key;
   // Comma-separated directories ("{owner}" = the job's owner) under which a
   // spec may name data to read (dataset.path, model.init_from) and
   // checkpoint directories to write; both empty: any path (see
@@ -131,6 +138,9 @@ class Ternd {
   // "host:port" of the HTTP endpoint; empty when disabled.
   const std::string& metrics_address() const { return metrics_address_; }
   int metrics_port() const;
+  // "host:port" of the web console; empty when disabled.
+  const std::string& web_address() const { return web_address_; }
+  int web_port() const;
   metrics::Registry& registry() { return registry_; }
   scheduler::Scheduler& scheduler() { return *scheduler_; }
 
@@ -160,8 +170,11 @@ class Ternd {
   std::unique_ptr<WorkerService> worker_service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<metrics::MetricsHttpServer> http_;
+  std::unique_ptr<WebApi> web_api_;
+  std::unique_ptr<metrics::MetricsHttpServer> web_http_;
   std::string address_;
   std::string metrics_address_;
+  std::string web_address_;
   int port_ = 0;
 
   std::mutex mu_;

@@ -81,9 +81,32 @@ TEST_F(MetricsHttpServerTest, ServesHealthz) {
   EXPECT_EQ(response.body(), "ok");
 }
 
+TEST_F(MetricsHttpServerTest, PrefixHandlersSeeTheRequestAndTheLongestPrefixWins) {
+  auto echo = [](const std::string& name) {
+    return [name](const MetricsHttpServer::Request& request) {
+      MetricsHttpServer::Response response;
+      response.body = name + "|" + request.path + "|" + request.query + "|" + request.authorization;
+      response.headers.emplace_back("X-Handler", name);
+      return response;
+    };
+  };
+  server_.HandlePrefix("/", echo("root"));
+  server_.HandlePrefix("/api/", echo("api"));
+  const auto api =
+      Fetch(server_.port(), http::verb::get, "/api/v1/jobs?state=RUNNING&x=%20", "Bearer abc");
+  EXPECT_EQ(api.result_int(), 200);
+  EXPECT_EQ(api.body(), "api|/api/v1/jobs|state=RUNNING&x=%20|Bearer abc");
+  EXPECT_EQ(api["X-Handler"], "api");
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/app.js").body(), "root|/app.js||");
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/apix").body(), "root|/apix||");
+  // Exact routes still win over prefixes.
+  EXPECT_EQ(Fetch(server_.port(), http::verb::get, "/healthz").body(), "ok");
+  EXPECT_EQ(Fetch(server_.port(), http::verb::post, "/api/v1/jobs").result_int(), 405);
+}
+
 TEST_F(MetricsHttpServerTest, ABearerTokenGuardsEveryPathButHealthz) {
   server_.RequireBearerToken([](std::string_view token) { return token == "tern_secret"; });
-  server_.Handle("/extra", [] { return MetricsHttpServer::Response{200, "text/plain", "x"}; });
+  server_.Handle("/extra", [] { return MetricsHttpServer::Response{200, "text/plain", "x", {}}; });
   for (const char* path : {"/metrics", "/extra", "/nope"}) {
     for (const char* authorization : {"", "Bearer tern_wrong", "Basic dGVybjpzZWNyZXQ=",
                                       "Bearer", "tern_secret"}) {
@@ -173,7 +196,7 @@ TEST_F(MetricsHttpServerTest, SurvivesGarbageRequest) {
 
 TEST_F(MetricsHttpServerTest, ExtraHandlersReplaceBuiltIns) {
   server_.Handle("/healthz", [] {
-    return MetricsHttpServer::Response{503, "text/plain", "draining"};
+    return MetricsHttpServer::Response{503, "text/plain", "draining", {}};
   });
   server_.Handle("/ready", [] { return MetricsHttpServer::Response{}; });
   const auto health = Fetch(server_.port(), http::verb::get, "/healthz");
