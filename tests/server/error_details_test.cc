@@ -3,8 +3,8 @@
 // carries the reason, the violated fields, quota failures and retry delays;
 // unknown spec fields are refused; another owner's job looks absent.
 #include <google/protobuf/any.pb.h>
-#include <google/protobuf/unknown_field_set.h>
 #include <google/protobuf/empty.pb.h>
+#include <google/protobuf/unknown_field_set.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>

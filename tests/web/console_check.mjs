@@ -115,8 +115,14 @@ try {
   // Filtering by state keeps only the matching jobs.
   await page.fill('#filter-state', 'CANCELLED');
   await page.press('#filter-state', 'Enter');
-  await page.waitForFunction((j) => !document.querySelector(`#jobs tr[data-job-id="${j}"]`), job);
+  // The list is rebuilt after the filter changes: wait for the filtered list
+  // (the job gone and the cancelled one there), not for a moment between.
+  const filtered = await page.waitForFunction(
+    ([j, c]) => !document.querySelector(`#jobs tr[data-job-id="${j}"]`) &&
+                document.querySelector(`#jobs tr[data-job-id="${c}"]`) !== null,
+    [job, cancelled], { timeout: 15000 }).then(() => true, () => false);
   check((await page.$(row)) !== null, 'the state filter hid the cancelled job');
+  check(filtered, `the state filter CANCELLED still lists job ${job}`);
   log(`job ${cancelled} is CANCELLED with reason "${reasonText}"`);
 
   // 5. The agents page lists the agent and its slots.
