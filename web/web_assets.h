@@ -1,4 +1,4 @@
-// The web console's static files (web/dist, built by `npm run build`),
+// The web console's static files (web/src, and uPlot in web/vendor),
 // embedded in the binary at build time by embed_assets.cmake: no Node.js and
 // no files on disk at run time.
 // Thread-safe: constant data.
@@ -10,7 +10,7 @@
 namespace tern::web {
 
 struct Asset {
-  std::string_view path;          // relative to dist/, e.g. "index.html"
+  std::string_view path;          // e.g. "index.html", "vendor/uPlot.esm.js"
   std::string_view content_type;  // from the extension
   std::string_view data;
 };
