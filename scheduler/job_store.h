@@ -57,6 +57,10 @@ class JobStore {
   // Every job, by ascending id, with `history` holding its state-change events.
   virtual StatusOr<std::vector<Job>> LoadJobs() = 0;
 
+  // The highest id of any job the store ever held, deleted ones included; 0
+  // for none. New jobs get higher ids, so that no id names two jobs.
+  virtual StatusOr<JobId> HighestJobIdEver() = 0;
+
   // Events of `job` with seq > after_seq, ascending, at most `limit`.
   virtual StatusOr<std::vector<JobEvent>> ReadEvents(JobId job,
                                                      int64_t after_seq,

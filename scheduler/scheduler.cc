@@ -347,6 +347,9 @@ StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
 
 Status Scheduler::LoadLocked() {
   TERN_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->LoadJobs());
+  // Above every id ever issued, deleted jobs' included.
+  TERN_ASSIGN_OR_RETURN(const JobId highest, store_->HighestJobIdEver());
+  next_id_ = std::max(next_id_, highest + 1);
   const TimePoint now = clock_->Now();
   TERN_RETURN_IF_ERROR(ApplyLoadedLocked(std::move(jobs), now + options_.agent_lease_ttl));
   TERN_LOG(INFO) << "scheduler: loaded " << jobs_.size() << " jobs (" << queued_.size()
@@ -499,10 +502,14 @@ void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch, Status status
       agent->used.clear();
       agent->ports.clear();
     }
-    next_id_ = 1;
+    // Ids as the store has them: a job the failed batch did not store frees
+    // its id; a deleted job's stays taken.
+    StatusOr<JobId> highest = store_->HighestJobIdEver();
+    next_id_ = highest.ok() ? *highest + 1 : 1;
     StatusOr<std::vector<Job>> jobs = store_->LoadJobs();
-    Status reloaded =
-        jobs.ok() ? ApplyLoadedLocked(std::move(jobs).value(), clock_->Now()) : jobs.status();
+    Status reloaded = !highest.ok() ? highest.status()
+                      : jobs.ok()   ? ApplyLoadedLocked(std::move(jobs).value(), clock_->Now())
+                                    : jobs.status();
     // Memory that matches no store would hand out wrong work: stop, and let
     // a restart load the store.
     TERN_CHECK(reloaded.ok()) << "scheduler: cannot reload the job store after a failed commit: "

@@ -241,9 +241,8 @@ class Scheduler {
   // Removes a SUCCEEDED, FAILED or CANCELLED job and every stored row of it
   // (FAILED_PRECONDITION for another state, NOT_FOUND) and returns it as it
   // was; its (owner, idempotency key) is free afterwards. Files are the
-  // caller's business. A deleted job's id is not handed out again while this
-  // scheduler runs; after a restart, the id of the newest job can be, when
-  // that job was deleted (the store keeps no high-water mark yet).
+  // caller's business. A deleted job's id is never handed out again, also
+  // after a restart (JobStore::HighestJobIdEver).
   StatusOr<Job> DeleteJob(JobId id);
   // WaitReasonOf's message ("needs 4 cuda slots, 2 free").
   StatusOr<std::string> WaitReason(JobId id) const;

@@ -307,6 +307,10 @@ constexpr const char* kMigrationV1ToV2[] = {
     "ALTER TABLE jobs ADD COLUMN failure_reason TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE jobs ADD COLUMN failure_message TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE jobs ADD COLUMN failure_time_us INTEGER NOT NULL DEFAULT 0",
+    // Counters that outlive rows: highest_deleted_job_id (HighestJobIdEver).
+    R"sql(CREATE TABLE store_counters (
+      name TEXT PRIMARY KEY,
+      value INTEGER NOT NULL) WITHOUT ROWID)sql",
 };
 
 struct Migration {
@@ -466,7 +470,13 @@ Status DeleteJobRows(SqliteStatementCache& c, JobId id) {
   if (sqlite3_changes(c.db()) != 1) {
     return NotFoundError("job " + std::to_string(id) + " is not in the job store");
   }
-  return OkStatus();
+  // Its id stays taken (HighestJobIdEver), also when it was the newest.
+  TERN_ASSIGN_OR_RETURN(Statement mark,
+                        c.Get("INSERT INTO store_counters (name, value) "
+                              "VALUES ('highest_deleted_job_id', ?) ON CONFLICT (name) "
+                              "DO UPDATE SET value = max(value, excluded.value)"));
+  TERN_RETURN_IF_ERROR(mark.BindAll(id));
+  return mark.Run();
 }
 
 Status WriteJobRows(SqliteStatementCache& c, const JobWrite& w) {
@@ -644,6 +654,18 @@ Status SqliteJobStore::Commit(const std::vector<JobWrite>& writes) {
     }
     return OkStatus();
   });
+}
+
+StatusOr<JobId> SqliteJobStore::HighestJobIdEver() {
+  std::lock_guard<std::mutex> lock(mu_);
+  TERN_ASSIGN_OR_RETURN(Statement sel,
+                        Statement::Prepare(db_.get(),
+                                           "SELECT max(coalesce((SELECT max(id) FROM jobs), 0), "
+                                           "coalesce((SELECT value FROM store_counters "
+                                           "WHERE name = 'highest_deleted_job_id'), 0))"));
+  TERN_ASSIGN_OR_RETURN(bool row, sel.Step());
+  if (!row) return InternalError("job store: no answer for the highest job id");
+  return static_cast<JobId>(sel.Int(0));
 }
 
 StatusOr<std::vector<Job>> SqliteJobStore::LoadJobs() {

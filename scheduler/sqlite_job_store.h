@@ -56,6 +56,7 @@ class SqliteJobStore final : public JobStore {
                    const std::vector<JobEvent>& events) override;
   Status Commit(const std::vector<JobWrite>& writes) override;
   StatusOr<std::vector<Job>> LoadJobs() override;
+  StatusOr<JobId> HighestJobIdEver() override;
   StatusOr<std::vector<JobEvent>> ReadEvents(JobId job, int64_t after_seq,
                                              int limit) override;
 

@@ -32,6 +32,10 @@ StatusOr<std::vector<scheduler::Job>> ObservedJobStore::LoadJobs() {
   return inner_->LoadJobs();
 }
 
+StatusOr<scheduler::JobId> ObservedJobStore::HighestJobIdEver() {
+  return inner_->HighestJobIdEver();
+}
+
 StatusOr<std::vector<scheduler::JobEvent>> ObservedJobStore::ReadEvents(
     scheduler::JobId job, int64_t after_seq, int limit) {
   return inner_->ReadEvents(job, after_seq, limit);

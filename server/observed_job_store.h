@@ -33,6 +33,7 @@ class ObservedJobStore final : public scheduler::JobStore {
                    const std::vector<scheduler::JobEvent>& events) override;
   Status Commit(const std::vector<scheduler::JobWrite>& writes) override;
   StatusOr<std::vector<scheduler::Job>> LoadJobs() override;
+  StatusOr<scheduler::JobId> HighestJobIdEver() override;
   StatusOr<std::vector<scheduler::JobEvent>> ReadEvents(scheduler::JobId job,
                                                         int64_t after_seq,
                                                         int limit) override;

@@ -1546,6 +1546,22 @@ TEST_F(RelabelAndDeleteTest, DeleteRemovesOnlyEndedJobsAndFreesTheIdempotencyKey
   EXPECT_EQ(Ids(ListJobsQuery()), std::vector<JobId>{again->job.id});
 }
 
+TEST_F(RelabelAndDeleteTest, TheNewestJobsIdStaysTakenAfterItsDeletionAndARestart) {
+  const JobId first = Submit(Request(0));
+  const JobId newest = Submit(Request(0));
+  ASSERT_GT(newest, first);
+  ASSERT_TRUE(scheduler_->CancelJob(newest, "").ok());
+  ASSERT_TRUE(scheduler_->DeleteJob(newest).ok());
+  Open();  // a restart: the store alone says which ids were issued
+  const JobId next = Submit(Request(0));
+  EXPECT_GT(next, newest);
+  // And once more after the new job is deleted too.
+  ASSERT_TRUE(scheduler_->CancelJob(next, "").ok());
+  ASSERT_TRUE(scheduler_->DeleteJob(next).ok());
+  Open();
+  EXPECT_GT(Submit(Request(0)), next);
+}
+
 TEST_F(RelabelAndDeleteTest, AFailedWriteChangesNothing) {
   FaultyJobStore* store = OpenFaulty();
   JobRequest request = Request(0);

@@ -83,6 +83,7 @@ class FaultyJobStore final : public JobStore {
     return inner_->Commit(writes);
   }
   StatusOr<std::vector<Job>> LoadJobs() override { return inner_->LoadJobs(); }
+  StatusOr<JobId> HighestJobIdEver() override { return inner_->HighestJobIdEver(); }
   StatusOr<std::vector<JobEvent>> ReadEvents(JobId job, int64_t after_seq, int limit) override {
     return inner_->ReadEvents(job, after_seq, limit);
   }
@@ -146,6 +147,7 @@ class GatedJobStore final : public JobStore {
     return status;
   }
   StatusOr<std::vector<Job>> LoadJobs() override { return inner_->LoadJobs(); }
+  StatusOr<JobId> HighestJobIdEver() override { return inner_->HighestJobIdEver(); }
   StatusOr<std::vector<JobEvent>> ReadEvents(JobId job, int64_t after_seq,
                                              int limit) override {
     return inner_->ReadEvents(job, after_seq, limit);
