@@ -772,14 +772,20 @@ void Agent::Impl::ReportExit(Rank& rank, const ExitStatus& ended, const std::str
       const grpc::Status status = stub_->ReportExit(&ctx, request, &response);
       if (status.ok()) return;
       if (IsLeaseError(status)) {
-        TERN_LOG(WARNING) << rank.prefix << "ReportExit: " << GrpcStatusString(status);
+        // The lease this report named is gone. Not the report: when the agent
+        // rejoins with this rank still listed, the server keeps the rank
+        // running under the new lease and learns of its exit only from here
+        // (a dropped report left such a job RUNNING forever). The loop's
+        // checks above end it when the rank was written off instead.
+        TERN_LOG(WARNING) << rank.prefix << "ReportExit: " << GrpcStatusString(status)
+                          << "; again once the lease is settled";
         RequestHeartbeat();  // it decides whether the lease is lost
-        return;
-      }
-      TERN_LOG(WARNING) << rank.prefix << "ReportExit: " << GrpcStatusString(status);
-      if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
-          status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-        return;
+      } else {
+        TERN_LOG(WARNING) << rank.prefix << "ReportExit: " << GrpcStatusString(status);
+        if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+            status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+          return;
+        }
       }
     }
     if (ShuttingDown()) return;  // one try is all a shutting-down agent waits for

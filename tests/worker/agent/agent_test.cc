@@ -189,6 +189,12 @@ class FakeWorkerService final : public v1::WorkerService::Service {
   grpc::Status ReportExit(grpc::ServerContext*, const v1::ReportExitRequest* request,
                           v1::ReportExitResponse*) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (refuse_next_exits_ > 0) {  // as a ternd that forgot the lease
+      --refuse_next_exits_;
+      ++exits_refused_;
+      cv_.notify_all();
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "unknown lease (test)");
+    }
     exits_.push_back(*request);
     calls_.push_back("ReportExit " + request->ref().job_id());
     cv_.notify_all();
@@ -282,6 +288,11 @@ class FakeWorkerService final : public v1::WorkerService::Service {
   std::vector<v1::HeartbeatRequest> heartbeats_;
   std::vector<Event> events_;
   std::vector<v1::ReportExitRequest> exits_;
+  // ReportExit refuses this many next reports for their lease (a ternd that
+  // restarted before the heartbeat or the stream noticed); counted in
+  // exits_refused_.
+  int refuse_next_exits_ = 0;
+  int exits_refused_ = 0;
   std::vector<std::string> calls_;  // Drain, ReportExit, Deregister in order
   int streams_opened_ = 0;
   int progress_calls_ = 0;
@@ -808,6 +819,34 @@ TEST_F(AgentTest, AServerThatForgotTheLeaseGetsTheRunningTrainersListed) {
             std::string::npos)
       << text;
   EXPECT_NE(text.find("tern_agent_rejoins_total{result=\"kept\"} 1"), std::string::npos) << text;
+}
+
+// A trainer that ends while ternd has forgotten the lease: its exit report
+// is refused, the agent rejoins listing the rank (the server then expects it
+// running), and the exit is reported again under the new lease instead of
+// being dropped (which left the job RUNNING forever in the load test).
+TEST_F(AgentTest, AnExitRefusedForItsLeaseIsReportedUnderTheNextOne) {
+  StartAgent();
+  fake_.Send(MakeAssignment("job-x", 0, "sleeper"));
+  const pid_t pid = ReadPid(RankDir("job-x", 0) + "/pid");
+  ASSERT_GT(pid, 0);
+  // The trainer ends; its report reaches a ternd that no longer knows the
+  // lease, which the agent learns from the next heartbeat.
+  fake_.Locked([&] { return fake_.refuse_next_exits_ = 1; });
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.exits_refused_ >= 1; }));
+  fake_.ForgetLease();
+  const auto exit = WaitForExit("job-x");
+  ASSERT_TRUE(exit.has_value()) << "the exit was dropped after its lease was refused";
+  EXPECT_EQ(exit->lease_id(), "lease-2");
+  EXPECT_EQ(exit->signal(), SIGKILL);
+  fake_.Locked([&] {
+    EXPECT_GE(fake_.registrations_.size(), 2u);
+    if (fake_.registrations_.size() >= 2) {
+      EXPECT_EQ(fake_.registrations_[1].running_size(), 1);  // listed, so expected running
+    }
+    return 0;
+  });
 }
 
 TEST_F(AgentTest, TrainersAreStoppedWhenNoNewLeaseComesWithinTheTtl) {
