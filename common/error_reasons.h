@@ -44,6 +44,8 @@ inline constexpr char kQuotaExceeded[] = "QUOTA_EXCEEDED";
 inline constexpr char kWatchStreamLimit[] = "WATCH_STREAM_LIMIT";
 // UNAVAILABLE
 inline constexpr char kShuttingDown[] = "SHUTTING_DOWN";
+inline constexpr char kNotLeader[] = "NOT_LEADER";
+inline constexpr char kLeadershipLost[] = "LEADERSHIP_LOST";
 // DATA_LOSS
 inline constexpr char kArtifactChanged[] = "ARTIFACT_CHANGED";
 
@@ -54,7 +56,7 @@ inline constexpr const char* kAllErrorReasons[] = {
     kArtifactNotFound,  kJobStateConflict,  kQuotaNeverFits,       kPriorityNotAllowed,
     kPathNotAllowed,    kOwnerMismatch,     kListOtherOwner,       kNotAnAgent,
     kCredentialMissing, kCredentialInvalid, kQuotaExceeded,        kWatchStreamLimit,
-    kShuttingDown,      kArtifactChanged,
+    kShuttingDown,      kNotLeader,         kLeadershipLost,       kArtifactChanged,
 };
 
 }  // namespace tern::error_reason
