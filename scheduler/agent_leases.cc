@@ -85,7 +85,7 @@ StatusOr<AgentLeases::Renewal> AgentLeases::Heartbeat(const std::string& agent_i
   renewal.expires_at = lease->expires_at;
   // Reconcile: a rank alive on the agent has started; one the scheduler no
   // longer expects must be killed.
-  TERN_ASSIGN_OR_RETURN(renewal.unexpected, scheduler_->ReconcileRunningRanks(running));
+  TERN_ASSIGN_OR_RETURN(renewal.unexpected, scheduler_->ReconcileRunningRanks(agent_id, running));
   return renewal;
 }
 

@@ -37,8 +37,7 @@ class LeaderElection {
   // Takes the lease for `ttl` when nobody holds it or its holder's lease has
   // expired (or the holder is `holder` itself, restarted), with an epoch one
   // higher than any before; held=false and the current holder otherwise.
-  virtual StatusOr<Leadership> TryAcquire(const std::string& holder,
-                                          const std::string& address,
+  virtual StatusOr<Leadership> TryAcquire(const std::string& holder, const std::string& address,
                                           std::chrono::milliseconds ttl) = 0;
 
   // Extends the lease taken with `epoch` to `ttl` from now, even when it

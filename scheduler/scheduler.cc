@@ -228,6 +228,13 @@ struct Scheduler::Agent {
   std::string host;
   std::map<std::string, int> slots;  // capacity by device kind, as registered
   std::map<std::string, int> used;   // held by ADMITTED/RUNNING jobs
+  // Ranks told to stop (of a job that restarted or ended, or that the
+  // scheduler no longer expects) and not yet seen to exit, by (job, attempt,
+  // rank), with their device kind. Their trainers still run in their slots
+  // (a SIGTERM grace, a last checkpoint), so those slots are not handed to
+  // another job until the exit report, a heartbeat or registration that no
+  // longer lists the rank, or the agent's loss.
+  std::map<std::tuple<JobId, int, int>, std::string> stopping;
   std::set<int> ports;  // rendezvous ports of jobs whose rank 0 is here
   // Ports found taken by another process here, and until when they are not
   // handed out (SchedulerOptions::port_quarantine).
@@ -240,6 +247,14 @@ struct Scheduler::Agent {
   // Shutting down (DrainAgent): live, but no capacity for new work.
   bool draining = false;
   AgentWork outbox;
+
+  // Slots of `kind` not free: held by jobs or by stopping ranks.
+  int Taken(const std::string& kind) const {
+    auto held = used.find(kind);
+    int n = held == used.end() ? 0 : held->second;
+    for (const auto& [key, k] : stopping) n += k == kind ? 1 : 0;
+    return n;
+  }
 };
 
 struct Scheduler::Batch {
@@ -501,6 +516,9 @@ void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch, Status status
     for (auto& [id, agent] : agents_) {
       agent->used.clear();
       agent->ports.clear();
+      // The reloaded jobs hold what they held before the failed batch; its
+      // kill orders were never sent.
+      agent->stopping.clear();
     }
     // Ids as the store has them: a job the failed batch did not store frees
     // its id; a deleted job's stays taken.
@@ -670,10 +688,7 @@ int Scheduler::SlotsLocked(const std::string& kind, bool free_only) const {
     auto cap = agent->slots.find(kind);
     if (cap == agent->slots.end()) continue;
     int n = cap->second;
-    if (free_only) {
-      auto used = agent->used.find(kind);
-      n = std::max(0, n - (used == agent->used.end() ? 0 : used->second));
-    }
+    if (free_only) n = std::max(0, n - agent->Taken(kind));
     total += n;
   }
   return total;
@@ -706,6 +721,21 @@ std::vector<KillOrder> Scheduler::KillOrdersLocked(const Job& job,
   return kills;
 }
 
+void Scheduler::HoldStoppingLocked(const std::string& device_kind,
+                                   const std::vector<KillOrder>& kills) {
+  for (const KillOrder& kill : kills) {
+    auto it = agents_.find(kill.agent_id);
+    if (it == agents_.end()) continue;
+    const std::vector<Assignment>& pending = it->second->outbox.assignments;
+    if (std::any_of(pending.begin(), pending.end(), [&](const Assignment& a) {
+          return a.job_id == kill.job_id && a.attempt == kill.attempt && a.rank == kill.rank;
+        })) {
+      continue;  // not taken by the agent: withdrawn, nothing runs
+    }
+    it->second->stopping[{kill.job_id, kill.attempt, kill.rank}] = device_kind;
+  }
+}
+
 void Scheduler::SendKillsLocked(const std::vector<KillOrder>& kills) {
   if (kills.empty()) return;
   DeferLocked([this, kills] {
@@ -715,12 +745,13 @@ void Scheduler::SendKillsLocked(const std::vector<KillOrder>& kills) {
       AgentWork& outbox = it->second->outbox;
       // An assignment not yet taken is withdrawn; the kill still goes out.
       auto& pending = outbox.assignments;
-      pending.erase(std::remove_if(pending.begin(), pending.end(),
-                                   [&](const Assignment& a) {
-                                     return a.job_id == kill.job_id && a.attempt == kill.attempt &&
-                                            a.rank == kill.rank;
-                                   }),
-                    pending.end());
+      auto withdrawn = std::remove_if(pending.begin(), pending.end(), [&](const Assignment& a) {
+        return a.job_id == kill.job_id && a.attempt == kill.attempt && a.rank == kill.rank;
+      });
+      if (withdrawn != pending.end()) {  // never reached the agent: nothing runs
+        it->second->stopping.erase({kill.job_id, kill.attempt, kill.rank});
+      }
+      pending.erase(withdrawn, pending.end());
       outbox.kills.push_back(kill);
     }
     changed_.notify_all();
@@ -748,8 +779,7 @@ std::optional<Scheduler::Placement> Scheduler::PlaceLocked(
     if (!agent->live || agent->draining) continue;
     auto cap = agent->slots.find(job.device_kind);
     if (cap == agent->slots.end()) continue;
-    auto used = agent->used.find(job.device_kind);
-    int free = cap->second - (used == agent->used.end() ? 0 : used->second);
+    const int free = cap->second - agent->Taken(job.device_kind);
     if (free <= 0) continue;
     candidates.push_back({agent.get(), free});
     free_total += free;
@@ -960,6 +990,8 @@ Status Scheduler::RestartLocked(Job job, const char* why, std::string message,
   TERN_LOG(WARNING) << "job " << job.id << " attempt " << job.attempt << " "
                     << why << " (" << message << "), now "
                     << JobStateName(job.state);
+  // The job holds no slots from here; its killed ranks do until they exit.
+  HoldStoppingLocked(job.device_kind, kills);
   TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
   SendKillsLocked(kills);
   return OkStatus();
@@ -972,6 +1004,7 @@ Status Scheduler::LoseAgentLocked(const std::string& agent_id, const char* why,
   Agent& agent = *it->second;
   agent.live = false;  // no capacity, no kill orders, no work from now on
   agent.slots.clear();
+  agent.stopping.clear();
   agent.outbox = AgentWork();
   // Should a store write fail below, the next Tick retries.
   agent.lease_expires = std::min(agent.lease_expires, now);
@@ -1213,6 +1246,9 @@ StatusOr<std::vector<KillOrder>> Scheduler::CancelJobLocked(JobId id, const std:
   std::vector<JobEvent> events;
   TERN_RETURN_IF_ERROR(TransitionJob(&job, to, reason::kCancelledByUser,
                                      message.empty() ? "cancelled" : message, now, &events));
+  // CANCELLING holds its running ranks' slots itself; assigned ranks of a
+  // job CANCELLED at once hold theirs until they are seen not to run.
+  if (to == JobState::kCancelled) HoldStoppingLocked(job.device_kind, kills);
   TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
   SendKillsLocked(kills);
   AdmitAndLogLocked(now);
@@ -1368,6 +1404,10 @@ StatusOr<Lease> Scheduler::RegisterAgent(
     for (const RankRef& ref : reg.running) {
       reported.insert({ref.job_id, ref.attempt, ref.rank});
     }
+    // A stopping rank the agent no longer runs has exited.
+    for (auto it = agent.stopping.begin(); it != agent.stopping.end();) {
+      it = reported.count(it->first) != 0 ? std::next(it) : agent.stopping.erase(it);
+    }
     std::set<Key> known;
     std::vector<JobId> placed;
     for (JobId id : holding_) {
@@ -1438,6 +1478,10 @@ StatusOr<Lease> Scheduler::RegisterAgent(
     for (const RankRef& ref : reg.running) {
       if (known.count({ref.job_id, ref.attempt, ref.rank}) == 0) {
         kills.push_back(KillOrder{agent.id, ref.job_id, ref.attempt, ref.rank, reason::kStaleRank});
+        // It runs in a slot until it has exited (a deleted job's kind is
+        // unknown: not counted).
+        auto job = jobs_.find(ref.job_id);
+        if (job != jobs_.end()) HoldStoppingLocked(job->second.device_kind, {kills.back()});
       }
     }
     SendKillsLocked(kills);
@@ -1566,18 +1610,41 @@ Status Scheduler::MarkRankStartedLocked(const Job& current, const RankRef& rank)
 }
 
 StatusOr<std::vector<RankRef>> Scheduler::ReconcileRunningRanks(
-    const std::vector<RankRef>& running) {
+    const std::string& agent_id, const std::vector<RankRef>& running) {
   std::unique_lock<std::mutex> lock(mu_);
   std::vector<RankRef> unexpected;
   Status status = [&]() -> Status {
+    auto agent = agents_.find(agent_id);
+    std::map<std::tuple<JobId, int, int>, std::string>* stopping =
+        agent != agents_.end() && agent->second->live ? &agent->second->stopping : nullptr;
+    std::set<std::tuple<JobId, int, int>> listed;
     for (const RankRef& ref : running) {
+      listed.insert({ref.job_id, ref.attempt, ref.rank});
       auto it = jobs_.find(ref.job_id);
       if (it == jobs_.end() || !IsExpectedRank(it->second, ref)) {
         unexpected.push_back(ref);
+        // Killed by the answer: it runs in a slot until it has exited.
+        if (stopping != nullptr && it != jobs_.end()) {
+          stopping->emplace(std::make_tuple(ref.job_id, ref.attempt, ref.rank),
+                            it->second.device_kind);
+        }
         continue;
       }
       TERN_RETURN_IF_ERROR(MarkRankStartedLocked(it->second, ref));
     }
+    // A stopping rank the heartbeat no longer lists has exited.
+    bool freed = false;
+    if (stopping != nullptr) {
+      for (auto it = stopping->begin(); it != stopping->end();) {
+        if (listed.count(it->first) != 0) {
+          ++it;
+        } else {
+          it = stopping->erase(it);
+          freed = true;
+        }
+      }
+    }
+    if (freed) AdmitAndLogLocked(clock_->Now());
     return OkStatus();
   }();
   // Waits for the commit of these and of any earlier write the verdicts
@@ -1590,8 +1657,15 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
   std::unique_lock<std::mutex> lock(mu_);
   Status status = [&]() -> Status {
     const TimePoint now = clock_->Now();
+    auto agent = agents_.find(exit.rank.agent_id);
+    const bool freed =
+        agent != agents_.end() &&
+        agent->second->stopping.erase({exit.rank.job_id, exit.rank.attempt, exit.rank.rank}) != 0;
     TERN_ASSIGN_OR_RETURN(const Job* current, CurrentRankLocked(exit.rank));
-    if (current == nullptr) return OkStatus();
+    if (current == nullptr) {  // an earlier attempt's (acknowledged, ignored)
+      if (freed) AdmitAndLogLocked(now);
+      return OkStatus();
+    }
     const RankState before = current->ranks[exit.rank.rank].state;
     if (before == RankState::kSucceeded || before == RankState::kFailed) {
       return OkStatus();  // a repeated report
@@ -1763,6 +1837,7 @@ std::vector<AgentSummary> Scheduler::ListAgents() const {
     a.host = agent->host;
     a.slots = agent->slots;
     a.used = agent->used;
+    for (const auto& [key, kind] : agent->stopping) ++a.used[kind];
     a.live = agent->live;
     a.draining = agent->draining;
     a.lease_expires = agent->lease_expires;

@@ -180,7 +180,9 @@ struct AgentSummary {
   std::string id;
   std::string host;
   std::map<std::string, int> slots;  // by device kind, as registered
-  std::map<std::string, int> used;   // held by ADMITTED/RUNNING jobs
+  // Held by ADMITTED/RUNNING/CANCELLING jobs and by ranks told to stop that
+  // have not exited yet.
+  std::map<std::string, int> used;
   bool live = false;      // registered (false: restored, awaiting registration)
   bool draining = false;  // DrainAgent: no new work
   TimePoint lease_expires;
@@ -296,7 +298,10 @@ class Scheduler {
   // started; the others are returned, to be killed. One lock and one commit
   // for all of them, so that a heartbeat listing many ranks is answered as
   // fast as one listing a single rank, however busy the store is.
-  StatusOr<std::vector<RankRef>> ReconcileRunningRanks(const std::vector<RankRef>& running);
+  // A rank told to stop that `agent_id`'s heartbeat no longer lists has
+  // exited: its slot is free again.
+  StatusOr<std::vector<RankRef>> ReconcileRunningRanks(const std::string& agent_id,
+                                                       const std::vector<RankRef>& running);
   Status ReportRankExit(const RankExit& exit);
   Status ReportProgress(const RankRef& rank, std::string payload);
   // Ignores step <= last; `payload` is kept in the event (opaque).
@@ -394,6 +399,8 @@ class Scheduler {
                          const std::string& message, TimePoint now);
   std::vector<KillOrder> KillOrdersLocked(const Job& job,
                                           const char* why) const;
+  // The killed ranks keep their slots (Agent::stopping) until they exit.
+  void HoldStoppingLocked(const std::string& device_kind, const std::vector<KillOrder>& kills);
   void SendKillsLocked(const std::vector<KillOrder>& kills);
   void SendAssignmentLocked(const Job& job, int rank);
   StatusOr<const Job*> CurrentRankLocked(const RankRef& ref) const;

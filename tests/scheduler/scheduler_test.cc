@@ -140,6 +140,17 @@ class SchedulerTest : public ::testing::Test {
     Status status = scheduler_->ReportRankExit(exit);
     ASSERT_TRUE(status.ok()) << status;
   }
+  // What an agent does with kill orders: each killed rank exits (SIGTERM)
+  // and the agent reports it.
+  void ExitKilled(const std::vector<KillOrder>& kills) {
+    for (const KillOrder& k : kills) {
+      RankExit exit;
+      exit.rank = RankRef{k.job_id, k.attempt, k.rank, k.agent_id};
+      exit.exit_code = -15;
+      Status status = scheduler_->ReportRankExit(exit);
+      ASSERT_TRUE(status.ok()) << status;
+    }
+  }
   // Every rank starts and exits 0.
   void Finish(JobId id) {
     StartAll(id);
@@ -414,6 +425,7 @@ TEST_F(LeaseTest, ExpiryRestartsJobAndKillsSurvivingRanks) {
   EXPECT_EQ(wa.kills[0].rank, 0);
   EXPECT_EQ(wa.kills[1].rank, 1);
   EXPECT_EQ(wa.kills[0].reason, "AGENT_LEASE_EXPIRED");
+  ExitKilled(wa.kills);
   EXPECT_EQ(scheduler_->Heartbeat("b").status().code(), StatusCode::kNotFound);
   EXPECT_EQ(scheduler_->TakeAgentWork("b").status().code(),
             StatusCode::kNotFound);
@@ -467,19 +479,27 @@ TEST_F(RestartTest, RankFailureKillsOtherRanksAndResumesFromCheckpoint) {
   exit.message = "loss is NaN";
   ASSERT_TRUE(scheduler_->ReportRankExit(exit).ok());
 
+  // Backoff 0: straight back in the queue, but rank 0 of attempt 1 still
+  // runs in its slot until it has exited.
   Job job = Get(id);
-  EXPECT_EQ(job.state, JobState::kAdmitted);  // backoff 0: straight back in
-  EXPECT_EQ(job.attempt, 2);
-  const JobEvent& failure = job.history[job.history.size() - 3];
+  EXPECT_EQ(job.state, JobState::kQueued);
+  EXPECT_EQ(job.attempt, 1);
+  const JobEvent& failure = job.history[job.history.size() - 2];
   EXPECT_EQ(failure.reason, "TRAINER_FAILED");
   EXPECT_EQ(failure.to, JobState::kRestarting);
   EXPECT_EQ(failure.message,
             "rank 1 on agent a exited with code 3: loss is NaN");
+  EXPECT_EQ(WaitReason(id), "needs 2 cpu slots, 1 free");
   AgentWork work = Work("a");
   ASSERT_EQ(work.kills.size(),
             1u);  // rank 0 of attempt 1; rank 1 already exited
   EXPECT_EQ(work.kills[0].rank, 0);
   EXPECT_EQ(work.kills[0].attempt, 1);
+  EXPECT_TRUE(work.assignments.empty());
+  ExitKilled(work.kills);
+  EXPECT_EQ(State(id), JobState::kAdmitted);
+  EXPECT_EQ(Get(id).attempt, 2);
+  work = Work("a");
   ASSERT_EQ(work.assignments.size(), 2u);
   EXPECT_EQ(work.assignments[0].attempt, 2);
   EXPECT_EQ(*work.assignments[0].resume_from_step, 50);
@@ -686,12 +706,13 @@ TEST_F(RestartTest, ReportsAboutOldAttemptsAreIgnored) {
   StartAll(id);
   const RankRef old0 = Ref(id, 0);
   Exit(id, 1, 1);
+  RankExit killed;
+  killed.rank = old0;
+  killed.exit_code = -15;  // the kill order did its job: attempt 2 is admitted
+  EXPECT_TRUE(scheduler_->ReportRankExit(killed).ok());
   ASSERT_EQ(Get(id).attempt, 2);
   const int64_t seq = Get(id).last_event_seq;
 
-  RankExit killed;
-  killed.rank = old0;
-  killed.exit_code = -15;  // the kill order did its job
   EXPECT_TRUE(scheduler_->ReportRankExit(killed).ok());
   EXPECT_TRUE(scheduler_->ReportRankStarted(old0).ok());
   EXPECT_TRUE(scheduler_->ReportProgress(old0, "{}").ok());
@@ -718,6 +739,50 @@ TEST_F(RestartTest, ReportsAboutOldAttemptsAreIgnored) {
   no_job.job_id = 999;
   EXPECT_EQ(scheduler_->ReportRankStarted(no_job).code(),
             StatusCode::kNotFound);
+}
+
+TEST_F(RestartTest, KilledRanksKeepTheirSlotsUntilTheyAreSeenToExit) {
+  Register("a", 1);
+  Register("b", 1);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  const RankRef stopping = Ref(id, 0);
+  Work(stopping.agent_id);
+  Exit(id, 1, 1);  // rank 1 fails; rank 0 is told to stop
+  ASSERT_EQ(Work(stopping.agent_id).kills.size(), 1u);
+
+  // Rank 0's trainer still runs (its SIGTERM grace): one slot is free, not
+  // two, so attempt 2 must not be placed over it.
+  EXPECT_EQ(State(id), JobState::kQueued);
+  EXPECT_EQ(scheduler_->Stats().free_slots.at(kDeviceCpu), 1);
+  for (const AgentSummary& agent : scheduler_->ListAgents()) {
+    EXPECT_EQ(agent.used.count(kDeviceCpu) != 0 ? agent.used.at(kDeviceCpu) : 0,
+              agent.id == stopping.agent_id ? 1 : 0)
+        << agent.id;
+  }
+  // A heartbeat that still lists it changes nothing (and says to kill it).
+  StatusOr<std::vector<RankRef>> unexpected =
+      scheduler_->ReconcileRunningRanks(stopping.agent_id, {stopping});
+  ASSERT_TRUE(unexpected.ok()) << unexpected.status();
+  EXPECT_EQ(unexpected->size(), 1u);
+  EXPECT_EQ(State(id), JobState::kQueued);
+  // One that no longer lists it shows it exited (its report was lost).
+  ASSERT_TRUE(scheduler_->ReconcileRunningRanks(stopping.agent_id, {}).ok());
+  EXPECT_EQ(State(id), JobState::kAdmitted);
+  EXPECT_EQ(Get(id).attempt, 2);
+}
+
+TEST_F(RestartTest, ALostAgentsStoppingRanksHoldNothing) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  Work("a");
+  Exit(id, 1, 1);  // rank 0 is told to stop, and its agent is never heard of again
+  ASSERT_EQ(State(id), JobState::kQueued);
+  clock_->Advance(seconds(11));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  Register("a", 2);  // back, running nothing
+  EXPECT_EQ(State(id), JobState::kAdmitted);
 }
 
 // --- State machine, cancel, success ------------------------------------------
@@ -1208,16 +1273,17 @@ TEST_F(PersistenceTest, StartedRankMissingFromReregistrationRestartsJob) {
   Open();
   Register("a", 2, kDeviceCpu, {rank0});  // rank 1 died while ternd was down
   Job job = Get(id);
-  EXPECT_EQ(job.state, JobState::kAdmitted);
-  EXPECT_EQ(job.attempt, 2);
-  const JobEvent& lost = job.history[job.history.size() - 3];
+  EXPECT_EQ(job.state, JobState::kQueued);  // rank 0 still runs in its slot
+  const JobEvent& lost = job.history[job.history.size() - 2];
   EXPECT_EQ(lost.reason, "RANK_LOST");
   EXPECT_EQ(lost.message, "agent a re-registered without rank(s) 1");
   AgentWork work = Work("a");
   ASSERT_EQ(work.kills.size(), 1u);
   EXPECT_EQ(work.kills[0].rank, 0);
   EXPECT_EQ(work.kills[0].attempt, 1);
-  EXPECT_EQ(work.assignments.size(), 2u);
+  ExitKilled(work.kills);
+  EXPECT_EQ(Get(id).attempt, 2);
+  EXPECT_EQ(Work("a").assignments.size(), 2u);
 }
 
 TEST_F(PersistenceTest, GarbageDbFileIsAnError) {
@@ -1962,8 +2028,9 @@ TEST_F(GroupCommitTest, FailedCommitFailsItsWholeBatchAndMemoryMatchesTheStore) 
   callers.emplace_back([&] {  // queued behind as well: kills wait for it
     results[5] = scheduler_->CancelJob(running, "").status();
   });
-  // All of them applied in memory, waiting for their commit (the cancel
-  // freed the slot: one of the new jobs is admitted meanwhile).
+  // All of them applied in memory, waiting for their commit (the cancelled
+  // job's rank, assigned and taken, keeps the slot until the agent shows it
+  // does not run: none of the new jobs is admitted).
   auto in_memory = [&] {
     SchedulerStats stats = scheduler_->Stats();
     return std::make_pair(stats.jobs[JobState::kQueued] + stats.jobs[JobState::kAdmitted],
@@ -1974,7 +2041,7 @@ TEST_F(GroupCommitTest, FailedCommitFailsItsWholeBatchAndMemoryMatchesTheStore) 
   }
   // (No ASSERT: the callers must be joined.)
   EXPECT_EQ(in_memory(), std::make_pair(5, 1));
-  EXPECT_EQ(scheduler_->Stats().jobs[JobState::kAdmitted], 1);
+  EXPECT_EQ(scheduler_->Stats().jobs[JobState::kAdmitted], 0);
   store->fail_writes = true;
   store->Release();
   for (std::thread& caller : callers) caller.join();
