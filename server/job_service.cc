@@ -484,9 +484,15 @@ Status JobService::DoUpdateJob(grpc::ServerContext* context, const v1::UpdateJob
 Status JobService::DoDeleteJob(grpc::ServerContext* context, const v1::DeleteJobRequest& request) {
   // Another owner's job answers like an absent one (NOT_FOUND).
   TERN_ASSIGN_OR_RETURN(const scheduler::Job job, ReadableJob(context, request.job_id()));
-  TERN_ASSIGN_OR_RETURN(const scheduler::Job deleted, state_->scheduler->DeleteJob(job.id));
+  StatusOr<scheduler::Job> deleted = state_->scheduler->DeleteJob(job.id);
+  if (!deleted.ok()) {
+    if (deleted.status().code() != StatusCode::kFailedPrecondition) return deleted.status();
+    // Not ended (yet): its state as the scheduler saw it.
+    StatusOr<scheduler::Job> now = state_->scheduler->GetJob(job.id);
+    return JobStateConflict(now.ok() ? *now : job, deleted.status().message());
+  }
   state_->progress->Forget(job.id);
-  RemoveJobFiles(deleted);
+  RemoveJobFiles(*deleted);
   return OkStatus();
 }
 

@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "google/api/field_behavior.pb.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "scheduler/sqlite_job_store.h"
 #include "server/caller.h"
 #include "server/server_version.h"
@@ -354,6 +356,17 @@ TEST_P(ApiWritesTest, DeleteJobRemovesAFinishedJobItsFilesAndFreesItsKey) {
   EXPECT_NE(status.error_message().find("is ADMITTED: only a SUCCEEDED, FAILED or CANCELLED job"),
             std::string::npos)
       << status.error_message();
+  {  // the same reason and metadata as any other operation in the wrong state
+    google::rpc::Status details;
+    ASSERT_TRUE(details.ParseFromString(status.error_details()));
+    google::rpc::ErrorInfo info;
+    bool found = false;
+    for (const auto& any : details.details()) found |= any.UnpackTo(&info);
+    ASSERT_TRUE(found) << "no ErrorInfo";
+    EXPECT_EQ(info.reason(), "JOB_STATE_CONFLICT");
+    EXPECT_EQ(info.metadata().at("state"), "ADMITTED");
+    EXPECT_EQ(info.metadata().at("job_id"), unfinished);
+  }
 
   status = Delete(id);
   ASSERT_TRUE(status.ok()) << status.error_message();

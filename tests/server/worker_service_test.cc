@@ -594,6 +594,10 @@ TEST_F(WorkerServiceTest, FailuresThatWouldRecurAreNotRetried) {
       v1::Job cancelled;
       ASSERT_TRUE(Cancel(id, &cancelled).ok());
       ASSERT_TRUE(WaitForState(id, v1::JOB_STATE_CANCELLED));
+      // The agent took attempt 2's assignment: its slot stays taken until the
+      // agent shows that nothing runs there (here: a heartbeat listing none).
+      v1::HeartbeatResponse beat;
+      ASSERT_TRUE(agent.Heartbeat({}, &beat).ok());
     } else {
       EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED);
       EXPECT_EQ(job.restarts(), 0);
