@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,8 +25,12 @@ using ::tern::scheduler::testing::TempDir;
 
 enum class Backend { kSqlite, kPostgres };
 
+void PrintTo(Backend b, std::ostream* os) {
+  *os << (b == Backend::kSqlite ? "Sqlite" : "Postgres");
+}
+
 std::string BackendName(const ::testing::TestParamInfo<Backend>& info) {
-  return info.param == Backend::kSqlite ? "Sqlite" : "Postgres";
+  return ::testing::PrintToString(info.param);
 }
 
 class JobStoreTest : public ::testing::TestWithParam<Backend> {
