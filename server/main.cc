@@ -1,7 +1,7 @@
 // ternd: the tern scheduler daemon (tern.v1.JobService, tern.v1.WorkerService,
 // gRPC health and reflection, Prometheus /metrics).
 //
-//   ternd [--listen 127.0.0.1:7070] [--db ./ternd.db]
+//   ternd [--listen 127.0.0.1:7070] [--db ./ternd.db | --db postgresql://...]
 //         [--metrics-listen 127.0.0.1:9464] [--artifact-root ./artifacts]
 //         [--checkpoint-root ./checkpoints] [--lease-ttl 15s]
 //         [--tls-cert F --tls-key F [--tls-client-ca F [--tls-agent-names GLOB]]]
@@ -9,7 +9,8 @@
 //         [--metrics-tls-cert F --metrics-tls-key F]
 //         [--web-listen 127.0.0.1:8080 [--web-tls-cert F --web-tls-key F]]
 //         [--read-roots DIRS] [--write-roots DIRS] [--quota-file F]
-//         [--rendezvous-key-file F]   (default <db>.rendezvous-key, mode 0600)
+//         [--rendezvous-key-file F]   (default <db>.rendezvous-key, mode 0600;
+//                                      required with a PostgreSQL --db)
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
@@ -93,7 +94,9 @@ int main(int argc, char** argv) {
   app.add_option("--listen", options.listen,
                  "gRPC address host:port (port 0: any free port)")
       ->capture_default_str();
-  app.add_option("--db", options.db_path, "SQLite job store")
+  app.add_option("--db", options.db_path,
+                 "job store: an SQLite file, or a PostgreSQL URL (postgresql://USER@HOST/DB or "
+                 "postgresql:///DB?host=/socket/dir; docs/DEPLOY.md)")
       ->capture_default_str();
   app.add_option("--metrics-listen", options.metrics_listen,
                  "Prometheus /metrics address host:port (\":0\": any port; "
@@ -147,7 +150,8 @@ int main(int argc, char** argv) {
                  "its checkpoint.directory under (default: anywhere)");
   app.add_option("--rendezvous-key-file", options.rendezvous_key_file,
                  "ternd's secret for the jobs' rendezvous keys (mode 0600; created when missing; "
-                 "default: <db>.rendezvous-key)");
+                 "default: <db>.rendezvous-key; required with a PostgreSQL --db, and the same "
+                 "file for every ternd sharing it)");
   app.add_option("--quota-file", options.quota_file,
                  "per-owner limits, one \"OWNER|* [cpu=N] [cuda=N] [jobs=N]\" line each: slots "
                  "an owner's running jobs may hold, unfinished jobs it may have (default: none); "

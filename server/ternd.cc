@@ -16,7 +16,8 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "path_policy/path_rules.h"
-#include "scheduler/sqlite_job_store.h"
+#include "scheduler/open_job_store.h"
+#include "scheduler/postgres_job_store.h"
 #include "server/job_service.h"
 #include "server/observed_job_store.h"
 #include "server/progress_cache.h"
@@ -59,6 +60,11 @@ std::string WithPort(const std::string& address, int port) {
 Status TerndOptions::Validate() const {
   if (listen.empty()) return InvalidArgumentError("listen: required");
   if (db_path.empty()) return InvalidArgumentError("db_path: required");
+  if (scheduler::IsPostgresUrl(db_path) && rendezvous_key_file.empty()) {
+    // Not a file name to derive one from; and every ternd sharing the store
+    // needs the same key.
+    return InvalidArgumentError("rendezvous_key_file: required with a PostgreSQL db_path");
+  }
   if (artifact_root.empty()) {
     return InvalidArgumentError("artifact_root: required");
   }
@@ -172,12 +178,11 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
 
   metrics_ =
       std::make_unique<ServerMetrics>(&registry_, options_.job_metrics_grace);
-  TERN_ASSIGN_OR_RETURN(std::unique_ptr<scheduler::SqliteJobStore> sqlite,
-                        scheduler::SqliteJobStore::Open(options_.db_path));
+  TERN_ASSIGN_OR_RETURN(std::unique_ptr<scheduler::JobStore> opened,
+                        scheduler::OpenJobStore(options_.db_path, /*fence_epoch=*/0, nullptr));
   ServerMetrics* metrics = metrics_.get();
   auto store = std::make_unique<ObservedJobStore>(
-      std::move(sqlite),
-      [metrics](const scheduler::Job& job, const scheduler::JobEvent& event) {
+      std::move(opened), [metrics](const scheduler::Job& job, const scheduler::JobEvent& event) {
         metrics->OnJobEvent(job, event);
       });
   TERN_ASSIGN_OR_RETURN(scheduler_,
@@ -270,9 +275,8 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   metrics_->UpdateScheduler(scheduler_->Stats());
   tick_thread_ = std::thread([this] { TickLoop(); });
   TERN_LOG(INFO) << "ternd: serving on " << address_ << ", store "
-                 << options_.db_path << ", artifacts under "
-                 << layout.artifact_root << ", checkpoints under "
-                 << layout.checkpoint_root;
+                 << scheduler::JobStoreDisplayName(options_.db_path) << ", artifacts under "
+                 << layout.artifact_root << ", checkpoints under " << layout.checkpoint_root;
   if (tokens_ != nullptr) {
     TERN_LOG(INFO) << "ternd: " << tokens_->size() << " bearer tokens from "
                    << options_.token_file;

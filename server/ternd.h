@@ -55,7 +55,7 @@ class WebApi;
 
 struct TerndOptions {
   std::string listen = "127.0.0.1:7070";  // gRPC "host:port"; port 0 = any
-  std::string db_path = "./ternd.db";     // SQLite job store
+  std::string db_path = "./ternd.db";     // SQLite file, or a PostgreSQL URL (postgresql://...)
   // /metrics and /healthz "host:port" (":0" = any port on all IPv4
   // interfaces); empty = no HTTP endpoint.
   std::string metrics_listen = "127.0.0.1:9464";
@@ -110,7 +110,8 @@ struct TerndOptions {
   // Empty: no quotas.
   std::string quota_file;
   // ternd's secret for the jobs' rendezvous keys (server/rendezvous_key.h);
-  // created when missing. Empty: "<db_path>.rendezvous-key".
+  // created when missing. Empty: "<db_path>.rendezvous-key" (required with
+  // a PostgreSQL db_path).
   std::string rendezvous_key_file;
   Status Validate() const;
 };

@@ -103,8 +103,10 @@ PY
 # Extra flags: ternd_flags for ternd, client_flags for tern-agent and ternctl
 # (tls_e2e.sh sets both), agent_flags for tern-agent alone. ternd_listen is
 # ternd's gRPC address (default: an ephemeral port; chaos_e2e.sh fixes one so
-# that a restarted ternd is found again).
+# that a restarted ternd is found again). ternd_db is its --db (default: an
+# SQLite file in the temp dir; postgres_e2e.sh gives a PostgreSQL URL).
 ternd_flags=()
+ternd_db="$work/ternd.db"
 client_flags=()
 agent_flags=()
 ternd_listen=127.0.0.1:0
@@ -118,7 +120,7 @@ start_ternd() {
   starts=$((starts + 1))
   local out="$work/ternd.out" log="$work/ternd.log"
   [[ $starts -gt 1 ]] && out="$work/ternd-$starts.out" log="$work/ternd-$starts.log"
-  "$build/server/ternd" --listen "$ternd_listen" --db "$work/ternd.db" --metrics-listen 127.0.0.1:0 \
+  "$build/server/ternd" --listen "$ternd_listen" --db "$ternd_db" --metrics-listen 127.0.0.1:0 \
     --rendezvous-port-min "$rdv_port" --rendezvous-port-max "${rdv_port_max:-$rdv_port}" \
     --artifact-root "$work/artifacts" --checkpoint-root "$work/checkpoints" \
     "${ternd_flags[@]}" >"$out" 2>"$log" &

@@ -83,6 +83,18 @@ TEST(TerndStartTest, ReportsABadDatabaseAndABusyPort) {
       << second.status();
   (*first)->Shutdown();
   (*first)->Shutdown();  // idempotent
+
+  // A PostgreSQL URL is no file name to put the rendezvous key beside.
+  options.listen = "127.0.0.1:0";
+  options.db_path = "postgresql://tern:pw@127.0.0.1:1/tern";
+  auto no_key_file = Ternd::Start(options);
+  EXPECT_EQ(no_key_file.status().code(), StatusCode::kInvalidArgument) << no_key_file.status();
+  EXPECT_NE(no_key_file.status().message().find("rendezvous_key_file"), std::string::npos)
+      << no_key_file.status();
+  options.rendezvous_key_file = (dir / "rendezvous.key").string();
+  auto unreachable = Ternd::Start(options);
+  EXPECT_EQ(unreachable.status().code(), StatusCode::kUnavailable) << unreachable.status();
+  EXPECT_EQ(unreachable.status().message().find(":pw@"), std::string::npos) << unreachable.status();
   std::filesystem::remove_all(dir);
 }
 
