@@ -3,7 +3,8 @@
 # CUDA and NCCL; see docs/GPU.md) after scripts/gpu-carry.sh:
 #   1. builds in CUDA mode against the image's LibTorch (gRPC and the
 #      header-only libraries from .carry/);
-#   2. runs the gpu-labelled tests: quantizers CUDA = CPU, NCCL at world size 1,
+#   2. runs the gpu-labelled tests: the fused projection's CUDA kernels = their
+#      CPU reference and = the ATen path, quantizers CUDA = CPU, NCCL at world size 1,
 #      bf16 autocast step vs fp32, GPU-trained artifact evaluated on the CPU,
 #      CUDA-graph step and trainer vs eager, and the service end to end
 #      (ternd + tern-agent with one CUDA slot + a trainer on NCCL);
