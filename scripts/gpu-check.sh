@@ -290,7 +290,7 @@ else
   r18=(--arch resnet18 --synthetic --input-size 64 --width 0.25 --threads 2 --batch 8 --steps 4
        --warmup 1 --flops)
 fi
-declare -A need=([unit]=45 [quant]=25 [fused]=20 [e2e]=110 [detection]=20 [bench-resnet20]=50 [bench-graph]=50 [bench-resnet18]=80 [bench-projection]=20
+declare -A need=([unit]=45 [quant]=25 [fused]=40 [e2e]=110 [detection]=20 [bench-resnet20]=50 [bench-graph]=50 [bench-resnet18]=80 [bench-projection]=20
                  [bench-compile]=100 [bench-graph-compiled]=110)  # seconds each step needs, roughly
 grid_running=false
 for s in $steps; do
