@@ -8,6 +8,15 @@
 
 #include "common/check.h"
 #include "quant/ternary_ops.h"
+#ifdef TERN_WITH_FUSED_PROJECTION
+#include "quant/packed_projection_cuda.h"
+#endif
+
+namespace tern::quant {
+#ifndef TERN_WITH_FUSED_PROJECTION
+class FusedPackedProjection {};  // no fused kernels in this build: never constructed
+#endif
+}  // namespace tern::quant
 
 namespace tern::quant {
 namespace {
@@ -59,7 +68,7 @@ PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
                                          Granularity g) {
   TERN_CHECK(!weights.empty()) << "PackedProjection needs at least one weight";
   tensor_options_ = weights.front().options().requires_grad(false);
-  std::vector<int64_t> unit_lengths;
+  std::vector<int64_t> unit_lengths, layer_numel, units_per_layer;
   int64_t length_gcd = 0;
   for (const at::Tensor& w : weights) {
     LayerSlot slot;
@@ -71,6 +80,8 @@ PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
     const int64_t units = NumUnits(w, g);
     const int64_t length = slot.numel / units;
     for (int64_t u = 0; u < units; ++u) unit_lengths.push_back(length);
+    layer_numel.push_back(slot.numel);
+    units_per_layer.push_back(units);
     length_gcd = std::gcd(length_gcd, length);
     total_ += slot.numel;
     layers_.push_back(std::move(slot));
@@ -112,6 +123,38 @@ PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
   unit_length_ = at::tensor(unit_length, floats).to(tensor_options_);
   layer_units_ = at::tensor(layer_units, floats).to(tensor_options_);
   chunk_sums_ = at::zeros({kMaxStackedSums, chunks_ + 1}, tensor_options_);
+#ifdef TERN_WITH_FUSED_PROJECTION
+  if (device.is_cuda() && tensor_options_.dtype() == at::kFloat &&
+      !FusedPackedProjection::DisabledByEnvironment()) {
+    fused_ = std::make_unique<FusedPackedProjection>(layer_numel, units_per_layer, device);
+  }
+#else
+  (void)layer_numel;
+  (void)units_per_layer;
+#endif
+}
+
+PackedProjection::~PackedProjection() = default;
+
+bool PackedProjection::fused_built() {
+#ifdef TERN_WITH_FUSED_PROJECTION
+  return true;
+#else
+  return false;
+#endif
+}
+
+void PackedProjection::UpdateGradients(const GradientUpdate& u) {
+  at::NoGradGuard no_grad;
+#ifdef TERN_WITH_FUSED_PROJECTION
+  if (u.fused && FusedPackedProjection::UpdateGradients(u)) return;
+#endif
+  if (!u.rho.empty()) at::_foreach_mul_(u.grads, u.rho);
+  if (!u.reg_grad.empty()) at::_foreach_add_(u.grads, u.reg_grad, u.lambda);
+  if (!u.moments.empty()) {  // v ← decay·v + (1 − decay)·g²
+    at::_foreach_mul_(u.moments, u.decay);
+    at::_foreach_addcmul_(u.moments, u.moment_grads, u.moment_grads, 1.0 - u.decay);
+  }
 }
 
 bool PackedProjection::Matches(const std::vector<at::Tensor>& weights) const {
@@ -179,6 +222,23 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   TERN_CHECK(moments.empty() || Matches(moments)) << "PackedProjection: moments do not match";
   at::NoGradGuard no_grad;
   Gather(weights, flat_, flat_slices_);
+#ifdef TERN_WITH_FUSED_PROJECTION
+  if (o.fused && fused_ != nullptr && fused_->Supports(o)) {
+    const bool weighted = o.lat_iterations > 0 && !moments.empty();
+    if (weighted) Gather(moments, flat_moments_, moment_slices_);
+    FusedPackedProjection::Flat flat =
+        fused_->Run(flat_, weighted ? flat_moments_ : at::Tensor(), o);
+    Output out;
+    out.w_hat = PerLayer(flat.w_hat);
+    if (o.with_rho) out.rho = PerLayer(flat.rho);
+    if (o.with_regularizer) {
+      out.reg_grad = PerLayer(flat.reg_grad);
+      out.reg_value = flat.reg_value;
+    }
+    out.unit_stats = flat.unit_stats;
+    return out;
+  }
+#endif
   const at::Tensor w = flat_.view({chunks_, chunk_});
   const at::Tensor a = w.abs();
   const at::Tensor mean_abs = UnitSum(a) / unit_length_;

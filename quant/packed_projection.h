@@ -20,17 +20,27 @@
 // The results equal ProjectTwn / ProjectLat, RescaleFactor and
 // HypersphericalRegularizerGrad of ternary_ops.h layer by layer, up to
 // floating-point summation order (tests/quant/packed_projection_test.cc).
+//
+// On float32 CUDA weights, in builds with the fused kernels (CUDA LibTorch and
+// nvcc: TERN_WITH_FUSED_PROJECTION), Run() takes the fused path instead: the
+// same results from 2 + lat_iterations (+1) CUDA kernels over the packed
+// buffer, with fixed-order sums (quant/cuda/fused_projection.h; docs/GPU.md).
+// Options::fused = false, or TERN_FUSED_PROJECTION=0 in the environment when
+// the projection is built, keeps the ATen path (comparisons, a fallback).
 // Not thread-safe; the weights must share one device and dtype.
 #ifndef TERN_QUANT_PACKED_PROJECTION_H_
 #define TERN_QUANT_PACKED_PROJECTION_H_
 
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <vector>
 
 #include "quant/options.h"
 
 namespace tern::quant {
+
+class FusedPackedProjection;  // packed_projection_cuda.h (CUDA builds)
 
 class PackedProjection {
  public:
@@ -55,6 +65,9 @@ class PackedProjection {
     // bf16 as it stores, exactly as autocast's cast would, and autocast then
     // has no per-layer cast to launch.
     at::ScalarType w_hat_dtype = at::ScalarType::Undefined;
+    // The fused CUDA kernels where this projection has them (fused()); false:
+    // the ATen path.
+    bool fused = true;
   };
   struct Output {
     // Per layer, in the order given, each of its weight's shape and (at
@@ -64,10 +77,31 @@ class PackedProjection {
     std::vector<at::Tensor> rho;       // with_rho
     std::vector<at::Tensor> reg_grad;  // with_regularizer: ∂R_l/∂W_l
     at::Tensor reg_value;              // with_regularizer: Σ_l R_l (scalar)
+    // Fused path only: [4, units] float32, per unit (in packing order) α, Δ,
+    // nonzero codes and cos(W_u, T_u); undefined on the ATen path.
+    at::Tensor unit_stats;
   };
+
+  // What TernaryModel::AfterBackward() does to the latent gradients, for all
+  // layers at once: grads ← grads ⊙ rho (rho: one per grad, or empty) +
+  // lambda · reg_grad (likewise), then LAT's moments ← decay · moments +
+  // (1 − decay) · moment_grads² (moment_grads: the updated gradients they
+  // follow; empty: none). One fused CUDA kernel where built, `fused` is set and
+  // every tensor is float32 on one CUDA device with its gradient's layout (and
+  // moment_grads are the grads themselves, or grads is empty); else ATen's
+  // multi-tensor kernels.
+  struct GradientUpdate {
+    std::vector<at::Tensor> grads, rho, reg_grad;
+    double lambda = 0;
+    std::vector<at::Tensor> moment_grads, moments;
+    double decay = 0;
+    bool fused = true;
+  };
+  static void UpdateGradients(const GradientUpdate& update);
 
   // `weights`: the latent weights of the layers to project.
   PackedProjection(const std::vector<at::Tensor>& weights, Granularity g);
+  ~PackedProjection();
 
   // True when `weights` have the shapes, device and dtype this was built for
   // (the layout does not matter for the results: outputs keep the layout the
@@ -80,6 +114,10 @@ class PackedProjection {
              const std::vector<at::Tensor>& moments = {});
 
   int64_t chunk_size() const { return chunk_; }
+  // Whether Run() takes the fused CUDA path (unless Options::fused is false),
+  // and whether this build has the fused kernels at all.
+  bool fused() const { return fused_ != nullptr; }
+  static bool fused_built();
 
  private:
   at::Tensor UnitSum(const at::Tensor& chunked);     // [chunks, C] -> [units]
@@ -107,6 +145,7 @@ class PackedProjection {
   at::Tensor flat_;          // [total] the packed latent weights (first Run)
   at::Tensor flat_moments_;  // [total] LAT's packed second moments (first Run with them)
   std::vector<at::Tensor> flat_slices_, moment_slices_;  // per layer, aliasing the two
+  std::unique_ptr<FusedPackedProjection> fused_;         // float32 CUDA weights, CUDA builds
 };
 
 }  // namespace tern::quant

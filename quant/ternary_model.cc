@@ -272,6 +272,7 @@ bool TernaryModel::BeforeForwardPacked() {
   o.normalize = options_.normalize;
   o.with_regularizer = options_.use_regularizer && schedule_.lambda != 0;
   o.w_hat_dtype = forward_dtype_;
+  o.fused = fused_projection_;
   PackedProjection::Output out = packed_->Run(latents, o, moments);
   size_t k = 0;
   for (auto& layer_ptr : layers_) {
@@ -325,12 +326,18 @@ at::Tensor TernaryModel::RegularizationLoss() const {
 
 void TernaryModel::AfterBackward() {
   at::NoGradGuard no_grad;
+  // The packed path's latent gradient ρ ⊙ ∂L/∂Ŵ + λ·∂R/∂W and LAT's moments,
+  // for all layers in one fused kernel on CUDA (else a few multi-tensor
+  // kernels): PackedProjection::UpdateGradients.
+  PackedProjection::GradientUpdate update;
+  update.fused = fused_projection_;
   if (!packed_rho_.empty() || !packed_reg_grad_.empty()) {
-    // The packed path's latent gradient: ρ ⊙ ∂L/∂Ŵ + λ·∂R/∂W, for all layers
-    // in two multi-tensor kernels. ρ is the same for every micro-batch (the
-    // latents only change at the optimizer step) and on every rank, so it
-    // may scale the accumulated, all-reduced gradient.
-    std::vector<at::Tensor> grads, rhos, reg_grads;
+    // ρ is the same for every micro-batch (the latents only change at the
+    // optimizer step) and on every rank, so it may scale the accumulated,
+    // all-reduced gradient.
+    std::vector<at::Tensor>& grads = update.grads;
+    std::vector<at::Tensor>& rhos = update.rho;
+    std::vector<at::Tensor>& reg_grads = update.reg_grad;
     size_t k = 0;
     for (auto& layer : layers_) {
       if (!layer->quantized) continue;
@@ -344,23 +351,21 @@ void TernaryModel::AfterBackward() {
       }
       ++k;
     }
-    if (!rhos.empty()) at::_foreach_mul_(grads, rhos);
-    if (!reg_grads.empty()) at::_foreach_add_(grads, reg_grads, schedule_.lambda);
+    update.lambda = schedule_.lambda;
     packed_rho_.clear();  // once per step, however many micro-batches
     packed_reg_grad_.clear();
   }
-  if (options_.projection != Projection::kLat) return;
-  const double decay = options_.second_moment_decay;
-  std::vector<at::Tensor> moments, grads;  // v ← decay·v + (1 − decay)·g², multi-tensor
+  if (options_.projection != Projection::kLat) {
+    PackedProjection::UpdateGradients(update);
+    return;
+  }
+  update.decay = options_.second_moment_decay;  // v ← decay·v + (1 − decay)·g²
   for (auto& layer : layers_) {
     if (!layer->quantized || !layer->latent.grad().defined()) continue;
-    moments.push_back(layer->second_moment);
-    grads.push_back(layer->latent.grad());
+    update.moments.push_back(layer->second_moment);
+    update.moment_grads.push_back(layer->latent.grad());
   }
-  if (!moments.empty()) {
-    at::_foreach_mul_(moments, decay);
-    at::_foreach_addcmul_(moments, grads, grads, 1.0 - decay);
-  }
+  PackedProjection::UpdateGradients(update);
   state_->named_buffers(false)["moment_steps"].add_(1);
   ++moment_steps_;  // mirrors the buffer without a device sync
   FillDeviceScalars();

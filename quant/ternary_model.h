@@ -102,6 +102,10 @@ class TernaryModel {
   // layer). On by default; off = the layer-by-layer reference path (tests
   // compare the two).
   void set_packed(bool packed) { packed_enabled_ = packed; }
+  // On CUDA (builds with nvcc), the packed path's BeforeForward() and
+  // AfterBackward() run the fused kernels of quant/cuda/fused_projection.h.
+  // On by default; off = PackedProjection's ATen kernels (benchmarks compare).
+  void set_fused_projection(bool fused) { fused_projection_ = fused; }
 
   // The dtype the training forward consumes the quantized layers' weights in:
   // bf16 when it runs under bf16 autocast (and only then: the forward then
@@ -168,6 +172,7 @@ class TernaryModel {
   std::vector<std::unique_ptr<Layer>> layers_;
   int64_t moment_steps_ = 0;
   bool packed_enabled_ = true;
+  bool fused_projection_ = true;
   at::ScalarType forward_dtype_ = at::ScalarType::Undefined;
   std::unique_ptr<PackedProjection> packed_;
   std::vector<at::Tensor> packed_rho_;       // per quantized layer, this step

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks that the C++ lines changed since a base commit are formatted as
+# Checks that the C++ (and CUDA: .cu, .cuh) lines changed since a base commit are formatted as
 # .clang-format says (Google style, 100 columns), or with --fix formats them
 # in place. Only changed lines count, so old code is reformatted when it is
 # next touched, not in one sweeping commit.
@@ -38,7 +38,7 @@ if [[ -z "$clang_format" ]]; then
 fi
 
 # "file<TAB>--lines=a:b --lines=c:d" for every C++ file with added lines.
-ranges="$(git diff -M -U0 --no-color --diff-filter=AMR "$base" -- '*.cc' '*.h' | awk '
+ranges="$(git diff -M -U0 --no-color --diff-filter=AMR "$base" -- '*.cc' '*.h' '*.cu' '*.cuh' | awk '
   /^\+\+\+ / { file = substr($0, 7); next }
   /^@@ / {
     split($3, added, ",")

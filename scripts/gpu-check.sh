@@ -3,7 +3,8 @@
 # CUDA and NCCL; see docs/GPU.md) after scripts/gpu-carry.sh:
 #   1. builds in CUDA mode against the image's LibTorch (gRPC and the
 #      header-only libraries from .carry/);
-#   2. runs the gpu-labelled tests: quantizers CUDA = CPU, NCCL at world size 1,
+#   2. runs the gpu-labelled tests: the fused projection's CUDA kernels = their
+#      CPU reference and = the ATen path, quantizers CUDA = CPU, NCCL at world size 1,
 #      bf16 autocast step vs fp32, GPU-trained artifact evaluated on the CPU,
 #      CUDA-graph step and trainer vs eager, and the service end to end
 #      (ternd + tern-agent with one CUDA slot + a trainer on NCCL);
@@ -31,12 +32,16 @@
 # background, stopped before the first benchmark), unit (gpu-labelled
 # GoogleTest cases), e2e (the service on NCCL), detection, bench-resnet20,
 # bench-graph, bench-resnet18, bench-projection (the packed quantizer's own
-# cost per step: tern_projection_bench), bench-compile, bench-graph-compiled (the
+# cost per step, fused CUDA kernels against the ATen kernels:
+# tern_projection_bench --paths "fused aten"), bench-compile, bench-graph-compiled (the
 # CUDA-graph step against the reference under torch.compile mode
 # reduce-overhead). A short re-check on a nearly spent budget:
 #   TERN_GPU_DEADLINE_S=200 TERN_GPU_STEPS="unit bench-resnet20 e2e" scripts/gpu-check.sh
 # Step `quant` runs only the CPU = GPU quantizer comparison (and its CPU-side
-# set-up check). TERN_GPU_STEPS=none only builds (no GPU needed; what
+# set-up check); step `fused` only the fused projection's checks (kernels =
+# CPU reference, fused = ATen path in PackedProjection and TernaryModel). A
+# short run of the fused path alone (about 2 minutes with the build):
+#   TERN_GPU_DEADLINE_S=240 TERN_GPU_STEPS="fused bench-projection" scripts/gpu-check.sh TERN_GPU_STEPS=none only builds (no GPU needed; what
 # docker/Dockerfile.cuda runs). TERN_GPU_REPEATS=K (default 1) runs each
 # benchmark K times, tern-trainer and the reference interleaved, and reports
 # medians and ranges.
@@ -134,6 +139,16 @@ if [[ "$mode" == cuda ]]; then
     && cxx_standard=20
   echo "torch $torch_version (C++$cxx_standard), $(cmake --version | head -1), $(g++ --version | head -1)"
 
+  # nvcc for tern's own kernels (quant/cuda: the fused projection); without it
+  # PackedProjection keeps its ATen path and the fused checks fail.
+  nvcc=$(command -v nvcc || true)
+  for candidate in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
+    [[ -z "$nvcc" && -x "$candidate" ]] && nvcc=$candidate
+  done
+  cuda_compiler=()
+  if [[ -n "$nvcc" ]]; then cuda_compiler=(-DCMAKE_CUDA_COMPILER="$nvcc"); echo "nvcc: $nvcc"
+  else echo "warning: no nvcc: the fused projection is not built"; fi
+
   step "configuring and building (CUDA mode, $jobs jobs)"
   generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
@@ -142,11 +157,13 @@ if [[ "$mode" == cuda ]]; then
   if ! cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_POLICY_VERSION_MINIMUM=3.5 -DCMAKE_CXX_STANDARD="$cxx_standard" \
       -DTorch_DIR="$torch_prefix/Torch" -DCMAKE_PREFIX_PATH="$prefix/usr" -DTERN_WITH_GRPC=ON \
+      "${cuda_compiler[@]}" \
       >"$logs/cmake.log" 2>&1; then
     tail -40 "$logs/cmake.log"; cp "$logs/cmake.log" "$out/gpu-cmake.log"; echo "configure FAILED"; exit 1
   fi
   cp "$logs/cmake.log" "$out/gpu-cmake.log"
   grep -i "cuda" "$logs/cmake.log" | head -5
+  grep -E "CUDA compiler identification|ATen path only" "$logs/cmake.log"
   grep -E "^(Protobuf_LIBRARY|Protobuf_PROTOC_EXECUTABLE|Protobuf_INCLUDE_DIR|gRPC_DIR|Torch_DIR):" \
     "$build/CMakeCache.txt"
 else
@@ -158,6 +175,9 @@ else
   export TERN_E2E_DEVICE=cpu
 fi
 targets=(tern-trainer gpu_test ternd tern-agent ternctl tern-synth-coco tern_projection_bench)
+# The fused projection's kernels and their parity test exist where nvcc was found.
+grep -qs fused_projection_parity_test "$build/tests/gpu/CTestTestfile.cmake" &&
+  targets+=(fused_projection_parity_test quant_fused_cuda_build_test)
 keep_going=(-k); [[ -f "$build/build.ninja" ]] && keep_going=(-k 0)
 # Keep going past a failed file, so one run shows every error, and go on with
 # whatever did build (the benchmarks only need tern-trainer).
@@ -241,8 +261,9 @@ repeats=${TERN_GPU_REPEATS:-1}
 # element-wise passes over the weights, with BeforeForward's time by operation.
 projection_bench() {
   step "benchmark: the packed quantizer per step (tern_projection_bench)"
-  local md="$logs/gpu-bench-projection.md" args=(--device cuda --bf16 --threads 8 --reps 20 --by-op)
-  [[ "$mode" == cpu ]] && args=(--device cpu --threads 2 --reps 3 --width 0.25)
+  local md="$logs/gpu-bench-projection.md"
+  local args=(--device cuda --bf16 --threads 8 --reps 20 --by-op --paths "fused aten")
+  [[ "$mode" == cpu ]] && args=(--device cpu --threads 2 --reps 3 --width 0.25 --paths "fused aten")
   if { "$build/bench/quant/tern_projection_bench" --arch resnet18 --methods "twn hla" "${args[@]}" &&
        echo && "$build/bench/quant/tern_projection_bench" --arch resnet20 --classes 10 \
          --methods "twn hla" "${args[@]}"; } >"$md" 2>&1; then
@@ -269,7 +290,7 @@ else
   r18=(--arch resnet18 --synthetic --input-size 64 --width 0.25 --threads 2 --batch 8 --steps 4
        --warmup 1 --flops)
 fi
-declare -A need=([unit]=45 [quant]=25 [e2e]=110 [detection]=20 [bench-resnet20]=50 [bench-graph]=50 [bench-resnet18]=80 [bench-projection]=20
+declare -A need=([unit]=45 [quant]=25 [fused]=40 [e2e]=110 [detection]=20 [bench-resnet20]=50 [bench-graph]=50 [bench-resnet18]=80 [bench-projection]=20
                  [bench-compile]=100 [bench-graph-compiled]=110)  # seconds each step needs, roughly
 grid_running=false
 for s in $steps; do
@@ -285,6 +306,7 @@ for s in $steps; do
     grid) accuracy_grid_start; grid_running=true ;;
     unit) gpu_ctest unit -L gpu -LE e2e ;;
     quant) gpu_ctest quant -R "QuantizerComparisonSetUp|EveryQuantizerMatchesCpu" ;;
+    fused) gpu_ctest fused -R "FusedProjectionParity|FusedCudaBuild|FusedProjectionMatchesTheAtenPath|FusedTernaryModelStep" ;;
     e2e) gpu_ctest e2e -R "E2eServiceTrainsOnGpu" ;;  # plain, and graphed with reads confined
     detection) detection ;;
     bench-resnet20) bench "$s" resnet20 "${r20[@]}" ;;

@@ -13,7 +13,7 @@
 //
 //   tern_projection_bench [--arch resnet18] [--width 1.0] [--classes 1000]
 //       [--methods "twn hla"] [--device cpu|cuda] [--bf16] [--threads 2]
-//       [--warmup 3] [--reps 15] [--by-op]
+//       [--warmup 3] [--reps 15] [--by-op] [--paths "fused aten"]
 //
 // Prints one markdown table: per method, the quantized elements, then median
 // (and minimum) milliseconds per step of BeforeForward, AfterBackward and the
@@ -21,6 +21,10 @@
 // (ternary forward, regularizer on, LAT moments present). --by-op: then, per
 // method, BeforeForward's time by ATen operation (the outermost ones; on CUDA
 // the device is synchronized after each, which slows the call down).
+// --paths "fused aten": each method once per path of PackedProjection (the
+// fused CUDA kernels of quant/cuda, and the ATen kernels), rows side by side;
+// on a build without the fused kernels both rows run the ATen path (said in
+// the title).
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <torch/torch.h>
@@ -35,6 +39,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "quant/packed_projection.h"
 #include "quant/ternary_model.h"
 #include "worker/trainer/models.h"
 
@@ -107,7 +112,7 @@ Timing Time(const torch::Device& device, int warmup, int reps, Prepare prepare, 
 
 int main(int argc, char** argv) {
   CLI::App app{"Cost of the packed ternary quantizer per training step"};
-  std::string arch = "resnet18", methods = "twn hla", device_name = "cpu";
+  std::string arch = "resnet18", methods = "twn hla", device_name = "cpu", paths = "fused";
   double width = 1.0;
   int64_t classes = 1000;
   int threads = 2, warmup = 3, reps = 15;
@@ -122,22 +127,43 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed calls first");
   app.add_option("--reps", reps, "timed calls");
   app.add_flag("--by-op", by_op, "BeforeForward's time by ATen operation, per method");
+  app.add_option("--paths", paths, "space-separated: fused (the default path) aten");
   CLI11_PARSE(app, argc, argv);
   at::set_num_threads(threads);
   const torch::Device device(device_name == "cuda" ? torch::kCUDA : torch::kCPU);
   TERN_CHECK(!device.is_cuda() || torch::cuda::is_available()) << "--device cuda: no CUDA device";
   TERN_CHECK(warmup >= 0 && reps >= 1) << "--warmup >= 0 and --reps >= 1";
 
-  std::printf("Packed ternary quantizer per training step, %s x%.2f (%lld classes), %s%s, "
-              "%d thread(s), median (min) of %d after %d warm-up\n\n",
-              arch.c_str(), width, static_cast<long long>(classes), device_name.c_str(),
-              bf16 ? ", Ŵ in bf16" : "", threads, reps, warmup);
+  std::printf(
+      "Packed ternary quantizer per training step, %s x%.2f (%lld classes), %s%s, "
+      "%d thread(s), median (min) of %d after %d warm-up; fused kernels %s\n\n",
+      arch.c_str(), width, static_cast<long long>(classes), device_name.c_str(),
+      bf16 ? ", Ŵ in bf16" : "", threads, reps, warmup,
+      !tern::quant::PackedProjection::fused_built() ? "not in this build"
+      : device.is_cuda()                            ? "built (CUDA)"
+                                                    : "built, CUDA only");
   std::printf("| method | quantized weights | BeforeForward ms | AfterBackward ms | one pass ms | "
               "BeforeForward passes | AfterBackward passes |\n|---|---|---|---|---|---|---|\n");
   if (by_op) at::addGlobalCallback(at::RecordFunctionCallback(&OnOpStart, &OnOpEnd));
   std::vector<std::string> by_op_lines;
-  std::istringstream names(methods);
-  for (std::string name; names >> name;) {
+  std::vector<std::pair<std::string, std::string>> runs;  // method, path
+  {
+    std::istringstream names(methods);
+    for (std::string name; names >> name;) {
+      std::istringstream path_names(paths);
+      for (std::string path; path_names >> path;) {
+        if (path != "fused" && path != "aten") {
+          std::fprintf(stderr, "--paths: unknown path '%s' (fused, aten)\n", path.c_str());
+          return 2;
+        }
+        runs.emplace_back(name, path);
+      }
+    }
+  }
+  for (const auto& run : runs) {
+    const std::string& name = run.first;
+    const std::string& path = run.second;
+    const std::string label = paths == "fused" ? name : name + " (" + path + ")";
     tern::quant::Method method;
     if (name == "twn") {
       method = tern::quant::Method::kTwn;
@@ -164,6 +190,7 @@ int main(int argc, char** argv) {
       }
     }
     auto q = tern::quant::TernaryModel::Attach(model, tern::quant::MakePreset(method)).value();
+    q->set_fused_projection(path == "fused");
     q->state()->to(device);
     if (bf16) q->set_forward_dtype(at::kBFloat16);
     q->SetProgress(0.6);  // HLA: phase 2 (ternary forward, regularizer on)
@@ -198,7 +225,7 @@ int main(int argc, char** argv) {
     at::Tensor b = torch::empty_like(a);
     const Timing pass = Time(device, warmup, reps, nothing, [&] { at::mul_out(b, a, 0.5); });
     std::printf("| %s | %lld | %.3f (%.3f) | %.3f (%.3f) | %.3f (%.3f) | %.1f | %.1f |\n",
-                name.c_str(), static_cast<long long>(quantized), before.median_ms, before.min_ms,
+                label.c_str(), static_cast<long long>(quantized), before.median_ms, before.min_ms,
                 after.median_ms, after.min_ms, pass.median_ms, pass.min_ms,
                 before.median_ms / pass.median_ms, after.median_ms / pass.median_ms);
     if (by_op) {
@@ -216,7 +243,7 @@ int main(int argc, char** argv) {
         rows.emplace_back(entry.first, row);
       }
       std::sort(rows.rbegin(), rows.rend());
-      by_op_lines.push_back(name + ", BeforeForward by operation (per call):");
+      by_op_lines.push_back(label + ", BeforeForward by operation (per call):");
       for (const auto& row : rows) by_op_lines.push_back("  " + row.second);
     }
   }

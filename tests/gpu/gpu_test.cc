@@ -5,6 +5,8 @@
 // CUDA-graph step training like the eager one (alone and inside
 // RunTraining). Skipped (and reported as skipped) without a CUDA device.
 #include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,11 +15,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <torch/torch.h>
-#include <torch/version.h>
 
-#include "quant/ternary_model.h"
 #include "quant/autocast.h"
+#include "quant/packed_projection.h"
+#include "quant/ternary_model.h"
 #include "worker/trainer/data.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/models.h"
@@ -302,6 +303,121 @@ TEST_F(GpuTest, Bf16WeightsFromTheProjectionMatchAutocastsCast) {
     }
   }
   at::globalContext().setBenchmarkCuDNN(benchmark);
+  at::globalContext().setDeterministicCuDNN(deterministic);
+}
+
+// The fused CUDA projection (quant/cuda/fused_projection.h) inside PackedProjection against
+// PackedProjection's ATen kernels on the same GPU: every projection TernaryModel runs, per
+// tensor and per channel, odd sizes and channels_last, Ŵ in float32 and bf16. The two sum in
+// different orders (fp32 chunk sums against double lane sums), hence 1e-5 relative, as the
+// CPU tests of the ATen path allow; bf16 Ŵ within one bf16 rounding (2^-8).
+TEST_F(GpuTest, FusedProjectionMatchesTheAtenPath) {
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(21);
+  std::vector<at::Tensor> weights = {
+      torch::randn({3, 5, 7, 7}, cuda), torch::randn({4, 1, 1, 1}, cuda),
+      torch::randn({67, 33, 3, 3}, cuda).contiguous(at::MemoryFormat::ChannelsLast),
+      torch::randn({5, 12}, cuda)};
+  std::vector<at::Tensor> moments;
+  for (const at::Tensor& w : weights) moments.push_back(torch::rand_like(w) * 1e-3);
+  struct Config {
+    const char* name;
+    int lat_iterations;
+    bool moments, rescale, regularizer;
+  };
+  const Config configs[] = {{"twn", 0, false, false, false},
+                            {"lat", 3, true, false, false},
+                            {"lat first step", 3, false, false, false},
+                            {"hla", 3, true, true, true},
+                            {"hla_no_regularizer", 3, true, true, false},
+                            {"hla_no_rescale", 3, true, false, true}};
+  for (quant::Granularity g : {quant::Granularity::kTensor, quant::Granularity::kChannel}) {
+    quant::PackedProjection packed(weights, g);
+    ASSERT_TRUE(packed.fused()) << "this CUDA build has no fused projection (nvcc not found?)";
+    for (const Config& c : configs) {
+      for (bool bf16 : {false, true}) {
+        SCOPED_TRACE(std::string(c.name) + " " + quant::GranularityName(g) + (bf16 ? " bf16" : ""));
+        quant::PackedProjection::Options o;
+        o.lat_iterations = c.lat_iterations;
+        o.moment_correction = 0.25;
+        o.rescale = c.rescale;
+        o.kappa = 12.0;
+        o.with_regularizer = c.regularizer;
+        if (bf16) o.w_hat_dtype = at::kBFloat16;
+        const std::vector<at::Tensor> m = c.moments ? moments : std::vector<at::Tensor>();
+        const quant::PackedProjection::Output fused = packed.Run(weights, o, m);
+        o.fused = false;
+        const quant::PackedProjection::Output aten = packed.Run(weights, o, m);
+        ASSERT_TRUE(fused.unit_stats.defined());
+        ASSERT_FALSE(aten.unit_stats.defined());
+        for (size_t k = 0; k < weights.size(); ++k) {
+          EXPECT_EQ(fused.w_hat[k].strides(), weights[k].strides()) << k;
+          EXPECT_EQ(fused.w_hat[k].scalar_type(), aten.w_hat[k].scalar_type()) << k;
+          EXPECT_TRUE(torch::allclose(fused.w_hat[k].to(at::kFloat), aten.w_hat[k].to(at::kFloat),
+                                      bf16 ? 1e-2 : 1e-5, bf16 ? 0 : 1e-6))
+              << "w_hat " << k;
+          EXPECT_TRUE(torch::allclose(fused.rho[k], aten.rho[k], 1e-5, 1e-6)) << "rho " << k;
+          if (c.regularizer) {
+            EXPECT_TRUE(torch::allclose(fused.reg_grad[k], aten.reg_grad[k], 1e-5, 1e-6))
+                << "reg_grad " << k;
+          }
+        }
+        if (c.regularizer) {
+          EXPECT_NEAR(fused.reg_value.item<double>(), aten.reg_value.item<double>(), 1e-5);
+        }
+      }
+    }
+  }
+}
+
+// TernaryModel with the fused projection and gradient update, against its ATen kernels: HLA
+// and LAT steps on a float32 ResNet-20 ×0.5 on the GPU (SGD between steps, so LAT's moments
+// and the regularizer take part), the same loss and latent gradients (deterministic cuDNN: only
+// the projection's summation order differs).
+TEST_F(GpuTest, FusedTernaryModelStepMatchesTheAtenStep) {
+  const bool deterministic = at::globalContext().deterministicCuDNN();
+  at::globalContext().setDeterministicCuDNN(true);
+  auto run = [](quant::Method method, bool fused) {
+    auto model = SmallResNet(3);
+    torch::manual_seed(7);
+    RandomizeBatchNorms(*model);
+    model->to(torch::kCUDA);
+    quant::QuantOptions o = quant::MakePreset(method);
+    o.granularity = quant::Granularity::kChannel;
+    auto q = quant::TernaryModel::Attach(model, o).value();
+    q->state()->to(torch::kCUDA);
+    q->set_fused_projection(fused);
+    torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.05));
+    torch::manual_seed(2);
+    const at::Tensor x = torch::randn({8, 1, 28, 28}).cuda();
+    const at::Tensor y = torch::randint(0, 10, {8}, torch::kLong).cuda();
+    model->eval();
+    LossAndGradients out;
+    for (int step = 0; step < 2; ++step) {  // the second with LAT's moments
+      q->SetProgress(0.6 + 0.02 * step);
+      opt.zero_grad();
+      q->BeforeForward();
+      const at::Tensor loss =
+          torch::cross_entropy_loss(model->forward(x), y) + q->RegularizationLoss();
+      loss.backward();
+      q->AfterBackward();
+      out.loss = loss.item<double>();
+      if (step == 0) opt.step();
+    }
+    for (const auto& p : model->parameters()) out.gradients.push_back(p.grad().cpu());
+    return out;
+  };
+  for (quant::Method m : {quant::Method::kLat, quant::Method::kHla}) {
+    const LossAndGradients fused = run(m, true);
+    const LossAndGradients aten = run(m, false);
+    EXPECT_NEAR(fused.loss, aten.loss, 1e-5) << quant::MethodName(m);
+    ASSERT_EQ(fused.gradients.size(), aten.gradients.size());
+    for (size_t i = 0; i < fused.gradients.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(fused.gradients[i], aten.gradients[i], 1e-4, 1e-6))
+          << quant::MethodName(m) << " parameter " << i << ": max |fused - aten| "
+          << (fused.gradients[i] - aten.gradients[i]).abs().max().item<double>();
+    }
+  }
   at::globalContext().setDeterministicCuDNN(deterministic);
 }
 

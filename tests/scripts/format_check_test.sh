@@ -2,8 +2,9 @@
 # scripts/format-check.sh in a scratch repository: only lines changed since
 # the base are checked (old unformatted code is left alone), a badly formatted
 # changed line fails naming its file, --fix formats exactly those lines, a
-# moved file counts only its edited lines, and a base that is no commit is a
-# usage error. Skips (77) without clang-format, which .ci/run installs.
+# moved file counts only its edited lines, CUDA sources (.cu) count too, and a
+# base that is no commit is a usage error. Skips (77) without clang-format,
+# which .ci/run installs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 if ! command -v clang-format >/dev/null 2>&1; then
@@ -56,7 +57,18 @@ out="$(bash scripts/format-check.sh 2>&1)" && fail "edited line of a moved file 
 grep -q "+int keep() { return 3; }" <<<"$out" || fail "edited line not shown: $out"
 if grep -q "^+int moved() { return 2; }" <<<"$out"; then fail "unedited line of a moved file reported: $out"; fi
 
-# 5. Usage errors: a base that is no commit, an unknown option.
+# 5. CUDA sources (.cu) are checked too.
+bash scripts/format-check.sh --fix >/dev/null 2>&1 || fail "--fix failed"
+git add -A && git commit -qm moved
+bash scripts/format-check.sh >/dev/null 2>&1 || fail "reported after --fix and commit"
+printf '__global__ void Kernel( float* x ){x[threadIdx.x]=0;}\n' > src/kernel.cu
+git add src/kernel.cu
+out="$(bash scripts/format-check.sh 2>&1)" && fail "unformatted .cu passed"
+grep -q "src/kernel.cu" <<<"$out" || fail ".cu file not named: $out"
+bash scripts/format-check.sh --fix >/dev/null 2>&1 || fail "--fix failed on .cu"
+bash scripts/format-check.sh >/dev/null 2>&1 || fail ".cu still reported after --fix"
+
+# 6. Usage errors: a base that is no commit, an unknown option.
 status=0; bash scripts/format-check.sh 0123456789abcdef >/dev/null 2>&1 || status=$?
 [[ $status -eq 2 ]] || fail "bad base: exit $status, want 2"
 status=0; bash scripts/format-check.sh --nope >/dev/null 2>&1 || status=$?
