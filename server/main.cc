@@ -10,17 +10,22 @@
 //         [--web-listen 127.0.0.1:8080 [--web-tls-cert F --web-tls-key F]]
 //         [--read-roots DIRS] [--write-roots DIRS] [--quota-file F]
 //         [--rendezvous-key-file F]   (default <db>.rendezvous-key, mode 0600)
+//         [--advertise-address HOST:PORT] [--leader-lease-ttl 5s]
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
 // also for --listen ...:0), then "ternd metrics on HOST:PORT" and "ternd web
 // console on HOST:PORT" when enabled;
 // logs go to stderr. SIGINT or SIGTERM shuts down gracefully. Exit codes:
-// 0 after a clean shutdown, 1 when ternd cannot start, 2 for bad flags.
+// 0 after a clean shutdown, 1 when ternd cannot start, 2 for bad flags, 3
+// when it led several ternd sharing one store and lost the lease (or could
+// not start leading): it stopped acting at once; restart it, it comes back
+// as a standby (docs/DEPLOY.md, "Several ternd").
 #include <pthread.h>
 
 #include <CLI/CLI.hpp>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 
@@ -28,6 +33,9 @@
 #include "server/ternd.h"
 
 namespace {
+
+// Exit code after losing the lease (see the header comment).
+constexpr int kExitLeadershipLost = 3;
 
 using tern::server::FormatDuration;
 using tern::server::ParseDuration;
@@ -52,7 +60,7 @@ void AddDuration(CLI::App& app, const std::string& name, std::chrono::millisecon
       ->type_name("DURATION");
 }
 
-int Run(const TerndOptions& options) {
+int Run(TerndOptions options) {
   // Block the signals in every thread; this one waits for them below.
   sigset_t signals;
   sigemptyset(&signals);
@@ -64,6 +72,12 @@ int Run(const TerndOptions& options) {
   // MSG_NOSIGNAL; this covers every other descriptor, stdout and stderr too).
   std::signal(SIGPIPE, SIG_IGN);
 
+  // Another ternd leads now: stop at once (the store refuses this one's
+  // writes anyway); a supervisor restarts it as a standby.
+  options.on_leadership_lost = [] {
+    std::cerr << "ternd: lost the leader's lease; exiting " << kExitLeadershipLost << std::endl;
+    std::_Exit(kExitLeadershipLost);
+  };
   auto ternd = Ternd::Start(options);
   if (!ternd.ok()) {
     std::cerr << "ternd: cannot start: " << ternd.status() << std::endl;
@@ -189,6 +203,14 @@ int main(int argc, char** argv) {
                  "one transaction and fsync) or per-call (one each, as before group commit)")
       ->capture_default_str()
       ->check(CLI::IsMember({"group", "per-call"}));
+  app.add_option("--advertise-address", options.advertise_address,
+                 "with several ternd on one PostgreSQL --db: the gRPC host:port standbys tell "
+                 "clients and agents to use while this one leads (required unless --listen "
+                 "names one host, not 0.0.0.0 or [::])");
+  AddDuration(app, "--leader-lease-ttl", &options.leader_lease_ttl,
+              "with several ternd on one PostgreSQL --db: the leader's lease, renewed every "
+              "third of it; a standby takes over within about this long after the leader "
+              "dies (at once after its clean shutdown)");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "debug, info, warning or error")
       ->capture_default_str()
