@@ -29,9 +29,8 @@ StatusOr<std::vector<std::string>> ParseServerAddresses(std::string_view flag,
   size_t start = 0;
   while (true) {
     const size_t comma = text.find(',', start);
-    const std::string_view entry =
-        Trim(text.substr(start, comma == std::string_view::npos ? std::string_view::npos
-                                                                : comma - start));
+    const std::string_view entry = Trim(text.substr(
+        start, comma == std::string_view::npos ? std::string_view::npos : comma - start));
     if (entry.empty()) {
       return InvalidArgumentError(name + ": \"" + std::string(text) +
                                   "\" has an empty address (expected HOST:PORT[,HOST:PORT...])");

@@ -26,7 +26,8 @@ class StandbyService final : public grpc::CallbackGenericService {
  public:
   explicit StandbyService(std::function<Status()> refusal) : refusal_(std::move(refusal)) {}
 
-  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* context) override;
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* context) override;
 
  private:
   std::function<Status()> refusal_;

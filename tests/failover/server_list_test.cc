@@ -129,7 +129,8 @@ TEST(ParseServerAddressesTest, ParsesAListAndRejectsEmptyEntries) {
   StatusOr<std::vector<std::string>> one = ParseServerAddresses("--server", "a:1");
   ASSERT_TRUE(one.ok());
   EXPECT_EQ(*one, std::vector<std::string>{"a:1"});
-  StatusOr<std::vector<std::string>> many = ParseServerAddresses("--server", "a:1, b:2 ,a:1,[::1]:3");
+  StatusOr<std::vector<std::string>> many =
+      ParseServerAddresses("--server", "a:1, b:2 ,a:1,[::1]:3");
   ASSERT_TRUE(many.ok()) << many.status();
   EXPECT_EQ(*many, (std::vector<std::string>{"a:1", "b:2", "[::1]:3"}));
   for (const char* bad : {"", "a:1,", ",a:1", "a:1,,b:2", "a", "a:"}) {

@@ -22,8 +22,7 @@ class FakeLeaderElection final : public scheduler::LeaderElection {
  public:
   using Clock = std::chrono::steady_clock;
 
-  StatusOr<scheduler::Leadership> TryAcquire(const std::string& holder,
-                                             const std::string& address,
+  StatusOr<scheduler::Leadership> TryAcquire(const std::string& holder, const std::string& address,
                                              std::chrono::milliseconds ttl) override {
     std::lock_guard<std::mutex> lock(mu_);
     ++acquire_calls_;

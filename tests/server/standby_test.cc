@@ -68,7 +68,7 @@ class StandbyTest : public ::testing::Test {
     TerndOptions options;
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "127.0.0.1:0";
-    options.db_path = (dir_ / "ternd.db").string();  // shared
+    options.db_path = (dir_ / "ternd.db").string();                    // shared
     options.rendezvous_key_file = (dir_ / "rendezvous-key").string();  // shared
     options.artifact_root = (dir_ / "artifacts").string();
     options.checkpoint_root = (dir_ / "checkpoints").string();
@@ -245,8 +245,7 @@ TEST_F(StandbyTest, ALeaderThatLosesTheLeaseStopsServingAndExits) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(DetailsOf(status).reason, "LEADERSHIP_LOST");
   EXPECT_EQ(Readyz(ternd), "HTTP/1.1 503 Service Unavailable");
-  EXPECT_NE(HttpGet(ternd.metrics_port(), "/metrics").find("\ntern_leader 0\n"),
-            std::string::npos);
+  EXPECT_NE(HttpGet(ternd.metrics_port(), "/metrics").find("\ntern_leader 0\n"), std::string::npos);
   // Shutting down does not release a lease that is not its own any more.
   ternds_[0].reset();
   EXPECT_EQ(election_.release_calls(), 0);
