@@ -5,7 +5,8 @@
 // stores either one change per call (CreateJob, UpdateJob) or the changes of
 // many calls in one transaction (Commit: group commit). Events
 // are append-only; (job id, seq) is unique. Implementations: SqliteJobStore
-// (sqlite_job_store.h); tests wrap it to inject failures. Implementations are
+// (sqlite_job_store.h), PostgresJobStore (postgres_job_store.h; OpenJobStore
+// in open_job_store.h picks one by name); tests wrap them to inject failures. Implementations are
 // thread-safe.
 #ifndef TERN_SCHEDULER_JOB_STORE_H_
 #define TERN_SCHEDULER_JOB_STORE_H_

@@ -40,8 +40,17 @@ while read -r program package need _; do
     fi
     continue
   fi
-  path="$(command -v "$program" 2>/dev/null || true)"
-  if [[ -z "$path" || "$path" != /* ]]; then
+  if [[ "$program" == /* ]]; then
+    # A program off PATH, named by its absolute path or a glob (PostgreSQL's
+    # /usr/lib/postgresql/*/bin/initdb): the last match, linked by its name.
+    path=""
+    for candidate in $program; do
+      [[ -x "$candidate" ]] && path="$candidate"
+    done
+    program="${program##*/}"
+  elif path="$(command -v "$program" 2>/dev/null)" && [[ "$path" == /* ]]; then
+    :
+  else
     # Shell builtins (true, kill) also exist as programs; only programs count.
     path=""
     for dir in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do

@@ -17,6 +17,7 @@ packages=(
   libtorch-dev libgloo-dev              # LibTorch 1.13 CPU, c10d + Gloo headers
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libsqlite3-dev libboost-dev libboost-system-dev
+  libpq-dev                             # PostgreSQL job store (its server: tools.list)
   libgtest-dev libgmock-dev googletest
   nlohmann-json3-dev libcli11-dev libstb-dev zlib1g-dev libyaml-cpp-dev
   libjpeg62-turbo-dev libpng-dev libwebp-dev  # image decoding (worker/trainer/image_decode.cc)

@@ -1,3 +1,5 @@
+// SqliteJobStore's own behaviour: the file, WAL, schema versions and
+// migrations. The JobStore contract both stores keep is job_store_test.cc.
 #include "scheduler/sqlite_job_store.h"
 
 #include <gtest/gtest.h>
@@ -54,93 +56,8 @@ class SqliteJobStoreTest : public ::testing::Test {
     return out;
   }
 
-  static Job SampleJob(JobId id) {
-    FakeClock clock;
-    Job job;
-    job.id = id;
-    job.owner = "alice";
-    job.labels = {{"team", "vision"}, {"exp", "hla-7"}};
-    job.priority = 3;
-    job.world_size = 2;
-    job.device_kind = kDeviceCuda;
-    job.max_restarts = 2;
-    job.idempotency_key = "key-" + std::to_string(id);
-    job.spec = {'\x08', '\0', '\x12', '\x03', 'a', 'b', 'c', '\xff'};  // binary
-    job.submit_time = clock.Now();
-    job.restart_not_before = clock.Now();
-    return job;
-  }
-
-  static std::vector<JobEvent> Submitted(Job* job) {
-    std::vector<JobEvent> events;
-    JobEvent e;
-    e.time = job->submit_time;
-    e.to = JobState::kQueued;
-    e.reason = reason::kSubmitted;
-    e.message = "submitted";
-    job->history.push_back(AppendJobEvent(job, e, &events));
-    return events;
-  }
-
   TempDir dir_;
 };
-
-TEST_F(SqliteJobStoreTest, CreateUpdateLoadRoundTrip) {
-  auto store = OpenStore();
-  ASSERT_NE(store, nullptr);
-  Job job = SampleJob(1);
-  ASSERT_TRUE(store->CreateJob(job, Submitted(&job)).ok());
-
-  std::vector<JobEvent> events;
-  const TimePoint later = job.submit_time + std::chrono::seconds(5);
-  ASSERT_TRUE(TransitionJob(&job, JobState::kAdmitted, reason::kAdmitted,
-                            "placed", later, &events)
-                  .ok());
-  job.attempt = 1;
-  job.ranks = {{0, "a", RankState::kRunning, 0},
-               {1, "b", RankState::kFailed, 3}};
-  job.rendezvous_host = "10.0.0.1";
-  job.rendezvous_port = 29500;
-  job.last_checkpoint_step = 120;
-  job.metrics_json = R"({"acc": 0.91})";
-  ASSERT_TRUE(store->UpdateJob(job, events).ok());
-  store.reset();
-
-  store = OpenStore();
-  ASSERT_NE(store, nullptr);
-  StatusOr<std::vector<Job>> loaded = store->LoadJobs();
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
-  ASSERT_EQ(loaded->size(), 1u);
-  const Job& got = loaded->front();
-  EXPECT_EQ(got.id, 1);
-  EXPECT_EQ(got.owner, "alice");
-  EXPECT_EQ(got.labels, job.labels);
-  EXPECT_EQ(got.priority, 3);
-  EXPECT_EQ(got.world_size, 2);
-  EXPECT_EQ(got.device_kind, "cuda");
-  EXPECT_EQ(got.max_restarts, 2);
-  EXPECT_EQ(got.idempotency_key, "key-1");
-  EXPECT_EQ(got.spec, job.spec);
-  EXPECT_EQ(got.spec.size(), 8u);
-  EXPECT_EQ(got.submit_time, job.submit_time);
-  EXPECT_EQ(got.state, JobState::kAdmitted);
-  EXPECT_EQ(got.attempt, 1);
-  ASSERT_TRUE(got.last_checkpoint_step.has_value());
-  EXPECT_EQ(*got.last_checkpoint_step, 120);
-  EXPECT_EQ(got.metrics_json, job.metrics_json);
-  EXPECT_EQ(got.last_event_seq, 2);
-  EXPECT_EQ(got.rendezvous_host, "10.0.0.1");
-  EXPECT_EQ(got.rendezvous_port, 29500);
-  ASSERT_EQ(got.ranks.size(), 2u);
-  EXPECT_EQ(got.ranks[1].agent_id, "b");
-  EXPECT_EQ(got.ranks[1].state, RankState::kFailed);
-  EXPECT_EQ(got.ranks[1].exit_code, 3);
-  ASSERT_EQ(got.history.size(), 2u);
-  EXPECT_EQ(got.history[1].from, JobState::kQueued);
-  EXPECT_EQ(got.history[1].to, JobState::kAdmitted);
-  EXPECT_EQ(got.history[1].time, later);
-  EXPECT_EQ(got.history[1].message, "placed");
-}
 
 TEST_F(SqliteJobStoreTest, UsesWriteAheadLog) {
   auto store = OpenStore();
@@ -148,67 +65,6 @@ TEST_F(SqliteJobStoreTest, UsesWriteAheadLog) {
   EXPECT_EQ(RawQueryText("PRAGMA journal_mode"), "wal");
   EXPECT_EQ(RawQueryText("PRAGMA user_version"),
             std::to_string(SqliteJobStore::kSchemaVersion));
-}
-
-TEST_F(SqliteJobStoreTest, ReadEventsResumesAfterSequence) {
-  auto store = OpenStore();
-  ASSERT_NE(store, nullptr);
-  Job job = SampleJob(1);
-  ASSERT_TRUE(store->CreateJob(job, Submitted(&job)).ok());
-  std::vector<JobEvent> events;
-  for (int i = 0; i < 5; ++i) {
-    JobEvent e;
-    e.type = JobEventType::kProgress;
-    e.payload = "{\"step\":" + std::to_string(i) + "}";
-    AppendJobEvent(&job, e, &events);
-  }
-  ASSERT_TRUE(store->UpdateJob(job, events).ok());
-  StatusOr<std::vector<JobEvent>> tail = store->ReadEvents(1, 3, 2);
-  ASSERT_TRUE(tail.ok()) << tail.status();
-  ASSERT_EQ(tail->size(), 2u);
-  EXPECT_EQ((*tail)[0].seq, 4);
-  EXPECT_EQ((*tail)[1].seq, 5);
-  EXPECT_EQ((*tail)[0].payload, "{\"step\":2}");
-  EXPECT_EQ(store->ReadEvents(1, 6, 10)->size(), 0u);
-  EXPECT_EQ(store->ReadEvents(99, 0, 10)->size(), 0u);
-}
-
-TEST_F(SqliteJobStoreTest, DuplicateIdempotencyKeyIsAlreadyExists) {
-  auto store = OpenStore();
-  ASSERT_NE(store, nullptr);
-  Job first = SampleJob(1);
-  ASSERT_TRUE(store->CreateJob(first, Submitted(&first)).ok());
-  Job same_key = SampleJob(2);
-  same_key.idempotency_key = first.idempotency_key;
-  Status status = store->CreateJob(same_key, Submitted(&same_key));
-  EXPECT_EQ(status.code(), StatusCode::kAlreadyExists) << status;
-
-  Job other_owner = same_key;
-  other_owner.owner = "bob";
-  EXPECT_TRUE(store->CreateJob(other_owner, {}).ok());
-  Job no_key_a = SampleJob(3), no_key_b = SampleJob(4);
-  no_key_a.idempotency_key = no_key_b.idempotency_key = "";
-  EXPECT_TRUE(store->CreateJob(no_key_a, {}).ok());
-  EXPECT_TRUE(store->CreateJob(no_key_b, {}).ok());
-}
-
-TEST_F(SqliteJobStoreTest, FailedTransactionLeavesNoTrace) {
-  auto store = OpenStore();
-  ASSERT_NE(store, nullptr);
-  Job job = SampleJob(1);
-  std::vector<JobEvent> events = Submitted(&job);
-  events.push_back(events.front());  // same (job, seq) twice: the insert fails
-  EXPECT_FALSE(store->CreateJob(job, events).ok());
-  StatusOr<std::vector<Job>> loaded = store->LoadJobs();
-  ASSERT_TRUE(loaded.ok());
-  EXPECT_TRUE(loaded->empty());
-  EXPECT_TRUE(store->ReadEvents(1, 0, 10)->empty());
-}
-
-TEST_F(SqliteJobStoreTest, UpdateOfMissingJobIsNotFound) {
-  auto store = OpenStore();
-  ASSERT_NE(store, nullptr);
-  EXPECT_EQ(store->UpdateJob(SampleJob(5), {}).code(), StatusCode::kNotFound);
 }
 
 TEST_F(SqliteJobStoreTest, GarbageFileIsDataLoss) {

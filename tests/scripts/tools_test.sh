@@ -38,9 +38,25 @@ TERN_TOOLS_LIST="$work/ok" bash "$root/scripts/check-tools.sh" --link "$work/pat
 [[ "$(PATH="$work/path" bash -c 'command -v sed')" == "$work/path/sed" ]] || fail "sed not found through the link"
 PATH="$work/path" bash -c 'command -v awk' >/dev/null && fail "an unlisted program is reachable"
 
+# 4b. A program off PATH named by an absolute path glob (PostgreSQL's server
+#     programs): the last match is linked under its own name; none is missing.
+mkdir -p "$work/opt/1/bin" "$work/opt/2/bin"
+printf '#!/bin/sh\necho one\n' > "$work/opt/1/bin/tern-offpath"
+printf '#!/bin/sh\necho two\n' > "$work/opt/2/bin/tern-offpath"
+chmod +x "$work/opt/1/bin/tern-offpath" "$work/opt/2/bin/tern-offpath"
+printf '%s x required t\n' "$work/opt/*/bin/tern-offpath" > "$work/glob"
+TERN_TOOLS_LIST="$work/glob" bash "$root/scripts/check-tools.sh" --link "$work/globpath" ||
+  fail "an absolute path glob that matches is reported missing"
+[[ "$(readlink "$work/globpath/tern-offpath")" == "$work/opt/2/bin/tern-offpath" ]] ||
+  fail "glob linked $(readlink "$work/globpath/tern-offpath"), want the last match"
+printf '%s x required t\n' "$work/opt/*/bin/tern-absent" > "$work/noglob"
+status=0
+out="$(TERN_TOOLS_LIST="$work/noglob" bash "$root/scripts/check-tools.sh" 2>&1)" || status=$?
+[[ $status -eq 1 && "$out" == *"tern-absent (package x)"* ]] || fail "unmatched glob: exit $status: $out"
+
 # 5. --packages: the required lines' packages, which install-deps.sh installs.
 pkgs="$(bash "$root/scripts/check-tools.sh" --packages | tr '\n' ' ')"
-for p in curl jq openssl prometheus procps; do
+for p in curl jq openssl prometheus procps postgresql; do
   [[ " $pkgs" == *" $p "* ]] || fail "package $p not among the required packages: $pkgs"
 done
 
