@@ -30,6 +30,8 @@
 #include <string>
 
 #include "common/logging.h"
+#include "scheduler/postgres_job_store.h"
+#include "scheduler/postgres_leader_election.h"
 #include "server/ternd.h"
 
 namespace {
@@ -78,6 +80,17 @@ int Run(TerndOptions options) {
     std::cerr << "ternd: lost the leader's lease; exiting " << kExitLeadershipLost << std::endl;
     std::_Exit(kExitLeadershipLost);
   };
+  // Several ternd share a PostgreSQL store: they elect a leader through it.
+  std::unique_ptr<tern::scheduler::PostgresLeaderElection> election;
+  if (tern::scheduler::IsPostgresUrl(options.db_path)) {
+    auto opened = tern::scheduler::PostgresLeaderElection::Open(options.db_path);
+    if (!opened.ok()) {
+      std::cerr << "ternd: cannot start: leader election: " << opened.status() << std::endl;
+      return 1;
+    }
+    election = std::move(opened).value();
+    options.election = election.get();
+  }
   auto ternd = Ternd::Start(options);
   if (!ternd.ok()) {
     std::cerr << "ternd: cannot start: " << ternd.status() << std::endl;
@@ -107,7 +120,11 @@ int main(int argc, char** argv) {
   app.add_option("--listen", options.listen,
                  "gRPC address host:port (port 0: any free port)")
       ->capture_default_str();
-  app.add_option("--db", options.db_path, "SQLite job store")
+  app.add_option("--db", options.db_path,
+                 "job store: an SQLite file, or a PostgreSQL URL (postgresql://USER@HOST/DB?..., "
+                 "the password best in PGPASSWORD or ~/.pgpass) that several ternd share: one "
+                 "leads, the others are standbys (needs --rendezvous-key-file, and "
+                 "--advertise-address unless --listen names one host)")
       ->capture_default_str();
   app.add_option("--metrics-listen", options.metrics_listen,
                  "Prometheus /metrics address host:port (\":0\": any port; "
@@ -161,7 +178,8 @@ int main(int argc, char** argv) {
                  "its checkpoint.directory under (default: anywhere)");
   app.add_option("--rendezvous-key-file", options.rendezvous_key_file,
                  "ternd's secret for the jobs' rendezvous keys (mode 0600; created when missing; "
-                 "default: <db>.rendezvous-key)");
+                 "default: <db>.rendezvous-key; required with a PostgreSQL --db, the same file "
+                 "content on every ternd)");
   app.add_option("--quota-file", options.quota_file,
                  "per-owner limits, one \"OWNER|* [cpu=N] [cuda=N] [jobs=N]\" line each: slots "
                  "an owner's running jobs may hold, unfinished jobs it may have (default: none); "
@@ -228,5 +246,26 @@ int main(int argc, char** argv) {
                                                    : tern::LogSeverity::kInfo);
   }
   options.scheduler.commit_mode = *tern::scheduler::ParseCommitMode(commit_mode);  // checked above
+  if (tern::scheduler::IsPostgresUrl(options.db_path)) {
+    // Checked here, before connecting, and worded as flags.
+    const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+    if (options.advertise_address.empty() &&
+        (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::")) {
+      std::cerr << "ternd: --advertise-address HOST:PORT is required with a PostgreSQL --db when "
+                   "--listen ("
+                << options.listen
+                << ") names no single host: standbys tell clients and agents this address as "
+                   "the leader's"
+                << std::endl;
+      return 2;
+    }
+    if (options.rendezvous_key_file.empty()) {
+      std::cerr << "ternd: --rendezvous-key-file is required with a PostgreSQL --db: every ternd "
+                   "sharing the store must read the same key file (the jobs' rendezvous keys are "
+                   "derived from it)"
+                << std::endl;
+      return 2;
+    }
+  }
   return Run(options);
 }

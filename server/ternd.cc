@@ -19,7 +19,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "path_policy/path_rules.h"
-#include "scheduler/sqlite_job_store.h"
+#include "scheduler/open_job_store.h"
 #include "server/job_service.h"
 #include "server/observed_job_store.h"
 #include "server/progress_cache.h"
@@ -75,26 +75,12 @@ std::string DefaultHolderId() {
   return std::string(host) + suffix;
 }
 
-// The store as logs show it: a URL without its password.
-std::string StoreForLog(const std::string& db) {
-  const size_t scheme = db.find("://");
-  const size_t at = db.find('@');
-  if (scheme == std::string::npos || at == std::string::npos || at < scheme) return db;
-  const size_t colon = db.find(':', scheme + 3);
-  if (colon == std::string::npos || colon > at) return db;
-  return db.substr(0, colon) + ":***" + db.substr(at);
-}
-
 // The job store, fenced with `epoch` where the store is shared (several
 // ternd); `on_fenced` is called when it refuses a write for a later epoch.
 StatusOr<std::unique_ptr<scheduler::JobStore>> OpenStore(const TerndOptions& options, int64_t epoch,
                                                          std::function<void()> on_fenced) {
-  // SQLite: one process; nothing to fence.
-  (void)epoch;
-  (void)on_fenced;
-  TERN_ASSIGN_OR_RETURN(std::unique_ptr<scheduler::SqliteJobStore> sqlite,
-                        scheduler::SqliteJobStore::Open(options.db_path));
-  return std::unique_ptr<scheduler::JobStore>(std::move(sqlite));
+  return scheduler::OpenJobStore(options.db_path, epoch,
+                                 epoch > 0 ? std::move(on_fenced) : std::function<void()>());
 }
 
 }  // namespace
@@ -423,8 +409,9 @@ Status Ternd::StartLeading(int64_t epoch, const std::string& listen) {
   leading_ = true;
   metrics_->SetLeader(true, epoch);
   tick_thread_ = std::thread([this] { TickLoop(); });
-  TERN_LOG(INFO) << "ternd: serving on " << address_ << ", store " << StoreForLog(options_.db_path)
-                 << ", artifacts under " << state_->layout.artifact_root << ", checkpoints under "
+  TERN_LOG(INFO) << "ternd: serving on " << address_ << ", store "
+                 << scheduler::JobStoreDisplayName(options_.db_path) << ", artifacts under "
+                 << state_->layout.artifact_root << ", checkpoints under "
                  << state_->layout.checkpoint_root
                  << (options_.election != nullptr ? ", leading with epoch " + std::to_string(epoch)
                                                   : std::string());
