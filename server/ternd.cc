@@ -20,6 +20,7 @@
 #include "common/logging.h"
 #include "path_policy/path_rules.h"
 #include "scheduler/open_job_store.h"
+#include "scheduler/postgres_job_store.h"
 #include "server/job_service.h"
 #include "server/observed_job_store.h"
 #include "server/progress_cache.h"
@@ -79,6 +80,9 @@ std::string DefaultHolderId() {
 // ternd); `on_fenced` is called when it refuses a write for a later epoch.
 StatusOr<std::unique_ptr<scheduler::JobStore>> OpenStore(const TerndOptions& options, int64_t epoch,
                                                          std::function<void()> on_fenced) {
+  // Only a PostgreSQL store is fenced; an SQLite file shared by several
+  // in-process Ternd (tests) is not.
+  if (!scheduler::IsPostgresUrl(options.db_path)) epoch = 0;
   return scheduler::OpenJobStore(options.db_path, epoch,
                                  epoch > 0 ? std::move(on_fenced) : std::function<void()>());
 }
