@@ -28,6 +28,7 @@
 #include "common/atomic_file.h"
 #include "common/sha256.h"
 #include "common/utf8.h"
+#include "failover/server_list.h"
 #include "tern/v1/job_service.grpc.pb.h"
 #include "tern/v1/service_config.h"
 
@@ -95,9 +96,14 @@ bool Retryable(const grpc::Status& s) {
 // What `ternctl` commands share: the channel, deadlines, output and errors.
 class Client {
  public:
-  Client(const Globals& g, std::shared_ptr<grpc::Channel> channel, std::ostream& out,
+  // `servers`: every --server address; calls go to the leader among them.
+  Client(const Globals& g, std::shared_ptr<failover::ServerList> servers, std::ostream& out,
          std::ostream& err, bool tty)
-      : g_(g), out_(out), err_(err), tty_(tty), stub_(v1::JobService::NewStub(channel)) {}
+      : g_(g), out_(out), err_(err), tty_(tty), servers_(std::move(servers)) {
+    for (size_t i = 0; i < servers_->size(); ++i) {
+      stubs_.push_back(v1::JobService::NewStub(servers_->channel(i)));
+    }
+  }
 
   int Submit(const std::string& file, const SpecOverrides& overrides, std::string key,
              bool watch);
@@ -123,6 +129,22 @@ class Client {
     if (!g_.owner.empty()) ctx->AddMetadata("x-tern-owner", g_.owner);
     if (deadline.count() > 0) ctx->set_deadline(std::chrono::system_clock::now() + deadline);
   }
+  // A unary call on the leader: on NOT_LEADER or an unreachable ternd it is
+  // tried again on the next one of --server's addresses (failover/
+  // server_list.h), all within one deadline of `timeout` (0: none).
+  template <typename Request, typename Response>
+  grpc::Status Unary(grpc::Status (v1::JobService::Stub::*method)(grpc::ClientContext*,
+                                                                  const Request&, Response*),
+                     const Request& request, Response* response, milliseconds timeout) {
+    const auto deadline = std::chrono::system_clock::now() +
+                          (timeout.count() > 0 ? timeout : milliseconds(std::chrono::hours(24)));
+    return servers_->Run(deadline, [&](const failover::ServerList::Target& target) {
+      grpc::ClientContext ctx;
+      Prepare(&ctx, milliseconds(0));
+      if (timeout.count() > 0) ctx.set_deadline(deadline);
+      return (stubs_[target.index].get()->*method)(&ctx, request, response);
+    });
+  }
   milliseconds Timeout() const {
     return milliseconds(static_cast<int64_t>(g_.timeout_s * 1000.0));
   }
@@ -137,12 +159,13 @@ class Client {
     return ExitCodeFor(s.code());
   }
   // A unary call whose response is printed as JSON (--json) or by `format`.
-  template <typename Response, typename Call, typename Format>
-  int Show(const std::string& what, Call call, Format format) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, Timeout());
+  template <typename Request, typename Response, typename Format>
+  int Show(const std::string& what,
+           grpc::Status (v1::JobService::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                        Response*),
+           const Request& request, Format format) {
     Response response;
-    const grpc::Status status = call(&ctx, &response);
+    const grpc::Status status = Unary(method, request, &response, Timeout());
     if (!status.ok()) return Fail(status, what);
     out_ << (g_.json ? ToJson(response) + "\n" : format(response));
     return kExitOk;
@@ -154,12 +177,10 @@ class Client {
                             bool history_only, uint64_t* last_seq,
                             const std::function<void(const v1::JobEvent&)>& on_event);
   grpc::Status GetJob(const std::string& id, v1::Job* job) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, Timeout());
     v1::GetJobRequest request;
     request.set_job_id(id);
     request.set_view(v1::JOB_VIEW_FULL);  // `get` shows the per-layer statistics
-    return stub_->GetJob(&ctx, request, job);
+    return Unary(&v1::JobService::Stub::GetJob, request, job, Timeout());
   }
   int DownloadTo(const std::string& id, const std::string& output);
 
@@ -167,7 +188,8 @@ class Client {
   std::ostream& out_;
   std::ostream& err_;
   const bool tty_;
-  std::unique_ptr<v1::JobService::Stub> stub_;
+  std::shared_ptr<failover::ServerList> servers_;
+  std::vector<std::unique_ptr<v1::JobService::Stub>> stubs_;  // one per address
 };
 
 int Client::Submit(const std::string& file, const SpecOverrides& overrides, std::string key,
@@ -192,9 +214,7 @@ int Client::Submit(const std::string& file, const SpecOverrides& overrides, std:
   grpc::Status status;
   for (int attempt = 0; attempt < 3; ++attempt) {
     if (attempt > 0) std::this_thread::sleep_for(milliseconds(500 * attempt));
-    grpc::ClientContext ctx;
-    Prepare(&ctx, Timeout());
-    status = stub_->SubmitJob(&ctx, request, &response);
+    status = Unary(&v1::JobService::Stub::SubmitJob, request, &response, Timeout());
     if (!Retryable(status)) break;
   }
   if (!status.ok()) return Fail(status, "submit");
@@ -229,10 +249,8 @@ int Client::List(const std::vector<std::string>& states, const std::vector<std::
   while (true) {
     const int remaining = limit > 0 ? limit - all.jobs_size() : 500;
     request.set_page_size(std::min(remaining, 500));
-    grpc::ClientContext ctx;
-    Prepare(&ctx, Timeout());
     v1::ListJobsResponse page;
-    const grpc::Status status = stub_->ListJobs(&ctx, request, &page);
+    const grpc::Status status = Unary(&v1::JobService::Stub::ListJobs, request, &page, Timeout());
     if (!status.ok()) return Fail(status, "list");
     for (v1::Job& j : *page.mutable_jobs()) {
       if (limit > 0 && all.jobs_size() >= limit) break;
@@ -262,12 +280,8 @@ int Client::Get(const std::string& id) {
 }
 
 int Client::WhoAmI() {
-  return Show<v1::WhoAmIResponse>(
-      "whoami",
-      [&](grpc::ClientContext* ctx, v1::WhoAmIResponse* response) {
-        return stub_->WhoAmI(ctx, v1::WhoAmIRequest(), response);
-      },
-      [](const v1::WhoAmIResponse& response) { return FormatWhoAmI(response); });
+  return Show("whoami", &v1::JobService::Stub::WhoAmI, v1::WhoAmIRequest(),
+              [](const v1::WhoAmIResponse& response) { return FormatWhoAmI(response); });
 }
 
 int Client::Agents() {
@@ -276,10 +290,8 @@ int Client::Agents() {
   request.set_page_size(500);
   v1::ListAgentsResponse all;
   do {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, Timeout());
     v1::ListAgentsResponse page;
-    const grpc::Status status = stub_->ListAgents(&ctx, request, &page);
+    const grpc::Status status = Unary(&v1::JobService::Stub::ListAgents, request, &page, Timeout());
     if (!status.ok()) return Fail(status, "agents");
     for (v1::AgentInfo& agent : *page.mutable_agents()) *all.add_agents() = std::move(agent);
     request.set_page_token(page.next_page_token());
@@ -319,35 +331,29 @@ int Client::Update(const std::string& id, const std::optional<std::string>& name
          "update " + id);
     return kExitUsage;
   }
-  grpc::ClientContext ctx;
-  Prepare(&ctx, Timeout());
   v1::Job job;
-  const grpc::Status status = stub_->UpdateJob(&ctx, request, &job);
+  const grpc::Status status = Unary(&v1::JobService::Stub::UpdateJob, request, &job, Timeout());
   if (!status.ok()) return Fail(status, "update " + id);
   out_ << (g_.json ? ToJson(job) + "\n" : FormatJobDetails(job));
   return kExitOk;
 }
 
 int Client::Delete(const std::string& id) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, Timeout());
   v1::DeleteJobRequest request;
   request.set_job_id(id);
   google::protobuf::Empty empty;
-  const grpc::Status status = stub_->DeleteJob(&ctx, request, &empty);
+  const grpc::Status status = Unary(&v1::JobService::Stub::DeleteJob, request, &empty, Timeout());
   if (!status.ok()) return Fail(status, "delete " + id);
   out_ << (g_.json ? "{}\n" : id + ": deleted\n");
   return kExitOk;
 }
 
 int Client::Cancel(const std::string& id, const std::string& reason) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, Timeout());
   v1::CancelJobRequest request;
   request.set_job_id(id);
   request.set_reason(reason);
   v1::Job job;
-  const grpc::Status status = stub_->CancelJob(&ctx, request, &job);
+  const grpc::Status status = Unary(&v1::JobService::Stub::CancelJob, request, &job, Timeout());
   if (!status.ok()) return Fail(status, "cancel " + id);
   if (g_.json) {
     out_ << ToJson(job) << "\n";
@@ -363,21 +369,40 @@ int Client::Cancel(const std::string& id, const std::string& reason) {
 grpc::Status Client::StreamEvents(const std::string& id, uint64_t from, bool include_logs,
                                   bool history_only, uint64_t* last_seq,
                                   const std::function<void(const v1::JobEvent&)>& on_event) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, milliseconds(0));  // lives as long as the job
   v1::WatchJobRequest request;
   request.set_job_id(id);
   request.set_from_sequence(from);
   request.set_include_logs(include_logs);
   request.set_history_only(history_only);
-  std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader = stub_->WatchJob(&ctx, request);
-  v1::JobEvent event;
-  while (reader->Read(&event)) {
-    if (event.sequence() != 0 && event.sequence() <= *last_seq) continue;  // seen already
-    *last_seq = std::max(*last_seq, event.sequence());
-    on_event(event);
+  // A stream refused by a standby (or an unreachable ternd) is opened again
+  // on the leader, within the unary timeout; once events flow it lives as
+  // long as the job, and the caller resumes it when it breaks.
+  const auto give_up = std::chrono::system_clock::now() + Timeout();
+  for (;;) {
+    const failover::ServerList::Target target = servers_->Current();
+    grpc::ClientContext ctx;
+    Prepare(&ctx, milliseconds(0));  // lives as long as the job
+    std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader =
+        stubs_[target.index]->WatchJob(&ctx, request);
+    v1::JobEvent event;
+    bool any = false;
+    while (reader->Read(&event)) {
+      any = true;
+      if (event.sequence() != 0 && event.sequence() <= *last_seq) continue;  // seen already
+      *last_seq = std::max(*last_seq, event.sequence());
+      on_event(event);
+    }
+    const grpc::Status status = reader->Finish();
+    if (status.ok() || any) {
+      if (any) servers_->OnSuccess(target);
+      if (!status.ok()) (void)servers_->OnFailure(target, status);  // resume on the leader
+      return status;
+    }
+    const std::optional<milliseconds> wait = servers_->OnFailure(target, status);
+    if (!wait || std::chrono::system_clock::now() + *wait >= give_up) return status;
+    std::this_thread::sleep_for(*wait);
+    request.set_from_sequence(*last_seq + 1 > from ? *last_seq + 1 : from);
   }
-  return reader->Finish();
 }
 
 int Client::Watch(const std::string& id, uint64_t from, bool include_logs, double reconnect_for_s) {
@@ -516,8 +541,9 @@ int Client::DownloadTo(const std::string& id, const std::string& output) {
     v1::GetArtifactRequest request;
     request.set_job_id(id);
     request.set_offset(written);  // resumes an interrupted download
+    const failover::ServerList::Target target = servers_->Current();
     std::unique_ptr<grpc::ClientReader<v1::GetArtifactResponse>> reader =
-        stub_->GetArtifact(&ctx, request);
+        stubs_[target.index]->GetArtifact(&ctx, request);
     v1::GetArtifactResponse msg;
     bool first = true;
     Status broken;
@@ -570,6 +596,12 @@ int Client::DownloadTo(const std::string& id, const std::string& output) {
     }
     const grpc::Status status = reader->Finish();
     if (status.ok()) break;
+    // Refused by a standby before any byte: the leader, without using a resume.
+    const std::optional<milliseconds> wait = servers_->OnFailure(target, status);
+    if (wait && !header && attempt < 4 * kMaxFetchResumes) {
+      std::this_thread::sleep_for(*wait);
+      continue;
+    }
     if (Retryable(status) && header && attempt < kMaxFetchResumes) {
       err_ << "ternctl: " << what << ": interrupted at byte " << written << " ("
            << StatusCodeName(static_cast<StatusCode>(status.error_code())) << "); resuming\n";
@@ -693,7 +725,9 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   app.require_subcommand(1);
   app.fallthrough();  // global flags after the command work too
   app.footer(kExitCodesHelp);
-  app.add_option("--server", g.server, "ternd's address, HOST:PORT")
+  app.add_option("--server", g.server,
+                 "ternd's address, HOST:PORT; several ternd sharing one store: all of them, "
+                 "comma-separated (calls go to the leader)")
       ->envname("TERN_SERVER")
       ->capture_default_str();
   app.add_option("--owner", g.owner, "identity sent as x-tern-owner metadata")
@@ -904,13 +938,25 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   if (local_command) return local_command();
   if (!command) return kExitUsage;
   g.tls.reload_interval_s = 0;  // one command: read the files once
-  StatusOr<std::shared_ptr<grpc::Channel>> channel =
-      tls::MakeChannel(g.server, g.tls, v1::kJobServiceConfigJson);
-  if (!channel.ok()) {
-    err << "ternctl: " << channel.status().message() << "\n";
+  StatusOr<std::vector<std::string>> addresses =
+      failover::ParseServerAddresses("--server", g.server);
+  if (!addresses.ok()) {
+    err << "ternctl: " << addresses.status().message() << "\n";
     return kExitUsage;
   }
-  Client client(g, *channel, out, err, out_is_tty);
+  // With several addresses the ServerList retries on the others; the
+  // channel's own retry policy would first retry a standby's NOT_LEADER
+  // on the same ternd.
+  const bool several = addresses->size() > 1;
+  StatusOr<std::shared_ptr<failover::ServerList>> servers =
+      failover::ServerList::Create(*addresses, [&](const std::string& address) {
+        return tls::MakeChannel(address, g.tls, several ? "" : v1::kJobServiceConfigJson);
+      });
+  if (!servers.ok()) {
+    err << "ternctl: " << servers.status().message() << "\n";
+    return kExitUsage;
+  }
+  Client client(g, *std::move(servers), out, err, out_is_tty);
   return command(client);
 }
 

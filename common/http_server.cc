@@ -123,7 +123,8 @@ class Router {
       }
       token_check = token_check_;
     }
-    if (token_check && path != "/healthz" && !Authorized(request, token_check)) {
+    if (token_check && path != "/healthz" && path != "/readyz" &&
+        !Authorized(request, token_check)) {
       auto response = MakeResponse(401, "text/plain; charset=utf-8",
                                    "a bearer token is required\n");
       response.set(http::field::www_authenticate, "Bearer realm=\"tern\"");

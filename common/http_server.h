@@ -12,7 +12,8 @@
 // ("ok"), and paths added with Handle(); 404 for other paths, 405 for methods
 // other than GET. HandlePrefix() routes every path under a prefix to a handler
 // that sees the request (path, query, Authorization header). With RequireBearerToken(), every path
-// but /healthz (which liveness probes call bare, and which tells nothing) answers 401 unless the
+// but /healthz and /readyz (which probes call bare, and which tell nothing but whether the daemon
+// is up or ready; /readyz exists where a daemon adds it with Handle()) answers 401 unless the
 // request carries "Authorization: Bearer <token>" with an accepted token. The query string is
 // ignored. A malformed request or a connection idle for 10 s is closed; the server keeps serving
 // the others.

@@ -184,6 +184,7 @@ grpc::ServerWriteReactor<v1::JobEvent>* JobService::WatchJob(
   if (state_->shutting_down.load()) {
     return watch_hub_.Refuse(ShuttingDownError());
   }
+  if (state_->leadership_lost.load()) return watch_hub_.Refuse(LeadershipLostError());
   Caller caller;
   StatusOr<scheduler::Job> job = ReadableJob(context, request->job_id(), &caller);
   if (!job.ok()) return watch_hub_.Refuse(job.status());
@@ -640,6 +641,7 @@ Status JobService::Stopping(grpc::ServerContext* context) const {
   if (state_->shutting_down.load()) {
     return ShuttingDownError();
   }
+  if (state_->leadership_lost.load()) return LeadershipLostError();
   return OkStatus();
 }
 

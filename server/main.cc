@@ -11,24 +11,34 @@
 //         [--read-roots DIRS] [--write-roots DIRS] [--quota-file F]
 //         [--rendezvous-key-file F]   (default <db>.rendezvous-key, mode 0600;
 //                                      required with a PostgreSQL --db)
+//         [--advertise-address HOST:PORT] [--leader-lease-ttl 5s]
 //         ...
 //
 // The first stdout line is "ternd listening on HOST:PORT" (the bound port,
 // also for --listen ...:0), then "ternd metrics on HOST:PORT" and "ternd web
 // console on HOST:PORT" when enabled;
 // logs go to stderr. SIGINT or SIGTERM shuts down gracefully. Exit codes:
-// 0 after a clean shutdown, 1 when ternd cannot start, 2 for bad flags.
+// 0 after a clean shutdown, 1 when ternd cannot start, 2 for bad flags, 3
+// when it led several ternd sharing one store and lost the lease (or could
+// not start leading): it stopped acting at once; restart it, it comes back
+// as a standby (docs/DEPLOY.md, "Several ternd").
 #include <pthread.h>
 
 #include <CLI/CLI.hpp>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 
 #include "common/logging.h"
+#include "scheduler/postgres_job_store.h"
+#include "scheduler/postgres_leader_election.h"
 #include "server/ternd.h"
 
 namespace {
+
+// Exit code after losing the lease (see the header comment).
+constexpr int kExitLeadershipLost = 3;
 
 using tern::server::FormatDuration;
 using tern::server::ParseDuration;
@@ -53,7 +63,7 @@ void AddDuration(CLI::App& app, const std::string& name, std::chrono::millisecon
       ->type_name("DURATION");
 }
 
-int Run(const TerndOptions& options) {
+int Run(TerndOptions options) {
   // Block the signals in every thread; this one waits for them below.
   sigset_t signals;
   sigemptyset(&signals);
@@ -65,6 +75,23 @@ int Run(const TerndOptions& options) {
   // MSG_NOSIGNAL; this covers every other descriptor, stdout and stderr too).
   std::signal(SIGPIPE, SIG_IGN);
 
+  // Another ternd leads now: stop at once (the store refuses this one's
+  // writes anyway); a supervisor restarts it as a standby.
+  options.on_leadership_lost = [] {
+    std::cerr << "ternd: lost the leader's lease; exiting " << kExitLeadershipLost << std::endl;
+    std::_Exit(kExitLeadershipLost);
+  };
+  // Several ternd share a PostgreSQL store: they elect a leader through it.
+  std::unique_ptr<tern::scheduler::PostgresLeaderElection> election;
+  if (tern::scheduler::IsPostgresUrl(options.db_path)) {
+    auto opened = tern::scheduler::PostgresLeaderElection::Open(options.db_path);
+    if (!opened.ok()) {
+      std::cerr << "ternd: cannot start: leader election: " << opened.status() << std::endl;
+      return 1;
+    }
+    election = std::move(opened).value();
+    options.election = election.get();
+  }
   auto ternd = Ternd::Start(options);
   if (!ternd.ok()) {
     std::cerr << "ternd: cannot start: " << ternd.status() << std::endl;
@@ -95,8 +122,10 @@ int main(int argc, char** argv) {
                  "gRPC address host:port (port 0: any free port)")
       ->capture_default_str();
   app.add_option("--db", options.db_path,
-                 "job store: an SQLite file, or a PostgreSQL URL (postgresql://USER@HOST/DB or "
-                 "postgresql:///DB?host=/socket/dir; docs/DEPLOY.md)")
+                 "job store: an SQLite file, or a PostgreSQL URL (postgresql://USER@HOST/DB?..., "
+                 "the password best in PGPASSWORD or ~/.pgpass) that several ternd share: one "
+                 "leads, the others are standbys (needs --rendezvous-key-file, and "
+                 "--advertise-address unless --listen names one host)")
       ->capture_default_str();
   app.add_option("--metrics-listen", options.metrics_listen,
                  "Prometheus /metrics address host:port (\":0\": any port; "
@@ -150,8 +179,8 @@ int main(int argc, char** argv) {
                  "its checkpoint.directory under (default: anywhere)");
   app.add_option("--rendezvous-key-file", options.rendezvous_key_file,
                  "ternd's secret for the jobs' rendezvous keys (mode 0600; created when missing; "
-                 "default: <db>.rendezvous-key; required with a PostgreSQL --db, and the same "
-                 "file for every ternd sharing it)");
+                 "default: <db>.rendezvous-key; required with a PostgreSQL --db, the same file "
+                 "content on every ternd)");
   app.add_option("--quota-file", options.quota_file,
                  "per-owner limits, one \"OWNER|* [cpu=N] [cuda=N] [jobs=N]\" line each: slots "
                  "an owner's running jobs may hold, unfinished jobs it may have (default: none); "
@@ -193,6 +222,14 @@ int main(int argc, char** argv) {
                  "one transaction and fsync) or per-call (one each, as before group commit)")
       ->capture_default_str()
       ->check(CLI::IsMember({"group", "per-call"}));
+  app.add_option("--advertise-address", options.advertise_address,
+                 "with several ternd on one PostgreSQL --db: the gRPC host:port standbys tell "
+                 "clients and agents to use while this one leads (required unless --listen "
+                 "names one host, not 0.0.0.0 or [::])");
+  AddDuration(app, "--leader-lease-ttl", &options.leader_lease_ttl,
+              "with several ternd on one PostgreSQL --db: the leader's lease, renewed every "
+              "third of it; a standby takes over within about this long after the leader "
+              "dies (at once after its clean shutdown)");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "debug, info, warning or error")
       ->capture_default_str()
@@ -210,5 +247,26 @@ int main(int argc, char** argv) {
                                                    : tern::LogSeverity::kInfo);
   }
   options.scheduler.commit_mode = *tern::scheduler::ParseCommitMode(commit_mode);  // checked above
+  if (tern::scheduler::IsPostgresUrl(options.db_path)) {
+    // Checked here, before connecting, and worded as flags.
+    const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+    if (options.advertise_address.empty() &&
+        (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::")) {
+      std::cerr << "ternd: --advertise-address HOST:PORT is required with a PostgreSQL --db when "
+                   "--listen ("
+                << options.listen
+                << ") names no single host: standbys tell clients and agents this address as "
+                   "the leader's"
+                << std::endl;
+      return 2;
+    }
+    if (options.rendezvous_key_file.empty()) {
+      std::cerr << "ternd: --rendezvous-key-file is required with a PostgreSQL --db: every ternd "
+                   "sharing the store must read the same key file (the jobs' rendezvous keys are "
+                   "derived from it)"
+                << std::endl;
+      return 2;
+    }
+  }
   return Run(options);
 }

@@ -114,6 +114,24 @@ grpc::Status ToGrpcStatus(const Status& status) {
                       details.SerializeAsString());
 }
 
+Status NotLeaderError(const std::string& self_address, const std::string& leader_address) {
+  const std::string message =
+      leader_address.empty()
+          ? "ternd " + self_address + " is a standby and no ternd leads right now; retry"
+          : "ternd " + self_address + " is a standby; the leader is " + leader_address;
+  return UnavailableError(message)
+      .WithReason(error_reason::kNotLeader)
+      .WithMetadata("leader_address", leader_address)
+      .WithRetryDelay(std::chrono::seconds(1));
+}
+
+Status LeadershipLostError() {
+  return UnavailableError("this ternd no longer leads (another took over); call the leader")
+      .WithReason(error_reason::kLeadershipLost)
+      .WithMetadata("leader_address", "")
+      .WithRetryDelay(std::chrono::seconds(1));
+}
+
 namespace internal {
 
 void LogRpcFailure(const char* method, const Status& status) {

@@ -12,7 +12,10 @@
 // tern_grpc_requests_total / tern_grpc_request_duration_seconds. It counts
 // running handlers in ServerState::in_flight and answers UNAVAILABLE without
 // running the body once ServerState::shutting_down is set, so a shutdown can
-// wait for exactly the handlers that started before it.
+// wait for exactly the handlers that started before it. Once
+// ServerState::leadership_lost is set (another ternd took over) every call is
+// answered UNAVAILABLE, reason LEADERSHIP_LOST, and so is a body whose store
+// write was fenced (the store's ABORTED, reason LEADERSHIP_LOST).
 // Thread-safe: no state of its own.
 #ifndef TERN_SERVER_RPC_H_
 #define TERN_SERVER_RPC_H_
@@ -59,6 +62,15 @@ inline Status ShuttingDownError() {
       .WithRetryDelay(std::chrono::seconds(1));
 }
 
+// UNAVAILABLE, reason NOT_LEADER: what a standby ternd answers every
+// JobService and WorkerService call with. `leader_address`: the leader's
+// advertised address, "" while nobody leads (ErrorInfo metadata
+// "leader_address", which clients given several addresses follow).
+Status NotLeaderError(const std::string& self_address, const std::string& leader_address);
+// UNAVAILABLE, reason LEADERSHIP_LOST (metadata leader_address ""): this
+// ternd led, but another took over; nothing of the call was stored.
+Status LeadershipLostError();
+
 namespace internal {
 // Logs failures that are the server's fault (INTERNAL, DATA_LOSS, UNKNOWN) at
 // ERROR and the rest at DEBUG.
@@ -73,6 +85,8 @@ grpc::Status RunRpc(ServerState* state, const char* method, Body&& body) {
   ++state->in_flight;  // seq_cst, paired with Ternd::Shutdown's order
   if (state->shutting_down.load()) {
     status = ShuttingDownError();
+  } else if (state->leadership_lost.load()) {
+    status = LeadershipLostError();
   } else {
     try {
       status = std::forward<Body>(body)();
@@ -83,6 +97,12 @@ grpc::Status RunRpc(ServerState* state, const char* method, Body&& body) {
     }
   }
   --state->in_flight;
+  // A fenced store write (ABORTED, LEADERSHIP_LOST) is, to the caller, a
+  // ternd that no longer leads: UNAVAILABLE, to be retried on the leader.
+  if (!status.ok() && status.code() != StatusCode::kUnavailable &&
+      status.reason() == error_reason::kLeadershipLost) {
+    status = LeadershipLostError();
+  }
   if (!status.ok()) internal::LogRpcFailure(method, status);
   if (state->metrics != nullptr) {
     state->metrics->ObserveRpc(

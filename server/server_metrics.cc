@@ -45,135 +45,128 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
                              std::chrono::milliseconds job_series_grace)
     : registry_(registry),
       grace_(job_series_grace),
-      jobs_(registry->AddGauge("tern_scheduler_jobs",
-                               "Jobs known to the scheduler, by state.",
+      leader_(registry->AddGauge(
+          "tern_leader",
+          "1 while this ternd leads (serves calls and runs the scheduler), 0 while it is a "
+          "standby or lost the lease. Always 1 with a SQLite store (no election).")),
+      leader_epoch_(registry->AddGauge(
+          "tern_leader_epoch",
+          "The election epoch (fencing token) this ternd leads with; 0 while it does not lead "
+          "or without an election.")),
+      jobs_(registry->AddGauge("tern_scheduler_jobs", "Jobs known to the scheduler, by state.",
                                {"state"})),
-      queue_depth_(
-          registry->AddGauge("tern_scheduler_queue_depth",
-                             "Jobs waiting for admission (state QUEUED).")),
-      admission_wait_(registry->AddHistogram(
-          "tern_scheduler_admission_wait_seconds",
-          "Time from entering the queue (submission or re-queue) to "
-          "admission.",
-          metrics::ExponentialBuckets(0.01, 4, 10))),
-      restarts_(registry->AddCounter(
-          "tern_scheduler_restarts_total",
-          "Job attempts lost and restarted (or failed for lack of restarts), "
-          "by reason.",
-          {"reason"})),
-      agents_(registry->AddGauge("tern_scheduler_agents",
-                                 "Agents with a live lease.")),
-      draining_agents_(registry->AddGauge(
-          "tern_scheduler_agents_draining",
-          "Agents with a live lease that are shutting down (no new work).")),
-      quota_waiting_(registry->AddGauge(
-          "tern_scheduler_jobs_waiting_on_quota",
-          "Queued jobs held back by their owner's slot quota (--quota-file).")),
-      quota_file_stale_(registry->AddGauge(
-          "tern_scheduler_quota_file_stale",
-          "1 when the quota file changed but could not be used (the last good "
-          "quotas apply; see ternd's log), else 0.")),
-      owner_slots_(registry->AddGauge(
-          "tern_scheduler_owner_slots",
-          "Slots held by an owner's ADMITTED and RUNNING jobs, by device kind "
-          "(owners with unfinished jobs only).",
-          {"owner", "device_kind"})),
-      owner_jobs_(registry->AddGauge(
-          "tern_scheduler_owner_unfinished_jobs",
-          "An owner's QUEUED, ADMITTED, RUNNING and RESTARTING jobs (owners "
-          "with unfinished jobs only).",
-          {"owner"})),
-      slots_(registry->AddGauge(
-          "tern_scheduler_slots",
-          "Slots of live agents that take work (not draining) by device kind, "
-          "free or held by jobs.",
-          {"device_kind", "state"})),
-      lease_expiries_(registry->AddCounter(
-          "tern_scheduler_lease_expiries_total",
-          "Agent leases that expired without a heartbeat.")),
-      requests_(registry->AddCounter(
-          "tern_grpc_requests_total",
-          "gRPC requests handled, by method and status code.",
-          {"method", "code"})),
-      request_duration_(registry->AddHistogram(
-          "tern_grpc_request_duration_seconds",
-          "Time to handle a gRPC request (a stream's whole life).",
-          metrics::ExponentialBuckets(0.0005, 4, 10), {"method"})),
-      job_epoch_(registry->AddGauge(
-          "tern_job_epoch", "Current epoch of a running job.", {"job"})),
-      job_step_(registry->AddGauge(
-          "tern_job_step", "Optimizer steps completed by a job.", {"job"})),
-      job_loss_(registry->AddGauge(
-          "tern_job_loss", "Mean training loss since the previous sample.",
-          {"job"})),
-      job_lr_(registry->AddGauge("tern_job_learning_rate",
-                                 "Current learning rate of a job.", {"job"})),
+      queue_depth_(registry->AddGauge("tern_scheduler_queue_depth",
+                                      "Jobs waiting for admission (state QUEUED).")),
+      admission_wait_(
+          registry->AddHistogram("tern_scheduler_admission_wait_seconds",
+                                 "Time from entering the queue (submission or re-queue) to "
+                                 "admission.",
+                                 metrics::ExponentialBuckets(0.01, 4, 10))),
+      restarts_(
+          registry->AddCounter("tern_scheduler_restarts_total",
+                               "Job attempts lost and restarted (or failed for lack of restarts), "
+                               "by reason.",
+                               {"reason"})),
+      agents_(registry->AddGauge("tern_scheduler_agents", "Agents with a live lease.")),
+      draining_agents_(
+          registry->AddGauge("tern_scheduler_agents_draining",
+                             "Agents with a live lease that are shutting down (no new work).")),
+      quota_waiting_(
+          registry->AddGauge("tern_scheduler_jobs_waiting_on_quota",
+                             "Queued jobs held back by their owner's slot quota (--quota-file).")),
+      quota_file_stale_(
+          registry->AddGauge("tern_scheduler_quota_file_stale",
+                             "1 when the quota file changed but could not be used (the last good "
+                             "quotas apply; see ternd's log), else 0.")),
+      owner_slots_(
+          registry->AddGauge("tern_scheduler_owner_slots",
+                             "Slots held by an owner's ADMITTED and RUNNING jobs, by device kind "
+                             "(owners with unfinished jobs only).",
+                             {"owner", "device_kind"})),
+      owner_jobs_(
+          registry->AddGauge("tern_scheduler_owner_unfinished_jobs",
+                             "An owner's QUEUED, ADMITTED, RUNNING and RESTARTING jobs (owners "
+                             "with unfinished jobs only).",
+                             {"owner"})),
+      slots_(
+          registry->AddGauge("tern_scheduler_slots",
+                             "Slots of live agents that take work (not draining) by device kind, "
+                             "free or held by jobs.",
+                             {"device_kind", "state"})),
+      lease_expiries_(registry->AddCounter("tern_scheduler_lease_expiries_total",
+                                           "Agent leases that expired without a heartbeat.")),
+      requests_(registry->AddCounter("tern_grpc_requests_total",
+                                     "gRPC requests handled, by method and status code.",
+                                     {"method", "code"})),
+      request_duration_(
+          registry->AddHistogram("tern_grpc_request_duration_seconds",
+                                 "Time to handle a gRPC request (a stream's whole life).",
+                                 metrics::ExponentialBuckets(0.0005, 4, 10), {"method"})),
+      job_epoch_(registry->AddGauge("tern_job_epoch", "Current epoch of a running job.", {"job"})),
+      job_step_(
+          registry->AddGauge("tern_job_step", "Optimizer steps completed by a job.", {"job"})),
+      job_loss_(registry->AddGauge("tern_job_loss", "Mean training loss since the previous sample.",
+                                   {"job"})),
+      job_lr_(
+          registry->AddGauge("tern_job_learning_rate", "Current learning rate of a job.", {"job"})),
       job_images_per_second_(registry->AddGauge(
-          "tern_job_images_per_second",
-          "Training throughput of a job, all ranks.", {"job"})),
-      job_accuracy_(registry->AddGauge(
-          "tern_job_accuracy",
-          "Top-1 accuracy (fraction) of a job's full-precision or ternary "
-          "weights on an evaluation split.",
-          {"job", "split", "weights"})),
-      job_ap_(registry->AddGauge(
-          "tern_job_ap",
-          "COCO average precision (fraction) of a detection job's "
-          "full-precision or ternary weights on an evaluation split, at an "
-          "IoU threshold (0.50, 0.75) or averaged over 0.50:0.95.",
-          {"job", "split", "weights", "iou"})),
-      job_ar_(registry->AddGauge(
-          "tern_job_ar",
-          "COCO average recall (fraction, IoU 0.50:0.95) of a detection "
-          "job's full-precision or ternary weights on an evaluation split, "
-          "with at most max_dets detections per image and category (1, 10, "
-          "or 100: the job's model.max_detections).",
-          {"job", "split", "weights", "max_dets"})),
+          "tern_job_images_per_second", "Training throughput of a job, all ranks.", {"job"})),
+      job_accuracy_(
+          registry->AddGauge("tern_job_accuracy",
+                             "Top-1 accuracy (fraction) of a job's full-precision or ternary "
+                             "weights on an evaluation split.",
+                             {"job", "split", "weights"})),
+      job_ap_(registry->AddGauge("tern_job_ap",
+                                 "COCO average precision (fraction) of a detection job's "
+                                 "full-precision or ternary weights on an evaluation split, at an "
+                                 "IoU threshold (0.50, 0.75) or averaged over 0.50:0.95.",
+                                 {"job", "split", "weights", "iou"})),
+      job_ar_(registry->AddGauge("tern_job_ar",
+                                 "COCO average recall (fraction, IoU 0.50:0.95) of a detection "
+                                 "job's full-precision or ternary weights on an evaluation split, "
+                                 "with at most max_dets detections per image and category (1, 10, "
+                                 "or 100: the job's model.max_detections).",
+                                 {"job", "split", "weights", "max_dets"})),
       job_layer_sparsity_(registry->AddGauge(
-          "tern_job_layer_sparsity",
-          "Share of a quantized layer's ternary codes that are 0.",
+          "tern_job_layer_sparsity", "Share of a quantized layer's ternary codes that are 0.",
           {"job", "layer"})),
       job_layer_alpha_(registry->AddGauge(
-          "tern_job_layer_alpha", "Ternary scale alpha of a quantized layer.",
-          {"job", "layer"})),
+          "tern_job_layer_alpha", "Ternary scale alpha of a quantized layer.", {"job", "layer"})),
       job_layer_cos_wt_(registry->AddGauge(
-          "tern_job_layer_cos_wt",
-          "cos(W, T) between a layer's latent weights and ternary codes.",
+          "tern_job_layer_cos_wt", "cos(W, T) between a layer's latent weights and ternary codes.",
           {"job", "layer"})),
-      job_layer_flips_(registry->AddGauge(
-          "tern_job_layer_flips_per_step",
-          "Share of a layer's ternary codes that changed per optimizer step "
-          "(over the last epoch).",
-          {"job", "layer"})),
-      job_reg_lambda_(registry->AddGauge(
-          "tern_job_reg_lambda",
-          "Weight lambda of the hyperspherical regularizer (HLA).", {"job"})),
+      job_layer_flips_(
+          registry->AddGauge("tern_job_layer_flips_per_step",
+                             "Share of a layer's ternary codes that changed per optimizer step "
+                             "(over the last epoch).",
+                             {"job", "layer"})),
+      job_reg_lambda_(registry->AddGauge("tern_job_reg_lambda",
+                                         "Weight lambda of the hyperspherical regularizer (HLA).",
+                                         {"job"})),
       job_kappa_(registry->AddGauge(
-          "tern_job_kappa",
-          "Sharpness kappa of the re-scaled gradient (HLA phase 2).", {"job"})),
-      job_step_time_(registry->AddHistogram(
-          "tern_job_step_time_seconds",
-          "Mean optimizer step time between two progress samples of a job.",
-          StepBuckets(), {"job"})),
-      job_allreduce_(registry->AddHistogram(
-          "tern_job_allreduce_seconds",
-          "Mean time per optimizer step rank 0 spent in the gradient "
-          "all-reduce between two progress samples of a job.",
-          StepBuckets(), {"job"})),
-      job_data_wait_(registry->AddHistogram(
-          "tern_job_data_wait_seconds",
-          "Mean time per optimizer step rank 0 waited for the data loader "
-          "between two progress samples of a job.",
-          StepBuckets(), {"job"})),
+          "tern_job_kappa", "Sharpness kappa of the re-scaled gradient (HLA phase 2).", {"job"})),
+      job_step_time_(
+          registry->AddHistogram("tern_job_step_time_seconds",
+                                 "Mean optimizer step time between two progress samples of a job.",
+                                 StepBuckets(), {"job"})),
+      job_allreduce_(
+          registry->AddHistogram("tern_job_allreduce_seconds",
+                                 "Mean time per optimizer step rank 0 spent in the gradient "
+                                 "all-reduce between two progress samples of a job.",
+                                 StepBuckets(), {"job"})),
+      job_data_wait_(
+          registry->AddHistogram("tern_job_data_wait_seconds",
+                                 "Mean time per optimizer step rank 0 waited for the data loader "
+                                 "between two progress samples of a job.",
+                                 StepBuckets(), {"job"})),
       job_gpu_memory_(registry->AddGauge(
           "tern_job_gpu_memory_bytes",
-          "Bytes the CUDA caching allocator has allocated on rank 0's GPU.",
-          {"job"})),
-      job_gpu_peak_memory_(registry->AddGauge(
-          "tern_job_gpu_peak_memory_bytes",
-          "Peak bytes the CUDA caching allocator has allocated on rank 0's "
-          "GPU.",
-          {"job"})) {
+          "Bytes the CUDA caching allocator has allocated on rank 0's GPU.", {"job"})),
+      job_gpu_peak_memory_(
+          registry->AddGauge("tern_job_gpu_peak_memory_bytes",
+                             "Peak bytes the CUDA caching allocator has allocated on rank 0's "
+                             "GPU.",
+                             {"job"})) {
   for (JobState state : kStates) {
     jobs_.WithLabels({Lower(scheduler::JobStateName(state))});
   }
@@ -184,6 +177,8 @@ ServerMetrics::ServerMetrics(metrics::Registry* registry,
   draining_agents_.WithLabels({});
   quota_waiting_.WithLabels({});
   quota_file_stale_.WithLabels({});
+  leader_.WithLabels({});
+  leader_epoch_.WithLabels({});
   for (const char* kind : kDeviceKinds) {
     slots_.WithLabels({kind, "free"});
     slots_.WithLabels({kind, "busy"});
@@ -238,6 +233,11 @@ void ServerMetrics::UpdateScheduler(const scheduler::SchedulerStats& stats) {
     slots_.WithLabels({kind, "free"})->Set(f);
     slots_.WithLabels({kind, "busy"})->Set(t - f);
   }
+}
+
+void ServerMetrics::SetLeader(bool leading, int64_t epoch) {
+  leader_.WithLabels({})->Set(leading ? 1 : 0);
+  leader_epoch_.WithLabels({})->Set(leading ? static_cast<double>(epoch) : 0);
 }
 
 void ServerMetrics::SetQuotaFileStale(bool stale) {

@@ -46,6 +46,8 @@ class ServerMetrics {
   // Job counts by state, queue depth, agents and slots.
   void UpdateScheduler(const scheduler::SchedulerStats& stats);
   void SetQuotaFileStale(bool stale);
+  // tern_leader and tern_leader_epoch (the epoch shows 0 unless leading).
+  void SetLeader(bool leading, int64_t epoch);
   // A stored scheduler event: restarts by reason, admission waits, job ends.
   void OnJobEvent(const scheduler::Job& job, const scheduler::JobEvent& event);
   void OnLeaseExpired();
@@ -76,6 +78,10 @@ class ServerMetrics {
 
   metrics::Registry* const registry_;
   const std::chrono::milliseconds grace_;
+
+  // Leadership.
+  metrics::Family<metrics::Gauge>& leader_;
+  metrics::Family<metrics::Gauge>& leader_epoch_;
 
   // Scheduler.
   metrics::Family<metrics::Gauge>& jobs_;

@@ -2,7 +2,7 @@
 // every pointee and outlives the services; the services only read the fields.
 // `shutting_down` turns true once a shutdown begins: new calls are answered
 // UNAVAILABLE and long-running streams, which check it between long-poll
-// rounds, end with UNAVAILABLE.
+// rounds, end with UNAVAILABLE; so does `leadership_lost`.
 #ifndef TERN_SERVER_SERVER_STATE_H_
 #define TERN_SERVER_SERVER_STATE_H_
 
@@ -38,6 +38,9 @@ struct ServerState {
   // Open WatchJob streams one caller may hold (0: no limit).
   int max_watch_streams_per_caller = 1000;
   std::atomic<bool> shutting_down{false};
+  // This ternd led and lost the lease (scheduler/leader_election.h): every
+  // call is refused with LEADERSHIP_LOST, streams end, nothing more is done.
+  std::atomic<bool> leadership_lost{false};
   std::atomic<int> in_flight{0};  // handlers inside RunRpc (rpc.h)
 };
 

@@ -3,11 +3,14 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <unistd.h>
 
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <random>
 #include <system_error>
 #include <utility>
 
@@ -22,8 +25,10 @@
 #include "server/observed_job_store.h"
 #include "server/progress_cache.h"
 #include "server/rendezvous_key.h"
+#include "server/rpc.h"
 #include "server/server_metrics.h"
 #include "server/server_state.h"
+#include "server/standby_service.h"
 #include "server/web_api.h"
 #include "server/worker_service.h"
 
@@ -53,6 +58,33 @@ std::string WithPort(const std::string& address, int port) {
       colon == std::string::npos ? address : address.substr(0, colon);
   if (host.empty()) host = "0.0.0.0";
   return host + ":" + std::to_string(port);
+}
+
+// A listen host that names no interface: it cannot be told to others.
+bool IsWildcardListen(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  const std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  return host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::" || host == "*";
+}
+
+std::string DefaultHolderId() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "ternd");
+  std::random_device random;
+  char suffix[32];
+  std::snprintf(suffix, sizeof suffix, "-%d-%08x", static_cast<int>(getpid()), random());
+  return std::string(host) + suffix;
+}
+
+// The job store, fenced with `epoch` where the store is shared (several
+// ternd); `on_fenced` is called when it refuses a write for a later epoch.
+StatusOr<std::unique_ptr<scheduler::JobStore>> OpenStore(const TerndOptions& options, int64_t epoch,
+                                                         std::function<void()> on_fenced) {
+  // Only a PostgreSQL store is fenced; an SQLite file shared by several
+  // in-process Ternd (tests) is not.
+  if (!scheduler::IsPostgresUrl(options.db_path)) epoch = 0;
+  return scheduler::OpenJobStore(options.db_path, epoch,
+                                 epoch > 0 ? std::move(on_fenced) : std::function<void()>());
 }
 
 }  // namespace
@@ -114,6 +146,31 @@ Status TerndOptions::Validate() const {
   if (max_watch_streams_per_caller < 0) {
     return InvalidArgumentError("max_watch_streams_per_caller: must be >= 0");
   }
+  if (!advertise_address.empty() &&
+      (advertise_address.rfind(':') == std::string::npos || advertise_address.back() == ':' ||
+       advertise_address.front() == ':' || IsWildcardListen(advertise_address))) {
+    return InvalidArgumentError("advertise_address: \"" + advertise_address +
+                                "\" is not a host:port others can reach");
+  }
+  if (election != nullptr) {
+    if (advertise_address.empty() && IsWildcardListen(listen)) {
+      return InvalidArgumentError(
+          "advertise_address: required with several ternd (a shared store) when listen \"" +
+          listen +
+          "\" names no single host: standbys tell clients and agents this address as the "
+          "leader's");
+    }
+    if (rendezvous_key_file.empty()) {
+      return InvalidArgumentError(
+          "rendezvous_key_file: required with several ternd (a shared store): every ternd "
+          "must hold the same key (running jobs' ranks meet under keys derived from it), so "
+          "it cannot default to a file next to the store");
+    }
+    if (leader_lease_ttl < milliseconds(300)) {
+      return InvalidArgumentError("leader_lease_ttl: must be >= 300ms");
+    }
+    if (standby_poll.count() < 0) return InvalidArgumentError("standby_poll: must be >= 0");
+  }
   return OkStatus();
 }
 
@@ -168,6 +225,7 @@ StatusOr<std::unique_ptr<Ternd>> Ternd::Start(
 
 Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   if (clock == nullptr) clock = std::make_shared<scheduler::SystemClock>();
+  clock_ = clock;
   JobLayout layout;
   TERN_ASSIGN_OR_RETURN(
       layout.artifact_root,
@@ -178,22 +236,10 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
 
   metrics_ =
       std::make_unique<ServerMetrics>(&registry_, options_.job_metrics_grace);
-  TERN_ASSIGN_OR_RETURN(std::unique_ptr<scheduler::JobStore> opened,
-                        scheduler::OpenJobStore(options_.db_path, /*fence_epoch=*/0, nullptr));
-  ServerMetrics* metrics = metrics_.get();
-  auto store = std::make_unique<ObservedJobStore>(
-      std::move(opened), [metrics](const scheduler::Job& job, const scheduler::JobEvent& event) {
-        metrics->OnJobEvent(job, event);
-      });
-  TERN_ASSIGN_OR_RETURN(scheduler_,
-                        scheduler::Scheduler::Create(options_.scheduler, std::move(store), clock));
-  progress_ = std::make_unique<ProgressCache>(scheduler_.get());
-
+  metrics_->SetLeader(false, 0);
   state_ = std::make_unique<ServerState>();
-  state_->scheduler = scheduler_.get();
   state_->clock = clock;
   state_->metrics = metrics_.get();
-  state_->progress = progress_.get();
   state_->layout = layout;
   TERN_ASSIGN_OR_RETURN(state_->path_policy.read_roots,
                         paths::ParseRoots("read_roots", options_.read_roots));
@@ -211,7 +257,6 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
     tokens_ = std::move(tokens).value();
     state_->tokens = tokens_.get();
   }
-  TERN_RETURN_IF_ERROR(LoadQuotasIfChanged(/*initial=*/true));
   {
     const std::string path = options_.rendezvous_key_file.empty()
                                  ? options_.db_path + ".rendezvous-key"
@@ -221,31 +266,132 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
     rendezvous_keys_ = std::make_unique<RendezvousKeys>(*std::move(keys));
     state_->rendezvous_keys = rendezvous_keys_.get();
   }
-  job_service_ = std::make_unique<JobService>(state_.get());
-  worker_service_ = std::make_unique<WorkerService>(state_.get());
 
+  if (options_.election == nullptr) {
+    TERN_RETURN_IF_ERROR(StartLeading(0, options_.listen));
+  } else {
+    holder_id_ = options_.holder_id.empty() ? DefaultHolderId() : options_.holder_id;
+    TERN_RETURN_IF_ERROR(StartStandby());
+  }
+
+  TERN_ASSIGN_OR_RETURN(
+      http_, tls::StartMetricsEndpoint({options_.metrics_listen, options_.metrics_token_file,
+                                        options_.metrics_tls_cert, options_.metrics_tls_key},
+                                       &registry_));
+  if (http_ != nullptr) {
+    metrics_address_ = WithPort(options_.metrics_listen, http_->port());
+    // Ready only while leading: a Kubernetes Service then routes to the leader.
+    http_->Handle("/readyz", [this] {
+      metrics::MetricsHttpServer::Response response;
+      if (leading_.load() && !lost_.load()) {
+        response.body = "leader\n";
+      } else {
+        response.status = 503;
+        response.body = lost_.load() ? "leadership lost\n" : "standby\n";
+      }
+      return response;
+    });
+  }
+  if (options_.election != nullptr) {
+    TERN_LOG(INFO) << "ternd: standby on " << address_ << " (advertised as " << advertise_address_
+                   << ", election id " << holder_id_ << "); taking the lease when it is free";
+    election_thread_ = std::thread([this] { ElectionLoop(); });
+  }
+  return OkStatus();
+}
+
+Status Ternd::StartStandby() {
+  standby_service_ = std::make_unique<StandbyService>([this] {
+    std::lock_guard<std::mutex> lock(leader_mu_);
+    if (lost_.load()) return LeadershipLostError();
+    return NotLeaderError(advertise_address_.empty() ? options_.listen : advertise_address_,
+                          known_leader_);
+  });
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   TERN_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                         tls::MakeServerCredentials(options_.tls));
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.listen, credentials, &port_);
-  // A second ternd on the same port must fail, not share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.RegisterService(job_service_.get());
-  builder.RegisterService(worker_service_.get());
-  // Long-lived streams: find dead peers, and let agents ping an idle stream.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(
-      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  server_ = builder.BuildAndStart();
-  if (server_ == nullptr || port_ == 0) {
-    server_.reset();
+  builder.RegisterCallbackGenericService(standby_service_.get());
+  standby_server_ = builder.BuildAndStart();
+  if (standby_server_ == nullptr || port_ == 0) {
+    standby_server_.reset();
     return UnavailableError("cannot listen on " + options_.listen);
   }
-  address_ = WithPort(options_.listen, port_);
+  {
+    std::lock_guard<std::mutex> lock(leader_mu_);
+    address_ = WithPort(options_.listen, port_);
+    advertise_address_ = options_.advertise_address.empty() ? address_ : options_.advertise_address;
+  }
+  // Alive (liveness: ""), but not ready: the tern.v1 services are the leader's.
+  grpc::HealthCheckServiceInterface* health = standby_server_->GetHealthCheckService();
+  if (health != nullptr) {
+    health->SetServingStatus("", true);
+    health->SetServingStatus(v1::JobService::service_full_name(), false);
+    health->SetServingStatus(v1::WorkerService::service_full_name(), false);
+  }
+  return OkStatus();
+}
+
+Status Ternd::StartLeading(int64_t epoch, const std::string& listen) {
+  ServerMetrics* metrics = metrics_.get();
+  TERN_ASSIGN_OR_RETURN(std::unique_ptr<scheduler::JobStore> opened,
+                        OpenStore(options_, epoch, [this] {
+                          MarkLeadershipLost("the job store refused a write: a later epoch exists");
+                        }));
+  auto store = std::make_unique<ObservedJobStore>(
+      std::move(opened), [metrics](const scheduler::Job& job, const scheduler::JobEvent& event) {
+        metrics->OnJobEvent(job, event);
+      });
+  TERN_ASSIGN_OR_RETURN(scheduler_,
+                        scheduler::Scheduler::Create(options_.scheduler, std::move(store), clock_));
+  progress_ = std::make_unique<ProgressCache>(scheduler_.get());
+  state_->scheduler = scheduler_.get();
+  state_->progress = progress_.get();
+  TERN_RETURN_IF_ERROR(LoadQuotasIfChanged(/*initial=*/true));
+  job_service_ = std::make_unique<JobService>(state_.get());
+  worker_service_ = std::make_unique<WorkerService>(state_.get());
+
+  // A standby's server holds the port: hand it over (calls in between fail
+  // to connect, and clients retry).
+  if (standby_server_ != nullptr) {
+    standby_server_->Shutdown(std::chrono::system_clock::now() + milliseconds(100));
+    standby_server_->Wait();
+    standby_server_.reset();
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  TERN_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                        tls::MakeServerCredentials(options_.tls));
+  // The port the standby released may take a moment to be free again.
+  const auto bind_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(listen, credentials, &port_);
+    // A second ternd on the same port must fail, not share it.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    builder.RegisterService(job_service_.get());
+    builder.RegisterService(worker_service_.get());
+    // Long-lived streams: find dead peers, and let agents ping an idle stream.
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+    server_ = builder.BuildAndStart();
+    if (server_ != nullptr && port_ != 0) break;
+    server_.reset();
+    if (options_.election == nullptr || std::chrono::steady_clock::now() > bind_deadline) {
+      return UnavailableError("cannot listen on " + listen);
+    }
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  {
+    std::lock_guard<std::mutex> lock(leader_mu_);
+    address_ = WithPort(listen, port_);
+    advertise_address_ = options_.advertise_address.empty() ? address_ : options_.advertise_address;
+  }
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health != nullptr) {
     health->SetServingStatus("", true);
@@ -253,11 +399,6 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
     health->SetServingStatus(v1::WorkerService::service_full_name(), true);
   }
 
-  TERN_ASSIGN_OR_RETURN(
-      http_, tls::StartMetricsEndpoint({options_.metrics_listen, options_.metrics_token_file,
-                                        options_.metrics_tls_cert, options_.metrics_tls_key},
-                                       &registry_));
-  if (http_ != nullptr) metrics_address_ = WithPort(options_.metrics_listen, http_->port());
   if (!options_.web_listen.empty()) {
     web_api_ = std::make_unique<WebApi>(server_->InProcessChannel(grpc::ChannelArguments()));
     web_http_ = std::make_unique<metrics::MetricsHttpServer>(options_.web_listen, &registry_);
@@ -273,10 +414,16 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
                    << "://" << web_address_ << "/";
   }
   metrics_->UpdateScheduler(scheduler_->Stats());
+  epoch_ = epoch;
+  leading_ = true;
+  metrics_->SetLeader(true, epoch);
   tick_thread_ = std::thread([this] { TickLoop(); });
   TERN_LOG(INFO) << "ternd: serving on " << address_ << ", store "
                  << scheduler::JobStoreDisplayName(options_.db_path) << ", artifacts under "
-                 << layout.artifact_root << ", checkpoints under " << layout.checkpoint_root;
+                 << state_->layout.artifact_root << ", checkpoints under "
+                 << state_->layout.checkpoint_root
+                 << (options_.election != nullptr ? ", leading with epoch " + std::to_string(epoch)
+                                                  : std::string());
   if (tokens_ != nullptr) {
     TERN_LOG(INFO) << "ternd: " << tokens_->size() << " bearer tokens from "
                    << options_.token_file;
@@ -289,6 +436,133 @@ Status Ternd::Init(std::shared_ptr<scheduler::Clock> clock) {
   return OkStatus();
 }
 
+std::string Ternd::KnownLeader() const {
+  std::lock_guard<std::mutex> lock(leader_mu_);
+  return known_leader_;
+}
+
+void Ternd::ElectionLoop() {
+  const milliseconds ttl = options_.leader_lease_ttl;
+  const milliseconds renew_every = std::max(ttl / 3, milliseconds(1));
+  const milliseconds poll = options_.standby_poll.count() > 0
+                                ? options_.standby_poll
+                                : std::max(std::min(ttl / 5, milliseconds(1000)), milliseconds(1));
+  scheduler::LeaderElection* election = options_.election;
+  std::chrono::steady_clock::time_point last_renewed;
+  bool leading = false;
+  bool first_try = true;
+  std::string last_error;  // logged once per change, not every poll
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    if (!first_try) {
+      election_wake_.wait_for(lock, leading ? renew_every : poll,
+                              [this] { return stopping_ || lost_.load(); });
+    }
+    first_try = false;
+    if (stopping_) break;
+    lock.unlock();
+    if (lost_.load()) {
+      FinishLeadershipLost();
+      return;
+    }
+    const auto sent = std::chrono::steady_clock::now();
+    if (!leading) {
+      StatusOr<scheduler::Leadership> got =
+          election->TryAcquire(holder_id_, advertise_address_, ttl);
+      if (!got.ok()) {
+        if (got.status().ToString() != last_error) {
+          TERN_LOG(WARNING) << "ternd: cannot ask the election (retrying): " << got.status();
+          last_error = got.status().ToString();
+        }
+        std::lock_guard<std::mutex> leader_lock(leader_mu_);
+        known_leader_.clear();
+      } else if (!got->held) {
+        last_error.clear();
+        std::lock_guard<std::mutex> leader_lock(leader_mu_);
+        known_leader_ = got->expired ? std::string() : got->address;
+      } else {
+        {
+          std::lock_guard<std::mutex> leader_lock(leader_mu_);
+          known_leader_ = advertise_address_;  // clients wait for this one
+        }
+        TERN_LOG(INFO) << "ternd: took the lease (epoch " << got->epoch
+                       << "); opening the store and loading the jobs";
+        const auto begin = std::chrono::steady_clock::now();
+        const Status started = StartLeading(got->epoch, WithPort(options_.listen, port_));
+        if (!started.ok()) {
+          TERN_LOG(ERROR) << "ternd: cannot start leading: " << started;
+          (void)election->Release(got->epoch);
+          MarkLeadershipLost("could not start leading: " + started.ToString());
+          FinishLeadershipLost();
+          return;
+        }
+        TERN_LOG(INFO) << "ternd: leading (epoch " << got->epoch << ") after "
+                       << std::chrono::duration_cast<milliseconds>(
+                              std::chrono::steady_clock::now() - begin)
+                              .count()
+                       << " ms of loading";
+        last_renewed = sent;
+        leading = true;
+      }
+    } else {
+      const Status renewed = election->Renew(epoch_.load(), ttl);
+      if (renewed.ok()) {
+        last_renewed = sent;
+      } else if (renewed.code() == StatusCode::kAborted) {
+        MarkLeadershipLost("another ternd took the lease: " + renewed.ToString());
+        FinishLeadershipLost();
+        return;
+      } else {
+        TERN_LOG(WARNING) << "ternd: cannot renew the lease (retrying): " << renewed;
+        // The store judges the lease from when it saw the renewal, which
+        // was after we sent it: past this point another ternd may lead.
+        if (std::chrono::steady_clock::now() - last_renewed >= ttl) {
+          MarkLeadershipLost("the lease was not renewed for " + FormatDuration(ttl) + ": " +
+                             renewed.ToString());
+          FinishLeadershipLost();
+          return;
+        }
+      }
+    }
+    lock.lock();
+  }
+}
+
+void Ternd::MarkLeadershipLost(const std::string& why) {
+  if (lost_.exchange(true)) return;
+  state_->leadership_lost = true;  // every call refused from now on
+  {
+    std::lock_guard<std::mutex> lock(leader_mu_);
+    known_leader_.clear();
+    lost_why_ = why;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // the waits' predicates read lost_
+  }
+  election_wake_.notify_all();
+  stop_tick_.notify_all();
+}
+
+void Ternd::FinishLeadershipLost() {
+  leading_ = false;
+  metrics_->SetLeader(false, 0);
+  if (server_ != nullptr) {
+    grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+    if (health != nullptr) {
+      health->SetServingStatus(v1::JobService::service_full_name(), false);
+      health->SetServingStatus(v1::WorkerService::service_full_name(), false);
+    }
+  }
+  if (job_service_ != nullptr) job_service_->StopStreams();
+  std::string why;
+  {
+    std::lock_guard<std::mutex> lock(leader_mu_);
+    why = lost_why_;
+  }
+  TERN_LOG(ERROR) << "ternd: no longer leading (" << why << "); refusing every call and stopping";
+  if (options_.on_leadership_lost) options_.on_leadership_lost();
+}
+
 int Ternd::metrics_port() const { return http_ ? http_->port() : 0; }
 
 int Ternd::web_port() const { return web_http_ ? web_http_->port() : 0; }
@@ -296,9 +570,8 @@ int Ternd::web_port() const { return web_http_ ? web_http_->port() : 0; }
 void Ternd::TickLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    stop_tick_.wait_for(lock, options_.tick_interval,
-                        [this] { return stopping_; });
-    if (stopping_) break;
+    stop_tick_.wait_for(lock, options_.tick_interval, [this] { return stopping_ || lost_.load(); });
+    if (stopping_ || lost_.load()) break;
     lock.unlock();
     TickOnce();
     lock.lock();
@@ -328,6 +601,7 @@ Status Ternd::LoadQuotasIfChanged(bool initial) {
 }
 
 void Ternd::TickOnce() {
+  if (lost_.load()) return;                      // another ternd leads: do nothing more
   (void)LoadQuotasIfChanged(/*initial=*/false);  // logs its own errors
   const scheduler::TimePoint now = state_->clock->Now();
   Status status = scheduler_->Tick();
@@ -347,6 +621,10 @@ void Ternd::Shutdown() {
     stopping_ = true;
   }
   stop_tick_.notify_all();
+  election_wake_.notify_all();
+  // No promotion, renewal or loss handling from here on.
+  if (election_thread_.joinable()) election_thread_.join();
+  const bool was_leading = leading_.exchange(false);
   // The console's handlers call the gRPC server in-process: stop them first.
   if (web_http_) web_http_->Stop();
   web_http_.reset();
@@ -370,9 +648,17 @@ void Ternd::Shutdown() {
     server_->Shutdown(std::chrono::system_clock::now() + milliseconds(200));
     server_->Wait();
   }
+  if (standby_server_) {
+    grpc::HealthCheckServiceInterface* health = standby_server_->GetHealthCheckService();
+    if (health != nullptr) health->Shutdown();
+    standby_server_->Shutdown(std::chrono::system_clock::now() + milliseconds(200));
+    standby_server_->Wait();
+  }
   if (tick_thread_.joinable()) tick_thread_.join();
   if (http_) http_->Stop();
   server_.reset();
+  standby_server_.reset();
+  standby_service_.reset();
   job_service_.reset();
   worker_service_.reset();
   state_.reset();
@@ -380,6 +666,17 @@ void Ternd::Shutdown() {
   if (scheduler_) {
     scheduler_.reset();  // closes the store
     TERN_LOG(INFO) << "ternd: stopped; job store closed";
+  }
+  // After the store is closed: a standby takes over now, not after the TTL.
+  if (options_.election != nullptr && was_leading && !lost_.load()) {
+    const Status released = options_.election->Release(epoch_.load());
+    if (released.ok()) {
+      TERN_LOG(INFO) << "ternd: released the lease (epoch " << epoch_.load() << ")";
+    } else {
+      TERN_LOG(WARNING) << "ternd: cannot release the lease (a standby takes over once it "
+                           "expires): "
+                        << released;
+    }
   }
 }
 

@@ -19,12 +19,29 @@
 // waits up to shutdown_grace for the handlers already running, closes the
 // connections, stops the threads and closes the store; everything
 // acknowledged is already committed, so nothing is lost.
+//
+// Several ternd on one shared store (TerndOptions::election set; main.cc does
+// that for a PostgreSQL --db): Start() serves the gRPC port as a standby
+// (server/standby_service.h: every JobService and WorkerService call is
+// UNAVAILABLE, reason NOT_LEADER, naming the leader's advertised address;
+// gRPC health "" SERVING but tern.v1.JobService NOT_SERVING, /readyz 503) and
+// tries to take the lease every standby_poll. Once it holds the lease it opens
+// the store fenced with its epoch, loads the jobs, builds the scheduler and
+// replaces the standby gRPC server by the real one on the same port (agents
+// rejoin it as after a restart); it renews the lease every ttl/3. When it
+// loses the lease (Renew ABORTED, no renewal for a whole ttl, or the store
+// fenced a write) it refuses every call from then on (LEADERSHIP_LOST), does
+// nothing more, and calls on_leadership_lost (ternd's main exits 3 so that a
+// supervisor restarts it as a standby). Shutdown() of a leader Release()s the
+// lease after closing the store, so a standby takes over at once.
 // Thread-safe: Shutdown() may be called from any thread, more than once.
 #ifndef TERN_SERVER_TERND_H_
 #define TERN_SERVER_TERND_H_
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -36,6 +53,7 @@
 #include "common/metrics.h"
 #include "common/status.h"
 #include "scheduler/clock.h"
+#include "scheduler/leader_election.h"
 #include "scheduler/scheduler.h"
 
 namespace grpc {
@@ -49,6 +67,7 @@ class WorkerService;
 class ProgressCache;
 class RendezvousKeys;
 class ServerMetrics;
+class StandbyService;
 struct ServerState;
 class TokenTable;
 class WebApi;
@@ -110,9 +129,28 @@ struct TerndOptions {
   // Empty: no quotas.
   std::string quota_file;
   // ternd's secret for the jobs' rendezvous keys (server/rendezvous_key.h);
-  // created when missing. Empty: "<db_path>.rendezvous-key" (required with
-  // a PostgreSQL db_path).
+  // created when missing. Empty: "<db_path>.rendezvous-key" (not allowed with
+  // an election: every ternd must hold the same key, see docs/DEPLOY.md).
   std::string rendezvous_key_file;
+
+  // --- Several ternd sharing one store (see the header comment) ---
+  // The election (not owned; outlives the Ternd). Null: this ternd leads from
+  // the start and alone (the SQLite store: one process, no election).
+  scheduler::LeaderElection* election = nullptr;
+  // The gRPC "host:port" standbys name to clients and agents as the leader's.
+  // Empty: the bound address, which needs a --listen host that is not a
+  // wildcard ("", 0.0.0.0, [::]).
+  std::string advertise_address;
+  // This process' id in the election; empty: "<hostname>-<pid>-<random>".
+  std::string holder_id;
+  std::chrono::milliseconds leader_lease_ttl{std::chrono::seconds(5)};  // renewed every ttl/3
+  // How often a standby tries to take the lease; 0: ttl/5, at most 1 s.
+  std::chrono::milliseconds standby_poll{0};
+  // Called once, on the election thread, after this ternd led and lost the
+  // lease (or could not start leading), when it already refuses every call.
+  // Null: nothing more (the Ternd stays up, refusing). ternd's main exits
+  // kExitLeadershipLost.
+  std::function<void()> on_leadership_lost;
   Status Validate() const;
 };
 
@@ -143,7 +181,16 @@ class Ternd {
   const std::string& web_address() const { return web_address_; }
   int web_port() const;
   metrics::Registry& registry() { return registry_; }
+  // Only while leading() (always without an election).
   scheduler::Scheduler& scheduler() { return *scheduler_; }
+
+  // This ternd leads: it runs the scheduler and answers calls (always true
+  // without an election, until Shutdown()).
+  bool leading() const { return leading_.load(); }
+  // The epoch it leads with; 0 without an election or while not leading.
+  int64_t leader_epoch() const { return leading_.load() ? epoch_.load() : 0; }
+  // The advertised address (TerndOptions::advertise_address or address()).
+  const std::string& advertise_address() const { return advertise_address_; }
 
   // Blocking, idempotent; see the header comment.
   void Shutdown();
@@ -151,6 +198,21 @@ class Ternd {
  private:
   explicit Ternd(TerndOptions options);
   Status Init(std::shared_ptr<scheduler::Clock> clock);
+  // The leader's part of Init: opens the store (fenced with `epoch` when there
+  // is an election), builds the scheduler and the services, and serves them
+  // on `listen` (with an election: the port the standby server had).
+  Status StartLeading(int64_t epoch, const std::string& listen);
+  // The gRPC server of a standby (health, reflection, StandbyService).
+  Status StartStandby();
+  // The election thread: TryAcquire while a standby, Renew while leading.
+  void ElectionLoop();
+  // A fenced store write or a failed renewal: refuse everything from now on.
+  // Non-blocking (the store calls it under its own lock); the election thread
+  // does the rest.
+  void MarkLeadershipLost(const std::string& why);
+  // On the election thread: health, metrics, on_leadership_lost.
+  void FinishLeadershipLost();
+  std::string KnownLeader() const;
   void TickLoop();
   void TickOnce();
   // Reads --quota-file into the scheduler when its stamp changed. `initial`:
@@ -170,6 +232,18 @@ class Ternd {
   std::unique_ptr<JobService> job_service_;
   std::unique_ptr<WorkerService> worker_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<StandbyService> standby_service_;
+  std::unique_ptr<grpc::Server> standby_server_;
+  std::shared_ptr<scheduler::Clock> clock_;
+  std::string advertise_address_;
+  std::string holder_id_;
+  std::atomic<bool> leading_{false};
+  std::atomic<bool> lost_{false};
+  std::atomic<int64_t> epoch_{0};
+  std::thread election_thread_;
+  mutable std::mutex leader_mu_;
+  std::string known_leader_;  // guarded by leader_mu_: leader_address for NOT_LEADER
+  std::string lost_why_;      // guarded by leader_mu_
   std::unique_ptr<metrics::MetricsHttpServer> http_;
   std::unique_ptr<WebApi> web_api_;
   std::unique_ptr<metrics::MetricsHttpServer> web_http_;
@@ -180,6 +254,7 @@ class Ternd {
 
   std::mutex mu_;
   std::condition_variable stop_tick_;
+  std::condition_variable election_wake_;
   bool stopping_ = false;  // guarded by mu_
   bool stopped_ = false;   // guarded by mu_
   std::thread tick_thread_;

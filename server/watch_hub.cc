@@ -76,6 +76,9 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::JobEvent> {
     if (cancelled_) {
       end = CancelledError("WatchJob: the client went away");
       finish = true;
+    } else if (hub_->state_->leadership_lost.load()) {
+      end = LeadershipLostError();
+      finish = true;
     } else if (hub_->state_->shutting_down.load() || hub_->stop_streams_.load()) {
       end = ShuttingDownError();
       finish = true;

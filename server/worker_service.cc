@@ -265,6 +265,7 @@ Status WorkerService::DoStreamAssignments(
     if (state_->shutting_down.load()) {
       return UnavailableError("ternd is shutting down; reconnect");
     }
+    if (state_->leadership_lost.load()) return LeadershipLostError();
     TERN_ASSIGN_OR_RETURN(scheduler::AgentWork work,
                           leases_.TakeWork(agent_id, request.lease_id(), state_->long_poll));
     // One kill order per job attempt (the scheduler sends one per rank).

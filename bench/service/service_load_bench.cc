@@ -37,11 +37,13 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "failover/server_list.h"
 #include "tern/v1/job_service.grpc.pb.h"
 
 namespace {
@@ -204,8 +206,21 @@ int RunSubmitJobs(const std::string& server, long jobs, int threads, int deadlin
       args.SetInt("grpc.channel_id", t % 8);
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
-      auto stub = tern::v1::JobService::NewStub(
-          grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args));
+      // --server A,B: several ternd sharing one store; calls follow the leader.
+      auto addresses = tern::failover::ParseServerAddresses("--server", server);
+      if (!addresses.ok()) {
+        std::fprintf(stderr, "%s\n", addresses.status().ToString().c_str());
+        return;
+      }
+      std::shared_ptr<tern::failover::ServerList> servers =
+          *tern::failover::ServerList::Create(*addresses, [&](const std::string& address) {
+            return tern::StatusOr<std::shared_ptr<grpc::Channel>>(
+                grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+          });
+      std::vector<std::unique_ptr<tern::v1::JobService::Stub>> stubs;
+      for (size_t i = 0; i < servers->size(); ++i) {
+        stubs.push_back(tern::v1::JobService::NewStub(servers->channel(i)));
+      }
       const tern::v1::JobSpec spec = SmallSpec(0, t);
       for (long i = next++; i < jobs; i = next++) {
         const std::string key = run_tag + "-" + std::to_string(i);
@@ -215,13 +230,16 @@ int RunSubmitJobs(const std::string& server, long jobs, int threads, int deadlin
           grpc::ClientContext ctx;
           ctx.set_deadline(std::chrono::system_clock::now() +
                            std::chrono::milliseconds(deadline_ms));
-          ctx.set_wait_for_ready(true);  // across a restart of the server
+          ctx.set_wait_for_ready(servers->size() == 1);  // across a restart of the server
           ctx.AddMetadata("x-tern-owner", owner);
           tern::v1::SubmitJobRequest req;
           *req.mutable_spec() = spec;
           req.set_idempotency_key(key);
           tern::v1::SubmitJobResponse resp;
-          grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
+          const tern::failover::ServerList::Target target = servers->Current();
+          grpc::Status s = stubs[target.index]->SubmitJob(&ctx, req, &resp);
+          const std::optional<std::chrono::milliseconds> failover_wait =
+              s.ok() ? std::nullopt : servers->OnFailure(target, s);
           if (s.ok()) {
             std::lock_guard<std::mutex> lock(mu);
             std::fprintf(acks, "%s %s\n", resp.job().id().c_str(), key.c_str());
@@ -238,7 +256,8 @@ int RunSubmitJobs(const std::string& server, long jobs, int threads, int deadlin
             break;
           }
           ++retries;
-          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          std::this_thread::sleep_for(failover_wait ? *failover_wait
+                                                    : std::chrono::milliseconds(50));
         }
       }
     });
@@ -336,7 +355,10 @@ int main(int argc, char** argv) {
   std::string ack_file;
   std::string owner = "bench";
   double retry_seconds = 60;
-  app.add_option("--server", server, "ternd's address, HOST:PORT")->required();
+  app.add_option("--server", server,
+                 "ternd's address, HOST:PORT (--submit-jobs: several, comma-separated, follows "
+                 "the leader)")
+      ->required();
   app.add_option("--concurrency", levels_flag, "comma-separated client thread counts");
   app.add_option("--seconds", seconds, "duration of each level");
   app.add_option("--channels", channels, "gRPC channels shared by the threads (round-robin)");

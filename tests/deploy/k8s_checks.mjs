@@ -197,6 +197,9 @@ function podTemplates(objects) {
   return pods;
 }
 
+// Programs of the image (not tern's) that init containers may run.
+const INIT_TOOLS = ["install"];
+
 function containersOf(spec) {
   return [...(spec.initContainers ?? []), ...(spec.containers ?? [])];
 }
@@ -532,6 +535,11 @@ function containerErrors(objects, binaries) {
       const where = `${describe(pod.obj)}: container ${c.name}`;
       const binary = binaryOf(c);
       const help = binaries.help.get(binary);
+      // An init container may run a plain tool of the image to prepare a
+      // file (overlays/postgres copies a Secret's key to a 0600 file).
+      if (!help && (pod.spec.initContainers ?? []).includes(c) && INIT_TOOLS.includes(binary)) {
+        continue;
+      }
       if (!help) {
         errors.push(`${where}: runs ${binary ?? "nothing"}, not a tern binary whose --help this check read (${[...binaries.help.keys()].join(", ")})`);
         continue;
@@ -574,8 +582,9 @@ function containerErrors(objects, binaries) {
           if (n !== portOf(metrics)) {
             errors.push(`${where}: ${kind} GETs port ${probe.httpGet.port}, but ${binary} serves HTTP (/healthz, /metrics) on ${metrics ?? "none"}`);
           }
-          if (!["/healthz", "/metrics"].includes(probe.httpGet.path)) {
-            errors.push(`${where}: ${kind} GETs ${probe.httpGet.path}; the metrics server serves /healthz and /metrics`);
+          const paths = binary === "ternd" ? ["/healthz", "/readyz", "/metrics"] : ["/healthz", "/metrics"];
+          if (!paths.includes(probe.httpGet.path)) {
+            errors.push(`${where}: ${kind} GETs ${probe.httpGet.path}; the metrics server serves ${paths.join(", ")}`);
           }
         }
         if (probe.tcpSocket && !listening.has(containerPortNumber(null, c, probe.tcpSocket.port))) {

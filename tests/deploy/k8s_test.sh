@@ -30,6 +30,9 @@ if [[ "$mode" == render ]]; then
   grep -q '^kind: DaemonSet' "$work/rendered/cpu.yaml" && { echo "FAIL: overlays/cpu still has a DaemonSet"; exit 1; }
   grep -q '^kind: DaemonSet' "$work/rendered/gpu.yaml" && grep -q 'nvidia.com/gpu:' "$work/rendered/gpu.yaml" \
     || { echo "FAIL: overlays/gpu has no tern-agent DaemonSet with nvidia.com/gpu"; exit 1; }
+  grep -q '^  replicas: 2' "$work/rendered/postgres.yaml" && grep -q -- '--db=$(TERN_DB_URL)' "$work/rendered/postgres.yaml" \
+    && ! grep -q 'name: ternd-store' "$work/rendered/postgres.yaml" \
+    || { echo "FAIL: overlays/postgres has no 2-replica ternd on PostgreSQL without the SQLite volume"; exit 1; }
   grep -q '^kind: ServiceMonitor' "$work/rendered/cpu+all.yaml" && grep -q '^kind: Certificate' "$work/rendered/cpu+all.yaml" \
     || { echo "FAIL: the components add no ServiceMonitor or Certificate"; exit 1; }
   if grep -q 'monitoring.coreos.com\|cert-manager.io' "$work/rendered/cpu.yaml" "$work/rendered/gpu.yaml"; then

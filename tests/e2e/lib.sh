@@ -11,6 +11,7 @@ for bin in server/ternd worker/agent/tern-agent cli/ternctl worker/trainer/tern-
 done
 work="$(mktemp -d "${TMPDIR:-/tmp}/tern-e2e.XXXXXX")"
 pids=()
+exit_hooks=()  # commands run at exit after the processes stopped (e.g. a database server)
 cleanup() {
   local rc=$? pid status
   # agent first (it stops its trainers), then ternd and the others. Each must
@@ -37,6 +38,8 @@ cleanup() {
       echo "--- tail of $log"; tail -n 30 "$log"
     done
   fi
+  local hook
+  for hook in "${exit_hooks[@]}"; do eval "$hook" || true; done
   rm -rf "$work"
   exit "$rc"
 }

@@ -18,6 +18,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/utf8.h"
+#include "failover/server_list.h"
 #include "tern/v1/worker_service.grpc.pb.h"
 #include "trainer_protocol/exit_codes.h"
 #include "trainer_protocol/lease_file.h"
@@ -69,19 +70,20 @@ void TrimPending(std::deque<v1::TrainerEvent>* pending) {
 
 class Agent::Impl {
  public:
-  Impl(AgentOptions options, std::shared_ptr<grpc::ChannelInterface> channel,
+  Impl(AgentOptions options, std::shared_ptr<failover::ServerList> servers,
        metrics::Registry* registry)
       : options_(std::move(options)),
-        stub_(v1::WorkerService::NewStub(channel)),
+        servers_(std::move(servers)),
         registry_(registry),
-        running_(registry->AddGauge("tern_agent_trainers_running",
-                                    "Trainer processes this agent runs now.")
-                     .WithLabels({})),
+        running_(
+            registry
+                ->AddGauge("tern_agent_trainers_running", "Trainer processes this agent runs now.")
+                .WithLabels({})),
         exits_(registry->AddCounter("tern_agent_trainer_exits_total",
                                     "Trainer processes that ended, by exit code or signal name.",
                                     {"code"})),
-        slots_(registry->AddGauge("tern_agent_slots",
-                                  "Slots this agent offers, by device kind.", {"device_kind"})),
+        slots_(registry->AddGauge("tern_agent_slots", "Slots this agent offers, by device kind.",
+                                  {"device_kind"})),
         lease_losses_(registry->AddCounter(
             "tern_agent_lease_losses_total",
             "Leases lost: unknown_to_server (ternd restarted or expired it; trainers kept for a "
@@ -96,6 +98,9 @@ class Agent::Impl {
         cuda_in_use_(std::max(0, options_.cuda_slots), false) {
     slots_.WithLabels({"cpu"})->Set(options_.cpu_slots);
     slots_.WithLabels({"cuda"})->Set(options_.cuda_slots);
+    for (size_t i = 0; i < servers_->size(); ++i) {
+      stubs_.push_back(v1::WorkerService::NewStub(servers_->channel(i)));
+    }
   }
 
   Status Run();
@@ -152,7 +157,9 @@ class Agent::Impl {
     std::lock_guard<std::mutex> lock(mu_);
     return shutdown_;
   }
-  bool Register();
+  // False when it failed; *failover_wait: retry on another ternd after
+  // this long instead of the agent's backoff.
+  bool Register(std::optional<milliseconds>* failover_wait);
   void StreamOnce(milliseconds* backoff);
   void HeartbeatLoop();
   // A heartbeat of lease `generation` sent at `sent` got through: renews the
@@ -245,16 +252,41 @@ class Agent::Impl {
   // reached as soon as it listens, not after the next retry.
   // `limit`: a shorter deadline still (the lease's time left, so that a
   // call waiting for ternd cannot delay stopping the trainers).
+  // With several ternd (--server A,B) a call fails at once on one that is
+  // down, so that the next one is tried (failover/server_list.h).
   void SetDeadline(grpc::ClientContext* ctx,
                    std::optional<milliseconds> limit = std::nullopt) const {
     milliseconds timeout = options_.rpc_timeout;
     if (limit) timeout = std::clamp(*limit, milliseconds(100), timeout);
     ctx->set_deadline(std::chrono::system_clock::now() + timeout);
-    ctx->set_wait_for_ready(true);
+    ctx->set_wait_for_ready(servers_->size() == 1);
+  }
+  // The ternd to call now (the leader, as far as the agent knows) and its stub.
+  failover::ServerList::Target Target() const { return servers_->Current(); }
+  v1::WorkerService::Stub* Stub(const failover::ServerList::Target& target) const {
+    return stubs_[target.index].get();
+  }
+  // A call to `target` ended with `status`: on NOT_LEADER or an unreachable
+  // ternd the next call goes to another one, after the returned wait
+  // (nullopt: not such a failure).
+  std::optional<milliseconds> Observe(const failover::ServerList::Target& target,
+                                      const grpc::Status& status) {
+    if (status.ok()) {
+      servers_->OnSuccess(target);
+      return std::nullopt;
+    }
+    const std::optional<milliseconds> wait = servers_->OnFailure(target, status);
+    const failover::ServerList::Target now = servers_->Current();
+    if (wait && now.index != target.index) {
+      TERN_LOG(INFO) << "ternd " << servers_->address(target.index) << " answered "
+                     << GrpcStatusString(status) << "; trying " << servers_->address(now.index);
+    }
+    return wait;
   }
 
   const AgentOptions options_;
-  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  const std::shared_ptr<failover::ServerList> servers_;
+  std::vector<std::unique_ptr<v1::WorkerService::Stub>> stubs_;  // one per address
   metrics::Registry* registry_;
   std::shared_ptr<metrics::Gauge> running_;
   metrics::Family<metrics::Counter>& exits_;
@@ -321,7 +353,12 @@ Status Agent::Impl::Run() {
       // No lease (first start, or lost): nothing may still run from the old
       // one, unless the agent rejoins a restarted ternd with its trainers.
       if (MustStopTrainersBeforeRegistering()) KillAllAndWait(options_.shutdown_grace, "lease lost");
-      if (!Register()) {
+      std::optional<milliseconds> failover_wait;
+      if (!Register(&failover_wait)) {
+        if (failover_wait) {  // another ternd leads: no growing backoff
+          Sleep(*failover_wait);
+          continue;
+        }
         Sleep(backoff);
         backoff = std::min(backoff * 2, options_.backoff_max);
         continue;
@@ -352,7 +389,7 @@ Status Agent::Impl::Run() {
   return OkStatus();
 }
 
-bool Agent::Impl::Register() {
+bool Agent::Impl::Register(std::optional<milliseconds>* failover_wait) {
   v1::RegisterRequest request;
   request.set_agent_id(options_.agent_id);
   request.set_host(options_.host);
@@ -378,7 +415,9 @@ bool Agent::Impl::Register() {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, limit);
   v1::RegisterResponse response;
-  const grpc::Status status = stub_->Register(&ctx, request, &response);
+  const failover::ServerList::Target target = Target();
+  const grpc::Status status = Stub(target)->Register(&ctx, request, &response);
+  *failover_wait = Observe(target, status);
   if (!status.ok()) {
     TERN_LOG(WARNING) << "Register: " << GrpcStatusString(status);
     return false;
@@ -414,7 +453,18 @@ bool Agent::Impl::ShutdownCall(const char* name, ShutdownRpc<Request, Response> 
   grpc::ClientContext ctx;
   SetDeadline(&ctx, kShutdownCallLimit);  // an unreachable ternd must not delay the drain
   Response response;
-  const grpc::Status status = (stub_.get()->*rpc)(&ctx, request, &response);
+  const failover::ServerList::Target target = Target();
+  grpc::Status status = (Stub(target)->*rpc)(&ctx, request, &response);
+  // Refused by a standby: once more, on the ternd it named.
+  if (const std::optional<milliseconds> wait = Observe(target, status);
+      wait && *wait < kShutdownCallLimit) {
+    Sleep(*wait);
+    grpc::ClientContext again;
+    SetDeadline(&again, kShutdownCallLimit);
+    const failover::ServerList::Target next = Target();
+    status = (Stub(next)->*rpc)(&again, request, &response);
+    (void)Observe(next, status);
+  }
   if (!status.ok()) {
     TERN_LOG(WARNING) << name << ": " << GrpcStatusString(status);
   }
@@ -467,7 +517,7 @@ void Agent::Impl::LeaseLost(int generation, const std::string& why, bool keep_tr
 
 void Agent::Impl::StreamOnce(milliseconds* backoff) {
   grpc::ClientContext ctx;  // no deadline: lives as long as the lease
-  ctx.set_wait_for_ready(true);
+  ctx.set_wait_for_ready(servers_->size() == 1);
   std::string lease;
   int generation = 0;
   {
@@ -480,10 +530,14 @@ void Agent::Impl::StreamOnce(milliseconds* backoff) {
   v1::StreamAssignmentsRequest request;
   request.set_agent_id(options_.agent_id);
   request.set_lease_id(lease);
+  const failover::ServerList::Target target = Target();
   std::unique_ptr<grpc::ClientReader<v1::AssignmentEvent>> reader =
-      stub_->StreamAssignments(&ctx, request);
+      Stub(target)->StreamAssignments(&ctx, request);
   v1::AssignmentEvent event;
+  bool any = false;
   while (reader->Read(&event)) {
+    if (!any) servers_->OnSuccess(target);
+    any = true;
     *backoff = options_.backoff_min;  // the stream works
     if (event.has_assignment()) {
       StartRank(event.assignment());
@@ -492,6 +546,7 @@ void Agent::Impl::StreamOnce(milliseconds* backoff) {
     }
   }
   const grpc::Status status = reader->Finish();
+  const std::optional<milliseconds> failover_wait = Observe(target, status);
   bool retry_later = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -508,9 +563,10 @@ void Agent::Impl::StreamOnce(milliseconds* backoff) {
     // A lost lease (a heartbeat found ternd restarted) ends the wait: the
     // agent must register again before its lease TTL runs out.
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, *backoff,
+    // Another ternd leads: reconnect there without a growing backoff.
+    cv_.wait_for(lock, failover_wait ? *failover_wait : *backoff,
                  [&] { return shutdown_ || !lease_.valid() || generation != lease_.generation(); });
-    *backoff = std::min(*backoff * 2, options_.backoff_max);
+    if (!failover_wait) *backoff = std::min(*backoff * 2, options_.backoff_max);
   }
 }
 
@@ -579,7 +635,9 @@ void Agent::Impl::HeartbeatLoop() {
     grpc::ClientContext ctx;
     SetDeadline(&ctx, left);
     v1::HeartbeatResponse response;
-    const grpc::Status status = stub_->Heartbeat(&ctx, request, &response);
+    const failover::ServerList::Target target = Target();
+    const grpc::Status status = Stub(target)->Heartbeat(&ctx, request, &response);
+    const std::optional<milliseconds> failover_wait = Observe(target, status);
     if (IsLeaseError(status)) {
       LeaseLost(generation, "Heartbeat: " + GrpcStatusString(status), true);
       lock.lock();
@@ -594,7 +652,9 @@ void Agent::Impl::HeartbeatLoop() {
     ++failures;
     TERN_LOG(WARNING) << "Heartbeat: " << GrpcStatusString(status);
     lock.lock();
-    next = Clock::now() + std::min<milliseconds>(lease_.heartbeat_interval(), milliseconds(1000));
+    next = Clock::now() + (failover_wait ? *failover_wait
+                                         : std::min<milliseconds>(lease_.heartbeat_interval(),
+                                                                  milliseconds(1000)));
     if (generation != lease_.generation()) continue;
     if (Clock::now() - lease_.last_renewed() > lease_.ttl()) {
       lock.unlock();
@@ -712,7 +772,9 @@ bool Agent::Impl::Flush(Rank& rank, std::deque<v1::TrainerEvent>* pending) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     v1::ReportProgressResponse response;
-    const grpc::Status status = stub_->ReportProgress(&ctx, request, &response);
+    const failover::ServerList::Target target = Target();
+    const grpc::Status status = Stub(target)->ReportProgress(&ctx, request, &response);
+    (void)Observe(target, status);
     if (status.ok()) {
       pending->erase(pending->begin(), pending->begin() + static_cast<std::ptrdiff_t>(n));
       continue;
@@ -769,7 +831,9 @@ void Agent::Impl::ReportExit(Rank& rank, const ExitStatus& ended, const std::str
       grpc::ClientContext ctx;
       SetDeadline(&ctx);
       v1::ReportExitResponse response;
-      const grpc::Status status = stub_->ReportExit(&ctx, request, &response);
+      const failover::ServerList::Target target = Target();
+      const grpc::Status status = Stub(target)->ReportExit(&ctx, request, &response);
+      (void)Observe(target, status);
       if (status.ok()) return;
       if (IsLeaseError(status)) {
         // The lease this report named is gone. Not the report: when the agent
@@ -966,7 +1030,12 @@ void Agent::Impl::FinishRank(const std::shared_ptr<Rank>& rank) {
 
 Agent::Agent(AgentOptions options, std::shared_ptr<grpc::ChannelInterface> channel,
              metrics::Registry* registry)
-    : impl_(std::make_unique<Impl>(std::move(options), std::move(channel), registry)) {}
+    : Agent(std::move(options), failover::ServerList::Single("ternd", std::move(channel)),
+            registry) {}
+
+Agent::Agent(AgentOptions options, std::shared_ptr<failover::ServerList> servers,
+             metrics::Registry* registry)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(servers), registry)) {}
 Agent::~Agent() = default;
 Status Agent::Run() { return impl_->Run(); }
 void Agent::Shutdown() { impl_->Shutdown(); }

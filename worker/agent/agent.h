@@ -24,9 +24,11 @@
 //   has written the ranks off, so every trainer is stopped (SIGTERM, SIGKILL
 //   after shutdown_grace) before the agent registers again.
 // Every unary call has a deadline (rpc_timeout, or the lease's time left
-// where that is shorter); only the stream has none. Calls wait for a
-// connection rather than fail while the channel reconnects, so a restarted
-// ternd is reached as soon as it listens.
+// where that is shorter); only the stream has none. With one ternd, calls
+// wait for a connection rather than fail while the channel reconnects, so a
+// restarted ternd is reached as soon as it listens; with several (a leader
+// and standbys), they fail at once and go to the next one, or to the leader
+// a standby names (NOT_LEADER), and the agent rejoins the new leader.
 // An assignment of a later attempt of a job stops the trainers of earlier
 // attempts still running here and starts once they have exited.
 //
@@ -77,6 +79,9 @@
 namespace grpc {
 class ChannelInterface;
 }
+namespace tern::failover {
+class ServerList;
+}
 
 namespace tern::agent {
 
@@ -85,6 +90,11 @@ class Agent {
   // `channel` leads to ternd; `registry` (not owned, outlives the Agent)
   // gets the agent's metric families, registered here once.
   Agent(AgentOptions options, std::shared_ptr<grpc::ChannelInterface> channel,
+        metrics::Registry* registry);
+  // Several ternd sharing one store (--server A,B): calls go to the leader
+  // among `servers` (failover/server_list.h). After moving to a new leader
+  // the agent rejoins it with its trainers, as after a ternd restart.
+  Agent(AgentOptions options, std::shared_ptr<failover::ServerList> servers,
         metrics::Registry* registry);
   ~Agent();  // Requires Run() to have returned (or never been called).
   Agent(const Agent&) = delete;

@@ -12,6 +12,7 @@
 
 #include "auth/metrics_endpoint.h"
 #include "common/logging.h"
+#include "failover/server_list.h"
 
 namespace tern::agent {
 namespace {
@@ -113,11 +114,16 @@ StatusOr<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(AgentDaemonOptions opt
                                                                : " at " + options.trainer));
   }
   TERN_RETURN_IF_ERROR(agent.Validate());
-  TERN_ASSIGN_OR_RETURN(auto channel, tls::MakeChannel(options.server, options.tls));
+  TERN_ASSIGN_OR_RETURN(std::vector<std::string> addresses,
+                        failover::ParseServerAddresses("--server", options.server));
+  TERN_ASSIGN_OR_RETURN(std::shared_ptr<failover::ServerList> servers,
+                        failover::ServerList::Create(addresses, [&](const std::string& address) {
+                          return tls::MakeChannel(address, options.tls);
+                        }));
 
   std::unique_ptr<AgentDaemon> daemon(new AgentDaemon(std::move(options)));
   const AgentDaemonOptions& o = daemon->options_;
-  daemon->agent_ = std::make_unique<Agent>(o.agent, std::move(channel), &daemon->registry_);
+  daemon->agent_ = std::make_unique<Agent>(o.agent, std::move(servers), &daemon->registry_);
   tls::MetricsEndpointNames names;
   names.listen = "--metrics-listen " + o.metrics_listen;
   names.token_file = "--metrics-token-file";

@@ -31,9 +31,11 @@
 namespace tern::agent {
 
 struct AgentDaemonOptions {
-  AgentOptions agent;                     // trainer_path, agent_id, workdir: filled in
-  std::string server = "127.0.0.1:7070";  // ternd, "host:port"
-  tls::ClientTlsOptions tls;              // credentials of the channel to ternd
+  AgentOptions agent;  // trainer_path, agent_id, workdir: filled in
+  // ternd, "host:port"; several ternd sharing one store: all of them,
+  // comma-separated (the agent follows the leader).
+  std::string server = "127.0.0.1:7070";
+  tls::ClientTlsOptions tls;  // credentials of the channel to ternd
   // tern-trainer: a path, or a name looked up on $PATH; "": next to this
   // binary, then ../trainer/tern-trainer (the build tree), then $PATH.
   std::string trainer;

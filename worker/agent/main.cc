@@ -42,7 +42,9 @@ struct FlagText {
 };
 
 void AddFlags(CLI::App& app, AgentDaemonOptions* o, FlagText* text) {
-  app.add_option("--server", o->server, "ternd's address, HOST:PORT")
+  app.add_option("--server", o->server,
+                 "ternd's address, HOST:PORT; several ternd sharing one store: all of them, "
+                 "comma-separated (the agent follows the leader)")
       ->envname("TERN_SERVER")
       ->capture_default_str();
   app.add_option("--agent-id", o->agent.agent_id,

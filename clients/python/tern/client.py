@@ -1,6 +1,7 @@
 """Client: ternd's tern.v1.JobService for Python programs and notebooks.
 
     client = Client("127.0.0.1:7070")                      # or $TERN_SERVER
+    client = Client("ternd-0:7070,ternd-1:7070")           # several ternd: follows the leader
     job = client.submit("job.yaml")                        # retried submits make one job
     for event in client.watch(job.id):                     # resumes after a dropped stream
         print(event)
@@ -12,6 +13,12 @@ bundle, `tls_cert`/`tls_key` a client certificate, `token`/`token_file` a bearer
 (needs TLS), `owner` the x-tern-owner claim of a ternd without authentication. Unset
 arguments come from the environment ternctl reads: TERN_SERVER, TERN_OWNER, TERN_TLS,
 TERN_TLS_CA, TERN_TLS_CERT, TERN_TLS_KEY, TERN_TOKEN_FILE.
+
+`address` may list several ternd sharing one store ("a:7070,b:7070" or a list): calls go
+to the leader, following a standby's NOT_LEADER answer to the leader it names when that is
+one of the given addresses, else to the next address, and past an unreachable ternd to the
+next (tern/_failover.py; as ternctl --server A,B). A call refused by a standby never ran, so
+it is retried on the leader within its deadline whatever the method.
 
 Every unary call has a deadline (`timeout`, default 10 s); UNAVAILABLE is retried
 where that is safe: reads, cancel, and submit, which always carries an idempotency key (a
@@ -32,7 +39,7 @@ import uuid
 import grpc
 from google.protobuf import field_mask_pb2, json_format
 
-from tern import errors, spec as spec_module
+from tern import _failover, errors, spec as spec_module
 from tern._pb import job_pb2, job_service_pb2 as service_pb2, job_service_pb2_grpc as service_grpc
 from tern._pb import service_config_json
 from tern.events import TERMINAL_STATES, Job, StateChanged, event_from_proto
@@ -83,7 +90,8 @@ class Client:
 
     def __init__(self, address=None, *, token=None, token_file=None, tls=None, tls_ca=None,
                  tls_cert=None, tls_key=None, tls_server_name=None, owner=None, timeout=10.0):
-        self.address = address or os.environ.get("TERN_SERVER") or DEFAULT_ADDRESS
+        self.addresses = _failover.parse_addresses(
+            address or os.environ.get("TERN_SERVER") or DEFAULT_ADDRESS)
         self.timeout = timeout
         tls_ca = tls_ca or os.environ.get("TERN_TLS_CA")
         tls_cert = tls_cert or os.environ.get("TERN_TLS_CERT")
@@ -105,9 +113,15 @@ class Client:
         # Reconnect soon after ternd restarts (gRPC's default first backoff is 1 s).
         options = [("grpc.max_receive_message_length", 16 << 20),
                    ("grpc.initial_reconnect_backoff_ms", 250),
-                   ("grpc.max_reconnect_backoff_ms", 5000),
-                   ("grpc.enable_retries", 1),
-                   ("grpc.service_config", service_config_json())]
+                   ("grpc.max_reconnect_backoff_ms", 5000)]
+        # With several ternd the channel's own retries would retry a standby's
+        # NOT_LEADER on that standby: the ServerList retries instead.
+        if len(self.addresses) == 1:
+            options += [("grpc.enable_retries", 1),
+                        ("grpc.service_config", service_config_json())]
+        else:
+            options += [("grpc.enable_retries", 0)]
+        creds = None
         if tls:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(tls_ca, "tls_ca") if tls_ca else None,
@@ -118,15 +132,31 @@ class Client:
                     creds, grpc.access_token_call_credentials(token))
             if tls_server_name:
                 options.append(("grpc.ssl_target_name_override", tls_server_name))
-            self._channel = grpc.secure_channel(self.address, creds, options)
-        else:
-            self._channel = grpc.insecure_channel(self.address, options)
-        self._stub = service_grpc.JobServiceStub(self._channel)
+        self._channels = []
+
+        def make_stub(target):
+            channel = (grpc.secure_channel(target, creds, options) if creds is not None
+                       else grpc.insecure_channel(target, options))
+            self._channels.append(channel)
+            return service_grpc.JobServiceStub(channel)
+
+        self._servers = _failover.ServerList(self.addresses, make_stub)
+        self._channel = self._channels[0]
+
+    @property
+    def address(self):
+        """The address calls go to now (the leader, as far as the client knows)."""
+        return self.addresses[self._servers.current()[0]]
+
+    @property
+    def _stub(self):
+        return self._servers.current()[1]
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self):
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self):
         return self
@@ -137,14 +167,29 @@ class Client:
     # ------------------------------------------------------------------ calls
 
     def _call(self, method, request, retry=True, timeout=None):
-        """A unary call with a deadline; UNAVAILABLE retried when `retry`."""
+        """A unary call (`method`: its name, "GetJob") with a deadline; UNAVAILABLE retried
+        when `retry`, and a standby's NOT_LEADER always, on the leader (_failover)."""
         tries = _RETRIES if retry else 1
-        for attempt in range(tries):
+        attempt = 0
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            index, stub = self._servers.current()
             try:
-                return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                result = getattr(stub, method)(request, timeout=timeout or self.timeout,
+                                               metadata=self._metadata)
+                self._servers.on_success(index)
+                return result
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < tries:
-                    time.sleep(0.25 * 2 ** attempt)  # 0.25, 0.5, 1 s
+                wait = self._servers.on_failure(index, e)
+                if wait is not None:
+                    not_leader, _ = _failover.leader_hint(e)
+                    if (retry or not_leader) and time.monotonic() + wait < deadline:
+                        time.sleep(wait)
+                        continue
+                    raise errors.from_rpc_error(e) from None
+                attempt += 1
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt < tries:
+                    time.sleep(0.25 * 2 ** (attempt - 1))  # 0.25, 0.5, 1 s
                     continue
                 raise errors.from_rpc_error(e) from None
 
@@ -162,7 +207,7 @@ class Client:
         key = idempotency_key if idempotency_key is not None else f"py-{uuid.uuid4()}"
         _check_idempotency_key(key)
         request = service_pb2.SubmitJobRequest(spec=job_spec, idempotency_key=key)
-        response = self._call(self._stub.SubmitJob, request, timeout=timeout)
+        response = self._call("SubmitJob", request, timeout=timeout)
         return Job(response.job, created=response.created, idempotency_key=key)
 
     def get(self, job_id, *, view="full", timeout=None):
@@ -170,7 +215,7 @@ class Client:
 
         `view`: "full" (every field) or "basic" (without result.layers; JobView)."""
         request = service_pb2.GetJobRequest(job_id=job_id, view=_job_view(view))
-        return Job(self._call(self._stub.GetJob, request, timeout=timeout))
+        return Job(self._call("GetJob", request, timeout=timeout))
 
     def list(self, states=(), owner="", labels=None, *, page_size=0, limit=None, view="basic",
              timeout=None):
@@ -190,7 +235,7 @@ class Client:
                                               page_size=page_size, view=_job_view(view))
         count = 0
         while True:
-            response = self._call(self._stub.ListJobs, request, timeout=timeout)
+            response = self._call("ListJobs", request, timeout=timeout)
             for proto in response.jobs:
                 if limit is not None and count >= limit:
                     return
@@ -203,7 +248,7 @@ class Client:
     def cancel(self, job_id, reason="", *, timeout=None):
         """Requests cancellation; returns the job. FailedPrecondition for a finished job."""
         request = service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
-        return Job(self._call(self._stub.CancelJob, request, timeout=timeout))
+        return Job(self._call("CancelJob", request, timeout=timeout))
 
     def update(self, job_id, *, name=None, labels=None, timeout=None):
         """Changes a job's name and/or replaces its labels (the only fields that change after
@@ -221,19 +266,19 @@ class Client:
             raise ValueError("update: give name= or labels=")
         request = service_pb2.UpdateJobRequest(
             job=job, update_mask=field_mask_pb2.FieldMask(paths=paths))
-        return Job(self._call(self._stub.UpdateJob, request, timeout=timeout))
+        return Job(self._call("UpdateJob", request, timeout=timeout))
 
     def delete(self, job_id, *, timeout=None):
         """Deletes a SUCCEEDED, FAILED or CANCELLED job with its history, artifact and
         checkpoints (DeleteJob). FailedPrecondition for a job that has not ended, NotFound
         afterwards. Not retried (a retry after a lost answer would say NotFound)."""
-        self._call(self._stub.DeleteJob, service_pb2.DeleteJobRequest(job_id=job_id),
+        self._call("DeleteJob", service_pb2.DeleteJobRequest(job_id=job_id),
                    retry=False, timeout=timeout)
 
     def whoami(self, *, timeout=None):
         """Who ternd takes this client to be: {"name", "proven_by", "authenticated",
         "sees_every_job", "quota", "server_version"} (WhoAmIResponse as a dict)."""
-        response = self._call(self._stub.WhoAmI, service_pb2.WhoAmIRequest(), timeout=timeout)
+        response = self._call("WhoAmI", service_pb2.WhoAmIRequest(), timeout=timeout)
         return json_format.MessageToDict(response, preserving_proto_field_name=True,
                                          including_default_value_fields=True)
 
@@ -243,7 +288,7 @@ class Client:
         request = service_pb2.ListAgentsRequest(page_size=page_size)
         agents = []
         while True:
-            response = self._call(self._stub.ListAgents, request, timeout=timeout)
+            response = self._call("ListAgents", request, timeout=timeout)
             agents += [json_format.MessageToDict(a, preserving_proto_field_name=True)
                        for a in response.agents]
             if not response.next_page_token:
@@ -266,7 +311,8 @@ class Client:
                 raise errors.DeadlineExceeded(f"watch {job_id}: no end within {timeout} s")
             request = service_pb2.WatchJobRequest(job_id=job_id, from_sequence=next_seq,
                                                   include_logs=include_logs)
-            stream = self._stub.WatchJob(request, timeout=remaining, metadata=self._metadata)
+            index, stub = self._servers.current()
+            stream = stub.WatchJob(request, timeout=remaining, metadata=self._metadata)
             ended = False
             error = None
             try:
@@ -276,6 +322,7 @@ class Client:
                     next_seq = proto.sequence + 1
                     last_progress = time.monotonic()
                     backoff = 0.25
+                    self._servers.on_success(index)
                     event = event_from_proto(proto)
                     yield event
                     if isinstance(event, StateChanged) and event.terminal:
@@ -288,6 +335,7 @@ class Client:
                 error = e
             finally:
                 stream.cancel()
+            wait = None if error is None else self._servers.on_failure(index, error)
             if error is None:
                 # Ended without a terminal state (ternd shutting down): ask, then resume.
                 if self.get(job_id).terminal:
@@ -301,6 +349,9 @@ class Client:
                 if error is None:
                     raise errors.Unavailable(f"watch {job_id}: the stream keeps ending")
                 raise errors.from_rpc_error(error) from None
+            if wait is not None:  # another ternd leads: resume there
+                time.sleep(wait)
+                continue
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -339,12 +390,18 @@ class Client:
         try:
             while True:
                 request = service_pb2.GetArtifactRequest(job_id=job_id, offset=download.written)
+                index, stub = self._servers.current()
                 try:
-                    for message in self._stub.GetArtifact(request, timeout=timeout,
-                                                          metadata=self._metadata):
+                    for message in stub.GetArtifact(request, timeout=timeout,
+                                                    metadata=self._metadata):
                         download.receive(message)
                     return download.finish()
                 except grpc.RpcError as e:
+                    wait = self._servers.on_failure(index, e)
+                    if wait is not None and _failover.leader_hint(e)[0] and tries < 4 * _RETRIES:
+                        tries += 1
+                        time.sleep(wait)  # refused by a standby: nothing was sent yet
+                        continue
                     tries += 1
                     if e.code() != grpc.StatusCode.UNAVAILABLE or tries >= _RETRIES \
                             or download.header is None:
