@@ -30,7 +30,8 @@
 # FP, TWN, HLA lambda in {0, 1e-1} at switch 0.5, seeds 0 1, 2 epochs on 4000
 # training images (500 of them held out for validation), 1000 test images,
 # ResNet-20 x0.5, batch 128, lr 0.05, a progress line (and regularizer sample)
-# every 4 steps. It decides nothing (2 seeds).
+# every 4 steps; options after --cpu-smoke override these. It decides nothing
+# (2 seeds).
 # Progress lines, and with them the regularizer's samples, come every 50 steps
 # otherwise.
 # The validation split is --val-images of the training images (after
@@ -47,7 +48,10 @@ usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --grid) grid="$2"; shift 2 ;;
-    --cpu-smoke) smoke=true; shift ;;
+    --cpu-smoke)  # the smoke budget; options after it override it
+      smoke=true seeds="0 1" epochs=2 batch=128 lr=0.05 width=0.5 max_train=4000 max_eval=1000
+      val_images=500 workers=1 progress_every=4
+      shift ;;
     --trainer) trainer="$2"; shift 2 ;;
     --device) device="$2"; shift 2 ;;
     --seeds) seeds="$2"; shift 2 ;;
@@ -72,10 +76,6 @@ while [[ $# -gt 0 ]]; do
     *) echo "hla_study.sh: unknown argument '$1'" >&2; usage ;;
   esac
 done
-if [[ "$smoke" == true ]]; then
-  seeds="0 1" epochs=2 batch=128 lr=0.05 width=0.5 max_train=4000 max_eval=1000 val_images=500
-  workers=1 progress_every=4
-fi
 [[ -x "$trainer" ]] || { echo "hla_study.sh: no tern-trainer at $trainer (--trainer)" >&2; exit 2; }
 [[ "$grid" == scratch || "$grid" == finetune ]] || { echo "hla_study.sh: --grid scratch or finetune" >&2; exit 2; }
 [[ "$device" == cpu || "$device" == cuda ]] || { echo "hla_study.sh: --device cpu or cuda" >&2; exit 2; }
