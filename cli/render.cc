@@ -208,6 +208,17 @@ std::string FormatEvent(const v1::JobEvent& e) {
     case v1::JobEvent::kLog:
       s << "log rank " << e.log().rank() << ": " << e.log().text();
       break;
+    case v1::JobEvent::kPhaseSwitch: {
+      const v1::PhaseSwitch& p = e.phase_switch();
+      s << "switch to ternary at step " << p.step() << " (epoch " << p.epoch()
+        << "): " << (p.eval_split().empty() ? "eval" : p.eval_split()) << " top-1 FP "
+        << Fixed(100 * p.fp_top1(), 2) << "%, ternary " << Fixed(100 * p.ternary_top1(), 2) << "%";
+      if (p.has_ternary_bn_top1()) {
+        s << ", ternary after BatchNorm re-estimation on " << p.bn_batches() << " batches "
+          << Fixed(100 * p.ternary_bn_top1(), 2) << "%" << (p.bn_kept() ? " (kept)" : "");
+      }
+      break;
+    }
     case v1::JobEvent::KIND_NOT_SET:
       s << "(unknown event)";
       break;

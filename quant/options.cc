@@ -88,6 +88,8 @@ Status QuantOptions::Validate() const {
   if (!Finite(kappa_end) || kappa_end <= 0)
     return Field("kappa_end", "must be > 0");
   if (!Finite(clip) || clip <= 0) return Field("clip", "must be > 0");
+  if (bn_recalibration_batches < 0 || bn_recalibration_batches > 10000)
+    return Field("bn_recalibration_batches", "must be in [0, 10000]");
   if (projection == Projection::kTtq && (use_regularizer || use_rescale))
     return Field("method",
                  "TTQ learns its own scales; regularizer and re-scaling "

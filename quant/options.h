@@ -63,6 +63,12 @@ struct QuantOptions {
 
   Packing packing = Packing::kTwoBit;
 
+  // BatchNorm re-estimation with the ternary weights (the trainer does it;
+  // docs/METHOD.md, "BatchNorm re-estimation").
+  int bn_recalibration_batches = 0;           // 0: ceil(2048 / batch size)
+  bool recalibrate_bn_at_switch = false;      // keep them at the phase switch
+  bool recalibrate_bn_before_export = false;  // before final eval + export
+
   // Derived from `method` by MakePreset (kept as fields so a test or an
   // expert can combine them freely).
   Projection projection = Projection::kLat;

@@ -324,7 +324,63 @@ at::Tensor TernaryModel::RegularizationLoss() const {
   return total * schedule_.lambda;
 }
 
-void TernaryModel::AfterBackward() {
+double RegularizerSample::RegGradShare() const {
+  double reg = 0, total = 0;
+  for (const Layer& l : layers) {
+    reg += l.reg_grad_norm * l.reg_grad_norm;
+    total += l.grad_norm * l.grad_norm;
+  }
+  return total > 0 ? std::sqrt(reg / total) : 0.0;
+}
+
+double RegularizerSample::MeanCosine() const {
+  double sum = 0, count = 0;
+  for (const Layer& l : layers) {
+    sum += l.cos_wt * static_cast<double>(l.numel);
+    count += static_cast<double>(l.numel);
+  }
+  return count > 0 ? sum / count : 0.0;
+}
+
+void TernaryModel::AfterBackward(RegularizerSample* sample) {
+  at::NoGradGuard no_grad;
+  // The sample's codes: the step's projection (the latent weights and the
+  // LAT moments have not changed since BeforeForward()).
+  std::vector<at::Tensor> cosines, reg_norms, grad_norms;  // per quantized layer
+  if (sample != nullptr) {
+    sample->lambda = schedule_.lambda;
+    sample->layers.clear();
+    for (auto& layer : layers_) {
+      if (!layer->quantized) continue;
+      const TernaryProjection p = Project(*layer);
+      const at::Tensor w = layer->latent.detach();
+      const Granularity g = options_.granularity;
+      cosines.push_back(UnitCosine(w, p.codes, g).to(at::kDouble).mean());
+      reg_norms.push_back(HypersphericalRegularizerGrad(w, p.codes, g).to(at::kDouble).norm() *
+                          schedule_.lambda);
+      sample->layers.push_back({layer->name, layer->latent.numel()});
+    }
+  }
+  CompleteGradients();
+  if (sample == nullptr || sample->layers.empty()) return;
+  for (auto& layer : layers_) {
+    if (!layer->quantized) continue;
+    const at::Tensor& g = layer->latent.grad();
+    grad_norms.push_back(g.defined() ? g.detach().to(at::kDouble).norm()
+                                     : at::zeros({}, cosines.front().options()));
+  }
+  // [L, 3] on the host in one copy.
+  const at::Tensor host =
+      at::stack({at::stack(cosines), at::stack(reg_norms), at::stack(grad_norms)}, 1).cpu();
+  const auto v = host.accessor<double, 2>();
+  for (size_t i = 0; i < sample->layers.size(); ++i) {
+    sample->layers[i].cos_wt = v[i][0];
+    sample->layers[i].reg_grad_norm = v[i][1];
+    sample->layers[i].grad_norm = v[i][2];
+  }
+}
+
+void TernaryModel::CompleteGradients() {
   at::NoGradGuard no_grad;
   // The packed path's latent gradient ρ ⊙ ∂L/∂Ŵ + λ·∂R/∂W and LAT's moments,
   // for all layers in one fused kernel on CUDA (else a few multi-tensor

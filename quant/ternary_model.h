@@ -49,6 +49,25 @@ struct LayerStats {
   int64_t flips = 0;         // codes changed since the previous report
 };
 
+// The hyperspherical regularizer's effect at one step, per quantized layer
+// (TernaryModel::AfterBackward(&sample); docs/METHOD.md, "Diagnostics").
+struct RegularizerSample {
+  struct Layer {
+    std::string name;
+    int64_t numel = 0;
+    double cos_wt = 0;         // mean per-unit cos(W, T), the step's codes
+    double reg_grad_norm = 0;  // ‖λ·∂R/∂W‖
+    double grad_norm = 0;      // ‖∂L/∂W‖: the whole gradient the optimizer gets
+  };
+  double lambda = 0;
+  std::vector<Layer> layers;
+
+  // ‖λ·∂R/∂W‖ / ‖∂L/∂W‖ over all layers together (0 without a gradient).
+  double RegGradShare() const;
+  // cos(W, T) averaged over the layers, weighted by numel.
+  double MeanCosine() const;
+};
+
 class TernaryModel {
  public:
   // Finds every Conv2d / Linear of `root` (in registration order; the first
@@ -93,8 +112,11 @@ class TernaryModel {
   // λ·∂R/∂W; until then they hold ∂L/∂Ŵ), and updates the running second
   // moments of the gradients (LAT's D). Call once per step after backward
   // and the all-reduce, before anything reads the gradients, so every rank
-  // holds the same state.
-  void AfterBackward();
+  // holds the same state. A non-null `sample` also measures, per quantized
+  // layer, cos(W, T) and the norms of λ·∂R/∂W and of the completed gradient
+  // (a few reductions per layer and one device-to-host copy: call it every
+  // N steps, not every step).
+  void AfterBackward(RegularizerSample* sample = nullptr);
 
   // Training-mode BeforeForward() of the TWN and LAT projections (TWN, LAT,
   // HLA and its ablations; not TTQ) projects every layer at once with
@@ -162,6 +184,7 @@ class TernaryModel {
   // False (nothing done) when the quantized layers do not share one device
   // and dtype: the per-layer path then runs.
   bool BeforeForwardPacked();
+  void CompleteGradients();         // AfterBackward() without the sample
   double MomentCorrection() const;  // LAT: 1 − decay^steps
   void FillDeviceScalars();         // no-op unless set_device_scalars(true)
 

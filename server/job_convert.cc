@@ -347,6 +347,9 @@ std::optional<v1::JobEvent> ToProtoEvent(const scheduler::Job& job,
     case TrainerEventKind::kFinished:
       *out.mutable_trainer_finished() = line->result;
       return out;
+    case TrainerEventKind::kPhaseSwitch:
+      *out.mutable_phase_switch() = line->phase_switch;
+      return out;
     case TrainerEventKind::kLog:
       if (!include_logs) return std::nullopt;
       *out.mutable_log() = line->log;

@@ -353,6 +353,9 @@ Status WorkerService::HandleTrainerEvent(const scheduler::RankRef& rank,
                                       now);
       state_->metrics->OnEpochEnd(rank.job_id, line.epoch_end);
       return OkStatus();
+    case TrainerEventKind::kPhaseSwitch:
+      if (!rank0) return OkStatus();
+      return scheduler.ReportProgress(rank, event.json_line());  // kept as the job's event
     case TrainerEventKind::kCheckpoint:
       if (!rank0) return OkStatus();
       return scheduler.ReportCheckpoint(rank, line.checkpoint.step(),

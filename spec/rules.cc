@@ -130,6 +130,10 @@ std::vector<Field> BuildTable() {
   t.push_back(kappa_end);
   t.push_back(WithDefault(Number("quantization.clip", kD, true, 0, 100, true), 2.0));
   t.push_back(Enum("quantization.packing", kPacking));
+  // 0: ceil(2048 / batch_size) (worker/trainer/trainer.cc).
+  t.push_back(WithDefault(Number("quantization.bn_recalibration_batches", kI, false, 0, 10000), 0));
+  t.push_back(Make("quantization.recalibrate_bn_at_switch", Type::kBool));
+  t.push_back(Make("quantization.recalibrate_bn_before_export", Type::kBool));
 
   t.push_back(Make("optimization", Type::kMessage));
   t.push_back(Enum("optimization.optimizer", kOptimizer));

@@ -151,6 +151,20 @@ void ParseProgress(const json& j, const ParseOptions& options, TrainerLine* out)
     p.set_gpu_peak_memory_bytes(Int(j, "gpu_peak_memory_bytes"));
   }
   out->kappa = Double(j, "kappa");
+  const json& reg = Object(j, "regularizer");
+  if (Has(reg, "reg_grad_share")) p.set_reg_grad_share(Double(reg, "reg_grad_share"));
+  if (Has(reg, "cos_wt")) p.set_cos_wt(Double(reg, "cos_wt"));
+  const json* layers = Field(reg, "layers");
+  if (layers != nullptr && layers->is_array()) {
+    for (const json& l : *layers) {
+      if (!l.is_object()) continue;
+      v1::LayerStats* s = p.add_layers();
+      s->set_name(String(l, "name"));
+      s->set_numel(Int(l, "numel"));
+      s->set_cos_wt(Double(l, "cos_wt"));
+      if (Has(l, "reg_grad_share")) s->set_reg_grad_share(Double(l, "reg_grad_share"));
+    }
+  }
 }
 
 void ParseEpochEnd(const json& j, const ParseOptions& options, TrainerLine* out) {
@@ -206,6 +220,27 @@ void ParseFinished(const json& j, const ParseOptions& options, TrainerLine* out)
   r.set_wall_seconds(Double(j, "wall_seconds"));
   r.set_images_per_second(Double(j, "images_per_second"));
   r.set_detections_path(String(j, "detections_path"));
+  const json& val = Object(j, "val");
+  if (Has(Object(val, "fp"), "top1")) r.set_val_fp_top1(Double(Object(val, "fp"), "top1"));
+  if (!options.full_precision && Has(Object(val, "ternary"), "top1")) {
+    r.set_val_ternary_top1(Double(Object(val, "ternary"), "top1"));
+  }
+}
+
+void ParsePhaseSwitch(const json& j, TrainerLine* out) {
+  v1::PhaseSwitch& p = out->phase_switch;
+  p.set_step(Int32(j, "step"));
+  p.set_epoch(Int32(j, "epoch"));
+  p.set_eval_split(String(j, "eval_split"));
+  if (Has(Object(j, "fp"), "top1")) p.set_fp_top1(Double(Object(j, "fp"), "top1"));
+  if (Has(Object(j, "ternary"), "top1")) p.set_ternary_top1(Double(Object(j, "ternary"), "top1"));
+  if (Has(Object(j, "ternary_bn"), "top1")) {
+    p.set_ternary_bn_top1(Double(Object(j, "ternary_bn"), "top1"));
+  }
+  p.set_bn_batches(Int32(j, "bn_batches"));
+  const json* kept = Field(j, "bn_kept");
+  p.set_bn_kept(kept != nullptr && kept->is_boolean() && kept->get<bool>());
+  p.set_seconds(Double(j, "seconds"));
 }
 
 }  // namespace
@@ -244,6 +279,9 @@ StatusOr<TrainerLine> ParseTrainerLine(std::string_view line, const ParseOptions
     out.checkpoint.set_step(Int32(j, "step"));
     out.checkpoint.set_epoch(Int32(j, "epoch"));
     out.checkpoint.set_path(String(j, "checkpoint"));
+  } else if (event == "phase_switch") {
+    out.kind = TrainerEventKind::kPhaseSwitch;
+    ParsePhaseSwitch(j, &out);
   } else if (event == "finished") {
     out.kind = TrainerEventKind::kFinished;
     ParseFinished(j, options, &out);
@@ -331,8 +369,9 @@ ParsedLine TrainerEventParser::ParseStdoutLine(std::string_view line,
       *e.mutable_failed() = std::move(l.failure);
       out.kind = "failed";
       break;
-    case TrainerEventKind::kStopped:  // tern.v1.TrainerEvent has no parsed form:
-    case TrainerEventKind::kLog:      // ternd reads the json_line
+    case TrainerEventKind::kPhaseSwitch:  // tern.v1.TrainerEvent has no parsed form:
+    case TrainerEventKind::kStopped:
+    case TrainerEventKind::kLog:  // ternd reads the json_line
     case TrainerEventKind::kUnknown:
       break;
   }

@@ -12,7 +12,9 @@
 //                 images_per_second, eta_seconds, reg_lambda, phase; and,
 //                 only when present and >= 0, step_seconds,
 //                 allreduce_seconds, data_wait_seconds, gpu_memory_bytes,
-//                 gpu_peak_memory_bytes) + kappa
+//                 gpu_peak_memory_bytes; from "regularizer" when present:
+//                 reg_grad_share, cos_wt, layers {name, numel, cos_wt,
+//                 reg_grad_share}) + kappa
 //   epoch_end  -> EpochEnd: metrics {epoch, eval_split, train_loss,
 //                 eval_loss = ternary.loss (fp.loss if no ternary),
 //                 fp_top1/5 = fp.top1/5, ternary_top1/5 = ternary.top1/5,
@@ -27,7 +29,11 @@
 //   finished   -> JobResult {artifact_path, artifact_bytes, bits_per_weight,
 //                 fp_top1/5 = fp.*, ternary_top1/5 = artifact.* (the
 //                 re-loaded .tern; ternary.* when absent), layers, epochs,
-//                 steps, wall_seconds, images_per_second, detections_path}
+//                 steps, wall_seconds, images_per_second, detections_path,
+//                 val_fp_top1 / val_ternary_top1 = val.fp / val.ternary .top1}
+//   phase_switch -> PhaseSwitch {step, epoch, eval_split, fp_top1 = fp.top1,
+//                 ternary_top1 = ternary.top1, ternary_bn_top1 =
+//                 ternary_bn.top1, bn_batches, bn_kept, seconds}
 //   failed     -> StateReason {code (TRAINER_FAILED when empty),
 //                 message = reason}
 //   log        -> LogLine {rank, text} (agent- or ternd-made, see LogPayload)
@@ -62,6 +68,7 @@ enum class TrainerEventKind {
   kEpochEnd,
   kCheckpoint,
   kStopped,  // stopped on request at a committed checkpoint (every rank)
+  kPhaseSwitch,
   kFinished,
   kFailed,
   kLog,
@@ -86,6 +93,7 @@ struct TrainerLine {
   v1::CheckpointCommitted checkpoint;  // checkpoint, stopped
   double checkpoint_seconds = -1;      // checkpoint: "seconds" the save took
   v1::JobResult result;                // finished; artifact_sha256 is left to ternd
+  v1::PhaseSwitch phase_switch;
   v1::StateReason failure;
   v1::LogLine log;
 };

@@ -26,6 +26,17 @@ expect "$work/acc.md" 'start from the FP run' "the header does not say the runs 
 jq -s -e 'map(select(.event == "started"))[0].init_from.loaded > 0' "$work/acc/hla-seed1/events.jsonl" >/dev/null \
   || fail "HLA seed 1 did not start from the FP model"
 
+# The HLA study's smoke grid, made tiny: paired runs, the CSV, the rule's output.
+bash "$root/bench/hla_study.sh" --cpu-smoke --trainer "$trainer" --max-train 320 --val-images 64 \
+  --max-eval 64 --batch 32 --width 0.25 --epochs 1 --threads 1 --out "$work/study" \
+  >"$work/study.txt" 2>"$work/study.log" || { tail -20 "$work/study.log"; fail "hla_study.sh failed"; }
+[[ $(wc -l <"$work/study/study.csv") -eq 9 ]] || { cat "$work/study/study.csv"; fail "not 8 runs in study.csv"; }
+expect "$work/study.txt" '^DECISION RULE' "the analysis does not state the rule"
+expect "$work/study.txt" 'hla-l1e-1-s0.5 vs hla-l0-s0.5: s0 [-+][0-9.]+, s1 [-+][0-9.]+; .*NO VERDICT \(2 seeds < 3\)' \
+  "no paired lambda comparison"
+expect "$work/study.txt" 'at the switch: FP [0-9.]+ -> ternary [0-9.]+ -> after BN [0-9.]+' "no switch diagnostics"
+grep -q "unpaired seeds \\['" "$work/study.txt" && fail "paired runs were reported unpaired"
+
 # Throughput: ResNet-18 on synthetic 32×32 input, with FLOP/s against the matmul rate.
 bash "$root/bench/trainer_throughput.sh" --trainer "$trainer" --methods "fp hla" --arch resnet18 \
   --synthetic --input-size 32 --width 0.125 --threads 2 --batch 8 --steps 4 --warmup 1 --flops \

@@ -70,6 +70,9 @@ JobSpec FullSpec() {
   q->set_kappa_end(40.0);
   q->set_clip(1.5);
   q->set_packing(v1::PACKING_BASE3);
+  q->set_bn_recalibration_batches(16);
+  q->set_recalibrate_bn_at_switch(true);
+  q->set_recalibrate_bn_before_export(true);
 
   v1::OptimizationSpec* opt = spec.mutable_optimization();
   opt->set_optimizer(v1::OPTIMIZER_ADAMW);
@@ -349,6 +352,9 @@ TEST(JobSpecJsonTest, JsonKeysAreStable) {
       "quantization.clip double?",
       "quantization.packing enum = PACKING_UNSPECIFIED|PACKING_2BIT|"
       "PACKING_BASE3",
+      "quantization.bn_recalibration_batches int32",
+      "quantization.recalibrate_bn_at_switch bool",
+      "quantization.recalibrate_bn_before_export bool",
       "optimization.optimizer enum = OPTIMIZER_UNSPECIFIED|OPTIMIZER_SGD|"
       "OPTIMIZER_ADAMW",
       "optimization.lr double?",

@@ -249,6 +249,9 @@ v1::JobSpec FullValidSpec() {
   q->set_kappa_end(40.0);
   q->set_clip(1.5);
   q->set_packing(v1::PACKING_BASE3);
+  q->set_bn_recalibration_batches(16);
+  q->set_recalibrate_bn_at_switch(true);
+  q->set_recalibrate_bn_before_export(true);
   v1::OptimizationSpec* o = spec.mutable_optimization();
   o->set_optimizer(v1::OPTIMIZER_ADAMW);
   o->set_lr(0.003);

@@ -94,6 +94,22 @@ TEST(CheckJobSpecTest, DetectionRules) {
             std::vector<std::string>{"dataset.kind: TASK_DETECTION needs DATASET_COCO"});
 }
 
+TEST(CheckJobSpecTest, BatchNormRecalibrationRules) {
+  json spec = {{"task", "TASK_DETECTION"},
+               {"optimization", {{"epochs", 1}}},
+               {"dataset", {{"kind", "DATASET_COCO"}, {"path", "/d"}}},
+               {"quantization",
+                {{"recalibrate_bn_before_export", true}, {"bn_recalibration_batches", 10001}}}};
+  EXPECT_EQ(Messages(spec),
+            (std::vector<std::string>{
+                "quantization.bn_recalibration_batches: must be in [0, 10000], got 10001",
+                "quantization.recalibrate_bn_before_export: needs TASK_CLASSIFICATION"}));
+  spec["task"] = "TASK_CLASSIFICATION";
+  spec["dataset"] = {{"kind", "DATASET_IDX"}};
+  spec["quantization"]["bn_recalibration_batches"] = 0;
+  EXPECT_TRUE(Messages(spec).empty());
+}
+
 TEST(CheckJobSpecTest, ReadsProto3JsonSpellingsAndNormalizes) {
   json normalized;
   const json spec = {{"task", 2},

@@ -148,6 +148,58 @@ TEST(ParseTrainerLineTest, ParsesEpochEndFinishedCheckpointAndFailed) {
   EXPECT_EQ(failed->failure.message(), "x");
 }
 
+TEST(ParseTrainerLineTest, ParsesTheHlaDiagnosticsAndTheFinalValidationMetrics) {
+  auto progress = ParseTrainerLine(
+      R"({"event":"progress","step":50,"phase":1,"regularizer":{"lambda":0.1,"cos_wt":0.85,)"
+      R"("reg_grad_share":0.2,"seconds":0.01,"layers":[{"name":"blocks.0.conv1","numel":2304,)"
+      R"("cos_wt":0.8,"reg_grad_norm":0.1,"grad_norm":0.5,"reg_grad_share":0.2}]}})");
+  ASSERT_TRUE(progress.ok());
+  EXPECT_DOUBLE_EQ(progress->progress.reg_grad_share(), 0.2);
+  EXPECT_DOUBLE_EQ(progress->progress.cos_wt(), 0.85);
+  ASSERT_EQ(progress->progress.layers_size(), 1);
+  EXPECT_EQ(progress->progress.layers(0).name(), "blocks.0.conv1");
+  EXPECT_EQ(progress->progress.layers(0).numel(), 2304);
+  EXPECT_DOUBLE_EQ(progress->progress.layers(0).cos_wt(), 0.8);
+  EXPECT_DOUBLE_EQ(progress->progress.layers(0).reg_grad_share(), 0.2);
+  auto plain = ParseTrainerLine(R"({"event":"progress","step":50})");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->progress.has_reg_grad_share());
+  EXPECT_EQ(plain->progress.layers_size(), 0);
+
+  auto sw = ParseTrainerLine(
+      R"({"event":"phase_switch","step":84,"epoch":2,"eval_split":"val","fp":{"top1":0.8},)"
+      R"("ternary":{"top1":0.6},"ternary_bn":{"top1":0.75},"bn_batches":16,"bn_kept":false,)"
+      R"("seconds":3.5})");
+  ASSERT_TRUE(sw.ok());
+  EXPECT_EQ(sw->kind, TrainerEventKind::kPhaseSwitch);
+  EXPECT_EQ(sw->phase_switch.step(), 84);
+  EXPECT_EQ(sw->phase_switch.epoch(), 2);
+  EXPECT_EQ(sw->phase_switch.eval_split(), "val");
+  EXPECT_DOUBLE_EQ(sw->phase_switch.fp_top1(), 0.8);
+  EXPECT_DOUBLE_EQ(sw->phase_switch.ternary_top1(), 0.6);
+  EXPECT_DOUBLE_EQ(sw->phase_switch.ternary_bn_top1(), 0.75);
+  EXPECT_EQ(sw->phase_switch.bn_batches(), 16);
+  EXPECT_FALSE(sw->phase_switch.bn_kept());
+  auto detection = ParseTrainerLine(R"({"event":"phase_switch","ternary_bn":null})");
+  ASSERT_TRUE(detection.ok());
+  EXPECT_FALSE(detection->phase_switch.has_ternary_bn_top1());
+
+  const char* finished = R"({"event":"finished","fp":{"top1":0.9},"artifact":{"top1":0.88},)"
+                         R"("val":{"fp":{"top1":0.91},"ternary":{"top1":0.89}}})";
+  auto done = ParseTrainerLine(finished);
+  ASSERT_TRUE(done.ok());
+  EXPECT_DOUBLE_EQ(done->result.val_fp_top1(), 0.91);
+  EXPECT_DOUBLE_EQ(done->result.val_ternary_top1(), 0.89);
+  ParseOptions fp;
+  fp.full_precision = true;
+  auto fp_done = ParseTrainerLine(finished, fp);
+  ASSERT_TRUE(fp_done.ok());
+  EXPECT_FALSE(fp_done->result.has_val_ternary_top1());
+  auto no_val = ParseTrainerLine(R"({"event":"finished","artifact":{"top1":0.88}})");
+  ASSERT_TRUE(no_val.ok());
+  EXPECT_FALSE(no_val->result.has_val_fp_top1());
+}
+
 TEST(ParseTrainerLineTest, DetectionMetricsCarryTheTwelveCocoNumbers) {
   StatusOr<TrainerLine> epoch =
       ParseTrainerLine(R"({"event":"epoch_end","rank":0,"epoch":1,"eval_split":"val",)"
@@ -217,10 +269,10 @@ v1::JobSpec Spec(v1::QuantMethod method = v1::METHOD_HLA, int epochs = 3) {
 TEST(TrainerEventParserTest, StartedCarriesPidDeviceAndResumeStep) {
   TrainerEventParser parser(Spec(), 4242);
   const auto now = TimeUtil::SecondsToTimestamp(1000);
-  ParsedLine p = parser.ParseStdoutLine(
-      R"({"event":"started","job":"j","rank":0,"world_size":2,"time":1.5,)"
-      R"("resumed_from_step":-1,"steps_per_epoch":100,"device":"cpu"})",
-      now);
+  ParsedLine p =
+      parser.ParseStdoutLine(R"({"event":"started","job":"j","rank":0,"world_size":2,"time":1.5,)"
+                             R"("resumed_from_step":-1,"steps_per_epoch":100,"device":"cpu"})",
+                             now);
   EXPECT_EQ(p.kind, "started");
   ASSERT_TRUE(p.event.has_started());
   EXPECT_EQ(p.event.started().pid(), 4242);

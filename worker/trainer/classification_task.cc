@@ -16,6 +16,9 @@ namespace {
 
 using json = nlohmann::json;
 
+// Seeds the BatchNorm re-estimation's batch order (xor the run's seed).
+constexpr uint64_t kRecalibrationSalt = 0x6e2f1a9b3c5d7e81ULL;
+
 // Appends a batch's labels and logits (float [b, classes]) to the
 // predictions file's {"labels": [...], "logits": [[...], ...]}, in split order.
 void AppendPredictions(const at::Tensor& logits, const at::Tensor& labels, json& out) {
@@ -133,6 +136,27 @@ class ClassificationTask : public TrainingTask {
       logits = model_->forward(x);  // [b/M, classes]
     }
     return at::cross_entropy_loss(logits.to(at::kFloat), y);
+  }
+
+  StatusOr<int64_t> ForwardRecalibrationBatches(int64_t batches) override {
+    // Batches of a sampler of its own (seeded from the run's seed), so the
+    // training order is untouched and every method sees the same images.
+    const ShardedSampler sampler(train_size(), spec_.optim.batch_size, ctx_.rank, ctx_.world_size,
+                                 spec_.optim.seed ^ kRecalibrationSalt,
+                                 /*shuffle=*/true);
+    const NormalizationTensors norm =
+        MakeNormalizationTensors(norm_, data_.train.channels(), ctx_.device);
+    torch::NoGradGuard no_grad;
+    for (int64_t k = 0; k < batches; ++k) {
+      const std::vector<int64_t> rows =
+          sampler.Indices(k / sampler.steps_per_epoch(), k % sampler.steps_per_epoch());
+      const at::Tensor index = at::tensor(rows, at::kLong);
+      at::Tensor x = NormalizeBatch(data_.train.images.index_select(0, index).to(ctx_.device),
+                                    norm);  // [b, C, H, W], as evaluation sees it
+      if (ctx_.channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+      model_->forward(x);
+    }
+    return batches;
   }
 
   std::string eval_split_name() const override {

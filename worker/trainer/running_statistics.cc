@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "worker/trainer/distributed.h"
+
 namespace tern::trainer {
 namespace {
 
@@ -67,6 +69,44 @@ void RunningStatistics::EndMicroBatch(int m) {
   // The last one: the mean of the results; the counters moved once, from
   // the step's values (restored before this forward).
   for (size_t i = 0; i < stats_.size(); ++i) stats_[i].copy_(sum_[i].div_(micro_));
+}
+
+StatusOr<int64_t> ReestimateBatchNorm(torch::nn::Module& model, RunningStatistics& stats,
+                                      Communicator* comm,
+                                      const std::function<StatusOr<int64_t>()>& forward) {
+  std::vector<torch::nn::BatchNorm2dImpl*> norms;
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) {
+      if (bn->options.track_running_stats()) norms.push_back(bn);
+    }
+  }
+  std::vector<at::Tensor> saved;  // stats.averaged(), then counters()
+  std::vector<c10::optional<double>> momenta;
+  {
+    torch::NoGradGuard no_grad;
+    for (const at::Tensor& t : stats.averaged()) saved.push_back(t.clone());
+    for (const at::Tensor& t : stats.counters()) saved.push_back(t.clone());
+    for (auto* bn : norms) {
+      momenta.push_back(bn->options.momentum());
+      bn->options.momentum(c10::nullopt);  // cumulative average over the batches
+      bn->reset_running_stats();
+    }
+  }
+  const bool was_training = model.is_training();
+  model.train();
+  StatusOr<int64_t> ran = forward();
+  model.train(was_training);
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < norms.size(); ++i) norms[i]->options.momentum(momenta[i]);
+  const size_t n = stats.averaged().size();
+  for (size_t i = 0; i < stats.counters().size(); ++i) stats.counters()[i].copy_(saved[n + i]);
+  Status reduced = ran.ok() && comm != nullptr ? comm->AllReduceMean(stats.averaged()) : OkStatus();
+  if (!ran.ok() || !reduced.ok()) {
+    for (size_t i = 0; i < n; ++i) stats.averaged()[i].copy_(saved[i]);
+    if (!ran.ok()) return ran.status();
+    return reduced;
+  }
+  return ran;
 }
 
 }  // namespace tern::trainer

@@ -30,10 +30,15 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "common/status.h"
+
 namespace tern::trainer {
+
+class Communicator;
 
 class RunningStatistics {
  public:
@@ -63,6 +68,20 @@ class RunningStatistics {
   std::vector<at::Tensor> start_;
   std::vector<at::Tensor> sum_;
 };
+
+// Re-estimates every BatchNorm2d's running statistics from scratch with the
+// weights the model holds now (docs/METHOD.md, "BatchNorm re-estimation"):
+// `forward` runs the model's training-mode forward (no gradient) over this
+// rank's batches; each running_mean / running_var becomes the plain mean over
+// those batches of the batch mean / unbiased batch variance (BatchNorm's
+// cumulative average), then the mean over the ranks of `comm` (a collective:
+// every rank calls it; nullptr or an unconnected one: this rank alone).
+// num_batches_tracked and the momentum are left as they were. Returns what
+// `forward` returned (the number of batches); on its failure the statistics
+// are restored. Blocking.
+StatusOr<int64_t> ReestimateBatchNorm(torch::nn::Module& model, RunningStatistics& stats,
+                                      Communicator* comm,
+                                      const std::function<StatusOr<int64_t>()>& forward);
 
 }  // namespace tern::trainer
 

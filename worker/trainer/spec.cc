@@ -119,6 +119,9 @@ Status ReadQuant(const json& root, TrainerSpec* spec) {
   Read(j, "kappa_start", &q.kappa_start);
   Read(j, "kappa_end", &q.kappa_end);
   Read(j, "clip", &q.clip);
+  Read(j, "bn_recalibration_batches", &q.bn_recalibration_batches);
+  Read(j, "recalibrate_bn_at_switch", &q.recalibrate_bn_at_switch);
+  Read(j, "recalibrate_bn_before_export", &q.recalibrate_bn_before_export);
   return OkStatus();
 }
 
@@ -194,7 +197,9 @@ json ToJobSpecJson(const TrainerSpec& s) {
       {"packing", EnumName("quantization.packing", quant::PackingName(q.packing))},
       {"keep_first_fp", q.keep_first_fp},
       {"keep_last_fp", q.keep_last_fp},
-      {"normalize", q.normalize}};
+      {"normalize", q.normalize},
+      {"recalibrate_bn_at_switch", q.recalibrate_bn_at_switch},
+      {"recalibrate_bn_before_export", q.recalibrate_bn_before_export}};
   PutNumber(&j, "quantization.twn_delta_factor", q.twn_delta_factor);
   PutNumber(&j, "quantization.lat_iterations", q.lat_iterations);
   PutNumber(&j, "quantization.lat_epsilon", q.lat_epsilon);
@@ -207,6 +212,7 @@ json ToJobSpecJson(const TrainerSpec& s) {
   PutNumber(&j, "quantization.kappa_start", q.kappa_start);
   PutNumber(&j, "quantization.kappa_end", q.kappa_end);
   PutNumber(&j, "quantization.clip", q.clip);
+  PutNumber(&j, "quantization.bn_recalibration_batches", q.bn_recalibration_batches);
 
   const OptimConfig& o = s.optim;
   j["optimization"] = {{"optimizer", EnumName("optimization.optimizer", o.optimizer)},

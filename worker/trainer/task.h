@@ -98,6 +98,17 @@ class TrainingTask {
   // global batch, so averaged gradients equal one big batch's.
   virtual at::Tensor MicroBatchLoss(int m, int micro) = 0;
 
+  // BatchNorm re-estimation (running_statistics.h, ReestimateBatchNorm):
+  // runs the network's forward, as it is (mode, weights), without gradient,
+  // on this rank's share of `batches` global batches of unaugmented training
+  // images, the same ones for every method given the seed. Returns the
+  // number of batches run. Detection: UNIMPLEMENTED (the spec rules refuse
+  // the options that need it; docs/METHOD.md).
+  virtual StatusOr<int64_t> ForwardRecalibrationBatches(int64_t batches) {
+    (void)batches;
+    return UnimplementedError("BatchNorm re-estimation: classification only");
+  }
+
   // "val" or "test": what EvalSplit::kEval evaluates.
   virtual std::string eval_split_name() const = 0;
   // Metrics of `model` (the training network or one BuildFromArchitecture

@@ -66,6 +66,24 @@ json LayerStatsJson(const std::vector<quant::LayerStats>& stats, int64_t steps_i
   return out;
 }
 
+// A progress line's "regularizer" object (docs/EVENTS.md).
+json RegularizerJson(const quant::RegularizerSample& sample, double seconds) {
+  json layers = json::array();
+  for (const auto& l : sample.layers) {
+    layers.push_back({{"name", l.name},
+                      {"numel", l.numel},
+                      {"cos_wt", l.cos_wt},
+                      {"reg_grad_norm", l.reg_grad_norm},
+                      {"grad_norm", l.grad_norm},
+                      {"reg_grad_share", l.grad_norm > 0 ? l.reg_grad_norm / l.grad_norm : 0.0}});
+  }
+  return {{"lambda", sample.lambda},
+          {"cos_wt", sample.MeanCosine()},
+          {"reg_grad_share", sample.RegGradShare()},
+          {"seconds", seconds},
+          {"layers", layers}};
+}
+
 // Learning rate at `step` of `total` (linear warm-up, then cosine or step).
 double LearningRate(const OptimConfig& o, int64_t step, int64_t total, int64_t steps_per_epoch) {
   const double warmup = o.warmup_epochs * static_cast<double>(steps_per_epoch);
@@ -113,6 +131,7 @@ struct Session {
   // Seconds spent since the last progress event (rank-local).
   double data_wait_seconds = 0;
   double allreduce_seconds = 0;
+  double sample_seconds = 0;  // the last regularizer sample's AfterBackward
   json init_from;  // what model.init_from loaded (rank 0), for "started"
 };
 
@@ -387,6 +406,21 @@ Status StopAtCommittedCheckpoint(Session& s, EventWriter& events) {
 
 // ------------------------------------------------------------- evaluation
 
+// Metrics of the ternary model (what the schedule's end installs: the FP
+// model for METHOD_FP) on `split`, sharded over the ranks (a collective).
+StatusOr<json> EvaluateTernary(Session& s, EvalSplit split) {
+  EvalRequest request;
+  request.split = split;
+  s.quant->SetProgress(1.0);  // the final, ternary forward
+  {
+    torch::NoGradGuard no_grad;
+    s.quant->BeforeForward();
+  }
+  StatusOr<json> metrics = s.task->Evaluate(*s.model, request);
+  s.quant->SetProgress(static_cast<double>(s.global_step) / s.total_steps);
+  return metrics;
+}
+
 // Metrics of the FP twin (latent weights) and of the ternary model on the
 // evaluation split, sharded over the ranks (a collective).
 StatusOr<std::pair<json, json>> EvaluateFpAndTernary(Session& s, EvalSplit split) {
@@ -397,15 +431,85 @@ StatusOr<std::pair<json, json>> EvaluateFpAndTernary(Session& s, EvalSplit split
   TERN_ASSIGN_OR_RETURN(json fp, s.task->Evaluate(*s.model, request));
   json ternary = fp;
   if (s.spec.quant.quantized()) {
-    s.quant->SetProgress(1.0);  // the final, ternary forward
-    {
-      torch::NoGradGuard no_grad;
-      s.quant->BeforeForward();
-    }
-    TERN_ASSIGN_OR_RETURN(ternary, s.task->Evaluate(*s.model, request));
-    s.quant->SetProgress(static_cast<double>(s.global_step) / s.total_steps);
+    TERN_ASSIGN_OR_RETURN(ternary, EvaluateTernary(s, split));
   }
   return std::make_pair(fp, ternary);
+}
+
+// quantization.bn_recalibration_batches, 0 resolved: about 2048 images.
+int64_t RecalibrationBatches(const Session& s) {
+  const int64_t k = s.spec.quant.bn_recalibration_batches;
+  if (k > 0) return k;
+  const int64_t batch = s.spec.optim.batch_size;
+  return (2048 + batch - 1) / batch;
+}
+
+// Re-estimates the BatchNorm running statistics with the ternary weights
+// (the final schedule's forward) on RecalibrationBatches() training batches,
+// averaged over the ranks (a collective). Returns the number of batches.
+StatusOr<int64_t> ReestimateWithTernaryWeights(Session& s) {
+  s.quant->SetProgress(1.0);
+  {
+    torch::NoGradGuard no_grad;
+    s.quant->BeforeForward();
+  }
+  const int64_t batches = RecalibrationBatches(s);
+  StatusOr<int64_t> ran = ReestimateBatchNorm(*s.model, *s.running_stats, s.comm.get(), [&] {
+    return s.task->ForwardRecalibrationBatches(batches);
+  });
+  s.quant->SetProgress(static_cast<double>(s.global_step) / s.total_steps);
+  return ran;
+}
+
+// The switch from phase 1 (FP forward) to phase 2 (ternary forward), before
+// the first ternary step: top-1 on the evaluation split of the FP forward
+// and of the ternary forward with phase 1's BatchNorm statistics, and of the
+// ternary forward with statistics re-estimated on the ternary weights (kept
+// only with quantization.recalibrate_bn_at_switch). A collective; rank 0
+// writes `phase_switch` (docs/EVENTS.md).
+Status PhaseSwitch(Session& s, EventWriter& events) {
+  const auto start = Clock::now();
+  TERN_ASSIGN_OR_RETURN(const auto raw, EvaluateFpAndTernary(s, EvalSplit::kEval));
+  json recalibrated = nullptr;
+  int64_t batches = 0;
+  const bool keep = s.spec.quant.recalibrate_bn_at_switch;
+  if (s.spec.task == "classification") {
+    std::vector<at::Tensor> saved;
+    for (const at::Tensor& t : s.running_stats->averaged()) saved.push_back(t.clone());
+    TERN_ASSIGN_OR_RETURN(batches, ReestimateWithTernaryWeights(s));
+    TERN_ASSIGN_OR_RETURN(recalibrated, EvaluateTernary(s, EvalSplit::kEval));
+    if (!keep) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < saved.size(); ++i) s.running_stats->averaged()[i].copy_(saved[i]);
+    }
+  }
+  if (s.run.rank == 0) {
+    events.Emit("phase_switch", {{"step", s.global_step},
+                                 {"epoch", s.global_step / s.steps_per_epoch + 1},
+                                 {"eval_split", s.task->eval_split_name()},
+                                 {"fp", raw.first},
+                                 {"ternary", raw.second},
+                                 {"ternary_bn", recalibrated},
+                                 {"bn_batches", batches},
+                                 {"bn_images", batches * s.spec.optim.batch_size},
+                                 {"bn_kept", keep && batches > 0},
+                                 {"seconds", Seconds(start)}});
+  }
+  return OkStatus();
+}
+
+// FNV-1a over the bytes of `tensors` (CPU, contiguous copies): equal digests
+// mean equal values bit for bit.
+std::string Digest(const std::vector<at::Tensor>& tensors) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const at::Tensor& t : tensors) {
+    const at::Tensor c = t.detach().to(at::kCPU).contiguous();
+    const auto* bytes = static_cast<const unsigned char*>(c.data_ptr());
+    for (size_t i = 0; i < c.nbytes(); ++i) h = (h ^ bytes[i]) * 1099511628211ULL;
+  }
+  char out[17];
+  std::snprintf(out, sizeof(out), "%016llx", static_cast<unsigned long long>(h));
+  return out;
 }
 
 // CUDA caching allocator: bytes allocated now and at the peak on this rank's
@@ -430,7 +534,9 @@ std::optional<std::pair<int64_t, int64_t>> GpuMemoryBytes(const Session& s) {
 // One optimizer step over this rank's share of the global batch, split into
 // micro-batches. Returns the mean task loss of the rank's share as a detached
 // scalar on the device: reading it (a GPU sync) is left to the caller.
-StatusOr<at::Tensor> TrainStep(Session& s) {
+// A non-null `sample` receives the regularizer diagnostics of this step
+// (TernaryModel::AfterBackward).
+StatusOr<at::Tensor> TrainStep(Session& s, quant::RegularizerSample* sample) {
   const int micro = s.spec.optim.micro_batches;
   auto waited = Clock::now();
   TERN_RETURN_IF_ERROR(s.task->NextBatch());
@@ -483,7 +589,9 @@ StatusOr<at::Tensor> TrainStep(Session& s) {
         return grads;
       }()));
   s.allreduce_seconds += Seconds(reduce_start);
-  s.quant->AfterBackward();
+  const auto after_start = Clock::now();
+  s.quant->AfterBackward(sample);
+  if (sample != nullptr) s.sample_seconds = Seconds(after_start);
   s.optimizer->step();
   return loss_sum / micro;
 }
@@ -491,9 +599,13 @@ StatusOr<at::Tensor> TrainStep(Session& s) {
 StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
   const auto start = Clock::now();
   TERN_ASSIGN_OR_RETURN(bool resumed, LoadNewestCheckpoint(s));
+  json init_digest = nullptr;  // fresh starts only
   if (!resumed) {
     // Every rank starts from rank 0's weights and quantizer state.
     TERN_RETURN_IF_ERROR(s.comm->Broadcast(ReplicatedState(s), 0));
+    std::vector<at::Tensor> initial = s.model->parameters();
+    for (const auto& b : s.model->buffers()) initial.push_back(b);
+    init_digest = Digest(initial);
   }
   const TrainerSpec& spec = s.spec;
   const int64_t local_batch = spec.optim.batch_size / s.run.world_size;
@@ -509,7 +621,15 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
                             {"method", quant::MethodName(spec.quant.method)},
                             {"arch", json::parse(s.task->architecture_json())},
                             {"device", s.device.str()},
-                            {"process_group", s.comm->connected() ? s.comm->backend() : "none"}});
+                            {"process_group", s.comm->connected() ? s.comm->backend() : "none"},
+                            // Paired runs (docs/RESULTS.md): the same seed gives the
+                            // same initial model and the same batch order whatever
+                            // the method.
+                            {"init_digest", init_digest},
+                            {"data_digest", [&] {
+                               const auto perm = s.sampler->Permutation(0);
+                               return Digest({at::tensor(*perm, at::kLong)});
+                             }()}});
   }
   TERN_LOG(INFO) << "training " << spec.model.arch << " with " << quant::MethodName(spec.quant.method)
                  << " for " << s.total_steps << " steps from step " << s.global_step;
@@ -521,6 +641,14 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
   int64_t steps_since = 0;
   auto window_start = Clock::now();
   int64_t steps_in_stats_window = 0;
+  // The phase before the next step, to catch the switch to the ternary
+  // forward (a resumed run past it does not see it again).
+  bool was_ternary =
+      quant::ComputeSchedule(
+          spec.quant, static_cast<double>(std::max<int64_t>(0, s.global_step - 1)) / s.total_steps)
+          .ternary_forward;
+  const bool sample_regularizer = spec.quant.quantized() && spec.quant.use_regularizer;
+  std::optional<std::pair<json, json>> last_eval;  // the last epoch's evaluation
   for (int64_t epoch = s.global_step / s.steps_per_epoch; epoch < spec.optim.epochs; ++epoch) {
     const auto epoch_start = Clock::now();
     const int64_t first_step = s.global_step % s.steps_per_epoch;
@@ -532,10 +660,17 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       const double lr = LearningRate(spec.optim, s.global_step, s.total_steps, s.steps_per_epoch);
       SetLearningRate(*s.optimizer, lr);
       s.quant->SetProgress(static_cast<double>(s.global_step) / s.total_steps);
-      TERN_ASSIGN_OR_RETURN(const at::Tensor step_loss, TrainStep(s));
-      epoch_loss.add_(step_loss);
+      if (s.quant->schedule().ternary_forward && !was_ternary) {
+        TERN_RETURN_IF_ERROR(PhaseSwitch(s, events));
+      }
+      was_ternary = s.quant->schedule().ternary_forward;
       const bool last = s.global_step + 1 == s.total_steps;
       const bool report = (s.global_step + 1) % spec.progress_every_steps == 0 || last;
+      // The regularizer's diagnostics, on the steps that report.
+      quant::RegularizerSample sample;
+      const bool sampled = report && sample_regularizer;
+      TERN_ASSIGN_OR_RETURN(const at::Tensor step_loss, TrainStep(s, sampled ? &sample : nullptr));
+      epoch_loss.add_(step_loss);
       // Reading a CUDA loss waits for the step to finish: on a GPU only when
       // reporting (divergence is caught within progress_every_steps steps),
       // so that the CPU queues the next steps meanwhile; on the CPU every step.
@@ -579,6 +714,7 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
             progress["gpu_memory_bytes"] = memory->first;
             progress["gpu_peak_memory_bytes"] = memory->second;
           }
+          if (sampled) progress["regularizer"] = RegularizerJson(sample, s.sample_seconds);
           events.Emit("progress", progress);
         }
         images_since = 0;
@@ -601,6 +737,7 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
     }
     // Epoch end: metrics of the FP twin and the ternary model, layer stats.
     TERN_ASSIGN_OR_RETURN(auto metrics, EvaluateFpAndTernary(s, EvalSplit::kEval));
+    last_eval = metrics;
     const auto stats = s.quant->Stats(/*reset_flips=*/true);
     if (s.run.rank == 0) {
       events.Emit("epoch_end",
@@ -625,6 +762,19 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
   if (s.stop_vote.item<float>() > 0) return StopAtCommittedCheckpoint(s, events);
   TrainResult result;
   result.steps = s.global_step;
+  int64_t final_bn_batches = 0;
+  if (spec.quant.recalibrate_bn_before_export) {
+    TERN_ASSIGN_OR_RETURN(final_bn_batches, ReestimateWithTernaryWeights(s));
+    last_eval.reset();  // the statistics changed
+  }
+  // The final epoch's validation metrics (never a best epoch's).
+  if (eval_split == "val") {
+    if (!last_eval) {
+      TERN_ASSIGN_OR_RETURN(last_eval, EvaluateFpAndTernary(s, EvalSplit::kEval));
+    }
+    result.val_fp = last_eval->first;
+    result.val_ternary = last_eval->second;
+  }
   TERN_ASSIGN_OR_RETURN(auto final_metrics, EvaluateFpAndTernary(s, EvalSplit::kTest));
   result.fp = final_metrics.first;
   result.ternary = final_metrics.second;
@@ -661,15 +811,19 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       result.wall_seconds > 0 ? static_cast<double>(s.global_step) * spec.optim.batch_size / result.wall_seconds : 0;
   if (s.run.rank == 0) {
     json finished = {{"fp", result.fp},
-                             {"ternary", result.ternary},
-                             {"artifact", result.artifact},
-                             {"artifact_path", result.artifact_path},
-                             {"artifact_bytes", result.artifact_bytes},
-                             {"bits_per_weight", result.bits_per_weight},
-                             {"steps", result.steps},
-                             {"wall_seconds", result.wall_seconds},
-                             {"images_per_second", result.images_per_second},
-                             {"layers", LayerStatsJson(result.layers, 0)}};
+                     {"ternary", result.ternary},
+                     {"artifact", result.artifact},
+                     {"artifact_path", result.artifact_path},
+                     {"artifact_bytes", result.artifact_bytes},
+                     {"bits_per_weight", result.bits_per_weight},
+                     {"steps", result.steps},
+                     {"wall_seconds", result.wall_seconds},
+                     {"images_per_second", result.images_per_second},
+                     {"layers", LayerStatsJson(result.layers, 0)},
+                     {"bn_recalibration_batches", final_bn_batches}};
+    if (eval_split == "val") {
+      finished["val"] = {{"fp", result.val_fp}, {"ternary", result.val_ternary}};
+    }
     if (result.artifact.contains("results_path")) {
       finished["detections_path"] = result.artifact["results_path"];
     }

@@ -43,6 +43,10 @@ struct TrainResult {
   nlohmann::json fp;              // latent FP weights ("FP twin")
   nlohmann::json ternary;         // the ternary model during training
   nlohmann::json artifact;        // the exported `.tern`, re-loaded (rank 0)
+  // With a validation split (dataset.val_fraction > 0): the FP twin and the
+  // ternary model on it at the final epoch; null otherwise.
+  nlohmann::json val_fp;
+  nlohmann::json val_ternary;
   std::string artifact_path;
   int64_t artifact_bytes = 0;
   double bits_per_weight = 0;

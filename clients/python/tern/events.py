@@ -155,6 +155,20 @@ class Finished(Event):
     _describe = lambda self: _describe_result(self.data)  # noqa: E731
 
 
+class PhaseSwitch(Event):
+    """HLA's switch to the ternary forward: eval top-1 before, after, after BatchNorm re-estimation."""
+
+    kind = "phase_switch"
+
+    def _describe(self):
+        d = self.data
+        text = (f"step {d.step}: {d.eval_split} top-1 FP {100 * d.fp_top1:.2f}%, "
+                f"ternary {100 * d.ternary_top1:.2f}%")
+        if d.HasField("ternary_bn_top1"):
+            text += f", after BatchNorm re-estimation {100 * d.ternary_bn_top1:.2f}%"
+        return text
+
+
 class LogLine(Event):
     kind = "log"
     rank = property(lambda self: self.data.rank)
@@ -172,7 +186,8 @@ class UnknownEvent(Event):
 
 
 _BY_KIND = {cls.kind: cls for cls in (StateChanged, ProgressEvent, EpochEnded, CheckpointCommitted,
-                                      AttemptStarted, TrainerFinished, Finished, LogLine)}
+                                      AttemptStarted, TrainerFinished, Finished, PhaseSwitch,
+                                      LogLine)}
 
 
 def event_from_proto(proto):

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "quant/ternary_model.h"
 #include "worker/trainer/distributed.h"
 
 namespace tern::trainer {
@@ -81,6 +82,123 @@ void ExpectEqualBuffers(const std::vector<at::Tensor>& a, const std::vector<at::
     EXPECT_TRUE(torch::equal(a[i], b[i]))
         << what << ": buffer " << i << " differs by "
         << (a[i].to(at::kDouble) - b[i].to(at::kDouble)).abs().max().item<double>();
+  }
+}
+
+// TinyNet's batch statistics of `x` in training mode, computed by hand with
+// the convolution weights `w1`, `w3` (layers 0 and 3): {mean1, var1, mean4,
+// var4}, the variances unbiased (what BatchNorm's running_var tracks).
+std::vector<at::Tensor> BatchStatistics(nn::Sequential net, const at::Tensor& x,
+                                        const at::Tensor& w1, const at::Tensor& w3) {
+  torch::NoGradGuard no_grad;
+  auto* conv1 = net[0]->as<nn::Conv2dImpl>();
+  auto* bn1 = net[1]->as<nn::BatchNorm2dImpl>();
+  auto* conv2 = net[3]->as<nn::Conv2dImpl>();
+  const at::Tensor y1 = at::conv2d(x, w1, conv1->bias, {1, 1}, {1, 1});
+  const at::Tensor m1 = y1.mean({0, 2, 3});
+  const at::Tensor v1 = y1.var({0, 2, 3}, /*unbiased=*/false);
+  const at::Tensor z1 = (y1 - m1.view({1, -1, 1, 1})) / (v1.view({1, -1, 1, 1}) + 1e-5).sqrt() *
+                            bn1->weight.view({1, -1, 1, 1}) +
+                        bn1->bias.view({1, -1, 1, 1});
+  const at::Tensor y2 = at::conv2d(torch::relu(z1), w3, conv2->bias);
+  return {m1, y1.var({0, 2, 3}, /*unbiased=*/true), y2.mean({0, 2, 3}),
+          y2.var({0, 2, 3}, /*unbiased=*/true)};
+}
+
+// The quantized (TWN, every layer) TinyNet with its ternary weights installed.
+std::unique_ptr<quant::TernaryModel> TernaryWeights(nn::Sequential net) {
+  quant::QuantOptions o = quant::MakePreset(quant::Method::kTwn);
+  o.keep_first_fp = o.keep_last_fp = false;
+  auto quant = quant::TernaryModel::Attach(net.ptr(), o).value();
+  quant->SetProgress(1.0);
+  torch::NoGradGuard no_grad;
+  quant->BeforeForward();
+  return quant;
+}
+
+TEST(ReestimateBatchNormTest, RunningStatisticsBecomeTheTernaryModelsBatchStatistics) {
+  nn::Sequential net = TinyNet();
+  net->forward(Batch() * 3);  // running statistics far from the answer
+  const auto quant = TernaryWeights(net);
+  const at::Tensor w1 = net[0]->as<nn::Conv2dImpl>()->weight.clone();  // α·T
+  const at::Tensor w3 = net[3]->as<nn::Conv2dImpl>()->weight.clone();
+  const at::Tensor latent1 = net[0]->named_parameters()["weight"];
+  ASSERT_FALSE(torch::equal(w1, latent1)) << "the ternary weights are not installed";
+  torch::manual_seed(8);
+  const std::vector<at::Tensor> batches = {Batch(), torch::randn({8, 3, 6, 6})};
+  RunningStatistics stats(*net);
+  const std::vector<at::Tensor> counters = {stats.counters()[0].clone(),
+                                            stats.counters()[1].clone()};
+  net->eval();
+  auto ran = ReestimateBatchNorm(*net, stats, nullptr, [&]() -> StatusOr<int64_t> {
+    EXPECT_TRUE(net->is_training());
+    for (const at::Tensor& x : batches) net->forward(x);
+    return static_cast<int64_t>(batches.size());
+  });
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  EXPECT_EQ(*ran, 2);
+  EXPECT_FALSE(net->is_training());  // the mode is given back
+  // The plain mean of the two batches' statistics under the ternary weights.
+  const auto a = BatchStatistics(net, batches[0], w1, w3);
+  const auto b = BatchStatistics(net, batches[1], w1, w3);
+  const auto fp = BatchStatistics(net, batches[0], latent1, net[3]->named_parameters()["weight"]);
+  for (size_t i = 0; i < 4; ++i) {
+    const at::Tensor expected = (a[i] + b[i]) / 2;
+    EXPECT_TRUE(torch::allclose(stats.averaged()[i], expected, 1e-4, 1e-5))
+        << stats.names()[i] << ": " << stats.averaged()[i] << " vs " << expected;
+    EXPECT_FALSE(torch::allclose(stats.averaged()[i], (fp[i] + b[i]) / 2, 1e-3, 1e-4))
+        << stats.names()[i] << " does not tell ternary from FP weights";
+  }
+  EXPECT_TRUE(torch::equal(stats.counters()[0], counters[0]));  // steps, not batches
+  EXPECT_TRUE(torch::equal(stats.counters()[1], counters[1]));
+  EXPECT_EQ(net[1]->as<nn::BatchNorm2dImpl>()->options.momentum(), 0.1);  // restored
+}
+
+TEST(ReestimateBatchNormTest, AFailedForwardRestoresTheStatistics) {
+  nn::Sequential net = TinyNet();
+  net->forward(Batch());
+  RunningStatistics stats(*net);
+  const auto before = Buffers(net);
+  auto ran = ReestimateBatchNorm(*net, stats, nullptr, [&]() -> StatusOr<int64_t> {
+    net->forward(Batch() * 5);
+    return InternalError("the loader broke");
+  });
+  EXPECT_FALSE(ran.ok());
+  ExpectEqualBuffers(Buffers(net), before, "after a failed re-estimation");
+}
+
+// Each of two Gloo ranks forwards its own batch: both end with the mean of
+// the two batches' statistics, what one rank forwarding both gets.
+TEST(ReestimateBatchNormTest, TwoGlooRanksAverageTheirStatistics) {
+  nn::Sequential alone = TinyNet();
+  const auto quant_alone = TernaryWeights(alone);
+  torch::manual_seed(8);
+  const std::vector<at::Tensor> batches = {Batch(), torch::randn({8, 3, 6, 6})};
+  RunningStatistics stats_alone(*alone);
+  ASSERT_TRUE(ReestimateBatchNorm(*alone, stats_alone, nullptr, [&]() -> StatusOr<int64_t> {
+                for (const at::Tensor& x : batches) alone->forward(x);
+                return 2;
+              }).ok());
+  std::array<std::vector<at::Tensor>, 2> results;
+  RunTwoRanks(
+      [&](Communicator& comm) {
+        nn::Sequential net = CopyOf(alone);
+        const auto quant = TernaryWeights(net);
+        RunningStatistics stats(*net);
+        auto ran = ReestimateBatchNorm(*net, stats, &comm, [&]() -> StatusOr<int64_t> {
+          net->forward(batches[comm.rank()]);
+          return 1;
+        });
+        EXPECT_TRUE(ran.ok()) << ran.status();
+        for (const at::Tensor& t : stats.averaged()) results[comm.rank()].push_back(t.clone());
+      },
+      /*bucket_bytes=*/1 << 20);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(results[r].size(), 4u);
+    for (size_t i = 0; i < 4; ++i) {
+      EXPECT_TRUE(torch::allclose(results[r][i], stats_alone.averaged()[i], 1e-5, 1e-6))
+          << "rank " << r << " " << stats_alone.names()[i];
+    }
   }
 }
 

@@ -117,6 +117,25 @@ TEST(TrainerSpecTest, KnobsTheMethodDoesNotUseAreIgnored) {
       "quantization.reg_fraction: must be in [0, 1)");
 }
 
+TEST(TrainerSpecTest, ReadsAndWritesBatchNormRecalibration) {
+  auto spec = ParseTrainerSpec(R"({
+    "quantization": {"bn_recalibration_batches": 7, "recalibrate_bn_at_switch": true,
+                     "recalibrate_bn_before_export": true},
+    "optimization": {"epochs": 1}
+  })");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->quant.bn_recalibration_batches, 7);
+  EXPECT_TRUE(spec->quant.recalibrate_bn_at_switch);
+  EXPECT_TRUE(spec->quant.recalibrate_bn_before_export);
+  auto again = ParseTrainerSpec(ToJobSpecJson(*spec).dump());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->quant.bn_recalibration_batches, 7);
+  EXPECT_TRUE(again->quant.recalibrate_bn_before_export);
+  EXPECT_FALSE(ParseTrainerSpec(R"({"quantization": {"bn_recalibration_batches": -1},
+                                    "optimization": {"epochs": 1}})")
+                   .ok());
+}
+
 TEST(TrainerSpecTest, CudaGraphIsAcceptedForCudaClassification) {
   auto spec = ParseTrainerSpec(R"({"optimization": {"epochs": 1, "cuda_graph": true},
                                    "resources": {"device_kind": "DEVICE_CUDA"}})");

@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -467,6 +468,106 @@ TEST_F(TrainerTest, ShortFashionMnistRunIsFarAboveChance) {
     EXPECT_TRUE(e["layers"][1]["quantized"].get<bool>());
   }
   EXPECT_EQ(epoch_ends, 2);
+}
+
+// Paired runs (docs/RESULTS.md, "The HLA recipe study"): the same seed gives
+// the same initial model and the same batch order whatever the method; another
+// seed gives others (so the digests do tell runs apart).
+TEST_F(TrainerTest, TheSameSeedGivesEveryMethodTheSameInitialisationAndBatchOrder) {
+  std::map<std::string, json> started;
+  for (const std::string name : {"METHOD_FP", "METHOD_TWN", "METHOD_TTQ", "METHOD_HLA", "seed4"}) {
+    json spec = SmallSpec(name == "seed4" ? "METHOD_HLA" : name, 1, 1);
+    spec["dataset"]["max_train_examples"] = 64;
+    spec["dataset"]["max_eval_examples"] = 16;
+    spec["dataset"]["val_fraction"] = 0.25;
+    if (name == "seed4") spec["optimization"]["seed"] = 4;
+    const std::string dir = TempDir("paired_" + name);
+    ASSERT_EQ(RunJob(dir, spec), (std::vector<int>{0})) << name;
+    const auto events = Events(dir + "/rank0.jsonl");
+    ASSERT_FALSE(events.empty());
+    ASSERT_EQ(events.front()["event"], "started") << name;
+    started[name] = events.front();
+    EXPECT_TRUE(started[name]["init_digest"].is_string()) << started[name].dump();
+  }
+  for (const std::string name : {"METHOD_TWN", "METHOD_TTQ", "METHOD_HLA"}) {
+    EXPECT_EQ(started[name]["init_digest"], started["METHOD_FP"]["init_digest"]) << name;
+    EXPECT_EQ(started[name]["data_digest"], started["METHOD_FP"]["data_digest"]) << name;
+    EXPECT_EQ(started[name]["train_examples"], 48) << name;  // 64 less the validation split
+  }
+  EXPECT_NE(started["seed4"]["init_digest"], started["METHOD_HLA"]["init_digest"]);
+  EXPECT_NE(started["seed4"]["data_digest"], started["METHOD_HLA"]["data_digest"]);
+}
+
+// HLA's diagnostics (docs/EVENTS.md): the regularizer's sample in phase 1's
+// progress lines, one phase_switch event with the three evaluations, and the
+// final epoch's validation metrics next to the test metrics.
+TEST_F(TrainerTest, HlaReportsTheRegularizerThePhaseSwitchAndTheFinalValidationMetrics) {
+  json spec = SmallSpec("METHOD_HLA", 1, 1);
+  spec["dataset"]["val_fraction"] = 0.25;  // 192 training images: 6 steps of 32
+  spec["quantization"]["lambda_max"] = 0.1;
+  spec["quantization"]["reg_fraction"] = 0.5;
+  spec["quantization"]["bn_recalibration_batches"] = 3;
+  spec["quantization"]["recalibrate_bn_before_export"] = true;
+  const std::string dir = TempDir("diagnostics");
+  ASSERT_EQ(RunJob(dir, spec), (std::vector<int>{0}));
+  const auto events = Events(dir + "/rank0.jsonl");
+  int samples = 0, switches = 0;
+  json last_epoch;
+  for (const json& e : events) {
+    if (e["event"] == "progress") {
+      ASSERT_TRUE(e.contains("regularizer")) << e.dump();
+      const json& r = e["regularizer"];
+      ++samples;
+      EXPECT_GE(r["layers"].size(), 18u);  // ResNet-20 less the stem and the classifier
+      EXPECT_GT(r["cos_wt"].get<double>(), 0.5);
+      EXPECT_LE(r["cos_wt"].get<double>(), 1.0);
+      EXPECT_GE(r["seconds"].get<double>(), 0.0);
+      // λ ramps from 0 over the first 10%: positive from the second step.
+      if (e["step"].get<int>() >= 2) {
+        EXPECT_GT(r["reg_grad_share"].get<double>(), 0.0) << e.dump();
+        EXPECT_LT(r["reg_grad_share"].get<double>(), 1.0) << e.dump();
+        EXPECT_GT(r["layers"][0]["reg_grad_norm"].get<double>(), 0.0);
+      }
+    } else if (e["event"] == "phase_switch") {
+      ++switches;
+      EXPECT_EQ(e["step"], 3);  // the first step with progress >= 0.5
+      EXPECT_EQ(e["eval_split"], "val");
+      EXPECT_EQ(e["fp"]["examples"], 64);
+      for (const char* which : {"fp", "ternary", "ternary_bn"}) {
+        EXPECT_GE(e[which]["top1"].get<double>(), 0.0) << which;
+      }
+      EXPECT_EQ(e["bn_batches"], 3);
+      EXPECT_EQ(e["bn_images"], 96);
+      EXPECT_EQ(e["bn_kept"], false);
+    } else if (e["event"] == "epoch_end") {
+      last_epoch = e;
+    }
+  }
+  EXPECT_EQ(samples, 6);
+  EXPECT_EQ(switches, 1);
+  const json done = Finished(dir);
+  EXPECT_EQ(done["bn_recalibration_batches"], 3);
+  ASSERT_TRUE(done.contains("val")) << done.dump();
+  EXPECT_EQ(done["val"]["ternary"]["examples"], 64);
+  EXPECT_EQ(done["artifact"]["examples"], 64);  // the test split, once
+  EXPECT_EQ(last_epoch["eval_split"], "val");
+
+  // TWN: no regularizer, no phase 1, so neither diagnostic; without
+  // re-estimation before the export, the final validation metrics are the
+  // last epoch's.
+  json twn = SmallSpec("METHOD_TWN", 1, 1);
+  twn["dataset"]["val_fraction"] = 0.25;
+  const std::string twn_dir = TempDir("diagnostics_twn");
+  ASSERT_EQ(RunJob(twn_dir, twn), (std::vector<int>{0}));
+  json twn_last;
+  for (const json& e : Events(twn_dir + "/rank0.jsonl")) {
+    EXPECT_NE(e["event"], "phase_switch");
+    EXPECT_FALSE(e.contains("regularizer"));
+    if (e["event"] == "epoch_end") twn_last = e;
+  }
+  const json twn_done = Finished(twn_dir);
+  EXPECT_EQ(twn_done["val"]["ternary"], twn_last["ternary"]);
+  EXPECT_EQ(twn_done["val"]["fp"], twn_last["fp"]);
 }
 
 // No files and no Fashion-MNIST needed: DATASET_SYNTHETIC, and the process
