@@ -12,8 +12,8 @@
 #   - no job ran two copies at once: the stand-in trainers log start and end
 #     times per job and attempt, and no two intervals of one job overlap;
 #   - A, restarted, is a standby (/readyz 503, NOT_LEADER naming B).
-# Needs PostgreSQL's server programs (scripts/pg-test-server.sh) and psql;
-# exit 77 (skip) without them.
+# Needs PostgreSQL's server programs (scripts/pg-test-server.sh) and psql,
+# required lines of scripts/tools.list: it fails without them.
 # usage: standby_e2e.sh BUILD_DIR [JOBS]   (default 400, or TERN_STANDBY_E2E_JOBS)
 set -euo pipefail
 build="$(cd "${1:?usage: standby_e2e.sh BUILD_DIR [JOBS]}" && pwd)"
@@ -21,10 +21,11 @@ jobs=${2:-${TERN_STANDBY_E2E_JOBS:-400}}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bench="$build/bench/service/tern_service_load_bench"
 [[ -x "$bench" ]] || { echo "FAIL: $bench is not built"; exit 1; }
-command -v psql >/dev/null || { echo "SKIP: no psql (Debian package postgresql-client)"; exit 77; }
+# All three are required lines of scripts/tools.list: missing, the test fails.
+command -v psql >/dev/null || { echo "FAIL: no psql (Debian package postgresql-client)"; exit 1; }
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null ||
-  { echo "SKIP: no PostgreSQL server programs (Debian package postgresql)"; exit 77; }
-command -v jq >/dev/null || { echo "SKIP: no jq"; exit 77; }
+  { echo "FAIL: no PostgreSQL server programs (Debian package postgresql)"; exit 1; }
+command -v jq >/dev/null || { echo "FAIL: no jq"; exit 1; }
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The PostgreSQL server: a short directory (the socket path limit), stopped
