@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ternd's host cut off for twice the lease TTL, then back: the agents' leases
+# ternd's host cut off for longer than the lease TTL plus the agents' shutdown
+# grace, then back: the agents' leases
 # run out on both sides (their trainers stop; ternd restarts the job), a job
 # submitted during the outage is acknowledged, and once the link is back the
 # agents reconnect, every acknowledged job is there and both succeed.
@@ -8,11 +9,16 @@ set -euo pipefail
 build="$(cd "${1:?usage: ternd_away.sh BUILD_DIR}" && pwd)"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ttl=4
+grace=5   # the agents' --shutdown-grace: SIGKILL this long after the SIGTERM
+# A trainer blocked in a collective whose peer already stopped may outlive
+# its SIGTERM; its agent SIGKILLs it one grace after its lease ran out (at
+# most a TTL after the cut). The outage lasts past that, with a second to spare.
+outage=$((ttl + grace + 1))
 mh_host srv 10
 mh_host n1 11
 mh_host n2 12
 ternd_flags=(--lease-ttl ${ttl}s --tick-interval 250ms --restart-backoff 200ms --max-restart-backoff 1s)
-agent_flags=(--shutdown-grace 5 --rpc-timeout 2)
+agent_flags=(--shutdown-grace $grace --rpc-timeout 2)
 mh_start_ternd srv
 mh_start_agent n1
 mh_start_agent n2
@@ -25,14 +31,14 @@ wait_checkpoint "$job" 1 8
 registered_before=$(grep -c "registered from" "$ternd_log" || true)
 fault=$(now_ms)
 mh_link srv down
-echo "ternd's host cut off at step $(progress_step "$job" 1) for $((2 * ttl)) s (lease TTL ${ttl} s)"
+echo "ternd's host cut off at step $(progress_step "$job" 1) for ${outage} s (lease TTL ${ttl} s)"
 late=$(mh_submit late)   # ternctl runs on ternd's host: still reachable from there
 echo "job $late acknowledged during the outage"
-sleep $((2 * ttl))
+sleep $outage
 # Both sides gave up on the lease: the trainers are gone (fenced).
 running=$(awk -v j="$job" '$1 == "start" && $3 == j { s[$7] = 1 } $1 == "end" && $3 == j { delete s[$7] }
                           END { for (p in s) print p }' "$ledger")
-[[ -z "$running" ]] || fail "trainers of job $job still run $((2 * ttl)) s into the outage: $running"
+[[ -z "$running" ]] || fail "trainers of job $job still run ${outage} s into the outage: $running"
 mh_link srv up
 back=$(now_ms)
 for i in $(seq 1 $(( (ttl * 3 + 5) * 10 ))); do
@@ -59,8 +65,8 @@ mh_check_history "$late"
 mh_check_jobs_kept
 mh_check_no_split_brain
 if [[ $restarts -ge 1 ]]; then
-  mh_report "$job" "$fault" 1 "ternd's host away $((2 * ttl)) s (lease TTL ${ttl} s; agents reconnected ${reconnected} ms after the link returned)"
+  mh_report "$job" "$fault" 1 "ternd's host away ${outage} s (lease TTL ${ttl} s; agents reconnected ${reconnected} ms after the link returned)"
 else
   echo "RESULT ternd's host away: job $job went on without a restart; agents reconnected ${reconnected} ms after the link returned"
 fi
-echo "PASS: ternd away for $((2 * ttl)) s: jobs $job ($restarts restarts) and $late SUCCEEDED"
+echo "PASS: ternd away for ${outage} s: jobs $job ($restarts restarts) and $late SUCCEEDED"
