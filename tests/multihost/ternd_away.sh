@@ -10,9 +10,11 @@ build="$(cd "${1:?usage: ternd_away.sh BUILD_DIR}" && pwd)"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ttl=4
 grace=5   # the agents' --shutdown-grace: SIGKILL this long after the SIGTERM
-# A trainer blocked in a collective whose peer already stopped may outlive
-# its SIGTERM; its agent SIGKILLs it one grace after its lease ran out (at
-# most a TTL after the cut). The outage lasts past that, with a second to spare.
+# Each agent SIGTERMs its trainer when its lease runs out, at most a TTL after
+# the cut, and reaps it at once (its event reports to the unreachable ternd
+# go from their own thread: event_outbox.h); the trainer's own lease
+# watchdog ends it 2 s after that deadline at the latest. The outage lasts
+# past the SIGKILL bound too (TTL + grace), with a second to spare.
 outage=$((ttl + grace + 1))
 mh_host srv 10
 mh_host n1 11

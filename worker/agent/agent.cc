@@ -24,6 +24,7 @@
 #include "trainer_protocol/lease_file.h"
 #include "worker/agent/agent_lease.h"
 #include "worker/agent/child_process.h"
+#include "worker/agent/event_outbox.h"
 #include "worker/agent/trainer_launch.h"
 #include "worker/agent/trainer_metrics.h"
 #include "worker/agent/trainer_output.h"
@@ -37,8 +38,6 @@ using std::chrono::milliseconds;
 using google::protobuf::util::TimeUtil;
 
 constexpr const char* kAgentVersion = "tern-agent 0.1";
-constexpr size_t kMaxEventsPerReport = 1000;  // WorkerService limit per call
-constexpr size_t kMaxPendingEvents = 5000;    // held while ternd is unreachable
 // Deadline of Drain and Deregister: shutdown must not wait long for ternd.
 constexpr std::chrono::milliseconds kShutdownCallLimit{2000};
 
@@ -54,17 +53,6 @@ std::string GrpcStatusString(const grpc::Status& s) {
 
 using RankKey = std::tuple<std::string, int, int>;  // job, attempt, rank
 RankKey KeyOf(const v1::RankRef& r) { return {r.job_id(), r.attempt(), r.rank()}; }
-
-// Events held for ternd stay within kMaxPendingEvents: log lines and
-// progress samples go first, the oldest of them first.
-void TrimPending(std::deque<v1::TrainerEvent>* pending) {
-  while (pending->size() > kMaxPendingEvents) {
-    auto victim = std::find_if(pending->begin(), pending->end(), [](const auto& e) {
-      return e.has_log() || e.has_progress() || e.parsed_case() == v1::TrainerEvent::PARSED_NOT_SET;
-    });
-    pending->erase(victim == pending->end() ? pending->begin() : victim);
-  }
-}
 
 }  // namespace
 
@@ -920,16 +908,14 @@ void Agent::Impl::Supervise(Rank& rank, ChildProcess& child) {
       a.spec(), child.pid(),
       {a.ref().rank(), options_.relay_logs, options_.stderr_tail_lines, options_.flush_interval},
       &trainer_metrics_, rank.job, rank.rank_label);
-  std::deque<v1::TrainerEvent> pending;
-  Clock::time_point flush_due = Clock::time_point::max();
+  // Sent by the outbox's thread: a call to an unreachable ternd must not
+  // delay reaping the trainer or escalating its stop (event_outbox.h).
+  EventOutbox outbox(
+      [this, &rank](std::deque<v1::TrainerEvent>* events) { return Flush(rank, events); },
+      std::chrono::seconds(1));
   std::optional<ExitStatus> ended;
   Clock::time_point drain_until = Clock::time_point::max();
   while (true) {
-    // Flush batched events when due (or retry a failed flush).
-    if (!pending.empty() && Clock::now() >= flush_due) {
-      flush_due =
-          Flush(rank, &pending) ? Clock::time_point::max() : Clock::now() + std::chrono::seconds(1);
-    }
     rank.stopper.EscalateIfDue();
     if (!ended) {
       ended = child.TryWait();
@@ -937,26 +923,20 @@ void Agent::Impl::Supervise(Rank& rank, ChildProcess& child) {
     }
     const bool open = child.stdout_fd() >= 0 || child.stderr_fd() >= 0;
     if (ended && (!open || Clock::now() >= drain_until)) break;
-    milliseconds timeout(100);  // also how often the exit status is checked
-    if (flush_due != Clock::time_point::max()) {
-      timeout = std::clamp(std::chrono::duration_cast<milliseconds>(flush_due - Clock::now()),
-                           milliseconds(0), timeout);
-    }
-    if (!output.Poll(child, timeout)) continue;
-    flush_due = std::min(flush_due, output.Read(child, &pending));
+    // The timeout is also how often the exit status is checked.
+    if (!output.Poll(child, milliseconds(100))) continue;
+    std::deque<v1::TrainerEvent> read;
+    const Clock::time_point due = output.Read(child, &read);
+    outbox.Add(&read, due);
   }
   child.CloseStdout();
   child.CloseStderr();
 
   // Events first (the `finished` event carries the result), then the exit;
   // both wait as long for ternd (restarting, or the agent rejoining it).
-  const Clock::time_point give_up = Clock::now() + options_.exit_report_retry;
-  while (!pending.empty() && !Flush(rank, &pending)) {
-    if (ShuttingDown() || Clock::now() >= give_up) {
-      TERN_LOG(WARNING) << rank.prefix << "dropping " << pending.size() << " unsent events";
-      break;
-    }
-    Sleep(milliseconds(500));
+  if (const size_t dropped = outbox.Close(Clock::now() + options_.exit_report_retry,
+                                          [this] { return ShuttingDown(); })) {
+    TERN_LOG(WARNING) << rank.prefix << "dropping " << dropped << " unsent events";
   }
   rank.stopper.Detach();
   ReportEnded(rank, child, *ended, output);

@@ -9,13 +9,13 @@
 #include <thread>
 
 #include "common/utf8.h"
+#include "worker/agent/event_outbox.h"
 
 namespace tern::agent {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr size_t kMaxLineBytes = 1 << 20;     // longer stdout lines are cut
-constexpr size_t kMaxEventsPerReport = 1000;  // WorkerService limit per call
+constexpr size_t kMaxLineBytes = 1 << 20;  // longer stdout lines are cut
 
 }  // namespace
 

@@ -322,6 +322,7 @@ int main(int argc, char** argv) {
   }
   if (!evaluate_path.empty()) return RunEvaluate(spec_path, evaluate_path, logits_path);
   tern::trainer::InstallStopHandlers();
+  tern::trainer::StartLeaseWatchdog(run.lease_file);
   // Read where the process group is built (DistributedOptions::bind_addr).
   if (!bind_addr.empty()) ::setenv("TERN_BIND_ADDR", bind_addr.c_str(), 1);
   if (!master.empty()) {

@@ -1,5 +1,6 @@
 #include "worker/trainer/stop_request.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -7,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -92,6 +94,27 @@ bool AgentLeaseWatch::Expired() {
     return false;
   }
   return std::chrono::steady_clock::now() > *deadline;
+}
+
+void StartLeaseWatchdog(const std::string& path, std::chrono::milliseconds grace) {
+  if (path.empty()) return;
+  std::thread([path, grace] {
+    while (true) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      const StatusOr<std::string> text = ReadFileToString(path);
+      const auto deadline = text.ok() ? ParseLeaseDeadline(*text) : std::nullopt;
+      if (!deadline || std::chrono::steady_clock::now() <= *deadline + grace) continue;
+      // stderr may be a pipe its frozen reader no longer drains: write only
+      // when a short note fits without blocking (POLLOUT: PIPE_BUF free).
+      pollfd out{STDERR_FILENO, POLLOUT, 0};
+      if (::poll(&out, 1, 0) == 1 && (out.revents & POLLOUT) != 0) {
+        WriteStderr(
+            "tern-trainer: fenced: the agent's lease ran out and the trainer did not "
+            "stop by itself; exiting 4 at once\n");
+      }
+      ::_exit(kExitFenced);
+    }
+  }).detach();
 }
 
 Status Fenced(const std::string& lease_file) {

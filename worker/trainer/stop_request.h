@@ -16,7 +16,10 @@
 // pending ends the process at once (the signal's default action).
 //
 // A trainer also stops when the lease of the agent that runs it runs out
-// (AgentLeaseWatch below), without committing anything more.
+// (AgentLeaseWatch below), without committing anything more. The training
+// loop notices at its next check; StartLeaseWatchdog ends the process where
+// it cannot (blocked writing events to a frozen agent's full pipe, in a
+// collective, in set-up or export).
 //
 // Usage: tern-trainer's main() calls InstallStopHandlers(); RunTraining holds
 // a TrainingLoopScope around its loop and polls StopRequested(). Without the
@@ -24,6 +27,7 @@
 #ifndef TERN_WORKER_TRAINER_STOP_REQUEST_H_
 #define TERN_WORKER_TRAINER_STOP_REQUEST_H_
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -73,6 +77,16 @@ class AgentLeaseWatch {
   std::string path_;
   bool warned_ = false;
 };
+
+// The backstop of AgentLeaseWatch: a thread that reads the lease file every
+// 200 ms and, once `grace` past its deadline, ends the process with
+// kExitFenced whatever the other threads are doing (its note on stderr only
+// if a write there would not block). So a trainer never runs longer than its
+// agent's lease plus `grace` (plus one read), even while its agent is frozen.
+// Nothing with an empty `path`. Once, from main().
+inline constexpr std::chrono::milliseconds kLeaseWatchdogGrace{2000};
+void StartLeaseWatchdog(const std::string& path,
+                        std::chrono::milliseconds grace = kLeaseWatchdogGrace);
 
 // ABORTED, naming the lease file; and the test for it.
 Status Fenced(const std::string& lease_file);

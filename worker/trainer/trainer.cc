@@ -34,6 +34,9 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
+// Progress lines that carry the regularizer's sample, at most, per run.
+constexpr int64_t kRegularizerSamplesPerRun = 64;
+
 // Turns LibTorch exceptions into a Status at the boundary.
 template <typename F>
 Status Guard(const std::string& what, F&& body) {
@@ -648,6 +651,12 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
           spec.quant, static_cast<double>(std::max<int64_t>(0, s.global_step - 1)) / s.total_steps)
           .ternary_forward;
   const bool sample_regularizer = spec.quant.quantized() && spec.quant.use_regularizer;
+  // At most kRegularizerSamplesPerRun evenly spaced progress lines carry a
+  // sample (about 3 KB each with ResNet-20's 19 layers), not every one.
+  const int64_t reports = std::max<int64_t>(1, s.total_steps / spec.progress_every_steps);
+  const int64_t sample_every =
+      spec.progress_every_steps *
+      ((reports + kRegularizerSamplesPerRun - 1) / kRegularizerSamplesPerRun);
   std::optional<std::pair<json, json>> last_eval;  // the last epoch's evaluation
   for (int64_t epoch = s.global_step / s.steps_per_epoch; epoch < spec.optim.epochs; ++epoch) {
     const auto epoch_start = Clock::now();
@@ -668,7 +677,8 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       const bool report = (s.global_step + 1) % spec.progress_every_steps == 0 || last;
       // The regularizer's diagnostics, on the steps that report.
       quant::RegularizerSample sample;
-      const bool sampled = report && sample_regularizer;
+      const bool sampled =
+          report && sample_regularizer && ((s.global_step + 1) % sample_every == 0 || last);
       TERN_ASSIGN_OR_RETURN(const at::Tensor step_loss, TrainStep(s, sampled ? &sample : nullptr));
       epoch_loss.add_(step_loss);
       // Reading a CUDA loss waits for the step to finish: on a GPU only when

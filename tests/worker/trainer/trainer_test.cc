@@ -3,6 +3,7 @@
 // agent lease, bad specs, a lost peer, and a real Fashion-MNIST run.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <torch/torch.h>
 
 #include <csignal>
@@ -18,6 +19,7 @@
 #include "trainer_protocol/lease_file.h"
 #include "worker/trainer/distributed.h"
 #include "worker/trainer/models.h"
+#include "worker/trainer/stop_request.h"
 
 namespace tern::trainer {
 namespace {
@@ -293,6 +295,58 @@ TEST_F(TrainerTest, PastTheAgentsLeaseDeadlineTheTrainerCommitsNothingMoreAndExi
     }
     EXPECT_NE(e["event"], "finished");
   }
+}
+
+// A frozen agent reads nothing: the trainer's event pipe fills and its writes
+// block where the training loop would have noticed the deadline. The lease
+// watchdog ends it anyway, with kExitFenced, within its grace.
+TEST_F(TrainerTest, ATrainerBlockedOnAFullEventPipeStillExitsFourPastTheLeaseDeadline) {
+  json spec = SmallSpec("METHOD_HLA", 1, 1);
+  spec["dataset"]["max_train_examples"] = 16384;  // 512 steps, a progress line each
+  const std::string dir = TempDir("fenced-blocked");
+  const std::string lease = dir + "/agent-lease";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(4);
+  ASSERT_TRUE(WriteFileAtomically(lease, FormatLeaseDeadline(deadline)).ok());
+  const std::string spec_path = WriteSpec(dir, spec);
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  ::fcntl(out[1], F_SETPIPE_SZ, 4096);  // the smallest: full after a few lines
+  const pid_t pid = fork();
+  if (pid == 0) {
+    ::dup2(out[1], 1);
+    ::close(out[0]);
+    ::setenv(kLeaseFileEnv, lease.c_str(), 1);
+    std::string binary = TERN_TRAINER_BINARY;
+    std::vector<std::string> args = {binary, "--spec", spec_path, "--workdir", dir};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(binary.c_str(), argv.data());
+    _exit(127);
+  }
+  ::close(out[1]);
+  // Never read: only its size is looked at, once the trainer is gone.
+  int status = 0;
+  pid_t waited = 0;
+  while ((waited = ::waitpid(pid, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() < deadline + std::chrono::seconds(30)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const auto ended = std::chrono::steady_clock::now();
+  if (waited == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL() << "the trainer still ran 30 s past its lease deadline";
+  }
+  int queued = 0;
+  ::ioctl(out[0], FIONREAD, &queued);
+  ::close(out[0]);
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
+  EXPECT_EQ(WEXITSTATUS(status), kExitFenced);
+  EXPECT_GE(ended, deadline);
+  EXPECT_LE(ended, deadline + kLeaseWatchdogGrace + std::chrono::seconds(2));
+  // The pipe was full, so the loop's own check could not have stopped it.
+  EXPECT_GE(queued, 4096 - 1024) << "the pipe never filled";
 }
 
 // `tern-trainer --evaluate` on a finished job's .tern gives the metrics the
