@@ -18,7 +18,9 @@ void TrimPending(std::deque<v1::TrainerEvent>* pending) {
 EventOutbox::EventOutbox(FlushFn flush, std::chrono::milliseconds retry_after)
     : flush_(std::move(flush)), retry_after_(retry_after), thread_([this] { Run(); }) {}
 
-EventOutbox::~EventOutbox() { Close(Clock::now(), [] { return true; }); }
+EventOutbox::~EventOutbox() {
+  Close(Clock::now(), [] { return true; });
+}
 
 void EventOutbox::Add(std::deque<v1::TrainerEvent>* events, Clock::time_point due) {
   if (events->empty()) return;

@@ -67,12 +67,12 @@ class EventOutbox {
   const std::chrono::milliseconds retry_after_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<v1::TrainerEvent> pending_;          // guarded by mu_
+  std::deque<v1::TrainerEvent> pending_;              // guarded by mu_
   Clock::time_point due_ = Clock::time_point::max();  // guarded by mu_
-  bool closing_ = false;                           // guarded by mu_
-  Clock::time_point give_up_;                      // guarded by mu_
-  std::function<bool()> stop_;                     // guarded by mu_
-  size_t dropped_ = 0;                             // guarded by mu_
+  bool closing_ = false;                              // guarded by mu_
+  Clock::time_point give_up_;                         // guarded by mu_
+  std::function<bool()> stop_;                        // guarded by mu_
+  size_t dropped_ = 0;                                // guarded by mu_
   std::thread thread_;
 };
 

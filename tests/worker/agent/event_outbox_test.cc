@@ -22,7 +22,8 @@ using std::chrono::milliseconds;
 
 std::deque<v1::TrainerEvent> Logs(int from, int count) {
   std::deque<v1::TrainerEvent> events;
-  for (int i = from; i < from + count; ++i) events.emplace_back().mutable_log()->set_text(std::to_string(i));
+  for (int i = from; i < from + count; ++i)
+    events.emplace_back().mutable_log()->set_text(std::to_string(i));
   return events;
 }
 
