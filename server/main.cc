@@ -216,6 +216,11 @@ int main(int argc, char** argv) {
   AddDuration(app, "--kill-grace", &options.kill_grace, "SIGTERM to SIGKILL delay in kill orders");
   AddDuration(app, "--shutdown-grace", &options.shutdown_grace,
               "how long shutdown waits for in-flight requests");
+  app.add_option("--rpc-idle-threads", options.rpc_idle_threads,
+                 "idle threads gRPC keeps for the next calls (more threads start when needed); "
+                 "gRPC's own default, 2, starts a thread for most calls under a burst")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   std::string commit_mode = tern::scheduler::CommitModeName(options.scheduler.commit_mode);
   app.add_option("--commit-mode", commit_mode,
                  "how acknowledged changes reach the job store: group (concurrent calls share "

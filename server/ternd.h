@@ -98,6 +98,9 @@ struct TerndOptions {
   // Open WatchJob streams one caller may hold; more are RESOURCE_EXHAUSTED.
   // 0: no limit. (Streams cost no thread: server/watch_hub.h.)
   int max_watch_streams_per_caller = 1000;
+  // gRPC's synchronous server keeps this many idle threads for the next
+  // calls (ServerBuilder's MAX_POLLERS; gRPC's own default is 2).
+  int rpc_idle_threads = 256;
   // TLS for the gRPC port (none: plaintext); see auth/tls_credentials.h.
   tls::ServerTlsOptions tls;
   // Over mutual TLS, the client certificate names (a glob) that may act as

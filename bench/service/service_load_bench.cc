@@ -2,9 +2,15 @@
 //
 //   tern_service_load_bench --server 127.0.0.1:7070 [--concurrency 1,16,128]
 //       [--seconds 5] [--channels 4] [--deadline-ms 10000] [--get-per-submit 1]
-//       [--queued-depths 0,10000,100000 [--depth-samples 300]]
+//       [--rate 5000] [--queued-depths 0,10000,100000 [--depth-samples 300]]
 //   tern_service_load_bench --server ADDR --submit-jobs N --concurrency C
 //       --ack-file PATH [--owner bench]
+//
+// --rate R: open loop instead, R SubmitJob calls per second offered in all
+// (each thread's calls due at a fixed interval; a latency counts from when
+// its call was due). With N threads in a closed loop the mean latency is
+// N / throughput (Little's law), so "p99 <= 10 ms at 128 clients" needs an
+// offered rate, not a closed loop.
 //
 // For each concurrency level N, N threads (each with its own stub; threads are
 // spread round-robin over --channels channels) loop for --seconds: one
@@ -85,17 +91,29 @@ double Pct(std::vector<double>& v, double p) {
   return v[i];
 }
 
-void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_point end,
-            int deadline_ms, int gets_per_submit, const std::string& run_tag, ThreadResult* out) {
+// `interval` zero: closed loop (the next call when the last one is
+// answered). Otherwise open loop: this thread's SubmitJob calls are due
+// every `interval` from `start` (the threads' schedules staggered), and each
+// latency counts from when the call was due, so a server that falls behind
+// shows its backlog instead of slowing the clients down (no coordinated
+// omission).
+void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_point start,
+            Clock::time_point end, Clock::duration interval, int deadline_ms, int gets_per_submit,
+            const std::string& run_tag, ThreadResult* out) {
   std::mt19937_64 rng(static_cast<uint64_t>(index) * 7919 + static_cast<uint64_t>(level));
   std::vector<std::string> ids;
   const tern::v1::JobSpec spec = SmallSpec(level, index);
   long seq = 0;
+  Clock::time_point due = start + interval * index / std::max(1, level);
   auto note = [&](const grpc::Status& s, const char* what) {
     if (out->first_error.empty())
       out->first_error = std::string(what) + ": " + std::to_string(s.error_code()) + " " + s.error_message();
   };
   while (Clock::now() < end) {
+    if (interval != Clock::duration::zero()) {
+      if (due >= end) break;
+      std::this_thread::sleep_until(due);
+    }
     {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
@@ -105,7 +123,8 @@ void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_
       req.set_idempotency_key(run_tag + "-c" + std::to_string(level) + "-t" + std::to_string(index) +
                               "-" + std::to_string(seq++));
       tern::v1::SubmitJobResponse resp;
-      auto t0 = Clock::now();
+      auto t0 = interval == Clock::duration::zero() ? Clock::now() : due;
+      due += interval;
       grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
       auto dt = Clock::now() - t0;
       if (s.ok()) {
@@ -349,6 +368,7 @@ int main(int argc, char** argv) {
   int channels = 4;
   int deadline_ms = 10000;
   int gets_per_submit = 1;
+  double rate = 0;
   std::string depths_flag;
   int depth_samples = 300;
   long submit_jobs = 0;
@@ -364,6 +384,10 @@ int main(int argc, char** argv) {
   app.add_option("--channels", channels, "gRPC channels shared by the threads (round-robin)");
   app.add_option("--deadline-ms", deadline_ms, "deadline of every call");
   app.add_option("--get-per-submit", gets_per_submit, "GetJob calls after each SubmitJob");
+  app.add_option("--rate", rate,
+                 "open loop: SubmitJob calls per second offered by all of a level's threads "
+                 "together, latency counted from when each was due (0: closed loop)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--queued-depths", depths_flag,
                  "comma-separated queue lengths to time one client's SubmitJob at (ascending)");
   app.add_option("--depth-samples", depth_samples, "SubmitJob calls timed per depth")
@@ -422,9 +446,14 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     const auto start = Clock::now();
     const auto end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    const Clock::duration interval =
+        rate > 0 ? std::chrono::duration_cast<Clock::duration>(
+                       std::chrono::duration<double>(static_cast<double>(level) / rate))
+                 : Clock::duration::zero();
     for (int i = 0; i < level; ++i)
-      threads.emplace_back(Worker, stubs[static_cast<size_t>(i)].get(), level, i, end, deadline_ms,
-                           gets_per_submit, run_tag, &results[static_cast<size_t>(i)]);
+      threads.emplace_back(Worker, stubs[static_cast<size_t>(i)].get(), level, i, start, end,
+                           interval, deadline_ms, gets_per_submit, run_tag,
+                           &results[static_cast<size_t>(i)]);
     for (auto& t : threads) t.join();
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# SubmitJob at 128 clients (issue 28's target: 5,000/s with p99 <= 10 ms),
+# with gRPC keeping 2 idle server threads (its default) or ternd's default
+# --rpc-idle-threads, in one run. For each setting and round: a fresh ternd
+# without agents (group commit) gets tern_service_load_bench's closed loop
+# (no GetJob) and then open-loop runs at each offered --rate (latency counted
+# from when each call was due). Also prints how many threads were created
+# system-wide during each closed-loop run (ns_last_pid) and ternd's CPU
+# time per acknowledged submit. Settings alternate per round.
+#   bench/service/submit_rate.sh [--build build] [--seconds 5] [--clients 128]
+#       [--rates 1000,2000,3000,5000] [--idle-threads 2,256] [--rounds 2]
+# Run from the repository root after building ternd and tern_service_load_bench.
+set -euo pipefail
+build=build seconds=5 clients=128 rates=1000,2000,3000,5000 idle=2,256 rounds=2
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --build) build=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --clients) clients=$2; shift 2 ;;
+    --rates) rates=$2; shift 2 ;;
+    --idle-threads) idle=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    *) echo "submit_rate.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+for bin in server/ternd bench/service/tern_service_load_bench; do
+  [[ -x $build/$bin ]] || { echo "submit_rate.sh: $build/$bin is not built" >&2; exit 2; }
+done
+T=$(mktemp -d)
+pid=
+trap '[[ -n $pid ]] && kill $pid 2>/dev/null; rm -rf "$T"' EXIT
+ticks=$(getconf CLK_TCK)
+
+start_ternd() {  # idle threads -> sets pid, addr
+  rm -rf "$T/run" && mkdir -p "$T/run"
+  "$build/server/ternd" --listen 127.0.0.1:0 --db "$T/run/ternd.db" --artifact-root "$T/run/art" \
+    --checkpoint-root "$T/run/ck" --metrics-listen "" --rpc-idle-threads "$1" \
+    > "$T/run/out" 2> "$T/run/log" &
+  pid=$!
+  for _ in $(seq 100); do grep -q "listening on" "$T/run/out" 2>/dev/null && break; sleep 0.1; done
+  addr=$(sed -n 's/ternd listening on //p' "$T/run/out")
+  [[ -n $addr ]] || { echo "ternd did not start:"; cat "$T/run/log"; exit 1; }
+}
+stop_ternd() { kill "$pid"; wait "$pid" || true; pid=; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+bench() { "$build/bench/service/tern_service_load_bench" --server "$addr" --concurrency "$clients" \
+            --seconds "$seconds" --get-per-submit 0 "$@" | grep SubmitJob; }
+
+echo "# $(date -u +%FT%TZ) $(uname -n) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)," \
+  "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)"
+echo "| round | idle threads | loop | clients | RPC | calls | errors | req/s | p50 ms | p99 ms | max ms | threads created | ternd CPU ms per submit |"
+echo "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for round in $(seq "$rounds"); do
+  for n in ${idle//,/ }; do
+    start_ternd "$n"
+    before=$(cat /proc/sys/kernel/ns_last_pid) cpu0=$(cpu_ticks)
+    row=$(bench)
+    after=$(cat /proc/sys/kernel/ns_last_pid) cpu1=$(cpu_ticks)
+    calls=$(awk -F'|' '{ gsub(/ /, "", $4); print $4 }' <<<"$row")
+    per=$(awk -v c=$((cpu1 - cpu0)) -v n="$calls" -v t="$ticks" 'BEGIN { printf "%.3f", n ? c * 1000 / t / n : 0 }')
+    echo "| $round | $n | closed $row $((after - before)) | $per |"
+    for rate in ${rates//,/ }; do
+      echo "| $round | $n | open $rate/s $(bench --rate "$rate") | |"
+    done
+    stop_ternd
+  done
+done
