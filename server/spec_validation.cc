@@ -8,6 +8,7 @@
 
 #include "common/error_reasons.h"
 #include "common/utf8.h"
+#include "server/proto_json.h"
 #include "spec/validate.h"
 
 namespace tern::server {
@@ -66,6 +67,10 @@ Status RefuseUnknownFields(const google::protobuf::Message& message, const std::
 }
 
 Status ValidateJobSpec(const v1::JobSpec& spec, const std::string& prefix) {
+  // The spec as protobuf's JSON printer gives it, without printing it.
+  if (std::optional<nlohmann::json> json = ProtoToJson(spec)) {
+    return spec::ViolationsToStatus(spec::CheckJobSpec(*json), prefix);
+  }
   google::protobuf::util::JsonPrintOptions print;
   print.preserve_proto_field_names = true;  // as tern-agent writes it
   std::string text;
