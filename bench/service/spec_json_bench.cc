@@ -76,9 +76,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   size_t sink = 0;
-  const double reflection = MicrosPer(iterations, [&] {
-    sink += tern::server::ProtoToJson(spec)->size();
-  });
+  const double reflection =
+      MicrosPer(iterations, [&] { sink += tern::server::ProtoToJson(spec)->size(); });
   const double printed = MicrosPer(iterations, [&] {
     google::protobuf::util::JsonPrintOptions print;
     print.preserve_proto_field_names = true;
@@ -86,9 +85,8 @@ int main(int argc, char** argv) {
     (void)google::protobuf::util::MessageToJsonString(spec, &text, print);
     sink += nlohmann::json::parse(text).size();
   });
-  const double check = MicrosPer(iterations, [&] {
-    sink += tern::server::ValidateJobSpec(spec).ok() ? 1 : 0;
-  });
+  const double check =
+      MicrosPer(iterations, [&] { sink += tern::server::ValidateJobSpec(spec).ok() ? 1 : 0; });
   std::printf("| conversion | us per spec |\n|---|---:|\n");
   std::printf("| reflection (ProtoToJson) | %.2f |\n", reflection);
   std::printf("| protobuf print + parse | %.2f |\n", printed);
