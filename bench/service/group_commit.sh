@@ -22,38 +22,22 @@ while [[ $# -gt 0 ]]; do
     *) echo "group_commit.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-for bin in server/ternd bench/service/tern_service_load_bench; do
-  [[ -x $build/$bin ]] || { echo "group_commit.sh: $build/$bin is not built" >&2; exit 2; }
-done
-T=$(mktemp -d)
-pid=
-trap '[[ -n $pid ]] && kill $pid 2>/dev/null; rm -rf "$T"' EXIT
-
-start_ternd() {  # mode -> sets pid, addr
-  rm -rf "$T/run" && mkdir -p "$T/run"
-  "$build/server/ternd" --listen 127.0.0.1:0 --db "$T/run/ternd.db" --artifact-root "$T/run/art" \
-    --checkpoint-root "$T/run/ck" --metrics-listen "" --commit-mode "$1" \
-    > "$T/run/out" 2> "$T/run/log" &
-  pid=$!
-  for _ in $(seq 100); do grep -q "listening on" "$T/run/out" 2>/dev/null && break; sleep 0.1; done
-  addr=$(sed -n 's/ternd listening on //p' "$T/run/out")
-  [[ -n $addr ]] || { echo "ternd did not start:"; cat "$T/run/log"; exit 1; }
-}
-stop_ternd() { kill "$pid"; wait "$pid" || true; pid=; }
+name=group_commit.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 echo "# $(date -u +%FT%TZ) $(uname -n) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)," \
   "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)"
 for round in $(seq "$rounds"); do
   for mode in ${modes//,/ }; do
     if [[ -n $levels ]]; then
-      start_ternd "$mode"
+      start_ternd --commit-mode "$mode"
       echo; echo "## round $round, --commit-mode $mode: load"
       "$build/bench/service/tern_service_load_bench" --server "$addr" --concurrency "$levels" \
         --seconds "$seconds"
       stop_ternd
     fi
     if [[ -n $depths ]]; then
-      start_ternd "$mode"
+      start_ternd --commit-mode "$mode"
       echo; echo "## round $round, --commit-mode $mode: queued depth"
       "$build/bench/service/tern_service_load_bench" --server "$addr" --concurrency "" \
         --queued-depths "$depths"

@@ -23,25 +23,9 @@ while [[ $# -gt 0 ]]; do
     *) echo "submit_rate.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-for bin in server/ternd bench/service/tern_service_load_bench; do
-  [[ -x $build/$bin ]] || { echo "submit_rate.sh: $build/$bin is not built" >&2; exit 2; }
-done
-T=$(mktemp -d)
-pid=
-trap '[[ -n $pid ]] && kill $pid 2>/dev/null; rm -rf "$T"' EXIT
+name=submit_rate.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ticks=$(getconf CLK_TCK)
-
-start_ternd() {  # idle threads -> sets pid, addr
-  rm -rf "$T/run" && mkdir -p "$T/run"
-  "$build/server/ternd" --listen 127.0.0.1:0 --db "$T/run/ternd.db" --artifact-root "$T/run/art" \
-    --checkpoint-root "$T/run/ck" --metrics-listen "" --rpc-idle-threads "$1" \
-    > "$T/run/out" 2> "$T/run/log" &
-  pid=$!
-  for _ in $(seq 100); do grep -q "listening on" "$T/run/out" 2>/dev/null && break; sleep 0.1; done
-  addr=$(sed -n 's/ternd listening on //p' "$T/run/out")
-  [[ -n $addr ]] || { echo "ternd did not start:"; cat "$T/run/log"; exit 1; }
-}
-stop_ternd() { kill "$pid"; wait "$pid" || true; pid=; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 bench() { "$build/bench/service/tern_service_load_bench" --server "$addr" --concurrency "$clients" \
             --seconds "$seconds" --get-per-submit 0 "$@" | grep SubmitJob; }
@@ -52,7 +36,7 @@ echo "| round | idle threads | loop | clients | RPC | calls | errors | req/s | p
 echo "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq "$rounds"); do
   for n in ${idle//,/ }; do
-    start_ternd "$n"
+    start_ternd --rpc-idle-threads "$n"
     before=$(cat /proc/sys/kernel/ns_last_pid) cpu0=$(cpu_ticks)
     row=$(bench)
     after=$(cat /proc/sys/kernel/ns_last_pid) cpu1=$(cpu_ticks)
