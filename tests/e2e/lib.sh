@@ -5,6 +5,7 @@
 # After start_service: $server, $ternd_metrics, $ternd_log, $agent,
 # $agent_metrics and the array ternctl=(ternctl --server ... --owner e2e) are
 # set.
+# TERN_E2E_KEEP=1 keeps the temp dir (its path is printed) for a look after a failure.
 
 for bin in server/ternd worker/agent/tern-agent cli/ternctl worker/trainer/tern-trainer; do
   [[ -x "$build/$bin" ]] || { echo "FAIL: $build/$bin is not built"; exit 1; }
@@ -40,7 +41,7 @@ cleanup() {
   fi
   local hook
   for hook in "${exit_hooks[@]}"; do eval "$hook" || true; done
-  rm -rf "$work"
+  if [[ -n ${TERN_E2E_KEEP:-} ]]; then echo "kept $work"; else rm -rf "$work"; fi
   exit "$rc"
 }
 declare -A process_names=()

@@ -98,7 +98,10 @@ echo "submitted job $id"
 
 # While it runs, check promtool again on the agent's output with live per-rank series.
 for _ in $(seq 1 1200); do
-  if get -f -H "$scrape_auth" "https://$agent_metrics/metrics" 2>/dev/null | grep -q "^tern_job_step{job=\"$id\""; then
+  # Captured, not piped: under pipefail, grep -q quitting early would fail
+  # the writer of a longer output (SIGPIPE) and so the test.
+  scraped=$(get -f -H "$scrape_auth" "https://$agent_metrics/metrics" 2>/dev/null || true)
+  if grep -q "^tern_job_step{job=\"$id\"" <<<"$scraped"; then
     lint agent-during-job "$agent_metrics"
     break
   fi

@@ -142,7 +142,11 @@ train2=$("${ternctl[@]}" submit "$work/train.yaml" --idempotency-key train-2)
 echo "training jobs $train1 $train2"
 for job in "$train1" "$train2"; do
   for i in $(seq 1 300); do
-    "${ternctl[@]}" logs "$job" --json 2>/dev/null | grep -q checkpoint_committed && break
+    # Captured, not piped: under pipefail, grep -q quitting at the first
+    # match failed ternctl's later writes (SIGPIPE) once the log outgrew the
+    # pipe, and so every check.
+    logs=$("${ternctl[@]}" logs "$job" --json 2>/dev/null || true)
+    grep -q checkpoint_committed <<<"$logs" && break
     [[ $i -eq 300 ]] && fail "job $job committed no checkpoint within a minute"
     sleep 0.2
   done
