@@ -424,6 +424,18 @@ Status Ternd::StartLeading(int64_t epoch, const std::string& listen) {
   leading_ = true;
   metrics_->SetLeader(true, epoch);
   tick_thread_ = std::thread([this] { TickLoop(); });
+  // gRPC 1.51 serves callback methods (WatchJob, the health service) from a
+  // queue whose threads, after an idle second, sleep 100 ms outside the
+  // poller; with no other thread in it, every call arriving then waited those
+  // 100 ms (a p99 of ~95 ms at any load; 5 ms with this thread at 1,000
+  // SubmitJob/s: docs/BENCHMARKS.md).
+  poll_keeper_cq_ = std::make_unique<grpc::CompletionQueue>();
+  poll_keeper_ = std::thread([cq = poll_keeper_cq_.get()] {
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq->Next(&tag, &ok)) {
+    }
+  });
   TERN_LOG(INFO) << "ternd: serving on " << address_ << ", store "
                  << scheduler::JobStoreDisplayName(options_.db_path) << ", artifacts under "
                  << state_->layout.artifact_root << ", checkpoints under "
@@ -661,6 +673,8 @@ void Ternd::Shutdown() {
     standby_server_->Wait();
   }
   if (tick_thread_.joinable()) tick_thread_.join();
+  if (poll_keeper_cq_) poll_keeper_cq_->Shutdown();
+  if (poll_keeper_.joinable()) poll_keeper_.join();
   if (http_) http_->Stop();
   server_.reset();
   standby_server_.reset();

@@ -38,6 +38,8 @@
 #ifndef TERN_SERVER_TERND_H_
 #define TERN_SERVER_TERND_H_
 
+#include <grpcpp/completion_queue.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -261,6 +263,11 @@ class Ternd {
   bool stopping_ = false;  // guarded by mu_
   bool stopped_ = false;   // guarded by mu_
   std::thread tick_thread_;
+  // A thread that stays in gRPC's poller (Next() on a queue nothing is ever
+  // posted to), so that incoming calls are read while gRPC's callback-queue
+  // threads sleep after an idle second (PollKeeper in ternd.cc).
+  std::unique_ptr<grpc::CompletionQueue> poll_keeper_cq_;
+  std::thread poll_keeper_;
 };
 
 }  // namespace tern::server

@@ -42,7 +42,8 @@ for round in $(seq "$rounds"); do
     after=$(cat /proc/sys/kernel/ns_last_pid) cpu1=$(cpu_ticks)
     calls=$(awk -F'|' '{ gsub(/ /, "", $4); print $4 }' <<<"$row")
     per=$(awk -v c=$((cpu1 - cpu0)) -v n="$calls" -v t="$ticks" 'BEGIN { printf "%.3f", n ? c * 1000 / t / n : 0 }')
-    echo "| $round | $n | closed $row $((after - before)) | $per |"
+    created=$(( (after - before + $(cat /proc/sys/kernel/pid_max)) % $(cat /proc/sys/kernel/pid_max) ))
+    echo "| $round | $n | closed $row $created | $per |"
     for rate in ${rates//,/ }; do
       echo "| $round | $n | open $rate/s $(bench --rate "$rate") | |"
     done
