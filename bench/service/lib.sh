@@ -2,6 +2,7 @@
 # measurement. Needs $build (the build directory) and $name (the script's
 # name, for messages) set, and ternd and tern_service_load_bench built.
 # Sets T (a temp directory, removed on exit with the ternd left running).
+# bench_db: another --db than a fresh SQLite file in $T/run.
 for bin in server/ternd bench/service/tern_service_load_bench; do
   [[ -x $build/$bin ]] || { echo "$name: $build/$bin is not built" >&2; exit 2; }
 done
@@ -12,7 +13,7 @@ trap '[[ -n $pid ]] && kill $pid 2>/dev/null; rm -rf "$T"' EXIT
 # start_ternd FLAG... -> sets pid and addr: ternd on a fresh db in $T/run.
 start_ternd() {
   rm -rf "$T/run" && mkdir -p "$T/run"
-  "$build/server/ternd" --listen 127.0.0.1:0 --db "$T/run/ternd.db" --artifact-root "$T/run/art" \
+  "$build/server/ternd" --listen 127.0.0.1:0 --db "${bench_db:-$T/run/ternd.db}" --artifact-root "$T/run/art" \
     --checkpoint-root "$T/run/ck" --metrics-listen "" "$@" \
     > "$T/run/out" 2> "$T/run/log" &
   pid=$!
