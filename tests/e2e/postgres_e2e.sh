@@ -21,7 +21,8 @@ ternd_listen="127.0.0.1:$(free_port)"  # the restarted ternd listens here again
 ternd_flags=(--rendezvous-key-file "$work/rendezvous.key")
 
 start_ternd
-grep -q "store postgresql:///$database" "$ternd_log" || fail "ternd does not log its store: $(cat "$ternd_log")"
+# "listening" comes before the lease is taken; "serving on ..., store" after.
+wait_for_line "$ternd_log" "store postgresql:///$database" >/dev/null
 ternctl=("$build/cli/ternctl" --server "$server" --owner e2e)
 write_small_job "$work/job.yaml"
 job=$("${ternctl[@]}" submit --idempotency-key pg-e2e-1 "$work/job.yaml")
