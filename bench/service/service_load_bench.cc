@@ -6,7 +6,11 @@
 //   tern_service_load_bench --server ADDR --submit-jobs N --concurrency C
 //       --ack-file PATH [--owner bench]
 //
-// --rate R: open loop instead, R SubmitJob calls per second offered in all
+// --rpc WhoAmI: the timed call is WhoAmI (no store, no spec check: the floor
+// of a unary call through ternd's gRPC server and interceptors) instead of
+// SubmitJob; --get-per-submit is then ignored.
+//
+// --rate R: open loop instead, R timed calls per second offered in all
 // (each thread's calls due at a fixed interval; a latency counts from when
 // its call was due). With N threads in a closed loop the mean latency is
 // N / throughput (Little's law), so "p99 <= 10 ms at 128 clients" needs an
@@ -99,7 +103,7 @@ double Pct(std::vector<double>& v, double p) {
 // omission).
 void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_point start,
             Clock::time_point end, Clock::duration interval, int deadline_ms, int gets_per_submit,
-            const std::string& run_tag, ThreadResult* out) {
+            bool whoami, const std::string& run_tag, ThreadResult* out) {
   std::mt19937_64 rng(static_cast<uint64_t>(index) * 7919 + static_cast<uint64_t>(level));
   std::vector<std::string> ids;
   const tern::v1::JobSpec spec = SmallSpec(level, index);
@@ -113,6 +117,22 @@ void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_
     if (interval != Clock::duration::zero()) {
       if (due >= end) break;
       std::this_thread::sleep_until(due);
+    }
+    if (whoami) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+      ctx.AddMetadata("x-tern-owner", "bench");
+      tern::v1::WhoAmIResponse resp;
+      auto t0 = interval == Clock::duration::zero() ? Clock::now() : due;
+      due += interval;
+      grpc::Status s = stub->WhoAmI(&ctx, tern::v1::WhoAmIRequest(), &resp);
+      if (s.ok()) {
+        out->submit.ms.push_back(Ms(Clock::now() - t0));
+      } else {
+        ++out->submit.errors;
+        note(s, "WhoAmI");
+      }
+      continue;
     }
     {
       grpc::ClientContext ctx;
@@ -375,6 +395,7 @@ int main(int argc, char** argv) {
   std::string ack_file;
   std::string owner = "bench";
   double retry_seconds = 60;
+  std::string rpc = "SubmitJob";
   app.add_option("--server", server,
                  "ternd's address, HOST:PORT (--submit-jobs: several, comma-separated, follows "
                  "the leader)")
@@ -385,9 +406,11 @@ int main(int argc, char** argv) {
   app.add_option("--deadline-ms", deadline_ms, "deadline of every call");
   app.add_option("--get-per-submit", gets_per_submit, "GetJob calls after each SubmitJob");
   app.add_option("--rate", rate,
-                 "open loop: SubmitJob calls per second offered by all of a level's threads "
+                 "open loop: timed calls per second offered by all of a level's threads "
                  "together, latency counted from when each was due (0: closed loop)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--rpc", rpc, "the timed call: SubmitJob, or WhoAmI (the floor of a unary call)")
+      ->check(CLI::IsMember({"SubmitJob", "WhoAmI"}));
   app.add_option("--queued-depths", depths_flag,
                  "comma-separated queue lengths to time one client's SubmitJob at (ascending)");
   app.add_option("--depth-samples", depth_samples, "SubmitJob calls timed per depth")
@@ -452,7 +475,7 @@ int main(int argc, char** argv) {
                  : Clock::duration::zero();
     for (int i = 0; i < level; ++i)
       threads.emplace_back(Worker, stubs[static_cast<size_t>(i)].get(), level, i, start, end,
-                           interval, deadline_ms, gets_per_submit, run_tag,
+                           interval, deadline_ms, gets_per_submit, rpc == "WhoAmI", run_tag,
                            &results[static_cast<size_t>(i)]);
     for (auto& t : threads) t.join();
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -467,7 +490,8 @@ int main(int argc, char** argv) {
       if (first_error.empty()) first_error = r.first_error;
     }
     for (auto* p : {&submit, &get}) {
-      const char* name = p == &submit ? "SubmitJob" : "GetJob";
+      if (p == &get && rpc == "WhoAmI") continue;
+      const char* name = p == &submit ? rpc.c_str() : "GetJob";
       double mx = p->ms.empty() ? 0 : *std::max_element(p->ms.begin(), p->ms.end());
       double p50 = Pct(p->ms, 0.50), p99 = Pct(p->ms, 0.99);
       std::printf("| %d | %s | %zu | %ld | %.0f | %.2f | %.2f | %.2f |\n", level, name, p->ms.size(),

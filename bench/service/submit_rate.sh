@@ -6,12 +6,15 @@
 # (no GetJob) and then open-loop runs at each offered --rate (latency counted
 # from when each call was due). Also prints how many threads were created
 # system-wide during each closed-loop run (ns_last_pid) and ternd's CPU
-# time per acknowledged submit. Settings alternate per round.
+# time per answered call. Settings alternate per round. --rpc WhoAmI
+# times that call instead (no store, no spec check): the floor of a unary
+# call through ternd's gRPC server on this machine.
 #   bench/service/submit_rate.sh [--build build] [--seconds 5] [--clients 128]
 #       [--rates 1000,2000,3000,5000] [--idle-threads 2,256] [--rounds 2]
+#       [--rpc SubmitJob|WhoAmI]
 # Run from the repository root after building ternd and tern_service_load_bench.
 set -euo pipefail
-build=build seconds=5 clients=128 rates=1000,2000,3000,5000 idle=2,256 rounds=2
+build=build seconds=5 clients=128 rates=1000,2000,3000,5000 idle=2,256 rounds=2 rpc=SubmitJob
 while [[ $# -gt 0 ]]; do
   case $1 in
     --build) build=$2; shift 2 ;;
@@ -20,6 +23,7 @@ while [[ $# -gt 0 ]]; do
     --rates) rates=$2; shift 2 ;;
     --idle-threads) idle=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --rpc) rpc=$2; shift 2 ;;
     *) echo "submit_rate.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -28,11 +32,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 bench() { "$build/bench/service/tern_service_load_bench" --server "$addr" --concurrency "$clients" \
-            --seconds "$seconds" --get-per-submit 0 "$@" | grep SubmitJob; }
+            --seconds "$seconds" --get-per-submit 0 --rpc "$rpc" "$@" | grep "| $rpc |"; }
 
 echo "# $(date -u +%FT%TZ) $(uname -n) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)," \
   "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)"
-echo "| round | idle threads | loop | clients | RPC | calls | errors | req/s | p50 ms | p99 ms | max ms | threads created | ternd CPU ms per submit |"
+echo "| round | idle threads | loop | clients | RPC | calls | errors | req/s | p50 ms | p99 ms | max ms | threads created | ternd CPU ms per call |"
 echo "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq "$rounds"); do
   for n in ${idle//,/ }; do

@@ -15,9 +15,15 @@
 # Needs PostgreSQL's server programs (scripts/pg-test-server.sh) and psql,
 # required lines of scripts/tools.list: it fails without them.
 # usage: standby_e2e.sh BUILD_DIR [JOBS]   (default 400, or TERN_STANDBY_E2E_JOBS)
+# The issue's full size: TERN_STANDBY_E2E_CLIENTS=200 TERN_STANDBY_E2E_SLOTS=32
+#   TERN_STANDBY_E2E_DRAIN_SECONDS=1200 standby_e2e.sh BUILD_DIR 20000
+# (defaults: 8 clients, 8 slots per agent, 150 s for every job to end).
 set -euo pipefail
 build="$(cd "${1:?usage: standby_e2e.sh BUILD_DIR [JOBS]}" && pwd)"
 jobs=${2:-${TERN_STANDBY_E2E_JOBS:-400}}
+clients=${TERN_STANDBY_E2E_CLIENTS:-8}
+slots=${TERN_STANDBY_E2E_SLOTS:-8}
+drain_seconds=${TERN_STANDBY_E2E_DRAIN_SECONDS:-150}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bench="$build/bench/service/tern_service_load_bench"
 [[ -x "$bench" ]] || { echo "FAIL: $bench is not built"; exit 1; }
@@ -116,7 +122,7 @@ chmod +x "$work/trainer.sh"
 : >"$work/intervals"
 
 for id in a1 a2; do
-  "$build/worker/agent/tern-agent" --server "$servers" --agent-id "$id" --cpu-slots 8 \
+  "$build/worker/agent/tern-agent" --server "$servers" --agent-id "$id" --cpu-slots "$slots" \
     --trainer "$work/trainer.sh" --workdir "$work/agent-$id" --metrics-listen 127.0.0.1:0 \
     --confine-writes off >"$work/agent-$id.out" 2>"$work/agent-$id.log" &
   pids=("$!" "${pids[@]}")
@@ -154,7 +160,7 @@ done
 
 acks="$work/acks"
 : >"$acks"
-"$bench" --server "$servers" --submit-jobs "$jobs" --concurrency 8 --ack-file "$acks" \
+"$bench" --server "$servers" --submit-jobs "$jobs" --concurrency "$clients" --ack-file "$acks" \
   --owner e2e --retry-seconds 90 >"$work/bench.out" 2>&1 &
 load=$!
 process_names[$load]=load
@@ -190,13 +196,14 @@ diff <(cut -d' ' -f2 "$work/acked.sorted" | sort) <(cut -d' ' -f2 "$work/stored.
 [[ $(psql_q "SELECT count(*) FROM jobs") -eq $((jobs + 2)) ]] || fail "jobs stored twice"
 
 # Every job ends; the load's SUCCEEDED, the training jobs too.
-deadline=$(($(date +%s) + 150))
+deadline=$(($(date +%s) + drain_seconds))
 while :; do
   open=$(psql_q "SELECT count(*) FROM jobs WHERE state NOT IN ('SUCCEEDED','FAILED','CANCELLED')")
   [[ $open -eq 0 || $(date +%s) -ge $deadline ]] && break
   sleep 0.5
 done
 [[ $open -eq 0 ]] || fail "$open jobs not final: $(psql_q "SELECT state, count(*) FROM jobs GROUP BY state")"
+echo "DRAINED: every job final $(($(date +%s) - deadline + drain_seconds)) s after the last acknowledgement"
 bad=$(psql_q "SELECT count(*) FROM jobs WHERE state <> 'SUCCEEDED'")
 [[ $bad -eq 0 ]] || fail "$bad jobs did not succeed: $(psql_q "SELECT id, state FROM jobs WHERE state <> 'SUCCEEDED' LIMIT 5")"
 for job in "$train1" "$train2"; do
