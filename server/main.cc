@@ -22,6 +22,7 @@
 // when it led several ternd sharing one store and lost the lease (or could
 // not start leading): it stopped acting at once; restart it, it comes back
 // as a standby (docs/DEPLOY.md, "Several ternd").
+#include <absl/synchronization/mutex.h>
 #include <pthread.h>
 
 #include <CLI/CLI.hpp>
@@ -64,6 +65,7 @@ void AddDuration(CLI::App& app, const std::string& name, std::chrono::millisecon
 }
 
 int Run(TerndOptions options) {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Block the signals in every thread; this one waits for them below.
   sigset_t signals;
   sigemptyset(&signals);
