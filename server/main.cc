@@ -65,6 +65,8 @@ void AddDuration(CLI::App& app, const std::string& name, std::chrono::millisecon
 }
 
 int Run(TerndOptions options) {
+  // Debian's absl is built with Mutex deadlock detection on: every lock of a
+  // gRPC-internal mutex would also update one global lock graph.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Block the signals in every thread; this one waits for them below.
   sigset_t signals;
