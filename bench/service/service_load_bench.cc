@@ -95,6 +95,15 @@ double Pct(std::vector<double>& v, double p) {
   return v[i];
 }
 
+// One call's context: its deadline and the bench's owner.
+struct Call {
+  grpc::ClientContext ctx;
+  explicit Call(int deadline_ms) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+    ctx.AddMetadata("x-tern-owner", "bench");
+  }
+};
+
 // `interval` zero: closed loop (the next call when the last one is
 // answered). Otherwise open loop: this thread's SubmitJob calls are due
 // every `interval` from `start` (the threads' schedules staggered), and each
@@ -119,13 +128,11 @@ void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_
       std::this_thread::sleep_until(due);
     }
     if (whoami) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
-      ctx.AddMetadata("x-tern-owner", "bench");
+      Call call(deadline_ms);
       tern::v1::WhoAmIResponse resp;
       auto t0 = interval == Clock::duration::zero() ? Clock::now() : due;
       due += interval;
-      grpc::Status s = stub->WhoAmI(&ctx, tern::v1::WhoAmIRequest(), &resp);
+      grpc::Status s = stub->WhoAmI(&call.ctx, tern::v1::WhoAmIRequest(), &resp);
       if (s.ok()) {
         out->submit.ms.push_back(Ms(Clock::now() - t0));
       } else {
@@ -135,9 +142,7 @@ void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_
       continue;
     }
     {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
-      ctx.AddMetadata("x-tern-owner", "bench");
+      Call call(deadline_ms);
       tern::v1::SubmitJobRequest req;
       *req.mutable_spec() = spec;
       req.set_idempotency_key(run_tag + "-c" + std::to_string(level) + "-t" + std::to_string(index) +
@@ -145,7 +150,7 @@ void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_
       tern::v1::SubmitJobResponse resp;
       auto t0 = interval == Clock::duration::zero() ? Clock::now() : due;
       due += interval;
-      grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
+      grpc::Status s = stub->SubmitJob(&call.ctx, req, &resp);
       auto dt = Clock::now() - t0;
       if (s.ok()) {
         out->submit.ms.push_back(Ms(dt));
@@ -156,14 +161,12 @@ void Worker(tern::v1::JobService::Stub* stub, int level, int index, Clock::time_
       }
     }
     for (int g = 0; g < gets_per_submit && !ids.empty() && Clock::now() < end; ++g) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
-      ctx.AddMetadata("x-tern-owner", "bench");
+      Call call(deadline_ms);
       tern::v1::GetJobRequest req;
       req.set_job_id(ids[std::uniform_int_distribution<size_t>(0, ids.size() - 1)(rng)]);
       tern::v1::Job job;
       auto t0 = Clock::now();
-      grpc::Status s = stub->GetJob(&ctx, req, &job);
+      grpc::Status s = stub->GetJob(&call.ctx, req, &job);
       auto dt = Clock::now() - t0;
       if (s.ok()) {
         out->get.ms.push_back(Ms(dt));
@@ -187,14 +190,6 @@ std::vector<int> ParseLevels(const std::string& s) {
   }
   return levels;
 }
-
-struct Call {
-  grpc::ClientContext ctx;
-  explicit Call(int deadline_ms) {
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
-    ctx.AddMetadata("x-tern-owner", "bench");
-  }
-};
 
 // Submits `count` jobs from `threads` threads; returns the errors.
 long Fill(const std::vector<std::shared_ptr<grpc::Channel>>& chans, long count, int threads,
