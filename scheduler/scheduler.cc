@@ -258,14 +258,40 @@ struct Scheduler::Agent {
 };
 
 struct Scheduler::Batch {
+  Batch() { writes.reserve(32); }  // most batches: no reallocation of Job copies
+
   std::vector<JobWrite> writes;
   std::vector<std::function<void()>> effects;  // run under mu_ once committed
   bool events = false;                         // some write appends events (WaitForEvents)
-  bool done = false;                           // committed or failed; `status` says which
-  Status status;
-  // Its callers wait here (not on one shared variable: a commit wakes only
-  // the calls it answers).
+  Status status;                               // set (under mu_) before `done`
+  // Its callers wait on `resolved` under `done_mu`, not under mu_: a commit
+  // wakes only the calls it answers, and they leave without queueing for
+  // mu_ behind the writer and new calls.
+  std::mutex done_mu;
   std::condition_variable resolved;
+  bool done = false;  // committed or failed; `status` says which. Written
+                      // under mu_ and done_mu: read under either.
+
+  // Marks the batch resolved and wakes its callers (with mu_ held).
+  void Resolve() {
+    {
+      std::lock_guard<std::mutex> l(done_mu);
+      done = true;
+    }
+    resolved.notify_all();
+  }
+  // Waits until resolved, with mu_ released (`lock` is left unlocked).
+  void AwaitUnlocked(std::unique_lock<std::mutex>& lock) {
+    lock.unlock();
+    std::unique_lock<std::mutex> l(done_mu);
+    resolved.wait(l, [&] { return done; });
+  }
+  // Waits until resolved; returns with `lock` (on mu_) held again.
+  void Await(std::unique_lock<std::mutex>& lock) {
+    if (done) return;
+    AwaitUnlocked(lock);
+    lock.lock();
+  }
 };
 
 bool Scheduler::QueueKey::operator<(const QueueKey& other) const {
@@ -475,7 +501,6 @@ void Scheduler::CommitOpenBatchLocked(std::unique_lock<std::mutex>& lock) {
 }
 
 void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch, Status status) {
-  batch->done = true;
   if (status.ok()) {
     for (const JobWrite& w : batch->writes) {
       auto it = unflushed_.find(w.job.id);
@@ -491,9 +516,8 @@ void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch, Status status
     // goes back to what the store holds.
     const size_t behind = open_->writes.size();
     if (behind != 0) {
-      open_->done = true;
       open_->status = status;
-      open_->resolved.notify_all();
+      open_->Resolve();
     }
     open_ = std::make_shared<Batch>();
     unflushed_.clear();
@@ -538,7 +562,7 @@ void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch, Status status
       it = queued ? std::next(it) : head_since_.erase(it);
     }
   }
-  batch->resolved.notify_all();
+  batch->Resolve();
   changed_.notify_all();
 }
 
@@ -573,7 +597,8 @@ Status Scheduler::FinishLocked(std::unique_lock<std::mutex>& lock, Status status
     // meanwhile queue behind it; the writer takes those.
     CommitOpenBatchLocked(lock);
   }
-  batch->resolved.wait(lock, [&] { return batch->done; });
+  if (batch->done) return batch->status;
+  batch->AwaitUnlocked(lock);
   return batch->status;
 }
 
@@ -582,7 +607,7 @@ void Scheduler::AwaitJobLocked(std::unique_lock<std::mutex>& lock, JobId id) con
     auto it = unflushed_.find(id);
     if (it == unflushed_.end()) return;
     const std::shared_ptr<Batch> batch = it->second.batch;
-    batch->resolved.wait(lock, [&] { return batch->done; });
+    batch->Await(lock);
   }
 }
 
@@ -1073,7 +1098,8 @@ StatusOr<SubmitResult> Scheduler::SubmitJob(const JobRequest& request) {
     if (it == by_idempotency_key_.end()) break;
     const JobId id = it->second;
     if (unflushed_.count(id) == 0) {
-      return SubmitResult{jobs_.at(id), /*created=*/false};
+      const Job& earlier = jobs_.at(id);
+      return SubmitResult{earlier, /*created=*/false, WaitReasonLocked(earlier)};
     }
     // The earlier submission (or a change of its job) is being committed:
     // answer once it is. Should that commit fail, the key is free again
@@ -1111,7 +1137,8 @@ StatusOr<SubmitResult> Scheduler::SubmitJob(const JobRequest& request) {
   ++next_id_;
   if (!key.second.empty()) by_idempotency_key_[key] = id;
   AdmitAndLogLocked(now);
-  SubmitResult result{jobs_.at(id), /*created=*/true};
+  const Job& stored = jobs_.at(id);
+  SubmitResult result{stored, /*created=*/true, WaitReasonLocked(stored)};
   TERN_RETURN_IF_ERROR(FinishLocked(lock, OkStatus()));
   return result;
 }
@@ -1173,7 +1200,7 @@ StatusOr<ListJobsResult> Scheduler::ListJobs(const ListJobsQuery& query) const {
   if (std::any_of(result.jobs.begin(), result.jobs.end(),
                   [&](const Job& job) { return unflushed_.count(job.id) != 0; })) {
     const std::shared_ptr<Batch> batch = UnresolvedLocked();
-    if (batch != nullptr) batch->resolved.wait(lock, [&] { return batch->done; });
+    if (batch != nullptr) batch->Await(lock);
     fill();
   }
   return result;
@@ -1266,7 +1293,11 @@ StatusOr<WaitReasonInfo> Scheduler::WaitReasonOf(JobId id) const {
   if (it == jobs_.end()) {
     return NotFoundError("job " + std::to_string(id) + " does not exist");
   }
-  const Job& job = it->second;
+  return WaitReasonLocked(it->second);
+}
+
+WaitReasonInfo Scheduler::WaitReasonLocked(const Job& job) const {
+  const JobId id = job.id;
   if (job.state == JobState::kQueued) {
     auto found = wait_reasons_.find(id);
     if (found != wait_reasons_.end()) return found->second;

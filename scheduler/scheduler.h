@@ -159,6 +159,8 @@ struct WaitReasonInfo {
 struct SubmitResult {
   Job job;
   bool created = true;  // false: an earlier job with the same idempotency key
+  // Why `job` waits (Scheduler::WaitReasonOf), as of the same moment as `job`.
+  WaitReasonInfo wait_reason;
 };
 
 struct ListJobsQuery {
@@ -364,10 +366,13 @@ class Scheduler {
   // Runs `effect` once everything queued so far is committed (now if so).
   void DeferLocked(std::function<void()> effect);
   // `status` if not OK; else waits until everything queued so far is
-  // committed and returns that commit's status.
+  // committed and returns that commit's status. May return with `lock`
+  // released: callers return right after it.
   Status FinishLocked(std::unique_lock<std::mutex>& lock, Status status);
   // Waits until job `id` has no uncommitted change.
   void AwaitJobLocked(std::unique_lock<std::mutex>& lock, JobId id) const;
+  // WaitReasonOf for `job`, a job of jobs_.
+  WaitReasonInfo WaitReasonLocked(const Job& job) const;
   // Why `job` waits on its owner's slot quota; nullopt when it does not.
   std::optional<std::string> QuotaWaitLocked(const Job& job) const;
   void TakeSlotsLocked(const Job& job);

@@ -25,41 +25,73 @@ using trainer::TrainerLine;
 
 constexpr size_t kMaxJobIdDigits = 18;
 
-// Sets the field at `path` ("optimization.lr") of `spec` to `value` when it
-// is unset; the path names an optional int32, uint32 or double field.
-void FillDefault(v1::JobSpec* spec, const std::string& path, double value) {
+// A default of spec/rules.h's table that is one number, resolved once to the
+// descriptors on its path ("optimization.lr": optimization, then lr) so that
+// filling it in needs no lookup by name.
+struct NumberDefault {
+  std::vector<const google::protobuf::FieldDescriptor*> path;  // messages, then the field
+  double value = 0;
+};
+
+// The table's one-number defaults whose path names an optional int32, uint32
+// or double field of JobSpec (tests/spec keeps the table and the proto in
+// step; a path that does not resolve is left out).
+const std::vector<NumberDefault>& NumberDefaults() {
+  static const std::vector<NumberDefault>* const defaults = [] {
+    auto* out = new std::vector<NumberDefault>();
+    for (const spec::Field& field : spec::JobSpecFields()) {
+      if (!field.presence || !field.default_number) continue;
+      NumberDefault d;
+      d.value = *field.default_number;
+      const google::protobuf::Descriptor* message = v1::JobSpec::descriptor();
+      size_t start = 0;
+      bool resolved = false;
+      for (;;) {
+        const size_t dot = field.path.find('.', start);
+        const std::string name =
+            field.path.substr(start, dot == std::string::npos ? dot : dot - start);
+        const google::protobuf::FieldDescriptor* f = message->FindFieldByName(name);
+        if (f == nullptr || f->is_repeated()) break;
+        d.path.push_back(f);
+        if (dot == std::string::npos) {
+          const auto type = f->cpp_type();
+          resolved =
+              f->has_presence() && (type == google::protobuf::FieldDescriptor::CPPTYPE_INT32 ||
+                                    type == google::protobuf::FieldDescriptor::CPPTYPE_UINT32 ||
+                                    type == google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE);
+          break;
+        }
+        if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) break;
+        message = f->message_type();
+        start = dot + 1;
+      }
+      if (resolved) out->push_back(std::move(d));
+    }
+    return out;
+  }();
+  return *defaults;
+}
+
+// Sets `d`'s field of `spec` to its default when it is unset.
+void FillDefault(v1::JobSpec* spec, const NumberDefault& d) {
   google::protobuf::Message* message = spec;
-  size_t start = 0;
-  for (;;) {
-    const size_t dot = path.find('.', start);
-    const std::string name = path.substr(start, dot == std::string::npos ? dot : dot - start);
-    const google::protobuf::FieldDescriptor* field =
-        message->GetDescriptor()->FindFieldByName(name);
-    if (field == nullptr) return;  // tests/spec keeps the table and the proto in step
-    const google::protobuf::Reflection* reflection = message->GetReflection();
-    if (dot != std::string::npos) {
-      if (field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) return;
-      message = reflection->MutableMessage(message, field);
-      start = dot + 1;
-      continue;
-    }
-    if (!field->has_presence() || field->is_repeated() || reflection->HasField(*message, field)) {
-      return;
-    }
-    switch (field->cpp_type()) {
-      case google::protobuf::FieldDescriptor::CPPTYPE_INT32:
-        reflection->SetInt32(message, field, static_cast<int32_t>(value));
-        break;
-      case google::protobuf::FieldDescriptor::CPPTYPE_UINT32:
-        reflection->SetUInt32(message, field, static_cast<uint32_t>(value));
-        break;
-      case google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE:
-        reflection->SetDouble(message, field, value);
-        break;
-      default:
-        break;
-    }
-    return;
+  const google::protobuf::Reflection* reflection = message->GetReflection();
+  for (size_t i = 0; i + 1 < d.path.size(); ++i) {
+    message = reflection->MutableMessage(message, d.path[i]);
+    reflection = message->GetReflection();
+  }
+  const google::protobuf::FieldDescriptor* field = d.path.back();
+  if (reflection->HasField(*message, field)) return;
+  switch (field->cpp_type()) {
+    case google::protobuf::FieldDescriptor::CPPTYPE_INT32:
+      reflection->SetInt32(message, field, static_cast<int32_t>(d.value));
+      break;
+    case google::protobuf::FieldDescriptor::CPPTYPE_UINT32:
+      reflection->SetUInt32(message, field, static_cast<uint32_t>(d.value));
+      break;
+    default:
+      reflection->SetDouble(message, field, d.value);
+      break;
   }
 }
 
@@ -218,11 +250,7 @@ v1::JobResult StoredResult(const scheduler::Job& job) {
 
 v1::JobSpec EffectiveSpec(const v1::JobSpec& spec, const std::string& checkpoint_directory) {
   v1::JobSpec effective = spec;
-  for (const spec::Field& field : spec::JobSpecFields()) {
-    if (field.presence && field.default_number) {
-      FillDefault(&effective, field.path, *field.default_number);
-    }
-  }
+  for (const NumberDefault& d : NumberDefaults()) FillDefault(&effective, d);
   effective.mutable_checkpoint()->set_directory(checkpoint_directory);
   return effective;
 }
@@ -246,7 +274,12 @@ StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
   v1::Job out;
   out.set_id(FormatJobId(job.id));
   out.set_name(JobResourceName(job.id));
-  TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(job));
+  v1::JobSpec spec;
+  if (extras.spec != nullptr) {
+    spec = *extras.spec;
+  } else {
+    TERN_ASSIGN_OR_RETURN(spec, StoredSpec(job));
+  }
   const std::string checkpoint_directory = layout.CheckpointDir(job, spec);
   *out.mutable_effective_spec() = EffectiveSpec(spec, checkpoint_directory);
   out.set_checkpoint_directory(checkpoint_directory);

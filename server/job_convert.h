@@ -85,6 +85,9 @@ struct JobExtras {
   std::optional<v1::Progress> progress;               // latest sample, if any
   std::optional<v1::EpochMetrics> metrics;            // latest epoch, if any
   std::optional<scheduler::TimePoint> progress_time;  // when either came
+  // The job's spec already parsed (what job.spec holds), when the caller has
+  // it: spares parsing it again. nullptr: parsed from job.spec.
+  const v1::JobSpec* spec = nullptr;
 };
 
 // `spec` with the defaults of spec/rules.h's table that are one number filled

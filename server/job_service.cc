@@ -124,6 +124,14 @@ Status JobStateConflict(const scheduler::Job& job, const std::string& message) {
       .WithMetadata("state", scheduler::JobStateName(job.state));
 }
 
+// The job's latest progress and epoch metrics, into `extras`.
+void AddProgress(ProgressCache& progress, const scheduler::Job& job, JobExtras* extras) {
+  ProgressCache::Entry entry = progress.Get(job);
+  extras->progress = std::move(entry.progress);
+  extras->metrics = std::move(entry.metrics);
+  extras->progress_time = entry.updated;
+}
+
 }  // namespace
 
 JobService::JobService(ServerState* state)
@@ -330,8 +338,8 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
   TERN_ASSIGN_OR_RETURN(scheduler::SubmitResult submitted,
                         state_->scheduler->SubmitJob(r));
   if (!submitted.created) {
-    TERN_ASSIGN_OR_RETURN(v1::JobSpec stored, StoredSpec(submitted.job));
-    if (SerializeSpec(stored) != r.spec) {
+    TERN_ASSIGN_OR_RETURN(spec, StoredSpec(submitted.job));
+    if (SerializeSpec(spec) != r.spec) {
       return AlreadyExistsError("idempotency_key " + Quoted(request.idempotency_key()) +
                                 " was already used for job " + FormatJobId(submitted.job.id) +
                                 " with a different spec")
@@ -342,7 +350,9 @@ Status JobService::DoSubmitJob(grpc::ServerContext* context,
               "already used for job " + FormatJobId(submitted.job.id) + " with a different spec");
     }
   }
-  TERN_ASSIGN_OR_RETURN(*response->mutable_job(), Describe(submitted.job));
+  // `spec` is what the stored job holds: the one just stored, or the earlier
+  // submission's, equal to it.
+  TERN_ASSIGN_OR_RETURN(*response->mutable_job(), DescribeSubmitted(submitted, spec));
   response->set_created(submitted.created);
   return OkStatus();
 }
@@ -629,11 +639,17 @@ StatusOr<v1::Job> JobService::Describe(const scheduler::Job& job) {
     StatusOr<scheduler::WaitReasonInfo> wait = state_->scheduler->WaitReasonOf(job.id);
     if (wait.ok()) extras.wait_reason = *wait;
   }
-  ProgressCache::Entry entry = state_->progress->Get(job);
-  extras.progress = std::move(entry.progress);
-  extras.metrics = std::move(entry.metrics);
-  extras.progress_time = entry.updated;
+  AddProgress(*state_->progress, job, &extras);
   return ToProtoJob(job, state_->layout, extras);
+}
+
+StatusOr<v1::Job> JobService::DescribeSubmitted(const scheduler::SubmitResult& submitted,
+                                                const v1::JobSpec& spec) {
+  JobExtras extras;
+  extras.spec = &spec;
+  extras.wait_reason = submitted.wait_reason;
+  if (!submitted.created) AddProgress(*state_->progress, submitted.job, &extras);
+  return ToProtoJob(submitted.job, state_->layout, extras);
 }
 
 Status JobService::Stopping(grpc::ServerContext* context) const {

@@ -86,7 +86,13 @@ class JobService final : public v1::JobService::WithCallbackMethod_WatchJob<v1::
   StatusOr<scheduler::Job> ReadableJob(grpc::ServerContextBase* context,
                                        const std::string& job_id,
                                        Caller* caller = nullptr);
+  // The tern.v1.Job for `job` (ToProtoJob with its wait reason and progress).
   StatusOr<v1::Job> Describe(const scheduler::Job& job);
+  // Describe for SubmitJob's answer, from what the call has in hand: the
+  // wait reason the scheduler gave with `submitted` and `spec`, what
+  // submitted.job.spec holds. A job just created has no progress yet.
+  StatusOr<v1::Job> DescribeSubmitted(const scheduler::SubmitResult& submitted,
+                                      const v1::JobSpec& spec);
   Status Stopping(grpc::ServerContext* context) const;
 
   ServerState* const state_;

@@ -1,6 +1,7 @@
 // tern.v1.JobService over real gRPC loopback against an in-process Ternd.
 #include "server/job_service.h"
 
+#include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -246,6 +247,14 @@ TEST_F(JobServiceTest, IdempotencyKeyReturnsTheOriginalJob) {
   ASSERT_TRUE(Submit(ValidSpec(), &retry, "key-1", "alice").ok());
   EXPECT_FALSE(retry.created());
   EXPECT_EQ(retry.job().id(), first.job().id());
+  // The same description: the spec as stored, what runs, and why it waits.
+  using google::protobuf::util::MessageDifferencer;
+  EXPECT_TRUE(MessageDifferencer::Equals(retry.job().spec(), first.job().spec()));
+  EXPECT_TRUE(
+      MessageDifferencer::Equals(retry.job().effective_spec(), first.job().effective_spec()));
+  EXPECT_EQ(retry.job().checkpoint_directory(), first.job().checkpoint_directory());
+  EXPECT_EQ(retry.job().wait_reason().code(), "INSUFFICIENT_SLOTS");  // no agents
+  EXPECT_EQ(retry.job().wait_reason().message(), first.job().wait_reason().message());
 
   v1::JobSpec other = ValidSpec();
   other.mutable_optimization()->set_epochs(2);
