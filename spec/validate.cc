@@ -65,7 +65,7 @@ class Checker {
  public:
   std::vector<Violation> Run(const json& spec, json* normalized) {
     json out = json::object();
-    Walk(spec, "", &out);
+    Walk(spec, "", normalized != nullptr ? &out : nullptr);
     CheckFields();
     CheckCrossFields();
     if (normalized != nullptr) *normalized = std::move(out);
@@ -78,7 +78,8 @@ class Checker {
     bad_.insert(path);
   }
 
-  // Type checks, key by key; valid values go to `values_` and `out`.
+  // Type checks, key by key; valid values go to `values_` and, unless it is
+  // null, `out`.
   void Walk(const json& object, const std::string& prefix, json* out) {
     for (const auto& item : object.items()) {
       const std::string path = prefix.empty() ? item.key() : prefix + "." + item.key();
@@ -94,6 +95,10 @@ class Checker {
           Fail(path, "expected an object");
           continue;
         }
+        if (out == nullptr) {
+          Walk(v, path, nullptr);
+          continue;
+        }
         json child = json::object();
         Walk(v, path, &child);
         (*out)[item.key()] = std::move(child);
@@ -101,8 +106,8 @@ class Checker {
       }
       std::optional<json> value = Read(*field, v);
       if (!value) continue;
-      values_[path] = *value;
-      (*out)[item.key()] = std::move(*value);
+      if (out != nullptr) (*out)[item.key()] = *value;
+      values_[path] = std::move(*value);
     }
   }
 
