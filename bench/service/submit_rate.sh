@@ -4,11 +4,12 @@
 # --rpc-idle-threads, in one run. For each setting and round: a fresh ternd
 # without agents (group commit) gets tern_service_load_bench's closed loop
 # (no GetJob) and then open-loop runs at each offered --rate (latency counted
-# from when each call was due). Also prints how many threads were created
-# system-wide during each closed-loop run (ns_last_pid) and ternd's CPU
-# time per answered call. Settings alternate per round. --rpc WhoAmI
-# times that call instead (no store, no spec check): the floor of a unary
-# call through ternd's gRPC server on this machine.
+# from when each call was due). Also prints ternd's and the load bench's CPU
+# time per answered call (both share the machine's cores) and how many
+# threads were created system-wide during each closed-loop run
+# (ns_last_pid). Settings alternate per round. --rpc WhoAmI times that call
+# instead (no store, no spec check): the floor of a unary call through
+# ternd's gRPC server on this machine.
 #   bench/service/submit_rate.sh [--build build] [--seconds 5] [--clients 128]
 #       [--rates 1000,2000,3000,5000] [--idle-threads 2,256] [--rounds 2]
 #       [--rpc SubmitJob|WhoAmI]
@@ -31,23 +32,34 @@ name=submit_rate.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
-bench() { "$build/bench/service/tern_service_load_bench" --server "$addr" --concurrency "$clients" \
-            --seconds "$seconds" --get-per-submit 0 --rpc "$rpc" "$@" | grep "| $rpc |"; }
+per_call() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.3f", n ? s * 1000 / n : 0 }'; }
+# bench ARG... -> the load bench's row, then " | ternd CPU | client CPU" (ms
+# per answered call; the client shares the machine's cores with ternd).
+bench() {
+  local cpu0 cpu1 row calls
+  cpu0=$(cpu_ticks)
+  { TIMEFORMAT='%U %S'; time "$build/bench/service/tern_service_load_bench" --server "$addr" \
+      --concurrency "$clients" --seconds "$seconds" --get-per-submit 0 --rpc "$rpc" "$@" \
+      > "$T/bench.out" 2> "$T/bench.err"; } 2> "$T/bench.time" || { cat "$T/bench.err"; exit 1; }
+  cpu1=$(cpu_ticks)
+  row=$(grep "| $rpc |" "$T/bench.out")
+  calls=$(awk -F'|' '{ gsub(/ /, "", $4); print $4 }' <<<"$row")
+  echo "$row $(per_call "$(awk -v c=$((cpu1 - cpu0)) -v t="$ticks" 'BEGIN { print c / t }')" "$calls") |" \
+    "$(per_call "$(awk '{ print $1 + $2 }' "$T/bench.time")" "$calls")"
+}
 
 echo "# $(date -u +%FT%TZ) $(uname -n) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)," \
   "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)"
-echo "| round | idle threads | loop | clients | RPC | calls | errors | req/s | p50 ms | p99 ms | max ms | threads created | ternd CPU ms per call |"
-echo "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| round | idle threads | loop | clients | RPC | calls | errors | req/s | p50 ms | p99 ms | max ms | ternd CPU ms per call | client CPU ms per call | threads created |"
+echo "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq "$rounds"); do
   for n in ${idle//,/ }; do
     start_ternd --rpc-idle-threads "$n"
-    before=$(cat /proc/sys/kernel/ns_last_pid) cpu0=$(cpu_ticks)
+    before=$(cat /proc/sys/kernel/ns_last_pid)
     row=$(bench)
-    after=$(cat /proc/sys/kernel/ns_last_pid) cpu1=$(cpu_ticks)
-    calls=$(awk -F'|' '{ gsub(/ /, "", $4); print $4 }' <<<"$row")
-    per=$(awk -v c=$((cpu1 - cpu0)) -v n="$calls" -v t="$ticks" 'BEGIN { printf "%.3f", n ? c * 1000 / t / n : 0 }')
+    after=$(cat /proc/sys/kernel/ns_last_pid)
     created=$(( (after - before + $(cat /proc/sys/kernel/pid_max)) % $(cat /proc/sys/kernel/pid_max) ))
-    echo "| $round | $n | closed $row $created | $per |"
+    echo "| $round | $n | closed $row | $created |"
     for rate in ${rates//,/ }; do
       echo "| $round | $n | open $rate/s $(bench --rate "$rate") | |"
     done
