@@ -26,6 +26,7 @@
 #include "cli/job_file.h"
 #include "cli/render.h"
 #include "common/atomic_file.h"
+#include "common/error_reasons.h"
 #include "common/sha256.h"
 #include "common/utf8.h"
 #include "failover/server_list.h"
@@ -34,6 +35,11 @@
 
 namespace tern::cli {
 namespace {
+
+bool IsReason(const grpc::Status& status, const char* reason) {
+  const std::optional<google::rpc::ErrorInfo> info = failover::TernErrorInfoOf(status);
+  return info && info->reason() == reason;
+}
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -305,37 +311,50 @@ int Client::Agents() {
 int Client::Update(const std::string& id, const std::optional<std::string>& name,
                    const std::vector<std::string>& set_labels,
                    const std::vector<std::string>& remove_labels) {
-  v1::UpdateJobRequest request;
-  request.mutable_job()->set_id(id);
-  if (name) {
-    request.mutable_job()->mutable_spec()->set_name(*name);
-    request.mutable_update_mask()->add_paths("spec.name");
+  std::vector<std::pair<std::string, std::string>> added;
+  for (const std::string& l : set_labels) {
+    StatusOr<std::pair<std::string, std::string>> label = ParseLabel(l);
+    if (!label.ok()) return Fail(label.status(), "update " + id);
+    added.push_back(*std::move(label));
   }
-  if (!set_labels.empty() || !remove_labels.empty()) {
-    // The server replaces the whole map: start from the job's labels.
-    v1::Job job;
-    const grpc::Status got = GetJob(id, &job);
-    if (!got.ok()) return Fail(got, "update " + id);
-    auto* labels = request.mutable_job()->mutable_spec()->mutable_labels();
-    *labels = job.spec().labels();
-    for (const std::string& key : remove_labels) labels->erase(key);
-    for (const std::string& l : set_labels) {
-      StatusOr<std::pair<std::string, std::string>> label = ParseLabel(l);
-      if (!label.ok()) return Fail(label.status(), "update " + id);
-      (*labels)[label->first] = label->second;
-    }
-    request.mutable_update_mask()->add_paths("spec.labels");
-  }
-  if (request.update_mask().paths().empty()) {
+  const bool labels_change = !set_labels.empty() || !remove_labels.empty();
+  if (!name && !labels_change) {
     Fail(InvalidArgumentError("nothing to change: give --name, --label or --remove-label"),
          "update " + id);
     return kExitUsage;
   }
-  v1::Job job;
-  const grpc::Status status = Unary(&v1::JobService::Stub::UpdateJob, request, &job, Timeout());
-  if (!status.ok()) return Fail(status, "update " + id);
-  out_ << (g_.json ? ToJson(job) + "\n" : FormatJobDetails(job));
-  return kExitOk;
+  // The server replaces the whole label map: the new one is made from the
+  // job as read, and sent with the etag of that read, so that an update
+  // coming between is not overwritten (ABORTED, ETAG_MISMATCH): then read
+  // again and reapply, a few times.
+  constexpr int kAttempts = 5;
+  for (int attempt = 1;; ++attempt) {
+    v1::UpdateJobRequest request;
+    request.mutable_job()->set_id(id);
+    if (name) {
+      request.mutable_job()->mutable_spec()->set_name(*name);
+      request.mutable_update_mask()->add_paths("spec.name");
+    }
+    if (labels_change) {
+      v1::Job job;
+      const grpc::Status got = GetJob(id, &job);
+      if (!got.ok()) return Fail(got, "update " + id);
+      request.mutable_job()->set_etag(job.etag());
+      auto* labels = request.mutable_job()->mutable_spec()->mutable_labels();
+      *labels = job.spec().labels();
+      for (const std::string& key : remove_labels) labels->erase(key);
+      for (const auto& [key, value] : added) (*labels)[key] = value;
+      request.mutable_update_mask()->add_paths("spec.labels");
+    }
+    v1::Job job;
+    const grpc::Status status = Unary(&v1::JobService::Stub::UpdateJob, request, &job, Timeout());
+    if (!status.ok() && attempt < kAttempts && IsReason(status, error_reason::kEtagMismatch)) {
+      continue;
+    }
+    if (!status.ok()) return Fail(status, "update " + id);
+    out_ << (g_.json ? ToJson(job) + "\n" : FormatJobDetails(job));
+    return kExitOk;
+  }
 }
 
 int Client::Delete(const std::string& id) {

@@ -46,6 +46,8 @@ inline constexpr char kWatchStreamLimit[] = "WATCH_STREAM_LIMIT";
 inline constexpr char kShuttingDown[] = "SHUTTING_DOWN";
 inline constexpr char kNotLeader[] = "NOT_LEADER";
 inline constexpr char kLeadershipLost[] = "LEADERSHIP_LOST";
+// ABORTED
+inline constexpr char kEtagMismatch[] = "ETAG_MISMATCH";
 // DATA_LOSS
 inline constexpr char kArtifactChanged[] = "ARTIFACT_CHANGED";
 
@@ -56,7 +58,8 @@ inline constexpr const char* kAllErrorReasons[] = {
     kArtifactNotFound,  kJobStateConflict,  kQuotaNeverFits,       kPriorityNotAllowed,
     kPathNotAllowed,    kOwnerMismatch,     kListOtherOwner,       kNotAnAgent,
     kCredentialMissing, kCredentialInvalid, kQuotaExceeded,        kWatchStreamLimit,
-    kShuttingDown,      kNotLeader,         kLeadershipLost,       kArtifactChanged,
+    kShuttingDown,      kNotLeader,         kLeadershipLost,       kEtagMismatch,
+    kArtifactChanged,
 };
 
 }  // namespace tern::error_reason

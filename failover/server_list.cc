@@ -46,22 +46,27 @@ StatusOr<std::vector<std::string>> ParseServerAddresses(std::string_view flag,
   return out;
 }
 
-LeaderHint LeaderHintOf(const grpc::Status& status) {
-  LeaderHint hint;
-  if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return hint;
+std::optional<google::rpc::ErrorInfo> TernErrorInfoOf(const grpc::Status& status) {
   google::rpc::Status details;
   if (status.error_details().empty() || !details.ParseFromString(status.error_details())) {
-    return hint;
+    return std::nullopt;
   }
   for (const google::protobuf::Any& any : details.details()) {
     google::rpc::ErrorInfo info;
-    if (!any.UnpackTo(&info) || info.domain() != error_reason::kErrorDomain) continue;
-    if (info.reason() == error_reason::kNotLeader ||
-        info.reason() == error_reason::kLeadershipLost) {
-      hint.not_leader = true;
-      auto it = info.metadata().find("leader_address");
-      if (it != info.metadata().end()) hint.leader_address = it->second;
-    }
+    if (any.UnpackTo(&info) && info.domain() == error_reason::kErrorDomain) return info;
+  }
+  return std::nullopt;
+}
+
+LeaderHint LeaderHintOf(const grpc::Status& status) {
+  LeaderHint hint;
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return hint;
+  const std::optional<google::rpc::ErrorInfo> info = TernErrorInfoOf(status);
+  if (info && (info->reason() == error_reason::kNotLeader ||
+               info->reason() == error_reason::kLeadershipLost)) {
+    hint.not_leader = true;
+    auto it = info->metadata().find("leader_address");
+    if (it != info->metadata().end()) hint.leader_address = it->second;
   }
   return hint;
 }

@@ -53,6 +53,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "google/rpc/error_details.pb.h"
 
 namespace tern::failover {
 
@@ -70,6 +71,10 @@ struct LeaderHint {
   std::string leader_address;  // "" while nobody leads, or unknown
 };
 LeaderHint LeaderHintOf(const grpc::Status& status);
+
+// The tern.v1 ErrorInfo (domain error_reason::kErrorDomain) among a failed
+// call's details; nullopt when it carries none.
+std::optional<google::rpc::ErrorInfo> TernErrorInfoOf(const grpc::Status& status);
 
 class ServerList {
  public:

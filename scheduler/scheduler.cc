@@ -1214,14 +1214,15 @@ StatusOr<std::vector<KillOrder>> Scheduler::CancelJob(
   return kills;
 }
 
-StatusOr<Job> Scheduler::RelabelJob(JobId id, std::map<std::string, std::string> labels,
-                                    std::string spec) {
+StatusOr<Job> Scheduler::RelabelJob(JobId id,
+                                    const std::function<StatusOr<Relabel>(const Job&)>& change) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return NotFoundError("job " + std::to_string(id) + " does not exist");
+  TERN_ASSIGN_OR_RETURN(Relabel relabel, change(it->second));
   Job job = it->second;
-  job.labels = std::move(labels);
-  job.spec = std::move(spec);
+  job.labels = std::move(relabel.labels);
+  job.spec = std::move(relabel.spec);
   JobWrite write;
   write.kind = JobWrite::Kind::kRelabel;
   write.job = job;

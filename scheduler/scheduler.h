@@ -156,6 +156,12 @@ struct WaitReasonInfo {
   std::string message;  // e.g. "needs 4 cuda slots, 2 free"
 };
 
+// What Scheduler::RelabelJob stores: a job's new labels and spec payload.
+struct Relabel {
+  std::map<std::string, std::string> labels;
+  std::string spec;
+};
+
 struct SubmitResult {
   Job job;
   bool created = true;  // false: an earlier job with the same idempotency key
@@ -238,10 +244,15 @@ class Scheduler {
   // Why a QUEUED or RESTARTING job waits; code and message "" for other
   // states. NOT_FOUND.
   StatusOr<WaitReasonInfo> WaitReasonOf(JobId id) const;
-  // Replaces a job's spec payload and labels, in any state, and stores them
-  // (UpdateJob: the display name lives in the spec). The caller validates
-  // them (as for SubmitJob). Records no event. Returns the job; NOT_FOUND.
-  StatusOr<Job> RelabelJob(JobId id, std::map<std::string, std::string> labels, std::string spec);
+  // Replaces a job's spec payload and labels, in any state, with what
+  // `change` makes of the job as it is now, and stores them (UpdateJob: the
+  // display name lives in the spec). Atomic: `change` runs under the
+  // scheduler's lock, so no other change of the job comes between what it
+  // reads and what is stored. It must be short and must not call the
+  // scheduler; it validates what it returns (as for SubmitJob), and its error
+  // is returned as is, changing nothing. Records no event. Returns the job;
+  // NOT_FOUND.
+  StatusOr<Job> RelabelJob(JobId id, const std::function<StatusOr<Relabel>(const Job&)>& change);
   // Removes a SUCCEEDED, FAILED or CANCELLED job and every stored row of it
   // (FAILED_PRECONDITION for another state, NOT_FOUND) and returns it as it
   // was; its (owner, idempotency key) is free afterwards. Files are the

@@ -9,6 +9,7 @@
 #include <charconv>
 
 #include "common/error_reasons.h"
+#include "common/sha256.h"
 #include "common/utf8.h"
 #include "spec/rules.h"
 #include "trainer_protocol/trainer_events.h"
@@ -274,6 +275,7 @@ StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
   v1::Job out;
   out.set_id(FormatJobId(job.id));
   out.set_name(JobResourceName(job.id));
+  out.set_etag(JobEtag(job));
   v1::JobSpec spec;
   if (extras.spec != nullptr) {
     spec = *extras.spec;
@@ -313,6 +315,8 @@ StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
   }
   return out;
 }
+
+std::string JobEtag(const scheduler::Job& job) { return Sha256Hex(job.spec).substr(0, 16); }
 
 std::string JobResourceName(scheduler::JobId id) { return "jobs/" + FormatJobId(id); }
 

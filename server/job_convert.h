@@ -101,6 +101,12 @@ v1::JobSpec EffectiveSpec(const v1::JobSpec& spec, const std::string& checkpoint
 StatusOr<v1::Job> ToProtoJob(const scheduler::Job& job, const JobLayout& layout,
                              const JobExtras& extras);
 
+// Job.etag: the first 16 hex digits of the SHA-256 of the stored spec's bytes
+// (deterministic serialization; only UpdateJob changes them after
+// submission), so the same on every ternd sharing the store and across
+// restarts.
+std::string JobEtag(const scheduler::Job& job);
+
 // The job's resource name (AIP-122): "jobs/<id>".
 std::string JobResourceName(scheduler::JobId id);
 

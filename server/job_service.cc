@@ -480,14 +480,25 @@ Status JobService::DoUpdateJob(grpc::ServerContext* context, const v1::UpdateJob
   TERN_RETURN_IF_ERROR(ParseJobId(job_id, "job.id").status());  // "job.id: required"
   // Another owner's job answers like an absent one (NOT_FOUND).
   TERN_ASSIGN_OR_RETURN(scheduler::Job job, ReadableJob(context, job_id));
-  const scheduler::JobId id = job.id;
-  TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(job));
-  if (update_name) spec.set_name(patch.spec().name());
-  if (update_labels) *spec.mutable_labels() = patch.spec().labels();
-  TERN_RETURN_IF_ERROR(ValidateJobSpec(spec, "job.spec."));
-  std::map<std::string, std::string> labels(spec.labels().begin(), spec.labels().end());
-  TERN_ASSIGN_OR_RETURN(job,
-                        state_->scheduler->RelabelJob(id, std::move(labels), SerializeSpec(spec)));
+  // The new spec is made from the job as the scheduler holds it at the
+  // moment of the change (not as read above): two updates of different
+  // paths both stay, and the etag is checked against that same state.
+  auto change = [&](const scheduler::Job& now) -> StatusOr<scheduler::Relabel> {
+    if (!patch.etag().empty() && patch.etag() != JobEtag(now)) {
+      return AbortedError("job " + FormatJobId(now.id) + " changed since its etag " +
+                          Quoted(patch.etag()) + " was read (now " + Quoted(JobEtag(now)) +
+                          "): read it again and reapply the update")
+          .WithReason(error_reason::kEtagMismatch)
+          .WithMetadata("job_id", FormatJobId(now.id))
+          .WithMetadata("etag", JobEtag(now));
+    }
+    TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(now));
+    if (update_name) spec.set_name(patch.spec().name());
+    if (update_labels) *spec.mutable_labels() = patch.spec().labels();
+    TERN_RETURN_IF_ERROR(ValidateJobSpec(spec, "job.spec."));
+    return scheduler::Relabel{{spec.labels().begin(), spec.labels().end()}, SerializeSpec(spec)};
+  };
+  TERN_ASSIGN_OR_RETURN(job, state_->scheduler->RelabelJob(job.id, change));
   TERN_ASSIGN_OR_RETURN(*response, Describe(job));
   return OkStatus();
 }

@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -90,6 +91,43 @@ class FakeJobService final : public v1::JobService::Service {
       return grpc::Status(grpc::StatusCode::NOT_FOUND, "job " + request->job_id() + " not found");
     }
     *job = it->second;
+    if (interleaved_label) {  // another client's update lands right after this read
+      (*it->second.mutable_spec()->mutable_labels())[interleaved_label->first] =
+          interleaved_label->second;
+      it->second.set_etag(it->second.etag() + "+");
+      interleaved_label.reset();
+    }
+    return grpc::Status::OK;
+  }
+
+  // Like ternd's: job.etag, when set, must be the job's (ABORTED, reason
+  // ETAG_MISMATCH); then the paths of the mask are applied and the etag moves.
+  grpc::Status UpdateJob(grpc::ServerContext*, const v1::UpdateJobRequest* request,
+                         v1::Job* job) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    updates.push_back(*request);
+    auto it = jobs.find(request->job().id());
+    if (it == jobs.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "not found");
+    v1::Job& stored = it->second;
+    if (!request->job().etag().empty() && request->job().etag() != stored.etag()) {
+      google::rpc::Status details;
+      details.set_code(grpc::StatusCode::ABORTED);
+      details.set_message("job changed since its etag was read");
+      google::rpc::ErrorInfo info;
+      info.set_reason("ETAG_MISMATCH");
+      info.set_domain("tern.v1");
+      details.add_details()->PackFrom(info);
+      return grpc::Status(grpc::StatusCode::ABORTED, details.message(),
+                          details.SerializeAsString());
+    }
+    for (const std::string& path : request->update_mask().paths()) {
+      if (path == "spec.name") stored.mutable_spec()->set_name(request->job().spec().name());
+      if (path == "spec.labels") {
+        *stored.mutable_spec()->mutable_labels() = request->job().spec().labels();
+      }
+    }
+    stored.set_etag(stored.etag() + "+");
+    *job = stored;
     return grpc::Status::OK;
   }
 
@@ -237,6 +275,8 @@ class FakeJobService final : public v1::JobService::Service {
   std::string last_owner;
   grpc::Status submit_error = grpc::Status::OK;
   std::map<std::string, v1::Job> jobs;
+  std::optional<std::pair<std::string, std::string>> interleaved_label;  // see GetJob
+  std::vector<v1::UpdateJobRequest> updates;
   std::vector<int> get_views;  // GetJobRequest.view of each call
   int list_total = 7;
   std::vector<v1::ListJobsRequest> list_requests;
@@ -519,6 +559,37 @@ TEST_F(TernctlTest, ErrorDetailsArePrintedOnePerLine) {
       << r.err;
   // The generated idempotency key is printed, so the user can repeat it.
   EXPECT_NE(r.err.find("ternctl: idempotency key ternctl-"), std::string::npos) << r.err;
+}
+
+TEST_F(TernctlTest, UpdateOfLabelsLosesNoConcurrentUpdate) {
+  v1::Job job;
+  job.set_id("j1");
+  job.set_etag("e1");
+  (*job.mutable_spec()->mutable_labels())["team"] = "red";
+  fake_.jobs["j1"] = job;
+  // Between ternctl's read and its update, another client adds a label.
+  fake_.interleaved_label = std::make_pair("owner-note", "x");
+  Result r = Run({"update", "j1", "--label", "stage=eval", "--remove-label", "team"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  // The first update carried the etag of its read and was refused; the
+  // second was made from a fresh read.
+  ASSERT_EQ(fake_.updates.size(), 2u);
+  EXPECT_EQ(fake_.updates[0].job().etag(), "e1");
+  EXPECT_EQ(fake_.updates[1].job().etag(), "e1+");
+  const auto& labels = fake_.jobs["j1"].spec().labels();
+  EXPECT_EQ(labels.size(), 2u);
+  EXPECT_EQ(labels.at("stage"), "eval");
+  EXPECT_EQ(labels.at("owner-note"), "x");  // kept
+  EXPECT_EQ(labels.count("team"), 0u);
+
+  // A name alone needs no read and no etag.
+  fake_.updates.clear();
+  r = Run({"update", "j1", "--name", "renamed"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  ASSERT_EQ(fake_.updates.size(), 1u);
+  EXPECT_TRUE(fake_.updates[0].job().etag().empty());
+  EXPECT_EQ(fake_.jobs["j1"].spec().name(), "renamed");
+  EXPECT_EQ(fake_.jobs["j1"].spec().labels().size(), 2u);
 }
 
 TEST_F(TernctlTest, UnreachableOrSlowServerExitsFour) {

@@ -28,18 +28,22 @@ std::set<int> Behaviors(const FieldDescriptor* field) {
   return out;
 }
 
-TEST(FieldBehaviorTest, EveryJobFieldIsOutputOnlyButTheImmutableSpec) {
+TEST(FieldBehaviorTest, EveryJobFieldIsOutputOnlyButTheImmutableSpecAndTheEtag) {
   const Descriptor* job = v1::Job::descriptor();
   ASSERT_GE(job->field_count(), 14);
   for (int i = 0; i < job->field_count(); ++i) {
     const FieldDescriptor* f = job->field(i);
-    const std::set<int> expected = {f->name() == "spec" ? google::api::IMMUTABLE
-                                                        : google::api::OUTPUT_ONLY};
+    // etag: set by the server, and sent back by a client as UpdateJob's
+    // precondition (AIP-154).
+    const std::set<int> expected = {f->name() == "spec"   ? google::api::IMMUTABLE
+                                    : f->name() == "etag" ? google::api::OPTIONAL
+                                                          : google::api::OUTPUT_ONLY};
     EXPECT_EQ(Behaviors(f), expected)
         << "tern.v1.Job." << f->name()
         << ": a Job field is set by the server (OUTPUT_ONLY) or, like spec, at submission "
            "(IMMUTABLE); annotate it";
   }
+  ASSERT_NE(job->FindFieldByName("etag"), nullptr);
   EXPECT_EQ(Behaviors(v1::JobSpec::descriptor()->FindFieldByName("owner")),
             std::set<int>{google::api::OUTPUT_ONLY});
 }

@@ -1569,7 +1569,10 @@ TEST_F(RelabelAndDeleteTest, RelabelReplacesSpecAndLabelsDurablyWithoutAnEvent) 
   request.labels = {{"team", "red"}};
   const JobId id = Submit(request);
   const size_t events = Get(id).history.size();
-  StatusOr<Job> relabeled = scheduler_->RelabelJob(id, {{"team", "blue"}}, "new spec");
+  StatusOr<Job> relabeled = scheduler_->RelabelJob(id, [](const Job& now) -> StatusOr<Relabel> {
+    EXPECT_EQ(now.labels.at("team"), "red");
+    return Relabel{{{"team", "blue"}}, "new spec"};
+  });
   ASSERT_TRUE(relabeled.ok()) << relabeled.status();
   EXPECT_EQ(relabeled->labels.at("team"), "blue");
   for (int restart = 0; restart < 2; ++restart) {
@@ -1583,7 +1586,22 @@ TEST_F(RelabelAndDeleteTest, RelabelReplacesSpecAndLabelsDurablyWithoutAnEvent) 
     EXPECT_EQ(State(id), JobState::kQueued);
     Open();
   }
-  EXPECT_EQ(scheduler_->RelabelJob(99, {}, "x").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(scheduler_->RelabelJob(99,
+                                   [](const Job&) {
+                                     return Relabel{{}, "x"};
+                                   })
+                .status()
+                .code(),
+            StatusCode::kNotFound);
+  // The change's error is the answer, and nothing changes.
+  EXPECT_EQ(
+      scheduler_
+          ->RelabelJob(
+              id, [](const Job&) -> StatusOr<Relabel> { return AbortedError("changed meanwhile"); })
+          .status()
+          .code(),
+      StatusCode::kAborted);
+  EXPECT_EQ(Get(id).spec, "new spec");
 }
 
 TEST_F(RelabelAndDeleteTest, DeleteRemovesOnlyEndedJobsAndFreesTheIdempotencyKey) {
@@ -1635,7 +1653,12 @@ TEST_F(RelabelAndDeleteTest, AFailedWriteChangesNothing) {
   const JobId id = Submit(request);
   ASSERT_TRUE(scheduler_->CancelJob(id, "").ok());
   store->fail_writes = true;
-  EXPECT_EQ(scheduler_->RelabelJob(id, {{"team", "blue"}}, "x").status().code(),
+  EXPECT_EQ(scheduler_->RelabelJob(id,
+                                   [](const Job&) {
+                                     return Relabel{{{"team", "blue"}}, "x"};
+                                   })
+                .status()
+                .code(),
             StatusCode::kUnavailable);
   EXPECT_EQ(scheduler_->DeleteJob(id).status().code(), StatusCode::kUnavailable);
   EXPECT_EQ(Get(id).labels.at("team"), "red");

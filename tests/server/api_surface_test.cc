@@ -338,6 +338,74 @@ TEST_P(ApiWritesTest, UpdateJobRefusesWhatCannotChangeNamingIt) {
             grpc::StatusCode::NOT_FOUND);
 }
 
+TEST_P(ApiWritesTest, UpdateJobWithAStaleEtagIsAbortedAndChangesNothing) {
+  v1::JobSpec spec = ValidSpec();
+  (*spec.mutable_labels())["team"] = "red";
+  const std::string id = SubmitOk(spec);
+  const v1::Job read = GetJobOk(id);
+  ASSERT_EQ(read.etag().size(), 16u) << read.etag();
+  // Stable while nothing UpdateJob may change changes: the same on every
+  // read, in a list, after a restart and after a state change.
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE(ListJobs(v1::ListJobsRequest(), &listed).ok());
+  ASSERT_EQ(listed.jobs_size(), 1);
+  EXPECT_EQ(listed.jobs(0).etag(), read.etag());
+  v1::Job cancelled;
+  ASSERT_TRUE(Cancel(id, &cancelled).ok());
+  EXPECT_EQ(cancelled.etag(), read.etag());
+  RestartTernd();
+  EXPECT_EQ(GetJobOk(id).etag(), read.etag());
+
+  // Two read-modify-writes of the labels from the same read: the first
+  // wins, the second is refused instead of dropping the first's label.
+  v1::UpdateJobRequest first = UpdateRequest(id, {"spec.labels"});
+  first.mutable_job()->set_etag(read.etag());
+  *first.mutable_job()->mutable_spec()->mutable_labels() = read.spec().labels();
+  v1::UpdateJobRequest second = first;
+  (*first.mutable_job()->mutable_spec()->mutable_labels())["stage"] = "eval";
+  (*second.mutable_job()->mutable_spec()->mutable_labels())["seed"] = "3";
+  v1::Job updated;
+  grpc::Status status = Update(first, &updated);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_NE(updated.etag(), read.etag());
+  EXPECT_EQ(GetJobOk(id).etag(), updated.etag());
+  v1::Job ignored;
+  status = Update(second, &ignored);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
+  EXPECT_NE(status.error_message().find("changed since its etag"), std::string::npos)
+      << status.error_message();
+  {
+    google::rpc::Status details;
+    ASSERT_TRUE(details.ParseFromString(status.error_details()));
+    google::rpc::ErrorInfo info;
+    bool found = false;
+    for (const auto& any : details.details()) found |= any.UnpackTo(&info);
+    ASSERT_TRUE(found) << "no ErrorInfo";
+    EXPECT_EQ(info.reason(), "ETAG_MISMATCH");
+    EXPECT_EQ(info.metadata().at("job_id"), id);
+    EXPECT_EQ(info.metadata().at("etag"), updated.etag());
+  }
+  v1::Job now = GetJobOk(id);
+  EXPECT_EQ(now.spec().labels().at("stage"), "eval");
+  EXPECT_EQ(now.spec().labels().count("seed"), 0u);
+
+  // Reapplied on the job as it is now, with its etag: both labels stay.
+  second.mutable_job()->set_etag(now.etag());
+  *second.mutable_job()->mutable_spec()->mutable_labels() = now.spec().labels();
+  (*second.mutable_job()->mutable_spec()->mutable_labels())["seed"] = "3";
+  ASSERT_TRUE(Update(second, &updated).ok());
+  EXPECT_EQ(updated.spec().labels().size(), 3u);
+  // Without an etag the update is unconditional, as before.
+  v1::UpdateJobRequest rename = UpdateRequest(id, {"spec.name"});
+  rename.mutable_job()->mutable_spec()->set_name("renamed");
+  ASSERT_TRUE(Update(rename, &updated).ok());
+  EXPECT_EQ(updated.spec().labels().size(), 3u);  // a name-only update keeps the labels
+  // A job that does not exist is NOT_FOUND before any etag check.
+  v1::UpdateJobRequest absent = UpdateRequest("42", {"spec.name"});
+  absent.mutable_job()->set_etag(read.etag());
+  EXPECT_EQ(Update(absent, &ignored).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 TEST_P(ApiWritesTest, DeleteJobRemovesAFinishedJobItsFilesAndFreesItsKey) {
   v1::JobSpec spec = ValidSpec();
   (*spec.mutable_labels())["team"] = "red";

@@ -23,7 +23,8 @@ _EVENT_NAMES = ("Event", "StateChanged", "ProgressEvent", "EpochEnded", "Checkpo
                 "AttemptStarted", "TrainerFinished", "Finished", "LogLine", "UnknownEvent")
 _ERROR_NAMES = ("TernError", "InvalidArgument", "SpecError", "NotFound", "AlreadyExists",
                 "FailedPrecondition", "PermissionDenied", "Unauthenticated",
-                "ResourceExhausted", "Unavailable", "DeadlineExceeded", "DigestMismatch",
+                "ResourceExhausted", "Aborted", "Unavailable", "DeadlineExceeded",
+                "DigestMismatch",
                 "JobFailed")
 
 

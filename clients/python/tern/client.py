@@ -250,11 +250,13 @@ class Client:
         request = service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
         return Job(self._call("CancelJob", request, timeout=timeout))
 
-    def update(self, job_id, *, name=None, labels=None, timeout=None):
+    def update(self, job_id, *, name=None, labels=None, etag=None, timeout=None):
         """Changes a job's name and/or replaces its labels (the only fields that change after
         submission; UpdateJob) and returns the job. `labels`: the whole new {key: value} map
-        ({} removes every label). InvalidArgument naming the field for a bad name or label."""
-        job = job_pb2.Job(id=job_id)
+        ({} removes every label). InvalidArgument naming the field for a bad name or label.
+        `etag`: the Job.etag of the read the change was made from; if an update came between,
+        nothing changes and Aborted (reason "ETAG_MISMATCH") is raised: read and reapply."""
+        job = job_pb2.Job(id=job_id, etag=etag or "")
         paths = []
         if name is not None:
             job.spec.name = name

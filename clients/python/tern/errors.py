@@ -2,7 +2,7 @@
 
 ternd's own verdicts (job_service.proto): INVALID_ARGUMENT naming the field
 ("spec.optimization.epochs: must be > 0"), NOT_FOUND (also for another owner's
-job), ALREADY_EXISTS, FAILED_PRECONDITION, PERMISSION_DENIED, RESOURCE_EXHAUSTED;
+job), ALREADY_EXISTS, FAILED_PRECONDITION, PERMISSION_DENIED, RESOURCE_EXHAUSTED, ABORTED;
 UNAUTHENTICATED for a missing or unknown token; UNAVAILABLE and DEADLINE_EXCEEDED
 come from the transport (or a stopping ternd) and are safe to retry.
 
@@ -96,6 +96,14 @@ class ResourceExhausted(TernError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class Aborted(TernError):
+    """A conditional write whose condition no longer holds: Client.update() with an `etag`
+    the job no longer has (reason "ETAG_MISMATCH"; metadata["etag"] is the current one).
+    Read the job again and reapply the change."""
+
+    code = "ABORTED"
+
+
 class Unavailable(TernError, ConnectionError):
     """ternd cannot be reached; safe to retry."""
 
@@ -125,7 +133,8 @@ class JobFailed(TernError):
 
 _BY_CODE = {cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists,
                                       FailedPrecondition, PermissionDenied, Unauthenticated,
-                                      ResourceExhausted, Unavailable, DeadlineExceeded)}
+                                      ResourceExhausted, Aborted, Unavailable,
+                                      DeadlineExceeded)}
 
 
 def decode_details(serialized):

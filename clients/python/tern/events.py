@@ -44,6 +44,8 @@ class Job:
     # The spec the trainers run with: defaults filled in, checkpoint directory resolved.
     effective_spec = property(lambda self: self.proto.effective_spec)
     checkpoint_directory = property(lambda self: self.proto.checkpoint_directory)
+    # Changes exactly when an update changes the job: Client.update(..., etag=job.etag).
+    etag = property(lambda self: self.proto.etag)
     # The latest rank failure (a tern.v1.JobFailure), or None.
     last_failure = property(
         lambda self: self.proto.last_failure if self.proto.HasField("last_failure") else None)

@@ -347,8 +347,17 @@ def test_update_delete_views_and_the_server_version(secure_service, alice):
     assert alice.whoami()["server_version"].startswith("0.1.0")
     job = alice.submit(dict(BASE3_JOB, labels={"case": "update"}))
     assert alice.get(job.id).proto.name == f"jobs/{job.id}"
-    updated = alice.update(job.id, name="renamed", labels={"case": "updated", "stage": "two"})
+    read = alice.get(job.id)
+    updated = alice.update(job.id, name="renamed", labels={"case": "updated", "stage": "two"},
+                           etag=read.etag)
     assert updated.spec.name == "renamed" and dict(updated.spec.labels)["stage"] == "two"
+    assert updated.etag != read.etag
+    # A second change made from the same (now stale) read is refused, as data.
+    with pytest.raises(tern.Aborted) as stale:
+        alice.update(job.id, labels={"case": "lost"}, etag=read.etag)
+    assert stale.value.reason == "ETAG_MISMATCH"
+    assert stale.value.metadata == {"job_id": job.id, "etag": updated.etag}
+    assert dict(alice.get(job.id).spec.labels)["case"] == "updated"
     assert [j.id for j in alice.list(labels={"case": "updated"})] == [job.id]
     assert list(alice.list(labels={"case": "update"})) == []
     with pytest.raises(ValueError, match="view"):
