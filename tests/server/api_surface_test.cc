@@ -124,6 +124,20 @@ class ApiSurfaceTest : public testing::TerndTest {
     return done;
   }
 
+  // The ErrorInfo among a failed call's details (a test failure, and an
+  // empty one, when there is none).
+  static google::rpc::ErrorInfo ErrorInfoOf(const grpc::Status& status) {
+    google::rpc::Status details;
+    google::rpc::ErrorInfo info;
+    if (details.ParseFromString(status.error_details())) {
+      for (const auto& any : details.details()) {
+        if (any.UnpackTo(&info)) return info;
+      }
+    }
+    ADD_FAILURE() << "no ErrorInfo in the details of " << status.error_message();
+    return info;
+  }
+
   static v1::UpdateJobRequest UpdateRequest(const std::string& id,
                                             const std::vector<std::string>& paths) {
     v1::UpdateJobRequest request;
@@ -375,12 +389,7 @@ TEST_P(ApiWritesTest, UpdateJobWithAStaleEtagIsAbortedAndChangesNothing) {
   EXPECT_NE(status.error_message().find("changed since its etag"), std::string::npos)
       << status.error_message();
   {
-    google::rpc::Status details;
-    ASSERT_TRUE(details.ParseFromString(status.error_details()));
-    google::rpc::ErrorInfo info;
-    bool found = false;
-    for (const auto& any : details.details()) found |= any.UnpackTo(&info);
-    ASSERT_TRUE(found) << "no ErrorInfo";
+    const google::rpc::ErrorInfo info = ErrorInfoOf(status);
     EXPECT_EQ(info.reason(), "ETAG_MISMATCH");
     EXPECT_EQ(info.metadata().at("job_id"), id);
     EXPECT_EQ(info.metadata().at("etag"), updated.etag());
@@ -425,12 +434,7 @@ TEST_P(ApiWritesTest, DeleteJobRemovesAFinishedJobItsFilesAndFreesItsKey) {
             std::string::npos)
       << status.error_message();
   {  // the same reason and metadata as any other operation in the wrong state
-    google::rpc::Status details;
-    ASSERT_TRUE(details.ParseFromString(status.error_details()));
-    google::rpc::ErrorInfo info;
-    bool found = false;
-    for (const auto& any : details.details()) found |= any.UnpackTo(&info);
-    ASSERT_TRUE(found) << "no ErrorInfo";
+    const google::rpc::ErrorInfo info = ErrorInfoOf(status);
     EXPECT_EQ(info.reason(), "JOB_STATE_CONFLICT");
     EXPECT_EQ(info.metadata().at("state"), "ADMITTED");
     EXPECT_EQ(info.metadata().at("job_id"), unfinished);
