@@ -36,14 +36,15 @@
 namespace tern::cli {
 namespace {
 
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// Whether a failed call's tern.v1 ErrorInfo has `reason`.
 bool IsReason(const grpc::Status& status, const char* reason) {
   const std::optional<google::rpc::ErrorInfo> info = failover::TernErrorInfoOf(status);
   return info && info->reason() == reason;
 }
-
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
 
 constexpr const char* kExitCodesHelp =
     "Exit codes:\n"

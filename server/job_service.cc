@@ -484,13 +484,16 @@ Status JobService::DoUpdateJob(grpc::ServerContext* context, const v1::UpdateJob
   // moment of the change (not as read above): two updates of different
   // paths both stay, and the etag is checked against that same state.
   auto change = [&](const scheduler::Job& now) -> StatusOr<scheduler::Relabel> {
-    if (!patch.etag().empty() && patch.etag() != JobEtag(now)) {
-      return AbortedError("job " + FormatJobId(now.id) + " changed since its etag " +
-                          Quoted(patch.etag()) + " was read (now " + Quoted(JobEtag(now)) +
-                          "): read it again and reapply the update")
-          .WithReason(error_reason::kEtagMismatch)
-          .WithMetadata("job_id", FormatJobId(now.id))
-          .WithMetadata("etag", JobEtag(now));
+    if (!patch.etag().empty()) {
+      const std::string etag = JobEtag(now);
+      if (patch.etag() != etag) {
+        return AbortedError("job " + FormatJobId(now.id) + " changed since its etag " +
+                            Quoted(patch.etag()) + " was read (now " + Quoted(etag) +
+                            "): read it again and reapply the update")
+            .WithReason(error_reason::kEtagMismatch)
+            .WithMetadata("job_id", FormatJobId(now.id))
+            .WithMetadata("etag", etag);
+      }
     }
     TERN_ASSIGN_OR_RETURN(v1::JobSpec spec, StoredSpec(now));
     if (update_name) spec.set_name(patch.spec().name());

@@ -24,8 +24,7 @@ _EVENT_NAMES = ("Event", "StateChanged", "ProgressEvent", "EpochEnded", "Checkpo
 _ERROR_NAMES = ("TernError", "InvalidArgument", "SpecError", "NotFound", "AlreadyExists",
                 "FailedPrecondition", "PermissionDenied", "Unauthenticated",
                 "ResourceExhausted", "Aborted", "Unavailable", "DeadlineExceeded",
-                "DigestMismatch",
-                "JobFailed")
+                "DigestMismatch", "JobFailed")
 
 
 def __getattr__(name):
