@@ -27,6 +27,13 @@ after seeing results, add a dated note instead):
     held fixed).
   * Test top-1 (of the re-loaded .tern, final epoch) is printed for the selected
     config of each method only, and decides nothing.
+
+  Added 2026-12-07, before any run of these configs: the BatchNorm arms
+  (configs ending in -bn: the statistics re-estimated on the ternary weights at
+  the switch) are HLA configs like the others for the selection, and each is
+  also compared with the same config without re-estimation (same lambda and
+  switch point), by the same verdict rule. The lambda > 0 against lambda = 0
+  comparisons pair configs of the same re-estimation setting.
 """
 import csv
 import glob
@@ -36,7 +43,8 @@ import os
 import statistics
 import sys
 
-COLUMNS = ["grid", "config", "method", "lambda", "switch", "seed", "epochs", "val_fp_top1",
+COLUMNS = ["grid", "config", "method", "lambda", "switch", "bn_at_switch", "seed", "epochs",
+           "val_fp_top1",
            "val_top1", "test_top1", "init_digest", "data_digest", "switch_step", "switch_fp_top1",
            "switch_ternary_top1", "switch_ternary_bn_top1", "switch_seconds", "phase1_cos_first",
            "phase1_cos_last", "phase1_reg_grad_share", "diag_seconds_per_sample", "step_seconds",
@@ -154,12 +162,15 @@ def analyze(path):
             extra = ""
             first = next(iter(runs.values()))
             if first["switch_step"]:
-                sw = [r for r in runs.values() if r["switch_ternary_top1"]]
-                extra = ("; at the switch: FP {:.2f} -> ternary {:.2f} -> after BN {:.2f}; "
-                         "phase-1 cos(W,T) {:.3f} -> {:.3f}, reg. share of grad {:.3f}").format(
-                    *(statistics.mean(float(r[k]) for r in sw) for k in (
-                        "switch_fp_top1", "switch_ternary_top1", "switch_ternary_bn_top1",
-                        "phase1_cos_first", "phase1_cos_last", "phase1_reg_grad_share")))
+                def mean_of(key, digits):
+                    vals = [float(r[key]) for r in runs.values() if r[key]]
+                    return f"{statistics.mean(vals):.{digits}f}" if vals else "n/a"
+                extra = ("; at the switch: FP {} -> ternary {} -> after BN {}; "
+                         "phase-1 cos(W,T) {} -> {}, reg. share of grad {}").format(
+                    *(mean_of(k, 2) for k in ("switch_fp_top1", "switch_ternary_top1",
+                                              "switch_ternary_bn_top1")),
+                    *(mean_of(k, 3) for k in ("phase1_cos_first", "phase1_cos_last",
+                                              "phase1_reg_grad_share")))
             print(f"  {name}: {statistics.mean(vals):.2f}{sd} ({per_seed}){extra}")
         by_method = {}
         for name, runs in configs.items():
@@ -174,13 +185,20 @@ def analyze(path):
             for m, n in sorted(selected.items()):
                 if m != "hla":
                     compare(best, configs[best], n, configs[n])
-        hla = [n for n in configs if next(iter(configs[n].values()))["method"] == "hla"]
-        for n in sorted(hla):
-            r = next(iter(configs[n].values()))
-            base = [b for b in hla if next(iter(configs[b].values()))["switch"] == r["switch"] and
-                    float(next(iter(configs[b].values()))["lambda"]) == 0]
+        hla = {n: next(iter(configs[n].values())) for n in configs
+               if next(iter(configs[n].values()))["method"] == "hla"}
+        for n, r in sorted(hla.items()):
+            base = [b for b, rb in hla.items() if rb["switch"] == r["switch"] and
+                    rb.get("bn_at_switch") == r.get("bn_at_switch") and float(rb["lambda"]) == 0]
             if float(r["lambda"]) > 0 and base:
                 compare(n, configs[n], base[0], configs[base[0]])
+        for n, r in sorted(hla.items()):
+            if r.get("bn_at_switch") != "True":
+                continue
+            plain = [b for b, rb in hla.items() if rb["switch"] == r["switch"] and
+                     rb["lambda"] == r["lambda"] and rb.get("bn_at_switch") != "True"]
+            if plain:
+                compare(n, configs[n], plain[0], configs[plain[0]])
         print("  test top-1 (%) of the selected configs, final epoch (reported, decides nothing):")
         for m, n in sorted(selected.items()):
             runs = configs[n]
