@@ -40,6 +40,22 @@ void AddFailure(const std::optional<RankFailure>& f, Params& p) {
       .Int(ToUnixMicros(f->time));
 }
 
+// The columns a kUpdate rewrites, in the order both statements below list
+// them: state through restart_not_before_us, then the failure_* columns.
+void AddMutableColumns(const Job& job, Params& p) {
+  p.Text(JobStateName(job.state))
+      .Int(job.restarts_used)
+      .Int(job.attempt)
+      .OptionalInt(job.last_checkpoint_step)
+      .Text(job.artifact_path)
+      .Text(job.metrics_json)
+      .Int(job.last_event_seq)
+      .Text(job.rendezvous_host)
+      .Int(job.rendezvous_port)
+      .Int(ToUnixMicros(job.restart_not_before));
+  AddFailure(job.last_failure, p);
+}
+
 void AddLabels(const Job& job, std::vector<Step>& steps) {
   for (const auto& [key, value] : job.labels) {
     steps.push_back({"INSERT INTO job_labels (job_id, key, value) VALUES ($1, $2, $3)",
@@ -98,18 +114,8 @@ void AddWrite(const JobWrite& w, std::vector<Step>& steps) {
           .Int(job.max_restarts)
           .Text(job.idempotency_key)
           .Bytes(job.spec)
-          .Int(ToUnixMicros(job.submit_time))
-          .Text(JobStateName(job.state))
-          .Int(job.restarts_used)
-          .Int(job.attempt)
-          .OptionalInt(job.last_checkpoint_step)
-          .Text(job.artifact_path)
-          .Text(job.metrics_json)
-          .Int(job.last_event_seq)
-          .Text(job.rendezvous_host)
-          .Int(job.rendezvous_port)
-          .Int(ToUnixMicros(job.restart_not_before));
-      AddFailure(job.last_failure, p);
+          .Int(ToUnixMicros(job.submit_time));
+      AddMutableColumns(job, p);
       steps.push_back(
           {"INSERT INTO jobs (id, owner, priority, world_size, device_kind, "
            "max_restarts, idempotency_key, spec, submit_time_us, state, "
@@ -129,17 +135,7 @@ void AddWrite(const JobWrite& w, std::vector<Step>& steps) {
     }
     case JobWrite::Kind::kUpdate: {
       Params p;
-      p.Text(JobStateName(job.state))
-          .Int(job.restarts_used)
-          .Int(job.attempt)
-          .OptionalInt(job.last_checkpoint_step)
-          .Text(job.artifact_path)
-          .Text(job.metrics_json)
-          .Int(job.last_event_seq)
-          .Text(job.rendezvous_host)
-          .Int(job.rendezvous_port)
-          .Int(ToUnixMicros(job.restart_not_before));
-      AddFailure(job.last_failure, p);
+      AddMutableColumns(job, p);
       p.Int(job.id);
       steps.push_back(
           {"UPDATE jobs SET state = $1, restarts_used = $2, attempt = $3, "

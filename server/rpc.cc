@@ -1,12 +1,17 @@
 #include "server/rpc.h"
 
 #include <google/protobuf/any.pb.h>
+#include <google/protobuf/descriptor.h>
 
+#include <mutex>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "common/error_reasons.h"
 #include "common/logging.h"
 #include "common/utf8.h"
+#include "google/api/field_behavior.pb.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 
@@ -34,6 +39,29 @@ TERN_SAME_CODE(kUnavailable, UNAVAILABLE);
 TERN_SAME_CODE(kDataLoss, DATA_LOSS);
 TERN_SAME_CODE(kUnauthenticated, UNAUTHENTICATED);
 #undef TERN_SAME_CODE
+
+// The fields of `type` annotated REQUIRED, looked up once per type.
+const std::vector<const google::protobuf::FieldDescriptor*>& RequiredFields(
+    const google::protobuf::Descriptor* type) {
+  static std::mutex mu;
+  static auto* const cache =
+      new std::unordered_map<const google::protobuf::Descriptor*,
+                             std::vector<const google::protobuf::FieldDescriptor*>>;
+  std::lock_guard<std::mutex> lock(mu);
+  auto [it, inserted] = cache->try_emplace(type);
+  if (inserted) {
+    for (int i = 0; i < type->field_count(); ++i) {
+      const google::protobuf::FieldOptions& options = type->field(i)->options();
+      for (int j = 0; j < options.ExtensionSize(google::api::field_behavior); ++j) {
+        if (options.GetExtension(google::api::field_behavior, j) == google::api::REQUIRED) {
+          it->second.push_back(type->field(i));
+          break;
+        }
+      }
+    }
+  }
+  return it->second;
+}
 
 // Each string of a detail (a field path, a description, a metadata value).
 constexpr size_t kMaxDetailStringBytes = 256;
@@ -147,4 +175,20 @@ void LogRpcFailure(const char* method, const Status& status) {
 }
 
 }  // namespace internal
+Status RequireFields(const google::protobuf::Message& request) {
+  const google::protobuf::Reflection* reflection = request.GetReflection();
+  for (const google::protobuf::FieldDescriptor* field : RequiredFields(request.GetDescriptor())) {
+    // HasField: a proto3 scalar without presence counts as set when not at
+    // its default.
+    const bool set = field->is_repeated() ? reflection->FieldSize(request, field) > 0
+                                          : reflection->HasField(request, field);
+    if (!set) {
+      return InvalidArgumentError(field->name() + ": required")
+          .WithReason(error_reason::kRequestInvalid)
+          .WithFieldViolation(field->name(), "required");
+    }
+  }
+  return OkStatus();
+}
+
 }  // namespace tern::server

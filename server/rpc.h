@@ -20,6 +20,7 @@
 #ifndef TERN_SERVER_RPC_H_
 #define TERN_SERVER_RPC_H_
 
+#include <google/protobuf/message.h>
 #include <grpcpp/support/status.h>
 
 #include <chrono>
@@ -70,6 +71,15 @@ Status NotLeaderError(const std::string& self_address, const std::string& leader
 // UNAVAILABLE, reason LEADERSHIP_LOST (metadata leader_address ""): this
 // ternd led, but another took over; nothing of the call was stored.
 Status LeadershipLostError();
+
+// OK when every field of `request` annotated (google.api.field_behavior) =
+// REQUIRED is set: a message field present, a scalar not at its default ("",
+// 0, false), a repeated field not empty. Else INVALID_ARGUMENT "<field>:
+// required", reason REQUEST_INVALID, with a field violation, for the first
+// unset one in field-number order. The annotations are the one definition of
+// what is required: a handler calls this first, after authorization.
+// Thread-safe.
+Status RequireFields(const google::protobuf::Message& request);
 
 namespace internal {
 // Logs failures that are the server's fault (INTERNAL, DATA_LOSS, UNKNOWN) at

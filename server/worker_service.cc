@@ -57,7 +57,8 @@ WorkerService::WorkerService(ServerState* state)
     : state_(state), leases_(state->scheduler, state->clock.get()) {}
 
 // --- Handlers ---------------------------------------------------------------
-// Every handler first checks that the peer may act as an agent (caller.h).
+// Every handler first checks that the peer may act as an agent (caller.h),
+// then that the request has its REQUIRED fields (rpc.h RequireFields).
 
 grpc::Status WorkerService::Register(grpc::ServerContext* context,
                                      const v1::RegisterRequest* request,
@@ -65,6 +66,7 @@ grpc::Status WorkerService::Register(grpc::ServerContext* context,
   return RunRpc(state_, "Register", [&]() -> Status {
     TERN_ASSIGN_OR_RETURN(const std::string certificate_name,
                           AuthorizeAgent(*context, state_->agent_names, state_->tokens));
+    TERN_RETURN_IF_ERROR(RequireFields(*request));
     if (!certificate_name.empty() && request->agent_id() != certificate_name) {
       return Status(StatusCode::kPermissionDenied,
                     "agent_id " + Quoted(request->agent_id()) +
@@ -80,6 +82,7 @@ grpc::Status WorkerService::Heartbeat(grpc::ServerContext* context,
                                       v1::HeartbeatResponse* response) {
   return RunRpc(state_, "Heartbeat", [&]() -> Status {
     TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
+    TERN_RETURN_IF_ERROR(RequireFields(*request));
     return DoHeartbeat(*request, response);
   });
 }
@@ -89,6 +92,7 @@ grpc::Status WorkerService::StreamAssignments(
     grpc::ServerWriter<v1::AssignmentEvent>* writer) {
   return RunRpc(state_, "StreamAssignments", [&]() -> Status {
     TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
+    TERN_RETURN_IF_ERROR(RequireFields(*request));
     return DoStreamAssignments(context, *request, writer);
   });
 }
@@ -98,6 +102,7 @@ grpc::Status WorkerService::ReportProgress(
     v1::ReportProgressResponse* /*response*/) {
   return RunRpc(state_, "ReportProgress", [&]() -> Status {
     TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
+    TERN_RETURN_IF_ERROR(RequireFields(*request));
     return DoReportProgress(*request);
   });
 }
@@ -107,6 +112,7 @@ grpc::Status WorkerService::ReportExit(grpc::ServerContext* context,
                                        v1::ReportExitResponse* /*response*/) {
   return RunRpc(state_, "ReportExit", [&]() -> Status {
     TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
+    TERN_RETURN_IF_ERROR(RequireFields(*request));
     return DoReportExit(*request);
   });
 }
@@ -115,6 +121,7 @@ grpc::Status WorkerService::Drain(grpc::ServerContext* context, const v1::DrainR
                                   v1::DrainResponse* /*response*/) {
   return RunRpc(state_, "Drain", [&]() -> Status {
     TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
+    TERN_RETURN_IF_ERROR(RequireFields(*request));
     return DoDrain(*request);
   });
 }
@@ -124,6 +131,7 @@ grpc::Status WorkerService::Deregister(grpc::ServerContext* context,
                                        v1::DeregisterResponse* /*response*/) {
   return RunRpc(state_, "Deregister", [&]() -> Status {
     TERN_RETURN_IF_ERROR(AuthorizeAgent(*context, state_->agent_names, state_->tokens).status());
+    TERN_RETURN_IF_ERROR(RequireFields(*request));
     return DoDeregister(*request);
   });
 }
@@ -141,10 +149,6 @@ Status WorkerService::DoRegister(const v1::RegisterRequest& request,
   if (!IsAgentId(request.agent_id())) {
     return InvalidArgumentError(
         "agent_id: must be 1..128 characters of [A-Za-z0-9_.-]");
-  }
-  if (request.host().empty()) return InvalidArgumentError("host: required");
-  if (request.slots_size() == 0) {
-    return InvalidArgumentError("slots: at least one entry required");
   }
   scheduler::AgentRegistration registration;
   registration.agent_id = request.agent_id();

@@ -12,6 +12,7 @@
 #include "google/api/field_behavior.pb.h"
 #include "tern/v1/job.pb.h"
 #include "tern/v1/job_service.pb.h"
+#include "tern/v1/worker_service.pb.h"
 
 namespace tern {
 namespace {
@@ -73,6 +74,40 @@ TEST(FieldBehaviorTest, RequestFieldsAreRequiredOrOptionalAsDocumented) {
       const bool is_required = expected->second.count(f->name()) > 0;
       EXPECT_EQ(Behaviors(f),
                 std::set<int>{is_required ? google::api::REQUIRED : google::api::OPTIONAL})
+          << input->full_name() << "." << f->name();
+    }
+  }
+}
+
+// The agents' API: every request field of tern.v1.WorkerService is REQUIRED
+// or OPTIONAL (ternd enforces the REQUIRED ones: worker_service_test.cc).
+TEST(FieldBehaviorTest, WorkerServiceRequestFieldsAreRequiredOrOptionalAsDocumented) {
+  const std::set<std::string> lease = {"agent_id", "lease_id"};
+  std::set<std::string> lease_and_ref = lease;
+  lease_and_ref.insert("ref");
+  const std::map<std::string, std::set<std::string>> required = {
+      {"tern.v1.RegisterRequest", {"agent_id", "host", "slots"}},
+      {"tern.v1.HeartbeatRequest", lease},
+      {"tern.v1.StreamAssignmentsRequest", lease},
+      {"tern.v1.ReportProgressRequest", lease_and_ref},
+      {"tern.v1.ReportExitRequest", lease_and_ref},
+      {"tern.v1.DrainRequest", lease},
+      {"tern.v1.DeregisterRequest", lease},
+  };
+  const auto* service =
+      v1::RegisterRequest::descriptor()->file()->FindServiceByName("WorkerService");
+  ASSERT_NE(service, nullptr);
+  ASSERT_EQ(service->method_count(), static_cast<int>(required.size()));
+  for (int m = 0; m < service->method_count(); ++m) {
+    const Descriptor* input = service->method(m)->input_type();
+    const auto expected = required.find(input->full_name());
+    ASSERT_NE(expected, required.end())
+        << input->full_name() << ": add it to this table (and annotate its fields)";
+    for (int i = 0; i < input->field_count(); ++i) {
+      const FieldDescriptor* f = input->field(i);
+      EXPECT_EQ(Behaviors(f),
+                std::set<int>{expected->second.count(f->name()) > 0 ? google::api::REQUIRED
+                                                                    : google::api::OPTIONAL})
           << input->full_name() << "." << f->name();
     }
   }

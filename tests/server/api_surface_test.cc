@@ -508,11 +508,7 @@ TEST_F(ApiSurfaceTest, EveryRequiredRequestFieldIsEnforced) {
   v1::Job ignored_job;
   ASSERT_TRUE(Cancel(cancelled, &ignored_job).ok());
 
-  struct Case {
-    std::unique_ptr<google::protobuf::Message> request;  // complete and valid
-    std::function<grpc::Status(const google::protobuf::Message&)> call;
-  };
-  std::map<std::string, Case> cases;
+  std::map<std::string, testing::RequestCase> cases;
   {
     auto r = std::make_unique<v1::SubmitJobRequest>();
     *r->mutable_spec() = ValidSpec();
@@ -592,36 +588,8 @@ TEST_F(ApiSurfaceTest, EveryRequiredRequestFieldIsEnforced) {
 
   const auto* service = v1::GetJobRequest::descriptor()->file()->FindServiceByName("JobService");
   ASSERT_NE(service, nullptr);
-  int checked = 0;
-  for (int m = 0; m < service->method_count(); ++m) {
-    const google::protobuf::MethodDescriptor* method = service->method(m);
-    std::vector<const google::protobuf::FieldDescriptor*> required;
-    const google::protobuf::Descriptor* input = method->input_type();
-    for (int i = 0; i < input->field_count(); ++i) {
-      const auto& options = input->field(i)->options();
-      for (int j = 0; j < options.ExtensionSize(google::api::field_behavior); ++j) {
-        if (options.GetExtension(google::api::field_behavior, j) == google::api::REQUIRED) {
-          required.push_back(input->field(i));
-        }
-      }
-    }
-    if (required.empty()) continue;
-    const auto it = cases.find(method->name());
-    ASSERT_NE(it, cases.end()) << method->name()
-                               << " has REQUIRED fields: add a case for it to this test";
-    for (const google::protobuf::FieldDescriptor* field : required) {
-      std::unique_ptr<google::protobuf::Message> without(it->second.request->New());
-      without->CopyFrom(*it->second.request);
-      without->GetReflection()->ClearField(without.get(), field);
-      const grpc::Status status = it->second.call(*without);
-      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
-          << method->name() << " without " << field->name() << ": " << status.error_message();
-      ++checked;
-    }
-    const grpc::Status status = it->second.call(*it->second.request);
-    EXPECT_NE(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
-        << method->name() << " with every field: " << status.error_message();
-  }
+  const int checked =
+      testing::ExpectRequiredFieldsEnforced(*service, cases, /*exact_message=*/false);
   EXPECT_EQ(checked, 8);  // Submit 1, Get 1, Update 2, Delete 1, Cancel 1, Watch 1, Artifact 1
 }
 

@@ -18,10 +18,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
 
+#include "google/api/field_behavior.pb.h"
 #include "server/ternd.h"
 #include "tern/v1/job_service.grpc.pb.h"
 #include "tern/v1/worker_service.grpc.pb.h"
@@ -32,6 +34,59 @@ inline void SetDeadline(
     grpc::ClientContext* ctx,
     std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
   ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+// A complete, well-formed request of one RPC and how to make the call.
+struct RequestCase {
+  std::unique_ptr<google::protobuf::Message> request;
+  std::function<grpc::Status(const google::protobuf::Message&)> call;
+};
+
+// For each method of `service`, in the service's order, whose request has
+// fields annotated (google.api.field_behavior) = REQUIRED: `cases` (by method
+// name) must hold it; its request without each such field must answer
+// INVALID_ARGUMENT (with the message "<field>: required" when
+// `exact_message`), the complete request anything else. Returns the number of
+// fields checked.
+inline int ExpectRequiredFieldsEnforced(const google::protobuf::ServiceDescriptor& service,
+                                        const std::map<std::string, RequestCase>& cases,
+                                        bool exact_message) {
+  int checked = 0;
+  for (int m = 0; m < service.method_count(); ++m) {
+    const google::protobuf::MethodDescriptor* method = service.method(m);
+    const google::protobuf::Descriptor* input = method->input_type();
+    std::vector<const google::protobuf::FieldDescriptor*> required;
+    for (int i = 0; i < input->field_count(); ++i) {
+      const auto& options = input->field(i)->options();
+      for (int j = 0; j < options.ExtensionSize(google::api::field_behavior); ++j) {
+        if (options.GetExtension(google::api::field_behavior, j) == google::api::REQUIRED) {
+          required.push_back(input->field(i));
+        }
+      }
+    }
+    if (required.empty()) continue;
+    const auto it = cases.find(method->name());
+    if (it == cases.end()) {
+      ADD_FAILURE() << method->name() << " has REQUIRED fields: add a case for it to this test";
+      continue;
+    }
+    for (const google::protobuf::FieldDescriptor* field : required) {
+      std::unique_ptr<google::protobuf::Message> without(it->second.request->New());
+      without->CopyFrom(*it->second.request);
+      without->GetReflection()->ClearField(without.get(), field);
+      const grpc::Status status = it->second.call(*without);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+          << method->name() << " without " << field->name() << ": " << status.error_message();
+      if (exact_message) {
+        EXPECT_EQ(status.error_message(), field->name() + ": required") << method->name();
+      }
+      ++checked;
+    }
+    const grpc::Status status = it->second.call(*it->second.request);
+    EXPECT_NE(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << method->name() << " with every field: " << status.error_message();
+  }
+  return checked;
 }
 
 // Polls `condition` every 20 ms until it holds or `timeout` passes.

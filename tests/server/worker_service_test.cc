@@ -11,6 +11,9 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -879,6 +882,90 @@ TEST_F(WorkerServiceTest, AnAgentRejoinsARestartedTerndWithItsRunningRanks) {
   agent.StopStream();
   ASSERT_TRUE(agent.Register().ok());
   EXPECT_TRUE(Eventually([&] { return GetJobOk(id).restarts() == 1; }));
+}
+
+// A unary WorkerService call of the stub's `method` on a request given as a
+// Message, with the test deadline.
+template <typename Request, typename Response>
+std::function<grpc::Status(const google::protobuf::Message&)> UnaryCall(
+    v1::WorkerService::Stub* stub,
+    grpc::Status (v1::WorkerService::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                    Response*)) {
+  return [stub, method](const google::protobuf::Message& m) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    Response response;
+    return (stub->*method)(&ctx, static_cast<const Request&>(m), &response);
+  };
+}
+
+// Every WorkerService request field annotated (google.api.field_behavior) =
+// REQUIRED is enforced: the request without it is INVALID_ARGUMENT naming the
+// field, before the lease is looked at; the complete request is not.
+TEST_F(WorkerServiceTest, EveryRequiredRequestFieldIsEnforced) {
+  using Stub = v1::WorkerService::Stub;
+  FakeAgent agent(workers_.get(), "agent-req", 1);
+  ASSERT_TRUE(agent.Register().ok());
+  const std::string id = SubmitOk(ValidSpec());
+  v1::RankRef ref;
+  ref.set_job_id(id);
+  ref.set_attempt(1);
+  ref.set_rank(0);
+
+  auto with_lease = [&](auto request) {
+    request->set_agent_id("agent-req");
+    request->set_lease_id(agent.lease_id_);
+    return request;
+  };
+  std::map<std::string, testing::RequestCase> cases;
+  {
+    auto r = std::make_unique<v1::RegisterRequest>();
+    r->set_agent_id("agent-req-2");  // not agent-req: its lease stays current
+    r->set_host("127.0.0.1");
+    v1::Slots* slots = r->add_slots();
+    slots->set_device_kind(v1::DEVICE_CPU);
+    slots->set_count(1);
+    cases["Register"] = {std::move(r), UnaryCall(workers_.get(), &Stub::Register)};
+  }
+  cases["Heartbeat"] = {with_lease(std::make_unique<v1::HeartbeatRequest>()),
+                        UnaryCall(workers_.get(), &Stub::Heartbeat)};
+  cases["StreamAssignments"] = {
+      with_lease(std::make_unique<v1::StreamAssignmentsRequest>()),
+      [&](const google::protobuf::Message& m) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+        auto reader =
+            workers_->StreamAssignments(&ctx, static_cast<const v1::StreamAssignmentsRequest&>(m));
+        v1::AssignmentEvent event;
+        while (reader->Read(&event)) {
+        }
+        return reader->Finish();
+      }};
+  {
+    auto r = with_lease(std::make_unique<v1::ReportProgressRequest>());
+    *r->mutable_ref() = ref;
+    cases["ReportProgress"] = {std::move(r), UnaryCall(workers_.get(), &Stub::ReportProgress)};
+  }
+  {
+    auto r = with_lease(std::make_unique<v1::ReportExitRequest>());
+    *r->mutable_ref() = ref;
+    r->set_exit_code(1);
+    cases["ReportExit"] = {std::move(r), UnaryCall(workers_.get(), &Stub::ReportExit)};
+  }
+  cases["Drain"] = {with_lease(std::make_unique<v1::DrainRequest>()),
+                    UnaryCall(workers_.get(), &Stub::Drain)};
+  cases["Deregister"] = {with_lease(std::make_unique<v1::DeregisterRequest>()),
+                         UnaryCall(workers_.get(), &Stub::Deregister)};
+
+  const auto* service =
+      v1::RegisterRequest::descriptor()->file()->FindServiceByName("WorkerService");
+  ASSERT_NE(service, nullptr);
+  // In the service's order: Deregister, which ends the lease, comes last.
+  const int checked =
+      testing::ExpectRequiredFieldsEnforced(*service, cases, /*exact_message=*/true);
+  // Register 3, Heartbeat 2, StreamAssignments 2, ReportProgress 3, ReportExit 3, Drain 2,
+  // Deregister 2.
+  EXPECT_EQ(checked, 17);
 }
 
 class ShortLeaseTest : public WorkerServiceTest {
