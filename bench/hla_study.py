@@ -28,12 +28,11 @@ after seeing results, add a dated note instead):
   * Test top-1 (of the re-loaded .tern, final epoch) is printed for the selected
     config of each method only, and decides nothing.
 
-  Added 2026-12-07, before any run of these configs: the BatchNorm arms
-  (configs ending in -bn: the statistics re-estimated on the ternary weights at
-  the switch) are HLA configs like the others for the selection, and each is
-  also compared with the same config without re-estimation (same lambda and
-  switch point), by the same verdict rule. The lambda > 0 against lambda = 0
-  comparisons pair configs of the same re-estimation setting.
+  Added 2026-12-07, after the first CPU screening's fine-tuning grid: its
+  lambda = 0 config at switch point 0 is the method hla_no_regularizer (HLA
+  with the regularizer off has no FP phase), which the comparisons above did
+  not pair with hla-l1e-1-s0 because the method names differ. They are now
+  paired as lambda > 0 against lambda = 0 at switch 0; the rule is unchanged.
 """
 import csv
 import glob
@@ -43,8 +42,7 @@ import os
 import statistics
 import sys
 
-COLUMNS = ["grid", "config", "method", "lambda", "switch", "bn_at_switch", "seed", "epochs",
-           "val_fp_top1",
+COLUMNS = ["grid", "config", "method", "lambda", "switch", "seed", "epochs", "val_fp_top1",
            "val_top1", "test_top1", "init_digest", "data_digest", "switch_step", "switch_fp_top1",
            "switch_ternary_top1", "switch_ternary_bn_top1", "switch_seconds", "phase1_cos_first",
            "phase1_cos_last", "phase1_reg_grad_share", "diag_seconds_per_sample", "step_seconds",
@@ -187,18 +185,16 @@ def analyze(path):
                     compare(best, configs[best], n, configs[n])
         hla = {n: next(iter(configs[n].values())) for n in configs
                if next(iter(configs[n].values()))["method"] == "hla"}
+        # lambda = 0 baselines by switch point; hla_no_regularizer is lambda 0
+        # at switch 0 (no FP phase).
+        baselines = {float(r["switch"]): n for n, r in hla.items() if float(r["lambda"]) == 0}
+        for n in configs:
+            if next(iter(configs[n].values()))["method"] == "hla_no_regularizer":
+                baselines.setdefault(0.0, n)
         for n, r in sorted(hla.items()):
-            base = [b for b, rb in hla.items() if rb["switch"] == r["switch"] and
-                    rb.get("bn_at_switch") == r.get("bn_at_switch") and float(rb["lambda"]) == 0]
+            base = baselines.get(float(r["switch"]))
             if float(r["lambda"]) > 0 and base:
-                compare(n, configs[n], base[0], configs[base[0]])
-        for n, r in sorted(hla.items()):
-            if r.get("bn_at_switch") != "True":
-                continue
-            plain = [b for b, rb in hla.items() if rb["switch"] == r["switch"] and
-                     rb["lambda"] == r["lambda"] and rb.get("bn_at_switch") != "True"]
-            if plain:
-                compare(n, configs[n], plain[0], configs[plain[0]])
+                compare(n, configs[n], base, configs[base])
         print("  test top-1 (%) of the selected configs, final epoch (reported, decides nothing):")
         for m, n in sorted(selected.items()):
             runs = configs[n]

@@ -18,17 +18,15 @@
 # Grids (full budget: HLA.md section 6's recipe, for a GPU):
 #   scratch   FP, TWN, TTQ, LAT, and HLA with lambda_max in {0, 1e-2, 1e-1, 1}
 #             x switch point (reg_fraction) in {0.3, 0.5, 0.7}, from random
-#             weights, --epochs each (HLA's FP phase inside the budget); and
-#             hla-l1e-1-s0.5-bn: lambda 1e-1, switch 0.5, the BatchNorm
-#             statistics re-estimated on the ternary weights at the switch
-#             (quantization.recalibrate_bn_at_switch).
+#             weights, --epochs each (HLA's FP phase inside the budget).
 #   finetune  FP trained for --epochs first (the scratch grid's FP runs when
 #             --out already holds them), then TWN, TTQ, LAT, HLA (lambda 1e-1,
-#             switch 0.3; and -bn as above), HLA without the FP phase (lambda
-#             1e-1, switch 0) and HLA without the regularizer, each starting
-#             from FP seed s's exported model (model.init_from) for
+#             switch 0.3), HLA without the FP phase (lambda 1e-1, switch 0) and
+#             HLA without the regularizer (and so without the FP phase), each
+#             starting from FP seed s's exported model (model.init_from) for
 #             --finetune-epochs at --finetune-lr (cosine) and weight decay
-#             --finetune-wd.
+#             --finetune-wd. The FP runs are a grid of their own there
+#             ("finetune-base"): starting points, not rivals.
 # --configs runs only the named configs of the grid (their names: the run
 # directories' prefixes, e.g. "fp twn hla-l1e-1-s0.3"); the finetune grid
 # trains FP first all the same. A screening run with less time than the grid.
@@ -52,7 +50,7 @@ grid=scratch device=cpu seeds="0 1 2" epochs=15 finetune_epochs=3 batch=256 lr=0
 finetune_lr=0.01 finetune_wd=1e-4 width=1.0 arch=resnet20 all_ternary=false
 max_train=0 max_eval=0 val_images=5000 parallel=1 threads=2 workers=2
 data=/usr/share/datasets/fashion-mnist out="" smoke=false progress_every=50 only=""
-usage() { sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --grid) grid="$2"; shift 2 ;;
@@ -97,21 +95,18 @@ mkdir -p "$out"
 train_total=$(( max_train > 0 ? max_train : 60000 ))
 val_fraction=$(python3 -c "print($val_images / $train_total)")
 
-# config name, method, lambda_max ("-" = default), reg_fraction ("-" =
-# default), BatchNorm re-estimated at the switch ("bn") or not ("-")
+# config name, method, lambda_max ("-" = default), reg_fraction ("-" = default)
 configs=()
 if [[ "$smoke" == true ]]; then
-  configs=("fp fp - - -" "twn twn - - -" "hla-l0-s0.5 hla 0 0.5 -" "hla-l1e-1-s0.5 hla 0.1 0.5 -")
+  configs=("fp fp - -" "twn twn - -" "hla-l0-s0.5 hla 0 0.5" "hla-l1e-1-s0.5 hla 0.1 0.5")
 elif [[ "$grid" == scratch ]]; then
-  configs=("fp fp - - -" "twn twn - - -" "ttq ttq - - -" "lat lat - - -")
+  configs=("fp fp - -" "twn twn - -" "ttq ttq - -" "lat lat - -")
   for l in 0 1e-2 1e-1 1; do
-    for s in 0.3 0.5 0.7; do configs+=("hla-l$l-s$s hla $l $s -"); done
+    for s in 0.3 0.5 0.7; do configs+=("hla-l$l-s$s hla $l $s"); done
   done
-  configs+=("hla-l1e-1-s0.5-bn hla 0.1 0.5 bn")
 else
-  configs=("twn twn - - -" "ttq ttq - - -" "lat lat - - -" "hla-l1e-1-s0.3 hla 0.1 0.3 -"
-           "hla-l1e-1-s0.3-bn hla 0.1 0.3 bn" "hla-l1e-1-s0 hla 0.1 0 -"
-           "hla_no_regularizer hla_no_regularizer - - -")
+  configs=("twn twn - -" "ttq ttq - -" "lat lat - -" "hla-l1e-1-s0.3 hla 0.1 0.3"
+           "hla-l1e-1-s0 hla 0.1 0" "hla_no_regularizer hla_no_regularizer - -")
 fi
 if [[ -n "$only" ]]; then
   known=""
@@ -127,10 +122,10 @@ if [[ -n "$only" ]]; then
   configs=("${picked[@]}")
 fi
 
-write_spec() {  # dir config method lambda switch bn seed init_from
+write_spec() {  # dir config method lambda switch seed init_from
   python3 - "$@" <<PY
 import json, sys
-d, config, method, lam, switch, bn, seed, init_from = sys.argv[1:9]
+d, config, method, lam, switch, seed, init_from = sys.argv[1:8]
 finetune = bool(init_from)
 spec = {
   "name": f"hla-study-{config}-seed{seed}",
@@ -152,8 +147,6 @@ if lam != "-":
     spec["quantization"]["lambda_max"] = float(lam)
 if switch != "-":
     spec["quantization"]["reg_fraction"] = float(switch)
-if bn == "bn":
-    spec["quantization"]["recalibrate_bn_at_switch"] = True
 if "$all_ternary" == "true":
     spec["quantization"].update({"keep_first_fp": False, "keep_last_fp": False})
 json.dump(spec, open(d + "/spec.json", "w"), indent=1)
@@ -164,25 +157,25 @@ if "$grid" == "finetune" and not finetune:
     grid += "-base"
 json.dump({"grid": grid, "config": config,
            "method": method, "lambda": "" if lam == "-" else lam,
-           "switch": "" if switch == "-" else switch, "bn_at_switch": bn == "bn", "seed": seed,
+           "switch": "" if switch == "-" else switch, "seed": seed,
            "epochs": spec["optimization"]["epochs"]}, open(d + "/run.json", "w"))
 PY
 }
 
-run_one() {  # config method lambda switch bn seed init_from
-  local dir="$out/$1-seed$6"
+run_one() {  # config method lambda switch seed init_from
+  local dir="$out/$1-seed$5"
   if [[ -f "$dir/events.jsonl" ]] && grep -q '"event":"finished"' "$dir/events.jsonl"; then
-    echo "== $1 seed $6: already finished in $dir" >&2
+    echo "== $1 seed $5: already finished in $dir" >&2
     return 0
   fi
   rm -rf "$dir" && mkdir -p "$dir"
   write_spec "$dir" "$@"
   if ! "$trainer" --spec "$dir/spec.json" --workdir "$dir/work" >"$dir/events.jsonl" 2>"$dir/stderr.log"; then
-    echo "hla_study.sh: $1 seed $6 failed; last lines of its log:" >&2
+    echo "hla_study.sh: $1 seed $5 failed; last lines of its log:" >&2
     tail -n 20 "$dir/stderr.log" >&2
     return 1
   fi
-  echo "== $1 seed $6 done" >&2
+  echo "== $1 seed $5 done" >&2
 }
 
 failed=0
@@ -190,13 +183,13 @@ run_all() {  # init_from_fp(true|false) config...
   local from_fp="$1"; shift
   local -a pids=()
   for c in "$@"; do
-    read -r name method lam switch bn <<<"$c"
+    read -r name method lam switch <<<"$c"
     for s in $seeds; do
       while (( $(jobs -rp | wc -l) >= parallel )); do wait -n || failed=1; done
       local init=""
       [[ "$from_fp" == true ]] && init="$out/fp-seed$s/work/model.tern"
       echo "== $name seed $s" >&2
-      run_one "$name" "$method" "$lam" "$switch" "$bn" "$s" "$init" & pids+=($!)
+      run_one "$name" "$method" "$lam" "$switch" "$s" "$init" & pids+=($!)
     done
   done
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
@@ -204,7 +197,7 @@ run_all() {  # init_from_fp(true|false) config...
 }
 start=$(date +%s)
 if [[ "$grid" == finetune ]]; then
-  run_all false "fp fp - - -"
+  run_all false "fp fp - -"
   run_all true "${configs[@]}"
 else
   run_all false "${configs[@]}"
