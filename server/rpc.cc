@@ -175,6 +175,7 @@ void LogRpcFailure(const char* method, const Status& status) {
 }
 
 }  // namespace internal
+
 Status RequireFields(const google::protobuf::Message& request) {
   const google::protobuf::Reflection* reflection = request.GetReflection();
   for (const google::protobuf::FieldDescriptor* field : RequiredFields(request.GetDescriptor())) {

@@ -76,8 +76,10 @@ Status LeadershipLostError();
 // REQUIRED is set: a message field present, a scalar not at its default ("",
 // 0, false), a repeated field not empty. Else INVALID_ARGUMENT "<field>:
 // required", reason REQUEST_INVALID, with a field violation, for the first
-// unset one in field-number order. The annotations are the one definition of
-// what is required: a handler calls this first, after authorization.
+// unset one in field-number order. So the annotations define what is
+// required: WorkerService's handlers call this first, after authorization.
+// (JobService checks its few REQUIRED fields where it parses them, with
+// messages of their own; api_surface_test.cc holds it to the annotations.)
 // Thread-safe.
 Status RequireFields(const google::protobuf::Message& request);
 
