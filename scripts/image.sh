@@ -20,7 +20,8 @@
 #                                    HEAD) instead of the commit
 #   extra arguments after -- go to podman build (e.g. -- --no-cache)
 #
-# 1. Installs podman, buildah, debootstrap and podman-compose if missing.
+# 1. Installs podman, buildah, debootstrap and podman-compose if missing (and
+#    podman's helpers: catatonit, container name resolution).
 # 2. Uses a private podman root (scripts/podman-env.sh; TERN_PODMAN_ROOT,
 #    default /var/tmp/tern-podman) with the settings the build machines need.
 # 3. Makes the base image once: debootstrap --variant=minbase bookworm from
@@ -58,8 +59,13 @@ while (($#)); do
   esac
 done
 
-# 1. Tools.
-packages=(podman buildah runc debootstrap podman-compose uidmap)
+# 1. Tools. Installed without Debian's "Recommends", so podman's helpers are
+# named too: catatonit (the pause process of `podman kube play`), and name
+# resolution between containers on either network backend (the CNI dnsname
+# plugin; netavark with aardvark-dns). A fresh machine without them failed the
+# Compose test (agents never reached ternd by name) and the kube play test.
+packages=(podman buildah runc debootstrap podman-compose uidmap catatonit
+          golang-github-containernetworking-plugin-dnsname netavark aardvark-dns)
 missing=()
 for p in "${packages[@]}"; do
   [[ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" == installed ]] || missing+=("$p")
