@@ -101,6 +101,11 @@ struct RankExit {
   // Rank 0 found its rendezvous port taken by another process (exit code 5):
   // RENDEZVOUS_PORT_IN_USE, free of charge, another port next time.
   bool rendezvous_port_in_use = false;
+  // A collective with the other ranks failed (exit code 6): a symptom of
+  // another rank's failure, or of ranks cut off from each other. The
+  // scheduler waits up to collective_failure_grace for a rank's own failure
+  // before it restarts the job as COLLECTIVE_FAILED.
+  bool collective_failed = false;
   // Rank 0 on success: the packed model and the final metrics.
   std::string artifact_path;
   std::string metrics_json;

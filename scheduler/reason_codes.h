@@ -20,6 +20,10 @@ inline constexpr char kAllRanksStarted[] = "ALL_RANKS_STARTED";      // ADMITTED
 inline constexpr char kAllRanksSucceeded[] = "ALL_RANKS_SUCCEEDED";  // RUNNING -> SUCCEEDED
 inline constexpr char kTrainerFailed[] = "TRAINER_FAILED";  // a trainer exited with code > 0
 inline constexpr char kRankLost[] = "RANK_LOST";            // signal, or gone from its agent
+// A collective between the ranks failed (trainer exit 6) and no rank
+// reported a failure of its own within collective_failure_grace: the ranks
+// cannot reach each other (a cut network, a hung peer).
+inline constexpr char kCollectiveFailed[] = "COLLECTIVE_FAILED";
 inline constexpr char kAgentLeaseExpired[] = "AGENT_LEASE_EXPIRED";
 inline constexpr char kAgentDeregistered[] = "AGENT_DEREGISTERED";
 // A rank stopped on request after committing a checkpoint (its agent shut
@@ -39,11 +43,22 @@ inline constexpr char kCancelledByUser[] = "CANCELLED_BY_USER";
 inline constexpr char kStaleRank[] = "STALE_RANK";
 
 inline constexpr const char* kAllStateReasons[] = {
-    kSubmitted,           kAdmitted,          kAllRanksStarted,
-    kAllRanksSucceeded,   kTrainerFailed,     kRankLost,
-    kAgentLeaseExpired,   kAgentDeregistered, kRankPreempted,
-    kRendezvousPortInUse, kRequeued,          kRestartBudgetExhausted,
-    kNotRetryable,        kCancelledByUser,   kStaleRank,
+    kSubmitted,
+    kAdmitted,
+    kAllRanksStarted,
+    kAllRanksSucceeded,
+    kTrainerFailed,
+    kRankLost,
+    kCollectiveFailed,
+    kAgentLeaseExpired,
+    kAgentDeregistered,
+    kRankPreempted,
+    kRendezvousPortInUse,
+    kRequeued,
+    kRestartBudgetExhausted,
+    kNotRetryable,
+    kCancelledByUser,
+    kStaleRank,
 };
 
 // --- Wait reasons ---

@@ -82,6 +82,14 @@ bool AnyRankRunning(const Job& job) {
                      [](const RankPlacement& r) { return r.state == RankState::kRunning; });
 }
 
+// Whether a rank of the attempt may still run: started, or assigned and not
+// yet reported.
+bool AnyRankUnfinished(const Job& job) {
+  return std::any_of(job.ranks.begin(), job.ranks.end(), [](const RankPlacement& r) {
+    return r.state == RankState::kAssigned || r.state == RankState::kRunning;
+  });
+}
+
 // Whether `r`'s slot is held: every rank's while ADMITTED or RUNNING, only the
 // running ranks' while CANCELLING (those it waits for).
 bool RankHoldsSlot(const Job& job, const RankPlacement& r) {
@@ -331,6 +339,9 @@ Status SchedulerOptions::Validate() const {
     return InvalidArgumentError(
         "restart_backoff: must be >= 0 and <= max_restart_backoff");
   }
+  if (collective_failure_grace.count() < 0) {
+    return InvalidArgumentError("collective_failure_grace: must be >= 0");
+  }
   if (rendezvous_port_min < 1 || rendezvous_port_max > 65535 ||
       rendezvous_port_min > rendezvous_port_max) {
     return InvalidArgumentError(
@@ -532,6 +543,7 @@ void Scheduler::ResolveLocked(const std::shared_ptr<Batch>& batch, Status status
     queue_order_.clear();
     restarting_.clear();
     holding_.clear();
+    collective_failures_.clear();
     state_counts_.clear();
     wait_reasons_.clear();
     waiting_on_quota_.clear();
@@ -638,6 +650,13 @@ void Scheduler::ApplyLocked(Job job) {
   set_member(queued_, job.state == JobState::kQueued);
   set_member(restarting_, job.state == JobState::kRestarting);
   set_member(holding_, HoldsSlots(job.state));
+  if ((job.state == JobState::kAdmitted || job.state == JobState::kRunning) &&
+      std::any_of(job.ranks.begin(), job.ranks.end(),
+                  [](const RankPlacement& r) { return r.state == RankState::kFailed; })) {
+    collective_failures_.emplace(id, clock_->Now() + options_.collective_failure_grace);
+  } else {
+    collective_failures_.erase(id);
+  }
   if (job.state != JobState::kQueued) {
     wait_reasons_.erase(id);
     head_since_.erase(id);
@@ -1020,6 +1039,18 @@ Status Scheduler::RestartLocked(Job job, const char* why, std::string message,
   TERN_RETURN_IF_ERROR(CommitLocked(std::move(job), std::move(events)));
   SendKillsLocked(kills);
   return OkStatus();
+}
+
+Status Scheduler::RestartForCollectiveFailureLocked(Job job, TimePoint now) {
+  std::string message = "a collective between the ranks failed";
+  if (job.last_failure && job.last_failure->attempt == job.attempt) {
+    message = job.last_failure->message;
+  }
+  if (options_.collective_failure_grace.count() > 0 && AnyRankUnfinished(job)) {
+    message += " (no rank reported a failure of its own within " +
+               Seconds(options_.collective_failure_grace) + ")";
+  }
+  return RestartLocked(std::move(job), reason::kCollectiveFailed, std::move(message), now);
 }
 
 Status Scheduler::LoseAgentLocked(const std::string& agent_id, const char* why,
@@ -1720,6 +1751,12 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
         job.artifact_path = exit.artifact_path;
         job.metrics_json = exit.metrics_json;
       }
+      if (collective_failures_.count(job.id) != 0 && !AnyRankUnfinished(job)) {
+        // The last rank that ran ended; a peer's collective failed before.
+        TERN_RETURN_IF_ERROR(RestartForCollectiveFailureLocked(std::move(job), now));
+        AdmitAndLogLocked(now);
+        return OkStatus();
+      }
       std::vector<JobEvent> events;
       TERN_RETURN_IF_ERROR(AdvanceJob(&job, &events, now));
       const bool ended = IsTerminal(job.state);
@@ -1764,7 +1801,29 @@ Status Scheduler::ReportRankExit(const RankExit& exit) {
         }
       }
     }
+    const bool collective = exit.collective_failed && !exit.preempted && !port_in_use;
+    if (collective) {
+      message = "rank " + std::to_string(r.rank) + " on agent " + r.agent_id +
+                ": a collective with the other ranks failed";
+    }
     if (!exit.message.empty()) message += ": " + exit.message;
+    if (collective) {
+      // A symptom: wait for the cause (another rank's own failure) while
+      // ranks still run; the first such report of the attempt is kept.
+      if (collective_failures_.count(job.id) == 0) {
+        job.last_failure = FailureOf(job, r, exit.exit_code, exit.failure_code,
+                                     reason::kCollectiveFailed, message, now);
+      }
+      if (options_.collective_failure_grace.count() > 0 && AnyRankUnfinished(job)) {
+        TERN_LOG(WARNING) << "job " << job.id << " attempt " << job.attempt << ": " << message
+                          << "; waiting up to " << Seconds(options_.collective_failure_grace)
+                          << " for a rank's own failure before restarting";
+        return CommitLocked(std::move(job), {});
+      }
+      TERN_RETURN_IF_ERROR(RestartForCollectiveFailureLocked(std::move(job), now));
+      AdmitAndLogLocked(now);
+      return OkStatus();
+    }
     const char* why = exit.preempted                           ? reason::kRankPreempted
                       : port_in_use                            ? reason::kRendezvousPortInUse
                       : exit.exit_code > 0 && !exit.lease_lost ? reason::kTrainerFailed
@@ -1843,6 +1902,13 @@ Status Scheduler::Tick() {
           "agent " + id + " lease expired " + Seconds(now - agent.lease_expires) + " ago" +
               (agent.live ? "" : " (did not re-register after a ternd restart)"),
           now));
+    }
+    std::vector<JobId> settled;
+    for (const auto& [id, deadline] : collective_failures_) {
+      if (deadline <= now) settled.push_back(id);
+    }
+    for (JobId id : settled) {
+      TERN_RETURN_IF_ERROR(RestartForCollectiveFailureLocked(jobs_.at(id), now));
     }
     std::vector<JobId> due;
     for (JobId id : restarting_) {

@@ -37,7 +37,10 @@
 //   it is FAILED (RESTART_BUDGET_EXHAUSTED). A rank exit marked not
 //   retryable (RankExit::retryable: the spec, data or paths are at fault)
 //   goes on from RESTARTING to FAILED at once (FAILURE_NOT_RETRYABLE).
-//   Job::last_failure records each rank failure or loss.
+//   Job::last_failure records each rank failure or loss. A rank whose
+//   collective with its peers failed (COLLECTIVE_FAILED) is a symptom: the
+//   job waits up to collective_failure_grace for another rank's own failure
+//   and restarts for that cause instead, which a user can act on.
 // - Cancellation: a job with a rank that reported its start (ADMITTED or
 //   RUNNING) becomes CANCELLING: its ranks get kill orders and it keeps its
 //   slots until every such rank has reported its exit, or its agent's lease
@@ -116,6 +119,14 @@ struct SchedulerOptions {
   // of the job, up to max_restart_backoff. 0 = queue it at once.
   std::chrono::milliseconds restart_backoff{std::chrono::seconds(2)};
   std::chrono::milliseconds max_restart_backoff{std::chrono::minutes(1)};
+  // A rank whose collective failed (RankExit::collective_failed) is usually
+  // the symptom of another rank's failure, whose report may come a moment
+  // later (another agent; or the same one, which reaped it second). While
+  // other ranks of the attempt still run, the job waits this long for such a
+  // report and restarts for it (RANK_LOST, TRAINER_FAILED, ...); when none
+  // comes, or every rank's collective failed, it restarts as
+  // COLLECTIVE_FAILED. 0 = restart at the first report.
+  std::chrono::milliseconds collective_failure_grace{std::chrono::seconds(5)};
   // Range rank 0's rendezvous port is taken from, per agent, inclusive.
   // Each agent hands its ports out in turn (the next attempt of a job gets
   // another port), and a port that rank 0 found taken by another process
@@ -411,6 +422,9 @@ class Scheduler {
   Status RestartLocked(Job job, const char* why, std::string message,
                        TimePoint now, bool retryable = true,
                        RestartCharge charge = RestartCharge::kCounted);
+  // Restarts `job` as COLLECTIVE_FAILED with the message of its attempt's
+  // first failed collective (Job::last_failure).
+  Status RestartForCollectiveFailureLocked(Job job, TimePoint now);
   Status LoseAgentLocked(const std::string& agent_id, const char* why,
                          const std::string& message, TimePoint now);
   std::vector<KillOrder> KillOrdersLocked(const Job& job,
@@ -447,6 +461,11 @@ class Scheduler {
   std::map<JobState, int> state_counts_;
   std::set<JobId> restarting_;  // RESTARTING
   std::set<JobId> holding_;     // ADMITTED or RUNNING
+  // ADMITTED or RUNNING jobs with a failed rank (its collective failed; see
+  // collective_failure_grace): restarted as COLLECTIVE_FAILED at this time
+  // unless a rank's own failure restarts them first. Derived from the ranks'
+  // states in ApplyLocked, so a reloaded job waits one more grace.
+  std::map<JobId, TimePoint> collective_failures_;
   std::map<std::string, std::unique_ptr<Agent>> agents_;
   std::map<JobId, WaitReasonInfo> wait_reasons_;  // from the last admission pass
   std::map<JobId, TimePoint> head_since_;      // blocked heads, per device kind

@@ -197,6 +197,9 @@ int main(int argc, char** argv) {
               "delay before a lost job is queued again (doubles per restart)");
   AddDuration(app, "--max-restart-backoff", &options.scheduler.max_restart_backoff,
               "upper bound of the restart delay");
+  AddDuration(app, "--collective-failure-grace", &options.scheduler.collective_failure_grace,
+              "how long a job whose rank reported a failed collective (exit 6) waits for "
+              "another rank's own failure before it restarts as COLLECTIVE_FAILED");
   AddDuration(app, "--backfill-window", &options.scheduler.backfill_window,
               "how long a blocked job lets smaller ones pass");
   app.add_option("--aging-per-minute", options.scheduler.aging_per_minute,

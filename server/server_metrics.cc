@@ -21,9 +21,9 @@ constexpr const char* kDeviceKinds[] = {scheduler::kDeviceCpu,
 // Reasons a job is restarted for (scheduler/job.h); others appear on first
 // use.
 constexpr const char* kRestartReasons[] = {
-    scheduler::reason::kTrainerFailed, scheduler::reason::kRankLost,
-    scheduler::reason::kAgentLeaseExpired,
-    scheduler::reason::kAgentDeregistered, scheduler::reason::kRankPreempted,
+    scheduler::reason::kTrainerFailed,      scheduler::reason::kRankLost,
+    scheduler::reason::kCollectiveFailed,   scheduler::reason::kAgentLeaseExpired,
+    scheduler::reason::kAgentDeregistered,  scheduler::reason::kRankPreempted,
     scheduler::reason::kRendezvousPortInUse};
 
 std::string Lower(const char* s) {

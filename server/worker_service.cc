@@ -428,10 +428,16 @@ Status WorkerService::DoReportExit(const v1::ReportExitRequest& request) {
   exit.lease_lost = request.signal() == 0 && exit.exit_code == trainer::kExitFenced;
   exit.rendezvous_port_in_use =
       request.signal() == 0 && exit.exit_code == trainer::kExitRendezvousPortInUse;
+  exit.collective_failed =
+      request.signal() == 0 && exit.exit_code == trainer::kExitCollectiveFailed;
   exit.retryable = !(request.signal() == 0 && exit.exit_code > 0 &&
                      (exit.exit_code == trainer::kExitBadSpec ||
                       IsNotRetryableFailureCode(failure_code)));
-  if (!request.reason().empty()) {
+  // The agent's reason starts with what the trainer's `failed` event said,
+  // when it wrote one, and goes on with its stderr tail: not that twice.
+  if (!exit.message.empty() && request.reason().rfind(exit.message, 0) == 0) {
+    exit.message = request.reason();
+  } else if (!request.reason().empty()) {
     exit.message += (exit.message.empty() ? "" : " (") + request.reason() +
                     (exit.message.empty() ? "" : ")");
   }

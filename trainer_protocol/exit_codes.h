@@ -18,6 +18,11 @@ inline constexpr int kExitFenced = 4;
 // Rank 0 could not listen on its rendezvous port: another process on this
 // host holds it. ternd gives the next attempt another port, free of charge.
 inline constexpr int kExitRendezvousPortInUse = 5;
+// A collective with the other ranks (all-reduce, broadcast, barrier) failed:
+// a peer is gone (connection reset) or unreachable (timed out). The cause is
+// usually another rank's, so ternd waits briefly for that rank's own report
+// before it restarts the job as COLLECTIVE_FAILED.
+inline constexpr int kExitCollectiveFailed = 6;
 
 }  // namespace tern::trainer
 

@@ -159,6 +159,13 @@ checkpoint=$(committed_step 1)
 wait_checkpoint 2 $((checkpoint + 8))
 check_resumed 2 "$checkpoint"
 check_reason 1 RANK_LOST
+# The cause, not the symptom: the survivor's failed all-reduce (exit 6) may be
+# reported first, but the restart names the rank that was killed.
+restart_message=$(jq -r -s '[.[] | select(.attempt == 1
+                                     and .state_change.to_state == "JOB_STATE_RESTARTING")
+                            | .state_change.reason.message] | first // ""' "$work/events.jsonl")
+[[ "$restart_message" == *"killed by signal 9"* ]] ||
+  fail "attempt 1's restart does not name the killed rank: $restart_message"
 echo "1. trainer $victim SIGKILLed: job restarted, resumed from step $resumed (newest checkpoint event: $checkpoint)"
 
 # 2. ternd killed while the job trains; restarted on the same database and port.

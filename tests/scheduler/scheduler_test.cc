@@ -700,6 +700,140 @@ TEST_F(RestartTest, BackoffDoublesAndIsCapped) {
   }
 }
 
+// A rank whose collective failed (trainer exit 6) is a symptom; the rank
+// that died is the cause, even when its report comes second.
+class CollectiveFailureTest : public RestartTest {
+ protected:
+  void CollectiveFailed(JobId id, int rank) {
+    RankExit exit;
+    exit.rank = Ref(id, rank);
+    exit.exit_code = 6;
+    exit.collective_failed = true;
+    exit.failure_code = "UNAVAILABLE";
+    exit.message = "UNAVAILABLE: gradient all-reduce failed on rank " + std::to_string(rank) +
+                   ": Connection reset by peer";
+    Status status = scheduler_->ReportRankExit(exit);
+    ASSERT_TRUE(status.ok()) << status;
+  }
+  // The state change that ended attempt 1.
+  JobEvent Restart(JobId id) {
+    for (const JobEvent& e : Get(id).history) {
+      if (e.to == JobState::kRestarting) return e;
+    }
+    ADD_FAILURE() << "job " << id << " never restarted";
+    return JobEvent();
+  }
+};
+
+TEST_F(CollectiveFailureTest, TheRankThatDiedIsTheCauseEvenWhenItsReportComesLast) {
+  Register("a", 3);
+  JobId id = Submit(0, 3, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  Work("a");
+  CollectiveFailed(id, 1);
+  CollectiveFailed(id, 2);
+  // Waiting for rank 0: no restart, no kill order yet.
+  Job job = Get(id);
+  EXPECT_EQ(job.state, JobState::kRunning);
+  ASSERT_TRUE(job.last_failure.has_value());
+  EXPECT_EQ(job.last_failure->reason, "COLLECTIVE_FAILED");
+  EXPECT_EQ(job.last_failure->rank, 1);  // the first report is kept
+  EXPECT_TRUE(Work("a").empty());
+
+  Exit(id, 0, -9);  // say, the OOM killer
+  job = Get(id);
+  EXPECT_EQ(job.restarts_used, 1);
+  const JobEvent restart = Restart(id);
+  EXPECT_EQ(restart.reason, "RANK_LOST");
+  EXPECT_EQ(restart.message, "rank 0 on agent a was killed by signal 9");
+  ASSERT_TRUE(job.last_failure.has_value());
+  EXPECT_EQ(job.last_failure->rank, 0);
+  EXPECT_EQ(job.last_failure->signal, 9);
+  EXPECT_EQ(job.last_failure->reason, "RANK_LOST");
+  EXPECT_EQ(job.state, JobState::kAdmitted);  // attempt 2, at once (no back-off)
+  EXPECT_EQ(job.attempt, 2);
+}
+
+TEST_F(CollectiveFailureTest, EveryRanksCollectiveFailedRestartsAtOnce) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  CollectiveFailed(id, 0);
+  EXPECT_EQ(State(id), JobState::kRunning);
+  CollectiveFailed(id, 1);  // nobody left to wait for: ranks cut off from each other
+  const JobEvent restart = Restart(id);
+  EXPECT_EQ(restart.reason, "COLLECTIVE_FAILED");
+  EXPECT_EQ(restart.message,
+            "rank 0 on agent a: a collective with the other ranks failed: UNAVAILABLE: gradient "
+            "all-reduce failed on rank 0: Connection reset by peer");
+  Job job = Get(id);
+  EXPECT_EQ(job.restarts_used, 1);
+  ASSERT_TRUE(job.last_failure.has_value());
+  EXPECT_EQ(job.last_failure->rank, 0);
+  EXPECT_EQ(job.last_failure->exit_code, 6);
+  EXPECT_EQ(job.last_failure->trainer_code, "UNAVAILABLE");
+}
+
+TEST_F(CollectiveFailureTest, WithoutTheCauseTheGraceEndsInACollectiveFailure) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  Work("a");
+  CollectiveFailed(id, 1);
+  clock_->Advance(options_.collective_failure_grace - milliseconds(1));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(State(id), JobState::kRunning);
+  clock_->Advance(milliseconds(1));
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  const JobEvent restart = Restart(id);
+  EXPECT_EQ(restart.reason, "COLLECTIVE_FAILED");
+  EXPECT_EQ(restart.message,
+            "rank 1 on agent a: a collective with the other ranks failed: UNAVAILABLE: gradient "
+            "all-reduce failed on rank 1: Connection reset by peer (no rank reported a failure "
+            "of its own within 5s)");
+  // Rank 0 still ran (hung in the collective, or cut off): it is killed.
+  AgentWork work = Work("a");
+  ASSERT_EQ(work.kills.size(), 1u);
+  EXPECT_EQ(work.kills[0].rank, 0);
+  EXPECT_EQ(work.kills[0].reason, "COLLECTIVE_FAILED");
+}
+
+TEST_F(CollectiveFailureTest, ARankThatSucceedsAfterAPeersCollectiveFailedDoesNotFinishTheJob) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  CollectiveFailed(id, 1);
+  Exit(id, 0, 0);
+  EXPECT_NE(State(id), JobState::kSucceeded);
+  EXPECT_EQ(Restart(id).reason, "COLLECTIVE_FAILED");
+  EXPECT_EQ(Get(id).restarts_used, 1);
+}
+
+TEST_F(CollectiveFailureTest, AReloadedSchedulerWaitsOneMoreGrace) {
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  CollectiveFailed(id, 1);
+  Open();  // ternd restarts; rank 0 still runs
+  Register("a", 2, kDeviceCpu, {Ref(id, 0)});
+  EXPECT_EQ(State(id), JobState::kRunning);
+  clock_->Advance(options_.collective_failure_grace);
+  ASSERT_TRUE(scheduler_->Tick().ok());
+  EXPECT_EQ(Restart(id).reason, "COLLECTIVE_FAILED");
+  EXPECT_EQ(Get(id).last_failure->rank, 1);
+}
+
+TEST_F(CollectiveFailureTest, NoGraceRestartsAtTheFirstReport) {
+  options_.collective_failure_grace = milliseconds(0);
+  Open();
+  Register("a", 2);
+  JobId id = Submit(0, 2, kDeviceCpu, /*max_restarts=*/1);
+  StartAll(id);
+  CollectiveFailed(id, 1);
+  EXPECT_EQ(Restart(id).reason, "COLLECTIVE_FAILED");
+  EXPECT_EQ(Restart(id).message.find("no rank reported"), std::string::npos);
+}
+
 TEST_F(RestartTest, ReportsAboutOldAttemptsAreIgnored) {
   Register("a", 2);
   JobId id = Submit(0, 2, kDeviceCpu, 1);

@@ -102,7 +102,7 @@ class FakeAgent {
 
   grpc::Status Exit(const v1::RankRef& ref, int exit_code, int signal = 0,
                     bool killed_by_agent = false, const std::string& failure_code = "",
-                    bool preempted = false) {
+                    bool preempted = false, const std::string& reason = "") {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     v1::ReportExitRequest request;
@@ -114,6 +114,7 @@ class FakeAgent {
     request.set_killed_by_agent(killed_by_agent);
     request.set_failure_code(failure_code);
     request.set_preempted(preempted);
+    request.set_reason(reason);
     v1::ReportExitResponse response;
     return stub_->ReportExit(&ctx, request, &response);
   }

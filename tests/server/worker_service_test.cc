@@ -540,11 +540,16 @@ TEST_F(WorkerServiceTest, FailuresThatWouldRecurAreNotRetried) {
     bool retried;
   };
   const std::vector<Case> cases = {
-      {"DATA_LOSS", 1, "", false},         {"NOT_FOUND", 1, "", false},
-      {"", 2, "", false},                  {"", 127, "PERMISSION_DENIED", false},
-      {"UNAVAILABLE", 1, "", true},        {"DEADLINE_EXCEEDED", 1, "", true},
+      {"DATA_LOSS", 1, "", false},
+      {"NOT_FOUND", 1, "", false},
+      {"", 2, "", false},
+      {"", 127, "PERMISSION_DENIED", false},
+      {"UNAVAILABLE", 1, "", true},
+      {"DEADLINE_EXCEEDED", 1, "", true},
+      {"UNAVAILABLE", 6, "", true},          // a failed collective: no other rank to wait for
       {"FAILED_PRECONDITION", 1, "", true},  // e.g. no GPU visible on that node
-      {"", 1, "", true},                   {"INVALID_ARGUMENT", 0, "", true},  // signal below
+      {"", 1, "", true},
+      {"INVALID_ARGUMENT", 0, "", true},  // signal below
   };
   // The assignment of `id`'s attempt `attempt`, once the stream brought it.
   auto assignment_of = [&](const std::string& id, int attempt) {
@@ -575,8 +580,12 @@ TEST_F(WorkerServiceTest, FailuresThatWouldRecurAreNotRetried) {
                       .ok());
     }
     const bool signalled = c.exit_code == 0;
-    ASSERT_TRUE(agent.Exit(*ref, signalled ? -1 : c.exit_code, signalled ? 9 : 0, false,
-                           c.agent_code)
+    // What tern-agent says: the `failed` line's text, then the stderr tail.
+    const std::string tail = "\n--- last stderr lines ---\nE boom";
+    const std::string agent_reason = (c.failed_code.empty() ? "" : c.failed_code + ": boom") + tail;
+    ASSERT_TRUE(agent
+                    .Exit(*ref, signalled ? -1 : c.exit_code, signalled ? 9 : 0, false,
+                          c.agent_code, false, agent_reason)
                     .ok());
     const v1::Job job = GetJobOk(id);
     // Why, as data: the rank, its agent, how it ended, the trainer's code.
@@ -588,8 +597,16 @@ TEST_F(WorkerServiceTest, FailuresThatWouldRecurAreNotRetried) {
     EXPECT_EQ(f.exit_code(), signalled ? 0 : c.exit_code);
     EXPECT_EQ(f.signal(), signalled ? 9 : 0);
     EXPECT_EQ(f.trainer_code(), c.agent_code.empty() ? c.failed_code : c.agent_code);
-    EXPECT_EQ(f.reason(), signalled ? "RANK_LOST" : "TRAINER_FAILED");
+    EXPECT_EQ(f.reason(), signalled          ? "RANK_LOST"
+                          : c.exit_code == 6 ? "COLLECTIVE_FAILED"
+                                             : "TRAINER_FAILED");
     EXPECT_TRUE(f.has_time());
+    if (!c.failed_code.empty()) {  // the trainer's reason once, then the tail
+      const std::string said = c.failed_code + ": boom" + tail;
+      EXPECT_EQ(f.message().substr(f.message().size() - std::min(f.message().size(), said.size())),
+                said);
+      EXPECT_EQ(f.message().find("boom"), f.message().rfind(": boom") + 2) << f.message();
+    }
     if (c.retried) {
       EXPECT_EQ(job.restarts(), 1);
       EXPECT_NE(job.state(), v1::JOB_STATE_FAILED);

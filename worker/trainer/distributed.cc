@@ -63,7 +63,14 @@ Status DistributedOptions::Validate() const {
 
 namespace {
 constexpr char kPortInUseMessage[] = "rank 0 cannot listen on rendezvous port ";
+// Metadata key marking a failed collective (its value: the operation).
+constexpr char kCollectiveKey[] = "collective";
 }  // namespace
+
+bool IsCollectiveFailure(const Status& status) {
+  return !status.ok() && status.details() != nullptr &&
+         status.details()->metadata.count(kCollectiveKey) != 0;
+}
 
 bool IsRendezvousPortInUse(const Status& status) {
   return status.code() == StatusCode::kAlreadyExists &&
@@ -176,10 +183,10 @@ Status Communicator::Run(const char* what, const std::function<void()>& body) {
                                 std::to_string(options_.timeout.count() / 1000) +
                                 " s): " + MessageOf(e);
     const std::string text = MessageOf(e);
-    if (text.find("imed out") != std::string::npos || text.find("imeout") != std::string::npos) {
-      return DeadlineExceededError(message);
-    }
-    return UnavailableError(message);
+    const bool timed_out =
+        text.find("imed out") != std::string::npos || text.find("imeout") != std::string::npos;
+    return (timed_out ? DeadlineExceededError(message) : UnavailableError(message))
+        .WithMetadata(kCollectiveKey, what);
   }
   return OkStatus();
 }

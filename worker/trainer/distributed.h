@@ -86,6 +86,11 @@ class Communicator {
 // kExitRendezvousPortInUse; ternd retries on another port).
 bool IsRendezvousPortInUse(const Status& status);
 
+// Whether `status` is a failed collective of a Communicator (a peer gone or
+// unreachable), with or without context added since; tern-trainer exits
+// kExitCollectiveFailed for it.
+bool IsCollectiveFailure(const Status& status);
+
 // A TCP port on 127.0.0.1 that is free now (for tests and local launches), picked below the kernel's
 // ephemeral range so that no port-0 listener or outgoing connection can take it before the caller binds,
 // and outside ternd's default rendezvous range (common/ports.h).

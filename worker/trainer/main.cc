@@ -116,6 +116,10 @@ int RunRank(const std::string& spec_path, RunOptions run) {
     TERN_LOG(ERROR) << result.status().message();
     return tern::trainer::kExitRendezvousPortInUse;
   }
+  if (tern::trainer::IsCollectiveFailure(result.status())) {
+    TERN_LOG(ERROR) << result.status();
+    return tern::trainer::kExitCollectiveFailed;
+  }
   return result.ok() ? tern::trainer::kExitFinished : FailureExitCode(result.status());
 }
 

@@ -269,6 +269,25 @@ TEST(CommunicatorTest, MissingPeerFailsRendezvousWithinTimeout) {
   ASSERT_FALSE(comm.ok());
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
   EXPECT_NE(comm.status().message().find("rendezvous"), std::string::npos) << comm.status();
+  EXPECT_FALSE(IsCollectiveFailure(comm.status())) << comm.status();
+}
+
+// A collective whose peer left is a collective failure (tern-trainer exits
+// kExitCollectiveFailed), also with context added; nothing else is.
+TEST(CommunicatorTest, ACollectiveWhosePeerLeftIsACollectiveFailure) {
+  RunTwoRanks(
+      [](Communicator& comm) {
+        if (comm.rank() == 1) return;  // closes its side of the pair
+        const Status status = comm.AllReduceSum(torch::ones({4}));
+        ASSERT_FALSE(status.ok());
+        EXPECT_TRUE(IsCollectiveFailure(status)) << status;
+        EXPECT_TRUE(IsCollectiveFailure(status.WithContext("step 7"))) << status;
+        EXPECT_NE(status.message().find("failed on rank 0/2"), std::string::npos) << status;
+      },
+      std::chrono::milliseconds(3000));
+  EXPECT_FALSE(IsCollectiveFailure(OkStatus()));
+  EXPECT_FALSE(IsCollectiveFailure(UnavailableError("cannot stat /data: gone")));
+  EXPECT_FALSE(IsCollectiveFailure(UnavailableError("x").WithMetadata("other", "y")));
 }
 
 // Rank 0 whose port another process holds says so (tern-trainer exits
