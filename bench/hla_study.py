@@ -33,6 +33,13 @@ after seeing results, add a dated note instead):
   with the regularizer off has no FP phase), which the comparisons above did
   not pair with hla-l1e-1-s0 because the method names differ. They are now
   paired as lambda > 0 against lambda = 0 at switch 0; the rule is unchanged.
+
+  Added 2026-12-07, before any detection run: detection grids (hla_study.sh
+  --task detection) use AP50 (COCO AP at IoU 0.50, in points) in place of
+  top-1 everywhere above: of the ternary model on the validation split (images
+  held out of the training annotations, dataset.val_fraction) at the final
+  epoch for the verdicts, of the re-loaded .tern on the val annotations as the
+  reported test figure. The rule is otherwise unchanged.
 """
 import csv
 import glob
@@ -42,11 +49,17 @@ import os
 import statistics
 import sys
 
-COLUMNS = ["grid", "config", "method", "lambda", "switch", "seed", "epochs", "val_fp_top1",
-           "val_top1", "test_top1", "init_digest", "data_digest", "switch_step", "switch_fp_top1",
-           "switch_ternary_top1", "switch_ternary_bn_top1", "switch_seconds", "phase1_cos_first",
+# The metric columns (val, test, switch_*) hold `metric`: top1 for
+# classification, ap50 for detection, in percent.
+COLUMNS = ["grid", "config", "method", "lambda", "switch", "seed", "epochs", "metric", "val_fp",
+           "val", "test", "init_digest", "data_digest", "switch_step", "switch_fp",
+           "switch_ternary", "switch_ternary_bn", "switch_seconds", "phase1_cos_first",
            "phase1_cos_last", "phase1_reg_grad_share", "diag_seconds_per_sample", "step_seconds",
            "wall_seconds"]
+# Files written before the metric was generic named the columns after top-1.
+OLD_COLUMNS = {"val_fp_top1": "val_fp", "val_top1": "val", "test_top1": "test",
+               "switch_fp_top1": "switch_fp", "switch_ternary_top1": "switch_ternary",
+               "switch_ternary_bn_top1": "switch_ternary_bn"}
 MARGIN = 0.3  # points
 MIN_SEEDS = 3
 
@@ -59,8 +72,12 @@ def events(path):
                 yield json.loads(line)
 
 
-def top1(metrics):
-    return "" if not metrics else f"{100 * metrics['top1']:.2f}"
+def score(metrics):
+    """The metric of one evaluation in percent: top-1, or AP50 for detection."""
+    if not metrics:
+        return ""
+    value = metrics["top1"] if "top1" in metrics else metrics.get("ap50")
+    return "" if value is None else f"{100 * value:.2f}"
 
 
 def run_row(run_dir):
@@ -80,16 +97,17 @@ def run_row(run_dir):
                 if e.get("phase") == 1:
                     phase1.append(r)
         elif kind == "phase_switch":
-            row.update(switch_step=e["step"], switch_fp_top1=top1(e["fp"]),
-                       switch_ternary_top1=top1(e["ternary"]),
-                       switch_ternary_bn_top1=top1(e.get("ternary_bn")),
+            row.update(switch_step=e["step"], switch_fp=score(e["fp"]),
+                       switch_ternary=score(e["ternary"]),
+                       switch_ternary_bn=score(e.get("ternary_bn")),
                        switch_seconds=f"{e['seconds']:.2f}")
         elif kind == "finished":
             val = e.get("val", {})
             ternary_val = val.get("fp") if row["method"] == "fp" else val.get("ternary")
-            row.update(val_fp_top1=top1(val.get("fp")), val_top1=top1(ternary_val),
-                       test_top1=top1(e["artifact"]), wall_seconds=f"{e['wall_seconds']:.1f}")
-    if "test_top1" not in row:
+            row.update(metric="top1" if "top1" in e["artifact"] else "ap50",
+                       val_fp=score(val.get("fp")), val=score(ternary_val),
+                       test=score(e["artifact"]), wall_seconds=f"{e['wall_seconds']:.1f}")
+    if "test" not in row:
         return None  # unfinished
     if phase1:
         row.update(phase1_cos_first=f"{phase1[0]['cos_wt']:.4f}",
@@ -126,12 +144,12 @@ def verdict(diffs):
 
 
 def compare(name_a, runs_a, name_b, runs_b):
-    """Prints the paired differences of val top-1 (a - b) and the verdict."""
+    """Prints the paired differences of the validation metric (a - b) and the verdict."""
     seeds = sorted(set(runs_a) & set(runs_b), key=int)
     unpaired = [s for s in seeds if (runs_a[s]["init_digest"], runs_a[s]["data_digest"])
                 != (runs_b[s]["init_digest"], runs_b[s]["data_digest"])]
     missing = sorted(set(runs_a) ^ set(runs_b), key=int)
-    diffs = [float(runs_a[s]["val_top1"]) - float(runs_b[s]["val_top1"]) for s in seeds]
+    diffs = [float(runs_a[s]["val"]) - float(runs_b[s]["val"]) for s in seeds]
     per_seed = ", ".join(f"s{s} {d:+.2f}" for s, d in zip(seeds, diffs))
     mean = statistics.mean(diffs) if diffs else math.nan
     sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
@@ -146,17 +164,23 @@ def compare(name_a, runs_a, name_b, runs_b):
 def analyze(path):
     with open(path) as f:
         rows = list(csv.DictReader(f))
+    for r in rows:
+        for old, new in OLD_COLUMNS.items():
+            if old in r:
+                r[new] = r.pop(old)
+        r.setdefault("metric", "top1")
     print("DECISION RULE" + __doc__.split("DECISION RULE")[1])
     for grid in sorted({r["grid"] for r in rows}):
-        grid_rows = [r for r in rows if r["grid"] == grid and r["val_top1"]]
+        grid_rows = [r for r in rows if r["grid"] == grid and r["val"]]
+        metric = "AP50" if grid_rows and grid_rows[0]["metric"] == "ap50" else "top-1"
         configs = {}
         for r in grid_rows:
             configs.setdefault(r["config"], {})[r["seed"]] = r
-        print(f"== grid {grid}: validation top-1 (%), final epoch, mean ± sd over seeds")
+        print(f"== grid {grid}: validation {metric} (%), final epoch, mean ± sd over seeds")
         for name, runs in sorted(configs.items()):
-            vals = [float(r["val_top1"]) for r in runs.values()]
+            vals = [float(r["val"]) for r in runs.values()]
             sd = f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else ""
-            per_seed = ", ".join(f"s{s} {runs[s]['val_top1']}" for s in sorted(runs, key=int))
+            per_seed = ", ".join(f"s{s} {runs[s]['val']}" for s in sorted(runs, key=int))
             extra = ""
             first = next(iter(runs.values()))
             if first["switch_step"]:
@@ -165,8 +189,8 @@ def analyze(path):
                     return f"{statistics.mean(vals):.{digits}f}" if vals else "n/a"
                 extra = ("; at the switch: FP {} -> ternary {} -> after BN {}; "
                          "phase-1 cos(W,T) {} -> {}, reg. share of grad {}").format(
-                    *(mean_of(k, 2) for k in ("switch_fp_top1", "switch_ternary_top1",
-                                              "switch_ternary_bn_top1")),
+                    *(mean_of(k, 2) for k in ("switch_fp", "switch_ternary",
+                                              "switch_ternary_bn")),
                     *(mean_of(k, 3) for k in ("phase1_cos_first", "phase1_cos_last",
                                               "phase1_reg_grad_share")))
             print(f"  {name}: {statistics.mean(vals):.2f}{sd} ({per_seed}){extra}")
@@ -174,10 +198,10 @@ def analyze(path):
         for name, runs in configs.items():
             by_method.setdefault(next(iter(runs.values()))["method"], []).append(name)
         selected = {m: max(names, key=lambda n: statistics.mean(
-            float(r["val_top1"]) for r in configs[n].values())) for m, names in by_method.items()}
-        print("  selected (best mean validation top-1 per method): " +
+            float(r["val"]) for r in configs[n].values())) for m, names in by_method.items()}
+        print(f"  selected (best mean validation {metric} per method): " +
               ", ".join(f"{m}: {n}" for m, n in sorted(selected.items())))
-        print("  verdicts (paired by seed, validation top-1, points):")
+        print(f"  verdicts (paired by seed, validation {metric}, points):")
         if "hla" in selected:
             best = selected["hla"]
             for m, n in sorted(selected.items()):
@@ -195,10 +219,11 @@ def analyze(path):
             base = baselines.get(float(r["switch"]))
             if float(r["lambda"]) > 0 and base:
                 compare(n, configs[n], base, configs[base])
-        print("  test top-1 (%) of the selected configs, final epoch (reported, decides nothing):")
+        print(f"  test {metric} (%) of the selected configs, final epoch (reported, decides "
+              "nothing):")
         for m, n in sorted(selected.items()):
             runs = configs[n]
-            vals = [float(r["test_top1"]) for r in runs.values()]
+            vals = [float(r["test"]) for r in runs.values()]
             sd = f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else ""
             print(f"    {n}: {statistics.mean(vals):.2f}{sd}")
 

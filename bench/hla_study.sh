@@ -7,6 +7,7 @@
 # bench/hla_study.py BEFORE any run (bench/hla_study.py analyze).
 #
 #   bench/hla_study.sh [--grid scratch|finetune] [--cpu-smoke]
+#       [--task classification|detection]
 #       [--trainer build/worker/trainer/tern-trainer] [--device cpu|cuda]
 #       [--seeds "0 1 2"] [--epochs 15] [--finetune-epochs 3] [--batch 256]
 #       [--lr 0.1] [--finetune-lr 0.01] [--finetune-wd 1e-4] [--width 1.0]
@@ -14,6 +15,8 @@
 #       [--val-images 5000] [--parallel 1] [--threads 2] [--workers 2]
 #       [--data /usr/share/datasets/fashion-mnist] [--out DIR]
 #       [--configs "NAME ..."]
+#       detection: [--synth build/worker/detection/tern-synth-coco]
+#       [--synth-train 2048] [--synth-test 512] [--input-size 64]
 #
 # Grids (full budget: HLA.md section 6's recipe, for a GPU):
 #   scratch   FP, TWN, TTQ, LAT, and HLA with lambda_max in {0, 1e-2, 1e-1, 1}
@@ -40,6 +43,13 @@
 # (2 seeds).
 # Progress lines, and with them the regularizer's samples, come every 50 steps
 # otherwise.
+# --task detection: CenterNet (docs/METHOD.md) on --arch (say resnet18) with
+# the metric AP50 instead of top-1. --data is a COCO-format directory; without
+# it the synthetic shapes set is generated into --out/shapes (tern-synth-coco
+# --seed 5: --synth-train training images, whose validation split is held out
+# of them, and --synth-test val-annotation images, the test split, of 64 px,
+# 1-3 shapes of 4 classes). Detection defaults: --batch 16, --lr 0.03,
+# weight decay 1e-4, warm-up 0.25 epochs, augmentation on.
 # The validation split is --val-images of the training images (after
 # --max-train), chosen from the seed. Every run is rank 0 of world size 1; on
 # CUDA all runs share GPU 0. Needs python3. Exit 1 when a run fails.
@@ -49,8 +59,10 @@ trainer="$root/build/worker/trainer/tern-trainer"
 grid=scratch device=cpu seeds="0 1 2" epochs=15 finetune_epochs=3 batch=256 lr=0.1
 finetune_lr=0.01 finetune_wd=1e-4 width=1.0 arch=resnet20 all_ternary=false
 max_train=0 max_eval=0 val_images=5000 parallel=1 threads=2 workers=2
-data=/usr/share/datasets/fashion-mnist out="" smoke=false progress_every=50 only=""
-usage() { sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+data="" out="" smoke=false progress_every=50 only="" task=classification
+synth="$root/build/worker/detection/tern-synth-coco" synth_train=2048 synth_test=512 input_size=64
+batch_set=false lr_set=false
+usage() { sed -n '2,55p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --grid) grid="$2"; shift 2 ;;
@@ -63,8 +75,8 @@ while [[ $# -gt 0 ]]; do
     --seeds) seeds="$2"; shift 2 ;;
     --epochs) epochs="$2"; shift 2 ;;
     --finetune-epochs) finetune_epochs="$2"; shift 2 ;;
-    --batch) batch="$2"; shift 2 ;;
-    --lr) lr="$2"; shift 2 ;;
+    --batch) batch="$2" batch_set=true; shift 2 ;;
+    --lr) lr="$2" lr_set=true; shift 2 ;;
     --finetune-lr) finetune_lr="$2"; shift 2 ;;
     --finetune-wd) finetune_wd="$2"; shift 2 ;;
     --width) width="$2"; shift 2 ;;
@@ -79,6 +91,11 @@ while [[ $# -gt 0 ]]; do
     --data) data="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --configs) only="$2"; shift 2 ;;
+    --task) task="$2"; shift 2 ;;
+    --synth) synth="$2"; shift 2 ;;
+    --synth-train) synth_train="$2"; shift 2 ;;
+    --synth-test) synth_test="$2"; shift 2 ;;
+    --input-size) input_size="$2"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "hla_study.sh: unknown argument '$1'" >&2; usage ;;
   esac
@@ -87,12 +104,34 @@ done
 [[ "$grid" == scratch || "$grid" == finetune ]] || { echo "hla_study.sh: --grid scratch or finetune" >&2; exit 2; }
 [[ "$device" == cpu || "$device" == cuda ]] || { echo "hla_study.sh: --device cpu or cuda" >&2; exit 2; }
 (( parallel >= 1 )) || { echo "hla_study.sh: --parallel must be >= 1" >&2; exit 2; }
+[[ "$task" == classification || "$task" == detection ]] || {
+  echo "hla_study.sh: --task classification or detection" >&2; exit 2; }
 suffix=""
 [[ "$smoke" == true ]] && suffix=-smoke
+[[ "$task" == detection ]] && suffix="-detection$suffix"
 out="${out:-$root/build/hla-study-$grid$suffix}"
 mkdir -p "$out"
+if [[ "$task" == detection ]]; then
+  [[ "$batch_set" == true ]] || batch=16
+  [[ "$lr_set" == true ]] || lr=0.03
+  if [[ -z "$data" ]]; then
+    data="$out/shapes"
+    if [[ ! -f "$data/annotations/instances_val.json" ]]; then
+      [[ -x "$synth" ]] || { echo "hla_study.sh: no tern-synth-coco at $synth (--synth)" >&2; exit 2; }
+      "$synth" --output "$data" --image-size 64 --train-images "$synth_train" \
+        --val-images "$synth_test" --max-objects 3 --num-classes 4 --seed 5 >/dev/null
+    fi
+    images=$synth_train
+  else
+    images=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['images']))" \
+      "$data/annotations/instances_train.json")
+  fi
+  train_total=$(( max_train > 0 && max_train < images ? max_train : images ))
+else
+  data="${data:-/usr/share/datasets/fashion-mnist}"
+  train_total=$(( max_train > 0 ? max_train : 60000 ))
+fi
 # The validation fraction that holds out --val-images of the training images.
-train_total=$(( max_train > 0 ? max_train : 60000 ))
 val_fraction=$(python3 -c "print($val_images / $train_total)")
 
 # config name, method, lambda_max ("-" = default), reg_fraction ("-" = default)
@@ -149,10 +188,16 @@ if switch != "-":
     spec["quantization"]["reg_fraction"] = float(switch)
 if "$all_ternary" == "true":
     spec["quantization"].update({"keep_first_fp": False, "keep_last_fp": False})
+if "$task" == "detection":
+    spec["task"] = "TASK_DETECTION"
+    spec["dataset"].update({"kind": "DATASET_COCO", "input_size": $input_size})
+    spec["optimization"].setdefault("weight_decay", 1e-4)
+    spec["optimization"]["warmup_epochs"] = 0 if finetune else 0.25
 json.dump(spec, open(d + "/spec.json", "w"), indent=1)
 # The finetune grid's FP runs are its starting points, not rivals: a grid of
 # their own in the analysis.
-grid = "$grid" + ("-smoke" if "$smoke" == "true" else "")
+grid = "$grid" + ("-detection" if "$task" == "detection" else "") + \
+    ("-smoke" if "$smoke" == "true" else "")
 if "$grid" == "finetune" and not finetune:
     grid += "-base"
 json.dump({"grid": grid, "config": config,

@@ -210,12 +210,18 @@ std::string FormatEvent(const v1::JobEvent& e) {
       break;
     case v1::JobEvent::kPhaseSwitch: {
       const v1::PhaseSwitch& p = e.phase_switch();
+      // Detection reports AP50 where classification reports top-1.
+      const bool detection = p.fp_detection().has_ap() || p.ternary_detection().has_ap();
+      const auto percent = [](double v) { return Fixed(100 * v, 2) + "%"; };
       s << "switch to ternary at step " << p.step() << " (epoch " << p.epoch()
-        << "): " << (p.eval_split().empty() ? "eval" : p.eval_split()) << " top-1 FP "
-        << Fixed(100 * p.fp_top1(), 2) << "%, ternary " << Fixed(100 * p.ternary_top1(), 2) << "%";
-      if (p.has_ternary_bn_top1()) {
+        << "): " << (p.eval_split().empty() ? "eval" : p.eval_split())
+        << (detection ? " AP50 FP " : " top-1 FP ")
+        << percent(detection ? p.fp_detection().ap50() : p.fp_top1()) << ", ternary "
+        << percent(detection ? p.ternary_detection().ap50() : p.ternary_top1());
+      if (detection ? p.ternary_bn_detection().has_ap() : p.has_ternary_bn_top1()) {
         s << ", ternary after BatchNorm re-estimation on " << p.bn_batches() << " batches "
-          << Fixed(100 * p.ternary_bn_top1(), 2) << "%" << (p.bn_kept() ? " (kept)" : "");
+          << percent(detection ? p.ternary_bn_detection().ap50() : p.ternary_bn_top1())
+          << (p.bn_kept() ? " (kept)" : "");
       }
       break;
     }

@@ -367,12 +367,6 @@ class Checker {
                             : nullptr;
       if (why != nullptr) Fail("optimization.cuda_graph", why);
     }
-    // Re-estimating BatchNorm statistics reads unaugmented classification
-    // batches (TrainingTask::ForwardRecalibrationBatches).
-    for (const char* path :
-         {"quantization.recalibrate_bn_at_switch", "quantization.recalibrate_bn_before_export"}) {
-      if (detection && Bool(path)) Fail(path, "needs TASK_CLASSIFICATION");
-    }
     const std::string directory = String("checkpoint.directory");
     if (!directory.empty() && directory[0] != '/') {
       Fail("checkpoint.directory", "must be an absolute path, got " + Quoted(directory));

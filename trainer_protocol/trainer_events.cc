@@ -225,6 +225,12 @@ void ParseFinished(const json& j, const ParseOptions& options, TrainerLine* out)
   if (!options.full_precision && Has(Object(val, "ternary"), "top1")) {
     r.set_val_ternary_top1(Double(Object(val, "ternary"), "top1"));
   }
+  det.Clear();
+  if (FillDetection(Object(val, "fp"), &det)) *r.mutable_val_fp_detection() = det;
+  det.Clear();
+  if (!options.full_precision && FillDetection(Object(val, "ternary"), &det)) {
+    *r.mutable_val_ternary_detection() = det;
+  }
 }
 
 void ParsePhaseSwitch(const json& j, TrainerLine* out) {
@@ -237,6 +243,12 @@ void ParsePhaseSwitch(const json& j, TrainerLine* out) {
   if (Has(Object(j, "ternary_bn"), "top1")) {
     p.set_ternary_bn_top1(Double(Object(j, "ternary_bn"), "top1"));
   }
+  v1::DetectionMetrics det;
+  if (FillDetection(Object(j, "fp"), &det)) *p.mutable_fp_detection() = det;
+  det.Clear();
+  if (FillDetection(Object(j, "ternary"), &det)) *p.mutable_ternary_detection() = det;
+  det.Clear();
+  if (FillDetection(Object(j, "ternary_bn"), &det)) *p.mutable_ternary_bn_detection() = det;
   p.set_bn_batches(Int32(j, "bn_batches"));
   const json* kept = Field(j, "bn_kept");
   p.set_bn_kept(kept != nullptr && kept->is_boolean() && kept->get<bool>());

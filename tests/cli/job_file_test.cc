@@ -266,6 +266,46 @@ TEST(RenderTest, ResultsShowTop1OrCocoAp) {
       << FormatEvent(e);
 }
 
+// The switch to the ternary forward: top-1 for classification, AP50 for
+// detection (whose top-1 fields are unset), the re-estimated value when set.
+TEST(RenderTest, PhaseSwitchShowsTop1OrAp50) {
+  v1::JobEvent e;
+  v1::PhaseSwitch* p = e.mutable_phase_switch();
+  p->set_step(84);
+  p->set_epoch(2);
+  p->set_eval_split("val");
+  p->set_fp_top1(0.8);
+  p->set_ternary_top1(0.1);
+  p->set_ternary_bn_top1(0.7);
+  p->set_bn_batches(16);
+  EXPECT_NE(FormatEvent(e).find("switch to ternary at step 84 (epoch 2): val top-1 FP 80.00%, "
+                                "ternary 10.00%, ternary after BatchNorm re-estimation on 16 "
+                                "batches 70.00%"),
+            std::string::npos)
+      << FormatEvent(e);
+  v1::JobEvent d;
+  v1::PhaseSwitch* q = d.mutable_phase_switch();
+  q->set_step(10);
+  q->set_epoch(1);
+  q->set_eval_split("val");
+  q->mutable_fp_detection()->set_ap(0.2);
+  q->mutable_fp_detection()->set_ap50(0.5);
+  q->mutable_ternary_detection()->set_ap(0.01);
+  q->mutable_ternary_detection()->set_ap50(0.03);
+  EXPECT_NE(FormatEvent(d).find("switch to ternary at step 10 (epoch 1): val AP50 FP 50.00%, "
+                                "ternary 3.00%"),
+            std::string::npos)
+      << FormatEvent(d);
+  EXPECT_EQ(FormatEvent(d).find("re-estimation"), std::string::npos) << FormatEvent(d);
+  q->mutable_ternary_bn_detection()->set_ap(0.1);
+  q->mutable_ternary_bn_detection()->set_ap50(0.4);
+  q->set_bn_batches(4);
+  q->set_bn_kept(true);
+  EXPECT_NE(FormatEvent(d).find("ternary after BatchNorm re-estimation on 4 batches 40.00% (kept)"),
+            std::string::npos)
+      << FormatEvent(d);
+}
+
 TEST(RenderTest, DetectionResultsShowArAndNonStandardMaxDetections) {
   v1::JobResult detection;
   detection.mutable_ternary_detection()->set_ap(0.201);

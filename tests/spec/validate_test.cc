@@ -100,10 +100,14 @@ TEST(CheckJobSpecTest, BatchNormRecalibrationRules) {
                {"dataset", {{"kind", "DATASET_COCO"}, {"path", "/d"}}},
                {"quantization",
                 {{"recalibrate_bn_before_export", true}, {"bn_recalibration_batches", 10001}}}};
+  // Both tasks re-estimate BatchNorm statistics; only the batch count is out
+  // of range.
   EXPECT_EQ(Messages(spec),
             (std::vector<std::string>{
-                "quantization.bn_recalibration_batches: must be in [0, 10000], got 10001",
-                "quantization.recalibrate_bn_before_export: needs TASK_CLASSIFICATION"}));
+                "quantization.bn_recalibration_batches: must be in [0, 10000], got 10001"}));
+  spec["quantization"]["bn_recalibration_batches"] = 4;
+  spec["quantization"]["recalibrate_bn_at_switch"] = true;
+  EXPECT_TRUE(Messages(spec).empty());
   spec["task"] = "TASK_CLASSIFICATION";
   spec["dataset"] = {{"kind", "DATASET_IDX"}};
   spec["quantization"]["bn_recalibration_batches"] = 0;

@@ -180,9 +180,20 @@ TEST(ParseTrainerLineTest, ParsesTheHlaDiagnosticsAndTheFinalValidationMetrics) 
   EXPECT_DOUBLE_EQ(sw->phase_switch.ternary_bn_top1(), 0.75);
   EXPECT_EQ(sw->phase_switch.bn_batches(), 16);
   EXPECT_FALSE(sw->phase_switch.bn_kept());
-  auto detection = ParseTrainerLine(R"({"event":"phase_switch","ternary_bn":null})");
+  auto no_bn = ParseTrainerLine(R"({"event":"phase_switch","ternary_bn":null})");
+  ASSERT_TRUE(no_bn.ok());
+  EXPECT_FALSE(no_bn->phase_switch.has_ternary_bn_top1());
+  EXPECT_FALSE(no_bn->phase_switch.has_ternary_bn_detection());
+  // Detection: AP in the detection fields, the top-1 fields unset.
+  auto detection = ParseTrainerLine(
+      R"({"event":"phase_switch","step":10,"eval_split":"val","fp":{"ap":0.2,"ap50":0.5},)"
+      R"("ternary":{"ap":0.01,"ap50":0.03},"ternary_bn":{"ap":0.15,"ap50":0.4},"bn_batches":4})");
   ASSERT_TRUE(detection.ok());
+  EXPECT_FALSE(detection->phase_switch.has_fp_top1());
   EXPECT_FALSE(detection->phase_switch.has_ternary_bn_top1());
+  EXPECT_DOUBLE_EQ(detection->phase_switch.fp_detection().ap50(), 0.5);
+  EXPECT_DOUBLE_EQ(detection->phase_switch.ternary_detection().ap(), 0.01);
+  EXPECT_DOUBLE_EQ(detection->phase_switch.ternary_bn_detection().ap50(), 0.4);
 
   const char* finished = R"({"event":"finished","fp":{"top1":0.9},"artifact":{"top1":0.88},)"
                          R"("val":{"fp":{"top1":0.91},"ternary":{"top1":0.89}}})";
@@ -198,6 +209,20 @@ TEST(ParseTrainerLineTest, ParsesTheHlaDiagnosticsAndTheFinalValidationMetrics) 
   auto no_val = ParseTrainerLine(R"({"event":"finished","artifact":{"top1":0.88}})");
   ASSERT_TRUE(no_val.ok());
   EXPECT_FALSE(no_val->result.has_val_fp_top1());
+  EXPECT_FALSE(no_val->result.has_val_ternary_detection());
+  const char* det_finished =
+      R"({"event":"finished","fp":{"ap":0.3},"artifact":{"ap":0.25,"ap50":0.6},)"
+      R"("val":{"fp":{"ap":0.31,"ap50":0.7},"ternary":{"ap":0.26,"ap50":0.62}}})";
+  auto det_done = ParseTrainerLine(det_finished);
+  ASSERT_TRUE(det_done.ok());
+  EXPECT_FALSE(det_done->result.has_val_fp_top1());
+  EXPECT_DOUBLE_EQ(det_done->result.val_fp_detection().ap50(), 0.7);
+  EXPECT_DOUBLE_EQ(det_done->result.val_ternary_detection().ap50(), 0.62);
+  EXPECT_DOUBLE_EQ(det_done->result.ternary_detection().ap50(), 0.6);
+  auto det_fp = ParseTrainerLine(det_finished, fp);
+  ASSERT_TRUE(det_fp.ok());
+  EXPECT_TRUE(det_fp->result.has_val_fp_detection());
+  EXPECT_FALSE(det_fp->result.has_val_ternary_detection());
 }
 
 TEST(ParseTrainerLineTest, DetectionMetricsCarryTheTwelveCocoNumbers) {

@@ -429,6 +429,26 @@ const char* DatasetKindName(DatasetKind kind) {
   return "unknown";
 }
 
+StatusOr<ValidationRows> SplitForValidation(int64_t n, double fraction, uint64_t seed) {
+  ValidationRows rows;
+  int64_t n_val = 0;
+  if (fraction > 0) {
+    if (n < 2) {
+      return InvalidArgumentError("dataset.val_fraction: cannot split a training set of " +
+                                  std::to_string(n) + " image(s)");
+    }
+    n_val = std::clamp<int64_t>(std::llround(fraction * static_cast<double>(n)), 1, n - 1);
+  }
+  std::vector<int64_t> perm(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  std::iota(perm.begin(), perm.end(), 0);
+  if (n_val > 0) Shuffle(perm, Mix(seed ^ kValSplitSalt));
+  rows.val.assign(perm.begin(), perm.begin() + n_val);
+  rows.train.assign(perm.begin() + n_val, perm.end());
+  std::sort(rows.val.begin(), rows.val.end());
+  std::sort(rows.train.begin(), rows.train.end());
+  return rows;
+}
+
 Status DatasetOptions::Validate() const {
   if (path.empty() && kind != DatasetKind::kIdx &&
       kind != DatasetKind::kSynthetic) {
@@ -694,27 +714,10 @@ StatusOr<DatasetSplits> LoadDatasets(const DatasetOptions& options) {
 
     // Validation split: a seeded random subset of the (limited) train split;
     // both parts keep file order.
-    const int64_t n = s.train.size();
-    int64_t n_val = 0;
-    if (options.val_fraction > 0) {
-      if (n < 2) {
-        return InvalidArgumentError(
-            "dataset.val_fraction: cannot split a training set of " +
-            std::to_string(n) + " image(s)");
-      }
-      n_val = std::clamp<int64_t>(
-          std::llround(options.val_fraction * static_cast<double>(n)), 1,
-          n - 1);
-    }
-    std::vector<int64_t> perm(static_cast<size_t>(n));
-    std::iota(perm.begin(), perm.end(), 0);
-    if (n_val > 0) Shuffle(perm, Mix(options.seed ^ kValSplitSalt));
-    std::vector<int64_t> val_rows(perm.begin(), perm.begin() + n_val);
-    std::vector<int64_t> train_rows(perm.begin() + n_val, perm.end());
-    std::sort(val_rows.begin(), val_rows.end());
-    std::sort(train_rows.begin(), train_rows.end());
-    s.val = Select(s.train, val_rows);
-    if (n_val > 0) s.train = Select(s.train, train_rows);
+    TERN_ASSIGN_OR_RETURN(const ValidationRows rows,
+                          SplitForValidation(s.train.size(), options.val_fraction, options.seed));
+    s.val = Select(s.train, rows.val);
+    if (!rows.val.empty()) s.train = Select(s.train, rows.train);
 
     if (options.image_size > 0 && options.kind != DatasetKind::kImageFolder &&
         (s.train.height() != options.image_size ||

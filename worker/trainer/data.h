@@ -84,6 +84,18 @@ struct DatasetOptions {
   Status Validate() const;
 };
 
+// The validation split of a training set of `n` examples (classification
+// and detection alike): round(fraction * n) of them, at least 1 and at most
+// n - 1, a random subset chosen from `seed` alone (so every method of a seed
+// holds out the same examples); `train` is the rest. Both lists are sorted.
+// fraction 0: no validation rows. INVALID_ARGUMENT naming
+// dataset.val_fraction when fraction > 0 and n < 2.
+struct ValidationRows {
+  std::vector<int64_t> train;
+  std::vector<int64_t> val;
+};
+StatusOr<ValidationRows> SplitForValidation(int64_t n, double fraction, uint64_t seed);
+
 // `val` has 0 rows (same C, H, W) when val_fraction == 0. All splits share
 // num_classes (and class_names).
 struct DatasetSplits {

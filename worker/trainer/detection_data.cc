@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <numeric>
 #include <set>
 #include <utility>
 
@@ -30,17 +31,29 @@ std::string Resolve(const std::string& root, const std::string& path) {
   return fs::path(path).is_absolute() ? path : (fs::path(root) / path).string();
 }
 
+// The images at `rows` (indices into split.records, increasing) and their
+// annotations.
+CocoSplit SelectImages(const CocoSplit& split, const std::vector<int64_t>& rows) {
+  CocoSplit out;
+  out.dataset.categories = split.dataset.categories;
+  std::set<int64_t> kept;
+  for (const int64_t i : rows) {
+    out.records.push_back(split.records[static_cast<size_t>(i)]);
+    out.dataset.images.push_back(split.dataset.images[static_cast<size_t>(i)]);
+    kept.insert(split.dataset.images[static_cast<size_t>(i)].id);
+  }
+  for (const auto& a : split.dataset.annotations) {
+    if (kept.count(a.image_id)) out.dataset.annotations.push_back(a);
+  }
+  return out;
+}
+
 // Keeps the first `limit` images (all when limit <= 0) and their annotations.
 void LimitImages(CocoSplit& split, int64_t limit) {
   if (limit <= 0 || static_cast<int64_t>(split.records.size()) <= limit) return;
-  split.records.resize(static_cast<size_t>(limit));
-  split.dataset.images.resize(static_cast<size_t>(limit));
-  std::set<int64_t> kept;
-  for (const auto& image : split.dataset.images) kept.insert(image.id);
-  auto& annotations = split.dataset.annotations;
-  annotations.erase(std::remove_if(annotations.begin(), annotations.end(),
-                                   [&](const auto& a) { return !kept.count(a.image_id); }),
-                    annotations.end());
+  std::vector<int64_t> rows(static_cast<size_t>(limit));
+  std::iota(rows.begin(), rows.end(), 0);
+  split = SelectImages(split, rows);
 }
 
 // Zhou et al.'s (CenterNet / CornerNet) radius: the largest corner shift
@@ -108,7 +121,7 @@ std::vector<InputBox> PlaceBoxes(const ImageRecord& record, const Placement& p, 
 
 }  // namespace
 
-StatusOr<DetectionSplits> LoadDetectionSplits(const DataConfig& data) {
+StatusOr<DetectionSplits> LoadDetectionSplits(const DataConfig& data, uint64_t seed) {
   DetectionSplits splits;
   detection::CocoReadOptions options;
   const char* confine = std::getenv("TERN_CONFINE_DATA");  // tern-agent, under path roots
@@ -121,6 +134,13 @@ StatusOr<DetectionSplits> LoadDetectionSplits(const DataConfig& data) {
                                                  Resolve(data.path, data.val_images), options));
   LimitImages(splits.train, data.max_train_examples);
   LimitImages(splits.val, data.max_eval_examples);
+  if (data.val_fraction > 0) {
+    TERN_ASSIGN_OR_RETURN(const ValidationRows rows,
+                          SplitForValidation(static_cast<int64_t>(splits.train.records.size()),
+                                             data.val_fraction, seed));
+    splits.held_out = SelectImages(splits.train, rows.val);
+    splits.train = SelectImages(splits.train, rows.train);
+  }
   if (splits.train.records.empty()) {
     return InvalidArgumentError("dataset.train_annotations: " +
                                 Resolve(data.path, data.train_annotations) + " lists no images");

@@ -45,16 +45,24 @@ inline constexpr int kMaxObjects = 128;      // targets per image
 
 struct DetectionSplits {
   detection::CocoSplit train;
-  detection::CocoSplit val;  // evaluated for AP (both per epoch and at the end)
+  // With dataset.val_fraction > 0: the validation split, images held out of
+  // the training annotations (SplitForValidation, from the run's seed), which
+  // per-epoch evaluation scores; no images otherwise.
+  detection::CocoSplit held_out;
+  // The val annotations: the final split, scored at the end (and per epoch
+  // when nothing is held out).
+  detection::CocoSplit val;
 };
 
 // Reads the train and val annotation files and checks that every image file
 // exists (the images are decoded later, by the loader). Paths in `data` are
 // resolved against data.path unless absolute; max_train_examples and
-// max_eval_examples keep the first N images (and their annotations).
-// INVALID_ARGUMENT when a split has no images or the splits' categories
-// differ; reader errors name the file.
-StatusOr<DetectionSplits> LoadDetectionSplits(const DataConfig& data);
+// max_eval_examples keep the first N images (and their annotations), then
+// data.val_fraction of the training images move to `held_out`, chosen from
+// `seed`. INVALID_ARGUMENT when a split has no images, the splits'
+// categories differ or the training split is too small to hold images out;
+// reader errors name the file.
+StatusOr<DetectionSplits> LoadDetectionSplits(const DataConfig& data, uint64_t seed = 0);
 
 struct Placement {
   double scale = 1;

@@ -20,6 +20,7 @@ using json = nlohmann::json;
 constexpr int kNormalizationImages = 256;  // images the mean/std come from
 constexpr int kEvalBatch = 32;
 constexpr double kSizeLossWeight = 0.1;    // CenterNet's lambda_size
+constexpr uint64_t kRecalibrationSalt = 0x6465745f626e7265ULL;  // "det_bnre"
 
 json OptionalJson(const std::optional<double>& v) { return v ? json(*v) : json(nullptr); }
 
@@ -28,7 +29,7 @@ class DetectionTask : public TrainingTask {
   explicit DetectionTask(const TaskContext& ctx) : ctx_(ctx), spec_(*ctx.spec) {}
 
   Status Load() override {
-    TERN_ASSIGN_OR_RETURN(splits_, LoadDetectionSplits(spec_.data));
+    TERN_ASSIGN_OR_RETURN(splits_, LoadDetectionSplits(spec_.data, spec_.optim.seed));
     TERN_ASSIGN_OR_RETURN(norm_, DetectionMeanStd(splits_.train, kNormalizationImages));
     arch_.backbone = spec_.model.arch;
     arch_.head = spec_.model.head;
@@ -41,8 +42,9 @@ class DetectionTask : public TrainingTask {
     }
     TERN_ASSIGN_OR_RETURN(model_, BuildCenterNet(arch_));
     model_->to(ctx_.device);
-    TERN_LOG(INFO) << "detection: " << splits_.train.records.size() << " training and "
-                   << splits_.val.records.size() << " validation images, "
+    TERN_LOG(INFO) << "detection: " << splits_.train.records.size() << " training, "
+                   << splits_.held_out.records.size() << " held-out validation and "
+                   << splits_.val.records.size() << " val-annotation images, "
                    << arch_.num_classes() << " classes, input " << arch_.input_size;
     return OkStatus();
   }
@@ -131,14 +133,47 @@ class DetectionTask : public TrainingTask {
                     std::max(1.0, global_objects_));
   }
 
-  std::string eval_split_name() const override { return "val"; }
+  // Unaugmented letterboxed training images, as evaluation renders them, in
+  // batches of a sampler of its own (seeded from the run's seed): the
+  // training order is untouched and every method sees the same images.
+  StatusOr<int64_t> ForwardRecalibrationBatches(int64_t batches) override {
+    const ShardedSampler sampler(train_size(), spec_.optim.batch_size, ctx_.rank, ctx_.world_size,
+                                 spec_.optim.seed ^ kRecalibrationSalt, /*shuffle=*/true);
+    DetectionLoaderOptions options;
+    options.input_size = static_cast<int>(arch_.input_size);
+    options.num_classes = static_cast<int>(arch_.num_classes());
+    options.augment = false;
+    options.seed = spec_.optim.seed;
+    options.norm = norm_;
+    const DetectionLoader loader(splits_.train, sampler, options, /*workers=*/0, /*prefetch=*/1);
+    torch::NoGradGuard no_grad;
+    for (int64_t k = 0; k < batches; ++k) {
+      TERN_ASSIGN_OR_RETURN(
+          const DetectionBatch batch,
+          loader.Build(k / sampler.steps_per_epoch(), k % sampler.steps_per_epoch()));
+      at::Tensor x = batch.images.to(ctx_.device);
+      if (ctx_.channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+      quant::Bf16Autocast autocast(at::kCUDA, ctx_.bf16);
+      model_->forward(x);
+    }
+    return batches;
+  }
 
-  // COCO AP of `module` on the validation split. Sharded: each rank decodes
-  // its images and the detections are summed into one table; rank 0 scores.
+  // job.proto's EpochMetrics.eval_split: "val" with images held out of the
+  // training annotations, else "test" (the val annotations, the final split).
+  std::string eval_split_name() const override {
+    return splits_.held_out.records.empty() ? "test" : "val";
+  }
+
+  // COCO AP of `module` on the held-out split (EvalSplit::kEval, when there
+  // is one) or the val annotations. Sharded: each rank decodes its images
+  // and the detections are summed into one table; rank 0 scores.
   StatusOr<json> Evaluate(torch::nn::Module& module, const EvalRequest& request) override {
     auto* model = dynamic_cast<CenterNet*>(&module);
     if (model == nullptr) return InternalError("detection: the model is not a CenterNet");
-    const detection::CocoSplit& split = splits_.val;
+    const detection::CocoSplit& split =
+        request.split == EvalSplit::kTest || splits_.held_out.records.empty() ? splits_.val
+                                                                              : splits_.held_out;
     const int64_t images = static_cast<int64_t>(split.records.size());
     const int max_det = spec_.model.max_detections;
     const int size = static_cast<int>(arch_.input_size);

@@ -46,7 +46,7 @@ struct TaskContext {
 
 enum class EvalSplit {
   kEval,  // the validation split when there is one, else the test split
-  kTest,  // the final split: test (classification) or val (COCO)
+  kTest,  // the final split: test (classification) or the val annotations (COCO)
 };
 
 struct EvalRequest {
@@ -101,13 +101,9 @@ class TrainingTask {
   // BatchNorm re-estimation (running_statistics.h, ReestimateBatchNorm):
   // runs the network's forward, as it is (mode, weights), without gradient,
   // on this rank's share of `batches` global batches of unaugmented training
-  // images, the same ones for every method given the seed. Returns the
-  // number of batches run. Detection: UNIMPLEMENTED (the spec rules refuse
-  // the options that need it; docs/METHOD.md).
-  virtual StatusOr<int64_t> ForwardRecalibrationBatches(int64_t batches) {
-    (void)batches;
-    return UnimplementedError("BatchNorm re-estimation: classification only");
-  }
+  // images (rendered as evaluation renders them), the same ones for every
+  // method given the seed. Returns the number of batches run.
+  virtual StatusOr<int64_t> ForwardRecalibrationBatches(int64_t batches) = 0;
 
   // "val" or "test": what EvalSplit::kEval evaluates.
   virtual std::string eval_split_name() const = 0;

@@ -476,7 +476,7 @@ Status PhaseSwitch(Session& s, EventWriter& events) {
   json recalibrated = nullptr;
   int64_t batches = 0;
   const bool keep = s.spec.quant.recalibrate_bn_at_switch;
-  if (s.spec.task == "classification") {
+  {
     std::vector<at::Tensor> saved;
     for (const at::Tensor& t : s.running_stats->averaged()) saved.push_back(t.clone());
     TERN_ASSIGN_OR_RETURN(batches, ReestimateWithTernaryWeights(s));

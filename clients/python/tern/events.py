@@ -164,10 +164,15 @@ class PhaseSwitch(Event):
 
     def _describe(self):
         d = self.data
-        text = (f"step {d.step}: {d.eval_split} top-1 FP {100 * d.fp_top1:.2f}%, "
-                f"ternary {100 * d.ternary_top1:.2f}%")
-        if d.HasField("ternary_bn_top1"):
-            text += f", after BatchNorm re-estimation {100 * d.ternary_bn_top1:.2f}%"
+        if d.fp_detection.HasField("ap") or d.ternary_detection.HasField("ap"):  # detection: AP50
+            name, fp, ternary = "AP50", d.fp_detection.ap50, d.ternary_detection.ap50
+            bn = d.ternary_bn_detection.ap50 if d.ternary_bn_detection.HasField("ap") else None
+        else:
+            name, fp, ternary = "top-1", d.fp_top1, d.ternary_top1
+            bn = d.ternary_bn_top1 if d.HasField("ternary_bn_top1") else None
+        text = f"step {d.step}: {d.eval_split} {name} FP {100 * fp:.2f}%, ternary {100 * ternary:.2f}%"
+        if bn is not None:
+            text += f", after BatchNorm re-estimation {100 * bn:.2f}%"
         return text
 
 

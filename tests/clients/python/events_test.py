@@ -18,6 +18,17 @@ def test_events_are_typed():
     assert (log.rank, log.text) == (1, "hi")
 
 
+def test_phase_switch_reads_top1_or_detection_ap50():
+    c = events.event_from_proto(job_pb2.JobEvent(phase_switch=job_pb2.PhaseSwitch(
+        step=84, eval_split="val", fp_top1=0.8, ternary_top1=0.1, ternary_bn_top1=0.7)))
+    assert isinstance(c, events.PhaseSwitch)
+    assert "val top-1 FP 80.00%, ternary 10.00%, after BatchNorm re-estimation 70.00%" in repr(c)
+    d = events.event_from_proto(job_pb2.JobEvent(phase_switch=job_pb2.PhaseSwitch(
+        step=10, eval_split="val", fp_detection=job_pb2.DetectionMetrics(ap=0.2, ap50=0.5),
+        ternary_detection=job_pb2.DetectionMetrics(ap=0.01, ap50=0.03))))
+    assert "val AP50 FP 50.00%, ternary 3.00%" in repr(d) and "re-estimation" not in repr(d)
+
+
 def test_unknown_values_from_a_newer_server_do_not_crash():
     # A JobEvent whose oneof holds field 99 (a kind this client lacks), a state 42.
     unknown_kind = job_pb2.JobEvent(sequence=9, job_id="1").SerializeToString() + \

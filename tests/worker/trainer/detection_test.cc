@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "quant/ternary_model.h"
 #include "worker/detection/eval.h"
@@ -98,6 +99,53 @@ TEST_F(DetectionTest, SplitsLimitsAndCategoryChecks) {
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.status().message().find("missing.json"), std::string::npos)
       << missing.status();
+}
+
+// dataset.val_fraction holds images out of the training annotations: a
+// seeded subset, disjoint from what is trained on, with its own annotations,
+// the same for a seed; the val annotations stay the final split.
+TEST_F(DetectionTest, ValFractionHoldsOutASeededSubsetOfTrainingImages) {
+  DataConfig data;
+  data.path = dir_;
+  data.val_fraction = 0.25;
+  auto a = LoadDetectionSplits(data, /*seed=*/3);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->held_out.records.size(), 6u);  // 0.25 x 24
+  EXPECT_EQ(a->train.records.size(), 18u);
+  EXPECT_EQ(a->val.records.size(), 8u);
+  std::set<int64_t> train_ids, held_ids;
+  for (const auto& r : a->train.records) train_ids.insert(r.image_id);
+  for (const auto& r : a->held_out.records) held_ids.insert(r.image_id);
+  EXPECT_EQ(held_ids.size(), 6u);
+  for (const int64_t id : held_ids) EXPECT_FALSE(train_ids.count(id)) << id;
+  // Every training annotation is in exactly one part, with its image.
+  size_t annotations = 0;
+  for (const auto* part : {&a->train, &a->held_out}) {
+    std::set<int64_t> ids;
+    for (const auto& image : part->dataset.images) ids.insert(image.id);
+    for (const auto& ann : part->dataset.annotations) EXPECT_TRUE(ids.count(ann.image_id));
+    EXPECT_EQ(part->dataset.images.size(), part->records.size());
+    EXPECT_EQ(part->dataset.categories.size(), 4u);
+    annotations += part->dataset.annotations.size();
+  }
+  EXPECT_EQ(annotations, splits_->train.dataset.annotations.size());
+  auto again = LoadDetectionSplits(data, 3);
+  ASSERT_TRUE(again.ok());
+  std::set<int64_t> again_ids;
+  for (const auto& r : again->held_out.records) again_ids.insert(r.image_id);
+  EXPECT_EQ(again_ids, held_ids);
+  auto other = LoadDetectionSplits(data, 4);
+  ASSERT_TRUE(other.ok());
+  std::set<int64_t> other_ids;
+  for (const auto& r : other->held_out.records) other_ids.insert(r.image_id);
+  EXPECT_NE(other_ids, held_ids);
+  // Nothing held out without the option; a single training image cannot be split.
+  EXPECT_TRUE(splits_->held_out.records.empty());
+  data.max_train_examples = 1;
+  auto tiny = LoadDetectionSplits(data, 3);
+  ASSERT_FALSE(tiny.ok());
+  EXPECT_NE(tiny.status().message().find("dataset.val_fraction"), std::string::npos)
+      << tiny.status();
 }
 
 // Without augmentation every object's target decodes back to its annotated

@@ -135,10 +135,59 @@ TEST(DetectionTrainerTest, ShortRunReachesNonTrivialAp50) {
   for (const auto& e : events) {
     if (e["event"] != "epoch_end") continue;
     ++epoch_ends;
-    EXPECT_EQ(e["eval_split"], "val");
+    EXPECT_EQ(e["eval_split"], "test");  // the val annotations: nothing held out
     EXPECT_TRUE(e["ternary"]["ap"].is_number());
   }
   EXPECT_EQ(epoch_ends, 5);
+  EXPECT_FALSE(done.contains("val")) << done.dump();
+}
+
+// dataset.val_fraction: per-epoch evaluation and the final `val` metrics
+// score the images held out of the training annotations, the artifact the val
+// annotations; HLA's switch reports AP before and after it and after
+// re-estimating the BatchNorm statistics on unaugmented training images, and
+// the statistics re-estimated before the export are what the artifact holds.
+TEST(DetectionTrainerTest, ValidationSplitAndBatchNormReestimation) {
+  const std::string dir = TempDir("det_val");
+  json spec = DetectionSpec("METHOD_HLA", 1, 1);
+  spec["dataset"]["max_train_examples"] = 48;
+  spec["dataset"]["max_eval_examples"] = 8;
+  spec["dataset"]["val_fraction"] = 0.25;  // 12 held out, 36 trained on
+  spec["optimization"]["epochs"] = 2;
+  spec["quantization"]["reg_fraction"] = 0.5;
+  spec["quantization"]["bn_recalibration_batches"] = 2;
+  spec["quantization"]["recalibrate_bn_before_export"] = true;
+  ASSERT_EQ(RunJob(dir, spec), (std::vector<int>{0}));
+  const auto events = Events(dir + "/rank0.jsonl");
+  ASSERT_FALSE(events.empty());
+  const json& done = events.back();
+  ASSERT_EQ(done["event"], "finished") << done.dump();
+  int epoch_ends = 0, switches = 0;
+  for (const auto& e : events) {
+    if (e["event"] == "epoch_end") {
+      ++epoch_ends;
+      EXPECT_EQ(e["eval_split"], "val");
+      EXPECT_EQ(e["ternary"]["images"], 12) << e.dump();
+    } else if (e["event"] == "phase_switch") {
+      ++switches;
+      EXPECT_EQ(e["eval_split"], "val");
+      for (const char* forward : {"fp", "ternary", "ternary_bn"}) {
+        EXPECT_TRUE(e[forward]["ap50"].is_number()) << forward << ": " << e.dump();
+        EXPECT_EQ(e[forward]["images"], 12) << e.dump();
+      }
+      EXPECT_EQ(e["bn_batches"], 2);
+      EXPECT_EQ(e["bn_kept"], false);
+    }
+  }
+  EXPECT_EQ(epoch_ends, 2);
+  EXPECT_EQ(switches, 1);
+  EXPECT_EQ(done["val"]["ternary"]["images"], 12) << done.dump();
+  EXPECT_TRUE(done["val"]["fp"]["ap50"].is_number());
+  EXPECT_EQ(done["artifact"]["images"], 8);
+  EXPECT_EQ(done["bn_recalibration_batches"], 2);
+  // The ternary model at the end (after the re-estimation) and the re-loaded
+  // artifact score the same on the val annotations.
+  EXPECT_EQ(done["ternary"]["ap"], done["artifact"]["ap"]) << done.dump();
 }
 
 // model.init_from: a second job starts from the first one's checkpoint
