@@ -97,6 +97,12 @@ try {
   check(inspectText.includes('.tern: ') && inspectText.includes('zeros'),
         `the inspect summary is not ternctl inspect's: ${inspectText.slice(0, 200)}`);
   check((await page.$$('#events tr[data-kind="state"]')).length >= 3, 'too few state events listed');
+  // The epochs and HLA's switch to the ternary forward are listed with top-1.
+  const epochRow = await page.textContent('#events tr[data-kind="epoch end"]');
+  check(/test top-1 FP \d+\.\d\d%, ternary \d+\.\d\d%/.test(epochRow), `epoch row: ${epochRow}`);
+  const switchRow = await page.textContent('#events tr[data-kind="switch"]');
+  check(/top-1 FP \d+\.\d\d%, ternary \d+\.\d\d%, after BatchNorm re-estimation \d+\.\d\d%/
+          .test(switchRow), `switch row: ${switchRow}`);
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
   check(download.suggestedFilename().endsWith('.tern'), `download named ${download.suggestedFilename()}`);
   await download.saveAs(join(shots, 'artifact.tern'));

@@ -5,8 +5,9 @@
 # playwright-core from tests/web/package-lock.json) checks, through the pages
 # alone: a browser without a token is refused, the job is listed, its loss
 # curve gets points while it runs, it reaches SUCCEEDED with its result and a
-# working download, a job cancelled with ternctl shows CANCELLED with its
-# reason, and the agents page lists the agent. Screenshots are left in
+# working download, its epochs and HLA's switch listed with top-1, a job
+# cancelled with ternctl shows CANCELLED with its reason, and the agents page
+# lists the agent. Screenshots are left in
 # BUILD_DIR/tests/web/screenshots.
 # usage: console_e2e.sh BUILD_DIR
 set -euo pipefail

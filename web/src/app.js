@@ -2,8 +2,8 @@
 // ternd's JSON API, refreshed by polling. Routes: #/jobs, #/jobs/ID, #/agents.
 import { AuthError, download, get, setToken, token } from './api.js';
 import { HeatMap, LineChart } from './charts.js';
-import { accuracy, el, jobReason, num, percent, progressText, reasonText, stateName, time }
-  from './format.js';
+import { accuracy, el, isDetection, jobReason, metricName, num, percent, progressText, reasonText,
+  score, stateName, time } from './format.js';
 
 const main = document.getElementById('main');
 const POLL_MS = 2000;
@@ -108,7 +108,8 @@ function sortedByX(points) {
 function jobPage(jobId) {
   const summary = el('div', { id: 'job-summary', class: 'card' });
   const loss = new LineChart('Training loss', 'step', ['loss']);
-  const acc = new LineChart('Accuracy (eval top-1)', 'epoch', ['FP twin', 'ternary', 'train']);
+  const acc = new LineChart('Accuracy (eval top-1; AP50 for detection)', 'epoch',
+                            ['FP twin', 'ternary', 'train']);
   const lr = new LineChart('Learning rate and λ', 'step', ['lr', 'λ']);
   const stepTime = new LineChart('Step time (s)', 'step', ['step', 'all-reduce', 'data wait']);
   const heat = new HeatMap();
@@ -140,7 +141,15 @@ function jobPage(jobId) {
     } else if (ev.epochEnd) {
       const m = ev.epochEnd.metrics || {};
       kind = 'epoch end';
-      details = `epoch ${m.epoch}: loss ${num(m.trainLoss)}, FP ${percent(m.fpTop1)}, ternary ${percent(m.ternaryTop1)}`;
+      details = `epoch ${m.epoch}: loss ${num(m.trainLoss)}, ${m.evalSplit || 'eval'} ${metricName(m)} ` +
+                `FP ${percent(score(m, 'fp'))}, ternary ${percent(score(m, 'ternary'))}`;
+    } else if (ev.phaseSwitch) {
+      const p = ev.phaseSwitch;
+      kind = 'switch';
+      details = `to ternary at step ${p.step || 0}: ${p.evalSplit || 'eval'} ${metricName(p)} ` +
+                `FP ${percent(score(p, 'fp'))}, ternary ${percent(score(p, 'ternary'))}` +
+                (score(p, 'ternaryBn') !== undefined
+                  ? `, after BatchNorm re-estimation ${percent(score(p, 'ternaryBn'))}` : '');
     } else if (ev.checkpointCommitted) {
       kind = 'checkpoint';
       details = `step ${ev.checkpointCommitted.step || 0}, epoch ${ev.checkpointCommitted.epoch || 0}`;
@@ -151,7 +160,7 @@ function jobPage(jobId) {
       kind = 'trainer finished';
     } else if (ev.finished) {
       kind = 'finished';
-      details = `ternary ${percent(ev.finished.ternaryTop1)}`;
+      details = `${metricName(ev.finished)} ternary ${percent(score(ev.finished, 'ternary'))}`;
     } else {
       return null;  // progress samples are drawn, not listed
     }
@@ -196,8 +205,7 @@ function jobPage(jobId) {
     stepTime.update(p.map(v => v.x), [p.map(v => v.stepSeconds ?? null),
                                       p.map(v => v.allreduceSeconds ?? null),
                                       p.map(v => v.dataWaitSeconds ?? null)]);
-    acc.update(e.map(v => v.x), [e.map(v => v.fpTop1 ?? null), e.map(v => v.ternaryTop1 ?? null),
-                                 e.map(v => v.trainTop1 ?? null)]);
+    acc.update(e.map(v => v.x), ['fp', 'ternary', 'train'].map(k => e.map(v => score(v, k) ?? null)));
     heat.update(e);
     const r = job.result;
     if (r && r.artifactSha256) {
@@ -205,8 +213,15 @@ function jobPage(jobId) {
         el('table', {}, el('tbody', {}, ...[
           ['artifact', (r.artifactPath || '').split('/').pop()],
           ['size', `${r.artifactBytes || 0} bytes`], ['SHA-256', r.artifactSha256],
-          ['bits per weight', num(r.bitsPerWeight)], ['FP top-1', percent(r.fpTop1)],
-          ['ternary top-1', percent(r.ternaryTop1)], ['ternary top-5', percent(r.ternaryTop5)],
+          ['bits per weight', num(r.bitsPerWeight)],
+          ...(isDetection(r)
+            ? [['FP AP50', percent(r.fpDetection?.ap50)], ['ternary AP50', percent(r.ternaryDetection?.ap50)],
+               ['ternary AP', percent(r.ternaryDetection?.ap)], ['ternary AP75', percent(r.ternaryDetection?.ap75)]]
+            : [['FP top-1', percent(r.fpTop1)], ['ternary top-1', percent(r.ternaryTop1)],
+               ['ternary top-5', percent(r.ternaryTop5)]]),
+          ...(score(r, 'valTernary') !== undefined || score(r, 'valFp') !== undefined
+            ? [[`validation ${metricName(r)} (FP / ternary)`,
+                `${percent(score(r, 'valFp'))} / ${percent(score(r, 'valTernary'))}`]] : []),
           ['epochs / steps', `${r.epochs || 0} / ${r.steps || 0}`],
           ['wall time', `${num(r.wallSeconds, 3)} s`], ['images/s', num(r.imagesPerSecond, 4)],
           ['layers', (r.layers || []).map(l => `${l.name}: sparsity ${percent(l.sparsity)}, α ${num(l.alpha, 3)}`).join('; ')],

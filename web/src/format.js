@@ -35,11 +35,28 @@ export function jobReason(job) {
   return reasonText(job.waitReason) || reasonText(job.stateReason);
 }
 
+// The quality figures of metrics (EpochMetrics, JobResult, PhaseSwitch):
+// top-1, or AP50 for detection, whose messages carry `<key>Detection` fields
+// and no top-1. key: 'fp', 'ternary', 'train' (EpochMetrics), 'valFp',
+// 'valTernary' (JobResult's validation split), 'ternaryBn' (PhaseSwitch).
+export function isDetection(m) {
+  return Object.keys(m || {}).some(k => /Detection$/.test(k) && m[k]?.ap !== undefined);
+}
+export function metricName(m) { return isDetection(m) ? 'AP50' : 'top-1'; }
+export function score(m, key) {
+  return isDetection(m) ? m[`${key}Detection`]?.ap50 : m[`${key}Top1`];
+}
+
+// The job list's figure: the result's ternary (else FP) top-1 or AP50, else
+// the latest epoch's.
 export function accuracy(job) {
-  const r = job.result || {};
-  const m = job.latestMetrics || {};
-  const top1 = r.ternaryTop1 ?? r.fpTop1 ?? m.ternaryTop1 ?? m.fpTop1;
-  return percent(top1);
+  for (const m of [job.result || {}, job.latestMetrics || {}]) {
+    const value = score(m, 'ternary') ?? score(m, 'fp');
+    if (value !== undefined && value !== null) {
+      return isDetection(m) ? `AP50 ${percent(value)}` : percent(value);
+    }
+  }
+  return '';
 }
 
 export function progressText(job) {
