@@ -137,6 +137,15 @@ std::string FormatResult(const v1::JobResult& r) {
   s << Quality(Opt(r.has_ternary_top1(), r.ternary_top1()), Opt(r.has_fp_top1(), r.fp_top1()),
                r.has_ternary_detection() ? &r.ternary_detection() : nullptr,
                r.has_fp_detection() ? &r.fp_detection() : nullptr);
+  // The validation split's figures (dataset.val_fraction), when there is one.
+  if (r.has_val_ternary_top1() || r.has_val_fp_top1() || r.val_ternary_detection().has_ap() ||
+      r.val_fp_detection().has_ap()) {
+    s << "; validation "
+      << Quality(Opt(r.has_val_ternary_top1(), r.val_ternary_top1()),
+                 Opt(r.has_val_fp_top1(), r.val_fp_top1()),
+                 r.has_val_ternary_detection() ? &r.val_ternary_detection() : nullptr,
+                 r.has_val_fp_detection() ? &r.val_fp_detection() : nullptr);
+  }
   s << ", " << Fixed(r.bits_per_weight(), 2) << " bits/weight, " << r.epochs() << " epochs, "
     << r.steps() << " steps, " << FormatDuration(r.wall_seconds());
   if (!r.artifact_path().empty()) {

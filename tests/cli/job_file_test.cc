@@ -258,6 +258,19 @@ TEST(RenderTest, ResultsShowTop1OrCocoAp) {
   detection.mutable_fp_detection()->set_ap50(0.47);
   EXPECT_EQ(FormatResult(detection).substr(0, 76),
             "AP50 ternary 45.10%, latent fp 47.00% (AP ternary 20.10%, latent fp 21.00%),");
+  // The validation split's figures follow when the job held one out.
+  classification.set_val_ternary_top1(0.9);
+  classification.set_val_fp_top1(0.91);
+  EXPECT_NE(FormatResult(classification)
+                .find("; validation top-1 ternary 90.00%, latent fp 91.00%, 0.00 bits/weight"),
+            std::string::npos)
+      << FormatResult(classification);
+  v1::JobResult detection_val = detection;
+  detection_val.mutable_val_ternary_detection()->set_ap(0.3);
+  detection_val.mutable_val_ternary_detection()->set_ap50(0.6);
+  EXPECT_NE(FormatResult(detection_val).find("; validation AP50 ternary 60.00%"), std::string::npos)
+      << FormatResult(detection_val);
+  EXPECT_EQ(FormatResult(detection).find("validation"), std::string::npos);
   v1::JobEvent e;
   *e.mutable_epoch_end()->mutable_metrics()->mutable_fp_detection() = detection.fp_detection();
   e.mutable_epoch_end()->mutable_metrics()->set_eval_split("val");

@@ -140,9 +140,24 @@ class AttemptStarted(Event):
         return f"from step {self.data.resumed_from_step} on {self.data.device}"
 
 
+def _quality(ternary_top1, fp_top1, ternary_det, fp_det):
+    """ "top-1 x%" of the ternary (else FP) model, or "AP50 x%" for detection; None without one."""
+    if ternary_det.HasField("ap") or fp_det.HasField("ap"):
+        return f"AP50 {100 * (ternary_det if ternary_det.HasField('ap') else fp_det).ap50:.2f}%"
+    value = ternary_top1 if ternary_top1 is not None else fp_top1
+    return None if value is None else f"top-1 {100 * value:.2f}%"
+
+
 def _describe_result(r):
-    top1 = r.ternary_top1 if r.HasField("ternary_top1") else r.fp_top1
-    return f"top-1 {100 * top1:.2f}%, {r.bits_per_weight:.2f} bits/weight, {r.artifact_bytes} bytes"
+    def opt(name):
+        return getattr(r, name) if r.HasField(name) else None
+    text = _quality(opt("ternary_top1"), opt("fp_top1"), r.ternary_detection, r.fp_detection) or \
+        "no accuracy"
+    val = _quality(opt("val_ternary_top1"), opt("val_fp_top1"), r.val_ternary_detection,
+                   r.val_fp_detection)
+    if val:
+        text += f" (validation {val})"
+    return f"{text}, {r.bits_per_weight:.2f} bits/weight, {r.artifact_bytes} bytes"
 
 
 class TrainerFinished(Event):

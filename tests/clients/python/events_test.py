@@ -29,6 +29,18 @@ def test_phase_switch_reads_top1_or_detection_ap50():
     assert "val AP50 FP 50.00%, ternary 3.00%" in repr(d) and "re-estimation" not in repr(d)
 
 
+def test_results_read_top1_or_detection_ap50_and_the_validation_split():
+    c = events.event_from_proto(job_pb2.JobEvent(finished=job_pb2.JobResult(
+        fp_top1=0.92, ternary_top1=0.912, val_ternary_top1=0.9, bits_per_weight=2)))
+    assert "top-1 91.20% (validation top-1 90.00%), 2.00 bits/weight" in repr(c)
+    d = events.event_from_proto(job_pb2.JobEvent(finished=job_pb2.JobResult(
+        ternary_detection=job_pb2.DetectionMetrics(ap=0.2, ap50=0.451),
+        val_ternary_detection=job_pb2.DetectionMetrics(ap=0.3, ap50=0.6))))
+    assert "AP50 45.10% (validation AP50 60.00%)" in repr(d) and "top-1" not in repr(d)
+    fp = events.event_from_proto(job_pb2.JobEvent(finished=job_pb2.JobResult(fp_top1=0.9)))
+    assert "top-1 90.00%" in repr(fp) and "validation" not in repr(fp)
+
+
 def test_unknown_values_from_a_newer_server_do_not_crash():
     # A JobEvent whose oneof holds field 99 (a kind this client lacks), a state 42.
     unknown_kind = job_pb2.JobEvent(sequence=9, job_id="1").SerializeToString() + \
