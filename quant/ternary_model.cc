@@ -193,8 +193,11 @@ void TernaryModel::BeforeForward() {
   packed_reg_grad_.clear();
   packed_reg_value_ = at::Tensor();
   if (grad) last_forward_capturable_ = false;
+  // Phase 1 projects only for the regularizer: not at λ = 0 (λ_max = 0, or
+  // the start of its ramp), where nothing would read the projection.
+  const bool regularizer = options_.use_regularizer && schedule_.lambda != 0;
   if (grad && packed_enabled_ && options_.projection != Projection::kTtq &&
-      (schedule_.ternary_forward || options_.use_regularizer) && BeforeForwardPacked()) {
+      (schedule_.ternary_forward || regularizer) && BeforeForwardPacked()) {
     last_forward_capturable_ = true;
     return;
   }
@@ -210,7 +213,7 @@ void TernaryModel::BeforeForward() {
       continue;  // evaluation: weights unchanged since the last projection
     }
     layer.cached_version = -1;
-    if (!schedule_.ternary_forward && !options_.use_regularizer) {
+    if (!schedule_.ternary_forward && !regularizer) {
       *layer.forward_weight = layer.latent;
       continue;
     }

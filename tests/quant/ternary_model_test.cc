@@ -83,6 +83,27 @@ TEST(TernaryModelTest, ForwardUsesTernaryWeightsAndGradientsReachLatent) {
   EXPECT_GT(latent.grad().abs().sum().item<double>(), 0);
 }
 
+// Phase 1 (the FP forward) projects the weights only for the regularizer: at
+// λ = 0 a step does no projection, which nothing would read (the
+// layer-by-layer path then has nothing a CUDA graph cannot hold).
+TEST(TernaryModelTest, PhaseOneWithoutRegularizerDoesNotProject) {
+  for (const double lambda : {0.0, 1e-2}) {
+    torch::manual_seed(0);
+    TinyNet net;
+    QuantOptions options = MakePreset(Method::kHla);
+    options.lambda_max = lambda;
+    options.reg_fraction = 0.5;
+    auto q = TernaryModel::Attach(net.ptr(), options);
+    ASSERT_TRUE(q.ok());
+    (*q)->set_packed(false);
+    (*q)->SetProgress(0.4);  // phase 1, past the λ ramp's start
+    (*q)->BeforeForward();
+    // Only a projection makes the layer-by-layer path uncapturable.
+    EXPECT_EQ((*q)->last_forward_capturable(), lambda == 0) << lambda;
+    EXPECT_TRUE(net->conv2->weight.equal(net->conv2->named_parameters(false)["weight"]));
+  }
+}
+
 TEST(TernaryModelTest, TrainingReducesLossForEveryMethod) {
   for (Method m : {Method::kTwn, Method::kTtq, Method::kLat, Method::kHla}) {
     torch::manual_seed(0);
