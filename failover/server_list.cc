@@ -104,8 +104,16 @@ std::optional<milliseconds> ServerList::OnFailure(const Target& used, const grpc
   if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return std::nullopt;
   const LeaderHint hint = LeaderHintOf(status);
   const size_t n = addresses_.size();
-  if (n == 1 && !hint.not_leader) return std::nullopt;
   std::lock_guard<std::mutex> lock(mu_);
+  if (n == 1) {
+    if (hint.not_leader) {
+      takeover_ = true;
+    } else if (!takeover_) {
+      return std::nullopt;
+    }
+    ++failures_;
+    return BackoffLocked();
+  }
   ++failures_;
   if (used.index != current_) return milliseconds(0);  // another call moved on already
   if (hint.not_leader && !hint.leader_address.empty()) {
@@ -127,6 +135,7 @@ std::optional<milliseconds> ServerList::OnFailure(const Target& used, const grpc
 void ServerList::OnSuccess(const Target& /*used*/) {
   std::lock_guard<std::mutex> lock(mu_);
   failures_ = 0;
+  takeover_ = false;
 }
 
 }  // namespace tern::failover

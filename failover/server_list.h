@@ -16,7 +16,10 @@
 //     (100 ms doubling to 1 s), so that a client never spins while nobody
 //     leads (the standby takes over within the lease TTL).
 // With one address nothing changes except that NOT_LEADER is retried there
-// after the same delays (a load balancer will route to the new leader).
+// after the same delays (a load balancer will route to the new leader), and
+// so is any UNAVAILABLE after a NOT_LEADER, until the next success: a
+// standby that takes over hands its port from its standby server to its
+// leading one, a moment in which connections are refused.
 //
 // Usage:
 //   TERN_ASSIGN_OR_RETURN(std::vector<std::string> addresses,
@@ -106,8 +109,9 @@ class ServerList {
   // A call to `used` failed with `status`: moves on as the header comment
   // says and returns how long to wait before calling Current() again, or
   // nullopt when the status is the server's answer (not a failover case:
-  // handle it), or a plain UNAVAILABLE with a single address (the caller's
-  // own retries apply). When another call already moved on, the move is not
+  // handle it), or a plain UNAVAILABLE with a single address that has not
+  // answered NOT_LEADER since the last success (the caller's own retries
+  // apply). When another call already moved on, the move is not
   // repeated.
   std::optional<std::chrono::milliseconds> OnFailure(const Target& used,
                                                      const grpc::Status& status);
@@ -144,6 +148,9 @@ class ServerList {
   mutable std::mutex mu_;
   size_t current_ = 0;  // guarded by mu_
   int failures_ = 0;    // guarded by mu_: failed calls since the last success
+  // guarded by mu_: a single address answered NOT_LEADER since the last
+  // success, so a refused connection is likely its takeover.
+  bool takeover_ = false;
 };
 
 }  // namespace tern::failover

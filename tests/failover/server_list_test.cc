@@ -202,6 +202,42 @@ TEST_F(ServerListTest, OneAddressKeepsTheCallersOwnRetriesForPlainFailures) {
   ASSERT_TRUE(wait);
   EXPECT_GE(*wait, milliseconds(100));
   EXPECT_TRUE(LeaderHintOf(not_leader).not_leader);
+  // After a NOT_LEADER a refused connection is the standby handing its port
+  // to its leading server: retried too, after growing delays, until a call
+  // succeeds; then plain failures are the caller's again.
+  const grpc::Status refused(grpc::StatusCode::UNAVAILABLE, "refused");
+  const std::optional<milliseconds> first = list->OnFailure(target, refused);
+  ASSERT_TRUE(first);
+  const std::optional<milliseconds> second = list->OnFailure(target, refused);
+  ASSERT_TRUE(second);
+  EXPECT_GE(*second, *first);
+  EXPECT_FALSE(list->OnFailure(target, grpc::Status(grpc::StatusCode::NOT_FOUND, "no")));
+  list->OnSuccess(target);
+  EXPECT_FALSE(list->OnFailure(target, refused));
+}
+
+// A single-address call that meets a standby, then the port handed to its
+// leading server (refused for a moment), then the leader: one Run() call
+// rides through all three.
+TEST_F(ServerListTest, OneAddressRidesThroughATakeover) {
+  std::shared_ptr<ServerList> list = List({dead_address_});
+  std::vector<grpc::Status> answers = {
+      server::ToGrpcStatus(server::NotLeaderError("x:1", "")),
+      grpc::Status(grpc::StatusCode::UNAVAILABLE, "failed to connect: Connection refused"),
+      grpc::Status(grpc::StatusCode::UNAVAILABLE, "failed to connect: Connection refused"),
+      grpc::Status::OK};
+  size_t calls = 0;
+  const grpc::Status status =
+      list->Run(std::chrono::system_clock::now() + std::chrono::seconds(10),
+                [&](const ServerList::Target&) { return answers[std::min(calls++, size_t{3})]; });
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(calls, 4u);
+  // Without the NOT_LEADER first, a refused connection ends the call at once.
+  calls = 1;
+  const grpc::Status plain = list->Run(std::chrono::system_clock::now() + std::chrono::seconds(10),
+                                       [&](const ServerList::Target&) { return answers[calls++]; });
+  EXPECT_EQ(plain.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(calls, 2u);
 }
 
 }  // namespace
