@@ -465,7 +465,7 @@ StatusOr<int64_t> ReestimateWithTernaryWeights(Session& s) {
 }
 
 // The switch from phase 1 (FP forward) to phase 2 (ternary forward), before
-// the first ternary step: top-1 on the evaluation split of the FP forward
+// the first ternary step: top-1 (detection: AP) on the evaluation split of the FP forward
 // and of the ternary forward with phase 1's BatchNorm statistics, and of the
 // ternary forward with statistics re-estimated on the ternary weights (kept
 // only with quantization.recalibrate_bn_at_switch). A collective; rank 0
@@ -476,15 +476,13 @@ Status PhaseSwitch(Session& s, EventWriter& events) {
   json recalibrated = nullptr;
   int64_t batches = 0;
   const bool keep = s.spec.quant.recalibrate_bn_at_switch;
-  {
-    std::vector<at::Tensor> saved;
-    for (const at::Tensor& t : s.running_stats->averaged()) saved.push_back(t.clone());
-    TERN_ASSIGN_OR_RETURN(batches, ReestimateWithTernaryWeights(s));
-    TERN_ASSIGN_OR_RETURN(recalibrated, EvaluateTernary(s, EvalSplit::kEval));
-    if (!keep) {
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < saved.size(); ++i) s.running_stats->averaged()[i].copy_(saved[i]);
-    }
+  std::vector<at::Tensor> saved;
+  for (const at::Tensor& t : s.running_stats->averaged()) saved.push_back(t.clone());
+  TERN_ASSIGN_OR_RETURN(batches, ReestimateWithTernaryWeights(s));
+  TERN_ASSIGN_OR_RETURN(recalibrated, EvaluateTernary(s, EvalSplit::kEval));
+  if (!keep) {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < saved.size(); ++i) s.running_stats->averaged()[i].copy_(saved[i]);
   }
   if (s.run.rank == 0) {
     events.Emit("phase_switch", {{"step", s.global_step},
