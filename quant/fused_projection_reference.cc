@@ -1,6 +1,7 @@
 #include "quant/fused_projection_reference.h"
 
 #include <algorithm>
+#include <functional>
 #include <vector>
 
 #include "common/check.h"
@@ -14,49 +15,71 @@ using math::kUnitFields;
 
 // The kernels' fixed summation order (fused_projection.h, "Determinism"): lane t of kLanes
 // adds its values in order, then lanes are added as a tree.
+template <int kCount>
 struct Lanes {
-  double v[kMaxSums][kLanes] = {};
-  void Add(int lane, const double* values, int count) {
-    for (int k = 0; k < count; ++k) v[k][lane] += values[k];
+  double v[kCount][kLanes] = {};
+  void Add(int lane, const double* values) {
+    for (int k = 0; k < kCount; ++k) v[k][lane] += values[k];
   }
-  void Finish(int count, double* out) {
+  void Finish(double* out) {
     for (int s = kLanes / 2; s > 0; s >>= 1) {
       for (int t = 0; t < s; ++t) {
-        for (int k = 0; k < count; ++k) v[k][t] += v[k][t + s];
+        for (int k = 0; k < kCount; ++k) v[k][t] += v[k][t + s];
       }
     }
-    for (int k = 0; k < count; ++k) out[k] = v[k][0];
+    for (int k = 0; k < kCount; ++k) out[k] = v[k][0];
   }
 };
 
-// One pass: `element(unit, i, values)` gives `count` values of element i; their sums per
-// tile, then per unit (tile sums in tile order), reach `finish(unit, sums)`.
-template <typename Element, typename Finish>
-void Pass(const Layout& l, int count, Element element, Finish finish) {
-  std::vector<double> partials(l.tiles * kMaxSums);
-  for (int64_t tile = 0; tile < l.tiles; ++tile) {
-    const int64_t u = l.tile_unit[tile];
-    const int64_t begin = l.tile_begin[tile];
-    const int64_t end = std::min(begin + kTile, l.unit_offset[u] + l.unit_length[u]);
-    Lanes lanes;
-    double values[kMaxSums];
-    for (int t = 0; t < kLanes; ++t) {
-      for (int64_t i = begin + t; i < end; i += kLanes) {
-        element(u, i, values);
-        lanes.Add(t, values, count);
-      }
-    }
-    lanes.Finish(count, &partials[tile * kMaxSums]);
+// body(begin, end) over [0, n): through `parallel`, or here in one piece.
+void ForRange(const ParallelFor& parallel, int64_t n, int64_t grain,
+              const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  if (parallel) {
+    parallel(n, grain, body);
+  } else {
+    body(0, n);
   }
-  for (int64_t u = 0; u < l.units; ++u) {
-    Lanes lanes;
-    for (int t = 0; t < kLanes; ++t) {
-      for (int64_t j = t; j < l.unit_tiles[u]; j += kLanes) {
-        lanes.Add(t, &partials[(l.unit_first_tile[u] + j) * kMaxSums], count);
+}
+
+constexpr int64_t kTileGrain = 8;  // tiles per piece handed to a ParallelFor
+
+// The end of `tile` (its unit's end, or kTile elements on).
+int64_t TileEnd(const Layout& l, int64_t tile) {
+  const int64_t u = l.tile_unit[tile];
+  return std::min(l.tile_begin[tile] + kTile, l.unit_offset[u] + l.unit_length[u]);
+}
+
+// One pass: `element(unit, i, values)` gives kCount values of element i; their sums per
+// tile (tiles in parallel), then per unit (tile sums in tile order), reach
+// `finish(unit, sums)`. Lane t adds elements begin + t, begin + t + kLanes, ... in order,
+// one row of kLanes consecutive elements at a time.
+template <int kCount, typename Element, typename Finish>
+void Pass(const Layout& l, const ParallelFor& parallel, Element element, Finish finish) {
+  std::vector<double> partials(l.tiles * kCount);
+  ForRange(parallel, l.tiles, kTileGrain, [&](int64_t first, int64_t last) {
+    for (int64_t tile = first; tile < last; ++tile) {
+      const int64_t u = l.tile_unit[tile];
+      const int64_t end = TileEnd(l, tile);
+      Lanes<kCount> lanes;
+      for (int64_t row = l.tile_begin[tile]; row < end; row += kLanes) {
+        const int n = static_cast<int>(std::min<int64_t>(kLanes, end - row));
+        for (int t = 0; t < n; ++t) {
+          double values[kMaxSums];  // the element may give more than kCount: unused
+          element(u, row + t, values);
+          lanes.Add(t, values);
+        }
       }
+      lanes.Finish(&partials[tile * kCount]);
     }
-    double sums[kMaxSums];
-    lanes.Finish(count, sums);
+  });
+  for (int64_t u = 0; u < l.units; ++u) {
+    Lanes<kCount> lanes;
+    for (int64_t j = 0; j < l.unit_tiles[u]; ++j) {
+      lanes.Add(static_cast<int>(j % kLanes), &partials[(l.unit_first_tile[u] + j) * kCount]);
+    }
+    double sums[kMaxSums] = {};  // finish() may read past kCount where it does not use them
+    lanes.Finish(sums);
     finish(u, sums);
   }
 }
@@ -114,13 +137,13 @@ HostLayout MakeLayout(const std::vector<int64_t>& layer_numel,
   return h;
 }
 
-void ReferenceProjection(const ProjectionArgs& a) {
+void ReferenceProjection(const ProjectionArgs& a, const ParallelFor& parallel) {
   const Layout& l = a.layout;
   std::vector<double> state(l.units * kUnitFields, 0.0);
   auto at = [&](int64_t u) { return &state[u * kUnitFields]; };
   // Σ|w|, Σw²: mean|W|, ‖W‖² and the TWN threshold.
-  Pass(
-      l, 2,
+  Pass<2>(
+      l, parallel,
       [&](int64_t, int64_t i, double* v) {
         v[0] = fabsf(a.w[i]);
         v[1] = static_cast<double>(a.w[i]) * a.w[i];
@@ -134,28 +157,42 @@ void ReferenceProjection(const ProjectionArgs& a) {
       a.moment_correction_device != nullptr ? *a.moment_correction_device : a.moment_correction;
   for (int pass = 0; pass <= a.lat_iterations; ++pass) {
     const bool last = pass == a.lat_iterations;
-    Pass(
-        l, weighted && last ? 4 : 2,
-        [&](int64_t u, int64_t i, double* v) {
-          const float abs_w = fabsf(a.w[i]);
-          const bool kept = abs_w > static_cast<float>(at(u)[math::kDelta]);
-          const float d =
-              weighted ? math::Importance(a.moments[i], correction, a.lat_epsilon) : 1.0f;
-          v[0] = kept ? static_cast<double>(d) * abs_w : 0.0;
-          v[1] = kept ? d : 0.0f;
-          v[2] = kept ? abs_w : 0.0f;
-          v[3] = kept ? 1.0 : 0.0;
-        },
-        [&](int64_t u, const double* sums) {
-          math::FinishMask(sums, last, weighted, l.unit_layer_units[u], at(u));
-        });
+    const auto finish = [&](int64_t u, const double* sums) {
+      math::FinishMask(sums, last, weighted, l.unit_layer_units[u], at(u));
+    };
+    if (!weighted) {  // d = 1
+      Pass<2>(
+          l, parallel,
+          [&](int64_t u, int64_t i, double* v) {
+            const float abs_w = fabsf(a.w[i]);
+            const bool kept = abs_w > static_cast<float>(at(u)[math::kDelta]);
+            v[0] = kept ? abs_w : 0.0f;
+            v[1] = kept ? 1.0 : 0.0;
+          },
+          finish);
+      continue;
+    }
+    const auto weighted_mask = [&](int64_t u, int64_t i, double* v) {
+      const float abs_w = fabsf(a.w[i]);
+      const bool kept = abs_w > static_cast<float>(at(u)[math::kDelta]);
+      const float d = math::Importance(a.moments[i], correction, a.lat_epsilon);
+      v[0] = kept ? static_cast<double>(d) * abs_w : 0.0;
+      v[1] = kept ? d : 0.0f;
+      v[2] = kept ? abs_w : 0.0f;
+      v[3] = kept ? 1.0 : 0.0;
+    };
+    if (last) {
+      Pass<4>(l, parallel, weighted_mask, finish);
+    } else {
+      Pass<2>(l, parallel, weighted_mask, finish);
+    }
   }
   // Ŵ, ρ, ∂R/∂W; Σρ per unit for the normalization.
   const float kappa = a.kappa_device != nullptr ? *a.kappa_device : a.kappa;
   const float one_minus_beta = 1.0f - a.beta, four_beta = 4.0f * a.beta;
   const bool normalize = a.with_rho && a.rescale && a.normalize;
-  Pass(
-      l, 1,
+  Pass<1>(
+      l, parallel,
       [&](int64_t u, int64_t i, double* v) {
         const double* s = at(u);
         const float w = a.w[i], delta = static_cast<float>(s[math::kDelta]);
@@ -182,20 +219,22 @@ void ReferenceProjection(const ProjectionArgs& a) {
       },
       [&](int64_t u, const double* sums) { at(u)[math::kRhoSum] = sums[0]; });
   if (normalize) {
-    for (int64_t u = 0; u < l.units; ++u) {
-      const float divisor = math::RhoDivisor(at(u)[math::kRhoSum], l.unit_length[u]);
-      for (int64_t i = l.unit_offset[u]; i < l.unit_offset[u] + l.unit_length[u]; ++i) {
-        a.rho[i] = a.rho[i] / divisor;
+    ForRange(parallel, l.tiles, kTileGrain, [&](int64_t first, int64_t last) {
+      for (int64_t tile = first; tile < last; ++tile) {
+        const int64_t u = l.tile_unit[tile];
+        const float divisor = math::RhoDivisor(at(u)[math::kRhoSum], l.unit_length[u]);
+        const int64_t end = TileEnd(l, tile);
+        for (int64_t i = l.tile_begin[tile]; i < end; ++i) a.rho[i] = a.rho[i] / divisor;
       }
-    }
+    });
   }
   if (a.with_regularizer) {  // layers − Σ_u cos_u/U_l, the units summed as lanes
-    Lanes lanes;
-    for (int t = 0; t < kLanes; ++t) {
-      for (int64_t u = t; u < l.units; u += kLanes) lanes.Add(t, &at(u)[math::kCosOverU], 1);
+    Lanes<1> lanes;
+    for (int64_t u = 0; u < l.units; ++u) {
+      lanes.Add(static_cast<int>(u % kLanes), &at(u)[math::kCosOverU]);
     }
     double cos_sum;
-    lanes.Finish(1, &cos_sum);
+    lanes.Finish(&cos_sum);
     *a.reg_value = static_cast<float>(static_cast<double>(l.layers) - cos_sum);
   }
   if (a.unit_stats != nullptr) {
@@ -208,13 +247,16 @@ void ReferenceProjection(const ProjectionArgs& a) {
   }
 }
 
-void ReferenceGradients(const GradientArgs& a) {
+void ReferenceGradients(const GradientArgs& a, const ParallelFor& parallel) {
   const float one_minus_decay = 1.0f - a.decay;
+  constexpr int64_t kGrain = 32768;  // elements per piece
   for (const GradientLayer& layer : a.layers) {
-    for (int64_t i = 0; i < layer.numel; ++i) {
-      math::Gradient(layer.grad, layer.rho, layer.reg_grad, layer.moment, i, a.lambda, a.decay,
-                     one_minus_decay);
-    }
+    ForRange(parallel, layer.numel, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        math::Gradient(layer.grad, layer.rho, layer.reg_grad, layer.moment, i, a.lambda, a.decay,
+                       one_minus_decay);
+      }
+    });
   }
 }
 

@@ -1,25 +1,36 @@
-// The CPU reference of the fused CUDA projection (quant/cuda/fused_projection.h): the same
-// layout, the same formulas (quant/cuda/fused_math.h, shared with the kernels) and the same
-// order of every sum, in plain C++ over host arrays. The CUDA kernels must equal it (to
-// expf's rounding in ρ; tests/gpu/fused_projection_parity_test.cc), and it must equal
-// PackedProjection's ATen path and ternary_ops.h layer by layer up to summation order
-// (tests/quant/fused_projection_reference_test.cc). Slow (one thread): for tests.
-// Thread-safe for distinct outputs.
+// The fused projection on the CPU, and the reference of the CUDA kernels
+// (quant/cuda/fused_projection.h): the same layout, the same formulas (quant/cuda/fused_math.h,
+// shared with the kernels) and the same order of every sum, in plain C++ over host arrays. The
+// CUDA kernels must equal it (to expf's rounding in ρ; tests/gpu/fused_projection_parity_test.cc),
+// and it must equal PackedProjection's ATen path and ternary_ops.h layer by layer up to
+// summation order (tests/quant/fused_projection_reference_test.cc).
+//
+// PackedProjection runs it on float32 CPU weights (quant/packed_projection.h). With a
+// `parallel` runner the tiles (and the gradient update's elements) are spread over threads;
+// every sum keeps its fixed order, so the results are the same bits for any runner and any
+// number of threads. Thread-safe for distinct outputs.
 #ifndef TERN_QUANT_FUSED_PROJECTION_REFERENCE_H_
 #define TERN_QUANT_FUSED_PROJECTION_REFERENCE_H_
 
 #include <cstdint>
+#include <functional>
 
 #include "quant/cuda/fused_projection.h"
 
 namespace tern::quant::fused {
 
+// Runs `body(begin, end)` over pieces that cover [0, n) exactly once, in any order and on any
+// threads, and returns when all are done (at::parallel_for, for example). The pieces handed
+// to it are independent. Empty: one thread, in order.
+using ParallelFor = std::function<void(int64_t n, int64_t grain,
+                                       const std::function<void(int64_t, int64_t)>& body)>;
+
 // Computes what LaunchProjection() computes, with every pointer of `args` in host memory
 // (`args.workspace` is not used; a bf16 Ŵ is written as uint16_t bit patterns).
-void ReferenceProjection(const ProjectionArgs& args);
+void ReferenceProjection(const ProjectionArgs& args, const ParallelFor& parallel = {});
 
 // Computes what LaunchGradients() computes, in host memory.
-void ReferenceGradients(const GradientArgs& args);
+void ReferenceGradients(const GradientArgs& args, const ParallelFor& parallel = {});
 
 // float -> bf16 bits as the kernels round (to nearest even), and back.
 uint16_t FloatToBf16(float x);

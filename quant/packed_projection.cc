@@ -7,16 +7,8 @@
 #include <numeric>
 
 #include "common/check.h"
+#include "quant/packed_projection_fused.h"
 #include "quant/ternary_ops.h"
-#ifdef TERN_WITH_FUSED_PROJECTION
-#include "quant/packed_projection_cuda.h"
-#endif
-
-namespace tern::quant {
-#ifndef TERN_WITH_FUSED_PROJECTION
-class FusedPackedProjection {};  // no fused kernels in this build: never constructed
-#endif
-}  // namespace tern::quant
 
 namespace tern::quant {
 namespace {
@@ -123,15 +115,9 @@ PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
   unit_length_ = at::tensor(unit_length, floats).to(tensor_options_);
   layer_units_ = at::tensor(layer_units, floats).to(tensor_options_);
   chunk_sums_ = at::zeros({kMaxStackedSums, chunks_ + 1}, tensor_options_);
-#ifdef TERN_WITH_FUSED_PROJECTION
-  if (device.is_cuda() && tensor_options_.dtype() == at::kFloat &&
-      !FusedPackedProjection::DisabledByEnvironment()) {
+  if (tensor_options_.dtype() == at::kFloat && FusedPackedProjection::Available(device)) {
     fused_ = std::make_unique<FusedPackedProjection>(layer_numel, units_per_layer, device);
   }
-#else
-  (void)layer_numel;
-  (void)units_per_layer;
-#endif
 }
 
 PackedProjection::~PackedProjection() = default;
@@ -146,9 +132,7 @@ bool PackedProjection::fused_built() {
 
 void PackedProjection::UpdateGradients(const GradientUpdate& u) {
   at::NoGradGuard no_grad;
-#ifdef TERN_WITH_FUSED_PROJECTION
   if (u.fused && FusedPackedProjection::UpdateGradients(u)) return;
-#endif
   if (!u.rho.empty()) at::_foreach_mul_(u.grads, u.rho);
   if (!u.reg_grad.empty()) at::_foreach_add_(u.grads, u.reg_grad, u.lambda);
   if (!u.moments.empty()) {  // v ← decay·v + (1 − decay)·g²
@@ -222,7 +206,6 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
   TERN_CHECK(moments.empty() || Matches(moments)) << "PackedProjection: moments do not match";
   at::NoGradGuard no_grad;
   Gather(weights, flat_, flat_slices_);
-#ifdef TERN_WITH_FUSED_PROJECTION
   if (o.fused && fused_ != nullptr && fused_->Supports(o)) {
     const bool weighted = o.lat_iterations > 0 && !moments.empty();
     if (weighted) Gather(moments, flat_moments_, moment_slices_);
@@ -238,7 +221,6 @@ PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& we
     out.unit_stats = flat.unit_stats;
     return out;
   }
-#endif
   const at::Tensor w = flat_.view({chunks_, chunk_});
   const at::Tensor a = w.abs();
   const at::Tensor mean_abs = UnitSum(a) / unit_length_;

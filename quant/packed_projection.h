@@ -21,12 +21,13 @@
 // HypersphericalRegularizerGrad of ternary_ops.h layer by layer, up to
 // floating-point summation order (tests/quant/packed_projection_test.cc).
 //
-// On float32 CUDA weights, in builds with the fused kernels (CUDA LibTorch and
-// nvcc: TERN_WITH_FUSED_PROJECTION), Run() takes the fused path instead: the
-// same results from 2 + lat_iterations (+1) CUDA kernels over the packed
-// buffer, with fixed-order sums (quant/cuda/fused_projection.h; docs/GPU.md).
-// Options::fused = false, or TERN_FUSED_PROJECTION=0 in the environment when
-// the projection is built, keeps the ATen path (comparisons, a fallback).
+// On float32 weights Run() takes the fused path instead (packed_projection_fused.h;
+// quant/cuda/fused_projection.h; docs/GPU.md): the same results from one read of the
+// weights and moments per pass, with fixed-order sums. On a CUDA device (builds with the
+// kernels: CUDA LibTorch and nvcc, TERN_WITH_FUSED_PROJECTION) that is 2 + lat_iterations
+// (+1) kernels; on the CPU the same arithmetic in plain C++ on ATen's threads, the same bits
+// for any number of threads. Options::fused = false, or TERN_FUSED_PROJECTION=0 in the
+// environment when the projection is built, keeps the ATen path (comparisons, a fallback).
 // Not thread-safe; the weights must share one device and dtype.
 #ifndef TERN_QUANT_PACKED_PROJECTION_H_
 #define TERN_QUANT_PACKED_PROJECTION_H_
@@ -40,7 +41,7 @@
 
 namespace tern::quant {
 
-class FusedPackedProjection;  // packed_projection_cuda.h (CUDA builds)
+class FusedPackedProjection;  // packed_projection_fused.h
 
 class PackedProjection {
  public:
@@ -65,8 +66,8 @@ class PackedProjection {
     // bf16 as it stores, exactly as autocast's cast would, and autocast then
     // has no per-layer cast to launch.
     at::ScalarType w_hat_dtype = at::ScalarType::Undefined;
-    // The fused CUDA kernels where this projection has them (fused()); false:
-    // the ATen path.
+    // The fused path where this projection has one (fused()); false: the
+    // ATen path.
     bool fused = true;
   };
   struct Output {
@@ -86,10 +87,10 @@ class PackedProjection {
   // layers at once: grads ← grads ⊙ rho (rho: one per grad, or empty) +
   // lambda · reg_grad (likewise), then LAT's moments ← decay · moments +
   // (1 − decay) · moment_grads² (moment_grads: the updated gradients they
-  // follow; empty: none). One fused CUDA kernel where built, `fused` is set and
-  // every tensor is float32 on one CUDA device with its gradient's layout (and
-  // moment_grads are the grads themselves, or grads is empty); else ATen's
-  // multi-tensor kernels.
+  // follow; empty: none). One fused pass (a CUDA kernel where built, else on
+  // the CPU) where `fused` is set and every tensor is float32 on one device with
+  // its gradient's layout (and moment_grads are the grads themselves, or grads
+  // is empty); else ATen's multi-tensor kernels.
   struct GradientUpdate {
     std::vector<at::Tensor> grads, rho, reg_grad;
     double lambda = 0;
@@ -114,8 +115,8 @@ class PackedProjection {
              const std::vector<at::Tensor>& moments = {});
 
   int64_t chunk_size() const { return chunk_; }
-  // Whether Run() takes the fused CUDA path (unless Options::fused is false),
-  // and whether this build has the fused kernels at all.
+  // Whether Run() takes the fused path (unless Options::fused is false), and
+  // whether this build has the fused CUDA kernels at all.
   bool fused() const { return fused_ != nullptr; }
   static bool fused_built();
 
@@ -145,7 +146,7 @@ class PackedProjection {
   at::Tensor flat_;          // [total] the packed latent weights (first Run)
   at::Tensor flat_moments_;  // [total] LAT's packed second moments (first Run with them)
   std::vector<at::Tensor> flat_slices_, moment_slices_;  // per layer, aliasing the two
-  std::unique_ptr<FusedPackedProjection> fused_;         // float32 CUDA weights, CUDA builds
+  std::unique_ptr<FusedPackedProjection> fused_;         // float32 weights
 };
 
 }  // namespace tern::quant

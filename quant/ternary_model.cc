@@ -276,6 +276,11 @@ bool TernaryModel::BeforeForwardPacked() {
   o.with_regularizer = options_.use_regularizer && schedule_.lambda != 0;
   o.w_hat_dtype = forward_dtype_;
   o.fused = fused_projection_;
+  // Let go of the last step's Ŵ (views of its buffer) first: on the CPU the
+  // projection then writes this step's into the same memory.
+  for (auto& layer : layers_) {
+    if (layer->quantized) *layer->forward_weight = layer->latent;
+  }
   PackedProjection::Output out = packed_->Run(latents, o, moments);
   size_t k = 0;
   for (auto& layer_ptr : layers_) {
@@ -386,8 +391,8 @@ void TernaryModel::AfterBackward(RegularizerSample* sample) {
 void TernaryModel::CompleteGradients() {
   at::NoGradGuard no_grad;
   // The packed path's latent gradient ρ ⊙ ∂L/∂Ŵ + λ·∂R/∂W and LAT's moments,
-  // for all layers in one fused kernel on CUDA (else a few multi-tensor
-  // kernels): PackedProjection::UpdateGradients.
+  // for all layers in one fused pass (a CUDA kernel, or on the CPU; else a few
+  // multi-tensor kernels): PackedProjection::UpdateGradients.
   PackedProjection::GradientUpdate update;
   update.fused = fused_projection_;
   if (!packed_rho_.empty() || !packed_reg_grad_.empty()) {

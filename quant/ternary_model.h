@@ -124,8 +124,9 @@ class TernaryModel {
   // layer). On by default; off = the layer-by-layer reference path (tests
   // compare the two).
   void set_packed(bool packed) { packed_enabled_ = packed; }
-  // On CUDA (builds with nvcc), the packed path's BeforeForward() and
-  // AfterBackward() run the fused kernels of quant/cuda/fused_projection.h.
+  // The packed path's BeforeForward() and AfterBackward() run the fused
+  // projection on float32 weights: the kernels of quant/cuda/fused_projection.h
+  // on CUDA (builds with nvcc), the same arithmetic on the CPU.
   // On by default; off = PackedProjection's ATen kernels (benchmarks compare).
   void set_fused_projection(bool fused) { fused_projection_ = fused; }
 

@@ -1,5 +1,6 @@
-// The fused projection's CPU reference (quant/fused_projection_reference.h, the arithmetic the
-// CUDA kernels must repeat) against PackedProjection's ATen path and the layer-by-layer
+// The fused projection's CPU implementation (quant/fused_projection_reference.h, the arithmetic
+// the CUDA kernels must repeat): the same bits on any threads and inside PackedProjection; and
+// against PackedProjection's ATen path and the layer-by-layer
 // functions of ternary_ops.h: every method's projection (TWN, LAT with and without moments,
 // HLA, HLA without regularizer, HLA without re-scaling; TTQ never takes the packed path), per
 // tensor and per channel, odd sizes, row-major and channels_last, Ŵ in float32 and bf16; and
@@ -9,7 +10,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "quant/packed_projection.h"
@@ -89,7 +94,8 @@ struct Reference {
 Reference RunReference(const std::vector<at::Tensor>& weights,
                        const std::vector<at::Tensor>& moments, Granularity g,
                        const PackedProjection::Options& o, bool bf16,
-                       const float* kappa_device = nullptr) {
+                       const float* kappa_device = nullptr,
+                       const fused::ParallelFor& parallel = {}) {
   Reference r;
   std::vector<int64_t> numel, units;
   for (const at::Tensor& w : weights) {
@@ -132,7 +138,7 @@ Reference RunReference(const std::vector<at::Tensor>& weights,
   a.reg_grad = r.reg_grad.data();
   a.reg_value = &r.reg_value;
   a.unit_stats = r.stats.data();
-  fused::ReferenceProjection(a);
+  fused::ReferenceProjection(a, parallel);
   return r;
 }
 
@@ -166,7 +172,9 @@ void ExpectReferenceMatches(const std::vector<at::Tensor>& weights, Granularity 
     for (const at::Tensor& w : weights) moments.push_back(torch::rand_like(w) * 1e-3);
   }
   PackedProjection packed(weights, g);
-  const PackedProjection::Output aten = packed.Run(weights, o, moments);
+  PackedProjection::Options aten_options = o;
+  aten_options.fused = false;
+  const PackedProjection::Output aten = packed.Run(weights, aten_options, moments);
   const Reference r = RunReference(weights, moments, g, o, /*bf16=*/false);
   int64_t unit = 0;
   double reg_value = 0;
@@ -260,6 +268,7 @@ TEST(FusedProjectionReferenceTest, Bf16WHatIsTheFloatWHatRoundedAsC10Rounds) {
     // And the ATen path's bf16 Ŵ, layer by layer (same α to within summation order).
     PackedProjection::Options bf16 = o;
     bf16.w_hat_dtype = at::kBFloat16;
+    bf16.fused = false;
     const PackedProjection::Output aten = PackedProjection(weights, g).Run(weights, bf16, moments);
     for (size_t k = 0; k < weights.size(); ++k) {
       EXPECT_TRUE(Close(Slice(widened, weights, k), aten.w_hat[k].to(at::kFloat), 1e-2, 0))
@@ -288,6 +297,136 @@ TEST(FusedProjectionReferenceTest, ScalarsThroughPointersEqualValues) {
   const Reference pointed = RunReference(weights, moments, Granularity::kChannel, o, false, &kappa);
   EXPECT_EQ(plain.rho, pointed.rho);
   EXPECT_EQ(plain.w_hat, pointed.w_hat);
+}
+
+// Pieces of `grain`, started last first, each on a thread of its own.
+void ReversedThreads(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+  std::vector<std::thread> threads;
+  for (int64_t begin = (n - 1) / grain * grain; begin >= 0; begin -= grain) {
+    threads.emplace_back(body, begin, std::min(n, begin + grain));
+  }
+  for (std::thread& t : threads) t.join();
+}
+
+// Every sum has its fixed order whatever runs the tiles: the same bits on any threads.
+TEST(FusedProjectionReferenceTest, ThreadsGiveTheSameBits) {
+  const auto weights = Weights(kOddShapes, true, 5);
+  std::vector<at::Tensor> moments;
+  for (const at::Tensor& w : weights) moments.push_back(torch::rand_like(w) * 1e-3);
+  for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
+    for (const Config& c : Configs()) {
+      SCOPED_TRACE(c.name + " " + GranularityName(g));
+      const PackedProjection::Options o = OptionsFor(c);
+      const std::vector<at::Tensor> m = c.moments ? moments : std::vector<at::Tensor>();
+      const Reference serial = RunReference(weights, m, g, o, false);
+      const Reference threaded = RunReference(weights, m, g, o, false, nullptr, ReversedThreads);
+      EXPECT_EQ(serial.w_hat, threaded.w_hat);
+      EXPECT_EQ(serial.rho, threaded.rho);
+      EXPECT_EQ(serial.stats, threaded.stats);
+      if (c.regularizer) {
+        EXPECT_EQ(serial.reg_grad, threaded.reg_grad);
+        EXPECT_EQ(serial.reg_value, threaded.reg_value);
+      }
+    }
+  }
+  torch::manual_seed(6);
+  std::vector<at::Tensor> serial = {torch::randn({3, 5, 7, 7}), torch::randn({70000})};
+  std::vector<at::Tensor> threaded = {serial[0].clone(), serial[1].clone()};
+  std::vector<at::Tensor> rhos = {torch::rand_like(serial[0]), torch::rand_like(serial[1])};
+  for (auto* grads : {&serial, &threaded}) {
+    fused::GradientArgs a;
+    a.lambda = 0.01f;
+    for (size_t k = 0; k < grads->size(); ++k) {
+      fused::GradientLayer layer;
+      layer.grad = (*grads)[k].data_ptr<float>();
+      layer.rho = rhos[k].data_ptr<float>();
+      layer.numel = (*grads)[k].numel();
+      a.layers.push_back(layer);
+    }
+    if (grads == &serial) {
+      fused::ReferenceGradients(a);
+    } else {
+      fused::ReferenceGradients(a, ReversedThreads);
+    }
+  }
+  for (size_t k = 0; k < serial.size(); ++k) {
+    EXPECT_TRUE(torch::equal(serial[k], threaded[k])) << k;
+  }
+}
+
+// PackedProjection on float32 CPU weights runs this code on ATen's threads: its outputs are
+// the reference's bits (one thread or two), and TERN_FUSED_PROJECTION=0 keeps the ATen path.
+TEST(FusedProjectionReferenceTest, PackedProjectionOnTheCpuIsTheReference) {
+  const auto weights = Weights(kOddShapes, true, 7);
+  std::vector<at::Tensor> moments;
+  for (const at::Tensor& w : weights) moments.push_back(torch::rand_like(w) * 1e-3);
+  const int threads = at::get_num_threads();
+  for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
+    PackedProjection packed(weights, g);
+    ASSERT_TRUE(packed.fused());
+    for (const Config& c : Configs()) {
+      for (int n : {1, 2}) {
+        SCOPED_TRACE(c.name + " " + GranularityName(g) + " threads " + std::to_string(n));
+        at::set_num_threads(n);
+        const PackedProjection::Options o = OptionsFor(c);
+        const std::vector<at::Tensor> m = c.moments ? moments : std::vector<at::Tensor>();
+        const PackedProjection::Output out = packed.Run(weights, o, m);
+        const Reference r = RunReference(weights, m, g, o, false);
+        for (size_t k = 0; k < weights.size(); ++k) {
+          EXPECT_TRUE(torch::equal(out.w_hat[k], Slice(r.w_hat, weights, k))) << "w_hat " << k;
+          EXPECT_EQ(out.w_hat[k].strides(), weights[k].strides()) << k;
+          EXPECT_TRUE(torch::equal(out.rho[k], Slice(r.rho, weights, k))) << "rho " << k;
+          if (c.regularizer) {
+            EXPECT_TRUE(torch::equal(out.reg_grad[k], Slice(r.reg_grad, weights, k))) << k;
+          }
+        }
+        if (c.regularizer) {
+          EXPECT_EQ(out.reg_value.item<float>(), r.reg_value);
+        }
+        ASSERT_TRUE(out.unit_stats.defined());
+        EXPECT_TRUE(torch::equal(out.unit_stats.view(-1),
+                                 torch::from_blob(const_cast<float*>(r.stats.data()),
+                                                  {static_cast<int64_t>(r.stats.size())})));
+      }
+    }
+  }
+  at::set_num_threads(threads);
+  ASSERT_EQ(setenv("TERN_FUSED_PROJECTION", "0", 1), 0);
+  PackedProjection aten(weights, Granularity::kChannel);
+  unsetenv("TERN_FUSED_PROJECTION");
+  EXPECT_FALSE(aten.fused());
+  EXPECT_FALSE(aten.Run(weights, OptionsFor(Configs()[3]), moments).unit_stats.defined());
+}
+
+// On the CPU the projection writes into its last call's buffers again, but only those nothing
+// else holds: outputs (or views of them) the caller kept keep their values.
+TEST(FusedProjectionReferenceTest, PackedProjectionKeepsTheOutputsItsCallerHolds) {
+  auto weights = Weights(kOddShapes, false, 8);
+  PackedProjection packed(weights, Granularity::kChannel);
+  const PackedProjection::Options o = OptionsFor(Configs()[3]);  // HLA: Ŵ, ρ and ∂R/∂W
+  const PackedProjection::Output held = packed.Run(weights, o);
+  const at::Tensor w_hat = held.w_hat[0].clone(), rho = held.rho[1].clone();
+  const at::Tensor reg_grad = held.reg_grad[2].clone();
+  for (at::Tensor& w : weights) w.mul_(-2.0);
+  const void* dropped_rho = nullptr;
+  {
+    const PackedProjection::Output dropped = packed.Run(weights, o);
+    EXPECT_NE(dropped.rho[0].data_ptr(), held.rho[0].data_ptr());
+    dropped_rho = dropped.rho[0].data_ptr();
+  }
+  EXPECT_TRUE(torch::equal(held.w_hat[0], w_hat));
+  EXPECT_TRUE(torch::equal(held.rho[1], rho));
+  EXPECT_TRUE(torch::equal(held.reg_grad[2], reg_grad));
+  // Nothing holds the last call's outputs: the next call writes them afresh.
+  for (at::Tensor& w : weights) w.mul_(0.5);
+  const PackedProjection::Output again = packed.Run(weights, o);
+  EXPECT_EQ(again.rho[0].data_ptr(), dropped_rho);
+  const Reference r = RunReference(weights, {}, Granularity::kChannel, o, false);
+  for (size_t k = 0; k < weights.size(); ++k) {
+    EXPECT_TRUE(torch::equal(again.w_hat[k], Slice(r.w_hat, weights, k))) << k;
+    EXPECT_TRUE(torch::equal(again.rho[k], Slice(r.rho, weights, k))) << k;
+    EXPECT_TRUE(torch::equal(again.reg_grad[k], Slice(r.reg_grad, weights, k))) << k;
+  }
 }
 
 TEST(FusedProjectionReferenceTest, LayoutCutsUnitsIntoTiles) {

@@ -32,11 +32,17 @@ std::vector<at::Tensor> Weights(const std::vector<std::vector<int64_t>>& shapes,
   return out;
 }
 
-// `lat`: the loss-aware projection with random second moments (else TWN).
-void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granularity g,
-                               bool rescale, bool lat = false) {
+// `lat`: the loss-aware projection with random second moments (else TWN). Both paths: the
+// fused one (on the CPU: quant/fused_projection_reference.h) and ATen's.
+void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granularity g, bool rescale,
+                               bool lat = false);
+void ExpectPathMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granularity g,
+                                   bool rescale, bool lat, bool fused) {
+  SCOPED_TRACE(fused ? "fused path" : "ATen path");
   PackedProjection packed(weights, g);
+  ASSERT_TRUE(packed.fused());
   PackedProjection::Options o;
+  o.fused = fused;
   o.rescale = rescale;
   o.kappa = 12.0;
   o.with_regularizer = true;
@@ -79,6 +85,12 @@ void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granulari
     reg += HypersphericalRegularizer(weights[i], p.codes, g).item<double>();
   }
   EXPECT_NEAR(out.reg_value.item<double>(), reg, 1e-5);
+  EXPECT_EQ(out.unit_stats.defined(), fused);
+}
+
+void ExpectMatchesLayerByLayer(const std::vector<at::Tensor>& weights, Granularity g, bool rescale,
+                               bool lat) {
+  for (bool fused : {true, false}) ExpectPathMatchesLayerByLayer(weights, g, rescale, lat, fused);
 }
 
 TEST(PackedProjectionTest, EqualsLayerByLayerProjectionRhoAndRegularizer) {
@@ -177,12 +189,14 @@ struct GraphLike {
 
 // `steps` SGD steps (so LAT's second moments fill); the last one is returned.
 // The schedule advances by 0.02 per step (κ anneals in phase 2).
+// `fused`: the packed path's fused projection and gradient update (else its ATen kernels).
 Step RunSteps(QuantOptions o, bool packed, double progress, bool channels_last, int steps = 3,
-              GraphLike graph_like = {}) {
+              GraphLike graph_like = {}, bool fused = true) {
   torch::manual_seed(11);
   Net net;
   auto q = TernaryModel::Attach(net.ptr(), o).value();
   q->set_packed(packed);
+  q->set_fused_projection(fused);
   q->set_device_scalars(graph_like.device_scalars);
   if (graph_like.bf16_w_hat) q->set_forward_dtype(at::kBFloat16);
   torch::manual_seed(12);
@@ -247,18 +261,22 @@ TEST(TernaryModelPackedTest, PackedStepEqualsLayerByLayerStep) {
     for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
       for (double progress : {0.1, 0.6}) {  // phase 1 (FP forward + R), phase 2
         for (bool channels_last : {false, true}) {
-          SCOPED_TRACE(std::string(MethodName(m)) + " " + GranularityName(g) + " progress " +
-                       std::to_string(progress) + (channels_last ? " channels_last" : ""));
           QuantOptions o = MakePreset(m);
           o.granularity = g;
           o.keep_first_fp = o.keep_last_fp = false;
-          const Step packed = RunSteps(o, true, progress, channels_last);
           const Step reference = RunSteps(o, false, progress, channels_last);
-          EXPECT_NEAR(packed.loss, reference.loss, 1e-5);
-          for (size_t i = 0; i < packed.forward_weights.size(); ++i) {
-            EXPECT_TRUE(Close(packed.forward_weights[i], reference.forward_weights[i])) << "weight " << i;
+          for (bool fused : {true, false}) {
+            SCOPED_TRACE(std::string(MethodName(m)) + " " + GranularityName(g) + " progress " +
+                         std::to_string(progress) + (channels_last ? " channels_last" : "") +
+                         (fused ? " fused" : " ATen"));
+            const Step packed = RunSteps(o, true, progress, channels_last, 3, {}, fused);
+            EXPECT_NEAR(packed.loss, reference.loss, 1e-5);
+            for (size_t i = 0; i < packed.forward_weights.size(); ++i) {
+              EXPECT_TRUE(Close(packed.forward_weights[i], reference.forward_weights[i]))
+                  << "weight " << i;
+            }
+            ExpectSameGradients(packed, reference);
           }
-          ExpectSameGradients(packed, reference);
         }
       }
     }

@@ -127,6 +127,10 @@ std::vector<StepTrace> TraceSteps(const std::string& method, double progress,
   EXPECT_TRUE(quant.ok()) << quant.status();
   if (!quant.ok()) return {};
   (*quant)->set_device_scalars(device_scalars);
+  // The recorder sees ATen operations: the projection's ATen path. The fused one is plain C++
+  // on the CPU (invisible here) and reads κ and the correction through pointers on CUDA
+  // (tests/quant/fused_projection_reference_test.cc, tests/gpu).
+  (*quant)->set_fused_projection(false);
   std::vector<at::Tensor> params = task->model()->parameters();
   MultiTensorSgd optimizer(params, torch::optim::SGDOptions(0.05).momentum(0.9));
   ShardedSampler sampler(task->train_size(), 8, 0, 1, 0, /*shuffle=*/true);
