@@ -50,23 +50,24 @@ int64_t TileEnd(const Layout& l, int64_t tile) {
   return std::min(l.tile_begin[tile] + kTile, l.unit_offset[u] + l.unit_length[u]);
 }
 
-// One pass: `element(unit, i, values)` gives kCount values of element i; their sums per
+// One pass: `for_unit(unit)` gives the unit's element function, `element(i, values)` the
+// kCount values of element i (per-unit constants hoisted out of the loop); their sums per
 // tile (tiles in parallel), then per unit (tile sums in tile order), reach
-// `finish(unit, sums)`. Lane t adds elements begin + t, begin + t + kLanes, ... in order,
-// one row of kLanes consecutive elements at a time.
-template <int kCount, typename Element, typename Finish>
-void Pass(const Layout& l, const ParallelFor& parallel, Element element, Finish finish) {
+// `finish(unit, sums)`. Lane t adds elements begin + t, begin + t + kLanes, ... in order, one
+// row of kLanes consecutive elements at a time (a loop the compiler vectorizes).
+template <int kCount, typename ForUnit, typename Finish>
+void Pass(const Layout& l, const ParallelFor& parallel, ForUnit for_unit, Finish finish) {
   std::vector<double> partials(l.tiles * kCount);
   ForRange(parallel, l.tiles, kTileGrain, [&](int64_t first, int64_t last) {
     for (int64_t tile = first; tile < last; ++tile) {
-      const int64_t u = l.tile_unit[tile];
+      const auto element = for_unit(l.tile_unit[tile]);
       const int64_t end = TileEnd(l, tile);
       Lanes<kCount> lanes;
       for (int64_t row = l.tile_begin[tile]; row < end; row += kLanes) {
         const int n = static_cast<int>(std::min<int64_t>(kLanes, end - row));
         for (int t = 0; t < n; ++t) {
           double values[kMaxSums];  // the element may give more than kCount: unused
-          element(u, row + t, values);
+          element(row + t, values);
           lanes.Add(t, values);
         }
       }
@@ -141,17 +142,22 @@ void ReferenceProjection(const ProjectionArgs& a, const ParallelFor& parallel) {
   const Layout& l = a.layout;
   std::vector<double> state(l.units * kUnitFields, 0.0);
   auto at = [&](int64_t u) { return &state[u * kUnitFields]; };
+  const float* w = a.w;
   // Σ|w|, Σw²: mean|W|, ‖W‖² and the TWN threshold.
   Pass<2>(
       l, parallel,
-      [&](int64_t, int64_t i, double* v) {
-        v[0] = fabsf(a.w[i]);
-        v[1] = static_cast<double>(a.w[i]) * a.w[i];
+      [&](int64_t) {
+        return [w](int64_t i, double* v) {
+          v[0] = fabsf(w[i]);
+          v[1] = static_cast<double>(w[i]) * w[i];
+        };
       },
       [&](int64_t u, const double* sums) {
         math::FinishAbs(sums, l.unit_length[u], a.delta_factor, at(u));
       });
-  // The masks: α = Σ d|w|M / Σ dM, Δ = α/2 between passes.
+  // The masks: α = Σ d|w|M / Σ dM, Δ = α/2 between passes. M is applied as a factor of 1 or 0
+  // (a select the compiler cannot vectorize otherwise): the kernels' values for finite
+  // weights and moments, where every masked term is a product ≥ 0.
   const bool weighted = a.moments != nullptr;
   const float correction =
       a.moment_correction_device != nullptr ? *a.moment_correction_device : a.moment_correction;
@@ -163,23 +169,28 @@ void ReferenceProjection(const ProjectionArgs& a, const ParallelFor& parallel) {
     if (!weighted) {  // d = 1
       Pass<2>(
           l, parallel,
-          [&](int64_t u, int64_t i, double* v) {
-            const float abs_w = fabsf(a.w[i]);
-            const bool kept = abs_w > static_cast<float>(at(u)[math::kDelta]);
-            v[0] = kept ? abs_w : 0.0f;
-            v[1] = kept ? 1.0 : 0.0;
+          [&](int64_t u) {
+            return [w, delta = static_cast<float>(at(u)[math::kDelta])](int64_t i, double* v) {
+              const float abs_w = fabsf(w[i]);
+              const double kept = abs_w > delta ? 1.0 : 0.0;
+              v[0] = kept * abs_w;
+              v[1] = kept;
+            };
           },
           finish);
       continue;
     }
-    const auto weighted_mask = [&](int64_t u, int64_t i, double* v) {
-      const float abs_w = fabsf(a.w[i]);
-      const bool kept = abs_w > static_cast<float>(at(u)[math::kDelta]);
-      const float d = math::Importance(a.moments[i], correction, a.lat_epsilon);
-      v[0] = kept ? static_cast<double>(d) * abs_w : 0.0;
-      v[1] = kept ? d : 0.0f;
-      v[2] = kept ? abs_w : 0.0f;
-      v[3] = kept ? 1.0 : 0.0;
+    const auto weighted_mask = [&](int64_t u) {
+      return [w, moments = a.moments, correction, epsilon = a.lat_epsilon,
+              delta = static_cast<float>(at(u)[math::kDelta])](int64_t i, double* v) {
+        const float abs_w = fabsf(w[i]);
+        const double kept = abs_w > delta ? 1.0 : 0.0;
+        const float d = math::Importance(moments[i], correction, epsilon);
+        v[0] = kept * (static_cast<double>(d) * abs_w);
+        v[1] = kept * d;
+        v[2] = kept * abs_w;
+        v[3] = kept;
+      };
     };
     if (last) {
       Pass<4>(l, parallel, weighted_mask, finish);
@@ -193,29 +204,32 @@ void ReferenceProjection(const ProjectionArgs& a, const ParallelFor& parallel) {
   const bool normalize = a.with_rho && a.rescale && a.normalize;
   Pass<1>(
       l, parallel,
-      [&](int64_t u, int64_t i, double* v) {
+      [&](int64_t u) {
         const double* s = at(u);
-        const float w = a.w[i], delta = static_cast<float>(s[math::kDelta]);
+        const float delta = static_cast<float>(s[math::kDelta]);
         const float alpha = static_cast<float>(s[math::kAlpha]);
-        const float code = math::Code(w, delta);
-        const float w_hat = code * alpha;
-        if (a.w_hat_type == WHatType::kBFloat16) {
-          static_cast<uint16_t*>(a.w_hat)[i] = math::Bf16Bits(w_hat);
-        } else {
-          static_cast<float*>(a.w_hat)[i] = w_hat;
-        }
-        v[0] = 0.0;
-        if (a.with_rho) {
-          const float rho =
-              math::Rho(fabsf(w), alpha * a.clip, a.rescale, math::Tau(kappa, s[math::kMeanAbs]),
-                        delta, one_minus_beta, four_beta);
-          a.rho[i] = rho;
-          v[0] = rho;
-        }
-        if (a.with_regularizer) {
-          a.reg_grad[i] = math::RegGrad(w, code, static_cast<float>(s[math::kCoefW]),
-                                        static_cast<float>(s[math::kCoefT]));
-        }
+        const float alpha_clip = alpha * a.clip;
+        const float tau = math::Tau(kappa, s[math::kMeanAbs]);
+        const float coef_w = static_cast<float>(s[math::kCoefW]);
+        const float coef_t = static_cast<float>(s[math::kCoefT]);
+        return [&, delta, alpha, alpha_clip, tau, coef_w, coef_t](int64_t i, double* v) {
+          const float x = w[i];
+          const float code = math::Code(x, delta);
+          const float w_hat = code * alpha;
+          if (a.w_hat_type == WHatType::kBFloat16) {
+            static_cast<uint16_t*>(a.w_hat)[i] = math::Bf16Bits(w_hat);
+          } else {
+            static_cast<float*>(a.w_hat)[i] = w_hat;
+          }
+          v[0] = 0.0;
+          if (a.with_rho) {
+            const float rho = math::Rho(fabsf(x), alpha_clip, a.rescale, tau, delta,
+                                        one_minus_beta, four_beta);
+            a.rho[i] = rho;
+            v[0] = rho;
+          }
+          if (a.with_regularizer) a.reg_grad[i] = math::RegGrad(x, code, coef_w, coef_t);
+        };
       },
       [&](int64_t u, const double* sums) { at(u)[math::kRhoSum] = sums[0]; });
   if (normalize) {
