@@ -223,8 +223,8 @@ void ReferenceProjection(const ProjectionArgs& a, const ParallelFor& parallel) {
           }
           v[0] = 0.0;
           if (a.with_rho) {
-            const float rho = math::Rho(fabsf(x), alpha_clip, a.rescale, tau, delta,
-                                        one_minus_beta, four_beta);
+            const float rho =
+                math::Rho(fabsf(x), alpha_clip, a.rescale, tau, delta, one_minus_beta, four_beta);
             a.rho[i] = rho;
             v[0] = rho;
           }
