@@ -31,6 +31,7 @@
 #include "trainer_protocol/exit_codes.h"
 #include "trainer_protocol/lease_file.h"
 #include "worker/trainer/distributed.h"
+#include "worker/trainer/host_memory.h"
 #include "worker/trainer/stop_request.h"
 #include "worker/trainer/trainer.h"
 
@@ -267,6 +268,7 @@ int main(int argc, char** argv) {
   // before anything is reported. Writes then fail with EPIPE instead, and the
   // collective throws. A closed stdout still ends the process (EventWriter).
   std::signal(SIGPIPE, SIG_IGN);
+  tern::trainer::RetainFreedHostMemory();  // before any thread starts: host_memory.h
   CLI::App app{"tern-trainer: one data-parallel rank of a ternary training job"};
   std::string spec_path;
   RunOptions run;
