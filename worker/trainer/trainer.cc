@@ -668,7 +668,11 @@ StatusOr<TrainResult> Train(Session& s, EventWriter& events) {
       SetLearningRate(*s.optimizer, lr);
       s.quant->SetProgress(static_cast<double>(s.global_step) / s.total_steps);
       if (s.quant->schedule().ternary_forward && !was_ternary) {
+        // Its evaluations are not training: left out of the throughput window, as the
+        // epochs' evaluations are.
+        const auto switch_start = Clock::now();
         TERN_RETURN_IF_ERROR(PhaseSwitch(s, events));
+        window_start += Clock::now() - switch_start;
       }
       was_ternary = s.quant->schedule().ternary_forward;
       const bool last = s.global_step + 1 == s.total_steps;

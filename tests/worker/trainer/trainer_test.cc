@@ -568,9 +568,18 @@ TEST_F(TrainerTest, HlaReportsTheRegularizerThePhaseSwitchAndTheFinalValidationM
   ASSERT_EQ(RunJob(dir, spec), (std::vector<int>{0}));
   const auto events = Events(dir + "/rank0.jsonl");
   int samples = 0, switches = 0;
-  json last_epoch;
+  json last_epoch, last_progress, last_switch;
   for (const json& e : events) {
     if (e["event"] == "progress") {
+      // The switch's evaluations stay out of the throughput window: the time between this
+      // line and the previous one is the window's steps plus (at least) the switch.
+      if (!last_switch.is_null() && !last_progress.is_null()) {
+        const double gap = e["time"].get<double>() - last_progress["time"].get<double>();
+        EXPECT_GE(gap - e["step_seconds"].get<double>(), last_switch["seconds"].get<double>())
+            << e.dump() << "\n" << last_switch.dump();
+        last_switch = nullptr;
+      }
+      last_progress = e;
       ASSERT_TRUE(e.contains("regularizer")) << e.dump();
       const json& r = e["regularizer"];
       ++samples;
@@ -586,6 +595,8 @@ TEST_F(TrainerTest, HlaReportsTheRegularizerThePhaseSwitchAndTheFinalValidationM
       }
     } else if (e["event"] == "phase_switch") {
       ++switches;
+      last_switch = e;
+      EXPECT_GT(e["seconds"].get<double>(), 0.0);
       EXPECT_EQ(e["step"], 3);  // the first step with progress >= 0.5
       EXPECT_EQ(e["eval_split"], "val");
       EXPECT_EQ(e["fp"]["examples"], 64);
