@@ -576,7 +576,8 @@ TEST_F(TrainerTest, HlaReportsTheRegularizerThePhaseSwitchAndTheFinalValidationM
       if (!last_switch.is_null() && !last_progress.is_null()) {
         const double gap = e["time"].get<double>() - last_progress["time"].get<double>();
         EXPECT_GE(gap - e["step_seconds"].get<double>(), last_switch["seconds"].get<double>())
-            << e.dump() << "\n" << last_switch.dump();
+            << e.dump() << "\n"
+            << last_switch.dump();
         last_switch = nullptr;
       }
       last_progress = e;
