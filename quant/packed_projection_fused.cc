@@ -52,8 +52,8 @@ FusedPackedProjection::FusedPackedProjection(const std::vector<int64_t>& layer_n
 #endif
 }
 
-at::Tensor FusedPackedProjection::Output(at::Tensor Flat::*field, at::IntArrayRef sizes,
-                                         const at::TensorOptions& options) {
+at::Tensor FusedPackedProjection::OutputBuffer(at::Tensor Flat::*field, at::IntArrayRef sizes,
+                                               const at::TensorOptions& options) {
   const at::Tensor& last = previous_.*field;
   // Nothing but previous_ holds the last call's buffer (no output, view or graph of the
   // step): write into it again rather than fault a fresh one in.
@@ -82,11 +82,11 @@ FusedPackedProjection::Flat FusedPackedProjection::Run(const at::Tensor& flat,
       << "fused projection: the packed moments do not match";
   const bool bf16 = o.w_hat_dtype == at::kBFloat16;
   Flat out;
-  out.w_hat = Output(&Flat::w_hat, {layout_.total},
-                     flat.options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
-  if (o.with_rho) out.rho = Output(&Flat::rho, {layout_.total}, flat.options());
+  out.w_hat = OutputBuffer(&Flat::w_hat, {layout_.total},
+                           flat.options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
+  if (o.with_rho) out.rho = OutputBuffer(&Flat::rho, {layout_.total}, flat.options());
   if (o.with_regularizer) {
-    out.reg_grad = Output(&Flat::reg_grad, {layout_.total}, flat.options());
+    out.reg_grad = OutputBuffer(&Flat::reg_grad, {layout_.total}, flat.options());
     out.reg_value = at::empty({}, flat.options());
   }
   out.unit_stats = at::empty({4, layout_.units}, flat.options());

@@ -50,15 +50,15 @@ class FusedPackedProjection {
 
  private:
   // A buffer for the output `field`: previous_'s when only previous_ holds it (CPU), else new.
-  at::Tensor Output(at::Tensor Flat::*field, at::IntArrayRef sizes,
-                    const at::TensorOptions& options);
+  at::Tensor OutputBuffer(at::Tensor Flat::*field, at::IntArrayRef sizes,
+                          const at::TensorOptions& options);
 
   at::Device device_;
   fused::HostLayout host_layout_;
   at::Tensor table_;      // CUDA: host_layout_.table on the device
   at::Tensor workspace_;  // CUDA: fused::WorkspaceBytes, zeroed once
   fused::Layout layout_;  // over table_ (CUDA) or host_layout_ (CPU)
-  Flat previous_;         // CPU: the last call's outputs, for Output()
+  Flat previous_;         // CPU: the last call's outputs, for OutputBuffer()
 };
 
 }  // namespace tern::quant
