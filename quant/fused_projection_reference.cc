@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <type_traits>
 #include <vector>
 
 #include "common/check.h"
@@ -83,6 +84,61 @@ void Pass(const Layout& l, const ParallelFor& parallel, ForUnit for_unit, Finish
     lanes.Finish(sums);
     finish(u, sums);
   }
+}
+
+// f(std::true_type) or f(std::false_type): a run-time flag as a compile-time one.
+template <typename F>
+void WithFlag(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// The last pass: Ŵ, and as asked ρ (its Σ per unit) and ∂R/∂W, from the units' final masks in
+// `state`. The flags are compile-time so that the element loop has no branch and vectorizes.
+template <bool kBf16, bool kWithRho, bool kWithRegularizer>
+void OutputPass(const ProjectionArgs& a, const ParallelFor& parallel, double* state) {
+  const Layout& l = a.layout;
+  const float kappa = a.kappa_device != nullptr ? *a.kappa_device : a.kappa;
+  const float one_minus_beta = 1.0f - a.beta, four_beta = 4.0f * a.beta;
+  const bool rescale = a.rescale;
+  const float clip = a.clip;
+  const float* w = a.w;
+  float* rho = a.rho;
+  float* reg_grad = a.reg_grad;
+  void* w_hat = a.w_hat;
+  Pass<1>(
+      l, parallel,
+      [&](int64_t u) {
+        const double* s = &state[u * kUnitFields];
+        const float delta = static_cast<float>(s[math::kDelta]);
+        const float alpha = static_cast<float>(s[math::kAlpha]);
+        const float alpha_clip = alpha * clip;
+        const float tau = math::Tau(kappa, s[math::kMeanAbs]);
+        const float coef_w = static_cast<float>(s[math::kCoefW]);
+        const float coef_t = static_cast<float>(s[math::kCoefT]);
+        return [=](int64_t i, double* v) {
+          const float x = w[i];
+          const float code = math::Code(x, delta);
+          const float w_hat_i = code * alpha;
+          if constexpr (kBf16) {
+            static_cast<uint16_t*>(w_hat)[i] = math::Bf16Bits(w_hat_i);
+          } else {
+            static_cast<float*>(w_hat)[i] = w_hat_i;
+          }
+          v[0] = 0.0;
+          if constexpr (kWithRho) {
+            const float r =
+                math::Rho(fabsf(x), alpha_clip, rescale, tau, delta, one_minus_beta, four_beta);
+            rho[i] = r;
+            v[0] = r;
+          }
+          if constexpr (kWithRegularizer) reg_grad[i] = math::RegGrad(x, code, coef_w, coef_t);
+        };
+      },
+      [&](int64_t u, const double* sums) { state[u * kUnitFields + math::kRhoSum] = sums[0]; });
 }
 
 }  // namespace
@@ -199,39 +255,15 @@ void ReferenceProjection(const ProjectionArgs& a, const ParallelFor& parallel) {
     }
   }
   // Ŵ, ρ, ∂R/∂W; Σρ per unit for the normalization.
-  const float kappa = a.kappa_device != nullptr ? *a.kappa_device : a.kappa;
-  const float one_minus_beta = 1.0f - a.beta, four_beta = 4.0f * a.beta;
   const bool normalize = a.with_rho && a.rescale && a.normalize;
-  Pass<1>(
-      l, parallel,
-      [&](int64_t u) {
-        const double* s = at(u);
-        const float delta = static_cast<float>(s[math::kDelta]);
-        const float alpha = static_cast<float>(s[math::kAlpha]);
-        const float alpha_clip = alpha * a.clip;
-        const float tau = math::Tau(kappa, s[math::kMeanAbs]);
-        const float coef_w = static_cast<float>(s[math::kCoefW]);
-        const float coef_t = static_cast<float>(s[math::kCoefT]);
-        return [&, delta, alpha, alpha_clip, tau, coef_w, coef_t](int64_t i, double* v) {
-          const float x = w[i];
-          const float code = math::Code(x, delta);
-          const float w_hat = code * alpha;
-          if (a.w_hat_type == WHatType::kBFloat16) {
-            static_cast<uint16_t*>(a.w_hat)[i] = math::Bf16Bits(w_hat);
-          } else {
-            static_cast<float*>(a.w_hat)[i] = w_hat;
-          }
-          v[0] = 0.0;
-          if (a.with_rho) {
-            const float rho =
-                math::Rho(fabsf(x), alpha_clip, a.rescale, tau, delta, one_minus_beta, four_beta);
-            a.rho[i] = rho;
-            v[0] = rho;
-          }
-          if (a.with_regularizer) a.reg_grad[i] = math::RegGrad(x, code, coef_w, coef_t);
-        };
-      },
-      [&](int64_t u, const double* sums) { at(u)[math::kRhoSum] = sums[0]; });
+  WithFlag(a.w_hat_type == WHatType::kBFloat16, [&](auto bf16) {
+    WithFlag(a.with_rho, [&](auto with_rho) {
+      WithFlag(a.with_regularizer, [&](auto with_regularizer) {
+        OutputPass<decltype(bf16)::value, decltype(with_rho)::value,
+                   decltype(with_regularizer)::value>(a, parallel, state.data());
+      });
+    });
+  });
   if (normalize) {
     ForRange(parallel, l.tiles, kTileGrain, [&](int64_t first, int64_t last) {
       for (int64_t tile = first; tile < last; ++tile) {

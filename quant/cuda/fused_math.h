@@ -2,7 +2,8 @@
 // by nvcc for the kernels and by the host compiler for the CPU reference, so the two cannot
 // drift apart. Per-unit values are computed in double from fixed-order sums and stored
 // rounded as the formulas in fused_projection.h say; element-wise values are float.
-// Internal to quant/: include it from fused_projection.cu and fused_projection_reference.cc only.
+// Internal to quant/: include it from fused_projection.cu, fused_projection_reference.cc and
+// their tests only.
 #ifndef TERN_QUANT_CUDA_FUSED_MATH_H_
 #define TERN_QUANT_CUDA_FUSED_MATH_H_
 
@@ -77,13 +78,39 @@ TERN_HD float Tau(float kappa, double mean_abs) {
   return static_cast<float>(static_cast<double>(kappa) / fmax(mean_abs, kTiny));
 }
 
-// ρ before normalization; `alpha_clip` = α·clip in float.
+// e^x in float without a library call, so that a CPU loop over it vectorizes (SSE2 is
+// enough) and the kernels evaluate the same polynomial. x is clamped to [-87, 88] (NaN to
+// -87), where e^x is a normal float: beyond it ρ's sigmoid is 0 or 1 in float all the same.
+// x = n·ln2 + r with n an integer and |r| ≤ ln2/2 (ln2 in two parts, so that r keeps its
+// low bits), e^r by a degree-7 polynomial with minimax coefficients (Cephes' expf), 2^n from the
+// exponent bits. Within 1 ulp of e^x over the range (fused_projection_reference_test).
+TERN_HD float Exp(float x) {
+  x = x > -87.0f ? x : -87.0f;
+  x = x < 88.0f ? x : 88.0f;
+  constexpr float kShifter = 12582912.0f;  // 1.5·2^23: (t + it) − it rounds t to an integer
+  const float n = (x * 1.44269504088896341f + kShifter) - kShifter;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e_r = p * (r * r) + r + 1.0f;
+  const int32_t exponent = (static_cast<int32_t>(n) + 127) * (1 << 23);
+  float two_to_n;
+  memcpy(&two_to_n, &exponent, sizeof(two_to_n));
+  return e_r * two_to_n;
+}
+
+// ρ before normalization; `alpha_clip` = α·clip in float. Branch-free (selects; the sigmoid,
+// in [0, 1], is computed where it is not used), so that its CPU loop vectorizes.
 TERN_HD float Rho(float abs_w, float alpha_clip, bool rescale, float tau, float delta,
                   float one_minus_beta, float four_beta) {
-  if (!(abs_w <= alpha_clip)) return 0.0f;
-  if (!rescale) return 1.0f;
-  const float s = 1.0f / (1.0f + expf(-(tau * (abs_w - delta))));
-  return one_minus_beta + four_beta * (s - s * s);
+  const float base = rescale ? one_minus_beta : 1.0f;  // without re-scaling, 1 + 0·(…) = 1
+  const float gain = rescale ? four_beta : 0.0f;
+  const float s = 1.0f / (1.0f + Exp(-(tau * (abs_w - delta))));
+  return abs_w <= alpha_clip ? base + gain * (s - s * s) : 0.0f;
 }
 
 TERN_HD float RhoDivisor(double rho_sum, int64_t length) {
