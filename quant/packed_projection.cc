@@ -54,6 +54,11 @@ at::Tensor LessEqualAsMask(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
+// Whether `tensor` is its slice of the packed buffer already (moved in).
+bool InPlace(const at::Tensor& tensor, const at::Tensor& slice) {
+  return tensor.data_ptr() == slice.data_ptr() && tensor.strides() == slice.strides();
+}
+
 }  // namespace
 
 PackedProjection::PackedProjection(const std::vector<at::Tensor>& weights,
@@ -187,16 +192,41 @@ void PackedProjection::Gather(const std::vector<at::Tensor>& tensors, at::Tensor
     slices = PerLayer(flat);
   }
   // Slices and tensors share strides: the fused multi-tensor path.
-  std::vector<at::Tensor> sources;
-  sources.reserve(tensors.size());
-  for (const at::Tensor& t : tensors) sources.push_back(t.detach());
+  std::vector<at::Tensor> targets, sources;
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    if (InPlace(tensors[k], slices[k])) continue;
+    targets.push_back(slices[k]);
+    sources.push_back(tensors[k].detach());
+  }
+  if (targets.empty()) return;
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
-  at::_foreach_copy_(slices, sources);  // one kernel for all layers
+  at::_foreach_copy_(targets, sources);  // one kernel for all layers
 #else
-  // LibTorch 1.13 has no multi-tensor copy: 0 + x is x exactly, two kernels.
-  flat.zero_();
-  at::_foreach_add_(slices, sources);
+  // LibTorch 1.13 has no multi-tensor copy. Off the CPU, where kernels are launched, and with
+  // every layer to pack: 0 + x is x exactly, two kernels. Otherwise a copy per layer.
+  if (targets.size() == slices.size() && !flat.is_cpu()) {
+    flat.zero_();
+    at::_foreach_add_(targets, sources);
+    return;
+  }
+  for (size_t k = 0; k < targets.size(); ++k) targets[k].copy_(sources[k]);
 #endif
+}
+
+void PackedProjection::MoveIn(const std::vector<at::Tensor>& weights,
+                              const std::vector<at::Tensor>& moments) {
+  TERN_CHECK(Matches(weights)) << "PackedProjection: weights changed shape, device or dtype";
+  TERN_CHECK(moments.empty() || Matches(moments)) << "PackedProjection: moments do not match";
+  at::NoGradGuard no_grad;
+  const auto move_in = [&](const std::vector<at::Tensor>& tensors, at::Tensor& flat,
+                           std::vector<at::Tensor>& slices) {
+    Gather(tensors, flat, slices);  // the values of those not in place yet
+    for (size_t k = 0; k < tensors.size(); ++k) {
+      if (!InPlace(tensors[k], slices[k])) tensors[k].set_data(slices[k]);
+    }
+  };
+  move_in(weights, flat_, flat_slices_);
+  if (!moments.empty()) move_in(moments, flat_moments_, moment_slices_);
 }
 
 PackedProjection::Output PackedProjection::Run(const std::vector<at::Tensor>& weights,

@@ -14,8 +14,9 @@
 // deterministic; up to 3 sums stacked as [K, chunks, C] share one pass), and
 // per-unit values reach their elements through one index_select. Packing
 // the weights in is one multi-tensor copy (LibTorch 2.6 and later; a zero and
-// a multi-tensor add on 1.13), and every per-layer output has its weight's
-// strides, so it feeds a channels_last convolution without a copy.
+// a multi-tensor add on 1.13), none for weights moved into the buffer
+// (MoveIn), and every per-layer output has its weight's strides, so it feeds a
+// channels_last convolution without a copy.
 //
 // The results equal ProjectTwn / ProjectLat, RescaleFactor and
 // HypersphericalRegularizerGrad of ternary_ops.h layer by layer, up to
@@ -114,6 +115,14 @@ class PackedProjection {
   Output Run(const std::vector<at::Tensor>& weights, const Options& options,
              const std::vector<at::Tensor>& moments = {});
 
+  // Moves `weights` (and `moments`, when given) into the packed buffers Run() reads: each
+  // tensor's storage becomes its part of the buffer (Tensor::set_data: the same tensor
+  // objects, so the modules and optimizers that hold them see the move), and Run() packs
+  // nothing for it any more. A tensor given other storage later (set_data, load, .to()) is
+  // packed by copying again, until it is moved in again. Tensors already in place are left
+  // as they are, so calling this before every Run() costs a pointer comparison per layer.
+  void MoveIn(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& moments = {});
+
   int64_t chunk_size() const { return chunk_; }
   // Whether Run() takes the fused path (unless Options::fused is false), and
   // whether this build has the fused CUDA kernels at all.
@@ -125,7 +134,8 @@ class PackedProjection {
   at::Tensor UnitSums(const at::Tensor& stacked);    // [K ≤ 3, chunks, C] -> [K, units]
   at::Tensor ToChunks(const at::Tensor& per_unit);   // [..., units] -> [..., chunks, 1]
   std::vector<at::Tensor> PerLayer(const at::Tensor& flat) const;
-  // Packs `tensors` into `flat` (allocated on first use) through `slices`.
+  // Packs `tensors` into `flat` (allocated on first use) through `slices`; tensors moved in
+  // (MoveIn) are in place already.
   void Gather(const std::vector<at::Tensor>& tensors, at::Tensor& flat,
               std::vector<at::Tensor>& slices) const;
 

@@ -258,6 +258,9 @@ bool TernaryModel::BeforeForwardPacked() {
       return false;
     }
   }
+  // The latent weights (and LAT's moments) live in the packed buffer from the first step on,
+  // where the optimizer (and AfterBackward) update them: Run() then copies nothing in.
+  packed_->MoveIn(latents, moments);
   PackedProjection::Options o;
   o.delta_factor = options_.twn_delta_factor;
   if (lat) {

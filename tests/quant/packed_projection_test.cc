@@ -108,6 +108,73 @@ TEST(PackedProjectionTest, EqualsLayerByLayerProjectionRhoAndRegularizer) {
   }
 }
 
+// MoveIn: the weights and moments become parts of the packed buffers (one storage each, their
+// values and layouts unchanged), Run() reads their in-place updates without packing, and a
+// weight given other storage is packed by copying until it is moved in again. Against a
+// PackedProjection that packs copies of the same values every time, bit for bit, on both paths.
+TEST(PackedProjectionTest, MoveInPacksNothingAndFollowsTheTensors) {
+  const std::vector<std::vector<int64_t>> shapes = {{8, 4, 3, 3}, {6, 4, 1, 1}, {5, 12}};
+  for (bool fused : {true, false}) {
+    SCOPED_TRACE(fused ? "fused" : "ATen");
+    std::vector<at::Tensor> weights = Weights(shapes, /*channels_last=*/true);
+    std::vector<at::Tensor> moments;
+    for (const at::Tensor& w : weights) moments.push_back(torch::rand_like(w) * 1e-3);
+    const auto copies = [](const std::vector<at::Tensor>& tensors) {
+      std::vector<at::Tensor> out;
+      for (const at::Tensor& t : tensors) out.push_back(t.clone());
+      return out;
+    };
+    std::vector<at::Tensor> weight_copies = copies(weights), moment_copies = copies(moments);
+    PackedProjection moved(weights, Granularity::kChannel);
+    PackedProjection copied(weight_copies, Granularity::kChannel);
+    PackedProjection::Options o;
+    o.lat_iterations = 2;
+    o.moment_correction = 0.5;
+    o.rescale = true;
+    o.with_regularizer = true;
+    o.fused = fused;
+    const auto expect_same_outputs = [&]() {
+      const PackedProjection::Output a = moved.Run(weights, o, moments);
+      const PackedProjection::Output b = copied.Run(weight_copies, o, moment_copies);
+      for (size_t k = 0; k < weights.size(); ++k) {
+        EXPECT_TRUE(torch::equal(a.w_hat[k], b.w_hat[k])) << "w_hat " << k;
+        EXPECT_TRUE(torch::equal(a.rho[k], b.rho[k])) << "rho " << k;
+        EXPECT_TRUE(torch::equal(a.reg_grad[k], b.reg_grad[k])) << "reg_grad " << k;
+      }
+    };
+    moved.MoveIn(weights, moments);
+    for (size_t k = 0; k < weights.size(); ++k) {
+      EXPECT_TRUE(weights[k].storage().is_alias_of(weights[0].storage())) << "weight " << k;
+      EXPECT_TRUE(moments[k].storage().is_alias_of(moments[0].storage())) << "moment " << k;
+      EXPECT_FALSE(weights[k].storage().is_alias_of(moments[0].storage()));
+      EXPECT_TRUE(torch::equal(weights[k], weight_copies[k]));
+      EXPECT_TRUE(torch::equal(moments[k], moment_copies[k]));
+      EXPECT_EQ(weights[k].strides(), weight_copies[k].strides()) << "layout of weight " << k;
+    }
+    expect_same_outputs();
+    {
+      torch::NoGradGuard no_grad;  // an optimizer's in-place steps
+      for (size_t k = 0; k < weights.size(); ++k) {
+        const at::Tensor step = torch::randn_like(weights[k]) * 0.3;
+        weights[k].add_(step);
+        weight_copies[k].add_(step);
+        moments[k].mul_(0.5);
+        moment_copies[k].mul_(0.5);
+      }
+    }
+    expect_same_outputs();
+    const at::Tensor replacement = torch::randn_like(weights[1]);  // a load or .to()
+    weights[1].set_data(replacement);
+    weight_copies[1].set_data(replacement.clone());
+    EXPECT_FALSE(weights[1].storage().is_alias_of(weights[0].storage()));
+    expect_same_outputs();  // packed by copying
+    moved.MoveIn(weights, moments);
+    EXPECT_TRUE(weights[1].storage().is_alias_of(weights[0].storage()));
+    EXPECT_TRUE(torch::equal(weights[1], replacement));
+    expect_same_outputs();
+  }
+}
+
 TEST(PackedProjectionTest, ChunksDivideEveryUnitEvenWhenLengthsAreCoprime) {
   const auto weights = Weights({{3, 7}, {2, 5}, {4, 3}}, false);
   PackedProjection per_channel(weights, Granularity::kChannel);
@@ -365,6 +432,34 @@ TEST(TernaryModelPackedTest, StepStructureAndCapturability) {
   auto fp = TernaryModel::Attach(fp_net.ptr(), MakePreset(Method::kFp)).value();
   fp->BeforeForward();
   EXPECT_TRUE(fp->last_forward_capturable());
+}
+
+// The quantized layers' latent weights (and LAT's moments) live in the packed buffer after the
+// first packed BeforeForward(): one storage, which the optimizer's steps then update.
+TEST(TernaryModelPackedTest, LatentWeightsLiveInThePackedBuffer) {
+  Net net;
+  QuantOptions o = MakePreset(Method::kHla);  // conv1 and fc stay FP
+  auto q = TernaryModel::Attach(net.ptr(), o).value();
+  q->SetProgress(0.6);
+  // The registered parameters are the latent weights (BeforeForward() points the modules'
+  // `weight` members at Ŵ).
+  auto params = net->named_parameters();
+  const at::Tensor conv1 = params["conv1.weight"], conv2 = params["conv2.weight"],
+                   conv3 = params["conv3.weight"];
+  const at::Tensor conv2_before = conv2.detach().clone();
+  EXPECT_FALSE(conv2.storage().is_alias_of(conv3.storage()));
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
+  q->BeforeForward();
+  EXPECT_TRUE(conv2.storage().is_alias_of(conv3.storage()));
+  EXPECT_FALSE(conv1.storage().is_alias_of(conv2.storage()));
+  EXPECT_TRUE(torch::equal(conv2, conv2_before));
+  torch::cross_entropy_loss(net->forward(torch::randn({2, 1, 8, 8})), torch::tensor({0, 1}))
+      .backward();
+  q->AfterBackward();
+  opt.step();
+  EXPECT_FALSE(torch::equal(conv2, conv2_before)) << "the optimizer's step";
+  q->BeforeForward();
+  EXPECT_TRUE(conv2.storage().is_alias_of(conv3.storage()));
 }
 
 // Layers of several dtypes cannot share one packed buffer: BeforeForward()
