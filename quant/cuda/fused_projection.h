@@ -16,9 +16,9 @@
 //   1 + lat_iterations passes: M = |w| > Δ, α = float(Σ d|w|M / max(Σ dM, 1e-12)), and after
 //   every pass but the last Δ = α/2. The last pass's Δ and α are the unit's.
 //   code = sign(w)·M;  Ŵ = code·α (float32, or bf16 rounded to nearest even).
-//   ρ = [|w| ≤ float(α·clip)], times (1−β) + 4β·(s − s²), s = 1/(1 + expf(−τ(|w| − Δ))),
+//   ρ = [|w| ≤ float(α·clip)], times (1−β) + 4β·(s − s²), s = 1/(1 + e^(−τ(|w| − Δ))),
 //   τ = float(κ / max(mean_u, 1e-12)) when `rescale`; then ρ / max(float(Σρ/L), 1e-12) when
-//   `normalize` (and `rescale`).
+//   `normalize` (and `rescale`). e^x is fused_math.h's Exp, a polynomial (not expf).
 //   Regularizer: n = sqrt(Σw²·ΣM), inv = n > 1e-12 ? 1/n : 0, cos_u = Σ|w|M·inv;
 //   ∂R_l/∂w = w·float(cos_u/U_l / max(Σw², 1e-12)) − code·float(inv/U_l);
 //   Σ_l R_l = layers − Σ_u cos_u/U_l.
@@ -30,8 +30,9 @@
 // a unit's tile sums are added the same way, in tile order, by whichever block of the unit
 // finishes last (no atomics on values, no host synchronisation). Products of two floats are
 // exact in double, so fused multiply-adds cannot change a sum; the element-wise float
-// arithmetic is compiled without contraction (-fmad=false). What may still differ between
-// the device and the CPU: expf (CUDA's has up to 2 ulp of error), hence ρ.
+// arithmetic is compiled without contraction (-fmad=false), and e^x is the same polynomial on
+// both sides (no library expf, whose CUDA version differs by up to 2 ulp), so ρ should match
+// bit for bit too; the parity test still allows ρ 1e-5 until a GPU run has shown that.
 //
 // Thread safety: the launch functions are thread-safe; one workspace serves one stream at a
 // time.
