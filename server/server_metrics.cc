@@ -340,6 +340,14 @@ void ServerMetrics::OnResult(scheduler::JobId id, const v1::JobResult& result) {
   // keeps tern_job_accuracy's "test" for final results (docs/METRICS.md).
   SetAp(job, "test", "fp", result.fp_detection());
   SetAp(job, "test", "ternary", result.ternary_detection());
+  // With a validation split (dataset.val_fraction): the final epoch's figures
+  // on it, the latest value of the epochs' split="val" series.
+  if (result.has_val_fp_top1()) SetAccuracy(job, "val", "fp", result.val_fp_top1());
+  if (result.has_val_ternary_top1()) {
+    SetAccuracy(job, "val", "ternary", result.val_ternary_top1());
+  }
+  SetAp(job, "val", "fp", result.val_fp_detection());
+  SetAp(job, "val", "ternary", result.val_ternary_detection());
   // The final statistics carry no flip rate (no steps in their window).
   SetLayers(job, result.layers(), /*with_flips=*/false);
 }

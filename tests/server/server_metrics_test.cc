@@ -237,6 +237,45 @@ TEST_F(ServerMetricsTest, AJobResultSetsApOnTheTestSplit) {
   EXPECT_EQ(Lines("tern_job_ap{").size(), 11u) << Text();
 }
 
+// A result's validation-split figures (dataset.val_fraction) update the epochs' split="val"
+// series: top-1 for classification, AP and AR for detection; none without a split.
+TEST_F(ServerMetricsTest, AJobResultsValidationFiguresUpdateTheValSeries) {
+  v1::EpochEnd e;
+  e.mutable_metrics()->set_eval_split("val");
+  e.mutable_metrics()->set_fp_top1(0.75);
+  e.mutable_metrics()->set_ternary_top1(0.5);
+  metrics_.OnEpochEnd(7, e);
+  v1::JobResult r;
+  r.set_fp_top1(0.875);
+  r.set_ternary_top1(0.625);
+  r.set_val_fp_top1(0.8125);
+  r.set_val_ternary_top1(0.5625);
+  metrics_.OnResult(7, r);
+  EXPECT_TRUE(Has(R"(tern_job_accuracy{job="7",split="val",weights="fp"} 0.8125)")) << Text();
+  EXPECT_TRUE(Has(R"(tern_job_accuracy{job="7",split="val",weights="ternary"} 0.5625)")) << Text();
+  EXPECT_TRUE(Has(R"(tern_job_accuracy{job="7",split="test",weights="ternary"} 0.625)")) << Text();
+  EXPECT_EQ(Lines(R"(tern_job_accuracy{job="7",)").size(), 4u) << Text();
+  EXPECT_TRUE(Lines("tern_job_ap{").empty()) << Text();
+
+  metrics_.OnEpochEnd(8, DetectionEpochEnd());
+  v1::JobResult d = DetectionResult();
+  d.mutable_val_fp_detection()->set_ap50(0.6875);
+  d.mutable_val_ternary_detection()->set_ap50(0.4375);
+  d.mutable_val_ternary_detection()->set_ar100(0.75);
+  metrics_.OnResult(8, d);
+  const std::string val = R"(tern_job_ap{job="8",split="val",)";
+  EXPECT_TRUE(Has(val + R"(weights="fp",iou="0.50"} 0.6875)")) << Text();
+  EXPECT_TRUE(Has(val + R"(weights="ternary",iou="0.50"} 0.4375)")) << Text();
+  // The epoch's other values stay (the result reported no AP or AP75 on val).
+  EXPECT_TRUE(Has(val + R"(weights="fp",iou="0.50:0.95"} 0.25)")) << Text();
+  EXPECT_TRUE(Has(R"(tern_job_ar{job="8",split="val",weights="ternary",max_dets="100"} 0.75)"))
+      << Text();
+  EXPECT_TRUE(Lines(R"(tern_job_accuracy{job="8",)").empty()) << Text();
+
+  metrics_.OnResult(9, DetectionResult());  // no validation split
+  EXPECT_TRUE(Lines(R"(tern_job_ap{job="9",split="val",)").empty()) << Text();
+}
+
 TEST_F(ServerMetricsTest, AnEndedJobsApSeriesGoAfterTheGracePeriod) {
   metrics_.OnEpochEnd(42, DetectionEpochEnd());
   metrics_.OnResult(42, DetectionResult());
