@@ -38,6 +38,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+using Deadline = std::chrono::system_clock::time_point;  // gRPC deadlines
 using std::chrono::milliseconds;
 
 // Whether a failed call's tern.v1 ErrorInfo has `reason`.
@@ -58,6 +59,7 @@ constexpr const char* kExitCodesHelp =
     "TERN_TLS_CA, TERN_TLS_CERT, TERN_TLS_KEY (--tls-ca, --tls-cert, --tls-key).";
 
 constexpr auto kFetchDeadline = std::chrono::minutes(30);
+constexpr int kSubmitAttempts = 5;
 constexpr int kMaxFetchResumes = 3;
 
 struct Globals {
@@ -138,23 +140,24 @@ class Client {
   }
   // A unary call on the leader: on NOT_LEADER or an unreachable ternd it is
   // tried again on the next one of --server's addresses (failover/
-  // server_list.h), all within one deadline of `timeout` (0: none).
+  // server_list.h), every try within `deadline`.
   template <typename Request, typename Response>
   grpc::Status Unary(grpc::Status (v1::JobService::Stub::*method)(grpc::ClientContext*,
                                                                   const Request&, Response*),
-                     const Request& request, Response* response, milliseconds timeout) {
-    const auto deadline = std::chrono::system_clock::now() +
-                          (timeout.count() > 0 ? timeout : milliseconds(std::chrono::hours(24)));
+                     const Request& request, Response* response, Deadline deadline) {
     return servers_->Run(deadline, [&](const failover::ServerList::Target& target) {
       grpc::ClientContext ctx;
       Prepare(&ctx, milliseconds(0));
-      if (timeout.count() > 0) ctx.set_deadline(deadline);
+      ctx.set_deadline(deadline);
       return (stubs_[target.index].get()->*method)(&ctx, request, response);
     });
   }
   milliseconds Timeout() const {
     return milliseconds(static_cast<int64_t>(g_.timeout_s * 1000.0));
   }
+  // --timeout from now: one command's unary calls, their retries included,
+  // end by it (a retry never gets a fresh --timeout of its own).
+  Deadline CommandDeadline() const { return std::chrono::system_clock::now() + Timeout(); }
   int Fail(const grpc::Status& s, const std::string& what) const {
     err_ << "ternctl: " << what << ": " << StatusCodeName(static_cast<StatusCode>(s.error_code()))
          << ": " << s.error_message() << "\n"
@@ -172,7 +175,7 @@ class Client {
                                                         Response*),
            const Request& request, Format format) {
     Response response;
-    const grpc::Status status = Unary(method, request, &response, Timeout());
+    const grpc::Status status = Unary(method, request, &response, CommandDeadline());
     if (!status.ok()) return Fail(status, what);
     out_ << (g_.json ? ToJson(response) + "\n" : format(response));
     return kExitOk;
@@ -183,11 +186,11 @@ class Client {
   grpc::Status StreamEvents(const std::string& id, uint64_t from, bool include_logs,
                             bool history_only, uint64_t* last_seq,
                             const std::function<void(const v1::JobEvent&)>& on_event);
-  grpc::Status GetJob(const std::string& id, v1::Job* job) {
+  grpc::Status GetJob(const std::string& id, v1::Job* job, Deadline deadline) {
     v1::GetJobRequest request;
     request.set_job_id(id);
     request.set_view(v1::JOB_VIEW_FULL);  // `get` shows the per-layer statistics
-    return Unary(&v1::JobService::Stub::GetJob, request, job, Timeout());
+    return Unary(&v1::JobService::Stub::GetJob, request, job, deadline);
   }
   int DownloadTo(const std::string& id, const std::string& output);
 
@@ -209,7 +212,10 @@ int Client::Submit(const std::string& file, const SpecOverrides& overrides, std:
   }
   if (Status s = ApplyOverrides(overrides, &spec.value()); !s.ok()) return Fail(s, "submit");
   // A key makes retries safe (the channel's retry policy and the loop below):
-  // the server returns the same job.
+  // the server returns the same job. The loop retries an unreachable or
+  // restarting ternd a few times with growing pauses, all within one
+  // --timeout: a server that accepts the call but never answers costs one
+  // --timeout, not one per attempt.
   if (key.empty()) {
     key = RandomKey();
     err_ << "ternctl: idempotency key " << key << "\n";
@@ -219,10 +225,15 @@ int Client::Submit(const std::string& file, const SpecOverrides& overrides, std:
   request.set_idempotency_key(key);
   v1::SubmitJobResponse response;
   grpc::Status status;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    if (attempt > 0) std::this_thread::sleep_for(milliseconds(500 * attempt));
-    status = Unary(&v1::JobService::Stub::SubmitJob, request, &response, Timeout());
-    if (!Retryable(status)) break;
+  const Deadline deadline = CommandDeadline();
+  milliseconds pause(250);
+  for (int attempt = 1;; ++attempt, pause *= 2) {
+    status = Unary(&v1::JobService::Stub::SubmitJob, request, &response, deadline);
+    if (!Retryable(status) || attempt == kSubmitAttempts ||
+        std::chrono::system_clock::now() + pause >= deadline) {
+      break;
+    }
+    std::this_thread::sleep_for(pause);
   }
   if (!status.ok()) return Fail(status, "submit");
   if (g_.json) {
@@ -257,7 +268,8 @@ int Client::List(const std::vector<std::string>& states, const std::vector<std::
     const int remaining = limit > 0 ? limit - all.jobs_size() : 500;
     request.set_page_size(std::min(remaining, 500));
     v1::ListJobsResponse page;
-    const grpc::Status status = Unary(&v1::JobService::Stub::ListJobs, request, &page, Timeout());
+    const grpc::Status status =
+        Unary(&v1::JobService::Stub::ListJobs, request, &page, CommandDeadline());
     if (!status.ok()) return Fail(status, "list");
     for (v1::Job& j : *page.mutable_jobs()) {
       if (limit > 0 && all.jobs_size() >= limit) break;
@@ -280,7 +292,7 @@ int Client::List(const std::vector<std::string>& states, const std::vector<std::
 
 int Client::Get(const std::string& id) {
   v1::Job job;
-  const grpc::Status status = GetJob(id, &job);
+  const grpc::Status status = GetJob(id, &job, CommandDeadline());
   if (!status.ok()) return Fail(status, "get " + id);
   out_ << (g_.json ? ToJson(job) + "\n" : FormatJobDetails(job));
   return kExitOk;
@@ -298,7 +310,8 @@ int Client::Agents() {
   v1::ListAgentsResponse all;
   do {
     v1::ListAgentsResponse page;
-    const grpc::Status status = Unary(&v1::JobService::Stub::ListAgents, request, &page, Timeout());
+    const grpc::Status status =
+        Unary(&v1::JobService::Stub::ListAgents, request, &page, CommandDeadline());
     if (!status.ok()) return Fail(status, "agents");
     for (v1::AgentInfo& agent : *page.mutable_agents()) *all.add_agents() = std::move(agent);
     request.set_page_token(page.next_page_token());
@@ -329,6 +342,7 @@ int Client::Update(const std::string& id, const std::optional<std::string>& name
   // coming between is not overwritten (ABORTED, ETAG_MISMATCH): then read
   // again and reapply, a few times.
   constexpr int kAttempts = 5;
+  const Deadline deadline = CommandDeadline();  // for all the attempts
   for (int attempt = 1;; ++attempt) {
     v1::UpdateJobRequest request;
     request.mutable_job()->set_id(id);
@@ -338,7 +352,7 @@ int Client::Update(const std::string& id, const std::optional<std::string>& name
     }
     if (labels_change) {
       v1::Job job;
-      const grpc::Status got = GetJob(id, &job);
+      const grpc::Status got = GetJob(id, &job, deadline);
       if (!got.ok()) return Fail(got, "update " + id);
       request.mutable_job()->set_etag(job.etag());
       auto* labels = request.mutable_job()->mutable_spec()->mutable_labels();
@@ -348,7 +362,7 @@ int Client::Update(const std::string& id, const std::optional<std::string>& name
       request.mutable_update_mask()->add_paths("spec.labels");
     }
     v1::Job job;
-    const grpc::Status status = Unary(&v1::JobService::Stub::UpdateJob, request, &job, Timeout());
+    const grpc::Status status = Unary(&v1::JobService::Stub::UpdateJob, request, &job, deadline);
     if (!status.ok() && attempt < kAttempts && IsReason(status, error_reason::kEtagMismatch)) {
       continue;
     }
@@ -362,7 +376,8 @@ int Client::Delete(const std::string& id) {
   v1::DeleteJobRequest request;
   request.set_job_id(id);
   google::protobuf::Empty empty;
-  const grpc::Status status = Unary(&v1::JobService::Stub::DeleteJob, request, &empty, Timeout());
+  const grpc::Status status =
+      Unary(&v1::JobService::Stub::DeleteJob, request, &empty, CommandDeadline());
   if (!status.ok()) return Fail(status, "delete " + id);
   out_ << (g_.json ? "{}\n" : id + ": deleted\n");
   return kExitOk;
@@ -373,7 +388,8 @@ int Client::Cancel(const std::string& id, const std::string& reason) {
   request.set_job_id(id);
   request.set_reason(reason);
   v1::Job job;
-  const grpc::Status status = Unary(&v1::JobService::Stub::CancelJob, request, &job, Timeout());
+  const grpc::Status status =
+      Unary(&v1::JobService::Stub::CancelJob, request, &job, CommandDeadline());
   if (!status.ok()) return Fail(status, "cancel " + id);
   if (g_.json) {
     out_ << ToJson(job) << "\n";
@@ -492,7 +508,7 @@ int Client::Watch(const std::string& id, uint64_t from, bool include_logs, doubl
       if (final_state) break;
       // The stream ended without a terminal state: ask, then resume.
       v1::Job job;
-      const grpc::Status got = GetJob(id, &job);
+      const grpc::Status got = GetJob(id, &job, CommandDeadline());
       if (got.ok() && IsTerminal(job.state())) {
         final_state = job.state();
         if (job.has_result()) result = job.result();
@@ -753,7 +769,8 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   app.add_option("--owner", g.owner, "identity sent as x-tern-owner metadata")
       ->envname("TERN_OWNER");
   app.add_flag("--json", g.json, "machine-readable output (proto3 JSON, one object per line)");
-  app.add_option("--timeout", g.timeout_s, "deadline of each call, seconds")
+  app.add_option("--timeout", g.timeout_s,
+                 "deadline of a command's calls, their retries included, seconds")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   tls::AddClientTlsFlags(app, &g.tls);

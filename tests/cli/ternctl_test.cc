@@ -67,8 +67,23 @@ class FakeJobService final : public v1::JobService::Service {
  public:
   grpc::Status SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* request,
                          v1::SubmitJobResponse* response) override {
+    std::chrono::milliseconds delay;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      submits.push_back(*request);
+      delay = submit_delay;
+    }
+    // A server that takes the call and does not answer (until the client gives up).
+    for (const auto end = std::chrono::steady_clock::now() + delay;
+         std::chrono::steady_clock::now() < end;) {
+      if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     std::lock_guard<std::mutex> lock(mu_);
-    submits.push_back(*request);
+    if (unavailable_submits > 0) {
+      --unavailable_submits;
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "restarting");
+    }
     auto owner = ctx->client_metadata().find("x-tern-owner");
     last_owner = owner == ctx->client_metadata().end()
                      ? ""
@@ -274,6 +289,8 @@ class FakeJobService final : public v1::JobService::Service {
   std::vector<v1::SubmitJobRequest> submits;
   std::string last_owner;
   grpc::Status submit_error = grpc::Status::OK;
+  std::chrono::milliseconds submit_delay{0};  // each SubmitJob waits this long first
+  int unavailable_submits = 0;                // SubmitJob calls answering UNAVAILABLE first
   std::map<std::string, v1::Job> jobs;
   std::optional<std::pair<std::string, std::string>> interleaved_label;  // see GetJob
   std::vector<v1::UpdateJobRequest> updates;
@@ -610,6 +627,32 @@ TEST_F(TernctlTest, UnreachableOrSlowServerExitsFour) {
   Result slow = Run({"--timeout", "0.2", "get", "slow"});
   EXPECT_EQ(slow.code, kExitUnavailable) << slow.err;
   EXPECT_NE(slow.err.find("DEADLINE_EXCEEDED"), std::string::npos) << slow.err;
+}
+
+TEST_F(TernctlTest, SubmitRetriesEndWithinOneTimeout) {
+  const std::string file = Write("job.json", R"({"optimization": {"epochs": 1}})");
+  // A server that accepts the call and never answers: one --timeout, one
+  // attempt, not a fresh --timeout for each retry.
+  fake_.submit_delay = std::chrono::seconds(5);
+  const auto start = std::chrono::steady_clock::now();
+  Result r = Run({"--timeout", "0.5", "submit", file});
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(r.code, kExitUnavailable) << r.err;
+  EXPECT_NE(r.err.find("DEADLINE_EXCEEDED"), std::string::npos) << r.err;
+  EXPECT_EQ(fake_.submits.size(), 1u);
+  EXPECT_LT(seconds, 2.0);  // three attempts of 0.5 s and their pauses took 3 s
+
+  // A ternd restarting (UNAVAILABLE for a while): retried with the same
+  // idempotency key until it answers, within the default --timeout.
+  fake_.submit_delay = std::chrono::milliseconds(0);
+  fake_.submits.clear();
+  fake_.unavailable_submits = 6;
+  r = Run({"submit", file, "--idempotency-key", "k1"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out, "job-7\n");
+  ASSERT_EQ(fake_.submits.size(), 7u);
+  for (const v1::SubmitJobRequest& s : fake_.submits) EXPECT_EQ(s.idempotency_key(), "k1");
 }
 
 TEST_F(TernctlTest, WatchExitCodeFollowsTheFinalState) {
