@@ -145,6 +145,23 @@ TEST_F(ServerMetricsTest, AnEndedJobsNewSeriesGoAfterTheGracePeriod) {
 }
 
 // A detection epoch: fp with all three AP values, ternary without ap75.
+// A classification epoch evaluated on `split` (top-1 0.75 FP, 0.5 ternary),
+// and a result with test top-1 0.875 FP, 0.625 ternary.
+v1::EpochEnd ClassificationEpochEnd(const std::string& split) {
+  v1::EpochEnd e;
+  e.mutable_metrics()->set_eval_split(split);
+  e.mutable_metrics()->set_fp_top1(0.75);
+  e.mutable_metrics()->set_ternary_top1(0.5);
+  return e;
+}
+
+v1::JobResult ClassificationResult() {
+  v1::JobResult r;
+  r.set_fp_top1(0.875);
+  r.set_ternary_top1(0.625);
+  return r;
+}
+
 v1::EpochEnd DetectionEpochEnd() {
   v1::EpochEnd e;
   v1::EpochMetrics* m = e.mutable_metrics();
@@ -199,15 +216,8 @@ TEST_F(ServerMetricsTest, ADetectionEpochSetsApByWeightsAndIou) {
 }
 
 TEST_F(ServerMetricsTest, AClassificationEpochCreatesNoApSeries) {
-  v1::EpochEnd e;
-  e.mutable_metrics()->set_eval_split("test");
-  e.mutable_metrics()->set_fp_top1(0.75);
-  e.mutable_metrics()->set_ternary_top1(0.5);
-  metrics_.OnEpochEnd(7, e);
-  v1::JobResult r;
-  r.set_fp_top1(0.875);
-  r.set_ternary_top1(0.625);
-  metrics_.OnResult(7, r);
+  metrics_.OnEpochEnd(7, ClassificationEpochEnd("test"));
+  metrics_.OnResult(7, ClassificationResult());
   EXPECT_TRUE(Has(R"(tern_job_accuracy{job="7",split="test",weights="fp"} )"
                   R"(0.875)"))
       << Text();
@@ -240,14 +250,8 @@ TEST_F(ServerMetricsTest, AJobResultSetsApOnTheTestSplit) {
 // A result's validation-split figures (dataset.val_fraction) update the epochs' split="val"
 // series: top-1 for classification, AP and AR for detection; none without a split.
 TEST_F(ServerMetricsTest, AJobResultsValidationFiguresUpdateTheValSeries) {
-  v1::EpochEnd e;
-  e.mutable_metrics()->set_eval_split("val");
-  e.mutable_metrics()->set_fp_top1(0.75);
-  e.mutable_metrics()->set_ternary_top1(0.5);
-  metrics_.OnEpochEnd(7, e);
-  v1::JobResult r;
-  r.set_fp_top1(0.875);
-  r.set_ternary_top1(0.625);
+  metrics_.OnEpochEnd(7, ClassificationEpochEnd("val"));
+  v1::JobResult r = ClassificationResult();
   r.set_val_fp_top1(0.8125);
   r.set_val_ternary_top1(0.5625);
   metrics_.OnResult(7, r);
