@@ -1,5 +1,6 @@
 // The fused projection's CPU implementation (quant/fused_projection_reference.h, the arithmetic
-// the CUDA kernels must repeat): the same bits on any threads and inside PackedProjection; and
+// the CUDA kernels must repeat): the same bits on any threads, in cache ranges of any size, with
+// its AVX2 code and inside PackedProjection; and
 // against PackedProjection's ATen path and the layer-by-layer
 // functions of ternary_ops.h: every method's projection (TWN, LAT with and without moments,
 // HLA, HLA without regularizer, HLA without re-scaling; TTQ never takes the packed path), per
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -98,8 +100,8 @@ struct Reference {
 Reference RunReference(const std::vector<at::Tensor>& weights,
                        const std::vector<at::Tensor>& moments, Granularity g,
                        const PackedProjection::Options& o, bool bf16,
-                       const float* kappa_device = nullptr,
-                       const fused::ParallelFor& parallel = {}) {
+                       const float* kappa_device = nullptr, const fused::ParallelFor& parallel = {},
+                       int64_t cache_chunk = 0, fused::CpuIsa isa = fused::CpuIsa::kBaseline) {
   Reference r;
   std::vector<int64_t> numel, units;
   for (const at::Tensor& w : weights) {
@@ -142,7 +144,7 @@ Reference RunReference(const std::vector<at::Tensor>& weights,
   a.reg_grad = r.reg_grad.data();
   a.reg_value = &r.reg_value;
   a.unit_stats = r.stats.data();
-  fused::ReferenceProjection(a, parallel);
+  fused::ReferenceProjection(a, parallel, cache_chunk, isa);
   return r;
 }
 
@@ -312,49 +314,79 @@ void ReversedThreads(int64_t n, int64_t grain, const std::function<void(int64_t,
   for (std::thread& t : threads) t.join();
 }
 
-// Every sum has its fixed order whatever runs the tiles: the same bits on any threads.
-TEST(FusedProjectionReferenceTest, ThreadsGiveTheSameBits) {
+// Every sum has its fixed order whatever runs the tiles: the same bits on any threads, in
+// ranges of units of any size (cache_chunk), and with AVX2 code as with the baseline's.
+TEST(FusedProjectionReferenceTest, ThreadsCacheChunksAndAvx2GiveTheSameBits) {
+  const bool avx2 = fused::CpuIsaAvailable(fused::CpuIsa::kAvx2);
+  if (!avx2) std::cout << "[ SKIPPED  ] the AVX2 rows: this CPU or build has no AVX2\n";
+  struct Way {
+    std::string name;
+    fused::ParallelFor parallel;
+    int64_t cache_chunk = 0;
+    fused::CpuIsa isa = fused::CpuIsa::kBaseline;
+  };
+  std::vector<Way> ways = {{"threads", ReversedThreads, 0, fused::CpuIsa::kBaseline},
+                           {"chunk 1", {}, 1, fused::CpuIsa::kBaseline},
+                           {"chunk 300 threads", ReversedThreads, 300, fused::CpuIsa::kBaseline},
+                           {"chunk 20000", {}, 20000, fused::CpuIsa::kBaseline}};
+  if (avx2) {
+    ways.push_back({"avx2", {}, 0, fused::CpuIsa::kAvx2});
+    ways.push_back({"avx2 chunk 300 threads", ReversedThreads, 300, fused::CpuIsa::kAvx2});
+  }
   const auto weights = Weights(kOddShapes, true, 5);
   std::vector<at::Tensor> moments;
   for (const at::Tensor& w : weights) moments.push_back(torch::rand_like(w) * 1e-3);
   for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
     for (const Config& c : Configs()) {
-      SCOPED_TRACE(c.name + " " + GranularityName(g));
-      const PackedProjection::Options o = OptionsFor(c);
-      const std::vector<at::Tensor> m = c.moments ? moments : std::vector<at::Tensor>();
-      const Reference serial = RunReference(weights, m, g, o, false);
-      const Reference threaded = RunReference(weights, m, g, o, false, nullptr, ReversedThreads);
-      EXPECT_EQ(serial.w_hat, threaded.w_hat);
-      EXPECT_EQ(serial.rho, threaded.rho);
-      EXPECT_EQ(serial.stats, threaded.stats);
-      if (c.regularizer) {
-        EXPECT_EQ(serial.reg_grad, threaded.reg_grad);
-        EXPECT_EQ(serial.reg_value, threaded.reg_value);
+      for (bool bf16 : {false, true}) {
+        const PackedProjection::Options o = OptionsFor(c);
+        const std::vector<at::Tensor> m = c.moments ? moments : std::vector<at::Tensor>();
+        const Reference plain = RunReference(weights, m, g, o, bf16);
+        for (const Way& way : ways) {
+          SCOPED_TRACE(c.name + " " + GranularityName(g) + (bf16 ? " bf16 " : " ") + way.name);
+          const Reference r =
+              RunReference(weights, m, g, o, bf16, nullptr, way.parallel, way.cache_chunk, way.isa);
+          EXPECT_EQ(plain.w_hat, r.w_hat);
+          EXPECT_EQ(plain.w_hat_bf16, r.w_hat_bf16);
+          EXPECT_EQ(plain.rho, r.rho);
+          EXPECT_EQ(plain.stats, r.stats);
+          if (c.regularizer) {
+            EXPECT_EQ(plain.reg_grad, r.reg_grad);
+            EXPECT_EQ(plain.reg_value, r.reg_value);
+          }
+        }
       }
     }
   }
   torch::manual_seed(6);
-  std::vector<at::Tensor> serial = {torch::randn({3, 5, 7, 7}), torch::randn({70000})};
-  std::vector<at::Tensor> threaded = {serial[0].clone(), serial[1].clone()};
-  std::vector<at::Tensor> rhos = {torch::rand_like(serial[0]), torch::rand_like(serial[1])};
-  for (auto* grads : {&serial, &threaded}) {
+  const std::vector<at::Tensor> grads = {torch::randn({3, 5, 7, 7}), torch::randn({70000})};
+  const std::vector<at::Tensor> rhos = {torch::rand_like(grads[0]), torch::rand_like(grads[1])};
+  const std::vector<at::Tensor> regs = {torch::randn_like(grads[0]), torch::randn_like(grads[1])};
+  const std::vector<at::Tensor> moms = {torch::rand_like(grads[0]), torch::rand_like(grads[1])};
+  // The gradient update's outputs (gradients and moments) for one way of running it.
+  auto update = [&](const fused::ParallelFor& parallel, fused::CpuIsa isa) {
+    std::vector<at::Tensor> out;
     fused::GradientArgs a;
     a.lambda = 0.01f;
-    for (size_t k = 0; k < grads->size(); ++k) {
+    for (size_t k = 0; k < grads.size(); ++k) {
+      out.push_back(grads[k].clone());
+      out.push_back(moms[k].clone());
       fused::GradientLayer layer;
-      layer.grad = (*grads)[k].data_ptr<float>();
+      layer.grad = out[2 * k].data_ptr<float>();
+      layer.moment = out[2 * k + 1].data_ptr<float>();
       layer.rho = rhos[k].data_ptr<float>();
-      layer.numel = (*grads)[k].numel();
+      layer.reg_grad = regs[k].data_ptr<float>();
+      layer.numel = grads[k].numel();
       a.layers.push_back(layer);
     }
-    if (grads == &serial) {
-      fused::ReferenceGradients(a);
-    } else {
-      fused::ReferenceGradients(a, ReversedThreads);
-    }
-  }
-  for (size_t k = 0; k < serial.size(); ++k) {
-    EXPECT_TRUE(torch::equal(serial[k], threaded[k])) << k;
+    fused::ReferenceGradients(a, parallel, isa);
+    return out;
+  };
+  const std::vector<at::Tensor> plain = update({}, fused::CpuIsa::kBaseline);
+  std::vector<std::vector<at::Tensor>> others = {update(ReversedThreads, fused::CpuIsa::kBaseline)};
+  if (avx2) others.push_back(update(ReversedThreads, fused::CpuIsa::kAvx2));
+  for (const auto& other : others) {
+    for (size_t k = 0; k < plain.size(); ++k) EXPECT_TRUE(torch::equal(plain[k], other[k])) << k;
   }
 }
 
