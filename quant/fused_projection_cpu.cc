@@ -185,10 +185,17 @@ void OutputPass(const ProjectionArgs& a, const UnitRange& range, const ParallelF
       [&](int64_t u, const double* sums) { state[u * kUnitFields + math::kRhoSum] = sums[0]; });
 }
 
+// The elements of the units of `range`.
+int64_t Elements(const Layout& l, const UnitRange& range) {
+  if (range.last == range.first) return 0;
+  return l.unit_offset[range.last - 1] + l.unit_length[range.last - 1] - l.unit_offset[range.first];
+}
+
 // Every pass of one projection over the units of `range`: their sums and masks into `state`,
-// their elements of Ŵ, ρ and ∂R/∂W.
+// their elements of Ŵ, ρ and ∂R/∂W. With LAT's moments, `importance` has room for the
+// range's d (the first mask pass computes it, the others read it).
 void ProjectUnits(const ProjectionArgs& a, const UnitRange& range, const ParallelFor& parallel,
-                  double* state) {
+                  double* state, float* importance) {
   const Layout& l = a.layout;
   auto at = [&](int64_t u) { return &state[u * kUnitFields]; };
   const float* w = a.w;
@@ -229,23 +236,36 @@ void ProjectUnits(const ProjectionArgs& a, const UnitRange& range, const Paralle
           finish);
       continue;
     }
-    const auto weighted_mask = [&](int64_t u) {
-      return [w, moments = a.moments, correction, epsilon = a.lat_epsilon,
-              delta = static_cast<float>(at(u)[math::kDelta])](int64_t i, double* v) {
-        const float abs_w = fabsf(w[i]);
-        const double kept = abs_w > delta ? 1.0 : 0.0;
-        const float d = math::Importance(moments[i], correction, epsilon);
-        v[0] = kept * (static_cast<double>(d) * abs_w);
-        v[1] = kept * d;
-        v[2] = kept * abs_w;
-        v[3] = kept;
+    // d = sqrtf(m / c) + ε (a division and a square root) once per element and projection:
+    // computed and kept by the first pass, read by the others (the same value).
+    const auto weighted_mask = [&](auto compute_d) {
+      return [&, compute_d](int64_t u) {
+        return [w, moments = a.moments, correction, epsilon = a.lat_epsilon, importance,
+                base = l.unit_offset[range.first],
+                delta = static_cast<float>(at(u)[math::kDelta])](int64_t i, double* v) {
+          float d;
+          if constexpr (decltype(compute_d)::value) {
+            d = math::Importance(moments[i], correction, epsilon);
+            importance[i - base] = d;
+          } else {
+            d = importance[i - base];
+          }
+          const float abs_w = fabsf(w[i]);
+          const double kept = abs_w > delta ? 1.0 : 0.0;
+          v[0] = kept * (static_cast<double>(d) * abs_w);
+          v[1] = kept * d;
+          v[2] = kept * abs_w;
+          v[3] = kept;
+        };
       };
     };
-    if (last) {
-      Pass<4>(l, range, parallel, weighted_mask, finish);
-    } else {
-      Pass<2>(l, range, parallel, weighted_mask, finish);
-    }
+    WithFlag(pass == 0, [&](auto compute_d) {
+      if (last) {
+        Pass<4>(l, range, parallel, weighted_mask(compute_d), finish);
+      } else {
+        Pass<2>(l, range, parallel, weighted_mask(compute_d), finish);
+      }
+    });
   }
   // Ŵ, ρ, ∂R/∂W; Σρ per unit for the normalization.
   const bool normalize = a.with_rho && a.rescale && a.normalize;
@@ -276,8 +296,12 @@ void Projection(const ProjectionArgs& a, const ParallelFor& parallel, int64_t ca
   const Layout& l = a.layout;
   std::vector<double> state(l.units * kUnitFields, 0.0);
   auto at = [&](int64_t u) { return &state[u * kUnitFields]; };
-  for (const UnitRange& range : CacheChunks(l, cache_chunk)) {
-    ProjectUnits(a, range, parallel, state.data());
+  const std::vector<UnitRange> ranges = CacheChunks(l, cache_chunk);
+  int64_t largest = 0;
+  for (const UnitRange& range : ranges) largest = std::max(largest, Elements(l, range));
+  std::vector<float> importance(a.moments != nullptr ? largest : 0);
+  for (const UnitRange& range : ranges) {
+    ProjectUnits(a, range, parallel, state.data(), importance.data());
   }
   if (a.with_regularizer) {  // layers − Σ_u cos_u/U_l, the units summed as lanes
     Lanes<1> lanes;
