@@ -155,8 +155,8 @@ class Client {
   milliseconds Timeout() const {
     return milliseconds(static_cast<int64_t>(g_.timeout_s * 1000.0));
   }
-  // --timeout from now: one command's unary calls, their retries included,
-  // end by it (a retry never gets a fresh --timeout of its own).
+  // --timeout from now: a call and its retries end by it (a retry never
+  // gets a fresh --timeout of its own).
   Deadline CommandDeadline() const { return std::chrono::system_clock::now() + Timeout(); }
   int Fail(const grpc::Status& s, const std::string& what) const {
     err_ << "ternctl: " << what << ": " << StatusCodeName(static_cast<StatusCode>(s.error_code()))
@@ -769,8 +769,7 @@ int RunTernctl(int argc, const char* const* argv, std::ostream& out, std::ostrea
   app.add_option("--owner", g.owner, "identity sent as x-tern-owner metadata")
       ->envname("TERN_OWNER");
   app.add_flag("--json", g.json, "machine-readable output (proto3 JSON, one object per line)");
-  app.add_option("--timeout", g.timeout_s,
-                 "deadline of a command's calls, their retries included, seconds")
+  app.add_option("--timeout", g.timeout_s, "deadline of each call, its retries included, seconds")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   tls::AddClientTlsFlags(app, &g.tls);
