@@ -65,10 +65,10 @@ int64_t TileEnd(const Layout& l, int64_t tile) {
   return std::min(l.tile_begin[tile] + kTile, l.unit_offset[u] + l.unit_length[u]);
 }
 
-// Consecutive units [first, last) and their tiles [first_tile, last_tile): what one round
-// of passes covers.
+// Consecutive units [first, last), their tiles [first_tile, last_tile) and their `elements`:
+// what one round of passes covers.
 struct UnitRange {
-  int64_t first = 0, last = 0, first_tile = 0, last_tile = 0;
+  int64_t first = 0, last = 0, first_tile = 0, last_tile = 0, elements = 0;
 };
 
 // The buffer's units in ranges of at least `elements` elements (a unit is never split; the
@@ -76,15 +76,13 @@ struct UnitRange {
 std::vector<UnitRange> CacheChunks(const Layout& l, int64_t elements) {
   std::vector<UnitRange> chunks;
   UnitRange range;
-  int64_t held = 0;
   for (int64_t u = 0; u < l.units; ++u) {
-    held += l.unit_length[u];
+    range.elements += l.unit_length[u];
     range.last = u + 1;
     range.last_tile = l.unit_first_tile[u] + l.unit_tiles[u];
-    if (elements > 0 && held >= elements) {
+    if (elements > 0 && range.elements >= elements) {
       chunks.push_back(range);
-      range = UnitRange{u + 1, u + 1, range.last_tile, range.last_tile};
-      held = 0;
+      range = UnitRange{u + 1, u + 1, range.last_tile, range.last_tile, 0};
     }
   }
   if (range.last > range.first) chunks.push_back(range);
@@ -183,12 +181,6 @@ void OutputPass(const ProjectionArgs& a, const UnitRange& range, const ParallelF
         };
       },
       [&](int64_t u, const double* sums) { state[u * kUnitFields + math::kRhoSum] = sums[0]; });
-}
-
-// The elements of the units of `range`.
-int64_t Elements(const Layout& l, const UnitRange& range) {
-  if (range.last == range.first) return 0;
-  return l.unit_offset[range.last - 1] + l.unit_length[range.last - 1] - l.unit_offset[range.first];
 }
 
 // Every pass of one projection over the units of `range`: their sums and masks into `state`,
@@ -298,7 +290,7 @@ void Projection(const ProjectionArgs& a, const ParallelFor& parallel, int64_t ca
   auto at = [&](int64_t u) { return &state[u * kUnitFields]; };
   const std::vector<UnitRange> ranges = CacheChunks(l, cache_chunk);
   int64_t largest = 0;
-  for (const UnitRange& range : ranges) largest = std::max(largest, Elements(l, range));
+  for (const UnitRange& range : ranges) largest = std::max(largest, range.elements);
   std::vector<float> importance(a.moments != nullptr ? largest : 0);
   for (const UnitRange& range : ranges) {
     ProjectUnits(a, range, parallel, state.data(), importance.data());

@@ -144,7 +144,6 @@ TEST_F(ServerMetricsTest, AnEndedJobsNewSeriesGoAfterTheGracePeriod) {
   EXPECT_TRUE(Has(R"(tern_job_allreduce_seconds_count{job="43"} 1)")) << text;
 }
 
-// A detection epoch: fp with all three AP values, ternary without ap75.
 // A classification epoch evaluated on `split` (top-1 0.75 FP, 0.5 ternary),
 // and a result with test top-1 0.875 FP, 0.625 ternary.
 v1::EpochEnd ClassificationEpochEnd(const std::string& split) {
@@ -162,6 +161,7 @@ v1::JobResult ClassificationResult() {
   return r;
 }
 
+// A detection epoch: fp with all three AP values, ternary without ap75.
 v1::EpochEnd DetectionEpochEnd() {
   v1::EpochEnd e;
   v1::EpochMetrics* m = e.mutable_metrics();
